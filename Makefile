@@ -1,0 +1,55 @@
+# Cloud Spectra Gateway — developer entry points. `make run` and `make test` are all a
+# newcomer needs; both install what they need first (idempotent, seconds on a re-run).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+SPECTRA := $(VENV)/bin/spectra
+APT_PACKAGES := python3-bpfcc libbpfcc libbpfcc-dev libbpf1 clang llvm linux-headers-amd64 \
+	nftables iptables libnetfilter-queue-dev iproute2 ethtool conntrack tcpdump tshark \
+	netsniff-ng iperf3 hping3 sockperf curl python3-venv util-linux procps iputils-ping
+TESTS ?= tests
+
+.PHONY: deps run test perf lint clean
+
+deps: .state/apt.stamp .state/venv.stamp
+	@bash deploy/kernel-setup.sh
+
+.state/apt.stamp: Makefile
+	@mkdir -p .state
+	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(APT_PACKAGES) 2>/dev/null \
+		| awk '$$NF!="installed"{print $$1}'; \
+		for p in $(APT_PACKAGES); do dpkg-query -W $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@touch $@
+
+.state/venv.stamp: pyproject.toml .state/apt.stamp
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@# Debian's bcc (python3-bpfcc) is pure Python over libbcc: expose only that package.
+	@ln -sfn /usr/lib/python3/dist-packages/bcc \
+		$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bcc
+	@$(PY) -m pip install -q --upgrade pip >/dev/null
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+run: deps
+	@$(SPECTRA) lab up
+	@$(SPECTRA) demo
+
+test: deps
+	@$(PY) -m pytest $(TESTS)
+
+perf: deps
+	@$(PY) -m perf all --json perf-results/all.json
+
+lint: deps
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/mypy
+
+clean:
+	-@$(SPECTRA) lab down
+	rm -rf $(VENV) .state

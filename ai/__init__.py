@@ -1,0 +1,1 @@
+"""OpenAI-compatible AI gateway on :8090 (AI-gateway issue)."""

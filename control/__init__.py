@@ -1,0 +1,1 @@
+"""Control plane: the appliance agent, configuration, and the ``spectra`` CLI."""

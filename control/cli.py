@@ -1,0 +1,238 @@
+"""The ``spectra`` command line: run the appliance, drive the lab, report status."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _needs_root(func: F) -> F:
+    """Refuse early, with what is needed, instead of failing half-way with EPERM."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if os.geteuid() != 0:
+            raise click.ClickException(
+                "this command needs root (network namespaces, nftables, bpffs); "
+                "run it with sudo"
+            )
+        return func(*args, **kwargs)
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Cloud Spectra Gateway: egress, inspection and AI gateway appliance."""
+
+
+@main.command()
+@click.option("--netns", "netns_name", help="Run inside this network namespace (lab).")
+@click.option("--instance", help="Instance name for state and pins [default: netns or 'default'].")
+@click.option("--inside", "inside_if", default="inside", show_default=True)
+@click.option("--outside", "outside_if", default="outside", show_default=True)
+@click.option("--poll", "poll_seconds", default=1.0, show_default=True, type=float)
+@click.option("-v", "--verbose", is_flag=True)
+@_needs_root
+def run(
+    netns_name: str | None,
+    instance: str | None,
+    inside_if: str,
+    outside_if: str,
+    poll_seconds: float,
+    verbose: bool,
+) -> None:
+    """Start the appliance agent and converge this instance until stopped."""
+    from control.agent import Agent, AgentSettings
+
+    _setup_logging(verbose)
+    if netns_name:
+        from pyroute2 import netns
+
+        # Only the network namespace changes: bpffs pins stay shared with the host.
+        netns.setns(netns_name, flags=0)
+    settings = AgentSettings(
+        instance=instance or netns_name or "default",
+        inside_if=inside_if,
+        outside_if=outside_if,
+        poll_seconds=poll_seconds,
+    )
+    Agent(settings).run()
+
+
+@main.command()
+@click.option("--instance", default=None, help="Instance name [default: every instance].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(instance: str | None, as_json: bool) -> None:
+    """Report each instance's convergence state and data-plane mode."""
+    from control.agent import RUN_ROOT, read_state
+
+    names = [instance] if instance else sorted(p.name for p in RUN_ROOT.glob("*") if p.is_dir())
+    states = {name: read_state(name) for name in names}
+    if as_json:
+        click.echo(json.dumps(states, indent=2))
+        return
+    if not states:
+        click.echo("no instance has run on this host")
+    for name, st in states.items():
+        if st is None:
+            click.echo(f"{name}: never ran")
+            continue
+        alive = _pid_alive(int(st["pid"]))
+        click.echo(
+            f"{name}: agent {'running' if alive else 'stopped'}, data plane {st['data_plane']}, "
+            f"converged={st['converged']}, sNAT {','.join(st['outside_addresses'])}"
+            + (f", error: {st['last_error']}" if st.get("last_error") else "")
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+@main.group()
+def lab() -> None:
+    """The network-namespace lab: two AZs, a gateway each, and an internet."""
+
+
+@lab.command("up")
+@click.option("--json", "as_json", is_flag=True, help="Print the lab status as JSON.")
+@_needs_root
+def lab_up(as_json: bool) -> None:
+    """Build the lab (idempotent)."""
+    from perf.lab import Lab, LabError
+
+    try:
+        st = Lab().up()
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(st, indent=2) if as_json else "lab is up")
+
+
+@lab.command("down")
+@_needs_root
+def lab_down() -> None:
+    """Remove every namespace, link, process and pin the lab created."""
+    from perf.lab import Lab
+
+    Lab().down()
+    click.echo("lab is down")
+
+
+@lab.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_needs_root
+def lab_status(as_json: bool) -> None:
+    """Namespaces, interfaces, addresses and service endpoints."""
+    from perf.lab import Lab
+
+    st = Lab().status()
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    click.echo(f"lab {'up' if st['up'] else 'down'}")
+    for ns, info in st["namespaces"].items():
+        for ifname, i in info["interfaces"].items():
+            click.echo(f"  {ns:9} {ifname:10} {' '.join(i['addresses'])}")
+    for name, svc in st["services"].items():
+        click.echo(f"  service {name:9} {svc['proto']} {svc['address']}:{svc['port']}")
+
+
+@lab.command("run")
+@click.option("--keep", is_flag=True, help="Leave the lab up on exit.")
+@_needs_root
+def lab_run(keep: bool) -> None:
+    """Bring the lab up, run the appliance in every gateway, tear down on Ctrl-C."""
+    from perf.lab import RUN_DIR, TOPOLOGY, Lab, run_in
+
+    lab_ = Lab()
+    lab_.up()
+    agents: list[subprocess.Popen[bytes]] = []
+    stop = {"now": False}
+
+    def _stop(*_: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        for gw in TOPOLOGY.gateways:
+            logf = (RUN_DIR / f"agent-{gw.netns}.log").open("ab")
+            agents.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "control", "run", "--netns", gw.netns],
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        _wait_converged([gw.netns for gw in TOPOLOGY.gateways], agents)
+        http = lab_.status()["services"]["http"]
+        for gw in TOPOLOGY.gateways:
+            seen = run_in(
+                gw.workload_netns, "curl", "-s", "-m", "5", f"http://{http['address']}/"
+            ).stdout.strip()
+            click.echo(
+                f"AZ {gw.az}: gateway {gw.netns} (management {gw.mgmt_ip}), "
+                f"workload {gw.workload_netns} {gw.workload_ip} -> internet sees {seen}"
+            )
+        click.echo(
+            "data plane: kernel forwarding + nftables masquerade (the XDP fast path, "
+            "config API :8080, dashboard and AI gateway :8090 arrive with their issues)\n"
+            f"agent logs: {RUN_DIR}/agent-*.log; try: "
+            f"ip netns exec cs-ws-a curl http://{http['address']}/\n"
+            "Ctrl-C stops the appliance and removes the lab"
+        )
+        while not stop["now"] and all(a.poll() is None for a in agents):
+            time.sleep(0.2)
+    finally:
+        for a in agents:
+            if a.poll() is None:
+                a.terminate()
+        for a in agents:
+            a.wait(timeout=10)
+        if not keep:
+            lab_.down()
+            click.echo("appliance stopped, lab removed")
+
+
+def _wait_converged(instances: list[str], agents: list[subprocess.Popen[bytes]]) -> None:
+    from control.agent import read_state
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        states = [read_state(i) for i in instances]
+        if all(s and s["converged"] and s["pid"] == a.pid for s, a in zip(states, agents)):
+            return
+        if any(a.poll() is not None for a in agents):
+            raise click.ClickException("an agent exited; see /run/spectra-lab/agent-*.log")
+        time.sleep(0.1)
+    raise click.ClickException(f"agents did not converge within 30 s: {instances}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The network-namespace lab and the performance suite."""

@@ -1,0 +1,42 @@
+/* csum.h - incremental Internet checksum updates (RFC 1624, eqn. 3).
+ *
+ *     HC' = ~(~HC + ~m + m')
+ *
+ * computed in 32 bits and folded with end-around carry.  Ones' complement sums are
+ * byte-order independent, so old/new values are passed exactly as they sit in the
+ * packet (network order) and never swapped.  Eqn. 3 never yields 0xffff (-0) for a
+ * nonzero sum, matching a from-scratch computation.
+ */
+#ifndef SPECTRA_CSUM_H
+#define SPECTRA_CSUM_H
+
+static __always_inline __u16 csum_fold32(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
+/* Replace a 16-bit word `be_old` by `be_new` under checksum *sum. */
+static __always_inline void csum_update16(__sum16 *sum, __be16 be_old, __be16 be_new)
+{
+	__u32 acc = (__u16)~*sum;
+
+	acc += (__u16)~be_old;
+	acc += be_new;
+	*sum = ~csum_fold32(acc);
+}
+
+/* Replace a 32-bit field (an IPv4 address) under checksum *sum. */
+static __always_inline void csum_update32(__sum16 *sum, __be32 be_old, __be32 be_new)
+{
+	__u32 acc = (__u16)~*sum;
+
+	acc += (__u16)~(be_old & 0xffff);
+	acc += (__u16)~(be_old >> 16);
+	acc += be_new & 0xffff;
+	acc += be_new >> 16;
+	*sum = ~csum_fold32(acc);
+}
+
+#endif /* SPECTRA_CSUM_H */

@@ -1,0 +1,132 @@
+/* maps.h - every map of the Spectra XDP data plane, its key/value layout and purpose.
+ *
+ * xdp/maps.py mirrors each struct with ctypes; tests/bpf/test_layout.py compares the
+ * sizes and offsets against this file compiled by bcc.  Tunables are `#ifndef`
+ * defaults; xdp.loader.BuildOptions passes them as -D flags.
+ */
+#ifndef SPECTRA_MAPS_H
+#define SPECTRA_MAPS_H
+
+/* ---- tunables ------------------------------------------------------------------ */
+
+/* One entry per direction of an offloaded flow: 2 x 131072 connections by default,
+ * ~11 MB of map memory; the agent sizes it from instance memory. */
+#ifndef FLOW_TABLE_SIZE
+#define FLOW_TABLE_SIZE 262144
+#endif
+
+/* The rule id is a bit position in a __u64 mask: 64 is a hard upper bound. */
+#ifndef MAX_DENY_RULES
+#define MAX_DENY_RULES 64
+#endif
+
+/* Distinct CIDRs per side and generation (x2 for the generation being written). */
+#ifndef DENY_LPM_SIZE
+#define DENY_LPM_SIZE 1024
+#endif
+
+/* Port ranges are expanded to one entry per (proto, port); two generations live
+ * while a rule set is replaced, so this is twice the per-generation budget. */
+#ifndef DENY_PORT_TABLE_SIZE
+#define DENY_PORT_TABLE_SIZE 65536
+#endif
+
+/* tx_ports is an array DEVMAP indexed by ifindex (bcc 0.26 has no DEVMAP_HASH), so
+ * every egress ifindex must be below this. */
+#ifndef TX_PORTS_SIZE
+#define TX_PORTS_SIZE 4096
+#endif
+
+#define DENY_GENERATIONS 2
+#define DENY_PROTO_SLOTS 256 /* one per IP protocol number */
+
+/* ---- flow table ---------------------------------------------------------------- */
+
+/* Flow key, one per direction, as the packet arrives on `ifindex`.
+ * ICMP echo (request and reply alike): be_sport = echo identifier, be_dport = 0, the
+ * way Linux conntrack keeps the id in the tuple's source slot for both directions and
+ * NAT rewrites it like a source port (nf_nat_proto.c icmp_manip_pkt). */
+struct flow_key {
+	__u32 ifindex;    /* ingress ifindex */
+	__be32 be_saddr;
+	__be32 be_daddr;
+	__be16 be_sport;
+	__be16 be_dport;
+	__u8 proto;       /* IPPROTO_TCP / IPPROTO_UDP / IPPROTO_ICMP */
+	__u8 pad[3];      /* always zero: part of the hashed key */
+};
+
+#define FLOW_F_CLOSING (1U << 0) /* FIN/RST seen: every packet goes to the kernel */
+
+struct flow_value {
+	__be32 be_new_saddr;
+	__be32 be_new_daddr;
+	__be16 be_new_sport;  /* ICMP echo: the new identifier */
+	__be16 be_new_dport;  /* ICMP echo: unused, 0 */
+	__u32 egress_ifindex; /* key of tx_ports */
+	__u8 src_mac[6];
+	__u8 dst_mac[6];
+	__u32 flags;          /* FLOW_F_* */
+	__u64 packets;        /* fast-path packets, atomic add */
+	__u64 bytes;          /* fast-path bytes (whole frame), atomic add */
+	__u64 last_seen_ns;   /* bpf_ktime_get_ns() of the last fast-path packet */
+};
+
+/* Offloaded flows; common LRU shared by all CPUs so a full table evicts the coldest
+ * flow (which then simply takes the kernel path again). */
+BPF_TABLE("lru_hash", struct flow_key, struct flow_value, flows, FLOW_TABLE_SIZE);
+
+/* Egress ports for bpf_redirect_map: ifindex -> ifindex. */
+BPF_DEVMAP(tx_ports, TX_PORTS_SIZE);
+
+/* ---- counters ------------------------------------------------------------------- */
+
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Per-reason packet/byte counters, indexed by enum stat_reason. */
+BPF_PERCPU_ARRAY(stats, struct counter, STAT__MAX);
+
+/* Per deny rule drops, indexed by generation * MAX_DENY_RULES + rule id. */
+BPF_PERCPU_ARRAY(deny_stats, struct counter, DENY_GENERATIONS * MAX_DENY_RULES);
+
+/* ---- stateless deny list ---------------------------------------------------------- */
+
+struct spectra_config {
+	__u32 deny_gen; /* active deny-list generation, 0 or 1 */
+};
+
+/* Single slot: the active generation, flipped by userspace after writing the other. */
+BPF_ARRAY(config, struct spectra_config, 1);
+
+/* LPM key: the generation byte is matched data, so prefixlen = 8 + CIDR bits. */
+struct deny_lpm_key {
+	__u32 prefixlen;
+	__u8 gen;
+	__u8 addr[4]; /* network order */
+} __attribute__((packed));
+
+/* Source / destination CIDR -> mask of rules whose CIDR contains it.  LPM returns only
+ * the longest match, so userspace folds the bits of every shorter containing prefix
+ * into each entry. */
+BPF_LPM_TRIE(deny_src, struct deny_lpm_key, __u64, DENY_LPM_SIZE);
+BPF_LPM_TRIE(deny_dst, struct deny_lpm_key, __u64, DENY_LPM_SIZE);
+
+/* gen * 256 + IP protocol -> mask of rules for that protocol or any protocol. */
+BPF_ARRAY(deny_proto, __u64, DENY_GENERATIONS * DENY_PROTO_SLOTS);
+
+/* gen * 256 + IP protocol -> mask of rules that do not constrain the port. */
+BPF_ARRAY(deny_port_any, __u64, DENY_GENERATIONS * DENY_PROTO_SLOTS);
+
+struct deny_port_key {
+	__u8 gen;
+	__u8 proto;     /* IPPROTO_TCP or IPPROTO_UDP only */
+	__be16 be_port; /* destination port */
+};
+
+/* (gen, proto, destination port) -> mask of rules whose port range holds it. */
+BPF_TABLE("hash", struct deny_port_key, __u64, deny_port, DENY_PORT_TABLE_SIZE);
+
+#endif /* SPECTRA_MAPS_H */

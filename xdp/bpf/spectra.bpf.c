@@ -1,0 +1,341 @@
+/* spectra.bpf.c - XDP fast path of the Cloud Spectra Gateway (DESIGN.md section 2).
+ *
+ * xdp_gateway runs on both the inside and the outside interface:
+ *   1. parse Ethernet (+ one 802.1Q/802.1ad tag), IPv4, TCP/UDP/ICMP; anything not
+ *      understood is XDP_PASS with a named reason, never dropped;
+ *   2. stateless deny list (every IPv4 packet with a sane header, tagged or not);
+ *   3. flow-table hit of an established, kernel-admitted flow: rewrite addresses and
+ *      ports exactly as conntrack NAT would, decrement TTL, set MACs, redirect;
+ *   4. miss, FIN/RST, closing flow: XDP_PASS to the kernel slow path.
+ * Kernel conntrack stays the source of truth; this only accelerates its decisions.
+ *
+ * xdp_pass_peer: XDP_PASS on veth peers (a native redirect into a veth needs an XDP
+ * program on its peer).  xdp_drop_all: XDP_DROP, for perf sinks.
+ */
+#include <uapi/linux/bpf.h>
+#include <linux/in.h>
+
+#include "reasons.h"
+#include "parsing.h"
+#include "csum.h"
+#include "maps.h"
+
+#define TCP_FLAG_MASK_FIN_RST (TCP_FLAG_FIN | TCP_FLAG_RST)
+
+/* TCP and UDP both start with source and destination port. */
+struct l4_ports {
+	__be16 be_sport;
+	__be16 be_dport;
+};
+
+/* Bit index of the lowest set bit; mask must be nonzero (BPF has no ctz). */
+static __always_inline __u32 lowest_bit_index(__u64 mask)
+{
+	__u32 idx = 0;
+
+	mask &= -mask;
+	if (mask & 0xffffffff00000000ULL)
+		idx += 32;
+	if (mask & 0xffff0000ffff0000ULL)
+		idx += 16;
+	if (mask & 0xff00ff00ff00ff00ULL)
+		idx += 8;
+	if (mask & 0xf0f0f0f0f0f0f0f0ULL)
+		idx += 4;
+	if (mask & 0xccccccccccccccccULL)
+		idx += 2;
+	if (mask & 0xaaaaaaaaaaaaaaaaULL)
+		idx += 1;
+	return idx;
+}
+
+/* AND of the per-field rule masks of the active generation.  Returns the mask and
+ * stores the generation; 0 means no rule matches. */
+static __always_inline __u64 deny_lookup(__be32 be_saddr, __be32 be_daddr, __u8 proto,
+					 int has_port, __be16 be_dport, __u32 *gen_out)
+{
+	struct deny_lpm_key lpm = {};
+	struct deny_port_key pkey = {};
+	struct spectra_config *cfg;
+	__u32 zero = 0, slot;
+	__u64 mask, port_mask;
+	__u64 *m;
+	__u8 gen;
+
+	cfg = config.lookup(&zero);
+	if (!cfg)
+		return 0;
+	gen = cfg->deny_gen & 1;
+	*gen_out = gen;
+
+	lpm.prefixlen = 8 + 32;
+	lpm.gen = gen;
+	__builtin_memcpy(lpm.addr, &be_saddr, 4);
+	m = deny_src.lookup(&lpm);
+	if (!m)
+		return 0;
+	mask = *m;
+	if (!mask)
+		return 0;
+
+	__builtin_memcpy(lpm.addr, &be_daddr, 4);
+	m = deny_dst.lookup(&lpm);
+	if (!m)
+		return 0;
+	mask &= *m;
+	if (!mask)
+		return 0;
+
+	slot = gen * DENY_PROTO_SLOTS + proto;
+	m = deny_proto.lookup(&slot);
+	if (!m)
+		return 0;
+	mask &= *m;
+	if (!mask)
+		return 0;
+
+	m = deny_port_any.lookup(&slot);
+	port_mask = m ? *m : 0;
+	if (has_port) {
+		pkey.gen = gen;
+		pkey.proto = proto;
+		pkey.be_port = be_dport;
+		m = deny_port.lookup(&pkey);
+		if (m)
+			port_mask |= *m;
+	}
+	return mask & port_mask;
+}
+
+int xdp_gateway(struct xdp_md *ctx)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	void *data = (void *)(long)ctx->data;
+	__u64 pkt_len = data_end - data;
+	struct hdr_cursor nh = { .pos = data };
+	__u32 reason = STAT_PASS_NOT_IPV4;
+	int action = XDP_PASS;
+	struct ethhdr *eth = NULL;
+	struct vlan_hdr *vlh = NULL;
+	struct iphdr *iph = NULL;
+	struct tcphdr *th = NULL;
+	struct udphdr *uh = NULL;
+	struct icmphdr *icmph = NULL;
+	struct l4_ports *ports;
+	struct flow_key key = {};
+	struct flow_value *fv;
+	struct counter *cnt;
+	__be16 be_dport = 0;
+	int has_port = 0, vlan_tagged = 0;
+	int eth_type, ip_proto;
+	__u32 ip_tot_len, frag, gen = 0, rule_slot;
+	__u64 deny_mask;
+	__u16 be_old_word, be_new_word;
+
+	eth_type = parse_ethhdr(&nh, data_end, &eth);
+	if (eth_type < 0) {
+		reason = STAT_PASS_TRUNCATED;
+		goto out;
+	}
+	if (proto_is_vlan(eth_type)) {
+		eth_type = parse_vlanhdr(&nh, data_end, &vlh);
+		if (eth_type < 0) {
+			reason = STAT_PASS_TRUNCATED;
+			goto out;
+		}
+		vlan_tagged = 1;
+	}
+	if (eth_type != bpf_htons(ETH_P_IP)) {
+		reason = STAT_PASS_NOT_IPV4;
+		goto out;
+	}
+
+	iph = nh.pos; /* peeked only to classify a failure below */
+	ip_proto = parse_iphdr(&nh, data_end, &iph);
+	if (ip_proto < 0) {
+		if ((void *)(iph + 1) <= data_end && iph->ihl < 5)
+			reason = STAT_PASS_MALFORMED;
+		else
+			reason = STAT_PASS_TRUNCATED;
+		goto out;
+	}
+	ip_tot_len = bpf_ntohs(iph->tot_len);
+	if (iph->version != 4 || ip_tot_len < (__u32)iph->ihl * 4) {
+		reason = STAT_PASS_MALFORMED;
+		goto out;
+	}
+	if ((void *)iph + ip_tot_len > data_end) {
+		reason = STAT_PASS_TRUNCATED;
+		goto out;
+	}
+
+	/* Deny list first.  Ports exist only in the first fragment of TCP/UDP; without
+	 * them only rules that do not constrain the port can match. */
+	frag = bpf_ntohs(iph->frag_off);
+	if (!(frag & IP_OFFSET) &&
+	    (ip_proto == IPPROTO_TCP || ip_proto == IPPROTO_UDP)) {
+		ports = nh.pos;
+		if ((void *)(ports + 1) <= data_end) {
+			be_dport = ports->be_dport;
+			has_port = 1;
+		}
+	}
+	deny_mask = deny_lookup(iph->saddr, iph->daddr, ip_proto, has_port, be_dport, &gen);
+	if (deny_mask) {
+		rule_slot = gen * MAX_DENY_RULES + lowest_bit_index(deny_mask);
+		cnt = deny_stats.lookup(&rule_slot);
+		if (cnt) {
+			cnt->packets += 1;
+			cnt->bytes += pkt_len;
+		}
+		action = XDP_DROP;
+		reason = STAT_DROP_DENY;
+		goto out;
+	}
+
+	if (vlan_tagged) {
+		reason = STAT_PASS_VLAN;
+		goto out;
+	}
+	if (iph->ihl != 5) {
+		reason = STAT_PASS_IP_OPTIONS;
+		goto out;
+	}
+	if (frag & (IP_MF | IP_OFFSET)) {
+		reason = STAT_PASS_FRAGMENT;
+		goto out;
+	}
+	if (iph->ttl <= 1) {
+		reason = STAT_PASS_TTL;
+		goto out;
+	}
+
+	key.ifindex = ctx->ingress_ifindex;
+	key.be_saddr = iph->saddr;
+	key.be_daddr = iph->daddr;
+	key.proto = ip_proto;
+	if (ip_proto == IPPROTO_TCP) {
+		if (parse_tcphdr(&nh, data_end, &th) < 0) {
+			reason = STAT_PASS_TRUNCATED;
+			goto out;
+		}
+		key.be_sport = th->source;
+		key.be_dport = th->dest;
+	} else if (ip_proto == IPPROTO_UDP) {
+		if (parse_udphdr(&nh, data_end, &uh) < 0) {
+			reason = STAT_PASS_TRUNCATED;
+			goto out;
+		}
+		key.be_sport = uh->source;
+		key.be_dport = uh->dest;
+	} else if (ip_proto == IPPROTO_ICMP) {
+		if (parse_icmphdr(&nh, data_end, &icmph) < 0) {
+			reason = STAT_PASS_TRUNCATED;
+			goto out;
+		}
+		if (icmp_is_error(icmph->type)) {
+			reason = STAT_PASS_ICMP_ERROR;
+			goto out;
+		}
+		if (icmph->type != ICMP_ECHO && icmph->type != ICMP_ECHOREPLY) {
+			reason = STAT_PASS_ICMP_OTHER;
+			goto out;
+		}
+		key.be_sport = icmph->un.echo.id; /* see struct flow_key */
+	} else {
+		reason = STAT_PASS_PROTO;
+		goto out;
+	}
+
+	fv = flows.lookup(&key);
+	if (!fv) {
+		reason = STAT_PASS_NO_FLOW;
+		goto out;
+	}
+	if (fv->flags & FLOW_F_CLOSING) {
+		reason = STAT_PASS_FLOW_CLOSING;
+		goto out;
+	}
+	if (th) {
+		if (th->fin || th->rst) {
+			/* Racing CPUs set the same bit; plain store is enough. */
+			fv->flags |= FLOW_F_CLOSING;
+			reason = STAT_PASS_TCP_FIN_RST;
+			goto out;
+		}
+		if (th->syn) {
+			reason = STAT_PASS_TCP_SYN;
+			goto out;
+		}
+	}
+
+	/* Select the egress port before touching the packet: a missing tx_ports entry
+	 * returns XDP_PASS (the flags' action bits) and the frame goes up unmodified. */
+	action = tx_ports.redirect_map(fv->egress_ifindex, XDP_PASS);
+	if (action != XDP_REDIRECT) {
+		action = XDP_PASS;
+		reason = STAT_REDIRECT_ERROR;
+		goto out;
+	}
+
+	/* L4 first: TCP/UDP checksums cover the pseudo-header addresses. */
+	if (th) {
+		csum_update32(&th->check, iph->saddr, fv->be_new_saddr);
+		csum_update32(&th->check, iph->daddr, fv->be_new_daddr);
+		csum_update16(&th->check, th->source, fv->be_new_sport);
+		csum_update16(&th->check, th->dest, fv->be_new_dport);
+		th->source = fv->be_new_sport;
+		th->dest = fv->be_new_dport;
+	} else if (uh) {
+		if (uh->check) { /* 0 = no checksum (RFC 768): stays 0 */
+			csum_update32(&uh->check, iph->saddr, fv->be_new_saddr);
+			csum_update32(&uh->check, iph->daddr, fv->be_new_daddr);
+			csum_update16(&uh->check, uh->source, fv->be_new_sport);
+			csum_update16(&uh->check, uh->dest, fv->be_new_dport);
+			if (!uh->check)
+				uh->check = 0xffff;
+		}
+		uh->source = fv->be_new_sport;
+		uh->dest = fv->be_new_dport;
+	} else if (icmph) {
+		csum_update16(&icmph->checksum, icmph->un.echo.id, fv->be_new_sport);
+		icmph->un.echo.id = fv->be_new_sport;
+	}
+
+	csum_update32(&iph->check, iph->saddr, fv->be_new_saddr);
+	csum_update32(&iph->check, iph->daddr, fv->be_new_daddr);
+	iph->saddr = fv->be_new_saddr;
+	iph->daddr = fv->be_new_daddr;
+
+	/* TTL shares a 16-bit checksum word with the protocol byte. */
+	be_old_word = *(__u16 *)&iph->ttl;
+	iph->ttl -= 1;
+	be_new_word = *(__u16 *)&iph->ttl;
+	csum_update16(&iph->check, be_old_word, be_new_word);
+
+	__builtin_memcpy(eth->h_source, fv->src_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, fv->dst_mac, ETH_ALEN);
+
+	__sync_fetch_and_add(&fv->packets, 1);
+	__sync_fetch_and_add(&fv->bytes, pkt_len);
+	fv->last_seen_ns = bpf_ktime_get_ns();
+	reason = STAT_REDIRECT;
+
+out:
+	cnt = stats.lookup(&reason);
+	if (cnt) {
+		cnt->packets += 1;
+		cnt->bytes += pkt_len;
+	}
+	return action;
+}
+
+int xdp_pass_peer(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}
+
+int xdp_drop_all(struct xdp_md *ctx)
+{
+	return XDP_DROP;
+}
