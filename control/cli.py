@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -24,8 +23,7 @@ def _needs_root(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if os.geteuid() != 0:
             raise click.ClickException(
-                "this command needs root (network namespaces, nftables, bpffs); "
-                "run it with sudo"
+                "this command needs root (network namespaces, nftables, bpffs); run it with sudo"
             )
         return func(*args, **kwargs)
 
@@ -226,7 +224,9 @@ def _wait_converged(instances: list[str], agents: list[subprocess.Popen[bytes]])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         states = [read_state(i) for i in instances]
-        if all(s and s["converged"] and s["pid"] == a.pid for s, a in zip(states, agents)):
+        if all(
+            s and s["converged"] and s["pid"] == a.pid for s, a in zip(states, agents, strict=True)
+        ):
             return
         if any(a.poll() is not None for a in agents):
             raise click.ClickException("an agent exited; see /run/spectra-lab/agent-*.log")

@@ -17,12 +17,14 @@ point-to-point /30s owned by the lab.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,30 @@ TOPOLOGY = Topology(
 )
 
 
+LOCK_FILE = Path("/run/spectra-lab.lock")
+
+
+@contextlib.contextmanager
+def exclusive(timeout: float = 900.0) -> Iterator[None]:
+    """Hold the lab for one user at a time (a test session, a benchmark run)."""
+    with LOCK_FILE.open("a") as fh:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LabError(
+                        f"the lab is busy (lock {LOCK_FILE}) for {timeout:.0f}s"
+                    ) from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def require_root() -> None:
     if os.geteuid() != 0:
         raise LabError(
@@ -168,6 +194,26 @@ def run_in(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProce
     if check and proc.returncode != 0:
         raise LabError(f"{' '.join(argv)} in {ns} failed: {proc.stderr.strip()}")
     return proc
+
+
+def daemonize(argv: list[str], pidfile: Path, logfile: Path) -> int:
+    """Start ``argv`` detached (own session, reparented to init) and record its pid."""
+    pidfile.unlink(missing_ok=True)
+    script = 'echo $$ > "$0"; exec "$@" >>"$LOG" 2>&1 </dev/null'
+    subprocess.run(
+        ["setsid", "-f", "sh", "-c", script, str(pidfile), *argv],
+        env={**os.environ, "LOG": str(logfile), "PYTHONPATH": _PROJECT_ROOT},
+        check=True,
+    )
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return int(pidfile.read_text())
+        time.sleep(0.01)
+    raise LabError(f"{argv[0]} did not start (no pid in {pidfile})")
+
+
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def _sysctl(ns: str, key: str, value: str) -> None:
@@ -214,7 +260,7 @@ class Lab:
         return self.status()
 
     def _link_index(self, ns: str | None, ifname: str) -> int | None:
-        with (NetNS(ns) if ns else IPRoute()) as ipr:
+        with NetNS(ns) if ns else IPRoute() as ipr:
             found = ipr.link_lookup(ifname=ifname)
             return int(found[0]) if found else None
 
@@ -224,15 +270,15 @@ class Lab:
         peer: dict[str, Any] = {"ifname": if_b}
         if ns_b:
             peer["net_ns_fd"] = ns_b
-        with (NetNS(ns_a) if ns_a else IPRoute()) as ipr:
+        with NetNS(ns_a) if ns_a else IPRoute() as ipr:
             ipr.link("add", ifname=if_a, kind="veth", peer=peer)
         for ns, ifname in ((ns_a, if_a), (ns_b, if_b)):
-            with (NetNS(ns) if ns else IPRoute()) as ipr:
+            with NetNS(ns) if ns else IPRoute() as ipr:
                 ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
 
     def _addr(self, ns: str | None, ifname: str, cidr: str) -> None:
         address, prefix = cidr.split("/")
-        with (NetNS(ns) if ns else IPRoute()) as ipr:
+        with NetNS(ns) if ns else IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=ifname)[0]
             have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
             if address not in have:
@@ -258,16 +304,11 @@ class Lab:
         for svc in _services():
             if self._alive(svc.name):
                 continue
-            logf = (RUN_DIR / f"{svc.name}.log").open("ab")
-            proc = subprocess.Popen(
+            daemonize(
                 ns_exec(self.topology.inet_netns, *svc.argv),
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                self._pidfile(svc.name),
+                RUN_DIR / f"{svc.name}.log",
             )
-            self._pidfile(svc.name).write_text(str(proc.pid))
         deadline = time.monotonic() + 10
         pending = {s.name: s for s in _services() if s.proto == "tcp"}
         while pending and time.monotonic() < deadline:

@@ -54,6 +54,21 @@ class BpfTestRunOpts(ctypes.Structure):
     ]
 
 
+class BpfMapInfo(ctypes.Structure):
+    """Leading fields of ``struct bpf_map_info`` (linux/bpf.h); the kernel fills at
+    most ``sizeof`` of what it is given."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
 @cache
 def _lib() -> ctypes.CDLL:
     lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
@@ -70,6 +85,7 @@ def _lib() -> ctypes.CDLL:
         "bpf_xdp_detach": ([c_int, c_u32, vp], c_int),
         "bpf_xdp_query_id": ([c_int, c_int, ctypes.POINTER(c_u32)], c_int),
         "libbpf_num_possible_cpus": ([], c_int),
+        "bpf_obj_get_info_by_fd": ([c_int, vp, ctypes.POINTER(c_u32)], c_int),
     }
     for name, (argtypes, restype) in signatures.items():
         fn = getattr(lib, name)
@@ -150,6 +166,14 @@ def xdp_query_id(ifindex: int, flags: int) -> int:
     ret = _lib().bpf_xdp_query_id(ifindex, flags, ctypes.byref(prog_id))
     _check("bpf_xdp_query_id", ret, f"ifindex {ifindex}, flags {flags:#x}")
     return prog_id.value
+
+
+def map_info(fd: int) -> BpfMapInfo:
+    info = BpfMapInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    ret = _lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size))
+    _check("bpf_obj_get_info_by_fd", ret, f"fd {fd}")
+    return info
 
 
 def num_possible_cpus() -> int:

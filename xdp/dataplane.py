@@ -1,0 +1,195 @@
+"""The public facade of the XDP data plane: one :class:`Dataplane` per gateway instance.
+
+It compiles (or adopts) and pins the programs and maps, attaches them to interfaces,
+and gives typed access to the flow table, the deny list and the counters.  The
+control plane (agent) and the lab use only this class.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypedDict
+
+from xdp import loader
+from xdp.loader import AttachMode, BuildOptions, LoadedObjects
+from xdp.maps import (
+    DENY_GENERATIONS,
+    BpfMap,
+    DenyList,
+    DenyLpmKeyC,
+    DenyPortKeyC,
+    DenyTables,
+    DevMap,
+    FlowTable,
+    PerCpuCounters,
+    SpectraConfigC,
+    Stats,
+)
+from xdp.records import MAX_DENY_RULES, DenyRule, FlowEntry, FlowKey
+
+log = logging.getLogger("spectra.xdp")
+
+
+class PacketCounter(TypedDict):
+    packets: int
+    bytes: int
+
+
+class Counters(TypedDict):
+    reasons: dict[str, PacketCounter]
+    deny_rules: dict[int, PacketCounter]
+    flows: int
+    flow_capacity: int
+
+
+class Dataplane:
+    """Programs + maps of one instance, pinned under ``<pin_root>/<instance>``."""
+
+    def __init__(self, instance: str, pin_dir: Path, objects: LoadedObjects) -> None:
+        self.instance = instance
+        self.pin_dir = pin_dir
+        self.objects = objects
+        caps = loader.map_capacities(objects.map_fds)
+        fds = objects.map_fds
+        owned = objects.owner is None  # adopted fds are ours; bcc owns compiled ones
+        self.flow_table = FlowTable(fds["flows"], caps["flows"], owned=owned)
+        self.tx_ports = DevMap(fds["tx_ports"], caps["tx_ports"], owned=owned)
+        self.stats = Stats(fds["stats"], owned=owned)
+        self.deny = DenyList(
+            DenyTables(
+                config=BpfMap(fds["config"], ctypes.c_uint32, SpectraConfigC, owned=owned),
+                src=BpfMap(fds["deny_src"], DenyLpmKeyC, ctypes.c_uint64, owned=owned),
+                dst=BpfMap(fds["deny_dst"], DenyLpmKeyC, ctypes.c_uint64, owned=owned),
+                proto=BpfMap(fds["deny_proto"], ctypes.c_uint32, ctypes.c_uint64, owned=owned),
+                port_any=BpfMap(
+                    fds["deny_port_any"], ctypes.c_uint32, ctypes.c_uint64, owned=owned
+                ),
+                port=BpfMap(fds["deny_port"], DenyPortKeyC, ctypes.c_uint64, owned=owned),
+                rule_stats=PerCpuCounters(
+                    fds["deny_stats"], DENY_GENERATIONS * MAX_DENY_RULES, owned=owned
+                ),
+            ),
+            port_table_size=caps["deny_port"],
+        )
+        self._attached: dict[int, str] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        instance: str,
+        opts: BuildOptions = loader.DEFAULT_OPTIONS,
+        *,
+        pin_root: Path = loader.DEFAULT_PIN_ROOT,
+    ) -> Dataplane:
+        """Adopt the instance's pins if they exist, else compile (once per process and
+        ``opts``) and pin."""
+        pin_dir = loader.pin_dir_for(instance, pin_root)
+        if loader.is_pinned(pin_dir):
+            dataplane = cls.adopt(instance, pin_root=pin_root)
+            if dataplane.flow_table.capacity != opts.flow_table_size:
+                log.warning(
+                    "%s: pinned flow table holds %d entries, options ask for %d; "
+                    "destroy() and load again to resize",
+                    instance,
+                    dataplane.flow_table.capacity,
+                    opts.flow_table_size,
+                )
+            return dataplane
+        objects = loader.compile_programs(opts)
+        if objects.pinned_at is not None and objects.pinned_at != pin_dir:
+            # The cached compile already serves another instance: give this one its own maps.
+            objects = loader.compile_programs(opts, fresh=True)
+        loader.pin(objects, pin_dir)
+        return cls(instance, pin_dir, objects)
+
+    @classmethod
+    def adopt(cls, instance: str, *, pin_root: Path = loader.DEFAULT_PIN_ROOT) -> Dataplane:
+        """Reopen an instance from its pins (agent restart); no compiler needed."""
+        pin_dir = loader.pin_dir_for(instance, pin_root)
+        return cls(instance, pin_dir, loader.adopt(pin_dir))
+
+    def close(self) -> None:
+        """Drop this process's handles; pinned programs and maps keep forwarding."""
+        loader.release(self.objects)
+
+    def unpin(self) -> None:
+        """Remove the pins; attached programs keep running until detached."""
+        loader.unpin(self.pin_dir)
+        self.objects.pinned_at = None
+
+    def destroy(self) -> None:
+        """Detach from every interface this object attached to, unpin, close."""
+        for ifindex in list(self._attached):
+            self.detach(ifindex)
+        self.unpin()
+        self.close()
+
+    # ---- interfaces --------------------------------------------------------------------
+
+    def program_fd(self, name: str = "xdp_gateway") -> int:
+        return self.objects.prog_fds[name]
+
+    def attach(
+        self, ifname: str | int, peer: str | int | None = None, mode: AttachMode = "auto"
+    ) -> str:
+        """Attach ``xdp_gateway`` to ``ifname`` and register it as an egress port;
+        with ``peer`` (a veth peer in this netns) attach ``xdp_pass_peer`` there so
+        native redirects into the veth are delivered.  Returns the mode in use."""
+        ifindex = loader.ifindex_of(ifname)
+        in_use = loader.attach(ifindex, self.program_fd("xdp_gateway"), mode)
+        self._attached[ifindex] = in_use
+        self.set_tx_port(ifindex)
+        if peer is not None:
+            peer_index = loader.ifindex_of(peer)
+            self._attached[peer_index] = loader.attach(
+                peer_index, self.program_fd("xdp_pass_peer"), mode
+            )
+        return in_use
+
+    def detach(self, ifname: str | int) -> None:
+        ifindex = loader.ifindex_of(ifname)
+        loader.detach(ifindex)
+        self._attached.pop(ifindex, None)
+
+    def set_tx_port(self, ifindex: int) -> None:
+        """Allow redirects out of ``ifindex`` (flow entries name it as egress_ifindex)."""
+        self.tx_ports.add(ifindex)
+
+    # ---- policy and state --------------------------------------------------------------
+
+    def set_deny_rules(self, rules: Sequence[DenyRule]) -> None:
+        """Replace the whole deny list atomically (rule id = position in ``rules``)."""
+        self.deny.replace(rules)
+
+    def add_flow(self, key: FlowKey, entry: FlowEntry) -> None:
+        self.flow_table.put(key, entry)
+
+    def delete_flow(self, key: FlowKey) -> bool:
+        return self.flow_table.delete(key)
+
+    def flow(self, key: FlowKey) -> FlowEntry | None:
+        return self.flow_table.get(key)
+
+    def flows(self) -> list[tuple[FlowKey, FlowEntry]]:
+        return self.flow_table.items()
+
+    def counters(self) -> Counters:
+        reasons = {
+            reason.name: PacketCounter(packets=p, bytes=b)
+            for reason, (p, b) in self.stats.all().items()
+        }
+        rules = {
+            rule: PacketCounter(packets=p, bytes=b)
+            for rule, (p, b) in self.deny.rule_drops().items()
+        }
+        return Counters(
+            reasons=reasons,
+            deny_rules=rules,
+            flows=len(self.flow_table),
+            flow_capacity=self.flow_table.capacity,
+        )
