@@ -22,6 +22,8 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from control import nftables
+from control.fastpath import FastPath
+from xdp.loader import LoaderError
 
 log = logging.getLogger("spectra.control")
 
@@ -40,6 +42,21 @@ class AgentSettings:
     inside_if: str
     outside_if: str
     poll_seconds: float = 1.0
+    data_plane: str = "xdp"  # "xdp": kernel path + XDP fast path; "kernel": baseline only
+    xdp_mode: str = "auto"  # "auto" (native, else generic), "native", "generic"
+    flow_table_size: int = 262144
+    offload_seconds: float = 0.2
+    idle_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.data_plane not in DATA_PLANES:
+            raise AgentError(f"data_plane={self.data_plane!r}: expected one of {DATA_PLANES}")
+        if self.xdp_mode not in XDP_MODES:
+            raise AgentError(f"xdp_mode={self.xdp_mode!r}: expected one of {XDP_MODES}")
+
+
+DATA_PLANES = ("xdp", "kernel")
+XDP_MODES = ("auto", "native", "generic")
 
 
 @dataclass(slots=True)
@@ -53,6 +70,8 @@ class AgentState:
     last_error: str | None = None
     outside_addresses: list[str] = field(default_factory=list)
     applies: int = 0
+    xdp_modes: dict[str, str] = field(default_factory=dict)
+    offload: dict[str, Any] = field(default_factory=dict)
 
 
 def run_dir(instance: str) -> Path:
@@ -84,6 +103,7 @@ class Agent:
         self.settings = settings
         self.state = AgentState(settings.instance, os.getpid(), socket.gethostname())
         self._stop = False
+        self.fast_path: FastPath | None = None
 
     def converge(self) -> None:
         """Bring the instance to the desired state; a no-op when it is already there."""
@@ -98,11 +118,24 @@ class Agent:
             log.warning("nftables table %s disappeared; re-applying", nftables.TABLE)
         policy = nftables.NatPolicy(s.inside_if, s.outside_if, tuple(outside))
         nftables.apply_ruleset(nftables.render_ruleset(policy))
+        if s.data_plane == "xdp":
+            if self.fast_path is None:
+                self.fast_path = FastPath(s)
+            self.state.xdp_modes = self.fast_path.converge()
+        self.state.data_plane = s.data_plane
         self.state.outside_addresses = outside
         self.state.converged = True
         self.state.applied_at = time.time()
         self.state.applies += 1
         log.info("converged %s: kernel baseline, sNAT to %s", s.instance, ",".join(outside))
+
+    def _offload_tick(self) -> None:
+        if self.fast_path is None or not self.state.converged:
+            return
+        try:
+            self.state.offload = self.fast_path.sync()
+        except OSError as exc:
+            log.error("offload sync failed: %s", exc)
 
     def write_state(self) -> None:
         directory = run_dir(self.settings.instance)
@@ -128,7 +161,7 @@ class Agent:
                 self.converge()
                 self.state.last_error = None
                 backoff = self.settings.poll_seconds
-            except (AgentError, nftables.NftError, OSError) as exc:
+            except (AgentError, nftables.NftError, LoaderError, OSError) as exc:
                 self.state.converged = False
                 self.state.last_error = str(exc)
                 log.error("converge failed, retrying in %.1fs: %s", backoff, exc)
@@ -136,5 +169,8 @@ class Agent:
             self.write_state()
             deadline = time.monotonic() + backoff
             while not self._stop and time.monotonic() < deadline:
-                time.sleep(0.1)
+                self._offload_tick()
+                time.sleep(self.settings.offload_seconds)
+        if self.fast_path is not None:
+            self.fast_path.close()
         log.info("agent %s stopped; data plane left in place", self.settings.instance)

@@ -37,6 +37,7 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,6 +51,20 @@ def main() -> None:
 @click.option("--inside", "inside_if", default="inside", show_default=True)
 @click.option("--outside", "outside_if", default="outside", show_default=True)
 @click.option("--poll", "poll_seconds", default=1.0, show_default=True, type=float)
+@click.option(
+    "--data-plane",
+    type=click.Choice(["xdp", "kernel"]),
+    default="xdp",
+    show_default=True,
+    help="xdp: kernel path plus the XDP fast path; kernel: the NAT-instance baseline.",
+)
+@click.option(
+    "--xdp-mode",
+    type=click.Choice(["auto", "native", "generic"]),
+    default="auto",
+    show_default=True,
+)
+@click.option("--flow-table-size", default=262144, show_default=True, type=click.IntRange(16))
 @click.option("-v", "--verbose", is_flag=True)
 @_needs_root
 def run(
@@ -58,6 +73,9 @@ def run(
     inside_if: str,
     outside_if: str,
     poll_seconds: float,
+    data_plane: str,
+    xdp_mode: str,
+    flow_table_size: int,
     verbose: bool,
 ) -> None:
     """Start the appliance agent and converge this instance until stopped."""
@@ -74,6 +92,9 @@ def run(
         inside_if=inside_if,
         outside_if=outside_if,
         poll_seconds=poll_seconds,
+        data_plane=data_plane,
+        xdp_mode=xdp_mode,
+        flow_table_size=flow_table_size,
     )
     Agent(settings).run()
 

@@ -214,6 +214,23 @@ def daemonize(argv: list[str], pidfile: Path, logfile: Path) -> int:
 
 
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+PEER_SOURCE = Path(__file__).with_name("peer_pass.bpf.c")
+
+
+def _peer_object() -> Path:
+    """Compile the peer program once (clang, BPF target) into the lab's run directory."""
+    obj = RUN_DIR / "peer_pass.bpf.o"
+    if obj.exists() and obj.stat().st_mtime >= PEER_SOURCE.stat().st_mtime:
+        return obj
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    arch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True, text=True)
+    cmd = ["clang", "-O2", "-g", "-target", "bpf", f"-I/usr/include/{arch.stdout.strip()}"]
+    proc = subprocess.run(
+        [*cmd, "-c", str(PEER_SOURCE), "-o", str(obj)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise LabError(f"clang could not build {PEER_SOURCE.name}: {proc.stderr.strip()}")
+    return obj
 
 
 def _sysctl(ns: str, key: str, value: str) -> None:
@@ -253,11 +270,35 @@ class Lab:
             # The kernel answers ICMP redirects on the inside subnet otherwise.
             _sysctl(gw.netns, "net.ipv4.conf.all.send_redirects", "0")
             _sysctl(gw.netns, "net.ipv4.conf.inside.send_redirects", "0")
+        for gw in self.topology.gateways:
+            self._nic_like(gw.workload_netns, gw.workload_if)
+            self._nic_like(self.topology.inet_netns, gw.inet_if)
         # Service addresses live on the internet namespace's loopback (no dummy module
         # on every kernel); the gateways' outside links route to them.
         self._addr(self.topology.inet_netns, "lo", self.topology.inet_service_cidr)
         self._start_services()
         return self.status()
+
+    def _nic_like(self, ns: str, ifname: str) -> None:
+        """Make a gateway's veth peer behave like a NIC toward an XDP gateway: an XDP
+        program so native redirects into it are delivered, and full checksums on what
+        it sends (an XDP buffer loses the skb's partial-checksum state)."""
+        run_in(ns, "ethtool", "-K", ifname, "tx", "off")
+        if "xdp" in run_in(ns, "ip", "-d", "link", "show", "dev", ifname).stdout.split():
+            return
+        run_in(
+            ns,
+            "ip",
+            "link",
+            "set",
+            "dev",
+            ifname,
+            "xdpdrv",
+            "obj",
+            str(_peer_object()),
+            "sec",
+            "xdp",
+        )
 
     def _link_index(self, ns: str | None, ifname: str) -> int | None:
         with NetNS(ns) if ns else IPRoute() as ipr:

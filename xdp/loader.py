@@ -183,7 +183,7 @@ def compile_programs(opts: BuildOptions = DEFAULT_OPTIONS, *, fresh: bool = Fals
         return _compiled[opts]
     log.info("compiling %s with %s", MAIN_SOURCE.name, opts)
     bpf, prog_fds = compile_source(MAIN_SOURCE, opts.cflags(), PROGRAMS)
-    map_fds = {name: int(bpf.get_table(name).map_fd) for name in MAPS}
+    map_fds = {name: int(bpf.get_table(name.encode()).map_fd) for name in MAPS}
     objects = LoadedObjects(prog_fds=prog_fds, map_fds=map_fds, owner=bpf, opts=opts)
     if not fresh:
         _compiled[opts] = objects

@@ -30,6 +30,7 @@ class Reason(IntEnum):
     DROP_DENY = 14
     REDIRECT = 15
     REDIRECT_ERROR = 16
+    PASS_IP_CSUM = 17
 
     @property
     def c_name(self) -> str:
@@ -37,7 +38,7 @@ class Reason(IntEnum):
 
 
 # Mirrors STAT__MAX: the number of slots in the ``stats`` map.
-REASON_COUNT = 17
+REASON_COUNT = 18
 
 
 class XdpAction(IntEnum):

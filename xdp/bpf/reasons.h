@@ -25,7 +25,8 @@ enum stat_reason {
 	STAT_DROP_DENY = 14,        /* stateless deny list hit */
 	STAT_REDIRECT = 15,         /* fast path: translated and redirected */
 	STAT_REDIRECT_ERROR = 16,   /* egress ifindex missing from tx_ports: passed untouched */
-	STAT__MAX = 17,
+	STAT_PASS_IP_CSUM = 17,     /* bad IPv4 header checksum on a flow hit: the kernel drops it */
+	STAT__MAX = 18,
 };
 
 #endif /* SPECTRA_REASONS_H */

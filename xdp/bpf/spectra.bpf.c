@@ -256,6 +256,10 @@ int xdp_gateway(struct xdp_md *ctx)
 		reason = STAT_PASS_FLOW_CLOSING;
 		goto out;
 	}
+	if (!ipv4_hdr_csum_ok(iph)) {
+		reason = STAT_PASS_IP_CSUM;
+		goto out;
+	}
 	if (th) {
 		if (th->fin || th->rst) {
 			/* Racing CPUs set the same bit; plain store is enough. */

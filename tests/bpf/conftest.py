@@ -1,0 +1,69 @@
+"""Fixtures of the BPF tier: one compile per session, one pinned throwaway instance,
+maps reset before every test.
+
+Without root or bcc the tier skips, except under ``CI=true`` where it fails with the
+reason (a CI run must never silently skip the data-plane tests).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.packets import EGRESS_IFINDEX, FlowSetup, PacketCase
+from xdp import BuildOptions, Dataplane
+
+TEST_PIN_ROOT = Path("/sys/fs/bpf/spectra-test")
+# Small tables keep the per-test map reset cheap; the program is the same.
+TEST_OPTIONS = BuildOptions(flow_table_size=4096, deny_port_table_size=8192)
+
+
+def bpf_prerequisite_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "the bpf tier needs root (BPF_PROG_TEST_RUN, bpffs pins)"
+    if importlib.util.find_spec("bcc") is None:
+        return "the bpf tier needs bcc (Debian python3-bpfcc) in the venv"
+    if not Path("/sys/fs/bpf").is_dir():
+        return "the bpf tier needs bpffs mounted at /sys/fs/bpf"
+    return None
+
+
+def require_bpf() -> None:
+    missing = bpf_prerequisite_missing()
+    if missing is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and {missing}", pytrace=False)
+    pytest.skip(missing)
+
+
+@pytest.fixture(scope="session")
+def session_dataplane() -> Iterator[Dataplane]:
+    require_bpf()
+    dataplane = Dataplane.load(f"session-{os.getpid()}", TEST_OPTIONS, pin_root=TEST_PIN_ROOT)
+    yield dataplane
+    dataplane.destroy()
+
+
+@pytest.fixture
+def dataplane(session_dataplane: Dataplane) -> Dataplane:
+    """The session instance with empty flows, deny list and counters."""
+    dp = session_dataplane
+    dp.flow_table.clear()
+    dp.set_deny_rules([])
+    dp.stats.clear()
+    dp.set_tx_port(EGRESS_IFINDEX)
+    return dp
+
+
+def install(dp: Dataplane, case: PacketCase) -> None:
+    """Apply a case's flow-table and deny-list setup."""
+    flow: FlowSetup
+    for flow in case.flows:
+        dp.add_flow(flow.key, flow.entry)
+    if case.deny:
+        dp.set_deny_rules(case.deny)

@@ -1,0 +1,101 @@
+"""The stateless deny list: atomic generation replacement, prefix folding, per-rule
+counters, and limits."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.packet import Packet
+
+from tests.fixtures.packets import CLIENT, CLIENT_MAC, DENY_RULES, GW_INSIDE_MAC, SERVER
+from xdp import Dataplane, DenyRule
+from xdp.reasons import XdpAction
+from xdp.records import RecordError
+from xdp.testrun import run
+
+pytestmark = pytest.mark.bpf
+
+OVERLAPPING = (
+    DenyRule(src=IPv4Network("10.0.0.0/8"), proto=6, ports=(22, 22)),
+    DenyRule(src=IPv4Network("10.1.0.0/16"), proto=17),
+    DenyRule(src=IPv4Network("10.1.2.3/32"), dst=IPv4Network("203.0.113.0/24"), proto=1),
+)
+
+
+def verdict(dp: Dataplane, l4: Packet, *, src: str = CLIENT, dst: str = SERVER) -> XdpAction:
+    frame = Ether(src=CLIENT_MAC, dst=GW_INSIDE_MAC) / IP(src=src, dst=dst) / l4
+    return run(dp.program_fd(), bytes(frame)).action
+
+
+def test_replace_flips_generation_and_clears_the_old_one(dataplane: Dataplane) -> None:
+    deny = dataplane.deny
+    start = deny.active_generation()
+
+    dataplane.set_deny_rules(DENY_RULES)
+    first = deny.active_generation()
+    dataplane.set_deny_rules(DENY_RULES[:1])
+    second = deny.active_generation()
+
+    assert (first, second) == (1 - start, start)
+    assert deny.entry_count(first) == 0
+    assert deny.entry_count(second) > 0
+
+
+def test_replace_changes_verdicts_and_resets_rule_counters(dataplane: Dataplane) -> None:
+    ssh = TCP(sport=40000, dport=22, flags="S")
+    dataplane.set_deny_rules(DENY_RULES)
+    assert verdict(dataplane, ssh, dst="203.0.113.70") == XdpAction.DROP
+    assert verdict(dataplane, ssh, dst="203.0.113.71") == XdpAction.DROP
+    assert {r: c["packets"] for r, c in dataplane.counters()["deny_rules"].items()} == {1: 2}
+
+    dataplane.set_deny_rules(DENY_RULES[:1])
+
+    assert verdict(dataplane, ssh, dst="203.0.113.70") == XdpAction.PASS
+    assert dataplane.counters()["deny_rules"] == {}
+
+
+def test_longest_prefix_carries_the_bits_of_containing_prefixes(dataplane: Dataplane) -> None:
+    dataplane.set_deny_rules(OVERLAPPING)
+
+    # 10.1.2.3 hits the /32 entry, which must still carry the /8 and /16 rules.
+    assert verdict(dataplane, TCP(dport=22), src="10.1.2.3") == XdpAction.DROP
+    assert verdict(dataplane, UDP(dport=53), src="10.1.2.3") == XdpAction.DROP
+    assert verdict(dataplane, ICMP(), src="10.1.2.3") == XdpAction.DROP
+    assert verdict(dataplane, ICMP(), src="10.1.2.3", dst="198.51.100.9") == XdpAction.PASS
+    assert verdict(dataplane, TCP(dport=22), src="10.2.0.1") == XdpAction.DROP
+    assert verdict(dataplane, UDP(dport=53), src="10.2.0.1") == XdpAction.PASS
+    assert verdict(dataplane, TCP(dport=22), src="192.168.0.1") == XdpAction.PASS
+    assert {r: c["packets"] for r, c in dataplane.counters()["deny_rules"].items()} == {
+        0: 2,
+        1: 1,
+        2: 1,
+    }
+
+
+def test_port_rule_without_proto_covers_tcp_and_udp_only(dataplane: Dataplane) -> None:
+    dataplane.set_deny_rules([DenyRule(ports=(1000, 1002))])
+
+    assert verdict(dataplane, TCP(dport=1001)) == XdpAction.DROP
+    assert verdict(dataplane, UDP(dport=1002)) == XdpAction.DROP
+    assert verdict(dataplane, UDP(dport=1003)) == XdpAction.PASS
+    assert verdict(dataplane, ICMP()) == XdpAction.PASS
+
+
+def test_empty_rule_set_drops_nothing(dataplane: Dataplane) -> None:
+    dataplane.set_deny_rules([])
+    assert verdict(dataplane, TCP(dport=22), dst="198.18.0.1") == XdpAction.PASS
+
+
+def test_more_than_64_rules_are_refused(dataplane: Dataplane) -> None:
+    with pytest.raises(RecordError, match="65 given, at most 64"):
+        dataplane.set_deny_rules([DenyRule()] * 65)
+
+
+def test_port_expansion_beyond_the_table_is_refused_before_any_write(dataplane: Dataplane) -> None:
+    gen = dataplane.deny.active_generation()
+    with pytest.raises(RecordError, match="ports: the rules expand to 131072"):
+        dataplane.set_deny_rules([DenyRule(ports=(0, 65535))])
+    assert dataplane.deny.active_generation() == gen

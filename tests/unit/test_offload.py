@@ -1,0 +1,189 @@
+"""Offload decisions against fake conntrack and a fake flow table (no privileges)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from ipaddress import IPv4Address
+
+import pytest
+
+from xdp.offload import (
+    CT_MARK_BYPASS,
+    CT_MARK_INSPECT,
+    IPS_ASSURED,
+    IPS_DYING,
+    IPS_SEEN_REPLY,
+    IPS_SRC_NAT,
+    TCP_CONNTRACK_ESTABLISHED,
+    CtFlow,
+    Offloader,
+    Port,
+    Timeouts,
+    Tuple,
+    plan,
+    why_not_offloadable,
+)
+from xdp.records import FLOW_F_CLOSING, FlowEntry, FlowKey
+
+INSIDE = Port(2, "02:00:00:00:00:02")
+OUTSIDE = Port(3, "02:00:00:00:00:03")
+TIMEOUTS = Timeouts(tcp_established=432000, udp=30, udp_stream=120, icmp=30)
+WS, INET, NAT = IPv4Address("10.0.1.10"), IPv4Address("198.51.100.10"), IPv4Address("203.0.113.2")
+ESTABLISHED = IPS_SEEN_REPLY | IPS_ASSURED | IPS_SRC_NAT
+
+
+def tcp(sport: int = 40000, nat_port: int = 40000, **kw: object) -> CtFlow:
+    base = CtFlow(
+        proto=6,
+        orig=Tuple(WS, INET, sport, 80),
+        reply=Tuple(INET, NAT, 80, nat_port),
+        status=ESTABLISHED,
+        tcp_state=TCP_CONNTRACK_ESTABLISHED,
+        mark=0,
+        timeout=432000,
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+class FakeTable:
+    def __init__(self) -> None:
+        self.entries: dict[FlowKey, FlowEntry] = {}
+
+    def add_flow(self, key: FlowKey, entry: FlowEntry) -> None:
+        self.entries[key] = entry
+
+    def delete_flow(self, key: FlowKey) -> bool:
+        return self.entries.pop(key, None) is not None
+
+    def flows(self) -> list[tuple[FlowKey, FlowEntry]]:
+        return list(self.entries.items())
+
+
+class FakeKernel:
+    def __init__(self, flows: list[CtFlow]) -> None:
+        self.flows = flows
+        self.refreshed: list[tuple[CtFlow, int]] = []
+
+    def conntrack(self) -> Iterable[CtFlow]:
+        return list(self.flows)
+
+    def refresh(self, ct: CtFlow, timeout: int) -> None:
+        self.refreshed.append((ct, timeout))
+
+    def next_hop_mac(self, dst: IPv4Address) -> str | None:
+        return "02:00:00:00:00:aa" if dst == WS else "02:00:00:00:00:bb"
+
+
+def offloader(flows: list[CtFlow], capacity: int = 1024) -> tuple[Offloader, FakeTable, FakeKernel]:
+    table, kernel = FakeTable(), FakeKernel(flows)
+    off = Offloader(table, kernel, INSIDE, OUTSIDE, capacity, timeouts=TIMEOUTS, idle_seconds=10)
+    return off, table, kernel
+
+
+def test_plan_uses_the_kernels_mapping_both_ways() -> None:
+    (ok, oe), (bk, be) = plan(
+        tcp(nat_port=61000), INSIDE, OUTSIDE, "02:00:00:00:00:bb", "02:00:00:00:00:aa"
+    )
+    assert ok == FlowKey(INSIDE.ifindex, WS, INET, 40000, 80, 6)
+    assert (oe.new_saddr, oe.new_sport, oe.new_daddr, oe.new_dport) == (NAT, 61000, INET, 80)
+    assert (oe.egress_ifindex, oe.src_mac, oe.dst_mac) == (
+        OUTSIDE.ifindex,
+        OUTSIDE.mac,
+        "02:00:00:00:00:bb",
+    )
+    assert bk == FlowKey(OUTSIDE.ifindex, INET, NAT, 80, 61000, 6)
+    assert (be.new_saddr, be.new_sport, be.new_daddr, be.new_dport) == (INET, 80, WS, 40000)
+    assert (be.egress_ifindex, be.dst_mac) == (INSIDE.ifindex, "02:00:00:00:00:aa")
+
+
+def test_plan_icmp_echo_rewrites_the_identifier() -> None:
+    ct = CtFlow(1, Tuple(WS, INET, 77, 0), Tuple(INET, NAT, 1077, 0), ESTABLISHED, None, 0, 30)
+    (ok, oe), (bk, be) = plan(ct, INSIDE, OUTSIDE, "02:00:00:00:00:bb", "02:00:00:00:00:aa")
+    assert (ok.sport, ok.dport, oe.new_sport, oe.new_dport) == (77, 0, 1077, 0)
+    assert (bk.sport, bk.dport, be.new_sport, be.new_dport) == (1077, 0, 77, 0)
+
+
+@pytest.mark.parametrize(
+    ("flow", "reason"),
+    [
+        (tcp(), None),
+        (tcp(tcp_state=1), "not_established"),
+        (tcp(status=IPS_SEEN_REPLY | IPS_SRC_NAT), "not_established"),
+        (tcp(status=IPS_ASSURED | IPS_SRC_NAT), "unreplied"),
+        (tcp(status=IPS_SEEN_REPLY | IPS_ASSURED), "not_snat"),
+        (tcp(status=ESTABLISHED | IPS_DYING), "dying"),
+        (tcp(mark=CT_MARK_INSPECT), "under_inspection"),
+        (tcp(mark=CT_MARK_INSPECT | CT_MARK_BYPASS), None),
+        (tcp(timeout=432000 - 60), "idle"),
+    ],
+)
+def test_offload_policy(flow: CtFlow, reason: str | None) -> None:
+    assert why_not_offloadable(flow, TIMEOUTS, recent_seconds=5) == reason
+
+
+def test_installs_pair_then_keeps_conntrack_alive_from_last_seen() -> None:
+    off, table, kernel = offloader([tcp()])
+    off.sync(now_ns=1_000)
+    assert len(table.entries) == 2 and off.stats.offloaded == 1
+    off.sync(now_ns=2_000)
+    assert kernel.refreshed == []  # no packet on the fast path yet
+    out_key = next(k for k in table.entries if k.ifindex == INSIDE.ifindex)
+    table.entries[out_key] = replace(table.entries[out_key], last_seen_ns=5_000, packets=1)
+    off.sync(now_ns=6_000)
+    assert kernel.refreshed == [(tcp(), TIMEOUTS.tcp_established)]
+    off.sync(now_ns=7_000)
+    assert len(kernel.refreshed) == 1  # only when last_seen moves
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        ("destroy", "conntrack_destroyed"),
+        ("fin", "fin_rst"),
+        ("idle", "idle"),
+    ],
+)
+def test_pair_removed(mutate: str, reason: str) -> None:
+    off, table, kernel = offloader([tcp()])
+    off.sync(now_ns=1_000)
+    key = next(iter(table.entries))
+    now = 2_000
+    if mutate == "destroy":
+        kernel.flows = []
+    elif mutate == "fin":
+        table.entries[key] = replace(table.entries[key], flags=FLOW_F_CLOSING, last_seen_ns=1_500)
+        kernel.flows = [tcp(tcp_state=4)]  # the kernel saw the FIN: FIN_WAIT
+    else:
+        table.entries[key] = replace(table.entries[key], last_seen_ns=1_500)
+        now = 1_500 + 11 * 10**9
+        kernel.flows = [tcp(timeout=432000 - 11)]  # and the kernel saw nothing either
+    off.sync(now_ns=now)
+    assert table.entries == {}
+    assert off.stats.removed[reason] == 1
+    off.sync(now_ns=now + 1)
+    assert table.entries == {}  # not re-offloaded: closing/idle/destroyed
+
+
+def test_full_table_leaves_new_flows_on_kernel_path_and_keeps_existing() -> None:
+    flows = [tcp(sport=40000 + i, nat_port=50000 + i) for i in range(10)]
+    off, table, _ = offloader(flows[:3], capacity=8)  # room for 3 pairs after headroom
+    off.sync(now_ns=1)
+    before = dict(table.entries)
+    off.kernel.flows = flows  # type: ignore[attr-defined]
+    off.sync(now_ns=2)
+    assert table.entries == before
+    assert off.stats.table_full == 7
+
+
+def test_restart_adopts_matching_pairs_and_deletes_orphans() -> None:
+    off, table, kernel = offloader([tcp()])
+    off.sync(now_ns=1)
+    stray = FlowKey(INSIDE.ifindex, WS, INET, 1, 2, 17)
+    table.entries[stray] = next(iter(table.entries.values()))
+    counts_before = {k: v for k, v in table.entries.items() if k != stray}
+    restarted = Offloader(table, kernel, INSIDE, OUTSIDE, 1024, timeouts=TIMEOUTS)
+    restarted.sync(now_ns=2)
+    assert restarted.stats.adopted == 1 and restarted.stats.offloaded == 0
+    assert table.entries == counts_before
+    assert restarted.stats.removed["orphan"] == 1

@@ -1,0 +1,99 @@
+"""perf.report, perf.rr parsers, perf.generator and perf.tools: JSON shape, markdown
+table, tool output parsing, trafgen config and the missing-tool message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from perf import report
+from perf.__main__ import main, parser, target_from
+from perf.generator import UdpFlow, trafgen_config
+from perf.report import Result
+from perf.rr import parse_iperf3, parse_sockperf
+from perf.target import Host, PerfError
+from perf.tools import ToolMissing, require
+
+pytestmark = pytest.mark.unit
+
+SOCKPERF_TAIL = """\
+sockperf: ---> <MAX> observation =  120.774
+sockperf: ---> percentile 99.999 =  110.100
+sockperf: ---> percentile 99.990 =   95.001
+sockperf: ---> percentile 99.900 =   87.920
+sockperf: ---> percentile 99.000 =   52.310
+sockperf: ---> percentile 90.000 =   40.000
+sockperf: ---> percentile 50.000 =   32.820
+sockperf: ---> <MIN> observation =   20.100
+"""
+
+
+def test_json_document_shape_and_ratio() -> None:
+    results = [
+        Result("cpu_ns_per_packet", "kernel_masquerade", "ns/packet", 2500.0,
+               "kernel_masquerade", 2500.0, [{"valid": True}], 200_000, 11.0),
+        Result("cpu_ns_per_packet", "xdp_fastpath", "ns/packet", 1250.0,
+               "kernel_masquerade", 2500.0, [{"valid": True}], 200_000, 23.0),
+        Result("cpu_ns_per_packet", "geneve_two_arm", "ns/packet", None, valid=False,
+               note="not yet built"),
+    ]  # fmt: skip
+    doc = json.loads(json.dumps(report.document("dataplane", results)))
+    assert doc["suite"] == "dataplane"
+    assert set(doc["host"]) == {"cpu", "kernel", "cores"}
+    first = doc["results"][1]
+    for key in ("metric", "unit", "value", "baseline", "baseline_value", "ratio", "runs",
+                "offered_pps", "pkts_per_wakeup", "valid"):  # fmt: skip
+        assert key in first
+    assert first["ratio"] == 0.5
+    assert doc["results"][2]["value"] is None and doc["results"][2]["ratio"] is None
+
+
+def test_markdown_has_one_row_per_result() -> None:
+    results = [Result("m", "p", "ns/packet", 1234.0, "b", 2468.0, [{"valid": True}])]
+    table = report.markdown(results)
+    assert table.count("\n") == 3
+    assert "| m | p | 1,234 |" in table and "| 0.50 |" in table
+
+
+def test_sockperf_and_iperf3_parsers() -> None:
+    assert parse_sockperf(SOCKPERF_TAIL) == {"p50": 32.82, "p99": 52.31, "p99.9": 87.92}
+    with pytest.raises(PerfError):
+        parse_sockperf("sockperf: no percentiles here")
+    assert parse_iperf3('{"end": {"sum_received": {"bits_per_second": 3.2e9}}}') == 3.2e9
+
+
+def test_trafgen_config_is_a_60_byte_udp_frame() -> None:
+    cfg = trafgen_config(UdpFlow("d2:70:28:8f:3d:ff", "ba:e3:5e:b1:11:11", "10.0.1.10",
+                                 "198.51.100.10", 40000, 9))  # fmt: skip
+    assert "0xba, 0xe3, 0x5e, 0xb1, 0x11, 0x11, 0xd2" in cfg  # destination MAC first
+    assert "0x0a, 0x00, 0x01, 0x0a, 0xc6, 0x33, 0x64, 0x0a" in cfg
+    assert "const16(46)" in cfg and "const16(26)" in cfg and "fill(0x41, 18)" in cfg
+
+
+def test_missing_tool_names_its_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("perf.tools.shutil.which", lambda tool: None)
+    with pytest.raises(ToolMissing, match=r"trafgen \(Debian package netsniff-ng\)"):
+        require(["trafgen"])
+
+
+def test_cli_exits_nonzero_on_a_missing_tool(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("perf.tools.shutil.which", lambda tool: None)
+    assert main(["dataplane", "--json", str(tmp_path / "x.json")]) == 2
+    assert "apt-get install" in capsys.readouterr().err
+
+
+def test_real_host_mode_needs_every_parameter() -> None:
+    args = parser().parse_args(["dataplane", "--json", "x", "--ingress-dev", "ens6"])
+    with pytest.raises(PerfError, match="--egress-dev"):
+        target_from(args)
+
+
+def test_lab_mode_is_the_default_and_hosts_build_argv() -> None:
+    target = target_from(parser().parse_args(["dataplane", "--json", "x"]))
+    assert target.lab and target.ingress_dev == "inside"
+    assert Host(netns="ns1").argv("ip", "link") == ["ip", "netns", "exec", "ns1", "ip", "link"]
+    assert Host(ssh="gen").argv("true")[:2] == ["ssh", "-o"]

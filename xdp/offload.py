@@ -1,0 +1,415 @@
+"""Conntrack-aware sNAT offload: move flows the kernel has decided into the XDP table.
+
+Kernel conntrack stays the source of truth (DESIGN.md §2). Each :meth:`Offloader.sync`
+reads the conntrack table through ctnetlink (pyroute2) and
+
+* installs both directions of every established, source-NATed flow that policy lets
+  bypass inspection, with exactly the mapping the kernel chose (the reply tuple);
+* keeps the kernel entry alive while the fast path carries the flow (the program's
+  ``last_seen`` moves, the agent resets the conntrack timeout);
+* removes the pair when the kernel entry is gone, when the program saw FIN/RST
+  (``FLOW_F_CLOSING``: the kernel now owns the teardown), or after ``idle_seconds``
+  without traffic;
+* after a restart, adopts pairs already in the pinned table that still match kernel
+  conntrack and deletes the rest.
+
+A full table leaves new flows on the kernel path (counted as ``table_full``): the agent
+never lets the LRU evict an existing flow. Offloaded TCP flows bypass conntrack's window
+tracking, so the gateway runs with ``nf_conntrack_tcp_be_liberal=1`` (what the kernel's
+own flowtable offload does per flow); otherwise the FIN handed back later would be
+INVALID and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any, Protocol
+
+from xdp.records import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, FlowEntry, FlowKey
+
+log = logging.getLogger("spectra.xdp")
+
+# Conntrack mark bits owned by the inspection policy (nfq issue): a flow marked INSPECT
+# stays on the kernel path until the inspector also marks it BYPASS.
+CT_MARK_INSPECT = 0x1
+CT_MARK_BYPASS = 0x2
+
+IPS_SEEN_REPLY = 1 << 1
+IPS_ASSURED = 1 << 2
+IPS_SRC_NAT = 1 << 4
+IPS_DST_NAT = 1 << 5
+IPS_DYING = 1 << 9
+TCP_CONNTRACK_ESTABLISHED = 3
+ICMP_ECHO_REQUEST = 8
+
+SYSCTL = Path("/proc/sys/net/netfilter")
+
+
+@dataclass(frozen=True, slots=True)
+class Tuple:
+    """One conntrack tuple; for ICMP echo ``sport`` is the identifier and ``dport`` 0."""
+
+    saddr: IPv4Address
+    daddr: IPv4Address
+    sport: int
+    dport: int
+
+
+@dataclass(frozen=True, slots=True)
+class CtFlow:
+    """The parts of a kernel conntrack entry the offload decision needs."""
+
+    proto: int
+    orig: Tuple
+    reply: Tuple
+    status: int
+    tcp_state: int | None
+    mark: int
+    timeout: int
+
+    @property
+    def key(self) -> tuple[int, Tuple]:
+        return (self.proto, self.orig)
+
+
+@dataclass(frozen=True, slots=True)
+class Port:
+    """A gateway interface as the fast path sees it."""
+
+    ifindex: int
+    mac: str
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Kernel conntrack timeouts (seconds), read from this namespace's sysctls."""
+
+    tcp_established: int = 432000
+    udp: int = 30
+    udp_stream: int = 120
+    icmp: int = 30
+
+    @classmethod
+    def from_sysctl(cls) -> Timeouts:
+        def read(name: str, default: int) -> int:
+            try:
+                return int((SYSCTL / name).read_text())
+            except (OSError, ValueError):
+                return default
+
+        d = cls()
+        return cls(
+            tcp_established=read("nf_conntrack_tcp_timeout_established", d.tcp_established),
+            udp=read("nf_conntrack_udp_timeout", d.udp),
+            udp_stream=read("nf_conntrack_udp_timeout_stream", d.udp_stream),
+            icmp=read("nf_conntrack_icmp_timeout", d.icmp),
+        )
+
+    def for_flow(self, ct: CtFlow) -> int:
+        """The timeout the kernel sets when it sees a packet of ``ct`` in its state."""
+        if ct.proto == IPPROTO_TCP:
+            return self.tcp_established
+        if ct.proto == IPPROTO_UDP:
+            return self.udp_stream if ct.status & IPS_ASSURED else self.udp
+        return self.icmp
+
+
+def why_not_offloadable(ct: CtFlow, timeouts: Timeouts, recent_seconds: float) -> str | None:
+    """None when ``ct`` may go to the fast path now, else the reason it may not."""
+    if ct.status & IPS_DYING:
+        return "dying"
+    if not ct.status & IPS_SRC_NAT or ct.status & IPS_DST_NAT:
+        return "not_snat"
+    if not ct.status & IPS_SEEN_REPLY:
+        return "unreplied"
+    if ct.proto == IPPROTO_TCP and (
+        ct.tcp_state != TCP_CONNTRACK_ESTABLISHED or not ct.status & IPS_ASSURED
+    ):
+        return "not_established"
+    if ct.mark & CT_MARK_INSPECT and not ct.mark & CT_MARK_BYPASS:
+        return "under_inspection"
+    # Idle flows stay on the kernel path until traffic returns to it.
+    if timeouts.for_flow(ct) - ct.timeout > recent_seconds:
+        return "idle"
+    return None
+
+
+def flow_keys(ct: CtFlow, inside: Port, outside: Port) -> tuple[FlowKey, FlowKey]:
+    """The fast-path keys of both directions: as sent by the workload, as returned."""
+    o, r, p = ct.orig, ct.reply, ct.proto
+    return (
+        FlowKey(inside.ifindex, o.saddr, o.daddr, o.sport, o.dport, p),
+        FlowKey(outside.ifindex, r.saddr, r.daddr, r.sport, r.dport, p),
+    )
+
+
+def plan(
+    ct: CtFlow, inside: Port, outside: Port, mac_toward_internet: str, mac_toward_workload: str
+) -> tuple[tuple[FlowKey, FlowEntry], tuple[FlowKey, FlowEntry]]:
+    """Both directions of a source-NATed flow, translated exactly as the kernel does."""
+    o, r, p = ct.orig, ct.reply, ct.proto
+    out_key, back_key = flow_keys(ct, inside, outside)
+    out_entry = FlowEntry(
+        new_saddr=r.daddr,
+        new_daddr=r.saddr,
+        new_sport=r.dport if p != IPPROTO_ICMP else r.sport,
+        new_dport=r.sport if p != IPPROTO_ICMP else 0,
+        egress_ifindex=outside.ifindex,
+        src_mac=outside.mac,
+        dst_mac=mac_toward_internet,
+    )
+    back_entry = FlowEntry(
+        new_saddr=o.daddr,
+        new_daddr=o.saddr,
+        new_sport=o.dport if p != IPPROTO_ICMP else o.sport,
+        new_dport=o.sport if p != IPPROTO_ICMP else 0,
+        egress_ifindex=inside.ifindex,
+        src_mac=inside.mac,
+        dst_mac=mac_toward_workload,
+    )
+    return (out_key, out_entry), (back_key, back_entry)
+
+
+class FlowTable(Protocol):
+    """What the offloader needs of :class:`xdp.Dataplane`."""
+
+    def add_flow(self, key: FlowKey, entry: FlowEntry) -> None: ...
+    def delete_flow(self, key: FlowKey) -> bool: ...
+    def flows(self) -> list[tuple[FlowKey, FlowEntry]]: ...
+
+
+class Kernel(Protocol):
+    """Kernel conntrack and neighbour state (pyroute2 in production, fakes in tests)."""
+
+    def conntrack(self) -> Iterable[CtFlow]: ...
+    def refresh(self, ct: CtFlow, timeout: int) -> None: ...
+    def next_hop_mac(self, dst: IPv4Address) -> str | None: ...
+
+
+@dataclass(slots=True)
+class Offloaded:
+    keys: tuple[FlowKey, FlowKey]
+    refreshed_ns: int
+
+
+@dataclass(slots=True)
+class OffloadStats:
+    """Counters reported in ``spectra status``."""
+
+    offloaded: int = 0
+    active: int = 0
+    removed: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    table_full: int = 0
+    keepalives: int = 0
+    adopted: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "offloaded_total": self.offloaded,
+            "active": self.active,
+            "removed": dict(self.removed),
+            "table_full": self.table_full,
+            "keepalives": self.keepalives,
+            "adopted": self.adopted,
+            "no_neighbour": self.skipped["no_neighbour"],
+        }
+
+
+class Offloader:
+    """Keeps the XDP flow table a faithful, bounded subset of kernel conntrack."""
+
+    def __init__(
+        self,
+        table: FlowTable,
+        kernel: Kernel,
+        inside: Port,
+        outside: Port,
+        capacity: int,
+        *,
+        idle_seconds: float = 300.0,
+        recent_seconds: float = 5.0,
+        timeouts: Timeouts | None = None,
+    ) -> None:
+        self.table, self.kernel = table, kernel
+        self.inside, self.outside = inside, outside
+        # Two entries per flow; keep headroom so the LRU never has to evict.
+        self.max_entries = max(0, capacity - max(2, capacity // 64))
+        self.idle_ns = int(idle_seconds * 1e9)
+        self.recent_seconds = recent_seconds
+        self.timeouts = timeouts or Timeouts.from_sysctl()
+        self.offloaded: dict[tuple[int, Tuple], Offloaded] = {}
+        self.stats = OffloadStats()
+
+    def sync(self, now_ns: int | None = None) -> None:
+        """One pass: reconcile the table with conntrack (cheap enough every 200 ms)."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        cts = {ct.key: ct for ct in self.kernel.conntrack()}
+        table = dict(self.table.flows())
+        self._adopt(cts, table, now_ns)
+        for ct_key, off in list(self.offloaded.items()):
+            reason = self._retire_reason(cts.get(ct_key), off, table, now_ns)
+            if reason:
+                self._remove(ct_key, reason)
+        self._delete_orphans(table)
+        used = 2 * len(self.offloaded)
+        for ct_key, ct in cts.items():
+            if ct_key in self.offloaded:
+                continue
+            why = why_not_offloadable(ct, self.timeouts, self.recent_seconds)
+            if why:
+                continue
+            if used + 2 > self.max_entries:
+                self.stats.table_full += 1
+                continue
+            if self._install(ct, now_ns):
+                used += 2
+        self.stats.active = len(self.offloaded)
+
+    def _adopt(
+        self, cts: dict[tuple[int, Tuple], CtFlow], table: dict[FlowKey, FlowEntry], now_ns: int
+    ) -> None:
+        """Pairs already in the (pinned) table that still match conntrack are ours."""
+        if not table:
+            return
+        known = {k for off in self.offloaded.values() for k in off.keys}
+        for ct_key, ct in cts.items():
+            if ct_key in self.offloaded:
+                continue
+            out_key, back_key = flow_keys(ct, self.inside, self.outside)
+            if out_key in table and back_key in table and out_key not in known:
+                self.offloaded[ct_key] = Offloaded((out_key, back_key), now_ns)
+                self.stats.adopted += 1
+
+    def _retire_reason(
+        self, ct: CtFlow | None, off: Offloaded, table: dict[FlowKey, FlowEntry], now_ns: int
+    ) -> str | None:
+        if ct is None or ct.status & IPS_DYING:
+            return "conntrack_destroyed"
+        entries = [table.get(k) for k in off.keys]
+        if any(e is None for e in entries):
+            return "missing_from_table"
+        present = [e for e in entries if e is not None]
+        if any(e.closing for e in present):
+            return "fin_rst"
+        last_seen = max(e.last_seen_ns for e in present)
+        if last_seen and now_ns - last_seen > self.idle_ns:
+            return "idle"
+        if last_seen > off.refreshed_ns:
+            self.kernel.refresh(ct, self.timeouts.for_flow(ct))
+            off.refreshed_ns = last_seen
+            self.stats.keepalives += 1
+        return None
+
+    def _install(self, ct: CtFlow, now_ns: int) -> bool:
+        to_internet = self.kernel.next_hop_mac(ct.orig.daddr)
+        to_workload = self.kernel.next_hop_mac(ct.orig.saddr)
+        if not to_internet or not to_workload:
+            self.stats.skipped["no_neighbour"] += 1
+            return False
+        pair = plan(ct, self.inside, self.outside, to_internet, to_workload)
+        # Return direction first: the first translated packet out may be answered at once.
+        for key, entry in reversed(pair):
+            self.table.add_flow(key, entry)
+        self.offloaded[ct.key] = Offloaded((pair[0][0], pair[1][0]), now_ns)
+        self.stats.offloaded += 1
+        log.debug("offloaded %s", ct)
+        return True
+
+    def _remove(self, ct_key: tuple[int, Tuple], reason: str) -> None:
+        off = self.offloaded.pop(ct_key)
+        for key in off.keys:
+            self.table.delete_flow(key)
+        self.stats.removed[reason] += 1
+
+    def _delete_orphans(self, table: dict[FlowKey, FlowEntry]) -> None:
+        known = {k for off in self.offloaded.values() for k in off.keys}
+        for key in table.keys() - known:
+            self.table.delete_flow(key)
+            self.stats.removed["orphan"] += 1
+
+
+class PyrouteKernel:
+    """:class:`Kernel` over ctnetlink and rtnetlink in the current network namespace."""
+
+    def __init__(self) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.conntrack import Conntrack
+
+        self._ct = Conntrack()
+        self._ipr = IPRoute()
+
+    def close(self) -> None:
+        self._ct.close()
+        self._ipr.close()
+
+    def conntrack(self) -> Iterable[CtFlow]:
+        for e in self._ct.dump_entries():
+            flow = _ct_flow(e)
+            if flow is not None:
+                yield flow
+
+    def refresh(self, ct: CtFlow, timeout: int) -> None:
+        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+        o = ct.orig
+        if ct.proto == IPPROTO_ICMP:
+            tup = NFCTAttrTuple(
+                saddr=str(o.saddr), daddr=str(o.daddr), proto=ct.proto,
+                icmp_id=o.sport, icmp_type=ICMP_ECHO_REQUEST, icmp_code=0,
+            )  # fmt: skip
+        else:
+            tup = NFCTAttrTuple(
+                saddr=str(o.saddr), daddr=str(o.daddr), proto=ct.proto,
+                sport=o.sport, dport=o.dport,
+            )  # fmt: skip
+        try:
+            self._ct.entry("set", tuple_orig=tup, timeout=timeout)
+        except OSError as exc:  # the entry died between dump and refresh
+            log.debug("conntrack refresh of %s failed: %s", ct, exc)
+
+    def next_hop_mac(self, dst: IPv4Address) -> str | None:
+        routes = self._ipr.route("get", dst=str(dst))
+        if not routes:
+            return None
+        route = routes[0]
+        hop = route.get_attr("RTA_GATEWAY") or str(dst)
+        oif = route.get_attr("RTA_OIF")
+        for neigh in self._ipr.get_neighbours(dst=hop, ifindex=oif):
+            mac = neigh.get_attr("NDA_LLADDR")
+            if mac:
+                return str(mac)
+        return None
+
+
+def _ct_flow(e: Any) -> CtFlow | None:
+    proto = e.tuple_orig.proto
+    if proto not in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP) or e.tuple_orig.saddr is None:
+        return None
+    if proto == IPPROTO_ICMP and e.tuple_orig.icmp_type != ICMP_ECHO_REQUEST:
+        return None
+
+    def tup(t: Any) -> Tuple:
+        if proto == IPPROTO_ICMP:
+            return Tuple(IPv4Address(t.saddr), IPv4Address(t.daddr), int(t.icmp_id), 0)
+        return Tuple(IPv4Address(t.saddr), IPv4Address(t.daddr), int(t.sport), int(t.dport))
+
+    if e.tuple_orig.family != socket.AF_INET:
+        return None
+    state = e.protoinfo.state if proto == IPPROTO_TCP and e.protoinfo is not None else None
+    return CtFlow(
+        proto=proto,
+        orig=tup(e.tuple_orig),
+        reply=tup(e.tuple_reply),
+        status=int(e.status or 0),
+        tcp_state=state,
+        mark=int(e.mark or 0),
+        timeout=int(e.timeout or 0),
+    )
