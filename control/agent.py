@@ -22,7 +22,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from control import nftables
-from control.fastpath import FastPath
+from control.fastpath import FastPath, detach_all
 from xdp.loader import LoaderError
 
 log = logging.getLogger("spectra.control")
@@ -122,6 +122,9 @@ class Agent:
             if self.fast_path is None:
                 self.fast_path = FastPath(s)
             self.state.xdp_modes = self.fast_path.converge()
+        else:
+            detach_all(s.inside_if, s.outside_if)
+            self.state.xdp_modes = {}
         self.state.data_plane = s.data_plane
         self.state.outside_addresses = outside
         self.state.converged = True

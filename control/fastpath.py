@@ -35,6 +35,12 @@ def _port(ifname: str) -> Port:
         return Port(int(link["index"]), str(link.get_attr("IFLA_ADDRESS")))
 
 
+def detach_all(*ifnames: str) -> None:
+    """Back to the kernel path: established flows continue there (conntrack kept them)."""
+    for ifname in ifnames:
+        loader.detach(ifname)
+
+
 class FastPath:
     """Attached XDP programs plus the offloader for one instance."""
 

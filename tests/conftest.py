@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,10 +44,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tiers = {m.name for m in item.iter_markers()} & (PRIVILEGED | {"unit"})
         if not tiers:
-            # Every test belongs to a tier; the directory names it.
-            tier = item.path.parent.name
-            if tier in PRIVILEGED | {"unit"}:
-                item.add_marker(getattr(pytest.mark, tier))
+            # Every test belongs to a tier; its directory under tests/ names it.
+            parts = item.path.relative_to(Path(__file__).parent).parts
+            if parts and parts[0] in PRIVILEGED | {"unit"}:
+                item.add_marker(getattr(pytest.mark, parts[0]))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

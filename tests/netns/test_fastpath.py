@@ -149,8 +149,8 @@ def test_deny_rule_at_runtime_drops_within_one_second(fresh_gateway: dict[str, A
     echo = fresh_gateway["services"]["udp_echo"]
     probe = (
         "import socket,time;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(0.2)\n"
-        "for i in range(100):\n"
-        f" s.sendto(b'd',('{echo['address']}',{echo['port']}))\n"
+        "for i in range(400):\n"
+        f" time.sleep(0.01); s.sendto(b'd',('{echo['address']}',{echo['port']}))\n"
         " try: s.recv(9)\n"
         " except TimeoutError: print(i); break\n"
     )

@@ -14,9 +14,12 @@ from perf.lab import TOPOLOGY, ns_exec
 from tests.netns.helpers import agent, http_get_json, sh
 
 
+KERNEL = ("--data-plane", "kernel")
+
+
 @pytest.fixture
 def agents(lab: Any) -> Any:
-    with agent("cs-gw-a"), agent("cs-gw-b"):
+    with agent("cs-gw-a", *KERNEL), agent("cs-gw-b", *KERNEL):
         yield
 
 
@@ -113,7 +116,7 @@ def test_invalid_and_malformed_never_leave_untranslated(lab_status: Any, agents:
 
 
 def test_agent_restores_a_deleted_table(lab: Any) -> None:
-    with agent("cs-gw-a"):
+    with agent("cs-gw-a", *KERNEL):
         sh("cs-gw-a", "nft", "delete", "table", "inet", "spectra")
         deadline = time.monotonic() + 5
         while sh("cs-gw-a", "nft", "list", "table", "inet", "spectra").returncode != 0:
