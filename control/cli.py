@@ -107,7 +107,13 @@ def status(instance: str | None, as_json: bool) -> None:
     from control.agent import RUN_ROOT, read_state
 
     names = [instance] if instance else sorted(p.name for p in RUN_ROOT.glob("*") if p.is_dir())
-    states = {name: read_state(name) for name in names}
+    states: dict[str, Any] = {}
+    for name in names:
+        st = read_state(name)
+        if st is not None:
+            st["agent_running"] = _pid_alive(int(st["pid"]))
+            st["xdp_counters"] = _xdp_counters(name)
+        states[name] = st
     if as_json:
         click.echo(json.dumps(states, indent=2))
         return
@@ -117,12 +123,39 @@ def status(instance: str | None, as_json: bool) -> None:
         if st is None:
             click.echo(f"{name}: never ran")
             continue
-        alive = _pid_alive(int(st["pid"]))
+        modes = ", ".join(f"{i} {m}" for i, m in st.get("xdp_modes", {}).items()) or "none"
         click.echo(
-            f"{name}: agent {'running' if alive else 'stopped'}, data plane {st['data_plane']}, "
-            f"converged={st['converged']}, sNAT {','.join(st['outside_addresses'])}"
+            f"{name}: agent {'running' if st['agent_running'] else 'stopped'}, "
+            f"data plane {st['data_plane']} (XDP: {modes}), converged={st['converged']}, "
+            f"sNAT {','.join(st['outside_addresses'])}"
             + (f", error: {st['last_error']}" if st.get("last_error") else "")
         )
+        counters = st["xdp_counters"]
+        if counters:
+            off = st.get("offload", {})
+            click.echo(
+                f"  flows {counters['flows']}/{counters['flow_capacity']}, offloaded "
+                f"{off.get('offloaded_total', 0)}, table full {off.get('table_full', 0)}"
+            )
+            for reason, c in counters["reasons"].items():
+                if c["packets"]:
+                    click.echo(f"  {reason:20} {c['packets']:>12} pkts {c['bytes']:>14} bytes")
+
+
+def _xdp_counters(instance: str) -> dict[str, Any] | None:
+    """Counters straight from the pinned maps: they exist while the agent is down."""
+    from xdp import Dataplane, loader
+
+    try:
+        if not loader.is_pinned(loader.pin_dir_for(instance)):
+            return None
+        dp = Dataplane.adopt(instance)
+    except OSError as exc:
+        return {"error": f"cannot read the pinned maps: {exc}"}
+    try:
+        return dict(dp.counters())
+    finally:
+        dp.close()
 
 
 def _pid_alive(pid: int) -> bool:

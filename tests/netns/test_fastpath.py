@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Network
@@ -99,6 +100,16 @@ def test_curl_udp_ping_go_through_the_fast_path(fresh_gateway: dict[str, Any]) -
         assert redirected() - before >= 40
         assert agent_state()["offload"].get("offloaded_total", 0) >= 2
         assert seen["client_ip"] == st["gateways"]["a"]["outside_ip"]
+        status = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "control", "status", "--json", "--instance", GW],
+                capture_output=True, text=True, check=True,
+            ).stdout
+        )[GW]  # fmt: skip
+        assert status["agent_running"] and status["xdp_modes"]["inside"] == "native"
+        assert status["xdp_counters"]["reasons"]["REDIRECT"]["packets"] >= 40
+        assert status["xdp_counters"]["flows"] >= 4
+        assert status["offload"]["active"] >= 2
 
 
 def test_offloaded_udp_flow_keeps_its_conntrack_entry(fresh_gateway: dict[str, Any]) -> None:
