@@ -1,0 +1,153 @@
+"""Per-key budgets (tokens, cost) and rate limits (requests and tokens per minute).
+
+A request reserves its worst case (estimated prompt + completion cap) *before* the
+upstream call and reconciles to the real usage after it. :meth:`Budgets.reserve` never
+awaits, so on the event loop the check-and-reserve is atomic: any number of
+concurrent requests can never together exceed a budget, provided the completion is
+capped at what was reserved (the pipeline passes the cap upstream as ``max_tokens``).
+State is in memory: budgets restart with the process.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ai.config import BudgetConfig, PriceConfig
+from ai.errors import BudgetExhausted, RateLimited
+from ai.usage import Usage
+
+WINDOW_S = 60.0
+
+
+class Prices:
+    """USD prices by model-name pattern; unknown models cost nothing."""
+
+    def __init__(self, prices: tuple[PriceConfig, ...]) -> None:
+        self._prices = prices
+
+    def _find(self, model: str) -> PriceConfig | None:
+        return next((p for p in self._prices if fnmatch.fnmatchcase(model, p.pattern)), None)
+
+    def cost(self, model: str, usage: Usage) -> float:
+        price = self._find(model)
+        if price is None:
+            return 0.0
+        cached_rate = (
+            price.input_per_mtok if price.cached_input_per_mtok is None
+            else price.cached_input_per_mtok
+        )
+        uncached = usage.prompt_tokens - usage.cached_tokens
+        return (
+            uncached * price.input_per_mtok + usage.cached_tokens * cached_rate
+            + usage.completion_tokens * price.output_per_mtok
+        ) / 1e6
+
+
+@dataclass(slots=True)
+class _Window:
+    at: float
+    tokens: int
+
+
+@dataclass(slots=True)
+class _KeyState:
+    used_tokens: int = 0
+    used_cost: float = 0.0
+    reserved_tokens: int = 0
+    reserved_cost: float = 0.0
+    requests: deque[float] = field(default_factory=deque)
+    tokens: deque[_Window] = field(default_factory=deque)
+
+
+@dataclass(slots=True)
+class Reservation:
+    """What one request holds until :meth:`Budgets.reconcile`."""
+
+    key_id: str
+    tokens: int
+    cost: float
+    completion_cap: int | None
+    window: _Window
+    settled: bool = False
+
+
+class Budgets:
+    """Budget and rate-limit state of every key."""
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._state: dict[str, _KeyState] = {}
+        self._now = time.monotonic if clock is None else clock
+
+    def _key(self, key_id: str) -> _KeyState:
+        return self._state.setdefault(key_id, _KeyState())
+
+    def _expire(self, state: _KeyState, now: float) -> None:
+        while state.requests and state.requests[0] <= now - WINDOW_S:
+            state.requests.popleft()
+        while state.tokens and state.tokens[0].at <= now - WINDOW_S:
+            state.tokens.popleft()
+
+    def reserve(
+        self, key_id: str, limits: BudgetConfig, prompt_tokens: int, completion_tokens: int,
+        cost: float,
+    ) -> Reservation:
+        """Reserve or raise 429; the completion cap shrinks to what the budget allows."""
+        state, now = self._key(key_id), self._now()
+        self._expire(state, now)
+        if limits.requests_per_minute is not None and (
+            len(state.requests) >= limits.requests_per_minute
+        ):
+            raise RateLimited(
+                f"rate limit of {limits.requests_per_minute} requests per minute reached",
+                retry_after=int(WINDOW_S - (now - state.requests[0])) + 1,
+            )
+        cap: int | None = completion_tokens
+        if limits.max_tokens is not None:
+            left = limits.max_tokens - state.used_tokens - state.reserved_tokens - prompt_tokens
+            if left < 1:
+                raise BudgetExhausted(
+                    f"token budget of {limits.max_tokens} exhausted for key {key_id}"
+                )
+            cap = min(completion_tokens, left)
+        tokens = prompt_tokens + (cap or 0)
+        if limits.tokens_per_minute is not None:
+            in_window = sum(w.tokens for w in state.tokens)
+            if in_window + tokens > limits.tokens_per_minute:
+                raise RateLimited(
+                    f"rate limit of {limits.tokens_per_minute} tokens per minute reached",
+                    retry_after=int(WINDOW_S - (now - state.tokens[0].at)) + 1
+                    if state.tokens else int(WINDOW_S),
+                )
+        if limits.max_cost_usd is not None and (
+            state.used_cost + state.reserved_cost + cost > limits.max_cost_usd
+        ):
+            raise BudgetExhausted(
+                f"cost budget of {limits.max_cost_usd} USD exhausted for key {key_id}"
+            )
+        window = _Window(now, tokens)
+        state.requests.append(now)
+        state.tokens.append(window)
+        state.reserved_tokens += tokens
+        state.reserved_cost += cost
+        return Reservation(key_id, tokens, cost, cap, window)
+
+    def reconcile(self, reservation: Reservation, usage: Usage | None, cost: float) -> None:
+        """Release the reservation and charge what was really used (idempotent)."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        state = self._key(reservation.key_id)
+        state.reserved_tokens -= reservation.tokens
+        state.reserved_cost -= reservation.cost
+        used = usage.total_tokens if usage is not None else 0
+        state.used_tokens += used
+        state.used_cost += cost
+        reservation.window.tokens = used
+
+    def used(self, key_id: str) -> tuple[int, float]:
+        state = self._key(key_id)
+        return state.used_tokens, state.used_cost

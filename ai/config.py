@@ -1,0 +1,166 @@
+"""Configuration model of the AI gateway (the appliance document's ``ai`` section).
+
+Self-contained pydantic v2 models, frozen and ``extra="forbid"``, so the control plane
+can embed :class:`AIConfig` as-is and reject typos at the config API. Secrets never
+appear here: providers and the key-hashing secret name an environment variable (or a
+file) that holds them; API keys appear only as their HMAC-SHA256 hashes (see
+:mod:`ai.keys`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ProviderKind = Literal["openai", "anthropic", "bedrock", "vllm"]
+OverflowPolicy = Literal["queue", "spill", "reject"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SecretRef(_Model):
+    """Where a secret lives: an environment variable or a file (first line)."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("a secret reference names exactly one of `env` or `file`")
+        return self
+
+
+class ProviderConfig(_Model):
+    """One upstream: its wire protocol, base URL and credential references."""
+
+    kind: ProviderKind
+    base_url: str = Field(description="e.g. https://api.openai.com/v1, http://127.0.0.1:8000/v1")
+    api_key: SecretRef | None = None
+    region: str | None = Field(default=None, description="AWS region (bedrock) or a label")
+    aws_access_key_id: SecretRef | None = None
+    aws_secret_access_key: SecretRef | None = None
+    aws_session_token: SecretRef | None = None
+    anthropic_version: str = "2023-06-01"
+    default_max_tokens: int = Field(default=4096, ge=1, description="when the API requires one")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    request_timeout_s: float = Field(default=300.0, gt=0)
+
+
+class OverflowConfig(_Model):
+    """What a ``local/*`` route does on a failure before the first token."""
+
+    policy: OverflowPolicy = "reject"
+    spill_model: str | None = Field(default=None, description="remote model for `spill`")
+    max_concurrency: int = Field(default=8, ge=1, description="admission limit upstream")
+    max_queue: int = Field(default=32, ge=0, description="requests waiting for admission")
+    queue_timeout_s: float = Field(default=10.0, gt=0, description="bounded wait of `queue`")
+    ttft_timeout_s: float = Field(default=30.0, gt=0, description="time-to-first-token deadline")
+    retry_after_s: int = Field(default=5, ge=1)
+
+    @model_validator(mode="after")
+    def _spill_needs_model(self) -> OverflowConfig:
+        if self.policy == "spill" and not self.spill_model:
+            raise ValueError("overflow policy `spill` needs `spill_model`")
+        return self
+
+
+class RouteConfig(_Model):
+    """Model-name pattern (fnmatch) -> provider; the first matching route wins."""
+
+    pattern: str
+    provider: str = Field(description="a name under `providers`")
+    strip_prefix: str = Field(default="", description="removed from the model name upstream")
+    models: tuple[str, ...] = Field(default=(), description="names listed by GET /v1/models")
+    overflow: OverflowConfig | None = None
+    ttft_timeout_s: float | None = Field(default=None, gt=0)
+
+    def matches(self, model: str) -> bool:
+        return fnmatch.fnmatchcase(model, self.pattern)
+
+
+class BudgetConfig(_Model):
+    """Per-key limits; ``None`` means unlimited."""
+
+    max_tokens: int | None = Field(default=None, ge=0, description="lifetime token budget")
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+
+
+class KeyConfig(_Model):
+    """An API key, stored only as ``hmac_sha256(secret, key)`` in hex."""
+
+    id: str
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    tenant: str
+    revoked: bool = False
+    budget: BudgetConfig = BudgetConfig()
+
+
+class PriceConfig(_Model):
+    """USD per million tokens for models matching ``pattern``."""
+
+    pattern: str
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)
+
+
+class ExactCacheConfig(_Model):
+    enabled: bool = True
+    path: Path | None = Field(default=None, description="SQLite file; None = in-memory")
+    ttl_s: float = Field(default=3600.0, gt=0)
+    max_entries: int = Field(default=100_000, ge=1)
+
+
+class SemCacheConfig(_Model):
+    """Semantic cache settings (consumed by ``ai.semcache.create_semantic_cache``)."""
+
+    enabled: bool = False
+    threshold: float = Field(default=0.95, ge=0, le=1)
+    max_messages: int = Field(default=8, ge=1, description="longer conversations skip it")
+    max_entries_per_partition: int = Field(default=100_000, ge=1)
+    model_dir: Path | None = None
+
+
+class AuditConfig(_Model):
+    path: Path | None = Field(default=None, description="JSON-lines file; None = disabled")
+    include_content: bool = False
+    rotate_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    queue_size: int = Field(default=1024, ge=1, description="bounded; full -> backpressure")
+    fsync: bool = False
+
+
+class AIConfig(_Model):
+    """The AI gateway: listener, upstreams, routes, keys, budgets, caches, audit."""
+
+    listen_host: str = "0.0.0.0"
+    listen_port: int = Field(default=8090, ge=0, le=65535)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    key_secret: SecretRef = SecretRef(env="SPECTRA_AI_KEY_SECRET")
+    providers: dict[str, ProviderConfig] = {}
+    routes: tuple[RouteConfig, ...] = ()
+    keys: tuple[KeyConfig, ...] = ()
+    prices: tuple[PriceConfig, ...] = ()
+    completion_reserve_tokens: int = Field(
+        default=1024, ge=1, description="budget reserved when a request names no max_tokens"
+    )
+    exact_cache: ExactCacheConfig = ExactCacheConfig()
+    semantic_cache: SemCacheConfig = SemCacheConfig()
+    audit: AuditConfig = AuditConfig()
+
+    @model_validator(mode="after")
+    def _routes_name_providers(self) -> AIConfig:
+        for route in self.routes:
+            if route.provider not in self.providers:
+                known = ", ".join(sorted(self.providers)) or "none"
+                raise ValueError(
+                    f"route {route.pattern!r} names provider {route.provider!r}; known: {known}"
+                )
+        return self

@@ -1,0 +1,110 @@
+"""OpenAI chat completions (and any OpenAI-compatible upstream).
+
+Reference: https://platform.openai.com/docs/api-reference/chat. The stream always asks
+the upstream for usage (``stream_options.include_usage``); the pipeline decides what
+the client sees.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ai.providers.base import (
+    ChoiceDelta,
+    Completion,
+    ProviderError,
+    StreamItem,
+    UpstreamCall,
+    error_from_event,
+    iter_sse,
+    open_post,
+    post_json,
+)
+from ai.usage import Usage
+
+# --- request mapping -------------------------------------------------------------------
+
+
+def _headers(call: UpstreamCall) -> dict[str, str]:
+    key = call.credentials.api_key
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _url(call: UpstreamCall, path: str) -> str:
+    return call.config.base_url.rstrip("/") + path
+
+
+def map_request(body: dict[str, Any], stream: bool) -> dict[str, Any]:
+    out = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    if stream:
+        out["stream"] = True
+        out["stream_options"] = {"include_usage": True}
+    return out
+
+
+# --- response mapping ------------------------------------------------------------------
+
+
+def map_response(data: dict[str, Any]) -> Completion:
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        raise ProviderError("protocol", "upstream response has no choices")
+    usage = data.get("usage")
+    return Completion(
+        choices=[
+            {
+                "index": c.get("index", i), "message": c.get("message") or {},
+                "finish_reason": c.get("finish_reason") or "stop",
+            }
+            for i, c in enumerate(choices)
+        ],
+        usage=Usage.from_openai(usage) if isinstance(usage, dict) else None,
+    )
+
+
+# --- stream-chunk mapping --------------------------------------------------------------
+
+
+def map_chunk(data: dict[str, Any]) -> list[StreamItem]:
+    items: list[StreamItem] = [
+        ChoiceDelta(c.get("delta") or {}, c.get("finish_reason"), c.get("index", 0))
+        for c in data.get("choices") or ()
+    ]
+    if isinstance(data.get("usage"), dict):
+        items.append(Usage.from_openai(data["usage"]))
+    return items
+
+
+class OpenAIProvider:
+    """Any OpenAI-compatible upstream."""
+
+    async def complete(self, call: UpstreamCall) -> Completion:
+        url = _url(call, "/chat/completions")
+        return map_response(await post_json(call, url, _headers(call), map_request(
+            call.body, stream=False)))
+
+    async def stream(self, call: UpstreamCall) -> AsyncIterator[StreamItem]:
+        url = _url(call, "/chat/completions")
+        body = json.dumps(map_request(call.body, stream=True)).encode()
+        headers = {**_headers(call), "Content-Type": "application/json",
+                   "Accept": "text/event-stream"}
+        resp = await open_post(call, url, headers, body)
+        try:
+            async for event in iter_sse(resp):
+                if event.data.strip() == "[DONE]":
+                    return
+                try:
+                    data = json.loads(event.data)
+                except ValueError:
+                    raise ProviderError("protocol", "upstream sent a non-JSON chunk") from None
+                if not isinstance(data, dict) or "error" in data:
+                    raise error_from_event(event.data, url)
+                for item in map_chunk(data):
+                    yield item
+        finally:
+            resp.release()
+
+    async def embed(self, call: UpstreamCall) -> dict[str, Any]:
+        return await post_json(call, _url(call, "/embeddings"), _headers(call), call.body)

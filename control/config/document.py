@@ -1,0 +1,162 @@
+"""The config document: the whole desired state of the appliance, one versioned model.
+
+``schema_version`` is the document format (bumped on incompatible change); the store
+numbers revisions of a document separately.  Section models live in
+:mod:`control.config.network` and :mod:`control.config.services`; this module adds the
+checks that span sections (ports claimed twice, interfaces, XDP limits) and the entry
+points: :func:`parse_document`, :func:`dump_document`, :func:`json_schema`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import Field, JsonValue, ValidationError, model_validator
+
+from control.config.errors import ConfigValidationError, FieldError, render_errors
+from control.config.issues import Issue, Issues, Loc, format_path
+from control.config.network import Inspection, Interfaces, Nat, PortForward, Rules
+from control.config.secrets import secret_field_names
+from control.config.services import Api, Gwlb, LoadBalancer, Logging, Metrics, Proxy, Tls
+from control.config.types import REVEAL, StrictModel
+from xdp.records import MAX_DENY_RULES
+
+SCHEMA_VERSION = 1
+GENEVE_PORT = 6081
+
+
+class ConfigDocument(StrictModel):
+    """Desired state of every instance of one gateway deployment."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    interfaces: Interfaces
+    nat: Nat = Nat()
+    rules: Rules = Rules()
+    inspection: Inspection = Inspection()
+    port_forwards: list[PortForward] = Field(default_factory=list, max_length=1024)
+    proxy: Proxy = Proxy()
+    tls: Tls = Tls()
+    load_balancer: LoadBalancer = LoadBalancer()
+    gwlb: Gwlb = Gwlb()
+    # TODO(ai): embed ai.config.AIConfig once the AI-gateway issue provides it; until then
+    # the section is carried opaquely (its secrets are NOT masked while it is a dict).
+    ai: dict[str, JsonValue] = Field(
+        default_factory=dict, description="AI gateway section (opaque until ai.config exists)"
+    )
+    logging: Logging = Logging()
+    metrics: Metrics = Metrics()
+    api: Api = Api()
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> ConfigDocument:
+        issues = _interface_issues(self) + _port_claim_issues(self) + _deny_limit_issues(self)
+        if issues:
+            raise Issues(issues)
+        return self
+
+
+def _interface_issues(doc: ConfigDocument) -> list[Issue]:
+    one_arm = doc.gwlb.enabled and doc.gwlb.mode == "one-arm"
+    if doc.interfaces.inside == doc.interfaces.outside and not one_arm:
+        return [
+            Issue(
+                ("interfaces", "outside"),
+                doc.interfaces.outside,
+                "expected an interface other than inside (only GWLB one-arm mode uses one)",
+            )
+        ]
+    return []
+
+
+def _port_claims(doc: ConfigDocument) -> list[tuple[Loc, str, int]]:
+    claims: list[tuple[Loc, str, int]] = [(("api", "port"), "tcp", doc.api.port)]
+    if doc.gwlb.enabled:
+        claims.append((("gwlb", "health_check", "port"), "tcp", doc.gwlb.health_check.port))
+        claims.append((("gwlb", "enabled"), "udp", GENEVE_PORT))
+    if doc.proxy.enabled:
+        claims.append((("proxy", "port"), "tcp", doc.proxy.port))
+    if doc.tls.enabled:
+        for i, tls in enumerate(doc.tls.listeners):
+            claims.append((("tls", "listeners", i, "port"), "tcp", tls.port))
+    if doc.load_balancer.enabled:
+        for i, lb in enumerate(doc.load_balancer.listeners):
+            claims.append((("load_balancer", "listeners", i, "port"), lb.proto, lb.port))
+    for i, forward in enumerate(doc.port_forwards):
+        claims.append((("port_forwards", i, "port"), forward.proto, forward.port))
+    return claims
+
+
+def _port_claim_issues(doc: ConfigDocument) -> list[Issue]:
+    owner: dict[tuple[str, int], Loc] = {}
+    issues = []
+    for loc, proto, port in _port_claims(doc):
+        first = owner.setdefault((proto, port), loc)
+        if first != loc:
+            issues.append(
+                Issue(loc, port, f"{proto}/{port} is already used by {format_path(first)}")
+            )
+    return issues
+
+
+def _deny_limit_issues(doc: ConfigDocument) -> list[Issue]:
+    denies = sum(1 for rule in doc.rules.entries if rule.action == "deny")
+    if doc.interfaces.data_plane == "xdp" and denies > MAX_DENY_RULES:
+        return [
+            Issue(
+                ("rules", "entries"),
+                f"{denies} deny rules",
+                f"expected at most {MAX_DENY_RULES} deny rules with data_plane xdp",
+            )
+        ]
+    return []
+
+
+SECRET_FIELDS = secret_field_names(ConfigDocument)
+
+
+def validation_errors(exc: ValidationError) -> list[FieldError]:
+    """Path-level errors of a failed :class:`ConfigDocument` validation."""
+    return render_errors(exc, ConfigDocument, SECRET_FIELDS)
+
+
+def parse_document(data: Mapping[str, Any] | str | bytes) -> ConfigDocument:
+    """Validate JSON text or data; raise :class:`ConfigValidationError` with path errors."""
+    if isinstance(data, str | bytes):
+        try:
+            data = json.loads(data)
+        except ValueError as exc:
+            raise ConfigValidationError(
+                [FieldError(path="(document)", value=None, message=f"expected JSON: {exc}")]
+            ) from None
+    if not isinstance(data, Mapping):
+        raise ConfigValidationError(
+            [
+                FieldError(
+                    path="(document)", value=type(data).__name__, message="expected a JSON object"
+                )
+            ]
+        )
+    try:
+        return ConfigDocument.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigValidationError(validation_errors(exc)) from None
+
+
+def dump_document(doc: ConfigDocument, *, reveal_secrets: bool = False) -> dict[str, Any]:
+    """Plain JSON data of ``doc``; secrets masked unless ``reveal_secrets`` (stores only)."""
+    return doc.model_dump(mode="json", context=REVEAL if reveal_secrets else None)
+
+
+def canonical_json(data: Any) -> str:
+    """Deterministic ASCII JSON (sorted keys, no spaces): what stores hash and chunk."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of the config document, as `spectra config schema` prints."""
+    schema = ConfigDocument.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://cloud-spectra.invalid/schemas/config-v{SCHEMA_VERSION}.json"
+    return schema

@@ -1,0 +1,145 @@
+"""Sections of the config document that shape the packet path.
+
+``interfaces`` (which NICs, XDP or kernel data plane), ``nat`` (translated source,
+port range, conntrack timeouts), ``rules`` (allow / deny), ``inspection`` (which
+traffic goes to the NFQUEUE inspector) and ``port_forwards`` (dNAT).  Semantics that
+the renderers rely on are stated on each model.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from control.config.issues import Issue, Issues, fail
+from control.config.types import IfName, Port, PortProto, PortRange, Proto, Seconds, StrictModel
+
+ANY = IPv4Network("0.0.0.0/0")
+
+
+class Interfaces(StrictModel):
+    """The inside (workload-facing) and outside (internet-facing) interfaces."""
+
+    inside: IfName
+    outside: IfName
+    data_plane: Literal["xdp", "kernel"] = Field(
+        "xdp", description="xdp: kernel path plus the XDP fast path; kernel: kernel path only"
+    )
+    xdp_mode: Literal["auto", "native", "generic"] = Field(
+        "auto", description="auto: native where the driver supports it, else generic"
+    )
+
+
+class NatTimeouts(StrictModel):
+    """Conntrack timeouts (seconds) the agent sets for translated flows."""
+
+    tcp_established: Seconds = 7440
+    tcp_transitory: Seconds = 120
+    udp: Seconds = 30
+    udp_stream: Seconds = 180
+    icmp: Seconds = 30
+
+
+class Nat(StrictModel):
+    """Source NAT out of the outside interface.
+
+    ``outside_addresses`` is ``"interface"`` (masquerade to the interface's address) or
+    the list of addresses to translate to (spread by source address).
+    """
+
+    outside_addresses: Annotated[
+        Literal["interface"] | list[IPv4Address], Field(union_mode="left_to_right")
+    ] = "interface"
+    port_range: PortRange = (1024, 65535)
+    timeouts: NatTimeouts = NatTimeouts()
+
+    @model_validator(mode="after")
+    def _addresses(self) -> Nat:
+        addresses = self.outside_addresses
+        if isinstance(addresses, list):
+            if not addresses:
+                raise fail(("outside_addresses",), [], 'expected "interface" or at least one address')
+            seen: set[IPv4Address] = set()
+            issues = []
+            for i, address in enumerate(addresses):
+                if address in seen:
+                    issues.append(Issue(("outside_addresses", i), str(address), "duplicate address"))
+                seen.add(address)
+            if issues:
+                raise Issues(issues)
+        return self
+
+
+class Match(StrictModel):
+    """A traffic selector: every given field must match; ``ports`` needs tcp or udp."""
+
+    src: IPv4Network = ANY
+    dst: IPv4Network = ANY
+    proto: Proto | None = None
+    ports: PortRange | None = Field(None, description="destination port range")
+
+    @model_validator(mode="after")
+    def _ports_need_l4(self) -> Match:
+        if self.ports is not None and self.proto not in ("tcp", "udp"):
+            raise fail(("proto",), self.proto, 'expected "tcp" or "udp" when ports are given')
+        return self
+
+
+class Rule(Match):
+    """One allow or deny rule for traffic forwarded from inside to outside."""
+
+    action: Literal["allow", "deny"]
+    comment: str | None = Field(None, max_length=128, pattern=r'^[^"\\\n]*$')
+
+
+class Rules(StrictModel):
+    """Egress policy.
+
+    Deny rules are stateless and win over allow rules (they are also pushed into the
+    XDP deny list, which drops before anything else).  Allow rules admit new connections;
+    with ``default: deny`` a new connection that matches no allow rule is dropped.
+    """
+
+    default: Literal["allow", "deny"] = "allow"
+    entries: list[Rule] = Field(default_factory=list, max_length=1024)
+
+
+class Queues(StrictModel):
+    """NFQUEUE numbers handed to the inspector: ``first`` .. ``first + count - 1``."""
+
+    first: int = Field(0, ge=0, le=65535)
+    count: int = Field(1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _fits(self) -> Queues:
+        if self.first + self.count - 1 > 65535:
+            raise fail(("count",), self.count, f"expected first + count - 1 <= 65535 (first={self.first})")
+        return self
+
+
+class Inspection(StrictModel):
+    """Which traffic is queued to the inspector, and what happens when it is down."""
+
+    enabled: bool = False
+    engine: Literal["suricata", "builtin"] = "suricata"
+    fail_open: bool = Field(
+        True, description="true: traffic bypasses a dead inspector; false: it is dropped"
+    )
+    queues: Queues = Queues()
+    selectors: list[Match] = Field(default_factory=list, max_length=256)
+
+
+class PortForward(StrictModel):
+    """Destination NAT: ``proto`` traffic to the outside ``port`` goes to ``to_address``."""
+
+    proto: PortProto
+    port: Port
+    to_address: IPv4Address
+    to_port: Port | None = Field(None, description="default: the same as port")
+    comment: str | None = Field(None, max_length=128, pattern=r'^[^"\\\n]*$')
+
+    @property
+    def target_port(self) -> int:
+        return self.port if self.to_port is None else self.to_port
