@@ -138,22 +138,26 @@ def test_offloaded_udp_flow_keeps_its_conntrack_entry(fresh_gateway: dict[str, A
 
 
 def test_agent_kill9_loses_no_packet_and_restart_adopts(fresh_gateway: dict[str, Any]) -> None:
-    with agent(GW) as first:
-        client = iperf3(fresh_gateway, "-u", "-b", "20M", "-t", "6", "-l", "1000")
+    with (
+        agent(GW) as first,
+        iperf3(fresh_gateway, "-u", "-b", "20M", "-t", "6", "-l", "1000") as client,
+    ):
         wait_for(lambda: agent_state()["offload"].get("active", 0) >= 1, 5, "offload of iperf3")
         time.sleep(1)
         os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
         during = redirected()
         time.sleep(1.5)
         assert redirected() > during  # forwarding went on with no agent at all
-    with agent(GW):
-        wait_for(lambda: agent_state()["offload"].get("adopted", 0) >= 1, 5, "re-adoption")
-        out, _ = client.communicate(timeout=20)
-        result = json.loads(out)
-        summary = result["end"]["sum"]
-        assert summary["lost_packets"] == 0, summary
-        assert summary["packets"] > 10000
-        assert agent_state()["offload"].get("offloaded_total", 0) == 0  # adopted, not reinstalled
+        with agent(GW):
+            wait_for(lambda: agent_state()["offload"].get("adopted", 0) >= 1, 5, "re-adoption")
+            out, _ = client.communicate(timeout=20)
+            assert (
+                agent_state()["offload"].get("offloaded_total", 0) == 0
+            )  # adopted, not reinstalled
+    summary = json.loads(out)["end"]["sum"]
+    assert summary["lost_packets"] == 0, summary
+    assert summary["packets"] > 10000
 
 
 def test_deny_rule_at_runtime_drops_within_one_second(fresh_gateway: dict[str, Any]) -> None:
@@ -186,14 +190,14 @@ def test_deny_rule_at_runtime_drops_within_one_second(fresh_gateway: dict[str, A
 
 
 def test_detach_hands_established_flows_back_to_the_kernel(fresh_gateway: dict[str, Any]) -> None:
-    client = iperf3(fresh_gateway, "-t", "5")
-    with agent(GW) as proc:
+    with agent(GW) as proc, iperf3(fresh_gateway, "-t", "6") as client:
         wait_for(lambda: agent_state()["offload"].get("active", 0) >= 1, 5, "offload of iperf3")
         proc.terminate()
-    time.sleep(0.5)
-    for ifname in ("inside", "outside"):
-        sh(GW, "ip", "link", "set", "dev", ifname, "xdp", "off")
-    out, _ = client.communicate(timeout=20)
+        proc.wait(timeout=10)
+        time.sleep(0.5)
+        for ifname in ("inside", "outside"):
+            sh(GW, "ip", "link", "set", "dev", ifname, "xdp", "off")
+        out, _ = client.communicate(timeout=20)
     result = json.loads(out)
     assert "error" not in result, result.get("error")
     intervals = result["intervals"]

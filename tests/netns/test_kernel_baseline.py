@@ -13,7 +13,6 @@ import pytest
 from perf.lab import TOPOLOGY, ns_exec
 from tests.netns.helpers import agent, http_get_json, sh
 
-
 KERNEL = ("--data-plane", "kernel")
 
 
