@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ai.semcache.config import SemCacheConfig
+
 ProviderKind = Literal["openai", "anthropic", "bedrock", "vllm"]
 OverflowPolicy = Literal["queue", "spill", "reject"]
 
@@ -119,14 +121,11 @@ class ExactCacheConfig(_Model):
     max_entries: int = Field(default=100_000, ge=1)
 
 
-class SemCacheConfig(_Model):
-    """Semantic cache settings (consumed by ``ai.semcache.create_semantic_cache``)."""
+class SemanticRoutingConfig(_Model):
+    """When the pipeline consults the semantic cache (its own settings: ``settings``)."""
 
-    enabled: bool = False
-    threshold: float = Field(default=0.95, ge=0, le=1)
     max_messages: int = Field(default=8, ge=1, description="longer conversations skip it")
-    max_entries_per_partition: int = Field(default=100_000, ge=1)
-    model_dir: Path | None = None
+    settings: SemCacheConfig | None = Field(default=None, description="None = disabled")
 
 
 class AuditConfig(_Model):
@@ -152,7 +151,7 @@ class AIConfig(_Model):
         default=1024, ge=1, description="budget reserved when a request names no max_tokens"
     )
     exact_cache: ExactCacheConfig = ExactCacheConfig()
-    semantic_cache: SemCacheConfig = SemCacheConfig()
+    semantic_cache: SemanticRoutingConfig = SemanticRoutingConfig()
     audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")

@@ -1,10 +1,15 @@
-"""The appliance agent: converges one instance to its desired state and keeps it there.
+"""The appliance agent: converges one instance to the config document in the store.
 
-For now the desired state is the kernel baseline (forwarding + nftables masquerade with
-the egress guard, exactly what a NAT instance does); the control-plane issue replaces
-:class:`AgentSettings` with the versioned config document from the config store, and the
-XDP issue adds the fast path. The agent writes its state to ``status.json`` under its
-run directory so ``spectra status`` can report it without talking to the process.
+Every poll interval (1 s for the local store, 5 s for SSM) the agent reads the store's
+head; on a new version it validates and converges the instance (:mod:`control.converge`:
+all steps or none). A failed apply rolls back to the last known good document, is
+reported in the status, and is retried with backoff; an unreachable store leaves the
+instance on its last known good document. Between polls the agent runs the XDP offloader
+(every 200 ms). It writes its state to ``/run/spectra/<instance>/status.json``, which
+``spectra status`` and the config API's ``/v1/status`` read.
+
+Nothing in the data plane depends on the agent: stopping it leaves the ruleset and the
+pinned, attached XDP programs forwarding.
 """
 
 from __future__ import annotations
@@ -19,44 +24,37 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-
-from control import nftables
-from control.fastpath import FastPath, detach_all
-from xdp.loader import LoaderError
+from control.config import ConfigDocument, ConfigValidationError
+from control.converge import ConvergeError, Converger, NftStep, SysctlStep, XdpStep
+from control.store import ConfigStore, StoreError, VersionNotFound
+from control.store.factory import POLL_SECONDS, open_store
 
 log = logging.getLogger("spectra.control")
 
 RUN_ROOT = Path("/run/spectra")
+UNRENDERED_SECTIONS = ("proxy", "tls", "load_balancer", "gwlb", "inspection")
 
 
 class AgentError(RuntimeError):
-    """The agent cannot converge the instance."""
+    """The agent cannot start (bad settings, unusable store)."""
 
 
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
-    """Where the agent runs and what it converges (until the config document exists)."""
+    """How this agent runs; what it converges to comes from the store."""
 
     instance: str
-    inside_if: str
-    outside_if: str
-    poll_seconds: float = 1.0
-    data_plane: str = "xdp"  # "xdp": kernel path + XDP fast path; "kernel": baseline only
-    xdp_mode: str = "auto"  # "auto" (native, else generic), "native", "generic"
-    flow_table_size: int = 262144
+    store_url: str = "local"
+    poll_seconds: float | None = None  # default: by store kind (local 1 s, ssm 5 s)
     offload_seconds: float = 0.2
+    flow_table_size: int = 262144
     idle_seconds: float = 300.0
 
-    def __post_init__(self) -> None:
-        if self.data_plane not in DATA_PLANES:
-            raise AgentError(f"data_plane={self.data_plane!r}: expected one of {DATA_PLANES}")
-        if self.xdp_mode not in XDP_MODES:
-            raise AgentError(f"xdp_mode={self.xdp_mode!r}: expected one of {XDP_MODES}")
-
-
-DATA_PLANES = ("xdp", "kernel")
-XDP_MODES = ("auto", "native", "generic")
+    @property
+    def poll(self) -> float:
+        if self.poll_seconds is not None:
+            return self.poll_seconds
+        return POLL_SECONDS.get(self.store_url.partition(":")[0], 1.0)
 
 
 @dataclass(slots=True)
@@ -64,14 +62,19 @@ class AgentState:
     instance: str
     pid: int
     hostname: str
+    store: str
     data_plane: str = "kernel"
+    desired_version: int = 0
+    applied_version: int = 0
     converged: bool = False
     applied_at: float | None = None
     last_error: str | None = None
+    store_error: str | None = None
     outside_addresses: list[str] = field(default_factory=list)
     applies: int = 0
     xdp_modes: dict[str, str] = field(default_factory=dict)
     offload: dict[str, Any] = field(default_factory=dict)
+    not_yet_rendered: list[str] = field(default_factory=list)
 
 
 def run_dir(instance: str) -> Path:
@@ -79,64 +82,97 @@ def run_dir(instance: str) -> Path:
 
 
 def read_state(instance: str) -> dict[str, Any] | None:
-    path = run_dir(instance) / "status.json"
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data: dict[str, Any] = json.loads((run_dir(instance) / "status.json").read_text())
     except FileNotFoundError:
         return None
     return data
 
 
-def interface_ipv4(ifname: str) -> list[str]:
-    """IPv4 addresses of ``ifname`` in the current network namespace."""
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            raise AgentError(f"interface {ifname!r} does not exist in this network namespace")
-        return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0], family=2)]
+def all_states() -> dict[str, dict[str, Any]]:
+    """Every instance that ever ran on this host, by name."""
+    names = sorted(p.name for p in RUN_ROOT.glob("*") if p.is_dir())
+    return {n: s for n in names if (s := read_state(n)) is not None}
 
 
 class Agent:
-    """Polls the desired state and converges the kernel to it, forever."""
+    """Polls the store and converges the instance, forever."""
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentSettings, store: ConfigStore | None = None) -> None:
         self.settings = settings
-        self.state = AgentState(settings.instance, os.getpid(), socket.gethostname())
+        self.store = store or open_store(settings.store_url)
+        self.state = AgentState(
+            settings.instance, os.getpid(), socket.gethostname(), settings.store_url
+        )
+        self.xdp = XdpStep(settings.instance, settings.flow_table_size, settings.idle_seconds)
+        self.converger = Converger([SysctlStep(), NftStep(), self.xdp])
         self._stop = False
-        self.fast_path: FastPath | None = None
+        self._failed_version = 0
+        self._retry_at = 0.0
+        self._backoff = settings.poll
 
-    def converge(self) -> None:
-        """Bring the instance to the desired state; a no-op when it is already there."""
-        s = self.settings
-        interface_ipv4(s.inside_if)
-        outside = interface_ipv4(s.outside_if)
-        if not outside:
-            raise AgentError(f"outside interface {s.outside_if!r} has no IPv4 address")
-        if self.state.converged and outside == self.state.outside_addresses:
-            if nftables.table_present():
-                return
-            log.warning("nftables table %s disappeared; re-applying", nftables.TABLE)
-        policy = nftables.NatPolicy(s.inside_if, s.outside_if, tuple(outside))
-        nftables.apply_ruleset(nftables.render_ruleset(policy))
-        if s.data_plane == "xdp":
-            if self.fast_path is None:
-                self.fast_path = FastPath(s)
-            self.state.xdp_modes = self.fast_path.converge()
-        else:
-            detach_all(s.inside_if, s.outside_if)
-            self.state.xdp_modes = {}
-        self.state.data_plane = s.data_plane
-        self.state.outside_addresses = outside
+    def poll_once(self) -> None:
+        """Read the store's head; converge when it moved, or re-check the live state."""
+        try:
+            head = self.store.head()
+            self.state.store_error = None
+        except StoreError as exc:
+            self.state.store_error = str(exc)
+            log.error("config store unreachable, staying on version %d: %s",
+                      self.state.applied_version, exc)  # fmt: skip
+            return
+        self.state.desired_version = head
+        if head == 0:
+            self.state.last_error = "the config store is empty: write a document (spectra config)"
+            return
+        if head == self.state.applied_version:
+            self._keep_applied()
+            return
+        if head == self._failed_version and time.monotonic() < self._retry_at:
+            return
+        self._apply(head)
+
+    def _apply(self, version: int) -> None:
+        try:
+            doc = self.store.get(version)
+            plan = self.converger.converge(doc)
+        except (ConvergeError, ConfigValidationError, VersionNotFound, StoreError) as exc:
+            self._failed(version, str(exc))
+            return
+        self.state.applied_version = version
         self.state.converged = True
+        self.state.last_error = None
         self.state.applied_at = time.time()
         self.state.applies += 1
-        log.info("converged %s: kernel baseline, sNAT to %s", s.instance, ",".join(outside))
+        self.state.data_plane = doc.interfaces.data_plane
+        self.state.outside_addresses = list(plan.outside_addresses)
+        self.state.xdp_modes = self.xdp.modes
+        self.state.not_yet_rendered = _unrendered(doc)
+        self._failed_version, self._backoff = 0, self.settings.poll
+        log.info("converged %s to config version %d", self.settings.instance, version)
+
+    def _failed(self, version: int, error: str) -> None:
+        self.state.converged = False
+        self.state.last_error = f"version {version}: {error}"
+        if version == self._failed_version:
+            self._backoff = min(self._backoff * 2, 30.0)
+        else:
+            self._failed_version, self._backoff = version, self.settings.poll
+        self._retry_at = time.monotonic() + self._backoff
+        log.error("config version %d not applied (retry in %.0fs): %s",
+                  version, self._backoff, error)  # fmt: skip
+
+    def _keep_applied(self) -> None:
+        """Re-apply the last good plan if someone removed the product's table."""
+        from control import nftables
+
+        if self.converger.last_good is not None and not nftables.table_present():
+            log.warning("nftables table %s disappeared; re-applying", nftables.TABLE)
+            self._apply(self.state.applied_version)
 
     def _offload_tick(self) -> None:
-        if self.fast_path is None or not self.state.converged:
-            return
         try:
-            self.state.offload = self.fast_path.sync()
+            self.state.offload = self.xdp.sync()
         except OSError as exc:
             log.error("offload sync failed: %s", exc)
 
@@ -151,29 +187,28 @@ class Agent:
         self._stop = True
 
     def run(self) -> None:
-        """Converge every poll interval until SIGTERM/SIGINT; retry failures with backoff.
-
-        The data plane never depends on the agent: stopping it leaves the ruleset (and
-        later the pinned XDP programs) in place.
-        """
+        """Poll and converge until SIGTERM/SIGINT."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        backoff = self.settings.poll_seconds
-        while not self._stop:
-            try:
-                self.converge()
-                self.state.last_error = None
-                backoff = self.settings.poll_seconds
-            except (AgentError, nftables.NftError, LoaderError, OSError) as exc:
-                self.state.converged = False
-                self.state.last_error = str(exc)
-                log.error("converge failed, retrying in %.1fs: %s", backoff, exc)
-                backoff = min(backoff * 2, 30.0)
-            self.write_state()
-            deadline = time.monotonic() + backoff
-            while not self._stop and time.monotonic() < deadline:
-                self._offload_tick()
-                time.sleep(self.settings.offload_seconds)
-        if self.fast_path is not None:
-            self.fast_path.close()
+        try:
+            while not self._stop:
+                self.poll_once()
+                self.write_state()
+                deadline = time.monotonic() + self.settings.poll
+                while not self._stop and time.monotonic() < deadline:
+                    self._offload_tick()
+                    time.sleep(self.settings.offload_seconds)
+        finally:
+            self.xdp.close()
+            self.store.close()
         log.info("agent %s stopped; data plane left in place", self.settings.instance)
+
+
+def _unrendered(doc: ConfigDocument) -> list[str]:
+    """Enabled sections whose renderers have not landed yet (reported, not hidden)."""
+    return [s for s in UNRENDERED_SECTIONS if getattr(getattr(doc, s), "enabled", False)]
+
+
+def bootstrap_document(inside_if: str, outside_if: str) -> dict[str, Any]:
+    """The document an empty store gets on first start: translate inside -> outside."""
+    return {"interfaces": {"inside": inside_if, "outside": outside_if}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -48,21 +49,21 @@ def main() -> None:
 @main.command()
 @click.option("--netns", "netns_name", help="Run inside this network namespace (lab).")
 @click.option("--instance", help="Instance name for state and pins [default: netns or 'default'].")
-@click.option("--inside", "inside_if", default="inside", show_default=True)
-@click.option("--outside", "outside_if", default="outside", show_default=True)
-@click.option("--poll", "poll_seconds", default=1.0, show_default=True, type=float)
 @click.option(
-    "--data-plane",
-    type=click.Choice(["xdp", "kernel"]),
-    default="xdp",
+    "--store",
+    "store_url",
+    default="local",
     show_default=True,
-    help="xdp: kernel path plus the XDP fast path; kernel: the NAT-instance baseline.",
+    help="Config store: local[:PATH] (SQLite) or ssm:/PREFIX (SSM Parameter Store).",
 )
 @click.option(
-    "--xdp-mode",
-    type=click.Choice(["auto", "native", "generic"]),
-    default="auto",
-    show_default=True,
+    "--bootstrap",
+    nargs=2,
+    metavar="INSIDE OUTSIDE",
+    help="When the store is empty, write a first document translating INSIDE -> OUTSIDE.",
+)
+@click.option(
+    "--poll", "poll_seconds", type=click.FloatRange(min=0.05), help="Store poll interval."
 )
 @click.option("--flow-table-size", default=262144, show_default=True, type=click.IntRange(16))
 @click.option("-v", "--verbose", is_flag=True)
@@ -70,16 +71,16 @@ def main() -> None:
 def run(
     netns_name: str | None,
     instance: str | None,
-    inside_if: str,
-    outside_if: str,
-    poll_seconds: float,
-    data_plane: str,
-    xdp_mode: str,
+    store_url: str,
+    bootstrap: tuple[str, str] | None,
+    poll_seconds: float | None,
     flow_table_size: int,
     verbose: bool,
 ) -> None:
     """Start the appliance agent and converge this instance until stopped."""
-    from control.agent import Agent, AgentSettings
+    from control.agent import Agent, AgentSettings, bootstrap_document
+    from control.config import ConfigValidationError, parse_document
+    from control.store import StoreError, VersionConflict, open_store
 
     _setup_logging(verbose)
     if netns_name:
@@ -89,14 +90,19 @@ def run(
         netns.setns(netns_name, flags=0)
     settings = AgentSettings(
         instance=instance or netns_name or "default",
-        inside_if=inside_if,
-        outside_if=outside_if,
+        store_url=store_url,
         poll_seconds=poll_seconds,
-        data_plane=data_plane,
-        xdp_mode=xdp_mode,
         flow_table_size=flow_table_size,
     )
-    Agent(settings).run()
+    try:
+        store = open_store(store_url)
+        if bootstrap and store.head() == 0:
+            doc = parse_document(bootstrap_document(*bootstrap))
+            with contextlib.suppress(VersionConflict):  # another instance bootstrapped it
+                store.put(doc, 0, "spectra run --bootstrap")
+    except (StoreError, ConfigValidationError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    Agent(settings, store).run()
 
 
 @main.command()
@@ -221,6 +227,8 @@ def lab_run(keep: bool) -> None:
     """Bring the lab up, run the appliance in every gateway, tear down on Ctrl-C."""
     from perf.lab import RUN_DIR, TOPOLOGY, Lab, run_in
 
+    LAB_STORE = RUN_DIR / "config.db"
+
     lab_ = Lab()
     lab_.up()
     agents: list[subprocess.Popen[bytes]] = []
@@ -236,7 +244,19 @@ def lab_run(keep: bool) -> None:
             logf = (RUN_DIR / f"agent-{gw.netns}.log").open("ab")
             agents.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "control", "run", "--netns", gw.netns],
+                    [
+                        sys.executable,
+                        "-m",
+                        "control",
+                        "run",
+                        "--netns",
+                        gw.netns,
+                        "--store",
+                        f"local:{LAB_STORE}",
+                        "--bootstrap",
+                        gw.inside_if,
+                        gw.outside_if,
+                    ],
                     stdout=logf,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,

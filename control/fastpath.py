@@ -11,16 +11,13 @@ from __future__ import annotations
 import logging
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from pyroute2 import IPRoute
 
 from xdp import Dataplane, loader
 from xdp.loader import AttachMode, BuildOptions
 from xdp.offload import Offloader, Port, PyrouteKernel
-
-if TYPE_CHECKING:
-    from control.agent import AgentSettings
 
 log = logging.getLogger("spectra.control")
 
@@ -44,22 +41,29 @@ def detach_all(*ifnames: str) -> None:
 class FastPath:
     """Attached XDP programs plus the offloader for one instance."""
 
-    def __init__(self, settings: AgentSettings) -> None:
-        self.settings = settings
-        opts = BuildOptions(flow_table_size=settings.flow_table_size)
-        self.dataplane = Dataplane.load(settings.instance, opts)
+    def __init__(
+        self,
+        instance: str,
+        inside_if: str,
+        outside_if: str,
+        *,
+        flow_table_size: int = 262144,
+        idle_seconds: float = 300.0,
+    ) -> None:
+        self.interfaces = (inside_if, outside_if)
+        self.idle_seconds = idle_seconds
+        self.dataplane = Dataplane.load(instance, BuildOptions(flow_table_size=flow_table_size))
         self.kernel = PyrouteKernel()
         self.offloader: Offloader | None = None
 
-    def converge(self) -> dict[str, str]:
+    def converge(self, xdp_mode: str = "auto") -> dict[str, str]:
         """Attach where nothing is attached; returns the XDP mode per interface."""
-        s = self.settings
         modes = {}
-        for ifname in (s.inside_if, s.outside_if):
+        for ifname in self.interfaces:
             mode = loader.attached_mode(ifname)
             if mode is None:
                 mode = loader.attach(
-                    ifname, self.dataplane.program_fd(), cast(AttachMode, s.xdp_mode)
+                    ifname, self.dataplane.program_fd(), cast(AttachMode, xdp_mode)
                 )
             else:
                 log.debug("%s: XDP already attached (%s mode), adopting", ifname, mode)
@@ -67,18 +71,20 @@ class FastPath:
             modes[ifname] = mode
         BE_LIBERAL.write_text("1")
         if self.offloader is None:
+            inside, outside = self.interfaces
             self.offloader = Offloader(
                 self.dataplane,
                 self.kernel,
-                _port(s.inside_if),
-                _port(s.outside_if),
+                _port(inside),
+                _port(outside),
                 self.dataplane.flow_table.capacity,
-                idle_seconds=s.idle_seconds,
+                idle_seconds=self.idle_seconds,
             )
         return modes
 
     def sync(self) -> dict[str, Any]:
-        assert self.offloader is not None
+        if self.offloader is None:
+            return {}
         self.offloader.sync()
         return self.offloader.stats.as_dict()
 

@@ -60,7 +60,7 @@ class NetfilterError(RuntimeError):
 
 def _check_ifname(ifname: str | None) -> None:
     if ifname is not None and (
-        not ifname or len(ifname) > 15 or any(c in ifname for c in ' "\\;{}\'')
+        not ifname or len(ifname) > 15 or any(c in ifname for c in " \"\\;{}'")
     ):
         raise NetfilterError(f"interface name {ifname!r}: 1-15 characters, no quotes/spaces")
 
@@ -73,8 +73,8 @@ def _ipt_selector(sel: Selector, in_interface: str | None) -> list[str]:
     base = ["-m conntrack --ctstate NEW"]
     if in_interface:
         base.append(f"-i {in_interface}")
-    srcs = [str(n) for n in sel.src] or [None]
-    dsts = [str(n) for n in sel.dst] or [None]
+    srcs: list[str | None] = [str(n) for n in sel.src] or [None]
+    dsts: list[str | None] = [str(n) for n in sel.dst] or [None]
     l4 = []
     if sel.proto != "any":
         l4.append(f"-p {sel.proto}")
@@ -95,8 +95,10 @@ def _ipt_selector(sel: Selector, in_interface: str | None) -> list[str]:
 
 def _nfqueue_target(policy: InspectionPolicy) -> str:
     q = policy.queues
-    target = f"NFQUEUE --queue-num {q.first}" if q.first == q.last else (
-        f"NFQUEUE --queue-balance {q.first}:{q.last}"
+    target = (
+        f"NFQUEUE --queue-num {q.first}"
+        if q.first == q.last
+        else (f"NFQUEUE --queue-balance {q.first}:{q.last}")
     )
     return target + (" --queue-bypass" if policy.fail_open else "")
 

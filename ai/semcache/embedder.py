@@ -99,7 +99,7 @@ class MiniLMEmbedder:
 
     def _load(self) -> tuple[object, object]:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped]
         from tokenizers import Tokenizer
 
         model = self._model_path or packaged_file(MODEL_DIST, MODEL_FILE, MODEL_SHA256)

@@ -30,17 +30,23 @@ class Guard(StrEnum):
     ANTONYMS = "antonyms"
 
 
-_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
+def _split(words: str) -> list[str]:
+    return words.split()
+
+
+_WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
 _DIGITS = re.compile(r"\d+(?:[.,]\d+)*")
 _SENTENCE_END = re.compile(r"[.?!:;\"“”()\[\]\n]")
 _NEGATION = re.compile(
-    r"\b(?:not|no|never|none|nobody|nothing|nowhere|neither|nor|cannot|without)\b|n['’]t\b"
+    r"\b(?:not|no|never|none|nobody|nothing|nowhere|neither|nor|cannot|without)\b|n['\u2019]t\b"
 )
 
-_UNITS = "zero one two three four five six seven eight nine ten eleven twelve thirteen \
-fourteen fifteen sixteen seventeen eighteen nineteen".split()
-_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
-_ORDINALS = "zeroth first second third fourth fifth sixth seventh eighth ninth tenth".split()
+_UNITS = _split(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen \
+fourteen fifteen sixteen seventeen eighteen nineteen"
+)
+_TENS = _split("twenty thirty forty fifty sixty seventy eighty ninety")
+_ORDINALS = _split("zeroth first second third fourth fifth sixth seventh eighth ninth tenth")
 NUMBER_WORDS: dict[str, str] = {
     **{w: str(i) for i, w in enumerate(_UNITS) if w != "one"},  # "one" is mostly a pronoun
     **{w: str(20 + 10 * i) for i, w in enumerate(_TENS)},
@@ -55,10 +61,12 @@ NUMBER_WORDS: dict[str, str] = {
 
 #: Capitalised words that are not names even in the middle of a sentence.
 _NOT_NAMES = frozenset(
-    """i i'm i've i'd i'll a an the and or but if of in on at to for from by with as is are
+    _split(
+        """i i'm i've i'd i'll a an the and or but if of in on at to for from by with as is are
     was were be been do does did what why how when where who whom whose which can could
     would should will shall may might must my your his her its our their this that these
-    those it he she we they you me him us them vs mr mrs ms dr""".split()
+    those it he she we they you me him us them vs mr mrs ms dr"""
+    )
 )
 
 _WH = ("what", "why", "how", "when", "where", "who", "whom", "whose", "which")
@@ -88,7 +96,7 @@ OPPOSITES: tuple[tuple[str, str], ...] = tuple(
 
 def _stem(word: str) -> str:
     """Lower case without a possessive or a plural s (Google's -> google, GPUs -> gpu)."""
-    word = word.lower().replace("’", "'")
+    word = word.lower().replace("\u2019", "'")
     if word.endswith("'s"):
         word = word[:-2]
     if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):

@@ -46,8 +46,9 @@ class PartitionIndex:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def add(self, features: Features, entry_id: str, vector: npt.NDArray[np.float32],
-            now: float) -> int:
+    def add(
+        self, features: Features, entry_id: str, vector: npt.NDArray[np.float32], now: float
+    ) -> int:
         """Store (or refresh) ``features.text``; returns the change in entry count."""
         row = self._row_of.get(features.text)
         if row is not None:
@@ -70,8 +71,9 @@ class PartitionIndex:
         self._row_of[features.text] = row
         return len(self) - before
 
-    def search(self, vector: npt.NDArray[np.float32], threshold: float, limit: int,
-               now: float) -> list[Candidate]:
+    def search(
+        self, vector: npt.NDArray[np.float32], threshold: float, limit: int, now: float
+    ) -> list[Candidate]:
         """Up to ``limit`` live entries with cosine >= ``threshold``, most similar first."""
         n = len(self)
         if n == 0:
@@ -83,9 +85,7 @@ class PartitionIndex:
         if above.size > limit:
             above = above[np.argpartition(-sims[above], limit - 1)[:limit]]
         order = above[np.argsort(-sims[above], kind="stable")]
-        return [
-            Candidate(int(r), self._ids[r], float(sims[r]), self._features[r]) for r in order
-        ]
+        return [Candidate(int(r), self._ids[r], float(sims[r]), self._features[r]) for r in order]
 
     def touch(self, row: int, now: float) -> None:
         """Mark ``row`` as used (LRU)."""

@@ -33,9 +33,7 @@ class Change:
         return out
 
 
-def diff_documents(
-    old: Any, new: Any, secret_names: frozenset[str] = frozenset()
-) -> list[Change]:
+def diff_documents(old: Any, new: Any, secret_names: frozenset[str] = frozenset()) -> list[Change]:
     """Differences from ``old`` to ``new``, in document order; lists compare by index."""
     changes: list[Change] = []
     _walk(old, new, (), changes, secret_names)

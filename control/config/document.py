@@ -13,8 +13,9 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, JsonValue, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from ai.config import AIConfig
 from control.config.errors import ConfigValidationError, FieldError, render_errors
 from control.config.issues import Issue, Issues, Loc, format_path
 from control.config.network import Inspection, Interfaces, Nat, PortForward, Rules
@@ -30,7 +31,7 @@ GENEVE_PORT = 6081
 class ConfigDocument(StrictModel):
     """Desired state of every instance of one gateway deployment."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     interfaces: Interfaces
     nat: Nat = Nat()
     rules: Rules = Rules()
@@ -40,11 +41,7 @@ class ConfigDocument(StrictModel):
     tls: Tls = Tls()
     load_balancer: LoadBalancer = LoadBalancer()
     gwlb: Gwlb = Gwlb()
-    # TODO(ai): embed ai.config.AIConfig once the AI-gateway issue provides it; until then
-    # the section is carried opaquely (its secrets are NOT masked while it is a dict).
-    ai: dict[str, JsonValue] = Field(
-        default_factory=dict, description="AI gateway section (opaque until ai.config exists)"
-    )
+    ai: AIConfig = AIConfig()
     logging: Logging = Logging()
     metrics: Metrics = Metrics()
     api: Api = Api()
@@ -75,6 +72,8 @@ def _port_claims(doc: ConfigDocument) -> list[tuple[Loc, str, int]]:
     if doc.gwlb.enabled:
         claims.append((("gwlb", "health_check", "port"), "tcp", doc.gwlb.health_check.port))
         claims.append((("gwlb", "enabled"), "udp", GENEVE_PORT))
+    if doc.ai.listen_port:
+        claims.append((("ai", "listen_port"), "tcp", doc.ai.listen_port))
     if doc.proxy.enabled:
         claims.append((("proxy", "port"), "tcp", doc.proxy.port))
     if doc.tls.enabled:

@@ -7,7 +7,6 @@ offending input with secrets masked, and the message says what is accepted.
 
 from __future__ import annotations
 
-
 from typing import Any, TypedDict
 
 from pydantic import BaseModel, ValidationError
@@ -42,9 +41,7 @@ class ConfigValidationError(ValueError):
 
 
 def _clean_loc(loc: tuple[str | int, ...]) -> Loc:
-    return tuple(
-        p for p in loc if isinstance(p, int) or ("[" not in p and p not in _TYPE_TAGS)
-    )
+    return tuple(p for p in loc if isinstance(p, int) or ("[" not in p and p not in _TYPE_TAGS))
 
 
 def _model_at(root: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
@@ -58,6 +55,11 @@ def _model_at(root: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
         inner = _model_classes(field.annotation)
         model = inner[0] if len(inner) == 1 else None
     return model
+
+
+def _holds_secrets(root: type[BaseModel], loc: Loc, secret_names: frozenset[str]) -> bool:
+    parent = _model_at(root, loc)
+    return parent is None or bool(secret_names & parent.model_fields.keys())
 
 
 def _scalar(value: Any, key: Loc, secret_names: frozenset[str]) -> Any:
@@ -105,11 +107,11 @@ def render_errors(
             continue
         path = format_path(loc)
         value = None if err["type"] == "missing" else _scalar(err["input"], loc, secret_names)
+        if err["type"] == "extra_forbidden" and _holds_secrets(root, loc[:-1], secret_names):
+            value = MASK  # a mistyped secret field name must not echo the secret
         message = _message(err, root, loc)
         if path in merged and message not in merged[path]["message"]:
             merged[path]["message"] += f"; or {message}"
         else:
             merged[path] = FieldError(path=path, value=value, message=message)
     return list(merged.values())
-
-

@@ -25,10 +25,11 @@ class Interfaces(StrictModel):
     inside: IfName
     outside: IfName
     data_plane: Literal["xdp", "kernel"] = Field(
-        "xdp", description="xdp: kernel path plus the XDP fast path; kernel: kernel path only"
+        default="xdp",
+        description="xdp: kernel path plus the XDP fast path; kernel: kernel path only",
     )
     xdp_mode: Literal["auto", "native", "generic"] = Field(
-        "auto", description="auto: native where the driver supports it, else generic"
+        default="auto", description="auto: native where the driver supports it, else generic"
     )
 
 
@@ -60,12 +61,16 @@ class Nat(StrictModel):
         addresses = self.outside_addresses
         if isinstance(addresses, list):
             if not addresses:
-                raise fail(("outside_addresses",), [], 'expected "interface" or at least one address')
+                raise fail(
+                    ("outside_addresses",), [], 'expected "interface" or at least one address'
+                )
             seen: set[IPv4Address] = set()
             issues = []
             for i, address in enumerate(addresses):
                 if address in seen:
-                    issues.append(Issue(("outside_addresses", i), str(address), "duplicate address"))
+                    issues.append(
+                        Issue(("outside_addresses", i), str(address), "duplicate address")
+                    )
                 seen.add(address)
             if issues:
                 raise Issues(issues)
@@ -78,7 +83,7 @@ class Match(StrictModel):
     src: IPv4Network = ANY
     dst: IPv4Network = ANY
     proto: Proto | None = None
-    ports: PortRange | None = Field(None, description="destination port range")
+    ports: PortRange | None = Field(default=None, description="destination port range")
 
     @model_validator(mode="after")
     def _ports_need_l4(self) -> Match:
@@ -91,7 +96,7 @@ class Rule(Match):
     """One allow or deny rule for traffic forwarded from inside to outside."""
 
     action: Literal["allow", "deny"]
-    comment: str | None = Field(None, max_length=128, pattern=r'^[^"\\\n]*$')
+    comment: str | None = Field(default=None, max_length=128, pattern=r'^[^"\\\n]*$')
 
 
 class Rules(StrictModel):
@@ -109,13 +114,15 @@ class Rules(StrictModel):
 class Queues(StrictModel):
     """NFQUEUE numbers handed to the inspector: ``first`` .. ``first + count - 1``."""
 
-    first: int = Field(0, ge=0, le=65535)
-    count: int = Field(1, ge=1, le=64)
+    first: int = Field(default=0, ge=0, le=65535)
+    count: int = Field(default=1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _fits(self) -> Queues:
         if self.first + self.count - 1 > 65535:
-            raise fail(("count",), self.count, f"expected first + count - 1 <= 65535 (first={self.first})")
+            raise fail(
+                ("count",), self.count, f"expected first + count - 1 <= 65535 (first={self.first})"
+            )
         return self
 
 
@@ -125,7 +132,7 @@ class Inspection(StrictModel):
     enabled: bool = False
     engine: Literal["suricata", "builtin"] = "suricata"
     fail_open: bool = Field(
-        True, description="true: traffic bypasses a dead inspector; false: it is dropped"
+        default=True, description="true: traffic bypasses a dead inspector; false: it is dropped"
     )
     queues: Queues = Queues()
     selectors: list[Match] = Field(default_factory=list, max_length=256)
@@ -137,8 +144,8 @@ class PortForward(StrictModel):
     proto: PortProto
     port: Port
     to_address: IPv4Address
-    to_port: Port | None = Field(None, description="default: the same as port")
-    comment: str | None = Field(None, max_length=128, pattern=r'^[^"\\\n]*$')
+    to_port: Port | None = Field(default=None, description="default: the same as port")
+    comment: str | None = Field(default=None, max_length=128, pattern=r'^[^"\\\n]*$')
 
     @property
     def target_port(self) -> int:

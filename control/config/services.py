@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from control.config.issues import Issue, Issues, fail
-from control.config.types import Domain, Name, Port, PortProto, Secret, Seconds, StrictModel
+from control.config.types import Domain, Name, Port, PortProto, Seconds, Secret, StrictModel
 
 _ACM_ARN_RE = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]{1,128}$")
 _TOKEN_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -68,7 +68,7 @@ class ProxyCache(StrictModel):
     """Squid's object cache."""
 
     enabled: bool = False
-    size_mb: int = Field(1024, ge=16, le=1_048_576)
+    size_mb: int = Field(default=1024, ge=16, le=1_048_576)
 
 
 class Proxy(StrictModel):
@@ -81,7 +81,9 @@ class Proxy(StrictModel):
         default_factory=list, max_length=4096, description="empty: every domain is allowed"
     )
     cache: ProxyCache = ProxyCache()
-    bandwidth_kbps: int | None = Field(None, ge=8, le=100_000_000, description="None: unlimited")
+    bandwidth_kbps: int | None = Field(
+        default=None, ge=8, le=100_000_000, description="None: unlimited"
+    )
 
 
 class Backend(StrictModel):
@@ -89,7 +91,7 @@ class Backend(StrictModel):
 
     address: IPv4Address
     port: Port
-    weight: int = Field(1, ge=1, le=256)
+    weight: int = Field(default=1, ge=1, le=256)
 
 
 class TlsListener(StrictModel):
@@ -118,9 +120,9 @@ class HealthCheck(StrictModel):
     """How a backend (or the appliance itself) is probed."""
 
     protocol: Literal["tcp", "http"] = "tcp"
-    port: Port | None = Field(None, description="default: the traffic port")
-    path: str = Field("/", pattern=r"^/[\x21-\x7e]*$", max_length=512)
-    interval_seconds: int = Field(10, ge=1, le=300)
+    port: Port | None = Field(default=None, description="default: the traffic port")
+    path: str = Field(default="/", pattern=r"^/[\x21-\x7e]*$", max_length=512)
+    interval_seconds: int = Field(default=10, ge=1, le=300)
 
 
 class LbListener(StrictModel):
@@ -151,7 +153,7 @@ class GwlbHealthCheck(StrictModel):
 
     protocol: Literal["tcp", "http"] = "tcp"
     port: Port = 80
-    path: str = Field("/healthz", pattern=r"^/[\x21-\x7e]*$", max_length=512)
+    path: str = Field(default="/healthz", pattern=r"^/[\x21-\x7e]*$", max_length=512)
 
 
 class Gwlb(StrictModel):
@@ -159,11 +161,14 @@ class Gwlb(StrictModel):
 
     enabled: bool = False
     mode: Literal["one-arm", "two-arm"] = Field(
-        "one-arm", description="one-arm: replies re-encapsulated to the GWLB; two-arm: "
-        "decapsulated traffic leaves by the outside interface (sNAT)"
+        default="one-arm",
+        description="one-arm: replies re-encapsulated to the GWLB; two-arm: "
+        "decapsulated traffic leaves by the outside interface (sNAT)",
     )
     health_check: GwlbHealthCheck = GwlbHealthCheck()
-    flow_idle_timeout_seconds: Seconds = Field(350, description="GWLB's own idle timeout: 350")
+    flow_idle_timeout_seconds: Seconds = Field(
+        default=350, description="GWLB's own idle timeout: 350"
+    )
     allowed_sources: list[IPv4Network] = Field(
         default_factory=list, max_length=64, description="GWLB endpoint subnets; empty: any"
     )
@@ -182,7 +187,7 @@ class Metrics(StrictModel):
 
     enabled: bool = True
     cloudwatch: bool = False
-    cloudwatch_namespace: str = Field("CloudSpectra", pattern=r"^[A-Za-z0-9./_#:-]{1,255}$")
+    cloudwatch_namespace: str = Field(default="CloudSpectra", pattern=r"^[A-Za-z0-9./_#:-]{1,255}$")
 
 
 class ApiToken(StrictModel):
@@ -195,9 +200,7 @@ class ApiToken(StrictModel):
     @model_validator(mode="after")
     def _hash_format(self) -> ApiToken:
         if not _TOKEN_HASH_RE.match(self.hash.get_secret_value()):
-            raise fail(
-                ("hash",), None, "expected sha256:<64 hex digits> (see `spectra token new`)"
-            )
+            raise fail(("hash",), None, "expected sha256:<64 hex digits> (see `spectra token new`)")
         return self
 
 
@@ -206,7 +209,7 @@ class Api(StrictModel):
 
     host: IPv4Address = IPv4Address("0.0.0.0")
     port: Port = 8080
-    max_body_bytes: int = Field(1_048_576, ge=1024, le=16_777_216)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=16_777_216)
     tokens: list[ApiToken] = Field(default_factory=list, max_length=256)
 
     @model_validator(mode="after")

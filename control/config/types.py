@@ -78,7 +78,11 @@ def _ifname(value: str) -> str:
     return value
 
 
-IfName = Annotated[str, AfterValidator(_ifname), Field(examples=["eth0"])]
+IfName = Annotated[
+    str,
+    AfterValidator(_ifname),
+    Field(examples=["eth0"], json_schema_extra={"pattern": _IFNAME_RE.pattern}),
+]
 
 
 def _domain(value: str) -> str:
@@ -102,7 +106,6 @@ def _name(value: str) -> str:
     return value
 
 
-Name = Annotated[str, AfterValidator(_name)]
+Name = Annotated[str, AfterValidator(_name), Field(json_schema_extra={"pattern": _NAME_RE.pattern})]
 
 Seconds = Annotated[int, Field(ge=1, le=7 * 24 * 3600, description="seconds, 1..604800")]
-

@@ -9,9 +9,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from control.agent import read_state
+from control.config import parse_document
+from control.store import SqliteStore
 from perf.lab import ns_exec
 
 
@@ -28,13 +31,57 @@ def http_get_json(ns: str, url: str) -> dict[str, Any]:
     return data
 
 
+STORE_DIR = Path("/run/spectra-test")
+
+
+def document(**sections: Any) -> dict[str, Any]:
+    """A config document for the lab gateways: the bootstrap one plus ``sections``."""
+    doc: dict[str, Any] = {"interfaces": {"inside": "inside", "outside": "outside"}}
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(doc.get(name), dict):
+            doc[name] = {**doc[name], **value}
+        else:
+            doc[name] = value
+    return doc
+
+
+def fresh_store(netns: str, doc: dict[str, Any]) -> Path:
+    """A new local store for ``netns`` holding ``doc`` as version 1."""
+    STORE_DIR.mkdir(parents=True, exist_ok=True)
+    path = STORE_DIR / f"{netns}.db"
+    for leftover in STORE_DIR.glob(f"{netns}.db*"):
+        leftover.unlink()
+    store = SqliteStore(path)
+    try:
+        store.put(parse_document(doc), 0, "test")
+    finally:
+        store.close()
+    return path
+
+
 @contextmanager
-def agent(netns: str, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    """``spectra run`` inside ``netns``, converged, stopped on exit."""
+def agent(
+    netns: str, doc: dict[str, Any] | None = None, *extra: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``spectra run`` inside ``netns`` on a fresh store holding ``doc``, converged,
+    stopped on exit."""
+    path = fresh_store(netns, doc or document())
     with (
         tempfile.TemporaryFile() as err,
         subprocess.Popen(
-            [sys.executable, "-m", "control", "run", "--netns", netns, *extra],
+            [
+                sys.executable,
+                "-m",
+                "control",
+                "run",
+                "--netns",
+                netns,
+                "--store",
+                f"local:{path}",
+                "--poll",
+                "0.2",
+                *extra,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=err,
         ) as proc,

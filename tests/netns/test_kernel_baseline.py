@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 from perf.lab import TOPOLOGY, ns_exec
-from tests.netns.helpers import agent, http_get_json, sh
+from tests.netns.helpers import agent, document, http_get_json, sh
 
-KERNEL = ("--data-plane", "kernel")
+KERNEL = document(interfaces={"data_plane": "kernel"})
 
 
 @pytest.fixture
 def agents(lab: Any) -> Any:
-    with agent("cs-gw-a", *KERNEL), agent("cs-gw-b", *KERNEL):
+    with agent("cs-gw-a", KERNEL), agent("cs-gw-b", KERNEL):
         yield
 
 
@@ -115,7 +115,7 @@ def test_invalid_and_malformed_never_leave_untranslated(lab_status: Any, agents:
 
 
 def test_agent_restores_a_deleted_table(lab: Any) -> None:
-    with agent("cs-gw-a", *KERNEL):
+    with agent("cs-gw-a", KERNEL):
         sh("cs-gw-a", "nft", "delete", "table", "inet", "spectra")
         deadline = time.monotonic() + 5
         while sh("cs-gw-a", "nft", "list", "table", "inet", "spectra").returncode != 0:

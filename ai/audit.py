@@ -1,0 +1,213 @@
+"""Append-only, hash-chained audit log (JSON lines) with rotation and verification.
+
+Each line is one canonical JSON object carrying ``seq``, ``prev`` (the ``h`` of the
+record before it, across rotations; 64 zeros for the very first) and ``h``, the
+SHA-256 of the record's canonical JSON without ``h``. Editing, deleting or reordering
+any line breaks a hash or a link, which :func:`verify` reports with the file and line.
+
+Memory is bounded: requests hand records to a bounded queue and wait when it is full
+(backpressure); one writer task drains it in batches to the file. Rotation renames
+the active file to ``<path>.<n>`` between batches, so no record is lost, and the chain
+continues into the new file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from ai.canonical import canonical_json
+from ai.config import AuditConfig
+
+log = logging.getLogger("spectra.ai")
+GENESIS = "0" * 64
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "h"}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def segments(path: Path) -> list[Path]:
+    """Rotated segments oldest first, then the active file."""
+    pattern = re.compile(re.escape(path.name) + r"\.(\d+)$")
+    rotated = sorted(
+        (int(m.group(1)), p) for p in path.parent.glob(path.name + ".*")
+        if (m := pattern.match(p.name))
+    )
+    return [p for _, p in rotated] + ([path] if path.exists() else [])
+
+
+def _last_record(path: Path) -> dict[str, Any] | None:
+    for segment in reversed(segments(path)):
+        with segment.open("rb") as f:
+            lines = f.read().splitlines()
+        for line in reversed(lines):
+            if line.strip():
+                parsed: dict[str, Any] = json.loads(line)
+                return parsed
+    return None
+
+
+class AuditLog:
+    """Writer of one audit log file; ``write`` applies backpressure when the queue is full."""
+
+    def __init__(self, config: AuditConfig) -> None:
+        assert config.path is not None
+        self._config = config
+        self._path = config.path
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(config.queue_size)
+        self._task: asyncio.Task[None] | None = None
+        self._file: IO[bytes] | None = None
+        self._seq = 0
+        self._prev = GENESIS
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._open)
+        self._task = asyncio.create_task(self._run(), name="spectra-ai-audit")
+
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        last = _last_record(self._path)
+        if last is not None:
+            self._seq, self._prev = int(last["seq"]) + 1, str(last["h"])
+        self._file = self._path.open("ab")
+
+    async def write(self, record: dict[str, Any]) -> None:
+        await self._queue.put(record)
+
+    async def drain(self) -> None:
+        """Wait until every record handed over so far is written."""
+        await self._queue.join()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await self._queue.put(None)
+            await self._task
+            self._task = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    async def _run(self) -> None:
+        done = False
+        while not done:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < 512:
+                batch.append(self._queue.get_nowait())
+            done = None in batch
+            records = [r for r in batch if r is not None]
+            try:
+                if records:
+                    await asyncio.to_thread(self._append, records)
+            except OSError:
+                log.exception("audit log write failed; %d records lost", len(records))
+                raise
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    def _append(self, records: list[dict[str, Any]]) -> None:
+        lines = []
+        for record in records:
+            chained = {**record, "seq": self._seq, "prev": self._prev}
+            chained["h"] = record_hash(chained)
+            lines.append(canonical_json(chained).encode() + b"\n")
+            self._seq, self._prev = self._seq + 1, chained["h"]
+        assert self._file is not None
+        self._file.write(b"".join(lines))
+        self._file.flush()
+        if self._config.fsync:
+            os.fsync(self._file.fileno())
+        if self._file.tell() >= self._config.rotate_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        assert self._file is not None
+        self._file.close()
+        existing = segments(self._path)[:-1]
+        index = 1 + max((int(p.name.rsplit(".", 1)[1]) for p in existing), default=0)
+        self._path.rename(self._path.with_name(f"{self._path.name}.{index}"))
+        self._file = self._path.open("ab")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    """The outcome of :func:`verify`."""
+
+    ok: bool
+    records: int
+    files: tuple[str, ...]
+    error: str | None = None
+    file: str | None = None
+    line: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "records": self.records, "files": list(self.files),
+                "error": self.error, "file": self.file, "line": self.line}
+
+
+def verify(path: Path | str, *, allow_pruned: bool = False) -> AuditReport:
+    """Check the hash chain of ``path`` and its rotated segments.
+
+    With ``allow_pruned`` the oldest kept record may link to a deleted one (old
+    segments removed by retention); otherwise the chain must start at genesis.
+    """
+    path = Path(path)
+    files = segments(path)
+    names = tuple(str(f) for f in files)
+    prev, seq, count = GENESIS, 0, 0
+
+    def fail(message: str, where: Path, line: int) -> AuditReport:
+        return AuditReport(False, count, names, message, str(where), line)
+
+    if not files:
+        return AuditReport(False, 0, (), f"no audit log at {path}")
+    for segment in files:
+        with segment.open("rb") as f:
+            for number, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    return fail("line is not JSON", segment, number)
+                if not isinstance(record, dict):
+                    return fail("line is not a JSON object", segment, number)
+                if record.get("h") != record_hash(record):
+                    return fail("record hash mismatch (record edited)", segment, number)
+                if count == 0 and allow_pruned and record.get("prev") != GENESIS:
+                    # A pruned log: the oldest kept record anchors the chain.
+                    prev, seq = str(record.get("prev")), int(record.get("seq", 0))
+                if record.get("prev") != prev:
+                    return fail("chain broken: prev does not match the record before",
+                                segment, number)
+                if record.get("seq") != seq:
+                    return fail(f"sequence gap: expected {seq}", segment, number)
+                prev, seq, count = str(record["h"]), seq + 1, count + 1
+    return AuditReport(True, count, names)
+
+
+class NullAudit:
+    """Stand-in when no audit path is configured."""
+
+    async def start(self) -> None:
+        return None
+
+    async def write(self, record: dict[str, Any]) -> None:
+        return None
+
+    async def drain(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+

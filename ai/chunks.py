@@ -1,0 +1,127 @@
+"""OpenAI response shapes the gateway emits: completions, stream chunks, SSE framing.
+
+Also :class:`Assembler`, which folds stream deltas into a complete response (for the
+cache and the audit), and :func:`replay_chunks`, which turns a complete response back
+into stream deltas (a cache hit served to a streaming client).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ai.providers import ChoiceDelta
+from ai.usage import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What every response of one request shares."""
+
+    id: str
+    created: int
+    model: str
+
+    def completion(self, choices: list[dict[str, Any]], usage: Usage | None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id, "object": "chat.completion", "created": self.created,
+            "model": self.model,
+            "choices": [{"logprobs": None, **c} for c in choices],
+        }
+        if usage is not None:
+            body["usage"] = usage.to_openai()
+        return body
+
+    def chunk(self, delta: ChoiceDelta) -> dict[str, Any]:
+        return {
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model,
+            "choices": [{"index": delta.index, "delta": delta.delta,
+                         "finish_reason": delta.finish_reason, "logprobs": None}],
+        }
+
+    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
+        return {
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model, "choices": [], "usage": usage.to_openai(),
+        }
+
+
+def sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(slots=True)
+class _Choice:
+    content: list[str] = field(default_factory=list)
+    tools: dict[int, dict[str, Any]] = field(default_factory=dict)
+    finish_reason: str | None = None
+
+
+class Assembler:
+    """Folds deltas into OpenAI choices."""
+
+    def __init__(self) -> None:
+        self._choices: dict[int, _Choice] = {}
+
+    def add(self, delta: ChoiceDelta) -> None:
+        choice = self._choices.setdefault(delta.index, _Choice())
+        if delta.delta.get("content"):
+            choice.content.append(delta.delta["content"])
+        for call in delta.delta.get("tool_calls") or ():
+            slot = choice.tools.setdefault(call.get("index", 0), {
+                "id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+            slot["id"] = call.get("id") or slot["id"]
+            fn = call.get("function") or {}
+            slot["function"]["name"] += fn.get("name") or ""
+            slot["function"]["arguments"] += fn.get("arguments") or ""
+        if delta.finish_reason:
+            choice.finish_reason = delta.finish_reason
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._choices) and all(c.finish_reason for c in self._choices.values())
+
+    def text(self) -> str:
+        return "".join("".join(c.content) + "".join(
+            t["function"]["arguments"] for t in c.tools.values()) for c in self._choices.values())
+
+    def choices(self) -> list[dict[str, Any]]:
+        out = []
+        for index, choice in sorted(self._choices.items()):
+            message: dict[str, Any] = {"role": "assistant",
+                                       "content": "".join(choice.content) or None}
+            if choice.tools:
+                message["tool_calls"] = [t for _, t in sorted(choice.tools.items())]
+            out.append({"index": index, "message": message,
+                        "finish_reason": choice.finish_reason or "stop"})
+        return out
+
+
+def replay_chunks(choices: list[dict[str, Any]]) -> list[ChoiceDelta]:
+    """Stream deltas that reproduce complete choices."""
+    out: list[ChoiceDelta] = []
+    for choice in choices:
+        index, message = choice.get("index", 0), choice.get("message") or {}
+        out.append(ChoiceDelta({"role": "assistant", "content": ""}, None, index))
+        if message.get("content"):
+            out.append(ChoiceDelta({"content": message["content"]}, None, index))
+        calls = message.get("tool_calls") or []
+        if calls:
+            out.append(ChoiceDelta({"tool_calls": [{"index": i, **c} for i, c in enumerate(
+                calls)]}, None, index))
+        out.append(ChoiceDelta({}, choice.get("finish_reason") or "stop", index))
+    return out
+
+
+def choices_text(choices: list[dict[str, Any]]) -> str:
+    parts = []
+    for choice in choices:
+        message = choice.get("message") or {}
+        parts.append(message.get("content") or "")
+        parts.extend(c["function"]["arguments"] for c in message.get("tool_calls") or ())
+    return "".join(parts)

@@ -1,0 +1,58 @@
+"""``spectra ai ...``: the AI gateway's command group (audit verification, key hashing).
+
+Mounted into the ``spectra`` CLI by the control plane; usable alone as ``python -m ai``'s
+sibling through :data:`ai_group`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ai.audit import verify
+from ai.keys import hash_key, new_key, secret_from_file_or_env
+
+
+@click.group("ai")
+def ai_group() -> None:
+    """AI gateway tools."""
+
+
+@ai_group.group("audit")
+def audit_group() -> None:
+    """Audit log tools."""
+
+
+@audit_group.command("verify")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--allow-pruned", is_flag=True, help="the oldest segments were deleted")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def audit_verify(path: Path, allow_pruned: bool, as_json: bool) -> None:
+    """Verify the hash chain of the audit log PATH (and its rotated segments)."""
+    report = verify(path, allow_pruned=allow_pruned)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    elif report.ok:
+        click.echo(f"ok: {report.records} records in {len(report.files)} file(s)")
+    else:
+        click.echo(f"FAILED: {report.error} at {report.file}:{report.line} "
+                   f"({report.records} records verified before it)", err=True)
+    sys.exit(0 if report.ok else 1)
+
+
+@ai_group.group("keys")
+def keys_group() -> None:
+    """API key tools."""
+
+
+@keys_group.command("new")
+@click.option("--secret-file", type=click.Path(path_type=Path), default=None)
+@click.option("--secret-env", default="SPECTRA_AI_KEY_SECRET", show_default=True)
+def keys_new(secret_file: Path | None, secret_env: str) -> None:
+    """Make a new API key; prints the key (give it to the client) and its hash (config)."""
+    key = new_key()
+    digest = hash_key(secret_from_file_or_env(secret_file, secret_env), key)
+    click.echo(json.dumps({"key": key, "hash": digest}))

@@ -1,0 +1,407 @@
+"""The chat pipeline: budget -> exact cache -> semantic cache -> route -> upstream ->
+metering + audit -> caches, with the commit point and the overflow policies.
+
+Commit point: the first content or tool delta written to the client. Before it, a
+failure of a ``local/*`` route (connect error, 429/5xx, error-only stream, the
+time-to-first-token deadline, or the route's own admission limit) goes to its overflow
+policy: ``queue`` waits (bounded) and retries, ``spill`` re-runs this whole pipeline
+for the remote model, ``reject`` answers 503 + Retry-After and calls nothing remote.
+After it the model never changes: an upstream failure ends the stream with an in-band
+error and no ``[DONE]``, and the run is audited as truncated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ai.admission import Admission
+from ai.audit import AuditLog, NullAudit
+from ai.budget import Budgets, Prices, Reservation
+from ai.cache import ExactCache, SingleFlight
+from ai.canonical import exact_key, resolved_request
+from ai.chunks import DONE, Assembler, Envelope, choices_text, replay_chunks, sse
+from ai.config import AIConfig, OverflowConfig
+from ai.errors import BadRequest, GatewayError, Overloaded, RateLimited, UpstreamFailed
+from ai.keys import Principal
+from ai.metering import Metering
+from ai.providers import ChoiceDelta, ProviderError, StreamItem, UpstreamCall
+from ai.routing import Route, Router
+from ai.semcache_api import SemanticCache, partition_key, semantic_text
+from ai.tokens import count_messages, count_text
+from ai.trace import Trace
+from ai.usage import Usage
+
+log = logging.getLogger("spectra.ai")
+SINGLE_CHOICE_PROVIDERS = frozenset({"anthropic", "bedrock"})
+
+
+@dataclass(slots=True)
+class Outcome:
+    """An upstream run: the response sent, the cacheable complete value, the usage."""
+
+    response: web.StreamResponse
+    value: dict[str, Any] | None
+    usage: Usage | None
+    text: str
+
+
+class _Spill(Exception):
+    """Internal: the overflow policy chose to spill to the remote model."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One pipeline run's fixed inputs."""
+
+    http: web.Request
+    principal: Principal
+    body: dict[str, Any]
+    route: Route
+    envelope: Envelope
+    stream: bool
+    include_usage: bool
+    prompt_estimate: int
+    completion_want: int
+
+
+class Gateway:
+    """The services of one gateway process and the pipeline over them."""
+
+    def __init__(
+        self, config: AIConfig, router: Router, session: aiohttp.ClientSession,
+        cache: ExactCache | None, semcache: SemanticCache | None,
+        audit: AuditLog | NullAudit,
+    ) -> None:
+        self.config = config
+        self.router = router
+        self.session = session
+        self.cache = cache
+        self.semcache = semcache
+        self.audit = audit
+        self.budgets = Budgets()
+        self.prices = Prices(config.prices)
+        self.metering = Metering()
+        self.flights = SingleFlight()
+        self.admissions = {
+            r.pattern: Admission(r.overflow) for r in config.routes if r.overflow is not None
+        }
+
+    async def write_audit(self, trace: Trace) -> None:
+        await self.audit.write(trace.record())
+
+    # --- the pipeline ---------------------------------------------------------------
+
+    async def chat(
+        self, http: web.Request, principal: Principal, body: dict[str, Any], trace: Trace
+    ) -> web.StreamResponse:
+        stream = bool(body.get("stream"))
+        trace.stream, trace.model_requested = stream, body["model"]
+        route = self.router.resolve(body["model"])
+        trace.model_routed, trace.provider = route.upstream_model, route.provider_name
+        trace.region = route.provider.region
+        n = body.get("n") or 1
+        if n > 1 and route.provider.kind in SINGLE_CHOICE_PROVIDERS:
+            raise BadRequest(f"n > 1 is not supported for model {body['model']}", param="n")
+        want = (body.get("max_completion_tokens") or body.get("max_tokens")
+                or self.config.completion_reserve_tokens)
+        req = _Request(
+            http, principal, body, route,
+            Envelope(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body["model"]), stream,
+            stream and bool((body.get("stream_options") or {}).get("include_usage")),
+            count_messages(body["messages"], body.get("tools")), want,
+        )
+        reservation = self.budgets.reserve(
+            principal.key_id, principal.budget, req.prompt_estimate, want * n,
+            self.prices.cost(body["model"], Usage(req.prompt_estimate, want * n)),
+        )
+        trace.mark("admitted")
+        usage: Usage | None = None
+        try:
+            resolved = resolved_request(body, route.upstream_model)
+            key = exact_key(principal.tenant, route.provider_name, resolved)
+            hit = await self._lookup(req, resolved, key, trace)
+            trace.mark("cache_lookup")
+            if hit is not None:
+                return await self._replay(req, hit, trace)
+            flight = self.flights.follow(key) if self.cache is not None else None
+            if flight is not None:
+                value = await asyncio.shield(flight)
+                if value is not None:
+                    trace.cache = "coalesced"
+                    return await self._replay(req, value, trace)
+            leader = self.cache is not None and flight is None
+            outcome: Outcome | None = None
+            try:
+                outcome = await self._upstream(req, reservation, trace)
+                if outcome.value is not None:  # stored before followers are released
+                    await self._store(req, resolved, key, outcome.value)
+            except _Spill as spill:
+                return await self._spill(req, spill.reason, reservation, trace)
+            finally:
+                if leader:
+                    self.flights.finish(key, None if outcome is None else outcome.value)
+            usage = outcome.usage or Usage(
+                req.prompt_estimate, count_text(outcome.text), estimated=True)
+            trace.usage, trace.cost_usd = usage, self.prices.cost(body["model"], usage)
+            self.metering.record(principal.key_id, body["model"], usage, trace.cost_usd)
+            if self.config.audit.include_content:
+                trace.content = {"messages": body["messages"], "response": outcome.text}
+            return outcome.response
+        finally:
+            self.budgets.reconcile(reservation, usage, trace.cost_usd)
+
+    async def _lookup(
+        self, req: _Request, resolved: dict[str, Any], key: str, trace: Trace
+    ) -> dict[str, Any] | None:
+        if self.cache is None:
+            return None
+        tenant = req.principal.tenant
+        hit = await self.cache.get(key, tenant)
+        if hit is not None:
+            trace.cache = "hit"
+            return hit
+        trace.cache = "miss"
+        text = semantic_text(resolved, self.config.semantic_cache.max_messages)
+        if self.semcache is None or text is None:
+            return None
+        partition = partition_key(tenant, req.route.provider_name, resolved)
+        found = await self.semcache.lookup(partition, text)
+        if found is None:
+            return None
+        entry = await self.cache.get(found.entry_id, tenant)
+        if entry is not None:
+            trace.cache, trace.similarity = "semantic_hit", found.similarity
+        return entry
+
+    async def _store(
+        self, req: _Request, resolved: dict[str, Any], key: str, value: dict[str, Any]
+    ) -> None:
+        if self.cache is None:
+            return
+        await self.cache.put(key, req.principal.tenant, value)
+        text = semantic_text(resolved, self.config.semantic_cache.max_messages)
+        if self.semcache is not None and text is not None:
+            partition = partition_key(req.principal.tenant, req.route.provider_name, resolved)
+            await self.semcache.add(partition, text, key)
+
+    async def _spill(
+        self, req: _Request, reason: str, reservation: Reservation, trace: Trace
+    ) -> web.StreamResponse:
+        overflow = req.route.route.overflow
+        assert overflow is not None and overflow.spill_model is not None
+        trace.overflow = {"policy": "spill", "decision": "spilled", "reason": reason,
+                          "to": overflow.spill_model}
+        trace.commit = "none"
+        self.budgets.reconcile(reservation, None, 0.0)
+        log.info("spilling %s to %s: %s", req.body["model"], overflow.spill_model, reason)
+        child = trace.child()
+        try:
+            return await self.chat(
+                req.http, req.principal, {**req.body, "model": overflow.spill_model}, child)
+        except GatewayError as exc:
+            child.fail(exc)
+            raise
+        finally:
+            await self.write_audit(child)
+
+    # --- upstream and overflow ------------------------------------------------------
+
+    async def _upstream(self, req: _Request, reservation: Reservation, trace: Trace) -> Outcome:
+        overflow = req.route.route.overflow
+        if overflow is None:
+            try:
+                return await self._attempt(req, reservation, trace, None)
+            except ProviderError as exc:
+                raise self._upstream_error(req, exc, trace) from None
+        return await self._overflow(req, reservation, trace, overflow)
+
+    async def _overflow(
+        self, req: _Request, reservation: Reservation, trace: Trace, overflow: OverflowConfig
+    ) -> Outcome:
+        admission = self.admissions[req.route.route.pattern]
+        loop = asyncio.get_running_loop()
+        deadline, backoff, attempts = loop.time() + overflow.queue_timeout_s, 0.05, 0
+        while True:
+            if overflow.policy == "queue":
+                admitted = await admission.acquire(max(0.0, deadline - loop.time()))
+            else:
+                admitted = admission.try_acquire()
+            reason = "admission limit reached"
+            if admitted:
+                attempts += 1
+                try:
+                    return await self._attempt(req, reservation, trace, overflow.ttft_timeout_s)
+                except ProviderError as exc:
+                    reason = f"{exc.kind}" + (f" {exc.status}" if exc.status else "")
+                    trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
+                finally:
+                    admission.release()
+            left = deadline - loop.time()
+            if overflow.policy == "queue" and left > backoff:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            if overflow.policy == "spill":
+                raise _Spill(reason)
+            trace.overflow = {"policy": overflow.policy, "decision": "rejected",
+                              "reason": reason, "attempts": attempts}
+            raise Overloaded(
+                f"local model {req.body['model']} is unavailable ({reason}); "
+                f"overflow policy `{overflow.policy}` sent nothing elsewhere",
+                retry_after=overflow.retry_after_s,
+            )
+
+    def _upstream_error(self, req: _Request, exc: ProviderError, trace: Trace) -> GatewayError:
+        log.warning("upstream %s failed before the first token: %s (status %s)",
+                    req.route.provider_name, exc.kind, exc.status)
+        trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
+        if exc.status == 429:
+            return RateLimited(f"upstream provider {req.route.provider_name} is rate limiting",
+                               retry_after=exc.retry_after)
+        return UpstreamFailed(
+            f"upstream provider {req.route.provider_name} failed ({exc.kind}"
+            + (f", HTTP {exc.status})" if exc.status else ")"))
+
+    def _call(self, req: _Request, reservation: Reservation) -> tuple[UpstreamCall, bool]:
+        body = {k: v for k, v in req.body.items() if k not in ("stream", "stream_options")}
+        body["model"] = req.route.upstream_model
+        cap, n = reservation.completion_cap, req.body.get("n") or 1
+        clamped = cap is not None and cap < req.completion_want * n
+        if clamped and cap is not None:
+            field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+            body[field] = max(1, cap // n)
+        return UpstreamCall(body, self.session, req.route.provider, req.route.credentials), clamped
+
+    async def _attempt(
+        self, req: _Request, reservation: Reservation, trace: Trace, ttft: float | None
+    ) -> Outcome:
+        call, clamped = self._call(req, reservation)
+        trace.mark("upstream_start")
+        if req.stream:
+            return await self._stream(req, call, clamped, trace, ttft)
+        completion = await req.route.adapter.complete(call)
+        trace.mark("upstream_done")
+        trace.commit = "completed"
+        text = choices_text(completion.choices)
+        usage = completion.usage or Usage(req.prompt_estimate, count_text(text), estimated=True)
+        truncated = clamped and any(c["finish_reason"] == "length" for c in completion.choices)
+        value = None if truncated else {"choices": completion.choices,
+                                        "usage": usage.to_openai()}
+        body = req.envelope.completion(completion.choices, usage)
+        return Outcome(web.json_response(body), value, usage, text)
+
+    async def _stream(
+        self, req: _Request, call: UpstreamCall, clamped: bool, trace: Trace,
+        ttft: float | None,
+    ) -> Outcome:
+        items = req.route.adapter.stream(call)
+        assembler, pending, usage = Assembler(), list[ChoiceDelta](), None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (ttft or req.route.route.ttft_timeout_s
+                                  or req.route.provider.request_timeout_s)
+        try:
+            # Before the commit point: buffer, and let failures reach the overflow policy.
+            committed = False
+            while not committed:
+                try:
+                    item = await asyncio.wait_for(anext(items), deadline - loop.time())
+                except StopAsyncIteration:
+                    if not pending:
+                        raise ProviderError("protocol", "stream ended before any output"
+                                            ) from None
+                    break
+                except TimeoutError:
+                    raise ProviderError("timeout", "time-to-first-token deadline passed"
+                                        ) from None
+                if isinstance(item, Usage):
+                    usage = item
+                    continue
+                assembler.add(item)
+                pending.append(item)
+                committed = item.has_content
+            trace.mark("first_token")
+            response = web.StreamResponse(headers={
+                "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            await response.prepare(req.http)
+            trace.commit = "committed"
+            usage = await self._stream_rest(req, response, items, pending, assembler, usage,
+                                            trace)
+        finally:
+            await items.aclose()  # type: ignore[attr-defined]
+        trace.mark("upstream_done")
+        value = None
+        if trace.commit == "completed" and assembler.complete and not (
+            clamped and any(c["finish_reason"] == "length" for c in assembler.choices())
+        ):
+            value = {"choices": assembler.choices(),
+                     "usage": (usage or Usage()).to_openai()}
+        return Outcome(response, value, usage, assembler.text())
+
+    async def _stream_rest(
+        self, req: _Request, response: web.StreamResponse, items: AsyncIterator[StreamItem],
+        pending: list[ChoiceDelta], assembler: Assembler, usage: Usage | None, trace: Trace,
+    ) -> Usage | None:
+        try:
+            for delta in pending:
+                await response.write(sse(req.envelope.chunk(delta)))
+            try:
+                async for item in items:
+                    if isinstance(item, Usage):
+                        usage = item
+                        continue
+                    assembler.add(item)
+                    await response.write(sse(req.envelope.chunk(item)))
+            except ProviderError as exc:
+                # After the commit point: never switch models; end in-band, no [DONE].
+                log.warning("upstream %s failed after the first token: %s",
+                            req.route.provider_name, exc.kind)
+                trace.commit = "truncated"
+                trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
+                await response.write(sse({"error": {
+                    "message": f"upstream provider {req.route.provider_name} failed mid-stream"
+                               f" ({exc.kind}); the response is incomplete",
+                    "type": "api_error", "param": None, "code": "upstream_truncated"}}))
+                return usage
+            if req.include_usage:
+                final = usage or Usage(req.prompt_estimate, count_text(assembler.text()),
+                                       estimated=True)
+                await response.write(sse(req.envelope.usage_chunk(final)))
+            await response.write(DONE)
+            trace.commit = "completed"
+        except ConnectionResetError:
+            trace.commit = "client_disconnected"
+        return usage
+
+    async def _replay(self, req: _Request, value: dict[str, Any], trace: Trace
+                      ) -> web.StreamResponse:
+        """Serve a complete cached response, as JSON or as SSE."""
+        trace.commit = "cache"
+        trace.usage = Usage(estimated=False)
+        stored = Usage.from_openai(value.get("usage") or {})
+        if not req.stream:
+            return web.json_response(req.envelope.completion(value["choices"], stored))
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(req.http)
+        try:
+            for delta in replay_chunks(value["choices"]):
+                await response.write(sse(req.envelope.chunk(delta)))
+            if req.include_usage:
+                await response.write(sse(req.envelope.usage_chunk(stored)))
+            await response.write(DONE)
+        except ConnectionResetError:
+            trace.commit = "client_disconnected"
+        return response

@@ -1,0 +1,70 @@
+"""Model-name routing: the first route whose pattern matches picks the provider.
+
+Credentials are resolved once, at start-up, from the secret references in the
+provider config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ai.config import AIConfig, ProviderConfig, RouteConfig, SecretRef
+from ai.errors import ModelNotFound
+from ai.keys import resolve_secret
+from ai.providers import REGISTRY, Credentials, Provider
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A resolved route for one requested model."""
+
+    route: RouteConfig
+    provider_name: str
+    provider: ProviderConfig
+    adapter: Provider
+    credentials: Credentials
+    requested_model: str
+    upstream_model: str
+
+    @property
+    def is_local(self) -> bool:
+        return self.route.overflow is not None
+
+
+def _credentials(config: ProviderConfig, env: Mapping[str, str]) -> Credentials:
+    def get(ref: SecretRef | None) -> str | None:
+        return None if ref is None else resolve_secret(ref, env)
+
+    return Credentials(
+        api_key=get(config.api_key), aws_access_key_id=get(config.aws_access_key_id),
+        aws_secret_access_key=get(config.aws_secret_access_key),
+        aws_session_token=get(config.aws_session_token),
+    )
+
+
+class Router:
+    """Routes from config; raises the OpenAI-shaped 404 for unknown models."""
+
+    def __init__(self, config: AIConfig, env: Mapping[str, str]) -> None:
+        self._routes = config.routes
+        self._providers = config.providers
+        self._credentials = {n: _credentials(p, env) for n, p in config.providers.items()}
+
+    def resolve(self, model: str) -> Route:
+        for route in self._routes:
+            if route.matches(model):
+                provider = self._providers[route.provider]
+                return Route(
+                    route, route.provider, provider, REGISTRY[provider.kind],
+                    self._credentials[route.provider], model,
+                    model.removeprefix(route.strip_prefix),
+                )
+        raise ModelNotFound(
+            f"The model `{model}` does not exist or you do not have access to it.",
+            param="model",
+        )
+
+    def listed(self) -> list[tuple[str, str]]:
+        """(model id, provider name) of every model a route lists."""
+        return [(m, r.provider) for r in self._routes for m in r.models]

@@ -1,0 +1,169 @@
+"""The aiohttp application of the AI gateway (:8090) and its process entry point.
+
+``create_app(config)`` builds the app; resources (HTTP client session, caches, audit
+writer) live in a ``cleanup_ctx``; handlers turn domain errors into OpenAI-shaped
+HTTP errors and audit every request, failures included. Nothing runs at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ai.audit import AuditLog, NullAudit
+from ai.cache import ExactCache
+from ai.config import AIConfig
+from ai.embeddings import embeddings
+from ai.errors import BadRequest, GatewayError, PayloadTooLarge
+from ai.keys import KeyStore, Principal, resolve_secret
+from ai.pipeline import Gateway
+from ai.routing import Router
+from ai.schema import parse_chat, parse_embedding
+from ai.semcache_api import SemanticCache
+from ai.trace import Trace
+
+log = logging.getLogger("spectra.ai")
+
+CONFIG = web.AppKey("config", AIConfig)
+KEYS = web.AppKey("keys", KeyStore)
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def error_response(exc: GatewayError) -> web.Response:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return web.json_response(exc.body(), status=exc.status, headers=headers)
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the "
+                              f"limit of {limit} bytes")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc.msg} at position {exc.pos}"
+                         ) from None
+    except ValueError:
+        raise BadRequest("request body is not valid UTF-8 JSON") from None
+
+
+Handler = Callable[
+    [web.Request, Gateway, Principal, dict[str, Any], Trace], Awaitable[web.StreamResponse]]
+
+
+def _endpoint(name: str, parse: Callable[[Any], dict[str, Any]], run: Handler,
+              ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        gw, trace = request.app[GATEWAY], Trace(name)
+        try:
+            if (request.content_length or 0) > gw.config.max_body_bytes:
+                await read_json(request, gw.config.max_body_bytes)
+            principal = request.app[KEYS].authenticate(request.headers.get("Authorization"))
+            trace.key_id, trace.key_hash, trace.tenant = (
+                principal.key_id, principal.key_hash, principal.tenant)
+            trace.mark("auth")
+            body = parse(await read_json(request, gw.config.max_body_bytes))
+            return await run(request, gw, principal, body, trace)
+        except GatewayError as exc:
+            trace.fail(exc)
+            return error_response(exc)
+        finally:
+            await gw.write_audit(trace)
+
+    return handler
+
+
+async def _chat(request: web.Request, gw: Gateway, principal: Principal, body: dict[str, Any],
+                trace: Trace) -> web.StreamResponse:
+    return await gw.chat(request, principal, body, trace)
+
+
+async def _embeddings(request: web.Request, gw: Gateway, principal: Principal,
+                      body: dict[str, Any], trace: Trace) -> web.StreamResponse:
+    return await embeddings(gw, principal, body, trace)
+
+
+async def models(request: web.Request) -> web.StreamResponse:
+    try:
+        request.app[KEYS].authenticate(request.headers.get("Authorization"))
+    except GatewayError as exc:
+        return error_response(exc)
+    data = [{"id": m, "object": "model", "created": 0, "owned_by": provider}
+            for m, provider in request.app[GATEWAY].router.listed()]
+    return web.json_response({"object": "list", "data": data})
+
+
+def _resources(config: AIConfig, env: Mapping[str, str], semcache: SemanticCache | None,
+               ) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        cache = ExactCache(config.exact_cache) if config.exact_cache.enabled else None
+        audit: AuditLog | NullAudit = (
+            AuditLog(config.audit) if config.audit.path is not None else NullAudit())
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), auto_decompress=True)
+        try:
+            if cache is not None:
+                await cache.open()
+            await audit.start()
+            sem = semcache
+            if sem is None and config.semantic_cache.settings is not None and (
+                    config.semantic_cache.settings.enabled):
+                from ai.semcache import create_semantic_cache
+
+                sem = create_semantic_cache(config.semantic_cache.settings)
+            app[GATEWAY] = Gateway(config, Router(config, env), session, cache, sem, audit)
+            yield
+        finally:
+            await audit.close()
+            if cache is not None:
+                await cache.close()
+            await session.close()
+
+    return ctx
+
+
+def create_app(
+    config: AIConfig, *, env: Mapping[str, str] | None = None,
+    semantic_cache: SemanticCache | None = None,
+) -> web.Application:
+    """The gateway app; ``env`` resolves secret references (default: os.environ)."""
+    env = dict(os.environ) if env is None else env
+    app = web.Application(client_max_size=config.max_body_bytes + 1)
+    app[CONFIG] = config
+    app[KEYS] = KeyStore(resolve_secret(config.key_secret, env), config.keys)
+    app.cleanup_ctx.append(_resources(config, env, semantic_cache))
+    app.router.add_post("/v1/chat/completions", _endpoint("chat", parse_chat, _chat))
+    app.router.add_post("/v1/embeddings", _endpoint("embeddings", parse_embedding, _embeddings))
+    app.router.add_get("/v1/models", models)
+    return app
+
+
+def load_config(path: Path) -> AIConfig:
+    return AIConfig.model_validate_json(path.read_bytes())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the gateway from a JSON config file (the ``ai`` section of the document)."""
+    parser = argparse.ArgumentParser(prog="python -m ai", description=main.__doc__)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = load_config(args.config)
+    web.run_app(
+        create_app(config), host=args.host or config.listen_host,
+        port=config.listen_port if args.port is None else args.port, print=None,
+        access_log=None,
+    )

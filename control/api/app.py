@@ -1,0 +1,100 @@
+"""The config API application (aiohttp, :8080): factory, routes, middlewares.
+
+:func:`create_app` builds the app from its parts (a store, a status provider, settings)
+and does no I/O; the store's thread pool lives in a ``cleanup_ctx``.  Middlewares, outer
+to inner: request metrics, one JSON error shape, store failures as 503, bearer auth.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from control.api import config_handlers as cfg
+from control.api import service_handlers as svc
+from control.api.auth import authenticate
+from control.api.errors import ApiError, Handler, error_middleware
+from control.api.metrics import ApiMetrics
+from control.api.state import (
+    METRICS,
+    SETTINGS,
+    STATUS,
+    STORE,
+    TOKENS,
+    ApiSettings,
+    StatusProvider,
+    TokenCache,
+    current_tokens,
+    executor_ctx,
+)
+from control.store.base import ConfigStore, StoreError
+
+PUBLIC = frozenset({"/healthz", "/openapi.json"})
+READ_ONLY_POSTS = frozenset({"/v1/config/validate"})
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    response = await handler(request)
+    request.app[METRICS].requests[(request.method, route, response.status)] += 1
+    return response
+
+
+@web.middleware
+async def store_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except StoreError as exc:
+        raise cfg.handle_store_errors(exc) from None
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC:
+        return await handler(request)
+    principal = authenticate(
+        request.headers.get("Authorization"), await current_tokens(request.app)
+    )
+    if principal is None:
+        raise ApiError(
+            401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+    writes = request.method not in ("GET", "HEAD") and request.path not in READ_ONLY_POSTS
+    if writes and principal.role != "admin":
+        raise ApiError(
+            403, f"token {principal.name!r} has role {principal.role}; writes need admin"
+        )
+    request[cfg.PRINCIPAL] = principal
+    return await handler(request)
+
+
+def create_app(
+    store: ConfigStore,
+    status_provider: StatusProvider,
+    settings: ApiSettings | None = None,
+) -> web.Application:
+    """The config API over ``store``; ``status_provider()`` feeds /v1/status and /metrics."""
+    settings = settings or ApiSettings()
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[metrics_middleware, error_middleware, store_middleware, auth_middleware],
+    )
+    app[STORE] = store
+    app[STATUS] = status_provider
+    app[SETTINGS] = settings
+    app[METRICS] = ApiMetrics()
+    app[TOKENS] = TokenCache()
+    app.cleanup_ctx.append(executor_ctx)
+    app.router.add_get("/v1/config", cfg.get_config, allow_head=False)
+    app.router.add_put("/v1/config", cfg.put_config)
+    app.router.add_patch("/v1/config", cfg.patch_config)
+    app.router.add_get("/v1/config/versions", cfg.list_versions, allow_head=False)
+    app.router.add_get("/v1/config/versions/{version}", cfg.get_version, allow_head=False)
+    app.router.add_post("/v1/config/rollback", cfg.rollback)
+    app.router.add_post("/v1/config/validate", cfg.validate)
+    app.router.add_get("/v1/status", svc.status, allow_head=False)
+    app.router.add_get("/metrics", svc.metrics, allow_head=False)
+    app.router.add_get("/healthz", svc.healthz, allow_head=False)
+    app.router.add_get("/openapi.json", svc.openapi, allow_head=False)
+    return app

@@ -1,0 +1,342 @@
+"""The OpenAPI 3.1 document of the config API, built from the config schema.
+
+Hand-written paths; the document's own schema comes from :func:`control.config.json_schema`
+(pydantic, JSON Schema 2020-12, which OpenAPI 3.1 uses as is), so the two never drift.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from control.config import ConfigDocument
+
+_REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_VERSION = {"type": "integer", "minimum": 0}
+_ETAG = {"ETag": {"description": 'the config version, quoted: "3"', "schema": {"type": "string"}}}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "details"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "details": {},
+                },
+            }
+        },
+    },
+    "FieldError": {
+        "type": "object",
+        "required": ["path", "value", "message"],
+        "properties": {"path": {"type": "string"}, "value": {}, "message": {"type": "string"}},
+    },
+    "Change": {
+        "type": "object",
+        "required": ["op", "path"],
+        "properties": {
+            "op": {"enum": ["added", "removed", "changed"]},
+            "path": {"type": "string"},
+            "old": {},
+            "new": {},
+        },
+    },
+    "VersionInfo": {
+        "type": "object",
+        "required": ["version", "actor", "created_at", "summary", "sha256", "rollback_of"],
+        "properties": {
+            "version": {"type": "integer"},
+            "actor": {"type": "string"},
+            "created_at": {"type": "number"},
+            "summary": {"type": "string"},
+            "sha256": {"type": "string"},
+            "rollback_of": {"type": ["integer", "null"]},
+        },
+    },
+    "ConfigEnvelope": {
+        "type": "object",
+        "required": ["version", "document"],
+        "properties": {"version": _VERSION, "document": _ref("ConfigDocument")},
+    },
+    "PutRequest": {
+        "type": "object",
+        "required": ["document"],
+        "additionalProperties": False,
+        "properties": {"version": _VERSION, "document": _ref("ConfigDocument")},
+    },
+    "WriteResult": {
+        "type": "object",
+        "required": ["version", "changes"],
+        "properties": {
+            "version": {"type": "integer"},
+            "changes": {"type": "array", "items": _ref("Change")},
+        },
+    },
+    "RollbackRequest": {
+        "type": "object",
+        "required": ["to_version"],
+        "additionalProperties": False,
+        "properties": {"to_version": {"type": "integer", "minimum": 1}, "version": _VERSION},
+    },
+    "ValidateRequest": {
+        "type": "object",
+        "required": ["document"],
+        "additionalProperties": False,
+        "properties": {
+            "document": {"type": "object"},
+            "version": _VERSION,
+            "outside_addresses": {
+                "type": "array",
+                "items": {"type": "string", "format": "ipv4"},
+                "minItems": 1,
+            },
+        },
+    },
+    "ValidateResult": {
+        "type": "object",
+        "required": ["valid", "errors"],
+        "properties": {
+            "valid": {"type": "boolean"},
+            "errors": {"type": "array", "items": _ref("FieldError")},
+            "base_version": {"type": "integer"},
+            "changes": {"type": "array", "items": _ref("Change")},
+            "nftables": {"type": "string"},
+            "outside_addresses": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "Status": {
+        "type": "object",
+        "required": ["desired_version", "instances"],
+        "properties": {
+            "desired_version": {"type": "integer"},
+            "instances": {"type": "object", "additionalProperties": {"type": "object"}},
+        },
+    },
+}
+
+_AUTH_ERRORS = {
+    "401": _error("missing or unknown bearer token"),
+    "503": _error("the config store is unreachable"),
+}
+_WRITE_ERRORS = {
+    **_AUTH_ERRORS,
+    "400": _error("malformed JSON or If-Match"),
+    "403": _error("the token's role is read; writes need admin"),
+    "409": _error("the base version is not the newest: re-read and retry"),
+    "413": _error("request body too large"),
+    "422": _error("invalid document (details.errors: path, value, message); nothing stored"),
+}
+_IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": '^(W/)?"?[0-9]{1,12}"?$'},
+    "description": 'base config version, e.g. "3"',
+}
+
+
+def _paths() -> dict[str, Any]:
+    write_ok = {"200": {**_json(_ref("WriteResult"), "committed"), "headers": _ETAG}}
+    return {
+        "/v1/config": {
+            "get": {
+                "summary": "The newest config document (secrets masked)",
+                "responses": {
+                    "200": {**_json(_ref("ConfigEnvelope"), "document"), "headers": _ETAG},
+                    "404": _error("nothing written yet"),
+                    **_AUTH_ERRORS,
+                },
+            },
+            "put": {
+                "summary": "Replace the document (base version in If-Match or version)",
+                "parameters": [_IF_MATCH],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("PutRequest")}},
+                },
+                "responses": {
+                    **write_ok,
+                    **_WRITE_ERRORS,
+                    "428": _error("no base version given"),
+                },
+            },
+            "patch": {
+                "summary": "JSON merge patch (RFC 7396) against the If-Match version",
+                "parameters": [{**_IF_MATCH, "required": True}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/merge-patch+json": {"schema": {"type": "object"}},
+                        "application/json": {"schema": {"type": "object"}},
+                    },
+                },
+                "responses": {**write_ok, **_WRITE_ERRORS, "428": _error("no If-Match")},
+            },
+        },
+        "/v1/config/versions": {
+            "get": {
+                "summary": "Revision history, newest first",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    }
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["versions"],
+                            "properties": {
+                                "versions": {"type": "array", "items": _ref("VersionInfo")}
+                            },
+                        },
+                        "history",
+                    ),
+                    "400": _error("bad limit"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/config/versions/{version}": {
+            "get": {
+                "summary": "One revision with its metadata",
+                "parameters": [
+                    {
+                        "name": "version",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 999999999999},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        **_json(
+                            {
+                                "type": "object",
+                                "required": ["version", "info", "document"],
+                                "properties": {
+                                    "version": {"type": "integer"},
+                                    "info": _ref("VersionInfo"),
+                                    "document": _ref("ConfigDocument"),
+                                },
+                            },
+                            "revision",
+                        ),
+                        "headers": _ETAG,
+                    },
+                    "400": _error("bad version"),
+                    "404": _error("no such version"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/config/rollback": {
+            "post": {
+                "summary": "Store an earlier revision's content as a new revision",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("RollbackRequest")}},
+                },
+                "responses": {**write_ok, **_WRITE_ERRORS, "404": _error("no such version")},
+            }
+        },
+        "/v1/config/validate": {
+            "post": {
+                "summary": "Dry run: errors, or the diff and the rendered nftables ruleset",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ValidateRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("ValidateResult"), "result of the dry run"),
+                    "400": _error("malformed JSON"),
+                    "404": _error("no such base version"),
+                    "413": _error("request body too large"),
+                    "422": _error("malformed request envelope"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/status": {
+            "get": {
+                "summary": "Desired version; applied version and convergence per instance",
+                "responses": {"200": _json(_ref("Status"), "status"), **_AUTH_ERRORS},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus text format",
+                "responses": {
+                    "200": {
+                        "description": "metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness",
+                "security": [],
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "properties": {"status": {"const": "ok"}}}, "alive"
+                    )
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document")},
+            }
+        },
+    }
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document served at /openapi.json."""
+    doc_schema = ConfigDocument.model_json_schema(ref_template=_REF)
+    components = dict(doc_schema.pop("$defs", {}))
+    components["ConfigDocument"] = doc_schema
+    components.update(_SCHEMAS)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Cloud Spectra Gateway config API",
+            "version": "1",
+            "description": "Versioned config document of the appliance (issue 5).",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": components,
+        },
+        "paths": _paths(),
+    }

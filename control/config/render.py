@@ -1,0 +1,194 @@
+"""Renders the config document into the kernel path: the whole ``inet spectra`` table.
+
+Composes on :mod:`control.nftables` (table name, martian list, atomic replace): the same
+baseline (INVALID drop, no unsolicited inbound, martian destinations, masquerade, the
+egress guard after source NAT) plus what the document asks for:
+
+- deny rules, stateless, in the forward chain (the same rules go to the XDP deny list,
+  :func:`xdp_deny_rules`, which drops before the kernel sees the packet);
+- allow rules and the default action, for new connections inside -> outside;
+- port forwards: ``dnat`` in a ``prerouting_nat`` chain, admitted by ``ct status dnat``;
+- the NAT port range (``masquerade to :low-high``, or ``snat`` to explicit addresses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Network
+
+from control.config.document import ConfigDocument
+from control.config.network import ANY, Match, Rule
+from control.nftables import MARTIAN_DESTINATIONS, TABLE, NftError
+from xdp.records import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, DenyRule
+
+PROTO_NUMBERS = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP, "icmp": IPPROTO_ICMP}
+
+
+def _ports(low: int, high: int) -> str:
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def match_expr(match: Match) -> str:
+    """nft match expression of a selector (empty string: matches everything)."""
+    parts = []
+    if match.src != ANY:
+        parts.append(f"ip saddr {match.src}")
+    if match.dst != ANY:
+        parts.append(f"ip daddr {match.dst}")
+    if match.ports is not None:
+        parts.append(f"{match.proto} dport {_ports(*match.ports)}")
+    elif match.proto is not None:
+        parts.append(f"meta l4proto {match.proto}")
+    return " ".join(parts)
+
+
+def _comment(rule: Rule, index: int) -> str:
+    return f'comment "rules.entries[{index}]{": " + rule.comment if rule.comment else ""}"'
+
+
+def _line(*parts: str) -> str:
+    return "\t\t" + " ".join(p for p in parts if p)
+
+
+def _forward_chain(doc: ConfigDocument, in_if: str, out_if: str) -> list[str]:
+    martians = ", ".join(MARTIAN_DESTINATIONS)
+    lines = [
+        "\tchain forward {",
+        "\t\ttype filter hook forward priority filter; policy accept;",
+        '\t\tct state invalid counter drop comment "never forward what conntrack cannot track"',
+    ]
+    if doc.port_forwards:
+        lines.append(
+            _line(
+                f"iifname {out_if} oifname {in_if} ct status dnat counter accept",
+                'comment "port forward"',
+            )
+        )
+    lines += [
+        f'\t\tiifname {out_if} ct state new counter drop comment "no unsolicited inbound"',
+        f"\t\tiifname {in_if} oifname {out_if} ip daddr {{ {martians} }} counter drop "
+        'comment "martian destination"',
+    ]
+    for i, rule in enumerate(doc.rules.entries):
+        if rule.action == "deny":
+            lines.append(
+                _line(f"iifname {in_if}", match_expr(rule), "counter drop", _comment(rule, i))
+            )
+    if _needs_policy(doc):
+        lines.append(f"\t\tiifname {in_if} oifname {out_if} ct state new jump egress_policy")
+    lines.append("\t}")
+    return lines
+
+
+def _needs_policy(doc: ConfigDocument) -> bool:
+    return doc.rules.default == "deny" or any(r.action == "allow" for r in doc.rules.entries)
+
+
+def _policy_chain(doc: ConfigDocument) -> list[str]:
+    if not _needs_policy(doc):
+        return []
+    lines = ["\tchain egress_policy {"]
+    for i, rule in enumerate(doc.rules.entries):
+        if rule.action == "allow":
+            lines.append(_line(match_expr(rule), "counter accept", _comment(rule, i)))
+    if doc.rules.default == "deny":
+        lines.append('\t\tcounter drop comment "rules.default: deny"')
+    lines.append("\t}")
+    return lines
+
+
+def _prerouting_chain(doc: ConfigDocument, out_if: str, addresses: str) -> list[str]:
+    if not doc.port_forwards:
+        return []
+    lines = [
+        "\tchain prerouting_nat {",
+        "\t\ttype nat hook prerouting priority dstnat; policy accept;",
+    ]
+    for i, fwd in enumerate(doc.port_forwards):
+        lines.append(
+            _line(
+                f"iifname {out_if} ip daddr {{ {addresses} }} {fwd.proto} dport {fwd.port}",
+                f"counter dnat ip to {fwd.to_address}:{fwd.target_port}",
+                f'comment "port_forwards[{i}]"',
+            )
+        )
+    lines.append("\t}")
+    return lines
+
+
+def _snat_lines(doc: ConfigDocument, out_if: str) -> list[str]:
+    ports = _ports(*doc.nat.port_range)
+    l4 = f"oifname {out_if} meta l4proto {{ tcp, udp }} counter"
+    other = f"oifname {out_if} counter"
+    explicit = doc.nat.outside_addresses
+    if not isinstance(explicit, list):
+        return [_line(l4, f"masquerade to :{ports}"), _line(other, "masquerade")]
+    if len(explicit) == 1:
+        return [
+            _line(l4, f"snat ip to {explicit[0]}:{ports}"),
+            _line(other, f"snat ip to {explicit[0]}"),
+        ]
+    n = len(explicit)
+    with_ports = ", ".join(f"{i} : {a} . {ports}" for i, a in enumerate(explicit))
+    plain = ", ".join(f"{i} : {a}" for i, a in enumerate(explicit))
+    return [
+        _line(l4, f"snat ip to jhash ip saddr mod {n} map {{ {with_ports} }}"),
+        _line(other, f"snat ip to jhash ip saddr mod {n} map {{ {plain} }}"),
+    ]
+
+
+def guard_addresses(doc: ConfigDocument, interface_addresses: Sequence[str]) -> list[str]:
+    """Sources allowed to leave the outside interface: the NAT targets."""
+    explicit = doc.nat.outside_addresses
+    if isinstance(explicit, list):
+        return [str(a) for a in explicit]
+    addresses = [str(IPv4Address(a)) for a in interface_addresses]
+    if not addresses:
+        raise NftError('nat.outside_addresses is "interface" but the interface has no IPv4 address')
+    return addresses
+
+
+def render_nftables(doc: ConfigDocument, outside_addresses: Sequence[str]) -> str:
+    """The whole ``inet spectra`` table for ``doc`` as one atomic nft script.
+
+    ``outside_addresses`` are the IPv4 addresses of the outside interface (used when
+    ``nat.outside_addresses`` is ``"interface"``).  Pure: no I/O.
+    """
+    in_if = f'"{doc.interfaces.inside}"'
+    out_if = f'"{doc.interfaces.outside}"'
+    saddrs = ", ".join(guard_addresses(doc, outside_addresses))
+    lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
+    lines += _forward_chain(doc, in_if, out_if)
+    lines += _policy_chain(doc)
+    lines += _prerouting_chain(doc, out_if, saddrs)
+    lines += [
+        "\tchain postrouting_nat {",
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;",
+        *_snat_lines(doc, out_if),
+        "\t}",
+        "\tchain egress_guard {",
+        "\t\ttype filter hook postrouting priority srcnat + 10; policy accept;",
+        f"\t\toifname {out_if} ip saddr != {{ {saddrs} }} counter drop "
+        'comment "untranslated source"',
+        "\t}",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _network(net: IPv4Network) -> IPv4Network:
+    return IPv4Network(net)
+
+
+def xdp_deny_rules(doc: ConfigDocument) -> list[DenyRule]:
+    """The document's deny rules as XDP deny-list records, in document order."""
+    return [
+        DenyRule(
+            src=_network(rule.src),
+            dst=_network(rule.dst),
+            proto=None if rule.proto is None else PROTO_NUMBERS[rule.proto],
+            ports=rule.ports,
+        )
+        for rule in doc.rules.entries
+        if rule.action == "deny"
+    ]

@@ -1,0 +1,142 @@
+"""The ``local`` config store: an embedded SQLite database with the full history.
+
+The default store (DESIGN.md §3).  One row per revision; ``version`` is the primary
+key, and a write runs in a ``BEGIN IMMEDIATE`` transaction that re-reads the newest
+version first, so concurrent writers (threads or processes) serialise and the loser gets
+:class:`~control.store.base.VersionConflict`.  Secrets are stored inline: the file is
+created mode 0600 in a 0700 directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+from control.config import ConfigDocument, canonical_json, dump_document, parse_document
+from control.config.errors import ConfigValidationError
+from control.store.base import (
+    CorruptRevision,
+    VersionConflict,
+    VersionInfo,
+    VersionNotFound,
+    change_summary,
+    clean_actor,
+    now,
+)
+
+DEFAULT_PATH = Path("/var/lib/spectra/config.db")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS revisions (
+    version     INTEGER PRIMARY KEY,
+    document    TEXT    NOT NULL,
+    sha256      TEXT    NOT NULL,
+    actor       TEXT    NOT NULL,
+    created_at  REAL    NOT NULL,
+    summary     TEXT    NOT NULL,
+    rollback_of INTEGER
+)
+"""
+_INFO_COLUMNS = "version, actor, created_at, summary, sha256, rollback_of"
+
+
+class SqliteStore:
+    """:class:`~control.store.base.ConfigStore` in one SQLite file."""
+
+    def __init__(self, path: Path | str = DEFAULT_PATH) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def head(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(version) FROM revisions").fetchone()
+        return int(row[0] or 0)
+
+    def latest(self) -> tuple[int, ConfigDocument]:
+        version = self.head()
+        if version == 0:
+            raise VersionNotFound(0)
+        return version, self.get(version)
+
+    def get(self, version: int) -> ConfigDocument:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT document, sha256 FROM revisions WHERE version = ?", (version,)
+            ).fetchone()
+        if row is None:
+            raise VersionNotFound(version)
+        text, digest = row
+        if hashlib.sha256(text.encode()).hexdigest() != digest:
+            raise CorruptRevision(f"config version {version}: content hash mismatch")
+        try:
+            return parse_document(json.loads(text))
+        except ConfigValidationError as exc:
+            raise CorruptRevision(f"config version {version}: {exc}") from None
+
+    def info(self, version: int) -> VersionInfo:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_INFO_COLUMNS} FROM revisions WHERE version = ?", (version,)
+            ).fetchone()
+        if row is None:
+            raise VersionNotFound(version)
+        return VersionInfo(*row)
+
+    def versions(self, limit: int = 100) -> list[VersionInfo]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_INFO_COLUMNS} FROM revisions ORDER BY version DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [VersionInfo(*row) for row in rows]
+
+    def put(self, doc: ConfigDocument, expected_version: int, actor: str) -> int:
+        return self._write(doc, expected_version, actor, None)
+
+    def rollback(self, to_version: int, actor: str, expected_version: int | None = None) -> int:
+        doc = self.get(to_version)
+        expected = self.head() if expected_version is None else expected_version
+        return self._write(doc, expected, actor, to_version)
+
+    def _write(
+        self, doc: ConfigDocument, expected: int, actor: str, rollback_of: int | None
+    ) -> int:
+        text = canonical_json(dump_document(doc, reveal_secrets=True))
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        old = self.get(expected) if expected > 0 and expected == self.head() else None
+        summary = change_summary(old, doc)
+        if rollback_of is not None:
+            summary = f"rollback to version {rollback_of}: {summary}"
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                current = int(
+                    self._db.execute("SELECT MAX(version) FROM revisions").fetchone()[0] or 0
+                )
+                if current != expected:
+                    raise VersionConflict(expected, current)
+                self._db.execute(
+                    "INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (current + 1, text, digest, clean_actor(actor), now(), summary, rollback_of),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return current + 1

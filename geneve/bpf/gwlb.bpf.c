@@ -1,0 +1,463 @@
+/* gwlb.bpf.c - GENEVE decap / re-encap for AWS Gateway Load Balancer mode
+ * (RFC 8926; AWS GWLB contract in DESIGN.md section 2).
+ *
+ * xdp_gwlb, on the GWLB-facing interface:
+ *   UDP/6081 from the GWLB -> validate (version, Opt Len, options: all three
+ *   class-0x0108 TLVs, no unknown critical option), remember the byte-exact GENEVE
+ *   header under the inner flow's symmetric key, then either
+ *     - replace the outer Ethernet/IPv4/UDP/GENEVE by an Ethernet header and XDP_PASS
+ *       the inner packet to the kernel path (two-arm NAT, one-arm via the kernel), or
+ *     - with GWLB_F_REFLECT, swap the outer addresses and XDP_TX (one-arm reflect);
+ *   anything else -> XDP_PASS untouched (ARP, health checks).
+ * tc_gwlb_encap, at clsact egress of the same interface:
+ *   an inner packet the kernel routes back toward the GWLB -> look up the stored
+ *   header (same direction first, then the opposite) and prepend outer IPv4/UDP
+ *   (addresses swapped, source port kept, destination 6081) and the identical header;
+ *   no header -> drop (the appliance never originates flows into the GWLB), except
+ *   the appliance's own packets (source = gwlb_config.be_local_addr).
+ * One exit path per program; every verdict counted under a named reason.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <linux/in.h>
+#include <linux/ipv6.h>
+
+#include "parsing.h"   /* xdp/bpf: shared cursor parsers */
+#include "gwlb_maps.h"
+
+#ifndef IPPROTO_ICMPV6
+#define IPPROTO_ICMPV6 58
+#endif
+/* Keep clang from rewriting the bounds checks of `x` (the verifier needs them). */
+#define barrier_var(x) asm volatile("" : "+r"(x))
+#define GWLB_DEFAULT_IDLE_NS (350ULL * 1000000000ULL)
+#define OUTER_IPV4_UDP_LEN (sizeof(struct iphdr) + sizeof(struct udphdr))
+
+static __always_inline void count(__u32 reason, __u64 bytes)
+{
+	struct gwlb_counter *cnt = gwlb_stats.lookup(&reason);
+
+	if (cnt) {
+		cnt->packets += 1;
+		cnt->bytes += bytes;
+	}
+}
+
+/* Fill the symmetric key of the inner packet at `l3` (an IPv4 or IPv6 header).
+ * Returns 0, or -1 when the inner IP header does not fit. */
+static __always_inline int inner_key(void *l3, void *data_end, int is_v6, struct gwlb_key *key)
+{
+	__be16 be_sport = 0, be_dport = 0;
+	__u32 *lo, *hi, tmp;
+	int i, cmp = 0, proto_ports = 1;
+	void *l4;
+	__u8 proto;
+	__u16 *w;
+
+	if (is_v6) {
+		struct ipv6hdr *ip6 = l3;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		proto = ip6->nexthdr;
+		__builtin_memcpy(key->addr_lo, &ip6->saddr, 16);
+		__builtin_memcpy(key->addr_hi, &ip6->daddr, 16);
+		l4 = ip6 + 1;
+		key->family = 6;
+	} else {
+		struct iphdr *iph = l3;
+
+		if ((void *)(iph + 1) > data_end || iph->ihl < 5)
+			return -1;
+		proto = iph->protocol;
+		__builtin_memcpy(key->addr_lo, &iph->saddr, 4);
+		__builtin_memcpy(key->addr_hi, &iph->daddr, 4);
+		l4 = l3 + iph->ihl * 4;
+		if (bpf_ntohs(iph->frag_off) & IP_OFFSET)
+			proto_ports = 0; /* non-first fragment: no ports */
+		key->family = 4;
+	}
+	if (!proto_ports) {
+		/* no ports */
+	} else if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+		w = l4;
+		if ((void *)(w + 2) <= data_end) {
+			be_sport = w[0];
+			be_dport = w[1];
+		}
+	} else if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
+		__u8 *icmp = l4;
+
+		if ((void *)(icmp + 8) <= data_end &&
+		    ((proto == IPPROTO_ICMP && (icmp[0] == 8 || icmp[0] == 0)) ||
+		     (proto == IPPROTO_ICMPV6 && (icmp[0] == 128 || icmp[0] == 129)))) {
+			be_sport = *(__be16 *)(icmp + 4);
+			be_dport = be_sport;
+		}
+	}
+	key->proto = proto;
+	key->pad = 0;
+	key->be_port_lo = be_sport;
+	key->be_port_hi = be_dport;
+	key->dir = 0;
+
+	/* Order the endpoints by (address bytes, port) as geneve/flowkey.py does. */
+	lo = (__u32 *)key->addr_lo;
+	hi = (__u32 *)key->addr_hi;
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		if (!cmp && lo[i] != hi[i])
+			cmp = bpf_ntohl(lo[i]) < bpf_ntohl(hi[i]) ? -1 : 1;
+	}
+	if (!cmp && be_sport != be_dport)
+		cmp = bpf_ntohs(be_sport) < bpf_ntohs(be_dport) ? -1 : 1;
+	if (cmp > 0) {
+		key->dir = 1;
+		key->be_port_lo = be_dport;
+		key->be_port_hi = be_sport;
+#pragma unroll
+		for (i = 0; i < 4; i++) {
+			tmp = lo[i];
+			lo[i] = hi[i];
+			hi[i] = tmp;
+		}
+	}
+	return 0;
+}
+
+/* Remember `hdr_len` bytes of GENEVE header at `gh` for `key` (unchanged headers only
+ * refresh last_seen).  Returns 0 or -1. */
+static __always_inline int store_header(struct xdp_md *ctx, struct gwlb_key *key, void *gh,
+					__u32 hdr_len, struct iphdr *iph, struct udphdr *uh)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	void *data = (void *)(long)ctx->data;
+	struct gwlb_value *v, *s;
+	__u32 zero = 0, i, same;
+	__u64 now = bpf_ktime_get_ns();
+
+	v = gwlb_flows.lookup(key);
+	if (v && v->hdr_len == hdr_len && v->be_gwlb_addr == iph->saddr &&
+	    v->be_local_addr == iph->daddr && v->be_sport == uh->source) {
+		same = 1;
+		for (i = 0; i < GENEVE_MAX_HDR / 4; i++) {
+			__u32 *pw = gh + i * 4;
+
+			if (i * 4 >= hdr_len)
+				break;
+			if ((void *)(pw + 1) > data_end) {
+				same = 0;
+				break;
+			}
+			if (*pw != *(__u32 *)&v->hdr[i * 4]) {
+				same = 0;
+				break;
+			}
+		}
+		if (same) {
+			v->last_seen_ns = now;
+			return 0;
+		}
+	}
+	s = gwlb_scratch.lookup(&zero);
+	if (!s)
+		return -1;
+	if (hdr_len < GENEVE_BASE_LEN || hdr_len > GENEVE_MAX_HDR)
+		return -1;
+	if (bpf_xdp_load_bytes(ctx, gh - data, s->hdr, hdr_len))
+		return -1;
+	s->last_seen_ns = now;
+	s->be_gwlb_addr = iph->saddr;
+	s->be_local_addr = iph->daddr;
+	s->be_sport = uh->source;
+	s->hdr_len = hdr_len;
+	s->pad = 0;
+	return gwlb_flows.update(key, s) ? -1 : 0;
+}
+
+int xdp_gwlb(struct xdp_md *ctx)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	void *data = (void *)(long)ctx->data;
+	__u64 pkt_len = data_end - data;
+	struct hdr_cursor nh = { .pos = data };
+	__u32 reason = GWLB_PASS_NOT_GENEVE, zero = 0, have = 0;
+	int action = XDP_PASS;
+	struct ethhdr *eth;
+	struct iphdr *iph;
+	struct udphdr *uh;
+	struct genevehdr *gh;
+	struct geneve_opt *opt;
+	struct gwlb_config *cfg;
+	struct gwlb_key key = {};
+	__u8 mac_dst[ETH_ALEN], mac_src[ETH_ALEN];
+	__u32 opt_len, off, olen, i, hdr_len;
+	__be32 be_tmp_addr;
+	__be16 be_inner_proto;
+	int is_v6, delta;
+	void *inner;
+
+	if (parse_ethhdr(&nh, data_end, &eth) != bpf_htons(ETH_P_IP))
+		goto out;
+	if (parse_iphdr(&nh, data_end, &iph) != IPPROTO_UDP)
+		goto out;
+	if (bpf_ntohs(iph->frag_off) & IP_OFFSET)
+		goto out; /* a non-first fragment: no UDP header to classify */
+	if (parse_udphdr(&nh, data_end, &uh) < 0 || uh->dest != bpf_htons(GENEVE_UDP_PORT))
+		goto out;
+	action = XDP_DROP;
+	if (bpf_ntohs(iph->frag_off) & IP_MF) {
+		reason = GWLB_DROP_OUTER_FRAGMENT;
+		goto out;
+	}
+
+	gh = nh.pos;
+	if ((void *)(gh + 1) > data_end) {
+		reason = GWLB_DROP_TRUNCATED;
+		goto out;
+	}
+	if (gh->ver_optlen >> 6) {
+		reason = GWLB_DROP_BAD_VERSION;
+		goto out;
+	}
+	opt_len = (gh->ver_optlen & 0x3f) * 4;
+	inner = (void *)(gh + 1) + opt_len;
+	if (inner > data_end) {
+		reason = GWLB_DROP_TRUNCATED;
+		goto out;
+	}
+	if (gh->flags & GENEVE_F_OAM) {
+		reason = GWLB_DROP_OAM;
+		goto out;
+	}
+	be_inner_proto = gh->be_proto;
+	if (be_inner_proto != bpf_htons(GENEVE_PROTO_IPV4) &&
+	    be_inner_proto != bpf_htons(GENEVE_PROTO_IPV6)) {
+		reason = GWLB_DROP_BAD_PROTO;
+		goto out;
+	}
+
+	/* Walk the options (GWLB sends 3; more than GWLB_MAX_OPTS is malformed here). */
+	off = 0;
+	for (i = 0; i < GWLB_MAX_OPTS; i++) {
+		if (off >= opt_len)
+			break;
+		opt = (void *)(gh + 1) + off;
+		if ((void *)(opt + 1) > data_end || off + sizeof(*opt) > opt_len) {
+			reason = GWLB_DROP_MALFORMED;
+			goto out;
+		}
+		olen = (opt->length & 0x1f) * 4;
+		if (off + sizeof(*opt) + olen > opt_len) {
+			reason = GWLB_DROP_MALFORMED;
+			goto out;
+		}
+		if (opt->be_class == bpf_htons(AWS_OPT_CLASS) &&
+		    opt->type >= AWS_OPT_ENDPOINT_ID && opt->type <= AWS_OPT_FLOW_COOKIE) {
+			if (olen != (opt->type == AWS_OPT_FLOW_COOKIE ? AWS_OPT_FLOW_COOKIE_LEN
+								     : AWS_OPT_ENDPOINT_ID_LEN)) {
+				reason = GWLB_DROP_MALFORMED;
+				goto out;
+			}
+			have |= 1U << opt->type;
+		} else if (opt->type & GENEVE_CRITICAL_TYPE) {
+			reason = GWLB_DROP_CRITICAL_OPTION;
+			goto out;
+		}
+		off += sizeof(*opt) + olen;
+	}
+	if (off < opt_len) {
+		reason = GWLB_DROP_MALFORMED; /* more options than GWLB_MAX_OPTS */
+		goto out;
+	}
+	if (have != AWS_OPT_ALL) {
+		reason = GWLB_DROP_MISSING_OPTION;
+		goto out;
+	}
+
+	is_v6 = be_inner_proto == bpf_htons(GENEVE_PROTO_IPV6);
+	if (inner_key(inner, data_end, is_v6, &key) < 0) {
+		reason = GWLB_DROP_TRUNCATED;
+		goto out;
+	}
+
+	cfg = gwlb_config.lookup(&zero);
+	if (cfg && (cfg->flags & GWLB_F_REFLECT)) {
+		/* One-arm reflect: same frame back, outer addresses and MACs swapped.  A
+		 * swap keeps the IPv4 and UDP checksums (same words, same sums). */
+		__builtin_memcpy(mac_dst, eth->h_dest, ETH_ALEN);
+		__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, mac_dst, ETH_ALEN);
+		be_tmp_addr = iph->saddr;
+		iph->saddr = iph->daddr;
+		iph->daddr = be_tmp_addr;
+		action = XDP_TX;
+		reason = GWLB_REFLECT;
+		goto out;
+	}
+
+	hdr_len = sizeof(*gh) + opt_len;
+	action = XDP_PASS;
+	reason = is_v6 ? GWLB_DECAP_IPV6 : GWLB_DECAP;
+	if (store_header(ctx, &key, gh, hdr_len, iph, uh) < 0)
+		count(GWLB_STORE_ERROR, pkt_len); /* reply will count GWLB_DROP_NO_FLOW */
+
+	/* Strip everything before the inner packet but room for a new Ethernet header. */
+	__builtin_memcpy(mac_dst, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(mac_src, eth->h_source, ETH_ALEN);
+	delta = (int)(inner - data) - (int)sizeof(struct ethhdr);
+	if (bpf_xdp_adjust_head(ctx, delta)) {
+		action = XDP_DROP;
+		reason = GWLB_DROP_TRUNCATED;
+		goto out;
+	}
+	/* adjust_head invalidated every packet pointer: re-read data/data_end. */
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end) {
+		action = XDP_DROP;
+		reason = GWLB_DROP_TRUNCATED;
+		goto out;
+	}
+	__builtin_memcpy(eth->h_dest, mac_dst, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mac_src, ETH_ALEN);
+	eth->h_proto = be_inner_proto;
+
+out:
+	count(reason, pkt_len);
+	return action;
+}
+
+/* Outer IPv4 + UDP as prepended by tc_gwlb_encap. */
+struct outer_v4_udp {
+	struct iphdr ip;
+	struct udphdr udp;
+} __attribute__((packed));
+
+static __always_inline __u16 ipv4_csum(const struct iphdr *iph)
+{
+	const __u16 *word = (const __u16 *)iph;
+	__u32 acc = 0;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < (int)(sizeof(*iph) / 2); i++)
+		acc += word[i];
+	acc = (acc & 0xffff) + (acc >> 16);
+	acc = (acc & 0xffff) + (acc >> 16);
+	return ~acc & 0xffff;
+}
+
+int tc_gwlb_encap(struct __sk_buff *skb)
+{
+	void *data_end = (void *)(long)skb->data_end;
+	void *data = (void *)(long)skb->data;
+	__u64 pkt_len = skb->len;
+	struct hdr_cursor nh = { .pos = data };
+	__u32 reason = GWLB_ENCAP_PASS_OTHER, zero = 0, hdr_len, inner_len, flags;
+	int action = TC_ACT_OK, eth_type, is_v6, ip_proto;
+	struct ethhdr *eth;
+	struct iphdr *iph = NULL;
+	struct udphdr *uh;
+	struct gwlb_key key = {};
+	struct gwlb_value *v;
+	struct gwlb_config *cfg;
+	struct outer_v4_udp outer = {};
+	__be16 be_eth_ip = bpf_htons(ETH_P_IP);
+	__u64 idle;
+
+	eth_type = parse_ethhdr(&nh, data_end, &eth);
+	if (eth_type == bpf_htons(ETH_P_IP)) {
+		is_v6 = 0;
+		iph = nh.pos;
+		ip_proto = parse_iphdr(&nh, data_end, &iph);
+		if (ip_proto == IPPROTO_UDP && parse_udphdr(&nh, data_end, &uh) >= 0 &&
+		    (uh->dest == bpf_htons(GENEVE_UDP_PORT) ||
+		     uh->source == bpf_htons(GENEVE_UDP_PORT)))
+			goto out; /* already GENEVE */
+	} else if (eth_type == bpf_htons(ETH_P_IPV6)) {
+		is_v6 = 1;
+	} else {
+		goto out;
+	}
+	if (inner_key(data + sizeof(struct ethhdr), data_end, is_v6, &key) < 0)
+		goto out;
+	cfg = gwlb_config.lookup(&zero);
+	if (!cfg)
+		goto out;
+
+	v = gwlb_flows.lookup(&key);
+	if (!v) {
+		key.dir ^= 1;
+		v = gwlb_flows.lookup(&key);
+	}
+	if (!v) {
+		iph = data + sizeof(struct ethhdr);
+		if (!is_v6 && (void *)(iph + 1) <= data_end && iph->saddr == cfg->be_local_addr) {
+			reason = GWLB_ENCAP_PASS_LOCAL;
+			goto out;
+		}
+		action = TC_ACT_SHOT;
+		reason = GWLB_DROP_NO_FLOW;
+		goto out;
+	}
+	idle = cfg->idle_timeout_ns ? cfg->idle_timeout_ns : GWLB_DEFAULT_IDLE_NS;
+	if (bpf_ktime_get_ns() - v->last_seen_ns > idle) {
+		gwlb_flows.delete(&key);
+		action = TC_ACT_SHOT;
+		reason = GWLB_DROP_FLOW_EXPIRED;
+		goto out;
+	}
+
+	hdr_len = v->hdr_len;
+	/* Two separate checks on the same register: clang would merge them into one
+	 * range test on a copy, and the verifier must see the bound on `hdr_len`. */
+	barrier_var(hdr_len);
+	if (hdr_len > GENEVE_MAX_HDR) {
+		action = TC_ACT_SHOT;
+		reason = GWLB_DROP_ENCAP_ERROR;
+		goto out;
+	}
+	barrier_var(hdr_len);
+	if (hdr_len < GENEVE_BASE_LEN) {
+		action = TC_ACT_SHOT;
+		reason = GWLB_DROP_ENCAP_ERROR;
+		goto out;
+	}
+	inner_len = skb->len - sizeof(struct ethhdr);
+	outer.ip.version = 4;
+	outer.ip.ihl = 5;
+	outer.ip.ttl = 64;
+	outer.ip.protocol = IPPROTO_UDP;
+	outer.ip.tot_len = bpf_htons(OUTER_IPV4_UDP_LEN + hdr_len + inner_len);
+	outer.ip.saddr = v->be_local_addr;
+	outer.ip.daddr = v->be_gwlb_addr;
+	outer.ip.check = ipv4_csum(&outer.ip);
+	outer.udp.source = v->be_sport;
+	outer.udp.dest = bpf_htons(GENEVE_UDP_PORT);
+	outer.udp.len = bpf_htons(sizeof(struct udphdr) + hdr_len + inner_len);
+	outer.udp.check = 0; /* allowed over IPv4 (RFC 8926 3.3) */
+
+	flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP;
+	if (hdr_len <= 255)
+		flags |= BPF_F_ADJ_ROOM_ENCAP_L2(hdr_len);
+	if (bpf_skb_adjust_room(skb, OUTER_IPV4_UDP_LEN + hdr_len, BPF_ADJ_ROOM_MAC, flags) ||
+	    bpf_skb_store_bytes(skb, sizeof(struct ethhdr), &outer, sizeof(outer), 0) ||
+	    bpf_skb_store_bytes(skb, sizeof(struct ethhdr) + sizeof(outer), v->hdr, hdr_len, 0) ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &be_eth_ip, 2, 0)) {
+		action = TC_ACT_SHOT;
+		reason = GWLB_DROP_ENCAP_ERROR;
+		goto out;
+	}
+	reason = GWLB_ENCAP;
+
+out:
+	count(reason, pkt_len);
+	return action;
+}
+
+int xdp_gwlb_pass_peer(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}

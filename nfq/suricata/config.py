@@ -1,0 +1,111 @@
+"""Render suricata.yaml (NFQ IPS mode) and the rule files for an inspection policy.
+
+The template (``templates/suricata.yaml``) holds the fixed structure; only scalars and
+pre-rendered YAML lists are substituted (``string.Template``), each value quoted where
+YAML could misread it. Rules: the policy's inline rules go to ``spectra-inline.rules``;
+rule sources on disk are referenced by absolute path (Suricata loads them as they are).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from string import Template
+
+from nfq.marks import SKB_MARK_BYPASS, SKB_MARK_REPEAT
+from nfq.policy import InspectionPolicy
+
+INLINE_RULES = "spectra-inline.rules"
+PORT_SUFFIX = "_PORTS"
+
+
+@dataclass(frozen=True, slots=True)
+class SuricataPaths:
+    """Where the rendered configuration, logs and the command socket live."""
+
+    config_dir: Path
+    rule_dir: Path
+    log_dir: Path
+    run_dir: Path
+
+    @classmethod
+    def under(cls, root: Path) -> SuricataPaths:
+        return cls(root / "etc", root / "rules", root / "log", root / "run")
+
+    @property
+    def config(self) -> Path:
+        return self.config_dir / "suricata.yaml"
+
+    @property
+    def eve(self) -> Path:
+        return self.log_dir / "eve.json"
+
+    @property
+    def socket(self) -> Path:
+        return self.run_dir / "suricata-command.socket"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / "suricata.pid"
+
+
+def _q(value: str) -> str:
+    """A YAML double-quoted scalar (JSON strings are valid YAML)."""
+    return json.dumps(value)
+
+
+def _groups(policy: InspectionPolicy, ports: bool) -> str:
+    values = dict(policy.vars)
+    if not ports:
+        values.setdefault("HOME_NET", "[10.0.0.0/8,172.16.0.0/12,192.168.0.0/16]")
+        values.setdefault("EXTERNAL_NET", "!$HOME_NET")
+    else:
+        values.setdefault("HTTP_PORTS", "80")
+    chosen = {k: v for k, v in values.items() if k.endswith(PORT_SUFFIX) == ports}
+    return "\n".join(f"    {k}: {_q(v)}" for k, v in sorted(chosen.items()))
+
+
+def rule_files(policy: InspectionPolicy) -> list[str]:
+    names = [INLINE_RULES] if policy.rules else []
+    return names + [str(Path(p).resolve()) for p in policy.rule_files]
+
+
+def render_yaml(policy: InspectionPolicy, paths: SuricataPaths) -> str:
+    template = Template(files("nfq.suricata").joinpath("templates/suricata.yaml").read_text())
+    return template.substitute(
+        address_groups=_groups(policy, ports=False),
+        port_groups=_groups(policy, ports=True),
+        log_dir=_q(str(paths.log_dir)),
+        rule_dir=_q(str(paths.rule_dir)),
+        rule_files="\n".join(f"  - {_q(f)}" for f in rule_files(policy)) or "  []",
+        repeat_mark=SKB_MARK_REPEAT,
+        bypass_mark=SKB_MARK_BYPASS,
+        fail_open="yes" if policy.fail_open else "no",
+        stream_depth=policy.stream_depth,
+        eve_file=_q(str(paths.eve)),
+        socket=_q(str(paths.socket)),
+        log_file=_q(str(paths.log_dir / "suricata.log")),
+    )
+
+
+def render_inline_rules(policy: InspectionPolicy) -> str:
+    header = "# Inline rules of the inspection policy (rendered; do not edit)\n"
+    return header + "".join(f"{r.strip()}\n" for r in policy.rules)
+
+
+def write_config(policy: InspectionPolicy, paths: SuricataPaths) -> list[Path]:
+    """Write suricata.yaml and the inline rule file atomically; returns what was written."""
+    written = []
+    for directory in (paths.config_dir, paths.rule_dir, paths.log_dir, paths.run_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    outputs = {paths.config: render_yaml(policy, paths)}
+    if policy.rules:
+        outputs[paths.rule_dir / INLINE_RULES] = render_inline_rules(policy)
+    for path, text in outputs.items():
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        written.append(path)
+    return written

@@ -1,0 +1,122 @@
+"""What a fake upstream does, read from the model name, and the answer it generates.
+
+Markers anywhere in the model name (combinable): ``fail500`` / ``fail429`` (error
+status before anything), ``failafter<N>`` (drop the connection after N content
+tokens), ``slow<ms>`` (wait before the first token), ``errorevent`` (a 200 stream that
+carries only an error event), ``cached`` (report prompt-cache reads/writes),
+``nousage`` (report no usage at all). The
+answer is ``Echo: <last user text>`` word by word, or a call of the first tool when
+the request offers tools and the last message is not a tool result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+STATS = web.AppKey("fake_stats", dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Behavior:
+    fail_status: int | None = None
+    fail_after: int | None = None
+    slow_ms: int = 0
+    error_event: bool = False
+    cached: bool = False
+    no_usage: bool = False
+
+    @classmethod
+    def of(cls, model: str) -> Behavior:
+        status = re.search(r"fail(500|429|503)", model)
+        after = re.search(r"failafter(\d+)", model)
+        slow = re.search(r"slow(\d+)", model)
+        return cls(
+            fail_status=int(status.group(1)) if status else None,
+            fail_after=int(after.group(1)) if after else None,
+            slow_ms=int(slow.group(1)) if slow else 0,
+            error_event="errorevent" in model, cached="cached" in model,
+            no_usage="nousage" in model,
+        )
+
+
+def text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            text_of(p["content"]) if p.get("type") == "tool_result" else str(p.get("text", ""))
+            for p in content if isinstance(p, dict))
+    return ""
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    tokens: list[str]
+    tool: tuple[str, str, str] | None  # (id, name, arguments json)
+    finish: str  # "stop" | "length" | "tool_calls"
+    prompt_tokens: int
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.tokens) + (3 if self.tool else 0)
+
+
+def answer(last_user: str, prompt_text: str, tool_name: str | None, max_tokens: int | None,
+           ) -> Answer:
+    prompt = max(1, words(prompt_text))
+    if tool_name is not None:
+        args = json.dumps({"query": last_user})
+        return Answer([], ("call_fake_1", tool_name, args), "tool_calls", prompt)
+    tokens = ["Echo:"] + [" " + w for w in last_user.split()]
+    finish = "stop"
+    if max_tokens is not None and len(tokens) > max_tokens:
+        tokens, finish = tokens[:max_tokens], "length"
+    return Answer(tokens, None, finish, prompt)
+
+
+def count(app: web.Application, body: Any) -> None:
+    stats = app[STATS]
+    stats["requests"] += 1
+    stats["bodies"] = ([*stats["bodies"], body])[-20:]
+
+
+def new_stats() -> dict[str, Any]:
+    return {"requests": 0, "bodies": []}
+
+
+async def stats_handler(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATS])
+
+
+async def reset_handler(request: web.Request) -> web.Response:
+    request.app[STATS].update(new_stats())
+    return web.json_response({"ok": True})
+
+
+def add_stats_routes(app: web.Application) -> None:
+    app[STATS] = new_stats()
+    app.router.add_get("/_fake/stats", stats_handler)
+    app.router.add_post("/_fake/reset", reset_handler)
+
+
+async def drop(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Abort the connection mid-body (what a crashed upstream looks like).
+
+    The pause first lets the client consume what was sent: aiohttp's reader raises a
+    connection error ahead of still-buffered data.
+    """
+    await asyncio.sleep(0.2)
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    return response

@@ -1,0 +1,162 @@
+"""Fixtures for the inspection path in cs-gw-a: the kernel NAT baseline, the product's
+inspection chain, the built-in engine as a process, and helper servers in cs-inet.
+Everything started here is stopped, and every rule removed, at teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control.nftables import NatPolicy, render_ruleset
+from nfq import netfilter
+from nfq.policy import InspectionPolicy
+from perf.lab import ns_exec
+from tests.netns.helpers import sh
+
+GW = "cs-gw-a"
+WS = "cs-ws-a"
+INET = "cs-inet"
+ROOT = str(Path(__file__).resolve().parents[3])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.05)
+
+
+@dataclass
+class Engine:
+    """``python -m nfq engine`` running in the gateway namespace."""
+
+    workdir: Path
+    policy: InspectionPolicy
+    extra: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.workdir / "engine.log"
+
+    @property
+    def eve(self) -> Path:
+        return self.workdir / "eve.json"
+
+    def stats(self, queue: int = 0) -> dict[str, Any]:
+        path = self.workdir / f"stats.q{queue}.json"
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return data
+
+    def start(self) -> Engine:
+        (self.workdir / "policy.json").write_text(self.policy.model_dump_json())
+        for q in self.policy.queues.numbers:
+            (self.workdir / f"stats.q{q}.json").unlink(missing_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                ns_exec(GW, sys.executable, "-m", "nfq", "-v", "engine",
+                        "--policy", str(self.workdir / "policy.json"),
+                        "--eve", str(self.eve), "--stats", str(self.workdir / "stats.json"),
+                        *self.extra),
+                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": ROOT},
+            )  # fmt: skip
+        wait_for(lambda: all(self.stats(q) for q in self.policy.queues.numbers)
+                 or self.proc is None or self.proc.poll() is not None, 20, "engine bind")
+        assert self.proc.poll() is None, f"engine exited: {self.log.read_text()[-2000:]}"
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def alerts(self) -> list[dict[str, Any]]:
+        if not self.eve.exists():
+            return []
+        return [json.loads(line) for line in self.eve.read_text().splitlines() if line]
+
+    def alert_sids(self) -> dict[int, str]:
+        return {a["alert"]["signature_id"]: a["alert"]["action"] for a in self.alerts()}
+
+
+@pytest.fixture
+def nat_gateway(lab: Any) -> Iterator[dict[str, Any]]:
+    """cs-gw-a with the kernel NAT baseline (inet spectra), no XDP, empty conntrack."""
+    had_table = sh(GW, "nft", "list", "table", "inet", "spectra").returncode == 0
+    for ifname in ("inside", "outside"):
+        sh(GW, "ip", "link", "set", "dev", ifname, "xdp", "off")
+    text = render_ruleset(NatPolicy("inside", "outside", ("203.0.113.2",)))
+    proc = subprocess.run(ns_exec(GW, "nft", "-f", "-"), input=text, text=True,
+                          capture_output=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    sh(GW, "conntrack", "-F")
+    yield lab.status()
+    netfilter.remove(netns=GW)
+    if not had_table:
+        sh(GW, "nft", "delete", "table", "inet", "spectra")
+    sh(GW, "conntrack", "-F")
+
+
+@pytest.fixture
+def inspect(nat_gateway: dict[str, Any], tmp_path: Path
+            ) -> Iterator[Callable[..., Engine]]:
+    """``inspect(policy, start=True)``: apply the policy's chain and start the engine."""
+    engines: list[Engine] = []
+
+    def make(policy: InspectionPolicy, *, start: bool = True, extra: tuple[str, ...] = ()
+             ) -> Engine:
+        netfilter.apply(policy, in_interface="inside", netns=GW)
+        engine = Engine(tmp_path, policy, extra)
+        engines.append(engine)
+        return engine.start() if start else engine
+
+    yield make
+    for e in engines:
+        e.stop()
+    netfilter.remove(netns=GW)
+
+
+@pytest.fixture
+def inet_server(lab: Any) -> Iterator[Callable[..., None]]:
+    """``inet_server(*args)``: start tests.netns.nfq.servers in cs-inet; stopped after."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> None:
+        proc = subprocess.Popen(
+            ns_exec(INET, sys.executable, "-m", "tests.netns.nfq.servers", *args),
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+        )  # fmt: skip
+        procs.append(proc)
+        port = args[2]
+        wait_for(lambda: f":{port} " in sh(INET, "ss", "-Hltun").stdout, 10, f"server :{port}")
+
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=10)

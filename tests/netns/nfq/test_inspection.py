@@ -1,0 +1,193 @@
+"""The built-in engine on real traffic through cs-gw-a: HTTP Host and TLS SNI denials
+(dropped + alerted), benign traffic, a DNS query rule, fail-open/fail-closed with the
+engine killed, a reload under load, an unsupported rule, and the bypass mark."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nfq.policy import InspectionPolicy
+from perf.lab import INET_SERVICE_IP, ns_exec
+from tests.netns.helpers import http_get_json, sh
+from tests.netns.nfq.conftest import GW, ROOT, WS, Engine, wait_for
+
+RULES = (
+    'drop http any any -> any any (msg:"denied host"; flow:established,to_server; '
+    'http.host; content:"denied.example"; nocase; sid:1001; rev:2; classtype:policy-violation;)',
+    'drop tls $HOME_NET any -> any 443 (msg:"denied sni"; flow:to_server; tls.sni; '
+    'content:"blocked.example"; nocase; sid:1002;)',
+    'alert dns any any -> any 53 (msg:"dns tracker"; dns.query; content:"tracker.example"; '
+    "nocase; sid:1003;)",
+)
+URL = f"http://{INET_SERVICE_IP}/"
+
+
+def policy(**kw: Any) -> InspectionPolicy:
+    return InspectionPolicy(rules=RULES, stream_depth=65536, **kw)
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return sh(WS, "curl", "-s", "-m", "3", *args)
+
+
+def test_denied_http_host_is_dropped_and_alerted(inspect: Callable[..., Engine]) -> None:
+    engine = inspect(policy())
+    assert curl("-H", "Host: www.Denied.Example", URL).returncode != 0
+    assert wait_for(lambda: engine.alert_sids().get(1001), 5, "alert 1001") == "blocked"
+    alert = next(a for a in engine.alerts() if a["alert"]["signature_id"] == 1001)
+    assert alert["http"]["hostname"] == "www.denied.example"
+    assert alert["src_ip"] == "10.0.1.10" and alert["dest_port"] == 80
+    assert alert["alert"]["category"] == "policy-violation" and alert["alert"]["rev"] == 2
+    # benign traffic passes, translated as usual, and raises nothing
+    seen = http_get_json(WS, URL)
+    assert seen["client_ip"] == "203.0.113.2"
+    assert set(engine.alert_sids()) == {1001}
+    assert engine.stats()["counters"]["packets"] > 5
+
+
+def test_denied_tls_sni_is_dropped_and_alerted(
+    inspect: Callable[..., Engine], inet_server: Callable[..., None], tmp_path: Path
+) -> None:
+    received = tmp_path / "sink.txt"
+    inet_server("tcp-sink", INET_SERVICE_IP, "443", str(received))
+    engine = inspect(policy())
+
+    def hello(sni: str) -> None:
+        sh(WS, "timeout", "4", "openssl", "s_client", "-servername", sni, "-connect",
+           f"{INET_SERVICE_IP}:443", timeout=10)  # fmt: skip
+
+    hello("www.blocked.example")
+    assert wait_for(lambda: engine.alert_sids().get(1002), 5, "alert 1002") == "blocked"
+    alert = next(a for a in engine.alerts() if a["alert"]["signature_id"] == 1002)
+    assert alert["tls"]["sni"] == "www.blocked.example" and alert["app_proto"] == "tls"
+    hello("allowed.example")
+    lines = wait_for(lambda: received.exists() and received.read_text().splitlines(), 10,
+                     "both connections closed at the sink")  # fmt: skip
+    wait_for(lambda: len(received.read_text().splitlines()) >= 2, 10, "second connection")
+    sizes = sorted((int(n), kind) for n, kind in (l.split() if " " in l.strip() else (l, "")
+                   for l in received.read_text().splitlines()))  # fmt: skip
+    assert sizes[0][0] == 0, f"the denied ClientHello reached the server: {lines}"
+    assert sizes[1][0] > 100 and sizes[1][1] == "16", "the allowed ClientHello did not arrive"
+
+
+def test_dns_query_rule_fires(
+    inspect: Callable[..., Engine], inet_server: Callable[..., None]
+) -> None:
+    inet_server("dns", INET_SERVICE_IP, "53")
+    engine = inspect(policy())
+    script = (
+        "import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(3)\n"
+        "q=b'\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00'"
+        "+b''.join(bytes([len(p)])+p for p in b'www.Tracker.example'.split(b'.'))"
+        "+b'\\x00\\x00\\x01\\x00\\x01'\n"
+        f"s.sendto(q,('{INET_SERVICE_IP}',53));r=s.recv(512);print(r[:2].hex(),r[3]&15)"
+    )
+    out = sh(WS, sys.executable, "-c", script)
+    assert out.stdout.split() == ["1234", "3"], out.stderr  # alert only: the answer came back
+    assert wait_for(lambda: engine.alert_sids().get(1003), 5, "alert 1003") == "allowed"
+    alert = next(a for a in engine.alerts() if a["alert"]["signature_id"] == 1003)
+    assert alert["dns"]["query"][0]["rrname"] == "www.Tracker.example"
+
+
+@pytest.mark.parametrize("fail_open", [True, False], ids=["fail-open", "fail-closed"])
+def test_engine_killed(inspect: Callable[..., Engine], fail_open: bool) -> None:
+    engine = inspect(policy(fail_open=fail_open))
+    assert http_get_json(WS, URL)["client_ip"] == "203.0.113.2"
+    engine.kill()
+    ok = curl(URL).returncode == 0
+    assert ok is fail_open, "fail-open must keep traffic flowing, fail-closed must block it"
+    # an established flow is inspected too: UDP echo keeps/looses its replies alike
+    script = (
+        "import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(0.5)\n"
+        "n=0\n"
+        "for i in range(5):\n"
+        f" s.sendto(b'p',('{INET_SERVICE_IP}',7))\n"
+        " try: n+=s.recv(9)==b'p'\n"
+        " except TimeoutError: pass\n"
+        "print(n)"
+    )
+    assert sh(WS, sys.executable, "-c", script).stdout.strip() == ("5" if fail_open else "0")
+
+
+def test_rule_reload_under_load_loses_no_accepted_packet(
+    inspect: Callable[..., Engine], tmp_path: Path
+) -> None:
+    rules = tmp_path / "extra.rules"
+    rules.write_text('alert udp any any -> any 7 (msg:"echo v1"; content:"never-v1"; sid:2001;)\n')
+    engine = inspect(InspectionPolicy(rules=RULES, rule_files=(rules,), stream_depth=0,
+                                      fail_open=False))  # fmt: skip
+    count = 6000
+    script = (
+        "import socket,time;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+        "s.setsockopt(socket.SOL_SOCKET,socket.SO_RCVBUF,1<<22);s.settimeout(3);got=set()\n"
+        f"for i in range({count}):\n"
+        f" s.sendto(b'%08d'%i,('{INET_SERVICE_IP}',7))\n"
+        " if i%50==0: time.sleep(0.02)\n"
+        "try:\n"
+        f" while len(got)<{count}: got.add(s.recv(64))\n"
+        "except TimeoutError: pass\n"
+        "print(len(got))"
+    )
+    with subprocess.Popen(ns_exec(WS, sys.executable, "-c", script), stdout=subprocess.PIPE,
+                          text=True) as sender:  # fmt: skip
+        assert engine.proc is not None
+        for v in range(2, 6):
+            time.sleep(0.4)
+            rules.write_text(f'alert udp any any -> any 7 (msg:"echo v{v}"; content:"never-v{v}"; '
+                             f"sid:2001; rev:{v};)\n" + "".join(
+                                 f'alert tcp any any -> any any (msg:"filler {n}"; content:"f{n}'
+                                 f'xyz"; sid:{3000 + n};)\n' for n in range(300)))  # fmt: skip
+            os.kill(engine.proc.pid, signal.SIGHUP)
+        out, _ = sender.communicate(timeout=60)
+    stats = wait_for(lambda: engine.stats().get("reloads", 0) >= 2 and engine.stats(), 10,
+                     "reloads done")  # fmt: skip
+    assert int(out.strip()) == count, f"lost {count - int(out.strip())} packets across reloads"
+    assert stats["reload_error"] is None and stats["rules"] == len(RULES) + 301
+    assert stats["counters"]["packets"] >= 2 * count
+
+
+def test_unsupported_rule_is_rejected_with_sid_and_keyword(nat_gateway: dict[str, Any]) -> None:
+    bad = 'alert http any any -> any any (msg:"x"; http.method; content:"GET"; sid:9001;)'
+    proc = subprocess.run(
+        ns_exec(GW, sys.executable, "-m", "nfq", "engine", "--rule", bad),
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "rule sid 9001" in proc.stderr and "unsupported keyword 'http.method'" in proc.stderr
+
+
+def ct_marks(dport: int) -> list[int]:
+    out = sh(GW, "conntrack", "-L", "-p", "tcp", "--dport", str(dport)).stdout
+    marks = []
+    for line in out.splitlines():
+        for field in line.split():
+            if field.startswith("mark="):
+                marks.append(int(field[5:]))
+    return marks
+
+
+def test_stream_depth_and_pass_rule_set_the_bypass_mark(inspect: Callable[..., Engine]) -> None:
+    pol = InspectionPolicy(
+        rules=(*RULES, 'pass tcp any any -> any 5201 (msg:"iperf trusted"; sid:1010;)'),
+        stream_depth=4096,
+    )
+    engine = inspect(pol)
+    # a 200 kB download passes the 4 kB depth: bypassed, the rest never reaches the queue
+    assert curl("-o", "/dev/null", f"{URL}bytes/200000").returncode == 0
+    assert 3 in ct_marks(80), ct_marks(80)
+    counters = engine.stats()["counters"]
+    assert counters["bypassed_depth"] >= 1 and counters["packets"] < 60
+    # a pass rule bypasses at the first packet of the flow (the SYN)
+    proc = sh(WS, "iperf3", "-c", INET_SERVICE_IP, "-t", "1", timeout=20)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert wait_for(lambda: engine.stats()["counters"].get("bypassed_pass", 0) >= 1, 5, "pass")

@@ -1,0 +1,122 @@
+"""Converging is all or nothing: a failing step rolls every step back to the last good
+document; the agent reports failures, retries, and survives an unreachable store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control.agent import Agent, AgentSettings
+from control.config import ConfigDocument, parse_document
+from control.converge import ConvergeError, Converger, Plan
+from control.store import SqliteStore, StoreError
+
+ADDRESSES = {"inside": ["10.0.1.1"], "outside": ["203.0.113.2"]}
+
+
+def addresses(ifname: str) -> list[str]:
+    if ifname not in ADDRESSES:
+        raise ConvergeError(f"interfaces: {ifname!r} does not exist")
+    return ADDRESSES[ifname]
+
+
+def doc(**interfaces: Any) -> ConfigDocument:
+    return parse_document({"interfaces": {"inside": "inside", "outside": "outside", **interfaces}})
+
+
+class Recorder:
+    def __init__(self, name: str, log: list[tuple[str, str]], fail_on: str | None = None) -> None:
+        self.name, self.log, self.fail_on = name, log, fail_on
+
+    def apply(self, plan: Plan) -> None:
+        mode = plan.doc.interfaces.xdp_mode
+        if mode == self.fail_on:
+            raise OSError(f"{self.name} cannot apply {mode}")
+        self.log.append((self.name, mode))
+
+
+def test_failing_step_rolls_every_step_back_to_last_good() -> None:
+    log: list[tuple[str, str]] = []
+    steps = [Recorder("nft", log), Recorder("xdp", log, fail_on="generic")]
+    conv = Converger(steps, addresses)  # type: ignore[arg-type]
+    conv.converge(doc(xdp_mode="native"))
+    log.clear()
+    with pytest.raises(ConvergeError, match="xdp: xdp cannot apply generic"):
+        conv.converge(doc(xdp_mode="generic"))
+    assert log == [("nft", "generic"), ("nft", "native"), ("xdp", "native")]
+    assert conv.last_good is not None and conv.last_good.doc.interfaces.xdp_mode == "native"
+
+
+def test_render_fails_before_any_step_runs() -> None:
+    log: list[tuple[str, str]] = []
+    conv = Converger([Recorder("nft", log)], addresses)  # type: ignore[list-item]
+    with pytest.raises(ConvergeError, match="'eth9' does not exist"):
+        conv.converge(doc(outside="eth9"))
+    assert log == []
+
+
+def test_plan_carries_ruleset_deny_list_and_timeouts() -> None:
+    d = parse_document(
+        {
+            "interfaces": {"inside": "inside", "outside": "outside"},
+            "rules": {"entries": [{"action": "deny", "dst": "198.51.100.7/32", "proto": "udp"}]},
+            "nat": {"timeouts": {"udp": 17}},
+        }
+    )
+    conv = Converger([], addresses)
+    plan = conv.converge(d)
+    assert "table inet spectra" in plan.nft_script
+    assert plan.outside_addresses == ("203.0.113.2",)
+    assert [str(r.dst) for r in plan.deny_rules] == ["198.51.100.7/32"]
+    assert ("net/netfilter/nf_conntrack_udp_timeout", "17") in plan.sysctls
+
+
+class BrokenStore(SqliteStore):
+    def head(self) -> int:
+        raise StoreError("store unreachable")
+
+
+def agent(
+    tmp_path: Path, store: SqliteStore, log: list[tuple[str, str]], fail_on: str | None
+) -> Agent:
+    a = Agent(AgentSettings(instance="t", poll_seconds=0.01), store)
+    a.converger = Converger([Recorder("nft", log, fail_on)], addresses)  # type: ignore[list-item]
+    return a
+
+
+def test_agent_applies_new_versions_and_reports_failures(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    log: list[tuple[str, str]] = []
+    a = agent(tmp_path, store, log, fail_on="generic")
+    try:
+        a.poll_once()
+        assert "empty" in (a.state.last_error or "")
+        store.put(doc(xdp_mode="native"), 0, "t")
+        a.poll_once()
+        assert (a.state.applied_version, a.state.converged) == (1, True)
+        store.put(doc(xdp_mode="generic"), 1, "t")
+        a.poll_once()
+        assert a.state.applied_version == 1 and not a.state.converged
+        assert a.state.desired_version == 2
+        assert a.state.last_error is not None and a.state.last_error.startswith("version 2:")
+        a.poll_once()  # within backoff: not retried
+        assert log.count(("nft", "native")) == 2  # applied once, rolled back to once
+    finally:
+        store.close()
+
+
+def test_agent_keeps_last_good_when_store_unreachable(tmp_path: Path) -> None:
+    good = SqliteStore(tmp_path / "c.db")
+    good.put(doc(), 0, "t")
+    good.close()
+    broken = BrokenStore(tmp_path / "c.db")
+    log: list[tuple[str, str]] = []
+    a = agent(tmp_path, broken, log, fail_on=None)
+    try:
+        a.poll_once()
+        assert a.state.store_error == "store unreachable"
+        assert log == []
+    finally:
+        broken.close()
