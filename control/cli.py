@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import click
 
+from control.cli_config import config
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -170,6 +172,9 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+main.add_command(config)
 
 
 @main.group()
