@@ -61,6 +61,7 @@ class Principal:
     key_hash: str
     tenant: str
     budget: BudgetConfig
+    revoked: bool = False
 
 
 class KeyStore:
@@ -72,6 +73,12 @@ class KeyStore:
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The principal for an ``Authorization: Bearer`` header, or a 401/403 error."""
+        principal = self.identify(authorization)
+        check_not_revoked(principal)
+        return principal
+
+    def identify(self, authorization: str | None) -> Principal:
+        """The key's principal, revoked or not; 401 for a missing or unknown key."""
         if not authorization or not authorization.lower().startswith("bearer "):
             raise Unauthenticated(
                 "missing API key: send `Authorization: Bearer <key>`", code="missing_api_key"
@@ -80,9 +87,12 @@ class KeyStore:
         record = self._by_hash.get(digest)
         if record is None:
             raise Unauthenticated("invalid API key")
-        if record.revoked:
-            raise Forbidden(f"API key {record.id} has been revoked")
-        return Principal(record.id, record.hash, record.tenant, record.budget)
+        return Principal(record.id, record.hash, record.tenant, record.budget, record.revoked)
+
+
+def check_not_revoked(principal: Principal) -> None:
+    if principal.revoked:
+        raise Forbidden(f"API key {principal.key_id} has been revoked")
 
 
 def secret_from_file_or_env(path: Path | None, env_name: str) -> str:

@@ -292,6 +292,8 @@ class Gateway:
         trace.mark("upstream_start")
         if req.stream:
             return await self._stream(req, call, clamped, trace, ttft)
+        if ttft is not None:  # a local route: stream upstream so the deadline applies
+            return await self._collect(req, call, clamped, trace, ttft)
         completion = await req.route.adapter.complete(call)
         trace.mark("upstream_done")
         trace.commit = "completed"
@@ -349,6 +351,54 @@ class Gateway:
             value = {"choices": assembler.choices(),
                      "usage": (usage or Usage()).to_openai()}
         return Outcome(response, value, usage, assembler.text())
+
+    async def _collect(
+        self, req: _Request, call: UpstreamCall, clamped: bool, trace: Trace, ttft: float,
+    ) -> Outcome:
+        """A non-stream answer read from the upstream stream, under the TTFT deadline.
+
+        A failure after the first token is not retried elsewhere (the model never
+        changes after the commit point): 502, audited as truncated.
+        """
+        items = req.route.adapter.stream(call)
+        assembler, usage, seen = Assembler(), None, False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ttft
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(
+                        anext(items), None if seen else deadline - loop.time())
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise ProviderError("timeout", "time-to-first-token deadline passed"
+                                        ) from None
+                if isinstance(item, Usage):
+                    usage = item
+                    continue
+                assembler.add(item)
+                seen = seen or item.has_content
+        except ProviderError as exc:
+            if not seen:
+                raise
+            trace.commit = "truncated"
+            trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
+            raise UpstreamFailed(
+                f"upstream provider {req.route.provider_name} failed mid-response "
+                f"({exc.kind}); the response is incomplete") from None
+        finally:
+            await items.aclose()  # type: ignore[attr-defined]
+        if not assembler.complete and not seen:
+            raise ProviderError("protocol", "stream ended before any output")
+        trace.mark("upstream_done")
+        trace.commit = "completed"
+        choices, text = assembler.choices(), assembler.text()
+        usage = usage or Usage(req.prompt_estimate, count_text(text), estimated=True)
+        truncated = clamped and any(c["finish_reason"] == "length" for c in choices)
+        value = None if truncated else {"choices": choices, "usage": usage.to_openai()}
+        body = req.envelope.completion(choices, usage)
+        return Outcome(web.json_response(body), value, usage, text)
 
     async def _stream_rest(
         self, req: _Request, response: web.StreamResponse, items: AsyncIterator[StreamItem],

@@ -8,6 +8,7 @@ HTTP errors and audit every request, failures included. Nothing runs at import.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from ai.cache import ExactCache
 from ai.config import AIConfig
 from ai.embeddings import embeddings
 from ai.errors import BadRequest, GatewayError, PayloadTooLarge
-from ai.keys import KeyStore, Principal, resolve_secret
+from ai.keys import KeyStore, Principal, check_not_revoked, resolve_secret
 from ai.pipeline import Gateway
 from ai.routing import Router
 from ai.schema import parse_chat, parse_embedding
@@ -69,9 +70,10 @@ def _endpoint(name: str, parse: Callable[[Any], dict[str, Any]], run: Handler,
         try:
             if (request.content_length or 0) > gw.config.max_body_bytes:
                 await read_json(request, gw.config.max_body_bytes)
-            principal = request.app[KEYS].authenticate(request.headers.get("Authorization"))
+            principal = request.app[KEYS].identify(request.headers.get("Authorization"))
             trace.key_id, trace.key_hash, trace.tenant = (
                 principal.key_id, principal.key_hash, principal.tenant)
+            check_not_revoked(principal)
             trace.mark("auth")
             body = parse(await read_json(request, gw.config.max_body_bytes))
             return await run(request, gw, principal, body, trace)
@@ -121,7 +123,8 @@ def _resources(config: AIConfig, env: Mapping[str, str], semcache: SemanticCache
                     config.semantic_cache.settings.enabled):
                 from ai.semcache import create_semantic_cache
 
-                sem = create_semantic_cache(config.semantic_cache.settings)
+                sem = await asyncio.to_thread(  # loads the embedding model
+                    create_semantic_cache, config.semantic_cache.settings)
             app[GATEWAY] = Gateway(config, Router(config, env), session, cache, sem, audit)
             yield
         finally:
@@ -150,7 +153,12 @@ def create_app(
 
 
 def load_config(path: Path) -> AIConfig:
-    return AIConfig.model_validate_json(path.read_bytes())
+    """The AI section from a JSON file: either the section itself or a whole appliance
+    document that holds it under ``ai``."""
+    data = json.loads(path.read_bytes())
+    if isinstance(data, dict) and isinstance(data.get("ai"), dict):
+        data = data["ai"]
+    return AIConfig.model_validate(data)
 
 
 def main(argv: list[str] | None = None) -> None:

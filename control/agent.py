@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -107,6 +108,7 @@ class Agent:
         self.xdp = XdpStep(settings.instance, settings.flow_table_size, settings.idle_seconds)
         self.converger = Converger([SysctlStep(), NftStep(), self.xdp])
         self._stop = False
+        self._wake = threading.Event()
         self._failed_version = 0
         self._retry_at = 0.0
         self._backoff = settings.poll
@@ -185,6 +187,11 @@ class Agent:
 
     def stop(self, *_: object) -> None:
         self._stop = True
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Poll now (the local config API just committed a write); thread-safe."""
+        self._wake.set()
 
     def run(self) -> None:
         """Poll and converge until SIGTERM/SIGINT."""
@@ -197,7 +204,9 @@ class Agent:
                 deadline = time.monotonic() + self.settings.poll
                 while not self._stop and time.monotonic() < deadline:
                     self._offload_tick()
-                    time.sleep(self.settings.offload_seconds)
+                    if self._wake.wait(self.settings.offload_seconds):
+                        self._wake.clear()
+                        break
         finally:
             self.xdp.close()
             self.store.close()

@@ -11,11 +11,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from control.cli_config import config
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from control.services import Service
+    from control.store import ConfigStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,6 +75,12 @@ def main() -> None:
     "--poll", "poll_seconds", type=click.FloatRange(min=0.05), help="Store poll interval."
 )
 @click.option("--flow-table-size", default=262144, show_default=True, type=click.IntRange(16))
+@click.option("--api/--no-api", "with_api", default=True, help="Serve the config API here.")
+@click.option(
+    "--api-tokens",
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON list of bootstrap tokens [{name, role, hash}] accepted besides api.tokens.",
+)
 @click.option("-v", "--verbose", is_flag=True)
 @_needs_root
 def run(
@@ -77,11 +90,14 @@ def run(
     bootstrap: tuple[str, str] | None,
     poll_seconds: float | None,
     flow_table_size: int,
+    with_api: bool,
+    api_tokens: str | None,
     verbose: bool,
 ) -> None:
     """Start the appliance agent and converge this instance until stopped."""
     from control.agent import Agent, AgentSettings, bootstrap_document
     from control.config import ConfigValidationError, parse_document
+    from control.services import ServiceThread
     from control.store import StoreError, VersionConflict, open_store
 
     _setup_logging(verbose)
@@ -102,9 +118,41 @@ def run(
             doc = parse_document(bootstrap_document(*bootstrap))
             with contextlib.suppress(VersionConflict):  # another instance bootstrapped it
                 store.put(doc, 0, "spectra run --bootstrap")
-    except (StoreError, ConfigValidationError) as exc:
+        agent = Agent(settings, store)
+        services = ServiceThread(
+            _services(store_url, store, api_tokens, agent.wake) if with_api else []
+        )
+        services.start()
+    except (StoreError, ConfigValidationError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    Agent(settings, store).run()
+    try:
+        agent.run()
+    finally:
+        services.stop()
+
+
+def _services(
+    store_url: str, store: ConfigStore, tokens_file: str | None, on_write: Callable[[], None]
+) -> list[Service]:
+    """The config API on the document's api.host:port (defaults when the store is empty)."""
+    from control.api import ApiSettings, create_app
+    from control.config.services import Api, ApiToken
+    from control.services import Service
+    from control.status import host_status
+    from control.store import open_store
+
+    api = store.latest()[1].api if store.head() else Api()
+    extra: tuple[ApiToken, ...] = ()
+    if tokens_file:
+        extra = tuple(ApiToken.model_validate(t) for t in json.loads(Path(tokens_file).read_text()))
+
+    def config_api() -> web.Application:
+        settings = ApiSettings(
+            extra_tokens=extra, max_body_bytes=api.max_body_bytes, on_write=on_write
+        )
+        return create_app(open_store(store_url), host_status, settings)
+
+    return [Service("config API", config_api, str(api.host), api.port)]
 
 
 @main.command()
@@ -112,16 +160,11 @@ def run(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(instance: str | None, as_json: bool) -> None:
     """Report each instance's convergence state and data-plane mode."""
-    from control.agent import RUN_ROOT, read_state
+    from control.status import host_status, instance_status
 
-    names = [instance] if instance else sorted(p.name for p in RUN_ROOT.glob("*") if p.is_dir())
-    states: dict[str, Any] = {}
-    for name in names:
-        st = read_state(name)
-        if st is not None:
-            st["agent_running"] = _pid_alive(int(st["pid"]))
-            st["xdp_counters"] = _xdp_counters(name)
-        states[name] = st
+    states: dict[str, Any] = (
+        {instance: instance_status(instance)} if instance else host_status()["instances"]
+    )
     if as_json:
         click.echo(json.dumps(states, indent=2))
         return
@@ -139,7 +182,7 @@ def status(instance: str | None, as_json: bool) -> None:
             + (f", error: {st['last_error']}" if st.get("last_error") else "")
         )
         counters = st["xdp_counters"]
-        if counters:
+        if counters and "error" not in counters:
             off = st.get("offload", {})
             click.echo(
                 f"  flows {counters['flows']}/{counters['flow_capacity']}, offloaded "
@@ -148,30 +191,6 @@ def status(instance: str | None, as_json: bool) -> None:
             for reason, c in counters["reasons"].items():
                 if c["packets"]:
                     click.echo(f"  {reason:20} {c['packets']:>12} pkts {c['bytes']:>14} bytes")
-
-
-def _xdp_counters(instance: str) -> dict[str, Any] | None:
-    """Counters straight from the pinned maps: they exist while the agent is down."""
-    from xdp import Dataplane, loader
-
-    try:
-        if not loader.is_pinned(loader.pin_dir_for(instance)):
-            return None
-        dp = Dataplane.adopt(instance)
-    except OSError as exc:
-        return {"error": f"cannot read the pinned maps: {exc}"}
-    try:
-        return dict(dp.counters())
-    finally:
-        dp.close()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 main.add_command(config)
@@ -230,12 +249,18 @@ def lab_status(as_json: bool) -> None:
 @_needs_root
 def lab_run(keep: bool) -> None:
     """Bring the lab up, run the appliance in every gateway, tear down on Ctrl-C."""
+    from control.agent import read_state
+    from control.api import token_entry
     from perf.lab import RUN_DIR, TOPOLOGY, Lab, run_in
 
     LAB_STORE = RUN_DIR / "config.db"
+    token, entry = token_entry("lab-admin", "admin")
+    tokens_file = RUN_DIR / "api-tokens.json"
 
     lab_ = Lab()
     lab_.up()
+    tokens_file.write_text(json.dumps([entry]))
+    tokens_file.chmod(0o600)
     agents: list[subprocess.Popen[bytes]] = []
     stop = {"now": False}
 
@@ -277,9 +302,19 @@ def lab_run(keep: bool) -> None:
                 f"AZ {gw.az}: gateway {gw.netns} (management {gw.mgmt_ip}), "
                 f"workload {gw.workload_netns} {gw.workload_ip} -> internet sees {seen}"
             )
+        states = {gw.netns: read_state(gw.netns) or {} for gw in TOPOLOGY.gateways}
+        for gw in TOPOLOGY.gateways:
+            st = states[gw.netns]
+            modes = ", ".join(f"{i} {m}" for i, m in st.get("xdp_modes", {}).items())
+            click.echo(
+                f"  {gw.netns}: config version {st.get('applied_version')}, data plane "
+                f"{st.get('data_plane')} ({modes or 'kernel only'}); "
+                f"config API and dashboard http://{gw.mgmt_ip}:8080/"
+            )
         click.echo(
-            "data plane: kernel forwarding + nftables masquerade (the XDP fast path, "
-            "config API :8080, dashboard and AI gateway :8090 arrive with their issues)\n"
+            f"admin token (this run only): {token}\n"
+            f"  export SPECTRA_API=http://{TOPOLOGY.gateways[0].mgmt_ip}:8080 "
+            f"SPECTRA_TOKEN={token}; spectra config get\n"
             f"agent logs: {RUN_DIR}/agent-*.log; try: "
             f"ip netns exec cs-ws-a curl http://{http['address']}/\n"
             "Ctrl-C stops the appliance and removes the lab"

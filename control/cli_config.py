@@ -8,6 +8,7 @@ options or ``SPECTRA_API`` / ``SPECTRA_TOKEN``.
 from __future__ import annotations
 
 import json
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -58,7 +59,8 @@ def _ok(status: int, body: Any) -> Any:
         return body
     err = body.get("error", {}) if isinstance(body, dict) else {}
     lines = [f"HTTP {status}: {err.get('message', body)}"]
-    for detail in err.get("details") or []:
+    details = err.get("details") or {}
+    for detail in details.get("errors", []) if isinstance(details, dict) else details:
         if isinstance(detail, dict) and "path" in detail:
             lines.append(
                 f"  {detail['path']}: {detail.get('message')} (got {detail.get('value')!r})"
@@ -67,7 +69,7 @@ def _ok(status: int, body: Any) -> Any:
 
 
 def _read_doc(path: str) -> Any:
-    text = click.get_text_stream("stdin").read() if path == "-" else Path(path).read_text()
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
     try:
         return json.loads(text)
     except ValueError as exc:

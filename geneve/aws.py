@@ -68,12 +68,17 @@ class GwlbTlvs:
         return GeneveHeader(protocol=protocol, vni=vni, options=self.options())
 
 
-def validate(header: GeneveHeader) -> GwlbTlvs:
+def validate(header: GeneveHeader, max_options: int | None = None) -> GwlbTlvs:
     """Apply the appliance's acceptance rules; return the TLVs or raise.
 
     Order matches the data plane: unknown critical options first (RFC 8926 3.5: MUST
-    drop), then sizes of known options, then presence of all three.
+    drop), then sizes of known options, then presence of all three.  ``max_options``
+    models the data plane's bound on the option walk (geneve.dataplane.MAX_OPTIONS).
     """
+    if max_options is not None and len(header.options) > max_options:
+        raise MalformedError(
+            f"{len(header.options)} options: the data plane walks at most {max_options}"
+        )
     found: dict[int, bytes] = {}
     for opt in header.options:
         if not understood(opt):

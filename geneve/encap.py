@@ -24,7 +24,7 @@ DEFAULT_TTL = 64
 
 
 def ipv4_checksum(header: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    total: int = sum(struct.unpack(f"!{len(header) // 2}H", header))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -90,7 +90,7 @@ class Decapsulated:
         )
 
 
-def decapsulate(packet: bytes) -> Decapsulated:
+def decapsulate(packet: bytes, max_options: int | None = None) -> Decapsulated:
     """Validate an outer IPv4/UDP/GENEVE packet (no Ethernet) as the appliance does."""
     if len(packet) < IPV4_HEADER_LEN:
         raise TruncatedError("outer IPv4 header", IPV4_HEADER_LEN, len(packet))
@@ -103,7 +103,7 @@ def decapsulate(packet: bytes) -> Decapsulated:
     if dport != GENEVE_PORT:
         raise MalformedError(f"outer UDP destination port {dport}: GENEVE uses {GENEVE_PORT}")
     header, inner = GeneveHeader.decode(packet[ihl + UDP_HEADER_LEN :])
-    tlvs = validate(header)
+    tlvs = validate(header, max_options)
     return Decapsulated(
         outer_src=str(ipaddress.IPv4Address(packet[12:16])),
         outer_dst=str(ipaddress.IPv4Address(packet[16:20])),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import socket
 import statistics
 import sys
@@ -78,9 +79,8 @@ class Poller:
 @contextmanager
 def serve(store: ConfigStore, token: str) -> Iterator[str]:
     """The config API over ``store`` on a loopback port, in a thread."""
-    settings = ApiSettings(
-        extra_tokens=(ApiToken(name="perf", role="admin", hash=hash_token(token)),)
-    )
+    entry = {"name": "perf", "role": "admin", "hash": hash_token(token)}
+    settings = ApiSettings(extra_tokens=(ApiToken.model_validate(entry),))
     runner = web.AppRunner(create_app(store, dict, settings), access_log=None)
     loop = asyncio.new_event_loop()
     with socket.socket() as s:
@@ -153,6 +153,7 @@ def _ssm_store(prefix: str) -> tuple[SsmStore, Any]:
     from botocore.config import Config
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -7,6 +7,8 @@ to inner: request metrics, one JSON error shape, store failures as 503, bearer a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiohttp import web
 
 from control.api import config_handlers as cfg
@@ -28,7 +30,7 @@ from control.api.state import (
 )
 from control.store.base import ConfigStore, StoreError
 
-PUBLIC = frozenset({"/healthz", "/openapi.json"})
+PUBLIC = frozenset({"/healthz", "/openapi.json", "/", "/dashboard"})
 READ_ONLY_POSTS = frozenset({"/v1/config/validate"})
 
 
@@ -39,6 +41,20 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     response = await handler(request)
     request.app[METRICS].requests[(request.method, route, response.status)] += 1
     return response
+
+
+@web.middleware
+async def notify_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """After a committed write, wake the local agent so it converges without waiting for
+    its next poll (other instances see the change at their poll)."""
+    response = await handler(request)
+    if request.method in WRITES and response.status < 300 and request.path in WRITE_PATHS:
+        request.app[SETTINGS].on_write()
+    return response
+
+
+WRITES = frozenset({"PUT", "PATCH", "POST"})
+WRITE_PATHS = frozenset({"/v1/config", "/v1/config/rollback"})
 
 
 @web.middleware
@@ -69,6 +85,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+DASHBOARD = Path(__file__).resolve().parents[1] / "dashboard" / "index.html"
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    """The dashboard: a static page whose every action is a call to this API."""
+    return web.Response(body=DASHBOARD.read_bytes(), content_type="text/html", charset="utf-8")
+
+
 def create_app(
     store: ConfigStore,
     status_provider: StatusProvider,
@@ -78,7 +102,13 @@ def create_app(
     settings = settings or ApiSettings()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[metrics_middleware, error_middleware, store_middleware, auth_middleware],
+        middlewares=[
+            metrics_middleware,
+            error_middleware,
+            store_middleware,
+            auth_middleware,
+            notify_middleware,
+        ],
     )
     app[STORE] = store
     app[STATUS] = status_provider
@@ -97,4 +127,6 @@ def create_app(
     app.router.add_get("/metrics", svc.metrics, allow_head=False)
     app.router.add_get("/healthz", svc.healthz, allow_head=False)
     app.router.add_get("/openapi.json", svc.openapi, allow_head=False)
+    app.router.add_get("/", dashboard, allow_head=False)
+    app.router.add_get("/dashboard", dashboard, allow_head=False)
     return app

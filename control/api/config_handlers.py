@@ -39,6 +39,7 @@ log = logging.getLogger("spectra.control")
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 PLACEHOLDER_OUTSIDE = ("192.0.2.1",)
+MAX_VERSION = 999_999_999_999
 
 
 def _principal(request: web.Request) -> Principal:
@@ -71,8 +72,12 @@ def _object(body: Any, allowed: dict[str, type | tuple[type, ...]], required: se
             )
         elif not isinstance(value, kinds) or (isinstance(value, bool) and kinds is int):
             errors.append(FieldError(path=key, value=None, message=f"wrong type for {key}"))
-        elif isinstance(value, int) and not isinstance(value, bool) and value < 0:
-            errors.append(FieldError(path=key, value=value, message="expected an integer >= 0"))
+        elif (
+            isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_VERSION
+        ):
+            errors.append(
+                FieldError(path=key, value=value, message=f"expected an integer 0..{MAX_VERSION}")
+            )
     errors += [
         FieldError(path=key, value=None, message="required field is missing")
         for key in sorted(required - body.keys())

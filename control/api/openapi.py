@@ -26,7 +26,7 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
-_VERSION = {"type": "integer", "minimum": 0}
+_VERSION = {"type": "integer", "minimum": 0, "maximum": 999_999_999_999}
 _ETAG = {"ETag": {"description": 'the config version, quoted: "3"', "schema": {"type": "string"}}}
 
 _SCHEMAS: dict[str, Any] = {
@@ -95,7 +95,10 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["to_version"],
         "additionalProperties": False,
-        "properties": {"to_version": {"type": "integer", "minimum": 1}, "version": _VERSION},
+        "properties": {
+            "to_version": {"type": "integer", "minimum": 1, "maximum": 999_999_999_999},
+            "version": _VERSION,
+        },
     },
     "ValidateRequest": {
         "type": "object",

@@ -34,6 +34,7 @@ class ApiSettings:
     token_refresh_seconds: float = 5.0
     max_body_bytes: int = 1_048_576
     store_threads: int = 4
+    on_write: Callable[[], None] = lambda: None  # called after each committed write
 
 
 @dataclass(slots=True)

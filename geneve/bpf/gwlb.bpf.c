@@ -355,7 +355,8 @@ int tc_gwlb_encap(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	__u64 pkt_len = skb->len;
 	struct hdr_cursor nh = { .pos = data };
-	__u32 reason = GWLB_ENCAP_PASS_OTHER, zero = 0, hdr_len, inner_len, flags;
+	__u32 reason = GWLB_ENCAP_PASS_OTHER, zero = 0, inner_len, flags;
+	__u64 hdr_len; /* 64-bit: a 32-bit copy would lose the verifier's bounds */
 	int action = TC_ACT_OK, eth_type, is_v6, ip_proto;
 	struct ethhdr *eth;
 	struct iphdr *iph = NULL;

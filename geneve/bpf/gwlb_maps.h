@@ -15,8 +15,9 @@
 #define GWLB_FLOW_TABLE_SIZE 65536
 #endif
 
-/* Options walked per packet.  GWLB sends 3; the verifier's cost grows with every
- * iteration, and 16 leaves room for future AWS TLVs and test layouts. */
+/* Options walked per packet; a header with more is dropped as malformed.  GWLB sends
+ * 3.  The verifier walks every iteration with every option outcome: 16 exceeds its
+ * budget, 8 leaves room for extra TLVs (geneve.dataplane.MAX_OPTIONS mirrors it). */
 #ifndef GWLB_MAX_OPTS
 #define GWLB_MAX_OPTS 8
 #endif

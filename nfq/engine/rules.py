@@ -406,7 +406,9 @@ def parse_rule(
                     opt = opt.strip()
                     if opt not in FLOW_OPTIONS:
                         supported = ", ".join(FLOW_OPTIONS)
-                        raise ValueError(f"flow option {opt!r} unsupported (supported: {supported})")
+                        raise ValueError(
+                            f"flow option {opt!r} unsupported (supported: {supported})"
+                        )
                     flow.add(FLOW_OPTIONS[opt])
             elif name == "content":
                 builder.content(value or "")

@@ -41,7 +41,8 @@ def _error(status: int) -> web.Response:
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    if not request.headers.get("x-api-key") or not request.headers.get("anthropic-version"):
+    if not (request.headers.get("x-api-key") or request.headers.get("Authorization")) or (
+            not request.headers.get("anthropic-version")):
         return web.json_response({"type": "error", "error": {
             "type": "authentication_error", "message": "missing x-api-key"}}, status=401)
     body = await request.json()

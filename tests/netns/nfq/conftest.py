@@ -77,8 +77,15 @@ class Engine:
                 stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
                 env={**os.environ, "PYTHONPATH": ROOT},
             )  # fmt: skip
-        wait_for(lambda: all(self.stats(q) for q in self.policy.queues.numbers)
-                 or self.proc is None or self.proc.poll() is not None, 20, "engine bind")
+        wait_for(
+            lambda: (
+                all(self.stats(q) for q in self.policy.queues.numbers)
+                or self.proc is None
+                or self.proc.poll() is not None
+            ),
+            20,
+            "engine bind",
+        )
         assert self.proc.poll() is None, f"engine exited: {self.log.read_text()[-2000:]}"
         return self
 
@@ -124,13 +131,13 @@ def nat_gateway(lab: Any) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture
-def inspect(nat_gateway: dict[str, Any], tmp_path: Path
-            ) -> Iterator[Callable[..., Engine]]:
+def inspect(nat_gateway: dict[str, Any], tmp_path: Path) -> Iterator[Callable[..., Engine]]:
     """``inspect(policy, start=True)``: apply the policy's chain and start the engine."""
     engines: list[Engine] = []
 
-    def make(policy: InspectionPolicy, *, start: bool = True, extra: tuple[str, ...] = ()
-             ) -> Engine:
+    def make(
+        policy: InspectionPolicy, *, start: bool = True, extra: tuple[str, ...] = ()
+    ) -> Engine:
         netfilter.apply(policy, in_interface="inside", netns=GW)
         engine = Engine(tmp_path, policy, extra)
         engines.append(engine)

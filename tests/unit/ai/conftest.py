@@ -113,9 +113,9 @@ GatewayFactory = Callable[..., Awaitable[TestServer]]
 async def make_gateway(fakes: Fakes, tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     started: list[TestServer] = []
 
-    async def make(semantic_cache: Any = None, **overrides: Any) -> TestServer:
+    async def make(semcache: Any = None, **overrides: Any) -> TestServer:
         config = AIConfig.model_validate(config_dict(fakes, tmp_path, **overrides))
-        server = TestServer(create_app(config, env=ENV, semantic_cache=semantic_cache),
+        server = TestServer(create_app(config, env=ENV, semantic_cache=semcache),
                             host="127.0.0.1")
         await server.start_server()
         started.append(server)

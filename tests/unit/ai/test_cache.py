@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from ai.cache import ExactCache
 from ai.canonical import exact_key, resolved_request
 from ai.config import ExactCacheConfig
-from tests.unit.ai.conftest import KEY_A, KEY_B, Fakes, GatewayFactory, audit_records, client_for
+from tests.unit.ai.conftest import KEY_A, KEY_B, Fakes, GatewayFactory, audit_records
 
 MSG = [{"role": "user", "content": "cache me"}]
 

@@ -11,7 +11,14 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from ai.audit import verify
-from tests.unit.ai.conftest import KEY_A, KEY_B, KEY_REVOKED, GatewayFactory, audit_records, client_for
+from tests.unit.ai.conftest import (
+    KEY_A,
+    KEY_B,
+    KEY_REVOKED,
+    GatewayFactory,
+    audit_records,
+    client_for,
+)
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -58,7 +65,7 @@ async def test_oversized_body_is_413(make_gateway: GatewayFactory) -> None:
 
 @pytest.mark.asyncio
 async def test_keys(gateway: TestServer, tmp_path: Path) -> None:
-    status, body = await raw_post(gateway, b"{}", key=None)
+    status, _ = await raw_post(gateway, b"{}", key=None)
     assert status == 401
     for key, exc in (("sk-wrong", openai.AuthenticationError),
                      (KEY_REVOKED, openai.PermissionDeniedError)):
@@ -67,7 +74,8 @@ async def test_keys(gateway: TestServer, tmp_path: Path) -> None:
                 await c.chat.completions.create(model="gpt-4o-mini", messages=MSG)
     records = await audit_records(gateway)
     assert [r["status"] for r in records] == [401, 401, 403]
-    assert records[2]["key_hash"] is None  # revoked: rejected before it is a principal
+    assert records[1]["key_hash"] is None  # unknown key: nothing to name
+    assert records[2]["key_id"] == "key-r" and records[2]["key_hash"]  # revoked: named
     assert verify(tmp_path / "audit.jsonl").ok
 
 

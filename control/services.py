@@ -1,0 +1,73 @@
+"""The appliance's HTTP services (config API :8080, AI gateway :8090) on one event loop
+in a background thread of ``spectra run``, beside the synchronous agent loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+log = logging.getLogger("spectra.control")
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    factory: Callable[[], web.Application]
+    host: str
+    port: int
+
+
+class ServiceThread:
+    """Starts every service, reports bind failures at start, stops them cleanly."""
+
+    def __init__(self, services: list[Service]) -> None:
+        self.services = services
+        self._loop = asyncio.new_event_loop()
+        self._runners: list[web.AppRunner] = []
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="spectra-services", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("services did not start in time")
+        if self._error is not None:
+            raise self._error
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._start())
+        except BaseException as exc:  # reported to start()'s caller
+            self._error = exc
+            self._loop.run_until_complete(self._cleanup())
+            self._loop.close()
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._cleanup())
+        self._loop.close()
+
+    async def _start(self) -> None:
+        for svc in self.services:
+            runner = web.AppRunner(svc.factory(), access_log=None)
+            await runner.setup()
+            self._runners.append(runner)
+            await web.TCPSite(runner, svc.host, svc.port).start()
+            log.info("%s listening on %s:%d", svc.name, svc.host, svc.port)
+
+    async def _cleanup(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)

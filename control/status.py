@@ -1,0 +1,68 @@
+"""What each instance on this host reports: the agent's state file plus the data-plane
+counters read straight from the pinned maps (they exist while the agent is down).
+
+``spectra status``, the config API's ``/v1/status`` and ``/metrics`` all read this.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from control.agent import RUN_ROOT, read_state
+
+
+def xdp_counters(instance: str) -> dict[str, Any] | None:
+    from xdp import Dataplane, loader
+
+    try:
+        if not loader.is_pinned(loader.pin_dir_for(instance)):
+            return None
+        dp = Dataplane.adopt(instance)
+    except OSError as exc:
+        return {"error": f"cannot read the pinned maps: {exc}"}
+    try:
+        return dict(dp.counters())
+    finally:
+        dp.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _flat_counters(st: dict[str, Any]) -> dict[str, int]:
+    """Numeric counters for Prometheus: per-reason packets/bytes, table, offload."""
+    flat: dict[str, int] = {}
+    xdp = st.get("xdp_counters") or {}
+    for reason, c in xdp.get("reasons", {}).items():
+        flat[f"xdp_{reason.lower()}_packets"] = c["packets"]
+        flat[f"xdp_{reason.lower()}_bytes"] = c["bytes"]
+    for key in ("flows", "flow_capacity"):
+        if key in xdp:
+            flat[f"xdp_{key}"] = xdp[key]
+    for key, value in st.get("offload", {}).items():
+        if isinstance(value, int):
+            flat[f"offload_{key}"] = value
+    return flat
+
+
+def instance_status(instance: str) -> dict[str, Any] | None:
+    st = read_state(instance)
+    if st is None:
+        return None
+    st["agent_running"] = _pid_alive(int(st["pid"]))
+    st["xdp_counters"] = xdp_counters(instance)
+    st["counters"] = _flat_counters(st)
+    return st
+
+
+def host_status() -> dict[str, Any]:
+    """Every instance that ran on this host (the status provider of the config API)."""
+    names = sorted(p.name for p in RUN_ROOT.glob("*") if p.is_dir())
+    instances = {n: s for n in names if (s := instance_status(n)) is not None}
+    return {"instances": instances}

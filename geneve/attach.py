@@ -1,0 +1,113 @@
+"""Where the GWLB decap program can run on an interface, and the tc (clsact) hooks.
+
+Native XDP is preferred.  It is not possible when the driver's native-XDP MTU limit
+is below the interface MTU (ENA: 3498 bytes, while GWLB-facing ENIs run at 8500+;
+https://github.com/amzn/amzn-drivers/blob/master/kernel/linux/ena/ENA_Linux_Best_Practices.rst),
+or when frames exceed one page and would need an ``xdp.frags`` (multi-buffer) program,
+which bcc cannot load.  :func:`plan` says which hook to use and why; the caller reports
+it (``Gwlb.attach`` returns it, the agent puts it in ``status.json``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger("spectra.geneve")
+
+Hook = Literal["native", "generic", "tc"]
+
+# Largest MTU each driver accepts with a native (single-buffer) XDP program attached.
+NATIVE_XDP_MTU_LIMIT: dict[str, int] = {"ena": 3498}
+# A single-buffer XDP frame is one page minus headroom and skb_shared_info.
+SINGLE_BUFFER_MTU = 3520
+TC_EGRESS_PARENT = 0xFFFFFFF3  # clsact egress (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS))
+TC_INGRESS_PARENT = 0xFFFFFFF2
+
+
+@dataclass(frozen=True, slots=True)
+class AttachPlan:
+    """The hook decap should use on an interface and the reason."""
+
+    ifname: str
+    mtu: int
+    driver: str
+    hook: Hook
+    reason: str
+
+    @property
+    def tc_fallback_needed(self) -> bool:
+        return self.hook == "tc"
+
+
+def plan(ifname: str, mtu: int, driver: str, native_ok: bool | None = None) -> AttachPlan:
+    """Decide the hook from the MTU, the driver and (when tried) whether a native
+    attach succeeded.  Pure: unit-tested without an interface."""
+    limit = NATIVE_XDP_MTU_LIMIT.get(driver)
+    if limit is not None and mtu > limit:
+        return AttachPlan(
+            ifname, mtu, driver, "tc",
+            f"{driver} native XDP supports MTU <= {limit}, {ifname} has {mtu}: "
+            "decap must run at tc ingress (or lower the MTU)",
+        )
+    if mtu > SINGLE_BUFFER_MTU and driver != "lo":
+        return AttachPlan(
+            ifname, mtu, driver, "tc",
+            f"MTU {mtu} > {SINGLE_BUFFER_MTU} needs an xdp.frags program, which bcc cannot "
+            "load: decap must run at tc ingress",
+        )
+    if native_ok is False:
+        return AttachPlan(
+            ifname, mtu, driver, "generic",
+            f"native XDP refused on {ifname} ({driver}); generic (skb) XDP in use",
+        )
+    return AttachPlan(ifname, mtu, driver, "native", "native XDP")
+
+
+def interface_facts(ifname: str) -> tuple[int, str]:
+    """(MTU, driver name) of an interface in this netns, from sysfs."""
+    base = Path("/sys/class/net") / ifname
+    mtu = int((base / "mtu").read_text())
+    driver_link = base / "device" / "driver"
+    if driver_link.exists():
+        return mtu, driver_link.resolve().name
+    from pyroute2 import IPRoute  # virtual devices: the link kind (veth, dummy, ...)
+
+    with IPRoute() as ipr:
+        links = ipr.link("get", ifname=ifname)
+        info = links[0].get_attr("IFLA_LINKINFO") if links else None
+        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    return mtu, str(kind or ("lo" if ifname == "lo" else "unknown"))
+
+
+def tc_attach(ifindex: int, prog_fd: int, name: str, parent: int = TC_EGRESS_PARENT) -> None:
+    """Add a clsact qdisc (if missing) and a direct-action bpf filter at ``parent``."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        try:
+            ipr.tc("add", "clsact", index=ifindex)
+        except NetlinkError as exc:
+            if exc.code != 17:  # EEXIST: already there
+                raise
+        ipr.tc(
+            "add-filter", "bpf", index=ifindex, handle=1, fd=prog_fd, name=name,
+            parent=parent, classid=1, direct_action=True,
+        )
+    log.info("attached tc program %s (fd %d) to ifindex %d", name, prog_fd, ifindex)
+
+
+def tc_detach(ifindex: int) -> None:
+    """Remove the clsact qdisc (and with it every filter we added); no-op if absent."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        try:
+            ipr.tc("del", "clsact", index=ifindex)
+        except NetlinkError as exc:
+            if exc.code not in (2, 22):  # ENOENT / EINVAL: nothing attached
+                raise

@@ -1,0 +1,293 @@
+"""The GWLB data plane of one gateway instance: compile (or adopt) and pin the
+programs of ``geneve/bpf/gwlb.bpf.c``, attach them to the GWLB-facing interface,
+configure them, read their counters.
+
+    gwlb = Gwlb("gw-a", "gwlb", mode="two-arm", idle_timeout=350.0)
+    plan = gwlb.load().attach()       # AttachPlan: native / generic XDP, or tc needed
+    gwlb.counters()                   # {"DECAP": {"packets": .., "bytes": ..}, ...}
+    gwlb.detach(); gwlb.close()       # pins stay: forwarding survives the agent
+
+Pins live under ``/sys/fs/bpf/spectra/<instance>/gwlb/{progs,maps}/``.  Modes (RFC 8926
+transport, AWS GWLB contract: https://docs.aws.amazon.com/elasticloadbalancing/latest/gateway/):
+
+* ``two-arm``: decap -> kernel (conntrack, masquerade out of the outside interface);
+  replies come back reverse-NATed, are routed to the GWLB interface and re-encapsulated
+  at tc egress with the stored header.
+* ``one-arm``: decap -> kernel filtering / inspection -> routed back out of the GWLB
+  interface (policy route ``iif <gwlb>``) -> re-encapsulated at tc egress, no NAT.
+* ``one-arm-reflect``: XDP_TX straight back with swapped outer headers (no inspection).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypedDict
+
+from geneve import attach as hooks
+from geneve.attach import AttachPlan
+from geneve.errors import GwlbError
+from geneve.maps import GWLB_F_REFLECT, GwlbMaps
+from geneve.reasons import GwlbReason
+from xdp import libbpf, loader
+
+log = logging.getLogger("spectra.geneve")
+
+BPF_DIR = Path(__file__).resolve().parent / "bpf"
+SOURCE = BPF_DIR / "gwlb.bpf.c"
+XDP_PROGRAMS = ("xdp_gwlb", "xdp_gwlb_pass_peer")
+TC_PROGRAMS = ("tc_gwlb_encap",)
+MAPS = ("gwlb_flows", "gwlb_stats", "gwlb_config")
+MAX_OPTIONS = 8  # GWLB_MAX_OPTS in gwlb_maps.h
+DEFAULT_IDLE_TIMEOUT = 350.0  # seconds, GWLB's own flow idle timeout
+Mode = Literal["two-arm", "one-arm", "one-arm-reflect"]
+MODES: tuple[Mode, ...] = ("two-arm", "one-arm", "one-arm-reflect")
+
+
+@dataclass(frozen=True, slots=True)
+class GwlbBuild:
+    """Compile-time tunables of ``gwlb_maps.h``; each field is one ``-D`` flag."""
+
+    flow_table_size: int = field(default=65536, metadata={"define": "GWLB_FLOW_TABLE_SIZE"})
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.flow_table_size, int) or self.flow_table_size <= 0:
+            raise ValueError(
+                f"GwlbBuild.flow_table_size={self.flow_table_size!r}: expected a positive integer"
+            )
+
+    def cflags(self) -> list[str]:
+        return [
+            f"-I{BPF_DIR}",
+            f"-I{loader.BPF_DIR}",
+            "-Wno-compare-distinct-pointer-types",
+            f"-DGWLB_FLOW_TABLE_SIZE={self.flow_table_size}",
+        ]
+
+
+class PacketCounter(TypedDict):
+    packets: int
+    bytes: int
+
+
+@dataclass(slots=True)
+class _Objects:
+    prog_fds: dict[str, int]
+    map_fds: dict[str, int]
+    owner: Any = None  # the bcc BPF object when compiled here (it owns the fds)
+
+
+_compiled: dict[GwlbBuild, _Objects] = {}
+
+
+def compile_programs(build: GwlbBuild, *, fresh: bool = False) -> _Objects:
+    """Compile once per process and build (``fresh``: a new set of maps)."""
+    if not fresh and build in _compiled:
+        return _compiled[build]
+    from bcc import BPF
+
+    log.info("compiling %s with %s", SOURCE.name, build)
+    bpf, prog_fds = loader.compile_source(SOURCE, build.cflags(), XDP_PROGRAMS)
+    for name in TC_PROGRAMS:
+        try:
+            prog_fds[name] = int(bpf.load_func(name.encode(), BPF.SCHED_CLS).fd)
+        except Exception as exc:
+            bpf.cleanup()
+            raise loader.VerifierError(name, str(exc)) from exc
+    map_fds = {name: int(bpf.get_table(name.encode()).map_fd) for name in MAPS}
+    objects = _Objects(prog_fds, map_fds, bpf)
+    if not fresh:
+        _compiled[build] = objects
+    return objects
+
+
+def pin_dir_for(instance: str, root: Path = loader.DEFAULT_PIN_ROOT) -> Path:
+    return loader.pin_dir_for(instance, root) / "gwlb"
+
+
+class Gwlb:
+    """GENEVE decap/re-encap for one instance on one GWLB-facing interface."""
+
+    def __init__(
+        self,
+        instance: str,
+        iface: str,
+        mode: Mode = "two-arm",
+        health_port: int = 8081,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        *,
+        build: GwlbBuild | None = None,
+        pin_root: Path = loader.DEFAULT_PIN_ROOT,
+    ) -> None:
+        if mode not in MODES:
+            raise GwlbError(f"mode={mode!r}: expected one of {MODES}")
+        if not 0 < idle_timeout <= 86400:
+            raise GwlbError(f"idle_timeout={idle_timeout!r}: expected 0 < seconds <= 86400")
+        if not 0 < health_port < 65536:
+            raise GwlbError(f"health_port={health_port!r}: expected 1..65535")
+        self.instance = instance
+        self.iface = iface
+        self.mode: Mode = mode
+        self.health_port = health_port
+        self.idle_timeout = idle_timeout
+        self.build = build or GwlbBuild()
+        self.pin_dir = pin_dir_for(instance, pin_root)
+        self._objects: _Objects | None = None
+        self._maps: GwlbMaps | None = None
+        self.plan: AttachPlan | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _pinned(self) -> bool:
+        names = [("progs", n) for n in (*XDP_PROGRAMS, *TC_PROGRAMS)]
+        names += [("maps", n) for n in MAPS]
+        return all((self.pin_dir / sub / n).exists() for sub, n in names)
+
+    def load(self) -> Gwlb:
+        """Adopt the instance's pins if present, else compile and pin."""
+        if self._objects is not None:
+            return self
+        if self._pinned():
+            progs = {
+                n: libbpf.obj_get(str(self.pin_dir / "progs" / n))
+                for n in (*XDP_PROGRAMS, *TC_PROGRAMS)
+            }
+            maps = {n: libbpf.obj_get(str(self.pin_dir / "maps" / n)) for n in MAPS}
+            self._objects = _Objects(progs, maps, None)
+            log.info("adopted GWLB pins under %s", self.pin_dir)
+        else:
+            objects = compile_programs(self.build)
+            if any(o is objects for o in _pinned_objects.values()):
+                objects = compile_programs(self.build, fresh=True)
+            for sub, fds in (("progs", objects.prog_fds), ("maps", objects.map_fds)):
+                (self.pin_dir / sub).mkdir(parents=True, exist_ok=True)
+                for name, fd in fds.items():
+                    libbpf.obj_pin(fd, str(self.pin_dir / sub / name))
+            _pinned_objects[self.pin_dir] = objects
+            self._objects = objects
+            log.info("pinned GWLB programs and maps under %s", self.pin_dir)
+        self._maps = GwlbMaps(self._objects.map_fds, owned=self._objects.owner is None)
+        self.configure()
+        return self
+
+    @property
+    def maps(self) -> GwlbMaps:
+        if self._maps is None:
+            raise GwlbError(f"{self.instance}: call load() first")
+        return self._maps
+
+    def program_fd(self, name: str) -> int:
+        if self._objects is None:
+            raise GwlbError(f"{self.instance}: call load() first")
+        return self._objects.prog_fds[name]
+
+    def configure(self, local_addr: str | None = None) -> None:
+        """Write mode, idle timeout and the appliance's own GWLB-side address."""
+        flags = GWLB_F_REFLECT if self.mode == "one-arm-reflect" else 0
+        if local_addr is None:
+            local_addr = _first_ipv4(self.iface)
+        self.maps.set_config(int(self.idle_timeout * 1e9), local_addr, flags)
+
+    def attach(self, hook: hooks.Hook | None = None) -> AttachPlan:
+        """Attach decap (XDP) and re-encap (tc egress) to the interface; returns what
+        is in use and why.  When the plan says tc is needed, GwlbError explains it."""
+        ifindex = loader.ifindex_of(self.iface)
+        mtu, driver = hooks.interface_facts(self.iface)
+        decided = hooks.plan(self.iface, mtu, driver)
+        if hook == "tc" or decided.hook == "tc":
+            self.plan = decided
+            raise GwlbError(
+                f"{self.iface}: {decided.reason}; the tc-ingress decap variant is not built yet"
+            )
+        self.configure()
+        try:
+            mode = loader.attach(ifindex, self.program_fd("xdp_gwlb"), hook or "auto")
+        except loader.LoaderError as exc:
+            raise GwlbError(f"{self.iface}: cannot attach xdp_gwlb: {exc}") from exc
+        self.plan = hooks.plan(self.iface, mtu, driver, native_ok=mode == "native")
+        hooks.tc_detach(ifindex)
+        hooks.tc_attach(ifindex, self.program_fd("tc_gwlb_encap"), "tc_gwlb_encap")
+        log.info("GWLB %s on %s: %s (%s)", self.mode, self.iface, self.plan.hook, self.plan.reason)
+        return self.plan
+
+    def detach(self) -> None:
+        with contextlib.suppress(loader.LoaderError):
+            ifindex = loader.ifindex_of(self.iface)
+            loader.detach(ifindex)
+            hooks.tc_detach(ifindex)
+
+    def close(self) -> None:
+        """Drop this process's handles; pinned programs and maps keep working."""
+        if self._maps is not None:
+            self._maps.close()
+        self._maps = None
+        self._objects = None
+
+    def destroy(self) -> None:
+        """Detach, remove the pins, close."""
+        self.detach()
+        for sub in ("progs", "maps"):
+            for p in (self.pin_dir / sub).glob("*"):
+                p.unlink()
+            with contextlib.suppress(OSError):
+                (self.pin_dir / sub).rmdir()
+        with contextlib.suppress(OSError):
+            self.pin_dir.rmdir()
+        objects = _pinned_objects.pop(self.pin_dir, None)
+        self.close()
+        if objects is not None and objects.owner is not None:
+            for build, cached in list(_compiled.items()):
+                if cached is objects:
+                    del _compiled[build]
+            objects.owner.cleanup()
+
+    # -- state -------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, PacketCounter]:
+        return {
+            reason.name: PacketCounter(packets=p, bytes=b)
+            for reason, (p, b) in self.maps.counters().items()
+        }
+
+    def drops(self) -> dict[str, int]:
+        """Named drop counters with a nonzero count."""
+        return {
+            r.name: p for r, (p, _) in self.maps.counters().items() if r.is_drop and p
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "iface": self.iface,
+            "mode": self.mode,
+            "hook": self.plan.hook if self.plan else None,
+            "hook_reason": self.plan.reason if self.plan else None,
+            "idle_timeout": self.idle_timeout,
+            "health_port": self.health_port,
+            "flows": len(self.maps.flows()),
+            "drops": self.drops(),
+        }
+
+
+_pinned_objects: dict[Path, _Objects] = {}
+
+
+def _first_ipv4(ifname: str) -> str | None:
+    """The first IPv4 address of ``ifname`` in this netns (None when it has none)."""
+    from pyroute2 import IPRoute
+
+    try:
+        index = socket.if_nametoindex(ifname)
+    except OSError:
+        return None
+    with IPRoute() as ipr:
+        for addr in ipr.get_addr(index=index, family=socket.AF_INET):
+            value = addr.get_attr("IFA_ADDRESS")
+            if value:
+                return str(value)
+    return None
+
+

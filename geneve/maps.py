@@ -1,0 +1,186 @@
+"""ctypes mirrors of ``geneve/bpf/gwlb_maps.h`` and typed access to the GWLB maps.
+
+Works on plain map fds (from bcc after a compile or from bpffs pins), so a restarted
+agent needs no compiler.  tests/bpf/geneve/test_layout.py checks the sizes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+from dataclasses import dataclass
+
+from geneve.reasons import GWLB_REASON_COUNT, GwlbReason
+from xdp import libbpf
+
+GENEVE_MAX_HDR = 260
+GWLB_F_REFLECT = 1
+
+
+class GwlbKeyC(ctypes.Structure):
+    """``struct gwlb_key`` (geneve/flowkey.py builds its bytes)."""
+
+    _fields_ = [
+        ("family", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("dir", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("be_port_lo", ctypes.c_uint16),
+        ("be_port_hi", ctypes.c_uint16),
+        ("addr_lo", ctypes.c_uint8 * 16),
+        ("addr_hi", ctypes.c_uint8 * 16),
+    ]
+
+
+class GwlbValueC(ctypes.Structure):
+    """``struct gwlb_value``."""
+
+    _fields_ = [
+        ("last_seen_ns", ctypes.c_uint64),
+        ("be_gwlb_addr", ctypes.c_uint32),
+        ("be_local_addr", ctypes.c_uint32),
+        ("be_sport", ctypes.c_uint16),
+        ("hdr_len", ctypes.c_uint16),
+        ("pad", ctypes.c_uint32),
+        ("hdr", ctypes.c_uint8 * GENEVE_MAX_HDR),
+    ]
+
+
+class GwlbConfigC(ctypes.Structure):
+    """``struct gwlb_config``."""
+
+    _fields_ = [
+        ("idle_timeout_ns", ctypes.c_uint64),
+        ("be_local_addr", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+    ]
+
+
+class GwlbCounterC(ctypes.Structure):
+    """``struct gwlb_counter``."""
+
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+C_STRUCTS: dict[str, type[ctypes.Structure]] = {
+    "gwlb_key": GwlbKeyC,
+    "gwlb_value": GwlbValueC,
+    "gwlb_config": GwlbConfigC,
+    "gwlb_counter": GwlbCounterC,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredHeader:
+    """One ``gwlb_flows`` entry: the header and outer fields a reply will carry."""
+
+    key: bytes
+    header: bytes
+    gwlb_addr: str
+    local_addr: str
+    sport: int
+    last_seen_ns: int
+
+
+def _addr(raw: int) -> str:
+    return str(ipaddress.IPv4Address(raw.to_bytes(4, "little")))
+
+
+class GwlbMaps:
+    """Typed access to ``gwlb_flows``, ``gwlb_stats`` and ``gwlb_config``."""
+
+    def __init__(self, fds: dict[str, int], *, owned: bool) -> None:
+        self.fds = fds
+        self._owned = owned
+        self._ncpus = libbpf.num_possible_cpus()
+
+    # -- config ------------------------------------------------------------------------
+
+    def set_config(self, idle_timeout_ns: int, local_addr: str | None, flags: int) -> None:
+        raw = ipaddress.IPv4Address(local_addr).packed if local_addr else b"\0" * 4
+        cfg = GwlbConfigC(
+            idle_timeout_ns=idle_timeout_ns,
+            be_local_addr=int.from_bytes(raw, "little"),
+            flags=flags,
+        )
+        libbpf.map_update(self.fds["gwlb_config"], ctypes.c_uint32(0), cfg)
+
+    def config(self) -> GwlbConfigC:
+        cfg = GwlbConfigC()
+        libbpf.map_lookup(self.fds["gwlb_config"], ctypes.c_uint32(0), cfg)
+        return cfg
+
+    # -- flows -------------------------------------------------------------------------
+
+    def lookup(self, key: bytes) -> StoredHeader | None:
+        ckey = GwlbKeyC.from_buffer_copy(key)
+        value = GwlbValueC()
+        if not libbpf.map_lookup(self.fds["gwlb_flows"], ckey, value):
+            return None
+        return self._stored(ckey, value)
+
+    @staticmethod
+    def _stored(ckey: GwlbKeyC, v: GwlbValueC) -> StoredHeader:
+        return StoredHeader(
+            key=bytes(ckey),
+            header=bytes(v.hdr[: v.hdr_len]),
+            gwlb_addr=_addr(v.be_gwlb_addr),
+            local_addr=_addr(v.be_local_addr),
+            sport=int.from_bytes(int(v.be_sport).to_bytes(2, "little"), "big"),
+            last_seen_ns=int(v.last_seen_ns),
+        )
+
+    def _keys(self) -> list[GwlbKeyC]:
+        keys: list[GwlbKeyC] = []
+        prev: GwlbKeyC | None = None
+        while True:
+            nxt = GwlbKeyC()
+            if not libbpf.map_get_next_key(self.fds["gwlb_flows"], prev, nxt):
+                return keys
+            keys.append(nxt)
+            prev = nxt
+
+    def flows(self) -> list[StoredHeader]:
+        out = []
+        for ckey in self._keys():
+            value = GwlbValueC()
+            if libbpf.map_lookup(self.fds["gwlb_flows"], ckey, value):
+                out.append(self._stored(ckey, value))
+        return out
+
+    def clear_flows(self) -> None:
+        for ckey in self._keys():
+            libbpf.map_delete(self.fds["gwlb_flows"], ckey)
+
+    def age(self, key: bytes, seconds: float) -> None:
+        """Move an entry's last_seen back (tests of the idle timeout)."""
+        ckey = GwlbKeyC.from_buffer_copy(key)
+        value = GwlbValueC()
+        if libbpf.map_lookup(self.fds["gwlb_flows"], ckey, value):
+            value.last_seen_ns = max(0, value.last_seen_ns - int(seconds * 1e9))
+            libbpf.map_update(self.fds["gwlb_flows"], ckey, value)
+
+    # -- counters ----------------------------------------------------------------------
+
+    def counters(self) -> dict[GwlbReason, tuple[int, int]]:
+        out: dict[GwlbReason, tuple[int, int]] = {}
+        per_cpu = GwlbCounterC * self._ncpus
+        for reason in GwlbReason:
+            values = per_cpu()
+            if libbpf.map_lookup(self.fds["gwlb_stats"], ctypes.c_uint32(reason), values):
+                out[reason] = (sum(v.packets for v in values), sum(v.bytes for v in values))
+            else:
+                out[reason] = (0, 0)
+        return out
+
+    def clear_counters(self) -> None:
+        per_cpu = GwlbCounterC * self._ncpus
+        for index in range(GWLB_REASON_COUNT):
+            libbpf.map_update(self.fds["gwlb_stats"], ctypes.c_uint32(index), per_cpu())
+
+    def close(self) -> None:
+        if self._owned:
+            for fd in self.fds.values():
+                os.close(fd)
+        self.fds = {}
