@@ -16,8 +16,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -28,14 +26,15 @@ from ai.audit import AuditLog, NullAudit
 from ai.budget import Budgets, Prices, Reservation
 from ai.cache import ExactCache, SingleFlight
 from ai.canonical import exact_key, resolved_request
-from ai.chunks import DONE, Assembler, Envelope, choices_text, replay_chunks, sse
+from ai.chunks import Envelope, choices_text
 from ai.config import AIConfig, OverflowConfig
 from ai.errors import BadRequest, GatewayError, Overloaded, RateLimited, UpstreamFailed
 from ai.keys import Principal
 from ai.metering import Metering
-from ai.providers import ChoiceDelta, ProviderError, StreamItem, UpstreamCall
-from ai.routing import Route, Router
+from ai.providers import ProviderError, UpstreamCall
+from ai.routing import Router
 from ai.semcache_api import SemanticCache, partition_key, semantic_text
+from ai.streaming import ChatRun, Outcome, collect_answer, replay, stream_answer
 from ai.tokens import count_messages, count_text
 from ai.trace import Trace
 from ai.usage import Usage
@@ -44,37 +43,12 @@ log = logging.getLogger("spectra.ai")
 SINGLE_CHOICE_PROVIDERS = frozenset({"anthropic", "bedrock"})
 
 
-@dataclass(slots=True)
-class Outcome:
-    """An upstream run: the response sent, the cacheable complete value, the usage."""
-
-    response: web.StreamResponse
-    value: dict[str, Any] | None
-    usage: Usage | None
-    text: str
-
-
 class _Spill(Exception):
     """Internal: the overflow policy chose to spill to the remote model."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class _Request:
-    """One pipeline run's fixed inputs."""
-
-    http: web.Request
-    principal: Principal
-    body: dict[str, Any]
-    route: Route
-    envelope: Envelope
-    stream: bool
-    include_usage: bool
-    prompt_estimate: int
-    completion_want: int
 
 
 class Gateway:
@@ -117,7 +91,7 @@ class Gateway:
             raise BadRequest(f"n > 1 is not supported for model {body['model']}", param="n")
         want = (body.get("max_completion_tokens") or body.get("max_tokens")
                 or self.config.completion_reserve_tokens)
-        req = _Request(
+        req = ChatRun(
             http, principal, body, route,
             Envelope(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body["model"]), stream,
             stream and bool((body.get("stream_options") or {}).get("include_usage")),
@@ -135,13 +109,13 @@ class Gateway:
             hit = await self._lookup(req, resolved, key, trace)
             trace.mark("cache_lookup")
             if hit is not None:
-                return await self._replay(req, hit, trace)
+                return await replay(req, hit, trace)
             flight = self.flights.follow(key) if self.cache is not None else None
             if flight is not None:
                 value = await asyncio.shield(flight)
                 if value is not None:
                     trace.cache = "coalesced"
-                    return await self._replay(req, value, trace)
+                    return await replay(req, value, trace)
             leader = self.cache is not None and flight is None
             outcome: Outcome | None = None
             try:
@@ -164,7 +138,7 @@ class Gateway:
             self.budgets.reconcile(reservation, usage, trace.cost_usd)
 
     async def _lookup(
-        self, req: _Request, resolved: dict[str, Any], key: str, trace: Trace
+        self, req: ChatRun, resolved: dict[str, Any], key: str, trace: Trace
     ) -> dict[str, Any] | None:
         if self.cache is None:
             return None
@@ -187,7 +161,7 @@ class Gateway:
         return entry
 
     async def _store(
-        self, req: _Request, resolved: dict[str, Any], key: str, value: dict[str, Any]
+        self, req: ChatRun, resolved: dict[str, Any], key: str, value: dict[str, Any]
     ) -> None:
         if self.cache is None:
             return
@@ -198,7 +172,7 @@ class Gateway:
             await self.semcache.add(partition, text, key)
 
     async def _spill(
-        self, req: _Request, reason: str, reservation: Reservation, trace: Trace
+        self, req: ChatRun, reason: str, reservation: Reservation, trace: Trace
     ) -> web.StreamResponse:
         overflow = req.route.route.overflow
         assert overflow is not None and overflow.spill_model is not None
@@ -219,7 +193,7 @@ class Gateway:
 
     # --- upstream and overflow ------------------------------------------------------
 
-    async def _upstream(self, req: _Request, reservation: Reservation, trace: Trace) -> Outcome:
+    async def _upstream(self, req: ChatRun, reservation: Reservation, trace: Trace) -> Outcome:
         overflow = req.route.route.overflow
         if overflow is None:
             try:
@@ -229,7 +203,7 @@ class Gateway:
         return await self._overflow(req, reservation, trace, overflow)
 
     async def _overflow(
-        self, req: _Request, reservation: Reservation, trace: Trace, overflow: OverflowConfig
+        self, req: ChatRun, reservation: Reservation, trace: Trace, overflow: OverflowConfig
     ) -> Outcome:
         admission = self.admissions[req.route.route.pattern]
         loop = asyncio.get_running_loop()
@@ -264,7 +238,7 @@ class Gateway:
                 retry_after=overflow.retry_after_s,
             )
 
-    def _upstream_error(self, req: _Request, exc: ProviderError, trace: Trace) -> GatewayError:
+    def _upstream_error(self, req: ChatRun, exc: ProviderError, trace: Trace) -> GatewayError:
         log.warning("upstream %s failed before the first token: %s (status %s)",
                     req.route.provider_name, exc.kind, exc.status)
         trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
@@ -275,7 +249,7 @@ class Gateway:
             f"upstream provider {req.route.provider_name} failed ({exc.kind}"
             + (f", HTTP {exc.status})" if exc.status else ")"))
 
-    def _call(self, req: _Request, reservation: Reservation) -> tuple[UpstreamCall, bool]:
+    def _call(self, req: ChatRun, reservation: Reservation) -> tuple[UpstreamCall, bool]:
         body = {k: v for k, v in req.body.items() if k not in ("stream", "stream_options")}
         body["model"] = req.route.upstream_model
         cap, n = reservation.completion_cap, req.body.get("n") or 1
@@ -286,14 +260,14 @@ class Gateway:
         return UpstreamCall(body, self.session, req.route.provider, req.route.credentials), clamped
 
     async def _attempt(
-        self, req: _Request, reservation: Reservation, trace: Trace, ttft: float | None
+        self, req: ChatRun, reservation: Reservation, trace: Trace, ttft: float | None
     ) -> Outcome:
         call, clamped = self._call(req, reservation)
         trace.mark("upstream_start")
         if req.stream:
-            return await self._stream(req, call, clamped, trace, ttft)
+            return await stream_answer(req, call, clamped, trace, ttft)
         if ttft is not None:  # a local route: stream upstream so the deadline applies
-            return await self._collect(req, call, clamped, trace, ttft)
+            return await collect_answer(req, call, clamped, trace, ttft)
         completion = await req.route.adapter.complete(call)
         trace.mark("upstream_done")
         trace.commit = "completed"
@@ -304,154 +278,3 @@ class Gateway:
                                         "usage": usage.to_openai()}
         body = req.envelope.completion(completion.choices, usage)
         return Outcome(web.json_response(body), value, usage, text)
-
-    async def _stream(
-        self, req: _Request, call: UpstreamCall, clamped: bool, trace: Trace,
-        ttft: float | None,
-    ) -> Outcome:
-        items = req.route.adapter.stream(call)
-        assembler, pending, usage = Assembler(), list[ChoiceDelta](), None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (ttft or req.route.route.ttft_timeout_s
-                                  or req.route.provider.request_timeout_s)
-        try:
-            # Before the commit point: buffer, and let failures reach the overflow policy.
-            committed = False
-            while not committed:
-                try:
-                    item = await asyncio.wait_for(anext(items), deadline - loop.time())
-                except StopAsyncIteration:
-                    if not pending:
-                        raise ProviderError("protocol", "stream ended before any output"
-                                            ) from None
-                    break
-                except TimeoutError:
-                    raise ProviderError("timeout", "time-to-first-token deadline passed"
-                                        ) from None
-                if isinstance(item, Usage):
-                    usage = item
-                    continue
-                assembler.add(item)
-                pending.append(item)
-                committed = item.has_content
-            trace.mark("first_token")
-            response = web.StreamResponse(headers={
-                "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-            await response.prepare(req.http)
-            trace.commit = "committed"
-            usage = await self._stream_rest(req, response, items, pending, assembler, usage,
-                                            trace)
-        finally:
-            await items.aclose()  # type: ignore[attr-defined]
-        trace.mark("upstream_done")
-        value = None
-        if trace.commit == "completed" and assembler.complete and not (
-            clamped and any(c["finish_reason"] == "length" for c in assembler.choices())
-        ):
-            value = {"choices": assembler.choices(),
-                     "usage": (usage or Usage()).to_openai()}
-        return Outcome(response, value, usage, assembler.text())
-
-    async def _collect(
-        self, req: _Request, call: UpstreamCall, clamped: bool, trace: Trace, ttft: float,
-    ) -> Outcome:
-        """A non-stream answer read from the upstream stream, under the TTFT deadline.
-
-        A failure after the first token is not retried elsewhere (the model never
-        changes after the commit point): 502, audited as truncated.
-        """
-        items = req.route.adapter.stream(call)
-        assembler, usage, seen = Assembler(), None, False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ttft
-        try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(
-                        anext(items), None if seen else deadline - loop.time())
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise ProviderError("timeout", "time-to-first-token deadline passed"
-                                        ) from None
-                if isinstance(item, Usage):
-                    usage = item
-                    continue
-                assembler.add(item)
-                seen = seen or item.has_content
-        except ProviderError as exc:
-            if not seen:
-                raise
-            trace.commit = "truncated"
-            trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
-            raise UpstreamFailed(
-                f"upstream provider {req.route.provider_name} failed mid-response "
-                f"({exc.kind}); the response is incomplete") from None
-        finally:
-            await items.aclose()  # type: ignore[attr-defined]
-        if not assembler.complete and not seen:
-            raise ProviderError("protocol", "stream ended before any output")
-        trace.mark("upstream_done")
-        trace.commit = "completed"
-        choices, text = assembler.choices(), assembler.text()
-        usage = usage or Usage(req.prompt_estimate, count_text(text), estimated=True)
-        truncated = clamped and any(c["finish_reason"] == "length" for c in choices)
-        value = None if truncated else {"choices": choices, "usage": usage.to_openai()}
-        body = req.envelope.completion(choices, usage)
-        return Outcome(web.json_response(body), value, usage, text)
-
-    async def _stream_rest(
-        self, req: _Request, response: web.StreamResponse, items: AsyncIterator[StreamItem],
-        pending: list[ChoiceDelta], assembler: Assembler, usage: Usage | None, trace: Trace,
-    ) -> Usage | None:
-        try:
-            for delta in pending:
-                await response.write(sse(req.envelope.chunk(delta)))
-            try:
-                async for item in items:
-                    if isinstance(item, Usage):
-                        usage = item
-                        continue
-                    assembler.add(item)
-                    await response.write(sse(req.envelope.chunk(item)))
-            except ProviderError as exc:
-                # After the commit point: never switch models; end in-band, no [DONE].
-                log.warning("upstream %s failed after the first token: %s",
-                            req.route.provider_name, exc.kind)
-                trace.commit = "truncated"
-                trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
-                await response.write(sse({"error": {
-                    "message": f"upstream provider {req.route.provider_name} failed mid-stream"
-                               f" ({exc.kind}); the response is incomplete",
-                    "type": "api_error", "param": None, "code": "upstream_truncated"}}))
-                return usage
-            if req.include_usage:
-                final = usage or Usage(req.prompt_estimate, count_text(assembler.text()),
-                                       estimated=True)
-                await response.write(sse(req.envelope.usage_chunk(final)))
-            await response.write(DONE)
-            trace.commit = "completed"
-        except ConnectionResetError:
-            trace.commit = "client_disconnected"
-        return usage
-
-    async def _replay(self, req: _Request, value: dict[str, Any], trace: Trace
-                      ) -> web.StreamResponse:
-        """Serve a complete cached response, as JSON or as SSE."""
-        trace.commit = "cache"
-        trace.usage = Usage(estimated=False)
-        stored = Usage.from_openai(value.get("usage") or {})
-        if not req.stream:
-            return web.json_response(req.envelope.completion(value["choices"], stored))
-        response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await response.prepare(req.http)
-        try:
-            for delta in replay_chunks(value["choices"]):
-                await response.write(sse(req.envelope.chunk(delta)))
-            if req.include_usage:
-                await response.write(sse(req.envelope.usage_chunk(stored)))
-            await response.write(DONE)
-        except ConnectionResetError:
-            trace.commit = "client_disconnected"
-        return response

@@ -27,13 +27,15 @@ from typing import Any
 
 from control.config import ConfigDocument, ConfigValidationError
 from control.converge import ConvergeError, Converger, NftStep, SysctlStep, XdpStep
+from control.inspection import InspectionStep
 from control.store import ConfigStore, StoreError, VersionNotFound
 from control.store.factory import POLL_SECONDS, open_store
 
 log = logging.getLogger("spectra.control")
 
 RUN_ROOT = Path("/run/spectra")
-UNRENDERED_SECTIONS = ("proxy", "tls", "load_balancer", "gwlb", "inspection")
+LOG_ROOT = Path("/var/log/spectra")
+UNRENDERED_SECTIONS = ("proxy", "tls", "load_balancer", "gwlb")
 
 
 class AgentError(RuntimeError):
@@ -76,6 +78,7 @@ class AgentState:
     xdp_modes: dict[str, str] = field(default_factory=dict)
     offload: dict[str, Any] = field(default_factory=dict)
     not_yet_rendered: list[str] = field(default_factory=list)
+    inspection: dict[str, Any] = field(default_factory=dict)
 
 
 def run_dir(instance: str) -> Path:
@@ -106,7 +109,8 @@ class Agent:
             settings.instance, os.getpid(), socket.gethostname(), settings.store_url
         )
         self.xdp = XdpStep(settings.instance, settings.flow_table_size, settings.idle_seconds)
-        self.converger = Converger([SysctlStep(), NftStep(), self.xdp])
+        self.inspection = InspectionStep(run_dir(settings.instance), LOG_ROOT / settings.instance)
+        self.converger = Converger([SysctlStep(), NftStep(), self.inspection, self.xdp])
         self._stop = False
         self._wake = threading.Event()
         self._failed_version = 0
@@ -175,8 +179,9 @@ class Agent:
     def _offload_tick(self) -> None:
         try:
             self.state.offload = self.xdp.sync()
-        except OSError as exc:
-            log.error("offload sync failed: %s", exc)
+            self.state.inspection = self.inspection.tick()
+        except (OSError, ConvergeError) as exc:
+            log.error("offload/inspection tick failed: %s", exc)
 
     def write_state(self) -> None:
         directory = run_dir(self.settings.instance)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from ai.cli import ai_group
 from control.cli_config import config
 
 if TYPE_CHECKING:
@@ -141,7 +142,8 @@ def _services(
     from control.status import host_status
     from control.store import open_store
 
-    api = store.latest()[1].api if store.head() else Api()
+    doc = store.latest()[1] if store.head() else None
+    api = doc.api if doc is not None else Api()
     extra: tuple[ApiToken, ...] = ()
     if tokens_file:
         extra = tuple(ApiToken.model_validate(t) for t in json.loads(Path(tokens_file).read_text()))
@@ -152,7 +154,15 @@ def _services(
         )
         return create_app(open_store(store_url), host_status, settings)
 
-    return [Service("config API", config_api, str(api.host), api.port)]
+    services = [Service("config API", config_api, str(api.host), api.port)]
+    if doc is not None and doc.ai.routes and doc.ai.listen_port:
+        from ai.server import create_app as create_ai_app
+
+        ai = doc.ai
+        services.append(
+            Service("AI gateway", lambda: create_ai_app(ai), ai.listen_host, ai.listen_port)
+        )
+    return services
 
 
 @main.command()
@@ -194,6 +204,7 @@ def status(instance: str | None, as_json: bool) -> None:
 
 
 main.add_command(config)
+main.add_command(ai_group, name="ai")
 
 
 @main.group()

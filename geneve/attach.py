@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 log = logging.getLogger("spectra.geneve")
@@ -67,19 +66,27 @@ def plan(ifname: str, mtu: int, driver: str, native_ok: bool | None = None) -> A
 
 
 def interface_facts(ifname: str) -> tuple[int, str]:
-    """(MTU, driver name) of an interface in this netns, from sysfs."""
-    base = Path("/sys/class/net") / ifname
-    mtu = int((base / "mtu").read_text())
-    driver_link = base / "device" / "driver"
-    if driver_link.exists():
-        return mtu, driver_link.resolve().name
-    from pyroute2 import IPRoute  # virtual devices: the link kind (veth, dummy, ...)
+    """(MTU, driver) of an interface in this process's netns, over netlink (sysfs
+    belongs to the mount namespace and may show another netns): the link kind for
+    virtual devices (veth, ...), else the driver ``ethtool -i`` reports."""
+    import subprocess
+
+    from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
         links = ipr.link("get", ifname=ifname)
-        info = links[0].get_attr("IFLA_LINKINFO") if links else None
+        mtu = int(links[0].get_attr("IFLA_MTU"))
+        info = links[0].get_attr("IFLA_LINKINFO")
         kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-    return mtu, str(kind or ("lo" if ifname == "lo" else "unknown"))
+    if kind:
+        return mtu, str(kind)
+    if ifname == "lo":
+        return mtu, "lo"
+    proc = subprocess.run(["ethtool", "-i", ifname], capture_output=True, text=True, check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith("driver:"):
+            return mtu, line.split(":", 1)[1].strip()
+    return mtu, "unknown"
 
 
 def tc_attach(ifindex: int, prog_fd: int, name: str, parent: int = TC_EGRESS_PARENT) -> None:

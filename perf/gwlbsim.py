@@ -429,7 +429,10 @@ class GwlbLab:
     def stop_health(self, az: str) -> None:
         _kill(self._health_pidfile(az))
 
-    def state(self) -> dict[str, Any]:
+    def state(self, settle: float = 0.5) -> dict[str, Any]:
+        """The simulator's counters; it writes them every 0.2 s, so by default wait
+        ``settle`` seconds for the latest packets to be counted."""
+        time.sleep(settle)
         data: dict[str, Any] = json.loads(STATE_FILE.read_text())
         return data
 
@@ -437,7 +440,7 @@ class GwlbLab:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(FileNotFoundError, ValueError):
-                if self.state()["targets"][az]["healthy"] is healthy:
+                if self.state(settle=0)["targets"][az]["healthy"] is healthy:
                     return
             time.sleep(0.1)
         raise LabError(f"gateway {az} did not become {'healthy' if healthy else 'unhealthy'}")

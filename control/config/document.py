@@ -18,10 +18,11 @@ from pydantic import Field, ValidationError, model_validator
 from ai.config import AIConfig
 from control.config.errors import ConfigValidationError, FieldError, render_errors
 from control.config.issues import Issue, Issues, Loc, format_path
-from control.config.network import Inspection, Interfaces, Nat, PortForward, Rules
+from control.config.network import Interfaces, Nat, PortForward, Rules
 from control.config.secrets import secret_field_names
 from control.config.services import Api, Gwlb, LoadBalancer, Logging, Metrics, Proxy, Tls
 from control.config.types import REVEAL, StrictModel
+from nfq import InspectionPolicy
 from xdp.records import MAX_DENY_RULES
 
 SCHEMA_VERSION = 1
@@ -35,7 +36,7 @@ class ConfigDocument(StrictModel):
     interfaces: Interfaces
     nat: Nat = Nat()
     rules: Rules = Rules()
-    inspection: Inspection = Inspection()
+    inspection: InspectionPolicy = InspectionPolicy(enabled=False)
     port_forwards: list[PortForward] = Field(default_factory=list, max_length=1024)
     proxy: Proxy = Proxy()
     tls: Tls = Tls()

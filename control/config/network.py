@@ -111,33 +111,6 @@ class Rules(StrictModel):
     entries: list[Rule] = Field(default_factory=list, max_length=1024)
 
 
-class Queues(StrictModel):
-    """NFQUEUE numbers handed to the inspector: ``first`` .. ``first + count - 1``."""
-
-    first: int = Field(default=0, ge=0, le=65535)
-    count: int = Field(default=1, ge=1, le=64)
-
-    @model_validator(mode="after")
-    def _fits(self) -> Queues:
-        if self.first + self.count - 1 > 65535:
-            raise fail(
-                ("count",), self.count, f"expected first + count - 1 <= 65535 (first={self.first})"
-            )
-        return self
-
-
-class Inspection(StrictModel):
-    """Which traffic is queued to the inspector, and what happens when it is down."""
-
-    enabled: bool = False
-    engine: Literal["suricata", "builtin"] = "suricata"
-    fail_open: bool = Field(
-        default=True, description="true: traffic bypasses a dead inspector; false: it is dropped"
-    )
-    queues: Queues = Queues()
-    selectors: list[Match] = Field(default_factory=list, max_length=256)
-
-
 class PortForward(StrictModel):
     """Destination NAT: ``proto`` traffic to the outside ``port`` goes to ``to_address``."""
 

@@ -14,7 +14,8 @@
  *   header (same direction first, then the opposite) and prepend outer IPv4/UDP
  *   (addresses swapped, source port kept, destination 6081) and the identical header;
  *   no header -> drop (the appliance never originates flows into the GWLB), except
- *   the appliance's own packets (source = gwlb_config.be_local_addr).
+ *   the appliance's own packets (IPv4 source = gwlb_config.be_local_addr; IPv6
+ *   link-local source or multicast destination).
  * One exit path per program; every verdict counted under a named reason.
  */
 #include <uapi/linux/bpf.h>
@@ -394,10 +395,22 @@ int tc_gwlb_encap(struct __sk_buff *skb)
 		v = gwlb_flows.lookup(&key);
 	}
 	if (!v) {
+		/* The appliance's own packets: IPv4 from its GWLB-side address (health check
+		 * replies), IPv6 link-local or multicast (neighbour discovery, MLD). */
 		iph = data + sizeof(struct ethhdr);
 		if (!is_v6 && (void *)(iph + 1) <= data_end && iph->saddr == cfg->be_local_addr) {
 			reason = GWLB_ENCAP_PASS_LOCAL;
 			goto out;
+		}
+		if (is_v6) {
+			struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+
+			if ((void *)(ip6 + 1) <= data_end &&
+			    ((ip6->saddr.s6_addr[0] == 0xfe && (ip6->saddr.s6_addr[1] & 0xc0) == 0x80) ||
+			     ip6->daddr.s6_addr[0] == 0xff)) {
+				reason = GWLB_ENCAP_PASS_LOCAL;
+				goto out;
+			}
 		}
 		action = TC_ACT_SHOT;
 		reason = GWLB_DROP_NO_FLOW;

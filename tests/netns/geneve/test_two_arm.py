@@ -81,19 +81,29 @@ def test_udp_echo_returns(gwlb_lab: GwlbLab) -> None:
 
 
 def test_stray_return_traffic_is_dropped_with_a_named_counter(gwlb_lab: GwlbLab) -> None:
-    before = gateway_counters("cs-gw-a")["DROP_NO_FLOW"]
-    # A packet routed toward the workload that no GWLB flow announced: the gateway
-    # must not originate it into the GWLB.
-    code = (
-        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-        "s.sendto(b'x', ('10.0.100.10', 9999))"
+    before = gateway_counters("cs-gw-a")
+    unknown_before = gwlb_lab.state()["counters"]["unknown_flow"]
+    # Toward the workload, from an internet source, for a flow no GWLB packet announced:
+    # the gateway must not originate it into the GWLB.
+    stray = (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW); "
+        "from scapy.layers.inet import IP, UDP; "
+        "p = bytes(IP(src='198.51.100.10', dst='10.0.100.10') / UDP(sport=53, dport=40999)); "
+        "[s.sendto(p, ('10.0.100.10', 0)) for _ in range(3)]"
     )
-    for _ in range(3):
-        sh("cs-gw-a", "python3", "-c", code)
-    after = gateway_counters("cs-gw-a")["DROP_NO_FLOW"]
-    assert after - before == 0  # own packets (source = gwlb address) pass as local...
-    counters = gateway_counters("cs-gw-a")
-    assert counters["ENCAP_PASS_LOCAL"] >= 3
+    own = (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        "[s.sendto(b'x', ('10.0.100.10', 9999)) for _ in range(3)]"
+    )
+    import sys
+
+    for code in (stray, own):
+        proc = sh("cs-gw-a", sys.executable, "-c", code)
+        assert proc.returncode == 0, proc.stderr
+    after = gateway_counters("cs-gw-a")
+    assert after["DROP_NO_FLOW"] - before["DROP_NO_FLOW"] >= 3
+    assert after["ENCAP_PASS_LOCAL"] - before["ENCAP_PASS_LOCAL"] >= 3
+    assert gwlb_lab.state()["counters"]["unknown_flow"] == unknown_before
 
 
 def test_pcap_on_the_gwlb_interface_dissects_cleanly(gwlb_lab: GwlbLab) -> None:

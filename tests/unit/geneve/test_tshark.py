@@ -34,7 +34,8 @@ def _dissect(tmp_path: Path, ip_packet: bytes) -> dict[str, Any]:
 
 
 def _fields(tmp_path: Path, *names: str) -> list[list[str]]:
-    argv = ["tshark", "-r", str(tmp_path / "g.pcap"), "-T", "fields", "-E", "occurrence=a",
+    argv = ["tshark", "-r", str(tmp_path / "g.pcap"), "-o", "ip.check_checksum:TRUE",
+            "-T", "fields", "-E", "occurrence=a",
             "-E", "aggregator=;", "-E", "separator=|"]
     for name in names:
         argv += ["-e", name]
@@ -62,9 +63,10 @@ def test_gwlb_header_as_tshark_reads_it(tmp_path: Path) -> None:
         ["1122334455667788", "99aabbccddeeff00", "deadbeef"],
     ]
     assert "_ws.malformed" not in json.dumps(layers)
-    assert layers["udp"]["udp.dstport"] == "6081"
-    assert layers["ip"]["ip.src"] == "172.16.1.1"
-    assert layers["ip"]["ip.checksum"] == "0x%04x" % int.from_bytes(packet[10:12], "big")
+    outer = _fields(tmp_path, "udp.dstport", "ip.src", "ip.checksum", "ip.checksum.status")
+    assert [col[0] for col in outer] == [
+        "6081", "172.16.1.1", "0x%04x" % int.from_bytes(packet[10:12], "big"), "1"  # 1 = verified good
+    ]
 
 
 def test_critical_bit_and_oam_as_tshark_reads_them(tmp_path: Path) -> None:

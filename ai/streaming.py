@@ -1,0 +1,204 @@
+"""Answering a chat request from an upstream stream or from a cached response.
+
+The commit point lives here: before the first content or tool delta nothing is sent
+and every failure is raised as :class:`~ai.providers.ProviderError` for the overflow
+policy; after it the stream is the client's, and a failure ends it in-band (an error
+event, no ``[DONE]``) with the run audited as truncated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from ai.chunks import DONE, Assembler, Envelope, replay_chunks, sse
+from ai.errors import UpstreamFailed
+from ai.keys import Principal
+from ai.providers import ChoiceDelta, ProviderError, StreamItem, UpstreamCall
+from ai.routing import Route
+from ai.tokens import count_text
+from ai.trace import Trace
+from ai.usage import Usage
+
+log = logging.getLogger("spectra.ai")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRun:
+    """One pipeline run's fixed inputs."""
+
+    http: web.Request
+    principal: Principal
+    body: dict[str, Any]
+    route: Route
+    envelope: Envelope
+    stream: bool
+    include_usage: bool
+    prompt_estimate: int
+    completion_want: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """An upstream run: the response sent, the cacheable complete value, the usage."""
+
+    response: web.StreamResponse
+    value: dict[str, Any] | None
+    usage: Usage | None
+    text: str
+
+
+async def stream_answer(
+    req: ChatRun, call: UpstreamCall, clamped: bool, trace: Trace,
+    ttft: float | None,
+) -> Outcome:
+    items = req.route.adapter.stream(call)
+    assembler, pending, usage = Assembler(), list[ChoiceDelta](), None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (ttft or req.route.route.ttft_timeout_s
+                              or req.route.provider.request_timeout_s)
+    try:
+        # Before the commit point: buffer, and let failures reach the overflow policy.
+        committed = False
+        while not committed:
+            try:
+                item = await asyncio.wait_for(anext(items), deadline - loop.time())
+            except StopAsyncIteration:
+                if not pending:
+                    raise ProviderError("protocol", "stream ended before any output"
+                                        ) from None
+                break
+            except TimeoutError:
+                raise ProviderError("timeout", "time-to-first-token deadline passed"
+                                    ) from None
+            if isinstance(item, Usage):
+                usage = item
+                continue
+            assembler.add(item)
+            pending.append(item)
+            committed = item.has_content
+        trace.mark("first_token")
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(req.http)
+        trace.commit = "committed"
+        usage = await _stream_rest(req, response, items, pending, assembler, usage,
+                                        trace)
+    finally:
+        await items.aclose()  # type: ignore[attr-defined]
+    trace.mark("upstream_done")
+    value = None
+    if trace.commit == "completed" and assembler.complete and not (
+        clamped and any(c["finish_reason"] == "length" for c in assembler.choices())
+    ):
+        value = {"choices": assembler.choices(),
+                 "usage": (usage or Usage()).to_openai()}
+    return Outcome(response, value, usage, assembler.text())
+
+async def collect_answer(
+    req: ChatRun, call: UpstreamCall, clamped: bool, trace: Trace, ttft: float,
+) -> Outcome:
+    """A non-stream answer read from the upstream stream, under the TTFT deadline.
+
+    A failure after the first token is not retried elsewhere (the model never
+    changes after the commit point): 502, audited as truncated.
+    """
+    items = req.route.adapter.stream(call)
+    assembler, usage, seen = Assembler(), None, False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ttft
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(
+                    anext(items), None if seen else deadline - loop.time())
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise ProviderError("timeout", "time-to-first-token deadline passed"
+                                    ) from None
+            if isinstance(item, Usage):
+                usage = item
+                continue
+            assembler.add(item)
+            seen = seen or item.has_content
+    except ProviderError as exc:
+        if not seen:
+            raise
+        trace.commit = "truncated"
+        trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
+        raise UpstreamFailed(
+            f"upstream provider {req.route.provider_name} failed mid-response "
+            f"({exc.kind}); the response is incomplete") from None
+    finally:
+        await items.aclose()  # type: ignore[attr-defined]
+    if not assembler.complete and not seen:
+        raise ProviderError("protocol", "stream ended before any output")
+    trace.mark("upstream_done")
+    trace.commit = "completed"
+    choices, text = assembler.choices(), assembler.text()
+    usage = usage or Usage(req.prompt_estimate, count_text(text), estimated=True)
+    truncated = clamped and any(c["finish_reason"] == "length" for c in choices)
+    value = None if truncated else {"choices": choices, "usage": usage.to_openai()}
+    body = req.envelope.completion(choices, usage)
+    return Outcome(web.json_response(body), value, usage, text)
+
+async def _stream_rest(
+    req: ChatRun, response: web.StreamResponse, items: AsyncIterator[StreamItem],
+    pending: list[ChoiceDelta], assembler: Assembler, usage: Usage | None, trace: Trace,
+) -> Usage | None:
+    try:
+        for delta in pending:
+            await response.write(sse(req.envelope.chunk(delta)))
+        try:
+            async for item in items:
+                if isinstance(item, Usage):
+                    usage = item
+                    continue
+                assembler.add(item)
+                await response.write(sse(req.envelope.chunk(item)))
+        except ProviderError as exc:
+            # After the commit point: never switch models; end in-band, no [DONE].
+            log.warning("upstream %s failed after the first token: %s",
+                        req.route.provider_name, exc.kind)
+            trace.commit = "truncated"
+            trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
+            await response.write(sse({"error": {
+                "message": f"upstream provider {req.route.provider_name} failed mid-stream"
+                           f" ({exc.kind}); the response is incomplete",
+                "type": "api_error", "param": None, "code": "upstream_truncated"}}))
+            return usage
+        if req.include_usage:
+            final = usage or Usage(req.prompt_estimate, count_text(assembler.text()),
+                                   estimated=True)
+            await response.write(sse(req.envelope.usage_chunk(final)))
+        await response.write(DONE)
+        trace.commit = "completed"
+    except ConnectionResetError:
+        trace.commit = "client_disconnected"
+    return usage
+
+async def replay(req: ChatRun, value: dict[str, Any], trace: Trace) -> web.StreamResponse:
+    """Serve a complete cached response, as JSON or as SSE."""
+    trace.commit = "cache"
+    trace.usage = Usage(estimated=False)
+    stored = Usage.from_openai(value.get("usage") or {})
+    if not req.stream:
+        return web.json_response(req.envelope.completion(value["choices"], stored))
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(req.http)
+    try:
+        for delta in replay_chunks(value["choices"]):
+            await response.write(sse(req.envelope.chunk(delta)))
+        if req.include_usage:
+            await response.write(sse(req.envelope.usage_chunk(stored)))
+        await response.write(DONE)
+    except ConnectionResetError:
+        trace.commit = "client_disconnected"
+    return response
