@@ -16,11 +16,15 @@ from perf.report import Result
 from perf.target import Host, PerfError, Target, lab_target
 from perf.tools import SUITE_TOOLS, ToolMissing, require
 
-SUITES = ("dataplane", "nfq", "geneve", "ai", "all")
+SUITES = ("dataplane", "nfq", "geneve", "ai", "all", "config", "semcache")
 NOT_YET_BUILT = {
-    "nfq": ("nfqueue_inspection", "not yet built (NFQUEUE inspection issue)"),
     "geneve": ("geneve_two_arm", "not yet built (GENEVE issue)"),
     "ai": ("ai_gateway", "not yet built (AI-gateway issue)"),
+}
+# Suites with a command line of their own (they write their own JSON); not in "all".
+STANDALONE = {
+    "config": "perf.configlatency",  # config change -> applied latency, local and SSM stores
+    "semcache": "perf.semcache",  # semantic cache precision / recall on labelled pairs
 }
 
 
@@ -105,6 +109,14 @@ def run_dataplane(args: argparse.Namespace, target: Target) -> list[Result]:
     return Suite(target, settings, _progress).run()
 
 
+def run_nfq(args: argparse.Namespace) -> list[Result]:
+    from perf import nfq
+
+    runs = args.runs or (1 if args.quick else 3)
+    seconds = args.seconds or (2.0 if args.quick else 4.0)
+    return nfq.run(300_000 if args.rate == 200_000 else args.rate, seconds, runs)
+
+
 def _fields(settings: Any) -> dict[str, Any]:
     return {name: getattr(settings, name) for name in settings.__slots__}
 
@@ -115,6 +127,13 @@ def not_built(suite: str) -> list[Result]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in STANDALONE:
+        import importlib
+
+        module = importlib.import_module(STANDALONE[argv[0]])
+        code: int = module.main(argv[1:])
+        return code
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -133,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "dataplane" in suites:
             results += with_lab(target, lambda: run_dataplane(args, target))
+        if "nfq" in suites:
+            results += with_lab(target, lambda: run_nfq(args))
         for suite in suites:
-            if suite != "dataplane":
+            if suite in NOT_YET_BUILT:
                 results += not_built(suite)
     except PerfError as exc:
         print(f"perf: {exc}", file=sys.stderr)

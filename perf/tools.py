@@ -19,12 +19,14 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "sockperf": "sockperf",
     "iperf3": "iperf3",
     "ps": "procps",
+    "iptables-restore": "iptables",
+    "conntrack": "conntrack",
     "ssh": "openssh-client",
 }
 
 SUITE_TOOLS: dict[str, tuple[str, ...]] = {
     "dataplane": ("ip", "trafgen", "ethtool", "taskset", "chrt", "nft", "sockperf", "iperf3"),
-    "nfq": (),
+    "nfq": ("ip", "trafgen", "taskset", "iptables-restore", "conntrack"),
     "geneve": (),
     "ai": (),
 }
