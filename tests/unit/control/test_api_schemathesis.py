@@ -6,6 +6,8 @@ ASGI), over a fresh SQLite store seeded with one document.
 
 from __future__ import annotations
 
+import re
+
 import asyncio
 import socket
 import threading
@@ -107,7 +109,11 @@ def test_api_conforms_to_its_openapi(served: str) -> None:
 
         @given(case=operation.as_strategy())
         @settings(
-            max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None
+            max_examples=15,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+            derandomize=True,  # the same examples every run: CI must not flake
         )
         def fuzz(case: Any) -> None:
             if case.method in ("PUT", "PATCH"):
@@ -121,5 +127,9 @@ def test_api_conforms_to_its_openapi(served: str) -> None:
     assert not failures, "\n\n".join(failures)
     metrics = requests.get(f"{served}/metrics", headers=auth(ADMIN_TOKEN), timeout=10).text
     assert 'status="500"' not in metrics
-    # the fuzzer got past validation at least once (documents were generated, not just junk)
-    assert 'method="PUT",route="/v1/config",status="200"' in metrics
+    # the fuzzer got past validation (documents were generated, not just junk): writes
+    # through PUT, PATCH or rollback committed new versions
+    committed = re.findall(
+        r'method="(?:PUT|PATCH|POST)",route="/v1/config(?:/rollback)?",status="200"', metrics
+    )
+    assert committed, metrics
