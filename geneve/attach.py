@@ -47,19 +47,28 @@ def plan(ifname: str, mtu: int, driver: str, native_ok: bool | None = None) -> A
     limit = NATIVE_XDP_MTU_LIMIT.get(driver)
     if limit is not None and mtu > limit:
         return AttachPlan(
-            ifname, mtu, driver, "tc",
+            ifname,
+            mtu,
+            driver,
+            "tc",
             f"{driver} native XDP supports MTU <= {limit}, {ifname} has {mtu}: "
             "decap must run at tc ingress (or lower the MTU)",
         )
     if mtu > SINGLE_BUFFER_MTU and driver != "lo":
         return AttachPlan(
-            ifname, mtu, driver, "tc",
+            ifname,
+            mtu,
+            driver,
+            "tc",
             f"MTU {mtu} > {SINGLE_BUFFER_MTU} needs an xdp.frags program, which bcc cannot "
             "load: decap must run at tc ingress",
         )
     if native_ok is False:
         return AttachPlan(
-            ifname, mtu, driver, "generic",
+            ifname,
+            mtu,
+            driver,
+            "generic",
             f"native XDP refused on {ifname} ({driver}); generic (skb) XDP in use",
         )
     return AttachPlan(ifname, mtu, driver, "native", "native XDP")
@@ -101,8 +110,15 @@ def tc_attach(ifindex: int, prog_fd: int, name: str, parent: int = TC_EGRESS_PAR
             if exc.code != 17:  # EEXIST: already there
                 raise
         ipr.tc(
-            "add-filter", "bpf", index=ifindex, handle=1, fd=prog_fd, name=name,
-            parent=parent, classid=1, direct_action=True,
+            "add-filter",
+            "bpf",
+            index=ifindex,
+            handle=1,
+            fd=prog_fd,
+            name=name,
+            parent=parent,
+            classid=1,
+            direct_action=True,
         )
     log.info("attached tc program %s (fd %d) to ifindex %d", name, prog_fd, ifindex)
 

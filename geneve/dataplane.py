@@ -31,7 +31,6 @@ from geneve import attach as hooks
 from geneve.attach import AttachPlan
 from geneve.errors import GwlbError
 from geneve.maps import GWLB_F_REFLECT, GwlbMaps
-from geneve.reasons import GwlbReason
 from xdp import libbpf, loader
 
 log = logging.getLogger("spectra.geneve")
@@ -254,9 +253,7 @@ class Gwlb:
 
     def drops(self) -> dict[str, int]:
         """Named drop counters with a nonzero count."""
-        return {
-            r.name: p for r, (p, _) in self.maps.counters().items() if r.is_drop and p
-        }
+        return {r.name: p for r, (p, _) in self.maps.counters().items() if r.is_drop and p}
 
     def status(self) -> dict[str, Any]:
         return {
@@ -289,5 +286,3 @@ def _first_ipv4(ifname: str) -> str | None:
             if value:
                 return str(value)
     return None
-
-

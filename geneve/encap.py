@@ -40,7 +40,9 @@ def inner_protocol(inner: bytes) -> int:
     raise MalformedError(f"inner packet version {version}: GWLB carries IPv4 (4) or IPv6 (6)")
 
 
-def outer_ipv4(src: str, dst: str, payload_len: int, ident: int = 0, ttl: int = DEFAULT_TTL) -> bytes:
+def outer_ipv4(
+    src: str, dst: str, payload_len: int, ident: int = 0, ttl: int = DEFAULT_TTL
+) -> bytes:
     """An option-less outer IPv4 header (DF clear, protocol UDP) with its checksum."""
     hdr = struct.pack(
         "!BBHHHBBH4s4s",

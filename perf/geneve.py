@@ -55,13 +55,18 @@ def measure(batches: int = 7, per_batch: int = 2000) -> dict[str, Any]:
 
     pin_root = Path("/sys/fs/bpf/spectra-perf")
     gwlb = Gwlb(f"perf-{os.getpid()}", "lo", build=GwlbBuild(1024), pin_root=pin_root).load()
-    dp = Dataplane.load(f"perf-{os.getpid()}", BuildOptions(flow_table_size=4096),
-                        pin_root=pin_root)
+    dp = Dataplane.load(
+        f"perf-{os.getpid()}", BuildOptions(flow_table_size=4096), pin_root=pin_root
+    )
     try:
         gwlb.configure(local_addr="172.16.1.2")
         decap_frame = CASES_BY_NAME["aws_order_1_2_3_tcp"].input_bytes()
-        reply = bytes(Ether(src=LOCAL_MAC, dst=GWLB_MAC) / IP(src=SERVER, dst=WORKLOAD, ttl=63)
-                      / TCP(sport=80, dport=40000, flags="A") / (b"x" * 1400))
+        reply = bytes(
+            Ether(src=LOCAL_MAC, dst=GWLB_MAC)
+            / IP(src=SERVER, dst=WORKLOAD, ttl=63)
+            / TCP(sport=80, dport=40000, flags="A")
+            / (b"x" * 1400)
+        )
         xdp_fd = gwlb.program_fd("xdp_gwlb")
         tc_fd = gwlb.program_fd("tc_gwlb_encap")
         drop_fd = dp.program_fd("xdp_drop_all")
@@ -75,13 +80,15 @@ def measure(batches: int = 7, per_batch: int = 2000) -> dict[str, Any]:
         for flow in fast_case.flows:
             dp.add_flow(flow.key, flow.entry)
         fast_frame = fast_case.input_bytes()
-        results = {
+        results: dict[str, Any] = {
             "decap_ns": _median_ns(xdp_ns(xdp_fd), decap_frame, batches, per_batch),
             "decap_baseline_ns": _median_ns(xdp_ns(drop_fd), decap_frame, batches, per_batch),
-            "encap_ns": _median_ns(lambda f: run_tc(tc_fd, f).duration_ns, reply, batches,
-                                   per_batch),
-            "fastpath_ns": _median_ns(xdp_ns(dp.program_fd("xdp_gateway")), fast_frame, batches,
-                                      per_batch),
+            "encap_ns": _median_ns(
+                lambda f: run_tc(tc_fd, f).duration_ns, reply, batches, per_batch
+            ),
+            "fastpath_ns": _median_ns(
+                xdp_ns(dp.program_fd("xdp_gateway")), fast_frame, batches, per_batch
+            ),
             "fastpath_baseline_ns": _median_ns(xdp_ns(drop_fd), fast_frame, batches, per_batch),
         }
     finally:

@@ -338,8 +338,24 @@ def _exists(ns: str, ifname: str) -> bool:
 
 def _veth(ns_a: str, if_a: str, ns_b: str, if_b: str, mtu: int = 1500) -> None:
     if not _exists(ns_a, if_a):
-        _sh(ns_a, "ip", "link", "add", if_a, "mtu", str(mtu), "type", "veth",
-            "peer", "name", if_b, "netns", ns_b, "mtu", str(mtu))
+        _sh(
+            ns_a,
+            "ip",
+            "link",
+            "add",
+            if_a,
+            "mtu",
+            str(mtu),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            if_b,
+            "netns",
+            ns_b,
+            "mtu",
+            str(mtu),
+        )
     _sh(ns_a, "ip", "link", "set", if_a, "up")
     _sh(ns_b, "ip", "link", "set", if_b, "up")
 
@@ -383,8 +399,19 @@ class GwlbLab:
             _addr(GWLB_NS, t.sim_if, f"{t.sim_ip}/24")
             _sh(GWLB_NS, "ethtool", "-K", t.sim_if, "tx", "off")
             if "xdp" not in _sh(GWLB_NS, "ip", "-d", "link", "show", "dev", t.sim_if).split():
-                _sh(GWLB_NS, "ip", "link", "set", "dev", t.sim_if, "xdpdrv", "obj",
-                    str(_peer_object()), "sec", "xdp")
+                _sh(
+                    GWLB_NS,
+                    "ip",
+                    "link",
+                    "set",
+                    "dev",
+                    t.sim_if,
+                    "xdpdrv",
+                    "obj",
+                    str(_peer_object()),
+                    "sec",
+                    "xdp",
+                )
             # two-arm return route: replies to the workload go back through the GWLB
             _sh(t.netns, "ip", "route", "replace", WORKLOAD_CIDR, "via", t.sim_ip, "dev", GWLB_IF)
             _sh(t.netns, "sysctl", "-q", "-w", f"net.ipv4.conf.{GWLB_IF}.rp_filter=0")
@@ -401,8 +428,15 @@ class GwlbLab:
             return
         STATE_FILE.unlink(missing_ok=True)
         daemonize(
-            ns_exec(GWLB_NS, sys.executable, "-m", "perf.gwlbsim", "serve",
-                    "--health-port", str(self.health_port)),
+            ns_exec(
+                GWLB_NS,
+                sys.executable,
+                "-m",
+                "perf.gwlbsim",
+                "serve",
+                "--health-port",
+                str(self.health_port),
+            ),
             PIDFILE,
             RUN_DIR / "gwlbsim.log",
         )
@@ -420,8 +454,9 @@ class GwlbLab:
         if _alive(self._health_pidfile(az)):
             return
         daemonize(
-            ns_exec(t.netns, sys.executable, "-m", "geneve.health", t.gateway_ip,
-                    str(self.health_port)),
+            ns_exec(
+                t.netns, sys.executable, "-m", "geneve.health", t.gateway_ip, str(self.health_port)
+            ),
             self._health_pidfile(az),
             RUN_DIR / f"gwlb-health-{az}.log",
         )
@@ -455,8 +490,19 @@ class GwlbLab:
         table = str(ONE_ARM_TABLE)
         _sh(t.netns, "ip", "rule", "del", "iif", GWLB_IF, "table", table, check=False)
         if mode == "one-arm":
-            _sh(t.netns, "ip", "route", "replace", "default", "via", t.sim_ip,
-                "dev", GWLB_IF, "table", table)
+            _sh(
+                t.netns,
+                "ip",
+                "route",
+                "replace",
+                "default",
+                "via",
+                t.sim_ip,
+                "dev",
+                GWLB_IF,
+                "table",
+                table,
+            )
             _sh(t.netns, "ip", "rule", "add", "iif", GWLB_IF, "table", table, "pref", "1081")
 
     # -- down / status -------------------------------------------------------------------
@@ -470,8 +516,17 @@ class GwlbLab:
         present = set(_sh(None, "ip", "netns", "list").split())
         for t in targets():
             if t.netns in present:
-                _sh(t.netns, "ip", "rule", "del", "iif", GWLB_IF, "table", str(ONE_ARM_TABLE),
-                    check=False)
+                _sh(
+                    t.netns,
+                    "ip",
+                    "rule",
+                    "del",
+                    "iif",
+                    GWLB_IF,
+                    "table",
+                    str(ONE_ARM_TABLE),
+                    check=False,
+                )
                 _sh(t.netns, "ip", "route", "flush", "table", str(ONE_ARM_TABLE), check=False)
         for ns in (GWLB_NS, WORKLOAD_NS):
             if ns in present:

@@ -13,6 +13,7 @@ talks to 198.51.100.10.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from scapy.contrib.geneve import GENEVE, GeneveOptions
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -89,7 +90,7 @@ def _drop(name: str, packet: Packet, reason: GwlbReason) -> GeneveCase:
     return GeneveCase(name, packet, XdpAction.DROP, reason)
 
 
-def _g(options: list[GeneveOptions], inner: Packet = TCP_SYN, **kw: int) -> Packet:
+def _g(options: list[GeneveOptions], inner: Packet = TCP_SYN, **kw: Any) -> Packet:
     return outer(GENEVE(proto=0x0800, options=options, **kw) / inner)
 
 
@@ -98,48 +99,90 @@ CASES: tuple[GeneveCase, ...] = (
     _ok("aws_order_1_2_3_tcp", TCP_SYN),
     _ok("aws_order_3_2_1", UDP_DNS, [tlv(3, COOKIE), tlv(2, ATTACHMENT_ID), tlv(1, ENDPOINT_ID)]),
     _ok("extra_noncritical_first", PING, [tlv(0x10, b"\0" * 8, 0x0101), *AWS_TLVS]),
-    _ok("extra_noncritical_between", TCP_SYN,
-        [tlv(1, ENDPOINT_ID), tlv(0x7F, b"", 0xFFFF), tlv(2, ATTACHMENT_ID), tlv(3, COOKIE)]),
+    _ok(
+        "extra_noncritical_between",
+        TCP_SYN,
+        [tlv(1, ENDPOINT_ID), tlv(0x7F, b"", 0xFFFF), tlv(2, ATTACHMENT_ID), tlv(3, COOKIE)],
+    ),
     _ok("aws_unknown_type_noncritical", TCP_SYN, [*AWS_TLVS, tlv(4, b"\1\2\3\4")]),
     _ok("eight_options", TCP_SYN, [*AWS_TLVS, *[tlv(0x20 + i, b"", 0x0101) for i in range(5)]]),
     _ok("inner_ipv6_to_kernel", TCP6),
     # --- the critical bit -----------------------------------------------------------
-    _drop("critical_unknown_class", _g([*AWS_TLVS, tlv(0x81, b"\0" * 4, 0x0101)]),
-          GwlbReason.DROP_CRITICAL_OPTION),
-    _drop("critical_aws_unknown_type", _g([tlv(0x84, b""), *AWS_TLVS]),
-          GwlbReason.DROP_CRITICAL_OPTION),
+    _drop(
+        "critical_unknown_class",
+        _g([*AWS_TLVS, tlv(0x81, b"\0" * 4, 0x0101)]),
+        GwlbReason.DROP_CRITICAL_OPTION,
+    ),
+    _drop(
+        "critical_aws_unknown_type",
+        _g([tlv(0x84, b""), *AWS_TLVS]),
+        GwlbReason.DROP_CRITICAL_OPTION,
+    ),
     # --- missing / malformed options ------------------------------------------------
     _drop("missing_cookie", _g(AWS_TLVS[:2]), GwlbReason.DROP_MISSING_OPTION),
     _drop("missing_endpoint", _g(AWS_TLVS[1:]), GwlbReason.DROP_MISSING_OPTION),
     _drop("no_options", _g([]), GwlbReason.DROP_MISSING_OPTION),
-    _drop("cookie_wrong_size", _g([*AWS_TLVS[:2], tlv(3, COOKIE + COOKIE)]),
-          GwlbReason.DROP_MALFORMED),
-    _drop("option_past_opt_len",
-          _g(AWS_TLVS, optionlen=7), GwlbReason.DROP_MALFORMED),
-    _drop("nine_options", _g([*AWS_TLVS, *[tlv(0x20 + i, b"", 0x0101) for i in range(6)]]),
-          GwlbReason.DROP_MALFORMED),
+    _drop(
+        "cookie_wrong_size", _g([*AWS_TLVS[:2], tlv(3, COOKIE + COOKIE)]), GwlbReason.DROP_MALFORMED
+    ),
+    _drop("option_past_opt_len", _g(AWS_TLVS, optionlen=7), GwlbReason.DROP_MALFORMED),
+    _drop(
+        "nine_options",
+        _g([*AWS_TLVS, *[tlv(0x20 + i, b"", 0x0101) for i in range(6)]]),
+        GwlbReason.DROP_MALFORMED,
+    ),
     # --- header fields --------------------------------------------------------------
     _drop("version_1", _g(AWS_TLVS, version=1), GwlbReason.DROP_BAD_VERSION),
     _drop("oam_bit", _g(AWS_TLVS, oam=1), GwlbReason.DROP_OAM),
-    _drop("inner_ethernet", outer(GENEVE(proto=0x6558, options=AWS_TLVS) / Ether() / TCP_SYN),
-          GwlbReason.DROP_BAD_PROTO),
-    _drop("outer_fragment", outer(GENEVE(proto=0x0800, options=AWS_TLVS) / TCP_SYN, flags=1),
-          GwlbReason.DROP_OUTER_FRAGMENT),
+    _drop(
+        "inner_ethernet",
+        outer(GENEVE(proto=0x6558, options=AWS_TLVS) / Ether() / TCP_SYN),
+        GwlbReason.DROP_BAD_PROTO,
+    ),
+    _drop(
+        "outer_fragment",
+        outer(GENEVE(proto=0x0800, options=AWS_TLVS) / TCP_SYN, flags=1),
+        GwlbReason.DROP_OUTER_FRAGMENT,
+    ),
     # --- truncation -----------------------------------------------------------------
-    _drop("truncated_base_header", outer(Raw(bytes(GENEVE(proto=0x0800))[:5])),
-          GwlbReason.DROP_TRUNCATED),
-    _drop("truncated_options", outer(Raw(bytes(GENEVE(proto=0x0800, options=AWS_TLVS))[:30])),
-          GwlbReason.DROP_TRUNCATED),
-    _drop("truncated_inner", outer(GENEVE(proto=0x0800, options=AWS_TLVS) / Raw(b"\x45" * 12)),
-          GwlbReason.DROP_TRUNCATED),
+    _drop(
+        "truncated_base_header",
+        outer(Raw(bytes(GENEVE(proto=0x0800))[:5])),
+        GwlbReason.DROP_TRUNCATED,
+    ),
+    _drop(
+        "truncated_options",
+        outer(Raw(bytes(GENEVE(proto=0x0800, options=AWS_TLVS))[:30])),
+        GwlbReason.DROP_TRUNCATED,
+    ),
+    _drop(
+        "truncated_inner",
+        outer(GENEVE(proto=0x0800, options=AWS_TLVS) / Raw(b"\x45" * 12)),
+        GwlbReason.DROP_TRUNCATED,
+    ),
     # --- not GENEVE: untouched to the kernel ----------------------------------------
-    GeneveCase("udp_not_6081", Ether(src=GWLB_MAC, dst=LOCAL_MAC) / IP(src=GWLB_IP, dst=LOCAL_IP)
-               / UDP(sport=6081, dport=53), XdpAction.PASS, GwlbReason.PASS_NOT_GENEVE),
-    GeneveCase("health_check_syn", Ether(src=GWLB_MAC, dst=LOCAL_MAC)
-               / IP(src=GWLB_IP, dst=LOCAL_IP) / TCP(sport=33333, dport=8081, flags="S"),
-               XdpAction.PASS, GwlbReason.PASS_NOT_GENEVE),
-    GeneveCase("arp", Ether(src=GWLB_MAC, dst="ff:ff:ff:ff:ff:ff")
-               / ARP(psrc=GWLB_IP, pdst=LOCAL_IP), XdpAction.PASS, GwlbReason.PASS_NOT_GENEVE),
+    GeneveCase(
+        "udp_not_6081",
+        Ether(src=GWLB_MAC, dst=LOCAL_MAC)
+        / IP(src=GWLB_IP, dst=LOCAL_IP)
+        / UDP(sport=6081, dport=53),
+        XdpAction.PASS,
+        GwlbReason.PASS_NOT_GENEVE,
+    ),
+    GeneveCase(
+        "health_check_syn",
+        Ether(src=GWLB_MAC, dst=LOCAL_MAC)
+        / IP(src=GWLB_IP, dst=LOCAL_IP)
+        / TCP(sport=33333, dport=8081, flags="S"),
+        XdpAction.PASS,
+        GwlbReason.PASS_NOT_GENEVE,
+    ),
+    GeneveCase(
+        "arp",
+        Ether(src=GWLB_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=GWLB_IP, pdst=LOCAL_IP),
+        XdpAction.PASS,
+        GwlbReason.PASS_NOT_GENEVE,
+    ),
 )
 
 CASES_BY_NAME = {c.name: c for c in CASES}

@@ -8,8 +8,8 @@ from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from geneve.dataplane import MAX_OPTIONS
 from geneve import GeneveError, Gwlb, GwlbReason, InnerFlow, decapsulate
+from geneve.dataplane import MAX_OPTIONS
 from geneve.errors import (
     BadVersionError,
     MalformedError,
@@ -42,7 +42,8 @@ def test_case(gwlb: Gwlb, case: GeneveCase) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", [c for c in CASES if c.reason in MODEL_ERRORS or c.inner is not None],
+    "case",
+    [c for c in CASES if c.reason in MODEL_ERRORS or c.inner is not None],
     ids=lambda c: c.name,
 )
 def test_reference_model_agrees(case: GeneveCase) -> None:

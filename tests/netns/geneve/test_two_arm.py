@@ -18,8 +18,8 @@ OUTSIDE_IPS = {gw.outside_ip for gw in TOPOLOGY.gateways}
 
 def gateway_counters(netns: str) -> dict[str, int]:
     code = (
-        "import json; from geneve import Gwlb; g = Gwlb(%r, 'gwlb').load(); "
-        "print(json.dumps({k: v['packets'] for k, v in g.counters().items()}))" % netns
+        f"import json; from geneve import Gwlb; g = Gwlb({netns!r}, 'gwlb').load(); "
+        "print(json.dumps({k: v['packets'] for k, v in g.counters().items()}))"
     )
     proc = subprocess.run(
         ["python3", "-c", code],

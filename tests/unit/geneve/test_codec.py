@@ -22,18 +22,29 @@ from geneve import (
 )
 from geneve.codec import MAX_OPTIONS_LEN, PROTO_IPV4, PROTO_IPV6
 
-TLVS = GwlbTlvs(endpoint_id=0x1122334455667788, attachment_id=0x99AABBCCDDEEFF00,
-                flow_cookie=0xDEADBEEF)
+TLVS = GwlbTlvs(
+    endpoint_id=0x1122334455667788, attachment_id=0x99AABBCCDDEEFF00, flow_cookie=0xDEADBEEF
+)
 
 # Annotated golden header: what GWLB puts on the wire for TLVS (40 bytes).
 GOLDEN = bytes.fromhex(
     "08"  # Ver 0, Opt Len 8 words (32 bytes)
     "00"  # O=0 C=0
     "0800"  # protocol IPv4
-    "000000" "00"  # VNI 0, reserved
-    "0108" "01" "02" "1122334455667788"  # class 0x0108 type 1 len 2: endpoint id
-    "0108" "02" "02" "99aabbccddeeff00"  # type 2: attachment id
-    "0108" "03" "01" "deadbeef"  # type 3 len 1: flow cookie
+    "000000"
+    "00"  # VNI 0, reserved
+    "0108"
+    "01"
+    "02"
+    "1122334455667788"  # class 0x0108 type 1 len 2: endpoint id
+    "0108"
+    "02"
+    "02"
+    "99aabbccddeeff00"  # type 2: attachment id
+    "0108"
+    "03"
+    "01"
+    "deadbeef"  # type 3 len 1: flow cookie
 )
 INNER = bytes.fromhex("4500001c000100004011f97a0a00640ac633640a9c4000350008e7a9")
 
@@ -98,7 +109,11 @@ def test_encap_decap_reply_swaps_outer_and_keeps_header() -> None:
     packet = encapsulate(INNER, TLVS.header(PROTO_IPV4), "172.16.1.1", "172.16.1.2", 51000)
     d = decapsulate(packet)
     assert (d.outer_src, d.outer_dst, d.sport, d.inner) == (
-        "172.16.1.1", "172.16.1.2", 51000, INNER)
+        "172.16.1.1",
+        "172.16.1.2",
+        51000,
+        INNER,
+    )
     back = decapsulate(d.reply())
     assert (back.outer_src, back.outer_dst, back.sport) == ("172.16.1.2", "172.16.1.1", 51000)
     assert back.header.raw == d.header.raw
@@ -122,9 +137,9 @@ headers = st.builds(
     GeneveHeader,
     protocol=st.sampled_from([PROTO_IPV4, PROTO_IPV6, 0x6558]),
     vni=st.integers(0, 0xFFFFFF),
-    options=st.lists(options, max_size=6).map(tuple).filter(
-        lambda opts: sum(o.wire_len for o in opts) <= MAX_OPTIONS_LEN
-    ),
+    options=st.lists(options, max_size=6)
+    .map(tuple)
+    .filter(lambda opts: sum(o.wire_len for o in opts) <= MAX_OPTIONS_LEN),
     oam=st.booleans(),
     critical=st.booleans(),
     reserved1=st.integers(0, 0x3F),
@@ -150,7 +165,9 @@ def test_decode_never_crashes(buf: bytes) -> None:
 
 
 @given(
-    st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**32 - 1),
     st.integers(1, 65535),
 )
 def test_roundtrip_gwlb_packet(endpoint: int, attachment: int, cookie: int, sport: int) -> None:

@@ -17,8 +17,12 @@ from geneve.flowkey import KEY_SIZE
 
 
 def test_key_is_symmetric_and_dir_tells_the_sender() -> None:
-    out = InnerFlow.parse(bytes(IP(src="10.0.100.10", dst="198.51.100.10") / TCP(sport=40000, dport=80)))
-    back = InnerFlow.parse(bytes(IP(src="198.51.100.10", dst="10.0.100.10") / TCP(sport=80, dport=40000)))
+    out = InnerFlow.parse(
+        bytes(IP(src="10.0.100.10", dst="198.51.100.10") / TCP(sport=40000, dport=80))
+    )
+    back = InnerFlow.parse(
+        bytes(IP(src="198.51.100.10", dst="10.0.100.10") / TCP(sport=80, dport=40000))
+    )
     assert out is not None and back is not None
     assert out.key()[0] == back.key()[0]
     assert out.key()[1] != back.key()[1]

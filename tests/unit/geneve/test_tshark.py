@@ -26,17 +26,32 @@ def _dissect(tmp_path: Path, ip_packet: bytes) -> dict[str, Any]:
     frame = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x0800) / ip_packet
     wrpcap(str(pcap), [frame])
     out = subprocess.run(
-        ["tshark", "-r", str(pcap), "-T", "json", "-V"], capture_output=True, text=True,
-        timeout=60, check=True,
+        ["tshark", "-r", str(pcap), "-T", "json", "-V"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     layers: dict[str, Any] = json.loads(out)[0]["_source"]["layers"]
     return layers
 
 
 def _fields(tmp_path: Path, *names: str) -> list[list[str]]:
-    argv = ["tshark", "-r", str(tmp_path / "g.pcap"), "-o", "ip.check_checksum:TRUE",
-            "-T", "fields", "-E", "occurrence=a",
-            "-E", "aggregator=;", "-E", "separator=|"]
+    argv = [
+        "tshark",
+        "-r",
+        str(tmp_path / "g.pcap"),
+        "-o",
+        "ip.check_checksum:TRUE",
+        "-T",
+        "fields",
+        "-E",
+        "occurrence=a",
+        "-E",
+        "aggregator=;",
+        "-E",
+        "separator=|",
+    ]
     for name in names:
         argv += ["-e", name]
     line = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
@@ -45,8 +60,9 @@ def _fields(tmp_path: Path, *names: str) -> list[list[str]]:
 
 def test_gwlb_header_as_tshark_reads_it(tmp_path: Path) -> None:
     tlvs = GwlbTlvs(0x1122334455667788, 0x99AABBCCDDEEFF00, 0xDEADBEEF)
-    packet = encapsulate(INNER, tlvs.header(PROTO_IPV4, vni=0x123456), "172.16.1.1",
-                         "172.16.1.2", 51000)
+    packet = encapsulate(
+        INNER, tlvs.header(PROTO_IPV4, vni=0x123456), "172.16.1.1", "172.16.1.2", 51000
+    )
     layers = _dissect(tmp_path, packet)
     g = layers["geneve"]
     assert g["geneve.version"] == "0"
@@ -54,8 +70,13 @@ def test_gwlb_header_as_tshark_reads_it(tmp_path: Path) -> None:
     assert g["geneve.proto_type"] == "0x0800"
     assert int(g["geneve.vni"], 16) == 0x123456
     # Every option, in order (the JSON view keeps only the last of repeated keys).
-    fields = _fields(tmp_path, "geneve.option.class", "geneve.option.type",
-                     "geneve.option.length", "geneve.option.unknown.data")
+    fields = _fields(
+        tmp_path,
+        "geneve.option.class",
+        "geneve.option.type",
+        "geneve.option.length",
+        "geneve.option.unknown.data",
+    )
     assert fields == [
         ["0x0108", "0x0108", "0x0108"],
         ["0x01", "0x02", "0x03"],
@@ -65,13 +86,17 @@ def test_gwlb_header_as_tshark_reads_it(tmp_path: Path) -> None:
     assert "_ws.malformed" not in json.dumps(layers)
     outer = _fields(tmp_path, "udp.dstport", "ip.src", "ip.checksum", "ip.checksum.status")
     assert [col[0] for col in outer] == [
-        "6081", "172.16.1.1", "0x%04x" % int.from_bytes(packet[10:12], "big"), "1"  # 1 = verified good
+        "6081",
+        "172.16.1.1",
+        "0x{:04x}".format(int.from_bytes(packet[10:12], "big")),
+        "1",  # 1 = verified good
     ]
 
 
 def test_critical_bit_and_oam_as_tshark_reads_them(tmp_path: Path) -> None:
-    header = GeneveHeader(PROTO_IPV4, oam=True, critical=True,
-                          options=(GeneveOption(0x0101, 0x81, b"\0" * 4),))
+    header = GeneveHeader(
+        PROTO_IPV4, oam=True, critical=True, options=(GeneveOption(0x0101, 0x81, b"\0" * 4),)
+    )
     layers = _dissect(tmp_path, encapsulate(INNER, header, "10.1.1.1", "10.1.1.2", 1000))
     flags = layers["geneve"]["geneve.flags_tree"]
     assert (flags["geneve.flags.oam"], flags["geneve.flags.critical"]) == ("1", "1")
