@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from control.store import ConfigStore
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("spectra.control")
 
 
 def _needs_root(func: F) -> F:
@@ -137,12 +138,17 @@ def _services(
 ) -> list[Service]:
     """The config API on the document's api.host:port (defaults when the store is empty)."""
     from control.api import ApiSettings, create_app
+    from control.config import ConfigValidationError
     from control.config.services import Api, ApiToken
     from control.services import Service
     from control.status import host_status
-    from control.store import open_store
+    from control.store import StoreError, open_store
 
-    doc = store.latest()[1] if store.head() else None
+    try:
+        doc = store.latest()[1] if store.head() else None
+    except (StoreError, ConfigValidationError) as exc:  # the agent reports it; serve anyway
+        log.error("cannot read the newest document for the API settings: %s", exc)
+        doc = None
     api = doc.api if doc is not None else Api()
     extra: tuple[ApiToken, ...] = ()
     if tokens_file:
@@ -265,6 +271,8 @@ def lab_run(keep: bool) -> None:
     from perf.lab import RUN_DIR, TOPOLOGY, Lab, run_in
 
     LAB_STORE = RUN_DIR / "config.db"
+    for old in RUN_DIR.glob("config.db*"):  # a new lab starts from a new document
+        old.unlink()
     token, entry = token_entry("lab-admin", "admin")
     tokens_file = RUN_DIR / "api-tokens.json"
 

@@ -4,7 +4,8 @@ The gateway hashes everything but the last user message into a partition (tenant
 model, system prompt, history, tools, parameters) and asks this package whether a
 near-identical last message was answered before. Matching is a local MiniLM embedding
 (onnxruntime, no network), brute-force cosine per partition, a threshold and guard
-checks (numbers, names, negations, question words, opposite words must agree).
+checks (numbers, names, negations, question words, opposite words and the roles
+of words around "to", "from", "than" must agree).
 ``python -m perf semcache`` measures the shipped configuration on labelled pairs.
 """
 

@@ -12,7 +12,7 @@ from typing import Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Tuned on one half of the QQP dev pairs and checked on the other (perf/semcache.py).
-DEFAULT_THRESHOLD = 0.90
+DEFAULT_THRESHOLD = 0.94
 
 
 class GuardConfig(BaseModel):
@@ -30,6 +30,8 @@ class GuardConfig(BaseModel):
     """The leading question words must be compatible (why vs how is not)."""
     antonyms: bool = True
     """Neither text holds a word whose opposite is in the other (best vs worst)."""
+    word_order: bool = True
+    """Words around "to", "from", "than", "over" ... keep their roles (A to B vs B to A)."""
 
 
 class SemCacheConfig(BaseModel):

@@ -3,8 +3,9 @@
 Sentence embeddings put "How do I lose weight?" and "How do I gain weight?", or the
 same question about 2019 and about 2020, very close together; serving one's answer
 for the other is the costly mistake of a semantic cache. Each guard extracts one
-feature from both texts (numbers, names, negations, question words, opposite words)
-and refuses the match when they disagree. The rules are general English heuristics,
+feature from both texts (numbers, names, negations, question words, opposite words,
+the roles of words around "to" / "from" / "than") and refuses the match when they
+disagree. The rules are general English heuristics,
 not a list of known pairs.
 """
 
@@ -28,6 +29,7 @@ class Guard(StrEnum):
     NEGATION = "negation"
     QUESTION_WORDS = "question_words"
     ANTONYMS = "antonyms"
+    WORD_ORDER = "word_order"
 
 
 def _split(words: str) -> list[str]:
@@ -40,6 +42,7 @@ _SENTENCE_END = re.compile(r"[.?!:;\"“”()\[\]\n]")
 _NEGATION = re.compile(
     r"\b(?:not|no|never|none|nobody|nothing|nowhere|neither|nor|cannot|without)\b|n['\u2019]t\b"
 )
+_FRAMING_NOT = re.compile(r"\b(?:or not|why not)\b")
 
 _UNITS = _split(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen \
@@ -68,6 +71,13 @@ _NOT_NAMES = frozenset(
     those it he she we they you me him us them vs mr mrs ms dr"""
     )
 )
+
+#: Words that give the words around them roles (from X to Y, X than Y, X over Y).
+_DIRECTIONAL = frozenset(
+    _split("to from than vs versus into against over instead rather before after")
+)
+#: Words too common to carry a role in a swap.
+_FUNCTION_WORDS = _NOT_NAMES | frozenset(_split("get some any best good more most way"))
 
 _WH = ("what", "why", "how", "when", "where", "who", "whom", "whose", "which")
 #: Question words that ask for the same kind of answer.
@@ -136,11 +146,23 @@ class Features:
 
     @cached_property
     def negations(self) -> int:
-        return len(_NEGATION.findall(self.text.lower()))
+        # "... or not?" and "why or why not?" frame a question; they do not negate it.
+        return len(_NEGATION.findall(_FRAMING_NOT.sub(" ", self.text.lower())))
 
     @cached_property
     def entities(self) -> frozenset[str]:
         return frozenset(_stem(w) for w in _entity_words(self.text))
+
+    @cached_property
+    def tokens(self) -> tuple[str, ...]:
+        return tuple(w.lower() for w in self.words)
+
+    @cached_property
+    def first_position(self) -> dict[str, int]:
+        positions: dict[str, int] = {}
+        for i, token in enumerate(self.tokens):
+            positions.setdefault(token, i)
+        return positions
 
     @cached_property
     def question_word(self) -> str | None:
@@ -213,12 +235,32 @@ def _antonyms_agree(a: Features, b: Features) -> bool:
     return True
 
 
+def _word_order_agrees(a: Features, b: Features) -> bool:
+    """Refuse swapped roles: "from Java to .NET" vs "from .NET to Java"."""
+    pa, pb = a.first_position, b.first_position
+    shared = [w for w in pa if w in pb and w not in _FUNCTION_WORDS and w not in _DIRECTIONAL]
+    for i, x in enumerate(shared):
+        for y in shared[i + 1 :]:
+            if (pa[x] < pa[y]) != (pb[x] < pb[y]) and (
+                _directional_between(a.tokens, pa[x], pa[y])
+                and _directional_between(b.tokens, pb[x], pb[y])
+            ):
+                return False
+    return True
+
+
+def _directional_between(tokens: tuple[str, ...], i: int, j: int) -> bool:
+    low, high = min(i, j), max(i, j)
+    return any(t in _DIRECTIONAL for t in tokens[low + 1 : high])
+
+
 CHECKS: dict[Guard, Callable[[Features, Features], bool]] = {
     Guard.NUMBERS: _numbers_agree,
     Guard.ENTITIES: _entities_agree,
     Guard.NEGATION: _negation_agrees,
     Guard.QUESTION_WORDS: _question_words_agree,
     Guard.ANTONYMS: _antonyms_agree,
+    Guard.WORD_ORDER: _word_order_agrees,
 }
 
 

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 from control.config import ConfigDocument, canonical_json, dump_document, parse_document
 from control.config.errors import ConfigValidationError
@@ -50,23 +51,34 @@ class SqliteStore:
     def __init__(self, path: Path | str = DEFAULT_PATH) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
+        # No os.open()/close() of the database file: closing any descriptor of it drops
+        # every POSIX lock this process holds on it, including other connections' (a
+        # second store in the same process would make SQLite delete a live WAL).
+        old_umask = os.umask(0o077)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=10.0
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")  # creates the files: 0600
+            self._db.execute(_SCHEMA)
+        finally:
+            os.umask(old_umask)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def head(self) -> int:
+    def _one(self, sql: str, args: tuple[object, ...] = ()) -> tuple[Any, ...] | None:
+        """One row, with the statement run to completion: a half-read SELECT keeps its
+        read transaction (and a stale WAL snapshot) open on this connection."""
         with self._lock:
-            row = self._db.execute("SELECT MAX(version) FROM revisions").fetchone()
-        return int(row[0] or 0)
+            rows = self._db.execute(sql, args).fetchall()
+        return tuple(rows[0]) if rows else None
+
+    def head(self) -> int:
+        row = self._one("SELECT MAX(version) FROM revisions")
+        return int(row[0] or 0) if row else 0
 
     def latest(self) -> tuple[int, ConfigDocument]:
         version = self.head()
@@ -75,10 +87,7 @@ class SqliteStore:
         return version, self.get(version)
 
     def get(self, version: int) -> ConfigDocument:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT document, sha256 FROM revisions WHERE version = ?", (version,)
-            ).fetchone()
+        row = self._one("SELECT document, sha256 FROM revisions WHERE version = ?", (version,))
         if row is None:
             raise VersionNotFound(version)
         text, digest = row
@@ -90,10 +99,7 @@ class SqliteStore:
             raise CorruptRevision(f"config version {version}: {exc}") from None
 
     def info(self, version: int) -> VersionInfo:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {_INFO_COLUMNS} FROM revisions WHERE version = ?", (version,)
-            ).fetchone()
+        row = self._one(f"SELECT {_INFO_COLUMNS} FROM revisions WHERE version = ?", (version,))
         if row is None:
             raise VersionNotFound(version)
         return VersionInfo(*row)

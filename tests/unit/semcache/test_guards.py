@@ -54,6 +54,9 @@ def test_negations_must_agree(a: str, b: str) -> None:
 
 def test_negations_written_differently_agree() -> None:
     assert check("Why can't I sleep at night?", "Why am I not able to sleep at night?", ALL) is None
+    # "or not" / "why not" frame a yes-no question; they do not negate it.
+    assert check("Are tachyons real?", "Are tachyons real or not?", ALL) is None
+    assert check("Is coffee healthy? Why or why not?", "Is coffee healthy?", ALL) is None
 
 
 @pytest.mark.parametrize(
@@ -97,6 +100,28 @@ def test_opposite_words_are_refused() -> None:
     assert check("What is the best laptop?", "What is the worst laptop?", ALL) is Guard.ANTONYMS
     # Both words in both texts: the same question.
     assert check("Pros and cons: buy or sell?", "Buy or sell, pros and cons?", ALL) is None
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("What was ported from .NET to Java?", "What was ported from Java to .NET?"),
+        (
+            "How do I convert current source to voltage source?",
+            "How do I convert voltage source to current source?",
+        ),
+        ("Are cats smarter than dogs?", "Are dogs smarter than cats?"),
+    ],
+)
+def test_swapped_roles_are_refused(a: str, b: str) -> None:
+    assert check(a, b, ALL) is Guard.WORD_ORDER
+
+
+def test_reordered_words_without_a_role_word_pass() -> None:
+    assert (
+        check("Which laptop and phone should I buy?", "Which phone and laptop should I buy?", ALL)
+        is None
+    )
 
 
 def test_identical_texts_pass_every_guard() -> None:
