@@ -19,7 +19,6 @@ from perf.tools import SUITE_TOOLS, ToolMissing, require
 SUITES = ("dataplane", "nfq", "geneve", "ai", "all", "config", "semcache")
 NOT_YET_BUILT = {
     "geneve": ("geneve_two_arm", "not yet built (GENEVE issue)"),
-    "ai": ("ai_gateway", "not yet built (AI-gateway issue)"),
 }
 # Suites with a command line of their own (they write their own JSON); not in "all".
 STANDALONE = {
@@ -154,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             results += with_lab(target, lambda: run_dataplane(args, target))
         if "nfq" in suites:
             results += with_lab(target, lambda: run_nfq(args))
+        if "ai" in suites:
+            from perf import ai
+
+            results += ai.run(args.quick, progress=_progress)
         for suite in suites:
             if suite in NOT_YET_BUILT:
                 results += not_built(suite)

@@ -621,8 +621,8 @@ def goal_results(out: Outcome, settings: Settings) -> list[Result]:
             results.append(Result(
                 "goal_sustained_rps", f"{GATEWAY}/{mode}", "rps", mine[0] if mine else None,
                 f"{factor:g} x {other}", goal, valid=goal is not None, lower_is_better=False,
-                note="met" if ok else "NOT met" if goal else
-                f"not measurable ({other} {'sustains no rate of the ladder' if theirs else 'unavailable'})"))
+                note="met" if ok else "NOT met" if goal else f"not measurable ({other} "
+                + ("sustains no rate of the ladder)" if theirs else "unavailable)")))
     return results
 
 
