@@ -96,12 +96,9 @@ internal external|private public|upper lower|add remove|up down|inside outside|
 introvert extrovert|like dislike|include exclude|always never|success failure|
 succeed fail|heavy light|safe dangerous|healthy unhealthy|rise fall|above below|
 over under|past future|asleep awake|sleep wake|right wrong|arrive leave|push pull|
-employer employee|teacher student|parent child|parents children|visa passport|
+employer employee|teacher student|parent child|parents children|
 loss gain|lost found|forget remember|dead alive|death life|send receive|give take|
 friend enemy|mac windows|android ios|buyers sellers|seller buyer|developed developing"""
-OPPOSITES: tuple[tuple[str, str], ...] = tuple(
-    (a, b) for a, b in (pair.split() for pair in _OPPOSITES.replace("\n", "").split("|"))
-)
 
 
 def _stem(word: str) -> str:
@@ -112,6 +109,13 @@ def _stem(word: str) -> str:
     if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
         word = word[:-1]
     return word
+
+
+#: Pairs of opposite words, in the stemmed form that ``Features.lower`` holds.
+OPPOSITES: frozenset[tuple[str, str]] = frozenset(
+    (_stem(a), _stem(b))
+    for a, b in (pair.split() for pair in _OPPOSITES.replace("\n", "").split("|"))
+)
 
 
 def _number(token: str) -> str:
