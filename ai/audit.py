@@ -39,7 +39,8 @@ def segments(path: Path) -> list[Path]:
     """Rotated segments oldest first, then the active file."""
     pattern = re.compile(re.escape(path.name) + r"\.(\d+)$")
     rotated = sorted(
-        (int(m.group(1)), p) for p in path.parent.glob(path.name + ".*")
+        (int(m.group(1)), p)
+        for p in path.parent.glob(path.name + ".*")
         if (m := pattern.match(p.name))
     )
     return [p for _, p in rotated] + ([path] if path.exists() else [])
@@ -150,8 +151,14 @@ class AuditReport:
     line: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "records": self.records, "files": list(self.files),
-                "error": self.error, "file": self.file, "line": self.line}
+        return {
+            "ok": self.ok,
+            "records": self.records,
+            "files": list(self.files),
+            "error": self.error,
+            "file": self.file,
+            "line": self.line,
+        }
 
 
 def verify(path: Path | str, *, allow_pruned: bool = False) -> AuditReport:
@@ -187,8 +194,9 @@ def verify(path: Path | str, *, allow_pruned: bool = False) -> AuditReport:
                     # A pruned log: the oldest kept record anchors the chain.
                     prev, seq = str(record.get("prev")), int(record.get("seq", 0))
                 if record.get("prev") != prev:
-                    return fail("chain broken: prev does not match the record before",
-                                segment, number)
+                    return fail(
+                        "chain broken: prev does not match the record before", segment, number
+                    )
                 if record.get("seq") != seq:
                     return fail(f"sequence gap: expected {seq}", segment, number)
                 prev, seq, count = str(record["h"]), seq + 1, count + 1
@@ -209,5 +217,3 @@ class NullAudit:
 
     async def close(self) -> None:
         return None
-
-

@@ -37,12 +37,14 @@ class Prices:
         if price is None:
             return 0.0
         cached_rate = (
-            price.input_per_mtok if price.cached_input_per_mtok is None
+            price.input_per_mtok
+            if price.cached_input_per_mtok is None
             else price.cached_input_per_mtok
         )
         uncached = usage.prompt_tokens - usage.cached_tokens
         return (
-            uncached * price.input_per_mtok + usage.cached_tokens * cached_rate
+            uncached * price.input_per_mtok
+            + usage.cached_tokens * cached_rate
             + usage.completion_tokens * price.output_per_mtok
         ) / 1e6
 
@@ -92,7 +94,11 @@ class Budgets:
             state.tokens.popleft()
 
     def reserve(
-        self, key_id: str, limits: BudgetConfig, prompt_tokens: int, completion_tokens: int,
+        self,
+        key_id: str,
+        limits: BudgetConfig,
+        prompt_tokens: int,
+        completion_tokens: int,
         cost: float,
     ) -> Reservation:
         """Reserve or raise 429; the completion cap shrinks to what the budget allows."""
@@ -120,7 +126,8 @@ class Budgets:
                 raise RateLimited(
                     f"rate limit of {limits.tokens_per_minute} tokens per minute reached",
                     retry_after=int(WINDOW_S - (now - state.tokens[0].at)) + 1
-                    if state.tokens else int(WINDOW_S),
+                    if state.tokens
+                    else int(WINDOW_S),
                 )
         if limits.max_cost_usd is not None and (
             state.used_cost + state.reserved_cost + cost > limits.max_cost_usd

@@ -84,17 +84,21 @@ class ExactCache:
         existed = db.execute("SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone()
         db.execute(
             "INSERT OR REPLACE INTO entries (key, tenant, value, created, expires) "
-            "VALUES (?, ?, ?, ?, ?)", (key, tenant, value, now, now + self._config.ttl_s),
+            "VALUES (?, ?, ?, ?, ?)",
+            (key, tenant, value, now, now + self._config.ttl_s),
         )
         self._count += 0 if existed else 1
         if self._count > self._config.max_entries:
             db.execute("DELETE FROM entries WHERE expires < ?", (now,))
             over = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0] - (
-                self._config.max_entries)
+                self._config.max_entries
+            )
             if over > 0:
                 db.execute(
                     "DELETE FROM entries WHERE key IN "
-                    "(SELECT key FROM entries ORDER BY created LIMIT ?)", (over,))
+                    "(SELECT key FROM entries ORDER BY created LIMIT ?)",
+                    (over,),
+                )
             self._count = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
 
     async def put(self, key: str, tenant: str, value: dict[str, Any]) -> None:

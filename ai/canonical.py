@@ -10,8 +10,9 @@ import hashlib
 import json
 from typing import Any
 
-VOLATILE = frozenset({"stream", "stream_options", "user", "request_id", "metadata", "store",
-                      "service_tier"})
+VOLATILE = frozenset(
+    {"stream", "stream_options", "user", "request_id", "metadata", "store", "service_tier"}
+)
 
 
 def canonical_json(value: Any) -> str:

@@ -25,7 +25,9 @@ class Envelope:
 
     def completion(self, choices: list[dict[str, Any]], usage: Usage | None) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "id": self.id, "object": "chat.completion", "created": self.created,
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
             "model": self.model,
             "choices": [{"logprobs": None, **c} for c in choices],
         }
@@ -35,16 +37,28 @@ class Envelope:
 
     def chunk(self, delta: ChoiceDelta) -> dict[str, Any]:
         return {
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
             "model": self.model,
-            "choices": [{"index": delta.index, "delta": delta.delta,
-                         "finish_reason": delta.finish_reason, "logprobs": None}],
+            "choices": [
+                {
+                    "index": delta.index,
+                    "delta": delta.delta,
+                    "finish_reason": delta.finish_reason,
+                    "logprobs": None,
+                }
+            ],
         }
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         return {
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
-            "model": self.model, "choices": [], "usage": usage.to_openai(),
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage.to_openai(),
         }
 
 
@@ -73,8 +87,10 @@ class Assembler:
         if delta.delta.get("content"):
             choice.content.append(delta.delta["content"])
         for call in delta.delta.get("tool_calls") or ():
-            slot = choice.tools.setdefault(call.get("index", 0), {
-                "id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+            slot = choice.tools.setdefault(
+                call.get("index", 0),
+                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+            )
             slot["id"] = call.get("id") or slot["id"]
             fn = call.get("function") or {}
             slot["function"]["name"] += fn.get("name") or ""
@@ -87,18 +103,27 @@ class Assembler:
         return bool(self._choices) and all(c.finish_reason for c in self._choices.values())
 
     def text(self) -> str:
-        return "".join("".join(c.content) + "".join(
-            t["function"]["arguments"] for t in c.tools.values()) for c in self._choices.values())
+        return "".join(
+            "".join(c.content) + "".join(t["function"]["arguments"] for t in c.tools.values())
+            for c in self._choices.values()
+        )
 
     def choices(self) -> list[dict[str, Any]]:
         out = []
         for index, choice in sorted(self._choices.items()):
-            message: dict[str, Any] = {"role": "assistant",
-                                       "content": "".join(choice.content) or None}
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": "".join(choice.content) or None,
+            }
             if choice.tools:
                 message["tool_calls"] = [t for _, t in sorted(choice.tools.items())]
-            out.append({"index": index, "message": message,
-                        "finish_reason": choice.finish_reason or "stop"})
+            out.append(
+                {
+                    "index": index,
+                    "message": message,
+                    "finish_reason": choice.finish_reason or "stop",
+                }
+            )
         return out
 
 
@@ -112,8 +137,11 @@ def replay_chunks(choices: list[dict[str, Any]]) -> list[ChoiceDelta]:
             out.append(ChoiceDelta({"content": message["content"]}, None, index))
         calls = message.get("tool_calls") or []
         if calls:
-            out.append(ChoiceDelta({"tool_calls": [{"index": i, **c} for i, c in enumerate(
-                calls)]}, None, index))
+            out.append(
+                ChoiceDelta(
+                    {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}, None, index
+                )
+            )
         out.append(ChoiceDelta({}, choice.get("finish_reason") or "stop", index))
     return out
 

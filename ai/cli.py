@@ -38,8 +38,11 @@ def audit_verify(path: Path, allow_pruned: bool, as_json: bool) -> None:
     elif report.ok:
         click.echo(f"ok: {report.records} records in {len(report.files)} file(s)")
     else:
-        click.echo(f"FAILED: {report.error} at {report.file}:{report.line} "
-                   f"({report.records} records verified before it)", err=True)
+        click.echo(
+            f"FAILED: {report.error} at {report.file}:{report.line} "
+            f"({report.records} records verified before it)",
+            err=True,
+        )
     sys.exit(0 if report.ok else 1)
 
 

@@ -38,8 +38,13 @@ async def embeddings(
     if route.provider.kind not in EMBEDDING_PROVIDERS:
         raise BadRequest(f"model {body['model']} does not offer embeddings", param="model")
     estimate = count_text(_input_text(body["input"]))
-    reservation = gw.budgets.reserve(principal.key_id, principal.budget, estimate, 0,
-                                     gw.prices.cost(body["model"], Usage(estimate)))
+    reservation = gw.budgets.reserve(
+        principal.key_id,
+        principal.budget,
+        estimate,
+        0,
+        gw.prices.cost(body["model"], Usage(estimate)),
+    )
     usage: Usage | None = None
     overflow = route.route.overflow
     admission = gw.admissions.get(route.route.pattern)
@@ -47,37 +52,52 @@ async def embeddings(
         admitted = admission is not None and admission.try_acquire()
         if admission is not None and not admitted:
             assert overflow is not None
-            trace.overflow = {"policy": overflow.policy, "decision": "rejected",
-                              "reason": "admission limit reached"}
-            raise Overloaded(f"local model {body['model']} is at its admission limit",
-                             retry_after=overflow.retry_after_s)
+            trace.overflow = {
+                "policy": overflow.policy,
+                "decision": "rejected",
+                "reason": "admission limit reached",
+            }
+            raise Overloaded(
+                f"local model {body['model']} is at its admission limit",
+                retry_after=overflow.retry_after_s,
+            )
         try:
-            call = UpstreamCall({**body, "model": route.upstream_model}, gw.session,
-                                route.provider, route.credentials)
+            call = UpstreamCall(
+                {**body, "model": route.upstream_model},
+                gw.session,
+                route.provider,
+                route.credentials,
+            )
             trace.mark("upstream_start")
             data = await route.adapter.embed(call)
         except ProviderError as exc:
             trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
             if overflow is not None:
-                trace.overflow = {"policy": overflow.policy, "decision": "rejected",
-                                  "reason": exc.kind}
-                raise Overloaded(f"local model {body['model']} is unavailable ({exc.kind})",
-                                 retry_after=overflow.retry_after_s) from None
+                trace.overflow = {
+                    "policy": overflow.policy,
+                    "decision": "rejected",
+                    "reason": exc.kind,
+                }
+                raise Overloaded(
+                    f"local model {body['model']} is unavailable ({exc.kind})",
+                    retry_after=overflow.retry_after_s,
+                ) from None
             raise UpstreamFailed(
-                f"upstream provider {route.provider_name} failed ({exc.kind})") from None
+                f"upstream provider {route.provider_name} failed ({exc.kind})"
+            ) from None
         finally:
             if admission is not None and admitted:
                 admission.release()
         trace.mark("upstream_done")
         raw = data.get("usage") or {}
-        usage = Usage(int(raw.get("prompt_tokens") or 0)) if raw else Usage(
-            estimate, estimated=True)
+        usage = (
+            Usage(int(raw.get("prompt_tokens") or 0)) if raw else Usage(estimate, estimated=True)
+        )
         trace.usage, trace.cost_usd = usage, gw.prices.cost(body["model"], usage)
         trace.commit = "completed"
         gw.metering.record(principal.key_id, body["model"], usage, trace.cost_usd)
         data["model"] = body["model"]
-        data["usage"] = {"prompt_tokens": usage.prompt_tokens,
-                         "total_tokens": usage.prompt_tokens}
+        data["usage"] = {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens}
         return web.json_response(data)
     finally:
         gw.budgets.reconcile(reservation, usage, trace.cost_usd)

@@ -17,7 +17,11 @@ class GatewayError(Exception):
     code: str | None = None
 
     def __init__(
-        self, message: str, *, param: str | None = None, code: str | None = None,
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
         retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
@@ -30,7 +34,9 @@ class GatewayError(Exception):
     def body(self) -> dict[str, Any]:
         return {
             "error": {
-                "message": self.message, "type": self.type, "param": self.param,
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
                 "code": self.code,
             }
         }

@@ -55,8 +55,12 @@ class Gateway:
     """The services of one gateway process and the pipeline over them."""
 
     def __init__(
-        self, config: AIConfig, router: Router, session: aiohttp.ClientSession,
-        cache: ExactCache | None, semcache: SemanticCache | None,
+        self,
+        config: AIConfig,
+        router: Router,
+        session: aiohttp.ClientSession,
+        cache: ExactCache | None,
+        semcache: SemanticCache | None,
         audit: AuditLog | NullAudit,
     ) -> None:
         self.config = config
@@ -89,16 +93,27 @@ class Gateway:
         n = body.get("n") or 1
         if n > 1 and route.provider.kind in SINGLE_CHOICE_PROVIDERS:
             raise BadRequest(f"n > 1 is not supported for model {body['model']}", param="n")
-        want = (body.get("max_completion_tokens") or body.get("max_tokens")
-                or self.config.completion_reserve_tokens)
+        want = (
+            body.get("max_completion_tokens")
+            or body.get("max_tokens")
+            or self.config.completion_reserve_tokens
+        )
         req = ChatRun(
-            http, principal, body, route,
-            Envelope(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body["model"]), stream,
+            http,
+            principal,
+            body,
+            route,
+            Envelope(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body["model"]),
+            stream,
             stream and bool((body.get("stream_options") or {}).get("include_usage")),
-            count_messages(body["messages"], body.get("tools")), want,
+            count_messages(body["messages"], body.get("tools")),
+            want,
         )
         reservation = self.budgets.reserve(
-            principal.key_id, principal.budget, req.prompt_estimate, want * n,
+            principal.key_id,
+            principal.budget,
+            req.prompt_estimate,
+            want * n,
             self.prices.cost(body["model"], Usage(req.prompt_estimate, want * n)),
         )
         trace.mark("admitted")
@@ -128,7 +143,8 @@ class Gateway:
                 if leader:
                     self.flights.finish(key, None if outcome is None else outcome.value)
             usage = outcome.usage or Usage(
-                req.prompt_estimate, count_text(outcome.text), estimated=True)
+                req.prompt_estimate, count_text(outcome.text), estimated=True
+            )
             trace.usage, trace.cost_usd = usage, self.prices.cost(body["model"], usage)
             self.metering.record(principal.key_id, body["model"], usage, trace.cost_usd)
             if self.config.audit.include_content:
@@ -176,15 +192,20 @@ class Gateway:
     ) -> web.StreamResponse:
         overflow = req.route.route.overflow
         assert overflow is not None and overflow.spill_model is not None
-        trace.overflow = {"policy": "spill", "decision": "spilled", "reason": reason,
-                          "to": overflow.spill_model}
+        trace.overflow = {
+            "policy": "spill",
+            "decision": "spilled",
+            "reason": reason,
+            "to": overflow.spill_model,
+        }
         trace.commit = "none"
         self.budgets.reconcile(reservation, None, 0.0)
         log.info("spilling %s to %s: %s", req.body["model"], overflow.spill_model, reason)
         child = trace.child()
         try:
             return await self.chat(
-                req.http, req.principal, {**req.body, "model": overflow.spill_model}, child)
+                req.http, req.principal, {**req.body, "model": overflow.spill_model}, child
+            )
         except GatewayError as exc:
             child.fail(exc)
             raise
@@ -230,8 +251,12 @@ class Gateway:
                 continue
             if overflow.policy == "spill":
                 raise _Spill(reason)
-            trace.overflow = {"policy": overflow.policy, "decision": "rejected",
-                              "reason": reason, "attempts": attempts}
+            trace.overflow = {
+                "policy": overflow.policy,
+                "decision": "rejected",
+                "reason": reason,
+                "attempts": attempts,
+            }
             raise Overloaded(
                 f"local model {req.body['model']} is unavailable ({reason}); "
                 f"overflow policy `{overflow.policy}` sent nothing elsewhere",
@@ -239,15 +264,22 @@ class Gateway:
             )
 
     def _upstream_error(self, req: ChatRun, exc: ProviderError, trace: Trace) -> GatewayError:
-        log.warning("upstream %s failed before the first token: %s (status %s)",
-                    req.route.provider_name, exc.kind, exc.status)
+        log.warning(
+            "upstream %s failed before the first token: %s (status %s)",
+            req.route.provider_name,
+            exc.kind,
+            exc.status,
+        )
         trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
         if exc.status == 429:
-            return RateLimited(f"upstream provider {req.route.provider_name} is rate limiting",
-                               retry_after=exc.retry_after)
+            return RateLimited(
+                f"upstream provider {req.route.provider_name} is rate limiting",
+                retry_after=exc.retry_after,
+            )
         return UpstreamFailed(
             f"upstream provider {req.route.provider_name} failed ({exc.kind}"
-            + (f", HTTP {exc.status})" if exc.status else ")"))
+            + (f", HTTP {exc.status})" if exc.status else ")")
+        )
 
     def _call(self, req: ChatRun, reservation: Reservation) -> tuple[UpstreamCall, bool]:
         body = {k: v for k, v in req.body.items() if k not in ("stream", "stream_options")}
@@ -274,7 +306,6 @@ class Gateway:
         text = choices_text(completion.choices)
         usage = completion.usage or Usage(req.prompt_estimate, count_text(text), estimated=True)
         truncated = clamped and any(c["finish_reason"] == "length" for c in completion.choices)
-        value = None if truncated else {"choices": completion.choices,
-                                        "usage": usage.to_openai()}
+        value = None if truncated else {"choices": completion.choices, "usage": usage.to_openai()}
         body = req.envelope.completion(completion.choices, usage)
         return Outcome(web.json_response(body), value, usage, text)

@@ -37,7 +37,8 @@ def _credentials(config: ProviderConfig, env: Mapping[str, str]) -> Credentials:
         return None if ref is None else resolve_secret(ref, env)
 
     return Credentials(
-        api_key=get(config.api_key), aws_access_key_id=get(config.aws_access_key_id),
+        api_key=get(config.api_key),
+        aws_access_key_id=get(config.aws_access_key_id),
         aws_secret_access_key=get(config.aws_secret_access_key),
         aws_session_token=get(config.aws_session_token),
     )
@@ -56,8 +57,12 @@ class Router:
             if route.matches(model):
                 provider = self._providers[route.provider]
                 return Route(
-                    route, route.provider, provider, REGISTRY[provider.kind],
-                    self._credentials[route.provider], model,
+                    route,
+                    route.provider,
+                    provider,
+                    REGISTRY[provider.kind],
+                    self._credentials[route.provider],
+                    model,
                     model.removeprefix(route.strip_prefix),
                 )
         raise ModelNotFound(

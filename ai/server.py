@@ -45,26 +45,32 @@ def error_response(exc: GatewayError) -> web.Response:
 
 async def read_json(request: web.Request, limit: int) -> Any:
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the "
-                              f"limit of {limit} bytes")
+        raise PayloadTooLarge(
+            f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes"
+        )
     body = await request.content.read(limit + 1)
     if len(body) > limit:
         raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
     try:
         return json.loads(body)
     except json.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc.msg} at position {exc.pos}"
-                         ) from None
+        raise BadRequest(
+            f"request body is not valid JSON: {exc.msg} at position {exc.pos}"
+        ) from None
     except ValueError:
         raise BadRequest("request body is not valid UTF-8 JSON") from None
 
 
 Handler = Callable[
-    [web.Request, Gateway, Principal, dict[str, Any], Trace], Awaitable[web.StreamResponse]]
+    [web.Request, Gateway, Principal, dict[str, Any], Trace], Awaitable[web.StreamResponse]
+]
 
 
-def _endpoint(name: str, parse: Callable[[Any], dict[str, Any]], run: Handler,
-              ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _endpoint(
+    name: str,
+    parse: Callable[[Any], dict[str, Any]],
+    run: Handler,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         gw, trace = request.app[GATEWAY], Trace(name)
         try:
@@ -72,7 +78,10 @@ def _endpoint(name: str, parse: Callable[[Any], dict[str, Any]], run: Handler,
                 await read_json(request, gw.config.max_body_bytes)
             principal = request.app[KEYS].identify(request.headers.get("Authorization"))
             trace.key_id, trace.key_hash, trace.tenant = (
-                principal.key_id, principal.key_hash, principal.tenant)
+                principal.key_id,
+                principal.key_hash,
+                principal.tenant,
+            )
             check_not_revoked(principal)
             trace.mark("auth")
             body = parse(await read_json(request, gw.config.max_body_bytes))
@@ -86,13 +95,15 @@ def _endpoint(name: str, parse: Callable[[Any], dict[str, Any]], run: Handler,
     return handler
 
 
-async def _chat(request: web.Request, gw: Gateway, principal: Principal, body: dict[str, Any],
-                trace: Trace) -> web.StreamResponse:
+async def _chat(
+    request: web.Request, gw: Gateway, principal: Principal, body: dict[str, Any], trace: Trace
+) -> web.StreamResponse:
     return await gw.chat(request, principal, body, trace)
 
 
-async def _embeddings(request: web.Request, gw: Gateway, principal: Principal,
-                      body: dict[str, Any], trace: Trace) -> web.StreamResponse:
+async def _embeddings(
+    request: web.Request, gw: Gateway, principal: Principal, body: dict[str, Any], trace: Trace
+) -> web.StreamResponse:
     return await embeddings(gw, principal, body, trace)
 
 
@@ -101,30 +112,41 @@ async def models(request: web.Request) -> web.StreamResponse:
         request.app[KEYS].authenticate(request.headers.get("Authorization"))
     except GatewayError as exc:
         return error_response(exc)
-    data = [{"id": m, "object": "model", "created": 0, "owned_by": provider}
-            for m, provider in request.app[GATEWAY].router.listed()]
+    data = [
+        {"id": m, "object": "model", "created": 0, "owned_by": provider}
+        for m, provider in request.app[GATEWAY].router.listed()
+    ]
     return web.json_response({"object": "list", "data": data})
 
 
-def _resources(config: AIConfig, env: Mapping[str, str], semcache: SemanticCache | None,
-               ) -> Callable[[web.Application], AsyncIterator[None]]:
+def _resources(
+    config: AIConfig,
+    env: Mapping[str, str],
+    semcache: SemanticCache | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         cache = ExactCache(config.exact_cache) if config.exact_cache.enabled else None
         audit: AuditLog | NullAudit = (
-            AuditLog(config.audit) if config.audit.path is not None else NullAudit())
+            AuditLog(config.audit) if config.audit.path is not None else NullAudit()
+        )
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), auto_decompress=True)
+            connector=aiohttp.TCPConnector(limit=0), auto_decompress=True
+        )
         try:
             if cache is not None:
                 await cache.open()
             await audit.start()
             sem = semcache
-            if sem is None and config.semantic_cache.settings is not None and (
-                    config.semantic_cache.settings.enabled):
+            if (
+                sem is None
+                and config.semantic_cache.settings is not None
+                and (config.semantic_cache.settings.enabled)
+            ):
                 from ai.semcache import create_semantic_cache
 
                 sem = await asyncio.to_thread(  # loads the embedding model
-                    create_semantic_cache, config.semantic_cache.settings)
+                    create_semantic_cache, config.semantic_cache.settings
+                )
             app[GATEWAY] = Gateway(config, Router(config, env), session, cache, sem, audit)
             yield
         finally:
@@ -137,7 +159,9 @@ def _resources(config: AIConfig, env: Mapping[str, str], semcache: SemanticCache
 
 
 def create_app(
-    config: AIConfig, *, env: Mapping[str, str] | None = None,
+    config: AIConfig,
+    *,
+    env: Mapping[str, str] | None = None,
     semantic_cache: SemanticCache | None = None,
 ) -> web.Application:
     """The gateway app; ``env`` resolves secret references (default: os.environ)."""
@@ -171,7 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = load_config(args.config)
     web.run_app(
-        create_app(config), host=args.host or config.listen_host,
-        port=config.listen_port if args.port is None else args.port, print=None,
+        create_app(config),
+        host=args.host or config.listen_host,
+        port=config.listen_port if args.port is None else args.port,
+        print=None,
         access_log=None,
     )

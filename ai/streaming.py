@@ -54,14 +54,18 @@ class Outcome:
 
 
 async def stream_answer(
-    req: ChatRun, call: UpstreamCall, clamped: bool, trace: Trace,
+    req: ChatRun,
+    call: UpstreamCall,
+    clamped: bool,
+    trace: Trace,
     ttft: float | None,
 ) -> Outcome:
     items = req.route.adapter.stream(call)
     assembler, pending, usage = Assembler(), list[ChoiceDelta](), None
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + (ttft or req.route.route.ttft_timeout_s
-                              or req.route.provider.request_timeout_s)
+    deadline = loop.time() + (
+        ttft or req.route.route.ttft_timeout_s or req.route.provider.request_timeout_s
+    )
     try:
         # Before the commit point: buffer, and let failures reach the overflow policy.
         committed = False
@@ -70,12 +74,10 @@ async def stream_answer(
                 item = await asyncio.wait_for(anext(items), deadline - loop.time())
             except StopAsyncIteration:
                 if not pending:
-                    raise ProviderError("protocol", "stream ended before any output"
-                                        ) from None
+                    raise ProviderError("protocol", "stream ended before any output") from None
                 break
             except TimeoutError:
-                raise ProviderError("timeout", "time-to-first-token deadline passed"
-                                    ) from None
+                raise ProviderError("timeout", "time-to-first-token deadline passed") from None
             if isinstance(item, Usage):
                 usage = item
                 continue
@@ -83,25 +85,31 @@ async def stream_answer(
             pending.append(item)
             committed = item.has_content
         trace.mark("first_token")
-        response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await response.prepare(req.http)
         trace.commit = "committed"
-        usage = await _stream_rest(req, response, items, pending, assembler, usage,
-                                        trace)
+        usage = await _stream_rest(req, response, items, pending, assembler, usage, trace)
     finally:
         await items.aclose()  # type: ignore[attr-defined]
     trace.mark("upstream_done")
     value = None
-    if trace.commit == "completed" and assembler.complete and not (
-        clamped and any(c["finish_reason"] == "length" for c in assembler.choices())
+    if (
+        trace.commit == "completed"
+        and assembler.complete
+        and not (clamped and any(c["finish_reason"] == "length" for c in assembler.choices()))
     ):
-        value = {"choices": assembler.choices(),
-                 "usage": (usage or Usage()).to_openai()}
+        value = {"choices": assembler.choices(), "usage": (usage or Usage()).to_openai()}
     return Outcome(response, value, usage, assembler.text())
 
+
 async def collect_answer(
-    req: ChatRun, call: UpstreamCall, clamped: bool, trace: Trace, ttft: float,
+    req: ChatRun,
+    call: UpstreamCall,
+    clamped: bool,
+    trace: Trace,
+    ttft: float,
 ) -> Outcome:
     """A non-stream answer read from the upstream stream, under the TTFT deadline.
 
@@ -116,12 +124,12 @@ async def collect_answer(
         while True:
             try:
                 item = await asyncio.wait_for(
-                    anext(items), None if seen else deadline - loop.time())
+                    anext(items), None if seen else deadline - loop.time()
+                )
             except StopAsyncIteration:
                 break
             except TimeoutError:
-                raise ProviderError("timeout", "time-to-first-token deadline passed"
-                                    ) from None
+                raise ProviderError("timeout", "time-to-first-token deadline passed") from None
             if isinstance(item, Usage):
                 usage = item
                 continue
@@ -134,7 +142,8 @@ async def collect_answer(
         trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
         raise UpstreamFailed(
             f"upstream provider {req.route.provider_name} failed mid-response "
-            f"({exc.kind}); the response is incomplete") from None
+            f"({exc.kind}); the response is incomplete"
+        ) from None
     finally:
         await items.aclose()  # type: ignore[attr-defined]
     if not assembler.complete and not seen:
@@ -148,9 +157,15 @@ async def collect_answer(
     body = req.envelope.completion(choices, usage)
     return Outcome(web.json_response(body), value, usage, text)
 
+
 async def _stream_rest(
-    req: ChatRun, response: web.StreamResponse, items: AsyncIterator[StreamItem],
-    pending: list[ChoiceDelta], assembler: Assembler, usage: Usage | None, trace: Trace,
+    req: ChatRun,
+    response: web.StreamResponse,
+    items: AsyncIterator[StreamItem],
+    pending: list[ChoiceDelta],
+    assembler: Assembler,
+    usage: Usage | None,
+    trace: Trace,
 ) -> Usage | None:
     try:
         for delta in pending:
@@ -164,24 +179,36 @@ async def _stream_rest(
                 await response.write(sse(req.envelope.chunk(item)))
         except ProviderError as exc:
             # After the commit point: never switch models; end in-band, no [DONE].
-            log.warning("upstream %s failed after the first token: %s",
-                        req.route.provider_name, exc.kind)
+            log.warning(
+                "upstream %s failed after the first token: %s", req.route.provider_name, exc.kind
+            )
             trace.commit = "truncated"
             trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
-            await response.write(sse({"error": {
-                "message": f"upstream provider {req.route.provider_name} failed mid-stream"
-                           f" ({exc.kind}); the response is incomplete",
-                "type": "api_error", "param": None, "code": "upstream_truncated"}}))
+            await response.write(
+                sse(
+                    {
+                        "error": {
+                            "message": f"upstream provider {req.route.provider_name} "
+                            f"failed mid-stream ({exc.kind}); the response is incomplete",
+                            "type": "api_error",
+                            "param": None,
+                            "code": "upstream_truncated",
+                        }
+                    }
+                )
+            )
             return usage
         if req.include_usage:
-            final = usage or Usage(req.prompt_estimate, count_text(assembler.text()),
-                                   estimated=True)
+            final = usage or Usage(
+                req.prompt_estimate, count_text(assembler.text()), estimated=True
+            )
             await response.write(sse(req.envelope.usage_chunk(final)))
         await response.write(DONE)
         trace.commit = "completed"
     except ConnectionResetError:
         trace.commit = "client_disconnected"
     return usage
+
 
 async def replay(req: ChatRun, value: dict[str, Any], trace: Trace) -> web.StreamResponse:
     """Serve a complete cached response, as JSON or as SSE."""
@@ -190,8 +217,9 @@ async def replay(req: ChatRun, value: dict[str, Any], trace: Trace) -> web.Strea
     stored = Usage.from_openai(value.get("usage") or {})
     if not req.stream:
         return web.json_response(req.envelope.completion(value["choices"], stored))
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
     await response.prepare(req.http)
     try:
         for delta in replay_chunks(value["choices"]):

@@ -43,25 +43,45 @@ class Trace:
 
     def fail(self, exc: GatewayError) -> None:
         self.status = exc.status
-        self.error = {**(self.error or {}), "type": exc.type, "code": exc.code,
-                      "message": exc.message}
+        self.error = {
+            **(self.error or {}),
+            "type": exc.type,
+            "code": exc.code,
+            "message": exc.message,
+        }
 
     def child(self) -> Trace:
-        return Trace(self.endpoint, parent=self.request_id, key_id=self.key_id,
-                     key_hash=self.key_hash, tenant=self.tenant, stream=self.stream)
+        return Trace(
+            self.endpoint,
+            parent=self.request_id,
+            key_id=self.key_id,
+            key_hash=self.key_hash,
+            tenant=self.tenant,
+            stream=self.stream,
+        )
 
     def record(self) -> dict[str, Any]:
         self.mark("total")
         record: dict[str, Any] = {
-            "ts": time.time(), "request_id": self.request_id, "parent": self.parent,
-            "endpoint": self.endpoint, "key_id": self.key_id, "key_hash": self.key_hash,
-            "tenant": self.tenant, "model_requested": self.model_requested,
-            "model_routed": self.model_routed, "provider": self.provider,
-            "region": self.region, "stream": self.stream,
+            "ts": time.time(),
+            "request_id": self.request_id,
+            "parent": self.parent,
+            "endpoint": self.endpoint,
+            "key_id": self.key_id,
+            "key_hash": self.key_hash,
+            "tenant": self.tenant,
+            "model_requested": self.model_requested,
+            "model_routed": self.model_routed,
+            "provider": self.provider,
+            "region": self.region,
+            "stream": self.stream,
             "cache": {"outcome": self.cache, "similarity": self.similarity},
-            "overflow": self.overflow, "commit": self.commit,
+            "overflow": self.overflow,
+            "commit": self.commit,
             "usage": None if self.usage is None else self.usage.to_record(),
-            "cost_usd": self.cost_usd, "status": self.status, "error": self.error,
+            "cost_usd": self.cost_usd,
+            "status": self.status,
+            "error": self.error,
             "latency_ms": self.latency_ms,
         }
         if self.content is not None:

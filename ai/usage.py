@@ -30,8 +30,10 @@ class Usage:
 
     def to_record(self) -> dict[str, Any]:
         return {
-            "prompt": self.prompt_tokens, "completion": self.completion_tokens,
-            "cached": self.cached_tokens, "cache_write": self.cache_write_tokens,
+            "prompt": self.prompt_tokens,
+            "completion": self.completion_tokens,
+            "cached": self.cached_tokens,
+            "cache_write": self.cache_write_tokens,
             "estimated": self.estimated,
         }
 

@@ -59,7 +59,12 @@ MODEL = "gpt-4o-mini"
 KEY_SECRET, GATEWAY_KEY, LITELLM_KEY = "perf-secret", "sk-spectra-perf", "sk-perf-master"
 MODES = ("nonstream", "stream")
 DIRECT, BARE, GATEWAY, LITELLM, GATEWAY_SEM = (
-    "direct", "bare_proxy", "gateway", "litellm", "gateway_semantic")
+    "direct",
+    "bare_proxy",
+    "gateway",
+    "litellm",
+    "gateway_semantic",
+)
 SYSTEMS = (DIRECT, BARE, GATEWAY, LITELLM)
 # Semantic pairs: stored text -> paraphrase looked up (pass the shipped threshold/guards).
 PARAPHRASES = (
@@ -85,8 +90,14 @@ class Settings:
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(rates=(10, 50, 200, 1000), seconds=2.0, min_requests=40, timeout_s=3.0,
-                   warmup=15, cache_requests=100)
+        return cls(
+            rates=(10, 50, 200, 1000),
+            seconds=2.0,
+            min_requests=40,
+            timeout_s=3.0,
+            warmup=15,
+            cache_requests=100,
+        )
 
     def count(self, rate: int) -> int:
         return max(self.min_requests, round(rate * self.seconds))
@@ -102,9 +113,12 @@ async def _forward(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
     async with request.app[SESSION].post(
-            request.app[UPSTREAM] + request.path_qs, data=body, headers=headers) as up:
-        resp = web.StreamResponse(status=up.status, headers={
-            "Content-Type": up.headers.get("Content-Type", "application/octet-stream")})
+        request.app[UPSTREAM] + request.path_qs, data=body, headers=headers
+    ) as up:
+        resp = web.StreamResponse(
+            status=up.status,
+            headers={"Content-Type": up.headers.get("Content-Type", "application/octet-stream")},
+        )
         await resp.prepare(request)
         async for chunk in up.content.iter_any():
             await resp.write(chunk)
@@ -176,9 +190,17 @@ def cpu_plan() -> tuple[set[int] | None, set[int] | None]:
     return {cpus[0]}, {cpus[1]}
 
 
-def spawn(name: str, argv: list[str], url: str, logdir: Path, cpus: set[int] | None,
-          env: dict[str, str] | None = None, stdout_pipe: bool = False,
-          unset: Sequence[str] = (), cwd: Path = ROOT) -> Service:
+def spawn(
+    name: str,
+    argv: list[str],
+    url: str,
+    logdir: Path,
+    cpus: set[int] | None,
+    env: dict[str, str] | None = None,
+    stdout_pipe: bool = False,
+    unset: Sequence[str] = (),
+    cwd: Path = ROOT,
+) -> Service:
     log = logdir / f"{name}.log"
     environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
 
@@ -188,9 +210,15 @@ def spawn(name: str, argv: list[str], url: str, logdir: Path, cpus: set[int] | N
 
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            argv, cwd=cwd, env=environ, start_new_session=True,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if stdout_pipe else out,
-            stderr=out, preexec_fn=pin)
+            argv,
+            cwd=cwd,
+            env=environ,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout_pipe else out,
+            stderr=out,
+            preexec_fn=pin,
+        )
     return Service(name, url, proc, log)
 
 
@@ -199,8 +227,9 @@ def wait_ready(service: Service, probe: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if service.proc.poll() is not None:
-            raise StartFailed(f"{service.name} exited with status {service.proc.returncode}: "
-                              f"{service.tail()}")
+            raise StartFailed(
+                f"{service.name} exited with status {service.proc.returncode}: {service.tail()}"
+            )
         try:
             with urllib.request.urlopen(probe, timeout=2) as resp:
                 if resp.status < 500:
@@ -211,13 +240,13 @@ def wait_ready(service: Service, probe: str, timeout_s: float) -> None:
         except OSError:
             pass
         time.sleep(0.25)
-    raise StartFailed(f"{service.name} not ready at {probe} after {timeout_s:.0f} s: "
-                      f"{service.tail()}")
+    raise StartFailed(
+        f"{service.name} not ready at {probe} after {timeout_s:.0f} s: {service.tail()}"
+    )
 
 
 def start_fake(logdir: Path, cpus: set[int] | None) -> Service:
-    svc = spawn("fake", [sys.executable, "-m", "tests.fakes"], "", logdir, cpus,
-                stdout_pipe=True)
+    svc = spawn("fake", [sys.executable, "-m", "tests.fakes"], "", logdir, cpus, stdout_pipe=True)
     assert svc.proc.stdout is not None
     line = svc.proc.stdout.readline()
     try:
@@ -235,13 +264,25 @@ def gateway_config(upstream: str, tmp: Path, port: int, *, semantic: bool) -> di
     (tmp / "key-secret").write_text(KEY_SECRET + "\n")
     name = "gateway-sem" if semantic else "gateway"
     return {
-        "listen_host": "127.0.0.1", "listen_port": port,
+        "listen_host": "127.0.0.1",
+        "listen_port": port,
         "key_secret": {"file": str(tmp / "key-secret")},
-        "providers": {"openai": {"kind": "openai", "base_url": upstream + "/v1",
-                                 "api_key": {"env": "PERF_UPSTREAM_KEY"}}},
+        "providers": {
+            "openai": {
+                "kind": "openai",
+                "base_url": upstream + "/v1",
+                "api_key": {"env": "PERF_UPSTREAM_KEY"},
+            }
+        },
         "routes": [{"pattern": "gpt-*", "provider": "openai", "models": [MODEL]}],
-        "keys": [{"id": "perf", "hash": hash_key(KEY_SECRET, GATEWAY_KEY), "tenant": "perf",
-                  "budget": {"max_tokens": 10**12, "requests_per_minute": 10**7}}],
+        "keys": [
+            {
+                "id": "perf",
+                "hash": hash_key(KEY_SECRET, GATEWAY_KEY),
+                "tenant": "perf",
+                "budget": {"max_tokens": 10**12, "requests_per_minute": 10**7},
+            }
+        ],
         "prices": [{"pattern": "gpt-*", "input_per_mtok": 0.15, "output_per_mtok": 0.6}],
         "exact_cache": {"path": str(tmp / f"{name}-cache.sqlite3")},
         "semantic_cache": {"settings": {}} if semantic else {},
@@ -249,20 +290,39 @@ def gateway_config(upstream: str, tmp: Path, port: int, *, semantic: bool) -> di
     }
 
 
-def start_gateway(upstream: str, tmp: Path, cpus: set[int] | None, *,
-                  semantic: bool) -> Service:
+def start_gateway(upstream: str, tmp: Path, cpus: set[int] | None, *, semantic: bool) -> Service:
     port = free_port()
     name = GATEWAY_SEM if semantic else GATEWAY
     cfg = tmp / f"{name}.json"
     cfg.write_text(json.dumps(gateway_config(upstream, tmp, port, semantic=semantic)))
-    return spawn(name, [sys.executable, "-m", "ai", "--config", str(cfg)],
-                 f"http://127.0.0.1:{port}", tmp, cpus, env={"PERF_UPSTREAM_KEY": "sk-fake"})
+    return spawn(
+        name,
+        [sys.executable, "-m", "ai", "--config", str(cfg)],
+        f"http://127.0.0.1:{port}",
+        tmp,
+        cpus,
+        env={"PERF_UPSTREAM_KEY": "sk-fake"},
+    )
 
 
 def start_bare(upstream: str, tmp: Path, cpus: set[int] | None) -> Service:
     port = free_port()
-    return spawn(BARE, [sys.executable, "-m", "perf.ai", "bare-proxy", "--upstream", upstream,
-                        "--port", str(port)], f"http://127.0.0.1:{port}", tmp, cpus)
+    return spawn(
+        BARE,
+        [
+            sys.executable,
+            "-m",
+            "perf.ai",
+            "bare-proxy",
+            "--upstream",
+            upstream,
+            "--port",
+            str(port),
+        ],
+        f"http://127.0.0.1:{port}",
+        tmp,
+        cpus,
+    )
 
 
 def ensure_litellm(venv: Path, progress: Progress) -> Path:
@@ -273,8 +333,10 @@ def ensure_litellm(venv: Path, progress: Progress) -> Path:
         return exe
     progress(f"installing {LITELLM_REQUIREMENT} into {venv} (not counted in the run time)")
     venv.parent.mkdir(parents=True, exist_ok=True)
-    for argv in ([sys.executable, "-m", "venv", str(venv)],
-                 [str(venv / "bin" / "pip"), "install", "-q", LITELLM_REQUIREMENT]):
+    for argv in (
+        [sys.executable, "-m", "venv", str(venv)],
+        [str(venv / "bin" / "pip"), "install", "-q", LITELLM_REQUIREMENT],
+    ):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=1800, check=False)
         if done.returncode != 0:
             raise StartFailed(f"`{' '.join(argv)}` failed: {done.stderr.strip()[-400:]}")
@@ -306,10 +368,26 @@ def start_litellm(exe: Path, upstream: str, tmp: Path, cpus: set[int] | None) ->
     # leave the machine. uvicorn kills a worker that misses its health ping for 5 s
     # (the default), which happens on one busy core during boot and under overload.
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    return spawn(LITELLM, [str(exe), "--config", str(cfg), "--port", str(port),
-                           "--num_workers", "2", "--timeout_worker_healthcheck", "120"],
-                 f"http://127.0.0.1:{port}", tmp, cpus, env,
-                 unset=("DATABASE_URL",), cwd=tmp)  # not the repo: its packages shadow
+    return spawn(
+        LITELLM,
+        [
+            str(exe),
+            "--config",
+            str(cfg),
+            "--port",
+            str(port),
+            "--num_workers",
+            "2",
+            "--timeout_worker_healthcheck",
+            "120",
+        ],
+        f"http://127.0.0.1:{port}",
+        tmp,
+        cpus,
+        env,
+        unset=("DATABASE_URL",),
+        cwd=tmp,
+    )  # not the repo: its packages shadow
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -370,15 +448,19 @@ class Outcome:
 
 def chat_body(text: str, *, stream: bool, system: str | None = None) -> bytes:
     messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": text}]
-    return json.dumps({"model": MODEL, "messages": messages, "max_tokens": 64,
-                       "stream": stream}).encode()
+        {"role": "user", "content": text}
+    ]
+    return json.dumps(
+        {"model": MODEL, "messages": messages, "max_tokens": 64, "stream": stream}
+    ).encode()
 
 
 def unique_bodies(tag: str, count: int, stream: bool) -> list[bytes]:
     """Every prompt different (a counter in it): the gateway's cache-miss path."""
-    return [chat_body(f"benchmark {tag} request {i} about fixed rate load", stream=stream)
-            for i in range(count)]
+    return [
+        chat_body(f"benchmark {tag} request {i} about fixed rate load", stream=stream)
+        for i in range(count)
+    ]
 
 
 class Bench:
@@ -390,19 +472,30 @@ class Bench:
     def session(self, system: str) -> aiohttp.ClientSession:
         if system not in self.sessions:
             self.sessions[system] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60))
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+            )
         return self.sessions[system]
 
     async def close(self) -> None:
         for s in self.sessions.values():
             await s.close()
 
-    async def step(self, target: Target, mode: str, rate: int, bodies: Sequence[bytes],
-                   label: str | None = None) -> Step:
-        send = http_sender(self.session(target.system),
-                           target.url + "/v1/chat/completions", bodies,
-                           {"Content-Type": "application/json", **target.headers},
-                           stream=mode == "stream", timeout_s=self.settings.timeout_s)
+    async def step(
+        self,
+        target: Target,
+        mode: str,
+        rate: int,
+        bodies: Sequence[bytes],
+        label: str | None = None,
+    ) -> Step:
+        send = http_sender(
+            self.session(target.system),
+            target.url + "/v1/chat/completions",
+            bodies,
+            {"Content-Type": "application/json", **target.headers},
+            stream=mode == "stream",
+            timeout_s=self.settings.timeout_s,
+        )
         samples = await run_step(send, rate, len(bodies))
         await settle([target.service, self.fake])
         return summarize(label or target.system, mode, rate, samples)
@@ -426,15 +519,21 @@ class Bench:
                         continue
                     tag = f"{self.run_id}-{t.system}-{mode}-{rate}"
                     step = await self.step(
-                        t, mode, rate, unique_bodies(tag, s.count(rate), mode == "stream"))
+                        t, mode, rate, unique_bodies(tag, s.count(rate), mode == "stream")
+                    )
                     if not step.passed:  # once more: the machine may be shared
                         out.retried.append(step)
-                        step = await self.step(t, mode, rate, unique_bodies(
-                            tag + "-retry", s.count(rate), mode == "stream"))
+                        step = await self.step(
+                            t,
+                            mode,
+                            rate,
+                            unique_bodies(tag + "-retry", s.count(rate), mode == "stream"),
+                        )
                     out.steps.append(step)
                     self.progress(
                         f"{t.system:10} {mode:9} {rate:5} rps: p50 {step.p50_ms or 0:7.1f} ms "
-                        f"p99 {step.p99_ms or 0:7.1f} ms errors {step.errors}")
+                        f"p99 {step.p99_ms or 0:7.1f} ms errors {step.errors}"
+                    )
                     if not step.passed:
                         alive.discard((t.system, mode))
                         if t.system == DIRECT:  # beyond what the harness itself holds
@@ -445,8 +544,14 @@ class Bench:
         async with self.session(DIRECT).get(self.fake.url + "/_fake/stats") as resp:
             return int((await resp.json())["requests"])
 
-    async def cache_pair(self, target: Target, kind: str, stored: list[bytes],
-                         lookups: dict[str, list[bytes]], out: Outcome) -> None:
+    async def cache_pair(
+        self,
+        target: Target,
+        kind: str,
+        stored: list[bytes],
+        lookups: dict[str, list[bytes]],
+        out: Outcome,
+    ) -> None:
         """Fill the cache at the fixed rate (the miss figure), then look up."""
         rate = self.settings.cache_rate
         before = await self.upstream_calls()
@@ -457,29 +562,50 @@ class Bench:
             hit = await self.step(target, mode, rate, bodies)
             calls = await self.upstream_calls() - before
             out.cache.append(CacheStep(f"{kind}_hit", hit, calls))
-            self.progress(f"{target.system:10} {kind} hit {mode:9}: p50 {hit.p50_ms or 0:.1f} "
-                          f"ms p99 {hit.p99_ms or 0:.1f} ms, upstream calls {calls}")
+            self.progress(
+                f"{target.system:10} {kind} hit {mode:9}: p50 {hit.p50_ms or 0:.1f} "
+                f"ms p99 {hit.p99_ms or 0:.1f} ms, upstream calls {calls}"
+            )
 
     async def caches(self, gateway: Target, semantic: Target | None, out: Outcome) -> None:
         n = self.settings.cache_requests
-        stored = [chat_body(f"cache {self.run_id} question {i}: what is a cache?",
-                            stream=False) for i in range(n)]
-        await self.cache_pair(gateway, "exact", stored, {
-            "nonstream": stored,
-            "stream": [chat_body(f"cache {self.run_id} question {i}: what is a cache?",
-                                 stream=True) for i in range(n)]}, out)
+        stored = [
+            chat_body(f"cache {self.run_id} question {i}: what is a cache?", stream=False)
+            for i in range(n)
+        ]
+        await self.cache_pair(
+            gateway,
+            "exact",
+            stored,
+            {
+                "nonstream": stored,
+                "stream": [
+                    chat_body(f"cache {self.run_id} question {i}: what is a cache?", stream=True)
+                    for i in range(n)
+                ],
+            },
+            out,
+        )
         if semantic is None:
             return
         await self.warm_up(semantic)  # the embedding model loads on first use
 
         def sem(i: int, which: int, stream: bool) -> bytes:
             pair = PARAPHRASES[i % len(PARAPHRASES)]
-            return chat_body(pair[which], stream=stream,
-                             system=f"You are support assistant {self.run_id}-{i}.")
+            return chat_body(
+                pair[which], stream=stream, system=f"You are support assistant {self.run_id}-{i}."
+            )
 
-        await self.cache_pair(semantic, "semantic", [sem(i, 0, False) for i in range(n)], {
-            "nonstream": [sem(i, 1, False) for i in range(n)],
-            "stream": [sem(i, 1, True) for i in range(n)]}, out)
+        await self.cache_pair(
+            semantic,
+            "semantic",
+            [sem(i, 0, False) for i in range(n)],
+            {
+                "nonstream": [sem(i, 1, False) for i in range(n)],
+                "stream": [sem(i, 1, True) for i in range(n)],
+            },
+            out,
+        )
 
 
 # --- results -------------------------------------------------------------------------------
@@ -513,27 +639,50 @@ def latency_results(out: Outcome) -> list[Result]:
     results: list[Result] = []
     for direct in (s for s in out.steps if s.system == DIRECT):
         for pct in ("p50_ms", "p99_ms"):
-            results.append(Result(
-                f"latency_{pct}", f"{DIRECT}/{direct.mode}", "ms", getattr(direct, pct),
-                runs=[direct.as_dict()], offered_pps=int(direct.rate), valid=direct.passed,
-                note=_step_note(direct, out.retried) or "the baseline of every added figure"))
+            results.append(
+                Result(
+                    f"latency_{pct}",
+                    f"{DIRECT}/{direct.mode}",
+                    "ms",
+                    getattr(direct, pct),
+                    runs=[direct.as_dict()],
+                    offered_pps=int(direct.rate),
+                    valid=direct.passed,
+                    note=_step_note(direct, out.retried) or "the baseline of every added figure",
+                )
+            )
     for step in (s for s in out.steps if s.system != DIRECT):
         base = _find(out.steps, DIRECT, step.mode, step.rate)
         ref = _find(out.steps, LITELLM, step.mode, step.rate)
         for pct in ("p50_ms", "p99_ms"):
             value = _added(step, base, pct)
             if step.system == LITELLM:
-                bname, bvalue = f"{DIRECT}/{step.mode} latency", (
-                    getattr(base, pct) if base else None)
+                bname, bvalue = (
+                    f"{DIRECT}/{step.mode} latency",
+                    (getattr(base, pct) if base else None),
+                )
             else:
                 bname, bvalue = f"{LITELLM}/{step.mode}", _added(ref, base, pct)
             first = _find(out.retried, step.system, step.mode, step.rate)
-            runs = [step.as_dict()] + ([base.as_dict()] if base else []) + (
-                [{**first.as_dict(), "retried": True}] if first else [])
-            results.append(Result(
-                f"added_{pct}", f"{step.system}/{step.mode}", "ms", value, bname, bvalue,
-                runs=runs, offered_pps=int(step.rate), valid=step.passed and value is not None,
-                note=_step_note(step, out.retried)))
+            runs = (
+                [step.as_dict()]
+                + ([base.as_dict()] if base else [])
+                + ([{**first.as_dict(), "retried": True}] if first else [])
+            )
+            results.append(
+                Result(
+                    f"added_{pct}",
+                    f"{step.system}/{step.mode}",
+                    "ms",
+                    value,
+                    bname,
+                    bvalue,
+                    runs=runs,
+                    offered_pps=int(step.rate),
+                    valid=step.passed and value is not None,
+                    note=_step_note(step, out.retried),
+                )
+            )
     return results
 
 
@@ -544,8 +693,9 @@ def sustained(out: Outcome, system: str, mode: str) -> tuple[float, bool] | None
     rate, top = sustained_rate(steps)
     limit = out.harness_limit.get(mode)
     # Stopped by the harness's own limit (the direct baseline failed): a lower bound.
-    return rate, top or (limit is not None and system != DIRECT and rate > 0
-                         and all(s.passed for s in steps))
+    return rate, top or (
+        limit is not None and system != DIRECT and rate > 0 and all(s.passed for s in steps)
+    )
 
 
 def rate_results(out: Outcome) -> list[Result]:
@@ -557,17 +707,33 @@ def rate_results(out: Outcome) -> list[Result]:
                 continue
             rate, bound = value
             baselines = {GATEWAY: (LITELLM, BARE), BARE: (LITELLM,), LITELLM: (BARE,)}.get(
-                system, (None,))
+                system, (None,)
+            )
             for b in baselines:
                 bval = got.get(b) if b else None
                 note = ">= (passed the top of the ladder or the harness limit)" if bound else ""
-                results.append(Result(
-                    "sustained_rps", f"{system}/{mode}", "rps", rate,
-                    f"{b}/{mode}" if b else None, bval[0] if bval else None,
-                    runs=[s.as_dict() for s in out.steps if (s.system, s.mode) == (system, mode)],
-                    valid=rate > 0, note=note, lower_is_better=False,
-                    extra={"lower_bound": bound, "criterion":
-                           f"zero errors and p99 < {P99_LIMIT_MS:.0f} ms from the schedule"}))
+                results.append(
+                    Result(
+                        "sustained_rps",
+                        f"{system}/{mode}",
+                        "rps",
+                        rate,
+                        f"{b}/{mode}" if b else None,
+                        bval[0] if bval else None,
+                        runs=[
+                            s.as_dict() for s in out.steps if (s.system, s.mode) == (system, mode)
+                        ],
+                        valid=rate > 0,
+                        note=note,
+                        lower_is_better=False,
+                        extra={
+                            "lower_bound": bound,
+                            "criterion": (
+                                f"zero errors and p99 < {P99_LIMIT_MS:.0f} ms from the schedule"
+                            ),
+                        },
+                    )
+                )
     return results
 
 
@@ -583,12 +749,24 @@ def cache_results(out: Outcome) -> list[Result]:
         valid = s.passed and (c.upstream_calls == 0 if hit else c.upstream_calls == s.count)
         note = _step_note(s) or (f"{c.upstream_calls} upstream calls" if not valid else "")
         for pct in ("p50_ms", "p99_ms"):
-            results.append(Result(
-                f"{c.kind}_{pct}", f"{s.system}/{s.mode}", "ms", getattr(s, pct),
-                f"{GATEWAY}/{s.mode} miss", getattr(miss, pct) if miss else None,
-                runs=[s.as_dict()], offered_pps=int(s.rate), valid=valid, note=note,
-                extra={"upstream_calls": c.upstream_calls,
-                       "direct_upstream_ms": getattr(direct, pct) if direct else None}))
+            results.append(
+                Result(
+                    f"{c.kind}_{pct}",
+                    f"{s.system}/{s.mode}",
+                    "ms",
+                    getattr(s, pct),
+                    f"{GATEWAY}/{s.mode} miss",
+                    getattr(miss, pct) if miss else None,
+                    runs=[s.as_dict()],
+                    offered_pps=int(s.rate),
+                    valid=valid,
+                    note=note,
+                    extra={
+                        "upstream_calls": c.upstream_calls,
+                        "direct_upstream_ms": getattr(direct, pct) if direct else None,
+                    },
+                )
+            )
     return results
 
 
@@ -603,37 +781,77 @@ def goal_results(out: Outcome, settings: Settings) -> list[Result]:
         value, ref = _added(gw, base, "p99_ms"), _added(ll, base, "p99_ms")
         limit = None if ref is None else 0.1 * ref
         met = value is not None and limit is not None and value <= limit
-        why = ("LiteLLM unavailable" if LITELLM in out.unavailable else
-               f"LiteLLM failed below {settings.goal_rate} rps")
+        why = (
+            "LiteLLM unavailable"
+            if LITELLM in out.unavailable
+            else f"LiteLLM failed below {settings.goal_rate} rps"
+        )
         note = ("met" if met else "NOT met") if limit is not None else f"not measurable ({why})"
         if ll is not None and not ll.passed:
             note += " (LiteLLM itself fails this step: compared with its overload)"
-        results.append(Result(
-            "goal_added_p99", f"{GATEWAY}/{mode}", "ms", value,
-            f"0.1 x {LITELLM} added p99", limit, offered_pps=settings.goal_rate,
-            valid=limit is not None, note=note))
+        results.append(
+            Result(
+                "goal_added_p99",
+                f"{GATEWAY}/{mode}",
+                "ms",
+                value,
+                f"0.1 x {LITELLM} added p99",
+                limit,
+                offered_pps=settings.goal_rate,
+                valid=limit is not None,
+                note=note,
+            )
+        )
         rates = {s: sustained(out, s, mode) for s in (GATEWAY, LITELLM, BARE)}
         mine = rates[GATEWAY]
         for other, factor in ((LITELLM, 10.0), (BARE, 0.8)):
             theirs = rates[other]
             goal = None if theirs is None or theirs[0] <= 0 else factor * theirs[0]
             ok = mine is not None and goal is not None and mine[0] >= goal
-            results.append(Result(
-                "goal_sustained_rps", f"{GATEWAY}/{mode}", "rps", mine[0] if mine else None,
-                f"{factor:g} x {other}", goal, valid=goal is not None, lower_is_better=False,
-                note="met" if ok else "NOT met" if goal else f"not measurable ({other} "
-                + ("sustains no rate of the ladder)" if theirs else "unavailable)")))
+            results.append(
+                Result(
+                    "goal_sustained_rps",
+                    f"{GATEWAY}/{mode}",
+                    "rps",
+                    mine[0] if mine else None,
+                    f"{factor:g} x {other}",
+                    goal,
+                    valid=goal is not None,
+                    lower_is_better=False,
+                    note="met"
+                    if ok
+                    else "NOT met"
+                    if goal
+                    else f"not measurable ({other} "
+                    + ("sustains no rate of the ladder)" if theirs else "unavailable)"),
+                )
+            )
     return results
 
 
 def build_results(out: Outcome, settings: Settings) -> list[Result]:
-    results = [Result("suite", name, "-", None, valid=False, note=f"unavailable: {why}")
-               for name, why in out.unavailable.items()]
-    results += [Result("harness_limit", f"{DIRECT}/{mode}", "rps", float(rate), valid=False,
-                       note="the direct baseline failed here; higher rates not measured")
-                for mode, rate in out.harness_limit.items()]
-    return (results + latency_results(out) + rate_results(out) + cache_results(out)
-            + goal_results(out, settings))
+    results = [
+        Result("suite", name, "-", None, valid=False, note=f"unavailable: {why}")
+        for name, why in out.unavailable.items()
+    ]
+    results += [
+        Result(
+            "harness_limit",
+            f"{DIRECT}/{mode}",
+            "rps",
+            float(rate),
+            valid=False,
+            note="the direct baseline failed here; higher rates not measured",
+        )
+        for mode, rate in out.harness_limit.items()
+    ]
+    return (
+        results
+        + latency_results(out)
+        + rate_results(out)
+        + cache_results(out)
+        + goal_results(out, settings)
+    )
 
 
 # --- entry points --------------------------------------------------------------------------
@@ -654,13 +872,21 @@ def _stderr(msg: str) -> None:
     print(f"# {msg}", file=sys.stderr, flush=True)
 
 
-async def _measure(settings: Settings, services: dict[str, Service], fake: Service,
-                   out: Outcome, progress: Progress) -> None:
-    headers = {GATEWAY: {"Authorization": f"Bearer {GATEWAY_KEY}"},
-               GATEWAY_SEM: {"Authorization": f"Bearer {GATEWAY_KEY}"},
-               LITELLM: {"Authorization": f"Bearer {LITELLM_KEY}"}}
-    targets = {name: Target(name, svc.url, headers.get(name, {}), svc)
-               for name, svc in services.items()}
+async def _measure(
+    settings: Settings,
+    services: dict[str, Service],
+    fake: Service,
+    out: Outcome,
+    progress: Progress,
+) -> None:
+    headers = {
+        GATEWAY: {"Authorization": f"Bearer {GATEWAY_KEY}"},
+        GATEWAY_SEM: {"Authorization": f"Bearer {GATEWAY_KEY}"},
+        LITELLM: {"Authorization": f"Bearer {LITELLM_KEY}"},
+    }
+    targets = {
+        name: Target(name, svc.url, headers.get(name, {}), svc) for name, svc in services.items()
+    }
     targets[DIRECT] = Target(DIRECT, fake.url, {}, fake)
     bench = Bench(settings, progress, fake)
     try:
@@ -671,9 +897,15 @@ async def _measure(settings: Settings, services: dict[str, Service], fake: Servi
         await bench.close()
 
 
-def run(quick: bool, *, settings: Settings | None = None, litellm: bool = True,
-        litellm_venv: Path = CACHE_DIR / "litellm-venv", pin: bool = True,
-        progress: Progress = _stderr) -> list[Result]:
+def run(
+    quick: bool,
+    *,
+    settings: Settings | None = None,
+    litellm: bool = True,
+    litellm_venv: Path = CACHE_DIR / "litellm-venv",
+    pin: bool = True,
+    progress: Progress = _stderr,
+) -> list[Result]:
     """The whole benchmark; the dispatcher's entry point (``python -m perf ai``)."""
     settings = settings or (Settings.quick() if quick else Settings())
     gen_cpus, sut_cpus = cpu_plan() if pin else (None, None)
@@ -697,8 +929,10 @@ def run(quick: bool, *, settings: Settings | None = None, litellm: bool = True,
             services[GATEWAY_SEM] = start_gateway(fake.url, tmp, sut_cpus, semantic=True)
             if exe is not None:
                 services[LITELLM] = start_litellm(exe, fake.url, tmp, sut_cpus)
-            progress(f"started {', '.join(services)}; waiting until they answer "
-                     f"(generator and fake on CPUs {gen_cpus}, servers on {sut_cpus})")
+            progress(
+                f"started {', '.join(services)}; waiting until they answer "
+                f"(generator and fake on CPUs {gen_cpus}, servers on {sut_cpus})"
+            )
             for name, svc in list(services.items()):
                 probe = svc.url + ("/health/liveliness" if name == LITELLM else "/v1/models")
                 try:
@@ -724,9 +958,11 @@ def summary(results: Sequence[Result]) -> str:
     for r in results:
         if r.metric.startswith("goal_"):
             ratio = "-" if r.ratio is None else f"{r.ratio:.2f}"
-            lines.append(f"- {r.metric} {r.path}: {r.value if r.value is not None else '-'} "
-                         f"{r.unit} vs {r.baseline} = {r.baseline_value} -> ratio {ratio}: "
-                         f"{r.note}")
+            lines.append(
+                f"- {r.metric} {r.path}: {r.value if r.value is not None else '-'} "
+                f"{r.unit} vs {r.baseline} = {r.baseline_value} -> ratio {ratio}: "
+                f"{r.note}"
+            )
     return "\n".join(lines)
 
 
@@ -735,8 +971,13 @@ def _bare_proxy_main(argv: list[str]) -> int:
     p.add_argument("--upstream", required=True)
     p.add_argument("--port", type=int, required=True)
     args = p.parse_args(argv)
-    web.run_app(create_bare_proxy(args.upstream), host="127.0.0.1", port=args.port,
-                print=None, access_log=None)
+    web.run_app(
+        create_bare_proxy(args.upstream),
+        host="127.0.0.1",
+        port=args.port,
+        print=None,
+        access_log=None,
+    )
     return 0
 
 
@@ -744,8 +985,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "bare-proxy":
         return _bare_proxy_main(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m perf.ai", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m perf.ai",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--json", type=Path, required=True, metavar="FILE")
     p.add_argument("--quick", action="store_true", help="4 rates x 2 s (about 2 minutes)")
     p.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
@@ -754,8 +998,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     started = time.monotonic()
     try:
-        results = run(args.quick, litellm=not args.no_litellm,
-                      litellm_venv=args.litellm_venv, pin=not args.no_pin)
+        results = run(
+            args.quick,
+            litellm=not args.no_litellm,
+            litellm_venv=args.litellm_venv,
+            pin=not args.no_pin,
+        )
     except StartFailed as exc:
         print(f"perf.ai: {exc}", file=sys.stderr)
         return 1

@@ -88,15 +88,28 @@ class Step:
     @property
     def passed(self) -> bool:
         """Zero errors and p99 (from the scheduled time) under :data:`P99_LIMIT_MS`."""
-        return (self.count > 0 and self.errors == 0 and self.p99_ms is not None
-                and self.p99_ms < P99_LIMIT_MS)
+        return (
+            self.count > 0
+            and self.errors == 0
+            and self.p99_ms is not None
+            and self.p99_ms < P99_LIMIT_MS
+        )
 
     def as_dict(self) -> dict[str, object]:
-        return {"system": self.system, "mode": self.mode, "rate": self.rate,
-                "count": self.count, "errors": self.errors, "p50_ms": self.p50_ms,
-                "p99_ms": self.p99_ms, "max_ms": self.max_ms, "lag_p99_ms": self.lag_p99_ms,
-                "achieved_rps": self.achieved_rps, "error_kinds": self.error_kinds,
-                "valid": self.passed}
+        return {
+            "system": self.system,
+            "mode": self.mode,
+            "rate": self.rate,
+            "count": self.count,
+            "errors": self.errors,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "max_ms": self.max_ms,
+            "lag_p99_ms": self.lag_p99_ms,
+            "achieved_rps": self.achieved_rps,
+            "error_kinds": self.error_kinds,
+            "valid": self.passed,
+        }
 
 
 def summarize(system: str, mode: str, rate: float, samples: Sequence[Sample]) -> Step:
@@ -108,9 +121,19 @@ def summarize(system: str, mode: str, rate: float, samples: Sequence[Sample]) ->
             kinds[s.error] = kinds.get(s.error, 0) + 1
     span = (max(s.sent for s in samples) - min(s.scheduled for s in samples)) if samples else 0.0
     achieved = (len(samples) - 1) / span if len(samples) > 1 and span > 0 else 0.0
-    return Step(system, mode, rate, len(samples), len(samples) - len(ok),
-                percentile(ok, 50), percentile(ok, 99), max(ok) if ok else None,
-                percentile([s.lag_ms for s in samples], 99), achieved, kinds)
+    return Step(
+        system,
+        mode,
+        rate,
+        len(samples),
+        len(samples) - len(ok),
+        percentile(ok, 50),
+        percentile(ok, 99),
+        max(ok) if ok else None,
+        percentile([s.lag_ms for s in samples], 99),
+        achieved,
+        kinds,
+    )
 
 
 def sustained_rate(steps: Sequence[Step]) -> tuple[float, bool]:
@@ -125,8 +148,14 @@ def sustained_rate(steps: Sequence[Step]) -> tuple[float, bool]:
     return best, bool(ladder)
 
 
-async def run_step(send: Sender, rate: float, count: int, *, max_in_flight: int = 2000,
-                   clock: Callable[[], float] = time.perf_counter) -> list[Sample]:
+async def run_step(
+    send: Sender,
+    rate: float,
+    count: int,
+    *,
+    max_in_flight: int = 2000,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[Sample]:
     """Issue ``count`` requests at ``rate`` per second, open loop; one sample each."""
     loop = asyncio.get_running_loop()
     samples: list[Sample | None] = [None] * count
@@ -162,8 +191,15 @@ async def run_step(send: Sender, rate: float, count: int, *, max_in_flight: int 
     return [s for s in samples if s is not None]
 
 
-def http_sender(session: aiohttp.ClientSession, url: str, bodies: Sequence[bytes],
-                headers: dict[str, str], *, stream: bool, timeout_s: float) -> Sender:
+def http_sender(
+    session: aiohttp.ClientSession,
+    url: str,
+    bodies: Sequence[bytes],
+    headers: dict[str, str],
+    *,
+    stream: bool,
+    timeout_s: float,
+) -> Sender:
     """POST ``bodies[i]``; success is HTTP 200 with a complete body (``[DONE]`` last for
     SSE, a ``choices`` field for JSON)."""
     timeout = aiohttp.ClientTimeout(total=timeout_s)

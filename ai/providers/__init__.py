@@ -27,6 +27,12 @@ REGISTRY: dict[str, Provider] = {
 }
 
 __all__ = [
-    "REGISTRY", "ChoiceDelta", "Completion", "Credentials", "Provider", "ProviderError",
-    "StreamItem", "UpstreamCall",
+    "REGISTRY",
+    "ChoiceDelta",
+    "Completion",
+    "Credentials",
+    "Provider",
+    "ProviderError",
+    "StreamItem",
+    "UpstreamCall",
 ]

@@ -27,8 +27,12 @@ from ai.providers.base import (
 from ai.usage import Usage
 
 STOP_REASONS = {
-    "end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
-    "tool_use": "tool_calls", "pause_turn": "stop", "refusal": "content_filter",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "pause_turn": "stop",
+    "refusal": "content_filter",
 }
 
 # --- request mapping -------------------------------------------------------------------
@@ -45,8 +49,13 @@ def _text(content: Any) -> str:
 def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
     role = message["role"]
     if role == "tool":
-        return [{"type": "tool_result", "tool_use_id": message.get("tool_call_id", ""),
-                 "content": _text(message.get("content"))}]
+        return [
+            {
+                "type": "tool_result",
+                "tool_use_id": message.get("tool_call_id", ""),
+                "content": _text(message.get("content")),
+            }
+        ]
     blocks: list[dict[str, Any]] = []
     text = _text(message.get("content"))
     if text:
@@ -57,8 +66,14 @@ def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
             args = json.loads(fn.get("arguments") or "{}")
         except ValueError:
             args = {}
-        blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": fn.get("name", ""),
-                       "input": args})
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id", ""),
+                "name": fn.get("name", ""),
+                "input": args,
+            }
+        )
     return blocks
 
 
@@ -68,7 +83,8 @@ def _tool_choice(choice: Any) -> dict[str, Any] | None:
     if isinstance(choice, dict):
         return {"type": "tool", "name": choice.get("function", {}).get("name", "")}
     return {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}.get(
-        str(choice))
+        str(choice)
+    )
 
 
 def map_request(body: dict[str, Any], default_max_tokens: int, stream: bool) -> dict[str, Any]:
@@ -86,8 +102,10 @@ def map_request(body: dict[str, Any], default_max_tokens: int, stream: bool) -> 
         else:
             messages.append({"role": role, "content": blocks})
     out: dict[str, Any] = {
-        "model": body["model"], "messages": messages,
-        "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens")
+        "model": body["model"],
+        "messages": messages,
+        "max_tokens": body.get("max_completion_tokens")
+        or body.get("max_tokens")
         or default_max_tokens,
     }
     if system:
@@ -100,8 +118,11 @@ def map_request(body: dict[str, Any], default_max_tokens: int, stream: bool) -> 
         out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
     if body.get("tools"):
         out["tools"] = [
-            {"name": t["function"]["name"], "description": t["function"].get("description", ""),
-             "input_schema": t["function"].get("parameters") or {"type": "object"}}
+            {
+                "name": t["function"]["name"],
+                "description": t["function"].get("description", ""),
+                "input_schema": t["function"].get("parameters") or {"type": "object"},
+            }
             for t in body["tools"]
         ]
         choice = _tool_choice(body.get("tool_choice"))
@@ -128,7 +149,8 @@ def map_usage(raw: dict[str, Any]) -> Usage:
     return Usage(
         prompt_tokens=int(raw.get("input_tokens") or 0) + read + write,
         completion_tokens=int(raw.get("output_tokens") or 0),
-        cached_tokens=read, cache_write_tokens=write,
+        cached_tokens=read,
+        cache_write_tokens=write,
     )
 
 
@@ -137,9 +159,13 @@ def map_response(data: dict[str, Any]) -> Completion:
         raise ProviderError("protocol", "upstream response is not a message")
     text = "".join(b.get("text", "") for b in data["content"] if b.get("type") == "text")
     calls = [
-        {"id": b["id"], "type": "function",
-         "function": {"name": b["name"], "arguments": json.dumps(b.get("input", {}))}}
-        for b in data["content"] if b.get("type") == "tool_use"
+        {
+            "id": b["id"],
+            "type": "function",
+            "function": {"name": b["name"], "arguments": json.dumps(b.get("input", {}))},
+        }
+        for b in data["content"]
+        if b.get("type") == "tool_use"
     ]
     message: dict[str, Any] = {"role": "assistant", "content": text or None}
     if calls:
@@ -171,17 +197,38 @@ class _StreamState:
             if block.get("type") != "tool_use":
                 return []
             index = self.tool_index[data.get("index", 0)] = len(self.tool_index)
-            return [ChoiceDelta({"tool_calls": [{
-                "index": index, "id": block.get("id", ""), "type": "function",
-                "function": {"name": block.get("name", ""), "arguments": ""}}]})]
+            return [
+                ChoiceDelta(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": index,
+                                "id": block.get("id", ""),
+                                "type": "function",
+                                "function": {"name": block.get("name", ""), "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            ]
         if event == "content_block_delta":
             delta = data.get("delta") or {}
             if delta.get("type") == "text_delta":
                 return [ChoiceDelta({"content": delta.get("text", "")})]
             if delta.get("type") == "input_json_delta":
                 index = self.tool_index.get(data.get("index", 0), 0)
-                return [ChoiceDelta({"tool_calls": [{
-                    "index": index, "function": {"arguments": delta.get("partial_json", "")}}]})]
+                return [
+                    ChoiceDelta(
+                        {
+                            "tool_calls": [
+                                {
+                                    "index": index,
+                                    "function": {"arguments": delta.get("partial_json", "")},
+                                }
+                            ]
+                        }
+                    )
+                ]
             return []
         if event == "message_delta":
             usage = {**self.start_usage, **(data.get("usage") or {})}
@@ -201,8 +248,11 @@ class AnthropicProvider:
     async def stream(self, call: UpstreamCall) -> AsyncIterator[StreamItem]:
         url = call.config.base_url.rstrip("/") + "/messages"
         payload = map_request(call.body, call.config.default_max_tokens, stream=True)
-        headers = {**_headers(call), "Content-Type": "application/json",
-                   "Accept": "text/event-stream"}
+        headers = {
+            **_headers(call),
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
         resp = await open_post(call, url, headers, json.dumps(payload).encode())
         state = _StreamState()
         try:

@@ -35,8 +35,13 @@ class RawExchange:
     body: bytes = b""
 
     @classmethod
-    def of(cls, url: str, headers: Mapping[str, str], body: bytes, status: int | None = None,
-           ) -> RawExchange:
+    def of(
+        cls,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        status: int | None = None,
+    ) -> RawExchange:
         clean = {
             k: ("<redacted>" if k.lower() in REDACTED_HEADERS else v) for k, v in headers.items()
         }
@@ -47,8 +52,13 @@ class ProviderError(Exception):
     """An upstream failed: connect error, HTTP error status, error event, or deadline."""
 
     def __init__(
-        self, kind: ErrorKind, message: str, *, status: int | None = None,
-        request: RawExchange | None = None, response: RawExchange | None = None,
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        request: RawExchange | None = None,
+        response: RawExchange | None = None,
         retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
@@ -134,8 +144,9 @@ async def open_post(
     """POST and return a 2xx response (caller releases it); anything else -> ProviderError."""
     raw = RawExchange.of(url, headers, body)
     try:
-        resp = await call.session.post(url, data=body, headers=headers, timeout=_timeout(
-            call.config))
+        resp = await call.session.post(
+            url, data=body, headers=headers, timeout=_timeout(call.config)
+        )
     except TimeoutError:
         raise ProviderError("timeout", f"upstream {url} timed out", request=raw) from None
     except aiohttp.ClientError as exc:
@@ -148,7 +159,10 @@ async def open_post(
         finally:
             resp.release()
         raise ProviderError(
-            "status", f"upstream returned HTTP {resp.status}", status=resp.status, request=raw,
+            "status",
+            f"upstream returned HTTP {resp.status}",
+            status=resp.status,
+            request=raw,
             response=RawExchange.of(url, resp.headers, data, resp.status),
             retry_after=_retry_after(resp.headers),
         )
@@ -179,7 +193,8 @@ async def post_body(
         parsed = None
     if not isinstance(parsed, dict):
         raise ProviderError(
-            "protocol", "upstream sent a body that is not a JSON object",
+            "protocol",
+            "upstream sent a body that is not a JSON object",
             request=RawExchange.of(url, headers, body),
             response=RawExchange.of(url, resp.headers, data, resp.status),
         )
@@ -217,6 +232,7 @@ async def iter_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
 def error_from_event(payload: str, url: str) -> ProviderError:
     """An error event inside a 200 stream."""
     return ProviderError(
-        "error_event", "upstream stream carried an error event",
+        "error_event",
+        "upstream stream carried an error event",
         response=RawExchange.of(url, {}, payload.encode(), 200),
     )

@@ -34,8 +34,11 @@ from ai.providers.eventstream import Decoder, EventStreamError
 from ai.usage import Usage
 
 STOP_REASONS = {
-    "end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
-    "tool_use": "tool_calls", "guardrail_intervened": "content_filter",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
 }
 
@@ -44,8 +47,14 @@ STOP_REASONS = {
 
 def _content(message: dict[str, Any]) -> list[dict[str, Any]]:
     if message["role"] == "tool":
-        return [{"toolResult": {"toolUseId": message.get("tool_call_id", ""),
-                                "content": [{"text": _text(message.get("content"))}]}}]
+        return [
+            {
+                "toolResult": {
+                    "toolUseId": message.get("tool_call_id", ""),
+                    "content": [{"text": _text(message.get("content"))}],
+                }
+            }
+        ]
     blocks: list[dict[str, Any]] = []
     text = _text(message.get("content"))
     if text:
@@ -56,14 +65,24 @@ def _content(message: dict[str, Any]) -> list[dict[str, Any]]:
             args = json.loads(fn.get("arguments") or "{}")
         except ValueError:
             args = {}
-        blocks.append({"toolUse": {"toolUseId": call.get("id", ""), "name": fn.get("name", ""),
-                                   "input": args}})
+        blocks.append(
+            {
+                "toolUse": {
+                    "toolUseId": call.get("id", ""),
+                    "name": fn.get("name", ""),
+                    "input": args,
+                }
+            }
+        )
     return blocks
 
 
 def map_request(body: dict[str, Any]) -> dict[str, Any]:
-    system = [{"text": _text(m.get("content"))} for m in body["messages"]
-              if m["role"] in ("system", "developer")]
+    system = [
+        {"text": _text(m.get("content"))}
+        for m in body["messages"]
+        if m["role"] in ("system", "developer")
+    ]
     messages: list[dict[str, Any]] = []
     for m in body["messages"]:
         if m["role"] in ("system", "developer"):
@@ -85,18 +104,26 @@ def map_request(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("top_p") is not None:
         inference["topP"] = body["top_p"]
     if body.get("stop"):
-        inference["stopSequences"] = [body["stop"]] if isinstance(body["stop"], str) else list(
-            body["stop"])
+        inference["stopSequences"] = (
+            [body["stop"]] if isinstance(body["stop"], str) else list(body["stop"])
+        )
     if inference:
         out["inferenceConfig"] = inference
     if body.get("tools"):
-        config: dict[str, Any] = {"tools": [
-            {"toolSpec": {"name": t["function"]["name"],
-                          "description": t["function"].get("description") or t["function"][
-                              "name"],
-                          "inputSchema": {"json": t["function"].get("parameters")
-                                          or {"type": "object"}}}}
-            for t in body["tools"]]}
+        config: dict[str, Any] = {
+            "tools": [
+                {
+                    "toolSpec": {
+                        "name": t["function"]["name"],
+                        "description": t["function"].get("description") or t["function"]["name"],
+                        "inputSchema": {
+                            "json": t["function"].get("parameters") or {"type": "object"}
+                        },
+                    }
+                }
+                for t in body["tools"]
+            ]
+        }
         choice = body.get("tool_choice")
         if isinstance(choice, dict):
             config["toolChoice"] = {"tool": {"name": choice.get("function", {}).get("name")}}
@@ -111,8 +138,9 @@ def map_request(body: dict[str, Any]) -> dict[str, Any]:
 def _signed_headers(call: UpstreamCall, url: str, body: bytes, accept: str) -> dict[str, str]:
     creds = call.credentials
     if creds.aws_access_key_id and creds.aws_secret_access_key:
-        aws = AWSCredentials(creds.aws_access_key_id, creds.aws_secret_access_key,
-                             creds.aws_session_token)
+        aws = AWSCredentials(
+            creds.aws_access_key_id, creds.aws_secret_access_key, creds.aws_session_token
+        )
     else:
         import botocore.session
 
@@ -120,8 +148,12 @@ def _signed_headers(call: UpstreamCall, url: str, body: bytes, accept: str) -> d
         if found is None:
             raise ProviderError("connect", "no AWS credentials for the bedrock provider")
         aws = found
-    request = AWSRequest(method="POST", url=url, data=body,
-                         headers={"Content-Type": "application/json", "Accept": accept})
+    request = AWSRequest(
+        method="POST",
+        url=url,
+        data=body,
+        headers={"Content-Type": "application/json", "Accept": accept},
+    )
     SigV4Auth(aws, "bedrock", call.config.region or "us-east-1").add_auth(request)
     return {str(k): str(v) for k, v in request.headers.items()}
 
@@ -137,9 +169,12 @@ def _url(call: UpstreamCall, action: str) -> str:
 def map_usage(raw: dict[str, Any]) -> Usage:
     read = int(raw.get("cacheReadInputTokens") or 0)
     write = int(raw.get("cacheWriteInputTokens") or 0)
-    return Usage(prompt_tokens=int(raw.get("inputTokens") or 0) + read + write,
-                 completion_tokens=int(raw.get("outputTokens") or 0),
-                 cached_tokens=read, cache_write_tokens=write)
+    return Usage(
+        prompt_tokens=int(raw.get("inputTokens") or 0) + read + write,
+        completion_tokens=int(raw.get("outputTokens") or 0),
+        cached_tokens=read,
+        cache_write_tokens=write,
+    )
 
 
 def map_response(data: dict[str, Any]) -> Completion:
@@ -148,18 +183,29 @@ def map_response(data: dict[str, Any]) -> Completion:
         raise ProviderError("protocol", "upstream response has no output message")
     text = "".join(b["text"] for b in content if "text" in b)
     calls = [
-        {"id": b["toolUse"]["toolUseId"], "type": "function",
-         "function": {"name": b["toolUse"]["name"],
-                      "arguments": json.dumps(b["toolUse"].get("input", {}))}}
-        for b in content if "toolUse" in b
+        {
+            "id": b["toolUse"]["toolUseId"],
+            "type": "function",
+            "function": {
+                "name": b["toolUse"]["name"],
+                "arguments": json.dumps(b["toolUse"].get("input", {})),
+            },
+        }
+        for b in content
+        if "toolUse" in b
     ]
     message: dict[str, Any] = {"role": "assistant", "content": text or None}
     if calls:
         message["tool_calls"] = calls
     usage = data.get("usage")
     return Completion(
-        choices=[{"index": 0, "message": message,
-                  "finish_reason": STOP_REASONS.get(data.get("stopReason", ""), "stop")}],
+        choices=[
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": STOP_REASONS.get(data.get("stopReason", ""), "stop"),
+            }
+        ],
         usage=map_usage(usage) if isinstance(usage, dict) else None,
     )
 
@@ -179,18 +225,38 @@ class _StreamState:
             if not tool:
                 return []
             index = self.tool_index[data.get("contentBlockIndex", 0)] = len(self.tool_index)
-            return [ChoiceDelta({"tool_calls": [{
-                "index": index, "id": tool.get("toolUseId", ""), "type": "function",
-                "function": {"name": tool.get("name", ""), "arguments": ""}}]})]
+            return [
+                ChoiceDelta(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": index,
+                                "id": tool.get("toolUseId", ""),
+                                "type": "function",
+                                "function": {"name": tool.get("name", ""), "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            ]
         if event == "contentBlockDelta":
             delta = data.get("delta") or {}
             if "text" in delta:
                 return [ChoiceDelta({"content": delta["text"]})]
             if "toolUse" in delta:
                 index = self.tool_index.get(data.get("contentBlockIndex", 0), 0)
-                return [ChoiceDelta({"tool_calls": [{
-                    "index": index, "function": {"arguments": delta["toolUse"].get("input", "")}
-                }]})]
+                return [
+                    ChoiceDelta(
+                        {
+                            "tool_calls": [
+                                {
+                                    "index": index,
+                                    "function": {"arguments": delta["toolUse"].get("input", "")},
+                                }
+                            ]
+                        }
+                    )
+                ]
             return []
         if event == "messageStop":
             return [ChoiceDelta({}, STOP_REASONS.get(data.get("stopReason", ""), "stop"))]
@@ -220,17 +286,18 @@ class BedrockProvider:
                     kind = message.headers.get(":message-type", "event")
                     if kind != "event":
                         raise ProviderError(
-                            "error_event", "upstream stream carried "
+                            "error_event",
+                            "upstream stream carried "
                             f"{message.headers.get(':exception-type', 'an error')}",
-                            response=RawExchange.of(url, message.headers, message.payload, 200))
+                            response=RawExchange.of(url, message.headers, message.payload, 200),
+                        )
                     data = json.loads(message.payload or b"{}")
                     for item in state.map(message.headers.get(":event-type", ""), data):
                         yield item
         except EventStreamError as exc:
             raise ProviderError("protocol", f"bad event-stream from upstream: {exc}") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ProviderError("connect", f"upstream stream broke: {type(exc).__name__}"
-                                ) from None
+            raise ProviderError("connect", f"upstream stream broke: {type(exc).__name__}") from None
         finally:
             resp.release()
 

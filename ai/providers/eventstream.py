@@ -33,8 +33,10 @@ class Message:
 
 def encode(headers: dict[str, str], payload: bytes) -> bytes:
     raw = b"".join(
-        struct.pack(">B", len(n := name.encode())) + n + struct.pack(">BH", 7, len(v := value
-        .encode())) + v
+        struct.pack(">B", len(n := name.encode()))
+        + n
+        + struct.pack(">BH", 7, len(v := value.encode()))
+        + v
         for name, value in headers.items()
     )
     total = PRELUDE.size + len(raw) + len(payload) + 4
@@ -47,13 +49,13 @@ def _headers(raw: bytes) -> dict[str, str]:
     out, pos = {}, 0
     while pos < len(raw):
         name_len = raw[pos]
-        name = raw[pos + 1:pos + 1 + name_len].decode()
+        name = raw[pos + 1 : pos + 1 + name_len].decode()
         pos += 1 + name_len
         kind = raw[pos]
         pos += 1
         if kind in (6, 7):
             (length,) = struct.unpack_from(">H", raw, pos)
-            value = raw[pos + 2:pos + 2 + length]
+            value = raw[pos + 2 : pos + 2 + length]
             pos += 2 + length
             if kind == 7:
                 out[name] = value.decode()
@@ -87,6 +89,9 @@ class Decoder:
             if zlib.crc32(frame[:-4]) != crc:
                 raise EventStreamError("event-stream message CRC mismatch")
             start = PRELUDE.size
-            out.append(Message(
-                _headers(frame[start:start + headers_len]), frame[start + headers_len:-4]))
+            out.append(
+                Message(
+                    _headers(frame[start : start + headers_len]), frame[start + headers_len : -4]
+                )
+            )
         return out

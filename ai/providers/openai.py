@@ -55,7 +55,8 @@ def map_response(data: dict[str, Any]) -> Completion:
     return Completion(
         choices=[
             {
-                "index": c.get("index", i), "message": c.get("message") or {},
+                "index": c.get("index", i),
+                "message": c.get("message") or {},
                 "finish_reason": c.get("finish_reason") or "stop",
             }
             for i, c in enumerate(choices)
@@ -82,14 +83,18 @@ class OpenAIProvider:
 
     async def complete(self, call: UpstreamCall) -> Completion:
         url = _url(call, "/chat/completions")
-        return map_response(await post_json(call, url, _headers(call), map_request(
-            call.body, stream=False)))
+        return map_response(
+            await post_json(call, url, _headers(call), map_request(call.body, stream=False))
+        )
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[StreamItem]:
         url = _url(call, "/chat/completions")
         body = json.dumps(map_request(call.body, stream=True)).encode()
-        headers = {**_headers(call), "Content-Type": "application/json",
-                   "Accept": "text/event-stream"}
+        headers = {
+            **_headers(call),
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
         resp = await open_post(call, url, headers, body)
         try:
             async for event in iter_sse(resp):

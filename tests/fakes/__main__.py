@@ -18,8 +18,12 @@ from tests.fakes.openai_fake import create_openai_fake
 
 
 async def _serve() -> None:
-    factories = {"openai": create_openai_fake, "local": create_openai_fake,
-                 "anthropic": create_anthropic_fake, "bedrock": create_bedrock_fake}
+    factories = {
+        "openai": create_openai_fake,
+        "local": create_openai_fake,
+        "anthropic": create_anthropic_fake,
+        "bedrock": create_bedrock_fake,
+    }
     runners, urls = [], {}
     for name, factory in factories.items():
         runner = web.AppRunner(factory(), access_log=None)

@@ -18,7 +18,9 @@ STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 def _text(blocks: list[dict[str, Any]]) -> str:
     return " ".join(
         b["text"] if "text" in b else _text(b["toolResult"]["content"])
-        for b in blocks if "text" in b or "toolResult" in b)
+        for b in blocks
+        if "text" in b or "toolResult" in b
+    )
 
 
 def _answer(body: dict[str, Any]) -> Any:
@@ -33,30 +35,38 @@ def _answer(body: dict[str, Any]) -> Any:
 
 def _usage(a: Any, cached: bool) -> dict[str, Any]:
     read, write = (4, 2) if cached else (0, 0)
-    out = {"inputTokens": max(1, a.prompt_tokens - read - write),
-           "outputTokens": a.completion_tokens,
-           "totalTokens": a.prompt_tokens + a.completion_tokens}
+    out = {
+        "inputTokens": max(1, a.prompt_tokens - read - write),
+        "outputTokens": a.completion_tokens,
+        "totalTokens": a.prompt_tokens + a.completion_tokens,
+    }
     if cached:
         out |= {"cacheReadInputTokens": read, "cacheWriteInputTokens": write}
     return out
 
 
 def _event(kind: str, payload: dict[str, Any]) -> bytes:
-    return encode({":event-type": kind, ":content-type": "application/json",
-                   ":message-type": "event"}, json.dumps(payload).encode())
+    return encode(
+        {":event-type": kind, ":content-type": "application/json", ":message-type": "event"},
+        json.dumps(payload).encode(),
+    )
 
 
 def _check(request: web.Request) -> web.Response | None:
     if not request.headers.get("Authorization", "").startswith("AWS4-HMAC-SHA256 "):
-        return web.json_response({"message": "missing SigV4 signature"}, status=403,
-                                 headers={"x-amzn-ErrorType": "UnrecognizedClientException"})
+        return web.json_response(
+            {"message": "missing SigV4 signature"},
+            status=403,
+            headers={"x-amzn-ErrorType": "UnrecognizedClientException"},
+        )
     return None
 
 
 def _error(status: int) -> web.Response:
     kind = "ThrottlingException" if status == 429 else "InternalServerException"
-    return web.json_response({"message": f"fake failure {status}"}, status=status,
-                             headers={"x-amzn-ErrorType": kind})
+    return web.json_response(
+        {"message": f"fake failure {status}"}, status=status, headers={"x-amzn-ErrorType": kind}
+    )
 
 
 async def _start(request: web.Request) -> tuple[dict[str, Any], Behavior, Any]:
@@ -79,12 +89,17 @@ async def converse(request: web.Request) -> web.Response:
     if a.tokens:
         content.append({"text": "".join(a.tokens)})
     if a.tool:
-        content.append({"toolUse": {"toolUseId": a.tool[0], "name": a.tool[1],
-                                    "input": json.loads(a.tool[2])}})
-    return web.json_response({
-        "output": {"message": {"role": "assistant", "content": content}},
-        "stopReason": STOP[a.finish], "usage": _usage(a, behavior.cached),
-        "metrics": {"latencyMs": 1}})
+        content.append(
+            {"toolUse": {"toolUseId": a.tool[0], "name": a.tool[1], "input": json.loads(a.tool[2])}}
+        )
+    return web.json_response(
+        {
+            "output": {"message": {"role": "assistant", "content": content}},
+            "stopReason": STOP[a.finish],
+            "usage": _usage(a, behavior.cached),
+            "metrics": {"latencyMs": 1},
+        }
+    )
 
 
 async def converse_stream(request: web.Request) -> web.StreamResponse:
@@ -98,10 +113,16 @@ async def converse_stream(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "application/vnd.amazon.eventstream"})
     await resp.prepare(request)
     if behavior.error_event:
-        await resp.write(encode({":exception-type": "throttlingException",
-                                 ":content-type": "application/json",
-                                 ":message-type": "exception"},
-                                json.dumps({"message": "fake throttled"}).encode()))
+        await resp.write(
+            encode(
+                {
+                    ":exception-type": "throttlingException",
+                    ":content-type": "application/json",
+                    ":message-type": "exception",
+                },
+                json.dumps({"message": "fake throttled"}).encode(),
+            )
+        )
         return resp
     await resp.write(_event("messageStart", {"role": "assistant"}))
     index = 0
@@ -109,19 +130,32 @@ async def converse_stream(request: web.Request) -> web.StreamResponse:
         for i, token in enumerate(a.tokens):
             if behavior.fail_after is not None and i >= behavior.fail_after:
                 return await drop(request, resp)
-            await resp.write(_event("contentBlockDelta", {"contentBlockIndex": 0,
-                                                          "delta": {"text": token}}))
+            await resp.write(
+                _event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": token}})
+            )
         await resp.write(_event("contentBlockStop", {"contentBlockIndex": 0}))
         index = 1
     if a.tool:
-        await resp.write(_event("contentBlockStart", {"contentBlockIndex": index, "start": {
-            "toolUse": {"toolUseId": a.tool[0], "name": a.tool[1]}}}))
-        await resp.write(_event("contentBlockDelta", {"contentBlockIndex": index, "delta": {
-            "toolUse": {"input": a.tool[2]}}}))
+        await resp.write(
+            _event(
+                "contentBlockStart",
+                {
+                    "contentBlockIndex": index,
+                    "start": {"toolUse": {"toolUseId": a.tool[0], "name": a.tool[1]}},
+                },
+            )
+        )
+        await resp.write(
+            _event(
+                "contentBlockDelta",
+                {"contentBlockIndex": index, "delta": {"toolUse": {"input": a.tool[2]}}},
+            )
+        )
         await resp.write(_event("contentBlockStop", {"contentBlockIndex": index}))
     await resp.write(_event("messageStop", {"stopReason": STOP[a.finish]}))
-    await resp.write(_event("metadata", {"usage": _usage(a, behavior.cached),
-                                         "metrics": {"latencyMs": 1}}))
+    await resp.write(
+        _event("metadata", {"usage": _usage(a, behavior.cached), "metrics": {"latencyMs": 1}})
+    )
     return resp
 
 

@@ -40,7 +40,8 @@ class Behavior:
             fail_status=int(status.group(1)) if status else None,
             fail_after=int(after.group(1)) if after else None,
             slow_ms=int(slow.group(1)) if slow else 0,
-            error_event="errorevent" in model, cached="cached" in model,
+            error_event="errorevent" in model,
+            cached="cached" in model,
             no_usage="nousage" in model,
         )
 
@@ -51,7 +52,9 @@ def text_of(content: Any) -> str:
     if isinstance(content, list):
         return " ".join(
             text_of(p["content"]) if p.get("type") == "tool_result" else str(p.get("text", ""))
-            for p in content if isinstance(p, dict))
+            for p in content
+            if isinstance(p, dict)
+        )
     return ""
 
 
@@ -71,8 +74,12 @@ class Answer:
         return len(self.tokens) + (3 if self.tool else 0)
 
 
-def answer(last_user: str, prompt_text: str, tool_name: str | None, max_tokens: int | None,
-           ) -> Answer:
+def answer(
+    last_user: str,
+    prompt_text: str,
+    tool_name: str | None,
+    max_tokens: int | None,
+) -> Answer:
     prompt = max(1, words(prompt_text))
     if tool_name is not None:
         args = json.dumps({"query": last_user})

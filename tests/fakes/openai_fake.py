@@ -22,20 +22,31 @@ def _answer(body: dict[str, Any]) -> Any:
     tools = body.get("tools") or []
     tool = tools[0]["function"]["name"] if tools and messages[-1].get("role") != "tool" else None
     prompt = " ".join(text_of(m.get("content")) for m in messages)
-    return answer(last, prompt, tool, body.get("max_completion_tokens") or body.get(
-        "max_tokens"))
+    return answer(last, prompt, tool, body.get("max_completion_tokens") or body.get("max_tokens"))
 
 
 def _usage(a: Any, cached: bool) -> dict[str, Any]:
-    return {"prompt_tokens": a.prompt_tokens, "completion_tokens": a.completion_tokens,
-            "total_tokens": a.prompt_tokens + a.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 2 if cached else 0}}
+    return {
+        "prompt_tokens": a.prompt_tokens,
+        "completion_tokens": a.completion_tokens,
+        "total_tokens": a.prompt_tokens + a.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 2 if cached else 0},
+    }
 
 
 def _error(status: int) -> web.Response:
-    return web.json_response({"error": {"message": f"fake failure {status}", "type":
-                                        "server_error", "param": None, "code": None}},
-                             status=status, headers={"Retry-After": "1"})
+    return web.json_response(
+        {
+            "error": {
+                "message": f"fake failure {status}",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        },
+        status=status,
+        headers={"Retry-After": "1"},
+    )
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -53,11 +64,21 @@ async def chat(request: web.Request) -> web.StreamResponse:
             return _error(500)
         message: dict[str, Any] = {"role": "assistant", "content": "".join(a.tokens) or None}
         if a.tool:
-            message["tool_calls"] = [{"id": a.tool[0], "type": "function",
-                                      "function": {"name": a.tool[1], "arguments": a.tool[2]}}]
-        return web.json_response({**base, "object": "chat.completion", "choices": [
-            {"index": 0, "message": message, "finish_reason": a.finish}],
-            **({} if behavior.no_usage else {"usage": _usage(a, behavior.cached)})})
+            message["tool_calls"] = [
+                {
+                    "id": a.tool[0],
+                    "type": "function",
+                    "function": {"name": a.tool[1], "arguments": a.tool[2]},
+                }
+            ]
+        return web.json_response(
+            {
+                **base,
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": message, "finish_reason": a.finish}],
+                **({} if behavior.no_usage else {"usage": _usage(a, behavior.cached)}),
+            }
+        )
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
 
@@ -68,19 +89,56 @@ async def chat(request: web.Request) -> web.StreamResponse:
         await send({"error": {"message": "fake overloaded", "type": "server_error"}})
         return resp
     chunk = {**base, "object": "chat.completion.chunk"}
-    await send({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                      "finish_reason": None}]})
+    await send(
+        {
+            **chunk,
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            ],
+        }
+    )
     for i, token in enumerate(a.tokens):
         if behavior.fail_after is not None and i >= behavior.fail_after:
             return await drop(request, resp)
-        await send({**chunk, "choices": [{"index": 0, "delta": {"content": token},
-                                          "finish_reason": None}]})
+        await send(
+            {**chunk, "choices": [{"index": 0, "delta": {"content": token}, "finish_reason": None}]}
+        )
     if a.tool:
-        await send({**chunk, "choices": [{"index": 0, "delta": {"tool_calls": [{
-            "index": 0, "id": a.tool[0], "type": "function",
-            "function": {"name": a.tool[1], "arguments": ""}}]}, "finish_reason": None}]})
-        await send({**chunk, "choices": [{"index": 0, "delta": {"tool_calls": [{
-            "index": 0, "function": {"arguments": a.tool[2]}}]}, "finish_reason": None}]})
+        await send(
+            {
+                **chunk,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {
+                            "tool_calls": [
+                                {
+                                    "index": 0,
+                                    "id": a.tool[0],
+                                    "type": "function",
+                                    "function": {"name": a.tool[1], "arguments": ""},
+                                }
+                            ]
+                        },
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        )
+        await send(
+            {
+                **chunk,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {
+                            "tool_calls": [{"index": 0, "function": {"arguments": a.tool[2]}}]
+                        },
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        )
     await send({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": a.finish}]})
     if (body.get("stream_options") or {}).get("include_usage") and not behavior.no_usage:
         await send({**chunk, "choices": [], "usage": _usage(a, behavior.cached)})
@@ -108,8 +166,14 @@ async def embeddings(request: web.Request) -> web.Response:
             emb = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
         data.append({"object": "embedding", "index": i, "embedding": emb})
     tokens = sum(len(json.dumps(i).split()) for i in inputs)
-    return web.json_response({"object": "list", "data": data, "model": body["model"],
-                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    return web.json_response(
+        {
+            "object": "list",
+            "data": data,
+            "model": body["model"],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
 
 
 def create_openai_fake() -> web.Application:

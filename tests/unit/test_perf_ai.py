@@ -26,8 +26,9 @@ from perf.report import Result
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 
 
-def step(system: str, rate: float, p50: float, p99: float, *, errors: int = 0,
-         mode: str = "nonstream") -> Step:
+def step(
+    system: str, rate: float, p50: float, p99: float, *, errors: int = 0, mode: str = "nonstream"
+) -> Step:
     return Step(system, mode, rate, 100, errors, p50, p99, p99, 0.1, rate)
 
 
@@ -175,8 +176,11 @@ def _outcome() -> Outcome:
 
 
 def _get(results: list[Result], metric: str, path: str, **kw: object) -> Result:
-    hits = [r for r in results if r.metric == metric and r.path == path
-            and all(getattr(r, k) == v for k, v in kw.items())]
+    hits = [
+        r
+        for r in results
+        if r.metric == metric and r.path == path and all(getattr(r, k) == v for k, v in kw.items())
+    ]
     assert len(hits) == 1, (metric, path, kw, hits)
     return hits[0]
 
@@ -198,13 +202,11 @@ def test_sustained_rates_and_goals() -> None:
     vs_ll = _get(results, "sustained_rps", "gateway/nonstream", baseline="litellm/nonstream")
     assert (vs_ll.value, vs_ll.baseline_value, vs_ll.ratio) == (500, 50, 10.0)
     assert vs_ll.extra["lower_bound"] is True
-    vs_bare = _get(results, "sustained_rps", "gateway/nonstream",
-                   baseline="bare_proxy/nonstream")
+    vs_bare = _get(results, "sustained_rps", "gateway/nonstream", baseline="bare_proxy/nonstream")
     assert vs_bare.ratio == 1.0
     p99_goal = _get(results, "goal_added_p99", "gateway/nonstream")
     assert p99_goal.baseline_value == pytest.approx(4.0) and p99_goal.note == "met"
-    rate_goal = _get(results, "goal_sustained_rps", "gateway/nonstream",
-                     baseline="10 x litellm")
+    rate_goal = _get(results, "goal_sustained_rps", "gateway/nonstream", baseline="10 x litellm")
     assert rate_goal.note == "met"
     hit = _get(results, "exact_hit_p50_ms", "gateway/nonstream")
     assert hit.baseline_value == 4 and hit.ratio == pytest.approx(0.375) and hit.valid
@@ -212,13 +214,17 @@ def test_sustained_rates_and_goals() -> None:
 
 def test_goal_not_met_and_litellm_unavailable() -> None:
     out = _outcome()
-    out.steps = [s if s.system != GATEWAY or s.rate != 50 else step(GATEWAY, 50, 9, 30, errors=1)
-                 for s in out.steps]
+    out.steps = [
+        s if s.system != GATEWAY or s.rate != 50 else step(GATEWAY, 50, 9, 30, errors=1)
+        for s in out.steps
+    ]
     results = build_results(out, Settings())
     assert _get(results, "goal_added_p99", "gateway/nonstream").note == "NOT met"
     # gateway fails at 50 rps -> sustains nothing
-    assert _get(results, "goal_sustained_rps", "gateway/nonstream",
-                baseline="0.8 x bare_proxy").note == "NOT met"
+    assert (
+        _get(results, "goal_sustained_rps", "gateway/nonstream", baseline="0.8 x bare_proxy").note
+        == "NOT met"
+    )
 
     out = _outcome()
     out.steps = [s for s in out.steps if s.system != LITELLM]
@@ -248,7 +254,6 @@ def test_litellm_config_points_at_the_fake() -> None:
 def test_a_retried_step_keeps_its_first_attempt() -> None:
     out = _outcome()
     out.retried.append(step(GATEWAY, 100, 4, 140))
-    r = _get(build_results(out, Settings()), "added_p99_ms", "gateway/nonstream",
-             offered_pps=100)
+    r = _get(build_results(out, Settings()), "added_p99_ms", "gateway/nonstream", offered_pps=100)
     assert r.valid and r.note == "retried (1st: fails: p99 140 ms >= 100)"
     assert [run.get("retried", False) for run in r.runs] == [False, False, True]

@@ -64,8 +64,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="module")
 def upstreams() -> Iterator[Upstreams]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert proc.stdout is not None
         yield Upstreams(json.loads(proc.stdout.readline()))
@@ -85,28 +89,47 @@ class GatewayProcess:
 
 def gateway_config(up: Upstreams, tmp: Path, policy: dict[str, Any]) -> dict[str, Any]:
     return {
-        "listen_host": "127.0.0.1", "listen_port": free_port(),
+        "listen_host": "127.0.0.1",
+        "listen_port": free_port(),
         "key_secret": {"file": str(tmp / "key-secret")},
         "providers": {
-            "openai": {"kind": "openai", "base_url": up.urls["openai"] + "/v1",
-                       "api_key": {"env": "E2E_OPENAI_KEY"}},
-            "anthropic": {"kind": "anthropic", "base_url": up.urls["anthropic"] + "/v1",
-                          "api_key": {"env": "E2E_ANTHROPIC_KEY"}},
-            "bedrock": {"kind": "bedrock", "base_url": up.urls["bedrock"], "region": "eu-west-1",
-                        "aws_access_key_id": {"env": "E2E_AK"},
-                        "aws_secret_access_key": {"env": "E2E_SK"}},
+            "openai": {
+                "kind": "openai",
+                "base_url": up.urls["openai"] + "/v1",
+                "api_key": {"env": "E2E_OPENAI_KEY"},
+            },
+            "anthropic": {
+                "kind": "anthropic",
+                "base_url": up.urls["anthropic"] + "/v1",
+                "api_key": {"env": "E2E_ANTHROPIC_KEY"},
+            },
+            "bedrock": {
+                "kind": "bedrock",
+                "base_url": up.urls["bedrock"],
+                "region": "eu-west-1",
+                "aws_access_key_id": {"env": "E2E_AK"},
+                "aws_secret_access_key": {"env": "E2E_SK"},
+            },
             "vllm": {"kind": "vllm", "base_url": up.urls["local"] + "/v1"},
         },
         "routes": [
             {"pattern": "gpt-*", "provider": "openai", "models": ["gpt-4o-mini"]},
             {"pattern": "claude-*", "provider": "anthropic"},
             {"pattern": "bedrock/*", "provider": "bedrock", "strip_prefix": "bedrock/"},
-            {"pattern": "local/*", "provider": "vllm", "strip_prefix": "local/",
-             "overflow": policy},
+            {
+                "pattern": "local/*",
+                "provider": "vllm",
+                "strip_prefix": "local/",
+                "overflow": policy,
+            },
         ],
         "keys": [
-            {"id": "a", "hash": hash_key(SECRET, KEY_A), "tenant": "ta",
-             "budget": {"max_tokens": 500}},
+            {
+                "id": "a",
+                "hash": hash_key(SECRET, KEY_A),
+                "tenant": "ta",
+                "budget": {"max_tokens": 500},
+            },
             {"id": "b", "hash": hash_key(SECRET, KEY_B), "tenant": "tb"},
         ],
         "exact_cache": {"path": str(tmp / "cache.sqlite3")},
@@ -119,12 +142,21 @@ def start_gateway(up: Upstreams, tmp: Path, policy: dict[str, Any]) -> GatewayPr
     (tmp / "key-secret").write_text(SECRET + "\n")
     config = gateway_config(up, tmp, policy)
     (tmp / "ai.json").write_text(json.dumps(config))
-    env = {**os.environ, "E2E_OPENAI_KEY": "sk-e2e-SECRET", "E2E_ANTHROPIC_KEY": "ant-SECRET",
-           "E2E_AK": "AKIAE2E", "E2E_SK": "e2e-SECRET"}
+    env = {
+        **os.environ,
+        "E2E_OPENAI_KEY": "sk-e2e-SECRET",
+        "E2E_ANTHROPIC_KEY": "ant-SECRET",
+        "E2E_AK": "AKIAE2E",
+        "E2E_SK": "e2e-SECRET",
+    }
     with (tmp / "gateway.log").open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ai", "--config", str(tmp / "ai.json")], cwd=ROOT, env=env,
-            stdout=log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "ai", "--config", str(tmp / "ai.json")],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{config['listen_port']}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -142,8 +174,11 @@ def start_gateway(up: Upstreams, tmp: Path, policy: dict[str, Any]) -> GatewayPr
 @pytest.fixture
 def reject_gateway(upstreams: Upstreams, tmp_path: Path) -> Iterator[GatewayProcess]:
     upstreams.reset()
-    gw = start_gateway(upstreams, tmp_path / "reject", {
-        "policy": "reject", "ttft_timeout_s": 0.5, "retry_after_s": 3})
+    gw = start_gateway(
+        upstreams,
+        tmp_path / "reject",
+        {"policy": "reject", "ttft_timeout_s": 0.5, "retry_after_s": 3},
+    )
     try:
         yield gw
     finally:
@@ -153,8 +188,11 @@ def reject_gateway(upstreams: Upstreams, tmp_path: Path) -> Iterator[GatewayProc
 @pytest.fixture
 def spill_gateway(upstreams: Upstreams, tmp_path: Path) -> Iterator[GatewayProcess]:
     upstreams.reset()
-    gw = start_gateway(upstreams, tmp_path / "spill", {
-        "policy": "spill", "spill_model": "gpt-4o-mini", "ttft_timeout_s": 0.5})
+    gw = start_gateway(
+        upstreams,
+        tmp_path / "spill",
+        {"policy": "spill", "spill_model": "gpt-4o-mini", "ttft_timeout_s": 0.5},
+    )
     try:
         yield gw
     finally:

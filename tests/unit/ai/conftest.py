@@ -27,8 +27,10 @@ from tests.fakes.openai_fake import create_openai_fake
 SECRET = "unit-test-key-secret"
 KEY_A, KEY_B, KEY_REVOKED = "sk-spectra-tenant-a", "sk-spectra-tenant-b", "sk-spectra-revoked"
 ENV = {
-    "SPECTRA_AI_KEY_SECRET": SECRET, "OPENAI_KEY": "sk-upstream-openai-SECRET",
-    "ANTHROPIC_KEY": "sk-ant-upstream-SECRET", "AWS_AK": "AKIAFAKEFAKEFAKE",
+    "SPECTRA_AI_KEY_SECRET": SECRET,
+    "OPENAI_KEY": "sk-upstream-openai-SECRET",
+    "ANTHROPIC_KEY": "sk-ant-upstream-SECRET",
+    "AWS_AK": "AKIAFAKEFAKEFAKE",
     "AWS_SK": "fake/secret/access/key/SECRET",
 }
 
@@ -56,8 +58,15 @@ class Fakes:
 
 @pytest_asyncio.fixture
 async def fakes() -> AsyncIterator[Fakes]:
-    servers = [TestServer(f(), host="127.0.0.1") for f in (
-        create_openai_fake, create_openai_fake, create_anthropic_fake, create_bedrock_fake)]
+    servers = [
+        TestServer(f(), host="127.0.0.1")
+        for f in (
+            create_openai_fake,
+            create_openai_fake,
+            create_anthropic_fake,
+            create_bedrock_fake,
+        )
+    ]
     for server in servers:
         await server.start_server()
     try:
@@ -68,19 +77,31 @@ async def fakes() -> AsyncIterator[Fakes]:
 
 
 def config_dict(fakes: Fakes, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
-    local_overflow = overrides.pop("overflow", {"policy": "reject", "ttft_timeout_s": 2.0,
-                                                "retry_after_s": 7})
+    local_overflow = overrides.pop(
+        "overflow", {"policy": "reject", "ttft_timeout_s": 2.0, "retry_after_s": 7}
+    )
     budget_a = overrides.pop("budget_a", {})
     data: dict[str, Any] = {
-        "listen_host": "127.0.0.1", "listen_port": 0,
+        "listen_host": "127.0.0.1",
+        "listen_port": 0,
         "providers": {
-            "openai": {"kind": "openai", "base_url": fakes.url("openai") + "/v1",
-                       "api_key": {"env": "OPENAI_KEY"}},
-            "anthropic": {"kind": "anthropic", "base_url": fakes.url("anthropic") + "/v1",
-                          "api_key": {"env": "ANTHROPIC_KEY"}},
-            "bedrock": {"kind": "bedrock", "base_url": fakes.url("bedrock"),
-                        "region": "eu-west-1", "aws_access_key_id": {"env": "AWS_AK"},
-                        "aws_secret_access_key": {"env": "AWS_SK"}},
+            "openai": {
+                "kind": "openai",
+                "base_url": fakes.url("openai") + "/v1",
+                "api_key": {"env": "OPENAI_KEY"},
+            },
+            "anthropic": {
+                "kind": "anthropic",
+                "base_url": fakes.url("anthropic") + "/v1",
+                "api_key": {"env": "ANTHROPIC_KEY"},
+            },
+            "bedrock": {
+                "kind": "bedrock",
+                "base_url": fakes.url("bedrock"),
+                "region": "eu-west-1",
+                "aws_access_key_id": {"env": "AWS_AK"},
+                "aws_secret_access_key": {"env": "AWS_SK"},
+            },
             "vllm": {"kind": "vllm", "base_url": fakes.url("local") + "/v1"},
         },
         "routes": [
@@ -88,15 +109,28 @@ def config_dict(fakes: Fakes, tmp_path: Path, **overrides: Any) -> dict[str, Any
             {"pattern": "text-embedding-*", "provider": "openai"},
             {"pattern": "claude-*", "provider": "anthropic", "models": ["claude-sonnet-4"]},
             {"pattern": "bedrock/*", "provider": "bedrock", "strip_prefix": "bedrock/"},
-            {"pattern": "local/*", "provider": "vllm", "strip_prefix": "local/",
-             "models": ["local/llama"], "overflow": local_overflow},
+            {
+                "pattern": "local/*",
+                "provider": "vllm",
+                "strip_prefix": "local/",
+                "models": ["local/llama"],
+                "overflow": local_overflow,
+            },
         ],
         "keys": [
-            {"id": "key-a", "hash": hash_key(SECRET, KEY_A), "tenant": "tenant-a",
-             "budget": budget_a},
+            {
+                "id": "key-a",
+                "hash": hash_key(SECRET, KEY_A),
+                "tenant": "tenant-a",
+                "budget": budget_a,
+            },
             {"id": "key-b", "hash": hash_key(SECRET, KEY_B), "tenant": "tenant-b"},
-            {"id": "key-r", "hash": hash_key(SECRET, KEY_REVOKED), "tenant": "tenant-a",
-             "revoked": True},
+            {
+                "id": "key-r",
+                "hash": hash_key(SECRET, KEY_REVOKED),
+                "tenant": "tenant-a",
+                "revoked": True,
+            },
         ],
         "prices": [{"pattern": "gpt-*", "input_per_mtok": 1.0, "output_per_mtok": 2.0}],
         "exact_cache": {"path": str(tmp_path / "cache.sqlite3")},
@@ -115,8 +149,7 @@ async def make_gateway(fakes: Fakes, tmp_path: Path) -> AsyncIterator[GatewayFac
 
     async def make(semcache: Any = None, **overrides: Any) -> TestServer:
         config = AIConfig.model_validate(config_dict(fakes, tmp_path, **overrides))
-        server = TestServer(create_app(config, env=ENV, semantic_cache=semcache),
-                            host="127.0.0.1")
+        server = TestServer(create_app(config, env=ENV, semantic_cache=semcache), host="127.0.0.1")
         await server.start_server()
         started.append(server)
         return server
@@ -135,8 +168,12 @@ async def gateway(make_gateway: GatewayFactory) -> TestServer:
 
 def client_for(server: TestServer, key: str = KEY_A, **kwargs: Any) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
-        base_url=str(server.make_url("/v1")), api_key=key, max_retries=0,
-        _strict_response_validation=True, **kwargs)
+        base_url=str(server.make_url("/v1")),
+        api_key=key,
+        max_retries=0,
+        _strict_response_validation=True,
+        **kwargs,
+    )
 
 
 @pytest_asyncio.fixture

@@ -35,8 +35,7 @@ async def test_chain_verifies_and_edits_fail(tmp_path: Path) -> None:
     lines = path.read_text().splitlines()
     record = json.loads(lines[7])
     record["n"] = 999
-    edited = [*lines[:7], json.dumps(record, sort_keys=True, separators=(",", ":")),
-              *lines[8:]]
+    edited = [*lines[:7], json.dumps(record, sort_keys=True, separators=(",", ":")), *lines[8:]]
     path.write_text("\n".join(edited) + "\n")
     report = verify(path)
     assert not report.ok and report.line == 8 and "edited" in (report.error or "")
@@ -62,8 +61,9 @@ async def test_rotation_keeps_every_record_and_the_chain(tmp_path: Path) -> None
     await write_records(path, 50, rotate_bytes=4096)  # a restart continues the chain
     report = verify(path)
     assert report.ok and report.records == 350 and len(report.files) > 5
-    seen = sorted(json.loads(line)["n"] for f in report.files
-                  for line in Path(f).read_text().splitlines())
+    seen = sorted(
+        json.loads(line)["n"] for f in report.files for line in Path(f).read_text().splitlines()
+    )
     assert seen == sorted(list(range(300)) + list(range(50)))
 
 
@@ -102,13 +102,28 @@ def test_cli_new_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.asyncio
-async def test_gateway_records_have_the_fields(gateway: TestServer,
-                                               client: openai.AsyncOpenAI) -> None:
-    await client.chat.completions.create(model="claude-cached-1", messages=[
-        {"role": "user", "content": "audit me"}])
+async def test_gateway_records_have_the_fields(
+    gateway: TestServer, client: openai.AsyncOpenAI
+) -> None:
+    await client.chat.completions.create(
+        model="claude-cached-1", messages=[{"role": "user", "content": "audit me"}]
+    )
     record = (await audit_records(gateway))[-1]
-    for field in ("key_hash", "tenant", "model_requested", "model_routed", "provider",
-                  "region", "cache", "overflow", "commit", "usage", "latency_ms", "prev", "h"):
+    for field in (
+        "key_hash",
+        "tenant",
+        "model_requested",
+        "model_routed",
+        "provider",
+        "region",
+        "cache",
+        "overflow",
+        "commit",
+        "usage",
+        "latency_ms",
+        "prev",
+        "h",
+    ):
         assert field in record
     assert record["tenant"] == "tenant-a" and record["provider"] == "anthropic"
     assert record["usage"]["cached"] == 3 and record["usage"]["cache_write"] == 1
@@ -117,13 +132,14 @@ async def test_gateway_records_have_the_fields(gateway: TestServer,
 
 
 @pytest.mark.asyncio
-async def test_content_only_when_configured(make_gateway: GatewayFactory,
-                                            tmp_path: Path) -> None:
-    server = await make_gateway(audit={"include_content": True,
-                                       "path": str(tmp_path / "content.jsonl")})
+async def test_content_only_when_configured(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    server = await make_gateway(
+        audit={"include_content": True, "path": str(tmp_path / "content.jsonl")}
+    )
     async with client_for(server) as c:
-        await c.chat.completions.create(model="gpt-4o-mini", messages=[
-            {"role": "user", "content": "secret words"}])
+        await c.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "secret words"}]
+        )
     record = (await audit_records(server))[-1]
     assert record["content"]["messages"][0]["content"] == "secret words"
     assert record["content"]["response"] == "Echo: secret words"

@@ -57,15 +57,26 @@ def test_cost_budget_and_prices() -> None:
 @pytest.mark.asyncio
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-sonnet-4", "local/llama"])
 async def test_hundred_concurrent_requests_never_overshoot(
-        make_gateway: GatewayFactory, fakes: Fakes, model: str) -> None:
+    make_gateway: GatewayFactory, fakes: Fakes, model: str
+) -> None:
     limit = 400
-    server = await make_gateway(budget_a={"max_tokens": limit}, exact_cache={"enabled": False},
-                                overflow={"policy": "reject", "max_concurrency": 200})
+    server = await make_gateway(
+        budget_a={"max_tokens": limit},
+        exact_cache={"enabled": False},
+        overflow={"policy": "reject", "max_concurrency": 200},
+    )
     async with client_for(server, timeout=30) as c:
-        results = await asyncio.gather(*(
-            c.chat.completions.create(model=model, max_tokens=8, messages=[
-                {"role": "user", "content": f"request number {i} with a few words"}])
-            for i in range(100)), return_exceptions=True)
+        results = await asyncio.gather(
+            *(
+                c.chat.completions.create(
+                    model=model,
+                    max_tokens=8,
+                    messages=[{"role": "user", "content": f"request number {i} with a few words"}],
+                )
+                for i in range(100)
+            ),
+            return_exceptions=True,
+        )
     ok = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, openai.RateLimitError)]
     assert len(ok) + len(refused) == 100 and ok and refused
@@ -76,12 +87,18 @@ async def test_hundred_concurrent_requests_never_overshoot(
 
 @pytest.mark.asyncio
 async def test_cost_budget_under_concurrency(make_gateway: GatewayFactory) -> None:
-    server = await make_gateway(budget_a={"max_cost_usd": 0.0005},
-                                exact_cache={"enabled": False})
+    server = await make_gateway(budget_a={"max_cost_usd": 0.0005}, exact_cache={"enabled": False})
     async with client_for(server, timeout=30) as c:
-        await asyncio.gather(*(
-            c.chat.completions.create(model="gpt-4o-mini", max_tokens=10, messages=[
-                {"role": "user", "content": f"cost {i}"}]) for i in range(100)),
-            return_exceptions=True)
+        await asyncio.gather(
+            *(
+                c.chat.completions.create(
+                    model="gpt-4o-mini",
+                    max_tokens=10,
+                    messages=[{"role": "user", "content": f"cost {i}"}],
+                )
+                for i in range(100)
+            ),
+            return_exceptions=True,
+        )
     _, cost = server.app[GATEWAY].budgets.used("key-a")
     assert 0 < cost <= 0.0005

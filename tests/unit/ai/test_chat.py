@@ -5,16 +5,19 @@ from __future__ import annotations
 import openai
 import pytest
 
-MODELS = ["gpt-4o-mini", "claude-sonnet-4", "bedrock/anthropic.claude-3-haiku-v1:0",
-          "local/llama"]
+MODELS = ["gpt-4o-mini", "claude-sonnet-4", "bedrock/anthropic.claude-3-haiku-v1:0", "local/llama"]
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("model", MODELS)
 async def test_non_stream(client: openai.AsyncOpenAI, model: str) -> None:
     resp = await client.chat.completions.create(
-        model=model, messages=[{"role": "system", "content": "be brief"},
-                               {"role": "user", "content": "hello there"}])
+        model=model,
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hello there"},
+        ],
+    )
     assert resp.choices[0].message.content == "Echo: hello there"
     assert resp.choices[0].finish_reason == "stop"
     assert resp.model == model
@@ -25,8 +28,11 @@ async def test_non_stream(client: openai.AsyncOpenAI, model: str) -> None:
 @pytest.mark.parametrize("model", MODELS)
 async def test_stream_with_usage(client: openai.AsyncOpenAI, model: str) -> None:
     stream = await client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "stream me please"}], stream=True,
-        stream_options={"include_usage": True})
+        model=model,
+        messages=[{"role": "user", "content": "stream me please"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     text, usage, finish = "", None, None
     async for chunk in stream:
         if chunk.usage is not None:
@@ -43,15 +49,23 @@ async def test_stream_with_usage(client: openai.AsyncOpenAI, model: str) -> None
 @pytest.mark.parametrize("model", MODELS)
 async def test_stream_strips_usage_unless_asked(client: openai.AsyncOpenAI, model: str) -> None:
     stream = await client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "no usage"}], stream=True)
+        model=model, messages=[{"role": "user", "content": "no usage"}], stream=True
+    )
     chunks = [chunk async for chunk in stream]
     assert all(c.usage is None for c in chunks)
     assert all(c.choices for c in chunks)
 
 
-TOOLS = [{"type": "function", "function": {
-    "name": "lookup", "description": "look something up",
-    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "look something up",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+        },
+    }
+]
 
 
 @pytest.mark.asyncio
@@ -60,16 +74,16 @@ TOOLS = [{"type": "function", "function": {
 async def test_tool_calls(client: openai.AsyncOpenAI, model: str, stream: bool) -> None:
     messages = [{"role": "user", "content": "find cats"}]
     if not stream:
-        resp = await client.chat.completions.create(model=model, messages=messages,
-                                                    tools=TOOLS)
+        resp = await client.chat.completions.create(model=model, messages=messages, tools=TOOLS)
         calls = resp.choices[0].message.tool_calls
         assert resp.choices[0].finish_reason == "tool_calls"
         assert calls is not None and calls[0].function.name == "lookup"
         assert calls[0].function.arguments == '{"query": "find cats"}'
         call_id = calls[0].id
     else:
-        got = await client.chat.completions.create(model=model, messages=messages,
-                                                   tools=TOOLS, stream=True)
+        got = await client.chat.completions.create(
+            model=model, messages=messages, tools=TOOLS, stream=True
+        )
         name, args, call_id, finish = "", "", "", None
         async for chunk in got:
             for choice in chunk.choices:
@@ -80,11 +94,23 @@ async def test_tool_calls(client: openai.AsyncOpenAI, model: str, stream: bool) 
                     args += (call.function and call.function.arguments) or ""
         assert (name, args, finish) == ("lookup", '{"query": "find cats"}', "tool_calls")
     # The tool result goes back; the fake answers with text once it sees it.
-    follow = await client.chat.completions.create(model=model, messages=[
-        *messages,
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": call_id, "type": "function",
-             "function": {"name": "lookup", "arguments": '{"query": "find cats"}'}}]},
-        {"role": "tool", "tool_call_id": call_id, "content": "three cats"},
-    ], tools=TOOLS)
+    follow = await client.chat.completions.create(
+        model=model,
+        messages=[
+            *messages,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": '{"query": "find cats"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": call_id, "content": "three cats"},
+        ],
+        tools=TOOLS,
+    )
     assert follow.choices[0].message.content == "Echo: three cats"

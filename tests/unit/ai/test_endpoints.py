@@ -15,30 +15,29 @@ from tests.unit.ai.conftest import KEY_A, Fakes, GatewayFactory, client_for
 async def test_models(client: openai.AsyncOpenAI) -> None:
     page = await client.models.list()
     ids = {m.id: m.owned_by for m in page.data}
-    assert ids == {"gpt-4o-mini": "openai", "claude-sonnet-4": "anthropic",
-                   "local/llama": "vllm"}
+    assert ids == {"gpt-4o-mini": "openai", "claude-sonnet-4": "anthropic", "local/llama": "vllm"}
 
 
 @pytest.mark.asyncio
 async def test_embeddings(client: openai.AsyncOpenAI) -> None:
     # The SDK's default base64 answer does not pass its own strict validation (the
     # validator runs before it decodes), so the strict client asks for floats.
-    resp = await client.embeddings.create(model="text-embedding-3-small",
-                                          input=["a b", "c"], encoding_format="float")
+    resp = await client.embeddings.create(
+        model="text-embedding-3-small", input=["a b", "c"], encoding_format="float"
+    )
     assert len(resp.data) == 2 and len(resp.data[0].embedding) == 8
     assert resp.usage.prompt_tokens > 0 and resp.model == "text-embedding-3-small"
-    floats = await client.embeddings.create(model="local/embed", input="x",
-                                            encoding_format="float")
+    floats = await client.embeddings.create(model="local/embed", input="x", encoding_format="float")
     assert len(floats.data[0].embedding) == 8
     with pytest.raises(openai.BadRequestError):
-        await client.embeddings.create(model="claude-sonnet-4", input="x",
-                                       encoding_format="float")
+        await client.embeddings.create(model="claude-sonnet-4", input="x", encoding_format="float")
 
 
 @pytest.mark.asyncio
 async def test_embeddings_base64_passes_through(gateway: TestServer) -> None:
-    async with openai.AsyncOpenAI(base_url=str(gateway.make_url("/v1")), api_key=KEY_A,
-                                  max_retries=0) as lenient:
+    async with openai.AsyncOpenAI(
+        base_url=str(gateway.make_url("/v1")), api_key=KEY_A, max_retries=0
+    ) as lenient:
         resp = await lenient.embeddings.create(model="text-embedding-3-small", input="a b")
     assert len(resp.data[0].embedding) == 8
 
@@ -48,8 +47,9 @@ async def test_local_embeddings_fail_closed(make_gateway: GatewayFactory, fakes:
     server = await make_gateway(overflow={"policy": "spill", "spill_model": "gpt-4o-mini"})
     async with client_for(server) as c:
         with pytest.raises(openai.APIStatusError) as info:
-            await c.embeddings.create(model="local/embed-fail500", input="x",
-                                      encoding_format="float")
+            await c.embeddings.create(
+                model="local/embed-fail500", input="x", encoding_format="float"
+            )
     assert info.value.status_code == 503
     assert fakes.requests("openai") == 0
 

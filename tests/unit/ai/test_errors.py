@@ -23,13 +23,16 @@ from tests.unit.ai.conftest import (
 MSG = [{"role": "user", "content": "hi"}]
 
 
-async def raw_post(server: TestServer, body: bytes, key: str | None = KEY_A,
-                   path: str = "/v1/chat/completions") -> tuple[int, dict[str, object]]:
+async def raw_post(
+    server: TestServer, body: bytes, key: str | None = KEY_A, path: str = "/v1/chat/completions"
+) -> tuple[int, dict[str, object]]:
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    async with aiohttp.ClientSession() as session, session.post(
-            str(server.make_url(path)), data=body, headers=headers) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(str(server.make_url(path)), data=body, headers=headers) as resp,
+    ):
         return resp.status, await resp.json()
 
 
@@ -44,22 +47,29 @@ async def test_malformed_json_is_400(gateway: TestServer) -> None:
 
 @pytest.mark.asyncio
 async def test_unknown_field_is_400(gateway: TestServer) -> None:
-    status, body = await raw_post(gateway, json.dumps(
-        {"model": "gpt-4o-mini", "messages": MSG, "temprature": 1}).encode())
+    status, body = await raw_post(
+        gateway, json.dumps({"model": "gpt-4o-mini", "messages": MSG, "temprature": 1}).encode()
+    )
     assert status == 400
     assert body["error"]["param"] == "temprature"  # type: ignore[index]
-    status, body = await raw_post(gateway, json.dumps(
-        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x", "x": 1}]}
-    ).encode())
+    status, body = await raw_post(
+        gateway,
+        json.dumps(
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x", "x": 1}]}
+        ).encode(),
+    )
     assert status == 400 and "messages.0.x" in str(body)
 
 
 @pytest.mark.asyncio
 async def test_oversized_body_is_413(make_gateway: GatewayFactory) -> None:
     server = await make_gateway(max_body_bytes=2048)
-    status, body = await raw_post(server, json.dumps(
-        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 5000}]}
-    ).encode())
+    status, body = await raw_post(
+        server,
+        json.dumps(
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 5000}]}
+        ).encode(),
+    )
     assert status == 413 and body["error"]["code"] == "request_too_large"  # type: ignore[index]
 
 
@@ -67,8 +77,10 @@ async def test_oversized_body_is_413(make_gateway: GatewayFactory) -> None:
 async def test_keys(gateway: TestServer, tmp_path: Path) -> None:
     status, _ = await raw_post(gateway, b"{}", key=None)
     assert status == 401
-    for key, exc in (("sk-wrong", openai.AuthenticationError),
-                     (KEY_REVOKED, openai.PermissionDeniedError)):
+    for key, exc in (
+        ("sk-wrong", openai.AuthenticationError),
+        (KEY_REVOKED, openai.PermissionDeniedError),
+    ):
         async with client_for(gateway, key) as c:
             with pytest.raises(exc):
                 await c.chat.completions.create(model="gpt-4o-mini", messages=MSG)
@@ -87,14 +99,18 @@ async def test_unknown_model_is_404(client: openai.AsyncOpenAI) -> None:
 
 
 @pytest.mark.asyncio
-async def test_exhausted_budget_is_429_and_audited(make_gateway: GatewayFactory,
-                                                   tmp_path: Path) -> None:
+async def test_exhausted_budget_is_429_and_audited(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
     server = await make_gateway(budget_a={"max_tokens": 30})
     async with client_for(server) as c:
         with pytest.raises(openai.RateLimitError) as info:
             for i in range(20):
-                await c.chat.completions.create(model="gpt-4o-mini", messages=[
-                    {"role": "user", "content": f"question {i}"}], max_tokens=5)
+                await c.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": f"question {i}"}],
+                    max_tokens=5,
+                )
     assert info.value.code == "insufficient_quota"
     async with client_for(server, KEY_B) as c:  # other keys are unaffected
         await c.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)
@@ -106,17 +122,21 @@ async def test_rate_limit_requests_per_minute(make_gateway: GatewayFactory) -> N
     server = await make_gateway(budget_a={"requests_per_minute": 3})
     async with client_for(server) as c:
         for i in range(3):
-            await c.chat.completions.create(model="gpt-4o-mini", messages=[
-                {"role": "user", "content": f"m{i}"}])
+            await c.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": f"m{i}"}]
+            )
         with pytest.raises(openai.RateLimitError) as info:
             await c.chat.completions.create(model="gpt-4o-mini", messages=MSG)
     assert info.value.response.headers["Retry-After"].isdigit()
 
 
 @pytest.mark.asyncio
-async def test_upstream_secrets_never_leak(client: openai.AsyncOpenAI, gateway: TestServer,
-                                           caplog: pytest.LogCaptureFixture,
-                                           tmp_path: Path) -> None:
+async def test_upstream_secrets_never_leak(
+    client: openai.AsyncOpenAI,
+    gateway: TestServer,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
     for model in ("gpt-fail500", "claude-fail500", "bedrock/x-fail500"):
         with pytest.raises(openai.APIStatusError) as info:
             await client.chat.completions.create(model=model, messages=MSG)

@@ -15,15 +15,29 @@ from tests.unit.ai.conftest import audit_records
 
 
 def test_anthropic_and_bedrock_usage_normalize() -> None:
-    assert anthropic_usage({"input_tokens": 5, "output_tokens": 7,
-                            "cache_read_input_tokens": 3,
-                            "cache_creation_input_tokens": 2}) == Usage(10, 7, 3, 2)
-    assert bedrock_usage({"inputTokens": 5, "outputTokens": 7, "totalTokens": 12,
-                          "cacheReadInputTokens": 3, "cacheWriteInputTokens": 2}
-                         ) == Usage(10, 7, 3, 2)
+    assert anthropic_usage(
+        {
+            "input_tokens": 5,
+            "output_tokens": 7,
+            "cache_read_input_tokens": 3,
+            "cache_creation_input_tokens": 2,
+        }
+    ) == Usage(10, 7, 3, 2)
+    assert bedrock_usage(
+        {
+            "inputTokens": 5,
+            "outputTokens": 7,
+            "totalTokens": 12,
+            "cacheReadInputTokens": 3,
+            "cacheWriteInputTokens": 2,
+        }
+    ) == Usage(10, 7, 3, 2)
     assert Usage(10, 7, 3).to_openai() == {
-        "prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17,
-        "prompt_tokens_details": {"cached_tokens": 3}}
+        "prompt_tokens": 10,
+        "completion_tokens": 7,
+        "total_tokens": 17,
+        "prompt_tokens_details": {"cached_tokens": 3},
+    }
 
 
 def test_offline_tiktoken_counts() -> None:
@@ -32,15 +46,17 @@ def test_offline_tiktoken_counts() -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("model", "cached"), [("gpt-cached", 2), ("claude-cached", 3),
-                                               ("bedrock/m-cached", 4)])
+@pytest.mark.parametrize(
+    ("model", "cached"), [("gpt-cached", 2), ("claude-cached", 3), ("bedrock/m-cached", 4)]
+)
 @pytest.mark.parametrize("stream", [False, True])
-async def test_cached_tokens_metered(client: openai.AsyncOpenAI, gateway: TestServer,
-                                     model: str, cached: int, stream: bool) -> None:
+async def test_cached_tokens_metered(
+    client: openai.AsyncOpenAI, gateway: TestServer, model: str, cached: int, stream: bool
+) -> None:
     kwargs = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
     got = await client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "count these words now"}],
-        **kwargs)  # type: ignore[call-overload]
+        model=model, messages=[{"role": "user", "content": "count these words now"}], **kwargs
+    )  # type: ignore[call-overload]
     if stream:
         chunks = [c async for c in got]
         usage = chunks[-1].usage
@@ -55,11 +71,12 @@ async def test_cached_tokens_metered(client: openai.AsyncOpenAI, gateway: TestSe
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("stream", [False, True])
-async def test_estimate_only_without_upstream_usage(client: openai.AsyncOpenAI,
-                                                    gateway: TestServer, stream: bool) -> None:
+async def test_estimate_only_without_upstream_usage(
+    client: openai.AsyncOpenAI, gateway: TestServer, stream: bool
+) -> None:
     got = await client.chat.completions.create(
-        model="gpt-nousage", messages=[{"role": "user", "content": "no usage here"}],
-        stream=stream)
+        model="gpt-nousage", messages=[{"role": "user", "content": "no usage here"}], stream=stream
+    )
     if stream:
         _ = [c async for c in got]  # type: ignore[union-attr]
     record = (await audit_records(gateway))[-1]

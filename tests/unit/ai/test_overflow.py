@@ -17,10 +17,12 @@ CASES = [(m, s) for m in FAILURES for s in (False, True)]
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("model", "stream"), CASES)
-async def test_reject_sends_nothing_remote(make_gateway: GatewayFactory, fakes: Fakes,
-                                           model: str, stream: bool) -> None:
-    server = await make_gateway(overflow={"policy": "reject", "ttft_timeout_s": 0.5,
-                                          "retry_after_s": 7})
+async def test_reject_sends_nothing_remote(
+    make_gateway: GatewayFactory, fakes: Fakes, model: str, stream: bool
+) -> None:
+    server = await make_gateway(
+        overflow={"policy": "reject", "ttft_timeout_s": 0.5, "retry_after_s": 7}
+    )
     async with client_for(server, timeout=10) as c:
         with pytest.raises(openai.APIStatusError) as info:
             got = await c.chat.completions.create(model=model, messages=MSG, stream=stream)
@@ -38,13 +40,19 @@ async def test_reject_sends_nothing_remote(make_gateway: GatewayFactory, fakes: 
 
 @pytest.mark.asyncio
 async def test_reject_on_admission_limit(make_gateway: GatewayFactory, fakes: Fakes) -> None:
-    server = await make_gateway(overflow={"policy": "reject", "max_concurrency": 2,
-                                          "ttft_timeout_s": 5})
+    server = await make_gateway(
+        overflow={"policy": "reject", "max_concurrency": 2, "ttft_timeout_s": 5}
+    )
     async with client_for(server, timeout=10) as c:
-        results = await asyncio.gather(*(
-            c.chat.completions.create(model="local/m-slow400", messages=[
-                {"role": "user", "content": f"q{i}"}]) for i in range(6)),
-            return_exceptions=True)
+        results = await asyncio.gather(
+            *(
+                c.chat.completions.create(
+                    model="local/m-slow400", messages=[{"role": "user", "content": f"q{i}"}]
+                )
+                for i in range(6)
+            ),
+            return_exceptions=True,
+        )
     ok = [r for r in results if not isinstance(r, BaseException)]
     rejected = [r for r in results if isinstance(r, openai.APIStatusError)]
     assert len(ok) == 2 and len(rejected) == 4
@@ -54,16 +62,18 @@ async def test_reject_on_admission_limit(make_gateway: GatewayFactory, fakes: Fa
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("stream", [False, True])
-async def test_spill_reruns_pipeline_remotely(make_gateway: GatewayFactory, fakes: Fakes,
-                                              stream: bool) -> None:
-    server = await make_gateway(overflow={"policy": "spill", "spill_model": "gpt-4o-mini",
-                                          "ttft_timeout_s": 2})
+async def test_spill_reruns_pipeline_remotely(
+    make_gateway: GatewayFactory, fakes: Fakes, stream: bool
+) -> None:
+    server = await make_gateway(
+        overflow={"policy": "spill", "spill_model": "gpt-4o-mini", "ttft_timeout_s": 2}
+    )
     async with client_for(server) as c:
         if stream:
-            got = await c.chat.completions.create(model="local/m-fail503", messages=MSG,
-                                                  stream=True)
-            text = "".join([ch.choices[0].delta.content or "" async for ch in got
-                            if ch.choices])
+            got = await c.chat.completions.create(
+                model="local/m-fail503", messages=MSG, stream=True
+            )
+            text = "".join([ch.choices[0].delta.content or "" async for ch in got if ch.choices])
         else:
             resp = await c.chat.completions.create(model="local/m-fail503", messages=MSG)
             text = resp.choices[0].message.content or ""
@@ -79,18 +89,28 @@ async def test_spill_reruns_pipeline_remotely(make_gateway: GatewayFactory, fake
 
 @pytest.mark.asyncio
 async def test_queue_waits_then_503(make_gateway: GatewayFactory, fakes: Fakes) -> None:
-    server = await make_gateway(overflow={"policy": "queue", "max_concurrency": 1,
-                                          "max_queue": 4, "queue_timeout_s": 1.0,
-                                          "ttft_timeout_s": 5})
+    server = await make_gateway(
+        overflow={
+            "policy": "queue",
+            "max_concurrency": 1,
+            "max_queue": 4,
+            "queue_timeout_s": 1.0,
+            "ttft_timeout_s": 5,
+        }
+    )
     async with client_for(server, timeout=10) as c:
         # Two fit in the wait (0.3 s each within 1 s); the queue is bounded in time.
-        results = await asyncio.gather(*(
-            c.chat.completions.create(model="local/m-slow300", messages=[
-                {"role": "user", "content": f"q{i}"}]) for i in range(5)),
-            return_exceptions=True)
+        results = await asyncio.gather(
+            *(
+                c.chat.completions.create(
+                    model="local/m-slow300", messages=[{"role": "user", "content": f"q{i}"}]
+                )
+                for i in range(5)
+            ),
+            return_exceptions=True,
+        )
         assert sum(not isinstance(r, BaseException) for r in results) >= 2
-        assert any(isinstance(r, openai.APIStatusError) and r.status_code == 503
-                   for r in results)
+        assert any(isinstance(r, openai.APIStatusError) and r.status_code == 503 for r in results)
         # A persistently failing engine: retried within the bound, then 503.
         with pytest.raises(openai.APIStatusError) as info:
             await c.chat.completions.create(model="local/m-fail500", messages=MSG)
@@ -101,14 +121,17 @@ async def test_queue_waits_then_503(make_gateway: GatewayFactory, fakes: Fakes) 
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("model", ["local/m-failafter2", "gpt-failafter2",
-                                   "claude-failafter2", "bedrock/m-failafter2"])
+@pytest.mark.parametrize(
+    "model", ["local/m-failafter2", "gpt-failafter2", "claude-failafter2", "bedrock/m-failafter2"]
+)
 async def test_failure_after_first_token_truncates(
-        make_gateway: GatewayFactory, fakes: Fakes, model: str) -> None:
+    make_gateway: GatewayFactory, fakes: Fakes, model: str
+) -> None:
     server = await make_gateway(overflow={"policy": "spill", "spill_model": "gpt-4o-mini"})
     async with client_for(server) as c:
-        got = await c.chat.completions.create(model=model, messages=[
-            {"role": "user", "content": "one two three four"}], stream=True)
+        got = await c.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "one two three four"}], stream=True
+        )
         text = ""
         with pytest.raises(openai.APIError, match="incomplete") as info:
             async for chunk in got:
@@ -119,8 +142,9 @@ async def test_failure_after_first_token_truncates(
     if model.startswith("local/"):  # non-stream local answers are read from a stream too
         async with client_for(server) as c:
             with pytest.raises(openai.APIStatusError, match="incomplete") as failed:
-                await c.chat.completions.create(model=model, messages=[
-                    {"role": "user", "content": "one two three four five"}])
+                await c.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "one two three four five"}]
+                )
         assert failed.value.status_code == 502
         assert fakes.requests("openai") == 0
     assert fakes.requests("openai") == (1 if model.startswith("gpt") else 0)  # never spilled
@@ -136,11 +160,18 @@ async def test_no_done_after_truncation(make_gateway: GatewayFactory) -> None:
     from tests.unit.ai.conftest import KEY_A
 
     server: TestServer = await make_gateway()
-    async with aiohttp.ClientSession() as session, session.post(
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
             str(server.make_url("/v1/chat/completions")),
-            json={"model": "local/m-failafter1", "stream": True,
-                  "messages": [{"role": "user", "content": "a b c"}]},
-            headers={"Authorization": f"Bearer {KEY_A}"}) as resp:
+            json={
+                "model": "local/m-failafter1",
+                "stream": True,
+                "messages": [{"role": "user", "content": "a b c"}],
+            },
+            headers={"Authorization": f"Bearer {KEY_A}"},
+        ) as resp,
+    ):
         body = await resp.text()
     assert resp.status == 200
     assert "[DONE]" not in body and '"error"' in body

@@ -48,37 +48,48 @@ def test_eligibility() -> None:
 
 
 def test_partition_covers_everything_but_last_user_message() -> None:
-    base = {"model": "m", "messages": [{"role": "system", "content": "s"},
-                                       {"role": "user", "content": "q1"}]}
+    base = {
+        "model": "m",
+        "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q1"}],
+    }
     same = {**base, "messages": [base["messages"][0], {"role": "user", "content": "q2"}]}
     assert partition_key("t", "p", base) == partition_key("t", "p", same)
     assert partition_key("t", "p", base) != partition_key("u", "p", base)
     assert partition_key("t", "p", base) != partition_key("t", "p", {**base, "temperature": 1})
-    other_system = {**base, "messages": [{"role": "system", "content": "x"},
-                                         base["messages"][1]]}
+    other_system = {**base, "messages": [{"role": "system", "content": "x"}, base["messages"][1]]}
     assert partition_key("t", "p", base) != partition_key("t", "p", other_system)
 
 
 @pytest.mark.asyncio
-async def test_semantic_hit_replays_within_tenant_only(make_gateway: GatewayFactory,
-                                                       fakes: Fakes) -> None:
+async def test_semantic_hit_replays_within_tenant_only(
+    make_gateway: GatewayFactory, fakes: Fakes
+) -> None:
     sem = FakeSemanticCache()
     server = await make_gateway(semcache=sem)
     async with client_for(server) as a, client_for(server, KEY_B) as b:
-        first = await a.chat.completions.create(model="gpt-4o-mini", messages=[
-            {"role": "user", "content": "What is the capital of France?"}])
-        hit = await a.chat.completions.create(model="gpt-4o-mini", stream=True, messages=[
-            {"role": "user", "content": "what is the capital of france"}])
+        first = await a.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+        )
+        hit = await a.chat.completions.create(
+            model="gpt-4o-mini",
+            stream=True,
+            messages=[{"role": "user", "content": "what is the capital of france"}],
+        )
         text = "".join([c.choices[0].delta.content or "" async for c in hit if c.choices])
         assert text == first.choices[0].message.content
         assert fakes.requests("openai") == 1
-        other = await b.chat.completions.create(model="gpt-4o-mini", messages=[
-            {"role": "user", "content": "what is the capital of france"}])
+        other = await b.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "what is the capital of france"}],
+        )
         assert other.choices[0].message.content == "Echo: what is the capital of france"
         assert fakes.requests("openai") == 2
-        await a.chat.completions.create(model="gpt-4o-mini", messages=[
-            {"role": "user", "content": "What is the capital of France?"}], tools=[
-            {"type": "function", "function": {"name": "f", "parameters": {}}}])
+        await a.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        )
     records = await audit_records(server)
     assert [r["cache"]["outcome"] for r in records] == ["miss", "semantic_hit", "miss", "miss"]
     assert records[1]["cache"]["similarity"] == 0.97
@@ -86,17 +97,24 @@ async def test_semantic_hit_replays_within_tenant_only(make_gateway: GatewayFact
 
 
 @pytest.mark.asyncio
-async def test_shipped_semantic_cache_through_config(make_gateway: GatewayFactory,
-                                                     fakes: Fakes) -> None:
+async def test_shipped_semantic_cache_through_config(
+    make_gateway: GatewayFactory, fakes: Fakes
+) -> None:
     """The gateway builds ai.semcache's cache from its config section and uses it."""
     server = await make_gateway(semantic_cache={"settings": {}})
     async with client_for(server) as a, client_for(server, KEY_B) as b:
-        first = await a.chat.completions.create(model="claude-sonnet-4", messages=[
-            {"role": "user", "content": "What is the capital of France?"}])
-        again = await a.chat.completions.create(model="claude-sonnet-4", messages=[
-            {"role": "user", "content": "what is the capital of france?"}])
-        other = await b.chat.completions.create(model="claude-sonnet-4", messages=[
-            {"role": "user", "content": "what is the capital of france?"}])
+        first = await a.chat.completions.create(
+            model="claude-sonnet-4",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+        )
+        again = await a.chat.completions.create(
+            model="claude-sonnet-4",
+            messages=[{"role": "user", "content": "what is the capital of france?"}],
+        )
+        other = await b.chat.completions.create(
+            model="claude-sonnet-4",
+            messages=[{"role": "user", "content": "what is the capital of france?"}],
+        )
     assert again.choices[0].message.content == first.choices[0].message.content
     assert other.choices[0].message.content == "Echo: what is the capital of france?"
     assert fakes.requests("anthropic") == 2

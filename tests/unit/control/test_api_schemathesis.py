@@ -6,9 +6,8 @@ ASGI), over a fresh SQLite store seeded with one document.
 
 from __future__ import annotations
 
-import re
-
 import asyncio
+import re
 import socket
 import threading
 from collections.abc import Iterator
