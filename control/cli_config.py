@@ -114,7 +114,10 @@ def put(api: Api, path: str, expected: int) -> None:
 def validate(api: Api, path: str) -> None:
     """Dry run: errors, or the diff and the rendered nftables ruleset."""
     click.echo(
-        json.dumps(_ok(*api.call("POST", "/v1/config/validate", _read_doc(path))[:2]), indent=2)
+        json.dumps(
+            _ok(*api.call("POST", "/v1/config/validate", {"document": _read_doc(path)})[:2]),
+            indent=2,
+        )
     )
 
 
