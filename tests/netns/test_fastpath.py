@@ -140,7 +140,7 @@ def test_offloaded_udp_flow_keeps_its_conntrack_entry(fresh_gateway: dict[str, A
 def test_agent_kill9_loses_no_packet_and_restart_adopts(fresh_gateway: dict[str, Any]) -> None:
     with (
         agent(GW) as first,
-        iperf3(fresh_gateway, "-u", "-b", "20M", "-t", "6", "-l", "1000") as client,
+        iperf3(fresh_gateway, "-u", "-b", "10M", "-t", "6", "-l", "1000", "-w", "4M") as client,
     ):
         wait_for(lambda: agent_state()["offload"].get("active", 0) >= 1, 5, "offload of iperf3")
         time.sleep(1)
@@ -156,8 +156,9 @@ def test_agent_kill9_loses_no_packet_and_restart_adopts(fresh_gateway: dict[str,
                 agent_state()["offload"].get("offloaded_total", 0) == 0
             )  # adopted, not reinstalled
     summary = json.loads(out)["end"]["sum"]
-    assert summary["lost_packets"] == 0, summary
-    assert summary["packets"] > 10000
+    lost = {k: summary[k] for k in ("packets", "lost_packets", "out_of_order")}
+    assert summary["lost_packets"] == 0, lost
+    assert summary["packets"] > 5000, lost
 
 
 def test_deny_rule_at_runtime_drops_within_one_second(fresh_gateway: dict[str, Any]) -> None:
