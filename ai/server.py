@@ -8,7 +8,6 @@ HTTP errors and audit every request, failures included. Nothing runs at import.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -132,6 +131,7 @@ def _resources(
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), auto_decompress=True
         )
+        owned: Any = None  # a semantic cache this app created (and must close)
         try:
             if cache is not None:
                 await cache.open()
@@ -144,15 +144,17 @@ def _resources(
             ):
                 from ai.semcache import create_semantic_cache
 
-                sem = await asyncio.to_thread(  # loads the embedding model
-                    create_semantic_cache, config.semantic_cache.settings
-                )
+                owned = create_semantic_cache(config.semantic_cache.settings)
+                await owned.warm_up()  # load the model now, not on the first request
+                sem = owned
             app[GATEWAY] = Gateway(config, Router(config, env), session, cache, sem, audit)
             yield
         finally:
             await audit.close()
             if cache is not None:
                 await cache.close()
+            if owned is not None:
+                owned.close()
             await session.close()
 
     return ctx
