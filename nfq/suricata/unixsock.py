@@ -46,7 +46,11 @@ class UnixSocketClient:
             sock.close()
             raise UnixSocketError(f"cannot connect to {self.path}: {exc}") from exc
         self._sock = sock
-        reply = self._exchange({"version": PROTOCOL_VERSION})
+        try:
+            reply = self._exchange({"version": PROTOCOL_VERSION})
+        except BaseException:
+            self.close()  # __exit__ never runs when __enter__ raises
+            raise
         if reply.get("return") != "OK":
             self.close()
             raise UnixSocketError(f"{self.path} refused protocol {PROTOCOL_VERSION}: {reply}")

@@ -76,13 +76,16 @@ def test_health_responder_http_and_tcp() -> None:
             w.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             first = await r.read()
             w.close()
+            await w.wait_closed()
             state["ok"] = False
             r, w = await asyncio.open_connection("127.0.0.1", responder.port)
             w.write(b"GET / HTTP/1.1\r\n\r\n")
             second = await r.read()
             w.close()
+            await w.wait_closed()
             loop = asyncio.get_running_loop()
             tcp_ok = await loop.run_in_executor(None, _tcp_connect, responder.port)
+            await asyncio.sleep(0.05)  # let the handler of the bare TCP check finish
         finally:
             await responder.stop()
         return first, second, tcp_ok
