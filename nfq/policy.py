@@ -11,20 +11,21 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_QUEUE = 65535
 
 
-class PortRange(BaseModel):
-    """One port or an inclusive range; accepts ``443``, ``"443"`` or ``"8000:8080"``."""
+class _Span(BaseModel):
+    """An inclusive ``first..last`` span, given as ``N``, ``"N"`` or ``"A:B"``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _what: ClassVar[str] = "span"
 
-    first: int = Field(ge=1, le=65535)
-    last: int = Field(ge=1, le=65535)
+    first: int
+    last: int
 
     @model_validator(mode="before")
     @classmethod
@@ -36,45 +37,35 @@ class PortRange(BaseModel):
             try:
                 return {"first": int(first), "last": int(last or first)}
             except ValueError:
-                raise ValueError(f"port {value!r}: expected N or A:B") from None
+                raise ValueError(f"{cls._what} {value!r}: expected N or A:B") from None
         return value
 
     @model_validator(mode="after")
-    def _ordered(self) -> PortRange:
+    def _ordered(self) -> Self:
         if self.first > self.last:
-            raise ValueError(f"port range {self.first}:{self.last}: first is above last")
+            raise ValueError(f"{self._what} {self.first}:{self.last}: first is above last")
         return self
+
+
+class PortRange(_Span):
+    """One port or an inclusive range; accepts ``443``, ``"443"`` or ``"8000:8080"``."""
+
+    _what: ClassVar[str] = "port range"
+
+    first: int = Field(ge=1, le=65535)
+    last: int = Field(ge=1, le=65535)
 
     def __str__(self) -> str:
         return str(self.first) if self.first == self.last else f"{self.first}:{self.last}"
 
 
-class QueueRange(BaseModel):
+class QueueRange(_Span):
     """NFQUEUE numbers ``first..last``; accepts ``"0:3"`` or ``2``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    _what: ClassVar[str] = "queues"
 
     first: int = Field(default=0, ge=0, le=MAX_QUEUE)
     last: int = Field(default=0, ge=0, le=MAX_QUEUE)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_scalar(cls, value: Any) -> Any:
-        if isinstance(value, int):
-            return {"first": value, "last": value}
-        if isinstance(value, str):
-            first, _, last = value.partition(":")
-            try:
-                return {"first": int(first), "last": int(last or first)}
-            except ValueError:
-                raise ValueError(f"queues {value!r}: expected N or A:B") from None
-        return value
-
-    @model_validator(mode="after")
-    def _ordered(self) -> QueueRange:
-        if self.first > self.last:
-            raise ValueError(f"queues {self.first}:{self.last}: first is above last")
-        return self
 
     @property
     def numbers(self) -> range:
