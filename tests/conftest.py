@@ -8,36 +8,13 @@ prerequisite fails the test with the reason.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-PRIVILEGED = {"bpf", "netns", "e2e"}
-TOOLS = {
-    "netns": ("ip", "nft", "curl", "iperf3", "ethtool", "conntrack"),
-    "e2e": ("ip", "nft", "curl"),
-    "bpf": (),
-}
-
-
-def _missing_prerequisite(tier: str) -> str | None:
-    if os.geteuid() != 0:
-        return f"the {tier} tier needs root"
-    for tool in TOOLS.get(tier, ()):
-        if shutil.which(tool) is None:
-            return f"the {tier} tier needs {tool} (run `make deps`)"
-    if tier == "bpf":
-        try:
-            import bcc  # noqa: F401
-        except ImportError:
-            return "the bpf tier needs Debian's python3-bpfcc in the venv (run `make deps`)"
-        if not os.path.ismount("/sys/fs/bpf"):
-            return "the bpf tier needs bpffs mounted on /sys/fs/bpf (run `make deps`)"
-    return None
+from tests.tiers import PRIVILEGED, require
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -52,12 +29,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for tier in PRIVILEGED & {m.name for m in item.iter_markers()}:
-        reason = _missing_prerequisite(tier)
-        if reason is None:
-            continue
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"prerequisite missing under CI=true: {reason}", pytrace=False)
-        pytest.skip(reason)
+        require(tier)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ reason (a CI run must never silently skip the data-plane tests).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.packets import EGRESS_IFINDEX, FlowSetup, PacketCase
+from tests.tiers import require
 from xdp import BuildOptions, Dataplane
 
 TEST_PIN_ROOT = Path("/sys/fs/bpf/spectra-test")
@@ -22,23 +22,8 @@ TEST_PIN_ROOT = Path("/sys/fs/bpf/spectra-test")
 TEST_OPTIONS = BuildOptions(flow_table_size=4096, deny_port_table_size=8192)
 
 
-def bpf_prerequisite_missing() -> str | None:
-    if os.geteuid() != 0:
-        return "the bpf tier needs root (BPF_PROG_TEST_RUN, bpffs pins)"
-    if importlib.util.find_spec("bcc") is None:
-        return "the bpf tier needs bcc (Debian python3-bpfcc) in the venv"
-    if not Path("/sys/fs/bpf").is_dir():
-        return "the bpf tier needs bpffs mounted at /sys/fs/bpf"
-    return None
-
-
 def require_bpf() -> None:
-    missing = bpf_prerequisite_missing()
-    if missing is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true and {missing}", pytrace=False)
-    pytest.skip(missing)
+    require("bpf")
 
 
 @pytest.fixture(scope="session")
