@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from control.config import ConfigDocument, canonical_json, dump_document, parse_
 from control.config.errors import ConfigValidationError
 from control.store.base import (
     CorruptRevision,
+    StoreError,
     VersionConflict,
     VersionInfo,
     VersionNotFound,
@@ -60,10 +62,24 @@ class SqliteStore:
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
-            self._db.execute("PRAGMA journal_mode=WAL")  # creates the files: 0600
-            self._db.execute(_SCHEMA)
+            self._prepare()  # creates the files: 0600
         finally:
             os.umask(old_umask)
+
+    def _prepare(self, seconds: float = 10.0) -> None:
+        """WAL mode and the schema. Switching the journal mode takes an exclusive lock
+        that SQLite's busy handler does not wait for, so concurrent first opens (two
+        agents starting together) retry."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise StoreError(f"config store {self.path}: {exc}") from exc
+                time.sleep(0.05)
 
     def close(self) -> None:
         with self._lock:

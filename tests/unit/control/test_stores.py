@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -202,3 +203,23 @@ def test_open_store_urls(tmp_path: Any) -> None:
     local.close()
     with pytest.raises(Exception, match="expected local"):
         open_store("s3:/x")
+
+
+def test_local_store_opens_while_another_process_holds_the_file(tmp_path: Path) -> None:
+    """Opening waits for a lock another process holds (two agents starting together)."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "race.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        store = SqliteStore(path)
+        assert store.head() == 0
+        store.close()
+    finally:
+        release.join()
+        holder.close()
