@@ -36,8 +36,7 @@ deps: .state/apt.stamp .state/venv.stamp
 	@touch $@
 
 run: deps
-	@$(SPECTRA) lab up
-	@$(SPECTRA) demo
+	@$(SPECTRA) lab run
 
 test: deps
 	@$(PY) -m pytest $(TESTS)
