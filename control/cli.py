@@ -305,6 +305,8 @@ def lab_run(keep: bool) -> None:
                         "--bootstrap",
                         gw.inside_if,
                         gw.outside_if,
+                        "--api-tokens",
+                        str(tokens_file),
                     ],
                     stdout=logf,
                     stderr=subprocess.STDOUT,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
 from typing import Any
 
+from control.cli_config import Api
 from perf.lab import TOPOLOGY, Lab
 from tests.netns.helpers import http_get_json, sh
 
@@ -48,6 +50,15 @@ def test_lab_run_serves_translated_traffic_and_tears_down(lab: Any) -> None:
             ).stdout
         )
         assert all(st[gw.netns]["converged"] for gw in TOPOLOGY.gateways)
+        # the admin token it printed opens each gateway's config API
+        token = re.search(r"admin token \(this run only\): (\S+)", "".join(lines))
+        assert token, "".join(lines)
+        for gw in TOPOLOGY.gateways:
+            code, body, _ = Api(f"http://{gw.mgmt_ip}:8080", token.group(1)).call(
+                "GET", "/v1/config"
+            )
+            assert code == 200 and body["version"] == 1, body
+            assert Api(f"http://{gw.mgmt_ip}:8080", "spk_wrong").call("GET", "/v1/config")[0] == 401
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, rest
