@@ -83,7 +83,9 @@ def test_dashboard_reads_validates_applies_and_rolls_back(served: Any) -> None:
             page.click("#connect")
             page.wait_for_selector("#instances tbody tr")
             assert "gw-1" in page.inner_text("#instances")
-            assert "(version 1)" in page.inner_text("#docversion")
+            page.wait_for_function(
+                "document.getElementById('docversion').textContent === '(version 1)'"
+            )
 
             edited = {**DOC, "rules": {"entries": [{"action": "deny", "dst": "198.51.100.7/32"}]}}
             page.fill("#doc", json.dumps(edited))
@@ -97,6 +99,10 @@ def test_dashboard_reads_validates_applies_and_rolls_back(served: Any) -> None:
             )
             assert store.head() == 2
             assert str(store.get(2).rules.entries[0].dst) == "198.51.100.7/32"
+            # the page reloads the document after applying: edit only once it has
+            page.wait_for_function(
+                "document.getElementById('docversion').textContent === '(version 2)'"
+            )
 
             page.fill("#doc", '{"interfaces": {"inside": "inside", "outside": "inside"}}')
             page.click("#apply")
