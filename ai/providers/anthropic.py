@@ -23,6 +23,8 @@ from ai.providers.base import (
     iter_sse,
     open_post,
     post_json,
+    tool_call_arguments,
+    tool_call_start,
 )
 from ai.usage import Usage
 
@@ -197,38 +199,14 @@ class _StreamState:
             if block.get("type") != "tool_use":
                 return []
             index = self.tool_index[data.get("index", 0)] = len(self.tool_index)
-            return [
-                ChoiceDelta(
-                    {
-                        "tool_calls": [
-                            {
-                                "index": index,
-                                "id": block.get("id", ""),
-                                "type": "function",
-                                "function": {"name": block.get("name", ""), "arguments": ""},
-                            }
-                        ]
-                    }
-                )
-            ]
+            return [tool_call_start(index, block.get("id", ""), block.get("name", ""))]
         if event == "content_block_delta":
             delta = data.get("delta") or {}
             if delta.get("type") == "text_delta":
                 return [ChoiceDelta({"content": delta.get("text", "")})]
             if delta.get("type") == "input_json_delta":
                 index = self.tool_index.get(data.get("index", 0), 0)
-                return [
-                    ChoiceDelta(
-                        {
-                            "tool_calls": [
-                                {
-                                    "index": index,
-                                    "function": {"arguments": delta.get("partial_json", "")},
-                                }
-                            ]
-                        }
-                    )
-                ]
+                return [tool_call_arguments(index, delta.get("partial_json", ""))]
             return []
         if event == "message_delta":
             usage = {**self.start_usage, **(data.get("usage") or {})}

@@ -114,6 +114,18 @@ class ChoiceDelta:
         return bool(self.delta.get("content") or self.delta.get("tool_calls"))
 
 
+def tool_call_start(index: int, call_id: str, name: str) -> ChoiceDelta:
+    """The OpenAI delta that opens tool call ``index`` (id, name, empty arguments)."""
+    function = {"name": name, "arguments": ""}
+    call = {"index": index, "id": call_id, "type": "function", "function": function}
+    return ChoiceDelta({"tool_calls": [call]})
+
+
+def tool_call_arguments(index: int, partial_json: str) -> ChoiceDelta:
+    """The OpenAI delta that appends ``partial_json`` to tool call ``index``'s arguments."""
+    return ChoiceDelta({"tool_calls": [{"index": index, "function": {"arguments": partial_json}}]})
+
+
 StreamItem = ChoiceDelta | Usage
 
 

@@ -29,6 +29,8 @@ from ai.providers.base import (
     UpstreamCall,
     open_post,
     post_body,
+    tool_call_arguments,
+    tool_call_start,
 )
 from ai.providers.eventstream import Decoder, EventStreamError
 from ai.usage import Usage
@@ -225,38 +227,14 @@ class _StreamState:
             if not tool:
                 return []
             index = self.tool_index[data.get("contentBlockIndex", 0)] = len(self.tool_index)
-            return [
-                ChoiceDelta(
-                    {
-                        "tool_calls": [
-                            {
-                                "index": index,
-                                "id": tool.get("toolUseId", ""),
-                                "type": "function",
-                                "function": {"name": tool.get("name", ""), "arguments": ""},
-                            }
-                        ]
-                    }
-                )
-            ]
+            return [tool_call_start(index, tool.get("toolUseId", ""), tool.get("name", ""))]
         if event == "contentBlockDelta":
             delta = data.get("delta") or {}
             if "text" in delta:
                 return [ChoiceDelta({"content": delta["text"]})]
             if "toolUse" in delta:
                 index = self.tool_index.get(data.get("contentBlockIndex", 0), 0)
-                return [
-                    ChoiceDelta(
-                        {
-                            "tool_calls": [
-                                {
-                                    "index": index,
-                                    "function": {"arguments": delta["toolUse"].get("input", "")},
-                                }
-                            ]
-                        }
-                    )
-                ]
+                return [tool_call_arguments(index, delta["toolUse"].get("input", ""))]
             return []
         if event == "messageStop":
             return [ChoiceDelta({}, STOP_REASONS.get(data.get("stopReason", ""), "stop"))]
