@@ -101,6 +101,30 @@ class ConfigStore(Protocol):
         ...
 
 
+class WritesByRevision:
+    """``put`` and ``rollback`` for stores that implement one ``_write`` (a rollback is a
+    new revision holding an old one's content)."""
+
+    def get(self, version: int) -> ConfigDocument:
+        raise NotImplementedError
+
+    def head(self) -> int:
+        raise NotImplementedError
+
+    def _write(
+        self, doc: ConfigDocument, expected: int, actor: str, rollback_of: int | None
+    ) -> int:
+        raise NotImplementedError
+
+    def put(self, doc: ConfigDocument, expected_version: int, actor: str) -> int:
+        return self._write(doc, expected_version, actor, None)
+
+    def rollback(self, to_version: int, actor: str, expected_version: int | None = None) -> int:
+        doc = self.get(to_version)
+        expected = self.head() if expected_version is None else expected_version
+        return self._write(doc, expected, actor, to_version)
+
+
 def clean_actor(actor: str) -> str:
     """Actor names are short printable text (they end up in logs and SSM parameters)."""
     printable = "".join(c if c.isprintable() else "?" for c in actor).strip()

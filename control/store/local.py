@@ -26,6 +26,7 @@ from control.store.base import (
     VersionConflict,
     VersionInfo,
     VersionNotFound,
+    WritesByRevision,
     change_summary,
     clean_actor,
     now,
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS revisions (
 _INFO_COLUMNS = "version, actor, created_at, summary, sha256, rollback_of"
 
 
-class SqliteStore:
+class SqliteStore(WritesByRevision):
     """:class:`~control.store.base.ConfigStore` in one SQLite file."""
 
     def __init__(self, path: Path | str = DEFAULT_PATH) -> None:
@@ -126,14 +127,6 @@ class SqliteStore:
                 f"SELECT {_INFO_COLUMNS} FROM revisions ORDER BY version DESC LIMIT ?", (limit,)
             ).fetchall()
         return [VersionInfo(*row) for row in rows]
-
-    def put(self, doc: ConfigDocument, expected_version: int, actor: str) -> int:
-        return self._write(doc, expected_version, actor, None)
-
-    def rollback(self, to_version: int, actor: str, expected_version: int | None = None) -> int:
-        doc = self.get(to_version)
-        expected = self.head() if expected_version is None else expected_version
-        return self._write(doc, expected, actor, to_version)
 
     def _write(
         self, doc: ConfigDocument, expected: int, actor: str, rollback_of: int | None

@@ -46,6 +46,7 @@ from control.store.base import (
     VersionConflict,
     VersionInfo,
     VersionNotFound,
+    WritesByRevision,
     change_summary,
     clean_actor,
     now,
@@ -64,7 +65,7 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-class SsmStore:
+class SsmStore(WritesByRevision):
     """:class:`~control.store.base.ConfigStore` in SSM Parameter Store."""
 
     def __init__(
@@ -214,14 +215,6 @@ class SsmStore:
         ]
 
     # -- writes --------------------------------------------------------------------
-    def put(self, doc: ConfigDocument, expected_version: int, actor: str) -> int:
-        return self._write(doc, expected_version, actor, None)
-
-    def rollback(self, to_version: int, actor: str, expected_version: int | None = None) -> int:
-        doc = self.get(to_version)
-        expected = self.head() if expected_version is None else expected_version
-        return self._write(doc, expected, actor, to_version)
-
     def _write(
         self, doc: ConfigDocument, expected: int, actor: str, rollback_of: int | None
     ) -> int:
