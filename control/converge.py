@@ -124,7 +124,7 @@ class XdpStep:
                 flow_table_size=self.flow_table_size,
                 idle_seconds=self.idle_seconds,
             )
-        self.modes = self.fast_path.converge(ifs.xdp_mode)
+        self.modes = self.fast_path.converge(ifs.xdp_mode, ifs.bulk_tcp)
         self.fast_path.dataplane.set_deny_rules(list(plan.deny_rules))
 
     def sync(self) -> dict[str, Any]:

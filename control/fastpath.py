@@ -17,7 +17,7 @@ from pyroute2 import IPRoute
 
 from xdp import Dataplane, loader
 from xdp.loader import AttachMode, BuildOptions
-from xdp.offload import Offloader, Port, PyrouteKernel
+from xdp.offload import BulkTcp, Offloader, Port, PyrouteKernel
 
 log = logging.getLogger("spectra.control")
 
@@ -56,7 +56,7 @@ class FastPath:
         self.kernel = PyrouteKernel()
         self.offloader: Offloader | None = None
 
-    def converge(self, xdp_mode: str = "auto") -> dict[str, str]:
+    def converge(self, xdp_mode: str = "auto", bulk_tcp: BulkTcp = "fast_path") -> dict[str, str]:
         """Attach where nothing is attached; returns the XDP mode per interface."""
         modes = {}
         for ifname in self.interfaces:
@@ -80,6 +80,7 @@ class FastPath:
                 self.dataplane.flow_table.capacity,
                 idle_seconds=self.idle_seconds,
             )
+        self.offloader.bulk_tcp = bulk_tcp
         return modes
 
     def sync(self) -> dict[str, Any]:

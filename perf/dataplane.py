@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from perf import paths, progcost, rr
 from perf.bpf import Programs
-from perf.generator import UdpFlow, send
+from perf.generator import Packets, SynFlood, UdpFlow, send
 from perf.method import Tuning, cpu_delta, dev_counter
 from perf.paths import IPPROTO_TCP, IPPROTO_UDP, NOT_YET_BUILT, Flow, Gateway
 from perf.report import Result
@@ -27,6 +27,14 @@ from perf.target import PerfError, Target
 log = logging.getLogger("spectra.perf")
 
 BASELINE = "kernel_masquerade"
+# Paths whose connection set-up is measured: the NAT instance, and the product (new
+# connections always miss the flow table: XDP parse + the same kernel path).
+CONNECTION_PATHS = ("xdp_fastpath", "kernel_masquerade")
+# Saturation: more SYNs than one core sets up (~200k/s here), for long enough to count
+# and short enough that rate x seconds stays below nf_conntrack_max.
+SATURATION_SYN_RATE = 400_000
+SATURATION_SECONDS = 0.5
+SATURATED_BUSY = 0.9
 RATE_FLOW = Flow(IPPROTO_UDP, 40000, 9)
 SOCKPERF_CPORT = 41111
 IPERF3_CPORT = 41201
@@ -41,10 +49,13 @@ class Settings:
     rr_runs: int = 3
     testrun_batch: int = 1000
     testrun_batches: int = 5
+    # SYN rate x seconds stays well below nf_conntrack_max (262,144 here).
+    conn_rate: int = 40_000
+    conn_seconds: float = 4.0
 
     @classmethod
     def quick(cls, rate_pps: int = 200_000) -> Settings:
-        return cls(rate_pps, 2.0, 3, 2.0, 1, 200, 3)
+        return cls(rate_pps, 2.0, 3, 2.0, 1, 200, 3, 40_000, 2.0)
 
 
 class Suite:
@@ -56,6 +67,7 @@ class Suite:
         self.tuning = Tuning(target)
         self.gw = Gateway(target, self.tuning, self.programs)
         self.unavailable: dict[str, str] = {}
+        self._sink_dropping = False
 
     # ---- orchestration ---------------------------------------------------------------
 
@@ -70,6 +82,7 @@ class Suite:
         try:
             self.tuning.apply()
             results += self.rate_phase()
+            results += self.connection_phase()
             results += self.testrun_phase()
             results += self.rr_phase()
         finally:
@@ -102,22 +115,10 @@ class Suite:
     # ---- CPU per packet ------------------------------------------------------------------
 
     def rate_phase(self) -> list[Result]:
-        t, s = self.target, self.settings
-        sink_drop = False
-        if t.lab and "xdp_drop" not in self.unavailable:
-            self.programs.attach(t.sink, t.sink_dev, "xdp_drop_all")
-            sink_drop = True
-        if t.lab:
-            self.gw.static_neighbour()
+        s = self.settings
+        sink_drop = self._sink_drop(True)
         order = [p for p in EXPECTED_ORDER if p not in self.unavailable]
-        flow = UdpFlow(
-            src_mac=self.gw.mac(t.generator, t.generator_dev),
-            dst_mac=self.gw.mac(t.gateway, t.ingress_dev),
-            saddr=t.generator_ip,
-            daddr=t.service_ip,
-            sport=RATE_FLOW.sport,
-            dport=RATE_FLOW.dport,
-        )
+        flow = UdpFlow(*self._addresses(), sport=RATE_FLOW.sport, dport=RATE_FLOW.dport)
         rounds: list[dict[str, Run]] = []
         for i in range(s.runs):
             round_runs = {}
@@ -125,13 +126,145 @@ class Suite:
                 self.progress(f"cpu/packet run {i + 1}/{s.runs}: {path} at {s.rate_pps} pps")
                 paths.setup_rate_path(self.gw, path, RATE_FLOW)
                 try:
-                    round_runs[path] = check_run(self._measure(path, i, flow, sink_drop))
+                    run = self._measure(path, i, flow, s.rate_pps, s.seconds, sink_drop)
+                    round_runs[path] = self._check_fast_path(run)
                 finally:
                     paths.teardown_rate_path(self.gw, path)
             rounds.append(check_ordering(round_runs))
-        if sink_drop:
+        self._sink_drop(False)
+        out = self._cpu_results("cpu_ns_per_packet", order, rounds, s.rate_pps)
+        out += [self._unavailable("cpu_ns_per_packet", p) for p in EXPECTED_ORDER if p not in order]
+        fast = next((r for r in out if r.path == "xdp_fastpath" and r.valid), None)
+        drop = next((r for r in out if r.path == "xdp_drop" and r.valid), None)
+        if fast and drop:
+            out.append(
+                replace(
+                    fast,
+                    baseline="xdp_drop",
+                    baseline_value=drop.value,
+                    note="goal <= 1.8x xdp_drop",
+                )
+            )
+        return out
+
+    def connection_phase(self) -> list[Result]:
+        """CPU per new connection: TCP SYNs, each a new 5-tuple, at a fixed rate; the
+        gateway creates a conntrack entry and a NAT mapping for every one.  trafgen
+        offers far more than the gateway's core can set up, so unlike a socket-based
+        client it can saturate the gateway; the conntrack table is flushed before
+        every run so it never fills (rate x seconds stays below nf_conntrack_max)."""
+        t, s = self.target, self.settings
+        sink_drop = self._sink_drop(True)
+        order = [p for p in CONNECTION_PATHS if p not in self.unavailable]
+        syns = SynFlood(*self._addresses())
+        rounds: list[dict[str, Run]] = []
+        for i in range(s.runs):
+            round_runs = {}
+            for path in order:
+                self.progress(f"cpu/connection run {i + 1}/{s.runs}: {path} at {s.conn_rate} SYN/s")
+                paths.setup_rate_path(self.gw, path, RATE_FLOW)
+                t.gateway.run("conntrack", "-F", check=False)
+                try:
+                    run = self._measure(path, i, syns, s.conn_rate, s.conn_seconds, sink_drop)
+                    round_runs[path] = run
+                finally:
+                    paths.teardown_rate_path(self.gw, path)
+                    t.gateway.run("conntrack", "-F", check=False)
+            rounds.append(round_runs)
+        saturated = {p: self._saturate(p, syns, sink_drop) for p in order}
+        self._sink_drop(False)
+        out = []
+        costs = self._cpu_results(
+            "cpu_ns_per_new_connection",
+            order,
+            rounds,
+            s.conn_rate,
+            "trafgen TCP SYN, a new 5-tuple each (conntrack entry + NAT mapping)",
+        )
+        base = next((c.value for c in costs if c.path == BASELINE), None)
+        for cost in costs:
+            out.append(cost)
+            out.append(
+                Result(
+                    "new_connections_per_core",
+                    cost.path,
+                    "conn/s",
+                    1e9 / cost.value if cost.value else None,
+                    BASELINE,
+                    1e9 / base if base else None,
+                    runs=cost.runs,
+                    valid=cost.valid,
+                    note="1e9 / CPU ns per new connection: set-up rate of one gateway core",
+                    lower_is_better=False,
+                )
+            )
+        base_sat = saturated.get(BASELINE)
+        for sat in saturated.values():
+            out.append(
+                replace(
+                    sat,
+                    baseline=BASELINE,
+                    baseline_value=base_sat.value if base_sat and base_sat.valid else None,
+                )
+            )
+        return out
+
+    def _saturate(self, path: str, syns: SynFlood, sink_drop: bool) -> Result:
+        """Offer more SYNs than the gateway core can set up and count what comes out:
+        the measured maximum, valid only when the gateway's core was the bottleneck."""
+        t = self.target
+        rate, seconds = SATURATION_SYN_RATE, SATURATION_SECONDS
+        self.progress(f"connection saturation: {path} at {rate} SYN/s offered")
+        paths.setup_rate_path(self.gw, path, RATE_FLOW)
+        t.gateway.run("conntrack", "-F", check=False)
+        try:
+            run = self._measure(path, 0, syns, rate, seconds, sink_drop, check=False)
+        finally:
+            paths.teardown_rate_path(self.gw, path)
+            t.gateway.run("conntrack", "-F", check=False)
+        elapsed = run.sent / run.achieved_pps if run.achieved_pps else 0.0
+        busy = run.cpu_ns / (elapsed * 1e9) if elapsed else 0.0
+        value = run.forwarded / elapsed if elapsed else None
+        # A saturated veth pushes back on trafgen rather than dropping, so the sign is
+        # the gateway core's busy time, not loss.
+        valid = busy >= SATURATED_BUSY
+        note = f"trafgen offered {run.achieved_pps:,.0f} SYN/s; gateway core busy {busy:.0%}" + (
+            "" if valid else "; gateway not saturated (generator-bound): not a maximum"
+        )
+        return Result(
+            "max_new_connections_per_s",
+            path,
+            "conn/s",
+            value if valid else None,
+            runs=[_run_json(run)],
+            offered_pps=rate,
+            valid=valid,
+            note=note,
+            lower_is_better=False,
+            extra={"gateway_busy": busy, "forwarded_per_s": value},
+        )
+
+    def _addresses(self) -> tuple[str, str, str, str]:
+        t = self.target
+        return (
+            self.gw.mac(t.generator, t.generator_dev),
+            self.gw.mac(t.gateway, t.ingress_dev),
+            t.generator_ip,
+            t.service_ip,
+        )
+
+    def _sink_drop(self, on: bool) -> bool:
+        """XDP_DROP on the lab's sink (and the static neighbour it then needs)."""
+        t = self.target
+        if not t.lab or "xdp_drop" in self.unavailable:
+            return False
+        if on and not self._sink_dropping:
+            self.programs.attach(t.sink, t.sink_dev, "xdp_drop_all")
+            self.gw.static_neighbour()
+        elif not on and self._sink_dropping:
             self.programs.detach(t.sink, t.sink_dev)
-        return self._rate_results(order, rounds)
+        self._sink_dropping = on
+        return on
 
     def _counted(self, path: str, sink_drop: bool) -> int:
         t = self.target
@@ -141,90 +274,91 @@ class Suite:
             return dev_counter(t.sink, t.sink_dev, "xdp_drops")
         return dev_counter(t.gateway, t.egress_dev, "tx_packets")
 
-    def _measure(self, path: str, index: int, flow: UdpFlow, sink_drop: bool) -> Run:
-        t, s = self.target, self.settings
+    def _measure(
+        self,
+        path: str,
+        index: int,
+        packets: Packets,
+        rate: int,
+        seconds: float,
+        sink_drop: bool,
+        *,
+        check: bool = True,
+    ) -> Run:
+        t = self.target
         fast_before = self.programs.flow_packets() if path == "xdp_fastpath" else 0
         counted_before = self._counted(path, sink_drop)
         cpu_before = self.tuning.gateway_cpu()
-        gen = send(t.generator, t.generator_dev, flow, s.rate_pps, s.seconds)
+        gen = send(t.generator, t.generator_dev, packets, rate, seconds)
         time.sleep(0.05)  # let the last packets drain through the gateway
         cpu_after = self.tuning.gateway_cpu()
         forwarded = self._counted(path, sink_drop) - counted_before
         cpu_ns, wakeups = cpu_delta(cpu_before, cpu_after)
-        run = Run(path, index, s.rate_pps, gen.sent, gen.achieved_pps, forwarded, cpu_ns, wakeups)
+        fast = self.programs.flow_packets() - fast_before if path == "xdp_fastpath" else 0
+        run = Run(
+            path,
+            index,
+            rate,
+            gen.sent,
+            gen.achieved_pps,
+            forwarded,
+            cpu_ns,
+            wakeups,
+            extra={"fast_path_packets": float(fast)},
+        )
         if not gen.ok:
             run = run.invalid(gen.message)
-        if path == "xdp_fastpath":
-            fast = self.programs.flow_packets() - fast_before
-            if fast < 0.98 * max(forwarded, 1):
-                run = run.invalid(f"only {fast} of {forwarded} packets took the fast path")
+        return check_run(run) if check else run
+
+    @staticmethod
+    def _check_fast_path(run: Run) -> Run:
+        fast = run.extra.get("fast_path_packets", 0.0)
+        if run.path == "xdp_fastpath" and fast < 0.98 * max(run.forwarded, 1):
+            return run.invalid(f"only {fast:.0f} of {run.forwarded} packets took the fast path")
         return run
 
-    def _rate_results(self, order: list[str], rounds: list[dict[str, Run]]) -> list[Result]:
-        summaries = {}
-        for path in order:
-            runs = [r[path] for r in rounds if path in r]
-            summaries[path] = (
-                runs,
-                summarize([r.ns_per_packet for r in runs], [r.valid for r in runs]),
-            )
-        base = summaries.get(BASELINE, ([], None))[1]
-        base_value = base.median if base else None
+    def _cpu_results(
+        self,
+        metric: str,
+        order: list[str],
+        rounds: list[dict[str, Run]],
+        rate: int,
+        note: str = "",
+    ) -> list[Result]:
+        """min / median / max CPU ns per unit of each path's valid runs, against the
+        baseline's median measured in the same rounds."""
+        runs = {p: [r[p] for r in rounds if p in r] for p in order}
+        summ = {
+            p: summarize([r.ns_per_packet for r in rs], [r.valid for r in rs])
+            for p, rs in runs.items()
+        }
+        base = summ[BASELINE].median if BASELINE in summ else None
         out = []
-        for path in EXPECTED_ORDER:
-            if path in self.unavailable:
-                out.append(
-                    Result(
-                        "cpu_ns_per_packet",
-                        path,
-                        "ns/packet",
-                        None,
-                        valid=False,
-                        note=self.unavailable[path],
-                    )
-                )
-                continue
-            runs, summ = summaries[path]
-            valid = [r for r in runs if r.valid]
+        for path in order:
+            valid = [r for r in runs[path] if r.valid]
             ppw = summarize([r.pkts_per_wakeup for r in valid]).median if valid else None
+            sp = summ[path]
             out.append(
                 Result(
-                    "cpu_ns_per_packet",
+                    metric,
                     path,
                     "ns/packet",
-                    summ.median,
+                    sp.median,
                     BASELINE,
-                    base_value,
-                    [_run_json(r) for r in runs],
-                    self.settings.rate_pps,
+                    base,
+                    [_run_json(r) for r in runs[path]],
+                    rate,
                     ppw,
-                    summ.valid_runs > 0,
-                    "" if summ.valid_runs else "no valid run",
-                    summ.minimum,
-                    summ.maximum,
-                )
-            )
-        fast = next((r for r in out if r.path == "xdp_fastpath"), None)
-        drop = next((r for r in out if r.path == "xdp_drop"), None)
-        if fast and drop and fast.value is not None:
-            out.append(
-                Result(
-                    "cpu_ns_per_packet",
-                    "xdp_fastpath",
-                    "ns/packet",
-                    fast.value,
-                    "xdp_drop",
-                    drop.value,
-                    fast.runs,
-                    fast.offered_pps,
-                    fast.pkts_per_wakeup,
-                    fast.valid,
-                    "goal <= 1.8x xdp_drop",
-                    fast.minimum,
-                    fast.maximum,
+                    sp.valid_runs > 0,
+                    note if sp.valid_runs else "no valid run",
+                    sp.minimum,
+                    sp.maximum,
                 )
             )
         return out
+
+    def _unavailable(self, metric: str, path: str) -> Result:
+        return Result(metric, path, "ns/packet", None, valid=False, note=self.unavailable[path])
 
     # ---- per-program cost ------------------------------------------------------------------
 
@@ -279,7 +413,11 @@ class Suite:
 
     def rr_phase(self) -> list[Result]:
         t, s = self.target, self.settings
-        rr_paths = [p for p in (BASELINE, "xdp_fastpath") if p not in self.unavailable]
+        rr_paths = [
+            p
+            for p in (BASELINE, "xdp_fastpath", paths.BULK_TCP_IN_KERNEL)
+            if "xdp_fastpath" not in self.unavailable or p == BASELINE
+        ]
         flows = [
             Flow(IPPROTO_UDP, SOCKPERF_CPORT, t.sockperf_port),
             Flow(IPPROTO_TCP, IPERF3_CPORT, t.iperf3_port),
@@ -305,32 +443,33 @@ class Suite:
     def _rr_once(self, path: str, into: dict[str, list[dict[str, Any]]]) -> None:
         t, s = self.target, self.settings
         fast0 = self.programs.flow_packets() if path == "xdp_fastpath" else 0
+
+        def record(metric: str, value: Any, scale: float = 1.0) -> None:
+            ok = isinstance(value, float)
+            into.setdefault(metric, []).append(
+                {"value": value / scale, "valid": True} if ok else value
+            )
+
+        bps = _attempt(
+            lambda: rr.iperf3(t.generator, t.service_ip, t.iperf3_port, s.rr_seconds, IPERF3_CPORT)
+        )
+        record("tcp_throughput", bps, 1e9)
+        if path == paths.BULK_TCP_IN_KERNEL:
+            return
         lat = _attempt(
             lambda: rr.sockperf(
                 t.generator, t.service_ip, t.sockperf_port, s.rr_seconds, SOCKPERF_CPORT
             )
         )
         for key in ("p50", "p99", "p99.9"):
-            into.setdefault(f"udp_rr_{key}", []).append(
-                {"value": lat[key], "valid": True} if isinstance(lat, dict) else lat
-            )
-        bps = _attempt(
-            lambda: rr.iperf3(t.generator, t.service_ip, t.iperf3_port, s.rr_seconds, IPERF3_CPORT)
-        )
-        into.setdefault("tcp_throughput", []).append(
-            {"value": bps / 1e9, "valid": True} if isinstance(bps, float) else bps
-        )
+            record(f"udp_rr_{key}", lat[key] if isinstance(lat, dict) and "p50" in lat else lat)
         if t.lab:
             cps = _attempt(
                 lambda: rr.connection_rate(t.generator, t.service_ip, rr.CPS_PORT, s.rr_seconds)
             )
-            into.setdefault("tcp_connection_rate", []).append(
-                {"value": cps, "valid": True} if isinstance(cps, float) else cps
-            )
+            record("tcp_connection_rate", cps)
         if path == "xdp_fastpath":
-            into.setdefault("fast_path_packets", []).append(
-                {"value": float(self.programs.flow_packets() - fast0), "valid": True}
-            )
+            record("fast_path_packets", float(self.programs.flow_packets() - fast0))
 
     def _rr_results(
         self, rr_paths: list[str], samples: dict[str, dict[str, list[dict[str, Any]]]]
@@ -347,7 +486,7 @@ class Suite:
             "tcp_connection_rate": (
                 "conn/s",
                 False,
-                "perf.cps: 2 Python connect/close procs; client-bound",
+                "perf.cps: 2 Python connect/close procs, full handshakes end to end; client-bound",
             ),
         }
         out = []
@@ -364,6 +503,10 @@ class Suite:
                 path_note = note
                 if path == "xdp_fastpath" and metric == "tcp_connection_rate":
                     path_note += "; new connections miss the flow table (kernel path + XDP parse)"
+                if path == paths.BULK_TCP_IN_KERNEL:
+                    path_note += (
+                        "; interfaces.bulk_tcp=kernel: bulk TCP handed back to the kernel path"
+                    )
                 if path == "xdp_fastpath":
                     fp = samples[path].get("fast_path_packets", [])
                     path_note += f"; fast-path packets {int(sum(r['value'] for r in fp))}"

@@ -1,5 +1,6 @@
-"""The packet generator: trafgen sending one fixed 64-byte UDP flow at a fixed rate,
-pinned to the generator CPU.
+"""The packet generator: trafgen at a fixed rate, pinned to the generator CPU, sending
+either one fixed 64-byte UDP flow (cost per forwarded packet) or TCP SYNs that each
+open a new 5-tuple (cost per new connection: conntrack entry + NAT mapping).
 
 ``-b <rate>pps`` is required: without a rate trafgen dies with "Flushing TX_RING
 failed" when the gateway pushes back, and an unpaced generator saturates before the
@@ -13,6 +14,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import Protocol
 
 from perf.method import GENERATOR_CPU
 from perf.target import Host, PerfError
@@ -20,6 +22,12 @@ from perf.target import Host, PerfError
 FRAME_LEN = 60  # 64 bytes on the wire with the FCS
 UDP_PAYLOAD = FRAME_LEN - 14 - 20 - 8
 _SUMMARY = re.compile(r"(\d+) sec, (\d+) usec on CPU\d+ \((\d+) packets\)")
+
+
+class Packets(Protocol):
+    """What trafgen sends: its packet configuration."""
+
+    def config(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +38,37 @@ class UdpFlow:
     daddr: str
     sport: int = 40000
     dport: int = 9
+
+    def config(self) -> str:
+        return trafgen_config(self)
+
+
+# Source port 1024..65535 (64,512 values) and destination port 1..251 (prime, so
+# coprime with 64,512) step together: 16.2 million distinct 5-tuples before one
+# repeats, and the NAT never runs out of reply tuples (one port space per dport).
+SYN_SPORTS = (1024, 65535)
+SYN_DPORTS = (1, 251)
+
+
+@dataclass(frozen=True, slots=True)
+class SynFlood:
+    """TCP SYNs from one workload address, every packet a new 5-tuple: each one makes
+    the gateway create a conntrack entry and choose a NAT mapping, the work that
+    bounds a NAT's connection-setup rate."""
+
+    src_mac: str
+    dst_mac: str
+    saddr: str
+    daddr: str
+
+    def config(self) -> str:
+        (slo, shi), (dlo, dhi) = SYN_SPORTS, SYN_DPORTS
+        return f"""{{
+  eth(da={self.dst_mac}, sa={self.src_mac}),
+  ipv4(sa={self.saddr}, da={self.daddr}, ttl=64, df),
+  tcp(sp=dinc({slo}, {shi}), dp=dinc({dlo}, {dhi}), seq=drnd(), syn, win=64240)
+}}
+"""
 
 
 def _bytes(text: str, sep: str, base: int) -> str:
@@ -61,12 +100,12 @@ class GeneratorResult:
         return self.sent / self.seconds if self.seconds > 0 else 0.0
 
 
-def send(host: Host, dev: str, flow: UdpFlow, rate_pps: int, seconds: float) -> GeneratorResult:
+def send(host: Host, dev: str, flow: Packets, rate_pps: int, seconds: float) -> GeneratorResult:
     """Send ``rate_pps * seconds`` packets; the achieved rate is trafgen's own count
     over its own send time."""
     count = int(rate_pps * seconds)
     with tempfile.NamedTemporaryFile("w", suffix=".trafgen") as cfg:
-        cfg.write(trafgen_config(flow))
+        cfg.write(flow.config())
         cfg.flush()
         if not host.local:
             remote = f"/tmp/spectra-perf-{rate_pps}.trafgen"

@@ -22,6 +22,8 @@ IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 NFT_TABLE = "spectra_perf"
 
+BULK_TCP_IN_KERNEL = "xdp_fastpath_bulk_tcp_in_kernel"
+
 NOT_YET_BUILT = {
     "geneve_two_arm": "not yet built (GENEVE issue)",
 }
@@ -183,11 +185,15 @@ def teardown_rate_path(gw: Gateway, path: str) -> None:
 
 
 def setup_rr_path(gw: Gateway, path: str, flows: list[Flow]) -> None:
-    """``kernel_masquerade`` or ``xdp_fastpath`` (XDP on both gateway interfaces, the
+    """``kernel_masquerade``, ``xdp_fastpath`` (XDP on both gateway interfaces, the
     given flows offloaded both ways, XDP_PASS on both veth peers so native redirects
-    into them are delivered)."""
+    into them are delivered) or ``BULK_TCP_IN_KERNEL`` (the same without TCP flows)."""
     t = gw.target
     gw.masquerade(True)
+    if path == BULK_TCP_IN_KERNEL:
+        # interfaces.bulk_tcp = "kernel": XDP attached, the bulk TCP flow handed back
+        # to the kernel path, everything else offloaded.
+        path, flows = "xdp_fastpath", [f for f in flows if f.proto != IPPROTO_TCP]
     if path == "xdp_fastpath":
         p = gw.programs
         p.attach(t.gateway, t.ingress_dev, "xdp_gateway")

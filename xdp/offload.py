@@ -10,6 +10,15 @@ reads the conntrack table through ctnetlink (pyroute2) and
 * removes the pair when the kernel entry is gone, when the program saw FIN/RST
   (``FLOW_F_CLOSING``: the kernel now owns the teardown), or after ``idle_seconds``
   without traffic;
+* with ``bulk_tcp="kernel"``, hands bulk TCP back to the kernel path: a direction that
+  sustains full-size segments, which the kernel's GRO would forward ~45 segments per
+  routing and NAT decision.  The default, ``"fast_path"``, keeps them in XDP because
+  that measured better here: on veth, once XDP is attached every packet pays an
+  skb-to-XDP copy, so the kernel path with XDP attached reached 0.57x the plain kernel
+  path's TCP throughput while the fast path reached 0.80x (``python -m perf
+  dataplane``, rows ``tcp_throughput``).  ``"kernel"`` is for drivers whose XDP_PASS
+  costs nothing extra; measure with the suite on the target first.  A handed-back
+  flow is not offloaded again while its conntrack entry lives;
 * after a restart, adopts pairs already in the pinned table that still match kernel
   conntrack and deletes the rest.
 
@@ -30,7 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from xdp.records import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, FlowEntry, FlowKey
 
@@ -40,6 +49,10 @@ log = logging.getLogger("spectra.xdp")
 # stays on the kernel path until the inspector also marks it BYPASS.
 CT_MARK_INSPECT = 0x1
 CT_MARK_BYPASS = 0x2
+# Set by the agent's ruleset on flows that arrived decapsulated from a Gateway Load
+# Balancer: their replies must be re-encapsulated to the GWLB by tc_gwlb_encap, which a
+# fast-path redirect to the inside interface would bypass, so they stay on the kernel path.
+CT_MARK_GWLB = 0x8
 
 IPS_SEEN_REPLY = 1 << 1
 IPS_ASSURED = 1 << 2
@@ -50,6 +63,15 @@ TCP_CONNTRACK_ESTABLISHED = 3
 ICMP_ECHO_REQUEST = 8
 
 SYSCTL = Path("/proc/sys/net/netfilter")
+
+# Bulk TCP: one direction carrying at least BULK_MIN_PPS packets/s averaging at least
+# BULK_MIN_AVG_BYTES per frame over a window of BULK_WINDOW_NS.  2,000 full frames/s is
+# ~24 Mbit/s: below it the per-packet cost does not matter; 1,000 B keeps interactive
+# and request/response flows (small segments) on the fast path.
+BULK_WINDOW_NS = 1_000_000_000
+BULK_MIN_PPS = 2_000
+BULK_MIN_AVG_BYTES = 1_000
+BulkTcp = Literal["kernel", "fast_path"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +155,8 @@ def why_not_offloadable(ct: CtFlow, timeouts: Timeouts, recent_seconds: float) -
         ct.tcp_state != TCP_CONNTRACK_ESTABLISHED or not ct.status & IPS_ASSURED
     ):
         return "not_established"
+    if ct.mark & CT_MARK_GWLB:
+        return "gwlb"
     if ct.mark & CT_MARK_INSPECT and not ct.mark & CT_MARK_BYPASS:
         return "under_inspection"
     # Idle flows stay on the kernel path until traffic returns to it.
@@ -197,6 +221,29 @@ class Kernel(Protocol):
 class Offloaded:
     keys: tuple[FlowKey, FlowKey]
     refreshed_ns: int
+    # Start of the current bulk-detection window and each direction's counters then.
+    window_ns: int = 0
+    window_counts: tuple[tuple[int, int], ...] = ()
+
+    def is_bulk(self, entries: list[FlowEntry], now_ns: int) -> bool:
+        """Close the window once it is BULK_WINDOW_NS old; True when one direction
+        carried bulk traffic during it."""
+        counts = tuple((e.packets, e.bytes) for e in entries)
+        if not self.window_counts:
+            self.window_ns, self.window_counts = now_ns, counts
+            return False
+        elapsed = now_ns - self.window_ns
+        if elapsed < BULK_WINDOW_NS:
+            return False
+        bulk = False
+        for (p0, b0), (p1, b1) in zip(self.window_counts, counts, strict=True):
+            packets, octets = p1 - p0, b1 - b0
+            if packets <= 0:
+                continue
+            pps = packets * 1e9 / elapsed
+            bulk = bulk or (pps >= BULK_MIN_PPS and octets / packets >= BULK_MIN_AVG_BYTES)
+        self.window_ns, self.window_counts = now_ns, counts
+        return bulk
 
 
 @dataclass(slots=True)
@@ -210,6 +257,7 @@ class OffloadStats:
     table_full: int = 0
     keepalives: int = 0
     adopted: int = 0
+    gwlb_kernel_path: int = 0  # GWLB flows in conntrack now, left on the kernel path
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -220,6 +268,7 @@ class OffloadStats:
             "keepalives": self.keepalives,
             "adopted": self.adopted,
             "no_neighbour": self.skipped["no_neighbour"],
+            "bulk_tcp_in_kernel": self.removed["bulk_tcp"],
         }
 
 
@@ -237,6 +286,7 @@ class Offloader:
         idle_seconds: float = 300.0,
         recent_seconds: float = 5.0,
         timeouts: Timeouts | None = None,
+        bulk_tcp: BulkTcp = "fast_path",
     ) -> None:
         self.table, self.kernel = table, kernel
         self.inside, self.outside = inside, outside
@@ -245,7 +295,12 @@ class Offloader:
         self.idle_ns = int(idle_seconds * 1e9)
         self.recent_seconds = recent_seconds
         self.timeouts = timeouts or Timeouts.from_sysctl()
+        self.bulk_tcp = bulk_tcp
         self.offloaded: dict[tuple[int, Tuple], Offloaded] = {}
+        # Flows handed back as bulk TCP: they stay on the kernel path until conntrack
+        # forgets them (kept in memory: after a restart a bulk flow is handed back
+        # again within one window).
+        self.kernel_only: set[tuple[int, Tuple]] = set()
         self.stats = OffloadStats()
 
     def sync(self, now_ns: int | None = None) -> None:
@@ -258,13 +313,19 @@ class Offloader:
             reason = self._retire_reason(cts.get(ct_key), off, table, now_ns)
             if reason:
                 self._remove(ct_key, reason)
+                if reason == "bulk_tcp":
+                    self.kernel_only.add(ct_key)
         self._delete_orphans(table)
+        self.kernel_only &= cts.keys()
         used = 2 * len(self.offloaded)
+        gwlb_flows = 0
         for ct_key, ct in cts.items():
-            if ct_key in self.offloaded:
+            if ct_key in self.offloaded or ct_key in self.kernel_only:
                 continue
             why = why_not_offloadable(ct, self.timeouts, self.recent_seconds)
             if why:
+                if why == "gwlb":
+                    gwlb_flows += 1
                 continue
             if used + 2 > self.max_entries:
                 self.stats.table_full += 1
@@ -272,6 +333,7 @@ class Offloader:
             if self._install(ct, now_ns):
                 used += 2
         self.stats.active = len(self.offloaded)
+        self.stats.gwlb_kernel_path = gwlb_flows
 
     def _adopt(
         self, cts: dict[tuple[int, Tuple], CtFlow], table: dict[FlowKey, FlowEntry], now_ns: int
@@ -302,6 +364,8 @@ class Offloader:
         last_seen = max(e.last_seen_ns for e in present)
         if last_seen and now_ns - last_seen > self.idle_ns:
             return "idle"
+        if self.bulk_tcp == "kernel" and ct.proto == IPPROTO_TCP and off.is_bulk(present, now_ns):
+            return "bulk_tcp"
         if last_seen > off.refreshed_ns:
             self.kernel.refresh(ct, self.timeouts.for_flow(ct))
             off.refreshed_ns = last_seen

@@ -31,6 +31,15 @@ class Interfaces(StrictModel):
     xdp_mode: Literal["auto", "native", "generic"] = Field(
         default="auto", description="auto: native where the driver supports it, else generic"
     )
+    bulk_tcp: Literal["fast_path", "kernel"] = Field(
+        default="fast_path",
+        description=(
+            "fast_path: bulk TCP stays in XDP (measured best on veth, where XDP_PASS "
+            "costs a copy); kernel: TCP flows that sustain full-size segments are "
+            "handed back to the kernel path and its GRO (for drivers whose XDP_PASS is "
+            "free; measure first)"
+        ),
+    )
 
 
 class NatTimeouts(StrictModel):

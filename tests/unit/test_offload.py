@@ -187,3 +187,50 @@ def test_restart_adopts_matching_pairs_and_deletes_orphans() -> None:
     assert restarted.stats.adopted == 1 and restarted.stats.offloaded == 0
     assert table.entries == counts_before
     assert restarted.stats.removed["orphan"] == 1
+
+
+def _carry(table: FakeTable, ifindex: int, packets: int, octets: int, now: int) -> None:
+    key = next(k for k in table.entries if k.ifindex == ifindex)
+    e = table.entries[key]
+    table.entries[key] = replace(
+        e, packets=e.packets + packets, bytes=e.bytes + octets, last_seen_ns=now
+    )
+
+
+@pytest.mark.parametrize(
+    ("flow", "policy", "packets", "frame", "handed_back"),
+    [
+        (tcp(), "kernel", 3_000, 1_514, True),  # 3,000 full frames/s: bulk
+        (tcp(), "kernel", 3_000, 120, False),  # request/response sized segments
+        (tcp(), "kernel", 1_000, 1_514, False),  # full frames, but a trickle
+        (tcp(), "fast_path", 3_000, 1_514, False),  # policy keeps bulk in XDP
+        (tcp(proto=17, tcp_state=None), "kernel", 3_000, 1_514, False),  # UDP stays
+    ],
+)
+def test_bulk_tcp_is_handed_back_to_the_kernel_once(
+    flow: CtFlow, policy: str, packets: int, frame: int, handed_back: bool
+) -> None:
+    table, kernel = FakeTable(), FakeKernel([flow])
+    off = Offloader(
+        table,
+        kernel,
+        INSIDE,
+        OUTSIDE,
+        1024,
+        timeouts=TIMEOUTS,
+        bulk_tcp=policy,  # type: ignore[arg-type]
+    )
+    second = 10**9
+    off.sync(now_ns=1)  # installs
+    off.sync(now_ns=2)  # opens the measurement window
+    _carry(table, INSIDE.ifindex, packets, packets * frame, 2 + second // 2)
+    _carry(table, OUTSIDE.ifindex, packets // 2, packets // 2 * 66, 2 + second // 2)
+    off.sync(now_ns=2 + second)
+    assert (table.entries == {}) is handed_back
+    assert off.stats.removed["bulk_tcp"] == int(handed_back)
+    off.sync(now_ns=3 + second)
+    assert (table.entries == {}) is handed_back  # not offloaded again
+    assert off.stats.as_dict()["bulk_tcp_in_kernel"] == int(handed_back)
+    kernel.flows = []
+    off.sync(now_ns=4 + second)
+    assert off.kernel_only == set()  # forgotten with the conntrack entry

@@ -69,7 +69,7 @@ struct flow_value {
 	__u32 flags;          /* FLOW_F_* */
 	__u64 packets;        /* fast-path packets, atomic add */
 	__u64 bytes;          /* fast-path bytes (whole frame), atomic add */
-	__u64 last_seen_ns;   /* bpf_ktime_get_ns() of the last fast-path packet */
+	__u64 last_seen_ns;   /* bpf_ktime_get_coarse_ns() of the last packet */
 };
 
 /* Offloaded flows; common LRU shared by all CPUs so a full table evicts the coldest
