@@ -72,9 +72,13 @@ def enable_threaded_napi(host: Host, dev: str) -> list[int]:
     raise PerfError(f"no napi/{dev}-N thread appeared on {host} after enabling threaded NAPI")
 
 
-def pin_thread(host: Host, tid: int, cpu: int, priority: int = FIFO_PRIORITY) -> None:
+def pin_thread(host: Host, tid: int, cpu: int, priority: int | None = FIFO_PRIORITY) -> None:
+    """Pin ``tid`` to ``cpu``; at SCHED_FIFO ``priority``, or SCHED_OTHER when None."""
     host.run("taskset", "-p", "-c", str(cpu), str(tid))
-    host.run("chrt", "-f", "-p", str(priority), str(tid))
+    if priority is None:
+        host.run("chrt", "-o", "-p", "0", str(tid))
+    else:
+        host.run("chrt", "-f", "-p", str(priority), str(tid))
 
 
 def ethtool_features(host: Host, dev: str) -> dict[str, str]:
@@ -115,12 +119,14 @@ class Tuning:
             self._saved.append((host, dev, short, before))
         set_feature(host, dev, short, value)
 
-    def pin(self, *, sink: bool = True) -> None:
-        """(Re)create and pin the NAPI threads; call after every XDP or GRO change."""
+    def pin(self, *, sink: bool = True, fifo: bool = True) -> None:
+        """(Re)create and pin the NAPI threads; call after every XDP or GRO change.
+        ``fifo=False`` leaves the gateway's thread at normal priority, for a gateway
+        CPU it shares with a userspace consumer (NFQUEUE) that FIFO would starve."""
         t = self.target
         self.gateway_threads = enable_threaded_napi(t.gateway, t.ingress_dev)
         for tid in self.gateway_threads:
-            pin_thread(t.gateway, tid, GATEWAY_CPU)
+            pin_thread(t.gateway, tid, GATEWAY_CPU, FIFO_PRIORITY if fifo else None)
         self.sink_threads = []
         if sink and (t.sink.local or t.sink.netns is not None):
             self.sink_threads = enable_threaded_napi(t.sink, t.sink_dev)
