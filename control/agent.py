@@ -27,6 +27,7 @@ from typing import Any
 
 from control.config import ConfigDocument, ConfigValidationError
 from control.converge import ConvergeError, Converger, NftStep, SysctlStep, XdpStep
+from control.gwlb import GwlbStep
 from control.inspection import InspectionStep
 from control.store import ConfigStore, StoreError, VersionNotFound
 from control.store.factory import POLL_SECONDS, open_store
@@ -35,7 +36,7 @@ log = logging.getLogger("spectra.control")
 
 RUN_ROOT = Path("/run/spectra")
 LOG_ROOT = Path("/var/log/spectra")
-UNRENDERED_SECTIONS = ("proxy", "tls", "load_balancer", "gwlb")
+UNRENDERED_SECTIONS = ("proxy", "tls", "load_balancer")
 
 
 class AgentError(RuntimeError):
@@ -79,6 +80,7 @@ class AgentState:
     offload: dict[str, Any] = field(default_factory=dict)
     not_yet_rendered: list[str] = field(default_factory=list)
     inspection: dict[str, Any] = field(default_factory=dict)
+    gwlb: dict[str, Any] = field(default_factory=dict)
 
 
 def run_dir(instance: str) -> Path:
@@ -110,7 +112,8 @@ class Agent:
         )
         self.xdp = XdpStep(settings.instance, settings.flow_table_size, settings.idle_seconds)
         self.inspection = InspectionStep(run_dir(settings.instance), LOG_ROOT / settings.instance)
-        self.converger = Converger([SysctlStep(), NftStep(), self.inspection, self.xdp])
+        self.gwlb = GwlbStep(settings.instance)
+        self.converger = Converger([SysctlStep(), NftStep(), self.inspection, self.xdp, self.gwlb])
         self._stop = False
         self._wake = threading.Event()
         self._failed_version = 0
@@ -184,6 +187,7 @@ class Agent:
             log.error("offload/inspection tick failed: %s", exc)
 
     def write_state(self) -> None:
+        self.state.gwlb = self.gwlb.status()
         directory = run_dir(self.settings.instance)
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / "status.json.tmp"
@@ -213,6 +217,7 @@ class Agent:
                         self._wake.clear()
                         break
         finally:
+            self.gwlb.close()
             self.xdp.close()
             self.store.close()
         log.info("agent %s stopped; data plane left in place", self.settings.instance)

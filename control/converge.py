@@ -57,6 +57,8 @@ def render(doc: ConfigDocument, addresses: Addresses = interface_ipv4) -> Plan:
     """Pure apart from reading interface addresses; raises before anything is applied."""
     addresses(doc.interfaces.inside)
     outside = addresses(doc.interfaces.outside)
+    if doc.gwlb.enabled and doc.gwlb.interface:
+        addresses(doc.gwlb.interface)  # exists here, before anything is applied
     try:
         script = render_nftables(doc, outside)
     except nftables.NftError as exc:

@@ -17,6 +17,10 @@ from typing import Literal
 log = logging.getLogger("spectra.geneve")
 
 Hook = Literal["native", "generic", "tc"]
+# What the configuration asks for: auto (native XDP, else generic, else tc when the MTU
+# rules XDP out), xdp (native or generic, never tc), or tc (always tc ingress).
+DecapHook = Literal["auto", "xdp", "tc"]
+DECAP_HOOKS: tuple[DecapHook, ...] = ("auto", "xdp", "tc")
 
 # Largest MTU each driver accepts with a native (single-buffer) XDP program attached.
 NATIVE_XDP_MTU_LIMIT: dict[str, int] = {"ena": 3498}
@@ -41,9 +45,19 @@ class AttachPlan:
         return self.hook == "tc"
 
 
-def plan(ifname: str, mtu: int, driver: str, native_ok: bool | None = None) -> AttachPlan:
-    """Decide the hook from the MTU, the driver and (when tried) whether a native
-    attach succeeded.  Pure: unit-tested without an interface."""
+def plan(
+    ifname: str,
+    mtu: int,
+    driver: str,
+    native_ok: bool | None = None,
+    requested: DecapHook = "auto",
+) -> AttachPlan:
+    """Decide the hook from the configuration, the MTU, the driver and (when tried)
+    whether a native attach succeeded.  Pure: unit-tested without an interface."""
+    if requested == "tc":
+        return AttachPlan(
+            ifname, mtu, driver, "tc", "tc ingress forced by configuration (decap_hook: tc)"
+        )
     limit = NATIVE_XDP_MTU_LIMIT.get(driver)
     if limit is not None and mtu > limit:
         return AttachPlan(
@@ -99,7 +113,8 @@ def interface_facts(ifname: str) -> tuple[int, str]:
 
 
 def tc_attach(ifindex: int, prog_fd: int, name: str, parent: int = TC_EGRESS_PARENT) -> None:
-    """Add a clsact qdisc (if missing) and a direct-action bpf filter at ``parent``."""
+    """Add a clsact qdisc (if missing) and put a direct-action bpf filter at ``parent``
+    (replacing ours in place: no window without a filter when the agent re-attaches)."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -110,7 +125,7 @@ def tc_attach(ifindex: int, prog_fd: int, name: str, parent: int = TC_EGRESS_PAR
             if exc.code != 17:  # EEXIST: already there
                 raise
         ipr.tc(
-            "add-filter",
+            "replace-filter",
             "bpf",
             index=ifindex,
             handle=1,
@@ -121,6 +136,32 @@ def tc_attach(ifindex: int, prog_fd: int, name: str, parent: int = TC_EGRESS_PAR
             direct_action=True,
         )
     log.info("attached tc program %s (fd %d) to ifindex %d", name, prog_fd, ifindex)
+
+
+def tc_detach_filter(ifindex: int, parent: int) -> None:
+    """Remove our filter at ``parent`` (handle 1); no-op if absent."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        try:
+            ipr.tc("del-filter", "bpf", index=ifindex, handle=1, parent=parent, classid=1)
+        except NetlinkError as exc:
+            if exc.code not in (2, 22):  # ENOENT / EINVAL: nothing attached
+                raise
+
+
+def tc_filter_present(ifindex: int, parent: int) -> bool:
+    """Whether a bpf filter sits at ``parent`` (clsact ingress or egress)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        try:
+            filters = ipr.get_filters(index=ifindex, parent=parent)
+        except NetlinkError:
+            return False
+    return any(f.get_attr("TCA_KIND") == "bpf" for f in filters)
 
 
 def tc_detach(ifindex: int) -> None:

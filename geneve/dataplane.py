@@ -3,9 +3,13 @@ programs of ``geneve/bpf/gwlb.bpf.c``, attach them to the GWLB-facing interface,
 configure them, read their counters.
 
     gwlb = Gwlb("gw-a", "gwlb", mode="two-arm", idle_timeout=350.0)
-    plan = gwlb.load().attach()       # AttachPlan: native / generic XDP, or tc needed
+    plan = gwlb.load().attach()       # AttachPlan: native / generic XDP, or tc ingress
     gwlb.counters()                   # {"DECAP": {"packets": .., "bytes": ..}, ...}
     gwlb.detach(); gwlb.close()       # pins stay: forwarding survives the agent
+
+``load()`` adopts existing pins without touching their configuration (a reader such as
+``spectra status`` or a test, possibly in another network namespace, must not rewrite
+the live config); ``attach()`` and ``configure()`` write it.
 
 Pins live under ``/sys/fs/bpf/spectra/<instance>/gwlb/{progs,maps}/``.  Modes (RFC 8926
 transport, AWS GWLB contract: https://docs.aws.amazon.com/elasticloadbalancing/latest/gateway/):
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 from geneve import attach as hooks
-from geneve.attach import AttachPlan
+from geneve.attach import DECAP_HOOKS, AttachPlan, DecapHook
 from geneve.errors import GwlbError
 from geneve.maps import GWLB_F_REFLECT, GwlbMaps
 from xdp import libbpf, loader
@@ -38,7 +42,7 @@ log = logging.getLogger("spectra.geneve")
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
 SOURCE = BPF_DIR / "gwlb.bpf.c"
 XDP_PROGRAMS = ("xdp_gwlb", "xdp_gwlb_pass_peer")
-TC_PROGRAMS = ("tc_gwlb_encap",)
+TC_PROGRAMS = ("tc_gwlb_encap", "tc_gwlb_decap")
 MAPS = ("gwlb_flows", "gwlb_stats", "gwlb_config")
 MAX_OPTIONS = 8  # GWLB_MAX_OPTS in gwlb_maps.h
 DEFAULT_IDLE_TIMEOUT = 350.0  # seconds, GWLB's own flow idle timeout
@@ -146,10 +150,14 @@ class Gwlb:
         return all((self.pin_dir / sub / n).exists() for sub, n in names)
 
     def load(self) -> Gwlb:
-        """Adopt the instance's pins if present, else compile and pin."""
+        """Adopt the instance's pins if present (their configuration untouched), else
+        compile, pin and configure."""
         if self._objects is not None:
             return self
-        if self._pinned():
+        adopted = self._pinned()
+        if not adopted:
+            self._remove_pins()  # a partial or older set: replace it whole
+        if adopted:
             progs = {
                 n: libbpf.obj_get(str(self.pin_dir / "progs" / n))
                 for n in (*XDP_PROGRAMS, *TC_PROGRAMS)
@@ -169,7 +177,8 @@ class Gwlb:
             self._objects = objects
             log.info("pinned GWLB programs and maps under %s", self.pin_dir)
         self._maps = GwlbMaps(self._objects.map_fds, owned=self._objects.owner is None)
-        self.configure()
+        if not adopted:
+            self.configure(local_addr=_first_ipv4(self.iface))
         return self
 
     @property
@@ -184,33 +193,63 @@ class Gwlb:
         return self._objects.prog_fds[name]
 
     def configure(self, local_addr: str | None = None) -> None:
-        """Write mode, idle timeout and the appliance's own GWLB-side address."""
+        """Write mode, idle timeout and the appliance's own GWLB-side address (by
+        default the interface's first IPv4 address in this network namespace)."""
         flags = GWLB_F_REFLECT if self.mode == "one-arm-reflect" else 0
         if local_addr is None:
+            if not _has_interface(self.iface):
+                raise GwlbError(
+                    f"{self.instance}: interface {self.iface!r} is not in this network "
+                    "namespace; configure from the gateway's namespace or pass local_addr"
+                )
             local_addr = _first_ipv4(self.iface)
         self.maps.set_config(int(self.idle_timeout * 1e9), local_addr, flags)
 
-    def attach(self, hook: hooks.Hook | None = None) -> AttachPlan:
-        """Attach decap (XDP) and re-encap (tc egress) to the interface; returns what
-        is in use and why.  When the plan says tc is needed, GwlbError explains it."""
+    def attach(self, hook: DecapHook = "auto") -> AttachPlan:
+        """Attach decap (XDP, or tc ingress where XDP cannot run or ``hook`` is "tc")
+        and re-encap (tc egress) to the interface; returns what is in use and why.
+        ``hook="xdp"`` refuses tc: GwlbError says why XDP cannot run."""
+        if hook not in DECAP_HOOKS:
+            raise GwlbError(f"hook={hook!r}: expected one of {DECAP_HOOKS}")
         ifindex = loader.ifindex_of(self.iface)
         mtu, driver = hooks.interface_facts(self.iface)
-        decided = hooks.plan(self.iface, mtu, driver)
-        if hook == "tc" or decided.hook == "tc":
-            self.plan = decided
-            raise GwlbError(
-                f"{self.iface}: {decided.reason}; the tc-ingress decap variant is not built yet"
-            )
+        decided = hooks.plan(self.iface, mtu, driver, requested=hook)
+        if decided.hook == "tc" and hook == "xdp":
+            raise GwlbError(f"{self.iface}: {decided.reason}; decap_hook is xdp (tc refused)")
         self.configure()
-        try:
-            mode = loader.attach(ifindex, self.program_fd("xdp_gwlb"), hook or "auto")
-        except loader.LoaderError as exc:
-            raise GwlbError(f"{self.iface}: cannot attach xdp_gwlb: {exc}") from exc
-        self.plan = hooks.plan(self.iface, mtu, driver, native_ok=mode == "native")
-        hooks.tc_detach(ifindex)
+        if decided.hook == "tc":
+            loader.detach(ifindex)
+            hooks.tc_attach(
+                ifindex, self.program_fd("tc_gwlb_decap"), "tc_gwlb_decap", hooks.TC_INGRESS_PARENT
+            )
+            self.plan = decided
+        else:
+            try:
+                mode = loader.attach(ifindex, self.program_fd("xdp_gwlb"), "auto")
+            except loader.LoaderError as exc:
+                raise GwlbError(f"{self.iface}: cannot attach xdp_gwlb: {exc}") from exc
+            hooks.tc_detach_filter(ifindex, hooks.TC_INGRESS_PARENT)
+            self.plan = hooks.plan(self.iface, mtu, driver, native_ok=mode == "native")
         hooks.tc_attach(ifindex, self.program_fd("tc_gwlb_encap"), "tc_gwlb_encap")
         log.info("GWLB %s on %s: %s (%s)", self.mode, self.iface, self.plan.hook, self.plan.reason)
         return self.plan
+
+    def attached_hook(self) -> hooks.Hook | None:
+        """Where decap runs on the interface now, read from the kernel: "native" /
+        "generic" (an XDP program), "tc" (clsact ingress filter), or None."""
+        try:
+            ifindex = loader.ifindex_of(self.iface)
+        except loader.LoaderError:
+            return None
+        mode = loader.attached_mode(ifindex)
+        if mode in ("native", "generic"):
+            return "native" if mode == "native" else "generic"
+        return "tc" if hooks.tc_filter_present(ifindex, hooks.TC_INGRESS_PARENT) else None
+
+    def _remove_pins(self) -> None:
+        for sub in ("progs", "maps"):
+            for pin in (self.pin_dir / sub).glob("*"):
+                pin.unlink()
 
     def detach(self) -> None:
         with contextlib.suppress(loader.LoaderError):
@@ -233,8 +272,9 @@ class Gwlb:
                 p.unlink()
             with contextlib.suppress(OSError):
                 (self.pin_dir / sub).rmdir()
-        with contextlib.suppress(OSError):
-            self.pin_dir.rmdir()
+        for directory in (self.pin_dir, self.pin_dir.parent):  # <instance>/gwlb, <instance>
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only when empty: the XDP pins may share <instance>
         objects = _pinned_objects.pop(self.pin_dir, None)
         self.close()
         if objects is not None and objects.owner is not None:
@@ -260,7 +300,7 @@ class Gwlb:
             "instance": self.instance,
             "iface": self.iface,
             "mode": self.mode,
-            "hook": self.plan.hook if self.plan else None,
+            "hook": self.plan.hook if self.plan else self.attached_hook(),
             "hook_reason": self.plan.reason if self.plan else None,
             "idle_timeout": self.idle_timeout,
             "health_port": self.health_port,
@@ -270,6 +310,14 @@ class Gwlb:
 
 
 _pinned_objects: dict[Path, _Objects] = {}
+
+
+def _has_interface(ifname: str) -> bool:
+    try:
+        socket.if_nametoindex(ifname)
+    except OSError:
+        return False
+    return True
 
 
 def _first_ipv4(ifname: str) -> str | None:

@@ -11,7 +11,7 @@ from enum import IntEnum
 
 
 class GwlbReason(IntEnum):
-    """Why xdp_gwlb / tc_gwlb_encap returned what they returned."""
+    """Why xdp_gwlb / tc_gwlb_decap / tc_gwlb_encap returned what they returned."""
 
     PASS_NOT_GENEVE = 0
     DECAP = 1
@@ -32,6 +32,7 @@ class GwlbReason(IntEnum):
     DROP_NO_FLOW = 16
     DROP_FLOW_EXPIRED = 17
     DROP_ENCAP_ERROR = 18
+    DROP_DECAP_ERROR = 19
 
     @property
     def c_name(self) -> str:
@@ -43,4 +44,4 @@ class GwlbReason(IntEnum):
 
 
 # Mirrors GWLB_STAT__MAX: the number of slots in ``gwlb_stats``.
-GWLB_REASON_COUNT = 19
+GWLB_REASON_COUNT = 20

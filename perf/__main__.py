@@ -17,9 +17,6 @@ from perf.target import Host, PerfError, Target, lab_target
 from perf.tools import SUITE_TOOLS, ToolMissing, require
 
 SUITES = ("dataplane", "nfq", "geneve", "ai", "all", "config", "semcache")
-NOT_YET_BUILT = {
-    "geneve": ("geneve_two_arm", "not yet built (GENEVE issue)"),
-}
 # Suites with a command line of their own (they write their own JSON); not in "all".
 STANDALONE = {
     "config": "perf.configlatency",  # config change -> applied latency, local and SSM stores
@@ -120,11 +117,6 @@ def _fields(settings: Any) -> dict[str, Any]:
     return {name: getattr(settings, name) for name in settings.__slots__}
 
 
-def not_built(suite: str) -> list[Result]:
-    path, why = NOT_YET_BUILT[suite]
-    return [Result("suite", path, "-", None, valid=False, note=why)]
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in STANDALONE:
@@ -153,13 +145,14 @@ def main(argv: list[str] | None = None) -> int:
             results += with_lab(target, lambda: run_dataplane(args, target))
         if "nfq" in suites:
             results += with_lab(target, lambda: run_nfq(args))
+        if "geneve" in suites:
+            from perf import gwlbcost
+
+            results += with_lab(target, lambda: gwlbcost.run(args, target, _progress))
         if "ai" in suites:
             from perf import ai
 
             results += ai.run(args.quick, progress=_progress)
-        for suite in suites:
-            if suite in NOT_YET_BUILT:
-                results += not_built(suite)
     except PerfError as exc:
         print(f"perf: {exc}", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ from perf import paths, progcost, rr
 from perf.bpf import Programs
 from perf.generator import Packets, SynFlood, UdpFlow, send
 from perf.method import Tuning, cpu_delta, dev_counter
-from perf.paths import IPPROTO_TCP, IPPROTO_UDP, NOT_YET_BUILT, Flow, Gateway
+from perf.paths import IPPROTO_TCP, IPPROTO_UDP, Flow, Gateway
 from perf.report import Result
 from perf.stats import EXPECTED_ORDER, Run, check_ordering, check_run, summarize
 from perf.target import PerfError, Target
@@ -89,10 +89,6 @@ class Suite:
             self.gw.cleanup()
             self.tuning.restore()
             self.programs.close()
-        for path, why in NOT_YET_BUILT.items():
-            results.append(
-                Result("cpu_ns_per_packet", path, "ns/packet", None, valid=False, note=why)
-            )
         return results
 
     def preflight(self) -> None:

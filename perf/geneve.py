@@ -11,8 +11,9 @@ removed by subtracting ``xdp_drop_all`` on the same frame):
 * ``fastpath``: ``xdp_gateway`` forwarding an offloaded flow (the baseline, 1.0x).
 
 The ratio (decap + encap) / fastpath is the GENEVE two-arm overhead per round trip
-packet pair; the issue's goal is <= 1.25x for the data-plane work per packet.  A
-userspace handler baseline (gwlbtun-style) is not measured here (not done).
+packet pair in program time.  CPU per packet in the lab (with the userspace gwlbtun-style
+baseline) is ``python -m perf geneve`` (:mod:`perf.gwlbcost`), which includes these
+figures.
 Nothing here needs the lab; it holds ``perf.lab.exclusive()`` anyway so it never
 runs beside a lab benchmark.  ``python -m perf.geneve --json FILE``.
 """

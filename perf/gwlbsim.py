@@ -464,12 +464,20 @@ class GwlbLab:
     def stop_health(self, az: str) -> None:
         _kill(self._health_pidfile(az))
 
-    def state(self, settle: float = 0.5) -> dict[str, Any]:
-        """The simulator's counters; it writes them every 0.2 s, so by default wait
-        ``settle`` seconds for the latest packets to be counted."""
-        time.sleep(settle)
-        data: dict[str, Any] = json.loads(STATE_FILE.read_text())
-        return data
+    def state(self, settle: float = 0.5, timeout: float = 5.0) -> dict[str, Any]:
+        """The simulator's counters as of at least ``settle`` seconds after this call
+        (it writes them every 0.2 s; ``settle`` lets packets in flight be counted):
+        polls the state file until a snapshot that new appears."""
+        wanted = time.time() + settle
+        deadline = time.monotonic() + settle + timeout
+        while True:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                data: dict[str, Any] = json.loads(STATE_FILE.read_text())
+                if data["time"] >= wanted or time.monotonic() > deadline:
+                    return data
+            if time.monotonic() > deadline:
+                raise LabError(f"gwlbsim wrote no state (log in {RUN_DIR / 'gwlbsim.log'})")
+            time.sleep(0.05)
 
     def wait_health(self, az: str, healthy: bool, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -584,7 +592,9 @@ def _pids_in(ns: str) -> list[int]:
 # gateway side: load and attach the product's GWLB programs in a gateway namespace
 
 
-def attach_gateway(netns_name: str, mode: str, idle_timeout: float) -> dict[str, Any]:
+def attach_gateway(
+    netns_name: str, mode: str, idle_timeout: float, hook: str = "auto"
+) -> dict[str, Any]:
     """Enter ``netns_name`` (network namespace only; bpffs is shared) and attach
     ``geneve.Gwlb`` to its gwlb interface; pins under /sys/fs/bpf/spectra/<netns>/gwlb."""
     from pyroute2 import netns
@@ -596,7 +606,7 @@ def attach_gateway(netns_name: str, mode: str, idle_timeout: float) -> dict[str,
     gwlb.load()
     if gwlb.mode != mode:
         gwlb.mode = mode  # type: ignore[assignment]
-    plan = gwlb.attach()
+    plan = gwlb.attach(hook)  # type: ignore[arg-type]
     status = gwlb.status()
     status["plan"] = asdict(plan)
     gwlb.close()
@@ -615,12 +625,13 @@ def main(argv: list[str] | None = None) -> int:
     att.add_argument("--netns", required=True)
     att.add_argument("--mode", default="two-arm")
     att.add_argument("--idle-timeout", type=float, default=350.0)
+    att.add_argument("--hook", choices=("auto", "xdp", "tc"), default="auto")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.cmd == "serve":
         Simulator(args.health_port).serve()
     elif args.cmd == "attach":
-        print(json.dumps(attach_gateway(args.netns, args.mode, args.idle_timeout)))
+        print(json.dumps(attach_gateway(args.netns, args.mode, args.idle_timeout, args.hook)))
     elif args.cmd == "up":
         print(json.dumps(GwlbLab().up(), indent=2))
     elif args.cmd == "down":

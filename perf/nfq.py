@@ -2,7 +2,7 @@
 Python accept-all NFQUEUE consumer measured in the same run.
 
 One 64-byte UDP flow (trafgen, pinned to the generator CPU) goes from cs-ws-a through
-cs-gw-a (kernel NAT + the product's inspection chain). The method of the dataplane
+cs-gw-a (nft masquerade + the product's inspection chain). The method of the dataplane
 suite, adapted: the gateway gets one CPU for everything it does — its ingress NAPI
 thread (threaded NAPI, pinned, at normal priority so it shares the CPU with the
 consumer instead of starving it) and the consumer process. Paths:
@@ -12,7 +12,11 @@ consumer instead of starving it) and the consumer process. Paths:
 * ``builtin_inspect`` - the built-in engine with a 300-rule set, stream depth 0 (every
   packet parsed, flow-tracked and scanned by Hyperscan);
 * ``builtin_bypass`` - the same with a 64 KiB stream depth: the flow is inspected, then
-  bypassed through the conntrack mark and no longer queued.
+  bypassed through the conntrack mark and no longer queued;
+* ``builtin_bypass_xdp`` - ``builtin_bypass`` as the product runs it: ``xdp_gateway`` on
+  both gateway interfaces and the product's offloader (``xdp.offload``) following
+  conntrack, so the bypassed flow moves to the XDP fast path (one reply packet from
+  the service makes the UDP flow "replied", which offloading requires).
 
 Every queue is fail-closed here (no ``--queue-bypass``, no NFQA_CFG_F_FAIL_OPEN): a
 packet the consumer cannot take is dropped, never delivered uninspected, so a
@@ -22,7 +26,7 @@ delivered packet is an inspected (or verdict-bypassed) one. Two figures per path
   of the NAPI thread, ``ksoftirqd`` and the consumer's threads (schedstat) per
   delivered packet; a run that lost more than 2 % is invalid;
 * ``delivered_pps`` at ``--rate`` (default 300k, above the consumers' capacity):
-  packets leaving the outside interface per second — the path's capacity on one core.
+  packets the service side of the link receives per second — the capacity on one core.
 
 Run: ``python -m perf nfq --json perf-results/nfq.json [--quick]``.
 """
@@ -38,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,12 +52,13 @@ from typing import Any
 from perf import report
 from perf.generator import UdpFlow, send
 from perf.method import GATEWAY_CPU, Tuning, dev_counter
+from perf.paths import NFT_TABLE, nft_masquerade
 from perf.report import Result
 from perf.target import Host, PerfError, lab_target
 
 log = logging.getLogger("spectra.perf")
 ROOT = str(Path(__file__).resolve().parents[1])
-PATHS = ("kernel_nat", "naive_nfqueue", "builtin_inspect", "builtin_bypass")
+PATHS = ("kernel_nat", "naive_nfqueue", "builtin_inspect", "builtin_bypass", "builtin_bypass_xdp")
 BASELINE = "naive_nfqueue"
 COST_RATE = 30_000  # pps every path delivers in full on one core
 MAX_LOSS = 0.02
@@ -119,7 +125,7 @@ def _consumer(path: str, gw: Host, workdir: Path) -> Iterator[int | None]:
     if path == "kernel_nat":
         yield None
         return
-    depth = 65536 if path == "builtin_bypass" else 0
+    depth = 65536 if path.startswith("builtin_bypass") else 0
     policy = InspectionPolicy(queues=QueueRange(), fail_open=False, stream_depth=depth)
     netfilter.apply(policy, in_interface="inside", netns=gw.netns, backend="iptables")
     ready = workdir / f"{path}.ready"
@@ -170,31 +176,111 @@ def measure(path: str, rates: tuple[int, ...], seconds: float, workdir: Path,
         daddr=t.service_ip,
     )
     out = []
-    with _consumer(path, gw, workdir) as pid:
+    with contextlib.ExitStack() as stack:
+        pid = stack.enter_context(_consumer(path, gw, workdir))
         # warm-up: ARP, conntrack entry, and (bypass path) the inspected head of the flow
         send(t.generator, t.generator_dev, flow, min(COST_RATE, 20000), 0.5)
         time.sleep(0.3)
+        if path == "builtin_bypass_xdp":
+            stack.enter_context(_offloaded(tuning, flow))
         for rate in rates:
-            out0, q0 = dev_counter(gw, t.egress_dev, "tx_packets"), _queued(gw)
-            cpu0 = sum(x.run_ns for x in tuning.gateway_cpu()) + (_cpu_ns(pid) if pid else 0)
-            gen = send(t.generator, t.generator_dev, flow, rate, seconds)
-            time.sleep(0.2)
-            out1, q1 = dev_counter(gw, t.egress_dev, "tx_packets"), _queued(gw)
-            cpu1 = sum(x.run_ns for x in tuning.gateway_cpu()) + (_cpu_ns(pid) if pid else 0)
-            if not gen.ok:
-                raise PerfError(f"{path}: generator failed: {gen.message}")
-            out.append(Measure(path, rate, gen.sent, out1 - out0, gen.seconds or seconds,
-                               cpu1 - cpu0, q1 - q0))  # fmt: skip
+            out.append(_one(path, rate, seconds, tuning, flow, pid))
     return out
+
+
+def _one(path: str, rate: int, seconds: float, tuning: Tuning, flow: UdpFlow,
+         pid: int | None) -> Measure:  # fmt: skip
+    t = tuning.target
+    gw = t.gateway
+
+    def counters() -> tuple[int, int, int]:
+        cpu = sum(x.run_ns for x in tuning.gateway_cpu()) + (_cpu_ns(pid) if pid else 0)
+        return dev_counter(t.sink, t.sink_dev, "rx_packets"), _queued(gw), cpu
+
+    before = counters()
+    gen = send(t.generator, t.generator_dev, flow, rate, seconds)
+    time.sleep(0.2)
+    after = counters()
+    if not gen.ok:
+        raise PerfError(f"{path}: generator failed: {gen.message}")
+    delivered, queued, cpu = (a - b for a, b in zip(after, before, strict=True))
+    return Measure(path, rate, gen.sent, delivered, gen.seconds or seconds, cpu, queued)
+
+
+@contextlib.contextmanager
+def _offloaded(tuning: Tuning, flow: UdpFlow) -> Iterator[None]:
+    """The product's fast path behind the engine: ``xdp_gateway`` on both interfaces
+    and the offloader syncing every 0.2 s from a thread in the gateway's namespace;
+    returns once the (bypassed) flow is in the flow table."""
+    from perf.bpf import Programs
+    from xdp.offload import Offloader, Port, PyrouteKernel
+
+    t = tuning.target
+    progs = Programs()
+    stop = threading.Event()
+    offloaders: list[Offloader] = []
+    errors: list[BaseException] = []
+
+    def loop(ports: list[Port]) -> None:
+        from pyroute2 import netns
+
+        try:
+            netns.setns(str(t.gateway.netns))  # this thread only: ctnetlink of the gateway
+            kernel = PyrouteKernel()
+            dp = progs.dataplane()
+            off = Offloader(dp, kernel, ports[0], ports[1], dp.flow_table.capacity)
+            offloaders.append(off)
+            try:
+                while not stop.wait(0.2):
+                    off.sync()
+            finally:
+                kernel.close()
+        except BaseException as exc:  # reported by the waiting caller
+            errors.append(exc)
+
+    thread: threading.Thread | None = None
+    try:
+        ports = []
+        for dev in (t.ingress_dev, t.egress_dev):
+            progs.attach(t.gateway, dev, "xdp_gateway")
+            mac = t.gateway.read(f"/sys/class/net/{dev}/address").strip()
+            ports.append(Port(progs.ifindex(t.gateway, dev), mac))
+        tuning.pin(sink=False, fifo=False)  # the attach recreated the NAPI thread
+        thread = threading.Thread(target=loop, args=(ports,), name="offloader", daemon=True)
+        thread.start()
+        # one reply from the service: the flow becomes "replied", hence offloadable
+        reply = (
+            "import socket,sys;s=socket.socket(2,2);s.bind((sys.argv[1],int(sys.argv[2])));"
+            "s.sendto(b'r',(sys.argv[3],int(sys.argv[4])))"
+        )
+        t.sink.run(sys.executable, "-c", reply, flow.daddr, str(flow.dport), t.public_ip,
+                   str(flow.sport))  # fmt: skip
+        deadline = time.monotonic() + 5
+        while not (offloaders and offloaders[0].offloaded):
+            if errors or time.monotonic() > deadline:
+                why = repr(errors[0]) if errors else offloaders[0].stats.as_dict()
+                raise PerfError(f"the bypassed flow was not offloaded: {why}")
+            send(t.generator, t.generator_dev, flow, 1000, 0.1)
+        yield
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join()
+        progs.detach_all()
+        progs.close()
+        tuning.pin(sink=False, fifo=False)  # and the detach recreated it again
 
 
 def run(rate: int, seconds: float, runs: int) -> list[Result]:
     tuning = Tuning(lab_target("a"))
     cost: dict[str, list[Measure]] = {p: [] for p in PATHS}
     capacity: dict[str, list[Measure]] = {p: [] for p in PATHS}
+    gw = tuning.target.gateway
+    masquerade = nft_masquerade(tuning.target.egress_dev)
     try:
         tuning.apply()
         tuning.pin(sink=False, fifo=False)
+        gw.run("sh", "-c", f"printf '%s' '{masquerade}' | nft -f -")  # NAT, as the product
         with tempfile.TemporaryDirectory(prefix="spectra-nfq-") as tmp:
             for i in range(runs):
                 for path in PATHS:
@@ -204,6 +290,7 @@ def run(rate: int, seconds: float, runs: int) -> list[Result]:
                     cost[path].append(c)
                     capacity[path].append(cap)
     finally:
+        gw.run("nft", "delete", "table", "ip", NFT_TABLE, check=False)
         tuning.restore()
     return _cost_results(cost) + _capacity_results(capacity, rate)
 

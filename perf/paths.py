@@ -6,7 +6,7 @@ masquerade rule (the NAT-instance baseline: fck-nat, alterNAT).  ``xdp_fastpath`
 product's ``xdp_gateway`` with the flow installed (sNAT rewrite + redirect) on top of
 the masquerade rule, as the product runs.  ``xdp_drop``: ``xdp_drop_all`` on the
 gateway's ingress, the floor.  The NFQUEUE inspection path has its own suite
-(``perf/nfq.py``); the GENEVE path is listed as not yet built.
+(``perf/nfq.py``), and so has the GENEVE path (``perf/gwlbcost.py``).
 """
 
 from __future__ import annotations
@@ -23,10 +23,6 @@ IPPROTO_UDP = 17
 NFT_TABLE = "spectra_perf"
 
 BULK_TCP_IN_KERNEL = "xdp_fastpath_bulk_tcp_in_kernel"
-
-NOT_YET_BUILT = {
-    "geneve_two_arm": "not yet built (GENEVE issue)",
-}
 
 
 def nft_masquerade(egress_dev: str) -> str:

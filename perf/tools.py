@@ -27,7 +27,7 @@ DEBIAN_PACKAGES: dict[str, str] = {
 SUITE_TOOLS: dict[str, tuple[str, ...]] = {
     "dataplane": ("ip", "trafgen", "ethtool", "taskset", "chrt", "nft", "sockperf", "iperf3"),
     "nfq": ("ip", "trafgen", "taskset", "iptables-restore", "conntrack"),
-    "geneve": (),
+    "geneve": ("ip", "trafgen", "ethtool", "taskset", "chrt", "nft"),
     "ai": (),
 }
 

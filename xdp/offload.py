@@ -269,6 +269,7 @@ class OffloadStats:
             "adopted": self.adopted,
             "no_neighbour": self.skipped["no_neighbour"],
             "bulk_tcp_in_kernel": self.removed["bulk_tcp"],
+            "gwlb_kernel_path": self.gwlb_kernel_path,
         }
 
 

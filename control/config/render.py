@@ -8,7 +8,9 @@ egress guard after source NAT) plus what the document asks for:
   :func:`xdp_deny_rules`, which drops before the kernel sees the packet);
 - allow rules and the default action, for new connections inside -> outside;
 - port forwards: ``dnat`` in a ``prerouting_nat`` chain, admitted by ``ct status dnat``;
-- the NAT port range (``masquerade to :low-high``, or ``snat`` to explicit addresses).
+- the NAT port range (``masquerade to :low-high``, or ``snat`` to explicit addresses);
+- GWLB: traffic decapsulated on the GWLB interface is policed like the inside's, and its
+  new flows get conntrack mark ``CT_MARK_GWLB`` so the XDP offloader leaves them alone.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ipaddress import IPv4Address, IPv4Network
 from control.config.document import ConfigDocument
 from control.config.network import ANY, Match, Rule
 from control.nftables import MARTIAN_DESTINATIONS, TABLE, NftError
+from xdp.offload import CT_MARK_GWLB
 from xdp.records import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, DenyRule
 
 PROTO_NUMBERS = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP, "icmp": IPPROTO_ICMP}
@@ -57,6 +60,15 @@ def _forward_chain(doc: ConfigDocument, in_if: str, out_if: str) -> list[str]:
         "\t\ttype filter hook forward priority filter; policy accept;",
         '\t\tct state invalid counter drop comment "never forward what conntrack cannot track"',
     ]
+    gwlb_if = gwlb_interface(doc)
+    if gwlb_if is not None:
+        lines.append(
+            _line(
+                f'iifname "{gwlb_if}" ct state new',
+                f"ct mark set ct mark | {CT_MARK_GWLB:#x}",
+                'comment "GWLB flow: kernel path only"',
+            )
+        )
     if doc.port_forwards:
         lines.append(
             _line(
@@ -154,7 +166,11 @@ def render_nftables(doc: ConfigDocument, outside_addresses: Sequence[str]) -> st
     ``outside_addresses`` are the IPv4 addresses of the outside interface (used when
     ``nat.outside_addresses`` is ``"interface"``).  Pure: no I/O.
     """
-    in_if = f'"{doc.interfaces.inside}"'
+    gwlb_if = gwlb_interface(doc)
+    if gwlb_if is not None and gwlb_if != doc.interfaces.inside:
+        in_if = f'{{ "{doc.interfaces.inside}", "{gwlb_if}" }}'
+    else:
+        in_if = f'"{doc.interfaces.inside}"'
     out_if = f'"{doc.interfaces.outside}"'
     saddrs = ", ".join(guard_addresses(doc, outside_addresses))
     lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
@@ -174,6 +190,13 @@ def render_nftables(doc: ConfigDocument, outside_addresses: Sequence[str]) -> st
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def gwlb_interface(doc: ConfigDocument) -> str | None:
+    """The GWLB-facing interface when GWLB mode is on (default: the inside one)."""
+    if not doc.gwlb.enabled:
+        return None
+    return doc.gwlb.interface or doc.interfaces.inside
 
 
 def _network(net: IPv4Network) -> IPv4Network:

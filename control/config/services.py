@@ -14,7 +14,16 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from control.config.issues import Issue, Issues, fail
-from control.config.types import Domain, Name, Port, PortProto, Seconds, Secret, StrictModel
+from control.config.types import (
+    Domain,
+    IfName,
+    Name,
+    Port,
+    PortProto,
+    Seconds,
+    Secret,
+    StrictModel,
+)
 
 _ACM_ARN_RE = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]{1,128}$")
 _TOKEN_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -157,13 +166,33 @@ class GwlbHealthCheck(StrictModel):
 
 
 class Gwlb(StrictModel):
-    """Gateway Load Balancer integration (GENEVE on UDP 6081)."""
+    """Gateway Load Balancer integration (GENEVE on UDP 6081).
+
+    The agent attaches decap (XDP, or tc ingress: ``decap_hook``) and re-encap (tc
+    egress) to ``interface`` (default: the inside interface), answers the health check
+    on ``health_check.port``, marks GWLB flows so the XDP offloader leaves them on the
+    kernel path, and in one-arm mode routes what arrived on ``interface`` back out of it
+    (via ``next_hop``; default the subnet's first address, the VPC router on AWS).
+    """
 
     enabled: bool = False
+    interface: IfName | None = Field(
+        default=None, description="the GWLB-facing interface; default: interfaces.inside"
+    )
     mode: Literal["one-arm", "two-arm"] = Field(
         default="one-arm",
         description="one-arm: replies re-encapsulated to the GWLB; two-arm: "
         "decapsulated traffic leaves by the outside interface (sNAT)",
+    )
+    decap_hook: Literal["auto", "xdp", "tc"] = Field(
+        default="auto",
+        description="auto: XDP where the driver and MTU allow it, else tc ingress; "
+        "xdp: never tc; tc: always tc ingress",
+    )
+    next_hop: IPv4Address | None = Field(
+        default=None,
+        description="one-arm: where traffic goes back to the GWLB; default: the first "
+        "address of the interface's subnet (the VPC router)",
     )
     health_check: GwlbHealthCheck = GwlbHealthCheck()
     flow_idle_timeout_seconds: Seconds = Field(

@@ -9,6 +9,8 @@
  *       the inner packet to the kernel path (two-arm NAT, one-arm via the kernel), or
  *     - with GWLB_F_REFLECT, swap the outer addresses and XDP_TX (one-arm reflect);
  *   anything else -> XDP_PASS untouched (ARP, health checks).
+ * tc_gwlb_decap, at clsact ingress: the same classification and stored header, the
+ *   outer headers popped with bpf_skb_adjust_room; used where XDP cannot attach.
  * tc_gwlb_encap, at clsact egress of the same interface:
  *   an inner packet the kernel routes back toward the GWLB -> look up the stored
  *   header (same direction first, then the opposite) and prepend outer IPv4/UDP
@@ -33,6 +35,10 @@
 #define barrier_var(x) asm volatile("" : "+r"(x))
 #define GWLB_DEFAULT_IDLE_NS (350ULL * 1000000000ULL)
 #define OUTER_IPV4_UDP_LEN (sizeof(struct iphdr) + sizeof(struct udphdr))
+/* uapi bpf.h (Linux >= 6.3) values; bcc's bundled bpf.h predates them (enum members,
+ * so no #ifndef on the real names). */
+#define GWLB_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
+#define GWLB_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
 
 static __always_inline void count(__u32 reason, __u64 bytes)
 {
@@ -126,16 +132,17 @@ static __always_inline int inner_key(void *l3, void *data_end, int is_v6, struct
 	return 0;
 }
 
-/* Remember `hdr_len` bytes of GENEVE header at `gh` for `key` (unchanged headers only
- * refresh last_seen).  Returns 0 or -1. */
-static __always_inline int store_header(struct xdp_md *ctx, struct gwlb_key *key, void *gh,
+/* Remember `hdr_len` bytes of GENEVE header at `gh` (offset `off` in the frame) for
+ * `key`; unchanged headers only refresh last_seen.  `ctx` is an xdp_md (`is_xdp`) or
+ * an __sk_buff: the header is copied with the matching load_bytes helper (constant
+ * after inlining, so each program keeps one).  Returns 0 or -1. */
+static __always_inline int store_header(void *ctx, int is_xdp, void *data_end,
+					struct gwlb_key *key, void *gh, __u32 off,
 					__u32 hdr_len, struct iphdr *iph, struct udphdr *uh)
 {
-	void *data_end = (void *)(long)ctx->data_end;
-	void *data = (void *)(long)ctx->data;
 	struct gwlb_value *v, *s;
 	__u32 zero = 0, i, same;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_ns(), len;
 
 	v = gwlb_flows.lookup(key);
 	if (v && v->hdr_len == hdr_len && v->be_gwlb_addr == iph->saddr &&
@@ -163,9 +170,17 @@ static __always_inline int store_header(struct xdp_md *ctx, struct gwlb_key *key
 	s = gwlb_scratch.lookup(&zero);
 	if (!s)
 		return -1;
-	if (hdr_len < GENEVE_BASE_LEN || hdr_len > GENEVE_MAX_HDR)
+	len = hdr_len;
+	/* Two checks on the same register (see tc_gwlb_encap): the verifier must see
+	 * both bounds of `len` at the helper call. */
+	barrier_var(len);
+	if (len > GENEVE_MAX_HDR)
 		return -1;
-	if (bpf_xdp_load_bytes(ctx, gh - data, s->hdr, hdr_len))
+	barrier_var(len);
+	if (len < GENEVE_BASE_LEN)
+		return -1;
+	if (is_xdp ? bpf_xdp_load_bytes(ctx, off, s->hdr, len)
+		   : bpf_skb_load_bytes(ctx, off, s->hdr, len))
 		return -1;
 	s->last_seen_ns = now;
 	s->be_gwlb_addr = iph->saddr;
@@ -176,67 +191,57 @@ static __always_inline int store_header(struct xdp_md *ctx, struct gwlb_key *key
 	return gwlb_flows.update(key, s) ? -1 : 0;
 }
 
-int xdp_gwlb(struct xdp_md *ctx)
+/* What gwlb_classify learns about a valid GWLB packet. */
+struct gwlb_pkt {
+	struct iphdr *iph;
+	struct udphdr *uh;
+	struct genevehdr *gh;
+	void *inner;
+	__u32 hdr_len;        /* GENEVE header incl. options */
+	__be16 be_inner_proto;
+	int is_v6;
+	struct gwlb_key key;
+};
+
+/* Classify the Ethernet frame at [data, data_end) the same way at XDP and at tc:
+ * GWLB_PASS_NOT_GENEVE (not UDP/6081: leave it alone), a GWLB_DROP_* reason, or
+ * GWLB_DECAP / GWLB_DECAP_IPV6 with `p` filled in. */
+static __always_inline __u32 gwlb_classify(void *data, void *data_end, struct gwlb_pkt *p)
 {
-	void *data_end = (void *)(long)ctx->data_end;
-	void *data = (void *)(long)ctx->data;
-	__u64 pkt_len = data_end - data;
 	struct hdr_cursor nh = { .pos = data };
-	__u32 reason = GWLB_PASS_NOT_GENEVE, zero = 0, have = 0;
-	int action = XDP_PASS;
 	struct ethhdr *eth;
 	struct iphdr *iph;
 	struct udphdr *uh;
 	struct genevehdr *gh;
 	struct geneve_opt *opt;
-	struct gwlb_config *cfg;
-	struct gwlb_key key = {};
-	__u8 mac_dst[ETH_ALEN], mac_src[ETH_ALEN];
-	__u32 opt_len, off, olen, i, hdr_len;
-	__be32 be_tmp_addr;
-	__be16 be_inner_proto;
-	int is_v6, delta;
+	__u32 opt_len, off, olen, i, have = 0;
 	void *inner;
 
 	if (parse_ethhdr(&nh, data_end, &eth) != bpf_htons(ETH_P_IP))
-		goto out;
+		return GWLB_PASS_NOT_GENEVE;
 	if (parse_iphdr(&nh, data_end, &iph) != IPPROTO_UDP)
-		goto out;
+		return GWLB_PASS_NOT_GENEVE;
 	if (bpf_ntohs(iph->frag_off) & IP_OFFSET)
-		goto out; /* a non-first fragment: no UDP header to classify */
+		return GWLB_PASS_NOT_GENEVE; /* a non-first fragment: no UDP header */
 	if (parse_udphdr(&nh, data_end, &uh) < 0 || uh->dest != bpf_htons(GENEVE_UDP_PORT))
-		goto out;
-	action = XDP_DROP;
-	if (bpf_ntohs(iph->frag_off) & IP_MF) {
-		reason = GWLB_DROP_OUTER_FRAGMENT;
-		goto out;
-	}
+		return GWLB_PASS_NOT_GENEVE;
+	if (bpf_ntohs(iph->frag_off) & IP_MF)
+		return GWLB_DROP_OUTER_FRAGMENT;
 
 	gh = nh.pos;
-	if ((void *)(gh + 1) > data_end) {
-		reason = GWLB_DROP_TRUNCATED;
-		goto out;
-	}
-	if (gh->ver_optlen >> 6) {
-		reason = GWLB_DROP_BAD_VERSION;
-		goto out;
-	}
+	if ((void *)(gh + 1) > data_end)
+		return GWLB_DROP_TRUNCATED;
+	if (gh->ver_optlen >> 6)
+		return GWLB_DROP_BAD_VERSION;
 	opt_len = (gh->ver_optlen & 0x3f) * 4;
 	inner = (void *)(gh + 1) + opt_len;
-	if (inner > data_end) {
-		reason = GWLB_DROP_TRUNCATED;
-		goto out;
-	}
-	if (gh->flags & GENEVE_F_OAM) {
-		reason = GWLB_DROP_OAM;
-		goto out;
-	}
-	be_inner_proto = gh->be_proto;
-	if (be_inner_proto != bpf_htons(GENEVE_PROTO_IPV4) &&
-	    be_inner_proto != bpf_htons(GENEVE_PROTO_IPV6)) {
-		reason = GWLB_DROP_BAD_PROTO;
-		goto out;
-	}
+	if (inner > data_end)
+		return GWLB_DROP_TRUNCATED;
+	if (gh->flags & GENEVE_F_OAM)
+		return GWLB_DROP_OAM;
+	if (gh->be_proto != bpf_htons(GENEVE_PROTO_IPV4) &&
+	    gh->be_proto != bpf_htons(GENEVE_PROTO_IPV6))
+		return GWLB_DROP_BAD_PROTO;
 
 	/* Walk the options (GWLB sends 3; more than GWLB_MAX_OPTS is malformed here). */
 	off = 0;
@@ -244,69 +249,99 @@ int xdp_gwlb(struct xdp_md *ctx)
 		if (off >= opt_len)
 			break;
 		opt = (void *)(gh + 1) + off;
-		if ((void *)(opt + 1) > data_end || off + sizeof(*opt) > opt_len) {
-			reason = GWLB_DROP_MALFORMED;
-			goto out;
-		}
+		if ((void *)(opt + 1) > data_end || off + sizeof(*opt) > opt_len)
+			return GWLB_DROP_MALFORMED;
 		olen = (opt->length & 0x1f) * 4;
-		if (off + sizeof(*opt) + olen > opt_len) {
-			reason = GWLB_DROP_MALFORMED;
-			goto out;
-		}
+		if (off + sizeof(*opt) + olen > opt_len)
+			return GWLB_DROP_MALFORMED;
 		if (opt->be_class == bpf_htons(AWS_OPT_CLASS) &&
 		    opt->type >= AWS_OPT_ENDPOINT_ID && opt->type <= AWS_OPT_FLOW_COOKIE) {
 			if (olen != (opt->type == AWS_OPT_FLOW_COOKIE ? AWS_OPT_FLOW_COOKIE_LEN
-								     : AWS_OPT_ENDPOINT_ID_LEN)) {
-				reason = GWLB_DROP_MALFORMED;
-				goto out;
-			}
+								     : AWS_OPT_ENDPOINT_ID_LEN))
+				return GWLB_DROP_MALFORMED;
 			have |= 1U << opt->type;
 		} else if (opt->type & GENEVE_CRITICAL_TYPE) {
-			reason = GWLB_DROP_CRITICAL_OPTION;
-			goto out;
+			return GWLB_DROP_CRITICAL_OPTION;
 		}
 		off += sizeof(*opt) + olen;
 	}
-	if (off < opt_len) {
-		reason = GWLB_DROP_MALFORMED; /* more options than GWLB_MAX_OPTS */
-		goto out;
-	}
-	if (have != AWS_OPT_ALL) {
-		reason = GWLB_DROP_MISSING_OPTION;
-		goto out;
-	}
+	if (off < opt_len)
+		return GWLB_DROP_MALFORMED; /* more options than GWLB_MAX_OPTS */
+	if (have != AWS_OPT_ALL)
+		return GWLB_DROP_MISSING_OPTION;
 
-	is_v6 = be_inner_proto == bpf_htons(GENEVE_PROTO_IPV6);
-	if (inner_key(inner, data_end, is_v6, &key) < 0) {
+	p->is_v6 = gh->be_proto == bpf_htons(GENEVE_PROTO_IPV6);
+	if (inner_key(inner, data_end, p->is_v6, &p->key) < 0)
+		return GWLB_DROP_TRUNCATED;
+	p->iph = iph;
+	p->uh = uh;
+	p->gh = gh;
+	p->inner = inner;
+	p->hdr_len = sizeof(*gh) + opt_len;
+	p->be_inner_proto = gh->be_proto;
+	return p->is_v6 ? GWLB_DECAP_IPV6 : GWLB_DECAP;
+}
+
+static __always_inline int gwlb_reflect_enabled(void)
+{
+	__u32 zero = 0;
+	struct gwlb_config *cfg = gwlb_config.lookup(&zero);
+
+	return cfg && (cfg->flags & GWLB_F_REFLECT);
+}
+
+/* One-arm reflect: outer MACs and IPv4 addresses swapped in place.  A swap keeps the
+ * IPv4 and UDP checksums (same words, same sums). */
+static __always_inline void swap_outer(struct ethhdr *eth, struct iphdr *iph)
+{
+	__u8 mac[ETH_ALEN];
+	__be32 be_addr;
+
+	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
+	be_addr = iph->saddr;
+	iph->saddr = iph->daddr;
+	iph->daddr = be_addr;
+}
+
+int xdp_gwlb(struct xdp_md *ctx)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	void *data = (void *)(long)ctx->data;
+	__u64 pkt_len = data_end - data;
+	struct gwlb_pkt p = {};
+	struct ethhdr *eth = data;
+	__u8 mac_dst[ETH_ALEN], mac_src[ETH_ALEN];
+	__u32 reason;
+	int action = XDP_PASS, delta;
+
+	reason = gwlb_classify(data, data_end, &p);
+	if (reason == GWLB_PASS_NOT_GENEVE)
+		goto out;
+	if (reason != GWLB_DECAP && reason != GWLB_DECAP_IPV6) {
+		action = XDP_DROP;
+		goto out;
+	}
+	if ((void *)(eth + 1) > data_end) { /* checked by gwlb_classify; for the verifier */
+		action = XDP_DROP;
 		reason = GWLB_DROP_TRUNCATED;
 		goto out;
 	}
-
-	cfg = gwlb_config.lookup(&zero);
-	if (cfg && (cfg->flags & GWLB_F_REFLECT)) {
-		/* One-arm reflect: same frame back, outer addresses and MACs swapped.  A
-		 * swap keeps the IPv4 and UDP checksums (same words, same sums). */
-		__builtin_memcpy(mac_dst, eth->h_dest, ETH_ALEN);
-		__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
-		__builtin_memcpy(eth->h_source, mac_dst, ETH_ALEN);
-		be_tmp_addr = iph->saddr;
-		iph->saddr = iph->daddr;
-		iph->daddr = be_tmp_addr;
+	if (gwlb_reflect_enabled()) {
+		swap_outer(eth, p.iph);
 		action = XDP_TX;
 		reason = GWLB_REFLECT;
 		goto out;
 	}
-
-	hdr_len = sizeof(*gh) + opt_len;
-	action = XDP_PASS;
-	reason = is_v6 ? GWLB_DECAP_IPV6 : GWLB_DECAP;
-	if (store_header(ctx, &key, gh, hdr_len, iph, uh) < 0)
+	if (store_header(ctx, 1, data_end, &p.key, p.gh, (void *)p.gh - data, p.hdr_len, p.iph,
+			 p.uh) < 0)
 		count(GWLB_STORE_ERROR, pkt_len); /* reply will count GWLB_DROP_NO_FLOW */
 
 	/* Strip everything before the inner packet but room for a new Ethernet header. */
 	__builtin_memcpy(mac_dst, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(mac_src, eth->h_source, ETH_ALEN);
-	delta = (int)(inner - data) - (int)sizeof(struct ethhdr);
+	delta = (int)(p.inner - data) - (int)sizeof(struct ethhdr);
 	if (bpf_xdp_adjust_head(ctx, delta)) {
 		action = XDP_DROP;
 		reason = GWLB_DROP_TRUNCATED;
@@ -323,7 +358,67 @@ int xdp_gwlb(struct xdp_md *ctx)
 	}
 	__builtin_memcpy(eth->h_dest, mac_dst, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, mac_src, ETH_ALEN);
-	eth->h_proto = be_inner_proto;
+	eth->h_proto = p.be_inner_proto;
+
+out:
+	count(reason, pkt_len);
+	return action;
+}
+
+/* tc_gwlb_decap: xdp_gwlb at clsact ingress, for interfaces where XDP cannot attach
+ * (MTU above the driver's native-XDP limit, frames needing xdp.frags) or when the
+ * configuration forces tc.  Same classification, same stored header, same counters;
+ * the outer IPv4/UDP/GENEVE is popped with bpf_skb_adjust_room, which also sets
+ * skb->protocol for an inner IPv6 packet. */
+int tc_gwlb_decap(struct __sk_buff *skb)
+{
+	void *data_end, *data;
+	__u64 pkt_len = skb->len;
+	struct gwlb_pkt p = {};
+	struct ethhdr *eth;
+	__u32 reason, pull;
+	__u64 flags;
+	int action = TC_ACT_OK;
+	__s32 shrink;
+
+	/* Direct access covers the linear part only: make the headers linear. */
+	pull = skb->len < GWLB_TC_PULL_LEN ? skb->len : GWLB_TC_PULL_LEN;
+	bpf_skb_pull_data(skb, pull);
+	/* pull_data invalidated every packet pointer: read data/data_end now. */
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+
+	reason = gwlb_classify(data, data_end, &p);
+	if (reason == GWLB_PASS_NOT_GENEVE)
+		goto out;
+	if (reason != GWLB_DECAP && reason != GWLB_DECAP_IPV6) {
+		action = TC_ACT_SHOT;
+		goto out;
+	}
+	if ((void *)(eth + 1) > data_end) { /* checked by gwlb_classify; for the verifier */
+		action = TC_ACT_SHOT;
+		reason = GWLB_DROP_TRUNCATED;
+		goto out;
+	}
+	if (gwlb_reflect_enabled()) {
+		swap_outer(eth, p.iph);
+		action = bpf_redirect(skb->ifindex, 0);
+		reason = GWLB_REFLECT;
+		goto out;
+	}
+	if (store_header(skb, 0, data_end, &p.key, p.gh, (void *)p.gh - data, p.hdr_len, p.iph,
+			 p.uh) < 0)
+		count(GWLB_STORE_ERROR, pkt_len);
+
+	shrink = (__s32)(p.inner - data) - (__s32)sizeof(struct ethhdr);
+	flags = p.is_v6 ? GWLB_ADJ_ROOM_DECAP_L3_IPV6 : GWLB_ADJ_ROOM_DECAP_L3_IPV4;
+	if (bpf_skb_adjust_room(skb, -shrink, BPF_ADJ_ROOM_MAC, flags) ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &p.be_inner_proto, 2, 0)) {
+		action = TC_ACT_SHOT;
+		reason = GWLB_DROP_DECAP_ERROR;
+		goto out;
+	}
 
 out:
 	count(reason, pkt_len);

@@ -22,6 +22,12 @@
 #define GWLB_MAX_OPTS 8
 #endif
 
+/* Bytes tc_gwlb_decap makes linear before parsing: Ethernet + IPv4 + UDP + the
+ * largest GENEVE header (260) + room for the inner IPv6 + L4 ports (>= 14+20+8+260+44). */
+#ifndef GWLB_TC_PULL_LEN
+#define GWLB_TC_PULL_LEN 384
+#endif
+
 /* Symmetric inner 5-tuple (geneve/flowkey.py): the (address, port) endpoints ordered
  * lo < hi by (address bytes, port); dir = 1 when the packet was sent by `hi`.  IPv4
  * addresses use the first 4 bytes of the 16.  ICMP echo: identifier in both ports. */

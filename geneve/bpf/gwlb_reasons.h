@@ -1,5 +1,6 @@
-/* gwlb_reasons.h - every verdict of the GWLB programs (xdp_gwlb, tc_gwlb_encap), one
- * named reason each.  The value is the index into the per-CPU `gwlb_stats` map;
+/* gwlb_reasons.h - every verdict of the GWLB programs (xdp_gwlb / tc_gwlb_decap,
+ * tc_gwlb_encap), one
+ * named reason each (the decap reasons marked xdp are counted by tc_gwlb_decap too).  The value is the index into the per-CPU `gwlb_stats` map;
  * geneve/reasons.py mirrors this enum (tests/unit/geneve/test_reasons.py parses this
  * file), so append new reasons before GWLB_STAT__MAX and never renumber.
  */
@@ -26,7 +27,8 @@ enum gwlb_reason {
 	GWLB_DROP_NO_FLOW = 16,        /* tc: no stored header: never originate into GWLB */
 	GWLB_DROP_FLOW_EXPIRED = 17,   /* tc: stored header idle longer than the timeout */
 	GWLB_DROP_ENCAP_ERROR = 18,    /* tc: bpf_skb_adjust_room/store failed */
-	GWLB_STAT__MAX = 19,
+	GWLB_DROP_DECAP_ERROR = 19,    /* tc ingress: bpf_skb_adjust_room/store failed */
+	GWLB_STAT__MAX = 20,
 };
 
 #endif /* SPECTRA_GWLB_REASONS_H */

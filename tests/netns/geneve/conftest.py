@@ -1,48 +1,73 @@
 """The GWLB lab: the lab plus ``cs-gwlb`` (simulator) and ``cs-ws-g`` (its workload),
-gateways running the agent's kernel path (NAT) and the GWLB programs on ``gwlb``."""
+with both gateways run by the agent from a document whose ``gwlb`` section attaches
+the GWLB programs to ``gwlb``, answers the health check and leaves GWLB flows on the
+kernel path while the XDP fast path runs on inside/outside.
+
+Each test module picks its document through :func:`running`; the module fixture
+``gwlb_lab`` here is two-arm."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
 
-from perf.gwlbsim import GwlbLab, targets
+from control.agent import read_state
+from geneve import Gwlb
+from perf.gwlbsim import GWLB_IF, HEALTH_PORT, GwlbLab, targets
 from tests.netns.helpers import agent, document
 
-# The kernel path only: the XDP offloader does not know GWLB flows yet and would
-# redirect replies to the inside interface instead of re-encapsulating them.
-KERNEL_ONLY = document(interfaces={"data_plane": "kernel"})
+GATEWAYS = tuple(t.netns for t in targets())
 
 
-def attach(netns: str, mode: str = "two-arm") -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "perf.gwlbsim", "attach", "--netns", netns, "--mode", mode],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    status: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return status
+def gwlb_document(**gwlb: Any) -> dict[str, Any]:
+    """A lab gateway document with GWLB on ``gwlb`` (health check on the lab's port)."""
+    section: dict[str, Any] = {
+        "enabled": True,
+        "interface": GWLB_IF,
+        "mode": "two-arm",
+        "health_check": {"protocol": "tcp", "port": HEALTH_PORT},
+    }
+    return document(gwlb={**section, **gwlb})
 
 
-@pytest.fixture(scope="module")
-def gwlb_lab(lab_session: Any) -> Iterator[GwlbLab]:
+@contextmanager
+def running(lab_session: Any, doc: dict[str, Any]) -> Iterator[GwlbLab]:
+    """The simulator up (no lab health responders: the agents answer), an agent per
+    gateway converged to ``doc``, both gateways healthy; all removed afterwards."""
     lab_session.up()
     glab = GwlbLab(lab_session)
-    glab.up()
     try:
-        with agent("cs-gw-a", KERNEL_ONLY), agent("cs-gw-b", KERNEL_ONLY):
-            for t in targets():
-                attach(t.netns)
+        glab.up(health=False)
+        with ExitStack() as stack:
+            for netns in GATEWAYS:
+                stack.enter_context(agent(netns, doc))
             for t in targets():
                 glab.wait_health(t.az, True)
             yield glab
     finally:
         glab.down()
+
+
+@pytest.fixture(scope="module")
+def gwlb_lab(lab_session: Any) -> Iterator[GwlbLab]:
+    with running(lab_session, gwlb_document(mode="two-arm")) as glab:
+        yield glab
+
+
+def gateway_counters(netns: str) -> dict[str, int]:
+    """Packets per GWLB reason, read from the gateway's pinned maps (bpffs is shared
+    with the host; adopting the pins leaves their configuration alone)."""
+    gwlb = Gwlb(netns, GWLB_IF).load()
+    try:
+        return {name: c["packets"] for name, c in gwlb.counters().items()}
+    finally:
+        gwlb.close()
+
+
+def agent_status(netns: str) -> dict[str, Any]:
+    state = read_state(netns)
+    assert state is not None, f"no agent state for {netns}"
+    return state

@@ -1,40 +1,39 @@
-"""Two-arm GWLB end to end: workload -> simulator (GENEVE) -> gateway (decap, kernel
-NAT) -> internet, and back (reverse NAT, tc re-encap with the stored header)."""
+"""Two-arm GWLB end to end, driven by the agent from a document: workload -> simulator
+(GENEVE) -> gateway (XDP decap, kernel NAT) -> internet, and back (reverse NAT, tc
+re-encap with the stored header, checked byte for byte by the simulator); stray
+return traffic and GENEVE without the AWS options dropped with named counters; a lab
+pcap that tshark dissects cleanly; health-check failover; GWLB flows never offloaded."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
-from perf.gwlbsim import WORKLOAD_NS, GwlbLab
-from perf.lab import INET_SERVICE_IP, TOPOLOGY
+from perf.gwlbsim import GWLB_NS, HEALTH_PORT, WORKLOAD_IP, WORKLOAD_NS, GwlbLab, targets
+from perf.lab import INET_SERVICE_IP, TOPOLOGY, ns_exec
+from tests.netns.geneve.conftest import GATEWAYS, agent_status, gateway_counters
 from tests.netns.helpers import http_get_json, sh
 
+T = TypeVar("T")
 OUTSIDE_IPS = {gw.outside_ip for gw in TOPOLOGY.gateways}
+OUTSIDE_OF = {gw.netns: gw.outside_ip for gw in TOPOLOGY.gateways}
 
 
-def gateway_counters(netns: str) -> dict[str, int]:
-    code = (
-        f"import json; from geneve import Gwlb; g = Gwlb({netns!r}, 'gwlb').load(); "
-        "print(json.dumps({k: v['packets'] for k, v in g.counters().items()}))"
-    )
-    proc = subprocess.run(
-        ["python3", "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={"PYTHONPATH": str(Path(__file__).resolve().parents[3])},
-    )
-    if proc.returncode:  # system python without the venv: use ours
-        import sys
-
-        proc = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-        )
-    counters: dict[str, int] = json.loads(proc.stdout)
-    return counters
+def test_agent_reports_gwlb_rendered(gwlb_lab: GwlbLab) -> None:
+    for netns in GATEWAYS:
+        st = agent_status(netns)
+        assert "gwlb" not in st["not_yet_rendered"]
+        g = st["gwlb"]
+        assert (g["enabled"], g["interface"], g["mode"]) == (True, "gwlb", "two-arm")
+        assert g["hook"] in ("native", "generic") and g["hook_reason"]
+        assert g["health_check"] == {"protocol": "tcp", "port": HEALTH_PORT, "listening": True}
+        assert st["xdp_modes"], "the XDP fast path runs beside GWLB"
 
 
 def test_curl_is_source_natted_by_a_gateway(gwlb_lab: GwlbLab) -> None:
@@ -64,15 +63,214 @@ def test_iperf3_through_the_gwlb(gwlb_lab: GwlbLab) -> None:
     assert result["end"]["sum_received"]["bytes"] > 100_000
     state = gwlb_lab.state()["counters"]
     assert state["mismatched"] == 0, state["mismatch_examples"]
-    for netns in ("cs-gw-a", "cs-gw-b"):
+    for netns in GATEWAYS:
         c = gateway_counters(netns)
         assert c["DROP_ENCAP_ERROR"] == 0 and c["DROP_MALFORMED"] == 0
 
 
-def test_udp_echo_returns(gwlb_lab: GwlbLab) -> None:
+def test_udp_flow_stays_on_the_kernel_path_and_keeps_returning(gwlb_lab: GwlbLab) -> None:
+    """A GWLB flow the offloader would otherwise install (established, source-NATed,
+    replied): it must be skipped, or its replies would be redirected to the inside
+    interface instead of being re-encapsulated."""
     code = (
-        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); "
-        f"s.sendto(b'ping', ('{INET_SERVICE_IP}', 7)); print(s.recv(100).decode())"
+        "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        f"s.settimeout(3); s.connect(('{INET_SERVICE_IP}', 7));\n"
+        "for line in sys.stdin:\n"
+        "    s.send(line.strip().encode()); print(s.recv(100).decode(), flush=True)\n"
     )
-    proc = sh(WORKLOAD_NS, "python3", "-c", code)
-    assert proc.returncode == 0 and "ping" in proc.stdout, proc.stderr
+    with subprocess.Popen(
+        ns_exec(WORKLOAD_NS, sys.executable, "-c", code),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as echo:
+        assert echo.stdin is not None and echo.stdout is not None
+        echo.stdin.write("first\n")
+        echo.stdin.flush()
+        assert echo.stdout.readline().strip() == "first"
+        owner = _poll(_gateway_holding_gwlb_flow, timeout=10)
+        assert agent_status(owner)["offload"]["offloaded_total"] == 0
+        echo.stdin.write("second\n")
+        echo.stdin.flush()
+        assert echo.stdout.readline().strip() == "second"
+        echo.stdin.close()
+        assert echo.wait(timeout=10) == 0
+
+
+def _gateway_holding_gwlb_flow() -> str | None:
+    for netns in GATEWAYS:
+        if agent_status(netns)["offload"].get("gwlb_kernel_path", 0) > 0:
+            return netns
+    return None
+
+
+def test_stray_return_traffic_is_dropped_with_a_named_counter(gwlb_lab: GwlbLab) -> None:
+    netns = GATEWAYS[0]
+    before = gateway_counters(netns)
+    unknown_before = gwlb_lab.state()["counters"]["unknown_flow"]
+    # Toward the workload from an internet source, for a flow no GWLB packet announced:
+    # the gateway must not originate it into the GWLB.
+    stray = (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW); "
+        "from scapy.layers.inet import IP, UDP; "
+        f"p = bytes(IP(src='{INET_SERVICE_IP}', dst='{WORKLOAD_IP}') "
+        "/ UDP(sport=53, dport=40999)); "
+        f"[s.sendto(p, ('{WORKLOAD_IP}', 0)) for _ in range(3)]"
+    )
+    # The appliance's own packets (from its GWLB-side address) are not GWLB traffic.
+    own = (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        f"[s.sendto(b'x', ('{WORKLOAD_IP}', 9999)) for _ in range(3)]"
+    )
+    for code in (stray, own):
+        proc = sh(netns, sys.executable, "-c", code)
+        assert proc.returncode == 0, proc.stderr
+    after = gateway_counters(netns)
+    assert after["DROP_NO_FLOW"] - before["DROP_NO_FLOW"] == 3
+    assert after["ENCAP_PASS_LOCAL"] - before["ENCAP_PASS_LOCAL"] >= 3
+    assert after["ENCAP"] == before["ENCAP"]
+    assert gwlb_lab.state()["counters"]["unknown_flow"] == unknown_before
+
+
+def test_geneve_without_the_aws_options_is_dropped_with_a_named_counter(
+    gwlb_lab: GwlbLab,
+) -> None:
+    target = targets()[0]
+    before = gateway_counters(target.netns)
+    code = (
+        "import socket; from scapy.contrib.geneve import GENEVE, GeneveOptions; "
+        "from scapy.layers.inet import IP, UDP; "
+        "opts = [GeneveOptions(classid=0x0108, type=1, length=2, data=b'E' * 8), "
+        "GeneveOptions(classid=0x0108, type=3, length=1, data=b'C' * 4)]; "
+        f"inner = IP(src='{WORKLOAD_IP}', dst='{INET_SERVICE_IP}') / UDP(sport=40123, dport=7); "
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        f"s.bind(('{target.sim_ip}', 0)); "
+        "p = bytes(GENEVE(proto=0x0800, options=opts) / inner); "
+        f"[s.sendto(p, ('{target.gateway_ip}', 6081)) for _ in range(4)]"
+    )
+    proc = sh(GWLB_NS, sys.executable, "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    after = _poll(
+        lambda: (
+            c
+            if (c := gateway_counters(target.netns))["DROP_MISSING_OPTION"]
+            >= before["DROP_MISSING_OPTION"] + 4
+            else None
+        ),
+        timeout=10,
+    )
+    assert after["DROP_MISSING_OPTION"] - before["DROP_MISSING_OPTION"] == 4
+    assert after["DECAP"] == before["DECAP"]
+
+
+def test_pcap_of_the_gwlb_links_dissects_cleanly(gwlb_lab: GwlbLab, tmp_path: Path) -> None:
+    pcap = tmp_path / "gwlb.pcap"
+    with _tcpdump(GWLB_NS, pcap, "udp port 6081"):
+        seen = set()
+        for _ in range(8):
+            seen.add(http_get_json(WORKLOAD_NS, f"http://{INET_SERVICE_IP}/")["client_ip"])
+    total = _tshark_count(pcap, "geneve")
+    malformed = _tshark_count(pcap, "_ws.malformed || _ws.expert.severity == error")
+    assert total >= 8 * 6  # at least SYN, SYN-ACK, request, response, FIN, ACK per curl
+    assert malformed == 0
+    fields = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            str(pcap),
+            "-Y",
+            "geneve",
+            "-T",
+            "fields",
+            "-e",
+            "geneve.option.class",
+            "-e",
+            "http.response.code",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "0x0108" in fields or "264" in fields
+    assert "200" in fields  # replies went back through GENEVE
+
+
+def test_failed_health_check_moves_new_flows_to_the_other_gateway(gwlb_lab: GwlbLab) -> None:
+    down, up = targets()
+    with _health_blocked(down.netns):
+        gwlb_lab.wait_health(down.az, False)
+        flows_before = gwlb_lab.state(settle=0)["targets"][down.az]["flows"]
+        seen = {
+            http_get_json(WORKLOAD_NS, f"http://{INET_SERVICE_IP}/")["client_ip"] for _ in range(8)
+        }
+        assert seen == {OUTSIDE_OF[up.netns]}
+        assert gwlb_lab.state()["targets"][down.az]["flows"] == flows_before
+    gwlb_lab.wait_health(down.az, True)
+    seen = set()
+    for _ in range(20):
+        seen.add(http_get_json(WORKLOAD_NS, f"http://{INET_SERVICE_IP}/")["client_ip"])
+        if OUTSIDE_OF[down.netns] in seen:
+            break
+    assert OUTSIDE_OF[down.netns] in seen
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _poll(probe: Callable[[], T | None], timeout: float) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"{probe.__name__} still false after {timeout}s"
+        time.sleep(0.1)
+
+
+@contextmanager
+def _health_blocked(netns: str) -> Iterator[None]:
+    """Drop the health checks to ``netns`` (a table of the test's own, removed after)."""
+    rules = (
+        "table inet gwlb_test { chain input { type filter hook input priority -10; "
+        f"tcp dport {HEALTH_PORT} drop ; }} ; }}"
+    )
+    proc = sh(netns, "nft", rules)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        yield
+    finally:
+        sh(netns, "nft", "delete", "table", "inet", "gwlb_test")
+
+
+@contextmanager
+def _tcpdump(netns: str, pcap: Path, bpf_filter: str) -> Iterator[None]:
+    with subprocess.Popen(
+        ns_exec(
+            netns, "tcpdump", "-i", "any", "--immediate-mode", "-U", "-w", str(pcap), bpf_filter
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as dump:
+        assert dump.stderr is not None
+        lines = [dump.stderr.readline() for _ in range(1)]
+        while "listening on" not in lines[-1] and lines[-1] and len(lines) < 5:
+            lines.append(dump.stderr.readline())  # "listening on any, ...": capturing
+        assert "listening on" in lines[-1], lines
+        try:
+            yield
+        finally:
+            dump.terminate()
+            dump.wait(timeout=10)
+
+
+def _tshark_count(pcap: Path, display_filter: str) -> int:
+    proc = subprocess.run(
+        ["tshark", "-r", str(pcap), "-Y", display_filter],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return len([ln for ln in proc.stdout.splitlines() if ln.strip()])

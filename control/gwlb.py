@@ -1,0 +1,262 @@
+"""The agent's GWLB step: renders the document's ``gwlb`` section onto the instance.
+
+* the GWLB programs (:class:`geneve.Gwlb`): decap on the configured interface (XDP, or
+  tc ingress when the configuration, the MTU or a shared XDP hook rules XDP out) and
+  re-encap at its tc egress, in the configured mode, with the GWLB's idle timeout;
+* one-arm routing: what arrived on the GWLB interface goes back out of it (policy rule
+  ``iif <if> lookup 1081``, default route via the next hop), to be re-encapsulated;
+  two-arm needs none (the main table routes out of the outside interface, and the
+  nftables ruleset masquerades there);
+* the health-check responder (:class:`geneve.HealthResponder`, TCP or HTTP) on the
+  configured port, answering "healthy" while decap is attached.
+
+The nftables side (GWLB flows policed like the inside's and marked ``CT_MARK_GWLB`` so
+the XDP offloader leaves them on the kernel path) is rendered with the rest of the
+ruleset (:mod:`control.config.render`).  Pins and attachments outlive the agent; a
+restarted agent adopts the pins and re-attaches in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from control.config.render import gwlb_interface
+from geneve import Gwlb, GwlbError, HealthResponder
+
+if TYPE_CHECKING:
+    from control.converge import Plan
+
+log = logging.getLogger("spectra.control")
+
+ONE_ARM_TABLE = 1081
+SYSCTL_IPV4_CONF = Path("/proc/sys/net/ipv4/conf")
+ONE_ARM_PREF = 1081
+
+
+class GwlbStepError(RuntimeError):
+    """The GWLB section could not be applied (interface, address, attach, routing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GwlbSettings:
+    """What one document asks of this instance's GWLB data plane."""
+
+    iface: str
+    mode: str
+    decap_hook: str
+    idle_timeout: float
+    health_protocol: str
+    health_port: int
+    next_hop: str | None
+    shares_xdp_hook: bool  # the interface also carries xdp_gateway: decap must use tc
+
+    @classmethod
+    def from_plan(cls, plan: Plan) -> GwlbSettings | None:
+        doc = plan.doc
+        iface = gwlb_interface(doc)
+        if iface is None:
+            return None
+        shared = doc.interfaces.data_plane == "xdp" and iface in (
+            doc.interfaces.inside,
+            doc.interfaces.outside,
+        )
+        return cls(
+            iface=iface,
+            mode=doc.gwlb.mode,
+            decap_hook=doc.gwlb.decap_hook,
+            idle_timeout=float(doc.gwlb.flow_idle_timeout_seconds),
+            health_protocol=doc.gwlb.health_check.protocol,
+            health_port=doc.gwlb.health_check.port,
+            next_hop=str(doc.gwlb.next_hop) if doc.gwlb.next_hop else None,
+            shares_xdp_hook=shared,
+        )
+
+
+class _Health:
+    """A HealthResponder on its own event loop thread."""
+
+    def __init__(self, port: int, healthy: Any) -> None:
+        self.port = port
+        self.loop = asyncio.new_event_loop()
+        self.responder = HealthResponder("0.0.0.0", port, healthy)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        future = asyncio.run_coroutine_threadsafe(self.responder.start(), self.loop)
+        try:
+            future.result(timeout=5)
+        except Exception:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self.responder.stop(), self.loop).result(timeout=5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.loop.close()
+
+
+class GwlbStep:
+    """Converge step for the ``gwlb`` section (after the XDP step)."""
+
+    name = "gwlb"
+
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        self.settings: GwlbSettings | None = None
+        self.gwlb: Gwlb | None = None
+        self.health: _Health | None = None
+        self.hook_reason: str | None = None
+
+    # -- apply -------------------------------------------------------------------------
+
+    def apply(self, plan: Plan) -> None:
+        wanted = GwlbSettings.from_plan(plan)
+        if wanted is None:
+            self._disable()
+            return
+        if self.settings is not None and self.settings.iface != wanted.iface:
+            self._disable()
+        if self.gwlb is None or self.settings != wanted:
+            if self.gwlb is not None:
+                self.gwlb.close()
+            self.gwlb = Gwlb(
+                self.instance,
+                wanted.iface,
+                mode="one-arm" if wanted.mode == "one-arm" else "two-arm",
+                health_port=wanted.health_port,
+                idle_timeout=wanted.idle_timeout,
+            )
+        hook = "tc" if wanted.shares_xdp_hook else wanted.decap_hook
+        if wanted.shares_xdp_hook and wanted.decap_hook == "xdp":
+            raise GwlbStepError(
+                f"gwlb.decap_hook: xdp is impossible on {wanted.iface!r}, whose XDP hook "
+                "runs the fast path (data_plane: xdp); use auto or tc"
+            )
+        try:
+            attached = self.gwlb.load().attach(hook)  # type: ignore[arg-type]
+        except GwlbError as exc:
+            raise GwlbStepError(str(exc)) from exc
+        self.hook_reason = (
+            f"{wanted.iface} carries the XDP fast path: decap at tc ingress"
+            if wanted.shares_xdp_hook
+            else attached.reason
+        )
+        self._route(wanted)
+        self._serve_health(wanted.health_port)
+        self.settings = wanted
+
+    def _disable(self) -> None:
+        if self.health is not None:
+            self.health.stop()
+            self.health = None
+        if self.settings is not None:
+            _one_arm_route(None, None)
+        if self.gwlb is not None:
+            self.gwlb.detach()
+            self.gwlb.close()
+            self.gwlb = None
+        self.settings = None
+        self.hook_reason = None
+
+    def _route(self, wanted: GwlbSettings) -> None:
+        if wanted.mode != "one-arm":
+            _one_arm_route(None, None)
+            return
+        next_hop = wanted.next_hop or subnet_router(wanted.iface)
+        _one_arm_route(wanted.iface, next_hop)
+        # Traffic leaves by the interface it came in on: no ICMP redirects to the GWLB.
+        for conf in ("all", wanted.iface):
+            (SYSCTL_IPV4_CONF / conf / "send_redirects").write_text("0")
+
+    def _serve_health(self, port: int) -> None:
+        if self.health is not None and self.health.port == port:
+            return
+        if self.health is not None:
+            self.health.stop()
+            self.health = None
+        try:
+            self.health = _Health(port, self.healthy)
+        except OSError as exc:
+            raise GwlbStepError(f"gwlb.health_check.port {port}: cannot listen: {exc}") from exc
+
+    # -- state -------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        """HTTP checks get 200 while decap is attached (TCP checks: while listening)."""
+        gwlb = self.gwlb
+        return gwlb is not None and gwlb.attached_hook() is not None
+
+    def status(self) -> dict[str, Any]:
+        if self.settings is None or self.gwlb is None:
+            return {"enabled": False}
+        s = self.settings
+        try:
+            counters = {k: v["packets"] for k, v in self.gwlb.counters().items() if v["packets"]}
+            hook = self.gwlb.attached_hook()
+        except (OSError, GwlbError) as exc:
+            return {"enabled": True, "error": str(exc)}
+        return {
+            "enabled": True,
+            "interface": s.iface,
+            "mode": s.mode,
+            "hook": hook,
+            "hook_requested": s.decap_hook,
+            "hook_reason": self.hook_reason,
+            "idle_timeout": s.idle_timeout,
+            "health_check": {
+                "protocol": s.health_protocol,
+                "port": s.health_port,
+                "listening": self.health is not None,
+            },
+            "counters": counters,
+        }
+
+    def close(self) -> None:
+        """Stop the responder and drop handles; the attached programs keep working."""
+        if self.health is not None:
+            self.health.stop()
+            self.health = None
+        if self.gwlb is not None:
+            self.gwlb.close()
+
+
+def subnet_router(ifname: str) -> str:
+    """The first address of ``ifname``'s IPv4 subnet (the VPC router on AWS)."""
+    with IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=ifname)
+        if not index:
+            raise GwlbStepError(f"gwlb.interface {ifname!r} does not exist")
+        for addr in ipr.get_addr(index=index[0], family=socket.AF_INET):
+            net = ipaddress.ip_interface(f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}")
+            return str(net.network.network_address + 1)
+    raise GwlbStepError(
+        f"gwlb.interface {ifname!r} has no IPv4 address: set gwlb.next_hop for one-arm mode"
+    )
+
+
+def _one_arm_route(ifname: str | None, next_hop: str | None) -> None:
+    """Install (or, with None, remove) the one-arm policy route."""
+    with IPRoute() as ipr:
+        with contextlib.suppress(NetlinkError):
+            ipr.rule("del", table=ONE_ARM_TABLE, priority=ONE_ARM_PREF)
+        with contextlib.suppress(NetlinkError):
+            ipr.flush_routes(table=ONE_ARM_TABLE)
+        if ifname is None or next_hop is None:
+            return
+        index = ipr.link_lookup(ifname=ifname)
+        if not index:
+            raise GwlbStepError(f"gwlb.interface {ifname!r} does not exist")
+        ipr.route("replace", dst="0.0.0.0/0", gateway=next_hop, oif=index[0], table=ONE_ARM_TABLE)
+        ipr.rule("add", iifname=ifname, table=ONE_ARM_TABLE, priority=ONE_ARM_PREF)

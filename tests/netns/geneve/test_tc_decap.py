@@ -1,0 +1,56 @@
+"""GWLB decap at tc ingress (the fallback where XDP cannot attach), forced by the
+document's ``gwlb.decap_hook: tc``: the agent reports the hook, no XDP program sits on
+the GWLB interface, and two-arm traffic flows exactly as with XDP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from perf.gwlbsim import GWLB_IF, WORKLOAD_NS, GwlbLab
+from perf.lab import INET_SERVICE_IP, TOPOLOGY
+from tests.netns.geneve.conftest import (
+    GATEWAYS,
+    agent_status,
+    gateway_counters,
+    gwlb_document,
+    running,
+)
+from tests.netns.helpers import http_get_json, sh
+
+OUTSIDE_IPS = {gw.outside_ip for gw in TOPOLOGY.gateways}
+
+
+@pytest.fixture(scope="module")
+def gwlb_lab(lab_session: Any) -> Iterator[GwlbLab]:
+    with running(lab_session, gwlb_document(mode="two-arm", decap_hook="tc")) as glab:
+        yield glab
+
+
+def test_agent_reports_tc_and_attached_no_xdp(gwlb_lab: GwlbLab) -> None:
+    for netns in GATEWAYS:
+        g = agent_status(netns)["gwlb"]
+        assert (g["hook"], g["hook_requested"]) == ("tc", "tc")
+        assert "forced by configuration" in g["hook_reason"]
+        link = sh(netns, "ip", "-d", "link", "show", "dev", GWLB_IF).stdout
+        assert "prog/xdp" not in link, link
+        ingress = sh(netns, "tc", "filter", "show", "dev", GWLB_IF, "ingress").stdout
+        assert "tc_gwlb_decap" in ingress, ingress
+
+
+def test_curl_and_iperf3_through_tc_decap(gwlb_lab: GwlbLab) -> None:
+    before = {netns: gateway_counters(netns) for netns in GATEWAYS}
+    seen = {http_get_json(WORKLOAD_NS, f"http://{INET_SERVICE_IP}/")["client_ip"] for _ in range(6)}
+    assert seen and seen <= OUTSIDE_IPS
+    proc = sh(WORKLOAD_NS, "iperf3", "-c", INET_SERVICE_IP, "-t", "2", "-J", timeout=30)
+    assert proc.returncode == 0, proc.stdout[-500:] + proc.stderr
+    assert json.loads(proc.stdout)["end"]["sum_received"]["bytes"] > 100_000
+    state = gwlb_lab.state()["counters"]
+    assert state["mismatched"] == 0, state["mismatch_examples"]
+    after = {netns: gateway_counters(netns) for netns in GATEWAYS}
+    assert sum(after[n]["DECAP"] - before[n]["DECAP"] for n in GATEWAYS) > 1000
+    for n in GATEWAYS:
+        assert after[n]["DROP_DECAP_ERROR"] == 0 and after[n]["STORE_ERROR"] == 0

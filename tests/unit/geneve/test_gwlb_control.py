@@ -1,0 +1,60 @@
+"""The agent's rendering of the ``gwlb`` section, pure parts: the decap hook decision,
+the nftables lines (GWLB interface policed like the inside, GWLB flows marked), the
+step's settings, and the offloader leaving marked flows on the kernel path."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from typing import Any
+
+from control.config import parse_document, render_nftables
+from control.converge import render
+from control.gwlb import GwlbSettings
+from geneve.attach import plan
+from xdp.offload import CT_MARK_GWLB, CtFlow, Timeouts, Tuple, why_not_offloadable
+
+BASE: dict[str, Any] = {"interfaces": {"inside": "inside", "outside": "outside"}}
+
+
+def _doc(**gwlb: Any) -> Any:
+    return parse_document({**BASE, "gwlb": {"enabled": True, **gwlb}})
+
+
+def test_forced_tc_wins_over_a_native_capable_interface() -> None:
+    p = plan("gwlb", 1500, "veth", requested="tc")
+    assert (p.hook, p.tc_fallback_needed) == ("tc", True)
+    assert "forced" in p.reason
+    assert plan("gwlb", 1500, "veth").hook == "native"
+    assert plan("eth1", 8500, "ena").hook == "tc"  # above ENA's native-XDP limit
+
+
+def test_ruleset_marks_gwlb_flows_and_polices_the_gwlb_interface() -> None:
+    doc = _doc(interface="gwlb", mode="two-arm")
+    script = render_nftables(doc, ["203.0.113.2"])
+    assert f'iifname "gwlb" ct state new ct mark set ct mark | {CT_MARK_GWLB:#x}' in script
+    assert 'iifname { "inside", "gwlb" } oifname "outside" ip daddr' in script
+    plain = render_nftables(parse_document(BASE), ["203.0.113.2"])
+    assert "ct mark set" not in plain and 'iifname "inside" oifname "outside"' in plain
+
+
+def test_step_settings_from_the_document() -> None:
+    doc = _doc(interface="gwlb", mode="one-arm", decap_hook="tc", next_hop="172.16.1.1")
+    s = GwlbSettings.from_plan(render(doc, lambda _: ["203.0.113.2"]))
+    assert s is not None
+    assert (s.iface, s.mode, s.decap_hook, s.next_hop) == ("gwlb", "one-arm", "tc", "172.16.1.1")
+    assert (s.health_port, s.idle_timeout, s.shares_xdp_hook) == (80, 350.0, False)
+    # GWLB on the inside interface while the fast path owns its XDP hook: decap at tc
+    shared = GwlbSettings.from_plan(render(_doc(), lambda _: ["203.0.113.2"]))
+    assert shared is not None and shared.iface == "inside" and shared.shares_xdp_hook
+    assert GwlbSettings.from_plan(render(parse_document(BASE), lambda _: ["1.2.3.4"])) is None
+
+
+def test_offloader_leaves_gwlb_flows_on_the_kernel_path() -> None:
+    orig = Tuple(IPv4Address("10.0.100.10"), IPv4Address("198.51.100.10"), 40000, 7)
+    reply = Tuple(IPv4Address("198.51.100.10"), IPv4Address("203.0.113.2"), 7, 40000)
+    status = (1 << 1) | (1 << 2) | (1 << 4)  # seen reply, assured, source-NATed
+    ct = CtFlow(17, orig, reply, status, None, 0, 179)
+    timeouts = Timeouts(udp_stream=180)
+    assert why_not_offloadable(ct, timeouts, 5.0) is None
+    marked = CtFlow(17, orig, reply, status, None, CT_MARK_GWLB, 179)
+    assert why_not_offloadable(marked, timeouts, 5.0) == "gwlb"
