@@ -4,13 +4,15 @@ table, tool output parsing, trafgen config and the missing-tool message."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from perf import report
 from perf.__main__ import main, parser, target_from
-from perf.generator import UdpFlow, trafgen_config
+from perf.generator import SYN_DPORTS, SYN_SPORTS, SynFlood, UdpFlow, trafgen_config
+from perf.nfq import Measure, _cost_results
 from perf.report import Result
 from perf.rr import parse_iperf3, parse_sockperf
 from perf.target import Host, PerfError
@@ -70,6 +72,27 @@ def test_trafgen_config_is_a_60_byte_udp_frame() -> None:
     assert "0xba, 0xe3, 0x5e, 0xb1, 0x11, 0x11, 0xd2" in cfg  # destination MAC first
     assert "0x0a, 0x00, 0x01, 0x0a, 0xc6, 0x33, 0x64, 0x0a" in cfg
     assert "const16(46)" in cfg and "const16(26)" in cfg and "fill(0x41, 18)" in cfg
+
+
+def test_syn_flood_gives_every_packet_a_new_tuple_for_millions_of_packets() -> None:
+    cfg = SynFlood("02:00:00:00:00:01", "02:00:00:00:00:02", "10.0.1.10", "198.51.100.10").config()
+    assert "da=02:00:00:00:00:02, sa=02:00:00:00:00:01" in cfg
+    assert "sa=10.0.1.10, da=198.51.100.10" in cfg and ", syn," in cfg
+    (slo, shi), (dlo, dhi) = SYN_SPORTS, SYN_DPORTS
+    assert f"sp=dinc({slo}, {shi})" in cfg and f"dp=dinc({dlo}, {dhi})" in cfg
+    # the two counters step together: distinct pairs repeat only after lcm(periods)
+    period = math.lcm(shi - slo + 1, dhi - dlo + 1)
+    assert period == (shi - slo + 1) * (dhi - dlo + 1) > 16_000_000
+    assert shi - slo + 1 > 60_000  # one NAT port space per destination port
+
+
+def test_nfq_measure_counts_lossless_runs_only() -> None:
+    full = Measure("builtin_bypass", 30_000, 60_000, 59_500, 2.0, 119_000_000, 10)
+    lossy = Measure("naive_nfqueue", 30_000, 60_000, 40_000, 2.0, 400_000_000, 60_000)
+    assert full.lossless and full.ns_per_packet == 2000.0 and full.delivered_pps == 29_750.0
+    assert not lossy.lossless
+    (result,) = [r for r in _cost_results({"naive_nfqueue": [lossy], "x": [full]}) if r.path == "x"]
+    assert result.value == 2000.0 and result.baseline_value is None  # no lossless baseline
 
 
 def test_missing_tool_names_its_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
