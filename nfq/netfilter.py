@@ -13,7 +13,10 @@ The chain (mangle, priority -150, so before the product's ``inet spectra`` filte
 1. conntrack mark has BYPASS (0x2): return, the flow is decided;
 2. packet mark has REPEAT (0x4): the inspector verdicted it with ``NF_REPEAT``; go to
    ``SPECTRA_VERDICT``, which saves packet-mark BYPASS into the conntrack mark and
-   clears the product's packet-mark bits (then the packet leaves the chain);
+   clears the product's packet-mark bits (then the packet leaves the chain). Never
+   from a RELATED packet: an ICMP error carries the conntrack of the flow it quotes,
+   so a BYPASS verdict on it (the inspector bypasses protocols no rule looks at)
+   would end inspection of that flow, and anyone on the path can send one;
 3. NEW flows matching a selector: conntrack mark |= INSPECT (0x1);
 4. conntrack mark INSPECT without BYPASS: ``NFQUEUE --queue-balance A:B`` (plus
    ``--queue-bypass`` when the policy fails open; without it the packet is dropped
@@ -127,7 +130,8 @@ def render_iptables(
             f"-j {_nfqueue_target(policy)}"
         )
         lines += [
-            f"-A {VERDICT_CHAIN} -m mark --mark {SKB_MARK_BYPASS:#x}/{SKB_MARK_BYPASS:#x} "
+            f"-A {VERDICT_CHAIN} -m conntrack ! --ctstate RELATED "
+            f"-m mark --mark {SKB_MARK_BYPASS:#x}/{SKB_MARK_BYPASS:#x} "
             f"-j CONNMARK --or-mark {CT_MARK_BYPASS:#x}",
             f"-A {VERDICT_CHAIN} -j MARK --and-mark {_CLEAR_SKB:#x}",
         ]
@@ -191,7 +195,7 @@ def render_nft(policy: InspectionPolicy, *, in_interface: str | None = None) -> 
         f"{body}\n"
         "\t}\n"
         "\tchain verdict {\n"
-        f"\t\tmeta mark & {SKB_MARK_BYPASS:#x} == {SKB_MARK_BYPASS:#x} "
+        f"\t\tct state != related meta mark & {SKB_MARK_BYPASS:#x} == {SKB_MARK_BYPASS:#x} "
         f"ct mark set ct mark | {CT_MARK_BYPASS:#x}\n"
         f"\t\tmeta mark set meta mark & {_CLEAR_SKB:#x}\n"
         "\t}\n"

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from perf import report
+from perf import report, rr
 from perf.generator import UdpFlow, send
 from perf.method import GATEWAY_CPU, Tuning, dev_counter
 from perf.paths import NFT_TABLE, nft_masquerade
@@ -61,6 +61,7 @@ ROOT = str(Path(__file__).resolve().parents[1])
 PATHS = ("kernel_nat", "naive_nfqueue", "builtin_inspect", "builtin_bypass", "builtin_bypass_xdp")
 BASELINE = "naive_nfqueue"
 COST_RATE = 30_000  # pps every path delivers in full on one core
+RR_PORT = 41112  # sockperf client port: a flow of its own
 MAX_LOSS = 0.02
 NAIVE = (
     "import netfilterqueue,signal,sys\n"
@@ -164,8 +165,9 @@ def _consumer(path: str, gw: Host, workdir: Path) -> Iterator[int | None]:
 
 
 def measure(path: str, rates: tuple[int, ...], seconds: float, workdir: Path,
-            tuning: Tuning) -> list[Measure]:  # fmt: skip
-    """One consumer session of ``path``: a warm-up, then one measurement per rate."""
+            tuning: Tuning) -> tuple[list[Measure], dict[str, float]]:  # fmt: skip
+    """One consumer session of ``path``: a warm-up, one measurement per rate, then UDP
+    request/response latency (sockperf ping-pong, a new flow: inspected like any)."""
     t = tuning.target
     gw = t.gateway
     gw.run("conntrack", "-F", check=False)
@@ -175,7 +177,7 @@ def measure(path: str, rates: tuple[int, ...], seconds: float, workdir: Path,
         saddr=t.generator_ip,
         daddr=t.service_ip,
     )
-    out = []
+    out: list[Measure] = []
     with contextlib.ExitStack() as stack:
         pid = stack.enter_context(_consumer(path, gw, workdir))
         # warm-up: ARP, conntrack entry, and (bypass path) the inspected head of the flow
@@ -185,7 +187,12 @@ def measure(path: str, rates: tuple[int, ...], seconds: float, workdir: Path,
             stack.enter_context(_offloaded(tuning, flow))
         for rate in rates:
             out.append(_one(path, rate, seconds, tuning, flow, pid))
-    return out
+        try:
+            latency = rr.sockperf(t.generator, t.service_ip, t.sockperf_port, seconds, RR_PORT)
+        except PerfError as exc:
+            log.warning("%s: sockperf: %s", path, exc)
+            latency = {}
+    return out, latency
 
 
 def _one(path: str, rate: int, seconds: float, tuning: Tuning, flow: UdpFlow,
@@ -275,6 +282,7 @@ def run(rate: int, seconds: float, runs: int) -> list[Result]:
     tuning = Tuning(lab_target("a"))
     cost: dict[str, list[Measure]] = {p: [] for p in PATHS}
     capacity: dict[str, list[Measure]] = {p: [] for p in PATHS}
+    latency: dict[str, list[dict[str, float]]] = {p: [] for p in PATHS}
     gw = tuning.target.gateway
     masquerade = nft_masquerade(tuning.target.egress_dev)
     try:
@@ -286,13 +294,33 @@ def run(rate: int, seconds: float, runs: int) -> list[Result]:
                 for path in PATHS:
                     print(f"# run {i + 1}/{runs}: {path} at {COST_RATE} and {rate} pps",
                           file=sys.stderr, flush=True)  # fmt: skip
-                    c, cap = measure(path, (COST_RATE, rate), seconds, Path(tmp), tuning)
+                    (c, cap), lat = measure(path, (COST_RATE, rate), seconds, Path(tmp), tuning)
                     cost[path].append(c)
                     capacity[path].append(cap)
+                    latency[path].append(lat)
     finally:
         gw.run("nft", "delete", "table", "ip", NFT_TABLE, check=False)
         tuning.restore()
-    return _cost_results(cost) + _capacity_results(capacity, rate)
+    return _cost_results(cost) + _capacity_results(capacity, rate) + _latency_results(latency)
+
+
+def _latency_results(latency: dict[str, list[dict[str, float]]]) -> list[Result]:
+    """sockperf percentiles per path against the path without a queue."""
+    out = []
+    for key in ("p50", "p99", "p99.9"):
+        med = {
+            p: statistics.median(v) if (v := [r[key] for r in rs if key in r]) else None
+            for p, rs in latency.items()
+        }
+        for p, rs in latency.items():
+            vals = [r[key] for r in rs if key in r]
+            out.append(Result(
+                f"udp_rr_{key}", p, "usec", med[p], "kernel_nat", med["kernel_nat"],
+                runs=[{"value": r.get(key), "valid": key in r} for r in rs],
+                valid=bool(vals), minimum=min(vals, default=None), maximum=max(vals, default=None),
+                note="sockperf ping-pong, 64 B UDP, a new flow through the inspection chain",
+            ))  # fmt: skip
+    return out
 
 
 def _cost_results(cost: dict[str, list[Measure]]) -> list[Result]:

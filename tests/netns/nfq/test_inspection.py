@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from nfq.marks import CT_MARK_INSPECT
 from nfq.policy import InspectionPolicy
 from perf.lab import INET_SERVICE_IP, ns_exec
 from tests.netns.helpers import http_get_json, sh
@@ -171,8 +172,28 @@ def test_unsupported_rule_is_rejected_with_sid_and_keyword(nat_gateway: dict[str
     assert "rule sid 9001" in proc.stderr and "unsupported keyword 'http.method'" in proc.stderr
 
 
-def ct_marks(dport: int) -> list[int]:
-    out = sh(GW, "conntrack", "-L", "-p", "tcp", "--dport", str(dport)).stdout
+def test_icmp_error_from_outside_cannot_bypass_an_inspected_flow(
+    inspect: Callable[..., Engine],
+) -> None:
+    """An ICMP error carries the conntrack of the flow it quotes. The engine bypasses
+    protocols no rule looks at (ICMP here), and that verdict must not end inspection
+    of the quoted flow: the internet side could otherwise switch it off at will."""
+    engine = inspect(policy())
+    send = (
+        "import socket,time;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+        "s.bind(('0.0.0.0',40999))\n"
+        f"for _ in range(5): s.sendto(b'x'*32,('{INET_SERVICE_IP}',9)); time.sleep(0.2)"
+    )
+    assert sh(WS, sys.executable, "-c", send).returncode == 0  # cs-inet: port unreachable
+    wait_for(
+        lambda: engine.stats()["counters"].get("bypassed_no_rules", 0) >= 1,
+        5, "the ICMP error verdicted by the engine",
+    )  # fmt: skip
+    assert ct_marks(9, "udp") == [CT_MARK_INSPECT], "the UDP flow must stay under inspection"
+
+
+def ct_marks(dport: int, proto: str = "tcp") -> list[int]:
+    out = sh(GW, "conntrack", "-L", "-p", proto, "--dport", str(dport)).stdout
     marks = []
     for line in out.splitlines():
         for field in line.split():
