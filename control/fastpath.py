@@ -4,6 +4,10 @@ to the inside and outside interfaces, and run the conntrack offloader.
 Programs and maps are pinned under ``/sys/fs/bpf/spectra/<instance>``; a restarted agent
 adopts them (no recompile, no re-attach when they are still attached) and rebuilds the
 offloader's view from kernel conntrack plus the pinned flow table.
+
+Two-arm GWLB flows join the fast path while the GWLB step has linked its programs to
+this data plane (``Dataplane.gwlb_ifindex``, read from the pins every sync, so the two
+steps need no reference to each other).
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ log = logging.getLogger("spectra.control")
 BE_LIBERAL = Path("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
 
 
-def _port(ifname: str) -> Port:
+def _port(ifname: str | int) -> Port:
+    index = ifname if isinstance(ifname, int) else socket.if_nametoindex(ifname)
     with IPRoute() as ipr:
-        link = ipr.get_links(socket.if_nametoindex(ifname))[0]
+        link = ipr.get_links(index)[0]
         return Port(int(link["index"]), str(link.get_attr("IFLA_ADDRESS")))
 
 
@@ -86,6 +91,12 @@ class FastPath:
     def sync(self) -> dict[str, Any]:
         if self.offloader is None:
             return {}
+        gwlb_ifindex = self.dataplane.gwlb_ifindex()
+        current = self.offloader.gwlb
+        if gwlb_ifindex is None:
+            self.offloader.gwlb = None
+        elif current is None or current.ifindex != gwlb_ifindex:
+            self.offloader.gwlb = _port(gwlb_ifindex)
         self.offloader.sync()
         return self.offloader.stats.as_dict()
 

@@ -10,9 +10,14 @@
 * the health-check responder (:class:`geneve.HealthResponder`, TCP or HTTP) on the
   configured port, answering "healthy" while decap is attached.
 
-The nftables side (GWLB flows policed like the inside's and marked ``CT_MARK_GWLB`` so
-the XDP offloader leaves them on the kernel path) is rendered with the rest of the
-ruleset (:mod:`control.config.render`).  Pins and attachments outlive the agent; a
+* the fast-path link: two-arm with decap in XDP beside the XDP fast path links the GWLB
+  programs to the instance's ``xdp.Dataplane`` (:meth:`geneve.Gwlb.link_fastpath`), so
+  the offloader puts established GWLB flows on the fast path both ways; any other
+  combination (one-arm, tc decap, ``data_plane: kernel``) unlinks them.
+
+The nftables side (GWLB flows policed like the inside's and marked ``CT_MARK_GWLB``,
+which the offloader reads) is rendered with the rest of the ruleset
+(:mod:`control.config.render`).  Pins and attachments outlive the agent; a
 restarted agent adopts the pins and re-attaches in place.
 """
 
@@ -33,6 +38,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from control.config.render import gwlb_interface
 from geneve import Gwlb, GwlbError, HealthResponder
+from xdp import Dataplane, loader
 
 if TYPE_CHECKING:
     from control.converge import Plan
@@ -60,6 +66,7 @@ class GwlbSettings:
     health_port: int
     next_hop: str | None
     shares_xdp_hook: bool  # the interface also carries xdp_gateway: decap must use tc
+    xdp_fast_path: bool  # data_plane: xdp (the instance's Dataplane is pinned)
 
     @classmethod
     def from_plan(cls, plan: Plan) -> GwlbSettings | None:
@@ -80,6 +87,7 @@ class GwlbSettings:
             health_port=doc.gwlb.health_check.port,
             next_hop=str(doc.gwlb.next_hop) if doc.gwlb.next_hop else None,
             shares_xdp_hook=shared,
+            xdp_fast_path=doc.interfaces.data_plane == "xdp",
         )
 
 
@@ -118,6 +126,7 @@ class GwlbStep:
         self.gwlb: Gwlb | None = None
         self.health: _Health | None = None
         self.hook_reason: str | None = None
+        self.fast_path_linked = False
 
     # -- apply -------------------------------------------------------------------------
 
@@ -153,9 +162,34 @@ class GwlbStep:
             if wanted.shares_xdp_hook
             else attached.reason
         )
+        self._link_fast_path(wanted, attached.hook)
         self._route(wanted)
         self._serve_health(wanted.health_port)
         self.settings = wanted
+
+    def _link_fast_path(self, wanted: GwlbSettings | None, hook: str | None) -> None:
+        """Link (two-arm, XDP decap, XDP fast path) or unlink the GWLB programs and
+        the instance's pinned fast path."""
+        gwlb = self.gwlb
+        if gwlb is None:
+            return
+        link = (
+            wanted is not None
+            and wanted.mode == "two-arm"
+            and wanted.xdp_fast_path
+            and hook in ("native", "generic")
+        )
+        pinned = loader.is_pinned(loader.pin_dir_for(self.instance))
+        dataplane = Dataplane.adopt(self.instance) if pinned else None
+        try:
+            if link and dataplane is not None:
+                gwlb.link_fastpath(dataplane)
+            else:
+                gwlb.unlink_fastpath(dataplane)
+        finally:
+            if dataplane is not None:
+                dataplane.close()
+        self.fast_path_linked = link and dataplane is not None
 
     def _disable(self) -> None:
         if self.health is not None:
@@ -164,6 +198,8 @@ class GwlbStep:
         if self.settings is not None:
             _one_arm_route(None, None)
         if self.gwlb is not None:
+            with contextlib.suppress(GwlbError, OSError):  # never loaded: nothing linked
+                self._link_fast_path(None, None)
             self.gwlb.detach()
             self.gwlb.close()
             self.gwlb = None
@@ -214,6 +250,7 @@ class GwlbStep:
             "hook": hook,
             "hook_requested": s.decap_hook,
             "hook_reason": self.hook_reason,
+            "fast_path": self.fast_path_linked,
             "idle_timeout": s.idle_timeout,
             "health_check": {
                 "protocol": s.health_protocol,

@@ -16,7 +16,10 @@ transport, AWS GWLB contract: https://docs.aws.amazon.com/elasticloadbalancing/l
 
 * ``two-arm``: decap -> kernel (conntrack, masquerade out of the outside interface);
   replies come back reverse-NATed, are routed to the GWLB interface and re-encapsulated
-  at tc egress with the stored header.
+  at tc egress with the stored header.  With :meth:`Gwlb.link_fastpath` (XDP decap
+  only) flows the offloader installed skip the kernel both ways: ``xdp_gwlb`` tail
+  calls ``xdp_gateway`` on the inner packet, and ``xdp_gateway`` re-encapsulates
+  flagged replies with the header stored here.
 * ``one-arm``: decap -> kernel filtering / inspection -> routed back out of the GWLB
   interface (policy route ``iif <gwlb>``) -> re-encapsulated at tc egress, no NAT.
 * ``one-arm-reflect``: XDP_TX straight back with swapped outer headers (no inspection).
@@ -29,7 +32,7 @@ import logging
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from geneve import attach as hooks
 from geneve.attach import DECAP_HOOKS, AttachPlan, DecapHook
@@ -37,13 +40,16 @@ from geneve.errors import GwlbError
 from geneve.maps import GWLB_F_REFLECT, GwlbMaps
 from xdp import libbpf, loader
 
+if TYPE_CHECKING:
+    from xdp import Dataplane
+
 log = logging.getLogger("spectra.geneve")
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
 SOURCE = BPF_DIR / "gwlb.bpf.c"
 XDP_PROGRAMS = ("xdp_gwlb", "xdp_gwlb_pass_peer")
 TC_PROGRAMS = ("tc_gwlb_encap", "tc_gwlb_decap")
-MAPS = ("gwlb_flows", "gwlb_stats", "gwlb_config")
+MAPS = ("gwlb_flows", "gwlb_stats", "gwlb_config", "gwlb_fastpath")
 MAX_OPTIONS = 8  # GWLB_MAX_OPTS in gwlb_maps.h
 DEFAULT_IDLE_TIMEOUT = 350.0  # seconds, GWLB's own flow idle timeout
 Mode = Literal["two-arm", "one-arm", "one-arm-reflect"]
@@ -234,6 +240,24 @@ class Gwlb:
         log.info("GWLB %s on %s: %s (%s)", self.mode, self.iface, self.plan.hook, self.plan.reason)
         return self.plan
 
+    def link_fastpath(self, dataplane: Dataplane) -> None:
+        """Put established two-arm flows on ``dataplane``'s fast path (the instance's
+        ``xdp.Dataplane``): the return side first (flagged entries find the headers),
+        then the forward tail call.  Only meaningful with decap in XDP."""
+        dataplane.link_gwlb(
+            self.maps.fds["gwlb_flows"],
+            self.maps.fds["gwlb_config"],
+            loader.ifindex_of(self.iface),
+        )
+        self.maps.set_fastpath(dataplane.program_fd("xdp_gateway"))
+        log.info("GWLB %s on %s: two-arm flows may take the fast path", self.mode, self.iface)
+
+    def unlink_fastpath(self, dataplane: Dataplane | None = None) -> None:
+        """Every GWLB flow back to the kernel path (tc re-encapsulates its replies)."""
+        self.maps.set_fastpath(None)
+        if dataplane is not None:
+            dataplane.unlink_gwlb()
+
     def attached_hook(self) -> hooks.Hook | None:
         """Where decap runs on the interface now, read from the kernel: "native" /
         "generic" (an XDP program), "tc" (clsact ingress filter), or None."""
@@ -305,6 +329,7 @@ class Gwlb:
             "idle_timeout": self.idle_timeout,
             "health_port": self.health_port,
             "flows": len(self.maps.flows()),
+            "fast_path": self.maps.fastpath_linked(),
             "drops": self.drops(),
         }
 

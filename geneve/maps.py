@@ -106,6 +106,19 @@ class GwlbMaps:
         )
         libbpf.map_update(self.fds["gwlb_config"], ctypes.c_uint32(0), cfg)
 
+    def set_fastpath(self, prog_fd: int | None) -> None:
+        """Tail-call target of a decapsulated inner IPv4 packet (the instance's
+        ``xdp_gateway``), or None for the kernel path only."""
+        slot = ctypes.c_uint32(0)
+        if prog_fd is None:
+            libbpf.map_delete(self.fds["gwlb_fastpath"], slot)
+        else:
+            libbpf.map_update(self.fds["gwlb_fastpath"], slot, ctypes.c_uint32(prog_fd))
+
+    def fastpath_linked(self) -> bool:
+        prog_id = ctypes.c_uint32()
+        return libbpf.map_lookup(self.fds["gwlb_fastpath"], ctypes.c_uint32(0), prog_id)
+
     def config(self) -> GwlbConfigC:
         cfg = GwlbConfigC()
         libbpf.map_lookup(self.fds["gwlb_config"], ctypes.c_uint32(0), cfg)

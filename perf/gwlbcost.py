@@ -7,8 +7,11 @@ paths measured in the same run at the same offered rate:
   issue's reference (goal for GENEVE two-arm: <= 1.25x);
 * ``kernel_masquerade``: the same plain flow through kernel forwarding + masquerade;
 * ``geneve_two_arm``: the same flow GENEVE-encapsulated as a GWLB sends it (three
-  class-0x0108 options), decapsulated by ``xdp_gwlb`` (header stored per flow), then
-  forwarded and masqueraded by the kernel (GWLB flows stay on the kernel path);
+  class-0x0108 options), decapsulated by ``xdp_gwlb`` (header stored per flow) and,
+  the flow being offloaded as the agent offloads an established two-arm flow, NATed
+  and redirected by ``xdp_gateway`` (tail call, ``Gwlb.link_fastpath``);
+* ``geneve_two_arm_kernel``: the same GENEVE traffic with the flow not offloaded
+  (a new or not yet established flow): decap, then kernel forwarding + masquerade;
 * ``userspace_geneve``: the same GENEVE traffic through :mod:`perf.gwlbtun`, a Python
   TUN-style handler (gwlbtun's shape) pinned to the gateway CPU; its CPU time is added.
 
@@ -39,7 +42,14 @@ from perf.target import PerfError, Target
 
 log = logging.getLogger("spectra.perf")
 
-PATHS = ("xdp_fastpath", "kernel_masquerade", "geneve_two_arm", "userspace_geneve")
+PATHS = (
+    "xdp_fastpath",
+    "kernel_masquerade",
+    "geneve_two_arm",
+    "geneve_two_arm_kernel",
+    "userspace_geneve",
+)
+GENEVE_XDP_PATHS = ("geneve_two_arm", "geneve_two_arm_kernel")
 BASELINE = "xdp_fastpath"
 GOAL = 1.25
 RATE_FLOW = Flow(IPPROTO_UDP, 40000, 9)
@@ -191,21 +201,35 @@ class GeneveSuite:
             return
         self.gw.masquerade(True)
         try:
-            if path == "geneve_two_arm":
+            if path in GENEVE_XDP_PATHS:
                 with inside(t.gateway):
                     self.gwlb.attach("xdp")
+                if path == "geneve_two_arm":
+                    self._offload_geneve_flow()
             else:
                 self._start_handler(gw_ip)
             self.tuning.pin()
             yield
         finally:
-            if path == "geneve_two_arm":
+            if path in GENEVE_XDP_PATHS:
                 with inside(t.gateway):
+                    self.gwlb.unlink_fastpath(self.programs.dataplane())
                     self.gwlb.detach()
+                with contextlib.suppress(Exception):
+                    self.programs.clear_flows()
             else:
                 self._stop_handler()
                 self._restore_sysctls()
             self.gw.masquerade(False)
+
+    def _offload_geneve_flow(self) -> None:
+        """Link decap to the fast path and install the inner flow keyed on the GWLB
+        interface, as the offloader does once the kernel established it."""
+        t = self.target
+        with inside(t.gateway):
+            self.gwlb.link_fastpath(self.programs.dataplane())
+        self.programs.set_tx_port(t.gateway, t.egress_dev)
+        self.gw.install_flow(RATE_FLOW, reverse=False)
 
     def _start_handler(self, gw_ip: str) -> None:
         t = self.target
@@ -261,8 +285,9 @@ class GeneveSuite:
 
     def _measure(self, path: str, index: int, packets: Any) -> Run:
         t, s = self.target, self.settings
-        fast0 = self.programs.flow_packets() if path == "xdp_fastpath" else 0
-        decap0 = self._decapped() if path == "geneve_two_arm" else 0
+        offloaded = path in ("xdp_fastpath", "geneve_two_arm")
+        fast0 = self.programs.flow_packets() if offloaded else 0
+        decap0 = self._decapped() if path in GENEVE_XDP_PATHS else 0
         counted0 = self._sink_count()
         udp0 = self._udp_errors()
         cpu0 = self._cpu()
@@ -279,11 +304,11 @@ class GeneveSuite:
         )  # fmt: skip
         if not gen.ok:
             run = run.invalid(gen.message)
-        if path == "xdp_fastpath":
+        if offloaded:
             fast = self.programs.flow_packets() - fast0
             if fast < 0.98 * max(counted, 1):
                 run = run.invalid(f"only {fast} of {counted} packets took the fast path")
-        if path == "geneve_two_arm":
+        if path in GENEVE_XDP_PATHS:
             decap = self._decapped() - decap0
             if decap < 0.98 * max(counted, 1):
                 run = run.invalid(f"only {decap} of {counted} packets were decapsulated")
@@ -334,11 +359,13 @@ class GeneveSuite:
             result(
                 "geneve_two_arm",
                 BASELINE,
-                f"goal <= {GOAL}x xdp_fastpath; xdp_gwlb decap + kernel NAT "
-                "(GWLB flows are not offloaded)",
+                f"goal <= {GOAL}x xdp_fastpath; xdp_gwlb decap + fast-path NAT and redirect "
+                "(offloaded two-arm flow)",
             ),
             result(
-                "geneve_two_arm", "kernel_masquerade", "decap overhead over the same kernel NAT"
+                "geneve_two_arm_kernel",
+                "kernel_masquerade",
+                "flow not offloaded: decap overhead over the same kernel NAT",
             ),
             result(
                 "userspace_geneve",

@@ -74,6 +74,12 @@ class Dataplane:
             ),
             port_table_size=caps["deny_port"],
         )
+        # GWLB two-arm link: slot 0 of each holds a GWLB map (an fd going in, an id out).
+        self.gwlb_links = {
+            name: BpfMap(fds[name], ctypes.c_uint32, ctypes.c_uint32, owned=owned)
+            for name in ("gwlb_flows_link", "gwlb_config_link")
+        }
+        self._config = self.deny.t.config
         self._attached: dict[int, str] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -159,6 +165,36 @@ class Dataplane:
     def set_tx_port(self, ifindex: int) -> None:
         """Allow redirects out of ``ifindex`` (flow entries name it as egress_ifindex)."""
         self.tx_ports.add(ifindex)
+
+    # ---- GWLB two-arm ------------------------------------------------------------------
+
+    def link_gwlb(self, flows_fd: int, config_fd: int, ifindex: int) -> None:
+        """Let return entries flagged ``FLOW_F_GWLB`` re-encapsulate with the headers in
+        the GWLB programs' ``gwlb_flows`` (idle timeout from ``gwlb_config``) and be
+        redirected to ``ifindex``, the GWLB interface (called by
+        ``geneve.Gwlb.link_fastpath``)."""
+        zero = ctypes.c_uint32(0)
+        self.gwlb_links["gwlb_config_link"].put(zero, ctypes.c_uint32(config_fd))
+        self.gwlb_links["gwlb_flows_link"].put(zero, ctypes.c_uint32(flows_fd))
+        self.set_tx_port(ifindex)
+        self._set_gwlb_ifindex(ifindex)
+
+    def unlink_gwlb(self) -> None:
+        """Back to no GWLB fast path: flagged entries go to the kernel path."""
+        self._set_gwlb_ifindex(0)
+        for link in self.gwlb_links.values():
+            link.delete(ctypes.c_uint32(0))
+
+    def gwlb_ifindex(self) -> int | None:
+        """The linked two-arm GWLB interface (the offloader's third port), or None."""
+        cfg = self._config.get(ctypes.c_uint32(0))
+        linked = self.gwlb_links["gwlb_flows_link"].get(ctypes.c_uint32(0))
+        return int(cfg.gwlb_ifindex) if cfg and cfg.gwlb_ifindex and linked else None
+
+    def _set_gwlb_ifindex(self, ifindex: int) -> None:
+        cfg = self._config.get(ctypes.c_uint32(0)) or SpectraConfigC()
+        cfg.gwlb_ifindex = ifindex
+        self._config.put(ctypes.c_uint32(0), cfg)
 
     # ---- policy and state --------------------------------------------------------------
 

@@ -25,6 +25,8 @@ log = logging.getLogger("spectra.xdp")
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
 MAIN_SOURCE = BPF_DIR / "spectra.bpf.c"
+# The GWLB flow-state layout and outer-header builder the fast path's GWLB return uses.
+GENEVE_BPF_DIR = BPF_DIR.parent.parent / "geneve" / "bpf"
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/spectra")
 
 PROGRAMS = ("xdp_gateway", "xdp_pass_peer", "xdp_drop_all")
@@ -39,6 +41,8 @@ MAPS = (
     "deny_proto",
     "deny_port_any",
     "deny_port",
+    "gwlb_flows_link",
+    "gwlb_config_link",
 )
 
 AttachMode = Literal["native", "generic", "auto"]
@@ -90,7 +94,7 @@ class BuildOptions:
         return {f.metadata["define"]: getattr(self, f.name) for f in fields(self)}
 
     def cflags(self, include_dir: Path = BPF_DIR) -> list[str]:
-        flags = [f"-I{include_dir}", "-Wno-compare-distinct-pointer-types"]
+        flags = [f"-I{include_dir}", f"-I{GENEVE_BPF_DIR}", "-Wno-compare-distinct-pointer-types"]
         flags += [f"-D{name}={value}" for name, value in self.defines().items()]
         return flags
 

@@ -98,7 +98,7 @@ class CounterC(ctypes.Structure):
 class SpectraConfigC(ctypes.Structure):
     """``struct spectra_config``."""
 
-    _fields_ = [("deny_gen", ctypes.c_uint32)]
+    _fields_ = [("deny_gen", ctypes.c_uint32), ("gwlb_ifindex", ctypes.c_uint32)]
 
 
 class DenyLpmKeyC(ctypes.Structure):
@@ -395,7 +395,9 @@ class DenyList:
         for (proto, port), mask in port_masks.items():
             pkey = DenyPortKeyC(gen=new, proto=proto, be_port=_be16(port))
             self.t.port.put(pkey, ctypes.c_uint64(mask))
-        self.t.config.put(ctypes.c_uint32(0), SpectraConfigC(deny_gen=new))
+        cfg = self.t.config.get(ctypes.c_uint32(0)) or SpectraConfigC()
+        cfg.deny_gen = new  # the other fields are not the deny list's
+        self.t.config.put(ctypes.c_uint32(0), cfg)
         self._clear_generation(old)
         log.info("deny list: %d rules active in generation %d", len(rules), new)
         return new

@@ -20,7 +20,12 @@ reads the conntrack table through ctnetlink (pyroute2) and
   costs nothing extra; measure with the suite on the target first.  A handed-back
   flow is not offloaded again while its conntrack entry lives;
 * after a restart, adopts pairs already in the pinned table that still match kernel
-  conntrack and deletes the rest.
+  conntrack and deletes the rest;
+* two-arm GWLB flows (conntrack mark ``CT_MARK_GWLB``) take the fast path only while a
+  GWLB interface is linked (:attr:`Offloader.gwlb`, from ``Dataplane.gwlb_ifindex``):
+  the forward entry is keyed on the GWLB interface (``xdp_gwlb`` hands the decapsulated
+  packet to ``xdp_gateway``), the return entry is flagged ``FLOW_F_GWLB`` and sent back
+  to the GWLB interface re-encapsulated.  Unlinked, they stay on the kernel path.
 
 A full table leaves new flows on the kernel path (counted as ``table_full``): the agent
 never lets the LRU evict an existing flow. Offloaded TCP flows bypass conntrack's window
@@ -41,7 +46,14 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from xdp.records import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, FlowEntry, FlowKey
+from xdp.records import (
+    FLOW_F_GWLB,
+    IPPROTO_ICMP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    FlowEntry,
+    FlowKey,
+)
 
 log = logging.getLogger("spectra.xdp")
 
@@ -50,8 +62,9 @@ log = logging.getLogger("spectra.xdp")
 CT_MARK_INSPECT = 0x1
 CT_MARK_BYPASS = 0x2
 # Set by the agent's ruleset on flows that arrived decapsulated from a Gateway Load
-# Balancer: their replies must be re-encapsulated to the GWLB by tc_gwlb_encap, which a
-# fast-path redirect to the inside interface would bypass, so they stay on the kernel path.
+# Balancer: their replies must be re-encapsulated to the GWLB, so they are offloaded
+# only while the fast path can do that (a linked GWLB interface), else left to the
+# kernel path and tc_gwlb_encap.
 CT_MARK_GWLB = 0x8
 
 IPS_SEEN_REPLY = 1 << 1
@@ -114,6 +127,9 @@ class Timeouts:
     """Kernel conntrack timeouts (seconds), read from this namespace's sysctls."""
 
     tcp_established: int = 432000
+    # What an established TCP entry gets instead while data is unacknowledged (bulk
+    # senders, most of the time): the entry is just as recently seen.
+    tcp_unacknowledged: int = 300
     udp: int = 30
     udp_stream: int = 120
     icmp: int = 30
@@ -129,6 +145,9 @@ class Timeouts:
         d = cls()
         return cls(
             tcp_established=read("nf_conntrack_tcp_timeout_established", d.tcp_established),
+            tcp_unacknowledged=read(
+                "nf_conntrack_tcp_timeout_unacknowledged", d.tcp_unacknowledged
+            ),
             udp=read("nf_conntrack_udp_timeout", d.udp),
             udp_stream=read("nf_conntrack_udp_timeout_stream", d.udp_stream),
             icmp=read("nf_conntrack_icmp_timeout", d.icmp),
@@ -142,9 +161,19 @@ class Timeouts:
             return self.udp_stream if ct.status & IPS_ASSURED else self.udp
         return self.icmp
 
+    def seen_within(self, ct: CtFlow, seconds: float) -> bool:
+        """Whether the kernel saw a packet of ``ct`` in the last ``seconds``, from the
+        timeout it set then (any it may have set) and what remains of it."""
+        if self.for_flow(ct) - ct.timeout <= seconds:
+            return True
+        return ct.proto == IPPROTO_TCP and 0 <= self.tcp_unacknowledged - ct.timeout <= seconds
 
-def why_not_offloadable(ct: CtFlow, timeouts: Timeouts, recent_seconds: float) -> str | None:
-    """None when ``ct`` may go to the fast path now, else the reason it may not."""
+
+def why_not_offloadable(
+    ct: CtFlow, timeouts: Timeouts, recent_seconds: float, *, gwlb_linked: bool = False
+) -> str | None:
+    """None when ``ct`` may go to the fast path now, else the reason it may not;
+    ``gwlb_linked``: GWLB flows can be re-encapsulated by the fast path."""
     if ct.status & IPS_DYING:
         return "dying"
     if not ct.status & IPS_SRC_NAT or ct.status & IPS_DST_NAT:
@@ -155,18 +184,19 @@ def why_not_offloadable(ct: CtFlow, timeouts: Timeouts, recent_seconds: float) -
         ct.tcp_state != TCP_CONNTRACK_ESTABLISHED or not ct.status & IPS_ASSURED
     ):
         return "not_established"
-    if ct.mark & CT_MARK_GWLB:
+    if ct.mark & CT_MARK_GWLB and not gwlb_linked:
         return "gwlb"
     if ct.mark & CT_MARK_INSPECT and not ct.mark & CT_MARK_BYPASS:
         return "under_inspection"
     # Idle flows stay on the kernel path until traffic returns to it.
-    if timeouts.for_flow(ct) - ct.timeout > recent_seconds:
+    if not timeouts.seen_within(ct, recent_seconds):
         return "idle"
     return None
 
 
 def flow_keys(ct: CtFlow, inside: Port, outside: Port) -> tuple[FlowKey, FlowKey]:
-    """The fast-path keys of both directions: as sent by the workload, as returned."""
+    """The fast-path keys of both directions: as sent by the workload (arriving on
+    ``inside``: the inside or the GWLB interface), as returned."""
     o, r, p = ct.orig, ct.reply, ct.proto
     return (
         FlowKey(inside.ifindex, o.saddr, o.daddr, o.sport, o.dport, p),
@@ -175,9 +205,17 @@ def flow_keys(ct: CtFlow, inside: Port, outside: Port) -> tuple[FlowKey, FlowKey
 
 
 def plan(
-    ct: CtFlow, inside: Port, outside: Port, mac_toward_internet: str, mac_toward_workload: str
+    ct: CtFlow,
+    inside: Port,
+    outside: Port,
+    mac_toward_internet: str,
+    mac_toward_workload: str,
+    *,
+    gwlb: bool = False,
 ) -> tuple[tuple[FlowKey, FlowEntry], tuple[FlowKey, FlowEntry]]:
-    """Both directions of a source-NATed flow, translated exactly as the kernel does."""
+    """Both directions of a source-NATed flow, translated exactly as the kernel does;
+    ``gwlb``: ``inside`` is the GWLB interface and the return entry re-encapsulates
+    (the kernel's next hop toward the workload is the GWLB: its MAC goes outside)."""
     o, r, p = ct.orig, ct.reply, ct.proto
     out_key, back_key = flow_keys(ct, inside, outside)
     out_entry = FlowEntry(
@@ -197,6 +235,7 @@ def plan(
         egress_ifindex=inside.ifindex,
         src_mac=inside.mac,
         dst_mac=mac_toward_workload,
+        flags=FLOW_F_GWLB if gwlb else 0,
     )
     return (out_key, out_entry), (back_key, back_entry)
 
@@ -224,6 +263,7 @@ class Offloaded:
     # Start of the current bulk-detection window and each direction's counters then.
     window_ns: int = 0
     window_counts: tuple[tuple[int, int], ...] = ()
+    gwlb: bool = False  # a two-arm GWLB flow (forward key on the GWLB interface)
 
     def is_bulk(self, entries: list[FlowEntry], now_ns: int) -> bool:
         """Close the window once it is BULK_WINDOW_NS old; True when one direction
@@ -258,6 +298,7 @@ class OffloadStats:
     keepalives: int = 0
     adopted: int = 0
     gwlb_kernel_path: int = 0  # GWLB flows in conntrack now, left on the kernel path
+    gwlb_offloaded: int = 0  # GWLB flows on the fast path now
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -270,6 +311,7 @@ class OffloadStats:
             "no_neighbour": self.skipped["no_neighbour"],
             "bulk_tcp_in_kernel": self.removed["bulk_tcp"],
             "gwlb_kernel_path": self.gwlb_kernel_path,
+            "gwlb_offloaded": self.gwlb_offloaded,
         }
 
 
@@ -302,6 +344,8 @@ class Offloader:
         # forgets them (kept in memory: after a restart a bulk flow is handed back
         # again within one window).
         self.kernel_only: set[tuple[int, Tuple]] = set()
+        # The linked two-arm GWLB interface (FastPath sets it each sync), else None.
+        self.gwlb: Port | None = None
         self.stats = OffloadStats()
 
     def sync(self, now_ns: int | None = None) -> None:
@@ -323,7 +367,9 @@ class Offloader:
         for ct_key, ct in cts.items():
             if ct_key in self.offloaded or ct_key in self.kernel_only:
                 continue
-            why = why_not_offloadable(ct, self.timeouts, self.recent_seconds)
+            why = why_not_offloadable(
+                ct, self.timeouts, self.recent_seconds, gwlb_linked=self.gwlb is not None
+            )
             if why:
                 if why == "gwlb":
                     gwlb_flows += 1
@@ -335,6 +381,12 @@ class Offloader:
                 used += 2
         self.stats.active = len(self.offloaded)
         self.stats.gwlb_kernel_path = gwlb_flows
+        self.stats.gwlb_offloaded = sum(1 for off in self.offloaded.values() if off.gwlb)
+
+    def _inside_for(self, ct: CtFlow) -> Port | None:
+        """Where ``ct``'s workload side arrives: the GWLB interface for a GWLB flow
+        (None while none is linked), else the inside interface."""
+        return self.gwlb if ct.mark & CT_MARK_GWLB else self.inside
 
     def _adopt(
         self, cts: dict[tuple[int, Tuple], CtFlow], table: dict[FlowKey, FlowEntry], now_ns: int
@@ -344,11 +396,13 @@ class Offloader:
             return
         known = {k for off in self.offloaded.values() for k in off.keys}
         for ct_key, ct in cts.items():
-            if ct_key in self.offloaded:
+            inside = self._inside_for(ct)
+            if ct_key in self.offloaded or inside is None:
                 continue
-            out_key, back_key = flow_keys(ct, self.inside, self.outside)
+            out_key, back_key = flow_keys(ct, inside, self.outside)
             if out_key in table and back_key in table and out_key not in known:
-                self.offloaded[ct_key] = Offloaded((out_key, back_key), now_ns)
+                gwlb = bool(ct.mark & CT_MARK_GWLB)
+                self.offloaded[ct_key] = Offloaded((out_key, back_key), now_ns, gwlb=gwlb)
                 self.stats.adopted += 1
 
     def _retire_reason(
@@ -356,6 +410,8 @@ class Offloader:
     ) -> str | None:
         if ct is None or ct.status & IPS_DYING:
             return "conntrack_destroyed"
+        if off.gwlb and (self.gwlb is None or off.keys[0].ifindex != self.gwlb.ifindex):
+            return "gwlb_unlinked"
         entries = [table.get(k) for k in off.keys]
         if any(e is None for e in entries):
             return "missing_from_table"
@@ -374,16 +430,20 @@ class Offloader:
         return None
 
     def _install(self, ct: CtFlow, now_ns: int) -> bool:
+        inside = self._inside_for(ct)
+        if inside is None:
+            return False
+        gwlb = bool(ct.mark & CT_MARK_GWLB)
         to_internet = self.kernel.next_hop_mac(ct.orig.daddr)
         to_workload = self.kernel.next_hop_mac(ct.orig.saddr)
         if not to_internet or not to_workload:
             self.stats.skipped["no_neighbour"] += 1
             return False
-        pair = plan(ct, self.inside, self.outside, to_internet, to_workload)
+        pair = plan(ct, inside, self.outside, to_internet, to_workload, gwlb=gwlb)
         # Return direction first: the first translated packet out may be answered at once.
         for key, entry in reversed(pair):
             self.table.add_flow(key, entry)
-        self.offloaded[ct.key] = Offloaded((pair[0][0], pair[1][0]), now_ns)
+        self.offloaded[ct.key] = Offloaded((pair[0][0], pair[1][0]), now_ns, gwlb=gwlb)
         self.stats.offloaded += 1
         log.debug("offloaded %s", ct)
         return True

@@ -31,6 +31,9 @@ class Reason(IntEnum):
     REDIRECT = 15
     REDIRECT_ERROR = 16
     PASS_IP_CSUM = 17
+    PASS_GWLB_NO_HEADER = 18
+    REDIRECT_GWLB = 19
+    DROP_GWLB_ENCAP = 20
 
     @property
     def c_name(self) -> str:
@@ -38,7 +41,7 @@ class Reason(IntEnum):
 
 
 # Mirrors STAT__MAX: the number of slots in the ``stats`` map.
-REASON_COUNT = 18
+REASON_COUNT = 21
 
 
 class XdpAction(IntEnum):

@@ -18,6 +18,7 @@ FLOW_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP)
 PORT_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP)
 
 FLOW_F_CLOSING = 1 << 0
+FLOW_F_GWLB = 1 << 1  # two-arm GWLB return: re-encapsulated with the stored header
 MAX_DENY_RULES = 64
 
 ANY_NETWORK = IPv4Network("0.0.0.0/0")
@@ -113,6 +114,10 @@ class FlowEntry:
     @property
     def closing(self) -> bool:
         return bool(self.flags & FLOW_F_CLOSING)
+
+    @property
+    def gwlb(self) -> bool:
+        return bool(self.flags & FLOW_F_GWLB)
 
 
 @dataclass(frozen=True, slots=True)

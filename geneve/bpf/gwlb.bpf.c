@@ -9,6 +9,10 @@
  *       the inner packet to the kernel path (two-arm NAT, one-arm via the kernel), or
  *     - with GWLB_F_REFLECT, swap the outer addresses and XDP_TX (one-arm reflect);
  *   anything else -> XDP_PASS untouched (ARP, health checks).
+ *   A decapsulated inner IPv4 packet is then tail called into the instance's fast
+ *   path (gwlb_fastpath slot 0: xdp_gateway, linked by geneve.Gwlb.link_fastpath), so
+ *   an offloaded two-arm flow is NATed and redirected without the kernel; with no
+ *   program linked the tail call falls through to XDP_PASS.
  * tc_gwlb_decap, at clsact ingress: the same classification and stored header, the
  *   outer headers popped with bpf_skb_adjust_room; used where XDP cannot attach.
  * tc_gwlb_encap, at clsact egress of the same interface:
@@ -27,14 +31,13 @@
 
 #include "parsing.h"   /* xdp/bpf: shared cursor parsers */
 #include "gwlb_maps.h"
+#include "gwlb_encap.h"
 
 #ifndef IPPROTO_ICMPV6
 #define IPPROTO_ICMPV6 58
 #endif
 /* Keep clang from rewriting the bounds checks of `x` (the verifier needs them). */
 #define barrier_var(x) asm volatile("" : "+r"(x))
-#define GWLB_DEFAULT_IDLE_NS (350ULL * 1000000000ULL)
-#define OUTER_IPV4_UDP_LEN (sizeof(struct iphdr) + sizeof(struct udphdr))
 /* uapi bpf.h (Linux >= 6.3) values; bcc's bundled bpf.h predates them (enum members,
  * so no #ifndef on the real names). */
 #define GWLB_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
@@ -55,8 +58,7 @@ static __always_inline void count(__u32 reason, __u64 bytes)
 static __always_inline int inner_key(void *l3, void *data_end, int is_v6, struct gwlb_key *key)
 {
 	__be16 be_sport = 0, be_dport = 0;
-	__u32 *lo, *hi, tmp;
-	int i, cmp = 0, proto_ports = 1;
+	int proto_ports = 1;
 	void *l4;
 	__u8 proto;
 	__u16 *w;
@@ -103,32 +105,7 @@ static __always_inline int inner_key(void *l3, void *data_end, int is_v6, struct
 		}
 	}
 	key->proto = proto;
-	key->pad = 0;
-	key->be_port_lo = be_sport;
-	key->be_port_hi = be_dport;
-	key->dir = 0;
-
-	/* Order the endpoints by (address bytes, port) as geneve/flowkey.py does. */
-	lo = (__u32 *)key->addr_lo;
-	hi = (__u32 *)key->addr_hi;
-#pragma unroll
-	for (i = 0; i < 4; i++) {
-		if (!cmp && lo[i] != hi[i])
-			cmp = bpf_ntohl(lo[i]) < bpf_ntohl(hi[i]) ? -1 : 1;
-	}
-	if (!cmp && be_sport != be_dport)
-		cmp = bpf_ntohs(be_sport) < bpf_ntohs(be_dport) ? -1 : 1;
-	if (cmp > 0) {
-		key->dir = 1;
-		key->be_port_lo = be_dport;
-		key->be_port_hi = be_sport;
-#pragma unroll
-		for (i = 0; i < 4; i++) {
-			tmp = lo[i];
-			lo[i] = hi[i];
-			hi[i] = tmp;
-		}
-	}
+	gwlb_key_order(key, be_sport, be_dport);
 	return 0;
 }
 
@@ -362,6 +339,8 @@ int xdp_gwlb(struct xdp_md *ctx)
 
 out:
 	count(reason, pkt_len);
+	if (reason == GWLB_DECAP)
+		gwlb_fastpath.call(ctx, 0); /* returns only when no fast path is linked */
 	return action;
 }
 
@@ -423,26 +402,6 @@ int tc_gwlb_decap(struct __sk_buff *skb)
 out:
 	count(reason, pkt_len);
 	return action;
-}
-
-/* Outer IPv4 + UDP as prepended by tc_gwlb_encap. */
-struct outer_v4_udp {
-	struct iphdr ip;
-	struct udphdr udp;
-} __attribute__((packed));
-
-static __always_inline __u16 ipv4_csum(const struct iphdr *iph)
-{
-	const __u16 *word = (const __u16 *)iph;
-	__u32 acc = 0;
-	int i;
-
-#pragma unroll
-	for (i = 0; i < (int)(sizeof(*iph) / 2); i++)
-		acc += word[i];
-	acc = (acc & 0xffff) + (acc >> 16);
-	acc = (acc & 0xffff) + (acc >> 16);
-	return ~acc & 0xffff;
 }
 
 int tc_gwlb_encap(struct __sk_buff *skb)
@@ -511,7 +470,7 @@ int tc_gwlb_encap(struct __sk_buff *skb)
 		reason = GWLB_DROP_NO_FLOW;
 		goto out;
 	}
-	idle = cfg->idle_timeout_ns ? cfg->idle_timeout_ns : GWLB_DEFAULT_IDLE_NS;
+	idle = gwlb_idle_ns(cfg);
 	if (bpf_ktime_get_ns() - v->last_seen_ns > idle) {
 		gwlb_flows.delete(&key);
 		action = TC_ACT_SHOT;
@@ -535,18 +494,7 @@ int tc_gwlb_encap(struct __sk_buff *skb)
 		goto out;
 	}
 	inner_len = skb->len - sizeof(struct ethhdr);
-	outer.ip.version = 4;
-	outer.ip.ihl = 5;
-	outer.ip.ttl = 64;
-	outer.ip.protocol = IPPROTO_UDP;
-	outer.ip.tot_len = bpf_htons(OUTER_IPV4_UDP_LEN + hdr_len + inner_len);
-	outer.ip.saddr = v->be_local_addr;
-	outer.ip.daddr = v->be_gwlb_addr;
-	outer.ip.check = ipv4_csum(&outer.ip);
-	outer.udp.source = v->be_sport;
-	outer.udp.dest = bpf_htons(GENEVE_UDP_PORT);
-	outer.udp.len = bpf_htons(sizeof(struct udphdr) + hdr_len + inner_len);
-	outer.udp.check = 0; /* allowed over IPv4 (RFC 8926 3.3) */
+	gwlb_outer_v4(&outer, v, hdr_len, inner_len);
 
 	flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP;
 	if (hdr_len <= 255)

@@ -1,13 +1,13 @@
 /* gwlb_maps.h - every map of the GWLB programs, its layout and purpose.
  *
  * geneve/maps.py mirrors each struct with ctypes (tests/bpf/geneve/test_layout.py
- * checks sizes); geneve/flowkey.py models struct gwlb_key byte for byte.  Tunables
- * are `#ifndef` defaults; geneve.GwlbBuild passes them as -D flags.
+ * checks sizes); the flow-state structs are in gwlb_types.h.  Tunables are `#ifndef`
+ * defaults; geneve.GwlbBuild passes them as -D flags.
  */
 #ifndef SPECTRA_GWLB_MAPS_H
 #define SPECTRA_GWLB_MAPS_H
 
-#include "geneve.h"
+#include "gwlb_types.h"
 #include "gwlb_reasons.h"
 
 /* Inner flows with a remembered header.  ~300 B per entry: 65536 entries ~ 20 MB. */
@@ -28,39 +28,6 @@
 #define GWLB_TC_PULL_LEN 384
 #endif
 
-/* Symmetric inner 5-tuple (geneve/flowkey.py): the (address, port) endpoints ordered
- * lo < hi by (address bytes, port); dir = 1 when the packet was sent by `hi`.  IPv4
- * addresses use the first 4 bytes of the 16.  ICMP echo: identifier in both ports. */
-struct gwlb_key {
-	__u8 family;       /* 4 or 6 */
-	__u8 proto;
-	__u8 dir;          /* sender of the header-carrying packet: 0 = lo, 1 = hi */
-	__u8 pad;          /* always zero: part of the hashed key */
-	__be16 be_port_lo;
-	__be16 be_port_hi;
-	__u8 addr_lo[16];
-	__u8 addr_hi[16];
-};
-
-/* The byte-exact GENEVE header and the outer fields a reply needs. */
-struct gwlb_value {
-	__u64 last_seen_ns;  /* bpf_ktime_get_ns() of the last packet that carried it */
-	__be32 be_gwlb_addr; /* outer source as received: the reply's destination */
-	__be32 be_local_addr;/* outer destination as received: the reply's source */
-	__be16 be_sport;     /* GWLB's UDP source port: the reply keeps it */
-	__u16 hdr_len;       /* bytes of hdr in use, 8..GENEVE_MAX_HDR */
-	__u32 pad;
-	__u8 hdr[GENEVE_MAX_HDR];
-};
-
-#define GWLB_F_REFLECT (1U << 0) /* one-arm: XDP_TX every valid packet back to GWLB */
-
-struct gwlb_config {
-	__u64 idle_timeout_ns; /* a stored header older than this is not used (0 = 350 s) */
-	__be32 be_local_addr;  /* our address on the GWLB interface: tc passes our own packets */
-	__u32 flags;           /* GWLB_F_* */
-};
-
 struct gwlb_counter {
 	__u64 packets;
 	__u64 bytes;
@@ -71,6 +38,9 @@ BPF_TABLE("lru_hash", struct gwlb_key, struct gwlb_value, gwlb_flows, GWLB_FLOW_
 BPF_PERCPU_ARRAY(gwlb_stats, struct gwlb_counter, GWLB_STAT__MAX);
 /* Slot 0: the instance's struct gwlb_config, written by geneve.Gwlb. */
 BPF_ARRAY(gwlb_config, struct gwlb_config, 1);
+/* Slot 0: xdp_gateway of the instance's fast path (geneve.Gwlb.link_fastpath), tail
+ * called with the decapsulated inner IPv4 packet; empty = the kernel path only. */
+BPF_PROG_ARRAY(gwlb_fastpath, 1);
 /* Per-CPU scratch to build a gwlb_value (too large for the BPF stack). */
 BPF_PERCPU_ARRAY(gwlb_scratch, struct gwlb_value, 1);
 

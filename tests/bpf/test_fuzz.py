@@ -41,6 +41,9 @@ FUZZ_N = int(os.environ.get("SPECTRA_FUZZ_N", "20000"))
 FUZZ_SEED = int(os.environ.get("SPECTRA_FUZZ_SEED", "1624"))
 ETH_LEN = 14
 REFRESH_FLOWS_EVERY = 256  # FIN/RST mutations mark flows closing; reinstall them
+# Reachable only with GWLB return entries and linked GWLB maps: fuzzed in
+# tests/bpf/geneve/test_fastpath_fuzz.py.
+GWLB_REASONS = {Reason.PASS_GWLB_NO_HEADER, Reason.REDIRECT_GWLB, Reason.DROP_GWLB_ENCAP}
 
 
 def valid_hits(rng: random.Random, count: int) -> list[bytes]:
@@ -226,4 +229,4 @@ def test_fuzz_frames_get_defined_verdicts_and_valid_rewrites(dataplane: Dataplan
     assert min(actions[a] for a in (XdpAction.PASS, XdpAction.DROP, XdpAction.REDIRECT)) > 0, (
         actions
     )
-    assert len(reasons_hit) >= len(Reason) - 3, sorted(reasons_hit)
+    assert len(reasons_hit) >= len(Reason) - len(GWLB_REASONS) - 3, sorted(reasons_hit)

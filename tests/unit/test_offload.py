@@ -10,6 +10,7 @@ import pytest
 
 from xdp.offload import (
     CT_MARK_BYPASS,
+    CT_MARK_GWLB,
     CT_MARK_INSPECT,
     IPS_ASSURED,
     IPS_DYING,
@@ -24,7 +25,7 @@ from xdp.offload import (
     plan,
     why_not_offloadable,
 )
-from xdp.records import FLOW_F_CLOSING, FlowEntry, FlowKey
+from xdp.records import FLOW_F_CLOSING, FLOW_F_GWLB, FlowEntry, FlowKey
 
 INSIDE = Port(2, "02:00:00:00:00:02")
 OUTSIDE = Port(3, "02:00:00:00:00:03")
@@ -116,6 +117,8 @@ def test_plan_icmp_echo_rewrites_the_identifier() -> None:
         (tcp(mark=CT_MARK_INSPECT), "under_inspection"),
         (tcp(mark=CT_MARK_INSPECT | CT_MARK_BYPASS), None),
         (tcp(timeout=432000 - 60), "idle"),
+        (tcp(timeout=298), None),  # data in flight: the kernel set the unacknowledged timeout
+        (tcp(timeout=290), "idle"),
     ],
 )
 def test_offload_policy(flow: CtFlow, reason: str | None) -> None:
@@ -234,3 +237,82 @@ def test_bulk_tcp_is_handed_back_to_the_kernel_once(
     kernel.flows = []
     off.sync(now_ns=4 + second)
     assert off.kernel_only == set()  # forgotten with the conntrack entry
+
+
+# -- two-arm GWLB flows --------------------------------------------------------------
+
+GWLB_PORT = Port(4, "02:00:00:00:00:04")
+
+
+def gwlb_tcp(tcp_state: int = TCP_CONNTRACK_ESTABLISHED) -> CtFlow:
+    return tcp(mark=CT_MARK_GWLB, nat_port=61000, tcp_state=tcp_state)
+
+
+def test_gwlb_flow_stays_on_the_kernel_path_while_no_gwlb_is_linked() -> None:
+    off, table, _ = offloader([gwlb_tcp()])
+    off.sync(now_ns=1)
+    assert table.entries == {}
+    assert (off.stats.gwlb_kernel_path, off.stats.gwlb_offloaded) == (1, 0)
+
+
+def test_linked_gwlb_flow_is_keyed_on_the_gwlb_interface_and_its_return_flagged() -> None:
+    off, table, _ = offloader([gwlb_tcp(), tcp(sport=40001)])
+    off.gwlb = GWLB_PORT
+    off.sync(now_ns=1)
+    out_key = FlowKey(GWLB_PORT.ifindex, WS, INET, 40000, 80, 6)
+    back_key = FlowKey(OUTSIDE.ifindex, INET, NAT, 80, 61000, 6)
+    out, back = table.entries[out_key], table.entries[back_key]
+    assert (out.egress_ifindex, out.new_saddr, out.new_sport, out.gwlb) == (
+        OUTSIDE.ifindex,
+        NAT,
+        61000,
+        False,
+    )
+    # back to the GWLB interface, toward the kernel's next hop for the workload (the GWLB)
+    assert (back.egress_ifindex, back.src_mac, back.dst_mac) == (
+        GWLB_PORT.ifindex,
+        GWLB_PORT.mac,
+        "02:00:00:00:00:aa",
+    )
+    assert (back.new_daddr, back.new_dport, back.flags) == (WS, 40000, FLOW_F_GWLB)
+    plain = table.entries[FlowKey(INSIDE.ifindex, WS, INET, 40001, 80, 6)]
+    assert not plain.gwlb
+    assert (off.stats.gwlb_offloaded, off.stats.gwlb_kernel_path, off.stats.active) == (1, 0, 2)
+
+
+def test_gwlb_pairs_keep_the_keepalive_and_teardown_rules() -> None:
+    off, table, kernel = offloader([gwlb_tcp()])
+    off.gwlb = GWLB_PORT
+    off.sync(now_ns=1)
+    back_key = FlowKey(OUTSIDE.ifindex, INET, NAT, 80, 61000, 6)
+    table.entries[back_key] = replace(table.entries[back_key], last_seen_ns=5)
+    off.sync(now_ns=6)
+    assert len(kernel.refreshed) == 1  # conntrack kept alive from the fast path
+    table.entries[back_key] = replace(table.entries[back_key], flags=FLOW_F_GWLB | FLOW_F_CLOSING)
+    kernel.flows = [gwlb_tcp(tcp_state=4)]  # the kernel saw the FIN: FIN_WAIT
+    off.sync(now_ns=7)
+    assert table.entries == {} and off.stats.removed["fin_rst"] == 1
+
+
+def test_unlinking_the_gwlb_hands_its_flows_back_to_the_kernel() -> None:
+    off, table, _ = offloader([gwlb_tcp(), tcp(sport=40001)])
+    off.gwlb = GWLB_PORT
+    off.sync(now_ns=1)
+    off.gwlb = None
+    off.sync(now_ns=2)
+    assert [k.sport for k in table.entries if k.ifindex == INSIDE.ifindex] == [40001]
+    assert len(table.entries) == 2
+    assert off.stats.removed["gwlb_unlinked"] == 1
+    assert off.stats.gwlb_kernel_path == 1
+
+
+def test_restart_adopts_gwlb_pairs_only_while_linked() -> None:
+    first, table, _ = offloader([gwlb_tcp()])
+    first.gwlb = GWLB_PORT
+    first.sync(now_ns=1)
+    pinned = dict(table.entries)
+    restarted, _, _ = offloader([gwlb_tcp()])
+    restarted.table = table
+    restarted.gwlb = GWLB_PORT
+    restarted.sync(now_ns=2)
+    assert (restarted.stats.adopted, table.entries) == (1, pinned)

@@ -7,6 +7,8 @@
 #ifndef SPECTRA_MAPS_H
 #define SPECTRA_MAPS_H
 
+#include "gwlb_types.h" /* geneve/bpf: the GWLB flow state read by the GWLB return */
+
 /* ---- tunables ------------------------------------------------------------------ */
 
 /* One entry per direction of an offloaded flow: 2 x 131072 connections by default,
@@ -57,6 +59,7 @@ struct flow_key {
 };
 
 #define FLOW_F_CLOSING (1U << 0) /* FIN/RST seen: every packet goes to the kernel */
+#define FLOW_F_GWLB (1U << 1)    /* two-arm GWLB return: re-encapsulate after the rewrite */
 
 struct flow_value {
 	__be32 be_new_saddr;
@@ -95,7 +98,8 @@ BPF_PERCPU_ARRAY(deny_stats, struct counter, DENY_GENERATIONS * MAX_DENY_RULES);
 /* ---- stateless deny list ---------------------------------------------------------- */
 
 struct spectra_config {
-	__u32 deny_gen; /* active deny-list generation, 0 or 1 */
+	__u32 deny_gen;     /* active deny-list generation, 0 or 1 */
+	__u32 gwlb_ifindex; /* linked two-arm GWLB interface, 0 = none (read by the agent) */
 };
 
 /* Single slot: the active generation, flipped by userspace after writing the other. */
@@ -128,5 +132,16 @@ struct deny_port_key {
 
 /* (gen, proto, destination port) -> mask of rules whose port range holds it. */
 BPF_TABLE("hash", struct deny_port_key, __u64, deny_port, DENY_PORT_TABLE_SIZE);
+
+/* ---- GWLB two-arm link ------------------------------------------------------------ */
+
+/* The GWLB programs' gwlb_flows and gwlb_config (geneve/bpf/gwlb_maps.h), slot 0 each,
+ * put here by geneve.Gwlb.link_fastpath: a FLOW_F_GWLB return entry re-encapsulates
+ * with the stored header.  Empty = no GWLB fast path (such entries go to the kernel).
+ * The templates only give the verifier the inner layout (a hash's size may differ). */
+BPF_TABLE("lru_hash", struct gwlb_key, struct gwlb_value, gwlb_flows_tmpl, 1);
+BPF_ARRAY(gwlb_config_tmpl, struct gwlb_config, 1);
+BPF_ARRAY_OF_MAPS(gwlb_flows_link, "gwlb_flows_tmpl", 1);
+BPF_ARRAY_OF_MAPS(gwlb_config_link, "gwlb_config_tmpl", 1);
 
 #endif /* SPECTRA_MAPS_H */

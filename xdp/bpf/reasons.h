@@ -26,7 +26,10 @@ enum stat_reason {
 	STAT_REDIRECT = 15,         /* fast path: translated and redirected */
 	STAT_REDIRECT_ERROR = 16,   /* egress ifindex missing from tx_ports: passed untouched */
 	STAT_PASS_IP_CSUM = 17,     /* bad IPv4 header checksum on a flow hit: the kernel drops it */
-	STAT__MAX = 18,
+	STAT_PASS_GWLB_NO_HEADER = 18, /* GWLB return without a usable stored header: untouched */
+	STAT_REDIRECT_GWLB = 19,    /* GWLB return: reverse NAT, re-encapsulated, redirected */
+	STAT_DROP_GWLB_ENCAP = 20,  /* GWLB return: no room for the outer headers after NAT */
+	STAT__MAX = 21,
 };
 
 #endif /* SPECTRA_REASONS_H */

@@ -7,6 +7,12 @@
  *   3. flow-table hit of an established, kernel-admitted flow: rewrite addresses and
  *      ports exactly as conntrack NAT would, decrement TTL, set MACs, redirect;
  *   4. miss, FIN/RST, closing flow: XDP_PASS to the kernel slow path.
+ * GWLB two-arm (DESIGN.md section 2): xdp_gwlb tail calls this program with the
+ * decapsulated inner packet (ingress_ifindex = the GWLB interface), so the forward
+ * direction is step 2-4 unchanged; a return entry flagged FLOW_F_GWLB is reverse-NATed
+ * and re-encapsulated with the GENEVE header the GWLB programs stored for the flow
+ * (read through gwlb_flows_link), the outer header built as tc_gwlb_encap builds it,
+ * then redirected to the GWLB interface.  No usable header: XDP_PASS untouched.
  * Kernel conntrack stays the source of truth; this only accelerates its decisions.
  *
  * xdp_pass_peer: XDP_PASS on veth peers (a native redirect into a veth needs an XDP
@@ -19,8 +25,14 @@
 #include "parsing.h"
 #include "csum.h"
 #include "maps.h"
+#include "gwlb_encap.h" /* geneve/bpf: outer header builder shared with tc */
 
 #define TCP_FLAG_MASK_FIN_RST (TCP_FLAG_FIN | TCP_FLAG_RST)
+/* Keep clang from rewriting the bounds checks of `x` (the verifier needs them). */
+#define barrier_var(x) asm volatile("" : "+r"(x))
+/* Outer IPv4/UDP + GENEVE header must fit the XDP headroom (256, XDP_PACKET_HEADROOM):
+ * a longer stored header leaves the reply on the kernel path (tc re-encapsulates). */
+#define GWLB_XDP_MAX_HDR (XDP_PACKET_HEADROOM - OUTER_IPV4_UDP_LEN)
 
 /* TCP and UDP both start with source and destination port. */
 struct l4_ports {
@@ -110,6 +122,79 @@ static __always_inline __u64 deny_lookup(__be32 be_saddr, __be32 be_daddr, __u8 
 	return mask & port_mask;
 }
 
+/* The usable stored GENEVE header for the GWLB return entry `fv` (the translated
+ * tuple is the inner flow server -> workload), looked up as tc_gwlb_encap does: this
+ * direction first, then the opposite.  NULL when no GWLB programs are linked, no header
+ * is stored, it idled out, or it is too long for the XDP headroom. */
+static __always_inline struct gwlb_value *gwlb_stored_header(const struct flow_value *fv,
+							     __u8 proto)
+{
+	struct gwlb_key key = {};
+	struct gwlb_config *cfg;
+	struct gwlb_value *v;
+	void *flows_map, *config_map;
+	__u32 zero = 0;
+	__be16 be_dport = proto == IPPROTO_ICMP ? fv->be_new_sport : fv->be_new_dport;
+
+	flows_map = gwlb_flows_link.lookup(&zero);
+	config_map = gwlb_config_link.lookup(&zero);
+	if (!flows_map || !config_map)
+		return NULL;
+	cfg = bpf_map_lookup_elem(config_map, &zero);
+	if (!cfg)
+		return NULL;
+	gwlb_key_v4(&key, proto, fv->be_new_saddr, fv->be_new_daddr, fv->be_new_sport, be_dport);
+	v = bpf_map_lookup_elem(flows_map, &key);
+	if (!v) {
+		key.dir ^= 1;
+		v = bpf_map_lookup_elem(flows_map, &key);
+	}
+	if (!v)
+		return NULL;
+	if (bpf_ktime_get_ns() - v->last_seen_ns > gwlb_idle_ns(cfg))
+		return NULL; /* tc_gwlb_encap drops and forgets it */
+	if (v->hdr_len < GENEVE_BASE_LEN || v->hdr_len > GWLB_XDP_MAX_HDR)
+		return NULL;
+	return v;
+}
+
+/* Put Ethernet (MACs of `fv`), outer IPv4/UDP and the stored GENEVE header `v` in front
+ * of the translated inner IPv4 packet of `inner_len` bytes (Ethernet padding trimmed,
+ * as the kernel path would).  Returns 0, or -1 with the packet unusable. */
+static __always_inline int gwlb_reencap(struct xdp_md *ctx, const struct flow_value *fv,
+					struct gwlb_value *v, __u32 inner_len)
+{
+	struct outer_v4_udp outer = {};
+	struct ethhdr *eth;
+	void *data, *data_end;
+	__u64 hdr_len = v->hdr_len; /* 64-bit: a 32-bit copy would lose the verifier's bounds */
+	int pad;
+
+	barrier_var(hdr_len);
+	if (hdr_len > GWLB_XDP_MAX_HDR)
+		return -1;
+	barrier_var(hdr_len);
+	if (hdr_len < GENEVE_BASE_LEN)
+		return -1;
+	pad = (int)(ctx->data_end - ctx->data) - (int)sizeof(struct ethhdr) - (int)inner_len;
+	if (pad > 0 && bpf_xdp_adjust_tail(ctx, -pad))
+		return -1;
+	if (bpf_xdp_adjust_head(ctx, -(int)(OUTER_IPV4_UDP_LEN + hdr_len)))
+		return -1;
+	/* adjust_head invalidated every packet pointer: re-read data/data_end. */
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + 1) + sizeof(outer) > data_end)
+		return -1;
+	gwlb_outer_v4(&outer, v, hdr_len, inner_len);
+	__builtin_memcpy(eth->h_dest, fv->dst_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fv->src_mac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	__builtin_memcpy(eth + 1, &outer, sizeof(outer));
+	return bpf_xdp_store_bytes(ctx, sizeof(*eth) + sizeof(outer), v->hdr, hdr_len) ? -1 : 0;
+}
+
 int xdp_gateway(struct xdp_md *ctx)
 {
 	void *data_end = (void *)(long)ctx->data_end;
@@ -127,6 +212,7 @@ int xdp_gateway(struct xdp_md *ctx)
 	struct l4_ports *ports;
 	struct flow_key key = {};
 	struct flow_value *fv;
+	struct gwlb_value *gv = NULL; /* stored GENEVE header of a GWLB return */
 	struct counter *cnt;
 	__be16 be_dport = 0;
 	int has_port = 0, vlan_tagged = 0;
@@ -275,6 +361,13 @@ int xdp_gateway(struct xdp_md *ctx)
 			goto out;
 		}
 	}
+	if (fv->flags & FLOW_F_GWLB) {
+		gv = gwlb_stored_header(fv, ip_proto);
+		if (!gv) {
+			reason = STAT_PASS_GWLB_NO_HEADER;
+			goto out;
+		}
+	}
 
 	/* Select the egress port before touching the packet: a missing tx_ports entry
 	 * returns XDP_PASS (the flags' action bits) and the frame goes up unmodified. */
@@ -329,6 +422,14 @@ int xdp_gateway(struct xdp_md *ctx)
 	 * clock read of bpf_ktime_get_ns() on every packet. */
 	fv->last_seen_ns = bpf_ktime_get_coarse_ns();
 	reason = STAT_REDIRECT;
+	if (gv) {
+		if (gwlb_reencap(ctx, fv, gv, ip_tot_len) < 0) {
+			action = XDP_DROP;
+			reason = STAT_DROP_GWLB_ENCAP;
+			goto out;
+		}
+		reason = STAT_REDIRECT_GWLB;
+	}
 
 out:
 	cnt = stats.lookup(&reason);

@@ -13,6 +13,7 @@ talks to 198.51.100.10.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import Any
 
 from scapy.contrib.geneve import GENEVE, GeneveOptions
@@ -22,7 +23,9 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet, Raw
 
 from geneve.reasons import GwlbReason
+from tests.fixtures.packets import EGRESS_IFINDEX, TEST_IFINDEX
 from xdp.reasons import XdpAction
+from xdp.records import FLOW_F_GWLB, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, FlowEntry, FlowKey
 
 GWLB_IP, LOCAL_IP = "172.16.1.1", "172.16.1.2"
 GWLB_MAC, LOCAL_MAC = "02:00:00:00:0b:01", "02:00:00:00:0b:02"
@@ -186,3 +189,57 @@ CASES: tuple[GeneveCase, ...] = (
 )
 
 CASES_BY_NAME = {c.name: c for c in CASES}
+
+
+# --- two-arm flows on the fast path (test_fastpath*.py) --------------------------------
+# The kernel NATs WORKLOAD:WL_PORT to PUBLIC:NAT_PORT (ICMP: identifier ICMP_ID ->
+# NAT_ICMP_ID); the outside next hop is UPSTREAM_MAC.
+
+PUBLIC = "203.0.113.7"
+OUT_MAC, UPSTREAM_MAC = "02:00:00:00:02:02", "02:00:00:00:00:fe"
+NAT_PORT, WL_PORT, ICMP_ID, NAT_ICMP_ID = 61000, 40000, 0x77, 0x4242
+SERVICE_PORT = {IPPROTO_TCP: 80, IPPROTO_UDP: 53, IPPROTO_ICMP: 0}
+
+
+def l4_of(proto: int, *, reply: bool, nat: bool) -> Packet:
+    """The L4 header of the flow; ``reply``: server -> workload; ``nat``: the public side."""
+    port = NAT_PORT if nat else WL_PORT
+    if proto == IPPROTO_ICMP:
+        return ICMP(type=0 if reply else 8, id=NAT_ICMP_ID if nat else ICMP_ID, seq=3)
+    sport, dport = (SERVICE_PORT[proto], port) if reply else (port, SERVICE_PORT[proto])
+    if proto == IPPROTO_TCP:
+        return TCP(sport=sport, dport=dport, flags="A", seq=5, ack=9) / Raw(b"data")
+    return UDP(sport=sport, dport=dport) / Raw(b"answer" if reply else b"query")
+
+
+def workload_packet(proto: int, ttl: int = 64) -> Packet:
+    return IP(src=WORKLOAD, dst=SERVER, ttl=ttl, id=7) / l4_of(proto, reply=False, nat=False)
+
+
+def server_packet(proto: int, *, natted: bool, ttl: int = 50) -> Packet:
+    dst = PUBLIC if natted else WORKLOAD
+    return IP(src=SERVER, dst=dst, ttl=ttl, id=9) / l4_of(proto, reply=True, nat=natted)
+
+
+def geneve_in(inner: Packet) -> bytes:
+    return bytes(outer(GENEVE(proto=0x0800, options=AWS_TLVS) / inner))
+
+
+def flows(proto: int) -> tuple[tuple[FlowKey, FlowEntry], tuple[FlowKey, FlowEntry]]:
+    """Both directions as the offloader installs a GWLB flow (kernel mapping WL_PORT ->
+    NAT_PORT; ICMP: identifier ICMP_ID -> NAT_ICMP_ID)."""
+    wl, srv, pub = IPv4Address(WORKLOAD), IPv4Address(SERVER), IPv4Address(PUBLIC)
+    if proto == IPPROTO_ICMP:
+        out_key = FlowKey.icmp_echo(TEST_IFINDEX, wl, srv, ICMP_ID)
+        back_key = FlowKey.icmp_echo(TEST_IFINDEX, srv, pub, NAT_ICMP_ID)
+        out = FlowEntry(pub, srv, NAT_ICMP_ID, 0, EGRESS_IFINDEX, OUT_MAC, UPSTREAM_MAC)
+        back = FlowEntry(
+            srv, wl, ICMP_ID, 0, EGRESS_IFINDEX, LOCAL_MAC, GWLB_MAC, flags=FLOW_F_GWLB
+        )
+        return (out_key, out), (back_key, back)
+    port = SERVICE_PORT[proto]
+    out_key = FlowKey(TEST_IFINDEX, wl, srv, WL_PORT, port, proto)
+    back_key = FlowKey(TEST_IFINDEX, srv, pub, port, NAT_PORT, proto)
+    out = FlowEntry(pub, srv, NAT_PORT, port, EGRESS_IFINDEX, OUT_MAC, UPSTREAM_MAC)
+    back = FlowEntry(srv, wl, port, WL_PORT, EGRESS_IFINDEX, LOCAL_MAC, GWLB_MAC, flags=FLOW_F_GWLB)
+    return (out_key, out), (back_key, back)

@@ -1,5 +1,6 @@
 """BPF-tier fixtures for the GWLB programs: one compile per session, a pinned
-throwaway instance, flows and counters reset before every test."""
+throwaway instance, flows and counters reset before every test; ``linked``: the same
+instance linked to the session's fast path (tests/bpf/conftest.py) for one test."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from geneve import Gwlb, GwlbBuild
 from tests.bpf.conftest import require_bpf
+from xdp import Dataplane
 
 TEST_PIN_ROOT = Path("/sys/fs/bpf/spectra-test")
 LOCAL = "172.16.1.2"  # the appliance's GWLB-side address in the packet cases
@@ -34,3 +36,12 @@ def gwlb(session_gwlb: Gwlb) -> Gwlb:
     session_gwlb.maps.clear_flows()
     session_gwlb.maps.clear_counters()
     return session_gwlb
+
+
+@pytest.fixture
+def linked(gwlb: Gwlb, dataplane: Dataplane) -> Iterator[tuple[Gwlb, Dataplane]]:
+    gwlb.link_fastpath(dataplane)
+    try:
+        yield gwlb, dataplane
+    finally:
+        gwlb.unlink_fastpath(dataplane)

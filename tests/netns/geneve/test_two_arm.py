@@ -1,8 +1,10 @@
 """Two-arm GWLB end to end, driven by the agent from a document: workload -> simulator
 (GENEVE) -> gateway (XDP decap, kernel NAT) -> internet, and back (reverse NAT, tc
-re-encap with the stored header, checked byte for byte by the simulator); stray
+re-encap with the stored header, checked byte for byte by the simulator); once a flow
+is established the offloader puts it on the XDP fast path both ways (decap + NAT +
+redirect; reverse NAT + re-encap + redirect to the GWLB), still byte-identical; stray
 return traffic and GENEVE without the AWS options dropped with named counters; a lab
-pcap that tshark dissects cleanly; health-check failover; GWLB flows never offloaded."""
+pcap that tshark dissects cleanly; health-check failover."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from perf.gwlbsim import GWLB_NS, HEALTH_PORT, WORKLOAD_IP, WORKLOAD_NS, GwlbLab
 from perf.lab import INET_SERVICE_IP, TOPOLOGY, ns_exec
 from tests.netns.geneve.conftest import GATEWAYS, agent_status, gateway_counters
 from tests.netns.helpers import http_get_json, sh
+from xdp import Dataplane, Reason
 
 T = TypeVar("T")
 OUTSIDE_IPS = {gw.outside_ip for gw in TOPOLOGY.gateways}
@@ -34,6 +37,7 @@ def test_agent_reports_gwlb_rendered(gwlb_lab: GwlbLab) -> None:
         assert g["hook"] in ("native", "generic") and g["hook_reason"]
         assert g["health_check"] == {"protocol": "tcp", "port": HEALTH_PORT, "listening": True}
         assert st["xdp_modes"], "the XDP fast path runs beside GWLB"
+        assert g["fast_path"] is True, "two-arm XDP decap is linked to the fast path"
 
 
 def test_curl_is_source_natted_by_a_gateway(gwlb_lab: GwlbLab) -> None:
@@ -68,10 +72,35 @@ def test_iperf3_through_the_gwlb(gwlb_lab: GwlbLab) -> None:
         assert c["DROP_ENCAP_ERROR"] == 0 and c["DROP_MALFORMED"] == 0
 
 
-def test_udp_flow_stays_on_the_kernel_path_and_keeps_returning(gwlb_lab: GwlbLab) -> None:
-    """A GWLB flow the offloader would otherwise install (established, source-NATed,
-    replied): it must be skipped, or its replies would be redirected to the inside
-    interface instead of being re-encapsulated."""
+def test_iperf3_through_the_gwlb_is_offloaded_both_ways(gwlb_lab: GwlbLab) -> None:
+    """The established iperf3 flow leaves the kernel: forward packets are NATed and
+    redirected by the fast path after decap, replies re-encapsulated by it; the
+    simulator still finds every returned header byte-identical."""
+    before = {netns: fast_path_counters(netns) for netns in GATEWAYS}
+    matched0 = gwlb_lab.state()["counters"]["matched"]
+    proc = sh(WORKLOAD_NS, "iperf3", "-c", INET_SERVICE_IP, "-t", "3", "-J", timeout=30)
+    assert proc.returncode == 0, proc.stdout[-500:] + proc.stderr
+    assert json.loads(proc.stdout)["end"]["sum_received"]["bytes"] > 100_000
+    grown = {
+        netns: {k: v - before[netns][k] for k, v in fast_path_counters(netns).items()}
+        for netns in GATEWAYS
+    }
+    owner = max(GATEWAYS, key=lambda n: grown[n][Reason.REDIRECT.name])
+    # Data segments forward, ACKs back: both directions mostly on the fast path.
+    offload = {n: agent_status(n)["offload"] for n in GATEWAYS}
+    assert grown[owner][Reason.REDIRECT.name] > 1000, (grown, offload)
+    assert grown[owner][Reason.REDIRECT_GWLB.name] > 100, grown
+    assert grown[owner][Reason.DROP_GWLB_ENCAP.name] == 0, grown
+    _poll(lambda: agent_status(owner)["offload"]["offloaded_total"] >= 1, timeout=5)
+    state = gwlb_lab.state()["counters"]
+    assert state["mismatched"] == 0, state["mismatch_examples"]
+    assert state["matched"] - matched0 > grown[owner][Reason.REDIRECT_GWLB.name] // 2
+
+
+def test_udp_flow_is_offloaded_and_keeps_returning(gwlb_lab: GwlbLab) -> None:
+    """An established, replied GWLB UDP flow is installed by the offloader (forward key
+    on the GWLB interface, return entry flagged) and its replies keep coming back
+    through the GWLB, now re-encapsulated by the fast path."""
     code = (
         "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
         f"s.settimeout(3); s.connect(('{INET_SERVICE_IP}', 7));\n"
@@ -88,20 +117,47 @@ def test_udp_flow_stays_on_the_kernel_path_and_keeps_returning(gwlb_lab: GwlbLab
         echo.stdin.write("first\n")
         echo.stdin.flush()
         assert echo.stdout.readline().strip() == "first"
-        owner = _poll(_gateway_holding_gwlb_flow, timeout=10)
-        assert agent_status(owner)["offload"]["offloaded_total"] == 0
-        echo.stdin.write("second\n")
-        echo.stdin.flush()
-        assert echo.stdout.readline().strip() == "second"
+        owner = _poll(_gateway_offloading_udp_echo, timeout=10)
+        before = fast_path_counters(owner)
+        for n in range(5):
+            echo.stdin.write(f"again {n}\n")
+            echo.stdin.flush()
+            assert echo.stdout.readline().strip() == f"again {n}"
+        after = fast_path_counters(owner)
         echo.stdin.close()
         assert echo.wait(timeout=10) == 0
+    assert after[Reason.REDIRECT.name] - before[Reason.REDIRECT.name] >= 5
+    assert after[Reason.REDIRECT_GWLB.name] - before[Reason.REDIRECT_GWLB.name] >= 5
+    # status.json follows the offloader within a poll interval
+    _poll(lambda: agent_status(owner)["offload"]["gwlb_offloaded"] >= 1, timeout=5)
+    state = gwlb_lab.state()["counters"]
+    assert state["mismatched"] == 0, state["mismatch_examples"]
 
 
-def _gateway_holding_gwlb_flow() -> str | None:
+def _gateway_offloading_udp_echo() -> str | None:
+    """The gateway whose fast-path table holds the echo flow (UDP to port 7), keyed on
+    its GWLB interface, with the return entry flagged."""
     for netns in GATEWAYS:
-        if agent_status(netns)["offload"].get("gwlb_kernel_path", 0) > 0:
+        dp = Dataplane.adopt(netns)
+        try:
+            entries = dp.flows()
+            gwlb_ifindex = dp.gwlb_ifindex()
+        finally:
+            dp.close()
+        forward = [k for k, _ in entries if (k.proto, k.dport, k.ifindex) == (17, 7, gwlb_ifindex)]
+        back = [e for k, e in entries if (k.proto, k.sport) == (17, 7) and e.gwlb]
+        if forward and back:
             return netns
     return None
+
+
+def fast_path_counters(netns: str) -> dict[str, int]:
+    """Packets per xdp_gateway reason, from the gateway's pinned maps."""
+    dp = Dataplane.adopt(netns)
+    try:
+        return {name: c["packets"] for name, c in dp.counters()["reasons"].items()}
+    finally:
+        dp.close()
 
 
 def test_stray_return_traffic_is_dropped_with_a_named_counter(gwlb_lab: GwlbLab) -> None:

@@ -1,6 +1,7 @@
 """The agent's rendering of the ``gwlb`` section, pure parts: the decap hook decision,
 the nftables lines (GWLB interface policed like the inside, GWLB flows marked), the
-step's settings, and the offloader leaving marked flows on the kernel path."""
+step's settings, and the offloader leaving marked flows on the kernel path unless a
+two-arm GWLB interface is linked to the fast path."""
 
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ def test_step_settings_from_the_document() -> None:
     assert s is not None
     assert (s.iface, s.mode, s.decap_hook, s.next_hop) == ("gwlb", "one-arm", "tc", "172.16.1.1")
     assert (s.health_port, s.idle_timeout, s.shares_xdp_hook) == (80, 350.0, False)
+    assert s.xdp_fast_path  # data_plane: xdp, so a two-arm XDP decap would be linked
+    kernel = parse_document(
+        {"interfaces": {**BASE["interfaces"], "data_plane": "kernel"}, "gwlb": {"enabled": True}}
+    )
+    k = GwlbSettings.from_plan(render(kernel, lambda _: ["203.0.113.2"]))
+    assert k is not None and not k.xdp_fast_path and not k.shares_xdp_hook
     # GWLB on the inside interface while the fast path owns its XDP hook: decap at tc
     shared = GwlbSettings.from_plan(render(_doc(), lambda _: ["203.0.113.2"]))
     assert shared is not None and shared.iface == "inside" and shared.shares_xdp_hook
@@ -58,3 +65,4 @@ def test_offloader_leaves_gwlb_flows_on_the_kernel_path() -> None:
     assert why_not_offloadable(ct, timeouts, 5.0) is None
     marked = CtFlow(17, orig, reply, status, None, CT_MARK_GWLB, 179)
     assert why_not_offloadable(marked, timeouts, 5.0) == "gwlb"
+    assert why_not_offloadable(marked, timeouts, 5.0, gwlb_linked=True) is None
