@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from pyroute2 import IPRoute
 
-from xdp import Dataplane, loader
+from xdp import Dataplane, libbpf, loader
 from xdp.loader import AttachMode, BuildOptions
 from xdp.offload import BulkTcp, Offloader, Port, PyrouteKernel
 
@@ -62,10 +62,17 @@ class FastPath:
         self.offloader: Offloader | None = None
 
     def converge(self, xdp_mode: str = "auto", bulk_tcp: BulkTcp = "fast_path") -> dict[str, str]:
-        """Attach where nothing is attached; returns the XDP mode per interface."""
+        """Attach where our program is not attached yet (replacing another build's);
+        returns the XDP mode per interface."""
         modes = {}
+        ours = libbpf.obj_id(self.dataplane.program_fd())
         for ifname in self.interfaces:
             mode = loader.attached_mode(ifname)
+            if mode is not None and loader.attached_id(ifname) != ours:
+                # another build's program (an upgrade): it reads maps we no longer write
+                log.warning("%s: replacing an XDP program of another build", ifname)
+                loader.detach(ifname)
+                mode = None
             if mode is None:
                 mode = loader.attach(
                     ifname, self.dataplane.program_fd(), cast(AttachMode, xdp_mode)

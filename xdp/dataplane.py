@@ -92,8 +92,8 @@ class Dataplane:
         *,
         pin_root: Path = loader.DEFAULT_PIN_ROOT,
     ) -> Dataplane:
-        """Adopt the instance's pins if they exist, else compile (once per process and
-        ``opts``) and pin."""
+        """Adopt the instance's pins if this build made them, else compile (once per
+        process and ``opts``) and pin, replacing pins of another build."""
         pin_dir = loader.pin_dir_for(instance, pin_root)
         if loader.is_pinned(pin_dir):
             dataplane = cls.adopt(instance, pin_root=pin_root)
@@ -106,6 +106,13 @@ class Dataplane:
                     opts.flow_table_size,
                 )
             return dataplane
+        if pin_dir.exists():
+            log.warning(
+                "%s: pins of another build (or an incomplete set): replacing them; offloaded "
+                "flows continue on the kernel path and are offloaded again",
+                pin_dir,
+            )
+            loader.unpin(pin_dir)
         objects = loader.compile_programs(opts)
         if objects.pinned_at is not None and objects.pinned_at != pin_dir:
             # The cached compile already serves another instance: give this one its own maps.

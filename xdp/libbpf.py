@@ -176,5 +176,20 @@ def map_info(fd: int) -> BpfMapInfo:
     return info
 
 
+class BpfObjHead(ctypes.Structure):
+    """The two fields ``struct bpf_prog_info`` and ``struct bpf_map_info`` start with."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32)]
+
+
+def obj_id(fd: int) -> int:
+    """Kernel id of the program or map behind ``fd`` (what ``bpf_xdp_query_id`` reports)."""
+    head = BpfObjHead()
+    size = ctypes.c_uint32(ctypes.sizeof(head))
+    ret = _lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(head), ctypes.byref(size))
+    _check("bpf_obj_get_info_by_fd", ret, f"fd {fd}")
+    return int(head.id)
+
+
 def num_possible_cpus() -> int:
     return _check("libbpf_num_possible_cpus", _lib().libbpf_num_possible_cpus())

@@ -9,6 +9,7 @@ survives the agent; :func:`adopt` reopens the pins without a compiler.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -211,9 +212,28 @@ def pin_dir_for(instance: str, root: Path = DEFAULT_PIN_ROOT) -> Path:
     return root / instance
 
 
+def layout_id() -> str:
+    """What the pins of this build look like: a hash of the BPF sources (programs, map
+    definitions, value layouts). Pins of another build (an older release, a changed
+    struct) cannot be adopted: their maps would be read and written with the wrong
+    layout."""
+    digest = hashlib.sha256()
+    for path in sorted([*BPF_DIR.glob("*.[ch]"), *GENEVE_BPF_DIR.glob("*.h")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _layout_marker(pin_dir: Path) -> Path:
+    # bpffs holds pinned objects and directories only: the marker is a directory.
+    return pin_dir / f"layout-{layout_id()}"
+
+
 def is_pinned(pin_dir: Path) -> bool:
-    return all((pin_dir / "maps" / name).exists() for name in MAPS) and all(
-        (pin_dir / "progs" / name).exists() for name in PROGRAMS
+    """A complete set of pins of this build under ``pin_dir``."""
+    return (
+        all((pin_dir / "maps" / name).exists() for name in MAPS)
+        and all((pin_dir / "progs" / name).exists() for name in PROGRAMS)
+        and _layout_marker(pin_dir).is_dir()
     )
 
 
@@ -223,6 +243,7 @@ def pin(objects: LoadedObjects, pin_dir: Path) -> None:
         (pin_dir / sub).mkdir(parents=True, exist_ok=True)
         for name, fd in fds.items():
             libbpf.obj_pin(fd, str(pin_dir / sub / name))
+    _layout_marker(pin_dir).mkdir(exist_ok=True)
     objects.pinned_at = pin_dir
     log.info(
         "pinned %d programs and %d maps under %s",
@@ -245,13 +266,18 @@ def adopt(pin_dir: Path) -> LoadedObjects:
 
 
 def unpin(pin_dir: Path) -> None:
-    """Remove the pins (programs stay while attached, maps while a program uses them)."""
-    for sub, names in (("progs", PROGRAMS), ("maps", MAPS)):
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                (pin_dir / sub / name).unlink()
+    """Remove the pins, of this build or another (programs stay while attached, maps
+    while a program uses them)."""
+    for sub in ("progs", "maps"):
+        if (pin_dir / sub).is_dir():
+            for pinned in (pin_dir / sub).iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    pinned.unlink()
         with contextlib.suppress(FileNotFoundError, OSError):
             (pin_dir / sub).rmdir()
+    for marker in pin_dir.glob("layout-*"):
+        with contextlib.suppress(FileNotFoundError, OSError):
+            marker.rmdir()
     with contextlib.suppress(FileNotFoundError, OSError):
         pin_dir.rmdir()
 
@@ -288,6 +314,15 @@ def attach(ifname_or_index: str | int, prog_fd: int, mode: AttachMode = "auto") 
         log.info("attached XDP program fd %d to %s in %s mode", prog_fd, ifname_or_index, candidate)
         return candidate
     raise LoaderError(f"cannot attach XDP to {ifname_or_index!r} in {tried} mode: {last}") from last
+
+
+def attached_id(ifname_or_index: str | int) -> int:
+    """Kernel id of the XDP program on an interface (either mode); 0 when none."""
+    ifindex = ifindex_of(ifname_or_index)
+    for flags in _MODE_FLAGS.values():
+        if prog := libbpf.xdp_query_id(ifindex, flags):
+            return prog
+    return 0
 
 
 def attached_mode(ifname_or_index: str | int) -> str | None:

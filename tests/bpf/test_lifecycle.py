@@ -13,7 +13,7 @@ import pytest
 
 from tests.bpf.conftest import TEST_OPTIONS, TEST_PIN_ROOT, require_bpf
 from tests.fixtures.packets import TCP_OUT, case_by_name
-from xdp import Dataplane, loader
+from xdp import Dataplane, libbpf, loader
 from xdp.loader import CompileError, LoaderError, VerifierError
 from xdp.reasons import XdpAction
 from xdp.testrun import run
@@ -53,6 +53,32 @@ def test_adopted_instance_keeps_maps_and_programs(
         assert adopted.counters()["reasons"]["REDIRECT"]["packets"] == 1
     finally:
         adopted.close()
+
+
+def test_pins_of_another_build_are_replaced_not_adopted(
+    fresh_instance: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = Dataplane.load(fresh_instance, TEST_OPTIONS, pin_root=TEST_PIN_ROOT)
+    old.add_flow(TCP_OUT.key, TCP_OUT.entry)
+    old_id = libbpf.obj_id(old.program_fd())
+    old.close()
+    pin_dir = loader.pin_dir_for(fresh_instance, TEST_PIN_ROOT)
+    (marker,) = pin_dir.glob("layout-*")
+    marker.rmdir()
+    (pin_dir / "layout-0123456789abcdef").mkdir()  # another build's pins
+    assert not loader.is_pinned(pin_dir)
+    with caplog.at_level(logging.WARNING, logger="spectra.xdp"):
+        new = Dataplane.load(fresh_instance, TEST_OPTIONS, pin_root=TEST_PIN_ROOT)
+    try:
+        assert "pins of another build" in caplog.text
+        assert new.objects.owner is not None, "compiled, not adopted"
+        assert libbpf.obj_id(new.program_fd()) != old_id
+        assert new.flows() == [], "the old build's maps are not reused"
+        assert loader.is_pinned(pin_dir) and [m.name for m in pin_dir.glob("layout-*")] == [
+            f"layout-{loader.layout_id()}"
+        ]
+    finally:
+        new.close()
 
 
 def test_adopt_without_pins_names_the_directory(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from perf.lab import ns_exec
 from tests.netns.helpers import agent, http_get_json, sh
-from xdp import Dataplane, DenyRule, Reason, loader
+from xdp import Dataplane, DenyRule, Reason, libbpf, loader
 
 GW = "cs-gw-a"
 WS = "cs-ws-a"
@@ -203,3 +203,37 @@ def test_detach_hands_established_flows_back_to_the_kernel(fresh_gateway: dict[s
     assert "error" not in result, result.get("error")
     intervals = result["intervals"]
     assert all(i["sum"]["bytes"] > 0 for i in intervals[-2:])  # still flowing, via the kernel
+
+
+def test_restart_after_an_upgrade_replaces_pins_and_programs_of_the_old_build(
+    fresh_gateway: dict[str, Any],
+) -> None:
+    """Pins made by another build (another map layout) are never adopted: the new agent
+    pins its own maps and replaces the old program on both interfaces, which would
+    otherwise keep reading maps nobody writes."""
+    pin_dir = loader.pin_dir_for(GW)
+    with agent(GW):
+        old = Dataplane.adopt(GW)
+        old_id = libbpf.obj_id(old.program_fd())
+        old.close()
+    (marker,) = pin_dir.glob("layout-*")
+    marker.rmdir()
+    (pin_dir / "layout-0123456789abcdef").mkdir()  # what an older release left
+    with agent(GW), iperf3(fresh_gateway, "-t", "3") as client:
+        assert not (pin_dir / "layout-0123456789abcdef").exists()
+        new = Dataplane.adopt(GW)
+        try:
+            new_id = libbpf.obj_id(new.program_fd())
+            assert new_id != old_id
+            attached = {
+                ifname: json.loads(sh(GW, "ip", "-j", "link", "show", "dev", ifname).stdout)[0][
+                    "xdp"
+                ]["prog"]["id"]
+                for ifname in ("inside", "outside")
+            }
+            assert attached == {"inside": new_id, "outside": new_id}
+            wait_for(lambda: agent_state()["offload"].get("active", 0) >= 1, 5, "offload")
+            assert client.wait(timeout=20) == 0
+            assert new.counters()["reasons"][Reason.REDIRECT.name]["packets"] > 0
+        finally:
+            new.close()
