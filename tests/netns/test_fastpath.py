@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from perf.lab import ns_exec
-from tests.netns.helpers import agent, http_get_json, sh
+from tests.netns.helpers import agent, http_get_json, sh, wait_for
 from xdp import Dataplane, DenyRule, Reason, libbpf, loader
 
 GW = "cs-gw-a"
@@ -40,13 +40,6 @@ def agent_state() -> dict[str, Any]:
     with open(f"/run/spectra/{GW}/status.json") as fh:
         data: dict[str, Any] = json.load(fh)
     return data
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture

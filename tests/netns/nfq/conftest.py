@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,22 +20,12 @@ from control.nftables import NatPolicy, render_ruleset
 from nfq import netfilter
 from nfq.policy import InspectionPolicy
 from perf.lab import ns_exec
-from tests.netns.helpers import sh
+from tests.netns.helpers import sh, wait_for
 
 GW = "cs-gw-a"
 WS = "cs-ws-a"
 INET = "cs-inet"
 ROOT = str(Path(__file__).resolve().parents[3])
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
 
 
 @dataclass

@@ -18,8 +18,8 @@ import pytest
 from nfq.marks import CT_MARK_INSPECT
 from nfq.policy import InspectionPolicy
 from perf.lab import INET_SERVICE_IP, ns_exec
-from tests.netns.helpers import http_get_json, sh
-from tests.netns.nfq.conftest import GW, ROOT, WS, Engine, wait_for
+from tests.netns.helpers import http_get_json, sh, wait_for
+from tests.netns.nfq.conftest import GW, ROOT, WS, Engine
 
 RULES = (
     'drop http any any -> any any (msg:"denied host"; flow:established,to_server; '
