@@ -30,6 +30,7 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,7 @@ class GwlbSettings:
     health_protocol: str
     health_port: int
     next_hop: str | None
+    allowed_sources: tuple[IPv4Network, ...]
     shares_xdp_hook: bool  # the interface also carries xdp_gateway: decap must use tc
     xdp_fast_path: bool  # data_plane: xdp (the instance's Dataplane is pinned)
 
@@ -86,6 +88,7 @@ class GwlbSettings:
             health_protocol=doc.gwlb.health_check.protocol,
             health_port=doc.gwlb.health_check.port,
             next_hop=str(doc.gwlb.next_hop) if doc.gwlb.next_hop else None,
+            allowed_sources=tuple(doc.gwlb.allowed_sources),
             shares_xdp_hook=shared,
             xdp_fast_path=doc.interfaces.data_plane == "xdp",
         )
@@ -146,6 +149,7 @@ class GwlbStep:
                 mode="one-arm" if wanted.mode == "one-arm" else "two-arm",
                 health_port=wanted.health_port,
                 idle_timeout=wanted.idle_timeout,
+                allowed_sources=wanted.allowed_sources,
             )
         hook = "tc" if wanted.shares_xdp_hook else wanted.decap_hook
         if wanted.shares_xdp_hook and wanted.decap_hook == "xdp":

@@ -30,14 +30,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from geneve import attach as hooks
 from geneve.attach import DECAP_HOOKS, AttachPlan, DecapHook
 from geneve.errors import GwlbError
-from geneve.maps import GWLB_F_REFLECT, GwlbMaps
+from geneve.maps import GWLB_F_REFLECT, GWLB_F_SOURCES, GwlbMaps
 from xdp import libbpf, loader
 
 if TYPE_CHECKING:
@@ -49,7 +51,7 @@ BPF_DIR = Path(__file__).resolve().parent / "bpf"
 SOURCE = BPF_DIR / "gwlb.bpf.c"
 XDP_PROGRAMS = ("xdp_gwlb", "xdp_gwlb_pass_peer")
 TC_PROGRAMS = ("tc_gwlb_encap", "tc_gwlb_decap")
-MAPS = ("gwlb_flows", "gwlb_stats", "gwlb_config", "gwlb_fastpath")
+MAPS = ("gwlb_flows", "gwlb_stats", "gwlb_config", "gwlb_fastpath", "gwlb_sources")
 MAX_OPTIONS = 8  # GWLB_MAX_OPTS in gwlb_maps.h
 DEFAULT_IDLE_TIMEOUT = 350.0  # seconds, GWLB's own flow idle timeout
 Mode = Literal["two-arm", "one-arm", "one-arm-reflect"]
@@ -128,6 +130,7 @@ class Gwlb:
         health_port: int = 8081,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         *,
+        allowed_sources: Sequence[IPv4Network] = (),
         build: GwlbBuild | None = None,
         pin_root: Path = loader.DEFAULT_PIN_ROOT,
     ) -> None:
@@ -142,6 +145,7 @@ class Gwlb:
         self.mode: Mode = mode
         self.health_port = health_port
         self.idle_timeout = idle_timeout
+        self.allowed_sources = tuple(allowed_sources)
         self.build = build or GwlbBuild()
         self.pin_dir = pin_dir_for(instance, pin_root)
         self._objects: _Objects | None = None
@@ -199,9 +203,13 @@ class Gwlb:
         return self._objects.prog_fds[name]
 
     def configure(self, local_addr: str | None = None) -> None:
-        """Write mode, idle timeout and the appliance's own GWLB-side address (by
-        default the interface's first IPv4 address in this network namespace)."""
+        """Write mode, idle timeout, allowed GWLB sources and the appliance's own
+        GWLB-side address (by default the interface's first IPv4 address in this
+        network namespace)."""
         flags = GWLB_F_REFLECT if self.mode == "one-arm-reflect" else 0
+        if self.allowed_sources:
+            self.maps.set_sources(self.allowed_sources)  # before the flag enforces them
+            flags |= GWLB_F_SOURCES
         if local_addr is None:
             if not _has_interface(self.iface):
                 raise GwlbError(
@@ -210,6 +218,8 @@ class Gwlb:
                 )
             local_addr = _first_ipv4(self.iface)
         self.maps.set_config(int(self.idle_timeout * 1e9), local_addr, flags)
+        if not self.allowed_sources:
+            self.maps.set_sources(())  # after the flag stopped enforcing them
 
     def attach(self, hook: DecapHook = "auto") -> AttachPlan:
         """Attach decap (XDP, or tc ingress where XDP cannot run or ``hook`` is "tc")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from geneve.reasons import GWLB_REASON_COUNT, GwlbReason
@@ -16,6 +17,7 @@ from xdp import libbpf
 
 GENEVE_MAX_HDR = 260
 GWLB_F_REFLECT = 1
+GWLB_F_SOURCES = 2
 
 
 class GwlbKeyC(ctypes.Structure):
@@ -57,6 +59,12 @@ class GwlbConfigC(ctypes.Structure):
     ]
 
 
+class GwlbSourceKeyC(ctypes.Structure):
+    """``struct gwlb_source_key`` (an LPM trie key)."""
+
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("be_addr", ctypes.c_uint8 * 4)]
+
+
 class GwlbCounterC(ctypes.Structure):
     """``struct gwlb_counter``."""
 
@@ -68,6 +76,7 @@ C_STRUCTS: dict[str, type[ctypes.Structure]] = {
     "gwlb_value": GwlbValueC,
     "gwlb_config": GwlbConfigC,
     "gwlb_counter": GwlbCounterC,
+    "gwlb_source_key": GwlbSourceKeyC,
 }
 
 
@@ -105,6 +114,32 @@ class GwlbMaps:
             flags=flags,
         )
         libbpf.map_update(self.fds["gwlb_config"], ctypes.c_uint32(0), cfg)
+
+    def set_sources(self, nets: Sequence[ipaddress.IPv4Network]) -> None:
+        """Replace the allowed outer sources: the new ones in before the old ones out,
+        so no allowed sender is refused meanwhile."""
+        fd, leaf = self.fds["gwlb_sources"], ctypes.c_uint8(1)
+        keys = [GwlbSourceKeyC(n.prefixlen, (ctypes.c_uint8 * 4)(*n.network_address.packed))
+                for n in nets]  # fmt: skip
+        for key in keys:
+            libbpf.map_update(fd, key, leaf)
+        wanted = {bytes(k) for k in keys}
+        for old in self.sources_raw():
+            if bytes(old) not in wanted:
+                libbpf.map_delete(fd, old)
+
+    def sources_raw(self) -> list[GwlbSourceKeyC]:
+        out, key, nxt = [], None, GwlbSourceKeyC()
+        while libbpf.map_get_next_key(self.fds["gwlb_sources"], key, nxt):
+            out.append(GwlbSourceKeyC.from_buffer_copy(nxt))
+            key = out[-1]
+        return out
+
+    def sources(self) -> list[ipaddress.IPv4Network]:
+        return [
+            ipaddress.IPv4Network((bytes(k.be_addr), k.prefixlen), strict=False)
+            for k in self.sources_raw()
+        ]
 
     def set_fastpath(self, prog_fd: int | None) -> None:
         """Tail-call target of a decapsulated inner IPv4 packet (the instance's

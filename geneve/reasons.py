@@ -33,6 +33,7 @@ class GwlbReason(IntEnum):
     DROP_FLOW_EXPIRED = 17
     DROP_ENCAP_ERROR = 18
     DROP_DECAP_ERROR = 19
+    DROP_SOURCE = 20
 
     @property
     def c_name(self) -> str:
@@ -44,4 +45,4 @@ class GwlbReason(IntEnum):
 
 
 # Mirrors GWLB_STAT__MAX: the number of slots in ``gwlb_stats``.
-GWLB_REASON_COUNT = 20
+GWLB_REASON_COUNT = 21

@@ -170,9 +170,10 @@ class Gwlb(StrictModel):
 
     The agent attaches decap (XDP, or tc ingress: ``decap_hook``) and re-encap (tc
     egress) to ``interface`` (default: the inside interface), answers the health check
-    on ``health_check.port``, marks GWLB flows so the XDP offloader leaves them on the
-    kernel path, and in one-arm mode routes what arrived on ``interface`` back out of it
-    (via ``next_hop``; default the subnet's first address, the VPC router on AWS).
+    on ``health_check.port``, takes GENEVE only from ``allowed_sources`` (when set),
+    puts established two-arm flows on the XDP fast path (decap in XDP), and in one-arm
+    mode routes what arrived on ``interface`` back out of it (via ``next_hop``; default
+    the subnet's first address, the VPC router on AWS).
     """
 
     enabled: bool = False
@@ -199,7 +200,10 @@ class Gwlb(StrictModel):
         default=350, description="GWLB's own idle timeout: 350"
     )
     allowed_sources: list[IPv4Network] = Field(
-        default_factory=list, max_length=64, description="GWLB endpoint subnets; empty: any"
+        default_factory=list,
+        max_length=64,
+        description="GWLB endpoint subnets GENEVE is accepted from (outer source, checked "
+        "in the decap program); empty: any",
     )
 
 

@@ -180,6 +180,19 @@ struct gwlb_pkt {
 	struct gwlb_key key;
 };
 
+/* With GWLB_F_SOURCES, GENEVE is taken only from the configured GWLB subnets. */
+static __always_inline int gwlb_source_allowed(__be32 be_saddr)
+{
+	struct gwlb_source_key key = { .prefixlen = 32, .be_addr = be_saddr };
+	struct gwlb_config *cfg;
+	__u32 zero = 0;
+
+	cfg = gwlb_config.lookup(&zero);
+	if (!cfg || !(cfg->flags & GWLB_F_SOURCES))
+		return 1;
+	return gwlb_sources.lookup(&key) != NULL;
+}
+
 /* Classify the Ethernet frame at [data, data_end) the same way at XDP and at tc:
  * GWLB_PASS_NOT_GENEVE (not UDP/6081: leave it alone), a GWLB_DROP_* reason, or
  * GWLB_DECAP / GWLB_DECAP_IPV6 with `p` filled in. */
@@ -204,6 +217,8 @@ static __always_inline __u32 gwlb_classify(void *data, void *data_end, struct gw
 		return GWLB_PASS_NOT_GENEVE;
 	if (bpf_ntohs(iph->frag_off) & IP_MF)
 		return GWLB_DROP_OUTER_FRAGMENT;
+	if (!gwlb_source_allowed(iph->saddr))
+		return GWLB_DROP_SOURCE;
 
 	gh = nh.pos;
 	if ((void *)(gh + 1) > data_end)

@@ -36,6 +36,17 @@ struct gwlb_counter {
 BPF_TABLE("lru_hash", struct gwlb_key, struct gwlb_value, gwlb_flows, GWLB_FLOW_TABLE_SIZE);
 /* Per-reason packets/bytes (index: enum gwlb_reason). */
 BPF_PERCPU_ARRAY(gwlb_stats, struct gwlb_counter, GWLB_STAT__MAX);
+/* gwlb.allowed_sources: the GWLB endpoint subnets GENEVE may come from, enforced
+ * while gwlb_config.flags has GWLB_F_SOURCES (an empty list allows any source). */
+#ifndef GWLB_MAX_SOURCES
+#define GWLB_MAX_SOURCES 64
+#endif
+struct gwlb_source_key {
+	__u32 prefixlen;
+	__be32 be_addr;
+};
+BPF_LPM_TRIE(gwlb_sources, struct gwlb_source_key, __u8, GWLB_MAX_SOURCES);
+
 /* Slot 0: the instance's struct gwlb_config, written by geneve.Gwlb. */
 BPF_ARRAY(gwlb_config, struct gwlb_config, 1);
 /* Slot 0: xdp_gateway of the instance's fast path (geneve.Gwlb.link_fastpath), tail

@@ -28,7 +28,8 @@ enum gwlb_reason {
 	GWLB_DROP_FLOW_EXPIRED = 17,   /* tc: stored header idle longer than the timeout */
 	GWLB_DROP_ENCAP_ERROR = 18,    /* tc: bpf_skb_adjust_room/store failed */
 	GWLB_DROP_DECAP_ERROR = 19,    /* tc ingress: bpf_skb_adjust_room/store failed */
-	GWLB_STAT__MAX = 20,
+	GWLB_DROP_SOURCE = 20,         /* xdp: outer source not in gwlb.allowed_sources */
+	GWLB_STAT__MAX = 21,
 };
 
 #endif /* SPECTRA_GWLB_REASONS_H */

@@ -36,6 +36,7 @@ struct gwlb_value {
 };
 
 #define GWLB_F_REFLECT (1U << 0) /* one-arm: XDP_TX every valid packet back to GWLB */
+#define GWLB_F_SOURCES (1U << 1) /* GENEVE only from outer sources in gwlb_sources */
 #define GWLB_DEFAULT_IDLE_NS (350ULL * 1000000000ULL)
 
 struct gwlb_config {

@@ -32,6 +32,7 @@ def session_gwlb() -> Iterator[Gwlb]:
 def gwlb(session_gwlb: Gwlb) -> Gwlb:
     session_gwlb.mode = "two-arm"
     session_gwlb.idle_timeout = 350.0
+    session_gwlb.allowed_sources = ()
     session_gwlb.configure(local_addr=LOCAL)
     session_gwlb.maps.clear_flows()
     session_gwlb.maps.clear_counters()

@@ -233,7 +233,7 @@ def test_passed_flow_is_offloaded_by_the_xdp_agent(inspect: Callable[..., Engine
     try:
         with agent(GW, document(interfaces={"data_plane": "xdp"})):
             state = Path(f"/run/spectra/{GW}/status.json")
-            with subprocess.Popen(ns_exec(WS, "iperf3", "-c", INET_SERVICE_IP, "-t", "4"),
+            with subprocess.Popen(ns_exec(WS, "iperf3", "-c", INET_SERVICE_IP, "-t", "8"),
                                   stdout=subprocess.PIPE, text=True) as client:  # fmt: skip
                 wait_for(lambda: 3 in ct_marks(5201), 5, "bypass mark on the iperf3 flows")
                 import json

@@ -5,7 +5,7 @@ two-arm GWLB interface is linked to the fast path."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from control.config import parse_document, render_nftables
@@ -39,10 +39,17 @@ def test_ruleset_marks_gwlb_flows_and_polices_the_gwlb_interface() -> None:
 
 
 def test_step_settings_from_the_document() -> None:
-    doc = _doc(interface="gwlb", mode="one-arm", decap_hook="tc", next_hop="172.16.1.1")
+    doc = _doc(
+        interface="gwlb",
+        mode="one-arm",
+        decap_hook="tc",
+        next_hop="172.16.1.1",
+        allowed_sources=["172.16.1.0/28"],
+    )
     s = GwlbSettings.from_plan(render(doc, lambda _: ["203.0.113.2"]))
     assert s is not None
     assert (s.iface, s.mode, s.decap_hook, s.next_hop) == ("gwlb", "one-arm", "tc", "172.16.1.1")
+    assert s.allowed_sources == (IPv4Network("172.16.1.0/28"),)
     assert (s.health_port, s.idle_timeout, s.shares_xdp_hook) == (80, 350.0, False)
     assert s.xdp_fast_path  # data_plane: xdp, so a two-arm XDP decap would be linked
     kernel = parse_document(
