@@ -157,7 +157,8 @@ class Gwlb:
     def _pinned(self) -> bool:
         names = [("progs", n) for n in (*XDP_PROGRAMS, *TC_PROGRAMS)]
         names += [("maps", n) for n in MAPS]
-        return all((self.pin_dir / sub / n).exists() for sub, n in names)
+        pinned = all((self.pin_dir / sub / n).exists() for sub, n in names)
+        return pinned and loader.has_layout(self.pin_dir)
 
     def load(self) -> Gwlb:
         """Adopt the instance's pins if present (their configuration untouched), else
@@ -183,6 +184,7 @@ class Gwlb:
                 (self.pin_dir / sub).mkdir(parents=True, exist_ok=True)
                 for name, fd in fds.items():
                     libbpf.obj_pin(fd, str(self.pin_dir / sub / name))
+            loader.mark_layout(self.pin_dir)
             _pinned_objects[self.pin_dir] = objects
             self._objects = objects
             log.info("pinned GWLB programs and maps under %s", self.pin_dir)
@@ -281,9 +283,7 @@ class Gwlb:
         return "tc" if hooks.tc_filter_present(ifindex, hooks.TC_INGRESS_PARENT) else None
 
     def _remove_pins(self) -> None:
-        for sub in ("progs", "maps"):
-            for pin in (self.pin_dir / sub).glob("*"):
-                pin.unlink()
+        loader.unpin(self.pin_dir)  # of this build or another
 
     def detach(self) -> None:
         with contextlib.suppress(loader.LoaderError):
@@ -301,11 +301,7 @@ class Gwlb:
     def destroy(self) -> None:
         """Detach, remove the pins, close."""
         self.detach()
-        for sub in ("progs", "maps"):
-            for p in (self.pin_dir / sub).glob("*"):
-                p.unlink()
-            with contextlib.suppress(OSError):
-                (self.pin_dir / sub).rmdir()
+        self._remove_pins()
         for directory in (self.pin_dir, self.pin_dir.parent):  # <instance>/gwlb, <instance>
             with contextlib.suppress(OSError):
                 directory.rmdir()  # only when empty: the XDP pins may share <instance>

@@ -218,7 +218,7 @@ def layout_id() -> str:
     struct) cannot be adopted: their maps would be read and written with the wrong
     layout."""
     digest = hashlib.sha256()
-    for path in sorted([*BPF_DIR.glob("*.[ch]"), *GENEVE_BPF_DIR.glob("*.h")]):
+    for path in sorted([*BPF_DIR.glob("*.[ch]"), *GENEVE_BPF_DIR.glob("*.[ch]")]):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -228,12 +228,22 @@ def _layout_marker(pin_dir: Path) -> Path:
     return pin_dir / f"layout-{layout_id()}"
 
 
+def mark_layout(pin_dir: Path) -> None:
+    """Record that the pins under ``pin_dir`` were made by this build."""
+    _layout_marker(pin_dir).mkdir(exist_ok=True)
+
+
+def has_layout(pin_dir: Path) -> bool:
+    """The pins under ``pin_dir`` were made by this build."""
+    return _layout_marker(pin_dir).is_dir()
+
+
 def is_pinned(pin_dir: Path) -> bool:
     """A complete set of pins of this build under ``pin_dir``."""
     return (
         all((pin_dir / "maps" / name).exists() for name in MAPS)
         and all((pin_dir / "progs" / name).exists() for name in PROGRAMS)
-        and _layout_marker(pin_dir).is_dir()
+        and has_layout(pin_dir)
     )
 
 
@@ -243,7 +253,7 @@ def pin(objects: LoadedObjects, pin_dir: Path) -> None:
         (pin_dir / sub).mkdir(parents=True, exist_ok=True)
         for name, fd in fds.items():
             libbpf.obj_pin(fd, str(pin_dir / sub / name))
-    _layout_marker(pin_dir).mkdir(exist_ok=True)
+    mark_layout(pin_dir)
     objects.pinned_at = pin_dir
     log.info(
         "pinned %d programs and %d maps under %s",
