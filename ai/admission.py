@@ -20,6 +20,10 @@ class Admission:
         self._active = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
+    @property
+    def config(self) -> OverflowConfig:
+        return self._config
+
     def try_acquire(self) -> bool:
         if self._active < self._config.max_concurrency and not self._waiters:
             self._active += 1

@@ -6,7 +6,9 @@ SHA-256 of the record's canonical JSON without ``h``. Editing, deleting or reord
 any line breaks a hash or a link, which :func:`verify` reports with the file and line.
 
 Memory is bounded: requests hand records to a bounded queue and wait when it is full
-(backpressure); one writer task drains it in batches to the file. Rotation renames
+(backpressure); one writer task drains it in batches to the file, waiting
+``batch_window_s`` after a record for others to join it, so a busy gateway pays one
+thread hop per batch rather than per request. Rotation renames
 the active file to ``<path>.<n>`` between batches, so no record is lost, and the chain
 continues into the new file.
 """
@@ -101,6 +103,8 @@ class AuditLog:
         done = False
         while not done:
             batch = [await self._queue.get()]
+            if batch[0] is not None and self._config.batch_window_s > 0:
+                await asyncio.sleep(self._config.batch_window_s)  # one hop for many records
             while not self._queue.empty() and len(batch) < 512:
                 batch.append(self._queue.get_nowait())
             done = None in batch

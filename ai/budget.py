@@ -5,7 +5,9 @@ upstream call and reconciles to the real usage after it. :meth:`Budgets.reserve`
 awaits, so on the event loop the check-and-reserve is atomic: any number of
 concurrent requests can never together exceed a budget, provided the completion is
 capped at what was reserved (the pipeline passes the cap upstream as ``max_tokens``).
-State is in memory: budgets restart with the process.
+Decisions use the figures in memory; with a :class:`~ai.state.StateStore` every
+reservation and reconciliation is also written behind to its SQLite file, so used
+totals survive a restart (rate-limit windows, a minute long, start afresh).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 
 from ai.config import BudgetConfig, PriceConfig
 from ai.errors import BudgetExhausted, RateLimited
+from ai.state import BudgetDelta, StateStore
 from ai.usage import Usage
 
 WINDOW_S = 60.0
@@ -80,9 +83,18 @@ class Reservation:
 class Budgets:
     """Budget and rate-limit state of every key."""
 
-    def __init__(self, clock: Callable[[], float] | None = None) -> None:
-        self._state: dict[str, _KeyState] = {}
+    def __init__(
+        self,
+        clock: Callable[[], float] | None = None,
+        store: StateStore | None = None,
+        restored: dict[str, BudgetDelta] | None = None,
+    ) -> None:
+        self._state: dict[str, _KeyState] = {
+            key: _KeyState(used.used_tokens, used.used_cost)
+            for key, used in (restored or {}).items()
+        }
         self._now = time.monotonic if clock is None else clock
+        self._store = store
 
     def _key(self, key_id: str) -> _KeyState:
         return self._state.setdefault(key_id, _KeyState())
@@ -140,6 +152,8 @@ class Budgets:
         state.tokens.append(window)
         state.reserved_tokens += tokens
         state.reserved_cost += cost
+        if self._store is not None:
+            self._store.budget(key_id, BudgetDelta(reserved_tokens=tokens, reserved_cost=cost))
         return Reservation(key_id, tokens, cost, cap, window)
 
     def reconcile(self, reservation: Reservation, usage: Usage | None, cost: float) -> None:
@@ -154,6 +168,11 @@ class Budgets:
         state.used_tokens += used
         state.used_cost += cost
         reservation.window.tokens = used
+        if self._store is not None:
+            self._store.budget(
+                reservation.key_id,
+                BudgetDelta(used, cost, -reservation.tokens, -reservation.cost),
+            )
 
     def used(self, key_id: str) -> tuple[int, float]:
         state = self._key(key_id)

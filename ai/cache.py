@@ -4,19 +4,26 @@ Keys come from :func:`ai.canonical.exact_key` (tenant + canonical resolved reque
 so tenants are partitioned by construction; the stored tenant is also compared on
 read. Values are complete responses only (``{"choices": [...], "usage": {...}}``):
 stream and non-stream share them. SQLite calls run on one dedicated thread, off the
-event loop. :class:`SingleFlight` coalesces concurrent identical requests.
+event loop. The keys held are also kept in memory, so a miss (the common case) is
+answered without a thread hop; writes are queued for ``write_window_s`` and committed
+in one transaction by that thread, and a read of a key still queued is answered from
+the queue. :class:`SingleFlight`
+coalesces concurrent identical requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ai.config import ExactCacheConfig
+
+log = logging.getLogger("spectra.ai")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -35,11 +42,17 @@ class ExactCache:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectra-ai-cache")
         self._db: sqlite3.Connection | None = None
         self._count = 0
+        # Event-loop side: keys in the database (or on their way), writes not yet handed
+        # to the thread, and the batch the thread is writing.
+        self._keys: set[str] = set()
+        self._queued: dict[str, tuple[str, str]] = {}
+        self._writing: asyncio.Future[list[str]] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def _open(self) -> None:
+    def _open(self) -> set[str]:
         path = str(self._config.path) if self._config.path else ":memory:"
         if self._config.path:
             self._config.path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,11 +61,13 @@ class ExactCache:
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
         db.execute("DELETE FROM entries WHERE expires < ?", (time.time(),))
-        self._count = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        keys = {row[0] for row in db.execute("SELECT key FROM entries")}
+        self._count = len(keys)
         self._db = db
+        return keys
 
     async def open(self) -> None:
-        await self._run(self._open)
+        self._keys = await self._run(self._open)
 
     def _close(self) -> None:
         if self._db is not None:
@@ -60,6 +75,7 @@ class ExactCache:
             self._db = None
 
     async def close(self) -> None:
+        await self.flush()
         await self._run(self._close)
         self._pool.shutdown(wait=True)
 
@@ -74,35 +90,94 @@ class ExactCache:
         return value
 
     async def get(self, key: str, tenant: str) -> dict[str, Any] | None:
+        if key not in self._keys:
+            return None
+        queued = self._queued.get(key)
+        if queued is not None:
+            stored: dict[str, Any] | None = json.loads(queued[1]) if queued[0] == tenant else None
+            return stored
+        # Submitted after any batch holding the key: the thread reads its own writes.
         result: dict[str, Any] | None = await self._run(self._get, key, tenant)
         return result
 
-    def _put(self, key: str, tenant: str, value: str) -> None:
+    def _put_many(self, rows: list[tuple[str, str, str]]) -> list[str]:
+        """Write ``(key, tenant, value)`` rows in one transaction; returns evicted keys."""
         db = self._db
         assert db is not None
         now = time.time()
-        existed = db.execute("SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone()
-        db.execute(
-            "INSERT OR REPLACE INTO entries (key, tenant, value, created, expires) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (key, tenant, value, now, now + self._config.ttl_s),
-        )
-        self._count += 0 if existed else 1
-        if self._count > self._config.max_entries:
-            db.execute("DELETE FROM entries WHERE expires < ?", (now,))
-            over = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0] - (
-                self._config.max_entries
-            )
-            if over > 0:
+        expires = now + self._config.ttl_s
+        evicted: list[str] = []
+        db.execute("BEGIN")
+        try:
+            for key, tenant, value in rows:
+                existed = db.execute("SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone()
                 db.execute(
+                    "INSERT OR REPLACE INTO entries (key, tenant, value, created, expires) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (key, tenant, value, now, expires),
+                )
+                self._count += 0 if existed else 1
+            if self._count > self._config.max_entries:
+                evicted += self._evict(db, now)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return evicted
+
+    def _evict(self, db: sqlite3.Connection, now: float) -> list[str]:
+        expired = db.execute("DELETE FROM entries WHERE expires < ? RETURNING key", (now,))
+        evicted = [r[0] for r in expired]
+        over = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0] - self._config.max_entries
+        if over > 0:
+            evicted += [
+                r[0]
+                for r in db.execute(
                     "DELETE FROM entries WHERE key IN "
-                    "(SELECT key FROM entries ORDER BY created LIMIT ?)",
+                    "(SELECT key FROM entries ORDER BY created, rowid LIMIT ?) RETURNING key",
                     (over,),
                 )
-            self._count = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+            ]
+        self._count = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        return evicted
 
     async def put(self, key: str, tenant: str, value: dict[str, Any]) -> None:
-        await self._run(self._put, key, tenant, json.dumps(value))
+        """Queue the entry (readable at once through :meth:`get`); :meth:`flush` waits
+        until it is committed."""
+        self._keys.add(key)
+        self._queued[key] = (tenant, json.dumps(value))
+        if self._writing is None and self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._config.write_window_s, self._write_queued)
+
+    def _write_queued(self) -> None:
+        self._timer = None
+        rows = [(k, t, v) for k, (t, v) in self._queued.items()]
+        loop = asyncio.get_running_loop()
+        self._writing = loop.run_in_executor(self._pool, self._put_many, rows)
+        self._writing.add_done_callback(lambda done: self._written(done, rows))
+
+    def _written(self, done: asyncio.Future[list[str]], rows: list[tuple[str, str, str]]) -> None:
+        self._writing = None
+        for key, tenant, value in rows:
+            if self._queued.get(key) == (tenant, value):
+                del self._queued[key]  # unless queued again meanwhile
+        if done.cancelled() or done.exception() is not None:
+            log.error("exact cache write of %d entries failed: %s", len(rows), done.exception())
+            self._keys.difference_update(k for k, _, _ in rows if k not in self._queued)
+        else:
+            self._keys.difference_update(k for k in done.result() if k not in self._queued)
+        if self._queued and self._timer is None:
+            self._write_queued()
+
+    async def flush(self) -> None:
+        """Wait until every queued entry is committed."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._write_queued()
+        while self._writing is not None:
+            await asyncio.wait([self._writing])  # a failure is logged by ``_written``
+            await asyncio.sleep(0)  # let the done callback run
 
     def __len__(self) -> int:
         return self._count

@@ -14,6 +14,8 @@ from typing import Any
 from ai.providers import ChoiceDelta
 from ai.usage import Usage
 
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
@@ -22,6 +24,15 @@ class Envelope:
     id: str
     created: int
     model: str
+    _frame_head: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Every stream chunk starts alike: encode that once, not once per chunk.
+        head = _dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created})[
+            :-1
+        ]
+        head += f',"model":{_dumps(self.model)},"choices":['
+        object.__setattr__(self, "_frame_head", b"data: " + head.encode())
 
     def completion(self, choices: list[dict[str, Any]], usage: Usage | None) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -51,6 +62,16 @@ class Envelope:
             ],
         }
 
+    def frame(self, delta: ChoiceDelta) -> bytes:
+        """``sse(self.chunk(delta))``, encoding only the delta."""
+        choice = {
+            "index": delta.index,
+            "delta": delta.delta,
+            "finish_reason": delta.finish_reason,
+            "logprobs": None,
+        }
+        return self._frame_head + _dumps(choice).encode() + b"]}\n\n"
+
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -63,7 +84,7 @@ class Envelope:
 
 
 def sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + _dumps(data).encode() + b"\n\n"
 
 
 DONE = b"data: [DONE]\n\n"

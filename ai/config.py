@@ -119,6 +119,13 @@ class ExactCacheConfig(_Model):
     path: Path | None = Field(default=None, description="SQLite file; None = in-memory")
     ttl_s: float = Field(default=3600.0, gt=0)
     max_entries: int = Field(default=100_000, ge=1)
+    write_window_s: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="entries queued within this window are committed together "
+        "(readable from the queue meanwhile)",
+    )
 
 
 class SemanticRoutingConfig(_Model):
@@ -134,6 +141,35 @@ class AuditConfig(_Model):
     rotate_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     queue_size: int = Field(default=1024, ge=1, description="bounded; full -> backpressure")
     fsync: bool = False
+    batch_window_s: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="the writer waits this long after a record for more to batch with it "
+        "(one thread hop per batch, not per request)",
+    )
+
+
+class StateConfig(_Model):
+    """Where budgets and meters are kept across restarts (``ai.state``)."""
+
+    path: Path | None = Field(
+        default=None,
+        description="SQLite file; default <audit file stem>-state.sqlite3 next to the "
+        "audit log, in memory when neither is set",
+    )
+    write_window_s: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="changes within this window are committed together (the most a hard "
+        "kill can lose)",
+    )
+
+    def resolved_path(self, audit: AuditConfig) -> Path | None:
+        if self.path is not None or audit.path is None:
+            return self.path
+        return audit.path.with_name(f"{audit.path.stem}-state.sqlite3")
 
 
 class AIConfig(_Model):
@@ -153,6 +189,7 @@ class AIConfig(_Model):
     exact_cache: ExactCacheConfig = ExactCacheConfig()
     semantic_cache: SemanticRoutingConfig = SemanticRoutingConfig()
     audit: AuditConfig = AuditConfig()
+    state: StateConfig = StateConfig()
 
     @model_validator(mode="after")
     def _routes_name_providers(self) -> AIConfig:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from typing import Any
 
 import aiohttp
@@ -29,11 +28,12 @@ from ai.canonical import exact_key, resolved_request
 from ai.chunks import Envelope, choices_text
 from ai.config import AIConfig, OverflowConfig
 from ai.errors import BadRequest, GatewayError, Overloaded, RateLimited, UpstreamFailed
-from ai.keys import Principal
+from ai.keys import KeyStore, Principal
 from ai.metering import Metering
 from ai.providers import ProviderError, UpstreamCall
 from ai.routing import Router
 from ai.semcache_api import SemanticCache, partition_key, semantic_text
+from ai.state import Loaded, StateStore
 from ai.streaming import ChatRun, Outcome, collect_answer, replay, stream_answer
 from ai.tokens import count_messages, count_text
 from ai.trace import Trace
@@ -62,20 +62,41 @@ class Gateway:
         cache: ExactCache | None,
         semcache: SemanticCache | None,
         audit: AuditLog | NullAudit,
+        state: StateStore | None = None,
+        restored: Loaded | None = None,
+        keys: KeyStore | None = None,
     ) -> None:
         self.config = config
         self.router = router
+        self.keys = keys or KeyStore("", ())
         self.session = session
         self.cache = cache
         self.semcache = semcache
         self.audit = audit
-        self.budgets = Budgets()
+        self.budgets = Budgets(store=state, restored=restored.budgets if restored else None)
         self.prices = Prices(config.prices)
-        self.metering = Metering()
+        self.metering = Metering(state, restored.meters if restored else None)
         self.flights = SingleFlight()
         self.admissions = {
             r.pattern: Admission(r.overflow) for r in config.routes if r.overflow is not None
         }
+
+    def reconfigure(self, config: AIConfig, router: Router, keys: KeyStore) -> None:
+        """Take a new configuration's keys, routes, providers, prices and budget limits
+        (``ai.reload``); nothing here awaits, so no request sees half of it. Admission
+        state survives for a route whose overflow settings did not change."""
+        admissions = {}
+        for route in config.routes:
+            if route.overflow is None:
+                continue
+            old = self.admissions.get(route.pattern)
+            same = old is not None and old.config == route.overflow
+            admissions[route.pattern] = (
+                old if old is not None and same else Admission(route.overflow)
+            )
+        self.config, self.router, self.keys = config, router, keys
+        self.prices = Prices(config.prices)
+        self.admissions = admissions
 
     async def write_audit(self, trace: Trace) -> None:
         await self.audit.write(trace.record())
@@ -103,7 +124,7 @@ class Gateway:
             principal,
             body,
             route,
-            Envelope(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body["model"]),
+            Envelope(f"chatcmpl-{trace.request_id}", int(time.time()), body["model"]),
             stream,
             stream and bool((body.get("stream_options") or {}).get("include_usage")),
             count_messages(body["messages"], body.get("tools")),
@@ -164,8 +185,10 @@ class Gateway:
             trace.cache = "hit"
             return hit
         trace.cache = "miss"
+        if self.semcache is None:
+            return None
         text = semantic_text(resolved, self.config.semantic_cache.max_messages)
-        if self.semcache is None or text is None:
+        if text is None:
             return None
         partition = partition_key(tenant, req.route.provider_name, resolved)
         found = await self.semcache.lookup(partition, text)
@@ -182,8 +205,10 @@ class Gateway:
         if self.cache is None:
             return
         await self.cache.put(key, req.principal.tenant, value)
+        if self.semcache is None:
+            return
         text = semantic_text(resolved, self.config.semantic_cache.max_messages)
-        if self.semcache is not None and text is not None:
+        if text is not None:
             partition = partition_key(req.principal.tenant, req.route.provider_name, resolved)
             await self.semcache.add(partition, text, key)
 

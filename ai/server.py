@@ -8,6 +8,8 @@ HTTP errors and audit every request, failures included. Nothing runs at import.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -25,15 +27,17 @@ from ai.embeddings import embeddings
 from ai.errors import BadRequest, GatewayError, PayloadTooLarge
 from ai.keys import KeyStore, Principal, check_not_revoked, resolve_secret
 from ai.pipeline import Gateway
+from ai.reload import FileSource, Source, watch
 from ai.routing import Router
 from ai.schema import parse_chat, parse_embedding
 from ai.semcache_api import SemanticCache
+from ai.state import StateStore
+from ai.tokens import count_text
 from ai.trace import Trace
 
 log = logging.getLogger("spectra.ai")
 
 CONFIG = web.AppKey("config", AIConfig)
-KEYS = web.AppKey("keys", KeyStore)
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
@@ -75,7 +79,7 @@ def _endpoint(
         try:
             if (request.content_length or 0) > gw.config.max_body_bytes:
                 await read_json(request, gw.config.max_body_bytes)
-            principal = request.app[KEYS].identify(request.headers.get("Authorization"))
+            principal = gw.keys.identify(request.headers.get("Authorization"))
             trace.key_id, trace.key_hash, trace.tenant = (
                 principal.key_id,
                 principal.key_hash,
@@ -108,7 +112,7 @@ async def _embeddings(
 
 async def models(request: web.Request) -> web.StreamResponse:
     try:
-        request.app[KEYS].authenticate(request.headers.get("Authorization"))
+        request.app[GATEWAY].keys.authenticate(request.headers.get("Authorization"))
     except GatewayError as exc:
         return error_response(exc)
     data = [
@@ -122,20 +126,27 @@ def _resources(
     config: AIConfig,
     env: Mapping[str, str],
     semcache: SemanticCache | None,
+    keys: KeyStore,
+    source: Source | None,
+    reload_s: float,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         cache = ExactCache(config.exact_cache) if config.exact_cache.enabled else None
         audit: AuditLog | NullAudit = (
             AuditLog(config.audit) if config.audit.path is not None else NullAudit()
         )
+        state = StateStore(config.state.resolved_path(config.audit), config.state.write_window_s)
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), auto_decompress=True
         )
         owned: Any = None  # a semantic cache this app created (and must close)
+        watcher: asyncio.Task[None] | None = None
         try:
             if cache is not None:
                 await cache.open()
             await audit.start()
+            restored = await state.open()
+            await asyncio.to_thread(count_text, "load the encoding now, not on a request")
             sem = semcache
             if (
                 sem is None
@@ -147,9 +158,21 @@ def _resources(
                 owned = create_semantic_cache(config.semantic_cache.settings)
                 await owned.warm_up()  # load the model now, not on the first request
                 sem = owned
-            app[GATEWAY] = Gateway(config, Router(config, env), session, cache, sem, audit)
+            gateway = Gateway(
+                config, Router(config, env), session, cache, sem, audit, state, restored, keys
+            )
+            app[GATEWAY] = gateway
+            if source is not None:
+                watcher = asyncio.create_task(
+                    watch(gateway, source, env, reload_s), name="spectra-ai-reload"
+                )
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await state.close()
             await audit.close()
             if cache is not None:
                 await cache.close()
@@ -165,13 +188,18 @@ def create_app(
     *,
     env: Mapping[str, str] | None = None,
     semantic_cache: SemanticCache | None = None,
+    source: Source | None = None,
+    reload_s: float = 1.0,
 ) -> web.Application:
-    """The gateway app; ``env`` resolves secret references (default: os.environ)."""
+    """The gateway app; ``env`` resolves secret references (default: os.environ).
+
+    With ``source`` (a callable returning the current ``ai`` section) a changed
+    section is applied while running, checked every ``reload_s`` (``ai.reload``)."""
     env = dict(os.environ) if env is None else env
     app = web.Application(client_max_size=config.max_body_bytes + 1)
     app[CONFIG] = config
-    app[KEYS] = KeyStore(resolve_secret(config.key_secret, env), config.keys)
-    app.cleanup_ctx.append(_resources(config, env, semantic_cache))
+    keys = KeyStore(resolve_secret(config.key_secret, env), config.keys)
+    app.cleanup_ctx.append(_resources(config, env, semantic_cache, keys, source, reload_s))
     app.router.add_post("/v1/chat/completions", _endpoint("chat", parse_chat, _chat))
     app.router.add_post("/v1/embeddings", _endpoint("embeddings", parse_embedding, _embeddings))
     app.router.add_get("/v1/models", models)
@@ -195,9 +223,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = load_config(args.config)
+    source = FileSource(args.config, load_config)
+    config = source()
     web.run_app(
-        create_app(config),
+        create_app(config, source=source),
         host=args.host or config.listen_host,
         port=config.listen_port if args.port is None else args.port,
         print=None,

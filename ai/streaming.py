@@ -71,19 +71,21 @@ async def stream_answer(
         committed = False
         while not committed:
             try:
-                item = await asyncio.wait_for(anext(items), deadline - loop.time())
+                async with asyncio.timeout_at(deadline):  # no task per read (wait_for makes one)
+                    batch = await anext(items)
             except StopAsyncIteration:
                 if not pending:
                     raise ProviderError("protocol", "stream ended before any output") from None
                 break
             except TimeoutError:
                 raise ProviderError("timeout", "time-to-first-token deadline passed") from None
-            if isinstance(item, Usage):
-                usage = item
-                continue
-            assembler.add(item)
-            pending.append(item)
-            committed = item.has_content
+            for item in batch:
+                if isinstance(item, Usage):
+                    usage = item
+                    continue
+                assembler.add(item)
+                pending.append(item)
+                committed = committed or item.has_content
         trace.mark("first_token")
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -123,18 +125,18 @@ async def collect_answer(
     try:
         while True:
             try:
-                item = await asyncio.wait_for(
-                    anext(items), None if seen else deadline - loop.time()
-                )
+                async with asyncio.timeout_at(None if seen else deadline):
+                    batch = await anext(items)
             except StopAsyncIteration:
                 break
             except TimeoutError:
                 raise ProviderError("timeout", "time-to-first-token deadline passed") from None
-            if isinstance(item, Usage):
-                usage = item
-                continue
-            assembler.add(item)
-            seen = seen or item.has_content
+            for item in batch:
+                if isinstance(item, Usage):
+                    usage = item
+                    continue
+                assembler.add(item)
+                seen = seen or item.has_content
     except ProviderError as exc:
         if not seen:
             raise
@@ -161,22 +163,27 @@ async def collect_answer(
 async def _stream_rest(
     req: ChatRun,
     response: web.StreamResponse,
-    items: AsyncIterator[StreamItem],
+    items: AsyncIterator[list[StreamItem]],
     pending: list[ChoiceDelta],
     assembler: Assembler,
     usage: Usage | None,
     trace: Trace,
 ) -> Usage | None:
+    """Forward the stream after the commit point: one write per upstream read."""
+    envelope = req.envelope
     try:
-        for delta in pending:
-            await response.write(sse(req.envelope.chunk(delta)))
+        await response.write(b"".join([envelope.frame(delta) for delta in pending]))
         try:
-            async for item in items:
-                if isinstance(item, Usage):
-                    usage = item
-                    continue
-                assembler.add(item)
-                await response.write(sse(req.envelope.chunk(item)))
+            async for batch in items:
+                frames = []
+                for item in batch:
+                    if isinstance(item, Usage):
+                        usage = item
+                        continue
+                    assembler.add(item)
+                    frames.append(envelope.frame(item))
+                if frames:
+                    await response.write(b"".join(frames))
         except ProviderError as exc:
             # After the commit point: never switch models; end in-band, no [DONE].
             log.warning(
@@ -198,12 +205,13 @@ async def _stream_rest(
                 )
             )
             return usage
+        tail = DONE
         if req.include_usage:
             final = usage or Usage(
                 req.prompt_estimate, count_text(assembler.text()), estimated=True
             )
-            await response.write(sse(req.envelope.usage_chunk(final)))
-        await response.write(DONE)
+            tail = sse(envelope.usage_chunk(final)) + DONE
+        await response.write(tail)
         trace.commit = "completed"
     except ConnectionResetError:
         trace.commit = "client_disconnected"
@@ -221,12 +229,12 @@ async def replay(req: ChatRun, value: dict[str, Any], trace: Trace) -> web.Strea
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(req.http)
+    frames = [req.envelope.frame(delta) for delta in replay_chunks(value["choices"])]
+    if req.include_usage:
+        frames.append(sse(req.envelope.usage_chunk(stored)))
+    frames.append(DONE)
     try:
-        for delta in replay_chunks(value["choices"]):
-            await response.write(sse(req.envelope.chunk(delta)))
-        if req.include_usage:
-            await response.write(sse(req.envelope.usage_chunk(stored)))
-        await response.write(DONE)
+        await response.write(b"".join(frames))
     except ConnectionResetError:
         trace.commit = "client_disconnected"
     return response

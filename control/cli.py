@@ -165,9 +165,13 @@ def _services(
         from ai.server import create_app as create_ai_app
 
         ai = doc.ai
-        services.append(
-            Service("AI gateway", lambda: create_ai_app(ai), ai.listen_host, ai.listen_port)
-        )
+
+        def ai_gateway() -> web.Application:
+            # its own store handle; a changed ai section applies without a restart
+            ai_store = open_store(store_url)
+            return create_ai_app(ai, source=lambda: ai_store.latest()[1].ai)
+
+        services.append(Service("AI gateway", ai_gateway, ai.listen_host, ai.listen_port))
     return services
 
 

@@ -17,6 +17,7 @@ from ai.providers.base import (
     ChoiceDelta,
     Completion,
     ProviderError,
+    SSEEvent,
     StreamItem,
     UpstreamCall,
     error_from_event,
@@ -214,6 +215,24 @@ class _StreamState:
             return [ChoiceDelta({}, STOP_REASONS.get(reason, "stop")), map_usage(usage)]
         return []
 
+    def map_events(
+        self, events: list[SSEEvent], url: str
+    ) -> tuple[list[StreamItem], ProviderError | None, bool]:
+        """Items of one read's events, the error that ended the stream in it (raised
+        after the items before it are forwarded), and whether ``message_stop`` came."""
+        items: list[StreamItem] = []
+        for event in events:
+            if event.event == "error":
+                return items, error_from_event(event.data, url), True
+            try:
+                data = json.loads(event.data)
+            except ValueError:
+                return items, ProviderError("protocol", "upstream sent a non-JSON event"), True
+            items += self.map(event.event, data)
+            if event.event == "message_stop":
+                return items, None, True
+        return items, None, False
+
 
 class AnthropicProvider:
     """Anthropic's Messages API."""
@@ -223,7 +242,7 @@ class AnthropicProvider:
         body = map_request(call.body, call.config.default_max_tokens, stream=False)
         return map_response(await post_json(call, url, _headers(call), body))
 
-    async def stream(self, call: UpstreamCall) -> AsyncIterator[StreamItem]:
+    async def stream(self, call: UpstreamCall) -> AsyncIterator[list[StreamItem]]:
         url = call.config.base_url.rstrip("/") + "/messages"
         payload = map_request(call.body, call.config.default_max_tokens, stream=True)
         headers = {
@@ -234,16 +253,13 @@ class AnthropicProvider:
         resp = await open_post(call, url, headers, json.dumps(payload).encode())
         state = _StreamState()
         try:
-            async for event in iter_sse(resp):
-                if event.event == "error":
-                    raise error_from_event(event.data, url)
-                try:
-                    data = json.loads(event.data)
-                except ValueError:
-                    raise ProviderError("protocol", "upstream sent a non-JSON event") from None
-                for item in state.map(event.event, data):
-                    yield item
-                if event.event == "message_stop":
+            async for events in iter_sse(resp):
+                items, error, done = state.map_events(events, url)
+                if items:
+                    yield items
+                if error is not None:
+                    raise error
+                if done:
                     return
         finally:
             resp.release()

@@ -130,11 +130,15 @@ StreamItem = ChoiceDelta | Usage
 
 
 class Provider(Protocol):
-    """One upstream wire protocol."""
+    """One upstream wire protocol.
+
+    ``stream`` yields the items mapped from one network read as one list, so the
+    gateway forwards what arrived together with one write (never an empty list).
+    """
 
     async def complete(self, call: UpstreamCall) -> Completion: ...
 
-    def stream(self, call: UpstreamCall) -> AsyncIterator[StreamItem]: ...
+    def stream(self, call: UpstreamCall) -> AsyncIterator[list[StreamItem]]: ...
 
     async def embed(self, call: UpstreamCall) -> dict[str, Any]: ...
 
@@ -219,26 +223,37 @@ class SSEEvent:
     data: str
 
 
-async def iter_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
-    """Server-sent events of a response (WHATWG event-stream parsing, enough of it)."""
+def _sse_event(block: bytes) -> SSEEvent | None:
+    """One event from the lines of one blank-line-terminated block (None: no data)."""
     event, data = "", list[str]()
+    for line in block.decode().split("\n"):
+        if line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+    return SSEEvent(event or "message", "\n".join(data)) if data else None
+
+
+async def iter_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[list[SSEEvent]]:
+    """Server-sent events of a response (WHATWG event-stream parsing, enough of it), one
+    list per network read: what arrived together is forwarded with one write."""
+    buffer = b""
     try:
-        async for raw_line in resp.content:
-            line = raw_line.decode().rstrip("\r\n")
-            if not line:
-                if data:
-                    yield SSEEvent(event or "message", "\n".join(data))
-                event, data = "", []
-            elif line.startswith(":"):
+        async for chunk in resp.content.iter_any():
+            buffer += chunk
+            if b"\r" in buffer:
+                buffer = buffer.replace(b"\r\n", b"\n")
+            if b"\n\n" not in buffer:
                 continue
-            elif line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].removeprefix(" "))
+            *blocks, buffer = buffer.split(b"\n\n")
+            events = [e for e in map(_sse_event, blocks) if e is not None]
+            if events:
+                yield events
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise ProviderError("connect", f"upstream stream broke: {type(exc).__name__}") from None
-    if data:
-        yield SSEEvent(event or "message", "\n".join(data))
+    last = _sse_event(buffer.rstrip(b"\r\n"))
+    if last is not None:
+        yield [last]
 
 
 def error_from_event(payload: str, url: str) -> ProviderError:

@@ -252,7 +252,7 @@ class BedrockProvider:
         headers = _signed_headers(call, url, body, "application/json")
         return map_response(await post_body(call, url, headers, body))
 
-    async def stream(self, call: UpstreamCall) -> AsyncIterator[StreamItem]:
+    async def stream(self, call: UpstreamCall) -> AsyncIterator[list[StreamItem]]:
         url = _url(call, "converse-stream")
         body = json.dumps(map_request(call.body)).encode()
         headers = _signed_headers(call, url, body, "application/vnd.amazon.eventstream")
@@ -260,18 +260,24 @@ class BedrockProvider:
         decoder, state = Decoder(), _StreamState()
         try:
             async for chunk in resp.content.iter_any():
+                items: list[StreamItem] = []
+                error: ProviderError | None = None
                 for message in decoder.feed(chunk):
                     kind = message.headers.get(":message-type", "event")
                     if kind != "event":
-                        raise ProviderError(
+                        error = ProviderError(
                             "error_event",
                             "upstream stream carried "
                             f"{message.headers.get(':exception-type', 'an error')}",
                             response=RawExchange.of(url, message.headers, message.payload, 200),
                         )
+                        break
                     data = json.loads(message.payload or b"{}")
-                    for item in state.map(message.headers.get(":event-type", ""), data):
-                        yield item
+                    items += state.map(message.headers.get(":event-type", ""), data)
+                if items:  # what came before an error is forwarded first
+                    yield items
+                if error is not None:
+                    raise error
         except EventStreamError as exc:
             raise ProviderError("protocol", f"bad event-stream from upstream: {exc}") from None
         except (aiohttp.ClientError, TimeoutError) as exc:

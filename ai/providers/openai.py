@@ -15,6 +15,7 @@ from ai.providers.base import (
     ChoiceDelta,
     Completion,
     ProviderError,
+    SSEEvent,
     StreamItem,
     UpstreamCall,
     error_from_event,
@@ -78,6 +79,25 @@ def map_chunk(data: dict[str, Any]) -> list[StreamItem]:
     return items
 
 
+def map_events(
+    events: list[SSEEvent], url: str
+) -> tuple[list[StreamItem], ProviderError | None, bool]:
+    """Items of one read's events, the error that ended the stream in it (raised after
+    the items before it are forwarded), and whether ``[DONE]`` came."""
+    items: list[StreamItem] = []
+    for event in events:
+        if event.data.strip() == "[DONE]":
+            return items, None, True
+        try:
+            data = json.loads(event.data)
+        except ValueError:
+            return items, ProviderError("protocol", "upstream sent a non-JSON chunk"), True
+        if not isinstance(data, dict) or "error" in data:
+            return items, error_from_event(event.data, url), True
+        items += map_chunk(data)
+    return items, None, False
+
+
 class OpenAIProvider:
     """Any OpenAI-compatible upstream."""
 
@@ -87,7 +107,7 @@ class OpenAIProvider:
             await post_json(call, url, _headers(call), map_request(call.body, stream=False))
         )
 
-    async def stream(self, call: UpstreamCall) -> AsyncIterator[StreamItem]:
+    async def stream(self, call: UpstreamCall) -> AsyncIterator[list[StreamItem]]:
         url = _url(call, "/chat/completions")
         body = json.dumps(map_request(call.body, stream=True)).encode()
         headers = {
@@ -97,17 +117,14 @@ class OpenAIProvider:
         }
         resp = await open_post(call, url, headers, body)
         try:
-            async for event in iter_sse(resp):
-                if event.data.strip() == "[DONE]":
+            async for events in iter_sse(resp):
+                items, error, done = map_events(events, url)
+                if items:
+                    yield items
+                if error is not None:
+                    raise error
+                if done:
                     return
-                try:
-                    data = json.loads(event.data)
-                except ValueError:
-                    raise ProviderError("protocol", "upstream sent a non-JSON chunk") from None
-                if not isinstance(data, dict) or "error" in data:
-                    raise error_from_event(event.data, url)
-                for item in map_chunk(data):
-                    yield item
         finally:
             resp.release()
 

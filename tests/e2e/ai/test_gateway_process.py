@@ -6,12 +6,15 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 
 import openai
 import pytest
 
-from tests.e2e.ai.conftest import KEY_A, KEY_B, ROOT, GatewayProcess, Upstreams
+from ai.keys import hash_key
+from tests.e2e.ai.conftest import KEY_A, KEY_B, ROOT, SECRET, GatewayProcess, Upstreams
 
+KEY_NEW = "sk-spectra-e2e-added-later"
 MODELS = ["gpt-4o-mini", "claude-3-haiku", "bedrock/anthropic.claude-v2:1", "local/llama"]
 
 
@@ -155,3 +158,26 @@ def test_tenants_do_not_share_cache_and_audit_verifies(
     reject_gateway.audit.write_text("\n".join(lines) + "\n")
     bad = cli("audit", "verify", str(reject_gateway.audit))
     assert bad.returncode == 1 and "edited" in bad.stderr
+
+
+def test_an_edited_config_file_applies_without_a_restart(
+    reject_gateway: GatewayProcess,
+) -> None:
+    """A key added to ``--config`` works within a few seconds; the process is the same."""
+    path = reject_gateway.audit.parent / "ai.json"
+    with sdk(reject_gateway, key=KEY_NEW) as client:
+        with pytest.raises(openai.AuthenticationError):
+            client.models.list()
+        config = json.loads(path.read_text())
+        config["keys"].append({"id": "new", "hash": hash_key(SECRET, KEY_NEW), "tenant": "tn"})
+        path.write_text(json.dumps(config))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                models = client.models.list()
+                break
+            except openai.AuthenticationError:
+                assert time.monotonic() < deadline, "the new key was not accepted in 10 s"
+                time.sleep(0.2)
+    assert any(m.id == "gpt-4o-mini" for m in models.data)
+    assert reject_gateway.proc.poll() is None

@@ -37,6 +37,8 @@ async def test_sqlite_ttl_bound_and_tenant_check(tmp_path: Path) -> None:
     try:
         for i in range(8):
             await cache.put(f"k{i}", "t", {"i": i})
+        assert await cache.get("k7", "t") == {"i": 7}  # queued, read from the queue
+        await cache.flush()
         assert len(cache) == 5
         assert await cache.get("k0", "t") is None and await cache.get("k7", "t") == {"i": 7}
         assert await cache.get("k7", "other-tenant") is None

@@ -1,0 +1,225 @@
+"""Budget and metering state that survives a restart: an embedded SQLite file.
+
+:class:`~ai.budget.Budgets` and :class:`~ai.metering.Metering` keep their figures in
+memory and decide on them there (a reservation never awaits, so it stays atomic on
+the event loop); every change is also handed to this store as a delta. Deltas are
+summed per key (and per key and model) on the event loop and committed together, in
+one transaction, by one thread, at most every ``write_window_s``: a busy gateway pays
+one thread hop per window, not per request.
+
+Reservations are persisted too. A process that dies between reserve and reconcile
+leaves them in the file, and the next start charges them in full, so a crash can
+never give a key back tokens or money it may have spent; the window is the most a
+hard kill (SIGKILL, power loss) can lose. A clean stop (``close``) loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("spectra.ai")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS budgets (
+    key_id TEXT PRIMARY KEY,
+    used_tokens INTEGER NOT NULL DEFAULT 0, used_cost REAL NOT NULL DEFAULT 0,
+    reserved_tokens INTEGER NOT NULL DEFAULT 0, reserved_cost REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS meters (
+    key_id TEXT NOT NULL, model TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0, cached_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    estimated_requests INTEGER NOT NULL DEFAULT 0, cost_usd REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, model)
+);
+"""
+METER_FIELDS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "estimated_requests",
+    "cost_usd",
+)
+
+
+@dataclass(slots=True)
+class BudgetDelta:
+    """A change of one key's budget figures (also a key's loaded totals)."""
+
+    used_tokens: int = 0
+    used_cost: float = 0.0
+    reserved_tokens: int = 0
+    reserved_cost: float = 0.0
+
+    def add(self, other: BudgetDelta) -> None:
+        self.used_tokens += other.used_tokens
+        self.used_cost += other.used_cost
+        self.reserved_tokens += other.reserved_tokens
+        self.reserved_cost += other.reserved_cost
+
+
+@dataclass(slots=True)
+class MeterDelta:
+    """A change of one (key, model) meter (also its loaded totals)."""
+
+    values: list[float] = field(default_factory=lambda: [0] * len(METER_FIELDS))
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What a previous run left: used totals (crash leftovers charged) and meters."""
+
+    budgets: dict[str, BudgetDelta]
+    meters: dict[tuple[str, str], MeterDelta]
+
+
+class StateStore:
+    """The SQLite file of budgets and meters, written behind by one thread."""
+
+    def __init__(self, path: Path | None, write_window_s: float = 0.02) -> None:
+        self.path = path
+        self._window = write_window_s
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectra-ai-state")
+        self._db: sqlite3.Connection | None = None
+        self._budgets: defaultdict[str, BudgetDelta] = defaultdict(BudgetDelta)
+        self._meters: dict[tuple[str, str], MeterDelta] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._writing: asyncio.Future[None] | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def open(self) -> Loaded:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._open)
+
+    def _open(self) -> Loaded:
+        target = ":memory:" if self.path is None else str(self.path)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        # Reservations left by a run that did not reconcile them: charge them in full.
+        db.execute(
+            "UPDATE budgets SET used_tokens = used_tokens + reserved_tokens, "
+            "used_cost = used_cost + reserved_cost, reserved_tokens = 0, reserved_cost = 0 "
+            "WHERE reserved_tokens != 0 OR reserved_cost != 0"
+        )
+        budgets = {
+            key: BudgetDelta(tokens, cost)
+            for key, tokens, cost in db.execute(
+                "SELECT key_id, used_tokens, used_cost FROM budgets"
+            )
+        }
+        columns = ", ".join(METER_FIELDS)
+        meters = {
+            (row[0], row[1]): MeterDelta(list(row[2:]))
+            for row in db.execute(f"SELECT key_id, model, {columns} FROM meters")
+        }
+        self._db = db
+        return Loaded(budgets, meters)
+
+    async def close(self) -> None:
+        """Commit everything handed over, then close the file."""
+        await self.flush()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self._close)
+        self._pool.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # --- deltas (event loop) ------------------------------------------------------------
+
+    def budget(self, key_id: str, delta: BudgetDelta) -> None:
+        self._budgets[key_id].add(delta)
+        self._schedule()
+
+    def meter(self, key_id: str, model: str, values: tuple[float, ...]) -> None:
+        pending = self._meters.setdefault((key_id, model), MeterDelta())
+        for i, value in enumerate(values):
+            pending.values[i] += value
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._timer is None and self._writing is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._window, self._write)
+
+    def _write(self) -> None:
+        self._timer = None
+        budgets, self._budgets = dict(self._budgets), defaultdict(BudgetDelta)
+        meters, self._meters = self._meters, {}
+        loop = asyncio.get_running_loop()
+        self._writing = loop.run_in_executor(self._pool, self._commit, budgets, meters)
+        self._writing.add_done_callback(lambda done: self._written(done, budgets, meters))
+
+    def _written(
+        self,
+        done: asyncio.Future[None],
+        budgets: dict[str, BudgetDelta],
+        meters: dict[tuple[str, str], MeterDelta],
+    ) -> None:
+        self._writing = None
+        if done.cancelled() or done.exception() is not None:
+            log.error("budget/metering state write failed (kept, retried): %s", done.exception())
+            for key, delta in budgets.items():
+                self._budgets[key].add(delta)
+            for (key, model), pending in meters.items():
+                self.meter(key, model, tuple(pending.values))
+            self._schedule()
+        elif (self._budgets or self._meters) and self._timer is None:
+            self._write()
+
+    async def flush(self) -> None:
+        """Wait until every delta handed over so far is committed."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._write()
+        while self._writing is not None:
+            await asyncio.wait([self._writing])
+            await asyncio.sleep(0)  # let the done callback run (it may start another)
+
+    # --- the writer thread --------------------------------------------------------------
+
+    def _commit(
+        self, budgets: dict[str, BudgetDelta], meters: dict[tuple[str, str], MeterDelta]
+    ) -> None:
+        db = self._db
+        assert db is not None
+        meter_set = ", ".join(f"{f} = {f} + excluded.{f}" for f in METER_FIELDS)
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT INTO budgets VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO UPDATE SET "
+                "used_tokens = used_tokens + excluded.used_tokens, "
+                "used_cost = used_cost + excluded.used_cost, "
+                "reserved_tokens = reserved_tokens + excluded.reserved_tokens, "
+                "reserved_cost = reserved_cost + excluded.reserved_cost",
+                [
+                    (k, d.used_tokens, d.used_cost, d.reserved_tokens, d.reserved_cost)
+                    for k, d in budgets.items()
+                ],
+            )
+            db.executemany(
+                f"INSERT INTO meters VALUES (?, ?, {', '.join('?' * len(METER_FIELDS))}) "
+                f"ON CONFLICT (key_id, model) DO UPDATE SET {meter_set}",
+                [(k, m, *d.values) for (k, m), d in meters.items()],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
