@@ -57,8 +57,15 @@ def sockperf(
 
 def parse_iperf3(text: str) -> float:
     """Received bits per second from ``iperf3 -J``."""
-    data = json.loads(text)
-    return float(data["end"]["sum_received"]["bits_per_second"])
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise PerfError(f"iperf3 printed no JSON: {text[-300:]!r}") from exc
+    try:
+        return float(data["end"]["sum_received"]["bits_per_second"])
+    except (KeyError, TypeError) as exc:
+        why = data.get("error", text[-300:]) if isinstance(data, dict) else text[-300:]
+        raise PerfError(f"iperf3 gave no received rate: {why!r}") from exc
 
 
 def iperf3(host: Host, server: str, port: int, seconds: float, cport: int) -> float:

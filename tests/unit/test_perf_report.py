@@ -64,6 +64,8 @@ def test_sockperf_and_iperf3_parsers() -> None:
     with pytest.raises(PerfError):
         parse_sockperf("sockperf: no percentiles here")
     assert parse_iperf3('{"end": {"sum_received": {"bits_per_second": 3.2e9}}}') == 3.2e9
+    with pytest.raises(PerfError, match="unable to connect"):  # an invalid run, not a crash
+        parse_iperf3('{"start": {}, "end": {}, "error": "unable to connect to server"}')
 
 
 def test_trafgen_config_is_a_60_byte_udp_frame() -> None:
