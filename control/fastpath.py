@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from xdp import Dataplane, libbpf, loader
 from xdp.loader import AttachMode, BuildOptions
@@ -103,7 +104,11 @@ class FastPath:
         if gwlb_ifindex is None:
             self.offloader.gwlb = None
         elif current is None or current.ifindex != gwlb_ifindex:
-            self.offloader.gwlb = _port(gwlb_ifindex)
+            try:
+                self.offloader.gwlb = _port(gwlb_ifindex)
+            except (NetlinkError, OSError, IndexError) as exc:  # linked interface gone
+                log.warning("GWLB interface %d of the fast path: %s", gwlb_ifindex, exc)
+                self.offloader.gwlb = None
         self.offloader.sync()
         return self.offloader.stats.as_dict()
 

@@ -137,6 +137,7 @@ class GwlbStep:
         wanted = GwlbSettings.from_plan(plan)
         if wanted is None:
             self._disable()
+            self._unlink_left_over()
             return
         if self.settings is not None and self.settings.iface != wanted.iface:
             self._disable()
@@ -194,6 +195,21 @@ class GwlbStep:
             if dataplane is not None:
                 dataplane.close()
         self.fast_path_linked = link and dataplane is not None
+
+    def _unlink_left_over(self) -> None:
+        """No GWLB in the document, but the pinned fast path may still be linked to the
+        GWLB programs by an earlier agent (stopped while GWLB was on): unlink it, or the
+        fast path would keep a third port that may no longer exist."""
+        pin_dir = loader.pin_dir_for(self.instance)
+        if not loader.is_pinned(pin_dir):
+            return
+        dataplane = Dataplane.adopt(self.instance)
+        try:
+            if dataplane.gwlb_ifindex() is not None:
+                dataplane.unlink_gwlb()
+                log.info("%s: unlinked a GWLB fast path left by an earlier agent", self.instance)
+        finally:
+            dataplane.close()
 
     def _disable(self) -> None:
         if self.health is not None:
