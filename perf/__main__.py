@@ -5,7 +5,6 @@ print a markdown table, save JSON and optional PNG charts."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 import time
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from perf import report
-from perf.method import idle_polling
 from perf.report import Result
 from perf.target import Host, PerfError, Target, lab_target
 from perf.tools import SUITE_TOOLS, ToolMissing, require
@@ -36,12 +34,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, help="cpu/packet runs per path (default 5, quick 3)")
     p.add_argument("--seconds", type=float, help="seconds per cpu/packet run (default 5)")
     p.add_argument("--az", default="a", help="lab AZ whose gateway is measured (default a)")
-    p.add_argument(
-        "--cpu-idle",
-        choices=("poll", "as-is"),
-        default="as-is",
-        help="poll: keep both CPUs out of halt during the run (see perf/README.md)",
-    )
     real = p.add_argument_group("real hosts (any of these leaves lab mode; see perf/README.md)")
     real.add_argument("--ingress-dev", help="gateway interface facing the generator")
     real.add_argument("--egress-dev", help="gateway interface facing the sink")
@@ -148,34 +140,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.monotonic()
     results: list[Result] = []
-    polled: list[str] = []
     try:
-        with contextlib.ExitStack() as stack:
-            if args.cpu_idle == "poll":
-                polled = stack.enter_context(idle_polling())
-            if "dataplane" in suites:
-                results += with_lab(target, lambda: run_dataplane(args, target))
-            if "nfq" in suites:
-                results += with_lab(target, lambda: run_nfq(args))
-            if "geneve" in suites:
-                from perf import gwlbcost
+        if "dataplane" in suites:
+            results += with_lab(target, lambda: run_dataplane(args, target))
+        if "nfq" in suites:
+            results += with_lab(target, lambda: run_nfq(args))
+        if "geneve" in suites:
+            from perf import gwlbcost
 
-                results += with_lab(target, lambda: gwlbcost.run(args, target, _progress))
-            if "ai" in suites:
-                from perf import ai
+            results += with_lab(target, lambda: gwlbcost.run(args, target, _progress))
+        if "ai" in suites:
+            from perf import ai
 
-                results += ai.run(args.quick, progress=_progress)
+            results += ai.run(args.quick, progress=_progress)
     except PerfError as exc:
         print(f"perf: {exc}", file=sys.stderr)
         return 1
     wall = time.monotonic() - started
     doc = report.document(
-        args.suite,
-        results,
-        wall_seconds=round(wall, 1),
-        quick=args.quick,
-        lab=target.lab,
-        cpu_idle={"mode": args.cpu_idle, "disabled_states": polled},
+        args.suite, results, wall_seconds=round(wall, 1), quick=args.quick, lab=target.lab
     )
     report.write_json(doc, args.json)
     print(report.markdown(results))

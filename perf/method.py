@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,35 +147,6 @@ class Tuning:
                 set_feature(host, dev, short, before)
         self._threaded.clear()
         self._saved.clear()
-
-
-CPU_SYSFS = Path("/sys/devices/system/cpu")
-
-
-@contextlib.contextmanager
-def idle_polling(cpus: tuple[int, ...] = (GENERATOR_CPU, GATEWAY_CPU)) -> Iterator[list[str]]:
-    """Keep ``cpus`` out of halt while the block runs: every cpuidle state but POLL
-    (state0) disabled, restored afterwards. Yields the states it disabled.
-
-    Why: in a VM, waking a thread on a halted vCPU is a hypervisor exit. The gateway
-    wakes the sink's NAPI thread once per batch it forwards; profiled here
-    (``perf record -C 1``) that wake-up (``__napi_schedule``) was 30 % of the fast
-    path's CPU and 39 % of the masquerade path's — a cost of the lab's veth sink on
-    another vCPU, not of forwarding (a NIC is woken by a doorbell write). A polling
-    idle vCPU is woken without an IPI."""
-    changed: list[Path] = []
-    try:
-        for cpu in cpus:
-            for state in sorted((CPU_SYSFS / f"cpu{cpu}" / "cpuidle").glob("state*")):
-                if state.name == "state0" or (state / "disable").read_text().strip() == "1":
-                    continue
-                (state / "disable").write_text("1")
-                changed.append(state)
-        yield [f"cpu{p.parent.parent.name[3:]}/{(p / 'name').read_text().strip()}" for p in changed]
-    finally:
-        for state in changed:
-            with contextlib.suppress(OSError):
-                (state / "disable").write_text("0")
 
 
 def ksoftirqd(cpu: int) -> int:
