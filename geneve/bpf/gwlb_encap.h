@@ -8,6 +8,7 @@
 #define SPECTRA_GWLB_ENCAP_H
 
 #include <linux/in.h>
+#include "csum.h"      /* xdp/bpf */
 #include "gwlb_types.h"
 
 #define OUTER_IPV4_UDP_LEN (sizeof(struct iphdr) + sizeof(struct udphdr))
@@ -18,20 +19,6 @@ struct outer_v4_udp {
 	struct udphdr udp;
 } __attribute__((packed));
 
-/* Header checksum of an option-less IPv4 header whose check field is 0. */
-static __always_inline __u16 ipv4_csum(const struct iphdr *iph)
-{
-	const __u16 *word = (const __u16 *)iph;
-	__u32 acc = 0;
-	int i;
-
-#pragma unroll
-	for (i = 0; i < (int)(sizeof(*iph) / 2); i++)
-		acc += word[i];
-	acc = (acc & 0xffff) + (acc >> 16);
-	acc = (acc & 0xffff) + (acc >> 16);
-	return ~acc & 0xffff;
-}
 
 /* Fill `o` (zeroed by the caller) for `hdr_len` bytes of GENEVE header from `v` and an
  * inner packet of `inner_len` bytes: ID 0, DF clear, TTL 64, UDP checksum 0. */
@@ -45,7 +32,7 @@ static __always_inline void gwlb_outer_v4(struct outer_v4_udp *o, const struct g
 	o->ip.tot_len = bpf_htons(OUTER_IPV4_UDP_LEN + hdr_len + inner_len);
 	o->ip.saddr = v->be_local_addr;
 	o->ip.daddr = v->be_gwlb_addr;
-	o->ip.check = ipv4_csum(&o->ip);
+	o->ip.check = ~ipv4_hdr_sum(&o->ip) & 0xffff; /* check is 0 while summing */
 	o->udp.source = v->be_sport;
 	o->udp.dest = bpf_htons(GENEVE_UDP_PORT);
 	o->udp.len = bpf_htons(sizeof(struct udphdr) + hdr_len + inner_len);

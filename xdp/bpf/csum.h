@@ -39,10 +39,9 @@ static __always_inline void csum_update32(__sum16 *sum, __be32 be_old, __be32 be
 	*sum = ~csum_fold32(acc);
 }
 
-/* True when an option-less IPv4 header (20 bytes, already bounds-checked) sums to
- * 0xffff, i.e. its header checksum is right.  The fast path forwards only such
- * headers: a router must not repair a corrupted header by rewriting it. */
-static __always_inline int ipv4_hdr_csum_ok(const struct iphdr *iph)
+/* Folded ones' complement sum of an option-less IPv4 header (20 bytes, already
+ * bounds-checked), check field included. */
+static __always_inline __u16 ipv4_hdr_sum(const struct iphdr *iph)
 {
 	const __u16 *word = (const __u16 *)iph;
 	__u32 acc = 0;
@@ -51,7 +50,14 @@ static __always_inline int ipv4_hdr_csum_ok(const struct iphdr *iph)
 #pragma unroll
 	for (i = 0; i < (int)(sizeof(*iph) / 2); i++)
 		acc += word[i];
-	return csum_fold32(acc) == 0xffff;
+	return csum_fold32(acc);
+}
+
+/* True when the header checksum is right (the header sums to 0xffff).  The fast path
+ * forwards only such headers: a router must not repair a corrupted header. */
+static __always_inline int ipv4_hdr_csum_ok(const struct iphdr *iph)
+{
+	return ipv4_hdr_sum(iph) == 0xffff;
 }
 
 #endif /* SPECTRA_CSUM_H */

@@ -11,19 +11,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 from perf.gwlbsim import GWLB_NS, HEALTH_PORT, WORKLOAD_IP, WORKLOAD_NS, GwlbLab, targets
 from perf.lab import INET_SERVICE_IP, TOPOLOGY, ns_exec
 from tests.netns.geneve.conftest import GATEWAYS, agent_status, gateway_counters
-from tests.netns.helpers import http_get_json, sh
+from tests.netns.helpers import http_get_json, sh, wait_for
 from xdp import Dataplane, Reason
 
-T = TypeVar("T")
 OUTSIDE_IPS = {gw.outside_ip for gw in TOPOLOGY.gateways}
 OUTSIDE_OF = {gw.netns: gw.outside_ip for gw in TOPOLOGY.gateways}
 
@@ -91,7 +88,7 @@ def test_iperf3_through_the_gwlb_is_offloaded_both_ways(gwlb_lab: GwlbLab) -> No
     assert grown[owner][Reason.REDIRECT.name] > 1000, (grown, offload)
     assert grown[owner][Reason.REDIRECT_GWLB.name] > 100, grown
     assert grown[owner][Reason.DROP_GWLB_ENCAP.name] == 0, grown
-    _poll(lambda: agent_status(owner)["offload"]["offloaded_total"] >= 1, timeout=5)
+    wait_for(lambda: agent_status(owner)["offload"]["offloaded_total"] >= 1, 5, "offload")
     state = gwlb_lab.state()["counters"]
     assert state["mismatched"] == 0, state["mismatch_examples"]
     assert state["matched"] - matched0 > grown[owner][Reason.REDIRECT_GWLB.name] // 2
@@ -117,7 +114,7 @@ def test_udp_flow_is_offloaded_and_keeps_returning(gwlb_lab: GwlbLab) -> None:
         echo.stdin.write("first\n")
         echo.stdin.flush()
         assert echo.stdout.readline().strip() == "first"
-        owner = _poll(_gateway_offloading_udp_echo, timeout=10)
+        owner = wait_for(_gateway_offloading_udp_echo, 10, "the gateway offloading the echo")
         before = fast_path_counters(owner)
         for n in range(5):
             echo.stdin.write(f"again {n}\n")
@@ -129,7 +126,7 @@ def test_udp_flow_is_offloaded_and_keeps_returning(gwlb_lab: GwlbLab) -> None:
     assert after[Reason.REDIRECT.name] - before[Reason.REDIRECT.name] >= 5
     assert after[Reason.REDIRECT_GWLB.name] - before[Reason.REDIRECT_GWLB.name] >= 5
     # status.json follows the offloader within a poll interval
-    _poll(lambda: agent_status(owner)["offload"]["gwlb_offloaded"] >= 1, timeout=5)
+    wait_for(lambda: agent_status(owner)["offload"]["gwlb_offloaded"] >= 1, 5, "GWLB offload")
     state = gwlb_lab.state()["counters"]
     assert state["mismatched"] == 0, state["mismatch_examples"]
 
@@ -206,14 +203,15 @@ def test_geneve_without_the_aws_options_is_dropped_with_a_named_counter(
     )
     proc = sh(GWLB_NS, sys.executable, "-c", code)
     assert proc.returncode == 0, proc.stderr
-    after = _poll(
+    after = wait_for(
         lambda: (
             c
             if (c := gateway_counters(target.netns))["DROP_MISSING_OPTION"]
             >= before["DROP_MISSING_OPTION"] + 4
             else None
         ),
-        timeout=10,
+        10,
+        "four DROP_MISSING_OPTION",
     )
     assert after["DROP_MISSING_OPTION"] - before["DROP_MISSING_OPTION"] == 4
     assert after["DECAP"] == before["DECAP"]
@@ -272,16 +270,6 @@ def test_failed_health_check_moves_new_flows_to_the_other_gateway(gwlb_lab: Gwlb
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def _poll(probe: Callable[[], T | None], timeout: float) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"{probe.__name__} still false after {timeout}s"
-        time.sleep(0.1)
 
 
 @contextmanager
