@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,26 @@ class Outcome:
     text: str
 
 
+def _absorb(
+    batch: Sequence[StreamItem],
+    assembler: Assembler,
+    usage: Usage | None,
+    pending: list[ChoiceDelta] | None = None,
+) -> tuple[Usage | None, bool]:
+    """Feed one upstream read to ``assembler`` (and ``pending``); returns the usage so
+    far and whether the read carried content."""
+    content = False
+    for item in batch:
+        if isinstance(item, Usage):
+            usage = item
+            continue
+        assembler.add(item)
+        if pending is not None:
+            pending.append(item)
+        content = content or item.has_content
+    return usage, content
+
+
 async def stream_answer(
     req: ChatRun,
     call: UpstreamCall,
@@ -79,13 +99,8 @@ async def stream_answer(
                 break
             except TimeoutError:
                 raise ProviderError("timeout", "time-to-first-token deadline passed") from None
-            for item in batch:
-                if isinstance(item, Usage):
-                    usage = item
-                    continue
-                assembler.add(item)
-                pending.append(item)
-                committed = committed or item.has_content
+            usage, content = _absorb(batch, assembler, usage, pending)
+            committed = committed or content
         trace.mark("first_token")
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -131,12 +146,8 @@ async def collect_answer(
                 break
             except TimeoutError:
                 raise ProviderError("timeout", "time-to-first-token deadline passed") from None
-            for item in batch:
-                if isinstance(item, Usage):
-                    usage = item
-                    continue
-                assembler.add(item)
-                seen = seen or item.has_content
+            usage, content = _absorb(batch, assembler, usage)
+            seen = seen or content
     except ProviderError as exc:
         if not seen:
             raise
