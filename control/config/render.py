@@ -66,7 +66,7 @@ def _forward_chain(doc: ConfigDocument, in_if: str, out_if: str) -> list[str]:
             _line(
                 f'iifname "{gwlb_if}" ct state new',
                 f"ct mark set ct mark | {CT_MARK_GWLB:#x}",
-                'comment "GWLB flow: kernel path only"',
+                'comment "GWLB flow: offloaded as GWLB, or kept in the kernel"',
             )
         )
     if doc.port_forwards:
