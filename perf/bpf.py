@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from perf.target import Host, PerfError
 
@@ -51,6 +51,7 @@ class Programs:
         # Programs found on a device before we replaced them (the lab's XDP_PASS
         # peers): (mode flags, fd holding it), put back on detach.
         self._found: dict[tuple[Host, str], tuple[int, int]] = {}
+        self._redirect: tuple[Any, int] | None = None  # (bcc object, program fd)
 
     def dataplane(self) -> Dataplane:
         """Compile on first use; raise PerfError (kept in ``error``) when unavailable."""
@@ -83,6 +84,20 @@ class Programs:
                 mode = loader.attach(dev, dp.program_fd(program), "native")
         self._attached.append((host, dev))
         return mode
+
+    def attach_redirect_only(
+        self, host: Host, dev: str, egress: str, macs: tuple[str, str]
+    ) -> None:
+        """Attach ``xdp_redirect_only`` (perf/redirect_only.bpf.c) to ``dev``: every
+        frame out of ``egress`` with ``macs`` (source, destination), nothing else."""
+        from xdp import loader
+
+        with inside(host):
+            if (host, dev) not in self._found:
+                self._found[(host, dev)] = _current_program(dev)
+            self._redirect = _redirect_only(loader.ifindex_of(egress), macs)
+            loader.attach(dev, self._redirect[1], "native")
+        self._attached.append((host, dev))
 
     def set_tx_port(self, host: Host, dev: str) -> int:
         from xdp import loader
@@ -154,6 +169,26 @@ class Programs:
         if self._dp is not None:
             self._dp.close()
             self._dp = None
+        if self._redirect is not None:
+            self._redirect[0].cleanup()
+            self._redirect = None
+
+
+REDIRECT_ONLY_SOURCE = Path(__file__).with_name("redirect_only.bpf.c")
+
+
+def _redirect_only(egress_ifindex: int, macs: tuple[str, str]) -> tuple[Any, int]:
+    """Compile ``xdp_redirect_only`` for one egress port and MAC pair (in this netns:
+    the devmap resolves the ifindex when it is written)."""
+    from bcc import BPF
+
+    def c_bytes(mac: str) -> str:
+        return ",".join(f"0x{b}" for b in mac.split(":"))
+
+    cflags = [f"-DSRC_MAC={c_bytes(macs[0])}", f"-DDST_MAC={c_bytes(macs[1])}"]
+    bpf = BPF(src_file=str(REDIRECT_ONLY_SOURCE).encode(), cflags=cflags)
+    bpf["redirect_port"][ctypes.c_int(0)] = ctypes.c_int(egress_ifindex)
+    return bpf, bpf.load_func(b"xdp_redirect_only", BPF.XDP).fd
 
 
 def _current_program(dev: str) -> tuple[int, int]:

@@ -5,8 +5,10 @@ the gateway as it was.
 masquerade rule (the NAT-instance baseline: fck-nat, alterNAT).  ``xdp_fastpath``: the
 product's ``xdp_gateway`` with the flow installed (sNAT rewrite + redirect) on top of
 the masquerade rule, as the product runs.  ``xdp_drop``: ``xdp_drop_all`` on the
-gateway's ingress, the floor.  The NFQUEUE inspection path has its own suite
-(``perf/nfq.py``), and so has the GENEVE path (``perf/gwlbcost.py``).
+gateway's ingress, the floor.  ``xdp_redirect_only``: a program that only sets the MACs
+and redirects (perf/redirect_only.bpf.c), the floor of any XDP forwarder.  The NFQUEUE
+inspection path has its own suite (``perf/nfq.py``), and so has the GENEVE path
+(``perf/gwlbcost.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ IPPROTO_UDP = 17
 NFT_TABLE = "spectra_perf"
 
 BULK_TCP_IN_KERNEL = "xdp_fastpath_bulk_tcp_in_kernel"
+REDIRECT_ONLY = "xdp_redirect_only"
 
 
 def nft_masquerade(egress_dev: str) -> str:
@@ -163,6 +166,10 @@ def setup_rate_path(gw: Gateway, path: str, flow: Flow) -> None:
     elif path == "xdp_drop":
         gw.masquerade(False)
         gw.programs.attach(t.gateway, t.ingress_dev, "xdp_drop_all")
+    elif path == REDIRECT_ONLY:
+        gw.masquerade(False)
+        macs = (gw.mac(t.gateway, t.egress_dev), gw.next_hop_mac())
+        gw.programs.attach_redirect_only(t.gateway, t.ingress_dev, t.egress_dev, macs)
     else:
         raise PerfError(f"unknown path {path!r}")
     gw.tuning.pin()
@@ -170,7 +177,7 @@ def setup_rate_path(gw: Gateway, path: str, flow: Flow) -> None:
 
 def teardown_rate_path(gw: Gateway, path: str) -> None:
     t = gw.target
-    if path in ("xdp_fastpath", "xdp_drop"):
+    if path in ("xdp_fastpath", "xdp_drop", REDIRECT_ONLY):
         gw.programs.detach(t.gateway, t.ingress_dev)
         with contextlib.suppress(Exception):
             gw.programs.clear_flows()
