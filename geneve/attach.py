@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 log = logging.getLogger("spectra.geneve")
 
@@ -28,6 +28,7 @@ NATIVE_XDP_MTU_LIMIT: dict[str, int] = {"ena": 3498}
 SINGLE_BUFFER_MTU = 3520
 TC_EGRESS_PARENT = 0xFFFFFFF3  # clsact egress (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_EGRESS))
 TC_INGRESS_PARENT = 0xFFFFFFF2
+TC_PRIO = 1  # our filters' fixed priority (pref) at either clsact hook
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,10 @@ def interface_facts(ifname: str) -> tuple[int, str]:
 
 def tc_attach(ifindex: int, prog_fd: int, name: str, parent: int = TC_EGRESS_PARENT) -> None:
     """Add a clsact qdisc (if missing) and put a direct-action bpf filter at ``parent``
-    (replacing ours in place: no window without a filter when the agent re-attaches)."""
+    with a fixed priority and handle, so a re-attach (a restarted agent) replaces ours
+    in place: no window without a filter, and never two (without a priority the
+    kernel picks a new one each time and the filters stack up).  A filter named
+    ``name`` at another priority (left by an older build) is removed afterwards."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -132,10 +136,24 @@ def tc_attach(ifindex: int, prog_fd: int, name: str, parent: int = TC_EGRESS_PAR
             fd=prog_fd,
             name=name,
             parent=parent,
+            prio=TC_PRIO,
             classid=1,
             direct_action=True,
         )
+        for prio in _stale_priorities(ipr, ifindex, parent, name):
+            ipr.tc("del-filter", "bpf", index=ifindex, parent=parent, prio=prio)
     log.info("attached tc program %s (fd %d) to ifindex %d", name, prog_fd, ifindex)
+
+
+def _stale_priorities(ipr: Any, ifindex: int, parent: int, name: str) -> set[int]:
+    stale = set()
+    for msg in ipr.get_filters(index=ifindex, parent=parent):
+        options, prio = msg.get_attr("TCA_OPTIONS"), msg["info"] >> 16
+        if msg.get_attr("TCA_KIND") != "bpf" or prio == TC_PRIO or options is None:
+            continue
+        if str(options.get_attr("TCA_BPF_NAME") or "").startswith(name):
+            stale.add(prio)
+    return stale
 
 
 def tc_detach_filter(ifindex: int, parent: int) -> None:
@@ -145,7 +163,15 @@ def tc_detach_filter(ifindex: int, parent: int) -> None:
 
     with IPRoute() as ipr:
         try:
-            ipr.tc("del-filter", "bpf", index=ifindex, handle=1, parent=parent, classid=1)
+            ipr.tc(
+                "del-filter",
+                "bpf",
+                index=ifindex,
+                handle=1,
+                parent=parent,
+                prio=TC_PRIO,
+                classid=1,
+            )
         except NetlinkError as exc:
             if exc.code not in (2, 22):  # ENOENT / EINVAL: nothing attached
                 raise

@@ -5,12 +5,14 @@ the GWLB interface, and two-arm traffic flows exactly as with XDP."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from perf.gwlbsim import GWLB_IF, WORKLOAD_NS, GwlbLab
+from perf.gwlbsim import GWLB_IF, WORKLOAD_NS, GwlbLab, targets
 from perf.lab import INET_SERVICE_IP, TOPOLOGY
 from tests.netns.geneve.conftest import (
     GATEWAYS,
@@ -19,7 +21,7 @@ from tests.netns.geneve.conftest import (
     gwlb_document,
     running,
 )
-from tests.netns.helpers import http_get_json, sh
+from tests.netns.helpers import agent, http_get_json, sh, wait_for
 
 OUTSIDE_IPS = {gw.outside_ip for gw in TOPOLOGY.gateways}
 
@@ -54,3 +56,32 @@ def test_curl_and_iperf3_through_tc_decap(gwlb_lab: GwlbLab) -> None:
     assert sum(after[n]["DECAP"] - before[n]["DECAP"] for n in GATEWAYS) > 1000
     for n in GATEWAYS:
         assert after[n]["DROP_DECAP_ERROR"] == 0 and after[n]["STORE_ERROR"] == 0
+
+
+def _bpf_filters(netns: str, direction: str) -> list[str]:
+    out = sh(netns, "tc", "filter", "show", "dev", GWLB_IF, direction).stdout
+    return [line for line in out.splitlines() if " bpf " in line and " handle " in line]
+
+
+def test_restarted_agent_replaces_its_tc_filters_in_place(gwlb_lab: GwlbLab) -> None:
+    """kill -9 leaves the tc filters behind; the next agent replaces them (one decap
+    and one encap filter, never stacked: two decap filters would decapsulate twice)
+    and the gateway carries GWLB traffic again."""
+    t = targets()[0]
+    os.kill(agent_status(t.netns)["pid"], signal.SIGKILL)
+    gwlb_lab.wait_health(t.az, False)
+    assert len(_bpf_filters(t.netns, "ingress")) == 1  # left behind, still decapsulating
+    with agent(t.netns, gwlb_document(mode="two-arm", decap_hook="tc")):
+        gwlb_lab.wait_health(t.az, True)
+        ingress, egress = _bpf_filters(t.netns, "ingress"), _bpf_filters(t.netns, "egress")
+        assert len(ingress) == 1 and "tc_gwlb_decap" in ingress[0], ingress
+        assert len(egress) == 1 and "tc_gwlb_encap" in egress[0], egress
+        before = gateway_counters(t.netns)["DECAP"]
+        wait_for(
+            lambda: (
+                http_get_json(WORKLOAD_NS, f"http://{INET_SERVICE_IP}/")
+                and gateway_counters(t.netns)["DECAP"] > before
+            ),
+            10,
+            f"GWLB traffic through the restarted agent of {t.netns}",
+        )
