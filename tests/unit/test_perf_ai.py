@@ -208,6 +208,11 @@ def test_sustained_rates_and_goals() -> None:
     assert p99_goal.baseline_value == pytest.approx(4.0) and p99_goal.note == "met"
     rate_goal = _get(results, "goal_sustained_rps", "gateway/nonstream", baseline="10 x litellm")
     assert rate_goal.note == "met"
+    # the bare proxy passed the whole ladder too: its limit, and so the goal, is unknown
+    vs_bare_goal = _get(
+        results, "goal_sustained_rps", "gateway/nonstream", baseline="0.8 x bare_proxy"
+    )
+    assert vs_bare_goal.note.startswith("undetermined: bare_proxy sustained the whole ladder")
     hit = _get(results, "exact_hit_p50_ms", "gateway/nonstream")
     assert hit.baseline_value == 4 and hit.ratio == pytest.approx(0.375) and hit.valid
 
