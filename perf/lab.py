@@ -332,7 +332,8 @@ class Lab:
     def _pidfile(self, name: str) -> Path:
         return RUN_DIR / f"{name}.pid"
 
-    def _alive(self, name: str) -> int | None:
+    def service_pid(self, name: str) -> int | None:
+        """The pid of the lab service `name` when it runs, else None."""
         try:
             pid = int(self._pidfile(name).read_text())
             os.kill(pid, 0)
@@ -343,7 +344,7 @@ class Lab:
     def _start_services(self) -> None:
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         for svc in _services():
-            if self._alive(svc.name):
+            if self.service_pid(svc.name):
                 continue
             daemonize(
                 ns_exec(self.topology.inet_netns, *svc.argv),
@@ -367,7 +368,7 @@ class Lab:
         """Remove every namespace, link, process and pinned object the lab created."""
         require_root()
         for svc in _services():
-            pid = self._alive(svc.name)
+            pid = self.service_pid(svc.name)
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGTERM)
@@ -405,7 +406,7 @@ class Lab:
                 "port": s.port,
                 "proto": s.proto,
                 "netns": self.topology.inet_netns,
-                "running": self._alive(s.name) is not None,
+                "running": self.service_pid(s.name) is not None,
             }
             for s in _services()
         }

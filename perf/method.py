@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +81,25 @@ def pin_thread(host: Host, tid: int, cpu: int, priority: int | None = FIFO_PRIOR
         host.run("chrt", "-o", "-p", "0", str(tid))
     else:
         host.run("chrt", "-f", "-p", str(priority), str(tid))
+
+
+@contextlib.contextmanager
+def pinned_process(pid: int | None, cpus: set[int]) -> Iterator[None]:
+    """Every thread of local process ``pid`` on ``cpus`` meanwhile, then back to the
+    affinity it had (nothing when ``pid`` is None)."""
+    if pid is None:
+        yield
+        return
+    tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    saved = {tid: os.sched_getaffinity(tid) for tid in tids}
+    try:
+        for tid in tids:
+            os.sched_setaffinity(tid, cpus)
+        yield
+    finally:
+        for tid, mask in saved.items():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, mask)
 
 
 def ethtool_features(host: Host, dev: str) -> dict[str, str]:
