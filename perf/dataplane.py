@@ -415,10 +415,6 @@ class Suite:
             for p in (BASELINE, "xdp_fastpath", paths.BULK_TCP_IN_KERNEL)
             if "xdp_fastpath" not in self.unavailable or p == BASELINE
         ]
-        flows = [
-            Flow(IPPROTO_UDP, SOCKPERF_CPORT, t.sockperf_port),
-            Flow(IPPROTO_TCP, IPERF3_CPORT, t.iperf3_port),
-        ]
         samples: dict[str, dict[str, list[dict[str, Any]]]] = {p: {} for p in rr_paths}
         cps_server = rr.CpsServer(t.sink, t.service_ip) if t.lab else None
         if cps_server is not None:
@@ -428,7 +424,7 @@ class Suite:
         server = Lab().service_pid("sockperf") if t.lab else None
         try:
             with pinned_process(server, {GENERATOR_CPU}):
-                self._rr_rounds(rr_paths, flows, samples)
+                self._rr_rounds(rr_paths, samples)
         finally:
             if cps_server is not None:
                 cps_server.__exit__(None, None, None)
@@ -437,20 +433,26 @@ class Suite:
     def _rr_rounds(
         self,
         rr_paths: list[str],
-        flows: list[Flow],
         samples: dict[str, dict[str, list[dict[str, Any]]]],
     ) -> None:
-        runs = self.settings.rr_runs
+        t, runs = self.target, self.settings.rr_runs
         for i in range(runs):
-            for path in rr_paths:
+            for j, path in enumerate(rr_paths):
                 self.progress(f"latency/connections/throughput run {i + 1}/{runs}: {path}")
+                # A client port of its own per iperf3 run: the last one's connection may
+                # still be in TIME_WAIT on the client ("Address already in use").
+                cport = IPERF3_CPORT + i * len(rr_paths) + j
+                flows = [
+                    Flow(IPPROTO_UDP, SOCKPERF_CPORT, t.sockperf_port),
+                    Flow(IPPROTO_TCP, cport, t.iperf3_port),
+                ]
                 paths.setup_rr_path(self.gw, path, flows)
                 try:
-                    self._rr_once(path, samples[path])
+                    self._rr_once(path, samples[path], cport)
                 finally:
                     paths.teardown_rr_path(self.gw, path)
 
-    def _rr_once(self, path: str, into: dict[str, list[dict[str, Any]]]) -> None:
+    def _rr_once(self, path: str, into: dict[str, list[dict[str, Any]]], cport: int) -> None:
         t, s = self.target, self.settings
         fast0 = self.programs.flow_packets() if path == "xdp_fastpath" else 0
 
@@ -461,7 +463,7 @@ class Suite:
             )
 
         bps = _attempt(
-            lambda: rr.iperf3(t.generator, t.service_ip, t.iperf3_port, s.rr_seconds, IPERF3_CPORT)
+            lambda: rr.iperf3(t.generator, t.service_ip, t.iperf3_port, s.rr_seconds, cport)
         )
         record("tcp_throughput", bps, 1e9)
         if path == paths.BULK_TCP_IN_KERNEL:
