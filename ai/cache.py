@@ -18,9 +18,9 @@ import json
 import logging
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ai.behind import WriteBehind
 from ai.config import ExactCacheConfig
 
 log = logging.getLogger("spectra.ai")
@@ -34,31 +34,20 @@ CREATE INDEX IF NOT EXISTS entries_created ON entries (created);
 """
 
 
-class ExactCache:
+class ExactCache(WriteBehind):
     """The on-disk (or ``:memory:``) exact cache."""
 
     def __init__(self, config: ExactCacheConfig) -> None:
+        super().__init__("spectra-ai-cache", config.write_window_s)
         self._config = config
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectra-ai-cache")
-        self._db: sqlite3.Connection | None = None
         self._count = 0
-        # Event-loop side: keys in the database (or on their way), writes not yet handed
-        # to the thread, and the batch the thread is writing.
+        # Event-loop side: keys in the database (or on their way) and writes not yet
+        # handed to the thread.
         self._keys: set[str] = set()
         self._queued: dict[str, tuple[str, str]] = {}
-        self._writing: asyncio.Future[list[str]] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def _open(self) -> set[str]:
-        path = str(self._config.path) if self._config.path else ":memory:"
-        if self._config.path:
-            self._config.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        db = self._connect(self._config.path)
         db.executescript(SCHEMA)
         db.execute("DELETE FROM entries WHERE expires < ?", (time.time(),))
         keys = {row[0] for row in db.execute("SELECT key FROM entries")}
@@ -68,16 +57,6 @@ class ExactCache:
 
     async def open(self) -> None:
         self._keys = await self._run(self._open)
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    async def close(self) -> None:
-        await self.flush()
-        await self._run(self._close)
-        self._pool.shutdown(wait=True)
 
     def _get(self, key: str, tenant: str) -> dict[str, Any] | None:
         assert self._db is not None
@@ -146,11 +125,9 @@ class ExactCache:
         until it is committed."""
         self._keys.add(key)
         self._queued[key] = (tenant, json.dumps(value))
-        if self._writing is None and self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._config.write_window_s, self._write_queued)
+        self._arm()
 
-    def _write_queued(self) -> None:
+    def _write(self) -> None:
         self._timer = None
         rows = [(k, t, v) for k, (t, v) in self._queued.items()]
         loop = asyncio.get_running_loop()
@@ -168,16 +145,7 @@ class ExactCache:
         else:
             self._keys.difference_update(k for k in done.result() if k not in self._queued)
         if self._queued and self._timer is None:
-            self._write_queued()
-
-    async def flush(self) -> None:
-        """Wait until every queued entry is committed."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._write_queued()
-        while self._writing is not None:
-            await asyncio.wait([self._writing])  # a failure is logged by ``_written``
-            await asyncio.sleep(0)  # let the done callback run
+            self._write()
 
     def __len__(self) -> int:
         return self._count

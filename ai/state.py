@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ai.behind import WriteBehind
 
 log = logging.getLogger("spectra.ai")
 
@@ -82,33 +82,23 @@ class Loaded:
     meters: dict[tuple[str, str], MeterDelta]
 
 
-class StateStore:
+class StateStore(WriteBehind):
     """The SQLite file of budgets and meters, written behind by one thread."""
 
     def __init__(self, path: Path | None, write_window_s: float = 0.02) -> None:
+        super().__init__("spectra-ai-state", write_window_s)
         self.path = path
-        self._window = write_window_s
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectra-ai-state")
-        self._db: sqlite3.Connection | None = None
         self._budgets: defaultdict[str, BudgetDelta] = defaultdict(BudgetDelta)
         self._meters: dict[tuple[str, str], MeterDelta] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._writing: asyncio.Future[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
     async def open(self) -> Loaded:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._open)
+        loaded: Loaded = await self._run(self._open)
+        return loaded
 
     def _open(self) -> Loaded:
-        target = ":memory:" if self.path is None else str(self.path)
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA busy_timeout=5000")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        db = self._connect(self.path, busy_timeout_ms=5000)
         db.executescript(SCHEMA)
         # Reservations left by a run that did not reconcile them: charge them in full.
         db.execute(
@@ -130,34 +120,17 @@ class StateStore:
         self._db = db
         return Loaded(budgets, meters)
 
-    async def close(self) -> None:
-        """Commit everything handed over, then close the file."""
-        await self.flush()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self._close)
-        self._pool.shutdown(wait=True)
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
     # --- deltas (event loop) ------------------------------------------------------------
 
     def budget(self, key_id: str, delta: BudgetDelta) -> None:
         self._budgets[key_id].add(delta)
-        self._schedule()
+        self._arm()
 
     def meter(self, key_id: str, model: str, values: tuple[float, ...]) -> None:
         pending = self._meters.setdefault((key_id, model), MeterDelta())
         for i, value in enumerate(values):
             pending.values[i] += value
-        self._schedule()
-
-    def _schedule(self) -> None:
-        if self._timer is None and self._writing is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._window, self._write)
+        self._arm()
 
     def _write(self) -> None:
         self._timer = None
@@ -180,18 +153,9 @@ class StateStore:
                 self._budgets[key].add(delta)
             for (key, model), pending in meters.items():
                 self.meter(key, model, tuple(pending.values))
-            self._schedule()
+            self._arm()
         elif (self._budgets or self._meters) and self._timer is None:
             self._write()
-
-    async def flush(self) -> None:
-        """Wait until every delta handed over so far is committed."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._write()
-        while self._writing is not None:
-            await asyncio.wait([self._writing])
-            await asyncio.sleep(0)  # let the done callback run (it may start another)
 
     # --- the writer thread --------------------------------------------------------------
 
