@@ -810,17 +810,16 @@ def goal_results(out: Outcome, settings: Settings) -> list[Result]:
             theirs = rates[other]
             goal = None if theirs is None or theirs[0] <= 0 else factor * theirs[0]
             ok = mine is not None and goal is not None and mine[0] >= goal
-            note = (
-                "met"
-                if ok
-                else "NOT met"
-                if goal
-                else f"not measurable ({other} "
-                + ("sustains no rate of the ladder)" if theirs else "unavailable)")
-            )
-            if ok and theirs is not None and theirs[1]:
+            if goal is None:
+                why = "sustains no rate of the ladder" if theirs else "unavailable"
+                note = f"not measurable ({other} {why})"
+            elif not ok:
+                note = "NOT met"
+            elif theirs is not None and theirs[1]:
                 # Theirs is only a lower bound: their real limit, and the goal, may be higher.
                 note = f"undetermined: {other} sustained the whole ladder (>= {theirs[0]:g} rps)"
+            else:
+                note = "met"
             results.append(
                 Result(
                     "goal_sustained_rps",

@@ -51,7 +51,8 @@ class Programs:
         # Programs found on a device before we replaced them (the lab's XDP_PASS
         # peers): (mode flags, fd holding it), put back on detach.
         self._found: dict[tuple[Host, str], tuple[int, int]] = {}
-        self._redirect: tuple[Any, int] | None = None  # (bcc object, program fd)
+        # xdp_redirect_only: ((host, egress, macs) it was built for, bcc object, fd)
+        self._redirect: tuple[tuple[Host, str, tuple[str, str]], Any, int] | None = None
 
     def dataplane(self) -> Dataplane:
         """Compile on first use; raise PerfError (kept in ``error``) when unavailable."""
@@ -75,29 +76,39 @@ class Programs:
         from xdp import loader
 
         dp = self.dataplane()
-        with inside(host):
-            if (host, dev) not in self._found:
-                self._found[(host, dev)] = _current_program(dev)
+        with self._attaching(host, dev):
             if program == "xdp_gateway":
-                mode = dp.attach(dev, mode="native")
-            else:
-                mode = loader.attach(dev, dp.program_fd(program), "native")
-        self._attached.append((host, dev))
-        return mode
+                return dp.attach(dev, mode="native")
+            return loader.attach(dev, dp.program_fd(program), "native")
 
     def attach_redirect_only(
         self, host: Host, dev: str, egress: str, macs: tuple[str, str]
     ) -> None:
         """Attach ``xdp_redirect_only`` (perf/redirect_only.bpf.c) to ``dev``: every
-        frame out of ``egress`` with ``macs`` (source, destination), nothing else."""
+        frame out of ``egress`` with ``macs`` (source, destination), nothing else.
+        Compiled once per egress and MAC pair, not once per run."""
         from xdp import loader
 
+        with self._attaching(host, dev):
+            wanted = (host, egress, macs)
+            if self._redirect is None or self._redirect[0] != wanted:
+                self._drop_redirect()
+                self._redirect = (wanted, *_redirect_only(loader.ifindex_of(egress), macs))
+            loader.attach(dev, self._redirect[2], "native")
+
+    @contextlib.contextmanager
+    def _attaching(self, host: Host, dev: str) -> Iterator[None]:
+        """Inside ``host``, with the program ``dev`` had kept to put back on detach."""
         with inside(host):
             if (host, dev) not in self._found:
                 self._found[(host, dev)] = _current_program(dev)
-            self._redirect = _redirect_only(loader.ifindex_of(egress), macs)
-            loader.attach(dev, self._redirect[1], "native")
+            yield
         self._attached.append((host, dev))
+
+    def _drop_redirect(self) -> None:
+        if self._redirect is not None:
+            self._redirect[1].cleanup()
+            self._redirect = None
 
     def set_tx_port(self, host: Host, dev: str) -> int:
         from xdp import loader
@@ -169,9 +180,7 @@ class Programs:
         if self._dp is not None:
             self._dp.close()
             self._dp = None
-        if self._redirect is not None:
-            self._redirect[0].cleanup()
-            self._redirect = None
+        self._drop_redirect()
 
 
 REDIRECT_ONLY_SOURCE = Path(__file__).with_name("redirect_only.bpf.c")
