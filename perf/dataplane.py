@@ -17,11 +17,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from perf import paths, progcost, rr
-from perf.bpf import Programs
 from perf.generator import Packets, SynFlood, UdpFlow, send
 from perf.lab import Lab
-from perf.method import GENERATOR_CPU, Tuning, cpu_delta, dev_counter, pinned_process
-from perf.paths import IPPROTO_TCP, IPPROTO_UDP, REDIRECT_ONLY, Flow, Gateway
+from perf.method import GENERATOR_CPU, cpu_delta, dev_counter, pinned_process
+from perf.paths import IPPROTO_TCP, IPPROTO_UDP, REDIRECT_ONLY, Flow, SuiteBase
 from perf.report import Result
 from perf.stats import EXPECTED_ORDER, Run, check_ordering, check_run, summarize
 from perf.target import PerfError, Target
@@ -60,14 +59,9 @@ class Settings:
         return cls(rate_pps, 2.0, 3, 2.0, 1, 200, 3, 40_000, 2.0)
 
 
-class Suite:
+class Suite(SuiteBase[Settings]):
     def __init__(self, target: Target, settings: Settings, progress: Callable[[str], None]) -> None:
-        self.target = target
-        self.settings = settings
-        self.progress = progress
-        self.programs = Programs()
-        self.tuning = Tuning(target)
-        self.gw = Gateway(target, self.tuning, self.programs)
+        super().__init__(target, settings, progress)
         self.unavailable: dict[str, str] = {}
         self._sink_dropping = False
 

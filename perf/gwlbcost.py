@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from perf import paths
-from perf.bpf import Programs, inside
+from perf.bpf import inside
 from perf.generator import UdpFlow, send
-from perf.method import GATEWAY_CPU, Tuning, cpu_delta, dev_counter, read_schedstat
-from perf.paths import IPPROTO_UDP, Flow, Gateway
+from perf.method import GATEWAY_CPU, cpu_delta, dev_counter, read_schedstat
+from perf.paths import IPPROTO_UDP, Flow, SuiteBase
 from perf.report import Result
 from perf.stats import Run, SchedStat, check_ordering, check_run, summarize
 from perf.target import PerfError, Target
@@ -103,16 +103,11 @@ def geneve_frame(plain: UdpFlow, outer_dst: str) -> bytes:
     return mac + b"\x08\x00" + ip
 
 
-class GeneveSuite:
+class GeneveSuite(SuiteBase[Settings]):
     def __init__(self, target: Target, settings: Settings, progress: Callable[[str], None]):
         if not target.lab:
             raise PerfError("the geneve suite runs in the lab only (for now)")
-        self.target = target
-        self.settings = settings
-        self.progress = progress
-        self.programs = Programs()
-        self.tuning = Tuning(target)
-        self.gw = Gateway(target, self.tuning, self.programs)
+        super().__init__(target, settings, progress)
         self.gwlb: Any = None
         self.handler: subprocess.Popen[str] | None = None
         self._sysctls: list[tuple[str, str]] = []

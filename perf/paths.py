@@ -14,7 +14,9 @@ inspection path has its own suite (``perf/nfq.py``), and so has the GENEVE path
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from perf.bpf import Programs
 from perf.method import Tuning
@@ -147,6 +149,22 @@ class Gateway:
                 check=False,
             )
             self._neigh = False
+
+
+S = TypeVar("S")
+
+
+class SuiteBase(Generic[S]):
+    """What a data-path suite holds: its target, settings and progress callback, the
+    compiled programs, the method's tuning and the gateway set-up helpers."""
+
+    def __init__(self, target: Target, settings: S, progress: Callable[[str], None]) -> None:
+        self.target = target
+        self.settings = settings
+        self.progress = progress
+        self.programs = Programs()
+        self.tuning = Tuning(target)
+        self.gw = Gateway(target, self.tuning, self.programs)
 
 
 # ---- packet-rate phase (the sink drops with XDP) ------------------------------------
