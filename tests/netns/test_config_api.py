@@ -70,6 +70,10 @@ def test_deny_rule_through_the_api_drops_within_one_second(api: Api, lab_status:
     assert "198.51.100.10" in sh(GW.netns, "nft", "list", "table", "inet", "spectra").stdout
     status, st, _ = api.call("GET", "/v1/status")
     assert st["instances"][GW.netns]["in_sync"]
+    # nftables applies before XDP: the probes above may all have met the nft rule, so
+    # send one now that every step is in force, for the XDP counter.
+    assert not udp_echo_ok(echo)
+    status, st, _ = api.call("GET", "/v1/status")
     assert st["instances"][GW.netns]["counters"]["xdp_drop_deny_packets"] >= 1
 
 
