@@ -7,7 +7,8 @@ concurrent requests can never together exceed a budget, provided the completion 
 capped at what was reserved (the pipeline passes the cap upstream as ``max_tokens``).
 Decisions use the figures in memory; with a :class:`~ai.state.StateStore` every
 reservation and reconciliation is also written behind to its SQLite file, so used
-totals survive a restart (rate-limit windows, a minute long, start afresh).
+totals and the last minute's rate-window use survive a restart. Windows run on the
+wall clock, the one a restarted process shares with the file.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from dataclasses import dataclass, field
 
 from ai.config import BudgetConfig, PriceConfig
 from ai.errors import BudgetExhausted, RateLimited
-from ai.state import BudgetDelta, StateStore
+from ai.state import RATE_WINDOW_S, BudgetDelta, StateStore, WindowRow
 from ai.usage import Usage
 
-WINDOW_S = 60.0
+WINDOW_S = RATE_WINDOW_S
 
 
 class Prices:
@@ -88,13 +89,21 @@ class Budgets:
         clock: Callable[[], float] | None = None,
         store: StateStore | None = None,
         restored: dict[str, BudgetDelta] | None = None,
+        windows: dict[str, list[WindowRow]] | None = None,
     ) -> None:
         self._state: dict[str, _KeyState] = {
             key: _KeyState(used.used_tokens, used.used_cost)
             for key, used in (restored or {}).items()
         }
-        self._now = time.monotonic if clock is None else clock
+        self._now = time.time if clock is None else clock
         self._store = store
+        now = self._now()
+        for key, rows in (windows or {}).items():
+            state = self._key(key)
+            for second, requests, tokens in rows:  # oldest first
+                at = min(second + 1.0, now)  # the end of its second: never expires early
+                state.requests.extend([at] * requests)
+                state.tokens.append(_Window(at, tokens))
 
     def _key(self, key_id: str) -> _KeyState:
         return self._state.setdefault(key_id, _KeyState())
@@ -154,6 +163,7 @@ class Budgets:
         state.reserved_cost += cost
         if self._store is not None:
             self._store.budget(key_id, BudgetDelta(reserved_tokens=tokens, reserved_cost=cost))
+            self._store.window(key_id, int(now), 1, tokens)
         return Reservation(key_id, tokens, cost, cap, window)
 
     def reconcile(self, reservation: Reservation, usage: Usage | None, cost: float) -> None:
@@ -173,6 +183,8 @@ class Budgets:
                 reservation.key_id,
                 BudgetDelta(used, cost, -reservation.tokens, -reservation.cost),
             )
+            second = int(reservation.window.at)
+            self._store.window(reservation.key_id, second, 0, used - reservation.tokens)
 
     def used(self, key_id: str) -> tuple[int, float]:
         state = self._key(key_id)

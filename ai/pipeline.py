@@ -73,7 +73,11 @@ class Gateway:
         self.cache = cache
         self.semcache = semcache
         self.audit = audit
-        self.budgets = Budgets(store=state, restored=restored.budgets if restored else None)
+        self.budgets = Budgets(
+            store=state,
+            restored=restored.budgets if restored else None,
+            windows=restored.windows if restored else None,
+        )
         self.prices = Prices(config.prices)
         self.metering = Metering(state, restored.meters if restored else None)
         self.flights = SingleFlight()

@@ -11,12 +11,17 @@ Reservations are persisted too. A process that dies between reserve and reconcil
 leaves them in the file, and the next start charges them in full, so a crash can
 never give a key back tokens or money it may have spent; the window is the most a
 hard kill (SIGKILL, power loss) can lose. A clean stop (``close``) loses nothing.
+
+Rate-limit windows are kept the same way, as requests and tokens per key and wall-clock
+second: a restart inside a minute still counts what that minute already used (rows
+older than two windows are deleted as the store writes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +29,9 @@ from pathlib import Path
 from ai.behind import WriteBehind
 
 log = logging.getLogger("spectra.ai")
+
+#: The length of a rate-limit window (requests and tokens per minute), in seconds.
+RATE_WINDOW_S = 60.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS budgets (
@@ -38,6 +46,11 @@ CREATE TABLE IF NOT EXISTS meters (
     cache_write_tokens INTEGER NOT NULL DEFAULT 0,
     estimated_requests INTEGER NOT NULL DEFAULT 0, cost_usd REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, model)
+);
+CREATE TABLE IF NOT EXISTS windows (
+    key_id TEXT NOT NULL, second INTEGER NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0, tokens INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, second)
 );
 """
 METER_FIELDS = (
@@ -74,12 +87,18 @@ class MeterDelta:
     values: list[float] = field(default_factory=lambda: [0] * len(METER_FIELDS))
 
 
+#: One key's rate-window use in one wall-clock second: (second, requests, tokens).
+WindowRow = tuple[int, int, int]
+
+
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    """What a previous run left: used totals (crash leftovers charged) and meters."""
+    """What a previous run left: used totals (crash leftovers charged), meters, and the
+    rate-window use of the last minute (per key, oldest second first)."""
 
     budgets: dict[str, BudgetDelta]
     meters: dict[tuple[str, str], MeterDelta]
+    windows: dict[str, list[WindowRow]] = field(default_factory=dict)
 
 
 class StateStore(WriteBehind):
@@ -90,6 +109,7 @@ class StateStore(WriteBehind):
         self.path = path
         self._budgets: defaultdict[str, BudgetDelta] = defaultdict(BudgetDelta)
         self._meters: dict[tuple[str, str], MeterDelta] = {}
+        self._windows: defaultdict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -117,8 +137,15 @@ class StateStore(WriteBehind):
             (row[0], row[1]): MeterDelta(list(row[2:]))
             for row in db.execute(f"SELECT key_id, model, {columns} FROM meters")
         }
+        windows: dict[str, list[WindowRow]] = {}
+        for key, second, requests, tokens in db.execute(
+            "SELECT key_id, second, requests, tokens FROM windows WHERE second >= ? "
+            "ORDER BY key_id, second",
+            (int(time.time() - RATE_WINDOW_S) - 1,),
+        ):
+            windows.setdefault(key, []).append((second, requests, tokens))
         self._db = db
-        return Loaded(budgets, meters)
+        return Loaded(budgets, meters, windows)
 
     # --- deltas (event loop) ------------------------------------------------------------
 
@@ -132,19 +159,28 @@ class StateStore(WriteBehind):
             pending.values[i] += value
         self._arm()
 
+    def window(self, key_id: str, second: int, requests: int, tokens: int) -> None:
+        pending = self._windows[(key_id, second)]
+        pending[0] += requests
+        pending[1] += tokens
+        self._arm()
+
     def _write(self) -> None:
         self._timer = None
         budgets, self._budgets = dict(self._budgets), defaultdict(BudgetDelta)
         meters, self._meters = self._meters, {}
+        windows = [(k, s, r, t) for (k, s), (r, t) in self._windows.items()]
+        self._windows.clear()
         loop = asyncio.get_running_loop()
-        self._writing = loop.run_in_executor(self._pool, self._commit, budgets, meters)
-        self._writing.add_done_callback(lambda done: self._written(done, budgets, meters))
+        self._writing = loop.run_in_executor(self._pool, self._commit, budgets, meters, windows)
+        self._writing.add_done_callback(lambda done: self._written(done, budgets, meters, windows))
 
     def _written(
         self,
         done: asyncio.Future[None],
         budgets: dict[str, BudgetDelta],
         meters: dict[tuple[str, str], MeterDelta],
+        windows: list[tuple[str, int, int, int]],
     ) -> None:
         self._writing = None
         if done.cancelled() or done.exception() is not None:
@@ -153,14 +189,19 @@ class StateStore(WriteBehind):
                 self._budgets[key].add(delta)
             for (key, model), pending in meters.items():
                 self.meter(key, model, tuple(pending.values))
+            for key, second, requests, tokens in windows:
+                self.window(key, second, requests, tokens)
             self._arm()
-        elif (self._budgets or self._meters) and self._timer is None:
+        elif (self._budgets or self._meters or self._windows) and self._timer is None:
             self._write()
 
     # --- the writer thread --------------------------------------------------------------
 
     def _commit(
-        self, budgets: dict[str, BudgetDelta], meters: dict[tuple[str, str], MeterDelta]
+        self,
+        budgets: dict[str, BudgetDelta],
+        meters: dict[tuple[str, str], MeterDelta],
+        windows: list[tuple[str, int, int, int]],
     ) -> None:
         db = self._db
         assert db is not None
@@ -182,6 +223,14 @@ class StateStore(WriteBehind):
                 f"INSERT INTO meters VALUES (?, ?, {', '.join('?' * len(METER_FIELDS))}) "
                 f"ON CONFLICT (key_id, model) DO UPDATE SET {meter_set}",
                 [(k, m, *d.values) for (k, m), d in meters.items()],
+            )
+            db.executemany(
+                "INSERT INTO windows VALUES (?, ?, ?, ?) ON CONFLICT (key_id, second) DO UPDATE "
+                "SET requests = requests + excluded.requests, tokens = tokens + excluded.tokens",
+                windows,
+            )
+            db.execute(
+                "DELETE FROM windows WHERE second < ?", (int(time.time() - 2 * RATE_WINDOW_S),)
             )
             db.execute("COMMIT")
         except BaseException:

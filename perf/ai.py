@@ -79,9 +79,10 @@ Progress = Callable[[str], None]
 class Settings:
     """The ladder and step sizes; :meth:`quick` finishes within two minutes here."""
 
-    # Steps close enough that "the highest rate sustained" is within ~30 % of the real
-    # limit, and past the bare proxy's 1,000 so its limit is found rather than bounded.
-    rates: tuple[int, ...] = (10, 50, 100, 200, 350, 500, 700, 1000, 1400, 2000)
+    # Steps close enough that "the highest rate sustained" is within ~20 % of the real
+    # limit where the gateway and the bare proxy stop (a ratio of two such rates is
+    # quantized by the steps), and past the bare proxy's limit so it is found, not bounded.
+    rates: tuple[int, ...] = (10, 50, 100, 200, 350, 500, 700, 850, 1000, 1200, 1400, 1700, 2000)
     seconds: float = 5.0
     min_requests: int = 100
     timeout_s: float = 5.0

@@ -14,6 +14,10 @@ given for both and for all pairs. That split is by pair, and a question often oc
 in several pairs, so some holdout pairs share a text with tune pairs (the JSON says how
 many); ``--random-splits N`` adds N random splits that keep every text on one side
 (connected components of the pairs' texts), the spread a hidden holdout can show.
+The labels' own ceiling is reported too: the pairs whose texts are the same question
+after lower-casing and dropping punctuation (any cache, however good, must serve one for
+the other) and the share of them labelled 1 -- no matcher can be more precise than the
+labels are on their clearest duplicates.
 A threshold sweep with and without guards follows for information, then the latency
 of ``lookup`` on the real model, measured on partitions of 1 and of up to 100,000
 entries.
@@ -26,6 +30,7 @@ import asyncio
 import gzip
 import json
 import logging
+import re
 import statistics
 import sys
 import time
@@ -159,6 +164,25 @@ def sweep(
     return table
 
 
+_WORDS = re.compile(r"[^\W_]+")
+
+
+def same_question(a: str, b: str) -> bool:
+    """The same words in the same order, ignoring case, punctuation and spacing."""
+    return _WORDS.findall(a.lower()) == _WORDS.findall(b.lower())
+
+
+def label_ceiling(pairs: list[Pair]) -> dict[str, Any]:
+    """How many pairs are the same question (:func:`same_question`) and the share of
+    them labelled 1: the precision a perfect matcher reaches on them."""
+    labels = [p.label for p in pairs if same_question(p.text_a, p.text_b)]
+    return {
+        "same_question_pairs": len(labels),
+        "labelled_1": sum(labels),
+        "precision": round(sum(labels) / len(labels), 4) if labels else None,
+    }
+
+
 def text_groups(pairs: list[Pair]) -> npt.NDArray[np.int64]:
     """For each pair, the id of its connected component of texts (union-find)."""
     parent: dict[str, str] = {}
@@ -268,6 +292,13 @@ def markdown(doc: dict[str, Any]) -> str:
         f"random text-disjoint halves: precision >= {sp['precision_min']}, recall >= "
         f"{sp['recall_min']}",
     ]
+    ceiling = doc["label_ceiling"]
+    out += [
+        "",
+        f"label ceiling: {ceiling['same_question_pairs']} pairs are the same question "
+        f"(case and punctuation aside), {ceiling['labelled_1']} of them labelled 1: "
+        f"precision {ceiling['precision']} for a perfect matcher on them",
+    ]
     out += ["", "| guard | refused true pairs | refused false pairs |", "|---|---|---|"]
     for guard, counts in doc["guard_refusals"].items():
         out.append(f"| {guard} | {counts['label_1']} | {counts['label_0']} |")
@@ -357,6 +388,7 @@ def main(argv: list[str]) -> int:
         "config": json.loads(config.model_dump_json()),
         "shipped": shipped,
         "splits": splits,
+        "label_ceiling": label_ceiling(pairs),
         "sweep_split": args.sweep_split,
         "sweep": table,
         "guard_refusals": {

@@ -1,12 +1,13 @@
 """Budgets and metering survive a restart of the gateway (``ai.state``): used totals
 and meters come back from the SQLite file, a reservation a dead process never
-reconciled is charged in full, and 100 concurrent requests still never overshoot a
-budget across the restart."""
+reconciled is charged in full, the last minute's rate-window use still counts, and
+100 concurrent requests still never overshoot a budget across the restart."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from openai.types.chat import ChatCompletion
 
 from ai.budget import Budgets
 from ai.config import AuditConfig, BudgetConfig, StateConfig
+from ai.errors import RateLimited
 from ai.metering import Meter, Metering
 from ai.server import GATEWAY
 from ai.state import METER_FIELDS, StateStore
@@ -79,6 +81,57 @@ async def test_a_clean_stop_loses_nothing(tmp_path: Path) -> None:
     await reopened.close()
 
 
+@pytest.mark.asyncio
+async def test_rate_windows_survive_a_crash_within_their_minute(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    limits = BudgetConfig(requests_per_minute=3, tokens_per_minute=100)
+    store = StateStore(path, write_window_s=0.01)
+    budgets = Budgets(store=store, restored=(await store.open()).budgets)
+    budgets.reconcile(budgets.reserve("k", limits, 10, 40, 0), Usage(10, 20), 0)  # 30
+    budgets.reserve("k", limits, 10, 40, 0)  # 50, in flight when the process dies
+    await asyncio.sleep(0.05)  # written behind; the process never closes the store
+
+    again = StateStore(path)
+    loaded = await again.open()
+    restarted = Budgets(store=again, restored=loaded.budgets, windows=loaded.windows)
+    with pytest.raises(RateLimited, match="100 tokens per minute"):
+        restarted.reserve("k", limits, 10, 20, 0)  # 30 + 50 + 30 > 100
+    restarted.reserve("k", limits, 10, 10, 0)  # 100: fits exactly
+    with pytest.raises(RateLimited, match="3 requests per minute") as refused:
+        restarted.reserve("k", limits, 1, 1, 0)
+    assert 0 < refused.value.retry_after <= 61  # type: ignore[operator]
+    await again.close()
+    await store.close()
+
+
+@pytest.mark.asyncio
+async def test_window_rows_older_than_a_minute_do_not_count_and_are_pruned(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    store = StateStore(path)
+    await store.open()
+    await store.close()
+    now = int(time.time())
+    db = sqlite3.connect(path)
+    rows = [("k", now - 90, 5, 500), ("k", now - 500, 5, 500)]
+    db.executemany("INSERT INTO windows VALUES (?, ?, ?, ?)", rows)
+    db.commit()
+    db.close()
+
+    again = StateStore(path)
+    loaded = await again.open()
+    assert loaded.windows == {}
+    budgets = Budgets(store=again, restored=loaded.budgets, windows=loaded.windows)
+    budgets.reserve("k", BudgetConfig(requests_per_minute=1, tokens_per_minute=10), 1, 1, 0)
+    await again.close()
+    db = sqlite3.connect(path)
+    kept = db.execute("SELECT second, requests FROM windows ORDER BY second").fetchall()
+    db.close()
+    assert kept[0][0] == now - 90  # within two windows: kept, not counted
+    assert kept[1:] and all(s >= now for s, _ in kept[1:])  # now - 500 is gone
+
+
 async def _burst(client: openai.AsyncOpenAI, tag: str) -> list[ChatCompletion | BaseException]:
     return await asyncio.gather(
         *(
@@ -121,3 +174,23 @@ async def test_budget_holds_across_a_restart_under_concurrency(
     reported = sum(r.usage.total_tokens for r in ok if r.usage is not None)
     assert used_after == used_before + reported <= limit
     assert gw.metering.get("key-a", "gpt-4o-mini").requests == meter_before.requests + len(ok)
+
+
+@pytest.mark.asyncio
+async def test_requests_per_minute_hold_across_a_gateway_restart(
+    make_gateway: GatewayFactory,
+) -> None:
+    settings = {"budget_a": {"requests_per_minute": 2}, "exact_cache": {"enabled": False}}
+    first = await make_gateway(**settings)
+    async with client_for(first) as c:
+        for i in range(2):
+            await c.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": f"before {i}"}]
+            )
+    await first.close()
+    second = await make_gateway(**settings)
+    async with client_for(second) as c:
+        with pytest.raises(openai.RateLimitError, match="2 requests per minute"):
+            await c.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "after"}]
+            )

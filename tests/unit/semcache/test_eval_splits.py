@@ -1,12 +1,12 @@
 """The evaluation's split report (perf/semcache.py): text-disjoint random halves and
-the count of holdout pairs that share a text with the tune half."""
+the count of holdout pairs that share a text with the tune half; the labels' ceiling."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from perf.semcache import Pair, split_report, text_groups
+from perf.semcache import Pair, label_ceiling, split_report, text_groups
 
 pytestmark = pytest.mark.unit
 
@@ -38,3 +38,22 @@ def test_random_halves_never_split_a_text_and_count_the_leak() -> None:
             for text in (pair.text_a, pair.text_b):
                 sides.setdefault(text, set()).add(bool(side[group]))
         assert all(len(s) == 1 for s in sides.values())
+
+
+def test_label_ceiling_counts_only_the_same_question_and_its_labels() -> None:
+    pairs = [
+        Pair(
+            "How do I overcome my inferiority complex ?",
+            "how do i overcome my inferiority complex",
+            0,
+        ),
+        Pair("What is Python?", "What is python", 1),
+        Pair("What is Python?", "What is Java?", 0),
+        Pair("Who is A to B?", "Who is B to A?", 1),  # same words, another order: not counted
+    ]
+    assert label_ceiling(pairs) == {"same_question_pairs": 2, "labelled_1": 1, "precision": 0.5}
+    assert label_ceiling(pairs[2:]) == {
+        "same_question_pairs": 0,
+        "labelled_1": 0,
+        "precision": None,
+    }
