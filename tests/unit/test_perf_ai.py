@@ -49,6 +49,14 @@ def test_percentile_interpolates_like_numpy() -> None:
     assert percentile([], 50) is None
 
 
+def test_the_goal_rate_step_is_long_enough_for_a_p99_of_ten_samples() -> None:
+    s = Settings()
+    assert s.count(s.goal_rate) >= 1000  # p99 = the 10th-worst request
+    assert s.count(10) == s.min_requests and s.count(1000) == round(1000 * s.seconds)
+    quick = Settings.quick()
+    assert quick.count(quick.goal_rate) == quick.goal_requests < s.count(s.goal_rate)
+
+
 def test_sample_latency_counts_from_the_scheduled_time_not_the_send_time() -> None:
     s = Sample(scheduled=1.000, sent=1.300, done=1.310)
     assert s.latency_ms == pytest.approx(310.0)
