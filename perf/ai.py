@@ -1004,7 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--json", type=Path, required=True, metavar="FILE")
-    p.add_argument("--quick", action="store_true", help="4 rates x 2 s (about 2 minutes)")
+    p.add_argument("--quick", action="store_true", help="5 rates x 2 s (about 2 minutes)")
     p.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     p.add_argument("--litellm-venv", type=Path, default=CACHE_DIR / "litellm-venv")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
