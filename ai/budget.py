@@ -24,8 +24,6 @@ from ai.errors import BudgetExhausted, RateLimited
 from ai.state import RATE_WINDOW_S, BudgetDelta, StateStore, WindowRow
 from ai.usage import Usage
 
-WINDOW_S = RATE_WINDOW_S
-
 
 class Prices:
     """USD prices by model-name pattern; unknown models cost nothing."""
@@ -109,9 +107,9 @@ class Budgets:
         return self._state.setdefault(key_id, _KeyState())
 
     def _expire(self, state: _KeyState, now: float) -> None:
-        while state.requests and state.requests[0] <= now - WINDOW_S:
+        while state.requests and state.requests[0] <= now - RATE_WINDOW_S:
             state.requests.popleft()
-        while state.tokens and state.tokens[0].at <= now - WINDOW_S:
+        while state.tokens and state.tokens[0].at <= now - RATE_WINDOW_S:
             state.tokens.popleft()
 
     def reserve(
@@ -130,7 +128,7 @@ class Budgets:
         ):
             raise RateLimited(
                 f"rate limit of {limits.requests_per_minute} requests per minute reached",
-                retry_after=int(WINDOW_S - (now - state.requests[0])) + 1,
+                retry_after=int(RATE_WINDOW_S - (now - state.requests[0])) + 1,
             )
         cap: int | None = completion_tokens
         if limits.max_tokens is not None:
@@ -146,9 +144,9 @@ class Budgets:
             if in_window + tokens > limits.tokens_per_minute:
                 raise RateLimited(
                     f"rate limit of {limits.tokens_per_minute} tokens per minute reached",
-                    retry_after=int(WINDOW_S - (now - state.tokens[0].at)) + 1
+                    retry_after=int(RATE_WINDOW_S - (now - state.tokens[0].at)) + 1
                     if state.tokens
-                    else int(WINDOW_S),
+                    else int(RATE_WINDOW_S),
                 )
         if limits.max_cost_usd is not None and (
             state.used_cost + state.reserved_cost + cost > limits.max_cost_usd

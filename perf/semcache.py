@@ -16,8 +16,8 @@ many); ``--random-splits N`` adds N random splits that keep every text on one si
 (connected components of the pairs' texts), the spread a hidden holdout can show.
 The labels' own ceiling is reported too: the pairs whose texts are the same question
 after lower-casing and dropping punctuation (any cache, however good, must serve one for
-the other) and the share of them labelled 1 -- no matcher can be more precise than the
-labels are on their clearest duplicates.
+the other) and the share of them labelled 1 -- the precision a perfect matcher scores
+on the clearest duplicates.
 A threshold sweep with and without guards follows for information, then the latency
 of ``lookup`` on the real model, measured on partitions of 1 and of up to 100,000
 entries.
@@ -30,7 +30,6 @@ import asyncio
 import gzip
 import json
 import logging
-import re
 import statistics
 import sys
 import time
@@ -164,12 +163,10 @@ def sweep(
     return table
 
 
-_WORDS = re.compile(r"[^\W_]+")
-
-
 def same_question(a: str, b: str) -> bool:
-    """The same words in the same order, ignoring case, punctuation and spacing."""
-    return _WORDS.findall(a.lower()) == _WORDS.findall(b.lower())
+    """The same words in the same order (the guards' tokens), ignoring case, punctuation
+    and spacing."""
+    return Features(a).tokens == Features(b).tokens
 
 
 def label_ceiling(pairs: list[Pair]) -> dict[str, Any]:
