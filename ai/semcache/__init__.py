@@ -5,7 +5,7 @@ model, system prompt, history, tools, parameters) and asks this package whether 
 near-identical last message was answered before. Matching is a local MiniLM embedding
 (onnxruntime, no network), brute-force cosine per partition, a threshold and guard
 checks (numbers, names, negations, question words, opposite words and the roles
-of words around "to", "from", "than" must agree).
+of words around "to", "from", "than", operator and currency symbols must agree).
 ``python -m perf semcache`` measures the shipped configuration on labelled pairs.
 """
 

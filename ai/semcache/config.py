@@ -32,6 +32,9 @@ class GuardConfig(BaseModel):
     """Neither text holds a word whose opposite is in the other (best vs worst)."""
     word_order: bool = True
     """Words around "to", "from", "than", "over" ... keep their roles (A to B vs B to A)."""
+    symbols: bool = True
+    """Operator and currency symbols must be the same (C++ vs C#, == vs !=, $ vs EUR);
+    prose use of ! & / * is ignored."""
 
 
 class SemCacheConfig(BaseModel):

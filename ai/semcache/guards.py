@@ -4,8 +4,8 @@ Sentence embeddings put "How do I lose weight?" and "How do I gain weight?", or 
 same question about 2019 and about 2020, very close together; serving one's answer
 for the other is the costly mistake of a semantic cache. Each guard extracts one
 feature from both texts (numbers, names, negations, question words, opposite words,
-the roles of words around "to" / "from" / "than") and refuses the match when they
-disagree. The rules are general English heuristics,
+the roles of words around "to" / "from" / "than", operator and currency symbols) and
+refuses the match when they disagree. The rules are general English heuristics,
 not a list of known pairs.
 """
 
@@ -30,6 +30,7 @@ class Guard(StrEnum):
     QUESTION_WORDS = "question_words"
     ANTONYMS = "antonyms"
     WORD_ORDER = "word_order"
+    SYMBOLS = "symbols"
 
 
 def _split(words: str) -> list[str]:
@@ -43,6 +44,10 @@ _NEGATION = re.compile(
     r"\b(?:not|no|never|none|nobody|nothing|nowhere|neither|nor|cannot|without)\b|n['\u2019]t\b"
 )
 _FRAMING_NOT = re.compile(r"\b(?:or not|why not)\b")
+#: Runs of operator and currency characters: C++ / C#, == / !=, A1+B1 / A1*B1, $ / EUR.
+_SYMBOL_RUN = re.compile(r"[+#=<>~%^|$\u20ac\u00a3\u00a5@!*&/]+")
+#: Runs made only of these are prose ("Help!", "A & B", "and/or", a footnote "*").
+_PROSE_SYMBOLS = frozenset("!&/*")
 
 _UNITS = _split(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen \
@@ -169,6 +174,10 @@ class Features:
         return positions
 
     @cached_property
+    def symbols(self) -> Counter[str]:
+        return Counter(r for r in _SYMBOL_RUN.findall(self.text) if not set(r) <= _PROSE_SYMBOLS)
+
+    @cached_property
     def question_word(self) -> str | None:
         for word in self.words:
             lowered = word.lower()
@@ -253,6 +262,11 @@ def _word_order_agrees(a: Features, b: Features) -> bool:
     return True
 
 
+def _symbols_agree(a: Features, b: Features) -> bool:
+    """Refuse a different language, operator or currency: "in F#" vs "in F"."""
+    return a.symbols == b.symbols
+
+
 def _directional_between(tokens: tuple[str, ...], i: int, j: int) -> bool:
     low, high = min(i, j), max(i, j)
     return any(t in _DIRECTIONAL for t in tokens[low + 1 : high])
@@ -265,6 +279,7 @@ CHECKS: dict[Guard, Callable[[Features, Features], bool]] = {
     Guard.QUESTION_WORDS: _question_words_agree,
     Guard.ANTONYMS: _antonyms_agree,
     Guard.WORD_ORDER: _word_order_agrees,
+    Guard.SYMBOLS: _symbols_agree,
 }
 
 

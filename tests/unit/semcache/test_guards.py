@@ -1,5 +1,6 @@
 """Guard checks: a pair above the threshold is still refused when numbers, names,
-negations, question words or opposite words disagree; paraphrases pass."""
+negations, question words, opposite words or operator symbols disagree; paraphrases
+pass."""
 
 from __future__ import annotations
 
@@ -115,6 +116,43 @@ def test_opposite_words_are_refused() -> None:
 )
 def test_swapped_roles_are_refused(a: str, b: str) -> None:
     assert check(a, b, ALL) is Guard.WORD_ORDER
+
+
+CSV_TASK = (
+    "Write a function that reads a CSV file with a header row, skips empty lines, converts "
+    "the price column to a decimal and returns the total per customer, in {}."
+)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        # MiniLM puts this pair at cosine 0.948 (measured): above the shipped threshold.
+        (CSV_TASK.format("F#"), CSV_TASK.format("F")),
+        (CSV_TASK.format("C"), CSV_TASK.format("C++")),
+        ("What does the formula =A1+B1 return?", "What does the formula =A1*B1 return?"),
+        ("When is a == b true in Python?", "When is a != b true in Python?"),
+        ("Is a used car under $7000 a good deal?", "Is a used car under \u20ac7000 a good deal?"),
+    ],
+)
+def test_operator_and_currency_symbols_must_agree(a: str, b: str) -> None:
+    assert check(a, b, ALL) is Guard.SYMBOLS
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (
+            "What is the hierarchy at McKinsey and Company?",
+            "What is the hierarchy at McKinsey & Company?",
+        ),
+        ("How do gay or lesbian people have sex?", "How do gay/lesbian people have sex?"),
+        ("Help, my code does not compile!", "Help, my code does not compile"),
+        ("What is the best compiler for C++?", "Which is the best compiler for C++ ?"),
+    ],
+)
+def test_prose_symbols_are_ignored(a: str, b: str) -> None:
+    assert check(a, b, ALL) is None
 
 
 def test_reordered_words_without_a_role_word_pass() -> None:
