@@ -15,9 +15,9 @@ in several pairs, so some holdout pairs share a text with tune pairs (the JSON s
 many); ``--random-splits N`` adds N random splits that keep every text on one side
 (connected components of the pairs' texts), the spread a hidden holdout can show.
 The labels' own ceiling is reported too: the pairs whose texts are the same question
-after lower-casing and dropping punctuation (any cache, however good, must serve one for
-the other) and the share of them labelled 1 -- the precision a perfect matcher scores
-on the clearest duplicates.
+after lower-casing and dropping punctuation, with the same operator symbols (any cache,
+however good, must serve one for the other) and the share of them labelled 1 -- the
+precision a perfect matcher scores on the clearest duplicates.
 A threshold sweep with and without guards follows for information, then the latency
 of ``lookup`` on the real model, measured on partitions of 1 and of up to 100,000
 entries.
@@ -164,9 +164,10 @@ def sweep(
 
 
 def same_question(a: str, b: str) -> bool:
-    """The same words in the same order (the guards' tokens), ignoring case, punctuation
-    and spacing."""
-    return Features(a).tokens == Features(b).tokens
+    """The same words in the same order (the guards' tokens) and the same operator
+    symbols (C vs C++ is another question), ignoring case, punctuation and spacing."""
+    fa, fb = Features(a), Features(b)
+    return fa.tokens == fb.tokens and fa.symbols == fb.symbols
 
 
 def label_ceiling(pairs: list[Pair]) -> dict[str, Any]:

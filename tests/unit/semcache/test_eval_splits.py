@@ -50,6 +50,7 @@ def test_label_ceiling_counts_only_the_same_question_and_its_labels() -> None:
         Pair("What is Python?", "What is python", 1),
         Pair("What is Python?", "What is Java?", 0),
         Pair("Who is A to B?", "Who is B to A?", 1),  # same words, another order: not counted
+        Pair("Is C hard to learn?", "Is C++ hard to learn?", 0),  # another language: not counted
     ]
     assert label_ceiling(pairs) == {"same_question_pairs": 2, "labelled_1": 1, "precision": 0.5}
     assert label_ceiling(pairs[2:]) == {
