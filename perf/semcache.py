@@ -294,8 +294,8 @@ def markdown(doc: dict[str, Any]) -> str:
     out += [
         "",
         f"label ceiling: {ceiling['same_question_pairs']} pairs are the same question "
-        f"(case and punctuation aside), {ceiling['labelled_1']} of them labelled 1: "
-        f"precision {ceiling['precision']} for a perfect matcher on them",
+        f"(case and punctuation aside, same operator symbols), {ceiling['labelled_1']} "
+        f"of them labelled 1: precision {ceiling['precision']} for a perfect matcher on them",
     ]
     out += ["", "| guard | refused true pairs | refused false pairs |", "|---|---|---|"]
     for guard, counts in doc["guard_refusals"].items():
