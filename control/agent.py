@@ -1,12 +1,14 @@
 """The appliance agent: converges one instance to the config document in the store.
 
 Every poll interval (1 s for the local store, 5 s for SSM) the agent reads the store's
-head; on a new version it validates and converges the instance (:mod:`control.converge`:
-all steps or none). A failed apply rolls back to the last known good document, is
-reported in the status, and is retried with backoff; an unreachable store leaves the
-instance on its last known good document. Between polls the agent runs the XDP offloader
-(every 200 ms). It writes its state to ``/run/spectra/<instance>/status.json``, which
-``spectra status`` and the config API's ``/v1/status`` read.
+head; on a new version it validates and converges the instance through the converge
+steps (:mod:`control.steps`: all steps or none). A failed apply rolls back to the last
+known good document, is reported in the status, and is retried with backoff; an
+unreachable store leaves the instance on its last known good document. Between polls
+the agent runs every step's ``tick`` (every 200 ms: the XDP offloader, inspection
+supervision, the nftables presence check). It writes its state to
+``/run/spectra/<instance>/status.json``, which ``spectra status`` and the config API's
+``/v1/status`` read.
 
 Nothing in the data plane depends on the agent: stopping it leaves the ruleset and the
 pinned, attached XDP programs forwarding.
@@ -26,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from control.config import ConfigDocument, ConfigValidationError
-from control.converge import ConvergeError, Converger, NftStep, SysctlStep, XdpStep
-from control.gwlb import GwlbStep
-from control.inspection import InspectionStep
+from control.steps import ConvergeError, Converger, KernelHost, StepContext, build_steps
+from control.steps.xdp import XdpStep
 from control.store import ConfigStore, StoreError, VersionNotFound
 from control.store.factory import POLL_SECONDS, open_store
 
@@ -37,10 +38,6 @@ log = logging.getLogger("spectra.control")
 RUN_ROOT = Path("/run/spectra")
 LOG_ROOT = Path("/var/log/spectra")
 UNRENDERED_SECTIONS = ("proxy", "tls", "load_balancer")
-
-
-class AgentError(RuntimeError):
-    """The agent cannot start (bad settings, unusable store)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +92,6 @@ def read_state(instance: str) -> dict[str, Any] | None:
     return data
 
 
-def all_states() -> dict[str, dict[str, Any]]:
-    """Every instance that ever ran on this host, by name."""
-    names = sorted(p.name for p in RUN_ROOT.glob("*") if p.is_dir())
-    return {n: s for n in names if (s := read_state(n)) is not None}
-
-
 class Agent:
     """Polls the store and converges the instance, forever."""
 
@@ -110,10 +101,14 @@ class Agent:
         self.state = AgentState(
             settings.instance, os.getpid(), socket.gethostname(), settings.store_url
         )
-        self.xdp = XdpStep(settings.instance, settings.flow_table_size, settings.idle_seconds)
-        self.inspection = InspectionStep(run_dir(settings.instance), LOG_ROOT / settings.instance)
-        self.gwlb = GwlbStep(settings.instance)
-        self.converger = Converger([SysctlStep(), NftStep(), self.inspection, self.xdp, self.gwlb])
+        context = StepContext(
+            settings.instance,
+            run_dir(settings.instance),
+            LOG_ROOT / settings.instance,
+            settings.flow_table_size,
+            settings.idle_seconds,
+        )
+        self.converger = Converger(build_steps(context), KernelHost())
         self._stop = False
         self._wake = threading.Event()
         self._failed_version = 0
@@ -135,7 +130,6 @@ class Agent:
             self.state.last_error = "the config store is empty: write a document (spectra config)"
             return
         if head == self.state.applied_version:
-            self._keep_applied()
             return
         if head == self._failed_version and time.monotonic() < self._retry_at:
             return
@@ -155,7 +149,7 @@ class Agent:
         self.state.applies += 1
         self.state.data_plane = doc.interfaces.data_plane
         self.state.outside_addresses = list(plan.outside_addresses)
-        self.state.xdp_modes = self.xdp.modes
+        self.state.xdp_modes = self._xdp_modes()
         self.state.not_yet_rendered = _unrendered(doc)
         self._failed_version, self._backoff = 0, self.settings.poll
         log.info("converged %s to config version %d", self.settings.instance, version)
@@ -171,23 +165,17 @@ class Agent:
         log.error("config version %d not applied (retry in %.0fs): %s",
                   version, self._backoff, error)  # fmt: skip
 
-    def _keep_applied(self) -> None:
-        """Re-apply the last good plan if someone removed the product's table."""
-        from control import nftables
+    def _xdp_modes(self) -> dict[str, str]:
+        return next((s.modes for s in self.converger.steps if isinstance(s, XdpStep)), {})
 
-        if self.converger.last_good is not None and not nftables.table_present():
-            log.warning("nftables table %s disappeared; re-applying", nftables.TABLE)
-            self._apply(self.state.applied_version)
-
-    def _offload_tick(self) -> None:
-        try:
-            self.state.offload = self.xdp.sync()
-            self.state.inspection = self.inspection.tick()
-        except (OSError, ConvergeError) as exc:
-            log.error("offload/inspection tick failed: %s", exc)
+    def tick(self) -> None:
+        """Every step's periodic work; its status goes into the state file."""
+        status = self.converger.tick()
+        self.state.offload = status.get("xdp", {})
+        self.state.inspection = status.get("inspection", {})
+        self.state.gwlb = status.get("gwlb", {})
 
     def write_state(self) -> None:
-        self.state.gwlb = self.gwlb.status()
         directory = run_dir(self.settings.instance)
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / "status.json.tmp"
@@ -209,16 +197,16 @@ class Agent:
         try:
             while not self._stop:
                 self.poll_once()
+                self.tick()
                 self.write_state()
                 deadline = time.monotonic() + self.settings.poll
                 while not self._stop and time.monotonic() < deadline:
-                    self._offload_tick()
+                    self.tick()
                     if self._wake.wait(self.settings.offload_seconds):
                         self._wake.clear()
                         break
         finally:
-            self.gwlb.close()
-            self.xdp.close()
+            self.converger.close()
             self.store.close()
         log.info("agent %s stopped; data plane left in place", self.settings.instance)
 

@@ -22,7 +22,7 @@ from control.cli_config import config
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from control.services import Service
+    from control.servers import HttpServer
     from control.store import ConfigStore
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -99,7 +99,7 @@ def run(
     """Start the appliance agent and converge this instance until stopped."""
     from control.agent import Agent, AgentSettings, bootstrap_document
     from control.config import ConfigValidationError, parse_document
-    from control.services import ServiceThread
+    from control.servers import ServerThread
     from control.store import StoreError, VersionConflict, open_store
 
     _setup_logging(verbose)
@@ -121,26 +121,26 @@ def run(
             with contextlib.suppress(VersionConflict):  # another instance bootstrapped it
                 store.put(doc, 0, "spectra run --bootstrap")
         agent = Agent(settings, store)
-        services = ServiceThread(
-            _services(store_url, store, api_tokens, agent.wake) if with_api else []
+        servers = ServerThread(
+            _servers(store_url, store, api_tokens, agent.wake) if with_api else []
         )
-        services.start()
+        servers.start()
     except (StoreError, ConfigValidationError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
         agent.run()
     finally:
-        services.stop()
+        servers.stop()
 
 
-def _services(
+def _servers(
     store_url: str, store: ConfigStore, tokens_file: str | None, on_write: Callable[[], None]
-) -> list[Service]:
+) -> list[HttpServer]:
     """The config API on the document's api.host:port (defaults when the store is empty)."""
     from control.api import ApiSettings, create_app
     from control.config import ConfigValidationError
     from control.config.services import Api, ApiToken
-    from control.services import Service
+    from control.servers import HttpServer
     from control.status import host_status
     from control.store import StoreError, open_store
 
@@ -160,7 +160,7 @@ def _services(
         )
         return create_app(open_store(store_url), host_status, settings)
 
-    services = [Service("config API", config_api, str(api.host), api.port)]
+    servers = [HttpServer("config API", config_api, str(api.host), api.port)]
     if doc is not None and doc.ai.routes and doc.ai.listen_port:
         from ai.server import create_app as create_ai_app
 
@@ -171,8 +171,8 @@ def _services(
             ai_store = open_store(store_url)
             return create_ai_app(ai, source=lambda: ai_store.latest()[1].ai)
 
-        services.append(Service("AI gateway", ai_gateway, ai.listen_host, ai.listen_port))
-    return services
+        servers.append(HttpServer("AI gateway", ai_gateway, ai.listen_host, ai.listen_port))
+    return servers
 
 
 @main.command()

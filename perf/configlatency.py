@@ -4,11 +4,11 @@
 
 One sample: an admin PUTs a changed document to the config API (HTTP, loopback); a
 poller with the agent's poll interval (1 s local, 5 s SSM by default) sees the new
-version, reads it and runs a stand-in converge step (render the nftables ruleset and
-the XDP deny list; the real agent adds ``nft -f`` and map updates).  Latency = PUT sent
--> converge step done.  Baselines measured in the same run: the bare store write
+version, reads it and renders it through every converge step (``control.steps``; the
+real agent then applies the parts: ``nft -f``, map updates).  Latency = PUT sent ->
+render done.  Baselines measured in the same run: the bare store write
 (``put_ms``) and the poll interval, so the figures are ratios (``latency / poll``,
-``latency / put``).  Goal (issue 5): <= 1 s for local.
+``latency / put``).  Goal: <= 1 s for the local store.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from typing import Any
 from aiohttp import web
 
 from control.api import ApiSettings, create_app, hash_token, new_token
-from control.config import parse_document, render_nftables, xdp_deny_rules
+from control.config import parse_document
 from control.config.services import ApiToken
+from control.steps import dry_run
 from control.store import ConfigStore, SqliteStore, SsmStore
 
 DEFAULT_POLL = {"local": 1.0, "ssm": 5.0}
@@ -61,8 +62,7 @@ class Poller:
             version = self.store.head()
             if version != self.last:
                 doc = self.store.get(version)
-                render_nftables(doc, ["203.0.113.2"])
-                xdp_deny_rules(doc)
+                dry_run(doc, ("203.0.113.2",))
                 self.applied[version] = time.monotonic()
                 self.last = version
             self._stop.wait(self.poll)

@@ -4,7 +4,9 @@ Writes are optimistic: PUT names its base version (``If-Match`` or ``version``),
 names it in ``If-Match``; a stale base gets 409.  Secrets come back masked; sending the
 mask back means "keep the stored value at this path".  An invalid document gets 422
 with path-level errors and nothing is stored.  Every write is logged and recorded in the
-store (who, when, what changed).
+store (who, when, what changed). A document is also rendered by every converge step
+before it is stored (:func:`control.steps.dry_run`), so what no instance could apply (an
+unsupported inspection rule, an impossible GWLB hook) is a 422 too, naming the field.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from control.config import (
     diff_documents,
     dump_document,
     parse_document,
-    render_nftables,
 )
 from control.config.issues import Loc, format_path
-from control.config.render import guard_addresses
 from control.config.secrets import get_at, set_at
+from control.steps import Plan, RenderError, dry_run
+from control.steps.nftables import guard_addresses
 from control.store.base import StoreError, VersionConflict, VersionNotFound
 
 log = logging.getLogger("spectra.control")
@@ -151,12 +153,25 @@ async def _base_document(request: web.Request, version: int) -> ConfigDocument |
         ) from None
 
 
+def _render(doc: ConfigDocument, outside: tuple[str, ...] = PLACEHOLDER_OUTSIDE) -> Plan:
+    """Every step's render of ``doc``; what no instance could apply is a 422."""
+    try:
+        return dry_run(doc, outside)
+    except RenderError as exc:
+        raise _invalid([FieldError(path=exc.path, value=None, message=exc.message)]) from None
+
+
 def _validate(data: dict[str, Any], request: web.Request) -> ConfigDocument:
     try:
-        return parse_document(data)
+        doc = parse_document(data)
+        _render(doc)
     except ConfigValidationError as exc:
         request.app[METRICS].writes["invalid"] += 1
         raise _invalid(exc.errors) from None
+    except ApiError:
+        request.app[METRICS].writes["invalid"] += 1
+        raise
+    return doc
 
 
 def _changes(old: ConfigDocument | None, new: ConfigDocument) -> list[dict[str, Any]]:
@@ -298,10 +313,13 @@ async def validate(request: web.Request) -> web.Response:
         doc = parse_document(restore_masked(body["document"], base))
     except ConfigValidationError as exc:
         return web.json_response({"valid": False, "errors": exc.errors})
-    addresses = body.get("outside_addresses") or list(PLACEHOLDER_OUTSIDE)
+    addresses = tuple(str(a) for a in body.get("outside_addresses") or PLACEHOLDER_OUTSIDE)
     try:
-        ruleset = render_nftables(doc, [str(a) for a in addresses])
-        used = guard_addresses(doc, [str(a) for a in addresses])
+        plan = dry_run(doc, addresses)
+        used = guard_addresses(doc, addresses)
+    except RenderError as exc:
+        error = FieldError(path=exc.path, value=None, message=exc.message)
+        return web.json_response({"valid": False, "errors": [error]})
     except ValueError as exc:
         raise _invalid(
             [
@@ -317,7 +335,7 @@ async def validate(request: web.Request) -> web.Response:
             "errors": [],
             "base_version": base_version,
             "changes": _changes(base, doc),
-            "nftables": ruleset,
+            "nftables": plan.parts["nftables"],
             "outside_addresses": used,
         }
     )

@@ -1,9 +1,10 @@
-"""The config document: schema, validation, diff and rendering into the kernel path.
+"""The config document: schema, validation and diff.
 
 Public surface: :class:`ConfigDocument` and :func:`parse_document` (raises
 :class:`ConfigValidationError` whose ``errors`` name path, value and what is accepted),
 :func:`dump_document`, :func:`canonical_json`, :func:`json_schema`,
-:func:`diff_documents`, :func:`render_nftables`, :func:`xdp_deny_rules`.
+:func:`diff_documents`. What a document means for an instance is rendered by the
+converge steps (:mod:`control.steps`).
 """
 
 from control.config.diff import Change, diff_documents, summarize
@@ -18,7 +19,6 @@ from control.config.document import (
     validation_errors,
 )
 from control.config.errors import ConfigValidationError, FieldError
-from control.config.render import render_nftables, xdp_deny_rules
 from control.config.types import MASK
 
 __all__ = [
@@ -34,8 +34,6 @@ __all__ = [
     "dump_document",
     "json_schema",
     "parse_document",
-    "render_nftables",
     "summarize",
     "validation_errors",
-    "xdp_deny_rules",
 ]

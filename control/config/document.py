@@ -47,6 +47,13 @@ class ConfigDocument(StrictModel):
     metrics: Metrics = Metrics()
     api: Api = Api()
 
+    @property
+    def gwlb_interface(self) -> str | None:
+        """The GWLB-facing interface when GWLB mode is on (default: the inside one)."""
+        if not self.gwlb.enabled:
+            return None
+        return self.gwlb.interface or self.interfaces.inside
+
     @model_validator(mode="after")
     def _cross_section(self) -> ConfigDocument:
         issues = _interface_issues(self) + _port_claim_issues(self) + _deny_limit_issues(self)

@@ -1,33 +1,130 @@
-"""Converging one instance to a config document, all or nothing.
+"""The step framework: render a document into parts, then apply them, all or nothing.
 
-Every document is first rendered completely (pure functions: the nftables script, the
-XDP deny list, sysctls); nothing touches the kernel until rendering succeeded. Then the
-steps apply in order. When a step fails, every step is re-applied with the last known
-good document and the failure is raised, so the instance is never left half-applied.
+A converge step has two phases. ``render`` turns the document into the step's *part*:
+pure (it reads only what :class:`Host` tells it about this machine), and everything
+that can be rejected is rejected here, so the config API's dry run rejects it too.
+``apply`` makes the part real: idempotent (applying the same part twice changes
+nothing) and reversible (applying the previous part restores the previous state).
+
+:class:`Converger` renders every step before any applies (a :class:`Plan`), then
+applies the parts in step order. When a step fails, every step re-applies its part of
+the last good plan and the failure is raised: the instance is never left half-applied.
+``tick`` is the one hook for periodic work (supervision, offload, re-checks); it
+returns the step's status for ``spectra status``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from pyroute2 import IPRoute
-
-from control import nftables
-from control.config import ConfigDocument, render_nftables, xdp_deny_rules
-from control.fastpath import FastPath, detach_all
-from xdp import DenyRule
+from control.config import ConfigDocument
 
 log = logging.getLogger("spectra.control")
 
-SYSCTL = Path("/proc/sys")
+P = TypeVar("P")
+P_co = TypeVar("P_co", covariant=True)
 
 
 class ConvergeError(RuntimeError):
-    """A step could not be applied; the instance was rolled back to its last good state."""
+    """A document could not be rendered or applied on this instance."""
+
+
+class RenderError(ConvergeError):
+    """A document that no instance could apply; ``path`` names the field."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+class Host(Protocol):
+    """What rendering may know about the machine it renders for."""
+
+    def addresses(self, ifname: str) -> list[str]:
+        """IPv4 addresses of ``ifname``; raises :class:`ConvergeError` if it is absent."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AnyHost:
+    """A host on which every interface exists with ``outside`` addresses: the config
+    API's dry run, which validates a document without knowing the gateway."""
+
+    outside: tuple[str, ...]
+
+    def addresses(self, ifname: str) -> list[str]:
+        return list(self.outside)
+
+
+class KernelHost:
+    """This machine, as the agent sees it: addresses from the current network namespace."""
+
+    def addresses(self, ifname: str) -> list[str]:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=ifname)
+            if not found:
+                raise ConvergeError(
+                    f"interfaces: {ifname!r} does not exist in this network namespace"
+                )
+            return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0], family=2)]
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """What every step is constructed with: who this instance is, where it keeps state."""
+
+    instance: str
+    run_dir: Path
+    log_dir: Path
+    flow_table_size: int = 262144
+    idle_seconds: float = 300.0
+
+
+class Renders(Protocol[P_co]):
+    """The pure half of a step: a class (or instance) that renders a document."""
+
+    name: str
+
+    def render(self, doc: ConfigDocument, host: Host) -> P_co:
+        """The step's part of ``doc``; pure; raises :class:`RenderError`."""
+        ...
+
+
+class Step(Renders[P], Protocol[P]):
+    """One converge step (sysctl, nftables, inspection, xdp, gwlb, ...); its ``render``
+    is a staticmethod, so the config API renders with the class alone."""
+
+    def apply(self, part: P) -> None:
+        """Make ``part`` real; idempotent; raise on failure."""
+        ...
+
+    def tick(self) -> dict[str, Any]:
+        """Periodic work between converges; returns the step's status."""
+        ...
+
+    def close(self) -> None:
+        """Release handles; the data plane stays as applied."""
+        ...
+
+
+class StepBase:
+    """Defaults for steps with no periodic work and nothing to release."""
+
+    def __init__(self, context: StepContext) -> None:
+        self.context = context
+
+    def tick(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,126 +132,56 @@ class Plan:
     """Everything a document means for this instance, rendered before anything applies."""
 
     doc: ConfigDocument
-    nft_script: str
-    deny_rules: tuple[DenyRule, ...]
-    sysctls: tuple[tuple[str, str], ...]
     outside_addresses: tuple[str, ...]
+    parts: Mapping[str, Any]
 
 
-def interface_ipv4(ifname: str) -> list[str]:
-    """IPv4 addresses of ``ifname`` in the current network namespace."""
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            raise ConvergeError(f"interfaces: {ifname!r} does not exist in this network namespace")
-        return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0], family=2)]
-
-
-Addresses = Callable[[str], list[str]]
-
-
-def render(doc: ConfigDocument, addresses: Addresses = interface_ipv4) -> Plan:
-    """Pure apart from reading interface addresses; raises before anything is applied."""
-    addresses(doc.interfaces.inside)
-    outside = addresses(doc.interfaces.outside)
-    if doc.gwlb.enabled and doc.gwlb.interface:
-        addresses(doc.gwlb.interface)  # exists here, before anything is applied
-    try:
-        script = render_nftables(doc, outside)
-    except nftables.NftError as exc:
-        raise ConvergeError(str(exc)) from exc
-    t = doc.nat.timeouts
-    sysctls = (
-        ("net/ipv4/ip_forward", "1"),
-        ("net/netfilter/nf_conntrack_tcp_timeout_established", str(t.tcp_established)),
-        ("net/netfilter/nf_conntrack_udp_timeout", str(t.udp)),
-        ("net/netfilter/nf_conntrack_udp_timeout_stream", str(t.udp_stream)),
-        ("net/netfilter/nf_conntrack_icmp_timeout", str(t.icmp)),
-    )
-    return Plan(doc, script, tuple(xdp_deny_rules(doc)), sysctls, tuple(outside))
-
-
-class Step(Protocol):
-    name: str
-
-    def apply(self, plan: Plan) -> None: ...
-
-
-class SysctlStep:
-    name = "sysctl"
-
-    def apply(self, plan: Plan) -> None:
-        for key, value in plan.sysctls:
-            (SYSCTL / key).write_text(value)
-
-
-class NftStep:
-    name = "nftables"
-
-    def apply(self, plan: Plan) -> None:
-        nftables.apply_ruleset(plan.nft_script)
-
-
-class XdpStep:
-    """Attach (or adopt) the fast path and load the deny list, or detach for ``kernel``."""
-
-    name = "xdp"
-
-    def __init__(self, instance: str, flow_table_size: int, idle_seconds: float) -> None:
-        self.instance = instance
-        self.flow_table_size = flow_table_size
-        self.idle_seconds = idle_seconds
-        self.fast_path: FastPath | None = None
-        self.modes: dict[str, str] = {}
-
-    def apply(self, plan: Plan) -> None:
-        ifs = plan.doc.interfaces
-        if ifs.data_plane == "kernel":
-            if self.fast_path is not None:
-                self.fast_path.close()
-                self.fast_path = None
-            detach_all(ifs.inside, ifs.outside)
-            self.modes = {}
-            return
-        if self.fast_path is None or self.fast_path.interfaces != (ifs.inside, ifs.outside):
-            if self.fast_path is not None:
-                self.fast_path.close()
-            self.fast_path = FastPath(
-                self.instance,
-                ifs.inside,
-                ifs.outside,
-                flow_table_size=self.flow_table_size,
-                idle_seconds=self.idle_seconds,
-            )
-        self.modes = self.fast_path.converge(ifs.xdp_mode, ifs.bulk_tcp)
-        self.fast_path.dataplane.set_deny_rules(list(plan.deny_rules))
-
-    def sync(self) -> dict[str, Any]:
-        return self.fast_path.sync() if self.fast_path is not None else {}
-
-    def close(self) -> None:
-        if self.fast_path is not None:
-            self.fast_path.close()
+def render(doc: ConfigDocument, steps: Sequence[Renders[Any]], host: Host) -> Plan:
+    """Render every step's part; raises before anything is applied."""
+    host.addresses(doc.interfaces.inside)  # both exist here, before anything is applied
+    outside = tuple(host.addresses(doc.interfaces.outside))
+    return Plan(doc, outside, {step.name: step.render(doc, host) for step in steps})
 
 
 class Converger:
     """Applies plans step by step and keeps the last plan that applied completely."""
 
-    def __init__(self, steps: list[Step], addresses: Addresses = interface_ipv4) -> None:
-        self.steps = steps
-        self.addresses = addresses
+    def __init__(self, steps: Sequence[Step[Any]], host: Host) -> None:
+        self.steps = list(steps)
+        self.host = host
         self.last_good: Plan | None = None
 
+    def render(self, doc: ConfigDocument) -> Plan:
+        return render(doc, self.steps, self.host)
+
     def converge(self, doc: ConfigDocument) -> Plan:
-        plan = render(doc, self.addresses)
+        plan = self.render(doc)
         for step in self.steps:
             try:
-                step.apply(plan)
+                step.apply(plan.parts[step.name])
             except Exception as exc:  # any failure of any step: roll back, then report
                 self._rollback(step.name)
                 raise ConvergeError(f"{step.name}: {exc}") from exc
         self.last_good = plan
         return plan
+
+    def tick(self) -> dict[str, dict[str, Any]]:
+        """Every step's periodic work; a failing step is logged, the others still run."""
+        status: dict[str, dict[str, Any]] = {}
+        for step in self.steps:
+            try:
+                status[step.name] = step.tick()
+            except Exception as exc:  # one step's failure must not stop the agent
+                log.error("%s tick failed: %s", step.name, exc)
+                status[step.name] = {"error": str(exc)}
+        return status
+
+    def close(self) -> None:
+        for step in reversed(self.steps):
+            try:
+                step.close()
+            except Exception:
+                log.exception("closing %s failed", step.name)
 
     def _rollback(self, failed: str) -> None:
         if self.last_good is None:
@@ -163,6 +190,6 @@ class Converger:
         log.warning("%s failed: rolling back to the last good document", failed)
         for step in self.steps:
             try:
-                step.apply(self.last_good)
+                step.apply(self.last_good.parts[step.name])
             except Exception:
                 log.exception("rollback of %s failed", step.name)

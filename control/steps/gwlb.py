@@ -1,4 +1,5 @@
-"""The agent's GWLB step: renders the document's ``gwlb`` section onto the instance.
+"""The GWLB step: the document's ``gwlb`` section rendered into :class:`GwlbSettings`
+(None: GWLB off) and applied onto the instance:
 
 * the GWLB programs (:class:`geneve.Gwlb`): decap on the configured interface (XDP, or
   tc ingress when the configuration, the MTU or a shared XDP hook rules XDP out) and
@@ -8,8 +9,7 @@
   two-arm needs none (the main table routes out of the outside interface, and the
   nftables ruleset masquerades there);
 * the health-check responder (:class:`geneve.HealthResponder`, TCP or HTTP) on the
-  configured port, answering "healthy" while decap is attached.
-
+  configured port, answering "healthy" while decap is attached;
 * the fast-path link: two-arm with decap in XDP beside the XDP fast path links the GWLB
   programs to the instance's ``xdp.Dataplane`` (:meth:`geneve.Gwlb.link_fastpath`), so
   the offloader puts established GWLB flows on the fast path both ways; any other
@@ -17,7 +17,7 @@
 
 The nftables side (GWLB flows policed like the inside's and marked ``CT_MARK_GWLB``,
 which the offloader reads) is rendered with the rest of the ruleset
-(:mod:`control.config.render`).  Pins and attachments outlive the agent; a
+(:mod:`control.steps.nftables`).  Pins and attachments outlive the agent; a
 restarted agent adopts the pins and re-attaches in place.
 """
 
@@ -32,17 +32,15 @@ import threading
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from control.config.render import gwlb_interface
+from control.config import ConfigDocument
+from control.steps.base import Host, RenderError, StepContext
 from geneve import Gwlb, GwlbError, HealthResponder
 from xdp import Dataplane, loader
-
-if TYPE_CHECKING:
-    from control.converge import Plan
 
 log = logging.getLogger("spectra.control")
 
@@ -71,9 +69,8 @@ class GwlbSettings:
     xdp_fast_path: bool  # data_plane: xdp (the instance's Dataplane is pinned)
 
     @classmethod
-    def from_plan(cls, plan: Plan) -> GwlbSettings | None:
-        doc = plan.doc
-        iface = gwlb_interface(doc)
+    def from_doc(cls, doc: ConfigDocument) -> GwlbSettings | None:
+        iface = doc.gwlb_interface
         if iface is None:
             return None
         shared = doc.interfaces.data_plane == "xdp" and iface in (
@@ -123,18 +120,31 @@ class GwlbStep:
 
     name = "gwlb"
 
-    def __init__(self, instance: str) -> None:
-        self.instance = instance
+    def __init__(self, context: StepContext) -> None:
+        self.instance = context.instance
         self.settings: GwlbSettings | None = None
         self.gwlb: Gwlb | None = None
         self.health: _Health | None = None
         self.hook_reason: str | None = None
         self.fast_path_linked = False
 
-    # -- apply -------------------------------------------------------------------------
+    # -- render, apply -----------------------------------------------------------------
 
-    def apply(self, plan: Plan) -> None:
-        wanted = GwlbSettings.from_plan(plan)
+    @staticmethod
+    def render(doc: ConfigDocument, host: Host) -> GwlbSettings | None:
+        if doc.gwlb.enabled and doc.gwlb.interface:
+            host.addresses(doc.gwlb.interface)  # exists here, before anything is applied
+        wanted = GwlbSettings.from_doc(doc)
+        if wanted is not None and wanted.shares_xdp_hook and wanted.decap_hook == "xdp":
+            raise RenderError(
+                "gwlb.decap_hook",
+                f"xdp is impossible on {wanted.iface!r}, whose XDP hook runs the fast path "
+                "(data_plane: xdp); accepted here: auto or tc",
+            )
+        return wanted
+
+    def apply(self, part: GwlbSettings | None) -> None:
+        wanted = part
         if wanted is None:
             self._disable()
             self._unlink_left_over()
@@ -153,11 +163,6 @@ class GwlbStep:
                 allowed_sources=wanted.allowed_sources,
             )
         hook = "tc" if wanted.shares_xdp_hook else wanted.decap_hook
-        if wanted.shares_xdp_hook and wanted.decap_hook == "xdp":
-            raise GwlbStepError(
-                f"gwlb.decap_hook: xdp is impossible on {wanted.iface!r}, whose XDP hook "
-                "runs the fast path (data_plane: xdp); use auto or tc"
-            )
         try:
             attached = self.gwlb.load().attach(hook)  # type: ignore[arg-type]
         except GwlbError as exc:
@@ -254,7 +259,8 @@ class GwlbStep:
         gwlb = self.gwlb
         return gwlb is not None and gwlb.attached_hook() is not None
 
-    def status(self) -> dict[str, Any]:
+    def tick(self) -> dict[str, Any]:
+        """The GWLB data plane's status (no periodic work: the programs run unattended)."""
         if self.settings is None or self.gwlb is None:
             return {"enabled": False}
         s = self.settings

@@ -1,13 +1,14 @@
-"""The agent's inspection step: the config document's ``inspection`` section made real.
+"""The inspection step: the config document's ``inspection`` section made real.
 
 Enabled: the engine starts first (the built-in one as a supervised process in its own
 session, or Suricata under systemd), then the queueing rules go in
 (:func:`nfq.netfilter.apply`), so a fail-closed policy never queues to nobody. A change
 of rules alone is a reload (SIGHUP: the engine swaps rule sets between packets); any
 other change restarts the engine. Disabled: rules out first, then the engine stops.
-Rules are parsed when the plan is rendered, so an unsupported keyword fails the converge
-with its sid before anything changes. The engine outlives the agent (the data plane never
-depends on the agent): a restarted agent adopts it through its pid file.
+Rules are parsed when the step renders, so an unsupported keyword fails the converge
+(and the config API's dry run) with its sid before anything changes. The engine
+outlives the agent (the data plane never depends on the agent): a restarted agent
+adopts it through its pid file.
 """
 
 from __future__ import annotations
@@ -19,31 +20,43 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from control.converge import ConvergeError, Plan
+from control.config import ConfigDocument
+from control.steps.base import ConvergeError, Host, RenderError, StepContext
 from nfq import InspectionPolicy, netfilter
 from nfq.engine.rules import RuleError, load_rules
 
 log = logging.getLogger("spectra.control")
 
 
+@dataclass(frozen=True, slots=True)
+class InspectionPart:
+    """The policy, its rules parsed once, and the interface whose traffic is inspected."""
+
+    policy: InspectionPolicy
+    inside: str
+
+
 def check_rules(policy: InspectionPolicy) -> None:
-    """Parse every rule the policy names; raise :class:`ConvergeError` on the first bad one."""
+    """Parse every rule the policy names; raise :class:`RenderError` on the first bad one."""
     if not policy.enabled:
         return
     try:
         load_rules(policy.rules, policy.rule_files, policy.vars)
-    except (RuleError, OSError) as exc:
-        raise ConvergeError(f"inspection.rules: {exc}") from exc
+    except RuleError as exc:
+        raise RenderError("inspection.rules", str(exc)) from exc
+    except OSError as exc:
+        raise RenderError("inspection.rule_files", str(exc)) from exc
 
 
 class InspectionStep:
     name = "inspection"
 
-    def __init__(self, run_dir: Path, log_dir: Path) -> None:
-        self.run_dir = run_dir
-        self.log_dir = log_dir
+    def __init__(self, context: StepContext) -> None:
+        self.run_dir = context.run_dir
+        self.log_dir = context.log_dir
         self.restarts = 0
         self.pid: int | None = None
         self.core: str | None = None  # the running policy minus its inline rules
@@ -70,8 +83,13 @@ class InspectionStep:
             self.pid, self.core = pid, self.policy_file.read_text()
             log.info("adopted the running inspection engine (pid %d)", pid)
 
-    def apply(self, plan: Plan) -> None:
-        policy = plan.doc.inspection
+    @staticmethod
+    def render(doc: ConfigDocument, host: Host) -> InspectionPart:
+        check_rules(doc.inspection)
+        return InspectionPart(doc.inspection, doc.interfaces.inside)
+
+    def apply(self, part: InspectionPart) -> None:
+        policy = part.policy
         if not policy.enabled:
             if self.core is not None:
                 netfilter.remove()
@@ -82,7 +100,6 @@ class InspectionStep:
                 "inspection.engine: 'suricata' is not installed on this host "
                 "(deploy/suricata/README.md); accepted here: 'builtin'"
             )
-        check_rules(policy)
         core = policy.model_copy(update={"rules": ()}).model_dump_json()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.rules_file.write_text("".join(f"{r}\n" for r in policy.rules))
@@ -90,7 +107,7 @@ class InspectionStep:
             self._start(core)
         elif self.pid is not None:
             os.kill(self.pid, signal.SIGHUP)  # same engine settings: reload the rules only
-        netfilter.apply(policy, in_interface=plan.doc.interfaces.inside)
+        netfilter.apply(policy, in_interface=part.inside)
 
     def _alive(self) -> bool:
         if self.pid is None:
@@ -120,6 +137,9 @@ class InspectionStep:
             self.restarts += 1
             self._start(self.core)
         return {"engine_pid": self.pid, "engine_restarts": self.restarts}
+
+    def close(self) -> None:
+        """Nothing to release: the engine outlives the agent (adopted on restart)."""
 
     def _stop(self) -> None:
         if self.pid is not None and self._alive():

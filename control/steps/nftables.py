@@ -1,30 +1,70 @@
-"""Renders the config document into the kernel path: the whole ``inet spectra`` table.
+"""The nftables step: the config document rendered into the product's whole table.
 
-Composes on :mod:`control.nftables` (table name, martian list, atomic replace): the same
-baseline (INVALID drop, no unsolicited inbound, martian destinations, masquerade, the
-egress guard after source NAT) plus what the document asks for:
+The ruleset lives in one table of its own (``inet spectra``, :mod:`control.nftables`
+applies it in one transaction). The baseline holds the slow path's invariant: whatever
+arrives on the inside, nothing leaves the outside interface with an untranslated private
+source, a martian destination or a conntrack-INVALID state. A bare masquerade rule does
+not give this (the kernel forwards INVALID packets untranslated), hence the INVALID drop
+in the forward chain and the egress guard after source NAT. On top of it, what the
+document asks for:
 
-- deny rules, stateless, in the forward chain (the same rules go to the XDP deny list,
-  :func:`xdp_deny_rules`, which drops before the kernel sees the packet);
+- deny rules, stateless, in the forward chain (the XDP step loads the same rules into
+  the deny list, which drops before the kernel sees the packet);
 - allow rules and the default action, for new connections inside -> outside;
 - port forwards: ``dnat`` in a ``prerouting_nat`` chain, admitted by ``ct status dnat``;
 - the NAT port range (``masquerade to :low-high``, or ``snat`` to explicit addresses);
 - GWLB: traffic decapsulated on the GWLB interface is policed like the inside's, and its
-  new flows get conntrack mark ``CT_MARK_GWLB`` so the XDP offloader leaves them alone.
+  new flows get conntrack mark ``CT_MARK_GWLB`` (the XDP offloader offloads them only
+  while the fast path can re-encapsulate them to the GWLB).
+
+``tick`` re-applies the last ruleset if someone removed the table.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
+from control import nftables
 from control.config.document import ConfigDocument
 from control.config.network import ANY, Match, Rule
-from control.nftables import MARTIAN_DESTINATIONS, TABLE, NftError
+from control.nftables import MARTIAN_DESTINATIONS, TABLE
+from control.steps.base import Host, RenderError, StepBase, StepContext
 from xdp.offload import CT_MARK_GWLB
-from xdp.records import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, DenyRule
 
-PROTO_NUMBERS = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP, "icmp": IPPROTO_ICMP}
+log = logging.getLogger("spectra.control")
+
+CHECK_SECONDS = 1.0
+
+
+class NftablesStep(StepBase):
+    name = "nftables"
+
+    def __init__(self, context: StepContext) -> None:
+        super().__init__(context)
+        self.applied: str | None = None
+        self._next_check = time.monotonic()
+
+    @staticmethod
+    def render(doc: ConfigDocument, host: Host) -> str:
+        return render_nftables(doc, host.addresses(doc.interfaces.outside))
+
+    def apply(self, part: str) -> None:
+        nftables.apply_ruleset(part)
+        self.applied = part
+
+    def tick(self) -> dict[str, object]:
+        """Re-apply the last ruleset if the table is gone (checked once a second)."""
+        now = time.monotonic()
+        if self.applied is None or now < self._next_check:
+            return {}
+        self._next_check = now + CHECK_SECONDS
+        if not nftables.table_present():
+            log.warning("nftables table %s disappeared; re-applying", TABLE)
+            nftables.apply_ruleset(self.applied)
+        return {}
 
 
 def _ports(low: int, high: int) -> str:
@@ -60,7 +100,7 @@ def _forward_chain(doc: ConfigDocument, in_if: str, out_if: str) -> list[str]:
         "\t\ttype filter hook forward priority filter; policy accept;",
         '\t\tct state invalid counter drop comment "never forward what conntrack cannot track"',
     ]
-    gwlb_if = gwlb_interface(doc)
+    gwlb_if = doc.gwlb_interface
     if gwlb_if is not None:
         lines.append(
             _line(
@@ -156,7 +196,10 @@ def guard_addresses(doc: ConfigDocument, interface_addresses: Sequence[str]) -> 
         return [str(a) for a in explicit]
     addresses = [str(IPv4Address(a)) for a in interface_addresses]
     if not addresses:
-        raise NftError('nat.outside_addresses is "interface" but the interface has no IPv4 address')
+        raise RenderError(
+            "nat.outside_addresses",
+            f'"interface" but {doc.interfaces.outside!r} has no IPv4 address',
+        )
     return addresses
 
 
@@ -166,7 +209,7 @@ def render_nftables(doc: ConfigDocument, outside_addresses: Sequence[str]) -> st
     ``outside_addresses`` are the IPv4 addresses of the outside interface (used when
     ``nat.outside_addresses`` is ``"interface"``).  Pure: no I/O.
     """
-    gwlb_if = gwlb_interface(doc)
+    gwlb_if = doc.gwlb_interface
     if gwlb_if is not None and gwlb_if != doc.interfaces.inside:
         in_if = f'{{ "{doc.interfaces.inside}", "{gwlb_if}" }}'
     else:
@@ -190,28 +233,3 @@ def render_nftables(doc: ConfigDocument, outside_addresses: Sequence[str]) -> st
         "}",
     ]
     return "\n".join(lines) + "\n"
-
-
-def gwlb_interface(doc: ConfigDocument) -> str | None:
-    """The GWLB-facing interface when GWLB mode is on (default: the inside one)."""
-    if not doc.gwlb.enabled:
-        return None
-    return doc.gwlb.interface or doc.interfaces.inside
-
-
-def _network(net: IPv4Network) -> IPv4Network:
-    return IPv4Network(net)
-
-
-def xdp_deny_rules(doc: ConfigDocument) -> list[DenyRule]:
-    """The document's deny rules as XDP deny-list records, in document order."""
-    return [
-        DenyRule(
-            src=_network(rule.src),
-            dst=_network(rule.dst),
-            proto=None if rule.proto is None else PROTO_NUMBERS[rule.proto],
-            ports=rule.ports,
-        )
-        for rule in doc.rules.entries
-        if rule.action == "deny"
-    ]

@@ -15,7 +15,7 @@ from playwright.sync_api import sync_playwright
 from control.api import ApiSettings, create_app, token_entry
 from control.config import parse_document
 from control.config.services import ApiToken
-from control.services import Service, ServiceThread
+from control.servers import HttpServer, ServerThread
 from control.store import SqliteStore
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -45,13 +45,13 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str, SqliteStore]]:
     }
     settings = ApiSettings(extra_tokens=(ApiToken.model_validate(entry),))
     port = _free_port()
-    app = Service(
+    app = HttpServer(
         "config API",
         lambda: create_app(SqliteStore(tmp_path / "config.db"), lambda: status, settings),
         "127.0.0.1",
         port,
     )
-    services = ServiceThread([app])
+    services = ServerThread([app])
     services.start()
     try:
         yield f"http://127.0.0.1:{port}", token, store

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from control.nftables import NatPolicy, render_ruleset
+from control.config import parse_document
+from control.steps.nftables import render_nftables
 from nfq import netfilter
 from nfq.policy import InspectionPolicy
 from perf.lab import ns_exec
@@ -107,7 +108,8 @@ def nat_gateway(lab: Any) -> Iterator[dict[str, Any]]:
     had_table = sh(GW, "nft", "list", "table", "inet", "spectra").returncode == 0
     for ifname in ("inside", "outside"):
         sh(GW, "ip", "link", "set", "dev", ifname, "xdp", "off")
-    text = render_ruleset(NatPolicy("inside", "outside", ("203.0.113.2",)))
+    baseline = parse_document({"interfaces": {"inside": "inside", "outside": "outside"}})
+    text = render_nftables(baseline, ["203.0.113.2"])
     proc = subprocess.run(ns_exec(GW, "nft", "-f", "-"), input=text, text=True,
                           capture_output=True, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr

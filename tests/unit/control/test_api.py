@@ -213,6 +213,30 @@ async def test_validate_is_a_dry_run(client: Client, sqlite_store: SqliteStore) 
     assert sqlite_store.head() == 1
 
 
+UNSUPPORTED_RULE = 'alert http any any -> any any (msg:"m"; http.method; sid:9001;)'
+
+
+def _with_rule(rule: str) -> dict[str, Any]:
+    return {**minimal(), "inspection": {"enabled": True, "rules": [rule]}}
+
+
+async def test_a_rule_no_engine_can_run_is_rejected_by_dry_run_and_write(
+    client: Client, sqlite_store: SqliteStore
+) -> None:
+    await put(client, minimal(), 0)
+    body = {"document": _with_rule(UNSUPPORTED_RULE)}
+    result = await (await client.post("/v1/config/validate", json=body, headers=auth())).json()
+    assert result["valid"] is False
+    [error] = result["errors"]
+    assert error["path"] == "inspection.rules" and "9001" in error["message"]
+    error = await error_of(await put(client, _with_rule(UNSUPPORTED_RULE), 1), 422)
+    [detail] = error["details"]["errors"]
+    assert detail["path"] == "inspection.rules" and "http.method" in detail["message"]
+    assert sqlite_store.head() == 1
+    good = 'drop tcp any any -> any 25 (msg:"smtp"; sid:9002;)'
+    assert (await put(client, _with_rule(good), 1)).status == 200
+
+
 async def test_status_and_metrics(client: Client) -> None:
     await put(client, minimal(), 0)
     status = await (await client.get("/v1/status", headers=auth(READ_TOKEN))).json()

@@ -8,9 +8,12 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from control.config import parse_document, render_nftables
-from control.converge import render
-from control.gwlb import GwlbSettings
+import pytest
+
+from control.config import parse_document
+from control.steps import STEPS, AnyHost, RenderError, render
+from control.steps.gwlb import GwlbStep
+from control.steps.nftables import render_nftables
 from geneve.attach import plan
 from xdp.offload import CT_MARK_GWLB, CtFlow, Timeouts, Tuple, why_not_offloadable
 
@@ -46,7 +49,7 @@ def test_step_settings_from_the_document() -> None:
         next_hop="172.16.1.1",
         allowed_sources=["172.16.1.0/28"],
     )
-    s = GwlbSettings.from_plan(render(doc, lambda _: ["203.0.113.2"]))
+    s = GwlbStep.render(doc, AnyHost(("203.0.113.2",)))
     assert s is not None
     assert (s.iface, s.mode, s.decap_hook, s.next_hop) == ("gwlb", "one-arm", "tc", "172.16.1.1")
     assert s.allowed_sources == (IPv4Network("172.16.1.0/28"),)
@@ -55,12 +58,12 @@ def test_step_settings_from_the_document() -> None:
     kernel = parse_document(
         {"interfaces": {**BASE["interfaces"], "data_plane": "kernel"}, "gwlb": {"enabled": True}}
     )
-    k = GwlbSettings.from_plan(render(kernel, lambda _: ["203.0.113.2"]))
+    k = GwlbStep.render(kernel, AnyHost(("203.0.113.2",)))
     assert k is not None and not k.xdp_fast_path and not k.shares_xdp_hook
     # GWLB on the inside interface while the fast path owns its XDP hook: decap at tc
-    shared = GwlbSettings.from_plan(render(_doc(), lambda _: ["203.0.113.2"]))
+    shared = GwlbStep.render(_doc(), AnyHost(("203.0.113.2",)))
     assert shared is not None and shared.iface == "inside" and shared.shares_xdp_hook
-    assert GwlbSettings.from_plan(render(parse_document(BASE), lambda _: ["1.2.3.4"])) is None
+    assert GwlbStep.render(parse_document(BASE), AnyHost(("1.2.3.4",))) is None
 
 
 def test_offloader_leaves_gwlb_flows_on_the_kernel_path() -> None:
@@ -73,3 +76,10 @@ def test_offloader_leaves_gwlb_flows_on_the_kernel_path() -> None:
     marked = CtFlow(17, orig, reply, status, None, CT_MARK_GWLB, 179)
     assert why_not_offloadable(marked, timeouts, 5.0) == "gwlb"
     assert why_not_offloadable(marked, timeouts, 5.0, gwlb_linked=True) is None
+
+
+def test_xdp_decap_on_the_fast_paths_interface_is_rejected_at_render() -> None:
+    with pytest.raises(RenderError) as err:
+        render(_doc(decap_hook="xdp"), STEPS, AnyHost(("203.0.113.2",)))
+    assert err.value.path == "gwlb.decap_hook"
+    assert "accepted here: auto or tc" in err.value.message

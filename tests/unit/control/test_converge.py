@@ -10,28 +10,33 @@ import pytest
 
 from control.agent import Agent, AgentSettings
 from control.config import ConfigDocument, parse_document
-from control.converge import ConvergeError, Converger, Plan
+from control.steps import STEPS, ConvergeError, Converger, StepBase, StepContext, render
 from control.store import SqliteStore, StoreError
 
 ADDRESSES = {"inside": ["10.0.1.1"], "outside": ["203.0.113.2"]}
 
 
-def addresses(ifname: str) -> list[str]:
-    if ifname not in ADDRESSES:
-        raise ConvergeError(f"interfaces: {ifname!r} does not exist")
-    return ADDRESSES[ifname]
+class FakeHost:
+    def addresses(self, ifname: str) -> list[str]:
+        if ifname not in ADDRESSES:
+            raise ConvergeError(f"interfaces: {ifname!r} does not exist")
+        return ADDRESSES[ifname]
 
 
 def doc(**interfaces: Any) -> ConfigDocument:
     return parse_document({"interfaces": {"inside": "inside", "outside": "outside", **interfaces}})
 
 
-class Recorder:
+class Recorder(StepBase):
     def __init__(self, name: str, log: list[tuple[str, str]], fail_on: str | None = None) -> None:
+        super().__init__(StepContext("t", Path("/nonexistent"), Path("/nonexistent")))
         self.name, self.log, self.fail_on = name, log, fail_on
 
-    def apply(self, plan: Plan) -> None:
-        mode = plan.doc.interfaces.xdp_mode
+    @staticmethod
+    def render(doc: ConfigDocument, host: object) -> str:
+        return doc.interfaces.xdp_mode
+
+    def apply(self, mode: str) -> None:
         if mode == self.fail_on:
             raise OSError(f"{self.name} cannot apply {mode}")
         self.log.append((self.name, mode))
@@ -40,7 +45,7 @@ class Recorder:
 def test_failing_step_rolls_every_step_back_to_last_good() -> None:
     log: list[tuple[str, str]] = []
     steps = [Recorder("nft", log), Recorder("xdp", log, fail_on="generic")]
-    conv = Converger(steps, addresses)  # type: ignore[arg-type]
+    conv = Converger(steps, FakeHost())
     conv.converge(doc(xdp_mode="native"))
     log.clear()
     with pytest.raises(ConvergeError, match="xdp: xdp cannot apply generic"):
@@ -51,7 +56,7 @@ def test_failing_step_rolls_every_step_back_to_last_good() -> None:
 
 def test_render_fails_before_any_step_runs() -> None:
     log: list[tuple[str, str]] = []
-    conv = Converger([Recorder("nft", log)], addresses)  # type: ignore[list-item]
+    conv = Converger([Recorder("nft", log)], FakeHost())
     with pytest.raises(ConvergeError, match="'eth9' does not exist"):
         conv.converge(doc(outside="eth9"))
     assert log == []
@@ -65,12 +70,13 @@ def test_plan_carries_ruleset_deny_list_and_timeouts() -> None:
             "nat": {"timeouts": {"udp": 17}},
         }
     )
-    conv = Converger([], addresses)
-    plan = conv.converge(d)
-    assert "table inet spectra" in plan.nft_script
+    plan = render(d, STEPS, FakeHost())
+    assert "table inet spectra" in plan.parts["nftables"]
     assert plan.outside_addresses == ("203.0.113.2",)
-    assert [str(r.dst) for r in plan.deny_rules] == ["198.51.100.7/32"]
-    assert ("net/netfilter/nf_conntrack_udp_timeout", "17") in plan.sysctls
+    assert [str(r.dst) for r in plan.parts["xdp"].deny_rules] == ["198.51.100.7/32"]
+    assert ("net/netfilter/nf_conntrack_udp_timeout", "17") in plan.parts["sysctl"]
+    assert plan.parts["inspection"].policy.enabled is False
+    assert plan.parts["gwlb"] is None
 
 
 class BrokenStore(SqliteStore):
@@ -82,7 +88,7 @@ def agent(
     tmp_path: Path, store: SqliteStore, log: list[tuple[str, str]], fail_on: str | None
 ) -> Agent:
     a = Agent(AgentSettings(instance="t", poll_seconds=0.01), store)
-    a.converger = Converger([Recorder("nft", log, fail_on)], addresses)  # type: ignore[list-item]
+    a.converger = Converger([Recorder("nft", log, fail_on)], FakeHost())
     return a
 
 

@@ -14,7 +14,7 @@ from control.api import ApiSettings, create_app, token_entry
 from control.cli import main
 from control.config import parse_document
 from control.config.services import ApiToken
-from control.services import Service, ServiceThread
+from control.servers import HttpServer, ServerThread
 from control.store import SqliteStore
 
 DOC = {"interfaces": {"inside": "inside", "outside": "outside"}}
@@ -29,9 +29,9 @@ def api(tmp_path: Path) -> Iterator[tuple[dict[str, str], SqliteStore]]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     settings = ApiSettings(extra_tokens=(ApiToken.model_validate(entry),))
-    svc = ServiceThread(
+    svc = ServerThread(
         [
-            Service(
+            HttpServer(
                 "api",
                 lambda: create_app(SqliteStore(tmp_path / "c.db"), dict, settings),
                 "127.0.0.1",

@@ -1,5 +1,5 @@
-"""The appliance's HTTP services (config API :8080, AI gateway :8090) on one event loop
-in a background thread of ``spectra run``, beside the synchronous agent loop."""
+"""The HTTP servers of ``spectra run`` (config API :8080, AI gateway :8090) on one event
+loop in a background thread, beside the synchronous agent loop."""
 
 from __future__ import annotations
 
@@ -15,28 +15,30 @@ log = logging.getLogger("spectra.control")
 
 
 @dataclass(frozen=True, slots=True)
-class Service:
+class HttpServer:
+    """One aiohttp application and where it listens."""
+
     name: str
     factory: Callable[[], web.Application]
     host: str
     port: int
 
 
-class ServiceThread:
-    """Starts every service, reports bind failures at start, stops them cleanly."""
+class ServerThread:
+    """Starts every server, reports bind failures at start, stops them cleanly."""
 
-    def __init__(self, services: list[Service]) -> None:
-        self.services = services
+    def __init__(self, servers: list[HttpServer]) -> None:
+        self.servers = servers
         self._loop = asyncio.new_event_loop()
         self._runners: list[web.AppRunner] = []
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="spectra-services", daemon=True)
+        self._thread = threading.Thread(target=self._main, name="spectra-servers", daemon=True)
 
     def start(self, timeout: float = 30.0) -> None:
         self._thread.start()
         if not self._ready.wait(timeout):
-            raise RuntimeError("services did not start in time")
+            raise RuntimeError("HTTP servers did not start in time")
         if self._error is not None:
             raise self._error
 
@@ -56,7 +58,7 @@ class ServiceThread:
         self._loop.close()
 
     async def _start(self) -> None:
-        for svc in self.services:
+        for svc in self.servers:
             runner = web.AppRunner(svc.factory(), access_log=None)
             await runner.setup()
             self._runners.append(runner)

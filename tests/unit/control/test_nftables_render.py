@@ -1,0 +1,125 @@
+"""The nftables step's ruleset: golden files, nft's own check, the slow path's invariant
+rules, atomic replacement of its own table only; and the XDP step's deny records."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control.config import ConfigValidationError, parse_document
+from control.steps import RenderError
+from control.steps.nftables import render_nftables
+from control.steps.xdp import xdp_deny_rules
+from tests.unit.control.conftest import full, minimal
+from xdp.records import DenyRule
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def snat_addresses() -> dict[str, Any]:
+    doc = minimal()
+    doc["nat"] = {"outside_addresses": ["203.0.113.2", "203.0.113.3"], "port_range": [1024, 65535]}
+    return doc
+
+
+CASES = {"minimal": minimal, "full": full, "snat_addresses": snat_addresses}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_ruleset_matches_golden(name: str) -> None:
+    text = render_nftables(parse_document(CASES[name]()), ["203.0.113.2"])
+    assert text == (GOLDEN / f"{name}.nft").read_text()
+
+
+def _chains(text: str) -> dict[str, list[str]]:
+    chains: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("\tchain "):
+            current = chains.setdefault(line.split()[1], [])
+        elif line.startswith("\t\t") and current is not None:
+            current.append(line.strip())
+    return chains
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_document_keeps_the_slow_path_invariant(name: str) -> None:
+    """INVALID dropped before anything is accepted; no unsolicited inbound; the egress
+    guard after source NAT drops any source that is not a NAT target."""
+    chains = _chains(render_nftables(parse_document(CASES[name]()), ["203.0.113.2"]))
+    forward = chains["forward"]
+    invalid = forward.index(
+        'ct state invalid counter drop comment "never forward what conntrack cannot track"'
+    )
+    assert not any("accept" in rule for rule in forward[1:invalid])
+    assert any("ct state new counter drop" in rule for rule in forward)
+    guard = chains["egress_guard"]
+    assert guard[0] == "type filter hook postrouting priority srcnat + 10; policy accept;"
+    assert guard[1].startswith('oifname "outside" ip saddr != {')
+    assert guard[1].endswith('counter drop comment "untranslated source"')
+
+
+def test_ruleset_replaces_only_its_own_table_atomically() -> None:
+    lines = render_nftables(parse_document(minimal()), ["198.51.100.7"]).splitlines()
+    # create-if-missing, delete, re-create: one transaction, no other table named
+    assert lines[:3] == ["table inet spectra", "delete table inet spectra", "table inet spectra {"]
+    heads = [line.removesuffix(" {") for line in lines if line.startswith(("table", "delete"))]
+    assert {head.split()[-1] for head in heads} == {"spectra"}
+
+
+def test_guard_lists_every_outside_address() -> None:
+    text = render_nftables(parse_document(minimal()), ["198.51.100.7", "198.51.100.8"])
+    assert 'oifname "outside" ip saddr != { 198.51.100.7, 198.51.100.8 } counter drop' in text
+
+
+@pytest.mark.parametrize("bad", ["", "eth 0", 'x"y', "a;b", "a{"])
+def test_bad_interface_name_is_rejected_with_the_field(bad: str) -> None:
+    doc = minimal()
+    doc["interfaces"]["inside"] = bad
+    with pytest.raises(ConfigValidationError) as err:
+        parse_document(doc)
+    assert [e["path"] for e in err.value.errors] == ["interfaces.inside"]
+
+
+def test_guard_admits_only_the_nat_targets() -> None:
+    text = render_nftables(parse_document(snat_addresses()), ["203.0.113.9"])
+    assert "ip saddr != { 203.0.113.2, 203.0.113.3 } counter drop" in text
+    assert "203.0.113.9" not in text
+
+
+def test_interface_nat_needs_an_address() -> None:
+    with pytest.raises(RenderError, match="no IPv4 address") as err:
+        render_nftables(parse_document(minimal()), [])
+    assert err.value.path == "nat.outside_addresses"
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("nft") is None or shutil.which("unshare") is None,
+    reason="nft -c in a private network namespace needs root, nft and unshare",
+)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_nft_accepts_the_ruleset(name: str, tmp_path: Path) -> None:
+    path = tmp_path / f"{name}.nft"
+    path.write_text(render_nftables(parse_document(CASES[name]()), ["203.0.113.2"]))
+    proc = subprocess.run(
+        ["unshare", "--net", "nft", "-c", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_deny_rules_become_xdp_records() -> None:
+    rules = xdp_deny_rules(parse_document(full()))
+    assert rules == [
+        DenyRule(dst=IPv4Network("198.51.100.0/24"), proto=6, ports=(25, 25)),
+        DenyRule(src=IPv4Network("10.0.2.0/24"), proto=1),
+    ]
