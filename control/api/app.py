@@ -2,7 +2,8 @@
 
 :func:`create_app` builds the app from its parts (a store, a status provider, settings)
 and does no I/O; the store's thread pool lives in a ``cleanup_ctx``.  Middlewares, outer
-to inner: request metrics, one JSON error shape, store failures as 503, bearer auth.
+to inner: request metrics, one JSON error shape, store failures as 503, bearer auth, and
+waking the local agent after a committed write.
 """
 
 from __future__ import annotations

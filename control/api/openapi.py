@@ -333,7 +333,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "Cloud Spectra Gateway config API",
             "version": "1",
-            "description": "Versioned config document of the appliance (issue 5).",
+            "description": "Versioned config document of the appliance.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],

@@ -1,7 +1,7 @@
 """Field types shared by every section of the config document.
 
 Each type carries its own constraint and a message that says what is accepted, so a
-validation error can name the path, the value and the accepted form (issue 5).  Secret
+validation error can name the path, the value and the accepted form.  Secret
 fields use :data:`Secret`: they never render in ``repr``, logs, API responses or error
 messages; only the stores ask for the plain value (``reveal_secrets`` context).
 """

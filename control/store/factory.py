@@ -1,8 +1,9 @@
 """Building a config store from a URL, for the CLI and the agent.
 
 ``local`` or ``local:/path/to/config.db`` -> :class:`SqliteStore`;
-``ssm:/prefix`` -> :class:`SsmStore` with a boto3 client using standard retries
-(the caller passes its own client to go through the operational-role session factory).
+``ssm:/prefix`` -> :class:`SsmStore` over the ``client`` the caller passes, or else a
+boto3 client from the default credential chain with standard retries (there is no
+operational-role session factory yet: the agent and the CLI use the default chain).
 """
 
 from __future__ import annotations
