@@ -114,9 +114,9 @@ class Gateway:
         trace.stream, trace.model_requested = stream, body["model"]
         route = self.router.resolve(body["model"])
         trace.model_routed, trace.provider = route.upstream_model, route.provider_name
-        trace.region = route.provider.region
+        trace.region = route.provider_config.region
         n = body.get("n") or 1
-        if n > 1 and route.provider.kind in SINGLE_CHOICE_PROVIDERS:
+        if n > 1 and route.provider_config.kind in SINGLE_CHOICE_PROVIDERS:
             raise BadRequest(f"n > 1 is not supported for model {body['model']}", param="n")
         want = (
             body.get("max_completion_tokens")
@@ -219,7 +219,7 @@ class Gateway:
     async def _spill(
         self, req: ChatRun, reason: str, reservation: Reservation, trace: Trace
     ) -> web.StreamResponse:
-        overflow = req.route.route.overflow
+        overflow = req.route.spec.overflow
         assert overflow is not None and overflow.spill_model is not None
         trace.overflow = {
             "policy": "spill",
@@ -244,7 +244,7 @@ class Gateway:
     # --- upstream and overflow ------------------------------------------------------
 
     async def _upstream(self, req: ChatRun, reservation: Reservation, trace: Trace) -> Outcome:
-        overflow = req.route.route.overflow
+        overflow = req.route.spec.overflow
         if overflow is None:
             try:
                 return await self._attempt(req, reservation, trace, None)
@@ -255,7 +255,7 @@ class Gateway:
     async def _overflow(
         self, req: ChatRun, reservation: Reservation, trace: Trace, overflow: OverflowConfig
     ) -> Outcome:
-        admission = self.admissions[req.route.route.pattern]
+        admission = self.admissions[req.route.spec.pattern]
         loop = asyncio.get_running_loop()
         deadline, backoff, attempts = loop.time() + overflow.queue_timeout_s, 0.05, 0
         while True:
@@ -318,7 +318,9 @@ class Gateway:
         if clamped and cap is not None:
             field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
             body[field] = max(1, cap // n)
-        return UpstreamCall(body, self.session, req.route.provider, req.route.credentials), clamped
+        return UpstreamCall(
+            body, self.session, req.route.provider_config, req.route.credentials
+        ), clamped
 
     async def _attempt(
         self, req: ChatRun, reservation: Reservation, trace: Trace, ttft: float | None
@@ -329,7 +331,7 @@ class Gateway:
             return await stream_answer(req, call, clamped, trace, ttft)
         if ttft is not None:  # a local route: stream upstream so the deadline applies
             return await collect_answer(req, call, clamped, trace, ttft)
-        completion = await req.route.adapter.complete(call)
+        completion = await req.route.provider.complete(call)
         trace.mark("upstream_done")
         trace.commit = "completed"
         text = choices_text(completion.choices)
