@@ -26,7 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ai.behind import WriteBehind
+from ai.writebehind import WriteBehind
 
 log = logging.getLogger("spectra.ai")
 
