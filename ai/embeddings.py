@@ -1,7 +1,8 @@
 """POST /v1/embeddings: routed like chat, metered, audited; OpenAI-compatible upstreams.
 
-A ``local/*`` embeddings route that fails, or is at its admission limit, answers 503
-whatever its policy: embeddings never spill to a remote model.
+An embeddings request on a route with an overflow policy (a local model's) that fails,
+or finds the route at its admission limit, answers 503 whatever the policy: embeddings
+never queue and never spill to a remote model.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""The chat pipeline: budget -> exact cache -> semantic cache -> route -> upstream ->
-metering + audit -> caches, with the commit point and the overflow policies.
+"""The chat pipeline: route -> budget -> exact cache -> semantic cache -> upstream ->
+caches -> metering, filling the request's audit trace on the way, with the commit
+point and the overflow policies.
 
 Commit point: the first content or tool delta written to the client. Before it, a
-failure of a ``local/*`` route (connect error, 429/5xx, error-only stream, the
-time-to-first-token deadline, or the route's own admission limit) goes to its overflow
-policy: ``queue`` waits (bounded) and retries, ``spill`` re-runs this whole pipeline
-for the remote model, ``reject`` answers 503 + Retry-After and calls nothing remote.
+failure of a route with an overflow policy (the local models' routes, ``local/*``:
+connect error, 429/5xx, error-only stream, the time-to-first-token deadline, or the
+route's own admission limit) goes to that policy: ``queue`` waits (bounded) and
+retries, ``spill`` re-runs this whole pipeline for the remote model, ``reject``
+answers 503 + Retry-After and calls nothing remote.
 After it the model never changes: an upstream failure ends the stream with an in-band
 error and no ``[DONE]``, and the run is audited as truncated.
 """
@@ -52,7 +54,8 @@ class _Spill(Exception):
 
 
 class Gateway:
-    """The services of one gateway process and the pipeline over them."""
+    """What one gateway process runs on (config, router, keys, HTTP session, caches,
+    budgets, metering, audit, admission limits) and the pipeline over it."""
 
     def __init__(
         self,
@@ -329,7 +332,7 @@ class Gateway:
         trace.mark("upstream_start")
         if req.stream:
             return await stream_answer(req, call, clamped, trace, ttft)
-        if ttft is not None:  # a local route: stream upstream so the deadline applies
+        if ttft is not None:  # an overflow route: stream upstream so the deadline applies
             return await collect_answer(req, call, clamped, trace, ttft)
         completion = await req.route.provider.complete(call)
         trace.mark("upstream_done")
