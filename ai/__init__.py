@@ -1,4 +1,4 @@
-"""OpenAI-compatible AI gateway on :8090 (AI-gateway issue).
+"""OpenAI-compatible AI gateway on :8090.
 
 Public surface: :func:`create_app` (aiohttp app factory), :class:`AIConfig` (the
 config section), :func:`verify` (audit-chain check) and the ``ai`` click group

@@ -20,8 +20,8 @@ import sqlite3
 import time
 from typing import Any
 
-from ai.behind import WriteBehind
 from ai.config import ExactCacheConfig
+from ai.writebehind import WriteBehind
 
 log = logging.getLogger("spectra.ai")
 

@@ -1,7 +1,7 @@
 """``spectra ai ...``: the AI gateway's command group (audit verification, key hashing).
 
-Mounted into the ``spectra`` CLI by the control plane; usable alone as ``python -m ai``'s
-sibling through :data:`ai_group`.
+Mounted into the ``spectra`` CLI by the control plane; :data:`ai_group` is a plain click
+group, so it also runs on its own.
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ class ProviderConfig(_Model):
 
 
 class OverflowConfig(_Model):
-    """What a ``local/*`` route does on a failure before the first token."""
+    """What a route (a local model's, ``local/*``) does on a failure before the first
+    token, and its admission limit; a route without one answers such failures 502/429."""
 
     policy: OverflowPolicy = "reject"
     spill_model: str | None = Field(default=None, description="remote model for `spill`")

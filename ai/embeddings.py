@@ -1,7 +1,8 @@
 """POST /v1/embeddings: routed like chat, metered, audited; OpenAI-compatible upstreams.
 
-A ``local/*`` embeddings route that fails, or is at its admission limit, answers 503
-whatever its policy: embeddings never spill to a remote model.
+An embeddings request on a route with an overflow policy (a local model's) that fails,
+or finds the route at its admission limit, answers 503 whatever the policy: embeddings
+never queue and never spill to a remote model.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ async def embeddings(
     trace.model_requested = body["model"]
     route = gw.router.resolve(body["model"])
     trace.model_routed, trace.provider = route.upstream_model, route.provider_name
-    trace.region = route.provider.region
-    if route.provider.kind not in EMBEDDING_PROVIDERS:
+    trace.region = route.provider_config.region
+    if route.provider_config.kind not in EMBEDDING_PROVIDERS:
         raise BadRequest(f"model {body['model']} does not offer embeddings", param="model")
     estimate = count_text(_input_text(body["input"]))
     reservation = gw.budgets.reserve(
@@ -46,8 +47,8 @@ async def embeddings(
         gw.prices.cost(body["model"], Usage(estimate)),
     )
     usage: Usage | None = None
-    overflow = route.route.overflow
-    admission = gw.admissions.get(route.route.pattern)
+    overflow = route.spec.overflow
+    admission = gw.admissions.get(route.spec.pattern)
     try:
         admitted = admission is not None and admission.try_acquire()
         if admission is not None and not admitted:
@@ -65,11 +66,11 @@ async def embeddings(
             call = UpstreamCall(
                 {**body, "model": route.upstream_model},
                 gw.session,
-                route.provider,
+                route.provider_config,
                 route.credentials,
             )
             trace.mark("upstream_start")
-            data = await route.adapter.embed(call)
+            data = await route.provider.embed(call)
         except ProviderError as exc:
             trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
             if overflow is not None:

@@ -106,7 +106,8 @@ class UpstreamFailed(GatewayError):
 
 
 class Overloaded(GatewayError):
-    """The route cannot serve now (overflow policy `queue` timed out or `reject`)."""
+    """A route with an overflow policy cannot serve now (`queue` timed out, `reject`,
+    or an embeddings request, which never queues or spills)."""
 
     status = 503
     type = "api_error"

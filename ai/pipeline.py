@@ -1,11 +1,13 @@
-"""The chat pipeline: budget -> exact cache -> semantic cache -> route -> upstream ->
-metering + audit -> caches, with the commit point and the overflow policies.
+"""The chat pipeline: route -> budget -> exact cache -> semantic cache -> upstream ->
+caches -> metering, filling the request's audit trace on the way, with the commit
+point and the overflow policies.
 
 Commit point: the first content or tool delta written to the client. Before it, a
-failure of a ``local/*`` route (connect error, 429/5xx, error-only stream, the
-time-to-first-token deadline, or the route's own admission limit) goes to its overflow
-policy: ``queue`` waits (bounded) and retries, ``spill`` re-runs this whole pipeline
-for the remote model, ``reject`` answers 503 + Retry-After and calls nothing remote.
+failure of a route with an overflow policy (the local models' routes, ``local/*``:
+connect error, 429/5xx, error-only stream, the time-to-first-token deadline, or the
+route's own admission limit) goes to that policy: ``queue`` waits (bounded) and
+retries, ``spill`` re-runs this whole pipeline for the remote model, ``reject``
+answers 503 + Retry-After and calls nothing remote.
 After it the model never changes: an upstream failure ends the stream with an in-band
 error and no ``[DONE]``, and the run is audited as truncated.
 """
@@ -52,7 +54,8 @@ class _Spill(Exception):
 
 
 class Gateway:
-    """The services of one gateway process and the pipeline over them."""
+    """What one gateway process runs on (config, router, keys, HTTP session, caches,
+    budgets, metering, audit, admission limits) and the pipeline over it."""
 
     def __init__(
         self,
@@ -114,9 +117,9 @@ class Gateway:
         trace.stream, trace.model_requested = stream, body["model"]
         route = self.router.resolve(body["model"])
         trace.model_routed, trace.provider = route.upstream_model, route.provider_name
-        trace.region = route.provider.region
+        trace.region = route.provider_config.region
         n = body.get("n") or 1
-        if n > 1 and route.provider.kind in SINGLE_CHOICE_PROVIDERS:
+        if n > 1 and route.provider_config.kind in SINGLE_CHOICE_PROVIDERS:
             raise BadRequest(f"n > 1 is not supported for model {body['model']}", param="n")
         want = (
             body.get("max_completion_tokens")
@@ -219,7 +222,7 @@ class Gateway:
     async def _spill(
         self, req: ChatRun, reason: str, reservation: Reservation, trace: Trace
     ) -> web.StreamResponse:
-        overflow = req.route.route.overflow
+        overflow = req.route.spec.overflow
         assert overflow is not None and overflow.spill_model is not None
         trace.overflow = {
             "policy": "spill",
@@ -244,7 +247,7 @@ class Gateway:
     # --- upstream and overflow ------------------------------------------------------
 
     async def _upstream(self, req: ChatRun, reservation: Reservation, trace: Trace) -> Outcome:
-        overflow = req.route.route.overflow
+        overflow = req.route.spec.overflow
         if overflow is None:
             try:
                 return await self._attempt(req, reservation, trace, None)
@@ -255,7 +258,7 @@ class Gateway:
     async def _overflow(
         self, req: ChatRun, reservation: Reservation, trace: Trace, overflow: OverflowConfig
     ) -> Outcome:
-        admission = self.admissions[req.route.route.pattern]
+        admission = self.admissions[req.route.spec.pattern]
         loop = asyncio.get_running_loop()
         deadline, backoff, attempts = loop.time() + overflow.queue_timeout_s, 0.05, 0
         while True:
@@ -318,7 +321,9 @@ class Gateway:
         if clamped and cap is not None:
             field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
             body[field] = max(1, cap // n)
-        return UpstreamCall(body, self.session, req.route.provider, req.route.credentials), clamped
+        return UpstreamCall(
+            body, self.session, req.route.provider_config, req.route.credentials
+        ), clamped
 
     async def _attempt(
         self, req: ChatRun, reservation: Reservation, trace: Trace, ttft: float | None
@@ -327,9 +332,9 @@ class Gateway:
         trace.mark("upstream_start")
         if req.stream:
             return await stream_answer(req, call, clamped, trace, ttft)
-        if ttft is not None:  # a local route: stream upstream so the deadline applies
+        if ttft is not None:  # an overflow route: stream upstream so the deadline applies
             return await collect_answer(req, call, clamped, trace, ttft)
-        completion = await req.route.adapter.complete(call)
+        completion = await req.route.provider.complete(call)
         trace.mark("upstream_done")
         trace.commit = "completed"
         text = choices_text(completion.choices)

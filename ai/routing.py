@@ -16,20 +16,16 @@ from ai.providers import REGISTRY, Credentials, Provider
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
-    """A resolved route for one requested model."""
+class ResolvedRoute:
+    """Where one requested model goes: the matching route, its provider and credentials."""
 
-    route: RouteConfig
+    spec: RouteConfig
     provider_name: str
-    provider: ProviderConfig
-    adapter: Provider
+    provider_config: ProviderConfig
+    provider: Provider
     credentials: Credentials
     requested_model: str
     upstream_model: str
-
-    @property
-    def is_local(self) -> bool:
-        return self.route.overflow is not None
 
 
 def _credentials(config: ProviderConfig, env: Mapping[str, str]) -> Credentials:
@@ -52,11 +48,11 @@ class Router:
         self._providers = config.providers
         self._credentials = {n: _credentials(p, env) for n, p in config.providers.items()}
 
-    def resolve(self, model: str) -> Route:
+    def resolve(self, model: str) -> ResolvedRoute:
         for route in self._routes:
             if route.matches(model):
                 provider = self._providers[route.provider]
-                return Route(
+                return ResolvedRoute(
                     route,
                     route.provider,
                     provider,

@@ -26,7 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ai.behind import WriteBehind
+from ai.writebehind import WriteBehind
 
 log = logging.getLogger("spectra.ai")
 
@@ -102,7 +102,7 @@ class Loaded:
 
 
 class StateStore(WriteBehind):
-    """The SQLite file of budgets and meters, written behind by one thread."""
+    """The SQLite file of budgets, meters and rate windows, written behind by one thread."""
 
     def __init__(self, path: Path | None, write_window_s: float = 0.02) -> None:
         super().__init__("spectra-ai-state", write_window_s)

@@ -20,7 +20,7 @@ from ai.chunks import DONE, Assembler, Envelope, replay_chunks, sse
 from ai.errors import UpstreamFailed
 from ai.keys import Principal
 from ai.providers import ChoiceDelta, ProviderError, StreamItem, UpstreamCall
-from ai.routing import Route
+from ai.routing import ResolvedRoute
 from ai.tokens import count_text
 from ai.trace import Trace
 from ai.usage import Usage
@@ -35,7 +35,7 @@ class ChatRun:
     http: web.Request
     principal: Principal
     body: dict[str, Any]
-    route: Route
+    route: ResolvedRoute
     envelope: Envelope
     stream: bool
     include_usage: bool
@@ -80,11 +80,11 @@ async def stream_answer(
     trace: Trace,
     ttft: float | None,
 ) -> Outcome:
-    items = req.route.adapter.stream(call)
+    items = req.route.provider.stream(call)
     assembler, pending, usage = Assembler(), list[ChoiceDelta](), None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + (
-        ttft or req.route.route.ttft_timeout_s or req.route.provider.request_timeout_s
+        ttft or req.route.spec.ttft_timeout_s or req.route.provider_config.request_timeout_s
     )
     try:
         # Before the commit point: buffer, and let failures reach the overflow policy.
@@ -133,7 +133,7 @@ async def collect_answer(
     A failure after the first token is not retried elsewhere (the model never
     changes after the commit point): 502, audited as truncated.
     """
-    items = req.route.adapter.stream(call)
+    items = req.route.provider.stream(call)
     assembler, usage, seen = Assembler(), None, False
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ttft

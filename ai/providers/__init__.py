@@ -1,6 +1,6 @@
-"""LLM provider adapters, one module per provider behind one interface (AI-gateway issue).
+"""LLM providers, one module per upstream API behind one interface (:class:`Provider`).
 
-``REGISTRY`` maps a provider kind (``ProviderConfig.kind``) to its adapter.
+``REGISTRY`` maps a provider kind (``ProviderConfig.kind``) to its implementation.
 """
 
 from __future__ import annotations

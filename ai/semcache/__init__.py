@@ -1,7 +1,7 @@
-"""Semantic cache of the AI gateway (DESIGN.md §4, AI-gateway issue item 8).
+"""Semantic cache of the AI gateway.
 
 The gateway hashes everything but the last user message into a partition (tenant,
-model, system prompt, history, tools, parameters) and asks this package whether a
+provider, model, system prompt, history, tools, parameters) and asks this package whether a
 near-identical last message was answered before. Matching is a local MiniLM embedding
 (onnxruntime, no network), brute-force cosine per partition, a threshold and guard
 checks (numbers, names, negations, question words, opposite words and the roles

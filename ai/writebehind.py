@@ -17,6 +17,9 @@ from typing import Any
 
 
 class WriteBehind:
+    """One SQLite connection on one thread; a subclass collects changes, calls
+    :meth:`_arm` for each and hands them over in :meth:`_write`."""
+
     def __init__(self, thread_name: str, window_s: float) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self._window = window_s

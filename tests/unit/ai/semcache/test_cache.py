@@ -17,7 +17,7 @@ from ai.semcache import (
     UnknownEmbedder,
     create_semantic_cache,
 )
-from tests.unit.semcache.conftest import Clock, FakeEmbedder, at_similarity
+from tests.unit.ai.semcache.conftest import Clock, FakeEmbedder, at_similarity
 
 pytestmark = pytest.mark.unit
 
