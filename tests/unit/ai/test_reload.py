@@ -132,7 +132,7 @@ async def test_spectra_run_ai_gateway_follows_the_config_store(
 ) -> None:
     """``spectra run`` serves the AI gateway with the store as its source: a key added
     by a new document version is accepted without a restart."""
-    from control.cli import _services
+    from control.cli import _servers
     from control.config import parse_document
     from control.store import open_store
 
@@ -144,8 +144,8 @@ async def test_spectra_run_ai_gateway_follows_the_config_store(
     store = open_store(url)
     interfaces = {"inside": "inside", "outside": "outside"}
     store.put(parse_document({"interfaces": interfaces, "ai": data}), 0, "test")
-    (service,) = [s for s in _services(url, store, None, lambda: None) if s.name == "AI gateway"]
-    server = TestServer(service.factory(), host="127.0.0.1")
+    (gateway,) = [s for s in _servers(url, store, None, lambda: None) if s.name == "AI gateway"]
+    server = TestServer(gateway.factory(), host="127.0.0.1")
     await server.start_server()
     try:
         async with client_for(server, key=KEY_B) as b:
