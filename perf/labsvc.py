@@ -1,11 +1,13 @@
 """Small servers for the lab's internet namespace: an HTTP server that tells each client
-the source address it saw (so tests can check the gateway's translation), and a UDP echo.
+the source address it saw (so tests can check the gateway's translation), a UDP echo and
+a TCP echo (the failover probe's long-lived connections, :mod:`perf.flowprobe`).
 
-Run as ``python -m perf.labsvc http|udp-echo ADDRESS PORT``.
+Run as ``python -m perf.labsvc http|udp-echo|tcp-echo ADDRESS PORT``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import sys
@@ -46,12 +48,35 @@ def serve_udp_echo(address: str, port: int) -> None:
         sock.sendto(data, peer)
 
 
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+async def _serve_tcp_echo(address: str, port: int) -> None:
+    server = await asyncio.start_server(_echo, address, port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+def serve_tcp_echo(address: str, port: int) -> None:
+    asyncio.run(_serve_tcp_echo(address, port))
+
+
+SERVERS = {"http": serve_http, "udp-echo": serve_udp_echo, "tcp-echo": serve_tcp_echo}
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[0] not in ("http", "udp-echo"):
-        print("usage: python -m perf.labsvc http|udp-echo ADDRESS PORT", file=sys.stderr)
+    if len(argv) != 3 or argv[0] not in SERVERS:
+        print(f"usage: python -m perf.labsvc {'|'.join(SERVERS)} ADDRESS PORT", file=sys.stderr)
         return 2
-    kind, address, port = argv[0], argv[1], int(argv[2])
-    (serve_http if kind == "http" else serve_udp_echo)(address, port)
+    SERVERS[argv[0]](argv[1], int(argv[2]))
     return 0
 
 
