@@ -20,6 +20,7 @@ from control.api import ApiSettings, new_token
 from control.config.services import ApiToken
 from control.store import SqliteStore, SsmStore
 from control.store.base import ConfigStore
+from perf import awsfake
 
 ADMIN_TOKEN = new_token()
 READ_TOKEN = new_token()
@@ -78,7 +79,9 @@ def full_doc() -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """A moto server on a random loopback port for the whole session."""
+    """A moto server on a random loopback port for the whole session, with the AWS
+    behaviours the gateway relies on that moto lacks (:mod:`perf.awsfake`)."""
+    awsfake.patch()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
