@@ -198,7 +198,11 @@ class Takeover:
     # -- steps ------------------------------------------------------------------------
 
     def _check_fence(self, before: str) -> None:
-        if not self._fence():
+        try:
+            held = self._fence()
+        except Exception as exc:  # the lease table cannot answer: write nothing
+            raise Fenced(f"the lease cannot be confirmed before {before}: {exc}") from exc
+        if not held:
             raise Fenced(f"the lease is no longer held (before {before})")
 
     def _nat_address(self) -> str:
