@@ -139,7 +139,7 @@ def _servers(
     """The config API on the document's api.host:port (defaults when the store is empty)."""
     from control.api import ApiSettings, create_app
     from control.config import ConfigValidationError
-    from control.config.services import Api, ApiToken
+    from control.config.operations import Api, ApiToken
     from control.servers import HttpServer
     from control.status import host_status
     from control.store import StoreError, open_store

@@ -2,9 +2,10 @@
 
 ``schema_version`` is the document format (bumped on incompatible change); the store
 numbers revisions of a document separately.  Section models live in
-:mod:`control.config.network` and :mod:`control.config.services`; this module adds the
-checks that span sections (ports claimed twice, interfaces, XDP limits) and the entry
-points: :func:`parse_document`, :func:`dump_document`, :func:`json_schema`.
+:mod:`control.config.network` (the packet path), :mod:`control.config.proxies` and
+:mod:`control.config.operations`; this module adds the checks that span sections (ports
+claimed twice, interfaces, XDP limits) and the entry points: :func:`parse_document`,
+:func:`dump_document`, :func:`json_schema`.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from pydantic import Field, ValidationError, model_validator
 from ai.config import AIConfig
 from control.config.errors import ConfigValidationError, FieldError, render_errors
 from control.config.issues import Issue, Issues, Loc, format_path
-from control.config.network import Interfaces, Nat, PortForward, Rules
+from control.config.network import Gwlb, Interfaces, Nat, PortForward, Rules
+from control.config.operations import Api, Logging, Metrics
+from control.config.proxies import LoadBalancer, Proxy, Tls
 from control.config.secrets import secret_field_names
-from control.config.services import Api, Gwlb, LoadBalancer, Logging, Metrics, Proxy, Tls
 from control.config.types import REVEAL, StrictModel
 from nfq import InspectionPolicy
 from xdp.records import MAX_DENY_RULES

@@ -2,8 +2,9 @@
 
 ``local`` or ``local:/path/to/config.db`` -> :class:`SqliteStore`;
 ``ssm:/prefix`` -> :class:`SsmStore` over the ``client`` the caller passes, or else a
-boto3 client from the default credential chain with standard retries (there is no
-operational-role session factory yet: the agent and the CLI use the default chain).
+boto3 SSM client from boto3's default credential chain with standard retries. Nothing
+here assumes a role: the agent and the CLI pass no client, so they use the default
+chain (environment, shared config files, or on EC2 the instance role).
 """
 
 from __future__ import annotations
