@@ -130,7 +130,7 @@ def _local_now() -> datetime:
     return datetime.now(UTC)
 
 
-class _AssumeRole(CredentialProvider):  # type: ignore[misc]
+class _AssumeRole(CredentialProvider):
     METHOD = "spectra-assume-role"
 
     def __init__(self, fetch: Callable[[], dict[str, str]], now: Callable[[], datetime]) -> None:
