@@ -9,10 +9,13 @@ import time; nothing talks to AWS until a client is used.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
+from botocore.credentials import Credentials
 
 from control.aws.imds import Imds, ImdsError, InstanceIdentity, Interface
 from control.aws.lease import (
@@ -68,6 +71,7 @@ __all__ = [
     "build",
     "describe_error",
     "lease_timeouts",
+    "operational_credentials",
 ]
 
 
@@ -165,3 +169,26 @@ def build(
         NullNotifier() if topic is None else SnsNotifier(topic, lambda: sessions.client("sns"))
     )
     return Aws(section, identity, sessions, notifier, imds if isinstance(imds, Imds) else None)
+
+
+def operational_credentials(
+    section: AwsSection,
+    imds: Callable[[], Imds] = Imds,
+    *,
+    base: boto3.Session | None = None,
+) -> Callable[[], Credentials]:
+    """A credential source for the AI gateway's Bedrock provider: the operational role's
+    credentials (never the instance role's), built from ``section`` on first use, so a
+    gateway that never calls Bedrock never reads the metadata or calls STS.  Raises
+    :class:`RoleInert` (or :class:`ImdsError`) with the reason when there are none."""
+    lock = threading.Lock()
+    built: list[SessionFactory] = []
+
+    def credentials() -> Credentials:
+        with lock:
+            if not built:
+                identity = None if section.region else imds()
+                built.append(build(section, identity, base=base).sessions)
+        return built[0].credentials()
+
+    return credentials

@@ -377,12 +377,12 @@ class SessionFactory:
             )
 
     def _record(self, identity: str) -> Callable[..., None]:
-        def record(model: Any, **kwargs: Any) -> None:
-            key = f"{identity} {model.service_model.service_name}.{model.name}"
+        def record(event_name: str, **kwargs: Any) -> None:
+            _, service, operation = event_name.split(".", 2)
+            key = f"{identity} {service}.{operation}"
             exc = kwargs.get("exception")
             parsed = kwargs.get("parsed") or {}
-            response = kwargs.get("http_response")
-            status = getattr(response, "status_code", 200)
+            status = getattr(kwargs.get("http_response"), "status_code", 200)
             if exc is not None:
                 message = f"{type(exc).__name__}: {exc}"
             elif status >= 300 and "Error" in parsed:

@@ -198,3 +198,31 @@ def identity() -> InstanceIdentity:
 
 def event() -> LeaseEvent:
     return LeaseEvent("took_over", "eu-west-1a", "i-x", "i-y", 2, 0.0, "expired")
+
+
+def test_operational_credentials_for_the_ai_gateway(moto_endpoint: str) -> None:
+    """What control hands the AI gateway: the assumed role's keys, or the inert reason."""
+    from control.aws import RoleInert, operational_credentials
+
+    def no_imds() -> Imds:
+        raise AssertionError("the section names the region: no metadata read")
+
+    with FaultProxy(moto_endpoint) as proxy:
+        cfg = section(
+            region="eu-west-1",
+            endpoint_url=proxy.url,
+            operational_role={
+                "name": "gw-cross-account-role1",
+                "external_id": "ext-1",
+                "account_id": "123456789012",
+            },
+        )
+        source = operational_credentials(cfg, no_imds, base=base_session())
+        assert proxy.calls == {}  # nothing until the first Bedrock request
+        first = source().get_frozen_credentials()
+        assert first.access_key != "testing"  # not the base (instance) credentials
+        source()
+        assert proxy.calls[("sts", "AssumeRole")] == 1
+    inert = operational_credentials(section(region="eu-west-1"), no_imds, base=base_session())
+    with pytest.raises(RoleInert, match="no operational role configured"):
+        inert()
