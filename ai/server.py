@@ -225,7 +225,10 @@ def load_config(path: Path) -> AIConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the gateway from a JSON config file (the ``ai`` section of the document)."""
+    """Run the gateway from a JSON config file (the ``ai`` section of the document).
+
+    Bedrock providers sign with the keys their config names, else with botocore's
+    default credential chain (environment, shared files, container or instance role)."""
     parser = argparse.ArgumentParser(prog="python -m ai", description=main.__doc__)
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--host", default=None)
