@@ -2,9 +2,10 @@
 
 ``schema_version`` is the document format (bumped on incompatible change); the store
 numbers revisions of a document separately.  Section models live in
-:mod:`control.config.network` (the packet path), :mod:`control.config.proxies` and
-:mod:`control.config.operations`; this module adds the checks that span sections (ports
-claimed twice, interfaces, XDP limits) and the entry points: :func:`parse_document`,
+:mod:`control.config.network` (the packet path), :mod:`control.config.proxies`,
+:mod:`control.config.operations` and :mod:`control.config.aws`; this module adds the
+checks that span sections (ports claimed twice, interfaces, XDP limits) and the entry
+points: :func:`parse_document`,
 :func:`dump_document`, :func:`json_schema`.
 """
 
@@ -17,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from ai.config import AIConfig
+from control.config.aws import Aws
 from control.config.errors import ConfigValidationError, FieldError, render_errors
 from control.config.issues import Issue, Issues, Loc, format_path
 from control.config.network import Gwlb, Interfaces, Nat, PortForward, Rules
@@ -48,6 +50,7 @@ class ConfigDocument(StrictModel):
     logging: Logging = Logging()
     metrics: Metrics = Metrics()
     api: Api = Api()
+    aws: Aws = Aws()
 
     @property
     def gwlb_interface(self) -> str | None:
