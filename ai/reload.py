@@ -23,6 +23,7 @@ from pathlib import Path
 from ai.config import AIConfig
 from ai.keys import KeyStore, resolve_secret
 from ai.pipeline import Gateway
+from ai.providers.base import AwsCredentialSource
 from ai.routing import Router
 
 log = logging.getLogger("spectra.ai")
@@ -38,11 +39,16 @@ def restart_only_changes(old: AIConfig, new: AIConfig) -> list[str]:
     return [name for name in RESTART_ONLY if getattr(old, name) != getattr(new, name)]
 
 
-def apply(gateway: Gateway, config: AIConfig, env: Mapping[str, str]) -> list[str]:
+def apply(
+    gateway: Gateway,
+    config: AIConfig,
+    env: Mapping[str, str],
+    aws: AwsCredentialSource | None = None,
+) -> list[str]:
     """Make ``config`` the running configuration; returns the changed settings that need
     a restart. Raises (and changes nothing) when the new keys or routes cannot be built."""
     keys = KeyStore(resolve_secret(config.key_secret, env), config.keys)
-    router = Router(config, env)
+    router = Router(config, env, aws)
     pending = restart_only_changes(gateway.config, config)
     # Keep what start bound: only the reloadable settings come from the new document.
     kept = config.model_copy(update={name: getattr(gateway.config, name) for name in pending})
@@ -69,7 +75,11 @@ class FileSource:
 
 
 async def watch(
-    gateway: Gateway, source: Source, env: Mapping[str, str], interval_s: float
+    gateway: Gateway,
+    source: Source,
+    env: Mapping[str, str],
+    interval_s: float,
+    aws: AwsCredentialSource | None = None,
 ) -> None:
     """Poll ``source`` every ``interval_s`` and apply what changed, until cancelled."""
     while True:
@@ -82,7 +92,7 @@ async def watch(
         if config == gateway.config:
             continue
         try:
-            pending = apply(gateway, config, env)
+            pending = apply(gateway, config, env, aws)
         except Exception as exc:
             log.error("AI config not applied, keeping the running one: %s", exc)
             continue

@@ -27,6 +27,8 @@ from ai.embeddings import embeddings
 from ai.errors import BadRequest, GatewayError, PayloadTooLarge
 from ai.keys import KeyStore, Principal, check_not_revoked, resolve_secret
 from ai.pipeline import Gateway
+from ai.providers.base import AwsCredentialSource
+from ai.providers.bedrock import DefaultCredentialChain
 from ai.reload import FileSource, Source, watch
 from ai.routing import Router
 from ai.schema import parse_chat, parse_embedding
@@ -129,6 +131,7 @@ def _resources(
     keys: KeyStore,
     source: Source | None,
     reload_s: float,
+    aws: AwsCredentialSource,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         cache = ExactCache(config.exact_cache) if config.exact_cache.enabled else None
@@ -159,12 +162,12 @@ def _resources(
                 await owned.warm_up()  # load the model now, not on the first request
                 sem = owned
             gateway = Gateway(
-                config, Router(config, env), session, cache, sem, audit, state, restored, keys
+                config, Router(config, env, aws), session, cache, sem, audit, state, restored, keys
             )
             app[GATEWAY] = gateway
             if source is not None:
                 watcher = asyncio.create_task(
-                    watch(gateway, source, env, reload_s), name="spectra-ai-reload"
+                    watch(gateway, source, env, reload_s, aws), name="spectra-ai-reload"
                 )
             yield
         finally:
@@ -190,8 +193,13 @@ def create_app(
     semantic_cache: SemanticCache | None = None,
     source: Source | None = None,
     reload_s: float = 1.0,
+    aws_credentials: AwsCredentialSource | None = None,
 ) -> web.Application:
     """The gateway app; ``env`` resolves secret references (default: os.environ).
+
+    ``aws_credentials`` signs Bedrock requests whose provider config names no keys: the
+    appliance passes its operational role's; by default botocore's default chain
+    (:class:`~ai.providers.bedrock.DefaultCredentialChain`), resolved once.
 
     With ``source`` (a callable returning the current ``ai`` section) a changed
     section is applied while running, checked every ``reload_s`` (``ai.reload``)."""
@@ -199,7 +207,8 @@ def create_app(
     app = web.Application(client_max_size=config.max_body_bytes + 1)
     app[CONFIG] = config
     keys = KeyStore(resolve_secret(config.key_secret, env), config.keys)
-    app.cleanup_ctx.append(_resources(config, env, semantic_cache, keys, source, reload_s))
+    aws = aws_credentials or DefaultCredentialChain()
+    app.cleanup_ctx.append(_resources(config, env, semantic_cache, keys, source, reload_s, aws))
     app.router.add_post("/v1/chat/completions", _endpoint("chat", parse_chat, _chat))
     app.router.add_post("/v1/embeddings", _endpoint("embeddings", parse_embedding, _embeddings))
     app.router.add_get("/v1/models", models)
@@ -216,7 +225,10 @@ def load_config(path: Path) -> AIConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the gateway from a JSON config file (the ``ai`` section of the document)."""
+    """Run the gateway from a JSON config file (the ``ai`` section of the document).
+
+    Bedrock providers sign with the keys their config names, else with botocore's
+    default credential chain (environment, shared files, container or instance role)."""
     parser = argparse.ArgumentParser(prog="python -m ai", description=main.__doc__)
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--host", default=None)

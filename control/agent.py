@@ -212,7 +212,7 @@ class Agent:
 
 
 def _unrendered(doc: ConfigDocument) -> list[str]:
-    """Enabled sections whose renderers have not landed yet (reported, not hidden)."""
+    """Enabled sections that no converge step renders (reported, not hidden)."""
     return [s for s in UNRENDERED_SECTIONS if getattr(getattr(doc, s), "enabled", False)]
 
 

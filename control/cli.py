@@ -139,7 +139,7 @@ def _servers(
     """The config API on the document's api.host:port (defaults when the store is empty)."""
     from control.api import ApiSettings, create_app
     from control.config import ConfigValidationError
-    from control.config.services import Api, ApiToken
+    from control.config.operations import Api, ApiToken
     from control.servers import HttpServer
     from control.status import host_status
     from control.store import StoreError, open_store
@@ -163,13 +163,19 @@ def _servers(
     servers = [HttpServer("config API", config_api, str(api.host), api.port)]
     if doc is not None and doc.ai.routes and doc.ai.listen_port:
         from ai.server import create_app as create_ai_app
+        from control.aws import operational_credentials
 
-        ai = doc.ai
+        ai, aws = doc.ai, doc.aws
 
         def ai_gateway() -> web.Application:
             # its own store handle; a changed ai section applies without a restart
             ai_store = open_store(store_url)
-            return create_ai_app(ai, source=lambda: ai_store.latest()[1].ai)
+            # Bedrock signs with the operational role, never the instance role
+            return create_ai_app(
+                ai,
+                source=lambda: ai_store.latest()[1].ai,
+                aws_credentials=operational_credentials(aws),
+            )
 
         servers.append(HttpServer("AI gateway", ai_gateway, ai.listen_host, ai.listen_port))
     return servers

@@ -58,12 +58,12 @@ class ServerThread:
         self._loop.close()
 
     async def _start(self) -> None:
-        for svc in self.servers:
-            runner = web.AppRunner(svc.factory(), access_log=None)
+        for server in self.servers:
+            runner = web.AppRunner(server.factory(), access_log=None)
             await runner.setup()
             self._runners.append(runner)
-            await web.TCPSite(runner, svc.host, svc.port).start()
-            log.info("%s listening on %s:%d", svc.name, svc.host, svc.port)
+            await web.TCPSite(runner, server.host, server.port).start()
+            log.info("%s listening on %s:%d", server.name, server.host, server.port)
 
     async def _cleanup(self) -> None:
         for runner in reversed(self._runners):

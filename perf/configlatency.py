@@ -33,7 +33,7 @@ from aiohttp import web
 
 from control.api import ApiSettings, create_app, hash_token, new_token
 from control.config import parse_document
-from control.config.services import ApiToken
+from control.config.operations import ApiToken
 from control.steps import dry_run
 from control.store import ConfigStore, SqliteStore, SsmStore
 

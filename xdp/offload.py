@@ -1,6 +1,6 @@
 """Conntrack-aware sNAT offload: move flows the kernel has decided into the XDP table.
 
-Kernel conntrack stays the source of truth (DESIGN.md §2). Each :meth:`Offloader.sync`
+Kernel conntrack stays the source of truth. Each :meth:`Offloader.sync`
 reads the conntrack table through ctnetlink (pyroute2) and
 
 * installs both directions of every established, source-NATed flow that policy lets

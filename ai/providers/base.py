@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import aiohttp
 
 from ai.config import ProviderConfig
 from ai.usage import Usage
+
+if TYPE_CHECKING:
+    from botocore.credentials import Credentials as BotocoreCredentials
 
 REDACTED_HEADERS = frozenset({"authorization", "x-api-key", "x-amz-security-token"})
 RAW_LIMIT = 64 * 1024
@@ -70,6 +73,16 @@ class ProviderError(Exception):
         self.retry_after = retry_after
 
 
+class AwsCredentialSource(Protocol):
+    """Where a SigV4-signing provider (Bedrock) gets AWS credentials when the provider
+    config names no keys: the appliance passes its operational role's (refreshing)
+    credentials; standalone, :class:`ai.providers.bedrock.DefaultCredentialChain`.
+    Called off the event loop (it may block on STS or IMDS); it raises when there are
+    none, with the reason."""
+
+    def __call__(self) -> BotocoreCredentials: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Credentials:
     """Resolved upstream secrets; never logged, never put into errors."""
@@ -78,6 +91,7 @@ class Credentials:
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
     aws_session_token: str | None = None
+    aws: AwsCredentialSource | None = None  # when the provider config names no AWS keys
 
     def __repr__(self) -> str:
         return "Credentials(<redacted>)"

@@ -5,11 +5,21 @@ and ..._ConverseStream.html; the stream is AWS event-stream framing
 (:mod:`ai.providers.eventstream`). ``base_url`` is the endpoint override
 (``https://bedrock-runtime.<region>.amazonaws.com`` in production). Usage maps
 Bedrock's camelCase fields, cache reads/writes included.
+
+Credentials, in this order: the keys the provider config names (``aws_access_key_id``
+...), else the :class:`~ai.providers.base.AwsCredentialSource` the gateway was given --
+the appliance passes its operational role's credentials (``control.aws``), standalone
+``python -m ai`` uses :class:`DefaultCredentialChain` (botocore's default chain:
+environment, shared files, container or instance role), resolved once and refreshed by
+botocore.  Resolving may block (STS, IMDS), so it runs on a worker thread; the SigV4
+signature itself is pure computation and stays on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -18,9 +28,11 @@ import aiohttp
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as AWSCredentials
+from botocore.credentials import ReadOnlyCredentials
 
 from ai.providers.anthropic import _text
 from ai.providers.base import (
+    AwsCredentialSource,
     ChoiceDelta,
     Completion,
     ProviderError,
@@ -137,19 +149,51 @@ def map_request(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _signed_headers(call: UpstreamCall, url: str, body: bytes, accept: str) -> dict[str, str]:
+class DefaultCredentialChain:
+    """botocore's default credential chain, resolved on first use and kept (standalone
+    gateway; the appliance passes its operational role instead)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._found: AWSCredentials | None = None
+
+    def __call__(self) -> AWSCredentials:
+        with self._lock:
+            if self._found is None:
+                import botocore.session
+
+                self._found = botocore.session.get_session().get_credentials()
+            if self._found is None:
+                raise LookupError("botocore's default chain found no AWS credentials")
+            return self._found
+
+
+def _frozen(source: AwsCredentialSource) -> ReadOnlyCredentials:
+    found: ReadOnlyCredentials = source().get_frozen_credentials()
+    return found
+
+
+async def _aws_credentials(call: UpstreamCall) -> AWSCredentials:
     creds = call.credentials
     if creds.aws_access_key_id and creds.aws_secret_access_key:
-        aws = AWSCredentials(
+        return AWSCredentials(
             creds.aws_access_key_id, creds.aws_secret_access_key, creds.aws_session_token
         )
-    else:
-        import botocore.session
+    if creds.aws is None:
+        raise ProviderError("connect", "no AWS credentials for the bedrock provider")
+    try:
+        frozen = await asyncio.to_thread(_frozen, creds.aws)
+    except Exception as exc:  # the source says why (an inert operational role, ...)
+        raise ProviderError(
+            "connect", f"no AWS credentials for the bedrock provider: {exc}"
+        ) from None
+    if not frozen.access_key or not frozen.secret_key:
+        raise ProviderError("connect", "incomplete AWS credentials for the bedrock provider")
+    return AWSCredentials(frozen.access_key, frozen.secret_key, frozen.token)
 
-        found = botocore.session.get_session().get_credentials()
-        if found is None:
-            raise ProviderError("connect", "no AWS credentials for the bedrock provider")
-        aws = found
+
+async def _signed_headers(call: UpstreamCall, url: str, body: bytes, accept: str) -> dict[str, str]:
+    aws = await _aws_credentials(call)
     request = AWSRequest(
         method="POST",
         url=url,
@@ -249,13 +293,13 @@ class BedrockProvider:
     async def complete(self, call: UpstreamCall) -> Completion:
         url = _url(call, "converse")
         body = json.dumps(map_request(call.body)).encode()
-        headers = _signed_headers(call, url, body, "application/json")
+        headers = await _signed_headers(call, url, body, "application/json")
         return map_response(await post_body(call, url, headers, body))
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[list[StreamItem]]:
         url = _url(call, "converse-stream")
         body = json.dumps(map_request(call.body)).encode()
-        headers = _signed_headers(call, url, body, "application/vnd.amazon.eventstream")
+        headers = await _signed_headers(call, url, body, "application/vnd.amazon.eventstream")
         resp = await open_post(call, url, headers, body)
         decoder, state = Decoder(), _StreamState()
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from control.api import config_handlers as cfg
-from control.api import service_handlers as svc
+from control.api import ops_handlers as ops
 from control.api.auth import authenticate
 from control.api.errors import ApiError, Handler, error_middleware
 from control.api.metrics import ApiMetrics
@@ -124,10 +124,10 @@ def create_app(
     app.router.add_get("/v1/config/versions/{version}", cfg.get_version, allow_head=False)
     app.router.add_post("/v1/config/rollback", cfg.rollback)
     app.router.add_post("/v1/config/validate", cfg.validate)
-    app.router.add_get("/v1/status", svc.status, allow_head=False)
-    app.router.add_get("/metrics", svc.metrics, allow_head=False)
-    app.router.add_get("/healthz", svc.healthz, allow_head=False)
-    app.router.add_get("/openapi.json", svc.openapi, allow_head=False)
+    app.router.add_get("/v1/status", ops.status, allow_head=False)
+    app.router.add_get("/metrics", ops.metrics, allow_head=False)
+    app.router.add_get("/healthz", ops.healthz, allow_head=False)
+    app.router.add_get("/openapi.json", ops.openapi, allow_head=False)
     app.router.add_get("/", dashboard, allow_head=False)
     app.router.add_get("/dashboard", dashboard, allow_head=False)
     return app

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from control.config.services import ApiToken
+from control.config.operations import ApiToken
 
 Role = Literal["read", "admin"]
 TOKEN_PREFIX = "spk_"

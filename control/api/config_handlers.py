@@ -4,9 +4,11 @@ Writes are optimistic: PUT names its base version (``If-Match`` or ``version``),
 names it in ``If-Match``; a stale base gets 409.  Secrets come back masked; sending the
 mask back means "keep the stored value at this path".  An invalid document gets 422
 with path-level errors and nothing is stored.  Every write is logged and recorded in the
-store (who, when, what changed). A document is also rendered by every converge step
-before it is stored (:func:`control.steps.dry_run`), so what no instance could apply (an
-unsupported inspection rule, an impossible GWLB hook) is a 422 too, naming the field.
+store (who, when, what changed). A PUT or PATCH document is also rendered by every
+converge step before it is stored (:func:`control.steps.dry_run`), so what no instance
+could apply (an unsupported inspection rule, an impossible GWLB hook) is a 422 too,
+naming the field. A rollback stores an earlier version's content as it is, without
+rendering it again.
 """
 
 from __future__ import annotations

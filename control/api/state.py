@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 from aiohttp import web
 
 from control.api.metrics import ApiMetrics
-from control.config.services import ApiToken
+from control.config.operations import ApiToken
 from control.store.base import ConfigStore, VersionNotFound
 
 P = ParamSpec("P")

@@ -2,9 +2,11 @@
 
 ``schema_version`` is the document format (bumped on incompatible change); the store
 numbers revisions of a document separately.  Section models live in
-:mod:`control.config.network` and :mod:`control.config.services`; this module adds the
+:mod:`control.config.network` (the packet path), :mod:`control.config.proxies`,
+:mod:`control.config.operations` and :mod:`control.config.aws`; this module adds the
 checks that span sections (ports claimed twice, interfaces, XDP limits) and the entry
-points: :func:`parse_document`, :func:`dump_document`, :func:`json_schema`.
+points: :func:`parse_document`,
+:func:`dump_document`, :func:`json_schema`.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from ai.config import AIConfig
+from control.config.aws import Aws
 from control.config.errors import ConfigValidationError, FieldError, render_errors
 from control.config.issues import Issue, Issues, Loc, format_path
-from control.config.network import Interfaces, Nat, PortForward, Rules
+from control.config.network import Gwlb, Interfaces, Nat, PortForward, Rules
+from control.config.operations import Api, Logging, Metrics
+from control.config.proxies import LoadBalancer, Proxy, Tls
 from control.config.secrets import secret_field_names
-from control.config.services import Api, Gwlb, LoadBalancer, Logging, Metrics, Proxy, Tls
 from control.config.types import REVEAL, StrictModel
 from nfq import InspectionPolicy
 from xdp.records import MAX_DENY_RULES
@@ -46,6 +50,7 @@ class ConfigDocument(StrictModel):
     logging: Logging = Logging()
     metrics: Metrics = Metrics()
     api: Api = Api()
+    aws: Aws = Aws()
 
     @property
     def gwlb_interface(self) -> str | None:

@@ -35,6 +35,19 @@ def fail(path: Loc, value: Any, message: str) -> Issues:
     return Issues([Issue(path, value, message)])
 
 
+def unique_names(field: str, names: list[str]) -> None:
+    """Raise :class:`Issues` naming every repeated entry of ``field`` (a list of named
+    items) at its index."""
+    seen: set[str] = set()
+    issues = []
+    for i, name in enumerate(names):
+        if name in seen:
+            issues.append(Issue((field, i, "name"), name, "duplicate name"))
+        seen.add(name)
+    if issues:
+        raise Issues(issues)
+
+
 def format_path(loc: Loc) -> str:
     """``("nat", "port_range", 1)`` -> ``nat.port_range[1]``."""
     out = ""

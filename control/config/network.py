@@ -2,7 +2,8 @@
 
 ``interfaces`` (which NICs, XDP or kernel data plane), ``nat`` (translated source,
 port range, conntrack timeouts), ``rules`` (allow / deny), ``inspection`` (which
-traffic goes to the NFQUEUE inspector) and ``port_forwards`` (dNAT).  Semantics that
+traffic goes to the NFQUEUE inspector), ``port_forwards`` (dNAT) and ``gwlb``
+(GENEVE traffic from a Gateway Load Balancer).  Semantics that
 the renderers rely on are stated on each model.
 """
 
@@ -132,3 +133,53 @@ class PortForward(StrictModel):
     @property
     def target_port(self) -> int:
         return self.port if self.to_port is None else self.to_port
+
+
+class GwlbHealthCheck(StrictModel):
+    """The port and protocol the GWLB target group probes."""
+
+    protocol: Literal["tcp", "http"] = "tcp"
+    port: Port = 80
+    path: str = Field(default="/healthz", pattern=r"^/[\x21-\x7e]*$", max_length=512)
+
+
+class Gwlb(StrictModel):
+    """Gateway Load Balancer integration (GENEVE on UDP 6081).
+
+    The agent attaches decap (XDP, or tc ingress: ``decap_hook``) and re-encap (tc
+    egress) to ``interface`` (default: the inside interface), answers the health check
+    on ``health_check.port``, takes GENEVE only from ``allowed_sources`` (when set),
+    puts established two-arm flows on the XDP fast path (decap in XDP), and in one-arm
+    mode routes what arrived on ``interface`` back out of it (via ``next_hop``; default
+    the subnet's first address, the VPC router on AWS).
+    """
+
+    enabled: bool = False
+    interface: IfName | None = Field(
+        default=None, description="the GWLB-facing interface; default: interfaces.inside"
+    )
+    mode: Literal["one-arm", "two-arm"] = Field(
+        default="one-arm",
+        description="one-arm: replies re-encapsulated to the GWLB; two-arm: "
+        "decapsulated traffic leaves by the outside interface (sNAT)",
+    )
+    decap_hook: Literal["auto", "xdp", "tc"] = Field(
+        default="auto",
+        description="auto: XDP where the driver and MTU allow it, else tc ingress; "
+        "xdp: never tc; tc: always tc ingress",
+    )
+    next_hop: IPv4Address | None = Field(
+        default=None,
+        description="one-arm: where traffic goes back to the GWLB; default: the first "
+        "address of the interface's subnet (the VPC router)",
+    )
+    health_check: GwlbHealthCheck = GwlbHealthCheck()
+    flow_idle_timeout_seconds: Seconds = Field(
+        default=350, description="GWLB's own idle timeout: 350"
+    )
+    allowed_sources: list[IPv4Network] = Field(
+        default_factory=list,
+        max_length=64,
+        description="GWLB endpoint subnets GENEVE is accepted from (outer source, checked "
+        "in the decap program); empty: any",
+    )

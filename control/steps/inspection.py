@@ -1,14 +1,17 @@
 """The inspection step: the config document's ``inspection`` section made real.
 
-Enabled: the engine starts first (the built-in one as a supervised process in its own
-session, or Suricata under systemd), then the queueing rules go in
-(:func:`nfq.netfilter.apply`), so a fail-closed policy never queues to nobody. A change
-of rules alone is a reload (SIGHUP: the engine swaps rule sets between packets); any
-other change restarts the engine. Disabled: rules out first, then the engine stops.
-Rules are parsed when the step renders, so an unsupported keyword fails the converge
-(and the config API's dry run) with its sid before anything changes. The engine
-outlives the agent (the data plane never depends on the agent): a restarted agent
-adopts it through its pid file.
+Enabled: the built-in engine (``python -m nfq engine``) starts first, as a process in
+its own session that the step supervises, then the queueing rules go in
+(:func:`nfq.netfilter.apply`), so a fail-closed policy never queues to nobody. The step
+never runs Suricata: ``engine: suricata`` is refused on a host without a ``suricata``
+binary and otherwise runs the built-in engine too. A change of rules alone is a reload
+(SIGHUP: the engine swaps rule sets between packets); any other change restarts the
+engine. Disabled: rules out first, then the engine stops. Rules are parsed when the
+step renders, so an unsupported keyword fails the converge with its sid before
+anything changes; the config API renders every step before it stores a PUT or PATCH
+and in its dry run, so it rejects such a document too. The engine outlives the agent
+(the data plane never depends on the agent): a restarted agent adopts it through its
+pid file.
 """
 
 from __future__ import annotations

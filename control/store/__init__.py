@@ -1,4 +1,4 @@
-"""Config stores behind one :class:`ConfigStore` protocol (DESIGN.md §3).
+"""Config stores behind one :class:`ConfigStore` protocol.
 
 ``local``: :class:`SqliteStore` (the default, /var/lib/spectra/config.db);
 ``ssm``: :class:`SsmStore` (SSM Parameter Store, chunked, SecureString secrets).

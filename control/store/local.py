@@ -1,6 +1,6 @@
 """The ``local`` config store: an embedded SQLite database with the full history.
 
-The default store (DESIGN.md §3).  One row per revision; ``version`` is the primary
+The default store.  One row per revision; ``version`` is the primary
 key, and a write runs in a ``BEGIN IMMEDIATE`` transaction that re-reads the newest
 version first, so concurrent writers (threads or processes) serialise and the loser gets
 :class:`~control.store.base.VersionConflict`.  Secrets are stored inline: the file is

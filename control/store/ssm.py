@@ -21,6 +21,12 @@ blob and nothing else.  Readers verify the blob's SHA-256 recorded in the manife
 
 Secrets (:data:`control.config.types.Secret` fields) never go into the String chunks:
 each is a SecureString (KMS key ``kms_key_id`` or the account's ``alias/aws/ssm``).
+Identities.  ``client`` reads (the instance role: the agent must read the document, which
+itself names the operational role, even while that role is unusable); ``writer``, when
+given, returns the client that writes (the operational role, through the session factory
+of :mod:`control.aws`): while it is inert a write fails with a :class:`StoreError` naming
+the reason, and reads keep working.  Without ``writer``, ``client`` does both.
+
 History is pruned to ``keep_versions`` revisions (Standard tier allows 10,000
 parameters per region).  The client should use standard retries: PutParameter is
 throttled at a few TPS by default.
@@ -32,11 +38,12 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from control.aws.session import RoleInert
 from control.config import ConfigDocument, canonical_json, dump_document, parse_document
 from control.config.errors import ConfigValidationError
 from control.config.secrets import get_at, secret_paths, set_at
@@ -75,12 +82,14 @@ class SsmStore(WritesByRevision):
         *,
         keep_versions: int = 100,
         kms_key_id: str | None = None,
+        writer: Callable[[], SSMClient] | None = None,
     ) -> None:
         if not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
             raise StoreError(f"ssm prefix {prefix!r}: expected a path like /spectra/config")
         if keep_versions < 2:
             raise StoreError(f"keep_versions={keep_versions}: expected at least 2")
         self.client = client
+        self._writer = writer
         self.prefix = prefix
         self.keep_versions = keep_versions
         self.kms_key_id = kms_key_id
@@ -99,6 +108,14 @@ class SsmStore(WritesByRevision):
         return f"{self.prefix}/blobs/{blob}/secrets/{j:04d}"
 
     # -- low level -----------------------------------------------------------------
+    def _writes(self) -> SSMClient:
+        if self._writer is None:
+            return self.client
+        try:
+            return self._writer()
+        except RoleInert as exc:
+            raise StoreError(f"ssm writes under {self.prefix} are inert: {exc.reason}") from None
+
     def _get_many(self, names: Sequence[str], decrypt: bool = False) -> dict[str, str]:
         found: dict[str, str] = {}
         try:
@@ -122,14 +139,14 @@ class SsmStore(WritesByRevision):
         }
         if secure and self.kms_key_id:
             args["KeyId"] = self.kms_key_id
-        self.client.put_parameter(**args)
+        self._writes().put_parameter(**args)
 
     def _delete(self, names: Iterable[str]) -> None:
         todo = list(names)
         for start in range(0, len(todo), BATCH):
             try:
-                self.client.delete_parameters(Names=todo[start : start + BATCH])
-            except (ClientError, BotoCoreError) as exc:
+                self._writes().delete_parameters(Names=todo[start : start + BATCH])
+            except (ClientError, BotoCoreError, StoreError) as exc:
                 log.warning("ssm cleanup under %s failed: %s", self.prefix, exc)
 
     # -- reads ---------------------------------------------------------------------

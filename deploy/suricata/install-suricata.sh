@@ -43,7 +43,7 @@ case "$method" in
   *) echo "unknown method $method" >&2; exit 2 ;;
 esac
 
-# Suricata is meant to run under nfq.suricata.Supervisor, not the distribution's unit.
+# The distribution's unit would bind the same queues as the product's engine: keep it off.
 systemctl disable --now suricata.service 2>/dev/null || true
 suricata --build-info | grep -Eq 'NFQueue support:\s+yes' \
   || { echo "this Suricata build has no NFQUEUE support" >&2; exit 1; }

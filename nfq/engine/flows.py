@@ -52,7 +52,6 @@ class Flow:
     flow_id: int = field(default_factory=lambda: next(_flow_ids))
     to_server: Direction = field(default_factory=Direction)
     to_client: Direction = field(default_factory=Direction)
-    syn: bool = False
     syn_ack: bool = False
     closing: bool = False
     state: State = State.INSPECTING
@@ -88,9 +87,7 @@ def track_tcp(flow: Flow, d: Direction, p: Packet, to_server: bool, depth: int) 
     """Update handshake state and reassemble; returns the number of new in-order bytes."""
     flags = p.flags
     if flags & TCP_SYN:
-        if to_server:
-            flow.syn = True
-        elif flags & TCP_ACK:
+        if not to_server and flags & TCP_ACK:
             flow.syn_ack = True
         d.next_seq = (p.seq + 1) % SEQ_MOD
         return 0

@@ -24,7 +24,6 @@ class EveTailer:
     def __init__(self, path: Path, *, from_end: bool = False) -> None:
         self.path = path
         self.counters: Counter[str] = Counter()
-        self.last_stats: dict[str, Any] | None = None
         self._fh: IO[bytes] | None = None
         self._inode: int | None = None
         self._partial = b""
@@ -101,8 +100,6 @@ class EveTailer:
                     rec.get("dest_port"),
                     a.get("signature"),
                 )
-            elif kind == "stats":
-                self.last_stats = rec.get("stats")
         return records
 
     def close(self) -> None:

@@ -14,7 +14,7 @@ from playwright.sync_api import sync_playwright
 
 from control.api import ApiSettings, create_app, token_entry
 from control.config import parse_document
-from control.config.services import ApiToken
+from control.config.operations import ApiToken
 from control.servers import HttpServer, ServerThread
 from control.store import SqliteStore
 
@@ -51,12 +51,12 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str, SqliteStore]]:
         "127.0.0.1",
         port,
     )
-    services = ServerThread([app])
-    services.start()
+    servers = ServerThread([app])
+    servers.start()
     try:
         yield f"http://127.0.0.1:{port}", token, store
     finally:
-        services.stop()
+        servers.stop()
         store.close()
 
 

@@ -17,7 +17,7 @@ from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
 from control.api import ApiSettings, new_token
-from control.config.services import ApiToken
+from control.config.operations import ApiToken
 from control.store import SqliteStore, SsmStore
 from control.store.base import ConfigStore
 from perf import awsfake

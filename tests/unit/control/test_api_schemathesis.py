@@ -70,7 +70,7 @@ class ServedApp:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from control.api import hash_token
-    from control.config.services import ApiToken
+    from control.config.operations import ApiToken
 
     store = SqliteStore(Path(tmp_path_factory.mktemp("st")) / "config.db")
     store.put(parse_document(minimal()), 0, "seed")

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from control.api import ApiSettings, create_app, token_entry
 from control.cli import main
 from control.config import parse_document
-from control.config.services import ApiToken
+from control.config.operations import ApiToken
 from control.servers import HttpServer, ServerThread
 from control.store import SqliteStore
 
@@ -29,7 +29,7 @@ def api(tmp_path: Path) -> Iterator[tuple[dict[str, str], SqliteStore]]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     settings = ApiSettings(extra_tokens=(ApiToken.model_validate(entry),))
-    svc = ServerThread(
+    servers = ServerThread(
         [
             HttpServer(
                 "api",
@@ -39,11 +39,11 @@ def api(tmp_path: Path) -> Iterator[tuple[dict[str, str], SqliteStore]]:
             )
         ]
     )
-    svc.start()
+    servers.start()
     try:
         yield {"SPECTRA_API": f"http://127.0.0.1:{port}", "SPECTRA_TOKEN": token}, store
     finally:
-        svc.stop()
+        servers.stop()
         store.close()
 
 

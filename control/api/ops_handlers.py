@@ -1,4 +1,5 @@
-"""Handlers outside the document: status, metrics, health, the OpenAPI document."""
+"""Handlers of the operational endpoints outside the document: status, metrics, health,
+the OpenAPI document."""
 
 from __future__ import annotations
 

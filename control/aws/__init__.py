@@ -1,0 +1,194 @@
+"""AWS lifecycle of the appliance: one session factory, IMDSv2, the per-AZ leader lease.
+
+:func:`build` turns the document's ``aws`` section and the instance's metadata into an
+:class:`Aws` bundle: the :class:`SessionFactory` (every AWS call goes through it: the
+instance role for the instance's own business, the operational role for the rest), the
+takeover :class:`Notifier` and the :class:`Lease` constructor.  Nothing here runs at
+import time; nothing talks to AWS until a client is used.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.credentials import Credentials
+
+from control.aws.imds import Imds, ImdsError, InstanceIdentity, Interface
+from control.aws.lease import (
+    Clock,
+    HealthCheck,
+    Lease,
+    LeaseError,
+    LeaseRecord,
+    LeaseSettings,
+    SystemClock,
+)
+from control.aws.notify import (
+    LeaseEvent,
+    MemoryNotifier,
+    Notifier,
+    NullNotifier,
+    SnsNotifier,
+)
+from control.aws.session import (
+    InstanceRoleRefused,
+    OperationalRole,
+    RoleInert,
+    SessionFactory,
+    Timeouts,
+    describe_error,
+)
+from control.config.aws import Aws as AwsSection
+
+__all__ = [
+    "Aws",
+    "AwsSection",
+    "Clock",
+    "HealthCheck",
+    "Imds",
+    "ImdsError",
+    "InstanceIdentity",
+    "InstanceRoleRefused",
+    "Interface",
+    "Lease",
+    "LeaseError",
+    "LeaseEvent",
+    "LeaseRecord",
+    "LeaseSettings",
+    "MemoryNotifier",
+    "Notifier",
+    "NullNotifier",
+    "OperationalRole",
+    "RoleInert",
+    "SessionFactory",
+    "SnsNotifier",
+    "SystemClock",
+    "Timeouts",
+    "build",
+    "describe_error",
+    "lease_timeouts",
+    "operational_credentials",
+]
+
+
+def lease_timeouts(renew_interval_s: float) -> Timeouts:
+    """HTTP limits of the lease's DynamoDB client: a renewal must end within a period."""
+    limit = max(0.2, renew_interval_s)
+    return Timeouts(connect_s=limit, read_s=limit, max_attempts=2)
+
+
+@dataclass(frozen=True, slots=True)
+class Aws:
+    """What :func:`build` made from the ``aws`` section for this instance."""
+
+    section: AwsSection
+    identity: InstanceIdentity | None
+    sessions: SessionFactory
+    notifier: Notifier
+    imds: Imds | None = None
+
+    def lease_settings(self, *, preferred: bool = False) -> LeaseSettings:
+        """This instance's lease of its AZ, from ``aws.lease``."""
+        if self.identity is None:
+            raise LeaseError("the leader lease needs the instance identity (IMDS)")
+        cfg = self.section.lease
+        return LeaseSettings(
+            table=cfg.table,
+            key=self.identity.availability_zone,
+            holder=self.identity.instance_id,
+            renew_interval_s=cfg.renew_interval_s,
+            duration_s=cfg.duration_s,
+            skew_margin_s=cfg.skew_margin_s,
+            fail_back=cfg.fail_back,
+            preferred=preferred,
+            health_failures=cfg.health_failures,
+            health_successes=cfg.health_successes,
+        )
+
+    def lease(
+        self, health: HealthCheck, *, preferred: bool = False, clock: Clock | None = None
+    ) -> Lease:
+        """The AZ's leader lease (instance role, short timeouts) with the notifier."""
+        settings = self.lease_settings(preferred=preferred)
+        client = self.sessions.instance_client(
+            "dynamodb", lease_timeouts(settings.renew_interval_s)
+        )
+        return Lease(client, settings, health, notifier=self.notifier, clock=clock)
+
+    def status(self) -> dict[str, Any]:
+        """For the agent's status file: identity, sessions, notifications, IMDS."""
+        ident = self.identity
+        return {
+            "instance": None
+            if ident is None
+            else {
+                "id": ident.instance_id,
+                "availability_zone": ident.availability_zone,
+                "region": ident.region,
+            },
+            "sessions": self.sessions.status(),
+            "notify": self.notifier.status(),
+            "imds": None if self.imds is None else self.imds.status(),
+        }
+
+
+def build(
+    section: AwsSection,
+    imds: Imds | InstanceIdentity | None,
+    *,
+    base: boto3.Session | None = None,
+) -> Aws:
+    """The AWS bundle of this instance: ``imds`` is read once for the identity (or the
+    identity is given; ``None`` off EC2, then ``aws.region`` is required).  ``base`` is
+    the instance role's session (default: boto3's default chain, on EC2 the instance
+    profile).  Raises :class:`ImdsError` when the metadata cannot be read."""
+    identity = imds.identity() if isinstance(imds, Imds) else imds
+    region = section.region or (identity.region if identity else None)
+    if region is None:
+        raise ValueError("aws.region: expected a region when there is no instance metadata")
+    role = section.operational_role
+    sessions = SessionFactory(
+        region,
+        section.endpoint_url,
+        base=base,
+        role=None
+        if role is None
+        else OperationalRole(
+            name=role.name,
+            external_id=role.external_id,
+            organization_id=role.organization_id,
+            account_id=role.account_id or (identity.account_id if identity else None),
+        ),
+    )
+    topic = section.notify.sns_topic_arn
+    notifier: Notifier = (
+        NullNotifier() if topic is None else SnsNotifier(topic, lambda: sessions.client("sns"))
+    )
+    return Aws(section, identity, sessions, notifier, imds if isinstance(imds, Imds) else None)
+
+
+def operational_credentials(
+    section: AwsSection,
+    imds: Callable[[], Imds] = Imds,
+    *,
+    base: boto3.Session | None = None,
+) -> Callable[[], Credentials]:
+    """A credential source for the AI gateway's Bedrock provider: the operational role's
+    credentials (never the instance role's), built from ``section`` on first use, so a
+    gateway that never calls Bedrock never reads the metadata or calls STS.  Raises
+    :class:`RoleInert` (or :class:`ImdsError`) with the reason when there are none."""
+    lock = threading.Lock()
+    built: list[SessionFactory] = []
+
+    def credentials() -> Credentials:
+        with lock:
+            if not built:
+                identity = None if section.region else imds()
+                built.append(build(section, identity, base=base).sessions)
+        return built[0].credentials()
+
+    return credentials

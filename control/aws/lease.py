@@ -1,0 +1,486 @@
+"""The per-AZ leader lease: one DynamoDB item, conditional writes, a fencing token.
+
+One item per availability zone (partition key ``lease_key``) holds ``holder`` (instance
+id), ``expires`` (wall-clock epoch seconds), ``token`` (the fencing token) and
+``preferred``.  Every change is a conditional write ("Condition expressions" and
+"Conditional writes" in the DynamoDB developer guide), so of two instances acting on the
+same item exactly one succeeds:
+
+* acquire an absent item: ``attribute_not_exists(lease_key)``, token 1;
+* take over an expired or released item: ``token = :seen AND expires < :now - skew``,
+  token + 1 (the compare-and-swap on the token also orders two standbys);
+* take a live lease back (only a ``preferred`` instance, only with ``fail_back``, only from
+  a holder that is not preferred): ``token = :seen AND holder = :seen_holder``, token + 1;
+* renew: ``holder = :me AND token = :mine``, a new ``expires``;
+* release: the same condition, ``expires = 0`` (the item and its token stay, so tokens
+  only ever grow);
+* fence (:meth:`Lease.still_holds`): the same condition plus ``expires > :now``, writing
+  ``fenced`` -- the route writer calls it right before a route change, so a leader that
+  lost the lease (and does not know yet) cannot write routes.
+
+Time.  ``expires`` is wall-clock epoch seconds because other instances compare it with
+their own clocks; machine uptime (a monotonic clock) means nothing on another machine.
+Clock skew is explicit: a standby takes over only ``skew_margin_s`` after the expiry.
+The holder itself trusts its lease for ``duration_s`` from the moment it sent the write,
+measured on its monotonic clock, so a wall-clock step on the holder cannot stretch it.
+
+Health.  The injected :class:`HealthCheck` is sampled on every step; ``health_failures``
+failures in a row make the instance ineligible (a leader releases the lease) and
+``health_successes`` successes in a row make it eligible again (a fresh instance starts
+ineligible).  Every change of leadership is an event: a log line, a status entry, a
+counter and the :class:`~control.aws.notify.Notifier`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from control.aws.notify import EventKind, LeaseEvent, Notifier, NullNotifier
+from control.aws.session import describe_error, error_code
+
+log = logging.getLogger("spectra.aws")
+
+KEY = "lease_key"
+_NAMES = {"#k": KEY, "#h": "holder", "#t": "token", "#e": "expires", "#p": "preferred"}
+EVENTS_KEPT = 20
+
+
+class LeaseError(Exception):
+    """The lease table could not be read or written (missing table, denied, unreachable)."""
+
+
+class Clock(Protocol):
+    """Wall-clock epoch seconds (compared across machines) and a local monotonic clock."""
+
+    def time(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+
+class SystemClock:
+    """The machine's clocks."""
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class HealthCheck(Protocol):
+    """The instance's own data-path health: ``True`` when it can forward traffic."""
+
+    def __call__(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSettings:
+    """One instance's view of one lease (the document's ``aws.lease`` plus who and where)."""
+
+    table: str
+    key: str  # the availability zone
+    holder: str  # this instance's id
+    renew_interval_s: float = 1.0
+    duration_s: float = 5.0
+    skew_margin_s: float = 1.0
+    fail_back: bool = False
+    preferred: bool = False
+    health_failures: int = 3
+    health_successes: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """The lease item as read from the table."""
+
+    holder: str | None
+    token: int
+    expires: float
+    preferred: bool
+
+
+def create_table(client: Any, table: str) -> None:
+    """Create the lease table (on-demand) -- for the lab and the tests; in AWS the
+    deployment's CloudFormation stack creates it."""
+    client.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": KEY, "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": KEY, "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
+def _num(value: float) -> dict[str, str]:
+    return {"N": f"{value:.3f}"}
+
+
+class Lease:
+    """The leader lease of ``settings.key`` for ``settings.holder`` (see the module doc).
+
+    ``client`` is a DynamoDB client of the instance role (leader election is the
+    instance's own business) with short timeouts; :meth:`step` is one renewal period,
+    :meth:`run` calls it every ``renew_interval_s``."""
+
+    def __init__(
+        self,
+        client: Any,
+        settings: LeaseSettings,
+        health: HealthCheck,
+        *,
+        notifier: Notifier | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self._client = client
+        self._health = health
+        self._notifier: Notifier = notifier or NullNotifier()
+        self._clock: Clock = clock or SystemClock()
+        self._lock = threading.RLock()
+        self._token: int | None = None
+        self._valid_until = 0.0  # monotonic
+        self._expires = 0.0  # wall clock, as written
+        self._eligible = False
+        self._failures = 0
+        self._successes = 0
+        self._health_error: str | None = None
+        self._seen: LeaseRecord | None = None
+        self._error: str | None = None
+        self._events: deque[LeaseEvent] = deque(maxlen=EVENTS_KEPT)
+        self.counters = {"takeovers": 0, "releases": 0, "lost": 0, "renew_errors": 0}
+
+    # -- what the route writer uses ----------------------------------------------------
+
+    @property
+    def token(self) -> int | None:
+        """The fencing token while this instance leads, else ``None``."""
+        with self._lock:
+            if self._token is not None and self._clock.monotonic() < self._valid_until:
+                return self._token
+            return None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.token is not None
+
+    def still_holds(self, token: int) -> bool:
+        """Whether the table still says this instance holds the lease with ``token`` and
+        it has not expired: a conditional write, so the answer is the table's, not ours.
+        Raises :class:`LeaseError` when the table cannot answer (write nothing then)."""
+        now = self._clock.time()
+        try:
+            self._client.update_item(
+                TableName=self.settings.table,
+                Key={KEY: {"S": self.settings.key}},
+                UpdateExpression="SET fenced = :now",
+                ConditionExpression="#h = :me AND #t = :tok AND #e > :now",
+                ExpressionAttributeNames={"#h": "holder", "#t": "token", "#e": "expires"},
+                ExpressionAttributeValues={
+                    ":me": {"S": self.settings.holder},
+                    ":tok": {"N": str(token)},
+                    ":now": _num(now),
+                },
+            )
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                log.warning("fencing token %d of %s is stale", token, self.settings.key)
+                return False
+            raise LeaseError(self._describe(exc)) from exc
+        except BotoCoreError as exc:
+            raise LeaseError(self._describe(exc)) from exc
+        return True
+
+    # -- one period ----------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """Sample health, then renew, release, acquire or stand by; ``True`` if leading."""
+        with self._lock:
+            self._sample_health()
+            if self._token is not None:
+                if self._clock.monotonic() >= self._valid_until:
+                    self._lost("the lease ran out before a renewal succeeded")
+                elif not self._eligible:
+                    self.release(
+                        f"health check failed {self.settings.health_failures} times in a row"
+                    )
+                else:
+                    self._renew()
+                return self._token is not None
+            if self._eligible:
+                self._contend()
+            return self._token is not None
+
+    def run(self, stop: threading.Event, *, release_on_stop: bool = True) -> None:
+        """Call :meth:`step` every ``renew_interval_s`` until ``stop`` is set."""
+        interval = self.settings.renew_interval_s
+        next_at = self._clock.monotonic()
+        while not stop.is_set():
+            self.step()
+            next_at += interval
+            wait = next_at - self._clock.monotonic()
+            if wait < 0:  # fell behind: do not burst to catch up
+                next_at, wait = self._clock.monotonic(), 0.0
+            stop.wait(wait)
+        if release_on_stop:
+            self.release("stopping")
+
+    def release(self, reason: str = "released") -> None:
+        """Give the lease up now (expires = 0) so a standby takes over at once; the
+        instance is ineligible until ``health_successes`` good checks in a row."""
+        with self._lock:
+            self._eligible, self._successes = False, 0
+            token = self._token
+            if token is None:
+                return
+            self._token = None
+            try:
+                self._write(
+                    "SET #e = :zero",
+                    "#h = :me AND #t = :tok",
+                    {
+                        ":me": {"S": self.settings.holder},
+                        ":tok": {"N": str(token)},
+                        ":zero": _num(0),
+                    },
+                )
+            except (ClientError, BotoCoreError) as exc:  # it runs out by itself then
+                log.warning("lease %s: release not written: %s", self.settings.key, exc)
+            self.counters["releases"] += 1
+            self._emit("released", self.settings.holder, token, reason)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _sample_health(self) -> None:
+        try:
+            healthy = bool(self._health())
+            self._health_error = None if healthy else "health check failed"
+        except Exception as exc:  # a broken probe counts as a failed one
+            healthy = False
+            self._health_error = f"health check raised {type(exc).__name__}: {exc}"
+        if healthy:
+            self._failures, self._successes = 0, self._successes + 1
+            if not self._eligible and self._successes >= self.settings.health_successes:
+                self._eligible = True
+                log.info("lease %s: %s is eligible", self.settings.key, self.settings.holder)
+        else:
+            self._successes, self._failures = 0, self._failures + 1
+            if self._eligible and self._failures >= self.settings.health_failures:
+                self._eligible = False
+                log.warning(
+                    "lease %s: %s is not eligible: %s",
+                    self.settings.key,
+                    self.settings.holder,
+                    self._health_error,
+                )
+
+    def _describe(self, exc: BaseException) -> str:
+        if error_code(exc) == "ResourceNotFoundException":
+            return (
+                f"lease table {self.settings.table!r} does not exist "
+                f"(expected a table with partition key {KEY} (S)): {describe_error(exc)}"
+            )
+        return f"lease table {self.settings.table!r}: {describe_error(exc)}"
+
+    def _write(self, update: str, condition: str, values: dict[str, Any]) -> None:
+        self._client.update_item(
+            TableName=self.settings.table,
+            Key={KEY: {"S": self.settings.key}},
+            UpdateExpression=update,
+            ConditionExpression=condition,
+            ExpressionAttributeNames={
+                k: v for k, v in _NAMES.items() if k in update or k in condition
+            },
+            ExpressionAttributeValues=values,
+        )
+
+    def _read(self) -> LeaseRecord | None:
+        item = self._client.get_item(
+            TableName=self.settings.table, Key={KEY: {"S": self.settings.key}}, ConsistentRead=True
+        ).get("Item")
+        if item is None:
+            return None
+        return LeaseRecord(
+            holder=item["holder"]["S"] if "holder" in item else None,
+            token=int(item["token"]["N"]),
+            expires=float(item["expires"]["N"]),
+            preferred=bool(item.get("preferred", {}).get("BOOL", False)),
+        )
+
+    def _renew(self) -> None:
+        token = self._token
+        assert token is not None
+        now, mono = self._clock.time(), self._clock.monotonic()
+        expires = now + self.settings.duration_s
+        try:
+            self._write(
+                "SET #e = :exp, renewed = :now",
+                "#h = :me AND #t = :tok",
+                {
+                    ":me": {"S": self.settings.holder},
+                    ":tok": {"N": str(token)},
+                    ":exp": _num(expires),
+                    ":now": _num(now),
+                },
+            )
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                self._lost("another instance holds the lease now")
+                return
+            self._renew_failed(exc)
+            return
+        except BotoCoreError as exc:
+            self._renew_failed(exc)
+            return
+        self._valid_until, self._expires, self._error = (
+            mono + self.settings.duration_s,
+            expires,
+            None,
+        )
+
+    def _renew_failed(self, exc: BaseException) -> None:
+        self.counters["renew_errors"] += 1
+        self._error = self._describe(exc)
+        log.warning(
+            "lease %s: renewal failed, still leading until expiry: %s",
+            self.settings.key,
+            self._error,
+        )
+
+    def _lost(self, reason: str) -> None:
+        token = self._token or 0
+        self._token = None
+        self.counters["lost"] += 1
+        self._emit("lost", self.settings.holder, token, reason)
+
+    def _contend(self) -> None:
+        s = self.settings
+        try:
+            record = self._read()
+        except (ClientError, BotoCoreError) as exc:
+            self._error = self._describe(exc)
+            log.error("lease %s: %s", s.key, self._error)
+            return
+        self._seen, self._error = record, None
+        now = self._clock.time()
+        me = {":me": {"S": s.holder}}
+        if record is None:
+            self._acquire(None, "attribute_not_exists(#k)", {}, "acquired", "nobody held it")
+        elif record.holder == s.holder:  # ours from before a restart: a new token
+            values = {":seen": {"N": str(record.token)}, **me}
+            self._acquire(record, "#t = :seen AND #h = :me", values, "acquired", "restarted")
+        elif record.expires + s.skew_margin_s < now:
+            values = {":seen": {"N": str(record.token)}, ":deadline": _num(now - s.skew_margin_s)}
+            why = "released" if record.expires == 0 else "expired"
+            self._acquire(record, "#t = :seen AND #e < :deadline", values, "took_over", why)
+        elif s.fail_back and s.preferred and not record.preferred:
+            values = {":seen": {"N": str(record.token)}, ":prev": {"S": record.holder or ""}}
+            self._acquire(
+                record,
+                "#t = :seen AND #h = :prev",
+                values,
+                "took_back",
+                "fail_back to the preferred instance",
+            )
+
+    def _acquire(
+        self,
+        record: LeaseRecord | None,
+        condition: str,
+        values: dict[str, Any],
+        kind: EventKind,
+        reason: str,
+    ) -> None:
+        s = self.settings
+        token = (record.token if record else 0) + 1
+        now, mono = self._clock.time(), self._clock.monotonic()
+        expires = now + s.duration_s
+        try:
+            self._write(
+                "SET #h = :me, #t = :new, #e = :exp, #p = :pref, renewed = :now",
+                condition,
+                {
+                    **values,
+                    ":me": {"S": s.holder},
+                    ":new": {"N": str(token)},
+                    ":exp": _num(expires),
+                    ":pref": {"BOOL": s.preferred},
+                    ":now": _num(now),
+                },
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                self._error = self._describe(exc)
+                log.error("lease %s: %s", s.key, self._error)
+            return  # another instance was faster
+        except BotoCoreError as exc:
+            self._error = self._describe(exc)
+            return
+        self._token, self._valid_until, self._expires = token, mono + s.duration_s, expires
+        self.counters["takeovers"] += 1
+        self._emit(kind, record.holder if record else None, token, reason)
+
+    def _emit(self, kind: EventKind, previous: str | None, token: int, reason: str) -> None:
+        event = LeaseEvent(
+            kind=kind,
+            key=self.settings.key,
+            holder=self.settings.holder,
+            previous=previous,
+            token=token,
+            at=self._clock.time(),
+            reason=reason,
+        )
+        self._events.append(event)
+        log.warning(
+            "lease %s: %s %s (previous holder %s, token %d): %s",
+            event.key,
+            event.holder,
+            kind.replace("_", " "),
+            previous or "none",
+            token,
+            reason,
+        )
+        try:
+            self._notifier.notify(event)
+        except Exception as exc:  # a notification hook must never break the lease
+            log.error("lease %s: notifier failed: %s", event.key, exc)
+
+    def status(self) -> dict[str, Any]:
+        """For the agent's status file: role, token, who leads, health, counters, events."""
+        with self._lock:
+            token = self.token
+            seen = self._seen
+            if self._error is not None and token is None:
+                state = "error"
+            elif token is not None:
+                state = "leader"
+            else:
+                state = "standby" if self._eligible else "ineligible"
+            return {
+                "state": state,
+                "key": self.settings.key,
+                "table": self.settings.table,
+                "instance": self.settings.holder,
+                "token": token,
+                "expires": self._expires if token is not None else None,
+                "leader": self.settings.holder
+                if token is not None
+                else (seen.holder if seen else None),
+                "eligible": self._eligible,
+                "preferred": self.settings.preferred,
+                "fail_back": self.settings.fail_back,
+                "health": {
+                    "failures_in_row": self._failures,
+                    "successes_in_row": self._successes,
+                    "last_error": self._health_error,
+                },
+                "error": self._error,
+                "counters": dict(self.counters),
+                "events": [e.as_dict() for e in self._events],
+                "notify": self._notifier.status(),
+            }
