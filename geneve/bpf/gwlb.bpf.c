@@ -436,7 +436,6 @@ int tc_gwlb_encap(struct __sk_buff *skb)
 	struct gwlb_config *cfg;
 	struct outer_v4_udp outer = {};
 	__be16 be_eth_ip = bpf_htons(ETH_P_IP);
-	__u64 idle;
 
 	eth_type = parse_ethhdr(&nh, data_end, &eth);
 	if (eth_type == bpf_htons(ETH_P_IP)) {
@@ -485,8 +484,7 @@ int tc_gwlb_encap(struct __sk_buff *skb)
 		reason = GWLB_DROP_NO_FLOW;
 		goto out;
 	}
-	idle = gwlb_idle_ns(cfg);
-	if (bpf_ktime_get_ns() - v->last_seen_ns > idle) {
+	if (gwlb_header_expired(cfg, v, bpf_ktime_get_ns())) {
 		gwlb_flows.delete(&key);
 		action = TC_ACT_SHOT;
 		reason = GWLB_DROP_FLOW_EXPIRED;

@@ -151,7 +151,7 @@ static __always_inline struct gwlb_value *gwlb_stored_header(const struct flow_v
 	}
 	if (!v)
 		return NULL;
-	if (bpf_ktime_get_ns() - v->last_seen_ns > gwlb_idle_ns(cfg))
+	if (gwlb_header_expired(cfg, v, bpf_ktime_get_ns()))
 		return NULL; /* tc_gwlb_encap drops and forgets it */
 	if (v->hdr_len < GENEVE_BASE_LEN || v->hdr_len > GWLB_XDP_MAX_HDR)
 		return NULL;
