@@ -1,4 +1,5 @@
-"""ctypes mirrors of ``geneve/bpf/gwlb_maps.h`` and typed access to the GWLB maps.
+"""ctypes mirrors of ``geneve/bpf/gwlb_maps.h`` (and of the flow state in
+``xdp/include/spectra/gwlb_types.h``) and typed access to the GWLB maps.
 
 Works on plain map fds (from bcc after a compile or from bpffs pins), so a restarted
 agent needs no compiler.  tests/bpf/geneve/test_layout.py checks the sizes.

@@ -29,15 +29,14 @@
 #include <linux/in.h>
 #include <linux/ipv6.h>
 
-#include "parsing.h"   /* xdp/bpf: shared cursor parsers */
+#include "spectra/compiler.h"
+#include "spectra/parsing.h"
+#include "spectra/gwlb_encap.h"
 #include "gwlb_maps.h"
-#include "gwlb_encap.h"
 
 #ifndef IPPROTO_ICMPV6
 #define IPPROTO_ICMPV6 58
 #endif
-/* Keep clang from rewriting the bounds checks of `x` (the verifier needs them). */
-#define barrier_var(x) asm volatile("" : "+r"(x))
 /* uapi bpf.h (Linux >= 6.3) values; bcc's bundled bpf.h predates them (enum members,
  * so no #ifndef on the real names). */
 #define GWLB_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)

@@ -21,15 +21,14 @@
 #include <uapi/linux/bpf.h>
 #include <linux/in.h>
 
+#include "spectra/compiler.h"
+#include "spectra/parsing.h"
+#include "spectra/csum.h"
+#include "spectra/gwlb_encap.h" /* the outer header tc_gwlb_encap builds too */
 #include "reasons.h"
-#include "parsing.h"
-#include "csum.h"
 #include "maps.h"
-#include "gwlb_encap.h" /* geneve/bpf: outer header builder shared with tc */
 
 #define TCP_FLAG_MASK_FIN_RST (TCP_FLAG_FIN | TCP_FLAG_RST)
-/* Keep clang from rewriting the bounds checks of `x` (the verifier needs them). */
-#define barrier_var(x) asm volatile("" : "+r"(x))
 /* Outer IPv4/UDP + GENEVE header must fit the XDP headroom (256, XDP_PACKET_HEADROOM):
  * a longer stored header leaves the reply on the kernel path (tc re-encapsulates). */
 #define GWLB_XDP_MAX_HDR (XDP_PACKET_HEADROOM - OUTER_IPV4_UDP_LEN)
