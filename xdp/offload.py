@@ -46,6 +46,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from nfq.marks import CT_MARK_BYPASS, CT_MARK_GWLB, CT_MARK_INSPECT
 from xdp.records import (
     FLOW_F_GWLB,
     IPPROTO_ICMP,
@@ -56,16 +57,6 @@ from xdp.records import (
 )
 
 log = logging.getLogger("spectra.xdp")
-
-# Conntrack mark bits owned by the inspection policy (nfq issue): a flow marked INSPECT
-# stays on the kernel path until the inspector also marks it BYPASS.
-CT_MARK_INSPECT = 0x1
-CT_MARK_BYPASS = 0x2
-# Set by the agent's ruleset on flows that arrived decapsulated from a Gateway Load
-# Balancer: their replies must be re-encapsulated to the GWLB, so they are offloaded
-# only while the fast path can do that (a linked GWLB interface), else left to the
-# kernel path and tc_gwlb_encap.
-CT_MARK_GWLB = 0x8
 
 IPS_SEEN_REPLY = 1 << 1
 IPS_ASSURED = 1 << 2

@@ -34,10 +34,6 @@ class Expr:
             return True
         return any(lo <= value <= hi for lo, hi in self.include)
 
-    @property
-    def is_any(self) -> bool:
-        return self.include is None and not self.exclude
-
 
 ANY = Expr(None, ())
 

@@ -8,10 +8,8 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from nfq.marks import CT_MARK_BYPASS, CT_MARK_GWLB, CT_MARK_INSPECT
 from xdp.offload import (
-    CT_MARK_BYPASS,
-    CT_MARK_GWLB,
-    CT_MARK_INSPECT,
     IPS_ASSURED,
     IPS_DYING,
     IPS_SEEN_REPLY,

@@ -15,7 +15,8 @@ from control.steps import STEPS, AnyHost, RenderError, render
 from control.steps.gwlb import GwlbStep
 from control.steps.nftables import render_nftables
 from geneve.attach import plan
-from xdp.offload import CT_MARK_GWLB, CtFlow, Timeouts, Tuple, why_not_offloadable
+from nfq.marks import CT_MARK_GWLB
+from xdp.offload import CtFlow, Timeouts, Tuple, why_not_offloadable
 
 BASE: dict[str, Any] = {"interfaces": {"inside": "inside", "outside": "outside"}}
 
