@@ -14,7 +14,8 @@ type  meaning                bytes
 ====  =====================  ======
 
 The registry is a dict (never an ``elif`` chain); the C side mirrors it in
-``geneve/bpf/geneve.h`` and tests/unit/geneve/test_reasons.py checks both agree.
+``xdp/include/spectra/geneve.h`` and tests/unit/geneve/test_reasons.py checks both
+agree.
 """
 
 from __future__ import annotations

@@ -49,6 +49,8 @@ log = logging.getLogger("spectra.geneve")
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
 SOURCE = BPF_DIR / "gwlb.bpf.c"
+# What the pins of these programs are built from (see xdp.loader.layout_id).
+LAYOUT_SOURCES = (BPF_DIR, loader.INCLUDE_DIR / "spectra")
 XDP_PROGRAMS = ("xdp_gwlb", "xdp_gwlb_pass_peer")
 TC_PROGRAMS = ("tc_gwlb_encap", "tc_gwlb_decap")
 MAPS = ("gwlb_flows", "gwlb_stats", "gwlb_config", "gwlb_fastpath", "gwlb_sources")
@@ -73,7 +75,7 @@ class GwlbBuild:
     def cflags(self) -> list[str]:
         return [
             f"-I{BPF_DIR}",
-            f"-I{loader.BPF_DIR}",
+            f"-I{loader.INCLUDE_DIR}",  # headers shared with the fast path
             "-Wno-compare-distinct-pointer-types",
             f"-DGWLB_FLOW_TABLE_SIZE={self.flow_table_size}",
         ]
@@ -158,7 +160,7 @@ class Gwlb:
         names = [("progs", n) for n in (*XDP_PROGRAMS, *TC_PROGRAMS)]
         names += [("maps", n) for n in MAPS]
         pinned = all((self.pin_dir / sub / n).exists() for sub, n in names)
-        return pinned and loader.has_layout(self.pin_dir)
+        return pinned and loader.has_layout(self.pin_dir, LAYOUT_SOURCES)
 
     def load(self) -> Gwlb:
         """Adopt the instance's pins if present (their configuration untouched), else
@@ -184,7 +186,7 @@ class Gwlb:
                 (self.pin_dir / sub).mkdir(parents=True, exist_ok=True)
                 for name, fd in fds.items():
                     libbpf.obj_pin(fd, str(self.pin_dir / sub / name))
-            loader.mark_layout(self.pin_dir)
+            loader.mark_layout(self.pin_dir, LAYOUT_SOURCES)
             _pinned_objects[self.pin_dir] = objects
             self._objects = objects
             log.info("pinned GWLB programs and maps under %s", self.pin_dir)

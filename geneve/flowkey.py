@@ -1,5 +1,5 @@
 """The inner-flow key under which the data plane stores each GENEVE header: the
-Python model of ``struct gwlb_key`` in ``geneve/bpf/gwlb_maps.h``.
+Python model of ``struct gwlb_key`` in ``xdp/include/spectra/gwlb_types.h``.
 
 Symmetric: both directions of a flow canonicalise to the same (lo, hi) endpoint pair,
 ordered by (address bytes, port); ``dir`` records which endpoint sent the packet that

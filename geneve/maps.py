@@ -1,4 +1,5 @@
-"""ctypes mirrors of ``geneve/bpf/gwlb_maps.h`` and typed access to the GWLB maps.
+"""ctypes mirrors of ``geneve/bpf/gwlb_maps.h`` (and of the flow state in
+``xdp/include/spectra/gwlb_types.h``) and typed access to the GWLB maps.
 
 Works on plain map fds (from bcc after a compile or from bpffs pins), so a restarted
 agent needs no compiler.  tests/bpf/geneve/test_layout.py checks the sizes.
@@ -202,12 +203,24 @@ class GwlbMaps:
             libbpf.map_delete(self.fds["gwlb_flows"], ckey)
 
     def age(self, key: bytes, seconds: float) -> None:
-        """Move an entry's last_seen back (tests of the idle timeout)."""
+        """Move an entry's last_seen ``seconds`` back (forward when negative), for tests
+        of the idle timeout.  last_seen is on the boot-time clock, so a machine up for
+        less than ``seconds`` cannot hold the aged entry: ValueError then, never a
+        clamped and younger entry (age by a little more than a short configured
+        idle timeout instead of by the default's 350 s)."""
         ckey = GwlbKeyC.from_buffer_copy(key)
         value = GwlbValueC()
-        if libbpf.map_lookup(self.fds["gwlb_flows"], ckey, value):
-            value.last_seen_ns = max(0, value.last_seen_ns - int(seconds * 1e9))
-            libbpf.map_update(self.fds["gwlb_flows"], ckey, value)
+        if not libbpf.map_lookup(self.fds["gwlb_flows"], ckey, value):
+            raise KeyError(f"gwlb_flows has no entry for key {key.hex()}")
+        aged = value.last_seen_ns - int(seconds * 1e9)
+        if not 0 < aged < 1 << 64:
+            raise ValueError(
+                f"cannot age a header seen at {value.last_seen_ns} ns after boot by "
+                f"{seconds} s: the clock cannot represent the result; age by less than "
+                "the time since boot"
+            )
+        value.last_seen_ns = aged
+        libbpf.map_update(self.fds["gwlb_flows"], ckey, value)
 
     # -- counters ----------------------------------------------------------------------
 

@@ -1,11 +1,21 @@
-"""The mark bits the inspection path owns, in conntrack and in the packet (skb) mark.
+"""Every mark bit the product sets, in conntrack and in the packet (skb) mark: one
+registry, so no two owners pick the same bit.
 
-Conntrack mark (shared with the XDP offloader, :mod:`xdp.offload`):
+It lives here because the marks are netfilter state and nfq is the package that owns
+netfilter rule rendering; the other users only read it (the XDP offloader decides what
+to offload from the conntrack mark, the agent's nftables step sets ``CT_MARK_GWLB``).
+Nothing here imports another package of the product, so any of them may import it.
+
+Conntrack mark:
 
 * ``CT_MARK_INSPECT`` (0x1): policy selected this flow for inspection; it stays on the
   kernel path and is queued to the inspector.
 * ``CT_MARK_BYPASS`` (0x2): the inspector decided the flow (a ``pass`` rule, or stream
   depth reached without a match); it leaves the queue and may move to the fast path.
+* ``CT_MARK_GWLB`` (0x8): the flow arrived decapsulated from a Gateway Load Balancer;
+  its replies must be re-encapsulated to the GWLB, so the offloader puts it on the fast
+  path only while the fast path can do that (a linked GWLB interface), else the kernel
+  path and ``tc_gwlb_encap`` carry it.
 
 Packet mark, set by the inspector in its NFQUEUE verdict together with ``NF_REPEAT``
 so the packet re-enters the hook and the product's chain acts on it:
@@ -20,15 +30,18 @@ Both skb bits are cleared before the packet leaves the chain.
 
 from __future__ import annotations
 
-from xdp.offload import CT_MARK_BYPASS, CT_MARK_INSPECT
+CT_MARK_INSPECT = 0x1
+CT_MARK_BYPASS = 0x2
+CT_MARK_GWLB = 0x8
+CT_MARK_MASK = CT_MARK_INSPECT | CT_MARK_BYPASS  # the inspection path's bits
 
 SKB_MARK_BYPASS = 0x2
 SKB_MARK_REPEAT = 0x4
 SKB_MARK_MASK = SKB_MARK_BYPASS | SKB_MARK_REPEAT
-CT_MARK_MASK = CT_MARK_INSPECT | CT_MARK_BYPASS
 
 __all__ = [
     "CT_MARK_BYPASS",
+    "CT_MARK_GWLB",
     "CT_MARK_INSPECT",
     "CT_MARK_MASK",
     "SKB_MARK_BYPASS",

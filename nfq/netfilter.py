@@ -29,7 +29,13 @@ import logging
 import subprocess
 from collections.abc import Sequence
 
-from nfq.marks import CT_MARK_BYPASS, CT_MARK_INSPECT, SKB_MARK_BYPASS, SKB_MARK_MASK
+from nfq.marks import (
+    CT_MARK_BYPASS,
+    CT_MARK_INSPECT,
+    CT_MARK_MASK,
+    SKB_MARK_BYPASS,
+    SKB_MARK_MASK,
+)
 from nfq.marks import SKB_MARK_REPEAT as _REPEAT
 from nfq.policy import InspectionPolicy, Selector
 
@@ -124,9 +130,8 @@ def render_iptables(
         for sel in policy.selectors:
             for match in _ipt_selector(sel, in_interface):
                 lines.append(f"-A {CHAIN} {match} -j CONNMARK --or-mark {CT_MARK_INSPECT:#x}")
-        mask = CT_MARK_INSPECT | CT_MARK_BYPASS
         lines.append(
-            f"-A {CHAIN} -m connmark --mark {CT_MARK_INSPECT:#x}/{mask:#x} "
+            f"-A {CHAIN} -m connmark --mark {CT_MARK_INSPECT:#x}/{CT_MARK_MASK:#x} "
             f"-j {_nfqueue_target(policy)}"
         )
         lines += [
@@ -175,7 +180,6 @@ def render_nft(policy: InspectionPolicy, *, in_interface: str | None = None) -> 
     q = policy.queues
     numbers = str(q.first) if q.first == q.last else f"{q.first}-{q.last}"
     flags = " flags bypass" if policy.fail_open else ""
-    mask = CT_MARK_INSPECT | CT_MARK_BYPASS
     rules = [
         f"ct mark & {CT_MARK_BYPASS:#x} == {CT_MARK_BYPASS:#x} return",
         f"meta mark & {_REPEAT:#x} == {_REPEAT:#x} goto verdict",
@@ -184,7 +188,7 @@ def render_nft(policy: InspectionPolicy, *, in_interface: str | None = None) -> 
         f"{_nft_selector(s, in_interface)} ct mark set ct mark | {CT_MARK_INSPECT:#x}"
         for s in policy.selectors
     ]
-    rules.append(f"ct mark & {mask:#x} == {CT_MARK_INSPECT:#x} queue{flags} to {numbers}")
+    rules.append(f"ct mark & {CT_MARK_MASK:#x} == {CT_MARK_INSPECT:#x} queue{flags} to {numbers}")
     body = "\n".join(f"\t\t{r}" for r in rules) if policy.enabled else ""
     return (
         f"table ip {NFT_TABLE}\n"

@@ -235,7 +235,8 @@ def _offloaded(tuning: Tuning, flow: UdpFlow) -> Iterator[None]:
     and the offloader syncing every 0.2 s from a thread in the gateway's namespace;
     returns once the (bypassed) flow is in the flow table."""
     from perf.bpf import Programs
-    from xdp.offload import Offloader, Port, PyrouteKernel
+    from xdp.ctnetlink import PyrouteKernel
+    from xdp.offload import Interface, Offloader
 
     t = tuning.target
     progs = Programs()
@@ -243,7 +244,7 @@ def _offloaded(tuning: Tuning, flow: UdpFlow) -> Iterator[None]:
     offloaders: list[Offloader] = []
     errors: list[BaseException] = []
 
-    def loop(ports: list[Port]) -> None:
+    def loop(ports: list[Interface]) -> None:
         from pyroute2 import netns
 
         try:
@@ -266,7 +267,7 @@ def _offloaded(tuning: Tuning, flow: UdpFlow) -> Iterator[None]:
         for dev in (t.ingress_dev, t.egress_dev):
             progs.attach(t.gateway, dev, "xdp_gateway")
             mac = t.gateway.read(f"/sys/class/net/{dev}/address").strip()
-            ports.append(Port(progs.ifindex(t.gateway, dev), mac))
+            ports.append(Interface(progs.ifindex(t.gateway, dev), mac))
         tuning.pin(sink=False, fifo=False)  # the attach recreated the NAPI thread
         thread = threading.Thread(target=loop, args=(ports,), name="offloader", daemon=True)
         thread.start()

@@ -1,8 +1,11 @@
 """The public facade of the XDP data plane: one :class:`Dataplane` per gateway instance.
 
 It compiles (or adopts) and pins the programs and maps, attaches them to interfaces,
-and gives typed access to the flow table, the deny list and the counters.  The
-control plane (agent) and the lab use only this class.
+and gives typed access to the flow table, the deny list and the counters.  The agent
+and the lab reach the maps only through this class.  Beside it they use the records it
+takes (:mod:`xdp.records`), the loader's attach and pin helpers (:mod:`xdp.loader`,
+with program ids from :mod:`xdp.libbpf`) and the offloader (:mod:`xdp.offload`, which
+fills the flow table through this class).
 """
 
 from __future__ import annotations

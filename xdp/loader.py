@@ -4,6 +4,11 @@ bcc compiles ``spectra.bpf.c`` once per process and build configuration
 (:class:`BuildOptions` -> ``-D`` flags, never string substitution).  Programs and maps
 are pinned under ``/sys/fs/bpf/spectra/<instance>/{progs,maps}/<name>`` so forwarding
 survives the agent; :func:`adopt` reopens the pins without a compiler.
+
+Headers shared with the GWLB programs (parsing, checksums, the GENEVE wire format, the
+GWLB flow state and outer-header builder) live in :data:`INCLUDE_DIR`, included as
+``"spectra/<name>.h"``; every Spectra BPF loader passes it with ``-I`` next to its own
+``bpf/`` folder, which keeps the headers only its program uses.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ log = logging.getLogger("spectra.xdp")
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
 MAIN_SOURCE = BPF_DIR / "spectra.bpf.c"
-# The GWLB flow-state layout and outer-header builder the fast path's GWLB return uses.
-GENEVE_BPF_DIR = BPF_DIR.parent.parent / "geneve" / "bpf"
+INCLUDE_DIR = Path(__file__).resolve().parent / "include"
+# What the pins of this program are built from (see layout_id).
+LAYOUT_SOURCES = (BPF_DIR, INCLUDE_DIR / "spectra")
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/spectra")
 
 PROGRAMS = ("xdp_gateway", "xdp_pass_peer", "xdp_drop_all")
@@ -94,8 +100,8 @@ class BuildOptions:
     def defines(self) -> dict[str, int]:
         return {f.metadata["define"]: getattr(self, f.name) for f in fields(self)}
 
-    def cflags(self, include_dir: Path = BPF_DIR) -> list[str]:
-        flags = [f"-I{include_dir}", f"-I{GENEVE_BPF_DIR}", "-Wno-compare-distinct-pointer-types"]
+    def cflags(self) -> list[str]:
+        flags = [f"-I{BPF_DIR}", f"-I{INCLUDE_DIR}", "-Wno-compare-distinct-pointer-types"]
         flags += [f"-D{name}={value}" for name, value in self.defines().items()]
         return flags
 
@@ -212,30 +218,30 @@ def pin_dir_for(instance: str, root: Path = DEFAULT_PIN_ROOT) -> Path:
     return root / instance
 
 
-def layout_id() -> str:
-    """What the pins of this build look like: a hash of the BPF sources (programs, map
-    definitions, value layouts). Pins of another build (an older release, a changed
-    struct) cannot be adopted: their maps would be read and written with the wrong
-    layout."""
+def layout_id(sources: Sequence[Path] = LAYOUT_SOURCES) -> str:
+    """What the pins of a build look like: a hash of the BPF sources in the ``sources``
+    folders (programs, map definitions, value layouts; this program's by default).
+    Pins of another build (an older release, a changed struct) cannot be adopted:
+    their maps would be read and written with the wrong layout."""
     digest = hashlib.sha256()
-    for path in sorted([*BPF_DIR.glob("*.[ch]"), *GENEVE_BPF_DIR.glob("*.[ch]")]):
+    for path in sorted(path for folder in sources for path in folder.glob("*.[ch]")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def _layout_marker(pin_dir: Path) -> Path:
+def _layout_marker(pin_dir: Path, sources: Sequence[Path]) -> Path:
     # bpffs holds pinned objects and directories only: the marker is a directory.
-    return pin_dir / f"layout-{layout_id()}"
+    return pin_dir / f"layout-{layout_id(sources)}"
 
 
-def mark_layout(pin_dir: Path) -> None:
-    """Record that the pins under ``pin_dir`` were made by this build."""
-    _layout_marker(pin_dir).mkdir(exist_ok=True)
+def mark_layout(pin_dir: Path, sources: Sequence[Path] = LAYOUT_SOURCES) -> None:
+    """Record that the pins under ``pin_dir`` were made by the build of ``sources``."""
+    _layout_marker(pin_dir, sources).mkdir(exist_ok=True)
 
 
-def has_layout(pin_dir: Path) -> bool:
-    """The pins under ``pin_dir`` were made by this build."""
-    return _layout_marker(pin_dir).is_dir()
+def has_layout(pin_dir: Path, sources: Sequence[Path] = LAYOUT_SOURCES) -> bool:
+    """The pins under ``pin_dir`` were made by the build of ``sources``."""
+    return _layout_marker(pin_dir, sources).is_dir()
 
 
 def is_pinned(pin_dir: Path) -> bool:

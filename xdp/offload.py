@@ -1,7 +1,9 @@
 """Conntrack-aware sNAT offload: move flows the kernel has decided into the XDP table.
 
-Kernel conntrack stays the source of truth. Each :meth:`Offloader.sync`
-reads the conntrack table through ctnetlink (pyroute2) and
+The decisions only: what the kernel holds comes through the :class:`Kernel` protocol
+(:class:`xdp.ctnetlink.PyrouteKernel` in production, fakes in tests), so nothing here
+talks to the kernel.  Kernel conntrack stays the source of truth. Each
+:meth:`Offloader.sync` reads the conntrack table and
 
 * installs both directions of every established, source-NATed flow that policy lets
   bypass inspection, with exactly the mapping the kernel chose (the reply tuple);
@@ -11,14 +13,12 @@ reads the conntrack table through ctnetlink (pyroute2) and
   (``FLOW_F_CLOSING``: the kernel now owns the teardown), or after ``idle_seconds``
   without traffic;
 * with ``bulk_tcp="kernel"``, hands bulk TCP back to the kernel path: a direction that
-  sustains full-size segments, which the kernel's GRO would forward ~45 segments per
-  routing and NAT decision.  The default, ``"fast_path"``, keeps them in XDP because
-  that measured better here: on veth, once XDP is attached every packet pays an
-  skb-to-XDP copy, so the kernel path with XDP attached reached 0.57x the plain kernel
-  path's TCP throughput while the fast path reached 0.80x (``python -m perf
-  dataplane``, rows ``tcp_throughput``).  ``"kernel"`` is for drivers whose XDP_PASS
-  costs nothing extra; measure with the suite on the target first.  A handed-back
-  flow is not offloaded again while its conntrack entry lives;
+  sustains full-size segments, which the kernel's GRO forwards many segments per
+  routing and NAT decision.  The default, ``"fast_path"``, keeps them in XDP: where
+  XDP_PASS costs a copy per packet (veth, generic XDP) the kernel path loses that
+  advantage.  ``"kernel"`` is for drivers whose XDP_PASS costs nothing extra; compare
+  both on the target with ``python -m perf dataplane`` (rows ``tcp_throughput``).  A
+  handed-back flow is not offloaded again while its conntrack entry lives;
 * after a restart, adopts pairs already in the pinned table that still match kernel
   conntrack and deletes the rest;
 * two-arm GWLB flows (conntrack mark ``CT_MARK_GWLB``) take the fast path only while a
@@ -37,7 +37,6 @@ INVALID and dropped.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -46,6 +45,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from nfq.marks import CT_MARK_BYPASS, CT_MARK_GWLB, CT_MARK_INSPECT
 from xdp.records import (
     FLOW_F_GWLB,
     IPPROTO_ICMP,
@@ -57,23 +57,12 @@ from xdp.records import (
 
 log = logging.getLogger("spectra.xdp")
 
-# Conntrack mark bits owned by the inspection policy (nfq issue): a flow marked INSPECT
-# stays on the kernel path until the inspector also marks it BYPASS.
-CT_MARK_INSPECT = 0x1
-CT_MARK_BYPASS = 0x2
-# Set by the agent's ruleset on flows that arrived decapsulated from a Gateway Load
-# Balancer: their replies must be re-encapsulated to the GWLB, so they are offloaded
-# only while the fast path can do that (a linked GWLB interface), else left to the
-# kernel path and tc_gwlb_encap.
-CT_MARK_GWLB = 0x8
-
 IPS_SEEN_REPLY = 1 << 1
 IPS_ASSURED = 1 << 2
 IPS_SRC_NAT = 1 << 4
 IPS_DST_NAT = 1 << 5
 IPS_DYING = 1 << 9
 TCP_CONNTRACK_ESTABLISHED = 3
-ICMP_ECHO_REQUEST = 8
 
 SYSCTL = Path("/proc/sys/net/netfilter")
 
@@ -88,7 +77,7 @@ BulkTcp = Literal["kernel", "fast_path"]
 
 
 @dataclass(frozen=True, slots=True)
-class Tuple:
+class CtTuple:
     """One conntrack tuple; for ICMP echo ``sport`` is the identifier and ``dport`` 0."""
 
     saddr: IPv4Address
@@ -102,21 +91,22 @@ class CtFlow:
     """The parts of a kernel conntrack entry the offload decision needs."""
 
     proto: int
-    orig: Tuple
-    reply: Tuple
+    orig: CtTuple
+    reply: CtTuple
     status: int
     tcp_state: int | None
     mark: int
     timeout: int
 
     @property
-    def key(self) -> tuple[int, Tuple]:
+    def key(self) -> tuple[int, CtTuple]:
         return (self.proto, self.orig)
 
 
 @dataclass(frozen=True, slots=True)
-class Port:
-    """A gateway interface as the fast path sees it."""
+class Interface:
+    """A gateway interface as the fast path sees it: the key's ingress ifindex, the
+    egress ifindex and the source MAC of what leaves through it."""
 
     ifindex: int
     mac: str
@@ -194,7 +184,7 @@ def why_not_offloadable(
     return None
 
 
-def flow_keys(ct: CtFlow, inside: Port, outside: Port) -> tuple[FlowKey, FlowKey]:
+def flow_keys(ct: CtFlow, inside: Interface, outside: Interface) -> tuple[FlowKey, FlowKey]:
     """The fast-path keys of both directions: as sent by the workload (arriving on
     ``inside``: the inside or the GWLB interface), as returned."""
     o, r, p = ct.orig, ct.reply, ct.proto
@@ -206,8 +196,8 @@ def flow_keys(ct: CtFlow, inside: Port, outside: Port) -> tuple[FlowKey, FlowKey
 
 def plan(
     ct: CtFlow,
-    inside: Port,
-    outside: Port,
+    inside: Interface,
+    outside: Interface,
     mac_toward_internet: str,
     mac_toward_workload: str,
     *,
@@ -249,7 +239,10 @@ class FlowTable(Protocol):
 
 
 class Kernel(Protocol):
-    """Kernel conntrack and neighbour state (pyroute2 in production, fakes in tests)."""
+    """What the offloader needs of the kernel: conntrack and next-hop neighbours.
+
+    :class:`xdp.ctnetlink.PyrouteKernel` dumps conntrack over ctnetlink each sync; an
+    adapter fed by conntrack events fits the same contract."""
 
     def conntrack(self) -> Iterable[CtFlow]: ...
     def refresh(self, ct: CtFlow, timeout: int) -> None: ...
@@ -322,8 +315,8 @@ class Offloader:
         self,
         table: FlowTable,
         kernel: Kernel,
-        inside: Port,
-        outside: Port,
+        inside: Interface,
+        outside: Interface,
         capacity: int,
         *,
         idle_seconds: float = 300.0,
@@ -339,13 +332,13 @@ class Offloader:
         self.recent_seconds = recent_seconds
         self.timeouts = timeouts or Timeouts.from_sysctl()
         self.bulk_tcp = bulk_tcp
-        self.offloaded: dict[tuple[int, Tuple], Offloaded] = {}
+        self.offloaded: dict[tuple[int, CtTuple], Offloaded] = {}
         # Flows handed back as bulk TCP: they stay on the kernel path until conntrack
         # forgets them (kept in memory: after a restart a bulk flow is handed back
         # again within one window).
-        self.kernel_only: set[tuple[int, Tuple]] = set()
+        self.kernel_only: set[tuple[int, CtTuple]] = set()
         # The linked two-arm GWLB interface (FastPath sets it each sync), else None.
-        self.gwlb: Port | None = None
+        self.gwlb: Interface | None = None
         self.stats = OffloadStats()
 
     def sync(self, now_ns: int | None = None) -> None:
@@ -383,13 +376,13 @@ class Offloader:
         self.stats.gwlb_kernel_path = gwlb_flows
         self.stats.gwlb_offloaded = sum(1 for off in self.offloaded.values() if off.gwlb)
 
-    def _inside_for(self, ct: CtFlow) -> Port | None:
+    def _inside_for(self, ct: CtFlow) -> Interface | None:
         """Where ``ct``'s workload side arrives: the GWLB interface for a GWLB flow
         (None while none is linked), else the inside interface."""
         return self.gwlb if ct.mark & CT_MARK_GWLB else self.inside
 
     def _adopt(
-        self, cts: dict[tuple[int, Tuple], CtFlow], table: dict[FlowKey, FlowEntry], now_ns: int
+        self, cts: dict[tuple[int, CtTuple], CtFlow], table: dict[FlowKey, FlowEntry], now_ns: int
     ) -> None:
         """Pairs already in the (pinned) table that still match conntrack are ours."""
         if not table:
@@ -448,7 +441,7 @@ class Offloader:
         log.debug("offloaded %s", ct)
         return True
 
-    def _remove(self, ct_key: tuple[int, Tuple], reason: str) -> None:
+    def _remove(self, ct_key: tuple[int, CtTuple], reason: str) -> None:
         off = self.offloaded.pop(ct_key)
         for key in off.keys:
             self.table.delete_flow(key)
@@ -459,82 +452,3 @@ class Offloader:
         for key in table.keys() - known:
             self.table.delete_flow(key)
             self.stats.removed["orphan"] += 1
-
-
-class PyrouteKernel:
-    """:class:`Kernel` over ctnetlink and rtnetlink in the current network namespace."""
-
-    def __init__(self) -> None:
-        from pyroute2 import IPRoute
-        from pyroute2.conntrack import Conntrack
-
-        self._ct = Conntrack()
-        self._ipr = IPRoute()
-
-    def close(self) -> None:
-        self._ct.close()
-        self._ipr.close()
-
-    def conntrack(self) -> Iterable[CtFlow]:
-        for e in self._ct.dump_entries():
-            flow = _ct_flow(e)
-            if flow is not None:
-                yield flow
-
-    def refresh(self, ct: CtFlow, timeout: int) -> None:
-        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
-
-        o = ct.orig
-        if ct.proto == IPPROTO_ICMP:
-            tup = NFCTAttrTuple(
-                saddr=str(o.saddr), daddr=str(o.daddr), proto=ct.proto,
-                icmp_id=o.sport, icmp_type=ICMP_ECHO_REQUEST, icmp_code=0,
-            )  # fmt: skip
-        else:
-            tup = NFCTAttrTuple(
-                saddr=str(o.saddr), daddr=str(o.daddr), proto=ct.proto,
-                sport=o.sport, dport=o.dport,
-            )  # fmt: skip
-        try:
-            self._ct.entry("set", tuple_orig=tup, timeout=timeout)
-        except OSError as exc:  # the entry died between dump and refresh
-            log.debug("conntrack refresh of %s failed: %s", ct, exc)
-
-    def next_hop_mac(self, dst: IPv4Address) -> str | None:
-        routes = self._ipr.route("get", dst=str(dst))
-        if not routes:
-            return None
-        route = routes[0]
-        hop = route.get_attr("RTA_GATEWAY") or str(dst)
-        oif = route.get_attr("RTA_OIF")
-        for neigh in self._ipr.get_neighbours(dst=hop, ifindex=oif):
-            mac = neigh.get_attr("NDA_LLADDR")
-            if mac:
-                return str(mac)
-        return None
-
-
-def _ct_flow(e: Any) -> CtFlow | None:
-    proto = e.tuple_orig.proto
-    if proto not in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP) or e.tuple_orig.saddr is None:
-        return None
-    if proto == IPPROTO_ICMP and e.tuple_orig.icmp_type != ICMP_ECHO_REQUEST:
-        return None
-
-    def tup(t: Any) -> Tuple:
-        if proto == IPPROTO_ICMP:
-            return Tuple(IPv4Address(t.saddr), IPv4Address(t.daddr), int(t.icmp_id), 0)
-        return Tuple(IPv4Address(t.saddr), IPv4Address(t.daddr), int(t.sport), int(t.dport))
-
-    if e.tuple_orig.family != socket.AF_INET:
-        return None
-    state = e.protoinfo.state if proto == IPPROTO_TCP and e.protoinfo is not None else None
-    return CtFlow(
-        proto=proto,
-        orig=tup(e.tuple_orig),
-        reply=tup(e.tuple_reply),
-        status=int(e.status or 0),
-        tcp_state=state,
-        mark=int(e.mark or 0),
-        timeout=int(e.timeout or 0),
-    )

@@ -32,7 +32,7 @@ from control.config.document import ConfigDocument
 from control.config.network import ANY, Match, Rule
 from control.nftables import MARTIAN_DESTINATIONS, TABLE
 from control.steps.base import Host, RenderError, StepBase, StepContext
-from xdp.offload import CT_MARK_GWLB
+from nfq.marks import CT_MARK_GWLB
 
 log = logging.getLogger("spectra.control")
 

@@ -28,8 +28,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from control.config import ConfigDocument
 from control.steps.base import Host, StepContext
 from xdp import Dataplane, DenyRule, libbpf, loader
+from xdp.ctnetlink import PyrouteKernel
 from xdp.loader import AttachMode, BuildOptions
-from xdp.offload import BulkTcp, Offloader, Port, PyrouteKernel
+from xdp.offload import BulkTcp, Interface, Offloader
 from xdp.records import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 
 log = logging.getLogger("spectra.control")
@@ -66,11 +67,11 @@ def xdp_deny_rules(doc: ConfigDocument) -> list[DenyRule]:
     ]
 
 
-def _port(ifname: str | int) -> Port:
+def _interface(ifname: str | int) -> Interface:
     index = ifname if isinstance(ifname, int) else socket.if_nametoindex(ifname)
     with IPRoute() as ipr:
         link = ipr.get_links(index)[0]
-        return Port(int(link["index"]), str(link.get_attr("IFLA_ADDRESS")))
+        return Interface(int(link["index"]), str(link.get_attr("IFLA_ADDRESS")))
 
 
 def detach_all(*ifnames: str) -> None:
@@ -123,8 +124,8 @@ class FastPath:
             self.offloader = Offloader(
                 self.dataplane,
                 self.kernel,
-                _port(inside),
-                _port(outside),
+                _interface(inside),
+                _interface(outside),
                 self.dataplane.flow_table.capacity,
                 idle_seconds=self.idle_seconds,
             )
@@ -140,7 +141,7 @@ class FastPath:
             self.offloader.gwlb = None
         elif current is None or current.ifindex != gwlb_ifindex:
             try:
-                self.offloader.gwlb = _port(gwlb_ifindex)
+                self.offloader.gwlb = _interface(gwlb_ifindex)
             except (NetlinkError, OSError, IndexError) as exc:  # linked interface gone
                 log.warning("GWLB interface %d of the fast path: %s", gwlb_ifindex, exc)
                 self.offloader.gwlb = None

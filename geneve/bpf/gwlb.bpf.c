@@ -29,15 +29,14 @@
 #include <linux/in.h>
 #include <linux/ipv6.h>
 
-#include "parsing.h"   /* xdp/bpf: shared cursor parsers */
+#include "spectra/compiler.h"
+#include "spectra/parsing.h"
+#include "spectra/gwlb_encap.h"
 #include "gwlb_maps.h"
-#include "gwlb_encap.h"
 
 #ifndef IPPROTO_ICMPV6
 #define IPPROTO_ICMPV6 58
 #endif
-/* Keep clang from rewriting the bounds checks of `x` (the verifier needs them). */
-#define barrier_var(x) asm volatile("" : "+r"(x))
 /* uapi bpf.h (Linux >= 6.3) values; bcc's bundled bpf.h predates them (enum members,
  * so no #ifndef on the real names). */
 #define GWLB_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
@@ -436,7 +435,6 @@ int tc_gwlb_encap(struct __sk_buff *skb)
 	struct gwlb_config *cfg;
 	struct outer_v4_udp outer = {};
 	__be16 be_eth_ip = bpf_htons(ETH_P_IP);
-	__u64 idle;
 
 	eth_type = parse_ethhdr(&nh, data_end, &eth);
 	if (eth_type == bpf_htons(ETH_P_IP)) {
@@ -485,8 +483,7 @@ int tc_gwlb_encap(struct __sk_buff *skb)
 		reason = GWLB_DROP_NO_FLOW;
 		goto out;
 	}
-	idle = gwlb_idle_ns(cfg);
-	if (bpf_ktime_get_ns() - v->last_seen_ns > idle) {
+	if (gwlb_header_expired(cfg, v, bpf_ktime_get_ns())) {
 		gwlb_flows.delete(&key);
 		action = TC_ACT_SHOT;
 		reason = GWLB_DROP_FLOW_EXPIRED;

@@ -1,13 +1,13 @@
 /* gwlb_maps.h - every map of the GWLB programs, its layout and purpose.
  *
  * geneve/maps.py mirrors each struct with ctypes (tests/bpf/geneve/test_layout.py
- * checks sizes); the flow-state structs are in gwlb_types.h.  Tunables are `#ifndef`
- * defaults; geneve.GwlbBuild passes them as -D flags.
+ * checks sizes); the flow-state structs are in spectra/gwlb_types.h (xdp/include).
+ * Tunables are `#ifndef` defaults; geneve.GwlbBuild passes them as -D flags.
  */
 #ifndef SPECTRA_GWLB_MAPS_H
 #define SPECTRA_GWLB_MAPS_H
 
-#include "gwlb_types.h"
+#include "spectra/gwlb_types.h"
 #include "gwlb_reasons.h"
 
 /* Inner flows with a remembered header.  ~300 B per entry: 65536 entries ~ 20 MB. */

@@ -7,7 +7,7 @@
 #ifndef SPECTRA_MAPS_H
 #define SPECTRA_MAPS_H
 
-#include "gwlb_types.h" /* geneve/bpf: the GWLB flow state read by the GWLB return */
+#include "spectra/gwlb_types.h" /* the GWLB flow state read by the GWLB return */
 
 /* ---- tunables ------------------------------------------------------------------ */
 

@@ -1,12 +1,16 @@
 /* spectra.bpf.c - XDP fast path of the Cloud Spectra Gateway (DESIGN.md section 2).
  *
- * xdp_gateway runs on both the inside and the outside interface:
- *   1. parse Ethernet (+ one 802.1Q/802.1ad tag), IPv4, TCP/UDP/ICMP; anything not
- *      understood is XDP_PASS with a named reason, never dropped;
- *   2. stateless deny list (every IPv4 packet with a sane header, tagged or not);
- *   3. flow-table hit of an established, kernel-admitted flow: rewrite addresses and
- *      ports exactly as conntrack NAT would, decrement TTL, set MACs, redirect;
- *   4. miss, FIN/RST, closing flow: XDP_PASS to the kernel slow path.
+ * xdp_gateway runs on both the inside and the outside interface, one stage after the
+ * other, each a helper that returns a verdict reason or GW_NEXT:
+ *   1. gw_parse: Ethernet (+ one 802.1Q/802.1ad tag), IPv4; anything not understood
+ *      is XDP_PASS with a named reason, never dropped;
+ *   2. gw_deny: stateless deny list (every IPv4 packet with a sane header, tagged or
+ *      not) -> XDP_DROP;
+ *   3. gw_lookup: TCP/UDP/ICMP echo key, flow-table hit of an established,
+ *      kernel-admitted flow; miss, FIN/RST, closing flow: XDP_PASS to the kernel;
+ *   4. gw_rewrite: addresses and ports exactly as conntrack NAT would, TTL, MACs;
+ *      then redirect.
+ * Every path ends at `out:`, where the reason is counted.
  * GWLB two-arm (DESIGN.md section 2): xdp_gwlb tail calls this program with the
  * decapsulated inner packet (ingress_ifindex = the GWLB interface), so the forward
  * direction is step 2-4 unchanged; a return entry flagged FLOW_F_GWLB is reverse-NATed
@@ -21,15 +25,13 @@
 #include <uapi/linux/bpf.h>
 #include <linux/in.h>
 
+#include "spectra/compiler.h"
+#include "spectra/parsing.h"
+#include "spectra/csum.h"
+#include "spectra/gwlb_encap.h" /* the outer header tc_gwlb_encap builds too */
 #include "reasons.h"
-#include "parsing.h"
-#include "csum.h"
 #include "maps.h"
-#include "gwlb_encap.h" /* geneve/bpf: outer header builder shared with tc */
 
-#define TCP_FLAG_MASK_FIN_RST (TCP_FLAG_FIN | TCP_FLAG_RST)
-/* Keep clang from rewriting the bounds checks of `x` (the verifier needs them). */
-#define barrier_var(x) asm volatile("" : "+r"(x))
 /* Outer IPv4/UDP + GENEVE header must fit the XDP headroom (256, XDP_PACKET_HEADROOM):
  * a longer stored header leaves the reply on the kernel path (tc re-encapsulates). */
 #define GWLB_XDP_MAX_HDR (XDP_PACKET_HEADROOM - OUTER_IPV4_UDP_LEN)
@@ -151,7 +153,7 @@ static __always_inline struct gwlb_value *gwlb_stored_header(const struct flow_v
 	}
 	if (!v)
 		return NULL;
-	if (bpf_ktime_get_ns() - v->last_seen_ns > gwlb_idle_ns(cfg))
+	if (gwlb_header_expired(cfg, v, bpf_ktime_get_ns()))
 		return NULL; /* tc_gwlb_encap drops and forgets it */
 	if (v->hdr_len < GENEVE_BASE_LEN || v->hdr_len > GWLB_XDP_MAX_HDR)
 		return NULL;
@@ -195,190 +197,179 @@ static __always_inline int gwlb_reencap(struct xdp_md *ctx, const struct flow_va
 	return bpf_xdp_store_bytes(ctx, sizeof(*eth) + sizeof(outer), v->hdr, hdr_len) ? -1 : 0;
 }
 
-int xdp_gateway(struct xdp_md *ctx)
+/* What xdp_gateway learned of one frame; the stages below fill it in order. */
+struct gw_pkt {
+	struct ethhdr *eth;
+	struct iphdr *iph;
+	struct tcphdr *th;     /* at most one of th, uh, icmph is set (by gw_lookup) */
+	struct udphdr *uh;
+	struct icmphdr *icmph;
+	__u32 ip_tot_len;      /* host order, checked against the frame */
+	__u16 frag;            /* frag_off, host order */
+	__u8 ip_proto;
+	__u8 vlan_tagged;
+};
+
+/* A stage's result when it reached no verdict: the next stage runs.  Never counted
+ * (STAT__MAX is past the last stats slot). */
+#define GW_NEXT STAT__MAX
+
+/* Parse: Ethernet, one optional 802.1Q/802.1ad tag, a sane IPv4 header that fits the
+ * frame.  GW_NEXT with `p` filled in, or the pass reason. */
+static __always_inline __u32 gw_parse(struct hdr_cursor *nh, void *data_end, struct gw_pkt *p)
 {
-	void *data_end = (void *)(long)ctx->data_end;
-	void *data = (void *)(long)ctx->data;
-	__u64 pkt_len = data_end - data;
-	struct hdr_cursor nh = { .pos = data };
-	__u32 reason = STAT_PASS_NOT_IPV4;
-	int action = XDP_PASS;
-	struct ethhdr *eth = NULL;
-	struct vlan_hdr *vlh = NULL;
-	struct iphdr *iph = NULL;
-	struct tcphdr *th = NULL;
-	struct udphdr *uh = NULL;
-	struct icmphdr *icmph = NULL;
-	struct l4_ports *ports;
-	struct flow_key key = {};
-	struct flow_value *fv;
-	struct gwlb_value *gv = NULL; /* stored GENEVE header of a GWLB return */
-	struct counter *cnt;
-	__be16 be_dport = 0;
-	int has_port = 0, vlan_tagged = 0;
+	struct vlan_hdr *vlh;
+	struct iphdr *iph;
 	int eth_type, ip_proto;
-	__u32 ip_tot_len, frag, gen = 0, rule_slot;
-	__u64 deny_mask;
-	__u16 be_old_word, be_new_word;
 
-	eth_type = parse_ethhdr(&nh, data_end, &eth);
-	if (eth_type < 0) {
-		reason = STAT_PASS_TRUNCATED;
-		goto out;
-	}
+	eth_type = parse_ethhdr(nh, data_end, &p->eth);
+	if (eth_type < 0)
+		return STAT_PASS_TRUNCATED;
 	if (proto_is_vlan(eth_type)) {
-		eth_type = parse_vlanhdr(&nh, data_end, &vlh);
-		if (eth_type < 0) {
-			reason = STAT_PASS_TRUNCATED;
-			goto out;
-		}
-		vlan_tagged = 1;
+		eth_type = parse_vlanhdr(nh, data_end, &vlh);
+		if (eth_type < 0)
+			return STAT_PASS_TRUNCATED;
+		p->vlan_tagged = 1;
 	}
-	if (eth_type != bpf_htons(ETH_P_IP)) {
-		reason = STAT_PASS_NOT_IPV4;
-		goto out;
-	}
+	if (eth_type != bpf_htons(ETH_P_IP))
+		return STAT_PASS_NOT_IPV4;
 
-	iph = nh.pos; /* peeked only to classify a failure below */
-	ip_proto = parse_iphdr(&nh, data_end, &iph);
+	iph = nh->pos; /* peeked only to classify a failure below */
+	ip_proto = parse_iphdr(nh, data_end, &iph);
 	if (ip_proto < 0) {
 		if ((void *)(iph + 1) <= data_end && iph->ihl < 5)
-			reason = STAT_PASS_MALFORMED;
-		else
-			reason = STAT_PASS_TRUNCATED;
-		goto out;
+			return STAT_PASS_MALFORMED;
+		return STAT_PASS_TRUNCATED;
 	}
-	ip_tot_len = bpf_ntohs(iph->tot_len);
-	if (iph->version != 4 || ip_tot_len < (__u32)iph->ihl * 4) {
-		reason = STAT_PASS_MALFORMED;
-		goto out;
-	}
-	if ((void *)iph + ip_tot_len > data_end) {
-		reason = STAT_PASS_TRUNCATED;
-		goto out;
-	}
+	p->ip_tot_len = bpf_ntohs(iph->tot_len);
+	if (iph->version != 4 || p->ip_tot_len < (__u32)iph->ihl * 4)
+		return STAT_PASS_MALFORMED;
+	if ((void *)iph + p->ip_tot_len > data_end)
+		return STAT_PASS_TRUNCATED;
+	p->iph = iph;
+	p->ip_proto = ip_proto;
+	p->frag = bpf_ntohs(iph->frag_off);
+	return GW_NEXT;
+}
 
-	/* Deny list first.  Ports exist only in the first fragment of TCP/UDP; without
-	 * them only rules that do not constrain the port can match. */
-	frag = bpf_ntohs(iph->frag_off);
-	if (!(frag & IP_OFFSET) &&
-	    (ip_proto == IPPROTO_TCP || ip_proto == IPPROTO_UDP)) {
-		ports = nh.pos;
-		if ((void *)(ports + 1) <= data_end) {
-			be_dport = ports->be_dport;
-			has_port = 1;
-		}
-	}
-	deny_mask = deny_lookup(iph->saddr, iph->daddr, ip_proto, has_port, be_dport, &gen);
-	if (deny_mask) {
-		rule_slot = gen * MAX_DENY_RULES + lowest_bit_index(deny_mask);
-		cnt = deny_stats.lookup(&rule_slot);
-		if (cnt) {
-			cnt->packets += 1;
-			cnt->bytes += pkt_len;
-		}
-		action = XDP_DROP;
-		reason = STAT_DROP_DENY;
-		goto out;
-	}
+/* Deny: the stateless deny list, for every parsed IPv4 packet, tagged or not.  Ports
+ * exist only in the first fragment of TCP/UDP; without them only rules that do not
+ * constrain the port can match.  STAT_DROP_DENY (the rule's counter bumped) or
+ * GW_NEXT.  `l4` is where the transport header starts. */
+static __always_inline __u32 gw_deny(const struct gw_pkt *p, void *l4, void *data_end,
+				     __u64 pkt_len)
+{
+	struct l4_ports *ports = l4;
+	struct counter *cnt;
+	__be16 be_dport = 0;
+	__u32 gen = 0, rule_slot;
+	__u64 deny_mask;
+	int has_port = 0;
 
-	if (vlan_tagged) {
-		reason = STAT_PASS_VLAN;
-		goto out;
+	if (!(p->frag & IP_OFFSET) &&
+	    (p->ip_proto == IPPROTO_TCP || p->ip_proto == IPPROTO_UDP) &&
+	    (void *)(ports + 1) <= data_end) {
+		be_dport = ports->be_dport;
+		has_port = 1;
 	}
-	if (iph->ihl != 5) {
-		reason = STAT_PASS_IP_OPTIONS;
-		goto out;
+	deny_mask = deny_lookup(p->iph->saddr, p->iph->daddr, p->ip_proto, has_port, be_dport,
+				&gen);
+	if (!deny_mask)
+		return GW_NEXT;
+	rule_slot = gen * MAX_DENY_RULES + lowest_bit_index(deny_mask);
+	cnt = deny_stats.lookup(&rule_slot);
+	if (cnt) {
+		cnt->packets += 1;
+		cnt->bytes += pkt_len;
 	}
-	if (frag & (IP_MF | IP_OFFSET)) {
-		reason = STAT_PASS_FRAGMENT;
-		goto out;
-	}
-	if (iph->ttl <= 1) {
-		reason = STAT_PASS_TTL;
-		goto out;
-	}
+	return STAT_DROP_DENY;
+}
 
-	key.ifindex = ctx->ingress_ifindex;
+/* Lookup: what the fast path can translate (untagged, no IP options, not a fragment,
+ * TTL left, TCP/UDP/ICMP echo) keyed as it arrived on `ifindex`, then the flow table
+ * and the state of the hit.  GW_NEXT with *fv_out (and *gv_out for a GWLB return) set,
+ * or the pass reason. */
+static __always_inline __u32 gw_lookup(struct hdr_cursor *nh, void *data_end, __u32 ifindex,
+				       struct gw_pkt *p, struct flow_value **fv_out,
+				       struct gwlb_value **gv_out)
+{
+	struct flow_key key = {};
+	struct flow_value *fv;
+	struct gwlb_value *gv;
+	struct iphdr *iph = p->iph;
+
+	if (p->vlan_tagged)
+		return STAT_PASS_VLAN;
+	if (iph->ihl != 5)
+		return STAT_PASS_IP_OPTIONS;
+	if (p->frag & (IP_MF | IP_OFFSET))
+		return STAT_PASS_FRAGMENT;
+	if (iph->ttl <= 1)
+		return STAT_PASS_TTL;
+
+	key.ifindex = ifindex;
 	key.be_saddr = iph->saddr;
 	key.be_daddr = iph->daddr;
-	key.proto = ip_proto;
-	if (ip_proto == IPPROTO_TCP) {
-		if (parse_tcphdr(&nh, data_end, &th) < 0) {
-			reason = STAT_PASS_TRUNCATED;
-			goto out;
-		}
-		key.be_sport = th->source;
-		key.be_dport = th->dest;
-	} else if (ip_proto == IPPROTO_UDP) {
-		if (parse_udphdr(&nh, data_end, &uh) < 0) {
-			reason = STAT_PASS_TRUNCATED;
-			goto out;
-		}
-		key.be_sport = uh->source;
-		key.be_dport = uh->dest;
-	} else if (ip_proto == IPPROTO_ICMP) {
-		if (parse_icmphdr(&nh, data_end, &icmph) < 0) {
-			reason = STAT_PASS_TRUNCATED;
-			goto out;
-		}
-		if (icmp_is_error(icmph->type)) {
-			reason = STAT_PASS_ICMP_ERROR;
-			goto out;
-		}
-		if (icmph->type != ICMP_ECHO && icmph->type != ICMP_ECHOREPLY) {
-			reason = STAT_PASS_ICMP_OTHER;
-			goto out;
-		}
-		key.be_sport = icmph->un.echo.id; /* see struct flow_key */
+	key.proto = p->ip_proto;
+	if (p->ip_proto == IPPROTO_TCP) {
+		if (parse_tcphdr(nh, data_end, &p->th) < 0)
+			return STAT_PASS_TRUNCATED;
+		key.be_sport = p->th->source;
+		key.be_dport = p->th->dest;
+	} else if (p->ip_proto == IPPROTO_UDP) {
+		if (parse_udphdr(nh, data_end, &p->uh) < 0)
+			return STAT_PASS_TRUNCATED;
+		key.be_sport = p->uh->source;
+		key.be_dport = p->uh->dest;
+	} else if (p->ip_proto == IPPROTO_ICMP) {
+		if (parse_icmphdr(nh, data_end, &p->icmph) < 0)
+			return STAT_PASS_TRUNCATED;
+		if (icmp_is_error(p->icmph->type))
+			return STAT_PASS_ICMP_ERROR;
+		if (p->icmph->type != ICMP_ECHO && p->icmph->type != ICMP_ECHOREPLY)
+			return STAT_PASS_ICMP_OTHER;
+		key.be_sport = p->icmph->un.echo.id; /* see struct flow_key */
 	} else {
-		reason = STAT_PASS_PROTO;
-		goto out;
+		return STAT_PASS_PROTO;
 	}
 
 	fv = flows.lookup(&key);
-	if (!fv) {
-		reason = STAT_PASS_NO_FLOW;
-		goto out;
-	}
-	if (fv->flags & FLOW_F_CLOSING) {
-		reason = STAT_PASS_FLOW_CLOSING;
-		goto out;
-	}
-	if (!ipv4_hdr_csum_ok(iph)) {
-		reason = STAT_PASS_IP_CSUM;
-		goto out;
-	}
-	if (th) {
-		if (th->fin || th->rst) {
+	if (!fv)
+		return STAT_PASS_NO_FLOW;
+	if (fv->flags & FLOW_F_CLOSING)
+		return STAT_PASS_FLOW_CLOSING;
+	if (!ipv4_hdr_csum_ok(iph))
+		return STAT_PASS_IP_CSUM;
+	if (p->th) {
+		if (p->th->fin || p->th->rst) {
 			/* Racing CPUs set the same bit; plain store is enough. */
 			fv->flags |= FLOW_F_CLOSING;
-			reason = STAT_PASS_TCP_FIN_RST;
-			goto out;
+			return STAT_PASS_TCP_FIN_RST;
 		}
-		if (th->syn) {
-			reason = STAT_PASS_TCP_SYN;
-			goto out;
-		}
+		if (p->th->syn)
+			return STAT_PASS_TCP_SYN;
 	}
 	if (fv->flags & FLOW_F_GWLB) {
-		gv = gwlb_stored_header(fv, ip_proto);
-		if (!gv) {
-			reason = STAT_PASS_GWLB_NO_HEADER;
-			goto out;
-		}
+		gv = gwlb_stored_header(fv, p->ip_proto);
+		if (!gv)
+			return STAT_PASS_GWLB_NO_HEADER;
+		*gv_out = gv;
 	}
+	*fv_out = fv;
+	return GW_NEXT;
+}
 
-	/* Select the egress port before touching the packet: a missing tx_ports entry
-	 * returns XDP_PASS (the flags' action bits) and the frame goes up unmodified. */
-	action = tx_ports.redirect_map(fv->egress_ifindex, XDP_PASS);
-	if (action != XDP_REDIRECT) {
-		action = XDP_PASS;
-		reason = STAT_REDIRECT_ERROR;
-		goto out;
-	}
+/* Rewrite: addresses and ports exactly as conntrack NAT would (`fv`), with incremental
+ * checksums, TTL decremented, MACs of the next hop.  L4 first: the TCP/UDP checksums
+ * cover the pseudo-header addresses. */
+static __always_inline void gw_rewrite(struct gw_pkt *p, const struct flow_value *fv)
+{
+	struct iphdr *iph = p->iph;
+	struct tcphdr *th = p->th;
+	struct udphdr *uh = p->uh;
+	struct icmphdr *icmph = p->icmph;
+	__u16 be_old_word, be_new_word;
 
-	/* L4 first: TCP/UDP checksums cover the pseudo-header addresses. */
 	if (th) {
 		csum_update32(&th->check, iph->saddr, fv->be_new_saddr);
 		csum_update32(&th->check, iph->daddr, fv->be_new_daddr);
@@ -413,9 +404,47 @@ int xdp_gateway(struct xdp_md *ctx)
 	be_new_word = *(__u16 *)&iph->ttl;
 	csum_update16(&iph->check, be_old_word, be_new_word);
 
-	__builtin_memcpy(eth->h_source, fv->src_mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, fv->dst_mac, ETH_ALEN);
+	__builtin_memcpy(p->eth->h_source, fv->src_mac, ETH_ALEN);
+	__builtin_memcpy(p->eth->h_dest, fv->dst_mac, ETH_ALEN);
+}
 
+int xdp_gateway(struct xdp_md *ctx)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	void *data = (void *)(long)ctx->data;
+	__u64 pkt_len = data_end - data;
+	struct hdr_cursor nh = { .pos = data };
+	struct gw_pkt p = {};
+	struct flow_value *fv = NULL;
+	struct gwlb_value *gv = NULL; /* stored GENEVE header of a GWLB return */
+	struct counter *cnt;
+	int action = XDP_PASS;
+	__u32 reason;
+
+	reason = gw_parse(&nh, data_end, &p);
+	if (reason != GW_NEXT)
+		goto out;
+
+	reason = gw_deny(&p, nh.pos, data_end, pkt_len);
+	if (reason != GW_NEXT) {
+		action = XDP_DROP;
+		goto out;
+	}
+
+	reason = gw_lookup(&nh, data_end, ctx->ingress_ifindex, &p, &fv, &gv);
+	if (reason != GW_NEXT)
+		goto out;
+
+	/* Select the egress port before touching the packet: a missing tx_ports entry
+	 * returns XDP_PASS (the flags' action bits) and the frame goes up unmodified. */
+	action = tx_ports.redirect_map(fv->egress_ifindex, XDP_PASS);
+	if (action != XDP_REDIRECT) {
+		action = XDP_PASS;
+		reason = STAT_REDIRECT_ERROR;
+		goto out;
+	}
+
+	gw_rewrite(&p, fv);
 	__sync_fetch_and_add(&fv->packets, 1);
 	__sync_fetch_and_add(&fv->bytes, pkt_len);
 	/* CLOCK_MONOTONIC at tick resolution: enough for idle expiry, and it skips the
@@ -423,7 +452,7 @@ int xdp_gateway(struct xdp_md *ctx)
 	fv->last_seen_ns = bpf_ktime_get_coarse_ns();
 	reason = STAT_REDIRECT;
 	if (gv) {
-		if (gwlb_reencap(ctx, fv, gv, ip_tot_len) < 0) {
+		if (gwlb_reencap(ctx, fv, gv, p.ip_tot_len) < 0) {
 			action = XDP_DROP;
 			reason = STAT_DROP_GWLB_ENCAP;
 			goto out;

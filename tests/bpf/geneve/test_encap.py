@@ -4,6 +4,9 @@ named counters, the appliance's own packets pass."""
 
 from __future__ import annotations
 
+import time
+
+import pytest
 from scapy.contrib.geneve import GENEVE
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
@@ -23,6 +26,9 @@ from tests.bpf.geneve.cases import (
 from xdp.testrun import run
 
 KERNEL_FRAME = Ether(src=LOCAL_MAC, dst=GWLB_MAC)  # what the kernel puts on the reply
+# A configured idle timeout (seconds) short enough that ageing an entry past it works
+# from the first second after boot.
+SHORT_IDLE = 0.5
 
 
 def _learn(gwlb: Gwlb, name: str = "aws_order_1_2_3_tcp") -> bytes:
@@ -66,9 +72,11 @@ def test_unknown_flow_is_dropped_with_named_counter(gwlb: Gwlb) -> None:
 
 
 def test_expired_header_is_not_used(gwlb: Gwlb) -> None:
+    gwlb.idle_timeout = SHORT_IDLE
+    gwlb.configure(local_addr=LOCAL_IP)
     _learn(gwlb)
     (entry,) = gwlb.maps.flows()
-    gwlb.maps.age(entry.key, 351)
+    gwlb.maps.age(entry.key, SHORT_IDLE + 0.1)
     reply = IP(src=SERVER, dst=WORKLOAD) / TCP(sport=80, dport=40000, flags="A")
     result = run_tc(gwlb.program_fd("tc_gwlb_encap"), bytes(KERNEL_FRAME / reply))
     assert result.action == TC_ACT_SHOT
@@ -77,15 +85,34 @@ def test_expired_header_is_not_used(gwlb: Gwlb) -> None:
 
 
 def test_idle_timeout_is_configurable(gwlb: Gwlb) -> None:
-    gwlb.idle_timeout = 1000.0
+    gwlb.idle_timeout = 4 * SHORT_IDLE
     gwlb.configure(local_addr=LOCAL_IP)
     _learn(gwlb)
     (entry,) = gwlb.maps.flows()
-    gwlb.maps.age(entry.key, 400)
+    gwlb.maps.age(entry.key, 2 * SHORT_IDLE)  # expired under the shorter timeout above
     reply = IP(src=SERVER, dst=WORKLOAD) / TCP(sport=80, dport=40000, flags="A")
     assert run_tc(gwlb.program_fd("tc_gwlb_encap"), bytes(KERNEL_FRAME / reply)).action == (
         TC_ACT_OK
     )
+
+
+def test_header_refreshed_after_the_clock_read_is_fresh(gwlb: Gwlb) -> None:
+    """Another CPU may store last_seen after this one read the clock: not expired."""
+    _learn(gwlb)
+    (entry,) = gwlb.maps.flows()
+    gwlb.maps.age(entry.key, -10)
+    reply = IP(src=SERVER, dst=WORKLOAD) / TCP(sport=80, dport=40000, flags="A")
+    result = run_tc(gwlb.program_fd("tc_gwlb_encap"), bytes(KERNEL_FRAME / reply))
+    assert result.action == TC_ACT_OK
+    assert gwlb.counters()["ENCAP"]["packets"] == 1
+
+
+def test_ageing_past_boot_is_refused_not_clamped(gwlb: Gwlb) -> None:
+    _learn(gwlb)
+    (entry,) = gwlb.maps.flows()
+    with pytest.raises(ValueError, match="since boot"):
+        gwlb.maps.age(entry.key, time.monotonic() + 10)
+    assert gwlb.maps.flows() == [entry]
 
 
 def test_appliance_own_packets_pass_unencapsulated(gwlb: Gwlb) -> None:

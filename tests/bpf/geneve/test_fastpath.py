@@ -152,8 +152,10 @@ def test_flagged_return_without_usable_header_goes_to_the_kernel(
     if why != "no_header":
         run(gwlb.program_fd("xdp_gwlb"), geneve_in(workload_packet(IPPROTO_TCP)))
     if why == "expired":
+        gwlb.idle_timeout = 0.5
+        gwlb.configure(local_addr=LOCAL_IP)
         (stored,) = gwlb.maps.flows()
-        gwlb.maps.age(stored.key, 351)
+        gwlb.maps.age(stored.key, 0.6)
     if why == "unlinked":
         gwlb.unlink_fastpath(dp)
     dp.stats.clear()
@@ -166,6 +168,25 @@ def test_flagged_return_without_usable_header_goes_to_the_kernel(
     assert reasons(dp) == {"PASS_GWLB_NO_HEADER": 1}
     entry = dp.flow(back_key)
     assert entry is not None and entry.packets == 0
+
+
+def test_return_uses_a_header_refreshed_after_the_clock_read(
+    linked: tuple[Gwlb, Dataplane],
+) -> None:
+    """Another CPU may store last_seen after this one read the clock: not expired."""
+    gwlb, dp = linked
+    _, (back_key, back) = flows(IPPROTO_TCP)
+    dp.add_flow(back_key, back)
+    run(gwlb.program_fd("xdp_gwlb"), geneve_in(workload_packet(IPPROTO_TCP)))
+    (stored,) = gwlb.maps.flows()
+    gwlb.maps.age(stored.key, -10)
+    dp.stats.clear()
+    frame = bytes(Ether(src=UPSTREAM_MAC, dst=OUT_MAC) / server_packet(IPPROTO_TCP, natted=True))
+
+    result = run(dp.program_fd(), frame)
+
+    assert result.action.name == "REDIRECT"
+    assert reasons(dp) == {"REDIRECT_GWLB": 1}
 
 
 def test_link_state_is_readable_from_the_pins(linked: tuple[Gwlb, Dataplane]) -> None:

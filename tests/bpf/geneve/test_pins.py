@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from geneve import Gwlb, GwlbBuild
+from geneve.dataplane import LAYOUT_SOURCES
 from tests.bpf.conftest import require_bpf
 from tests.bpf.geneve.conftest import TEST_PIN_ROOT
 from xdp import loader
@@ -32,7 +33,7 @@ def test_own_pins_are_adopted_and_another_builds_replaced() -> None:
         (first.pin_dir / "layout-0123456789abcdef").mkdir()  # what an older release left
         replaced = _gwlb(instance).load()
         assert [m.name for m in replaced.pin_dir.glob("layout-*")] == [
-            f"layout-{loader.layout_id()}"
+            f"layout-{loader.layout_id(LAYOUT_SOURCES)}"
         ]
         assert replaced.maps.config().be_local_addr != configured, "fresh maps, not the old"
         replaced.close()

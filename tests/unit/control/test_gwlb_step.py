@@ -15,7 +15,8 @@ from control.steps import STEPS, AnyHost, RenderError, render
 from control.steps.gwlb import GwlbStep
 from control.steps.nftables import render_nftables
 from geneve.attach import plan
-from xdp.offload import CT_MARK_GWLB, CtFlow, Timeouts, Tuple, why_not_offloadable
+from nfq.marks import CT_MARK_GWLB
+from xdp.offload import CtFlow, CtTuple, Timeouts, why_not_offloadable
 
 BASE: dict[str, Any] = {"interfaces": {"inside": "inside", "outside": "outside"}}
 
@@ -67,8 +68,8 @@ def test_step_settings_from_the_document() -> None:
 
 
 def test_offloader_leaves_gwlb_flows_on_the_kernel_path() -> None:
-    orig = Tuple(IPv4Address("10.0.100.10"), IPv4Address("198.51.100.10"), 40000, 7)
-    reply = Tuple(IPv4Address("198.51.100.10"), IPv4Address("203.0.113.2"), 7, 40000)
+    orig = CtTuple(IPv4Address("10.0.100.10"), IPv4Address("198.51.100.10"), 40000, 7)
+    reply = CtTuple(IPv4Address("198.51.100.10"), IPv4Address("203.0.113.2"), 7, 40000)
     status = (1 << 1) | (1 << 2) | (1 << 4)  # seen reply, assured, source-NATed
     ct = CtFlow(17, orig, reply, status, None, 0, 179)
     timeouts = Timeouts(udp_stream=180)

@@ -4,17 +4,19 @@ geneve.h's AWS registry and geneve.aws.AWS_OPTIONS agree; MAX_OPTIONS mirrors C.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from geneve.aws import AWS_OPTION_CLASS, AWS_OPTIONS
 from geneve.dataplane import BPF_DIR, MAX_OPTIONS
 from geneve.reasons import GWLB_REASON_COUNT, GwlbReason
+from xdp.loader import INCLUDE_DIR
 
 ENUM_MEMBER = re.compile(r"^\s*(GWLB_\w+)\s*=\s*(\d+)\s*,", re.MULTILINE)
 DEFINE = re.compile(r"^#define\s+(\w+)\s+(0x[0-9A-Fa-f]+|\d+)\b", re.MULTILINE)
 
 
-def _defines(name: str) -> dict[str, int]:
-    return {k: int(v, 0) for k, v in DEFINE.findall((BPF_DIR / name).read_text())}
+def _defines(path: Path) -> dict[str, int]:
+    return {k: int(v, 0) for k, v in DEFINE.findall(path.read_text())}
 
 
 def test_python_enum_mirrors_header_exactly() -> None:
@@ -29,7 +31,7 @@ def test_python_enum_mirrors_header_exactly() -> None:
 
 
 def test_aws_registry_matches_c() -> None:
-    d = _defines("geneve.h")
+    d = _defines(INCLUDE_DIR / "spectra" / "geneve.h")
     assert d["AWS_OPT_CLASS"] == AWS_OPTION_CLASS
     c = {
         d["AWS_OPT_ENDPOINT_ID"]: d["AWS_OPT_ENDPOINT_ID_LEN"],
@@ -40,4 +42,4 @@ def test_aws_registry_matches_c() -> None:
 
 
 def test_max_options_matches_c() -> None:
-    assert _defines("gwlb_maps.h")["GWLB_MAX_OPTS"] == MAX_OPTIONS
+    assert _defines(BPF_DIR / "gwlb_maps.h")["GWLB_MAX_OPTS"] == MAX_OPTIONS

@@ -8,11 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from nfq.marks import CT_MARK_BYPASS, CT_MARK_INSPECT
+from nfq import marks
 from nfq.netfilter import NetfilterError, render_iptables, render_iptables_removal, render_nft
 from nfq.policy import InspectionPolicy
-from xdp.offload import CT_MARK_BYPASS as XDP_BYPASS
-from xdp.offload import CT_MARK_INSPECT as XDP_INSPECT
 
 GOLDEN = Path(__file__).parent / "golden"
 POLICY = InspectionPolicy.model_validate({
@@ -25,8 +23,10 @@ POLICY = InspectionPolicy.model_validate({
 })  # fmt: skip
 
 
-def test_marks_are_the_offloaders() -> None:
-    assert (CT_MARK_INSPECT, CT_MARK_BYPASS) == (XDP_INSPECT, XDP_BYPASS) == (0x1, 0x2)
+def test_conntrack_mark_bits_are_distinct_single_bits() -> None:
+    bits = [marks.CT_MARK_INSPECT, marks.CT_MARK_BYPASS, marks.CT_MARK_GWLB]
+    assert all(b and b & (b - 1) == 0 for b in bits)
+    assert len(set(bits)) == len(bits)
 
 
 def test_iptables_golden() -> None:

@@ -50,6 +50,17 @@ static __always_inline __u64 gwlb_idle_ns(const struct gwlb_config *cfg)
 	return cfg->idle_timeout_ns ? cfg->idle_timeout_ns : GWLB_DEFAULT_IDLE_NS;
 }
 
+/* The stored header `v` idled longer than the configured timeout by `now_ns`
+ * (bpf_ktime_get_ns()).  Another CPU may have refreshed last_seen after this one read
+ * the clock: a last_seen newer than `now_ns` is fresh, not an unsigned wrap. */
+static __always_inline int gwlb_header_expired(const struct gwlb_config *cfg,
+					       const struct gwlb_value *v, __u64 now_ns)
+{
+	__u64 last_ns = v->last_seen_ns;
+
+	return now_ns > last_ns && now_ns - last_ns > gwlb_idle_ns(cfg);
+}
+
 /* `key` holds the sender's address in addr_lo and the receiver's in addr_hi: order the
  * endpoints by (address bytes, port) as geneve/flowkey.py does, setting dir. */
 static __always_inline void gwlb_key_order(struct gwlb_key *key, __be16 be_sport,

@@ -8,7 +8,7 @@
 #define SPECTRA_GWLB_ENCAP_H
 
 #include <linux/in.h>
-#include "csum.h"      /* xdp/bpf */
+#include "csum.h"
 #include "gwlb_types.h"
 
 #define OUTER_IPV4_UDP_LEN (sizeof(struct iphdr) + sizeof(struct udphdr))

@@ -1,7 +1,7 @@
 /* geneve.h - GENEVE wire format (RFC 8926 section 3.4, 3.5) and the AWS Gateway Load
  * Balancer option registry (class 0x0108; types 1/2/3 = endpoint id 8 B, attachment id
  * 8 B, flow cookie 4 B; https://docs.aws.amazon.com/elasticloadbalancing/latest/gateway/).
- * geneve/aws.py mirrors the registry; tests/unit/geneve/test_registry.py compares them.
+ * geneve/aws.py mirrors the registry; tests/unit/geneve/test_reasons.py compares them.
  */
 #ifndef SPECTRA_GENEVE_H
 #define SPECTRA_GENEVE_H

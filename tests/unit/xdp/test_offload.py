@@ -8,27 +8,25 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from nfq.marks import CT_MARK_BYPASS, CT_MARK_GWLB, CT_MARK_INSPECT
 from xdp.offload import (
-    CT_MARK_BYPASS,
-    CT_MARK_GWLB,
-    CT_MARK_INSPECT,
     IPS_ASSURED,
     IPS_DYING,
     IPS_SEEN_REPLY,
     IPS_SRC_NAT,
     TCP_CONNTRACK_ESTABLISHED,
     CtFlow,
+    CtTuple,
+    Interface,
     Offloader,
-    Port,
     Timeouts,
-    Tuple,
     plan,
     why_not_offloadable,
 )
 from xdp.records import FLOW_F_CLOSING, FLOW_F_GWLB, FlowEntry, FlowKey
 
-INSIDE = Port(2, "02:00:00:00:00:02")
-OUTSIDE = Port(3, "02:00:00:00:00:03")
+INSIDE = Interface(2, "02:00:00:00:00:02")
+OUTSIDE = Interface(3, "02:00:00:00:00:03")
 TIMEOUTS = Timeouts(tcp_established=432000, udp=30, udp_stream=120, icmp=30)
 WS, INET, NAT = IPv4Address("10.0.1.10"), IPv4Address("198.51.100.10"), IPv4Address("203.0.113.2")
 ESTABLISHED = IPS_SEEN_REPLY | IPS_ASSURED | IPS_SRC_NAT
@@ -37,8 +35,8 @@ ESTABLISHED = IPS_SEEN_REPLY | IPS_ASSURED | IPS_SRC_NAT
 def tcp(sport: int = 40000, nat_port: int = 40000, **kw: object) -> CtFlow:
     base = CtFlow(
         proto=6,
-        orig=Tuple(WS, INET, sport, 80),
-        reply=Tuple(INET, NAT, 80, nat_port),
+        orig=CtTuple(WS, INET, sport, 80),
+        reply=CtTuple(INET, NAT, 80, nat_port),
         status=ESTABLISHED,
         tcp_state=TCP_CONNTRACK_ESTABLISHED,
         mark=0,
@@ -99,7 +97,7 @@ def test_plan_uses_the_kernels_mapping_both_ways() -> None:
 
 
 def test_plan_icmp_echo_rewrites_the_identifier() -> None:
-    ct = CtFlow(1, Tuple(WS, INET, 77, 0), Tuple(INET, NAT, 1077, 0), ESTABLISHED, None, 0, 30)
+    ct = CtFlow(1, CtTuple(WS, INET, 77, 0), CtTuple(INET, NAT, 1077, 0), ESTABLISHED, None, 0, 30)
     (ok, oe), (bk, be) = plan(ct, INSIDE, OUTSIDE, "02:00:00:00:00:bb", "02:00:00:00:00:aa")
     assert (ok.sport, ok.dport, oe.new_sport, oe.new_dport) == (77, 0, 1077, 0)
     assert (bk.sport, bk.dport, be.new_sport, be.new_dport) == (1077, 0, 77, 0)
@@ -241,7 +239,7 @@ def test_bulk_tcp_is_handed_back_to_the_kernel_once(
 
 # -- two-arm GWLB flows --------------------------------------------------------------
 
-GWLB_PORT = Port(4, "02:00:00:00:00:04")
+GWLB_PORT = Interface(4, "02:00:00:00:00:04")
 
 
 def gwlb_tcp(tcp_state: int = TCP_CONNTRACK_ESTABLISHED) -> CtFlow:
