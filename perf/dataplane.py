@@ -416,7 +416,7 @@ class Suite(SuiteBase[Settings]):
                 stack.enter_context(rr.CpsServer(t.sink, t.service_ip))
                 # The lab's sockperf server on the client's CPU: left to the scheduler it
                 # lands on either CPU, and that moved the p99 ratio between 0.76 and 1.28.
-                sockperf = Lab().service_pid("sockperf")
+                sockperf = Lab().server_pid("sockperf")
                 stack.enter_context(pinned_process(sockperf, {GENERATOR_CPU}))
             self._rr_rounds(rr_paths, samples)
         return self._rr_results(rr_paths, samples)

@@ -1,7 +1,10 @@
-"""Small servers for the lab's internet namespace: an HTTP server that tells each client
-the source address it saw (so tests can check the gateway's translation), and a UDP echo.
+"""The lab's servers, which run in the internet namespace: which ones (:func:`servers`,
+started and stopped by :class:`perf.lab.Lab`), and the two written here — an HTTP server
+that tells each client the source address it saw (so tests can check the gateway's
+translation), and a UDP echo.
 
-Run as ``python -m perf.labsvc http|udp-echo ADDRESS PORT``.
+``spectra lab status --json`` lists them under ``services``. Run one by hand as
+``python -m perf.lab.servers http|udp-echo ADDRESS PORT``.
 """
 
 from __future__ import annotations
@@ -9,7 +12,32 @@ from __future__ import annotations
 import json
 import socket
 import sys
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from perf.lab.topology import INET_SERVICE_IP
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """A server process in the internet namespace."""
+
+    name: str
+    proto: str
+    port: int
+    argv: tuple[str, ...]
+
+
+def servers() -> tuple[Server, ...]:
+    py, me = sys.executable, "perf.lab.servers"
+    return (
+        Server("http", "tcp", 80, (py, "-m", me, "http", INET_SERVICE_IP, "80")),
+        Server("udp_echo", "udp", 7, (py, "-m", me, "udp-echo", INET_SERVICE_IP, "7")),
+        Server("iperf3", "tcp", 5201, ("iperf3", "-s", "-B", INET_SERVICE_IP, "-p", "5201")),
+        Server(
+            "sockperf", "udp", 11111, ("sockperf", "server", "-i", INET_SERVICE_IP, "-p", "11111")
+        ),
+    )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -48,7 +76,7 @@ def serve_udp_echo(address: str, port: int) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[0] not in ("http", "udp-echo"):
-        print("usage: python -m perf.labsvc http|udp-echo ADDRESS PORT", file=sys.stderr)
+        print("usage: python -m perf.lab.servers http|udp-echo ADDRESS PORT", file=sys.stderr)
         return 2
     kind, address, port = argv[0], argv[1], int(argv[2])
     (serve_http if kind == "http" else serve_udp_echo)(address, port)
