@@ -370,12 +370,12 @@ class GeneveSuite(SuiteBase[Settings]):
         ]
 
     def _testrun(self) -> list[Result]:
-        """BPF_PROG_TEST_RUN ns of the GWLB programs vs xdp_gateway (perf.geneve)."""
-        from perf import geneve
+        """BPF_PROG_TEST_RUN ns of the GWLB programs vs xdp_gateway (perf.gwlbprogcost)."""
+        from perf import gwlbprogcost
 
         self.progress("BPF_PROG_TEST_RUN: xdp_gwlb, tc_gwlb_encap, xdp_gateway")
         try:
-            r = geneve.measure(*self.settings.testrun)
+            r = gwlbprogcost.measure(*self.settings.testrun)
         except (ImportError, OSError, PerfError) as exc:
             return [
                 Result(

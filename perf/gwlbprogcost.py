@@ -1,5 +1,6 @@
-"""GENEVE two-arm cost per packet: BPF_PROG_TEST_RUN ns/packet of the GWLB programs
-against the plain fast path in the same run.
+"""Per-program cost of the GWLB programs: BPF_PROG_TEST_RUN ns/packet of GENEVE decap and
+re-encap against the plain fast path in the same run (what :mod:`perf.progcost` is for
+``xdp_gateway``'s packet cases).
 
 Measured (each a median over batches of ``repeat=1`` runs, the harness's own cost
 removed by subtracting ``xdp_drop_all`` on the same frame):
@@ -12,10 +13,10 @@ removed by subtracting ``xdp_drop_all`` on the same frame):
 
 The ratio (decap + encap) / fastpath is the GENEVE two-arm overhead per round trip
 packet pair in program time.  CPU per packet in the lab (with the userspace gwlbtun-style
-baseline) is ``python -m perf geneve`` (:mod:`perf.gwlbcost`), which includes these
+baseline) is the ``geneve`` suite (``python -m perf geneve``), which includes these
 figures.
 Nothing here needs the lab; it holds ``perf.lab.exclusive()`` anyway so it never
-runs beside a lab benchmark.  ``python -m perf.geneve --json FILE``.
+runs beside a lab benchmark.  ``python -m perf.gwlbprogcost --json FILE [--quick]``.
 """
 
 from __future__ import annotations
@@ -110,7 +111,9 @@ def measure(batches: int = 7, per_batch: int = 2000) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m perf geneve", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m perf.gwlbprogcost", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
