@@ -21,13 +21,14 @@ Packets travel GWLB -> internet only; the sink drops them with XDP.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from perf.method import GATEWAY_CPU, cpu_delta, dev_counter, read_schedstat
 from perf.paths import IPPROTO_UDP, Flow, SuiteBase
 from perf.report import Result
 from perf.stats import Run, SchedStat, check_ordering, check_run, summarize
+from perf.suites import settings_for
 from perf.target import PerfError, Target
 
 log = logging.getLogger("spectra.perf")
@@ -339,7 +341,7 @@ class GeneveSuite(SuiteBase[Settings]):
                 summ.median,
                 baseline,
                 summaries[baseline][1].median,
-                [_run_json(r) for r in runs],
+                [r.as_json() for r in runs],
                 s.rate_pps,
                 ppw,
                 summ.valid_runs > 0,
@@ -395,20 +397,6 @@ class GeneveSuite(SuiteBase[Settings]):
         ]  # fmt: skip
 
 
-def _run_json(run: Run) -> dict[str, Any]:
-    d = asdict(run)
-    d["extra"] = dict(run.extra)
-    d["ns_per_packet"] = run.ns_per_packet
-    d["pkts_per_wakeup"] = run.pkts_per_wakeup
-    return d
-
-
-def run(args: Any, target: Target, progress: Callable[[str], None]) -> list[Result]:
+def run(args: argparse.Namespace, target: Target, progress: Callable[[str], None]) -> list[Result]:
     """``python -m perf geneve``: settings from the command line."""
-    rate = DEFAULT_RATE if args.rate == 200_000 else args.rate
-    settings = Settings.quick(rate) if args.quick else Settings(rate)
-    if args.runs or args.seconds:
-        settings = Settings(
-            rate, args.seconds or settings.seconds, args.runs or settings.runs, settings.testrun
-        )
-    return GeneveSuite(target, settings, progress).run()
+    return GeneveSuite(target, settings_for(args, Settings(), Settings.quick()), progress).run()
