@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from control.agent import read_state
 from geneve import Gwlb
 from perf.lab.gwlbsim import HEALTH_PORT, GwlbLab
 from perf.lab.topology import TOPOLOGY
@@ -67,9 +66,3 @@ def gateway_counters(netns: str) -> dict[str, int]:
         return {name: c["packets"] for name, c in gwlb.counters().items()}
     finally:
         gwlb.close()
-
-
-def agent_status(netns: str) -> dict[str, Any]:
-    state = read_state(netns)
-    assert state is not None, f"no agent state for {netns}"
-    return state

@@ -16,12 +16,11 @@ from perf.lab.gwlbsim import GwlbLab
 from tests.netns.geneve.conftest import (
     GATEWAYS,
     GWLB,
-    agent_status,
     gateway_counters,
     gwlb_document,
     running,
 )
-from tests.netns.helpers import http_get_json, sh
+from tests.netns.helpers import agent_status, http_get_json, sh
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,11 @@ from perf.lab.gwlbsim import GwlbLab
 from tests.netns.geneve.conftest import (
     GATEWAYS,
     GWLB,
-    agent_status,
     gateway_counters,
     gwlb_document,
     running,
 )
-from tests.netns.helpers import agent, http_get_json, sh, wait_for
+from tests.netns.helpers import agent, agent_status, http_get_json, sh, wait_for
 
 OUTSIDE_IPS = {gw.outside_ip for gw in TOPOLOGY.gateways}
 

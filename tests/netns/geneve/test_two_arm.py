@@ -17,8 +17,8 @@ from pathlib import Path
 
 from perf.lab import INET_SERVICE_IP, TOPOLOGY, ns_exec
 from perf.lab.gwlbsim import HEALTH_PORT, GwlbLab
-from tests.netns.geneve.conftest import GATEWAYS, GWLB, agent_status, gateway_counters
-from tests.netns.helpers import http_get_json, sh, wait_for
+from tests.netns.geneve.conftest import GATEWAYS, GWLB, gateway_counters
+from tests.netns.helpers import agent_status, http_get_json, sh, wait_for
 from xdp import Dataplane, Reason
 
 OUTSIDE_IPS = {gw.outside_ip for gw in TOPOLOGY.gateways}
