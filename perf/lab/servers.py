@@ -1,19 +1,12 @@
-"""The lab's servers, which run in the internet namespace: which ones (:func:`servers`,
-started and stopped by :class:`perf.lab.Lab`), and the two written here — an HTTP server
-that tells each client the source address it saw (so tests can check the gateway's
-translation), and a UDP echo.
-
-``spectra lab status --json`` lists them under ``services``. Run one by hand as
-``python -m perf.lab.servers http|udp-echo ADDRESS PORT``.
+"""The lab's servers, which run in the internet namespace on :data:`INET_SERVICE_IP`:
+the two of :mod:`perf.lab.echo`, iperf3 and sockperf. :class:`perf.lab.Lab` starts and
+stops them; ``spectra lab status --json`` lists them under ``services``.
 """
 
 from __future__ import annotations
 
-import json
-import socket
 import sys
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from perf.lab.topology import INET_SERVICE_IP
 
@@ -29,7 +22,7 @@ class Server:
 
 
 def servers() -> tuple[Server, ...]:
-    py, me = sys.executable, "perf.lab.servers"
+    py, me = sys.executable, "perf.lab.echo"
     return (
         Server("http", "tcp", 80, (py, "-m", me, "http", INET_SERVICE_IP, "80")),
         Server("udp_echo", "udp", 7, (py, "-m", me, "udp-echo", INET_SERVICE_IP, "7")),
@@ -38,50 +31,3 @@ def servers() -> tuple[Server, ...]:
             "sockperf", "udp", 11111, ("sockperf", "server", "-i", INET_SERVICE_IP, "-p", "11111")
         ),
     )
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        if self.path.startswith("/bytes/"):
-            body = b"x" * min(int(self.path.rsplit("/", 1)[1] or 0), 1 << 30)
-            ctype = "application/octet-stream"
-        else:
-            peer = {"client_ip": self.client_address[0], "client_port": self.client_address[1]}
-            body = json.dumps(peer).encode() + b"\n"
-            ctype = "application/json"
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        sys.stderr.write(f"{self.client_address[0]} {format % args}\n")
-
-
-def serve_http(address: str, port: int) -> None:
-    ThreadingHTTPServer.daemon_threads = True
-    ThreadingHTTPServer((address, port), _Handler).serve_forever()
-
-
-def serve_udp_echo(address: str, port: int) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((address, port))
-    while True:
-        data, peer = sock.recvfrom(65535)
-        sock.sendto(data, peer)
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[0] not in ("http", "udp-echo"):
-        print("usage: python -m perf.lab.servers http|udp-echo ADDRESS PORT", file=sys.stderr)
-        return 2
-    kind, address, port = argv[0], argv[1], int(argv[2])
-    (serve_http if kind == "http" else serve_udp_echo)(address, port)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
