@@ -1,7 +1,7 @@
-"""Small servers for the lab's internet namespace: an HTTP server that tells each client
-the source address it saw (so tests can check the gateway's translation), and a UDP echo.
-
-Run as ``python -m perf.labsvc http|udp-echo ADDRESS PORT``.
+"""Echo servers for the lab's internet namespace: an HTTP server that tells each client
+the source address it saw (so tests can check the gateway's translation) and serves
+``/bytes/N``, and a UDP echo. :mod:`perf.lab.servers` runs them as
+``python -m perf.lab.echo http|udp-echo ADDRESS PORT``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def serve_udp_echo(address: str, port: int) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[0] not in ("http", "udp-echo"):
-        print("usage: python -m perf.labsvc http|udp-echo ADDRESS PORT", file=sys.stderr)
+        print("usage: python -m perf.lab.echo http|udp-echo ADDRESS PORT", file=sys.stderr)
         return 2
     kind, address, port = argv[0], argv[1], int(argv[2])
     (serve_http if kind == "http" else serve_udp_echo)(address, port)
