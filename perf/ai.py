@@ -2,7 +2,8 @@
 the Cloud Spectra AI gateway against a bare aiohttp pass-through proxy and LiteLLM's
 proxy, all in front of the same fake OpenAI-compatible upstream, in one run.
 
-``python -m perf.ai --json FILE [--quick]`` (or :func:`run` from ``python -m perf ai``):
+``python -m perf ai --json FILE [--quick]`` (:func:`run`), or ``python -m perf.ai`` with
+``--no-litellm`` / ``--no-pin`` (:func:`measure`):
 
 * systems, each its own process: ``direct`` (the fake upstream, ``python -m
   tests.fakes`` — the baseline), ``bare_proxy`` (:func:`create_bare_proxy`, ~30 lines),
@@ -881,10 +882,6 @@ def pinned(cpus: set[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, saved)
 
 
-def _stderr(msg: str) -> None:
-    print(f"# {msg}", file=sys.stderr, flush=True)
-
-
 async def _measure(
     settings: Settings,
     services: dict[str, Service],
@@ -910,16 +907,16 @@ async def _measure(
         await bench.close()
 
 
-def run(
+def measure(
     quick: bool,
     *,
     settings: Settings | None = None,
     litellm: bool = True,
     litellm_venv: Path = CACHE_DIR / "litellm-venv",
     pin: bool = True,
-    progress: Progress = _stderr,
+    progress: Progress = report.progress,
 ) -> list[Result]:
-    """The whole benchmark; the dispatcher's entry point (``python -m perf ai``)."""
+    """The whole benchmark."""
     settings = settings or (Settings.quick() if quick else Settings())
     gen_cpus, sut_cpus = cpu_plan() if pin else (None, None)
     out = Outcome()
@@ -963,6 +960,11 @@ def run(
                 svc.stop()
             fake.stop()
     return build_results(out, settings)
+
+
+def run(args: argparse.Namespace, target: object, progress: Progress) -> list[Result]:
+    """``python -m perf ai``: on this host, whatever the target."""
+    return measure(args.quick, progress=progress)
 
 
 def summary(results: Sequence[Result]) -> str:
@@ -1011,7 +1013,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     started = time.monotonic()
     try:
-        results = run(
+        results = measure(
             args.quick,
             litellm=not args.no_litellm,
             litellm_venv=args.litellm_venv,
@@ -1020,12 +1022,9 @@ def main(argv: list[str] | None = None) -> int:
     except StartFailed as exc:
         print(f"perf.ai: {exc}", file=sys.stderr)
         return 1
-    wall = time.monotonic() - started
-    doc = report.document("ai", results, wall_seconds=round(wall, 1), quick=args.quick)
-    report.write_json(doc, args.json)
-    print(report.markdown(results))
-    print(summary(results))
-    print(f"wall time {wall:.0f} s; JSON in {args.json}")
+    report.publish(
+        "ai", results, args.json, started=started, summary=summary(results), quick=args.quick
+    )
     return 0
 
 

@@ -9,11 +9,12 @@ on the same frame for per-program cost.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from perf import paths, progcost, rr
@@ -23,6 +24,7 @@ from perf.method import GENERATOR_CPU, cpu_delta, dev_counter, pinned_process
 from perf.paths import IPPROTO_TCP, IPPROTO_UDP, REDIRECT_ONLY, Flow, SuiteBase
 from perf.report import Result
 from perf.stats import EXPECTED_ORDER, Run, check_ordering, check_run, summarize
+from perf.suites import settings_for
 from perf.target import PerfError, Target
 
 log = logging.getLogger("spectra.perf")
@@ -228,7 +230,7 @@ class Suite(SuiteBase[Settings]):
             path,
             "conn/s",
             value if valid else None,
-            runs=[_run_json(run)],
+            runs=[run.as_json()],
             offered_pps=rate,
             valid=valid,
             note=note,
@@ -338,7 +340,7 @@ class Suite(SuiteBase[Settings]):
                     sp.median,
                     BASELINE,
                     base,
-                    [_run_json(r) for r in runs[path]],
+                    [r.as_json() for r in runs[path]],
                     rate,
                     ppw,
                     sp.valid_runs > 0,
@@ -416,7 +418,7 @@ class Suite(SuiteBase[Settings]):
                 stack.enter_context(rr.CpsServer(t.sink, t.service_ip))
                 # The lab's sockperf server on the client's CPU: left to the scheduler it
                 # lands on either CPU, and that moved the p99 ratio between 0.76 and 1.28.
-                sockperf = Lab().service_pid("sockperf")
+                sockperf = Lab().server_pid("sockperf")
                 stack.enter_context(pinned_process(sockperf, {GENERATOR_CPU}))
             self._rr_rounds(rr_paths, samples)
         return self._rr_results(rr_paths, samples)
@@ -544,9 +546,6 @@ def _median_of(runs: list[dict[str, Any]]) -> float | None:
     return summarize([r.get("value") for r in runs], [bool(r.get("valid")) for r in runs]).median
 
 
-def _run_json(run: Run) -> dict[str, Any]:
-    d = asdict(run)
-    d["extra"] = dict(run.extra)
-    d["ns_per_packet"] = run.ns_per_packet
-    d["pkts_per_wakeup"] = run.pkts_per_wakeup
-    return d
+def run(args: argparse.Namespace, target: Target, progress: Callable[[str], None]) -> list[Result]:
+    """``python -m perf dataplane``: settings from the command line."""
+    return Suite(target, settings_for(args, Settings(), Settings.quick()), progress).run()

@@ -49,17 +49,18 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from perf import report, rr
+from perf import rr
 from perf.generator import UdpFlow, send
 from perf.method import GATEWAY_CPU, Tuning, dev_counter
 from perf.paths import NFT_TABLE, nft_masquerade
 from perf.report import Result
-from perf.target import Host, PerfError, lab_target
+from perf.suites import settings_for
+from perf.target import Host, PerfError, Target
 
 log = logging.getLogger("spectra.perf")
 ROOT = str(Path(__file__).resolve().parents[1])
@@ -294,8 +295,28 @@ def _offloaded(tuning: Tuning, flow: UdpFlow) -> Iterator[None]:
         tuning.pin(sink=False, fifo=False)  # and the detach recreated it again
 
 
-def run(rate: int, seconds: float, runs: int) -> list[Result]:
-    tuning = Tuning(lab_target("a"))
+@dataclass(frozen=True, slots=True)
+class Settings:
+    rate_pps: int = 300_000  # capacity: above every consumer's
+    seconds: float = 4.0
+    runs: int = 3
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(runs=1, seconds=2.0)
+
+
+def run(args: argparse.Namespace, target: Target, progress: Callable[[str], None]) -> list[Result]:
+    """``python -m perf nfq``: settings from the command line."""
+    if not target.lab:
+        raise PerfError("the nfq suite runs in the lab only (for now)")
+    return measure_all(target, settings_for(args, Settings(), Settings.quick()), progress)
+
+
+def measure_all(target: Target, s: Settings, progress: Callable[[str], None]) -> list[Result]:
+    """Every path, round-robin, ``s.runs`` times: cost at COST_RATE, capacity at
+    ``s.rate_pps``, latency."""
+    tuning = Tuning(target)
     cost: dict[str, list[Measure]] = {p: [] for p in PATHS}
     capacity: dict[str, list[Measure]] = {p: [] for p in PATHS}
     latency: dict[str, list[dict[str, float]]] = {p: [] for p in PATHS}
@@ -306,18 +327,19 @@ def run(rate: int, seconds: float, runs: int) -> list[Result]:
         tuning.pin(sink=False, fifo=False)
         gw.run("sh", "-c", f"printf '%s' '{masquerade}' | nft -f -")  # NAT, as the product
         with tempfile.TemporaryDirectory(prefix="spectra-nfq-") as tmp:
-            for i in range(runs):
+            for i in range(s.runs):
                 for path in PATHS:
-                    print(f"# run {i + 1}/{runs}: {path} at {COST_RATE} and {rate} pps",
-                          file=sys.stderr, flush=True)  # fmt: skip
-                    (c, cap), lat = measure(path, (COST_RATE, rate), seconds, Path(tmp), tuning)
+                    progress(f"run {i + 1}/{s.runs}: {path} at {COST_RATE} and {s.rate_pps} pps")
+                    (c, cap), lat = measure(
+                        path, (COST_RATE, s.rate_pps), s.seconds, Path(tmp), tuning
+                    )
                     cost[path].append(c)
                     capacity[path].append(cap)
                     latency[path].append(lat)
     finally:
         gw.run("nft", "delete", "table", "ip", NFT_TABLE, check=False)
         tuning.restore()
-    return _cost_results(cost) + _capacity_results(capacity, rate) + _latency_results(latency)
+    return _cost_results(cost) + _capacity_results(capacity, s.rate_pps) + _latency_results(latency)
 
 
 def _latency_results(latency: dict[str, list[dict[str, float]]]) -> list[Result]:
@@ -376,45 +398,17 @@ def _asdict(m: Measure) -> dict[str, Any]:
     return {f: getattr(m, f) for f in m.__slots__}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m perf.nfq",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--json", type=Path, required=True)
-    p.add_argument("--quick", action="store_true", help="1 run x 2 s per path")
-    p.add_argument("--rate", type=int, default=300_000, help="offered pps (default 300000)")
-    p.add_argument("--seconds", type=float, default=4.0)
-    p.add_argument("--runs", type=int, default=3)
-    args = p.parse_args(argv)
-    runs, seconds = (1, 2.0) if args.quick else (args.runs, args.seconds)
-    from perf.lab import Lab, LabError, exclusive, require_root
+def summary(results: Sequence[Result]) -> str:
+    """Capacity of each path against the naive consumer, one JSON line."""
+    ratios = {r.path: round(r.ratio or 0, 2) for r in results if r.metric == "delivered_pps"}
+    return json.dumps(ratios) if ratios else ""
 
-    started = time.monotonic()
-    try:
-        require_root()
-        with exclusive():
-            lab = Lab()
-            was_up = bool(lab.status()["up"])
-            if not was_up:
-                lab.up()
-            try:
-                results = run(args.rate, seconds, runs)
-            finally:
-                if not was_up:
-                    lab.down()
-    except (PerfError, LabError) as exc:
-        print(f"perf nfq: {exc}", file=sys.stderr)
-        return 1
-    wall = time.monotonic() - started
-    doc = report.document("nfq", results, wall_seconds=round(wall, 1), quick=args.quick, lab=True)
-    report.write_json(doc, args.json)
-    print(report.markdown(results))
-    print(f"wall time {wall:.0f} s; JSON in {args.json}")
-    print(json.dumps({r.path: round(r.ratio or 0, 2) for r in results
-                      if r.metric == "delivered_pps"}))  # fmt: skip
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m perf.nfq ARGS`` is ``python -m perf nfq ARGS``."""
+    from perf.__main__ import main as perf_main
+
+    return perf_main(["nfq", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

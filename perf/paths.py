@@ -8,7 +8,7 @@ the masquerade rule, as the product runs.  ``xdp_drop``: ``xdp_drop_all`` on the
 gateway's ingress, the floor.  ``xdp_redirect_only``: a program that only sets the MACs
 and redirects (perf/redirect_only.bpf.c), the floor of any XDP forwarder.  The NFQUEUE
 inspection path has its own suite (``perf/nfq.py``), and so has the GENEVE path
-(``perf/gwlbcost.py``).
+(``perf/geneve.py``).
 """
 
 from __future__ import annotations

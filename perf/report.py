@@ -1,5 +1,6 @@
 """Results as JSON (one object per suite run), a markdown table on stdout, and PNG
-charts (matplotlib, imported only when ``--plot`` is given).
+charts (matplotlib, imported only when ``--plot`` is given); :func:`publish` is the end
+of every suite run, :func:`progress` its status lines on stderr.
 
 Every figure is a ratio against a baseline measured in the same run; a result with no
 valid run has ``value`` None and ``valid`` False and is never charted.
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,6 +76,35 @@ def document(suite: str, results: Sequence[Result], **meta: Any) -> dict[str, An
 def write_json(doc: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def progress(msg: str) -> None:
+    """One status line on stderr (stdout is the table)."""
+    print(f"# {msg}", file=sys.stderr, flush=True)
+
+
+def publish(
+    suite: str,
+    results: Sequence[Result],
+    json_path: Path,
+    *,
+    started: float,
+    summary: str = "",
+    plot_dir: Path | None = None,
+    **meta: Any,
+) -> None:
+    """Write the JSON document (``meta`` after the wall time since ``started``, a
+    ``time.monotonic()``), print the table, ``summary`` and where the JSON went, and
+    draw the charts when ``plot_dir`` is given."""
+    wall = time.monotonic() - started
+    write_json(document(suite, results, wall_seconds=round(wall, 1), **meta), json_path)
+    print(markdown(results))
+    if summary:
+        print(summary)
+    print(f"wall time {wall:.0f} s; JSON in {json_path}")
+    if plot_dir is not None:
+        for png in plot(results, plot_dir, suite):
+            print(f"chart {png}")
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 # The cost order the method must reproduce in every run (cheapest first).  If a run
 # breaks it, something other than the gateway's work was measured.
@@ -72,6 +73,14 @@ class Run:
     @property
     def pkts_per_wakeup(self) -> float | None:
         return self.forwarded / self.wakeups if self.wakeups > 0 else None
+
+    def as_json(self) -> dict[str, Any]:
+        """The run with its derived figures, for a result's ``runs``."""
+        d = asdict(self)
+        d["extra"] = dict(self.extra)
+        d["ns_per_packet"] = self.ns_per_packet
+        d["pkts_per_wakeup"] = self.pkts_per_wakeup
+        return d
 
     def invalid(self, reason: str) -> Run:
         joined = f"{self.reason}; {reason}" if self.reason else reason

@@ -1,4 +1,5 @@
-"""External tools the suites run, and the Debian package that provides each one.
+"""External tools the suites run (each suite lists its own in :data:`perf.suites.SUITES`),
+and the Debian package that provides each one.
 
 A missing tool is reported with its package (``apt-get install <pkg>``) before any
 measurement starts, so a run never fails half-way through with the lab reconfigured.
@@ -22,13 +23,6 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "iptables-restore": "iptables",
     "conntrack": "conntrack",
     "ssh": "openssh-client",
-}
-
-SUITE_TOOLS: dict[str, tuple[str, ...]] = {
-    "dataplane": ("ip", "trafgen", "ethtool", "taskset", "chrt", "nft", "sockperf", "iperf3"),
-    "nfq": ("ip", "trafgen", "taskset", "iptables-restore", "conntrack"),
-    "geneve": ("ip", "trafgen", "ethtool", "taskset", "chrt", "nft"),
-    "ai": (),
 }
 
 

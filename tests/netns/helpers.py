@@ -15,7 +15,8 @@ from typing import Any
 from control.agent import read_state
 from control.config import parse_document
 from control.store import SqliteStore
-from perf.lab import ns_exec
+from perf.lab import TOPOLOGY, ns_exec
+from xdp import loader
 
 
 def sh(ns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -29,6 +30,24 @@ def http_get_json(ns: str, url: str) -> dict[str, Any]:
     assert proc.returncode == 0, f"curl {url} from {ns} failed: rc={proc.returncode}"
     data: dict[str, Any] = json.loads(proc.stdout)
     return data
+
+
+def reset_gateway(netns: str) -> None:
+    """The gateway ``netns`` back to what the lab built, as far as the data plane goes:
+    no XDP program on its inside and outside interfaces, no pins of the product, an
+    empty conntrack table."""
+    (gw,) = (g for g in TOPOLOGY.gateways if g.netns == netns)
+    for ifname in (gw.inside_if, gw.outside_if):
+        sh(netns, "ip", "link", "set", "dev", ifname, "xdp", "off")
+    loader.unpin(loader.pin_dir_for(netns))
+    sh(netns, "conntrack", "-F")
+
+
+def agent_status(netns: str) -> dict[str, Any]:
+    """The status the agent of ``netns`` last wrote (``spectra status`` reads the same)."""
+    state = read_state(netns)
+    assert state is not None, f"no agent state for {netns}"
+    return state
 
 
 STORE_DIR = Path("/run/spectra-test")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from perf.lab import ns_exec
-from tests.netns.helpers import agent, http_get_json, sh, wait_for
+from tests.netns.helpers import agent, agent_status, http_get_json, reset_gateway, sh, wait_for
 from xdp import Dataplane, DenyRule, Reason, libbpf, loader
 
 GW = "cs-gw-a"
@@ -36,29 +36,17 @@ def conntrack_lines(*match: str) -> list[str]:
     return [line for line in out.splitlines() if line.strip()]
 
 
-def agent_state() -> dict[str, Any]:
-    with open(f"/run/spectra/{GW}/status.json") as fh:
-        data: dict[str, Any] = json.load(fh)
-    return data
-
-
 @pytest.fixture
 def fresh_gateway(lab: Any) -> Iterator[dict[str, Any]]:
     """cs-gw-a with nothing attached or pinned, conntrack empty, short UDP timeouts."""
 
-    def reset() -> None:
-        for ifname in ("inside", "outside"):
-            sh(GW, "ip", "link", "set", "dev", ifname, "xdp", "off")
-        loader.unpin(loader.pin_dir_for(GW))
-        sh(GW, "conntrack", "-F")
-
-    reset()
+    reset_gateway(GW)
     sh(GW, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=3")
     sh(GW, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout_stream=3")
     yield lab.status()
     sh(GW, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=30")
     sh(GW, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout_stream=120")
-    reset()
+    reset_gateway(GW)
 
 
 def iperf3(status: dict[str, Any], *args: str) -> subprocess.Popen[str]:
@@ -72,7 +60,7 @@ def iperf3(status: dict[str, Any], *args: str) -> subprocess.Popen[str]:
 def test_curl_udp_ping_go_through_the_fast_path(fresh_gateway: dict[str, Any]) -> None:
     st = fresh_gateway
     with agent(GW):
-        assert agent_state()["xdp_modes"] == {"inside": "native", "outside": "native"}
+        assert agent_status(GW)["xdp_modes"] == {"inside": "native", "outside": "native"}
         http = st["services"]["http"]
         seen = http_get_json(WS, f"http://{http['address']}/")
         before = redirected()
@@ -91,7 +79,7 @@ def test_curl_udp_ping_go_through_the_fast_path(fresh_gateway: dict[str, Any]) -
         assert " 0% packet loss" in ping.stdout
         # Both flows were offloaded after their first exchange: most packets took XDP.
         assert redirected() - before >= 40
-        assert agent_state()["offload"].get("offloaded_total", 0) >= 2
+        assert agent_status(GW)["offload"].get("offloaded_total", 0) >= 2
         assert seen["client_ip"] == st["gateways"]["a"]["outside_ip"]
         status = json.loads(
             subprocess.run(
@@ -127,7 +115,7 @@ def test_offloaded_udp_flow_keeps_its_conntrack_entry(fresh_gateway: dict[str, A
         last = conntrack_lines("-p", "udp", "--sport", "40124")
         # same conntrack id: the entry never expired although the kernel saw ~nothing
         assert last == first or last[0].split("id=")[1] == first[0].split("id=")[1]
-        assert agent_state()["offload"].get("keepalives", 0) > 0
+        assert agent_status(GW)["offload"].get("keepalives", 0) > 0
 
 
 def test_agent_kill9_loses_no_packet_and_restart_adopts(fresh_gateway: dict[str, Any]) -> None:
@@ -135,7 +123,7 @@ def test_agent_kill9_loses_no_packet_and_restart_adopts(fresh_gateway: dict[str,
         agent(GW) as first,
         iperf3(fresh_gateway, "-u", "-b", "10M", "-t", "6", "-l", "1000", "-w", "4M") as client,
     ):
-        wait_for(lambda: agent_state()["offload"].get("active", 0) >= 1, 5, "offload of iperf3")
+        wait_for(lambda: agent_status(GW)["offload"].get("active", 0) >= 1, 5, "offload of iperf3")
         time.sleep(1)
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=10)
@@ -143,10 +131,10 @@ def test_agent_kill9_loses_no_packet_and_restart_adopts(fresh_gateway: dict[str,
         time.sleep(1.5)
         assert redirected() > during  # forwarding went on with no agent at all
         with agent(GW):
-            wait_for(lambda: agent_state()["offload"].get("adopted", 0) >= 1, 5, "re-adoption")
+            wait_for(lambda: agent_status(GW)["offload"].get("adopted", 0) >= 1, 5, "re-adoption")
             out, _ = client.communicate(timeout=20)
             assert (
-                agent_state()["offload"].get("offloaded_total", 0) == 0
+                agent_status(GW)["offload"].get("offloaded_total", 0) == 0
             )  # adopted, not reinstalled
     summary = json.loads(out)["end"]["sum"]
     lost = {k: summary.get(k) for k in ("packets", "lost_packets", "out_of_order")}
@@ -185,7 +173,7 @@ def test_deny_rule_at_runtime_drops_within_one_second(fresh_gateway: dict[str, A
 
 def test_detach_hands_established_flows_back_to_the_kernel(fresh_gateway: dict[str, Any]) -> None:
     with agent(GW) as proc, iperf3(fresh_gateway, "-t", "6") as client:
-        wait_for(lambda: agent_state()["offload"].get("active", 0) >= 1, 5, "offload of iperf3")
+        wait_for(lambda: agent_status(GW)["offload"].get("active", 0) >= 1, 5, "offload of iperf3")
         proc.terminate()
         proc.wait(timeout=10)
         time.sleep(0.5)
@@ -225,7 +213,7 @@ def test_restart_after_an_upgrade_replaces_pins_and_programs_of_the_old_build(
                 for ifname in ("inside", "outside")
             }
             assert attached == {"inside": new_id, "outside": new_id}
-            wait_for(lambda: agent_state()["offload"].get("active", 0) >= 1, 5, "offload")
+            wait_for(lambda: agent_status(GW)["offload"].get("active", 0) >= 1, 5, "offload")
             assert client.wait(timeout=20) == 0
             assert new.counters()["reasons"][Reason.REDIRECT.name]["packets"] > 0
         finally:

@@ -4,7 +4,7 @@ Each :class:`GeneveCase` is an input frame as the GWLB sends it to the appliance
 GWLB interface, the expected verdict and reason of ``xdp_gwlb``, and the expected
 output frame (built independently: an Ethernet header in front of the inner packet).
 The same cases drive the BPF_PROG_TEST_RUN tests, the Python reference model
-(``geneve.decapsulate``) and ``perf/geneve.py``.
+(``geneve.decapsulate``) and ``perf/gwlbprogcost.py``.
 
 Story: GWLB 172.16.1.1 -> appliance 172.16.1.2 (UDP 6081); workload 10.0.100.10
 talks to 198.51.100.10.

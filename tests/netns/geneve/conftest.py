@@ -14,19 +14,20 @@ from typing import Any
 
 import pytest
 
-from control.agent import read_state
 from geneve import Gwlb
-from perf.gwlbsim import GWLB_IF, HEALTH_PORT, GwlbLab, targets
+from perf.lab.gwlbsim import HEALTH_PORT, GwlbLab
+from perf.lab.topology import TOPOLOGY
 from tests.netns.helpers import agent, document
 
-GATEWAYS = tuple(t.netns for t in targets())
+GWLB = TOPOLOGY.gwlb
+GATEWAYS = tuple(t.netns for t in GWLB.targets)
 
 
 def gwlb_document(**gwlb: Any) -> dict[str, Any]:
     """A lab gateway document with GWLB on ``gwlb`` (health check on the lab's port)."""
     section: dict[str, Any] = {
         "enabled": True,
-        "interface": GWLB_IF,
+        "interface": GWLB.gateway_if,
         "mode": "two-arm",
         "health_check": {"protocol": "tcp", "port": HEALTH_PORT},
     }
@@ -44,7 +45,7 @@ def running(lab_session: Any, doc: dict[str, Any]) -> Iterator[GwlbLab]:
         with ExitStack() as stack:
             for netns in GATEWAYS:
                 stack.enter_context(agent(netns, doc))
-            for t in targets():
+            for t in GWLB.targets:
                 glab.wait_health(t.az, True)
             yield glab
     finally:
@@ -60,14 +61,8 @@ def gwlb_lab(lab_session: Any) -> Iterator[GwlbLab]:
 def gateway_counters(netns: str) -> dict[str, int]:
     """Packets per GWLB reason, read from the gateway's pinned maps (bpffs is shared
     with the host; adopting the pins leaves their configuration alone)."""
-    gwlb = Gwlb(netns, GWLB_IF).load()
+    gwlb = Gwlb(netns, GWLB.gateway_if).load()
     try:
         return {name: c["packets"] for name, c in gwlb.counters().items()}
     finally:
         gwlb.close()
-
-
-def agent_status(netns: str) -> dict[str, Any]:
-    state = read_state(netns)
-    assert state is not None, f"no agent state for {netns}"
-    return state

@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from perf.gwlbsim import GWLB_IF, WORKLOAD_IP, WORKLOAD_NS, GwlbLab
 from perf.lab import INET_SERVICE_IP
+from perf.lab.gwlbsim import GwlbLab
 from tests.netns.geneve.conftest import (
     GATEWAYS,
-    agent_status,
+    GWLB,
     gateway_counters,
     gwlb_document,
     running,
 )
-from tests.netns.helpers import http_get_json, sh
+from tests.netns.helpers import agent_status, http_get_json, sh
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +33,18 @@ def test_agent_routes_gwlb_traffic_back_to_the_gwlb(gwlb_lab: GwlbLab) -> None:
     for netns in GATEWAYS:
         assert agent_status(netns)["gwlb"]["mode"] == "one-arm"
         rules = sh(netns, "ip", "rule", "show").stdout
-        assert f"iif {GWLB_IF} lookup 1081" in rules, rules
+        assert f"iif {GWLB.gateway_if} lookup 1081" in rules, rules
         route = sh(netns, "ip", "route", "show", "table", "1081").stdout
-        assert f"dev {GWLB_IF}" in route, route
+        assert f"dev {GWLB.gateway_if}" in route, route
 
 
 def test_curl_returns_encapsulated_without_nat(gwlb_lab: GwlbLab) -> None:
     before = {netns: gateway_counters(netns) for netns in GATEWAYS}
     for _ in range(6):
-        assert http_get_json(WORKLOAD_NS, f"http://{INET_SERVICE_IP}/")["client_ip"] == WORKLOAD_IP
+        assert (
+            http_get_json(GWLB.workload_netns, f"http://{INET_SERVICE_IP}/")["client_ip"]
+            == GWLB.workload_ip
+        )
     state = gwlb_lab.state()["counters"]
     assert state["mismatched"] == 0, state["mismatch_examples"]
     assert state["matched"] >= 6 * 4  # each packet of each curl, both ways, came back
@@ -52,7 +55,7 @@ def test_curl_returns_encapsulated_without_nat(gwlb_lab: GwlbLab) -> None:
 
 
 def test_iperf3_one_arm(gwlb_lab: GwlbLab) -> None:
-    proc = sh(WORKLOAD_NS, "iperf3", "-c", INET_SERVICE_IP, "-t", "2", "-J", timeout=30)
+    proc = sh(GWLB.workload_netns, "iperf3", "-c", INET_SERVICE_IP, "-t", "2", "-J", timeout=30)
     assert proc.returncode == 0, proc.stdout[-500:] + proc.stderr
     assert json.loads(proc.stdout)["end"]["sum_received"]["bytes"] > 100_000
     state = gwlb_lab.state()["counters"]

@@ -12,16 +12,16 @@ from typing import Any
 
 import pytest
 
-from perf.gwlbsim import GWLB_IF, WORKLOAD_NS, GwlbLab, targets
 from perf.lab import INET_SERVICE_IP, TOPOLOGY
+from perf.lab.gwlbsim import GwlbLab
 from tests.netns.geneve.conftest import (
     GATEWAYS,
-    agent_status,
+    GWLB,
     gateway_counters,
     gwlb_document,
     running,
 )
-from tests.netns.helpers import agent, http_get_json, sh, wait_for
+from tests.netns.helpers import agent, agent_status, http_get_json, sh, wait_for
 
 OUTSIDE_IPS = {gw.outside_ip for gw in TOPOLOGY.gateways}
 
@@ -37,17 +37,20 @@ def test_agent_reports_tc_and_attached_no_xdp(gwlb_lab: GwlbLab) -> None:
         g = agent_status(netns)["gwlb"]
         assert (g["hook"], g["hook_requested"]) == ("tc", "tc")
         assert "forced by configuration" in g["hook_reason"]
-        link = sh(netns, "ip", "-d", "link", "show", "dev", GWLB_IF).stdout
+        link = sh(netns, "ip", "-d", "link", "show", "dev", GWLB.gateway_if).stdout
         assert "prog/xdp" not in link, link
-        ingress = sh(netns, "tc", "filter", "show", "dev", GWLB_IF, "ingress").stdout
+        ingress = sh(netns, "tc", "filter", "show", "dev", GWLB.gateway_if, "ingress").stdout
         assert "tc_gwlb_decap" in ingress, ingress
 
 
 def test_curl_and_iperf3_through_tc_decap(gwlb_lab: GwlbLab) -> None:
     before = {netns: gateway_counters(netns) for netns in GATEWAYS}
-    seen = {http_get_json(WORKLOAD_NS, f"http://{INET_SERVICE_IP}/")["client_ip"] for _ in range(6)}
+    seen = {
+        http_get_json(GWLB.workload_netns, f"http://{INET_SERVICE_IP}/")["client_ip"]
+        for _ in range(6)
+    }
     assert seen and seen <= OUTSIDE_IPS
-    proc = sh(WORKLOAD_NS, "iperf3", "-c", INET_SERVICE_IP, "-t", "2", "-J", timeout=30)
+    proc = sh(GWLB.workload_netns, "iperf3", "-c", INET_SERVICE_IP, "-t", "2", "-J", timeout=30)
     assert proc.returncode == 0, proc.stdout[-500:] + proc.stderr
     assert json.loads(proc.stdout)["end"]["sum_received"]["bytes"] > 100_000
     state = gwlb_lab.state()["counters"]
@@ -59,7 +62,7 @@ def test_curl_and_iperf3_through_tc_decap(gwlb_lab: GwlbLab) -> None:
 
 
 def _bpf_filters(netns: str, direction: str) -> list[str]:
-    out = sh(netns, "tc", "filter", "show", "dev", GWLB_IF, direction).stdout
+    out = sh(netns, "tc", "filter", "show", "dev", GWLB.gateway_if, direction).stdout
     return [line for line in out.splitlines() if " bpf " in line and " handle " in line]
 
 
@@ -67,7 +70,7 @@ def test_restarted_agent_replaces_its_tc_filters_in_place(gwlb_lab: GwlbLab) -> 
     """kill -9 leaves the tc filters behind; the next agent replaces them (one decap
     and one encap filter, never stacked: two decap filters would decapsulate twice)
     and the gateway carries GWLB traffic again."""
-    t = targets()[0]
+    t = GWLB.targets[0]
     os.kill(agent_status(t.netns)["pid"], signal.SIGKILL)
     gwlb_lab.wait_health(t.az, False)
     assert len(_bpf_filters(t.netns, "ingress")) == 1  # left behind, still decapsulating
@@ -79,7 +82,7 @@ def test_restarted_agent_replaces_its_tc_filters_in_place(gwlb_lab: GwlbLab) -> 
         before = gateway_counters(t.netns)["DECAP"]
         wait_for(
             lambda: (
-                http_get_json(WORKLOAD_NS, f"http://{INET_SERVICE_IP}/")
+                http_get_json(GWLB.workload_netns, f"http://{INET_SERVICE_IP}/")
                 and gateway_counters(t.netns)["DECAP"] > before
             ),
             10,

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from perf.gwlbsim import GWLB_NS, HEALTH_PORT, WORKLOAD_IP, WORKLOAD_NS, GwlbLab, targets
 from perf.lab import INET_SERVICE_IP, TOPOLOGY, ns_exec
-from tests.netns.geneve.conftest import GATEWAYS, agent_status, gateway_counters
-from tests.netns.helpers import http_get_json, sh, wait_for
+from perf.lab.gwlbsim import HEALTH_PORT, GwlbLab
+from tests.netns.geneve.conftest import GATEWAYS, GWLB, gateway_counters
+from tests.netns.helpers import agent_status, http_get_json, sh, wait_for
 from xdp import Dataplane, Reason
 
 OUTSIDE_IPS = {gw.outside_ip for gw in TOPOLOGY.gateways}
@@ -40,7 +40,7 @@ def test_agent_reports_gwlb_rendered(gwlb_lab: GwlbLab) -> None:
 def test_curl_is_source_natted_by_a_gateway(gwlb_lab: GwlbLab) -> None:
     seen = set()
     for _ in range(6):
-        data = http_get_json(WORKLOAD_NS, f"http://{INET_SERVICE_IP}/")
+        data = http_get_json(GWLB.workload_netns, f"http://{INET_SERVICE_IP}/")
         seen.add(data["client_ip"])
     assert seen <= OUTSIDE_IPS and seen
     state = gwlb_lab.state()["counters"]
@@ -51,14 +51,14 @@ def test_curl_is_source_natted_by_a_gateway(gwlb_lab: GwlbLab) -> None:
 def test_flows_spread_over_both_gateways(gwlb_lab: GwlbLab) -> None:
     seen = set()
     for _ in range(20):
-        seen.add(http_get_json(WORKLOAD_NS, f"http://{INET_SERVICE_IP}/")["client_ip"])
+        seen.add(http_get_json(GWLB.workload_netns, f"http://{INET_SERVICE_IP}/")["client_ip"])
         if seen == OUTSIDE_IPS:
             break
     assert seen == OUTSIDE_IPS
 
 
 def test_iperf3_through_the_gwlb(gwlb_lab: GwlbLab) -> None:
-    proc = sh(WORKLOAD_NS, "iperf3", "-c", INET_SERVICE_IP, "-t", "2", "-J", timeout=30)
+    proc = sh(GWLB.workload_netns, "iperf3", "-c", INET_SERVICE_IP, "-t", "2", "-J", timeout=30)
     assert proc.returncode == 0, proc.stdout[-500:] + proc.stderr
     result = json.loads(proc.stdout)
     assert result["end"]["sum_received"]["bytes"] > 100_000
@@ -75,7 +75,7 @@ def test_iperf3_through_the_gwlb_is_offloaded_both_ways(gwlb_lab: GwlbLab) -> No
     simulator still finds every returned header byte-identical."""
     before = {netns: fast_path_counters(netns) for netns in GATEWAYS}
     matched0 = gwlb_lab.state()["counters"]["matched"]
-    proc = sh(WORKLOAD_NS, "iperf3", "-c", INET_SERVICE_IP, "-t", "3", "-J", timeout=30)
+    proc = sh(GWLB.workload_netns, "iperf3", "-c", INET_SERVICE_IP, "-t", "3", "-J", timeout=30)
     assert proc.returncode == 0, proc.stdout[-500:] + proc.stderr
     assert json.loads(proc.stdout)["end"]["sum_received"]["bytes"] > 100_000
     grown = {
@@ -105,7 +105,7 @@ def test_udp_flow_is_offloaded_and_keeps_returning(gwlb_lab: GwlbLab) -> None:
         "    s.send(line.strip().encode()); print(s.recv(100).decode(), flush=True)\n"
     )
     with subprocess.Popen(
-        ns_exec(WORKLOAD_NS, sys.executable, "-c", code),
+        ns_exec(GWLB.workload_netns, sys.executable, "-c", code),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -166,14 +166,14 @@ def test_stray_return_traffic_is_dropped_with_a_named_counter(gwlb_lab: GwlbLab)
     stray = (
         "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW); "
         "from scapy.layers.inet import IP, UDP; "
-        f"p = bytes(IP(src='{INET_SERVICE_IP}', dst='{WORKLOAD_IP}') "
+        f"p = bytes(IP(src='{INET_SERVICE_IP}', dst='{GWLB.workload_ip}') "
         "/ UDP(sport=53, dport=40999)); "
-        f"[s.sendto(p, ('{WORKLOAD_IP}', 0)) for _ in range(3)]"
+        f"[s.sendto(p, ('{GWLB.workload_ip}', 0)) for _ in range(3)]"
     )
     # The appliance's own packets (from its GWLB-side address) are not GWLB traffic.
     own = (
         "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-        f"[s.sendto(b'x', ('{WORKLOAD_IP}', 9999)) for _ in range(3)]"
+        f"[s.sendto(b'x', ('{GWLB.workload_ip}', 9999)) for _ in range(3)]"
     )
     for code in (stray, own):
         proc = sh(netns, sys.executable, "-c", code)
@@ -188,20 +188,21 @@ def test_stray_return_traffic_is_dropped_with_a_named_counter(gwlb_lab: GwlbLab)
 def test_geneve_without_the_aws_options_is_dropped_with_a_named_counter(
     gwlb_lab: GwlbLab,
 ) -> None:
-    target = targets()[0]
+    target = GWLB.targets[0]
     before = gateway_counters(target.netns)
     code = (
         "import socket; from scapy.contrib.geneve import GENEVE, GeneveOptions; "
         "from scapy.layers.inet import IP, UDP; "
         "opts = [GeneveOptions(classid=0x0108, type=1, length=2, data=b'E' * 8), "
         "GeneveOptions(classid=0x0108, type=3, length=1, data=b'C' * 4)]; "
-        f"inner = IP(src='{WORKLOAD_IP}', dst='{INET_SERVICE_IP}') / UDP(sport=40123, dport=7); "
+        f"inner = IP(src='{GWLB.workload_ip}', dst='{INET_SERVICE_IP}') "
+        "/ UDP(sport=40123, dport=7); "
         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
         f"s.bind(('{target.sim_ip}', 0)); "
         "p = bytes(GENEVE(proto=0x0800, options=opts) / inner); "
         f"[s.sendto(p, ('{target.gateway_ip}', 6081)) for _ in range(4)]"
     )
-    proc = sh(GWLB_NS, sys.executable, "-c", code)
+    proc = sh(GWLB.netns, sys.executable, "-c", code)
     assert proc.returncode == 0, proc.stderr
     after = wait_for(
         lambda: (
@@ -219,10 +220,10 @@ def test_geneve_without_the_aws_options_is_dropped_with_a_named_counter(
 
 def test_pcap_of_the_gwlb_links_dissects_cleanly(gwlb_lab: GwlbLab, tmp_path: Path) -> None:
     pcap = tmp_path / "gwlb.pcap"
-    with _tcpdump(GWLB_NS, pcap, "udp port 6081"):
+    with _tcpdump(GWLB.netns, pcap, "udp port 6081"):
         seen = set()
         for _ in range(8):
-            seen.add(http_get_json(WORKLOAD_NS, f"http://{INET_SERVICE_IP}/")["client_ip"])
+            seen.add(http_get_json(GWLB.workload_netns, f"http://{INET_SERVICE_IP}/")["client_ip"])
     total = _tshark_count(pcap, "geneve")
     malformed = _tshark_count(pcap, "_ws.malformed || _ws.expert.severity == error")
     assert total >= 8 * 6  # at least SYN, SYN-ACK, request, response, FIN, ACK per curl
@@ -251,19 +252,20 @@ def test_pcap_of_the_gwlb_links_dissects_cleanly(gwlb_lab: GwlbLab, tmp_path: Pa
 
 
 def test_failed_health_check_moves_new_flows_to_the_other_gateway(gwlb_lab: GwlbLab) -> None:
-    down, up = targets()
+    down, up = GWLB.targets
     with _health_blocked(down.netns):
         gwlb_lab.wait_health(down.az, False)
         flows_before = gwlb_lab.state(settle=0)["targets"][down.az]["flows"]
         seen = {
-            http_get_json(WORKLOAD_NS, f"http://{INET_SERVICE_IP}/")["client_ip"] for _ in range(8)
+            http_get_json(GWLB.workload_netns, f"http://{INET_SERVICE_IP}/")["client_ip"]
+            for _ in range(8)
         }
         assert seen == {OUTSIDE_OF[up.netns]}
         assert gwlb_lab.state()["targets"][down.az]["flows"] == flows_before
     gwlb_lab.wait_health(down.az, True)
     seen = set()
     for _ in range(20):
-        seen.add(http_get_json(WORKLOAD_NS, f"http://{INET_SERVICE_IP}/")["client_ip"])
+        seen.add(http_get_json(GWLB.workload_netns, f"http://{INET_SERVICE_IP}/")["client_ip"])
         if OUTSIDE_OF[down.netns] in seen:
             break
     assert OUTSIDE_OF[down.netns] in seen

@@ -21,7 +21,7 @@ from control.steps.nftables import render_nftables
 from nfq import netfilter
 from nfq.policy import InspectionPolicy
 from perf.lab import ns_exec
-from tests.netns.helpers import sh, wait_for
+from tests.netns.helpers import reset_gateway, sh, wait_for
 
 GW = "cs-gw-a"
 WS = "cs-ws-a"
@@ -106,14 +106,12 @@ class Engine:
 def nat_gateway(lab: Any) -> Iterator[dict[str, Any]]:
     """cs-gw-a with the kernel NAT baseline (inet spectra), no XDP, empty conntrack."""
     had_table = sh(GW, "nft", "list", "table", "inet", "spectra").returncode == 0
-    for ifname in ("inside", "outside"):
-        sh(GW, "ip", "link", "set", "dev", ifname, "xdp", "off")
+    reset_gateway(GW)
     baseline = parse_document({"interfaces": {"inside": "inside", "outside": "outside"}})
     text = render_nftables(baseline, ["203.0.113.2"])
     proc = subprocess.run(ns_exec(GW, "nft", "-f", "-"), input=text, text=True,
                           capture_output=True, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    sh(GW, "conntrack", "-F")
     yield lab.status()
     netfilter.remove(netns=GW)
     if not had_table:

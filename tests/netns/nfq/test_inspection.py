@@ -223,8 +223,7 @@ def test_stream_depth_and_pass_rule_set_the_bypass_mark(inspect: Callable[..., E
 
 
 def test_passed_flow_is_offloaded_by_the_xdp_agent(inspect: Callable[..., Engine]) -> None:
-    from tests.netns.helpers import agent, document
-    from xdp import loader
+    from tests.netns.helpers import agent, agent_status, document, reset_gateway
 
     pol = InspectionPolicy(
         rules=(*RULES, 'pass tcp any any -> any 5201 (msg:"iperf trusted"; sid:1010;)'),
@@ -232,19 +231,15 @@ def test_passed_flow_is_offloaded_by_the_xdp_agent(inspect: Callable[..., Engine
     engine = inspect(pol)
     try:
         with agent(GW, document(interfaces={"data_plane": "xdp"})):
-            state = Path(f"/run/spectra/{GW}/status.json")
             with subprocess.Popen(ns_exec(WS, "iperf3", "-c", INET_SERVICE_IP, "-t", "8"),
                                   stdout=subprocess.PIPE, text=True) as client:  # fmt: skip
                 wait_for(lambda: 3 in ct_marks(5201), 5, "bypass mark on the iperf3 flows")
-                import json
-
                 wait_for(
-                    lambda: json.loads(state.read_text())["offload"].get("offloaded_total", 0)
-                    >= 1, 8, "offload of the passed flow",
-                )  # fmt: skip
+                    lambda: agent_status(GW)["offload"].get("offloaded_total", 0) >= 1,
+                    8,
+                    "offload of the passed flow",
+                )
                 assert client.wait(timeout=20) == 0
             assert engine.stats()["counters"].get("bypassed_pass", 0) >= 1
     finally:
-        for ifname in ("inside", "outside"):
-            sh(GW, "ip", "link", "set", "dev", ifname, "xdp", "off")
-        loader.unpin(loader.pin_dir_for(GW))
+        reset_gateway(GW)

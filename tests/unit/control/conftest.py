@@ -20,7 +20,7 @@ from control.api import ApiSettings, new_token
 from control.config.operations import ApiToken
 from control.store import SqliteStore, SsmStore
 from control.store.base import ConfigStore
-from perf import awsfake
+from perf.lab import awsfake
 
 ADMIN_TOKEN = new_token()
 READ_TOKEN = new_token()
@@ -80,7 +80,7 @@ def full_doc() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """A moto server on a random loopback port for the whole session, with the AWS
-    behaviours the gateway relies on that moto lacks (:mod:`perf.awsfake`)."""
+    behaviours the gateway relies on that moto lacks (:mod:`perf.lab.awsfake`)."""
     awsfake.patch()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

@@ -1,4 +1,4 @@
-"""perf.awsfake: the AWS behaviours the lab's moto server adds, through boto3 against a
+"""perf.lab.awsfake: the AWS behaviours the lab's moto server adds, through boto3 against a
 patched in-process moto server (lifecycle completion, address reassignment)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
-from perf import awsfake
+from perf.lab import awsfake
 
 pytestmark = pytest.mark.unit
 

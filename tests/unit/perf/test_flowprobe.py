@@ -1,4 +1,4 @@
-"""perf.flowprobe: the failover probe's gap arithmetic, and a run against echo servers on
+"""perf.lab.flowprobe: the failover probe's gap arithmetic, and a run against echo servers on
 loopback (every connection survives an undisturbed run; a server that resets is seen)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
-from perf.flowprobe import Gap, Probe, Summary, longest_gap
-from perf.labsvc import serve_udp_echo
+from perf.lab.flowprobe import Gap, Probe, Summary, longest_gap
+from perf.lab.echo import serve_udp_echo
 
 pytestmark = pytest.mark.unit
 

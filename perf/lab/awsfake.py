@@ -16,7 +16,7 @@ the way the EC2 and Auto Scaling API references describe them:
   of a launch hook leaves the instance ``InService``, an ``ABANDON`` marks it
   ``Terminating``.
 
-``python -m perf.awsfake --host H --port P`` runs a patched moto server (the lab's);
+``python -m perf.lab.awsfake --host H --port P`` runs a patched moto server (the lab's);
 tests that run moto in-process call :func:`patch` before starting it.
 """
 
@@ -135,7 +135,7 @@ def patch() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.awsfake", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m perf.lab.awsfake", description=__doc__)
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)

@@ -1,12 +1,6 @@
 """A userspace AWS Gateway Load Balancer for the lab (``cs-gwlb``) and the lab
-extension that builds it.
-
-    cs-ws-g eth0 10.0.100.10 ── ws 10.0.100.1 ┐
-                                              │ cs-gwlb (simulator process)
-    cs-gw-a gwlb 172.16.1.2 ── to-gw-a 172.16.1.1 ┤  GENEVE/6081, MTU 3000
-    cs-gw-b gwlb 172.16.2.2 ── to-gw-b 172.16.2.1 ┤
-    cs-inet to-gwlb 203.0.113.17 ── inet 203.0.113.18 ┘ (one-arm: the GWLB forwards
-                                                        returned traffic on, like a VPC)
+extension that builds it; its namespaces, links and addresses are
+:attr:`perf.lab.topology.Topology.gwlb`.
 
 The simulator takes workload traffic (AF_PACKET on ``ws``, and on ``inet`` for
 traffic toward the workload), encapsulates it as GWLB does (RFC 8926 GENEVE, AWS
@@ -19,7 +13,8 @@ health checks in a row (TCP connect to its health port) gets no new flows until 
 passes two again (https://docs.aws.amazon.com/elasticloadbalancing/latest/gateway/health-checks.html).
 
 Correctness, not speed: one Python process, raw sockets, a few thousand packets per
-second (enough for curl and a short iperf3).  ``python -m perf.gwlbsim up|down|serve|attach``.
+second (enough for curl and a short iperf3).
+``python -m perf.lab.gwlbsim up|down|status|serve|attach``.
 """
 
 from __future__ import annotations
@@ -47,28 +42,24 @@ from geneve.codec import GENEVE_PORT, GeneveHeader
 from geneve.encap import encapsulate, inner_protocol
 from geneve.errors import GeneveError
 from geneve.flowkey import InnerFlow
-from perf.lab import (
+from perf.lab.build import Lab, attach_peer_pass
+from perf.lab.host import (
     RUN_DIR,
-    TOPOLOGY,
-    Lab,
     LabError,
-    _peer_object,
     daemonize,
+    kill_all_in,
     ns_exec,
+    pid_alive,
     require_root,
+    run_here,
     run_in,
+    stop,
 )
+from perf.lab.topology import TOPOLOGY, GwlbTarget
 
 log = logging.getLogger("spectra.perf")
 
-GWLB_NS = "cs-gwlb"
-WORKLOAD_NS = "cs-ws-g"
-WORKLOAD_CIDR = "10.0.100.0/24"
-WORKLOAD_IP = "10.0.100.10"
-WS_IF, WS_GW_IP = "ws", "10.0.100.1"
-INET_IF, INET_IP, INET_PEER_IF, INET_PEER_IP = "inet", "203.0.113.18", "to-gwlb", "203.0.113.17"
-GWLB_IF = "gwlb"  # the new interface in each gateway namespace
-GWLB_MTU = 3000  # below veth's native-XDP MTU limit (one page per frame)
+SEG = TOPOLOGY.gwlb
 HEALTH_PORT = 8081
 ONE_ARM_TABLE = 1081
 STATE_FILE = RUN_DIR / "gwlbsim.json"
@@ -77,31 +68,13 @@ ETH_P_IP = 0x0800
 PACKET_HOST = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One gateway behind the simulator."""
-
-    az: str
-    netns: str
-    gateway_ip: str  # the gateway's address on its gwlb interface
-    sim_ip: str  # the simulator's address toward it
-    sim_if: str
-
-
-def targets() -> tuple[Target, ...]:
-    return tuple(
-        Target(gw.az, gw.netns, f"172.16.{n}.2", f"172.16.{n}.1", f"to-gw-{gw.az}")
-        for n, gw in enumerate(TOPOLOGY.gateways, start=1)
-    )
-
-
 # --------------------------------------------------------------------------------------
 # the simulator process
 
 
 @dataclass(slots=True)
 class TargetState:
-    target: Target
+    target: GwlbTarget
     healthy: bool = False
     fails: int = 0
     passes: int = 0
@@ -140,12 +113,12 @@ class Simulator:
         self.rng = random.Random(seed)
         self.tlv_base = (self.rng.getrandbits(64), self.rng.getrandbits(64))
         self.health_port = health_port
-        self.targets = [TargetState(t) for t in targets()]
+        self.targets = [TargetState(t) for t in SEG.targets]
         self.flows: dict[bytes, SimFlow] = {}
         self.counters = Counters()
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        self.local = {WS_GW_IP, INET_IP, *(t.sim_ip for t in targets())}
+        self.local = {SEG.ws_ip, SEG.inet_ip, *(t.sim_ip for t in SEG.targets)}
 
     # -- flows ---------------------------------------------------------------------------
 
@@ -270,7 +243,7 @@ class Simulator:
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
         sel = selectors.DefaultSelector()
         taps = {}
-        for ifname, from_internet in ((WS_IF, False), (INET_IF, True)):
+        for ifname, from_internet in ((SEG.ws_if, False), (SEG.inet_if, True)):
             tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
             tap.bind((ifname, ETH_P_IP))
             tap.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -323,12 +296,7 @@ def _tcp_check(ip: str, port: int, timeout: float) -> bool:
 
 def _sh(ns: str | None, *argv: str, check: bool = True) -> str:
     if ns is None:
-        import subprocess
-
-        proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
-        if check and proc.returncode:
-            raise LabError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
-        return proc.stdout
+        return run_here(*argv, check=check)
     return run_in(ns, *argv, check=check).stdout
 
 
@@ -338,24 +306,8 @@ def _exists(ns: str, ifname: str) -> bool:
 
 def _veth(ns_a: str, if_a: str, ns_b: str, if_b: str, mtu: int = 1500) -> None:
     if not _exists(ns_a, if_a):
-        _sh(
-            ns_a,
-            "ip",
-            "link",
-            "add",
-            if_a,
-            "mtu",
-            str(mtu),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            if_b,
-            "netns",
-            ns_b,
-            "mtu",
-            str(mtu),
-        )
+        _sh(ns_a, "ip", "link", "add", if_a, "mtu", str(mtu), "type", "veth",
+            "peer", "name", if_b, "netns", ns_b, "mtu", str(mtu))  # fmt: skip
     _sh(ns_a, "ip", "link", "set", if_a, "up")
     _sh(ns_b, "ip", "link", "set", if_b, "up")
 
@@ -374,48 +326,38 @@ class GwlbLab:
     def up(self, *, health: bool = True) -> dict[str, Any]:
         require_root()
         self.lab.up()
+        inet = TOPOLOGY.inet_netns
         existing = set(_sh(None, "ip", "netns", "list").split())
-        for ns in (GWLB_NS, WORKLOAD_NS):
+        for ns in SEG.namespaces:
             if ns not in existing:
                 _sh(None, "ip", "netns", "add", ns)
             _sh(ns, "ip", "link", "set", "lo", "up")
-        _veth(WORKLOAD_NS, "eth0", GWLB_NS, WS_IF)
-        _addr(WORKLOAD_NS, "eth0", f"{WORKLOAD_IP}/24")
-        _addr(GWLB_NS, WS_IF, f"{WS_GW_IP}/24")
-        _sh(WORKLOAD_NS, "ip", "route", "replace", "default", "via", WS_GW_IP)
+        _veth(SEG.workload_netns, SEG.workload_if, SEG.netns, SEG.ws_if)
+        _addr(SEG.workload_netns, SEG.workload_if, f"{SEG.workload_ip}/24")
+        _addr(SEG.netns, SEG.ws_if, f"{SEG.ws_ip}/24")
+        _sh(SEG.workload_netns, "ip", "route", "replace", "default", "via", SEG.ws_ip)
         # Full checksums on what the workload sends: the simulator copies the bytes.
-        _sh(WORKLOAD_NS, "ethtool", "-K", "eth0", "tx", "off")
-        _veth(GWLB_NS, INET_IF, TOPOLOGY.inet_netns, INET_PEER_IF)
-        _addr(GWLB_NS, INET_IF, f"{INET_IP}/29")
-        _addr(TOPOLOGY.inet_netns, INET_PEER_IF, f"{INET_PEER_IP}/29")
-        _sh(TOPOLOGY.inet_netns, "ethtool", "-K", INET_PEER_IF, "tx", "off")
-        _sh(TOPOLOGY.inet_netns, "ip", "route", "replace", WORKLOAD_CIDR, "via", INET_IP)
-        _sh(GWLB_NS, "ip", "route", "replace", "default", "via", INET_PEER_IP)
+        _sh(SEG.workload_netns, "ethtool", "-K", SEG.workload_if, "tx", "off")
+        _veth(SEG.netns, SEG.inet_if, inet, SEG.inet_peer_if)
+        _addr(SEG.netns, SEG.inet_if, f"{SEG.inet_ip}/29")
+        _addr(inet, SEG.inet_peer_if, f"{SEG.inet_peer_ip}/29")
+        _sh(inet, "ethtool", "-K", SEG.inet_peer_if, "tx", "off")
+        _sh(inet, "ip", "route", "replace", SEG.workload_cidr, "via", SEG.inet_ip)
+        _sh(SEG.netns, "ip", "route", "replace", "default", "via", SEG.inet_peer_ip)
         # The simulator, not the kernel, moves packets: no forwarding, no ICMP errors.
-        _sh(GWLB_NS, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
-        for t in targets():
-            _veth(t.netns, GWLB_IF, GWLB_NS, t.sim_if, GWLB_MTU)
-            _addr(t.netns, GWLB_IF, f"{t.gateway_ip}/24")
-            _addr(GWLB_NS, t.sim_if, f"{t.sim_ip}/24")
-            _sh(GWLB_NS, "ethtool", "-K", t.sim_if, "tx", "off")
-            if "xdp" not in _sh(GWLB_NS, "ip", "-d", "link", "show", "dev", t.sim_if).split():
-                _sh(
-                    GWLB_NS,
-                    "ip",
-                    "link",
-                    "set",
-                    "dev",
-                    t.sim_if,
-                    "xdpdrv",
-                    "obj",
-                    str(_peer_object()),
-                    "sec",
-                    "xdp",
-                )
+        _sh(SEG.netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+        gwlb_if = SEG.gateway_if
+        for t in SEG.targets:
+            _veth(t.netns, gwlb_if, SEG.netns, t.sim_if, SEG.mtu)
+            _addr(t.netns, gwlb_if, f"{t.gateway_ip}/24")
+            _addr(SEG.netns, t.sim_if, f"{t.sim_ip}/24")
+            _sh(SEG.netns, "ethtool", "-K", t.sim_if, "tx", "off")
+            attach_peer_pass(SEG.netns, t.sim_if)
             # two-arm return route: replies to the workload go back through the GWLB
-            _sh(t.netns, "ip", "route", "replace", WORKLOAD_CIDR, "via", t.sim_ip, "dev", GWLB_IF)
-            _sh(t.netns, "sysctl", "-q", "-w", f"net.ipv4.conf.{GWLB_IF}.rp_filter=0")
-            _sh(t.netns, "sysctl", "-q", "-w", f"net.ipv4.conf.{GWLB_IF}.send_redirects=0")
+            _sh(t.netns, "ip", "route", "replace", SEG.workload_cidr, "via", t.sim_ip,
+                "dev", gwlb_if)  # fmt: skip
+            _sh(t.netns, "sysctl", "-q", "-w", f"net.ipv4.conf.{gwlb_if}.rp_filter=0")
+            _sh(t.netns, "sysctl", "-q", "-w", f"net.ipv4.conf.{gwlb_if}.send_redirects=0")
             if health:
                 self.start_health(t.az)
         self.start_simulator()
@@ -424,22 +366,15 @@ class GwlbLab:
     # -- processes -----------------------------------------------------------------------
 
     def start_simulator(self) -> None:
-        if _alive(PIDFILE):
+        if pid_alive(PIDFILE):
             return
         STATE_FILE.unlink(missing_ok=True)
         daemonize(
-            ns_exec(
-                GWLB_NS,
-                sys.executable,
-                "-m",
-                "perf.gwlbsim",
-                "serve",
-                "--health-port",
-                str(self.health_port),
-            ),
+            ns_exec(SEG.netns, sys.executable, "-m", "perf.lab.gwlbsim", "serve",
+                    "--health-port", str(self.health_port)),
             PIDFILE,
             RUN_DIR / "gwlbsim.log",
-        )
+        )  # fmt: skip
         deadline = time.monotonic() + 10
         while not STATE_FILE.exists():
             if time.monotonic() > deadline:
@@ -450,8 +385,8 @@ class GwlbLab:
         return RUN_DIR / f"gwlb-health-{az}.pid"
 
     def start_health(self, az: str) -> None:
-        t = _target(az)
-        if _alive(self._health_pidfile(az)):
+        t = SEG.target(az)
+        if pid_alive(self._health_pidfile(az)):
             return
         daemonize(
             ns_exec(
@@ -462,7 +397,7 @@ class GwlbLab:
         )
 
     def stop_health(self, az: str) -> None:
-        _kill(self._health_pidfile(az))
+        stop(self._health_pidfile(az), wait=3.0)
 
     def state(self, settle: float = 0.5, timeout: float = 5.0) -> dict[str, Any]:
         """The simulator's counters as of at least ``settle`` seconds after this call
@@ -494,98 +429,44 @@ class GwlbLab:
         """Kernel routing of decapsulated traffic in a gateway: ``two-arm`` (main table:
         out of the outside interface, NAT) or ``one-arm`` (policy route ``iif gwlb``
         back to the GWLB, re-encapsulated at tc egress)."""
-        t = _target(az)
-        table = str(ONE_ARM_TABLE)
-        _sh(t.netns, "ip", "rule", "del", "iif", GWLB_IF, "table", table, check=False)
+        t = SEG.target(az)
+        table, gwlb_if = str(ONE_ARM_TABLE), SEG.gateway_if
+        _sh(t.netns, "ip", "rule", "del", "iif", gwlb_if, "table", table, check=False)
         if mode == "one-arm":
-            _sh(
-                t.netns,
-                "ip",
-                "route",
-                "replace",
-                "default",
-                "via",
-                t.sim_ip,
-                "dev",
-                GWLB_IF,
-                "table",
-                table,
-            )
-            _sh(t.netns, "ip", "rule", "add", "iif", GWLB_IF, "table", table, "pref", "1081")
+            _sh(t.netns, "ip", "route", "replace", "default", "via", t.sim_ip, "dev", gwlb_if,
+                "table", table)  # fmt: skip
+            _sh(t.netns, "ip", "rule", "add", "iif", gwlb_if, "table", table, "pref", "1081")
 
     # -- down / status -------------------------------------------------------------------
 
     def down(self) -> None:
         """Remove the simulator, health responders, namespaces, links, rules, routes."""
         require_root()
-        _kill(PIDFILE)
-        for t in targets():
-            _kill(self._health_pidfile(t.az))
+        stop(PIDFILE, wait=3.0)
+        for t in SEG.targets:
+            stop(self._health_pidfile(t.az), wait=3.0)
         present = set(_sh(None, "ip", "netns", "list").split())
-        for t in targets():
+        table = str(ONE_ARM_TABLE)
+        for t in SEG.targets:
             if t.netns in present:
-                _sh(
-                    t.netns,
-                    "ip",
-                    "rule",
-                    "del",
-                    "iif",
-                    GWLB_IF,
-                    "table",
-                    str(ONE_ARM_TABLE),
-                    check=False,
-                )
-                _sh(t.netns, "ip", "route", "flush", "table", str(ONE_ARM_TABLE), check=False)
-        for ns in (GWLB_NS, WORKLOAD_NS):
+                _sh(t.netns, "ip", "rule", "del", "iif", SEG.gateway_if, "table", table,
+                    check=False)  # fmt: skip
+                _sh(t.netns, "ip", "route", "flush", "table", table, check=False)
+        for ns in SEG.namespaces:
             if ns in present:
-                for pid in _pids_in(ns):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                kill_all_in(ns)
                 _sh(None, "ip", "netns", "del", ns)
         STATE_FILE.unlink(missing_ok=True)
 
     def status(self) -> dict[str, Any]:
         return {
-            "gwlb_netns": GWLB_NS,
-            "workload_netns": WORKLOAD_NS,
-            "workload_ip": WORKLOAD_IP,
-            "targets": [asdict(t) for t in targets()],
-            "simulator_running": _alive(PIDFILE) is not None,
+            "gwlb_netns": SEG.netns,
+            "workload_netns": SEG.workload_netns,
+            "workload_ip": SEG.workload_ip,
+            "targets": [asdict(t) for t in SEG.targets],
+            "simulator_running": pid_alive(PIDFILE) is not None,
             "health_port": self.health_port,
         }
-
-
-def _target(az: str) -> Target:
-    for t in targets():
-        if t.az == az:
-            return t
-    raise LabError(f"unknown AZ {az!r}")
-
-
-def _alive(pidfile: Path) -> int | None:
-    try:
-        pid = int(pidfile.read_text())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
-
-
-def _kill(pidfile: Path) -> None:
-    pid = _alive(pidfile)
-    if pid:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and _alive(pidfile):
-            time.sleep(0.05)
-    pidfile.unlink(missing_ok=True)
-
-
-def _pids_in(ns: str) -> list[int]:
-    from perf.lab import _pids_in_netns
-
-    return _pids_in_netns(ns)
 
 
 # --------------------------------------------------------------------------------------
@@ -602,7 +483,7 @@ def attach_gateway(
     from geneve import Gwlb
 
     netns.setns(netns_name, flags=0)
-    gwlb = Gwlb(netns_name, GWLB_IF, mode=mode, idle_timeout=idle_timeout)  # type: ignore[arg-type]
+    gwlb = Gwlb(netns_name, SEG.gateway_if, mode=mode, idle_timeout=idle_timeout)  # type: ignore[arg-type]
     gwlb.load()
     if gwlb.mode != mode:
         gwlb.mode = mode  # type: ignore[assignment]
@@ -614,7 +495,9 @@ def attach_gateway(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m perf.gwlbsim", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m perf.lab.gwlbsim", description=__doc__.split("\n")[0]
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up")
     sub.add_parser("down")

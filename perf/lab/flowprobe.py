@@ -12,7 +12,7 @@ killed, it answers the two questions of a failover:
   reset, no mismatch and no stall (a connection that stops echoing for ``stall_s`` is
   counted as lost even if its socket stays open).
 
-``python -m perf.flowprobe --target IP --duration S --json F`` prints and saves one JSON
+``python -m perf.lab.flowprobe --target IP --duration S --json F`` prints and saves one JSON
 summary (:class:`Summary`); it stops early on SIGTERM/SIGINT and still writes it.
 """
 
@@ -285,7 +285,7 @@ async def _main(args: argparse.Namespace) -> Summary:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perf.flowprobe", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m perf.lab.flowprobe", description=__doc__)
     parser.add_argument("--target", required=True, help="echo servers' address")
     parser.add_argument("--tcp-port", type=int, default=7)
     parser.add_argument("--udp-port", type=int, default=7)

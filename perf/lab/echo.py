@@ -1,8 +1,8 @@
-"""Small servers for the lab's internet namespace: an HTTP server that tells each client
-the source address it saw (so tests can check the gateway's translation), a UDP echo and
-a TCP echo (the failover probe's long-lived connections, :mod:`perf.flowprobe`).
-
-Run as ``python -m perf.labsvc http|udp-echo|tcp-echo ADDRESS PORT``.
+"""Echo servers for the lab's internet namespace: an HTTP server that tells each client
+the source address it saw (so tests can check the gateway's translation) and serves
+``/bytes/N``, a UDP echo and a TCP echo (the failover probe's long-lived connections,
+:mod:`perf.lab.flowprobe`). :mod:`perf.lab.servers` runs them as
+``python -m perf.lab.echo http|udp-echo|tcp-echo ADDRESS PORT``.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ SERVERS = {"http": serve_http, "udp-echo": serve_udp_echo, "tcp-echo": serve_tcp
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[0] not in SERVERS:
-        print(f"usage: python -m perf.labsvc {'|'.join(SERVERS)} ADDRESS PORT", file=sys.stderr)
+        print(f"usage: python -m perf.lab.echo {'|'.join(SERVERS)} ADDRESS PORT", file=sys.stderr)
         return 2
     SERVERS[argv[0]](argv[1], int(argv[2]))
     return 0

@@ -1,0 +1,150 @@
+"""What the lab does on the host: the root check, commands inside a namespace,
+detached processes with pidfiles, the lab lock, and finding every process of a
+namespace. The lab's state (pidfiles, logs, the config store of ``spectra lab run``)
+lives in :data:`RUN_DIR`; its BPF pins under :data:`BPF_PIN_ROOT`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+RUN_DIR = Path("/run/spectra-lab")
+BPF_PIN_ROOT = Path("/sys/fs/bpf/spectra")
+LOCK_FILE = Path("/run/spectra-lab.lock")
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+class LabError(RuntimeError):
+    """The lab could not be built, inspected or removed."""
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError(
+            "the lab needs root (network namespaces, veth links, bpffs): run it with sudo"
+        )
+
+
+@contextlib.contextmanager
+def exclusive(timeout: float = 900.0) -> Iterator[None]:
+    """Hold the lab for one user at a time (a test session, a benchmark run)."""
+    with LOCK_FILE.open("a") as fh:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LabError(
+                        f"the lab is busy (lock {LOCK_FILE}) for {timeout:.0f}s"
+                    ) from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ns_exec(ns: str, *argv: str) -> list[str]:
+    """The argv that runs a command inside namespace ``ns``."""
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+def run_in(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(ns_exec(ns, *argv), capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(argv)} in {ns} failed: {proc.stderr.strip()}")
+    return proc
+
+
+def run_here(*argv: str, check: bool = True) -> str:
+    """Run a command in the host's own namespace; its stdout."""
+    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    if check and proc.returncode:
+        raise LabError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def daemonize(argv: list[str], pidfile: Path, logfile: Path) -> int:
+    """Start ``argv`` detached (own session, reparented to init) and record its pid."""
+    pidfile.unlink(missing_ok=True)
+    script = 'echo $$ > "$0"; exec "$@" >>"$LOG" 2>&1 </dev/null'
+    subprocess.run(
+        ["setsid", "-f", "sh", "-c", script, str(pidfile), *argv],
+        env={**os.environ, "LOG": str(logfile), "PYTHONPATH": _PROJECT_ROOT},
+        check=True,
+    )
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return int(pidfile.read_text())
+        time.sleep(0.01)
+    raise LabError(f"{argv[0]} did not start (no pid in {pidfile})")
+
+
+def pid_alive(pidfile: Path) -> int | None:
+    """The pid recorded in ``pidfile`` when that process runs, else None."""
+    try:
+        pid = int(pidfile.read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def stop(pidfile: Path, wait: float) -> None:
+    """SIGTERM the process group of ``pidfile``'s process, wait up to ``wait`` seconds
+    for it to go, and remove the pidfile."""
+    pid = pid_alive(pidfile)
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and pid_alive(pidfile):
+            time.sleep(0.05)
+    pidfile.unlink(missing_ok=True)
+
+
+def pids_in_netns(ns: str) -> list[int]:
+    """Processes whose network namespace is ``ns`` (servers, agents, generators)."""
+    try:
+        target = os.stat(f"/run/netns/{ns}")
+    except FileNotFoundError:
+        return []
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            st = os.stat(entry / "ns" / "net")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_all_in(ns: str) -> None:
+    """SIGKILL every process of namespace ``ns``."""
+    for pid in pids_in_netns(ns):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def remove_tree(path: Path) -> None:
+    if not path.exists():
+        return
+    for child in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if child.is_dir():
+            child.rmdir()
+        else:
+            child.unlink()
+    path.rmdir()
