@@ -29,20 +29,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from control.aws.health import DataPathHealth
 from control.aws.imds import Imds, ImdsError, InstanceIdentity
 from control.aws.lease import Lease
 from control.aws.session import describe_error
-from control.aws.takeover import Report, Takeover
+from control.aws.takeover import Enis, Report, Takeover, Zone, prefix_len
+from control.config import ConfigDocument
 
 log = logging.getLogger("spectra.aws")
 
 BOOT_STEPS = ("imds", "source_dest_check", "converge", "health", "lease", "lifecycle")
 
 
+@runtime_checkable
 class SyncRole(Protocol):
     """Conntrack state sync as leadership changes (conntrackd in the product)."""
 
@@ -130,7 +134,9 @@ class Ha:
 
     def boot(self, stop: threading.Event) -> bool:
         """Run the boot steps; ``True`` once the instance may join the lease."""
-        self._mark("imds", "ok", f"{self.identity.instance_id} in {self.identity.availability_zone}")
+        self._mark(
+            "imds", "ok", f"{self.identity.instance_id} in {self.identity.availability_zone}"
+        )
         enis = (self.takeover.enis.outside_eni, self.takeover.enis.inside_eni)
         try:
             for eni in enis:
@@ -141,11 +147,15 @@ class Ha:
         except (ClientError, BotoCoreError) as exc:
             self._mark("source_dest_check", "failed", describe_error(exc))
             return False
+        if self._health() and self.lease.resume():
+            # an agent restart: the pinned data plane kept forwarding and the lease is
+            # still ours; keep it instead of letting it run out under the standby
+            for step in ("converge", "health"):
+                self._mark(step, "ok", "resumed: the pinned data plane kept forwarding")
+            return True
         if not self._wait(stop, self._converged, "converge", "the data plane is converged"):
             return False
-        if not self._wait(stop, self._health, "health", "the data path answers"):
-            return False
-        return True
+        return self._wait(stop, self._health, "health", "the data path answers")
 
     def _wait(self, stop: threading.Event, check: Callable[[], bool], step: str, ok: str) -> bool:
         deadline = self._booted_at + (self._lifecycle.launch_timeout_s if self._lifecycle else 1e9)
@@ -166,7 +176,9 @@ class Ha:
 
     def _complete(self, which: str, result: str, reason: str) -> None:
         lc = self._lifecycle
-        hook = None if lc is None else (lc.launch_hook if which == "launch" else lc.termination_hook)
+        hook = (
+            None if lc is None else (lc.launch_hook if which == "launch" else lc.termination_hook)
+        )
         if lc is None or hook is None:
             self._mark("lifecycle", "skipped", "not in an Auto Scaling group with this hook")
             return
@@ -267,9 +279,169 @@ class Ha:
             "role": s.role,
             "instance_id": self.identity.instance_id,
             "availability_zone": self.identity.availability_zone,
-            "boot": {k: {"state": v.state, "detail": v.detail, "at": v.at} for k, v in s.boot.items()},
+            "boot": {
+                k: {"state": v.state, "detail": v.detail, "at": v.at} for k, v in s.boot.items()
+            },
             "takeover": s.takeover,
             "sync": s.sync,
             "lease": self.lease.status(),
             "error": s.error,
         }
+
+
+def _mac(ifname: str) -> str | None:
+    try:
+        return Path(f"/sys/class/net/{ifname}/address").read_text().strip().lower()
+    except OSError:
+        return None
+
+
+def enis_for(identity: InstanceIdentity, outside: str, inside: str) -> Enis:
+    """Which ENI is which OS interface, matched by MAC address."""
+    by_mac = {i.mac.lower(): i for i in identity.interfaces}
+    found = {}
+    for role, ifname in (("outside", outside), ("inside", inside)):
+        mac = _mac(ifname)
+        if mac is None or mac not in by_mac:
+            raise ImdsError(
+                f"interfaces.{role}: {ifname!r} (MAC {mac}) is none of this instance's ENIs "
+                f"({', '.join(f'{i.interface_id} {i.mac}' for i in identity.interfaces)})"
+            )
+        found[role] = by_mac[mac]
+    cidr = found["outside"].subnet_cidr
+    if cidr is None:
+        raise ImdsError(f"IMDS names no subnet CIDR for {found['outside'].interface_id}")
+    return Enis(
+        found["outside"].interface_id, outside, found["inside"].interface_id, prefix_len(cidr)
+    )
+
+
+class HaRunner:
+    """The agent's AWS side: the instance identity (IMDS, once), then :class:`Ha` built
+    from the document's ``aws`` section and run on its own thread; rebuilt when the
+    section changes (a restart of the loop keeps the lease: :meth:`Lease.resume`)."""
+
+    def __init__(
+        self,
+        imds: Imds,
+        converged: Callable[[], bool],
+        sync: Callable[[], SyncRole | None],
+    ) -> None:
+        self.imds = imds
+        self.identity: InstanceIdentity | None = None
+        self._converged = converged
+        self._sync = sync
+        self._section: Any = None
+        self._ha: Ha | None = None
+        self._aws: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+
+    def identify(self, stop: threading.Event) -> InstanceIdentity | None:
+        """Read the instance identity, retrying until it answers or ``stop``."""
+        while self.identity is None and not stop.is_set():
+            try:
+                self.identity = self.imds.identity()
+                self.error = None
+            except ImdsError as exc:
+                self.error = str(exc)
+                log.error("instance metadata: %s", exc)
+                stop.wait(2.0)
+        return self.identity
+
+    def configure(self, doc: ConfigDocument) -> None:
+        """Start, restart or stop the HA loop for ``doc``'s ``aws`` section."""
+        from control.aws import build
+
+        section = doc.aws
+        if section == self._section and (self._thread is None or self._thread.is_alive()):
+            return
+        self.stop()
+        self._section = section
+        identity = self.identity
+        if identity is None or identity.availability_zone not in section.zones:
+            self.error = (
+                None
+                if identity is None
+                else f"aws.zones has no entry for {identity.availability_zone}: no leader election"
+            )
+            return
+        try:
+            aws = build(section, identity)
+            zone_cfg = section.zones[identity.availability_zone]
+            zone = Zone(
+                identity.availability_zone,
+                str(zone_cfg.nat_address),
+                zone_cfg.elastic_ip_allocation_id,
+                tuple(zone_cfg.route_tables),
+            )
+            enis = enis_for(identity, doc.interfaces.outside, doc.interfaces.inside)
+            health = DataPathHealth(
+                doc.interfaces.inside,
+                doc.interfaces.outside,
+                section.health.probe,
+                section.health.timeout_s,
+            )
+            sessions = aws.sessions
+            lease = aws.lease(health)
+            takeover = Takeover(
+                zone, enis, lambda: sessions.instance_client("ec2"), lambda: sessions.client("ec2")
+            )
+            lc = section.lifecycle
+            lifecycle = self._lifecycle(sessions, identity, lc)
+        except (ImdsError, ValueError, ClientError, BotoCoreError) as exc:
+            self.error = str(exc)
+            log.error("AWS high availability not started: %s", exc)
+            return
+        self._aws = aws
+        self._ha = Ha(
+            self.imds,
+            lease,
+            takeover,
+            lambda: sessions.instance_client("ec2"),
+            lambda: sessions.instance_client("autoscaling"),
+            self._converged,
+            health,
+            identity=identity,
+            sync=self._sync(),
+            lifecycle=lifecycle,
+        )
+        self.error = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._ha.run, args=(self._stop,), name="spectra-ha", daemon=True
+        )
+        self._thread.start()
+
+    @staticmethod
+    def _lifecycle(sessions: Any, identity: InstanceIdentity, lc: Any) -> Lifecycle | None:
+        if lc.launch_hook is None and lc.termination_hook is None:
+            return None
+        found = sessions.instance_client("autoscaling").describe_auto_scaling_instances(
+            InstanceIds=[identity.instance_id]
+        )["AutoScalingInstances"]
+        if not found:
+            return None
+        return Lifecycle(
+            found[0]["AutoScalingGroupName"],
+            lc.launch_hook,
+            lc.termination_hook,
+            lc.launch_timeout_s,
+        )
+
+    def stop(self) -> None:
+        """Stop the loop; the lease runs out by itself (a restarted agent resumes it)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._thread = None
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.error, "imds": self.imds.status()}
+        if self._ha is not None:
+            out |= self._ha.as_dict()
+        if self._aws is not None:
+            out["sessions"] = self._aws.sessions.status()
+            out["notify"] = self._aws.notifier.status()
+        return out

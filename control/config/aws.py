@@ -218,9 +218,7 @@ class Aws(StrictModel):
                     )
                 )
             if zone.fail_over_to == name:
-                issues.append(
-                    Issue(("zones", name, "fail_over_to"), name, "expected another zone")
-                )
+                issues.append(Issue(("zones", name, "fail_over_to"), name, "expected another zone"))
             for i, rtb in enumerate(zone.route_tables):
                 first = owners.setdefault(rtb, name)
                 if first != name:

@@ -49,6 +49,10 @@ class Host(Protocol):
         """IPv4 addresses of ``ifname``; raises :class:`ConvergeError` if it is absent."""
         ...
 
+    def zone(self) -> str | None:
+        """This instance's Availability Zone (``None``: not on AWS, or any zone)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class AnyHost:
@@ -60,9 +64,19 @@ class AnyHost:
     def addresses(self, ifname: str) -> list[str]:
         return list(self.outside)
 
+    def zone(self) -> str | None:
+        return None
+
 
 class KernelHost:
-    """This machine, as the agent sees it: addresses from the current network namespace."""
+    """This machine, as the agent sees it: addresses from the current network namespace,
+    and the Availability Zone the instance metadata named (set once known)."""
+
+    def __init__(self, zone: str | None = None) -> None:
+        self.availability_zone = zone
+
+    def zone(self) -> str | None:
+        return self.availability_zone
 
     def addresses(self, ifname: str) -> list[str]:
         from pyroute2 import IPRoute
