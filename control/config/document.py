@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from ai.config import AIConfig
 from control.config.errors import ConfigValidationError, FieldError, render_errors
+from control.config.ha import Ha
 from control.config.issues import Issue, Issues, Loc, format_path
 from control.config.network import Interfaces, Nat, PortForward, Rules
 from control.config.secrets import secret_field_names
@@ -42,6 +43,7 @@ class ConfigDocument(StrictModel):
     tls: Tls = Tls()
     load_balancer: LoadBalancer = LoadBalancer()
     gwlb: Gwlb = Gwlb()
+    ha: Ha = Ha()
     ai: AIConfig = AIConfig()
     logging: Logging = Logging()
     metrics: Metrics = Metrics()
