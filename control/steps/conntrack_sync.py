@@ -102,6 +102,7 @@ class ConntrackSyncStep:
         self.running: str | None = None  # the config text the running daemon started with
         self.pid: int | None = None
         self.restarts = 0
+        self.exit_status: int | None = None  # of the last daemon of ours that exited
         self.role: Role | None = None
         self.last_transition: Transition | None = None
         self._version: str | None = None
@@ -150,7 +151,7 @@ class ConntrackSyncStep:
                 )
             if len(os.fsencode(self.paths.socket)) > conntrackd.SUN_PATH_MAX:
                 raise ConvergeError(
-                    f"conntrack_sync: the control socket path {self.paths.socket} is longer "
+                    f"the control socket path {self.paths.socket} is longer "
                     f"than a UNIX socket path may be ({conntrackd.SUN_PATH_MAX} bytes)"
                 )
             text = render_config(part, self.paths)
@@ -283,9 +284,16 @@ class ConntrackSyncStep:
     def _alive(self) -> bool:
         if self.pid is None:
             return False
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, os.WNOHANG)  # reap it if it was our child and died
-        return _is_daemon(self.pid, self.paths.config)
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # not our child: a daemon adopted from an earlier agent
+            return _is_daemon(self.pid, self.paths.config)
+        if pid:
+            self.exit_status = os.waitstatus_to_exitcode(status)
+            return False
+        # Our child, not exited (and not reaped, so its pid cannot be reused). Its
+        # /proc cmdline can still be empty just after the spawn: it is not asked.
+        return True
 
     def _start(self, text: str) -> None:
         self._stop()
@@ -306,6 +314,7 @@ class ConntrackSyncStep:
             (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
             (os.POSIX_SPAWN_DUP2, 1, 2),
         ]  # the console copy of its log: the log file has it
+        self.exit_status = None
         self.pid = os.posix_spawn(binary, argv, dict(os.environ), file_actions=quiet, setsid=True)
         self.running = text
         self._version = self._version or conntrackd.version()
@@ -320,7 +329,9 @@ class ConntrackSyncStep:
         pid, self.pid, self.running = self.pid, None, None
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        raise ConvergeError(f"conntrack_sync: conntrackd did not start: {self._log_tail()}")
+        raise ConvergeError(
+            f"conntrackd did not start (exit status {self.exit_status}): {self._log_tail()}"
+        )
 
     def _stop(self) -> None:
         if not self._alive():

@@ -36,7 +36,9 @@ def document(**sync: Any) -> dict[str, Any]:
     return {
         "interfaces": {"inside": "inside", "outside": "outside"},
         "nat": {"outside_addresses": ["10.0.2.99"]},
-        "ha": {"conntrack_sync": {"enabled": True, "interface": "sync", "members": MEMBERS, **sync}},
+        "ha": {
+            "conntrack_sync": {"enabled": True, "interface": "sync", "members": MEMBERS, **sync}
+        },
     }
 
 
@@ -101,7 +103,10 @@ def test_render_ignores_the_gateways_own_addresses_but_not_the_moving_nat_addres
 def test_sync_interface_defaults_to_the_inside_one() -> None:
     host = FakeHost(inside=["10.0.1.10", "169.254.77.1"])
     settings = ConntrackSyncStep.render(parse_document(document(interface=None)), host)
-    assert settings is not None and (settings.interface, settings.local) == ("inside", "169.254.77.1")
+    assert settings is not None and (settings.interface, settings.local) == (
+        "inside",
+        "169.254.77.1",
+    )
 
 
 @pytest.mark.parametrize("on_link", [[], MEMBERS])
@@ -120,7 +125,9 @@ def test_config_api_dry_run_renders_without_a_sync_link() -> None:
 
 def test_config_text_is_ftfw_over_unicast_udp_with_per_instance_paths(tmp_path: Path) -> None:
     paths = DaemonPaths.under(tmp_path / "run", tmp_path / "log")
-    settings = SyncSettings("sync", "169.254.77.2", "169.254.77.1", 3790, ("127.0.0.0/8", "10.0.1.10"))
+    settings = SyncSettings(
+        "sync", "169.254.77.2", "169.254.77.1", 3790, ("127.0.0.0/8", "10.0.1.10")
+    )
     text = render_config(settings, paths)
     assert text.count("{") == text.count("}")
     lines = [line.strip() for line in text.splitlines()]
