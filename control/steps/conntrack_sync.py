@@ -43,6 +43,7 @@ log = logging.getLogger("spectra.control")
 STATS_SECONDS = 5.0
 START_SECONDS = 5.0
 STOP_SECONDS = 5.0
+RETRY_SECONDS = 5.0
 
 Role = Literal["leader", "standby"]
 
@@ -108,6 +109,7 @@ class ConntrackSyncStep:
         self._version: str | None = None
         self._caches: dict[str, int] = {}
         self._next_stats = 0.0
+        self._retry_at = 0.0
         self._lock = threading.RLock()  # the lease code calls the role API from its thread
         self._adopt()
 
@@ -162,20 +164,22 @@ class ConntrackSyncStep:
     # -- supervision -----------------------------------------------------------------
 
     def tick(self) -> dict[str, Any]:
-        """Restart a dead daemon; refresh the cache counts every few seconds."""
+        """Restart a dead daemon (at most every RETRY_SECONDS); refresh the cache counts
+        every STATS_SECONDS."""
         with self._lock:
             if self.settings is None:
                 return {"enabled": False}
             error = None
-            if not self._alive():
+            now = time.monotonic()
+            if not self._alive() and now >= self._retry_at:
                 log.error("conntrackd died; restarting it")
                 self.restarts += 1
+                self._retry_at = now + RETRY_SECONDS  # a crash loop must not stall the agent
                 try:
                     self._start(render_config(self.settings, self.paths))
                 except ConvergeError as exc:
                     error = str(exc)
                     log.error("%s", exc)
-            now = time.monotonic()
             if now >= self._next_stats and self.pid is not None:
                 self._next_stats = now + STATS_SECONDS
                 self.caches()
