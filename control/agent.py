@@ -31,6 +31,7 @@ from control.aws.ha import HaRunner, SyncRole
 from control.aws.imds import Imds
 from control.config import ConfigDocument, ConfigValidationError
 from control.steps import ConvergeError, Converger, KernelHost, StepContext, build_steps
+from control.steps.conntrack_sync import ConntrackSyncStep
 from control.steps.xdp import XdpStep
 from control.store import ConfigStore, StoreError, VersionNotFound
 from control.store.factory import POLL_SECONDS, open_store
@@ -83,6 +84,7 @@ class AgentState:
     inspection: dict[str, Any] = field(default_factory=dict)
     gwlb: dict[str, Any] = field(default_factory=dict)
     aws: dict[str, Any] = field(default_factory=dict)
+    conntrack_sync: dict[str, Any] = field(default_factory=dict)
 
 
 def run_dir(instance: str) -> Path:
@@ -185,6 +187,11 @@ class Agent:
     def _xdp_modes(self) -> dict[str, str]:
         return next((s.modes for s in self.converger.steps if isinstance(s, XdpStep)), {})
 
+    @property
+    def conntrack_sync(self) -> ConntrackSyncStep:
+        """The conntrack-sync step, whose role API the leader lease drives."""
+        return next(s for s in self.converger.steps if isinstance(s, ConntrackSyncStep))
+
     def tick(self) -> None:
         """Every step's periodic work; its status goes into the state file."""
         status = self.converger.tick()
@@ -193,6 +200,7 @@ class Agent:
         self.state.gwlb = status.get("gwlb", {})
         if self.aws is not None:
             self.state.aws = self.aws.status()
+        self.state.conntrack_sync = status.get("conntrack_sync", {})
 
     def write_state(self) -> None:
         directory = run_dir(self.settings.instance)

@@ -10,7 +10,7 @@ import pytest
 
 PRIVILEGED = {"bpf", "netns", "e2e"}
 TOOLS = {
-    "netns": ("ip", "nft", "curl", "iperf3", "ethtool", "conntrack"),
+    "netns": ("ip", "nft", "curl", "iperf3", "ethtool", "conntrack", "conntrackd"),
     "e2e": ("ip", "nft", "curl"),
     "bpf": (),
 }

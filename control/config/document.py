@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, model_validator
 from ai.config import AIConfig
 from control.config.aws import Aws
 from control.config.errors import ConfigValidationError, FieldError, render_errors
+from control.config.ha import Ha
 from control.config.issues import Issue, Issues, Loc, format_path
 from control.config.network import Gwlb, Interfaces, Nat, PortForward, Rules
 from control.config.operations import Api, Logging, Metrics
@@ -46,6 +47,7 @@ class ConfigDocument(StrictModel):
     tls: Tls = Tls()
     load_balancer: LoadBalancer = LoadBalancer()
     gwlb: Gwlb = Gwlb()
+    ha: Ha = Ha()
     ai: AIConfig = AIConfig()
     logging: Logging = Logging()
     metrics: Metrics = Metrics()

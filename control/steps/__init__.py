@@ -27,6 +27,7 @@ from control.steps.base import (
     StepContext,
     render,
 )
+from control.steps.conntrack_sync import ConntrackSyncStep
 from control.steps.gwlb import GwlbStep
 from control.steps.inspection import InspectionStep
 from control.steps.nftables import NftablesStep
@@ -34,8 +35,8 @@ from control.steps.sysctl import SysctlStep
 from control.steps.xdp import XdpStep
 
 # Apply order: the inspector is up before anything is queued to it; the GWLB programs
-# link to the XDP fast path, so they come after it.
-STEPS = (SysctlStep, NftablesStep, InspectionStep, XdpStep, GwlbStep)
+# link to the XDP fast path, so they come after it; conntrack sync depends on none.
+STEPS = (SysctlStep, NftablesStep, InspectionStep, XdpStep, GwlbStep, ConntrackSyncStep)
 
 
 def build_steps(context: StepContext) -> list[Step[Any]]:
