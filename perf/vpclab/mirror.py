@@ -1,0 +1,332 @@
+"""The VPC mirror: polls moto and makes the router and internet-gateway namespaces match.
+
+Every ``interval`` (150 ms by default) :meth:`Mirror.step` reads the VPC from the EC2 API
+(the same four ``Describe*`` calls a person would make), computes the wanted state with
+the pure functions of :mod:`perf.vpclab.model`, and changes only what differs from what
+the kernel has now (read back every step, so a rebuilt link or a hand-made change is
+repaired on the next step):
+
+* in ``cv-vpc``, the main table: one ``/32`` per private address toward the link of the
+  ENI holding it, with a permanent neighbour entry for the ENI's MAC (the VPC fabric
+  knows where every address lives; nothing ARPs for it), a blackhole for the rest of
+  the VPC CIDR, and the rule that sends VPC-internal destinations to it first (the
+  ``local`` route); one table per route table and one ``iif <link> lookup <table>``
+  rule per ENI link;
+* the router's source/destination check and the internet gateway's translation are
+  nftables tables (:mod:`perf.vpclab.render`), replaced atomically when their text
+  changes.
+
+Run as a daemon by the lab (``python -m perf.vpclab.mirror``), or as an object in tests.
+Each step's outcome goes to ``status.json`` in the run directory, which
+``VpcLab.sync()`` waits on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from pyroute2 import NetNS
+
+from perf.vpclab.model import Next, Ownership, VpcState, desired, snapshot
+from perf.vpclab.render import igw_nft, router_nft
+from perf.vpclab.topology import (
+    ENDPOINT_URL,
+    IGW_NS,
+    REGION,
+    ROUTER_NS,
+    RUN_DIR,
+    VPC_NAME,
+)
+
+log = logging.getLogger("spectra.perf")
+
+RTPROT_LAB = 99  # routes the mirror owns carry this protocol number
+MAIN = 254
+LOCAL_RULE_PRIORITY = 100
+LINK_RULE_PRIORITY = 1000
+FIRST_TABLE = 100
+NUD_PERMANENT = 0x80
+RTN_UNICAST, RTN_BLACKHOLE = 1, 6
+SCOPE_LINK = 253
+
+
+def ec2_client(endpoint_url: str = ENDPOINT_URL, region: str = REGION) -> Any:
+    """An EC2 client for the lab's endpoint with the lab's (moto-accepted) credentials."""
+    return boto3.client(
+        "ec2",
+        region_name=region,
+        endpoint_url=endpoint_url,
+        aws_access_key_id="vpclab",
+        aws_secret_access_key="vpclab",
+        config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2}),
+    )
+
+
+def read_vpc(ec2: Any) -> tuple[Any, ...] | None:
+    """The ``Describe*`` answers the model needs, or None when the lab's VPC is absent."""
+    vpcs = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": [VPC_NAME]}])["Vpcs"]
+    if not vpcs:
+        return None
+    vpc = vpcs[0]
+    only = [{"Name": "vpc-id", "Values": [vpc["VpcId"]]}]
+    reservations = ec2.describe_instances(Filters=only)["Reservations"]
+    return (
+        vpc,
+        ec2.describe_subnets(Filters=only)["Subnets"],
+        [i for r in reservations for i in r["Instances"]],
+        ec2.describe_network_interfaces(Filters=only)["NetworkInterfaces"],
+        ec2.describe_route_tables(Filters=only)["RouteTables"],
+        ec2.describe_addresses()["Addresses"],
+        ec2.describe_internet_gateways()["InternetGateways"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _KernelRoute:
+    oif: int | None
+    via: str | None
+    blackhole: bool
+
+
+class Mirror:
+    """Polls the lab's EC2 endpoint and applies the difference to the namespaces."""
+
+    def __init__(self, endpoint_url: str = ENDPOINT_URL, status_file: Path | None = None) -> None:
+        self.ec2 = ec2_client(endpoint_url)
+        self.status_file = status_file
+        self.ownership = Ownership()
+        self.tables: dict[str, int] = {}
+        self.generation = 0
+        self.state: VpcState | None = None
+        self._nft: dict[str, str] = {}
+        self._router: Any = None
+
+    def close(self) -> None:
+        if self._router is not None:
+            self._router.close()
+            self._router = None
+
+    # -- one step -----------------------------------------------------------------------
+
+    def step(self) -> VpcState | None:
+        """Poll once and apply; returns the state applied (None when there is no VPC)."""
+        started = time.time()
+        error = None
+        try:
+            answers = read_vpc(self.ec2)
+            if answers is None:
+                self.state = None
+            else:
+                snap = snapshot(*answers)
+                self.ownership = self.ownership.advance(snap.enis)
+                self.state = desired(snap, self.ownership.owners)
+                self.apply(self.state)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("mirror step failed: %s", error)
+        self.generation += 1
+        if self.status_file is not None:
+            self._write_status(started, error)
+        if error is not None:
+            raise MirrorError(error)
+        return self.state
+
+    def _write_status(self, started: float, error: str | None) -> None:
+        assert self.status_file is not None
+        data = {
+            "generation": self.generation,
+            "polled_at": started,
+            "applied_at": time.time(),
+            "error": error,
+            "tables": self.tables,
+        }
+        tmp = self.status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.status_file)
+
+    def apply(self, state: VpcState) -> None:
+        if self._router is None:
+            self._router = NetNS(ROUTER_NS)
+        ipr = self._router
+        links = {
+            link.get_attr("IFLA_IFNAME"): int(link["index"]) for link in ipr.get_links()
+        }
+        for rtb_id in sorted(state.tables):
+            if rtb_id not in self.tables:
+                self.tables[rtb_id] = max(self.tables.values(), default=FIRST_TABLE - 1) + 1
+        want_main: dict[str, _KernelRoute] = {
+            state.local_cidr: _KernelRoute(None, None, blackhole=True)
+        }
+        for ip, link in state.hosts.items():
+            if link in links:
+                want_main[f"{ip}/32"] = _KernelRoute(links[link], None, blackhole=False)
+        self._sync_routes(ipr, MAIN, want_main)
+        for rtb_id, routes in state.tables.items():
+            self._sync_routes(ipr, self.tables[rtb_id], _kernel_routes(routes, links))
+        stale = {r.get_attr("RTA_TABLE") for r in ipr.get_routes(family=2, proto=RTPROT_LAB)}
+        stale -= {MAIN, *(self.tables[t] for t in state.tables)}
+        for number in stale:  # route tables deleted, or numbered by an earlier mirror
+            self._sync_routes(ipr, number, {})
+        self._sync_rules(ipr, state, links)
+        self._sync_neighbours(ipr, state, links)
+        self._nft_apply(ROUTER_NS, router_nft(state.checked))
+        self._nft_apply(IGW_NS, igw_nft(state.nat))
+
+    # -- kernel state ------------------------------------------------------------------
+
+    def _sync_routes(self, ipr: Any, table: int, want: Mapping[str, _KernelRoute]) -> None:
+        have: dict[str, _KernelRoute] = {}
+        for r in ipr.get_routes(family=2, table=table):
+            if r["proto"] != RTPROT_LAB or r.get_attr("RTA_TABLE") != table:
+                continue
+            dst = f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}"
+            have[dst] = _KernelRoute(
+                r.get_attr("RTA_OIF"), r.get_attr("RTA_GATEWAY"), r["type"] == RTN_BLACKHOLE
+            )
+        for dst, route in want.items():
+            if have.get(dst) == route:
+                continue
+            spec: dict[str, Any] = {"dst": dst, "table": table, "proto": RTPROT_LAB}
+            if route.blackhole:
+                spec["type"] = RTN_BLACKHOLE
+            else:
+                spec |= {"type": RTN_UNICAST, "oif": route.oif}
+                if route.via is not None:
+                    spec |= {"gateway": route.via, "flags": ["onlink"]}
+                else:
+                    spec["scope"] = SCOPE_LINK
+            log.info("table %d: %s -> %s", table, dst, route)
+            ipr.route("replace", **spec)
+        for dst in have.keys() - want.keys():
+            log.info("table %d: remove %s", table, dst)
+            ipr.route("del", dst=dst, table=table, proto=RTPROT_LAB)
+
+    def _sync_rules(self, ipr: Any, state: VpcState, links: Mapping[str, int]) -> None:
+        want = {(None, state.local_cidr, MAIN, LOCAL_RULE_PRIORITY)}
+        for link, rtb_id in state.rules.items():
+            if link in links:
+                want.add((link, None, self.tables[rtb_id], LINK_RULE_PRIORITY))
+        have = set()
+        for rule in ipr.get_rules(family=2):
+            prio = rule.get_attr("FRA_PRIORITY")
+            if prio not in (LOCAL_RULE_PRIORITY, LINK_RULE_PRIORITY):
+                continue
+            dst = rule.get_attr("FRA_DST")
+            have.add(
+                (
+                    rule.get_attr("FRA_IIFNAME"),
+                    f"{dst}/{rule['dst_len']}" if dst else None,
+                    rule.get_attr("FRA_TABLE"),
+                    prio,
+                )
+            )
+        for iif, dst, table, prio in want - have:
+            spec: dict[str, Any] = {"table": table, "priority": prio}
+            if iif is not None:
+                spec["iifname"] = iif
+            if dst is not None:
+                addr, plen = dst.split("/")
+                spec |= {"dst": addr, "dst_len": int(plen)}
+            log.info("rule add %s", spec)
+            ipr.rule("add", **spec)
+        for iif, dst, table, prio in have - want:
+            spec = {"table": table, "priority": prio}
+            if iif is not None:
+                spec["iifname"] = iif
+            if dst is not None:
+                addr, plen = dst.split("/")
+                spec |= {"dst": addr, "dst_len": int(plen)}
+            log.info("rule del %s", spec)
+            ipr.rule("del", **spec)
+
+    def _sync_neighbours(self, ipr: Any, state: VpcState, links: Mapping[str, int]) -> None:
+        want = {
+            (ip, links[link], mac)
+            for ip, (link, mac) in state.neighbours.items()
+            if link in links
+        }
+        have = set()
+        for n in ipr.get_neighbours(family=2):
+            if n["state"] & NUD_PERMANENT:
+                have.add((n.get_attr("NDA_DST"), n["ifindex"], n.get_attr("NDA_LLADDR")))
+        for ip, index, mac in want - have:
+            ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state=NUD_PERMANENT)
+        for ip, index, _mac in have - want:
+            if not any(w[0] == ip and w[1] == index for w in want):
+                ipr.neigh("del", dst=ip, ifindex=index)
+
+    def _nft_apply(self, ns: str, text: str) -> None:
+        if self._nft.get(ns) == text and self.generation % 50:
+            return
+        proc = subprocess.run(
+            ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise MirrorError(f"nft -f in {ns}: {proc.stderr.strip()}\n{text}")
+        if self._nft.get(ns) != text:
+            log.info("%s: nft table replaced", ns)
+        self._nft[ns] = text
+
+    # -- daemon ------------------------------------------------------------------------
+
+    def run(self, interval: float = 0.15) -> None:
+        stop = False
+
+        def _stop(_sig: int, _frame: object) -> None:
+            nonlocal stop
+            stop = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        while not stop:
+            started = time.monotonic()
+            try:
+                self.step()
+            except MirrorError:
+                pass  # logged, and in status.json; the next step tries again
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+        self.close()
+
+
+class MirrorError(RuntimeError):
+    """One mirror step could not read the VPC or apply it."""
+
+
+def _kernel_routes(routes: Mapping[str, Next], links: Mapping[str, int]) -> dict[str, _KernelRoute]:
+    out = {}
+    for dst, nxt in routes.items():
+        if nxt.link is None or nxt.link not in links:
+            out[dst] = _KernelRoute(None, None, blackhole=True)
+        else:
+            out[dst] = _KernelRoute(links[nxt.link], nxt.via, blackhole=False)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m perf.vpclab.mirror")
+    parser.add_argument("--endpoint-url", default=ENDPOINT_URL)
+    parser.add_argument("--interval", type=float, default=0.15)
+    parser.add_argument("--status-file", type=Path, default=RUN_DIR / "mirror.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    Mirror(args.endpoint_url, args.status_file).run(args.interval)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
