@@ -65,7 +65,15 @@ def _patch_reassignment() -> None:
             other.private_ip_addresses = [
                 p for p in other.private_ip_addresses if p["PrivateIpAddress"] not in wanted
             ]
-        return original(self)
+        result = original(self)
+        eni = backend.get_network_interface(eni_id)
+        for eip in backend.addresses:  # an association stays with its private address
+            moved = eip.eni is not None and eip.eni is not eni
+            if moved and getattr(eip, "lab_private_ip", None) in wanted:
+                eip.eni.public_ip = None
+                eip.eni, eip.instance = eni, eni.instance
+                eni.public_ip = eip.public_ip
+        return result
 
     ElasticNetworkInterfaces.assign_private_ip_addresses = assign_private_ip_addresses
 
@@ -93,12 +101,7 @@ def _patch_eip_private_ip() -> None:
         if self.eni is None:
             return None
         wanted = getattr(self, "lab_private_ip", None)
-        if wanted:
-            for eni in self.ec2_backend.enis.values():
-                if any(p["PrivateIpAddress"] == wanted for p in eni.private_ip_addresses):
-                    self.eni = eni  # the association follows the address
-                    return str(wanted)
-        return str(self.eni.private_ip_address)
+        return str(wanted or self.eni.private_ip_address)
 
     ElasticIPAddresses.associate_address = associate_address
     ElasticAddress.private_ip_address = property(private_ip_address)  # type: ignore[method-assign,assignment]
