@@ -175,8 +175,15 @@ class VpcLab:
             self._instance(inst, aws["instances"][inst.name])
         self._start(
             "mirror",
-            [sys.executable, "-m", "perf.vpclab.mirror", "--endpoint-url", self.endpoint_url,
-             "--status-file", str(RUN_DIR / "mirror.json")],
+            [
+                sys.executable,
+                "-m",
+                "perf.vpclab.mirror",
+                "--endpoint-url",
+                self.endpoint_url,
+                "--status-file",
+                str(RUN_DIR / "mirror.json"),
+            ],
         )
         self.sync(timeout=20)
         return self.status()
@@ -191,13 +198,23 @@ class VpcLab:
     def _start_moto(self) -> None:
         self._start(
             "motod",
-            [sys.executable, "-m", "perf.vpclab.motod", "--host", MGMT_HOST_IP,
-             "--port", str(MOTO_PORT), "--lifecycle-log", str(RUN_DIR / "lifecycle.jsonl")],
+            [
+                sys.executable,
+                "-m",
+                "perf.vpclab.motod",
+                "--host",
+                MGMT_HOST_IP,
+                "--port",
+                str(MOTO_PORT),
+                "--lifecycle-log",
+                str(RUN_DIR / "lifecycle.jsonl"),
+            ],
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                (MGMT_HOST_IP, MOTO_PORT), timeout=0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((MGMT_HOST_IP, MOTO_PORT), timeout=0.5),
             ):
                 return
             time.sleep(0.1)
@@ -239,8 +256,15 @@ class VpcLab:
         for name in SERVICES:
             self._start(
                 f"svc-{name}",
-                ns_exec(INET_NS, sys.executable, "-m", "perf.labsvc", name,
-                        INET_SERVICE_IP, str(SERVICES[name][1])),
+                ns_exec(
+                    INET_NS,
+                    sys.executable,
+                    "-m",
+                    "perf.labsvc",
+                    name,
+                    INET_SERVICE_IP,
+                    str(SERVICES[name][1]),
+                ),
             )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -269,14 +293,21 @@ class VpcLab:
             return
         _veth(None, inst.mgmt_host_if, ns, "mgmt")
         with IPRoute() as ipr:
-            ipr.link("set", index=_index(ipr, inst.mgmt_host_if),
-                     master=_index(ipr, MGMT_BRIDGE))
+            ipr.link("set", index=_index(ipr, inst.mgmt_host_if), master=_index(ipr, MGMT_BRIDGE))
         _addr(ns, "mgmt", f"{inst.mgmt_ip}/{MGMT_HOST_CIDR.split('/')[1]}")
         _addr(ns, "lo", f"{IMDS_IP}/32")
         self._start(
             f"imds-{inst.name}",
-            ns_exec(ns, sys.executable, "-m", "perf.vpclab.imds",
-                    "--instance-id", aws["instance_id"], "--endpoint-url", self.endpoint_url),
+            ns_exec(
+                ns,
+                sys.executable,
+                "-m",
+                "perf.vpclab.imds",
+                "--instance-id",
+                aws["instance_id"],
+                "--endpoint-url",
+                self.endpoint_url,
+            ),
         )
         deadline = time.monotonic() + 10
         while f"{IMDS_IP}:80 " not in run_in(ns, "ss", "-Htln").stdout:

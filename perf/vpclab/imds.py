@@ -101,7 +101,9 @@ class Metadata:
             "placement": lambda: "availability-zone\nregion",
             "placement/availability-zone": self._zone,
             "placement/region": lambda: self.region,
-            "network/interfaces/macs": lambda: "\n".join(f"{e['MacAddress']}/" for e in self._enis()),
+            "network/interfaces/macs": lambda: "\n".join(
+                f"{e['MacAddress']}/" for e in self._enis()
+            ),
             "autoscaling/target-lifecycle-state": self._lifecycle,
             "iam/security-credentials": lambda: ROLE,
             f"iam/security-credentials/{ROLE}": lambda: json.dumps(_credentials(), indent=2),
@@ -278,7 +280,10 @@ class _Server(ThreadingHTTPServer):
         # HTTPServer.server_bind resolves the address's name (getfqdn): a DNS timeout
         # in a namespace without a resolver.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+        self.server_name, self.server_port = (
+            str(self.server_address[0]),
+            int(self.server_address[1]),
+        )
 
 
 def serve(instance_id: str, endpoint_url: str, address: str = IMDS_IP, port: int = 80) -> None:

@@ -24,6 +24,7 @@ Each step's outcome goes to ``status.json`` in the run directory, which
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -159,9 +160,7 @@ class Mirror:
         if self._router is None:
             self._router = NetNS(ROUTER_NS)
         ipr = self._router
-        links = {
-            link.get_attr("IFLA_IFNAME"): int(link["index"]) for link in ipr.get_links()
-        }
+        links = {link.get_attr("IFLA_IFNAME"): int(link["index"]) for link in ipr.get_links()}
         for rtb_id in sorted(state.tables):
             if rtb_id not in self.tables:
                 self.tables[rtb_id] = max(self.tables.values(), default=FIRST_TABLE - 1) + 1
@@ -213,7 +212,9 @@ class Mirror:
             ipr.route("del", dst=dst, table=table, proto=RTPROT_LAB)
 
     def _sync_rules(self, ipr: Any, state: VpcState, links: Mapping[str, int]) -> None:
-        want = {(None, state.local_cidr, MAIN, LOCAL_RULE_PRIORITY)}
+        want: set[tuple[str | None, str | None, int, int]] = {
+            (None, state.local_cidr, MAIN, LOCAL_RULE_PRIORITY)
+        }
         for link, rtb_id in state.rules.items():
             if link in links:
                 want.add((link, None, self.tables[rtb_id], LINK_RULE_PRIORITY))
@@ -252,9 +253,7 @@ class Mirror:
 
     def _sync_neighbours(self, ipr: Any, state: VpcState, links: Mapping[str, int]) -> None:
         want = {
-            (ip, links[link], mac)
-            for ip, (link, mac) in state.neighbours.items()
-            if link in links
+            (ip, links[link], mac) for ip, (link, mac) in state.neighbours.items() if link in links
         }
         have = set()
         for n in ipr.get_neighbours(family=2):
@@ -295,10 +294,8 @@ class Mirror:
         signal.signal(signal.SIGINT, _stop)
         while not stop:
             started = time.monotonic()
-            try:
+            with contextlib.suppress(MirrorError):  # logged and in status.json; retried
                 self.step()
-            except MirrorError:
-                pass  # logged, and in status.json; the next step tries again
             time.sleep(max(0.0, interval - (time.monotonic() - started)))
         self.close()
 

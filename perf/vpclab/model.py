@@ -252,8 +252,15 @@ def snapshot(
             if not p.get("Primary") and p["PrivateIpAddress"] != primary
         )
         out.append(
-            Eni(raw["NetworkInterfaceId"], raw["SubnetId"], raw["MacAddress"].lower(),
-                primary, secondary, check, link)
+            Eni(
+                raw["NetworkInterfaceId"],
+                raw["SubnetId"],
+                raw["MacAddress"].lower(),
+                primary,
+                secondary,
+                check,
+                link,
+            )
         )
     tables = []
     for rtb in route_tables:

@@ -39,7 +39,9 @@ class MotoChanged(RuntimeError):
 def _need(obj: object, name: str) -> Any:
     value = getattr(obj, name, None)
     if value is None:
-        raise MotoChanged(f"{getattr(obj, '__name__', obj)}.{name} is gone: update perf.vpclab.motod")
+        raise MotoChanged(
+            f"{getattr(obj, '__name__', obj)}.{name} is gone: update perf.vpclab.motod"
+        )
     return value
 
 
@@ -75,7 +77,7 @@ def _patch_reassignment() -> None:
                 eni.public_ip = eip.public_ip
         return result
 
-    ElasticNetworkInterfaces.assign_private_ip_addresses = assign_private_ip_addresses
+    ElasticNetworkInterfaces.assign_private_ip_addresses = assign_private_ip_addresses  # type: ignore[method-assign]
 
 
 def _patch_eip_private_ip() -> None:
@@ -103,7 +105,7 @@ def _patch_eip_private_ip() -> None:
         wanted = getattr(self, "lab_private_ip", None)
         return str(wanted or self.eni.private_ip_address)
 
-    ElasticIPAddresses.associate_address = associate_address
+    ElasticIPAddresses.associate_address = associate_address  # type: ignore[method-assign]
     ElasticAddress.private_ip_address = property(private_ip_address)  # type: ignore[method-assign,assignment]
 
 

@@ -28,7 +28,11 @@ def _map(pairs: Mapping[str, str]) -> str:
 
 
 def _replace(family: str, name: str, body: list[str]) -> str:
-    head = [f"table {family} {name} {{}}", f"delete table {family} {name}", f"table {family} {name} {{"]
+    head = [
+        f"table {family} {name} {{}}",
+        f"delete table {family} {name}",
+        f"table {family} {name} {{",
+    ]
     return "\n".join([*head, *body, "}"]) + "\n"
 
 
@@ -68,13 +72,15 @@ def igw_nft(nat: Mapping[str, str]) -> str:
         "    chain prerouting {",
         "        type filter hook prerouting priority raw; policy accept;",
         "        notrack",
-        f'        iifname "{IGW_INET_IF}" ip daddr set ip daddr map @to_private meta mark set {TRANSLATED}',
+        f'        iifname "{IGW_INET_IF}" ip daddr set ip daddr map @to_private '
+        f"meta mark set {TRANSLATED}",
         "    }",
         "    chain forward {",
         "        type filter hook forward priority filter; policy drop;",
         f'        iifname "{IGW_VPC_IF}" oifname "{IGW_INET_IF}" '
         "ip saddr set ip saddr map @to_public counter accept",
-        f'        iifname "{IGW_INET_IF}" oifname "{IGW_VPC_IF}" meta mark {TRANSLATED} counter accept',
+        f'        iifname "{IGW_INET_IF}" oifname "{IGW_VPC_IF}" '
+        f"meta mark {TRANSLATED} counter accept",
         '        counter comment "no public address"',
         "    }",
         "    chain output {",

@@ -72,9 +72,9 @@ def seed(c: Mapping[str, Any], topo: Topology = TOPOLOGY) -> None:
         return
     vpc = ec2.create_vpc(CidrBlock=VPC_CIDR, TagSpecifications=_tags("vpc", VPC_NAME))
     vpc_id = vpc["Vpc"]["VpcId"]
-    igw_id = ec2.create_internet_gateway(
-        TagSpecifications=_tags("internet-gateway", VPC_NAME)
-    )["InternetGateway"]["InternetGatewayId"]
+    igw_id = ec2.create_internet_gateway(TagSpecifications=_tags("internet-gateway", VPC_NAME))[
+        "InternetGateway"
+    ]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=igw_id, VpcId=vpc_id)
     image_id = ec2.describe_images()["Images"][0]["ImageId"]
 
@@ -120,14 +120,18 @@ def seed(c: Mapping[str, Any], topo: Topology = TOPOLOGY) -> None:
         public_rtb = ec2.create_route_table(
             VpcId=vpc_id, TagSpecifications=_tags("route-table", f"public-{az.name}")
         )["RouteTable"]["RouteTableId"]
-        ec2.create_route(RouteTableId=public_rtb, DestinationCidrBlock="0.0.0.0/0",
-                         GatewayId=igw_id)
+        ec2.create_route(
+            RouteTableId=public_rtb, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw_id
+        )
         ec2.associate_route_table(RouteTableId=public_rtb, SubnetId=subnets[az.name, "public"])
         private_rtb = ec2.create_route_table(
             VpcId=vpc_id, TagSpecifications=_tags("route-table", f"private-{az.name}")
         )["RouteTable"]["RouteTableId"]
-        ec2.create_route(RouteTableId=private_rtb, DestinationCidrBlock="0.0.0.0/0",
-                         NetworkInterfaceId=enis[leader.name, 1])
+        ec2.create_route(
+            RouteTableId=private_rtb,
+            DestinationCidrBlock="0.0.0.0/0",
+            NetworkInterfaceId=enis[leader.name, 1],
+        )
         ec2.associate_route_table(RouteTableId=private_rtb, SubnetId=subnets[az.name, "private"])
 
         ec2.assign_private_ip_addresses(
@@ -210,7 +214,7 @@ def describe(c: Mapping[str, Any], endpoint_url: str, topo: Topology = TOPOLOGY)
     for az in topo.azs:
         eip = eips.get(f"nat-{az.name}", {})
         private_rtb = rtbs[f"private-{az.name}"]
-        default = next(
+        default: dict[str, Any] = next(
             (r for r in private_rtb["Routes"] if r.get("DestinationCidrBlock") == "0.0.0.0/0"), {}
         )
         azs[az.name] = {

@@ -127,9 +127,7 @@ class Topology:
         for inst in self.instances:
             if inst.name == name:
                 return inst
-        raise KeyError(
-            f"unknown instance {name!r}; the lab has {[i.name for i in self.instances]}"
-        )
+        raise KeyError(f"unknown instance {name!r}; the lab has {[i.name for i in self.instances]}")
 
     def subnet_cidr(self, inst: Instance, nic: Nic) -> str:
         az = self.az(inst.az)

@@ -59,8 +59,11 @@ def _nat_gateway(lab: VpcLab, name: str, nat_ip: str) -> None:
     ns = st["netns"]
     assert sh(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1").returncode == 0
     proc = subprocess.run(
-        ["ip", "netns", "exec", ns, "nft", "-f", "-"], input=NAT % nat_ip, text=True,
-        capture_output=True, check=False,
+        ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+        input=NAT % nat_ip,
+        text=True,
+        capture_output=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
 
@@ -125,15 +128,19 @@ def test_nat_moves_with_the_api_calls(vpc: VpcLab) -> None:
     ec2 = vpc.clients()["ec2"]
     a2 = st["instances"]["a2"]["enis"]
     ec2.assign_private_ip_addresses(
-        NetworkInterfaceId=a2["eth0"]["eni_id"], PrivateIpAddresses=[nat_ip],
+        NetworkInterfaceId=a2["eth0"]["eni_id"],
+        PrivateIpAddresses=[nat_ip],
         AllowReassignment=True,
     )
     ec2.associate_address(
-        AllocationId=az["eip_allocation_id"], NetworkInterfaceId=a2["eth0"]["eni_id"],
-        PrivateIpAddress=nat_ip, AllowReassociation=True,
+        AllocationId=az["eip_allocation_id"],
+        NetworkInterfaceId=a2["eth0"]["eni_id"],
+        PrivateIpAddress=nat_ip,
+        AllowReassociation=True,
     )
     ec2.replace_route(
-        RouteTableId=az["private_route_table_id"], DestinationCidrBlock="0.0.0.0/0",
+        RouteTableId=az["private_route_table_id"],
+        DestinationCidrBlock="0.0.0.0/0",
         NetworkInterfaceId=a2["eth1"]["eni_id"],
     )
     _nat_gateway(vpc, "a2", nat_ip)
@@ -151,7 +158,8 @@ def test_nat_moves_with_the_api_calls(vpc: VpcLab) -> None:
     assert not vpc.alive("a1")
     assert _curl("cv-ws-a")["client_ip"] == eip
     ec2.replace_route(
-        RouteTableId=az["private_route_table_id"], DestinationCidrBlock="0.0.0.0/0",
+        RouteTableId=az["private_route_table_id"],
+        DestinationCidrBlock="0.0.0.0/0",
         NetworkInterfaceId=st["instances"]["a1"]["enis"]["eth1"]["eni_id"],
     )
     vpc.sync()
@@ -161,25 +169,31 @@ def test_nat_moves_with_the_api_calls(vpc: VpcLab) -> None:
     assert sh("cv-gw-a1", "nft", "list", "ruleset").stdout.strip() == ""  # a clean boot
 
 
+def _fetch(ns: str, url: str, *headers: str, method: str = "GET") -> tuple[str, str]:
+    """(HTTP status, body) of ``url`` from namespace ``ns``."""
+    argv = ["curl", "-s", "-m", "3", "-X", method, "-w", "\n%{http_code}", url]
+    for header in headers:
+        argv += ["-H", header]
+    body, _, code = sh(ns, *argv).stdout.rpartition("\n")
+    return code, body
+
+
 def test_imds_needs_a_token(vpc: VpcLab) -> None:
     st = vpc.status()
     ns = st["instances"]["a2"]["netns"]
     url = "http://169.254.169.254/latest"
-    no_token = sh(ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3",
-                  f"{url}/meta-data/instance-id")
-    assert no_token.stdout == "401"
-    token = sh(ns, "curl", "-s", "-m", "3", "-X", "PUT", "-H",
-               "X-aws-ec2-metadata-token-ttl-seconds: 60", f"{url}/api/token").stdout
-    assert token
-    got = sh(ns, "curl", "-s", "-m", "3", "-H", f"X-aws-ec2-metadata-token: {token}",
-             f"{url}/meta-data/instance-id").stdout
-    assert got == st["instances"]["a2"]["instance_id"]
+    assert _fetch(ns, f"{url}/meta-data/instance-id")[0] == "401"
+    code, token = _fetch(
+        ns, f"{url}/api/token", "X-aws-ec2-metadata-token-ttl-seconds: 60", method="PUT"
+    )
+    assert code == "200" and token
+    got = _fetch(ns, f"{url}/meta-data/instance-id", f"X-aws-ec2-metadata-token: {token}")
+    assert got == ("200", st["instances"]["a2"]["instance_id"])
 
 
 def test_moto_reaches_the_instances_over_management_only(vpc: VpcLab) -> None:
     ns = vpc.status()["instances"]["b1"]["netns"]
-    assert sh(ns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3",
-              "http://10.254.0.1:4577/moto-api/").stdout == "200"
+    assert _fetch(ns, "http://10.254.0.1:4577/moto-api/")[0] == "200"
     listening = subprocess.run(["ss", "-Htln"], capture_output=True, text=True).stdout
     assert "0.0.0.0:4577" not in listening and "10.254.0.1:4577" in listening
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from perf.vpclab.imds import make_handler, Metadata, Tokens, _Server
+from perf.vpclab.imds import Metadata, Tokens, _Server, make_handler
 from perf.vpclab.seed import clients, describe, seed
 from perf.vpclab.topology import LAUNCH_HOOK, LEASE_TABLE, TOPOLOGY
 
@@ -33,8 +34,17 @@ def _free_port() -> int:
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     port = _free_port()
     log = tmp_path_factory.mktemp("motod") / "lifecycle.jsonl"
-    argv = [sys.executable, "-m", "perf.vpclab.motod", "--host", "127.0.0.1", "--port",
-            str(port), "--lifecycle-log", str(log)]
+    argv = [
+        sys.executable,
+        "-m",
+        "perf.vpclab.motod",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--lifecycle-log",
+        str(log),
+    ]
     with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
         try:
             deadline = time.monotonic() + 30
@@ -104,7 +114,9 @@ def test_reassignment_moves_the_address_and_the_eip_follows(
         )
 
 
-def test_lifecycle_actions_are_recorded(endpoint: tuple[str, Path], lab_aws: dict[str, Any]) -> None:
+def test_lifecycle_actions_are_recorded(
+    endpoint: tuple[str, Path], lab_aws: dict[str, Any]
+) -> None:
     url, log = endpoint
     asg = clients(url)["autoscaling"]
     a1 = lab_aws["instances"]["a1"]["instance_id"]
@@ -113,17 +125,22 @@ def test_lifecycle_actions_are_recorded(endpoint: tuple[str, Path], lab_aws: dic
         AutoScalingGroupName=group, LifecycleHookName=LAUNCH_HOOK, InstanceId=a1
     )
     asg.complete_lifecycle_action(
-        AutoScalingGroupName=group, LifecycleHookName=LAUNCH_HOOK, InstanceId=a1,
+        AutoScalingGroupName=group,
+        LifecycleHookName=LAUNCH_HOOK,
+        InstanceId=a1,
         LifecycleActionResult="CONTINUE",
     )
     with pytest.raises(ClientError, match="ValidationError"):
         asg.complete_lifecycle_action(
-            AutoScalingGroupName=group, LifecycleHookName="no-such-hook", InstanceId=a1,
+            AutoScalingGroupName=group,
+            LifecycleHookName="no-such-hook",
+            InstanceId=a1,
             LifecycleActionResult="CONTINUE",
         )
     lines = log.read_text().splitlines()
     assert [line.split('"action": "')[1].split('"')[0] for line in lines] == [
-        "RecordLifecycleActionHeartbeat", "CompleteLifecycleAction"
+        "RecordLifecycleActionHeartbeat",
+        "CompleteLifecycleAction",
     ]
     assert '"result": "CONTINUE"' in lines[1] and a1 in lines[1]
 
@@ -141,19 +158,29 @@ def test_imds_v2_needs_a_token_and_reads_moto_live(
     endpoint: tuple[str, Path], lab_aws: dict[str, Any]
 ) -> None:
     a1 = lab_aws["instances"]["a1"]
-    server = _Server(("127.0.0.1", 0), make_handler(Metadata(a1["instance_id"], endpoint[0]), Tokens()))
-    import threading
-
+    server = _Server(
+        ("127.0.0.1", 0), make_handler(Metadata(a1["instance_id"], endpoint[0]), Tokens())
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}/latest"
     try:
         assert _get(f"{base}/meta-data/instance-id", {})[0] == 401
-        assert _get(f"{base}/meta-data/instance-id", {"X-aws-ec2-metadata-token": "forged"})[0] == 401
+        assert (
+            _get(f"{base}/meta-data/instance-id", {"X-aws-ec2-metadata-token": "forged"})[0] == 401
+        )
         assert _get(f"{base}/api/token", {}, "PUT")[0] == 400  # TTL header is required
-        assert _get(f"{base}/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60",
-                                          "X-Forwarded-For": "1.2.3.4"}, "PUT")[0] == 403
-        status, token = _get(f"{base}/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60"}, "PUT")
+        assert (
+            _get(
+                f"{base}/api/token",
+                {"X-aws-ec2-metadata-token-ttl-seconds": "60", "X-Forwarded-For": "1.2.3.4"},
+                "PUT",
+            )[0]
+            == 403
+        )
+        status, token = _get(
+            f"{base}/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "60"}, "PUT"
+        )
         assert status == 200 and token
         h = {"X-aws-ec2-metadata-token": token}
         assert _get(f"{base}/meta-data/instance-id", h) == (200, a1["instance_id"])

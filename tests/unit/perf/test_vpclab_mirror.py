@@ -39,13 +39,19 @@ def _eni(
     }
 
 
-def _rtb(rtb_id: str, subnets: list[str], routes: list[dict[str, Any]], main: bool = False) -> dict[str, Any]:
+def _rtb(
+    rtb_id: str, subnets: list[str], routes: list[dict[str, Any]], main: bool = False
+) -> dict[str, Any]:
     assocs: list[dict[str, Any]] = [{"SubnetId": s, "Main": False} for s in subnets]
     if main:
         assocs.append({"Main": True})
     local = {"DestinationCidrBlock": "10.0.0.0/16", "GatewayId": "local", "State": "active"}
-    return {"RouteTableId": rtb_id, "VpcId": "vpc-1", "Associations": assocs,
-            "Routes": [local, *routes]}
+    return {
+        "RouteTableId": rtb_id,
+        "VpcId": "vpc-1",
+        "Associations": assocs,
+        "Routes": [local, *routes],
+    }
 
 
 IGWS = [{"InternetGatewayId": "igw-1", "Attachments": [{"VpcId": "vpc-1", "State": "available"}]}]
@@ -70,9 +76,14 @@ def _enis(a1_check: bool = True, nat_on: tuple[str, ...] = ("a1",)) -> list[dict
 def _tables(private_target: str = "eni-a1i") -> list[dict[str, Any]]:
     return [
         _rtb("rtb-main", [], [], main=True),
-        _rtb("rtb-pub", ["subnet-pub"], [{"DestinationCidrBlock": "0.0.0.0/0", "GatewayId": "igw-1"}]),
-        _rtb("rtb-prv", ["subnet-prv"],
-             [{"DestinationCidrBlock": "0.0.0.0/0", "NetworkInterfaceId": private_target}]),
+        _rtb(
+            "rtb-pub", ["subnet-pub"], [{"DestinationCidrBlock": "0.0.0.0/0", "GatewayId": "igw-1"}]
+        ),
+        _rtb(
+            "rtb-prv",
+            ["subnet-prv"],
+            [{"DestinationCidrBlock": "0.0.0.0/0", "NetworkInterfaceId": private_target}],
+        ),
     ]
 
 
@@ -81,8 +92,13 @@ EIPS = [{"PublicIp": "203.0.113.10", "AssociationId": "eipassoc-1", "PrivateIpAd
 
 def _snap(**kw: Any) -> Any:
     return snapshot(
-        VPC, SUBNETS, kw.get("instances", INSTANCES), kw.get("enis", _enis()),
-        kw.get("tables", _tables()), kw.get("eips", EIPS), IGWS,
+        VPC,
+        SUBNETS,
+        kw.get("instances", INSTANCES),
+        kw.get("enis", _enis()),
+        kw.get("tables", _tables()),
+        kw.get("eips", EIPS),
+        IGWS,
     )
 
 
@@ -108,8 +124,11 @@ def test_every_private_ip_routes_to_the_link_of_its_eni() -> None:
 def test_route_tables_select_by_incoming_eni_and_name_their_targets() -> None:
     state, _ = _state(_snap())
     assert state.rules == {
-        "a1-eth0": "rtb-pub", "a2-eth0": "rtb-pub",
-        "a1-eth1": "rtb-prv", "a2-eth1": "rtb-prv", "ws-a-eth0": "rtb-prv",
+        "a1-eth0": "rtb-pub",
+        "a2-eth0": "rtb-pub",
+        "a1-eth1": "rtb-prv",
+        "a2-eth1": "rtb-prv",
+        "ws-a-eth0": "rtb-prv",
     }
     assert state.tables["rtb-pub"] == {"0.0.0.0/0": Next("igw", IGW_IP)}
     assert state.tables["rtb-prv"] == {"0.0.0.0/0": Next("a1-eth1", "10.0.1.11")}
@@ -140,7 +159,11 @@ def test_route_to_an_instance_uses_its_primary_eni() -> None:
 @pytest.mark.parametrize(
     "route",
     [
-        {"DestinationCidrBlock": "0.0.0.0/0", "NetworkInterfaceId": "eni-gone", "State": "blackhole"},
+        {
+            "DestinationCidrBlock": "0.0.0.0/0",
+            "NetworkInterfaceId": "eni-gone",
+            "State": "blackhole",
+        },
         {"DestinationCidrBlock": "0.0.0.0/0", "NetworkInterfaceId": "eni-x"},  # no lab link
         {"DestinationCidrBlock": "0.0.0.0/0", "NatGatewayId": "nat-1"},  # not modelled
         {"DestinationCidrBlock": "0.0.0.0/0", "GatewayId": "igw-of-another-vpc"},
