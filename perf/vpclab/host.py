@@ -36,13 +36,14 @@ def attach_peer_pass(ns: str, ifname: str) -> None:
 
 
 def pid_alive(pidfile: Path) -> int | None:
-    """The pid recorded in ``pidfile`` when that process runs, else None."""
+    """The pid recorded in ``pidfile`` when that process runs, else None (a zombie that
+    init has not reaped yet counts as gone)."""
     try:
         pid = int(pidfile.read_text())
-        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except (OSError, ValueError):
         return None
-    return pid
+    return None if stat.rpartition(")")[2].split()[0] == "Z" else pid
 
 
 def stop_pidfile(pidfile: Path, wait: float = 3.0) -> None:
