@@ -29,9 +29,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
+from perf.vpclab.seed import client
 from perf.vpclab.topology import ENDPOINT_URL, IMDS_IP, REGION
 
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
@@ -49,18 +47,11 @@ class NotFound(Exception):
 class Metadata:
     """The metadata tree of one instance, read from the EC2 API on each call."""
 
-    def __init__(self, instance_id: str, endpoint_url: str, region: str = REGION) -> None:
+    def __init__(self, instance_id: str, endpoint_url: str) -> None:
         self.instance_id = instance_id
-        self.region = region
-        kw: dict[str, Any] = {
-            "region_name": region,
-            "endpoint_url": endpoint_url,
-            "aws_access_key_id": "vpclab",
-            "aws_secret_access_key": "vpclab",
-            "config": Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2}),
-        }
-        self.ec2 = boto3.client("ec2", **kw)
-        self.autoscaling = boto3.client("autoscaling", **kw)
+        self.region = REGION
+        self.ec2 = client("ec2", endpoint_url, read_timeout=5)
+        self.autoscaling = client("autoscaling", endpoint_url, read_timeout=5)
         self._lock = threading.Lock()
 
     def _instance(self) -> dict[str, Any]:

@@ -35,16 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from pyroute2 import NetNS
 
 from perf.vpclab.model import Next, Ownership, VpcState, desired, snapshot
 from perf.vpclab.render import igw_nft, router_nft
+from perf.vpclab.seed import client
 from perf.vpclab.topology import (
     ENDPOINT_URL,
     IGW_NS,
-    REGION,
     ROUTER_NS,
     RUN_DIR,
     VPC_NAME,
@@ -60,18 +58,6 @@ FIRST_TABLE = 100
 NUD_PERMANENT = 0x80
 RTN_UNICAST, RTN_BLACKHOLE = 1, 6
 SCOPE_LINK = 253
-
-
-def ec2_client(endpoint_url: str = ENDPOINT_URL, region: str = REGION) -> Any:
-    """An EC2 client for the lab's endpoint with the lab's (moto-accepted) credentials."""
-    return boto3.client(
-        "ec2",
-        region_name=region,
-        endpoint_url=endpoint_url,
-        aws_access_key_id="vpclab",
-        aws_secret_access_key="vpclab",
-        config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2}),
-    )
 
 
 def read_vpc(ec2: Any) -> tuple[Any, ...] | None:
@@ -104,7 +90,7 @@ class Mirror:
     """Polls the lab's EC2 endpoint and applies the difference to the namespaces."""
 
     def __init__(self, endpoint_url: str = ENDPOINT_URL, status_file: Path | None = None) -> None:
-        self.ec2 = ec2_client(endpoint_url)
+        self.ec2 = client("ec2", endpoint_url, read_timeout=5)
         self.status_file = status_file
         self.ownership = Ownership()
         self.tables: dict[str, int] = {}
@@ -232,24 +218,16 @@ class Mirror:
                     prio,
                 )
             )
-        for iif, dst, table, prio in want - have:
-            spec: dict[str, Any] = {"table": table, "priority": prio}
-            if iif is not None:
-                spec["iifname"] = iif
-            if dst is not None:
-                addr, plen = dst.split("/")
-                spec |= {"dst": addr, "dst_len": int(plen)}
-            log.info("rule add %s", spec)
-            ipr.rule("add", **spec)
-        for iif, dst, table, prio in have - want:
-            spec = {"table": table, "priority": prio}
-            if iif is not None:
-                spec["iifname"] = iif
-            if dst is not None:
-                addr, plen = dst.split("/")
-                spec |= {"dst": addr, "dst_len": int(plen)}
-            log.info("rule del %s", spec)
-            ipr.rule("del", **spec)
+        for op, rules in (("add", want - have), ("del", have - want)):
+            for iif, dst, table, prio in rules:
+                spec: dict[str, Any] = {"table": table, "priority": prio}
+                if iif is not None:
+                    spec["iifname"] = iif
+                if dst is not None:
+                    addr, plen = dst.split("/")
+                    spec |= {"dst": addr, "dst_len": int(plen)}
+                log.info("rule %s %s", op, spec)
+                ipr.rule(op, **spec)
 
     def _sync_neighbours(self, ipr: Any, state: VpcState, links: Mapping[str, int]) -> None:
         want = {

@@ -40,16 +40,22 @@ from perf.vpclab.topology import (
 INSTANCE_TYPE = "c6in.large"
 
 
+def client(service: str, endpoint_url: str = ENDPOINT_URL, read_timeout: float = 10) -> Any:
+    """A boto3 client for the lab's endpoint, with credentials moto accepts."""
+    session: Any = boto3.session.Session()  # any service name, not the stubs' literals
+    return session.client(
+        service,
+        region_name=REGION,
+        endpoint_url=endpoint_url,
+        aws_access_key_id="vpclab",
+        aws_secret_access_key="vpclab",
+        config=Config(connect_timeout=2, read_timeout=read_timeout, retries={"max_attempts": 2}),
+    )
+
+
 def clients(endpoint_url: str = ENDPOINT_URL) -> dict[str, Any]:
     """boto3 clients for the lab's endpoint, by service name."""
-    kw: dict[str, Any] = {
-        "region_name": REGION,
-        "endpoint_url": endpoint_url,
-        "aws_access_key_id": "vpclab",
-        "aws_secret_access_key": "vpclab",
-        "config": Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 3}),
-    }
-    return {s: boto3.client(s, **kw) for s in ("ec2", "autoscaling", "dynamodb", "ssm")}
+    return {s: client(s, endpoint_url) for s in ("ec2", "autoscaling", "dynamodb", "ssm")}
 
 
 def _tags(kind: str, name: str) -> list[dict[str, Any]]:
