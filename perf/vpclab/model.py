@@ -24,7 +24,8 @@ The AWS behaviour modelled here, with the documents it follows:
   gateways"): the internet gateway translates 1:1 and statelessly between a public
   address and the private address it is associated with; a private address without a
   public one cannot reach the internet. An association is with a private address, and
-  stays with it when the address is reassigned to another ENI.
+  stays with it when the address is reassigned to another ENI. A public IPv4 address
+  assigned at launch translates to its ENI's primary address the same way.
 * Secondary private IPs moved with ``AssignPrivateIpAddresses(AllowReassignment=True)``
   leave the old ENI. moto up to 5.2.x keeps the address on the old ENI as well; the
   lab's moto launcher (:mod:`perf.vpclab.motod`) fixes that, and :class:`Ownership`
@@ -229,6 +230,7 @@ def snapshot(
         if NAME_TAG in tags:
             names[inst["InstanceId"]] = tags[NAME_TAG]
         instance_check[inst["InstanceId"]] = bool(inst.get("SourceDestCheck", True))
+    enis = list(enis)
     out: list[Eni] = []
     primary_enis: dict[str, str] = {}
     for raw in enis:
@@ -280,11 +282,7 @@ def snapshot(
         subnets={s["SubnetId"]: s["CidrBlock"] for s in subnets if s.get("VpcId") == vpc_id},
         enis=tuple(out),
         route_tables=tuple(tables),
-        eips={
-            a["PublicIp"]: a["PrivateIpAddress"]
-            for a in addresses
-            if a.get("AssociationId") and a.get("PrivateIpAddress")
-        },
+        eips=_public_addresses(addresses, enis),
         igw_ids=frozenset(
             g["InternetGatewayId"]
             for g in igws
@@ -292,6 +290,24 @@ def snapshot(
         ),
         primary_enis=primary_enis,
     )
+
+
+def _public_addresses(
+    addresses: Iterable[Mapping[str, Any]], enis: Iterable[Mapping[str, Any]]
+) -> dict[str, str]:
+    """Public IP -> private IP: every associated Elastic IP, and the public IPv4 address
+    EC2 assigned at launch to an ENI's primary address (shown on the ENI, owned by
+    ``amazon``, never in ``DescribeAddresses``)."""
+    out = {
+        a["PublicIp"]: a["PrivateIpAddress"]
+        for a in addresses
+        if a.get("AssociationId") and a.get("PrivateIpAddress")
+    }
+    for raw in enis:
+        public = (raw.get("Association") or {}).get("PublicIp")
+        if public and public not in out and raw.get("Association", {}).get("IpOwnerId") == "amazon":
+            out[public] = raw["PrivateIpAddress"]
+    return out
 
 
 def _routable(raw: Mapping[str, Any]) -> bool:

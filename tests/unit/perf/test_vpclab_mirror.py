@@ -208,6 +208,14 @@ def test_igw_translates_every_association_and_only_those() -> None:
     assert "elements" not in igw_nft(state.nat)  # no private source gets out
 
 
+def test_auto_assigned_public_ips_are_translated_too() -> None:
+    enis = _enis()
+    enis[4]["Association"] = {"PublicIp": "198.18.0.7", "IpOwnerId": "amazon"}
+    enis[0]["Association"] = {"PublicIp": "203.0.113.10", "IpOwnerId": "123456789012"}  # the EIP
+    state, _ = _state(_snap(enis=enis))
+    assert state.nat == {"203.0.113.10": NAT_IP, "198.18.0.7": "10.0.1.50"}
+
+
 def test_reassigned_secondary_left_on_the_old_eni_goes_to_the_newest_claimant() -> None:
     first, own = _state(_snap())
     assert first.hosts[NAT_IP] == "a1-eth0"
