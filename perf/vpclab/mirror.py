@@ -1,10 +1,11 @@
 """The VPC mirror: polls moto and makes the router and internet-gateway namespaces match.
 
-Every ``interval`` (150 ms by default) :meth:`Mirror.step` reads the VPC from the EC2 API
-(the same four ``Describe*`` calls a person would make), computes the wanted state with
-the pure functions of :mod:`perf.vpclab.model`, and changes only what differs from what
-the kernel has now (read back every step, so a rebuilt link or a hand-made change is
-repaired on the next step):
+Every ``interval`` (200 ms by default) :meth:`Mirror.step` reads the VPC from the EC2
+API (four ``Describe*`` calls: instances, network interfaces, route tables, addresses;
+the VPC, its subnets and its internet gateway every 25 steps), computes the wanted state
+with the pure functions of :mod:`perf.vpclab.model`, and changes only what differs from
+what the kernel has now (read back whenever the VPC changed, and every 10 steps
+anyway, so a rebuilt link or a hand-made change is repaired within 2 s):
 
 * in ``cv-vpc``, the main table: one ``/32`` per private address toward the link of the
   ENI holding it, with a permanent neighbour entry for the ENI's MAC (the VPC fabric
@@ -14,10 +15,10 @@ repaired on the next step):
   rule per ENI link;
 * the router's source/destination check and the internet gateway's translation are
   nftables tables (:mod:`perf.vpclab.render`), replaced atomically when their text
-  changes.
+  changes (and put back if they disappear).
 
 Run as a daemon by the lab (``python -m perf.vpclab.mirror``), or as an object in tests.
-Each step's outcome goes to ``status.json`` in the run directory, which
+Each step's outcome goes to ``mirror.json`` in the run directory, which
 ``VpcLab.sync()`` waits on.
 """
 
@@ -38,7 +39,7 @@ from typing import Any
 from pyroute2 import NetNS
 
 from perf.vpclab.model import Next, Ownership, VpcState, desired, snapshot
-from perf.vpclab.render import igw_nft, router_nft
+from perf.vpclab.render import IGW_TABLE, ROUTER_TABLE, igw_nft, router_nft
 from perf.vpclab.seed import client
 from perf.vpclab.topology import (
     ENDPOINT_URL,
@@ -60,22 +61,40 @@ RTN_UNICAST, RTN_BLACKHOLE = 1, 6
 SCOPE_LINK = 253
 
 
-def read_vpc(ec2: Any) -> tuple[Any, ...] | None:
-    """The ``Describe*`` answers the model needs, or None when the lab's VPC is absent."""
-    vpcs = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": [VPC_NAME]}])["Vpcs"]
-    if not vpcs:
-        return None
-    vpc = vpcs[0]
+INTERVAL = 0.2
+"""Seconds between polls: an API call reaches the namespaces within about this."""
+RECHECK_EVERY = 10
+"""With the VPC unchanged, the kernel is compared with it every this many steps."""
+SLOW_EVERY = 25
+"""The VPC, its subnets and its internet gateway are re-read every this many steps."""
+
+
+def read_vpc(ec2: Any, slow: tuple[Any, ...] | None = None) -> tuple[Any, ...] | None:
+    """The ``Describe*`` answers the model needs (re-using ``slow``, the answers about
+    what hardly changes, when given), or None when the lab's VPC is absent."""
+    if slow is None:
+        vpcs = ec2.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": [VPC_NAME]}])["Vpcs"]
+        if not vpcs:
+            return None
+        only = [{"Name": "vpc-id", "Values": [vpcs[0]["VpcId"]]}]
+        slow = (
+            vpcs[0],
+            ec2.describe_subnets(Filters=only)["Subnets"],
+            ec2.describe_internet_gateways(
+                Filters=[{"Name": "attachment.vpc-id", "Values": [vpcs[0]["VpcId"]]}]
+            )["InternetGateways"],
+        )
+    vpc, subnets, igws = slow
     only = [{"Name": "vpc-id", "Values": [vpc["VpcId"]]}]
     reservations = ec2.describe_instances(Filters=only)["Reservations"]
     return (
         vpc,
-        ec2.describe_subnets(Filters=only)["Subnets"],
+        subnets,
         [i for r in reservations for i in r["Instances"]],
         ec2.describe_network_interfaces(Filters=only)["NetworkInterfaces"],
         ec2.describe_route_tables(Filters=only)["RouteTables"],
         ec2.describe_addresses()["Addresses"],
-        ec2.describe_internet_gateways()["InternetGateways"],
+        igws,
     )
 
 
@@ -97,6 +116,8 @@ class Mirror:
         self.generation = 0
         self.state: VpcState | None = None
         self._nft: dict[str, str] = {}
+        self._slow: tuple[Any, ...] | None = None
+        self._applied_links: dict[str, int] = {}
         self._router: Any = None
 
     def close(self) -> None:
@@ -111,14 +132,21 @@ class Mirror:
         started = time.time()
         error = None
         try:
-            answers = read_vpc(self.ec2)
+            if self.generation % SLOW_EVERY == 0:
+                self._slow = None
+            answers = read_vpc(self.ec2, self._slow)
             if answers is None:
                 self.state = None
             else:
+                self._slow = (answers[0], answers[1], answers[6])
                 snap = snapshot(*answers)
                 self.ownership = self.ownership.advance(snap.enis)
-                self.state = desired(snap, self.ownership.owners)
-                self.apply(self.state)
+                state = desired(snap, self.ownership.owners)
+                links = self._links()
+                changed = state != self.state or links != self._applied_links
+                if changed or self.generation % RECHECK_EVERY == 0:
+                    self.apply(state, links)
+                self.state, self._applied_links = state, links
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             log.warning("mirror step failed: %s", error)
@@ -142,11 +170,17 @@ class Mirror:
         tmp.write_text(json.dumps(data))
         tmp.replace(self.status_file)
 
-    def apply(self, state: VpcState) -> None:
+    def _links(self) -> dict[str, int]:
+        """The router's links by name (a rebuilt link has a new index)."""
         if self._router is None:
             self._router = NetNS(ROUTER_NS)
+        return {
+            link.get_attr("IFLA_IFNAME"): int(link["index"]) for link in self._router.get_links()
+        }
+
+    def apply(self, state: VpcState, links: Mapping[str, int]) -> None:
+        """Make the router and the internet gateway hold ``state``."""
         ipr = self._router
-        links = {link.get_attr("IFLA_IFNAME"): int(link["index"]) for link in ipr.get_links()}
         for rtb_id in sorted(state.tables):
             if rtb_id not in self.tables:
                 self.tables[rtb_id] = max(self.tables.values(), default=FIRST_TABLE - 1) + 1
@@ -156,29 +190,32 @@ class Mirror:
         for ip, link in state.hosts.items():
             if link in links:
                 want_main[f"{ip}/32"] = _KernelRoute(links[link], None, blackhole=False)
-        self._sync_routes(ipr, MAIN, want_main)
+        want = {MAIN: want_main}
         for rtb_id, routes in state.tables.items():
-            self._sync_routes(ipr, self.tables[rtb_id], _kernel_routes(routes, links))
-        stale = {r.get_attr("RTA_TABLE") for r in ipr.get_routes(family=2, proto=RTPROT_LAB)}
-        stale -= {MAIN, *(self.tables[t] for t in state.tables)}
-        for number in stale:  # route tables deleted, or numbered by an earlier mirror
-            self._sync_routes(ipr, number, {})
+            want[self.tables[rtb_id]] = _kernel_routes(routes, links)
+        have: dict[int, dict[str, _KernelRoute]] = {}
+        for r in ipr.get_routes(family=2, proto=RTPROT_LAB):  # every table, one dump
+            dst = f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}"
+            have.setdefault(r.get_attr("RTA_TABLE"), {})[dst] = _KernelRoute(
+                r.get_attr("RTA_OIF"), r.get_attr("RTA_GATEWAY"), r["type"] == RTN_BLACKHOLE
+            )
+        # A table in "have" only: its route table is gone, or an earlier mirror numbered it.
+        for table in want.keys() | have.keys():
+            self._sync_routes(ipr, table, want.get(table, {}), have.get(table, {}))
         self._sync_rules(ipr, state, links)
         self._sync_neighbours(ipr, state, links)
-        self._nft_apply(ROUTER_NS, router_nft(state.checked))
-        self._nft_apply(IGW_NS, igw_nft(state.nat))
+        self._nft_apply(ROUTER_NS, ROUTER_TABLE, router_nft(state.checked))
+        self._nft_apply(IGW_NS, IGW_TABLE, igw_nft(state.nat))
 
     # -- kernel state ------------------------------------------------------------------
 
-    def _sync_routes(self, ipr: Any, table: int, want: Mapping[str, _KernelRoute]) -> None:
-        have: dict[str, _KernelRoute] = {}
-        for r in ipr.get_routes(family=2, table=table):
-            if r["proto"] != RTPROT_LAB or r.get_attr("RTA_TABLE") != table:
-                continue
-            dst = f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}"
-            have[dst] = _KernelRoute(
-                r.get_attr("RTA_OIF"), r.get_attr("RTA_GATEWAY"), r["type"] == RTN_BLACKHOLE
-            )
+    def _sync_routes(
+        self,
+        ipr: Any,
+        table: int,
+        want: Mapping[str, _KernelRoute],
+        have: Mapping[str, _KernelRoute],
+    ) -> None:
         for dst, route in want.items():
             if have.get(dst) == route:
                 continue
@@ -243,9 +280,18 @@ class Mirror:
             if not any(w[0] == ip and w[1] == index for w in want):
                 ipr.neigh("del", dst=ip, ifindex=index)
 
-    def _nft_apply(self, ns: str, text: str) -> None:
-        if self._nft.get(ns) == text and self.generation % 50:
-            return
+    def _nft_apply(self, ns: str, table: str, text: str) -> None:
+        if self._nft.get(ns) == text:
+            if self.generation % RECHECK_EVERY:
+                return
+            listed = subprocess.run(
+                ["ip", "netns", "exec", ns, "nft", "list", "tables"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if f"table ip {table}" in listed.stdout:
+                return  # unchanged; replacing it would only reset its counters
         proc = subprocess.run(
             ["ip", "netns", "exec", ns, "nft", "-f", "-"],
             input=text,
@@ -261,7 +307,7 @@ class Mirror:
 
     # -- daemon ------------------------------------------------------------------------
 
-    def run(self, interval: float = 0.15) -> None:
+    def run(self, interval: float = INTERVAL) -> None:
         stop = False
 
         def _stop(_sig: int, _frame: object) -> None:
@@ -295,7 +341,7 @@ def _kernel_routes(routes: Mapping[str, Next], links: Mapping[str, int]) -> dict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perf.vpclab.mirror")
     parser.add_argument("--endpoint-url", default=ENDPOINT_URL)
-    parser.add_argument("--interval", type=float, default=0.15)
+    parser.add_argument("--interval", type=float, default=INTERVAL)
     parser.add_argument("--status-file", type=Path, default=RUN_DIR / "mirror.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
