@@ -1,15 +1,15 @@
 """Echo servers for the lab's internet namespace: an HTTP server that tells each client
 the source address it saw (so tests can check the gateway's translation) and serves
-``/bytes/N``, a UDP echo and a TCP echo (the failover probe's long-lived connections,
-:mod:`perf.lab.flowprobe`). :mod:`perf.lab.servers` runs them as
+``/bytes/N``, a UDP echo and a TCP echo (RFC 862; the failover probe's long-lived
+connections). :mod:`perf.lab.servers` runs them as
 ``python -m perf.lab.echo http|udp-echo|tcp-echo ADDRESS PORT``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
+import socketserver
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -35,9 +35,18 @@ class _Handler(BaseHTTPRequestHandler):
         sys.stderr.write(f"{self.client_address[0]} {format % args}\n")
 
 
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the address's name (getfqdn): a DNS timeout
+        # in a namespace without a resolver.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+
 def serve_http(address: str, port: int) -> None:
-    ThreadingHTTPServer.daemon_threads = True
-    ThreadingHTTPServer((address, port), _Handler).serve_forever()
+    _HttpServer((address, port), _Handler).serve_forever()
 
 
 def serve_udp_echo(address: str, port: int) -> None:
@@ -48,25 +57,16 @@ def serve_udp_echo(address: str, port: int) -> None:
         sock.sendto(data, peer)
 
 
-async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except OSError:
-        pass
-    finally:
-        writer.close()
-
-
-async def _serve_tcp_echo(address: str, port: int) -> None:
-    server = await asyncio.start_server(_echo, address, port, backlog=1024)
-    async with server:
-        await server.serve_forever()
+class _TcpEcho(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
 
 
 def serve_tcp_echo(address: str, port: int) -> None:
-    asyncio.run(_serve_tcp_echo(address, port))
+    socketserver.ThreadingTCPServer.daemon_threads = True
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    socketserver.ThreadingTCPServer((address, port), _TcpEcho).serve_forever()
 
 
 SERVERS = {"http": serve_http, "udp-echo": serve_udp_echo, "tcp-echo": serve_tcp_echo}
@@ -76,7 +76,8 @@ def main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[0] not in SERVERS:
         print(f"usage: python -m perf.lab.echo {'|'.join(SERVERS)} ADDRESS PORT", file=sys.stderr)
         return 2
-    SERVERS[argv[0]](argv[1], int(argv[2]))
+    kind, address, port = argv[0], argv[1], int(argv[2])
+    SERVERS[kind](address, port)
     return 0
 
 

@@ -33,9 +33,9 @@ def require_root() -> None:
 
 
 @contextlib.contextmanager
-def exclusive(timeout: float = 900.0) -> Iterator[None]:
-    """Hold the lab for one user at a time (a test session, a benchmark run)."""
-    with LOCK_FILE.open("a") as fh:
+def exclusive(timeout: float = 900.0, lock_file: Path = LOCK_FILE) -> Iterator[None]:
+    """Hold a lab (``lock_file``) for one user at a time (a test session, a benchmark)."""
+    with lock_file.open("a") as fh:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -44,7 +44,7 @@ def exclusive(timeout: float = 900.0) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise LabError(
-                        f"the lab is busy (lock {LOCK_FILE}) for {timeout:.0f}s"
+                        f"the lab is busy (lock {lock_file}) for {timeout:.0f}s"
                     ) from None
                 time.sleep(0.5)
         try:
@@ -91,25 +91,29 @@ def daemonize(argv: list[str], pidfile: Path, logfile: Path) -> int:
 
 
 def pid_alive(pidfile: Path) -> int | None:
-    """The pid recorded in ``pidfile`` when that process runs, else None."""
+    """The pid recorded in ``pidfile`` when that process runs, else None (a zombie that
+    init has not reaped yet counts as gone)."""
     try:
         pid = int(pidfile.read_text())
-        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except (OSError, ValueError):
         return None
-    return pid
+    return None if stat.rpartition(")")[2].split()[0] == "Z" else pid
 
 
 def stop(pidfile: Path, wait: float) -> None:
-    """SIGTERM the process group of ``pidfile``'s process, wait up to ``wait`` seconds
-    for it to go, and remove the pidfile."""
+    """SIGTERM the process group of ``pidfile``'s process, SIGKILL it after ``wait``
+    seconds, and remove the pidfile."""
     pid = pid_alive(pidfile)
     if pid:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and pid_alive(pidfile):
-            time.sleep(0.05)
+            time.sleep(0.02)
+        if pid_alive(pidfile):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
     pidfile.unlink(missing_ok=True)
 
 

@@ -5,9 +5,11 @@ lease's injected clock; the periods are driven by the test."""
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +19,9 @@ from control.aws.ha import Ha, Lifecycle
 from control.aws.imds import ImdsError, InstanceIdentity
 from control.aws.lease import create_table
 from control.aws.takeover import Enis, Takeover, Zone
-from perf.lab import awsfake
 from tests.unit.control.aws.conftest import REGION, FakeClock, admin_client
 from tests.unit.control.aws.test_takeover import FakeAddresses
+from tests.unit.control.conftest import LIFECYCLE_LOG
 
 pytestmark = pytest.mark.unit
 
@@ -118,7 +120,6 @@ def admin_client_for(ec2: Any, service: str) -> Any:
 
 @pytest.fixture
 def world(moto_endpoint: str) -> World:
-    awsfake.patch()
     ec2 = admin_client(moto_endpoint, "ec2")
     asg = admin_client(moto_endpoint, "autoscaling")
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
@@ -224,7 +225,7 @@ def test_the_standby_takes_over_when_the_leader_dies_and_a_stale_leader_is_fence
     assert a.addresses.held == set() and a.sync.calls == ["leader", "standby"]
 
 
-def test_a_terminating_leader_hands_over_at_once(world: World) -> None:
+def test_a_terminating_leader_hands_over_at_once(world: World, moto_dir: Path) -> None:
     boot(world)
     a, b = world.nodes
     a.ha.period()
@@ -233,8 +234,9 @@ def test_a_terminating_leader_hands_over_at_once(world: World) -> None:
     assert a.ha._terminating()
     a.ha.hand_over()
     assert a.ha.status.role == "terminating" and a.addresses.held == set()
-    last = awsfake.LIFECYCLE_ACTIONS[-1]
-    assert (last["hook"], last["instance"], last["result"]) == (
+    lines = (moto_dir / LIFECYCLE_LOG).read_text().splitlines()
+    last = json.loads(lines[-1])
+    assert (last["hook"], last["instance_id"], last["result"]) == (
         "spectra-terminate",
         a.instance_id,
         "CONTINUE",

@@ -97,7 +97,9 @@ def test_the_new_leader_gets_the_address_the_eip_and_the_routes(vpc: Vpc) -> Non
     assert report.ok, report.error
     assert report.steps == {
         "nat_address": "assigned",
-        "elastic_ip": "associated",
+        # the Elastic IP follows a reassigned secondary IP (EC2 user guide, "Multiple
+        # IP addresses": it "retains its association with the Elastic IP address")
+        "elastic_ip": "already associated",
         "routes": f"replaced {vpc.zone.route_table_ids[0]}",
     }
     eni = vpc.ec2.describe_network_interfaces(NetworkInterfaceIds=[standby.outside_eni])
@@ -150,3 +152,17 @@ def test_release_removes_only_the_os_address(vpc: Vpc) -> None:
     assert addresses.held == set()
     eip = vpc.ec2.describe_addresses(AllocationIds=[vpc.zone.allocation_id])["Addresses"][0]
     assert eip["NetworkInterfaceId"] == vpc.gateways[1].outside_eni
+
+
+def test_an_elastic_ip_that_points_elsewhere_is_associated(vpc: Vpc) -> None:
+    association = vpc.ec2.describe_addresses(AllocationIds=[vpc.zone.allocation_id])["Addresses"][
+        0
+    ]["AssociationId"]
+    vpc.ec2.disassociate_address(AssociationId=association)
+    report = _takeover(vpc, 1, FakeAddresses()).run(2, lambda: True)
+    assert report.ok and report.steps["elastic_ip"] == "associated"
+    eip = vpc.ec2.describe_addresses(AllocationIds=[vpc.zone.allocation_id])["Addresses"][0]
+    assert (eip["NetworkInterfaceId"], eip["PrivateIpAddress"]) == (
+        vpc.gateways[1].outside_eni,
+        NAT,
+    )
