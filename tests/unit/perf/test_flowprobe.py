@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
-from perf.lab.flowprobe import Gap, Probe, Summary, longest_gap
 from perf.lab.echo import serve_udp_echo
+from perf.lab.flowprobe import Gap, Probe, Summary, longest_gap
 
 pytestmark = pytest.mark.unit
 
