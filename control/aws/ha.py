@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -144,6 +143,7 @@ class Ha:
                     NetworkInterfaceId=eni, SourceDestCheck={"Value": False}
                 )
             self._mark("source_dest_check", "ok", f"off on {', '.join(enis)}")
+            self.status.error = self.takeover.warm()
         except (ClientError, BotoCoreError) as exc:
             self._mark("source_dest_check", "failed", describe_error(exc))
             return False
@@ -290,10 +290,16 @@ class Ha:
 
 
 def _mac(ifname: str) -> str | None:
-    try:
-        return Path(f"/sys/class/net/{ifname}/address").read_text().strip().lower()
-    except OSError:
-        return None
+    """The MAC of ``ifname`` in this network namespace (netlink: sysfs shows the
+    namespace it was mounted in, which an agent started with ``--netns`` is not)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return None
+        mac: str = ipr.get_links(found[0])[0].get_attr("IFLA_ADDRESS")
+        return mac.lower()
 
 
 def enis_for(identity: InstanceIdentity, outside: str, inside: str) -> Enis:

@@ -17,15 +17,20 @@ from pathlib import Path
 
 from control.nftables import TABLE, table_present
 
-FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")
+FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")  # the reading task's namespace
 
 
 def _link_up(ifname: str) -> bool:
-    try:
-        state = Path(f"/sys/class/net/{ifname}/operstate").read_text().strip()
-    except OSError:
-        return False
-    return state in ("up", "unknown")
+    """Whether ``ifname`` is up in this network namespace (netlink, not sysfs: sysfs
+    shows the namespace it was mounted in)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return False
+        state = ipr.get_links(found[0])[0].get_attr("IFLA_OPERSTATE")
+    return state in ("UP", "UNKNOWN")
 
 
 class DataPathHealth:

@@ -189,6 +189,16 @@ class Takeover:
         )
         return report
 
+    def warm(self) -> str | None:
+        """Create both roles' clients now (the operational role is assumed here), so a
+        takeover does not wait for STS; the reason when that fails (retried then)."""
+        try:
+            self._instance_ec2()
+            self._operational_ec2()
+        except Exception as exc:  # RoleInert, botocore errors: reported, not fatal here
+            return str(exc)
+        return None
+
     def release(self) -> None:
         """This instance stops answering for the NAT address (OS side only)."""
         self._addresses.remove(

@@ -82,7 +82,8 @@ class Transition:
 def _pair(members: list[str], networks: list[str], host: Host) -> tuple[str, str] | None:
     """This instance's member address and its peer's: the member on the sync link, and
     the one other member in the same subnet (the AZ's other instance). ``None`` when no
-    member address is on the link (an instance without a standby in its AZ)."""
+    member address is on the link or no other member is in its subnet (an instance
+    without a standby in its AZ)."""
     if isinstance(host, AnyHost):  # the config API's dry run knows no sync link
         return members[0], members[1]
     mine = [(n, m) for n in networks for m in members if n.partition("/")[0] == m]
@@ -97,6 +98,8 @@ def _pair(members: list[str], networks: list[str], host: Host) -> tuple[str, str
     network, local = mine[0]
     subnet = ip_network(network, strict=False)
     peers = [m for m in members if m != local and ip_address(m) in subnet]
+    if not peers:  # the only instance of its AZ: no standby to sync to
+        return None
     if len(peers) != 1:
         raise RenderError(
             "ha.conntrack_sync.members",
@@ -140,7 +143,7 @@ class ConntrackSyncStep:
         members = [str(m) for m in sync.members]
         pair = _pair(members, networks, host)
         if pair is None:
-            log.info("conntrack sync: none of %s is on %s here; not synced", members, interface)
+            log.info("conntrack sync: no pair of %s on %s here; not synced", members, interface)
             return None
         local, peer = pair
         # The NAT addresses move between instances with the leadership; translated

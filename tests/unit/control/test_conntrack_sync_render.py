@@ -136,11 +136,11 @@ def test_each_instance_pairs_with_the_member_in_its_own_subnet() -> None:
     for mine, peer in (("10.0.1.12", "10.0.1.11"), ("10.0.2.11", "10.0.2.12")):
         settings = ConntrackSyncStep.render(doc, FakeHost(sync=[f"{mine}/24"]))
         assert settings is not None and (settings.local, settings.peer) == (mine, peer)
-    with pytest.raises(RenderError, match=r"exactly one other member in 10\.0\.3\.0/24"):
-        ConntrackSyncStep.render(
-            parse_document(document(members=[*members, "10.0.3.11"])),
-            FakeHost(sync=["10.0.3.11/24"]),
-        )
+    alone = parse_document(document(members=[*members, "10.0.3.11"]))
+    assert ConntrackSyncStep.render(alone, FakeHost(sync=["10.0.3.11/24"])) is None
+    three = parse_document(document(members=[*members, "10.0.1.13"]))
+    with pytest.raises(RenderError, match=r"exactly one other member in 10\.0\.1\.0/24"):
+        ConntrackSyncStep.render(three, FakeHost(sync=["10.0.1.13/24"]))
 
 
 def test_config_api_dry_run_renders_without_a_sync_link() -> None:
