@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from control.aws.ha import HaRunner, SyncRole
+from control.aws.imds import Imds
 from control.config import ConfigDocument, ConfigValidationError
 from control.steps import ConvergeError, Converger, KernelHost, StepContext, build_steps
 from control.steps.conntrack_sync import ConntrackSyncStep
@@ -51,6 +53,8 @@ class AgentSettings:
     offload_seconds: float = 0.2
     flow_table_size: int = 262144
     idle_seconds: float = 300.0
+    aws: bool = False  # on EC2: IMDS, leader lease, takeover (control.aws.ha)
+    imds_endpoint: str = "http://169.254.169.254"
 
     @property
     def poll(self) -> float:
@@ -79,6 +83,7 @@ class AgentState:
     not_yet_rendered: list[str] = field(default_factory=list)
     inspection: dict[str, Any] = field(default_factory=dict)
     gwlb: dict[str, Any] = field(default_factory=dict)
+    aws: dict[str, Any] = field(default_factory=dict)
     conntrack_sync: dict[str, Any] = field(default_factory=dict)
 
 
@@ -110,12 +115,22 @@ class Agent:
             settings.flow_table_size,
             settings.idle_seconds,
         )
-        self.converger = Converger(build_steps(context), KernelHost())
+        self.host = KernelHost()
+        self.converger = Converger(build_steps(context), self.host)
+        self.aws = self._aws_runner() if settings.aws else None
+        self._stopping = threading.Event()
         self._stop = False
         self._wake = threading.Event()
         self._failed_version = 0
         self._retry_at = 0.0
         self._backoff = settings.poll
+
+    def _aws_runner(self) -> HaRunner:
+        return HaRunner(
+            Imds(self.settings.imds_endpoint),
+            lambda: self.state.converged,
+            lambda: next((s for s in self.converger.steps if isinstance(s, SyncRole)), None),
+        )
 
     def poll_once(self) -> None:
         """Read the store's head; converge when it moved, or re-check the live state."""
@@ -155,6 +170,8 @@ class Agent:
         self.state.not_yet_rendered = _unrendered(doc)
         self._failed_version, self._backoff = 0, self.settings.poll
         log.info("converged %s to config version %d", self.settings.instance, version)
+        if self.aws is not None:
+            self.aws.configure(doc)
 
     def _failed(self, version: int, error: str) -> None:
         self.state.converged = False
@@ -181,6 +198,8 @@ class Agent:
         self.state.offload = status.get("xdp", {})
         self.state.inspection = status.get("inspection", {})
         self.state.gwlb = status.get("gwlb", {})
+        if self.aws is not None:
+            self.state.aws = self.aws.status()
         self.state.conntrack_sync = status.get("conntrack_sync", {})
 
     def write_state(self) -> None:
@@ -192,6 +211,7 @@ class Agent:
 
     def stop(self, *_: object) -> None:
         self._stop = True
+        self._stopping.set()
         self._wake.set()
 
     def wake(self) -> None:
@@ -203,6 +223,9 @@ class Agent:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         try:
+            if self.aws is not None:
+                identity = self.aws.identify(self._stopping)
+                self.host.availability_zone = identity.availability_zone if identity else None
             while not self._stop:
                 self.poll_once()
                 self.tick()
@@ -214,6 +237,8 @@ class Agent:
                         self._wake.clear()
                         break
         finally:
+            if self.aws is not None:
+                self.aws.stop()
             self.converger.close()
             self.store.close()
         log.info("agent %s stopped; data plane left in place", self.settings.instance)

@@ -83,6 +83,18 @@ def main() -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="JSON list of bootstrap tokens [{name, role, hash}] accepted besides api.tokens.",
 )
+@click.option(
+    "--aws/--no-aws",
+    "on_aws",
+    default=False,
+    help="On EC2: instance metadata, the AZ's leader lease and takeover (aws section).",
+)
+@click.option(
+    "--imds-endpoint",
+    default="http://169.254.169.254",
+    show_default=True,
+    help="Instance metadata service (IMDSv2).",
+)
 @click.option("-v", "--verbose", is_flag=True)
 @_needs_root
 def run(
@@ -94,6 +106,8 @@ def run(
     flow_table_size: int,
     with_api: bool,
     api_tokens: str | None,
+    on_aws: bool,
+    imds_endpoint: str,
     verbose: bool,
 ) -> None:
     """Start the appliance agent and converge this instance until stopped."""
@@ -113,6 +127,8 @@ def run(
         store_url=store_url,
         poll_seconds=poll_seconds,
         flow_table_size=flow_table_size,
+        aws=on_aws,
+        imds_endpoint=imds_endpoint,
     )
     try:
         store = open_store(store_url)

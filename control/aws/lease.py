@@ -169,6 +169,38 @@ class Lease:
     def is_leader(self) -> bool:
         return self.token is not None
 
+    def resume(self) -> bool:
+        """After an agent restart: when the table says this instance still holds a live
+        lease, keep it (same token, eligible; the caller checked the pinned data plane)
+        instead of waiting ``health_successes`` periods while it runs out. ``True`` if
+        resumed; a renewal follows at once."""
+        with self._lock:
+            try:
+                record = self._read()
+            except (ClientError, BotoCoreError) as exc:
+                self._error = self._describe(exc)
+                return False
+            now, mono = self._clock.time(), self._clock.monotonic()
+            if record is None or record.holder != self.settings.holder or record.expires <= now:
+                return False
+            self._seen = record
+            self._token, self._eligible, self._successes = record.token, True, 0
+            self._valid_until, self._expires = mono + (record.expires - now), record.expires
+            self._renew()
+            if self._token is None:
+                return False
+            self._emit("resumed", self.settings.holder, record.token, "agent restarted")
+            return True
+
+    def contend_due_in(self) -> float | None:
+        """Seconds until the lease another instance holds may be taken over (its expiry
+        plus the skew margin, as last read); ``None`` while leading or before a read."""
+        with self._lock:
+            seen = self._seen
+            if self._token is not None or seen is None or seen.holder == self.settings.holder:
+                return None
+            return seen.expires + self.settings.skew_margin_s - self._clock.time()
+
     def still_holds(self, token: int) -> bool:
         """Whether the table still says this instance holds the lease with ``token`` and
         it has not expired: a conditional write, so the answer is the table's, not ours.

@@ -23,7 +23,7 @@ from control.aws.session import RoleInert, describe_error
 
 log = logging.getLogger("spectra.aws")
 
-EventKind = Literal["acquired", "took_over", "took_back", "released", "lost"]
+EventKind = Literal["acquired", "took_over", "took_back", "released", "lost", "resumed"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ the external ID and, when set, an ``aws:PrincipalOrgID`` condition.
 from __future__ import annotations
 
 import re
+from ipaddress import IPv4Address
 from typing import Annotated
 
 from pydantic import AfterValidator, Field, model_validator
@@ -120,6 +121,69 @@ class Notify(StrictModel):
     sns_topic_arn: SnsTopicArn | None = None
 
 
+_ZONE_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}[a-z]$")
+_ALLOCATION_RE = re.compile(r"^eipalloc-[0-9a-f]{8,17}$")
+_RTB_RE = re.compile(r"^rtb-[0-9a-f]{8,17}$")
+_HOOK_RE = re.compile(r"^[A-Za-z0-9_./-]{1,255}$")
+_TARGET_RE = re.compile(r"^[A-Za-z0-9.-]{1,253}:\d{1,5}$")
+
+ZoneName = Annotated[str, _matching(_ZONE_RE, "an Availability Zone name like eu-west-1a")]
+AllocationId = Annotated[
+    str, _matching(_ALLOCATION_RE, "an Elastic IP allocation ID like eipalloc-0123abcd")
+]
+RouteTableId = Annotated[str, _matching(_RTB_RE, "a route table ID like rtb-0123abcd")]
+HookName = Annotated[str, _matching(_HOOK_RE, "a lifecycle hook name: 1-255 of A-Za-z0-9_./-")]
+ProbeTarget = Annotated[str, _matching(_TARGET_RE, "host:port, like 198.51.100.10:80")]
+
+
+class Zone(StrictModel):
+    """What the leader of one Availability Zone holds and moves on takeover."""
+
+    nat_address: IPv4Address = Field(
+        description="the secondary private IP of the outside subnet that flows are "
+        "translated to; it moves to the leader's outside ENI"
+    )
+    elastic_ip_allocation_id: AllocationId | None = Field(
+        default=None, description="the Elastic IP associated with nat_address"
+    )
+    route_tables: list[RouteTableId] = Field(
+        default_factory=list,
+        max_length=200,
+        description="private route tables whose 0.0.0.0/0 goes to the leader's inside ENI",
+    )
+    fail_over_to: ZoneName | None = Field(
+        default=None,
+        description="cross-AZ fallback (off by default; cross-AZ data transfer is billed "
+        "per GB both ways): with no healthy gateway in this AZ, its route tables point "
+        "at this other AZ's leader",
+    )
+
+
+class Lifecycle(StrictModel):
+    """The Auto Scaling lifecycle hooks the instance completes (absent: none)."""
+
+    launch_hook: HookName | None = "spectra-launch"
+    termination_hook: HookName | None = "spectra-terminate"
+    launch_timeout_s: float = Field(
+        default=300.0,
+        ge=10.0,
+        le=7200.0,
+        description="ABANDON the launch when the boot has not passed its health check by then",
+    )
+
+
+class Health(StrictModel):
+    """The instance's own data-path check (the lease's eligibility)."""
+
+    probe: ProbeTarget | None = Field(
+        default=None,
+        description="a TCP host:port reached through the outside interface every interval "
+        "(absent: only the local checks: links up, forwarding on, ruleset present)",
+    )
+    interval_s: float = Field(default=1.0, ge=0.2, le=60.0)
+    timeout_s: float = Field(default=1.0, ge=0.05, le=30.0)
+
+
 class Aws(StrictModel):
     """How the appliance talks to AWS: region, endpoints, the operational role, the lease."""
 
@@ -132,3 +196,39 @@ class Aws(StrictModel):
     )
     lease: Lease = Lease()
     notify: Notify = Notify()
+    zones: dict[ZoneName, Zone] = Field(
+        default_factory=dict,
+        description="per Availability Zone: the NAT address, Elastic IP and route tables "
+        "its leader takes over (empty: no leader election, no takeover)",
+    )
+    lifecycle: Lifecycle = Lifecycle()
+    health: Health = Health()
+
+    @model_validator(mode="after")
+    def _zones(self) -> Aws:
+        issues = []
+        owners: dict[str, str] = {}
+        for name, zone in self.zones.items():
+            if zone.fail_over_to is not None and zone.fail_over_to not in self.zones:
+                issues.append(
+                    Issue(
+                        ("zones", name, "fail_over_to"),
+                        zone.fail_over_to,
+                        f"expected one of the other zones {sorted(set(self.zones) - {name})}",
+                    )
+                )
+            if zone.fail_over_to == name:
+                issues.append(Issue(("zones", name, "fail_over_to"), name, "expected another zone"))
+            for i, rtb in enumerate(zone.route_tables):
+                first = owners.setdefault(rtb, name)
+                if first != name:
+                    issues.append(
+                        Issue(
+                            ("zones", name, "route_tables", i),
+                            rtb,
+                            f"already taken over by zones.{first}: a table has one leader",
+                        )
+                    )
+        if issues:
+            raise Issues(issues)
+        return self

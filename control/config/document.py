@@ -63,7 +63,12 @@ class ConfigDocument(StrictModel):
 
     @model_validator(mode="after")
     def _cross_section(self) -> ConfigDocument:
-        issues = _interface_issues(self) + _port_claim_issues(self) + _deny_limit_issues(self)
+        issues = (
+            _interface_issues(self)
+            + _port_claim_issues(self)
+            + _deny_limit_issues(self)
+            + _zone_issues(self)
+        )
         if issues:
             raise Issues(issues)
         return self
@@ -77,6 +82,18 @@ def _interface_issues(doc: ConfigDocument) -> list[Issue]:
                 ("interfaces", "outside"),
                 doc.interfaces.outside,
                 "expected an interface other than inside (only GWLB one-arm mode uses one)",
+            )
+        ]
+    return []
+
+
+def _zone_issues(doc: ConfigDocument) -> list[Issue]:
+    if doc.nat.outside_addresses == "zone" and not doc.aws.zones:
+        return [
+            Issue(
+                ("nat", "outside_addresses"),
+                "zone",
+                "expected aws.zones to name each Availability Zone's nat_address",
             )
         ]
     return []

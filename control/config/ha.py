@@ -3,10 +3,11 @@
 ``ha.conntrack_sync`` drives conntrackd (conntrack-tools, FTFW mode over unicast UDP):
 the leader replicates its conntrack table to the standby, so a takeover keeps the
 established, translated flows (same public address, same ports). The document is one
-for every instance, so it names the pair, not "me" and "the other": each instance
-takes the member address it finds on ``interface`` as its own and sends to the other
-one. conntrackd's unicast UDP transport sends to one destination (more ``UDP``
-sections are fail-over links, not fan-out), hence exactly two members.
+for every instance, so it names every instance's sync address, not "me" and "the
+other": each instance takes the member address it finds on ``interface`` as its own and
+sends to the one other member in that subnet (the AZ's other instance). conntrackd's
+unicast UDP transport sends to one destination (more ``UDP`` sections are fail-over
+links, not fan-out), hence pairs: one standby per AZ.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ class ConntrackSync(StrictModel):
     )
     members: list[IPv4Address] = Field(
         default_factory=list,
-        max_length=2,
-        description="the sync-link IPv4 addresses of the two instances; each uses the one "
-        "on its interface and sends to the other",
+        max_length=64,
+        description="the sync-link IPv4 addresses of the instances, two per AZ; each "
+        "instance uses the one on its interface and sends to the other member in the same "
+        "subnet (an instance with no member address on its interface is not synced)",
     )
     port: Port = Field(
         default=CONNTRACKD_PORT, description="UDP port of the sync messages, on both members"
@@ -45,15 +47,19 @@ class ConntrackSync(StrictModel):
         if not self.enabled:
             return self
         addresses = [str(a) for a in self.members]
-        if len(self.members) != 2:
+        if len(self.members) < 2:
             raise fail(
                 ("members",),
                 addresses,
-                "expected exactly 2 IPv4 addresses (this instance's and its peer's sync "
-                "address) when enabled",
+                "expected at least 2 IPv4 addresses (the sync addresses of an AZ's two "
+                "instances) when enabled",
             )
-        if self.members[0] == self.members[1]:
-            raise fail(("members", 1), addresses[1], "expected an address other than members[0]")
+        for i, address in enumerate(addresses):
+            if address in addresses[:i]:
+                first = addresses.index(address)
+                raise fail(
+                    ("members", i), address, f"expected an address other than members[{first}]"
+                )
         return self
 
 

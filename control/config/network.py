@@ -56,12 +56,15 @@ class NatTimeouts(StrictModel):
 class Nat(StrictModel):
     """Source NAT out of the outside interface.
 
-    ``outside_addresses`` is ``"interface"`` (masquerade to the interface's address) or
-    the list of addresses to translate to (spread by source address).
+    ``outside_addresses`` is ``"interface"`` (masquerade to the interface's address),
+    ``"zone"`` (the NAT address of this instance's Availability Zone, ``aws.zones.<az>.
+    nat_address``: every instance of the AZ translates to the one address that moves to
+    the leader, so a takeover needs no new ruleset and synced flows keep their mapping)
+    or the list of addresses to translate to (spread by source address).
     """
 
     outside_addresses: Annotated[
-        Literal["interface"] | list[IPv4Address], Field(union_mode="left_to_right")
+        Literal["interface", "zone"] | list[IPv4Address], Field(union_mode="left_to_right")
     ] = "interface"
     port_range: PortRange = (1024, 65535)
     timeouts: NatTimeouts = NatTimeouts()
@@ -72,7 +75,9 @@ class Nat(StrictModel):
         if isinstance(addresses, list):
             if not addresses:
                 raise fail(
-                    ("outside_addresses",), [], 'expected "interface" or at least one address'
+                    ("outside_addresses",),
+                    [],
+                    'expected "interface", "zone" or at least one address',
                 )
             seen: set[IPv4Address] = set()
             issues = []

@@ -49,6 +49,14 @@ class Host(Protocol):
         """IPv4 addresses of ``ifname``; raises :class:`ConvergeError` if it is absent."""
         ...
 
+    def networks(self, ifname: str) -> list[str]:
+        """IPv4 addresses of ``ifname`` with their prefix (``10.0.1.11/24``)."""
+        ...
+
+    def zone(self) -> str | None:
+        """This instance's Availability Zone (``None``: not on AWS, or any zone)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class AnyHost:
@@ -60,11 +68,27 @@ class AnyHost:
     def addresses(self, ifname: str) -> list[str]:
         return list(self.outside)
 
+    def networks(self, ifname: str) -> list[str]:
+        return [f"{a}/32" for a in self.outside]
+
+    def zone(self) -> str | None:
+        return None
+
 
 class KernelHost:
-    """This machine, as the agent sees it: addresses from the current network namespace."""
+    """This machine, as the agent sees it: addresses from the current network namespace,
+    and the Availability Zone the instance metadata named (set once known)."""
+
+    def __init__(self, zone: str | None = None) -> None:
+        self.availability_zone = zone
+
+    def zone(self) -> str | None:
+        return self.availability_zone
 
     def addresses(self, ifname: str) -> list[str]:
+        return [n.partition("/")[0] for n in self.networks(ifname)]
+
+    def networks(self, ifname: str) -> list[str]:
         from pyroute2 import IPRoute
 
         with IPRoute() as ipr:
@@ -73,7 +97,10 @@ class KernelHost:
                 raise ConvergeError(
                     f"interfaces: {ifname!r} does not exist in this network namespace"
                 )
-            return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0], family=2)]
+            return [
+                f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+                for a in ipr.get_addr(index=found[0], family=2)
+            ]
 
 
 @dataclass(frozen=True, slots=True)

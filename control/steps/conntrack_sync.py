@@ -30,6 +30,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,18 +79,34 @@ class Transition:
         }  # fmt: skip
 
 
-def _pick_local(members: list[str], on_link: list[str], host: Host) -> str:
-    mine = [m for m in members if m in on_link]
-    if not mine and isinstance(host, AnyHost):
-        return members[0]  # the config API's dry run knows no sync link: render one side
+def _pair(members: list[str], networks: list[str], host: Host) -> tuple[str, str] | None:
+    """This instance's member address and its peer's: the member on the sync link, and
+    the one other member in the same subnet (the AZ's other instance). ``None`` when no
+    member address is on the link or no other member is in its subnet (an instance
+    without a standby in its AZ)."""
+    if isinstance(host, AnyHost):  # the config API's dry run knows no sync link
+        return members[0], members[1]
+    mine = [(n, m) for n in networks for m in members if n.partition("/")[0] == m]
+    if not mine:
+        return None
     if len(mine) != 1:
-        found = ", ".join(on_link) or "no IPv4 address"
         raise RenderError(
             "ha.conntrack_sync.members",
-            f"expected exactly one of {', '.join(members)} on the sync interface of this "
-            f"instance, which has {found}",
+            f"expected one of {', '.join(members)} on the sync interface of this "
+            f"instance, which has {', '.join(n for n, _ in mine)}",
         )
-    return mine[0]
+    network, local = mine[0]
+    subnet = ip_network(network, strict=False)
+    peers = [m for m in members if m != local and ip_address(m) in subnet]
+    if not peers:  # the only instance of its AZ: no standby to sync to
+        return None
+    if len(peers) != 1:
+        raise RenderError(
+            "ha.conntrack_sync.members",
+            f"expected exactly one other member in {subnet} (this instance is {local}), "
+            f"found {', '.join(peers) or 'none'}",
+        )
+    return local, peers[0]
 
 
 class ConntrackSyncStep:
@@ -121,16 +138,20 @@ class ConntrackSyncStep:
         if not sync.enabled:
             return None
         interface = sync.interface or doc.interfaces.inside
-        on_link = host.addresses(interface)
+        networks = host.networks(interface)
+        on_link = [n.partition("/")[0] for n in networks]
         members = [str(m) for m in sync.members]
-        local = _pick_local(members, on_link, host)
-        peer = next(m for m in members if m != local)
+        pair = _pair(members, networks, host)
+        if pair is None:
+            log.info("conntrack sync: no pair of %s on %s here; not synced", members, interface)
+            return None
+        local, peer = pair
         # The NAT addresses move between instances with the leadership; translated
         # flows never have them as an end (the filter matches the real ends), so they
         # stay out of the list and a takeover leaves this config as it is.
-        moving = set()
+        moving = {str(z.nat_address) for z in doc.aws.zones.values()}
         if isinstance(doc.nat.outside_addresses, list):
-            moving = {str(a) for a in doc.nat.outside_addresses}
+            moving |= {str(a) for a in doc.nat.outside_addresses}
         own = [
             *host.addresses(doc.interfaces.inside),
             *host.addresses(doc.interfaces.outside),

@@ -49,7 +49,7 @@ class NftablesStep(StepBase):
 
     @staticmethod
     def render(doc: ConfigDocument, host: Host) -> str:
-        return render_nftables(doc, host.addresses(doc.interfaces.outside))
+        return render_nftables(doc, host.addresses(doc.interfaces.outside), host.zone())
 
     def apply(self, part: str) -> None:
         nftables.apply_ruleset(part)
@@ -168,12 +168,34 @@ def _prerouting_chain(doc: ConfigDocument, out_if: str, addresses: str) -> list[
     return lines
 
 
-def _snat_lines(doc: ConfigDocument, out_if: str) -> list[str]:
+def nat_targets(doc: ConfigDocument, zone: str | None) -> list[str] | None:
+    """The addresses flows are translated to, or ``None`` for the interface's own.
+
+    ``"zone"``: this instance's AZ's NAT address; with no zone known (the config API's
+    dry run renders for any instance) the first zone's stands for all of them."""
+    wanted = doc.nat.outside_addresses
+    if isinstance(wanted, list):
+        return [str(a) for a in wanted]
+    if wanted == "interface":
+        return None
+    zones = doc.aws.zones
+    if zone is None:
+        return [str(next(iter(zones.values())).nat_address)] if zones else None
+    if zone not in zones:
+        raise RenderError(
+            "aws.zones",
+            f"no entry for this instance's Availability Zone {zone!r} "
+            f'(nat.outside_addresses is "zone"; zones: {sorted(zones)})',
+        )
+    return [str(zones[zone].nat_address)]
+
+
+def _snat_lines(doc: ConfigDocument, out_if: str, zone: str | None) -> list[str]:
     ports = _ports(*doc.nat.port_range)
     l4 = f"oifname {out_if} meta l4proto {{ tcp, udp }} counter"
     other = f"oifname {out_if} counter"
-    explicit = doc.nat.outside_addresses
-    if not isinstance(explicit, list):
+    explicit = nat_targets(doc, zone)
+    if explicit is None:
         return [_line(l4, f"masquerade to :{ports}"), _line(other, "masquerade")]
     if len(explicit) == 1:
         return [
@@ -189,11 +211,13 @@ def _snat_lines(doc: ConfigDocument, out_if: str) -> list[str]:
     ]
 
 
-def guard_addresses(doc: ConfigDocument, interface_addresses: Sequence[str]) -> list[str]:
+def guard_addresses(
+    doc: ConfigDocument, interface_addresses: Sequence[str], zone: str | None = None
+) -> list[str]:
     """Sources allowed to leave the outside interface: the NAT targets."""
-    explicit = doc.nat.outside_addresses
-    if isinstance(explicit, list):
-        return [str(a) for a in explicit]
+    explicit = nat_targets(doc, zone)
+    if explicit is not None:
+        return explicit
     addresses = [str(IPv4Address(a)) for a in interface_addresses]
     if not addresses:
         raise RenderError(
@@ -203,11 +227,14 @@ def guard_addresses(doc: ConfigDocument, interface_addresses: Sequence[str]) -> 
     return addresses
 
 
-def render_nftables(doc: ConfigDocument, outside_addresses: Sequence[str]) -> str:
+def render_nftables(
+    doc: ConfigDocument, outside_addresses: Sequence[str], zone: str | None = None
+) -> str:
     """The whole ``inet spectra`` table for ``doc`` as one atomic nft script.
 
     ``outside_addresses`` are the IPv4 addresses of the outside interface (used when
-    ``nat.outside_addresses`` is ``"interface"``).  Pure: no I/O.
+    ``nat.outside_addresses`` is ``"interface"``); ``zone`` the instance's Availability
+    Zone (used when it is ``"zone"``).  Pure: no I/O.
     """
     gwlb_if = doc.gwlb_interface
     if gwlb_if is not None and gwlb_if != doc.interfaces.inside:
@@ -215,7 +242,7 @@ def render_nftables(doc: ConfigDocument, outside_addresses: Sequence[str]) -> st
     else:
         in_if = f'"{doc.interfaces.inside}"'
     out_if = f'"{doc.interfaces.outside}"'
-    saddrs = ", ".join(guard_addresses(doc, outside_addresses))
+    saddrs = ", ".join(guard_addresses(doc, outside_addresses, zone))
     lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
     lines += _forward_chain(doc, in_if, out_if)
     lines += _policy_chain(doc)
@@ -223,7 +250,7 @@ def render_nftables(doc: ConfigDocument, outside_addresses: Sequence[str]) -> st
     lines += [
         "\tchain postrouting_nat {",
         "\t\ttype nat hook postrouting priority srcnat; policy accept;",
-        *_snat_lines(doc, out_if),
+        *_snat_lines(doc, out_if, zone),
         "\t}",
         "\tchain egress_guard {",
         "\t\ttype filter hook postrouting priority srcnat + 10; policy accept;",

@@ -63,10 +63,14 @@ class _TcpEcho(socketserver.BaseRequestHandler):
             self.request.sendall(data)
 
 
+class _TcpEchoServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024  # hundreds of clients connect at once (the failover probe)
+
+
 def serve_tcp_echo(address: str, port: int) -> None:
-    socketserver.ThreadingTCPServer.daemon_threads = True
-    socketserver.ThreadingTCPServer.allow_reuse_address = True
-    socketserver.ThreadingTCPServer((address, port), _TcpEcho).serve_forever()
+    _TcpEchoServer((address, port), _TcpEcho).serve_forever()
 
 
 SERVERS = {"http": serve_http, "udp-echo": serve_udp_echo, "tcp-echo": serve_tcp_echo}

@@ -173,6 +173,7 @@ class VpcLab:
         self._internet()
         for inst in self.topology.instances:
             self._instance(inst, aws["instances"][inst.name])
+        self._full_checksums()
         self._start(
             "mirror",
             [
@@ -187,6 +188,21 @@ class VpcLab:
         )
         self.sync(timeout=20)
         return self.status()
+
+    def _full_checksums(self) -> None:
+        """Every lab link but the gateways' own sends complete checksums, as a NIC
+        delivers them: a veth passes partial ones along (CHECKSUM_PARTIAL), which a
+        gateway's XDP program would see unfinished and rewrite incrementally into wrong
+        ones (the gateways' interfaces are left as they are: they stand for ENIs)."""
+        gateways = {inst.netns for inst in self.topology.gateways}
+        for ns in self.topology.namespaces:
+            if ns in gateways:
+                continue
+            with NetNS(ns) as ipr:
+                names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
+            for name in names:
+                if name != "lo":
+                    run_in(ns, "ethtool", "-K", name, "tx", "off")
 
     def _mgmt_bridge(self) -> None:
         with IPRoute() as ipr:

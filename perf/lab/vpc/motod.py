@@ -56,8 +56,9 @@ def _patch_reassignment() -> None:
         wanted = set(self._get_param("PrivateIpAddresses", []))
         reassign = str(self._get_param("AllowReassignment", False)).lower() == "true"
         backend = self.ec2_backend
+        subnet = backend.get_network_interface(eni_id).subnet.id  # addresses are per subnet
         for other in backend.enis.values():
-            if other.id == eni_id:
+            if other.id == eni_id or other.subnet.id != subnet:
                 continue
             held = [p for p in other.private_ip_addresses if p["PrivateIpAddress"] in wanted]
             if not held:
@@ -70,7 +71,7 @@ def _patch_reassignment() -> None:
         result = original(self)
         eni = backend.get_network_interface(eni_id)
         for eip in backend.addresses:  # an association stays with its private address
-            moved = eip.eni is not None and eip.eni is not eni
+            moved = eip.eni is not None and eip.eni is not eni and eip.eni.subnet.id == subnet
             if moved and getattr(eip, "lab_private_ip", None) in wanted:
                 eip.eni.public_ip = None
                 eip.eni, eip.instance = eni, eni.instance

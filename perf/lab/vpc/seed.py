@@ -21,10 +21,11 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from control.aws.lease import KEY as LEASE_KEY
+from control.aws.lease import create_table
 from perf.lab.vpc.topology import (
     ENDPOINT_URL,
     LAUNCH_HOOK,
-    LEASE_HASH_KEY,
     LEASE_TABLE,
     NAME_TAG,
     REGION,
@@ -178,12 +179,7 @@ def seed(c: Mapping[str, Any], topo: Topology = TOPOLOGY) -> None:
                 DefaultResult="ABANDON",
             )
 
-    c["dynamodb"].create_table(
-        TableName=LEASE_TABLE,
-        KeySchema=[{"AttributeName": LEASE_HASH_KEY, "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": LEASE_HASH_KEY, "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_table(c["dynamodb"], LEASE_TABLE)
 
 
 def _instance_id(ec2: Any, name: str) -> str:
@@ -283,7 +279,7 @@ def describe(c: Mapping[str, Any], endpoint_url: str, topo: Topology = TOPOLOGY)
         "vpc_id": vpc_id,
         "vpc_cidr": VPC_CIDR,
         "igw_id": igws[0]["InternetGatewayId"] if igws else None,
-        "lease_table": {"name": LEASE_TABLE, "hash_key": LEASE_HASH_KEY},
+        "lease_table": {"name": LEASE_TABLE, "hash_key": LEASE_KEY},
         "ssm_prefix": SSM_PREFIX,
         "lifecycle_hooks": {"launch": LAUNCH_HOOK, "terminate": TERMINATE_HOOK},
         "azs": azs,

@@ -42,7 +42,6 @@ IMDS_IP = "169.254.169.254"
 
 LEASE_TABLE = "spectra-leader-lease"
 """DynamoDB leader-lease table (the default of the config document's ``aws.lease.table``)."""
-LEASE_HASH_KEY = "az"
 VPC_NAME = "spectra-vpclab"
 SSM_PREFIX = "/spectra/config"
 """Where the config document lives in SSM (``ssm:/spectra/config``)."""

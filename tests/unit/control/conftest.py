@@ -20,6 +20,7 @@ from control.api import ApiSettings, new_token
 from control.config.operations import ApiToken
 from control.store import SqliteStore, SsmStore
 from control.store.base import ConfigStore
+from perf.lab.vpc import motod
 
 ADMIN_TOKEN = new_token()
 READ_TOKEN = new_token()
@@ -76,9 +77,21 @@ def full_doc() -> dict[str, Any]:
     return full()
 
 
+LIFECYCLE_LOG = "moto-lifecycle.jsonl"
+
+
 @pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """A moto server on a random loopback port for the whole session."""
+def moto_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("moto")
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(moto_dir: Path) -> Iterator[str]:
+    """A moto server on a random loopback port for the whole session, with the AWS
+    behaviours the gateway relies on that moto lacks (:mod:`perf.lab.vpc.motod`:
+    address reassignment, an Elastic IP on a secondary IP, lifecycle actions recorded
+    in ``moto_dir / LIFECYCLE_LOG``)."""
+    motod.patch(moto_dir / LIFECYCLE_LOG)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -27,9 +27,15 @@ class FakeHost:
         self.table = {**ADDRESSES, **addresses}
 
     def addresses(self, ifname: str) -> list[str]:
+        return [n.partition("/")[0] for n in self.networks(ifname)]
+
+    def networks(self, ifname: str) -> list[str]:
         if ifname not in self.table:
             raise ConvergeError(f"interfaces: {ifname!r} does not exist")
-        return self.table[ifname]
+        return [a if "/" in a else f"{a}/24" for a in self.table[ifname]]
+
+    def zone(self) -> str | None:
+        return None
 
 
 def document(**sync: Any) -> dict[str, Any]:
@@ -57,9 +63,13 @@ def test_disabled_by_default_and_renders_nothing() -> None:
 @pytest.mark.parametrize(
     ("sync", "path", "message"),
     [
-        ({"members": []}, "ha.conntrack_sync.members", "expected exactly 2 IPv4 addresses"),
-        ({"members": ["169.254.77.1"]}, "ha.conntrack_sync.members", "exactly 2"),
-        ({"members": [*MEMBERS, "169.254.77.3"]}, "ha.conntrack_sync.members", "at most 2"),
+        ({"members": []}, "ha.conntrack_sync.members", "expected at least 2 IPv4 addresses"),
+        ({"members": ["169.254.77.1"]}, "ha.conntrack_sync.members", "at least 2"),
+        (
+            {"members": [f"169.254.77.{i}" for i in range(65)]},
+            "ha.conntrack_sync.members",
+            "at most 64",
+        ),
         ({"members": ["169.254.77.1"] * 2}, "ha.conntrack_sync.members[1]", "other than"),
         ({"members": ["169.254.77.1", "peer"]}, "ha.conntrack_sync.members[1]", "IPv4 address"),
         ({"port": 0}, "ha.conntrack_sync.port", "greater than or equal to 1"),
@@ -109,12 +119,28 @@ def test_sync_interface_defaults_to_the_inside_one() -> None:
     )
 
 
-@pytest.mark.parametrize("on_link", [[], MEMBERS])
-def test_render_rejects_a_host_with_no_or_both_members(on_link: list[str]) -> None:
+def test_an_instance_without_a_member_address_is_not_synced() -> None:
+    assert ConntrackSyncStep.render(parse_document(document()), FakeHost(sync=[])) is None
+
+
+def test_render_rejects_a_host_with_both_members() -> None:
     with pytest.raises(RenderError) as caught:
-        ConntrackSyncStep.render(parse_document(document()), FakeHost(sync=on_link))
+        ConntrackSyncStep.render(parse_document(document()), FakeHost(sync=MEMBERS))
     assert caught.value.path == "ha.conntrack_sync.members"
-    assert "expected exactly one of 169.254.77.1, 169.254.77.2" in caught.value.message
+    assert "expected one of 169.254.77.1, 169.254.77.2" in caught.value.message
+
+
+def test_each_instance_pairs_with_the_member_in_its_own_subnet() -> None:
+    members = ["10.0.1.11", "10.0.1.12", "10.0.2.11", "10.0.2.12"]
+    doc = parse_document(document(members=members))
+    for mine, peer in (("10.0.1.12", "10.0.1.11"), ("10.0.2.11", "10.0.2.12")):
+        settings = ConntrackSyncStep.render(doc, FakeHost(sync=[f"{mine}/24"]))
+        assert settings is not None and (settings.local, settings.peer) == (mine, peer)
+    alone = parse_document(document(members=[*members, "10.0.3.11"]))
+    assert ConntrackSyncStep.render(alone, FakeHost(sync=["10.0.3.11/24"])) is None
+    three = parse_document(document(members=[*members, "10.0.1.13"]))
+    with pytest.raises(RenderError, match=r"exactly one other member in 10\.0\.1\.0/24"):
+        ConntrackSyncStep.render(three, FakeHost(sync=["10.0.1.13/24"]))
 
 
 def test_config_api_dry_run_renders_without_a_sync_link() -> None:

@@ -22,6 +22,9 @@ class FakeHost:
             raise ConvergeError(f"interfaces: {ifname!r} does not exist")
         return ADDRESSES[ifname]
 
+    def zone(self) -> str | None:
+        return None
+
 
 def doc(**interfaces: Any) -> ConfigDocument:
     return parse_document({"interfaces": {"inside": "inside", "outside": "outside", **interfaces}})

@@ -123,3 +123,39 @@ def test_deny_rules_become_xdp_records() -> None:
         DenyRule(dst=IPv4Network("198.51.100.0/24"), proto=6, ports=(25, 25)),
         DenyRule(src=IPv4Network("10.0.2.0/24"), proto=1),
     ]
+
+
+def zone_nat() -> dict[str, Any]:
+    doc = minimal()
+    doc["nat"] = {"outside_addresses": "zone"}
+    doc["aws"] = {
+        "zones": {
+            "us-east-1a": {"nat_address": "10.0.101.100"},
+            "us-east-1b": {"nat_address": "10.0.102.100"},
+        }
+    }
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("zone", "nat"), [("us-east-1a", "10.0.101.100"), ("us-east-1b", "10.0.102.100")]
+)
+def test_zone_nat_translates_to_the_zones_address(zone: str, nat: str) -> None:
+    text = render_nftables(parse_document(zone_nat()), ["10.0.101.11"], zone)
+    assert f"snat ip to {nat}:1024-65535" in text
+    assert f"ip saddr != {{ {nat} }} counter drop" in text
+    assert "masquerade" not in text and "10.0.101.11" not in text
+
+
+def test_zone_nat_in_a_zone_the_document_does_not_name_is_refused() -> None:
+    with pytest.raises(RenderError, match="us-east-1c") as err:
+        render_nftables(parse_document(zone_nat()), ["10.0.103.11"], "us-east-1c")
+    assert err.value.path == "aws.zones"
+
+
+def test_zone_nat_needs_zones() -> None:
+    doc = zone_nat()
+    del doc["aws"]
+    with pytest.raises(ConfigValidationError) as err:
+        parse_document(doc)
+    assert [e["path"] for e in err.value.errors] == ["nat.outside_addresses"]

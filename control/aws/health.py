@@ -1,0 +1,74 @@
+"""The instance's own data-path health: what makes it eligible to lead its AZ.
+
+Local checks first, each cheap and each a reason by itself: the inside and outside
+links are up, the kernel forwards IPv4, and the agent's nftables table is loaded (a
+gateway without it would forward untranslated). Then, when ``aws.health.probe`` names a
+``host:port``, a TCP connection to it out of the outside interface within
+``timeout_s``: the instance reaches the internet through its own outside path (the
+subnet's route table, the internet gateway). The last failure's reason is kept for
+status; the lease's hysteresis decides what a failure means.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from control.nftables import TABLE, table_present
+
+FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")  # the reading task's namespace
+
+
+def _link_up(ifname: str) -> bool:
+    """Whether ``ifname`` is up in this network namespace (netlink, not sysfs: sysfs
+    shows the namespace it was mounted in)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return False
+        state = ipr.get_links(found[0])[0].get_attr("IFLA_OPERSTATE")
+    return state in ("UP", "UNKNOWN")
+
+
+class DataPathHealth:
+    """A :class:`~control.aws.lease.HealthCheck`: ``True`` when this instance can forward."""
+
+    def __init__(
+        self,
+        inside: str,
+        outside: str,
+        probe: str | None = None,
+        timeout_s: float = 1.0,
+        *,
+        link_up: Callable[[str], bool] = _link_up,
+        table_loaded: Callable[[], bool] = table_present,
+        forwarding: Path = FORWARDING,
+    ) -> None:
+        self.inside, self.outside = inside, outside
+        self.probe, self.timeout_s = probe, timeout_s
+        self._link_up, self._table_loaded, self._forwarding = link_up, table_loaded, forwarding
+        self.last_failure: str | None = None
+
+    def __call__(self) -> bool:
+        self.last_failure = self._failure()
+        return self.last_failure is None
+
+    def _failure(self) -> str | None:
+        for ifname in (self.inside, self.outside):
+            if not self._link_up(ifname):
+                return f"link {ifname} is down"
+        if self._forwarding.read_text().strip() != "1":
+            return "IPv4 forwarding is off"
+        if not self._table_loaded():
+            return f"nftables table inet {TABLE} is not loaded"
+        if self.probe is None:
+            return None
+        host, _, port = self.probe.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=self.timeout_s):
+                return None
+        except OSError as exc:
+            return f"probe {self.probe}: {exc}"
