@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from control.aws.lease import KEY as LEASE_KEY
 from perf.lab.vpc.imds import Metadata, Tokens, _Server, make_handler
 from perf.lab.vpc.seed import clients, describe, seed
 from perf.lab.vpc.topology import LAUNCH_HOOK, LEASE_TABLE, TOPOLOGY
@@ -81,7 +82,7 @@ def test_seed_builds_the_topology(endpoint: tuple[str, Path], lab_aws: dict[str,
     assert a["private_default_route_eni"] == a1["enis"]["eth1"]["eni_id"]
     assert a1["enis"]["eth0"]["source_dest_check"] is True
     table = c["dynamodb"].describe_table(TableName=LEASE_TABLE)["Table"]
-    assert table["KeySchema"] == [{"AttributeName": "az", "KeyType": "HASH"}]
+    assert table["KeySchema"] == [{"AttributeName": LEASE_KEY, "KeyType": "HASH"}]
     groups = c["autoscaling"].describe_auto_scaling_groups(AutoScalingGroupNames=[a["asg"]])
     members = {i["InstanceId"] for i in groups["AutoScalingGroups"][0]["Instances"]}
     assert members == {lab_aws["instances"][n]["instance_id"] for n in ("a1", "a2")}
