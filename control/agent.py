@@ -132,6 +132,20 @@ class Agent:
             lambda: next((s for s in self.converger.steps if isinstance(s, SyncRole)), None),
         )
 
+    def _start_aws(self) -> None:
+        """Who and where this instance is, then the HA loop from the store's current
+        document, before the first converge: a restarted agent resumes its lease while
+        the pinned data plane forwards, instead of letting it run out."""
+        assert self.aws is not None
+        identity = self.aws.identify(self._stopping)
+        self.host.availability_zone = identity.availability_zone if identity else None
+        try:
+            head = self.store.head()
+            if head:
+                self.aws.configure(self.store.get(head))
+        except (StoreError, VersionNotFound, ConfigValidationError) as exc:
+            log.error("AWS high availability waits for a readable document: %s", exc)
+
     def poll_once(self) -> None:
         """Read the store's head; converge when it moved, or re-check the live state."""
         try:
@@ -224,8 +238,7 @@ class Agent:
         signal.signal(signal.SIGINT, self.stop)
         try:
             if self.aws is not None:
-                identity = self.aws.identify(self._stopping)
-                self.host.availability_zone = identity.availability_zone if identity else None
+                self._start_aws()
             while not self._stop:
                 self.poll_once()
                 self.tick()

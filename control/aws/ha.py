@@ -124,6 +124,7 @@ class Ha:
         self._took_over: int | None = None
         self._lock = threading.Lock()
         self._booted_at = time.monotonic()
+        self._resumed = False
 
     # -- boot ---------------------------------------------------------------------------
 
@@ -136,6 +137,13 @@ class Ha:
         self._mark(
             "imds", "ok", f"{self.identity.instance_id} in {self.identity.availability_zone}"
         )
+        # an agent restart: the pinned data plane kept forwarding and the lease is still
+        # ours; keep it (first thing, before it runs out under the standby)
+        healthy = self._health()
+        self._resumed = healthy and self.lease.resume()
+        if not healthy:
+            log.info("boot: no lease resume, the data path is not healthy: %s",
+                     getattr(self._health, "last_failure", None))  # fmt: skip
         enis = (self.takeover.enis.outside_eni, self.takeover.enis.inside_eni)
         try:
             for eni in enis:
@@ -146,10 +154,8 @@ class Ha:
             self.status.error = self.takeover.warm()
         except (ClientError, BotoCoreError) as exc:
             self._mark("source_dest_check", "failed", describe_error(exc))
-            return False
-        if self._health() and self.lease.resume():
-            # an agent restart: the pinned data plane kept forwarding and the lease is
-            # still ours; keep it instead of letting it run out under the standby
+            return self._resumed
+        if self._resumed:
             for step in ("converge", "health"):
                 self._mark(step, "ok", "resumed: the pinned data plane kept forwarding")
             return True
@@ -208,7 +214,10 @@ class Ha:
             if not joined and self.status.role in ("leader", "standby"):
                 joined = True
                 self._mark("lease", "ok", f"joined as {self.status.role}")
-                self._complete("launch", "CONTINUE", "the data path answers")
+                if self._resumed:
+                    self._mark("lifecycle", "skipped", "an agent restart: launched before")
+                else:
+                    self._complete("launch", "CONTINUE", "the data path answers")
             if self._terminating():
                 self.hand_over()
                 return

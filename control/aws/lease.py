@@ -182,6 +182,13 @@ class Lease:
                 return False
             now, mono = self._clock.time(), self._clock.monotonic()
             if record is None or record.holder != self.settings.holder or record.expires <= now:
+                log.info(
+                    "lease %s: nothing to resume (held by %s, expires %s, now %.3f)",
+                    self.settings.key,
+                    record.holder if record else None,
+                    record.expires if record else None,
+                    now,
+                )
                 return False
             self._seen = record
             self._token, self._eligible, self._successes = record.token, True, 0

@@ -27,12 +27,14 @@ from pyroute2 import IPRoute, NetNS, netns
 
 from perf.lab.build import attach_peer_pass
 from perf.lab.host import (
+    BPF_PIN_ROOT,
     LabError,
     daemonize,
     exclusive,
     ns_exec,
     pid_alive,
     pids_in_netns,
+    remove_tree,
     require_root,
     run_in,
     stop,
@@ -387,6 +389,9 @@ class VpcLab:
         require_root()
         inst = self.topology.instance(name)
         self._remove_ns(inst.netns)
+        # what a reboot clears: the instance's bpffs pins and its /run state
+        remove_tree(BPF_PIN_ROOT / inst.netns)
+        remove_tree(Path("/run/spectra") / inst.netns)
         aws = describe(self.clients(), self.endpoint_url, self.topology)
         self._instance(inst, aws["instances"][name])
         self.sync()
@@ -418,6 +423,9 @@ class VpcLab:
             stop(self._pidfile(name), 3.0)
         for ns in self.topology.namespaces:
             self._remove_ns(ns)
+        for inst in self.topology.gateways:  # what the appliance left on the host
+            remove_tree(BPF_PIN_ROOT / inst.netns)
+            remove_tree(Path("/run/spectra") / inst.netns)
         with IPRoute() as ipr:
             for inst in self.topology.gateways:
                 idx = _index(ipr, inst.mgmt_host_if)

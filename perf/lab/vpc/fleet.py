@@ -33,11 +33,13 @@ STORE = RUN_DIR / "config.db"
 OPERATIONAL_ROLE = "spectra-lab-cross-account-role1"
 
 # Short lease periods, so a failover in the lab is measured in seconds: a standby takes
-# over duration + skew after the leader's last renewal.
+# over duration + skew after the leader's last renewal. The duration also bounds an
+# agent restart (process start, IMDS, one DynamoDB read: ~1.2 s here), which must resume
+# the lease before a standby may take it: duration + skew - renew_interval > 1.2 s.
 LAB_LEASE = {
     "table": LEASE_TABLE,
     "renew_interval_s": 0.5,
-    "duration_s": 1.5,
+    "duration_s": 2.0,
     "skew_margin_s": 0.25,
     "health_failures": 2,
     "health_successes": 2,

@@ -1,0 +1,155 @@
+"""High availability on the VPC simulator, with the product's own agents (``spectra run
+--aws``) on three gateway instances (a1, a2 in AZ a; b1 in AZ b):
+
+* each AZ elects one leader, which moves the NAT address, Elastic IP and private route
+  to itself; workloads reach the internet as their AZ's Elastic IP;
+* the leader instance dies (every process SIGKILLed, links down): the standby takes
+  over and 200 established TCP connections and a UDP stream carry on, no reset;
+* the leader's own data path fails: it releases the lease, the standby takes over,
+  and it does not take it back when it recovers (``fail_back`` off).
+
+Timings are measured by ``python -m perf failover``; here only what must hold.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from perf.lab.host import ns_exec
+from perf.lab.vpc import VpcLab
+from perf.lab.vpc.fleet import STORE, Fleet, document
+from perf.lab.vpc.topology import INET_SERVICE_IP
+from tests.netns.helpers import sh
+
+pytestmark = pytest.mark.timeout(300)
+
+WORKLOAD = {"a": "cv-ws-a", "b": "cv-ws-b"}
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[Fleet]:
+    lab = VpcLab()
+    with lab.exclusive():
+        lab.down()
+        try:
+            status = lab.up()
+            STORE.unlink(missing_ok=True)
+            f = Fleet(lab)
+            f.publish(document(status))
+            f.start()
+            f.wait_converged()
+            lab.sync()
+            yield f
+        finally:
+            Fleet(lab).stop()
+            lab.down()
+
+
+@pytest.fixture
+def healthy(fleet: Fleet) -> Fleet:
+    """Every instance up with its agent, every AZ led, the mirror in step."""
+    for name in ("a1", "a2", "b1"):
+        if not fleet.lab.alive(name):
+            fleet.lab.revive_instance(name)
+        fleet.start([name])
+    fleet.wait_converged()
+    fleet.lab.sync()
+    return fleet
+
+
+def _public_address(ws: str) -> str:
+    out = sh(ws, "curl", "-s", "-m", "5", f"http://{INET_SERVICE_IP}/")
+    assert out.returncode == 0, out.stderr
+    address: str = json.loads(out.stdout)["client_ip"]
+    return address
+
+
+def _probe(ws: str, out: Path, seconds: float, connections: int = 200) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ns_exec(ws, sys.executable, "-m", "perf.lab.flowprobe", "--target", INET_SERVICE_IP,
+                "--duration", str(seconds), "--connections", str(connections),
+                "--json", str(out)),
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _finish(probe: subprocess.Popen[bytes], out: Path) -> dict[str, Any]:
+    assert probe.wait(timeout=120) == 0
+    summary: dict[str, Any] = json.loads(out.read_text())
+    return summary
+
+
+def _other(leader: str) -> str:
+    return "a2" if leader == "a1" else "a1"
+
+
+def test_each_az_has_one_leader_and_its_elastic_ip(healthy: Fleet) -> None:
+    status = healthy.lab.status()
+    for az in ("a", "b"):
+        leader = healthy.leader(az)
+        assert leader is not None
+        info = status["azs"][az]
+        enis = status["instances"][leader]["enis"]
+        assert info["private_default_route_eni"] == enis["eth1"]["eni_id"]
+        assert info["nat_ip_eni"] == enis["eth0"]["eni_id"]
+        assert _public_address(WORKLOAD[az]) == info["eip"]
+    assert healthy.role(_other(healthy.leader("a") or "")) == "standby"
+    for name in ("a1", "a2", "b1"):
+        aws = healthy.state(name)["aws"]
+        assert {k: v["state"] for k, v in aws["boot"].items()} == dict.fromkeys(
+            ("imds", "source_dest_check", "converge", "health", "lease", "lifecycle"), "ok"
+        ), aws["boot"]
+        for eni in status["instances"][name]["enis"].values():
+            assert eni["source_dest_check"] is False
+    launched = {
+        a["instance_id"]
+        for a in healthy.lab.lifecycle_actions()
+        if a["hook"] == "spectra-launch" and a["result"] == "CONTINUE"
+    }
+    assert launched == {status["instances"][n]["instance_id"] for n in ("a1", "a2", "b1")}
+
+
+def test_killing_the_leader_keeps_established_connections(healthy: Fleet, tmp_path: Path) -> None:
+    leader = healthy.leader("a")
+    assert leader is not None
+    before = _public_address(WORKLOAD["a"])
+    out = tmp_path / "probe.json"
+    probe = _probe(WORKLOAD["a"], out, seconds=20)
+    time.sleep(6)
+    healthy.lab.kill_instance(leader)
+    healthy.wait("the standby took over", lambda: healthy.leader("a") == _other(leader), 30)
+    summary = _finish(probe, out)
+    assert summary["reset"] == 0 and summary["never_opened"] == 0, summary["failures"]
+    assert summary["survived"] >= 0.99 * summary["connections"], summary["failures"]
+    # the UDP stream lost packets only while the path moved, and then resumed
+    assert 0 < summary["udp_gap"]["lost"] < summary["udp_sent"] / 2, summary["udp_gap"]
+    new = healthy.state(_other(leader))["aws"]
+    assert new["takeover"]["ok"] and new["lease"]["events"][-1]["kind"] == "took_over"
+    assert _public_address(WORKLOAD["a"]) == before
+    assert healthy.leader("b") == "b1"  # the other AZ never noticed
+
+
+def test_a_leader_whose_data_path_fails_hands_over_and_does_not_take_it_back(
+    healthy: Fleet,
+) -> None:
+    leader = healthy.leader("a")
+    assert leader is not None
+    ns = healthy.netns(leader)
+    assert sh(ns, "ip", "link", "set", "eth0", "down").returncode == 0
+    healthy.wait("the standby took over", lambda: healthy.leader("a") == _other(leader), 30)
+    released = healthy.state(leader)["aws"]["lease"]["events"]
+    assert released[-1]["kind"] == "released" and "health" in released[-1]["reason"]
+    healthy.lab.sync()
+    assert _public_address(WORKLOAD["a"]) == healthy.lab.status()["azs"]["a"]["eip"]
+    assert sh(ns, "ip", "link", "set", "eth0", "up").returncode == 0
+    time.sleep(3)  # healthy again, for more than health_successes periods
+    assert healthy.leader("a") == _other(leader)
+    assert healthy.role(leader) == "standby"
