@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,7 @@ from perf.lab.host import LabError, ns_exec, pids_in_netns
 from perf.lab.vpc import INET_SERVICE_IP, LEASE_TABLE, TOPOLOGY, VpcLab
 from perf.lab.vpc.fleet import LAB_LEASE, STORE, Fleet, document, gateways
 from perf.lab.vpc.seed import describe
+from perf.lab.vpc.topology import RUN_DIR
 
 AZ = "a"
 WORKLOAD_NS = "cv-ws-a"
@@ -203,6 +205,19 @@ FAULTS: dict[str, Callable[[Lab, str, Settings], None]] = {
 }
 
 
+def lease_events(lab: Lab, since: float) -> list[dict[str, Any]]:
+    """Every lease event the agents report after ``since`` (wall clock), oldest first,
+    ``at`` relative to ``since``: the evidence behind a takeover count."""
+    found = []
+    for name in gateways():
+        for e in lab.fleet.state(name).get("aws", {}).get("lease", {}).get("events", []):
+            if e["at"] > since:
+                at = round(e["at"] - since, 3)
+                found.append({"instance": name, "kind": e["kind"], "token": e["token"],
+                              "at_s": at, "reason": e["reason"]})  # fmt: skip
+    return sorted(found, key=lambda e: e["at_s"])
+
+
 def _events_after(aws: dict[str, Any], kind: str, since: float) -> float | None:
     at = [e["at"] for e in aws.get("lease", {}).get("events", []) if e["kind"] == kind]
     later = [t for t in at if t > since]
@@ -251,13 +266,14 @@ def run_kill(lab: Lab, settings: Settings, scenario: str, run: int, tmp: Path) -
             lab.vpc.revive_instance(leader)
             lab.fleet.start([leader])
     fault.takeovers = sum(lease_tokens(lab).values()) - sum(before.values())
-    return sample(scenario, run, outcome, fault, stray_conntrackd=stray)
+    record = sample(scenario, run, outcome, fault, stray_conntrackd=stray)
+    return record | {"lease_events": lease_events(lab, since)}
 
 
 def run_steady(lab: Lab, settings: Settings, tmp: Path) -> dict[str, Any]:
     """No fault for ``settings.steady_s``: the takeovers (flapping) and the gap."""
     leader = clean_start(lab, sync=True)
-    before = lease_tokens(lab)
+    before, since = lease_tokens(lab), time.time()
     probe = FlowProbe(settings, settings.steady_connections, settings.steady_s, tmp)
     try:
         outcome = probe.result()
@@ -265,7 +281,7 @@ def run_steady(lab: Lab, settings: Settings, tmp: Path) -> dict[str, Any]:
         probe.close()
     fault = Fault(killed=None, takeovers=sum(lease_tokens(lab).values()) - sum(before.values()))
     fault.new_leader = None if lab.fleet.leader(AZ) == leader else lab.fleet.leader(AZ)
-    return sample("steady", 0, outcome, fault)
+    return sample("steady", 0, outcome, fault) | {"lease_events": lease_events(lab, since)}
 
 
 def measure(lab: Lab, settings: Settings, progress: Progress) -> list[dict[str, Any]]:
@@ -283,9 +299,10 @@ def measure(lab: Lab, settings: Settings, progress: Progress) -> list[dict[str, 
 
 
 @contextlib.contextmanager
-def lab_as_found(vpc: VpcLab, progress: Progress) -> Iterator[Lab]:
-    """The lab up with every instance alive; afterwards as it was: down if it was down,
-    else the agents that ran before running again (the store keeps this run's document)."""
+def lab_as_found(vpc: VpcLab, progress: Progress, logs: Path) -> Iterator[Lab]:
+    """The lab up with every instance alive; afterwards the agents' logs copied to
+    ``logs`` and the lab as it was: down if it was down, else the agents that ran before
+    running again (the store keeps this run's document)."""
     fleet = Fleet(vpc)
     was_up = any(vpc.status()["namespaces"].values())
     agents = [n for n in gateways() if fleet.state(n) and vpc.alive(n) and _agent_runs(fleet, n)]
@@ -298,6 +315,9 @@ def lab_as_found(vpc: VpcLab, progress: Progress) -> Iterator[Lab]:
         yield Lab(vpc, fleet, status, vpc.clients())
     finally:
         fleet.stop()
+        logs.mkdir(parents=True, exist_ok=True)
+        for log in RUN_DIR.glob("agent-*.log"):
+            shutil.copyfile(log, logs / log.name)
         if not was_up:
             vpc.down()
         elif agents:  # Fleet.start([]) would start them all
@@ -328,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     vpc = VpcLab()
     try:
-        with vpc.exclusive(), lab_as_found(vpc, report.progress) as lab:
+        logs = args.json.with_suffix(".logs")
+        with vpc.exclusive(), lab_as_found(vpc, report.progress, logs) as lab:
             samples = measure(lab, settings, report.progress)
     except LabError as exc:
         print(f"perf failover: {exc}", file=sys.stderr)
