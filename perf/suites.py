@@ -82,6 +82,7 @@ SUITES: dict[str, SuiteSpec] = {
 STANDALONE: dict[str, str] = {
     "config": "perf.configlatency",  # config change -> applied latency, local and SSM stores
     "semcache": "perf.semcache",  # semantic cache precision / recall on labelled pairs
+    "failover": "perf.failover",  # an AZ leader killed on the VPC lab: gap, flows that survive
 }
 
 
