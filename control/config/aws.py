@@ -151,12 +151,6 @@ class Zone(StrictModel):
         max_length=200,
         description="private route tables whose 0.0.0.0/0 goes to the leader's inside ENI",
     )
-    fail_over_to: ZoneName | None = Field(
-        default=None,
-        description="cross-AZ fallback (off by default; cross-AZ data transfer is billed "
-        "per GB both ways): with no healthy gateway in this AZ, its route tables point "
-        "at this other AZ's leader",
-    )
 
 
 class Lifecycle(StrictModel):
@@ -209,16 +203,6 @@ class Aws(StrictModel):
         issues = []
         owners: dict[str, str] = {}
         for name, zone in self.zones.items():
-            if zone.fail_over_to is not None and zone.fail_over_to not in self.zones:
-                issues.append(
-                    Issue(
-                        ("zones", name, "fail_over_to"),
-                        zone.fail_over_to,
-                        f"expected one of the other zones {sorted(set(self.zones) - {name})}",
-                    )
-                )
-            if zone.fail_over_to == name:
-                issues.append(Issue(("zones", name, "fail_over_to"), name, "expected another zone"))
             for i, rtb in enumerate(zone.route_tables):
                 first = owners.setdefault(rtb, name)
                 if first != name:
