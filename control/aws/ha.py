@@ -122,6 +122,7 @@ class Ha:
         self.status = HaStatus()
         self._leading_token: int | None = None
         self._took_over: int | None = None
+        self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._booted_at = time.monotonic()
         self._resumed = False
@@ -204,6 +205,12 @@ class Ha:
     def run(self, stop: threading.Event) -> None:
         """Boot, then one lease period after another until ``stop``; hands over on exit
         only when the instance is being terminated (an agent restart keeps leading)."""
+        try:
+            self._run(stop)
+        finally:  # a takeover in flight finishes before a rebuilt loop starts its own
+            self.settle(timeout=30)
+
+    def _run(self, stop: threading.Event) -> None:
         if not self.boot(stop):
             return
         joined = False
@@ -233,7 +240,9 @@ class Ha:
         return period if due is None else max(0.05, min(period, due))
 
     def period(self) -> None:
-        """One lease step and what a change of leadership requires."""
+        """One lease step and what a change of leadership requires. The takeover's EC2
+        calls (a second or more) run on a worker thread, so they never delay the next
+        renewal; the worker is fenced by the lease before every write."""
         leading = self.lease.step()
         token = self.lease.token if leading else None
         if token is not None:
@@ -241,17 +250,36 @@ class Ha:
             if token != self._leading_token:
                 self._leading_token = token
                 self.status.sync = self._sync.become_leader()
-            if self._took_over != token:
-                report = self.takeover.run(token, lambda: self.lease.still_holds(token))
-                self._report(report)
-                if report.ok:
-                    self._took_over = token
+            worker = self._worker
+            if self._took_over != token and (worker is None or not worker.is_alive()):
+                self._worker = threading.Thread(
+                    target=self._take_over, args=(token,), name="spectra-takeover", daemon=True
+                )
+                self._worker.start()
             return
         if self._leading_token is not None:
-            self._leading_token = self._took_over = None
-            self.takeover.release()
-            self.status.sync = self._sync.become_standby()
+            self._give_up()
         self.status.role = "standby"
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait for a takeover in flight (tests, and before a hand-over)."""
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    def _take_over(self, token: int) -> None:
+        report = self.takeover.run(token, lambda: self.lease.still_holds(token))
+        self._report(report)
+        if report.ok:
+            self._took_over = token
+
+    def _give_up(self) -> None:
+        """Leadership is gone: wait for a takeover still running (its fence stops its
+        writes), then give the NAT address up and return conntrack sync to standby."""
+        self.settle()
+        self._worker = None
+        self._leading_token = self._took_over = None
+        self.takeover.release()
+        self.status.sync = self._sync.become_standby()
 
     def _report(self, report: Report) -> None:
         self.status.takeover = {
@@ -277,9 +305,7 @@ class Ha:
         self.status.role = "terminating"
         if self._leading_token is not None:
             self.lease.release("the instance is terminating")
-            self.takeover.release()
-            self.status.sync = self._sync.become_standby()
-            self._leading_token = self._took_over = None
+            self._give_up()
         self._complete("termination", "CONTINUE", "handed over")
 
     def as_dict(self) -> dict[str, Any]:
@@ -367,15 +393,14 @@ class HaRunner:
 
     def configure(self, doc: ConfigDocument) -> None:
         """Start, restart or stop the HA loop for ``doc``'s ``aws`` section."""
-        from control.aws import build
 
         section = doc.aws
         if section == self._section and (self._thread is None or self._thread.is_alive()):
             return
-        self.stop()
         self._section = section
         identity = self.identity
         if identity is None or identity.availability_zone not in section.zones:
+            self.stop()
             self.error = (
                 None
                 if identity is None
@@ -383,36 +408,50 @@ class HaRunner:
             )
             return
         try:
-            aws = build(section, identity)
-            zone_cfg = section.zones[identity.availability_zone]
-            zone = Zone(
-                identity.availability_zone,
-                str(zone_cfg.nat_address),
-                zone_cfg.elastic_ip_allocation_id,
-                tuple(zone_cfg.route_tables),
-            )
-            enis = enis_for(identity, doc.interfaces.outside, doc.interfaces.inside)
-            health = DataPathHealth(
-                doc.interfaces.inside,
-                doc.interfaces.outside,
-                section.health.probe,
-                section.health.timeout_s,
-            )
-            sessions = aws.sessions
-            lease = aws.lease(health)
-            takeover = Takeover(
-                zone, enis, lambda: sessions.instance_client("ec2"), lambda: sessions.client("ec2")
-            )
-            lc = section.lifecycle
-            lifecycle = self._lifecycle(sessions, identity, lc)
+            aws, ha = self._build(doc, identity)
         except (ImdsError, ValueError, ClientError, BotoCoreError) as exc:
-            self.error = str(exc)
-            log.error("AWS high availability not started: %s", exc)
+            kept = " (the previous aws section keeps running)" if self._thread else ""
+            self.error = f"{exc}{kept}"
+            log.error("AWS high availability not (re)started: %s%s", exc, kept)
             return
-        self._aws = aws
-        self._ha = Ha(
+        # built before the old loop stops: the lease goes unrenewed only for the swap,
+        # and its counters and events carry over (a rebuild is no new instance)
+        if self._ha is not None:
+            ha.lease.inherit(self._ha.lease)
+        self.stop()
+        self._aws, self._ha, self.error = aws, ha, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=ha.run, args=(self._stop,), name="spectra-ha", daemon=True
+        )
+        self._thread.start()
+
+    def _build(self, doc: ConfigDocument, identity: InstanceIdentity) -> tuple[Any, Ha]:
+        from control.aws import build
+
+        section = doc.aws
+        aws = build(section, identity)
+        zone_cfg = section.zones[identity.availability_zone]
+        zone = Zone(
+            identity.availability_zone,
+            str(zone_cfg.nat_address),
+            zone_cfg.elastic_ip_allocation_id,
+            tuple(zone_cfg.route_tables),
+        )
+        enis = enis_for(identity, doc.interfaces.outside, doc.interfaces.inside)
+        health = DataPathHealth(
+            doc.interfaces.inside,
+            doc.interfaces.outside,
+            section.health.probe,
+            section.health.timeout_s,
+        )
+        sessions = aws.sessions
+        takeover = Takeover(
+            zone, enis, lambda: sessions.instance_client("ec2"), lambda: sessions.client("ec2")
+        )
+        ha = Ha(
             self.imds,
-            lease,
+            aws.lease(health),
             takeover,
             lambda: sessions.instance_client("ec2"),
             lambda: sessions.instance_client("autoscaling"),
@@ -420,14 +459,9 @@ class HaRunner:
             health,
             identity=identity,
             sync=self._sync(),
-            lifecycle=lifecycle,
+            lifecycle=self._lifecycle(sessions, identity, section.lifecycle),
         )
-        self.error = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._ha.run, args=(self._stop,), name="spectra-ha", daemon=True
-        )
-        self._thread.start()
+        return aws, ha
 
     @staticmethod
     def _lifecycle(sessions: Any, identity: InstanceIdentity, lc: Any) -> Lifecycle | None:

@@ -199,6 +199,13 @@ class Lease:
             self._emit("resumed", self.settings.holder, record.token, "agent restarted")
             return True
 
+    def inherit(self, previous: Lease) -> None:
+        """Carry the counters and events of the lease this one replaces (the agent
+        rebuilt its AWS side for a new document: the same instance, the same history)."""
+        with self._lock, previous._lock:
+            self.counters = {k: self.counters[k] + v for k, v in previous.counters.items()}
+            self._events = deque([*previous._events, *self._events], maxlen=EVENTS_KEPT)
+
     def contend_due_in(self) -> float | None:
         """Seconds until the lease another instance holds may be taken over (its expiry
         plus the skew margin, as last read); ``None`` while leading or before a read."""

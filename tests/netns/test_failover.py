@@ -23,7 +23,7 @@ import pytest
 
 from perf.lab.host import ns_exec
 from perf.lab.vpc import VpcLab
-from perf.lab.vpc.fleet import STORE, Fleet, document
+from perf.lab.vpc.fleet import LAB_LEASE, STORE, Fleet, document
 from perf.lab.vpc.topology import INET_SERVICE_IP
 from tests.netns.helpers import sh
 
@@ -133,3 +133,45 @@ def test_killing_the_leader_keeps_established_connections(healthy: Fleet, tmp_pa
     assert new["takeover"]["ok"] and new["lease"]["events"][-1]["kind"] == "took_over"
     assert _public_address(WORKLOAD["a"]) == before
     assert healthy.leader("b") == "b1"  # the other AZ never noticed
+
+
+def test_the_agent_alone_killed_is_no_failover(healthy: Fleet, tmp_path: Path) -> None:
+    """The product's default lease (5 s) outlives an agent restart (about 3 s here):
+    the restarted agent finds its live lease, resumes it with the same token, and the
+    pinned data plane never stopped forwarding."""
+    doc = document(healthy.lab.status())
+    doc["aws"]["lease"] = {"table": LAB_LEASE["table"]}  # the product's defaults
+    healthy.publish(doc)
+    try:
+        healthy.wait_converged()
+        _agent_restart_resumes(healthy, tmp_path)
+    finally:
+        healthy.publish(document(healthy.lab.status()))
+        healthy.wait_converged()
+
+
+def _agent_restart_resumes(healthy: Fleet, tmp_path: Path) -> None:
+    leader = healthy.leader("a")
+    assert leader is not None
+    token = healthy.state(leader)["aws"]["lease"]["token"]
+    takeovers = healthy.takeovers()
+    out = tmp_path / "probe.json"
+    probe = _probe(WORKLOAD["a"], out, seconds=12)
+    time.sleep(3)
+    healthy.kill_agent(leader)
+    healthy.start([leader])  # what systemd's Restart= does
+
+    def resumed() -> bool:
+        aws = healthy.state(leader).get("aws", {})
+        return aws.get("role") == "leader" and aws["boot"]["health"]["state"] == "ok"
+
+    healthy.wait("the restarted agent resumed its lease", resumed, 30)
+    summary = _finish(probe, out)
+    aws = healthy.state(leader)["aws"]
+    assert aws["lease"]["token"] == token and "resumed" in aws["boot"]["health"]["detail"]
+    assert [e["kind"] for e in aws["lease"]["events"]] == ["resumed"], aws["lease"]["events"]
+    # the restarted agent counts from zero: a resumed lease is no takeover
+    assert healthy.takeovers() == takeovers | {leader: 0}
+    assert healthy.role(_other(leader)) == "standby"
+    assert summary["reset"] == 0 and summary["survived"] == summary["connections"], summary
+    assert summary["udp_gap"]["lost"] == 0, summary["udp_gap"]

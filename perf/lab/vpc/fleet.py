@@ -98,6 +98,14 @@ class Fleet:
         finally:
             store.close()
 
+    def head(self) -> int:
+        """The version of the document the agents should run."""
+        store = SqliteStore(STORE)
+        try:
+            return store.head()
+        finally:
+            store.close()
+
     def _pidfile(self, name: str) -> Path:
         return RUN_DIR / f"agent-{name}.pid"
 
@@ -156,12 +164,15 @@ class Fleet:
     def wait_converged(self, names: Iterable[str] | None = None, timeout: float = 90.0) -> None:
         """Every agent applied the latest document and joined its AZ's lease."""
         names = list(names or gateways())
+        head = self.head()
 
         def ready() -> bool:
             for n in names:
                 st = self.state(n)
                 aws = st.get("aws", {})
-                if not st.get("converged") or aws.get("role") not in ("leader", "standby"):
+                if not st.get("converged") or st.get("applied_version") != head:
+                    return False
+                if aws.get("role") not in ("leader", "standby"):
                     return False
                 if aws.get("role") == "leader" and not aws.get("takeover", {}).get("ok"):
                     return False

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +179,12 @@ def boot(world: World) -> None:
         assert node.ha.boot(threading.Event())
 
 
+def step(node: Node) -> None:
+    """One lease period, and the takeover it started run to its end."""
+    node.ha.period()
+    node.ha.settle(timeout=30)
+
+
 def test_boot_turns_off_source_dest_check_and_one_instance_leads(world: World) -> None:
     boot(world)
     for node in world.nodes:
@@ -187,8 +194,8 @@ def test_boot_turns_off_source_dest_check_and_one_instance_leads(world: World) -
             )
             assert attr["SourceDestCheck"]["Value"] is False
     a, b = world.nodes
-    a.ha.period()
-    b.ha.period()
+    step(a)
+    step(b)
     assert (a.ha.status.role, b.ha.status.role) == ("leader", "standby")
     assert a.ha.status.takeover["ok"], a.ha.status.takeover
     assert world.default_route() == a.enis.inside_eni
@@ -201,15 +208,15 @@ def test_the_standby_takes_over_when_the_leader_dies_and_a_stale_leader_is_fence
 ) -> None:
     boot(world)
     a, b = world.nodes
-    a.ha.period()
-    b.ha.period()
+    step(a)
+    step(b)
     old_token = a.ha.lease.token
     assert old_token is not None
     # a stops renewing (its instance died); b wakes right at expiry + skew margin
     due = b.ha.lease.contend_due_in()
     assert due is not None and 3.0 <= due <= 3.5 + 1e-6
     world.clock.advance(due + 0.01)
-    b.ha.period()
+    step(b)
     assert b.ha.status.role == "leader" and b.ha.status.takeover["ok"]
     assert world.default_route() == b.enis.inside_eni
     eip = world.ec2.describe_addresses(AllocationIds=[world.zone.allocation_id])["Addresses"][0]
@@ -220,7 +227,7 @@ def test_the_standby_takes_over_when_the_leader_dies_and_a_stale_leader_is_fence
     report = a.ha.takeover.run(old_token, lambda: a.ha.lease.still_holds(old_token))
     assert report.steps == {"nat_address": "fenced"}
     assert world.default_route() == b.enis.inside_eni
-    a.ha.period()
+    step(a)
     assert a.ha.status.role == "standby"
     assert a.addresses.held == set() and a.sync.calls == ["leader", "standby"]
 
@@ -228,8 +235,8 @@ def test_the_standby_takes_over_when_the_leader_dies_and_a_stale_leader_is_fence
 def test_a_terminating_leader_hands_over_at_once(world: World, moto_dir: Path) -> None:
     boot(world)
     a, b = world.nodes
-    a.ha.period()
-    b.ha.period()
+    step(a)
+    step(b)
     a.metadata.target = "Terminated"
     assert a.ha._terminating()
     a.ha.hand_over()
@@ -241,23 +248,62 @@ def test_a_terminating_leader_hands_over_at_once(world: World, moto_dir: Path) -
         a.instance_id,
         "CONTINUE",
     )
-    b.ha.period()  # no waiting for an expiry: the lease was released
+    step(b)  # no waiting for an expiry: the lease was released
     assert b.ha.status.role == "leader" and world.default_route() == b.enis.inside_eni
 
 
 def test_an_agent_restart_keeps_the_lease_and_its_token(world: World) -> None:
     boot(world)
     a, b = world.nodes
-    a.ha.period()
-    b.ha.period()
+    step(a)
+    step(b)
     token = a.ha.lease.token
     world.clock.advance(1.0)
     restarted = world.node(0)
     assert restarted.ha.boot(threading.Event())
     assert restarted.ha.status.boot["health"].detail.startswith("resumed")
-    restarted.ha.period()
+    step(restarted)
     assert restarted.ha.lease.token == token and restarted.ha.status.role == "leader"
     world.clock.advance(2.9)  # past the old expiry: the renewal kept it
-    b.ha.period()
+    step(b)
     assert b.ha.status.role == "standby"
     assert world.default_route() == a.enis.inside_eni
+
+
+def test_a_slow_takeover_never_delays_a_renewal(world: World) -> None:
+    """The takeover's EC2 calls run beside the lease: a period returns while they are
+    in flight, and the next one renews the lease."""
+    boot(world)
+    a, _ = world.nodes
+    gate, started = threading.Event(), threading.Event()
+    run = a.ha.takeover.run
+
+    def slow(token: int, fence: Any) -> Any:
+        started.set()
+        assert gate.wait(30)
+        return run(token, fence)
+
+    a.ha.takeover.run = slow  # type: ignore[method-assign]
+    t0 = time.monotonic()
+    a.ha.period()
+    assert started.wait(10) and a.ha.status.role == "leader"
+    expires = a.ha.lease.status()["expires"]
+    world.clock.advance(1.0)
+    a.ha.period()  # the takeover is still blocked: no second one, a renewal
+    assert time.monotonic() - t0 < 5 and a.ha.status.takeover == {}
+    assert a.ha.lease.status()["expires"] == pytest.approx(expires + 1.0)
+    gate.set()
+    a.ha.settle(timeout=30)
+    assert a.ha.status.takeover["ok"] and world.default_route() == a.enis.inside_eni
+
+
+def test_a_rebuilt_lease_keeps_the_history(world: World) -> None:
+    boot(world)
+    a, _ = world.nodes
+    step(a)
+    before = a.ha.lease.status()
+    rebuilt = world.node(0)
+    rebuilt.ha.lease.inherit(a.ha.lease)
+    after = rebuilt.ha.lease.status()
+    assert after["counters"] == before["counters"] and after["counters"]["takeovers"] == 1
+    assert after["events"] == before["events"]
