@@ -5,6 +5,10 @@
   to itself; workloads reach the internet as their AZ's Elastic IP;
 * the leader instance dies (every process SIGKILLed, links down): the standby takes
   over and 200 established TCP connections and a UDP stream carry on, no reset;
+* the leader's own data path fails: it releases the lease, the standby takes over,
+  and it does not take it back when it recovers (``fail_back`` off);
+* the leader's agent alone is killed and restarted: no failover, the restarted agent
+  resumes the lease with its token while the pinned data plane keeps forwarding.
 
 Timings are measured by ``python -m perf failover``; here only what must hold.
 """
@@ -175,3 +179,34 @@ def _agent_restart_resumes(healthy: Fleet, tmp_path: Path) -> None:
     assert healthy.role(_other(leader)) == "standby"
     assert summary["reset"] == 0 and summary["survived"] == summary["connections"], summary
     assert summary["udp_gap"]["lost"] == 0, summary["udp_gap"]
+
+
+def test_a_leader_whose_data_path_fails_hands_over_and_does_not_take_it_back(
+    healthy: Fleet,
+) -> None:
+    leader = healthy.leader("a")
+    assert leader is not None
+    ns = healthy.netns(leader)
+    assert sh(ns, "ip", "link", "set", "eth0", "down").returncode == 0
+    try:
+        healthy.wait("the standby took over", lambda: healthy.leader("a") == _other(leader), 30)
+
+        def released() -> bool:
+            events = healthy.state(leader).get("aws", {}).get("lease", {}).get("events", [])
+            return bool(events) and events[-1]["kind"] == "released"
+
+        healthy.wait("the old leader reported its release", released, 10)
+        event = healthy.state(leader)["aws"]["lease"]["events"][-1]
+        assert "health" in event["reason"], event
+        healthy.lab.sync()
+        assert _public_address(WORKLOAD["a"]) == healthy.lab.status()["azs"]["a"]["eip"]
+    finally:
+        assert sh(ns, "ip", "link", "set", "eth0", "up").returncode == 0
+
+    def eligible_standby() -> bool:
+        lease = healthy.state(leader).get("aws", {}).get("lease", {})
+        return lease.get("state") == "standby" and lease.get("eligible") is True
+
+    healthy.wait("the old leader is healthy again", eligible_standby, 20)
+    time.sleep(2)  # more than health_successes periods while eligible: no fail-back
+    assert healthy.leader("a") == _other(leader) and healthy.role(leader) == "standby"
