@@ -463,7 +463,13 @@ def security_groups(net: Net) -> dict[str, Any]:
                 "conntrack sync between the instances of a zone",
                 "VpcId": net.vpc,
                 "SecurityGroupIngress": [
-                    {"IpProtocol": "-1", "CidrIp": net.vpc_cidr, "Description": "VPC traffic"}
+                    {
+                        "IpProtocol": "-1",
+                        "FromPort": -1,
+                        "ToPort": -1,
+                        "CidrIp": net.vpc_cidr,
+                        "Description": "VPC traffic",
+                    }
                 ],
                 "Tags": tags(sub("${Name}-inside")),
             },

@@ -1,0 +1,71 @@
+"""A moto server for the CloudFormation tests, with what moto 5.2's CloudFormation lacks
+and the fleet templates use, modelled here on the test side (never in the product):
+
+* ``Fn::Cidr`` (moto leaves it unresolved): the first ``count`` subnets of ``cidrBits``
+  host bits of the block, as CloudFormation's intrinsic function reference says;
+* ``AWS::EC2::NetworkInterface``: moto ignores ``GroupSet``, ``Tags``,
+  ``SecondaryPrivateIpAddressCount`` and ``SourceDestCheck``, and does not answer
+  ``Fn::GetAtt ... SecondaryPrivateIpAddresses``.
+
+Run as ``python tests/unit/deploy/motocfn.py HOST PORT`` (a subprocess: moto's warnings
+about resource types it does not implement must not meet pytest's ``error`` filter).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from typing import Any
+
+
+def patch() -> None:
+    from moto.cloudformation import parsing
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+
+    original = parsing.clean_json
+
+    def clean_json(resource_json: Any, resources_map: Any) -> Any:
+        if isinstance(resource_json, dict) and "Fn::Cidr" in resource_json:
+            block, count, bits = (original(v, resources_map) for v in resource_json["Fn::Cidr"])
+            net = ipaddress.ip_network(block)
+            subnets = net.subnets(new_prefix=net.max_prefixlen - int(bits))
+            return [str(s) for _, s in zip(range(int(count)), subnets, strict=False)]
+        return original(resource_json, resources_map)
+
+    parsing.clean_json = clean_json
+
+    def create(
+        cls: Any, name: str, cfn: Any, account_id: str, region_name: str, **kwargs: Any
+    ) -> Any:
+        props = cfn["Properties"]
+        backend = ec2_backends[account_id][region_name]
+        eni = backend.create_network_interface(
+            backend.get_subnet(props["SubnetId"]),
+            props.get("PrivateIpAddress"),
+            group_ids=props.get("GroupSet", []),
+            description=props.get("Description"),
+            tags={t["Key"]: t["Value"] for t in props.get("Tags", [])},
+        )
+        count = int(props.get("SecondaryPrivateIpAddressCount", 0))
+        if count:
+            backend.assign_private_ip_addresses(eni.id, secondary_ips_count=count)
+        eni.source_dest_check = str(props.get("SourceDestCheck", True)).lower() == "true"
+        return eni
+
+    original_att = NetworkInterface.get_cfn_attribute
+
+    def get_cfn_attribute(self: Any, attribute_name: str) -> Any:
+        if attribute_name == "SecondaryPrivateIpAddresses":
+            return [p["PrivateIpAddress"] for p in self.private_ip_addresses if not p["Primary"]]
+        return original_att(self, attribute_name)
+
+    NetworkInterface.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign,assignment]
+    NetworkInterface.get_cfn_attribute = get_cfn_attribute  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":
+    patch()
+    from moto.server import main
+
+    main(["--host", sys.argv[1], "--port", sys.argv[2]])
