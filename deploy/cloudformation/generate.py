@@ -465,8 +465,6 @@ def security_groups(net: Net) -> dict[str, Any]:
                 "SecurityGroupIngress": [
                     {
                         "IpProtocol": "-1",
-                        "FromPort": -1,
-                        "ToPort": -1,
                         "CidrIp": net.vpc_cidr,
                         "Description": "VPC traffic",
                     }

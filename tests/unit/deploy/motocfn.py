@@ -5,7 +5,10 @@ and the fleet templates use, modelled here on the test side (never in the produc
   host bits of the block, as CloudFormation's intrinsic function reference says;
 * ``AWS::EC2::NetworkInterface``: moto ignores ``GroupSet``, ``Tags``,
   ``SecondaryPrivateIpAddressCount`` and ``SourceDestCheck``, and does not answer
-  ``Fn::GetAtt ... SecondaryPrivateIpAddresses``.
+  ``Fn::GetAtt ... SecondaryPrivateIpAddresses``;
+* ``AWS::EC2::SecurityGroup``: moto needs ``FromPort``/``ToPort`` even for protocol
+  ``-1`` (all traffic), where CloudFormation ignores them;
+* ``AWS::AutoScaling::AutoScalingGroup``: moto ignores ``LifecycleHookSpecificationList``.
 
 Run as ``python tests/unit/deploy/motocfn.py HOST PORT`` (a subprocess: moto's warnings
 about resource types it does not implement must not meet pytest's ``error`` filter).
@@ -22,6 +25,39 @@ def patch() -> None:
     from moto.cloudformation import parsing
     from moto.ec2.models import ec2_backends
     from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+
+    from moto.ec2.models.security_groups import SecurityGroup
+
+    original_sg = SecurityGroup.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+    def create_sg(cls: Any, name: str, cfn: Any, *args: Any, **kwargs: Any) -> Any:
+        for rule in cfn["Properties"].get("SecurityGroupIngress", []):
+            rule.setdefault("FromPort", -1)
+            rule.setdefault("ToPort", -1)
+        return original_sg(cls, name, cfn, *args, **kwargs)
+
+    SecurityGroup.create_from_cloudformation_json = classmethod(create_sg)  # type: ignore[method-assign,assignment]
+
+    from moto.autoscaling.models import FakeAutoScalingGroup, autoscaling_backends
+
+    original_asg = FakeAutoScalingGroup.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+    def create_asg(
+        cls: Any, name: str, cfn: Any, account_id: str, region_name: str, **kwargs: Any
+    ) -> Any:
+        group = original_asg(cls, name, cfn, account_id, region_name, **kwargs)
+        backend = autoscaling_backends[account_id][region_name]
+        for hook in cfn["Properties"].get("LifecycleHookSpecificationList", []):
+            backend.create_lifecycle_hook(
+                hook["LifecycleHookName"],
+                group.name,
+                hook["LifecycleTransition"],
+                int(hook.get("HeartbeatTimeout", 3600)),
+                hook.get("DefaultResult", "ABANDON"),
+            )
+        return group
+
+    FakeAutoScalingGroup.create_from_cloudformation_json = classmethod(create_asg)  # type: ignore[method-assign,assignment]
 
     original = parsing.clean_json
 

@@ -1,0 +1,218 @@
+"""Each fleet template created as a stack in moto's CloudFormation (a moto server in a
+subprocess, :mod:`tests.unit.deploy.motocfn`), then the resources read back through the
+services' own APIs: what the HA design (``control/aws/takeover.py``,
+``perf/lab/vpc/seed.py``) expects to exist is there and wired together."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from control.aws.lease import KEY as LEASE_KEY
+
+pytestmark = pytest.mark.timeout(180)
+
+CFN = Path(__file__).resolve().parents[3] / "deploy" / "cloudformation"
+REGION = "us-east-1"
+NOT_IN_MOTO = {
+    "AWS::EC2::EIPAssociation",  # associated by hand below, as CloudFormation would
+    "AWS::EC2::SecurityGroupIngress",  # only with ManagementCidr2
+    "AWS::EC2::VPCEndpointService",
+}
+"""Resource types moto 5.2's CloudFormation skips; the tests check everything else."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    port = _free_port()
+    argv = [sys.executable, str(Path(__file__).with_name("motocfn.py")), "127.0.0.1", str(port)]
+    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    assert proc.poll() is None, "the moto server exited"
+                    assert time.monotonic() < deadline, "the moto server did not listen"
+                    time.sleep(0.2)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def client(endpoint: str, service: str) -> Any:
+    session: Any = boto3.session.Session()
+    return session.client(
+        service,
+        region_name=REGION,
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(retries={"max_attempts": 2}),
+    )
+
+
+def create(endpoint: str, name: str, params: dict[str, str]) -> tuple[str, dict[str, str]]:
+    cf = client(endpoint, "cloudformation")
+    stack = f"t-{uuid.uuid4().hex[:8]}"
+    cf.create_stack(
+        StackName=stack,
+        TemplateBody=(CFN / name).read_text(),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+    )
+    found = cf.describe_stacks(StackName=stack)["Stacks"][0]
+    assert found["StackStatus"] == "CREATE_COMPLETE", found.get("StackStatusReason")
+    return stack, {o["OutputKey"]: o["OutputValue"] for o in found.get("Outputs", [])}
+
+
+def image(endpoint: str) -> str:
+    return str(client(endpoint, "ec2").describe_images()["Images"][0]["ImageId"])
+
+
+def fleet_params(endpoint: str, name: str, zones: int) -> dict[str, str]:
+    out = {
+        "Name": name,
+        "ZoneCount": str(zones),
+        "ZoneA": "us-east-1a",
+        "ZoneB": "us-east-1b",
+        "ImageId": image(endpoint),
+        "ManagementCidr": "203.0.113.0/24",
+        "ExternalId": "ext-123",
+        "SsmPrefix": f"/{name}/config",
+    }
+    if zones == 3:
+        out["ZoneC"] = "us-east-1c"
+    return out
+
+
+def check_fleet(endpoint: str, name: str, outputs: dict[str, str], zones: str) -> None:
+    ec2 = client(endpoint, "ec2")
+    asg = client(endpoint, "autoscaling")
+    for z in zones:
+        eni_id = outputs[f"GatewayEni{z}"]
+        (eni,) = ec2.describe_network_interfaces(NetworkInterfaceIds=[eni_id])["NetworkInterfaces"]
+        secondary = [p["PrivateIpAddress"] for p in eni["PrivateIpAddresses"] if not p["Primary"]]
+        assert secondary == [outputs[f"NatAddress{z}"]]
+        tags = {t["Key"]: t["Value"] for t in eni["TagSet"]}
+        assert tags["spectra:deployment"] == name and tags["spectra:role"] == "nat"
+        # the EIP association moto skips, done as CloudFormation would
+        ec2.associate_address(
+            AllocationId=outputs[f"ElasticIpAllocation{z}"],
+            NetworkInterfaceId=eni_id,
+            PrivateIpAddress=outputs[f"NatAddress{z}"],
+        )
+        (addr,) = ec2.describe_addresses(AllocationIds=[outputs[f"ElasticIpAllocation{z}"]])[
+            "Addresses"
+        ]
+        assert addr["PublicIp"] == outputs[f"ElasticIp{z}"]
+        (rtb,) = ec2.describe_route_tables(RouteTableIds=[outputs[f"PrivateRouteTable{z}"]])[
+            "RouteTables"
+        ]
+        default = [r for r in rtb["Routes"] if r.get("DestinationCidrBlock") == "0.0.0.0/0"]
+        assert [r.get("NetworkInterfaceId") for r in default] == [eni_id]
+        (group,) = asg.describe_auto_scaling_groups(
+            AutoScalingGroupNames=[outputs[f"AutoScalingGroup{z}"]]
+        )["AutoScalingGroups"]
+        assert group["AutoScalingGroupName"] == f"{name}-gw-{z.lower()}"
+        assert (group["MinSize"], group["MaxSize"]) == (2, 3)
+        hooks = asg.describe_lifecycle_hooks(AutoScalingGroupName=group["AutoScalingGroupName"])
+        transitions = {h["LifecycleHookName"]: h["LifecycleTransition"] for h in hooks["LifecycleHooks"]}
+        assert transitions == {
+            "spectra-launch": "autoscaling:EC2_INSTANCE_LAUNCHING",
+            "spectra-terminate": "autoscaling:EC2_INSTANCE_TERMINATING",
+        }
+        lt_id = group["LaunchTemplate"]["LaunchTemplateId"]
+        (version,) = ec2.describe_launch_template_versions(LaunchTemplateId=lt_id)[
+            "LaunchTemplateVersions"
+        ]
+        data = version["LaunchTemplateData"]
+        assert data["MetadataOptions"]["HttpTokens"] == "required"
+        assert [n["DeviceIndex"] for n in data["NetworkInterfaces"]] == [0, 1]
+    table = client(endpoint, "dynamodb").describe_table(TableName=outputs["LeaseTableName"])
+    assert table["Table"]["KeySchema"] == [{"AttributeName": LEASE_KEY, "KeyType": "HASH"}]
+    iam = client(endpoint, "iam")
+    role = outputs["InstanceRoleArn"].rsplit("/", 1)[1]
+    assert iam.get_role(RoleName=role)["Role"]["Arn"] == outputs["InstanceRoleArn"]
+    assert iam.list_role_policies(RoleName=role)["PolicyNames"] == ["spectra-instance"]
+    assert outputs["AdminTokenParameter"] == f"/{name}/config/admin-token"
+
+
+@pytest.mark.parametrize("zones", [2, 3])
+def test_new_vpc_stack(endpoint: str, zones: int) -> None:
+    name = f"n{zones}{uuid.uuid4().hex[:6]}"
+    _, out = create(endpoint, "new-vpc.yaml", fleet_params(endpoint, name, zones))
+    check_fleet(endpoint, name, out, "ABC"[:zones])
+    ec2 = client(endpoint, "ec2")
+    subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [out["VpcId"]]}])
+    assert len(subnets["Subnets"]) == 2 * zones
+    endpoints = ec2.describe_vpc_endpoints(Filters=[{"Name": "vpc-id", "Values": [out["VpcId"]]}])
+    assert {e["ServiceName"].rsplit(".", 1)[1] for e in endpoints["VpcEndpoints"]} == {
+        "dynamodb", "ssm", "sts", "ec2", "autoscaling"
+    }
+    assert ("GatewayEniC" in out) == (zones == 3)
+
+
+def test_existing_vpc_stack(endpoint: str) -> None:
+    ec2 = client(endpoint, "ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    name = f"e{uuid.uuid4().hex[:6]}"
+    params = fleet_params(endpoint, name, 2)
+    params.update(VpcId=vpc, VpcCidr="10.9.0.0/16")
+    for i, z in enumerate("AB"):
+        for kind, third in (("Public", 100), ("Private", 0)):
+            params[f"{kind}Subnet{z}"] = ec2.create_subnet(
+                VpcId=vpc, CidrBlock=f"10.9.{third + i}.0/24", AvailabilityZone=f"us-east-1{'ab'[i]}"
+            )["Subnet"]["SubnetId"]
+        params[f"PrivateRouteTable{z}"] = ec2.create_route_table(VpcId=vpc)["RouteTable"][
+            "RouteTableId"
+        ]
+    _, out = create(endpoint, "existing-vpc.yaml", params)
+    check_fleet(endpoint, name, out, "AB")
+    assert "VpcId" not in out
+
+
+def test_gwlb_stack(endpoint: str) -> None:
+    ec2 = client(endpoint, "ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.8.0.0/16")["Vpc"]["VpcId"]
+    params = {"Name": f"g{uuid.uuid4().hex[:6]}", "VpcId": vpc}
+    for i, z in enumerate("AB"):
+        for n, kind in enumerate(("ApplianceSubnet", "EndpointSubnet")):
+            params[f"{kind}{z}"] = ec2.create_subnet(
+                VpcId=vpc, CidrBlock=f"10.8.{10 * n + i}.0/24", AvailabilityZone=f"us-east-1{'ab'[i]}"
+            )["Subnet"]["SubnetId"]
+        params[f"ProtectedRouteTable{z}"] = ec2.create_route_table(VpcId=vpc)["RouteTable"][
+            "RouteTableId"
+        ]
+    _, out = create(endpoint, "gwlb.yaml", params)
+    elb = client(endpoint, "elbv2")
+    (tg,) = elb.describe_target_groups(TargetGroupArns=[out["TargetGroupArn"]])["TargetGroups"]
+    assert (tg["Protocol"], tg["Port"], tg["HealthCheckPort"]) == ("GENEVE", 6081, "80")
+    (lb,) = elb.describe_load_balancers(LoadBalancerArns=[out["LoadBalancerArn"]])["LoadBalancers"]
+    assert lb["Type"] == "gateway"
+    for z in "AB":
+        (rtb,) = ec2.describe_route_tables(RouteTableIds=[params[f"ProtectedRouteTable{z}"]])[
+            "RouteTables"
+        ]
+        default = [r for r in rtb["Routes"] if r.get("DestinationCidrBlock") == "0.0.0.0/0"]
+        assert len(default) == 1, rtb["Routes"]
+        assert out[f"Endpoint{z}"].startswith("vpce-")
