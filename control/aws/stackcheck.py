@@ -42,7 +42,7 @@ class TemplateError(ValueError):
     """The template cannot be read (not YAML/JSON, no mapping)."""
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no stubs here
     """YAML with CloudFormation's short-form tags (``!Ref X`` -> ``{"Ref": "X"}``)."""
 
 
@@ -55,7 +55,7 @@ def _tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
     else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+        value = loader.construct_mapping(node, deep=True)
     return {key: value}
 
 
@@ -65,7 +65,7 @@ _Loader.add_multi_constructor("!", _tagged)
 def load_template(text: str) -> dict[str, Any]:
     """A template's YAML (short or long intrinsic forms) or JSON text as data."""
     try:
-        data = json.loads(text) if text.lstrip().startswith("{") else yaml.load(text, _Loader)  # noqa: S506 - a SafeLoader subclass
+        data = json.loads(text) if text.lstrip().startswith("{") else yaml.load(text, _Loader)
     except (ValueError, yaml.YAMLError) as exc:
         raise TemplateError(f"not a CloudFormation template: {exc}") from None
     if not isinstance(data, dict):
@@ -123,7 +123,7 @@ def _eval(expr: Any, values: Mapping[str, Any]) -> Any:
         return expr
     if len(expr) != 1:
         raise _Unevaluable(f"expected one function, got {sorted(expr)}")
-    (fn, arg), = expr.items()
+    ((fn, arg),) = expr.items()
     if fn == "Ref":
         if arg not in values:
             raise _Unevaluable(f"Ref {arg} is not a parameter")

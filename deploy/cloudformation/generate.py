@@ -41,8 +41,7 @@ RTB = r"rtb-[0-9a-f]{8,17}"
 SUBNET = r"subnet-[0-9a-f]{8,17}"
 
 UNSCOPED = {
-    "ec2:DescribeNetworkInterfaces": "EC2 Describe* actions support no resource-level "
-    "permissions",
+    "ec2:DescribeNetworkInterfaces": "EC2 Describe* actions support no resource-level permissions",
     "ec2:DescribeAddresses": "EC2 Describe* actions support no resource-level permissions",
     "autoscaling:DescribeAutoScalingInstances": "Auto Scaling Describe* actions support "
     "no resource-level permissions",
@@ -212,8 +211,7 @@ def fleet_parameters() -> dict[str, Any]:
             "Default": "",
             "NoEcho": True,
             "AllowedPattern": r"^([\w+=,.@:/-]{2,1224})?$",
-            "ConstraintDescription": "ExternalId: empty or 2-1224 letters, digits and "
-            "+=,.@:/_-",
+            "ConstraintDescription": "ExternalId: empty or 2-1224 letters, digits and +=,.@:/_-",
             "Description": "external ID of the operational role (empty: no operational "
             "role in the user data)",
         },
@@ -369,7 +367,9 @@ def instance_role() -> dict[str, Any]:
                 "autoscaling:CompleteLifecycleAction",
                 "autoscaling:RecordLifecycleActionHeartbeat",
             ],
-            "Resource": [arn("autoscaling", "autoScalingGroup:*:autoScalingGroupName/${Name}-gw-*")],
+            "Resource": [
+                arn("autoscaling", "autoScalingGroup:*:autoScalingGroupName/${Name}-gw-*")
+            ],
         },
         {
             "Sid": "AssumeOperationalRole",
@@ -378,7 +378,11 @@ def instance_role() -> dict[str, Any]:
             "Resource": [
                 sub(
                     "arn:${AWS::Partition}:iam::${Account}:role/${Name}-cross-account-role*",
-                    {"Account": iff("HasRoleAccount", ref("OperationalRoleAccount"), ref("AWS::AccountId"))},
+                    {
+                        "Account": iff(
+                            "HasRoleAccount", ref("OperationalRoleAccount"), ref("AWS::AccountId")
+                        )
+                    },
                 )
             ],
         },
@@ -938,8 +942,7 @@ def existing_vpc() -> dict[str, Any]:
         (
             "PrivateRouteTable",
             RTB,
-            "a route table ID like rtb-0123abcd (each zone's private subnet needs its "
-            "route table)",
+            "a route table ID like rtb-0123abcd (each zone's private subnet needs its route table)",
             "its 0.0.0.0/0 goes to the zone's gateway",
         ),
     )
@@ -964,8 +967,10 @@ def existing_vpc() -> dict[str, Any]:
     }
     rules = fleet_rules()
     rules["ThirdZoneGiven"]["Assertions"] += [
-        {"Assert": nonempty(f"{kind}C"), "AssertDescription": f"{kind}C is required when "
-         "ZoneCount is 3"}
+        {
+            "Assert": nonempty(f"{kind}C"),
+            "AssertDescription": f"{kind}C is required when ZoneCount is 3",
+        }
         for kind, *_ in kinds
     ]
     conditions = fleet_conditions()
@@ -1027,8 +1032,11 @@ def gwlb() -> dict[str, Any]:
                 "AllowedPattern": f"^({pattern})?$" if third else f"^{pattern}$",
                 **({"Default": ""} if third else {}),
                 "ConstraintDescription": f"{kind}{z}: "
-                + ("a subnet ID like subnet-0123abcd" if pattern == SUBNET else "a route "
-                   "table ID like rtb-0123abcd")
+                + (
+                    "a subnet ID like subnet-0123abcd"
+                    if pattern == SUBNET
+                    else "a route table ID like rtb-0123abcd"
+                )
                 + (" (empty when ZoneCount is 2)" if third else ""),
                 "Description": f"zone {z}: {what}",
             }
@@ -1139,9 +1147,7 @@ def gwlb() -> dict[str, Any]:
             THIRD: equals(ref("ZoneCount"), "3"),
             "HttpHealthCheck": equals(ref("HealthCheckProtocol"), "HTTP"),
             "CreateRoutesAB": equals(ref("CreateRoutes"), "true"),
-            "CreateRoutesC": {
-                "Fn::And": [{"Condition": THIRD}, {"Condition": "CreateRoutesAB"}]
-            },
+            "CreateRoutesC": {"Fn::And": [{"Condition": THIRD}, {"Condition": "CreateRoutesAB"}]},
         },
         "Resources": resources,
         "Outputs": outputs,
@@ -1172,7 +1178,7 @@ SHORT = {
 }
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(yaml.SafeDumper):  # type: ignore[misc]  # PyYAML has no stubs here
     """Block YAML, no anchors, intrinsic functions in their short form (``!Ref X``)
     where YAML allows it (a tag cannot carry another tag: ``Fn::Base64: !Sub ...``)."""
 
@@ -1181,7 +1187,7 @@ class _Dumper(yaml.SafeDumper):
 
     def represent_dict(self, data: Any) -> yaml.Node:
         if len(data) == 1:
-            (key, value), = data.items()
+            ((key, value),) = data.items()
             if key in SHORT:
                 tag = "!" + key.removeprefix("Fn::")
                 if key == "Fn::GetAtt":
@@ -1201,7 +1207,7 @@ def render(name: str) -> str:
     body = yaml.dump(
         TEMPLATES[name](), Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=False
     )
-    return BANNER + body
+    return BANNER + str(body)
 
 
 def main(argv: list[str]) -> int:

@@ -51,18 +51,30 @@ GOOD = {
     },
     "gwlb.yaml": {
         "VpcId": "vpc-0123456789abcdef0",
-        **{f"{k}{z}": f"{p}-0123456789abcde{i}" for i, z in enumerate("AB")
-           for k, p in (("ApplianceSubnet", "subnet"), ("EndpointSubnet", "subnet"),
-                        ("ProtectedRouteTable", "rtb"))},
+        **{
+            f"{k}{z}": f"{p}-0123456789abcde{i}"
+            for i, z in enumerate("AB")
+            for k, p in (
+                ("ApplianceSubnet", "subnet"),
+                ("EndpointSubnet", "subnet"),
+                ("ProtectedRouteTable", "rtb"),
+            )
+        },
     },
 }
 GOOD["existing-vpc.yaml"] = {
     **GOOD["new-vpc.yaml"],
     "VpcId": "vpc-0123456789abcdef0",
     "VpcCidr": "10.1.0.0/16",
-    **{f"{k}{z}": f"{p}-0123456789abcde{i}" for i, z in enumerate("AB")
-       for k, p in (("PublicSubnet", "subnet"), ("PrivateSubnet", "subnet"),
-                    ("PrivateRouteTable", "rtb"))},
+    **{
+        f"{k}{z}": f"{p}-0123456789abcde{i}"
+        for i, z in enumerate("AB")
+        for k, p in (
+            ("PublicSubnet", "subnet"),
+            ("PrivateSubnet", "subnet"),
+            ("PrivateRouteTable", "rtb"),
+        )
+    },
 }
 
 
@@ -113,8 +125,11 @@ def test_instance_role_scopes_every_scopable_action(name: str) -> None:
             assert set(actions(stmt)) <= set(unscoped), stmt["Sid"]
             continue
         for resource in stmt["Resource"]:
-            text = resource["Fn::Sub"] if isinstance(resource, dict) and "Fn::Sub" in resource \
+            text = (
+                resource["Fn::Sub"]
+                if isinstance(resource, dict) and "Fn::Sub" in resource
                 else resource
+            )
             text = text[0] if isinstance(text, list) else text
             if isinstance(text, str):
                 assert not text.endswith(":*") and text != "*", (stmt["Sid"], text)
@@ -130,7 +145,9 @@ def test_instance_role_allows_exactly_the_instance_operations(name: str) -> None
     for action in granted - set(extra):
         service, _, op = action.partition(":")
         patterns = INSTANCE_OPERATIONS.get(service, ())
-        assert any(fnmatch.fnmatchcase(op, p) for p in patterns), f"{action}: not done as the instance"
+        assert any(fnmatch.fnmatchcase(op, p) for p in patterns), (
+            f"{action}: not done as the instance"
+        )
     for service, ops in INSTANCE_OPERATIONS.items():
         for op in ops:
             if "*" in op or (service, op) == ("sts", "GetCallerIdentity"):
