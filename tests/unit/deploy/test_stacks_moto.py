@@ -5,6 +5,8 @@ services' own APIs: what the HA design (``control/aws/takeover.py``,
 
 from __future__ import annotations
 
+import base64
+import json
 import socket
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import pytest
 from botocore.config import Config
 
 from control.aws.lease import KEY as LEASE_KEY
+from control.aws.stackcheck import load_template
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -26,11 +29,39 @@ CFN = Path(__file__).resolve().parents[3] / "deploy" / "cloudformation"
 REGION = "us-east-1"
 NOT_IN_MOTO = {
     "AWS::EC2::EIPAssociation",  # associated by hand below, as CloudFormation would
-    "AWS::EC2::SecurityGroupIngress",  # only with ManagementCidr2
     "AWS::EC2::VPCEndpointService",
-    "AWS::ElasticLoadBalancingV2::Listener",  # moto: HTTP(S) listeners only
 }
-"""Resource types moto 5.2's CloudFormation skips; the tests check everything else."""
+SKIPPED = {"AWS::ElasticLoadBalancingV2::Listener"}  # moto: HTTP(S) only (motocfn.py)
+"""Resource types moto's CloudFormation skips; the tests check everything else."""
+USER_DATA_KEYS = {
+    "name",
+    "store",
+    "region",
+    "az",
+    "operational_role",
+    "lease_table",
+    "admin_token_parameter",
+    "mode",
+}
+"""The user-data contract's keys (docs/user-data.md): unknown keys are refused at boot."""
+
+
+def template(name: str) -> dict[str, Any]:
+    return load_template((CFN / name).read_text())
+
+
+def test_the_types_moto_skips_are_listed() -> None:
+    from moto.backends import get_backend
+    from moto.cloudformation.parsing import get_model_map
+
+    for service in ("ec2", "autoscaling", "iam", "dynamodb", "elbv2"):
+        get_backend(service)  # type: ignore[call-overload]
+    used = {
+        r["Type"]
+        for n in ("new-vpc.yaml", "existing-vpc.yaml", "gwlb.yaml")
+        for r in template(n)["Resources"].values()
+    }
+    assert used - set(get_model_map()) == NOT_IN_MOTO
 
 
 def _free_port() -> int:
@@ -72,7 +103,11 @@ def client(endpoint: str, service: str) -> Any:
     )
 
 
-def create(endpoint: str, name: str, params: dict[str, str]) -> tuple[str, dict[str, str]]:
+def create(
+    endpoint: str, name: str, params: dict[str, str], active: set[str]
+) -> tuple[str, dict[str, str]]:
+    """Create the stack; every resource moto implements whose condition is in ``active``
+    (or that has none) must be in it, complete."""
     cf = client(endpoint, "cloudformation")
     stack = f"t-{uuid.uuid4().hex[:8]}"
     cf.create_stack(
@@ -83,6 +118,18 @@ def create(endpoint: str, name: str, params: dict[str, str]) -> tuple[str, dict[
     )
     found = cf.describe_stacks(StackName=stack)["Stacks"][0]
     assert found["StackStatus"] == "CREATE_COMPLETE", found.get("StackStatusReason")
+    made = {
+        r["LogicalResourceId"]: r["ResourceStatus"]
+        for r in cf.list_stack_resources(StackName=stack)["StackResourceSummaries"]
+        if r["LogicalResourceId"]
+    }
+    wanted = {
+        logical
+        for logical, res in template(name)["Resources"].items()
+        if res["Type"] not in NOT_IN_MOTO | SKIPPED and res.get("Condition", "") in active | {""}
+    }
+    assert set(made) == wanted
+    assert set(made.values()) == {"CREATE_COMPLETE"}
     return stack, {o["OutputKey"]: o["OutputValue"] for o in found.get("Outputs", [])}
 
 
@@ -106,7 +153,16 @@ def fleet_params(endpoint: str, name: str, zones: int) -> dict[str, str]:
     return out
 
 
-def check_fleet(endpoint: str, name: str, outputs: dict[str, str], zones: str) -> None:
+def check_fleet(
+    endpoint: str,
+    name: str,
+    outputs: dict[str, str],
+    zones: str,
+    *,
+    routes: bool = True,
+    spot: bool = False,
+    target_group: str | None = None,
+) -> None:
     ec2 = client(endpoint, "ec2")
     asg = client(endpoint, "autoscaling")
     for z in zones:
@@ -130,7 +186,7 @@ def check_fleet(endpoint: str, name: str, outputs: dict[str, str], zones: str) -
             "RouteTables"
         ]
         default = [r for r in rtb["Routes"] if r.get("DestinationCidrBlock") == "0.0.0.0/0"]
-        assert [r.get("NetworkInterfaceId") for r in default] == [eni_id]
+        assert [r.get("NetworkInterfaceId") for r in default] == ([eni_id] if routes else [])
         (group,) = asg.describe_auto_scaling_groups(
             AutoScalingGroupNames=[outputs[f"AutoScalingGroup{z}"]]
         )["AutoScalingGroups"]
@@ -144,13 +200,33 @@ def check_fleet(endpoint: str, name: str, outputs: dict[str, str], zones: str) -
             "spectra-launch": "autoscaling:EC2_INSTANCE_LAUNCHING",
             "spectra-terminate": "autoscaling:EC2_INSTANCE_TERMINATING",
         }
-        lt_id = group["LaunchTemplate"]["LaunchTemplateId"]
+        assert group.get("TargetGroupARNs", []) == ([target_group] if target_group else [])
+        if spot:
+            mixed = group["MixedInstancesPolicy"]
+            assert mixed["InstancesDistribution"]["OnDemandBaseCapacity"] == 1
+            assert mixed["InstancesDistribution"]["OnDemandPercentageAboveBaseCapacity"] == 0
+            lt_id = mixed["LaunchTemplate"]["LaunchTemplateSpecification"]["LaunchTemplateId"]
+        else:
+            assert not group.get("MixedInstancesPolicy")  # moto answers {}
+            lt_id = group["LaunchTemplate"]["LaunchTemplateId"]
         (version,) = ec2.describe_launch_template_versions(LaunchTemplateId=lt_id)[
             "LaunchTemplateVersions"
         ]
         data = version["LaunchTemplateData"]
         assert data["MetadataOptions"]["HttpTokens"] == "required"
         assert [n["DeviceIndex"] for n in data["NetworkInterfaces"]] == [0, 1]
+        user = json.loads(base64.b64decode(data["UserData"]))
+        assert set(user) <= USER_DATA_KEYS
+        assert user["mode"] == "fleet" and user["name"] == name
+        assert user["az"] == f"us-east-1{z.lower()}"
+        assert user["store"] == f"ssm:/{name}/config"
+        assert user["lease_table"] == outputs["LeaseTableName"]
+        assert user["admin_token_parameter"] == outputs["AdminTokenParameter"]
+        assert user["operational_role"] == {
+            "name": f"{name}-cross-account-role1",
+            "external_id": "ext-123",
+            "account": "123456789012",
+        }
     table = client(endpoint, "dynamodb").describe_table(TableName=outputs["LeaseTableName"])
     assert table["Table"]["KeySchema"] == [{"AttributeName": LEASE_KEY, "KeyType": "HASH"}]
     iam = client(endpoint, "iam")
@@ -163,8 +239,13 @@ def check_fleet(endpoint: str, name: str, outputs: dict[str, str], zones: str) -
 @pytest.mark.parametrize("zones", [2, 3])
 def test_new_vpc_stack(endpoint: str, zones: int) -> None:
     name = f"n{zones}{uuid.uuid4().hex[:6]}"
-    _, out = create(endpoint, "new-vpc.yaml", fleet_params(endpoint, name, zones))
-    check_fleet(endpoint, name, out, "ABC"[:zones])
+    params = fleet_params(endpoint, name, zones)
+    spot = zones == 3
+    if spot:
+        params["Spot"] = "standbys"
+    active = {"CreateEndpoints", *(["ThirdZone", "UseSpot"] if zones == 3 else [])}
+    _, out = create(endpoint, "new-vpc.yaml", params, active)
+    check_fleet(endpoint, name, out, "ABC"[:zones], spot=spot)
     ec2 = client(endpoint, "ec2")
     subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [out["VpcId"]]}])
     assert len(subnets["Subnets"]) == 2 * zones
@@ -179,10 +260,10 @@ def test_new_vpc_stack(endpoint: str, zones: int) -> None:
     assert ("GatewayEniC" in out) == (zones == 3)
 
 
-def test_existing_vpc_stack(endpoint: str) -> None:
+def existing_params(endpoint: str, name: str) -> dict[str, str]:
+    """A VPC with public and private subnets and private route tables in two zones."""
     ec2 = client(endpoint, "ec2")
     vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
-    name = f"e{uuid.uuid4().hex[:6]}"
     params = fleet_params(endpoint, name, 2)
     params.update(VpcId=vpc, VpcCidr="10.9.0.0/16")
     for i, z in enumerate("AB"):
@@ -195,8 +276,21 @@ def test_existing_vpc_stack(endpoint: str) -> None:
         params[f"PrivateRouteTable{z}"] = ec2.create_route_table(VpcId=vpc)["RouteTable"][
             "RouteTableId"
         ]
-    _, out = create(endpoint, "existing-vpc.yaml", params)
-    check_fleet(endpoint, name, out, "AB")
+    return params
+
+
+@pytest.mark.parametrize("routes", [True, False])
+def test_existing_vpc_stack(endpoint: str, routes: bool) -> None:
+    name = f"e{uuid.uuid4().hex[:6]}"
+    params = existing_params(endpoint, name)
+    vpc = params["VpcId"]
+    tg = client(endpoint, "elbv2").create_target_group(
+        Name=f"{name}-tg", Protocol="HTTP", Port=80, VpcId=vpc
+    )["TargetGroups"][0]["TargetGroupArn"]
+    params.update(GwlbTargetGroupArn=tg, CreateDefaultRoutes=str(routes).lower())
+    active = {"HasOperationalRole", "HasGwlb", *(["CreateRoutes"] if routes else [])}
+    _, out = create(endpoint, "existing-vpc.yaml", params, active)
+    check_fleet(endpoint, name, out, "AB", routes=routes, target_group=tg)
     assert "VpcId" not in out
 
 
@@ -214,7 +308,7 @@ def test_gwlb_stack(endpoint: str) -> None:
         params[f"ProtectedRouteTable{z}"] = ec2.create_route_table(VpcId=vpc)["RouteTable"][
             "RouteTableId"
         ]
-    _, out = create(endpoint, "gwlb.yaml", params)
+    _, out = create(endpoint, "gwlb.yaml", params, {"CreateRoutesAB"})
     elb = client(endpoint, "elbv2")
     (tg,) = elb.describe_target_groups(TargetGroupArns=[out["TargetGroupArn"]])["TargetGroups"]
     assert (tg["Protocol"], tg["Port"], tg["HealthCheckPort"]) == ("GENEVE", 6081, "80")
