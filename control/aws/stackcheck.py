@@ -106,6 +106,10 @@ class _Unevaluable(Exception):
     """A rule uses a function that needs the AWS account."""
 
 
+class _Missing(Exception):
+    """A rule reads a required parameter that was not given (reported on its own)."""
+
+
 def _refs(expr: Any) -> list[str]:
     if isinstance(expr, dict):
         if set(expr) == {"Ref"}:
@@ -126,7 +130,7 @@ def _eval(expr: Any, values: Mapping[str, Any]) -> Any:
     ((fn, arg),) = expr.items()
     if fn == "Ref":
         if arg not in values:
-            raise _Unevaluable(f"Ref {arg} is not a parameter")
+            raise _Missing(arg)
         return values[arg]
     args = _eval(arg, values)
     if fn == "Fn::Equals":
@@ -177,8 +181,9 @@ def check(template: Mapping[str, Any], given: Mapping[str, str]) -> list[Problem
                     named = ", ".join(dict.fromkeys(_refs(assertion["Assert"]))) or rule_name
                     why = assertion.get("AssertDescription", "assertion failed")
                     problems.append(Problem(named, f"rule {rule_name}: {why}"))
+        except _Missing as exc:
+            if str(exc) not in params:
+                problems.append(Problem(f"(rule {rule_name})", f"Ref {exc}: not a parameter"))
         except _Unevaluable as exc:
-            if all(r in params for r in _refs(rule)):
-                continue  # a required parameter was not given: reported above
             problems.append(Problem(f"(rule {rule_name})", f"not checked: {exc}"))
     return problems

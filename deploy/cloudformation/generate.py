@@ -1056,8 +1056,7 @@ def gwlb() -> dict[str, Any]:
         "LoadBalancer": {
             "Type": "AWS::ElasticLoadBalancingV2::LoadBalancer",
             "Properties": {
-                "Name": sub("${Name}-gwlb"),
-                "Type": "gateway",
+                "Type": "gateway",  # no Name: 32 characters at most, CloudFormation names it
                 "Subnets": per_zone(lambda z: ref(f"ApplianceSubnet{z}")),
                 "LoadBalancerAttributes": [
                     {"Key": "load_balancing.cross_zone.enabled", "Value": "false"}
@@ -1068,8 +1067,7 @@ def gwlb() -> dict[str, Any]:
         "TargetGroup": {
             "Type": "AWS::ElasticLoadBalancingV2::TargetGroup",
             "Properties": {
-                "Name": sub("${Name}-appliances"),
-                "Protocol": "GENEVE",
+                "Protocol": "GENEVE",  # no Name: 32 characters at most
                 "Port": GENEVE_PORT,
                 "TargetType": "instance",
                 "VpcId": ref("VpcId"),
