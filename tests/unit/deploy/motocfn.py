@@ -6,6 +6,7 @@ and the fleet templates use, modelled here on the test side (never in the produc
 * ``AWS::EC2::NetworkInterface``: moto ignores ``GroupSet``, ``Tags``,
   ``SecondaryPrivateIpAddressCount`` and ``SourceDestCheck``, and does not answer
   ``Fn::GetAtt ... SecondaryPrivateIpAddresses``;
+* ``AWS::EC2::EIP``: moto ignores ``Tags`` (the instance role's conditions need them);
 * ``AWS::EC2::SecurityGroup``: moto needs ``FromPort``/``ToPort`` even for protocol
   ``-1`` (all traffic), where CloudFormation ignores them;
 * ``AWS::AutoScaling::AutoScalingGroup``: moto ignores ``LifecycleHookSpecificationList``;
@@ -62,6 +63,21 @@ def patch() -> None:
 
     # treated as a type moto does not implement (the tests list it): see the module doc
     parsing.get_model_map().pop("AWS::ElasticLoadBalancingV2::Listener", None)
+
+    from moto.ec2.models.elastic_ip_addresses import ElasticAddress
+
+    original_eip = ElasticAddress.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+    def create_eip(
+        cls: Any, name: str, cfn: Any, account_id: str, region_name: str, **kwargs: Any
+    ) -> Any:
+        eip = original_eip(cls, name, cfn, account_id, region_name, **kwargs)
+        tags = {t["Key"]: t["Value"] for t in cfn["Properties"].get("Tags", [])}
+        if tags:
+            ec2_backends[account_id][region_name].create_tags([eip.allocation_id], tags)
+        return eip
+
+    ElasticAddress.create_from_cloudformation_json = classmethod(create_eip)  # type: ignore[method-assign,assignment]
 
     original = parsing.clean_json
 

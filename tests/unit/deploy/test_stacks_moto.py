@@ -22,6 +22,7 @@ from botocore.config import Config
 
 from control.aws.lease import KEY as LEASE_KEY
 from control.aws.stackcheck import load_template
+from control.config.aws import Aws as AwsSection
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -182,6 +183,9 @@ def check_fleet(
             "Addresses"
         ]
         assert addr["PublicIp"] == outputs[f"ElasticIp{z}"]
+        # the instance role's AssociateAddress / AssignPrivateIpAddresses are conditioned
+        # on this tag: the Elastic IP and the instances' ENIs must carry it
+        assert {"Key": "spectra:deployment", "Value": name} in addr["Tags"]
         (rtb,) = ec2.describe_route_tables(RouteTableIds=[outputs[f"PrivateRouteTable{z}"]])[
             "RouteTables"
         ]
@@ -215,6 +219,10 @@ def check_fleet(
         data = version["LaunchTemplateData"]
         assert data["MetadataOptions"]["HttpTokens"] == "required"
         assert [n["DeviceIndex"] for n in data["NetworkInterfaces"]] == [0, 1]
+        (eni_tags,) = [
+            t["Tags"] for t in data["TagSpecifications"] if t["ResourceType"] == "network-interface"
+        ]
+        assert {"Key": "spectra:deployment", "Value": name} in eni_tags
         user = json.loads(base64.b64decode(data["UserData"]))
         assert set(user) <= USER_DATA_KEYS
         assert user["mode"] == "fleet" and user["name"] == name
@@ -227,6 +235,13 @@ def check_fleet(
             "external_id": "ext-123",
             "account": "123456789012",
         }
+    section = AwsSection.model_validate({"zones": json.loads(outputs["AwsZones"])})
+    assert sorted(section.zones) == [f"us-east-1{z.lower()}" for z in zones]
+    for z in zones:
+        zone = section.zones[f"us-east-1{z.lower()}"]
+        assert str(zone.nat_address) == outputs[f"NatAddress{z}"]
+        assert zone.elastic_ip_allocation_id == outputs[f"ElasticIpAllocation{z}"]
+        assert zone.route_tables == [outputs[f"PrivateRouteTable{z}"]]
     table = client(endpoint, "dynamodb").describe_table(TableName=outputs["LeaseTableName"])
     assert table["Table"]["KeySchema"] == [{"AttributeName": LEASE_KEY, "KeyType": "HASH"}]
     iam = client(endpoint, "iam")
