@@ -79,7 +79,7 @@ class CostLine:
     unit: str
     unit_usd: Decimal
     basis: Basis
-    per_gb: Decimal = Decimal(0)  # 0: a fixed monthly item
+    per_gb: Fraction = Fraction(0)  # 0: a fixed monthly item; exact (2/3 stays 2/3)
 
     @property
     def usd(self) -> Decimal:
@@ -103,8 +103,8 @@ class OptionCost:
         return sum((line.usd for line in self.lines if not line.per_gb), Decimal(0))
 
     @property
-    def usd_per_gb(self) -> Decimal:
-        return sum((line.unit_usd * line.per_gb for line in self.lines), Decimal(0))
+    def usd_per_gb(self) -> Fraction:
+        return sum((Fraction(line.unit_usd) * line.per_gb for line in self.lines), Fraction(0))
 
 
 BreakEvenKind = Literal["above", "below", "always", "never"]
@@ -213,11 +213,11 @@ def _cross_az(inputs: CostInputs, table: PriceTable) -> tuple[CostLine, ...]:
         return ()
     price = table.regions[inputs.region].cross_az_gb_each_way
     # charged on both sides of the AZ boundary: out of one AZ and into the other
-    per_gb = Decimal(share.numerator) * 2 / Decimal(share.denominator)
+    per_gb = share * 2
     return (
         CostLine(
             "cross-AZ data (both directions)",
-            inputs.gb_month * per_gb,
+            inputs.gb_month * per_gb.numerator / per_gb.denominator,
             "GB",
             price.usd,
             price.basis,
@@ -235,7 +235,7 @@ def _appliance(inputs: CostInputs, table: PriceTable) -> OptionCost:
         discount = kind.spot_discount
         rate = on_demand.usd * (1 - discount.value)
         compute = CostLine(
-            f"{inputs.instance_type} Spot (On-Demand less {discount.value * 100:g}%)",
+            f"{inputs.instance_type} Spot (On-Demand less {(discount.value * 100).normalize():f}%)",
             hours,
             "instance-hour",
             rate,
@@ -279,7 +279,7 @@ def _nat_gateway(inputs: CostInputs, table: PriceTable) -> OptionCost:
     lines = (
         CostLine("NAT Gateway, one per AZ", hours, "gateway-hour", p.hour.usd, p.hour.basis),
         CostLine(
-            "NAT Gateway data processed", inputs.gb_month, "GB", p.gb.usd, p.gb.basis, Decimal(1)
+            "NAT Gateway data processed", inputs.gb_month, "GB", p.gb.usd, p.gb.basis, Fraction(1)
         ),
     )
     return OptionCost("nat_gateway", "NAT Gateway", (*lines, *_cross_az(inputs, table)))
@@ -291,7 +291,7 @@ def _network_firewall(inputs: CostInputs, table: PriceTable) -> OptionCost:
     hour, gb = p.endpoint_hour, p.gb
     lines = (
         CostLine("firewall endpoint, one per AZ", hours, "endpoint-hour", hour.usd, hour.basis),
-        CostLine("firewall data processed", inputs.gb_month, "GB", gb.usd, gb.basis, Decimal(1)),
+        CostLine("firewall data processed", inputs.gb_month, "GB", gb.usd, gb.basis, Fraction(1)),
     )
     label = "Network Firewall (+ NAT Gateway, waived 1:1)"
     return OptionCost("network_firewall", label, (*lines, *_cross_az(inputs, table)))
@@ -299,7 +299,7 @@ def _network_firewall(inputs: CostInputs, table: PriceTable) -> OptionCost:
 
 def _gwlb(inputs: CostInputs, table: PriceTable) -> OptionCost:
     p = table.regions[inputs.region].gwlb
-    one = Decimal(1)
+    one = Fraction(1)
     lines = (
         CostLine(
             "GWLB endpoint, one per AZ",
