@@ -127,7 +127,11 @@ class PriceTableError(ValueError):
     def __init__(self, source: str, errors: list[FieldError]) -> None:
         self.source = source
         self.errors = errors
-        lines = "; ".join(f"{e['path']}: {e['message']} (got {e['value']!r})" for e in errors)
+        lines = "; ".join(
+            f"{e['path']}: {e['message']}"
+            + ("" if e["value"] is None else f" (got {e['value']!r})")
+            for e in errors
+        )
         super().__init__(f"{source}: invalid price table: {lines}")
 
 
@@ -202,7 +206,7 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
             message = "required field is missing"
         value = None if err["type"] == "missing" else err["input"]
         if isinstance(value, dict | list):
-            value = type(value).__name__
+            value = None  # the path says where; echoing a whole object helps nobody
         errors.append(FieldError(path=_path(loc), value=value, message=message))
     return errors
 

@@ -362,6 +362,19 @@ def test_regional_price_for_an_unknown_type_is_refused() -> None:
         validate_table(data, "test")
 
 
+def test_the_documented_override_example_loads(tmp_path: Path) -> None:
+    doc = (REPO / "docs" / "cost.md").read_text()
+    example = doc.split("```json\n")[1].split("```")[0]
+    override = tmp_path / "p.json"
+    override.write_text(example)
+    prices = load_prices(override)
+    assert prices.as_of == "2027-01-15"
+    assert prices.regions["us-east-1"].on_demand_hour["c7gn.large"].usd == D("0.11")
+    est = estimate(CostInputs(gb_month=D(1), instance_type="c8gn.large"), prices)
+    # c8gn.large from the example: 4 x 730 x 0.13 = 379.60 + gp3 2.56
+    assert _opt(est, "appliance").monthly_usd == D("382.16")
+
+
 def test_override_not_json(tmp_path: Path) -> None:
     override = tmp_path / "p.json"
     override.write_text("{nope")
