@@ -22,8 +22,9 @@ Models (docs/cost.md has the formulas):
 
 Bandwidth ("Amazon EC2 instance network bandwidth", EC2 User Guide): traffic to the
 internet is capped at 5 Gbit/s for instances with fewer than 32 vCPUs and at half the
-instance bandwidth above; "up to" bandwidth is a burst on network I/O credits, only the
-baseline is sustained. One instance per AZ (the leader) carries that AZ's traffic.
+instance bandwidth (at least 5 Gbit/s) from 32 up; "up to" bandwidth is a burst on network
+I/O credits, only the baseline is sustained. One instance per AZ (the leader) carries that
+AZ's traffic.
 """
 
 from __future__ import annotations
@@ -334,18 +335,16 @@ def break_even(appliance: OptionCost, other: OptionCost) -> BreakEven:
     point = fixed / slope
     if slope > 0:  # the other option grows faster: the appliance wins above the point
         return (
-            BreakEven(other.key, "always", Fraction(0))
-            if point <= 0
-            else BreakEven(other.key, "above", point)
+            BreakEven(other.key, "always") if point <= 0 else BreakEven(other.key, "above", point)
         )
     return BreakEven(other.key, "never") if point <= 0 else BreakEven(other.key, "below", point)
 
 
 def internet_cap(kind: InstanceType) -> Decimal:
-    """Gbit/s an instance may send to the internet: 5 under 32 vCPUs, else half its bandwidth."""
+    """Gbit/s an instance may send to the internet: 5 under 32 vCPUs, else max(half, 5)."""
     if kind.vcpu < FULL_INTERNET_VCPUS:
         return INTERNET_CAP_GBPS
-    return kind.burst_gbps / 2
+    return max(kind.burst_gbps / 2, INTERNET_CAP_GBPS)
 
 
 def bandwidth(inputs: CostInputs, kind: InstanceType) -> Bandwidth:

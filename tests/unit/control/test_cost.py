@@ -108,7 +108,7 @@ def test_worked_break_even_points(table: PriceTable) -> None:
     # vs GWLB: (366.976 - 23.725) / 0.0075 = 343.251 / 0.0075 = 45,766.8 GB
     assert _be(est, "gwlb") == BreakEven("gwlb", "above", Fraction(228834, 5))
     # vs Network Firewall: 366.976 < 576.70 fixed and 0 < 0.065 per GB: cheaper at any traffic
-    assert _be(est, "network_firewall") == BreakEven("network_firewall", "always", Fraction(0))
+    assert _be(est, "network_firewall") == BreakEven("network_firewall", "always")
 
 
 def test_spot_with_marketplace_fee(table: PriceTable) -> None:
@@ -198,6 +198,14 @@ def test_break_even_solves_exactly(
 def test_internet_cap(table: PriceTable, instance: str, cap: D) -> None:
     # under 32 vCPU: 5 Gbit/s; 32 vCPU and up: half the instance bandwidth (100 -> 50, 50 -> 25)
     assert internet_cap(table.instances[instance]) == cap
+
+
+def test_internet_cap_is_at_least_5_gbits_from_32_vcpus(table: PriceTable) -> None:
+    slow = table.instances["c7gn.8xlarge"].model_copy(
+        update={"baseline_gbps": D(8), "burst_gbps": D(8)}
+    )
+    # 32 vCPUs, 8 Gbit/s: half is 4, but the limit is "50 % or 5 Gbit/s, whichever is larger"
+    assert internet_cap(slow) == 5
 
 
 def test_average_gbps_and_fleet_capacity(table: PriceTable) -> None:
