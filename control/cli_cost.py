@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from control.cost import CostInputError, CostInputs, Estimate, as_dict, estimate
-from control.cost_table import PriceTableError, load_prices
+if TYPE_CHECKING:
+    from control.cost import Estimate
 
 
 class DecimalParam(click.ParamType[Decimal, Any]):
@@ -83,6 +83,10 @@ DECIMAL = DecimalParam()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def cost(prices_file: Path | None, as_json: bool, **options: Any) -> None:
     """Monthly cost of the appliance against NAT Gateway, Network Firewall and GWLB."""
+    # imported here: every other spectra command starts without pydantic
+    from control.cost import CostInputError, CostInputs, as_dict, estimate
+    from control.cost_table import PriceTableError, load_prices
+
     try:
         table = load_prices(prices_file)
         est = estimate(CostInputs(**options), table)
@@ -105,6 +109,8 @@ def _gb(value: float) -> str:
 
 def render(est: Estimate) -> str:
     """The estimate as a table for a terminal."""
+    from control.cost import as_dict
+
     data: dict[str, Any] = as_dict(est)
     i = data["inputs"]
     out = [

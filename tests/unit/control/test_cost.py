@@ -462,6 +462,13 @@ def test_cli_bad_input_names_the_option(argv: list[str], named: str) -> None:
     assert "Traceback" not in result.output
 
 
+def test_cli_help_and_unknown_option() -> None:
+    assert _run("--help").exit_code == 0
+    result = _run("--gb-month", "1", "--bogus")
+    assert result.exit_code == 2
+    assert "Usage:" in result.output
+
+
 def test_cli_bad_prices_file(tmp_path: Path) -> None:
     override = tmp_path / "p.json"
     override.write_text(json.dumps({"regions": {"us-east-1": {"nat_gatway": {}}}}))
