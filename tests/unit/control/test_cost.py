@@ -8,6 +8,7 @@ computes it from the table, so a wrong formula or a wrong table entry fails here
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from decimal import Decimal as D
 from fractions import Fraction
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from control.cli import main
 from control.cost import (
@@ -186,6 +189,50 @@ def test_break_even_solves_exactly(
     appliance: tuple[str, str], other: tuple[str, str], expected: BreakEven
 ) -> None:
     assert break_even(_option("a", *appliance), _option("o", *other)) == expected
+
+
+_TABLE = load_prices()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    instance=st.sampled_from(sorted(_TABLE.instances)),
+    region=st.sampled_from(sorted(_TABLE.regions)),
+    azs=st.integers(1, 4),
+    per_az=st.integers(1, 3),
+    spot=st.booleans(),
+    fee=st.decimals(min_value=0, max_value=2, places=3),
+)
+def test_break_even_agrees_with_the_priced_months(
+    instance: str, region: str, azs: int, per_az: int, spot: bool, fee: D
+) -> None:
+    """Priced line by line at traffic either side of the point, the cheaper side flips."""
+
+    def inputs(g: int) -> CostInputs:
+        return CostInputs(
+            gb_month=D(g),
+            region=region,
+            instance_type=instance,
+            azs=azs,
+            instances_per_az=per_az,
+            spot=spot,
+            marketplace_fee_hour=fee,
+        )
+
+    def month(g: int) -> dict[str, D]:
+        return {o.key: o.monthly_usd for o in estimate(inputs(g), _TABLE).options}
+
+    for point in estimate(inputs(0), _TABLE).break_even:
+        key = point.option
+        if point.kind == "above":
+            assert point.gb_month is not None
+            below, above = math.floor(point.gb_month) - 1, math.ceil(point.gb_month) + 1
+            if below >= 0:
+                assert month(below)["appliance"] >= month(below)[key]
+            assert month(above)["appliance"] < month(above)[key]
+        else:
+            assert point.kind == "always"  # no option is flat per GB in the shipped table
+            assert month(1)["appliance"] < month(1)[key]
 
 
 # --- bandwidth -------------------------------------------------------------------------
