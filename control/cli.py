@@ -18,6 +18,7 @@ import click
 
 from ai.cli import ai_group
 from control.cli_config import config
+from control.cli_cost import cost
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -236,6 +237,7 @@ def status(instance: str | None, as_json: bool) -> None:
 
 
 main.add_command(config)
+main.add_command(cost)
 main.add_command(ai_group, name="ai")
 
 
