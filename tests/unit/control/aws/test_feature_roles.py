@@ -23,6 +23,7 @@ from control.aws import (
     roles_of,
 )
 from control.aws.template import load, parameter_values, render
+from control.config import parse_document
 from control.config.aws import Aws as AwsSection
 from tests.fakes.awsfault import FaultProxy
 from tests.fakes.ststrust import trust_judge
@@ -154,9 +155,7 @@ def test_operational_role_wins_over_deployment() -> None:
     roles = roles_of(only, None)
     assert roles == DeploymentRoles("gw", "ext-1")
     assert roles.for_feature(Feature.EDGE).name == "gw-cross-account-role4"
-    with pytest.raises(ValueError, match="aws.deployment.name"):
-        from control.config import parse_document
-
+    with pytest.raises(ValueError, match=r"aws\.deployment\.name"):
         parse_document(
             {
                 "interfaces": {"inside": "inside", "outside": "outside"},
