@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -40,6 +41,11 @@ from control.aws.template import (
 )
 
 if TYPE_CHECKING:
+    import boto3
+
+    from control.aws.imds import InstanceIdentity
+    from control.aws.session import SessionFactory
+    from control.config.aws import Aws as AwsSection
     from control.config.document import ConfigDocument
 
 log = logging.getLogger("spectra.aws")
@@ -284,3 +290,29 @@ class ChangeSetStager:
             if found.get("Status") in _DONE or time.monotonic() >= deadline:
                 return found
             self._sleep(1.0)
+
+
+def stagers_from(
+    identity: Callable[[], InstanceIdentity | None], *, base: boto3.Session | None = None
+) -> Callable[[ConfigDocument], ChangeSetStager]:
+    """On the appliance: a stager whose CloudFormation client is the core role's, from the
+    document's ``aws`` section (the session factory is rebuilt when the section changes).
+    Raises :class:`~control.aws.session.RoleInert` when the core role is not usable."""
+    from control.aws import build
+
+    lock = threading.Lock()
+    built: list[tuple[AwsSection, SessionFactory]] = []
+
+    def stager(doc: ConfigDocument) -> ChangeSetStager:
+        document_parameters(doc)  # no deployment: say so before any role is assumed
+        with lock:
+            if not built or built[0][0] != doc.aws:
+                try:
+                    sessions = build(doc.aws, identity(), base=base).sessions
+                except ValueError as exc:
+                    raise ChangeSetUnavailable(str(exc)) from exc
+                built[:] = [(doc.aws, sessions)]
+            sessions = built[0][1]
+        return ChangeSetStager(sessions.client("cloudformation"))
+
+    return stager
