@@ -174,23 +174,13 @@ def roles_of(section: AwsSection, identity: InstanceIdentity | None) -> Roles | 
     """The operational roles the section names: ``operational_role`` (one role for every
     feature) wins over ``deployment`` (one role per feature); the account defaults to
     the instance's."""
+    explicit = section.operational_role
+    chosen = explicit or section.deployment
+    if chosen is None:
+        return None
+    kind = OperationalRole if explicit is not None else DeploymentRoles
     home = identity.account_id if identity else None
-    role, deployment = section.operational_role, section.deployment
-    if role is not None:
-        return OperationalRole(
-            name=role.name,
-            external_id=role.external_id,
-            organization_id=role.organization_id,
-            account_id=role.account_id or home,
-        )
-    if deployment is not None:
-        return DeploymentRoles(
-            name=deployment.name,
-            external_id=deployment.external_id,
-            organization_id=deployment.organization_id,
-            account_id=deployment.account_id or home,
-        )
-    return None
+    return kind(chosen.name, chosen.external_id, chosen.organization_id, chosen.account_id or home)
 
 
 def operational_credentials(
