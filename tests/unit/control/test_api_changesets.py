@@ -107,6 +107,10 @@ def test_without_aws_the_answer_is_409_with_the_reason(
     )
     assert got.exit_code == 1
     assert "HTTP 409: AWS is not configured" in got.output
+    bad = CliRunner(env={"SPECTRA_API": served.url}).invoke(
+        main, ["aws", "changeset", "--param", "InstanceRoleArn"]
+    )
+    assert bad.exit_code == 2 and "'InstanceRoleArn': expected KEY=VALUE" in bad.output
 
 
 def test_without_a_deployment_name_the_answer_is_409(
