@@ -19,10 +19,13 @@ import click
 from ai.cli import ai_group
 from control.cli_aws import aws_group
 from control.cli_config import config
+from control.cli_cost import cost
 
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from control.aws.changeset import ChangeSetStager
+    from control.config import ConfigDocument
     from control.servers import HttpServer
     from control.store import ConfigStore
 
@@ -138,8 +141,13 @@ def run(
             with contextlib.suppress(VersionConflict):  # another instance bootstrapped it
                 store.put(doc, 0, "spectra run --bootstrap")
         agent = Agent(settings, store)
+        changesets = None
+        if agent.aws is not None:  # POST /v1/aws/changesets stages with the core role
+            from control.aws.changeset import stagers_from
+
+            changesets = stagers_from(lambda: agent.aws.identity if agent.aws else None)
         servers = ServerThread(
-            _servers(store_url, store, api_tokens, agent.wake) if with_api else []
+            _servers(store_url, store, api_tokens, agent.wake, changesets) if with_api else []
         )
         servers.start()
     except (StoreError, ConfigValidationError, OSError, ValueError) as exc:
@@ -151,7 +159,11 @@ def run(
 
 
 def _servers(
-    store_url: str, store: ConfigStore, tokens_file: str | None, on_write: Callable[[], None]
+    store_url: str,
+    store: ConfigStore,
+    tokens_file: str | None,
+    on_write: Callable[[], None],
+    changesets: Callable[[ConfigDocument], ChangeSetStager] | None = None,
 ) -> list[HttpServer]:
     """The config API on the document's api.host:port (defaults when the store is empty)."""
     from control.api import ApiSettings, create_app
@@ -173,7 +185,10 @@ def _servers(
 
     def config_api() -> web.Application:
         settings = ApiSettings(
-            extra_tokens=extra, max_body_bytes=api.max_body_bytes, on_write=on_write
+            extra_tokens=extra,
+            max_body_bytes=api.max_body_bytes,
+            on_write=on_write,
+            changesets=changesets,
         )
         return create_app(open_store(store_url), host_status, settings)
 
@@ -237,8 +252,9 @@ def status(instance: str | None, as_json: bool) -> None:
 
 
 main.add_command(config)
+main.add_command(cost)
 main.add_command(ai_group, name="ai")
-main.add_command(aws_group)
+main.add_command(aws_group, name="aws")
 
 
 @main.group()

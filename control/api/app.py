@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from control.api import aws_handlers as aws
 from control.api import config_handlers as cfg
 from control.api import ops_handlers as ops
 from control.api.auth import authenticate
@@ -124,6 +125,7 @@ def create_app(
     app.router.add_get("/v1/config/versions/{version}", cfg.get_version, allow_head=False)
     app.router.add_post("/v1/config/rollback", cfg.rollback)
     app.router.add_post("/v1/config/validate", cfg.validate)
+    app.router.add_post("/v1/aws/changesets", aws.create_changeset)
     app.router.add_get("/v1/status", ops.status, allow_head=False)
     app.router.add_get("/metrics", ops.metrics, allow_head=False)
     app.router.add_get("/healthz", ops.healthz, allow_head=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from control.aws.changeset import OPERATOR_PARAMETERS
 from control.config import ConfigDocument
 
 _REF = "#/components/schemas/{model}"
@@ -89,6 +90,47 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "version": {"type": "integer"},
             "changes": {"type": "array", "items": _ref("Change")},
+        },
+    },
+    "ChangeSetRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "stack_name": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9-]{0,127}$"},
+            "parameters": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {key: {"type": "string"} for key in OPERATOR_PARAMETERS},
+            },
+        },
+    },
+    "ChangeSetStaged": {
+        "type": "object",
+        "required": ["config_version", "change_set"],
+        "properties": {
+            "config_version": _VERSION,
+            "change_set": {
+                "type": "object",
+                "required": [
+                    "stack_name",
+                    "change_set_name",
+                    "change_set_id",
+                    "status",
+                    "features",
+                ],
+                "properties": {
+                    "stack_name": {"type": "string"},
+                    "change_set_name": {"type": "string"},
+                    "change_set_id": {"type": "string"},
+                    "change_set_type": {"enum": ["CREATE", "UPDATE"]},
+                    "status": {"type": "string"},
+                    "status_reason": {"type": "string"},
+                    "features": {"type": "array", "items": {"type": "string"}},
+                    "parameters": {"type": "object"},
+                    "changes": {"type": "array"},
+                    "execute": {"type": "string"},
+                },
+            },
         },
     },
     "RollbackRequest": {
@@ -279,6 +321,25 @@ def _paths() -> dict[str, Any]:
                     "413": _error("request body too large"),
                     "422": _error("malformed request envelope"),
                     **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/aws/changesets": {
+            "post": {
+                "summary": "Stage a change set of the operational-role stack for the newest "
+                "document's features (the operator executes it)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ChangeSetRequest")}},
+                },
+                "responses": {
+                    "201": _json(_ref("ChangeSetStaged"), "the staged change set"),
+                    **_AUTH_ERRORS,
+                    "400": _error("malformed JSON"),
+                    "403": _error("the token's role is read; staging needs admin"),
+                    "409": _error("no AWS here, no aws.deployment, or the core role is inert"),
+                    "413": _error("request body too large"),
+                    "422": _error("bad request, or the change set would widen a trust policy"),
                 },
             }
         },

@@ -17,6 +17,8 @@ from typing import Any, ParamSpec, TypeVar
 from aiohttp import web
 
 from control.api.metrics import ApiMetrics
+from control.aws.changeset import ChangeSetStager
+from control.config.document import ConfigDocument
 from control.config.operations import ApiToken
 from control.store.base import ConfigStore, VersionNotFound
 
@@ -35,6 +37,8 @@ class ApiSettings:
     max_body_bytes: int = 1_048_576
     store_threads: int = 4
     on_write: Callable[[], None] = lambda: None  # called after each committed write
+    # the change-set stager for a document (POST /v1/aws/changesets); None: no AWS here
+    changesets: Callable[[ConfigDocument], ChangeSetStager] | None = None
 
 
 @dataclass(slots=True)

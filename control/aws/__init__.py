@@ -17,6 +17,7 @@ from typing import Any
 import boto3
 from botocore.credentials import Credentials
 
+from control.aws.features import SERVICE_FEATURES, Feature, feature_of, role_name
 from control.aws.imds import Imds, ImdsError, InstanceIdentity, Interface
 from control.aws.lease import (
     Clock,
@@ -35,9 +36,11 @@ from control.aws.notify import (
     SnsNotifier,
 )
 from control.aws.session import (
+    DeploymentRoles,
     InstanceRoleRefused,
     OperationalRole,
     RoleInert,
+    Roles,
     SessionFactory,
     Timeouts,
     describe_error,
@@ -45,9 +48,12 @@ from control.aws.session import (
 from control.config.aws import Aws as AwsSection
 
 __all__ = [
+    "SERVICE_FEATURES",
     "Aws",
     "AwsSection",
     "Clock",
+    "DeploymentRoles",
+    "Feature",
     "HealthCheck",
     "Imds",
     "ImdsError",
@@ -64,14 +70,18 @@ __all__ = [
     "NullNotifier",
     "OperationalRole",
     "RoleInert",
+    "Roles",
     "SessionFactory",
     "SnsNotifier",
     "SystemClock",
     "Timeouts",
     "build",
     "describe_error",
+    "feature_of",
     "lease_timeouts",
     "operational_credentials",
+    "role_name",
+    "roles_of",
 ]
 
 
@@ -150,25 +160,27 @@ def build(
     region = section.region or (identity.region if identity else None)
     if region is None:
         raise ValueError("aws.region: expected a region when there is no instance metadata")
-    role = section.operational_role
     sessions = SessionFactory(
-        region,
-        section.endpoint_url,
-        base=base,
-        role=None
-        if role is None
-        else OperationalRole(
-            name=role.name,
-            external_id=role.external_id,
-            organization_id=role.organization_id,
-            account_id=role.account_id or (identity.account_id if identity else None),
-        ),
+        region, section.endpoint_url, base=base, role=roles_of(section, identity)
     )
     topic = section.notify.sns_topic_arn
     notifier: Notifier = (
         NullNotifier() if topic is None else SnsNotifier(topic, lambda: sessions.client("sns"))
     )
     return Aws(section, identity, sessions, notifier, imds if isinstance(imds, Imds) else None)
+
+
+def roles_of(section: AwsSection, identity: InstanceIdentity | None) -> Roles | None:
+    """The operational roles the section names: ``operational_role`` (one role for every
+    feature) wins over ``deployment`` (one role per feature); the account defaults to
+    the instance's."""
+    explicit = section.operational_role
+    chosen = explicit or section.deployment
+    if chosen is None:
+        return None
+    kind = OperationalRole if explicit is not None else DeploymentRoles
+    home = identity.account_id if identity else None
+    return kind(chosen.name, chosen.external_id, chosen.organization_id, chosen.account_id or home)
 
 
 def operational_credentials(

@@ -8,16 +8,21 @@ Two identities, never mixed:
   and NAT address, the lifecycle hook, source/dest check of its primary interface.
   :meth:`SessionFactory.instance_client` hands out clients for those services, and a
   guard refuses any operation outside :data:`INSTANCE_OPERATIONS` before it is sent.
-* the **operational role** ``arn:<partition>:iam::<account>:role/<name>``, assumed with
-  the document's external ID (STS AssumeRole, "Using an external ID" in the IAM user
-  guide): everything else (config writes, route tables, Bedrock, SNS, ELBv2, ACM,
-  CloudWatch, ...).  :meth:`SessionFactory.client` returns clients whose only credential
-  source is that AssumeRole; botocore refreshes the credentials before they expire
-  (advisory refresh 15 min, mandatory 10 min before).  When the role is not configured,
-  not deployed or refuses us, :meth:`~SessionFactory.client` raises :class:`RoleInert`
-  naming the reason; the feature reports itself inert in its status.  There is no
+* the **operational roles**, assumed with the document's external ID (STS AssumeRole,
+  "Using an external ID" in the IAM user guide): everything else (config writes, route
+  tables, Bedrock, SNS, ELBv2, ACM, CloudWatch, ...).  Which role a client's service
+  uses is the feature table :data:`control.aws.features.SERVICE_FEATURES`: with
+  :class:`DeploymentRoles` (``aws.deployment``) each feature has its own role
+  ``arn:<partition>:iam::<account>:role/<name>-cross-account-role<N>``; with one
+  explicit :class:`OperationalRole` (``aws.operational_role``, the older form) every
+  feature uses that role.  :meth:`SessionFactory.client` returns clients whose only
+  credential source is that AssumeRole; botocore refreshes the credentials before they
+  expire (advisory refresh 15 min, mandatory 10 min before).  When a feature's role is
+  not configured, not deployed or refuses us, :meth:`~SessionFactory.client` raises
+  :class:`RoleInert` naming the reason; that feature reports itself inert in
+  ``status()["features"]`` while the other features keep working.  There is no
   fallback to the instance role.  After a refusal the factory waits ``retry_s`` before
-  it asks STS again, so an inert feature does not hammer STS.
+  it asks STS for that role again, so an inert feature does not hammer STS.
 
 Clients are cached per identity and service; ``region`` and the endpoint overrides apply
 to every client (the lab and the tests point them at a moto server).  Retries are
@@ -48,6 +53,8 @@ from botocore.credentials import (
     RefreshableCredentials,
 )
 from botocore.exceptions import BotoCoreError, ClientError
+
+from control.aws.features import Feature, feature_of, role_name
 
 log = logging.getLogger("spectra.aws")
 
@@ -96,6 +103,49 @@ class OperationalRole:
     organization_id: str | None = None
     account_id: str | None = None
     session_name: str = "spectra"
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentRoles:
+    """One role per feature, ``<name>-cross-account-role<N>`` in ``account_id`` (default:
+    the instance's account), all trusting the same external ID."""
+
+    name: str
+    external_id: str
+    organization_id: str | None = None
+    account_id: str | None = None
+    session_name: str = "spectra"
+
+    def for_feature(self, feature: Feature) -> OperationalRole:
+        return OperationalRole(
+            role_name(self.name, feature),
+            self.external_id,
+            self.organization_id,
+            self.account_id,
+            self.session_name,
+        )
+
+
+Roles = OperationalRole | DeploymentRoles
+
+
+@dataclass(slots=True)
+class _RoleState:
+    """What the factory knows of one operational role (guarded by the factory's lock)."""
+
+    role: OperationalRole
+    session: boto3.Session | None = None
+    inert: str | None = None
+    retry_at: float = 0.0
+    assumed: tuple[str, str] | None = None  # (arn, expiry)
+
+    def view(self) -> dict[str, Any]:
+        if self.inert is not None:
+            return {"state": "inert", "role": self.role.name, "reason": self.inert}
+        if self.assumed is not None:
+            arn, expires = self.assumed
+            return {"state": "assumed", "arn": arn, "expires": expires}
+        return {"state": "not assumed yet", "role": self.role.name}
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +202,12 @@ class _AssumeRole(CredentialProvider):
 
 
 class SessionFactory:
-    """Clients for the instance role and the operational role (see the module doc).
+    """Clients for the instance role and the operational roles (see the module doc).
 
     ``base`` is the instance's own session (default: boto3's default chain, which on EC2
-    is the instance profile); ``now`` is the clock the credential refresh compares the
-    expiry with (tests move it)."""
+    is the instance profile); ``role`` one explicit role for every feature or one role
+    per feature (:class:`DeploymentRoles`); ``now`` is the clock the credential refresh
+    compares the expiry with (tests move it)."""
 
     def __init__(
         self,
@@ -165,7 +216,7 @@ class SessionFactory:
         *,
         endpoints: Mapping[str, str] | None = None,
         base: boto3.Session | None = None,
-        role: OperationalRole | None = None,
+        role: Roles | None = None,
         max_attempts: int = 5,
         retry_s: float = RETRY_INERT_SECONDS,
         now: Callable[[], datetime] = _local_now,
@@ -184,10 +235,7 @@ class SessionFactory:
         self._clients: dict[tuple[str, str, Timeouts], Any] = {}
         self._errors: dict[str, str] = {}
         self._role = role
-        self._operational: boto3.Session | None = None
-        self._inert: str | None = None if role else NOT_CONFIGURED
-        self._retry_at = 0.0
-        self._assumed: tuple[str, str] | None = None  # (arn, expiry)
+        self._states: dict[str, _RoleState] = {}
 
     # -- instance role -----------------------------------------------------------------
 
@@ -200,145 +248,185 @@ class SessionFactory:
             )
         return self._cached("instance", service, self._base, timeouts or self._timeouts)
 
-    # -- operational role --------------------------------------------------------------
+    # -- operational roles -------------------------------------------------------------
 
     @property
-    def role(self) -> OperationalRole | None:
+    def role(self) -> Roles | None:
         return self._role
 
-    def configure(self, role: OperationalRole | None) -> None:
+    def configure(self, role: Roles | None) -> None:
         """Use ``role`` from now on (``None``: no operational role; every client inert)."""
         with self._lock:
             if role == self._role:
                 return
             self._role = role
-            self._operational = None
+            self._states = {}
             self._clients = {k: v for k, v in self._clients.items() if k[0] == "instance"}
-            self._assumed = None
-            self._retry_at = 0.0
-            self._inert = None if role else NOT_CONFIGURED
+
+    def role_for(self, feature: Feature) -> OperationalRole | None:
+        """The role ``feature`` assumes (``None``: no operational role configured)."""
+        role = self._role
+        if isinstance(role, DeploymentRoles):
+            return role.for_feature(feature)
+        return role
 
     def client(self, service: str, timeouts: Timeouts | None = None) -> Any:
-        """A client with the operational role's credentials; :class:`RoleInert` if none."""
+        """A client with the credentials of the role of ``service``'s feature;
+        :class:`RoleInert` if that role is not usable."""
+        feature = feature_of(service)
+        session = self.operational_session(feature)
+        role = self.role_for(feature)
+        assert role is not None  # operational_session raised otherwise
         return self._cached(
-            "operational", service, self.operational_session(), timeouts or self._timeouts
+            f"operational {role.name}", service, session, timeouts or self._timeouts
         )
 
-    def credentials(self) -> Credentials:
-        """The operational role's (refreshing) credentials, for callers that sign requests
-        themselves (the AI gateway's Bedrock provider); :class:`RoleInert` if none."""
-        found = self.operational_session().get_credentials()
+    def credentials(self, service: str = "bedrock-runtime") -> Credentials:
+        """The (refreshing) credentials of ``service``'s role, for callers that sign
+        requests themselves (the AI gateway's Bedrock provider); :class:`RoleInert` if
+        none."""
+        found = self.operational_session(feature_of(service)).get_credentials()
         if found is None:  # pragma: no cover - our resolver always answers or raises
             raise RoleInert("the operational session has no credentials")
         return found
 
-    def inert_reason(self) -> str | None:
-        """Why the operational role is not usable now (``None``: usable or not tried)."""
+    def inert_reason(self, feature: Feature = Feature.CORE) -> str | None:
+        """Why ``feature``'s role is not usable now (``None``: usable or not tried)."""
+        role = self.role_for(feature)
+        if role is None:
+            return NOT_CONFIGURED
         with self._lock:
-            return self._inert
+            state = self._states.get(role.name)
+            return None if state is None else state.inert
 
-    def operational_session(self) -> boto3.Session:
-        """The boto3 session of the operational role, assuming it on first use."""
+    def operational_session(self, feature: Feature = Feature.CORE) -> boto3.Session:
+        """The boto3 session of ``feature``'s role, assuming it on first use."""
+        role = self.role_for(feature)
+        if role is None:
+            raise RoleInert(NOT_CONFIGURED)
         with self._lock:
-            if self._operational is not None:
-                return self._operational
-            if self._inert is not None and (
-                self._role is None or self._monotonic() < self._retry_at
-            ):
-                raise RoleInert(self._inert)
+            state = self._states.setdefault(role.name, _RoleState(role))
+            if state.session is not None:
+                return state.session
+            if state.inert is not None and self._monotonic() < state.retry_at:
+                raise RoleInert(state.inert)
         with self._assume_lock:
             with self._lock:
-                if self._operational is not None:
-                    return self._operational
+                if state.session is not None:
+                    return state.session
             core = botocore.session.Session()
+            fetch = self._fetcher(state, feature)
             core.register_component(
-                "credential_provider", CredentialResolver([_AssumeRole(self._fetch, self._now)])
+                "credential_provider", CredentialResolver([_AssumeRole(fetch, self._now)])
             )
             core.get_credentials()  # assume now: an unusable role is reported at once
             session = boto3.Session(botocore_session=core, region_name=self.region)
             with self._lock:
-                self._operational = session
+                state.session = session
             return session
 
-    def role_arn(self) -> str:
-        """The operational role's ARN (the account defaults to the caller's own)."""
-        role = self._role
+    def role_arn(self, feature: Feature = Feature.CORE) -> str:
+        """The ARN of ``feature``'s role (the account defaults to the caller's own)."""
+        role = self.role_for(feature)
         if role is None:
             raise RoleInert(NOT_CONFIGURED)
-        account = role.account_id or self._account()
-        partition = self._base.get_partition_for_region(self.region)
-        return f"arn:{partition}:iam::{account}:role/{role.name}"
+        return self._arn(role)
 
     def status(self) -> dict[str, Any]:
-        """The operational role's state and the last error of each failing operation."""
+        """The roles' state per feature and the last error of each failing operation."""
+        role = self._role
         with self._lock:
-            role, inert, assumed = self._role, self._inert, self._assumed
+            states = dict(self._states)
+            views = {name: state.view() for name, state in states.items()}
             errors = dict(self._errors)
         out: dict[str, Any] = {"region": self.region, "endpoint_url": self.endpoint_url}
-        if role is None or inert is not None:
-            out["operational_role"] = {
-                "state": "inert",
-                "role": role.name if role else None,
-                "reason": inert or NOT_CONFIGURED,
-            }
-        elif assumed is not None:
-            arn, expires = assumed
-            out["operational_role"] = {"state": "assumed", "arn": arn, "expires": expires}
+        features: dict[str, Any] = {}
+        for feature in Feature:
+            found = self.role_for(feature)
+            if found is None:
+                features[feature.label] = {"state": "inert", "role": None, "reason": NOT_CONFIGURED}
+            else:
+                features[feature.label] = views.get(
+                    found.name, {"state": "not assumed yet", "role": found.name}
+                )
+        if role is None:
+            out["operational_role"] = features[Feature.CORE.label]
+        elif isinstance(role, OperationalRole):
+            out["operational_role"] = views.get(
+                role.name, {"state": "not assumed yet", "role": role.name}
+            )
         else:
-            out["operational_role"] = {"state": "not assumed yet", "role": role.name}
+            out["operational_role"] = {"state": "one role per feature", "deployment": role.name}
+        out["features"] = features
         out["errors"] = errors
         return out
 
     # -- internals ---------------------------------------------------------------------
 
+    def _arn(self, role: OperationalRole) -> str:
+        account = role.account_id or self._account()
+        partition = self._base.get_partition_for_region(self.region)
+        return f"arn:{partition}:iam::{account}:role/{role.name}"
+
     def _account(self) -> str:
         try:
             return str(self.instance_client("sts").get_caller_identity()["Account"])
         except (ClientError, BotoCoreError) as exc:
-            raise self._refused(f"cannot tell the account: {describe_error(exc)}") from exc
+            raise RoleInert(f"cannot tell the account: {describe_error(exc)}") from exc
 
-    def _refused(self, reason: str) -> RoleInert:
+    def _refused(self, state: _RoleState, reason: str) -> RoleInert:
         with self._lock:
-            self._inert = reason
-            self._retry_at = self._monotonic() + self._retry_s
-            self._operational = None
-            self._assumed = None
-        log.error("operational role inert: %s", reason)
+            state.inert = reason
+            state.retry_at = self._monotonic() + self._retry_s
+            state.session = None
+            state.assumed = None
+        log.error("operational role %s inert: %s", state.role.name, reason)
         return RoleInert(reason)
 
-    def _trust_hint(self, role: OperationalRole) -> str:
-        need = "sts:ExternalId (aws.operational_role.external_id)"
+    def _trust_hint(self, role: OperationalRole, feature: Feature) -> str:
+        need = "sts:ExternalId (the document's external_id)"
         if role.organization_id:
             need += f" and aws:PrincipalOrgID {role.organization_id}"
-        return f"the role must exist and trust this instance's role with {need}"
+        where = (
+            f"the operational stack creates it when {feature.parameter} is true; "
+            if isinstance(self._role, DeploymentRoles)
+            else ""
+        )
+        return f"{where}the role must exist and trust this instance's role with {need}"
 
-    def _fetch(self) -> dict[str, str]:
-        role = self._role
-        if role is None:
-            raise RoleInert(NOT_CONFIGURED)
-        arn = self.role_arn()
-        try:
-            creds = self.instance_client("sts").assume_role(
-                RoleArn=arn,
-                RoleSessionName=role.session_name,
-                DurationSeconds=ROLE_SESSION_SECONDS,
-                ExternalId=role.external_id,
-            )["Credentials"]
-        except (ClientError, BotoCoreError) as exc:
-            raise self._refused(
-                f"cannot assume {arn}: {describe_error(exc)}; {self._trust_hint(role)}"
-            ) from exc
-        expiry = creds["Expiration"]
-        with self._lock:
-            self._inert = None
-            self._assumed = (arn, expiry.isoformat())
-        log.info("assumed %s until %s", arn, expiry.isoformat())
-        return {
-            "access_key": creds["AccessKeyId"],
-            "secret_key": creds["SecretAccessKey"],
-            "token": creds["SessionToken"],
-            "expiry_time": expiry.isoformat(),
-        }
+    def _fetcher(self, state: _RoleState, feature: Feature) -> Callable[[], dict[str, str]]:
+        def fetch() -> dict[str, str]:
+            role = state.role
+            try:
+                arn = self._arn(role)
+            except RoleInert as exc:
+                raise self._refused(state, exc.reason) from exc
+            try:
+                creds = self.instance_client("sts").assume_role(
+                    RoleArn=arn,
+                    RoleSessionName=role.session_name,
+                    DurationSeconds=ROLE_SESSION_SECONDS,
+                    ExternalId=role.external_id,
+                )["Credentials"]
+            except (ClientError, BotoCoreError) as exc:
+                raise self._refused(
+                    state,
+                    f"cannot assume {arn} ({feature.label}): {describe_error(exc)}; "
+                    f"{self._trust_hint(role, feature)}",
+                ) from exc
+            expiry = creds["Expiration"]
+            with self._lock:
+                state.inert = None
+                state.assumed = (arn, expiry.isoformat())
+            log.info("assumed %s for %s until %s", arn, feature.label, expiry.isoformat())
+            return {
+                "access_key": creds["AccessKeyId"],
+                "secret_key": creds["SecretAccessKey"],
+                "token": creds["SessionToken"],
+                "expiry_time": expiry.isoformat(),
+            }
+
+        return fetch
 
     def _cached(
         self, identity: str, service: str, session: boto3.Session, timeouts: Timeouts
@@ -362,8 +450,9 @@ class SessionFactory:
             events = found.meta.events
             if identity == "instance":
                 events.register(f"before-parameter-build.{service}", self._guard)
-            events.register(f"after-call.{service}", self._record(identity))
-            events.register(f"after-call-error.{service}", self._record(identity))
+            label = identity.split(" ", 1)[0]  # errors are named per identity kind
+            events.register(f"after-call.{service}", self._record(label))
+            events.register(f"after-call-error.{service}", self._record(label))
             self._clients[key] = found
             return found
 

@@ -2,9 +2,14 @@
 
 Every field reaches :func:`control.aws.build`, which hands it to the session factory
 (:mod:`control.aws.session`), the leader lease (:mod:`control.aws.lease`) or the takeover
-notifier (:mod:`control.aws.notify`).  The operational role is the one the deployment's
-CloudFormation stack creates (``<name>-cross-account-role<N>``); its trust policy holds
-the external ID and, when set, an ``aws:PrincipalOrgID`` condition.
+notifier (:mod:`control.aws.notify`).  The operational roles are the ones the
+deployment's CloudFormation stack (``deploy/cloudformation/operational-roles.yaml``)
+creates, one per feature, ``<name>-cross-account-role<N>``: ``deployment`` names them by
+the deployment ``name``; the older ``operational_role`` names one role every feature
+uses, and wins when both are set (an explicit role is the more specific statement: a
+document that had it keeps working unchanged when ``deployment`` is added to stage change
+sets).  Their trust policies hold the external ID and, when set, an
+``aws:PrincipalOrgID`` condition.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from control.config.types import StrictModel
 
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
 _ROLE_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
+_DEPLOYMENT_RE = re.compile(r"^[\w+=,.@-]{1,44}$")
 _EXTERNAL_ID_RE = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
 _ORG_RE = re.compile(r"^o-[a-z0-9]{10,32}$")
 _TABLE_RE = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
@@ -39,6 +45,13 @@ def _matching(pattern: re.Pattern[str], accepted: str) -> AfterValidator:
 
 Region = Annotated[str, _matching(_REGION_RE, "an AWS region name like eu-west-1")]
 RoleName = Annotated[str, _matching(_ROLE_RE, "an IAM role name: 1-64 letters, digits and +=,.@_-")]
+DeploymentName = Annotated[
+    str,
+    _matching(
+        _DEPLOYMENT_RE,
+        "a deployment name: 1-44 letters, digits and +=,.@_- (role names add 20 characters)",
+    ),
+]
 ExternalId = Annotated[
     str, _matching(_EXTERNAL_ID_RE, "an STS external ID: 2-1224 letters, digits and +=,.@:/_-")
 ]
@@ -66,6 +79,21 @@ class OperationalRole(StrictModel):
     account_id: AccountId | None = Field(
         default=None,
         description="account of the role (default: the instance's own account)",
+    )
+
+
+class Deployment(StrictModel):
+    """The deployment whose operational stack made one role per feature."""
+
+    name: DeploymentName = Field(
+        description="the stack's Name parameter; roles are <name>-cross-account-role<N>"
+    )
+    external_id: ExternalId = Field(description="the external ID the roles' trust policies name")
+    organization_id: OrganizationId | None = Field(
+        default=None, description="the aws:PrincipalOrgID the trust policies require, if any"
+    )
+    account_id: AccountId | None = Field(
+        default=None, description="account of the roles (default: the instance's own account)"
     )
 
 
@@ -185,8 +213,14 @@ class Aws(StrictModel):
     endpoint_url: EndpointUrl | None = Field(
         default=None, description="one endpoint for every service (the lab's moto server)"
     )
+    deployment: Deployment | None = Field(
+        default=None,
+        description="one operational role per feature, named after the deployment",
+    )
     operational_role: OperationalRole | None = Field(
-        default=None, description="absent: every operational feature reports itself inert"
+        default=None,
+        description="one role for every feature (wins over deployment); with neither, "
+        "every operational feature reports itself inert",
     )
     lease: Lease = Lease()
     notify: Notify = Notify()

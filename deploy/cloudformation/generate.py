@@ -31,9 +31,9 @@ if str(HERE) not in sys.path:  # the description package next to this script
 
 from cfnspec.gwlb import gwlb  # noqa: E402
 from cfnspec.network import existing_vpc, new_vpc  # noqa: E402
-from cfnspec.role import EXTRA_ACTIONS, UNSCOPED  # noqa: E402
+from cfnspec.role import UNSCOPED  # noqa: E402
 
-__all__ = ["EXTRA_ACTIONS", "TEMPLATES", "UNSCOPED", "main", "render"]
+__all__ = ["TEMPLATES", "UNSCOPED", "main", "render"]
 
 TEMPLATES = {"new-vpc.yaml": new_vpc, "existing-vpc.yaml": existing_vpc, "gwlb.yaml": gwlb}
 BANNER = (

@@ -6,6 +6,8 @@ the boto3 client and moto: a :class:`Fault` matching a request's service (from t
 credential scope) and action (``X-Amz-Target`` for the JSON protocols, ``Action=`` of
 the form body for the query protocols) is answered with the error in that protocol's
 shape, ``times`` times (``None``: always); every other request goes to moto unchanged.
+A ``judge`` (service, action, form fields) may answer with a :class:`Fault` computed from
+the request (tests/fakes/ststrust.py plays STS's trust-policy evaluation with it).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -32,6 +35,9 @@ class Fault:
     status: int = 400
     message: str = "injected by the test's fault proxy"
     times: int | None = None
+
+
+Judge = Callable[[str, str, dict[str, list[str]]], "Fault | None"]
 
 
 def _request_id(headers: Any, body: bytes) -> tuple[str, str, bool]:
@@ -66,9 +72,12 @@ def _error_body(fault: Fault, service: str, json_protocol: bool) -> tuple[bytes,
 class FaultProxy:
     """The proxy on 127.0.0.1 (random port); ``calls`` counts requests per (service, action)."""
 
-    def __init__(self, upstream: str, faults: list[Fault] | None = None) -> None:
+    def __init__(
+        self, upstream: str, faults: list[Fault] | None = None, judge: Judge | None = None
+    ) -> None:
         self.upstream = upstream.rstrip("/")
         self.faults = list(faults or [])
+        self.judge = judge
         self.calls: dict[tuple[str, str], int] = {}
         self.injected: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
@@ -131,6 +140,9 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else b""
                 service, action, json_protocol = _request_id(self.headers, body)
                 fault = proxy._match(service, action)
+                if fault is None and proxy.judge is not None and not json_protocol:
+                    form = urllib.parse.parse_qs(body.decode(errors="replace"))
+                    fault = proxy.judge(service, action, form)
                 if fault is not None:
                     payload, ctype = _error_body(fault, service, json_protocol)
                     status, headers = fault.status, {"Content-Type": ctype}

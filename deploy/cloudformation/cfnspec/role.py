@@ -15,16 +15,11 @@ UNSCOPED = {
 }
 """The instance role's actions granted on ``Resource: "*"``, each with the reason."""
 
-EXTRA_ACTIONS = {
-    "ssm:PutParameter": "the first boot writes the admin token once (SecureString), "
-    "scoped to that one parameter",
-}
-"""Instance-role actions beyond ``control.aws.session.INSTANCE_OPERATIONS``, with why."""
-
 
 def instance_role() -> dict[str, Any]:
     """The instance profile's role: exactly ``control.aws.session.INSTANCE_OPERATIONS``
-    (plus :data:`EXTRA_ACTIONS`), each scoped to this deployment's resources."""
+    each scoped to this deployment's resources.  The instance role never writes: config
+    writes and the first boot's admin token go through the operational role."""
     own_tag = {"StringEquals": {f"aws:ResourceTag/{TAG}": ref("Name")}}
     statements = [
         {
@@ -35,12 +30,6 @@ def instance_role() -> dict[str, Any]:
                 arn("ssm", "parameter${SsmPrefix}"),
                 arn("ssm", "parameter${SsmPrefix}/*"),
             ],
-        },
-        {
-            "Sid": "WriteAdminTokenOnce",
-            "Effect": "Allow",
-            "Action": ["ssm:PutParameter"],
-            "Resource": [arn("ssm", "parameter${SsmPrefix}/admin-token")],
         },
         {
             "Sid": "LeaderLease",

@@ -162,11 +162,13 @@ class Fleet:
             time.sleep(0.1)
 
     def wait_converged(self, names: Iterable[str] | None = None, timeout: float = 90.0) -> None:
-        """Every agent applied the latest document and joined its AZ's lease."""
+        """Every agent applied the latest document and joined its AZ's lease, and each AZ
+        has exactly one leader (a standby alone is not a led AZ)."""
         names = list(names or gateways())
         head = self.head()
 
         def ready() -> bool:
+            leaders: dict[str, int] = {}
             for n in names:
                 st = self.state(n)
                 aws = st.get("aws", {})
@@ -176,7 +178,9 @@ class Fleet:
                     return False
                 if aws.get("role") == "leader" and not aws.get("takeover", {}).get("ok"):
                     return False
-            return True
+                az = next(g.az for g in TOPOLOGY.gateways if g.name == n)
+                leaders[az] = leaders.get(az, 0) + (aws.get("role") == "leader")
+            return all(count == 1 for count in leaders.values())
 
         self.wait("the agents did not converge and join their leases", ready, timeout)
 
