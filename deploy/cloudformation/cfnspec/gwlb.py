@@ -15,7 +15,6 @@ from cfnspec.base import (
     equals,
     header,
     iff,
-    nonempty,
     output,
     per_zone,
     ref,
@@ -23,18 +22,14 @@ from cfnspec.base import (
     tags,
     when,
 )
-from cfnspec.params import fleet_parameters
+from cfnspec.params import fleet_parameters, switch, third_zone_required, vpc_id_parameter, zone_ids
 
 
 def gwlb() -> dict[str, Any]:
     params: dict[str, Any] = {
         "Name": fleet_parameters()["Name"],
         "ZoneCount": fleet_parameters()["ZoneCount"],
-        "VpcId": {
-            "Type": "String",
-            "AllowedPattern": r"^vpc-[0-9a-f]{8,17}$",
-            "ConstraintDescription": "VpcId: a VPC ID like vpc-0123abcd",
-        },
+        "VpcId": vpc_id_parameter(),
         "HealthCheckPort": fleet_parameters()["HealthCheckPort"],
         "HealthCheckProtocol": {
             "Type": "String",
@@ -48,45 +43,26 @@ def gwlb() -> dict[str, Any]:
             "AllowedPattern": r"^/\S*$",
             "ConstraintDescription": "HealthCheckPath: a path starting with /",
         },
-        "CreateRoutes": {
-            "Type": "String",
-            "AllowedValues": ["true", "false"],
-            "Default": "true",
-            "Description": "true: 0.0.0.0/0 of each protected route table -> its zone's "
-            "GWLB endpoint (fails if the table already has a default route)",
-        },
+        "CreateRoutes": switch(
+            "true: 0.0.0.0/0 of each protected route table -> its zone's "
+            "GWLB endpoint (fails if the table already has a default route)"
+        ),
     }
-    kinds = (
-        ("ApplianceSubnet", SUBNET, "the GWLB's subnet in the zone (the appliances' subnet)"),
-        ("EndpointSubnet", SUBNET, "the GWLB endpoint's subnet in the zone"),
-        ("ProtectedRouteTable", RTB, "the route table whose traffic the endpoint inspects"),
+    params.update(
+        zone_ids(
+            "ApplianceSubnet", SUBNET, "the GWLB's subnet in the zone (the appliances' subnet)"
+        )
     )
-    for kind, pattern, what in kinds:
-        for i, z in enumerate(ZONES):
-            third = i == 2
-            params[f"{kind}{z}"] = {
-                "Type": "String",
-                "AllowedPattern": f"^({pattern})?$" if third else f"^{pattern}$",
-                **({"Default": ""} if third else {}),
-                "ConstraintDescription": f"{kind}{z}: "
-                + (
-                    "a subnet ID like subnet-0123abcd"
-                    if pattern == SUBNET
-                    else "a route table ID like rtb-0123abcd"
-                )
-                + (" (empty when ZoneCount is 2)" if third else ""),
-                "Description": f"zone {z}: {what}",
-            }
+    params.update(zone_ids("EndpointSubnet", SUBNET, "the GWLB endpoint's subnet in the zone"))
+    params.update(
+        zone_ids("ProtectedRouteTable", RTB, "the route table whose traffic the endpoint inspects")
+    )
     rules = {
         "ThirdZoneGiven": {
             "RuleCondition": equals(ref("ZoneCount"), "3"),
-            "Assertions": [
-                {
-                    "Assert": nonempty(f"{kind}C"),
-                    "AssertDescription": f"{kind}C is required when ZoneCount is 3",
-                }
-                for kind, *_ in kinds
-            ],
+            "Assertions": third_zone_required(
+                ["ApplianceSubnet", "EndpointSubnet", "ProtectedRouteTable"]
+            ),
         }
     }
     resources: dict[str, Any] = {

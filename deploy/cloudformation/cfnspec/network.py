@@ -12,7 +12,6 @@ from cfnspec.base import (
     att,
     equals,
     header,
-    nonempty,
     output,
     per_zone,
     ref,
@@ -21,7 +20,15 @@ from cfnspec.base import (
     when,
 )
 from cfnspec.fleet import Net, fleet
-from cfnspec.params import fleet_conditions, fleet_parameters, fleet_rules
+from cfnspec.params import (
+    fleet_conditions,
+    fleet_parameters,
+    fleet_rules,
+    switch,
+    third_zone_required,
+    vpc_id_parameter,
+    zone_ids,
+)
 
 
 def cidr_of(index: int) -> dict[str, Any]:
@@ -166,15 +173,21 @@ def new_vpc_network() -> tuple[dict[str, Any], dict[str, Any]]:
     return res, outputs
 
 
-def new_vpc() -> dict[str, Any]:
-    net = Net(
-        ref("Vpc"),
+def net_of(vpc: str, route_condition: dict[str, str | None]) -> Net:
+    """The fleet's network: ``vpc`` (a resource or parameter), per zone the subnets and
+    private route table of the same names (resources here, parameters there)."""
+    return Net(
+        ref(vpc),
         ref("VpcCidr"),
         {z: ref(f"PublicSubnet{z}") for z in ZONES},
         {z: ref(f"PrivateSubnet{z}") for z in ZONES},
         {z: ref(f"PrivateRouteTable{z}") for z in ZONES},
-        {"A": None, "B": None, "C": THIRD},
+        route_condition,
     )
+
+
+def new_vpc() -> dict[str, Any]:
+    net = net_of("Vpc", {"A": None, "B": None, "C": THIRD})
     network, network_outputs = new_vpc_network()
     resources, outputs = fleet(net)
     params = fleet_parameters()
@@ -184,13 +197,10 @@ def new_vpc() -> dict[str, Any]:
         "AllowedPattern": r"^(\d{1,3}\.){3}\d{1,3}/(1[6-9]|20)$",
         "ConstraintDescription": "VpcCidr: an IPv4 CIDR from /16 to /20 (six /24 subnets)",
     }
-    params["VpcEndpoints"] = {
-        "Type": "String",
-        "AllowedValues": ["true", "false"],
-        "Default": "true",
-        "Description": "interface endpoints for SSM, STS, EC2, Auto Scaling and a DynamoDB "
-        "gateway endpoint: the appliances' primary addresses have no public IP",
-    }
+    params["VpcEndpoints"] = switch(
+        "interface endpoints for SSM, STS, EC2, Auto Scaling and a DynamoDB "
+        "gateway endpoint: the appliances' primary addresses have no public IP"
+    )
     conditions = fleet_conditions()
     conditions["CreateEndpoints"] = equals(ref("VpcEndpoints"), "true")
     return {
@@ -207,64 +217,35 @@ def new_vpc() -> dict[str, Any]:
 
 
 def existing_vpc() -> dict[str, Any]:
-    net = Net(
-        ref("VpcId"),
-        ref("VpcCidr"),
-        {z: ref(f"PublicSubnet{z}") for z in ZONES},
-        {z: ref(f"PrivateSubnet{z}") for z in ZONES},
-        {z: ref(f"PrivateRouteTable{z}") for z in ZONES},
-        {"A": "CreateRoutes", "B": "CreateRoutes", "C": "CreateRoutesC"},
-    )
+    net = net_of("VpcId", {"A": "CreateRoutes", "B": "CreateRoutes", "C": "CreateRoutesC"})
     resources, outputs = fleet(net)
     params = fleet_parameters()
-    params["VpcId"] = {
-        "Type": "String",
-        "AllowedPattern": r"^vpc-[0-9a-f]{8,17}$",
-        "ConstraintDescription": "VpcId: a VPC ID like vpc-0123abcd",
-    }
+    params["VpcId"] = vpc_id_parameter()
     params["VpcCidr"] = {
         "Type": "String",
         "AllowedPattern": r"^(\d{1,3}\.){3}\d{1,3}/(1[6-9]|2[0-8])$",
         "ConstraintDescription": "VpcCidr: the VPC's IPv4 CIDR (/16 to /28)",
         "Description": "what the inside security group and GWLB rules admit",
     }
-    kinds = (
-        ("PublicSubnet", SUBNET, "a subnet ID like subnet-0123abcd", "outside ENIs"),
-        ("PrivateSubnet", SUBNET, "a subnet ID like subnet-0123abcd", "inside ENIs"),
-        (
+    params.update(zone_ids("PublicSubnet", SUBNET, "outside ENIs"))
+    params.update(zone_ids("PrivateSubnet", SUBNET, "inside ENIs"))
+    params.update(
+        zone_ids(
             "PrivateRouteTable",
             RTB,
-            "a route table ID like rtb-0123abcd (each zone's private subnet needs its route table)",
             "its 0.0.0.0/0 goes to the zone's gateway",
-        ),
+            " (each zone's private subnet needs its route table)",
+        )
     )
-    for kind, pattern, accepted, what in kinds:
-        for i, z in enumerate(ZONES):
-            third = i == 2
-            params[f"{kind}{z}"] = {
-                "Type": "String",
-                "AllowedPattern": f"^({pattern})?$" if third else f"^{pattern}$",
-                **({"Default": ""} if third else {}),
-                "ConstraintDescription": f"{kind}{z}: {accepted}"
-                + (" (empty when ZoneCount is 2)" if third else ""),
-                "Description": f"zone {z}: {what}",
-            }
-    params["CreateDefaultRoutes"] = {
-        "Type": "String",
-        "AllowedValues": ["true", "false"],
-        "Default": "true",
-        "Description": "true: add 0.0.0.0/0 -> the gateway ENI to each private route table "
+    params["CreateDefaultRoutes"] = switch(
+        "true: add 0.0.0.0/0 -> the gateway ENI to each private route table "
         "(fails if the table already has a default route); false: leave it to the first "
-        "leader's takeover",
-    }
+        "leader's takeover"
+    )
     rules = fleet_rules()
-    rules["ThirdZoneGiven"]["Assertions"] += [
-        {
-            "Assert": nonempty(f"{kind}C"),
-            "AssertDescription": f"{kind}C is required when ZoneCount is 3",
-        }
-        for kind, *_ in kinds
-    ]
+    rules["ThirdZoneGiven"]["Assertions"] += third_zone_required(
+        ["PublicSubnet", "PrivateSubnet", "PrivateRouteTable"]
+    )
     conditions = fleet_conditions()
     conditions["CreateRoutes"] = equals(ref("CreateDefaultRoutes"), "true")
     conditions["CreateRoutesC"] = {"Fn::And": [{"Condition": THIRD}, {"Condition": "CreateRoutes"}]}

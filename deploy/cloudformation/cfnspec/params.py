@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cfnspec.base import MGMT_CIDR, THIRD, ZONE, ZONES, equals, nonempty, ref
+from cfnspec.base import MGMT_CIDR, RTB, SUBNET, THIRD, ZONE, ZONES, equals, nonempty, ref
 
 
 def fleet_parameters() -> dict[str, Any]:
@@ -175,3 +175,52 @@ def fleet_conditions() -> dict[str, Any]:
         "UseSpot": equals(ref("Spot"), "standbys"),
         "HasGwlb": nonempty("GwlbTargetGroupArn"),
     }
+
+
+ACCEPTED = {SUBNET: "a subnet ID like subnet-0123abcd", RTB: "a route table ID like rtb-0123abcd"}
+
+
+def vpc_id_parameter() -> dict[str, Any]:
+    return {
+        "Type": "String",
+        "AllowedPattern": r"^vpc-[0-9a-f]{8,17}$",
+        "ConstraintDescription": "VpcId: a VPC ID like vpc-0123abcd",
+    }
+
+
+def switch(description: str) -> dict[str, Any]:
+    """A ``true``/``false`` parameter, ``true`` by default."""
+    return {
+        "Type": "String",
+        "AllowedValues": ["true", "false"],
+        "Default": "true",
+        "Description": description,
+    }
+
+
+def zone_ids(kind: str, pattern: str, what: str, why: str = "") -> dict[str, Any]:
+    """``<kind>A``, ``<kind>B`` (required) and ``<kind>C`` (empty unless ZoneCount is 3),
+    each an ID matching ``pattern``."""
+    out = {}
+    for i, z in enumerate(ZONES):
+        third = i == 2
+        out[f"{kind}{z}"] = {
+            "Type": "String",
+            "AllowedPattern": f"^({pattern})?$" if third else f"^{pattern}$",
+            **({"Default": ""} if third else {}),
+            "ConstraintDescription": f"{kind}{z}: {ACCEPTED[pattern]}{why}"
+            + (" (empty when ZoneCount is 2)" if third else ""),
+            "Description": f"zone {z}: {what}",
+        }
+    return out
+
+
+def third_zone_required(kinds: list[str]) -> list[dict[str, Any]]:
+    """Assertions: each ``<kind>C`` is given (for the rule that holds with ZoneCount 3)."""
+    return [
+        {
+            "Assert": nonempty(f"{kind}C"),
+            "AssertDescription": f"{kind}C is required when ZoneCount is 3",
+        }
+        for kind in kinds
+    ]
