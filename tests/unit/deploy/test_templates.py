@@ -249,3 +249,32 @@ def test_cli_validate_stack(tmp_path: Path) -> None:
     assert "ManagementCidr: '0.0.0.0/0'" in bad.output
     worse = CliRunner().invoke(main, ["aws", "validate-stack", path, "--param", "oops"])
     assert worse.exit_code == 2 and "expected KEY=VALUE" in worse.output
+
+
+def test_template_defaults_are_the_product_defaults() -> None:
+    """The names and ports the templates hard-code are the product's own defaults."""
+    from control.aws.lease import KEY
+    from control.config.aws import Lifecycle
+    from control.config.document import GENEVE_PORT
+    from control.config.network import GwlbHealthCheck
+    from control.config.operations import Api
+
+    for name in FLEET:
+        t = template(name)
+        params = t["Parameters"]
+        assert params["ApiPort"]["Default"] == Api().port
+        assert params["HealthCheckPort"]["Default"] == GwlbHealthCheck().port
+        assert t["Resources"]["LeaseTable"]["Properties"]["KeySchema"] == [
+            {"AttributeName": KEY, "KeyType": "HASH"}
+        ]
+        hooks = t["Resources"]["GroupA"]["Properties"]["LifecycleHookSpecificationList"]
+        assert [h["LifecycleHookName"] for h in hooks] == [
+            Lifecycle().launch_hook,
+            Lifecycle().termination_hook,
+        ]
+        ingress = t["Resources"]["OutsideSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+        assert {"IpProtocol": "udp", "FromPort": GENEVE_PORT} in [
+            {k: r[k] for k in ("IpProtocol", "FromPort")} for r in ingress
+        ]
+    target = template("gwlb.yaml")["Resources"]["TargetGroup"]["Properties"]
+    assert (target["Protocol"], target["Port"]) == ("GENEVE", GENEVE_PORT)
