@@ -154,6 +154,26 @@ def fleet_params(endpoint: str, name: str, zones: int) -> dict[str, str]:
     return out
 
 
+def check_security_groups(ec2: Any, eni_id: str) -> None:
+    """Management (SSH, the API) only from ManagementCidr; nothing open to the internet."""
+    (eni,) = ec2.describe_network_interfaces(NetworkInterfaceIds=[eni_id])["NetworkInterfaces"]
+    (outside,) = ec2.describe_security_groups(GroupIds=[g["GroupId"] for g in eni["Groups"]])[
+        "SecurityGroups"
+    ]
+    vpc = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [outside["VpcId"]]}])[
+        "SecurityGroups"
+    ]
+    rules = [r for g in vpc for r in g["IpPermissions"]]
+    assert rules, "no ingress rule at all"
+    assert all(c["CidrIp"] != "0.0.0.0/0" for r in rules for c in r.get("IpRanges", []))
+    management = {
+        r.get("FromPort"): {c["CidrIp"] for c in r["IpRanges"]}
+        for r in outside["IpPermissions"]
+        if r.get("FromPort") in (22, 8080)
+    }
+    assert management == {22: {"203.0.113.0/24"}, 8080: {"203.0.113.0/24"}}
+
+
 def check_fleet(
     endpoint: str,
     name: str,
@@ -161,6 +181,7 @@ def check_fleet(
     zones: str,
     *,
     routes: bool = True,
+    role: bool = True,
     spot: bool = False,
     target_group: str | None = None,
 ) -> None:
@@ -230,11 +251,15 @@ def check_fleet(
         assert user["store"] == f"ssm:/{name}/config"
         assert user["lease_table"] == outputs["LeaseTableName"]
         assert user["admin_token_parameter"] == outputs["AdminTokenParameter"]
-        assert user["operational_role"] == {
-            "name": f"{name}-cross-account-role1",
-            "external_id": "ext-123",
-            "account": "123456789012",
-        }
+        if role:
+            assert user["operational_role"] == {
+                "name": f"{name}-cross-account-role1",
+                "external_id": "ext-123",
+                "account": "123456789012",
+            }
+        else:
+            assert "operational_role" not in user
+    check_security_groups(ec2, outputs[f"GatewayEni{zones[0]}"])
     section = AwsSection.model_validate({"zones": json.loads(outputs["AwsZones"])})
     assert sorted(section.zones) == [f"us-east-1{z.lower()}" for z in zones]
     for z in zones:
@@ -303,9 +328,11 @@ def test_existing_vpc_stack(endpoint: str, routes: bool) -> None:
         Name=f"{name}-tg", Protocol="HTTP", Port=80, VpcId=vpc
     )["TargetGroups"][0]["TargetGroupArn"]
     params.update(GwlbTargetGroupArn=tg, CreateDefaultRoutes=str(routes).lower())
-    active = {"HasOperationalRole", "HasGwlb", *(["CreateRoutes"] if routes else [])}
+    if not routes:  # and no operational role in the user data either
+        params["ExternalId"] = ""
+    active = {"HasGwlb", *(["CreateRoutes", "HasOperationalRole"] if routes else [])}
     _, out = create(endpoint, "existing-vpc.yaml", params, active)
-    check_fleet(endpoint, name, out, "AB", routes=routes, target_group=tg)
+    check_fleet(endpoint, name, out, "AB", routes=routes, role=routes, target_group=tg)
     assert "VpcId" not in out
 
 
