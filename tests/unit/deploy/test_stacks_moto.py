@@ -300,22 +300,28 @@ def test_new_vpc_stack(endpoint: str, zones: int) -> None:
     assert ("GatewayEniC" in out) == (zones == 3)
 
 
+def network(ec2: Any, vpc: str, subnets: tuple[str, str], table: str) -> dict[str, str]:
+    """Per zone A and B in ``vpc``: two subnets and a route table, as stack parameters."""
+    base = ec2.describe_vpcs(VpcIds=[vpc])["Vpcs"][0]["CidrBlock"].rsplit(".", 2)[0]
+    out = {}
+    for i, z in enumerate("AB"):
+        for n, kind in enumerate(subnets):
+            out[f"{kind}{z}"] = ec2.create_subnet(
+                VpcId=vpc,
+                CidrBlock=f"{base}.{100 * n + i}.0/24",
+                AvailabilityZone=f"us-east-1{z.lower()}",
+            )["Subnet"]["SubnetId"]
+        out[f"{table}{z}"] = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+    return out
+
+
 def existing_params(endpoint: str, name: str) -> dict[str, str]:
     """A VPC with public and private subnets and private route tables in two zones."""
     ec2 = client(endpoint, "ec2")
     vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
     params = fleet_params(endpoint, name, 2)
     params.update(VpcId=vpc, VpcCidr="10.9.0.0/16")
-    for i, z in enumerate("AB"):
-        for kind, third in (("Public", 100), ("Private", 0)):
-            params[f"{kind}Subnet{z}"] = ec2.create_subnet(
-                VpcId=vpc,
-                CidrBlock=f"10.9.{third + i}.0/24",
-                AvailabilityZone=f"us-east-1{'ab'[i]}",
-            )["Subnet"]["SubnetId"]
-        params[f"PrivateRouteTable{z}"] = ec2.create_route_table(VpcId=vpc)["RouteTable"][
-            "RouteTableId"
-        ]
+    params.update(network(ec2, vpc, ("PublicSubnet", "PrivateSubnet"), "PrivateRouteTable"))
     return params
 
 
@@ -340,16 +346,7 @@ def test_gwlb_stack(endpoint: str) -> None:
     ec2 = client(endpoint, "ec2")
     vpc = ec2.create_vpc(CidrBlock="10.8.0.0/16")["Vpc"]["VpcId"]
     params = {"Name": f"g{uuid.uuid4().hex[:6]}", "VpcId": vpc}
-    for i, z in enumerate("AB"):
-        for n, kind in enumerate(("ApplianceSubnet", "EndpointSubnet")):
-            params[f"{kind}{z}"] = ec2.create_subnet(
-                VpcId=vpc,
-                CidrBlock=f"10.8.{10 * n + i}.0/24",
-                AvailabilityZone=f"us-east-1{'ab'[i]}",
-            )["Subnet"]["SubnetId"]
-        params[f"ProtectedRouteTable{z}"] = ec2.create_route_table(VpcId=vpc)["RouteTable"][
-            "RouteTableId"
-        ]
+    params.update(network(ec2, vpc, ("ApplianceSubnet", "EndpointSubnet"), "ProtectedRouteTable"))
     _, out = create(endpoint, "gwlb.yaml", params, {"CreateRoutesAB"})
     elb = client(endpoint, "elbv2")
     (tg,) = elb.describe_target_groups(TargetGroupArns=[out["TargetGroupArn"]])["TargetGroups"]

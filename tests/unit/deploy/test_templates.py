@@ -42,7 +42,13 @@ def template(name: str) -> dict[str, Any]:
     return load_template((CFN / name).read_text())
 
 
-GOOD = {
+def ids(subnets: tuple[str, str], table: str) -> dict[str, str]:
+    """Per zone A and B: two subnet IDs and a route table ID, well formed."""
+    kinds = ((subnets[0], "subnet"), (subnets[1], "subnet"), (table, "rtb"))
+    return {f"{k}{z}": f"{p}-0123456789abcde{i}" for i, z in enumerate("AB") for k, p in kinds}
+
+
+GOOD: dict[str, dict[str, str]] = {
     "new-vpc.yaml": {
         "ZoneA": "eu-west-1a",
         "ZoneB": "eu-west-1b",
@@ -51,30 +57,14 @@ GOOD = {
     },
     "gwlb.yaml": {
         "VpcId": "vpc-0123456789abcdef0",
-        **{
-            f"{k}{z}": f"{p}-0123456789abcde{i}"
-            for i, z in enumerate("AB")
-            for k, p in (
-                ("ApplianceSubnet", "subnet"),
-                ("EndpointSubnet", "subnet"),
-                ("ProtectedRouteTable", "rtb"),
-            )
-        },
+        **ids(("ApplianceSubnet", "EndpointSubnet"), "ProtectedRouteTable"),
     },
 }
 GOOD["existing-vpc.yaml"] = {
     **GOOD["new-vpc.yaml"],
     "VpcId": "vpc-0123456789abcdef0",
     "VpcCidr": "10.1.0.0/16",
-    **{
-        f"{k}{z}": f"{p}-0123456789abcde{i}"
-        for i, z in enumerate("AB")
-        for k, p in (
-            ("PublicSubnet", "subnet"),
-            ("PrivateSubnet", "subnet"),
-            ("PrivateRouteTable", "rtb"),
-        )
-    },
+    **ids(("PublicSubnet", "PrivateSubnet"), "PrivateRouteTable"),
 }
 
 
