@@ -150,7 +150,9 @@ def request_handover(
         client.update_item(
             TableName=table,
             Key={KEY: {"S": key}},
-            UpdateExpression="SET handover_from = :from, handover_to = :to, handover_until = :until",
+            UpdateExpression=(
+                "SET handover_from = :from, handover_to = :to, handover_until = :until"
+            ),
             ConditionExpression="#h = :from AND #e > :now",
             ExpressionAttributeNames={"#h": "holder", "#e": "expires"},
             ExpressionAttributeValues={
