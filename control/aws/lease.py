@@ -135,9 +135,7 @@ def parse_record(item: dict[str, Any] | None) -> LeaseRecord | None:
 
 def read_record(client: Any, table: str, key: str) -> LeaseRecord | None:
     """The lease item of ``key`` (a consistent read), ``None`` when nobody ever held it."""
-    item = client.get_item(
-        TableName=table, Key={KEY: {"S": key}}, ConsistentRead=True
-    ).get("Item")
+    item = client.get_item(TableName=table, Key={KEY: {"S": key}}, ConsistentRead=True).get("Item")
     return parse_record(item)
 
 
