@@ -3,7 +3,8 @@
 Each instance of the group is a real :class:`~control.aws.lease.Lease` on the test's
 DynamoDB table (stepped whenever its state is read, so the hand-over runs the product's
 lease protocol), and its "agent state" is what the real agent reports, reduced to what
-a resize reads: the lease's status, the role, the takeover (of which only the Elastic IP moves) and the conntrack caches.
+a resize reads: the lease's status, the role, the takeover (of which only the Elastic
+IP moves) and the conntrack caches.
 Replacement goes through the product's :class:`~control.aws.resize.AsgReplacer` against
 moto's Auto Scaling group (which launches from the group's launch template); the new
 instance's agent joins the lease unless the test says it never becomes healthy.
