@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ai.cli import ai_group
+from control.cli_aws import aws_group
 from control.cli_config import config
 
 if TYPE_CHECKING:
@@ -237,6 +238,7 @@ def status(instance: str | None, as_json: bool) -> None:
 
 main.add_command(config)
 main.add_command(ai_group, name="ai")
+main.add_command(aws_group, name="aws")
 
 
 @main.group()
