@@ -8,10 +8,12 @@
    ``DescribeInstances``); the type is checked (``DescribeInstanceTypes``) and a standby
    is required (without one the leader could only be replaced by a failover);
 2. ``launch_template``: a new version of the group's launch template with the type
-   (``CreateLaunchTemplateVersion`` from the group's version), made the version the group
-   launches (``ModifyLaunchTemplate`` for ``$Default``, ``UpdateAutoScalingGroup`` for a
-   pinned version; nothing for ``$Latest``) -- "Modify a launch template" and "Update an
-   Auto Scaling group" in the EC2 Auto Scaling user guide;
+   (``CreateLaunchTemplateVersion`` from the version the group launches, every other
+   field kept), and the group pinned to it (``UpdateAutoScalingGroup``; "Update an Auto
+   Scaling group" in the EC2 Auto Scaling user guide). Only this AZ's group changes:
+   the template's ``$Default`` is left alone, so the groups of other AZs sharing the
+   template launch what they did (one that follows ``$Latest`` would follow the new
+   version: pin the groups, or give each AZ its own template);
 3. ``replace_standby``: each standby is replaced (:class:`Replacer`; in AWS the group
    terminates it without decrementing the desired capacity and launches one from the new
    version), and the new instance must be of the type, report itself a healthy standby
@@ -265,19 +267,13 @@ class Resize:
             LaunchTemplateData={**data, "InstanceType": self.settings.instance_type},
         )["LaunchTemplateVersion"]
         number = str(made["VersionNumber"])
-        if version == "$Default":
-            ec2.modify_launch_template(**ref, DefaultVersion=number)
-            how = "made the default version"
-        elif version == "$Latest":
-            how = "the group launches $Latest"
-        else:
-            self._client("autoscaling").update_auto_scaling_group(
-                AutoScalingGroupName=plan.group, LaunchTemplate={**ref, "Version": number}
-            )
-            how = f"group {plan.group} pinned to it"
+        self._client("autoscaling").update_auto_scaling_group(
+            AutoScalingGroupName=plan.group, LaunchTemplate={**ref, "Version": number}
+        )
         return (
             f"{spec['LaunchTemplateId']} version {number} ({self.settings.instance_type}, "
-            f"from version {current['VersionNumber']} {data.get('InstanceType')}): {how}"
+            f"from version {current['VersionNumber']} {data.get('InstanceType')}); "
+            f"group {plan.group} launches it"
         )
 
     def _replace(self, plan: _Plan, old: str, leader: str) -> str:

@@ -130,11 +130,12 @@ def test_standby_first_then_a_hand_over_then_the_leader(world: World) -> None:
     members = world.members()
     assert set(members.values()) == {NEW} and len(members) == 2
     assert world.standby not in members and world.leader not in members
-    default = world.ec2.describe_launch_template_versions(
-        LaunchTemplateId=world.template, Versions=["$Default"]
-    )["LaunchTemplateVersions"][0]
-    assert default["VersionNumber"] == 2 and default["LaunchTemplateData"]["InstanceType"] == NEW
-    assert default["LaunchTemplateData"]["ImageId"]  # the rest of the source version kept
+    group = world.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[world.group])
+    assert group["AutoScalingGroups"][0]["LaunchTemplate"]["Version"] == "2"
+    versions = {v["VersionNumber"]: v for v in _versions(world)}
+    assert versions[2]["LaunchTemplateData"]["InstanceType"] == NEW
+    assert versions[2]["LaunchTemplateData"]["ImageId"]  # the rest of the source kept
+    assert versions[1]["DefaultVersion"]  # other groups of the template are left alone
     eip = world.ec2.describe_addresses(AllocationIds=[world.allocation])["Addresses"][0]
     assert eip["PublicIp"] == public_ip and eip["InstanceId"] == first_new
     record = read_record(world.gateways.dynamodb, world.table, AZ)
