@@ -47,7 +47,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from control.aws.gateway_status import GatewayStatus
 from control.aws.lease import LeaseError, read_record, request_handover
-from control.aws.session import describe_error
+from control.aws.session import RoleInert, describe_error
 
 log = logging.getLogger("spectra.aws")
 
@@ -194,6 +194,7 @@ class Resize:
         self.report = Report(settings.az, settings.instance_type)
         self._detail: str | None = None  # the current step's own account, when it has one
         self._new: str | None = None  # the instance the current step launched
+        self._last: str | None = None  # what the current step's wait saw last
 
     # -- the steps -----------------------------------------------------------------------
 
@@ -344,22 +345,28 @@ class Resize:
     def _standby_ready(self, new: str, leader: str) -> str | None:
         state = self.status.state(new)
         if state is None:
+            self._last = f"{new} reports no state"
             return None
         aws = state.get("aws") or {}
         lease = aws.get("lease") or {}
+        sync = state.get("conntrack_sync") or {}
+        leading = ((self.status.state(leader) or {}).get("conntrack_sync") or {}).get(
+            "internal_cache_entries"
+        )
+        external = sync.get("external_cache_entries")
+        self._last = (
+            f"{new}: role {aws.get('role')}, lease {lease.get('state')} (leader "
+            f"{lease.get('leader')}), sync running {sync.get('running')}, external cache "
+            f"{external} of the leader's {leading}"
+        )
         if aws.get("role") != "standby" or lease.get("state") != "standby":
             return None
         if lease.get("leader") != leader:
             return None
-        sync = state.get("conntrack_sync") or {}
         if not sync.get("enabled"):
             return "standby; conntrack sync is not configured: flows will not survive"
-        external = sync.get("external_cache_entries")
         if not sync.get("running") or external is None:
             return None
-        leading = ((self.status.state(leader) or {}).get("conntrack_sync") or {}).get(
-            "internal_cache_entries"
-        )
         if leading and external < self.settings.sync_ratio * leading:
             return None
         return f"standby; conntrack sync holds {external} of the leader's {leading} flows"
@@ -374,7 +381,8 @@ class Resize:
             if done is not None:
                 return done
             if time.monotonic() >= deadline:
-                raise StepFailed(f"{failure} within {timeout:g}s")
+                last = f" (last seen: {self._last})" if self._last else ""
+                raise StepFailed(f"{failure} within {timeout:g}s{last}")
             time.sleep(self.settings.poll_s)
 
     def _client(self, service: str) -> Any:
@@ -429,16 +437,16 @@ class Resize:
             groups = {i["AutoScalingGroupName"] for i in found["AutoScalingInstances"]}
             members = [m for g in groups for m in self._members(self._group(g))]
             types = self._types(members)
-        except (ClientError, BotoCoreError, StepFailed, LeaseError):
+        except (ClientError, BotoCoreError, StepFailed, LeaseError, RoleInert):
             return []
         return [{"instance_id": i, "type": types.get(i), "leader": i == leader} for i in members]
 
     def _step(self, name: str, action: Callable[[], Any], instance_id: str | None = None) -> Any:
         started = time.monotonic()
-        self._detail = self._new = None
+        self._detail = self._new = self._last = None
         try:
             result = action()
-        except (StepFailed, ResizeError, LeaseError) as exc:
+        except (StepFailed, ResizeError, LeaseError, RoleInert) as exc:
             self._fail(name, str(exc), started, instance_id)
         except (ClientError, BotoCoreError) as exc:
             self._fail(name, describe_error(exc), started, instance_id)
