@@ -314,7 +314,13 @@ class Resize:
                 return None
             if not takeover.get("ok") or takeover.get("token") != record.token:
                 return None
-            return f"token {record.token}, takeover {takeover.get('seconds')}s"
+            taken = [
+                e["at"]
+                for e in (aws.get("lease") or {}).get("events", [])
+                if e.get("token") == record.token and e.get("kind") == "took_over"
+            ]
+            lease = f"lease taken {taken[-1] - now:.2f}s after the request, " if taken else ""
+            return f"token {record.token}, {lease}takeover {takeover.get('seconds')}s"
 
         detail = self._wait(
             f"{to} did not lead (the request lapses: {plan.leader} or another may lead again)",

@@ -114,7 +114,9 @@ def test_a_live_resize_keeps_the_elastic_ip_and_the_connections(
         time.sleep(3)  # the flows carry on through the new leader
     finally:
         summary = _stop(probe, tmp_path)
-    print(json.dumps(report.as_dict(), indent=2))  # the step-by-step account, with -s
+    # the step-by-step account and what the flows saw, with -s
+    print(json.dumps(report.as_dict(), indent=2))
+    print(json.dumps({k: summary[k] for k in ("survived", "reset", "udp_gap")}))
     assert report.ok and [(s.name, s.state) for s in steps] == [
         ("plan", "ok"), ("launch_template", "ok"), ("replace_standby", "ok"),
         ("handover", "ok"), ("replace_leader", "ok"), ("verify", "ok"),
