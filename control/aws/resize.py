@@ -365,6 +365,11 @@ class Resize:
             f"{lease.get('leader')}), sync running {sync.get('running')}, external cache "
             f"{external} of the leader's {leading}"
         )
+        if lease.get("leader") not in (leader, None):
+            raise StepFailed(
+                f"the lease moved from {leader} to {lease.get('leader')} without a hand-over "
+                "(a failover during the step)"
+            )
         if aws.get("role") != "standby" or lease.get("state") != "standby":
             return None
         if lease.get("leader") != leader:
