@@ -279,6 +279,7 @@ class Resize:
 
     def _replace(self, plan: _Plan, old: str, leader: str) -> str:
         new = self.replacer.replace(plan.group, old)
+        self._new = new
         kind = self._types([new]).get(new)
         if kind != self.settings.instance_type:
             raise StepFailed(
@@ -289,7 +290,6 @@ class Resize:
             lambda: self._standby_ready(new, leader),
             self.settings.standby_timeout_s,
         )
-        self._new = new
         self._detail = f"{old} -> {new} ({kind}): {detail}"
         return new
 

@@ -12,6 +12,7 @@ instance's agent joins the lease unless the test says it never becomes healthy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from control.aws.lease import Lease, LeaseSettings
@@ -42,6 +43,7 @@ class FakeGateways:
         self.replaced: list[str] = []
         self.replacements_healthy = True
         self.frozen: set[str] = set()  # agents that stopped stepping (hung)
+        self.after_replace: Callable[[str], None] | None = None  # what happens next
         self.leader_flows = 100
         self.synced_flows = 100
 
@@ -64,6 +66,8 @@ class FakeGateways:
         new = self.replacer.replace(group, instance_id)
         if self.replacements_healthy:
             self.join(new)
+        if self.after_replace is not None:
+            self.after_replace(new)
         return new
 
     # -- GatewayStatus -----------------------------------------------------------------

@@ -167,6 +167,21 @@ def test_a_standby_whose_sync_lags_is_no_standby_to_hand_over_to(world: World) -
     assert world.holder() == world.leader and world.gateways.replaced == [world.standby]
 
 
+def test_a_failover_during_a_step_stops_the_resize_at_once(world: World) -> None:
+    def the_leader_fails(new: str) -> None:
+        world.gateways.frozen.add(world.leader)  # its agent stops stepping
+        world.gateways.leases[world.leader].release("test: the data path failed")
+
+    world.gateways.after_replace = the_leader_fails
+    with pytest.raises(ResizeAborted, match="without a hand-over") as aborted:
+        world.resize(standby_timeout_s=30.0).run()
+    report = aborted.value.report
+    assert report.failed_step == "replace_standby" and report.steps[-1].seconds < 10
+    new = report.steps[-1].new_instance_id
+    assert new is not None and world.holder() == new
+    assert f"the lease moved from {world.leader} to {new}" in (report.error or "")
+
+
 def test_a_hand_over_nobody_takes_is_reported_at_the_hand_over(world: World) -> None:
     def freeze_the_new_standby(step: Step) -> None:
         if step.name == "replace_standby" and step.new_instance_id:
