@@ -195,6 +195,7 @@ class Resize:
         self._detail: str | None = None  # the current step's own account, when it has one
         self._new: str | None = None  # the instance the current step launched
         self._last: str | None = None  # what the current step's wait saw last
+        self._undo: str | None = None  # what the launch template step changed
 
     # -- the steps -----------------------------------------------------------------------
 
@@ -270,6 +271,11 @@ class Resize:
         number = str(made["VersionNumber"])
         self._client("autoscaling").update_auto_scaling_group(
             AutoScalingGroupName=plan.group, LaunchTemplate={**ref, "Version": number}
+        )
+        self._undo = (
+            f"group {plan.group} launches {spec['LaunchTemplateId']} version {number} "
+            f"({self.settings.instance_type}); it launched {version} before "
+            f"(UpdateAutoScalingGroup LaunchTemplate Version={version} puts it back)"
         )
         return (
             f"{spec['LaunchTemplateId']} version {number} ({self.settings.instance_type}, "
@@ -489,6 +495,8 @@ class Resize:
             "verify": "every replacement is done",
         }[name]
         reason = f"{reason}; {untouched} (steps done: {', '.join(done) or 'none'})"
+        if self._undo is not None:
+            reason = f"{reason}; {self._undo}"
         self._record(
             Step(name, "failed", reason, time.monotonic() - started, instance_id, self._new)
         )

@@ -152,6 +152,8 @@ def test_a_replacement_never_healthy_stops_before_the_leader(world: World) -> No
     assert "did not become a healthy standby" in (report.error or "")
     assert "the leader was not touched" in (report.error or "")
     assert "steps done: plan, launch_template" in (report.error or "")
+    undo = f"group {world.group} launches {world.template} version 2 ({NEW}); it launched"
+    assert f"{undo} $Default before" in (report.error or "")
     assert world.gateways.replaced == [world.standby]
     assert world.holder() == world.leader and world.members()[world.leader] == OLD
     now = {i["instance_id"]: i for i in report.az_now}
