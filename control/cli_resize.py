@@ -66,7 +66,11 @@ def _print(step: Step) -> None:
     show_default=True,
     help="Read the gateways' state from their config API, or from the state files here.",
 )
-@click.option("--api-port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--api-port",
+    type=click.IntRange(1, 65535),
+    help="The gateways' config API port [default: the document's api.port].",
+)
 @click.option("--token", envvar="SPECTRA_TOKEN", help="API bearer token (or SPECTRA_TOKEN).")
 @click.option(
     "--standby-timeout",
@@ -88,7 +92,7 @@ def resize(
     instance_type: str,
     store_url: str,
     status_source: str,
-    api_port: int,
+    api_port: int | None,
     token: str | None,
     standby_timeout: float,
     handover_timeout: float,
@@ -117,7 +121,8 @@ def resize(
         standby_timeout_s=standby_timeout,
         handover_timeout_s=handover_timeout,
     )
-    status = LocalStatus() if status_source == "local" else _api_status(sessions, token, api_port)
+    port = api_port or doc.api.port
+    status = LocalStatus() if status_source == "local" else _api_status(sessions, token, port)
     replacer = AsgReplacer(lambda: sessions.client("autoscaling"), timeout_s=standby_timeout)
     executor = Resize(sessions, replacer, status, settings, on_step=None if as_json else _print)
     try:
