@@ -52,6 +52,9 @@ def fleet() -> Iterator[Fleet]:
             f.publish(_document(status))
             f.start()
             f.wait_converged()
+            # converged agents may all stand by until one passes health_successes checks
+            f.wait("each AZ has a leader", lambda: bool(f.leader("a") and f.leader("b")), 60)
+            f.wait_converged()  # and the leaders' takeovers are done
             lab.sync()
             yield f
         finally:
