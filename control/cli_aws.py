@@ -8,6 +8,9 @@ edits IAM itself.
 ``spectra aws validate-stack`` checks parameter values against one of the fleet's
 templates offline, as CloudFormation does at create time (:mod:`control.aws.stackcheck`),
 so a bad value is named before a stack is half made; it needs no API.
+
+``spectra aws resize`` changes an AZ's gateways to another instance type live
+(:mod:`control.aws.resize`); it talks to AWS and to the gateways' status, not the API.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import click
 
 from control.aws.stackcheck import TemplateError, check, load_template
 from control.cli_config import DEFAULT_API, Api, _ok
+from control.cli_resize import resize
 
 
 @click.group("aws")
@@ -84,3 +88,6 @@ def validate_stack(template: Path, params: tuple[str, ...]) -> None:
             click.echo(f"{template}: {problem}", err=True)
         raise SystemExit(2)
     click.echo(f"{template}: parameters ok")
+
+
+aws_group.add_command(resize)

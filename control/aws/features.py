@@ -43,6 +43,10 @@ SERVICE_FEATURES: Mapping[str, Feature] = {
     "ec2": Feature.CORE,
     "ssm": Feature.CORE,
     "cloudformation": Feature.CORE,
+    # core: live resize (`spectra aws resize`): the AZ's Auto Scaling group and launch
+    # template, the lease item's hand-over request
+    "autoscaling": Feature.CORE,
+    "dynamodb": Feature.CORE,
     # bedrock: the AI gateway signs Converse / ConverseStream with this role
     "bedrock-runtime": Feature.BEDROCK,
     # observability: CloudWatch metrics and logs, SNS takeover notifications

@@ -16,7 +16,12 @@ same item exactly one succeeds:
   only ever grow);
 * fence (:meth:`Lease.still_holds`): the same condition plus ``expires > :now``, writing
   ``fenced`` -- the route writer calls it right before a route change, so a leader that
-  lost the lease (and does not know yet) cannot write routes.
+  lost the lease (and does not know yet) cannot write routes;
+* request a hand-over (:func:`request_handover`, an operator's call, e.g. a live resize):
+  ``holder = :from AND expires > :now``, writing ``handover_from``, ``handover_to`` and
+  ``handover_until``. The holder sees it in its next renewal's answer and releases; until
+  ``handover_until`` only ``handover_to`` contends, so the lease goes to the instance the
+  operator named and not back to the one that left. Any acquisition removes the request.
 
 Time.  ``expires`` is wall-clock epoch seconds because other instances compare it with
 their own clocks; machine uptime (a monotonic clock) means nothing on another machine.
@@ -104,6 +109,65 @@ class LeaseRecord:
     token: int
     expires: float
     preferred: bool
+    handover_from: str | None = None
+    handover_to: str | None = None
+    handover_until: float = 0.0
+
+    def handover_active(self, now: float) -> bool:
+        """Whether a hand-over request stands (see :func:`request_handover`)."""
+        return self.handover_to is not None and self.handover_until > now
+
+
+def parse_record(item: dict[str, Any] | None) -> LeaseRecord | None:
+    """A :class:`LeaseRecord` from a DynamoDB item (``GetItem``, ``ReturnValues``)."""
+    if not item or "token" not in item:
+        return None
+    return LeaseRecord(
+        holder=item["holder"]["S"] if "holder" in item else None,
+        token=int(item["token"]["N"]),
+        expires=float(item["expires"]["N"]),
+        preferred=bool(item.get("preferred", {}).get("BOOL", False)),
+        handover_from=item["handover_from"]["S"] if "handover_from" in item else None,
+        handover_to=item["handover_to"]["S"] if "handover_to" in item else None,
+        handover_until=float(item["handover_until"]["N"]) if "handover_until" in item else 0.0,
+    )
+
+
+def read_record(client: Any, table: str, key: str) -> LeaseRecord | None:
+    """The lease item of ``key`` (a consistent read), ``None`` when nobody ever held it."""
+    item = client.get_item(TableName=table, Key={KEY: {"S": key}}, ConsistentRead=True).get("Item")
+    return parse_record(item)
+
+
+def request_handover(
+    client: Any, table: str, key: str, *, holder: str, to: str, until: float, now: float
+) -> None:
+    """Ask ``holder``, the live leader of ``key``, to hand the lease to ``to`` (see the
+    module doc). Raises :class:`LeaseError` when ``holder`` does not hold a live lease."""
+    try:
+        client.update_item(
+            TableName=table,
+            Key={KEY: {"S": key}},
+            UpdateExpression=(
+                "SET handover_from = :from, handover_to = :to, handover_until = :until"
+            ),
+            ConditionExpression="#h = :from AND #e > :now",
+            ExpressionAttributeNames={"#h": "holder", "#e": "expires"},
+            ExpressionAttributeValues={
+                ":from": {"S": holder},
+                ":to": {"S": to},
+                ":until": _num(until),
+                ":now": _num(now),
+            },
+        )
+    except ClientError as exc:
+        if error_code(exc) == "ConditionalCheckFailedException":
+            raise LeaseError(
+                f"lease {key}: {holder} does not hold a live lease; no hand-over requested"
+            ) from exc
+        raise LeaseError(f"lease table {table!r}: {describe_error(exc)}") from exc
+    except BotoCoreError as exc:
+        raise LeaseError(f"lease table {table!r}: {describe_error(exc)}") from exc
 
 
 def create_table(client: Any, table: str) -> None:
@@ -257,6 +321,10 @@ class Lease:
                     )
                 else:
                     self._renew()
+                    asked = self._seen
+                    now = self._clock.time()
+                    if self._token is not None and asked and asked.handover_active(now):
+                        self.release(f"hand-over to {asked.handover_to} requested")
                 return self._token is not None
             if self._eligible:
                 self._contend()
@@ -333,8 +401,10 @@ class Lease:
             )
         return f"lease table {self.settings.table!r}: {describe_error(exc)}"
 
-    def _write(self, update: str, condition: str, values: dict[str, Any]) -> None:
-        self._client.update_item(
+    def _write(
+        self, update: str, condition: str, values: dict[str, Any], **extra: Any
+    ) -> dict[str, Any]:
+        answer: dict[str, Any] = self._client.update_item(
             TableName=self.settings.table,
             Key={KEY: {"S": self.settings.key}},
             UpdateExpression=update,
@@ -343,20 +413,12 @@ class Lease:
                 k: v for k, v in _NAMES.items() if k in update or k in condition
             },
             ExpressionAttributeValues=values,
+            **extra,
         )
+        return answer
 
     def _read(self) -> LeaseRecord | None:
-        item = self._client.get_item(
-            TableName=self.settings.table, Key={KEY: {"S": self.settings.key}}, ConsistentRead=True
-        ).get("Item")
-        if item is None:
-            return None
-        return LeaseRecord(
-            holder=item["holder"]["S"] if "holder" in item else None,
-            token=int(item["token"]["N"]),
-            expires=float(item["expires"]["N"]),
-            preferred=bool(item.get("preferred", {}).get("BOOL", False)),
-        )
+        return read_record(self._client, self.settings.table, self.settings.key)
 
     def _renew(self) -> None:
         token = self._token
@@ -364,7 +426,7 @@ class Lease:
         now, mono = self._clock.time(), self._clock.monotonic()
         expires = now + self.settings.duration_s
         try:
-            self._write(
+            answer = self._write(
                 "SET #e = :exp, renewed = :now",
                 "#h = :me AND #t = :tok",
                 {
@@ -373,6 +435,7 @@ class Lease:
                     ":exp": _num(expires),
                     ":now": _num(now),
                 },
+                ReturnValues="ALL_NEW",
             )
         except ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
@@ -388,6 +451,7 @@ class Lease:
             expires,
             None,
         )
+        self._seen = parse_record(answer.get("Attributes")) or self._seen
 
     def _renew_failed(self, exc: BaseException) -> None:
         self.counters["renew_errors"] += 1
@@ -415,6 +479,8 @@ class Lease:
         self._seen, self._error = record, None
         now = self._clock.time()
         me = {":me": {"S": s.holder}}
+        if record is not None and record.handover_active(now) and record.handover_to != s.holder:
+            return  # the lease is being handed to another instance: stand back
         if record is None:
             self._acquire(None, "attribute_not_exists(#k)", {}, "acquired", "nobody held it")
         elif record.holder == s.holder:  # ours from before a restart: a new token
@@ -448,7 +514,8 @@ class Lease:
         expires = now + s.duration_s
         try:
             self._write(
-                "SET #h = :me, #t = :new, #e = :exp, #p = :pref, renewed = :now",
+                "SET #h = :me, #t = :new, #e = :exp, #p = :pref, renewed = :now"
+                " REMOVE handover_from, handover_to, handover_until",
                 condition,
                 {
                     **values,
@@ -526,6 +593,9 @@ class Lease:
                     "last_error": self._health_error,
                 },
                 "error": self._error,
+                "handover": None
+                if seen is None or not seen.handover_active(self._clock.time())
+                else {"from": seen.handover_from, "to": seen.handover_to},
                 "counters": dict(self.counters),
                 "events": [e.as_dict() for e in self._events],
                 "notify": self._notifier.status(),

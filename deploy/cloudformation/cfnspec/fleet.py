@@ -176,6 +176,13 @@ def zone_resources(i: int, z: str, net: Net) -> dict[str, Any]:
             "Type": "AWS::EC2::LaunchTemplate",
             "Properties": {
                 "LaunchTemplateName": group,
+                # the core operational role may version only its deployment's templates
+                "TagSpecifications": [
+                    {
+                        "ResourceType": "launch-template",
+                        "Tags": [{"Key": TAG, "Value": ref("Name")}],
+                    }
+                ],
                 "LaunchTemplateData": {
                     "ImageId": ref("ImageId"),
                     "InstanceType": ref("InstanceType"),

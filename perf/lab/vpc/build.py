@@ -1,4 +1,5 @@
-"""`VpcLab`: brings the VPC lab up and down, reports it, and kills or revives instances.
+"""`VpcLab`: brings the VPC lab up and down, reports it, and kills, revives or replaces
+instances.
 
 ``up()`` is idempotent: it starts what is not running and creates what is missing, in
 this order: the management bridge, the AWS endpoint (:mod:`perf.lab.vpc.motod`) and its
@@ -40,7 +41,7 @@ from perf.lab.host import (
     stop,
 )
 from perf.lab.vpc.render import igw_nft
-from perf.lab.vpc.seed import clients, describe, seed
+from perf.lab.vpc.seed import clients, describe, launch, seed
 from perf.lab.vpc.topology import (
     ENDPOINT_URL,
     IGW_INET_CIDR,
@@ -395,6 +396,48 @@ class VpcLab:
         aws = describe(self.clients(), self.endpoint_url, self.topology)
         self._instance(inst, aws["instances"][name])
         self.sync()
+
+    def replace_instance(self, name: str) -> str:
+        """What the Auto Scaling group does when it replaces the instance ``name``: the
+        old one leaves the group and is terminated (its namespace, processes and pins
+        go), a new one is launched from the launch template version the group uses (its
+        instance type), in the same lab slot (same name, ENI addresses, management
+        link), and joins the group; the mirror routes to it. Returns the new instance id;
+        the agent is the caller's to start (``Fleet.start``)."""
+        require_root()
+        inst = self.topology.instance(name)
+        c = self.clients()
+        ec2, asg = c["ec2"], c["autoscaling"]
+        old = describe(c, self.endpoint_url, self.topology)["instances"][name]["instance_id"]
+        group = self.topology.az(inst.az).asg
+        self._remove_ns(inst.netns)
+        self._pidfile(f"imds-{name}").unlink(missing_ok=True)
+        remove_tree(BPF_PIN_ROOT / inst.netns)
+        remove_tree(Path("/run/spectra") / inst.netns)
+        asg.detach_instances(
+            AutoScalingGroupName=group, InstanceIds=[old], ShouldDecrementDesiredCapacity=True
+        )
+        ec2.terminate_instances(InstanceIds=[old])
+        spec = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"][
+            0
+        ]["LaunchTemplate"]
+        data = ec2.describe_launch_template_versions(
+            LaunchTemplateId=spec["LaunchTemplateId"], Versions=[spec.get("Version", "$Default")]
+        )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+        subnets = {
+            (az.name, kind): ec2.describe_subnets(
+                Filters=[{"Name": "tag:Name", "Values": [f"{kind}-{az.name}"]}]
+            )["Subnets"][0]["SubnetId"]
+            for az in self.topology.azs
+            for kind in ("private", "public")
+        }
+        new = str(launch(ec2, inst, subnets, data["ImageId"], data["InstanceType"])["InstanceId"])
+        asg.attach_instances(AutoScalingGroupName=group, InstanceIds=[new])
+        aws = describe(c, self.endpoint_url, self.topology)
+        self._instance(inst, aws["instances"][name])
+        self.sync()
+        log.info("lab: %s replaced: %s -> %s (%s)", name, old, new, data["InstanceType"])
+        return new
 
     def alive(self, name: str) -> bool:
         inst = self.topology.instance(name)

@@ -8,7 +8,8 @@ it -- through the lab's moto endpoint, which the mirror turns into routes. Nothi
 the agents knows it is in a lab.
 
 :func:`document` is that document for the lab as :meth:`VpcLab.status` describes it;
-:class:`Fleet` starts, kills and reads the agents.
+:class:`Fleet` starts, kills and reads the agents; :class:`LabReplacer` replaces an
+instance as its Auto Scaling group would (a live resize in the lab).
 """
 
 from __future__ import annotations
@@ -191,3 +192,25 @@ class Fleet:
             lease = self.state(n).get("aws", {}).get("lease", {})
             counts[n] = int(lease.get("counters", {}).get("takeovers", 0))
         return counts
+
+
+class LabReplacer:
+    """The Auto Scaling group's replacement of an instance (a
+    :class:`~control.aws.resize.Replacer`), as the lab models it: moto's group would
+    launch an instance with no namespace, so the lab launches the new one itself in the
+    old one's slot (:meth:`VpcLab.replace_instance`, the group's launch template version)
+    and starts its agent, which boots, joins the lease and completes the launch hook."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def replace(self, group: str, instance_id: str) -> str:
+        status = self.fleet.lab.status()
+        for name, inst in status["instances"].items():
+            if inst["instance_id"] == instance_id:
+                if status["azs"][inst["az"]]["asg"] != group:
+                    raise LabError(f"{instance_id} ({name}) is not in group {group}")
+                new = self.fleet.lab.replace_instance(name)
+                self.fleet.start([name])
+                return new
+        raise LabError(f"{instance_id} is no instance of the lab")

@@ -6,9 +6,11 @@ route table (``0.0.0.0/0`` -> internet gateway) and a private one (``0.0.0.0/0``
 first gateway's inside ENI); every instance with its ENIs at fixed addresses, tagged
 with its lab name; per AZ the NAT address (a secondary private IP on the first
 gateway's outside ENI) and its Elastic IP; per AZ an Auto Scaling group holding the
-AZ's gateways, with a launch and a termination lifecycle hook; the DynamoDB leader-lease
-table. That is the state a deployment leaves before any agent runs: source/destination
-checks are on, and moving the NAT address or the route is the product's job.
+AZ's gateways (launching from the ``spectra-gateway`` launch template), with a launch
+and a termination lifecycle hook; the DynamoDB leader-lease table. That is the state a
+deployment leaves before any agent runs: source/destination checks are on, and moving
+the NAT address or the route is the product's job. :func:`launch` runs one lab instance
+(for the seed and for ``VpcLab.replace_instance``).
 
 :func:`describe` reads it all back (ids included) for ``VpcLab.status()``.
 """
@@ -34,6 +36,7 @@ from perf.lab.vpc.topology import (
     TOPOLOGY,
     VPC_CIDR,
     VPC_NAME,
+    Instance,
     Topology,
     router_ip,
 )
@@ -72,6 +75,35 @@ def _by_name(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def launch(
+    ec2: Any,
+    inst: Instance,
+    subnets: Mapping[tuple[str, str], str],
+    image_id: str,
+    instance_type: str,
+) -> dict[str, Any]:
+    """Run the lab instance ``inst``: its ENIs at their fixed addresses (deleted with the
+    instance), tagged with its lab name. ``subnets``: (AZ name, kind) -> subnet id."""
+    nics = [
+        {
+            "DeviceIndex": nic.device,
+            "SubnetId": subnets[inst.az, nic.subnet],
+            "PrivateIpAddress": nic.ip,
+            "DeleteOnTermination": True,
+        }
+        for nic in inst.nics
+    ]
+    made: dict[str, Any] = ec2.run_instances(
+        ImageId=image_id,
+        InstanceType=instance_type,
+        MinCount=1,
+        MaxCount=1,
+        NetworkInterfaces=nics,
+        TagSpecifications=_tags("instance", inst.name),
+    )["Instances"][0]
+    return made
+
+
 def seed(c: Mapping[str, Any], topo: Topology = TOPOLOGY) -> None:
     """Create the lab's resources unless the lab's VPC already exists."""
     ec2 = c["ec2"]
@@ -97,23 +129,7 @@ def seed(c: Mapping[str, Any], topo: Topology = TOPOLOGY) -> None:
 
     enis: dict[tuple[str, int], str] = {}
     for inst in topo.instances:
-        nics = [
-            {
-                "DeviceIndex": nic.device,
-                "SubnetId": subnets[inst.az, nic.subnet],
-                "PrivateIpAddress": nic.ip,
-                "DeleteOnTermination": True,
-            }
-            for nic in inst.nics
-        ]
-        made = ec2.run_instances(
-            ImageId=image_id,
-            InstanceType=INSTANCE_TYPE,
-            MinCount=1,
-            MaxCount=1,
-            NetworkInterfaces=nics,
-            TagSpecifications=_tags("instance", inst.name),
-        )["Instances"][0]
+        made = launch(ec2, inst, subnets, image_id, INSTANCE_TYPE)
         for nic in made["NetworkInterfaces"]:
             enis[inst.name, int(nic["Attachment"]["DeviceIndex"])] = nic["NetworkInterfaceId"]
 
@@ -183,7 +199,12 @@ def seed(c: Mapping[str, Any], topo: Topology = TOPOLOGY) -> None:
 
 
 def _instance_id(ec2: Any, name: str) -> str:
-    res = ec2.describe_instances(Filters=[{"Name": "tag:Name", "Values": [name]}])
+    res = ec2.describe_instances(
+        Filters=[
+            {"Name": "tag:Name", "Values": [name]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )
     return str(res["Reservations"][0]["Instances"][0]["InstanceId"])
 
 
@@ -197,8 +218,13 @@ def describe(c: Mapping[str, Any], endpoint_url: str, topo: Topology = TOPOLOGY)
     only = [{"Name": "vpc-id", "Values": [vpc_id]}]
     subnets = _by_name(ec2.describe_subnets(Filters=only)["Subnets"])
     rtbs = _by_name(ec2.describe_route_tables(Filters=only)["RouteTables"])
+    running = [{"Name": "instance-state-name", "Values": ["pending", "running"]}]
     instances = _by_name(
-        [i for r in ec2.describe_instances(Filters=only)["Reservations"] for i in r["Instances"]]
+        [
+            i
+            for r in ec2.describe_instances(Filters=only + running)["Reservations"]
+            for i in r["Instances"]
+        ]
     )
     enis = ec2.describe_network_interfaces(Filters=only)["NetworkInterfaces"]
     eips = _by_name(ec2.describe_addresses()["Addresses"])
@@ -263,6 +289,7 @@ def describe(c: Mapping[str, Any], endpoint_url: str, topo: Topology = TOPOLOGY)
             }
         out_instances[inst.name] = {
             "instance_id": raw["InstanceId"],
+            "instance_type": raw["InstanceType"],
             "az": inst.az,
             "zone": topo.az(inst.az).zone,
             "role": inst.role,

@@ -165,14 +165,15 @@ def test_operational_role_wins_over_deployment() -> None:
 
 
 def _client_services(root: Path) -> set[str]:
-    """Every literal service name the product passes to ``<something>.client(...)``."""
+    """Every literal service name the product passes to ``<something>.client(...)`` (or a
+    module's own ``_client`` wrapper of it)."""
     found = set()
     for path in root.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Attribute)
-                and node.func.attr == "client"
+                and node.func.attr in ("client", "_client")
                 and node.args
                 and isinstance(node.args[0], ast.Constant)
                 and isinstance(node.args[0].value, str)

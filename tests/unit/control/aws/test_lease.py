@@ -17,6 +17,7 @@ from control.aws import (
     SessionFactory,
     lease_timeouts,
 )
+from control.aws.lease import read_record, request_handover
 from tests.unit.control.aws.conftest import FakeClock, SkewedClock
 
 
@@ -320,3 +321,57 @@ def test_release_on_stop_hands_over(
     assert not a.is_leader
     b.step()
     assert b.is_leader
+
+
+def _three(factory: SessionFactory, table: str, clock: FakeClock) -> tuple[Lease, Lease, Lease]:
+    a, b, c = (make(factory, table, f"i-{n}", clock) for n in "abc")
+    warm(clock, a, b, c)
+    assert [a.is_leader, b.is_leader, c.is_leader] == [True, False, False]
+    return a, b, c
+
+
+def test_a_requested_hand_over_goes_to_the_named_instance(
+    factory: SessionFactory, lease_table: str, clock: FakeClock
+) -> None:
+    a, b, c = _three(factory, lease_table, clock)
+    client = factory.instance_client("dynamodb", lease_timeouts(1.0))
+    request_handover(client, lease_table, "eu-west-1a", holder="i-a", to="i-c",
+                     until=clock.time() + 10, now=clock.time())  # fmt: skip
+    assert b.status()["handover"] is None  # b has not read the item since
+    tick(clock, a)  # the renewal's answer carries the request: a releases
+    assert not a.is_leader and a.status()["events"][-1]["reason"] == "hand-over to i-c requested"
+    assert a.status()["handover"] == {"from": "i-a", "to": "i-c"}
+    for _ in range(3):  # a released lease, but b and a stand back for c
+        tick(clock, a, b)
+        assert not (a.is_leader or b.is_leader)
+    tick(clock, c)
+    assert c.is_leader and c.status()["events"][-1]["kind"] == "took_over"
+    record = read_record(client, lease_table, "eu-west-1a")
+    assert record is not None and record.holder == "i-c" and record.token == 2
+    assert record.handover_to is None and not record.handover_active(clock.time())
+
+
+def test_a_hand_over_nobody_takes_ends_at_its_deadline(
+    factory: SessionFactory, lease_table: str, clock: FakeClock
+) -> None:
+    a, b, _c = _three(factory, lease_table, clock)
+    client = factory.instance_client("dynamodb", lease_timeouts(1.0))
+    request_handover(client, lease_table, "eu-west-1a", holder="i-a", to="i-c",
+                     until=clock.time() + 4, now=clock.time())  # fmt: skip
+    for _ in range(4):  # c never comes
+        tick(clock, a, b)
+    assert not (a.is_leader or b.is_leader)
+    tick(clock, a, b)  # the request lapsed: the lease is free for anyone again
+    assert a.is_leader or b.is_leader
+
+
+def test_a_hand_over_needs_a_live_holder(
+    factory: SessionFactory, lease_table: str, clock: FakeClock
+) -> None:
+    _three(factory, lease_table, clock)
+    client = factory.instance_client("dynamodb", lease_timeouts(1.0))
+    with pytest.raises(LeaseError, match="i-b does not hold a live lease"):
+        request_handover(client, lease_table, "eu-west-1a", holder="i-b", to="i-c",
+                         until=clock.time() + 4, now=clock.time())  # fmt: skip
+    record = read_record(client, lease_table, "eu-west-1a")
+    assert record is not None and record.holder == "i-a" and record.handover_to is None

@@ -30,6 +30,16 @@ EVERYTHING = {
 }
 
 UNSCOPED = {
+    "autoscaling:DescribeAutoScalingGroups": (
+        "Actions, resources, and condition keys for Amazon EC2 Auto Scaling"
+    ),
+    "autoscaling:DescribeAutoScalingInstances": (
+        "Actions, resources, and condition keys for Amazon EC2 Auto Scaling"
+    ),
+    "ec2:DescribeAddresses": "Actions, resources, and condition keys for Amazon EC2",
+    "ec2:DescribeInstanceTypes": "Actions, resources, and condition keys for Amazon EC2",
+    "ec2:DescribeInstances": "Actions, resources, and condition keys for Amazon EC2",
+    "ec2:DescribeLaunchTemplateVersions": "Actions, resources, and condition keys for Amazon EC2",
     "ec2:DescribeNetworkInterfaces": "Actions, resources, and condition keys for Amazon EC2",
     "ec2:DescribeRouteTables": "Actions, resources, and condition keys for Amazon EC2",
     "cloudwatch:PutMetricData": "Actions, resources, and condition keys for Amazon CloudWatch",
