@@ -33,7 +33,7 @@ from control.config import ConfigDocument, ConfigValidationError
 from control.steps import ConvergeError, Converger, KernelHost, StepContext, build_steps
 from control.steps.conntrack_sync import ConntrackSyncStep
 from control.steps.xdp import XdpStep
-from control.store import ConfigStore, StoreError, VersionNotFound
+from control.store import ConfigStore, CorruptRevision, StoreError, VersionNotFound
 from control.store.factory import POLL_SECONDS, open_store
 
 log = logging.getLogger("spectra.control")
@@ -152,9 +152,7 @@ class Agent:
             head = self.store.head()
             self.state.store_error = None
         except StoreError as exc:
-            self.state.store_error = str(exc)
-            log.error("config store unreachable, staying on version %d: %s",
-                      self.state.applied_version, exc)  # fmt: skip
+            self._unreachable(exc)
             return
         self.state.desired_version = head
         if head == 0:
@@ -169,8 +167,15 @@ class Agent:
     def _apply(self, version: int) -> None:
         try:
             doc = self.store.get(version)
+        except (VersionNotFound, CorruptRevision) as exc:
+            self._failed(version, str(exc))
+            return
+        except StoreError as exc:  # unreachable between head and get: not a bad version
+            self._unreachable(exc)
+            return
+        try:
             plan = self.converger.converge(doc)
-        except (ConvergeError, ConfigValidationError, VersionNotFound, StoreError) as exc:
+        except (ConvergeError, ConfigValidationError) as exc:
             self._failed(version, str(exc))
             return
         self.state.applied_version = version
@@ -186,6 +191,13 @@ class Agent:
         log.info("converged %s to config version %d", self.settings.instance, version)
         if self.aws is not None:
             self.aws.configure(doc)
+
+    def _unreachable(self, exc: StoreError) -> None:
+        """The store cannot be read: nothing changes on the instance (the last applied
+        document keeps running, the HA loop keeps its lease); retried every poll."""
+        self.state.store_error = str(exc)
+        log.error("config store unreachable, staying on version %d: %s",
+                  self.state.applied_version, exc)  # fmt: skip
 
     def _failed(self, version: int, error: str) -> None:
         self.state.converged = False
