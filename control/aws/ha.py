@@ -33,6 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from control.aws.fallback import CrossAzFallback
 from control.aws.health import DataPathHealth
 from control.aws.imds import Imds, ImdsError, InstanceIdentity
 from control.aws.lease import Lease
@@ -108,6 +109,7 @@ class Ha:
         identity: InstanceIdentity,
         sync: SyncRole | None = None,
         lifecycle: Lifecycle | None = None,
+        fallback: CrossAzFallback | None = None,
     ) -> None:
         self.imds = imds
         self.lease = lease
@@ -119,6 +121,7 @@ class Ha:
         self._health = health
         self._sync: SyncRole = sync or NoSync()
         self._lifecycle = lifecycle
+        self._fallback = fallback
         self.status = HaStatus()
         self._leading_token: int | None = None
         self._took_over: int | None = None
@@ -251,9 +254,16 @@ class Ha:
                 self._leading_token = token
                 self.status.sync = self._sync.become_leader()
             worker = self._worker
-            if self._took_over != token and (worker is None or not worker.is_alive()):
+            if worker is not None and worker.is_alive():
+                return
+            if self._took_over != token:
                 self._worker = threading.Thread(
                     target=self._take_over, args=(token,), name="spectra-takeover", daemon=True
+                )
+                self._worker.start()
+            elif self._fallback is not None:  # our own AZ first, then the orphans
+                self._worker = threading.Thread(
+                    target=self._adopt, args=(token,), name="spectra-fallback", daemon=True
                 )
                 self._worker.start()
             return
@@ -272,6 +282,14 @@ class Ha:
         if report.ok:
             self._took_over = token
 
+    def _adopt(self, token: int) -> None:
+        """One period of the cross-AZ fallback (:mod:`control.aws.fallback`)."""
+        assert self._fallback is not None
+        try:
+            self._fallback.step(token)
+        except Exception as exc:  # reported; the next period tries again
+            log.exception("cross-AZ fallback: %s", exc)
+
     def _give_up(self) -> None:
         """Leadership is gone: wait for a takeover still running (its fence stops its
         writes), then give the NAT address up and return conntrack sync to standby."""
@@ -279,6 +297,8 @@ class Ha:
         self._worker = None
         self._leading_token = self._took_over = None
         self.takeover.release()
+        if self._fallback is not None:
+            self._fallback.release_all("this instance no longer leads its own AZ")
         self.status.sync = self._sync.become_standby()
 
     def _report(self, report: Report) -> None:
@@ -320,6 +340,9 @@ class Ha:
             "takeover": s.takeover,
             "sync": s.sync,
             "lease": self.lease.status(),
+            "cross_az_fallback": {"enabled": False}
+            if self._fallback is None
+            else self._fallback.status(),
             "error": s.error,
         }
 
@@ -460,6 +483,7 @@ class HaRunner:
             identity=identity,
             sync=self._sync(),
             lifecycle=self._lifecycle(sessions, identity, section.lifecycle),
+            fallback=aws.fallback(enis.inside_eni),
         )
         return aws, ha
 
