@@ -16,7 +16,10 @@ Then, every lease period: a new leadership runs the takeover -- first conntrack
 state before any packet arrives), then :class:`~control.aws.takeover.Takeover` (NAT
 address, Elastic IP, routes), retried every period until it completes while the
 lease is held; a lost leadership gives the NAT address up and returns conntrack sync to
-standby. When the Auto Scaling group terminates the instance (IMDS
+standby. With ``aws.cross_az_fallback`` a leader whose own takeover completed also runs
+:class:`~control.aws.fallback.CrossAzFallback` on the worker each period (another AZ
+with no gateway gets its routes from this one). When the Auto Scaling group terminates
+the instance (IMDS
 ``autoscaling/target-lifecycle-state`` = ``Terminated``), a leader hands over first:
 it releases the lease (a standby takes over at once) and then completes the
 termination hook.

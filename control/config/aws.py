@@ -1,8 +1,9 @@
 """The ``aws`` section of the config document: region, role, leader lease, notifications.
 
 Every field reaches :func:`control.aws.build`, which hands it to the session factory
-(:mod:`control.aws.session`), the leader lease (:mod:`control.aws.lease`) or the takeover
-notifier (:mod:`control.aws.notify`).  The operational role is the one the deployment's
+(:mod:`control.aws.session`), the leader lease (:mod:`control.aws.lease`), the takeover
+notifier (:mod:`control.aws.notify`) or the cross-AZ fallback
+(:mod:`control.aws.fallback`).  The operational role is the one the deployment's
 CloudFormation stack creates (``<name>-cross-account-role<N>``); its trust policy holds
 the external ID and, when set, an ``aws:PrincipalOrgID`` condition.
 """

@@ -2,7 +2,8 @@
 product's agent (``spectra run --aws``) in each instance's namespace.
 
 The agents find out who and where they are from their instance's IMDS, read the one
-document from an embedded store on the host, elect a leader per AZ in the lab's
+document from an embedded store on the host (or from SSM on the lab's moto server),
+elect a leader per AZ in the lab's
 DynamoDB lease table and move the AZ's NAT address, Elastic IP and private route to
 it -- through the lab's moto endpoint, which the mirror turns into routes. Nothing in
 the agents knows it is in a lab.
