@@ -57,7 +57,9 @@ def test_an_az_without_a_gateway_is_routed_by_the_other_az_and_taken_back(
 
     healthy.wait("AZ a's leader took AZ b's route", adopted, 30)
     took = time.monotonic() - killed
-    bound = LAB_LEASE["duration_s"] + LAB_LEASE["skew_margin_s"] + AFTER_S + 3.0
+    # the lease, its margin and after_s, then a period, the claim, the route calls and
+    # this loop's own reads of the VPC (a second each on a loaded 2-core machine)
+    bound = LAB_LEASE["duration_s"] + LAB_LEASE["skew_margin_s"] + AFTER_S + 6.0
     assert took < bound, f"{took:.1f}s to adopt, expected under {bound:.1f}s"
     healthy.lab.sync()
     assert public_address(WORKLOAD["b"]) == status["azs"]["a"]["eip"]
