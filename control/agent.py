@@ -29,7 +29,13 @@ from typing import Any
 
 from control.aws.ha import HaRunner, SyncRole
 from control.aws.imds import Imds
-from control.config import ConfigDocument, ConfigValidationError
+from control.config import (
+    ConfigDocument,
+    ConfigValidationError,
+    canonical_json,
+    dump_document,
+    parse_document,
+)
 from control.steps import ConvergeError, Converger, KernelHost, StepContext, build_steps
 from control.steps.conntrack_sync import ConntrackSyncStep
 from control.steps.xdp import XdpStep
@@ -41,6 +47,7 @@ log = logging.getLogger("spectra.control")
 RUN_ROOT = Path("/run/spectra")
 LOG_ROOT = Path("/var/log/spectra")
 UNRENDERED_SECTIONS = ("proxy", "tls", "load_balancer")
+LAST_GOOD = "last-good.json"  # the applied document, for a restart with the store away
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +146,39 @@ class Agent:
         assert self.aws is not None
         identity = self.aws.identify(self._stopping)
         self.host.availability_zone = identity.availability_zone if identity else None
+        doc: ConfigDocument | None = None
         try:
             head = self.store.head()
-            if head:
-                self.aws.configure(self.store.get(head))
-        except (StoreError, VersionNotFound, ConfigValidationError) as exc:
-            log.error("AWS high availability waits for a readable document: %s", exc)
+            doc = self.store.get(head) if head else None
+        except (StoreError, ConfigValidationError) as exc:
+            doc = self._last_good()
+            self.state.store_error = str(exc)
+            then = "runs the last applied document" if doc else "waits for the store"
+            log.error("config store unreachable at start (%s): AWS high availability %s", exc, then)
+        if doc is not None:
+            self.aws.configure(doc)
+
+    def _remember(self, doc: ConfigDocument) -> None:
+        """Keep the applied document (secrets too: mode 0600) for :meth:`_start_aws` of
+        a restarted agent that finds the store unreachable: its lease is resumed from it
+        instead of running out while the pinned data plane forwards."""
+        directory = run_dir(self.settings.instance)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f"{LAST_GOOD}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(canonical_json(dump_document(doc, reveal_secrets=True)))
+        tmp.replace(directory / LAST_GOOD)
+
+    def _last_good(self) -> ConfigDocument | None:
+        path = run_dir(self.settings.instance) / LAST_GOOD
+        try:
+            return parse_document(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, ConfigValidationError) as exc:
+            log.error("%s is unusable: %s", path, exc)
+            return None
 
     def poll_once(self) -> None:
         """Read the store's head; converge when it moved, or re-check the live state."""
@@ -190,6 +224,7 @@ class Agent:
         self._failed_version, self._backoff = 0, self.settings.poll
         log.info("converged %s to config version %d", self.settings.instance, version)
         if self.aws is not None:
+            self._remember(doc)
             self.aws.configure(doc)
 
     def _unreachable(self, exc: StoreError) -> None:

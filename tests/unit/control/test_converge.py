@@ -174,3 +174,41 @@ def test_a_locked_sqlite_store_is_a_store_error(tmp_path: Path) -> None:
     a = agent(tmp_path, store, [], fail_on=None)
     a.poll_once()
     assert a.state.store_error is not None and "c.db" in a.state.store_error
+
+
+class FakeRunner:
+    """The agent's AWS side, recording the documents it is configured with."""
+
+    def __init__(self) -> None:
+        self.configured: list[ConfigDocument] = []
+
+    def identify(self, stop: object) -> None:
+        return None
+
+    def configure(self, doc: ConfigDocument) -> None:
+        self.configured.append(doc)
+
+
+def test_a_restart_with_the_store_away_runs_ha_from_the_last_applied_document(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("control.agent.RUN_ROOT", tmp_path / "run")
+    store = FlakyStore(tmp_path / "c.db")
+    first = agent(tmp_path, store, [], fail_on=None)
+    first.aws = FakeRunner()  # type: ignore[assignment]
+    store.put(doc(xdp_mode="native"), 0, "t")
+    first.poll_once()
+    remembered = tmp_path / "run" / "t" / "last-good.json"
+    assert remembered.stat().st_mode & 0o777 == 0o600
+    store.down = True  # the agent restarts while the store cannot be read
+    second = agent(tmp_path, store, [], fail_on=None)
+    second.aws = runner = FakeRunner()  # type: ignore[assignment]
+    second._start_aws()
+    assert [d.interfaces.xdp_mode for d in runner.configured] == ["native"]
+    assert second.state.store_error == "store unreachable"
+    remembered.unlink()  # nothing remembered: the HA side waits for the store
+    third = agent(tmp_path, store, [], fail_on=None)
+    third.aws = runner = FakeRunner()  # type: ignore[assignment]
+    third._start_aws()
+    assert runner.configured == []
+    store.close()
