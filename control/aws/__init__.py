@@ -9,6 +9,7 @@ import time; nothing talks to AWS until a client is used.
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,7 +122,9 @@ class Aws:
         )
         return Lease(client, settings, health, notifier=self.notifier, clock=clock)
 
-    def fallback(self, inside_eni: str, *, clock: Clock | None = None) -> CrossAzFallback | None:
+    def fallback(
+        self, inside_eni: str, inside_ifname: str, inside_cidr: str, *, clock: Clock | None = None
+    ) -> CrossAzFallback | None:
         """The cross-AZ fallback of this instance's leader (``None`` unless
         ``aws.cross_az_fallback.enabled``): the other zones' route tables, the lease
         table through the instance role, the routes through the operational role."""
@@ -145,6 +148,8 @@ class Aws:
                 az=settings.key,
                 holder=settings.holder,
                 inside_eni=inside_eni,
+                inside_ifname=inside_ifname,
+                inside_router=str(ipaddress.ip_network(inside_cidr, strict=False)[1]),
                 after_s=cfg.after_s,
                 duration_s=settings.duration_s,
                 skew_margin_s=settings.skew_margin_s,

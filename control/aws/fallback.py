@@ -11,11 +11,16 @@ and no standby took it. The leader of *X* then:
    that *Y*'s lease token is the one read as orphaned (nobody took *Y* since), and the
    conditional write of the fallback item (absent, expired or already ours) -- so two
    AZs never adopt the same orphan;
-2. points *Y*'s private route tables at its own inside ENI (``ReplaceRoute``, the same
+2. routes *Y*'s private subnets (the subnets associated with *Y*'s route tables) back
+   through its own inside interface, via the VPC router of its inside subnet (its first
+   host address): replies to *Y*'s workloads must leave where their flows came in, not
+   by the default route out of the outside interface;
+3. points *Y*'s private route tables at its own inside ENI (``ReplaceRoute``, the same
    code and checks as its own takeover), the claim renewed right before every write.
 
 The claim is renewed every period while *Y* stays orphaned. As soon as *Y*'s lease is
-live again, *X* releases the claim (``expires = 0``) and writes nothing more: *Y*'s new
+live again, *X* releases the claim (``expires = 0``), removes the return routes of step 2
+and writes nothing more: *Y*'s new
 leader moves its routes back with its normal takeover. A leader that loses its own lease
 drops its claims (they also run out by themselves after ``duration_s``). An AZ whose
 lease item was never written (nothing ever ran there) is never adopted.
@@ -37,7 +42,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -69,6 +74,8 @@ class FallbackSettings:
     az: str  # this instance's AZ (its own lease key)
     holder: str  # this instance's id
     inside_eni: str
+    inside_ifname: str
+    inside_router: str  # the VPC router of the inside subnet (its first host address)
     after_s: float
     duration_s: float  # of a claim, as the lease's
     skew_margin_s: float
@@ -80,6 +87,39 @@ class OtherZone:
 
     az: str
     route_table_ids: tuple[str, ...]
+
+
+class RouteOps(Protocol):
+    """Kernel routes of this instance (pyroute2 in the product, a fake in tests)."""
+
+    def add(self, cidr: str, via: str, ifname: str) -> None: ...
+
+    def remove(self, cidr: str, via: str, ifname: str) -> None: ...
+
+
+class KernelRoutes:
+    """:class:`RouteOps` on this network namespace, with pyroute2."""
+
+    def add(self, cidr: str, via: str, ifname: str) -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=ifname)[0]
+            ipr.route("replace", dst=cidr, gateway=via, oif=index)
+
+    def remove(self, cidr: str, via: str, ifname: str) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=ifname)
+            if not found:
+                return
+            try:
+                ipr.route("del", dst=cidr, gateway=via, oif=found[0])
+            except NetlinkError as exc:
+                if exc.code != 3:  # ESRCH: not there, nothing to do
+                    raise
 
 
 class Refused(Exception):
@@ -98,8 +138,11 @@ class CrossAzFallback:
         *,
         notifier: Notifier | None = None,
         clock: Clock | None = None,
+        routes: RouteOps | None = None,
     ) -> None:
         self.settings = settings
+        self._routes: RouteOps = routes or KernelRoutes()
+        self._cidrs: dict[str, tuple[str, ...]] = {}  # az -> its private subnets
         self.zones = zones
         self._client = client
         self._ec2 = operational_ec2
@@ -151,12 +194,15 @@ class CrossAzFallback:
             claim("the claim")
         except Fenced as exc:
             if zone.az in self._held:
-                self._held.pop(zone.az)
+                self._drop(zone.az)
                 self._emit("fallback_returned", zone.az, token, f"claim lost: {exc}")
             log.info("fallback of %s not taken: %s", zone.az, exc)
             return
         if zone.az not in self._held:
-            self._held[zone.az] = {"since": now, "token": token}
+            cidrs = self._subnets(zone)
+            for cidr in cidrs:  # the way back first, then the way in
+                self._routes.add(cidr, self.settings.inside_router, self.settings.inside_ifname)
+            self._held[zone.az] = {"since": now, "token": token, "subnets": list(cidrs)}
             self.counters["adopted"] += 1
             self._emit(
                 "fallback_took",
@@ -176,13 +222,38 @@ class CrossAzFallback:
                 f"aws.zones.{zone.az}.route_tables",
             )
         except Fenced as exc:
-            self._held.pop(zone.az, None)
+            self._drop(zone.az)
             self._emit("fallback_returned", zone.az, token, f"claim lost: {exc}")
             return
         self._held[zone.az]["routes"] = outcome
 
-    def _give_back(self, az: str, reason: str) -> None:
+    def _subnets(self, zone: OtherZone) -> tuple[str, ...]:
+        """The CIDRs of the subnets associated with ``zone``'s route tables (cached)."""
+        if zone.az not in self._cidrs and zone.route_table_ids:
+            ec2 = self._ec2()
+            tables = ec2.describe_route_tables(RouteTableIds=list(zone.route_table_ids))
+            ids = [
+                a["SubnetId"]
+                for t in tables["RouteTables"]
+                for a in t.get("Associations", [])
+                if a.get("SubnetId")
+            ]
+            found = ec2.describe_subnets(SubnetIds=ids)["Subnets"] if ids else []
+            self._cidrs[zone.az] = tuple(sorted(s["CidrBlock"] for s in found))
+        return self._cidrs.get(zone.az, ())
+
+    def _drop(self, az: str) -> dict[str, Any] | None:
+        """Forget the claim on ``az`` and remove its return routes."""
         held = self._held.pop(az, None)
+        for cidr in held["subnets"] if held else ():
+            try:
+                self._routes.remove(cidr, self.settings.inside_router, self.settings.inside_ifname)
+            except Exception as exc:  # reported; a stale route only costs a detour
+                log.error("fallback of %s: route to %s not removed: %s", az, cidr, exc)
+        return held
+
+    def _give_back(self, az: str, reason: str) -> None:
+        held = self._drop(az)
         if held is None:
             return
         now = self._clock.time()

@@ -486,9 +486,24 @@ class HaRunner:
             identity=identity,
             sync=self._sync(),
             lifecycle=self._lifecycle(sessions, identity, section.lifecycle),
-            fallback=aws.fallback(enis.inside_eni),
+            fallback=self._fallback(aws, section, identity, enis, doc.interfaces.inside),
         )
         return aws, ha
+
+    @staticmethod
+    def _fallback(
+        aws: Any, section: Any, identity: InstanceIdentity, enis: Enis, inside: str
+    ) -> CrossAzFallback | None:
+        if not section.cross_az_fallback.enabled:
+            return None
+        cidr = next(
+            (i.subnet_cidr for i in identity.interfaces if i.interface_id == enis.inside_eni),
+            None,
+        )
+        if cidr is None:
+            raise ImdsError(f"IMDS names no subnet CIDR for {enis.inside_eni}")
+        fallback: CrossAzFallback | None = aws.fallback(enis.inside_eni, inside, cidr)
+        return fallback
 
     @staticmethod
     def _lifecycle(sessions: Any, identity: InstanceIdentity, lc: Any) -> Lifecycle | None:

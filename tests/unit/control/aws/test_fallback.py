@@ -5,7 +5,7 @@ own lease is live again. Time is an injected clock; nothing sleeps."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -49,6 +49,7 @@ def vpc(moto_endpoint: str) -> Vpc:
             "NetworkInterfaceId"
         ]
         rtb[az] = ec2.create_route_table(VpcId=vpc_id)["RouteTable"]["RouteTableId"]
+        ec2.associate_route_table(RouteTableId=rtb[az], SubnetId=subnet["SubnetId"])
         ec2.create_route(
             RouteTableId=rtb[az], DestinationCidrBlock="0.0.0.0/0", NetworkInterfaceId=eni[az]
         )
@@ -62,12 +63,26 @@ def default_eni(vpc: Vpc, az: str) -> str:
 
 
 @dataclass
+class FakeRoutes:
+    """The kernel routes a fallback added (cidr, via, ifname)."""
+
+    held: set[tuple[str, str, str]] = field(default_factory=set)
+
+    def add(self, cidr: str, via: str, ifname: str) -> None:
+        self.held.add((cidr, via, ifname))
+
+    def remove(self, cidr: str, via: str, ifname: str) -> None:
+        self.held.discard((cidr, via, ifname))
+
+
+@dataclass
 class Az:
     """The leader of one AZ: its lease and its fallback."""
 
     lease: Lease
     fallback: CrossAzFallback
     events: MemoryNotifier
+    routes: FakeRoutes
 
     def period(self) -> None:
         token = self.lease.token
@@ -80,17 +95,19 @@ class Az:
 def leader(
     factory: SessionFactory, table: str, vpc: Vpc, clock: FakeClock, az: str, moto: str
 ) -> Az:
-    events = MemoryNotifier()
+    events, routes = MemoryNotifier(), FakeRoutes()
     lease = make(factory, table, f"i-{az[-1]}", clock, key=az, skew_margin_s=SKEW)
+    router = f"10.0.{AZS.index(az)}.1"
     fallback = CrossAzFallback(
         factory.instance_client("dynamodb"),
-        FallbackSettings(table, az, f"i-{az[-1]}", vpc.eni[az], AFTER, 5.0, SKEW),
+        FallbackSettings(table, az, f"i-{az[-1]}", vpc.eni[az], "eth1", router, AFTER, 5.0, SKEW),
         tuple(OtherZone(other, (vpc.rtb[other],)) for other in AZS if other != az),
         lambda: admin_client(moto, "ec2"),
         notifier=events,
         clock=clock,
+        routes=routes,
     )
-    return Az(lease, fallback, events)
+    return Az(lease, fallback, events, routes)
 
 
 @pytest.fixture
@@ -139,6 +156,8 @@ def test_an_orphaned_az_is_adopted_after_after_s_and_given_back(
         and item["holder_az"]["S"] == ("eu-west-1a")
     )
     assert [(e.kind, e.key) for e in a.events.events] == [("fallback_took", "fallback#eu-west-1b")]
+    # replies to b's workloads go back through a's inside interface, via its VPC router
+    assert a.routes.held == {("10.0.1.0/24", "10.0.0.1", "eth1")}
     status = a.fallback.status()
     assert status["counters"]["adopted"] == 1 and status["warning"] == COST_WARNING
     assert status["adopted"]["eu-west-1b"]["routes"] == f"replaced {vpc.rtb['eu-west-1b']}"
@@ -157,7 +176,7 @@ def test_an_orphaned_az_is_adopted_after_after_s_and_given_back(
     assert "held again" in a.events.events[-1].reason
     item = claim(moto_endpoint, lease_table, "eu-west-1b")
     assert item is not None and float(item["expires"]["N"]) == 0
-    assert a.fallback.status()["adopted"] == {}
+    assert a.fallback.status()["adopted"] == {} and a.routes.held == set()
 
 
 def test_two_azs_never_adopt_the_same_orphan(
@@ -204,6 +223,7 @@ def test_a_leader_that_lost_its_own_lease_writes_nothing(
     assert a.fallback.status()["adopted"] == {}
     event = a.events.events[-1]
     assert event.kind == "fallback_returned" and "no longer holds its own lease" in event.reason
+    assert a.routes.held == set()
 
 
 def test_an_az_that_never_had_a_lease_is_not_adopted(
