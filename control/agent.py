@@ -146,22 +146,24 @@ class Agent:
         assert self.aws is not None
         identity = self.aws.identify(self._stopping)
         self.host.availability_zone = identity.availability_zone if identity else None
-        doc: ConfigDocument | None = None
-        try:
-            head = self.store.head()
-            doc = self.store.get(head) if head else None
-        except (StoreError, ConfigValidationError) as exc:
-            doc = self._last_good()
-            self.state.store_error = str(exc)
-            then = "runs the last applied document" if doc else "waits for the store"
-            log.error("config store unreachable at start (%s): AWS high availability %s", exc, then)
+        # the document the pinned data plane runs, when this is a restart: no network
+        # call before the lease is resumed (the store may be slow or away); the first
+        # poll applies the store's head and rebuilds the HA side if it differs
+        doc = self._last_good()
+        if doc is None:
+            try:
+                head = self.store.head()
+                doc = self.store.get(head) if head else None
+            except (StoreError, ConfigValidationError) as exc:
+                self.state.store_error = str(exc)
+                log.error("AWS high availability waits for a readable document: %s", exc)
         if doc is not None:
             self.aws.configure(doc)
 
     def _remember(self, doc: ConfigDocument) -> None:
         """Keep the applied document (secrets too: mode 0600) for :meth:`_start_aws` of
-        a restarted agent that finds the store unreachable: its lease is resumed from it
-        instead of running out while the pinned data plane forwards."""
+        a restarted agent: its lease is resumed from it at once, whether the store
+        answers or not, instead of running out while the pinned data plane forwards."""
         directory = run_dir(self.settings.instance)
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f"{LAST_GOOD}.tmp"

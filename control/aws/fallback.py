@@ -203,7 +203,6 @@ class CrossAzFallback:
             for cidr in cidrs:  # the way back first, then the way in
                 self._routes.add(cidr, self.settings.inside_router, self.settings.inside_ifname)
             self._held[zone.az] = {"since": now, "token": token, "subnets": list(cidrs)}
-            self.counters["adopted"] += 1
             self._emit(
                 "fallback_took",
                 zone.az,
@@ -271,7 +270,6 @@ class CrossAzFallback:
             )
         except (ClientError, BotoCoreError) as exc:  # it runs out by itself then
             log.warning("fallback of %s: release not written: %s", az, describe_error(exc))
-        self.counters["returned"] += 1
         self._emit(
             "fallback_returned",
             az,
@@ -361,6 +359,7 @@ class CrossAzFallback:
         )
         with self._lock:
             self._events.append(event)
+            self.counters["adopted" if kind == "fallback_took" else "returned"] += 1
         log.warning(
             "cross-AZ fallback: %s (leader of %s) %s the routes of %s: %s",
             self.settings.holder,

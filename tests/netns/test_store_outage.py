@@ -93,7 +93,11 @@ def test_an_unreachable_store_keeps_the_last_good_document_and_the_leaders(
         healthy.store_up()
     summary = finish(running, out)
     assert summary["reset"] == 0 and summary["survived"] == summary["connections"], summary
-    assert summary["udp_gap"]["lost"] == 0, summary["udp_gap"]
+    # nothing lost while the store was away (the store went down 2 s into the stream;
+    # the stream's very first datagram may be lost to neighbour resolution)
+    gap = summary["udp_gap"]
+    assert summary["udp_received"] >= summary["udp_sent"] - 1, summary
+    assert gap["lost"] == 0 or gap["first_lost_at_s"] < 1.0, gap
     healthy.wait_converged()  # to the head, which moved while the store was away
     for n in NAMES:
         st = healthy.state(n)

@@ -205,6 +205,7 @@ def test_a_restart_with_the_store_away_runs_ha_from_the_last_applied_document(
     second.aws = runner = FakeRunner()  # type: ignore[assignment]
     second._start_aws()
     assert [d.interfaces.xdp_mode for d in runner.configured] == ["native"]
+    second.poll_once()
     assert second.state.store_error == "store unreachable"
     remembered.unlink()  # nothing remembered: the HA side waits for the store
     third = agent(tmp_path, store, [], fail_on=None)
