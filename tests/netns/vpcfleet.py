@@ -33,6 +33,8 @@ def running_fleet(store: Literal["local", "ssm"] = "local", **doc: Any) -> Itera
             STORE.unlink(missing_ok=True)
             f = Fleet(lab, store)
             f.publish(document(status, **doc))
+            if store == "ssm":
+                f.store_up()
             f.start()
             f.wait_converged()
             lab.sync()

@@ -142,8 +142,7 @@ class Fleet:
     def start(self, names: Iterable[str] | None = None) -> None:
         """Start the agent of each instance (``names``, default all) that has none."""
         url, env = f"local:{STORE}", None
-        if self.store == "ssm":
-            self.store_up()
+        if self.store == "ssm":  # the relay is the test's to start and stop (store_up)
             url = f"ssm:{SSM_PREFIX}"
             env = {"AWS_ENDPOINT_URL_SSM": SSM_ENDPOINT_URL, "AWS_DEFAULT_REGION": REGION}
         for name in names or gateways():
