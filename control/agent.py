@@ -29,11 +29,17 @@ from typing import Any
 
 from control.aws.ha import HaRunner, SyncRole
 from control.aws.imds import Imds
-from control.config import ConfigDocument, ConfigValidationError
+from control.config import (
+    ConfigDocument,
+    ConfigValidationError,
+    canonical_json,
+    dump_document,
+    parse_document,
+)
 from control.steps import ConvergeError, Converger, KernelHost, StepContext, build_steps
 from control.steps.conntrack_sync import ConntrackSyncStep
 from control.steps.xdp import XdpStep
-from control.store import ConfigStore, StoreError, VersionNotFound
+from control.store import ConfigStore, CorruptRevision, StoreError, VersionNotFound
 from control.store.factory import POLL_SECONDS, open_store
 
 log = logging.getLogger("spectra.control")
@@ -41,6 +47,7 @@ log = logging.getLogger("spectra.control")
 RUN_ROOT = Path("/run/spectra")
 LOG_ROOT = Path("/var/log/spectra")
 UNRENDERED_SECTIONS = ("proxy", "tls", "load_balancer")
+LAST_GOOD = "last-good.json"  # the applied document, for a restart with the store away
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +146,41 @@ class Agent:
         assert self.aws is not None
         identity = self.aws.identify(self._stopping)
         self.host.availability_zone = identity.availability_zone if identity else None
+        # the document the pinned data plane runs, when this is a restart: no network
+        # call before the lease is resumed (the store may be slow or away); the first
+        # poll applies the store's head and rebuilds the HA side if it differs
+        doc = self._last_good()
+        if doc is None:
+            try:
+                head = self.store.head()
+                doc = self.store.get(head) if head else None
+            except (StoreError, ConfigValidationError) as exc:
+                self.state.store_error = str(exc)
+                log.error("AWS high availability waits for a readable document: %s", exc)
+        if doc is not None:
+            self.aws.configure(doc)
+
+    def _remember(self, doc: ConfigDocument) -> None:
+        """Keep the applied document (secrets too: mode 0600) for :meth:`_start_aws` of
+        a restarted agent: its lease is resumed from it at once, whether the store
+        answers or not, instead of running out while the pinned data plane forwards."""
+        directory = run_dir(self.settings.instance)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f"{LAST_GOOD}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(canonical_json(dump_document(doc, reveal_secrets=True)))
+        tmp.replace(directory / LAST_GOOD)
+
+    def _last_good(self) -> ConfigDocument | None:
+        path = run_dir(self.settings.instance) / LAST_GOOD
         try:
-            head = self.store.head()
-            if head:
-                self.aws.configure(self.store.get(head))
-        except (StoreError, VersionNotFound, ConfigValidationError) as exc:
-            log.error("AWS high availability waits for a readable document: %s", exc)
+            return parse_document(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, ConfigValidationError) as exc:
+            log.error("%s is unusable: %s", path, exc)
+            return None
 
     def poll_once(self) -> None:
         """Read the store's head; converge when it moved, or re-check the live state."""
@@ -152,9 +188,7 @@ class Agent:
             head = self.store.head()
             self.state.store_error = None
         except StoreError as exc:
-            self.state.store_error = str(exc)
-            log.error("config store unreachable, staying on version %d: %s",
-                      self.state.applied_version, exc)  # fmt: skip
+            self._unreachable(exc)
             return
         self.state.desired_version = head
         if head == 0:
@@ -169,8 +203,15 @@ class Agent:
     def _apply(self, version: int) -> None:
         try:
             doc = self.store.get(version)
+        except (VersionNotFound, CorruptRevision) as exc:
+            self._failed(version, str(exc))
+            return
+        except StoreError as exc:  # unreachable between head and get: not a bad version
+            self._unreachable(exc)
+            return
+        try:
             plan = self.converger.converge(doc)
-        except (ConvergeError, ConfigValidationError, VersionNotFound, StoreError) as exc:
+        except (ConvergeError, ConfigValidationError) as exc:
             self._failed(version, str(exc))
             return
         self.state.applied_version = version
@@ -185,7 +226,15 @@ class Agent:
         self._failed_version, self._backoff = 0, self.settings.poll
         log.info("converged %s to config version %d", self.settings.instance, version)
         if self.aws is not None:
+            self._remember(doc)
             self.aws.configure(doc)
+
+    def _unreachable(self, exc: StoreError) -> None:
+        """The store cannot be read: nothing changes on the instance (the last applied
+        document keeps running, the HA loop keeps its lease); retried every poll."""
+        self.state.store_error = str(exc)
+        log.error("config store unreachable, staying on version %d: %s",
+                  self.state.applied_version, exc)  # fmt: skip
 
     def _failed(self, version: int, error: str) -> None:
         self.state.converged = False

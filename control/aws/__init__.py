@@ -9,6 +9,7 @@ import time; nothing talks to AWS until a client is used.
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 import boto3
 from botocore.credentials import Credentials
 
+from control.aws.fallback import CrossAzFallback, FallbackSettings, OtherZone
 from control.aws.features import SERVICE_FEATURES, Feature, feature_of, role_name
 from control.aws.imds import Imds, ImdsError, InstanceIdentity, Interface
 from control.aws.lease import (
@@ -52,6 +54,7 @@ __all__ = [
     "Aws",
     "AwsSection",
     "Clock",
+    "CrossAzFallback",
     "DeploymentRoles",
     "Feature",
     "HealthCheck",
@@ -128,6 +131,44 @@ class Aws:
             "dynamodb", lease_timeouts(settings.renew_interval_s)
         )
         return Lease(client, settings, health, notifier=self.notifier, clock=clock)
+
+    def fallback(
+        self, inside_eni: str, inside_ifname: str, inside_cidr: str, *, clock: Clock | None = None
+    ) -> CrossAzFallback | None:
+        """The cross-AZ fallback of this instance's leader (``None`` unless
+        ``aws.cross_az_fallback.enabled``): the other zones' route tables, the lease
+        table through the instance role, the routes through the operational role."""
+        cfg = self.section.cross_az_fallback
+        if not cfg.enabled:
+            return None
+        settings = self.lease_settings()
+        others = tuple(
+            OtherZone(az, tuple(zone.route_tables))
+            for az, zone in sorted(self.section.zones.items())
+            if az != settings.key
+        )
+        client = self.sessions.instance_client(
+            "dynamodb", lease_timeouts(settings.renew_interval_s)
+        )
+        sessions = self.sessions
+        return CrossAzFallback(
+            client,
+            FallbackSettings(
+                table=settings.table,
+                az=settings.key,
+                holder=settings.holder,
+                inside_eni=inside_eni,
+                inside_ifname=inside_ifname,
+                inside_router=str(ipaddress.ip_network(inside_cidr, strict=False)[1]),
+                after_s=cfg.after_s,
+                duration_s=settings.duration_s,
+                skew_margin_s=settings.skew_margin_s,
+            ),
+            others,
+            lambda: sessions.client("ec2"),
+            notifier=self.notifier,
+            clock=clock,
+        )
 
     def status(self) -> dict[str, Any]:
         """For the agent's status file: identity, sessions, notifications, IMDS."""

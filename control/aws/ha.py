@@ -16,7 +16,10 @@ Then, every lease period: a new leadership runs the takeover -- first conntrack
 state before any packet arrives), then :class:`~control.aws.takeover.Takeover` (NAT
 address, Elastic IP, routes), retried every period until it completes while the
 lease is held; a lost leadership gives the NAT address up and returns conntrack sync to
-standby. When the Auto Scaling group terminates the instance (IMDS
+standby. With ``aws.cross_az_fallback`` a leader whose own takeover completed also runs
+:class:`~control.aws.fallback.CrossAzFallback` on the worker each period (another AZ
+with no gateway gets its routes from this one). When the Auto Scaling group terminates
+the instance (IMDS
 ``autoscaling/target-lifecycle-state`` = ``Terminated``), a leader hands over first:
 it releases the lease (a standby takes over at once) and then completes the
 termination hook.
@@ -33,6 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from control.aws.fallback import CrossAzFallback
 from control.aws.health import DataPathHealth
 from control.aws.imds import Imds, ImdsError, InstanceIdentity
 from control.aws.lease import Lease
@@ -108,6 +112,7 @@ class Ha:
         identity: InstanceIdentity,
         sync: SyncRole | None = None,
         lifecycle: Lifecycle | None = None,
+        fallback: CrossAzFallback | None = None,
     ) -> None:
         self.imds = imds
         self.lease = lease
@@ -119,6 +124,7 @@ class Ha:
         self._health = health
         self._sync: SyncRole = sync or NoSync()
         self._lifecycle = lifecycle
+        self._fallback = fallback
         self.status = HaStatus()
         self._leading_token: int | None = None
         self._took_over: int | None = None
@@ -251,9 +257,16 @@ class Ha:
                 self._leading_token = token
                 self.status.sync = self._sync.become_leader()
             worker = self._worker
-            if self._took_over != token and (worker is None or not worker.is_alive()):
+            if worker is not None and worker.is_alive():
+                return
+            if self._took_over != token:
                 self._worker = threading.Thread(
                     target=self._take_over, args=(token,), name="spectra-takeover", daemon=True
+                )
+                self._worker.start()
+            elif self._fallback is not None:  # our own AZ first, then the orphans
+                self._worker = threading.Thread(
+                    target=self._adopt, args=(token,), name="spectra-fallback", daemon=True
                 )
                 self._worker.start()
             return
@@ -272,6 +285,14 @@ class Ha:
         if report.ok:
             self._took_over = token
 
+    def _adopt(self, token: int) -> None:
+        """One period of the cross-AZ fallback (:mod:`control.aws.fallback`)."""
+        assert self._fallback is not None
+        try:
+            self._fallback.step(token)
+        except Exception as exc:  # reported; the next period tries again
+            log.exception("cross-AZ fallback: %s", exc)
+
     def _give_up(self) -> None:
         """Leadership is gone: wait for a takeover still running (its fence stops its
         writes), then give the NAT address up and return conntrack sync to standby."""
@@ -279,6 +300,8 @@ class Ha:
         self._worker = None
         self._leading_token = self._took_over = None
         self.takeover.release()
+        if self._fallback is not None:
+            self._fallback.release_all("this instance no longer leads its own AZ")
         self.status.sync = self._sync.become_standby()
 
     def _report(self, report: Report) -> None:
@@ -320,6 +343,9 @@ class Ha:
             "takeover": s.takeover,
             "sync": s.sync,
             "lease": self.lease.status(),
+            "cross_az_fallback": {"enabled": False}
+            if self._fallback is None
+            else self._fallback.status(),
             "error": s.error,
         }
 
@@ -460,8 +486,24 @@ class HaRunner:
             identity=identity,
             sync=self._sync(),
             lifecycle=self._lifecycle(sessions, identity, section.lifecycle),
+            fallback=self._fallback(aws, section, identity, enis, doc.interfaces.inside),
         )
         return aws, ha
+
+    @staticmethod
+    def _fallback(
+        aws: Any, section: Any, identity: InstanceIdentity, enis: Enis, inside: str
+    ) -> CrossAzFallback | None:
+        if not section.cross_az_fallback.enabled:
+            return None
+        cidr = next(
+            (i.subnet_cidr for i in identity.interfaces if i.interface_id == enis.inside_eni),
+            None,
+        )
+        if cidr is None:
+            raise ImdsError(f"IMDS names no subnet CIDR for {enis.inside_eni}")
+        fallback: CrossAzFallback | None = aws.fallback(enis.inside_eni, inside, cidr)
+        return fallback
 
     @staticmethod
     def _lifecycle(sessions: Any, identity: InstanceIdentity, lc: Any) -> Lifecycle | None:

@@ -23,7 +23,16 @@ from control.aws.session import RoleInert, describe_error
 
 log = logging.getLogger("spectra.aws")
 
-EventKind = Literal["acquired", "took_over", "took_back", "released", "lost", "resumed"]
+EventKind = Literal[
+    "acquired",
+    "took_over",
+    "took_back",
+    "released",
+    "lost",
+    "resumed",
+    "fallback_took",  # a leader took the routes of an AZ with no gateway (cross-AZ)
+    "fallback_returned",  # ... and left them to that AZ's own leader again
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,7 +61,8 @@ log = logging.getLogger("spectra.aws")
 INSTANCE_OPERATIONS: Mapping[str, tuple[str, ...]] = {
     "sts": ("GetCallerIdentity", "AssumeRole"),
     "ssm": ("GetParameter", "GetParameters", "GetParametersByPath"),
-    "dynamodb": ("GetItem", "PutItem", "UpdateItem", "DescribeTable"),
+    # TransactWriteItems: the cross-AZ fallback claim (IAM: UpdateItem + ConditionCheckItem)
+    "dynamodb": ("GetItem", "PutItem", "UpdateItem", "TransactWriteItems", "DescribeTable"),
     "ec2": (
         "Describe*",
         "AssociateAddress",

@@ -254,48 +254,61 @@ class Takeover:
     def _routes(self) -> str:
         if not self.zone.route_table_ids:
             return "none configured"
-        ec2 = self._operational_ec2()
-        tables = ec2.describe_route_tables(RouteTableIds=list(self.zone.route_table_ids))
-        vpc = self._vpc_of(self.enis.inside_eni)
-        moved = []
-        for table in tables["RouteTables"]:
-            rtb = table["RouteTableId"]
-            if table.get("VpcId") != vpc:
-                raise TakeoverFailed("routes", f"{rtb} is in {table.get('VpcId')}, not {vpc}")
-            default = next(
-                (r for r in table["Routes"] if r.get("DestinationCidrBlock") == DEFAULT_ROUTE),
-                None,
-            )
-            self._check_fence(f"routes: {rtb}")
-            if default is None:
-                ec2.create_route(
-                    RouteTableId=rtb,
-                    DestinationCidrBlock=DEFAULT_ROUTE,
-                    NetworkInterfaceId=self.enis.inside_eni,
-                )
-                moved.append(rtb)
-                continue
-            foreign = [k for k in FOREIGN_TARGETS if default.get(k) and default[k] != "local"]
-            if foreign:
-                raise TakeoverFailed(
-                    "routes",
-                    f"{rtb}: {DEFAULT_ROUTE} points at {default[foreign[0]]}, not at a "
-                    "gateway ENI; not ours to move (remove it or take the table out of "
-                    f"aws.zones.{self.zone.az}.route_tables)",
-                )
-            if default.get("NetworkInterfaceId") == self.enis.inside_eni:
-                continue
-            ec2.replace_route(
-                RouteTableId=rtb,
-                DestinationCidrBlock=DEFAULT_ROUTE,
-                NetworkInterfaceId=self.enis.inside_eni,
+        return point_routes(
+            self._operational_ec2(),
+            self.zone.route_table_ids,
+            self.enis.inside_eni,
+            self._check_fence,
+            f"aws.zones.{self.zone.az}.route_tables",
+        )
+
+
+def point_routes(
+    ec2: Any,
+    route_table_ids: tuple[str, ...],
+    eni: str,
+    fence: Callable[[str], None],
+    field_name: str,
+) -> str:
+    """``0.0.0.0/0`` of each table to ``eni`` (ReplaceRoute, CreateRoute where there is
+    none); ``fence(before)`` raises :class:`Fenced` before each write when it may not
+    happen. A table in another VPC or whose default route is not an ENI's is refused
+    (:class:`TakeoverFailed` naming ``field_name``), never overwritten."""
+    tables = ec2.describe_route_tables(RouteTableIds=list(route_table_ids))
+    vpc = str(
+        ec2.describe_network_interfaces(NetworkInterfaceIds=[eni])["NetworkInterfaces"][0]["VpcId"]
+    )
+    moved = []
+    for table in tables["RouteTables"]:
+        rtb = table["RouteTableId"]
+        if table.get("VpcId") != vpc:
+            raise TakeoverFailed("routes", f"{rtb} is in {table.get('VpcId')}, not {vpc}")
+        default = next(
+            (r for r in table["Routes"] if r.get("DestinationCidrBlock") == DEFAULT_ROUTE),
+            None,
+        )
+        fence(f"routes: {rtb}")
+        if default is None:
+            ec2.create_route(
+                RouteTableId=rtb, DestinationCidrBlock=DEFAULT_ROUTE, NetworkInterfaceId=eni
             )
             moved.append(rtb)
-        return f"replaced {', '.join(moved)}" if moved else "already ours"
-
-    def _vpc_of(self, eni: str) -> str:
-        found = self._operational_ec2().describe_network_interfaces(NetworkInterfaceIds=[eni])
-        return str(found["NetworkInterfaces"][0]["VpcId"])
+            continue
+        foreign = [k for k in FOREIGN_TARGETS if default.get(k) and default[k] != "local"]
+        if foreign:
+            raise TakeoverFailed(
+                "routes",
+                f"{rtb}: {DEFAULT_ROUTE} points at {default[foreign[0]]}, not at a "
+                f"gateway ENI; not ours to move (remove it or take the table out of "
+                f"{field_name})",
+            )
+        if default.get("NetworkInterfaceId") == eni:
+            continue
+        ec2.replace_route(
+            RouteTableId=rtb, DestinationCidrBlock=DEFAULT_ROUTE, NetworkInterfaceId=eni
+        )
+        moved.append(rtb)
+    return f"replaced {', '.join(moved)}" if moved else "already ours"
 
 
 def prefix_len(cidr: str) -> int:

@@ -1,8 +1,9 @@
 """The ``aws`` section of the config document: region, role, leader lease, notifications.
 
 Every field reaches :func:`control.aws.build`, which hands it to the session factory
-(:mod:`control.aws.session`), the leader lease (:mod:`control.aws.lease`) or the takeover
-notifier (:mod:`control.aws.notify`).  The operational roles are the ones the
+(:mod:`control.aws.session`), the leader lease (:mod:`control.aws.lease`), the takeover
+notifier (:mod:`control.aws.notify`) or the cross-AZ fallback (:mod:`control.aws.fallback`).
+The operational roles are the ones the
 deployment's CloudFormation stack (``deploy/cloudformation/operational-roles.yaml``)
 creates, one per feature, ``<name>-cross-account-role<N>``: ``deployment`` names them by
 the deployment ``name``; the older ``operational_role`` names one role every feature
@@ -206,6 +207,30 @@ class Health(StrictModel):
     timeout_s: float = Field(default=1.0, ge=0.05, le=30.0)
 
 
+class CrossAzFallback(StrictModel):
+    """Off by default: a leader of another AZ routes an AZ that has no healthy gateway.
+
+    When an AZ's lease has been expired for ``after_s`` (its leader is gone and no
+    standby took it), the leader of another AZ points that AZ's private route tables at
+    its own inside ENI; the AZ's own leader takes them back when it returns. It costs
+    cross-AZ data processing ($0.01/GB in each direction) and makes one gateway carry two
+    AZs (its failure then takes both down), so enabling it is logged and shown in status.
+    """
+
+    enabled: bool = Field(
+        default=False,
+        description="a leader takes over the private routes of an AZ with no healthy "
+        "gateway (cross-AZ traffic: $0.01/GB each way; one gateway carries two AZs)",
+    )
+    after_s: float = Field(
+        default=30.0,
+        ge=1.0,
+        le=3600.0,
+        description="how long an AZ's lease must have been expired, with no standby "
+        "taking it, before another AZ's leader takes its routes",
+    )
+
+
 class Aws(StrictModel):
     """How the appliance talks to AWS: region, endpoints, the operational role, the lease."""
 
@@ -231,10 +256,19 @@ class Aws(StrictModel):
     )
     lifecycle: Lifecycle = Lifecycle()
     health: Health = Health()
+    cross_az_fallback: CrossAzFallback = CrossAzFallback()
 
     @model_validator(mode="after")
     def _zones(self) -> Aws:
         issues = []
+        if self.cross_az_fallback.enabled and len(self.zones) < 2:
+            issues.append(
+                Issue(
+                    ("cross_az_fallback", "enabled"),
+                    True,
+                    f"expected at least two aws.zones to fall back between (has {len(self.zones)})",
+                )
+            )
         owners: dict[str, str] = {}
         for name, zone in self.zones.items():
             for i, rtb in enumerate(zone.route_tables):

@@ -89,8 +89,11 @@ class SqliteStore(WritesByRevision):
     def _one(self, sql: str, args: tuple[object, ...] = ()) -> tuple[Any, ...] | None:
         """One row, with the statement run to completion: a half-read SELECT keeps its
         read transaction (and a stale WAL snapshot) open on this connection."""
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+        try:
+            with self._lock:
+                rows = self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:  # locked, unreadable, gone: the store is unreachable
+            raise StoreError(f"config store {self.path}: {exc}") from exc
         return tuple(rows[0]) if rows else None
 
     def head(self) -> int:

@@ -73,13 +73,16 @@ def run_here(*argv: str, check: bool = True) -> str:
     return proc.stdout
 
 
-def daemonize(argv: list[str], pidfile: Path, logfile: Path) -> int:
-    """Start ``argv`` detached (own session, reparented to init) and record its pid."""
+def daemonize(
+    argv: list[str], pidfile: Path, logfile: Path, env: dict[str, str] | None = None
+) -> int:
+    """Start ``argv`` detached (own session, reparented to init) and record its pid;
+    ``env`` is added to this process's environment."""
     pidfile.unlink(missing_ok=True)
     script = 'echo $$ > "$0"; exec "$@" >>"$LOG" 2>&1 </dev/null'
     subprocess.run(
         ["setsid", "-f", "sh", "-c", script, str(pidfile), *argv],
-        env={**os.environ, "LOG": str(logfile), "PYTHONPATH": _PROJECT_ROOT},
+        env={**os.environ, **(env or {}), "LOG": str(logfile), "PYTHONPATH": _PROJECT_ROOT},
         check=True,
     )
     deadline = time.monotonic() + 5

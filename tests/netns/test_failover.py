@@ -15,78 +15,32 @@ Timings are measured by ``python -m perf failover``; here only what must hold.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from perf.lab.host import ns_exec
-from perf.lab.vpc import VpcLab
-from perf.lab.vpc.fleet import LAB_LEASE, STORE, Fleet, document
-from perf.lab.vpc.topology import INET_SERVICE_IP
+from perf.lab.vpc.fleet import LAB_LEASE, Fleet, document
 from tests.netns.helpers import sh
+from tests.netns.vpcfleet import WORKLOAD, make_healthy, running_fleet
+from tests.netns.vpcfleet import finish as _finish
+from tests.netns.vpcfleet import probe as _probe
+from tests.netns.vpcfleet import public_address as _public_address
 
 pytestmark = pytest.mark.timeout(300)
-
-WORKLOAD = {"a": "cv-ws-a", "b": "cv-ws-b"}
 
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
-    lab = VpcLab()
-    with lab.exclusive():
-        lab.down()
-        try:
-            status = lab.up()
-            STORE.unlink(missing_ok=True)
-            f = Fleet(lab)
-            f.publish(document(status))
-            f.start()
-            f.wait_converged()
-            lab.sync()
-            yield f
-        finally:
-            Fleet(lab).stop()
-            lab.down()
+    with running_fleet() as f:
+        yield f
 
 
 @pytest.fixture
 def healthy(fleet: Fleet) -> Fleet:
     """Every instance up with its agent, every AZ led, the mirror in step."""
-    for name in ("a1", "a2", "b1"):
-        if not fleet.lab.alive(name):
-            fleet.lab.revive_instance(name)
-        fleet.start([name])
-    fleet.wait_converged()
-    fleet.lab.sync()
-    return fleet
-
-
-def _public_address(ws: str) -> str:
-    out = sh(ws, "curl", "-s", "-m", "5", f"http://{INET_SERVICE_IP}/")
-    assert out.returncode == 0, out.stderr
-    address: str = json.loads(out.stdout)["client_ip"]
-    return address
-
-
-def _probe(ws: str, out: Path, seconds: float, connections: int = 200) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        ns_exec(ws, sys.executable, "-m", "perf.lab.flowprobe", "--target", INET_SERVICE_IP,
-                "--duration", str(seconds), "--connections", str(connections),
-                "--json", str(out)),
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-def _finish(probe: subprocess.Popen[bytes], out: Path) -> dict[str, Any]:
-    assert probe.wait(timeout=120) == 0
-    summary: dict[str, Any] = json.loads(out.read_text())
-    return summary
+    return make_healthy(fleet)
 
 
 def _other(leader: str) -> str:

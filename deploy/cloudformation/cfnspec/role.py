@@ -38,6 +38,7 @@ def instance_role() -> dict[str, Any]:
                 "dynamodb:GetItem",
                 "dynamodb:PutItem",
                 "dynamodb:UpdateItem",
+                "dynamodb:ConditionCheckItem",
                 "dynamodb:DescribeTable",
             ],
             "Resource": [att("LeaseTable", "Arn")],

@@ -2,7 +2,8 @@
 product's agent (``spectra run --aws``) in each instance's namespace.
 
 The agents find out who and where they are from their instance's IMDS, read the one
-document from an embedded store on the host, elect a leader per AZ in the lab's
+document from an embedded store on the host (or from SSM on the lab's moto server),
+elect a leader per AZ in the lab's
 DynamoDB lease table and move the AZ's NAT address, Elastic IP and private route to
 it -- through the lab's moto endpoint, which the mirror turns into routes. Nothing in
 the agents knows it is in a lab.
@@ -17,20 +18,33 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from control.agent import read_state
 from control.config import parse_document
-from control.store import SqliteStore, VersionConflict
+from control.store import ConfigStore, SqliteStore, SsmStore, VersionConflict
 from perf.lab.host import LabError, daemonize, pid_alive, stop
 from perf.lab.vpc.build import VpcLab
-from perf.lab.vpc.topology import LEASE_TABLE, RUN_DIR, TOPOLOGY
+from perf.lab.vpc.seed import client
+from perf.lab.vpc.topology import (
+    LEASE_TABLE,
+    MGMT_HOST_IP,
+    MOTO_PORT,
+    REGION,
+    RUN_DIR,
+    SSM_PREFIX,
+    TOPOLOGY,
+)
 
 STORE = RUN_DIR / "config.db"
+SSM_RELAY_PORT = MOTO_PORT + 1
+SSM_ENDPOINT_URL = f"http://{MGMT_HOST_IP}:{SSM_RELAY_PORT}"
+RELAY_PIDFILE = RUN_DIR / "ssm-relay.pid"
 OPERATIONAL_ROLE = "spectra-lab-cross-account-role1"
 
 # Short lease periods, so a failover in the lab is measured in seconds: a standby takes
@@ -82,14 +96,27 @@ def document(status: dict[str, Any], *, sync: bool = True, **overrides: Any) -> 
 
 
 class Fleet:
-    """The agents of the lab's gateway instances."""
+    """The agents of the lab's gateway instances.
 
-    def __init__(self, lab: VpcLab) -> None:
+    ``store`` is where they read the document: ``local`` (an SQLite file on the host,
+    :data:`STORE`) or ``ssm`` (Parameter Store on the lab's moto server under
+    :data:`SSM_PREFIX`, reached through :mod:`perf.lab.vpc.relay` on
+    :data:`SSM_ENDPOINT_URL`, which :meth:`store_down` stops: the store unreachable while
+    the lease table answers)."""
+
+    def __init__(self, lab: VpcLab, store: Literal["local", "ssm"] = "local") -> None:
         self.lab = lab
+        self.store = store
+
+    def _open(self) -> ConfigStore:
+        """The store the agents read, from the host (the moto endpoint, never the relay)."""
+        if self.store == "ssm":
+            return SsmStore(client("ssm", self.lab.endpoint_url), SSM_PREFIX)
+        return SqliteStore(STORE)
 
     def publish(self, doc: dict[str, Any], who: str = "perf.lab.vpc") -> int:
         """Store ``doc`` as the next version; the agents converge to it."""
-        store = SqliteStore(STORE)
+        store = self._open()
         try:
             head = store.head()
             try:
@@ -101,7 +128,7 @@ class Fleet:
 
     def head(self) -> int:
         """The version of the document the agents should run."""
-        store = SqliteStore(STORE)
+        store = self._open()
         try:
             return store.head()
         finally:
@@ -115,16 +142,45 @@ class Fleet:
 
     def start(self, names: Iterable[str] | None = None) -> None:
         """Start the agent of each instance (``names``, default all) that has none."""
+        url, env = f"local:{STORE}", None
+        if self.store == "ssm":  # the relay is the test's to start and stop (store_up)
+            url = f"ssm:{SSM_PREFIX}"
+            env = {"AWS_ENDPOINT_URL_SSM": SSM_ENDPOINT_URL, "AWS_DEFAULT_REGION": REGION}
         for name in names or gateways():
             if pid_alive(self._pidfile(name)):
                 continue
             ns = self.netns(name)
             daemonize(
                 [sys.executable, "-m", "control", "run", "--netns", ns, "--instance", ns,
-                 "--aws", "--store", f"local:{STORE}", "--no-api", "--poll", "0.5"],
+                 "--aws", "--store", url, "--no-api", "--poll", "0.5"],
                 self._pidfile(name),
                 RUN_DIR / f"agent-{name}.log",
+                env,
             )  # fmt: skip
+
+    def store_up(self) -> None:
+        """Start the SSM relay (the agents' way to their ``ssm`` store) if it is down."""
+        if pid_alive(RELAY_PIDFILE):
+            return
+        daemonize(
+            [sys.executable, "-m", "perf.lab.vpc.relay",
+             "--listen", f"{MGMT_HOST_IP}:{SSM_RELAY_PORT}", "--to", f"{MGMT_HOST_IP}:{MOTO_PORT}"],
+            RELAY_PIDFILE,
+            RUN_DIR / "ssm-relay.log",
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((MGMT_HOST_IP, SSM_RELAY_PORT), timeout=0.5).close()
+                return
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise LabError(f"the SSM relay does not listen: {exc}") from exc
+                time.sleep(0.05)
+
+    def store_down(self) -> None:
+        """Stop the SSM relay: the agents' config store is unreachable (DynamoDB is not)."""
+        stop(RELAY_PIDFILE, 5.0)
 
     def kill_agent(self, name: str) -> None:
         """SIGKILL the agent alone (the data plane and conntrackd stay)."""
@@ -139,6 +195,7 @@ class Fleet:
     def stop(self) -> None:
         for name in gateways():
             stop(self._pidfile(name), 5.0)
+        stop(RELAY_PIDFILE, 5.0)
 
     def state(self, name: str) -> dict[str, Any]:
         return read_state(self.netns(name)) or {}

@@ -129,3 +129,87 @@ def test_agent_keeps_last_good_when_store_unreachable(tmp_path: Path) -> None:
         assert log == []
     finally:
         broken.close()
+
+
+class FlakyStore(SqliteStore):
+    """Answers ``head`` and fails ``get`` while ``down`` (unreachable between the two)."""
+
+    down = False
+
+    def get(self, version: int) -> ConfigDocument:
+        if self.down:
+            raise StoreError("store unreachable")
+        return super().get(version)
+
+
+def test_a_store_that_fails_between_head_and_get_is_no_failed_version(tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path / "c.db")
+    log: list[tuple[str, str]] = []
+    a = agent(tmp_path, store, log, fail_on=None)
+    try:
+        store.put(doc(xdp_mode="native"), 0, "t")
+        a.poll_once()
+        store.put(doc(xdp_mode="generic"), 1, "t")
+        store.down = True
+        a.poll_once()
+        # still running version 1, converged; the error is the store's, not version 2's
+        assert (a.state.applied_version, a.state.converged) == (1, True)
+        assert a.state.store_error == "store unreachable" and a.state.last_error is None
+        store.down = False
+        a.poll_once()  # no backoff: the store is back, version 2 applies at once
+        assert (a.state.applied_version, a.state.converged) == (2, True)
+        assert log == [("nft", "native"), ("nft", "generic")]
+    finally:
+        store.close()
+
+
+def test_a_locked_sqlite_store_is_a_store_error(tmp_path: Path) -> None:
+    """A database SQLite cannot read (here: a closed connection) raises StoreError, which
+    the agent survives, not sqlite3's own error, which would end the agent."""
+    store = SqliteStore(tmp_path / "c.db")
+    store.put(doc(), 0, "t")
+    store.close()
+    with pytest.raises(StoreError, match=r"c\.db"):
+        store.head()
+    a = agent(tmp_path, store, [], fail_on=None)
+    a.poll_once()
+    assert a.state.store_error is not None and "c.db" in a.state.store_error
+
+
+class FakeRunner:
+    """The agent's AWS side, recording the documents it is configured with."""
+
+    def __init__(self) -> None:
+        self.configured: list[ConfigDocument] = []
+
+    def identify(self, stop: object) -> None:
+        return None
+
+    def configure(self, doc: ConfigDocument) -> None:
+        self.configured.append(doc)
+
+
+def test_a_restart_with_the_store_away_runs_ha_from_the_last_applied_document(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("control.agent.RUN_ROOT", tmp_path / "run")
+    store = FlakyStore(tmp_path / "c.db")
+    first = agent(tmp_path, store, [], fail_on=None)
+    first.aws = FakeRunner()  # type: ignore[assignment]
+    store.put(doc(xdp_mode="native"), 0, "t")
+    first.poll_once()
+    remembered = tmp_path / "run" / "t" / "last-good.json"
+    assert remembered.stat().st_mode & 0o777 == 0o600
+    store.down = True  # the agent restarts while the store cannot be read
+    second = agent(tmp_path, store, [], fail_on=None)
+    second.aws = runner = FakeRunner()  # type: ignore[assignment]
+    second._start_aws()
+    assert [d.interfaces.xdp_mode for d in runner.configured] == ["native"]
+    second.poll_once()
+    assert second.state.store_error == "store unreachable"
+    remembered.unlink()  # nothing remembered: the HA side waits for the store
+    third = agent(tmp_path, store, [], fail_on=None)
+    third.aws = runner = FakeRunner()  # type: ignore[assignment]
+    third._start_aws()
+    assert runner.configured == []
+    store.close()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from control.aws import Lease, LeaseSettings
+from control.aws.fallback import CrossAzFallback
 from control.aws.ha import Ha, Lifecycle
 from control.aws.imds import ImdsError, InstanceIdentity
 from control.aws.lease import create_table
@@ -81,7 +82,7 @@ class World:
         default = next(r for r in routes if r.get("DestinationCidrBlock") == "0.0.0.0/0")
         return str(default["NetworkInterfaceId"])
 
-    def node(self, i: int, **lease_settings: Any) -> Node:
+    def node(self, i: int, fallback: CrossAzFallback | None = None, **lease_settings: Any) -> Node:
         """A fresh Ha for instance ``i`` (an agent (re)start)."""
         old = self.nodes[i]
         lease = Lease(
@@ -110,6 +111,7 @@ class World:
             identity=InstanceIdentity(old.instance_id, REGION, AZ, "123456789012", "", ()),
             sync=old.sync,
             lifecycle=Lifecycle(self.group, "spectra-launch", "spectra-terminate"),
+            fallback=fallback,
         )
         self.nodes[i] = Node(ha, old.enis, old.addresses, old.sync, old.metadata, old.instance_id)
         return self.nodes[i]
@@ -307,3 +309,38 @@ def test_a_rebuilt_lease_keeps_the_history(world: World) -> None:
     after = rebuilt.ha.lease.status()
     assert after["counters"] == before["counters"] and after["counters"]["takeovers"] == 1
     assert after["events"] == before["events"]
+
+
+class FallbackRecorder(CrossAzFallback):
+    """Records what Ha asks of the cross-AZ fallback (control.aws.fallback has its own
+    tests against moto)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def step(self, token: int) -> None:
+        self.calls.append(("step", token))
+
+    def release_all(self, reason: str) -> None:
+        self.calls.append(("release_all", reason))
+
+    def status(self) -> dict[str, Any]:
+        return {"enabled": True, "calls": len(self.calls)}
+
+
+def test_the_fallback_runs_after_the_own_takeover_and_ends_with_the_lease(world: World) -> None:
+    fallback = FallbackRecorder()
+    node = world.node(0, fallback=fallback)
+    assert node.ha.boot(threading.Event())
+    step(node)  # acquires; the worker runs the AZ's own takeover first
+    assert node.ha.status.role == "leader" and node.ha.status.takeover["ok"]
+    assert fallback.calls == []
+    token = node.ha.lease.token
+    step(node)
+    step(node)
+    assert fallback.calls == [("step", token), ("step", token)]
+    assert node.ha.as_dict()["cross_az_fallback"] == {"enabled": True, "calls": 2}
+    world.clock.advance(10)  # the lease ran out unrenewed
+    step(node)
+    assert node.ha.status.role == "standby"
+    assert fallback.calls[-1] == ("release_all", "this instance no longer leads its own AZ")
