@@ -81,10 +81,12 @@ def document(status: dict[str, Any], *, sync: bool = True, **overrides: Any) -> 
 
 
 class Fleet:
-    """The agents of the lab's gateway instances."""
+    """The agents of the lab's gateway instances; with ``api_tokens`` (a JSON list of
+    ``{name, role, hash}``) each serves the config API and dashboard, else none does."""
 
-    def __init__(self, lab: VpcLab) -> None:
+    def __init__(self, lab: VpcLab, api_tokens: Path | None = None) -> None:
         self.lab = lab
+        self.api_tokens = api_tokens
 
     def publish(self, doc: dict[str, Any], who: str = "perf.lab.vpc") -> int:
         """Store ``doc`` as the next version; the agents converge to it."""
@@ -118,9 +120,10 @@ class Fleet:
             if pid_alive(self._pidfile(name)):
                 continue
             ns = self.netns(name)
+            api = ["--api-tokens", str(self.api_tokens)] if self.api_tokens else ["--no-api"]
             daemonize(
                 [sys.executable, "-m", "control", "run", "--netns", ns, "--instance", ns,
-                 "--aws", "--store", f"local:{STORE}", "--no-api", "--poll", "0.5"],
+                 "--aws", "--store", f"local:{STORE}", *api, "--poll", "0.5"],
                 self._pidfile(name),
                 RUN_DIR / f"agent-{name}.log",
             )  # fmt: skip
