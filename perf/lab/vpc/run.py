@@ -86,7 +86,7 @@ def report(status: dict[str, Any], fleet: Fleet, token: str) -> list[str]:
                 f"  {gw.name} {status['instances'][gw.name]['instance_id']} "
                 f"({gw.netns}): {fleet.role(gw.name)}, data plane {st.get('data_plane')} "
                 f"({modes or 'kernel only'}), conntrack sync "
-                f"{'on' if sync.get('enabled') else 'off'}; "
+                f"{'to ' + str(sync.get('peer')) if sync.get('running') else 'off'}; "
                 f"config API and dashboard {api_url(gw.name)}/"
             )
     victim = leaders["a"] or "a1"
