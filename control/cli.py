@@ -333,14 +333,7 @@ def lab_run(keep: bool, plain: bool) -> None:
 @_needs_root
 def lab_kill(instance: str) -> None:
     """Kill a gateway instance of the VPC lab (a1, a2, b1): watch its AZ fail over."""
-    from perf.lab.host import LabError
-    from perf.lab.vpc.run import kill
-
-    try:
-        kill(instance)
-    except LabError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"{instance} killed")
+    _vpc_instance("kill", instance)
 
 
 @lab.command("revive")
@@ -348,14 +341,18 @@ def lab_kill(instance: str) -> None:
 @_needs_root
 def lab_revive(instance: str) -> None:
     """Boot a killed gateway instance of the VPC lab again, with its agent."""
+    _vpc_instance("revive", instance)
+
+
+def _vpc_instance(action: str, instance: str) -> None:
     from perf.lab.host import LabError
-    from perf.lab.vpc.run import revive
+    from perf.lab.vpc import run as vpc_run
 
     try:
-        revive(instance)
+        getattr(vpc_run, action)(instance)
     except LabError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{instance} revived")
+    click.echo(f"{instance}: {action} done")
 
 
 def _plain_lab_run(keep: bool) -> None:
