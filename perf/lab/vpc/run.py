@@ -16,6 +16,7 @@ A failover to watch: :func:`kill` (``spectra lab kill a1``) kills an instance th
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -104,15 +105,30 @@ def report(status: dict[str, Any], fleet: Fleet, token: str) -> list[str]:
     return lines
 
 
-def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
+class _Stop:
+    """SIGINT and SIGTERM stop the run once: the first raises KeyboardInterrupt, one
+    during the clean-up is ignored. pyroute2 forks helpers for namespace calls, which
+    inherit the handler (and get SIGTERM when done): there it only ends the helper."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.stopping = False
+        signal.signal(signal.SIGINT, self)
+        signal.signal(signal.SIGTERM, self)
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if os.getpid() != self.pid:
+            os._exit(128 + signum)
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt
 
 
 def run(echo: Callable[[str], None], keep: bool = False) -> None:
     """Start, report, wait for SIGINT/SIGTERM, stop and remove everything (unless
     ``keep``). Holds the VPC lab's lock throughout: a test cannot take it away."""
     lab = VpcLab()
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop = _Stop()
     with lab.exclusive(timeout=LOCK_WAIT_S):
         fleet = Fleet(lab, api_tokens=TOKENS_FILE)
         try:
@@ -124,8 +140,7 @@ def run(echo: Callable[[str], None], keep: bool = False) -> None:
         except KeyboardInterrupt:
             pass
         finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C cannot cut cleanup
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            stop.stopping = True
             if not keep:
                 fleet.stop()
                 lab.down()
