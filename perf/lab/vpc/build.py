@@ -11,6 +11,7 @@ the instances' metadata services (:mod:`perf.lab.vpc.imds`) and the mirror
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute, NetNS, netns
+from pyroute2 import IPRoute, NetlinkError, NetNS, netns
 
 from perf.lab.build import attach_peer_pass
 from perf.lab.host import (
@@ -107,6 +108,19 @@ def _addr(ns: str | None, ifname: str, cidr: str) -> None:
 def _route(ns: str, dst: str, gateway: str) -> None:
     with NetNS(ns) as ipr:
         ipr.route("replace", dst=dst, gateway=gateway)
+
+
+def _delete_link(ipr: Any, ifname: str) -> None:
+    """Delete ``ifname`` if it is there. A veth whose other end was in a namespace just
+    removed goes away on its own, a moment later: gone meanwhile (ENODEV) is done."""
+    idx = _index(ipr, ifname)
+    if idx is None:
+        return
+    try:
+        ipr.link("del", index=idx)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
 
 
 def _sysctls(ns: str, values: dict[str, str]) -> None:
@@ -427,13 +441,8 @@ class VpcLab:
             remove_tree(BPF_PIN_ROOT / inst.netns)
             remove_tree(Path("/run/spectra") / inst.netns)
         with IPRoute() as ipr:
-            for inst in self.topology.gateways:
-                idx = _index(ipr, inst.mgmt_host_if)
-                if idx is not None:
-                    ipr.link("del", index=idx)
-            idx = _index(ipr, MGMT_BRIDGE)
-            if idx is not None:
-                ipr.link("del", index=idx)
+            for name in (*(inst.mgmt_host_if for inst in self.topology.gateways), MGMT_BRIDGE):
+                _delete_link(ipr, name)
         if RUN_DIR.exists():
             for child in RUN_DIR.iterdir():
                 child.unlink()
