@@ -56,6 +56,7 @@ from perf.lab.vpc.topology import (
     INET_SERVICE_IP,
     LOCK_FILE,
     MGMT_BRIDGE,
+    MGMT_BRIDGE_MAC,
     MGMT_HOST_CIDR,
     MGMT_HOST_IP,
     MOTO_PORT,
@@ -221,10 +222,13 @@ class VpcLab:
                     run_in(ns, "ethtool", "-K", name, "tx", "off")
 
     def _mgmt_bridge(self) -> None:
+        # A fixed MAC: else the bridge takes its lowest port's, which changes when an
+        # instance's management link goes (a revive), and every agent's ARP entry for
+        # the AWS endpoint points nowhere until it expires (its lease renewals time out).
         with IPRoute() as ipr:
             if _index(ipr, MGMT_BRIDGE) is None:
                 ipr.link("add", ifname=MGMT_BRIDGE, kind="bridge")
-            ipr.link("set", index=_index(ipr, MGMT_BRIDGE), state="up")
+            ipr.link("set", index=_index(ipr, MGMT_BRIDGE), address=MGMT_BRIDGE_MAC, state="up")
         _addr(None, MGMT_BRIDGE, MGMT_HOST_CIDR)
 
     def _start_moto(self) -> None:
