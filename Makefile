@@ -51,4 +51,5 @@ lint: deps
 
 clean:
 	-@$(SPECTRA) lab down
+	-@$(PY) -m perf.lab.vpc down >/dev/null
 	rm -rf $(VENV) .state

@@ -259,7 +259,9 @@ main.add_command(aws_group, name="aws")
 
 @main.group()
 def lab() -> None:
-    """The network-namespace lab: two AZs, a gateway each, and an internet."""
+    """The network-namespace labs: ``run`` starts the VPC simulator with the gateway
+    fleet (``kill``/``revive`` its instances); ``up``/``down``/``status`` and
+    ``run --plain`` drive the plain lab (two AZs, a gateway each, and an internet)."""
 
 
 @lab.command("up")
@@ -307,9 +309,54 @@ def lab_status(as_json: bool) -> None:
 
 @lab.command("run")
 @click.option("--keep", is_flag=True, help="Leave the lab up on exit.")
+@click.option(
+    "--plain", is_flag=True, help="The plain two-AZ lab (one gateway per AZ, no AWS API)."
+)
 @_needs_root
-def lab_run(keep: bool) -> None:
-    """Bring the lab up, run the appliance in every gateway, tear down on Ctrl-C."""
+def lab_run(keep: bool, plain: bool) -> None:
+    """The VPC simulator with the gateway fleet (a1, a2 in AZ a; b1 in AZ b); Ctrl-C
+    stops the appliance and removes the lab."""
+    if not plain:
+        from perf.lab.host import LabError
+        from perf.lab.vpc.run import run as run_vpc
+
+        try:
+            run_vpc(click.echo, keep)
+        except LabError as exc:
+            raise click.ClickException(str(exc)) from exc
+        return
+    _plain_lab_run(keep)
+
+
+@lab.command("kill")
+@click.argument("instance")
+@_needs_root
+def lab_kill(instance: str) -> None:
+    """Kill a gateway instance of the VPC lab (a1, a2, b1): watch its AZ fail over."""
+    _vpc_instance("kill", instance)
+
+
+@lab.command("revive")
+@click.argument("instance")
+@_needs_root
+def lab_revive(instance: str) -> None:
+    """Boot a killed gateway instance of the VPC lab again, with its agent."""
+    _vpc_instance("revive", instance)
+
+
+def _vpc_instance(action: str, instance: str) -> None:
+    from perf.lab.host import LabError
+    from perf.lab.vpc import run as vpc_run
+
+    try:
+        getattr(vpc_run, action)(instance)
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{instance}: {action} done")
+
+
+def _plain_lab_run(keep: bool) -> None:
+    """Bring the plain lab up, run the appliance in every gateway, tear down on Ctrl-C."""
     from control.agent import read_state
     from control.api import token_entry
     from perf.lab import RUN_DIR, TOPOLOGY, Lab, run_in

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from perf.lab.vpc import VpcLab
-from perf.lab.vpc.topology import RUN_DIR
+from perf.lab.vpc.topology import MGMT_BRIDGE, MGMT_BRIDGE_MAC, RUN_DIR
 from tests.netns.helpers import sh
 
 pytestmark = pytest.mark.timeout(240)
@@ -167,6 +167,11 @@ def test_nat_moves_with_the_api_calls(vpc: VpcLab) -> None:
     vpc.revive_instance("a1")
     assert vpc.alive("a1")
     assert sh("cv-gw-a1", "nft", "list", "ruleset").stdout.strip() == ""  # a clean boot
+    # the management bridge kept its address: the other agents' ARP entries still hold
+    link = subprocess.run(
+        ["ip", "-j", "link", "show", MGMT_BRIDGE], capture_output=True, text=True, check=True
+    )
+    assert json.loads(link.stdout)[0]["address"] == MGMT_BRIDGE_MAC
 
 
 def _fetch(ns: str, url: str, *headers: str, method: str = "GET") -> tuple[str, str]:

@@ -48,7 +48,9 @@ Modules: :mod:`.topology` (names and addresses), :mod:`.seed` (the moto resource
 :mod:`.model` (moto's answers -> router and gateway state: pure, unit-tested),
 :mod:`.render` (the nftables tables), :mod:`.mirror` (the controller),
 :mod:`.motod` (moto with the AWS behaviours moto lacks), :mod:`.imds` (IMDSv2 per
-gateway instance), :mod:`.build` (:class:`VpcLab`).
+gateway instance, :mod:`perf.lab.imds` read live from moto), :mod:`.build`
+(:class:`VpcLab`), :mod:`.fleet` (the product's agents in the gateways), :mod:`.run`
+(``spectra lab run``, i.e. ``make run``: the lab and the fleet until Ctrl-C).
 
 Use: ``sudo python -m perf.lab.vpc up|down|status [--json]``, or from Python::
 

@@ -12,6 +12,7 @@ the instances' metadata services (:mod:`perf.lab.vpc.imds`) and the mirror
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute, NetNS, netns
+from pyroute2 import IPRoute, NetlinkError, NetNS, netns
 
 from perf.lab.build import attach_peer_pass
 from perf.lab.host import (
@@ -56,6 +57,7 @@ from perf.lab.vpc.topology import (
     INET_SERVICE_IP,
     LOCK_FILE,
     MGMT_BRIDGE,
+    MGMT_BRIDGE_MAC,
     MGMT_HOST_CIDR,
     MGMT_HOST_IP,
     MOTO_PORT,
@@ -108,6 +110,19 @@ def _addr(ns: str | None, ifname: str, cidr: str) -> None:
 def _route(ns: str, dst: str, gateway: str) -> None:
     with NetNS(ns) as ipr:
         ipr.route("replace", dst=dst, gateway=gateway)
+
+
+def _delete_link(ipr: Any, ifname: str) -> None:
+    """Delete ``ifname`` if it is there. A veth whose other end was in a namespace just
+    removed goes away on its own, a moment later: gone meanwhile (ENODEV) is done."""
+    idx = _index(ipr, ifname)
+    if idx is None:
+        return
+    try:
+        ipr.link("del", index=idx)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
 
 
 def _sysctls(ns: str, values: dict[str, str]) -> None:
@@ -208,10 +223,13 @@ class VpcLab:
                     run_in(ns, "ethtool", "-K", name, "tx", "off")
 
     def _mgmt_bridge(self) -> None:
+        # A fixed MAC: else the bridge takes its lowest port's, which changes when an
+        # instance's management link goes (a revive), and every agent's ARP entry for
+        # the AWS endpoint points nowhere until it expires (its lease renewals time out).
         with IPRoute() as ipr:
             if _index(ipr, MGMT_BRIDGE) is None:
                 ipr.link("add", ifname=MGMT_BRIDGE, kind="bridge")
-            ipr.link("set", index=_index(ipr, MGMT_BRIDGE), state="up")
+            ipr.link("set", index=_index(ipr, MGMT_BRIDGE), address=MGMT_BRIDGE_MAC, state="up")
         _addr(None, MGMT_BRIDGE, MGMT_HOST_CIDR)
 
     def _start_moto(self) -> None:
@@ -470,13 +488,8 @@ class VpcLab:
             remove_tree(BPF_PIN_ROOT / inst.netns)
             remove_tree(Path("/run/spectra") / inst.netns)
         with IPRoute() as ipr:
-            for inst in self.topology.gateways:
-                idx = _index(ipr, inst.mgmt_host_if)
-                if idx is not None:
-                    ipr.link("del", index=idx)
-            idx = _index(ipr, MGMT_BRIDGE)
-            if idx is not None:
-                ipr.link("del", index=idx)
+            for name in (*(inst.mgmt_host_if for inst in self.topology.gateways), MGMT_BRIDGE):
+                _delete_link(ipr, name)
         if RUN_DIR.exists():
             for child in RUN_DIR.iterdir():
                 child.unlink()

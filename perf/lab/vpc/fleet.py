@@ -102,11 +102,18 @@ class Fleet:
     :data:`STORE`) or ``ssm`` (Parameter Store on the lab's moto server under
     :data:`SSM_PREFIX`, reached through :mod:`perf.lab.vpc.relay` on
     :data:`SSM_ENDPOINT_URL`, which :meth:`store_down` stops: the store unreachable while
-    the lease table answers)."""
+    the lease table answers). With ``api_tokens`` (a JSON list of ``{name, role, hash}``)
+    each agent serves the config API and dashboard, else none does."""
 
-    def __init__(self, lab: VpcLab, store: Literal["local", "ssm"] = "local") -> None:
+    def __init__(
+        self,
+        lab: VpcLab,
+        store: Literal["local", "ssm"] = "local",
+        api_tokens: Path | None = None,
+    ) -> None:
         self.lab = lab
         self.store = store
+        self.api_tokens = api_tokens
 
     def _open(self) -> ConfigStore:
         """The store the agents read, from the host (the moto endpoint, never the relay)."""
@@ -150,9 +157,10 @@ class Fleet:
             if pid_alive(self._pidfile(name)):
                 continue
             ns = self.netns(name)
+            api = ["--api-tokens", str(self.api_tokens)] if self.api_tokens else ["--no-api"]
             daemonize(
                 [sys.executable, "-m", "control", "run", "--netns", ns, "--instance", ns,
-                 "--aws", "--store", url, "--no-api", "--poll", "0.5"],
+                 "--aws", "--store", url, *api, "--poll", "0.5"],
                 self._pidfile(name),
                 RUN_DIR / f"agent-{name}.log",
                 env,

@@ -24,6 +24,7 @@ INET_NS = "cv-inet"
 MGMT_BRIDGE = "cvmgmt"
 MGMT_HOST_CIDR = "10.254.0.1/24"
 MGMT_HOST_IP = "10.254.0.1"
+MGMT_BRIDGE_MAC = "02:00:0a:fe:00:01"  # locally administered; fixed (see VpcLab)
 MOTO_PORT = 4577
 ENDPOINT_URL = f"http://{MGMT_HOST_IP}:{MOTO_PORT}"
 

@@ -19,7 +19,18 @@ def test_unknown_input_prints_usage_not_traceback(argv: list[str]) -> None:
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("argv", [["lab", "up"], ["lab", "down"], ["lab", "status"], ["run"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["lab", "up"],
+        ["lab", "down"],
+        ["lab", "status"],
+        ["lab", "run"],
+        ["lab", "kill", "a1"],
+        ["lab", "revive", "a1"],
+        ["run"],
+    ],
+)
 def test_privileged_commands_refuse_without_root(
     argv: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -30,7 +41,9 @@ def test_privileged_commands_refuse_without_root(
     assert "sudo" in result.output
 
 
-@pytest.mark.parametrize("argv", [[], ["lab"], ["run"], ["lab", "up"], ["status"]])
+@pytest.mark.parametrize(
+    "argv", [[], ["lab"], ["run"], ["lab", "up"], ["lab", "run"], ["lab", "kill"], ["status"]]
+)
 def test_help_everywhere(argv: list[str]) -> None:
     result = CliRunner().invoke(main, [*argv, "--help"])
     assert result.exit_code == 0

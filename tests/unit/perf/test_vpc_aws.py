@@ -3,10 +3,10 @@ resources and the IMDSv2 fake, over loopback."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from control.aws.lease import KEY as LEASE_KEY
-from perf.lab.vpc.imds import Metadata, Tokens, _Server, make_handler
+from perf.lab.imds import Ec2Instance, FakeImds
 from perf.lab.vpc.seed import clients, describe, seed
 from perf.lab.vpc.topology import LAUNCH_HOOK, LEASE_TABLE, TOPOLOGY
 
@@ -158,14 +158,12 @@ def _get(url: str, headers: dict[str, str], method: str = "GET") -> tuple[int, s
 def test_imds_v2_needs_a_token_and_reads_moto_live(
     endpoint: tuple[str, Path], lab_aws: dict[str, Any]
 ) -> None:
+    """The lab's metadata service as perf.lab.vpc.imds builds it, over loopback."""
     a1 = lab_aws["instances"]["a1"]
-    server = _Server(
-        ("127.0.0.1", 0), make_handler(Metadata(a1["instance_id"], endpoint[0]), Tokens())
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/latest"
-    try:
+    c = clients(endpoint[0])
+    source = Ec2Instance(c["ec2"], a1["instance_id"], c["autoscaling"], iam_role="lab-role")
+    with FakeImds(source, lifecycle=source.lifecycle_state) as fake:
+        base = f"{fake.url}/latest"
         assert _get(f"{base}/meta-data/instance-id", {})[0] == 401
         assert (
             _get(f"{base}/meta-data/instance-id", {"X-aws-ec2-metadata-token": "forged"})[0] == 401
@@ -194,19 +192,29 @@ def test_imds_v2_needs_a_token_and_reads_moto_live(
         assert _get(f"{macs}/{mac}/local-ipv4s", h) == (200, "10.0.101.11\n10.0.101.100")
         assert _get(f"{macs}/{mac}/device-number", h) == (200, "0")
         assert _get(f"{macs}/{mac}/subnet-ipv4-cidr-block", h) == (200, "10.0.101.0/24")
+        assert _get(f"{macs}/{mac}/vpc-ipv4-cidr-block", h) == (200, "10.0.0.0/16")
+        lifecycle = f"{base}/meta-data/autoscaling/target-lifecycle-state"
+        assert _get(lifecycle, h) == (200, "InService")
+        role = f"{base}/meta-data/iam/security-credentials"
+        assert _get(role, h) == (200, "lab-role")
+        status, creds = _get(f"{role}/lab-role", h)
+        assert status == 200 and json.loads(creds)["Code"] == "Success"
         status, doc = _get(f"{base}/dynamic/instance-identity/document", h)
-        assert status == 200 and a1["instance_id"] in doc and '"region": "us-east-1"' in doc
+        identity = json.loads(doc)
+        assert status == 200, doc
+        assert (identity["instanceId"], identity["region"]) == (a1["instance_id"], "us-east-1")
+        assert identity["availabilityZone"] == "us-east-1a"
         assert _get(f"{base}/meta-data/no-such-key", h)[0] == 404
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_expired_tokens_are_refused() -> None:
     now = [0.0]
-    tokens = Tokens(clock=lambda: now[0])
-    token = tokens.issue(10)
-    assert tokens.valid(token)
-    now[0] = 10.5
-    assert not tokens.valid(token)
-    assert not tokens.valid(None)
+    with FakeImds(monotonic=lambda: now[0]) as fake:
+        put = {"X-aws-ec2-metadata-token-ttl-seconds": "10"}
+        status, token = _get(f"{fake.url}/latest/api/token", put, "PUT")
+        assert status == 200
+        path = f"{fake.url}/latest/meta-data/instance-id"
+        assert _get(path, {"X-aws-ec2-metadata-token": token}) == (200, "i-0123456789abcdef0")
+        now[0] = 10.5
+        assert _get(path, {"X-aws-ec2-metadata-token": token})[0] == 401
+        assert fake.counts["refused"] == 1

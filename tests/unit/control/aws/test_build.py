@@ -19,8 +19,8 @@ from control.aws import (
 from control.aws.imds import Imds
 from control.config import ConfigValidationError, parse_document
 from control.config.aws import Aws as AwsSection
+from perf.lab.imds import FakeImds, FakeInstance
 from tests.fakes.awsfault import Fault, FaultProxy
-from tests.fakes.imds import FakeImds, FakeInstance
 from tests.unit.control.aws.conftest import FakeClock, admin_client, base_session
 
 

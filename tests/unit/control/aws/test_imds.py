@@ -1,4 +1,4 @@
-"""The IMDSv2 client against the fake metadata service (tests/fakes/imds.py)."""
+"""The IMDSv2 client against the fake metadata service (perf/lab/imds.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 
 from control.aws import Imds, ImdsError
-from tests.fakes.imds import FakeEni, FakeImds, FakeInstance, instance_from_ec2
+from perf.lab.imds import FakeEni, FakeImds, FakeInstance, instance_from_ec2
 from tests.unit.control.aws.conftest import admin_client
 
 INSTANCE = FakeInstance(
@@ -129,3 +129,20 @@ def test_fake_serves_a_moto_instance(moto_endpoint: str) -> None:
         eni = before.primary.interface_id
         ec2.assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=["10.9.1.200"])
         assert imds.interface(before.mac).private_ips[1:] == ("10.9.1.200",)
+
+
+def test_lifecycle_state_only_in_a_group_and_a_failing_source_is_a_500() -> None:
+    path = "meta-data/autoscaling/target-lifecycle-state"
+    with FakeImds(INSTANCE) as fake, pytest.raises(ImdsError, match=f"{path}: HTTP 404"):
+        Imds(fake.url).get(path)
+    leaving = FakeInstance(lifecycle_state="Terminated")
+    with FakeImds(leaving) as fake:
+        assert Imds(fake.url).get(path) == "Terminated"
+
+    def gone() -> FakeInstance:
+        raise LookupError("InvalidInstanceID.NotFound")
+
+    with FakeImds(gone) as fake:
+        with pytest.raises(ImdsError, match="HTTP 500"):
+            Imds(fake.url, attempts=2, sleep=no_sleep).get("meta-data/instance-id")
+        assert fake.counts["get"] == 2
