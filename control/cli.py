@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ai.cli import ai_group
+from control.cli_boot import firstboot
 from control.cli_config import config
 
 if TYPE_CHECKING:
@@ -95,6 +96,9 @@ def main() -> None:
     show_default=True,
     help="Instance metadata service (IMDSv2).",
 )
+@click.option(
+    "--az", "availability_zone", help="Availability Zone to act for [default: the instance's]."
+)
 @click.option("-v", "--verbose", is_flag=True)
 @_needs_root
 def run(
@@ -108,6 +112,7 @@ def run(
     api_tokens: str | None,
     on_aws: bool,
     imds_endpoint: str,
+    availability_zone: str | None,
     verbose: bool,
 ) -> None:
     """Start the appliance agent and converge this instance until stopped."""
@@ -129,6 +134,7 @@ def run(
         flow_table_size=flow_table_size,
         aws=on_aws,
         imds_endpoint=imds_endpoint,
+        availability_zone=availability_zone,
     )
     try:
         store = open_store(store_url)
@@ -237,6 +243,7 @@ def status(instance: str | None, as_json: bool) -> None:
 
 main.add_command(config)
 main.add_command(ai_group, name="ai")
+main.add_command(firstboot)
 
 
 @main.group()

@@ -13,6 +13,8 @@ the lab use it; the product never imports it.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import threading
 import time
@@ -47,6 +49,7 @@ class FakeInstance:
     interfaces: list[FakeEni] = field(
         default_factory=lambda: [FakeEni("0e:00:00:00:00:01", "eni-0fake1", 0, ["10.0.0.10"])]
     )
+    user_data: str | None = None  # None: the instance has none (GET answers 404)
 
 
 def instance_from_ec2(ec2: Any, instance_id: str) -> FakeInstance:
@@ -96,6 +99,8 @@ def _paths(inst: FakeInstance) -> dict[str, str]:
             }
         ),
     }
+    if inst.user_data is not None:
+        out["user-data"] = inst.user_data
     for e in inst.interfaces:
         base = f"meta-data/network/interfaces/macs/{e.mac}"
         out[f"{base}/interface-id"] = e.interface_id
@@ -108,7 +113,8 @@ def _paths(inst: FakeInstance) -> dict[str, str]:
 
 
 class FakeImds:
-    """An IMDSv2 server on 127.0.0.1 (random port) for one simulated instance."""
+    """An IMDSv2 server for one simulated instance: 127.0.0.1 on a random port unless
+    ``host``/``port`` say otherwise (the AMI boot test serves 169.254.169.254:80)."""
 
     def __init__(
         self,
@@ -117,6 +123,8 @@ class FakeImds:
         hop_limit: int = 1,
         hops: int = 1,
         monotonic: Callable[[], float] = time.monotonic,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         source = instance if instance is not None else FakeInstance()
         self._source: Callable[[], FakeInstance] = (
@@ -130,7 +138,7 @@ class FakeImds:
         self._failures = 0
         self._closing = threading.Event()
         self.counts = {"token": 0, "get": 0, "refused": 0, "failed": 0, "dropped": 0}
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -231,3 +239,24 @@ class FakeImds:
                 self._answer(*fake._get(token, self.path.removeprefix("/latest/")))
 
         return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve one instance described by a JSON file until terminated (the AMI boot test)."""
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.imds")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--instance", required=True, help="JSON: FakeInstance fields")
+    args = parser.parse_args(argv)
+    with open(args.instance) as f:
+        raw = json.load(f)
+    enis = [FakeEni(**e) for e in raw.pop("interfaces", [])]
+    instance = FakeInstance(**raw, **({"interfaces": enis} if enis else {}))
+    server = FakeImds(instance, host=args.host, port=args.port)
+    print(server.url, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server._server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
