@@ -119,17 +119,24 @@ def _forward_chain(doc: ConfigDocument, in_if: str, out_if: str) -> list[str]:
             )
         )
     # one-arm NAT: workloads and the internet share the interface; new flows come only
-    # from private (VPC) sources
+    # from private (VPC) sources, and replies (which also arrive on the inside
+    # interface) are not judged as workload traffic
     private = f" ip saddr != {{ {', '.join(PRIVATE_SOURCES)} }}" if doc.one_arm_nat else ""
+    original = " ct direction original" if doc.one_arm_nat else ""
     lines += [
         f'\t\tiifname {out_if} ct state new{private} counter drop comment "no unsolicited inbound"',
-        f"\t\tiifname {in_if} oifname {out_if} ip daddr {{ {martians} }} counter drop "
-        'comment "martian destination"',
+        f"\t\tiifname {in_if} oifname {out_if}{original} ip daddr {{ {martians} }} "
+        'counter drop comment "martian destination"',
     ]
     for i, rule in enumerate(doc.rules.entries):
         if rule.action == "deny":
             lines.append(
-                _line(f"iifname {in_if}", match_expr(rule), "counter drop", _comment(rule, i))
+                _line(
+                    f"iifname {in_if}{original}",
+                    match_expr(rule),
+                    "counter drop",
+                    _comment(rule, i),
+                )
             )
     if _needs_policy(doc):
         lines.append(f"\t\tiifname {in_if} oifname {out_if} ct state new jump egress_policy")

@@ -12,9 +12,11 @@ The container's ``ens5`` is a veth end created here and moved in by
 EC2. There is no DHCP server in the lab: the test adds a static systemd-networkd file for
 ``ens5`` to its copy of the image (the image itself asks DHCP, as EC2 answers it).
 
-Readiness and logs go through ``nsenter`` into the container's init (there is no
-systemd-machined on this host, so ``machinectl`` / ``journalctl -M`` cannot be used;
-nspawn runs with ``--register=no --keep-unit``).
+This host runs neither systemd nor udev: nspawn is started in a mount namespace of its
+own where ``/sys`` is read-only, so it does not wait for udev to initialise ``ens5`` (the
+container still gets its own sysfs). Readiness and logs go through ``nsenter`` into the
+container's init (there is no systemd-machined on this host, so ``machinectl`` /
+``journalctl -M`` cannot be used; nspawn runs with ``--register=no --keep-unit``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 REPO = Path(__file__).resolve().parents[2]
 VPC_NS, WS_NS = "cs-ami-vpc", "cs-ami-ws"
@@ -136,12 +139,24 @@ def start_imds(user_data: str, tmp: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def _descendant(pid: int, comm: str, depth: int = 3) -> int | None:
+    """The first process named ``comm`` below ``pid`` (nspawn's child is the init)."""
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            if Path(f"/proc/{child}/comm").read_text().strip() == comm:
+                return int(child)
+            if depth > 1 and (found := _descendant(int(child), comm, depth - 1)):
+                return found
+    return None
+
+
 @dataclass
 class Container:
     """The image booted by ``systemd-nspawn --boot``; its console goes to ``console``."""
 
     proc: subprocess.Popen[bytes]
     console: Path
+    out: BinaryIO
     init_pid: int = 0
 
     @classmethod
@@ -150,6 +165,11 @@ class Container:
         out = console.open("wb")
         proc = subprocess.Popen(
             [
+                # nspawn waits for udev to initialise a moved interface when /sys is
+                # writable; this host runs no udev, so nspawn sees a read-only /sys
+                *("unshare", "--mount", "--propagation", "private", "sh", "-c"),
+                'mount -o remount,bind,ro /sys && exec "$@"',
+                "nspawn",
                 *("systemd-nspawn", "--boot", "--register=no", "--keep-unit"),
                 *("--machine=spectra-ami-e2e", f"--network-interface={GW_IF}", "-D", str(rootfs)),
                 f"--bind-ro={network}:/etc/systemd/network/10-e2e.network",
@@ -158,15 +178,13 @@ class Container:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-        box = cls(proc, console)
+        box = cls(proc, console, out)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and proc.poll() is None:
-            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-            with contextlib.suppress(OSError):
-                pids = children.read_text().split()
-                if pids and Path(f"/proc/{pids[0]}/comm").read_text().strip() == "systemd":
-                    box.init_pid = int(pids[0])
-                    return box
+            init = _descendant(proc.pid, "systemd")
+            if init:
+                box.init_pid = init
+                return box
             time.sleep(0.2)
         box.stop()
         raise AssertionError(f"no systemd in the container within {timeout_s}s:\n{box.log()}")
@@ -214,3 +232,4 @@ class Container:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+        self.out.close()

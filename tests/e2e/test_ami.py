@@ -31,6 +31,7 @@ from tests.e2e.amilab import (
     REPO,
     ROUTER_IP,
     UPLINK_IP,
+    VPC_NS,
     WS_NS,
     Container,
     run,
@@ -119,6 +120,8 @@ def booted(rootfs: Path, lab: Any, tmp_path: Path) -> Iterator[tuple[Container, 
             box.stop()
         imds.terminate()
         imds.wait(timeout=10)
+        if imds.stdout is not None:
+            imds.stdout.close()
         segment_down()
 
 
@@ -145,8 +148,8 @@ def test_the_image_boots_into_a_working_one_arm_nat(booted: tuple[Container, Pat
 
     # a workload routing 0.0.0.0/0 to the instance reaches the internet translated: the
     # IGW only passes the instance's own address, so this answer proves the sNAT
-    seen = run("curl", "-s", "-m", "5", f"http://{INET_SERVICE_IP}/", ns=WS_NS)
-    assert json.loads(seen)["client_ip"] == UPLINK_IP
+    seen = run("curl", "-s", "-m", "5", f"http://{INET_SERVICE_IP}/", ns=WS_NS, check=False)
+    assert seen and json.loads(seen)["client_ip"] == UPLINK_IP, _path_report(box)
     conntrack = box.exec("conntrack", "-L", "-p", "tcp", "--dport", "80")
     assert f"dst={INET_SERVICE_IP}" in conntrack and f"dst={GW_IP}" in conntrack, conntrack
     rejected = run("curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
@@ -187,3 +190,18 @@ def _wait_converged(box: Container, token: str, timeout_s: float) -> dict[str, A
         f"the agent did not converge within {timeout_s}s; last /v1/status: {last}\n"
         f"{box.journal('spectra-agent.service')}"
     )
+
+
+def _path_report(box: Container) -> str:
+    """What the packet path looked like: the gateway's and the router's state."""
+    parts = [
+        ("gateway nft", box.exec("nft", "list", "ruleset")),
+        ("gateway addresses", box.exec("ip", "-br", "addr")),
+        ("gateway routes", box.exec("ip", "route")),
+        ("gateway forwarding", box.exec("sysctl", "net.ipv4.ip_forward")),
+        ("gateway conntrack", box.exec("conntrack", "-L")),
+        ("router nft", run("nft", "list", "ruleset", ns=VPC_NS, check=False)),
+        ("router conntrack", run("conntrack", "-L", ns=VPC_NS, check=False)),
+        ("workload routes", run("ip", "route", ns=WS_NS, check=False)),
+    ]
+    return "\n".join(f"--- {name}\n{text}" for name, text in parts)

@@ -86,6 +86,15 @@ def test_one_arm_nat_admits_new_flows_from_private_sources_only() -> None:
         f'iifname "ens5" ct state new ip saddr != {private} counter drop '
         'comment "no unsolicited inbound"'
     ) in chains["forward"]
+    martian = [r for r in chains["forward"] if r.endswith('comment "martian destination"')]
+    # a reply to a workload (a private destination) is not a martian
+    assert martian[0].startswith('iifname "ens5" oifname "ens5" ct direction original ip daddr')
+    deny = {"entries": [{"action": "deny", "proto": "tcp", "ports": [25, 25]}]}
+    assert (
+        'iifname "ens5" ct direction original tcp dport 25 counter drop comment "rules.entries[0]"'
+    ) in _chains(render_nftables(parse_document(one_arm() | {"rules": deny}), ["10.0.0.10"]))[
+        "forward"
+    ]
     assert chains["egress_guard"][1] == (
         'oifname "ens5" ct direction original ip saddr != { 10.0.0.10 } counter drop '
         'comment "untranslated source"'
