@@ -213,3 +213,33 @@ def test_minimal_two_arm_documents_still_need_two_interfaces() -> None:
     same = minimal() | {"interfaces": {"inside": "eth0", "outside": "eth0"}}
     with pytest.raises(ConfigValidationError, match="data_plane kernel for one-arm NAT"):
         parse_document(same)
+
+
+def test_the_az_override_is_the_zone_the_agent_acts_for() -> None:
+    """``az`` in the user data -> ``spectra run --az`` -> the HA side's identity."""
+    import threading
+
+    from control.agent import Agent, AgentSettings
+    from control.aws.ha import HaRunner
+
+    with FakeImds(instance(None)) as fake:
+        runner = HaRunner(Imds(fake.url), lambda: True, lambda: None, zone="eu-west-1c")
+        identity = runner.identify(threading.Event())
+        plain = HaRunner(Imds(fake.url), lambda: True, lambda: None).identify(threading.Event())
+    assert identity is not None and identity.availability_zone == "eu-west-1c"
+    assert plain is not None and plain.availability_zone == "eu-west-1b"
+    assert identity.instance_id == plain.instance_id
+    settings = AgentSettings(instance="t", availability_zone="eu-west-1c")
+    assert Agent(settings, SqliteStore(":memory:")).host.zone() == "eu-west-1c"
+
+
+def test_the_cli_refuses_bad_user_data_naming_the_field() -> None:
+    from click.testing import CliRunner
+
+    from control.cli import main
+
+    with FakeImds(instance('{"mode": "standalone", "zone": "x"}')) as fake:
+        result = CliRunner().invoke(main, ["firstboot", "--imds-endpoint", fake.url])
+    assert result.exit_code == 1
+    assert "unknown key(s) ['zone']" in result.output
+    assert "accepted ['name', 'store', 'region', 'az'" in result.output
