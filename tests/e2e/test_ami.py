@@ -109,19 +109,21 @@ def booted(rootfs: Path, lab: Any, tmp_path: Path) -> Iterator[tuple[Container, 
         f"[Match]\nName={GW_IF}\n\n[Network]\nAddress={GW_IP}/24\nGateway={ROUTER_IP}\n"
         "IPForward=yes\nLinkLocalAddressing=no\n"
     )
-    segment_up()
-    imds = start_imds(json.dumps(USER_DATA), tmp_path)
     box: Container | None = None
+    imds: subprocess.Popen[bytes] | None = None
     try:
+        segment_up()
+        imds = start_imds(json.dumps(USER_DATA), tmp_path)
         box = Container.boot(rootfs, tmp_path / "console.log", network)
         yield box, rootfs
     finally:
         if box is not None:
             box.stop()
-        imds.terminate()
-        imds.wait(timeout=10)
-        if imds.stdout is not None:
-            imds.stdout.close()
+        if imds is not None:
+            imds.terminate()
+            imds.wait(timeout=10)
+            if imds.stdout is not None:
+                imds.stdout.close()
         segment_down()
 
 
