@@ -62,6 +62,7 @@ class AgentSettings:
     idle_seconds: float = 300.0
     aws: bool = False  # on EC2: IMDS, leader lease, takeover (control.aws.ha)
     imds_endpoint: str = "http://169.254.169.254"
+    availability_zone: str | None = None  # overrides the instance's (user data "az")
 
     @property
     def poll(self) -> float:
@@ -123,6 +124,7 @@ class Agent:
             settings.idle_seconds,
         )
         self.host = KernelHost()
+        self.host.availability_zone = settings.availability_zone
         self.converger = Converger(build_steps(context), self.host)
         self.aws = self._aws_runner() if settings.aws else None
         self._stopping = threading.Event()
@@ -137,6 +139,7 @@ class Agent:
             Imds(self.settings.imds_endpoint),
             lambda: self.state.converged,
             lambda: next((s for s in self.converger.steps if isinstance(s, SyncRole)), None),
+            zone=self.settings.availability_zone,
         )
 
     def _start_aws(self) -> None:

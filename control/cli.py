@@ -18,6 +18,7 @@ import click
 
 from ai.cli import ai_group
 from control.cli_aws import aws_group
+from control.cli_boot import firstboot
 from control.cli_config import config
 from control.cli_cost import cost
 
@@ -99,6 +100,9 @@ def main() -> None:
     show_default=True,
     help="Instance metadata service (IMDSv2).",
 )
+@click.option(
+    "--az", "availability_zone", help="Availability Zone to act for [default: the instance's]."
+)
 @click.option("-v", "--verbose", is_flag=True)
 @_needs_root
 def run(
@@ -112,6 +116,7 @@ def run(
     api_tokens: str | None,
     on_aws: bool,
     imds_endpoint: str,
+    availability_zone: str | None,
     verbose: bool,
 ) -> None:
     """Start the appliance agent and converge this instance until stopped."""
@@ -133,6 +138,7 @@ def run(
         flow_table_size=flow_table_size,
         aws=on_aws,
         imds_endpoint=imds_endpoint,
+        availability_zone=availability_zone,
     )
     try:
         store = open_store(store_url)
@@ -255,6 +261,7 @@ main.add_command(config)
 main.add_command(cost)
 main.add_command(ai_group, name="ai")
 main.add_command(aws_group, name="aws")
+main.add_command(firstboot)
 
 
 @main.group()

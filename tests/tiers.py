@@ -11,7 +11,7 @@ import pytest
 PRIVILEGED = {"bpf", "netns", "e2e"}
 TOOLS = {
     "netns": ("ip", "nft", "curl", "iperf3", "ethtool", "conntrack", "conntrackd"),
-    "e2e": ("ip", "nft", "curl"),
+    "e2e": ("ip", "nft", "curl", "debootstrap", "systemd-nspawn", "nsenter"),
     "bpf": (),
 }
 

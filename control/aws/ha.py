@@ -27,6 +27,7 @@ termination hook.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -393,8 +394,11 @@ class HaRunner:
         imds: Imds,
         converged: Callable[[], bool],
         sync: Callable[[], SyncRole | None],
+        *,
+        zone: str | None = None,
     ) -> None:
         self.imds = imds
+        self.zone = zone  # an override of the instance's Availability Zone
         self.identity: InstanceIdentity | None = None
         self._converged = converged
         self._sync = sync
@@ -409,7 +413,10 @@ class HaRunner:
         """Read the instance identity, retrying until it answers or ``stop``."""
         while self.identity is None and not stop.is_set():
             try:
-                self.identity = self.imds.identity()
+                identity = self.imds.identity()
+                if self.zone:
+                    identity = dataclasses.replace(identity, availability_zone=self.zone)
+                self.identity = identity
                 self.error = None
             except ImdsError as exc:
                 self.error = str(exc)

@@ -171,12 +171,19 @@ class Imds:
 
     def get(self, path: str) -> str:
         """The text at ``/latest/<path>`` (``meta-data/instance-id``, ``dynamic/...``)."""
+        text = self._get(path, absent_ok=False)
+        assert text is not None
+        return text
+
+    def _get(self, path: str, *, absent_ok: bool) -> str | None:
         url = f"{self.endpoint}/latest/{path.lstrip('/')}"
         for renewed in (False, True):
             request = urllib.request.Request(url, headers={TOKEN_HEADER: self.token()})
             try:
                 return self._retrying(path, partial(self._open, request))
             except _Status as exc:
+                if exc.code == 404 and absent_ok:
+                    return None
                 if exc.code == 401 and not renewed:
                     self._token = None  # expired or revoked: one new token, one more try
                     continue
@@ -240,6 +247,10 @@ class Imds:
             len(identity.interfaces),
         )
         return identity
+
+    def user_data(self) -> str | None:
+        """The instance's user data (``/latest/user-data``), ``None`` when it has none (404)."""
+        return self._get("user-data", absent_ok=True)
 
     def status(self) -> dict[str, object]:
         """The endpoint and the last error, for the agent's status file."""

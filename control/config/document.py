@@ -61,6 +61,12 @@ class ConfigDocument(StrictModel):
             return None
         return self.gwlb.interface or self.interfaces.inside
 
+    @property
+    def one_arm_nat(self) -> bool:
+        """One interface both ways without GWLB: a NAT instance on its primary ENI (the
+        kernel path only; XDP's redirect needs a second interface)."""
+        return self.interfaces.inside == self.interfaces.outside and not self.gwlb.enabled
+
     @model_validator(mode="after")
     def _cross_section(self) -> ConfigDocument:
         issues = (
@@ -76,12 +82,14 @@ class ConfigDocument(StrictModel):
 
 def _interface_issues(doc: ConfigDocument) -> list[Issue]:
     one_arm = doc.gwlb.enabled and doc.gwlb.mode == "one-arm"
-    if doc.interfaces.inside == doc.interfaces.outside and not one_arm:
+    kernel = doc.interfaces.data_plane == "kernel"  # one-arm NAT: see one_arm_nat
+    if doc.interfaces.inside == doc.interfaces.outside and not (one_arm or kernel):
         return [
             Issue(
                 ("interfaces", "outside"),
                 doc.interfaces.outside,
-                "expected an interface other than inside (only GWLB one-arm mode uses one)",
+                "expected an interface other than inside (one interface for both: GWLB "
+                "one-arm mode, or data_plane kernel for one-arm NAT; XDP needs two)",
             )
         ]
     return []

@@ -37,6 +37,8 @@ from nfq.marks import CT_MARK_GWLB
 log = logging.getLogger("spectra.control")
 
 CHECK_SECONDS = 1.0
+# Where a one-arm NAT instance's workloads are (RFC 1918, RFC 6598 shared space)
+PRIVATE_SOURCES = ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16")
 
 
 class NftablesStep(StepBase):
@@ -116,15 +118,25 @@ def _forward_chain(doc: ConfigDocument, in_if: str, out_if: str) -> list[str]:
                 'comment "port forward"',
             )
         )
+    # one-arm NAT: workloads and the internet share the interface; new flows come only
+    # from private (VPC) sources, and replies (which also arrive on the inside
+    # interface) are not judged as workload traffic
+    private = f" ip saddr != {{ {', '.join(PRIVATE_SOURCES)} }}" if doc.one_arm_nat else ""
+    original = " ct direction original" if doc.one_arm_nat else ""
     lines += [
-        f'\t\tiifname {out_if} ct state new counter drop comment "no unsolicited inbound"',
-        f"\t\tiifname {in_if} oifname {out_if} ip daddr {{ {martians} }} counter drop "
-        'comment "martian destination"',
+        f'\t\tiifname {out_if} ct state new{private} counter drop comment "no unsolicited inbound"',
+        f"\t\tiifname {in_if} oifname {out_if}{original} ip daddr {{ {martians} }} "
+        'counter drop comment "martian destination"',
     ]
     for i, rule in enumerate(doc.rules.entries):
         if rule.action == "deny":
             lines.append(
-                _line(f"iifname {in_if}", match_expr(rule), "counter drop", _comment(rule, i))
+                _line(
+                    f"iifname {in_if}{original}",
+                    match_expr(rule),
+                    "counter drop",
+                    _comment(rule, i),
+                )
             )
     if _needs_policy(doc):
         lines.append(f"\t\tiifname {in_if} oifname {out_if} ct state new jump egress_policy")
@@ -254,7 +266,8 @@ def render_nftables(
         "\t}",
         "\tchain egress_guard {",
         "\t\ttype filter hook postrouting priority srcnat + 10; policy accept;",
-        f"\t\toifname {out_if} ip saddr != {{ {saddrs} }} counter drop "
+        f"\t\toifname {out_if}{' ct direction original' if doc.one_arm_nat else ''} "
+        f"ip saddr != {{ {saddrs} }} counter drop "
         'comment "untranslated source"',
         "\t}",
         "}",

@@ -16,7 +16,9 @@ local-ipv4, mac, placement/{availability-zone,region},
 network/interfaces/macs/<mac>/{device-number,interface-id,local-ipv4s,mac,subnet-id,
 subnet-ipv4-cidr-block,vpc-id,vpc-ipv4-cidr-block}, autoscaling/target-lifecycle-state
 (in an Auto Scaling group only), iam/security-credentials/<role> (with a role only)),
-and ``dynamic/instance-identity/document``. No user data is served.
+and ``dynamic/instance-identity/document``; ``user-data`` when the instance has some
+(else 404, as EC2 answers). ``python -m perf.lab.imds --instance FILE`` serves one
+:class:`FakeInstance` read from JSON (the AMI boot test).
 
 The instance is a :class:`FakeInstance`, or a callable returning one: :class:`Ec2Instance`
 reads it from EC2 (moto) at request time, so an address or ENI that moved shows at once.
@@ -24,6 +26,8 @@ reads it from EC2 (moto) at request time, so an address or ENI that moved shows 
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import socketserver
 import threading
@@ -71,6 +75,7 @@ class FakeInstance:
     launch_time: str = "2026-01-01T00:00:00Z"
     lifecycle_state: str | None = None  # None: not in an Auto Scaling group (404)
     iam_role: str | None = None  # None: no instance profile (404)
+    user_data: str | None = None  # None: the instance has none (404)
 
 
 class Ec2Instance:
@@ -202,6 +207,8 @@ def paths(inst: FakeInstance) -> dict[str, str]:
             indent=2,
         ),
     }
+    if inst.user_data is not None:
+        out["user-data"] = inst.user_data
     if inst.iam_role:
         out["meta-data/iam/security-credentials"] = inst.iam_role
         out[f"meta-data/iam/security-credentials/{inst.iam_role}"] = _credentials()
@@ -380,3 +387,25 @@ class FakeImds:
                 self._answer(*fake._get(token, self.path.removeprefix("/latest/")))
 
         return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve one instance described by a JSON file (:class:`FakeInstance` fields, its
+    ``interfaces`` as :class:`FakeEni` fields) until terminated; prints its URL first."""
+    parser = argparse.ArgumentParser(prog="python -m perf.lab.imds")
+    parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--instance", required=True, help="JSON: FakeInstance fields")
+    args = parser.parse_args(argv)
+    with open(args.instance) as f:
+        raw = json.load(f)
+    instance = FakeInstance(**raw)
+    instance.interfaces = [FakeEni(**e) for e in raw.get("interfaces", [])] or instance.interfaces
+    server = FakeImds(instance, address=args.address, port=args.port)
+    print(server.url, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

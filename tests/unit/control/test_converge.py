@@ -213,3 +213,19 @@ def test_a_restart_with_the_store_away_runs_ha_from_the_last_applied_document(
     third._start_aws()
     assert runner.configured == []
     store.close()
+
+
+def test_sysctls_of_a_one_arm_nat_turn_redirects_off() -> None:
+    from control.config import parse_document
+    from control.steps.base import KernelHost
+    from control.steps.sysctl import SysctlStep
+
+    one_arm = {"interfaces": {"inside": "ens5", "outside": "ens5", "data_plane": "kernel"}}
+    two_arm = {"interfaces": {"inside": "in0", "outside": "out0"}}
+    rendered = dict(SysctlStep.render(parse_document(one_arm), KernelHost()))
+    assert rendered["net/ipv4/conf/all/send_redirects"] == "0"
+    assert rendered["net/ipv4/conf/ens5/send_redirects"] == "0"
+    assert rendered["net/ipv4/ip_forward"] == "1"
+    assert not any(
+        "redirects" in k for k in dict(SysctlStep.render(parse_document(two_arm), KernelHost()))
+    )

@@ -28,7 +28,12 @@ def snat_addresses() -> dict[str, Any]:
     return doc
 
 
-CASES = {"minimal": minimal, "full": full, "snat_addresses": snat_addresses}
+def one_arm() -> dict[str, Any]:
+    """A NAT instance on its one ENI (the AMI's first document), kernel path."""
+    return {"interfaces": {"inside": "ens5", "outside": "ens5", "data_plane": "kernel"}}
+
+
+CASES = {"minimal": minimal, "full": full, "snat_addresses": snat_addresses, "one_arm": one_arm}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -52,17 +57,58 @@ def _chains(text: str) -> dict[str, list[str]]:
 def test_every_document_keeps_the_slow_path_invariant(name: str) -> None:
     """INVALID dropped before anything is accepted; no unsolicited inbound; the egress
     guard after source NAT drops any source that is not a NAT target."""
-    chains = _chains(render_nftables(parse_document(CASES[name]()), ["203.0.113.2"]))
+    doc = parse_document(CASES[name]())
+    chains = _chains(render_nftables(doc, ["203.0.113.2"]))
     forward = chains["forward"]
     invalid = forward.index(
         'ct state invalid counter drop comment "never forward what conntrack cannot track"'
     )
     assert not any("accept" in rule for rule in forward[1:invalid])
-    assert any("ct state new counter drop" in rule for rule in forward)
+    assert any(
+        rule.startswith(f'iifname "{doc.interfaces.outside}" ct state new ')
+        and rule.endswith('counter drop comment "no unsolicited inbound"')
+        for rule in forward
+    )
     guard = chains["egress_guard"]
     assert guard[0] == "type filter hook postrouting priority srcnat + 10; policy accept;"
-    assert guard[1].startswith('oifname "outside" ip saddr != {')
+    assert guard[1].startswith(f'oifname "{doc.interfaces.outside}" ')
+    assert " ip saddr != {" in guard[1]
     assert guard[1].endswith('counter drop comment "untranslated source"')
+
+
+def test_one_arm_nat_admits_new_flows_from_private_sources_only() -> None:
+    """One interface both ways: "unsolicited inbound" is a new flow from a public source,
+    and only original-direction packets must carry a NAT source (replies carry the
+    internet's)."""
+    chains = _chains(render_nftables(parse_document(one_arm()), ["10.0.0.10"]))
+    private = "{ 10.0.0.0/8, 100.64.0.0/10, 172.16.0.0/12, 192.168.0.0/16 }"
+    assert (
+        f'iifname "ens5" ct state new ip saddr != {private} counter drop '
+        'comment "no unsolicited inbound"'
+    ) in chains["forward"]
+    martian = [r for r in chains["forward"] if r.endswith('comment "martian destination"')]
+    # a reply to a workload (a private destination) is not a martian
+    assert martian[0].startswith('iifname "ens5" oifname "ens5" ct direction original ip daddr')
+    deny = {"entries": [{"action": "deny", "proto": "tcp", "ports": [25, 25]}]}
+    assert (
+        'iifname "ens5" ct direction original tcp dport 25 counter drop comment "rules.entries[0]"'
+    ) in _chains(render_nftables(parse_document(one_arm() | {"rules": deny}), ["10.0.0.10"]))[
+        "forward"
+    ]
+    assert chains["egress_guard"][1] == (
+        'oifname "ens5" ct direction original ip saddr != { 10.0.0.10 } counter drop '
+        'comment "untranslated source"'
+    )
+    two_arm = render_nftables(parse_document(minimal()), ["10.0.0.10"])
+    assert "ct direction" not in two_arm and "ip saddr != { 10.0.0.0/8" not in two_arm
+
+
+def test_one_arm_nat_is_refused_on_the_xdp_data_plane() -> None:
+    doc = one_arm()
+    doc["interfaces"]["data_plane"] = "xdp"
+    with pytest.raises(ConfigValidationError, match="XDP needs two") as err:
+        parse_document(doc)
+    assert [e["path"] for e in err.value.errors] == ["interfaces.outside"]
 
 
 def test_ruleset_replaces_only_its_own_table_atomically() -> None:

@@ -113,6 +113,18 @@ def test_unknown_path_is_named() -> None:
         Imds(fake.url).get("meta-data/nothing")
 
 
+def test_user_data_is_read_and_none_when_absent() -> None:
+    with FakeImds(INSTANCE) as fake:
+        assert Imds(fake.url).user_data() is None  # EC2 answers 404: no user data
+    with_data = FakeInstance(user_data='{"mode": "standalone"}')
+    with FakeImds(with_data) as fake:
+        imds = Imds(fake.url)
+        assert imds.user_data() == '{"mode": "standalone"}'
+        fake.revoke_tokens()
+        assert imds.user_data() == '{"mode": "standalone"}'  # a new token after a 401
+    assert fake.counts["token"] == 2
+
+
 def test_fake_serves_a_moto_instance(moto_endpoint: str) -> None:
     """The lab's use: the fake describes an instance of moto's EC2, read live."""
     ec2 = admin_client(moto_endpoint, "ec2")
