@@ -28,7 +28,10 @@ talks to the kernel.  Kernel conntrack stays the source of truth. Each
   to the GWLB interface re-encapsulated.  Unlinked, they stay on the kernel path.
 
 A full table leaves new flows on the kernel path (counted as ``table_full``): the agent
-never lets the LRU evict an existing flow. Offloaded TCP flows bypass conntrack's window
+never lets the LRU evict an existing flow.  ``table_full`` and ``no_neighbour`` count
+flows, not syncs: a refused flow is retried every sync but counted once per reason
+(its key is remembered, at most ``REFUSED_MEMORY`` of them, and forgotten when its
+conntrack entry goes or it is offloaded). Offloaded TCP flows bypass conntrack's window
 tracking, so the gateway runs with ``nf_conntrack_tcp_be_liberal=1`` (what the kernel's
 own flowtable offload does per flow); otherwise the FIN handed back later would be
 INVALID and dropped.
@@ -70,6 +73,9 @@ SYSCTL = Path("/proc/sys/net/netfilter")
 # BULK_MIN_AVG_BYTES per frame over a window of BULK_WINDOW_NS.  2,000 full frames/s is
 # ~24 Mbit/s: below it the per-packet cost does not matter; 1,000 B keeps interactive
 # and request/response flows (small segments) on the fast path.
+# Refused flows remembered so each is counted once; past this many, a refusal is
+# counted without being remembered (it may then be counted again).
+REFUSED_MEMORY = 65536
 BULK_WINDOW_NS = 1_000_000_000
 BULK_MIN_PPS = 2_000
 BULK_MIN_AVG_BYTES = 1_000
@@ -337,6 +343,8 @@ class Offloader:
         # forgets them (kept in memory: after a restart a bulk flow is handed back
         # again within one window).
         self.kernel_only: set[tuple[int, CtTuple]] = set()
+        # Flows refused a fast-path entry, and why: counted once per flow and reason.
+        self.refused: dict[tuple[int, CtTuple], str] = {}
         # The linked two-arm GWLB interface (FastPath sets it each sync), else None.
         self.gwlb: Interface | None = None
         self.stats = OffloadStats()
@@ -355,6 +363,8 @@ class Offloader:
                     self.kernel_only.add(ct_key)
         self._delete_orphans(table)
         self.kernel_only &= cts.keys()
+        for gone in self.refused.keys() - cts.keys():
+            del self.refused[gone]
         used = 2 * len(self.offloaded)
         gwlb_flows = 0
         for ct_key, ct in cts.items():
@@ -368,9 +378,10 @@ class Offloader:
                     gwlb_flows += 1
                 continue
             if used + 2 > self.max_entries:
-                self.stats.table_full += 1
+                self._refuse(ct_key, "table_full")
                 continue
             if self._install(ct, now_ns):
+                self.refused.pop(ct_key, None)
                 used += 2
         self.stats.active = len(self.offloaded)
         self.stats.gwlb_kernel_path = gwlb_flows
@@ -430,7 +441,7 @@ class Offloader:
         to_internet = self.kernel.next_hop_mac(ct.orig.daddr)
         to_workload = self.kernel.next_hop_mac(ct.orig.saddr)
         if not to_internet or not to_workload:
-            self.stats.skipped["no_neighbour"] += 1
+            self._refuse(ct.key, "no_neighbour")
             return False
         pair = plan(ct, inside, self.outside, to_internet, to_workload, gwlb=gwlb)
         # Return direction first: the first translated packet out may be answered at once.
@@ -440,6 +451,17 @@ class Offloader:
         self.stats.offloaded += 1
         log.debug("offloaded %s", ct)
         return True
+
+    def _refuse(self, ct_key: tuple[int, CtTuple], reason: str) -> None:
+        """Count a refused flow once per reason, however many syncs retry it."""
+        if self.refused.get(ct_key) == reason:
+            return
+        if ct_key in self.refused or len(self.refused) < REFUSED_MEMORY:
+            self.refused[ct_key] = reason
+        if reason == "table_full":
+            self.stats.table_full += 1
+        else:
+            self.stats.skipped[reason] += 1
 
     def _remove(self, ct_key: tuple[int, CtTuple], reason: str) -> None:
         off = self.offloaded.pop(ct_key)

@@ -77,7 +77,7 @@ def test_plan_carries_ruleset_deny_list_and_timeouts() -> None:
     assert "table inet spectra" in plan.parts["nftables"]
     assert plan.outside_addresses == ("203.0.113.2",)
     assert [str(r.dst) for r in plan.parts["xdp"].deny_rules] == ["198.51.100.7/32"]
-    assert ("net/netfilter/nf_conntrack_udp_timeout", "17") in plan.parts["sysctl"]
+    assert ("net/netfilter/nf_conntrack_udp_timeout", "17") in plan.parts["sysctl"].sysctls
     assert plan.parts["inspection"].policy.enabled is False
     assert plan.parts["gwlb"] is None
 

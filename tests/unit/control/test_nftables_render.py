@@ -28,7 +28,26 @@ def snat_addresses() -> dict[str, Any]:
     return doc
 
 
-CASES = {"minimal": minimal, "full": full, "snat_addresses": snat_addresses}
+def snat_pool() -> dict[str, Any]:
+    """Round robin over the addresses per connection, ports fully randomised."""
+    doc = snat_addresses()
+    doc["nat"] |= {"address_selection": "connection", "random_fully": True}
+    return doc
+
+
+def masquerade_random() -> dict[str, Any]:
+    doc = minimal()
+    doc["nat"] = {"random_fully": True}
+    return doc
+
+
+CASES = {
+    "minimal": minimal,
+    "full": full,
+    "snat_addresses": snat_addresses,
+    "snat_pool": snat_pool,
+    "masquerade_random": masquerade_random,
+}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
