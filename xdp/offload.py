@@ -76,6 +76,7 @@ SYSCTL = Path("/proc/sys/net/netfilter")
 # Refused flows remembered so each is counted once; past this many, a refusal is
 # counted without being remembered (it may then be counted again).
 REFUSED_MEMORY = 65536
+NAT_PORTS_TOP = 5
 BULK_WINDOW_NS = 1_000_000_000
 BULK_MIN_PPS = 2_000
 BULK_MIN_AVG_BYTES = 1_000
@@ -298,6 +299,10 @@ class OffloadStats:
     adopted: int = 0
     gwlb_kernel_path: int = 0  # GWLB flows in conntrack now, left on the kernel path
     gwlb_offloaded: int = 0  # GWLB flows on the fast path now
+    # Translated ports in use per (protocol, outside address, destination, port): the
+    # busiest count (a port range holds that many) and the top few, from the last sync.
+    nat_ports_busiest: int = 0
+    nat_ports_top: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -311,6 +316,8 @@ class OffloadStats:
             "bulk_tcp_in_kernel": self.removed["bulk_tcp"],
             "gwlb_kernel_path": self.gwlb_kernel_path,
             "gwlb_offloaded": self.gwlb_offloaded,
+            "nat_ports_busiest": self.nat_ports_busiest,
+            "nat_ports_top": list(self.nat_ports_top),
         }
 
 
@@ -384,6 +391,7 @@ class Offloader:
                 self.refused.pop(ct_key, None)
                 used += 2
         self.stats.active = len(self.offloaded)
+        self._count_nat_ports(cts.values())
         self.stats.gwlb_kernel_path = gwlb_flows
         self.stats.gwlb_offloaded = sum(1 for off in self.offloaded.values() if off.gwlb)
 
@@ -451,6 +459,20 @@ class Offloader:
         self.stats.offloaded += 1
         log.debug("offloaded %s", ct)
         return True
+
+    def _count_nat_ports(self, cts: Iterable[CtFlow]) -> None:
+        """Per-destination use of translated ports (one conntrack entry each)."""
+        use = Counter(
+            (ct.proto, ct.reply.daddr, ct.orig.daddr, ct.orig.dport)
+            for ct in cts
+            if ct.status & IPS_SRC_NAT
+        )
+        top = use.most_common(NAT_PORTS_TOP)
+        self.stats.nat_ports_busiest = top[0][1] if top else 0
+        self.stats.nat_ports_top = [
+            {"proto": p, "nat_address": str(a), "destination": str(d), "port": port, "ports": n}
+            for (p, a, d, port), n in top
+        ]
 
     def _refuse(self, ct_key: tuple[int, CtTuple], reason: str) -> None:
         """Count a refused flow once per reason, however many syncs retry it."""

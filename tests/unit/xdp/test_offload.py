@@ -363,3 +363,18 @@ def test_restart_adopts_gwlb_pairs_only_while_linked() -> None:
     restarted.gwlb = GWLB_PORT
     restarted.sync(now_ns=2)
     assert (restarted.stats.adopted, table.entries) == (1, pinned)
+
+
+def test_nat_port_use_is_counted_per_destination() -> None:
+    other = IPv4Address("198.51.100.99")
+    flows = [tcp(sport=40000 + i, nat_port=50000 + i) for i in range(4)]
+    flows.append(tcp(sport=41000, orig=CtTuple(WS, other, 41000, 443)))
+    flows.append(tcp(sport=41001, status=IPS_SEEN_REPLY | IPS_ASSURED))  # not translated
+    off, _, _ = offloader(flows)
+    off.sync(now_ns=1)
+    status = off.stats.as_dict()
+    assert status["nat_ports_busiest"] == 4
+    assert status["nat_ports_top"] == [
+        {"proto": 6, "nat_address": str(NAT), "destination": str(INET), "port": 80, "ports": 4},
+        {"proto": 6, "nat_address": str(NAT), "destination": str(other), "port": 443, "ports": 1},
+    ]
