@@ -93,6 +93,7 @@ class AgentState:
     gwlb: dict[str, Any] = field(default_factory=dict)
     aws: dict[str, Any] = field(default_factory=dict)
     conntrack_sync: dict[str, Any] = field(default_factory=dict)
+    conntrack: dict[str, Any] = field(default_factory=dict)
 
 
 def run_dir(instance: str) -> Path:
@@ -267,6 +268,7 @@ class Agent:
         if self.aws is not None:
             self.state.aws = self.aws.status()
         self.state.conntrack_sync = status.get("conntrack_sync", {})
+        self.state.conntrack = status.get("sysctl", {})
 
     def write_state(self) -> None:
         directory = run_dir(self.settings.instance)

@@ -36,7 +36,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _flat_counters(st: dict[str, Any]) -> dict[str, int]:
-    """Numeric counters for Prometheus: per-reason packets/bytes, table, offload."""
+    """Numeric counters for Prometheus: per-reason packets/bytes, table, offload,
+    conntrack (size, fill, insert_failed, drop, early_drop)."""
     flat: dict[str, int] = {}
     xdp = st.get("xdp_counters") or {}
     for reason, c in xdp.get("reasons", {}).items():
@@ -45,9 +46,10 @@ def _flat_counters(st: dict[str, Any]) -> dict[str, int]:
     for key in ("flows", "flow_capacity"):
         if key in xdp:
             flat[f"xdp_{key}"] = xdp[key]
-    for key, value in st.get("offload", {}).items():
-        if isinstance(value, int):
-            flat[f"offload_{key}"] = value
+    for section in ("offload", "conntrack"):
+        for key, value in st.get(section, {}).items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                flat[f"{section}_{key}"] = value
     return flat
 
 

@@ -28,7 +28,10 @@ talks to the kernel.  Kernel conntrack stays the source of truth. Each
   to the GWLB interface re-encapsulated.  Unlinked, they stay on the kernel path.
 
 A full table leaves new flows on the kernel path (counted as ``table_full``): the agent
-never lets the LRU evict an existing flow. Offloaded TCP flows bypass conntrack's window
+never lets the LRU evict an existing flow.  ``table_full`` and ``no_neighbour`` count
+flows, not syncs: a refused flow is retried every sync but counted once per reason
+(its key is remembered, at most ``REFUSED_MEMORY`` of them, and forgotten when its
+conntrack entry goes or it is offloaded). Offloaded TCP flows bypass conntrack's window
 tracking, so the gateway runs with ``nf_conntrack_tcp_be_liberal=1`` (what the kernel's
 own flowtable offload does per flow); otherwise the FIN handed back later would be
 INVALID and dropped.
@@ -70,6 +73,10 @@ SYSCTL = Path("/proc/sys/net/netfilter")
 # BULK_MIN_AVG_BYTES per frame over a window of BULK_WINDOW_NS.  2,000 full frames/s is
 # ~24 Mbit/s: below it the per-packet cost does not matter; 1,000 B keeps interactive
 # and request/response flows (small segments) on the fast path.
+# Refused flows remembered so each is counted once; past this many, a refusal is
+# counted without being remembered (it may then be counted again).
+REFUSED_MEMORY = 65536
+NAT_PORTS_TOP = 5
 BULK_WINDOW_NS = 1_000_000_000
 BULK_MIN_PPS = 2_000
 BULK_MIN_AVG_BYTES = 1_000
@@ -292,6 +299,10 @@ class OffloadStats:
     adopted: int = 0
     gwlb_kernel_path: int = 0  # GWLB flows in conntrack now, left on the kernel path
     gwlb_offloaded: int = 0  # GWLB flows on the fast path now
+    # Translated ports in use per (protocol, outside address, destination, port): the
+    # busiest count (a port range holds that many) and the top few, from the last sync.
+    nat_ports_busiest: int = 0
+    nat_ports_top: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -305,6 +316,8 @@ class OffloadStats:
             "bulk_tcp_in_kernel": self.removed["bulk_tcp"],
             "gwlb_kernel_path": self.gwlb_kernel_path,
             "gwlb_offloaded": self.gwlb_offloaded,
+            "nat_ports_busiest": self.nat_ports_busiest,
+            "nat_ports_top": list(self.nat_ports_top),
         }
 
 
@@ -337,6 +350,8 @@ class Offloader:
         # forgets them (kept in memory: after a restart a bulk flow is handed back
         # again within one window).
         self.kernel_only: set[tuple[int, CtTuple]] = set()
+        # Flows refused a fast-path entry, and why: counted once per flow and reason.
+        self.refused: dict[tuple[int, CtTuple], str] = {}
         # The linked two-arm GWLB interface (FastPath sets it each sync), else None.
         self.gwlb: Interface | None = None
         self.stats = OffloadStats()
@@ -355,6 +370,8 @@ class Offloader:
                     self.kernel_only.add(ct_key)
         self._delete_orphans(table)
         self.kernel_only &= cts.keys()
+        for gone in self.refused.keys() - cts.keys():
+            del self.refused[gone]
         used = 2 * len(self.offloaded)
         gwlb_flows = 0
         for ct_key, ct in cts.items():
@@ -368,11 +385,13 @@ class Offloader:
                     gwlb_flows += 1
                 continue
             if used + 2 > self.max_entries:
-                self.stats.table_full += 1
+                self._refuse(ct_key, "table_full")
                 continue
             if self._install(ct, now_ns):
+                self.refused.pop(ct_key, None)
                 used += 2
         self.stats.active = len(self.offloaded)
+        self._count_nat_ports(cts.values())
         self.stats.gwlb_kernel_path = gwlb_flows
         self.stats.gwlb_offloaded = sum(1 for off in self.offloaded.values() if off.gwlb)
 
@@ -430,7 +449,7 @@ class Offloader:
         to_internet = self.kernel.next_hop_mac(ct.orig.daddr)
         to_workload = self.kernel.next_hop_mac(ct.orig.saddr)
         if not to_internet or not to_workload:
-            self.stats.skipped["no_neighbour"] += 1
+            self._refuse(ct.key, "no_neighbour")
             return False
         pair = plan(ct, inside, self.outside, to_internet, to_workload, gwlb=gwlb)
         # Return direction first: the first translated packet out may be answered at once.
@@ -440,6 +459,31 @@ class Offloader:
         self.stats.offloaded += 1
         log.debug("offloaded %s", ct)
         return True
+
+    def _count_nat_ports(self, cts: Iterable[CtFlow]) -> None:
+        """Per-destination use of translated ports (one conntrack entry each)."""
+        use = Counter(
+            (ct.proto, ct.reply.daddr, ct.orig.daddr, ct.orig.dport)
+            for ct in cts
+            if ct.status & IPS_SRC_NAT
+        )
+        top = use.most_common(NAT_PORTS_TOP)
+        self.stats.nat_ports_busiest = top[0][1] if top else 0
+        self.stats.nat_ports_top = [
+            {"proto": p, "nat_address": str(a), "destination": str(d), "port": port, "ports": n}
+            for (p, a, d, port), n in top
+        ]
+
+    def _refuse(self, ct_key: tuple[int, CtTuple], reason: str) -> None:
+        """Count a refused flow once per reason, however many syncs retry it."""
+        if self.refused.get(ct_key) == reason:
+            return
+        if ct_key in self.refused or len(self.refused) < REFUSED_MEMORY:
+            self.refused[ct_key] = reason
+        if reason == "table_full":
+            self.stats.table_full += 1
+        else:
+            self.stats.skipped[reason] += 1
 
     def _remove(self, ct_key: tuple[int, CtTuple], reason: str) -> None:
         off = self.offloaded.pop(ct_key)

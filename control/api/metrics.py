@@ -46,6 +46,11 @@ class ApiMetrics:
             "# TYPE spectra_config_desired_version gauge",
             f"spectra_config_desired_version {self.desired_version}",
         ]
+        family = ""
         for name, value in sorted((extra_gauges or {}).items()):
-            lines += [f"# TYPE {name} gauge", f"{name} {value}"]
+            base = name.partition("{")[0]  # one TYPE line per family, before its samples
+            if base != family:
+                lines.append(f"# TYPE {base} gauge")
+                family = base
+            lines.append(f"{name} {value}")
         return "\n".join(lines) + "\n"

@@ -44,13 +44,31 @@ class Interfaces(StrictModel):
 
 
 class NatTimeouts(StrictModel):
-    """Conntrack timeouts (seconds) the agent sets for translated flows."""
+    """Conntrack timeouts (seconds) the agent sets for translated flows.
 
-    tcp_established: Seconds = 7440
+    ``tcp_established`` defaults to 350 s, AWS NAT Gateway's idle timeout (a connection
+    idle that long is forgotten), so a workload moved behind this gateway sees the same
+    behaviour.  ``tcp_transitory`` covers every TCP state between SYN and the end of
+    TIME_WAIT (syn_sent, syn_recv, fin_wait, close_wait, last_ack, time_wait).
+    """
+
+    tcp_established: Seconds = 350
     tcp_transitory: Seconds = 120
     udp: Seconds = 30
     udp_stream: Seconds = 180
     icmp: Seconds = 30
+
+
+class NatConntrack(StrictModel):
+    """Conntrack table size: ``"auto"`` sizes it from instance memory (see
+    :func:`control.steps.sysctl.conntrack_size`); a number overrides."""
+
+    max: Literal["auto"] | Annotated[int, Field(ge=1024, le=1 << 26)] = Field(
+        default="auto", description="nf_conntrack_max; auto: MemTotal / 8 KiB, clamped"
+    )
+    buckets: Literal["auto"] | Annotated[int, Field(ge=1024, le=1 << 26)] = Field(
+        default="auto", description="conntrack hash buckets; auto: the same as max"
+    )
 
 
 class Nat(StrictModel):
@@ -60,14 +78,29 @@ class Nat(StrictModel):
     ``"zone"`` (the NAT address of this instance's Availability Zone, ``aws.zones.<az>.
     nat_address``: every instance of the AZ translates to the one address that moves to
     the leader, so a takeover needs no new ruleset and synced flows keep their mapping)
-    or the list of addresses to translate to (spread by source address).
+    or the list of addresses to translate to.  Several addresses are chosen per source
+    address (``address_selection: source``: a workload keeps one public address) or per
+    new connection, round robin (``connection``: as AWS NAT Gateway, every address's
+    ports serve one workload, so N addresses carry N times the concurrent connections
+    to one destination).
     """
 
     outside_addresses: Annotated[
         Literal["interface", "zone"] | list[IPv4Address], Field(union_mode="left_to_right")
     ] = "interface"
+    address_selection: Literal["source", "connection"] = Field(
+        default="source",
+        description="with several outside addresses: source: by source address (sticky); "
+        "connection: round robin per new connection",
+    )
     port_range: PortRange = (1024, 65535)
+    random_fully: bool = Field(
+        default=False,
+        description="randomise every translated source port (nft fully-random) instead "
+        "of keeping the workload's port when it is free",
+    )
     timeouts: NatTimeouts = NatTimeouts()
+    conntrack: NatConntrack = NatConntrack()
 
     @model_validator(mode="after")
     def _addresses(self) -> Nat:

@@ -204,22 +204,24 @@ def nat_targets(doc: ConfigDocument, zone: str | None) -> list[str] | None:
 
 def _snat_lines(doc: ConfigDocument, out_if: str, zone: str | None) -> list[str]:
     ports = _ports(*doc.nat.port_range)
+    flags = " fully-random" if doc.nat.random_fully else ""
     l4 = f"oifname {out_if} meta l4proto {{ tcp, udp }} counter"
     other = f"oifname {out_if} counter"
     explicit = nat_targets(doc, zone)
     if explicit is None:
-        return [_line(l4, f"masquerade to :{ports}"), _line(other, "masquerade")]
+        return [_line(l4, f"masquerade to :{ports}{flags}"), _line(other, "masquerade")]
     if len(explicit) == 1:
         return [
-            _line(l4, f"snat ip to {explicit[0]}:{ports}"),
+            _line(l4, f"snat ip to {explicit[0]}:{ports}{flags}"),
             _line(other, f"snat ip to {explicit[0]}"),
         ]
     n = len(explicit)
+    pick = "jhash ip saddr" if doc.nat.address_selection == "source" else "numgen inc"
     with_ports = ", ".join(f"{i} : {a} . {ports}" for i, a in enumerate(explicit))
     plain = ", ".join(f"{i} : {a}" for i, a in enumerate(explicit))
     return [
-        _line(l4, f"snat ip to jhash ip saddr mod {n} map {{ {with_ports} }}"),
-        _line(other, f"snat ip to jhash ip saddr mod {n} map {{ {plain} }}"),
+        _line(l4, f"snat ip to {pick} mod {n} map {{ {with_ports} }}{flags}"),
+        _line(other, f"snat ip to {pick} mod {n} map {{ {plain} }}"),
     ]
 
 

@@ -66,7 +66,10 @@ def test_unknown_fields_are_rejected_with_their_path(
 
 def test_unknown_field_error_lists_the_accepted_fields(minimal_doc: dict[str, Any]) -> None:
     (error,) = errors_of(with_(minimal_doc, nat={"port_rang": [1, 2]}))
-    assert "accepted fields here: outside_addresses, port_range, timeouts" in error["message"]
+    assert (
+        "accepted fields here: outside_addresses, address_selection, port_range, "
+        "random_fully, timeouts, conntrack"
+    ) in error["message"]
 
 
 def test_port_out_of_range_names_path_value_and_accepted(minimal_doc: dict[str, Any]) -> None:

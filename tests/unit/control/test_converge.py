@@ -77,7 +77,7 @@ def test_plan_carries_ruleset_deny_list_and_timeouts() -> None:
     assert "table inet spectra" in plan.parts["nftables"]
     assert plan.outside_addresses == ("203.0.113.2",)
     assert [str(r.dst) for r in plan.parts["xdp"].deny_rules] == ["198.51.100.7/32"]
-    assert ("net/netfilter/nf_conntrack_udp_timeout", "17") in plan.parts["sysctl"]
+    assert ("net/netfilter/nf_conntrack_udp_timeout", "17") in plan.parts["sysctl"].sysctls
     assert plan.parts["inspection"].policy.enabled is False
     assert plan.parts["gwlb"] is None
 
@@ -222,10 +222,11 @@ def test_sysctls_of_a_one_arm_nat_turn_redirects_off() -> None:
 
     one_arm = {"interfaces": {"inside": "ens5", "outside": "ens5", "data_plane": "kernel"}}
     two_arm = {"interfaces": {"inside": "in0", "outside": "out0"}}
-    rendered = dict(SysctlStep.render(parse_document(one_arm), KernelHost()))
+    rendered = dict(SysctlStep.render(parse_document(one_arm), KernelHost()).sysctls)
     assert rendered["net/ipv4/conf/all/send_redirects"] == "0"
     assert rendered["net/ipv4/conf/ens5/send_redirects"] == "0"
     assert rendered["net/ipv4/ip_forward"] == "1"
     assert not any(
-        "redirects" in k for k in dict(SysctlStep.render(parse_document(two_arm), KernelHost()))
+        "redirects" in k
+        for k in dict(SysctlStep.render(parse_document(two_arm), KernelHost()).sysctls)
     )

@@ -33,7 +33,27 @@ def one_arm() -> dict[str, Any]:
     return {"interfaces": {"inside": "ens5", "outside": "ens5", "data_plane": "kernel"}}
 
 
-CASES = {"minimal": minimal, "full": full, "snat_addresses": snat_addresses, "one_arm": one_arm}
+def snat_pool() -> dict[str, Any]:
+    """Round robin over the addresses per connection, ports fully randomised."""
+    doc = snat_addresses()
+    doc["nat"] |= {"address_selection": "connection", "random_fully": True}
+    return doc
+
+
+def masquerade_random() -> dict[str, Any]:
+    doc = minimal()
+    doc["nat"] = {"random_fully": True}
+    return doc
+
+
+CASES = {
+    "minimal": minimal,
+    "full": full,
+    "snat_addresses": snat_addresses,
+    "snat_pool": snat_pool,
+    "masquerade_random": masquerade_random,
+    "one_arm": one_arm,
+}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -177,6 +177,55 @@ def test_full_table_leaves_new_flows_on_kernel_path_and_keeps_existing() -> None
     assert off.stats.table_full == 7
 
 
+def test_refused_flows_are_counted_once_not_every_sync() -> None:
+    flows = [tcp(sport=40000 + i, nat_port=50000 + i) for i in range(10)]
+    off, _, kernel = offloader(flows, capacity=8)  # room for 3 pairs
+    for now in range(1, 6):
+        off.sync(now_ns=now)
+    assert off.stats.table_full == 7 and len(off.refused) == 7
+    kernel.flows = flows[:3] + flows[4:]  # one refused flow's conntrack entry goes
+    off.sync(now_ns=6)
+    assert len(off.refused) == 6 and off.stats.table_full == 7
+    kernel.flows = flows  # the same 5-tuple again: a new flow, counted again
+    off.sync(now_ns=7)
+    assert off.stats.table_full == 8
+    kernel.flows = flows[3:]  # room again: refused flows are still retried each sync
+    off.sync(now_ns=8)
+    assert off.stats.active == 3 and off.stats.table_full == 8
+
+
+class NoNeighbourKernel(FakeKernel):
+    def __init__(self, flows: list[CtFlow]) -> None:
+        super().__init__(flows)
+        self.resolved = False
+
+    def next_hop_mac(self, dst: IPv4Address) -> str | None:
+        return super().next_hop_mac(dst) if self.resolved or dst == WS else None
+
+
+def test_no_neighbour_counted_per_flow_and_offloaded_once_resolved() -> None:
+    table, kernel = FakeTable(), NoNeighbourKernel([tcp(), tcp(sport=40001, nat_port=40001)])
+    off = Offloader(table, kernel, INSIDE, OUTSIDE, 1024, timeouts=TIMEOUTS)
+    for now in range(1, 11):  # ten 200 ms syncs
+        off.sync(now_ns=now)
+    assert off.stats.as_dict()["no_neighbour"] == 2
+    kernel.resolved = True
+    off.sync(now_ns=11)
+    assert off.stats.active == 2 and off.refused == {}
+    assert off.stats.as_dict()["no_neighbour"] == 2
+
+
+def test_refused_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("xdp.offload.REFUSED_MEMORY", 3)
+    flows = [tcp(sport=40000 + i, nat_port=50000 + i) for i in range(10)]
+    off, _, _ = offloader(flows, capacity=8)
+    off.sync(now_ns=1)
+    off.sync(now_ns=2)
+    assert len(off.refused) == 3
+    # Past the bound a refusal is still counted (4 unremembered flows, twice).
+    assert off.stats.table_full == 3 + 4 * 2
+
+
 def test_restart_adopts_matching_pairs_and_deletes_orphans() -> None:
     off, table, kernel = offloader([tcp()])
     off.sync(now_ns=1)
@@ -314,3 +363,18 @@ def test_restart_adopts_gwlb_pairs_only_while_linked() -> None:
     restarted.gwlb = GWLB_PORT
     restarted.sync(now_ns=2)
     assert (restarted.stats.adopted, table.entries) == (1, pinned)
+
+
+def test_nat_port_use_is_counted_per_destination() -> None:
+    other = IPv4Address("198.51.100.99")
+    flows = [tcp(sport=40000 + i, nat_port=50000 + i) for i in range(4)]
+    flows.append(tcp(sport=41000, orig=CtTuple(WS, other, 41000, 443)))
+    flows.append(tcp(sport=41001, status=IPS_SEEN_REPLY | IPS_ASSURED))  # not translated
+    off, _, _ = offloader(flows)
+    off.sync(now_ns=1)
+    status = off.stats.as_dict()
+    assert status["nat_ports_busiest"] == 4
+    assert status["nat_ports_top"] == [
+        {"proto": 6, "nat_address": str(NAT), "destination": str(INET), "port": 80, "ports": 4},
+        {"proto": 6, "nat_address": str(NAT), "destination": str(other), "port": 443, "ports": 1},
+    ]
