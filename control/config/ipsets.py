@@ -14,7 +14,6 @@ error names the index (or file line) of both.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Annotated
 
@@ -22,38 +21,21 @@ from pydantic import Field, PrivateAttr, StringConstraints, model_validator
 
 from control.config.issues import Issue, Issues, fail
 from control.config.types import StrictModel
+from xdp.prefixes import Prefix, overlaps, parse_prefix, prefix_str
 
 # nft set names and our own references: short, no quoting needed.
 IpSetName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,30}$")]
 MAX_SET_CIDRS = 1_000_000
 
 
-def overlaps(nets: list[IPv4Network]) -> list[tuple[int, int]]:
-    """(index, index of the CIDR it overlaps) for each overlapping CIDR, by index.
-
-    Sort by (start, prefix length): a CIDR overlaps another exactly when it starts at
-    or before the furthest end seen so far (CIDRs either nest or are disjoint)."""
-    order = sorted(
-        range(len(nets)), key=lambda i: (int(nets[i].network_address), nets[i].prefixlen)
-    )
-    found: list[tuple[int, int]] = []
-    end, owner = -1, -1
-    for i in order:
-        if int(nets[i].network_address) <= end:
-            found.append((i, owner))
-        else:
-            end, owner = int(nets[i].broadcast_address), i
-    return sorted(found)
-
-
-def read_cidr_file(path: Path) -> tuple[list[IPv4Network], list[int], list[Issue]]:
+def read_cidr_file(path: Path) -> tuple[list[Prefix], list[int], list[Issue]]:
     """The CIDRs of a set file with their line numbers, or issues at ``("file", line)``
     (rendered ``file[line]``)."""
     try:
         text = path.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as exc:
         return [], [], [Issue(("file",), str(path), f"cannot read: {exc}")]
-    nets: list[IPv4Network] = []
+    nets: list[Prefix] = []
     lines: list[int] = []
     issues: list[Issue] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
@@ -61,38 +43,45 @@ def read_cidr_file(path: Path) -> tuple[list[IPv4Network], list[int], list[Issue
         if not line:
             continue
         try:
-            nets.append(IPv4Network(line))
+            nets.append(parse_prefix(line))
             lines.append(lineno)
         except ValueError as exc:
-            issues.append(
-                Issue(("file", lineno), line, f"line {lineno}: {exc}: expected one IPv4 CIDR")
-            )
+            issues.append(Issue(("file", lineno), line, f"line {lineno}: {exc}"))
     return nets, lines, issues
 
 
-def _overlap_msg(other: str, net: IPv4Network) -> str:
-    return f"overlaps {other} {net}: expected CIDRs that do not overlap within a set"
+def _overlap_msg(other: str, prefix: Prefix) -> str:
+    return f"overlaps {other} {prefix_str(prefix)}: expected CIDRs that do not overlap within a set"
 
 
 class IpSet(StrictModel):
     """A named list of IPv4 CIDRs: ``cidrs`` in the document, or ``file`` (absolute path)."""
 
-    cidrs: list[IPv4Network] | None = Field(default=None, max_length=MAX_SET_CIDRS)
+    cidrs: list[str] | None = Field(
+        default=None, max_length=MAX_SET_CIDRS, description="IPv4 CIDRs like 192.0.2.0/24"
+    )
     file: str | None = Field(
         default=None,
         pattern=r"^/[^\x00\n]*$",
         description="absolute path of a file with one CIDR per line (# comments)",
     )
-    _networks: tuple[IPv4Network, ...] = PrivateAttr(default=())
+    _prefixes: tuple[Prefix, ...] = PrivateAttr(default=())
 
     @model_validator(mode="after")
     def _load(self) -> IpSet:
         if (self.cidrs is None) == (self.file is None):
             raise fail(("cidrs",), None, 'expected exactly one of "cidrs" or "file"')
         if self.cidrs is not None:
-            nets, issues = self.cidrs, []
+            nets, issues = [], []
+            for i, text in enumerate(self.cidrs):
+                try:
+                    nets.append(parse_prefix(text))
+                except ValueError as exc:
+                    issues.append(Issue(("cidrs", i), text, str(exc)))
+            if issues:
+                raise Issues(issues[:20])  # indexes below refer to parsed CIDRs only
             for i, j in overlaps(nets):
-                issues.append(Issue(("cidrs", i), str(nets[i]), _overlap_msg(f"[{j}]", nets[j])))
+                issues.append(Issue(("cidrs", i), self.cidrs[i], _overlap_msg(f"[{j}]", nets[j])))
         else:
             nets, lines, issues = read_cidr_file(Path(str(self.file)))
             if len(nets) > MAX_SET_CIDRS:
@@ -101,13 +90,13 @@ class IpSet(StrictModel):
                 )
             for i, j in overlaps(nets):
                 msg = f"line {lines[i]}: " + _overlap_msg(f"line {lines[j]}", nets[j])
-                issues.append(Issue(("file", lines[i]), str(nets[i]), msg))
+                issues.append(Issue(("file", lines[i]), prefix_str(nets[i]), msg))
         if issues:
             raise Issues(issues[:20])  # the first few; a broken file may have thousands
-        self._networks = tuple(nets)
+        self._prefixes = tuple(nets)
         return self
 
     @property
-    def networks(self) -> tuple[IPv4Network, ...]:
-        """The set's CIDRs, in document (or file) order."""
-        return self._networks
+    def prefixes(self) -> tuple[Prefix, ...]:
+        """The set's CIDRs as (address, length) pairs, in document (or file) order."""
+        return self._prefixes

@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 from control.config.ipsets import IpSet, IpSetName
 from control.config.issues import Issue, Issues, fail
 from control.config.types import IfName, Port, PortProto, PortRange, Proto, Seconds, StrictModel
+from xdp.prefixes import Prefix, from_network
 
 ANY = IPv4Network("0.0.0.0/0")
 
@@ -165,12 +166,12 @@ class Rules(StrictModel):
             raise Issues(issues)
         return self
 
-    def networks(self, rule: Rule, side: Literal["src", "dst"]) -> tuple[IPv4Network, ...]:
+    def prefixes(self, rule: Rule, side: Literal["src", "dst"]) -> tuple[Prefix, ...]:
         """The CIDRs one side of ``rule`` matches: its set's, or its one CIDR."""
         name: str | None = getattr(rule, f"{side}_set")
         if name is None:
-            return (getattr(rule, side),)
-        return self.ip_sets[name].networks
+            return (from_network(getattr(rule, side)),)
+        return self.ip_sets[name].prefixes
 
 
 class PortForward(StrictModel):

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from control.config import ConfigValidationError, dump_document, parse_document
-from control.config.ipsets import overlaps
 from tests.unit.control.conftest import minimal
+from xdp.prefixes import from_network, overlaps, parse_prefix
 
 
 def with_sets(sets: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -31,8 +31,8 @@ def test_a_rule_matches_every_cidr_of_its_set() -> None:
         with_sets({"bad": {"cidrs": cidrs}}, [{"action": "deny", "dst_set": "bad"}])
     )
     rule = doc.rules.entries[0]
-    assert doc.rules.networks(rule, "dst") == tuple(IPv4Network(c) for c in cidrs)
-    assert doc.rules.networks(rule, "src") == (IPv4Network("0.0.0.0/0"),)
+    assert doc.rules.prefixes(rule, "dst") == tuple(from_network(IPv4Network(c)) for c in cidrs)
+    assert doc.rules.prefixes(rule, "src") == ((0, 0),)
     assert parse_document(dump_document(doc)) == doc  # round trip keeps the set
 
 
@@ -64,7 +64,7 @@ def test_overlap_sweep_agrees_with_pairwise_checks() -> None:
             IPv4Network((rng.getrandbits(8) << 24 | rng.getrandbits(8) << 16, p), strict=False)
             for p in (rng.choice((8, 12, 16, 20, 24, 32)) for _ in range(rng.randint(1, 12)))
         ]
-        found = overlaps(nets)
+        found = overlaps([from_network(n) for n in nets])
         assert all(nets[i].overlaps(nets[j]) and i != j for i, j in found)
         reported = {i for i, _ in found}
         for i, a in enumerate(nets):
@@ -79,9 +79,9 @@ def test_set_from_a_file(tmp_path: Path) -> None:
     doc = parse_document(
         with_sets({"feed": {"file": str(path)}}, [{"action": "deny", "src_set": "feed"}])
     )
-    assert doc.rules.networks(doc.rules.entries[0], "src") == (
-        IPv4Network("203.0.113.0/24"),
-        IPv4Network("198.51.100.0/25"),
+    assert doc.rules.prefixes(doc.rules.entries[0], "src") == (
+        parse_prefix("203.0.113.0/24"),
+        parse_prefix("198.51.100.0/25"),
     )
 
 
@@ -118,3 +118,21 @@ def test_rules_name_existing_sets_and_not_a_cidr_too() -> None:
     assert errors == [
         ("rules.entries[0].dst_set", "nope", "expected a name of rules.ip_sets (bad)")
     ]
+
+
+@pytest.mark.parametrize(
+    "text", ["10.0.0.0/8", "0.0.0.0/0", "192.0.2.7/32", "192.0.2.7", "198.51.100.128/25"]
+)
+def test_prefix_parser_agrees_with_ipaddress(text: str) -> None:
+    assert parse_prefix(text) == from_network(IPv4Network(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["10.0.0.1/8", "10.0.0/8", "10.0.0.256/32", "10.0.0.0/33", "10.0.0.0/", "0x1.0.0.0/8", ""],
+)
+def test_prefix_parser_refuses_what_ipaddress_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        IPv4Network(text)
+    with pytest.raises(ValueError):
+        parse_prefix(text)
