@@ -28,7 +28,25 @@ def snat_addresses() -> dict[str, Any]:
     return doc
 
 
-CASES = {"minimal": minimal, "full": full, "snat_addresses": snat_addresses}
+def ip_sets() -> dict[str, Any]:
+    """Deny rules naming IP sets on either side, one with ports, an allow rule on a set."""
+    doc = minimal()
+    doc["rules"] = {
+        "ip_sets": {
+            "feed": {"cidrs": ["203.0.113.0/24", "198.51.100.7/32", "192.0.2.128/25"]},
+            "scanners": {"cidrs": ["10.9.0.0/16"]},
+            "unused": {"cidrs": ["10.10.0.0/16"]},
+        },
+        "entries": [
+            {"action": "deny", "dst_set": "feed", "comment": "threat feed"},
+            {"action": "deny", "src_set": "scanners", "proto": "tcp", "ports": [22, 22]},
+            {"action": "allow", "dst_set": "feed", "src": "10.0.1.0/24"},
+        ],
+    }
+    return doc
+
+
+CASES = {"minimal": minimal, "full": full, "snat_addresses": snat_addresses, "ip_sets": ip_sets}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -159,3 +177,20 @@ def test_zone_nat_needs_zones() -> None:
     with pytest.raises(ConfigValidationError) as err:
         parse_document(doc)
     assert [e["path"] for e in err.value.errors] == ["nat.outside_addresses"]
+
+
+def test_ip_sets_render_as_interval_sets_matched_by_one_rule_each() -> None:
+    doc = ip_sets()
+    text = render_nftables(parse_document(doc), ["203.0.113.2"])
+    chains = _chains(text)
+    assert chains["forward"][-3:-1] == [
+        'iifname "inside" ip daddr @ipset_feed counter drop comment '
+        '"rules.entries[0]: threat feed"',
+        'iifname "inside" ip saddr @ipset_scanners tcp dport 22 counter drop comment '
+        '"rules.entries[1]"',
+    ]
+    assert "ipset_unused" not in text  # a set no rule names has nothing to match
+    body = text.split("\tset ipset_feed {\n", 1)[1].split("\n\t}\n", 1)[0].split("\n")
+    assert body[:3] == ["\t\ttype ipv4_addr", "\t\tflags interval", "\t\telements = {"]
+    elements = [line.strip().rstrip(",") for line in body[3:-1]]
+    assert elements == doc["rules"]["ip_sets"]["feed"]["cidrs"]
