@@ -22,9 +22,11 @@
 #define MAX_DENY_RULES 64
 #endif
 
-/* Distinct CIDRs per side and generation (x2 for the generation being written). */
+/* Distinct CIDRs per side, both generations (the one being written and the active
+ * one): 131072 each by default, room for a 100,000-CIDR IP set.  LPM tries allocate
+ * per entry (BPF_F_NO_PREALLOC), so the bound costs nothing until used. */
 #ifndef DENY_LPM_SIZE
-#define DENY_LPM_SIZE 1024
+#define DENY_LPM_SIZE 262144
 #endif
 
 /* Port ranges are expanded to one entry per (proto, port); two generations live

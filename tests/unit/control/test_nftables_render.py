@@ -194,3 +194,11 @@ def test_ip_sets_render_as_interval_sets_matched_by_one_rule_each() -> None:
     assert body[:3] == ["\t\ttype ipv4_addr", "\t\tflags interval", "\t\telements = {"]
     elements = [line.strip().rstrip(",") for line in body[3:-1]]
     assert elements == doc["rules"]["ip_sets"]["feed"]["cidrs"]
+
+
+def test_deny_rules_naming_sets_carry_the_prefixes_to_xdp() -> None:
+    rules = xdp_deny_rules(parse_document(ip_sets()))
+    assert [(r.src_set, r.dst_set, r.ports) for r in rules] == [
+        (None, ((0xCB007100, 24), (0xC6336407, 32), (0xC0000280, 25)), None),
+        (((0x0A090000, 16),), None, (22, 22)),
+    ]
