@@ -10,8 +10,12 @@ containing prefixes: a sort by (start, length) and a stack of the enclosing pref
 compute that in O(n log n) (prefixes nest or are disjoint).
 
 Replace (:meth:`DenyList.replace`): write the inactive generation (the generation
-byte is part of the LPM key), flip ``config.deny_gen`` (one array store the program
-reads once per packet: every packet sees one whole rule set), clear the old one.  The
+byte is part of the LPM key), bump ``config.deny_gen`` (the epoch: its low bit is the
+active generation; one u32 the program reads once per packet, so every packet sees
+one whole rule set), clear the old one.  An offloaded flow that passed the list stamps
+the epoch into its flow entry and skips the lookups until the next replace (the way
+Cilium keeps a policy verdict in its conntrack entry): the deny list costs an
+established flow nothing, whatever its size.  The
 LPM entries go in and out with BPF_MAP_UPDATE_BATCH / BPF_MAP_DELETE_BATCH, one
 syscall each per side, so 100,000 CIDRs replace in a fraction of a second.  Every
 limit is checked before the first write: a refused rule set leaves the active one.
@@ -159,7 +163,9 @@ class DenyList:
             pkey = DenyPortKeyC(gen=new, proto=proto, be_port=socket.htons(port))
             self.t.port.put(pkey, ctypes.c_uint64(mask))
         cfg = self.t.config.get(ctypes.c_uint32(0)) or SpectraConfigC()
-        cfg.deny_gen = new  # the other fields are not the deny list's
+        # The epoch: new generation in its low bit, and a value no offloaded flow has
+        # stamped, so each re-checks the new list (the other fields are not ours).
+        cfg.deny_gen = (int(cfg.deny_gen) + 1) & 0xFFFFFFFF
         self.t.config.put(ctypes.c_uint32(0), cfg)
         self._clear_generation(old)
         log.info(

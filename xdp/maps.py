@@ -80,6 +80,8 @@ class FlowValueC(ctypes.Structure):
         ("src_mac", ctypes.c_uint8 * 6),
         ("dst_mac", ctypes.c_uint8 * 6),
         ("flags", ctypes.c_uint32),
+        ("deny_epoch", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
         ("packets", ctypes.c_uint64),
         ("bytes", ctypes.c_uint64),
         ("last_seen_ns", ctypes.c_uint64),

@@ -12,9 +12,9 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
 from tests.fixtures.blocklist import blocklist
-from tests.fixtures.packets import CLIENT, CLIENT_MAC, DENY_RULES, GW_INSIDE_MAC, SERVER
+from tests.fixtures.packets import CASES, CLIENT, CLIENT_MAC, DENY_RULES, GW_INSIDE_MAC, SERVER
 from xdp import Dataplane, DenyRule
-from xdp.prefixes import prefix_end, prefix_str
+from xdp.prefixes import parse_prefix, prefix_end, prefix_str
 from xdp.reasons import XdpAction
 from xdp.records import RecordError
 from xdp.testrun import run
@@ -150,3 +150,24 @@ def test_100k_cidrs_replace_atomically_within_a_second(dataplane: Dataplane) -> 
     stale_covered = any(p[0] <= int(IPv4Address(stale)) <= prefix_end(p) for p in feeds[1])
     expected = XdpAction.DROP if stale_covered else XdpAction.PASS
     assert verdict(dataplane, TCP(dport=443), dst=stale) == expected
+
+
+def test_offloaded_flow_caches_its_verdict_until_the_next_replace(dataplane: Dataplane) -> None:
+    """A flow that passed stamps the epoch and skips the lookups; a replace that denies
+    it drops its very next packet, and one that no longer does lets it through again."""
+    case = next(c for c in CASES if c.name == "tcp_established_outbound_snat")
+    for flow in case.flows:
+        dataplane.add_flow(flow.key, flow.entry)
+    frame = case.input_bytes()
+    feed = blocklist(100_000, seed=5)
+    dataplane.set_deny_rules([DenyRule(dst_set=feed)])
+    assert run(dataplane.program_fd(), frame).action == XdpAction.REDIRECT  # stamps
+    assert run(dataplane.program_fd(), frame).action == XdpAction.REDIRECT  # cached
+
+    server = parse_prefix(f"{SERVER}/32")
+    dataplane.set_deny_rules([DenyRule(dst_set=(*feed[:10], server))])
+    assert run(dataplane.program_fd(), frame).action == XdpAction.DROP
+    assert {r: c["packets"] for r, c in dataplane.counters()["deny_rules"].items()} == {0: 1}
+
+    dataplane.set_deny_rules([DenyRule(dst_set=feed)])
+    assert run(dataplane.program_fd(), frame).action == XdpAction.REDIRECT
