@@ -136,3 +136,21 @@ def test_prefix_parser_refuses_what_ipaddress_refuses(text: str) -> None:
         IPv4Network(text)
     with pytest.raises(ValueError):
         parse_prefix(text)
+
+
+def test_deny_sets_beyond_the_xdp_lpm_size_are_refused_with_xdp_only() -> None:
+    from tests.fixtures.blocklist import blocklist
+    from xdp.loader import DEFAULT_OPTIONS
+    from xdp.prefixes import prefix_str
+
+    budget = DEFAULT_OPTIONS.deny_lpm_size // 2
+    feed = [prefix_str(p) for p in blocklist(budget)]
+    sets = {"a": {"cidrs": feed[: budget // 2 + 1]}, "b": {"cidrs": feed[budget // 2 :]}}
+    entries = [{"action": "deny", "dst_set": "a"}, {"action": "deny", "dst_set": "b"}]
+    parse_document(with_sets(sets, entries))  # the shared prefix counts once: at budget
+    sets["a"]["cidrs"].append("19.0.0.0/8")
+    ((path, value, _),) = errors_of(with_sets(sets, entries))
+    assert path == "rules.entries" and value == f"{budget + 1} distinct dst CIDRs in deny rules"
+    kernel = with_sets(sets, entries)
+    kernel["interfaces"]["data_plane"] = "kernel"
+    parse_document(kernel)
