@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import TypedDict
 
 from xdp import loader
+from xdp.denylist import DenyList, DenyTables
 from xdp.loader import AttachMode, BuildOptions, LoadedObjects
 from xdp.maps import (
     DENY_GENERATIONS,
     BpfMap,
-    DenyList,
     DenyLpmKeyC,
     DenyPortKeyC,
-    DenyTables,
     DevMap,
     FlowTable,
     PerCpuCounters,
@@ -76,6 +75,7 @@ class Dataplane:
                 ),
             ),
             port_table_size=caps["deny_port"],
+            lpm_size=caps["deny_src"],
         )
         # GWLB two-arm link: slot 0 of each holds a GWLB map (an fd going in, an id out).
         self.gwlb_links = {

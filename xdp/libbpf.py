@@ -12,6 +12,7 @@ import ctypes
 import errno
 import os
 from functools import cache
+from typing import Any
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -54,6 +55,16 @@ class BpfTestRunOpts(ctypes.Structure):
     ]
 
 
+class BpfMapBatchOpts(ctypes.Structure):
+    """``struct bpf_map_batch_opts`` of libbpf 1.1 (bpf.h)."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("elem_flags", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    ]
+
+
 class BpfMapInfo(ctypes.Structure):
     """Leading fields of ``struct bpf_map_info`` (linux/bpf.h); the kernel fills at
     most ``sizeof`` of what it is given."""
@@ -80,6 +91,8 @@ def _lib() -> ctypes.CDLL:
         "bpf_map_lookup_elem": ([c_int, vp, vp], c_int),
         "bpf_map_delete_elem": ([c_int, vp], c_int),
         "bpf_map_get_next_key": ([c_int, vp, vp], c_int),
+        "bpf_map_update_batch": ([c_int, vp, vp, ctypes.POINTER(c_u32), vp], c_int),
+        "bpf_map_delete_batch": ([c_int, vp, ctypes.POINTER(c_u32), vp], c_int),
         "bpf_prog_test_run_opts": ([c_int, ctypes.POINTER(BpfTestRunOpts)], c_int),
         "bpf_xdp_attach": ([c_int, c_int, c_u32, vp], c_int),
         "bpf_xdp_detach": ([c_int, c_u32, vp], c_int),
@@ -143,6 +156,27 @@ def map_get_next_key(fd: int, key: ctypes._CData | None, next_key: ctypes._CData
         return False
     _check("bpf_map_get_next_key", ret)
     return True
+
+
+def map_update_batch(fd: int, keys: ctypes.Array[Any], values: ctypes.Array[Any]) -> None:
+    """BPF_MAP_UPDATE_BATCH of every (key, value) pair: one syscall for the lot (the
+    kernel's generic batch, which LPM tries and hashes support since 5.6)."""
+    count = ctypes.c_uint32(len(keys))
+    if not count.value:
+        return
+    opts = BpfMapBatchOpts(sz=ctypes.sizeof(BpfMapBatchOpts))
+    ret = _lib().bpf_map_update_batch(fd, keys, values, ctypes.byref(count), ctypes.byref(opts))
+    _check("bpf_map_update_batch", ret, f"{count.value} of {len(keys)} written")
+
+
+def map_delete_batch(fd: int, keys: ctypes.Array[Any]) -> None:
+    """BPF_MAP_DELETE_BATCH of every key (all must exist)."""
+    count = ctypes.c_uint32(len(keys))
+    if not count.value:
+        return
+    opts = BpfMapBatchOpts(sz=ctypes.sizeof(BpfMapBatchOpts))
+    ret = _lib().bpf_map_delete_batch(fd, keys, ctypes.byref(count), ctypes.byref(opts))
+    _check("bpf_map_delete_batch", ret, f"{count.value} of {len(keys)} deleted")
 
 
 def prog_test_run(prog_fd: int, opts: BpfTestRunOpts) -> None:

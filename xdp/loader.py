@@ -87,7 +87,7 @@ class BuildOptions:
 
     flow_table_size: int = field(default=262144, metadata={"define": "FLOW_TABLE_SIZE"})
     max_deny_rules: int = field(default=64, metadata={"define": "MAX_DENY_RULES"})
-    deny_lpm_size: int = field(default=1024, metadata={"define": "DENY_LPM_SIZE"})
+    deny_lpm_size: int = field(default=262144, metadata={"define": "DENY_LPM_SIZE"})
     deny_port_table_size: int = field(default=65536, metadata={"define": "DENY_PORT_TABLE_SIZE"})
     tx_ports_size: int = field(default=4096, metadata={"define": "TX_PORTS_SIZE"})
 

@@ -13,15 +13,12 @@ import os
 import socket
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from typing import Generic, TypeVar
 
 from xdp import libbpf
 from xdp.reasons import REASON_COUNT, Reason
 from xdp.records import (
-    MAX_DENY_RULES,
-    DenyRule,
     FlowEntry,
     FlowKey,
     RecordError,
@@ -83,6 +80,8 @@ class FlowValueC(ctypes.Structure):
         ("src_mac", ctypes.c_uint8 * 6),
         ("dst_mac", ctypes.c_uint8 * 6),
         ("flags", ctypes.c_uint32),
+        ("deny_epoch", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
         ("packets", ctypes.c_uint64),
         ("bytes", ctypes.c_uint64),
         ("last_seen_ns", ctypes.c_uint64),
@@ -308,130 +307,6 @@ class DevMap:
             value = self.map.get(ctypes.c_uint32(index))
             if value is not None and value.value:
                 out.append(int(value.value))
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class DenyTables:
-    """The fds behind the deny list (see maps.h)."""
-
-    config: BpfMap[ctypes.c_uint32, SpectraConfigC]
-    src: BpfMap[DenyLpmKeyC, ctypes.c_uint64]
-    dst: BpfMap[DenyLpmKeyC, ctypes.c_uint64]
-    proto: BpfMap[ctypes.c_uint32, ctypes.c_uint64]
-    port_any: BpfMap[ctypes.c_uint32, ctypes.c_uint64]
-    port: BpfMap[DenyPortKeyC, ctypes.c_uint64]
-    rule_stats: PerCpuCounters
-
-
-def _lpm_masks(networks: Sequence[IPv4Network]) -> dict[IPv4Network, int]:
-    """Mask per distinct network, folding in the bits of every containing network
-    (an LPM lookup returns only the longest match)."""
-    out: dict[IPv4Network, int] = {}
-    for net in set(networks):
-        mask = 0
-        for bit, other in enumerate(networks):
-            if net.subnet_of(other):
-                mask |= 1 << bit
-        out[net] = mask
-    return out
-
-
-class DenyList:
-    """Stateless deny rules in two generations; :meth:`replace` swaps them atomically."""
-
-    def __init__(self, tables: DenyTables, port_table_size: int) -> None:
-        self.t = tables
-        self.port_budget = port_table_size // DENY_GENERATIONS
-
-    def active_generation(self) -> int:
-        cfg = self.t.config.get(ctypes.c_uint32(0))
-        return 0 if cfg is None else int(cfg.deny_gen) & 1
-
-    def replace(self, rules: Sequence[DenyRule]) -> int:
-        """Write ``rules`` into the inactive generation, flip ``config``, clear the old
-        generation.  Returns the now active generation.  Rule id = index in ``rules``."""
-        if len(rules) > MAX_DENY_RULES:
-            raise RecordError(f"rules: {len(rules)} given, at most {MAX_DENY_RULES} accepted")
-        port_masks: dict[tuple[int, int], int] = {}
-        for bit, rule in enumerate(rules):
-            if rule.ports is None:
-                continue
-            low, high = rule.ports
-            for proto in rule.port_protocols:
-                for port in range(low, high + 1):
-                    port_masks[(proto, port)] = port_masks.get((proto, port), 0) | (1 << bit)
-        if len(port_masks) > self.port_budget:
-            raise RecordError(
-                f"ports: the rules expand to {len(port_masks)} (protocol, port) entries, "
-                f"at most {self.port_budget} accepted; use ports=None for any port or "
-                "raise BuildOptions.deny_port_table_size"
-            )
-        old = self.active_generation()
-        new = 1 - old
-        self._clear_generation(new)
-        for index in range(MAX_DENY_RULES):
-            self.t.rule_stats.zero(new * MAX_DENY_RULES + index)
-        for table, nets in (
-            (self.t.src, [r.src for r in rules]),
-            (self.t.dst, [r.dst for r in rules]),
-        ):
-            for net, mask in _lpm_masks(nets).items():
-                key = DenyLpmKeyC(prefixlen=8 + net.prefixlen, gen=new)
-                key.addr[:] = list(net.network_address.packed)
-                table.put(key, ctypes.c_uint64(mask))
-        for proto in range(DENY_PROTO_SLOTS):
-            proto_mask = any_port_mask = 0
-            for bit, rule in enumerate(rules):
-                if rule.matches_proto(proto):
-                    proto_mask |= 1 << bit
-                    if rule.ports is None:
-                        any_port_mask |= 1 << bit
-            slot = ctypes.c_uint32(new * DENY_PROTO_SLOTS + proto)
-            if proto_mask:
-                self.t.proto.put(slot, ctypes.c_uint64(proto_mask))
-            if any_port_mask:
-                self.t.port_any.put(slot, ctypes.c_uint64(any_port_mask))
-        for (proto, port), mask in port_masks.items():
-            pkey = DenyPortKeyC(gen=new, proto=proto, be_port=_be16(port))
-            self.t.port.put(pkey, ctypes.c_uint64(mask))
-        cfg = self.t.config.get(ctypes.c_uint32(0)) or SpectraConfigC()
-        cfg.deny_gen = new  # the other fields are not the deny list's
-        self.t.config.put(ctypes.c_uint32(0), cfg)
-        self._clear_generation(old)
-        log.info("deny list: %d rules active in generation %d", len(rules), new)
-        return new
-
-    def _clear_generation(self, gen: int) -> None:
-        for lpm in (self.t.src, self.t.dst):
-            for key in [k for k in lpm.iter_keys() if k.gen == gen]:
-                lpm.delete(key)
-        for pkey in [k for k in self.t.port.iter_keys() if k.gen == gen]:
-            self.t.port.delete(pkey)
-        zero = ctypes.c_uint64(0)
-        for proto in range(DENY_PROTO_SLOTS):
-            slot = ctypes.c_uint32(gen * DENY_PROTO_SLOTS + proto)
-            self.t.proto.put(slot, zero)
-            self.t.port_any.put(slot, zero)
-
-    def entry_count(self, gen: int) -> int:
-        """Map entries (LPM + port + nonzero array slots) held by generation ``gen``."""
-        count = sum(1 for lpm in (self.t.src, self.t.dst) for k in lpm.iter_keys() if k.gen == gen)
-        count += sum(1 for k in self.t.port.iter_keys() if k.gen == gen)
-        for arr in (self.t.proto, self.t.port_any):
-            for proto in range(DENY_PROTO_SLOTS):
-                value = arr.get(ctypes.c_uint32(gen * DENY_PROTO_SLOTS + proto))
-                count += bool(value is not None and value.value)
-        return count
-
-    def rule_drops(self) -> dict[int, tuple[int, int]]:
-        """(packets, bytes) per rule id of the active generation, nonzero ones only."""
-        gen = self.active_generation()
-        out = {}
-        for rule in range(MAX_DENY_RULES):
-            packets, nbytes = self.t.rule_stats.read(gen * MAX_DENY_RULES + rule)
-            if packets:
-                out[rule] = (packets, nbytes)
         return out
 
 

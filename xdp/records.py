@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
+from xdp.prefixes import Prefix, from_network
+
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
@@ -127,18 +129,24 @@ class DenyRule:
     ``proto`` None matches any protocol.  ``ports`` is an inclusive destination port
     range and applies to TCP/UDP only: a rule with ports never matches ICMP or other
     protocols, nor packets whose ports are not visible (non-first fragments).
+    ``src_set`` / ``dst_set`` (an IP set: :data:`xdp.prefixes.Prefix` pairs that do not
+    overlap) replace ``src`` / ``dst``, which must then stay 0.0.0.0/0.
     """
 
     src: IPv4Network = ANY_NETWORK
     dst: IPv4Network = ANY_NETWORK
     proto: int | None = None
     ports: tuple[int, int] | None = None
+    src_set: tuple[Prefix, ...] | None = None
+    dst_set: tuple[Prefix, ...] | None = None
 
     def __post_init__(self) -> None:
         for field in ("src", "dst"):
             value = getattr(self, field)
             if not isinstance(value, IPv4Network):
                 raise RecordError(f"{field}={value!r}: expected an ipaddress.IPv4Network")
+            if getattr(self, f"{field}_set") is not None and value != ANY_NETWORK:
+                raise RecordError(f"{field}={value} with {field}_set: expected one of the two")
         if self.proto is not None and (
             not isinstance(self.proto, int) or not 0 <= self.proto <= 255
         ):
@@ -167,6 +175,11 @@ class DenyRule:
         if self.ports is None:
             return ()
         return PORT_PROTOCOLS if self.proto is None else (self.proto,)
+
+    def prefixes(self, side: str) -> tuple[Prefix, ...]:
+        """What one side (``"src"`` or ``"dst"``) matches: the set, or the one CIDR."""
+        found: tuple[Prefix, ...] | None = getattr(self, f"{side}_set")
+        return (from_network(getattr(self, side)),) if found is None else found
 
     def matches_proto(self, proto: int) -> bool:
         return self.proto is None or self.proto == proto

@@ -28,6 +28,7 @@ from control.config.proxies import LoadBalancer, Proxy, Tls
 from control.config.secrets import secret_field_names
 from control.config.types import REVEAL, StrictModel
 from nfq import InspectionPolicy
+from xdp.loader import DEFAULT_OPTIONS
 from xdp.records import MAX_DENY_RULES
 
 SCHEMA_VERSION = 1
@@ -140,16 +141,31 @@ def _port_claim_issues(doc: ConfigDocument) -> list[Issue]:
 
 
 def _deny_limit_issues(doc: ConfigDocument) -> list[Issue]:
-    denies = sum(1 for rule in doc.rules.entries if rule.action == "deny")
-    if doc.interfaces.data_plane == "xdp" and denies > MAX_DENY_RULES:
+    if doc.interfaces.data_plane != "xdp":
+        return []
+    denies = [rule for rule in doc.rules.entries if rule.action == "deny"]
+    if len(denies) > MAX_DENY_RULES:
         return [
             Issue(
                 ("rules", "entries"),
-                f"{denies} deny rules",
+                f"{len(denies)} deny rules",
                 f"expected at most {MAX_DENY_RULES} deny rules with data_plane xdp",
             )
         ]
-    return []
+    budget = DEFAULT_OPTIONS.deny_lpm_size // 2  # per side; the other half: the old list
+    issues = []
+    for side in ("src", "dst"):
+        distinct = len({p for rule in denies for p in doc.rules.prefixes(rule, side)})
+        if distinct > budget:
+            issues.append(
+                Issue(
+                    ("rules", "entries"),
+                    f"{distinct} distinct {side} CIDRs in deny rules",
+                    f"expected at most {budget} per side with data_plane xdp (the XDP "
+                    "deny list's LPM size)",
+                )
+            )
+    return issues
 
 
 SECRET_FIELDS = secret_field_names(ConfigDocument)

@@ -14,8 +14,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from control.config.ipsets import IpSet, IpSetName
 from control.config.issues import Issue, Issues, fail
 from control.config.types import IfName, Port, PortProto, PortRange, Proto, Seconds, StrictModel
+from xdp.prefixes import Prefix, from_network
 
 ANY = IPv4Network("0.0.0.0/0")
 
@@ -141,10 +143,27 @@ class Match(StrictModel):
 
 
 class Rule(Match):
-    """One allow or deny rule for traffic forwarded from inside to outside."""
+    """One allow or deny rule for traffic forwarded from inside to outside.
+
+    ``src_set`` / ``dst_set`` name an entry of ``rules.ip_sets``: the side matches any
+    CIDR of the set, in place of ``src`` / ``dst`` (a CIDR other than 0.0.0.0/0 with a
+    set on the same side is refused)."""
 
     action: Literal["allow", "deny"]
+    src_set: IpSetName | None = None
+    dst_set: IpSetName | None = None
     comment: str | None = Field(default=None, max_length=128, pattern=r'^[^"\\\n]*$')
+
+    @model_validator(mode="after")
+    def _set_or_cidr(self) -> Rule:
+        for side in ("src", "dst"):
+            if getattr(self, f"{side}_set") is not None and getattr(self, side) != ANY:
+                raise fail(
+                    (f"{side}_set",),
+                    getattr(self, f"{side}_set"),
+                    f"expected either {side} or {side}_set, not both",
+                )
+        return self
 
 
 class Rules(StrictModel):
@@ -157,6 +176,35 @@ class Rules(StrictModel):
 
     default: Literal["allow", "deny"] = "allow"
     entries: list[Rule] = Field(default_factory=list, max_length=1024)
+    ip_sets: dict[IpSetName, IpSet] = Field(
+        default_factory=dict, description="named CIDR lists rules match by src_set / dst_set"
+    )
+
+    @model_validator(mode="after")
+    def _sets_exist(self) -> Rules:
+        issues = []
+        for i, rule in enumerate(self.entries):
+            for field in ("src_set", "dst_set"):
+                name = getattr(rule, field)
+                if name is not None and name not in self.ip_sets:
+                    accepted = ", ".join(sorted(self.ip_sets)) or "none defined"
+                    issues.append(
+                        Issue(
+                            ("entries", i, field),
+                            name,
+                            f"expected a name of rules.ip_sets ({accepted})",
+                        )
+                    )
+        if issues:
+            raise Issues(issues)
+        return self
+
+    def prefixes(self, rule: Rule, side: Literal["src", "dst"]) -> tuple[Prefix, ...]:
+        """The CIDRs one side of ``rule`` matches: its set's, or its one CIDR."""
+        name: str | None = getattr(rule, f"{side}_set")
+        if name is None:
+            return (from_network(getattr(rule, side)),)
+        return self.ip_sets[name].prefixes
 
 
 class PortForward(StrictModel):

@@ -9,7 +9,8 @@ in the forward chain and the egress guard after source NAT. On top of it, what t
 document asks for:
 
 - deny rules, stateless, in the forward chain (the XDP step loads the same rules into
-  the deny list, which drops before the kernel sees the packet);
+  the deny list, which drops before the kernel sees the packet); a rule naming an IP
+  set (``rules.ip_sets``) matches an nft interval set ``ipset_<name>``;
 - allow rules and the default action, for new connections inside -> outside;
 - port forwards: ``dnat`` in a ``prerouting_nat`` chain, admitted by ``ct status dnat``;
 - the NAT port range (``masquerade to :low-high``, or ``snat`` to explicit addresses);
@@ -33,12 +34,14 @@ from control.config.network import ANY, Match, Rule
 from control.nftables import MARTIAN_DESTINATIONS, TABLE
 from control.steps.base import Host, RenderError, StepBase, StepContext
 from nfq.marks import CT_MARK_GWLB
+from xdp.prefixes import prefix_str
 
 log = logging.getLogger("spectra.control")
 
 CHECK_SECONDS = 1.0
 # Where a one-arm NAT instance's workloads are (RFC 1918, RFC 6598 shared space)
 PRIVATE_SOURCES = ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16")
+SET_PREFIX = "ipset_"  # nft set of rules.ip_sets.<name>
 
 
 class NftablesStep(StepBase):
@@ -76,15 +79,33 @@ def _ports(low: int, high: int) -> str:
 def match_expr(match: Match) -> str:
     """nft match expression of a selector (empty string: matches everything)."""
     parts = []
-    if match.src != ANY:
-        parts.append(f"ip saddr {match.src}")
-    if match.dst != ANY:
-        parts.append(f"ip daddr {match.dst}")
+    for side, field in (("saddr", "src"), ("daddr", "dst")):
+        set_name = getattr(match, f"{field}_set", None)
+        if set_name is not None:
+            parts.append(f"ip {side} @{SET_PREFIX}{set_name}")
+        elif getattr(match, field) != ANY:
+            parts.append(f"ip {side} {getattr(match, field)}")
     if match.ports is not None:
         parts.append(f"{match.proto} dport {_ports(*match.ports)}")
     elif match.proto is not None:
         parts.append(f"meta l4proto {match.proto}")
     return " ".join(parts)
+
+
+def _set_lines(doc: ConfigDocument) -> list[str]:
+    """Each IP set a rule names as an interval set, one element a line (a blocklist of
+    100,000 CIDRs is one set, matched in one lookup, not 100,000 rules)."""
+    names = sorted({n for r in doc.rules.entries for n in (r.src_set, r.dst_set) if n is not None})
+    lines: list[str] = []
+    for name in names:
+        lines += [f"\tset {SET_PREFIX}{name} {{", "\t\ttype ipv4_addr", "\t\tflags interval"]
+        prefixes = doc.rules.ip_sets[name].prefixes
+        if prefixes:
+            lines.append("\t\telements = {")
+            lines += [f"\t\t\t{prefix_str(p)}," for p in prefixes]
+            lines.append("\t\t}")
+        lines.append("\t}")
+    return lines
 
 
 def _comment(rule: Rule, index: int) -> str:
@@ -258,6 +279,7 @@ def render_nftables(
     out_if = f'"{doc.interfaces.outside}"'
     saddrs = ", ".join(guard_addresses(doc, outside_addresses, zone))
     lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
+    lines += _set_lines(doc)
     lines += _forward_chain(doc, in_if, out_if)
     lines += _policy_chain(doc)
     lines += _prerouting_chain(doc, out_if, saddrs)

@@ -54,13 +54,17 @@ class XdpPart:
 
 
 def xdp_deny_rules(doc: ConfigDocument) -> list[DenyRule]:
-    """The document's deny rules as XDP deny-list records, in document order."""
+    """The document's deny rules as XDP deny-list records, in document order (a side
+    naming an IP set carries the set's prefixes)."""
+    sets = doc.rules.ip_sets
     return [
         DenyRule(
             src=rule.src,
             dst=rule.dst,
             proto=None if rule.proto is None else PROTO_NUMBERS[rule.proto],
             ports=rule.ports,
+            src_set=None if rule.src_set is None else sets[rule.src_set].prefixes,
+            dst_set=None if rule.dst_set is None else sets[rule.dst_set].prefixes,
         )
         for rule in doc.rules.entries
         if rule.action == "deny"

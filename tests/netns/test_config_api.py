@@ -112,3 +112,41 @@ def test_port_forward_lets_the_internet_reach_a_workload(api: Api) -> None:
     finally:
         server.kill()
         server.wait()
+
+
+def test_deny_ip_set_from_a_file_drops_through_both_paths(
+    api: Api, lab_status: Any, tmp_path: Path
+) -> None:
+    """A 100,000-CIDR blocklist file holding the echo server: the API validates it, nft
+    holds it as one interval set, XDP drops with the rule's counter; removing the rule
+    lets the echo through again."""
+    from tests.fixtures.blocklist import blocklist
+    from xdp.prefixes import prefix_str
+
+    echo = lab_status["services"]["udp_echo"]["address"]
+    assert udp_echo_ok(echo)
+    feed = tmp_path / "feed.txt"
+    feed.write_text("\n".join([*map(prefix_str, blocklist(99_999)), f"{echo}/32"]) + "\n")
+    sets = {"feed": {"file": str(feed)}}
+    deny = {"action": "deny", "dst_set": "feed", "comment": "threat feed"}
+    written = time.monotonic()
+    status, body = put(api, document(rules={"ip_sets": sets, "entries": [deny]}))
+    assert status == 200, body
+    while udp_echo_ok(echo):
+        assert time.monotonic() - written < 5.0, "IP set deny not in force after 5 s"
+    listing = sh(GW.netns, "nft", "-j", "list", "set", "inet", "spectra", "ipset_feed").stdout
+    elements = json.loads(listing)["nftables"][1]["set"]["elem"]
+    assert len(elements) == 100_000
+    deadline = time.monotonic() + 10  # nft first; the XDP step follows
+    while not (st := api.call("GET", "/v1/status")[1])["instances"][GW.netns]["in_sync"]:
+        assert time.monotonic() < deadline, st["instances"][GW.netns]
+        time.sleep(0.2)
+    assert not udp_echo_ok(echo)
+    status, st, _ = api.call("GET", "/v1/status")
+    assert st["instances"][GW.netns]["counters"]["xdp_drop_deny_packets"] >= 1
+
+    status, body = put(api, document(rules={"ip_sets": sets, "entries": []}))
+    assert status == 200, body
+    deadline = time.monotonic() + 5
+    while not udp_echo_ok(echo):
+        assert time.monotonic() < deadline, "echo still dropped after the rule went"

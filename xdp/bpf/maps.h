@@ -22,9 +22,11 @@
 #define MAX_DENY_RULES 64
 #endif
 
-/* Distinct CIDRs per side and generation (x2 for the generation being written). */
+/* Distinct CIDRs per side, both generations (the one being written and the active
+ * one): 131072 each by default, room for a 100,000-CIDR IP set.  LPM tries allocate
+ * per entry (BPF_F_NO_PREALLOC), so the bound costs nothing until used. */
 #ifndef DENY_LPM_SIZE
-#define DENY_LPM_SIZE 1024
+#define DENY_LPM_SIZE 262144
 #endif
 
 /* Port ranges are expanded to one entry per (proto, port); two generations live
@@ -70,6 +72,9 @@ struct flow_value {
 	__u8 src_mac[6];
 	__u8 dst_mac[6];
 	__u32 flags;          /* FLOW_F_* */
+	__u32 deny_epoch;     /* spectra_config.deny_gen this flow last passed the deny list
+			       * under (written by the program; 0 from userspace) */
+	__u32 reserved;       /* always zero */
 	__u64 packets;        /* fast-path packets, atomic add */
 	__u64 bytes;          /* fast-path bytes (whole frame), atomic add */
 	__u64 last_seen_ns;   /* bpf_ktime_get_coarse_ns() of the last packet */
@@ -98,7 +103,8 @@ BPF_PERCPU_ARRAY(deny_stats, struct counter, DENY_GENERATIONS * MAX_DENY_RULES);
 /* ---- stateless deny list ---------------------------------------------------------- */
 
 struct spectra_config {
-	__u32 deny_gen;     /* active deny-list generation, 0 or 1 */
+	__u32 deny_gen;     /* deny-list epoch, +1 per replace; the active generation is
+			     * deny_gen & 1 (one u32: a reader never sees a torn pair) */
 	__u32 gwlb_ifindex; /* linked two-arm GWLB interface, 0 = none (read by the agent) */
 };
 

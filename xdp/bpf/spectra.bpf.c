@@ -4,10 +4,12 @@
  * other, each a helper that returns a verdict reason or GW_NEXT:
  *   1. gw_parse: Ethernet (+ one 802.1Q/802.1ad tag), IPv4; anything not understood
  *      is XDP_PASS with a named reason, never dropped;
- *   2. gw_deny: stateless deny list (every IPv4 packet with a sane header, tagged or
- *      not) -> XDP_DROP;
- *   3. gw_lookup: TCP/UDP/ICMP echo key, flow-table hit of an established,
- *      kernel-admitted flow; miss, FIN/RST, closing flow: XDP_PASS to the kernel;
+ *   2. gw_lookup: TCP/UDP/ICMP echo key, flow-table hit of an established,
+ *      kernel-admitted flow; miss, FIN/RST, closing flow: XDP_PASS to the kernel
+ *      (after step 3);
+ *   3. gw_deny: stateless deny list (every IPv4 packet with a sane header, tagged or
+ *      not) -> XDP_DROP; skipped for a flow hit that passed it under the current
+ *      deny-list epoch (flow_value.deny_epoch);
  *   4. gw_rewrite: addresses and ports exactly as conntrack NAT would, TTL, MACs;
  *      then redirect.
  * Every path ends at `out:`, where the reason is counted.
@@ -66,21 +68,13 @@ static __always_inline __u32 lowest_bit_index(__u64 mask)
 /* AND of the per-field rule masks of the active generation.  Returns the mask and
  * stores the generation; 0 means no rule matches. */
 static __always_inline __u64 deny_lookup(__be32 be_saddr, __be32 be_daddr, __u8 proto,
-					 int has_port, __be16 be_dport, __u32 *gen_out)
+					 int has_port, __be16 be_dport, __u8 gen)
 {
 	struct deny_lpm_key lpm = {};
 	struct deny_port_key pkey = {};
-	struct spectra_config *cfg;
-	__u32 zero = 0, slot;
+	__u32 slot;
 	__u64 mask, port_mask;
 	__u64 *m;
-	__u8 gen;
-
-	cfg = config.lookup(&zero);
-	if (!cfg)
-		return 0;
-	gen = cfg->deny_gen & 1;
-	*gen_out = gen;
 
 	/* Cheapest first: an array slot per protocol is zero for most traffic (and for
 	 * all of it when the list is empty), which skips both LPM walks. */
@@ -257,12 +251,12 @@ static __always_inline __u32 gw_parse(struct hdr_cursor *nh, void *data_end, str
  * constrain the port can match.  STAT_DROP_DENY (the rule's counter bumped) or
  * GW_NEXT.  `l4` is where the transport header starts. */
 static __always_inline __u32 gw_deny(const struct gw_pkt *p, void *l4, void *data_end,
-				     __u64 pkt_len)
+				     __u64 pkt_len, __u32 epoch)
 {
 	struct l4_ports *ports = l4;
 	struct counter *cnt;
 	__be16 be_dport = 0;
-	__u32 gen = 0, rule_slot;
+	__u32 gen = epoch & 1, rule_slot;
 	__u64 deny_mask;
 	int has_port = 0;
 
@@ -273,7 +267,7 @@ static __always_inline __u32 gw_deny(const struct gw_pkt *p, void *l4, void *dat
 		has_port = 1;
 	}
 	deny_mask = deny_lookup(p->iph->saddr, p->iph->daddr, p->ip_proto, has_port, be_dport,
-				&gen);
+				gen);
 	if (!deny_mask)
 		return GW_NEXT;
 	rule_slot = gen * MAX_DENY_RULES + lowest_bit_index(deny_mask);
@@ -417,21 +411,35 @@ int xdp_gateway(struct xdp_md *ctx)
 	struct gw_pkt p = {};
 	struct flow_value *fv = NULL;
 	struct gwlb_value *gv = NULL; /* stored GENEVE header of a GWLB return */
+	struct spectra_config *cfg;
 	struct counter *cnt;
 	int action = XDP_PASS;
-	__u32 reason;
+	__u32 reason, lookup, epoch = 0, zero = 0;
+	void *l4;
 
 	reason = gw_parse(&nh, data_end, &p);
 	if (reason != GW_NEXT)
 		goto out;
 
-	reason = gw_deny(&p, nh.pos, data_end, pkt_len);
-	if (reason != GW_NEXT) {
-		action = XDP_DROP;
-		goto out;
+	/* Deny, unless this is an offloaded flow that already passed the deny list of the
+	 * current epoch (its addresses, protocol and port are the same on every packet).
+	 * The flow lookup comes first so the hit can skip the LPM walks; its pass
+	 * reasons apply only after the deny list has had its say. */
+	l4 = nh.pos;
+	cfg = config.lookup(&zero);
+	if (cfg)
+		epoch = cfg->deny_gen;
+	lookup = gw_lookup(&nh, data_end, ctx->ingress_ifindex, &p, &fv, &gv);
+	if (lookup != GW_NEXT || fv->deny_epoch != epoch) {
+		reason = gw_deny(&p, l4, data_end, pkt_len, epoch);
+		if (reason != GW_NEXT) {
+			action = XDP_DROP;
+			goto out;
+		}
+		if (lookup == GW_NEXT)
+			fv->deny_epoch = epoch; /* racing CPUs store the same value */
 	}
-
-	reason = gw_lookup(&nh, data_end, ctx->ingress_ifindex, &p, &fv, &gv);
+	reason = lookup;
 	if (reason != GW_NEXT)
 		goto out;
 

@@ -28,6 +28,24 @@ def snat_addresses() -> dict[str, Any]:
     return doc
 
 
+def ip_sets() -> dict[str, Any]:
+    """Deny rules naming IP sets on either side, one with ports, an allow rule on a set."""
+    doc = minimal()
+    doc["rules"] = {
+        "ip_sets": {
+            "feed": {"cidrs": ["203.0.113.0/24", "198.51.100.7/32", "192.0.2.128/25"]},
+            "scanners": {"cidrs": ["10.9.0.0/16"]},
+            "unused": {"cidrs": ["10.10.0.0/16"]},
+        },
+        "entries": [
+            {"action": "deny", "dst_set": "feed", "comment": "threat feed"},
+            {"action": "deny", "src_set": "scanners", "proto": "tcp", "ports": [22, 22]},
+            {"action": "allow", "dst_set": "feed", "src": "10.0.1.0/24"},
+        ],
+    }
+    return doc
+
+
 def one_arm() -> dict[str, Any]:
     """A NAT instance on its one ENI (the AMI's first document), kernel path."""
     return {"interfaces": {"inside": "ens5", "outside": "ens5", "data_plane": "kernel"}}
@@ -53,6 +71,7 @@ CASES = {
     "snat_pool": snat_pool,
     "masquerade_random": masquerade_random,
     "one_arm": one_arm,
+    "ip_sets": ip_sets,
 }
 
 
@@ -225,3 +244,28 @@ def test_zone_nat_needs_zones() -> None:
     with pytest.raises(ConfigValidationError) as err:
         parse_document(doc)
     assert [e["path"] for e in err.value.errors] == ["nat.outside_addresses"]
+
+
+def test_ip_sets_render_as_interval_sets_matched_by_one_rule_each() -> None:
+    doc = ip_sets()
+    text = render_nftables(parse_document(doc), ["203.0.113.2"])
+    chains = _chains(text)
+    assert chains["forward"][-3:-1] == [
+        'iifname "inside" ip daddr @ipset_feed counter drop comment '
+        '"rules.entries[0]: threat feed"',
+        'iifname "inside" ip saddr @ipset_scanners tcp dport 22 counter drop comment '
+        '"rules.entries[1]"',
+    ]
+    assert "ipset_unused" not in text  # a set no rule names has nothing to match
+    body = text.split("\tset ipset_feed {\n", 1)[1].split("\n\t}\n", 1)[0].split("\n")
+    assert body[:3] == ["\t\ttype ipv4_addr", "\t\tflags interval", "\t\telements = {"]
+    elements = [line.strip().rstrip(",") for line in body[3:-1]]
+    assert elements == doc["rules"]["ip_sets"]["feed"]["cidrs"]
+
+
+def test_deny_rules_naming_sets_carry_the_prefixes_to_xdp() -> None:
+    rules = xdp_deny_rules(parse_document(ip_sets()))
+    assert [(r.src_set, r.dst_set, r.ports) for r in rules] == [
+        (None, ((0xCB007100, 24), (0xC6336407, 32), (0xC0000280, 25)), None),
+        (((0x0A090000, 16),), None, (22, 22)),
+    ]

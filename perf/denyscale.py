@@ -1,0 +1,118 @@
+"""Deny lists at blocklist scale: the time to replace 100,000 CIDRs, and what a loaded
+list costs the established-flow fast path, against no list in the same run.
+
+Measured through BPF_PROG_TEST_RUN (``repeat=1`` per run, median over batches):
+
+* ``replace_s``: :meth:`xdp.Dataplane.set_deny_rules` with one deny rule naming an IP
+  set of 100,000 mixed-length CIDRs (``tests/fixtures/blocklist.py``) plus the three
+  rules of ``tests/fixtures/packets.py``, alternating two different sets (each replace
+  writes one generation and clears the other); goal <= 1 s;
+* ``established_ns``: ``xdp_gateway`` on ``tcp_established_outbound_snat`` (an
+  offloaded flow, redirected) with no deny rules (the baseline) and with the 100,000-CIDR
+  set loaded (every deny lookup runs: the rule matches any protocol), and
+  ``xdp_drop_all`` on the same frame (the harness's own cost); goal: loaded / none
+  <= 1.2 (gross; the net ratio subtracts the harness).
+
+Nothing here needs the lab; it holds ``perf.lab.exclusive()`` so it never runs beside
+a lab benchmark.  ``python -m perf.denyscale --json FILE [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+GOAL_REPLACE_S = 1.0
+GOAL_RATIO = 1.2
+SET_SIZE = 100_000
+
+
+def _median_ns(prog_fd: int, frame: bytes, batches: int, per_batch: int) -> float:
+    from xdp.testrun import run
+
+    means = []
+    for _ in range(batches):
+        means.append(sum(run(prog_fd, frame).duration_ns for _ in range(per_batch)) / per_batch)
+    return float(statistics.median(means))
+
+
+def measure(batches: int = 7, per_batch: int = 2000, replaces: int = 5) -> dict[str, Any]:
+    from tests.fixtures.blocklist import blocklist
+    from tests.fixtures.packets import CASES, DENY_RULES, EGRESS_IFINDEX
+    from xdp import BuildOptions, Dataplane, DenyRule
+
+    case = next(c for c in CASES if c.name == "tcp_established_outbound_snat")
+    feeds = [blocklist(SET_SIZE, seed=s) for s in (1, 2)]
+    dp = Dataplane.load(
+        f"perf-deny-{os.getpid()}",
+        BuildOptions(flow_table_size=4096),
+        pin_root=Path("/sys/fs/bpf/spectra-perf"),
+    )
+    try:
+        dp.set_tx_port(EGRESS_IFINDEX)
+        for flow in case.flows:
+            dp.add_flow(flow.key, flow.entry)
+        frame = case.input_bytes()
+        gateway, drop = dp.program_fd("xdp_gateway"), dp.program_fd("xdp_drop_all")
+        dp.set_deny_rules([])
+        none_ns = _median_ns(gateway, frame, batches, per_batch)
+        took = []
+        for i in range(replaces):
+            rules = [DenyRule(dst_set=feeds[i % 2]), *DENY_RULES]
+            start = time.monotonic()
+            dp.set_deny_rules(rules)
+            took.append(time.monotonic() - start)
+        loaded_ns = _median_ns(gateway, frame, batches, per_batch)
+        drop_ns = _median_ns(drop, frame, batches, per_batch)
+        verdict_drops = dp.counters()["deny_rules"]
+    finally:
+        dp.destroy()
+    ratio = loaded_ns / none_ns
+    net = (loaded_ns - drop_ns) / (none_ns - drop_ns) if none_ns > drop_ns else None
+    return {
+        "set_size": SET_SIZE,
+        "replace_s": {"median": statistics.median(took), "max": max(took), "runs": took},
+        "replace_goal_s": GOAL_REPLACE_S,
+        "replace_met": max(took) <= GOAL_REPLACE_S,
+        "established_ns_no_rules": none_ns,
+        "established_ns_100k": loaded_ns,
+        "drop_all_ns": drop_ns,
+        "ratio_100k_vs_none": ratio,
+        "ratio_net_of_harness": net,
+        "ratio_goal": GOAL_RATIO,
+        "ratio_met": ratio <= GOAL_RATIO,
+        "deny_drops_during_run": len(verdict_drops),  # 0: the flow was never denied
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m perf.denyscale", description=__doc__.split("\n")[0])
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    from perf.lab import exclusive
+
+    started = time.monotonic()
+    with exclusive():
+        results = measure(*((3, 500, 3) if args.quick else (7, 2000, 5)))
+    results["wall_seconds"] = round(time.monotonic() - started, 1)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"suite": "denyscale", "results": results}, indent=2))
+    print("| figure | value | goal |\n|---|---|---|")
+    print(
+        f"| replace 100k CIDRs, max s | {results['replace_s']['max']:.3f} | <= {GOAL_REPLACE_S} |"
+    )
+    print(f"| established ns, no rules | {results['established_ns_no_rules']:.1f} | |")
+    print(f"| established ns, 100k CIDRs | {results['established_ns_100k']:.1f} | |")
+    print(f"| ratio 100k / none | {results['ratio_100k_vs_none']:.2f}x | <= {GOAL_RATIO}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
