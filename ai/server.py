@@ -41,6 +41,7 @@ log = logging.getLogger("spectra.ai")
 
 CONFIG = web.AppKey("config", AIConfig)
 GATEWAY = web.AppKey("gateway", Gateway)
+_READ = 256 * 1024  # bytes per body read
 
 
 def error_response(exc: GatewayError) -> web.Response:
@@ -48,14 +49,24 @@ def error_response(exc: GatewayError) -> web.Response:
     return web.json_response(exc.body(), status=exc.status, headers=headers)
 
 
-async def read_json(request: web.Request, limit: int) -> Any:
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, read until the end of the stream (one ``read`` returns only what
+    has arrived so far), holding at most ``limit`` + one read; over it: 413, with or
+    without a Content-Length (a chunked body is counted as it arrives)."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(
             f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes"
         )
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    body = bytearray()
+    while piece := await request.content.read(min(_READ, limit + 1 - len(body))):
+        body += piece
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    body = await read_body(request, limit)
     try:
         return json.loads(body)
     except json.JSONDecodeError as exc:

@@ -9,6 +9,7 @@ response, so the audit and logs can show what went over the wire.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -174,8 +175,11 @@ async def open_post(
     """POST and return a 2xx response (caller releases it); anything else -> ProviderError."""
     raw = RawExchange.of(url, headers, body)
     try:
+        # aiohttp sends a large bytes body in one write that may block the loop (and
+        # warns); a stream of it goes out in pieces.
+        data: bytes | io.BytesIO = io.BytesIO(body) if len(body) > RAW_LIMIT else body
         resp = await call.session.post(
-            url, data=body, headers=headers, timeout=_timeout(call.config)
+            url, data=data, headers=headers, timeout=_timeout(call.config)
         )
     except TimeoutError:
         raise ProviderError("timeout", f"upstream {url} timed out", request=raw) from None

@@ -151,7 +151,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 
 def create_anthropic_fake() -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 1024 * 1024)  # long prompts, like the real APIs
     add_stats_routes(app)
     app.router.add_post("/v1/messages", messages)
     return app

@@ -160,7 +160,7 @@ async def converse_stream(request: web.Request) -> web.StreamResponse:
 
 
 def create_bedrock_fake() -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 1024 * 1024)  # long prompts, like the real APIs
     add_stats_routes(app)
     app.router.add_post("/model/{model}/converse", converse)
     app.router.add_post("/model/{model}/converse-stream", converse_stream)

@@ -177,7 +177,7 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 def create_openai_fake() -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 1024 * 1024)  # long prompts, like the real APIs
     add_stats_routes(app)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)

@@ -1,0 +1,93 @@
+"""Request bodies over real HTTP: long valid prompts are read whole (through the openai
+SDK, and chunked by a slow sender), and a body over the limit is 413 with or without a
+Content-Length."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import openai
+import pytest
+from aiohttp.test_utils import TestServer
+
+from tests.unit.ai.conftest import KEY_A, audit_records, client_for
+
+KIB, MIB = 1024, 1024 * 1024
+LIMIT = 4 * MIB  # the default max_body_bytes
+
+
+def _prompt_body(size: int) -> bytes:
+    """A valid chat request of exactly ``size`` bytes (an ordinary long prompt)."""
+    head = {"model": "gpt-4o-mini", "max_tokens": 3, "messages": [{"role": "user"}]}
+    empty = len(json.dumps({**head, "messages": [{"role": "user", "content": ""}]}))
+    words = ("lorem ipsum dolor sit amet " * (size // 27 + 1))[: size - empty]
+    body = json.dumps({**head, "messages": [{"role": "user", "content": words}]}).encode()
+    assert len(body) == size
+    return body
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("size", [256 * KIB, 1 * MIB, 3 * MIB, LIMIT - KIB])
+async def test_long_prompt_through_sdk(gateway: TestServer, size: int) -> None:
+    content = json.loads(_prompt_body(size))["messages"][0]["content"]
+    async with client_for(gateway) as client:
+        out = await client.chat.completions.create(
+            model="gpt-4o-mini", max_tokens=3, messages=[{"role": "user", "content": content}]
+        )
+    assert out.choices[0].message.content == "Echo: lorem ipsum"
+    assert out.choices[0].finish_reason == "length"
+
+
+async def _chunked(body: bytes, piece: int, pause: float) -> AsyncIterator[bytes]:
+    for at in range(0, len(body), piece):
+        yield body[at : at + piece]
+        if pause:
+            await asyncio.sleep(pause)
+
+
+async def _post(server: TestServer, data: object) -> tuple[int, dict[str, object]]:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY_A}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            str(server.make_url("/v1/chat/completions")), data=data, headers=headers
+        ) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+@pytest.mark.asyncio
+async def test_slow_chunked_sender_is_read_whole(gateway: TestServer) -> None:
+    # 256 KiB in 64 pieces with a pause between: each read sees only part of the body.
+    status, body = await _post(gateway, _chunked(_prompt_body(256 * KIB), 4 * KIB, 0.005))
+    assert status == 200, body
+    assert body["choices"][0]["message"]["content"] == "Echo: lorem ipsum"  # type: ignore[index]
+
+
+@pytest.mark.asyncio
+async def test_chunked_body_over_limit_is_413(gateway: TestServer) -> None:
+    big = _prompt_body(20 * 1000 * 1000)
+    try:
+        status, body = await _post(gateway, _chunked(big, 256 * KIB, 0.0))
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+        pytest.fail("the gateway must answer 413, not drop the connection")
+    assert status == 413
+    assert body["error"]["code"] == "request_too_large"  # type: ignore[index]
+    assert str(LIMIT) in body["error"]["message"]  # type: ignore[index]
+    records = await audit_records(gateway)
+    assert [r["status"] for r in records] == [413]
+
+
+@pytest.mark.asyncio
+async def test_invalid_json_still_400(gateway: TestServer) -> None:
+    body = _prompt_body(1 * MIB)[:-1]  # a long body that really is not JSON
+    status, out = await _post(gateway, body)
+    assert status == 400 and "not valid JSON" in str(out)
+    async with client_for(gateway) as client:
+        with pytest.raises(openai.BadRequestError):
+            await client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": ""}], n=0
+            )
