@@ -317,10 +317,21 @@ class Gateway:
         body = {k: v for k, v in req.body.items() if k not in ("stream", "stream_options")}
         body["model"] = req.route.upstream_model
         cap, n = reservation.completion_cap, req.body.get("n") or 1
-        clamped = cap is not None and cap < req.completion_want * n
-        if clamped and cap is not None:
-            field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-            body[field] = max(1, cap // n)
+        asked = req.body.get("max_completion_tokens") or req.body.get("max_tokens")
+        # Every upstream request carries the cap the reservation covers, so an answer
+        # can never cost more than was reserved; a cap the client did not ask for (or a
+        # smaller one) is a clamp, and a "length" answer under it is not cached.
+        clamped = asked is None or (cap is not None and cap < asked * n)
+        if cap is not None:
+            per_choice = max(1, cap // n)
+            named = [f for f in ("max_completion_tokens", "max_tokens") if body.get(f)]
+            default = (
+                "max_completion_tokens"
+                if req.route.provider_config.kind == "openai"
+                else "max_tokens"
+            )
+            for field in named or [default]:
+                body[field] = min(int(body.get(field) or per_choice), per_choice)
         return UpstreamCall(
             body, self.session, req.route.provider_config, req.route.credentials
         ), clamped

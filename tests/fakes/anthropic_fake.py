@@ -26,7 +26,13 @@ def _answer(body: dict[str, Any]) -> Any:
         [body.get("system", "") if isinstance(body.get("system"), str) else ""]
         + [text_of(m.get("content")) for m in messages]
     )
-    return answer(text_of(last_content), prompt, tool, body.get("max_tokens"))
+    return answer(
+        text_of(last_content),
+        prompt,
+        tool,
+        body.get("max_tokens"),
+        Behavior.of(str(body.get("model", ""))).long,
+    )
 
 
 def _usage(a: Any, cached: bool, output: int | None = None) -> dict[str, Any]:

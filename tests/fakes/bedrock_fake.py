@@ -23,14 +23,15 @@ def _text(blocks: list[dict[str, Any]]) -> str:
     )
 
 
-def _answer(body: dict[str, Any]) -> Any:
+def _answer(body: dict[str, Any], length: int | None) -> Any:
     messages = body.get("messages") or []
     last = messages[-1]["content"] if messages else []
     is_result = any("toolResult" in b for b in last)
     tools = (body.get("toolConfig") or {}).get("tools") or []
     tool = tools[0]["toolSpec"]["name"] if tools and not is_result else None
     prompt = " ".join([_text(body.get("system") or [])] + [_text(m["content"]) for m in messages])
-    return answer(_text(last), prompt, tool, (body.get("inferenceConfig") or {}).get("maxTokens"))
+    cap = (body.get("inferenceConfig") or {}).get("maxTokens")
+    return answer(_text(last), prompt, tool, cap, length)
 
 
 def _usage(a: Any, cached: bool) -> dict[str, Any]:
@@ -74,7 +75,7 @@ async def _start(request: web.Request) -> tuple[dict[str, Any], Behavior, Any]:
     model = request.match_info["model"]
     count(request.app, {"model": model, **body})
     behavior = Behavior.of(model)
-    return body, behavior, _answer(body)
+    return body, behavior, _answer(body, behavior.long)
 
 
 async def converse(request: web.Request) -> web.Response:

@@ -4,7 +4,8 @@ Markers anywhere in the model name (combinable): ``fail500`` / ``fail429`` (erro
 status before anything), ``failafter<N>`` (drop the connection after N content
 tokens), ``slow<ms>`` (wait before the first token), ``errorevent`` (a 200 stream that
 carries only an error event), ``cached`` (report prompt-cache reads/writes),
-``nousage`` (report no usage at all). The
+``nousage`` (report no usage at all), ``long<N>`` (answer N tokens whatever the
+prompt, unless capped by the request's max tokens). The
 answer is ``Echo: <last user text>`` word by word, or a call of the first tool when
 the request offers tools and the last message is not a tool result.
 """
@@ -30,12 +31,14 @@ class Behavior:
     error_event: bool = False
     cached: bool = False
     no_usage: bool = False
+    long: int | None = None
 
     @classmethod
     def of(cls, model: str) -> Behavior:
         status = re.search(r"fail(500|429|503)", model)
         after = re.search(r"failafter(\d+)", model)
         slow = re.search(r"slow(\d+)", model)
+        long = re.search(r"long(\d+)", model)
         return cls(
             fail_status=int(status.group(1)) if status else None,
             fail_after=int(after.group(1)) if after else None,
@@ -43,6 +46,7 @@ class Behavior:
             error_event="errorevent" in model,
             cached="cached" in model,
             no_usage="nousage" in model,
+            long=int(long.group(1)) if long else None,
         )
 
 
@@ -79,12 +83,15 @@ def answer(
     prompt_text: str,
     tool_name: str | None,
     max_tokens: int | None,
+    length: int | None = None,
 ) -> Answer:
     prompt = max(1, words(prompt_text))
     if tool_name is not None:
         args = json.dumps({"query": last_user})
         return Answer([], ("call_fake_1", tool_name, args), "tool_calls", prompt)
     tokens = ["Echo:"] + [" " + w for w in last_user.split()]
+    if length is not None:
+        tokens = (tokens + [" more"] * length)[:length]
     finish = "stop"
     if max_tokens is not None and len(tokens) > max_tokens:
         tokens, finish = tokens[:max_tokens], "length"

@@ -22,7 +22,13 @@ def _answer(body: dict[str, Any]) -> Any:
     tools = body.get("tools") or []
     tool = tools[0]["function"]["name"] if tools and messages[-1].get("role") != "tool" else None
     prompt = " ".join(text_of(m.get("content")) for m in messages)
-    return answer(last, prompt, tool, body.get("max_completion_tokens") or body.get("max_tokens"))
+    return answer(
+        last,
+        prompt,
+        tool,
+        body.get("max_completion_tokens") or body.get("max_tokens"),
+        Behavior.of(str(body.get("model", ""))).long,
+    )
 
 
 def _usage(a: Any, cached: bool) -> dict[str, Any]:

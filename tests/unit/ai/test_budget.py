@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import openai
 import pytest
+from aiohttp.test_utils import TestServer
 
 from ai.budget import Budgets, Prices
 from ai.config import BudgetConfig, PriceConfig
@@ -102,3 +104,68 @@ async def test_cost_budget_under_concurrency(make_gateway: GatewayFactory) -> No
         )
     _, cost = server.app[GATEWAY].budgets.used("key-a")
     assert 0 < cost <= 0.0005
+
+
+async def _served(c: openai.AsyncOpenAI, model: str, stream: bool, max_tokens: int | None) -> int:
+    """One request's total tokens as the client was told them."""
+    extra: dict[str, Any] = {} if max_tokens is None else {"max_tokens": max_tokens}
+    messages: list[Any] = [{"role": "user", "content": "tell me a long story"}]
+    if not stream:
+        out = await c.chat.completions.create(model=model, messages=messages, **extra)
+        assert out.usage is not None
+        return out.usage.total_tokens
+    total = None
+    chunks = await c.chat.completions.create(
+        model=model,
+        messages=messages,
+        stream=True,
+        stream_options={"include_usage": True},
+        **extra,
+    )
+    async for chunk in chunks:
+        if chunk.usage is not None:
+            total = chunk.usage.total_tokens
+    assert total is not None
+    return total
+
+
+async def _hundred(server: TestServer, model: str, stream: bool, max_tokens: int | None) -> int:
+    async with client_for(server, timeout=60) as c:
+        results = await asyncio.gather(
+            *(_served(c, model, stream, max_tokens) for _ in range(100)), return_exceptions=True
+        )
+    ok = [r for r in results if isinstance(r, int)]
+    refused = [r for r in results if isinstance(r, openai.RateLimitError)]
+    assert len(ok) + len(refused) == 100 and ok and refused, results
+    return sum(ok)
+
+
+LONG = {"gpt": "gpt-long1500", "claude": "claude-long1500", "bedrock": "bedrock/long1500"}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("provider", sorted(LONG))
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("max_tokens", [None, 2000])
+async def test_token_budget_holds_against_long_answers(
+    make_gateway: GatewayFactory, provider: str, stream: bool, max_tokens: int | None
+) -> None:
+    # The upstream answers 1,500 tokens unless capped; with no max_tokens the gateway
+    # reserves completion_reserve_tokens (1,024) and must cap the upstream at that.
+    limit = 10_000
+    server = await make_gateway(budget_a={"max_tokens": limit}, exact_cache={"enabled": False})
+    served = await _hundred(server, LONG[provider], stream, max_tokens)
+    used_tokens, _ = server.app[GATEWAY].budgets.used("key-a")
+    assert used_tokens == served <= limit
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("stream", [False, True])
+async def test_cost_budget_holds_against_long_answers(
+    make_gateway: GatewayFactory, stream: bool
+) -> None:
+    limit = 0.01  # gpt-*: 2 USD per million completion tokens, 0.003 per full answer
+    server = await make_gateway(budget_a={"max_cost_usd": limit}, exact_cache={"enabled": False})
+    await _hundred(server, LONG["gpt"], stream, None)
+    _, cost = server.app[GATEWAY].budgets.used("key-a")
+    assert 0 < cost <= limit
