@@ -142,7 +142,7 @@ class Assembler:
                 {
                     "index": index,
                     "message": message,
-                    "finish_reason": choice.finish_reason or "stop",
+                    "finish_reason": choice.finish_reason,  # None only if incomplete
                 }
             )
         return out

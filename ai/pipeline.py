@@ -303,6 +303,12 @@ class Gateway:
             exc.status,
         )
         trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
+        if exc.kind == "truncated":
+            trace.commit = "truncated"
+            return UpstreamFailed(
+                f"upstream provider {req.route.provider_name} ended its answer without "
+                "saying it was complete; the response is incomplete"
+            )
         if exc.status == 429:
             return RateLimited(
                 f"upstream provider {req.route.provider_name} is rate limiting",
@@ -347,6 +353,8 @@ class Gateway:
             return await collect_answer(req, call, clamped, trace, ttft)
         completion = await req.route.provider.complete(call)
         trace.mark("upstream_done")
+        if not completion.choices or any(c["finish_reason"] is None for c in completion.choices):
+            raise ProviderError("truncated", "upstream answer carries no finish reason")
         trace.commit = "completed"
         text = choices_text(completion.choices)
         usage = completion.usage or Usage(req.prompt_estimate, count_text(text), estimated=True)

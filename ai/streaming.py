@@ -148,6 +148,8 @@ async def collect_answer(
                 raise ProviderError("timeout", "time-to-first-token deadline passed") from None
             usage, content = _absorb(batch, assembler, usage)
             seen = seen or content
+        if not assembler.complete:
+            raise ProviderError("truncated", "upstream stream ended without a finish reason")
     except ProviderError as exc:
         if not seen:
             raise
@@ -159,8 +161,6 @@ async def collect_answer(
         ) from None
     finally:
         await items.aclose()  # type: ignore[attr-defined]
-    if not assembler.complete and not seen:
-        raise ProviderError("protocol", "stream ended before any output")
     trace.mark("upstream_done")
     trace.commit = "completed"
     choices, text = assembler.choices(), assembler.text()
@@ -195,6 +195,8 @@ async def _stream_rest(
                     frames.append(envelope.frame(item))
                 if frames:
                     await response.write(b"".join(frames))
+            if not assembler.complete:
+                raise ProviderError("truncated", "upstream stream ended without a finish reason")
         except ProviderError as exc:
             # After the commit point: never switch models; end in-band, no [DONE].
             log.warning(

@@ -173,7 +173,8 @@ def map_response(data: dict[str, Any]) -> Completion:
     message: dict[str, Any] = {"role": "assistant", "content": text or None}
     if calls:
         message["tool_calls"] = calls
-    finish = STOP_REASONS.get(data.get("stop_reason") or "end_turn", "stop")
+    reason = data.get("stop_reason")  # None (a cut-off message): never invented
+    finish = STOP_REASONS.get(reason, "stop") if reason else None
     usage = data.get("usage")
     return Completion(
         choices=[{"index": 0, "message": message, "finish_reason": finish}],
@@ -263,6 +264,7 @@ class AnthropicProvider:
                     return
         finally:
             resp.release()
+        raise ProviderError("truncated", f"upstream stream {url} ended before message_stop")
 
     async def embed(self, call: UpstreamCall) -> dict[str, Any]:
         raise ProviderError("protocol", "Anthropic offers no embeddings endpoint")

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 REDACTED_HEADERS = frozenset({"authorization", "x-api-key", "x-amz-security-token"})
 RAW_LIMIT = 64 * 1024
 
-ErrorKind = Literal["connect", "status", "error_event", "timeout", "protocol"]
+# "truncated": the upstream ended cleanly but before it said the answer was complete.
+ErrorKind = Literal["connect", "status", "error_event", "timeout", "protocol", "truncated"]
 
 
 @dataclass(frozen=True, slots=True)

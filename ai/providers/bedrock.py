@@ -249,7 +249,9 @@ def map_response(data: dict[str, Any]) -> Completion:
             {
                 "index": 0,
                 "message": message,
-                "finish_reason": STOP_REASONS.get(data.get("stopReason", ""), "stop"),
+                "finish_reason": STOP_REASONS.get(data["stopReason"], "stop")
+                if data.get("stopReason")
+                else None,  # a cut-off answer: never invented
             }
         ],
         usage=map_usage(usage) if isinstance(usage, dict) else None,
@@ -262,6 +264,7 @@ def map_response(data: dict[str, Any]) -> Completion:
 class _StreamState:
     def __init__(self) -> None:
         self.tool_index: dict[int, int] = {}
+        self.stopped = False  # messageStop came: the stream may end
 
     def map(self, event: str, data: dict[str, Any]) -> list[StreamItem]:
         if event == "messageStart":
@@ -281,6 +284,7 @@ class _StreamState:
                 return [tool_call_arguments(index, delta["toolUse"].get("input", ""))]
             return []
         if event == "messageStop":
+            self.stopped = True
             return [ChoiceDelta({}, STOP_REASONS.get(data.get("stopReason", ""), "stop"))]
         if event == "metadata" and isinstance(data.get("usage"), dict):
             return [map_usage(data["usage"])]
@@ -328,6 +332,8 @@ class BedrockProvider:
             raise ProviderError("connect", f"upstream stream broke: {type(exc).__name__}") from None
         finally:
             resp.release()
+        if not state.stopped:
+            raise ProviderError("truncated", f"upstream stream {url} ended before messageStop")
 
     async def embed(self, call: UpstreamCall) -> dict[str, Any]:
         raise ProviderError("protocol", "embeddings are not mapped for Bedrock")

@@ -58,7 +58,7 @@ def map_response(data: dict[str, Any]) -> Completion:
             {
                 "index": c.get("index", i),
                 "message": c.get("message") or {},
-                "finish_reason": c.get("finish_reason") or "stop",
+                "finish_reason": c.get("finish_reason"),  # None: never invented
             }
             for i, c in enumerate(choices)
         ],
@@ -127,6 +127,7 @@ class OpenAIProvider:
                     return
         finally:
             resp.release()
+        raise ProviderError("truncated", f"upstream stream {url} ended before [DONE]")
 
     async def embed(self, call: UpstreamCall) -> dict[str, Any]:
         return await post_json(call, _url(call, "/embeddings"), _headers(call), call.body)

@@ -73,8 +73,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(behavior.slow_ms / 1000)
     a = _answer(body)
     content: list[dict[str, Any]] = []
-    if a.tokens:
-        content.append({"type": "text", "text": "".join(a.tokens)})
+    tokens = a.tokens if behavior.truncate is None else a.tokens[: behavior.truncate]
+    if tokens:
+        content.append({"type": "text", "text": "".join(tokens)})
     if a.tool:
         content.append(
             {"type": "tool_use", "id": a.tool[0], "name": a.tool[1], "input": json.loads(a.tool[2])}
@@ -85,7 +86,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         "role": "assistant",
         "model": body["model"],
         "content": content,
-        "stop_reason": STOP[a.finish],
+        "stop_reason": STOP[a.finish] if behavior.truncate is None else None,
         "stop_sequence": None,
         "usage": _usage(a, behavior.cached),
     }
@@ -122,6 +123,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
         for i, token in enumerate(a.tokens):
             if behavior.fail_after is not None and i >= behavior.fail_after:
                 return await drop(request, resp)
+            if behavior.truncate is not None and i >= behavior.truncate:
+                return resp  # a clean end: no message_delta, no message_stop
             await send(
                 "content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": token}}
             )

@@ -87,8 +87,9 @@ async def converse(request: web.Request) -> web.Response:
     if behavior.slow_ms:
         await asyncio.sleep(behavior.slow_ms / 1000)
     content: list[dict[str, Any]] = []
-    if a.tokens:
-        content.append({"text": "".join(a.tokens)})
+    tokens = a.tokens if behavior.truncate is None else a.tokens[: behavior.truncate]
+    if tokens:
+        content.append({"text": "".join(tokens)})
     if a.tool:
         content.append(
             {"toolUse": {"toolUseId": a.tool[0], "name": a.tool[1], "input": json.loads(a.tool[2])}}
@@ -96,7 +97,7 @@ async def converse(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "output": {"message": {"role": "assistant", "content": content}},
-            "stopReason": STOP[a.finish],
+            **({"stopReason": STOP[a.finish]} if behavior.truncate is None else {}),
             "usage": _usage(a, behavior.cached),
             "metrics": {"latencyMs": 1},
         }
@@ -131,6 +132,8 @@ async def converse_stream(request: web.Request) -> web.StreamResponse:
         for i, token in enumerate(a.tokens):
             if behavior.fail_after is not None and i >= behavior.fail_after:
                 return await drop(request, resp)
+            if behavior.truncate is not None and i >= behavior.truncate:
+                return resp  # a clean end: no messageStop, no metadata
             await resp.write(
                 _event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": token}})
             )

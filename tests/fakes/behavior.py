@@ -5,7 +5,9 @@ status before anything), ``failafter<N>`` (drop the connection after N content
 tokens), ``slow<ms>`` (wait before the first token), ``errorevent`` (a 200 stream that
 carries only an error event), ``cached`` (report prompt-cache reads/writes),
 ``nousage`` (report no usage at all), ``long<N>`` (answer N tokens whatever the
-prompt, unless capped by the request's max tokens). The
+prompt, unless capped by the request's max tokens), ``truncate<N>`` (end cleanly after N
+content tokens with no finish reason and no stream terminator, as a cut-off upstream
+does). The
 answer is ``Echo: <last user text>`` word by word, or a call of the first tool when
 the request offers tools and the last message is not a tool result.
 """
@@ -32,6 +34,7 @@ class Behavior:
     cached: bool = False
     no_usage: bool = False
     long: int | None = None
+    truncate: int | None = None
 
     @classmethod
     def of(cls, model: str) -> Behavior:
@@ -39,6 +42,7 @@ class Behavior:
         after = re.search(r"failafter(\d+)", model)
         slow = re.search(r"slow(\d+)", model)
         long = re.search(r"long(\d+)", model)
+        truncate = re.search(r"truncate(\d+)", model)
         return cls(
             fail_status=int(status.group(1)) if status else None,
             fail_after=int(after.group(1)) if after else None,
@@ -47,6 +51,7 @@ class Behavior:
             cached="cached" in model,
             no_usage="nousage" in model,
             long=int(long.group(1)) if long else None,
+            truncate=int(truncate.group(1)) if truncate else None,
         )
 
 

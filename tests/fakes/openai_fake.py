@@ -68,7 +68,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not body.get("stream"):
         if behavior.error_event:
             return _error(500)
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(a.tokens) or None}
+        tokens = a.tokens if behavior.truncate is None else a.tokens[: behavior.truncate]
+        finish = a.finish if behavior.truncate is None else None
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens) or None}
         if a.tool:
             message["tool_calls"] = [
                 {
@@ -81,7 +83,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             {
                 **base,
                 "object": "chat.completion",
-                "choices": [{"index": 0, "message": message, "finish_reason": a.finish}],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                 **({} if behavior.no_usage else {"usage": _usage(a, behavior.cached)}),
             }
         )
@@ -106,6 +108,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     for i, token in enumerate(a.tokens):
         if behavior.fail_after is not None and i >= behavior.fail_after:
             return await drop(request, resp)
+        if behavior.truncate is not None and i >= behavior.truncate:
+            return resp  # a clean end: no finish reason, no [DONE]
         await send(
             {**chunk, "choices": [{"index": 0, "delta": {"content": token}, "finish_reason": None}]}
         )

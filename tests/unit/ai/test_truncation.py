@@ -1,0 +1,100 @@
+"""Completeness is checked, never assumed: an upstream answer that ends cleanly but
+without a finish reason (and, streamed, without its terminator: OpenAI's ``[DONE]``,
+Anthropic's ``message_stop``, Bedrock's ``messageStop``) reaches the client as an error,
+is audited as truncated and is never cached, exactly or semantically."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import openai
+import pytest
+from aiohttp.test_utils import TestServer
+
+from tests.unit.ai.conftest import KEY_A, Fakes, GatewayFactory, audit_records, client_for
+from tests.unit.ai.test_semantic import FakeSemanticCache
+
+# (model, fake upstream); the fake stops cleanly after 3 of 7 tokens.
+CUT = [
+    ("gpt-truncate3", "openai"),
+    ("claude-truncate3", "anthropic"),
+    ("bedrock/truncate3", "bedrock"),
+    ("local/truncate3", "local"),
+]
+PROMPT = "one two three four five six"
+
+
+async def _sse(server: TestServer, model: str) -> list[str]:
+    """The data lines of a streamed answer, as sent."""
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": PROMPT}]}
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            str(server.make_url("/v1/chat/completions")), json=body, headers=headers
+        ) as resp,
+    ):
+        assert resp.status == 200
+        text = await resp.text()
+    return [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("model", "upstream"), CUT)
+async def test_cut_stream_ends_in_error_without_done(
+    make_gateway: GatewayFactory, fakes: Fakes, model: str, upstream: str
+) -> None:
+    sem = FakeSemanticCache()
+    server = await make_gateway(semcache=sem)
+    for attempt in (1, 2):
+        data = await _sse(server, model)
+        assert "[DONE]" not in data
+        events = [json.loads(d) for d in data]
+        text = "".join(
+            c["delta"].get("content") or "" for e in events for c in e.get("choices", [])
+        )
+        assert text == "Echo: one two"
+        assert all(c["finish_reason"] is None for e in events for c in e.get("choices", []))
+        error = events[-1]["error"]
+        assert error["code"] == "upstream_truncated"
+        assert fakes.requests(upstream) == attempt  # never served from a cache
+    assert sem.entries == {}
+    records = await audit_records(server)
+    assert [r["commit"] for r in records] == ["truncated", "truncated"]
+    assert all(r["error"]["upstream"]["kind"] == "truncated" for r in records)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("model", "upstream"), CUT)
+async def test_cut_answer_is_502_and_never_cached(
+    make_gateway: GatewayFactory, fakes: Fakes, model: str, upstream: str
+) -> None:
+    sem = FakeSemanticCache()
+    server = await make_gateway(semcache=sem, overflow={"policy": "reject"})
+    async with client_for(server) as client:
+        for attempt in (1, 2):
+            with pytest.raises(openai.APIStatusError) as caught:
+                await client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": PROMPT}]
+                )
+            assert caught.value.status_code == 502
+            assert "incomplete" in caught.value.message
+            assert fakes.requests(upstream) == attempt
+    assert sem.entries == {}
+    records = await audit_records(server)
+    assert [r["status"] for r in records] == [502, 502]
+    assert [r["commit"] for r in records] == ["truncated", "truncated"]
+
+
+@pytest.mark.asyncio
+async def test_complete_answers_still_cached(make_gateway: GatewayFactory, fakes: Fakes) -> None:
+    # The control: the same prompt to an upstream that finishes is cached and replayed.
+    server = await make_gateway()
+    async with client_for(server) as client:
+        for _ in (1, 2):
+            out = await client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
+            )
+            assert out.choices[0].finish_reason == "stop"
+    assert fakes.requests("openai") == 1
