@@ -43,6 +43,9 @@ from ai.usage import Usage
 
 log = logging.getLogger("spectra.ai")
 SINGLE_CHOICE_PROVIDERS = frozenset({"anthropic", "bedrock"})
+# Retry-After of an upstream 429 that named none (Bedrock's ThrottlingException never
+# does): clients back off at least this long instead of retrying at once.
+UPSTREAM_RETRY_AFTER_S = 1
 
 
 class _Spill(Exception):
@@ -312,7 +315,7 @@ class Gateway:
         if exc.status == 429:
             return RateLimited(
                 f"upstream provider {req.route.provider_name} is rate limiting",
-                retry_after=exc.retry_after,
+                retry_after=exc.retry_after or UPSTREAM_RETRY_AFTER_S,
             )
         return UpstreamFailed(
             f"upstream provider {req.route.provider_name} failed ({exc.kind}"

@@ -77,6 +77,19 @@ async def read_json(request: web.Request, limit: int) -> Any:
         raise BadRequest("request body is not valid UTF-8 JSON") from None
 
 
+def _authenticate(request: web.Request, gw: Gateway, trace: Trace) -> Principal:
+    """The request's principal, named in ``trace`` even when revoked (then 403)."""
+    principal = gw.keys.identify(request.headers.get("Authorization"))
+    trace.key_id, trace.key_hash, trace.tenant = (
+        principal.key_id,
+        principal.key_hash,
+        principal.tenant,
+    )
+    check_not_revoked(principal)
+    trace.mark("auth")
+    return principal
+
+
 Handler = Callable[
     [web.Request, Gateway, Principal, dict[str, Any], Trace], Awaitable[web.StreamResponse]
 ]
@@ -92,14 +105,7 @@ def _endpoint(
         try:
             if (request.content_length or 0) > gw.config.max_body_bytes:
                 await read_json(request, gw.config.max_body_bytes)
-            principal = gw.keys.identify(request.headers.get("Authorization"))
-            trace.key_id, trace.key_hash, trace.tenant = (
-                principal.key_id,
-                principal.key_hash,
-                principal.tenant,
-            )
-            check_not_revoked(principal)
-            trace.mark("auth")
+            principal = _authenticate(request, gw, trace)
             body = parse(await read_json(request, gw.config.max_body_bytes))
             return await run(request, gw, principal, body, trace)
         except GatewayError as exc:
@@ -124,15 +130,21 @@ async def _embeddings(
 
 
 async def models(request: web.Request) -> web.StreamResponse:
+    """The listed models; audited like every other call."""
+    gw, trace = request.app[GATEWAY], Trace("models")
     try:
-        request.app[GATEWAY].keys.authenticate(request.headers.get("Authorization"))
+        _authenticate(request, gw, trace)
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": provider}
+            for m, provider in gw.router.listed()
+        ]
+        trace.commit = "completed"
+        return web.json_response({"object": "list", "data": data})
     except GatewayError as exc:
+        trace.fail(exc)
         return error_response(exc)
-    data = [
-        {"id": m, "object": "model", "created": 0, "owned_by": provider}
-        for m, provider in request.app[GATEWAY].router.listed()
-    ]
-    return web.json_response({"object": "list", "data": data})
+    finally:
+        await gw.write_audit(trace)
 
 
 def _resources(

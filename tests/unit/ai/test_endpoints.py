@@ -8,14 +8,35 @@ from aiohttp.test_utils import TestServer
 from pydantic import ValidationError
 
 from ai.config import AIConfig, OverflowConfig
-from tests.unit.ai.conftest import KEY_A, Fakes, GatewayFactory, client_for
+from tests.unit.ai.conftest import (
+    KEY_A,
+    KEY_REVOKED,
+    Fakes,
+    GatewayFactory,
+    audit_records,
+    client_for,
+)
 
 
 @pytest.mark.asyncio
-async def test_models(client: openai.AsyncOpenAI) -> None:
+async def test_models(client: openai.AsyncOpenAI, gateway: TestServer) -> None:
     page = await client.models.list()
     ids = {m.id: m.owned_by for m in page.data}
     assert ids == {"gpt-4o-mini": "openai", "claude-sonnet-4": "anthropic", "local/llama": "vllm"}
+    for key, exc in (
+        ("sk-wrong", openai.AuthenticationError),
+        (KEY_REVOKED, openai.PermissionDeniedError),
+    ):
+        async with client_for(gateway, key) as other:
+            with pytest.raises(exc):
+                await other.models.list()
+    records = await audit_records(gateway)
+    assert [(r["endpoint"], r["status"], r["key_id"]) for r in records] == [
+        ("models", 200, "key-a"),
+        ("models", 401, None),
+        ("models", 403, "key-r"),
+    ]
+    assert records[0]["tenant"] == "tenant-a" and records[2]["error"]["code"] == "key_revoked"
 
 
 @pytest.mark.asyncio

@@ -150,3 +150,23 @@ async def test_upstream_secrets_never_leak(
 async def test_upstream_429_passes_as_429(client: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.RateLimitError):
         await client.chat.completions.create(model="gpt-fail429", messages=MSG)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("model", ["gpt-fail429", "claude-fail429", "bedrock/x-fail429"])
+async def test_upstream_rate_limit_carries_retry_after(gateway: TestServer, model: str) -> None:
+    # Bedrock's ThrottlingException comes without Retry-After; the client still gets one.
+    async with client_for(gateway) as c:
+        with pytest.raises(openai.RateLimitError) as info:
+            await c.chat.completions.create(model=model, messages=MSG)
+    assert int(info.value.response.headers["Retry-After"]) >= 1
+
+
+@pytest.mark.asyncio
+async def test_token_rate_limit_carries_retry_after(make_gateway: GatewayFactory) -> None:
+    server = await make_gateway(budget_a={"tokens_per_minute": 60})
+    async with client_for(server) as c:
+        await c.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=20)
+        with pytest.raises(openai.RateLimitError) as info:
+            await c.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=59)
+    assert 1 <= int(info.value.response.headers["Retry-After"]) <= 61
