@@ -41,6 +41,7 @@ log = logging.getLogger("spectra.ai")
 
 CONFIG = web.AppKey("config", AIConfig)
 GATEWAY = web.AppKey("gateway", Gateway)
+REQUEST_ID = web.RequestKey("request_id", str)  # the audit record's, sent as x-request-id
 _READ = 256 * 1024  # bytes per body read
 
 
@@ -102,6 +103,7 @@ def _endpoint(
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         gw, trace = request.app[GATEWAY], Trace(name)
+        request[REQUEST_ID] = trace.request_id
         try:
             if (request.content_length or 0) > gw.config.max_body_bytes:
                 await read_json(request, gw.config.max_body_bytes)
@@ -132,6 +134,7 @@ async def _embeddings(
 async def models(request: web.Request) -> web.StreamResponse:
     """The listed models; audited like every other call."""
     gw, trace = request.app[GATEWAY], Trace("models")
+    request[REQUEST_ID] = trace.request_id
     try:
         _authenticate(request, gw, trace)
         data = [
@@ -145,6 +148,13 @@ async def models(request: web.Request) -> web.StreamResponse:
         return error_response(exc)
     finally:
         await gw.write_audit(trace)
+
+
+async def _request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer, errors and streams included, names its audit record (OpenAI's
+    ``x-request-id``, which the SDKs expose as the response's request id)."""
+    if REQUEST_ID in request:
+        response.headers["x-request-id"] = request[REQUEST_ID]
 
 
 def _resources(
@@ -231,6 +241,7 @@ def create_app(
     app[CONFIG] = config
     keys = KeyStore(resolve_secret(config.key_secret, env), config.keys)
     aws = aws_credentials or DefaultCredentialChain()
+    app.on_response_prepare.append(_request_id_header)
     app.cleanup_ctx.append(_resources(config, env, semantic_cache, keys, source, reload_s, aws))
     app.router.add_post("/v1/chat/completions", _endpoint("chat", parse_chat, _chat))
     app.router.add_post("/v1/embeddings", _endpoint("embeddings", parse_embedding, _embeddings))
