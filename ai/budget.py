@@ -14,6 +14,7 @@ wall clock, the one a restarted process shares with the file.
 from __future__ import annotations
 
 import fnmatch
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -183,6 +184,28 @@ class Budgets:
             )
             second = int(reservation.window.at)
             self._store.window(reservation.key_id, second, 0, used - reservation.tokens)
+
+    def rate_headers(self, key_id: str, limits: BudgetConfig) -> dict[str, str]:
+        """OpenAI's ``x-ratelimit-*`` headers (limit, remaining, reset of requests and
+        tokens per minute) for the key's configured rate limits, as of now."""
+        state, now = self._key(key_id), self._now()
+        self._expire(state, now)
+        headers: dict[str, str] = {}
+
+        def put(kind: str, limit: int, used: int, oldest: float | None) -> None:
+            reset = 0.0 if oldest is None else max(0.0, oldest + RATE_WINDOW_S - now)
+            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - used))
+            headers[f"x-ratelimit-reset-{kind}"] = f"{math.ceil(reset)}s"
+
+        if limits.requests_per_minute is not None:
+            oldest = state.requests[0] if state.requests else None
+            put("requests", limits.requests_per_minute, len(state.requests), oldest)
+        if limits.tokens_per_minute is not None:
+            oldest = state.tokens[0].at if state.tokens else None
+            used = sum(w.tokens for w in state.tokens)
+            put("tokens", limits.tokens_per_minute, used, oldest)
+        return headers
 
     def used(self, key_id: str) -> tuple[int, float]:
         state = self._key(key_id)

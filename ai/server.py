@@ -42,6 +42,7 @@ log = logging.getLogger("spectra.ai")
 CONFIG = web.AppKey("config", AIConfig)
 GATEWAY = web.AppKey("gateway", Gateway)
 REQUEST_ID = web.RequestKey("request_id", str)  # the audit record's, sent as x-request-id
+PRINCIPAL = web.RequestKey("principal", Principal)  # whose rate limits the headers show
 _READ = 256 * 1024  # bytes per body read
 
 
@@ -87,6 +88,7 @@ def _authenticate(request: web.Request, gw: Gateway, trace: Trace) -> Principal:
         principal.tenant,
     )
     check_not_revoked(principal)
+    request[PRINCIPAL] = principal
     trace.mark("auth")
     return principal
 
@@ -150,11 +152,16 @@ async def models(request: web.Request) -> web.StreamResponse:
         await gw.write_audit(trace)
 
 
-async def _request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+async def _client_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer, errors and streams included, names its audit record (OpenAI's
-    ``x-request-id``, which the SDKs expose as the response's request id)."""
+    ``x-request-id``, which the SDKs expose as the response's request id) and, for a key
+    with rate limits, shows them as OpenAI's ``x-ratelimit-*`` headers."""
     if REQUEST_ID in request:
         response.headers["x-request-id"] = request[REQUEST_ID]
+    if PRINCIPAL in request:
+        principal = request[PRINCIPAL]
+        budgets = request.app[GATEWAY].budgets
+        response.headers.update(budgets.rate_headers(principal.key_id, principal.budget))
 
 
 def _resources(
@@ -241,7 +248,7 @@ def create_app(
     app[CONFIG] = config
     keys = KeyStore(resolve_secret(config.key_secret, env), config.keys)
     aws = aws_credentials or DefaultCredentialChain()
-    app.on_response_prepare.append(_request_id_header)
+    app.on_response_prepare.append(_client_headers)
     app.cleanup_ctx.append(_resources(config, env, semantic_cache, keys, source, reload_s, aws))
     app.router.add_post("/v1/chat/completions", _endpoint("chat", parse_chat, _chat))
     app.router.add_post("/v1/embeddings", _endpoint("embeddings", parse_embedding, _embeddings))

@@ -8,7 +8,7 @@ import openai
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.unit.ai.conftest import KEY_A, audit_records, client_for
+from tests.unit.ai.conftest import KEY_A, KEY_B, GatewayFactory, audit_records, client_for
 
 MSG: list[dict[str, str]] = [{"role": "user", "content": "hello there"}]
 
@@ -35,3 +35,36 @@ async def test_request_id_names_the_audit_record(gateway: TestServer) -> None:
     sent = [out._request_id, models._request_id, info.value.request_id, streamed]
     assert sent == [r["request_id"] for r in records]
     assert len(set(sent)) == 4
+
+
+@pytest.mark.asyncio
+async def test_rate_limit_headers(make_gateway: GatewayFactory) -> None:
+    server = await make_gateway(budget_a={"requests_per_minute": 2, "tokens_per_minute": 500})
+    async with client_for(server) as c:
+        first = await c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=MSG,  # type: ignore[arg-type]
+            max_tokens=10,
+        )
+        second = await c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "another question"}],  # type: ignore[arg-type]
+            max_tokens=10,
+        )
+        with pytest.raises(openai.RateLimitError) as info:
+            await c.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # type: ignore[arg-type]
+    async with client_for(server, KEY_B) as b:
+        plain = await b.models.with_raw_response.list()
+    u1, u2 = first.parse().usage, second.parse().usage
+    assert u1 is not None and u2 is not None
+    h1, h2, refused = first.headers, second.headers, info.value.response.headers
+    assert h1["x-ratelimit-limit-requests"] == "2" and h1["x-ratelimit-limit-tokens"] == "500"
+    assert h1["x-ratelimit-remaining-requests"] == "1"
+    assert h2["x-ratelimit-remaining-requests"] == "0" == refused["x-ratelimit-remaining-requests"]
+    # a JSON answer's headers are set after its reservation was reconciled to real usage
+    assert int(h2["x-ratelimit-remaining-tokens"]) == 500 - u1.total_tokens - u2.total_tokens
+    for h in (h1, h2, refused):
+        for kind in ("requests", "tokens"):
+            assert 0 <= int(h[f"x-ratelimit-reset-{kind}"].removesuffix("s")) <= 60
+    assert int(refused["Retry-After"]) >= 1
+    assert not any(k.lower().startswith("x-ratelimit") for k in plain.headers)  # no limits
