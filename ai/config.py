@@ -49,7 +49,12 @@ class ProviderConfig(_Model):
     aws_secret_access_key: SecretRef | None = None
     aws_session_token: SecretRef | None = None
     anthropic_version: str = "2023-06-01"
-    default_max_tokens: int = Field(default=4096, ge=1, description="when the API requires one")
+    default_max_tokens: int = Field(
+        default=4096,
+        ge=1,
+        description="completion cap of a request that names none, if below "
+        "completion_reserve_tokens",
+    )
     connect_timeout_s: float = Field(default=5.0, gt=0)
     request_timeout_s: float = Field(default=300.0, gt=0)
 

@@ -124,10 +124,12 @@ class Gateway:
         n = body.get("n") or 1
         if n > 1 and route.provider_config.kind in SINGLE_CHOICE_PROVIDERS:
             raise BadRequest(f"n > 1 is not supported for model {body['model']}", param="n")
+        # No cap from the client: reserve (and cap the upstream at) the smaller of the
+        # gateway's reserve and the provider's default completion size.
         want = (
             body.get("max_completion_tokens")
             or body.get("max_tokens")
-            or self.config.completion_reserve_tokens
+            or min(self.config.completion_reserve_tokens, route.provider_config.default_max_tokens)
         )
         req = ChatRun(
             http,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -14,7 +15,8 @@ from ai.config import BudgetConfig, PriceConfig
 from ai.errors import BudgetExhausted, RateLimited
 from ai.server import GATEWAY
 from ai.usage import Usage
-from tests.unit.ai.conftest import Fakes, GatewayFactory, client_for
+from tests.fakes.behavior import STATS
+from tests.unit.ai.conftest import Fakes, GatewayFactory, client_for, config_dict
 
 
 def test_reserve_caps_completion_and_reconciles() -> None:
@@ -169,3 +171,39 @@ async def test_cost_budget_holds_against_long_answers(
     await _hundred(server, LONG["gpt"], stream, None)
     _, cost = server.app[GATEWAY].budgets.used("key-a")
     assert 0 < cost <= limit
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("model", "upstream", "field"),
+    [
+        ("gpt-4o-mini", "openai", "max_completion_tokens"),
+        ("claude-sonnet-4", "anthropic", "max_tokens"),
+        ("local/llama", "local", "max_tokens"),
+    ],
+)
+async def test_upstream_always_gets_the_reserved_cap(
+    make_gateway: GatewayFactory,
+    fakes: Fakes,
+    tmp_path: Path,
+    model: str,
+    upstream: str,
+    field: str,
+) -> None:
+    # No client cap: the reserve (1,024), or a provider's smaller default_max_tokens.
+    server = await make_gateway(completion_reserve_tokens=1024)
+    async with client_for(server) as c:
+        await c.chat.completions.create(model=model, messages=[{"role": "user", "content": "a"}])
+        await c.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "b"}], max_tokens=7
+        )
+    sent = fakes.app(upstream)[STATS]["bodies"][-2:]
+    assert sent[0][field] == 1024 and sent[1]["max_tokens"] == 7  # the client's own field
+    config = config_dict(fakes, tmp_path)
+    config["providers"]["anthropic"]["default_max_tokens"] = 300
+    small = await make_gateway(providers=config["providers"])
+    async with client_for(small) as c:
+        await c.chat.completions.create(
+            model="claude-sonnet-4", messages=[{"role": "user", "content": "c"}]
+        )
+    assert fakes.app("anthropic")[STATS]["bodies"][-1]["max_tokens"] == 300
