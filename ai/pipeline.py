@@ -184,6 +184,9 @@ class Gateway:
                 trace.content = {"messages": body["messages"], "response": outcome.text}
             return outcome.response
         finally:
+            if usage is None and trace.commit == "truncated" and trace.usage is not None:
+                usage = trace.usage  # a cut-off answer the client got as an error
+                trace.cost_usd = self.prices.cost(body["model"], usage)
             self.budgets.reconcile(reservation, usage, trace.cost_usd)
 
     async def _lookup(
@@ -358,11 +361,12 @@ class Gateway:
             return await collect_answer(req, call, clamped, trace, ttft)
         completion = await req.route.provider.complete(call)
         trace.mark("upstream_done")
-        if not completion.choices or any(c["finish_reason"] is None for c in completion.choices):
-            raise ProviderError("truncated", "upstream answer carries no finish reason")
-        trace.commit = "completed"
         text = choices_text(completion.choices)
         usage = completion.usage or Usage(req.prompt_estimate, count_text(text), estimated=True)
+        if not completion.choices or any(c["finish_reason"] is None for c in completion.choices):
+            trace.usage = usage  # the cut-off answer was paid for upstream: charged
+            raise ProviderError("truncated", "upstream answer carries no finish reason")
+        trace.commit = "completed"
         truncated = clamped and any(c["finish_reason"] == "length" for c in completion.choices)
         value = None if truncated else {"choices": completion.choices, "usage": usage.to_openai()}
         body = req.envelope.completion(completion.choices, usage)

@@ -155,6 +155,9 @@ async def collect_answer(
             raise
         trace.commit = "truncated"
         trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
+        trace.usage = usage or Usage(
+            req.prompt_estimate, count_text(assembler.text()), estimated=True
+        )
         raise UpstreamFailed(
             f"upstream provider {req.route.provider_name} failed mid-response "
             f"({exc.kind}); the response is incomplete"

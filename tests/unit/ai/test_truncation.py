@@ -12,6 +12,7 @@ import openai
 import pytest
 from aiohttp.test_utils import TestServer
 
+from ai.server import GATEWAY
 from tests.unit.ai.conftest import KEY_A, Fakes, GatewayFactory, audit_records, client_for
 from tests.unit.ai.test_semantic import FakeSemanticCache
 
@@ -98,3 +99,22 @@ async def test_complete_answers_still_cached(make_gateway: GatewayFactory, fakes
             )
             assert out.choices[0].finish_reason == "stop"
     assert fakes.requests("openai") == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("model", "upstream"), CUT)
+async def test_cut_answer_is_still_charged(
+    make_gateway: GatewayFactory, model: str, upstream: str
+) -> None:
+    # The upstream was paid for the partial answer: the key's budget is charged with it.
+    server = await make_gateway(budget_a={"max_tokens": 100_000}, overflow={"policy": "reject"})
+    async with client_for(server) as client:
+        with pytest.raises(openai.APIStatusError):
+            await client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": PROMPT}]
+            )
+    used, _ = server.app[GATEWAY].budgets.used("key-a")
+    records = await audit_records(server)
+    assert records[-1]["commit"] == "truncated"
+    usage = records[-1]["usage"]
+    assert used == usage["prompt"] + usage["completion"] and usage["completion"] > 0
