@@ -305,7 +305,7 @@ class Gateway:
 
     def _upstream_error(self, req: ChatRun, exc: ProviderError, trace: Trace) -> GatewayError:
         log.warning(
-            "upstream %s failed before the first token: %s (status %s)",
+            "upstream %s failed before anything reached the client: %s (status %s)",
             req.route.provider_name,
             exc.kind,
             exc.status,

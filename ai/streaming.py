@@ -3,7 +3,9 @@
 The commit point lives here: before the first content or tool delta nothing is sent
 and every failure is raised as :class:`~ai.providers.ProviderError` for the overflow
 policy; after it the stream is the client's, and a failure ends it in-band (an error
-event, no ``[DONE]``) with the run audited as truncated.
+event, no ``[DONE]``) with the run audited as truncated. An upstream stream that ends
+without a finish reason for every choice (or without its terminator, which the provider
+adapters check) is such a failure: completeness is never assumed.
 """
 
 from __future__ import annotations
