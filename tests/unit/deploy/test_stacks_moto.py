@@ -23,6 +23,7 @@ from botocore.config import Config
 from control.aws.lease import KEY as LEASE_KEY
 from control.aws.stackcheck import load_template
 from control.config.aws import Aws as AwsSection
+from control.userdata import parse_user_data
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -34,17 +35,6 @@ NOT_IN_MOTO = {
 }
 SKIPPED = {"AWS::ElasticLoadBalancingV2::Listener"}  # moto: HTTP(S) only (motocfn.py)
 """Resource types moto's CloudFormation skips; the tests check everything else."""
-USER_DATA_KEYS = {
-    "name",
-    "store",
-    "region",
-    "az",
-    "operational_role",
-    "lease_table",
-    "admin_token_parameter",
-    "mode",
-}
-"""The user-data contract's keys (docs/user-data.md): unknown keys are refused at boot."""
 
 
 def template(name: str) -> dict[str, Any]:
@@ -244,8 +234,9 @@ def check_fleet(
             t["Tags"] for t in data["TagSpecifications"] if t["ResourceType"] == "network-interface"
         ]
         assert {"Key": "spectra:deployment", "Value": name} in eni_tags
-        user = json.loads(base64.b64decode(data["UserData"]))
-        assert set(user) <= USER_DATA_KEYS
+        raw = base64.b64decode(data["UserData"])
+        parse_user_data(raw)  # the first boot's own parser accepts it (unknown keys refused)
+        user = json.loads(raw)
         assert user["mode"] == "fleet" and user["name"] == name
         assert user["az"] == f"us-east-1{z.lower()}"
         assert user["store"] == f"ssm:/{name}/config"
