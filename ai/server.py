@@ -223,14 +223,12 @@ def _resources(
             restored = await state.open()
             await asyncio.to_thread(count_text, "load the encoding now, not on a request")
             sem = semcache
-            if (
-                sem is None
-                and config.semantic_cache.settings is not None
-                and (config.semantic_cache.settings.enabled)
-            ):
+            settings = config.semantic_cache.resolved_settings(config.exact_cache)
+            if sem is None and settings is not None and settings.enabled:
                 from ai.semcache import create_semantic_cache
 
-                owned = create_semantic_cache(config.semantic_cache.settings)
+                # off the loop: restoring persisted entries reads SQLite
+                owned = await asyncio.to_thread(create_semantic_cache, settings)
                 await owned.warm_up()  # load the model now, not on the first request
                 sem = owned
             gateway = Gateway(

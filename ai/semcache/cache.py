@@ -5,6 +5,8 @@ onnxruntime releases the GIL), searches the partition's matrix, and returns the 
 similar entry that is above the threshold and passes every enabled guard. A partition
 that holds nothing is answered without embedding. The vector of a missed lookup is
 kept briefly, so the ``add`` that follows the upstream answer does not embed again.
+With ``path`` configured, entries and their vectors are also written to SQLite
+(``ai.semcache.store``) and the index is rebuilt from it at start, under its bounds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ai.semcache.config import SemCacheConfig
 from ai.semcache.embedder import EMBEDDERS, Embedder
 from ai.semcache.guards import Features, check, enabled_guards
 from ai.semcache.index import PartitionIndex
+from ai.semcache.store import SemanticStore
 from ai.semcache_api import SemanticHit
 
 log = logging.getLogger("spectra.ai")
@@ -45,6 +48,7 @@ class SemanticCacheImpl:
         *,
         clock: Callable[[], float] = time.monotonic,
         workers: int = 2,
+        store: SemanticStore | None = None,
     ) -> None:
         self.config = config
         self.embedder = embedder
@@ -55,6 +59,24 @@ class SemanticCacheImpl:
         self._total = 0
         self._recent: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="semcache")
+        self._store = store
+
+    def restore(self) -> int:
+        """Rebuild the index from the store (oldest first, under the bounds); rows the
+        bounds dropped are deleted from the store. Returns the entries restored."""
+        if self._store is None:
+            return 0
+        with self._lock:
+            now = self._clock()
+            for row in self._store.load(self.config.ttl_seconds):
+                self._index(row.partition).add(
+                    Features(row.text), row.entry_id, row.vector, now - row.age_s
+                )
+            self._total = sum(len(index) for index in self._partitions.values())
+            self._enforce_bounds()
+            self._compact()
+        log.info("semantic cache restored %d entries", self._total)
+        return self._total
 
     @property
     def total_entries(self) -> int:
@@ -85,6 +107,8 @@ class SemanticCacheImpl:
     def close(self) -> None:
         """Stop the worker threads (pending calls finish first)."""
         self._pool.shutdown(wait=True)
+        if self._store is not None:
+            self._store.close()
 
     def lookup_sync(self, partition: str, text: str) -> SemanticHit | None:
         """The blocking body of ``lookup`` (also used by the evaluation)."""
@@ -116,17 +140,32 @@ class SemanticCacheImpl:
         vector = self._vector(text, remember=False)
         features = Features(text)
         with self._lock:
-            index = self._partitions.get(partition)
-            if index is None:
-                index = PartitionIndex(
-                    self.embedder.dim,
-                    self.config.max_entries_per_partition,
-                    self.config.ttl_seconds,
-                )
-                self._partitions[partition] = index
+            index = self._index(partition)
             self._partitions.move_to_end(partition)
             self._total += index.add(features, entry_id, vector, self._clock())
             self._enforce_bounds()
+            if self._store is not None:
+                self._store.put(partition, text, entry_id, vector)
+                if self._store.rows > 2 * self.config.max_total_entries:
+                    self._compact()
+
+    def _index(self, partition: str) -> PartitionIndex:
+        index = self._partitions.get(partition)
+        if index is None:
+            index = PartitionIndex(
+                self.embedder.dim,
+                self.config.max_entries_per_partition,
+                self.config.ttl_seconds,
+            )
+            self._partitions[partition] = index
+        return index
+
+    def _compact(self) -> None:
+        """Drop the store's rows the index no longer holds (evicted, expired, replaced)."""
+        if self._store is not None:
+            self._store.keep_only(
+                (name, text) for name, index in self._partitions.items() for text in index.texts()
+            )
 
     def _usable(self, text: str) -> bool:
         return self.config.enabled and 0 < len(text) <= self.config.max_text_chars
@@ -172,4 +211,7 @@ def create_semantic_cache(
                 f"accepted: {sorted(EMBEDDERS)}"
             )
         embedder = factory(config)
-    return SemanticCacheImpl(config, embedder, clock=clock)
+    store = None if config.path is None else SemanticStore(config.path, embedder.dim)
+    cache = SemanticCacheImpl(config, embedder, clock=clock, store=store)
+    cache.restore()
+    return cache

@@ -47,6 +47,10 @@ class PartitionIndex:
     def __len__(self) -> int:
         return len(self._ids)
 
+    def texts(self) -> list[str]:
+        """The stored texts (the persisted rows' keys within the partition)."""
+        return [f.text for f in self._features]
+
     def add(
         self, features: Features, entry_id: str, vector: npt.NDArray[np.float32], now: float
     ) -> int:
