@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ai.errors import BadRequest
-from ai.schema import parse_chat
+from ai.schema import describe, parse_chat
 
 
 class _Strict(BaseModel):
@@ -136,20 +136,12 @@ def _tool_choice(choice: dict[str, Any]) -> str | dict[str, Any]:
     return mapped
 
 
-def _describe(exc: ValidationError) -> tuple[str, str | None]:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or None
-    if err["type"] == "extra_forbidden":
-        return f"{where}: Extra inputs are not permitted", where
-    return f"Invalid value for '{where}': {err['msg']}", where
-
-
 def parse_messages(raw: Any) -> dict[str, Any]:
     """A validated Messages request as the gateway's internal chat request."""
     try:
         req = MessagesRequest.model_validate(raw)
     except ValidationError as exc:
-        message, param = _describe(exc)
+        message, param = describe(exc)
         raise BadRequest(message, param=param) from None
     messages: list[dict[str, Any]] = []
     if req.system:

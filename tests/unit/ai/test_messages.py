@@ -83,22 +83,21 @@ async def test_stream_events_and_cache_hit(
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("stream", [False, True])
-async def test_tools_both_ways(client: anthropic.AsyncAnthropic, stream: bool) -> None:
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-sonnet-4"])
+async def test_tools_both_ways(client: anthropic.AsyncAnthropic, stream: bool, model: str) -> None:
     ask: list[Any] = [{"role": "user", "content": "find cats"}]
     if stream:
         async with client.messages.stream(
-            model="gpt-4o-mini", max_tokens=64, messages=ask, tools=[TOOL]
+            model=model, max_tokens=64, messages=ask, tools=[TOOL]
         ) as s:
             msg = await s.get_final_message()
     else:
-        msg = await client.messages.create(
-            model="gpt-4o-mini", max_tokens=64, messages=ask, tools=[TOOL]
-        )
+        msg = await client.messages.create(model=model, max_tokens=64, messages=ask, tools=[TOOL])
     assert msg.stop_reason == "tool_use"
     use = msg.content[-1]
     assert use.type == "tool_use" and use.name == "look" and isinstance(use.input, dict)
     follow = await client.messages.create(
-        model="gpt-4o-mini",
+        model=model,
         max_tokens=64,
         tools=[TOOL],
         messages=[
@@ -184,3 +183,20 @@ async def test_stream_cut_off_ends_with_error_event(
     assert "message_start" in names and "message_stop" not in names
     record = (await audit_records(gateway))[-1]
     assert record["endpoint"] == "messages" and record["commit"] == "truncated"
+
+
+@pytest.mark.asyncio
+async def test_unsupported_argument_is_named(gateway: TestServer) -> None:
+    async with sdk(gateway) as c:
+        with pytest.raises(anthropic.BadRequestError) as bad:
+            await c.messages.create(
+                model="gpt-4o-mini",
+                max_tokens=8,
+                extra_body={"top_k": 5},
+                messages=[{"role": "user", "content": "x"}],
+            )
+    error = bad.value.body["error"]  # type: ignore[index]
+    assert error == {
+        "type": "invalid_request_error",
+        "message": "Unrecognized request argument supplied: top_k",
+    }
