@@ -63,20 +63,22 @@ class SemanticCacheImpl:
 
     def restore(self) -> int:
         """Rebuild the index from the store (oldest first, under the bounds); rows the
-        bounds dropped are deleted from the store. Returns the entries restored."""
+        bounds drop are deleted from the store. Returns the entries restored."""
         if self._store is None:
             return 0
-        with self._lock:
-            now = self._clock()
-            for row in self._store.load(self.config.ttl_seconds):
-                self._index(row.partition).add(
-                    Features(row.text), row.entry_id, row.vector, now - row.age_s
-                )
-            self._total = sum(len(index) for index in self._partitions.values())
-            self._enforce_bounds()
-            self._compact()
+        with self._lock, self._store.transaction():
+            self._rebuild(self._store)
         log.info("semantic cache restored %d entries", self._total)
         return self._total
+
+    def _rebuild(self, store: SemanticStore) -> None:
+        now = self._clock()
+        for row in store.load(self.config.ttl_seconds):
+            index = self._index(row.partition)
+            self._partitions.move_to_end(row.partition)
+            self._total += index.add(Features(row.text), row.entry_id, row.vector, now - row.age_s)
+            store.delete(row.partition, index.dropped)
+            self._enforce_bounds()
 
     @property
     def total_entries(self) -> int:
@@ -145,9 +147,9 @@ class SemanticCacheImpl:
             self._total += index.add(features, entry_id, vector, self._clock())
             self._enforce_bounds()
             if self._store is not None:
-                self._store.put(partition, text, entry_id, vector)
-                if self._store.rows > 2 * self.config.max_total_entries:
-                    self._compact()
+                with self._store.transaction():
+                    self._store.delete(partition, index.dropped)
+                    self._store.put(partition, text, entry_id, vector)
 
     def _index(self, partition: str) -> PartitionIndex:
         index = self._partitions.get(partition)
@@ -159,13 +161,6 @@ class SemanticCacheImpl:
             )
             self._partitions[partition] = index
         return index
-
-    def _compact(self) -> None:
-        """Drop the store's rows the index no longer holds (evicted, expired, replaced)."""
-        if self._store is not None:
-            self._store.keep_only(
-                (name, text) for name, index in self._partitions.items() for text in index.texts()
-            )
 
     def _usable(self, text: str) -> bool:
         return self.config.enabled and 0 < len(text) <= self.config.max_text_chars
@@ -193,6 +188,8 @@ class SemanticCacheImpl:
         ):
             name, index = self._partitions.popitem(last=False)
             self._total -= len(index)
+            if self._store is not None:
+                self._store.delete_partition(name)
             log.debug("semantic cache evicted partition %s (%d entries)", name, len(index))
 
 

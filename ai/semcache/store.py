@@ -5,9 +5,9 @@ Like the exact cache (``ai.cache``), entries live in one SQLite file; here each 
 float32 bytes and ``added`` as wall-clock time (the index's monotonic clock does not
 survive a restart). At start :meth:`load` returns the live rows oldest first, so the
 index is rebuilt under its own bounds (TTL, per-partition, partition and total
-limits); rows the rebuilt index dropped are deleted with :meth:`keep_only`, and the
-same compaction runs while serving once the file holds twice the total bound, so the
-file stays bounded. Calls come from the cache's worker threads under its lock.
+limits). Every entry the index drops (expired, least recently used, an evicted
+partition), at start or while serving, is deleted here too, so the file holds what
+the index holds. Calls come from the cache's worker threads under its lock.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,6 @@ class SemanticStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
-        self.rows = int(self._db.execute("SELECT COUNT(*) FROM semantic").fetchone()[0])
 
     def load(self, ttl_s: float | None) -> Iterator[StoredEntry]:
         """Live rows, oldest first; expired ones and vectors of another size are deleted."""
@@ -59,10 +59,20 @@ class SemanticStore:
         rows = self._db.execute(
             "SELECT partition, text, entry_id, vector, added FROM semantic ORDER BY added"
         ).fetchall()
-        self.rows = len(rows)
         for partition, text, entry_id, blob, added in rows:
             vector = np.frombuffer(blob, dtype="<f4").astype(np.float32)
             yield StoredEntry(partition, text, entry_id, vector, max(0.0, now - added))
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Commit what the block writes at once (or nothing, if it raises)."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def put(
         self, partition: str, text: str, entry_id: str, vector: npt.NDArray[np.float32]
@@ -72,25 +82,15 @@ class SemanticStore:
             "VALUES (?, ?, ?, ?, ?)",
             (partition, text, entry_id, vector.astype("<f4").tobytes(), time.time()),
         )
-        self.rows += 1  # a replaced row counts too: compaction recounts
 
-    def keep_only(self, live: Iterable[tuple[str, str]]) -> None:
-        """Delete every row whose ``(partition, text)`` is not in ``live``."""
-        self._db.execute("BEGIN")
-        try:
-            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS live (p TEXT, t TEXT)")
-            self._db.execute("DELETE FROM live")
-            self._db.executemany("INSERT INTO live VALUES (?, ?)", live)
-            self._db.execute(
-                "DELETE FROM semantic WHERE NOT EXISTS "
-                "(SELECT 1 FROM live WHERE p = semantic.partition AND t = semantic.text)"
-            )
-            self._db.execute("DELETE FROM live")
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self.rows = int(self._db.execute("SELECT COUNT(*) FROM semantic").fetchone()[0])
+    def delete(self, partition: str, texts: Iterable[str]) -> None:
+        self._db.executemany(
+            "DELETE FROM semantic WHERE partition = ? AND text = ?",
+            ((partition, text) for text in texts),
+        )
+
+    def delete_partition(self, partition: str) -> None:
+        self._db.execute("DELETE FROM semantic WHERE partition = ?", (partition,))
 
     def close(self) -> None:
         self._db.close()

@@ -242,3 +242,30 @@ def test_restored_entries_keep_their_age(
         assert hit is not None and hit.entry_id == "fresh"
     finally:
         second.close()
+
+
+def test_store_holds_what_the_index_holds(
+    tmp_path: Path, embedder: FakeEmbedder, clock: Clock
+) -> None:
+    """Entries the bounds drop while serving (an evicted partition, an LRU entry) leave
+    the file at once, so it stays bounded like the index."""
+    config = SemCacheConfig(
+        path=tmp_path / "sem.sqlite3", max_partitions=2, max_entries_per_partition=2
+    )
+    cache = create_semantic_cache(config, embedder, clock=clock)
+    try:
+        for partition in ("p1", "p2", "p3"):
+            for text in ("one apple", "two pears", "three plums"):
+                clock.now += 1
+                cache.add_sync(partition, text, f"{partition}-{text}")
+        with sqlite3.connect(config.path) as db:
+            rows = sorted(db.execute("SELECT partition, text FROM semantic").fetchall())
+        assert rows == [
+            ("p2", "three plums"),
+            ("p2", "two pears"),
+            ("p3", "three plums"),
+            ("p3", "two pears"),
+        ]
+        assert cache.total_entries == 4
+    finally:
+        cache.close()
