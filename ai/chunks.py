@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from ai.providers import ChoiceDelta
 from ai.usage import Usage
@@ -17,9 +17,36 @@ from ai.usage import Usage
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
+class Shape(Protocol):
+    """How one request's answers are written: OpenAI's chat completions (:class:`Envelope`)
+    or Anthropic's Messages (``ai.messages_wire``). Built per request from
+    ``(id, created, model)``; ``usage_always`` says the stream ends with its usage even
+    when the client did not ask for it."""
+
+    usage_always: ClassVar[bool]
+
+    def completion(self, choices: list[dict[str, Any]], usage: Usage | None) -> dict[str, Any]:
+        """The non-stream body of complete ``choices``."""
+        ...
+
+    def frame(self, delta: ChoiceDelta) -> bytes:
+        """The stream bytes of one delta."""
+        ...
+
+    def tail(self, usage: Usage | None) -> bytes:
+        """The bytes that end a complete stream (with ``usage`` when given)."""
+        ...
+
+    def error_frame(self, message: str) -> bytes:
+        """An in-band error that ends a stream cut off after the commit point."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """What every response of one request shares."""
+    """What every response of one request shares (OpenAI's chat-completions shape)."""
+
+    usage_always: ClassVar[bool] = False
 
     id: str
     created: int
@@ -81,6 +108,13 @@ class Envelope:
             "choices": [],
             "usage": usage.to_openai(),
         }
+
+    def tail(self, usage: Usage | None) -> bytes:
+        return (b"" if usage is None else sse(self.usage_chunk(usage))) + DONE
+
+    def error_frame(self, message: str) -> bytes:
+        error = {"message": message, "type": "api_error", "param": None}
+        return sse({"error": {**error, "code": "upstream_truncated"}})
 
 
 def sse(data: dict[str, Any]) -> bytes:

@@ -140,6 +140,14 @@ class SemanticRoutingConfig(_Model):
     max_messages: int = Field(default=8, ge=1, description="longer conversations skip it")
     settings: SemCacheConfig | None = Field(default=None, description="None = disabled")
 
+    def resolved_settings(self, exact: ExactCacheConfig) -> SemCacheConfig | None:
+        """``settings`` with ``path`` defaulted to ``<exact cache stem>-semantic.sqlite3``
+        next to a persistent exact cache (the entries point at its keys)."""
+        if self.settings is None or self.settings.path is not None or exact.path is None:
+            return self.settings
+        path = exact.path.with_name(f"{exact.path.stem}-semantic.sqlite3")
+        return self.settings.model_copy(update={"path": path})
+
 
 class AuditConfig(_Model):
     path: Path | None = Field(default=None, description="JSON-lines file; None = disabled")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -27,7 +28,7 @@ from ai.audit import AuditLog, NullAudit
 from ai.budget import Budgets, Prices, Reservation
 from ai.cache import ExactCache, SingleFlight
 from ai.canonical import exact_key, resolved_request
-from ai.chunks import Envelope, choices_text
+from ai.chunks import Envelope, Shape, choices_text
 from ai.config import AIConfig, OverflowConfig
 from ai.errors import BadRequest, GatewayError, Overloaded, RateLimited, UpstreamFailed
 from ai.keys import KeyStore, Principal
@@ -114,8 +115,15 @@ class Gateway:
     # --- the pipeline ---------------------------------------------------------------
 
     async def chat(
-        self, http: web.Request, principal: Principal, body: dict[str, Any], trace: Trace
+        self,
+        http: web.Request,
+        principal: Principal,
+        body: dict[str, Any],
+        trace: Trace,
+        shape: Callable[[str, int, str], Shape] = Envelope,
     ) -> web.StreamResponse:
+        """Run one chat request; ``shape`` writes the answers (OpenAI's by default,
+        Anthropic's for ``/v1/messages``), everything else is the same pipeline."""
         stream = bool(body.get("stream"))
         trace.stream, trace.model_requested = stream, body["model"]
         route = self.router.resolve(body["model"])
@@ -131,14 +139,19 @@ class Gateway:
             or body.get("max_tokens")
             or min(self.config.completion_reserve_tokens, route.provider_config.default_max_tokens)
         )
+        envelope = shape(f"chatcmpl-{trace.request_id}", int(time.time()), body["model"])
         req = ChatRun(
             http,
             principal,
             body,
             route,
-            Envelope(f"chatcmpl-{trace.request_id}", int(time.time()), body["model"]),
+            envelope,
             stream,
-            stream and bool((body.get("stream_options") or {}).get("include_usage")),
+            stream
+            and (
+                envelope.usage_always
+                or bool((body.get("stream_options") or {}).get("include_usage"))
+            ),
             count_messages(body["messages"], body.get("tools")),
             want,
         )
@@ -244,7 +257,11 @@ class Gateway:
         child = trace.child()
         try:
             return await self.chat(
-                req.http, req.principal, {**req.body, "model": overflow.spill_model}, child
+                req.http,
+                req.principal,
+                {**req.body, "model": overflow.spill_model},
+                child,
+                type(req.envelope),
             )
         except GatewayError as exc:
             child.fail(exc)

@@ -66,7 +66,8 @@ class EmbeddingRequest(_Strict):
     user: str | None = None
 
 
-def _describe(exc: ValidationError) -> tuple[str, str | None]:
+def describe(exc: ValidationError) -> tuple[str, str | None]:
+    """The first validation error as (message, param), naming the field."""
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or None
     if err["type"] == "extra_forbidden":
@@ -79,7 +80,7 @@ def parse_chat(raw: Any) -> dict[str, Any]:
     try:
         return ChatRequest.model_validate(raw).model_dump(exclude_none=True)
     except ValidationError as exc:
-        message, param = _describe(exc)
+        message, param = describe(exc)
         raise BadRequest(message, param=param) from None
 
 
@@ -87,5 +88,5 @@ def parse_embedding(raw: Any) -> dict[str, Any]:
     try:
         return EmbeddingRequest.model_validate(raw).model_dump(exclude_none=True)
     except ValidationError as exc:
-        message, param = _describe(exc)
+        message, param = describe(exc)
         raise BadRequest(message, param=param) from None

@@ -2,7 +2,8 @@
 
 ``create_app(config)`` builds the app; resources (HTTP client session, caches, audit
 writer) live in a ``cleanup_ctx``; handlers turn domain errors into OpenAI-shaped
-HTTP errors and audit every request, failures included. Nothing runs at import.
+HTTP errors (Anthropic-shaped on ``/v1/messages``, ``ai.messages``) and audit every
+request, failures included. Nothing runs at import.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from ai.config import AIConfig
 from ai.embeddings import embeddings
 from ai.errors import BadRequest, GatewayError, PayloadTooLarge
 from ai.keys import KeyStore, Principal, check_not_revoked, resolve_secret
+from ai.messages import parse_messages
+from ai.messages_wire import AnthropicShape, error_body
 from ai.pipeline import Gateway
 from ai.providers.base import AwsCredentialSource
 from ai.providers.bedrock import DefaultCredentialChain
@@ -79,9 +82,29 @@ async def read_json(request: web.Request, limit: int) -> Any:
         raise BadRequest("request body is not valid UTF-8 JSON") from None
 
 
-def _authenticate(request: web.Request, gw: Gateway, trace: Trace) -> Principal:
+def _bearer(request: web.Request) -> str | None:
+    return request.headers.get("Authorization")
+
+
+def _anthropic_credential(request: web.Request) -> str | None:
+    """Anthropic's SDK sends ``x-api-key``; ``Authorization: Bearer`` works too."""
+    key = request.headers.get("x-api-key")
+    return f"Bearer {key}" if key else request.headers.get("Authorization")
+
+
+def anthropic_error(exc: GatewayError) -> web.Response:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return web.json_response(error_body(exc), status=exc.status, headers=headers)
+
+
+def _authenticate(
+    request: web.Request,
+    gw: Gateway,
+    trace: Trace,
+    credential: Callable[[web.Request], str | None] = _bearer,
+) -> Principal:
     """The request's principal, named in ``trace`` even when revoked (then 403)."""
-    principal = gw.keys.identify(request.headers.get("Authorization"))
+    principal = gw.keys.identify(credential(request))
     trace.key_id, trace.key_hash, trace.tenant = (
         principal.key_id,
         principal.key_hash,
@@ -102,6 +125,9 @@ def _endpoint(
     name: str,
     parse: Callable[[Any], dict[str, Any]],
     run: Handler,
+    *,
+    render: Callable[[GatewayError], web.Response] = error_response,
+    credential: Callable[[web.Request], str | None] = _bearer,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         gw, trace = request.app[GATEWAY], Trace(name)
@@ -109,12 +135,12 @@ def _endpoint(
         try:
             if (request.content_length or 0) > gw.config.max_body_bytes:
                 await read_json(request, gw.config.max_body_bytes)
-            principal = _authenticate(request, gw, trace)
+            principal = _authenticate(request, gw, trace, credential)
             body = parse(await read_json(request, gw.config.max_body_bytes))
             return await run(request, gw, principal, body, trace)
         except GatewayError as exc:
             trace.fail(exc)
-            return error_response(exc)
+            return render(exc)
         finally:
             await gw.write_audit(trace)
 
@@ -125,6 +151,12 @@ async def _chat(
     request: web.Request, gw: Gateway, principal: Principal, body: dict[str, Any], trace: Trace
 ) -> web.StreamResponse:
     return await gw.chat(request, principal, body, trace)
+
+
+async def _messages(
+    request: web.Request, gw: Gateway, principal: Principal, body: dict[str, Any], trace: Trace
+) -> web.StreamResponse:
+    return await gw.chat(request, principal, body, trace, AnthropicShape)
 
 
 async def _embeddings(
@@ -191,14 +223,12 @@ def _resources(
             restored = await state.open()
             await asyncio.to_thread(count_text, "load the encoding now, not on a request")
             sem = semcache
-            if (
-                sem is None
-                and config.semantic_cache.settings is not None
-                and (config.semantic_cache.settings.enabled)
-            ):
+            settings = config.semantic_cache.resolved_settings(config.exact_cache)
+            if sem is None and settings is not None and settings.enabled:
                 from ai.semcache import create_semantic_cache
 
-                owned = create_semantic_cache(config.semantic_cache.settings)
+                # off the loop: restoring persisted entries reads SQLite
+                owned = await asyncio.to_thread(create_semantic_cache, settings)
                 await owned.warm_up()  # load the model now, not on the first request
                 sem = owned
             gateway = Gateway(
@@ -251,6 +281,16 @@ def create_app(
     app.on_response_prepare.append(_client_headers)
     app.cleanup_ctx.append(_resources(config, env, semantic_cache, keys, source, reload_s, aws))
     app.router.add_post("/v1/chat/completions", _endpoint("chat", parse_chat, _chat))
+    app.router.add_post(
+        "/v1/messages",
+        _endpoint(
+            "messages",
+            parse_messages,
+            _messages,
+            render=anthropic_error,
+            credential=_anthropic_credential,
+        ),
+    )
     app.router.add_post("/v1/embeddings", _endpoint("embeddings", parse_embedding, _embeddings))
     app.router.add_get("/v1/models", models)
     return app

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ai.chunks import DONE, Assembler, Envelope, replay_chunks, sse
+from ai.chunks import Assembler, Shape, replay_chunks
 from ai.errors import UpstreamFailed
 from ai.keys import Principal
 from ai.providers import ChoiceDelta, ProviderError, StreamItem, UpstreamCall
@@ -38,7 +38,7 @@ class ChatRun:
     principal: Principal
     body: dict[str, Any]
     route: ResolvedRoute
-    envelope: Envelope
+    envelope: Shape
     stream: bool
     include_usage: bool
     prompt_estimate: int
@@ -210,26 +210,18 @@ async def _stream_rest(
             trace.commit = "truncated"
             trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
             await response.write(
-                sse(
-                    {
-                        "error": {
-                            "message": f"upstream provider {req.route.provider_name} "
-                            f"failed mid-stream ({exc.kind}); the response is incomplete",
-                            "type": "api_error",
-                            "param": None,
-                            "code": "upstream_truncated",
-                        }
-                    }
+                envelope.error_frame(
+                    f"upstream provider {req.route.provider_name} "
+                    f"failed mid-stream ({exc.kind}); the response is incomplete"
                 )
             )
             return usage
-        tail = DONE
+        final = None
         if req.include_usage:
             final = usage or Usage(
                 req.prompt_estimate, count_text(assembler.text()), estimated=True
             )
-            tail = sse(envelope.usage_chunk(final)) + DONE
-        await response.write(tail)
+        await response.write(envelope.tail(final))
         trace.commit = "completed"
     except ConnectionResetError:
         trace.commit = "client_disconnected"
@@ -248,9 +240,7 @@ async def replay(req: ChatRun, value: dict[str, Any], trace: Trace) -> web.Strea
     )
     await response.prepare(req.http)
     frames = [req.envelope.frame(delta) for delta in replay_chunks(value["choices"])]
-    if req.include_usage:
-        frames.append(sse(req.envelope.usage_chunk(stored)))
-    frames.append(DONE)
+    frames.append(req.envelope.tail(stored if req.include_usage else None))
     try:
         await response.write(b"".join(frames))
     except ConnectionResetError:

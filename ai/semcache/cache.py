@@ -5,6 +5,8 @@ onnxruntime releases the GIL), searches the partition's matrix, and returns the 
 similar entry that is above the threshold and passes every enabled guard. A partition
 that holds nothing is answered without embedding. The vector of a missed lookup is
 kept briefly, so the ``add`` that follows the upstream answer does not embed again.
+With ``path`` configured, entries and their vectors are also written to SQLite
+(``ai.semcache.store``) and the index is rebuilt from it at start, under its bounds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ai.semcache.config import SemCacheConfig
 from ai.semcache.embedder import EMBEDDERS, Embedder
 from ai.semcache.guards import Features, check, enabled_guards
 from ai.semcache.index import PartitionIndex
+from ai.semcache.store import SemanticStore
 from ai.semcache_api import SemanticHit
 
 log = logging.getLogger("spectra.ai")
@@ -45,6 +48,7 @@ class SemanticCacheImpl:
         *,
         clock: Callable[[], float] = time.monotonic,
         workers: int = 2,
+        store: SemanticStore | None = None,
     ) -> None:
         self.config = config
         self.embedder = embedder
@@ -55,6 +59,26 @@ class SemanticCacheImpl:
         self._total = 0
         self._recent: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="semcache")
+        self._store = store
+
+    def restore(self) -> int:
+        """Rebuild the index from the store (oldest first, under the bounds); rows the
+        bounds drop are deleted from the store. Returns the entries restored."""
+        if self._store is None:
+            return 0
+        with self._lock, self._store.transaction():
+            self._rebuild(self._store)
+        log.info("semantic cache restored %d entries", self._total)
+        return self._total
+
+    def _rebuild(self, store: SemanticStore) -> None:
+        now = self._clock()
+        for row in store.load(self.config.ttl_seconds):
+            index = self._index(row.partition)
+            self._partitions.move_to_end(row.partition)
+            self._total += index.add(Features(row.text), row.entry_id, row.vector, now - row.age_s)
+            store.delete(row.partition, index.dropped)
+            self._enforce_bounds()
 
     @property
     def total_entries(self) -> int:
@@ -85,6 +109,8 @@ class SemanticCacheImpl:
     def close(self) -> None:
         """Stop the worker threads (pending calls finish first)."""
         self._pool.shutdown(wait=True)
+        if self._store is not None:
+            self._store.close()
 
     def lookup_sync(self, partition: str, text: str) -> SemanticHit | None:
         """The blocking body of ``lookup`` (also used by the evaluation)."""
@@ -116,17 +142,25 @@ class SemanticCacheImpl:
         vector = self._vector(text, remember=False)
         features = Features(text)
         with self._lock:
-            index = self._partitions.get(partition)
-            if index is None:
-                index = PartitionIndex(
-                    self.embedder.dim,
-                    self.config.max_entries_per_partition,
-                    self.config.ttl_seconds,
-                )
-                self._partitions[partition] = index
+            index = self._index(partition)
             self._partitions.move_to_end(partition)
             self._total += index.add(features, entry_id, vector, self._clock())
             self._enforce_bounds()
+            if self._store is not None:
+                with self._store.transaction():
+                    self._store.delete(partition, index.dropped)
+                    self._store.put(partition, text, entry_id, vector)
+
+    def _index(self, partition: str) -> PartitionIndex:
+        index = self._partitions.get(partition)
+        if index is None:
+            index = PartitionIndex(
+                self.embedder.dim,
+                self.config.max_entries_per_partition,
+                self.config.ttl_seconds,
+            )
+            self._partitions[partition] = index
+        return index
 
     def _usable(self, text: str) -> bool:
         return self.config.enabled and 0 < len(text) <= self.config.max_text_chars
@@ -154,6 +188,8 @@ class SemanticCacheImpl:
         ):
             name, index = self._partitions.popitem(last=False)
             self._total -= len(index)
+            if self._store is not None:
+                self._store.delete_partition(name)
             log.debug("semantic cache evicted partition %s (%d entries)", name, len(index))
 
 
@@ -172,4 +208,7 @@ def create_semantic_cache(
                 f"accepted: {sorted(EMBEDDERS)}"
             )
         embedder = factory(config)
-    return SemanticCacheImpl(config, embedder, clock=clock)
+    store = None if config.path is None else SemanticStore(config.path, embedder.dim)
+    cache = SemanticCacheImpl(config, embedder, clock=clock, store=store)
+    cache.restore()
+    return cache

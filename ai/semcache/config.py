@@ -62,6 +62,9 @@ class SemCacheConfig(BaseModel):
     """Age after which an entry no longer matches; None keeps entries until evicted."""
     max_text_chars: int = Field(default=1_000, ge=1)
     """Longer texts are neither stored nor looked up (the model reads 256 tokens)."""
+    path: Path | None = None
+    """SQLite file keeping entries and their vectors across restarts (``store``);
+    None: in memory only. The gateway defaults it next to a persistent exact cache."""
     candidates: int = Field(default=4, ge=1, le=64)
     """Nearest entries above the threshold that are tried against the guards."""
 

@@ -43,6 +43,7 @@ class PartitionIndex:
         self._ids: list[str] = []
         self._features: list[Features] = []
         self._row_of: dict[str, int] = {}
+        self.dropped: list[str] = []  # texts the last ``add`` removed (for the store)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -50,7 +51,9 @@ class PartitionIndex:
     def add(
         self, features: Features, entry_id: str, vector: npt.NDArray[np.float32], now: float
     ) -> int:
-        """Store (or refresh) ``features.text``; returns the change in entry count."""
+        """Store (or refresh) ``features.text``; returns the change in entry count.
+        Texts it removed to make room (expired, then LRU) are left in ``dropped``."""
+        self.dropped.clear()
         row = self._row_of.get(features.text)
         if row is not None:
             self._ids[row] = entry_id
@@ -103,6 +106,7 @@ class PartitionIndex:
 
     def _remove(self, row: int) -> None:
         last = len(self) - 1
+        self.dropped.append(self._features[row].text)
         del self._row_of[self._features[row].text]
         if row != last:
             self._vectors[row] = self._vectors[last]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,30 @@ async def test_shipped_semantic_cache_through_config(
     assert fakes.requests("anthropic") == 2
     outcomes = [r["cache"]["outcome"] for r in await audit_records(server)]
     assert outcomes == ["miss", "semantic_hit", "miss"]
+
+
+@pytest.mark.asyncio
+async def test_semantic_entries_survive_a_gateway_restart(
+    make_gateway: GatewayFactory, fakes: Fakes, tmp_path: Path
+) -> None:
+    """Fill, stop the gateway, start a new one over the same files: a similar prompt is
+    a semantic hit without reaching the upstream (the store defaults next to the exact
+    cache)."""
+    first = await make_gateway(semantic_cache={"settings": {}})
+    async with client_for(first) as a:
+        stored = await a.chat.completions.create(
+            model="claude-sonnet-4",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+        )
+    await first.close()
+    assert (tmp_path / "cache-semantic.sqlite3").exists()
+    second = await make_gateway(semantic_cache={"settings": {}})
+    async with client_for(second) as a:
+        again = await a.chat.completions.create(
+            model="claude-sonnet-4",
+            messages=[{"role": "user", "content": "what is the capital of france?"}],
+        )
+    assert again.choices[0].message.content == stored.choices[0].message.content
+    assert fakes.requests("anthropic") == 1
+    records = await audit_records(second)
+    assert [r["cache"]["outcome"] for r in records] == ["miss", "semantic_hit"]

@@ -1,10 +1,13 @@
 """The cache logic on the fake embedder: partition isolation, threshold, guards on the
-hit path, bounds and eviction, TTL, async lookup/add, configuration errors."""
+hit path, bounds and eviction, TTL, async lookup/add, configuration errors, entries
+surviving a restart (SQLite store)."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 
 import pydantic
 import pytest
@@ -194,3 +197,75 @@ def test_config_rejects_unknown_keys_and_inconsistent_bounds() -> None:
 def test_unknown_embedder_names_the_accepted_ones() -> None:
     with pytest.raises(UnknownEmbedder, match="minilm-l6-int8"):
         create_semantic_cache(SemCacheConfig(embedder="nope"))
+
+
+def test_entries_survive_a_restart(tmp_path: Path, embedder: FakeEmbedder, clock: Clock) -> None:
+    """Fill, close, build a new cache over the same file: a similar prompt hits, the
+    other partition still sees nothing, and the restored entries stay bounded."""
+    config = SemCacheConfig(path=tmp_path / "sem.sqlite3", max_entries_per_partition=3)
+    first = create_semantic_cache(config, embedder, clock=clock)
+    for i, text in enumerate(["how do I reset my router password", "a", "b", "c"]):
+        first.add_sync("p1", text, f"entry-{i}")
+    first.add_sync("p1", "how do I reset my router password", "entry-0")  # most recent
+    first.close()
+
+    clock.now = 5.0  # a new process: its monotonic clock may be small
+    embedder.calls = 0
+    second = create_semantic_cache(config, embedder, clock=clock)
+    try:
+        assert embedder.calls == 0  # vectors come from the file, not the model
+        assert second.partition_size("p1") == 3 and second.total_entries == 3
+        hit = second.lookup_sync("p1", "How do I reset my router password?")
+        assert hit is not None and hit.entry_id == "entry-0"
+        assert second.lookup_sync("p2", "how do I reset my router password") is None
+    finally:
+        second.close()
+    rows = sqlite3.connect(config.path).execute("SELECT COUNT(*) FROM semantic").fetchone()
+    assert rows[0] == 3  # the row the bound evicted is gone from the file too
+
+
+def test_restored_entries_keep_their_age(
+    tmp_path: Path, embedder: FakeEmbedder, clock: Clock
+) -> None:
+    config = SemCacheConfig(path=tmp_path / "sem.sqlite3", ttl_seconds=60)
+    first = create_semantic_cache(config, embedder, clock=clock)
+    first.add_sync("p", "what is the capital of france", "e")
+    first.add_sync("p", "what is the capital of spain", "fresh")
+    first.close()
+    with sqlite3.connect(config.path) as db:  # written 61 s ago by the wall clock
+        db.execute("UPDATE semantic SET added = added - 61 WHERE entry_id = 'e'")
+    second = create_semantic_cache(config, embedder, clock=clock)
+    try:
+        assert second.total_entries == 1
+        assert second.lookup_sync("p", "what is the capital of france") is None
+        hit = second.lookup_sync("p", "What is the capital of Spain?")
+        assert hit is not None and hit.entry_id == "fresh"
+    finally:
+        second.close()
+
+
+def test_store_holds_what_the_index_holds(
+    tmp_path: Path, embedder: FakeEmbedder, clock: Clock
+) -> None:
+    """Entries the bounds drop while serving (an evicted partition, an LRU entry) leave
+    the file at once, so it stays bounded like the index."""
+    config = SemCacheConfig(
+        path=tmp_path / "sem.sqlite3", max_partitions=2, max_entries_per_partition=2
+    )
+    cache = create_semantic_cache(config, embedder, clock=clock)
+    try:
+        for partition in ("p1", "p2", "p3"):
+            for text in ("one apple", "two pears", "three plums"):
+                clock.now += 1
+                cache.add_sync(partition, text, f"{partition}-{text}")
+        with sqlite3.connect(config.path) as db:
+            rows = sorted(db.execute("SELECT partition, text FROM semantic").fetchall())
+        assert rows == [
+            ("p2", "three plums"),
+            ("p2", "two pears"),
+            ("p3", "three plums"),
+            ("p3", "two pears"),
+        ]
+        assert cache.total_entries == 4
+    finally:
+        cache.close()
