@@ -20,7 +20,6 @@ from pathlib import Path
 
 import click
 
-from control.aws.stackcheck import TemplateError, check, load_template
 from control.cli_config import DEFAULT_API, Api, _ok
 from control.cli_resize import resize
 
@@ -79,6 +78,8 @@ def changeset(api: Api, stack_name: str | None, params: tuple[str, ...]) -> None
 def validate_stack(template: Path, params: tuple[str, ...]) -> None:
     """Check TEMPLATE's parameters, rules, allowed values and patterns for these values."""
     given = _parameters(params)
+    from control.aws.stackcheck import TemplateError, check, load_template
+
     try:
         problems = check(load_template(template.read_text()), given)
     except TemplateError as exc:

@@ -11,12 +11,13 @@ the whole report. Exit status 0 when every step passed, 1 when the resize stoppe
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from control.aws.gateway_status import ApiStatus, GatewayStatus, LocalStatus
-from control.aws.resize import AsgReplacer, Resize, ResizeAborted, Settings, Step
+if TYPE_CHECKING:  # imported when a command runs: `spectra run` starts fast
+    from control.aws.gateway_status import GatewayStatus
+    from control.aws.resize import Step
 
 
 def _document(store_url: str) -> Any:
@@ -33,6 +34,8 @@ def _document(store_url: str) -> Any:
 
 
 def _api_status(sessions: Any, token: str | None, port: int) -> GatewayStatus:
+    from control.aws.gateway_status import ApiStatus
+
     def address(instance_id: str) -> str | None:
         found = sessions.client("ec2").describe_instances(InstanceIds=[instance_id])
         for reservation in found["Reservations"]:
@@ -113,6 +116,9 @@ def resize(
         sessions = build(doc.aws, None).sessions
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    from control.aws.gateway_status import LocalStatus
+    from control.aws.resize import AsgReplacer, Resize, ResizeAborted, Settings
+
     settings = Settings(
         az,
         instance_type,

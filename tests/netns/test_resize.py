@@ -27,11 +27,10 @@ from control.aws.gateway_status import LocalStatus
 from control.aws.resize import Resize, Settings, Step
 from control.config import parse_document
 from perf.lab.host import ns_exec
-from perf.lab.vpc import VpcLab
 from perf.lab.vpc.fleet import STORE, Fleet, LabReplacer, document
 from perf.lab.vpc.seed import INSTANCE_TYPE
 from perf.lab.vpc.topology import INET_SERVICE_IP, LEASE_TABLE
-from tests.netns.helpers import sh
+from tests.netns.vpcfleet import public_address, running_fleet
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -42,41 +41,16 @@ CONNECTIONS = 200
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
-    lab = VpcLab()
-    with lab.exclusive():
-        lab.down()
-        try:
-            status = lab.up()
-            STORE.unlink(missing_ok=True)
-            f = Fleet(lab)
-            f.publish(_document(status))
-            f.start()
-            f.wait_converged()
-            # converged agents may all stand by until one passes health_successes checks
-            f.wait("each AZ has a leader", lambda: bool(f.leader("a") and f.leader("b")), 60)
-            f.wait_converged()  # and the leaders' takeovers are done
-            lab.sync()
-            yield f
-        finally:
-            Fleet(lab).stop()
-            lab.down()
-
-
-def _document(status: dict[str, Any]) -> dict[str, Any]:
-    """The lab's document with the product's lease periods (renew 1 s, 5 s): the lab's
-    short ones (a failover in 2.25 s) let a loaded machine's slow renewal turn into a
-    failover while new instances boot, which is not what this test is about; a hand-over
-    does not wait for the lease to run out."""
-    doc = document(status)
-    doc["aws"]["lease"] = {"table": LEASE_TABLE}
-    return doc
+    """The lab with the product's lease periods (renew 1 s, 5 s): the lab's short ones (a
+    failover in 2.25 s) let a loaded machine's slow renewal turn into a failover while new
+    instances boot, which is not what this test is about; a hand-over does not wait for
+    the lease to run out."""
+    with running_fleet(lease={"table": LEASE_TABLE}) as f:
+        yield f
 
 
 def _public_address() -> str:
-    out = sh(WORKLOAD, "curl", "-s", "-m", "5", f"http://{INET_SERVICE_IP}/")
-    assert out.returncode == 0, out.stderr
-    address: str = json.loads(out.stdout)["client_ip"]
-    return address
+    return public_address(WORKLOAD)
 
 
 def _probe(tmp: Path) -> subprocess.Popen[bytes]:
@@ -110,7 +84,7 @@ def test_a_live_resize_keeps_the_elastic_ip_and_the_connections(
     leader, b_leader = fleet.leader("a"), fleet.leader("b")
     assert leader is not None and b_leader == "b1"
     assert _public_address() == az["eip"]
-    doc = parse_document(_document(status))
+    doc = parse_document(document(status, lease={"table": LEASE_TABLE}))
     operator = boto3.Session(aws_access_key_id="vpclab", aws_secret_access_key="vpclab")
     sessions = build(doc.aws, None, base=operator).sessions  # the operational role, assumed
     settings = Settings(

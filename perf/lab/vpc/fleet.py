@@ -65,8 +65,15 @@ def gateways() -> list[str]:
     return [g.name for g in TOPOLOGY.gateways]
 
 
-def document(status: dict[str, Any], *, sync: bool = True, **overrides: Any) -> dict[str, Any]:
-    """The one document of every gateway of the lab described by ``status``."""
+def document(
+    status: dict[str, Any],
+    *,
+    sync: bool = True,
+    lease: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """The one document of every gateway of the lab described by ``status`` (``lease``:
+    the ``aws.lease`` section, by default the lab's short periods :data:`LAB_LEASE`)."""
     zones = {
         az["zone"]: {
             "nat_address": az["nat_ip"],
@@ -87,7 +94,7 @@ def document(status: dict[str, Any], *, sync: bool = True, **overrides: Any) -> 
             "region": status["region"],
             "endpoint_url": status["endpoint_url"],
             "operational_role": {"name": OPERATIONAL_ROLE, "external_id": "spectra-lab"},
-            "lease": LAB_LEASE,
+            "lease": LAB_LEASE if lease is None else lease,
             "zones": zones,
         },
         "ha": {"conntrack_sync": {"enabled": sync, "members": members}},
