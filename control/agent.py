@@ -48,6 +48,7 @@ RUN_ROOT = Path("/run/spectra")
 LOG_ROOT = Path("/var/log/spectra")
 UNRENDERED_SECTIONS = ("proxy", "tls", "load_balancer")
 LAST_GOOD = "last-good.json"  # the applied document, for a restart with the store away
+IDENTITY = "identity.json"  # the instance identity IMDS gave, for a fast restart
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,7 @@ class Agent:
             lambda: self.state.converged,
             lambda: next((s for s in self.converger.steps if isinstance(s, SyncRole)), None),
             zone=self.settings.availability_zone,
+            cache=run_dir(self.settings.instance) / IDENTITY,
         )
 
     def _start_aws(self) -> None:

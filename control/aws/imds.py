@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 log = logging.getLogger("spectra.aws")
 
@@ -85,6 +86,14 @@ class InstanceIdentity:
             if iface.mac == self.mac:
                 return iface
         raise ImdsError(f"no interface with the primary MAC {self.mac} in the metadata")
+
+
+def identity_from_dict(data: dict[str, Any]) -> InstanceIdentity:
+    """An :class:`InstanceIdentity` from its ``dataclasses.asdict`` form (a cache file)."""
+    interfaces = tuple(
+        Interface(**{**i, "private_ips": tuple(i["private_ips"])}) for i in data["interfaces"]
+    )
+    return InstanceIdentity(**{**data, "interfaces": interfaces})
 
 
 class Imds:

@@ -33,6 +33,8 @@ from pathlib import Path
 
 MESSAGE = struct.Struct("!IIQ")  # connection id, sequence number, send time (ns)
 DATAGRAM = struct.Struct("!IQ")  # sequence number, send time (ns)
+WARM_UP_SEQ = 0xFFFFFFFF  # a warm-up datagram's sequence number (never measured)
+WARM_UP_S = 5.0
 
 
 @dataclass(slots=True)
@@ -125,14 +127,20 @@ class Probe:
         self.udp_send_ns: list[int] = []
         self.udp_received: set[int] = set()
         self._stop = asyncio.Event()
+        self._warm = asyncio.Event()
 
     def stop(self) -> None:
         self._stop.set()
 
     async def run(self, duration_s: float) -> Summary:
         started = time.monotonic()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.connect((self.target, self.udp_port))
+        receiving = asyncio.create_task(self._udp_receive(sock))
+        await self._warm_up(sock)
         tasks = [asyncio.create_task(self._tcp(c)) for c in self.conns]
-        tasks.append(asyncio.create_task(self._udp()))
+        tasks.append(asyncio.create_task(self._udp(sock, receiving)))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), duration_s)
         self._stop.set()
@@ -192,12 +200,20 @@ class Probe:
             if conn.state == "open":
                 conn.state, conn.error = "error", f"receive: {exc}"
 
-    async def _udp(self) -> None:
+    async def _warm_up(self, sock: socket.socket) -> None:
+        """Send unnumbered datagrams until one echo returns (at most ``WARM_UP_S``)
+        before any measured packet: the path's first packets wait for neighbour
+        resolution, whose queue is bounded (``unres_qlen_bytes``), and 200 SYNs sent at
+        once can overflow it. The probe measures failovers, not an unresolved path."""
+        deadline = time.monotonic() + WARM_UP_S
+        while not self._warm.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                sock.send(DATAGRAM.pack(WARM_UP_SEQ, time.monotonic_ns()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._warm.wait(), 0.1)
+
+    async def _udp(self, sock: socket.socket, receiving: asyncio.Task[None]) -> None:
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        sock.connect((self.target, self.udp_port))
-        receiving = asyncio.create_task(self._udp_receive(sock))
         try:
             next_at = time.monotonic()
             while not self._stop.is_set():
@@ -225,7 +241,11 @@ class Probe:
                 await asyncio.sleep(0.001)
                 continue
             if len(data) == DATAGRAM.size:
-                self.udp_received.add(DATAGRAM.unpack(data)[0])
+                seq = DATAGRAM.unpack(data)[0]
+                if seq == WARM_UP_SEQ:
+                    self._warm.set()
+                else:
+                    self.udp_received.add(seq)
 
     def summary(self, duration_s: float) -> Summary:
         now = time.monotonic_ns()

@@ -111,7 +111,8 @@ def test_the_agent_alone_killed_is_no_failover(healthy: Fleet, tmp_path: Path) -
 def _agent_restart_resumes(healthy: Fleet, tmp_path: Path) -> None:
     leader = healthy.leader("a")
     assert leader is not None
-    token = healthy.state(leader)["aws"]["lease"]["token"]
+    before = healthy.state(leader)
+    token, pid = before["aws"]["lease"]["token"], before["pid"]
     takeovers = healthy.takeovers()
     out = tmp_path / "probe.json"
     probe = _probe(WORKLOAD["a"], out, seconds=12)
@@ -119,9 +120,14 @@ def _agent_restart_resumes(healthy: Fleet, tmp_path: Path) -> None:
     healthy.kill_agent(leader)
     healthy.start([leader])  # what systemd's Restart= does
 
-    def resumed() -> bool:
-        aws = healthy.state(leader).get("aws", {})
-        return aws.get("role") == "leader" and aws["boot"]["health"]["state"] == "ok"
+    def resumed() -> bool:  # the restarted agent's own state, not the killed one's
+        state = healthy.state(leader)
+        aws = state.get("aws", {})
+        return (
+            state.get("pid") != pid
+            and aws.get("role") == "leader"
+            and aws["boot"]["lease"]["state"] == "ok"
+        )
 
     healthy.wait("the restarted agent resumed its lease", resumed, 30)
     summary = _finish(probe, out)

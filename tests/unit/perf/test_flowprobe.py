@@ -92,3 +92,25 @@ def test_a_reset_is_counted_and_nothing_survives(udp_echo: int) -> None:
     _, s = asyncio.run(_run(_reset_after_a_while, udp_echo, connections=5, seconds=1.0))
     assert s.survived == 0
     assert s.reset + s.errored + s.stalled == 5, s.failures
+
+
+def test_the_stream_starts_once_the_path_answers() -> None:
+    """A path that drops its first datagrams (a neighbour being resolved) delays the
+    measured stream; the warm-up datagrams are neither sent nor lost in the summary."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    port = int(server.getsockname()[1])
+    dropped: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            data, peer = server.recvfrom(64)
+            if len(dropped) < 3:
+                dropped.append(data)
+            else:
+                server.sendto(data, peer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    _, s = asyncio.run(_run(_echo, port, connections=2, seconds=1.0))
+    assert len(dropped) == 3
+    assert s.udp_sent > 0 and s.udp_received == s.udp_sent and s.udp_gap.lost == 0

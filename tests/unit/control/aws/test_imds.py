@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,3 +160,31 @@ def test_lifecycle_state_only_in_a_group_and_a_failing_source_is_a_500() -> None
         with pytest.raises(ImdsError, match="HTTP 500"):
             Imds(fake.url, attempts=2, sleep=no_sleep).get("meta-data/instance-id")
         assert fake.counts["get"] == 2
+
+
+def test_a_restarted_agent_reads_its_identity_from_the_cache(tmp_path: Path) -> None:
+    """The first start keeps the identity; a restart checks only the instance id and
+    uses the rest from the cache; another instance's or a broken cache reads IMDS."""
+    import dataclasses
+    import json
+    import threading
+
+    from control.aws.ha import HaRunner
+
+    cache = tmp_path / "identity.json"
+
+    def identify() -> Any:
+        with FakeImds(INSTANCE) as fake:
+            return HaRunner(Imds(fake.url), lambda: True, lambda: None, cache=cache).identify(
+                threading.Event()
+            )
+
+    first = identify()
+    assert json.loads(cache.read_text())["instance_id"] == first.instance_id
+    marked = dataclasses.asdict(first) | {"account_id": "999999999999"}
+    cache.write_text(json.dumps(marked))
+    assert identify() == dataclasses.replace(first, account_id="999999999999")
+    cache.write_text(json.dumps(marked | {"instance_id": "i-0another"}))
+    assert identify() == first
+    cache.write_text("{not json")
+    assert identify() == first
