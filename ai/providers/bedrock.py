@@ -121,6 +121,8 @@ def map_request(body: dict[str, Any]) -> dict[str, Any]:
         inference["stopSequences"] = (
             [body["stop"]] if isinstance(body["stop"], str) else list(body["stop"])
         )
+        if "anthropic." in str(body.get("model")):  # Claude names the one that matched
+            out["additionalModelResponseFieldPaths"] = ["/stop_sequence"]
     if inference:
         out["inferenceConfig"] = inference
     if body.get("tools"):
@@ -244,18 +246,27 @@ def map_response(data: dict[str, Any]) -> Completion:
     if calls:
         message["tool_calls"] = calls
     usage = data.get("usage")
-    return Completion(
-        choices=[
-            {
-                "index": 0,
-                "message": message,
-                "finish_reason": STOP_REASONS.get(data["stopReason"], "stop")
-                if data.get("stopReason")
-                else None,  # a cut-off answer: never invented
-            }
-        ],
-        usage=map_usage(usage) if isinstance(usage, dict) else None,
-    )
+    reason = data.get("stopReason")
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": message,
+        # a cut-off answer: never invented
+        "finish_reason": STOP_REASONS.get(reason, "stop") if reason else None,
+    }
+    if (matched := _matched(data)) is not None:
+        choice["stop_sequence"] = matched
+    return Completion([choice], map_usage(usage) if isinstance(usage, dict) else None)
+
+
+def _matched(data: dict[str, Any]) -> str | None:
+    """The stop sequence Claude names in ``additionalModelResponseFields`` (asked for by
+    ``additionalModelResponseFieldPaths``; at the top, or under ``delta`` as the stream
+    sends it) when ``stopReason`` is ``stop_sequence``."""
+    if data.get("stopReason") != "stop_sequence":
+        return None
+    extra = data.get("additionalModelResponseFields") or {}
+    found = extra.get("stop_sequence", (extra.get("delta") or {}).get("stop_sequence"))
+    return found if isinstance(found, str) else None
 
 
 # --- stream-chunk mapping --------------------------------------------------------------
@@ -285,7 +296,8 @@ class _StreamState:
             return []
         if event == "messageStop":
             self.stopped = True
-            return [ChoiceDelta({}, STOP_REASONS.get(data.get("stopReason", ""), "stop"))]
+            finish = STOP_REASONS.get(data.get("stopReason", ""), "stop")
+            return [ChoiceDelta({}, finish, stop_sequence=_matched(data))]
         if event == "metadata" and isinstance(data.get("usage"), dict):
             return [map_usage(data["usage"])]
         return []

@@ -7,7 +7,7 @@ carries only an error event), ``cached`` (report prompt-cache reads/writes),
 ``nousage`` (report no usage at all), ``long<N>`` (answer N tokens whatever the
 prompt, unless capped by the request's max tokens), ``truncate<N>`` (end cleanly after N
 content tokens with no finish reason and no stream terminator, as a cut-off upstream
-does). The
+does). The request's stop sequences end the answer before the first one in it. The
 answer is ``Echo: <last user text>`` word by word, or a call of the first tool when
 the request offers tools and the last message is not a tool result.
 """
@@ -77,6 +77,7 @@ class Answer:
     tool: tuple[str, str, str] | None  # (id, name, arguments json)
     finish: str  # "stop" | "length" | "tool_calls"
     prompt_tokens: int
+    stop_sequence: str | None = None  # the request's stop sequence that ended the answer
 
     @property
     def completion_tokens(self) -> int:
@@ -89,6 +90,7 @@ def answer(
     tool_name: str | None,
     max_tokens: int | None,
     length: int | None = None,
+    stop: list[str] | None = None,
 ) -> Answer:
     prompt = max(1, words(prompt_text))
     if tool_name is not None:
@@ -100,7 +102,23 @@ def answer(
     finish = "stop"
     if max_tokens is not None and len(tokens) > max_tokens:
         tokens, finish = tokens[:max_tokens], "length"
-    return Answer(tokens, None, finish, prompt)
+    tokens, matched = _until_stop(tokens, stop or [])
+    return Answer(tokens, None, "stop" if matched else finish, prompt, matched)
+
+
+def _until_stop(tokens: list[str], stop: list[str]) -> tuple[list[str], str | None]:
+    """The tokens before the first of ``stop`` in their text (the stop sequence itself
+    is not sent, as the real APIs do) and the sequence that matched."""
+    text = ""
+    for i, token in enumerate(tokens):
+        joined = text + token
+        hits = [(joined.find(s), s) for s in stop if s and s in joined]
+        if hits:
+            at, seq = min(hits)
+            head = joined[len(text) : at] if at > len(text) else ""
+            return tokens[:i] + ([head] if head else []), seq
+        text = joined
+    return tokens, None
 
 
 def count(app: web.Application, body: Any) -> None:
