@@ -29,7 +29,7 @@ from ai.errors import BadRequest, GatewayError, PayloadTooLarge
 from ai.keys import KeyStore, Principal, check_not_revoked, resolve_secret
 from ai.messages import parse_messages
 from ai.messages_wire import AnthropicShape, error_body
-from ai.pipeline import Gateway
+from ai.pipeline import COMPLETION_CAP, Gateway
 from ai.providers.base import AwsCredentialSource
 from ai.providers.bedrock import DefaultCredentialChain
 from ai.reload import FileSource, Source, watch
@@ -190,9 +190,12 @@ async def models(request: web.Request) -> web.StreamResponse:
 async def _client_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer, errors and streams included, names its audit record (OpenAI's
     ``x-request-id``, which the SDKs expose as the response's request id) and, for a key
-    with rate limits, shows them as OpenAI's ``x-ratelimit-*`` headers."""
+    with rate limits, shows them as OpenAI's ``x-ratelimit-*`` headers; a completion
+    cap below the client's own ``max_tokens`` is named in ``x-spectra-completion-cap``."""
     if REQUEST_ID in request:
         response.headers["x-request-id"] = request[REQUEST_ID]
+    if COMPLETION_CAP in request:
+        response.headers["x-spectra-completion-cap"] = str(request[COMPLETION_CAP])
     if PRINCIPAL in request:
         principal = request[PRINCIPAL]
         budgets = request.app[GATEWAY].budgets
