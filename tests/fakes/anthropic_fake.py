@@ -160,7 +160,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
             "usage": {"output_tokens": a.completion_tokens},
         },
     )
-    await send("message_stop", {})
+    if not behavior.no_terminator:
+        await send("message_stop", {})
     return resp
 
 

@@ -7,9 +7,11 @@ carries only an error event), ``cached`` (report prompt-cache reads/writes),
 ``nousage`` (report no usage at all), ``long<N>`` (answer N tokens whatever the
 prompt, unless capped by the request's max tokens), ``truncate<N>`` (end cleanly after N
 content tokens with no finish reason and no stream terminator, as a cut-off upstream
-does). The request's stop sequences end the answer before the first one in it. The
-answer is ``Echo: <last user text>`` word by word, or a call of the first tool when
-the request offers tools and the last message is not a tool result.
+does), ``noterminator`` (a stream that says its finish reason but ends without its
+terminator: OpenAI's ``[DONE]``, Anthropic's ``message_stop``). The answer is
+``Echo: <last user text>`` word by word (up to the first of the request's stop
+sequences), or a call of the first tool when the request offers tools and the last
+message is not a tool result.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Behavior:
     no_usage: bool = False
     long: int | None = None
     truncate: int | None = None
+    no_terminator: bool = False
 
     @classmethod
     def of(cls, model: str) -> Behavior:
@@ -52,6 +55,7 @@ class Behavior:
             no_usage="nousage" in model,
             long=int(long.group(1)) if long else None,
             truncate=int(truncate.group(1)) if truncate else None,
+            no_terminator="noterminator" in model,
         )
 
 

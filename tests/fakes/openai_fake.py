@@ -172,7 +172,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     await send({**chunk, "choices": [last]})
     if (body.get("stream_options") or {}).get("include_usage") and not behavior.no_usage:
         await send({**chunk, "choices": [], "usage": _usage(a, behavior.cached)})
-    await resp.write(b"data: [DONE]\n\n")
+    if not behavior.no_terminator:
+        await resp.write(b"data: [DONE]\n\n")
     return resp
 
 
