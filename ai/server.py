@@ -189,11 +189,14 @@ async def models(request: web.Request) -> web.StreamResponse:
 
 async def _client_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer, errors and streams included, names its audit record (OpenAI's
-    ``x-request-id``, which the SDKs expose as the response's request id) and, for a key
+    ``x-request-id``, which its SDK exposes as the response's request id; also as
+    Anthropic's ``request-id`` on ``/v1/messages``) and, for a key
     with rate limits, shows them as OpenAI's ``x-ratelimit-*`` headers; a completion
     cap below the client's own ``max_tokens`` is named in ``x-spectra-completion-cap``."""
     if REQUEST_ID in request:
         response.headers["x-request-id"] = request[REQUEST_ID]
+        if request.path == "/v1/messages":  # Anthropic's name, which its SDK reads
+            response.headers["request-id"] = request[REQUEST_ID]
     if COMPLETION_CAP in request:
         response.headers["x-spectra-completion-cap"] = str(request[COMPLETION_CAP])
     if PRINCIPAL in request:

@@ -1,7 +1,8 @@
 """``/v1/messages`` protocol details, with the official anthropic SDK as the client: the
 required ``anthropic-version`` header (missing or unknown -> 400 in Anthropic's shape
 naming the header and the accepted values; 2026-10-21 refuses ``temperature`` as
-Anthropic does) and ``message_start`` carrying the prompt's input tokens."""
+Anthropic does), ``message_start`` carrying the prompt's input tokens, and the
+request id and rate-limit headers the SDK reads."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from ai.messages import ANTHROPIC_VERSIONS
-from tests.unit.ai.conftest import audit_records
+from tests.unit.ai.conftest import GatewayFactory, audit_records
 from tests.unit.ai.test_messages import sdk
 
 ASK: dict[str, Any] = {
@@ -91,3 +92,25 @@ async def test_message_start_carries_estimate_then_cached_count(gateway: TestSer
     assert replayed == again.usage.input_tokens == final.usage.input_tokens
     records = await audit_records(gateway)
     assert [r["cache"]["outcome"] for r in records[-2:]] == ["miss", "hit"]
+
+
+@pytest.mark.asyncio
+async def test_request_id_and_rate_limit_headers(make_gateway: GatewayFactory) -> None:
+    """The anthropic SDK's request id (``request-id``) names the audit record, errors
+    included; a rate-limit 429 carries Retry-After and OpenAI's x-ratelimit-* headers."""
+    server = await make_gateway(budget_a={"requests_per_minute": 2})
+    async with sdk(server) as client:
+        first = await client.messages.create(model="gpt-4o-mini", **ASK)
+        async with client.messages.stream(model="claude-sonnet-4", **ASK) as stream:
+            await stream.get_final_message()
+            streamed = stream.request_id
+        with pytest.raises(anthropic.RateLimitError) as limited:
+            await client.messages.create(model="gpt-4o-mini", **ASK)
+    records = await audit_records(server)
+    sent = [first._request_id, streamed, limited.value.request_id]
+    assert sent == [r["request_id"] for r in records] and len(set(sent)) == 3
+    headers = limited.value.response.headers
+    assert int(headers["Retry-After"]) >= 1
+    assert headers["x-ratelimit-limit-requests"] == "2"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert limited.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
