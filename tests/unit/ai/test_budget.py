@@ -142,7 +142,12 @@ async def _hundred(server: TestServer, model: str, stream: bool, max_tokens: int
     return sum(ok)
 
 
-LONG = {"gpt": "gpt-long1500", "claude": "claude-long1500", "bedrock": "bedrock/long1500"}
+LONG = {
+    "gpt": "gpt-long1500",
+    "claude": "claude-long1500",
+    "bedrock": "bedrock/long1500",
+    "vllm": "local/long1500",
+}
 
 
 @pytest.mark.asyncio
@@ -155,7 +160,11 @@ async def test_token_budget_holds_against_long_answers(
     # The upstream answers 1,500 tokens unless capped; with no max_tokens the gateway
     # reserves completion_reserve_tokens (1,024) and must cap the upstream at that.
     limit = 10_000
-    server = await make_gateway(budget_a={"max_tokens": limit}, exact_cache={"enabled": False})
+    server = await make_gateway(
+        budget_a={"max_tokens": limit},
+        exact_cache={"enabled": False},
+        overflow={"policy": "reject", "max_concurrency": 200},  # vLLM: admit all 100
+    )
     served = await _hundred(server, LONG[provider], stream, max_tokens)
     used_tokens, _ = server.app[GATEWAY].budgets.used("key-a")
     assert used_tokens == served <= limit

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from ai.messages import ANTHROPIC_VERSIONS
-from tests.unit.ai.conftest import GatewayFactory, audit_records
+from tests.unit.ai.conftest import KEY_A, GatewayFactory, audit_records
 from tests.unit.ai.test_messages import sdk
 
 ASK: dict[str, Any] = {
@@ -114,3 +114,17 @@ async def test_request_id_and_rate_limit_headers(make_gateway: GatewayFactory) -
     assert headers["x-ratelimit-limit-requests"] == "2"
     assert headers["x-ratelimit-remaining-requests"] == "0"
     assert limited.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+
+
+@pytest.mark.asyncio
+async def test_x_api_key_header(gateway: TestServer) -> None:
+    """The 2.x SDK sends its api_key as ``Authorization: Bearer``; older SDKs and curl
+    send ``x-api-key``, which works the same (and an unknown one is 401)."""
+    async with sdk(gateway, key=None, default_headers={"x-api-key": KEY_A}) as client:
+        msg = await client.messages.create(model="gpt-4o-mini", **ASK)
+    assert msg.content[0].type == "text"
+    async with sdk(gateway, key=None, default_headers={"x-api-key": "sk-nope"}) as client:
+        with pytest.raises(anthropic.AuthenticationError):
+            await client.messages.create(model="gpt-4o-mini", **ASK)
+    records = await audit_records(gateway)
+    assert [(r["status"], r["key_id"]) for r in records] == [(200, "key-a"), (401, None)]
