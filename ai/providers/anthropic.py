@@ -36,6 +36,7 @@ STOP_REASONS = {
     "tool_use": "tool_calls",
     "pause_turn": "stop",
     "refusal": "content_filter",
+    "model_context_window_exceeded": "length",  # cut by the context window, not done
 }
 
 # --- request mapping -------------------------------------------------------------------

@@ -54,7 +54,13 @@ STOP_REASONS = {
     "tool_use": "tool_calls",
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
+    "model_context_window_exceeded": "length",  # cut by the context window, not done
 }
+
+# Claude's own response fields naming the stop sequence that matched, as JSON pointers
+# for ``additionalModelResponseFieldPaths`` (Bedrock returns what they point at; one
+# that points at nothing returns nothing).
+STOP_SEQUENCE_PATHS = ("/delta/stop_sequence", "/stop_sequence")
 
 # --- request mapping -------------------------------------------------------------------
 
@@ -122,7 +128,7 @@ def map_request(body: dict[str, Any]) -> dict[str, Any]:
             [body["stop"]] if isinstance(body["stop"], str) else list(body["stop"])
         )
         if "anthropic." in str(body.get("model")):  # Claude names the one that matched
-            out["additionalModelResponseFieldPaths"] = ["/stop_sequence"]
+            out["additionalModelResponseFieldPaths"] = list(STOP_SEQUENCE_PATHS)
     if inference:
         out["inferenceConfig"] = inference
     if body.get("tools"):
@@ -260,8 +266,8 @@ def map_response(data: dict[str, Any]) -> Completion:
 
 def _matched(data: dict[str, Any]) -> str | None:
     """The stop sequence Claude names in ``additionalModelResponseFields`` (asked for by
-    ``additionalModelResponseFieldPaths``; at the top, or under ``delta`` as the stream
-    sends it) when ``stopReason`` is ``stop_sequence``."""
+    :data:`STOP_SEQUENCE_PATHS`: Bedrock answers ``{"delta": {"stop_sequence"}}``; a
+    top-level ``stop_sequence`` is read too) when ``stopReason`` is ``stop_sequence``."""
     if data.get("stopReason") != "stop_sequence":
         return None
     extra = data.get("additionalModelResponseFields") or {}

@@ -35,15 +35,15 @@ def _answer(body: dict[str, Any], length: int | None) -> Any:
     return answer(_text(last), prompt, tool, cap, length, stop)
 
 
-def _stop(body: dict[str, Any], a: Any, nested: bool) -> dict[str, Any]:
-    """``stopReason``, and the matched sequence where Claude names it: when the request
-    asked for ``/stop_sequence`` (the stream nests it under ``delta``)."""
+def _stop(body: dict[str, Any], a: Any) -> dict[str, Any]:
+    """``stopReason``, and the matched sequence where Claude names it: only when the
+    request asked for ``/delta/stop_sequence``, answered as ``{"delta": {...}}`` (the
+    path ``/stop_sequence`` points at nothing), as Bedrock does."""
     if not a.stop_sequence:
         return {"stopReason": STOP[a.finish]}
     out: dict[str, Any] = {"stopReason": "stop_sequence"}
-    if "/stop_sequence" in (body.get("additionalModelResponseFieldPaths") or ()):
-        field = {"stop_sequence": a.stop_sequence}
-        out["additionalModelResponseFields"] = {"delta": field} if nested else field
+    if "/delta/stop_sequence" in (body.get("additionalModelResponseFieldPaths") or ()):
+        out["additionalModelResponseFields"] = {"delta": {"stop_sequence": a.stop_sequence}}
     return out
 
 
@@ -110,7 +110,7 @@ async def converse(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "output": {"message": {"role": "assistant", "content": content}},
-            **(_stop(body, a, nested=False) if behavior.truncate is None else {}),
+            **(_stop(body, a) if behavior.truncate is None else {}),
             "usage": _usage(a, behavior.cached),
             "metrics": {"latencyMs": 1},
         }
@@ -169,7 +169,7 @@ async def converse_stream(request: web.Request) -> web.StreamResponse:
             )
         )
         await resp.write(_event("contentBlockStop", {"contentBlockIndex": index}))
-    await resp.write(_event("messageStop", _stop(body, a, nested=True)))
+    await resp.write(_event("messageStop", _stop(body, a)))
     await resp.write(
         _event("metadata", {"usage": _usage(a, behavior.cached), "metrics": {"latencyMs": 1}})
     )
