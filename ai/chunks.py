@@ -2,7 +2,8 @@
 
 Also :class:`Assembler`, which folds stream deltas into a complete response (for the
 cache and the audit), and :func:`replay_chunks`, which turns a complete response back
-into stream deltas (a cache hit served to a streaming client).
+into stream deltas (a cache hit served to a streaming client). A choice may carry the
+matched ``stop_sequence`` (for Anthropic's shape); OpenAI's shape leaves it out.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ class Shape(Protocol):
     when the client did not ask for it."""
 
     usage_always: ClassVar[bool]
+
+    def head(self, usage: Usage) -> bytes:
+        """The bytes that open a stream, before its first delta; ``usage``: the prompt's
+        tokens as known then (the upstream's count if it sent one, else an estimate)."""
+        ...
 
     def completion(self, choices: list[dict[str, Any]], usage: Usage | None) -> dict[str, Any]:
         """The non-stream body of complete ``choices``."""
@@ -61,13 +67,20 @@ class Envelope:
         head += f',"model":{_dumps(self.model)},"choices":['
         object.__setattr__(self, "_frame_head", b"data: " + head.encode())
 
+    def head(self, usage: Usage) -> bytes:
+        return b""  # OpenAI's stream starts with its first chunk
+
     def completion(self, choices: list[dict[str, Any]], usage: Usage | None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
-            "choices": [{"logprobs": None, **c} for c in choices],
+            # the matched stop sequence is not part of OpenAI's choice
+            "choices": [
+                {"logprobs": None, **{k: v for k, v in c.items() if k != "stop_sequence"}}
+                for c in choices
+            ],
         }
         if usage is not None:
             body["usage"] = usage.to_openai()
@@ -129,6 +142,7 @@ class _Choice:
     content: list[str] = field(default_factory=list)
     tools: dict[int, dict[str, Any]] = field(default_factory=dict)
     finish_reason: str | None = None
+    stop_sequence: str | None = None
 
 
 class Assembler:
@@ -152,6 +166,7 @@ class Assembler:
             slot["function"]["arguments"] += fn.get("arguments") or ""
         if delta.finish_reason:
             choice.finish_reason = delta.finish_reason
+            choice.stop_sequence = delta.stop_sequence
 
     @property
     def complete(self) -> bool:
@@ -172,13 +187,14 @@ class Assembler:
             }
             if choice.tools:
                 message["tool_calls"] = [t for _, t in sorted(choice.tools.items())]
-            out.append(
-                {
-                    "index": index,
-                    "message": message,
-                    "finish_reason": choice.finish_reason,  # None only if incomplete
-                }
-            )
+            done: dict[str, Any] = {
+                "index": index,
+                "message": message,
+                "finish_reason": choice.finish_reason,  # None only if incomplete
+            }
+            if choice.stop_sequence is not None:
+                done["stop_sequence"] = choice.stop_sequence
+            out.append(done)
         return out
 
 
@@ -197,7 +213,8 @@ def replay_chunks(choices: list[dict[str, Any]]) -> list[ChoiceDelta]:
                     {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}, None, index
                 )
             )
-        out.append(ChoiceDelta({}, choice.get("finish_reason") or "stop", index))
+        finish = choice.get("finish_reason") or "stop"
+        out.append(ChoiceDelta({}, finish, index, choice.get("stop_sequence")))
     return out
 
 

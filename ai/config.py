@@ -87,6 +87,12 @@ class RouteConfig(_Model):
     models: tuple[str, ...] = Field(default=(), description="names listed by GET /v1/models")
     overflow: OverflowConfig | None = None
     ttft_timeout_s: float | None = Field(default=None, gt=0)
+    max_output_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="the model's completion-token limit: reserved (and sent upstream) for "
+        "a request that names no max_tokens; a larger max_tokens is clamped to it",
+    )
 
     def matches(self, model: str) -> bool:
         return fnmatch.fnmatchcase(model, self.pattern)

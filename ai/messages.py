@@ -5,6 +5,9 @@ A Messages request (https://docs.anthropic.com/en/api/messages) is validated str
 ``system`` -> a system message, ``tool_use`` blocks -> ``tool_calls``, ``tool_result``
 blocks -> ``tool`` messages, ``image`` blocks -> image parts, ``tools`` /
 ``tool_choice`` / ``stop_sequences`` / ``metadata.user_id`` to their chat fields. The
+``anthropic-version`` header is required, as Anthropic requires it
+(https://docs.anthropic.com/en/api/versioning): ``2023-01-01``, ``2023-06-01`` or
+``2026-10-21``, which refuses ``temperature`` and ``top_p`` (400), as Anthropic does. The
 same keys, budgets, caches, audit and routing (to any provider) then apply; answers are
 written by :class:`~ai.messages_wire.AnthropicShape`.
 """
@@ -45,6 +48,21 @@ class MessagesRequest(_Strict):
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
     metadata: Metadata | None = None
+
+
+# Versions of Anthropic's API whose Messages shape the endpoint speaks.
+ANTHROPIC_VERSIONS = ("2023-01-01", "2023-06-01", "2026-10-21")
+# Request fields a version removed (Anthropic answers 400 for them).
+_REMOVED = {"2026-10-21": ("temperature", "top_p")}
+
+
+def _check_version(version: str | None) -> str:
+    accepted = f"accepted values: {list(ANTHROPIC_VERSIONS)}"
+    if version is None:
+        raise BadRequest(f"anthropic-version: header is required; {accepted}")
+    if version not in ANTHROPIC_VERSIONS:
+        raise BadRequest(f"anthropic-version: unknown version {version!r}; {accepted}")
+    return version
 
 
 _BLOCKS = {"user": ("text", "image", "tool_result"), "assistant": ("text", "tool_use")}
@@ -136,8 +154,17 @@ def _tool_choice(choice: dict[str, Any]) -> str | dict[str, Any]:
     return mapped
 
 
-def parse_messages(raw: Any) -> dict[str, Any]:
-    """A validated Messages request as the gateway's internal chat request."""
+def parse_messages(raw: Any, version: str | None) -> dict[str, Any]:
+    """A validated Messages request (of the ``anthropic-version`` header's ``version``)
+    as the gateway's internal chat request."""
+    version = _check_version(version)
+    for name in _REMOVED.get(version, ()):
+        if isinstance(raw, dict) and name in raw:
+            raise BadRequest(
+                f"{name}: not accepted with anthropic-version {version}; "
+                "send it with anthropic-version 2023-06-01",
+                param=name,
+            )
     try:
         req = MessagesRequest.model_validate(raw)
     except ValidationError as exc:

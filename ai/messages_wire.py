@@ -7,7 +7,9 @@ or the event stream ``message_start``, ``content_block_start`` /
 ``content_block_delta`` (``text_delta``, ``input_json_delta``) /
 ``content_block_stop``, ``message_delta`` (stop reason and usage) and
 ``message_stop``; an in-band ``error`` event for a stream cut off after the commit
-point. :func:`error_body` is Anthropic's error shape for HTTP errors.
+point. ``message_start`` carries the prompt's input tokens; ``stop_reason`` is
+``stop_sequence`` with the matched ``stop_sequence`` when the upstream named it.
+:func:`error_body` is Anthropic's error shape for HTTP errors.
 """
 
 from __future__ import annotations
@@ -64,6 +66,14 @@ def _usage(usage: Usage | None) -> dict[str, int]:
     }
 
 
+def _stop_reason(finish: str | None, sequence: str | None) -> str:
+    """Anthropic's stop reason: ``stop_sequence`` when the upstream named the client's
+    stop sequence that ended the answer (OpenAI's ``stop`` does not say which)."""
+    if finish == "stop" and sequence is not None:
+        return "stop_sequence"
+    return STOP_REASONS.get(finish or "", "end_turn")
+
+
 def _input(arguments: str) -> Any:
     try:
         return json.loads(arguments or "{}")
@@ -79,15 +89,17 @@ class AnthropicShape:
     id: str
     created: int
     model: str
-    _started: bool = field(default=False, repr=False)
     _block: int = field(default=-1, repr=False)  # index of the open block, -1: none
     _open: str | None = field(default=None, repr=False)  # "text" or "tool:<index>"
     _stop: str | None = field(default=None, repr=False)
+    _sequence: str | None = field(default=None, repr=False)  # the matched stop sequence
 
     def __post_init__(self) -> None:
         self.id = "msg_" + self.id.removeprefix("chatcmpl-")
 
-    def _message(self, content: list[dict[str, Any]], stop: str | None) -> dict[str, Any]:
+    def _message(
+        self, content: list[dict[str, Any]], stop: str | None, sequence: str | None
+    ) -> dict[str, Any]:
         return {
             "id": self.id,
             "type": "message",
@@ -95,7 +107,7 @@ class AnthropicShape:
             "model": self.model,
             "content": content,
             "stop_reason": stop,
-            "stop_sequence": None,
+            "stop_sequence": sequence,
         }
 
     def completion(self, choices: list[dict[str, Any]], usage: Usage | None) -> dict[str, Any]:
@@ -114,8 +126,9 @@ class AnthropicShape:
                     "input": _input(fn.get("arguments") or ""),
                 }
             )
-        stop = STOP_REASONS.get(choice.get("finish_reason") or "", "end_turn")
-        return {**self._message(content, stop), "usage": _usage(usage)}
+        sequence = choice.get("stop_sequence")
+        stop = _stop_reason(choice.get("finish_reason"), sequence)
+        return {**self._message(content, stop, sequence), "usage": _usage(usage)}
 
     def _start_block(self, key: str, block: dict[str, Any]) -> list[bytes]:
         out = self._close_block()
@@ -135,12 +148,13 @@ class AnthropicShape:
         body = {"type": "content_block_delta", "index": self._block, "delta": delta}
         return event("content_block_delta", body)
 
+    def head(self, usage: Usage) -> bytes:
+        """``message_start``, whose usage carries the prompt's input tokens."""
+        start = {**self._message([], None, None), "usage": _usage(usage)}
+        return event("message_start", {"type": "message_start", "message": start})
+
     def frame(self, delta: ChoiceDelta) -> bytes:
         out: list[bytes] = []
-        if not self._started:
-            self._started = True
-            start = {**self._message([], None), "usage": _usage(None)}
-            out.append(event("message_start", {"type": "message_start", "message": start}))
         text = delta.delta.get("content")
         if text:
             if self._open != "text":
@@ -163,13 +177,14 @@ class AnthropicShape:
                 )
         if delta.finish_reason:
             out += self._close_block()
-            self._stop = STOP_REASONS.get(delta.finish_reason, "end_turn")
+            self._stop = _stop_reason(delta.finish_reason, delta.stop_sequence)
+            self._sequence = delta.stop_sequence
         return b"".join(out)
 
     def tail(self, usage: Usage | None) -> bytes:
         body = {
             "type": "message_delta",
-            "delta": {"stop_reason": self._stop or "end_turn", "stop_sequence": None},
+            "delta": {"stop_reason": self._stop or "end_turn", "stop_sequence": self._sequence},
             "usage": _usage(usage),
         }
         return b"".join(

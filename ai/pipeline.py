@@ -34,7 +34,7 @@ from ai.errors import BadRequest, GatewayError, Overloaded, RateLimited, Upstrea
 from ai.keys import KeyStore, Principal
 from ai.metering import Metering
 from ai.providers import ProviderError, UpstreamCall
-from ai.routing import Router
+from ai.routing import ResolvedRoute, Router
 from ai.semcache_api import SemanticCache, partition_key, semantic_text
 from ai.state import Loaded, StateStore
 from ai.streaming import ChatRun, Outcome, collect_answer, replay, stream_answer
@@ -47,6 +47,9 @@ SINGLE_CHOICE_PROVIDERS = frozenset({"anthropic", "bedrock"})
 # Retry-After of an upstream 429 that named none (Bedrock's ThrottlingException never
 # does): clients back off at least this long instead of retrying at once.
 UPSTREAM_RETRY_AFTER_S = 1
+# The completion cap sent upstream when it is below the client's own max_tokens (the
+# model's limit or the key's budget clamped it), sent as x-spectra-completion-cap.
+COMPLETION_CAP = web.RequestKey("completion_cap", int)
 
 
 class _Spill(Exception):
@@ -132,13 +135,7 @@ class Gateway:
         n = body.get("n") or 1
         if n > 1 and route.provider_config.kind in SINGLE_CHOICE_PROVIDERS:
             raise BadRequest(f"n > 1 is not supported for model {body['model']}", param="n")
-        # No cap from the client: reserve (and cap the upstream at) the smaller of the
-        # gateway's reserve and the provider's default completion size.
-        want = (
-            body.get("max_completion_tokens")
-            or body.get("max_tokens")
-            or min(self.config.completion_reserve_tokens, route.provider_config.default_max_tokens)
-        )
+        want = self._completion_want(body, route)
         envelope = shape(f"chatcmpl-{trace.request_id}", int(time.time()), body["model"])
         req = ChatRun(
             http,
@@ -201,6 +198,19 @@ class Gateway:
                 usage = trace.usage  # a cut-off answer the client got as an error
                 trace.cost_usd = self.prices.cost(body["model"], usage)
             self.budgets.reconcile(reservation, usage, trace.cost_usd)
+
+    def _completion_want(self, body: dict[str, Any], route: ResolvedRoute) -> int:
+        """Completion tokens to reserve per choice (and cap the upstream at): the
+        client's cap, never above the model's limit (the route's ``max_output_tokens``);
+        no cap from the client: the model's limit, else the smaller of the gateway's
+        reserve and the provider's default completion size."""
+        limit = route.spec.max_output_tokens
+        asked = body.get("max_completion_tokens") or body.get("max_tokens")
+        if asked:
+            return int(min(asked, limit) if limit else asked)
+        if limit:
+            return limit
+        return min(self.config.completion_reserve_tokens, route.provider_config.default_max_tokens)
 
     async def _lookup(
         self, req: ChatRun, resolved: dict[str, Any], key: str, trace: Trace
@@ -344,7 +354,9 @@ class Gateway:
             + (f", HTTP {exc.status})" if exc.status else ")")
         )
 
-    def _call(self, req: ChatRun, reservation: Reservation) -> tuple[UpstreamCall, bool]:
+    def _call(
+        self, req: ChatRun, reservation: Reservation, trace: Trace
+    ) -> tuple[UpstreamCall, bool]:
         body = {k: v for k, v in req.body.items() if k not in ("stream", "stream_options")}
         body["model"] = req.route.upstream_model
         cap, n = reservation.completion_cap, req.body.get("n") or 1
@@ -363,6 +375,10 @@ class Gateway:
             )
             for field in named or [default]:
                 body[field] = min(int(body.get(field) or per_choice), per_choice)
+            trace.completion_cap = {"asked": asked, "sent": per_choice}
+            if asked is not None and per_choice < asked:
+                # said so: the answer's header names the cap the client got instead
+                req.http[COMPLETION_CAP] = per_choice
         return UpstreamCall(
             body, self.session, req.route.provider_config, req.route.credentials
         ), clamped
@@ -370,7 +386,7 @@ class Gateway:
     async def _attempt(
         self, req: ChatRun, reservation: Reservation, trace: Trace, ttft: float | None
     ) -> Outcome:
-        call, clamped = self._call(req, reservation)
+        call, clamped = self._call(req, reservation, trace)
         trace.mark("upstream_start")
         if req.stream:
             return await stream_answer(req, call, clamped, trace, ttft)

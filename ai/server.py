@@ -29,7 +29,7 @@ from ai.errors import BadRequest, GatewayError, PayloadTooLarge
 from ai.keys import KeyStore, Principal, check_not_revoked, resolve_secret
 from ai.messages import parse_messages
 from ai.messages_wire import AnthropicShape, error_body
-from ai.pipeline import Gateway
+from ai.pipeline import COMPLETION_CAP, Gateway
 from ai.providers.base import AwsCredentialSource
 from ai.providers.bedrock import DefaultCredentialChain
 from ai.reload import FileSource, Source, watch
@@ -123,12 +123,15 @@ Handler = Callable[
 
 def _endpoint(
     name: str,
-    parse: Callable[[Any], dict[str, Any]],
+    parse: Callable[[Any, web.Request], dict[str, Any]],
     run: Handler,
     *,
     render: Callable[[GatewayError], web.Response] = error_response,
     credential: Callable[[web.Request], str | None] = _bearer,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """``parse`` validates the body (and the headers that shape it) after
+    authentication, so the audit names the key of a bad request."""
+
     async def handler(request: web.Request) -> web.StreamResponse:
         gw, trace = request.app[GATEWAY], Trace(name)
         request[REQUEST_ID] = trace.request_id
@@ -136,7 +139,7 @@ def _endpoint(
             if (request.content_length or 0) > gw.config.max_body_bytes:
                 await read_json(request, gw.config.max_body_bytes)
             principal = _authenticate(request, gw, trace, credential)
-            body = parse(await read_json(request, gw.config.max_body_bytes))
+            body = parse(await read_json(request, gw.config.max_body_bytes), request)
             return await run(request, gw, principal, body, trace)
         except GatewayError as exc:
             trace.fail(exc)
@@ -186,10 +189,16 @@ async def models(request: web.Request) -> web.StreamResponse:
 
 async def _client_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer, errors and streams included, names its audit record (OpenAI's
-    ``x-request-id``, which the SDKs expose as the response's request id) and, for a key
-    with rate limits, shows them as OpenAI's ``x-ratelimit-*`` headers."""
+    ``x-request-id``, which its SDK exposes as the response's request id; also as
+    Anthropic's ``request-id`` on ``/v1/messages``) and, for a key
+    with rate limits, shows them as OpenAI's ``x-ratelimit-*`` headers; a completion
+    cap below the client's own ``max_tokens`` is named in ``x-spectra-completion-cap``."""
     if REQUEST_ID in request:
         response.headers["x-request-id"] = request[REQUEST_ID]
+        if request.path == "/v1/messages":  # Anthropic's name, which its SDK reads
+            response.headers["request-id"] = request[REQUEST_ID]
+    if COMPLETION_CAP in request:
+        response.headers["x-spectra-completion-cap"] = str(request[COMPLETION_CAP])
     if PRINCIPAL in request:
         principal = request[PRINCIPAL]
         budgets = request.app[GATEWAY].budgets
@@ -280,18 +289,22 @@ def create_app(
     aws = aws_credentials or DefaultCredentialChain()
     app.on_response_prepare.append(_client_headers)
     app.cleanup_ctx.append(_resources(config, env, semantic_cache, keys, source, reload_s, aws))
-    app.router.add_post("/v1/chat/completions", _endpoint("chat", parse_chat, _chat))
+    app.router.add_post(
+        "/v1/chat/completions", _endpoint("chat", lambda raw, _: parse_chat(raw), _chat)
+    )
     app.router.add_post(
         "/v1/messages",
         _endpoint(
             "messages",
-            parse_messages,
+            lambda raw, r: parse_messages(raw, r.headers.get("anthropic-version")),
             _messages,
             render=anthropic_error,
             credential=_anthropic_credential,
         ),
     )
-    app.router.add_post("/v1/embeddings", _endpoint("embeddings", parse_embedding, _embeddings))
+    app.router.add_post(
+        "/v1/embeddings", _endpoint("embeddings", lambda raw, _: parse_embedding(raw), _embeddings)
+    )
     app.router.add_get("/v1/models", models)
     return app
 

@@ -75,6 +75,17 @@ def _absorb(
     return usage, content
 
 
+def _cut_usage(req: ChatRun, usage: Usage | None, assembler: Assembler) -> Usage:
+    """What a cut-off answer is charged: the upstream's last count (an early one, such as
+    Anthropic's ``message_start``, may not cover what was sent yet) or the estimate of
+    what arrived, whichever is larger."""
+    sent = count_text(assembler.text())
+    if usage is not None and usage.completion_tokens >= sent:
+        return usage
+    prompt = usage.prompt_tokens if usage is not None else req.prompt_estimate
+    return Usage(prompt, sent, estimated=True)
+
+
 async def stream_answer(
     req: ChatRun,
     call: UpstreamCall,
@@ -157,9 +168,7 @@ async def collect_answer(
             raise
         trace.commit = "truncated"
         trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}
-        trace.usage = usage or Usage(
-            req.prompt_estimate, count_text(assembler.text()), estimated=True
-        )
+        trace.usage = _cut_usage(req, usage, assembler)
         raise UpstreamFailed(
             f"upstream provider {req.route.provider_name} failed mid-response "
             f"({exc.kind}); the response is incomplete"
@@ -187,8 +196,10 @@ async def _stream_rest(
 ) -> Usage | None:
     """Forward the stream after the commit point: one write per upstream read."""
     envelope = req.envelope
+    known = usage or Usage(req.prompt_estimate, estimated=True)  # the prompt, so far
     try:
-        await response.write(b"".join([envelope.frame(delta) for delta in pending]))
+        head = envelope.head(Usage(known.prompt_tokens, 0, known.cached_tokens))
+        await response.write(head + b"".join([envelope.frame(delta) for delta in pending]))
         try:
             async for batch in items:
                 frames = []
@@ -215,7 +226,7 @@ async def _stream_rest(
                     f"failed mid-stream ({exc.kind}); the response is incomplete"
                 )
             )
-            return usage
+            return _cut_usage(req, usage, assembler)
         final = None
         if req.include_usage:
             final = usage or Usage(
@@ -225,6 +236,7 @@ async def _stream_rest(
         trace.commit = "completed"
     except ConnectionResetError:
         trace.commit = "client_disconnected"
+        return _cut_usage(req, usage, assembler)
     return usage
 
 
@@ -239,7 +251,8 @@ async def replay(req: ChatRun, value: dict[str, Any], trace: Trace) -> web.Strea
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(req.http)
-    frames = [req.envelope.frame(delta) for delta in replay_chunks(value["choices"])]
+    frames = [req.envelope.head(Usage(stored.prompt_tokens, 0, stored.cached_tokens))]
+    frames += [req.envelope.frame(delta) for delta in replay_chunks(value["choices"])]
     frames.append(req.envelope.tail(stored if req.include_usage else None))
     try:
         await response.write(b"".join(frames))

@@ -32,6 +32,7 @@ class Trace:
     commit: str = "none"
     usage: Usage | None = None
     cost_usd: float = 0.0
+    completion_cap: dict[str, int | None] | None = None  # {"asked", "sent"} per choice
     status: int = 200
     error: dict[str, Any] | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
@@ -80,6 +81,7 @@ class Trace:
             "commit": self.commit,
             "usage": None if self.usage is None else self.usage.to_record(),
             "cost_usd": self.cost_usd,
+            "completion_cap": self.completion_cap,
             "status": self.status,
             "error": self.error,
             "latency_ms": self.latency_ms,

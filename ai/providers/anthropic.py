@@ -36,6 +36,7 @@ STOP_REASONS = {
     "tool_use": "tool_calls",
     "pause_turn": "stop",
     "refusal": "content_filter",
+    "model_context_window_exceeded": "length",  # cut by the context window, not done
 }
 
 # --- request mapping -------------------------------------------------------------------
@@ -175,11 +176,20 @@ def map_response(data: dict[str, Any]) -> Completion:
         message["tool_calls"] = calls
     reason = data.get("stop_reason")  # None (a cut-off message): never invented
     finish = STOP_REASONS.get(reason, "stop") if reason else None
+    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+    matched = _matched(reason, data.get("stop_sequence"))
+    if matched is not None:
+        choice["stop_sequence"] = matched
     usage = data.get("usage")
     return Completion(
-        choices=[{"index": 0, "message": message, "finish_reason": finish}],
+        choices=[choice],
         usage=map_usage(usage) if isinstance(usage, dict) else None,
     )
+
+
+def _matched(reason: Any, sequence: Any) -> str | None:
+    """The stop sequence that ended the message, when ``stop_reason`` says one did."""
+    return sequence if reason == "stop_sequence" and isinstance(sequence, str) else None
 
 
 # --- stream-chunk mapping --------------------------------------------------------------
@@ -195,7 +205,8 @@ class _StreamState:
     def map(self, event: str, data: dict[str, Any]) -> list[StreamItem]:
         if event == "message_start":
             self.start_usage = dict(data.get("message", {}).get("usage") or {})
-            return [ChoiceDelta({"role": "assistant", "content": ""})]
+            # the prompt's token count, known before the answer (message_start's usage)
+            return [ChoiceDelta({"role": "assistant", "content": ""}), map_usage(self.start_usage)]
         if event == "content_block_start":
             block = data.get("content_block") or {}
             if block.get("type") != "tool_use":
@@ -212,8 +223,11 @@ class _StreamState:
             return []
         if event == "message_delta":
             usage = {**self.start_usage, **(data.get("usage") or {})}
-            reason = (data.get("delta") or {}).get("stop_reason") or "end_turn"
-            return [ChoiceDelta({}, STOP_REASONS.get(reason, "stop")), map_usage(usage)]
+            delta = data.get("delta") or {}
+            reason = delta.get("stop_reason") or "end_turn"
+            matched = _matched(reason, delta.get("stop_sequence"))
+            finish = ChoiceDelta({}, STOP_REASONS.get(reason, "stop"), stop_sequence=matched)
+            return [finish, map_usage(usage)]
         return []
 
     def map_events(

@@ -119,11 +119,14 @@ class Completion:
 
 @dataclass(frozen=True, slots=True)
 class ChoiceDelta:
-    """One OpenAI stream delta of one choice."""
+    """One OpenAI stream delta of one choice; ``stop_sequence``: the client's stop
+    sequence that ended the choice, when the upstream names it (Anthropic, Bedrock,
+    vLLM; OpenAI never does)."""
 
     delta: dict[str, Any]
     finish_reason: str | None = None
     index: int = 0
+    stop_sequence: str | None = None
 
     @property
     def has_content(self) -> bool:

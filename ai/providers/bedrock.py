@@ -54,7 +54,13 @@ STOP_REASONS = {
     "tool_use": "tool_calls",
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
+    "model_context_window_exceeded": "length",  # cut by the context window, not done
 }
+
+# Claude's own response fields naming the stop sequence that matched, as JSON pointers
+# for ``additionalModelResponseFieldPaths`` (Bedrock returns what they point at; one
+# that points at nothing returns nothing).
+STOP_SEQUENCE_PATHS = ("/delta/stop_sequence", "/stop_sequence")
 
 # --- request mapping -------------------------------------------------------------------
 
@@ -121,6 +127,8 @@ def map_request(body: dict[str, Any]) -> dict[str, Any]:
         inference["stopSequences"] = (
             [body["stop"]] if isinstance(body["stop"], str) else list(body["stop"])
         )
+        if "anthropic." in str(body.get("model")):  # Claude names the one that matched
+            out["additionalModelResponseFieldPaths"] = list(STOP_SEQUENCE_PATHS)
     if inference:
         out["inferenceConfig"] = inference
     if body.get("tools"):
@@ -244,18 +252,27 @@ def map_response(data: dict[str, Any]) -> Completion:
     if calls:
         message["tool_calls"] = calls
     usage = data.get("usage")
-    return Completion(
-        choices=[
-            {
-                "index": 0,
-                "message": message,
-                "finish_reason": STOP_REASONS.get(data["stopReason"], "stop")
-                if data.get("stopReason")
-                else None,  # a cut-off answer: never invented
-            }
-        ],
-        usage=map_usage(usage) if isinstance(usage, dict) else None,
-    )
+    reason = data.get("stopReason")
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": message,
+        # a cut-off answer: never invented
+        "finish_reason": STOP_REASONS.get(reason, "stop") if reason else None,
+    }
+    if (matched := _matched(data)) is not None:
+        choice["stop_sequence"] = matched
+    return Completion([choice], map_usage(usage) if isinstance(usage, dict) else None)
+
+
+def _matched(data: dict[str, Any]) -> str | None:
+    """The stop sequence Claude names in ``additionalModelResponseFields`` (asked for by
+    :data:`STOP_SEQUENCE_PATHS`: Bedrock answers ``{"delta": {"stop_sequence"}}``; a
+    top-level ``stop_sequence`` is read too) when ``stopReason`` is ``stop_sequence``."""
+    if data.get("stopReason") != "stop_sequence":
+        return None
+    extra = data.get("additionalModelResponseFields") or {}
+    found = extra.get("stop_sequence", (extra.get("delta") or {}).get("stop_sequence"))
+    return found if isinstance(found, str) else None
 
 
 # --- stream-chunk mapping --------------------------------------------------------------
@@ -285,7 +302,8 @@ class _StreamState:
             return []
         if event == "messageStop":
             self.stopped = True
-            return [ChoiceDelta({}, STOP_REASONS.get(data.get("stopReason", ""), "stop"))]
+            finish = STOP_REASONS.get(data.get("stopReason", ""), "stop")
+            return [ChoiceDelta({}, finish, stop_sequence=_matched(data))]
         if event == "metadata" and isinstance(data.get("usage"), dict):
             return [map_usage(data["usage"])]
         return []

@@ -2,7 +2,8 @@
 
 Reference: https://platform.openai.com/docs/api-reference/chat. The stream always asks
 the upstream for usage (``stream_options.include_usage``); the pipeline decides what
-the client sees.
+the client sees. vLLM's ``stop_reason`` extension (the matched stop string) is read
+here too: OpenAI never sends it.
 """
 
 from __future__ import annotations
@@ -53,17 +54,24 @@ def map_response(data: dict[str, Any]) -> Completion:
     if not isinstance(choices, list):
         raise ProviderError("protocol", "upstream response has no choices")
     usage = data.get("usage")
-    return Completion(
-        choices=[
-            {
-                "index": c.get("index", i),
-                "message": c.get("message") or {},
-                "finish_reason": c.get("finish_reason"),  # None: never invented
-            }
-            for i, c in enumerate(choices)
-        ],
-        usage=Usage.from_openai(usage) if isinstance(usage, dict) else None,
-    )
+    out = []
+    for i, c in enumerate(choices):
+        choice = {
+            "index": c.get("index", i),
+            "message": c.get("message") or {},
+            "finish_reason": c.get("finish_reason"),  # None: never invented
+        }
+        if (matched := _matched(c)) is not None:
+            choice["stop_sequence"] = matched
+        out.append(choice)
+    return Completion(out, Usage.from_openai(usage) if isinstance(usage, dict) else None)
+
+
+def _matched(choice: dict[str, Any]) -> str | None:
+    """vLLM's ``stop_reason`` (not in OpenAI's API): the stop string that ended the
+    choice (an integer for a stop token id, None for EOS)."""
+    reason = choice.get("stop_reason")
+    return reason if choice.get("finish_reason") == "stop" and isinstance(reason, str) else None
 
 
 # --- stream-chunk mapping --------------------------------------------------------------
@@ -71,7 +79,7 @@ def map_response(data: dict[str, Any]) -> Completion:
 
 def map_chunk(data: dict[str, Any]) -> list[StreamItem]:
     items: list[StreamItem] = [
-        ChoiceDelta(c.get("delta") or {}, c.get("finish_reason"), c.get("index", 0))
+        ChoiceDelta(c.get("delta") or {}, c.get("finish_reason"), c.get("index", 0), _matched(c))
         for c in data.get("choices") or ()
     ]
     if isinstance(data.get("usage"), dict):

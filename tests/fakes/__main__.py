@@ -14,13 +14,13 @@ from aiohttp import web
 
 from tests.fakes.anthropic_fake import create_anthropic_fake
 from tests.fakes.bedrock_fake import create_bedrock_fake
-from tests.fakes.openai_fake import create_openai_fake
+from tests.fakes.openai_fake import create_openai_fake, create_vllm_fake
 
 
 async def _serve() -> None:
     factories = {
         "openai": create_openai_fake,
-        "local": create_openai_fake,
+        "local": create_vllm_fake,
         "anthropic": create_anthropic_fake,
         "bedrock": create_bedrock_fake,
     }

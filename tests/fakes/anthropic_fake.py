@@ -32,7 +32,12 @@ def _answer(body: dict[str, Any]) -> Any:
         tool,
         body.get("max_tokens"),
         Behavior.of(str(body.get("model", ""))).long,
+        body.get("stop_sequences"),
     )
+
+
+def _stop(a: Any) -> str:
+    return "stop_sequence" if a.stop_sequence else STOP[a.finish]
 
 
 def _usage(a: Any, cached: bool, output: int | None = None) -> dict[str, Any]:
@@ -86,8 +91,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
         "role": "assistant",
         "model": body["model"],
         "content": content,
-        "stop_reason": STOP[a.finish] if behavior.truncate is None else None,
-        "stop_sequence": None,
+        "stop_reason": _stop(a) if behavior.truncate is None else None,
+        "stop_sequence": a.stop_sequence if behavior.truncate is None else None,
         "usage": _usage(a, behavior.cached),
     }
     if not body.get("stream"):
@@ -151,11 +156,12 @@ async def messages(request: web.Request) -> web.StreamResponse:
     await send(
         "message_delta",
         {
-            "delta": {"stop_reason": STOP[a.finish], "stop_sequence": None},
+            "delta": {"stop_reason": _stop(a), "stop_sequence": a.stop_sequence},
             "usage": {"output_tokens": a.completion_tokens},
         },
     )
-    await send("message_stop", {})
+    if not behavior.no_terminator:
+        await send("message_stop", {})
     return resp
 
 

@@ -30,8 +30,21 @@ def _answer(body: dict[str, Any], length: int | None) -> Any:
     tools = (body.get("toolConfig") or {}).get("tools") or []
     tool = tools[0]["toolSpec"]["name"] if tools and not is_result else None
     prompt = " ".join([_text(body.get("system") or [])] + [_text(m["content"]) for m in messages])
-    cap = (body.get("inferenceConfig") or {}).get("maxTokens")
-    return answer(_text(last), prompt, tool, cap, length)
+    inference = body.get("inferenceConfig") or {}
+    cap, stop = inference.get("maxTokens"), inference.get("stopSequences")
+    return answer(_text(last), prompt, tool, cap, length, stop)
+
+
+def _stop(body: dict[str, Any], a: Any) -> dict[str, Any]:
+    """``stopReason``, and the matched sequence where Claude names it: only when the
+    request asked for ``/delta/stop_sequence``, answered as ``{"delta": {...}}`` (the
+    path ``/stop_sequence`` points at nothing), as Bedrock does."""
+    if not a.stop_sequence:
+        return {"stopReason": STOP[a.finish]}
+    out: dict[str, Any] = {"stopReason": "stop_sequence"}
+    if "/delta/stop_sequence" in (body.get("additionalModelResponseFieldPaths") or ()):
+        out["additionalModelResponseFields"] = {"delta": {"stop_sequence": a.stop_sequence}}
+    return out
 
 
 def _usage(a: Any, cached: bool) -> dict[str, Any]:
@@ -81,7 +94,7 @@ async def _start(request: web.Request) -> tuple[dict[str, Any], Behavior, Any]:
 async def converse(request: web.Request) -> web.Response:
     if (denied := _check(request)) is not None:
         return denied
-    _, behavior, a = await _start(request)
+    body, behavior, a = await _start(request)
     if behavior.fail_status or behavior.error_event:
         return _error(behavior.fail_status or 500)
     if behavior.slow_ms:
@@ -97,7 +110,7 @@ async def converse(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "output": {"message": {"role": "assistant", "content": content}},
-            **({"stopReason": STOP[a.finish]} if behavior.truncate is None else {}),
+            **(_stop(body, a) if behavior.truncate is None else {}),
             "usage": _usage(a, behavior.cached),
             "metrics": {"latencyMs": 1},
         }
@@ -107,7 +120,7 @@ async def converse(request: web.Request) -> web.Response:
 async def converse_stream(request: web.Request) -> web.StreamResponse:
     if (denied := _check(request)) is not None:
         return denied
-    _, behavior, a = await _start(request)
+    body, behavior, a = await _start(request)
     if behavior.fail_status:
         return _error(behavior.fail_status)
     if behavior.slow_ms:
@@ -156,7 +169,7 @@ async def converse_stream(request: web.Request) -> web.StreamResponse:
             )
         )
         await resp.write(_event("contentBlockStop", {"contentBlockIndex": index}))
-    await resp.write(_event("messageStop", {"stopReason": STOP[a.finish]}))
+    await resp.write(_event("messageStop", _stop(body, a)))
     await resp.write(
         _event("metadata", {"usage": _usage(a, behavior.cached), "metrics": {"latencyMs": 1}})
     )

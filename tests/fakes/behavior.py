@@ -7,9 +7,11 @@ carries only an error event), ``cached`` (report prompt-cache reads/writes),
 ``nousage`` (report no usage at all), ``long<N>`` (answer N tokens whatever the
 prompt, unless capped by the request's max tokens), ``truncate<N>`` (end cleanly after N
 content tokens with no finish reason and no stream terminator, as a cut-off upstream
-does). The
-answer is ``Echo: <last user text>`` word by word, or a call of the first tool when
-the request offers tools and the last message is not a tool result.
+does), ``noterminator`` (a stream that says its finish reason but ends without its
+terminator: OpenAI's ``[DONE]``, Anthropic's ``message_stop``). The answer is
+``Echo: <last user text>`` word by word (up to the first of the request's stop
+sequences), or a call of the first tool when the request offers tools and the last
+message is not a tool result.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Behavior:
     no_usage: bool = False
     long: int | None = None
     truncate: int | None = None
+    no_terminator: bool = False
 
     @classmethod
     def of(cls, model: str) -> Behavior:
@@ -52,6 +55,7 @@ class Behavior:
             no_usage="nousage" in model,
             long=int(long.group(1)) if long else None,
             truncate=int(truncate.group(1)) if truncate else None,
+            no_terminator="noterminator" in model,
         )
 
 
@@ -77,6 +81,7 @@ class Answer:
     tool: tuple[str, str, str] | None  # (id, name, arguments json)
     finish: str  # "stop" | "length" | "tool_calls"
     prompt_tokens: int
+    stop_sequence: str | None = None  # the request's stop sequence that ended the answer
 
     @property
     def completion_tokens(self) -> int:
@@ -89,6 +94,7 @@ def answer(
     tool_name: str | None,
     max_tokens: int | None,
     length: int | None = None,
+    stop: list[str] | None = None,
 ) -> Answer:
     prompt = max(1, words(prompt_text))
     if tool_name is not None:
@@ -100,7 +106,23 @@ def answer(
     finish = "stop"
     if max_tokens is not None and len(tokens) > max_tokens:
         tokens, finish = tokens[:max_tokens], "length"
-    return Answer(tokens, None, finish, prompt)
+    tokens, matched = _until_stop(tokens, stop or [])
+    return Answer(tokens, None, "stop" if matched else finish, prompt, matched)
+
+
+def _until_stop(tokens: list[str], stop: list[str]) -> tuple[list[str], str | None]:
+    """The tokens before the first of ``stop`` in their text (the stop sequence itself
+    is not sent, as the real APIs do) and the sequence that matched."""
+    text = ""
+    for i, token in enumerate(tokens):
+        joined = text + token
+        hits = [(joined.find(s), s) for s in stop if s and s in joined]
+        if hits:
+            at, seq = min(hits)
+            head = joined[len(text) : at] if at > len(text) else ""
+            return tokens[:i] + ([head] if head else []), seq
+        text = joined
+    return tokens, None
 
 
 def count(app: web.Application, body: Any) -> None:

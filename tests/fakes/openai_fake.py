@@ -1,5 +1,6 @@
 """Fake OpenAI-compatible upstream (OpenAI and vLLM): chat completions as JSON or SSE
-chunks (``data: {...}`` ... ``data: [DONE]``, usage chunk when asked), embeddings."""
+chunks (``data: {...}`` ... ``data: [DONE]``, usage chunk when asked), embeddings;
+:func:`create_vllm_fake` adds vLLM's ``stop_reason``."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def _answer(body: dict[str, Any]) -> Any:
         tool,
         body.get("max_completion_tokens") or body.get("max_tokens"),
         Behavior.of(str(body.get("model", ""))).long,
+        [stop] if isinstance(stop := body.get("stop"), str) else stop,
     )
 
 
@@ -53,6 +55,16 @@ def _error(status: int) -> web.Response:
         status=status,
         headers={"Retry-After": "1"},
     )
+
+
+VLLM = web.AppKey("vllm", bool)
+
+
+def _choice(request: web.Request, a: Any, finish: str | None) -> dict[str, Any]:
+    """vLLM adds ``stop_reason`` (the matched stop string) to a finished choice."""
+    if not request.app[VLLM] or finish is None:
+        return {}
+    return {"stop_reason": a.stop_sequence}
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -83,7 +95,14 @@ async def chat(request: web.Request) -> web.StreamResponse:
             {
                 **base,
                 "object": "chat.completion",
-                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "finish_reason": finish,
+                        **_choice(request, a, finish),
+                    }
+                ],
                 **({} if behavior.no_usage else {"usage": _usage(a, behavior.cached)}),
             }
         )
@@ -149,10 +168,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 ],
             }
         )
-    await send({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": a.finish}]})
+    last = {"index": 0, "delta": {}, "finish_reason": a.finish, **_choice(request, a, a.finish)}
+    await send({**chunk, "choices": [last]})
     if (body.get("stream_options") or {}).get("include_usage") and not behavior.no_usage:
         await send({**chunk, "choices": [], "usage": _usage(a, behavior.cached)})
-    await resp.write(b"data: [DONE]\n\n")
+    if not behavior.no_terminator:
+        await resp.write(b"data: [DONE]\n\n")
     return resp
 
 
@@ -186,9 +207,15 @@ async def embeddings(request: web.Request) -> web.Response:
     )
 
 
-def create_openai_fake() -> web.Application:
+def create_openai_fake(vllm: bool = False) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)  # long prompts, like the real APIs
+    app[VLLM] = vllm
     add_stats_routes(app)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)
     return app
+
+
+def create_vllm_fake() -> web.Application:
+    """The same upstream with vLLM's ``stop_reason`` extension."""
+    return create_openai_fake(vllm=True)

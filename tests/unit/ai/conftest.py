@@ -22,7 +22,7 @@ from ai.keys import hash_key
 from ai.server import GATEWAY, create_app
 from tests.fakes.anthropic_fake import create_anthropic_fake
 from tests.fakes.bedrock_fake import create_bedrock_fake
-from tests.fakes.openai_fake import create_openai_fake
+from tests.fakes.openai_fake import create_openai_fake, create_vllm_fake
 
 SECRET = "unit-test-key-secret"
 KEY_A, KEY_B, KEY_REVOKED = "sk-spectra-tenant-a", "sk-spectra-tenant-b", "sk-spectra-revoked"
@@ -62,7 +62,7 @@ async def fakes() -> AsyncIterator[Fakes]:
         TestServer(f(), host="127.0.0.1")
         for f in (
             create_openai_fake,
-            create_openai_fake,
+            create_vllm_fake,
             create_anthropic_fake,
             create_bedrock_fake,
         )

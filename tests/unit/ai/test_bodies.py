@@ -1,6 +1,6 @@
 """Request bodies over real HTTP: long valid prompts are read whole (through the openai
-SDK, and chunked by a slow sender), and a body over the limit is 413 with or without a
-Content-Length."""
+and anthropic SDKs, and chunked by a slow sender), and a body over the limit is 413
+with or without a Content-Length (in Anthropic's shape on ``/v1/messages``)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import json
 from collections.abc import AsyncIterator
 
 import aiohttp
+import anthropic
 import openai
 import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.unit.ai.conftest import KEY_A, audit_records, client_for
+from tests.unit.ai.test_messages import sdk
 
 KIB, MIB = 1024, 1024 * 1024
 LIMIT = 4 * MIB  # the default max_body_bytes
@@ -91,3 +93,29 @@ async def test_invalid_json_still_400(gateway: TestServer) -> None:
             await client.chat.completions.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": ""}], n=0
             )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("size", [1 * MIB, LIMIT - KIB])
+async def test_long_prompt_through_anthropic_sdk(gateway: TestServer, size: int) -> None:
+    content = json.loads(_prompt_body(size))["messages"][0]["content"]
+    async with sdk(gateway) as client:
+        msg = await client.messages.create(
+            model="claude-sonnet-4", max_tokens=3, messages=[{"role": "user", "content": content}]
+        )
+    assert msg.content[0].type == "text" and msg.content[0].text == "Echo: lorem ipsum"
+    assert msg.stop_reason == "max_tokens"
+
+
+@pytest.mark.asyncio
+async def test_body_over_limit_on_messages_route_is_413(gateway: TestServer) -> None:
+    content = "lorem ipsum " * (LIMIT // 12 + 1)
+    async with sdk(gateway) as client:
+        with pytest.raises(anthropic.APIStatusError) as big:
+            await client.messages.create(
+                model="claude-sonnet-4",
+                max_tokens=3,
+                messages=[{"role": "user", "content": content}],
+            )
+    assert big.value.status_code == 413
+    assert big.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]

@@ -142,7 +142,12 @@ async def _hundred(server: TestServer, model: str, stream: bool, max_tokens: int
     return sum(ok)
 
 
-LONG = {"gpt": "gpt-long1500", "claude": "claude-long1500", "bedrock": "bedrock/long1500"}
+LONG = {
+    "gpt": "gpt-long1500",
+    "claude": "claude-long1500",
+    "bedrock": "bedrock/long1500",
+    "vllm": "local/long1500",
+}
 
 
 @pytest.mark.asyncio
@@ -155,7 +160,11 @@ async def test_token_budget_holds_against_long_answers(
     # The upstream answers 1,500 tokens unless capped; with no max_tokens the gateway
     # reserves completion_reserve_tokens (1,024) and must cap the upstream at that.
     limit = 10_000
-    server = await make_gateway(budget_a={"max_tokens": limit}, exact_cache={"enabled": False})
+    server = await make_gateway(
+        budget_a={"max_tokens": limit},
+        exact_cache={"enabled": False},
+        overflow={"policy": "reject", "max_concurrency": 200},  # vLLM: admit all 100
+    )
     served = await _hundred(server, LONG[provider], stream, max_tokens)
     used_tokens, _ = server.app[GATEWAY].budgets.used("key-a")
     assert used_tokens == served <= limit
@@ -163,12 +172,13 @@ async def test_token_budget_holds_against_long_answers(
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("max_tokens", [None, 2000])
 async def test_cost_budget_holds_against_long_answers(
-    make_gateway: GatewayFactory, stream: bool
+    make_gateway: GatewayFactory, stream: bool, max_tokens: int | None
 ) -> None:
     limit = 0.01  # gpt-*: 2 USD per million completion tokens, 0.003 per full answer
     server = await make_gateway(budget_a={"max_cost_usd": limit}, exact_cache={"enabled": False})
-    await _hundred(server, LONG["gpt"], stream, None)
+    await _hundred(server, LONG["gpt"], stream, max_tokens)
     _, cost = server.app[GATEWAY].budgets.used("key-a")
     assert 0 < cost <= limit
 
@@ -180,6 +190,7 @@ async def test_cost_budget_holds_against_long_answers(
         ("gpt-4o-mini", "openai", "max_completion_tokens"),
         ("claude-sonnet-4", "anthropic", "max_tokens"),
         ("local/llama", "local", "max_tokens"),
+        ("bedrock/anthropic.claude", "bedrock", "maxTokens"),
     ],
 )
 async def test_upstream_always_gets_the_reserved_cap(
@@ -198,6 +209,10 @@ async def test_upstream_always_gets_the_reserved_cap(
             model=model, messages=[{"role": "user", "content": "b"}], max_tokens=7
         )
     sent = fakes.app(upstream)[STATS]["bodies"][-2:]
+    if upstream == "bedrock":  # Converse: inferenceConfig.maxTokens, whatever the client's
+        sent = [
+            b["inferenceConfig"] | {"max_tokens": b["inferenceConfig"]["maxTokens"]} for b in sent
+        ]
     assert sent[0][field] == 1024 and sent[1]["max_tokens"] == 7  # the client's own field
     config = config_dict(fakes, tmp_path)
     config["providers"]["anthropic"]["default_max_tokens"] = 300

@@ -1,9 +1,13 @@
-"""Request mapping of the Anthropic and Bedrock adapters (system, tools, results)."""
+"""Request and response mapping of the Anthropic and Bedrock adapters (system, tools,
+results, stop reasons, the matched stop sequence)."""
 
 from __future__ import annotations
 
 from ai.providers.anthropic import map_request as anthropic_request
+from ai.providers.anthropic import map_response as anthropic_response
+from ai.providers.bedrock import STOP_SEQUENCE_PATHS
 from ai.providers.bedrock import map_request as bedrock_request
+from ai.providers.bedrock import map_response as bedrock_response
 
 BODY = {
     "model": "m",
@@ -52,3 +56,27 @@ def test_bedrock_request() -> None:
     assert out["messages"][1]["content"][0]["toolUse"]["input"] == {"a": 1}
     results = out["messages"][2]["content"]
     assert [r["toolResult"]["toolUseId"] for r in results] == ["c1", "c2"]
+
+
+def test_context_window_stop_is_length_not_stop() -> None:
+    """An answer cut by the context window is a ``length`` finish (not cached when the
+    gateway capped it), never an invented ``stop``."""
+    message = {"content": [{"type": "text", "text": "par"}], "usage": {}}
+    cut = anthropic_response({**message, "stop_reason": "model_context_window_exceeded"})
+    assert cut.choices[0]["finish_reason"] == "length"
+    output = {"output": {"message": {"content": [{"text": "par"}]}}}
+    cut = bedrock_response({**output, "stopReason": "model_context_window_exceeded"})
+    assert cut.choices[0]["finish_reason"] == "length"
+
+
+def test_bedrock_claude_asks_for_the_matched_stop_sequence() -> None:
+    claude = bedrock_request({**BODY, "model": "us.anthropic.claude-sonnet-4"})
+    assert claude["additionalModelResponseFieldPaths"] == list(STOP_SEQUENCE_PATHS)
+    other = bedrock_request({**BODY, "model": "amazon.nova-pro-v1:0"})
+    assert "additionalModelResponseFieldPaths" not in other  # fields are model-specific
+    answer = {
+        "output": {"message": {"content": [{"text": "x"}]}},
+        "stopReason": "stop_sequence",
+        "additionalModelResponseFields": {"delta": {"stop_sequence": "END"}},
+    }
+    assert bedrock_response(answer).choices[0]["stop_sequence"] == "END"

@@ -1,19 +1,23 @@
 """Completeness is checked, never assumed: an upstream answer that ends cleanly but
 without a finish reason (and, streamed, without its terminator: OpenAI's ``[DONE]``,
 Anthropic's ``message_stop``, Bedrock's ``messageStop``) reaches the client as an error,
-is audited as truncated and is never cached, exactly or semantically."""
+is audited as truncated and is never cached, exactly or semantically; a finish reason
+without the terminator is cut off too; the same on the Messages route (anthropic SDK)."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import aiohttp
+import anthropic
 import openai
 import pytest
 from aiohttp.test_utils import TestServer
 
 from ai.server import GATEWAY
 from tests.unit.ai.conftest import KEY_A, Fakes, GatewayFactory, audit_records, client_for
+from tests.unit.ai.test_messages import sdk
 from tests.unit.ai.test_semantic import FakeSemanticCache
 
 # (model, fake upstream); the fake stops cleanly after 3 of 7 tokens.
@@ -118,3 +122,69 @@ async def test_cut_answer_is_still_charged(
     assert records[-1]["commit"] == "truncated"
     usage = records[-1]["usage"]
     assert used == usage["prompt"] + usage["completion"] and usage["completion"] > 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("model", "upstream"),
+    [
+        ("gpt-noterminator", "openai"),
+        ("claude-noterminator", "anthropic"),
+        ("local/noterminator", "local"),
+    ],
+)
+async def test_finish_reason_without_terminator_is_truncated(
+    make_gateway: GatewayFactory, fakes: Fakes, model: str, upstream: str
+) -> None:
+    """A finish reason alone is not enough: the stream must also end with its terminator
+    (``[DONE]``, ``message_stop``); without it the answer is cut off, never cached."""
+    server = await make_gateway(semcache=(sem := FakeSemanticCache()))
+    for attempt in (1, 2):
+        data = await _sse(server, model)
+        assert "[DONE]" not in data
+        assert json.loads(data[-1])["error"]["code"] == "upstream_truncated"
+        assert fakes.requests(upstream) == attempt
+    assert sem.entries == {}
+    records = await audit_records(server)
+    assert [r["commit"] for r in records] == ["truncated", "truncated"]
+
+
+async def _messages(client: anthropic.AsyncAnthropic, model: str, stream: bool) -> list[str]:
+    """The event types the anthropic SDK saw before the error it raises."""
+    seen: list[str] = []
+    ask: dict[str, Any] = {
+        "model": model,
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": PROMPT}],
+    }
+    if not stream:
+        await client.messages.create(**ask)
+        return seen
+    async with client.messages.stream(**ask) as events:
+        async for event in events:
+            seen.append(event.type)
+    return seen
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("model", "upstream"), CUT)
+async def test_cut_answer_on_the_messages_route(
+    make_gateway: GatewayFactory, fakes: Fakes, model: str, upstream: str, stream: bool
+) -> None:
+    """Through the anthropic SDK: a cut-off upstream (any wire format) is a 502 in
+    Anthropic's shape, or an ``error`` event with no ``message_stop``; never cached."""
+    server = await make_gateway(overflow={"policy": "reject"})
+    async with sdk(server) as client:
+        for attempt in (1, 2):
+            with pytest.raises(anthropic.APIStatusError) as caught:
+                seen = await _messages(client, model, stream)
+                pytest.fail(f"no error after {seen}")
+            assert "incomplete" in caught.value.message
+            if not stream:
+                assert caught.value.status_code == 502
+                assert caught.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+            assert fakes.requests(upstream) == attempt
+    records = await audit_records(server)
+    assert [r["commit"] for r in records] == ["truncated", "truncated"]
+    assert all(r["endpoint"] == "messages" for r in records)
