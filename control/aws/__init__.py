@@ -104,7 +104,9 @@ class Aws:
     notifier: Notifier
     imds: Imds | None = None
 
-    def lease_settings(self, *, preferred: bool = False) -> LeaseSettings:
+    def lease_settings(
+        self, *, preferred: bool = False, address: str | None = None
+    ) -> LeaseSettings:
         """This instance's lease of its AZ, from ``aws.lease``."""
         if self.identity is None:
             raise LeaseError("the leader lease needs the instance identity (IMDS)")
@@ -120,17 +122,33 @@ class Aws:
             preferred=preferred,
             health_failures=cfg.health_failures,
             health_successes=cfg.health_successes,
+            address=address,
+            restart_grace_s=cfg.restart_grace_s,
         )
 
     def lease(
-        self, health: HealthCheck, *, preferred: bool = False, clock: Clock | None = None
+        self,
+        health: HealthCheck,
+        *,
+        preferred: bool = False,
+        clock: Clock | None = None,
+        address: str | None = None,
+        holder_alive: Callable[[str], bool] | None = None,
     ) -> Lease:
-        """The AZ's leader lease (instance role, short timeouts) with the notifier."""
-        settings = self.lease_settings(preferred=preferred)
+        """The AZ's leader lease (instance role, short timeouts) with the notifier;
+        ``address`` is this instance's inside IP, where a standby asks ``holder_alive``."""
+        settings = self.lease_settings(preferred=preferred, address=address)
         client = self.sessions.instance_client(
             "dynamodb", lease_timeouts(settings.renew_interval_s)
         )
-        return Lease(client, settings, health, notifier=self.notifier, clock=clock)
+        return Lease(
+            client,
+            settings,
+            health,
+            notifier=self.notifier,
+            clock=clock,
+            holder_alive=holder_alive,
+        )
 
     def fallback(
         self, inside_eni: str, inside_ifname: str, inside_cidr: str, *, clock: Clock | None = None

@@ -41,7 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 from botocore.exceptions import BotoCoreError, ClientError
 
 from control.aws.fallback import CrossAzFallback
-from control.aws.health import DataPathHealth
+from control.aws.health import DataPathHealth, answers_ping
 from control.aws.imds import Imds, ImdsError, InstanceIdentity, identity_from_dict
 from control.aws.lease import Lease
 from control.aws.session import describe_error
@@ -522,9 +522,10 @@ class HaRunner:
         takeover = Takeover(
             zone, enis, lambda: sessions.instance_client("ec2"), lambda: sessions.client("ec2")
         )
+        inside = next(i for i in identity.interfaces if i.interface_id == enis.inside_eni)
         ha = Ha(
             self.imds,
-            aws.lease(health),
+            aws.lease(health, address=inside.primary_ip, holder_alive=answers_ping),
             takeover,
             lambda: sessions.instance_client("ec2"),
             lambda: sessions.instance_client("autoscaling"),

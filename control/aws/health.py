@@ -11,7 +11,11 @@ status; the lease's hysteresis decides what a failure means.
 
 from __future__ import annotations
 
+import os
+import random
 import socket
+import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,3 +76,38 @@ class DataPathHealth:
                 return None
         except OSError as exc:
             return f"probe {self.probe}: {exc}"
+
+
+def answers_ping(address: str, timeout_s: float = 0.2) -> bool:
+    """Whether ``address`` answers one ICMP echo within ``timeout_s`` (RFC 792): the
+    kernel of a lease holder answers it whether or not its agent runs, and a dead
+    instance does not (raw socket: the agent has ``CAP_NET_RAW``)."""
+    ident, seq = os.getpid() & 0xFFFF, random.randrange(0x10000)
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+    payload = b"spectra-lease"
+    packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
+    deadline = time.monotonic() + timeout_s
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+            sock.sendto(packet, (address, 0))
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                data, (src, _) = sock.recvfrom(1024)
+                icmp = data[(data[0] & 0x0F) * 4 :]
+                if src == address and len(icmp) >= 8:
+                    kind, _, _, got_id, got_seq = struct.unpack("!BBHHH", icmp[:8])
+                    if kind == 0 and (got_id, got_seq) == (ident, seq):
+                        return True
+    except OSError:  # a timeout, no route, or no raw socket: no answer
+        return False
+    return False
+
+
+def _checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071)."""
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF

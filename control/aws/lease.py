@@ -34,6 +34,16 @@ failures in a row make the instance ineligible (a leader releases the lease) and
 ``health_successes`` successes in a row make it eligible again (a fresh instance starts
 ineligible).  Every change of leadership is an event: a log line, a status entry, a
 counter and the :class:`~control.aws.notify.Notifier`.
+
+Agent restarts.  The holder writes its own ``address`` (its inside IP) into the item.
+A standby that finds the lease expired -- not released -- asks ``holder_alive`` whether
+that address still answers (an ICMP echo the holder's kernel answers with or without its
+agent): while it does, for at most ``restart_grace_s`` past the expiry, the standby waits
+instead of taking over. A killed instance stops answering at once, so the failover gap
+stays the lease's; a killed agent comes back within the grace, finds the lease still its
+own (same holder, same token: nobody took it) and renews it (:meth:`Lease.resume`, even
+expired). A dead or hung agent on a live kernel costs at most the grace, then the
+standby takes over as before.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -99,6 +110,8 @@ class LeaseSettings:
     preferred: bool = False
     health_failures: int = 3
     health_successes: int = 3
+    address: str | None = None  # this instance's inside IP, written into the item
+    restart_grace_s: float = 0.0  # see the module doc; 0: take over at expiry
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +125,7 @@ class LeaseRecord:
     handover_from: str | None = None
     handover_to: str | None = None
     handover_until: float = 0.0
+    address: str | None = None  # the holder's inside IP (its liveness is asked there)
 
     def handover_active(self, now: float) -> bool:
         """Whether a hand-over request stands (see :func:`request_handover`)."""
@@ -130,6 +144,7 @@ def parse_record(item: dict[str, Any] | None) -> LeaseRecord | None:
         handover_from=item["handover_from"]["S"] if "handover_from" in item else None,
         handover_to=item["handover_to"]["S"] if "handover_to" in item else None,
         handover_until=float(item["handover_until"]["N"]) if "handover_until" in item else 0.0,
+        address=item.get("address", {}).get("S") or None,
     )
 
 
@@ -200,8 +215,10 @@ class Lease:
         *,
         notifier: Notifier | None = None,
         clock: Clock | None = None,
+        holder_alive: Callable[[str], bool] | None = None,
     ) -> None:
         self.settings = settings
+        self._holder_alive = holder_alive
         self._client = client
         self._health = health
         self._notifier: Notifier = notifier or NullNotifier()
@@ -217,7 +234,10 @@ class Lease:
         self._seen: LeaseRecord | None = None
         self._error: str | None = None
         self._events: deque[LeaseEvent] = deque(maxlen=EVENTS_KEPT)
-        self.counters = {"takeovers": 0, "releases": 0, "lost": 0, "renew_errors": 0}
+        self._deferred: tuple[str, int, float] | None = None  # holder, token, since (wall)
+        self.counters = {
+            "takeovers": 0, "releases": 0, "lost": 0, "renew_errors": 0, "deferrals": 0
+        }  # fmt: skip
 
     # -- what the route writer uses ----------------------------------------------------
 
@@ -245,7 +265,9 @@ class Lease:
                 self._error = self._describe(exc)
                 return False
             now, mono = self._clock.time(), self._clock.monotonic()
-            if record is None or record.holder != self.settings.holder or record.expires <= now:
+            # expired is fine while nobody took it (the renewal's condition says so);
+            # released (expires 0) was given up on purpose
+            if record is None or record.holder != self.settings.holder or record.expires <= 0:
                 log.info(
                     "lease %s: nothing to resume (held by %s, expires %s, now %.3f)",
                     self.settings.key,
@@ -256,7 +278,8 @@ class Lease:
                 return False
             self._seen = record
             self._token, self._eligible, self._successes = record.token, True, 0
-            self._valid_until, self._expires = mono + (record.expires - now), record.expires
+            self._valid_until = mono + max(0.0, record.expires - now)
+            self._expires = record.expires
             self._renew()
             if self._token is None:
                 return False
@@ -276,6 +299,8 @@ class Lease:
         with self._lock:
             seen = self._seen
             if self._token is not None or seen is None or seen.holder == self.settings.holder:
+                return None
+            if self._deferred is not None:  # asking the holder once a period is enough
                 return None
             return seen.expires + self.settings.skew_margin_s - self._clock.time()
 
@@ -314,7 +339,11 @@ class Lease:
             self._sample_health()
             if self._token is not None:
                 if self._clock.monotonic() >= self._valid_until:
-                    self._lost("the lease ran out before a renewal succeeded")
+                    # late (a slow write, a stalled process): still ours if nobody took
+                    # it -- the renewal's condition is holder and token, not expiry
+                    self._renew()
+                    if self._token is not None and self._clock.monotonic() >= self._valid_until:
+                        self._lost("the lease ran out before a renewal succeeded")
                 elif not self._eligible:
                     self.release(
                         f"health check failed {self.settings.health_failures} times in a row"
@@ -478,6 +507,8 @@ class Lease:
             return
         self._seen, self._error = record, None
         now = self._clock.time()
+        if record is None or record.expires + s.skew_margin_s >= now:
+            self._deferred = None  # the holder came back (or nobody holds it)
         me = {":me": {"S": s.holder}}
         if record is not None and record.handover_active(now) and record.handover_to != s.holder:
             return  # the lease is being handed to another instance: stand back
@@ -487,6 +518,8 @@ class Lease:
             values = {":seen": {"N": str(record.token)}, **me}
             self._acquire(record, "#t = :seen AND #h = :me", values, "acquired", "restarted")
         elif record.expires + s.skew_margin_s < now:
+            if self._defer(record, now):
+                return
             values = {":seen": {"N": str(record.token)}, ":deadline": _num(now - s.skew_margin_s)}
             why = "released" if record.expires == 0 else "expired"
             self._acquire(record, "#t = :seen AND #e < :deadline", values, "took_over", why)
@@ -499,6 +532,26 @@ class Lease:
                 "took_back",
                 "fail_back to the preferred instance",
             )
+
+    def _defer(self, record: LeaseRecord, now: float) -> bool:
+        """Whether to leave an expired lease to its holder a while longer: its agent
+        may be restarting while its kernel forwards (see the module doc)."""
+        grace, ask = self.settings.restart_grace_s, self._holder_alive
+        if record.expires == 0 or not grace or ask is None or record.address is None:
+            return False
+        if now >= record.expires + self.settings.skew_margin_s + grace or not ask(record.address):
+            self._deferred = None
+            return False
+        key = (record.holder or "", record.token)
+        if self._deferred is None or self._deferred[:2] != key:
+            self._deferred = (*key, now)
+            self.counters["deferrals"] += 1
+            log.warning(
+                "lease %s: expired, but its holder %s (%s) still answers: waiting up to "
+                "%gs for its agent before taking over",
+                self.settings.key, record.holder, record.address, grace,
+            )  # fmt: skip
+        return True
 
     def _acquire(
         self,
@@ -514,7 +567,7 @@ class Lease:
         expires = now + s.duration_s
         try:
             self._write(
-                "SET #h = :me, #t = :new, #e = :exp, #p = :pref, renewed = :now"
+                "SET #h = :me, #t = :new, #e = :exp, #p = :pref, renewed = :now, address = :addr"
                 " REMOVE handover_from, handover_to, handover_until",
                 condition,
                 {
@@ -524,6 +577,7 @@ class Lease:
                     ":exp": _num(expires),
                     ":pref": {"BOOL": s.preferred},
                     ":now": _num(now),
+                    ":addr": {"S": s.address or ""},
                 },
             )
         except ClientError as exc:
@@ -535,6 +589,7 @@ class Lease:
             self._error = self._describe(exc)
             return
         self._token, self._valid_until, self._expires = token, mono + s.duration_s, expires
+        self._deferred = None
         self.counters["takeovers"] += 1
         self._emit(kind, record.holder if record else None, token, reason)
 
@@ -593,6 +648,13 @@ class Lease:
                     "last_error": self._health_error,
                 },
                 "error": self._error,
+                "deferred": None
+                if self._deferred is None or token is not None
+                else {
+                    "holder": self._deferred[0],
+                    "token": self._deferred[1],
+                    "for_s": round(self._clock.time() - self._deferred[2], 3),
+                },
                 "handover": None
                 if seen is None or not seen.handover_active(self._clock.time())
                 else {"from": seen.handover_from, "to": seen.handover_to},

@@ -103,15 +103,27 @@ class Lease(StrictModel):
 
     table: TableName = "spectra-leader-lease"
     renew_interval_s: float = Field(default=1.0, ge=0.2, le=60.0)
-    duration_s: float = Field(default=5.0, ge=1.0, le=600.0)
+    duration_s: float = Field(
+        default=2.0,
+        ge=1.0,
+        le=600.0,
+        description="how long a renewal holds: a dead leader's standby waits this long",
+    )
     skew_margin_s: float = Field(
-        default=1.0,
+        default=0.25,
         ge=0.0,
         le=60.0,
         description="a standby takes over only this long after the expiry (clock skew)",
     )
     fail_back: bool = Field(
         default=False, description="a preferred instance takes the lease back when healthy"
+    )
+    restart_grace_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        le=300.0,
+        description="a standby leaves an expired lease this long to a holder that still "
+        "answers on its inside address (its agent restarting); 0 disables",
     )
     health_failures: int = Field(
         default=3, ge=1, le=100, description="consecutive failed health checks to release"

@@ -81,6 +81,7 @@ def test_every_field_reaches_its_constructor(moto_endpoint: str) -> None:
             "fail_back": True,
             "health_failures": 4,
             "health_successes": 5,
+            "restart_grace_s": 7,
         },
         notify={"sns_topic_arn": topic},
     )
@@ -99,7 +100,7 @@ def test_every_field_reaches_its_constructor(moto_endpoint: str) -> None:
         "o-abcdefghij",
         "123456789012",  # from the instance identity
     )
-    settings = aws.lease_settings(preferred=True)
+    settings = aws.lease_settings(preferred=True, address="10.0.1.5")
     assert settings == type(settings)(
         table="gw-lease",
         key="eu-west-1c",
@@ -111,6 +112,8 @@ def test_every_field_reaches_its_constructor(moto_endpoint: str) -> None:
         preferred=True,
         health_failures=4,
         health_successes=5,
+        address="10.0.1.5",
+        restart_grace_s=7,
     )
     assert isinstance(aws.notifier, SnsNotifier) and aws.notifier.topic_arn == topic
     assert aws.status()["instance"] == {

@@ -9,6 +9,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,13 @@ class World:
         default = next(r for r in routes if r.get("DestinationCidrBlock") == "0.0.0.0/0")
         return str(default["NetworkInterfaceId"])
 
-    def node(self, i: int, fallback: CrossAzFallback | None = None, **lease_settings: Any) -> Node:
+    def node(
+        self,
+        i: int,
+        fallback: CrossAzFallback | None = None,
+        holder_alive: Callable[[str], bool] | None = None,
+        **lease_settings: Any,
+    ) -> Node:
         """A fresh Ha for instance ``i`` (an agent (re)start)."""
         old = self.nodes[i]
         lease = Lease(
@@ -98,6 +105,7 @@ class World:
             ),
             lambda: True,
             clock=self.clock,
+            holder_alive=holder_alive,
         )
         takeover = Takeover(self.zone, old.enis, lambda: self.ec2, lambda: self.ec2, old.addresses)
         ha = Ha(
@@ -340,7 +348,86 @@ def test_the_fallback_runs_after_the_own_takeover_and_ends_with_the_lease(world:
     step(node)
     assert fallback.calls == [("step", token), ("step", token)]
     assert node.ha.as_dict()["cross_az_fallback"] == {"enabled": True, "calls": 2}
-    world.clock.advance(10)  # the lease ran out unrenewed
+    world.clock.advance(10)  # the lease ran out unrenewed and the other instance took it
+    other = world.node(1)
+    assert other.ha.boot(threading.Event())
+    step(other)
     step(node)
     assert node.ha.status.role == "standby"
     assert fallback.calls[-1] == ("release_all", "this instance no longer leads its own AZ")
+
+
+ADDRESSES = ("10.0.1.10", "10.0.1.11")
+
+
+def _graceful(world: World, answering: set[str], grace: float = 10.0) -> tuple[Node, Node]:
+    """Both instances with the restart grace, ``answering`` the addresses that answer."""
+    for i in (0, 1):
+        world.node(i, None, answering.__contains__, address=ADDRESSES[i], restart_grace_s=grace)
+    boot(world)
+    a, b = world.nodes
+    step(a)
+    step(b)
+    assert (a.ha.status.role, b.ha.status.role) == ("leader", "standby")
+    return a, b
+
+
+def test_a_standby_leaves_the_lease_to_a_restarting_agent_whose_instance_answers(
+    world: World,
+) -> None:
+    a, b = _graceful(world, set(ADDRESSES))
+    token = a.ha.lease.token
+    world.clock.advance(8.0)  # the agent is gone for longer than the lease (3 s)
+    step(b)
+    step(b)
+    assert b.ha.status.role == "standby" and world.default_route() == a.enis.inside_eni
+    lease = b.ha.lease.status()
+    assert lease["counters"]["deferrals"] == 1 and lease["deferred"]["holder"] == a.instance_id
+    restarted = world.node(0, None, set(ADDRESSES).__contains__, address=ADDRESSES[0],
+                           restart_grace_s=10.0)  # fmt: skip
+    assert restarted.ha.boot(threading.Event())  # resumes the expired, untaken lease
+    step(restarted)
+    assert restarted.ha.lease.token == token and restarted.ha.status.role == "leader"
+    step(b)
+    assert b.ha.status.role == "standby" and b.ha.lease.status()["deferred"] is None
+    assert [e["kind"] for e in restarted.ha.lease.status()["events"]] == ["resumed"]
+
+
+def test_a_dead_holder_is_taken_over_at_expiry_and_a_silent_agent_after_the_grace(
+    world: World,
+) -> None:
+    a, b = _graceful(world, {ADDRESSES[1]})  # a's instance does not answer: dead
+    world.clock.advance(3.6)  # expiry + skew margin
+    step(b)
+    assert b.ha.status.role == "leader" and b.ha.lease.status()["counters"]["deferrals"] == 0
+    step(a)  # a was only stalled: its late renewal finds the token moved on
+    assert a.ha.status.role == "standby"
+
+    answering = set(ADDRESSES)
+    b2 = world.node(1, None, answering.__contains__, address=ADDRESSES[1], restart_grace_s=5)
+    a2 = world.node(0, None, answering.__contains__, address=ADDRESSES[0], restart_grace_s=5)
+    assert b2.ha.boot(threading.Event()) and a2.ha.boot(threading.Event())
+    step(b2)
+    step(a2)
+    assert (b2.ha.status.role, a2.ha.status.role) == ("leader", "standby")
+    world.clock.advance(3.6 + 4.0)  # b2's agent hangs; its instance answers
+    step(a2)
+    assert a2.ha.status.role == "standby"
+    world.clock.advance(1.5)  # past expiry + skew + grace
+    step(a2)
+    assert a2.ha.status.role == "leader"
+
+
+def test_a_late_renewal_keeps_a_lease_nobody_took(world: World) -> None:
+    """A leader stalled past its lease (a slow write, a paused process) keeps it with
+    the same token when no standby took it: no flap."""
+    boot(world)
+    a, b = world.nodes
+    step(a)
+    step(b)
+    token = a.ha.lease.token
+    world.clock.advance(3.2)  # past a's lease, before b may take over (skew margin)
+    assert a.ha.lease.token is None
+    step(a)
+    assert a.ha.lease.token == token and a.ha.status.role == "leader"
+    assert a.ha.lease.status()["counters"]["lost"] == 0
