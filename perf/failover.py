@@ -11,9 +11,10 @@ workload through the AZ's leader to the lab's internet echo servers while:
   Elastic IP and the route, and conntrackd's synced state keeps the flows;
 * ``kill_leader_no_sync``: the same with ``ha.conntrack_sync.enabled`` false -- what NAT
   instances without state sync (fck-nat, alterNAT) give; the baseline of the run;
-* ``kill_agent_only``: the leader's agent alone is SIGKILLed and restarted 1 s later (as
-  systemd would); the data plane keeps forwarding and the restarted agent resumes the
-  lease (``Lease.resume``), so no takeover is expected;
+* ``kill_agent_only``: the leader's agent alone is SIGKILLed and restarted 3 s later,
+  after its lease ran out; the data plane keeps forwarding, the standby leaves the
+  expired lease to the holder whose instance still answers (``restart_grace_s``), and
+  the restarted agent resumes it (``Lease.resume``), so no takeover is expected;
 * ``steady``: no fault for ``--steady-seconds`` (10 minutes; 1 with ``--quick``): no
   takeover (no flapping).
 

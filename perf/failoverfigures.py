@@ -46,7 +46,7 @@ class Settings:
     udp_rate: float = 100.0
     kill_at_s: float = 8.0
     after_s: float = 15.0
-    agent_down_s: float = 1.0
+    agent_down_s: float = 3.0  # longer than the lab's lease + skew: the grace is what keeps it
 
     @classmethod
     def from_options(cls, quick: bool, runs: int | None, steady_s: float | None) -> Settings:
