@@ -54,7 +54,7 @@ OPERATIONAL_ROLE = "spectra-lab-cross-account-role1"
 LAB_LEASE = {
     "table": LEASE_TABLE,
     "renew_interval_s": 0.5,
-    "duration_s": 2.0,
+    "duration_s": 1.5,
     "skew_margin_s": 0.25,
     "health_failures": 2,
     "health_successes": 2,
