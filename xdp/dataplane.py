@@ -215,6 +215,10 @@ class Dataplane:
     def add_flow(self, key: FlowKey, entry: FlowEntry) -> None:
         self.flow_table.put(key, entry)
 
+    def add_flows(self, items: Sequence[tuple[FlowKey, FlowEntry]]) -> None:
+        """Install many flow directions in one batch syscall."""
+        self.flow_table.put_many(items)
+
     def delete_flow(self, key: FlowKey) -> bool:
         return self.flow_table.delete(key)
 

@@ -256,6 +256,12 @@ class FlowTable:
     def put(self, key: FlowKey, entry: FlowEntry) -> None:
         self.map.put(self.key_to_c(key), self.entry_to_c(entry))
 
+    def put_many(self, items: Sequence[tuple[FlowKey, FlowEntry]]) -> None:
+        """Write every pair with one BPF_MAP_UPDATE_BATCH."""
+        keys = (FlowKeyC * len(items))(*(self.key_to_c(k) for k, _ in items))
+        values = (FlowValueC * len(items))(*(self.entry_to_c(e) for _, e in items))
+        libbpf.map_update_batch(self.map.fd, keys, values)
+
     def get(self, key: FlowKey) -> FlowEntry | None:
         value = self.map.get(self.key_to_c(key))
         return None if value is None else self.entry_from_c(value)
