@@ -451,11 +451,11 @@ class EventKernel:
     filtered event socket, a request socket, and next hops over rtnetlink (pyroute2,
     cached for a few seconds per address: many flows share few next hops)."""
 
-    def __init__(self) -> None:
+    def __init__(self, rcvbuf: int = RCVBUF) -> None:
         from pyroute2 import IPRoute
 
         self.requests = CtRequests()
-        self.event_socket = CtEvents(self.requests.portid)
+        self.event_socket = CtEvents(self.requests.portid, rcvbuf)
         self._ipr = IPRoute()
         self._hops: dict[IPv4Address, tuple[int, str | None]] = {}
 

@@ -33,7 +33,7 @@ from xdp import Dataplane, DenyRule, libbpf, loader
 from xdp.ctevents import EventKernel
 from xdp.ctnetlink import PyrouteKernel
 from xdp.loader import AttachMode, BuildOptions
-from xdp.offload import BulkTcp, Interface, Offloader
+from xdp.offload import BulkTcp, Interface, Offloader, Timeouts
 from xdp.offload_events import EventOffloader, OffloadWorker
 from xdp.records import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 
@@ -135,6 +135,7 @@ class FastPath:
         if self.offloader is None:
             self.offloader = self._offloader()
         self.offloader.bulk_tcp = bulk_tcp
+        self.offloader.timeouts = Timeouts.from_sysctl()  # the sysctl step ran first
         return modes
 
     def _offloader(self) -> Offloader | EventOffloader:
