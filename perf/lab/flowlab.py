@@ -187,6 +187,18 @@ class Sender:
 
     def send(self, batch: Sequence[Flow], payload: bytes, pps: float) -> None:
         """One packet per flow of ``batch``, paced at ``pps``."""
+        self.send_stamped(batch, payload, pps, {}, set())
+
+    def send_stamped(
+        self,
+        batch: Sequence[Flow],
+        payload: bytes,
+        pps: float,
+        sent: dict[int, int],
+        stamp: set[int],
+    ) -> None:
+        """:meth:`send`, noting in ``sent`` when (monotonic ns) each index of ``stamp``
+        left."""
         sendto = self.sock.sendto
         start = time.monotonic()
         for i, flow in enumerate(batch):
@@ -196,6 +208,8 @@ class Sender:
                     break
                 except OSError:  # ENOBUFS: the qdisc is full for a moment
                     time.sleep(0.001)
+            if i in stamp:
+                sent[i] = time.monotonic_ns()
             if i % 256 == 255:
                 ahead = start + (i + 1) / pps - time.monotonic()
                 if ahead > 0:
