@@ -239,6 +239,9 @@ def measure(kind: str, size: int, s: Settings, tmp: Path) -> Run:
         run.figures["stop"] = agent.stop()
         store.close()
         lab.down()
+        # the pinned table keys flows by ifindex: the next run's new namespaces reuse
+        # those numbers, so no entry of this run may survive into it
+        loader.unpin(loader.pin_dir_for(INSTANCE))
     return run
 
 

@@ -146,7 +146,7 @@ class EventOffloader:
     def step(self, now_ns: int | None = None, wait: float = 0.0) -> None:
         """Wait up to ``wait`` seconds for events, then handle a bounded amount of work:
         pending events, due keepalives, a resync when one is needed."""
-        if wait > 0:
+        if wait > 0 and not self._needs_resync:
             select.select([self.kernel], [], [], wait)
         now_ns = time.monotonic_ns() if now_ns is None else now_ns
         with self.lock:
