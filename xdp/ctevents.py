@@ -189,7 +189,39 @@ def _attrs(buf: memoryview, off: int, end: int) -> Iterator[tuple[int, int, int]
         off += (length + 3) & ~3
 
 
+# The layout the kernel writes for an IPv4 TCP/UDP tuple (ctnetlink_dump_tuples): the
+# attribute types at fixed offsets of the tuple's payload, read in one unpack.
+_TUPLE_TYPES = struct.Struct("=2xH2xH6xH6xH2xH6xH6xH")
+_TUPLE_EXPECTED = (
+    CTA_TUPLE_IP | NLA_F_NESTED, CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_TUPLE_PROTO | NLA_F_NESTED,
+    CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT,
+)  # fmt: skip
+_ADDRESSES: dict[bytes, IPv4Address] = {}
+
+
+def _address(raw: bytes) -> IPv4Address:
+    """``IPv4Address`` of 4 packed bytes, from a bounded cache (few addresses recur)."""
+    addr = _ADDRESSES.get(raw)
+    if addr is None:
+        if len(_ADDRESSES) >= 65536:
+            _ADDRESSES.clear()
+        addr = _ADDRESSES[raw] = IPv4Address(raw)
+    return addr
+
+
 def _tuple(buf: memoryview, off: int, end: int) -> tuple[int, CtTuple] | None:
+    if end - off >= 48 and _TUPLE_TYPES.unpack_from(buf, off) == _TUPLE_EXPECTED:
+        return buf[off + 28], CtTuple(
+            _address(bytes(buf[off + 8 : off + 12])),
+            _address(bytes(buf[off + 16 : off + 20])),
+            buf[off + 36] << 8 | buf[off + 37],
+            buf[off + 44] << 8 | buf[off + 45],
+        )
+    return _tuple_any(buf, off, end)
+
+
+def _tuple_any(buf: memoryview, off: int, end: int) -> tuple[int, CtTuple] | None:
+    """:func:`_tuple` for any layout (ICMP, or attributes in another order)."""
     saddr = daddr = None
     proto = sport = dport = 0
     icmp_type = -1
@@ -197,9 +229,9 @@ def _tuple(buf: memoryview, off: int, end: int) -> tuple[int, CtTuple] | None:
         if kind == CTA_TUPLE_IP:
             for k2, a2, _ in _attrs(buf, a, b):
                 if k2 == CTA_IP_V4_SRC:
-                    saddr = IPv4Address(bytes(buf[a2 : a2 + 4]))
+                    saddr = _address(bytes(buf[a2 : a2 + 4]))
                 elif k2 == CTA_IP_V4_DST:
-                    daddr = IPv4Address(bytes(buf[a2 : a2 + 4]))
+                    daddr = _address(bytes(buf[a2 : a2 + 4]))
         elif kind == CTA_TUPLE_PROTO:
             for k2, a2, _ in _attrs(buf, a, b):
                 if k2 == CTA_PROTO_NUM:
