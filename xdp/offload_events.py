@@ -140,6 +140,7 @@ class EventOffloader:
         self.lock = threading.Lock()
         self._pending: list[tuple[CtFlow, int]] = []  # (ct, event seen at)
         self._needs_resync: str | None = "start"
+        self._started_ns = 0  # real monotonic time of the current step's start
 
     # ---- the loop -------------------------------------------------------------------
 
@@ -148,7 +149,8 @@ class EventOffloader:
         pending events, due keepalives, a resync when one is needed."""
         if wait > 0 and not self._needs_resync:
             select.select([self.kernel], [], [], wait)
-        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        self._started_ns = time.monotonic_ns()
+        now_ns = self._started_ns if now_ns is None else now_ns
         with self.lock:
             if self.gwlb != self._gwlb_seen:
                 self._gwlb_changed()
@@ -159,7 +161,7 @@ class EventOffloader:
             self.events += len(events)
             for event in events:
                 self._on_event(event, now_ns)
-            self._flush_installs()
+            self._flush_installs(now_ns)
             if overflowed:
                 log.warning("conntrack event socket overflowed: resync from a dump")
                 self._needs_resync = "enobufs"
@@ -201,18 +203,18 @@ class EventOffloader:
             if fresh is None:
                 return
             ct = fresh
-        self._consider(ct, now_ns)
+        self._consider(ct)
 
-    def _consider(self, ct: CtFlow, seen_ns: int) -> None:
+    def _consider(self, ct: CtFlow) -> None:
         why = why_not_offloadable(
             ct, self.timeouts, float("inf"), gwlb_linked=self.gwlb is not None
         )
         if why is None:
-            self._pending.append((ct, seen_ns))
+            self._pending.append((ct, self._started_ns))
         elif why == "gwlb":
             self.stats.gwlb_kernel_path += 1
 
-    def _flush_installs(self) -> None:
+    def _flush_installs(self, now_ns: int) -> None:
         """Install every pending flow's pair with one batch map update."""
         items: list[tuple[FlowKey, FlowEntry]] = []
         staged: list[tuple[CtFlow, int, tuple[FlowKey, FlowKey]]] = []
@@ -242,8 +244,8 @@ class EventOffloader:
         self.table.add_flows(items)
         done_ns = time.monotonic_ns()
         for ct, seen_ns, keys in staged:
-            off = Offloaded(keys, done_ns, gwlb=bool(ct.mark & CT_MARK_GWLB))
-            self._track(ct, off, done_ns)
+            off = Offloaded(keys, now_ns, gwlb=bool(ct.mark & CT_MARK_GWLB))
+            self._track(ct, off, now_ns)
             self.refused.pop(ct.key, None)
             self.stats.offloaded += 1
             self.install_delay_ns.append(done_ns - seen_ns)
@@ -383,10 +385,10 @@ class EventOffloader:
                 why = why_not_offloadable(ct, self.timeouts, 5.0,
                                           gwlb_linked=self.gwlb is not None)  # fmt: skip
                 if why is None:
-                    self._pending.append((ct, now_ns))
+                    self._pending.append((ct, self._started_ns))
                 elif why == "gwlb":
                     self.stats.gwlb_kernel_path += 1
-        self._flush_installs()
+        self._flush_installs(now_ns)
 
     def _gwlb_changed(self) -> None:
         """The GWLB interface was linked, unlinked or replaced: its flows leave; a new
