@@ -145,7 +145,7 @@ def test_tcp_leaving_established_goes_back_to_the_kernel() -> None:
 
 
 def test_tcp_update_without_state_is_looked_up() -> None:
-    off, table, kernel = make()
+    off, _, kernel = make()
     kernel.table[tcp().key] = tcp(state=2)  # SYN_RECV in the kernel
     kernel.queue.append(CtEvent("update", tcp(state=None)))  # e.g. a mark change
     off.step(T0)
