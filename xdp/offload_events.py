@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from nfq.marks import CT_MARK_GWLB
 from xdp.ctevents import CtEvent
 from xdp.offload import (
+    IPS_ASSURED,
     IPS_DYING,
     IPS_SRC_NAT,
     NAT_PORTS_TOP,
@@ -57,7 +58,7 @@ from xdp.offload import (
     plan,
     why_not_offloadable,
 )
-from xdp.records import IPPROTO_TCP, FlowEntry, FlowKey
+from xdp.records import IPPROTO_TCP, IPPROTO_UDP, FlowEntry, FlowKey
 
 log = logging.getLogger("spectra.xdp")
 
@@ -208,7 +209,7 @@ class EventOffloader:
     def _consider(self, ct: CtFlow) -> None:
         why = why_not_offloadable(
             ct, self.timeouts, float("inf"), gwlb_linked=self.gwlb is not None
-        )
+        ) or not_worth(ct)
         if why is None:
             self._pending.append((ct, self._started_ns))
         elif why == "gwlb":
@@ -382,8 +383,9 @@ class EventOffloader:
         for key, ct in cts.items():
             if key not in self.tracked and key not in self.kernel_only:
                 # recently seen only: an idle flow waits for traffic on the kernel path
-                why = why_not_offloadable(ct, self.timeouts, 5.0,
-                                          gwlb_linked=self.gwlb is not None)  # fmt: skip
+                linked = self.gwlb is not None
+                why = why_not_offloadable(ct, self.timeouts, 5.0, gwlb_linked=linked)
+                why = why or not_worth(ct)
                 if why is None:
                     self._pending.append((ct, self._started_ns))
                 elif why == "gwlb":
@@ -452,6 +454,14 @@ class EventOffloader:
                 install_delay_p99_ms=_pct_ms(delays, 0.99),
             )
             return out
+
+
+def not_worth(ct: CtFlow) -> str | None:
+    """``"not_assured"`` for a UDP flow the kernel has not marked assured (no packet
+    more than 2 s after the first reply: not a stream), else None."""
+    if ct.proto == IPPROTO_UDP and not ct.status & IPS_ASSURED:
+        return "not_assured"
+    return None
 
 
 def _nat_key(ct: CtFlow) -> NatKey:

@@ -224,3 +224,13 @@ def test_overflow_resyncs_adopts_and_deletes_orphans() -> None:
     fresh.step(T0 + 2 * S)  # a restarted agent
     assert fresh.stats.adopted == 1 and fresh.stats.removed["orphan"] == 1
     assert orphan not in table.entries and fresh.snapshot()["resyncs_total"] == 1
+
+
+def test_replied_udp_that_is_not_a_stream_stays_in_the_kernel() -> None:
+    off, table, kernel = make()
+    kernel.emit("update", udp(40000, IPS_SEEN_REPLY | IPS_SRC_NAT))  # one packet each way
+    off.step(T0)
+    kernel.overflow = True  # nor does a resync take it
+    off.step(T0 + S)
+    off.step(T0 + S)
+    assert off.resyncs["enobufs"] == 1 and not table.entries and off.stats.offloaded == 0
