@@ -68,6 +68,7 @@ MAX_EVENTS_PER_STEP = 4096
 MAX_CHECKS_PER_STEP = 8192
 STEP_SECONDS = 0.05  # the longest a step waits for events
 LAST_CHANCE_S = 1.5  # a quiet flow is looked at once more this long before expiry
+NAT_TOP_EVERY_NS = 2_000_000_000
 
 
 class CtSource(Protocol):
@@ -142,6 +143,9 @@ class EventOffloader:
         self._pending: list[tuple[CtFlow, int]] = []  # (ct, event seen at)
         self._needs_resync: str | None = "start"
         self._started_ns = 0  # real monotonic time of the current step's start
+        self.gwlb_tracked = 0  # offloaded GWLB flows
+        self._nat_top_at = -NAT_TOP_EVERY_NS
+        self._last_snapshot: dict[str, Any] = {}
 
     # ---- the loop -------------------------------------------------------------------
 
@@ -255,6 +259,7 @@ class EventOffloader:
     def _track(self, ct: CtFlow, off: Offloaded, now_ns: int) -> None:
         tracked = Tracked(off, ct, expires_ns=now_ns + ct.timeout * 1_000_000_000)
         self.tracked[ct.key] = tracked
+        self.gwlb_tracked += off.gwlb
         self._schedule(ct.key, tracked, self._first_look(tracked, now_ns))
 
     # ---- keepalive wheel ------------------------------------------------------------
@@ -426,21 +431,30 @@ class EventOffloader:
 
     def _remove(self, key: CtKey, reason: str) -> None:
         tracked = self.tracked.pop(key)
+        self.gwlb_tracked -= tracked.off.gwlb
         for k in tracked.off.keys:
             self.table.delete_flow(k)
         self.stats.removed[reason] += 1
 
     def snapshot(self) -> dict[str, Any]:
-        """The counters for ``spectra status`` (taken under the worker's lock)."""
-        with self.lock:
-            top = self.nat_ports.most_common(NAT_PORTS_TOP)
-            self.stats.nat_ports_busiest = top[0][1] if top else 0
-            self.stats.nat_ports_top = [
-                {"proto": p, "nat_address": str(a), "destination": str(d), "port": port,
-                 "ports": n}
-                for (p, a, d, port), n in top
-            ]  # fmt: skip
-            self.stats.gwlb_offloaded = sum(1 for t in self.tracked.values() if t.off.gwlb)
+        """The counters for ``spectra status``. Never waits long: while the worker is
+        busy (a resync of a large table) the previous snapshot is returned; the NAT
+        port ranking (a scan of every destination) is redone at most every
+        ``NAT_TOP_EVERY_NS``."""
+        if not self.lock.acquire(timeout=0.02):
+            return dict(self._last_snapshot, busy=True)
+        try:
+            now = time.monotonic_ns()
+            if now - self._nat_top_at >= NAT_TOP_EVERY_NS:
+                self._nat_top_at = now
+                top = self.nat_ports.most_common(NAT_PORTS_TOP)
+                self.stats.nat_ports_busiest = top[0][1] if top else 0
+                self.stats.nat_ports_top = [
+                    {"proto": p, "nat_address": str(a), "destination": str(d), "port": port,
+                     "ports": n}
+                    for (p, a, d, port), n in top
+                ]  # fmt: skip
+            self.stats.gwlb_offloaded = self.gwlb_tracked
             out = self.stats.as_dict()
             delays = sorted(self.install_delay_ns)
             out.update(
@@ -453,7 +467,10 @@ class EventOffloader:
                 install_delay_p50_ms=_pct_ms(delays, 0.5),
                 install_delay_p99_ms=_pct_ms(delays, 0.99),
             )
-            return out
+        finally:
+            self.lock.release()
+        self._last_snapshot = out
+        return out
 
 
 def not_worth(ct: CtFlow) -> str | None:
