@@ -225,6 +225,10 @@ class Dataplane:
     def flow(self, key: FlowKey) -> FlowEntry | None:
         return self.flow_table.get(key)
 
+    def flow_activity(self, key: FlowKey) -> tuple[int, int] | None:
+        """(last seen ns, flags) of one flow direction, or None."""
+        return self.flow_table.activity(key)
+
     def flows(self) -> list[tuple[FlowKey, FlowEntry]]:
         return self.flow_table.items()
 

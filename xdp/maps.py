@@ -262,6 +262,12 @@ class FlowTable:
         values = (FlowValueC * len(items))(*(self.entry_to_c(e) for _, e in items))
         libbpf.map_update_batch(self.map.fd, keys, values)
 
+    def activity(self, key: FlowKey) -> tuple[int, int] | None:
+        """(``last_seen_ns``, flags) of ``key``'s entry without converting the rest;
+        None when absent (the offloader's keepalive looks, many per second)."""
+        value = self.map.get(self.key_to_c(key))
+        return None if value is None else (int(value.last_seen_ns), int(value.flags))
+
     def get(self, key: FlowKey) -> FlowEntry | None:
         value = self.map.get(self.key_to_c(key))
         return None if value is None else self.entry_from_c(value)

@@ -58,7 +58,7 @@ from xdp.offload import (
     plan,
     why_not_offloadable,
 )
-from xdp.records import IPPROTO_TCP, IPPROTO_UDP, FlowEntry, FlowKey
+from xdp.records import FLOW_F_CLOSING, IPPROTO_TCP, IPPROTO_UDP, FlowEntry, FlowKey
 
 log = logging.getLogger("spectra.xdp")
 
@@ -89,6 +89,7 @@ class BatchFlowTable(Protocol):
     def add_flows(self, items: Sequence[tuple[FlowKey, FlowEntry]]) -> None: ...
     def delete_flow(self, key: FlowKey) -> bool: ...
     def flow(self, key: FlowKey) -> FlowEntry | None: ...
+    def flow_activity(self, key: FlowKey) -> tuple[int, int] | None: ...
     def flows(self) -> list[tuple[FlowKey, FlowEntry]]: ...
 
 
@@ -307,27 +308,25 @@ class EventOffloader:
     def _look(
         self, key: CtKey, tracked: Tracked, now_ns: int, refresh: list[tuple[CtFlow, int]]
     ) -> None:
-        entries = [self.table.flow(k) for k in tracked.off.keys]
-        present = [e for e in entries if e is not None]
-        if len(present) != len(entries):
+        seen = [self.table.flow_activity(k) for k in tracked.off.keys]
+        if any(a is None for a in seen):
             self._remove(key, "missing_from_table")
             return
-        if any(e.closing for e in present):
+        activity = [a for a in seen if a is not None]
+        if any(flags & FLOW_F_CLOSING for _, flags in activity):
             self._remove(key, "fin_rst")
             return
-        last_seen = max(e.last_seen_ns for e in present)
+        last_seen = max(last for last, _ in activity)
         if last_seen and now_ns - last_seen > self.idle_ns:
             self._remove(key, "idle")
             self.idle_parked += 1
             return
-        if (
-            self.bulk_tcp == "kernel"
-            and tracked.ct.proto == IPPROTO_TCP
-            and tracked.off.is_bulk(present, now_ns)
-        ):
-            self._remove(key, "bulk_tcp")
-            self.kernel_only.add(key)
-            return
+        if self.bulk_tcp == "kernel" and tracked.ct.proto == IPPROTO_TCP:
+            entries = [e for e in (self.table.flow(k) for k in tracked.off.keys) if e]
+            if tracked.off.is_bulk(entries, now_ns):
+                self._remove(key, "bulk_tcp")
+                self.kernel_only.add(key)
+                return
         timeout_s = self.timeouts.for_flow(tracked.ct)
         if last_seen > tracked.off.refreshed_ns:
             # what the kernel would have left after the last packet it did not see
@@ -348,8 +347,8 @@ class EventOffloader:
     def _note_destroyed(self, tracked: Tracked, now_ns: int) -> None:
         """A destroyed entry whose flow the fast path carried after the last refresh
         (the keepalive came too late: counted, it should stay 0)."""
-        entries = [self.table.flow(k) for k in tracked.off.keys]
-        last = max((e.last_seen_ns for e in entries if e is not None), default=0)
+        seen = [self.table.flow_activity(k) for k in tracked.off.keys]
+        last = max((a[0] for a in seen if a is not None), default=0)
         if last > tracked.off.refreshed_ns and now_ns - last < 2_000_000_000:
             self.destroyed_while_active += 1
 

@@ -55,6 +55,10 @@ class FakeTable:
     def flow(self, key: FlowKey) -> FlowEntry | None:
         return self.entries.get(key)
 
+    def flow_activity(self, key: FlowKey) -> tuple[int, int] | None:
+        entry = self.entries.get(key)
+        return None if entry is None else (entry.last_seen_ns, entry.flags)
+
     def flows(self) -> list[tuple[FlowKey, FlowEntry]]:
         return list(self.entries.items())
 
