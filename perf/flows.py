@@ -28,6 +28,9 @@ is 60 s so the slowest phase fits in it).
   applied (``--poll 0.2``; the largest of three changes during the window);
 * ``lost_to_expiry``: offloaded flows whose conntrack entry was destroyed during the
   window although packets kept flowing (each flow sends every ``interval`` s);
+* ``one_packet_offloaded`` / ``one_packet_cpu_per_10k``: up to 10,000 more flows of one
+  packet each way (what ``hping3 -2`` makes): how many reach the fast path anyway (the
+  choice is that none should: not worth a map entry) and the agent CPU they cost;
 * ``stop``: SIGTERM -> the agent has exited.
 
 Needs root; the host-wide ``nf_conntrack_max`` is raised to fit the largest size.
@@ -54,7 +57,16 @@ from control.agent import read_state
 from control.config import parse_document
 from control.store import SqliteStore
 from perf import report
-from perf.lab.flowlab import ASK_REPLY, CLIENT_IP, DPORT, NO_REPLY, Flow, FlowLab, flows
+from perf.lab.flowlab import (
+    ASK_REPLY,
+    CLIENT_IP,
+    DESTINATIONS,
+    DPORT,
+    NO_REPLY,
+    Flow,
+    FlowLab,
+    flows,
+)
 from perf.report import Result
 from xdp import Dataplane, loader
 from xdp.records import IPPROTO_UDP, FlowKey
@@ -64,6 +76,8 @@ log = logging.getLogger("spectra.perf")
 INSTANCE = "perf-flows"
 CT_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
 TICK = os.sysconf("SC_CLK_TCK")
+ONE_PACKET_SPORT = 40_000  # above the steady flows' source ports (at most 250,000 / 8)
+ONE_PACKET_SETTLE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +250,7 @@ def measure(kind: str, size: int, s: Settings, tmp: Path) -> Run:
         run.figures["delay_missing"] = len(sample) - len(delays)
         report.progress(f"flows {kind} {size}: steady window {s.window_s:.0f} s")
         run.figures.update(_steady(agent, store, sender, batch, s))
+        run.figures.update(_one_packet_flows(agent, sender, min(size, 10_000), s))
         run.status = _offload(INSTANCE)
     finally:
         sender.close()
@@ -283,6 +298,24 @@ def _steady(
     }
 
 
+def _one_packet_flows(
+    agent: Agent, sender: Any, count: int, s: Settings
+) -> dict[str, float | None]:
+    """``count`` flows of one packet each way (as ``hping3 -2`` makes them): how many
+    the offloader puts on the fast path anyway, and what they cost it."""
+    pid = agent.proc.pid
+    n = len(DESTINATIONS)
+    extra = [Flow(ONE_PACKET_SPORT + i // n, DESTINATIONS[i % n]) for i in range(count)]
+    before = _offload(INSTANCE).get("offloaded_total", 0)
+    cpu0 = _cpu_s(pid)
+    sender.send(extra, ASK_REPLY, s.rate_pps)
+    time.sleep(ONE_PACKET_SETTLE_S)
+    return {
+        "one_packet_offloaded": _offload(INSTANCE).get("offloaded_total", 0) - before,
+        "one_packet_cpu_per_10k": (_cpu_s(pid) - cpu0) / count * 10_000,
+    }
+
+
 FIGURES = (
     ("steady_cpu", "cores"),
     ("cpu_per_10k_new", "cpu s"),
@@ -290,6 +323,8 @@ FIGURES = (
     ("delay_p99", "ms"),
     ("config_apply", "s"),
     ("lost_to_expiry", "flows"),
+    ("one_packet_offloaded", "flows"),
+    ("one_packet_cpu_per_10k", "cpu s"),
     ("stop", "s"),
 )
 
