@@ -374,8 +374,25 @@ def _nla(kind: int, payload: bytes) -> bytes:
     return raw + b"\0" * (-len(raw) % 4)
 
 
+_TUPLE_ATTR = struct.Struct("=HHHHHH4sHH4sHHHHB3xHH2s2xHH2s2x")
+
+
 def tuple_attr(kind: int, proto: int, t: CtTuple) -> bytes:
-    """``CTA_TUPLE_ORIG``/``REPLY`` for ``t`` (ICMP: echo request id)."""
+    """``CTA_TUPLE_ORIG``/``REPLY`` for ``t`` (ICMP: echo request id); TCP and UDP in
+    one ``struct`` pack (the keepalive builds one per refresh)."""
+    if proto != IPPROTO_ICMP:
+        return _TUPLE_ATTR.pack(
+            52, kind | NLA_F_NESTED, 20, CTA_TUPLE_IP | NLA_F_NESTED,
+            8, CTA_IP_V4_SRC, t.saddr.packed, 8, CTA_IP_V4_DST, t.daddr.packed,
+            28, CTA_TUPLE_PROTO | NLA_F_NESTED, 5, CTA_PROTO_NUM, proto,
+            6, CTA_PROTO_SRC_PORT, t.sport.to_bytes(2, "big"),
+            6, CTA_PROTO_DST_PORT, t.dport.to_bytes(2, "big"),
+        )  # fmt: skip
+    return _tuple_attr_any(kind, proto, t)
+
+
+def _tuple_attr_any(kind: int, proto: int, t: CtTuple) -> bytes:
+    """:func:`tuple_attr` attribute by attribute (any protocol)."""
     ip = _nla(CTA_IP_V4_SRC, t.saddr.packed) + _nla(CTA_IP_V4_DST, t.daddr.packed)
     l4 = _nla(CTA_PROTO_NUM, bytes([proto]))
     if proto == IPPROTO_ICMP:

@@ -11,6 +11,7 @@ import ctypes
 import logging
 import os
 import socket
+import struct
 import sys
 from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Address
@@ -191,12 +192,17 @@ class PerCpuCounters:
         self.fd = -1
 
 
+# ``struct flow_key`` packed directly (ports in network order), for lookups by bytes.
+_FLOW_KEY = struct.Struct("=I4s4s2s2sB3x")
+
+
 class FlowTable:
     """The ``flows`` LRU hash: FlowKey -> FlowEntry, one entry per flow direction."""
 
     def __init__(self, fd: int, capacity: int, *, owned: bool) -> None:
         self.map = BpfMap(fd, FlowKeyC, FlowValueC, owned=owned)
         self.capacity = capacity
+        self._scratch = FlowValueC()
 
     @staticmethod
     def key_to_c(key: FlowKey) -> FlowKeyC:
@@ -265,8 +271,13 @@ class FlowTable:
     def activity(self, key: FlowKey) -> tuple[int, int] | None:
         """(``last_seen_ns``, flags) of ``key``'s entry without converting the rest;
         None when absent (the offloader's keepalive looks, many per second)."""
-        value = self.map.get(self.key_to_c(key))
-        return None if value is None else (int(value.last_seen_ns), int(value.flags))
+        raw = _FLOW_KEY.pack(key.ifindex, key.saddr.packed, key.daddr.packed,
+                             key.sport.to_bytes(2, "big"), key.dport.to_bytes(2, "big"),
+                             key.proto)  # fmt: skip
+        value = self._scratch
+        if not libbpf.map_lookup_raw(self.map.fd, raw, value):
+            return None
+        return int(value.last_seen_ns), int(value.flags)
 
     def get(self, key: FlowKey) -> FlowEntry | None:
         value = self.map.get(self.key_to_c(key))
