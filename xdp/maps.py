@@ -8,6 +8,7 @@ every struct against the C layout.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import socket
@@ -47,6 +48,7 @@ def _from_be32(value: int) -> IPv4Address:
     return IPv4Address(value.to_bytes(4, sys.byteorder))
 
 
+@functools.lru_cache(maxsize=1024)  # the offloader writes the same few MACs per flow
 def _mac_bytes(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
 
