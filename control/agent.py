@@ -37,6 +37,7 @@ from control.config import (
     parse_document,
 )
 from control.steps import ConvergeError, Converger, KernelHost, StepContext, build_steps
+from control.steps.base import OffloaderKind
 from control.steps.conntrack_sync import ConntrackSyncStep
 from control.steps.xdp import XdpStep
 from control.store import ConfigStore, CorruptRevision, StoreError, VersionNotFound
@@ -61,6 +62,7 @@ class AgentSettings:
     offload_seconds: float = 0.2
     flow_table_size: int = 262144
     idle_seconds: float = 300.0
+    offloader: OffloaderKind = "events"
     aws: bool = False  # on EC2: IMDS, leader lease, takeover (control.aws.ha)
     imds_endpoint: str = "http://169.254.169.254"
     availability_zone: str | None = None  # overrides the instance's (user data "az")
@@ -124,6 +126,7 @@ class Agent:
             LOG_ROOT / settings.instance,
             settings.flow_table_size,
             settings.idle_seconds,
+            settings.offloader,
         )
         self.host = KernelHost()
         self.host.availability_zone = settings.availability_zone

@@ -82,6 +82,14 @@ def main() -> None:
     "--poll", "poll_seconds", type=click.FloatRange(min=0.05), help="Store poll interval."
 )
 @click.option("--flow-table-size", default=262144, show_default=True, type=click.IntRange(16))
+@click.option(
+    "--offloader",
+    type=click.Choice(["events", "dump"]),
+    default="events",
+    show_default=True,
+    help="XDP offloader: conntrack events (production), or a dump every tick (the "
+    "reference the flows benchmark measures against).",
+)
 @click.option("--api/--no-api", "with_api", default=True, help="Serve the config API here.")
 @click.option(
     "--api-tokens",
@@ -112,6 +120,7 @@ def run(
     bootstrap: tuple[str, str] | None,
     poll_seconds: float | None,
     flow_table_size: int,
+    offloader: str,
     with_api: bool,
     api_tokens: str | None,
     on_aws: bool,
@@ -136,6 +145,7 @@ def run(
         store_url=store_url,
         poll_seconds=poll_seconds,
         flow_table_size=flow_table_size,
+        offloader="dump" if offloader == "dump" else "events",
         aws=on_aws,
         imds_endpoint=imds_endpoint,
         availability_zone=availability_zone,
@@ -382,7 +392,11 @@ def _plain_lab_run(keep: bool) -> None:
     stop = {"now": False}
 
     def _stop(*_: object) -> None:
-        stop["now"] = True
+        # the first signal interrupts whatever runs (also the convergence wait); one
+        # during the clean-up is ignored so the clean-up finishes
+        if not stop["now"]:
+            stop["now"] = True
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
@@ -440,15 +454,35 @@ def _plain_lab_run(keep: bool) -> None:
         )
         while not stop["now"] and all(a.poll() is None for a in agents):
             time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
     finally:
-        for a in agents:
-            if a.poll() is None:
-                a.terminate()
-        for a in agents:
-            a.wait(timeout=10)
+        stop["now"] = True
+        stop_processes(agents, AGENT_STOP_S)
         if not keep:
             lab_.down()
             click.echo("appliance stopped, lab removed")
+
+
+AGENT_STOP_S = 5.0  # an agent stops within 2 s of SIGTERM; past this it is killed
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], wait: float) -> None:
+    """SIGTERM each process's group, SIGKILL what still runs after ``wait`` seconds,
+    reap them all: never raises for a process that is slow or already gone."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d did not stop within %.0f s of SIGTERM: killed", p.pid, wait)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 def _wait_converged(instances: list[str], agents: list[subprocess.Popen[bytes]]) -> None:

@@ -83,6 +83,7 @@ STANDALONE: dict[str, str] = {
     "config": "perf.configlatency",  # config change -> applied latency, local and SSM stores
     "semcache": "perf.semcache",  # semantic cache precision / recall on labelled pairs
     "failover": "perf.failover",  # an AZ leader killed on the VPC lab: gap, flows that survive
+    "flows": "perf.flows",  # the offloader with 10k-250k NATed flows: agent CPU, delays
 }
 
 

@@ -65,17 +65,23 @@ class PyrouteKernel:
             log.debug("conntrack refresh of %s failed: %s", ct, exc)
 
     def next_hop_mac(self, dst: IPv4Address) -> str | None:
-        routes = self._ipr.route("get", dst=str(dst))
-        if not routes:
-            return None
-        route = routes[0]
-        hop = route.get_attr("RTA_GATEWAY") or str(dst)
-        oif = route.get_attr("RTA_OIF")
-        for neigh in self._ipr.get_neighbours(dst=hop, ifindex=oif):
-            mac = neigh.get_attr("NDA_LLADDR")
-            if mac:
-                return str(mac)
+        return next_hop_mac(self._ipr, dst)
+
+
+def next_hop_mac(ipr: Any, dst: IPv4Address) -> str | None:
+    """The MAC of the next hop toward ``dst`` (the route's gateway, else ``dst``), from
+    the neighbour table; None while it is unresolved."""
+    routes = ipr.route("get", dst=str(dst))
+    if not routes:
         return None
+    route = routes[0]
+    hop = route.get_attr("RTA_GATEWAY") or str(dst)
+    oif = route.get_attr("RTA_OIF")
+    for neigh in ipr.get_neighbours(dst=hop, ifindex=oif):
+        mac = neigh.get_attr("NDA_LLADDR")
+        if mac:
+            return str(mac)
+    return None
 
 
 def _ct_flow(e: Any) -> CtFlow | None:

@@ -215,11 +215,19 @@ class Dataplane:
     def add_flow(self, key: FlowKey, entry: FlowEntry) -> None:
         self.flow_table.put(key, entry)
 
+    def add_flows(self, items: Sequence[tuple[FlowKey, FlowEntry]]) -> None:
+        """Install many flow directions in one batch syscall."""
+        self.flow_table.put_many(items)
+
     def delete_flow(self, key: FlowKey) -> bool:
         return self.flow_table.delete(key)
 
     def flow(self, key: FlowKey) -> FlowEntry | None:
         return self.flow_table.get(key)
+
+    def flow_activity(self, key: FlowKey) -> tuple[int, int] | None:
+        """(last seen ns, flags) of one flow direction, or None."""
+        return self.flow_table.activity(key)
 
     def flows(self) -> list[tuple[FlowKey, FlowEntry]]:
         return self.flow_table.items()

@@ -138,6 +138,15 @@ def map_lookup(fd: int, key: ctypes._CData, value: ctypes._CData) -> bool:
     return True
 
 
+def map_lookup_raw(fd: int, key: bytes, value: ctypes._CData) -> bool:
+    """:func:`map_lookup` with the key as packed bytes (no ctypes key object)."""
+    ret = _lib().bpf_map_lookup_elem(fd, key, ctypes.byref(value))
+    if ret == -errno.ENOENT:
+        return False
+    _check("bpf_map_lookup_elem", ret)
+    return True
+
+
 def map_delete(fd: int, key: ctypes._CData) -> bool:
     """False when the key was absent."""
     ret = _lib().bpf_map_delete_elem(fd, ctypes.byref(key))

@@ -8,9 +8,11 @@ every struct against the C layout.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import socket
+import struct
 import sys
 from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Address
@@ -46,6 +48,7 @@ def _from_be32(value: int) -> IPv4Address:
     return IPv4Address(value.to_bytes(4, sys.byteorder))
 
 
+@functools.lru_cache(maxsize=1024)  # the offloader writes the same few MACs per flow
 def _mac_bytes(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
 
@@ -191,12 +194,17 @@ class PerCpuCounters:
         self.fd = -1
 
 
+# ``struct flow_key`` packed directly (ports in network order), for lookups by bytes.
+_FLOW_KEY = struct.Struct("=I4s4s2s2sB3x")
+
+
 class FlowTable:
     """The ``flows`` LRU hash: FlowKey -> FlowEntry, one entry per flow direction."""
 
     def __init__(self, fd: int, capacity: int, *, owned: bool) -> None:
         self.map = BpfMap(fd, FlowKeyC, FlowValueC, owned=owned)
         self.capacity = capacity
+        self._scratch = FlowValueC()
 
     @staticmethod
     def key_to_c(key: FlowKey) -> FlowKeyC:
@@ -255,6 +263,23 @@ class FlowTable:
 
     def put(self, key: FlowKey, entry: FlowEntry) -> None:
         self.map.put(self.key_to_c(key), self.entry_to_c(entry))
+
+    def put_many(self, items: Sequence[tuple[FlowKey, FlowEntry]]) -> None:
+        """Write every pair with one BPF_MAP_UPDATE_BATCH."""
+        keys = (FlowKeyC * len(items))(*(self.key_to_c(k) for k, _ in items))
+        values = (FlowValueC * len(items))(*(self.entry_to_c(e) for _, e in items))
+        libbpf.map_update_batch(self.map.fd, keys, values)
+
+    def activity(self, key: FlowKey) -> tuple[int, int] | None:
+        """(``last_seen_ns``, flags) of ``key``'s entry without converting the rest;
+        None when absent (the offloader's keepalive looks, many per second)."""
+        raw = _FLOW_KEY.pack(key.ifindex, key.saddr.packed, key.daddr.packed,
+                             key.sport.to_bytes(2, "big"), key.dport.to_bytes(2, "big"),
+                             key.proto)  # fmt: skip
+        value = self._scratch
+        if not libbpf.map_lookup_raw(self.map.fd, raw, value):
+            return None
+        return int(value.last_seen_ns), int(value.flags)
 
     def get(self, key: FlowKey) -> FlowEntry | None:
         value = self.map.get(self.key_to_c(key))

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from control.config import ConfigDocument
 
@@ -27,6 +27,8 @@ log = logging.getLogger("spectra.control")
 
 P = TypeVar("P")
 P_co = TypeVar("P_co", covariant=True)
+# The XDP offloader: conntrack events in a thread, or the dump-per-tick reference.
+OffloaderKind = Literal["events", "dump"]
 
 
 class ConvergeError(RuntimeError):
@@ -112,6 +114,7 @@ class StepContext:
     log_dir: Path
     flow_table_size: int = 262144
     idle_seconds: float = 300.0
+    offloader: OffloaderKind = "events"
 
 
 class Renders(Protocol[P_co]):

@@ -3,7 +3,9 @@
 ``render`` turns the document into an :class:`XdpPart` (data plane, XDP mode, bulk-TCP
 policy and the deny rules as XDP deny-list records, in document order); ``apply``
 attaches (or adopts) the programs and loads the deny list, or detaches everything for
-``data_plane: kernel``; ``tick`` runs the conntrack offloader.
+``data_plane: kernel``; ``tick`` reports the conntrack offloader, which runs in its own
+thread (:mod:`xdp.offload_events`; ``offloader="dump"`` keeps the dump-per-sync
+:class:`xdp.offload.Offloader`, the reference the ``flows`` benchmark compares with).
 
 Programs and maps are pinned under ``/sys/fs/bpf/spectra/<instance>``; a restarted agent
 adopts them (no recompile, no re-attach when they are still attached) and rebuilds the
@@ -26,11 +28,13 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from control.config import ConfigDocument
-from control.steps.base import Host, StepContext
+from control.steps.base import Host, OffloaderKind, StepContext
 from xdp import Dataplane, DenyRule, libbpf, loader
+from xdp.ctevents import EventKernel
 from xdp.ctnetlink import PyrouteKernel
 from xdp.loader import AttachMode, BuildOptions
-from xdp.offload import BulkTcp, Interface, Offloader
+from xdp.offload import BulkTcp, Interface, Offloader, Timeouts
+from xdp.offload_events import EventOffloader, OffloadWorker
 from xdp.records import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 
 log = logging.getLogger("spectra.control")
@@ -95,12 +99,17 @@ class FastPath:
         *,
         flow_table_size: int = 262144,
         idle_seconds: float = 300.0,
+        offloader: OffloaderKind = "events",
     ) -> None:
         self.interfaces = (inside_if, outside_if)
         self.idle_seconds = idle_seconds
+        self.kind = offloader
         self.dataplane = Dataplane.load(instance, BuildOptions(flow_table_size=flow_table_size))
-        self.kernel = PyrouteKernel()
-        self.offloader: Offloader | None = None
+        self.kernel: PyrouteKernel | EventKernel = (
+            EventKernel() if offloader == "events" else PyrouteKernel()
+        )
+        self.offloader: Offloader | EventOffloader | None = None
+        self.worker: OffloadWorker | None = None
 
     def converge(self, xdp_mode: str = "auto", bulk_tcp: BulkTcp = "fast_path") -> dict[str, str]:
         """Attach where our program is not attached yet (replacing another build's);
@@ -124,17 +133,26 @@ class FastPath:
             modes[ifname] = mode
         BE_LIBERAL.write_text("1")
         if self.offloader is None:
-            inside, outside = self.interfaces
-            self.offloader = Offloader(
-                self.dataplane,
-                self.kernel,
-                _interface(inside),
-                _interface(outside),
-                self.dataplane.flow_table.capacity,
-                idle_seconds=self.idle_seconds,
-            )
+            self.offloader = self._offloader()
         self.offloader.bulk_tcp = bulk_tcp
+        self.offloader.timeouts = Timeouts.from_sysctl()  # the sysctl step ran first
         return modes
+
+    def _offloader(self) -> Offloader | EventOffloader:
+        inside, outside = (_interface(i) for i in self.interfaces)
+        capacity = self.dataplane.flow_table.capacity
+        if isinstance(self.kernel, EventKernel):
+            offloader = EventOffloader(
+                self.dataplane, self.kernel, inside, outside, capacity,
+                idle_seconds=self.idle_seconds,
+            )  # fmt: skip
+            self.worker = OffloadWorker(offloader)
+            self.worker.start()
+            return offloader
+        return Offloader(
+            self.dataplane, self.kernel, inside, outside, capacity,
+            idle_seconds=self.idle_seconds,
+        )  # fmt: skip
 
     def sync(self) -> dict[str, Any]:
         if self.offloader is None:
@@ -149,11 +167,18 @@ class FastPath:
             except (NetlinkError, OSError, IndexError) as exc:  # linked interface gone
                 log.warning("GWLB interface %d of the fast path: %s", gwlb_ifindex, exc)
                 self.offloader.gwlb = None
+        if isinstance(self.offloader, EventOffloader):
+            status = self.offloader.snapshot()  # the worker thread does the work
+            if self.worker is not None and self.worker.error:
+                status["error"] = self.worker.error
+            return status
         self.offloader.sync()
         return self.offloader.stats.as_dict()
 
     def close(self) -> None:
         """Release handles; the pinned, attached programs keep forwarding."""
+        if self.worker is not None:
+            self.worker.stop()
         self.kernel.close()
         self.dataplane.close()
 
@@ -167,6 +192,7 @@ class XdpStep:
         self.instance = context.instance
         self.flow_table_size = context.flow_table_size
         self.idle_seconds = context.idle_seconds
+        self.offloader: OffloaderKind = context.offloader
         self.fast_path: FastPath | None = None
         self.modes: dict[str, str] = {}
 
@@ -197,6 +223,7 @@ class XdpStep:
                 part.outside,
                 flow_table_size=self.flow_table_size,
                 idle_seconds=self.idle_seconds,
+                offloader=self.offloader,
             )
         self.modes = self.fast_path.converge(part.xdp_mode, part.bulk_tcp)
         self.fast_path.dataplane.set_deny_rules(list(part.deny_rules))

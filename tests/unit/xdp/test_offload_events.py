@@ -1,0 +1,240 @@
+"""The event-driven offloader against a scripted conntrack and a fake flow table (no
+privileges): installs from events, removals, keepalives on the wheel, resyncs, counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from ipaddress import IPv4Address
+
+from xdp.ctevents import CtEvent
+from xdp.offload import (
+    IPS_ASSURED,
+    IPS_SEEN_REPLY,
+    IPS_SRC_NAT,
+    TCP_CONNTRACK_ESTABLISHED,
+    CtFlow,
+    CtTuple,
+    Interface,
+    Timeouts,
+    flow_keys,
+)
+from xdp.offload_events import EventOffloader
+from xdp.records import FLOW_F_CLOSING, FlowEntry, FlowKey
+
+INSIDE = Interface(2, "02:00:00:00:00:02")
+OUTSIDE = Interface(3, "02:00:00:00:00:03")
+TIMEOUTS = Timeouts(tcp_established=350, udp=30, udp_stream=120, icmp=30)
+WS, INET, NAT = IPv4Address("10.0.1.10"), IPv4Address("198.51.100.10"), IPv4Address("203.0.113.2")
+S = 1_000_000_000
+T0 = 1000 * S
+
+
+def udp(sport: int = 40000, status: int = IPS_SEEN_REPLY | IPS_ASSURED | IPS_SRC_NAT) -> CtFlow:
+    return CtFlow(17, CtTuple(WS, INET, sport, 53), CtTuple(INET, NAT, 53, sport),
+                  status, None, 0, 120)  # fmt: skip
+
+
+def tcp(sport: int = 40000, state: int | None = TCP_CONNTRACK_ESTABLISHED) -> CtFlow:
+    return CtFlow(6, CtTuple(WS, INET, sport, 80), CtTuple(INET, NAT, 80, sport),
+                  IPS_SEEN_REPLY | IPS_ASSURED | IPS_SRC_NAT, state, 0, 350)  # fmt: skip
+
+
+class FakeTable:
+    def __init__(self) -> None:
+        self.entries: dict[FlowKey, FlowEntry] = {}
+        self.batches = 0
+
+    def add_flows(self, items: Sequence[tuple[FlowKey, FlowEntry]]) -> None:
+        self.batches += 1
+        self.entries.update(items)
+
+    def delete_flow(self, key: FlowKey) -> bool:
+        return self.entries.pop(key, None) is not None
+
+    def flow(self, key: FlowKey) -> FlowEntry | None:
+        return self.entries.get(key)
+
+    def flow_activity(self, key: FlowKey) -> tuple[int, int] | None:
+        entry = self.entries.get(key)
+        return None if entry is None else (entry.last_seen_ns, entry.flags)
+
+    def flows(self) -> list[tuple[FlowKey, FlowEntry]]:
+        return list(self.entries.items())
+
+    def touch(self, ct: CtFlow, at_ns: int, flags: int = 0) -> None:
+        """The program forwarded a packet of ``ct`` at ``at_ns``."""
+        for key in flow_keys(ct, INSIDE, OUTSIDE):
+            self.entries[key] = replace(self.entries[key], last_seen_ns=at_ns, flags=flags)
+
+
+class FakeKernel:
+    def __init__(self) -> None:
+        self.queue: list[CtEvent] = []
+        self.table: dict[tuple[int, CtTuple], CtFlow] = {}
+        self.overflow = False
+        self.refreshed: list[tuple[CtFlow, int]] = []
+        self.neighbours = True
+
+    def emit(self, kind: str, ct: CtFlow) -> None:
+        self.queue.append(CtEvent(kind, ct))
+        if kind == "destroy":
+            self.table.pop(ct.key, None)
+        else:
+            self.table[ct.key] = ct
+
+    def fileno(self) -> int:
+        return -1
+
+    def events(self, limit: int) -> tuple[list[CtEvent], bool]:
+        out, self.queue = self.queue[:limit], self.queue[limit:]
+        overflow, self.overflow = self.overflow, False
+        return out, overflow
+
+    def dump(self) -> Iterable[CtFlow]:
+        return list(self.table.values())
+
+    def get(self, proto: int, orig: CtTuple) -> CtFlow | None:
+        return self.table.get((proto, orig))
+
+    def refresh(self, items: Sequence[tuple[CtFlow, int]]) -> int:
+        self.refreshed += items
+        return len(items)
+
+    def next_hop_mac(self, dst: IPv4Address) -> str | None:
+        return "02:00:00:00:00:aa" if self.neighbours else None
+
+
+def make(capacity: int = 1024) -> tuple[EventOffloader, FakeTable, FakeKernel]:
+    table, kernel = FakeTable(), FakeKernel()
+    off = EventOffloader(table, kernel, INSIDE, OUTSIDE, capacity, timeouts=TIMEOUTS,
+                         idle_seconds=300)  # fmt: skip
+    off.step(T0)  # the start resync
+    return off, table, kernel
+
+
+def test_assured_update_installs_both_directions_in_one_batch() -> None:
+    off, table, kernel = make()
+    for port in (40000, 40001, 40002):
+        kernel.emit("new", udp(port, IPS_SRC_NAT))
+        kernel.emit("update", udp(port))
+    off.step(T0)
+    assert off.stats.offloaded == 3 and len(table.entries) == 6
+    assert table.batches == 1, "one batch update for the step"
+    assert off.nat_ports[(17, NAT, INET, 53)] == 3
+    out_key, back_key = flow_keys(udp(40000), INSIDE, OUTSIDE)
+    assert table.entries[out_key].new_saddr == NAT and table.entries[back_key].new_daddr == WS
+
+
+def test_destroy_removes_the_pair_and_the_port_use() -> None:
+    off, table, kernel = make()
+    kernel.emit("new", udp(40000, IPS_SRC_NAT))
+    kernel.emit("update", udp(40000))
+    off.step(T0)
+    kernel.emit("destroy", udp(40000))
+    off.step(T0 + S)
+    assert not table.entries and not off.tracked
+    assert off.stats.removed["conntrack_destroyed"] == 1
+    assert not off.nat_ports
+
+
+def test_tcp_leaving_established_goes_back_to_the_kernel() -> None:
+    off, table, kernel = make()
+    kernel.emit("update", tcp())
+    off.step(T0)
+    assert off.stats.active == 1
+    kernel.emit("update", tcp(state=4))  # FIN_WAIT: the kernel saw the FIN
+    off.step(T0 + S)
+    assert off.stats.removed["fin_rst"] == 1 and not table.entries
+
+
+def test_tcp_update_without_state_is_looked_up() -> None:
+    off, _, kernel = make()
+    kernel.table[tcp().key] = tcp(state=2)  # SYN_RECV in the kernel
+    kernel.queue.append(CtEvent("update", tcp(state=None)))  # e.g. a mark change
+    off.step(T0)
+    assert off.stats.offloaded == 0, "the kernel's state decides, not the event's gap"
+
+
+def test_refusals_count_flows_not_events() -> None:
+    off, _, kernel = make(capacity=4)  # room for one pair (headroom kept)
+    kernel.emit("update", udp(40000))
+    kernel.emit("update", udp(40001))
+    off.step(T0)
+    kernel.emit("update", udp(40001))
+    off.step(T0 + S)
+    assert off.stats.active == 1 and off.stats.table_full == 1
+    off, _, kernel = make()
+    kernel.neighbours = False
+    kernel.emit("update", udp(40002))
+    kernel.emit("update", udp(40002))
+    off.step(T0)
+    kernel.emit("update", udp(40002))
+    off.step(T0 + S)
+    assert off.stats.skipped["no_neighbour"] == 1 and off.stats.active == 0
+
+
+def test_keepalive_refreshes_active_flows_only_near_expiry() -> None:
+    off, table, kernel = make()
+    kernel.emit("update", udp(40000))
+    kernel.emit("update", udp(40001))
+    off.step(T0)
+    installed = off.tracked[udp(40000).key].off.refreshed_ns
+    table.touch(udp(40000), installed + 50 * S)  # the fast path carried 40000 only
+    off.step(T0 + 60 * S)
+    assert kernel.refreshed == [], "nothing is looked at long before expiry"
+    off.step(T0 + 106 * S)  # 120 s timeout, looked at 15 s before
+    assert [ct.orig.sport for ct, _ in kernel.refreshed] == [40000]
+    (_, left), = kernel.refreshed  # fmt: skip
+    assert 60 <= left <= 65, "what the kernel would have left after the last packet"
+    off.step(T0 + 119 * S)  # the quiet one: a last look, still quiet: left to expire
+    assert len(kernel.refreshed) == 1 and off.stats.active == 2
+    kernel.emit("destroy", udp(40001))
+    off.step(T0 + 121 * S)
+    assert off.stats.active == 1 and off.destroyed_while_active == 0
+
+
+def test_closing_and_idle_flows_leave_at_their_look() -> None:
+    off, table, kernel = make()
+    kernel.emit("update", tcp(40000))
+    kernel.emit("update", tcp(40001))
+    off.step(T0)
+    table.touch(tcp(40000), T0 + S, flags=FLOW_F_CLOSING)
+    off.step(T0 + 301 * S)
+    assert off.stats.removed["fin_rst"] == 1
+    assert off.stats.removed["idle"] == 0 and off.stats.active == 1, "never forwarded: 0"
+    table.touch(tcp(40001), T0 + 2 * S)
+    off.step(T0 + 700 * S)
+    assert off.stats.removed["idle"] == 1 and not table.entries
+
+
+def test_overflow_resyncs_adopts_and_deletes_orphans() -> None:
+    off, table, kernel = make()
+    kernel.emit("update", udp(40000))
+    off.step(T0)
+    kernel.emit("update", udp(40001))
+    kernel.emit("destroy", udp(40000))
+    kernel.queue.clear()  # the events are lost ...
+    kernel.overflow = True  # ... and the socket says so
+    off.step(T0 + S)
+    off.step(T0 + S)
+    assert off.resyncs == {"start": 1, "enobufs": 1}
+    assert set(off.tracked) == {udp(40001).key}
+    assert off.stats.removed["conntrack_destroyed"] == 1
+    assert len(table.entries) == 2
+    fresh = EventOffloader(table, kernel, INSIDE, OUTSIDE, 1024, timeouts=TIMEOUTS)
+    orphan = flow_keys(udp(40009), INSIDE, OUTSIDE)[0]
+    table.entries[orphan] = next(iter(table.entries.values()))
+    fresh.step(T0 + 2 * S)  # a restarted agent
+    assert fresh.stats.adopted == 1 and fresh.stats.removed["orphan"] == 1
+    assert orphan not in table.entries and fresh.snapshot()["resyncs_total"] == 1
+
+
+def test_replied_udp_that_is_not_a_stream_stays_in_the_kernel() -> None:
+    off, table, kernel = make()
+    kernel.emit("update", udp(40000, IPS_SEEN_REPLY | IPS_SRC_NAT))  # one packet each way
+    off.step(T0)
+    kernel.overflow = True  # nor does a resync take it
+    off.step(T0 + S)
+    off.step(T0 + S)
+    assert off.resyncs["enobufs"] == 1 and not table.entries and off.stats.offloaded == 0

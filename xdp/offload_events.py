@@ -1,0 +1,518 @@
+"""The event-driven offloader: work in proportion to conntrack changes, not its size.
+
+Same decisions as :class:`xdp.offload.Offloader` (what may bypass, both directions as
+the kernel translated them, kernel conntrack the source of truth), fed differently:
+
+* conntrack **events** (:mod:`xdp.ctevents`), already filtered in the kernel to
+  candidates, drive installs and removals: an update that makes a source-NATed flow
+  assured installs it (one batch map update per step); a TCP state change away from
+  ESTABLISHED (the kernel saw FIN/RST: it owns the teardown) or a destroy removes it;
+* **what is worth offloading**: assured flows only (ICMP echo: replied). The kernel
+  marks UDP assured when a packet arrives more than 2 s after the first reply (a
+  stream), TCP when the handshake completes: a one-packet-each-way UDP flow never
+  reaches Python, let alone the map;
+* a **full dump** (kernel-filtered to source-NATed entries) only at start, after the
+  event socket overflowed (``ENOBUFS``) and when a GWLB interface is linked: counted
+  per reason in ``resyncs``;
+* **keepalive** on a timer wheel: each offloaded flow is looked at shortly before its
+  conntrack entry would expire (and once more just before), never every sync. When
+  the fast path carried packets since the last refresh, the entry's timeout is set to
+  what the kernel would have left it (its timeout minus the time since the last
+  packet), in batches of one ``send``; a quiet flow is left to expire, and its
+  destroy event removes it. A flow idle for ``idle_seconds`` leaves the fast path;
+* per-destination NAT port use is kept from NEW and DESTROY events.
+
+:class:`OffloadWorker` runs it in its own thread, bounded per step, so the agent loop
+(config poll and apply, API, status) never waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any, Protocol
+
+from nfq.marks import CT_MARK_GWLB
+from xdp.ctevents import CtEvent
+from xdp.offload import (
+    IPS_ASSURED,
+    IPS_DYING,
+    IPS_SRC_NAT,
+    NAT_PORTS_TOP,
+    REFUSED_MEMORY,
+    TCP_CONNTRACK_ESTABLISHED,
+    BulkTcp,
+    CtFlow,
+    CtTuple,
+    Interface,
+    Offloaded,
+    OffloadStats,
+    Timeouts,
+    flow_keys,
+    plan,
+    why_not_offloadable,
+)
+from xdp.records import FLOW_F_CLOSING, IPPROTO_TCP, IPPROTO_UDP, FlowEntry, FlowKey
+
+log = logging.getLogger("spectra.xdp")
+
+CtKey = tuple[int, CtTuple]
+NatKey = tuple[int, IPv4Address, IPv4Address, int]
+MAX_EVENTS_PER_STEP = 4096
+MAX_CHECKS_PER_STEP = 8192
+STEP_SECONDS = 0.05  # the longest a step waits for events
+LAST_CHANCE_S = 1.5  # a quiet flow is looked at once more this long before expiry
+NAT_TOP_EVERY_NS = 2_000_000_000
+
+
+class CtSource(Protocol):
+    """What the event offloader needs of the kernel (:class:`xdp.ctevents.EventKernel`
+    in production, a fake in unit tests)."""
+
+    def fileno(self) -> int: ...
+    def events(self, limit: int) -> tuple[list[CtEvent], bool]: ...
+    def dump(self) -> Iterable[CtFlow]: ...
+    def get(self, proto: int, orig: CtTuple) -> CtFlow | None: ...
+    def refresh(self, items: Sequence[tuple[CtFlow, int]]) -> int: ...
+    def next_hop_mac(self, dst: IPv4Address) -> str | None: ...
+
+
+class BatchFlowTable(Protocol):
+    """What the event offloader needs of :class:`xdp.Dataplane`."""
+
+    def add_flows(self, items: Sequence[tuple[FlowKey, FlowEntry]]) -> None: ...
+    def delete_flow(self, key: FlowKey) -> bool: ...
+    def flow(self, key: FlowKey) -> FlowEntry | None: ...
+    def flow_activity(self, key: FlowKey) -> tuple[int, int] | None: ...
+    def flows(self) -> list[tuple[FlowKey, FlowEntry]]: ...
+
+
+@dataclass(slots=True)
+class Tracked:
+    """An offloaded flow: its pair, the conntrack entry as last known, the wheel slot."""
+
+    off: Offloaded
+    ct: CtFlow
+    due: int = 0  # wheel second of the next look
+    expires_ns: int = 0  # when the kernel entry runs out unless refreshed
+
+
+class EventOffloader:
+    """Keeps the XDP flow table a faithful, bounded subset of kernel conntrack, from
+    conntrack events; call :meth:`step` repeatedly (one thread)."""
+
+    def __init__(
+        self,
+        table: BatchFlowTable,
+        kernel: CtSource,
+        inside: Interface,
+        outside: Interface,
+        capacity: int,
+        *,
+        idle_seconds: float = 300.0,
+        timeouts: Timeouts | None = None,
+        bulk_tcp: BulkTcp = "fast_path",
+    ) -> None:
+        self.table, self.kernel = table, kernel
+        self.inside, self.outside = inside, outside
+        self.max_entries = max(0, capacity - max(2, capacity // 64))
+        self.idle_ns = int(idle_seconds * 1e9)
+        self.timeouts = timeouts or Timeouts.from_sysctl()
+        self.bulk_tcp = bulk_tcp
+        self.gwlb: Interface | None = None
+        self._gwlb_seen: Interface | None = None
+        self.tracked: dict[CtKey, Tracked] = {}
+        self.kernel_only: set[CtKey] = set()
+        self.refused: dict[CtKey, str] = {}
+        self.idle_parked = 0
+        self.wheel: defaultdict[int, list[CtKey]] = defaultdict(list)
+        self._wheel_at = 0
+        self.nat_ports: Counter[NatKey] = Counter()
+        self.stats = OffloadStats()
+        self.resyncs: Counter[str] = Counter()
+        self.events = 0
+        self.refreshes = 0
+        self.destroyed_while_active = 0
+        self.install_delay_ns: list[int] = []  # event seen -> map written, last 1024
+        self.lock = threading.Lock()
+        self._pending: list[tuple[CtFlow, int]] = []  # (ct, event seen at)
+        self._needs_resync: str | None = "start"
+        self._started_ns = 0  # real monotonic time of the current step's start
+        self.gwlb_tracked = 0  # offloaded GWLB flows
+        self._nat_top_at = -NAT_TOP_EVERY_NS
+        self._last_snapshot: dict[str, Any] = {}
+
+    # ---- the loop -------------------------------------------------------------------
+
+    def step(self, now_ns: int | None = None, wait: float = 0.0) -> None:
+        """Wait up to ``wait`` seconds for events, then handle a bounded amount of work:
+        pending events, due keepalives, a resync when one is needed."""
+        if wait > 0 and not self._needs_resync:
+            select.select([self.kernel], [], [], wait)
+        self._started_ns = time.monotonic_ns()
+        now_ns = self._started_ns if now_ns is None else now_ns
+        with self.lock:
+            if self.gwlb != self._gwlb_seen:
+                self._gwlb_changed()
+            if self._needs_resync:
+                self._resync(self._needs_resync, now_ns)
+                self._needs_resync = None
+            events, overflowed = self.kernel.events(MAX_EVENTS_PER_STEP)
+            self.events += len(events)
+            for event in events:
+                self._on_event(event, now_ns)
+            self._flush_installs(now_ns)
+            if overflowed:
+                log.warning("conntrack event socket overflowed: resync from a dump")
+                self._needs_resync = "enobufs"
+            self._keepalive(now_ns)
+            self.stats.active = len(self.tracked)
+
+    def _on_event(self, event: CtEvent, now_ns: int) -> None:
+        ct = event.flow
+        key = ct.key
+        if event.kind == "destroy":
+            self._count_nat(ct, -1)
+            tracked = self.tracked.get(key)
+            if tracked is not None:
+                self._note_destroyed(tracked, now_ns)
+                self._remove(key, "conntrack_destroyed")
+            self.refused.pop(key, None)
+            self.kernel_only.discard(key)
+            return
+        if event.kind == "new":
+            self._count_nat(ct, +1)
+            return
+        tracked = self.tracked.get(key)
+        if tracked is not None:
+            if ct.status & IPS_DYING:
+                self._remove(key, "conntrack_destroyed")
+            elif (
+                ct.proto == IPPROTO_TCP
+                and ct.tcp_state is not None
+                and ct.tcp_state != TCP_CONNTRACK_ESTABLISHED
+            ):
+                self._remove(key, "fin_rst")  # the kernel saw FIN/RST: its teardown
+            else:
+                tracked.ct = ct
+            return
+        if key in self.kernel_only:
+            return
+        if ct.proto == IPPROTO_TCP and ct.tcp_state is None:
+            fresh = self.kernel.get(ct.proto, ct.orig)  # e.g. a mark change: no state
+            if fresh is None:
+                return
+            ct = fresh
+        self._consider(ct)
+
+    def _consider(self, ct: CtFlow) -> None:
+        why = why_not_offloadable(
+            ct, self.timeouts, float("inf"), gwlb_linked=self.gwlb is not None
+        ) or not_worth(ct)
+        if why is None:
+            self._pending.append((ct, self._started_ns))
+        elif why == "gwlb":
+            self.stats.gwlb_kernel_path += 1
+
+    def _flush_installs(self, now_ns: int) -> None:
+        """Install every pending flow's pair with one batch map update."""
+        items: list[tuple[FlowKey, FlowEntry]] = []
+        staged: list[tuple[CtFlow, int, tuple[FlowKey, FlowKey]]] = []
+        used = 2 * len(self.tracked)
+        for ct, seen_ns in self._pending:
+            if ct.key in self.tracked:
+                continue
+            if used + 2 > self.max_entries:
+                self._refuse(ct.key, "table_full")
+                continue
+            inside = self.gwlb if ct.mark & CT_MARK_GWLB else self.inside
+            if inside is None:
+                continue
+            to_internet = self.kernel.next_hop_mac(ct.orig.daddr)
+            to_workload = self.kernel.next_hop_mac(ct.orig.saddr)
+            if not to_internet or not to_workload:
+                self._refuse(ct.key, "no_neighbour")
+                continue
+            out, back = plan(ct, inside, self.outside, to_internet, to_workload,
+                             gwlb=bool(ct.mark & CT_MARK_GWLB))  # fmt: skip
+            items += [back, out]  # return direction first
+            staged.append((ct, seen_ns, (out[0], back[0])))
+            used += 2
+        self._pending = []
+        if not items:
+            return
+        self.table.add_flows(items)
+        done_ns = time.monotonic_ns()
+        for ct, seen_ns, keys in staged:
+            off = Offloaded(keys, now_ns, gwlb=bool(ct.mark & CT_MARK_GWLB))
+            self._track(ct, off, now_ns)
+            self.refused.pop(ct.key, None)
+            self.stats.offloaded += 1
+            self.install_delay_ns.append(done_ns - seen_ns)
+        del self.install_delay_ns[:-1024]
+
+    def _track(self, ct: CtFlow, off: Offloaded, now_ns: int) -> None:
+        tracked = Tracked(off, ct, expires_ns=now_ns + ct.timeout * 1_000_000_000)
+        self.tracked[ct.key] = tracked
+        self.gwlb_tracked += off.gwlb
+        self._schedule(ct.key, tracked, self._first_look(tracked, now_ns))
+
+    # ---- keepalive wheel ------------------------------------------------------------
+
+    def _margin_ns(self, ct: CtFlow) -> int:
+        """How long before expiry a flow is looked at: an eighth of its timeout, 2 s
+        at least."""
+        return max(2_000_000_000, self.timeouts.for_flow(ct) * 125_000_000)
+
+    def _first_look(self, tracked: Tracked, now_ns: int) -> int:
+        at = min(tracked.expires_ns - self._margin_ns(tracked.ct), now_ns + self.idle_ns)
+        if self.bulk_tcp == "kernel" and tracked.ct.proto == IPPROTO_TCP:
+            at = min(at, now_ns + 1_000_000_000)
+        return max(at, now_ns + 1_000_000_000)
+
+    def _schedule(self, key: CtKey, tracked: Tracked, at_ns: int) -> None:
+        second = at_ns // 1_000_000_000
+        tracked.due = second
+        self.wheel[second].append(key)
+
+    def _keepalive(self, now_ns: int) -> None:
+        """Look at the flows due now (bounded per step); refresh the active ones."""
+        now_s = now_ns // 1_000_000_000
+        if not self._wheel_at:
+            self._wheel_at = now_s
+        refresh: list[tuple[CtFlow, int]] = []
+        budget = MAX_CHECKS_PER_STEP
+        while self._wheel_at <= now_s and budget > 0:
+            bucket = self.wheel.get(self._wheel_at)
+            if not bucket:
+                self.wheel.pop(self._wheel_at, None)
+                self._wheel_at += 1
+                continue
+            while bucket and budget > 0:
+                key = bucket.pop()
+                tracked = self.tracked.get(key)
+                if tracked is None or tracked.due != self._wheel_at:
+                    continue  # gone, or rescheduled
+                budget -= 1
+                self._look(key, tracked, now_ns, refresh)
+        if refresh:
+            self.refreshes += self.kernel.refresh(refresh)
+            self.stats.keepalives = self.refreshes
+
+    def _look(
+        self, key: CtKey, tracked: Tracked, now_ns: int, refresh: list[tuple[CtFlow, int]]
+    ) -> None:
+        seen = [self.table.flow_activity(k) for k in tracked.off.keys]
+        if any(a is None for a in seen):
+            self._remove(key, "missing_from_table")
+            return
+        activity = [a for a in seen if a is not None]
+        if any(flags & FLOW_F_CLOSING for _, flags in activity):
+            self._remove(key, "fin_rst")
+            return
+        last_seen = max(last for last, _ in activity)
+        if last_seen and now_ns - last_seen > self.idle_ns:
+            self._remove(key, "idle")
+            self.idle_parked += 1
+            return
+        if self.bulk_tcp == "kernel" and tracked.ct.proto == IPPROTO_TCP:
+            entries = [e for e in (self.table.flow(k) for k in tracked.off.keys) if e]
+            if tracked.off.is_bulk(entries, now_ns):
+                self._remove(key, "bulk_tcp")
+                self.kernel_only.add(key)
+                return
+        timeout_s = self.timeouts.for_flow(tracked.ct)
+        if last_seen > tracked.off.refreshed_ns:
+            # what the kernel would have left after the last packet it did not see
+            left = max(1, timeout_s - (now_ns - last_seen) // 1_000_000_000)
+            refresh.append((tracked.ct, left))
+            tracked.off.refreshed_ns = last_seen
+            tracked.expires_ns = now_ns + left * 1_000_000_000
+            self._schedule(key, tracked, self._first_look(tracked, now_ns))
+            return
+        # quiet since the last refresh: one more look just before expiry, then let
+        # the kernel expire it (its destroy event removes the pair)
+        last_chance = tracked.expires_ns - int(LAST_CHANCE_S * 1e9)
+        if now_ns < last_chance - 500_000_000:
+            self._schedule(key, tracked, last_chance)
+        else:
+            self._schedule(key, tracked, now_ns + self.idle_ns)
+
+    def _note_destroyed(self, tracked: Tracked, now_ns: int) -> None:
+        """A destroyed entry whose flow the fast path carried after the last refresh
+        (the keepalive came too late: counted, it should stay 0)."""
+        seen = [self.table.flow_activity(k) for k in tracked.off.keys]
+        last = max((a[0] for a in seen if a is not None), default=0)
+        if last > tracked.off.refreshed_ns and now_ns - last < 2_000_000_000:
+            self.destroyed_while_active += 1
+
+    # ---- resync ---------------------------------------------------------------------
+
+    def _resync(self, reason: str, now_ns: int) -> None:
+        """Rebuild from a dump: adopt our pairs already in the table, drop the ones
+        conntrack no longer has, offload what is due, recount NAT port use."""
+        self.resyncs[reason] += 1
+        cts = {ct.key: ct for ct in self.kernel.dump()}
+        table = dict(self.table.flows())
+        known = {k for t in self.tracked.values() for k in t.off.keys}
+        for key in [k for k in self.tracked if k not in cts]:
+            self._remove(key, "conntrack_destroyed")
+        for key, ct in cts.items():
+            if key in self.tracked:
+                self.tracked[key].ct = ct
+                continue
+            inside = self.gwlb if ct.mark & CT_MARK_GWLB else self.inside
+            if inside is None:
+                continue
+            out_key, back_key = flow_keys(ct, inside, self.outside)
+            if out_key in table and back_key in table and out_key not in known:
+                off = Offloaded((out_key, back_key), now_ns, gwlb=bool(ct.mark & CT_MARK_GWLB))
+                self._track(ct, off, now_ns)
+                self.stats.adopted += 1
+        known = {k for t in self.tracked.values() for k in t.off.keys}
+        for orphan in table.keys() - known:
+            self.table.delete_flow(orphan)
+            self.stats.removed["orphan"] += 1
+        self.kernel_only &= cts.keys()
+        for gone in self.refused.keys() - cts.keys():
+            del self.refused[gone]
+        self.nat_ports = Counter(_nat_key(ct) for ct in cts.values() if ct.status & IPS_SRC_NAT)
+        self.stats.gwlb_kernel_path = 0
+        for key, ct in cts.items():
+            if key not in self.tracked and key not in self.kernel_only:
+                # recently seen only: an idle flow waits for traffic on the kernel path
+                linked = self.gwlb is not None
+                why = why_not_offloadable(ct, self.timeouts, 5.0, gwlb_linked=linked)
+                why = why or not_worth(ct)
+                if why is None:
+                    self._pending.append((ct, self._started_ns))
+                elif why == "gwlb":
+                    self.stats.gwlb_kernel_path += 1
+        self._flush_installs(now_ns)
+
+    def _gwlb_changed(self) -> None:
+        """The GWLB interface was linked, unlinked or replaced: its flows leave; a new
+        link takes the GWLB flows conntrack holds (a resync)."""
+        self._gwlb_seen = self.gwlb
+        for key in [k for k, t in self.tracked.items() if t.off.gwlb]:
+            self._remove(key, "gwlb_unlinked")
+        if self.gwlb is not None:
+            self._needs_resync = self._needs_resync or "gwlb_linked"
+
+    # ---- bookkeeping ----------------------------------------------------------------
+
+    def _count_nat(self, ct: CtFlow, delta: int) -> None:
+        if not ct.status & IPS_SRC_NAT:
+            return
+        key = _nat_key(ct)
+        count = self.nat_ports[key] + delta
+        if count > 0:
+            self.nat_ports[key] = count
+        else:
+            self.nat_ports.pop(key, None)
+
+    def _refuse(self, key: CtKey, reason: str) -> None:
+        """Count a refused flow once per reason (see :class:`xdp.offload.Offloader`)."""
+        if self.refused.get(key) == reason:
+            return
+        if key in self.refused or len(self.refused) < REFUSED_MEMORY:
+            self.refused[key] = reason
+        if reason == "table_full":
+            self.stats.table_full += 1
+        else:
+            self.stats.skipped[reason] += 1
+
+    def _remove(self, key: CtKey, reason: str) -> None:
+        tracked = self.tracked.pop(key)
+        self.gwlb_tracked -= tracked.off.gwlb
+        for k in tracked.off.keys:
+            self.table.delete_flow(k)
+        self.stats.removed[reason] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters for ``spectra status``. Never waits long: while the worker is
+        busy (a resync of a large table) the previous snapshot is returned; the NAT
+        port ranking (a scan of every destination) is redone at most every
+        ``NAT_TOP_EVERY_NS``."""
+        if not self.lock.acquire(timeout=0.02):
+            return dict(self._last_snapshot, busy=True)
+        try:
+            now = time.monotonic_ns()
+            if now - self._nat_top_at >= NAT_TOP_EVERY_NS:
+                self._nat_top_at = now
+                top = self.nat_ports.most_common(NAT_PORTS_TOP)
+                self.stats.nat_ports_busiest = top[0][1] if top else 0
+                self.stats.nat_ports_top = [
+                    {"proto": p, "nat_address": str(a), "destination": str(d), "port": port,
+                     "ports": n}
+                    for (p, a, d, port), n in top
+                ]  # fmt: skip
+            self.stats.gwlb_offloaded = self.gwlb_tracked
+            out = self.stats.as_dict()
+            delays = sorted(self.install_delay_ns)
+            out.update(
+                events=self.events,
+                resyncs=dict(self.resyncs),
+                resyncs_total=sum(self.resyncs.values()),
+                refresh_failed=getattr(self.kernel, "refresh_failed", 0),
+                destroyed_while_active=self.destroyed_while_active,
+                idle_parked=self.idle_parked,
+                install_delay_p50_ms=_pct_ms(delays, 0.5),
+                install_delay_p99_ms=_pct_ms(delays, 0.99),
+            )
+        finally:
+            self.lock.release()
+        self._last_snapshot = out
+        return out
+
+
+def not_worth(ct: CtFlow) -> str | None:
+    """``"not_assured"`` for a UDP flow the kernel has not marked assured (no packet
+    more than 2 s after the first reply: not a stream), else None."""
+    if ct.proto == IPPROTO_UDP and not ct.status & IPS_ASSURED:
+        return "not_assured"
+    return None
+
+
+def _nat_key(ct: CtFlow) -> NatKey:
+    return (ct.proto, ct.reply.daddr, ct.orig.daddr, ct.orig.dport)
+
+
+def _pct_ms(ordered: list[int], q: float) -> float:
+    if not ordered:
+        return 0.0
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6, 3)
+
+
+class OffloadWorker:
+    """Runs an :class:`EventOffloader` in a daemon thread until :meth:`stop`."""
+
+    def __init__(self, offloader: EventOffloader, name: str = "spectra-offload") -> None:
+        self.offloader = offloader
+        self._stop = threading.Event()
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.offloader.step(wait=STEP_SECONDS)
+                self.error = None
+            except OSError as exc:  # netlink or map trouble: report, resync, go on
+                self.error = str(exc)
+                log.error("offloader step failed (resync next): %s", exc)
+                self.offloader._needs_resync = "error"
+                self._stop.wait(1.0)
+
+    def stop(self, timeout: float = 1.5) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
