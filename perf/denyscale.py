@@ -44,7 +44,7 @@ def _median_ns(prog_fd: int, frame: bytes, batches: int, per_batch: int) -> floa
 
 def measure(batches: int = 7, per_batch: int = 2000, replaces: int = 5) -> dict[str, Any]:
     from tests.fixtures.blocklist import blocklist
-    from tests.fixtures.packets import CASES, DENY_RULES, EGRESS_IFINDEX
+    from tests.fixtures.packets import CASES, DENY_RULES, EGRESS_IFINDEX, TEST_IFINDEX
     from xdp import BuildOptions, Dataplane, DenyRule
 
     case = next(c for c in CASES if c.name == "tcp_established_outbound_snat")
@@ -56,6 +56,7 @@ def measure(batches: int = 7, per_batch: int = 2000, replaces: int = 5) -> dict[
     )
     try:
         dp.set_tx_port(EGRESS_IFINDEX)
+        dp.set_deny_scope(TEST_IFINDEX, [])  # the frames "arrive on the inside"
         for flow in case.flows:
             dp.add_flow(flow.key, flow.entry)
         frame = case.input_bytes()

@@ -40,10 +40,11 @@ def _batch(prog_fd: int, frame: bytes, n: int, reinstall: Any) -> float:
 
 def measure(programs: Programs, per_batch: int, batches: int) -> list[CaseCost]:
     """Run every fixture case; raise ImportError when the fixtures are absent."""
-    from tests.fixtures.packets import CASES, EGRESS_IFINDEX
+    from tests.fixtures.packets import CASES, EGRESS_IFINDEX, TEST_IFINDEX
 
     dp = programs.dataplane()
     dp.set_tx_port(EGRESS_IFINDEX)
+    dp.set_deny_scope(TEST_IFINDEX, [])  # the frames "arrive on the inside"
     gateway, drop = dp.program_fd("xdp_gateway"), dp.program_fd("xdp_drop_all")
     out = []
     try:
