@@ -221,6 +221,23 @@ static __always_inline int gwlb_reencap(struct xdp_md *ctx, const struct flow_va
 	return bpf_xdp_store_bytes(ctx, sizeof(*eth) + sizeof(outer), v->hdr, hdr_len) ? -1 : 0;
 }
 
+/* bpf_ktime_get_coarse_ns(), read once per jiffy per CPU (see struct clock_cache). */
+static __always_inline __u64 coarse_now_ns(void)
+{
+	struct clock_cache *cc;
+	__u32 zero = 0;
+	__u64 now = bpf_jiffies64();
+
+	cc = clock_cache.lookup(&zero);
+	if (!cc)
+		return bpf_ktime_get_coarse_ns();
+	if (cc->jiffies != now) {
+		cc->coarse_ns = bpf_ktime_get_coarse_ns();
+		cc->jiffies = now;
+	}
+	return cc->coarse_ns;
+}
+
 /* What xdp_gateway learned of one frame; the stages below fill it in order. */
 struct gw_pkt {
 	struct ethhdr *eth;
@@ -387,8 +404,9 @@ static __always_inline __u32 gw_lookup(struct hdr_cursor *nh, void *data_end, __
 }
 
 /* Rewrite: addresses and ports exactly as conntrack NAT would (`fv`), with incremental
- * checksums, TTL decremented, MACs of the next hop.  L4 first: the TCP/UDP checksums
- * cover the pseudo-header addresses. */
+ * checksums, TTL decremented, MACs of the next hop.  The address change enters both the
+ * IPv4 and the TCP/UDP checksum (pseudo-header), so its delta is summed once and each
+ * checksum is folded once. */
 static __always_inline void gw_rewrite(struct gw_pkt *p, const struct flow_value *fv)
 {
 	struct iphdr *iph = p->iph;
@@ -396,20 +414,19 @@ static __always_inline void gw_rewrite(struct gw_pkt *p, const struct flow_value
 	struct udphdr *uh = p->uh;
 	struct icmphdr *icmph = p->icmph;
 	__u16 be_old_word, be_new_word;
+	__u32 addrs;
 
+	addrs = csum_delta32(iph->saddr, fv->be_new_saddr) +
+		csum_delta32(iph->daddr, fv->be_new_daddr);
 	if (th) {
-		csum_update32(&th->check, iph->saddr, fv->be_new_saddr);
-		csum_update32(&th->check, iph->daddr, fv->be_new_daddr);
-		csum_update16(&th->check, th->source, fv->be_new_sport);
-		csum_update16(&th->check, th->dest, fv->be_new_dport);
+		csum_apply(&th->check, addrs + csum_delta16(th->source, fv->be_new_sport) +
+					       csum_delta16(th->dest, fv->be_new_dport));
 		th->source = fv->be_new_sport;
 		th->dest = fv->be_new_dport;
 	} else if (uh) {
 		if (uh->check) { /* 0 = no checksum (RFC 768): stays 0 */
-			csum_update32(&uh->check, iph->saddr, fv->be_new_saddr);
-			csum_update32(&uh->check, iph->daddr, fv->be_new_daddr);
-			csum_update16(&uh->check, uh->source, fv->be_new_sport);
-			csum_update16(&uh->check, uh->dest, fv->be_new_dport);
+			csum_apply(&uh->check, addrs + csum_delta16(uh->source, fv->be_new_sport) +
+						       csum_delta16(uh->dest, fv->be_new_dport));
 			if (!uh->check)
 				uh->check = 0xffff;
 		}
@@ -420,16 +437,13 @@ static __always_inline void gw_rewrite(struct gw_pkt *p, const struct flow_value
 		icmph->un.echo.id = fv->be_new_sport;
 	}
 
-	csum_update32(&iph->check, iph->saddr, fv->be_new_saddr);
-	csum_update32(&iph->check, iph->daddr, fv->be_new_daddr);
-	iph->saddr = fv->be_new_saddr;
-	iph->daddr = fv->be_new_daddr;
-
 	/* TTL shares a 16-bit checksum word with the protocol byte. */
 	be_old_word = *(__u16 *)&iph->ttl;
 	iph->ttl -= 1;
 	be_new_word = *(__u16 *)&iph->ttl;
-	csum_update16(&iph->check, be_old_word, be_new_word);
+	csum_apply(&iph->check, addrs + csum_delta16(be_old_word, be_new_word));
+	iph->saddr = fv->be_new_saddr;
+	iph->daddr = fv->be_new_daddr;
 
 	__builtin_memcpy(p->eth->h_source, fv->src_mac, ETH_ALEN);
 	__builtin_memcpy(p->eth->h_dest, fv->dst_mac, ETH_ALEN);
@@ -491,9 +505,8 @@ int xdp_gateway(struct xdp_md *ctx)
 	gw_rewrite(&p, fv);
 	__sync_fetch_and_add(&fv->packets, 1);
 	__sync_fetch_and_add(&fv->bytes, pkt_len);
-	/* CLOCK_MONOTONIC at tick resolution: enough for idle expiry, and it skips the
-	 * clock read of bpf_ktime_get_ns() on every packet. */
-	fv->last_seen_ns = bpf_ktime_get_coarse_ns();
+	/* CLOCK_MONOTONIC at tick resolution: enough for idle expiry. */
+	fv->last_seen_ns = coarse_now_ns();
 	reason = STAT_REDIRECT;
 	if (gv) {
 		if (gwlb_reencap(ctx, fv, gv, p.ip_tot_len) < 0) {
