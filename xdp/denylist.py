@@ -129,6 +129,8 @@ class DenyList:
         # delete.  Unknown (after an adopt): found by iterating the trie.
         self._written: dict[int, tuple[ctypes.Array[DenyLpmKeyC], ...]] = {}
         self._cleared: set[int] = set()  # generations this process emptied since
+        # Rule words whose array slots may be nonzero, per generation (unknown: all).
+        self._dirty_words: dict[int, int] = {}
 
     def _config(self) -> SpectraConfigC:
         return self.t.config.get(ctypes.c_uint32(0)) or SpectraConfigC()
@@ -179,9 +181,10 @@ class DenyList:
     def _proto_arrays(self, rules: Sequence[DenyRule]) -> tuple[list[int], ...]:
         """Values of the generation's slices of deny_proto (word bitmaps, 256 slots),
         deny_rule_proto and deny_port_any (words x 256 slots each)."""
+        words = -(-len(rules) // WORD_BITS)
         bitmaps = [0] * DENY_PROTO_SLOTS
-        rule_proto = [0] * (self.words * DENY_PROTO_SLOTS)
-        port_any = [0] * (self.words * DENY_PROTO_SLOTS)
+        rule_proto = [0] * (words * DENY_PROTO_SLOTS)
+        port_any = [0] * (words * DENY_PROTO_SLOTS)
         for index, rule in enumerate(rules):
             word, bit = divmod(index, WORD_BITS)
             protos = range(DENY_PROTO_SLOTS) if rule.proto is None else (rule.proto,)
@@ -194,6 +197,8 @@ class DenyList:
         return bitmaps, rule_proto, port_any
 
     def _write_arrays(self, gen: int, values: tuple[list[int], ...]) -> None:
+        """Write the generation's deny_proto slots and the first words of its per-word
+        arrays (as many as ``values`` holds: the rest are zero already)."""
         bitmaps, rule_proto, port_any = values
         base = gen * DENY_PROTO_SLOTS
         libbpf.map_update_batch(
@@ -243,6 +248,7 @@ class DenyList:
             pkey = DenyPortKeyC(gen=new, proto=proto, be_port=socket.htons(port), word=word)
             self.t.port.put(pkey, ctypes.c_uint64(mask))
         self._write_arrays(new, self._proto_arrays(rules))
+        self._dirty_words[new] = -(-len(rules) // WORD_BITS)
         cfg = self._config()
         # The epoch: new generation in its low bit, and a value no offloaded flow has
         # stamped, so each re-checks the new list (the other fields are not ours).
@@ -272,8 +278,9 @@ class DenyList:
                 lpm.delete(key)
         for pkey in [k for k in self.t.port.iter_keys() if k.gen == gen]:
             self.t.port.delete(pkey)
-        zeros = [0] * (self.words * DENY_PROTO_SLOTS)
+        zeros = [0] * (self._dirty_words.get(gen, self.words) * DENY_PROTO_SLOTS)
         self._write_arrays(gen, ([0] * DENY_PROTO_SLOTS, zeros, zeros))
+        self._dirty_words[gen] = 0
         self._cleared.add(gen)
 
     def entry_count(self, gen: int) -> int:
