@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from collections.abc import Sequence
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TypedDict
 
@@ -30,7 +31,7 @@ from xdp.maps import (
     SpectraConfigC,
     Stats,
 )
-from xdp.records import MAX_DENY_RULES, DenyRule, FlowEntry, FlowKey
+from xdp.records import DenyRule, FlowEntry, FlowKey
 
 log = logging.getLogger("spectra.xdp")
 
@@ -66,16 +67,19 @@ class Dataplane:
                 src=BpfMap(fds["deny_src"], DenyLpmKeyC, ctypes.c_uint64, owned=owned),
                 dst=BpfMap(fds["deny_dst"], DenyLpmKeyC, ctypes.c_uint64, owned=owned),
                 proto=BpfMap(fds["deny_proto"], ctypes.c_uint32, ctypes.c_uint64, owned=owned),
+                rule_proto=BpfMap(
+                    fds["deny_rule_proto"], ctypes.c_uint32, ctypes.c_uint64, owned=owned
+                ),
                 port_any=BpfMap(
                     fds["deny_port_any"], ctypes.c_uint32, ctypes.c_uint64, owned=owned
                 ),
                 port=BpfMap(fds["deny_port"], DenyPortKeyC, ctypes.c_uint64, owned=owned),
-                rule_stats=PerCpuCounters(
-                    fds["deny_stats"], DENY_GENERATIONS * MAX_DENY_RULES, owned=owned
-                ),
+                local=BpfMap(fds["local_addrs"], ctypes.c_uint32, ctypes.c_uint8, owned=owned),
+                rule_stats=PerCpuCounters(fds["deny_stats"], caps["deny_stats"], owned=owned),
             ),
             port_table_size=caps["deny_port"],
             lpm_size=caps["deny_src"],
+            max_rules=caps["deny_stats"] // DENY_GENERATIONS,
         )
         # GWLB two-arm link: slot 0 of each holds a GWLB map (an fd going in, an id out).
         self.gwlb_links = {
@@ -211,6 +215,13 @@ class Dataplane:
     def set_deny_rules(self, rules: Sequence[DenyRule]) -> None:
         """Replace the whole deny list atomically (rule id = position in ``rules``)."""
         self.deny.replace(rules)
+
+    def set_deny_scope(self, inside_ifindex: int, local: Sequence[IPv4Address]) -> None:
+        """Where the deny list applies: forwarded traffic from ``inside_ifindex`` (and
+        the linked GWLB interface), never packets to ``local`` (the gateway's own
+        addresses) -- the meaning of the nftables deny rules."""
+        self.deny.set_local_addresses(local)
+        self.deny.set_inside_ifindex(inside_ifindex)
 
     def add_flow(self, key: FlowKey, entry: FlowEntry) -> None:
         self.flow_table.put(key, entry)

@@ -48,6 +48,8 @@ MAPS = (
     "deny_proto",
     "deny_port_any",
     "deny_port",
+    "deny_rule_proto",
+    "local_addrs",
     "gwlb_flows_link",
     "gwlb_config_link",
 )
@@ -86,14 +88,19 @@ class BuildOptions:
     """Compile-time tunables of ``xdp/bpf/maps.h``; each field is one ``-D`` flag."""
 
     flow_table_size: int = field(default=262144, metadata={"define": "FLOW_TABLE_SIZE"})
-    max_deny_rules: int = field(default=64, metadata={"define": "MAX_DENY_RULES"})
+    max_deny_rules: int = field(default=4096, metadata={"define": "MAX_DENY_RULES"})
     deny_lpm_size: int = field(default=262144, metadata={"define": "DENY_LPM_SIZE"})
     deny_port_table_size: int = field(default=65536, metadata={"define": "DENY_PORT_TABLE_SIZE"})
     tx_ports_size: int = field(default=4096, metadata={"define": "TX_PORTS_SIZE"})
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            _positive(f.name, getattr(self, f.name), 64 if f.name == "max_deny_rules" else None)
+            _positive(f.name, getattr(self, f.name))
+        if self.max_deny_rules % 64 or self.max_deny_rules > 4096:
+            raise ValueError(
+                f"BuildOptions.max_deny_rules={self.max_deny_rules!r}: expected a multiple "
+                "of 64 in 64..4096 (64 rules a word, at most 64 words)"
+            )
         if self.deny_port_table_size < 2:
             raise ValueError("BuildOptions.deny_port_table_size: expected >= 2 (two generations)")
 

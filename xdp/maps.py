@@ -100,7 +100,12 @@ class CounterC(ctypes.Structure):
 class SpectraConfigC(ctypes.Structure):
     """``struct spectra_config``."""
 
-    _fields_ = [("deny_gen", ctypes.c_uint32), ("gwlb_ifindex", ctypes.c_uint32)]
+    _fields_ = [
+        ("deny_gen", ctypes.c_uint32),
+        ("gwlb_ifindex", ctypes.c_uint32),
+        ("inside_ifindex", ctypes.c_uint32),
+        ("deny_rules", ctypes.c_uint32),
+    ]
 
 
 class DenyLpmKeyC(ctypes.Structure):
@@ -110,6 +115,7 @@ class DenyLpmKeyC(ctypes.Structure):
     _fields_ = [
         ("prefixlen", ctypes.c_uint32),
         ("gen", ctypes.c_uint8),
+        ("word", ctypes.c_uint8),
         ("addr", ctypes.c_uint8 * 4),
     ]
 
@@ -117,7 +123,13 @@ class DenyLpmKeyC(ctypes.Structure):
 class DenyPortKeyC(ctypes.Structure):
     """``struct deny_port_key``."""
 
-    _fields_ = [("gen", ctypes.c_uint8), ("proto", ctypes.c_uint8), ("be_port", ctypes.c_uint16)]
+    _fields_ = [
+        ("gen", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("be_port", ctypes.c_uint16),
+        ("word", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
 
 
 # Name -> ctypes mirror, for the layout test.
@@ -187,6 +199,11 @@ class PerCpuCounters:
 
     def zero(self, index: int) -> None:
         libbpf.map_update(self.fd, ctypes.c_uint32(index), self._value_type())
+
+    def zero_range(self, start: int, count: int) -> None:
+        """Zero ``count`` slots from ``start`` in one BPF_MAP_UPDATE_BATCH."""
+        keys = (ctypes.c_uint32 * count)(*range(start, start + count))
+        libbpf.map_update_batch(self.fd, keys, (self._value_type * count)())
 
     def close(self) -> None:
         if self._owned and self.fd >= 0:

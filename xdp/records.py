@@ -21,7 +21,7 @@ PORT_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP)
 
 FLOW_F_CLOSING = 1 << 0
 FLOW_F_GWLB = 1 << 1  # two-arm GWLB return: re-encapsulated with the stored header
-MAX_DENY_RULES = 64
+MAX_DENY_RULES = 4096  # the default build's (BuildOptions.max_deny_rules)
 
 ANY_NETWORK = IPv4Network("0.0.0.0/0")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")

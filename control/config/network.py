@@ -170,12 +170,14 @@ class Rules(StrictModel):
     """Egress policy.
 
     Deny rules are stateless and win over allow rules (they are also pushed into the
-    XDP deny list, which drops before anything else).  Allow rules admit new connections;
-    with ``default: deny`` a new connection that matches no allow rule is dropped.
+    XDP deny list, which drops before anything else, up to 4,096 deny rules).  They
+    apply to traffic forwarded from the inside interface, never to packets addressed to
+    the gateway itself.  Allow rules admit new connections; with ``default: deny`` a
+    new connection that matches no allow rule is dropped.
     """
 
     default: Literal["allow", "deny"] = "allow"
-    entries: list[Rule] = Field(default_factory=list, max_length=1024)
+    entries: list[Rule] = Field(default_factory=list, max_length=8192)
     ip_sets: dict[IpSetName, IpSet] = Field(
         default_factory=dict, description="named CIDR lists rules match by src_set / dst_set"
     )

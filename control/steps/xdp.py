@@ -7,6 +7,11 @@ attaches (or adopts) the programs and loads the deny list, or detaches everythin
 thread (:mod:`xdp.offload_events`; ``offloader="dump"`` keeps the dump-per-sync
 :class:`xdp.offload.Offloader`, the reference the ``flows`` benchmark compares with).
 
+The deny list means what the nftables deny rules mean (forwarded traffic from the
+inside): the step tells the program the inside interface and the gateway's own
+addresses (re-read once a second: an HA takeover adds the NAT address), to which
+nothing is denied.
+
 Programs and maps are pinned under ``/sys/fs/bpf/spectra/<instance>``; a restarted agent
 adopts them (no recompile, no re-attach when they are still attached) and rebuilds the
 offloader's view from kernel conntrack plus the pinned flow table.
@@ -20,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, cast
 
@@ -43,6 +50,7 @@ log = logging.getLogger("spectra.control")
 # not be judged INVALID (the kernel's own flowtable sets this per flow).
 BE_LIBERAL = Path("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
 PROTO_NUMBERS = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP, "icmp": IPPROTO_ICMP}
+SCOPE_SECONDS = 1.0  # how often the gateway's own addresses are re-read for the deny list
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +90,16 @@ def _interface(ifname: str | int) -> Interface:
         return Interface(int(link["index"]), str(link.get_attr("IFLA_ADDRESS")))
 
 
+def local_addresses() -> list[IPv4Address]:
+    """Every IPv4 address of this network namespace, sorted (the kernel delivers a packet
+    to any of them locally, whichever interface holds it)."""
+    with IPRoute() as ipr:
+        found = {
+            IPv4Address(str(a.get_attr("IFA_ADDRESS"))) for a in ipr.get_addr(family=socket.AF_INET)
+        }
+    return sorted(found)
+
+
 def detach_all(*ifnames: str) -> None:
     """Back to the kernel path: established flows continue there (conntrack kept them)."""
     for ifname in ifnames:
@@ -110,6 +128,7 @@ class FastPath:
         )
         self.offloader: Offloader | EventOffloader | None = None
         self.worker: OffloadWorker | None = None
+        self._deny_scope: tuple[int, list[IPv4Address]] | None = None
 
     def converge(self, xdp_mode: str = "auto", bulk_tcp: BulkTcp = "fast_path") -> dict[str, str]:
         """Attach where our program is not attached yet (replacing another build's);
@@ -154,6 +173,16 @@ class FastPath:
             idle_seconds=self.idle_seconds,
         )  # fmt: skip
 
+    def refresh_deny_scope(self) -> None:
+        """Tell the program where the deny list applies: packets arriving on the inside
+        interface that are not addressed to the gateway (every IPv4 address of this
+        network namespace: an HA takeover adds the NAT address).  Written only when it
+        changed."""
+        scope = (socket.if_nametoindex(self.interfaces[0]), local_addresses())
+        if scope != self._deny_scope:
+            self.dataplane.set_deny_scope(*scope)
+            self._deny_scope = scope
+
     def sync(self) -> dict[str, Any]:
         if self.offloader is None:
             return {}
@@ -195,6 +224,7 @@ class XdpStep:
         self.offloader: OffloaderKind = context.offloader
         self.fast_path: FastPath | None = None
         self.modes: dict[str, str] = {}
+        self._next_scope = time.monotonic()
 
     @staticmethod
     def render(doc: ConfigDocument, host: Host) -> XdpPart:
@@ -226,11 +256,19 @@ class XdpStep:
                 offloader=self.offloader,
             )
         self.modes = self.fast_path.converge(part.xdp_mode, part.bulk_tcp)
+        self.fast_path.refresh_deny_scope()
         self.fast_path.dataplane.set_deny_rules(list(part.deny_rules))
 
     def tick(self) -> dict[str, Any]:
-        """One offloader pass; returns its counters."""
-        return self.fast_path.sync() if self.fast_path is not None else {}
+        """One offloader pass (and, once a second, the deny scope); returns the
+        offloader's counters."""
+        if self.fast_path is None:
+            return {}
+        now = time.monotonic()
+        if now >= self._next_scope:
+            self._next_scope = now + SCOPE_SECONDS
+            self.fast_path.refresh_deny_scope()
+        return self.fast_path.sync()
 
     def close(self) -> None:
         if self.fast_path is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.packets import EGRESS_IFINDEX, FlowSetup, PacketCase
+from tests.fixtures.packets import EGRESS_IFINDEX, TEST_IFINDEX, FlowSetup, PacketCase
 from tests.tiers import require
 from xdp import BuildOptions, Dataplane
 
@@ -36,10 +36,13 @@ def session_dataplane() -> Iterator[Dataplane]:
 
 @pytest.fixture
 def dataplane(session_dataplane: Dataplane) -> Dataplane:
-    """The session instance with empty flows, deny list and counters."""
+    """The session instance with empty flows, deny list and counters; the deny list
+    applies to frames arriving where BPF_PROG_TEST_RUN says they do (the "inside"),
+    and no address is the gateway's own."""
     dp = session_dataplane
     dp.flow_table.clear()
     dp.set_deny_rules([])
+    dp.set_deny_scope(TEST_IFINDEX, [])
     dp.stats.clear()
     dp.set_tx_port(EGRESS_IFINDEX)
     return dp

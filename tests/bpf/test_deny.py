@@ -7,12 +7,22 @@ import time
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
 from tests.fixtures.blocklist import blocklist
-from tests.fixtures.packets import CASES, CLIENT, CLIENT_MAC, DENY_RULES, GW_INSIDE_MAC, SERVER
+from tests.fixtures.packets import (
+    CASES,
+    CLIENT,
+    CLIENT_MAC,
+    DENY_RULES,
+    GW_INSIDE_MAC,
+    MISSING_IFINDEX,
+    PUBLIC,
+    SERVER,
+    TEST_IFINDEX,
+)
 from xdp import Dataplane, DenyRule
 from xdp.prefixes import parse_prefix, prefix_end, prefix_str
 from xdp.reasons import XdpAction
@@ -92,9 +102,46 @@ def test_empty_rule_set_drops_nothing(dataplane: Dataplane) -> None:
     assert verdict(dataplane, TCP(dport=22), dst="198.18.0.1") == XdpAction.PASS
 
 
-def test_more_than_64_rules_are_refused(dataplane: Dataplane) -> None:
-    with pytest.raises(RecordError, match="65 given, at most 64"):
-        dataplane.set_deny_rules([DenyRule()] * 65)
+def _host(index: int) -> str:
+    """198.18.<hi>.<lo>: one address per rule index (benchmark space, RFC 2544)."""
+    return f"198.18.{index // 256}.{index % 256}"
+
+
+def test_thousands_of_rules_match_in_order_with_per_rule_counters(dataplane: Dataplane) -> None:
+    """Every rule of a full list (``max_rules``: 64 words of 64) can match; a packet
+    matching several rules is counted by the first in document order; words whose
+    masks do not intersect (protocol, port, addresses) are passed over."""
+    n = dataplane.deny.max_rules
+    assert n == 4096  # the default build: 198.18.0.0/20 holds one address per rule
+    rules = [DenyRule(dst=IPv4Network(f"{_host(i)}/32"), proto=6) for i in range(n)]
+    rules[130] = DenyRule(dst=IPv4Network(f"{_host(130)}/32"), proto=17, ports=(53, 53))
+    rules[3000] = DenyRule(dst=IPv4Network("198.18.0.0/20"), proto=6, ports=(443, 443))
+    dataplane.set_deny_rules(rules)
+
+    for index in (0, 63, 64, 2999, 3001, n - 1):
+        assert verdict(dataplane, TCP(dport=80), dst=_host(index)) == XdpAction.DROP, index
+    assert verdict(dataplane, TCP(dport=80), dst=_host(3000)) == XdpAction.PASS
+    assert verdict(dataplane, TCP(dport=443), dst=_host(3000)) == XdpAction.DROP  # 3000
+    assert verdict(dataplane, TCP(dport=443), dst=_host(3500)) == XdpAction.DROP  # 3000 first
+    assert verdict(dataplane, TCP(dport=443), dst=_host(100)) == XdpAction.DROP  # 100 first
+    assert verdict(dataplane, UDP(dport=53), dst=_host(130)) == XdpAction.DROP
+    assert verdict(dataplane, UDP(dport=54), dst=_host(130)) == XdpAction.PASS
+    assert verdict(dataplane, TCP(dport=80), dst=_host(130)) == XdpAction.PASS  # a UDP rule
+    assert verdict(dataplane, ICMP(), dst=_host(5)) == XdpAction.PASS
+    drops = {r: c["packets"] for r, c in dataplane.counters()["deny_rules"].items()}
+    assert drops == {0: 1, 63: 1, 64: 1, 2999: 1, 3001: 1, n - 1: 1, 3000: 2, 100: 1, 130: 1}
+
+
+def test_more_rules_than_the_build_holds_are_refused_before_any_write(
+    dataplane: Dataplane,
+) -> None:
+    dataplane.set_deny_rules(DENY_RULES)
+    gen = dataplane.deny.active_generation()
+    n = dataplane.deny.max_rules
+    with pytest.raises(RecordError, match=f"rules: {n + 1} deny rules given, at most {n}"):
+        dataplane.set_deny_rules([DenyRule()] * (n + 1))
+    assert dataplane.deny.active_generation() == gen
+    assert verdict(dataplane, TCP(dport=22), dst="203.0.113.70") == XdpAction.DROP
 
 
 def test_port_expansion_beyond_the_table_is_refused_before_any_write(dataplane: Dataplane) -> None:
@@ -121,7 +168,7 @@ def test_cidrs_beyond_the_lpm_budget_are_refused_before_any_write(dataplane: Dat
     dataplane.set_deny_rules(DENY_RULES)
     gen = dataplane.deny.active_generation()
     budget = dataplane.deny.lpm_budget
-    with pytest.raises(RecordError, match=f"dst: the rules name {budget + 1} distinct CIDRs"):
+    with pytest.raises(RecordError, match=f"dst: the rules name {budget + 1} CIDRs"):
         dataplane.set_deny_rules([DenyRule(dst_set=blocklist(budget + 1))])
     assert dataplane.deny.active_generation() == gen
     ssh = TCP(sport=40000, dport=22, flags="S")
@@ -171,3 +218,31 @@ def test_offloaded_flow_caches_its_verdict_until_the_next_replace(dataplane: Dat
 
     dataplane.set_deny_rules([DenyRule(dst_set=feed)])
     assert run(dataplane.program_fd(), frame).action == XdpAction.REDIRECT
+
+
+def test_the_list_applies_only_to_traffic_forwarded_from_the_inside(dataplane: Dataplane) -> None:
+    """The nftables meaning (forward chain, from the inside interface): a packet that
+    arrives elsewhere, or is addressed to the gateway itself (one of its addresses,
+    broadcast, multicast), is never denied, whatever the rule."""
+    icmp_deny = [DenyRule(proto=1)]
+    dataplane.set_deny_rules(icmp_deny)
+    assert verdict(dataplane, ICMP(), dst=SERVER) == XdpAction.DROP  # from the inside, out
+
+    dataplane.set_deny_scope(TEST_IFINDEX, [IPv4Address(PUBLIC), IPv4Address("10.0.0.1")])
+    assert verdict(dataplane, ICMP(), dst=PUBLIC) == XdpAction.PASS  # ping to the gateway
+    assert verdict(dataplane, ICMP(), dst="10.0.0.1") == XdpAction.PASS
+    assert verdict(dataplane, ICMP(), dst="255.255.255.255") == XdpAction.PASS
+    assert verdict(dataplane, ICMP(), dst="224.0.0.1") == XdpAction.PASS
+    assert verdict(dataplane, ICMP(), dst=SERVER) == XdpAction.DROP
+    assert dataplane.deny.local_addresses() == [IPv4Address("10.0.0.1"), IPv4Address(PUBLIC)]
+
+    dataplane.set_deny_scope(MISSING_IFINDEX, [IPv4Address(PUBLIC)])  # frames arrive on lo
+    frag_needed = ICMP(type=3, code=4, nexthopmtu=1400) / IPerror(src=CLIENT, dst=SERVER)
+    assert verdict(dataplane, ICMP(), src=SERVER, dst=CLIENT) == XdpAction.PASS
+    assert verdict(dataplane, frag_needed, src="192.0.2.254", dst=CLIENT) == XdpAction.PASS
+    assert verdict(dataplane, ICMP(), dst=SERVER) == XdpAction.PASS
+    assert dataplane.deny.local_addresses() == [IPv4Address(PUBLIC)]  # 10.0.0.1 removed
+    assert {r: c["packets"] for r, c in dataplane.counters()["deny_rules"].items()} == {0: 2}
+
+    dataplane.set_deny_scope(0, [])  # no inside interface known: the list applies nowhere
+    assert verdict(dataplane, ICMP(), dst=SERVER) == XdpAction.PASS

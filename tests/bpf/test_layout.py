@@ -31,6 +31,8 @@ MAP_LAYOUTS: dict[str, tuple[type[ctypes._CData], type[ctypes._CData]]] = {
     "deny_proto": (ctypes.c_uint32, ctypes.c_uint64),
     "deny_port_any": (ctypes.c_uint32, ctypes.c_uint64),
     "deny_port": (DenyPortKeyC, ctypes.c_uint64),
+    "deny_rule_proto": (ctypes.c_uint32, ctypes.c_uint64),
+    "local_addrs": (ctypes.c_uint32, ctypes.c_uint8),
     "gwlb_flows_link": (ctypes.c_uint32, ctypes.c_uint32),  # map fd in, map id out
     "gwlb_config_link": (ctypes.c_uint32, ctypes.c_uint32),
 }

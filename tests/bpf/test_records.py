@@ -63,6 +63,7 @@ def test_flow_entry_rejects_bad_mac() -> None:
 def test_build_options_become_define_flags() -> None:
     flags = BuildOptions(flow_table_size=1000).cflags()
     assert "-DFLOW_TABLE_SIZE=1000" in flags
-    assert "-DMAX_DENY_RULES=64" in flags
-    with pytest.raises(ValueError, match=r"max_deny_rules=65: expected 1\.\.64"):
-        BuildOptions(max_deny_rules=65)
+    assert "-DMAX_DENY_RULES=4096" in flags
+    for bad in (65, 4160, 0):
+        with pytest.raises(ValueError, match=f"max_deny_rules={bad}: expected"):
+            BuildOptions(max_deny_rules=bad)

@@ -17,9 +17,20 @@
 #define FLOW_TABLE_SIZE 262144
 #endif
 
-/* The rule id is a bit position in a __u64 mask: 64 is a hard upper bound. */
+/* Deny rules per generation, a multiple of 64: rule r is bit r % 64 of word r / 64.
+ * At most 64 words (the per-protocol word bitmap is one __u64): 4096 rules. */
 #ifndef MAX_DENY_RULES
-#define MAX_DENY_RULES 64
+#define MAX_DENY_RULES 4096
+#endif
+#if MAX_DENY_RULES % 64 != 0 || MAX_DENY_RULES < 64 || MAX_DENY_RULES > 4096
+#error "MAX_DENY_RULES: expected a multiple of 64 in 64..4096"
+#endif
+#define DENY_WORDS (MAX_DENY_RULES / 64)
+
+/* Addresses of the gateway itself: a packet to one of them is not forwarded, so the
+ * deny list (forwarded inside -> outside traffic only) does not apply to it. */
+#ifndef LOCAL_ADDRS_SIZE
+#define LOCAL_ADDRS_SIZE 1024
 #endif
 
 /* Distinct CIDRs per side, both generations (the one being written and the active
@@ -94,10 +105,24 @@ struct counter {
 	__u64 bytes;
 };
 
+/* The fast path's clock, per CPU: CLOCK_MONOTONIC_COARSE (bpf_ktime_get_coarse_ns) as
+ * read at jiffy `jiffies`.  That helper is a call that reads the timekeeper under its
+ * seqcount (~30 ns a packet in BPF_PROG_TEST_RUN here, an eighth of the redirect path),
+ * while bpf_jiffies64 is inlined by the JIT into one load; the coarse clock advances at
+ * the tick, as jiffies do, so re-reading it only when jiffies moved gives the same
+ * value, at most one tick late.  Private to the program (not pinned). */
+struct clock_cache {
+	__u64 jiffies;
+	__u64 coarse_ns;
+};
+
+BPF_PERCPU_ARRAY(clock_cache, struct clock_cache, 1);
+
 /* Per-reason packet/byte counters, indexed by enum stat_reason. */
 BPF_PERCPU_ARRAY(stats, struct counter, STAT__MAX);
 
-/* Per deny rule drops, indexed by generation * MAX_DENY_RULES + rule id. */
+/* Per deny rule drops, indexed by generation * MAX_DENY_RULES + rule id (the first
+ * matching rule in document order is the one counted). */
 BPF_PERCPU_ARRAY(deny_stats, struct counter, DENY_GENERATIONS * MAX_DENY_RULES);
 
 /* ---- stateless deny list ---------------------------------------------------------- */
@@ -106,38 +131,53 @@ struct spectra_config {
 	__u32 deny_gen;     /* deny-list epoch, +1 per replace; the active generation is
 			     * deny_gen & 1 (one u32: a reader never sees a torn pair) */
 	__u32 gwlb_ifindex; /* linked two-arm GWLB interface, 0 = none (read by the agent) */
+	__u32 inside_ifindex; /* the deny list applies to packets arriving here (and on the
+			       * GWLB interface); 0 = nowhere */
+	__u32 deny_rules;   /* rules in the active generation (read by the agent) */
 };
 
 /* Single slot: the active generation, flipped by userspace after writing the other. */
 BPF_ARRAY(config, struct spectra_config, 1);
 
-/* LPM key: the generation byte is matched data, so prefixlen = 8 + CIDR bits. */
+/* LPM key: generation and rule word are matched data, so prefixlen = 16 + CIDR bits. */
 struct deny_lpm_key {
 	__u32 prefixlen;
 	__u8 gen;
+	__u8 word;    /* rules word * 64 .. word * 64 + 63 */
 	__u8 addr[4]; /* network order */
 } __attribute__((packed));
 
-/* Source / destination CIDR -> mask of rules whose CIDR contains it.  LPM returns only
- * the longest match, so userspace folds the bits of every shorter containing prefix
- * into each entry. */
+/* (gen, word, CIDR) -> mask of the word's rules whose CIDR contains it.  LPM returns
+ * only the longest match, so userspace folds the bits of every shorter containing
+ * prefix into each entry. */
 BPF_LPM_TRIE(deny_src, struct deny_lpm_key, __u64, DENY_LPM_SIZE);
 BPF_LPM_TRIE(deny_dst, struct deny_lpm_key, __u64, DENY_LPM_SIZE);
 
-/* gen * 256 + IP protocol -> mask of rules for that protocol or any protocol. */
+/* gen * 256 + IP protocol -> bitmap of the words holding a rule for that protocol or
+ * any protocol (0 for most traffic: no LPM walk at all). */
 BPF_ARRAY(deny_proto, __u64, DENY_GENERATIONS * DENY_PROTO_SLOTS);
 
-/* gen * 256 + IP protocol -> mask of rules that do not constrain the port. */
-BPF_ARRAY(deny_port_any, __u64, DENY_GENERATIONS * DENY_PROTO_SLOTS);
+/* (gen * DENY_WORDS + word) * 256 + IP protocol -> mask of the word's rules for that
+ * protocol or any protocol. */
+BPF_ARRAY(deny_rule_proto, __u64, DENY_GENERATIONS * DENY_WORDS * DENY_PROTO_SLOTS);
+
+/* Same index -> mask of the word's rules that do not constrain the port. */
+BPF_ARRAY(deny_port_any, __u64, DENY_GENERATIONS * DENY_WORDS * DENY_PROTO_SLOTS);
 
 struct deny_port_key {
 	__u8 gen;
 	__u8 proto;     /* IPPROTO_TCP or IPPROTO_UDP only */
 	__be16 be_port; /* destination port */
+	__u8 word;
+	__u8 pad[3];    /* always zero: part of the hashed key */
 };
 
-/* (gen, proto, destination port) -> mask of rules whose port range holds it. */
+/* (gen, proto, destination port, word) -> mask of the word's rules whose port range
+ * holds it. */
 BPF_TABLE("hash", struct deny_port_key, __u64, deny_port, DENY_PORT_TABLE_SIZE);
+
+/* The gateway's own IPv4 addresses (network order -> 1), kept current by the agent. */
+BPF_TABLE("hash", __be32, __u8, local_addrs, LOCAL_ADDRS_SIZE);
 
 /* ---- GWLB two-arm link ------------------------------------------------------------ */
 

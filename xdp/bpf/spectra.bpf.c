@@ -7,8 +7,10 @@
  *   2. gw_lookup: TCP/UDP/ICMP echo key, flow-table hit of an established,
  *      kernel-admitted flow; miss, FIN/RST, closing flow: XDP_PASS to the kernel
  *      (after step 3);
- *   3. gw_deny: stateless deny list (every IPv4 packet with a sane header, tagged or
- *      not) -> XDP_DROP; skipped for a flow hit that passed it under the current
+ *   3. gw_deny: stateless deny list -> XDP_DROP, for IPv4 packets with a sane header
+ *      (tagged or not) arriving on the inside (or GWLB) interface and not addressed
+ *      to the gateway itself: forwarded inside -> outside traffic, the meaning of the
+ *      nftables deny rules; skipped for a flow hit that passed it under the current
  *      deny-list epoch (flow_value.deny_epoch);
  *   4. gw_rewrite: addresses and ports exactly as conntrack NAT would, TTL, MACs;
  *      then redirect.
@@ -44,78 +46,106 @@ struct l4_ports {
 	__be16 be_dport;
 };
 
-/* Bit index of the lowest set bit; mask must be nonzero (BPF has no ctz). */
-static __always_inline __u32 lowest_bit_index(__u64 mask)
+/* 1 if v != 0, else 0, without a branch: v | -v has its top bit set exactly when v is
+ * nonzero (the barrier keeps clang from turning it back into a compare and branch). */
+static __always_inline __u64 nonzero(__u64 v)
 {
-	__u32 idx = 0;
+	__u64 t = v | (0 - v);
 
-	mask &= -mask;
-	if (mask & 0xffffffff00000000ULL)
-		idx += 32;
-	if (mask & 0xffff0000ffff0000ULL)
-		idx += 16;
-	if (mask & 0xff00ff00ff00ff00ULL)
-		idx += 8;
-	if (mask & 0xf0f0f0f0f0f0f0f0ULL)
-		idx += 4;
-	if (mask & 0xccccccccccccccccULL)
-		idx += 2;
-	if (mask & 0xaaaaaaaaaaaaaaaaULL)
-		idx += 1;
-	return idx;
+	barrier_var(t);
+	return t >> 63;
 }
 
-/* AND of the per-field rule masks of the active generation.  Returns the mask and
- * stores the generation; 0 means no rule matches. */
-static __always_inline __u64 deny_lookup(__be32 be_saddr, __be32 be_daddr, __u8 proto,
+/* Bit index of the lowest set bit; mask must be nonzero (BPF has no ctz).  Branch-free
+ * on purpose: with one branch per bit the verifier would follow 64 paths (one per
+ * constant result) for every call, and the deny loop calls it per rule word. */
+static __always_inline __u32 lowest_bit_index(__u64 mask)
+{
+	__u64 bit = mask & (0 - mask);
+
+	return (nonzero(bit & 0xffffffff00000000ULL) << 5) |
+	       (nonzero(bit & 0xffff0000ffff0000ULL) << 4) |
+	       (nonzero(bit & 0xff00ff00ff00ff00ULL) << 3) |
+	       (nonzero(bit & 0xf0f0f0f0f0f0f0f0ULL) << 2) |
+	       (nonzero(bit & 0xccccccccccccccccULL) << 1) |
+	       nonzero(bit & 0xaaaaaaaaaaaaaaaaULL);
+}
+
+/* The first rule (lowest id, document order) of the active generation matching the
+ * packet, as rule id + 1; 0 when none does.  Rules are evaluated 64 at a time (a word):
+ * per word the AND of its per-field masks, the words in order, only those holding a
+ * rule for this protocol (deny_proto's bitmap, zero for most traffic and for all of it
+ * when the list is empty, which skips every LPM walk). */
+static __always_inline __u32 deny_lookup(__be32 be_saddr, __be32 be_daddr, __u8 proto,
 					 int has_port, __be16 be_dport, __u8 gen)
 {
 	struct deny_lpm_key lpm = {};
 	struct deny_port_key pkey = {};
-	__u32 slot;
-	__u64 mask, port_mask;
+	__u32 slot, word, i;
+	__u64 words, mask, port_mask;
 	__u64 *m;
 
-	/* Cheapest first: an array slot per protocol is zero for most traffic (and for
-	 * all of it when the list is empty), which skips both LPM walks. */
 	slot = gen * DENY_PROTO_SLOTS + proto;
 	m = deny_proto.lookup(&slot);
 	if (!m)
 		return 0;
-	mask = *m;
-	if (!mask)
-		return 0;
+	words = *m;
 
-	lpm.prefixlen = 8 + 32;
+	lpm.prefixlen = 16 + 32;
 	lpm.gen = gen;
-	__builtin_memcpy(lpm.addr, &be_saddr, 4);
-	m = deny_src.lookup(&lpm);
-	if (!m)
-		return 0;
-	mask &= *m;
-	if (!mask)
-		return 0;
+	pkey.gen = gen;
+	pkey.proto = proto;
+	pkey.be_port = be_dport;
+	for (i = 0; i < DENY_WORDS && words; i++) {
+		word = lowest_bit_index(words);
+		words &= words - 1;
+		slot = (gen * DENY_WORDS + word) * DENY_PROTO_SLOTS + proto;
+		m = deny_rule_proto.lookup(&slot);
+		if (!m || !*m)
+			continue;
+		mask = *m;
 
-	__builtin_memcpy(lpm.addr, &be_daddr, 4);
-	m = deny_dst.lookup(&lpm);
-	if (!m)
-		return 0;
-	mask &= *m;
-	if (!mask)
-		return 0;
+		lpm.word = word;
+		__builtin_memcpy(lpm.addr, &be_saddr, 4);
+		m = deny_src.lookup(&lpm);
+		if (!m)
+			continue;
+		mask &= *m;
+		if (!mask)
+			continue;
 
+		__builtin_memcpy(lpm.addr, &be_daddr, 4);
+		m = deny_dst.lookup(&lpm);
+		if (!m)
+			continue;
+		mask &= *m;
+		if (!mask)
+			continue;
 
-	m = deny_port_any.lookup(&slot);
-	port_mask = m ? *m : 0;
-	if (has_port) {
-		pkey.gen = gen;
-		pkey.proto = proto;
-		pkey.be_port = be_dport;
-		m = deny_port.lookup(&pkey);
-		if (m)
-			port_mask |= *m;
+		m = deny_port_any.lookup(&slot);
+		port_mask = m ? *m : 0;
+		if (has_port) {
+			pkey.word = word;
+			m = deny_port.lookup(&pkey);
+			if (m)
+				port_mask |= *m;
+		}
+		mask &= port_mask;
+		if (mask)
+			return word * 64 + lowest_bit_index(mask) + 1;
 	}
-	return mask & port_mask;
+	return 0;
+}
+
+/* Not forwarded by the kernel, so outside the deny list's meaning: the gateway's own
+ * addresses, limited broadcast and multicast (the forward hook never sees them). */
+static __always_inline int to_the_gateway(__be32 be_daddr)
+{
+	__u8 first = ((__u8 *)&be_daddr)[0];
+
+	if (be_daddr == 0xffffffff || (first & 0xf0) == 0xe0)
+		return 1;
+	return local_addrs.lookup(&be_daddr) != NULL;
 }
 
 /* The usable stored GENEVE header for the GWLB return entry `fv` (the translated
@@ -191,6 +221,23 @@ static __always_inline int gwlb_reencap(struct xdp_md *ctx, const struct flow_va
 	return bpf_xdp_store_bytes(ctx, sizeof(*eth) + sizeof(outer), v->hdr, hdr_len) ? -1 : 0;
 }
 
+/* bpf_ktime_get_coarse_ns(), read once per jiffy per CPU (see struct clock_cache). */
+static __always_inline __u64 coarse_now_ns(void)
+{
+	struct clock_cache *cc;
+	__u32 zero = 0;
+	__u64 now = bpf_jiffies64();
+
+	cc = clock_cache.lookup(&zero);
+	if (!cc)
+		return bpf_ktime_get_coarse_ns();
+	if (cc->jiffies != now) {
+		cc->coarse_ns = bpf_ktime_get_coarse_ns();
+		cc->jiffies = now;
+	}
+	return cc->coarse_ns;
+}
+
 /* What xdp_gateway learned of one frame; the stages below fill it in order. */
 struct gw_pkt {
 	struct ethhdr *eth;
@@ -246,18 +293,19 @@ static __always_inline __u32 gw_parse(struct hdr_cursor *nh, void *data_end, str
 	return GW_NEXT;
 }
 
-/* Deny: the stateless deny list, for every parsed IPv4 packet, tagged or not.  Ports
- * exist only in the first fragment of TCP/UDP; without them only rules that do not
- * constrain the port can match.  STAT_DROP_DENY (the rule's counter bumped) or
- * GW_NEXT.  `l4` is where the transport header starts. */
+/* Deny: the stateless deny list, for IPv4 packets (tagged or not) the kernel would
+ * forward from the inside (the caller checked the ingress interface): the meaning of
+ * the nftables deny rules, which sit in the forward chain.  Ports exist only in the
+ * first fragment of TCP/UDP; without them only rules that do not constrain the port
+ * can match.  STAT_DROP_DENY (the first matching rule's counter bumped) or GW_NEXT.
+ * `l4` is where the transport header starts. */
 static __always_inline __u32 gw_deny(const struct gw_pkt *p, void *l4, void *data_end,
 				     __u64 pkt_len, __u32 epoch)
 {
 	struct l4_ports *ports = l4;
 	struct counter *cnt;
 	__be16 be_dport = 0;
-	__u32 gen = epoch & 1, rule_slot;
-	__u64 deny_mask;
+	__u32 gen = epoch & 1, rule, rule_slot;
 	int has_port = 0;
 
 	if (!(p->frag & IP_OFFSET) &&
@@ -266,11 +314,13 @@ static __always_inline __u32 gw_deny(const struct gw_pkt *p, void *l4, void *dat
 		be_dport = ports->be_dport;
 		has_port = 1;
 	}
-	deny_mask = deny_lookup(p->iph->saddr, p->iph->daddr, p->ip_proto, has_port, be_dport,
-				gen);
-	if (!deny_mask)
+	rule = deny_lookup(p->iph->saddr, p->iph->daddr, p->ip_proto, has_port, be_dport, gen);
+	if (!rule)
 		return GW_NEXT;
-	rule_slot = gen * MAX_DENY_RULES + lowest_bit_index(deny_mask);
+	/* Checked only for a match: what is not denied never pays for it. */
+	if (to_the_gateway(p->iph->daddr))
+		return GW_NEXT;
+	rule_slot = gen * MAX_DENY_RULES + rule - 1;
 	cnt = deny_stats.lookup(&rule_slot);
 	if (cnt) {
 		cnt->packets += 1;
@@ -354,8 +404,9 @@ static __always_inline __u32 gw_lookup(struct hdr_cursor *nh, void *data_end, __
 }
 
 /* Rewrite: addresses and ports exactly as conntrack NAT would (`fv`), with incremental
- * checksums, TTL decremented, MACs of the next hop.  L4 first: the TCP/UDP checksums
- * cover the pseudo-header addresses. */
+ * checksums, TTL decremented, MACs of the next hop.  The address change enters both the
+ * IPv4 and the TCP/UDP checksum (pseudo-header), so its delta is summed once and each
+ * checksum is folded once. */
 static __always_inline void gw_rewrite(struct gw_pkt *p, const struct flow_value *fv)
 {
 	struct iphdr *iph = p->iph;
@@ -363,20 +414,19 @@ static __always_inline void gw_rewrite(struct gw_pkt *p, const struct flow_value
 	struct udphdr *uh = p->uh;
 	struct icmphdr *icmph = p->icmph;
 	__u16 be_old_word, be_new_word;
+	__u32 addrs;
 
+	addrs = csum_delta32(iph->saddr, fv->be_new_saddr) +
+		csum_delta32(iph->daddr, fv->be_new_daddr);
 	if (th) {
-		csum_update32(&th->check, iph->saddr, fv->be_new_saddr);
-		csum_update32(&th->check, iph->daddr, fv->be_new_daddr);
-		csum_update16(&th->check, th->source, fv->be_new_sport);
-		csum_update16(&th->check, th->dest, fv->be_new_dport);
+		csum_apply(&th->check, addrs + csum_delta16(th->source, fv->be_new_sport) +
+					       csum_delta16(th->dest, fv->be_new_dport));
 		th->source = fv->be_new_sport;
 		th->dest = fv->be_new_dport;
 	} else if (uh) {
 		if (uh->check) { /* 0 = no checksum (RFC 768): stays 0 */
-			csum_update32(&uh->check, iph->saddr, fv->be_new_saddr);
-			csum_update32(&uh->check, iph->daddr, fv->be_new_daddr);
-			csum_update16(&uh->check, uh->source, fv->be_new_sport);
-			csum_update16(&uh->check, uh->dest, fv->be_new_dport);
+			csum_apply(&uh->check, addrs + csum_delta16(uh->source, fv->be_new_sport) +
+						       csum_delta16(uh->dest, fv->be_new_dport));
 			if (!uh->check)
 				uh->check = 0xffff;
 		}
@@ -387,16 +437,13 @@ static __always_inline void gw_rewrite(struct gw_pkt *p, const struct flow_value
 		icmph->un.echo.id = fv->be_new_sport;
 	}
 
-	csum_update32(&iph->check, iph->saddr, fv->be_new_saddr);
-	csum_update32(&iph->check, iph->daddr, fv->be_new_daddr);
-	iph->saddr = fv->be_new_saddr;
-	iph->daddr = fv->be_new_daddr;
-
 	/* TTL shares a 16-bit checksum word with the protocol byte. */
 	be_old_word = *(__u16 *)&iph->ttl;
 	iph->ttl -= 1;
 	be_new_word = *(__u16 *)&iph->ttl;
-	csum_update16(&iph->check, be_old_word, be_new_word);
+	csum_apply(&iph->check, addrs + csum_delta16(be_old_word, be_new_word));
+	iph->saddr = fv->be_new_saddr;
+	iph->daddr = fv->be_new_daddr;
 
 	__builtin_memcpy(p->eth->h_source, fv->src_mac, ETH_ALEN);
 	__builtin_memcpy(p->eth->h_dest, fv->dst_mac, ETH_ALEN);
@@ -413,8 +460,8 @@ int xdp_gateway(struct xdp_md *ctx)
 	struct gwlb_value *gv = NULL; /* stored GENEVE header of a GWLB return */
 	struct spectra_config *cfg;
 	struct counter *cnt;
-	int action = XDP_PASS;
-	__u32 reason, lookup, epoch = 0, zero = 0;
+	int action = XDP_PASS, deny_here = 0;
+	__u32 reason, lookup, epoch = 0, zero = 0, ifindex = ctx->ingress_ifindex;
 	void *l4;
 
 	reason = gw_parse(&nh, data_end, &p);
@@ -427,11 +474,14 @@ int xdp_gateway(struct xdp_md *ctx)
 	 * reasons apply only after the deny list has had its say. */
 	l4 = nh.pos;
 	cfg = config.lookup(&zero);
-	if (cfg)
+	if (cfg) {
 		epoch = cfg->deny_gen;
-	lookup = gw_lookup(&nh, data_end, ctx->ingress_ifindex, &p, &fv, &gv);
+		deny_here = ifindex == cfg->inside_ifindex ||
+			    (cfg->gwlb_ifindex && ifindex == cfg->gwlb_ifindex);
+	}
+	lookup = gw_lookup(&nh, data_end, ifindex, &p, &fv, &gv);
 	if (lookup != GW_NEXT || fv->deny_epoch != epoch) {
-		reason = gw_deny(&p, l4, data_end, pkt_len, epoch);
+		reason = deny_here ? gw_deny(&p, l4, data_end, pkt_len, epoch) : GW_NEXT;
 		if (reason != GW_NEXT) {
 			action = XDP_DROP;
 			goto out;
@@ -455,9 +505,8 @@ int xdp_gateway(struct xdp_md *ctx)
 	gw_rewrite(&p, fv);
 	__sync_fetch_and_add(&fv->packets, 1);
 	__sync_fetch_and_add(&fv->bytes, pkt_len);
-	/* CLOCK_MONOTONIC at tick resolution: enough for idle expiry, and it skips the
-	 * clock read of bpf_ktime_get_ns() on every packet. */
-	fv->last_seen_ns = bpf_ktime_get_coarse_ns();
+	/* CLOCK_MONOTONIC at tick resolution: enough for idle expiry. */
+	fv->last_seen_ns = coarse_now_ns();
 	reason = STAT_REDIRECT;
 	if (gv) {
 		if (gwlb_reencap(ctx, fv, gv, p.ip_tot_len) < 0) {

@@ -260,7 +260,9 @@ def test_ip_sets_render_as_interval_sets_matched_by_one_rule_each() -> None:
     body = text.split("\tset ipset_feed {\n", 1)[1].split("\n\t}\n", 1)[0].split("\n")
     assert body[:3] == ["\t\ttype ipv4_addr", "\t\tflags interval", "\t\telements = {"]
     elements = [line.strip().rstrip(",") for line in body[3:-1]]
-    assert elements == doc["rules"]["ip_sets"]["feed"]["cidrs"]
+    given = doc["rules"]["ip_sets"]["feed"]["cidrs"]
+    assert elements == sorted(given, key=IPv4Network)  # address order: cheaper for nft
+    assert elements != given  # the document's order is not already sorted
 
 
 def test_deny_rules_naming_sets_carry_the_prefixes_to_xdp() -> None:
@@ -269,3 +271,45 @@ def test_deny_rules_naming_sets_carry_the_prefixes_to_xdp() -> None:
         (None, ((0xCB007100, 24), (0xC6336407, 32), (0xC0000280, 25)), None),
         (((0x0A090000, 16),), None, (22, 22)),
     ]
+
+
+def many_denies() -> dict[str, Any]:
+    """4,096 deny rules (the XDP list's 64 words of 64), each one /32 with a port."""
+    doc = minimal()
+    doc["rules"] = {
+        "entries": [
+            {
+                "action": "deny",
+                "dst": f"198.18.{i // 256}.{i % 256}/32",
+                "proto": "tcp",
+                "ports": [1000 + i % 7, 1000 + i % 7],
+            }
+            for i in range(4096)
+        ]
+    }
+    return doc
+
+
+def test_thousands_of_deny_rules_keep_their_order_on_both_paths(tmp_path: Path) -> None:
+    doc = parse_document(many_denies())
+    text = render_nftables(doc, ["203.0.113.2"])
+    drops = [line for line in _chains(text)["forward"] if "rules.entries[" in line]
+    assert [int(line.split("rules.entries[")[1].split("]")[0]) for line in drops] == list(
+        range(4096)
+    )
+    assert drops[4095].startswith(
+        'iifname "inside" ip daddr 198.18.15.255/32 tcp dport 1000 counter drop'
+    )
+    rules = xdp_deny_rules(doc)
+    assert [(r.dst, r.ports) for r in rules[4094:]] == [
+        (IPv4Network("198.18.15.254/32"), (1006, 1006)),
+        (IPv4Network("198.18.15.255/32"), (1000, 1000)),
+    ]
+    if os.geteuid() == 0 and shutil.which("nft") and shutil.which("unshare"):
+        path = tmp_path / "many.nft"
+        path.write_text(text)
+        proc = subprocess.run(
+            ["unshare", "--net", "nft", "-c", "-f", str(path)],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-500:]

@@ -39,6 +39,25 @@ static __always_inline void csum_update32(__sum16 *sum, __be32 be_old, __be32 be
 	*sum = ~csum_fold32(acc);
 }
 
+/* The same for several fields at once (RFC 1624 eqn. 3 with one ~m + m' term per
+ * field, one fold at the end): csum_apply(sum, csum_delta32(a, a') + csum_delta16(b, b'))
+ * equals csum_update32 then csum_update16.  Up to 16 terms fit the 32-bit sum. */
+static __always_inline __u32 csum_delta32(__be32 be_old, __be32 be_new)
+{
+	return (__u32)(__u16)~(be_old & 0xffff) + (__u16)~(be_old >> 16) + (be_new & 0xffff) +
+	       (be_new >> 16);
+}
+
+static __always_inline __u32 csum_delta16(__be16 be_old, __be16 be_new)
+{
+	return (__u32)(__u16)~be_old + be_new;
+}
+
+static __always_inline void csum_apply(__sum16 *sum, __u32 delta)
+{
+	*sum = ~csum_fold32((__u32)(__u16)~*sum + delta);
+}
+
 /* Folded ones' complement sum of an option-less IPv4 header (20 bytes, already
  * bounds-checked), check field included. */
 static __always_inline __u16 ipv4_hdr_sum(const struct iphdr *iph)
