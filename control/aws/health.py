@@ -78,7 +78,7 @@ class DataPathHealth:
             return f"probe {self.probe}: {exc}"
 
 
-def answers_ping(address: str, timeout_s: float = 0.1) -> bool:
+def answers_ping(address: str, timeout_s: float = 0.2) -> bool:
     """Whether ``address`` answers one ICMP echo within ``timeout_s`` (RFC 792): the
     kernel of a lease holder answers it whether or not its agent runs, and a dead
     instance does not (raw socket: the agent has ``CAP_NET_RAW``)."""

@@ -63,6 +63,8 @@ from control.aws.session import describe_error, error_code
 
 log = logging.getLogger("spectra.aws")
 
+HOLDER_MISSES = 3  # silent echoes in a row that end a restart grace
+
 KEY = "lease_key"
 _NAMES = {"#k": KEY, "#h": "holder", "#t": "token", "#e": "expires", "#p": "preferred"}
 EVENTS_KEPT = 20
@@ -235,6 +237,7 @@ class Lease:
         self._error: str | None = None
         self._events: deque[LeaseEvent] = deque(maxlen=EVENTS_KEPT)
         self._deferred: tuple[str, int, float] | None = None  # holder, token, since (wall)
+        self._misses = 0  # the deferred holder's silent echoes in a row
         self.counters = {
             "takeovers": 0, "releases": 0, "lost": 0, "renew_errors": 0, "deferrals": 0
         }  # fmt: skip
@@ -535,23 +538,32 @@ class Lease:
 
     def _defer(self, record: LeaseRecord, now: float) -> bool:
         """Whether to leave an expired lease to its holder a while longer: its agent
-        may be restarting while its kernel forwards (see the module doc)."""
+        may be restarting while its kernel forwards (see the module doc). A holder not
+        answering the first echo is taken over at once (a dead instance); one that
+        answered is given up only after :data:`HOLDER_MISSES` silent echoes in a row
+        (a loaded host may miss one)."""
         grace, ask = self.settings.restart_grace_s, self._holder_alive
         if record.expires == 0 or not grace or ask is None or record.address is None:
             return False
-        if now >= record.expires + self.settings.skew_margin_s + grace or not ask(record.address):
-            self._deferred = None
-            return False
         key = (record.holder or "", record.token)
-        if self._deferred is None or self._deferred[:2] != key:
-            self._deferred = (*key, now)
-            self.counters["deferrals"] += 1
-            log.warning(
-                "lease %s: expired, but its holder %s (%s) still answers: waiting up to "
-                "%gs for its agent before taking over",
-                self.settings.key, record.holder, record.address, grace,
-            )  # fmt: skip
-        return True
+        deferring = self._deferred is not None and self._deferred[:2] == key
+        if now < record.expires + self.settings.skew_margin_s + grace:
+            if ask(record.address):
+                self._misses = 0
+                if not deferring:
+                    self._deferred = (*key, now)
+                    self.counters["deferrals"] += 1
+                    log.warning(
+                        "lease %s: expired, but its holder %s (%s) still answers: waiting "
+                        "up to %gs for its agent before taking over",
+                        self.settings.key, record.holder, record.address, grace,
+                    )  # fmt: skip
+                return True
+            if deferring and self._misses + 1 < HOLDER_MISSES:
+                self._misses += 1
+                return True
+        self._deferred, self._misses = None, 0
+        return False
 
     def _acquire(
         self,

@@ -431,3 +431,20 @@ def test_a_late_renewal_keeps_a_lease_nobody_took(world: World) -> None:
     step(a)
     assert a.ha.lease.token == token and a.ha.status.role == "leader"
     assert a.ha.lease.status()["counters"]["lost"] == 0
+
+
+def test_a_deferred_holder_is_given_up_only_after_three_silent_echoes(world: World) -> None:
+    answering = set(ADDRESSES)
+    a, b = _graceful(world, answering)
+    world.clock.advance(3.6)  # expired: a answers, b waits
+    step(b)
+    assert b.ha.status.role == "standby"
+    answering.discard(ADDRESSES[0])  # a loaded host misses an echo or two
+    world.clock.advance(0.5)
+    step(b)
+    world.clock.advance(0.5)
+    step(b)
+    assert b.ha.status.role == "standby" and b.ha.lease.status()["deferred"] is not None
+    world.clock.advance(0.5)
+    step(b)  # the third silent echo in a row: a's instance is gone
+    assert b.ha.status.role == "leader"
