@@ -46,7 +46,7 @@ def _flat_counters(st: dict[str, Any]) -> dict[str, int]:
     for key in ("flows", "flow_capacity"):
         if key in xdp:
             flat[f"xdp_{key}"] = xdp[key]
-    for section in ("offload", "conntrack"):
+    for section in ("offload", "conntrack", "inspection"):
         for key, value in st.get(section, {}).items():
             if isinstance(value, int) and not isinstance(value, bool):
                 flat[f"{section}_{key}"] = value
