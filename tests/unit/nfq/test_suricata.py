@@ -34,8 +34,8 @@ def test_suricata_yaml_golden() -> None:
     assert text == (GOLDEN / "suricata.yaml").read_text()
     doc = yaml.safe_load(text)
     assert doc["nfq"] == {"mode": "repeat", "repeat-mark": 4, "repeat-mask": 4,
-                          "bypass-mark": 2, "bypass-mask": 2, "fail-open": False,
-                          "batchcount": 20}  # fmt: skip
+                          "bypass-mark": 2, "bypass-mask": 2, "fail-open": False}  # fmt: skip
+    assert doc["runmode"] == "workers" and "batchcount" not in doc["nfq"]
     assert doc["stream"]["reassembly"]["depth"] == 65536 and doc["stream"]["bypass"] is True
     assert doc["vars"]["address-groups"]["EXTERNAL_NET"] == "!$HOME_NET"
     assert doc["rule-files"] == ["spectra-inline.rules", "/etc/spectra/rules/et-open.rules"]
