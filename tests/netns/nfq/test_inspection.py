@@ -264,3 +264,31 @@ def test_passed_flow_is_offloaded_by_the_xdp_agent(inspect: Callable[..., Engine
             assert engine.stats()["counters"].get("bypassed_pass", 0) >= 1
     finally:
         reset_gateway(GW)
+
+
+def test_stream_depth_bypass_moves_the_flow_to_xdp(
+    inspect_any: Callable[..., Engine],
+) -> None:
+    """Stream depth reached (Suricata: ``stream.bypass: yes``): the verdict carries
+    the bypass mark (``nfq.bypass-mark``); the product's chain saves it in the conntrack mark,
+    the flow leaves the queue and the XDP offloader takes it."""
+    from tests.netns.helpers import agent, agent_status, document, reset_gateway
+
+    engine = inspect_any(InspectionPolicy(rules=RULES, stream_depth=4096))
+    try:
+        iperf = ns_exec(WS, "iperf3", "-c", INET_SERVICE_IP, "-t", "8")
+        with (
+            agent(GW, document(interfaces={"data_plane": "xdp"})),
+            subprocess.Popen(iperf, stdout=subprocess.PIPE, text=True) as client,
+        ):
+            wait_for(lambda: 3 in ct_marks(5201), 5, "bypass mark on the iperf3 flows")
+            wait_for(
+                lambda: agent_status(GW)["offload"].get("offloaded_total", 0) >= 1,
+                8,
+                "offload of the bypassed flow",
+            )
+            assert client.wait(timeout=20) == 0
+        # the bulk of the transfer never reached the inspector
+        assert engine.packets() < 2000, engine.packets()
+    finally:
+        reset_gateway(GW)

@@ -288,3 +288,29 @@ async def test_secrets_never_in_responses_or_logs(
     )
     for text in [*texts, caplog.text]:
         assert SECRET not in text and ADMIN_TOKEN not in text
+
+
+async def test_a_rule_suricata_refuses_is_rejected_with_its_position(
+    client: Client, sqlite_store: SqliteStore
+) -> None:
+    """engine: suricata: the AWS Network Firewall subset, then the real ``suricata -T``."""
+    await put(client, minimal(), 0)
+    good = 'drop http any any -> any any (msg:"h"; http.host; content:"x.example"; sid:1;)'
+
+    def doc(*rules: str) -> dict[str, Any]:
+        return {**minimal(), "inspection": {"enabled": True, "engine": "suricata",
+                                            "rules": list(rules)}}  # fmt: skip
+
+    bad = 'alert http any any -> any any (msg:"m"; http.host; nosuchkw; sid:2;)'
+    error = await error_of(await put(client, doc(good, bad), 1), 422)
+    [detail] = error["details"]["errors"]
+    assert detail["path"] == "inspection.rules[1]"
+    assert "rule 2" in detail["message"] and "nosuchkw" in detail["message"]
+    nfw = 'alert ip any any -> any any (msg:"m"; geoip:src,RU; sid:3;)'
+    error = await error_of(
+        await put(client, doc(good, good.replace("sid:1", "sid:4"), nfw), 1), 422
+    )
+    [detail] = error["details"]["errors"]
+    assert detail["path"] == "inspection.rules[2]" and "'geoip'" in detail["message"]
+    assert sqlite_store.head() == 1
+    assert (await put(client, doc(good), 1)).status == 200
