@@ -26,6 +26,8 @@ from ipaddress import IPv4Network, collapse_addresses
 from pathlib import Path
 from typing import Any
 
+from control.alerts import STORE as ALERT_STORE
+from control.alerts import AlertStream
 from control.config import ConfigDocument
 from control.steps.base import ConvergeError, Host, RenderError, StepContext
 from control.steps.inspection_engines import (
@@ -142,6 +144,8 @@ class InspectionStep:
     name = "inspection"
 
     def __init__(self, context: StepContext) -> None:
+        self.run_dir = context.run_dir
+        self.alerts: AlertStream | None = None
         self.engines: dict[str, Engine] = {
             "builtin": BuiltinEngine(context.run_dir, context.log_dir),
             "suricata": SuricataEngine(context.run_dir, context.log_dir),
@@ -182,11 +186,21 @@ class InspectionStep:
         netfilter.apply(policy, in_interface=part.inside)
 
     def tick(self) -> dict[str, Any]:
-        """Supervise the running engine (restarts, health, stats)."""
+        """Supervise the running engine (restarts, health, stats); tail its alerts."""
         running = self._running()
         if not running:
             return {"engine": None}
-        return self.engines[running[0]].tick()
+        engine = self.engines[running[0]]
+        status = engine.tick()
+        if self.alerts is None or self.alerts.eve != engine.eve:
+            if self.alerts is not None:
+                self.alerts.close()
+            self.alerts = AlertStream(engine.eve, self.run_dir / ALERT_STORE)
+        self.alerts.tick(engine.reopen_log)
+        status.update(self.alerts.status(), signatures=self.alerts.signatures)
+        return status
 
     def close(self) -> None:
-        """Nothing to release: the engine outlives the agent (adopted on restart)."""
+        """Only the alert reader: the engine outlives the agent (adopted on restart)."""
+        if self.alerts is not None:
+            self.alerts.close()

@@ -31,6 +31,7 @@ from nfq.domains import compile_domain_lists
 from nfq.policy import InspectionPolicy
 from nfq.suricata.config import SuricataPaths, rule_files, write_config
 from nfq.suricata.supervisor import Supervisor
+from nfq.suricata.unixsock import UnixSocketClient
 from nfq.suricata.validate import SuricataConfigError, check_config
 
 log = logging.getLogger("spectra.control")
@@ -56,6 +57,15 @@ class Engine(Protocol):
     def tick(self) -> dict[str, Any]: ...
 
     def stop(self) -> None: ...
+
+    @property
+    def eve(self) -> Path:
+        """The eve.json the engine writes its alerts and drops to."""
+        ...
+
+    def reopen_log(self) -> None:
+        """Make the engine reopen eve.json (after it was rotated)."""
+        ...
 
 
 def bound_queues() -> set[int]:
@@ -98,6 +108,14 @@ class BuiltinEngine:
     def running(self) -> bool:
         return self.core is not None
 
+    @property
+    def eve(self) -> Path:
+        return self.log_dir / "eve.json"
+
+    def reopen_log(self) -> None:
+        if self._alive() and self.pid is not None:
+            os.kill(self.pid, signal.SIGUSR1)
+
     def _alive(self) -> bool:
         return process.is_running(self.pid, "nfq", "engine")
 
@@ -123,7 +141,7 @@ class BuiltinEngine:
         self.policy_file.write_text(core)
         argv = [
             sys.executable, "-m", "nfq", "engine", "--policy", str(self.policy_file),
-            "--rules", str(self.rules_file), "--eve", str(self.log_dir / "eve.json"),
+            "--rules", str(self.rules_file), "--eve", str(self.eve),
             "--stats", str(self.run_dir / "engine.json"),
         ]  # fmt: skip
         self.pid = process.spawn(argv, self.log_dir / "engine.log")
@@ -181,6 +199,15 @@ class SuricataEngine:
 
     def running(self) -> bool:
         return self.sup is not None
+
+    @property
+    def eve(self) -> Path:
+        return self.paths.eve
+
+    def reopen_log(self) -> None:
+        if self.sup is not None:
+            with UnixSocketClient(self.paths.socket, timeout=5.0) as client:
+                client.command("reopen-log-files")
 
     @property
     def digest_file(self) -> Path:

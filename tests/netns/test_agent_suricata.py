@@ -1,9 +1,10 @@
 """The real Suricata run by the agent (``inspection.engine: suricata``): it starts in
-its own session and drops a denied host, status and metrics report its version, rule
-counts and packets, an invalid rule fails the converge with its position while the
-running Suricata and rules stay, a rule change is a ``reload-rules`` (same process), a
-killed Suricata is restarted by the agent with the fail-closed policy holding traffic
-in between, and a restarted agent adopts the running Suricata."""
+its own session and drops a denied host (in the product's alert stream), status and
+metrics report its version, rule counts and packets, an invalid rule fails the
+converge with its position while the running Suricata and rules stay, a rule change
+is a ``reload-rules`` (same process), a killed Suricata is restarted by the agent with
+the fail-closed policy holding traffic in between, and a restarted agent adopts the
+running Suricata."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from control.agent import RUN_ROOT
+from control.alerts import instance_alerts
 from control.status import instance_status
 from nfq import process
 from tests.netns.helpers import agent, document, sh, wait_for
@@ -66,6 +68,13 @@ def test_agent_runs_and_supervises_suricata(lab_status: Any) -> None:
                     "inspection_packets", 0) > 0 and c, 15, "packet counters in /metrics",
             )  # fmt: skip
             assert counters["inspection_rules_loaded"] == 1
+            # the drop is in the product's alert stream, counted per signature
+            got = wait_for(lambda: instance_alerts(RUN_ROOT / GW, sid=7001)["alerts"], 10,
+                           "the alert in the stream")  # fmt: skip
+            first = next(a for a in got if a["event_type"] == "alert")
+            assert first["action"] == "blocked" and first["http"]["hostname"] == "denied.example"
+            sigs = inspection_state()["signatures"]
+            assert sigs["7001"]["actions"].get("alert_blocked", 0) >= 1
 
             # a rule Suricata refuses: the converge fails naming it; nothing changes
             bad = 'alert http any any -> any any (msg:"x"; http.host; nosuchkw; sid:7002;)'
