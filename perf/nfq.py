@@ -121,10 +121,10 @@ def _rules(path: str) -> list[str]:
     return [*rules, SURICATA_BYPASS] if path.startswith("suricata_bypass") else rules
 
 
-def _bound(gw: Host, queue: int = 0) -> bool:
-    with contextlib.suppress(PerfError):
-        text = gw.read("/proc/net/netfilter/nfnetlink_queue")
-        return any(line.split()[:1] == [str(queue)] for line in text.splitlines())
+def _suricata_started(log_file: Path) -> bool:
+    """Suricata binds its queue before its workers run: ready once it logged the start."""
+    with contextlib.suppress(OSError):
+        return "Engine started" in log_file.read_text(errors="replace")
     return False
 
 
@@ -184,6 +184,7 @@ def _consumer(path: str, gw: Host, workdir: Path) -> Iterator[int | None]:
     ready.unlink(missing_ok=True)
     rules = workdir / "bench.rules"
     rules.write_text("\n".join(_rules(path)) + "\n")
+    started = workdir / "suricata" / "log" / "suricata.log"  # Suricata's readiness
     if path == "naive_nfqueue":
         argv = [sys.executable, "-c", NAIVE, str(ready)]
     elif path.startswith("suricata"):
@@ -192,7 +193,8 @@ def _consumer(path: str, gw: Host, workdir: Path) -> Iterator[int | None]:
         paths = SuricataPaths.under(workdir / "suricata")
         write_config(policy.model_copy(update={"rule_files": (rules,)}), paths)
         argv = ["suricata", "-c", str(paths.config), "-q", "0"]
-        ready = None  # ready once it has bound the queue
+        started.unlink(missing_ok=True)
+        ready = None
     else:
         stats = workdir / "stats.json"
         argv = [sys.executable, "-m", "nfq", "engine", "--queues", "0", "--rules", str(rules),
@@ -206,7 +208,7 @@ def _consumer(path: str, gw: Host, workdir: Path) -> Iterator[int | None]:
     )  # fmt: skip
     try:
         deadline = time.monotonic() + (20 if ready is not None else SURICATA_START_SECONDS)
-        while not (ready.exists() if ready is not None else _bound(gw)):
+        while not (ready.exists() if ready is not None else _suricata_started(started)):
             if proc.poll() is not None or time.monotonic() > deadline:
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 raise PerfError(f"{path} consumer did not start: {err[-500:]}")
