@@ -12,7 +12,7 @@ TESTS ?= tests
 
 .PHONY: deps run test perf lint clean
 
-deps: .state/apt.stamp .state/venv.stamp
+deps: .state/apt.stamp .state/suricata.stamp .state/venv.stamp
 	@bash deploy/kernel-setup.sh
 
 .state/apt.stamp: Makefile
@@ -25,6 +25,11 @@ deps: .state/apt.stamp .state/venv.stamp
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	@touch $@
+
+# Suricata 7 from bookworm-backports, pinned so nothing else comes from that suite.
+.state/suricata.stamp: deploy/suricata/install-suricata.sh .state/apt.stamp
+	@bash deploy/suricata/install-suricata.sh
 	@touch $@
 
 .state/venv.stamp: pyproject.toml .state/apt.stamp

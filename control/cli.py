@@ -186,7 +186,7 @@ def _servers(
     from control.config import ConfigValidationError
     from control.config.operations import Api, ApiToken
     from control.servers import HttpServer
-    from control.status import host_status
+    from control.status import host_alerts, host_status
     from control.store import StoreError, open_store
 
     try:
@@ -206,7 +206,7 @@ def _servers(
             on_write=on_write,
             changesets=changesets,
         )
-        return create_app(open_store(store_url), host_status, settings)
+        return create_app(open_store(store_url), host_status, settings, host_alerts)
 
     servers = [HttpServer("config API", config_api, str(api.host), api.port)]
     if doc is not None and doc.ai.routes and doc.ai.listen_port:
@@ -265,6 +265,32 @@ def status(instance: str | None, as_json: bool) -> None:
             for reason, c in counters["reasons"].items():
                 if c["packets"]:
                     click.echo(f"  {reason:20} {c['packets']:>12} pkts {c['bytes']:>14} bytes")
+
+
+@main.command()
+@click.option("--instance", default=None, help="Instance name [default: every instance].")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--sid", default=None, type=int, help="Only this signature.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def alerts(instance: str | None, limit: int, sid: int | None, as_json: bool) -> None:
+    """The inspection engine's newest alerts and drops (newest first), per instance."""
+    from control.status import host_alerts
+
+    data: dict[str, Any] = host_alerts(limit, sid)["instances"]
+    if instance:
+        data = {instance: data.get(instance, {"total": 0, "signatures": {}, "alerts": []})}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for name, st in data.items():
+        click.echo(f"{name}: {st['total']} alerts and drops since the store began")
+        for a in st["alerts"]:
+            what = (a.get("http") or {}).get("hostname") or (a.get("tls") or {}).get("sni") or ""
+            click.echo(
+                f"  {a.get('timestamp')} {a.get('event_type')}/{a.get('action')} "
+                f"sid {a.get('signature_id')} {a.get('src_ip')}:{a.get('src_port')} -> "
+                f"{a.get('dest_ip')}:{a.get('dest_port')} {what} {a.get('signature') or ''}"
+            )
 
 
 main.add_command(config)

@@ -1,7 +1,9 @@
 """What each instance on this host reports: the agent's state file plus the data-plane
 counters read straight from the pinned maps (they exist while the agent is down).
 
-``spectra status``, the config API's ``/v1/status`` and ``/metrics`` all read this.
+``spectra status``, the config API's ``/v1/status`` and ``/metrics`` all read this;
+``spectra alerts`` and ``GET /v1/alerts`` read each instance's alert store
+(:mod:`control.alerts`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 from typing import Any
 
 from control.agent import RUN_ROOT, read_state
+from control.alerts import instance_alerts
 
 
 def xdp_counters(instance: str) -> dict[str, Any] | None:
@@ -46,7 +49,7 @@ def _flat_counters(st: dict[str, Any]) -> dict[str, int]:
     for key in ("flows", "flow_capacity"):
         if key in xdp:
             flat[f"xdp_{key}"] = xdp[key]
-    for section in ("offload", "conntrack"):
+    for section in ("offload", "conntrack", "inspection"):
         for key, value in st.get(section, {}).items():
             if isinstance(value, int) and not isinstance(value, bool):
                 flat[f"{section}_{key}"] = value
@@ -68,3 +71,9 @@ def host_status() -> dict[str, Any]:
     names = sorted(p.name for p in RUN_ROOT.glob("*") if p.is_dir())
     instances = {n: s for n in names if (s := instance_status(n)) is not None}
     return {"instances": instances}
+
+
+def host_alerts(limit: int = 100, sid: int | None = None) -> dict[str, Any]:
+    """Every instance's newest alerts (the alerts provider of the config API)."""
+    names = sorted(p.name for p in RUN_ROOT.glob("*") if p.is_dir())
+    return {"instances": {n: instance_alerts(RUN_ROOT / n, limit, sid) for n in names}}

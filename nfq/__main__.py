@@ -23,6 +23,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from nfq import netfilter
+from nfq.domains import compile_domain_lists
 from nfq.engine.rules import RuleError, load_rules
 from nfq.engine.runner import EngineConfig, serve
 from nfq.policy import InspectionPolicy, QueueRange
@@ -135,7 +136,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     queues = QueueRange.model_validate(args.queues) if args.queues else policy.queues
     cfg = EngineConfig(
         queues=tuple(queues.numbers),
-        rules=policy.rules + tuple(args.rule),
+        rules=(*compile_domain_lists(policy.domain_lists), *policy.rules, *args.rule),
         rule_files=policy.rule_files + tuple(args.rules),
         variables={**policy.vars, **_vars(args.var)},
         stream_depth=policy.stream_depth if args.stream_depth is None else args.stream_depth,

@@ -20,7 +20,16 @@ consumer instead of starving it) and the consumer process. Paths:
 * ``builtin_bypass_xdp`` - ``builtin_bypass`` as the product runs it: ``xdp_gateway`` on
   both gateway interfaces and the product's offloader (``xdp.offload``) following
   conntrack, so the bypassed flow moves to the XDP fast path (one reply packet from
-  the service makes the UDP flow "replied", which offloading requires).
+  the service makes the UDP flow "replied", which offloading requires);
+* ``suricata_inspect`` / ``suricata_bypass`` / ``suricata_bypass_xdp`` - the same three
+  with the real Suricata 7 (NFQ IPS mode, workers runmode, Hyperscan, the rendered
+  ``suricata.yaml`` of the product, pinned to the gateway CPU with all its threads).
+  Suricata has no stream depth for UDP: its bypass is the ``bypass`` keyword on a rule
+  matching the flow (one more rule), so the head of the flow (the warm-up) is
+  inspected and the rest carries Suricata's bypass mark, like the built-in engine's
+  depth bypass; both are measured after the warm-up, in the bypassed steady state;
+* ``builtin_inspect_10k`` / ``suricata_inspect_10k`` - ``*_inspect`` with 10,000
+  synthetic content rules instead of 300.
 
 Every queue is fail-closed here (no ``--queue-bypass``, no NFQA_CFG_F_FAIL_OPEN): a
 packet the consumer cannot take is dropped, never delivered uninspected, so a
@@ -71,9 +80,14 @@ PATHS = (
     "builtin_inspect",
     "builtin_bypass",
     "builtin_bypass_xdp",
+    "suricata_inspect",
+    "suricata_bypass",
+    "suricata_bypass_xdp",
+    "builtin_inspect_10k",
+    "suricata_inspect_10k",
 )
 # Paths with the product's XDP fast path and offloader behind (or instead of) the queue.
-OFFLOADED = ("xdp_fastpath", "builtin_bypass_xdp")
+OFFLOADED = ("xdp_fastpath", "builtin_bypass_xdp", "suricata_bypass_xdp")
 BASELINE = "naive_nfqueue"
 COST_RATE = 10_000  # pps every path delivers in full on one core (naive: ~40k at most)
 RR_PORT = 41112  # sockperf client port: a flow of its own
@@ -92,6 +106,26 @@ RULES = [
     *(f'alert udp any any -> any any (msg:"u{n}"; content:"udp-{n}-pattern"; nocase; '
       f"sid:{6000 + n};)" for n in range(20)),
 ]  # fmt: skip
+RULES_10K = [
+    *(f'alert tcp any any -> any any (msg:"f{n}"; content:"tcp-{n}-pattern"; sid:{100000 + n};)'
+      for n in range(9000)),
+    *(f'alert udp any any -> any any (msg:"u{n}"; content:"udp-{n}-pattern"; nocase; '
+      f"sid:{200000 + n};)" for n in range(1000)),
+]  # fmt: skip
+SURICATA_BYPASS = 'alert udp any any -> any 9 (msg:"bench bypass"; bypass; sid:7999;)'
+SURICATA_START_SECONDS = 300  # 10k rules: Hyperscan compiles them at start
+
+
+def _rules(path: str) -> list[str]:
+    rules = RULES_10K if path.endswith("_10k") else RULES
+    return [*rules, SURICATA_BYPASS] if path.startswith("suricata_bypass") else rules
+
+
+def _suricata_started(log_file: Path) -> bool:
+    """Suricata binds its queue before its workers run: ready once it logged the start."""
+    with contextlib.suppress(OSError):
+        return "Engine started" in log_file.read_text(errors="replace")
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,13 +179,23 @@ def _consumer(path: str, gw: Host, workdir: Path) -> Iterator[int | None]:
     depth = 65536 if path.startswith("builtin_bypass") else 0
     policy = InspectionPolicy(queues=QueueRange(), fail_open=False, stream_depth=depth)
     netfilter.apply(policy, in_interface="inside", netns=gw.netns, backend="iptables")
-    ready = workdir / f"{path}.ready"
+    ready: Path | None = workdir / f"{path}.ready"
+    assert ready is not None
     ready.unlink(missing_ok=True)
+    rules = workdir / "bench.rules"
+    rules.write_text("\n".join(_rules(path)) + "\n")
+    started = workdir / "suricata" / "log" / "suricata.log"  # Suricata's readiness
     if path == "naive_nfqueue":
         argv = [sys.executable, "-c", NAIVE, str(ready)]
+    elif path.startswith("suricata"):
+        from nfq.suricata.config import SuricataPaths, write_config
+
+        paths = SuricataPaths.under(workdir / "suricata")
+        write_config(policy.model_copy(update={"rule_files": (rules,)}), paths)
+        argv = ["suricata", "-c", str(paths.config), "-q", "0"]
+        started.unlink(missing_ok=True)
+        ready = None
     else:
-        rules = workdir / "bench.rules"
-        rules.write_text("\n".join(RULES) + "\n")
         stats = workdir / "stats.json"
         argv = [sys.executable, "-m", "nfq", "engine", "--queues", "0", "--rules", str(rules),
                 "--stream-depth", str(depth), "--stats", str(stats), "--fail-closed"]  # fmt: skip
@@ -163,8 +207,8 @@ def _consumer(path: str, gw: Host, workdir: Path) -> Iterator[int | None]:
         stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while not ready.exists():
+        deadline = time.monotonic() + (20 if ready is not None else SURICATA_START_SECONDS)
+        while not (ready.exists() if ready is not None else _suricata_started(started)):
             if proc.poll() is not None or time.monotonic() > deadline:
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 raise PerfError(f"{path} consumer did not start: {err[-500:]}")
@@ -398,10 +442,29 @@ def _asdict(m: Measure) -> dict[str, Any]:
     return {f: getattr(m, f) for f in m.__slots__}
 
 
+def winners(results: Sequence[Result]) -> dict[str, str]:
+    """Per metric and row (inspect, bypass, bypass_xdp, inspect_10k): which engine wins
+    (``builtin``, ``suricata``, or ``none`` when either has no valid value)."""
+    by = {(r.metric, r.path): r for r in results}
+    out = {}
+    for metric in ("gateway_cpu_ns_per_packet", "delivered_pps"):
+        for row in ("inspect", "bypass", "bypass_xdp", "inspect_10k"):
+            b, s = by.get((metric, f"builtin_{row}")), by.get((metric, f"suricata_{row}"))
+            if b is None or s is None:
+                continue
+            if b.value is None or s.value is None or not (b.valid and s.valid):
+                out[f"{metric}:{row}"] = "none"
+                continue
+            builtin_better = b.value > s.value if not b.lower_is_better else b.value < s.value
+            out[f"{metric}:{row}"] = "builtin" if builtin_better else "suricata"
+    return out
+
+
 def summary(results: Sequence[Result]) -> str:
-    """Capacity of each path against the naive consumer, one JSON line."""
+    """Capacity of each path against the naive consumer, and the winner per row, one
+    JSON line."""
     ratios = {r.path: round(r.ratio or 0, 2) for r in results if r.metric == "delivered_pps"}
-    return json.dumps(ratios) if ratios else ""
+    return json.dumps({"capacity_vs_naive": ratios, "winner": winners(results)}) if ratios else ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,11 +19,13 @@ from control.api.auth import authenticate
 from control.api.errors import ApiError, Handler, error_middleware
 from control.api.metrics import ApiMetrics
 from control.api.state import (
+    ALERTS,
     METRICS,
     SETTINGS,
     STATUS,
     STORE,
     TOKENS,
+    AlertsProvider,
     ApiSettings,
     StatusProvider,
     TokenCache,
@@ -99,8 +101,10 @@ def create_app(
     store: ConfigStore,
     status_provider: StatusProvider,
     settings: ApiSettings | None = None,
+    alerts_provider: AlertsProvider | None = None,
 ) -> web.Application:
-    """The config API over ``store``; ``status_provider()`` feeds /v1/status and /metrics."""
+    """The config API over ``store``; ``status_provider()`` feeds /v1/status and /metrics,
+    ``alerts_provider(limit, sid)`` /v1/alerts (none: every instance reports no alerts)."""
     settings = settings or ApiSettings()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -114,6 +118,7 @@ def create_app(
     )
     app[STORE] = store
     app[STATUS] = status_provider
+    app[ALERTS] = alerts_provider or (lambda limit, sid: {"instances": {}})
     app[SETTINGS] = settings
     app[METRICS] = ApiMetrics()
     app[TOKENS] = TokenCache()
@@ -127,6 +132,7 @@ def create_app(
     app.router.add_post("/v1/config/validate", cfg.validate)
     app.router.add_post("/v1/aws/changesets", aws.create_changeset)
     app.router.add_get("/v1/status", ops.status, allow_head=False)
+    app.router.add_get("/v1/alerts", ops.alerts, allow_head=False)
     app.router.add_get("/metrics", ops.metrics, allow_head=False)
     app.router.add_get("/healthz", ops.healthz, allow_head=False)
     app.router.add_get("/openapi.json", ops.openapi, allow_head=False)

@@ -349,6 +349,33 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _json(_ref("Status"), "status"), **_AUTH_ERRORS},
             }
         },
+        "/v1/alerts": {
+            "get": {
+                "summary": "Newest inspection alerts and drops per instance (newest first), "
+                "with per-signature counts",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 1000,
+                            "default": 100,
+                        },
+                    },
+                    {"name": "sid", "in": "query", "schema": {"type": "integer"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "alerts per instance",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "400": _error("limit or sid not an integer, or limit outside 1..1000"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus text format",

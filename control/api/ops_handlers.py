@@ -7,9 +7,10 @@ from typing import Any
 
 from aiohttp import web
 
+from control.api.errors import ApiError
 from control.api.metrics import CONTENT_TYPE
 from control.api.openapi import openapi_document
-from control.api.state import METRICS, STATUS, STORE, call_store
+from control.api.state import ALERTS, METRICS, STATUS, STORE, call_store
 from control.config import SECRET_FIELDS
 from control.config.secrets import redact
 
@@ -43,8 +44,38 @@ async def metrics(request: web.Request) -> web.Response:
         for key, value in (state.get("counters", {}) if isinstance(state, dict) else {}).items():
             if isinstance(value, int | float) and str(key).isidentifier():
                 gauges[f'spectra_dataplane_{key}{{instance="{name}"}}'] = value
+        gauges.update(_signature_gauges(name, state))
     text = request.app[METRICS].render(gauges)
     return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def _signature_gauges(name: str, state: Any) -> dict[str, float]:
+    """``spectra_inspection_alerts_total{instance,sid,action}`` from the alert stream."""
+    insp = state.get("inspection", {}) if isinstance(state, dict) else {}
+    sigs = insp.get("signatures", {}) if isinstance(insp, dict) else {}
+    out: dict[str, float] = {}
+    for sid, sig in (sigs if isinstance(sigs, dict) else {}).items():
+        actions = sig.get("actions", {}) if isinstance(sig, dict) else {}
+        for action, count in actions.items():
+            if str(sid).isdigit() and str(action).replace("_", "").isalpha():
+                label = f'instance="{name}",sid="{sid}",action="{action}"'
+                out[f"spectra_inspection_alerts_total{{{label}}}"] = count
+    return out
+
+
+async def alerts(request: web.Request) -> web.Response:
+    """The newest alerts and drops of each instance's inspection engine, newest first."""
+    query = request.query
+    try:
+        limit = int(query.get("limit", "100"))
+        sid = int(query["sid"]) if "sid" in query else None
+    except ValueError:
+        raise ApiError(400, "limit and sid: expected integers (limit 1..1000)") from None
+    if not 1 <= limit <= 1000:
+        raise ApiError(400, f"limit={limit}: expected an integer 1..1000")
+    provider = request.app[ALERTS]
+    data = await call_store(request.app, provider, limit, sid)
+    return web.json_response(data)
 
 
 async def healthz(request: web.Request) -> web.Response:

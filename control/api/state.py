@@ -26,6 +26,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 StatusProvider = Callable[[], dict[str, Any]]
+AlertsProvider = Callable[[int, int | None], dict[str, Any]]  # (limit, sid) -> per instance
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class TokenCache:
 
 STORE = web.AppKey("store", ConfigStore)
 STATUS: web.AppKey[StatusProvider] = web.AppKey("status_provider")
+ALERTS: web.AppKey[AlertsProvider] = web.AppKey("alerts_provider")
 SETTINGS = web.AppKey("settings", ApiSettings)
 METRICS = web.AppKey("metrics", ApiMetrics)
 TOKENS = web.AppKey("tokens", TokenCache)

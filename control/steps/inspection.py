@@ -1,57 +1,143 @@
 """The inspection step: the config document's ``inspection`` section made real.
 
-Enabled: the built-in engine (``python -m nfq engine``) starts first, as a process in
-its own session that the step supervises, then the queueing rules go in
-(:func:`nfq.netfilter.apply`), so a fail-closed policy never queues to nobody. The step
-never runs Suricata: ``engine: suricata`` is refused on a host without a ``suricata``
-binary and otherwise runs the built-in engine too. A change of rules alone is a reload
-(SIGHUP: the engine swaps rule sets between packets); any other change restarts the
-engine. Disabled: rules out first, then the engine stops. Rules are parsed when the
-step renders, so an unsupported keyword fails the converge with its sid before
-anything changes; the config API renders every step before it stores a PUT or PATCH
-and in its dry run, so it rejects such a document too. The engine outlives the agent
-(the data plane never depends on the agent): a restarted agent adopts it through its
-pid file.
+Enabled: the engine the policy names (``builtin``: ``python -m nfq engine``;
+``suricata``: Suricata 7 in NFQ IPS mode, see :mod:`control.steps.inspection_engines`)
+starts first, as a process in its own session, then the queueing rules go in
+(:func:`nfq.netfilter.apply`), so a fail-closed policy never queues to nobody.
+Disabled: rules out first, then the engine stops. A change of engine stops the old one
+before the new one binds the queues.
+
+Rules are checked when the step renders, so a bad rule fails the converge, and the
+config API's write (it renders every step before it stores a document), with the
+rule's position before anything changes: for ``builtin`` the engine's own parser; for
+``suricata`` the subset AWS Network Firewall accepts (:mod:`nfq.suricata.nfw`) and then
+``suricata -T`` on the rendered configuration. Domain lists are compiled into rules for
+both engines (:mod:`nfq.domains`). ``HOME_NET`` is the policy's when the document sets
+it, else the private ranges plus the inside interface's subnets.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import signal
-import sys
-import time
+import tempfile
 from dataclasses import dataclass
+from ipaddress import IPv4Network, collapse_addresses
 from pathlib import Path
+from typing import Any
 
+from control.alerts import STORE as ALERT_STORE
+from control.alerts import AlertStream
 from control.config import ConfigDocument
 from control.steps.base import ConvergeError, Host, RenderError, StepContext
+from control.steps.inspection_engines import (
+    BuiltinEngine,
+    Engine,
+    EngineSpec,
+    SuricataEngine,
+    check_queues_free,
+)
 from nfq import InspectionPolicy, netfilter
-from nfq.engine.rules import RuleError, load_rules
+from nfq.domains import compile_domain_lists
+from nfq.engine.rules import DEFAULT_VARS, RuleError, iter_rule_lines, load_rules
+from nfq.suricata.config import DOMAIN_RULES, INLINE_RULES, RULE_HEADER_LINES, SuricataPaths
+from nfq.suricata.config import write_config as write_suricata_config
+from nfq.suricata.nfw import check_rule
+from nfq.suricata.validate import SuricataConfigError, check_config
 
 log = logging.getLogger("spectra.control")
 
 
 @dataclass(frozen=True, slots=True)
 class InspectionPart:
-    """The policy, its rules parsed once, and the interface whose traffic is inspected."""
+    """The policy, its effective HOME_NET, and the interface whose traffic is inspected."""
 
     policy: InspectionPolicy
     inside: str
+    home_net: str
+
+
+def home_net(policy: InspectionPolicy, host: Host, inside: str) -> str:
+    """The policy's HOME_NET if the document sets it, else private ranges + inside subnets."""
+    if "vars" in policy.model_fields_set and "HOME_NET" in policy.vars:
+        return policy.vars["HOME_NET"]
+    nets = [IPv4Network(n) for n in DEFAULT_VARS["HOME_NET"].strip("[]").split(",")]
+    with contextlib.suppress(ConvergeError):
+        nets += [IPv4Network(n, strict=False) for n in host.networks(inside)]
+    return "[" + ",".join(str(n) for n in collapse_addresses(nets)) + "]"
 
 
 def check_rules(policy: InspectionPolicy) -> None:
     """Parse every rule the policy names; raise :class:`RenderError` on the first bad one."""
     if not policy.enabled:
         return
+    for i, rule in enumerate(policy.rules):
+        if "\n" in rule or "\r" in rule:
+            raise RenderError(f"inspection.rules[{i}]", "one rule per entry, no line breaks")
+    if policy.engine == "suricata":
+        check_nfw_subset(policy)
+        return
     try:
-        load_rules(policy.rules, policy.rule_files, policy.vars)
+        load_rules((*compile_domain_lists(policy.domain_lists), *policy.rules),
+                   policy.rule_files, policy.vars)  # fmt: skip
     except RuleError as exc:
         raise RenderError("inspection.rules", str(exc)) from exc
     except OSError as exc:
         raise RenderError("inspection.rule_files", str(exc)) from exc
+
+
+def check_nfw_subset(policy: InspectionPolicy) -> None:
+    """Every inline and file rule against what AWS Network Firewall accepts."""
+    for i, rule in enumerate(policy.rules):
+        refusal = check_rule(rule)
+        if refusal is not None:
+            raise RenderError(f"inspection.rules[{i}]", f"{refusal}: {rule.strip()}")
+    for j, path in enumerate(policy.rule_files):
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise RenderError(f"inspection.rule_files[{j}]", str(exc)) from exc
+        for line, rule in iter_rule_lines(text):
+            refusal = check_rule(rule)
+            if refusal is not None:
+                raise RenderError(
+                    f"inspection.rule_files[{j}]", f"{path} line {line}: {refusal}: {rule}"
+                )
+
+
+def check_with_suricata(policy: InspectionPolicy, home: str) -> None:
+    """Render the configuration in a temporary directory and load it with ``suricata -T``."""
+    with tempfile.TemporaryDirectory(prefix="spectra-suricata-") as tmp:
+        paths = SuricataPaths.under(Path(tmp))
+        write_suricata_config(policy, paths, home)
+        try:
+            check_config(paths.config)
+        except SuricataConfigError as exc:
+            if "not installed" in str(exc):
+                raise RenderError(
+                    "inspection.engine",
+                    "'suricata' is not installed on this host (make deps, or "
+                    "deploy/suricata/install-suricata.sh); accepted here: 'builtin'",
+                ) from exc
+            raise _rule_error(policy, paths, exc) from exc
+
+
+def _rule_error(
+    policy: InspectionPolicy, paths: SuricataPaths, exc: SuricataConfigError
+) -> RenderError:
+    """The document field of the first rule Suricata refused, with its position."""
+    if not exc.failures:
+        return RenderError("inspection", str(exc))
+    f = exc.failures[0]
+    if Path(f.file) == paths.rule_dir / INLINE_RULES:
+        i = f.line - RULE_HEADER_LINES - 1
+        return RenderError(f"inspection.rules[{i}]", f"rule {i + 1}: {f.reason}: {f.rule}")
+    if Path(f.file) == paths.rule_dir / DOMAIN_RULES:
+        return RenderError("inspection.domain_lists", f"{f.reason}: {f.rule}")
+    j = next((j for j, p in enumerate(policy.rule_files) if str(Path(p).resolve()) == f.file), 0)
+    return RenderError(
+        f"inspection.rule_files[{j}]", f"{f.file} line {f.line}: {f.reason}: {f.rule}"
+    )
 
 
 class InspectionStep:
@@ -59,107 +145,62 @@ class InspectionStep:
 
     def __init__(self, context: StepContext) -> None:
         self.run_dir = context.run_dir
-        self.log_dir = context.log_dir
-        self.restarts = 0
-        self.pid: int | None = None
-        self.core: str | None = None  # the running policy minus its inline rules
-        self._adopt()
-
-    @property
-    def rules_file(self) -> Path:
-        return self.run_dir / "inspection.rules"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.run_dir / "engine.pid"
-
-    @property
-    def policy_file(self) -> Path:
-        return self.run_dir / "inspection.json"
-
-    def _adopt(self) -> None:
-        try:
-            pid = int(self.pid_file.read_text())
-        except (OSError, ValueError):
-            return
-        if _is_engine(pid):
-            self.pid, self.core = pid, self.policy_file.read_text()
-            log.info("adopted the running inspection engine (pid %d)", pid)
+        self.alerts: AlertStream | None = None
+        self.engines: dict[str, Engine] = {
+            "builtin": BuiltinEngine(context.run_dir, context.log_dir),
+            "suricata": SuricataEngine(context.run_dir, context.log_dir),
+        }
 
     @staticmethod
     def render(doc: ConfigDocument, host: Host) -> InspectionPart:
-        check_rules(doc.inspection)
-        return InspectionPart(doc.inspection, doc.interfaces.inside)
+        policy = doc.inspection
+        check_rules(policy)
+        if not policy.enabled:
+            return InspectionPart(policy, doc.interfaces.inside, "")
+        home = home_net(policy, host, doc.interfaces.inside)
+        if policy.engine == "suricata":
+            check_with_suricata(policy, home)
+        return InspectionPart(policy, doc.interfaces.inside, home)
+
+    def _running(self) -> list[str]:
+        return [name for name, e in self.engines.items() if e.running()]
 
     def apply(self, part: InspectionPart) -> None:
         policy = part.policy
+        running = self._running()
         if not policy.enabled:
-            if self.core is not None:
+            if running:
                 netfilter.remove()
-                self._stop()
+                for name in running:
+                    self.engines[name].stop()
             return
-        if policy.engine == "suricata" and shutil.which("suricata") is None:
-            raise ConvergeError(
-                "inspection.engine: 'suricata' is not installed on this host "
-                "(deploy/suricata/README.md); accepted here: 'builtin'"
-            )
-        core = policy.model_copy(update={"rules": ()}).model_dump_json()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.rules_file.write_text("".join(f"{r}\n" for r in policy.rules))
-        if core != self.core or not self._alive():
-            self._start(core)
-        elif self.pid is not None:
-            os.kill(self.pid, signal.SIGHUP)  # same engine settings: reload the rules only
+        if not running:
+            check_queues_free(policy)
+        engine = self.engines[policy.engine]
+        others = [name for name in running if name != policy.engine]
+        if others and isinstance(engine, SuricataEngine):
+            engine.validate(EngineSpec(policy, part.home_net))  # before the old one stops
+        for name in others:
+            self.engines[name].stop()
+        engine.apply(EngineSpec(policy, part.home_net))
         netfilter.apply(policy, in_interface=part.inside)
 
-    def _alive(self) -> bool:
-        if self.pid is None:
-            return False
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, os.WNOHANG)  # reap it if it was our child and died
-        return _is_engine(self.pid)
-
-    def _start(self, core: str) -> None:
-        self._stop()
-        self.policy_file.write_text(core)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            sys.executable, "-m", "nfq", "engine", "--policy", str(self.policy_file),
-            "--rules", str(self.rules_file), "--eve", str(self.log_dir / "eve.json"),
-            "--stats", str(self.run_dir / "engine.json"),
-        ]  # fmt: skip
-        self.pid = os.posix_spawn(sys.executable, argv, dict(os.environ), setsid=True)
-        self.pid_file.write_text(str(self.pid))
-        self.core = core
-        log.info("inspection engine started (pid %d)", self.pid)
-
-    def tick(self) -> dict[str, object]:
-        """Supervise: restart a dead engine (fail-open traffic flowed meanwhile)."""
-        if self.core is not None and not self._alive():
-            log.error("inspection engine died; restarting it")
-            self.restarts += 1
-            self._start(self.core)
-        return {"engine_pid": self.pid, "engine_restarts": self.restarts}
+    def tick(self) -> dict[str, Any]:
+        """Supervise the running engine (restarts, health, stats); tail its alerts."""
+        running = self._running()
+        if not running:
+            return {"engine": None}
+        engine = self.engines[running[0]]
+        status = engine.tick()
+        if self.alerts is None or self.alerts.eve != engine.eve:
+            if self.alerts is not None:
+                self.alerts.close()
+            self.alerts = AlertStream(engine.eve, self.run_dir / ALERT_STORE)
+        self.alerts.tick(engine.reopen_log)
+        status.update(self.alerts.status(), signatures=self.alerts.signatures)
+        return status
 
     def close(self) -> None:
-        """Nothing to release: the engine outlives the agent (adopted on restart)."""
-
-    def _stop(self) -> None:
-        if self.pid is not None and self._alive():
-            os.kill(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while self._alive() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self._alive():
-                os.kill(self.pid, signal.SIGKILL)
-        self.pid = self.core = None
-        self.pid_file.unlink(missing_ok=True)
-
-
-def _is_engine(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z" and b"nfq" in cmdline and b"engine" in cmdline
+        """Only the alert reader: the engine outlives the agent (adopted on restart)."""
+        if self.alerts is not None:
+            self.alerts.close()

@@ -28,6 +28,9 @@ if [ -n "$missing" ]; then
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
+# Suricata 7 (inspection.engine: suricata), pinned from bookworm-backports on Debian 12
+bash "$here/../suricata/install-suricata.sh"
+
 # Python environment: the project and its dependencies; bcc is Debian's (python3-bpfcc)
 test -x "$venv/bin/python" || python3 -m venv "$venv"
 purelib=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

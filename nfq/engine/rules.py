@@ -156,7 +156,7 @@ class Rule:
 _HEADER = re.compile(r"^\s*(\S+)\s+(\S+)\s+(.+?)\s+(->|<>)\s+(.+?)\s*\((.*)\)\s*$", re.S)
 
 
-def _split_options(body: str) -> list[tuple[str, str | None]]:
+def split_options(body: str) -> list[tuple[str, str | None]]:
     """``name:value;`` pairs; ``;`` and ``"`` inside quotes or after ``\\`` do not split."""
     out: list[tuple[str, str | None]] = []
     cur, quoted, escaped = "", False, False
@@ -361,7 +361,7 @@ def parse_rule(
         raise RuleError("expected 'action proto src sport -> dst dport (options;)'", source=source)
     action, proto, src_part, direction, dst_part, body = m.groups()
     try:
-        options = _split_options(body)
+        options = split_options(body)
     except ValueError as exc:
         raise RuleError(str(exc), source=source) from None
     sid = _find_sid(options)

@@ -2,8 +2,12 @@
 
 The template (``templates/suricata.yaml``) holds the fixed structure; only scalars and
 pre-rendered YAML lists are substituted (``string.Template``), each value quoted where
-YAML could misread it. Rules: the policy's inline rules go to ``spectra-inline.rules``;
-rule sources on disk are referenced by absolute path (Suricata loads them as they are).
+YAML could misread it. Rules: the policy's domain lists compiled into rules
+(:mod:`nfq.domains`) go to ``spectra-domains.rules``, its inline rules to
+``spectra-inline.rules`` (one rule per line after a one-line header, so Suricata's "at
+line N" names inline rule N-1); rule sources on disk are referenced by absolute path
+(Suricata loads them as they are). ``HOME_NET`` is the policy's, or the caller's
+(the inspection step adds the inside interface's subnets).
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from importlib.resources import files
 from pathlib import Path
 from string import Template
 
+from nfq.domains import compile_domain_lists
 from nfq.marks import SKB_MARK_BYPASS, SKB_MARK_REPEAT
 from nfq.policy import InspectionPolicy
 
 INLINE_RULES = "spectra-inline.rules"
+DOMAIN_RULES = "spectra-domains.rules"
+RULE_HEADER_LINES = 1
 PORT_SUFFIX = "_PORTS"
 
 
@@ -56,8 +63,10 @@ def _q(value: str) -> str:
     return json.dumps(value)
 
 
-def _groups(policy: InspectionPolicy, ports: bool) -> str:
+def _groups(policy: InspectionPolicy, ports: bool, home_net: str | None = None) -> str:
     values = dict(policy.vars)
+    if home_net is not None:
+        values["HOME_NET"] = home_net
     if not ports:
         values.setdefault("HOME_NET", "[10.0.0.0/8,172.16.0.0/12,192.168.0.0/16]")
         values.setdefault("EXTERNAL_NET", "!$HOME_NET")
@@ -68,14 +77,15 @@ def _groups(policy: InspectionPolicy, ports: bool) -> str:
 
 
 def rule_files(policy: InspectionPolicy) -> list[str]:
-    names = [INLINE_RULES] if policy.rules else []
+    names = [DOMAIN_RULES] if policy.domain_lists else []
+    names += [INLINE_RULES] if policy.rules else []
     return names + [str(Path(p).resolve()) for p in policy.rule_files]
 
 
-def render_yaml(policy: InspectionPolicy, paths: SuricataPaths) -> str:
+def render_yaml(policy: InspectionPolicy, paths: SuricataPaths, home_net: str | None = None) -> str:
     template = Template(files("nfq.suricata").joinpath("templates/suricata.yaml").read_text())
     return template.substitute(
-        address_groups=_groups(policy, ports=False),
+        address_groups=_groups(policy, ports=False, home_net=home_net),
         port_groups=_groups(policy, ports=True),
         log_dir=_q(str(paths.log_dir)),
         rule_dir=_q(str(paths.rule_dir)),
@@ -95,12 +105,21 @@ def render_inline_rules(policy: InspectionPolicy) -> str:
     return header + "".join(f"{r.strip()}\n" for r in policy.rules)
 
 
-def write_config(policy: InspectionPolicy, paths: SuricataPaths) -> list[Path]:
-    """Write suricata.yaml and the inline rule file atomically; returns what was written."""
+def render_domain_rules(policy: InspectionPolicy) -> str:
+    header = "# The inspection policy's domain lists as rules (rendered; do not edit)\n"
+    return header + "".join(f"{r}\n" for r in compile_domain_lists(policy.domain_lists))
+
+
+def write_config(
+    policy: InspectionPolicy, paths: SuricataPaths, home_net: str | None = None
+) -> list[Path]:
+    """Write suricata.yaml and the rendered rule files, each atomically; returns them."""
     written = []
     for directory in (paths.config_dir, paths.rule_dir, paths.log_dir, paths.run_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    outputs = {paths.config: render_yaml(policy, paths)}
+    outputs = {paths.config: render_yaml(policy, paths, home_net)}
+    if policy.domain_lists:
+        outputs[paths.rule_dir / DOMAIN_RULES] = render_domain_rules(policy)
     if policy.rules:
         outputs[paths.rule_dir / INLINE_RULES] = render_inline_rules(policy)
     for path, text in outputs.items():

@@ -21,13 +21,25 @@ log = logging.getLogger("spectra.nfq")
 class EveTailer:
     """Reads new complete eve.json records; :attr:`counters` sums what was ingested."""
 
-    def __init__(self, path: Path, *, from_end: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, from_end: bool = False, resume: tuple[int, int] | None = None
+    ) -> None:
+        """``resume=(inode, offset)``: continue where an earlier reader stopped, if the
+        file is still the same one (else from its start)."""
         self.path = path
         self.counters: Counter[str] = Counter()
         self._fh: IO[bytes] | None = None
         self._inode: int | None = None
         self._partial = b""
         self._from_end = from_end
+        self._resume = resume
+
+    @property
+    def position(self) -> tuple[int, int] | None:
+        """(inode, offset of the first byte not yet returned), to resume after a restart."""
+        if self._fh is None or self._inode is None:
+            return None
+        return self._inode, self._fh.tell() - len(self._partial)
 
     def _open(self) -> bool:
         try:
@@ -38,6 +50,11 @@ class EveTailer:
         if self._from_end:
             fh.seek(0, os.SEEK_END)
             self._from_end = False
+        elif self._resume is not None:
+            inode, offset = self._resume
+            if inode == st.st_ino and offset <= st.st_size:
+                fh.seek(offset)
+            self._resume = None
         self._fh, self._inode, self._partial = fh, st.st_ino, b""
         return True
 

@@ -1,27 +1,53 @@
-"""Start and supervise ``suricata -q <n>...``: restart with exponential backoff when it
-exits, health through the command socket, rule reload through it too.
+"""Start and supervise ``suricata -c CONF -q <n>...`` in NFQ IPS mode.
 
-:meth:`Supervisor.tick` does one supervision step and never blocks for long; the agent
-calls it from its loop (or :meth:`run` in a thread). A process that stays up
-``stable_seconds`` resets the backoff; one that fails ``unhealthy_limit`` health checks
-in a row after its start-up grace is terminated and restarted.
+Suricata runs in its own session (:func:`nfq.process.spawn`), so it outlives the agent;
+its pid is kept in ``spectra-suricata.pid`` and a new supervisor adopts the process it
+finds there (same pid, same configuration path on its command line). :meth:`tick` does
+one supervision step and never blocks for long: a dead Suricata is restarted with
+exponential backoff (reset once a process stayed up ``stable_seconds``); every
+``health_interval`` the unix-command socket is asked for ``uptime``, the rule set's
+``ruleset-stats`` and the packet counters (``dump-counters``); one that fails
+``unhealthy_limit`` checks in a row after its start-up grace is restarted. Rules are
+reloaded through the socket (``reload-rules``): Suricata swaps detection engines while
+it keeps verdicting packets, so a reload loses nothing (Suricata user guide, "Rule
+Reloads" and "Interacting via Unix Socket").
 """
 
 from __future__ import annotations
 
 import logging
-import subprocess
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from nfq import process
 from nfq.suricata.config import SuricataPaths
-from nfq.suricata.eve import EveTailer
 from nfq.suricata.unixsock import UnixSocketClient, UnixSocketError
 
 log = logging.getLogger("spectra.nfq")
+
+PID_FILE = "spectra-suricata.pid"
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def packet_counters(counters: dict[str, Any]) -> dict[str, int]:
+    """The packet figures of ``dump-counters`` (Suricata 7 stats names)."""
+    ips = counters.get("ips", {}) if isinstance(counters.get("ips"), dict) else {}
+    decoder = counters.get("decoder", {}) if isinstance(counters.get("decoder"), dict) else {}
+    detect = counters.get("detect", {}) if isinstance(counters.get("detect"), dict) else {}
+    return {
+        "packets": _int(decoder.get("pkts")),
+        "bytes": _int(decoder.get("bytes")),
+        "accepted": _int(ips.get("accepted")),
+        "blocked": _int(ips.get("blocked")),
+        "rejected": _int(ips.get("rejected")),
+        "alerts": _int(detect.get("alert")),
+    }
 
 
 @dataclass
@@ -36,20 +62,22 @@ class Supervisor:
     backoff_min: float = 1.0
     backoff_max: float = 30.0
     stable_seconds: float = 60.0
-    startup_grace: float = 30.0
+    startup_grace: float = 120.0
     health_interval: float = 5.0
     unhealthy_limit: int = 3
-    proc: subprocess.Popen[bytes] | None = None
+    pid: int | None = None
     restarts: int = 0
     healthy: bool = False
-    eve: EveTailer | None = None
+    version: str | None = None
+    ruleset: dict[str, int] = field(default_factory=dict)
+    packets: dict[str, int] = field(default_factory=dict)
     _backoff: float = 0.0
     _restart_at: float = 0.0
     _started_at: float = 0.0
     _next_health: float = 0.0
     _failures: int = 0
-    _stopped: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopped: bool = True
+    _last_error: str = ""
 
     def argv(self) -> list[str]:
         cmd = [self.binary, "-c", str(self.paths.config), "--pidfile", str(self.paths.pidfile)]
@@ -58,120 +86,147 @@ class Supervisor:
         cmd += list(self.extra_args)
         return ["ip", "netns", "exec", self.netns, *cmd] if self.netns else cmd
 
-    def start(self) -> None:
-        with self._lock:
-            self._stopped = False
-            self._spawn(time.monotonic())
-        if self.eve is None:
-            self.eve = EveTailer(self.paths.eve, from_end=True)
+    @property
+    def pid_file(self) -> Path:
+        return self.paths.run_dir / PID_FILE
+
+    def alive(self) -> bool:
+        return process.is_running(self.pid, str(self.paths.config))
+
+    def adopt(self) -> bool:
+        """Take over the Suricata the pid file names, if it still runs this config."""
+        pid = process.read_pid(self.pid_file)
+        if not process.is_running(pid, str(self.paths.config)):
+            return False
+        self.pid, self._stopped = pid, False
+        self._started_at = time.monotonic() - self.stable_seconds  # not a fresh start
+        self._next_health = 0.0
+        log.info("adopted the running suricata (pid %s)", pid)
+        return True
+
+    def start(self, wait: float | None = None) -> None:
+        """Spawn Suricata; with ``wait``, block until its socket answers (or raise)."""
+        self._stopped = False
+        self._spawn(time.monotonic())
+        if wait is not None:
+            self.wait_ready(wait)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until the command socket answers; RuntimeError (with the log's tail) if it dies."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"suricata exited at start: {self.log_tail()}")
+            if self._health(time.monotonic()):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"suricata not ready after {timeout:.0f}s: {self.log_tail()}")
+
+    def log_tail(self, size: int = 800) -> str:
+        try:
+            text = (self.paths.log_dir / "suricata.stdout").read_text(errors="replace")
+        except OSError:
+            return "(no output)"
+        return text[-size:].strip() or "(no output)"
 
     def _spawn(self, now: float) -> None:
         self.paths.pidfile.unlink(missing_ok=True)
-        log_path = self.paths.log_dir / "suricata.stdout"
-        self.paths.log_dir.mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
+        self.paths.socket.unlink(missing_ok=True)
+        self.pid = process.spawn(self.argv(), self.paths.log_dir / "suricata.stdout")
+        self.paths.run_dir.mkdir(parents=True, exist_ok=True)
+        self.pid_file.write_text(str(self.pid))
         self._started_at = now
         self._next_health = now
         self._failures = 0
         self.healthy = False
-        log.info("suricata started (pid %d): %s", self.proc.pid, " ".join(self.argv()))
+        log.info("suricata started (pid %d): %s", self.pid, " ".join(self.argv()))
 
     def tick(self, now: float | None = None) -> None:
-        """One supervision step: restart if due, health check if due, ingest eve.json."""
+        """One supervision step: restart if due, health check (and stats) if due."""
         now = time.monotonic() if now is None else now
-        with self._lock:
-            if self._stopped:
-                return
-            if self.proc is not None and self.proc.poll() is not None:
-                rc = self.proc.returncode
-                lived = now - self._started_at
-                self._backoff = (
-                    self.backoff_min
-                    if lived >= self.stable_seconds or not self._backoff
-                    else min(self._backoff * 2, self.backoff_max)
-                )
-                self._restart_at = now + self._backoff
-                log.error(
-                    "suricata exited with %s after %.1fs; restarting in %.1fs",
-                    rc,
-                    lived,
-                    self._backoff,
-                )
-                self.proc = None
-                self.healthy = False
-            if self.proc is None:
-                if now >= self._restart_at:
-                    self.restarts += 1
-                    self._spawn(now)
-                return
-            if now >= self._next_health:
-                self._next_health = now + self.health_interval
-                self._health(now)
-        if self.eve is not None:
-            self.eve.ingest()
+        if self._stopped:
+            return
+        if self.pid is not None and not self.alive():
+            lived = now - self._started_at
+            self._backoff = (
+                self.backoff_min
+                if lived >= self.stable_seconds or not self._backoff
+                else min(self._backoff * 2, self.backoff_max)
+            )
+            self._restart_at = now + self._backoff
+            log.error("suricata (pid %d) exited after %.1fs; restarting in %.1fs",
+                      self.pid, lived, self._backoff)  # fmt: skip
+            self.pid, self.healthy = None, False
+        if self.pid is None:
+            if now >= self._restart_at:
+                self.restarts += 1
+                self._spawn(now)
+            return
+        if now >= self._next_health:
+            self._next_health = now + self.health_interval
+            if not self._health(now):
+                self._unhealthy(now)
 
-    def _health(self, now: float) -> None:
+    def _health(self, now: float) -> bool:
         try:
             with UnixSocketClient(self.paths.socket, timeout=2.0) as client:
                 client.command("uptime")
-            self.healthy = True
-            self._failures = 0
+                if self.version is None:
+                    self.version = str(client.command("version"))
+                stats = client.command("ruleset-stats")
+                counters = client.command("dump-counters")
         except UnixSocketError as exc:
             self.healthy = False
-            if now - self._started_at < self.startup_grace:
-                return
-            self._failures += 1
-            log.warning(
-                "suricata health check failed (%d/%d): %s",
-                self._failures,
-                self.unhealthy_limit,
-                exc,
-            )
-            if self._failures >= self.unhealthy_limit and self.proc is not None:
-                log.error("suricata unhealthy; terminating it for a restart")
-                self._terminate(self.proc)
+            self._last_error = str(exc)
+            return False
+        if isinstance(stats, list) and stats and isinstance(stats[0], dict):
+            self.ruleset = {
+                "rules_loaded": _int(stats[0].get("rules_loaded")),
+                "rules_failed": _int(stats[0].get("rules_failed")),
+            }
+        if isinstance(counters, dict):
+            self.packets = packet_counters(counters)
+        self.healthy, self._failures = True, 0
+        return True
 
-    def reload_rules(self, timeout: float = 120.0) -> Any:
+    def _unhealthy(self, now: float) -> None:
+        if now - self._started_at < self.startup_grace:
+            return
+        self._failures += 1
+        log.warning("suricata health check failed (%d/%d): %s", self._failures,
+                    self.unhealthy_limit, self._last_error)  # fmt: skip
+        if self._failures >= self.unhealthy_limit and self.pid is not None:
+            log.error("suricata unhealthy; terminating it for a restart")
+            process.terminate(self.pid, str(self.paths.config))
+
+    def reload_rules(self, timeout: float = 300.0) -> Any:
         """Ask the running Suricata to reload its rule files (blocks until done)."""
         with UnixSocketClient(self.paths.socket, timeout=timeout) as client:
-            return client.command("reload-rules")
-
-    @staticmethod
-    def _terminate(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            result = client.command("reload-rules")
+        self._next_health = 0.0  # fresh rule counts at the next tick
+        return result
 
     def stop(self) -> None:
-        with self._lock:
-            self._stopped = True
-            if self.proc is not None and self.proc.poll() is None:
-                self._terminate(self.proc)
-            self.proc = None
-        if self.eve is not None:
-            self.eve.ingest()
-            self.eve.close()
-
-    def run(self, stop: threading.Event, interval: float = 0.5) -> None:
-        """Supervise until ``stop`` is set (for a thread); the process is stopped after."""
-        self.start()
-        try:
-            while not stop.wait(interval):
-                self.tick()
-        finally:
-            self.stop()
+        """Terminate Suricata (SIGTERM, then SIGKILL) and forget it."""
+        self._stopped = True
+        if self.pid is not None:
+            process.terminate(self.pid, str(self.paths.config))
+        self.pid, self.healthy = None, False
+        self.pid_file.unlink(missing_ok=True)
 
     def status(self) -> dict[str, Any]:
+        state = (
+            "stopped"
+            if self._stopped
+            else "running"
+            if self.healthy
+            else ("starting" if self.pid is not None else "restarting")
+        )
         return {
-            "pid": self.proc.pid if self.proc is not None else None,
-            "healthy": self.healthy,
+            "state": state,
+            "pid": self.pid,
+            "version": self.version,
             "restarts": self.restarts,
-            "argv": self.argv(),
-            "eve": dict(self.eve.counters) if self.eve is not None else {},
+            **self.ruleset,
+            **{f"packets_{k}" if k != "packets" else k: v for k, v in self.packets.items()},
         }

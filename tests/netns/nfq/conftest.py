@@ -1,6 +1,7 @@
 """Fixtures for the inspection path in cs-gw-a: the kernel NAT baseline, the product's
-inspection chain, the built-in engine as a process, and helper servers in cs-inet.
-Everything started here is stopped, and every rule removed, at teardown."""
+inspection chain, either engine as a process (the built-in one, or the real Suricata
+under the product's supervisor), and helper servers in cs-inet. Everything started here
+is stopped, and every rule removed, at teardown."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from control.config import parse_document
 from control.steps.nftables import render_nftables
 from nfq import netfilter
 from nfq.policy import InspectionPolicy
+from nfq.suricata import Supervisor, SuricataPaths, write_config
 from perf.lab import ns_exec
 from tests.netns.helpers import reset_gateway, sh, wait_for
 
@@ -96,10 +98,71 @@ class Engine:
     def alerts(self) -> list[dict[str, Any]]:
         if not self.eve.exists():
             return []
-        return [json.loads(line) for line in self.eve.read_text().splitlines() if line]
+        records = [json.loads(line) for line in self.eve.read_text().splitlines() if line]
+        return [r for r in records if r.get("event_type", "alert") == "alert"]
 
     def alert_sids(self) -> dict[int, str]:
         return {a["alert"]["signature_id"]: a["alert"]["action"] for a in self.alerts()}
+
+    def packets(self) -> int:
+        return int(self.stats().get("counters", {}).get("packets", 0))
+
+    def rules_loaded(self) -> int:
+        return int(self.stats().get("rules", 0))
+
+    def reload(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGHUP)
+
+
+@dataclass
+class SuricataRun(Engine):
+    """The real Suricata in cs-gw-a, rendered and supervised by ``nfq.suricata``."""
+
+    sup: Supervisor | None = None
+
+    @property
+    def paths(self) -> SuricataPaths:
+        return SuricataPaths.under(self.workdir / "suricata")
+
+    @property
+    def eve(self) -> Path:
+        return self.paths.eve
+
+    def start(self) -> Engine:
+        write_config(self.policy, self.paths)
+        self.sup = Supervisor(self.paths, tuple(self.policy.queues.numbers), netns=GW,
+                              health_interval=0.0)  # fmt: skip
+        self.sup.start(wait=60)
+        return self
+
+    def kill(self) -> None:
+        if self.sup is not None and self.sup.pid is not None:
+            pid = self.sup.pid
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: not self.sup or not self.sup.alive(), 10, "suricata gone")
+
+    def stop(self) -> None:
+        if self.sup is not None:
+            self.sup.stop()
+
+    def _fresh(self) -> Supervisor:
+        assert self.sup is not None
+        self.sup.tick()  # health_interval 0: every tick reads the counters
+        return self.sup
+
+    def packets(self) -> int:
+        return self._fresh().packets.get("packets", 0)
+
+    def rules_loaded(self) -> int:
+        return self._fresh().ruleset.get("rules_loaded", 0)
+
+    def reload(self) -> None:
+        assert self.sup is not None
+        self.sup.reload_rules()
+
+    def pid(self) -> int | None:
+        return self.sup.pid if self.sup is not None else None
 
 
 @pytest.fixture
@@ -131,6 +194,26 @@ def inspect(nat_gateway: dict[str, Any], tmp_path: Path) -> Iterator[Callable[..
         engine = Engine(tmp_path, policy, extra)
         engines.append(engine)
         return engine.start() if start else engine
+
+    yield make
+    for e in engines:
+        e.stop()
+    netfilter.remove(netns=GW)
+
+
+@pytest.fixture(params=["builtin", "suricata"])
+def inspect_any(
+    request: pytest.FixtureRequest, nat_gateway: dict[str, Any], tmp_path: Path
+) -> Iterator[Callable[..., Engine]]:
+    """``inspect_any(policy)``: like ``inspect``, once with each engine."""
+    engines: list[Engine] = []
+    kind = SuricataRun if request.param == "suricata" else Engine
+
+    def make(policy: InspectionPolicy) -> Engine:
+        netfilter.apply(policy, in_interface="inside", netns=GW)
+        engine = kind(tmp_path, policy)
+        engines.append(engine)
+        return engine.start()
 
     yield make
     for e in engines:

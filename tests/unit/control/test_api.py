@@ -26,7 +26,16 @@ SECRET = "hunter2-proxy"
 def status_provider() -> dict[str, Any]:
     return {
         "instances": {
-            "gw-a": {"applied_version": 1, "converged": True, "counters": {"xdp_drops": 7}},
+            "gw-a": {
+                "applied_version": 1,
+                "converged": True,
+                "counters": {"xdp_drops": 7},
+                "inspection": {
+                    "signatures": {
+                        "1001": {"signature": "denied host", "actions": {"alert_blocked": 3}}
+                    }
+                },
+            },
             "gw-b": {"applied_version": 0, "converged": False, "last_error": "nft failed"},
         }
     }
@@ -288,3 +297,54 @@ async def test_secrets_never_in_responses_or_logs(
     )
     for text in [*texts, caplog.text]:
         assert SECRET not in text and ADMIN_TOKEN not in text
+
+
+async def test_a_rule_suricata_refuses_is_rejected_with_its_position(
+    client: Client, sqlite_store: SqliteStore
+) -> None:
+    """engine: suricata: the AWS Network Firewall subset, then the real ``suricata -T``."""
+    await put(client, minimal(), 0)
+    good = 'drop http any any -> any any (msg:"h"; http.host; content:"x.example"; sid:1;)'
+
+    def doc(*rules: str) -> dict[str, Any]:
+        return {**minimal(), "inspection": {"enabled": True, "engine": "suricata",
+                                            "rules": list(rules)}}  # fmt: skip
+
+    bad = 'alert http any any -> any any (msg:"m"; http.host; nosuchkw; sid:2;)'
+    error = await error_of(await put(client, doc(good, bad), 1), 422)
+    [detail] = error["details"]["errors"]
+    assert detail["path"] == "inspection.rules[1]"
+    assert "rule 2" in detail["message"] and "nosuchkw" in detail["message"]
+    nfw = 'alert ip any any -> any any (msg:"m"; geoip:src,RU; sid:3;)'
+    error = await error_of(
+        await put(client, doc(good, good.replace("sid:1", "sid:4"), nfw), 1), 422
+    )
+    [detail] = error["details"]["errors"]
+    assert detail["path"] == "inspection.rules[2]" and "'geoip'" in detail["message"]
+    assert sqlite_store.head() == 1
+    assert (await put(client, doc(good), 1)).status == 200
+
+
+async def test_alerts_endpoint_and_signature_metrics(
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+    sqlite_store: SqliteStore,
+    api_settings: ApiSettings,
+) -> None:
+    asked: list[tuple[int, int | None]] = []
+
+    def alerts(limit: int, sid: int | None) -> dict[str, Any]:
+        asked.append((limit, sid))
+        return {"instances": {"gw-a": {"total": 1, "signatures": {}, "alerts": [{"x": 1}]}}}
+
+    client = await aiohttp_client(create_app(sqlite_store, status_provider, api_settings, alerts))
+    resp = await client.get("/v1/alerts?limit=5&sid=1001", headers=auth(READ_TOKEN))
+    assert resp.status == 200 and (await resp.json())["instances"]["gw-a"]["total"] == 1
+    assert asked == [(5, 1001)]
+    await error_of(await client.get("/v1/alerts?limit=0", headers=auth(READ_TOKEN)), 400)
+    await error_of(await client.get("/v1/alerts?sid=x", headers=auth(READ_TOKEN)), 400)
+    assert (await client.get("/v1/alerts")).status == 401
+    text = await (await client.get("/metrics", headers=auth(READ_TOKEN))).text()
+    assert (
+        'spectra_inspection_alerts_total{instance="gw-a",sid="1001",action="alert_blocked"} 3'
+        in text.splitlines()
+    )

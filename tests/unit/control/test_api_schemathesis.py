@@ -103,7 +103,7 @@ def test_api_conforms_to_its_openapi(served: str) -> None:
     api = schemathesis.openapi.from_url(f"{served}/openapi.json")
     failures: list[str] = []
     operations = [result.ok() for result in api.get_all_operations()]
-    assert len(operations) == 11  # + POST /v1/aws/changesets
+    assert len(operations) == 12  # + POST /v1/aws/changesets, GET /v1/alerts
     for operation in operations:
 
         @given(case=operation.as_strategy())

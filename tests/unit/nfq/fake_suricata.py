@@ -1,6 +1,7 @@
 """A stand-in for ``suricata -c CONF -q N``: reads the unix-command socket and eve.json
 paths from the rendered suricata.yaml, speaks the command protocol (version handshake,
-``uptime``, ``reload-rules``, ``shutdown``) and writes eve.json lines: a stats record
+``uptime``, ``version``, ``ruleset-stats``, ``dump-counters``, ``reload-rules``,
+``shutdown``) and writes eve.json lines: a stats record
 at start and an alert after each reload. ``FAKE_SURICATA_EXIT=N`` exits with N at once."""
 
 import json
@@ -49,6 +50,22 @@ while True:
                     reply = {"return": "OK"}
                 elif msg["command"] == "uptime":
                     reply = {"return": "OK", "message": int(time.time() - started)}
+                elif msg["command"] == "version":
+                    reply = {"return": "OK", "message": "7.0.10-fake"}
+                elif msg["command"] == "ruleset-stats":
+                    reply = {
+                        "return": "OK",
+                        "message": [{"id": 0, "rules_loaded": 3 + reloads, "rules_failed": 0}],
+                    }
+                elif msg["command"] == "dump-counters":
+                    reply = {
+                        "return": "OK",
+                        "message": {
+                            "decoder": {"pkts": 10, "bytes": 1000},
+                            "ips": {"accepted": 9, "blocked": 1, "rejected": 0},
+                            "detect": {"alert": reloads},
+                        },
+                    }
                 elif msg["command"] == "reload-rules":
                     reloads += 1
                     eve(

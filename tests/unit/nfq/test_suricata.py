@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -33,8 +34,8 @@ def test_suricata_yaml_golden() -> None:
     assert text == (GOLDEN / "suricata.yaml").read_text()
     doc = yaml.safe_load(text)
     assert doc["nfq"] == {"mode": "repeat", "repeat-mark": 4, "repeat-mask": 4,
-                          "bypass-mark": 2, "bypass-mask": 2, "fail-open": False,
-                          "batchcount": 20}  # fmt: skip
+                          "bypass-mark": 2, "bypass-mask": 2, "fail-open": False}  # fmt: skip
+    assert doc["runmode"] == "workers" and "batchcount" not in doc["nfq"]
     assert doc["stream"]["reassembly"]["depth"] == 65536 and doc["stream"]["bypass"] is True
     assert doc["vars"]["address-groups"]["EXTERNAL_NET"] == "!$HOME_NET"
     assert doc["rule-files"] == ["spectra-inline.rules", "/etc/spectra/rules/et-open.rules"]
@@ -65,31 +66,35 @@ def _wait(cond: object, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def test_supervisor_health_reload_and_eve(tmp_path: Path) -> None:
+def test_supervisor_health_stats_reload_restart_and_adoption(tmp_path: Path) -> None:
     sup = _supervisor(tmp_path)
     assert sup.argv()[-4:] == ["-q", "0", "-q", "1"]
-    sup.start()
+    sup.start(wait=10)
     try:
-        _wait(lambda: (sup.tick(), sup.healthy)[1])
+        assert sup.healthy and sup.version == "7.0.10-fake"
+        assert sup.ruleset == {"rules_loaded": 3, "rules_failed": 0}
+        assert sup.packets["blocked"] == 1 and sup.packets["packets"] == 10
         assert sup.reload_rules() == "done"
-        _wait(lambda: (sup.tick(), sup.eve is not None and sup.eve.counters["eve_alert"])[1])
-        assert sup.eve is not None and sup.eve.counters["alerts_sid_101"] == 1
-        assert sup.eve.counters["alerts_blocked"] == 1
+        sup.tick()
+        assert sup.ruleset["rules_loaded"] == 4
         with (
             UnixSocketClient(sup.paths.socket) as c,
             pytest.raises(UnixSocketError, match="Unknown command"),
         ):
             c.command("nope")
+        # its own session: a new supervisor (a restarted agent) adopts the same process
+        assert sup.pid is not None and os.getsid(sup.pid) == sup.pid
+        other = _supervisor(tmp_path)
+        assert other.adopt() and other.pid == sup.pid
         # killed: restarted after backoff, healthy again
-        assert sup.proc is not None
-        first = sup.proc.pid
-        sup.proc.kill()
-        _wait(lambda: (sup.tick(), sup.proc is not None and sup.proc.pid != first
-                       and sup.healthy)[1])  # fmt: skip
-        assert sup.restarts == 1
+        first = sup.pid
+        os.kill(first, signal.SIGKILL)
+        _wait(lambda: (sup.tick(), sup.pid is not None and sup.pid != first and sup.healthy)[1])
+        assert sup.restarts == 1 and sup.status()["state"] == "running"
     finally:
         sup.stop()
-    assert sup.proc is None
+    assert sup.pid is None and not sup.pid_file.exists()
+    assert not _supervisor(tmp_path).adopt()
 
 
 def test_supervisor_backoff_grows_when_it_keeps_dying(tmp_path: Path) -> None:
@@ -100,8 +105,7 @@ def test_supervisor_backoff_grows_when_it_keeps_dying(tmp_path: Path) -> None:
         now = time.monotonic()
         waits = []
         for _ in range(4):
-            assert sup.proc is not None
-            sup.proc.wait(5)
+            _wait(lambda: not sup.alive())
             sup.tick(now)
             waits.append(round(sup._restart_at - now, 2))
             now = sup._restart_at

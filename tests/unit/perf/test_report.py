@@ -122,3 +122,26 @@ def test_lab_mode_is_the_default_and_hosts_build_argv() -> None:
     assert target.lab and target.ingress_dev == "inside"
     assert Host(netns="ns1").argv("ip", "link") == ["ip", "netns", "exec", "ns1", "ip", "link"]
     assert Host(ssh="gen").argv("true")[:2] == ["ssh", "-o"]
+
+
+def test_nfq_winner_per_row() -> None:
+    from perf.nfq import winners
+    from perf.report import Result
+
+    def r(metric: str, path: str, value: float | None, lower: bool = True) -> Result:
+        return Result(metric, path, "x", value, "naive_nfqueue", 1.0, valid=value is not None,
+                      lower_is_better=lower)  # fmt: skip
+
+    results = [
+        r("gateway_cpu_ns_per_packet", "builtin_inspect", 9000.0),
+        r("gateway_cpu_ns_per_packet", "suricata_inspect", 4000.0),
+        r("delivered_pps", "builtin_bypass", 250_000.0, lower=False),
+        r("delivered_pps", "suricata_bypass", 200_000.0, lower=False),
+        r("gateway_cpu_ns_per_packet", "builtin_inspect_10k", None),
+        r("gateway_cpu_ns_per_packet", "suricata_inspect_10k", 5000.0),
+    ]
+    assert winners(results) == {
+        "gateway_cpu_ns_per_packet:inspect": "suricata",
+        "delivered_pps:bypass": "builtin",
+        "gateway_cpu_ns_per_packet:inspect_10k": "none",
+    }

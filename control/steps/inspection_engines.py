@@ -1,0 +1,305 @@
+"""The two inspector engines the inspection step runs, behind one interface.
+
+* :class:`BuiltinEngine`: ``python -m nfq engine``; a change of rules alone is a reload
+  (SIGHUP: the engine swaps rule sets between packets), any other change a restart.
+* :class:`SuricataEngine`: Suricata 7 in NFQ IPS mode (:mod:`nfq.suricata`). Every
+  change is rendered into a staging directory and loaded by ``suricata -T`` first; only
+  then is it installed. A change of rules alone is ``reload-rules`` over the command
+  socket (Suricata keeps verdicting while it swaps detection engines); a change of
+  ``suricata.yaml`` restarts Suricata. A restart that fails puts the previous files
+  back and starts the previous Suricata again.
+
+Both run in their own session and outlive the agent; a new agent adopts them by pid
+file. A queue that some other process has bound is refused before anything changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from control.steps.base import ConvergeError
+from nfq import process
+from nfq.domains import compile_domain_lists
+from nfq.policy import InspectionPolicy
+from nfq.suricata.config import SuricataPaths, rule_files, write_config
+from nfq.suricata.supervisor import Supervisor
+from nfq.suricata.unixsock import UnixSocketClient
+from nfq.suricata.validate import SuricataConfigError, check_config
+
+log = logging.getLogger("spectra.control")
+
+NFQUEUE_PROC = Path("/proc/net/netfilter/nfnetlink_queue")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpec:
+    """What an engine runs: the policy, its effective HOME_NET, the rules as text."""
+
+    policy: InspectionPolicy
+    home_net: str
+
+
+class Engine(Protocol):
+    """An inspector process the step starts, reloads, supervises and stops."""
+
+    def running(self) -> bool: ...
+
+    def apply(self, spec: EngineSpec) -> None: ...
+
+    def tick(self) -> dict[str, Any]: ...
+
+    def stop(self) -> None: ...
+
+    @property
+    def eve(self) -> Path:
+        """The eve.json the engine writes its alerts and drops to."""
+        ...
+
+    def reopen_log(self) -> None:
+        """Make the engine reopen eve.json (after it was rotated)."""
+        ...
+
+
+def bound_queues() -> set[int]:
+    """NFQUEUE numbers some process has bound (``/proc/net/netfilter/nfnetlink_queue``)."""
+    try:
+        lines = NFQUEUE_PROC.read_text().splitlines()
+    except OSError:
+        return set()
+    return {int(line.split()[0]) for line in lines if line.split()}
+
+
+def check_queues_free(policy: InspectionPolicy) -> None:
+    """Raise when a queue of the policy is bound while none of our engines runs."""
+    taken = sorted(set(policy.queues.numbers) & bound_queues())
+    if taken:
+        raise ConvergeError(
+            f"inspection.queues: queue {taken[0]} is already bound by another process "
+            f"(/proc/net/netfilter/nfnetlink_queue); choose free queue numbers"
+        )
+
+
+class BuiltinEngine:
+    """``python -m nfq engine`` supervised through its pid file."""
+
+    def __init__(self, run_dir: Path, log_dir: Path) -> None:
+        self.run_dir, self.log_dir = run_dir, log_dir
+        self.restarts = 0
+        self.core: str | None = None  # the running policy minus its rules
+        self.pid = process.read_pid(self.pid_file)
+        if process.is_running(self.pid, "nfq", "engine"):
+            self.core = self.policy_file.read_text()
+            log.info("adopted the running inspection engine (pid %d)", self.pid)
+        else:
+            self.pid = None
+
+    rules_file = property(lambda self: self.run_dir / "inspection.rules")
+    pid_file = property(lambda self: self.run_dir / "engine.pid")
+    policy_file = property(lambda self: self.run_dir / "inspection.json")
+
+    def running(self) -> bool:
+        return self.core is not None
+
+    @property
+    def eve(self) -> Path:
+        return self.log_dir / "eve.json"
+
+    def reopen_log(self) -> None:
+        if self._alive() and self.pid is not None:
+            os.kill(self.pid, signal.SIGUSR1)
+
+    def _alive(self) -> bool:
+        return process.is_running(self.pid, "nfq", "engine")
+
+    def apply(self, spec: EngineSpec) -> None:
+        policy = spec.policy
+        rules = [*compile_domain_lists(policy.domain_lists), *policy.rules]
+        core = policy.model_copy(
+            update={
+                "rules": (),
+                "domain_lists": (),
+                "vars": {**policy.vars, "HOME_NET": spec.home_net},
+            }
+        ).model_dump_json()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.rules_file.write_text("".join(f"{r}\n" for r in rules))
+        if core != self.core or not self._alive():
+            self._start(core)
+        elif self.pid is not None:
+            os.kill(self.pid, signal.SIGHUP)  # same engine settings: reload the rules only
+
+    def _start(self, core: str) -> None:
+        self.stop()
+        self.policy_file.write_text(core)
+        argv = [
+            sys.executable, "-m", "nfq", "engine", "--policy", str(self.policy_file),
+            "--rules", str(self.rules_file), "--eve", str(self.eve),
+            "--stats", str(self.run_dir / "engine.json"),
+        ]  # fmt: skip
+        self.pid = process.spawn(argv, self.log_dir / "engine.log")
+        self.pid_file.write_text(str(self.pid))
+        self.core = core
+        log.info("inspection engine started (pid %d)", self.pid)
+
+    def tick(self) -> dict[str, Any]:
+        """Restart a dead engine (the policy's fail-open/closed held traffic meanwhile)."""
+        if self.core is not None and not self._alive():
+            log.error("inspection engine died; restarting it")
+            self.restarts += 1
+            self._start(self.core)
+        return {"engine": "builtin", "engine_pid": self.pid, "engine_restarts": self.restarts}
+
+    def stop(self) -> None:
+        if self.pid is not None:
+            process.terminate(self.pid, "nfq", "engine")
+        self.pid = self.core = None
+        self.pid_file.unlink(missing_ok=True)
+
+
+def _digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(str(p).encode() + b"\0")
+        h.update(p.read_bytes() if p.is_file() else b"(missing)")
+    return h.hexdigest()
+
+
+class SuricataEngine:
+    """Suricata supervised by :class:`nfq.suricata.Supervisor` under ``run_dir/suricata``."""
+
+    def __init__(self, run_dir: Path, log_dir: Path, binary: str = "suricata") -> None:
+        root = run_dir / "suricata"
+        self.paths = SuricataPaths(root / "etc", root / "rules", log_dir / "suricata", root / "run")
+        self.stage = SuricataPaths(
+            root / "stage" / "etc", root / "stage" / "rules", root / "stage" / "log", root / "run"
+        )
+        self.binary = binary
+        self.queues: tuple[int, ...] = ()
+        self.rules_digest = ""
+        self.sup: Supervisor | None = None
+        queues_file = root / "queues"
+        if queues_file.exists():
+            sup = self._supervisor(tuple(int(q) for q in queues_file.read_text().split()))
+            if sup.adopt():
+                self.sup, self.queues = sup, sup.queues  # type: ignore[assignment]
+                self.rules_digest = (
+                    self.digest_file.read_text() if self.digest_file.exists() else ""
+                )
+
+    def _supervisor(self, queues: tuple[int, ...]) -> Supervisor:
+        return Supervisor(self.paths, queues, binary=self.binary)
+
+    def running(self) -> bool:
+        return self.sup is not None
+
+    @property
+    def eve(self) -> Path:
+        return self.paths.eve
+
+    def reopen_log(self) -> None:
+        if self.sup is not None:
+            with UnixSocketClient(self.paths.socket, timeout=5.0) as client:
+                client.command("reopen-log-files")
+
+    @property
+    def digest_file(self) -> Path:
+        return self.paths.run_dir.parent / "rules.sha256"
+
+    def _rules_digest(self, policy: InspectionPolicy) -> str:
+        names = rule_files(policy)
+        return _digest([Path(n) if n.startswith("/") else self.paths.rule_dir / n for n in names])
+
+    def validate(self, spec: EngineSpec) -> None:
+        """Render into the staging directory and load it with ``suricata -T``."""
+        if shutil.which(self.binary) is None:
+            raise ConvergeError(
+                "inspection.engine: 'suricata' is not installed on this host "
+                "(make deps, or deploy/suricata/install-suricata.sh); accepted here: 'builtin'"
+            )
+        shutil.rmtree(self.stage.rule_dir, ignore_errors=True)
+        write_config(spec.policy, self.stage, spec.home_net)
+        try:
+            check_config(self.stage.config, binary=self.binary)
+        except SuricataConfigError as exc:
+            raise ConvergeError(f"inspection: suricata -T refused the change: {exc}") from exc
+
+    def apply(self, spec: EngineSpec) -> None:
+        self.validate(spec)
+        queues = tuple(spec.policy.queues.numbers)
+        old_yaml = self.paths.config.read_text() if self.paths.config.exists() else None
+        old_rules = {p: p.read_text() for p in self.paths.rule_dir.glob("*.rules")}
+        shutil.rmtree(self.paths.rule_dir, ignore_errors=True)
+        write_config(spec.policy, self.paths, spec.home_net)
+        new_yaml = self.paths.config.read_text()
+        digest = self._rules_digest(spec.policy)
+        alive = self.sup is not None and self.sup.alive()
+        if alive and new_yaml == old_yaml and queues == self.queues:
+            if digest != self.rules_digest:
+                assert self.sup is not None
+                self.sup.reload_rules()
+                self._set_digest(digest)
+                log.info("suricata reloaded its rules")
+            return
+        try:
+            self._restart(queues)
+        except RuntimeError as exc:
+            self._restore(old_yaml, old_rules)
+            raise ConvergeError(f"inspection: suricata did not start: {exc}") from exc
+        self._set_digest(digest)
+
+    def _set_digest(self, digest: str) -> None:
+        self.rules_digest = digest
+        self.digest_file.write_text(digest)
+
+    def _restart(self, queues: tuple[int, ...]) -> None:
+        if self.sup is not None:
+            self.sup.stop()
+        self.sup, self.queues = self._supervisor(queues), queues
+        (self.paths.run_dir.parent / "queues").write_text(" ".join(map(str, queues)))
+        self.sup.start(wait=self.sup.startup_grace)
+
+    def _restore(self, yaml_text: str | None, rules: dict[Path, str]) -> None:
+        if self.sup is not None:
+            self.sup.stop()
+            self.sup = None
+        if yaml_text is None:
+            return
+        shutil.rmtree(self.paths.rule_dir, ignore_errors=True)
+        self.paths.rule_dir.mkdir(parents=True, exist_ok=True)
+        self.paths.config.write_text(yaml_text)
+        for path, text in rules.items():
+            path.write_text(text)
+        try:
+            self._restart(self.queues)
+            log.warning("suricata: the previous configuration runs again")
+        except RuntimeError as exc:
+            log.error("suricata: the previous configuration did not start either: %s", exc)
+
+    def tick(self) -> dict[str, Any]:
+        if self.sup is None:
+            return {"engine": "suricata", "suricata_state": "stopped"}
+        self.sup.tick()
+        st = self.sup.status()
+        out: dict[str, Any] = {
+            "engine": "suricata",
+            "engine_pid": st.pop("pid"),
+            "engine_restarts": st.pop("restarts"),
+            "suricata_state": st.pop("state"),
+            "suricata_version": st.pop("version"),
+        }
+        out.update(st)
+        return out
+
+    def stop(self) -> None:
+        if self.sup is not None:
+            self.sup.stop()
+        self.sup = None
+        (self.paths.run_dir.parent / "queues").unlink(missing_ok=True)
