@@ -435,7 +435,7 @@ def test_a_late_renewal_keeps_a_lease_nobody_took(world: World) -> None:
 
 def test_a_deferred_holder_is_given_up_only_after_three_silent_echoes(world: World) -> None:
     answering = set(ADDRESSES)
-    a, b = _graceful(world, answering)
+    _, b = _graceful(world, answering)
     world.clock.advance(3.6)  # expired: a answers, b waits
     step(b)
     assert b.ha.status.role == "standby"
