@@ -46,7 +46,7 @@ log = logging.getLogger("spectra.control")
 
 RUN_ROOT = Path("/run/spectra")
 LOG_ROOT = Path("/var/log/spectra")
-UNRENDERED_SECTIONS = ("tls", "load_balancer")
+UNRENDERED_SECTIONS = ("load_balancer",)
 LAST_GOOD = "last-good.json"  # the applied document, for a restart with the store away
 IDENTITY = "identity.json"  # the instance identity IMDS gave, for a fast restart
 
@@ -96,6 +96,7 @@ class AgentState:
     conntrack_sync: dict[str, Any] = field(default_factory=dict)
     conntrack: dict[str, Any] = field(default_factory=dict)
     proxy: dict[str, Any] = field(default_factory=dict)
+    tls: dict[str, Any] = field(default_factory=dict)
 
 
 def run_dir(instance: str) -> Path:
@@ -273,6 +274,7 @@ class Agent:
         self.state.conntrack_sync = status.get("conntrack_sync", {})
         self.state.conntrack = status.get("sysctl", {})
         self.state.proxy = status.get("proxy", {})
+        self.state.tls = status.get("tls", {})
 
     def write_state(self) -> None:
         directory = run_dir(self.settings.instance)

@@ -1,9 +1,9 @@
 """Sections of the config document for the appliance's proxies.
 
 ``proxy`` (the Squid forward proxy, rendered by :mod:`control.steps.squid`), ``tls``
-(TLS termination by HAProxy with ACM certificates) and ``load_balancer`` (the L4 load
-balancer). ``tls`` and ``load_balancer`` are validated but no converge step renders them
-yet: an instance reports an enabled one in its status (``not_yet_rendered``).
+(TLS termination by HAProxy, :mod:`control.steps.haproxy`) and ``load_balancer`` (the L4
+load balancer). ``load_balancer`` is validated but no converge step renders it yet: an
+instance reports it enabled in its status (``not_yet_rendered``).
 
 Domain lists use the one domain form of the document (:data:`control.config.types.Domain`,
 the form of AWS Network Firewall's domain lists): ``example.com`` is that name only,
@@ -143,14 +143,48 @@ class Backend(StrictModel):
     weight: int = Field(default=1, ge=1, le=256)
 
 
+def _absolute(value: str) -> str:
+    if not value.startswith("/") or "\n" in value or len(value) > 1024:
+        raise ValueError("expected an absolute file path like /etc/spectra/tls/site.pem")
+    return value
+
+
+AbsPath = Annotated[str, AfterValidator(_absolute)]
+
+
 class TlsListener(StrictModel):
-    """HAProxy terminates TLS on ``port`` with an ACM certificate, then proxies."""
+    """HAProxy terminates TLS on ``port`` and proxies to ``backends``. The certificate
+    comes from ACM (``certificate_arn``, exported) or from PEM files on the instance
+    (``certificate_file``: the certificate and its chain; ``private_key_file``); a
+    renewed one is picked up without a restart."""
 
     name: Name
     port: Port = 443
-    certificate_arn: AcmArn
+    certificate_arn: AcmArn | None = None
+    certificate_file: AbsPath | None = None
+    private_key_file: AbsPath | None = None
     mode: Literal["http", "tcp"] = "http"
     backends: list[Backend] = Field(min_length=1, max_length=256)
+    hsts: bool = Field(default=False, description="Strict-Transport-Security (mode http)")
+    redirect_http_port: Port | None = Field(
+        default=None, description="a plain-HTTP port redirected to this listener (mode http)"
+    )
+
+    @model_validator(mode="after")
+    def _certificate(self) -> TlsListener:
+        files = (self.certificate_file, self.private_key_file)
+        if self.certificate_arn is None and None in files:
+            raise fail(
+                ("certificate_file",), self.certificate_file,
+                "expected certificate_arn, or certificate_file and private_key_file",
+            )  # fmt: skip
+        if self.certificate_arn is not None and files != (None, None):
+            raise fail(("certificate_arn",), self.certificate_arn,
+                       "expected certificate_arn or certificate files, not both")  # fmt: skip
+        if self.mode == "tcp" and (self.hsts or self.redirect_http_port):
+            field = "hsts" if self.hsts else "redirect_http_port"
+            raise fail((field,), getattr(self, field), 'expected mode "http" for this')
+        return self
 
 
 class Tls(StrictModel):
