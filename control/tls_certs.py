@@ -11,7 +11,6 @@ decrypted here and never written encrypted or plain anywhere but the HAProxy PEM
 
 from __future__ import annotations
 
-import base64
 import os
 import secrets
 import subprocess
@@ -56,9 +55,8 @@ def check_pair(certificate: bytes, key: bytes) -> str:
 def acm_export(acm: Any, arn: str) -> tuple[bytes, bytes]:
     """The certificate (with its chain) and the decrypted private key of ``arn``."""
     passphrase = secrets.token_urlsafe(24)
-    answer = acm.export_certificate(
-        CertificateArn=arn, Passphrase=base64.b64encode(passphrase.encode())
-    )
+    # a Blob: the SDK base64-encodes it on the wire
+    answer = acm.export_certificate(CertificateArn=arn, Passphrase=passphrase.encode())
     certificate = (answer["Certificate"].strip() + "\n").encode()
     if answer.get("CertificateChain"):
         certificate += (answer["CertificateChain"].strip() + "\n").encode()
