@@ -7,8 +7,9 @@ a name carrying its digest, writes the candidate config beside the live one, has
 HAProxy check it (``haproxy -c``), then moves it in place and reloads through the master
 socket (seamless: the master keeps the listening sockets) or starts HAProxy. A candidate
 HAProxy refuses fails the converge; the running one keeps its configuration. ``tick``
-restarts a dead HAProxy, re-reads the certificates every ``CERT_SECONDS`` (a renewed
-one is a reload, not a restart) and reports the version and each backend server's state.
+restarts a dead HAProxy, re-reads the certificates (files every ``CERT_SECONDS``, ACM
+every ``ACM_SECONDS``; a renewed one is a reload, not a restart) and reports the version
+and each backend server's state.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ log = logging.getLogger("spectra.control")
 
 START_SECONDS = 10.0
 RETRY_SECONDS = 5.0
-CERT_SECONDS = 30.0
+CERT_SECONDS = 5.0  # a renewed certificate file is live within this
+ACM_SECONDS = 3600.0  # ACM renews 60 days before expiry: hourly export is plenty
 STATS_SECONDS = 2.0
 
 
@@ -218,7 +220,8 @@ class HaproxyStep:
                 self.running = None
                 self._converge(self.listeners)
             elif now >= self._cert_at:  # a renewed certificate: a reload, not a restart
-                self._cert_at = now + CERT_SECONDS
+                acm = any(ln.certificate_arn for ln in self.listeners)
+                self._cert_at = now + (ACM_SECONDS if acm else CERT_SECONDS)
                 self._converge(self.listeners)
         except ConvergeError as exc:
             error = str(exc)

@@ -4,7 +4,6 @@ with the field named, at the model, at the render and at the config API."""
 
 from __future__ import annotations
 
-import datetime
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from control.steps import AnyHost, RenderError, dry_run
 from control.steps.haproxy import HaproxyStep
 from control.steps.squid import SquidStep
 from control.tls_certs import acm_export, check_pair
+from tests.certs import make_cert
 
 pytestmark = pytest.mark.timeout(60)
 HOST = AnyHost(("203.0.113.2",))
@@ -104,31 +104,6 @@ def test_bad_proxy_input_is_refused_with_the_field(section: dict[str, Any], path
     with pytest.raises(ConfigValidationError) as err:
         doc(proxy=proxy(**section))
     assert path in [e["path"] for e in err.value.errors], err.value.errors
-
-
-def make_cert(tmp_path: Path, name: str, days: int = 30) -> tuple[str, str]:
-    """A self-signed P-256 certificate valid from ``days`` ago (negative: expired)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=60))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
-    return str(cert_path), str(key_path)
 
 
 def tls(cert: str, key: str, **changes: Any) -> dict[str, Any]:
