@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +100,22 @@ def applied(version: int) -> dict[str, Any]:
     return result
 
 
+@contextmanager
+def proxy_agent(doc: dict[str, Any]) -> Iterator[None]:
+    """The agent on ``doc``; on the way out, the proxy disabled through the document
+    (the product stops the Squid it started, which outlives the agent otherwise)."""
+    with agent(GW.netns, doc):
+        try:
+            wait_for(lambda: (read_state(GW.netns) or {}).get("proxy", {}).get("healthy"),
+                     10, "squid healthy")  # fmt: skip
+            yield
+        finally:
+            applied(write(document(interfaces={"data_plane": "kernel"})))
+
+
 def test_forward_proxy(origin: None) -> None:
     url = f"http://www.allowed.test:{ORIGIN_PORT}"
-    with agent(GW.netns, proxy_doc()):
-        st = wait_for(lambda: (read_state(GW.netns) or {}).get("proxy", {}).get("healthy"),
-                      10, "squid healthy")  # fmt: skip
+    with proxy_agent(proxy_doc()):
         st = read_state(GW.netns) or {}
         assert st["proxy"]["version"].startswith("5.") and "proxy" not in st["not_yet_rendered"]
 
@@ -143,9 +155,7 @@ def test_forward_proxy(origin: None) -> None:
 
 def test_reconfigure_under_load_loses_no_request(origin: None) -> None:
     url = f"http://www.allowed.test:{ORIGIN_PORT}/bytes/20000"
-    with agent(GW.netns, proxy_doc(bandwidth_limits=[])):
-        wait_for(lambda: (read_state(GW.netns) or {}).get("proxy", {}).get("healthy"),
-                 10, "squid healthy")  # fmt: skip
+    with proxy_agent(proxy_doc(bandwidth_limits=[])):
         pid = (read_state(GW.netns) or {})["proxy"]["pid"]
         results: list[dict[str, Any]] = []
         stop = threading.Event()
@@ -170,3 +180,16 @@ def test_reconfigure_under_load_loses_no_request(origin: None) -> None:
         assert st["proxy"]["pid"] == pid and st["proxy"]["reconfigures"] >= 5
         failed = [r for r in results if r["rc"] != 0 or r["code"] != 200]
         assert len(results) > 20 and not failed, failed[:5]
+
+
+def test_a_restarted_agent_adopts_the_running_squid(origin: None) -> None:
+    doc = proxy_doc(bandwidth_limits=[])
+    with agent(GW.netns, doc):
+        wait_for(lambda: (read_state(GW.netns) or {}).get("proxy", {}).get("healthy"),
+                 10, "squid healthy")  # fmt: skip
+        pid = (read_state(GW.netns) or {})["proxy"]["pid"]
+    # the agent is gone; Squid (its own session) still serves
+    assert curl(f"http://www.allowed.test:{ORIGIN_PORT}/bytes/10")["code"] == 200
+    with proxy_agent(doc):
+        st = read_state(GW.netns) or {}
+        assert st["proxy"]["pid"] == pid and st["proxy"]["restarts"] == 0

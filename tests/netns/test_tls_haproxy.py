@@ -72,56 +72,61 @@ def handshake(*opts: str) -> bool:
 
 def test_tls_termination(certs: Path) -> None:
     with agent(GW.netns, tls_doc(certs)):
-        st = wait_for(lambda: (read_state(GW.netns) or {}).get("tls", {}).get("healthy") and
-                      read_state(GW.netns), 15, "haproxy healthy with its backend up")  # fmt: skip
-        assert st["tls"]["version"].startswith("2.6")
-        assert st["tls"]["servers"] == {"web/s0": {"status": "UP", "check": "L4OK"}}
-        assert "tls" not in st["not_yet_rendered"]
-
-        ok = curl(certs, f"https://{NAME}/", "-D", "/dev/stderr")
-        assert ok["rc"] == 0 and ok["http_code"] == 200 and ok["scheme"].upper() == "HTTPS"
-        headers = sh(GW.workload_netns, "curl", "-s", "-o", "/dev/null", "-D", "-", "--cacert",
-                     str(certs / f"{NAME}.crt"), "--resolve", f"{NAME}:443:{GW.inside_ip}",
-                     f"https://{NAME}/").stdout.lower()  # fmt: skip
-        assert "strict-transport-security: max-age=31536000" in headers
-
-        moved = curl(certs, f"http://{NAME}/some/path?q=1")
-        assert moved["http_code"] == 301
-        assert moved["redirect_url"] == f"https://{NAME}/some/path?q=1"
-
-        assert handshake("-tls1_3") and handshake(
-            "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"
-        )
-        assert not handshake("-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA")  # CBC: refused
-        assert not handshake("-tls1_1")
-
-        # 20 reloads under load: no failed request, the same master
-        master = st["tls"]["pid"]
-        results: list[dict[str, Any]] = []
-        stop = threading.Event()
-
-        def load() -> None:
-            while not stop.is_set():
-                results.append(curl(certs, f"https://{NAME}/bytes/20000"))
-
-        workers = [threading.Thread(target=load) for _ in range(4)]
-        for w in workers:
-            w.start()
         try:
-            for n in range(20):
-                applied(write(tls_doc(certs, weight=2 + n)))
-        finally:
-            stop.set()
-            for w in workers:
-                w.join()
-        st = read_state(GW.netns) or {}
-        assert st["tls"]["pid"] == master and st["tls"]["reloads"] >= 20
-        failed = [r for r in results if r["rc"] != 0 or r["http_code"] != 200]
-        assert len(results) > 40 and not failed, failed[:3]
+            run_tls_checks(certs)
+        finally:  # the product stops the HAProxy it started (it outlives the agent)
+            applied(write(document(interfaces={"data_plane": "kernel"})))
 
-        # a renewed certificate file is served without a restart
-        before = served_serial(certs)
-        make_cert(certs, NAME)
-        wait_for(lambda: served_serial(certs) != before, 20, "the renewed certificate served")
-        assert curl(certs, f"https://{NAME}/")["http_code"] == 200
-        assert (read_state(GW.netns) or {})["tls"]["pid"] == master
+
+def run_tls_checks(certs: Path) -> None:
+    st = wait_for(lambda: (read_state(GW.netns) or {}).get("tls", {}).get("healthy") and
+                  read_state(GW.netns), 15, "haproxy healthy with its backend up")  # fmt: skip
+    assert st["tls"]["version"].startswith("2.6")
+    assert st["tls"]["servers"] == {"web/s0": {"status": "UP", "check": "L4OK"}}
+    assert "tls" not in st["not_yet_rendered"]
+
+    ok = curl(certs, f"https://{NAME}/")
+    assert ok["rc"] == 0 and ok["http_code"] == 200 and ok["scheme"].upper() == "HTTPS"
+    headers = sh(GW.workload_netns, "curl", "-s", "-o", "/dev/null", "-D", "-", "--cacert",
+                 str(certs / f"{NAME}.crt"), "--resolve", f"{NAME}:443:{GW.inside_ip}",
+                 f"https://{NAME}/").stdout.lower()  # fmt: skip
+    assert "strict-transport-security: max-age=31536000" in headers
+
+    moved = curl(certs, f"http://{NAME}/some/path?q=1")
+    assert moved["http_code"] == 301
+    assert moved["redirect_url"] == f"https://{NAME}/some/path?q=1"
+
+    assert handshake("-tls1_3") and handshake("-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert not handshake("-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA")  # CBC: refused
+    assert not handshake("-tls1_1")
+
+    # 20 reloads under load: no failed request, the same master
+    master = st["tls"]["pid"]
+    results: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            results.append(curl(certs, f"https://{NAME}/bytes/20000"))
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        for n in range(20):
+            applied(write(tls_doc(certs, weight=2 + n)))
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    st = read_state(GW.netns) or {}
+    assert st["tls"]["pid"] == master and st["tls"]["reloads"] >= 20
+    failed = [r for r in results if r["rc"] != 0 or r["http_code"] != 200]
+    assert len(results) > 40 and not failed, failed[:3]
+
+    # a renewed certificate file is served without a restart
+    before = served_serial(certs)
+    make_cert(certs, NAME)
+    wait_for(lambda: served_serial(certs) != before, 20, "the renewed certificate served")
+    assert curl(certs, f"https://{NAME}/")["http_code"] == 200
+    assert (read_state(GW.netns) or {})["tls"]["pid"] == master
