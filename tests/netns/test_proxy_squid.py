@@ -70,12 +70,10 @@ def curl(url: str, *opts: str, user: tuple[str, str] | None = ALICE) -> dict[str
     """One request through the proxy from the workload; curl's own measurements."""
     auth = ["--proxy-user", f"{user[0]}:{user[1]}"] if user else []
     out = sh(GW.workload_netns, "curl", "-s", "-o", "/dev/null", "-m", "20", "-x", PROXY,
-             *auth, *opts, "-w", '{"code":%{http_code},"connect":%{http_connect},'
-             '"speed":%{speed_download},"size":%{size_download},"time":%{time_total}}',
-             url, timeout=30)  # fmt: skip
-    result: dict[str, Any] = json.loads(out.stdout)
-    result["rc"] = out.returncode
-    return result
+             *auth, *opts, "-w", "%{json}", url, timeout=30)  # fmt: skip
+    data = json.loads(out.stdout)
+    return {"rc": out.returncode, "code": data["http_code"], "connect": data["http_connect"],
+            "speed": data["speed_download"], "size": data["size_download"]}  # fmt: skip
 
 
 def access_log() -> list[dict[str, Any]]:
