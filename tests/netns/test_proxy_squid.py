@@ -72,7 +72,7 @@ def curl(url: str, *opts: str, user: tuple[str, str] | None = ALICE) -> dict[str
     out = sh(GW.workload_netns, "curl", "-s", "-o", "/dev/null", "-m", "20", "-x", PROXY,
              *auth, *opts, "-w", "%{json}", url, timeout=30)  # fmt: skip
     data = json.loads(out.stdout)
-    return {"rc": out.returncode, "stderr": out.stderr[-300:], "code": data["http_code"], "connect": data["http_connect"],
+    return {"rc": out.returncode, "code": data["http_code"], "connect": data["http_connect"],
             "speed": data["speed_download"], "size": data["size_download"]}  # fmt: skip
 
 
