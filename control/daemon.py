@@ -29,6 +29,13 @@ def _argv(pid: int) -> list[bytes] | None:
     return None if state == "Z" else argv
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class Daemon:
     """One long-running process with a fixed ``argv`` (its identity in /proc)."""
 
@@ -41,11 +48,12 @@ class Daemon:
         return _argv(pid) == [os.fsencode(a) for a in self.argv]
 
     def find(self) -> int | None:
-        """The pid of a running process with this argv (adoption), if one runs."""
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and self._is_ours(int(entry.name)):
-                return int(entry.name)
-        return None
+        """The pid of a running process with this argv (adoption), if one runs: the
+        topmost one (HAProxy's workers carry their master's argv)."""
+        found = [int(e.name) for e in Path("/proc").iterdir()
+                 if e.name.isdigit() and self._is_ours(int(e.name))]  # fmt: skip
+        top = [pid for pid in found if _parent(pid) not in found]
+        return top[0] if top else None
 
     def adopt(self) -> bool:
         self.pid = self.find()

@@ -125,6 +125,7 @@ def command(sock: Path, line: str, timeout: float = 5.0) -> str:
         s.settimeout(timeout)
         s.connect(str(sock))
         s.sendall(line.encode() + b"\n")
+        s.shutdown(socket.SHUT_WR)  # end of input: the CLI answers, then closes
         chunks = []
         while chunk := s.recv(65536):
             chunks.append(chunk)

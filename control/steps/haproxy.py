@@ -178,15 +178,16 @@ class HaproxyStep:
         raise ConvergeError("tls: haproxy did not start new workers after the reload")
 
     def _reload_count(self) -> int:
-        """The master's reload counter (``show proc``: the master's line, column 4)."""
+        """The master's reload counter (``show proc``: the master's line, third column:
+        ``5022  master  0 [failed: 0]  0d00h00m01s  2.6.12``)."""
         try:
             out = haproxy.command(self.paths.master_socket, "show proc")
         except OSError:
             return -1
         for line in out.splitlines():
             fields = line.split()
-            if len(fields) >= 4 and fields[1] == "master":
-                return int(fields[3])
+            if len(fields) >= 3 and fields[1] == "master" and fields[2].isdigit():
+                return int(fields[2])
         return -1
 
     def _start(self) -> None:
