@@ -47,7 +47,7 @@ log = logging.getLogger("spectra.control")
 
 RUN_ROOT = Path("/run/spectra")
 LOG_ROOT = Path("/var/log/spectra")
-UNRENDERED_SECTIONS = ("proxy", "tls", "load_balancer")
+UNRENDERED_SECTIONS = ("load_balancer",)
 LAST_GOOD = "last-good.json"  # the applied document, for a restart with the store away
 IDENTITY = "identity.json"  # the instance identity IMDS gave, for a fast restart
 
@@ -97,6 +97,8 @@ class AgentState:
     aws: dict[str, Any] = field(default_factory=dict)
     conntrack_sync: dict[str, Any] = field(default_factory=dict)
     conntrack: dict[str, Any] = field(default_factory=dict)
+    proxy: dict[str, Any] = field(default_factory=dict)
+    tls: dict[str, Any] = field(default_factory=dict)
 
 
 def run_dir(instance: str) -> Path:
@@ -274,6 +276,8 @@ class Agent:
             self.state.aws = self.aws.status()
         self.state.conntrack_sync = status.get("conntrack_sync", {})
         self.state.conntrack = status.get("sysctl", {})
+        self.state.proxy = status.get("proxy", {})
+        self.state.tls = status.get("tls", {})
 
     def write_state(self) -> None:
         directory = run_dir(self.settings.instance)

@@ -10,7 +10,7 @@ import pytest
 
 PRIVILEGED = {"bpf", "netns", "e2e"}
 TOOLS = {
-    "netns": ("ip", "nft", "curl", "iperf3", "ethtool", "conntrack", "conntrackd"),
+    "netns": ("ip", "nft", "curl", "iperf3", "ethtool", "conntrack", "conntrackd", "squid"),
     "e2e": ("ip", "nft", "curl", "debootstrap", "systemd-nspawn", "nsenter"),
     "bpf": (),
 }

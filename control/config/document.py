@@ -120,9 +120,14 @@ def _port_claims(doc: ConfigDocument) -> list[tuple[Loc, str, int]]:
     if doc.tls.enabled:
         for i, tls in enumerate(doc.tls.listeners):
             claims.append((("tls", "listeners", i, "port"), "tcp", tls.port))
+            if tls.redirect_http_port:
+                loc: Loc = ("tls", "listeners", i, "redirect_http_port")
+                claims.append((loc, "tcp", tls.redirect_http_port))
     if doc.load_balancer.enabled:
         for i, lb in enumerate(doc.load_balancer.listeners):
             claims.append((("load_balancer", "listeners", i, "port"), lb.proto, lb.port))
+    if doc.ha.conntrack_sync.enabled:
+        claims.append((("ha", "conntrack_sync", "port"), "udp", doc.ha.conntrack_sync.port))
     for i, forward in enumerate(doc.port_forwards):
         claims.append((("port_forwards", i, "port"), forward.proto, forward.port))
     return claims

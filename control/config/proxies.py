@@ -1,15 +1,19 @@
 """Sections of the config document for the appliance's proxies.
 
-``proxy`` (the squid forward proxy), ``tls`` (TLS termination by HAProxy with ACM
-certificates) and ``load_balancer`` (the L4 load balancer). No converge step renders
-them: the document validates them, and an instance reports an enabled one in its
-status (``not_yet_rendered``).
+``proxy`` (the Squid forward proxy, rendered by :mod:`control.steps.squid`), ``tls``
+(TLS termination by HAProxy, :mod:`control.steps.haproxy`) and ``load_balancer`` (the L4
+load balancer). ``load_balancer`` is validated but no converge step renders it yet: an
+instance reports it enabled in its status (``not_yet_rendered``).
+
+Domain lists use the one domain form of the document (:data:`control.config.types.Domain`,
+the form of AWS Network Firewall's domain lists): ``example.com`` is that name only,
+``.example.com`` the domain and every subdomain, ``*.example.com`` subdomains only.
 """
 
 from __future__ import annotations
 
 import re
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
@@ -17,6 +21,10 @@ from pydantic import AfterValidator, Field, model_validator
 from control.config.issues import fail, unique_names
 from control.config.types import Domain, Name, Port, PortProto, Secret, StrictModel
 
+# crypt(3) SHA-256 / SHA-512, what basic_ncsa_auth checks through crypt(3)
+CRYPT_HASH_RE = re.compile(
+    r"^\$[56]\$(rounds=\d{4,9}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{43,86}$"
+)
 _ACM_ARN_RE = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]{1,128}$")
 
 
@@ -33,10 +41,17 @@ AcmArn = Annotated[str, AfterValidator(_acm_arn)]
 
 
 class ProxyUser(StrictModel):
-    """A forward-proxy user for basic authentication."""
+    """A forward-proxy user for basic authentication. ``password`` is a SHA-512 or
+    SHA-256 crypt(3) hash (``$6$<salt>$<hash>``, as ``openssl passwd -6`` prints), used
+    as it is, or a password, which the proxy step hashes the same way: Squid's password
+    file never holds a plain password."""
 
     name: Name
     password: Secret
+
+    @property
+    def is_hashed(self) -> bool:
+        return bool(CRYPT_HASH_RE.match(self.password.get_secret_value()))
 
 
 class ProxyAuth(StrictModel):
@@ -60,8 +75,24 @@ class ProxyCache(StrictModel):
     size_mb: int = Field(default=1024, ge=16, le=1_048_576)
 
 
+class BandwidthLimit(StrictModel):
+    """A delay pool: the traffic the proxy sends to the listed users and networks
+    shares ``kbps`` (one pool per limit; a request takes the first limit it matches)."""
+
+    name: Name
+    kbps: int = Field(ge=8, le=100_000_000, description="kilobits per second, 8..100000000")
+    users: list[Name] = Field(default_factory=list, max_length=1024)
+    networks: list[IPv4Network] = Field(default_factory=list, max_length=1024)
+
+    @model_validator(mode="after")
+    def _who(self) -> BandwidthLimit:
+        if not self.users and not self.networks:
+            raise fail(("users",), [], "expected at least one user or network")
+        return self
+
+
 class Proxy(StrictModel):
-    """The squid forward proxy on the inside interface."""
+    """The Squid forward proxy on the inside interface's addresses."""
 
     enabled: bool = False
     port: Port = 3128
@@ -69,10 +100,39 @@ class Proxy(StrictModel):
     allowed_domains: list[Domain] = Field(
         default_factory=list, max_length=4096, description="empty: every domain is allowed"
     )
-    cache: ProxyCache = ProxyCache()
-    bandwidth_kbps: int | None = Field(
-        default=None, ge=8, le=100_000_000, description="None: unlimited"
+    denied_domains: list[Domain] = Field(
+        default_factory=list, max_length=4096, description="denied even when allowed"
     )
+    connect_ports: list[Port] = Field(
+        default_factory=lambda: [443], min_length=1, max_length=64,
+        description="ports HTTPS CONNECT may reach",
+    )  # fmt: skip
+    connect_domains: list[Domain] = Field(
+        default_factory=list, max_length=4096,
+        description="domains CONNECT may reach (empty: those the domain lists allow)",
+    )  # fmt: skip
+    cache: ProxyCache = ProxyCache()
+    bandwidth_limits: list[BandwidthLimit] = Field(default_factory=list, max_length=64)
+    hosts: dict[Domain, IPv4Address] = Field(
+        default_factory=dict, max_length=4096,
+        description="static names the proxy resolves before DNS (its hosts file)",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _references(self) -> Proxy:
+        unique_names("bandwidth_limits", [b.name for b in self.bandwidth_limits])
+        users = {u.name for u in self.auth.users} if self.auth.mode == "basic" else set()
+        for i, limit in enumerate(self.bandwidth_limits):
+            for j, user in enumerate(limit.users):
+                if user not in users:
+                    raise fail(
+                        ("bandwidth_limits", i, "users", j), user,
+                        f"expected a user of auth.users (basic): {sorted(users) or 'none'}",
+                    )  # fmt: skip
+        for name in self.hosts:
+            if name.startswith(("*", ".")):
+                raise fail(("hosts", name), name, "expected a host name, not a wildcard")
+        return self
 
 
 class Backend(StrictModel):
@@ -83,14 +143,48 @@ class Backend(StrictModel):
     weight: int = Field(default=1, ge=1, le=256)
 
 
+def _absolute(value: str) -> str:
+    if not value.startswith("/") or "\n" in value or len(value) > 1024:
+        raise ValueError("expected an absolute file path like /etc/spectra/tls/site.pem")
+    return value
+
+
+AbsPath = Annotated[str, AfterValidator(_absolute)]
+
+
 class TlsListener(StrictModel):
-    """HAProxy terminates TLS on ``port`` with an ACM certificate, then proxies."""
+    """HAProxy terminates TLS on ``port`` and proxies to ``backends``. The certificate
+    comes from ACM (``certificate_arn``, exported) or from PEM files on the instance
+    (``certificate_file``: the certificate and its chain; ``private_key_file``); a
+    renewed one is picked up without a restart."""
 
     name: Name
     port: Port = 443
-    certificate_arn: AcmArn
+    certificate_arn: AcmArn | None = None
+    certificate_file: AbsPath | None = None
+    private_key_file: AbsPath | None = None
     mode: Literal["http", "tcp"] = "http"
     backends: list[Backend] = Field(min_length=1, max_length=256)
+    hsts: bool = Field(default=False, description="Strict-Transport-Security (mode http)")
+    redirect_http_port: Port | None = Field(
+        default=None, description="a plain-HTTP port redirected to this listener (mode http)"
+    )
+
+    @model_validator(mode="after")
+    def _certificate(self) -> TlsListener:
+        files = (self.certificate_file, self.private_key_file)
+        if self.certificate_arn is None and None in files:
+            raise fail(
+                ("certificate_file",), self.certificate_file,
+                "expected certificate_arn, or certificate_file and private_key_file",
+            )  # fmt: skip
+        if self.certificate_arn is not None and files != (None, None):
+            raise fail(("certificate_arn",), self.certificate_arn,
+                       "expected certificate_arn or certificate files, not both")  # fmt: skip
+        if self.mode == "tcp" and (self.hsts or self.redirect_http_port):
+            field = "hsts" if self.hsts else "redirect_http_port"
+            raise fail((field,), getattr(self, field), 'expected mode "http" for this')
+        return self
 
 
 class Tls(StrictModel):

@@ -53,4 +53,6 @@ systemctl enable -q systemd-networkd.service systemd-networkd-wait-online.servic
 systemctl enable -q spectra-firstboot.service spectra-agent.service spectra-ai-gateway.service
 # the agent runs its own conntrackd (ha.conntrack_sync); the package's default unit is off
 systemctl disable -q conntrackd.service 2>/dev/null || true
+# the agent runs Squid (proxy) and HAProxy (tls) itself; the packages' units are off
+systemctl disable -q squid.service haproxy.service 2>/dev/null || true
 echo "install.sh: installed $("$venv/bin/spectra" --help >/dev/null && echo spectra) in $venv"

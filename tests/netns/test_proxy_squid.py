@@ -1,0 +1,204 @@
+"""The Squid forward proxy driven by the document through the agent of ``cs-gw-a``,
+used with curl from the workload ``cs-ws-a``: authentication, domain lists, cache,
+bandwidth limits, CONNECT by domain, the JSON access log, a reconfigure under load.
+
+The origin (:mod:`tests.netns.proxy_origin`) runs in the internet namespace; Squid
+resolves the test names from the document's ``hosts``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+from control.agent import read_state
+from control.config import parse_document
+from control.store import SqliteStore
+from perf.lab import TOPOLOGY, ns_exec
+from perf.lab.topology import INET_SERVICE_IP
+from tests.netns.helpers import STORE_DIR, agent, document, sh, wait_for
+
+GW = TOPOLOGY.gateway("a")
+ORIGIN_PORT, TUNNEL_PORT = 8081, 8443
+PROXY = f"http://{GW.inside_ip}:3128"
+ALICE, BOB = ("alice", "wonder-land"), ("bob", "builder-42")
+KBPS = 800  # bob's limit: 100,000 bytes per second
+NAMES = ("www.allowed.test", "blocked.allowed.test", "other.test", "tunnel.allowed.test")
+
+
+def proxy_doc(**changes: Any) -> dict[str, Any]:
+    proxy = {
+        "enabled": True,
+        "auth": {"mode": "basic", "users": [
+            {"name": ALICE[0], "password": ALICE[1]}, {"name": BOB[0], "password": BOB[1]}]},
+        "allowed_domains": [".allowed.test"],
+        "denied_domains": ["blocked.allowed.test"],
+        "connect_ports": [TUNNEL_PORT],
+        "connect_domains": ["tunnel.allowed.test"],
+        "cache": {"enabled": True, "size_mb": 64},
+        "bandwidth_limits": [{"name": "bob", "kbps": KBPS, "users": [BOB[0]]}],
+        "hosts": dict.fromkeys(NAMES, INET_SERVICE_IP),
+        **changes,
+    }  # fmt: skip
+    return document(interfaces={"data_plane": "kernel"}, proxy=proxy)
+
+
+@pytest.fixture
+def origin(lab: Any) -> Iterator[None]:
+    argv = ns_exec(TOPOLOGY.inet_netns, sys.executable, "-m", "tests.netns.proxy_origin",
+                   INET_SERVICE_IP, str(ORIGIN_PORT), str(TUNNEL_PORT))  # fmt: skip
+    with subprocess.Popen(argv, cwd=Path(__file__).parents[2]) as proc:
+        try:
+            wait_for(lambda: sh(TOPOLOGY.inet_netns, "curl", "-s", "-o", "/dev/null",
+                                f"http://{INET_SERVICE_IP}:{ORIGIN_PORT}/bytes/1").returncode == 0,
+                     10, "the origin server")  # fmt: skip
+            yield
+        finally:
+            proc.terminate()
+
+
+def curl(url: str, *opts: str, user: tuple[str, str] | None = ALICE) -> dict[str, Any]:
+    """One request through the proxy from the workload; curl's own measurements."""
+    auth = ["--proxy-user", f"{user[0]}:{user[1]}"] if user else []
+    out = sh(GW.workload_netns, "curl", "-s", "-o", "/dev/null", "-m", "20", "-x", PROXY,
+             *auth, *opts, "-w", "%{json}", url, timeout=30)  # fmt: skip
+    data = json.loads(out.stdout)
+    return {"rc": out.returncode, "code": data["http_code"], "connect": data["http_connect"],
+            "speed": data["speed_download"], "size": data["size_download"]}  # fmt: skip
+
+
+def access_log() -> list[dict[str, Any]]:
+    path = Path(read_state(GW.netns)["proxy"]["access_log"])  # type: ignore[index]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write(doc: dict[str, Any]) -> int:
+    store = SqliteStore(STORE_DIR / f"{GW.netns}.db")
+    try:
+        return store.put(parse_document(doc), store.head(), "test")
+    finally:
+        store.close()
+
+
+def applied(version: int) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        st = read_state(GW.netns) or {}
+        return st if st.get("applied_version") == version else None
+
+    result: dict[str, Any] = wait_for(done, 20, f"version {version} applied")
+    return result
+
+
+@contextmanager
+def proxy_agent(doc: dict[str, Any]) -> Iterator[None]:
+    """The agent on ``doc``; on the way out, the proxy disabled through the document
+    (the product stops the Squid it started, which outlives the agent otherwise)."""
+    with agent(GW.netns, doc):
+        try:
+            wait_for(lambda: (read_state(GW.netns) or {}).get("proxy", {}).get("healthy"),
+                     10, "squid healthy")  # fmt: skip
+            yield
+        finally:
+            applied(write(document(interfaces={"data_plane": "kernel"})))
+
+
+def test_forward_proxy(origin: None) -> None:
+    url = f"http://www.allowed.test:{ORIGIN_PORT}"
+    with proxy_agent(proxy_doc()):
+        st = read_state(GW.netns) or {}
+        assert st["proxy"]["version"].startswith("5.") and "proxy" not in st["not_yet_rendered"]
+
+        assert curl(f"{url}/bytes/10", user=None)["code"] == 407
+        assert curl(f"{url}/bytes/10", user=("alice", "wrong"))["code"] == 407
+        assert curl(f"{url}/bytes/10")["code"] == 200
+        assert curl(f"http://other.test:{ORIGIN_PORT}/bytes/10")["code"] == 403
+        assert curl(f"http://blocked.allowed.test:{ORIGIN_PORT}/bytes/10")["code"] == 403
+
+        # the second fetch of a cacheable object is served from the cache
+        assert curl(f"{url}/cacheable/2000")["code"] == 200
+        assert curl(f"{url}/cacheable/2000")["code"] == 200
+        log = wait_for(lambda: [e for e in access_log() if "cacheable" in e["url"]][1:] and
+                       access_log(), 5, "two cacheable fetches logged")  # fmt: skip
+        fetches = [e for e in log if e["url"].endswith("/cacheable/2000")]
+        assert fetches[0]["squid_status"] == "TCP_MISS"
+        assert "HIT" in fetches[1]["squid_status"], fetches
+        assert fetches[1]["user"] == "alice" and fetches[1]["status"] == 200
+        assert fetches[1]["client"] == GW.workload_ip
+        denied = [e for e in log if e["host"] == "other.test"]
+        assert denied and denied[0]["status"] == 403
+
+        # CONNECT: only to connect_ports, only to connect_domains
+        tunnel = curl(f"http://tunnel.allowed.test:{TUNNEL_PORT}/bytes/10", "-p")
+        assert (tunnel["connect"], tunnel["code"]) == (200, 200)
+        # refused: no tunnel, and Squid logged the CONNECT as denied (curl may see the
+        # 403 or the closed connection first)
+        for refused in (f"www.allowed.test:{TUNNEL_PORT}", f"tunnel.allowed.test:{ORIGIN_PORT}"):
+            answer = curl(f"http://{refused}/bytes/10", "-p")
+            assert answer["connect"] in (0, 403) and answer["code"] != 200, answer
+
+            def denied(r: str = refused) -> list[dict[str, Any]]:
+                return [e for e in access_log()
+                        if e["method"] == "CONNECT" and unquote(e["url"]) == r]  # fmt: skip
+
+            logged = wait_for(denied, 5, f"CONNECT {refused} logged")
+            assert logged[0]["status"] == 403 and logged[0]["squid_status"] == "TCP_DENIED"
+
+        # bob's delay pool: 800 kbit/s within 20 %; alice is not limited
+        size = 500_000
+        slow = curl(f"{url}/bytes/{size}", user=BOB)
+        assert slow["code"] == 200 and slow["size"] == size
+        rate = KBPS * 1000 / 8
+        assert 0.8 * rate <= slow["speed"] <= 1.2 * rate, slow
+        assert curl(f"{url}/bytes/{size}")["speed"] > 3 * rate
+
+
+def test_reconfigure_under_load_loses_no_request(origin: None) -> None:
+    url = f"http://www.allowed.test:{ORIGIN_PORT}/bytes/20000"
+    with proxy_agent(proxy_doc(bandwidth_limits=[])):
+        pid = (read_state(GW.netns) or {})["proxy"]["pid"]
+        results: list[dict[str, Any]] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                results.append(curl(url))
+
+        workers = [threading.Thread(target=load) for _ in range(4)]
+        for w in workers:
+            w.start()
+        try:
+            for n in range(5):
+                extra = [f"n{n}.allowed.test"]
+                applied(write(proxy_doc(bandwidth_limits=[], denied_domains=extra)))
+                time.sleep(0.5)
+        finally:
+            stop.set()
+            for w in workers:
+                w.join()
+        st = read_state(GW.netns) or {}
+        assert st["proxy"]["pid"] == pid and st["proxy"]["reconfigures"] >= 5
+        failed = [r for r in results if r["rc"] != 0 or r["code"] != 200]
+        assert len(results) > 20 and not failed, failed[:5]
+
+
+def test_a_restarted_agent_adopts_the_running_squid(origin: None) -> None:
+    doc = proxy_doc(bandwidth_limits=[])
+    with agent(GW.netns, doc):
+        wait_for(lambda: (read_state(GW.netns) or {}).get("proxy", {}).get("healthy"),
+                 10, "squid healthy")  # fmt: skip
+        pid = (read_state(GW.netns) or {})["proxy"]["pid"]
+    # the agent is gone; Squid (its own session) still serves
+    assert curl(f"http://www.allowed.test:{ORIGIN_PORT}/bytes/10")["code"] == 200
+    with proxy_agent(doc):
+        st = read_state(GW.netns) or {}
+        assert st["proxy"]["pid"] == pid and st["proxy"]["restarts"] == 0
