@@ -95,7 +95,7 @@ def test_iperf3_through_the_gwlb_is_offloaded_both_ways(gwlb_lab: GwlbLab) -> No
 
 
 def test_udp_flow_is_offloaded_and_keeps_returning(gwlb_lab: GwlbLab) -> None:
-    """An established, replied GWLB UDP flow is installed by the offloader (forward key
+    """An assured GWLB UDP flow (a stream) is installed by the offloader (forward key
     on the GWLB interface, return entry flagged) and its replies keep coming back
     through the GWLB, now re-encapsulated by the fast path."""
     code = (
@@ -114,7 +114,19 @@ def test_udp_flow_is_offloaded_and_keeps_returning(gwlb_lab: GwlbLab) -> None:
         echo.stdin.write("first\n")
         echo.stdin.flush()
         assert echo.stdout.readline().strip() == "first"
-        owner = wait_for(_gateway_offloading_udp_echo, 10, "the gateway offloading the echo")
+        ticks = iter(range(10**6))
+
+        def offloaded() -> str | None:
+            # a stream: conntrack marks UDP assured (what the offloader takes) at a
+            # packet more than 2 s after the first reply
+            n = next(ticks)
+            if n % 5 == 0:
+                echo.stdin.write(f"tick {n}\n")  # type: ignore[union-attr]
+                echo.stdin.flush()  # type: ignore[union-attr]
+                assert echo.stdout.readline().strip() == f"tick {n}"  # type: ignore[union-attr]
+            return _gateway_offloading_udp_echo()
+
+        owner = wait_for(offloaded, 15, "the gateway offloading the echo")
         before = fast_path_counters(owner)
         for n in range(5):
             echo.stdin.write(f"again {n}\n")
