@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 
 from perf.lab import ns_exec
-from tests.netns.helpers import agent, agent_status, http_get_json, reset_gateway, sh, wait_for
+from tests.netns.helpers import (
+    agent,
+    agent_status,
+    document,
+    http_get_json,
+    reset_gateway,
+    sh,
+    wait_for,
+)
 from xdp import Dataplane, DenyRule, Reason, libbpf, loader
 
 GW = "cs-gw-a"
@@ -68,16 +76,17 @@ def test_curl_udp_ping_go_through_the_fast_path(fresh_gateway: dict[str, Any]) -
         script = (
             "import socket,time;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
             "s.settimeout(2);s.bind(('0.0.0.0',40123));n=0\n"
-            "for i in range(40):\n"
+            "for i in range(80):\n"
             f" s.sendto(b'x%d'%i,('{echo['address']}',{echo['port']}));"
             " n+=s.recv(100)==b'x%d'%i;time.sleep(0.05)\n"
             "print(n)"
         )
         udp = sh(WS, "python3", "-c", script)
-        assert udp.stdout.strip() == "40", udp.stderr
+        assert udp.stdout.strip() == "80", udp.stderr
         ping = sh(WS, "ping", "-c", "20", "-i", "0.05", "-W", "1", echo["address"])
         assert " 0% packet loss" in ping.stdout
-        # Both flows were offloaded after their first exchange: most packets took XDP.
+        # Both flows were offloaded once assured (UDP: a packet 2 s after the first
+        # reply, a stream; ICMP echo: replied): the rest of their packets took XDP.
         assert redirected() - before >= 40
         assert agent_status(GW)["offload"].get("offloaded_total", 0) >= 2
         assert seen["client_ip"] == st["gateways"]["a"]["outside_ip"]
@@ -94,9 +103,10 @@ def test_curl_udp_ping_go_through_the_fast_path(fresh_gateway: dict[str, Any]) -
 
 
 def test_offloaded_udp_flow_keeps_its_conntrack_entry(fresh_gateway: dict[str, Any]) -> None:
-    """UDP timeout is 3 s here; the flow runs 8 s on the fast path, one entry throughout."""
+    """UDP stream timeout is 3 s here; the flow runs 8 s, mostly on the fast path, one
+    entry throughout (the offloader refreshes it near its expiry)."""
     echo = fresh_gateway["services"]["udp_echo"]
-    with agent(GW):
+    with agent(GW, document(nat={"timeouts": {"udp": 3, "udp_stream": 3}})):
         script = (
             "import socket,time;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
             "s.settimeout(1);s.bind(('0.0.0.0',40124));n=0\n"
@@ -124,7 +134,8 @@ def test_agent_kill9_loses_no_packet_and_restart_adopts(fresh_gateway: dict[str,
         iperf3(fresh_gateway, "-u", "-b", "10M", "-t", "6", "-l", "1000", "-w", "4M") as client,
     ):
         wait_for(lambda: agent_status(GW)["offload"].get("active", 0) >= 1, 5, "offload of iperf3")
-        time.sleep(1)
+        # the UDP stream is offloaded once assured (2 s after its first reply)
+        wait_for(lambda: redirected() > 100, 8, "iperf3's UDP on the fast path")
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=10)
         during = redirected()
