@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from control.nftables import TABLE, table_present
+from nfq.engine.reject import checksum
 
 FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")  # the reading task's namespace
 
@@ -85,7 +86,7 @@ def answers_ping(address: str, timeout_s: float = 0.2) -> bool:
     ident, seq = os.getpid() & 0xFFFF, random.randrange(0x10000)
     header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
     payload = b"spectra-lease"
-    packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
+    packet = struct.pack("!BBHHH", 8, 0, checksum(header + payload), ident, seq) + payload
     deadline = time.monotonic() + timeout_s
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
@@ -101,13 +102,3 @@ def answers_ping(address: str, timeout_s: float = 0.2) -> bool:
     except OSError:  # a timeout, no route, or no raw socket: no answer
         return False
     return False
-
-
-def _checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
