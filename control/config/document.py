@@ -118,6 +118,12 @@ def _port_claims(doc: ConfigDocument) -> list[tuple[Loc, str, int]]:
     if doc.proxy.enabled:
         claims.append((("proxy", "port"), "tcp", doc.proxy.port))
     if doc.tls.enabled:
+        appliance = doc.tls.appliance
+        if appliance is not None:
+            claims.append((("tls", "appliance", "port"), "tcp", appliance.port))
+            if appliance.redirect_http_port:
+                redirect: Loc = ("tls", "appliance", "redirect_http_port")
+                claims.append((redirect, "tcp", appliance.redirect_http_port))
         for i, tls in enumerate(doc.tls.listeners):
             claims.append((("tls", "listeners", i, "port"), "tcp", tls.port))
             if tls.redirect_http_port:

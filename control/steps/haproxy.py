@@ -25,8 +25,9 @@ from typing import Any
 
 from control import haproxy
 from control.config import ConfigDocument
+from control.config.proxies import APPLIANCE, ApplianceTls, CertificateSource
 from control.daemon import Daemon
-from control.haproxy import HaproxyPaths, Listener
+from control.haproxy import HaproxyPaths, Listener, Route
 from control.steps.base import ConvergeError, Host, RenderError, StepContext
 from control.tls_certs import CertificateError, acm_export, check_pair
 
@@ -37,6 +38,8 @@ RETRY_SECONDS = 5.0
 CERT_SECONDS = 5.0  # a renewed certificate file is live within this
 ACM_SECONDS = 3600.0  # ACM renews 60 days before expiry: hourly export is plenty
 STATS_SECONDS = 2.0
+# the AI gateway's endpoints (ai.server.create_app), sent to it by tls.appliance
+AI_GATEWAY_PATHS = ("/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/models")
 
 
 def _read(path: str, field: str) -> bytes:
@@ -44,6 +47,42 @@ def _read(path: str, field: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise RenderError(field, f"cannot read {path}: {exc.strerror}") from None
+
+
+def _check_files(source: CertificateSource, at: str) -> None:
+    """A certificate given as files: readable, its key matches, not expired."""
+    if source.certificate_file and source.private_key_file:
+        cert = _read(source.certificate_file, f"{at}.certificate_file")
+        key = _read(source.private_key_file, f"{at}.private_key_file")
+        try:
+            check_pair(cert, key)
+        except CertificateError as exc:
+            raise RenderError(f"{at}.certificate_file", str(exc)) from None
+
+
+def _field(part: tuple[Listener, ...], index: int) -> str:
+    """The document path of ``part[index]`` (the appliance's frontend comes first)."""
+    if part[index].name == APPLIANCE:
+        return "tls.appliance"
+    return f"tls.listeners[{index - (part[0].name == APPLIANCE)}]"
+
+
+def _loopback(host: str) -> str:
+    """Where HAProxy reaches a server bound to ``host`` (any address: loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def appliance_listener(doc: ConfigDocument, appliance: ApplianceTls) -> Listener:
+    """The appliance's own HTTPS frontend: the config API and dashboard by default, the
+    AI gateway's paths (when it serves: routes and a port) to the AI gateway; HSTS."""
+    routes: tuple[Route, ...] = ()
+    ai = doc.ai
+    if ai.routes and ai.listen_port:
+        routes = (Route("ai", AI_GATEWAY_PATHS, ((_loopback(ai.listen_host), ai.listen_port, 1),)),)
+    api = ((_loopback(str(doc.api.host)), doc.api.port, 1),)
+    return Listener(APPLIANCE, appliance.port, "http", api, True, appliance.redirect_http_port,
+                    appliance.certificate_arn, appliance.certificate_file,
+                    appliance.private_key_file, routes)  # fmt: skip
 
 
 class HaproxyStep:
@@ -73,18 +112,14 @@ class HaproxyStep:
     @staticmethod
     def render(doc: ConfigDocument, host: Host) -> tuple[Listener, ...] | None:
         tls = doc.tls
-        if not tls.enabled or not tls.listeners:
+        if not tls.enabled or not (tls.listeners or tls.appliance):
             return None
         out = []
+        if tls.appliance is not None:
+            _check_files(tls.appliance, "tls.appliance")
+            out.append(appliance_listener(doc, tls.appliance))
         for i, ln in enumerate(tls.listeners):
-            if ln.certificate_file and ln.private_key_file:
-                at = f"tls.listeners[{i}]"
-                cert = _read(ln.certificate_file, f"{at}.certificate_file")
-                key = _read(ln.private_key_file, f"{at}.private_key_file")
-                try:
-                    check_pair(cert, key)
-                except CertificateError as exc:
-                    raise RenderError(f"{at}.certificate_file", str(exc)) from None
+            _check_files(ln, f"tls.listeners[{i}]")
             out.append(Listener(
                 ln.name, ln.port, ln.mode,
                 tuple((str(b.address), b.port, b.weight) for b in ln.backends),
@@ -110,7 +145,7 @@ class HaproxyStep:
     def _converge(self, part: tuple[Listener, ...]) -> None:
         paths = self.paths
         paths.certs.mkdir(parents=True, exist_ok=True)
-        pems = {ln.name: self._pem(i, ln) for i, ln in enumerate(part)}
+        pems = {ln.name: self._pem(_field(part, i), ln) for i, ln in enumerate(part)}
         text = haproxy.render_config(part, paths)
         for name, pem in pems.items():  # content-addressed: the live files stay as they are
             text = text.replace(f"crt {paths.pem(name)}", f"crt {pem}")
@@ -134,8 +169,7 @@ class HaproxyStep:
             if old not in keep:
                 old.unlink(missing_ok=True)
 
-    def _pem(self, index: int, ln: Listener) -> Path:
-        at = f"tls.listeners[{index}]"
+    def _pem(self, at: str, ln: Listener) -> Path:
         try:
             if ln.certificate_arn:
                 if self.acm_client is None:

@@ -14,6 +14,8 @@ document asks for:
 - allow rules and the default action, for new connections inside -> outside;
 - port forwards: ``dnat`` in a ``prerouting_nat`` chain, admitted by ``ct status dnat``;
 - the NAT port range (``masquerade to :low-high``, or ``snat`` to explicit addresses);
+- ``tls.appliance``: the config API's and AI gateway's plain ports reset from anywhere
+  but loopback (HAProxy serves them over HTTPS);
 - GWLB: traffic decapsulated on the GWLB interface is policed like the inside's, and its
   new flows get conntrack mark ``CT_MARK_GWLB`` (the XDP offloader offloads them only
   while the fast path can re-encapsulate them to the GWLB).
@@ -205,6 +207,21 @@ def _prerouting_chain(doc: ConfigDocument, out_if: str, addresses: str) -> list[
     return lines
 
 
+def _appliance_input(doc: ConfigDocument) -> list[str]:
+    """With ``tls.appliance`` the config API's and AI gateway's plain-HTTP ports answer
+    on loopback only (HAProxy's way in); any other interface gets a TCP reset."""
+    if not (doc.tls.enabled and doc.tls.appliance):
+        return []
+    ports = ", ".join(str(p) for p in sorted({doc.api.port, doc.ai.listen_port} - {0}))
+    return [
+        "\tchain appliance_input {",
+        "\t\ttype filter hook input priority filter; policy accept;",
+        f'\t\tiifname != "lo" tcp dport {{ {ports} }} counter reject with tcp reset '
+        'comment "tls.appliance: plain HTTP on loopback only"',
+        "\t}",
+    ]
+
+
 def nat_targets(doc: ConfigDocument, zone: str | None) -> list[str] | None:
     """The addresses flows are translated to, or ``None`` for the interface's own.
 
@@ -287,6 +304,7 @@ def render_nftables(
     lines += _forward_chain(doc, in_if, out_if)
     lines += _policy_chain(doc)
     lines += _prerouting_chain(doc, out_if, saddrs)
+    lines += _appliance_input(doc)
     lines += [
         "\tchain postrouting_nat {",
         "\t\ttype nat hook postrouting priority srcnat; policy accept;",
