@@ -2,10 +2,14 @@
 
 Render checks every certificate given as files (its key matches, it has not expired:
 :mod:`control.tls_certs`), naming the field, so the config API's dry run refuses it.
-Apply builds each listener's PEM (files, or an ACM export through ``acm_client``) under
-a name carrying its digest, writes the candidate config beside the live one, has
-HAProxy check it (``haproxy -c``), then moves it in place and reloads through the master
-socket (seamless: the master keeps the listening sockets) or starts HAProxy. A candidate
+``tls.appliance`` is one more frontend (:func:`appliance_listener`): the config API
+and dashboard, and the AI gateway's paths, over HTTPS with HSTS.
+Apply builds each listener's PEM (files, or an ACM export through ``acm_client``, which
+``spectra run --aws`` sets to the operational role's ACM client of the document's
+``aws`` section) under a name carrying its digest, writes the candidate config beside
+the live one, has HAProxy check it (``haproxy -c``), then moves it in place and reloads
+through the master socket (seamless: the master keeps the listening sockets) or starts
+HAProxy. A candidate
 HAProxy refuses fails the converge; the running one keeps its configuration. ``tick``
 restarts a dead HAProxy, re-reads the certificates (files every ``CERT_SECONDS``, ACM
 every ``ACM_SECONDS``; a renewed one is a reload, not a restart) and reports the version
@@ -20,11 +24,16 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from control import haproxy
+from control.aws.session import RoleInert
 from control.config import ConfigDocument
+from control.config.aws import Aws as AwsSection
 from control.config.proxies import APPLIANCE, ApplianceTls, CertificateSource
 from control.daemon import Daemon
 from control.haproxy import HaproxyPaths, Listener, Route
@@ -85,16 +94,26 @@ def appliance_listener(doc: ConfigDocument, appliance: ApplianceTls) -> Listener
                     appliance.private_key_file, routes)  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class TlsPart:
+    """What the step applies: the frontends, and the ``aws`` section ACM exports use."""
+
+    listeners: tuple[Listener, ...]
+    aws: AwsSection
+
+
 class HaproxyStep:
     name = "tls"
-    acm_client: Callable[[], Any] | None = None  # set by the agent when it runs on AWS
+    # an operational ACM client for a document's aws section: set by the agent when it
+    # runs on AWS (spectra run --aws)
+    acm_client: Callable[[AwsSection], Any] | None = None
 
     def __init__(self, context: StepContext) -> None:
         self.paths = HaproxyPaths.under(context.run_dir)
         self.console = context.log_dir / "haproxy-console.log"
         self.daemon = Daemon([haproxy.BINARY, "-W", "-S", str(self.paths.master_socket),
                               "-f", str(self.paths.config)])  # fmt: skip
-        self.listeners: tuple[Listener, ...] | None = None
+        self.part: TlsPart | None = None
         self.running: str | None = None
         self.restarts = 0
         self.reloads = 0
@@ -110,7 +129,7 @@ class HaproxyStep:
             self._version = haproxy.version()
 
     @staticmethod
-    def render(doc: ConfigDocument, host: Host) -> tuple[Listener, ...] | None:
+    def render(doc: ConfigDocument, host: Host) -> TlsPart | None:
         tls = doc.tls
         if not tls.enabled or not (tls.listeners or tls.appliance):
             return None
@@ -126,27 +145,33 @@ class HaproxyStep:
                 ln.hsts, ln.redirect_http_port, ln.certificate_arn,
                 ln.certificate_file, ln.private_key_file,
             ))  # fmt: skip
-        return tuple(out)
+        return TlsPart(tuple(out), doc.aws)
 
     # -- apply -----------------------------------------------------------------------
 
-    def apply(self, part: tuple[Listener, ...] | None) -> None:
+    @property
+    def listeners(self) -> tuple[Listener, ...] | None:
+        return None if self.part is None else self.part.listeners
+
+    def apply(self, part: TlsPart | None) -> None:
         if part is None:
             self.daemon.stop()
-            self.listeners = self.running = None
+            self.part = self.running = None
             self.paths.config.unlink(missing_ok=True)
             return
         if shutil.which(haproxy.BINARY) is None:
             raise ConvergeError("tls.enabled: haproxy is not installed on this host (Debian "
                                 "package haproxy); accepted here: false")  # fmt: skip
         self._converge(part)
-        self.listeners = part
+        self.part = part
 
-    def _converge(self, part: tuple[Listener, ...]) -> None:
-        paths = self.paths
+    def _converge(self, part: TlsPart) -> None:
+        paths, listeners = self.paths, part.listeners
         paths.certs.mkdir(parents=True, exist_ok=True)
-        pems = {ln.name: self._pem(_field(part, i), ln) for i, ln in enumerate(part)}
-        text = haproxy.render_config(part, paths)
+        pems = {
+            ln.name: self._pem(_field(listeners, i), ln, part.aws) for i, ln in enumerate(listeners)
+        }
+        text = haproxy.render_config(listeners, paths)
         for name, pem in pems.items():  # content-addressed: the live files stay as they are
             text = text.replace(f"crt {paths.pem(name)}", f"crt {pem}")
         if text == self.running and self.daemon.alive():
@@ -169,7 +194,7 @@ class HaproxyStep:
             if old not in keep:
                 old.unlink(missing_ok=True)
 
-    def _pem(self, at: str, ln: Listener) -> Path:
+    def _pem(self, at: str, ln: Listener, aws: AwsSection) -> Path:
         try:
             if ln.certificate_arn:
                 if self.acm_client is None:
@@ -177,13 +202,14 @@ class HaproxyStep:
                         f"{at}.certificate_arn: ACM needs the agent's AWS session "
                         "(spectra run --aws); use certificate files"
                     )
-                cert, key = acm_export(self.acm_client(), ln.certificate_arn)
+                cert, key = acm_export(self.acm_client(aws), ln.certificate_arn)
             else:
                 assert ln.certificate_file and ln.private_key_file
                 cert = Path(ln.certificate_file).read_bytes()
                 key = Path(ln.private_key_file).read_bytes()
             check_pair(cert, key)
-        except (OSError, CertificateError) as exc:
+        except (OSError, CertificateError, ClientError, BotoCoreError, RoleInert,
+                ValueError) as exc:  # fmt: skip
             field = "certificate_arn" if ln.certificate_arn else "certificate_file"
             raise ConvergeError(f"{at}.{field}: {exc}") from None
         data = cert.rstrip(b"\n") + b"\n" + key
@@ -243,7 +269,7 @@ class HaproxyStep:
     # -- supervision -----------------------------------------------------------------
 
     def tick(self) -> dict[str, Any]:
-        if self.listeners is None:
+        if self.part is None or self.listeners is None:
             return {"enabled": False}
         now = time.monotonic()
         error = None
@@ -253,11 +279,11 @@ class HaproxyStep:
                 self.restarts += 1
                 self._retry_at = now + RETRY_SECONDS
                 self.running = None
-                self._converge(self.listeners)
+                self._converge(self.part)
             elif now >= self._cert_at:  # a renewed certificate: a reload, not a restart
                 acm = any(ln.certificate_arn for ln in self.listeners)
                 self._cert_at = now + (ACM_SECONDS if acm else CERT_SECONDS)
-                self._converge(self.listeners)
+                self._converge(self.part)
         except ConvergeError as exc:
             error = str(exc)
             log.error("%s", exc)

@@ -38,8 +38,9 @@ def files(tmp_path: Path) -> dict[str, Any]:
 
 
 def haproxy_config(tmp_path: Path, parsed: Any) -> str:
-    listeners = HaproxyStep.render(parsed, HOST)
-    assert listeners is not None
+    part = HaproxyStep.render(parsed, HOST)
+    assert part is not None
+    listeners = part.listeners
     paths = HaproxyPaths.under(tmp_path)
     paths.certs.mkdir(parents=True)
     source = parsed.tls.appliance
