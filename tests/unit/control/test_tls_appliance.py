@@ -4,7 +4,6 @@ its own router, the loopback-only rule by ``nft``'s parser, bad input by the fie
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from control.steps import AnyHost, RenderError, dry_run
 from control.steps.haproxy import AI_GATEWAY_PATHS, HaproxyStep
 from control.steps.nftables import render_nftables
 from tests.certs import make_cert
+from tests.unit.control.test_port_forwards import nft_check
 
 pytestmark = pytest.mark.timeout(60)
 HOST = AnyHost(("203.0.113.2",))
@@ -98,9 +98,7 @@ def test_plain_ports_answer_on_loopback_only(tmp_path: Path) -> None:
     text = render_nftables(doc(files(tmp_path), ai=AI), ["203.0.113.2"])
     rule = next(ln.strip() for ln in text.splitlines() if "reject" in ln)
     assert rule.startswith('iifname != "lo" tcp dport { 8080, 8090 } counter reject with tcp reset')
-    proc = subprocess.run(["nft", "-c", "-f", "-"], input=text, capture_output=True, text=True,
-                          check=False)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    nft_check(text)
     plain = render_nftables(parse_document(
         {"interfaces": {"inside": "inside", "outside": "outside"}}), ["203.0.113.2"])  # fmt: skip
     assert "reject" not in plain
