@@ -5,8 +5,9 @@
 load balancer). ``load_balancer`` is validated but no converge step renders it yet: an
 instance reports it enabled in its status (``not_yet_rendered``).
 
-Domain lists use the one domain form of the document (:data:`control.config.types.Domain`,
-the form of AWS Network Firewall's domain lists): ``example.com`` is that name only,
+Domain lists use the one domain pattern of the document (:mod:`nfq.domain_pattern`, also
+the inspection policy's ``domain_lists`` targets; the form of AWS Network Firewall's
+domain lists): ``example.com`` is that name only,
 ``.example.com`` the domain and every subdomain, ``*.example.com`` subdomains only.
 """
 
