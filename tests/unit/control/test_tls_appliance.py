@@ -111,6 +111,9 @@ def test_plain_ports_answer_on_loopback_only(tmp_path: Path) -> None:
         ({"redirect_http_port": 3128}, {"proxy": {"enabled": True}},
          "tls.appliance.redirect_http_port"),
         ({"certificate_file": None}, {}, "tls.appliance.certificate_file"),
+        ({}, {"listeners": [{"name": "web", "certificate_file": "/c", "private_key_file": "/k",
+              "backends": [{"address": "10.0.1.1", "port": 80}]}]},
+         "tls.listeners[0].port"),  # 443 is the appliance's
         ({"certificate_arn": "arn:aws:acm:eu-west-1:123456789012:certificate/abc"}, {},
          "tls.appliance.certificate_arn"),
         ({}, {"listeners": [{"name": "appliance", "certificate_file": "/c", "private_key_file":
