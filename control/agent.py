@@ -39,6 +39,7 @@ from control.config import (
 from control.steps import ConvergeError, Converger, KernelHost, StepContext, build_steps
 from control.steps.base import OffloaderKind
 from control.steps.conntrack_sync import ConntrackSyncStep
+from control.steps.haproxy import HaproxyStep
 from control.steps.xdp import XdpStep
 from control.store import ConfigStore, CorruptRevision, StoreError, VersionNotFound
 from control.store.factory import POLL_SECONDS, open_store
@@ -134,6 +135,8 @@ class Agent:
         self.host.availability_zone = settings.availability_zone
         self.converger = Converger(build_steps(context), self.host)
         self.aws = self._aws_runner() if settings.aws else None
+        if self.aws is not None:
+            self._hand_aws_clients(self.aws)
         self._stopping = threading.Event()
         self._stop = False
         self._wake = threading.Event()
@@ -149,6 +152,17 @@ class Agent:
             zone=self.settings.availability_zone,
             cache=run_dir(self.settings.instance) / IDENTITY,
         )
+
+    def _hand_aws_clients(self, runner: HaRunner) -> None:
+        """Steps that call AWS get their clients from one session factory per ``aws``
+        section (the operational role; the instance's region from IMDS): the TLS
+        step's ACM exports."""
+        from control.aws import SectionSessions
+
+        sessions = SectionSessions(lambda: runner.identity)
+        for step in self.converger.steps:
+            if isinstance(step, HaproxyStep):
+                step.acm_client = lambda section: sessions.client(section, "acm")
 
     def _start_aws(self) -> None:
         """Who and where this instance is, then the HA loop from the store's current

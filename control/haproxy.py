@@ -4,9 +4,10 @@ The ``tls`` section in haproxy.cfg terms (HAProxy 2.6 Configuration Manual): one
 ``frontend`` per listener binding ``:port ssl crt <pem>`` (certificate, chain and key in
 one file), a ``backend`` with its servers and TCP health checks; TLS defaults follow
 Mozilla's "intermediate" profile (TLS 1.2 and 1.3, ECDHE with AES-GCM / ChaCha20 only,
-no tickets); ``hsts`` adds ``Strict-Transport-Security`` (RFC 6797, one year);
-``redirect_http_port`` is a plain-HTTP frontend answering 301 to the same host and path
-on https (RFC 9110 §15.4.2).
+no tickets); a listener's ``routes`` send requests by path (HAProxy's ``path`` ACL, an
+exact match) to their own backends before the default one; ``hsts`` adds
+``Strict-Transport-Security`` (RFC 6797, one year); ``redirect_http_port`` is a
+plain-HTTP frontend answering 301 to the same host and path on https (RFC 9110 §15.4.2).
 
 HAProxy runs in master-worker mode (``-W``) with a master CLI socket (``-S``): a reload
 is the master's ``reload`` command, which starts new workers on the listening sockets
@@ -35,6 +36,15 @@ HSTS = "max-age=31536000"
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """Requests whose path is one of ``paths`` go to the backend ``<listener>_<name>``."""
+
+    name: str
+    paths: tuple[str, ...]
+    backends: tuple[tuple[str, int, int], ...]  # (address, port, weight)
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     """One TLS frontend and its backend, as rendered for this instance."""
 
@@ -47,6 +57,7 @@ class Listener:
     certificate_arn: str | None
     certificate_file: str | None
     private_key_file: str | None
+    routes: tuple[Route, ...] = ()  # mode http: by path, before the default backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +103,13 @@ def render_config(listeners: tuple[Listener, ...], paths: HaproxyPaths) -> str:
             out += ["  option forwardfor", "  http-request set-header X-Forwarded-Proto https"]
         if ln.hsts:
             out += [f'  http-response set-header Strict-Transport-Security "{HSTS}"']
-        out += [f"  default_backend {ln.name}", "", f"backend {ln.name}", f"  mode {ln.mode}"]
-        out += [
-            f"  server s{i} {a}:{p} weight {w} check" for i, (a, p, w) in enumerate(ln.backends)
-        ]
+        for route in ln.routes:
+            out += [f"  acl {route.name}_path path {' '.join(route.paths)}",
+                    f"  use_backend {ln.name}_{route.name} if {route.name}_path"]  # fmt: skip
+        out += [f"  default_backend {ln.name}"]
+        out += _backend(ln.name, ln.mode, ln.backends)
+        for route in ln.routes:
+            out += _backend(f"{ln.name}_{route.name}", ln.mode, route.backends)
         if ln.redirect_http_port:
             target = "" if ln.port == 443 else f":{ln.port}"
             out += ["", f"frontend {ln.name}_http", "  mode http",
@@ -103,6 +117,12 @@ def render_config(listeners: tuple[Listener, ...], paths: HaproxyPaths) -> str:
                     "  http-request redirect code 301 location "
                     f"https://%[req.hdr(host),field(1,:)]{target}%[capture.req.uri]"]  # fmt: skip
     return "\n".join(out) + "\n"
+
+
+def _backend(name: str, mode: str, servers: tuple[tuple[str, int, int], ...]) -> list[str]:
+    return ["", f"backend {name}", f"  mode {mode}"] + [
+        f"  server s{i} {a}:{p} weight {w} check" for i, (a, p, w) in enumerate(servers)
+    ]
 
 
 @dataclass(frozen=True, slots=True)

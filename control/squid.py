@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from control.config.proxies import CRYPT_HASH_RE
+from nfq.domain_pattern import split_pattern
 
 BINARY = "squid"
 NCSA_AUTH = "/usr/lib/squid/basic_ncsa_auth"
@@ -97,14 +98,15 @@ def _domain_acl(name: str, domains: tuple[str, ...]) -> tuple[list[str], list[st
     ``.suffix`` by dstdomain (``name``), ``*.suffix`` (subdomains only) by an anchored
     dstdom_regex (``name_re``); entries a ``.suffix`` covers are left out (Squid warns
     about overlapping dstdomain entries)."""
-    suffixes = {d for d in domains if d.startswith(".")}
+    split = {d: split_pattern(d) for d in domains}
+    suffixes = {d for d, (kind, _) in split.items() if kind == "domain"}
     plain = sorted(
         d
-        for d in set(domains)
-        if not d.startswith("*.")
+        for d, (kind, _) in split.items()
+        if kind != "subdomains"
         and not any(d != s and (d.endswith(s) or d == s[1:]) for s in suffixes)
     )
-    regex = sorted({d[1:] for d in domains if d.startswith("*.")})
+    regex = sorted({f".{n}" for kind, n in split.values() if kind == "subdomains"})
     lines = [f"acl {name} dstdomain {d}" for d in plain]
     lines += [f"acl {name}_re dstdom_regex -i {re.escape(d)}$" for d in regex]
     return lines, [n for n, used in ((name, plain), (f"{name}_re", regex)) if used]

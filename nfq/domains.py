@@ -2,8 +2,9 @@
 stateful domain list rule groups ("Stateful domain list rule groups in AWS Network
 Firewall", AWS Network Firewall Developer Guide).
 
-A target ``www.example.com`` matches that host name exactly; ``.example.com`` matches
-``example.com`` and every subdomain. ``TLS_SNI`` targets match the ClientHello's server
+A target (:mod:`nfq.domain_pattern`) ``www.example.com`` matches that host name
+exactly; ``.example.com`` matches ``example.com`` and every subdomain; ``*.example.com``
+every subdomain only (a ``.`` before the name). ``TLS_SNI`` targets match the ClientHello's server
 name (``tls.sni``), ``HTTP_HOST`` the request's Host header (``http.host``). A
 ``DENYLIST`` drops matching flows; an ``ALLOWLIST`` passes them (``pass`` wins over
 ``drop`` in the default action order) and drops every other inspected TLS / HTTP flow
@@ -19,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from nfq.domain_pattern import split_pattern
 from nfq.policy import DomainList
 
 DOMAIN_SID_BASE = 1_900_000_000
@@ -26,9 +28,12 @@ SIDS_PER_LIST = 100_000
 _PROTO = {"TLS_SNI": ("tls", "tls.sni", "TLS SNI"), "HTTP_HOST": ("http", "http.host", "HTTP Host")}
 
 
+ANCHORS = {"exact": "^", "domain": "(^|\\.)", "subdomains": "\\."}  # before the name
+
+
 def _match(target: str, buffer: str) -> str:
-    name = target.removeprefix(".")
-    anchor = "(^|\\.)" if target.startswith(".") else "^"
+    kind, name = split_pattern(target)
+    anchor = ANCHORS[kind]
     # http.host is lower-cased by both engines (Suricata refuses nocase on it); a '/' or
     # ';' never occurs in a validated host name; '.' is escaped for the regex
     case = "" if buffer == "http.host" else "nocase; "

@@ -26,6 +26,10 @@ so the packet re-enters the hook and the product's chain acts on it:
   (Suricata's ``repeat-mark``).
 
 Both skb bits are cleared before the packet leaves the chain.
+
+* ``SKB_MARK_HAIRPIN`` (0x40): set with the DNAT of a port forward reached from the
+  inside (hairpin NAT, :mod:`control.steps.port_forwards`); the postrouting chain
+  masquerades such a connection's first packet to the gateway's inside address.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ CT_MARK_MASK = CT_MARK_INSPECT | CT_MARK_BYPASS  # the inspection path's bits
 SKB_MARK_BYPASS = 0x2
 SKB_MARK_REPEAT = 0x4
 SKB_MARK_MASK = SKB_MARK_BYPASS | SKB_MARK_REPEAT
+SKB_MARK_HAIRPIN = 0x40
 
 __all__ = [
     "CT_MARK_BYPASS",
@@ -45,6 +50,7 @@ __all__ = [
     "CT_MARK_INSPECT",
     "CT_MARK_MASK",
     "SKB_MARK_BYPASS",
+    "SKB_MARK_HAIRPIN",
     "SKB_MARK_MASK",
     "SKB_MARK_REPEAT",
 ]

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from nfq.domain_pattern import DomainPattern
+
 MAX_QUEUE = 65535
 
 
@@ -93,41 +95,20 @@ class Selector(BaseModel):
 
 class DomainList(BaseModel):
     """An AWS Network Firewall stateful domain list rule group (``RulesSourceList``):
-    ``targets`` are host names, a leading ``.`` matches the domain and every subdomain;
+    ``targets`` are domain patterns (:mod:`nfq.domain_pattern`, the one form every
+    domain list of the document uses: ``www.example.com`` that name, ``.example.com``
+    the domain and every subdomain, ``*.example.com`` subdomains only);
     ``ALLOWLIST`` passes matching flows and drops the rest of the inspected HTTP/TLS
     traffic, ``DENYLIST`` drops matching flows. Compiled into rules by
     :func:`nfq.domains.compile_domain_lists`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    targets: tuple[str, ...] = Field(min_length=1)
+    targets: tuple[DomainPattern, ...] = Field(min_length=1)
     target_types: tuple[Literal["TLS_SNI", "HTTP_HOST"], ...] = Field(
         default=("TLS_SNI", "HTTP_HOST"), min_length=1
     )
     generated_rules_type: Literal["ALLOWLIST", "DENYLIST"]
-
-    @field_validator("targets")
-    @classmethod
-    def _hostnames(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for target in value:
-            name = target.removeprefix(".")
-            labels = name.split(".")
-            if (
-                not name
-                or len(name) > 253
-                or not all(
-                    label
-                    and len(label) <= 63
-                    and label.replace("-", "").isalnum()
-                    and label.isascii()
-                    for label in labels
-                )
-            ):
-                raise ValueError(
-                    f"target {target!r}: expected a host name like www.example.com, "
-                    "or .example.com for the domain and its subdomains"
-                )
-        return tuple(t.lower() for t in value)
 
 
 class InspectionPolicy(BaseModel):

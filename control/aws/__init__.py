@@ -74,6 +74,7 @@ __all__ = [
     "OperationalRole",
     "RoleInert",
     "Roles",
+    "SectionSessions",
     "SessionFactory",
     "SnsNotifier",
     "SystemClock",
@@ -240,6 +241,36 @@ def roles_of(section: AwsSection, identity: InstanceIdentity | None) -> Roles | 
     kind = OperationalRole if explicit is not None else DeploymentRoles
     home = identity.account_id if identity else None
     return kind(chosen.name, chosen.external_id, chosen.organization_id, chosen.account_id or home)
+
+
+class SectionSessions:
+    """The session factory of a document's ``aws`` section, built on first use and
+    rebuilt only when the section changes: for converge steps that call AWS with the
+    operational role (the TLS step's ACM export). ``identity`` is the instance's (IMDS;
+    ``None`` before it is known or off EC2, then ``aws.region`` is required)."""
+
+    def __init__(
+        self,
+        identity: Callable[[], InstanceIdentity | None],
+        *,
+        base: boto3.Session | None = None,
+    ) -> None:
+        self._identity = identity
+        self._base = base
+        self._lock = threading.Lock()
+        self._built: tuple[AwsSection, InstanceIdentity | None, SessionFactory] | None = None
+
+    def factory(self, section: AwsSection) -> SessionFactory:
+        identity = self._identity()
+        with self._lock:
+            if self._built is None or self._built[:2] != (section, identity):
+                sessions = build(section, identity, base=self._base).sessions
+                self._built = (section, identity, sessions)
+            return self._built[2]
+
+    def client(self, section: AwsSection, service: str) -> Any:
+        """An operational client of ``service`` (:class:`RoleInert` without a role)."""
+        return self.factory(section).client(service)
 
 
 def operational_credentials(

@@ -118,6 +118,12 @@ def _port_claims(doc: ConfigDocument) -> list[tuple[Loc, str, int]]:
     if doc.proxy.enabled:
         claims.append((("proxy", "port"), "tcp", doc.proxy.port))
     if doc.tls.enabled:
+        appliance = doc.tls.appliance
+        if appliance is not None:
+            claims.append((("tls", "appliance", "port"), "tcp", appliance.port))
+            if appliance.redirect_http_port:
+                redirect: Loc = ("tls", "appliance", "redirect_http_port")
+                claims.append((redirect, "tcp", appliance.redirect_http_port))
         for i, tls in enumerate(doc.tls.listeners):
             claims.append((("tls", "listeners", i, "port"), "tcp", tls.port))
             if tls.redirect_http_port:
@@ -128,21 +134,30 @@ def _port_claims(doc: ConfigDocument) -> list[tuple[Loc, str, int]]:
             claims.append((("load_balancer", "listeners", i, "port"), lb.proto, lb.port))
     if doc.ha.conntrack_sync.enabled:
         claims.append((("ha", "conntrack_sync", "port"), "udp", doc.ha.conntrack_sync.port))
-    for i, forward in enumerate(doc.port_forwards):
-        claims.append((("port_forwards", i, "port"), forward.proto, forward.port))
     return claims
 
 
 def _port_claim_issues(doc: ConfigDocument) -> list[Issue]:
-    owner: dict[tuple[str, int], Loc] = {}
+    """A port (or a port forward's range) claimed twice: the later claim is named."""
+    ranges = [(loc, proto, port, port) for loc, proto, port in _port_claims(doc)]
+    ranges += [
+        (("port_forwards", i, "port"), f.proto, f.port, f.last_port)
+        for i, f in enumerate(doc.port_forwards)
+    ]
     issues = []
-    for loc, proto, port in _port_claims(doc):
-        first = owner.setdefault((proto, port), loc)
-        if first != loc:
-            issues.append(
-                Issue(loc, port, f"{proto}/{port} is already used by {format_path(first)}")
-            )
+    for n, (loc, proto, low, high) in enumerate(ranges):
+        first = next((r for r in ranges[:n] if r[1] == proto and r[2] <= high and low <= r[3]),
+                     None)  # fmt: skip
+        if first is None:
+            continue
+        what = f"{proto}/{low}" if low == high else f"{proto}/{low}-{high}"
+        used = "" if first[2:] == (low, high) else f" ({_span(first[2], first[3])})"
+        issues.append(Issue(loc, low, f"{what} is already used by {format_path(first[0])}{used}"))
     return issues
+
+
+def _span(low: int, high: int) -> str:
+    return str(low) if low == high else f"{low}-{high}"
 
 
 def _deny_limit_issues(doc: ConfigDocument) -> list[Issue]:

@@ -209,18 +209,56 @@ class Rules(StrictModel):
         return self.ip_sets[name].prefixes
 
 
+MAX_MAPPED_PORTS = 4096  # a range moved to other ports: one nft map element a port
+
+
 class PortForward(StrictModel):
-    """Destination NAT: ``proto`` traffic to the outside ``port`` goes to ``to_address``."""
+    """Destination NAT: ``proto`` traffic to the outside ``port`` goes to ``to_address``.
+
+    ``port_end`` makes it the range ``port..port_end``, mapped 1:1 onto
+    ``to_port..to_port + (port_end - port)``. ``allow_from`` limits who may connect (new
+    connections from other sources are dropped; empty: anyone). An inside workload that
+    connects to the outside address is hairpinned: the same DNAT, plus SNAT to the
+    gateway's inside address so the target's replies come back through the gateway."""
 
     proto: PortProto
     port: Port
+    port_end: Port | None = Field(
+        default=None, description="the last port of a range (inclusive); default: port alone"
+    )
     to_address: IPv4Address
     to_port: Port | None = Field(default=None, description="default: the same as port")
+    allow_from: list[IPv4Network] = Field(
+        default_factory=list, max_length=256, description="sources allowed; empty: any"
+    )
     comment: str | None = Field(default=None, max_length=128, pattern=r'^[^"\\\n]*$')
+
+    @property
+    def last_port(self) -> int:
+        return self.port if self.port_end is None else self.port_end
 
     @property
     def target_port(self) -> int:
         return self.port if self.to_port is None else self.to_port
+
+    @property
+    def shifted(self) -> bool:
+        """A range whose ports change (``to_port`` other than ``port``)."""
+        return self.last_port > self.port and self.target_port != self.port
+
+    @model_validator(mode="after")
+    def _range(self) -> PortForward:
+        span = self.last_port - self.port
+        if span < 0:
+            raise fail(("port_end",), self.port_end, f"expected a port >= port ({self.port})")
+        if self.target_port + span > 65535:
+            limit = f"expected at most {65535 - span} (the range has {span + 1} ports)"
+            raise fail(("to_port",), self.to_port, limit)
+        if self.shifted and span >= MAX_MAPPED_PORTS:
+            raise fail(("port_end",), self.port_end,
+                       f"expected at most {MAX_MAPPED_PORTS} ports when to_port moves the "
+                       "range (or to_port equal to port: any size)")  # fmt: skip
+        return self
 
 
 class GwlbHealthCheck(StrictModel):

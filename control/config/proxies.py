@@ -5,8 +5,9 @@
 load balancer). ``load_balancer`` is validated but no converge step renders it yet: an
 instance reports it enabled in its status (``not_yet_rendered``).
 
-Domain lists use the one domain form of the document (:data:`control.config.types.Domain`,
-the form of AWS Network Firewall's domain lists): ``example.com`` is that name only,
+Domain lists use the one domain pattern of the document (:mod:`nfq.domain_pattern`, also
+the inspection policy's ``domain_lists`` targets; the form of AWS Network Firewall's
+domain lists): ``example.com`` is that name only,
 ``.example.com`` the domain and every subdomain, ``*.example.com`` subdomains only.
 """
 
@@ -152,26 +153,17 @@ def _absolute(value: str) -> str:
 AbsPath = Annotated[str, AfterValidator(_absolute)]
 
 
-class TlsListener(StrictModel):
-    """HAProxy terminates TLS on ``port`` and proxies to ``backends``. The certificate
-    comes from ACM (``certificate_arn``, exported) or from PEM files on the instance
-    (``certificate_file``: the certificate and its chain; ``private_key_file``); a
-    renewed one is picked up without a restart."""
+class CertificateSource(StrictModel):
+    """Where a TLS certificate comes from: ACM (``certificate_arn``, exported) or PEM
+    files on the instance (``certificate_file``: the certificate and its chain;
+    ``private_key_file``); a renewed one is picked up without a restart."""
 
-    name: Name
-    port: Port = 443
     certificate_arn: AcmArn | None = None
     certificate_file: AbsPath | None = None
     private_key_file: AbsPath | None = None
-    mode: Literal["http", "tcp"] = "http"
-    backends: list[Backend] = Field(min_length=1, max_length=256)
-    hsts: bool = Field(default=False, description="Strict-Transport-Security (mode http)")
-    redirect_http_port: Port | None = Field(
-        default=None, description="a plain-HTTP port redirected to this listener (mode http)"
-    )
 
     @model_validator(mode="after")
-    def _certificate(self) -> TlsListener:
+    def _certificate(self) -> CertificateSource:
         files = (self.certificate_file, self.private_key_file)
         if self.certificate_arn is None and None in files:
             raise fail(
@@ -181,21 +173,60 @@ class TlsListener(StrictModel):
         if self.certificate_arn is not None and files != (None, None):
             raise fail(("certificate_arn",), self.certificate_arn,
                        "expected certificate_arn or certificate files, not both")  # fmt: skip
+        return self
+
+
+class TlsListener(CertificateSource):
+    """HAProxy terminates TLS on ``port`` and proxies to ``backends``."""
+
+    name: Name
+    port: Port = 443
+    mode: Literal["http", "tcp"] = "http"
+    backends: list[Backend] = Field(min_length=1, max_length=256)
+    hsts: bool = Field(default=False, description="Strict-Transport-Security (mode http)")
+    redirect_http_port: Port | None = Field(
+        default=None, description="a plain-HTTP port redirected to this listener (mode http)"
+    )
+
+    @model_validator(mode="after")
+    def _http_only(self) -> TlsListener:
         if self.mode == "tcp" and (self.hsts or self.redirect_http_port):
             field = "hsts" if self.hsts else "redirect_http_port"
             raise fail((field,), getattr(self, field), 'expected mode "http" for this')
         return self
 
 
+APPLIANCE = "appliance"  # the HAProxy frontend of the appliance's own endpoints
+
+
+class ApplianceTls(CertificateSource):
+    """The appliance's own endpoints behind HAProxy: the config API and dashboard
+    (``api.port``) and the AI gateway (``ai.listen_port``, by its paths) are served
+    over HTTPS on ``port``, with HSTS; their plain-HTTP ports answer on loopback only
+    (connections from any other interface are reset)."""
+
+    port: Port = 443
+    redirect_http_port: Port | None = Field(
+        default=None, description="a plain-HTTP port answering 301 to https on port"
+    )
+
+
 class Tls(StrictModel):
     """TLS termination (HAProxy)."""
 
     enabled: bool = False
+    appliance: ApplianceTls | None = Field(
+        default=None, description="HTTPS for the config API, dashboard and AI gateway"
+    )
     listeners: list[TlsListener] = Field(default_factory=list, max_length=64)
 
     @model_validator(mode="after")
     def _names(self) -> Tls:
         unique_names("listeners", [listener.name for listener in self.listeners])
+        for i, listener in enumerate(self.listeners):
+            if self.appliance is not None and listener.name == APPLIANCE:
+                raise fail(("listeners", i, "name"), listener.name,
+                           f"expected a name other than {APPLIANCE!r}")  # fmt: skip
         return self
 
 

@@ -21,13 +21,12 @@ from pydantic import (
     SerializationInfo,
 )
 
+from nfq.domain_pattern import DomainPattern
+
 MASK = "**********"
 REVEAL = {"reveal_secrets": True}
 
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")
-_DOMAIN_RE = re.compile(
-    r"^(\*\.|\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,62}$")
 
 
@@ -85,16 +84,8 @@ IfName = Annotated[
 ]
 
 
-def _domain(value: str) -> str:
-    lowered = value.lower()
-    if len(lowered) > 253 or not _DOMAIN_RE.match(lowered):
-        raise ValueError(
-            "expected a DNS name like example.com, or a suffix like .example.com / *.example.com"
-        )
-    return lowered
-
-
-Domain = Annotated[str, AfterValidator(_domain)]
+Domain = DomainPattern
+"""A domain pattern: :mod:`nfq.domain_pattern`, the one form of every domain list."""
 
 
 def _name(value: str) -> str:

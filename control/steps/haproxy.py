@@ -2,10 +2,14 @@
 
 Render checks every certificate given as files (its key matches, it has not expired:
 :mod:`control.tls_certs`), naming the field, so the config API's dry run refuses it.
-Apply builds each listener's PEM (files, or an ACM export through ``acm_client``) under
-a name carrying its digest, writes the candidate config beside the live one, has
-HAProxy check it (``haproxy -c``), then moves it in place and reloads through the master
-socket (seamless: the master keeps the listening sockets) or starts HAProxy. A candidate
+``tls.appliance`` is one more frontend (:func:`appliance_listener`): the config API
+and dashboard, and the AI gateway's paths, over HTTPS with HSTS.
+Apply builds each listener's PEM (files, or an ACM export through ``acm_client``, which
+``spectra run --aws`` sets to the operational role's ACM client of the document's
+``aws`` section) under a name carrying its digest, writes the candidate config beside
+the live one, has HAProxy check it (``haproxy -c``), then moves it in place and reloads
+through the master socket (seamless: the master keeps the listening sockets) or starts
+HAProxy. A candidate
 HAProxy refuses fails the converge; the running one keeps its configuration. ``tick``
 restarts a dead HAProxy, re-reads the certificates (files every ``CERT_SECONDS``, ACM
 every ``ACM_SECONDS``; a renewed one is a reload, not a restart) and reports the version
@@ -20,13 +24,19 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from control import haproxy
+from control.aws.session import RoleInert
 from control.config import ConfigDocument
+from control.config.aws import Aws as AwsSection
+from control.config.proxies import APPLIANCE, ApplianceTls, CertificateSource
 from control.daemon import Daemon
-from control.haproxy import HaproxyPaths, Listener
+from control.haproxy import HaproxyPaths, Listener, Route
 from control.steps.base import ConvergeError, Host, RenderError, StepContext
 from control.tls_certs import CertificateError, acm_export, check_pair
 
@@ -37,6 +47,8 @@ RETRY_SECONDS = 5.0
 CERT_SECONDS = 5.0  # a renewed certificate file is live within this
 ACM_SECONDS = 3600.0  # ACM renews 60 days before expiry: hourly export is plenty
 STATS_SECONDS = 2.0
+# the AI gateway's endpoints (ai.server.create_app), sent to it by tls.appliance
+AI_GATEWAY_PATHS = ("/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/models")
 
 
 def _read(path: str, field: str) -> bytes:
@@ -46,16 +58,62 @@ def _read(path: str, field: str) -> bytes:
         raise RenderError(field, f"cannot read {path}: {exc.strerror}") from None
 
 
+def _check_files(source: CertificateSource, at: str) -> None:
+    """A certificate given as files: readable, its key matches, not expired."""
+    if source.certificate_file and source.private_key_file:
+        cert = _read(source.certificate_file, f"{at}.certificate_file")
+        key = _read(source.private_key_file, f"{at}.private_key_file")
+        try:
+            check_pair(cert, key)
+        except CertificateError as exc:
+            raise RenderError(f"{at}.certificate_file", str(exc)) from None
+
+
+def _field(part: tuple[Listener, ...], index: int) -> str:
+    """The document path of ``part[index]`` (the appliance's frontend comes first)."""
+    if part[index].name == APPLIANCE:
+        return "tls.appliance"
+    return f"tls.listeners[{index - (part[0].name == APPLIANCE)}]"
+
+
+def _loopback(host: str) -> str:
+    """Where HAProxy reaches a server bound to ``host`` (any address: loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def appliance_listener(doc: ConfigDocument, appliance: ApplianceTls) -> Listener:
+    """The appliance's own HTTPS frontend: the config API and dashboard by default, the
+    AI gateway's paths (when it serves: routes and a port) to the AI gateway; HSTS."""
+    routes: tuple[Route, ...] = ()
+    ai = doc.ai
+    if ai.routes and ai.listen_port:
+        routes = (Route("ai", AI_GATEWAY_PATHS, ((_loopback(ai.listen_host), ai.listen_port, 1),)),)
+    api = ((_loopback(str(doc.api.host)), doc.api.port, 1),)
+    return Listener(APPLIANCE, appliance.port, "http", api, True, appliance.redirect_http_port,
+                    appliance.certificate_arn, appliance.certificate_file,
+                    appliance.private_key_file, routes)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class TlsPart:
+    """What the step applies: the frontends, and the ``aws`` section ACM exports use."""
+
+    listeners: tuple[Listener, ...]
+    aws: AwsSection
+
+
 class HaproxyStep:
     name = "tls"
-    acm_client: Callable[[], Any] | None = None  # set by the agent when it runs on AWS
+    # an operational ACM client for a document's aws section: set by the agent when it
+    # runs on AWS (spectra run --aws)
+    acm_client: Callable[[AwsSection], Any] | None = None
 
     def __init__(self, context: StepContext) -> None:
         self.paths = HaproxyPaths.under(context.run_dir)
         self.console = context.log_dir / "haproxy-console.log"
         self.daemon = Daemon([haproxy.BINARY, "-W", "-S", str(self.paths.master_socket),
                               "-f", str(self.paths.config)])  # fmt: skip
-        self.listeners: tuple[Listener, ...] | None = None
+        self.part: TlsPart | None = None
         self.running: str | None = None
         self.restarts = 0
         self.reloads = 0
@@ -71,47 +129,49 @@ class HaproxyStep:
             self._version = haproxy.version()
 
     @staticmethod
-    def render(doc: ConfigDocument, host: Host) -> tuple[Listener, ...] | None:
+    def render(doc: ConfigDocument, host: Host) -> TlsPart | None:
         tls = doc.tls
-        if not tls.enabled or not tls.listeners:
+        if not tls.enabled or not (tls.listeners or tls.appliance):
             return None
         out = []
+        if tls.appliance is not None:
+            _check_files(tls.appliance, "tls.appliance")
+            out.append(appliance_listener(doc, tls.appliance))
         for i, ln in enumerate(tls.listeners):
-            if ln.certificate_file and ln.private_key_file:
-                at = f"tls.listeners[{i}]"
-                cert = _read(ln.certificate_file, f"{at}.certificate_file")
-                key = _read(ln.private_key_file, f"{at}.private_key_file")
-                try:
-                    check_pair(cert, key)
-                except CertificateError as exc:
-                    raise RenderError(f"{at}.certificate_file", str(exc)) from None
+            _check_files(ln, f"tls.listeners[{i}]")
             out.append(Listener(
                 ln.name, ln.port, ln.mode,
                 tuple((str(b.address), b.port, b.weight) for b in ln.backends),
                 ln.hsts, ln.redirect_http_port, ln.certificate_arn,
                 ln.certificate_file, ln.private_key_file,
             ))  # fmt: skip
-        return tuple(out)
+        return TlsPart(tuple(out), doc.aws)
 
     # -- apply -----------------------------------------------------------------------
 
-    def apply(self, part: tuple[Listener, ...] | None) -> None:
+    @property
+    def listeners(self) -> tuple[Listener, ...] | None:
+        return None if self.part is None else self.part.listeners
+
+    def apply(self, part: TlsPart | None) -> None:
         if part is None:
             self.daemon.stop()
-            self.listeners = self.running = None
+            self.part = self.running = None
             self.paths.config.unlink(missing_ok=True)
             return
         if shutil.which(haproxy.BINARY) is None:
             raise ConvergeError("tls.enabled: haproxy is not installed on this host (Debian "
                                 "package haproxy); accepted here: false")  # fmt: skip
         self._converge(part)
-        self.listeners = part
+        self.part = part
 
-    def _converge(self, part: tuple[Listener, ...]) -> None:
-        paths = self.paths
+    def _converge(self, part: TlsPart) -> None:
+        paths, listeners = self.paths, part.listeners
         paths.certs.mkdir(parents=True, exist_ok=True)
-        pems = {ln.name: self._pem(i, ln) for i, ln in enumerate(part)}
-        text = haproxy.render_config(part, paths)
+        pems = {
+            ln.name: self._pem(_field(listeners, i), ln, part.aws) for i, ln in enumerate(listeners)
+        }
+        text = haproxy.render_config(listeners, paths)
         for name, pem in pems.items():  # content-addressed: the live files stay as they are
             text = text.replace(f"crt {paths.pem(name)}", f"crt {pem}")
         if text == self.running and self.daemon.alive():
@@ -134,8 +194,7 @@ class HaproxyStep:
             if old not in keep:
                 old.unlink(missing_ok=True)
 
-    def _pem(self, index: int, ln: Listener) -> Path:
-        at = f"tls.listeners[{index}]"
+    def _pem(self, at: str, ln: Listener, aws: AwsSection) -> Path:
         try:
             if ln.certificate_arn:
                 if self.acm_client is None:
@@ -143,13 +202,14 @@ class HaproxyStep:
                         f"{at}.certificate_arn: ACM needs the agent's AWS session "
                         "(spectra run --aws); use certificate files"
                     )
-                cert, key = acm_export(self.acm_client(), ln.certificate_arn)
+                cert, key = acm_export(self.acm_client(aws), ln.certificate_arn)
             else:
                 assert ln.certificate_file and ln.private_key_file
                 cert = Path(ln.certificate_file).read_bytes()
                 key = Path(ln.private_key_file).read_bytes()
             check_pair(cert, key)
-        except (OSError, CertificateError) as exc:
+        except (OSError, CertificateError, ClientError, BotoCoreError, RoleInert,
+                ValueError) as exc:  # fmt: skip
             field = "certificate_arn" if ln.certificate_arn else "certificate_file"
             raise ConvergeError(f"{at}.{field}: {exc}") from None
         data = cert.rstrip(b"\n") + b"\n" + key
@@ -209,7 +269,7 @@ class HaproxyStep:
     # -- supervision -----------------------------------------------------------------
 
     def tick(self) -> dict[str, Any]:
-        if self.listeners is None:
+        if self.part is None or self.listeners is None:
             return {"enabled": False}
         now = time.monotonic()
         error = None
@@ -219,11 +279,11 @@ class HaproxyStep:
                 self.restarts += 1
                 self._retry_at = now + RETRY_SECONDS
                 self.running = None
-                self._converge(self.listeners)
+                self._converge(self.part)
             elif now >= self._cert_at:  # a renewed certificate: a reload, not a restart
                 acm = any(ln.certificate_arn for ln in self.listeners)
                 self._cert_at = now + (ACM_SECONDS if acm else CERT_SECONDS)
-                self._converge(self.listeners)
+                self._converge(self.part)
         except ConvergeError as exc:
             error = str(exc)
             log.error("%s", exc)

@@ -12,8 +12,12 @@ document asks for:
   the deny list, which drops before the kernel sees the packet); a rule naming an IP
   set (``rules.ip_sets``) matches an nft interval set ``ipset_<name>``;
 - allow rules and the default action, for new connections inside -> outside;
-- port forwards: ``dnat`` in a ``prerouting_nat`` chain, admitted by ``ct status dnat``;
+- port forwards: ``dnat`` in a ``prerouting_nat`` chain, admitted by ``ct status dnat``
+  (ranges, hairpin NAT for inside workloads, source allow-lists:
+  :mod:`control.steps.port_forwards`);
 - the NAT port range (``masquerade to :low-high``, or ``snat`` to explicit addresses);
+- ``tls.appliance``: the config API's and AI gateway's plain ports reset from anywhere
+  but loopback (HAProxy serves them over HTTPS);
 - GWLB: traffic decapsulated on the GWLB interface is policed like the inside's, and its
   new flows get conntrack mark ``CT_MARK_GWLB`` (the XDP offloader offloads them only
   while the fast path can re-encapsulate them to the GWLB).
@@ -32,6 +36,7 @@ from control import nftables
 from control.config.document import ConfigDocument
 from control.config.network import ANY, Match, Rule
 from control.nftables import MARTIAN_DESTINATIONS, TABLE
+from control.steps import port_forwards
 from control.steps.base import Host, RenderError, StepBase, StepContext
 from nfq.marks import CT_MARK_GWLB
 from xdp.prefixes import prefix_str
@@ -186,23 +191,19 @@ def _policy_chain(doc: ConfigDocument) -> list[str]:
     return lines
 
 
-def _prerouting_chain(doc: ConfigDocument, out_if: str, addresses: str) -> list[str]:
-    if not doc.port_forwards:
+def _appliance_input(doc: ConfigDocument) -> list[str]:
+    """With ``tls.appliance`` the config API's and AI gateway's plain-HTTP ports answer
+    on loopback only (HAProxy's way in); any other interface gets a TCP reset."""
+    if not (doc.tls.enabled and doc.tls.appliance):
         return []
-    lines = [
-        "\tchain prerouting_nat {",
-        "\t\ttype nat hook prerouting priority dstnat; policy accept;",
+    ports = ", ".join(str(p) for p in sorted({doc.api.port, doc.ai.listen_port} - {0}))
+    return [
+        "\tchain appliance_input {",
+        "\t\ttype filter hook input priority filter; policy accept;",
+        f'\t\tiifname != "lo" tcp dport {{ {ports} }} counter reject with tcp reset '
+        'comment "tls.appliance: plain HTTP on loopback only"',
+        "\t}",
     ]
-    for i, fwd in enumerate(doc.port_forwards):
-        lines.append(
-            _line(
-                f"iifname {out_if} ip daddr {{ {addresses} }} {fwd.proto} dport {fwd.port}",
-                f"counter dnat ip to {fwd.to_address}:{fwd.target_port}",
-                f'comment "port_forwards[{i}]"',
-            )
-        )
-    lines.append("\t}")
-    return lines
 
 
 def nat_targets(doc: ConfigDocument, zone: str | None) -> list[str] | None:
@@ -286,11 +287,14 @@ def render_nftables(
     lines += _set_lines(doc)
     lines += _forward_chain(doc, in_if, out_if)
     lines += _policy_chain(doc)
-    lines += _prerouting_chain(doc, out_if, saddrs)
+    lines += port_forwards.sources_chain(doc, in_if, out_if, saddrs)
+    lines += port_forwards.prerouting_chain(doc, in_if, out_if, saddrs)
+    lines += _appliance_input(doc)
     lines += [
         "\tchain postrouting_nat {",
         "\t\ttype nat hook postrouting priority srcnat; policy accept;",
         *_snat_lines(doc, out_if, zone),
+        *port_forwards.hairpin_snat(doc, in_if),
         "\t}",
         "\tchain egress_guard {",
         "\t\ttype filter hook postrouting priority srcnat + 10; policy accept;",

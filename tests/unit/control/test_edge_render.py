@@ -115,8 +115,9 @@ def tls(cert: str, key: str, **changes: Any) -> dict[str, Any]:
 
 def test_tls_config_is_what_haproxy_accepts(tmp_path: Path) -> None:
     cert, key = make_cert(tmp_path, "gw")
-    listeners = HaproxyStep.render(doc(tls=tls(cert, key, port=8443)), HOST)
-    assert listeners is not None
+    part = HaproxyStep.render(doc(tls=tls(cert, key, port=8443)), HOST)
+    assert part is not None
+    listeners = part.listeners
     paths = HaproxyPaths.under(tmp_path)
     paths.certs.mkdir(parents=True)
     paths.pem("web").write_text(Path(cert).read_text() + Path(key).read_text())
