@@ -87,21 +87,40 @@ def daemonize(
     )
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            return int(pidfile.read_text())
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pidfile.read_text())
+            # the start time makes the record unique: a reused pid is not this process
+            tmp = pidfile.with_suffix(".tmp")
+            tmp.write_text(f"{pid} {_start_ticks(pid)}\n")
+            tmp.replace(pidfile)
+            return pid
         time.sleep(0.01)
     raise LabError(f"{argv[0]} did not start (no pid in {pidfile})")
 
 
+def _stat(pid: int) -> list[str]:
+    """``/proc/<pid>/stat`` after the command name: [state, ppid, ...]."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+def _start_ticks(pid: int) -> int:
+    """When ``pid`` started, in clock ticks after boot (field 22 of its stat)."""
+    return int(_stat(pid)[19])
+
+
 def pid_alive(pidfile: Path) -> int | None:
     """The pid recorded in ``pidfile`` when that process runs, else None (a zombie that
-    init has not reaped yet counts as gone)."""
+    init has not reaped yet counts as gone, and so does a process whose start time is
+    not the recorded one: the recorded process died and its pid was reused -- e.g. by an
+    agent, which :func:`stop` must never signal)."""
     try:
-        pid = int(pidfile.read_text())
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        pid, *started = (int(f) for f in pidfile.read_text().split())
+        stat = _stat(pid)
     except (OSError, ValueError):
         return None
-    return None if stat.rpartition(")")[2].split()[0] == "Z" else pid
+    if stat[0] == "Z" or (started and int(stat[19]) != started[0]):
+        return None
+    return pid
 
 
 def stop(pidfile: Path, wait: float) -> None:
