@@ -106,7 +106,6 @@ class BatchFlowTable(Protocol):
     """What the event offloader needs of :class:`xdp.Dataplane`."""
 
     def add_packed_flows(self, keys: bytes, values: bytes) -> None: ...
-    def delete_flow(self, key: FlowKey) -> bool: ...
     def delete_packed_flow(self, key: bytes) -> bool: ...
     def packed_flow(self, key: bytes) -> FlowEntry | None: ...
     def flow_activity(self, key: bytes) -> tuple[int, int] | None: ...
@@ -443,7 +442,7 @@ class EventOffloader:
         conntrack no longer has, offload what is due, recount NAT port use."""
         self.resyncs[reason] += 1
         cts = {ct.key: ct for ct in self.kernel.dump()}
-        table = {pack_key(k): k for k, _ in self.table.flows()}
+        table = {pack_key(k) for k, _ in self.table.flows()}
         known = {k for t in self.tracked.values() for k in t.keys}
         for key in [k for k in self.tracked if k not in cts]:
             self._remove(key, "conntrack_destroyed")
@@ -459,7 +458,7 @@ class EventOffloader:
                 self._track(ct, (out_key, back_key), now_ns)
                 self.stats.adopted += 1
         known = {k for t in self.tracked.values() for k in t.keys}
-        for orphan in table.keys() - known:
+        for orphan in table - known:
             self.table.delete_packed_flow(orphan)
             self.stats.removed["orphan"] += 1
         self.kernel_only &= cts.keys()
