@@ -1,4 +1,4 @@
-"""Conntrack over raw ctnetlink: events, filtered dumps and batched timeout refreshes.
+"""Conntrack over raw ctnetlink: events, filtered dumps, batched refreshes and parks.
 
 The offloader's cost must follow changes, not flows (a NAT gateway holds hundreds of
 thousands of entries). This module speaks the ctnetlink wire format itself
@@ -13,7 +13,8 @@ thousands of entries). This module speaks the ctnetlink wire format itself
   (``struct`` over a ``memoryview``, a few microseconds an event).
 * :class:`CtRequests` dumps with the kernel's status filter (``CTA_STATUS`` +
   ``CTA_STATUS_MASK``: only source-NATed entries are sent), reads one entry, and
-  refreshes many entries' timeouts in one ``send`` (no ACKs: only failures answer).
+  refreshes many entries' timeouts, or parks them (``CT_MARK_PARKED`` through
+  ``CTA_MARK`` + ``CTA_MARK_MASK``), in one ``send`` (no ACKs: only failures answer).
 
 An overflowing event socket (``ENOBUFS``) loses events; the caller resyncs from a dump.
 """
