@@ -91,7 +91,6 @@ class Settings:
     samples: int = 300
     offload_timeout_s: float = 120.0
 
-
     @property
     def window_s(self) -> float:
         """One keepalive period: each flow is looked at once, its margin before expiry
