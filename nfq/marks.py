@@ -17,6 +17,11 @@ Conntrack mark:
   path only while the fast path can do that (a linked GWLB interface), else the kernel
   path and ``tc_gwlb_encap`` carry it.
 
+* ``CT_MARK_PARKED`` (0x10): the offloader took this flow off the fast path because it
+  went idle while its conntrack entry lived on (set by the agent over ctnetlink). The
+  forward chain clears it at the flow's next packet, and that mark change is the
+  conntrack UPDATE event that brings the flow back to the fast path at once.
+
 Packet mark, set by the inspector in its NFQUEUE verdict together with ``NF_REPEAT``
 so the packet re-enters the hook and the product's chain acts on it:
 
@@ -37,6 +42,7 @@ from __future__ import annotations
 CT_MARK_INSPECT = 0x1
 CT_MARK_BYPASS = 0x2
 CT_MARK_GWLB = 0x8
+CT_MARK_PARKED = 0x10
 CT_MARK_MASK = CT_MARK_INSPECT | CT_MARK_BYPASS  # the inspection path's bits
 
 SKB_MARK_BYPASS = 0x2
@@ -49,6 +55,7 @@ __all__ = [
     "CT_MARK_GWLB",
     "CT_MARK_INSPECT",
     "CT_MARK_MASK",
+    "CT_MARK_PARKED",
     "SKB_MARK_BYPASS",
     "SKB_MARK_HAIRPIN",
     "SKB_MARK_MASK",

@@ -1,4 +1,4 @@
-"""Conntrack over raw ctnetlink: events, filtered dumps and batched timeout refreshes.
+"""Conntrack over raw ctnetlink: events, filtered dumps, batched refreshes and parks.
 
 The offloader's cost must follow changes, not flows (a NAT gateway holds hundreds of
 thousands of entries). This module speaks the ctnetlink wire format itself
@@ -13,7 +13,8 @@ thousands of entries). This module speaks the ctnetlink wire format itself
   (``struct`` over a ``memoryview``, a few microseconds an event).
 * :class:`CtRequests` dumps with the kernel's status filter (``CTA_STATUS`` +
   ``CTA_STATUS_MASK``: only source-NATed entries are sent), reads one entry, and
-  refreshes many entries' timeouts in one ``send`` (no ACKs: only failures answer).
+  refreshes many entries' timeouts, or parks them (``CT_MARK_PARKED`` through
+  ``CTA_MARK`` + ``CTA_MARK_MASK``), in one ``send`` (no ACKs: only failures answer).
 
 An overflowing event socket (``ENOBUFS``) loses events; the caller resyncs from a dump.
 """
@@ -29,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from nfq.marks import CT_MARK_BYPASS, CT_MARK_INSPECT
+from nfq.marks import CT_MARK_BYPASS, CT_MARK_INSPECT, CT_MARK_PARKED
 from xdp.ctnetlink import next_hop_mac
 from xdp.offload import (
     IPS_ASSURED,
@@ -61,7 +62,7 @@ NLA_TYPE_MASK = 0x3FFF
 NFNETLINK_V0 = 0
 
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO = 1, 2, 3, 4
-CTA_TIMEOUT, CTA_MARK, CTA_STATUS_MASK = 7, 8, 26
+CTA_TIMEOUT, CTA_MARK, CTA_MARK_MASK, CTA_STATUS_MASK = 7, 8, 21, 26
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST = 1, 2
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
@@ -72,6 +73,8 @@ ICMP_ECHO_REQUEST = 8
 HDR = struct.Struct("=IHHII")  # nlmsghdr
 NFGEN = struct.Struct("=BBH")  # nfgenmsg (res_id big-endian, always 0 here)
 NLA = struct.Struct("=HH")
+_BE32 = struct.Struct(">I")
+_ntohs = socket.ntohs
 NFGEN_LEN = 4
 ATTRS_AT = HDR.size + NFGEN_LEN  # where a ctnetlink message's attributes start
 RCVBUF = 64 << 20  # events of a burst of ~250,000 new flows
@@ -190,13 +193,34 @@ def _attrs(buf: memoryview, off: int, end: int) -> Iterator[tuple[int, int, int]
 
 
 # The layout the kernel writes for an IPv4 TCP/UDP tuple (ctnetlink_dump_tuples): the
-# attribute types at fixed offsets of the tuple's payload, read in one unpack.
-_TUPLE_TYPES = struct.Struct("=2xH2xH6xH6xH2xH6xH6xH")
+# attribute types and the values at fixed offsets of the tuple's payload, one unpack.
+_TUPLE_LAYOUT = struct.Struct("=2xH2xH4s2xH4s2xH2xHB3x2xHH2x2xHH2x")
 _TUPLE_EXPECTED = (
     CTA_TUPLE_IP | NLA_F_NESTED, CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_TUPLE_PROTO | NLA_F_NESTED,
     CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT,
 )  # fmt: skip
 _ADDRESSES: dict[bytes, IPv4Address] = {}
+
+
+class CachedIPv4Address(IPv4Address):
+    """An ``IPv4Address`` that keeps its hash and packed form: the offloader hashes
+    (dict keys) and packs (map keys) the same few addresses for every flow, and the
+    standard class recomputes both in Python each time. Equal to, and hashing like,
+    the plain ``IPv4Address`` of the same value."""
+
+    __slots__ = ("_hash", "_raw")
+
+    def __init__(self, address: bytes | int | str) -> None:
+        super().__init__(address)
+        self._raw = int(self).to_bytes(4, "big")
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @property
+    def packed(self) -> bytes:
+        return self._raw
 
 
 def _address(raw: bytes) -> IPv4Address:
@@ -205,18 +229,17 @@ def _address(raw: bytes) -> IPv4Address:
     if addr is None:
         if len(_ADDRESSES) >= 65536:
             _ADDRESSES.clear()
-        addr = _ADDRESSES[raw] = IPv4Address(raw)
+        addr = _ADDRESSES[raw] = CachedIPv4Address(raw)
     return addr
 
 
 def _tuple(buf: memoryview, off: int, end: int) -> tuple[int, CtTuple] | None:
-    if end - off >= 48 and _TUPLE_TYPES.unpack_from(buf, off) == _TUPLE_EXPECTED:
-        return buf[off + 28], CtTuple(
-            _address(bytes(buf[off + 8 : off + 12])),
-            _address(bytes(buf[off + 16 : off + 20])),
-            buf[off + 36] << 8 | buf[off + 37],
-            buf[off + 44] << 8 | buf[off + 45],
+    if end - off >= 48:
+        t1, t2, src, t3, dst, t4, t5, proto, t6, sport, t7, dport = _TUPLE_LAYOUT.unpack_from(
+            buf, off
         )
+        if (t1, t2, t3, t4, t5, t6, t7) == _TUPLE_EXPECTED:
+            return proto, CtTuple(_address(src), _address(dst), _ntohs(sport), _ntohs(dport))
     return _tuple_any(buf, off, end)
 
 
@@ -255,8 +278,15 @@ def parse_message(buf: memoryview, off: int, end: int) -> CtFlow | None:
     orig = reply = None
     proto = status = mark = timeout = 0
     tcp_state = None
-    be32 = struct.Struct(">I").unpack_from
-    for kind, a, b in _attrs(buf, off + ATTRS_AT, end):
+    be32, unpack = _BE32.unpack_from, NLA.unpack_from
+    a = off + ATTRS_AT
+    while a + 4 <= end:  # the attributes, inline (:func:`_attrs`: one call each)
+        length, kind = unpack(buf, a)
+        if length < 4:
+            break
+        kind &= NLA_TYPE_MASK
+        b = a + length
+        a += 4
         if kind == CTA_TUPLE_ORIG:
             got = _tuple(buf, a, b)
             if got is None:
@@ -279,6 +309,7 @@ def parse_message(buf: memoryview, off: int, end: int) -> CtFlow | None:
                     for k3, a3, _ in _attrs(buf, a2, b2):
                         if k3 == CTA_PROTOINFO_TCP_STATE:
                             tcp_state = buf[a3]
+        a = (b + 3) & ~3
     if orig is None or reply is None or proto not in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP):
         return None
     if proto == IPPROTO_ICMP:
@@ -456,11 +487,27 @@ class CtRequests:
     def refresh(self, items: Iterable[tuple[CtFlow, int]], batch: int = DEFAULT_BATCH) -> int:
         """Set each entry's timeout (seconds), ``batch`` messages a ``send``; no ACK is
         asked for: only failures (entry gone meanwhile) answer. Returns how many sent."""
+        return self._send_all(
+            (tuple_attr(CTA_TUPLE_ORIG, ct.proto, ct.orig)
+             + _nla(CTA_TIMEOUT, struct.pack(">I", timeout)) for ct, timeout in items),
+            batch,
+        )  # fmt: skip
+
+    def park(self, flows: Iterable[CtFlow], batch: int = DEFAULT_BATCH) -> int:
+        """Set ``CT_MARK_PARKED`` on each entry (its other mark bits kept: ``CTA_MARK``
+        with ``CTA_MARK_MASK``), ``batch`` a ``send``; the forward chain clears it at
+        the flow's next packet and that mark change comes back as an event."""
+        mark = _nla(CTA_MARK, struct.pack(">I", CT_MARK_PARKED))
+        mark += _nla(CTA_MARK_MASK, struct.pack(">I", CT_MARK_PARKED))
+        return self._send_all(
+            (tuple_attr(CTA_TUPLE_ORIG, ct.proto, ct.orig) + mark for ct in flows), batch
+        )
+
+    def _send_all(self, payloads: Iterable[bytes], batch: int) -> int:
+        """Each payload as a ctnetlink update (no ACK), ``batch`` messages a ``send``."""
         self._drain()
         sent, chunk = 0, []
-        for ct, timeout in items:
-            payload = tuple_attr(CTA_TUPLE_ORIG, ct.proto, ct.orig)
-            payload += _nla(CTA_TIMEOUT, struct.pack(">I", timeout))
+        for payload in payloads:
             chunk.append(_msg(MSG_NEW, NLM_F_REQUEST, self._next_seq(), payload))
             if len(chunk) >= batch:
                 sent += self._send(chunk)
@@ -526,6 +573,9 @@ class EventKernel:
 
     def refresh(self, items: Iterable[tuple[CtFlow, int]]) -> int:
         return self.requests.refresh(items)
+
+    def park(self, flows: Iterable[CtFlow]) -> int:
+        return self.requests.park(flows)
 
     def next_hop_mac(self, dst: IPv4Address) -> str | None:
         import time

@@ -226,19 +226,26 @@ class Dataplane:
     def add_flow(self, key: FlowKey, entry: FlowEntry) -> None:
         self.flow_table.put(key, entry)
 
-    def add_flows(self, items: Sequence[tuple[FlowKey, FlowEntry]]) -> None:
-        """Install many flow directions in one batch syscall."""
-        self.flow_table.put_many(items)
+    def add_packed_flows(self, keys: bytes, values: bytes) -> None:
+        """Install many flow directions, packed (:mod:`xdp.flowpack`), in one batch
+        syscall."""
+        self.flow_table.put_packed(keys, values)
 
     def delete_flow(self, key: FlowKey) -> bool:
         return self.flow_table.delete(key)
 
+    def delete_packed_flow(self, key: bytes) -> bool:
+        return self.flow_table.delete_packed(key)
+
     def flow(self, key: FlowKey) -> FlowEntry | None:
         return self.flow_table.get(key)
 
-    def flow_activity(self, key: FlowKey) -> tuple[int, int] | None:
-        """(last seen ns, flags) of one flow direction, or None."""
-        return self.flow_table.activity(key)
+    def packed_flow(self, key: bytes) -> FlowEntry | None:
+        return self.flow_table.get_packed(key)
+
+    def flow_activity(self, key: bytes) -> tuple[int, int] | None:
+        """(last seen ns, flags) of one flow direction by its packed key, or None."""
+        return self.flow_table.activity_packed(key)
 
     def flows(self) -> list[tuple[FlowKey, FlowEntry]]:
         return self.flow_table.items()

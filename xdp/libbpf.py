@@ -156,6 +156,15 @@ def map_delete(fd: int, key: ctypes._CData) -> bool:
     return True
 
 
+def map_delete_raw(fd: int, key: bytes) -> bool:
+    """:func:`map_delete` with the key as packed bytes; False when it was absent."""
+    ret = _lib().bpf_map_delete_elem(fd, key)
+    if ret == -errno.ENOENT:
+        return False
+    _check("bpf_map_delete_elem", ret)
+    return True
+
+
 def map_get_next_key(fd: int, key: ctypes._CData | None, next_key: ctypes._CData) -> bool:
     """Fill ``next_key`` with the key after ``key`` (the first when None); False at the end."""
     ret = _lib().bpf_map_get_next_key(

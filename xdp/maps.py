@@ -8,17 +8,15 @@ every struct against the C layout.
 from __future__ import annotations
 
 import ctypes
-import functools
 import logging
 import os
 import socket
-import struct
 import sys
 from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Address
 from typing import Generic, TypeVar
 
-from xdp import libbpf
+from xdp import flowpack, libbpf
 from xdp.reasons import REASON_COUNT, Reason
 from xdp.records import (
     FlowEntry,
@@ -46,11 +44,6 @@ def _be32(addr: IPv4Address) -> int:
 
 def _from_be32(value: int) -> IPv4Address:
     return IPv4Address(value.to_bytes(4, sys.byteorder))
-
-
-@functools.lru_cache(maxsize=1024)  # the offloader writes the same few MACs per flow
-def _mac_bytes(mac: str) -> bytes:
-    return bytes.fromhex(mac.replace(":", ""))
 
 
 def _mac_str(raw: Sequence[int]) -> str:
@@ -211,10 +204,6 @@ class PerCpuCounters:
         self.fd = -1
 
 
-# ``struct flow_key`` packed directly (ports in network order), for lookups by bytes.
-_FLOW_KEY = struct.Struct("=I4s4s2s2sB3x")
-
-
 class FlowTable:
     """The ``flows`` LRU hash: FlowKey -> FlowEntry, one entry per flow direction."""
 
@@ -258,8 +247,8 @@ class FlowTable:
             bytes=entry.bytes,
             last_seen_ns=entry.last_seen_ns,
         )
-        value.src_mac[:] = list(_mac_bytes(entry.src_mac))
-        value.dst_mac[:] = list(_mac_bytes(entry.dst_mac))
+        value.src_mac[:] = list(flowpack.mac_bytes(entry.src_mac))
+        value.dst_mac[:] = list(flowpack.mac_bytes(entry.dst_mac))
         return value
 
     @staticmethod
@@ -281,22 +270,34 @@ class FlowTable:
     def put(self, key: FlowKey, entry: FlowEntry) -> None:
         self.map.put(self.key_to_c(key), self.entry_to_c(entry))
 
-    def put_many(self, items: Sequence[tuple[FlowKey, FlowEntry]]) -> None:
-        """Write every pair with one BPF_MAP_UPDATE_BATCH."""
-        keys = (FlowKeyC * len(items))(*(self.key_to_c(k) for k, _ in items))
-        values = (FlowValueC * len(items))(*(self.entry_to_c(e) for _, e in items))
-        libbpf.map_update_batch(self.map.fd, keys, values)
+    def put_packed(self, keys: bytes, values: bytes) -> None:
+        """Write packed keys and values (:mod:`xdp.flowpack`, concatenated in the same
+        order) with one BPF_MAP_UPDATE_BATCH: no per-direction Python object."""
+        count = len(keys) // flowpack.KEY_SIZE
+        if count * flowpack.VALUE_SIZE != len(values):
+            raise ValueError(f"{count} keys but {len(values) / flowpack.VALUE_SIZE} values")
+        libbpf.map_update_batch(
+            self.map.fd,
+            (FlowKeyC * count).from_buffer_copy(keys),
+            (FlowValueC * count).from_buffer_copy(values),
+        )
 
-    def activity(self, key: FlowKey) -> tuple[int, int] | None:
-        """(``last_seen_ns``, flags) of ``key``'s entry without converting the rest;
-        None when absent (the offloader's keepalive looks, many per second)."""
-        raw = _FLOW_KEY.pack(key.ifindex, key.saddr.packed, key.daddr.packed,
-                             key.sport.to_bytes(2, "big"), key.dport.to_bytes(2, "big"),
-                             key.proto)  # fmt: skip
+    def activity_packed(self, raw: bytes) -> tuple[int, int] | None:
+        """(``last_seen_ns``, flags) of a packed key's entry without converting the
+        rest; None when absent (the offloader's keepalive looks, many per second)."""
         value = self._scratch
         if not libbpf.map_lookup_raw(self.map.fd, raw, value):
             return None
         return int(value.last_seen_ns), int(value.flags)
+
+    def get_packed(self, raw: bytes) -> FlowEntry | None:
+        value = FlowValueC()
+        if not libbpf.map_lookup_raw(self.map.fd, raw, value):
+            return None
+        return self.entry_from_c(value)
+
+    def delete_packed(self, raw: bytes) -> bool:
+        return libbpf.map_delete_raw(self.map.fd, raw)
 
     def get(self, key: FlowKey) -> FlowEntry | None:
         value = self.map.get(self.key_to_c(key))

@@ -19,7 +19,14 @@ the kernel translated them, kernel conntrack the source of truth), fed different
   the fast path carried packets since the last refresh, the entry's timeout is set to
   what the kernel would have left it (its timeout minus the time since the last
   packet), in batches of one ``send``; a quiet flow is left to expire, and its
-  destroy event removes it. A flow idle for ``idle_seconds`` leaves the fast path;
+  destroy event removes it. A flow idle for ``idle_seconds`` leaves the fast path and
+  is **parked**: its conntrack entry gets ``CT_MARK_PARKED``, which the forward chain
+  clears at the flow's next packet; that mark change is an UPDATE event, so a parked
+  flow that becomes active again returns to the fast path at once, not at a resync;
+* installs are **packed**: each direction's key and value one ``struct.pack`` straight
+  from the conntrack tuple (:mod:`xdp.flowpack`), a step's installs one batch map
+  update, and the packed keys are what each offloaded flow keeps for its keepalive
+  lookups and deletes (no per-flow ``FlowKey``/``FlowEntry``/ctypes objects);
 * per-destination NAT port use is kept from NEW and DESTROY events.
 
 :class:`OffloadWorker` runs it in its own thread, bounded per step, so the agent loop
@@ -40,6 +47,9 @@ from typing import Any, Protocol
 
 from nfq.marks import CT_MARK_GWLB
 from xdp.ctevents import CtEvent
+from xdp.flowpack import key as packed_key
+from xdp.flowpack import mac_bytes, pack_key, unpack_key
+from xdp.flowpack import value as packed_value
 from xdp.offload import (
     IPS_ASSURED,
     IPS_DYING,
@@ -55,16 +65,24 @@ from xdp.offload import (
     OffloadStats,
     Timeouts,
     flow_keys,
-    plan,
     why_not_offloadable,
 )
-from xdp.records import FLOW_F_CLOSING, IPPROTO_TCP, IPPROTO_UDP, FlowEntry, FlowKey
+from xdp.records import (
+    FLOW_F_CLOSING,
+    FLOW_F_GWLB,
+    IPPROTO_ICMP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    FlowEntry,
+    FlowKey,
+)
 
 log = logging.getLogger("spectra.xdp")
 
 CtKey = tuple[int, CtTuple]
 NatKey = tuple[int, IPv4Address, IPv4Address, int]
 MAX_EVENTS_PER_STEP = 4096
+INSTALL_BATCH = 1024  # installs are written at least every this many events
 MAX_CHECKS_PER_STEP = 8192
 STEP_SECONDS = 0.05  # the longest a step waits for events
 LAST_CHANCE_S = 1.5  # a quiet flow is looked at once more this long before expiry
@@ -80,27 +98,55 @@ class CtSource(Protocol):
     def dump(self) -> Iterable[CtFlow]: ...
     def get(self, proto: int, orig: CtTuple) -> CtFlow | None: ...
     def refresh(self, items: Sequence[tuple[CtFlow, int]]) -> int: ...
+    def park(self, flows: Sequence[CtFlow]) -> int: ...
     def next_hop_mac(self, dst: IPv4Address) -> str | None: ...
 
 
 class BatchFlowTable(Protocol):
     """What the event offloader needs of :class:`xdp.Dataplane`."""
 
-    def add_flows(self, items: Sequence[tuple[FlowKey, FlowEntry]]) -> None: ...
-    def delete_flow(self, key: FlowKey) -> bool: ...
-    def flow(self, key: FlowKey) -> FlowEntry | None: ...
-    def flow_activity(self, key: FlowKey) -> tuple[int, int] | None: ...
+    def add_packed_flows(self, keys: bytes, values: bytes) -> None: ...
+    def delete_packed_flow(self, key: bytes) -> bool: ...
+    def packed_flow(self, key: bytes) -> FlowEntry | None: ...
+    def flow_activity(self, key: bytes) -> tuple[int, int] | None: ...
     def flows(self) -> list[tuple[FlowKey, FlowEntry]]: ...
 
 
 @dataclass(slots=True)
 class Tracked:
-    """An offloaded flow: its pair, the conntrack entry as last known, the wheel slot."""
+    """An offloaded flow: its pair's packed keys (forward, return), the conntrack entry
+    as last known, the wheel slot."""
 
-    off: Offloaded
+    keys: tuple[bytes, bytes]
     ct: CtFlow
+    refreshed_ns: int  # the fast path's last packet the kernel was told of
+    gwlb: bool = False  # a two-arm GWLB flow (forward key on the GWLB interface)
     due: int = 0  # wheel second of the next look
     expires_ns: int = 0  # when the kernel entry runs out unless refreshed
+    bulk: Offloaded | None = None  # bulk-TCP window (``bulk_tcp="kernel"`` only)
+
+    def flow_keys(self) -> tuple[FlowKey, FlowKey]:
+        return unpack_key(self.keys[0]), unpack_key(self.keys[1])
+
+
+def plan_packed(
+    ct: CtFlow, inside: Interface, outside: Interface, to_internet: bytes,
+    to_workload: bytes, *, gwlb: bool = False,
+) -> tuple[bytes, bytes, bytes, bytes]:  # fmt: skip
+    """:func:`xdp.offload.plan` packed: (forward key, return key, forward value, return
+    value), the MACs as 6 bytes."""
+    o, r, p = ct.orig, ct.reply, ct.proto
+    os_, od, rs, rd = o.saddr.packed, o.daddr.packed, r.saddr.packed, r.daddr.packed
+    icmp = p == IPPROTO_ICMP
+    return (
+        packed_key(inside.ifindex, os_, od, o.sport, o.dport, p),
+        packed_key(outside.ifindex, rs, rd, r.sport, r.dport, p),
+        packed_value(rd, rs, r.sport if icmp else r.dport, 0 if icmp else r.sport,
+                     outside.ifindex, mac_bytes(outside.mac), to_internet),
+        packed_value(od, os_, o.sport if icmp else o.dport, 0 if icmp else o.sport,
+                     inside.ifindex, mac_bytes(inside.mac), to_workload,
+                     FLOW_F_GWLB if gwlb else 0),
+    )  # fmt: skip
 
 
 class EventOffloader:
@@ -131,6 +177,8 @@ class EventOffloader:
         self.kernel_only: set[CtKey] = set()
         self.refused: dict[CtKey, str] = {}
         self.idle_parked = 0
+        self.unparked = 0  # parked flows back on the fast path (their mark change)
+        self._parked: set[CtKey] = set()  # bounded by REFUSED_MEMORY
         self.wheel: defaultdict[int, list[CtKey]] = defaultdict(list)
         self._wheel_at = 0
         self.nat_ports: Counter[NatKey] = Counter()
@@ -165,8 +213,10 @@ class EventOffloader:
                 self._needs_resync = None
             events, overflowed = self.kernel.events(MAX_EVENTS_PER_STEP)
             self.events += len(events)
-            for event in events:
+            for i, event in enumerate(events, 1):
                 self._on_event(event, now_ns)
+                if i % INSTALL_BATCH == 0:  # the first flows need not wait for the last
+                    self._flush_installs(now_ns)
             self._flush_installs(now_ns)
             if overflowed:
                 log.warning("conntrack event socket overflowed: resync from a dump")
@@ -179,6 +229,7 @@ class EventOffloader:
         key = ct.key
         if event.kind == "destroy":
             self._count_nat(ct, -1)
+            self._parked.discard(key)
             tracked = self.tracked.get(key)
             if tracked is not None:
                 self._note_destroyed(tracked, now_ns)
@@ -217,50 +268,69 @@ class EventOffloader:
         ) or not_worth(ct)
         if why is None:
             self._pending.append((ct, self._started_ns))
+            if self._parked and ct.key in self._parked:
+                self._parked.discard(ct.key)
+                self.unparked += 1
         elif why == "gwlb":
             self.stats.gwlb_kernel_path += 1
 
     def _flush_installs(self, now_ns: int) -> None:
         """Install every pending flow's pair with one batch map update."""
-        items: list[tuple[FlowKey, FlowEntry]] = []
-        staged: list[tuple[CtFlow, int, tuple[FlowKey, FlowKey]]] = []
+        if not self._pending:
+            return
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        staged: list[tuple[CtFlow, int, tuple[bytes, bytes]]] = []
         used = 2 * len(self.tracked)
+        hops: dict[IPv4Address, bytes | None] = {}  # few next hops serve many flows
         for ct, seen_ns in self._pending:
             if ct.key in self.tracked:
                 continue
             if used + 2 > self.max_entries:
                 self._refuse(ct.key, "table_full")
                 continue
-            inside = self.gwlb if ct.mark & CT_MARK_GWLB else self.inside
+            gwlb = bool(ct.mark & CT_MARK_GWLB)
+            inside = self.gwlb if gwlb else self.inside
             if inside is None:
                 continue
-            to_internet = self.kernel.next_hop_mac(ct.orig.daddr)
-            to_workload = self.kernel.next_hop_mac(ct.orig.saddr)
+            to_internet = self._hop(hops, ct.orig.daddr)
+            to_workload = self._hop(hops, ct.orig.saddr)
             if not to_internet or not to_workload:
                 self._refuse(ct.key, "no_neighbour")
                 continue
-            out, back = plan(ct, inside, self.outside, to_internet, to_workload,
-                             gwlb=bool(ct.mark & CT_MARK_GWLB))  # fmt: skip
-            items += [back, out]  # return direction first
-            staged.append((ct, seen_ns, (out[0], back[0])))
+            out_key, back_key, out_value, back_value = plan_packed(
+                ct, inside, self.outside, to_internet, to_workload, gwlb=gwlb
+            )
+            keys += (back_key, out_key)  # return direction first
+            values += (back_value, out_value)
+            staged.append((ct, seen_ns, (out_key, back_key)))
             used += 2
         self._pending = []
-        if not items:
+        if not keys:
             return
-        self.table.add_flows(items)
+        self.table.add_packed_flows(b"".join(keys), b"".join(values))
         done_ns = time.monotonic_ns()
-        for ct, seen_ns, keys in staged:
-            off = Offloaded(keys, now_ns, gwlb=bool(ct.mark & CT_MARK_GWLB))
-            self._track(ct, off, now_ns)
-            self.refused.pop(ct.key, None)
-            self.stats.offloaded += 1
+        refused = self.refused
+        for ct, seen_ns, pair in staged:
+            self._track(ct, pair, now_ns)
+            if refused:
+                refused.pop(ct.key, None)
             self.install_delay_ns.append(done_ns - seen_ns)
+        self.stats.offloaded += len(staged)
         del self.install_delay_ns[:-1024]
 
-    def _track(self, ct: CtFlow, off: Offloaded, now_ns: int) -> None:
-        tracked = Tracked(off, ct, expires_ns=now_ns + ct.timeout * 1_000_000_000)
+    def _hop(self, hops: dict[IPv4Address, bytes | None], dst: IPv4Address) -> bytes | None:
+        if dst not in hops:
+            mac = self.kernel.next_hop_mac(dst)
+            hops[dst] = mac_bytes(mac) if mac else None
+        return hops[dst]
+
+    def _track(self, ct: CtFlow, keys: tuple[bytes, bytes], now_ns: int) -> None:
+        gwlb = bool(ct.mark & CT_MARK_GWLB)
+        expires = now_ns + ct.timeout * 1_000_000_000
+        tracked = Tracked(keys, ct, now_ns, gwlb, expires_ns=expires)
         self.tracked[ct.key] = tracked
-        self.gwlb_tracked += off.gwlb
+        self.gwlb_tracked += gwlb
         self._schedule(ct.key, tracked, self._first_look(tracked, now_ns))
 
     # ---- keepalive wheel ------------------------------------------------------------
@@ -287,6 +357,7 @@ class EventOffloader:
         if not self._wheel_at:
             self._wheel_at = now_s
         refresh: list[tuple[CtFlow, int]] = []
+        park: list[CtFlow] = []
         budget = MAX_CHECKS_PER_STEP
         while self._wheel_at <= now_s and budget > 0:
             bucket = self.wheel.get(self._wheel_at)
@@ -300,39 +371,51 @@ class EventOffloader:
                 if tracked is None or tracked.due != self._wheel_at:
                     continue  # gone, or rescheduled
                 budget -= 1
-                self._look(key, tracked, now_ns, refresh)
+                self._look(key, tracked, now_ns, refresh, park)
         if refresh:
             self.refreshes += self.kernel.refresh(refresh)
             self.stats.keepalives = self.refreshes
+        if park:
+            self.kernel.park(park)
 
     def _look(
-        self, key: CtKey, tracked: Tracked, now_ns: int, refresh: list[tuple[CtFlow, int]]
+        self,
+        key: CtKey,
+        tracked: Tracked,
+        now_ns: int,
+        refresh: list[tuple[CtFlow, int]],
+        park: list[CtFlow],
     ) -> None:
-        seen = [self.table.flow_activity(k) for k in tracked.off.keys]
-        if any(a is None for a in seen):
+        activity = self.table.flow_activity
+        fwd, back = activity(tracked.keys[0]), activity(tracked.keys[1])
+        if fwd is None or back is None:
             self._remove(key, "missing_from_table")
             return
-        activity = [a for a in seen if a is not None]
-        if any(flags & FLOW_F_CLOSING for _, flags in activity):
+        if (fwd[1] | back[1]) & FLOW_F_CLOSING:
             self._remove(key, "fin_rst")
             return
-        last_seen = max(last for last, _ in activity)
+        last_seen = max(fwd[0], back[0])
         if last_seen and now_ns - last_seen > self.idle_ns:
             self._remove(key, "idle")
             self.idle_parked += 1
+            park.append(tracked.ct)
+            if len(self._parked) < REFUSED_MEMORY:
+                self._parked.add(key)
             return
         if self.bulk_tcp == "kernel" and tracked.ct.proto == IPPROTO_TCP:
-            entries = [e for e in (self.table.flow(k) for k in tracked.off.keys) if e]
-            if tracked.off.is_bulk(entries, now_ns):
+            entries = [e for e in map(self.table.packed_flow, tracked.keys) if e]
+            if tracked.bulk is None:
+                tracked.bulk = Offloaded(tracked.flow_keys(), tracked.refreshed_ns)
+            if tracked.bulk.is_bulk(entries, now_ns):
                 self._remove(key, "bulk_tcp")
                 self.kernel_only.add(key)
                 return
         timeout_s = self.timeouts.for_flow(tracked.ct)
-        if last_seen > tracked.off.refreshed_ns:
+        if last_seen > tracked.refreshed_ns:
             # what the kernel would have left after the last packet it did not see
             left = max(1, timeout_s - (now_ns - last_seen) // 1_000_000_000)
             refresh.append((tracked.ct, left))
-            tracked.off.refreshed_ns = last_seen
+            tracked.refreshed_ns = last_seen
             tracked.expires_ns = now_ns + left * 1_000_000_000
             self._schedule(key, tracked, self._first_look(tracked, now_ns))
             return
@@ -347,9 +430,9 @@ class EventOffloader:
     def _note_destroyed(self, tracked: Tracked, now_ns: int) -> None:
         """A destroyed entry whose flow the fast path carried after the last refresh
         (the keepalive came too late: counted, it should stay 0)."""
-        seen = [self.table.flow_activity(k) for k in tracked.off.keys]
+        seen = [self.table.flow_activity(k) for k in tracked.keys]
         last = max((a[0] for a in seen if a is not None), default=0)
-        if last > tracked.off.refreshed_ns and now_ns - last < 2_000_000_000:
+        if last > tracked.refreshed_ns and now_ns - last < 2_000_000_000:
             self.destroyed_while_active += 1
 
     # ---- resync ---------------------------------------------------------------------
@@ -359,8 +442,8 @@ class EventOffloader:
         conntrack no longer has, offload what is due, recount NAT port use."""
         self.resyncs[reason] += 1
         cts = {ct.key: ct for ct in self.kernel.dump()}
-        table = dict(self.table.flows())
-        known = {k for t in self.tracked.values() for k in t.off.keys}
+        table = {pack_key(k) for k, _ in self.table.flows()}
+        known = {k for t in self.tracked.values() for k in t.keys}
         for key in [k for k in self.tracked if k not in cts]:
             self._remove(key, "conntrack_destroyed")
         for key, ct in cts.items():
@@ -370,16 +453,16 @@ class EventOffloader:
             inside = self.gwlb if ct.mark & CT_MARK_GWLB else self.inside
             if inside is None:
                 continue
-            out_key, back_key = flow_keys(ct, inside, self.outside)
+            out_key, back_key = (pack_key(k) for k in flow_keys(ct, inside, self.outside))
             if out_key in table and back_key in table and out_key not in known:
-                off = Offloaded((out_key, back_key), now_ns, gwlb=bool(ct.mark & CT_MARK_GWLB))
-                self._track(ct, off, now_ns)
+                self._track(ct, (out_key, back_key), now_ns)
                 self.stats.adopted += 1
-        known = {k for t in self.tracked.values() for k in t.off.keys}
-        for orphan in table.keys() - known:
-            self.table.delete_flow(orphan)
+        known = {k for t in self.tracked.values() for k in t.keys}
+        for orphan in table - known:
+            self.table.delete_packed_flow(orphan)
             self.stats.removed["orphan"] += 1
         self.kernel_only &= cts.keys()
+        self._parked &= cts.keys()
         for gone in self.refused.keys() - cts.keys():
             del self.refused[gone]
         self.nat_ports = Counter(_nat_key(ct) for ct in cts.values() if ct.status & IPS_SRC_NAT)
@@ -400,7 +483,7 @@ class EventOffloader:
         """The GWLB interface was linked, unlinked or replaced: its flows leave; a new
         link takes the GWLB flows conntrack holds (a resync)."""
         self._gwlb_seen = self.gwlb
-        for key in [k for k, t in self.tracked.items() if t.off.gwlb]:
+        for key in [k for k, t in self.tracked.items() if t.gwlb]:
             self._remove(key, "gwlb_unlinked")
         if self.gwlb is not None:
             self._needs_resync = self._needs_resync or "gwlb_linked"
@@ -430,9 +513,9 @@ class EventOffloader:
 
     def _remove(self, key: CtKey, reason: str) -> None:
         tracked = self.tracked.pop(key)
-        self.gwlb_tracked -= tracked.off.gwlb
-        for k in tracked.off.keys:
-            self.table.delete_flow(k)
+        self.gwlb_tracked -= tracked.gwlb
+        for k in tracked.keys:
+            self.table.delete_packed_flow(k)
         self.stats.removed[reason] += 1
 
     def snapshot(self) -> dict[str, Any]:
@@ -463,6 +546,7 @@ class EventOffloader:
                 refresh_failed=getattr(self.kernel, "refresh_failed", 0),
                 destroyed_while_active=self.destroyed_while_active,
                 idle_parked=self.idle_parked,
+                unparked=self.unparked,
                 install_delay_p50_ms=_pct_ms(delays, 0.5),
                 install_delay_p99_ms=_pct_ms(delays, 0.99),
             )

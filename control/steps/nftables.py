@@ -20,7 +20,10 @@ document asks for:
   but loopback (HAProxy serves them over HTTPS);
 - GWLB: traffic decapsulated on the GWLB interface is policed like the inside's, and its
   new flows get conntrack mark ``CT_MARK_GWLB`` (the XDP offloader offloads them only
-  while the fast path can re-encapsulate them to the GWLB).
+  while the fast path can re-encapsulate them to the GWLB);
+- a flow the XDP offloader parked (``CT_MARK_PARKED``: idle, taken off the fast path)
+  has the bit cleared at its next packet: that mark change is the conntrack event that
+  puts it back on the fast path.
 
 ``tick`` re-applies the last ruleset if someone removed the table.
 """
@@ -38,8 +41,16 @@ from control.config.network import ANY, Match, Rule
 from control.nftables import MARTIAN_DESTINATIONS, TABLE
 from control.steps import port_forwards
 from control.steps.base import Host, RenderError, StepBase, StepContext
-from nfq.marks import CT_MARK_GWLB
+from nfq.marks import CT_MARK_GWLB, CT_MARK_PARKED
 from xdp.prefixes import prefix_str
+
+# A flow the offloader parked (idle on the fast path, conntrack entry alive) is back:
+# clearing the bit is a conntrack mark change, i.e. the UPDATE event that re-offloads it.
+UNPARK_RULE = (
+    f"ct mark & {CT_MARK_PARKED:#x} == {CT_MARK_PARKED:#x} "
+    f"ct mark set ct mark & {0xFFFFFFFF & ~CT_MARK_PARKED:#x} "
+    'comment "parked fast-path flow active again: its mark change re-offloads it"'
+)
 
 log = logging.getLogger("spectra.control")
 
@@ -131,6 +142,7 @@ def _forward_chain(doc: ConfigDocument, in_if: str, out_if: str) -> list[str]:
         "\tchain forward {",
         "\t\ttype filter hook forward priority filter; policy accept;",
         '\t\tct state invalid counter drop comment "never forward what conntrack cannot track"',
+        _line(UNPARK_RULE),
     ]
     gwlb_if = doc.gwlb_interface
     if gwlb_if is not None:

@@ -6,7 +6,10 @@ through the product's socket filter, a real (pinned, unattached) flow table.
   a flow held for inspection never reach the offloader as an update; an assured
   stream does, and both its directions land in the table;
 * a conntrack DESTROY removes the pair from the table;
-* an overflowing event socket (ENOBUFS) is counted as a resync and nothing is lost.
+* an overflowing event socket (ENOBUFS) is counted as a resync and nothing is lost;
+* with the program attached, a flow idle on the fast path is parked (its conntrack
+  mark), and its next packet -- through the kernel, where the product's forward-chain
+  rule clears the mark -- brings it back to the fast path at once, without a resync.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ from pathlib import Path
 import pytest
 from pyroute2 import NetNS
 
+from control.steps.nftables import UNPARK_RULE
+from nfq.marks import CT_MARK_PARKED
 from perf.lab.flowlab import (
     ASK_REPLY,
     DESTINATIONS,
     NO_REPLY,
     OUTSIDE_IP,
+    Flow,
     FlowLab,
     flows,
     in_netns,
@@ -49,7 +55,8 @@ def flowlab() -> Iterator[FlowLab]:
     subprocess.run(
         ["ip", "netns", "exec", lab.gateway, "nft",
          "add chain ip flowlab marks { type filter hook forward priority 0; }; "
-         f"add rule ip flowlab marks ip daddr {INSPECTED} ct mark set 0x1"],
+         f"add rule ip flowlab marks ip daddr {INSPECTED} ct mark set 0x1; "
+         f"add rule ip flowlab marks {UNPARK_RULE}"],
         check=True,
     )  # fmt: skip
     lab.start_reflector()
@@ -88,13 +95,16 @@ def _close_kernels() -> Iterator[None]:
         OPEN.pop().close()
 
 
-def _offloader(lab: FlowLab, dp: Dataplane, rcvbuf: int = 8 << 20) -> EventOffloader:
+def _offloader(
+    lab: FlowLab, dp: Dataplane, rcvbuf: int = 8 << 20, idle_seconds: float = 300.0
+) -> EventOffloader:
     with in_netns(lab.gateway):
         kernel = EventKernel(rcvbuf)
     OPEN.append(kernel)
     inside, outside = _interfaces(lab.gateway)
     dp.flow_table.clear()
-    return EventOffloader(dp, kernel, inside, outside, 4096, timeouts=Timeouts())
+    return EventOffloader(dp, kernel, inside, outside, 4096, timeouts=Timeouts(),
+                          idle_seconds=idle_seconds)  # fmt: skip
 
 
 def _steps(off: EventOffloader, seconds: float = 0.6) -> None:
@@ -143,7 +153,7 @@ def test_destroy_removes_the_pair(flowlab: FlowLab, dataplane: Dataplane) -> Non
     _steps(off, 0.3)
     assert off.stats.adopted == 0 and off.tracked, "the start resync offloads them again"
     victim_key, victim = next(iter(off.tracked.items()))
-    keys = victim.off.keys
+    keys = victim.flow_keys()
     subprocess.run(
         ["ip", "netns", "exec", flowlab.gateway, "conntrack", "-D", "-p", "udp",
          "--orig-port-src", str(victim.ct.orig.sport), "-d", str(victim.ct.orig.daddr)],
@@ -171,3 +181,61 @@ def test_event_overflow_resyncs_and_loses_nothing(flowlab: FlowLab, dataplane: D
     assert off.snapshot()["resyncs_total"] == 1 + off.resyncs["enobufs"]
     assert off.stats.active == len(batch), "every assured flow offloaded after the resync"
     sender.close()
+
+
+def _marks(lab: FlowLab) -> dict[Flow, int]:
+    """Conntrack mark of each UDP flow (``conntrack -L``)."""
+    out = subprocess.run(["ip", "netns", "exec", lab.gateway, "conntrack", "-L", "-p", "udp"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    marks = {}
+    for line in out.splitlines():
+        fields: dict[str, str] = {}
+        for name, _, value in (f.partition("=") for f in line.split() if "=" in f):
+            fields.setdefault(name, value)  # the first tuple is the original direction
+        if "mark" in fields:
+            marks[Flow(int(fields["sport"]), fields["dst"])] = int(fields["mark"])
+    return marks
+
+
+def test_idle_flow_is_parked_and_returns_at_its_next_packet(
+    flowlab: FlowLab, dataplane: Dataplane
+) -> None:
+    _flush(flowlab)
+    off = _offloader(flowlab, dataplane, idle_seconds=2.0)
+    with in_netns(flowlab.gateway):
+        for ifname in ("inside", "outside"):
+            dataplane.attach(ifname)
+    sender = flowlab.sender()
+    try:
+        batch = [f for f in flows(16) if f.daddr != INSPECTED][:4]
+        sender.send(batch, ASK_REPLY, 1000)
+        time.sleep(2.2)
+        sender.send(batch, NO_REPLY, 1000)
+        _steps(off, 0.3)
+        assert off.stats.active == 4
+        sender.send(batch, NO_REPLY, 1000)  # through the fast path: last seen moves
+        time.sleep(0.1)
+        keys = {Flow(t.ct.orig.sport, str(t.ct.orig.daddr)): t.keys
+                for t in off.tracked.values()}  # fmt: skip
+        assert set(keys) == set(batch)
+        assert all(dataplane.flow_activity(k[0]) for k in keys.values())
+        _steps(off, 4.0)  # idle for 2 s, looked at: parked
+        assert off.idle_parked == 4 and not off.tracked and not dataplane.flows()
+        marks = _marks(flowlab)
+        assert all(marks[f] & CT_MARK_PARKED for f in batch), marks
+        back = batch[0]
+        sender.send([back], NO_REPLY, 1000)  # the kernel path: the rule clears the mark
+        sent = time.monotonic()
+        _steps(off, 0.3)
+        assert off.unparked == 1 and off.stats.active == 1, "back without a resync"
+        assert off.resyncs == {"start": 1}
+        assert time.monotonic() - sent < 1.0
+        assert dataplane.flow_activity(keys[back][0]) is not None
+        marks = _marks(flowlab)
+        assert not marks[back] & CT_MARK_PARKED
+        assert all(marks[f] & CT_MARK_PARKED for f in batch[1:]), "the others stay"
+    finally:
+        sender.close()
+        with in_netns(flowlab.gateway):
+            for ifname in ("inside", "outside"):
+                dataplane.detach(ifname)

@@ -10,9 +10,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from xdp import ctevents as c
-from xdp.maps import _FLOW_KEY, FlowTable
 from xdp.offload import IPS_ASSURED, IPS_SEEN_REPLY, IPS_SRC_NAT, CtFlow, CtTuple
-from xdp.records import FlowKey
 
 ORIG = CtTuple(IPv4Address("10.0.1.10"), IPv4Address("198.51.100.10"), 40000, 443)
 REPLY = CtTuple(IPv4Address("198.51.100.10"), IPv4Address("203.0.113.2"), 443, 61000)
@@ -61,10 +59,13 @@ def test_fast_builders_match_the_generic_ones(proto: int) -> None:
     assert c.tuple_attr(c.CTA_TUPLE_ORIG, proto, ORIG) == c._tuple_attr_any(
         c.CTA_TUPLE_ORIG, proto, ORIG
     )
-    key = FlowKey(5, ORIG.saddr, ORIG.daddr, ORIG.sport, ORIG.dport, proto)
-    ports = ORIG.sport.to_bytes(2, "big"), ORIG.dport.to_bytes(2, "big")
-    raw = _FLOW_KEY.pack(5, ORIG.saddr.packed, ORIG.daddr.packed, *ports, proto)
-    assert raw == bytes(FlowTable.key_to_c(key))
+
+
+def test_parsed_addresses_hash_and_pack_like_plain_ones() -> None:
+    flow = next(e for e in c.parse(message(17, c.MSG_NEW, 0)) if isinstance(e, c.CtEvent)).flow
+    assert flow.orig == ORIG and hash(flow.orig) == hash(ORIG)
+    assert flow.orig.saddr.packed == ORIG.saddr.packed and str(flow.orig.saddr) == "10.0.1.10"
+    assert {ORIG.daddr: 1}[flow.orig.daddr] == 1
 
 
 def test_the_filter_is_well_formed() -> None:

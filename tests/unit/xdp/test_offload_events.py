@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from ipaddress import IPv4Address
 
+from xdp import flowpack
 from xdp.ctevents import CtEvent
 from xdp.offload import (
     IPS_ASSURED,
@@ -18,8 +19,9 @@ from xdp.offload import (
     Interface,
     Timeouts,
     flow_keys,
+    plan,
 )
-from xdp.offload_events import EventOffloader
+from xdp.offload_events import EventOffloader, plan_packed
 from xdp.records import FLOW_F_CLOSING, FlowEntry, FlowKey
 
 INSIDE = Interface(2, "02:00:00:00:00:02")
@@ -41,22 +43,32 @@ def tcp(sport: int = 40000, state: int | None = TCP_CONNTRACK_ESTABLISHED) -> Ct
 
 
 class FakeTable:
+    """The flow map as the program sees it: packed keys and values are decoded with the
+    product's own unpackers (so a wrong layout shows as a wrong entry)."""
+
     def __init__(self) -> None:
         self.entries: dict[FlowKey, FlowEntry] = {}
         self.batches = 0
 
-    def add_flows(self, items: Sequence[tuple[FlowKey, FlowEntry]]) -> None:
+    def add_packed_flows(self, keys: bytes, values: bytes) -> None:
         self.batches += 1
-        self.entries.update(items)
+        ks, vs = flowpack.KEY_SIZE, flowpack.VALUE_SIZE
+        assert len(keys) // ks == len(values) // vs
+        for i in range(len(keys) // ks):
+            key = flowpack.unpack_key(keys[i * ks : (i + 1) * ks])
+            self.entries[key] = flowpack.unpack_value(values[i * vs : (i + 1) * vs])
 
     def delete_flow(self, key: FlowKey) -> bool:
         return self.entries.pop(key, None) is not None
 
-    def flow(self, key: FlowKey) -> FlowEntry | None:
-        return self.entries.get(key)
+    def delete_packed_flow(self, key: bytes) -> bool:
+        return self.delete_flow(flowpack.unpack_key(key))
 
-    def flow_activity(self, key: FlowKey) -> tuple[int, int] | None:
-        entry = self.entries.get(key)
+    def packed_flow(self, key: bytes) -> FlowEntry | None:
+        return self.entries.get(flowpack.unpack_key(key))
+
+    def flow_activity(self, key: bytes) -> tuple[int, int] | None:
+        entry = self.entries.get(flowpack.unpack_key(key))
         return None if entry is None else (entry.last_seen_ns, entry.flags)
 
     def flows(self) -> list[tuple[FlowKey, FlowEntry]]:
@@ -74,6 +86,7 @@ class FakeKernel:
         self.table: dict[tuple[int, CtTuple], CtFlow] = {}
         self.overflow = False
         self.refreshed: list[tuple[CtFlow, int]] = []
+        self.parked: list[CtFlow] = []
         self.neighbours = True
 
     def emit(self, kind: str, ct: CtFlow) -> None:
@@ -100,6 +113,10 @@ class FakeKernel:
     def refresh(self, items: Sequence[tuple[CtFlow, int]]) -> int:
         self.refreshed += items
         return len(items)
+
+    def park(self, flows: Sequence[CtFlow]) -> int:
+        self.parked += flows
+        return len(flows)
 
     def next_hop_mac(self, dst: IPv4Address) -> str | None:
         return "02:00:00:00:00:aa" if self.neighbours else None
@@ -179,7 +196,7 @@ def test_keepalive_refreshes_active_flows_only_near_expiry() -> None:
     kernel.emit("update", udp(40000))
     kernel.emit("update", udp(40001))
     off.step(T0)
-    installed = off.tracked[udp(40000).key].off.refreshed_ns
+    installed = off.tracked[udp(40000).key].refreshed_ns
     table.touch(udp(40000), installed + 50 * S)  # the fast path carried 40000 only
     off.step(T0 + 60 * S)
     assert kernel.refreshed == [], "nothing is looked at long before expiry"
@@ -206,6 +223,37 @@ def test_closing_and_idle_flows_leave_at_their_look() -> None:
     table.touch(tcp(40001), T0 + 2 * S)
     off.step(T0 + 700 * S)
     assert off.stats.removed["idle"] == 1 and not table.entries
+    assert kernel.parked == [tcp(40001)], "the idle flow is parked in conntrack"
+
+
+def test_parked_flow_returns_on_its_mark_change_event() -> None:
+    off, table, kernel = make()
+    kernel.emit("update", tcp(40000))
+    off.step(T0)
+    table.touch(tcp(40000), T0 + 2 * S)
+    off.step(T0 + 400 * S)
+    assert off.idle_parked == 1 and not table.entries
+    # traffic again: the forward chain clears the mark; the event carries no TCP state
+    kernel.queue.append(CtEvent("update", tcp(40000, state=None)))
+    off.step(T0 + 401 * S)
+    assert off.stats.active == 1 and len(table.entries) == 2
+    assert off.snapshot()["unparked"] == 1
+
+
+def test_packed_plan_is_plan() -> None:
+    gwlb_if = Interface(9, "02:00:00:00:00:09")
+    icmp = CtFlow(1, CtTuple(WS, INET, 77, 0), CtTuple(INET, NAT, 1077, 0),
+                  IPS_SEEN_REPLY | IPS_SRC_NAT, None, 0, 30)  # fmt: skip
+    for ct, inside, gwlb in ((udp(), INSIDE, False), (tcp(), gwlb_if, True), (icmp, INSIDE, False)):
+        (ok, ov), (bk, bv) = plan(ct, inside, OUTSIDE, "02:00:00:00:00:aa",
+                                  "02:00:00:00:00:bb", gwlb=gwlb)  # fmt: skip
+        macs = flowpack.mac_bytes("02:00:00:00:00:aa"), flowpack.mac_bytes("02:00:00:00:00:bb")
+        packed = plan_packed(ct, inside, OUTSIDE, *macs, gwlb=gwlb)
+        expected = tuple(map(flowpack.pack_key, (ok, bk))) + tuple(
+            map(flowpack.pack_value, (ov, bv))
+        )
+        assert packed == expected
+        assert flowpack.unpack_value(packed[3]) == bv and flowpack.unpack_key(packed[0]) == ok
 
 
 def test_overflow_resyncs_adopts_and_deletes_orphans() -> None:
