@@ -174,15 +174,22 @@ class InspectionStep:
                 for name in running:
                     self.engines[name].stop()
             return
-        if not running:
-            check_queues_free(policy)
+        ours = frozenset().union(*(self.engines[name].queues() for name in running))
+        check_queues_free(policy, ours)  # a collision: refused before anything stops
         engine = self.engines[policy.engine]
         others = [name for name in running if name != policy.engine]
         if others and isinstance(engine, SuricataEngine):
             engine.validate(EngineSpec(policy, part.home_net))  # before the old one stops
         for name in others:
             self.engines[name].stop()
-        engine.apply(EngineSpec(policy, part.home_net))
+        try:
+            engine.apply(EngineSpec(policy, part.home_net))
+        except ConvergeError:
+            for name in others:  # the engine it was to replace runs again
+                other = self.engines[name]
+                if isinstance(other, BuiltinEngine):
+                    other.resume()
+            raise
         netfilter.apply(policy, in_interface=part.inside)
 
     def tick(self) -> dict[str, Any]:
