@@ -248,25 +248,32 @@ def test_stream_depth_and_pass_rule_set_the_bypass_mark(inspect: Callable[..., E
     assert wait_for(lambda: engine.stats()["counters"].get("bypassed_pass", 0) >= 1, 5, "pass")
 
 
-def test_passed_flow_is_offloaded_by_the_xdp_agent(inspect: Callable[..., Engine]) -> None:
+def test_passed_flow_is_offloaded_by_the_xdp_agent(inspect_any: Callable[..., Engine]) -> None:
+    """A ``pass`` rule decides the flow at its first packet (Suricata 7: the pass applies
+    to the whole flow); the verdict carries the bypass mark, the flow leaves the queue
+    and the XDP offloader takes it: the bulk of the transfer never reaches the engine."""
     from tests.netns.helpers import agent, agent_status, document, reset_gateway
 
     pol = InspectionPolicy(
         rules=(*RULES, 'pass tcp any any -> any 5201 (msg:"iperf trusted"; sid:1010;)'),
     )
-    engine = inspect(pol)
+    engine = inspect_any(pol)
     try:
-        with agent(GW, document(interfaces={"data_plane": "xdp"})):
-            with subprocess.Popen(ns_exec(WS, "iperf3", "-c", INET_SERVICE_IP, "-t", "8"),
-                                  stdout=subprocess.PIPE, text=True) as client:  # fmt: skip
-                wait_for(lambda: 3 in ct_marks(5201), 5, "bypass mark on the iperf3 flows")
-                wait_for(
-                    lambda: agent_status(GW)["offload"].get("offloaded_total", 0) >= 1,
-                    8,
-                    "offload of the passed flow",
-                )
-                assert client.wait(timeout=20) == 0
+        iperf = ns_exec(WS, "iperf3", "-c", INET_SERVICE_IP, "-t", "8")
+        with (
+            agent(GW, document(interfaces={"data_plane": "xdp"})),
+            subprocess.Popen(iperf, stdout=subprocess.PIPE, text=True) as client,
+        ):
+            wait_for(lambda: 3 in ct_marks(5201), 5, "bypass mark on the iperf3 flows")
+            wait_for(
+                lambda: agent_status(GW)["offload"].get("offloaded_total", 0) >= 1,
+                8,
+                "offload of the passed flow",
+            )
+            assert client.wait(timeout=20) == 0
+        if not isinstance(engine, SuricataRun):
             assert engine.stats()["counters"].get("bypassed_pass", 0) >= 1
+        assert engine.packets() < 2000, engine.packets()  # gigabytes went through
     finally:
         reset_gateway(GW)
 
