@@ -44,6 +44,7 @@ log = logging.getLogger("spectra.control")
 
 NFQUEUE_PROC = Path("/proc/net/netfilter/nfnetlink_queue")
 CONFIRM_SECONDS = 30.0  # a new configuration's Suricata must stay up this long
+RETRY_FAILED_SECONDS = 300.0  # a configuration that did not run is not tried before
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +226,8 @@ class SuricataEngine:
         self.previous: Snapshot | None = None  # what runs again if the new one dies early
         self.confirm_until = 0.0
         self.rollback: dict[str, Any] | None = None  # the last rollback: when, why
+        self.key = ""  # the running configuration (staged yaml, rules, queues)
+        self.failed: tuple[str, float] | None = None  # a configuration that did not run
         queues_file = root / "queues"
         if queues_file.exists():
             sup = self._supervisor(tuple(int(q) for q in queues_file.read_text().split()))
@@ -280,8 +283,22 @@ class SuricataEngine:
         rules = {p: p.read_text() for p in self.paths.rule_dir.glob("*.rules")}
         return Snapshot(self.paths.config.read_text(), rules, self.bound, self.rules_digest)
 
+    def _stage_key(self, spec: EngineSpec) -> str:
+        names = rule_files(spec.policy)
+        files = [self.stage.config, *(self.stage.rule_dir / n for n in names)]
+        return _digest(files) + ":" + ",".join(map(str, spec.policy.queues.numbers))
+
     def apply(self, spec: EngineSpec) -> None:
         self.validate(spec)
+        key = self._stage_key(spec)
+        if self.failed is not None and self.failed[0] == key:
+            wait = self.failed[1] + RETRY_FAILED_SECONDS - time.monotonic()
+            if wait > 0:
+                reason = self.rollback["reason"] if self.rollback else ""
+                raise ConvergeError(
+                    f"inspection: this suricata configuration did not run; not tried again "
+                    f"for {wait:.0f}s (the previous one keeps running): {reason}"
+                )
         queues = tuple(spec.policy.queues.numbers)
         old = self._snapshot() if self.sup is not None else None
         shutil.rmtree(self.paths.rule_dir, ignore_errors=True)
@@ -296,11 +313,13 @@ class SuricataEngine:
                 self._set_digest(digest)
                 log.info("suricata reloaded its rules")
             return
+        failed_key, self.key = self.key, key
         try:
             self._restart(queues)
         except RuntimeError as exc:
             reason = f"suricata did not start with the new configuration: {exc}"
             self._roll_back(old, reason)
+            self.key = failed_key
             raise ConvergeError(f"inspection: {reason}") from exc
         self.previous = old
         self.confirm_until = time.monotonic() + CONFIRM_SECONDS
@@ -321,6 +340,7 @@ class SuricataEngine:
         """Stop the failed Suricata, put ``old`` back and start it; record why."""
         log.error("suricata: %s", reason)
         self.rollback = {"at": time.time(), "reason": reason[-1200:], "restored": False}
+        self.failed = (self.key, time.monotonic())
         self.previous, self.confirm_until = None, 0.0
         if self.sup is not None:
             self.sup.stop()
@@ -368,6 +388,7 @@ class SuricataEngine:
             f"{self.sup.log_tail()}"
         )
         self._roll_back(self.previous, reason)
+        self.key = ""  # the previous one's key is not known here: any change is tried
 
     def _supervised(self) -> dict[str, Any]:
         if self.sup is None:

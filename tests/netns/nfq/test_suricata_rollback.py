@@ -3,7 +3,8 @@ runs again. The agent's Suricata engine (``SuricataEngine``, the real binary in
 cs-gw-a) with a fail-closed policy on queue 0: a change to queues 0-1 while another
 process holds queue 1 (a queue number collision: ``-T`` cannot see it) fails the apply
 with Suricata's reason, the previous configuration is back on disk and running, traffic
-is inspected as before, and status names the rollback; a new configuration whose
+is inspected as before, status names the rollback, and the same change applied again
+is refused without touching the running Suricata; a new configuration whose
 Suricata dies right after its start is rolled back the same way instead of being
 restarted with the configuration that killed it."""
 
@@ -85,6 +86,12 @@ def test_suricata_that_does_not_run_rolls_back(nat_gateway: dict[str, Any], tmp_
         assert engine.paths.config.read_text() == yaml and engine.bound == (0,)
         assert engine.sup is not None and engine.sup.alive()
         assert curl("ok.example") == 0 and curl("denied.example") != 0
+        # the agent retries a failed document: the same configuration is not tried again
+        # for a while (no stop/start of the working Suricata at every retry)
+        running = engine.sup.pid
+        with pytest.raises(ConvergeError, match="not tried again"):
+            engine.apply(EngineSpec(wider, HOME))
+        assert engine.sup.pid == running and engine.sup.alive()
 
         # a new configuration whose Suricata dies right after its start
         deeper = policy(stream_depth=4096)
