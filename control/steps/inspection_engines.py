@@ -356,6 +356,8 @@ class SuricataEngine:
             self._restart(old.queues)
         except RuntimeError as exc:
             log.error("suricata: the previous configuration did not start either: %s", exc)
+            if self.sup is not None:
+                self.sup.stop()
             self.sup = None
             return
         self._set_digest(old.digest)
