@@ -322,7 +322,8 @@ class SuricataEngine:
             self.key = failed_key
             raise ConvergeError(f"inspection: {reason}") from exc
         self.previous = old
-        self.confirm_until = time.monotonic() + CONFIRM_SECONDS
+        # early death: back to ``old``; a first start has none, its death is restarted
+        self.confirm_until = time.monotonic() + CONFIRM_SECONDS if old is not None else 0.0
         self._set_digest(digest)
 
     def _set_digest(self, digest: str) -> None:

@@ -109,3 +109,20 @@ def test_a_confirmed_configuration_is_restarted_not_rolled_back(
     status = engine.tick()
     assert "suricata_rollback" not in status
     assert engine.paths.config.read_text() == deeper
+
+
+def test_a_first_start_has_nothing_to_roll_back_to_and_is_restarted(
+    engine: SuricataEngine,
+) -> None:
+    engine.apply(EngineSpec(policy(), HOME))
+    assert engine.sup is not None and engine.sup.pid is not None
+    engine.sup.backoff_min = 0.0
+    os.kill(engine.sup.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while engine.sup.alive():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    engine.tick()  # seen dead: restart due
+    status = engine.tick()
+    assert "suricata_rollback" not in status and engine.sup.restarts == 1
+    assert engine.sup.alive()
