@@ -24,12 +24,14 @@ consumer instead of starving it) and the consumer process. Paths:
 * ``suricata_inspect`` / ``suricata_bypass`` / ``suricata_bypass_xdp`` - the same three
   with the real Suricata 7 (NFQ IPS mode, workers runmode, Hyperscan, the rendered
   ``suricata.yaml`` of the product, pinned to the gateway CPU with all its threads).
-  Suricata has no stream depth for UDP: its bypass is the ``bypass`` keyword on a rule
-  matching the flow (one more rule), so the head of the flow (the warm-up) is
-  inspected and the rest carries Suricata's bypass mark, like the built-in engine's
-  depth bypass; both are measured after the warm-up, in the bypassed steady state;
-* ``builtin_inspect_10k`` / ``suricata_inspect_10k`` - ``*_inspect`` with 10,000
-  synthetic content rules instead of 300.
+  Suricata has no stream depth for UDP: its bypass is a ``pass`` rule matching the flow
+  (one more rule; the product renders it with Suricata's ``bypass`` keyword), so the
+  flow is decided at its first packet and the rest carries Suricata's bypass mark,
+  like the built-in engine's depth bypass after its inspected head; both are measured
+  after the warm-up, in the bypassed steady state;
+* ``builtin_inspect_10k`` / ``suricata_inspect_10k`` / ``builtin_bypass_10k`` /
+  ``suricata_bypass_10k`` - ``*_inspect`` and ``*_bypass`` with 10,000 synthetic
+  content rules instead of 300.
 
 Every queue is fail-closed here (no ``--queue-bypass``, no NFQA_CFG_F_FAIL_OPEN): a
 packet the consumer cannot take is dropped, never delivered uninspected, so a
@@ -85,6 +87,8 @@ PATHS = (
     "suricata_bypass_xdp",
     "builtin_inspect_10k",
     "suricata_inspect_10k",
+    "builtin_bypass_10k",
+    "suricata_bypass_10k",
 )
 # Paths with the product's XDP fast path and offloader behind (or instead of) the queue.
 OFFLOADED = ("xdp_fastpath", "builtin_bypass_xdp", "suricata_bypass_xdp")
@@ -112,7 +116,7 @@ RULES_10K = [
     *(f'alert udp any any -> any any (msg:"u{n}"; content:"udp-{n}-pattern"; nocase; '
       f"sid:{200000 + n};)" for n in range(1000)),
 ]  # fmt: skip
-SURICATA_BYPASS = 'alert udp any any -> any 9 (msg:"bench bypass"; bypass; sid:7999;)'
+SURICATA_BYPASS = 'pass udp any any -> any 9 (msg:"bench pass"; sid:7999;)'
 SURICATA_START_SECONDS = 300  # 10k rules: Hyperscan compiles them at start
 
 
@@ -443,12 +447,12 @@ def _asdict(m: Measure) -> dict[str, Any]:
 
 
 def winners(results: Sequence[Result]) -> dict[str, str]:
-    """Per metric and row (inspect, bypass, bypass_xdp, inspect_10k): which engine wins
-    (``builtin``, ``suricata``, or ``none`` when either has no valid value)."""
+    """Per metric and row (inspect, bypass, bypass_xdp, inspect_10k, bypass_10k): which
+    engine wins (``builtin``, ``suricata``, or ``none`` when either has no valid value)."""
     by = {(r.metric, r.path): r for r in results}
     out = {}
     for metric in ("gateway_cpu_ns_per_packet", "delivered_pps"):
-        for row in ("inspect", "bypass", "bypass_xdp", "inspect_10k"):
+        for row in ("inspect", "bypass", "bypass_xdp", "inspect_10k", "bypass_10k"):
             b, s = by.get((metric, f"builtin_{row}")), by.get((metric, f"suricata_{row}"))
             if b is None or s is None:
                 continue

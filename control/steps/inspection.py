@@ -40,7 +40,13 @@ from control.steps.inspection_engines import (
 from nfq import InspectionPolicy, netfilter
 from nfq.domains import compile_domain_lists
 from nfq.engine.rules import DEFAULT_VARS, RuleError, iter_rule_lines, load_rules
-from nfq.suricata.config import DOMAIN_RULES, INLINE_RULES, RULE_HEADER_LINES, SuricataPaths
+from nfq.suricata.config import (
+    DOMAIN_RULES,
+    FILE_RULES,
+    INLINE_RULES,
+    RULE_HEADER_LINES,
+    SuricataPaths,
+)
 from nfq.suricata.config import write_config as write_suricata_config
 from nfq.suricata.nfw import check_rule
 from nfq.suricata.validate import SuricataConfigError, check_config
@@ -134,9 +140,13 @@ def _rule_error(
         return RenderError(f"inspection.rules[{i}]", f"rule {i + 1}: {f.reason}: {f.rule}")
     if Path(f.file) == paths.rule_dir / DOMAIN_RULES:
         return RenderError("inspection.domain_lists", f"{f.reason}: {f.rule}")
-    j = next((j for j, p in enumerate(policy.rule_files) if str(Path(p).resolve()) == f.file), 0)
+    j = next(
+        (j for j in range(len(policy.rule_files))
+         if Path(f.file) == paths.rule_dir / FILE_RULES.format(j)), 0,
+    )  # fmt: skip
+    source = policy.rule_files[j] if policy.rule_files else f.file
     return RenderError(
-        f"inspection.rule_files[{j}]", f"{f.file} line {f.line}: {f.reason}: {f.rule}"
+        f"inspection.rule_files[{j}]", f"{source} line {f.line}: {f.reason}: {f.rule}"
     )
 
 
@@ -174,15 +184,22 @@ class InspectionStep:
                 for name in running:
                     self.engines[name].stop()
             return
-        if not running:
-            check_queues_free(policy)
+        ours = frozenset().union(*(self.engines[name].queues() for name in running))
+        check_queues_free(policy, ours)  # a collision: refused before anything stops
         engine = self.engines[policy.engine]
         others = [name for name in running if name != policy.engine]
         if others and isinstance(engine, SuricataEngine):
             engine.validate(EngineSpec(policy, part.home_net))  # before the old one stops
         for name in others:
             self.engines[name].stop()
-        engine.apply(EngineSpec(policy, part.home_net))
+        try:
+            engine.apply(EngineSpec(policy, part.home_net))
+        except ConvergeError:
+            for name in others:  # the engine it was to replace runs again
+                other = self.engines[name]
+                if isinstance(other, BuiltinEngine):
+                    other.resume()
+            raise
         netfilter.apply(policy, in_interface=part.inside)
 
     def tick(self) -> dict[str, Any]:

@@ -5,14 +5,23 @@ pre-rendered YAML lists are substituted (``string.Template``), each value quoted
 YAML could misread it. Rules: the policy's domain lists compiled into rules
 (:mod:`nfq.domains`) go to ``spectra-domains.rules``, its inline rules to
 ``spectra-inline.rules`` (one rule per line after a one-line header, so Suricata's "at
-line N" names inline rule N-1); rule sources on disk are referenced by absolute path
-(Suricata loads them as they are). ``HOME_NET`` is the policy's, or the caller's
-(the inspection step adds the inside interface's subnets).
+line N" names inline rule N-1); rule sources on disk are copied to
+``spectra-file-<j>.rules`` line for line (Suricata's "at line N" is the source's line N).
+``HOME_NET`` is the policy's, or the caller's (the inspection step adds the inside
+interface's subnets).
+
+Every ``pass`` rule is rendered with Suricata's ``bypass`` keyword added (the document's
+rules are not changed). In Suricata 7 a matching ``pass`` rule passes the rest of the
+flow, but in NFQ mode every later packet is still queued and verdicted; ``bypass``
+makes the verdict carry ``nfq.bypass-mark``, so the flow leaves the queue and the XDP
+offloader may take it, as AWS Network Firewall's ``pass`` ends inspection of the flow
+(Suricata user guide, "Bypass Keyword" and "NFQ": ``bypass-mark``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -26,6 +35,9 @@ INLINE_RULES = "spectra-inline.rules"
 DOMAIN_RULES = "spectra-domains.rules"
 RULE_HEADER_LINES = 1
 PORT_SUFFIX = "_PORTS"
+FILE_RULES = "spectra-file-{}.rules"  # the policy's rule_files[j], rendered
+_PASS = re.compile(r"^\s*pass\s")
+_HAS_BYPASS = re.compile(r"[(;]\s*bypass\s*[;)]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +91,40 @@ def _groups(policy: InspectionPolicy, ports: bool, home_net: str | None = None) 
 def rule_files(policy: InspectionPolicy) -> list[str]:
     names = [DOMAIN_RULES] if policy.domain_lists else []
     names += [INLINE_RULES] if policy.rules else []
-    return names + [str(Path(p).resolve()) for p in policy.rule_files]
+    return names + [FILE_RULES.format(j) for j in range(len(policy.rule_files))]
+
+
+def pass_bypasses(rule: str) -> str:
+    """``rule`` with ``bypass;`` before its closing parenthesis if it is a ``pass`` rule
+    without it; any other rule as it is."""
+    if not _PASS.match(rule) or _HAS_BYPASS.search(rule):
+        return rule
+    return _add_bypass(rule)
+
+
+def _add_bypass(text: str) -> str:
+    end = text.rfind(")")
+    if end < 0:
+        return text
+    head = text[:end].rstrip()
+    return f"{head}{'' if head.endswith(';') else ';'} bypass;{text[end:]}"
+
+
+def render_rule_file(text: str) -> str:
+    """A rule file with :func:`pass_bypasses` applied, line for line (comments, blank
+    lines and ``\\``-continued rules keep their line numbers)."""
+    out, rule = text.splitlines(), ""
+    for n, line in enumerate(out):
+        stripped = line.strip()
+        if not rule and (not stripped or stripped.startswith("#")):
+            continue
+        rule += stripped
+        if stripped.endswith("\\"):
+            continue
+        if _PASS.match(rule) and not _HAS_BYPASS.search(rule):
+            out[n] = _add_bypass(line)
+        rule = ""
+    return "".join(f"{line}\n" for line in out)
 
 
 def render_yaml(policy: InspectionPolicy, paths: SuricataPaths, home_net: str | None = None) -> str:
@@ -102,12 +147,13 @@ def render_yaml(policy: InspectionPolicy, paths: SuricataPaths, home_net: str | 
 
 def render_inline_rules(policy: InspectionPolicy) -> str:
     header = "# Inline rules of the inspection policy (rendered; do not edit)\n"
-    return header + "".join(f"{r.strip()}\n" for r in policy.rules)
+    return header + "".join(f"{pass_bypasses(r.strip())}\n" for r in policy.rules)
 
 
 def render_domain_rules(policy: InspectionPolicy) -> str:
     header = "# The inspection policy's domain lists as rules (rendered; do not edit)\n"
-    return header + "".join(f"{r}\n" for r in compile_domain_lists(policy.domain_lists))
+    rules = compile_domain_lists(policy.domain_lists)
+    return header + "".join(f"{pass_bypasses(r)}\n" for r in rules)
 
 
 def write_config(
@@ -122,6 +168,8 @@ def write_config(
         outputs[paths.rule_dir / DOMAIN_RULES] = render_domain_rules(policy)
     if policy.rules:
         outputs[paths.rule_dir / INLINE_RULES] = render_inline_rules(policy)
+    for j, source in enumerate(policy.rule_files):
+        outputs[paths.rule_dir / FILE_RULES.format(j)] = render_rule_file(source.read_text())
     for path, text in outputs.items():
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text)

@@ -15,7 +15,9 @@ Reloads" and "Interacting via Unix Socket").
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +31,8 @@ from nfq.suricata.unixsock import UnixSocketClient, UnixSocketError
 log = logging.getLogger("spectra.nfq")
 
 PID_FILE = "spectra-suricata.pid"
+START_BANNER = "This is Suricata version"
+ERROR_MARK = re.compile(r"\b(Error|Critical|Alert|Emergency): ")  # Suricata 7 log levels
 
 
 def _int(value: Any) -> int:
@@ -123,8 +127,17 @@ class Supervisor:
         raise RuntimeError(f"suricata not ready after {timeout:.0f}s: {self.log_tail()}")
 
     def log_tail(self, size: int = 800) -> str:
+        """Why the last run ended: the errors of its ``suricata.log`` (from its start
+        banner on), else the tail of its stdout."""
+        log_dir = self.paths.log_dir
+        with contextlib.suppress(OSError):
+            text = (log_dir / "suricata.log").read_text(errors="replace")
+            run = text[text.rfind(START_BANNER) :] if START_BANNER in text else text
+            errors = [line for line in run.splitlines() if ERROR_MARK.search(line)]
+            if errors:
+                return "\n".join(errors)[-size:]
         try:
-            text = (self.paths.log_dir / "suricata.stdout").read_text(errors="replace")
+            text = (log_dir / "suricata.stdout").read_text(errors="replace")
         except OSError:
             return "(no output)"
         return text[-size:].strip() or "(no output)"

@@ -158,7 +158,9 @@ class SuricataRun(Engine):
         return self._fresh().ruleset.get("rules_loaded", 0)
 
     def reload(self) -> None:
+        """As the agent reloads: the rule files rendered again, then ``reload-rules``."""
         assert self.sup is not None
+        write_config(self.policy, self.paths)
         self.sup.reload_rules()
 
     def pid(self) -> int | None:

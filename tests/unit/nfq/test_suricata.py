@@ -38,12 +38,15 @@ def test_suricata_yaml_golden() -> None:
     assert doc["runmode"] == "workers" and "batchcount" not in doc["nfq"]
     assert doc["stream"]["reassembly"]["depth"] == 65536 and doc["stream"]["bypass"] is True
     assert doc["vars"]["address-groups"]["EXTERNAL_NET"] == "!$HOME_NET"
-    assert doc["rule-files"] == ["spectra-inline.rules", "/etc/spectra/rules/et-open.rules"]
+    assert doc["rule-files"] == ["spectra-inline.rules", "spectra-file-0.rules"]
+    assert doc["max-pending-packets"] == 4096  # NFQ queue-maxlen 16384
 
 
 def _supervisor(tmp_path: Path, **kw: object) -> Supervisor:
     paths = SuricataPaths.under(tmp_path)
-    write_config(POLICY, paths)
+    source = tmp_path / "et-open.rules"
+    source.write_text('alert tcp any any -> any any (msg:"x"; sid:99;)\n')
+    write_config(POLICY.model_copy(update={"rule_files": (source,)}), paths)
     wrapper = tmp_path / "suricata"
     wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} "$@"\n')
     wrapper.chmod(0o755)
@@ -116,6 +119,27 @@ def test_supervisor_backoff_grows_when_it_keeps_dying(tmp_path: Path) -> None:
     assert waits == [0.1, 0.2, 0.4, 0.4]
 
 
+def test_log_tail_names_the_errors_of_the_last_run(tmp_path: Path) -> None:
+    paths = SuricataPaths.under(tmp_path)
+    sup = Supervisor(paths, (0,))
+    assert sup.log_tail() == "(no output)"
+    paths.log_dir.mkdir(parents=True)
+    (paths.log_dir / "suricata.stdout").write_text("spawned\n")
+    assert sup.log_tail() == "spawned"
+    banner = "[1 - Suricata-Main] 2026-12-07 02:00:00 Notice: suricata: This is Suricata version 7"
+    (paths.log_dir / "suricata.log").write_text(
+        f"{banner}\n[2 - W-NFQ#0] Error: nfq: old run\n"
+        f"{banner}\n[3 - W-NFQ#0] Info: nfq: binding this thread 0 to queue '1'\n"
+        "[3 - W-NFQ#0] Error: nfq: nfq_create_queue failed\n"
+        '[3 - Suricata-Main] Error: threads: thread "W-NFQ#0" failed to start\n'
+    )
+    tail = sup.log_tail().splitlines()
+    assert tail == [
+        "[3 - W-NFQ#0] Error: nfq: nfq_create_queue failed",
+        '[3 - Suricata-Main] Error: threads: thread "W-NFQ#0" failed to start',
+    ]
+
+
 def test_unix_socket_unreachable(tmp_path: Path) -> None:
     with pytest.raises(UnixSocketError, match="cannot connect"):
         UnixSocketClient(tmp_path / "none.socket").connect()
@@ -150,6 +174,12 @@ def test_cli_writes_config(tmp_path: Path) -> None:
 
     pol = tmp_path / "p.json"
     pol.write_text(POLICY.model_dump_json())
-    assert main(["suricata-config", "--policy", str(pol), "--out", str(tmp_path / "s")]) == 0
+    out = ["suricata-config", "--policy", str(pol), "--out", str(tmp_path / "s")]
+    assert main(out) == 1  # its rule file is not on this host
+    source = tmp_path / "et-open.rules"
+    source.write_text('pass tcp any any -> any 22 (msg:"ssh"; sid:2;)\n')
+    pol.write_text(POLICY.model_copy(update={"rule_files": (source,)}).model_dump_json())
+    assert main(out) == 0
     assert (tmp_path / "s/rules/spectra-inline.rules").read_text().count("sid:1;") == 1
+    assert "sid:2; bypass;)" in (tmp_path / "s/rules/spectra-file-0.rules").read_text()
     assert sys.executable

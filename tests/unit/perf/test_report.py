@@ -139,9 +139,12 @@ def test_nfq_winner_per_row() -> None:
         r("delivered_pps", "suricata_bypass", 200_000.0, lower=False),
         r("gateway_cpu_ns_per_packet", "builtin_inspect_10k", None),
         r("gateway_cpu_ns_per_packet", "suricata_inspect_10k", 5000.0),
+        r("delivered_pps", "builtin_bypass_10k", 90_000.0, lower=False),
+        r("delivered_pps", "suricata_bypass_10k", 200_000.0, lower=False),
     ]
     assert winners(results) == {
         "gateway_cpu_ns_per_packet:inspect": "suricata",
         "delivered_pps:bypass": "builtin",
         "gateway_cpu_ns_per_packet:inspect_10k": "none",
+        "delivered_pps:bypass_10k": "suricata",
     }
