@@ -216,7 +216,8 @@ class FirewallLogger:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(2.0)
+        if self._thread.is_alive():
+            self._thread.join(2.0)
         self._sock.close()
         self.out.stop()
 

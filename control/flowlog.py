@@ -22,6 +22,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,14 +197,22 @@ def destroy_socket(rcvbuf: int = RCVBUF) -> socket.socket:
 class FlowLogger:
     """The DESTROY socket, its reading thread, and the record log it feeds."""
 
-    def __init__(self, rotation: Rotation, *, sampling: int, capacity: int, known: Known) -> None:
+    def __init__(
+        self,
+        rotation: Rotation,
+        *,
+        sampling: int,
+        capacity: int,
+        known: Known,
+        open_socket: Callable[[], socket.socket] = destroy_socket,
+    ) -> None:
         self.out = RecordLog(rotation, capacity, "spectra-flowlog-writer")
         self.sampler = Sampler(sampling)
         self.known = known
         self.events = 0
         self.kernel_overflows = 0
         self._stop = threading.Event()
-        self._sock = destroy_socket()
+        self._sock = open_socket()
         self._thread = threading.Thread(target=self._run, name="spectra-flowlog", daemon=True)
 
     def start(self) -> None:
@@ -233,7 +242,8 @@ class FlowLogger:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(2.0)
+        if self._thread.is_alive():
+            self._thread.join(2.0)
         self._sock.close()
         self.out.stop()
 
