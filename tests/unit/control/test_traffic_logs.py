@@ -35,7 +35,7 @@ from control.flowlog import (
     destroyed,
 )
 from control.flowlog import record as flow_record
-from control.logfile import RecordLog, Rotation, RotatingFile
+from control.logfile import RecordLog, RotatingFile, Rotation
 from control.steps.nftables import render_nftables
 from control.steps.traffic_logs import TrafficLogsStep
 from tests.unit.control.conftest import minimal
