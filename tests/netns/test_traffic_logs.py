@@ -97,5 +97,11 @@ def test_flows_and_denied_packets_are_logged(gateway: dict[str, Any]) -> None:
         }
         assert all(r["dest_ip"] == echo["address"] and r["icmp_type"] == 8 for r in drops)
 
-        st = wait_for(lambda: agent_status(GW.netns)["traffic_logs"].get("flow_logs"), 5, "status")
-        assert st["flows"] >= 2 and st["written"] >= 2 and st["dropped"] == 0
+        def counted() -> dict[str, Any] | None:
+            st: dict[str, Any] = agent_status(GW.netns)["traffic_logs"]
+            done = st.get("flow_logs", {}).get("written", 0) >= 2
+            return st if done and st.get("firewall_logs", {}).get("written", 0) else None
+
+        st = wait_for(counted, 5, "the logs' counters in the agent's status")
+        assert st["flow_logs"]["flows"] >= 2 and st["flow_logs"]["dropped"] == 0
+        assert st["firewall_logs"]["packets"] >= len(drops)
