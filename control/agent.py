@@ -100,6 +100,7 @@ class AgentState:
     conntrack: dict[str, Any] = field(default_factory=dict)
     proxy: dict[str, Any] = field(default_factory=dict)
     tls: dict[str, Any] = field(default_factory=dict)
+    traffic_logs: dict[str, Any] = field(default_factory=dict)
 
 
 def run_dir(instance: str) -> Path:
@@ -292,6 +293,7 @@ class Agent:
         self.state.conntrack = status.get("sysctl", {})
         self.state.proxy = status.get("proxy", {})
         self.state.tls = status.get("tls", {})
+        self.state.traffic_logs = status.get("traffic_logs", {})
 
     def write_state(self) -> None:
         directory = run_dir(self.settings.instance)

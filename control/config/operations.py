@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from control.config.flowlogs import FirewallLogs, FlowLogs
 from control.config.issues import fail, unique_names
 from control.config.types import Name, Port, Secret, StrictModel
 
@@ -24,7 +25,8 @@ class Logging(StrictModel):
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
-    flow_logs: bool = False
+    flow_logs: FlowLogs = FlowLogs()
+    firewall_logs: FirewallLogs = FirewallLogs()
 
 
 class Metrics(StrictModel):

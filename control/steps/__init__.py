@@ -34,13 +34,14 @@ from control.steps.inspection import InspectionStep
 from control.steps.nftables import NftablesStep
 from control.steps.squid import SquidStep
 from control.steps.sysctl import SysctlStep
+from control.steps.traffic_logs import TrafficLogsStep
 from control.steps.xdp import XdpStep
 
 # Apply order: the inspector is up before anything is queued to it; the GWLB programs
 # link to the XDP fast path, so they come after it; conntrack sync and the proxy depend
 # on none; nor do the proxy and TLS services.
 STEPS = (SysctlStep, NftablesStep, InspectionStep, XdpStep, GwlbStep, ConntrackSyncStep,
-         SquidStep, HaproxyStep)  # fmt: skip
+         SquidStep, HaproxyStep, TrafficLogsStep)  # fmt: skip
 
 
 def build_steps(context: StepContext) -> list[Step[Any]]:

@@ -8,7 +8,8 @@ not give this (the kernel forwards INVALID packets untranslated), hence the INVA
 in the forward chain and the egress guard after source NAT. On top of it, what the
 document asks for:
 
-- deny rules, stateless, in the forward chain (the XDP step loads the same rules into
+- deny rules, stateless, in the forward chain, each after its rate-limited NFLOG twin
+  when ``logging.firewall_logs`` is on (the XDP step loads the same rules into
   the deny list, which drops before the kernel sees the packet); a rule naming an IP
   set (``rules.ip_sets``) matches an nft interval set ``ipset_<name>``;
 - allow rules and the default action, for new connections inside -> outside;
@@ -172,18 +173,24 @@ def _forward_chain(doc: ConfigDocument, in_if: str, out_if: str) -> list[str]:
     ]
     for i, rule in enumerate(doc.rules.entries):
         if rule.action == "deny":
-            lines.append(
-                _line(
-                    f"iifname {in_if}{original}",
-                    match_expr(rule),
-                    "counter drop",
-                    _comment(rule, i),
-                )
-            )
+            where = (f"iifname {in_if}{original}", match_expr(rule))
+            lines += _firewall_log(doc, where, f"rules.entries[{i}]")
+            lines.append(_line(*where, "counter drop", _comment(rule, i)))
     if _needs_policy(doc):
         lines.append(f"\t\tiifname {in_if} oifname {out_if} ct state new jump egress_policy")
     lines.append("\t}")
     return lines
+
+
+def _firewall_log(doc: ConfigDocument, match: tuple[str, ...], path: str) -> list[str]:
+    """``logging.firewall_logs``: a deny rule's rate-limited NFLOG twin, before it (the
+    limit must not decide the drop), prefixed with the rule's path
+    (:mod:`control.firewall_log` reads the group)."""
+    fw = doc.logging.firewall_logs
+    if not fw.enabled:
+        return []
+    rate = f"limit rate {fw.rate_per_second}/second"
+    return [_line(*match, rate, f'log prefix "{path}" group {fw.group}')]
 
 
 def _needs_policy(doc: ConfigDocument) -> bool:
@@ -198,6 +205,7 @@ def _policy_chain(doc: ConfigDocument) -> list[str]:
         if rule.action == "allow":
             lines.append(_line(match_expr(rule), "counter accept", _comment(rule, i)))
     if doc.rules.default == "deny":
+        lines += _firewall_log(doc, (), "rules.default")
         lines.append('\t\tcounter drop comment "rules.default: deny"')
     lines.append("\t}")
     return lines

@@ -1,0 +1,148 @@
+"""A JSON-lines log file with size-based rotation, written by its own thread from a
+bounded queue: what the flow log and the firewall log share.
+
+Producers never block: :meth:`RecordLog.offer` puts a record on the queue or, when the
+queue is full (the disk is slower than the flows end), counts it in ``dropped``; a
+failed write (disk full, directory gone) is counted in ``write_errors`` with its
+records in ``dropped``.  Nothing is lost without a counter saying so.  Rotation follows
+logrotate's numbering: ``x.jsonl`` -> ``x.jsonl.1`` -> ... -> ``x.jsonl.<keep>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+log = logging.getLogger("spectra.control")
+
+STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """Where records go and when the file is rotated."""
+
+    path: Path
+    max_bytes: int
+    keep: int
+
+
+class RotatingFile:
+    """Appends lines to ``rotation.path``; rotates once it passes ``max_bytes``."""
+
+    def __init__(self, rotation: Rotation) -> None:
+        self.rotation = rotation
+        self.rotations = 0
+        self._file: TextIO | None = None
+        self._size = 0
+
+    def _open(self) -> TextIO:
+        if self._file is None:
+            self.rotation.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.rotation.path.open("a", encoding="utf-8")
+            self._size = self._file.tell()
+        return self._file
+
+    def write(self, lines: list[str]) -> None:
+        f = self._open()
+        text = "".join(lines)
+        f.write(text)
+        f.flush()
+        self._size += len(text.encode())
+        if self._size >= self.rotation.max_bytes:
+            self.rotate()
+
+    def rotate(self) -> None:
+        self.close()
+        path, keep = self.rotation.path, self.rotation.keep
+        for i in range(keep - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{i}")
+            if older.exists():
+                older.replace(path.with_name(f"{path.name}.{i + 1}"))
+        if path.exists():
+            path.replace(path.with_name(f"{path.name}.1"))
+        self.rotations += 1
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class RecordLog:
+    """A bounded queue of records and the thread writing them as JSON lines."""
+
+    def __init__(self, rotation: Rotation, capacity: int, name: str) -> None:
+        self.file = RotatingFile(rotation)
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=capacity)
+        self.written = 0
+        self.dropped = 0
+        self.write_errors = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def offer(self, record: dict[str, Any]) -> bool:
+        """Queue ``record``; False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+            return False
+        return True
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            while len(batch) < 1024:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            done = any(r is STOP for r in batch)
+            records = [r for r in batch if r is not STOP]
+            self._write(records)
+            if done:
+                self.file.close()
+                return
+
+    def _write(self, records: list[object]) -> None:
+        if not records:
+            return
+        try:
+            self.file.write([json.dumps(r, separators=(",", ":")) + "\n" for r in records])
+        except OSError as exc:
+            self.write_errors += 1
+            self.dropped += len(records)
+            self.file.close()
+            path = self.file.rotation.path
+            log.warning("%s: %d records not written: %s", path, len(records), exc)
+            return
+        self.written += len(records)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Write what is queued, then end the thread."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self._queue.put(STOP, timeout=timeout)
+        except queue.Full:
+            log.warning("%s: writer stuck; stopping without it", self.file.rotation.path)
+            return
+        self._thread.join(timeout)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "written": self.written,
+            "dropped": self.dropped,
+            "write_errors": self.write_errors,
+            "rotations": self.file.rotations,
+            "queued": self._queue.qsize(),
+        }

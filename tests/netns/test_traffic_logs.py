@@ -1,0 +1,107 @@
+"""Flow logs and firewall logs with real traffic through cs-gw-a (kernel data path).
+
+The agent runs with ``logging.flow_logs`` and ``logging.firewall_logs`` on and an ICMP
+deny rule.  A workload's HTTP request (TCP) and UDP echo exchange go through the
+gateway; flushing the gateway's conntrack table ends them (DESTROY events), and each
+must appear in ``flow.jsonl`` as a version-5 record with its 5-tuple, packets and bytes
+in both directions and the NAT address it was translated to.  The workload's ping to
+the internet is dropped by the deny rule and must appear in ``firewall.jsonl`` naming
+that rule.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control.agent import LOG_ROOT
+from perf.lab import TOPOLOGY
+from tests.netns.helpers import agent, agent_status, document, reset_gateway, sh, wait_for
+
+GW = TOPOLOGY.gateway("a")
+WS = GW.workload_netns
+UDP_SPORT = 40177
+
+
+@pytest.fixture
+def gateway(lab: Any) -> Iterator[dict[str, Any]]:
+    reset_gateway(GW.netns)
+    for name in ("flow.jsonl", "firewall.jsonl"):
+        (LOG_ROOT / GW.netns / name).unlink(missing_ok=True)
+    yield lab.status()
+    reset_gateway(GW.netns)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def udp_exchange(address: str, port: int) -> None:
+    script = (
+        "import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(2);"
+        f"s.bind(('0.0.0.0',{UDP_SPORT}));n=0\n"
+        f"for i in range(5):\n s.sendto(b'x%d'%i,('{address}',{port})); n+=s.recv(100)==b'x%d'%i\n"
+        "print(n)"
+    )
+    out = sh(WS, "python3", "-c", script)
+    assert out.stdout.strip() == "5", out.stderr
+
+
+def test_flows_and_denied_packets_are_logged(gateway: dict[str, Any]) -> None:
+    http, echo = gateway["services"]["http"], gateway["services"]["udp_echo"]
+    doc = document(
+        interfaces={"data_plane": "kernel"},
+        logging={"flow_logs": True, "firewall_logs": {"enabled": True, "rate_per_second": 20}},
+        rules={"entries": [{"action": "deny", "proto": "icmp", "comment": "no ICMP out"}]},
+    )
+    flows, firewall = LOG_ROOT / GW.netns / "flow.jsonl", LOG_ROOT / GW.netns / "firewall.jsonl"
+    with agent(GW.netns, doc):
+        got = sh(WS, "curl", "-s", "-m", "5", f"http://{http['address']}:{http['port']}/")
+        assert got.returncode == 0, got.stderr
+        udp_exchange(echo["address"], echo["port"])
+        assert sh(WS, "ping", "-c", "3", "-i", "0.2", "-W", "1", echo["address"]).returncode != 0
+        sh(GW.netns, "conntrack", "-F")  # ends every flow: DESTROY events
+
+        def logged() -> tuple[dict[str, Any], dict[str, Any]] | None:
+            recs = read_jsonl(flows)
+            tcp = [r for r in recs if r["protocol"] == 6 and r["dstaddr"] == http["address"]]
+            udp = [r for r in recs if r["protocol"] == 17 and r["srcport"] == UDP_SPORT]
+            return (tcp[0], udp[0]) if tcp and udp else None
+
+        tcp, udp = wait_for(logged, 10, "flow records of the TCP and UDP flows")
+        for rec, (port, proto) in ((tcp, (http["port"], 6)), (udp, (echo["port"], 17))):
+            assert (rec["version"], rec["srcaddr"], rec["dstaddr"], rec["dstport"]) == (
+                5, GW.workload_ip, rec["pkt-dstaddr"], port,
+            )  # fmt: skip
+            assert rec["protocol"] == proto and rec["nat-srcaddr"] == GW.outside_ip
+            assert isinstance(rec["nat-srcport"], int) and rec["flow-direction"] == "egress"
+            assert rec["packets-orig"] > 0 and rec["packets-reply"] > 0
+            assert rec["bytes"] == rec["bytes-orig"] + rec["bytes-reply"] > 0
+            assert rec["start"] <= rec["end"] and rec["action"] == "ACCEPT"
+        assert udp["srcport"] == UDP_SPORT and udp["packets"] == 10  # 5 each way
+
+        def denied() -> list[dict[str, Any]]:
+            return [r for r in read_jsonl(firewall) if r["src_ip"] == GW.workload_ip]
+
+        drops = wait_for(denied, 10, "firewall records of the denied pings")
+        assert {(r["rule"], r["comment"], r["proto"]) for r in drops} == {
+            ("rules.entries[0]", "no ICMP out", "ICMP")
+        }
+        assert all(r["dest_ip"] == echo["address"] and r["icmp_type"] == 8 for r in drops)
+
+        def counted() -> dict[str, Any] | None:
+            st: dict[str, Any] = agent_status(GW.netns)["traffic_logs"]
+            done = st.get("flow_logs", {}).get("written", 0) >= 2
+            return st if done and st.get("firewall_logs", {}).get("written", 0) else None
+
+        st = wait_for(counted, 5, "the logs' counters in the agent's status")
+        assert st["flow_logs"]["flows"] >= 2 and st["flow_logs"]["dropped"] == 0
+        assert st["firewall_logs"]["packets"] >= len(drops)
