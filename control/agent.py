@@ -39,6 +39,7 @@ from control.config import (
 from control.steps import ConvergeError, Converger, KernelHost, StepContext, build_steps
 from control.steps.base import OffloaderKind
 from control.steps.conntrack_sync import ConntrackSyncStep
+from control.steps.lb import LoadBalancerStep
 from control.steps.xdp import XdpStep
 from control.store import ConfigStore, CorruptRevision, StoreError, VersionNotFound
 from control.store.factory import POLL_SECONDS, open_store
@@ -47,7 +48,7 @@ log = logging.getLogger("spectra.control")
 
 RUN_ROOT = Path("/run/spectra")
 LOG_ROOT = Path("/var/log/spectra")
-UNRENDERED_SECTIONS = ("load_balancer",)
+UNRENDERED_SECTIONS: tuple[str, ...] = ()  # every section has its step now
 LAST_GOOD = "last-good.json"  # the applied document, for a restart with the store away
 IDENTITY = "identity.json"  # the instance identity IMDS gave, for a fast restart
 
@@ -99,6 +100,7 @@ class AgentState:
     conntrack: dict[str, Any] = field(default_factory=dict)
     proxy: dict[str, Any] = field(default_factory=dict)
     tls: dict[str, Any] = field(default_factory=dict)
+    load_balancer: dict[str, Any] = field(default_factory=dict)
 
 
 def run_dir(instance: str) -> Path:
@@ -134,6 +136,10 @@ class Agent:
         self.host.availability_zone = settings.availability_zone
         self.converger = Converger(build_steps(context), self.host)
         self.aws = self._aws_runner() if settings.aws else None
+        if self.aws is not None:
+            for step in self.converger.steps:
+                if isinstance(step, LoadBalancerStep):
+                    step.aws_client = self.aws.client
         self._stopping = threading.Event()
         self._stop = False
         self._wake = threading.Event()
@@ -278,6 +284,7 @@ class Agent:
         self.state.conntrack = status.get("sysctl", {})
         self.state.proxy = status.get("proxy", {})
         self.state.tls = status.get("tls", {})
+        self.state.load_balancer = status.get("load_balancer", {})
 
     def write_state(self) -> None:
         directory = run_dir(self.settings.instance)

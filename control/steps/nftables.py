@@ -12,7 +12,8 @@ document asks for:
   the deny list, which drops before the kernel sees the packet); a rule naming an IP
   set (``rules.ip_sets``) matches an nft interval set ``ipset_<name>``;
 - allow rules and the default action, for new connections inside -> outside;
-- port forwards: ``dnat`` in a ``prerouting_nat`` chain, admitted by ``ct status dnat``;
+- port forwards: ``dnat`` in a ``prerouting_nat`` chain, admitted by ``ct status dnat``
+  (which admits the L4 load balancer's flows too: :mod:`control.steps.lb`);
 - the NAT port range (``masquerade to :low-high``, or ``snat`` to explicit addresses);
 - GWLB: traffic decapsulated on the GWLB interface is policed like the inside's, and its
   new flows get conntrack mark ``CT_MARK_GWLB`` (the XDP offloader offloads them only
@@ -136,7 +137,7 @@ def _forward_chain(doc: ConfigDocument, in_if: str, out_if: str) -> list[str]:
                 'comment "GWLB flow: offloaded as GWLB, or kept in the kernel"',
             )
         )
-    if doc.port_forwards:
+    if doc.port_forwards or (doc.load_balancer.enabled and doc.load_balancer.listeners):
         lines.append(
             _line(
                 f"iifname {out_if} oifname {in_if} ct status dnat counter accept",
