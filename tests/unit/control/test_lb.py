@@ -23,7 +23,7 @@ from control.lb_health import Health, HealthMonitor, observe, probe
 from control.steps import dry_run
 from control.steps.lb import LoadBalancerStep
 from control.store import SqliteStore
-from tests.unit.control.conftest import auth, minimal
+from tests.unit.control.conftest import READ_TOKEN, auth, minimal
 
 Client = TestClient[Any, Any]
 
@@ -234,3 +234,22 @@ def test_monitor_takes_a_dead_backend_out_within_two_intervals(
         assert status[dying.key]["state"] == "unhealthy" and status[good.key]["state"] == "healthy"
     finally:
         monitor.stop()
+
+
+@pytest.mark.asyncio
+async def test_backend_health_reaches_metrics(
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+    sqlite_store: SqliteStore,
+    api_settings: ApiSettings,
+) -> None:
+    backends = {"10.0.1.21:80": {"state": "healthy"}, "10.0.1.22:80": {"state": "unhealthy"}}
+    state = {"applied_version": 1, "load_balancer": {"listeners": {"web": {"backends": backends}}}}
+    client = await aiohttp_client(
+        create_app(sqlite_store, lambda: {"instances": {"gw-a": state}}, api_settings)
+    )
+    text = await (await client.get("/metrics", headers=auth(READ_TOKEN))).text()
+    found = {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+             for line in text.splitlines() if line.startswith("spectra_lb_")}  # fmt: skip
+    label = 'instance="gw-a",listener="web",backend='
+    assert found == {f'spectra_lb_backend_healthy{{{label}"10.0.1.21:80"}}': 1.0,
+                     f'spectra_lb_backend_healthy{{{label}"10.0.1.22:80"}}': 0.0}  # fmt: skip
