@@ -7,7 +7,7 @@ backend from a named interval map ``vs<i>``::
     ip daddr { VIP } tcp dport 9000 dnat ip to numgen inc mod 1024 map @vs0
 
 The map spreads :data:`SLOTS` generator values over the healthy backends, each backend
-getting a run of slots in proportion to its weight (``numgen inc``: in turn;
+getting slots in proportion to its weight, interleaved (``numgen inc``: in turn;
 ``jhash ip saddr``: by client address). NAT rules see only a connection's first packet
 (conntrack keeps the mapping for the rest: "Performing Network Address Translation" in
 the nftables wiki), so rewriting a map's elements changes where *new* connections go and
@@ -91,21 +91,24 @@ class LbPart:
 
 
 def slots(targets: Sequence[Target]) -> list[tuple[int, int, Target]]:
-    """``(first, last, target)`` runs covering ``0..SLOTS-1`` in proportion to the
-    weights (largest remainder); empty when there is no target."""
+    """``(first, last, target)`` runs covering ``0..SLOTS-1``: each target gets slots in
+    proportion to its weight, interleaved by smooth weighted round robin (nginx's
+    algorithm), so consecutive connections of ``numgen inc`` alternate between backends
+    instead of coming in long runs; empty when there is no target."""
     total = sum(t.weight for t in targets)
     if not total:
         return []
-    exact = [SLOTS * t.weight / total for t in targets]
-    counts = [int(x) for x in exact]
-    by_remainder = sorted(range(len(targets)), key=lambda i: counts[i] - exact[i])
-    for i in by_remainder[: SLOTS - sum(counts)]:
-        counts[i] += 1
-    runs, first = [], 0
-    for target, count in zip(targets, counts, strict=True):
-        if count:
-            runs.append((first, first + count - 1, target))
-            first += count
+    current = [0] * len(targets)
+    runs: list[tuple[int, int, Target]] = []
+    for slot in range(SLOTS):
+        for i, target in enumerate(targets):
+            current[i] += target.weight
+        best = max(range(len(targets)), key=current.__getitem__)
+        current[best] -= total
+        if runs and runs[-1][2] == targets[best]:
+            runs[-1] = (runs[-1][0], slot, targets[best])
+        else:
+            runs.append((slot, slot, targets[best]))
     return runs
 
 

@@ -60,6 +60,9 @@ def start(ns: str, *args: str) -> subprocess.Popen[str]:
 def stop(proc: subprocess.Popen[str]) -> None:
     proc.terminate()
     proc.wait(timeout=5)
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            pipe.close()
 
 
 @pytest.fixture
@@ -120,16 +123,18 @@ def run_lb_checks(backends: dict[str, subprocess.Popen[str]]) -> None:
 
     # b2 fails its checks: no new connection two intervals later; its flow goes on
     held = start(TOPOLOGY.inet_netns, "hold", GW.outside_ip, str(PORT), "b2")
-    assert held.stdin is not None and held.stdout is not None
-    stop(backends["b2/health"])
-    time.sleep(2 * INTERVAL)
-    after = spread(TOPOLOGY.inet_netns, GW.outside_ip, PORT, 300)["counts"]
-    assert "b2" not in after and sum(after.values()) == 300, after
-    assert states()[BACKENDS["b2"][0]] == "unhealthy"
-    held.stdin.write("still here\n")
-    held.stdin.flush()
-    assert held.stdout.readline().strip() == "still here"
-    stop(held)
+    try:
+        assert held.stdin is not None and held.stdout is not None
+        stop(backends["b2/health"])
+        time.sleep(2 * INTERVAL)
+        after = spread(TOPOLOGY.inet_netns, GW.outside_ip, PORT, 300)["counts"]
+        assert "b2" not in after and sum(after.values()) == 300, after
+        assert states()[BACKENDS["b2"][0]] == "unhealthy"
+        held.stdin.write("still here\n")
+        held.stdin.flush()
+        assert held.stdout.readline().strip() == "still here"
+    finally:
+        stop(held)
 
     # hairpin: workloads inside reach the outside address and an inside listener
     inside = spread(GW.workload_netns, GW.outside_ip, PORT, 30)

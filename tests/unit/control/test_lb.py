@@ -109,10 +109,20 @@ def test_slots_cover_the_generator_range_in_proportion(weights: tuple[int, ...])
     runs = slots(targets)
     assert runs[0][0] == 0 and runs[-1][1] == SLOTS - 1
     assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(runs))
-    for lo, hi, target in runs:
-        share = (hi - lo + 1) / SLOTS
+    for target in targets:
+        share = sum(hi - lo + 1 for lo, hi, t in runs if t == target) / SLOTS
         assert abs(share - target.weight / sum(weights)) <= 1 / SLOTS
     assert slots([]) == []
+
+
+def test_slots_interleave() -> None:
+    """Every window of 6 consecutive slots with weights 1:2:3 holds each backend in
+    its share: numgen's consecutive connections never come in runs."""
+    targets = [Target(f"10.0.0.{w}", 80, w) for w in (1, 2, 3)]
+    flat = [t for lo, hi, t in slots(targets) for _ in range(lo, hi + 1)]
+    for start in range(0, SLOTS - 6, 6):
+        window = flat[start : start + 6]
+        assert {t: window.count(t) for t in targets} == {t: t.weight for t in targets}
 
 
 CHECK = Check("tcp", None, "/", 1.0, 0.5, 2, 2)
@@ -127,7 +137,7 @@ def test_rendered_table_and_map_update() -> None:
     a, b = Target("10.0.1.21", 80, 1), Target("10.0.1.22", 80, 3)
     part = LbPart((service(a, b),), "inside", 10.0)
     text = render_table(part, {0: [a, b]})
-    assert "elements = { 0-255 : 10.0.1.21 . 80, 256-1023 : 10.0.1.22 . 80 }" in text
+    assert "elements = { 0 : 10.0.1.22 . 80, 1 : 10.0.1.21 . 80, 2-4 : 10.0.1.22 . 80, " in text
     assert (
         "ip daddr { 203.0.113.2 } tcp dport 9000 counter dnat ip to numgen inc mod 1024 "
         "map @vs0" in text
