@@ -40,6 +40,7 @@ from control.steps import ConvergeError, Converger, KernelHost, StepContext, bui
 from control.steps.base import OffloaderKind
 from control.steps.conntrack_sync import ConntrackSyncStep
 from control.steps.haproxy import HaproxyStep
+from control.steps.lb import LoadBalancerStep
 from control.steps.xdp import XdpStep
 from control.store import ConfigStore, CorruptRevision, StoreError, VersionNotFound
 from control.store.factory import POLL_SECONDS, open_store
@@ -48,7 +49,7 @@ log = logging.getLogger("spectra.control")
 
 RUN_ROOT = Path("/run/spectra")
 LOG_ROOT = Path("/var/log/spectra")
-UNRENDERED_SECTIONS = ("load_balancer",)
+UNRENDERED_SECTIONS: tuple[str, ...] = ()  # every section has its step now
 LAST_GOOD = "last-good.json"  # the applied document, for a restart with the store away
 IDENTITY = "identity.json"  # the instance identity IMDS gave, for a fast restart
 
@@ -101,6 +102,7 @@ class AgentState:
     proxy: dict[str, Any] = field(default_factory=dict)
     tls: dict[str, Any] = field(default_factory=dict)
     traffic_logs: dict[str, Any] = field(default_factory=dict)
+    load_balancer: dict[str, Any] = field(default_factory=dict)
 
 
 def run_dir(instance: str) -> Path:
@@ -157,13 +159,16 @@ class Agent:
     def _hand_aws_clients(self, runner: HaRunner) -> None:
         """Steps that call AWS get their clients from one session factory per ``aws``
         section (the operational role; the instance's region from IMDS): the TLS
-        step's ACM exports."""
+        step's ACM exports; the load balancer's target groups come through the HA side's
+        factory."""
         from control.aws import SectionSessions
 
         sessions = SectionSessions(lambda: runner.identity)
         for step in self.converger.steps:
             if isinstance(step, HaproxyStep):
                 step.acm_client = lambda section: sessions.client(section, "acm")
+            elif isinstance(step, LoadBalancerStep):  # ELBv2 target groups
+                step.aws_client = runner.client
 
     def _start_aws(self) -> None:
         """Who and where this instance is, then the HA loop from the store's current
@@ -294,6 +299,7 @@ class Agent:
         self.state.proxy = status.get("proxy", {})
         self.state.tls = status.get("tls", {})
         self.state.traffic_logs = status.get("traffic_logs", {})
+        self.state.load_balancer = status.get("load_balancer", {})
 
     def write_state(self) -> None:
         directory = run_dir(self.settings.instance)

@@ -44,8 +44,8 @@ def apply_ruleset(script: str) -> None:
         raise NftError(f"{' '.join(args)}: {proc.stderr.strip()}")
 
 
-def table_present() -> bool:
+def table_present(family: str = "inet", table: str = TABLE) -> bool:
     proc = subprocess.run(
-        ["nft", "list", "table", "inet", TABLE], capture_output=True, text=True, check=False
+        ["nft", "list", "table", family, table], capture_output=True, text=True, check=False
     )
     return proc.returncode == 0

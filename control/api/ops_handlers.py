@@ -3,6 +3,7 @@ the OpenAPI document."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -45,6 +46,7 @@ async def metrics(request: web.Request) -> web.Response:
             if isinstance(value, int | float) and str(key).isidentifier():
                 gauges[f'spectra_dataplane_{key}{{instance="{name}"}}'] = value
         gauges.update(_signature_gauges(name, state))
+        gauges.update(_lb_gauges(name, state))
     text = request.app[METRICS].render(gauges)
     return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
 
@@ -60,6 +62,27 @@ def _signature_gauges(name: str, state: Any) -> dict[str, float]:
             if str(sid).isdigit() and str(action).replace("_", "").isalpha():
                 label = f'instance="{name}",sid="{sid}",action="{action}"'
                 out[f"spectra_inspection_alerts_total{{{label}}}"] = count
+    return out
+
+
+_LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,62}/[0-9.]{7,15}:[0-9]{1,5}$")
+
+
+def _lb_gauges(name: str, state: Any) -> dict[str, float]:
+    """``spectra_lb_backend_healthy{instance,listener,backend}``: 1 healthy or not yet
+    checked (in the DNAT map), 0 unhealthy (out of it)."""
+    lb = state.get("load_balancer", {}) if isinstance(state, dict) else {}
+    listeners = lb.get("listeners", {}) if isinstance(lb, dict) else {}
+    out: dict[str, float] = {}
+    for listener, entry in (listeners if isinstance(listeners, dict) else {}).items():
+        backends = entry.get("backends", {}) if isinstance(entry, dict) else {}
+        for key, backend in (backends if isinstance(backends, dict) else {}).items():
+            if not (isinstance(backend, dict) and _LABEL_RE.match(f"{listener}/{key}")):
+                continue
+            label = f'instance="{name}",listener="{listener}",backend="{key}"'
+            out[f"spectra_lb_backend_healthy{{{label}}}"] = float(
+                backend.get("state") != "unhealthy"
+            )
     return out
 
 

@@ -86,7 +86,8 @@ def enabled_features(doc: ConfigDocument) -> frozenset[Feature]:
     core is always on (config writes, the takeover, staging these change sets); bedrock
     when a route goes to a bedrock provider that has no static keys of its own;
     observability with CloudWatch metrics or an SNS topic for takeovers; edge with TLS
-    listeners (ACM certificates) or the Gateway Load Balancer."""
+    listeners (ACM certificates), the Gateway Load Balancer or L4 listeners synced
+    with an ELBv2 target group."""
     found = {Feature.CORE}
     routed = {route.provider for route in doc.ai.routes}
     for name in routed:
@@ -95,6 +96,9 @@ def enabled_features(doc: ConfigDocument) -> frozenset[Feature]:
             found.add(Feature.BEDROCK)
     if doc.metrics.cloudwatch or doc.aws.notify.sns_topic_arn:
         found.add(Feature.OBSERVABILITY)
-    if (doc.tls.enabled and doc.tls.listeners) or doc.gwlb.enabled:
+    target_groups = doc.load_balancer.enabled and any(
+        listener.target_group_arn for listener in doc.load_balancer.listeners
+    )
+    if (doc.tls.enabled and doc.tls.listeners) or doc.gwlb.enabled or target_groups:
         found.add(Feature.EDGE)
     return frozenset(found)

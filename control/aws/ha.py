@@ -569,6 +569,16 @@ class HaRunner:
             lc.launch_timeout_s,
         )
 
+    def client(self, service: str) -> Any:
+        """An operational-role client of the session factory the HA side built
+        (:class:`RuntimeError` until it is built)."""
+        if self._aws is None:
+            raise RuntimeError(
+                "the AWS session factory is not built (no aws.zones entry for this "
+                f"instance's zone, or IMDS unread){': ' + self.error if self.error else ''}"
+            )
+        return self._aws.sessions.client(service)
+
     def stop(self) -> None:
         """Stop the loop; the lease runs out by itself (a restarted agent resumes it)."""
         self._stop.set()

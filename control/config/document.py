@@ -33,6 +33,7 @@ from xdp.records import MAX_DENY_RULES
 
 SCHEMA_VERSION = 1
 GENEVE_PORT = 6081
+SSH_PORT = 22  # the appliance's own SSH (the AMI's sshd), never a service port
 
 
 class ConfigDocument(StrictModel):
@@ -109,7 +110,10 @@ def _zone_issues(doc: ConfigDocument) -> list[Issue]:
 
 
 def _port_claims(doc: ConfigDocument) -> list[tuple[Loc, str, int]]:
-    claims: list[tuple[Loc, str, int]] = [(("api", "port"), "tcp", doc.api.port)]
+    claims: list[tuple[Loc, str, int]] = [
+        (("api", "port"), "tcp", doc.api.port),
+        (("(appliance ssh)",), "tcp", SSH_PORT),
+    ]
     if doc.gwlb.enabled:
         claims.append((("gwlb", "health_check", "port"), "tcp", doc.gwlb.health_check.port))
         claims.append((("gwlb", "enabled"), "udp", GENEVE_PORT))

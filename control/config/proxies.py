@@ -2,8 +2,8 @@
 
 ``proxy`` (the Squid forward proxy, rendered by :mod:`control.steps.squid`), ``tls``
 (TLS termination by HAProxy, :mod:`control.steps.haproxy`) and ``load_balancer`` (the L4
-load balancer). ``load_balancer`` is validated but no converge step renders it yet: an
-instance reports it enabled in its status (``not_yet_rendered``).
+load balancer, :mod:`control.steps.lb`: nftables DNAT maps over the backends the agent
+finds healthy).
 
 Domain lists use the one domain pattern of the document (:mod:`nfq.domain_pattern`, also
 the inspection policy's ``domain_lists`` targets; the form of AWS Network Firewall's
@@ -231,32 +231,98 @@ class Tls(StrictModel):
 
 
 class HealthCheck(StrictModel):
-    """How a backend (or the appliance itself) is probed."""
+    """How the agent probes a backend: a TCP connect, or an HTTP GET of ``path`` that
+    answers 2xx/3xx, every ``interval_seconds``, each probe bounded by
+    ``timeout_seconds``. Hysteresis: ``unhealthy_threshold`` failures in a row take a
+    backend out, ``healthy_threshold`` successes in a row bring it back."""
 
     protocol: Literal["tcp", "http"] = "tcp"
     port: Port | None = Field(default=None, description="default: the traffic port")
     path: str = Field(default="/", pattern=r"^/[\x21-\x7e]*$", max_length=512)
     interval_seconds: int = Field(default=10, ge=1, le=300)
+    timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    healthy_threshold: int = Field(default=2, ge=1, le=10)
+    unhealthy_threshold: int = Field(default=2, ge=1, le=10)
+
+    @model_validator(mode="after")
+    def _timeout(self) -> HealthCheck:
+        if self.timeout_seconds > self.interval_seconds:
+            raise fail(("timeout_seconds",), self.timeout_seconds,
+                       f"expected at most interval_seconds ({self.interval_seconds})")  # fmt: skip
+        return self
+
+
+_TG_ARN_RE = re.compile(
+    r"^arn:aws[a-z-]*:elasticloadbalancing:[a-z0-9-]+:\d{12}:targetgroup/[A-Za-z0-9-]{1,32}/[0-9a-f]{1,16}$"
+)
+
+
+def _tg_arn(value: str) -> str:
+    if not _TG_ARN_RE.match(value):
+        raise ValueError(
+            "expected an ELBv2 target group ARN like arn:aws:elasticloadbalancing:"
+            "eu-west-1:123456789012:targetgroup/<name>/<id>"
+        )
+    return value
+
+
+TargetGroupArn = Annotated[str, AfterValidator(_tg_arn)]
+# Where a VPC's backends are when the document names no networks (RFC 1918, RFC 6598)
+PRIVATE_NETWORKS = tuple(
+    IPv4Network(n) for n in ("10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16")
+)
 
 
 class LbListener(StrictModel):
-    """An L4 listener spreading ``proto``/``port`` over its backends."""
+    """A virtual service: new ``proto`` connections to ``address``:``port`` are spread
+    over the healthy backends by weight (``roundrobin``: in turn; ``source``: by a hash
+    of the client address, so one client keeps its backend). ``address`` is
+    ``"outside"`` (the outside interface's addresses), ``"inside"`` (the inside
+    interface's) or one address routed to the gateway. Backends are the listed ones,
+    plus the healthy targets of ``target_group_arn`` (an ELBv2 target group of target
+    type ``ip``) when it is set."""
 
     name: Name
+    address: Literal["outside", "inside"] | IPv4Address = "outside"
     proto: PortProto = "tcp"
     port: Port
-    algorithm: Literal["roundrobin", "leastconn", "source"] = "roundrobin"
-    backends: list[Backend] = Field(min_length=1, max_length=256)
+    algorithm: Literal["roundrobin", "source"] = "roundrobin"
+    backends: list[Backend] = Field(default_factory=list, max_length=256)
+    target_group_arn: TargetGroupArn | None = None
     health_check: HealthCheck = HealthCheck()
+
+    @model_validator(mode="after")
+    def _some_backend(self) -> LbListener:
+        if not self.backends and self.target_group_arn is None:
+            raise fail(("backends",), [], "expected at least one backend or a target_group_arn")
+        if self.proto == "udp" and self.health_check.protocol == "http":
+            raise fail(("health_check", "protocol"), "http", 'expected "tcp" for a udp listener '
+                       "(probed on health_check.port over TCP)")  # fmt: skip
+        return self
 
 
 class LoadBalancer(StrictModel):
-    """The L4 load balancer."""
+    """The L4 load balancer (nftables DNAT maps; :mod:`control.steps.lb`)."""
 
     enabled: bool = False
     listeners: list[LbListener] = Field(default_factory=list, max_length=64)
+    backend_networks: list[IPv4Network] = Field(
+        default_factory=lambda: list(PRIVATE_NETWORKS), min_length=1, max_length=256,
+        description="the subnets backends may be in (default: the private ranges)",
+    )  # fmt: skip
+    target_group_sync_seconds: int = Field(
+        default=10, ge=1, le=3600, description="how often target groups are read"
+    )
 
     @model_validator(mode="after")
     def _names(self) -> LoadBalancer:
         unique_names("listeners", [listener.name for listener in self.listeners])
+        for i, listener in enumerate(self.listeners):
+            for j, backend in enumerate(listener.backends):
+                if not any(backend.address in net for net in self.backend_networks):
+                    raise fail(
+                        ("listeners", i, "backends", j, "address"), str(backend.address),
+                        "expected an address in one of backend_networks: "
+                        + ", ".join(str(n) for n in self.backend_networks),
+                    )  # fmt: skip
         return self

@@ -31,6 +31,7 @@ from control.steps.conntrack_sync import ConntrackSyncStep
 from control.steps.gwlb import GwlbStep
 from control.steps.haproxy import HaproxyStep
 from control.steps.inspection import InspectionStep
+from control.steps.lb import LoadBalancerStep
 from control.steps.nftables import NftablesStep
 from control.steps.squid import SquidStep
 from control.steps.sysctl import SysctlStep
@@ -39,9 +40,9 @@ from control.steps.xdp import XdpStep
 
 # Apply order: the inspector is up before anything is queued to it; the GWLB programs
 # link to the XDP fast path, so they come after it; conntrack sync and the proxy depend
-# on none; nor do the proxy and TLS services.
+# on none; nor do the proxy, TLS and L4 load-balancing services.
 STEPS = (SysctlStep, NftablesStep, InspectionStep, XdpStep, GwlbStep, ConntrackSyncStep,
-         SquidStep, HaproxyStep, TrafficLogsStep)  # fmt: skip
+         SquidStep, HaproxyStep, LoadBalancerStep, TrafficLogsStep)  # fmt: skip
 
 
 def build_steps(context: StepContext) -> list[Step[Any]]:

@@ -15,7 +15,8 @@ document asks for:
 - allow rules and the default action, for new connections inside -> outside;
 - port forwards: ``dnat`` in a ``prerouting_nat`` chain, admitted by ``ct status dnat``
   (ranges, hairpin NAT for inside workloads, source allow-lists:
-  :mod:`control.steps.port_forwards`);
+  :mod:`control.steps.port_forwards`; it admits the L4 load balancer's flows too:
+  :mod:`control.steps.lb`);
 - the NAT port range (``masquerade to :low-high``, or ``snat`` to explicit addresses);
 - ``tls.appliance``: the config API's and AI gateway's plain ports reset from anywhere
   but loopback (HAProxy serves them over HTTPS);
@@ -154,7 +155,7 @@ def _forward_chain(doc: ConfigDocument, in_if: str, out_if: str) -> list[str]:
                 'comment "GWLB flow: offloaded as GWLB, or kept in the kernel"',
             )
         )
-    if doc.port_forwards:
+    if doc.port_forwards or (doc.load_balancer.enabled and doc.load_balancer.listeners):
         lines.append(
             _line(
                 f"iifname {out_if} oifname {in_if} ct status dnat counter accept",
