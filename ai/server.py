@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from ai.audit import AuditLog, NullAudit
-from ai.cache import ExactCache
+from ai.backend import StateBackend, state_backend
 from ai.config import AIConfig
 from ai.embeddings import embeddings
 from ai.errors import BadRequest, GatewayError, PayloadTooLarge
@@ -44,6 +44,7 @@ log = logging.getLogger("spectra.ai")
 
 CONFIG = web.AppKey("config", AIConfig)
 GATEWAY = web.AppKey("gateway", Gateway)
+BACKEND = web.AppKey("state_backend", StateBackend)  # its status(): /v1/spectra/state
 REQUEST_ID = web.RequestKey("request_id", str)  # the audit record's, sent as x-request-id
 PRINCIPAL = web.RequestKey("principal", Principal)  # whose rate limits the headers show
 _READ = 256 * 1024  # bytes per body read
@@ -205,6 +206,12 @@ async def _client_headers(request: web.Request, response: web.StreamResponse) ->
         response.headers.update(budgets.rate_headers(principal.key_id, principal.budget))
 
 
+async def state_status(request: web.Request) -> web.StreamResponse:
+    """The state backend's health (``ai.backend``): which one, reachable or not since
+    when, failed calls, each feature's stance while it is not. Names no tenant or key."""
+    return web.json_response(request.app[BACKEND].status())
+
+
 def _resources(
     config: AIConfig,
     env: Mapping[str, str],
@@ -215,7 +222,9 @@ def _resources(
     aws: AwsCredentialSource,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        cache = ExactCache(config.exact_cache) if config.exact_cache.enabled else None
+        backend = state_backend(config, env)
+        app[BACKEND] = backend
+        cache = backend.cache()
         audit: AuditLog | NullAudit = (
             AuditLog(config.audit) if config.audit.path is not None else NullAudit()
         )
@@ -226,6 +235,7 @@ def _resources(
         owned: Any = None  # a semantic cache this app created (and must close)
         watcher: asyncio.Task[None] | None = None
         try:
+            await backend.open()
             if cache is not None:
                 await cache.open()
             await audit.start()
@@ -240,8 +250,9 @@ def _resources(
                 owned = await asyncio.to_thread(create_semantic_cache, settings)
                 await owned.warm_up()  # load the model now, not on the first request
                 sem = owned
+            router, budgets = Router(config, env, aws), backend.budgets(state, restored)
             gateway = Gateway(
-                config, Router(config, env, aws), session, cache, sem, audit, state, restored, keys
+                config, router, session, cache, sem, audit, state, restored, keys, budgets
             )
             app[GATEWAY] = gateway
             if source is not None:
@@ -258,6 +269,7 @@ def _resources(
             await audit.close()
             if cache is not None:
                 await cache.close()
+            await backend.close()
             if owned is not None:
                 owned.close()
             await session.close()
@@ -306,15 +318,18 @@ def create_app(
         "/v1/embeddings", _endpoint("embeddings", lambda raw, _: parse_embedding(raw), _embeddings)
     )
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/spectra/state", state_status)
     return app
 
 
-def load_config(path: Path) -> AIConfig:
+def load_config(path: Path, state_backend: str | None = None) -> AIConfig:
     """The AI section from a JSON file: either the section itself or a whole appliance
-    document that holds it under ``ai``."""
+    document that holds it under ``ai``; ``state_backend`` overrides ``state.backend``."""
     data = json.loads(path.read_bytes())
     if isinstance(data, dict) and isinstance(data.get("ai"), dict):
         data = data["ai"]
+    if state_backend is not None and isinstance(data, dict):
+        data = {**data, "state": {**(data.get("state") or {}), "backend": state_backend}}
     return AIConfig.model_validate(data)
 
 
@@ -327,9 +342,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument(
+        "--state-backend",
+        choices=("local", "redis"),
+        default=None,
+        help="overrides state.backend (redis needs state.redis in the config)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    source = FileSource(args.config, load_config)
+    source = FileSource(args.config, lambda path: load_config(path, args.state_backend))
     config = source()
     web.run_app(
         create_app(config, source=source),
