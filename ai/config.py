@@ -198,6 +198,9 @@ class RedisConfig(_Model):
     password: SecretRef | None = Field(default=None, description="AUTH token or password")
     cluster: bool = Field(default=False, description="cluster mode enabled (RedisCluster)")
     key_prefix: str = Field(default="spectra:ai", pattern=r"^[A-Za-z0-9:._-]+$")
+    max_connections: int = Field(
+        default=64, ge=1, le=10_000, description="pooled connections per process"
+    )
     connect_timeout_s: float = Field(default=0.5, gt=0, le=10)
     op_timeout_s: float = Field(
         default=0.25, gt=0, le=10, description="every Redis call gives up after this"

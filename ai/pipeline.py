@@ -184,7 +184,7 @@ class Gateway:
                 except BaseException:
                     self.flights.finish(key, None)
                     raise
-                if shared is not None:
+                if shared is not None:  # its answer (we hold nothing to release)
                     self.flights.finish(key, shared)
                     trace.cache = "coalesced"
                     return await replay(req, shared, trace)

@@ -12,7 +12,8 @@ A key's figures: hash ``budget:<key id>`` (used/reserved tokens and cost) and ha
 ``window:<key id>`` (requests ``r:<second>`` and tokens ``t:<second>`` of the last
 minute; older fields are dropped as scripts read them, the hash expires after two).
 A reservation of an instance that dies before reconciling stays charged (never given
-back). Unreachable store: stance ``reject`` -> 503, ``local`` -> a per-process
+back). A key with no limits at all never touches the store. Unreachable store:
+stance ``reject`` -> 503, ``local`` -> a per-process
 :class:`~ai.budget.Budgets` until it returns; settlements that fail are kept (bounded)
 and replayed when it does.
 """
@@ -143,6 +144,12 @@ class RedisBudgets:
         completion_tokens: int,
         cost: float,
     ) -> Reservation:
+        if limits == BudgetConfig():  # nothing to enforce, nothing to share
+            reservation = self._fallback.reserve(
+                key_id, limits, prompt_tokens, completion_tokens, cost
+            )
+            reservation.tenant = tenant
+            return reservation
         args = [
             _opt(limits.requests_per_minute),
             _opt(limits.tokens_per_minute),

@@ -11,7 +11,8 @@ slot; a bound across tenants would need a cross-slot operation). Set Redis's
 
 Singleflight across instances: the first instance to miss takes ``flight:<key>`` with
 ``SET NX PX`` (https://redis.io/docs/latest/commands/set/) for at most
-``flight_wait_s``; the others poll for the entry (10 ms doubling to 100 ms) until it
+``flight_wait_s`` (and reads the cache once more: the last leader may have just
+finished); the others poll for the entry (10 ms doubling to 100 ms) until it
 appears (a coalesced answer) or the lock goes away (they then call upstream
 themselves). The lock is released by compare-and-delete, so an expired lock taken over
 by another instance is never removed by the first.
@@ -129,7 +130,11 @@ class RedisExactCache:
             raise
         if taken:
             self._held[(key, tenant)] = token
-            return None
+            # the previous leader may have stored it and let go since our miss
+            stored = await self.get(key, tenant)
+            if stored is not None:
+                await self.release(key, tenant)
+            return stored
         loop = asyncio.get_running_loop()
         deadline, delay = loop.time() + self._link.config.flight_wait_s, POLL_MIN_S
         while loop.time() < deadline:

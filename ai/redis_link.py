@@ -26,8 +26,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from ai.config import RedisConfig
 from ai.errors import Overloaded
@@ -44,6 +46,9 @@ class StoreUnavailable(Overloaded):
 
 
 def _client(config: RedisConfig, env: Mapping[str, str]) -> Any:
+    """A client whose calls wait (within ``op_timeout_s``) for one of at most
+    ``max_connections`` pooled connections, retrying once on a connection that died
+    (a restarted or failed-over store) before the link counts the store as down."""
     password = resolve_secret(config.password, env) if config.password is not None else None
     common: dict[str, Any] = {
         "host": config.host,
@@ -54,13 +59,21 @@ def _client(config: RedisConfig, env: Mapping[str, str]) -> Any:
         "socket_connect_timeout": config.connect_timeout_s,
         "decode_responses": True,
     }
-    if config.tls:
-        common["ssl"] = True
-        if config.tls_ca_file is not None:
-            common["ssl_ca_certs"] = str(config.tls_ca_file)
+    tls: dict[str, Any] = {}
+    if config.tls and config.tls_ca_file is not None:
+        tls["ssl_ca_certs"] = str(config.tls_ca_file)
     if config.cluster:
-        return RedisCluster(**common)
-    return Redis(db=config.db, retry_on_timeout=False, **common)
+        return RedisCluster(ssl=config.tls, max_connections=config.max_connections, **common, **tls)
+    pool = BlockingConnectionPool(
+        max_connections=config.max_connections,
+        timeout=config.op_timeout_s,
+        connection_class=SSLConnection if config.tls else Connection,
+        db=config.db,
+        retry=Retry(NoBackoff(), 1),
+        **common,
+        **tls,
+    )
+    return Redis(connection_pool=pool)
 
 
 class RedisLink:
