@@ -73,7 +73,7 @@ def _client(config: RedisConfig, env: Mapping[str, str]) -> Any:
         **common,
         **tls,
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # owns the pool: closing the client closes it
 
 
 class RedisLink:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from tests.e2e.ai.conftest import (
     free_port,
     http_json,
 )
+from tests.redisd import RedisServer
 
 KEYS = {  # id: (key, tenant, budget)
     "budget": ("sk-spectra-shared-budget", "ta", {"max_tokens": 3000}),
@@ -40,59 +40,14 @@ KEYS = {  # id: (key, tenant, budget)
 }
 
 
-@dataclass
-class RedisServer:
-    port: int
-    dir: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)),
-                *("--save", "", "--appendonly", "no", "--protected-mode", "yes"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.ping():
-                return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not answer PING in 10 s")
-
-    def ping(self) -> bool:
-        return self.cli("PING") == "PONG"
-
-    def cli(self, *args: str) -> str:
-        done = subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-        return done.stdout.strip()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (make deps installs it)")
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     try:
         yield server
     finally:
-        if server.proc is not None and server.proc.poll() is None:
-            server.kill()
+        server.kill()
 
 
 def _config(up: Upstreams, tmp: Path, redis_port: int) -> dict[str, Any]:
