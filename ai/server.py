@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from ai.semcache_api import SemanticCache
 from ai.state import StateStore
 from ai.tokens import count_text
 from ai.trace import Trace
+from ai.workers import LOCAL_REASON, Supervisor, for_worker, worker_count
 
 log = logging.getLogger("spectra.ai")
 
@@ -208,8 +210,9 @@ async def _client_headers(request: web.Request, response: web.StreamResponse) ->
 
 async def state_status(request: web.Request) -> web.StreamResponse:
     """The state backend's health (``ai.backend``): which one, reachable or not since
-    when, failed calls, each feature's stance while it is not. Names no tenant or key."""
-    return web.json_response(request.app[BACKEND].status())
+        when, failed calls, each feature's stance while it is not, and the answering
+    process (one of the workers). Names no tenant or key."""
+    return web.json_response({**request.app[BACKEND].status(), "pid": os.getpid()})
 
 
 def _resources(
@@ -348,14 +351,45 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="overrides state.backend (redis needs state.redis in the config)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes on the port (SO_REUSEPORT); default: one per core with "
+        "state.backend redis; always 1 with local",
+    )
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    source = FileSource(args.config, lambda path: load_config(path, args.state_backend))
+    index = args.worker
+
+    def load(path: Path) -> AIConfig:
+        config = load_config(path, args.state_backend)
+        return config if index is None else for_worker(config, index)
+
+    source = FileSource(args.config, load)
     config = source()
+    if index is None:
+        try:
+            count = worker_count(config, args.workers)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if count > 1:
+            passed = ["--config", str(args.config)]
+            for flag, value in (
+                ("--host", args.host),
+                ("--port", args.port),
+                ("--state-backend", args.state_backend),
+            ):
+                passed += [] if value is None else [flag, str(value)]
+            sys.exit(Supervisor(passed, count).run())
+        if config.state.backend == "local":
+            log.info("one process: %s", LOCAL_REASON)
     web.run_app(
         create_app(config, source=source),
         host=args.host or config.listen_host,
         port=config.listen_port if args.port is None else args.port,
+        reuse_port=index is not None,
         print=None,
         access_log=None,
     )
