@@ -5,6 +5,14 @@ record before it, across rotations; 64 zeros for the very first) and ``h``, the
 SHA-256 of the record's canonical JSON without ``h``. Editing, deleting or reordering
 any line breaks a hash or a link, which :func:`verify` reports with the file and line.
 
+Keyed chain (``audit.key``, a secret reference: an SSM SecureString delivered as a file
+or environment variable in production): ``h`` is then HMAC-SHA256 (RFC 2104) under
+that key and every record says ``"keyed": true``, so rewriting the whole file needs the
+key, not only SHA-256. Verified with the key, every record must be keyed (a rewritten,
+unkeyed log fails at its first record); without it, a keyed log is refused. Switch the
+key on with a new log file. With several workers each writes its own chain
+(``ai.workers``). Removing the last records is not detected by the chain alone.
+
 Memory is bounded: requests hand records to a bounded queue and wait when it is full
 (backpressure); one writer task drains it in batches to the file, waiting
 ``batch_window_s`` after a record for others to join it, so a busy gateway pays one
@@ -17,24 +25,35 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from ai.canonical import canonical_json
 from ai.config import AuditConfig
+from ai.keys import resolve_secret
 
 log = logging.getLogger("spectra.ai")
 GENESIS = "0" * 64
 
 
-def record_hash(record: dict[str, Any]) -> str:
-    body = {k: v for k, v in record.items() if k != "h"}
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+def record_hash(record: dict[str, Any], key: bytes | None = None) -> str:
+    """SHA-256 of the record's canonical JSON without ``h``; HMAC-SHA256 with ``key``."""
+    body = canonical_json({k: v for k, v in record.items() if k != "h"}).encode()
+    if key is None:
+        return hashlib.sha256(body).hexdigest()
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def audit_key(config: AuditConfig, env: Mapping[str, str]) -> bytes | None:
+    """The chain's HMAC key, resolved from its secret reference (None: unkeyed)."""
+    return None if config.key is None else resolve_secret(config.key, env).encode()
 
 
 def segments(path: Path) -> list[Path]:
@@ -62,8 +81,9 @@ def _last_record(path: Path) -> dict[str, Any] | None:
 class AuditLog:
     """Writer of one audit log file; ``write`` applies backpressure when the queue is full."""
 
-    def __init__(self, config: AuditConfig) -> None:
+    def __init__(self, config: AuditConfig, key: bytes | None = None) -> None:
         assert config.path is not None
+        self._key = key
         self._config = config
         self._path = config.path
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(config.queue_size)
@@ -123,7 +143,9 @@ class AuditLog:
         lines = []
         for record in records:
             chained = {**record, "seq": self._seq, "prev": self._prev}
-            chained["h"] = record_hash(chained)
+            if self._key is not None:
+                chained["keyed"] = True
+            chained["h"] = record_hash(chained, self._key)
             lines.append(canonical_json(chained).encode() + b"\n")
             self._seq, self._prev = self._seq + 1, chained["h"]
         assert self._file is not None
@@ -165,11 +187,14 @@ class AuditReport:
         }
 
 
-def verify(path: Path | str, *, allow_pruned: bool = False) -> AuditReport:
+def verify(
+    path: Path | str, *, allow_pruned: bool = False, key: bytes | None = None
+) -> AuditReport:
     """Check the hash chain of ``path`` and its rotated segments.
 
     With ``allow_pruned`` the oldest kept record may link to a deleted one (old
-    segments removed by retention); otherwise the chain must start at genesis.
+    segments removed by retention); otherwise the chain must start at genesis. With
+    ``key`` every record must be keyed and carry its HMAC under it.
     """
     path = Path(path)
     files = segments(path)
@@ -192,8 +217,18 @@ def verify(path: Path | str, *, allow_pruned: bool = False) -> AuditReport:
                     return fail("line is not JSON", segment, number)
                 if not isinstance(record, dict):
                     return fail("line is not a JSON object", segment, number)
-                if record.get("h") != record_hash(record):
-                    return fail("record hash mismatch (record edited)", segment, number)
+                keyed = record.get("keyed") is True
+                if keyed and key is None:
+                    return fail("keyed record: verify with the audit key", segment, number)
+                if key is not None and not keyed:
+                    return fail("record is not keyed (log rewritten?)", segment, number)
+                if not hmac.compare_digest(str(record.get("h")), record_hash(record, key)):
+                    what = (
+                        "record MAC mismatch (edited, or another key)"
+                        if keyed
+                        else ("record hash mismatch (record edited)")
+                    )
+                    return fail(what, segment, number)
                 if count == 0 and allow_pruned and record.get("prev") != GENESIS:
                     # A pruned log: the oldest kept record anchors the chain.
                     prev, seq = str(record.get("prev")), int(record.get("seq", 0))

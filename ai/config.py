@@ -157,6 +157,9 @@ class SemanticRoutingConfig(_Model):
 
 class AuditConfig(_Model):
     path: Path | None = Field(default=None, description="JSON-lines file; None = disabled")
+    key: SecretRef | None = Field(
+        default=None, description="HMAC key of the chain (ai.audit); None = SHA-256 only"
+    )
     include_content: bool = False
     rotate_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     queue_size: int = Field(default=1024, ge=1, description="bounded; full -> backpressure")

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ai.audit import AuditLog, NullAudit
+from ai.audit import AuditLog, NullAudit, audit_key
 from ai.backend import StateBackend, state_backend
 from ai.config import AIConfig
 from ai.embeddings import embeddings
@@ -229,7 +229,9 @@ def _resources(
         app[BACKEND] = backend
         cache = backend.cache()
         audit: AuditLog | NullAudit = (
-            AuditLog(config.audit) if config.audit.path is not None else NullAudit()
+            AuditLog(config.audit, audit_key(config.audit, env))
+            if config.audit.path is not None
+            else NullAudit()
         )
         state = StateStore(config.state.resolved_path(config.audit), config.state.write_window_s)
         session = aiohttp.ClientSession(
