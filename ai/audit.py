@@ -11,7 +11,15 @@ that key and every record says ``"keyed": true``, so rewriting the whole file ne
 key, not only SHA-256. Verified with the key, every record must be keyed (a rewritten,
 unkeyed log fails at its first record); without it, a keyed log is refused. Switch the
 key on with a new log file. With several workers each writes its own chain
-(``ai.workers``). Removing the last records is not detected by the chain alone.
+(``ai.workers``).
+
+Removing the last records leaves a valid chain; anchors catch it. With
+``audit.anchor_path`` (keyed logs only; a file on storage the gateway's log directory
+does not share, e.g. another volume or a mount replicated off the host) the writer
+appends the chain head ``{"seq", "h", "at", "sig"}``, ``sig`` an HMAC-SHA256 of the
+rest, every ``anchor_every`` records or ``anchor_interval_s`` seconds and at a clean
+stop; ``verify(..., anchors=...)`` requires every anchored record to be in the log with
+that hash, so a truncated or rewritten log fails, naming the first missing record.
 
 Memory is bounded: requests hand records to a bounded queue and wait when it is full
 (backpressure); one writer task drains it in batches to the file, waiting
@@ -30,6 +38,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +93,7 @@ class AuditLog:
     def __init__(self, config: AuditConfig, key: bytes | None = None) -> None:
         assert config.path is not None
         self._key = key
+        self._anchored = (-1, time.monotonic())  # (seq, monotonic time) of the last anchor
         self._config = config
         self._path = config.path
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(config.queue_size)
@@ -116,6 +126,7 @@ class AuditLog:
             await self._task
             self._task = None
         if self._file is not None:
+            await asyncio.to_thread(self._anchor, True)
             self._file.close()
             self._file = None
 
@@ -153,8 +164,32 @@ class AuditLog:
         self._file.flush()
         if self._config.fsync:
             os.fsync(self._file.fileno())
+        self._anchor(False)
         if self._file.tell() >= self._config.rotate_bytes:
             self._rotate()
+
+    def _anchor(self, now: bool) -> None:
+        """(On the writer's thread.) Append the signed chain head to the anchor file
+        when due (or ``now``), after the records it covers are on disk."""
+        path, key, head = self._config.anchor_path, self._key, self._seq - 1
+        if path is None or key is None or head < 0 or head == self._anchored[0]:
+            return
+        clock = time.monotonic()
+        due = head - self._anchored[0] >= self._config.anchor_every or (
+            clock - self._anchored[1] >= self._config.anchor_interval_s
+        )
+        if not (now or due):
+            return
+        assert self._file is not None
+        os.fsync(self._file.fileno())
+        anchor: dict[str, Any] = {"seq": head, "h": self._prev, "at": round(time.time(), 3)}
+        anchor["sig"] = hmac.new(key, canonical_json(anchor).encode(), "sha256").hexdigest()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab") as f:
+            f.write(canonical_json(anchor).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._anchored = (head, clock)
 
     def _rotate(self) -> None:
         assert self._file is not None
@@ -188,18 +223,24 @@ class AuditReport:
 
 
 def verify(
-    path: Path | str, *, allow_pruned: bool = False, key: bytes | None = None
+    path: Path | str,
+    *,
+    allow_pruned: bool = False,
+    key: bytes | None = None,
+    anchors: Path | None = None,
 ) -> AuditReport:
     """Check the hash chain of ``path`` and its rotated segments.
 
     With ``allow_pruned`` the oldest kept record may link to a deleted one (old
     segments removed by retention); otherwise the chain must start at genesis. With
-    ``key`` every record must be keyed and carry its HMAC under it.
+    ``key`` every record must be keyed and carry its HMAC under it; with ``anchors``
+    (needs ``key``) every anchored record must be there with the anchored hash.
     """
     path = Path(path)
     files = segments(path)
     names = tuple(str(f) for f in files)
     prev, seq, count = GENESIS, 0, 0
+    seen: dict[int, tuple[str, Path, int]] = {}
 
     def fail(message: str, where: Path, line: int) -> AuditReport:
         return AuditReport(False, count, names, message, str(where), line)
@@ -238,7 +279,57 @@ def verify(
                     )
                 if record.get("seq") != seq:
                     return fail(f"sequence gap: expected {seq}", segment, number)
+                seen[seq] = (str(record["h"]), segment, number)
                 prev, seq, count = str(record["h"]), seq + 1, count + 1
+    if anchors is not None:
+        return _check_anchors(anchors, key, seen, count, names, files)
+    return AuditReport(True, count, names)
+
+
+def _check_anchors(
+    anchors: Path,
+    key: bytes | None,
+    seen: dict[int, tuple[str, Path, int]],
+    count: int,
+    names: tuple[str, ...],
+    files: list[Path],
+) -> AuditReport:
+    """The verified chain (``seen``: seq -> hash, file, line) against the anchor file."""
+    if key is None:
+        return AuditReport(False, count, names, "anchors are checked with the audit key")
+    try:
+        lines = anchors.read_bytes().splitlines()
+    except OSError as exc:
+        return AuditReport(False, count, names, f"cannot read anchors {anchors}: {exc}")
+    last_seq = max(seen, default=-1)
+    for number, raw in enumerate(lines, start=1):
+        try:
+            anchor = json.loads(raw)
+            body = {k: v for k, v in anchor.items() if k != "sig"}
+            seq, head = int(anchor["seq"]), str(anchor["h"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return AuditReport(False, count, names, "anchor is not valid", str(anchors), number)
+        sig = hmac.new(key, canonical_json(body).encode(), "sha256").hexdigest()
+        if not hmac.compare_digest(str(anchor.get("sig")), sig):
+            return AuditReport(
+                False, count, names, "anchor signature mismatch", str(anchors), number
+            )
+        if seq not in seen:
+            end = files[-1] if files else anchors
+            return AuditReport(
+                False,
+                count,
+                names,
+                f"truncated: record {last_seq + 1} is missing (anchor {number} covers up "
+                f"to record {seq}; the log ends at record {last_seq})",
+                str(end),
+                (seen[last_seq][2] + 1) if last_seq in seen else 1,
+            )
+        recorded, where, line = seen[seq]
+        if recorded != head:
+            return AuditReport(
+                False, count, names, f"record {seq} differs from anchor {number}", str(where), line
+            )
     return AuditReport(True, count, names)
 
 

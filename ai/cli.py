@@ -37,8 +37,19 @@ def audit_group() -> None:
     help="the chain's HMAC key (audit.key), first line of this file",
 )
 @click.option("--key-env", default=None, help="... or this environment variable")
+@click.option(
+    "--anchors",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="the anchor file (audit.anchor_path): detects a truncated log",
+)
 def audit_verify(
-    path: Path, allow_pruned: bool, as_json: bool, key_file: Path | None, key_env: str | None
+    path: Path,
+    allow_pruned: bool,
+    as_json: bool,
+    key_file: Path | None,
+    key_env: str | None,
+    anchors: Path | None,
 ) -> None:
     """Verify the hash chain of the audit log PATH (and its rotated segments); a keyed
     chain (audit.key) is verified with --key-file or --key-env. Reports the first bad
@@ -51,7 +62,7 @@ def audit_verify(
             key = secret_from_file_or_env(key_file, key_env or "").encode()
         except SecretMissing as exc:
             raise click.BadParameter(str(exc), param_hint="--key-file/--key-env") from None
-    report = verify(path, allow_pruned=allow_pruned, key=key)
+    report = verify(path, allow_pruned=allow_pruned, key=key, anchors=anchors)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     elif report.ok:

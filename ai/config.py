@@ -160,6 +160,13 @@ class AuditConfig(_Model):
     key: SecretRef | None = Field(
         default=None, description="HMAC key of the chain (ai.audit); None = SHA-256 only"
     )
+    anchor_path: Path | None = Field(
+        default=None,
+        description="signed chain heads, on storage the log directory does not share "
+        "(needs `key`); detects a truncated log",
+    )
+    anchor_every: int = Field(default=100, ge=1, description="records between anchors")
+    anchor_interval_s: float = Field(default=60.0, gt=0, description="... or seconds")
     include_content: bool = False
     rotate_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     queue_size: int = Field(default=1024, ge=1, description="bounded; full -> backpressure")
@@ -171,6 +178,12 @@ class AuditConfig(_Model):
         description="the writer waits this long after a record for more to batch with it "
         "(one thread hop per batch, not per request)",
     )
+
+    @model_validator(mode="after")
+    def _anchors_need_key(self) -> AuditConfig:
+        if self.anchor_path is not None and self.key is None:
+            raise ValueError("audit.anchor_path needs audit.key (anchors are signed with it)")
+        return self
 
 
 class RedisStanceConfig(_Model):

@@ -10,7 +10,8 @@ one process's memory and files, so the gateway stays one process (and says why).
 The supervisor (the parent) starts the workers as ``python -m ai ... --worker I``,
 restarts one that exits (1 s backoff doubling to 30 s, reset after a minute up) and
 passes SIGTERM/SIGINT on, waiting for them to drain. Files a process writes on its own
-are per worker: the audit log (one chain per worker, ``<stem>-w<I><suffix>``), the
+are per worker: the audit log (one chain per worker, ``<stem>-w<I><suffix>``) and its
+anchors, the
 metering/state file and the semantic cache's file; ``spectra ai audit verify`` checks
 each worker's log.
 """
@@ -53,7 +54,12 @@ def _suffixed(path: Path | None, index: int) -> Path | None:
 
 def for_worker(config: AIConfig, index: int) -> AIConfig:
     """``config`` with the files one process writes alone made per worker."""
-    audit = config.audit.model_copy(update={"path": _suffixed(config.audit.path, index)})
+    audit = config.audit.model_copy(
+        update={
+            "path": _suffixed(config.audit.path, index),
+            "anchor_path": _suffixed(config.audit.anchor_path, index),
+        }
+    )
     state_path = _suffixed(config.state.resolved_path(config.audit), index)
     state = config.state.model_copy(update={"path": state_path})
     semantic = config.semantic_cache

@@ -95,7 +95,7 @@ def _start(up: Upstreams, tmp: Path, redis_port: int) -> Gateway:
     env = {**os.environ, "E2E_OPENAI_KEY": "sk-e2e-SECRET"}
     with (tmp / "gateway.log").open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ai", "--config", str(tmp / "ai.json")],
+            [sys.executable, "-m", "ai", "--config", str(tmp / "ai.json"), "--workers", "1"],
             cwd=ROOT,
             env=env,
             stdout=log,

@@ -119,3 +119,49 @@ async def test_gateway_writes_a_keyed_chain(make_gateway: GatewayFactory, tmp_pa
     records = await audit_records(server)
     assert records and all(r["keyed"] is True for r in records)
     assert verify(path, key=KEY).ok
+
+
+async def write_anchored(path: Path, anchors: Path, count: int, every: int) -> None:
+    config = AuditConfig(path=path, key={"env": "K"}, anchor_path=anchors, anchor_every=every)
+    log = AuditLog(config, KEY)
+    await log.start()
+    try:
+        for i in range(count):
+            await log.write({"n": i})
+            await log.drain()  # one batch each: anchors fall where anchor_every says
+    finally:
+        await log.close()
+
+
+@pytest.mark.asyncio
+async def test_anchors_detect_a_truncated_log(tmp_path: Path) -> None:
+    path, anchors = tmp_path / "audit.jsonl", tmp_path / "elsewhere" / "anchors.jsonl"
+    await write_anchored(path, anchors, 25, every=10)
+    heads = [json.loads(line)["seq"] for line in anchors.read_text().splitlines()]
+    assert heads == [9, 19, 24]  # every 10 records (batches of one), and at close
+    assert verify(path, key=KEY, anchors=anchors).ok
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:22]) + "\n")  # the last three records removed
+    assert verify(path, key=KEY).ok  # the chain alone cannot tell
+    report = verify(path, key=KEY, anchors=anchors)
+    assert not report.ok and report.line == 23 and report.records == 22
+    assert "record 22 is missing" in (report.error or "")
+    runner = CliRunner()
+    (tmp_path / "key").write_text(KEY.decode())
+    args = ["audit", "verify", "--key-file", str(tmp_path / "key"), "--anchors", str(anchors)]
+    cli = runner.invoke(ai_group, [*args, "--json", str(path)])
+    assert cli.exit_code == 1 and json.loads(cli.output)["line"] == 23
+
+
+@pytest.mark.asyncio
+async def test_forged_anchors_and_anchors_without_key_fail(tmp_path: Path) -> None:
+    path, anchors = tmp_path / "audit.jsonl", tmp_path / "anchors.jsonl"
+    await write_anchored(path, anchors, 5, every=2)
+    first = json.loads(anchors.read_text().splitlines()[0])
+    first["seq"] = 4
+    anchors.write_text(canonical_json(first) + "\n")
+    report = verify(path, key=KEY, anchors=anchors)
+    assert not report.ok and report.line == 1 and "signature" in (report.error or "")
+    assert "audit key" in (verify(path, anchors=anchors).error or "")
+    with pytest.raises(ValueError, match=r"audit\.anchor_path needs audit\.key"):
+        AuditConfig(path=path, anchor_path=anchors)

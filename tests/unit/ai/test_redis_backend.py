@@ -239,7 +239,10 @@ async def test_failed_settlements_are_replayed(redis_server: RedisServer) -> Non
     await link.open()
     budgets = RedisBudgets(link, Budgets())
     try:
-        held = await budgets.acquire("k", "t", BudgetConfig(max_tokens=100), 10, 40, 0.0)
+        limits = BudgetConfig(max_tokens=10_000)
+        held = await budgets.acquire("k", "t", limits, 10, 40, 0.0)
+        more = [budgets.acquire("k", "t", limits, 1, 1, 0.0) for _ in range(10)]
+        await asyncio.gather(*more)  # several pooled connections, all dead after the kill
         redis_server.kill()
         await budgets.settle(held, Usage(10, 5), 0.0)
         assert budgets.pending == 1
@@ -250,6 +253,10 @@ async def test_failed_settlements_are_replayed(redis_server: RedisServer) -> Non
         assert budgets.pending == 0
         (name,) = redis_server.cli("--scan", "--pattern", "spectra:ai:*:budget:k").split()
         assert redis_server.cli("HGET", name, "used_tokens") == "15"
+        # the pooled connections that died with the old server are replaced, not failed
+        again = [budgets.acquire("k", "t", limits, 1, 1, 0.0) for _ in range(10)]
+        assert all(r.shared for r in await asyncio.gather(*again))
+        assert link.available
     finally:
         await link.close()
 
