@@ -124,27 +124,28 @@ class RedisLink:
                 f"the shared state store is unreachable ({self.last_error})",
                 retry_after=RETRY_AFTER_S,
             )
-        if not self.available:
+        probing = not self.available
+        if probing:
             self._probing = True  # one call at a time tries a down store
         try:
             result = await asyncio.wait_for(fn(), self.config.op_timeout_s)
         except (redis_errors.RedisError, OSError, TimeoutError) as exc:
             if type(exc) is redis_errors.ResponseError:
-                self._probing = False
                 raise  # the store answered: a bug, not an outage
             self._down(f"{what}: {type(exc).__name__}: {exc}".rstrip(": "))
             raise StoreUnavailable(
                 f"the shared state store is unreachable ({self.last_error})",
                 retry_after=RETRY_AFTER_S,
             ) from None
-        self._probing = False
+        finally:
+            if probing:  # also when the caller was cancelled
+                self._probing = False
         if not self.available:
             await self._up()
         return result
 
     def _down(self, error: str) -> None:
         self.failures += 1
-        self._probing = False
         self.last_error = error
         now = time.monotonic()
         if self.available:

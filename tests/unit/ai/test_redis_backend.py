@@ -286,3 +286,30 @@ def test_state_backend_option_overrides_the_document(tmp_path: Path) -> None:
     (tmp_path / "bare.json").write_text("{}")
     with pytest.raises(ValidationError, match=r"state\.redis"):
         load_config(tmp_path / "bare.json", "redis")
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_retry_does_not_wedge_the_link(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    link = RedisLink(_config(server.port, op_timeout_s=5.0), {})
+    await link.open()
+    try:
+        assert not link.available
+        await asyncio.sleep(0.15)  # past the first retry time
+
+        async def hang() -> None:
+            await asyncio.sleep(60)
+
+        retry = asyncio.create_task(link.call(hang, "hang"))  # the one call that retries
+        await asyncio.sleep(0.05)
+        with pytest.raises(StoreUnavailable):  # others are refused meanwhile
+            await link.call(lambda: link.client.ping(), "ping")
+        retry.cancel()  # the client went away
+        server.start()
+        deadline = time.monotonic() + 5
+        while not link.available and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert link.available
+    finally:
+        await link.close()
+        server.kill()
