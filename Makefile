@@ -7,7 +7,7 @@ SPECTRA := $(VENV)/bin/spectra
 APT_PACKAGES := python3-bpfcc libbpfcc libbpfcc-dev libbpf1 clang llvm linux-headers-amd64 \
 	nftables iptables libnetfilter-queue-dev iproute2 ethtool conntrack conntrackd tcpdump tshark \
 	netsniff-ng iperf3 hping3 sockperf curl python3-venv util-linux procps iputils-ping openssl chromium \
-	debootstrap systemd-container squid haproxy
+	debootstrap systemd-container squid haproxy redis-server
 TESTS ?= tests
 
 .PHONY: deps run test perf lint clean

@@ -5,6 +5,22 @@ record before it, across rotations; 64 zeros for the very first) and ``h``, the
 SHA-256 of the record's canonical JSON without ``h``. Editing, deleting or reordering
 any line breaks a hash or a link, which :func:`verify` reports with the file and line.
 
+Keyed chain (``audit.key``, a secret reference: an SSM SecureString delivered as a file
+or environment variable in production): ``h`` is then HMAC-SHA256 (RFC 2104) under
+that key and every record says ``"keyed": true``, so rewriting the whole file needs the
+key, not only SHA-256. Verified with the key, every record must be keyed (a rewritten,
+unkeyed log fails at its first record); without it, a keyed log is refused. Switch the
+key on with a new log file. With several workers each writes its own chain
+(``ai.workers``).
+
+Removing the last records leaves a valid chain; anchors catch it. With
+``audit.anchor_path`` (keyed logs only; a file on storage the gateway's log directory
+does not share, e.g. another volume or a mount replicated off the host) the writer
+appends the chain head ``{"seq", "h", "at", "sig"}``, ``sig`` an HMAC-SHA256 of the
+rest, every ``anchor_every`` records or ``anchor_interval_s`` seconds and at a clean
+stop; ``verify(..., anchors=...)`` requires every anchored record to be in the log with
+that hash, so a truncated or rewritten log fails, naming the first missing record.
+
 Memory is bounded: requests hand records to a bounded queue and wait when it is full
 (backpressure); one writer task drains it in batches to the file, waiting
 ``batch_window_s`` after a record for others to join it, so a busy gateway pays one
@@ -17,24 +33,36 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import os
 import re
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from ai.canonical import canonical_json
 from ai.config import AuditConfig
+from ai.keys import resolve_secret
 
 log = logging.getLogger("spectra.ai")
 GENESIS = "0" * 64
 
 
-def record_hash(record: dict[str, Any]) -> str:
-    body = {k: v for k, v in record.items() if k != "h"}
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+def record_hash(record: dict[str, Any], key: bytes | None = None) -> str:
+    """SHA-256 of the record's canonical JSON without ``h``; HMAC-SHA256 with ``key``."""
+    body = canonical_json({k: v for k, v in record.items() if k != "h"}).encode()
+    if key is None:
+        return hashlib.sha256(body).hexdigest()
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def audit_key(config: AuditConfig, env: Mapping[str, str]) -> bytes | None:
+    """The chain's HMAC key, resolved from its secret reference (None: unkeyed)."""
+    return None if config.key is None else resolve_secret(config.key, env).encode()
 
 
 def segments(path: Path) -> list[Path]:
@@ -62,8 +90,10 @@ def _last_record(path: Path) -> dict[str, Any] | None:
 class AuditLog:
     """Writer of one audit log file; ``write`` applies backpressure when the queue is full."""
 
-    def __init__(self, config: AuditConfig) -> None:
+    def __init__(self, config: AuditConfig, key: bytes | None = None) -> None:
         assert config.path is not None
+        self._key = key
+        self._anchored = (-1, time.monotonic())  # (seq, monotonic time) of the last anchor
         self._config = config
         self._path = config.path
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(config.queue_size)
@@ -96,6 +126,7 @@ class AuditLog:
             await self._task
             self._task = None
         if self._file is not None:
+            await asyncio.to_thread(self._anchor, True)
             self._file.close()
             self._file = None
 
@@ -123,7 +154,9 @@ class AuditLog:
         lines = []
         for record in records:
             chained = {**record, "seq": self._seq, "prev": self._prev}
-            chained["h"] = record_hash(chained)
+            if self._key is not None:
+                chained["keyed"] = True
+            chained["h"] = record_hash(chained, self._key)
             lines.append(canonical_json(chained).encode() + b"\n")
             self._seq, self._prev = self._seq + 1, chained["h"]
         assert self._file is not None
@@ -131,8 +164,32 @@ class AuditLog:
         self._file.flush()
         if self._config.fsync:
             os.fsync(self._file.fileno())
+        self._anchor(False)
         if self._file.tell() >= self._config.rotate_bytes:
             self._rotate()
+
+    def _anchor(self, now: bool) -> None:
+        """(On the writer's thread.) Append the signed chain head to the anchor file
+        when due (or ``now``), after the records it covers are on disk."""
+        path, key, head = self._config.anchor_path, self._key, self._seq - 1
+        if path is None or key is None or head < 0 or head == self._anchored[0]:
+            return
+        clock = time.monotonic()
+        due = head - self._anchored[0] >= self._config.anchor_every or (
+            clock - self._anchored[1] >= self._config.anchor_interval_s
+        )
+        if not (now or due):
+            return
+        assert self._file is not None
+        os.fsync(self._file.fileno())
+        anchor: dict[str, Any] = {"seq": head, "h": self._prev, "at": round(time.time(), 3)}
+        anchor["sig"] = hmac.new(key, canonical_json(anchor).encode(), "sha256").hexdigest()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab") as f:
+            f.write(canonical_json(anchor).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._anchored = (head, clock)
 
     def _rotate(self) -> None:
         assert self._file is not None
@@ -165,16 +222,25 @@ class AuditReport:
         }
 
 
-def verify(path: Path | str, *, allow_pruned: bool = False) -> AuditReport:
+def verify(
+    path: Path | str,
+    *,
+    allow_pruned: bool = False,
+    key: bytes | None = None,
+    anchors: Path | None = None,
+) -> AuditReport:
     """Check the hash chain of ``path`` and its rotated segments.
 
     With ``allow_pruned`` the oldest kept record may link to a deleted one (old
-    segments removed by retention); otherwise the chain must start at genesis.
+    segments removed by retention); otherwise the chain must start at genesis. With
+    ``key`` every record must be keyed and carry its HMAC under it; with ``anchors``
+    (needs ``key``) every anchored record must be there with the anchored hash.
     """
     path = Path(path)
     files = segments(path)
     names = tuple(str(f) for f in files)
     prev, seq, count = GENESIS, 0, 0
+    seen: dict[int, tuple[str, Path, int]] = {}
 
     def fail(message: str, where: Path, line: int) -> AuditReport:
         return AuditReport(False, count, names, message, str(where), line)
@@ -192,8 +258,18 @@ def verify(path: Path | str, *, allow_pruned: bool = False) -> AuditReport:
                     return fail("line is not JSON", segment, number)
                 if not isinstance(record, dict):
                     return fail("line is not a JSON object", segment, number)
-                if record.get("h") != record_hash(record):
-                    return fail("record hash mismatch (record edited)", segment, number)
+                keyed = record.get("keyed") is True
+                if keyed and key is None:
+                    return fail("keyed record: verify with the audit key", segment, number)
+                if key is not None and not keyed:
+                    return fail("record is not keyed (log rewritten?)", segment, number)
+                if not hmac.compare_digest(str(record.get("h")), record_hash(record, key)):
+                    what = (
+                        "record MAC mismatch (edited, or another key)"
+                        if keyed
+                        else ("record hash mismatch (record edited)")
+                    )
+                    return fail(what, segment, number)
                 if count == 0 and allow_pruned and record.get("prev") != GENESIS:
                     # A pruned log: the oldest kept record anchors the chain.
                     prev, seq = str(record.get("prev")), int(record.get("seq", 0))
@@ -203,7 +279,57 @@ def verify(path: Path | str, *, allow_pruned: bool = False) -> AuditReport:
                     )
                 if record.get("seq") != seq:
                     return fail(f"sequence gap: expected {seq}", segment, number)
+                seen[seq] = (str(record["h"]), segment, number)
                 prev, seq, count = str(record["h"]), seq + 1, count + 1
+    if anchors is not None:
+        return _check_anchors(anchors, key, seen, count, names, files)
+    return AuditReport(True, count, names)
+
+
+def _check_anchors(
+    anchors: Path,
+    key: bytes | None,
+    seen: dict[int, tuple[str, Path, int]],
+    count: int,
+    names: tuple[str, ...],
+    files: list[Path],
+) -> AuditReport:
+    """The verified chain (``seen``: seq -> hash, file, line) against the anchor file."""
+    if key is None:
+        return AuditReport(False, count, names, "anchors are checked with the audit key")
+    try:
+        lines = anchors.read_bytes().splitlines()
+    except OSError as exc:
+        return AuditReport(False, count, names, f"cannot read anchors {anchors}: {exc}")
+    last_seq = max(seen, default=-1)
+    for number, raw in enumerate(lines, start=1):
+        try:
+            anchor = json.loads(raw)
+            body = {k: v for k, v in anchor.items() if k != "sig"}
+            seq, head = int(anchor["seq"]), str(anchor["h"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return AuditReport(False, count, names, "anchor is not valid", str(anchors), number)
+        sig = hmac.new(key, canonical_json(body).encode(), "sha256").hexdigest()
+        if not hmac.compare_digest(str(anchor.get("sig")), sig):
+            return AuditReport(
+                False, count, names, "anchor signature mismatch", str(anchors), number
+            )
+        if seq not in seen:
+            end = files[-1] if files else anchors
+            return AuditReport(
+                False,
+                count,
+                names,
+                f"truncated: record {last_seq + 1} is missing (anchor {number} covers up "
+                f"to record {seq}; the log ends at record {last_seq})",
+                str(end),
+                (seen[last_seq][2] + 1) if last_seq in seen else 1,
+            )
+        recorded, where, line = seen[seq]
+        if recorded != head:
+            return AuditReport(
+                False, count, names, f"record {seq} differs from anchor {number}", str(where), line
+            )
     return AuditReport(True, count, names)
 
 

@@ -78,6 +78,8 @@ class Reservation:
     completion_cap: int | None
     window: _Window
     settled: bool = False
+    tenant: str = ""
+    shared: bool = False  # held in the shared store (``ai.redis_budget``)
 
 
 class Budgets:
@@ -184,6 +186,22 @@ class Budgets:
             )
             second = int(reservation.window.at)
             self._store.window(reservation.key_id, second, 0, used - reservation.tokens)
+
+    async def acquire(
+        self,
+        key_id: str,
+        tenant: str,
+        limits: BudgetConfig,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: float,
+    ) -> Reservation:
+        """:meth:`reserve` as the :class:`~ai.backend.BudgetBackend` protocol has it."""
+        return self.reserve(key_id, limits, prompt_tokens, completion_tokens, cost)
+
+    async def settle(self, reservation: Reservation, usage: Usage | None, cost: float) -> None:
+        """:meth:`reconcile` as the :class:`~ai.backend.BudgetBackend` protocol has it."""
+        self.reconcile(reservation, usage, cost)
 
     def rate_headers(self, key_id: str, limits: BudgetConfig) -> dict[str, str]:
         """OpenAI's ``x-ratelimit-*`` headers (limit, remaining, reset of requests and

@@ -147,6 +147,13 @@ class ExactCache(WriteBehind):
         if self._queued and self._timer is None:
             self._write()
 
+    async def coalesce(self, key: str, tenant: str) -> dict[str, Any] | None:
+        """One process: :class:`SingleFlight` already coalesces; this caller leads."""
+        return None
+
+    async def release(self, key: str, tenant: str) -> None:
+        """Nothing held outside this process."""
+
     def __len__(self) -> int:
         return self._count
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ai.audit import verify
-from ai.keys import hash_key, new_key, secret_from_file_or_env
+from ai.keys import SecretMissing, hash_key, new_key, secret_from_file_or_env
 
 
 @click.group("ai")
@@ -30,9 +30,39 @@ def audit_group() -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--allow-pruned", is_flag=True, help="the oldest segments were deleted")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-def audit_verify(path: Path, allow_pruned: bool, as_json: bool) -> None:
-    """Verify the hash chain of the audit log PATH (and its rotated segments)."""
-    report = verify(path, allow_pruned=allow_pruned)
+@click.option(
+    "--key-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="the chain's HMAC key (audit.key), first line of this file",
+)
+@click.option("--key-env", default=None, help="... or this environment variable")
+@click.option(
+    "--anchors",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="the anchor file (audit.anchor_path): detects a truncated log",
+)
+def audit_verify(
+    path: Path,
+    allow_pruned: bool,
+    as_json: bool,
+    key_file: Path | None,
+    key_env: str | None,
+    anchors: Path | None,
+) -> None:
+    """Verify the hash chain of the audit log PATH (and its rotated segments); a keyed
+    chain (audit.key) is verified with --key-file or --key-env. Reports the first bad
+    record."""
+    if key_file is not None and key_env is not None:
+        raise click.UsageError("give one of --key-file or --key-env")
+    key = None
+    if key_file is not None or key_env is not None:
+        try:
+            key = secret_from_file_or_env(key_file, key_env or "").encode()
+        except SecretMissing as exc:
+            raise click.BadParameter(str(exc), param_hint="--key-file/--key-env") from None
+    report = verify(path, allow_pruned=allow_pruned, key=key, anchors=anchors)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     elif report.ok:

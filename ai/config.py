@@ -157,6 +157,16 @@ class SemanticRoutingConfig(_Model):
 
 class AuditConfig(_Model):
     path: Path | None = Field(default=None, description="JSON-lines file; None = disabled")
+    key: SecretRef | None = Field(
+        default=None, description="HMAC key of the chain (ai.audit); None = SHA-256 only"
+    )
+    anchor_path: Path | None = Field(
+        default=None,
+        description="signed chain heads, on storage the log directory does not share "
+        "(needs `key`); detects a truncated log",
+    )
+    anchor_every: int = Field(default=100, ge=1, description="records between anchors")
+    anchor_interval_s: float = Field(default=60.0, gt=0, description="... or seconds")
     include_content: bool = False
     rotate_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     queue_size: int = Field(default=1024, ge=1, description="bounded; full -> backpressure")
@@ -169,9 +179,68 @@ class AuditConfig(_Model):
         "(one thread hop per batch, not per request)",
     )
 
+    @model_validator(mode="after")
+    def _anchors_need_key(self) -> AuditConfig:
+        if self.anchor_path is not None and self.key is None:
+            raise ValueError("audit.anchor_path needs audit.key (anchors are signed with it)")
+        return self
+
+
+class RedisStanceConfig(_Model):
+    """What each feature does while Redis is unreachable (``ai.redis_link``)."""
+
+    budgets: Literal["reject", "local"] = Field(
+        default="reject",
+        description="budgets and rate limits: `reject` answers 503 (fail closed); "
+        "`local` enforces them per process until Redis returns",
+    )
+    cache: Literal["bypass", "reject"] = Field(
+        default="bypass",
+        description="exact cache: `bypass` treats it as a miss and calls upstream; "
+        "`reject` answers 503",
+    )
+
+
+class RedisConfig(_Model):
+    """A Redis 7 / Valkey endpoint (ElastiCache: the primary or configuration endpoint,
+    in-transit encryption = ``tls``, AUTH token or RBAC user = ``username``/``password``)."""
+
+    host: str
+    port: int = Field(default=6379, ge=1, le=65535)
+    db: int = Field(default=0, ge=0, description="0 on a cluster-mode endpoint")
+    tls: bool = False
+    tls_ca_file: Path | None = Field(default=None, description="CA bundle; None = system")
+    username: str | None = Field(default=None, description="RBAC user; None = `default`")
+    password: SecretRef | None = Field(default=None, description="AUTH token or password")
+    cluster: bool = Field(default=False, description="cluster mode enabled (RedisCluster)")
+    key_prefix: str = Field(default="spectra:ai", pattern=r"^[A-Za-z0-9:._-]+$")
+    max_connections: int = Field(
+        default=64, ge=1, le=10_000, description="pooled connections per process"
+    )
+    connect_timeout_s: float = Field(default=0.5, gt=0, le=10)
+    op_timeout_s: float = Field(
+        default=0.25, gt=0, le=10, description="every Redis call gives up after this"
+    )
+    backoff_max_s: float = Field(default=5.0, gt=0, description="reconnect backoff ceiling")
+    flight_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="how long an identical request waits for another instance's upstream "
+        "call (the lock's lifetime)",
+    )
+    on_unavailable: RedisStanceConfig = RedisStanceConfig()
+
 
 class StateConfig(_Model):
-    """Where budgets and meters are kept across restarts (``ai.state``)."""
+    """Where budgets and meters are kept across restarts (``ai.state``), and where
+    budgets, rate windows and the exact cache are shared (``backend``)."""
+
+    backend: Literal["local", "redis"] = Field(
+        default="local",
+        description="`local`: SQLite + memory, one process; `redis`: budgets, rate "
+        "windows and the exact cache shared through `redis` by every instance",
+    )
+    redis: RedisConfig | None = None
 
     path: Path | None = Field(
         default=None,
@@ -185,6 +254,12 @@ class StateConfig(_Model):
         description="changes within this window are committed together (the most a hard "
         "kill can lose)",
     )
+
+    @model_validator(mode="after")
+    def _redis_named(self) -> StateConfig:
+        if self.backend == "redis" and self.redis is None:
+            raise ValueError("state.backend `redis` needs `state.redis` (host, port, ...)")
+        return self
 
     def resolved_path(self, audit: AuditConfig) -> Path | None:
         if self.path is not None or audit.path is None:

@@ -39,8 +39,9 @@ async def embeddings(
     if route.provider_config.kind not in EMBEDDING_PROVIDERS:
         raise BadRequest(f"model {body['model']} does not offer embeddings", param="model")
     estimate = count_text(_input_text(body["input"]))
-    reservation = gw.budgets.reserve(
+    reservation = await gw.budgets.acquire(
         principal.key_id,
+        principal.tenant,
         principal.budget,
         estimate,
         0,
@@ -101,4 +102,4 @@ async def embeddings(
         data["usage"] = {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens}
         return web.json_response(data)
     finally:
-        gw.budgets.reconcile(reservation, usage, trace.cost_usd)
+        await gw.budgets.settle(reservation, usage, trace.cost_usd)

@@ -25,8 +25,9 @@ from aiohttp import web
 
 from ai.admission import Admission
 from ai.audit import AuditLog, NullAudit
+from ai.backend import BudgetBackend, ResponseCache
 from ai.budget import Budgets, Prices, Reservation
-from ai.cache import ExactCache, SingleFlight
+from ai.cache import SingleFlight
 from ai.canonical import exact_key, resolved_request
 from ai.chunks import Envelope, Shape, choices_text
 from ai.config import AIConfig, OverflowConfig
@@ -69,12 +70,13 @@ class Gateway:
         config: AIConfig,
         router: Router,
         session: aiohttp.ClientSession,
-        cache: ExactCache | None,
+        cache: ResponseCache | None,
         semcache: SemanticCache | None,
         audit: AuditLog | NullAudit,
         state: StateStore | None = None,
         restored: Loaded | None = None,
         keys: KeyStore | None = None,
+        budgets: BudgetBackend | None = None,
     ) -> None:
         self.config = config
         self.router = router
@@ -83,7 +85,7 @@ class Gateway:
         self.cache = cache
         self.semcache = semcache
         self.audit = audit
-        self.budgets = Budgets(
+        self.budgets: BudgetBackend = budgets or Budgets(
             store=state,
             restored=restored.budgets if restored else None,
             windows=restored.windows if restored else None,
@@ -152,8 +154,9 @@ class Gateway:
             count_messages(body["messages"], body.get("tools")),
             want,
         )
-        reservation = self.budgets.reserve(
+        reservation = await self.budgets.acquire(
             principal.key_id,
+            principal.tenant,
             principal.budget,
             req.prompt_estimate,
             want * n,
@@ -175,6 +178,16 @@ class Gateway:
                     trace.cache = "coalesced"
                     return await replay(req, value, trace)
             leader = self.cache is not None and flight is None
+            if leader and self.cache is not None:  # and across instances (shared cache)
+                try:
+                    shared = await self.cache.coalesce(key, principal.tenant)
+                except BaseException:
+                    self.flights.finish(key, None)
+                    raise
+                if shared is not None:  # its answer (we hold nothing to release)
+                    self.flights.finish(key, shared)
+                    trace.cache = "coalesced"
+                    return await replay(req, shared, trace)
             outcome: Outcome | None = None
             try:
                 outcome = await self._upstream(req, reservation, trace)
@@ -185,6 +198,8 @@ class Gateway:
             finally:
                 if leader:
                     self.flights.finish(key, None if outcome is None else outcome.value)
+                    assert self.cache is not None
+                    await self.cache.release(key, principal.tenant)
             usage = outcome.usage or Usage(
                 req.prompt_estimate, count_text(outcome.text), estimated=True
             )
@@ -197,7 +212,7 @@ class Gateway:
             if usage is None and trace.commit == "truncated" and trace.usage is not None:
                 usage = trace.usage  # a cut-off answer the client got as an error
                 trace.cost_usd = self.prices.cost(body["model"], usage)
-            self.budgets.reconcile(reservation, usage, trace.cost_usd)
+            await self.budgets.settle(reservation, usage, trace.cost_usd)
 
     def _completion_want(self, body: dict[str, Any], route: ResolvedRoute) -> int:
         """Completion tokens to reserve per choice (and cap the upstream at): the
@@ -262,7 +277,7 @@ class Gateway:
             "to": overflow.spill_model,
         }
         trace.commit = "none"
-        self.budgets.reconcile(reservation, None, 0.0)
+        await self.budgets.settle(reservation, None, 0.0)
         log.info("spilling %s to %s: %s", req.body["model"], overflow.spill_model, reason)
         child = trace.child()
         try:

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ai.audit import AuditLog, NullAudit
-from ai.cache import ExactCache
+from ai.audit import AuditLog, NullAudit, audit_key
+from ai.backend import StateBackend, state_backend
 from ai.config import AIConfig
 from ai.embeddings import embeddings
 from ai.errors import BadRequest, GatewayError, PayloadTooLarge
@@ -39,11 +40,13 @@ from ai.semcache_api import SemanticCache
 from ai.state import StateStore
 from ai.tokens import count_text
 from ai.trace import Trace
+from ai.workers import LOCAL_REASON, Supervisor, for_worker, worker_count
 
 log = logging.getLogger("spectra.ai")
 
 CONFIG = web.AppKey("config", AIConfig)
 GATEWAY = web.AppKey("gateway", Gateway)
+BACKEND = web.AppKey("state_backend", StateBackend)  # its status(): /v1/spectra/state
 REQUEST_ID = web.RequestKey("request_id", str)  # the audit record's, sent as x-request-id
 PRINCIPAL = web.RequestKey("principal", Principal)  # whose rate limits the headers show
 _READ = 256 * 1024  # bytes per body read
@@ -205,6 +208,13 @@ async def _client_headers(request: web.Request, response: web.StreamResponse) ->
         response.headers.update(budgets.rate_headers(principal.key_id, principal.budget))
 
 
+async def state_status(request: web.Request) -> web.StreamResponse:
+    """The state backend's health (``ai.backend``): which one, reachable or not since
+        when, failed calls, each feature's stance while it is not, and the answering
+    process (one of the workers). Names no tenant or key."""
+    return web.json_response({**request.app[BACKEND].status(), "pid": os.getpid()})
+
+
 def _resources(
     config: AIConfig,
     env: Mapping[str, str],
@@ -215,9 +225,13 @@ def _resources(
     aws: AwsCredentialSource,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        cache = ExactCache(config.exact_cache) if config.exact_cache.enabled else None
+        backend = state_backend(config, env)
+        app[BACKEND] = backend
+        cache = backend.cache()
         audit: AuditLog | NullAudit = (
-            AuditLog(config.audit) if config.audit.path is not None else NullAudit()
+            AuditLog(config.audit, audit_key(config.audit, env))
+            if config.audit.path is not None
+            else NullAudit()
         )
         state = StateStore(config.state.resolved_path(config.audit), config.state.write_window_s)
         session = aiohttp.ClientSession(
@@ -226,6 +240,7 @@ def _resources(
         owned: Any = None  # a semantic cache this app created (and must close)
         watcher: asyncio.Task[None] | None = None
         try:
+            await backend.open()
             if cache is not None:
                 await cache.open()
             await audit.start()
@@ -240,8 +255,9 @@ def _resources(
                 owned = await asyncio.to_thread(create_semantic_cache, settings)
                 await owned.warm_up()  # load the model now, not on the first request
                 sem = owned
+            router, budgets = Router(config, env, aws), backend.budgets(state, restored)
             gateway = Gateway(
-                config, Router(config, env, aws), session, cache, sem, audit, state, restored, keys
+                config, router, session, cache, sem, audit, state, restored, keys, budgets
             )
             app[GATEWAY] = gateway
             if source is not None:
@@ -258,6 +274,7 @@ def _resources(
             await audit.close()
             if cache is not None:
                 await cache.close()
+            await backend.close()
             if owned is not None:
                 owned.close()
             await session.close()
@@ -306,15 +323,18 @@ def create_app(
         "/v1/embeddings", _endpoint("embeddings", lambda raw, _: parse_embedding(raw), _embeddings)
     )
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/spectra/state", state_status)
     return app
 
 
-def load_config(path: Path) -> AIConfig:
+def load_config(path: Path, state_backend: str | None = None) -> AIConfig:
     """The AI section from a JSON file: either the section itself or a whole appliance
-    document that holds it under ``ai``."""
+    document that holds it under ``ai``; ``state_backend`` overrides ``state.backend``."""
     data = json.loads(path.read_bytes())
     if isinstance(data, dict) and isinstance(data.get("ai"), dict):
         data = data["ai"]
+    if state_backend is not None and isinstance(data, dict):
+        data = {**data, "state": {**(data.get("state") or {}), "backend": state_backend}}
     return AIConfig.model_validate(data)
 
 
@@ -327,14 +347,51 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument(
+        "--state-backend",
+        choices=("local", "redis"),
+        default=None,
+        help="overrides state.backend (redis needs state.redis in the config)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes on the port (SO_REUSEPORT); default: one per core with "
+        "state.backend redis; always 1 with local",
+    )
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    source = FileSource(args.config, load_config)
+    index = args.worker
+
+    def load(path: Path) -> AIConfig:
+        config = load_config(path, args.state_backend)
+        return config if index is None else for_worker(config, index)
+
+    source = FileSource(args.config, load)
     config = source()
+    if index is None:
+        try:
+            count = worker_count(config, args.workers)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if count > 1:
+            passed = ["--config", str(args.config)]
+            for flag, value in (
+                ("--host", args.host),
+                ("--port", args.port),
+                ("--state-backend", args.state_backend),
+            ):
+                passed += [] if value is None else [flag, str(value)]
+            sys.exit(Supervisor(passed, count).run())
+        if config.state.backend == "local":
+            log.info("one process: %s", LOCAL_REASON)
     web.run_app(
         create_app(config, source=source),
         host=args.host or config.listen_host,
         port=config.listen_port if args.port is None else args.port,
+        reuse_port=index is not None,
         print=None,
         access_log=None,
     )

@@ -1,0 +1,142 @@
+"""Where the gateway keeps the state instances must agree on: the backend interface.
+
+Two backends (``state.backend``): ``local`` (the default: budgets and rate windows in
+memory with their SQLite file, :mod:`ai.state`; the exact cache in its SQLite file,
+:mod:`ai.cache`; right for one process) and ``redis`` (budgets, rate windows and the
+exact cache in a Redis 7 / Valkey store, e.g. ElastiCache, shared by every instance and
+worker: :mod:`ai.redis_budget`, :mod:`ai.redis_cache`). Metering and the semantic
+cache's index stay per process with either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from ai.budget import Budgets, Reservation
+from ai.cache import ExactCache
+from ai.config import AIConfig, BudgetConfig
+from ai.redis_budget import RedisBudgets
+from ai.redis_cache import RedisExactCache
+from ai.redis_link import RedisLink
+from ai.state import Loaded, StateStore
+from ai.usage import Usage
+
+
+class BudgetBackend(Protocol):
+    """Reserve before the upstream call, settle after it (``ai.budget`` has the rules)."""
+
+    async def acquire(
+        self,
+        key_id: str,
+        tenant: str,
+        limits: BudgetConfig,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: float,
+    ) -> Reservation: ...
+
+    async def settle(self, reservation: Reservation, usage: Usage | None, cost: float) -> None: ...
+
+    def rate_headers(self, key_id: str, limits: BudgetConfig) -> dict[str, str]: ...
+
+    def used(self, key_id: str) -> tuple[int, float]: ...
+
+
+class ResponseCache(Protocol):
+    """The exact cache: complete responses by canonical key, partitioned by tenant."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def get(self, key: str, tenant: str) -> dict[str, Any] | None: ...
+
+    async def put(self, key: str, tenant: str, value: dict[str, Any]) -> None: ...
+
+    async def coalesce(self, key: str, tenant: str) -> dict[str, Any] | None: ...
+
+    async def release(self, key: str, tenant: str) -> None: ...
+
+
+class StateBackend(Protocol):
+    """Builds the budget backend and the exact cache, and reports its health."""
+
+    name: str
+
+    def budgets(self, store: StateStore, restored: Loaded) -> BudgetBackend: ...
+
+    def cache(self) -> ResponseCache | None: ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class LocalBackend:
+    """SQLite + memory, one process (today's behaviour)."""
+
+    name = "local"
+
+    def __init__(self, config: AIConfig) -> None:
+        self._config = config
+
+    def budgets(self, store: StateStore, restored: Loaded) -> BudgetBackend:
+        return Budgets(store=store, restored=restored.budgets, windows=restored.windows)
+
+    def cache(self) -> ResponseCache | None:
+        exact = self._config.exact_cache
+        return ExactCache(exact) if exact.enabled else None
+
+    async def open(self) -> None:
+        """Nothing shared to connect to."""
+
+    async def close(self) -> None:
+        """Each part closes its own file."""
+
+    def status(self) -> dict[str, Any]:
+        return {"backend": "local", "available": True}
+
+
+class RedisBackend:
+    """Budgets, rate windows and the exact cache in a shared Redis / Valkey store."""
+
+    name = "redis"
+
+    def __init__(self, config: AIConfig, env: Mapping[str, str]) -> None:
+        assert config.state.redis is not None  # StateConfig's validator
+        self._config = config
+        self.link = RedisLink(config.state.redis, env)
+        self._budgets: RedisBudgets | None = None
+
+    def budgets(self, store: StateStore, restored: Loaded) -> BudgetBackend:
+        # the fallback (stance `local`) starts from this process's own figures
+        fallback = Budgets(store=store, restored=restored.budgets, windows=restored.windows)
+        self._budgets = RedisBudgets(self.link, fallback)
+        return self._budgets
+
+    def cache(self) -> ResponseCache | None:
+        exact = self._config.exact_cache
+        return RedisExactCache(self.link, exact) if exact.enabled else None
+
+    async def open(self) -> None:
+        await self.link.open()
+
+    async def close(self) -> None:
+        if self._budgets is not None and self._budgets.pending and self.link.available:
+            await self._budgets.replay()
+        await self.link.close()
+
+    def status(self) -> dict[str, Any]:
+        status = self.link.status()
+        status["pending_settlements"] = 0 if self._budgets is None else self._budgets.pending
+        return status
+
+
+def state_backend(config: AIConfig, env: Mapping[str, str]) -> StateBackend:
+    """The backend ``config.state.backend`` names."""
+    if config.state.backend == "redis":
+        return RedisBackend(config, env)
+    return LocalBackend(config)

@@ -1,0 +1,160 @@
+"""The exact response cache shared by every gateway instance through Redis.
+
+Same key (:func:`ai.canonical.exact_key`: tenant + canonical resolved request), same
+values and TTL as :class:`ai.cache.ExactCache`. An entry is a string key
+``cache:<key>`` under its tenant's hash tag holding ``{"tenant", "value"}`` (the tenant
+is compared on read as well), written with ``PX`` = the TTL; a sorted set per tenant
+(``cache-index``) orders the entries by age and a Lua script trims it to
+``max_entries`` as it writes, so the bound holds per tenant partition (in one cluster
+slot; a bound across tenants would need a cross-slot operation). Set Redis's
+``maxmemory-policy`` to ``volatile-ttl`` or ``allkeys-lru`` for a memory bound as well.
+
+Singleflight across instances: the first instance to miss takes ``flight:<key>`` with
+``SET NX PX`` (https://redis.io/docs/latest/commands/set/) for at most
+``flight_wait_s`` (and reads the cache once more: the last leader may have just
+finished); the others poll for the entry (10 ms doubling to 100 ms) until it
+appears (a coalesced answer) or the lock goes away (they then call upstream
+themselves). The lock is released by compare-and-delete, so an expired lock taken over
+by another instance is never removed by the first.
+
+Unreachable store: stance ``bypass`` makes every read a miss and drops writes (the
+request goes upstream); ``reject`` answers 503 on the read. A write never fails a
+request whose answer the gateway already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from typing import Any
+
+from ai.config import ExactCacheConfig
+from ai.redis_link import RedisLink, StoreUnavailable
+
+log = logging.getLogger("spectra.ai")
+
+# KEYS: entry, index. ARGV: stored JSON, TTL ms, max entries, index member, entry prefix.
+PUT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('ZADD', KEYS[2], now, ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+if over > 0 then
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, over - 1)) do
+    redis.call('DEL', ARGV[5] .. member)
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
+end
+redis.call('PEXPIRE', KEYS[2], ttl)
+return over
+"""
+
+# KEYS: lock. ARGV: the holder's token.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+POLL_MIN_S, POLL_MAX_S = 0.01, 0.1
+
+
+class RedisExactCache:
+    """The :class:`~ai.backend.ResponseCache` over a :class:`RedisLink`."""
+
+    def __init__(self, link: RedisLink, config: ExactCacheConfig) -> None:
+        self._link = link
+        self._config = config
+        self._put = link.client.register_script(PUT)
+        self._release = link.client.register_script(RELEASE)
+        self._held: dict[tuple[str, str], str] = {}  # (key, tenant) -> lock token
+
+    async def open(self) -> None:
+        """Nothing to load: the entries live in the store."""
+
+    async def close(self) -> None:
+        """Nothing to write behind: every put is sent before it returns."""
+
+    def _entry(self, key: str, tenant: str) -> str:
+        return self._link.key(tenant, "cache", key)
+
+    def _bypass(self) -> bool:
+        return self._link.config.on_unavailable.cache == "bypass"
+
+    async def get(self, key: str, tenant: str) -> dict[str, Any] | None:
+        entry = self._entry(key, tenant)
+        try:
+            raw = await self._link.call(lambda: self._link.client.get(entry), "cache get")
+        except StoreUnavailable:
+            if self._bypass():
+                return None
+            raise
+        if raw is None:
+            return None
+        stored = json.loads(raw)
+        if stored.get("tenant") != tenant:
+            return None
+        value: dict[str, Any] = stored["value"]
+        return value
+
+    async def put(self, key: str, tenant: str, value: dict[str, Any]) -> None:
+        keys = [self._entry(key, tenant), self._link.key(tenant, "cache-index", "all")]
+        args = [
+            json.dumps({"tenant": tenant, "value": value}),
+            str(max(1, int(self._config.ttl_s * 1000))),
+            str(self._config.max_entries),
+            key,
+            self._entry("", tenant),
+        ]
+        try:
+            await self._link.call(lambda: self._put(keys=keys, args=args), "cache put")
+        except StoreUnavailable as exc:
+            log.debug("exact cache entry not stored: %s", exc)
+
+    async def coalesce(self, key: str, tenant: str) -> dict[str, Any] | None:
+        """Another instance's answer if it is calling upstream for ``key`` (waiting
+        for it); else None, and this caller leads (``release`` when done)."""
+        lock, token = self._link.key(tenant, "flight", key), secrets.token_hex(8)
+        ttl_ms = int(self._link.config.flight_wait_s * 1000)
+        try:
+            taken = await self._link.call(
+                lambda: self._link.client.set(lock, token, nx=True, px=ttl_ms), "flight lock"
+            )
+        except StoreUnavailable:
+            if self._bypass():
+                return None
+            raise
+        if taken:
+            self._held[(key, tenant)] = token
+            # the previous leader may have stored it and let go since our miss
+            stored = await self.get(key, tenant)
+            if stored is not None:
+                await self.release(key, tenant)
+            return stored
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + self._link.config.flight_wait_s, POLL_MIN_S
+        while loop.time() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, POLL_MAX_S)
+            value = await self.get(key, tenant)
+            if value is not None:
+                return value
+            try:
+                held = await self._link.call(lambda: self._link.client.exists(lock), "flight")
+            except StoreUnavailable:
+                return None
+            if not held:
+                return await self.get(key, tenant)
+        return None
+
+    async def release(self, key: str, tenant: str) -> None:
+        token = self._held.pop((key, tenant), None)
+        if token is None:
+            return
+        lock = self._link.key(tenant, "flight", key)
+        with contextlib.suppress(StoreUnavailable):  # else it expires after flight_wait_s
+            await self._link.call(lambda: self._release(keys=[lock], args=[token]), "unlock")

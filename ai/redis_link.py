@@ -1,0 +1,188 @@
+"""The gateway's connection to a shared Redis 7 / Valkey store, and its availability.
+
+One asyncio client (redis-py; ``RedisCluster`` for a cluster-mode endpoint) speaking
+RESP with AUTH (a password or token, with an RBAC user name, as ElastiCache's
+in-transit encryption and AUTH/RBAC use them: https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/auth.html)
+over TLS when asked. Every call goes through :meth:`RedisLink.call`, which bounds it by
+``op_timeout_s`` so no request waits on the store past that.
+
+A failed call marks the link down; while down, calls fail at once (no request waits on
+a dead store) until the next retry, one at a time, after an exponential backoff (100 ms
+doubling up to ``backoff_max_s``); a background probe PINGs on the same schedule, so
+the link comes back without traffic. Each feature decides what "unavailable" means for
+it (``on_unavailable``). Keys are laid out ``<prefix>:{t<hash of tenant>}:<kind>:<id>``:
+the hash tag keeps a tenant's keys in one cluster slot, so the Lua scripts that touch
+several of them are cluster-safe (https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/#hash-tags).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from redis import exceptions as redis_errors
+from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ai.config import RedisConfig
+from ai.errors import Overloaded
+from ai.keys import resolve_secret
+
+log = logging.getLogger("spectra.ai")
+T = TypeVar("T")
+BACKOFF_MIN_S = 0.1
+RETRY_AFTER_S = 1
+
+
+class StoreUnavailable(Overloaded):
+    """503: the shared store is unreachable and the feature's stance is `reject`."""
+
+
+def _client(config: RedisConfig, env: Mapping[str, str]) -> Any:
+    """A client whose calls wait (within ``op_timeout_s``) for one of at most
+    ``max_connections`` pooled connections, retrying once on a connection that died
+    (a restarted or failed-over store) before the link counts the store as down."""
+    password = resolve_secret(config.password, env) if config.password is not None else None
+    common: dict[str, Any] = {
+        "host": config.host,
+        "port": config.port,
+        "username": config.username,
+        "password": password,
+        "socket_timeout": config.op_timeout_s,
+        "socket_connect_timeout": config.connect_timeout_s,
+        "decode_responses": True,
+    }
+    tls: dict[str, Any] = {}
+    if config.tls and config.tls_ca_file is not None:
+        tls["ssl_ca_certs"] = str(config.tls_ca_file)
+    if config.cluster:
+        return RedisCluster(ssl=config.tls, max_connections=config.max_connections, **common, **tls)
+    pool = BlockingConnectionPool(
+        max_connections=config.max_connections,
+        timeout=config.op_timeout_s,
+        connection_class=SSLConnection if config.tls else Connection,
+        db=config.db,
+        retry=Retry(NoBackoff(), 1),
+        **common,
+        **tls,
+    )
+    return Redis.from_pool(pool)  # owns the pool: closing the client closes it
+
+
+class RedisLink:
+    """The client, its up/down state and the reconnect backoff."""
+
+    def __init__(self, config: RedisConfig, env: Mapping[str, str]) -> None:
+        self.config = config
+        self.client = _client(config, env)
+        self.available = True
+        self.failures = 0  # calls failed or refused while down, since start
+        self.last_error: str | None = None
+        self.down_since: float | None = None
+        self._backoff = BACKOFF_MIN_S
+        self._retry_at = 0.0
+        self._probing = False
+        self._probe: asyncio.Task[None] | None = None
+        self._on_up: list[Callable[[], Awaitable[None]]] = []
+
+    def key(self, tenant: str, kind: str, name: str) -> str:
+        tag = hashlib.sha256(tenant.encode()).hexdigest()[:16]
+        return f"{self.config.key_prefix}:{{t{tag}}}:{kind}:{name}"
+
+    def on_up(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """``callback`` runs after the link comes back (e.g. replaying settlements)."""
+        self._on_up.append(callback)
+
+    async def open(self) -> None:
+        """Start the probe; a store down at start is only logged (the stance applies)."""
+        self._probe = asyncio.create_task(self._probe_loop(), name="spectra-ai-redis-probe")
+        with contextlib.suppress(StoreUnavailable):
+            await self.call(lambda: self.client.ping(), "ping")
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+    async def call(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
+        """``fn()`` bounded by ``op_timeout_s``; :class:`StoreUnavailable` if the store
+        is down (at once, between retries) or the call fails."""
+        now = time.monotonic()
+        if not self.available and (self._probing or now < self._retry_at):
+            self.failures += 1
+            raise StoreUnavailable(
+                f"the shared state store is unreachable ({self.last_error})",
+                retry_after=RETRY_AFTER_S,
+            )
+        probing = not self.available
+        if probing:
+            self._probing = True  # one call at a time tries a down store
+        try:
+            result = await asyncio.wait_for(fn(), self.config.op_timeout_s)
+        except (redis_errors.RedisError, OSError, TimeoutError) as exc:
+            if type(exc) is redis_errors.ResponseError:
+                raise  # the store answered: a bug, not an outage
+            self._down(f"{what}: {type(exc).__name__}: {exc}".rstrip(": "))
+            raise StoreUnavailable(
+                f"the shared state store is unreachable ({self.last_error})",
+                retry_after=RETRY_AFTER_S,
+            ) from None
+        finally:
+            if probing:  # also when the caller was cancelled
+                self._probing = False
+        if not self.available:
+            await self._up()
+        return result
+
+    def _down(self, error: str) -> None:
+        self.failures += 1
+        self.last_error = error
+        now = time.monotonic()
+        if self.available:
+            log.warning("shared state store unreachable: %s", error)
+            self.available, self.down_since = False, time.time()
+            self._backoff = BACKOFF_MIN_S
+        else:
+            self._backoff = min(self._backoff * 2, self.config.backoff_max_s)
+        self._retry_at = now + self._backoff
+
+    async def _up(self) -> None:
+        log.warning("shared state store reachable again after %.1f s", self.down_for())
+        self.available, self.down_since, self._backoff = True, None, BACKOFF_MIN_S
+        for callback in self._on_up:
+            try:
+                await callback()
+            except Exception as exc:  # one callback must not stop the rest
+                log.error("after reconnect: %s", exc)
+
+    def down_for(self) -> float:
+        return 0.0 if self.down_since is None else time.time() - self.down_since
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(self._backoff, 1.0))
+            if not self.available and time.monotonic() >= self._retry_at:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.call(lambda: self.client.ping(), "ping")
+
+    def status(self) -> dict[str, Any]:
+        stance = self.config.on_unavailable
+        return {
+            "backend": "redis",
+            "endpoint": f"{self.config.host}:{self.config.port}",
+            "available": self.available,
+            "down_for_s": round(self.down_for(), 3),
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "on_unavailable": {"budgets": stance.budgets, "cache": stance.cache},
+        }

@@ -1,0 +1,277 @@
+"""Two gateway processes (``python -m ai``) sharing one real ``redis-server`` (the Debian
+package, started here on a free loopback port in a temp dir) in front of the fake
+upstreams: budgets, rate limits, the exact cache and its singleflight hold across
+both, tenants stay apart, and a killed store gives each feature its stance and
+recovers when it returns."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ai.keys import hash_key
+from tests.e2e.ai.conftest import (
+    ROOT,
+    SECRET,
+    Upstreams,
+    _stop,
+    free_port,
+    http_json,
+)
+from tests.redisd import RedisServer
+
+KEYS = {  # id: (key, tenant, budget)
+    "budget": ("sk-spectra-shared-budget", "ta", {"max_tokens": 3000}),
+    "rpm": ("sk-spectra-shared-rpm", "ta", {"requests_per_minute": 10}),
+    "a": ("sk-spectra-shared-a", "ta", {}),
+    "b": ("sk-spectra-shared-b", "tb", {}),
+    "closed": ("sk-spectra-shared-closed", "tc", {"max_tokens": 10**9}),
+}
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def _config(up: Upstreams, tmp: Path, redis_port: int) -> dict[str, Any]:
+    return {
+        "listen_host": "127.0.0.1",
+        "listen_port": free_port(),
+        "key_secret": {"file": str(tmp / "key-secret")},
+        "providers": {
+            "openai": {
+                "kind": "openai",
+                "base_url": up.urls["openai"] + "/v1",
+                "api_key": {"env": "E2E_OPENAI_KEY"},
+            }
+        },
+        "routes": [{"pattern": "gpt-*", "provider": "openai"}],
+        "keys": [
+            {"id": kid, "hash": hash_key(SECRET, key), "tenant": tenant, "budget": budget}
+            for kid, (key, tenant, budget) in KEYS.items()
+        ],
+        "audit": {"path": str(tmp / "audit.jsonl")},
+        "state": {
+            "backend": "redis",
+            "redis": {
+                "host": "127.0.0.1",
+                "port": redis_port,
+                "op_timeout_s": 0.25,
+                "backoff_max_s": 0.5,
+                "flight_wait_s": 10,
+            },
+        },
+    }
+
+
+@dataclass
+class Gateway:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
+def _start(up: Upstreams, tmp: Path, redis_port: int) -> Gateway:
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "key-secret").write_text(SECRET + "\n")
+    config = _config(up, tmp, redis_port)
+    (tmp / "ai.json").write_text(json.dumps(config))
+    env = {**os.environ, "E2E_OPENAI_KEY": "sk-e2e-SECRET"}
+    with (tmp / "gateway.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ai", "--config", str(tmp / "ai.json"), "--workers", "1"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return Gateway(f"http://127.0.0.1:{config['listen_port']}", proc)
+
+
+def _wait_up(gw: Gateway, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if gw.proc.poll() is not None:
+            raise RuntimeError(f"gateway exited: {log.read_text()}")
+        try:
+            http_json(gw.url + "/v1/spectra/state")
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("gateway did not answer in 60 s")
+
+
+@pytest.fixture(scope="module")
+def gateways(
+    upstreams: Upstreams, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gateway, Gateway]]:
+    tmp = tmp_path_factory.mktemp("gateways")
+    pair = [_start(upstreams, tmp / name, redis_server.port) for name in ("one", "two")]
+    try:
+        for gw, name in zip(pair, ("one", "two"), strict=True):
+            _wait_up(gw, tmp / name / "gateway.log")
+        yield pair[0], pair[1]
+    finally:
+        for gw in pair:
+            _stop(gw.proc)
+
+
+@dataclass(frozen=True)
+class Result:
+    status: int
+    body: dict[str, Any]
+    seconds: float
+
+
+async def _one(
+    session: aiohttp.ClientSession, url: str, key: str, content: str, model: str, max_tokens: int
+) -> Result:
+    started = time.monotonic()
+    async with session.post(
+        url + "/v1/chat/completions",
+        json={
+            "model": model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens,
+        },
+        headers={"Authorization": f"Bearer {key}"},
+    ) as resp:
+        body = await resp.json()
+        return Result(resp.status, body, time.monotonic() - started)
+
+
+def burst(
+    calls: list[tuple[str, str, str]], model: str = "gpt-4o-mini-long40", max_tokens: int = 30
+) -> list[Result]:
+    """``(gateway url, key id, content)`` all at once."""
+
+    async def run() -> list[Result]:
+        timeout = aiohttp.ClientTimeout(total=60)
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            return list(
+                await asyncio.gather(
+                    *(
+                        _one(session, url, KEYS[kid][0], content, model, max_tokens)
+                        for url, kid, content in calls
+                    )
+                )
+            )
+
+    return asyncio.run(run())
+
+
+def test_budget_holds_across_two_processes(
+    gateways: tuple[Gateway, Gateway], redis_server: RedisServer
+) -> None:
+    one, two = gateways
+    results = burst([((one, two)[i % 2].url, "budget", f"budget question {i}") for i in range(200)])
+    ok = [r for r in results if r.status == 200]
+    refused = [r for r in results if r.status != 200]
+    assert ok and refused, "the budget must admit some requests and refuse the rest"
+    assert {r.status for r in refused} == {429}
+    assert all("token budget of 3000 exhausted" in r.body["error"]["message"] for r in refused)
+    spent = sum(r.body["usage"]["total_tokens"] for r in ok)
+    largest = max(r.body["usage"]["total_tokens"] for r in ok)
+    assert spent <= 3000 + largest, f"spent {spent} of a 3000-token budget"
+    # every reservation reconciled to what was really used, by both processes
+    (budget_key,) = redis_server.cli("--scan", "--pattern", "spectra:ai:*:budget:budget").split()
+    assert int(redis_server.cli("HGET", budget_key, "used_tokens")) == spent
+    assert int(redis_server.cli("HGET", budget_key, "reserved_tokens")) == 0
+
+
+def test_rate_limit_holds_across_two_processes(gateways: tuple[Gateway, Gateway]) -> None:
+    one, two = gateways
+    results = burst([((one, two)[i % 2].url, "rpm", f"rate question {i}") for i in range(30)])
+    assert sorted(r.status for r in results) == [200] * 10 + [429] * 20
+
+
+def test_cache_entry_written_by_one_is_a_hit_on_the_other(
+    gateways: tuple[Gateway, Gateway], upstreams: Upstreams
+) -> None:
+    one, two = gateways
+    before = upstreams.requests("openai")
+    first = burst([(one.url, "a", "shared cache question")])[0]
+    second = burst([(two.url, "a", "shared cache question")])[0]
+    assert first.status == second.status == 200
+    assert second.body["choices"] == first.body["choices"]
+    assert upstreams.requests("openai") - before == 1
+
+
+def test_identical_requests_on_both_make_one_upstream_call(
+    gateways: tuple[Gateway, Gateway], upstreams: Upstreams
+) -> None:
+    one, two = gateways
+    before = upstreams.requests("openai")
+    calls = [((one, two)[i % 2].url, "a", "singleflight question") for i in range(20)]
+    results = burst(calls, model="gpt-4o-mini-long40-slow500")
+    assert [r.status for r in results] == [200] * 20
+    assert len({json.dumps(r.body["choices"]) for r in results}) == 1
+    assert upstreams.requests("openai") - before == 1
+
+
+def test_tenants_never_share_entries(
+    gateways: tuple[Gateway, Gateway], upstreams: Upstreams
+) -> None:
+    one, two = gateways
+    before = upstreams.requests("openai")
+    contents = [f"tenant question {i}" for i in range(25)]
+    calls = [
+        ((one, two)[i % 2].url, ("a", "b")[(i // 2) % 2], contents[i % 25]) for i in range(400)
+    ]
+    results = burst(calls)
+    assert [r.status for r in results] == [200] * 400
+    # one upstream call per (tenant, content): a cross-tenant hit would make fewer
+    assert upstreams.requests("openai") - before == 2 * 25
+
+
+def test_store_killed_then_back(
+    gateways: tuple[Gateway, Gateway], redis_server: RedisServer, upstreams: Upstreams
+) -> None:
+    one, two = gateways
+    assert burst([(one.url, "closed", "before the outage")])[0].status == 200
+    redis_server.kill()
+    try:
+        calls = [
+            ((one, two)[i % 2].url, kid, f"outage {kid} {i}")
+            for i in range(20)
+            for kid in ("closed", "a")
+        ]
+        results = burst(calls)
+        closed = [r for r, i in zip(results, range(40), strict=True) if i % 2 == 0]
+        open_ = [r for r, i in zip(results, range(40), strict=True) if i % 2 == 1]
+        assert {r.status for r in closed} == {503}  # budgets fail closed
+        assert {r.status for r in open_} == {200}  # no limits: the cache is bypassed
+        assert max(r.seconds for r in closed) < 2.0, "a request waited on the dead store"
+        for gw in (one, two):
+            state = http_json(gw.url + "/v1/spectra/state")
+            assert state["available"] is False and state["failures"] > 0
+            assert state["on_unavailable"] == {"budgets": "reject", "cache": "bypass"}
+    finally:
+        redis_server.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        states = [http_json(gw.url + "/v1/spectra/state") for gw in (one, two)]
+        if all(s["available"] for s in states):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the gateways did not reconnect: {states}")
+    results = burst([((one, two)[i % 2].url, "closed", f"after the outage {i}") for i in range(4)])
+    assert [r.status for r in results] == [200] * 4

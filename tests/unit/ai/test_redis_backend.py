@@ -1,0 +1,315 @@
+"""The redis state backend against a real ``redis-server`` (one process, in-process
+clients): the Lua budget decides exactly as the local one, the shared cache keeps TTL,
+bound and tenants, the singleflight lock, TLS + ACL user, the configuration's errors,
+and the link's stance, fail-fast and reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from pydantic import ValidationError
+
+from ai.backend import RedisBackend, state_backend
+from ai.budget import Budgets, Reservation
+from ai.config import AIConfig, BudgetConfig, ExactCacheConfig, RedisConfig
+from ai.errors import BudgetExhausted, GatewayError, RateLimited
+from ai.redis_budget import RedisBudgets
+from ai.redis_cache import RedisExactCache
+from ai.redis_link import RedisLink, StoreUnavailable
+from ai.server import load_config
+from ai.usage import Usage
+from tests.certs import make_cert
+from tests.redisd import RedisServer, free_port
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def _config(port: int, **overrides: Any) -> RedisConfig:
+    return RedisConfig.model_validate(
+        {"host": "127.0.0.1", "port": port, "backoff_max_s": 0.3, **overrides}
+    )
+
+
+@pytest_asyncio.fixture
+async def link(redis_server: RedisServer) -> AsyncIterator[RedisLink]:
+    link = RedisLink(_config(redis_server.port), {})
+    await link.open()
+    try:
+        yield link
+    finally:
+        await link.close()
+
+
+# --- budgets: the same decisions as the local backend ----------------------------------
+
+STEPS: list[tuple[BudgetConfig, int, int, float, int | None]] = [
+    # limits, prompt, completion, cost, used tokens on settle (None: keep reserved)
+    (BudgetConfig(max_tokens=100), 10, 50, 0.0, 15),
+    (BudgetConfig(max_tokens=100), 10, 50, 0.0, None),
+    (BudgetConfig(max_tokens=100), 10, 50, 0.0, 30),
+    (BudgetConfig(max_tokens=100), 10, 50, 0.0, 5),
+    (BudgetConfig(max_tokens=100), 10, 50, 0.0, None),
+    (BudgetConfig(max_cost_usd=1.0), 1, 1, 0.4, 2),
+    (BudgetConfig(max_cost_usd=1.0), 1, 1, 0.4, None),
+    (BudgetConfig(max_cost_usd=1.0), 1, 1, 0.4, 2),
+    (BudgetConfig(requests_per_minute=2), 1, 1, 0.0, 2),
+    (BudgetConfig(requests_per_minute=2), 1, 1, 0.0, 2),
+    (BudgetConfig(requests_per_minute=2), 1, 1, 0.0, 2),
+    (BudgetConfig(tokens_per_minute=100), 30, 30, 0.0, 10),
+    (BudgetConfig(tokens_per_minute=100), 30, 30, 0.0, None),
+    (BudgetConfig(tokens_per_minute=100), 30, 30, 0.0, None),
+]
+
+
+def _outcome(result: Reservation | GatewayError) -> tuple[str, int | None]:
+    if isinstance(result, GatewayError):
+        return type(result).__name__, None
+    return "ok", result.completion_cap
+
+
+@pytest.mark.asyncio
+async def test_lua_budget_decides_as_the_local_one(link: RedisLink) -> None:
+    local, shared = Budgets(), RedisBudgets(link, Budgets())
+    seen: list[tuple[tuple[str, int | None], tuple[str, int | None]]] = []
+    for i, (limits, prompt, completion, cost, used) in enumerate(STEPS):
+        key = f"k{limits.model_dump_json()}"  # one key per kind of limit, as in STEPS
+        results: list[Reservation | GatewayError] = []
+        for backend in (local, shared):
+            try:
+                got = await backend.acquire(key, "t", limits, prompt, completion, cost)
+                if used is not None:
+                    await backend.settle(got, Usage(prompt, used - prompt), cost)
+                results.append(got)
+            except (BudgetExhausted, RateLimited) as exc:
+                results.append(exc)
+        seen.append((_outcome(results[0]), _outcome(results[1])))
+        assert seen[-1][0] == seen[-1][1], f"step {i}: {seen}"
+    kinds = {outcome[0] for outcome, _ in seen}
+    assert kinds == {"ok", "BudgetExhausted", "RateLimited"}  # every rule was exercised
+
+
+@pytest.mark.asyncio
+async def test_settlement_charges_usage_and_frees_the_reservation(
+    link: RedisLink, redis_server: RedisServer
+) -> None:
+    budgets = RedisBudgets(link, Budgets())
+    limits = BudgetConfig(max_tokens=1000, max_cost_usd=5.0)
+    held = await budgets.acquire("key", "tenant", limits, 10, 90, 0.25)
+    await budgets.settle(held, Usage(10, 20), 0.125)
+    await budgets.settle(held, Usage(10, 20), 0.125)  # idempotent
+    (name,) = redis_server.cli("--scan", "--pattern", "spectra:ai:*:budget:key").split()
+    figures = dict(zip(*[iter(redis_server.cli("HGETALL", name).split())] * 2, strict=True))
+    assert int(figures["used_tokens"]) == 30 and int(figures["reserved_tokens"]) == 0
+    assert float(figures["used_cost"]) == pytest.approx(0.125)
+    assert float(figures["reserved_cost"]) == pytest.approx(0.0)
+    headers = budgets.rate_headers("key", BudgetConfig(requests_per_minute=5))
+    assert headers["x-ratelimit-remaining-requests"] == "4"
+
+
+@pytest.mark.asyncio
+async def test_keys_of_one_tenant_share_a_hash_slot(link: RedisLink) -> None:
+    budget, window = link.key("acme", "budget", "k1"), link.key("acme", "window", "k1")
+    tag = budget[budget.index("{") : budget.index("}") + 1]
+    assert tag in window and tag not in link.key("other", "budget", "k1")
+    assert link.key("we{ird}", "cache", "x").count("{") == 1  # a tenant cannot break the tag
+
+
+# --- the shared exact cache -----------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_cache_ttl_bound_and_tenants(link: RedisLink) -> None:
+    cache = RedisExactCache(link, ExactCacheConfig(ttl_s=0.3, max_entries=3))
+    for i in range(5):
+        await cache.put(f"k{i}", "ta", {"choices": [i]})
+    assert [await cache.get(f"k{i}", "ta") is not None for i in range(5)] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert await cache.get("k4", "tb") is None  # another tenant's partition
+    await asyncio.sleep(0.4)
+    assert await cache.get("k4", "ta") is None  # expired
+
+
+@pytest.mark.asyncio
+async def test_singleflight_lock_waits_for_the_leader(link: RedisLink) -> None:
+    first = RedisExactCache(link, ExactCacheConfig())
+    second = RedisExactCache(link, ExactCacheConfig())
+    assert await first.coalesce("q", "ta") is None  # leads
+    waiting = asyncio.create_task(second.coalesce("q", "ta"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await first.put("q", "ta", {"choices": ["answer"]})
+    await first.release("q", "ta")
+    assert await asyncio.wait_for(waiting, 2) == {"choices": ["answer"]}
+    # a leader that fails (stores nothing) lets the waiter go alone
+    assert await first.coalesce("r", "ta") is None
+    waiting = asyncio.create_task(second.coalesce("r", "ta"))
+    await asyncio.sleep(0.05)
+    await first.release("r", "ta")
+    assert await asyncio.wait_for(waiting, 2) is None
+
+
+# --- TLS and an ACL user, as ElastiCache presents them --------------------------------
+
+
+@pytest.mark.asyncio
+async def test_tls_and_acl_user(tmp_path: Path) -> None:
+    cert, key = make_cert(tmp_path, "localhost")
+    server = RedisServer(tmp_path, tls=(cert, key), user=("gateway", "s3cret-token"))
+    server.start()
+    try:
+        config = {"host": "localhost", "port": server.port, "tls": True, "tls_ca_file": cert}
+        good = RedisLink(
+            _config(**config, username="gateway", password={"env": "PW"}), {"PW": "s3cret-token"}
+        )
+        await good.open()
+        cache = RedisExactCache(good, ExactCacheConfig())
+        await cache.put("k", "t", {"choices": []})
+        assert await cache.get("k", "t") == {"choices": []} and good.available
+        await good.close()
+        bad = RedisLink(_config(**config, username="gateway", password={"env": "PW"}), {"PW": "x"})
+        await bad.open()
+        assert not bad.available and "Authentication" in (bad.last_error or "")
+        await bad.close()
+    finally:
+        server.kill()
+
+
+# --- the link: stance, fail fast, reconnect ---------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_down_store_stance_fail_fast_and_reconnect(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)  # not started yet: the port is closed
+    closed = RedisLink(_config(server.port, op_timeout_s=0.2), {})
+    local = RedisLink(
+        _config(server.port, on_unavailable={"budgets": "local", "cache": "reject"}), {}
+    )
+    await closed.open()
+    await local.open()
+    try:
+        assert not closed.available
+        limits = BudgetConfig(max_tokens=100)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await RedisBudgets(closed, Budgets()).acquire("k", "t", limits, 1, 1, 0.0)
+        assert time.monotonic() - started < 0.2  # refused at once between retries
+        assert await RedisExactCache(closed, ExactCacheConfig()).get("k", "t") is None
+        fallback = RedisBudgets(local, Budgets())
+        held = await fallback.acquire("k", "t", limits, 10, 50, 0.0)
+        assert not held.shared and held.completion_cap == 50
+        with pytest.raises(StoreUnavailable):
+            await RedisExactCache(local, ExactCacheConfig()).get("k", "t")
+        server.start()
+        deadline = time.monotonic() + 5
+        while not closed.available and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert closed.available, closed.status()  # the probe reconnected, no traffic needed
+        assert closed.status()["failures"] >= 2
+        reserved = await RedisBudgets(closed, Budgets()).acquire("k", "t", limits, 1, 1, 0.0)
+        assert reserved.shared
+    finally:
+        await closed.close()
+        await local.close()
+        server.kill()
+
+
+@pytest.mark.asyncio
+async def test_failed_settlements_are_replayed(redis_server: RedisServer) -> None:
+    link = RedisLink(_config(redis_server.port), {})
+    await link.open()
+    budgets = RedisBudgets(link, Budgets())
+    try:
+        limits = BudgetConfig(max_tokens=10_000)
+        held = await budgets.acquire("k", "t", limits, 10, 40, 0.0)
+        more = [budgets.acquire("k", "t", limits, 1, 1, 0.0) for _ in range(10)]
+        await asyncio.gather(*more)  # several pooled connections, all dead after the kill
+        redis_server.kill()
+        await budgets.settle(held, Usage(10, 5), 0.0)
+        assert budgets.pending == 1
+        redis_server.start()  # empty again: the replay only has to arrive
+        deadline = time.monotonic() + 5
+        while budgets.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert budgets.pending == 0
+        (name,) = redis_server.cli("--scan", "--pattern", "spectra:ai:*:budget:k").split()
+        assert redis_server.cli("HGET", name, "used_tokens") == "15"
+        # the pooled connections that died with the old server are replaced, not failed
+        again = [budgets.acquire("k", "t", limits, 1, 1, 0.0) for _ in range(10)]
+        assert all(r.shared for r in await asyncio.gather(*again))
+        assert link.available
+    finally:
+        await link.close()
+
+
+# --- configuration ----------------------------------------------------------------------
+
+
+def test_redis_backend_needs_its_endpoint_and_names_the_field() -> None:
+    with pytest.raises(ValidationError, match=r"state\.redis"):
+        AIConfig.model_validate({"state": {"backend": "redis"}})
+    with pytest.raises(ValidationError) as bad:
+        AIConfig.model_validate({"state": {"backend": "memcached"}})
+    assert bad.value.errors()[0]["loc"] == ("state", "backend")
+    assert "'local' or 'redis'" in bad.value.errors()[0]["msg"]
+    with pytest.raises(ValidationError) as stance:
+        RedisConfig.model_validate({"host": "h", "on_unavailable": {"budgets": "open"}})
+    assert stance.value.errors()[0]["loc"] == ("on_unavailable", "budgets")
+
+
+def test_state_backend_option_overrides_the_document(tmp_path: Path) -> None:
+    path = tmp_path / "ai.json"
+    port = free_port()
+    path.write_text(json.dumps({"ai": {"state": {"redis": {"host": "127.0.0.1", "port": port}}}}))
+    assert load_config(path).state.backend == "local"
+    config = load_config(path, "redis")
+    assert isinstance(state_backend(config, {}), RedisBackend)
+    (tmp_path / "bare.json").write_text("{}")
+    with pytest.raises(ValidationError, match=r"state\.redis"):
+        load_config(tmp_path / "bare.json", "redis")
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_retry_does_not_wedge_the_link(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    link = RedisLink(_config(server.port, op_timeout_s=5.0), {})
+    await link.open()
+    try:
+        assert not link.available
+        await asyncio.sleep(0.15)  # past the first retry time
+
+        async def hang() -> None:
+            await asyncio.sleep(60)
+
+        retry = asyncio.create_task(link.call(hang, "hang"))  # the one call that retries
+        await asyncio.sleep(0.05)
+        with pytest.raises(StoreUnavailable):  # others are refused meanwhile
+            await link.call(lambda: link.client.ping(), "ping")
+        retry.cancel()  # the client went away
+        server.start()
+        deadline = time.monotonic() + 5
+        while not link.available and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert link.available
+    finally:
+        await link.close()
+        server.kill()
