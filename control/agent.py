@@ -42,6 +42,7 @@ from control.steps.conntrack_sync import ConntrackSyncStep
 from control.steps.xdp import XdpStep
 from control.store import ConfigStore, CorruptRevision, StoreError, VersionNotFound
 from control.store.factory import POLL_SECONDS, open_store
+from xdp.histogram import Histogram
 
 log = logging.getLogger("spectra.control")
 
@@ -99,6 +100,9 @@ class AgentState:
     conntrack: dict[str, Any] = field(default_factory=dict)
     proxy: dict[str, Any] = field(default_factory=dict)
     tls: dict[str, Any] = field(default_factory=dict)
+    apply_seconds: dict[str, Any] = field(default_factory=dict)  # histogram, /metrics
+    # document field -> why its section is not in effect (the rest converged)
+    section_errors: dict[str, str] = field(default_factory=dict)
 
 
 def run_dir(instance: str) -> Path:
@@ -140,6 +144,7 @@ class Agent:
         self._failed_version = 0
         self._retry_at = 0.0
         self._backoff = settings.poll
+        self._apply_latency = Histogram()
 
     def _aws_runner(self) -> HaRunner:
         return HaRunner(
@@ -220,11 +225,15 @@ class Agent:
         except StoreError as exc:  # unreachable between head and get: not a bad version
             self._unreachable(exc)
             return
+        started = time.monotonic()
         try:
             plan = self.converger.converge(doc)
         except (ConvergeError, ConfigValidationError) as exc:
             self._failed(version, str(exc))
             return
+        finally:
+            self._apply_latency.observe(time.monotonic() - started)
+            self.state.apply_seconds = self._apply_latency.as_dict()
         self.state.applied_version = version
         self.state.converged = True
         self.state.last_error = None

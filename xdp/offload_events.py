@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from nfq.marks import CT_MARK_GWLB
 from xdp.ctevents import CtEvent
+from xdp.histogram import Histogram
 from xdp.offload import (
     IPS_ASSURED,
     IPS_DYING,
@@ -140,6 +141,7 @@ class EventOffloader:
         self.refreshes = 0
         self.destroyed_while_active = 0
         self.install_delay_ns: list[int] = []  # event seen -> map written, last 1024
+        self.install_delay = Histogram()  # the same, cumulative, for /metrics
         self.lock = threading.Lock()
         self._pending: list[tuple[CtFlow, int]] = []  # (ct, event seen at)
         self._needs_resync: str | None = "start"
@@ -255,6 +257,7 @@ class EventOffloader:
             self.refused.pop(ct.key, None)
             self.stats.offloaded += 1
             self.install_delay_ns.append(done_ns - seen_ns)
+            self.install_delay.observe((done_ns - seen_ns) / 1e9)
         del self.install_delay_ns[:-1024]
 
     def _track(self, ct: CtFlow, off: Offloaded, now_ns: int) -> None:
@@ -465,6 +468,7 @@ class EventOffloader:
                 idle_parked=self.idle_parked,
                 install_delay_p50_ms=_pct_ms(delays, 0.5),
                 install_delay_p99_ms=_pct_ms(delays, 0.99),
+                install_delay_seconds=self.install_delay.as_dict(),
             )
         finally:
             self.lock.release()

@@ -34,33 +34,10 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition of the API's counters and every instance's status."""
     _head, data = await _status_data(request)
-    gauges: dict[str, float] = {}
-    for name, state in data.get("instances", {}).items():
-        if isinstance(state, dict) and isinstance(state.get("applied_version"), int):
-            gauges[f'spectra_config_applied_version{{instance="{name}"}}'] = state[
-                "applied_version"
-            ]
-        for key, value in (state.get("counters", {}) if isinstance(state, dict) else {}).items():
-            if isinstance(value, int | float) and str(key).isidentifier():
-                gauges[f'spectra_dataplane_{key}{{instance="{name}"}}'] = value
-        gauges.update(_signature_gauges(name, state))
-    text = request.app[METRICS].render(gauges)
-    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
-
-
-def _signature_gauges(name: str, state: Any) -> dict[str, float]:
-    """``spectra_inspection_alerts_total{instance,sid,action}`` from the alert stream."""
-    insp = state.get("inspection", {}) if isinstance(state, dict) else {}
-    sigs = insp.get("signatures", {}) if isinstance(insp, dict) else {}
-    out: dict[str, float] = {}
-    for sid, sig in (sigs if isinstance(sigs, dict) else {}).items():
-        actions = sig.get("actions", {}) if isinstance(sig, dict) else {}
-        for action, count in actions.items():
-            if str(sid).isdigit() and str(action).replace("_", "").isalpha():
-                label = f'instance="{name}",sid="{sid}",action="{action}"'
-                out[f"spectra_inspection_alerts_total{{{label}}}"] = count
-    return out
+    body = request.app[METRICS].render(data)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def alerts(request: web.Request) -> web.Response:
