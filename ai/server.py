@@ -29,6 +29,7 @@ from ai.errors import BadRequest, GatewayError, PayloadTooLarge
 from ai.keys import KeyStore, Principal, check_not_revoked, resolve_secret
 from ai.messages import parse_messages
 from ai.messages_wire import AnthropicShape, error_body
+from ai.metrics import CONTENT_TYPE, GatewayMetrics
 from ai.pipeline import COMPLETION_CAP, Gateway
 from ai.providers.base import AwsCredentialSource
 from ai.providers.bedrock import DefaultCredentialChain
@@ -44,6 +45,7 @@ log = logging.getLogger("spectra.ai")
 
 CONFIG = web.AppKey("config", AIConfig)
 GATEWAY = web.AppKey("gateway", Gateway)
+METRICS = web.AppKey("metrics", GatewayMetrics)
 REQUEST_ID = web.RequestKey("request_id", str)  # the audit record's, sent as x-request-id
 PRINCIPAL = web.RequestKey("principal", Principal)  # whose rate limits the headers show
 _READ = 256 * 1024  # bytes per body read
@@ -146,6 +148,7 @@ def _endpoint(
             return render(exc)
         finally:
             await gw.write_audit(trace)
+            request.app[METRICS].observe(trace)
 
     return handler
 
@@ -185,6 +188,13 @@ async def models(request: web.Request) -> web.StreamResponse:
         return error_response(exc)
     finally:
         await gw.write_audit(trace)
+        request.app[METRICS].observe(trace)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition of the gateway's counters and latency histograms."""
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def _client_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -273,6 +283,7 @@ def create_app(
     source: Source | None = None,
     reload_s: float = 1.0,
     aws_credentials: AwsCredentialSource | None = None,
+    serve_metrics: bool = True,
 ) -> web.Application:
     """The gateway app; ``env`` resolves secret references (default: os.environ).
 
@@ -281,10 +292,12 @@ def create_app(
     (:class:`~ai.providers.bedrock.DefaultCredentialChain`), resolved once.
 
     With ``source`` (a callable returning the current ``ai`` section) a changed
-    section is applied while running, checked every ``reload_s`` (``ai.reload``)."""
+    section is applied while running, checked every ``reload_s`` (``ai.reload``).
+    ``serve_metrics`` (the document's ``metrics.enabled``) adds ``GET /metrics``."""
     env = dict(os.environ) if env is None else env
     app = web.Application(client_max_size=config.max_body_bytes + 1)
     app[CONFIG] = config
+    app[METRICS] = GatewayMetrics()
     keys = KeyStore(resolve_secret(config.key_secret, env), config.keys)
     aws = aws_credentials or DefaultCredentialChain()
     app.on_response_prepare.append(_client_headers)
@@ -306,6 +319,8 @@ def create_app(
         "/v1/embeddings", _endpoint("embeddings", lambda raw, _: parse_embedding(raw), _embeddings)
     )
     app.router.add_get("/v1/models", models)
+    if serve_metrics:
+        app.router.add_get("/metrics", metrics, allow_head=False)
     return app
 
 

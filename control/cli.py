@@ -213,7 +213,7 @@ def _servers(
         from ai.server import create_app as create_ai_app
         from control.aws import operational_credentials
 
-        ai, aws = doc.ai, doc.aws
+        ai, aws, metrics_on = doc.ai, doc.aws, doc.metrics.enabled
 
         def ai_gateway() -> web.Application:
             # its own store handle; a changed ai section applies without a restart
@@ -223,6 +223,7 @@ def _servers(
                 ai,
                 source=lambda: ai_store.latest()[1].ai,
                 aws_credentials=operational_credentials(aws),
+                serve_metrics=metrics_on,
             )
 
         servers.append(HttpServer("AI gateway", ai_gateway, ai.listen_host, ai.listen_port))

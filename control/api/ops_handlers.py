@@ -10,7 +10,15 @@ from aiohttp import web
 from control.api.errors import ApiError
 from control.api.metrics import CONTENT_TYPE
 from control.api.openapi import openapi_document
-from control.api.state import ALERTS, METRICS, STATUS, STORE, call_store
+from control.api.state import (
+    ALERTS,
+    METRICS,
+    STATUS,
+    STORE,
+    TOKENS,
+    call_store,
+    current_tokens,
+)
 from control.config import SECRET_FIELDS
 from control.config.secrets import redact
 
@@ -34,7 +42,11 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus exposition of the API's counters and every instance's status."""
+    """Prometheus exposition of the API's counters and every instance's status (404
+    while the document's ``metrics.enabled`` is false)."""
+    await current_tokens(request.app)
+    if not request.app[TOKENS].metrics_enabled:
+        raise ApiError(404, "metrics.enabled is false in the config document")
     _head, data = await _status_data(request)
     body = request.app[METRICS].render(data)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from control.api import ApiSettings, create_app
 from control.store import SqliteStore
 from tests.promtext import parse, value
-from tests.unit.control.conftest import READ_TOKEN, auth
+from tests.unit.control.conftest import ADMIN_TOKEN, READ_TOKEN, auth, minimal
 from xdp.histogram import Histogram
 
 Client = TestClient[web.Request, web.Application]
@@ -124,3 +124,20 @@ def test_histogram_buckets_are_cumulative_and_bounded() -> None:
         "sum": pytest.approx(3.65),
         "count": 4,
     }
+
+
+@pytest.mark.asyncio
+async def test_metrics_disabled_by_the_document(
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+    sqlite_store: SqliteStore,
+    api_settings: ApiSettings,
+) -> None:
+    client = await aiohttp_client(create_app(sqlite_store, provider, api_settings))
+    assert (await client.get("/metrics", headers=auth(READ_TOKEN))).status == 200
+    headers = {**auth(ADMIN_TOKEN), "If-Match": '"0"'}
+    document = {**minimal(), "metrics": {"enabled": False}}
+    put = await client.put("/v1/config", json={"document": document}, headers=headers)
+    assert put.status == 200
+    resp = await client.get("/metrics", headers=auth(READ_TOKEN))
+    assert resp.status == 404
+    assert "metrics.enabled" in (await resp.json())["error"]["message"]
