@@ -27,6 +27,7 @@ from ai.config import AIConfig
 from ai.embeddings import embeddings
 from ai.errors import BadRequest, GatewayError, PayloadTooLarge
 from ai.keys import KeyStore, Principal, check_not_revoked, resolve_secret
+from ai.logsetup import ENV_FORMAT, ENV_LEVEL, configure
 from ai.messages import parse_messages
 from ai.messages_wire import AnthropicShape, error_body
 from ai.metrics import CONTENT_TYPE, GatewayMetrics
@@ -333,6 +334,18 @@ def load_config(path: Path) -> AIConfig:
     return AIConfig.model_validate(data)
 
 
+def _logging_of(path: Path) -> tuple[str, str]:
+    """(level, format) of a whole document's ``logging`` section; else the environment's
+    (``SPECTRA_LOG_LEVEL``, ``SPECTRA_LOG_FORMAT``), else info and JSON lines."""
+    data = json.loads(path.read_bytes())
+    section = data.get("logging") if isinstance(data, dict) else None
+    section = section if isinstance(section, dict) else {}
+    return (
+        str(section.get("level", os.environ.get(ENV_LEVEL, "info"))),
+        str(section.get("format", os.environ.get(ENV_FORMAT, "json"))),
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the gateway from a JSON config file (the ``ai`` section of the document).
 
@@ -343,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure(*_logging_of(args.config))
     source = FileSource(args.config, load_config)
     config = source()
     web.run_app(

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ai.logsetup import configure
 from control.aws.ha import HaRunner, SyncRole
 from control.aws.imds import Imds
 from control.config import (
@@ -67,6 +68,10 @@ class AgentSettings:
     aws: bool = False  # on EC2: IMDS, leader lease, takeover (control.aws.ha)
     imds_endpoint: str = "http://169.254.169.254"
     availability_zone: str | None = None  # overrides the instance's (user data "az")
+    # apply the document's logging section to this process (and export it to the
+    # processes it spawns); off in tests, which share one process's logging
+    manage_logging: bool = False
+    verbose: bool = False  # debug whatever logging.level says
 
     @property
     def poll(self) -> float:
@@ -145,6 +150,7 @@ class Agent:
         self._retry_at = 0.0
         self._backoff = settings.poll
         self._apply_latency = Histogram()
+        self._logging: tuple[str, str] = ("", "")
 
     def _aws_runner(self) -> HaRunner:
         return HaRunner(
@@ -244,10 +250,20 @@ class Agent:
         self.state.xdp_modes = self._xdp_modes()
         self.state.not_yet_rendered = _unrendered(doc)
         self._failed_version, self._backoff = 0, self.settings.poll
+        self._apply_logging(doc)
         log.info("converged %s to config version %d", self.settings.instance, version)
         if self.aws is not None:
             self._remember(doc)
             self.aws.configure(doc)
+
+    def _apply_logging(self, doc: ConfigDocument) -> None:
+        """``logging.level`` and ``logging.format`` for this process and its children."""
+        if not self.settings.manage_logging:
+            return
+        level = "debug" if self.settings.verbose else doc.logging.level
+        if (level, doc.logging.format) != self._logging:
+            configure(level, doc.logging.format, export=True)
+            self._logging = (level, doc.logging.format)
 
     def _unreachable(self, exc: StoreError) -> None:
         """The store cannot be read: nothing changes on the instance (the last applied

@@ -50,11 +50,10 @@ def _needs_root(func: F) -> F:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    """Text until the agent applies the document's ``logging`` section."""
+    from ai.logsetup import configure
+
+    configure("debug" if verbose else "info", "text")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -149,6 +148,8 @@ def run(
         aws=on_aws,
         imds_endpoint=imds_endpoint,
         availability_zone=availability_zone,
+        manage_logging=True,
+        verbose=verbose,
     )
     try:
         store = open_store(store_url)
