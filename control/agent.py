@@ -23,6 +23,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,10 @@ class Agent:
         except (ConvergeError, ConfigValidationError) as exc:
             self._failed(version, str(exc))
             return
+        except Exception as exc:  # a renderer's bug: this version fails, the agent runs on
+            log.exception("rendering config version %d failed", version)
+            self._failed(version, f"{type(exc).__name__}: {exc}")
+            return
         finally:
             self._apply_latency.observe(time.monotonic() - started)
             self.state.apply_seconds = self._apply_latency.as_dict()
@@ -304,6 +309,22 @@ class Agent:
         self.state.proxy = status.get("proxy", {})
         self.state.tls = status.get("tls", {})
 
+    def cycle(self) -> None:
+        """One poll, tick and state write. Whatever one of them raises is logged and
+        reported in the status (``last_error``), never raised: the agent keeps the
+        instance on its last good document and retries, it does not exit."""
+        self._guarded("poll", self.poll_once)
+        self._guarded("tick", self.tick)
+        self._guarded("state", self.write_state)
+
+    def _guarded(self, what: str, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception as exc:  # one section's bug must not stop the agent
+            log.exception("agent %s failed", what)
+            self.state.converged = self.state.converged and what != "poll"
+            self.state.last_error = f"{what}: {type(exc).__name__}: {exc}"
+
     def write_state(self) -> None:
         directory = run_dir(self.settings.instance)
         directory.mkdir(parents=True, exist_ok=True)
@@ -328,12 +349,10 @@ class Agent:
             if self.aws is not None:
                 self._start_aws()
             while not self._stop:
-                self.poll_once()
-                self.tick()
-                self.write_state()
+                self.cycle()
                 deadline = time.monotonic() + self.settings.poll
                 while not self._stop and time.monotonic() < deadline:
-                    self.tick()
+                    self._guarded("tick", self.tick)
                     if self._wake.wait(self.settings.offload_seconds):
                         self._wake.clear()
                         break

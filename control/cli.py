@@ -167,6 +167,7 @@ def run(
             _servers(store_url, store, api_tokens, agent.wake, changesets) if with_api else []
         )
         servers.start()
+        agent.state.section_errors.update(servers.failures)
     except (StoreError, ConfigValidationError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
@@ -186,7 +187,7 @@ def _servers(
     from control.api import ApiSettings, create_app
     from control.config import ConfigValidationError
     from control.config.operations import Api, ApiToken
-    from control.servers import HttpServer
+    from control.servers import HttpServer, SectionError
     from control.status import host_alerts, host_status
     from control.store import StoreError, open_store
 
@@ -211,6 +212,7 @@ def _servers(
 
     servers = [HttpServer("config API", config_api, str(api.host), api.port)]
     if doc is not None and doc.ai.routes and doc.ai.listen_port:
+        from ai.keys import SecretMissing
         from ai.server import create_app as create_ai_app
         from control.aws import operational_credentials
 
@@ -220,14 +222,19 @@ def _servers(
             # its own store handle; a changed ai section applies without a restart
             ai_store = open_store(store_url)
             # Bedrock signs with the operational role, never the instance role
-            return create_ai_app(
-                ai,
-                source=lambda: ai_store.latest()[1].ai,
-                aws_credentials=operational_credentials(aws),
-                serve_metrics=metrics_on,
-            )
+            try:
+                return create_ai_app(
+                    ai,
+                    source=lambda: ai_store.latest()[1].ai,
+                    aws_credentials=operational_credentials(aws),
+                    serve_metrics=metrics_on,
+                )
+            except SecretMissing as exc:  # reported in the status; the agent runs on
+                ai_store.close()
+                raise SectionError("ai.key_secret", str(exc)) from None
 
-        servers.append(HttpServer("AI gateway", ai_gateway, ai.listen_host, ai.listen_port))
+        server = HttpServer("AI gateway", ai_gateway, ai.listen_host, ai.listen_port, "ai")
+        servers.append(server)
     return servers
 
 
