@@ -517,6 +517,7 @@ class HaRunner:
             doc.interfaces.outside,
             section.health.probe,
             section.health.timeout_s,
+            section.health.interval_s,
         )
         sessions = aws.sessions
         takeover = Takeover(

@@ -20,11 +20,24 @@ _TOKEN_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class Logging(StrictModel):
-    """Log level and format of every appliance process."""
+    """Log level and format of every appliance process (the agent applies them to
+    itself, the config API and AI gateway it runs, and the inspection engine it starts;
+    ``python -m ai`` reads them from its file or the environment)."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
-    flow_logs: bool = False
+    flow_logs: bool = Field(default=False, description="not supported yet: only false is accepted")
+
+    @model_validator(mode="after")
+    def _supported(self) -> Logging:
+        if self.flow_logs:
+            raise fail(
+                ("flow_logs",),
+                True,
+                "flow logs are not supported yet: expected false (per-flow records are not "
+                "written; the NAT counters are in /metrics and spectra status)",
+            )
+        return self
 
 
 class Metrics(StrictModel):
