@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ai.logsetup import configure
+from control.aws.cloudwatch import CloudWatchExport, ExportSettings
 from control.aws.ha import HaRunner, SyncRole
 from control.aws.imds import Imds
 from control.config import (
@@ -107,6 +108,7 @@ class AgentState:
     proxy: dict[str, Any] = field(default_factory=dict)
     tls: dict[str, Any] = field(default_factory=dict)
     apply_seconds: dict[str, Any] = field(default_factory=dict)  # histogram, /metrics
+    cloudwatch: dict[str, Any] = field(default_factory=dict)  # the metrics export
     # document field -> why its section is not in effect (the rest converged)
     section_errors: dict[str, str] = field(default_factory=dict)
 
@@ -152,6 +154,7 @@ class Agent:
         self._backoff = settings.poll
         self._apply_latency = Histogram()
         self._logging: tuple[str, str] = ("", "")
+        self.cloudwatch = CloudWatchExport(self._own_status, self._cloudwatch_client)
 
     def _aws_runner(self) -> HaRunner:
         return HaRunner(
@@ -256,6 +259,7 @@ class Agent:
         self.state.not_yet_rendered = _unrendered(doc)
         self._failed_version, self._backoff = 0, self.settings.poll
         self._apply_logging(doc)
+        self._apply_metrics(doc)
         log.info("converged %s to config version %d", self.settings.instance, version)
         if self.aws is not None:
             self._remember(doc)
@@ -269,6 +273,44 @@ class Agent:
         if (level, doc.logging.format) != self._logging:
             configure(level, doc.logging.format, export=True)
             self._logging = (level, doc.logging.format)
+
+    def _apply_metrics(self, doc: ConfigDocument) -> None:
+        """``metrics.cloudwatch``: publish under ``metrics.cloudwatch_namespace`` through
+        the ``aws`` section's session factory; without it (no ``--aws``) the field is
+        reported in ``section_errors`` and the rest of the document stays applied."""
+        wanted = doc.metrics.cloudwatch
+        if wanted and self.aws is None:
+            self.state.section_errors["metrics.cloudwatch"] = (
+                "needs the agent on AWS (spectra run --aws): the CloudWatch client comes "
+                "from the aws section's operational role"
+            )
+            wanted = False
+        else:
+            self.state.section_errors.pop("metrics.cloudwatch", None)
+        if not wanted or self.aws is None:
+            self.cloudwatch.configure(None)
+            return
+        identity = self.aws.identity  # on EC2: the instance ID names the series
+        name = identity.instance_id if identity is not None else self.settings.instance
+        self.cloudwatch.configure(
+            ExportSettings(
+                doc.metrics.cloudwatch_namespace,
+                doc.interfaces.inside,
+                doc.interfaces.outside,
+                (("Gateway", name),),
+            )
+        )
+
+    def _own_status(self) -> dict[str, Any] | None:
+        from control.status import instance_status  # it imports this module
+
+        return instance_status(self.settings.instance)
+
+    def _cloudwatch_client(self) -> Any:
+        sessions = self.aws.sessions if self.aws is not None else None
+        if sessions is None:
+            raise OSError("no AWS session factory yet (the aws section is not configured)")
+        return sessions.client("cloudwatch")
 
     def _unreachable(self, exc: StoreError) -> None:
         """The store cannot be read: nothing changes on the instance (the last applied
@@ -308,6 +350,7 @@ class Agent:
         self.state.conntrack = status.get("sysctl", {})
         self.state.proxy = status.get("proxy", {})
         self.state.tls = status.get("tls", {})
+        self.state.cloudwatch = self.cloudwatch.status()
 
     def cycle(self) -> None:
         """One poll, tick and state write. Whatever one of them raises is logged and
@@ -348,6 +391,7 @@ class Agent:
         try:
             if self.aws is not None:
                 self._start_aws()
+            self.cloudwatch.start()
             while not self._stop:
                 self.cycle()
                 deadline = time.monotonic() + self.settings.poll
@@ -357,6 +401,7 @@ class Agent:
                         self._wake.clear()
                         break
         finally:
+            self.cloudwatch.stop()
             if self.aws is not None:
                 self.aws.stop()
             self.converger.close()

@@ -29,7 +29,7 @@ SECTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("active", "gwlb_kernel_path", "gwlb_offloaded", "nat_ports_busiest"),
     ),
     "conntrack": (
-        ("insert_failed", "drop", "early_drop", "clashres", "search_restart"),
+        ("insert", "insert_failed", "drop", "early_drop", "clashres", "search_restart"),
         ("count", "max", "buckets"),
     ),
     "inspection": (
@@ -37,6 +37,7 @@ SECTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
          "packets_blocked", "packets_rejected", "packets_alerts"),
         ("rules_loaded", "rules_failed"),
     ),
+    "cloudwatch": (("published", "batches", "failures", "dropped"), ("queued",)),
 }  # fmt: skip
 RENAMED = {"offloaded_total": "offloaded", "resyncs_total": "resyncs", "alerts_total": "alerts"}
 HISTOGRAMS = {

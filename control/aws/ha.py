@@ -577,6 +577,11 @@ class HaRunner:
             self._thread.join(timeout=10)
         self._thread = None
 
+    @property
+    def sessions(self) -> Any:
+        """The session factory of the configured ``aws`` section (None before)."""
+        return self._aws.sessions if self._aws is not None else None
+
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"error": self.error, "imds": self.imds.status()}
         if self._ha is not None:

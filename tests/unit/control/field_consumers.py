@@ -204,8 +204,8 @@ CONSUMERS: dict[str, str] = {
     "logging.flow_logs": REFUSED,
     "logging.format": "control/agent.py",
     "logging.level": "control/agent.py",
-    "metrics.cloudwatch": "control/aws/features.py",
-    "metrics.cloudwatch_namespace": "control/aws/changeset.py",
+    "metrics.cloudwatch": "control/agent.py",
+    "metrics.cloudwatch_namespace": "control/agent.py",
     "metrics.enabled": "control/api/state.py",
     # nat
     "nat.address_selection": "control/steps/nftables.py",

@@ -90,3 +90,25 @@ def test_the_agent_survives_any_failure_of_a_version(
         assert (tmp_path / "run/t/status.json").exists()  # the state is still written
     finally:
         store.close()
+
+
+def test_cloudwatch_without_aws_is_reported_and_the_rest_converges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("control.agent.RUN_ROOT", tmp_path / "run")
+    store = SqliteStore(tmp_path / "c.db")
+    agent = Agent(AgentSettings(instance="t", poll_seconds=0.01), store)
+    agent.converger = Converger([Recorder("nft", [])], FakeHost())
+    interfaces = {"inside": "inside", "outside": "outside"}
+    try:
+        store.put(parse_document({"interfaces": interfaces, "metrics": {"cloudwatch": True}}),
+                  0, "t")  # fmt: skip
+        agent.cycle()
+        assert agent.state.converged and agent.state.applied_version == 1
+        assert "spectra run --aws" in agent.state.section_errors["metrics.cloudwatch"]
+        assert agent.state.cloudwatch["enabled"] is False
+        store.put(parse_document({"interfaces": interfaces}), 1, "t")
+        agent.cycle()
+        assert agent.state.section_errors == {}
+    finally:
+        store.close()
