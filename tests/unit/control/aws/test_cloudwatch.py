@@ -158,3 +158,12 @@ def test_turned_off_drops_the_queue_and_stops_sampling() -> None:
     clock.t += 120
     export.run_once()
     assert status.n == 1
+
+
+def test_link_and_ena_counters_of_this_namespace() -> None:
+    from control.aws.cloudwatch import ena_counters, link_counters
+
+    lo = link_counters("lo")
+    assert set(lo) == {"rx_bytes", "tx_bytes", "rx_packets", "tx_packets"}
+    assert link_counters("nosuch0") == {}
+    assert ena_counters("lo") == {}  # not ENA: no allowance counters
