@@ -264,6 +264,8 @@ def status(instance: str | None, as_json: bool) -> None:
             f"sNAT {','.join(st['outside_addresses'])}"
             + (f", error: {st['last_error']}" if st.get("last_error") else "")
         )
+        for field, why in sorted((st.get("section_errors") or {}).items()):
+            click.echo(f"  not in effect: {field}: {why}")
         counters = st["xdp_counters"]
         if counters and "error" not in counters:
             off = st.get("offload", {})

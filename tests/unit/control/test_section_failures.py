@@ -112,3 +112,25 @@ def test_cloudwatch_without_aws_is_reported_and_the_rest_converges(
         assert agent.state.section_errors == {}
     finally:
         store.close()
+
+
+def test_spectra_status_names_the_field_not_in_effect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import os
+
+    from click.testing import CliRunner
+
+    from control.cli import main
+
+    monkeypatch.setattr("control.agent.RUN_ROOT", tmp_path / "run")
+    monkeypatch.setattr("control.status.RUN_ROOT", tmp_path / "run")
+    (tmp_path / "run/gw-z").mkdir(parents=True)
+    state = {"pid": os.getpid(), "applied_version": 1, "converged": True, "data_plane": "kernel",
+             "outside_addresses": [], "xdp_modes": {},
+             "section_errors": {"ai.key_secret": "environment variable X is not set"}}  # fmt: skip
+    (tmp_path / "run/gw-z/status.json").write_text(json.dumps(state))
+    result = CliRunner().invoke(main, ["status", "--instance", "gw-z"])
+    assert result.exit_code == 0, result.output
+    assert "not in effect: ai.key_secret: environment variable X is not set" in result.output
