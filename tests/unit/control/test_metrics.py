@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -60,13 +61,19 @@ def provider() -> dict[str, Any]:
     return {"instances": {"gw-a": _instance(7, 2), "gw-b": _instance(1, 1)}}
 
 
-@pytest.mark.asyncio
-async def test_exposition_parses_with_types_and_instance_labels(
+@pytest_asyncio.fixture
+async def client(
     aiohttp_client: Callable[[web.Application], Awaitable[Client]],
     sqlite_store: SqliteStore,
     api_settings: ApiSettings,
+) -> Client:
+    return await aiohttp_client(create_app(sqlite_store, provider, api_settings))
+
+
+@pytest.mark.asyncio
+async def test_exposition_parses_with_types_and_instance_labels(
+    client: Client,
 ) -> None:
-    client = await aiohttp_client(create_app(sqlite_store, provider, api_settings))
     await client.get("/v1/status", headers=auth(READ_TOKEN))
     resp = await client.get("/metrics", headers=auth(READ_TOKEN))
     assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -96,11 +103,8 @@ async def test_exposition_parses_with_types_and_instance_labels(
 
 @pytest.mark.asyncio
 async def test_latency_histograms(
-    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
-    sqlite_store: SqliteStore,
-    api_settings: ApiSettings,
+    client: Client,
 ) -> None:
-    client = await aiohttp_client(create_app(sqlite_store, provider, api_settings))
     types, samples = parse(await (await client.get("/metrics", headers=auth(READ_TOKEN))).text())
     assert types["spectra_config_apply_seconds"] == "histogram"
     assert types["spectra_offload_delay_seconds"] == "histogram"
@@ -128,11 +132,8 @@ def test_histogram_buckets_are_cumulative_and_bounded() -> None:
 
 @pytest.mark.asyncio
 async def test_metrics_disabled_by_the_document(
-    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
-    sqlite_store: SqliteStore,
-    api_settings: ApiSettings,
+    client: Client,
 ) -> None:
-    client = await aiohttp_client(create_app(sqlite_store, provider, api_settings))
     assert (await client.get("/metrics", headers=auth(READ_TOKEN))).status == 200
     headers = {**auth(ADMIN_TOKEN), "If-Match": '"0"'}
     document = {**minimal(), "metrics": {"enabled": False}}

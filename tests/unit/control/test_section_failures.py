@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,23 @@ def test_ai_gateway_without_its_secret_is_reported_and_the_api_serves(
         store.close()
 
 
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SqliteStore]:
+    monkeypatch.setattr("control.agent.RUN_ROOT", tmp_path / "run")
+    opened = SqliteStore(tmp_path / "c.db")
+    yield opened
+    opened.close()
+
+
+def _agent(store: SqliteStore, step: Recorder) -> Agent:
+    agent = Agent(AgentSettings(instance="t", poll_seconds=0.01), store)
+    agent.converger = Converger([step], FakeHost())
+    return agent
+
+
+INTERFACES = {"inside": "inside", "outside": "outside"}
+
+
 class _BrokenRender(Recorder):
     @staticmethod
     def render(doc: ConfigDocument, host: object) -> str:
@@ -67,51 +85,34 @@ class _BrokenRender(Recorder):
 
 
 def test_the_agent_survives_any_failure_of_a_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("control.agent.RUN_ROOT", tmp_path / "run")
-    store = SqliteStore(tmp_path / "c.db")
-    agent = Agent(AgentSettings(instance="t", poll_seconds=0.01), store)
-    agent.converger = Converger([_BrokenRender("nft", [])], FakeHost())
-    try:
-        store.put(parse_document({"interfaces": {"inside": "inside", "outside": "outside"}}),
-                  0, "t")  # fmt: skip
-        agent.cycle()  # does not raise
-        assert not agent.state.converged
-        assert agent.state.last_error == 'version 1: KeyError: "a renderer\'s bug"'
-        agent.converger = Converger([Recorder("nft", [])], FakeHost())
-
-        def broken_tick() -> None:
-            raise RuntimeError("tick bug")
-
-        monkeypatch.setattr(agent, "tick", broken_tick)
-        agent.cycle()
-        assert agent.state.last_error == "tick: RuntimeError: tick bug"
-        assert (tmp_path / "run/t/status.json").exists()  # the state is still written
-    finally:
-        store.close()
-
-
-def test_cloudwatch_without_aws_is_reported_and_the_rest_converges(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("control.agent.RUN_ROOT", tmp_path / "run")
-    store = SqliteStore(tmp_path / "c.db")
-    agent = Agent(AgentSettings(instance="t", poll_seconds=0.01), store)
+    agent = _agent(store, _BrokenRender("nft", []))
+    store.put(parse_document({"interfaces": INTERFACES}), 0, "t")
+    agent.cycle()  # does not raise
+    assert not agent.state.converged
+    assert agent.state.last_error == 'version 1: KeyError: "a renderer\'s bug"'
     agent.converger = Converger([Recorder("nft", [])], FakeHost())
-    interfaces = {"inside": "inside", "outside": "outside"}
-    try:
-        store.put(parse_document({"interfaces": interfaces, "metrics": {"cloudwatch": True}}),
-                  0, "t")  # fmt: skip
-        agent.cycle()
-        assert agent.state.converged and agent.state.applied_version == 1
-        assert "spectra run --aws" in agent.state.section_errors["metrics.cloudwatch"]
-        assert agent.state.cloudwatch["enabled"] is False
-        store.put(parse_document({"interfaces": interfaces}), 1, "t")
-        agent.cycle()
-        assert agent.state.section_errors == {}
-    finally:
-        store.close()
+
+    def broken_tick() -> None:
+        raise RuntimeError("tick bug")
+
+    monkeypatch.setattr(agent, "tick", broken_tick)
+    agent.cycle()
+    assert agent.state.last_error == "tick: RuntimeError: tick bug"
+    assert (tmp_path / "run/t/status.json").exists()  # the state is still written
+
+
+def test_cloudwatch_without_aws_is_reported_and_the_rest_converges(store: SqliteStore) -> None:
+    agent = _agent(store, Recorder("nft", []))
+    store.put(parse_document({"interfaces": INTERFACES, "metrics": {"cloudwatch": True}}), 0, "t")
+    agent.cycle()
+    assert agent.state.converged and agent.state.applied_version == 1
+    assert "spectra run --aws" in agent.state.section_errors["metrics.cloudwatch"]
+    assert agent.state.cloudwatch["enabled"] is False
+    store.put(parse_document({"interfaces": INTERFACES}), 1, "t")
+    agent.cycle()
+    assert agent.state.section_errors == {}
 
 
 def test_spectra_status_names_the_field_not_in_effect(
