@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -134,6 +135,9 @@ def run(
     from control.store import StoreError, VersionConflict, open_store
 
     _setup_logging(verbose)
+    # a crash in native code (bcc, libbpf, pyroute2's C parts) leaves every thread's
+    # stack in the agent's log instead of a silent exit
+    faulthandler.enable()
     if netns_name:
         from pyroute2 import netns
 
@@ -465,7 +469,7 @@ def _plain_lab_run(keep: bool) -> None:
         _wait_converged([gw.netns for gw in TOPOLOGY.gateways], agents)
         http = lab_.status()["services"]["http"]
         for gw in TOPOLOGY.gateways:
-            seen = _first_answer(gw.workload_netns, f"http://{http['address']}/")
+            seen = _first_answer(gw.workload_netns, f"http://{http['address']}/", agents)
             click.echo(
                 f"AZ {gw.az}: gateway {gw.netns} (management {gw.mgmt_ip}), "
                 f"workload {gw.workload_netns} {gw.workload_ip} -> internet sees {seen}"
@@ -499,20 +503,28 @@ def _plain_lab_run(keep: bool) -> None:
             click.echo("appliance stopped, lab removed")
 
 
-def _first_answer(netns: str, url: str, within: float = 45.0) -> str:
+def _first_answer(
+    netns: str, url: str, agents: list[subprocess.Popen[bytes]], within: float = 45.0
+) -> str:
     """What ``url`` answers from ``netns``, retried for ``within`` seconds: a gateway
     that just reported converged has been seen not to pass new connections for up to
-    ~20 s (a start-up fault under investigation); ready means traffic flows."""
+    ~20 s (a start-up fault under investigation); ready means traffic flows. An agent
+    that exits meanwhile ends the wait with its exit status."""
     from perf.lab.host import LabError, run_in
 
     deadline = time.monotonic() + within
     while True:
         try:
-            return run_in(netns, "curl", "-s", "-m", "3", url).stdout.strip()
-        except LabError:
+            return run_in(netns, "curl", "-sS", "-m", "3", url).stdout.strip()
+        except LabError as exc:
+            gone = [f"pid {a.pid} status {a.returncode}" for a in agents if a.poll() is not None]
+            if gone:
+                raise click.ClickException(
+                    f"an agent exited ({', '.join(gone)}); see /run/spectra-lab/agent-*.log"
+                ) from exc
             if time.monotonic() > deadline:
                 raise
-            log.warning("no answer from %s through the gateway yet; retrying", url)
+            log.warning("no answer from %s through the gateway yet (%s); retrying", url, exc)
             time.sleep(1.0)
 
 
