@@ -51,10 +51,11 @@ def _needs_root(func: F) -> F:
 
 
 def _setup_logging(verbose: bool) -> None:
-    """Text until the agent applies the document's ``logging`` section."""
-    from ai.logsetup import configure
+    """Until the agent applies the document's ``logging`` section: text, or what the
+    environment says (the AMI's unit sets ``SPECTRA_LOG_FORMAT=json``)."""
+    from ai.logsetup import from_env
 
-    configure("debug" if verbose else "info", "text")
+    from_env("debug" if verbose else "info", "text")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
