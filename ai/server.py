@@ -28,8 +28,10 @@ from ai.config import AIConfig
 from ai.embeddings import embeddings
 from ai.errors import BadRequest, GatewayError, PayloadTooLarge
 from ai.keys import KeyStore, Principal, check_not_revoked, resolve_secret
+from ai.logsetup import ENV_FORMAT, ENV_LEVEL, configure
 from ai.messages import parse_messages
 from ai.messages_wire import AnthropicShape, error_body
+from ai.metrics import CONTENT_TYPE, GatewayMetrics
 from ai.pipeline import COMPLETION_CAP, Gateway
 from ai.providers.base import AwsCredentialSource
 from ai.providers.bedrock import DefaultCredentialChain
@@ -47,6 +49,7 @@ log = logging.getLogger("spectra.ai")
 CONFIG = web.AppKey("config", AIConfig)
 GATEWAY = web.AppKey("gateway", Gateway)
 BACKEND = web.AppKey("state_backend", StateBackend)  # its status(): /v1/spectra/state
+METRICS = web.AppKey("metrics", GatewayMetrics)
 REQUEST_ID = web.RequestKey("request_id", str)  # the audit record's, sent as x-request-id
 PRINCIPAL = web.RequestKey("principal", Principal)  # whose rate limits the headers show
 _READ = 256 * 1024  # bytes per body read
@@ -149,6 +152,7 @@ def _endpoint(
             return render(exc)
         finally:
             await gw.write_audit(trace)
+            request.app[METRICS].observe(trace)
 
     return handler
 
@@ -188,6 +192,13 @@ async def models(request: web.Request) -> web.StreamResponse:
         return error_response(exc)
     finally:
         await gw.write_audit(trace)
+        request.app[METRICS].observe(trace)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition of the gateway's counters and latency histograms."""
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def _client_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -290,6 +301,7 @@ def create_app(
     source: Source | None = None,
     reload_s: float = 1.0,
     aws_credentials: AwsCredentialSource | None = None,
+    serve_metrics: bool = True,
 ) -> web.Application:
     """The gateway app; ``env`` resolves secret references (default: os.environ).
 
@@ -298,10 +310,12 @@ def create_app(
     (:class:`~ai.providers.bedrock.DefaultCredentialChain`), resolved once.
 
     With ``source`` (a callable returning the current ``ai`` section) a changed
-    section is applied while running, checked every ``reload_s`` (``ai.reload``)."""
+    section is applied while running, checked every ``reload_s`` (``ai.reload``).
+    ``serve_metrics`` (the document's ``metrics.enabled``) adds ``GET /metrics``."""
     env = dict(os.environ) if env is None else env
     app = web.Application(client_max_size=config.max_body_bytes + 1)
     app[CONFIG] = config
+    app[METRICS] = GatewayMetrics()
     keys = KeyStore(resolve_secret(config.key_secret, env), config.keys)
     aws = aws_credentials or DefaultCredentialChain()
     app.on_response_prepare.append(_client_headers)
@@ -324,6 +338,8 @@ def create_app(
     )
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/spectra/state", state_status)
+    if serve_metrics:
+        app.router.add_get("/metrics", metrics, allow_head=False)
     return app
 
 
@@ -336,6 +352,18 @@ def load_config(path: Path, state_backend: str | None = None) -> AIConfig:
     if state_backend is not None and isinstance(data, dict):
         data = {**data, "state": {**(data.get("state") or {}), "backend": state_backend}}
     return AIConfig.model_validate(data)
+
+
+def _logging_of(path: Path) -> tuple[str, str]:
+    """(level, format) of a whole document's ``logging`` section; else the environment's
+    (``SPECTRA_LOG_LEVEL``, ``SPECTRA_LOG_FORMAT``), else info and JSON lines."""
+    data = json.loads(path.read_bytes())
+    section = data.get("logging") if isinstance(data, dict) else None
+    section = section if isinstance(section, dict) else {}
+    return (
+        str(section.get("level", os.environ.get(ENV_LEVEL, "info"))),
+        str(section.get("format", os.environ.get(ENV_FORMAT, "json"))),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -362,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure(*_logging_of(args.config))
     index = args.worker
 
     def load(path: Path) -> AIConfig:

@@ -23,10 +23,13 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ai.logsetup import configure
+from control.aws.cloudwatch import CloudWatchExport, ExportSettings
 from control.aws.ha import HaRunner, SyncRole
 from control.aws.imds import Imds
 from control.config import (
@@ -44,6 +47,7 @@ from control.steps.lb import LoadBalancerStep
 from control.steps.xdp import XdpStep
 from control.store import ConfigStore, CorruptRevision, StoreError, VersionNotFound
 from control.store.factory import POLL_SECONDS, open_store
+from xdp.histogram import Histogram
 
 log = logging.getLogger("spectra.control")
 
@@ -68,6 +72,10 @@ class AgentSettings:
     aws: bool = False  # on EC2: IMDS, leader lease, takeover (control.aws.ha)
     imds_endpoint: str = "http://169.254.169.254"
     availability_zone: str | None = None  # overrides the instance's (user data "az")
+    # apply the document's logging section to this process (and export it to the
+    # processes it spawns); off in tests, which share one process's logging
+    manage_logging: bool = False
+    verbose: bool = False  # debug whatever logging.level says
 
     @property
     def poll(self) -> float:
@@ -103,6 +111,10 @@ class AgentState:
     tls: dict[str, Any] = field(default_factory=dict)
     traffic_logs: dict[str, Any] = field(default_factory=dict)
     load_balancer: dict[str, Any] = field(default_factory=dict)
+    apply_seconds: dict[str, Any] = field(default_factory=dict)  # histogram, /metrics
+    cloudwatch: dict[str, Any] = field(default_factory=dict)  # the metrics export
+    # document field -> why its section is not in effect (the rest converged)
+    section_errors: dict[str, str] = field(default_factory=dict)
 
 
 def run_dir(instance: str) -> Path:
@@ -146,6 +158,9 @@ class Agent:
         self._failed_version = 0
         self._retry_at = 0.0
         self._backoff = settings.poll
+        self._apply_latency = Histogram()
+        self._logging: tuple[str, str] = ("", "")
+        self.cloudwatch = CloudWatchExport(self._own_status, self._cloudwatch_client)
 
     def _aws_runner(self) -> HaRunner:
         return HaRunner(
@@ -240,11 +255,19 @@ class Agent:
         except StoreError as exc:  # unreachable between head and get: not a bad version
             self._unreachable(exc)
             return
+        started = time.monotonic()
         try:
             plan = self.converger.converge(doc)
         except (ConvergeError, ConfigValidationError) as exc:
             self._failed(version, str(exc))
             return
+        except Exception as exc:  # a renderer's bug: this version fails, the agent runs on
+            log.exception("rendering config version %d failed", version)
+            self._failed(version, f"{type(exc).__name__}: {exc}")
+            return
+        finally:
+            self._apply_latency.observe(time.monotonic() - started)
+            self.state.apply_seconds = self._apply_latency.as_dict()
         self.state.applied_version = version
         self.state.converged = True
         self.state.last_error = None
@@ -255,10 +278,59 @@ class Agent:
         self.state.xdp_modes = self._xdp_modes()
         self.state.not_yet_rendered = _unrendered(doc)
         self._failed_version, self._backoff = 0, self.settings.poll
+        self._apply_logging(doc)
+        self._apply_metrics(doc)
         log.info("converged %s to config version %d", self.settings.instance, version)
         if self.aws is not None:
             self._remember(doc)
             self.aws.configure(doc)
+
+    def _apply_logging(self, doc: ConfigDocument) -> None:
+        """``logging.level`` and ``logging.format`` for this process and its children."""
+        if not self.settings.manage_logging:
+            return
+        level = "debug" if self.settings.verbose else doc.logging.level
+        if (level, doc.logging.format) != self._logging:
+            configure(level, doc.logging.format, export=True)
+            self._logging = (level, doc.logging.format)
+
+    def _apply_metrics(self, doc: ConfigDocument) -> None:
+        """``metrics.cloudwatch``: publish under ``metrics.cloudwatch_namespace`` through
+        the ``aws`` section's session factory; without it (no ``--aws``) the field is
+        reported in ``section_errors`` and the rest of the document stays applied."""
+        wanted = doc.metrics.cloudwatch
+        if wanted and self.aws is None:
+            self.state.section_errors["metrics.cloudwatch"] = (
+                "needs the agent on AWS (spectra run --aws): the CloudWatch client comes "
+                "from the aws section's operational role"
+            )
+            wanted = False
+        else:
+            self.state.section_errors.pop("metrics.cloudwatch", None)
+        if not wanted or self.aws is None:
+            self.cloudwatch.configure(None)
+            return
+        identity = self.aws.identity  # on EC2: the instance ID names the series
+        name = identity.instance_id if identity is not None else self.settings.instance
+        self.cloudwatch.configure(
+            ExportSettings(
+                doc.metrics.cloudwatch_namespace,
+                doc.interfaces.inside,
+                doc.interfaces.outside,
+                (("Gateway", name),),
+            )
+        )
+
+    def _own_status(self) -> dict[str, Any] | None:
+        from control.status import instance_status  # it imports this module
+
+        return instance_status(self.settings.instance)
+
+    def _cloudwatch_client(self) -> Any:
+        sessions = self.aws.sessions if self.aws is not None else None
+        if sessions is None:
+            raise OSError("no AWS session factory yet (the aws section is not configured)")
+        return sessions.client("cloudwatch")
 
     def _unreachable(self, exc: StoreError) -> None:
         """The store cannot be read: nothing changes on the instance (the last applied
@@ -300,6 +372,23 @@ class Agent:
         self.state.tls = status.get("tls", {})
         self.state.traffic_logs = status.get("traffic_logs", {})
         self.state.load_balancer = status.get("load_balancer", {})
+        self.state.cloudwatch = self.cloudwatch.status()
+
+    def cycle(self) -> None:
+        """One poll, tick and state write. Whatever one of them raises is logged and
+        reported in the status (``last_error``), never raised: the agent keeps the
+        instance on its last good document and retries, it does not exit."""
+        self._guarded("poll", self.poll_once)
+        self._guarded("tick", self.tick)
+        self._guarded("state", self.write_state)
+
+    def _guarded(self, what: str, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception as exc:  # one section's bug must not stop the agent
+            log.exception("agent %s failed", what)
+            self.state.converged = self.state.converged and what != "poll"
+            self.state.last_error = f"{what}: {type(exc).__name__}: {exc}"
 
     def write_state(self) -> None:
         directory = run_dir(self.settings.instance)
@@ -324,17 +413,17 @@ class Agent:
         try:
             if self.aws is not None:
                 self._start_aws()
+            self.cloudwatch.start()
             while not self._stop:
-                self.poll_once()
-                self.tick()
-                self.write_state()
+                self.cycle()
                 deadline = time.monotonic() + self.settings.poll
                 while not self._stop and time.monotonic() < deadline:
-                    self.tick()
+                    self._guarded("tick", self.tick)
                     if self._wake.wait(self.settings.offload_seconds):
                         self._wake.clear()
                         break
         finally:
+            self.cloudwatch.stop()
             if self.aws is not None:
                 self.aws.stop()
             self.converger.close()

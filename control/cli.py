@@ -51,11 +51,11 @@ def _needs_root(func: F) -> F:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    """Until the agent applies the document's ``logging`` section: text, or what the
+    environment says (the AMI's unit sets ``SPECTRA_LOG_FORMAT=json``)."""
+    from ai.logsetup import from_env
+
+    from_env("debug" if verbose else "info", "text")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -153,6 +153,8 @@ def run(
         aws=on_aws,
         imds_endpoint=imds_endpoint,
         availability_zone=availability_zone,
+        manage_logging=True,
+        verbose=verbose,
     )
     try:
         store = open_store(store_url)
@@ -170,6 +172,7 @@ def run(
             _servers(store_url, store, api_tokens, agent.wake, changesets) if with_api else []
         )
         servers.start()
+        agent.state.section_errors.update(servers.failures)
     except (StoreError, ConfigValidationError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
@@ -189,7 +192,7 @@ def _servers(
     from control.api import ApiSettings, create_app
     from control.config import ConfigValidationError
     from control.config.operations import Api, ApiToken
-    from control.servers import HttpServer
+    from control.servers import HttpServer, SectionError
     from control.status import host_alerts, host_status
     from control.store import StoreError, open_store
 
@@ -214,22 +217,29 @@ def _servers(
 
     servers = [HttpServer("config API", config_api, str(api.host), api.port)]
     if doc is not None and doc.ai.routes and doc.ai.listen_port:
+        from ai.keys import SecretMissing
         from ai.server import create_app as create_ai_app
         from control.aws import operational_credentials
 
-        ai, aws = doc.ai, doc.aws
+        ai, aws, metrics_on = doc.ai, doc.aws, doc.metrics.enabled
 
         def ai_gateway() -> web.Application:
             # its own store handle; a changed ai section applies without a restart
             ai_store = open_store(store_url)
             # Bedrock signs with the operational role, never the instance role
-            return create_ai_app(
-                ai,
-                source=lambda: ai_store.latest()[1].ai,
-                aws_credentials=operational_credentials(aws),
-            )
+            try:
+                return create_ai_app(
+                    ai,
+                    source=lambda: ai_store.latest()[1].ai,
+                    aws_credentials=operational_credentials(aws),
+                    serve_metrics=metrics_on,
+                )
+            except SecretMissing as exc:  # reported in the status; the agent runs on
+                ai_store.close()
+                raise SectionError("ai.key_secret", str(exc)) from None
 
-        servers.append(HttpServer("AI gateway", ai_gateway, ai.listen_host, ai.listen_port))
+        server = HttpServer("AI gateway", ai_gateway, ai.listen_host, ai.listen_port, "ai")
+        servers.append(server)
     return servers
 
 
@@ -259,6 +269,8 @@ def status(instance: str | None, as_json: bool) -> None:
             f"sNAT {','.join(st['outside_addresses'])}"
             + (f", error: {st['last_error']}" if st.get("last_error") else "")
         )
+        for field, why in sorted((st.get("section_errors") or {}).items()):
+            click.echo(f"  not in effect: {field}: {why}")
         counters = st["xdp_counters"]
         if counters and "error" not in counters:
             off = st.get("offload", {})

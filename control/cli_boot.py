@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict
 
 import click
@@ -20,13 +19,14 @@ import click
 def firstboot(imds_endpoint: str, as_json: bool) -> None:
     """Read user data, write the agent's settings and, on an empty store, the first
     document (one-arm NAT on the primary interface) and the admin token (console, SSM)."""
+    from ai.logsetup import from_env
     from control.aws.imds import Imds
     from control.config import ConfigValidationError
     from control.firstboot import FirstBoot, FirstBootError
     from control.store import StoreError
     from control.userdata import UserDataError
 
-    logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+    from_env("info", "text")  # the unit sets SPECTRA_LOG_FORMAT=json (no document yet)
     try:
         report = FirstBoot(Imds(imds_endpoint, attempts=5, backoff_s=0.5)).run()
     except (FirstBootError, UserDataError, StoreError, ConfigValidationError, OSError) as exc:

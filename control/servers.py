@@ -1,9 +1,15 @@
 """The HTTP servers of ``spectra run`` (config API :8080, AI gateway :8090) on one event
-loop in a background thread, beside the synchronous agent loop."""
+loop in a background thread, beside the synchronous agent loop.
+
+The config API is required (its failure stops ``spectra run``); a server that belongs
+to one section of the document (the AI gateway: ``ai``) may fail on its own: the failure
+is kept in :attr:`ServerThread.failures` under the document field it comes from, which
+the agent reports in its status, and everything else keeps running."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -22,6 +28,15 @@ class HttpServer:
     factory: Callable[[], web.Application]
     host: str
     port: int
+    section: str | None = None  # its document section; None: required by spectra run
+
+
+class SectionError(Exception):
+    """A section of the document cannot take effect; ``field`` names where."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
 
 
 class ServerThread:
@@ -33,6 +48,7 @@ class ServerThread:
         self._runners: list[web.AppRunner] = []
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self.failures: dict[str, str] = {}  # document field -> why its server is not up
         self._thread = threading.Thread(target=self._main, name="spectra-servers", daemon=True)
 
     def start(self, timeout: float = 30.0) -> None:
@@ -59,11 +75,28 @@ class ServerThread:
 
     async def _start(self) -> None:
         for server in self.servers:
-            runner = web.AppRunner(server.factory(), access_log=None)
+            if server.section is None:
+                await self._serve(server)
+                continue
+            try:
+                await self._serve(server)
+            except Exception as exc:  # one section's server: reported, the rest runs
+                field = exc.field if isinstance(exc, SectionError) else server.section
+                message = str(exc) if isinstance(exc, SectionError) else f"{field}: {exc}"
+                self.failures[field] = f"{message} ({server.name} not serving)"
+                log.error("%s not started: %s", server.name, message)
+
+    async def _serve(self, server: HttpServer) -> None:
+        runner = web.AppRunner(server.factory(), access_log=None)
+        try:
             await runner.setup()
-            self._runners.append(runner)
             await web.TCPSite(runner, server.host, server.port).start()
-            log.info("%s listening on %s:%d", server.name, server.host, server.port)
+        except BaseException:
+            with contextlib.suppress(Exception):  # what setup opened before it failed
+                await runner.cleanup()
+            raise
+        self._runners.append(runner)
+        log.info("%s listening on %s:%d", server.name, server.host, server.port)
 
     async def _cleanup(self) -> None:
         for runner in reversed(self._runners):

@@ -3,7 +3,10 @@ on a configurable port (https://docs.aws.amazon.com/elasticloadbalancing/latest/
 
 A TCP check succeeds on connect; an HTTP check gets ``200 OK`` while ``healthy()``
 returns True and ``503`` otherwise, so the agent can take the appliance out of
-rotation (data plane down, draining) without closing the port.  asyncio only.
+rotation (data plane down, draining) without closing the port; with ``path`` set (the
+target group's health-check path, ``gwlb.health_check.path``) any other path gets
+``404``, so a target group probing the wrong path sees the target unhealthy instead of
+a false success.  asyncio only.
 """
 
 from __future__ import annotations
@@ -22,11 +25,16 @@ class HealthResponder:
     """``await start()`` / ``await stop()``; ``port`` is the bound port (0 picks one)."""
 
     def __init__(
-        self, host: str = "0.0.0.0", port: int = 8081, healthy: Callable[[], bool] = lambda: True
+        self,
+        host: str = "0.0.0.0",
+        port: int = 8081,
+        healthy: Callable[[], bool] = lambda: True,
+        path: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.healthy = healthy
+        self.path = path
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -47,9 +55,12 @@ class HealthResponder:
             head = b""  # a TCP check: connect and close
         try:
             if head[:4] in (b"GET ", b"HEAD"):
+                target = head.split(b" ", 2)[1].split(b"?", 1)[0] if head.count(b" ") > 1 else b""
                 ok = self.healthy()
                 body = b"ok\n" if ok else b"unhealthy\n"
                 status = b"200 OK" if ok else b"503 Service Unavailable"
+                if self.path is not None and target != self.path.encode():
+                    body, status = b"not found\n", b"404 Not Found"
                 writer.write(
                     b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\n"
                     b"Content-Length: " + str(len(body)).encode() + b"\r\n"

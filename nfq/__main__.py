@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from ai.logsetup import from_env
 from nfq import netfilter
 from nfq.domains import compile_domain_lists
 from nfq.engine.rules import RuleError, load_rules
@@ -95,10 +95,7 @@ def _vars(items: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from_env("info" if args.verbose else "warning")  # the agent's logging section
     try:
         return _dispatch(args)
     except (RuleError, netfilter.NetfilterError, ValidationError, OSError) as exc:

@@ -50,6 +50,7 @@ from xdp.ctevents import CtEvent
 from xdp.flowpack import key as packed_key
 from xdp.flowpack import mac_bytes, pack_key, unpack_key
 from xdp.flowpack import value as packed_value
+from xdp.histogram import Histogram
 from xdp.offload import (
     IPS_ASSURED,
     IPS_DYING,
@@ -188,6 +189,7 @@ class EventOffloader:
         self.refreshes = 0
         self.destroyed_while_active = 0
         self.install_delay_ns: list[int] = []  # event seen -> map written, last 1024
+        self.install_delay = Histogram()  # the same, cumulative, for /metrics
         self.lock = threading.Lock()
         self._pending: list[tuple[CtFlow, int]] = []  # (ct, event seen at)
         self._needs_resync: str | None = "start"
@@ -316,6 +318,7 @@ class EventOffloader:
             if refused:
                 refused.pop(ct.key, None)
             self.install_delay_ns.append(done_ns - seen_ns)
+            self.install_delay.observe((done_ns - seen_ns) / 1e9)
         self.stats.offloaded += len(staged)
         del self.install_delay_ns[:-1024]
 
@@ -549,6 +552,7 @@ class EventOffloader:
                 unparked=self.unparked,
                 install_delay_p50_ms=_pct_ms(delays, 0.5),
                 install_delay_p99_ms=_pct_ms(delays, 0.99),
+                install_delay_seconds=self.install_delay.as_dict(),
             )
         finally:
             self.lock.release()

@@ -384,6 +384,7 @@ def _paths() -> dict[str, Any]:
                         "description": "metrics",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
+                    "404": _error("metrics.enabled is false in the config document"),
                     **_AUTH_ERRORS,
                 },
             }

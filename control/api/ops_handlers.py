@@ -3,7 +3,6 @@ the OpenAPI document."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
@@ -11,7 +10,15 @@ from aiohttp import web
 from control.api.errors import ApiError
 from control.api.metrics import CONTENT_TYPE
 from control.api.openapi import openapi_document
-from control.api.state import ALERTS, METRICS, STATUS, STORE, call_store
+from control.api.state import (
+    ALERTS,
+    METRICS,
+    STATUS,
+    STORE,
+    TOKENS,
+    call_store,
+    current_tokens,
+)
 from control.config import SECRET_FIELDS
 from control.config.secrets import redact
 
@@ -35,55 +42,14 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition of the API's counters and every instance's status (404
+    while the document's ``metrics.enabled`` is false)."""
+    await current_tokens(request.app)
+    if not request.app[TOKENS].metrics_enabled:
+        raise ApiError(404, "metrics.enabled is false in the config document")
     _head, data = await _status_data(request)
-    gauges: dict[str, float] = {}
-    for name, state in data.get("instances", {}).items():
-        if isinstance(state, dict) and isinstance(state.get("applied_version"), int):
-            gauges[f'spectra_config_applied_version{{instance="{name}"}}'] = state[
-                "applied_version"
-            ]
-        for key, value in (state.get("counters", {}) if isinstance(state, dict) else {}).items():
-            if isinstance(value, int | float) and str(key).isidentifier():
-                gauges[f'spectra_dataplane_{key}{{instance="{name}"}}'] = value
-        gauges.update(_signature_gauges(name, state))
-        gauges.update(_lb_gauges(name, state))
-    text = request.app[METRICS].render(gauges)
-    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
-
-
-def _signature_gauges(name: str, state: Any) -> dict[str, float]:
-    """``spectra_inspection_alerts_total{instance,sid,action}`` from the alert stream."""
-    insp = state.get("inspection", {}) if isinstance(state, dict) else {}
-    sigs = insp.get("signatures", {}) if isinstance(insp, dict) else {}
-    out: dict[str, float] = {}
-    for sid, sig in (sigs if isinstance(sigs, dict) else {}).items():
-        actions = sig.get("actions", {}) if isinstance(sig, dict) else {}
-        for action, count in actions.items():
-            if str(sid).isdigit() and str(action).replace("_", "").isalpha():
-                label = f'instance="{name}",sid="{sid}",action="{action}"'
-                out[f"spectra_inspection_alerts_total{{{label}}}"] = count
-    return out
-
-
-_LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,62}/[0-9.]{7,15}:[0-9]{1,5}$")
-
-
-def _lb_gauges(name: str, state: Any) -> dict[str, float]:
-    """``spectra_lb_backend_healthy{instance,listener,backend}``: 1 healthy or not yet
-    checked (in the DNAT map), 0 unhealthy (out of it)."""
-    lb = state.get("load_balancer", {}) if isinstance(state, dict) else {}
-    listeners = lb.get("listeners", {}) if isinstance(lb, dict) else {}
-    out: dict[str, float] = {}
-    for listener, entry in (listeners if isinstance(listeners, dict) else {}).items():
-        backends = entry.get("backends", {}) if isinstance(entry, dict) else {}
-        for key, backend in (backends if isinstance(backends, dict) else {}).items():
-            if not (isinstance(backend, dict) and _LABEL_RE.match(f"{listener}/{key}")):
-                continue
-            label = f'instance="{name}",listener="{listener}",backend="{key}"'
-            out[f"spectra_lb_backend_healthy{{{label}}}"] = float(
-                backend.get("state") != "unhealthy"
-            )
-    return out
+    body = request.app[METRICS].render(data)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def alerts(request: web.Request) -> web.Response:

@@ -44,10 +44,12 @@ class ApiSettings:
 
 @dataclass(slots=True)
 class TokenCache:
-    """Tokens of the newest document, re-read at most every ``refresh`` seconds."""
+    """Tokens (and ``metrics.enabled``) of the newest document, re-read at most every
+    ``refresh`` seconds."""
 
     version: int = -1
     tokens: tuple[ApiToken, ...] = ()
+    metrics_enabled: bool = True
     fetched_at: float = field(default=-1e9)
 
 
@@ -89,6 +91,7 @@ async def current_tokens(app: web.Application, force: bool = False) -> Sequence[
             except VersionNotFound:
                 doc = None
             cache.tokens = tuple(doc.api.tokens) if doc else ()
+            cache.metrics_enabled = doc.metrics.enabled if doc else True
             cache.version = head
         app[METRICS].desired_version = head
         cache.fetched_at = time.monotonic()

@@ -517,6 +517,7 @@ class HaRunner:
             doc.interfaces.outside,
             section.health.probe,
             section.health.timeout_s,
+            section.health.interval_s,
         )
         sessions = aws.sessions
         takeover = Takeover(
@@ -585,6 +586,11 @@ class HaRunner:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._thread = None
+
+    @property
+    def sessions(self) -> Any:
+        """The session factory of the configured ``aws`` section (None before)."""
+        return self._aws.sessions if self._aws is not None else None
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"error": self.error, "imds": self.imds.status()}

@@ -47,18 +47,25 @@ class DataPathHealth:
         outside: str,
         probe: str | None = None,
         timeout_s: float = 1.0,
+        interval_s: float = 0.0,
         *,
         link_up: Callable[[str], bool] = _link_up,
         table_loaded: Callable[[], bool] = table_present,
         forwarding: Path = FORWARDING,
     ) -> None:
         self.inside, self.outside = inside, outside
-        self.probe, self.timeout_s = probe, timeout_s
+        self.probe, self.timeout_s, self.interval_s = probe, timeout_s, interval_s
         self._link_up, self._table_loaded, self._forwarding = link_up, table_loaded, forwarding
         self.last_failure: str | None = None
+        self._checked_at: float | None = None
 
     def __call__(self) -> bool:
-        self.last_failure = self._failure()
+        """The data path's health, checked at most every ``interval_s``
+        (``aws.health.interval_s``); in between, the last result."""
+        now = time.monotonic()
+        if self._checked_at is None or now - self._checked_at >= self.interval_s:
+            self.last_failure = self._failure()
+            self._checked_at = now
         return self.last_failure is None
 
     def _failure(self) -> str | None:

@@ -21,7 +21,9 @@ _TOKEN_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class Logging(StrictModel):
-    """Log level and format of every appliance process."""
+    """Log level and format of every appliance process (the agent applies them to
+    itself, the config API and AI gateway it runs, and the inspection engine it starts;
+    ``python -m ai`` reads them from its file or the environment)."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"

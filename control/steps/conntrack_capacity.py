@@ -13,7 +13,8 @@ Counters (kernel ``Documentation/networking/nf_conntrack-sysctl.rst`` and
 ``/proc/net/stat/nf_conntrack``, one row per CPU, summed here): ``insert_failed``
 counts new connections whose tuple clashed at confirmation (for source NAT: no free
 port left for that destination), ``drop`` packets dropped for it, ``early_drop``
-entries evicted to make room in a full table.
+entries evicted to make room in a full table, ``insert`` entries confirmed (new
+connections: the CloudWatch export's ConnectionEstablishedCount).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 ENTRY_BUDGET_BYTES = 8192
 MIN_ENTRIES = 65536
 MAX_ENTRIES = 4194304
-SUMMED = ("insert_failed", "drop", "early_drop", "clashres", "search_restart")
+SUMMED = ("insert", "insert_failed", "drop", "early_drop", "clashres", "search_restart")
 MAX_KEY = "net/netfilter/nf_conntrack_max"
 BUCKETS_KEY = "net/netfilter/nf_conntrack_buckets"
 

@@ -63,6 +63,7 @@ class GwlbSettings:
     idle_timeout: float
     health_protocol: str
     health_port: int
+    health_path: str  # HTTP checks of another path get 404
     next_hop: str | None
     allowed_sources: tuple[IPv4Network, ...]
     shares_xdp_hook: bool  # the interface also carries xdp_gateway: decap must use tc
@@ -84,6 +85,7 @@ class GwlbSettings:
             idle_timeout=float(doc.gwlb.flow_idle_timeout_seconds),
             health_protocol=doc.gwlb.health_check.protocol,
             health_port=doc.gwlb.health_check.port,
+            health_path=doc.gwlb.health_check.path,
             next_hop=str(doc.gwlb.next_hop) if doc.gwlb.next_hop else None,
             allowed_sources=tuple(doc.gwlb.allowed_sources),
             shares_xdp_hook=shared,
@@ -94,10 +96,10 @@ class GwlbSettings:
 class _Health:
     """A HealthResponder on its own event loop thread."""
 
-    def __init__(self, port: int, healthy: Any) -> None:
-        self.port = port
+    def __init__(self, port: int, path: str, healthy: Any) -> None:
+        self.port, self.path = port, path
         self.loop = asyncio.new_event_loop()
-        self.responder = HealthResponder("0.0.0.0", port, healthy)
+        self.responder = HealthResponder("0.0.0.0", port, healthy, path)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         future = asyncio.run_coroutine_threadsafe(self.responder.start(), self.loop)
@@ -174,7 +176,7 @@ class GwlbStep:
         )
         self._link_fast_path(wanted, attached.hook)
         self._route(wanted)
-        self._serve_health(wanted.health_port)
+        self._serve_health(wanted.health_port, wanted.health_path)
         self.settings = wanted
 
     def _link_fast_path(self, wanted: GwlbSettings | None, hook: str | None) -> None:
@@ -241,14 +243,14 @@ class GwlbStep:
         for conf in ("all", wanted.iface):
             (SYSCTL_IPV4_CONF / conf / "send_redirects").write_text("0")
 
-    def _serve_health(self, port: int) -> None:
-        if self.health is not None and self.health.port == port:
+    def _serve_health(self, port: int, path: str) -> None:
+        if self.health is not None and (self.health.port, self.health.path) == (port, path):
             return
         if self.health is not None:
             self.health.stop()
             self.health = None
         try:
-            self.health = _Health(port, self.healthy)
+            self.health = _Health(port, path, self.healthy)
         except OSError as exc:
             raise GwlbStepError(f"gwlb.health_check.port {port}: cannot listen: {exc}") from exc
 
@@ -281,6 +283,7 @@ class GwlbStep:
             "health_check": {
                 "protocol": s.health_protocol,
                 "port": s.health_port,
+                "path": s.health_path,
                 "listening": self.health is not None,
             },
             "counters": counters,

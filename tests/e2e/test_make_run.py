@@ -95,11 +95,48 @@ def test_plain_lab_run_serves_translated_traffic_and_tears_down(lab: Any) -> Non
             )
             assert code == 200 and body["version"] == 1, body
             assert Api(f"http://{gw.mgmt_ip}:8080", "spk_wrong").call("GET", "/v1/config")[0] == 401
+        _secrets_stay_out_of_the_agent_logs(token.group(1))
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, rest
     assert "lab removed" in rest
     assert not Lab().status()["up"]
+
+
+def _secrets_stay_out_of_the_agent_logs(admin: str) -> None:
+    """A document with a secret (an API token's hash) converges on every gateway; the
+    agents' logs are JSON lines (the document's logging.format) at debug level and hold
+    neither that secret nor the token, nor the admin token of the run."""
+    from control.api import token_entry
+    from perf.lab import RUN_DIR
+
+    api = Api(f"http://{TOPOLOGY.gateways[0].mgmt_ip}:8080", admin)
+    code, body, _ = api.call("GET", "/v1/config")
+    assert code == 200, body
+    token, entry = token_entry("e2e-reader", "read")
+    document = {**body["document"], "api": {**body["document"]["api"], "tokens": [entry]},
+                "logging": {"level": "debug", "format": "json"}}  # fmt: skip
+    version = body["version"]
+    code, put, _ = api.call(
+        "PUT", "/v1/config", {"document": document}, {"If-Match": f'"{version}"'}
+    )
+    assert code == 200, put
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        st = json.loads(_spectra("status", "--json").stdout)
+        if all(st[gw.netns]["applied_version"] == put["version"] for gw in TOPOLOGY.gateways):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"version {put['version']} not applied on every gateway within 30 s")
+    for gw in TOPOLOGY.gateways:
+        text = (RUN_DIR / f"agent-{gw.netns}.log").read_text()
+        for secret in (entry["hash"], token, admin):
+            assert secret not in text, f"a secret in agent-{gw.netns}.log"
+        lines = text.splitlines()
+        converged = max(i for i, line in enumerate(lines) if "to config version" in line)
+        record = json.loads(lines[converged])  # the new format from then on
+        assert record["level"] == "info" and record["logger"] == "spectra.control"
 
 
 @pytest.mark.timeout(400)

@@ -32,7 +32,12 @@ def test_agent_reports_gwlb_rendered(gwlb_lab: GwlbLab) -> None:
         g = st["gwlb"]
         assert (g["enabled"], g["interface"], g["mode"]) == (True, "gwlb", "two-arm")
         assert g["hook"] in ("native", "generic") and g["hook_reason"]
-        assert g["health_check"] == {"protocol": "tcp", "port": HEALTH_PORT, "listening": True}
+        assert g["health_check"] == {
+            "protocol": "tcp",
+            "port": HEALTH_PORT,
+            "path": "/healthz",
+            "listening": True,
+        }
         assert st["xdp_modes"], "the XDP fast path runs beside GWLB"
         assert g["fast_path"] is True, "two-arm XDP decap is linked to the fast path"
 

@@ -15,6 +15,7 @@ from control.api import ApiSettings, create_app, hash_token, token_entry
 from control.api.auth import TokenError
 from control.config import MASK
 from control.store import SqliteStore
+from tests.promtext import parse, value
 from tests.unit.control.conftest import ADMIN_TOKEN, READ_TOKEN, auth, full, minimal
 
 pytestmark = pytest.mark.asyncio
@@ -29,7 +30,6 @@ def status_provider() -> dict[str, Any]:
             "gw-a": {
                 "applied_version": 1,
                 "converged": True,
-                "counters": {"xdp_drops": 7},
                 "inspection": {
                     "signatures": {
                         "1001": {"signature": "denied host", "actions": {"alert_blocked": 3}}
@@ -254,11 +254,13 @@ async def test_status_and_metrics(client: Client) -> None:
     assert status["instances"]["gw-b"]["in_sync"] is False
     resp = await client.get("/metrics", headers=auth(READ_TOKEN))
     assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    text = await resp.text()
-    assert 'spectra_config_writes_total{outcome="committed"} 1' in text
-    assert 'spectra_config_applied_version{instance="gw-a"} 1' in text
-    assert 'spectra_dataplane_xdp_drops{instance="gw-a"} 7' in text
-    assert 'route="/v1/config",status="200"' in text
+    types, samples = parse(await resp.text())
+    assert types["spectra_config_writes"] == "counter"
+    assert value(samples, "spectra_config_writes_total", outcome="committed") == 1
+    assert value(samples, "spectra_config_applied_version", instance="gw-a") == 1
+    assert value(samples, "spectra_config_applied_version", instance="gw-b") == 0
+    assert value(samples, "spectra_api_requests_total", method="PUT", route="/v1/config",
+                 status="200") == 1  # fmt: skip
 
 
 async def test_document_tokens_authenticate_and_are_hashed(client: Client) -> None:
@@ -344,7 +346,7 @@ async def test_alerts_endpoint_and_signature_metrics(
     await error_of(await client.get("/v1/alerts?sid=x", headers=auth(READ_TOKEN)), 400)
     assert (await client.get("/v1/alerts")).status == 401
     text = await (await client.get("/metrics", headers=auth(READ_TOKEN))).text()
-    assert (
-        'spectra_inspection_alerts_total{instance="gw-a",sid="1001",action="alert_blocked"} 3'
-        in text.splitlines()
-    )
+    types, samples = parse(text)
+    assert types["spectra_inspection_alerts"] == "counter"
+    labels = {"instance": "gw-a", "sid": "1001", "action": "alert_blocked"}
+    assert value(samples, "spectra_inspection_alerts_total", **labels) == 3

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from control.api import ApiSettings, create_app
 from control.config import parse_document
@@ -21,6 +20,7 @@ from control.steps.base import StepContext
 from control.steps.conntrack_capacity import conntrack_size, parse_stat
 from control.steps.sysctl import TRANSITORY, SysctlStep
 from control.store import SqliteStore
+from tests.promtext import parse, value
 from tests.unit.control.conftest import READ_TOKEN, auth
 
 GIB = 1 << 30
@@ -44,8 +44,8 @@ def fake_proc(tmp_path: Path, mem_kib: int, cpu_rows: list[str]) -> Path:
     (proc / "net/stat").mkdir(parents=True)
     (proc / "meminfo").write_text(f"MemTotal:       {mem_kib} kB\nMemFree:  1 kB\n")
     (proc / "net/stat/nf_conntrack").write_text("\n".join([HEADER, *cpu_rows]) + "\n")
-    for name, value in (("max", 262144), ("buckets", 262144), ("count", 42)):
-        (nf / f"nf_conntrack_{name}").write_text(f"{value}\n")
+    for name, number in (("max", 262144), ("buckets", 262144), ("count", 42)):
+        (nf / f"nf_conntrack_{name}").write_text(f"{number}\n")
     return proc
 
 
@@ -118,14 +118,12 @@ async def test_counters_reach_status_and_metrics(
     app = create_app(sqlite_store, lambda: {"instances": {"ctcap-gw": status}}, api_settings)
     client = await aiohttp_client(app)
     text = await (await client.get("/metrics", headers=auth(READ_TOKEN))).text()
-    samples = {
-        s.name: s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.labels.get("instance") == "ctcap-gw"
-    }
-    assert samples["spectra_dataplane_conntrack_count"] == 42
-    assert samples["spectra_dataplane_conntrack_max"] == 262144
-    assert samples["spectra_dataplane_conntrack_insert_failed"] == 5
-    assert samples["spectra_dataplane_conntrack_drop"] == 6
-    assert samples["spectra_dataplane_conntrack_early_drop"] == 6
+    types, samples = parse(text)
+    assert types["spectra_dataplane_conntrack_count"] == "gauge"
+    assert types["spectra_dataplane_conntrack_drop"] == "counter"
+    assert value(samples, "spectra_dataplane_conntrack_count", instance="ctcap-gw") == 42
+    assert value(samples, "spectra_dataplane_conntrack_max", instance="ctcap-gw") == 262144
+    one = "ctcap-gw"
+    assert value(samples, "spectra_dataplane_conntrack_insert_failed_total", instance=one) == 5
+    assert value(samples, "spectra_dataplane_conntrack_drop_total", instance=one) == 6
+    assert value(samples, "spectra_dataplane_conntrack_early_drop_total", instance=one) == 6

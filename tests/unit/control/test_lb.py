@@ -23,6 +23,7 @@ from control.lb_health import Health, HealthMonitor, observe, probe
 from control.steps import dry_run
 from control.steps.lb import LoadBalancerStep
 from control.store import SqliteStore
+from tests.promtext import parse, value
 from tests.unit.control.conftest import READ_TOKEN, auth, minimal
 
 Client = TestClient[Any, Any]
@@ -258,8 +259,10 @@ async def test_backend_health_reaches_metrics(
         create_app(sqlite_store, lambda: {"instances": {"gw-a": state}}, api_settings)
     )
     text = await (await client.get("/metrics", headers=auth(READ_TOKEN))).text()
-    found = {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
-             for line in text.splitlines() if line.startswith("spectra_lb_")}  # fmt: skip
-    label = 'instance="gw-a",listener="web",backend='
-    assert found == {f'spectra_lb_backend_healthy{{{label}"10.0.1.21:80"}}': 1.0,
-                     f'spectra_lb_backend_healthy{{{label}"10.0.1.22:80"}}': 0.0}  # fmt: skip
+    families, samples = parse(text)
+    assert families["spectra_lb_backend_healthy"] == "gauge"
+    found = {dict(labels)["backend"]: v for (name, labels), v in samples.items()
+             if name == "spectra_lb_backend_healthy"}  # fmt: skip
+    assert found == {"10.0.1.21:80": 1.0, "10.0.1.22:80": 0.0}
+    assert value(samples, "spectra_lb_backend_healthy", instance="gw-a", listener="web",
+                 backend="10.0.1.22:80") == 0.0  # fmt: skip

@@ -99,3 +99,31 @@ def test_health_responder_http_and_tcp() -> None:
 def _tcp_connect(port: int) -> bool:
     with socket.create_connection(("127.0.0.1", port), timeout=2):
         return True
+
+
+def test_health_responder_answers_only_its_path() -> None:
+    """gwlb.health_check.path: the configured path gets 200, another one 404."""
+
+    async def ask(port: int, request: bytes) -> bytes:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(request)
+        answer = await r.read()
+        w.close()
+        await w.wait_closed()
+        return answer
+
+    async def scenario() -> list[bytes]:
+        responder = HealthResponder("127.0.0.1", 0, path="/ready")
+        await responder.start()
+        try:
+            return [
+                await ask(responder.port, b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n"),
+                await ask(responder.port, b"GET /ready?probe=1 HTTP/1.1\r\n\r\n"),
+                await ask(responder.port, b"GET /healthz HTTP/1.1\r\n\r\n"),
+            ]
+        finally:
+            await responder.stop()
+
+    ready, query, other = asyncio.run(scenario())
+    assert ready.startswith(b"HTTP/1.1 200 OK") and query.startswith(b"HTTP/1.1 200 OK")
+    assert other.startswith(b"HTTP/1.1 404 Not Found")
