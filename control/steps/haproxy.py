@@ -48,7 +48,10 @@ CERT_SECONDS = 5.0  # a renewed certificate file is live within this
 ACM_SECONDS = 3600.0  # ACM renews 60 days before expiry: hourly export is plenty
 STATS_SECONDS = 2.0
 # the AI gateway's endpoints (ai.server.create_app), sent to it by tls.appliance
-AI_GATEWAY_PATHS = ("/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/models")
+# the AI gateway's paths behind the appliance's HTTPS port; its /metrics is the config
+# API's path there, so the AI gateway's own is scraped on its port from loopback
+AI_GATEWAY_PATHS = ("/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/models",
+                    "/v1/spectra/state")  # fmt: skip
 
 
 def _read(path: str, field: str) -> bytes:

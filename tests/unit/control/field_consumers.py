@@ -20,7 +20,6 @@ UNRENDERED = "UNRENDERED"
 # a non-default value of each refused field (the test checks it is refused, by path)
 REFUSED_VALUES: dict[str, Any] = {
     "schema_version": 2,
-    "logging.flow_logs": True,
 }
 
 _AI_PROVIDER = {
@@ -63,17 +62,36 @@ _SEMANTIC = {
     "ttl_seconds": "ai/semcache/cache.py",
 }
 _LB = (
-    "enabled", "listeners[].algorithm", "listeners[].backends[].address",
-    "listeners[].backends[].port", "listeners[].backends[].weight",
+    "backend_networks[]", "enabled", "listeners[].address", "listeners[].algorithm",
+    "listeners[].backends[].address", "listeners[].backends[].port",
+    "listeners[].backends[].weight", "listeners[].health_check.healthy_threshold",
     "listeners[].health_check.interval_seconds", "listeners[].health_check.path",
     "listeners[].health_check.port", "listeners[].health_check.protocol",
-    "listeners[].name", "listeners[].port", "listeners[].proto",
+    "listeners[].health_check.timeout_seconds",
+    "listeners[].health_check.unhealthy_threshold", "listeners[].name", "listeners[].port",
+    "listeners[].proto", "listeners[].target_group_arn", "target_group_sync_seconds",
+)  # fmt: skip
+_REDIS = (
+    "backoff_max_s", "cluster", "connect_timeout_s", "db", "host", "key_prefix",
+    "max_connections", "op_timeout_s", "port", "tls", "tls_ca_file", "username",
 )  # fmt: skip
 
 CONSUMERS: dict[str, str] = {
     "schema_version": REFUSED,
     # ai: the AI gateway
+    "ai.audit.anchor_every": "ai/audit.py",
+    "ai.audit.anchor_interval_s": "ai/audit.py",
+    "ai.audit.anchor_path": "ai/audit.py",
     "ai.audit.batch_window_s": "ai/audit.py",
+    "ai.audit.key.env": "ai/audit.py:key",
+    "ai.audit.key.file": "ai/audit.py:key",
+    "ai.state.backend": "ai/backend.py",
+    **{f"ai.state.redis.{k}": "ai/redis_link.py" for k in _REDIS},
+    "ai.state.redis.flight_wait_s": "ai/redis_cache.py",
+    "ai.state.redis.on_unavailable.budgets": "ai/redis_link.py",
+    "ai.state.redis.on_unavailable.cache": "ai/redis_link.py",
+    "ai.state.redis.password.env": "ai/redis_link.py:password",
+    "ai.state.redis.password.file": "ai/redis_link.py:password",
     "ai.audit.fsync": "ai/audit.py",
     "ai.audit.include_content": "ai/pipeline.py",
     "ai.audit.path": "ai/audit.py",
@@ -199,9 +217,17 @@ CONSUMERS: dict[str, str] = {
     "interfaces.outside": "control/steps/nftables.py",
     "interfaces.xdp_mode": "control/steps/xdp.py",
     # load_balancer: not rendered yet (reported in the status when enabled)
-    **{f"load_balancer.{k}": UNRENDERED for k in _LB},
+    **{f"load_balancer.{k}": "control/steps/lb.py" for k in _LB},
     # logging, metrics
-    "logging.flow_logs": REFUSED,
+    **{
+        f"logging.flow_logs.{k}": "control/steps/traffic_logs.py"
+        for k in ("enabled", "keep", "max_bytes", "queue", "sampling")
+    },
+    **{
+        f"logging.firewall_logs.{k}": "control/steps/traffic_logs.py"
+        for k in ("enabled", "group", "keep", "max_bytes")
+    },
+    "logging.firewall_logs.rate_per_second": "control/steps/nftables.py",
     "logging.format": "control/agent.py",
     "logging.level": "control/agent.py",
     "metrics.cloudwatch": "control/agent.py",
@@ -221,11 +247,13 @@ CONSUMERS: dict[str, str] = {
     "nat.timeouts.udp": "control/steps/sysctl.py",
     "nat.timeouts.udp_stream": "control/steps/sysctl.py",
     # port_forwards
-    "port_forwards[].comment": "control/steps/nftables.py",
-    "port_forwards[].port": "control/steps/nftables.py",
-    "port_forwards[].proto": "control/steps/nftables.py",
-    "port_forwards[].to_address": "control/steps/nftables.py",
-    "port_forwards[].to_port": "control/steps/nftables.py:target_port",
+    "port_forwards[].comment": "control/steps/port_forwards.py",
+    "port_forwards[].port": "control/steps/port_forwards.py",
+    "port_forwards[].proto": "control/steps/port_forwards.py",
+    "port_forwards[].to_address": "control/steps/port_forwards.py",
+    "port_forwards[].to_port": "control/steps/port_forwards.py:target_port",
+    "port_forwards[].allow_from[]": "control/steps/port_forwards.py",
+    "port_forwards[].port_end": "control/steps/port_forwards.py",
     # proxy: Squid
     "proxy.allowed_domains[]": "control/squid.py",
     "proxy.auth.mode": "control/steps/squid.py",
@@ -255,6 +283,16 @@ CONSUMERS: dict[str, str] = {
     "rules.entries[].src_set": "control/steps/nftables.py",
     "rules.ip_sets": "control/steps/nftables.py",
     # tls: HAProxy
+    **{
+        f"tls.appliance.{k}": "control/steps/haproxy.py"
+        for k in (
+            "certificate_arn",
+            "certificate_file",
+            "port",
+            "private_key_file",
+            "redirect_http_port",
+        )
+    },
     "tls.enabled": "control/steps/haproxy.py",
     "tls.listeners[].backends[].address": "control/haproxy.py",
     "tls.listeners[].backends[].port": "control/haproxy.py",
