@@ -13,19 +13,17 @@ shape of Suricata's EVE ``drop`` records (the fields the alert stream
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import socket
 import struct
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import IPv4Address
 from typing import Any
 
-from control.logfile import RecordLog, Rotation
+from control.logfile import NetlinkLogger, RecordLog, Rotation
 from xdp.ctevents import HDR, NLA, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, _attrs, _nlsocket
 
 log = logging.getLogger("spectra.control")
@@ -176,50 +174,21 @@ def bind_group(group: int) -> socket.socket:
     return sock
 
 
-class FirewallLogger:
+class FirewallLogger(NetlinkLogger):
     """The NFLOG socket, its reading thread, and the record log it feeds."""
 
     def __init__(
         self, rotation: Rotation, *, group: int, comments: Mapping[str, str], capacity: int = 65536
     ) -> None:
-        self.out = RecordLog(rotation, capacity, "spectra-firewall-log-writer")
+        out = RecordLog(rotation, capacity, "spectra-firewall-log-writer")
+        super().__init__(bind_group(group), out, "spectra-firewall-log")
         self.comments = dict(comments)
         self.packets = 0
-        self.kernel_overflows = 0
-        self._stop = threading.Event()
-        self._sock = bind_group(group)
-        self._thread = threading.Thread(target=self._run, name="spectra-firewall-log", daemon=True)
 
-    def start(self) -> None:
-        self.out.start()
-        self._thread.start()
-
-    def _run(self) -> None:
-        import time
-
-        while not self._stop.is_set():
-            try:
-                data = self._sock.recv(1 << 16)
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self.kernel_overflows += 1
-                    continue
-                if self._stop.is_set():
-                    return
-                raise
-            now_us = time.time_ns() // 1000
-            for d in parse(data):
-                self.packets += 1
-                self.out.offer(record(d, self.comments, now_us))
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(2.0)
-        self._sock.close()
-        self.out.stop()
+    def ingest(self, data: bytes, now_ns: int) -> None:
+        for d in parse(data):
+            self.packets += 1
+            self.out.offer(record(d, self.comments, now_ns // 1000))
 
     def counters(self) -> dict[str, int]:
         own = {"packets": self.packets, "kernel_overflows": self.kernel_overflows}

@@ -16,17 +16,14 @@ hold only its slow-path share; ``fastpath-packets`` says ``-`` (not known here).
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 import struct
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from control.logfile import RecordLog, Rotation
+from control.logfile import NetlinkLogger, RecordLog, Rotation
 from xdp.ctevents import (
     ATTRS_AT,
     HDR,
@@ -194,7 +191,7 @@ def destroy_socket(rcvbuf: int = RCVBUF) -> socket.socket:
     return sock
 
 
-class FlowLogger:
+class FlowLogger(NetlinkLogger):
     """The DESTROY socket, its reading thread, and the record log it feeds."""
 
     def __init__(
@@ -206,46 +203,17 @@ class FlowLogger:
         known: Known,
         open_socket: Callable[[], socket.socket] = destroy_socket,
     ) -> None:
-        self.out = RecordLog(rotation, capacity, "spectra-flowlog-writer")
+        out = RecordLog(rotation, capacity, "spectra-flowlog-writer")
+        super().__init__(open_socket(), out, "spectra-flowlog")
         self.sampler = Sampler(sampling)
         self.known = known
         self.events = 0
-        self.kernel_overflows = 0
-        self._stop = threading.Event()
-        self._sock = open_socket()
-        self._thread = threading.Thread(target=self._run, name="spectra-flowlog", daemon=True)
-
-    def start(self) -> None:
-        self.out.start()
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self._sock.recv(1 << 16)
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self.kernel_overflows += 1
-                    continue
-                if self._stop.is_set():
-                    return
-                raise
-            self.ingest(data, time.time_ns())
 
     def ingest(self, data: bytes, now_ns: int) -> None:
         for flow, acct in destroyed(data):
             self.events += 1
             if self.sampler.keep():
                 self.out.offer(record(flow, acct, self.known, now_ns))
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(2.0)
-        self._sock.close()
-        self.out.stop()
 
     def counters(self) -> dict[str, int]:
         return {

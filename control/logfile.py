@@ -10,10 +10,13 @@ logrotate's numbering: ``x.jsonl`` -> ``x.jsonl.1`` -> ... -> ``x.jsonl.<keep>``
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import queue
+import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -146,3 +149,45 @@ class RecordLog:
             "rotations": self.file.rotations,
             "queued": self._queue.qsize(),
         }
+
+
+class NetlinkLogger:
+    """A netlink socket read by its own thread into a :class:`RecordLog`: the shape the
+    flow log and the firewall log share. Subclasses turn one datagram into records
+    (:meth:`ingest`); a receive-buffer overflow (ENOBUFS) is counted, never fatal."""
+
+    def __init__(self, sock: socket.socket, out: RecordLog, name: str) -> None:
+        self.out = out
+        self.kernel_overflows = 0
+        self._stop = threading.Event()
+        self._sock = sock
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self.out.start()
+        self._thread.start()
+
+    def ingest(self, data: bytes, now_ns: int) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(1 << 16)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.kernel_overflows += 1
+                    continue
+                if self._stop.is_set():
+                    return
+                raise
+            self.ingest(data, time.time_ns())
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2.0)
+        self._sock.close()
+        self.out.stop()
