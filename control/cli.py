@@ -507,10 +507,10 @@ def _plain_lab_run(keep: bool) -> None:
 def _first_answer(
     netns: str, url: str, agents: list[subprocess.Popen[bytes]], within: float = 45.0
 ) -> str:
-    """What ``url`` answers from ``netns``, retried for ``within`` seconds: a gateway
-    that just reported converged has been seen not to pass new connections for up to
-    ~20 s (a start-up fault under investigation); ready means traffic flows. An agent
-    that exits meanwhile ends the wait with its exit status."""
+    """What ``url`` answers from ``netns``, retried for ``within`` seconds: ready means
+    traffic flows, not only that the agents reported converged. An agent that exits
+    meanwhile ends the wait with its exit status (the cases seen were agents SIGKILLed
+    by another user of the same lab tearing it down)."""
     from perf.lab.host import LabError, run_in
 
     deadline = time.monotonic() + within
