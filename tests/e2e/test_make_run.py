@@ -62,8 +62,9 @@ def _spectra(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_plain_lab_run_serves_translated_traffic_and_tears_down(lab: Any) -> None:
-    # runs before the VPC fleet test: after the VPC lab ran on a host, a plain lab
-    # started next was seen not to pass traffic (found late, cause not isolated yet)
+    # (a plain lab started right after the VPC fleet test was seen not to pass traffic:
+    # its agents had been SIGKILLed by another user of the lab on the same host, and a
+    # pidfile naming a reused pid could do the same; pidfiles now record start times)
     lab.down()
     before = sh("cs-ws-a", "true").returncode  # namespace gone: ip netns exec fails
     assert before != 0
