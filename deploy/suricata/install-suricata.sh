@@ -44,6 +44,9 @@ if [[ -d /run/systemd/system ]]; then
 else
     systemctl disable -q suricata.service 2>/dev/null || true
 fi
-suricata --build-info | grep -Eq 'NFQueue support:\s+yes' \
+# (read whole first: `grep -q` in a pipe may close it early, and with pipefail the
+# writer's SIGPIPE failed this check at random)
+build_info=$(suricata --build-info)
+grep -Eq 'NFQueue support:\s+yes' <<<"$build_info" \
     || { echo "install-suricata.sh: this Suricata has no NFQUEUE support" >&2; exit 1; }
 echo "install-suricata.sh: $(suricata -V 2>&1 | head -1)"
