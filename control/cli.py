@@ -419,6 +419,7 @@ def _plain_lab_run(keep: bool) -> None:
     from control.agent import read_state
     from control.api import token_entry
     from perf.lab import RUN_DIR, TOPOLOGY, Lab
+    from perf.lab.host import StopOnce
 
     LAB_STORE = RUN_DIR / "config.db"
     for old in RUN_DIR.glob("config.db*"):  # a new lab starts from a new document
@@ -431,46 +432,35 @@ def _plain_lab_run(keep: bool) -> None:
     tokens_file.write_text(json.dumps([entry]))
     tokens_file.chmod(0o600)
     agents: list[subprocess.Popen[bytes]] = []
-    stop = {"now": False}
+    # the first signal interrupts whatever runs (also the convergence wait), one during
+    # the clean-up is ignored; in pyroute2's forked namespace helpers (which inherit the
+    # handler and get SIGTERM when done) it only ends the helper -- before, a helper
+    # caught mid-work unwound this function's clean-up: it stopped the agents and
+    # removed the lab under the running appliance
+    stop = StopOnce()
 
-    def _stop(*_: object) -> None:
-        # the first signal interrupts whatever runs (also the convergence wait); one
-        # during the clean-up is ignored so the clean-up finishes
-        if not stop["now"]:
-            stop["now"] = True
-            raise KeyboardInterrupt
+    def spawn(gw: Any) -> subprocess.Popen[bytes]:
+        logf = (RUN_DIR / f"agent-{gw.netns}.log").open("ab")
+        argv = ["run", "--netns", gw.netns, "--store", f"local:{LAB_STORE}", "--bootstrap",
+                gw.inside_if, gw.outside_if, "--api-tokens", str(tokens_file)]  # fmt: skip
+        return subprocess.Popen([sys.executable, "-m", "control", *argv], stdout=logf,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    def revive() -> None:
+        """An agent that exited is started again, as systemd does on the AMI
+        (``Restart=always``): the pinned data plane forwards meanwhile."""
+        for i, gw in enumerate(TOPOLOGY.gateways):
+            if agents[i].poll() is not None:
+                log.warning("agent of %s exited (status %s); starting it again",
+                            gw.netns, agents[i].returncode)  # fmt: skip
+                agents[i] = spawn(gw)
+
     try:
-        for gw in TOPOLOGY.gateways:
-            logf = (RUN_DIR / f"agent-{gw.netns}.log").open("ab")
-            agents.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "control",
-                        "run",
-                        "--netns",
-                        gw.netns,
-                        "--store",
-                        f"local:{LAB_STORE}",
-                        "--bootstrap",
-                        gw.inside_if,
-                        gw.outside_if,
-                        "--api-tokens",
-                        str(tokens_file),
-                    ],
-                    stdout=logf,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-        _wait_converged([gw.netns for gw in TOPOLOGY.gateways], agents)
+        agents.extend(spawn(gw) for gw in TOPOLOGY.gateways)
+        _wait_converged([gw.netns for gw in TOPOLOGY.gateways], agents, revive)
         http = lab_.status()["services"]["http"]
         for gw in TOPOLOGY.gateways:
-            seen = _first_answer(gw.workload_netns, f"http://{http['address']}/", agents)
+            seen = _first_answer(gw.workload_netns, f"http://{http['address']}/", revive)
             click.echo(
                 f"AZ {gw.az}: gateway {gw.netns} (management {gw.mgmt_ip}), "
                 f"workload {gw.workload_netns} {gw.workload_ip} -> internet sees {seen}"
@@ -492,25 +482,23 @@ def _plain_lab_run(keep: bool) -> None:
             f"ip netns exec cs-ws-a curl http://{http['address']}/\n"
             "Ctrl-C stops the appliance and removes the lab"
         )
-        while not stop["now"] and all(a.poll() is None for a in agents):
-            time.sleep(0.2)
+        while True:
+            revive()
+            time.sleep(1.0)
     except KeyboardInterrupt:
         pass
     finally:
-        stop["now"] = True
+        stop.stopping = True
         stop_processes(agents, AGENT_STOP_S)
         if not keep:
             lab_.down()
             click.echo("appliance stopped, lab removed")
 
 
-def _first_answer(
-    netns: str, url: str, agents: list[subprocess.Popen[bytes]], within: float = 45.0
-) -> str:
+def _first_answer(netns: str, url: str, revive: Callable[[], None], within: float = 45.0) -> str:
     """What ``url`` answers from ``netns``, retried for ``within`` seconds: ready means
-    traffic flows, not only that the agents reported converged. An agent that exits
-    meanwhile ends the wait with its exit status (the cases seen were agents SIGKILLed
-    by another user of the same lab tearing it down)."""
+    traffic flows, not only that the agents reported converged (an agent that exits
+    meanwhile is started again by ``revive``)."""
     from perf.lab.host import LabError, run_in
 
     deadline = time.monotonic() + within
@@ -518,14 +506,10 @@ def _first_answer(
         try:
             return run_in(netns, "curl", "-sS", "-m", "3", url).stdout.strip()
         except LabError as exc:
-            gone = [f"pid {a.pid} status {a.returncode}" for a in agents if a.poll() is not None]
-            if gone:
-                raise click.ClickException(
-                    f"an agent exited ({', '.join(gone)}); see /run/spectra-lab/agent-*.log"
-                ) from exc
             if time.monotonic() > deadline:
                 raise
             log.warning("no answer from %s through the gateway yet (%s); retrying", url, exc)
+            revive()
             time.sleep(1.0)
 
 
@@ -550,20 +534,23 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], wait: float) -> None:
             p.wait()
 
 
-def _wait_converged(instances: list[str], agents: list[subprocess.Popen[bytes]]) -> None:
+def _wait_converged(
+    instances: list[str], agents: list[subprocess.Popen[bytes]], revive: Callable[[], None]
+) -> None:
     from control.agent import read_state
 
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         states = [read_state(i) for i in instances]
         if all(
             s and s["converged"] and s["pid"] == a.pid for s, a in zip(states, agents, strict=True)
         ):
             return
-        if any(a.poll() is not None for a in agents):
-            raise click.ClickException("an agent exited; see /run/spectra-lab/agent-*.log")
+        revive()
         time.sleep(0.1)
-    raise click.ClickException(f"agents did not converge within 30 s: {instances}")
+    raise click.ClickException(
+        f"agents did not converge within 60 s: {instances}; see /run/spectra-lab/agent-*.log"
+    )
 
 
 if __name__ == "__main__":

@@ -174,3 +174,22 @@ def remove_tree(path: Path) -> None:
         else:
             child.unlink()
     path.rmdir()
+
+
+class StopOnce:
+    """SIGINT and SIGTERM stop the run once: the first raises KeyboardInterrupt, one
+    during the clean-up is ignored. pyroute2 forks helpers for namespace calls, which
+    inherit the handler (and get SIGTERM when done): there it only ends the helper."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.stopping = False
+        signal.signal(signal.SIGINT, self)
+        signal.signal(signal.SIGTERM, self)
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if os.getpid() != self.pid:
+            os._exit(128 + signum)
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt

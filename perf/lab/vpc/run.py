@@ -16,14 +16,12 @@ A failover to watch: :func:`kill` (``spectra lab kill a1``) kills an instance th
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
 from control.api import token_entry
-from perf.lab.host import LabError, run_in
+from perf.lab.host import LabError, StopOnce, run_in
 from perf.lab.vpc.build import VpcLab
 from perf.lab.vpc.fleet import STORE, Fleet, document
 from perf.lab.vpc.topology import INET_SERVICE_IP, RUN_DIR, TOPOLOGY
@@ -105,30 +103,11 @@ def report(status: dict[str, Any], fleet: Fleet, token: str) -> list[str]:
     return lines
 
 
-class _Stop:
-    """SIGINT and SIGTERM stop the run once: the first raises KeyboardInterrupt, one
-    during the clean-up is ignored. pyroute2 forks helpers for namespace calls, which
-    inherit the handler (and get SIGTERM when done): there it only ends the helper."""
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.stopping = False
-        signal.signal(signal.SIGINT, self)
-        signal.signal(signal.SIGTERM, self)
-
-    def __call__(self, signum: int, _frame: object) -> None:
-        if os.getpid() != self.pid:
-            os._exit(128 + signum)
-        if not self.stopping:
-            self.stopping = True
-            raise KeyboardInterrupt
-
-
 def run(echo: Callable[[str], None], keep: bool = False) -> None:
     """Start, report, wait for SIGINT/SIGTERM, stop and remove everything (unless
     ``keep``). Holds the VPC lab's lock throughout: a test cannot take it away."""
     lab = VpcLab()
-    stop = _Stop()
+    stop = StopOnce()
     with lab.exclusive(timeout=LOCK_WAIT_S):
         fleet = Fleet(lab, api_tokens=TOKENS_FILE)
         try:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from perf.lab.vpc.run import _Stop
+from perf.lab.host import StopOnce
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def handlers() -> Iterator[None]:
 
 @pytest.mark.usefixtures("handlers")
 def test_first_signal_stops_a_second_is_ignored() -> None:
-    stop = _Stop()
+    stop = StopOnce()
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(1)  # the handler runs at the next bytecode
@@ -35,7 +35,7 @@ def test_first_signal_stops_a_second_is_ignored() -> None:
 
 @pytest.mark.usefixtures("handlers")
 def test_a_forked_helper_exits_on_sigterm() -> None:
-    _Stop()
+    StopOnce()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
