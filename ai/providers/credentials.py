@@ -15,7 +15,8 @@ botocore's default chain) and keeps the frozen keys with their expiry:
   request wait, off the event loop and at most ``timeout_s``;
 * a failed refresh keeps the held keys until they expire; it is counted, logged with
   the reason and shown in :meth:`RefreshingCredentials.status`, and retried after
-  ``retry_s``.  Keys without an expiry (static keys) are never refreshed.
+  ``retry_s``; with nothing usable held, requests in that pause fail at once with the
+  reason.  Keys without an expiry (static keys) are never refreshed.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class RefreshingCredentials:
         held = self._usable()
         if held is not None:
             return held.keys
+        self._refuse_while_paused()
         waiting = asyncio.wrap_future(self._start())
         waiting.add_done_callback(_consume)
         done, _ = await asyncio.wait({waiting}, timeout=self._timeout_s)
@@ -122,6 +124,7 @@ class RefreshingCredentials:
         blocks up to ``timeout_s`` when nothing usable is held: call it off the loop)."""
         held = self._usable()
         if held is None:
+            self._refuse_while_paused()
             future = self._start()
             try:
                 held = future.result(timeout=self._timeout_s)
@@ -172,6 +175,18 @@ class RefreshingCredentials:
         if due and not paused:
             self._start()
         return held
+
+    def _refuse_while_paused(self) -> None:
+        """Nothing usable is held and the last attempt failed less than ``retry_s`` ago:
+        fail at once with its reason instead of asking again for every request."""
+        now = self._now()
+        with self._lock:
+            if self._retry_at is None or now >= self._retry_at or self._inflight is not None:
+                return
+            reason, retry_at = self._last_error, self._retry_at
+        raise CredentialsUnavailable(
+            f"{self.name} credentials: {reason} (next attempt at {retry_at.isoformat()})"
+        )
 
     def _start(self) -> Future[_Held]:
         """The running resolution, or a new one on a worker thread (one at a time)."""
