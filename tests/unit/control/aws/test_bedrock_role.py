@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -240,3 +241,18 @@ async def test_spectra_run_with_aws_hands_the_role_to_the_ai_gateway(
     assumed = sessions.factory(doc.aws).credentials().get_frozen_credentials()
     assert keys == {assumed.access_key}  # both requests, the operational role's keys
     assert {h["X-Amz-Security-Token"] for h in seen} == {assumed.token}
+
+
+def test_the_agent_keeps_its_session_factory_only_with_aws() -> None:
+    """``spectra run`` passes ``agent.aws_sessions`` to ``_servers``: with ``--aws`` the
+    factory the converge steps use, without it none (the gateway keeps
+    ``operational_credentials``)."""
+    from control.agent import Agent, AgentSettings
+    from control.store import SqliteStore
+
+    def agent(aws: bool) -> Agent:
+        name = f"bedrock-{uuid.uuid4().hex[:8]}"
+        return Agent(AgentSettings(instance=name, aws=aws), SqliteStore(":memory:"))
+
+    assert isinstance(agent(True).aws_sessions, SectionSessions)
+    assert agent(False).aws_sessions is None
