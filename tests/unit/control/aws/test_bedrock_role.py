@@ -5,7 +5,6 @@ the background before expiry; a refused refresh keeps the held keys until they e
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
@@ -28,6 +27,7 @@ from control.cli import _servers
 from control.config import parse_document
 from control.store import open_store
 from tests.fakes.awsfault import Fault, FaultProxy
+from tests.unit.ai.test_refreshing_credentials import until
 from tests.unit.control.aws.conftest import REGION, base_session
 
 ROLE = OperationalRole("gw-cross-account-role1", "ext-id-123", account_id="123456789012")
@@ -65,14 +65,6 @@ def call(source: RefreshingCredentials) -> UpstreamCall:
 
 async def sign(held: RefreshingCredentials) -> dict[str, str]:
     return await _signed_headers(call(held), "http://x/model/m/converse", b"{}", "application/json")
-
-
-async def until(check: Any, what: str) -> None:
-    for _ in range(500):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail(f"not within 5 s: {what}")
 
 
 def section(endpoint: str) -> Any:
