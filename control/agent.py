@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ai.logsetup import configure
 from control.aws.cloudwatch import CloudWatchExport, ExportSettings
@@ -48,6 +48,9 @@ from control.steps.xdp import XdpStep
 from control.store import ConfigStore, CorruptRevision, StoreError, VersionNotFound
 from control.store.factory import POLL_SECONDS, open_store
 from xdp.histogram import Histogram
+
+if TYPE_CHECKING:
+    from control.aws import SectionSessions
 
 log = logging.getLogger("spectra.control")
 
@@ -150,6 +153,9 @@ class Agent:
         self.host.availability_zone = settings.availability_zone
         self.converger = Converger(build_steps(context), self.host)
         self.aws = self._aws_runner() if settings.aws else None
+        # the operational-role session factory of the converge steps (and, through
+        # control.cli, of the in-process AI gateway's Bedrock provider); None without --aws
+        self.aws_sessions: SectionSessions | None = None
         if self.aws is not None:
             self._hand_aws_clients(self.aws)
         self._stopping = threading.Event()
@@ -178,7 +184,7 @@ class Agent:
         factory."""
         from control.aws import SectionSessions
 
-        sessions = SectionSessions(lambda: runner.identity)
+        sessions = self.aws_sessions = SectionSessions(lambda: runner.identity)
         for step in self.converger.steps:
             if isinstance(step, HaproxyStep):
                 step.acm_client = lambda section: sessions.client(section, "acm")
