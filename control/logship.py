@@ -8,8 +8,10 @@ what no longer fits in that sink's ``dropped``) and sends when the sink is due:
 
 * :class:`CloudWatchSink`: ``PutLogEvents`` to ``<group>`` / ``<instance>/<kind>``, the
   group and stream created when missing; batches of at most 10,000 events and 1,048,576
-  bytes (each event's UTF-8 message plus 26 bytes), events in time order ("PutLogEvents"
-  in the Amazon CloudWatch Logs API reference).
+  bytes (each event's UTF-8 message plus 26 bytes) spanning at most 24 hours, events in
+  time order ("PutLogEvents" in the Amazon CloudWatch Logs API reference); events the
+  service refuses as too old or too new (``rejectedLogEventsInfo``) are counted in
+  ``rejected``.
 * :class:`S3Sink`: one gzip JSON-lines object every ``interval`` seconds or ``max_bytes``
   of lines, whichever comes first, under
   ``<prefix>/<kind>/<YYYY>/<MM>/<DD>/<instance>/<epoch ms>-<seq>.jsonl.gz``.
@@ -38,6 +40,7 @@ log = logging.getLogger("spectra.control")
 CW_MAX_EVENTS = 10_000
 CW_MAX_BYTES = 1_048_576
 CW_EVENT_OVERHEAD = 26
+CW_MAX_SPAN_MS = 24 * 3600 * 1000
 
 Event = tuple[int, str]
 """(milliseconds since the epoch, JSON line without its newline)"""
@@ -53,6 +56,7 @@ def error_code(exc: Exception) -> str:
 
 class Sink(Protocol):
     name: str
+    rejected: int
 
     def due(self, pending: list[Event], now: float) -> bool:
         """Whether ``pending`` should be sent now (monotonic ``now``)."""
@@ -64,11 +68,21 @@ class Sink(Protocol):
         ...
 
 
+def rejected(info: dict[str, int], sent: int) -> int:
+    """How many events of a batch of ``sent`` the service refused: those before
+    ``tooOldLogEventEndIndex`` / ``expiredLogEventEndIndex`` (inclusive) and those from
+    ``tooNewLogEventStartIndex`` on."""
+    old = max(info.get("tooOldLogEventEndIndex", -1), info.get("expiredLogEventEndIndex", -1))
+    new = info.get("tooNewLogEventStartIndex", sent)
+    return min(sent, old + 1 + max(sent - new, 0))
+
+
 class CloudWatchSink:
     """``PutLogEvents`` to one group and stream, both created when missing."""
 
     def __init__(self, client: Callable[[], Any], group: str, stream: str) -> None:
         self.name = "cloudwatch"
+        self.rejected = 0
         self._client = client
         self.group, self.stream = group, stream
         self._ready = False
@@ -102,16 +116,19 @@ class CloudWatchSink:
         size = 0
         for ts, line in pending[:CW_MAX_EVENTS]:
             n = len(line.encode()) + CW_EVENT_OVERHEAD
-            if batch and size + n > CW_MAX_BYTES:
+            if batch and (size + n > CW_MAX_BYTES or ts - batch[0]["timestamp"] > CW_MAX_SPAN_MS):
                 break
             batch.append({"timestamp": ts, "message": line})
             size += n
         try:
-            c.put_log_events(logGroupName=self.group, logStreamName=self.stream, logEvents=batch)
+            answer = c.put_log_events(
+                logGroupName=self.group, logStreamName=self.stream, logEvents=batch
+            )
         except ClientError as exc:
             if error_code(exc) == "ResourceNotFoundException":
                 self._ready = False  # deleted under us: create again on the retry
             raise
+        self.rejected += rejected(answer.get("rejectedLogEventsInfo") or {}, len(batch))
         return len(batch)
 
 
@@ -130,6 +147,7 @@ class S3Sink:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = "s3"
+        self.rejected = 0
         self._client = client
         self.bucket, self.prefix, self.instance = bucket, prefix.strip("/"), instance
         self.interval, self.max_bytes = interval, max_bytes
@@ -184,6 +202,7 @@ class _Lane:
     def counters(self) -> dict[str, Any]:
         return {
             "shipped": self.shipped,
+            "rejected": self.sink.rejected,
             "pending": len(self.pending),
             "dropped": self.dropped,
             "retries": self.retries,

@@ -46,12 +46,15 @@ class Shipping(StrictModel):
 
     @model_validator(mode="after")
     def _effective(self) -> Self:
-        shipping = {"cloudwatch_log_group", "s3_bucket"} & self.model_fields_set
-        if shipping and not self.enabled:
-            raise ValueError(f"{min(shipping)} needs enabled: true (nothing is logged to ship)")
-        s3_only = {"s3_prefix", "s3_interval", "s3_max_bytes"} & self.model_fields_set
-        if s3_only and self.s3_bucket is None:
-            raise ValueError(f"{min(s3_only)} needs s3_bucket (no S3 shipping without it)")
+        # values, not the fields set: a stored document is dumped with every default
+        if not self.enabled:
+            for name in ("cloudwatch_log_group", "s3_bucket"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} needs enabled: true (nothing is logged to ship)")
+        if self.s3_bucket is None:
+            for name in ("s3_prefix", "s3_interval", "s3_max_bytes"):
+                if getattr(self, name) != type(self).model_fields[name].default:
+                    raise ValueError(f"{name} needs s3_bucket (no S3 shipping without it)")
         return self
 
 
