@@ -33,7 +33,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 log = logging.getLogger("spectra.control")
 
@@ -272,7 +272,7 @@ class Shipper:
                 return
             try:
                 taken = lane.sink.send(lane.pending)
-            except (ClientError, BotoCoreError, OSError, RuntimeError, ValueError) as exc:
+            except Exception as exc:  # any failure (RoleInert, ImdsError, botocore) is counted
                 code = error_code(exc)
                 lane.errors[code] = lane.errors.get(code, 0) + 1
                 lane.last_error = f"{code}: {exc}"

@@ -23,6 +23,7 @@ from botocore.exceptions import ClientError
 from control.agent import Agent, AgentSettings
 from control.aws.changeset import document_parameters
 from control.aws.features import Feature, enabled_features
+from control.aws.session import RoleInert
 from control.config import ConfigValidationError, parse_document
 from control.config.flowlogs import FlowLogs
 from control.logfile import RecordLog, Rotation
@@ -301,3 +302,17 @@ def test_stop_does_not_wait_on_a_hanging_destination() -> None:
     ship.stop(timeout=0.2)
     assert time.monotonic() - started < 1.0
     release.set()
+
+
+def test_a_role_that_is_inert_is_counted_and_retried() -> None:
+    def no_role() -> Any:
+        raise RoleInert("observability role not deployed")
+
+    ship = Shipper([CloudWatchSink(no_role, "/spectra/x", "gw-a/flow")], capacity=5,
+                   name="t", backoff=0.01, tick=0.01)  # fmt: skip
+    ship.start()
+    ship.offer("{}", 1)
+    wait_for(lambda: ship.counters()["cloudwatch"]["retries"] >= 2)  # the thread lives on
+    ship.stop()
+    lane = ship.counters()["cloudwatch"]
+    assert set(lane["errors"]) == {"RoleInert"} and lane["pending"] == 1
