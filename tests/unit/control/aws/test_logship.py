@@ -29,7 +29,8 @@ from control.config.flowlogs import FlowLogs
 from control.logfile import RecordLog, Rotation
 from control.logship import CloudWatchSink, S3Sink, Shipper
 from control.steps import Converger
-from control.steps.traffic_logs import shipper
+from control.steps.base import StepContext
+from control.steps.traffic_logs import TrafficLogsStep, shipper
 from control.store import SqliteStore
 from tests.unit.control.aws.conftest import FakeClock, admin_client, base_session
 from tests.unit.control.test_converge import FakeHost, Recorder
@@ -316,3 +317,38 @@ def test_a_role_that_is_inert_is_counted_and_retried() -> None:
     ship.stop()
     lane = ship.counters()["cloudwatch"]
     assert set(lane["errors"]) == {"RoleInert"} and lane["pending"] == 1
+
+
+class _Zone:
+    def zone(self) -> str | None:
+        return "eu-west-1a"
+
+
+def test_the_step_ships_through_the_agents_client_only_when_asked(
+    moto_endpoint: str, tmp_path: Path
+) -> None:
+    group = f"/spectra/{uuid.uuid4().hex[:8]}"
+    step = TrafficLogsStep(StepContext("gw-b", tmp_path, tmp_path))
+    plain = TrafficLogsStep.render(parse_document({"interfaces": INTERFACES}), _Zone())
+    assert plain.aws is None  # documents without shipping keep their part as before
+    logs = {"enabled": True, "cloudwatch_log_group": group}
+    part = TrafficLogsStep.render(
+        parse_document({"interfaces": INTERFACES, "logging": {"firewall_logs": logs}}), _Zone()
+    )
+    assert part.aws is not None
+    assert step._ship(part.firewall, "firewall", part.aws) is None  # no --aws: no client
+    asked: list[tuple[object, str]] = []
+
+    def client(section: object, service: str) -> Any:
+        asked.append((section, service))
+        return admin_client(moto_endpoint, service)
+
+    step.aws_client = client
+    ship = step._ship(part.firewall, "firewall", part.aws)
+    assert ship is not None
+    ship.start()
+    ship.offer('{"event_type":"drop"}')
+    ship.stop()
+    assert asked == [(part.aws, "logs")]
+    (event,) = log_events(moto_endpoint, group, "gw-b/firewall")
+    assert json.loads(event["message"]) == {"event_type": "drop"}
