@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
@@ -260,8 +261,14 @@ class Shipper:
             room = lane.capacity - len(lane.pending)
             if room < len(items):
                 lane.dropped += len(items) - max(room, 0)
-            lane.pending.extend(items[: max(room, 0)])
-            lane.pending.sort(key=lambda e: e[0])  # stable: same-ms lines keep order
+            fresh = items[: max(room, 0)]
+            ordered = all(a[0] <= b[0] for a, b in pairwise(fresh))
+            in_order = ordered and (
+                not lane.pending or not fresh or lane.pending[-1][0] <= fresh[0][0]
+            )
+            lane.pending.extend(fresh)
+            if not in_order:  # a wall clock stepped back: sort (stable, same-ms keep order)
+                lane.pending.sort(key=lambda e: e[0])
 
     def _ship(self, lane: _Lane, final: bool) -> None:
         while lane.pending:

@@ -352,3 +352,19 @@ def test_the_step_ships_through_the_agents_client_only_when_asked(
     assert asked == [(part.aws, "logs")]
     (event,) = log_events(moto_endpoint, group, "gw-b/firewall")
     assert json.loads(event["message"]) == {"event_type": "drop"}
+
+
+def test_lines_are_sent_in_time_order_when_the_clock_stepped_back() -> None:
+    sent: list[tuple[int, str]] = []
+
+    class Capture(_Down):
+        def send(self, pending: list[tuple[int, str]]) -> int:
+            sent.extend(pending)
+            return len(pending)
+
+    ship = Shipper([Capture()], capacity=10, name="t", tick=0.01)
+    for ts, line in ((5, "a"), (3, "b"), (3, "c"), (4, "d")):
+        ship.offer(line, ts)
+    ship.start()
+    ship.stop()
+    assert sent == [(3, "b"), (3, "c"), (4, "d"), (5, "a")]
