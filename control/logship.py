@@ -306,8 +306,10 @@ class Shipper:
                 lane.next_try = 0.0
                 self._ship(lane, final=True)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Send what is queued (one try per sink), then end the thread."""
+    def stop(self, timeout: float = 2.0) -> None:
+        """Send what is queued (one try per sink), then end the thread; waits at most
+        ``timeout`` (the step stops loggers on the agent loop): a send still under way
+        finishes in the background."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)

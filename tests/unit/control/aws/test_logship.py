@@ -114,6 +114,12 @@ def test_records_reach_cloudwatch_in_order_and_s3_as_gzip_json_lines(
         assert out.offer(r)
     out.stop()
 
+    def shipped() -> tuple[int, int]:  # stop waits 2 s at most: a slow host ships on
+        c = out.counters()["shipping"]
+        return c["cloudwatch"]["shipped"], c["s3"]["shipped"]
+
+    wait_for(lambda: shipped() == (300, 300))
+
     events = log_events(moto_endpoint, group, "gw-a/flow")
     assert [json.loads(e["message"]) for e in events] == sent
     stamps = [e["timestamp"] for e in events]
@@ -349,6 +355,7 @@ def test_the_step_ships_through_the_agents_client_only_when_asked(
     ship.start()
     ship.offer('{"event_type":"drop"}')
     ship.stop()
+    wait_for(lambda: ship.counters()["cloudwatch"]["shipped"] == 1)
     assert asked == [(part.aws, "logs")]
     (event,) = log_events(moto_endpoint, group, "gw-b/firewall")
     assert json.loads(event["message"]) == {"event_type": "drop"}
