@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ai.logsetup import configure
 from control.aws.cloudwatch import CloudWatchExport, ExportSettings
@@ -44,10 +44,14 @@ from control.steps.base import OffloaderKind
 from control.steps.conntrack_sync import ConntrackSyncStep
 from control.steps.haproxy import HaproxyStep
 from control.steps.lb import LoadBalancerStep
+from control.steps.traffic_logs import TrafficLogsStep
 from control.steps.xdp import XdpStep
 from control.store import ConfigStore, CorruptRevision, StoreError, VersionNotFound
 from control.store.factory import POLL_SECONDS, open_store
 from xdp.histogram import Histogram
+
+if TYPE_CHECKING:
+    from control.aws import SectionSessions
 
 log = logging.getLogger("spectra.control")
 
@@ -150,6 +154,9 @@ class Agent:
         self.host.availability_zone = settings.availability_zone
         self.converger = Converger(build_steps(context), self.host)
         self.aws = self._aws_runner() if settings.aws else None
+        # the operational-role session factory of the converge steps (and, through
+        # control.cli, of the in-process AI gateway's Bedrock provider); None without --aws
+        self.aws_sessions: SectionSessions | None = None
         if self.aws is not None:
             self._hand_aws_clients(self.aws)
         self._stopping = threading.Event()
@@ -178,12 +185,14 @@ class Agent:
         factory."""
         from control.aws import SectionSessions
 
-        sessions = SectionSessions(lambda: runner.identity)
+        sessions = self.aws_sessions = SectionSessions(lambda: runner.identity)
         for step in self.converger.steps:
             if isinstance(step, HaproxyStep):
                 step.acm_client = lambda section: sessions.client(section, "acm")
             elif isinstance(step, LoadBalancerStep):  # ELBv2 target groups
                 step.aws_client = runner.client
+            elif isinstance(step, TrafficLogsStep):  # CloudWatch Logs and S3 shipping
+                step.aws_client = sessions.client
 
     def _start_aws(self) -> None:
         """Who and where this instance is, then the HA loop from the store's current
@@ -280,6 +289,7 @@ class Agent:
         self._failed_version, self._backoff = 0, self.settings.poll
         self._apply_logging(doc)
         self._apply_metrics(doc)
+        self._check_log_shipping(doc)
         log.info("converged %s to config version %d", self.settings.instance, version)
         if self.aws is not None:
             self._remember(doc)
@@ -320,6 +330,22 @@ class Agent:
                 (("Gateway", name),),
             )
         )
+
+    def _check_log_shipping(self, doc: ConfigDocument) -> None:
+        """Flow/firewall log shipping needs the aws section's operational role: without
+        ``--aws`` each shipping field set is reported in ``section_errors`` (the logs
+        are still written to their local files)."""
+        for name in ("flow_logs", "firewall_logs"):
+            logs = getattr(doc.logging, name)
+            for key in ("cloudwatch_log_group", "s3_bucket"):
+                path = f"logging.{name}.{key}"
+                if self.aws is None and logs.enabled and getattr(logs, key):
+                    self.state.section_errors[path] = (
+                        "needs the agent on AWS (spectra run --aws): shipping uses the aws "
+                        "section's operational role; records stay in the local file"
+                    )
+                else:
+                    self.state.section_errors.pop(path, None)
 
     def _own_status(self) -> dict[str, Any] | None:
         from control.status import instance_status  # it imports this module

@@ -26,6 +26,7 @@ from control.cli_cost import cost
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from control.aws import SectionSessions
     from control.aws.changeset import ChangeSetStager
     from control.config import ConfigDocument
     from control.servers import HttpServer
@@ -169,7 +170,9 @@ def run(
 
             changesets = stagers_from(lambda: agent.aws.identity if agent.aws else None)
         servers = ServerThread(
-            _servers(store_url, store, api_tokens, agent.wake, changesets) if with_api else []
+            _servers(store_url, store, api_tokens, agent.wake, changesets, agent.aws_sessions)
+            if with_api
+            else []
         )
         servers.start()
         agent.state.section_errors.update(servers.failures)
@@ -187,8 +190,12 @@ def _servers(
     tokens_file: str | None,
     on_write: Callable[[], None],
     changesets: Callable[[ConfigDocument], ChangeSetStager] | None = None,
+    aws_sessions: SectionSessions | None = None,
 ) -> list[HttpServer]:
-    """The config API on the document's api.host:port (defaults when the store is empty)."""
+    """The config API on the document's api.host:port (defaults when the store is empty).
+    With ``aws_sessions`` (the agent's factory, ``--aws``) the AI gateway's Bedrock
+    provider signs with that factory's operational role, held and refreshed in the
+    background (:func:`control.aws.bedrock_credentials`)."""
     from control.api import ApiSettings, create_app
     from control.config import ConfigValidationError
     from control.config.operations import Api, ApiToken
@@ -219,9 +226,10 @@ def _servers(
     if doc is not None and doc.ai.routes and doc.ai.listen_port:
         from ai.keys import SecretMissing
         from ai.server import create_app as create_ai_app
-        from control.aws import operational_credentials
+        from control.aws import bedrock_credentials, operational_credentials
 
         ai, aws, metrics_on = doc.ai, doc.aws, doc.metrics.enabled
+        held = None if aws_sessions is None else bedrock_credentials(aws_sessions, aws)
 
         def ai_gateway() -> web.Application:
             # its own store handle; a changed ai section applies without a restart
@@ -231,7 +239,7 @@ def _servers(
                 return create_ai_app(
                     ai,
                     source=lambda: ai_store.latest()[1].ai,
-                    aws_credentials=operational_credentials(aws),
+                    aws_credentials=held or operational_credentials(aws),
                     serve_metrics=metrics_on,
                 )
             except SecretMissing as exc:  # reported in the status; the agent runs on

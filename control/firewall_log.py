@@ -24,6 +24,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from control.logfile import NetlinkLogger, RecordLog, Rotation
+from control.logship import Shipper
 from xdp.ctevents import HDR, NLA, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, _attrs, _nlsocket
 
 log = logging.getLogger("spectra.control")
@@ -178,9 +179,15 @@ class FirewallLogger(NetlinkLogger):
     """The NFLOG socket, its reading thread, and the record log it feeds."""
 
     def __init__(
-        self, rotation: Rotation, *, group: int, comments: Mapping[str, str], capacity: int = 65536
+        self,
+        rotation: Rotation,
+        *,
+        group: int,
+        comments: Mapping[str, str],
+        capacity: int = 65536,
+        ship: Shipper | None = None,
     ) -> None:
-        out = RecordLog(rotation, capacity, "spectra-firewall-log-writer")
+        out = RecordLog(rotation, capacity, "spectra-firewall-log-writer", ship)
         super().__init__(bind_group(group), out, "spectra-firewall-log")
         self.comments = dict(comments)
         self.packets = 0
@@ -190,6 +197,6 @@ class FirewallLogger(NetlinkLogger):
             self.packets += 1
             self.out.offer(record(d, self.comments, now_ns // 1000))
 
-    def counters(self) -> dict[str, int]:
-        own = {"packets": self.packets, "kernel_overflows": self.kernel_overflows}
+    def counters(self) -> dict[str, Any]:
+        own: dict[str, Any] = {"packets": self.packets, "kernel_overflows": self.kernel_overflows}
         return {**own, **self.out.counters()}

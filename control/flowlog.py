@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from control.logfile import NetlinkLogger, RecordLog, Rotation
+from control.logship import Shipper
 from xdp.ctevents import (
     ATTRS_AT,
     HDR,
@@ -202,8 +203,9 @@ class FlowLogger(NetlinkLogger):
         capacity: int,
         known: Known,
         open_socket: Callable[[], socket.socket] = destroy_socket,
+        ship: Shipper | None = None,
     ) -> None:
-        out = RecordLog(rotation, capacity, "spectra-flowlog-writer")
+        out = RecordLog(rotation, capacity, "spectra-flowlog-writer", ship)
         super().__init__(open_socket(), out, "spectra-flowlog")
         self.sampler = Sampler(sampling)
         self.known = known
@@ -215,7 +217,7 @@ class FlowLogger(NetlinkLogger):
             if self.sampler.keep():
                 self.out.offer(record(flow, acct, self.known, now_ns))
 
-    def counters(self) -> dict[str, int]:
+    def counters(self) -> dict[str, Any]:
         return {
             "flows": self.events,
             "sampled_out": self.sampler.skipped,

@@ -19,7 +19,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from control.logship import Shipper
 
 log = logging.getLogger("spectra.control")
 
@@ -80,8 +83,11 @@ class RotatingFile:
 class RecordLog:
     """A bounded queue of records and the thread writing them as JSON lines."""
 
-    def __init__(self, rotation: Rotation, capacity: int, name: str) -> None:
+    def __init__(
+        self, rotation: Rotation, capacity: int, name: str, ship: Shipper | None = None
+    ) -> None:
         self.file = RotatingFile(rotation)
+        self.ship = ship  # also hands each line to the shipper (CloudWatch Logs, S3)
         self._queue: queue.Queue[object] = queue.Queue(maxsize=capacity)
         self.written = 0
         self.dropped = 0
@@ -89,6 +95,8 @@ class RecordLog:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
+        if self.ship is not None:
+            self.ship.start()
         self._thread.start()
 
     def offer(self, record: dict[str, Any]) -> bool:
@@ -119,8 +127,12 @@ class RecordLog:
     def _write(self, records: list[object]) -> None:
         if not records:
             return
+        lines = [json.dumps(r, separators=(",", ":")) + "\n" for r in records]
+        if self.ship is not None:
+            for line in lines:  # never blocks: a full shipping queue counts the line
+                self.ship.offer(line[:-1])
         try:
-            self.file.write([json.dumps(r, separators=(",", ":")) + "\n" for r in records])
+            self.file.write(lines)
         except OSError as exc:
             self.write_errors += 1
             self.dropped += len(records)
@@ -138,17 +150,22 @@ class RecordLog:
             self._queue.put(STOP, timeout=timeout)
         except queue.Full:
             log.warning("%s: writer stuck; stopping without it", self.file.rotation.path)
-            return
-        self._thread.join(timeout)
+        else:
+            self._thread.join(timeout)
+        if self.ship is not None:
+            self.ship.stop()
 
-    def counters(self) -> dict[str, int]:
-        return {
+    def counters(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "written": self.written,
             "dropped": self.dropped,
             "write_errors": self.write_errors,
             "rotations": self.file.rotations,
             "queued": self._queue.qsize(),
         }
+        if self.ship is not None:
+            out["shipping"] = self.ship.counters()
+        return out
 
 
 class NetlinkLogger:

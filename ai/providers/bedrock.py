@@ -12,7 +12,10 @@ the appliance passes its operational role's credentials (``control.aws``), stand
 ``python -m ai`` uses :class:`DefaultCredentialChain` (botocore's default chain:
 environment, shared files, container or instance role), resolved once and refreshed by
 botocore.  Resolving may block (STS, IMDS), so it runs on a worker thread; the SigV4
-signature itself is pure computation and stays on the event loop.
+signature itself is pure computation and stays on the event loop.  A
+:class:`~ai.providers.credentials.RefreshingCredentials` source (the agent's, with
+``--aws``) hands over held keys without a thread hop and refreshes them in the
+background before they expire.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from ai.providers.base import (
     tool_call_arguments,
     tool_call_start,
 )
+from ai.providers.credentials import CredentialsUnavailable, RefreshingCredentials
 from ai.providers.eventstream import Decoder, EventStreamError
 from ai.usage import Usage
 
@@ -189,6 +193,13 @@ async def _aws_credentials(call: UpstreamCall) -> AWSCredentials:
         )
     if creds.aws is None:
         raise ProviderError("connect", "no AWS credentials for the bedrock provider")
+    if isinstance(creds.aws, RefreshingCredentials):  # held keys: no thread hop per request
+        try:
+            return await creds.aws.current()
+        except CredentialsUnavailable as exc:
+            raise ProviderError(
+                "connect", f"no AWS credentials for the bedrock provider: {exc}"
+            ) from None
     try:
         frozen = await asyncio.to_thread(_frozen, creds.aws)
     except Exception as exc:  # the source says why (an inert operational role, ...)

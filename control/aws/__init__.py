@@ -13,7 +13,7 @@ import ipaddress
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.credentials import Credentials
@@ -49,6 +49,9 @@ from control.aws.session import (
 )
 from control.config.aws import Aws as AwsSection
 
+if TYPE_CHECKING:
+    from ai.providers.credentials import RefreshingCredentials
+
 __all__ = [
     "SERVICE_FEATURES",
     "Aws",
@@ -79,6 +82,7 @@ __all__ = [
     "SnsNotifier",
     "SystemClock",
     "Timeouts",
+    "bedrock_credentials",
     "build",
     "describe_error",
     "feature_of",
@@ -294,3 +298,16 @@ def operational_credentials(
         return built[0].credentials()
 
     return credentials
+
+
+def bedrock_credentials(sessions: SectionSessions, section: AwsSection) -> RefreshingCredentials:
+    """The AI gateway's Bedrock credentials on an agent run with ``--aws``: the operational
+    role of ``section`` from the agent's own session factory (``sessions``, the one the
+    converge steps use, with the instance identity the agent read), held and refreshed on
+    a worker thread before they expire (:mod:`ai.providers.credentials`).  Nothing is
+    resolved before the first Bedrock request."""
+    from ai.providers.credentials import RefreshingCredentials
+
+    return RefreshingCredentials(
+        lambda: sessions.factory(section).credentials("bedrock-runtime"), name="operational role"
+    )

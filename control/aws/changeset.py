@@ -73,9 +73,18 @@ def stack_name_for(deployment: str) -> str:
     return f"{deployment}-operational-roles"
 
 
+def log_bucket(doc: ConfigDocument) -> str:
+    """The S3 bucket a shipping log names (``""`` when none ships to S3)."""
+    for logs in (doc.logging.flow_logs, doc.logging.firewall_logs):
+        if logs.ships() and logs.s3_bucket:
+            return logs.s3_bucket
+    return ""
+
+
 def document_parameters(doc: ConfigDocument) -> dict[str, str]:
     """The stack parameters the document decides: name, external ID, organization, the
-    features it enables, the metrics namespace and the takeover topic."""
+    features it enables, the metrics namespace, the takeover topic and the bucket flow and
+    firewall logs are shipped to (the flow log's when both name one)."""
     deployment = doc.aws.deployment
     if deployment is None:
         raise ChangeSetUnavailable(
@@ -89,6 +98,7 @@ def document_parameters(doc: ConfigDocument) -> dict[str, str]:
         "OrganizationId": deployment.organization_id or "",
         "MetricsNamespace": doc.metrics.cloudwatch_namespace,
         "NotifyTopicArn": doc.aws.notify.sns_topic_arn or "",
+        "LogBucket": log_bucket(doc),
     }
     for feature in Feature:
         params[feature.parameter] = "true" if feature in on else "false"

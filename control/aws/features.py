@@ -49,9 +49,10 @@ SERVICE_FEATURES: Mapping[str, Feature] = {
     "dynamodb": Feature.CORE,
     # bedrock: the AI gateway signs Converse / ConverseStream with this role
     "bedrock-runtime": Feature.BEDROCK,
-    # observability: CloudWatch metrics and logs, SNS takeover notifications
+    # observability: CloudWatch metrics and logs, shipped log objects, SNS notifications
     "cloudwatch": Feature.OBSERVABILITY,
     "logs": Feature.OBSERVABILITY,
+    "s3": Feature.OBSERVABILITY,  # flow and firewall log objects (control.logship)
     "sns": Feature.OBSERVABILITY,
     # edge: Gateway Load Balancer target groups, ACM certificates of the TLS listeners
     "elbv2": Feature.EDGE,
@@ -85,7 +86,8 @@ def enabled_features(doc: ConfigDocument) -> frozenset[Feature]:
 
     core is always on (config writes, the takeover, staging these change sets); bedrock
     when a route goes to a bedrock provider that has no static keys of its own;
-    observability with CloudWatch metrics or an SNS topic for takeovers; edge with TLS
+    observability with CloudWatch metrics, an SNS topic for takeovers or shipped flow or
+    firewall logs; edge with TLS
     listeners (ACM certificates), the Gateway Load Balancer or L4 listeners synced
     with an ELBv2 target group."""
     found = {Feature.CORE}
@@ -94,7 +96,8 @@ def enabled_features(doc: ConfigDocument) -> frozenset[Feature]:
         provider = doc.ai.providers[name]
         if provider.kind == "bedrock" and provider.aws_access_key_id is None:
             found.add(Feature.BEDROCK)
-    if doc.metrics.cloudwatch or doc.aws.notify.sns_topic_arn:
+    shipped = doc.logging.flow_logs.ships() or doc.logging.firewall_logs.ships()
+    if doc.metrics.cloudwatch or doc.aws.notify.sns_topic_arn or shipped:
         found.add(Feature.OBSERVABILITY)
     target_groups = doc.load_balancer.enabled and any(
         listener.target_group_arn for listener in doc.load_balancer.listeners

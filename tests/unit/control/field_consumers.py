@@ -61,6 +61,8 @@ _SEMANTIC = {
     "tokenizer_path": "ai/semcache/embedder.py",
     "ttl_seconds": "ai/semcache/cache.py",
 }
+# flow and firewall log shipping: read by the step's shipper() (control.logship sends)
+_SHIP = ("cloudwatch_log_group", "s3_bucket", "s3_interval", "s3_max_bytes", "s3_prefix")
 _LB = (
     "backend_networks[]", "enabled", "listeners[].address", "listeners[].algorithm",
     "listeners[].backends[].address", "listeners[].backends[].port",
@@ -221,11 +223,11 @@ CONSUMERS: dict[str, str] = {
     # logging, metrics
     **{
         f"logging.flow_logs.{k}": "control/steps/traffic_logs.py"
-        for k in ("enabled", "keep", "max_bytes", "queue", "sampling")
+        for k in ("enabled", "keep", "max_bytes", "queue", "sampling", *_SHIP)
     },
     **{
         f"logging.firewall_logs.{k}": "control/steps/traffic_logs.py"
-        for k in ("enabled", "group", "keep", "max_bytes")
+        for k in ("enabled", "group", "keep", "max_bytes", *_SHIP)
     },
     "logging.firewall_logs.rate_per_second": "control/steps/nftables.py",
     "logging.format": "control/agent.py",

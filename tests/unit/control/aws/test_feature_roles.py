@@ -192,5 +192,5 @@ def test_every_operational_service_the_product_calls_has_a_feature() -> None:
 
 def test_unknown_service_is_refused_naming_the_table(factory: SessionFactory) -> None:
     factory.configure(DeploymentRoles("gw", "ext-1", account_id=ACCOUNT))
-    with pytest.raises(ValueError, match=r"no operational role is for 's3'.*SERVICE_FEATURES"):
-        factory.client("s3")
+    with pytest.raises(ValueError, match=r"no operational role is for 'sqs'.*SERVICE_FEATURES"):
+        factory.client("sqs")

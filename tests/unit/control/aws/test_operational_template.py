@@ -27,6 +27,7 @@ EVERYTHING = {
     "EnableEdge": "true",
     "VpcId": "vpc-0123abcd",
     "NotifyTopicArn": "arn:aws:sns:eu-west-1:123456789012:gw-takeovers",
+    "LogBucket": "gw-flow-logs",
 }
 
 UNSCOPED = {
