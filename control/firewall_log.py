@@ -25,7 +25,16 @@ from typing import Any
 
 from control.logfile import NetlinkLogger, RecordLog, Rotation
 from control.logship import Shipper
-from xdp.ctevents import HDR, NLA, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, _attrs, _nlsocket
+from xdp.ctevents import (
+    HDR,
+    NLA,
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    _attrs,
+    _nlsocket,
+    messages,
+)
 
 log = logging.getLogger("spectra.control")
 
@@ -89,19 +98,11 @@ def _ipv4(payload: bytes) -> tuple[IPv4Address, IPv4Address, int, int | None, in
 
 def parse(data: bytes) -> list[Denied]:
     """The IPv4 packets of one NFLOG datagram (others are skipped)."""
-    buf = memoryview(data)
     out: list[Denied] = []
-    off, size = 0, len(data)
-    while off + HDR.size <= size:
-        length, kind, _, _, _ = HDR.unpack_from(buf, off)
-        if length < HDR.size:
-            break
-        end = min(off + length, size)
-        if kind == NFULNL_MSG_PACKET:
-            got = _packet(buf, off + HDR.size + 4, end)
-            if got is not None:
-                out.append(got)
-        off += (length + 3) & ~3
+    for buf, kind, off, end in messages(data):
+        got = _packet(buf, off + HDR.size + 4, end) if kind == NFULNL_MSG_PACKET else None
+        if got is not None:
+            out.append(got)
     return out
 
 

@@ -27,7 +27,6 @@ from control.logfile import NetlinkLogger, RecordLog, Rotation
 from control.logship import Shipper
 from xdp.ctevents import (
     ATTRS_AT,
-    HDR,
     MSG_DELETE,
     NETLINK_ADD_MEMBERSHIP,
     NFNLGRP_CONNTRACK_DESTROY,
@@ -36,6 +35,7 @@ from xdp.ctevents import (
     SOL_NETLINK,
     _attrs,
     _nlsocket,
+    messages,
     parse_message,
 )
 from xdp.offload import IPS_DST_NAT, IPS_SRC_NAT, CtFlow
@@ -108,19 +108,10 @@ def accounting(buf: memoryview, off: int, end: int) -> Accounting:
 
 def destroyed(data: bytes) -> list[tuple[CtFlow, Accounting]]:
     """The ended IPv4 TCP/UDP/ICMP entries of one ctnetlink datagram."""
-    buf = memoryview(data)
     out: list[tuple[CtFlow, Accounting]] = []
-    off, size = 0, len(data)
-    while off + HDR.size <= size:
-        length, kind, _, _, _ = HDR.unpack_from(buf, off)
-        if length < HDR.size:
-            break
-        end = min(off + length, size)
-        if kind == MSG_DELETE:
-            flow = parse_message(buf, off, end)
-            if flow is not None:
-                out.append((flow, accounting(buf, off, end)))
-        off += (length + 3) & ~3
+    for buf, kind, off, end in messages(data):
+        if kind == MSG_DELETE and (flow := parse_message(buf, off, end)) is not None:
+            out.append((flow, accounting(buf, off, end)))
     return out
 
 

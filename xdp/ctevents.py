@@ -320,6 +320,19 @@ def parse_message(buf: memoryview, off: int, end: int) -> CtFlow | None:
     return CtFlow(proto, orig, reply, status, tcp_state, mark, timeout)
 
 
+def messages(data: bytes) -> Iterator[tuple[memoryview, int, int, int]]:
+    """``(buffer, type, start, end)`` of each netlink message in one datagram (for the
+    readers of other groups: the flow log's DESTROY socket, the firewall log's NFLOG)."""
+    buf = memoryview(data)
+    off, size = 0, len(data)
+    while off + HDR.size <= size:
+        length, kind, _, _, _ = HDR.unpack_from(buf, off)
+        if length < HDR.size:
+            return
+        yield buf, kind, off, min(off + length, size)
+        off += (length + 3) & ~3
+
+
 def parse(data: bytes) -> Iterator[CtEvent | int]:
     """The conntrack messages in one datagram; an ``int`` is a netlink error number
     (0: the end of a dump)."""
