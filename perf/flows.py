@@ -288,7 +288,8 @@ def _steady(
             change_at.pop(0)
             doc = _document(s.udp_stream, 30 + len(applies) % 2 + 1)
             version = store.put(parse_document(doc), version, "perf flows change")
-            applies.append(agent.wait_applied(version, timeout=30))
+            # The dump baseline may take most of a window to apply a change: that is its figure.
+            applies.append(agent.wait_applied(version, timeout=s.window_s))
     cpu1, t1 = _cpu_s(pid), time.monotonic()
     after = _offload(INSTANCE)
 
