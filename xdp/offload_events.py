@@ -53,6 +53,7 @@ from xdp.flowpack import value as packed_value
 from xdp.histogram import Histogram
 from xdp.offload import (
     IPS_ASSURED,
+    IPS_DST_NAT,
     IPS_DYING,
     IPS_SRC_NAT,
     NAT_PORTS_TOP,
@@ -66,6 +67,7 @@ from xdp.offload import (
     OffloadStats,
     Timeouts,
     flow_keys,
+    nat_sides,
     why_not_offloadable,
 )
 from xdp.records import (
@@ -100,7 +102,7 @@ class CtSource(Protocol):
     def get(self, proto: int, orig: CtTuple) -> CtFlow | None: ...
     def refresh(self, items: Sequence[tuple[CtFlow, int]]) -> int: ...
     def park(self, flows: Sequence[CtFlow]) -> int: ...
-    def next_hop_mac(self, dst: IPv4Address) -> str | None: ...
+    def next_hop(self, dst: IPv4Address) -> tuple[int, str] | None: ...
 
 
 class BatchFlowTable(Protocol):
@@ -135,7 +137,9 @@ def plan_packed(
     to_workload: bytes, *, gwlb: bool = False,
 ) -> tuple[bytes, bytes, bytes, bytes]:  # fmt: skip
     """:func:`xdp.offload.plan` packed: (forward key, return key, forward value, return
-    value), the MACs as 6 bytes."""
+    value), the MACs as 6 bytes; ``inside``/``outside`` are the client's and the
+    server's sides, ``to_internet``/``to_workload`` the next hops toward the server and
+    toward the client (:func:`xdp.offload.nat_sides` for a destination-NATed flow)."""
     o, r, p = ct.orig, ct.reply, ct.proto
     os_, od, rs, rd = o.saddr.packed, o.daddr.packed, r.saddr.packed, r.daddr.packed
     icmp = p == IPPROTO_ICMP
@@ -284,24 +288,33 @@ class EventOffloader:
         values: list[bytes] = []
         staged: list[tuple[CtFlow, int, tuple[bytes, bytes]]] = []
         used = 2 * len(self.tracked)
-        hops: dict[IPv4Address, bytes | None] = {}  # few next hops serve many flows
+        hops: dict[IPv4Address, tuple[int, bytes] | None] = {}  # few serve many flows
         for ct, seen_ns in self._pending:
             if ct.key in self.tracked:
                 continue
             if used + 2 > self.max_entries:
                 self._refuse(ct.key, "table_full")
                 continue
-            gwlb = bool(ct.mark & CT_MARK_GWLB)
-            inside = self.gwlb if gwlb else self.inside
-            if inside is None:
-                continue
-            to_internet = self._hop(hops, ct.orig.daddr)
-            to_workload = self._hop(hops, ct.orig.saddr)
-            if not to_internet or not to_workload:
-                self._refuse(ct.key, "no_neighbour")
-                continue
+            gwlb = False
+            if ct.status & IPS_DST_NAT:
+                sides = self._dnat_sides(ct, hops)
+                if isinstance(sides, str):
+                    self._refuse(ct.key, sides)
+                    continue
+                inside, outside, to_internet, to_workload = sides
+            else:
+                gwlb = bool(ct.mark & CT_MARK_GWLB)
+                client_side = self.gwlb if gwlb else self.inside
+                if client_side is None:
+                    continue
+                inside, outside = client_side, self.outside
+                hop_out, hop_back = self._hop(hops, ct.reply.saddr), self._hop(hops, ct.orig.saddr)
+                if not hop_out or not hop_back:
+                    self._refuse(ct.key, "no_neighbour")
+                    continue
+                to_internet, to_workload = hop_out[1], hop_back[1]
             out_key, back_key, out_value, back_value = plan_packed(
-                ct, inside, self.outside, to_internet, to_workload, gwlb=gwlb
+                ct, inside, outside, to_internet, to_workload, gwlb=gwlb
             )
             keys += (back_key, out_key)  # return direction first
             values += (back_value, out_value)
@@ -322,11 +335,28 @@ class EventOffloader:
         self.stats.offloaded += len(staged)
         del self.install_delay_ns[:-1024]
 
-    def _hop(self, hops: dict[IPv4Address, bytes | None], dst: IPv4Address) -> bytes | None:
+    def _hop(
+        self, hops: dict[IPv4Address, tuple[int, bytes] | None], dst: IPv4Address
+    ) -> tuple[int, bytes] | None:
+        """(output ifindex, next-hop MAC) toward ``dst``; None while unresolved."""
         if dst not in hops:
-            mac = self.kernel.next_hop_mac(dst)
-            hops[dst] = mac_bytes(mac) if mac else None
+            hop = self.kernel.next_hop(dst)
+            hops[dst] = (hop[0], mac_bytes(hop[1])) if hop else None
         return hops[dst]
+
+    def _dnat_sides(
+        self, ct: CtFlow, hops: dict[IPv4Address, tuple[int, bytes] | None]
+    ) -> tuple[Interface, Interface, bytes, bytes] | str:
+        return nat_sides(ct, self.inside, self.outside, lambda dst: self._hop(hops, dst))
+
+    def _sides(self, ct: CtFlow) -> tuple[Interface, Interface] | None:
+        """The client's and the server's sides of ``ct`` (resync adoption); None when
+        they cannot be placed now."""
+        if ct.status & IPS_DST_NAT:
+            sides = self._dnat_sides(ct, {})
+            return None if isinstance(sides, str) else (sides[0], sides[1])
+        inside = self.gwlb if ct.mark & CT_MARK_GWLB else self.inside
+        return None if inside is None else (inside, self.outside)
 
     def _track(self, ct: CtFlow, keys: tuple[bytes, bytes], now_ns: int) -> None:
         gwlb = bool(ct.mark & CT_MARK_GWLB)
@@ -453,10 +483,10 @@ class EventOffloader:
             if key in self.tracked:
                 self.tracked[key].ct = ct
                 continue
-            inside = self.gwlb if ct.mark & CT_MARK_GWLB else self.inside
-            if inside is None:
+            sides = self._sides(ct)
+            if sides is None:
                 continue
-            out_key, back_key = (pack_key(k) for k in flow_keys(ct, inside, self.outside))
+            out_key, back_key = (pack_key(k) for k in flow_keys(ct, *sides))
             if out_key in table and back_key in table and out_key not in known:
                 self._track(ct, (out_key, back_key), now_ns)
                 self.stats.adopted += 1
