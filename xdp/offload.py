@@ -55,6 +55,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from nfq.marks import CT_MARK_BYPASS, CT_MARK_GWLB, CT_MARK_INSPECT
 from xdp.records import (
+    FLOW_F_DENY_TRANSLATED,
     FLOW_F_GWLB,
     IPPROTO_ICMP,
     IPPROTO_TCP,
@@ -255,6 +256,7 @@ def plan(
     mac_toward_workload: str,
     *,
     gwlb: bool = False,
+    hairpin: bool = False,
 ) -> tuple[tuple[FlowKey, FlowEntry], tuple[FlowKey, FlowEntry]]:
     """Both directions of a NATed flow, translated exactly as the kernel does: each
     direction's packet leaves with the opposite direction's tuple reversed (source,
@@ -262,7 +264,8 @@ def plan(
     client's side, ``outside`` the server's (:func:`nat_sides` for a destination-NATed
     flow), the MACs the next hops toward the server and toward the client; ``gwlb``:
     ``inside`` is the GWLB interface and the return entry re-encapsulates (the kernel's
-    next hop toward the workload is the GWLB: its MAC goes outside)."""
+    next hop toward the workload is the GWLB: its MAC goes outside); ``hairpin``: both
+    ends are inside, both entries carry ``FLOW_F_DENY_TRANSLATED``."""
     o, r, p = ct.orig, ct.reply, ct.proto
     out_key, back_key = flow_keys(ct, inside, outside)
     out_entry = FlowEntry(
@@ -273,6 +276,7 @@ def plan(
         egress_ifindex=outside.ifindex,
         src_mac=outside.mac,
         dst_mac=mac_toward_internet,
+        flags=FLOW_F_DENY_TRANSLATED if hairpin else 0,
     )
     back_entry = FlowEntry(
         new_saddr=o.daddr,
@@ -282,7 +286,7 @@ def plan(
         egress_ifindex=inside.ifindex,
         src_mac=inside.mac,
         dst_mac=mac_toward_workload,
-        flags=FLOW_F_GWLB if gwlb else 0,
+        flags=(FLOW_F_GWLB if gwlb else 0) | (FLOW_F_DENY_TRANSLATED if hairpin else 0),
     )
     return (out_key, out_entry), (back_key, back_entry)
 

@@ -72,6 +72,7 @@ from xdp.offload import (
 )
 from xdp.records import (
     FLOW_F_CLOSING,
+    FLOW_F_DENY_TRANSLATED,
     FLOW_F_GWLB,
     IPPROTO_ICMP,
     IPPROTO_TCP,
@@ -134,7 +135,7 @@ class Tracked:
 
 def plan_packed(
     ct: CtFlow, inside: Interface, outside: Interface, to_internet: bytes,
-    to_workload: bytes, *, gwlb: bool = False,
+    to_workload: bytes, *, gwlb: bool = False, hairpin: bool = False,
 ) -> tuple[bytes, bytes, bytes, bytes]:  # fmt: skip
     """:func:`xdp.offload.plan` packed: (forward key, return key, forward value, return
     value), the MACs as 6 bytes; ``inside``/``outside`` are the client's and the
@@ -143,14 +144,15 @@ def plan_packed(
     o, r, p = ct.orig, ct.reply, ct.proto
     os_, od, rs, rd = o.saddr.packed, o.daddr.packed, r.saddr.packed, r.daddr.packed
     icmp = p == IPPROTO_ICMP
+    both = FLOW_F_DENY_TRANSLATED if hairpin else 0
     return (
         packed_key(inside.ifindex, os_, od, o.sport, o.dport, p),
         packed_key(outside.ifindex, rs, rd, r.sport, r.dport, p),
         packed_value(rd, rs, r.sport if icmp else r.dport, 0 if icmp else r.sport,
-                     outside.ifindex, mac_bytes(outside.mac), to_internet),
+                     outside.ifindex, mac_bytes(outside.mac), to_internet, both),
         packed_value(od, os_, o.sport if icmp else o.dport, 0 if icmp else o.sport,
                      inside.ifindex, mac_bytes(inside.mac), to_workload,
-                     FLOW_F_GWLB if gwlb else 0),
+                     both | (FLOW_F_GWLB if gwlb else 0)),
     )  # fmt: skip
 
 
@@ -295,13 +297,14 @@ class EventOffloader:
             if used + 2 > self.max_entries:
                 self._refuse(ct.key, "table_full")
                 continue
-            gwlb = False
+            gwlb = hairpin = False
             if ct.status & IPS_DST_NAT:
                 sides = self._dnat_sides(ct, hops)
                 if isinstance(sides, str):
                     self._refuse(ct.key, sides)
                     continue
                 inside, outside, to_internet, to_workload = sides
+                hairpin = self._hairpin(inside, outside)
             else:
                 gwlb = bool(ct.mark & CT_MARK_GWLB)
                 client_side = self.gwlb if gwlb else self.inside
@@ -314,7 +317,7 @@ class EventOffloader:
                     continue
                 to_internet, to_workload = hop_out[1], hop_back[1]
             out_key, back_key, out_value, back_value = plan_packed(
-                ct, inside, outside, to_internet, to_workload, gwlb=gwlb
+                ct, inside, outside, to_internet, to_workload, gwlb=gwlb, hairpin=hairpin
             )
             keys += (back_key, out_key)  # return direction first
             values += (back_value, out_value)
@@ -348,6 +351,13 @@ class EventOffloader:
         self, ct: CtFlow, hops: dict[IPv4Address, tuple[int, bytes] | None]
     ) -> tuple[Interface, Interface, bytes, bytes] | str:
         return nat_sides(ct, self.inside, self.outside, lambda dst: self._hop(hops, dst))
+
+    def _hairpin(self, client: Interface, server: Interface) -> bool:
+        """Both ends on the inside of a two-arm gateway: the hairpin legs, whose deny
+        verdict is taken on the translated destination (``FLOW_F_DENY_TRANSLATED``).
+        One-arm, the forward chain admits destination-NATed flows before any deny rule."""
+        inside = self.inside.ifindex
+        return client.ifindex == server.ifindex == inside != self.outside.ifindex
 
     def _sides(self, ct: CtFlow) -> tuple[Interface, Interface] | None:
         """The client's and the server's sides of ``ct`` (resync adoption); None when

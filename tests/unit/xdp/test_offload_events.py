@@ -26,7 +26,7 @@ from xdp.offload import (
     plan,
 )
 from xdp.offload_events import EventOffloader, plan_packed
-from xdp.records import FLOW_F_CLOSING, FlowEntry, FlowKey
+from xdp.records import FLOW_F_CLOSING, FLOW_F_DENY_TRANSLATED, FlowEntry, FlowKey
 
 INSIDE = Interface(2, "02:00:00:00:00:02")
 OUTSIDE = Interface(3, "02:00:00:00:00:03")
@@ -101,6 +101,7 @@ class FakeKernel:
         self.refreshed: list[tuple[CtFlow, int]] = []
         self.parked: list[CtFlow] = []
         self.neighbours = True
+        self.outside = OUTSIDE.ifindex  # the interface of the default route
 
     def emit(self, kind: str, ct: CtFlow) -> None:
         self.queue.append(CtEvent(kind, ct))
@@ -138,7 +139,7 @@ class FakeKernel:
             return None
         if dst in LOCAL:
             return 1, "02:00:00:00:00:01"
-        ifindex = INSIDE.ifindex if dst in INSIDE_NET else OUTSIDE.ifindex
+        ifindex = INSIDE.ifindex if dst in INSIDE_NET else self.outside
         return ifindex, mac_of(dst)
 
 
@@ -264,11 +265,18 @@ def test_packed_plan_is_plan() -> None:
     gwlb_if = Interface(9, "02:00:00:00:00:09")
     icmp = CtFlow(1, CtTuple(WS, INET, 77, 0), CtTuple(INET, NAT, 1077, 0),
                   IPS_SEEN_REPLY | IPS_SRC_NAT, None, 0, 30)  # fmt: skip
-    for ct, inside, gwlb in ((udp(), INSIDE, False), (tcp(), gwlb_if, True), (icmp, INSIDE, False)):
-        (ok, ov), (bk, bv) = plan(ct, inside, OUTSIDE, "02:00:00:00:00:aa",
-                                  "02:00:00:00:00:bb", gwlb=gwlb)  # fmt: skip
+    cases = (
+        (udp(), INSIDE, OUTSIDE, False, False),
+        (tcp(), gwlb_if, OUTSIDE, True, False),
+        (icmp, INSIDE, OUTSIDE, False, False),
+        (port_forward(), OUTSIDE, INSIDE, False, False),
+        (hairpin(17), INSIDE, INSIDE, False, True),
+    )
+    for ct, inside, outside, gwlb, pin in cases:
+        (ok, ov), (bk, bv) = plan(ct, inside, outside, "02:00:00:00:00:aa",
+                                  "02:00:00:00:00:bb", gwlb=gwlb, hairpin=pin)  # fmt: skip
         macs = flowpack.mac_bytes("02:00:00:00:00:aa"), flowpack.mac_bytes("02:00:00:00:00:bb")
-        packed = plan_packed(ct, inside, OUTSIDE, *macs, gwlb=gwlb)
+        packed = plan_packed(ct, inside, outside, *macs, gwlb=gwlb, hairpin=pin)
         expected = tuple(map(flowpack.pack_key, (ok, bk))) + tuple(
             map(flowpack.pack_value, (ov, bv))
         )
@@ -333,9 +341,16 @@ def hairpin(proto: int = 6, daddr: IPv4Address = NAT, dport: int = 8080) -> CtFl
                 FORWARDED | IPS_SRC_NAT)  # fmt: skip
 
 
-def entry(saddr: IPv4Address, daddr: IPv4Address, sport: int, dport: int, out: Interface,
-          toward: IPv4Address) -> FlowEntry:  # fmt: skip
-    return FlowEntry(saddr, daddr, sport, dport, out.ifindex, out.mac, mac_of(toward))
+def entry(
+    saddr: IPv4Address,
+    daddr: IPv4Address,
+    sport: int,
+    dport: int,
+    out: Interface,
+    toward: IPv4Address,
+    flags: int = 0,
+) -> FlowEntry:
+    return FlowEntry(saddr, daddr, sport, dport, out.ifindex, out.mac, mac_of(toward), flags)
 
 
 @pytest.mark.parametrize("proto", [6, 17])
@@ -362,9 +377,9 @@ def test_hairpin_translates_both_addresses_on_the_inside(daddr: IPv4Address, dpo
     off.step(T0)
     assert table.entries == {
         FlowKey(INSIDE.ifindex, WS, daddr, 40000, dport, 17):
-            entry(GW_IN, BACKEND, 61000, 80, INSIDE, BACKEND),
+            entry(GW_IN, BACKEND, 61000, 80, INSIDE, BACKEND, FLOW_F_DENY_TRANSLATED),
         FlowKey(INSIDE.ifindex, BACKEND, GW_IN, 80, 61000, 17):
-            entry(daddr, WS, dport, 40000, INSIDE, WS),
+            entry(daddr, WS, dport, 40000, INSIDE, WS, FLOW_F_DENY_TRANSLATED),
     }  # fmt: skip
 
 
@@ -405,3 +420,19 @@ def test_dnat_pair_leaves_on_fin_and_is_adopted_after_a_restart() -> None:
     kernel.emit("update", replace(port_forward(), tcp_state=5))  # FIN_WAIT: the kernel's
     restarted.step(T0 + 2 * S)
     assert set(restarted.tracked) == {hairpin().key} and len(table.entries) == 2
+
+
+def test_one_arm_dnat_legs_keep_the_deny_list_on_the_packet() -> None:
+    """One interface: the forward chain admits destination-NATed flows before any deny
+    rule, so no leg is judged on its translated destination."""
+    arm = Interface(2, "02:00:00:00:00:02")
+    table, kernel = FakeTable(), FakeKernel()
+    kernel.outside = arm.ifindex
+    off = EventOffloader(table, kernel, arm, arm, 1024, timeouts=TIMEOUTS)
+    off.step(T0)
+    kernel.emit("update", hairpin())
+    kernel.emit("update", port_forward())
+    off.step(T0)
+    assert len(table.entries) == 4
+    assert {k.ifindex for k in table.entries} == {2}
+    assert all(e.flags == 0 for e in table.entries.values())
