@@ -4,9 +4,13 @@ Same decisions as :class:`xdp.offload.Offloader` (what may bypass, both directio
 the kernel translated them, kernel conntrack the source of truth), fed differently:
 
 * conntrack **events** (:mod:`xdp.ctevents`), already filtered in the kernel to
-  candidates, drive installs and removals: an update that makes a source-NATed flow
-  assured installs it (one batch map update per step); a TCP state change away from
+  candidates, drive installs and removals: an update that makes a NATed flow assured
+  installs it (one batch map update per step); a TCP state change away from
   ESTABLISHED (the kernel saw FIN/RST: it owns the teardown) or a destroy removes it;
+* **destination NAT** (port forwards, load-balancer listeners, hairpin): the two sides
+  are placed by the kernel's routes toward the client and the chosen backend
+  (:func:`xdp.offload.nat_sides`; the next-hop lookups a source-NATed flow makes
+  anyway, so no extra lookup); hairpin legs are flagged ``FLOW_F_DENY_TRANSLATED``;
 * **what is worth offloading**: assured flows only (ICMP echo: replied). The kernel
   marks UDP assured when a packet arrives more than 2 s after the first reply (a
   stream), TCP when the handshake completes: a one-packet-each-way UDP flow never
