@@ -367,6 +367,7 @@ class OffloadStats:
             "keepalives": self.keepalives,
             "adopted": self.adopted,
             "no_neighbour": self.skipped["no_neighbour"],
+            "not_forwarded": self.skipped["not_forwarded"],
             "bulk_tcp_in_kernel": self.removed["bulk_tcp"],
             "gwlb_kernel_path": self.gwlb_kernel_path,
             "gwlb_offloaded": self.gwlb_offloaded,
