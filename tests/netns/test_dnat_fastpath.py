@@ -1,12 +1,14 @@
 """Destination-NATed flows on the XDP fast path, with real traffic through cs-gw-a.
 
-Three iperf3 TCP transfers, each to a server in the workload ``cs-ws-a``:
+Four iperf3 TCP transfers, each to a server in the workload ``cs-ws-a``:
 
 * a **port forward** from the internet (``cs-inet`` -> the outside address :5301 ->
   the workload :5301);
 * an **L4 load-balancer listener** on the outside address (:9500 -> the workload :5302);
 * **hairpin**: the workload to the outside address's forward, i.e. back to itself, DNAT
-  and masquerade to the gateway's inside address, both legs on the inside interface.
+  and masquerade to the gateway's inside address, both legs on the inside interface;
+* a load-balancer listener on the **inside address** (:9600 -> the workload :5302),
+  the workload its client: hairpin again.
 
 Each time, while the transfer runs: the XDP flow table holds both directions with the
 kernel's mapping (keys on the interface each leg arrives on, translated addresses and
@@ -40,14 +42,16 @@ INET_LINK_IP = IPv4Address(GW.inet_cidr.split("/")[0])  # cs-inet on the outside
 OUTSIDE, INSIDE, WORKLOAD = (IPv4Address(a) for a in (GW.outside_ip, GW.inside_ip,
                                                        GW.workload_ip))  # fmt: skip
 FORWARD_PORT, LB_PORT, LB_BACKEND_PORT, HEALTH_PORT = 5301, 9500, 5302, 9501
+INSIDE_LB_PORT = 9600
 SECONDS = 9
 TCP = 6
 
 
 def backend_states() -> set[str]:
     lb = (read_state(GW.netns) or {}).get("load_balancer", {})
-    backends = lb.get("listeners", {}).get("web", {}).get("backends", {})
-    return {b["state"] for b in backends.values()}
+    listeners = lb.get("listeners", {})
+    return {b["state"] for name in ("web", "internal")
+            for b in listeners.get(name, {}).get("backends", {}).values()}  # fmt: skip
 
 
 def ifindex(name: str) -> int:
@@ -61,10 +65,11 @@ def the_doc() -> dict[str, Any]:
         "backends": [{"address": GW.workload_ip, "port": LB_BACKEND_PORT}],
         "health_check": {"port": HEALTH_PORT, "interval_seconds": 1, "timeout_seconds": 0.5},
     }  # fmt: skip
+    inside = {**listener, "name": "internal", "address": "inside", "port": INSIDE_LB_PORT}
     return document(
         nat={"timeouts": {"tcp_established": 5}},
         port_forwards=[forward],
-        load_balancer={"enabled": True, "listeners": [listener]},
+        load_balancer={"enabled": True, "listeners": [listener, inside]},
     )
 
 
@@ -195,3 +200,17 @@ def test_port_forward_lb_and_hairpin_flows_take_the_fast_path(servers: None) -> 
         assert entry.egress_ifindex == back.egress_ifindex == back_key.ifindex == inside
         assert (back_key.daddr, back.new_saddr, back.new_daddr) == (INSIDE, OUTSIDE, WORKLOAD)
         assert entry.flags & back.flags & FLOW_F_DENY_TRANSLATED, "hairpin: deny translated"
+
+        # a listener on the inside address, the workload its client: hairpin as well
+        key, entry, back_key, back = transfer(
+            GW.workload_netns, INSIDE, INSIDE_LB_PORT,
+            FlowKey(inside, WORKLOAD, INSIDE, 0, INSIDE_LB_PORT, TCP))  # fmt: skip
+        assert (entry.new_saddr, entry.new_daddr, entry.new_dport, entry.egress_ifindex) == (
+            INSIDE,
+            WORKLOAD,
+            LB_BACKEND_PORT,
+            inside,
+        )
+        assert (back.new_saddr, back.new_sport, back.new_daddr) == (INSIDE, INSIDE_LB_PORT,
+                                                                   WORKLOAD)  # fmt: skip
+        assert entry.flags & back.flags & FLOW_F_DENY_TRANSLATED
