@@ -37,6 +37,11 @@ def parser() -> argparse.ArgumentParser:
         "--seconds", type=float, help="seconds per run (default: the suite's own; dataplane 5)"
     )
     p.add_argument("--az", default="a", help="lab AZ whose gateway is measured (default a)")
+    p.add_argument(
+        "--phases",
+        help="dataplane only: comma-separated phases (rate,dnat,connections,testrun,rr; "
+        "default all)",
+    )
     real = p.add_argument_group("real hosts (any of these leaves lab mode; see perf/README.md)")
     real.add_argument("--ingress-dev", help="gateway interface facing the generator")
     real.add_argument("--egress-dev", help="gateway interface facing the sink")

@@ -1,10 +1,13 @@
 """The ``dataplane`` suite: CPU ns per forwarded packet of each path at a fixed offered
-rate (the method of issue 4), per-program cost through BPF_PROG_TEST_RUN, and UDP
-request/response latency, TCP connection rate and TCP throughput through each path.
+rate (the method of issue 4), the same for a destination-NATed (port-forwarded) flow,
+per-program cost through BPF_PROG_TEST_RUN, and UDP request/response latency, TCP
+connection rate and TCP throughput through each path.
 
 Baselines, measured in the same run: ``kernel_masquerade`` (the NAT instance) for
-every data-path figure, ``xdp_drop`` as the floor for the fast path, ``xdp_drop_all``
-on the same frame for per-program cost.
+every data-path figure, ``kernel_dnat`` (an nft ``dnat`` rule) for the forwarded flow
+on the fast path, ``xdp_drop`` as the floor for the fast path, ``xdp_drop_all`` on the
+same frame for per-program cost.  ``--phases`` runs a subset (``rate``, ``dnat``,
+``connections``, ``testrun``, ``rr``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,16 @@ from perf import paths, progcost, rr
 from perf.generator import Packets, SynFlood, UdpFlow, send
 from perf.lab import Lab
 from perf.method import GENERATOR_CPU, cpu_delta, dev_counter, pinned_process
-from perf.paths import IPPROTO_TCP, IPPROTO_UDP, REDIRECT_ONLY, Flow, SuiteBase
+from perf.paths import (
+    DNAT_PORT,
+    FASTPATH_DNAT,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    KERNEL_DNAT,
+    REDIRECT_ONLY,
+    Flow,
+    SuiteBase,
+)
 from perf.report import Result
 from perf.stats import EXPECTED_ORDER, Run, check_ordering, check_run, summarize
 from perf.suites import settings_for
@@ -41,6 +53,8 @@ SATURATED_BUSY = 0.9
 RATE_FLOW = Flow(IPPROTO_UDP, 40000, 9)
 SOCKPERF_CPORT = 41111
 IPERF3_CPORT = 41201
+FAST_PATHS = ("xdp_fastpath", FASTPATH_DNAT)  # paths whose flow counters are checked
+PHASES = ("rate", "dnat", "connections", "testrun", "rr")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +76,17 @@ class Settings:
 
 
 class Suite(SuiteBase[Settings]):
-    def __init__(self, target: Target, settings: Settings, progress: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        target: Target,
+        settings: Settings,
+        progress: Callable[[str], None],
+        phases: tuple[str, ...] = PHASES,
+    ) -> None:
         super().__init__(target, settings, progress)
         self.unavailable: dict[str, str] = {}
         self._sink_dropping = False
+        self.phases = phases
 
     # ---- orchestration ---------------------------------------------------------------
 
@@ -77,12 +98,17 @@ class Suite(SuiteBase[Settings]):
                 self.unavailable[path] = f"unavailable: product XDP programs: {exc}"
         self.preflight()
         results: list[Result] = []
+        phases: dict[str, Callable[[], list[Result]]] = {
+            "rate": self.rate_phase,
+            "dnat": self.dnat_phase,
+            "connections": self.connection_phase,
+            "testrun": self.testrun_phase,
+            "rr": self.rr_phase,
+        }
         try:
             self.tuning.apply()
-            results += self.rate_phase()
-            results += self.connection_phase()
-            results += self.testrun_phase()
-            results += self.rr_phase()
+            for name in self.phases:
+                results += phases[name]()
         finally:
             self.gw.cleanup()
             self.tuning.restore()
@@ -140,6 +166,43 @@ class Suite(SuiteBase[Settings]):
                     ref = valid[base].value
                     out.append(replace(fast, baseline=base, baseline_value=ref, note=note))
         return out
+
+    def dnat_phase(self) -> list[Result]:
+        """CPU per packet of a port-forwarded flow: UDP to the gateway's ingress address
+        :DNAT_PORT, translated to the service's :9 by an nft ``dnat`` rule
+        (``kernel_dnat``), or by the fast path with the flow installed as the offloader
+        installs a forwarded flow (``xdp_fastpath_dnat``, the same rule behind it)."""
+        s = self.settings
+        order = [KERNEL_DNAT] if FASTPATH_DNAT in self._blocked() else [FASTPATH_DNAT, KERNEL_DNAT]
+        sink_drop = self._sink_drop(True)
+        src_mac, gw_mac, src_ip, _ = self._addresses()
+        flow = UdpFlow(src_mac, gw_mac, src_ip, self.gw.ingress_address(), sport=RATE_FLOW.sport,
+                       dport=DNAT_PORT)  # fmt: skip
+        rounds: list[dict[str, Run]] = []
+        for i in range(s.runs):
+            round_runs = {}
+            for path in order:
+                self.progress(f"cpu/packet (dnat) run {i + 1}/{s.runs}: {path} at {s.rate_pps} pps")
+                paths.setup_rate_path(self.gw, path, RATE_FLOW)
+                try:
+                    run = self._measure(path, i, flow, s.rate_pps, s.seconds, sink_drop)
+                    round_runs[path] = self._check_fast_path(run)
+                finally:
+                    paths.teardown_rate_path(self.gw, path)
+            rounds.append(check_ordering(round_runs, order))
+        self._sink_drop(False)
+        note = f"UDP to the gateway :{DNAT_PORT}, nft dnat to the service :{RATE_FLOW.dport}"
+        out = self._cpu_results("cpu_ns_per_packet_dnat", order, rounds, s.rate_pps, note,
+                                baseline=KERNEL_DNAT)  # fmt: skip
+        if FASTPATH_DNAT not in order:
+            out.append(self._unavailable("cpu_ns_per_packet_dnat", FASTPATH_DNAT))
+        return out
+
+    def _blocked(self) -> dict[str, str]:
+        """Paths unavailable here; the DNAT fast path needs the product's programs."""
+        if "xdp_fastpath" in self.unavailable:
+            self.unavailable.setdefault(FASTPATH_DNAT, self.unavailable["xdp_fastpath"])
+        return self.unavailable
 
     def connection_phase(self) -> list[Result]:
         """CPU per new connection: TCP SYNs, each a new 5-tuple, at a fixed rate; the
@@ -280,7 +343,7 @@ class Suite(SuiteBase[Settings]):
         check: bool = True,
     ) -> Run:
         t = self.target
-        fast_before = self.programs.flow_packets() if path == "xdp_fastpath" else 0
+        fast_before = self.programs.flow_packets() if path in FAST_PATHS else 0
         counted_before = self._counted(path, sink_drop)
         cpu_before = self.tuning.gateway_cpu()
         gen = send(t.generator, t.generator_dev, packets, rate, seconds)
@@ -288,7 +351,7 @@ class Suite(SuiteBase[Settings]):
         cpu_after = self.tuning.gateway_cpu()
         forwarded = self._counted(path, sink_drop) - counted_before
         cpu_ns, wakeups = cpu_delta(cpu_before, cpu_after)
-        fast = self.programs.flow_packets() - fast_before if path == "xdp_fastpath" else 0
+        fast = self.programs.flow_packets() - fast_before if path in FAST_PATHS else 0
         run = Run(
             path,
             index,
@@ -307,7 +370,7 @@ class Suite(SuiteBase[Settings]):
     @staticmethod
     def _check_fast_path(run: Run) -> Run:
         fast = run.extra.get("fast_path_packets", 0.0)
-        if run.path == "xdp_fastpath" and fast < 0.98 * max(run.forwarded, 1):
+        if run.path in FAST_PATHS and fast < 0.98 * max(run.forwarded, 1):
             return run.invalid(f"only {fast:.0f} of {run.forwarded} packets took the fast path")
         return run
 
@@ -318,15 +381,17 @@ class Suite(SuiteBase[Settings]):
         rounds: list[dict[str, Run]],
         rate: int,
         note: str = "",
+        *,
+        baseline: str = BASELINE,
     ) -> list[Result]:
         """min / median / max CPU ns per unit of each path's valid runs, against the
-        baseline's median measured in the same rounds."""
+        ``baseline``'s median measured in the same rounds."""
         runs = {p: [r[p] for r in rounds if p in r] for p in order}
         summ = {
             p: summarize([r.ns_per_packet for r in rs], [r.valid for r in rs])
             for p, rs in runs.items()
         }
-        base = summ[BASELINE].median if BASELINE in summ else None
+        base = summ[baseline].median if baseline in summ else None
         out = []
         for path in order:
             valid = [r for r in runs[path] if r.valid]
@@ -338,7 +403,7 @@ class Suite(SuiteBase[Settings]):
                     path,
                     "ns/packet",
                     sp.median,
-                    BASELINE,
+                    baseline,
                     base,
                     [r.as_json() for r in runs[path]],
                     rate,
@@ -548,4 +613,9 @@ def _median_of(runs: list[dict[str, Any]]) -> float | None:
 
 def run(args: argparse.Namespace, target: Target, progress: Callable[[str], None]) -> list[Result]:
     """``python -m perf dataplane``: settings from the command line."""
-    return Suite(target, settings_for(args, Settings(), Settings.quick()), progress).run()
+    phases = tuple(p for p in (getattr(args, "phases", None) or ",".join(PHASES)).split(",") if p)
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown:
+        raise PerfError(f"--phases: unknown {unknown}; expected some of {','.join(PHASES)}")
+    settings = settings_for(args, Settings(), Settings.quick())
+    return Suite(target, settings, progress, phases).run()

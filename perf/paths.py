@@ -6,7 +6,12 @@ masquerade rule (the NAT-instance baseline: fck-nat, alterNAT).  ``xdp_fastpath`
 product's ``xdp_gateway`` with the flow installed (sNAT rewrite + redirect) on top of
 the masquerade rule, as the product runs.  ``xdp_drop``: ``xdp_drop_all`` on the
 gateway's ingress, the floor.  ``xdp_redirect_only``: a program that only sets the MACs
-and redirects (perf/redirect_only.bpf.c), the floor of any XDP forwarder.  The NFQUEUE
+and redirects (perf/redirect_only.bpf.c), the floor of any XDP forwarder.
+Destination NAT (a port forward, a load-balancer listener): ``kernel_dnat`` is
+forwarding + an nft ``dnat`` rule from an address and port of the gateway to the
+service; ``xdp_fastpath_dnat`` the same rule with ``xdp_gateway`` and the flow
+installed as the offloader installs a forwarded flow (destination address and port
+rewritten + redirect).  The NFQUEUE
 inspection path has its own suite (``perf/nfq.py``), and so has the GENEVE path
 (``perf/geneve.py``).
 """
@@ -28,6 +33,21 @@ NFT_TABLE = "spectra_perf"
 
 BULK_TCP_IN_KERNEL = "xdp_fastpath_bulk_tcp_in_kernel"
 REDIRECT_ONLY = "xdp_redirect_only"
+KERNEL_DNAT = "kernel_dnat"
+FASTPATH_DNAT = "xdp_fastpath_dnat"
+DNAT_TABLE = "spectra_perf_dnat"
+DNAT_PORT = 8053  # the forwarded port on the gateway; the service's is the flow's dport
+
+
+def nft_dnat(listen: str, port: int, to: str, to_port: int) -> str:
+    return (
+        f"table ip {DNAT_TABLE} {{\n"
+        "  chain prerouting {\n"
+        "    type nat hook prerouting priority dstnat; policy accept;\n"
+        f"    ip daddr {listen} udp dport {port} dnat to {to}:{to_port}\n"
+        "  }\n"
+        "}\n"
+    )
 
 
 def nft_masquerade(egress_dev: str) -> str:
@@ -96,6 +116,41 @@ class Gateway:
             t.gateway.run("nft", "delete", "table", "ip", NFT_TABLE, check=False)
             self._nft = False
 
+    def ingress_address(self) -> str:
+        """The gateway's IPv4 address on its ingress interface (what a port forward
+        or a load-balancer listener there listens on)."""
+        t = self.target
+        out = t.gateway.run("ip", "-4", "-o", "addr", "show", "dev", t.ingress_dev)
+        for line in out.splitlines():
+            parts = line.split()
+            if "inet" in parts:
+                return parts[parts.index("inet") + 1].split("/")[0]
+        raise PerfError(f"{t.ingress_dev} on {t.gateway} has no IPv4 address")
+
+    def dnat(self, on: bool, flow: Flow) -> None:
+        """The port forward ``ingress address:DNAT_PORT -> service:flow.dport``."""
+        t = self.target
+        if on:
+            rules = nft_dnat(self.ingress_address(), DNAT_PORT, t.service_ip, flow.dport)
+            t.gateway.run("sh", "-c", f"printf '%s' '{rules}' | nft -f -")
+        else:
+            t.gateway.run("nft", "delete", "table", "ip", DNAT_TABLE, check=False)
+
+    def install_dnat_flow(self, flow: Flow) -> None:
+        """The forwarded flow as the offloader installs its original direction: the
+        destination becomes the service's address and port, the source stays."""
+        t, p = self.target, self.programs
+        p.add_udp_or_tcp_flow(
+            flow.proto,
+            p.ifindex(t.gateway, t.ingress_dev),
+            (t.generator_ip, flow.sport),
+            (self.ingress_address(), DNAT_PORT),
+            (t.generator_ip, flow.sport),
+            (t.service_ip, flow.dport),
+            p.ifindex(t.gateway, t.egress_dev),
+            (self.mac(t.gateway, t.egress_dev), self.next_hop_mac()),
+        )
+
     def install_flow(self, flow: Flow, *, reverse: bool) -> None:
         """Offload ``flow`` from the generator to the service (and back if ``reverse``)."""
         t, p = self.target, self.programs
@@ -138,6 +193,7 @@ class Gateway:
         with contextlib.suppress(Exception):
             self.programs.clear_flows()
         self.masquerade(False)
+        self.target.gateway.run("nft", "delete", "table", "ip", DNAT_TABLE, check=False)
         if self._neigh:
             self.target.gateway.run(
                 "ip",
@@ -188,6 +244,13 @@ def setup_rate_path(gw: Gateway, path: str, flow: Flow) -> None:
         gw.masquerade(False)
         macs = (gw.mac(t.gateway, t.egress_dev), gw.next_hop_mac())
         gw.programs.attach_redirect_only(t.gateway, t.ingress_dev, t.egress_dev, macs)
+    elif path == KERNEL_DNAT:
+        gw.dnat(True, flow)
+    elif path == FASTPATH_DNAT:
+        gw.dnat(True, flow)
+        gw.programs.attach(t.gateway, t.ingress_dev, "xdp_gateway")
+        gw.programs.set_tx_port(t.gateway, t.egress_dev)
+        gw.install_dnat_flow(flow)
     else:
         raise PerfError(f"unknown path {path!r}")
     gw.tuning.pin()
@@ -195,10 +258,12 @@ def setup_rate_path(gw: Gateway, path: str, flow: Flow) -> None:
 
 def teardown_rate_path(gw: Gateway, path: str) -> None:
     t = gw.target
-    if path in ("xdp_fastpath", "xdp_drop", REDIRECT_ONLY):
+    if path in ("xdp_fastpath", "xdp_drop", REDIRECT_ONLY, FASTPATH_DNAT):
         gw.programs.detach(t.gateway, t.ingress_dev)
         with contextlib.suppress(Exception):
             gw.programs.clear_flows()
+    if path in (KERNEL_DNAT, FASTPATH_DNAT):
+        gw.dnat(False, Flow(IPPROTO_UDP, 0, 0))
     gw.masquerade(False)
 
 

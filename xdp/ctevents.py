@@ -7,12 +7,13 @@ thousands of entries). This module speaks the ctnetlink wire format itself
 * :class:`CtEvents` joins the event groups NEW, UPDATE and DESTROY with a large
   receive buffer and attaches a classic-BPF socket filter (:func:`candidate_filter`),
   so the kernel drops every event the offloader has no use for before it is copied to
-  the socket: entries not source-NATed, destination-NATed, updates not yet
+  the socket: entries not NATed (neither source nor destination), updates not yet
   seen-reply + assured (ICMP: seen-reply), updates of flows held for inspection, and
   the echoes of the agent's own refreshes. What passes is parsed by :func:`parse`
   (``struct`` over a ``memoryview``, a few microseconds an event).
 * :class:`CtRequests` dumps with the kernel's status filter (``CTA_STATUS`` +
-  ``CTA_STATUS_MASK``: only source-NATed entries are sent), reads one entry, and
+  ``CTA_STATUS_MASK``: only NATed entries are sent, source-NATed then destination-NATed
+  only, two disjoint dumps), reads one entry, and
   refreshes many entries' timeouts, or parks them (``CT_MARK_PARKED`` through
   ``CTA_MARK`` + ``CTA_MARK_MASK``), in one ``send`` (no ACKs: only failures answer).
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from nfq.marks import CT_MARK_BYPASS, CT_MARK_INSPECT, CT_MARK_PARKED
-from xdp.ctnetlink import next_hop_mac
+from xdp.ctnetlink import next_hop
 from xdp.offload import (
     IPS_ASSURED,
     IPS_DST_NAT,
@@ -104,9 +105,9 @@ class CtEvent:
 
 def candidate_filter(own_portid: int) -> list[tuple[int, int, int, int]]:
     """The classic-BPF program (code, jt, jf, k) that lets through only: DESTROY of a
-    source-NATed entry; NEW of a source-NATed entry (per-destination port use);
-    UPDATE of a source-NATed, not destination-NATed entry that is seen-reply and
-    assured (ICMP: seen-reply) and not held for inspection. Events caused by
+    NATed entry (source, destination or both); NEW of a NATed entry (per-destination
+    port use); UPDATE of a NATed entry that is seen-reply and assured (ICMP:
+    seen-reply) and not held for inspection. Events caused by
     ``own_portid`` (the agent's refreshes) are dropped. Attributes are found with the
     kernel's netlink-attribute helpers (``SKF_AD_NLATTR``, ``SKF_AD_NLATTR_NEST``)."""
     ld_w, ld_h = BPF_LD | BPF_ABS | BPF_W, BPF_LD | BPF_ABS | BPF_H
@@ -115,7 +116,7 @@ def candidate_filter(own_portid: int) -> list[tuple[int, int, int, int]]:
     ld_ind_w, ld_ind_b = BPF_LD | BPF_IND | BPF_W, BPF_LD | BPF_IND | BPF_B
     jeq, jset, ret = BPF_JMP | BPF_JEQ | BPF_K, BPF_JMP | BPF_JSET | BPF_K, BPF_RET | BPF_K
     st_m0, ld_m0, and_k = 0x02, BPF_LD | BPF_W | 0x60, BPF_ALU | BPF_AND | BPF_K
-    want = IPS_SRC_NAT | IPS_SEEN_REPLY
+    want = IPS_SEEN_REPLY
     # (code, k, jump-if-true label, jump-if-false label); labels are names or None
     src: list[tuple[str | None, int, int, str | None, str | None]] = [
         (None, ld_w, 12, None, None),  # nlmsg_pid (host order): who caused the event
@@ -126,8 +127,7 @@ def candidate_filter(own_portid: int) -> list[tuple[int, int, int, int]]:
         (None, jeq, 0, "accept", None),  # no status: let Python judge
         (None, tax, 0, None, None),
         (None, ld_ind_w, 4, None, None),  # A = status
-        (None, jset, IPS_SRC_NAT, None, "drop"),
-        (None, jset, IPS_DST_NAT, "drop", None),
+        (None, jset, IPS_SRC_NAT | IPS_DST_NAT, None, "drop"),
         (None, st_m0, 0, None, None),
         (None, ld_h, 4, None, None),  # nlmsg_type (host order, read big-endian)
         (None, jeq, socket.htons(MSG_DELETE), "accept", None),
@@ -468,9 +468,14 @@ class CtRequests:
         return self._seq
 
     def dump(self) -> Iterator[CtFlow]:
-        """Every source-NATed IPv4 entry (the kernel filters by status)."""
-        filt = _nla(CTA_STATUS, struct.pack(">I", IPS_SRC_NAT))
-        filt += _nla(CTA_STATUS_MASK, struct.pack(">I", IPS_SRC_NAT))
+        """Every NATed IPv4 entry (the kernel filters by status): the source-NATed ones
+        (destination-NATed too or not), then those destination-NATed only."""
+        yield from self._dump(IPS_SRC_NAT, IPS_SRC_NAT)
+        yield from self._dump(IPS_DST_NAT, IPS_SRC_NAT | IPS_DST_NAT)
+
+    def _dump(self, status: int, mask: int) -> Iterator[CtFlow]:
+        filt = _nla(CTA_STATUS, struct.pack(">I", status))
+        filt += _nla(CTA_STATUS_MASK, struct.pack(">I", mask))
         self.sock.setblocking(True)
         self.sock.send(_msg(MSG_GET, NLM_F_REQUEST | NLM_F_DUMP, self._next_seq(), filt))
         while True:
@@ -566,7 +571,7 @@ class EventKernel:
         self.requests = CtRequests()
         self.event_socket = CtEvents(self.requests.portid, rcvbuf)
         self._ipr = IPRoute()
-        self._hops: dict[IPv4Address, tuple[int, str | None]] = {}
+        self._hops: dict[IPv4Address, tuple[int, tuple[int, str]]] = {}
 
     @property
     def refresh_failed(self) -> int:
@@ -590,19 +595,19 @@ class EventKernel:
     def park(self, flows: Iterable[CtFlow]) -> int:
         return self.requests.park(flows)
 
-    def next_hop_mac(self, dst: IPv4Address) -> str | None:
+    def next_hop(self, dst: IPv4Address) -> tuple[int, str] | None:
         import time
 
         now = time.monotonic_ns()
         cached = self._hops.get(dst)
         if cached is not None and now - cached[0] < NEXT_HOP_TTL_NS:
             return cached[1]
-        mac = next_hop_mac(self._ipr, dst)
+        hop = next_hop(self._ipr, dst)
         if len(self._hops) >= NEXT_HOP_MEMORY:
             self._hops.clear()
-        if mac is not None:  # an unresolved neighbour is asked again next time
-            self._hops[dst] = (now, mac)
-        return mac
+        if hop is not None:  # an unresolved neighbour is asked again next time
+            self._hops[dst] = (now, hop)
+        return hop
 
     def close(self) -> None:
         self.event_socket.close()

@@ -71,6 +71,13 @@ class PyrouteKernel:
 def next_hop_mac(ipr: Any, dst: IPv4Address) -> str | None:
     """The MAC of the next hop toward ``dst`` (the route's gateway, else ``dst``), from
     the neighbour table; None while it is unresolved."""
+    hop = next_hop(ipr, dst)
+    return None if hop is None else hop[1]
+
+
+def next_hop(ipr: Any, dst: IPv4Address) -> tuple[int, str] | None:
+    """The route's output interface toward ``dst`` and the MAC of its next hop (the
+    route's gateway, else ``dst``) from the neighbour table; None while unresolved."""
     routes = ipr.route("get", dst=str(dst))
     if not routes:
         return None
@@ -80,7 +87,7 @@ def next_hop_mac(ipr: Any, dst: IPv4Address) -> str | None:
     for neigh in ipr.get_neighbours(dst=hop, ifindex=oif):
         mac = neigh.get_attr("NDA_LLADDR")
         if mac:
-            return str(mac)
+            return int(oif), str(mac)
     return None
 
 

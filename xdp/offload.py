@@ -1,4 +1,9 @@
-"""Conntrack-aware sNAT offload: move flows the kernel has decided into the XDP table.
+"""Conntrack-aware NAT offload: move flows the kernel has decided into the XDP table.
+
+The decisions (:func:`why_not_offloadable`, :func:`nat_sides`, :func:`plan`) serve both
+offloaders: :mod:`xdp.offload_events` (production: source- and destination-NATed flows)
+and the dump offloader here (:class:`Offloader`, kept as the performance baseline:
+source-NATed flows only, a destination-NATed one is skipped as ``dnat``).
 
 The decisions only: what the kernel holds comes through the :class:`Kernel` protocol
 (:class:`xdp.ctnetlink.PyrouteKernel` in production, fakes in tests), so nothing here
@@ -42,14 +47,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from nfq.marks import CT_MARK_BYPASS, CT_MARK_GWLB, CT_MARK_INSPECT
 from xdp.records import (
+    FLOW_F_DENY_TRANSLATED,
     FLOW_F_GWLB,
     IPPROTO_ICMP,
     IPPROTO_TCP,
@@ -167,21 +173,31 @@ class Timeouts:
 
 
 def why_not_offloadable(
-    ct: CtFlow, timeouts: Timeouts, recent_seconds: float, *, gwlb_linked: bool = False
+    ct: CtFlow,
+    timeouts: Timeouts,
+    recent_seconds: float,
+    *,
+    gwlb_linked: bool = False,
+    dnat: bool = True,
 ) -> str | None:
     """None when ``ct`` may go to the fast path now, else the reason it may not;
-    ``gwlb_linked``: GWLB flows can be re-encapsulated by the fast path."""
+    ``gwlb_linked``: GWLB flows can be re-encapsulated by the fast path; ``dnat``:
+    the caller can place destination-NATed flows (:func:`nat_sides`).  A flow the
+    kernel admitted is decided: a port forward's ``allow_from`` and the L4 load
+    balancer's choice of backend apply to new connections only."""
     if ct.status & IPS_DYING:
         return "dying"
-    if not ct.status & IPS_SRC_NAT or ct.status & IPS_DST_NAT:
-        return "not_snat"
+    if not ct.status & (IPS_SRC_NAT | IPS_DST_NAT):
+        return "not_nat"
+    if ct.status & IPS_DST_NAT and not dnat:
+        return "dnat"
     if not ct.status & IPS_SEEN_REPLY:
         return "unreplied"
     if ct.proto == IPPROTO_TCP and (
         ct.tcp_state != TCP_CONNTRACK_ESTABLISHED or not ct.status & IPS_ASSURED
     ):
         return "not_established"
-    if ct.mark & CT_MARK_GWLB and not gwlb_linked:
+    if ct.mark & CT_MARK_GWLB and (not gwlb_linked or ct.status & IPS_DST_NAT):
         return "gwlb"
     if ct.mark & CT_MARK_INSPECT and not ct.mark & CT_MARK_BYPASS:
         return "under_inspection"
@@ -192,13 +208,44 @@ def why_not_offloadable(
 
 
 def flow_keys(ct: CtFlow, inside: Interface, outside: Interface) -> tuple[FlowKey, FlowKey]:
-    """The fast-path keys of both directions: as sent by the workload (arriving on
-    ``inside``: the inside or the GWLB interface), as returned."""
+    """The fast-path keys of both directions: as sent by the client (arriving on
+    ``inside``, the client's side: the inside or the GWLB interface for a source-NATed
+    flow), as returned by the server (arriving on ``outside``, the server's side)."""
     o, r, p = ct.orig, ct.reply, ct.proto
     return (
         FlowKey(inside.ifindex, o.saddr, o.daddr, o.sport, o.dport, p),
         FlowKey(outside.ifindex, r.saddr, r.daddr, r.sport, r.dport, p),
     )
+
+
+Hop = TypeVar("Hop")
+
+
+def nat_sides(
+    ct: CtFlow,
+    inside: Interface,
+    outside: Interface,
+    hop: Callable[[IPv4Address], tuple[int, Hop] | None],
+) -> tuple[Interface, Interface, Hop, Hop] | str:
+    """Where a destination-NATed flow's two ends are, from the kernel's routes:
+    (client side, server side, next hop toward the server, toward the client), or the
+    reason it cannot be placed.  ``hop(address)`` is the route's output interface and
+    next hop toward ``address``.
+
+    The client is ``orig.saddr``, the server the kernel chose is ``reply.saddr``.  A
+    port forward or an outside load-balancer listener: client outside, server inside.
+    Hairpin (an inside client to an outside address; an inside listener): both inside,
+    and the kernel also source-NATed the flow to the gateway's inside address, so the
+    server answers the gateway and both legs arrive on the inside interface.  Either
+    end on another interface (the gateway itself: ``lo``) stays in the kernel."""
+    to_server, to_client = hop(ct.reply.saddr), hop(ct.orig.saddr)
+    if to_server is None or to_client is None:
+        return "no_neighbour"
+    sides = {inside.ifindex: inside, outside.ifindex: outside}
+    client, server = sides.get(to_client[0]), sides.get(to_server[0])
+    if client is None or server is None:
+        return "not_forwarded"
+    return client, server, to_server[1], to_client[1]
 
 
 def plan(
@@ -209,10 +256,16 @@ def plan(
     mac_toward_workload: str,
     *,
     gwlb: bool = False,
+    hairpin: bool = False,
 ) -> tuple[tuple[FlowKey, FlowEntry], tuple[FlowKey, FlowEntry]]:
-    """Both directions of a source-NATed flow, translated exactly as the kernel does;
-    ``gwlb``: ``inside`` is the GWLB interface and the return entry re-encapsulates
-    (the kernel's next hop toward the workload is the GWLB: its MAC goes outside)."""
+    """Both directions of a NATed flow, translated exactly as the kernel does: each
+    direction's packet leaves with the opposite direction's tuple reversed (source,
+    destination or both translated, whatever the kernel chose). ``inside`` is the
+    client's side, ``outside`` the server's (:func:`nat_sides` for a destination-NATed
+    flow), the MACs the next hops toward the server and toward the client; ``gwlb``:
+    ``inside`` is the GWLB interface and the return entry re-encapsulates (the kernel's
+    next hop toward the workload is the GWLB: its MAC goes outside); ``hairpin``: both
+    ends are inside, both entries carry ``FLOW_F_DENY_TRANSLATED``."""
     o, r, p = ct.orig, ct.reply, ct.proto
     out_key, back_key = flow_keys(ct, inside, outside)
     out_entry = FlowEntry(
@@ -223,6 +276,7 @@ def plan(
         egress_ifindex=outside.ifindex,
         src_mac=outside.mac,
         dst_mac=mac_toward_internet,
+        flags=FLOW_F_DENY_TRANSLATED if hairpin else 0,
     )
     back_entry = FlowEntry(
         new_saddr=o.daddr,
@@ -232,7 +286,7 @@ def plan(
         egress_ifindex=inside.ifindex,
         src_mac=inside.mac,
         dst_mac=mac_toward_workload,
-        flags=FLOW_F_GWLB if gwlb else 0,
+        flags=(FLOW_F_GWLB if gwlb else 0) | (FLOW_F_DENY_TRANSLATED if hairpin else 0),
     )
     return (out_key, out_entry), (back_key, back_entry)
 
@@ -313,6 +367,7 @@ class OffloadStats:
             "keepalives": self.keepalives,
             "adopted": self.adopted,
             "no_neighbour": self.skipped["no_neighbour"],
+            "not_forwarded": self.skipped["not_forwarded"],
             "bulk_tcp_in_kernel": self.removed["bulk_tcp"],
             "gwlb_kernel_path": self.gwlb_kernel_path,
             "gwlb_offloaded": self.gwlb_offloaded,
@@ -378,7 +433,11 @@ class Offloader:
             if ct_key in self.offloaded or ct_key in self.kernel_only:
                 continue
             why = why_not_offloadable(
-                ct, self.timeouts, self.recent_seconds, gwlb_linked=self.gwlb is not None
+                ct,
+                self.timeouts,
+                self.recent_seconds,
+                gwlb_linked=self.gwlb is not None,
+                dnat=False,
             )
             if why:
                 if why == "gwlb":

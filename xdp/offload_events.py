@@ -4,9 +4,13 @@ Same decisions as :class:`xdp.offload.Offloader` (what may bypass, both directio
 the kernel translated them, kernel conntrack the source of truth), fed differently:
 
 * conntrack **events** (:mod:`xdp.ctevents`), already filtered in the kernel to
-  candidates, drive installs and removals: an update that makes a source-NATed flow
-  assured installs it (one batch map update per step); a TCP state change away from
+  candidates, drive installs and removals: an update that makes a NATed flow assured
+  installs it (one batch map update per step); a TCP state change away from
   ESTABLISHED (the kernel saw FIN/RST: it owns the teardown) or a destroy removes it;
+* **destination NAT** (port forwards, load-balancer listeners, hairpin): the two sides
+  are placed by the kernel's routes toward the client and the chosen backend
+  (:func:`xdp.offload.nat_sides`; the next-hop lookups a source-NATed flow makes
+  anyway, so no extra lookup); hairpin legs are flagged ``FLOW_F_DENY_TRANSLATED``;
 * **what is worth offloading**: assured flows only (ICMP echo: replied). The kernel
   marks UDP assured when a packet arrives more than 2 s after the first reply (a
   stream), TCP when the handshake completes: a one-packet-each-way UDP flow never
@@ -53,6 +57,7 @@ from xdp.flowpack import value as packed_value
 from xdp.histogram import Histogram
 from xdp.offload import (
     IPS_ASSURED,
+    IPS_DST_NAT,
     IPS_DYING,
     IPS_SRC_NAT,
     NAT_PORTS_TOP,
@@ -66,10 +71,12 @@ from xdp.offload import (
     OffloadStats,
     Timeouts,
     flow_keys,
+    nat_sides,
     why_not_offloadable,
 )
 from xdp.records import (
     FLOW_F_CLOSING,
+    FLOW_F_DENY_TRANSLATED,
     FLOW_F_GWLB,
     IPPROTO_ICMP,
     IPPROTO_TCP,
@@ -100,7 +107,7 @@ class CtSource(Protocol):
     def get(self, proto: int, orig: CtTuple) -> CtFlow | None: ...
     def refresh(self, items: Sequence[tuple[CtFlow, int]]) -> int: ...
     def park(self, flows: Sequence[CtFlow]) -> int: ...
-    def next_hop_mac(self, dst: IPv4Address) -> str | None: ...
+    def next_hop(self, dst: IPv4Address) -> tuple[int, str] | None: ...
 
 
 class BatchFlowTable(Protocol):
@@ -132,21 +139,24 @@ class Tracked:
 
 def plan_packed(
     ct: CtFlow, inside: Interface, outside: Interface, to_internet: bytes,
-    to_workload: bytes, *, gwlb: bool = False,
+    to_workload: bytes, *, gwlb: bool = False, hairpin: bool = False,
 ) -> tuple[bytes, bytes, bytes, bytes]:  # fmt: skip
     """:func:`xdp.offload.plan` packed: (forward key, return key, forward value, return
-    value), the MACs as 6 bytes."""
+    value), the MACs as 6 bytes; ``inside``/``outside`` are the client's and the
+    server's sides, ``to_internet``/``to_workload`` the next hops toward the server and
+    toward the client (:func:`xdp.offload.nat_sides` for a destination-NATed flow)."""
     o, r, p = ct.orig, ct.reply, ct.proto
     os_, od, rs, rd = o.saddr.packed, o.daddr.packed, r.saddr.packed, r.daddr.packed
     icmp = p == IPPROTO_ICMP
+    both = FLOW_F_DENY_TRANSLATED if hairpin else 0
     return (
         packed_key(inside.ifindex, os_, od, o.sport, o.dport, p),
         packed_key(outside.ifindex, rs, rd, r.sport, r.dport, p),
         packed_value(rd, rs, r.sport if icmp else r.dport, 0 if icmp else r.sport,
-                     outside.ifindex, mac_bytes(outside.mac), to_internet),
+                     outside.ifindex, mac_bytes(outside.mac), to_internet, both),
         packed_value(od, os_, o.sport if icmp else o.dport, 0 if icmp else o.sport,
                      inside.ifindex, mac_bytes(inside.mac), to_workload,
-                     FLOW_F_GWLB if gwlb else 0),
+                     both | (FLOW_F_GWLB if gwlb else 0)),
     )  # fmt: skip
 
 
@@ -284,24 +294,34 @@ class EventOffloader:
         values: list[bytes] = []
         staged: list[tuple[CtFlow, int, tuple[bytes, bytes]]] = []
         used = 2 * len(self.tracked)
-        hops: dict[IPv4Address, bytes | None] = {}  # few next hops serve many flows
+        hops: dict[IPv4Address, tuple[int, bytes] | None] = {}  # few serve many flows
         for ct, seen_ns in self._pending:
             if ct.key in self.tracked:
                 continue
             if used + 2 > self.max_entries:
                 self._refuse(ct.key, "table_full")
                 continue
-            gwlb = bool(ct.mark & CT_MARK_GWLB)
-            inside = self.gwlb if gwlb else self.inside
-            if inside is None:
-                continue
-            to_internet = self._hop(hops, ct.orig.daddr)
-            to_workload = self._hop(hops, ct.orig.saddr)
-            if not to_internet or not to_workload:
-                self._refuse(ct.key, "no_neighbour")
-                continue
+            gwlb = hairpin = False
+            if ct.status & IPS_DST_NAT:
+                sides = self._dnat_sides(ct, hops)
+                if isinstance(sides, str):
+                    self._refuse(ct.key, sides)
+                    continue
+                inside, outside, to_internet, to_workload = sides
+                hairpin = self._hairpin(inside, outside)
+            else:
+                gwlb = bool(ct.mark & CT_MARK_GWLB)
+                client_side = self.gwlb if gwlb else self.inside
+                if client_side is None:
+                    continue
+                inside, outside = client_side, self.outside
+                hop_out, hop_back = self._hop(hops, ct.reply.saddr), self._hop(hops, ct.orig.saddr)
+                if not hop_out or not hop_back:
+                    self._refuse(ct.key, "no_neighbour")
+                    continue
+                to_internet, to_workload = hop_out[1], hop_back[1]
             out_key, back_key, out_value, back_value = plan_packed(
-                ct, inside, self.outside, to_internet, to_workload, gwlb=gwlb
+                ct, inside, outside, to_internet, to_workload, gwlb=gwlb, hairpin=hairpin
             )
             keys += (back_key, out_key)  # return direction first
             values += (back_value, out_value)
@@ -322,11 +342,35 @@ class EventOffloader:
         self.stats.offloaded += len(staged)
         del self.install_delay_ns[:-1024]
 
-    def _hop(self, hops: dict[IPv4Address, bytes | None], dst: IPv4Address) -> bytes | None:
+    def _hop(
+        self, hops: dict[IPv4Address, tuple[int, bytes] | None], dst: IPv4Address
+    ) -> tuple[int, bytes] | None:
+        """(output ifindex, next-hop MAC) toward ``dst``; None while unresolved."""
         if dst not in hops:
-            mac = self.kernel.next_hop_mac(dst)
-            hops[dst] = mac_bytes(mac) if mac else None
+            hop = self.kernel.next_hop(dst)
+            hops[dst] = (hop[0], mac_bytes(hop[1])) if hop else None
         return hops[dst]
+
+    def _dnat_sides(
+        self, ct: CtFlow, hops: dict[IPv4Address, tuple[int, bytes] | None]
+    ) -> tuple[Interface, Interface, bytes, bytes] | str:
+        return nat_sides(ct, self.inside, self.outside, lambda dst: self._hop(hops, dst))
+
+    def _hairpin(self, client: Interface, server: Interface) -> bool:
+        """Both ends on the inside of a two-arm gateway: the hairpin legs, whose deny
+        verdict is taken on the translated destination (``FLOW_F_DENY_TRANSLATED``).
+        One-arm, the forward chain admits destination-NATed flows before any deny rule."""
+        inside = self.inside.ifindex
+        return client.ifindex == server.ifindex == inside != self.outside.ifindex
+
+    def _sides(self, ct: CtFlow) -> tuple[Interface, Interface] | None:
+        """The client's and the server's sides of ``ct`` (resync adoption); None when
+        they cannot be placed now."""
+        if ct.status & IPS_DST_NAT:
+            sides = self._dnat_sides(ct, {})
+            return None if isinstance(sides, str) else (sides[0], sides[1])
+        inside = self.gwlb if ct.mark & CT_MARK_GWLB else self.inside
+        return None if inside is None else (inside, self.outside)
 
     def _track(self, ct: CtFlow, keys: tuple[bytes, bytes], now_ns: int) -> None:
         gwlb = bool(ct.mark & CT_MARK_GWLB)
@@ -453,10 +497,10 @@ class EventOffloader:
             if key in self.tracked:
                 self.tracked[key].ct = ct
                 continue
-            inside = self.gwlb if ct.mark & CT_MARK_GWLB else self.inside
-            if inside is None:
+            sides = self._sides(ct)
+            if sides is None:
                 continue
-            out_key, back_key = (pack_key(k) for k in flow_keys(ct, inside, self.outside))
+            out_key, back_key = (pack_key(k) for k in flow_keys(ct, *sides))
             if out_key in table and back_key in table and out_key not in known:
                 self._track(ct, (out_key, back_key), now_ns)
                 self.stats.adopted += 1

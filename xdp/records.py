@@ -21,6 +21,8 @@ PORT_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP)
 
 FLOW_F_CLOSING = 1 << 0
 FLOW_F_GWLB = 1 << 1  # two-arm GWLB return: re-encapsulated with the stored header
+# hairpin leg: the deny list judges the translated destination (the forward chain's view)
+FLOW_F_DENY_TRANSLATED = 1 << 2
 MAX_DENY_RULES = 4096  # the default build's (BuildOptions.max_deny_rules)
 
 ANY_NETWORK = IPv4Network("0.0.0.0/0")

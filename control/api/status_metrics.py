@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 SECTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "offload": (
         ("offloaded_total", "table_full", "keepalives", "adopted", "no_neighbour",
-         "bulk_tcp_in_kernel", "events", "resyncs_total", "refresh_failed",
+         "not_forwarded", "bulk_tcp_in_kernel", "events", "resyncs_total", "refresh_failed",
          "destroyed_while_active", "idle_parked"),
         ("active", "gwlb_kernel_path", "gwlb_offloaded", "nat_ports_busiest"),
     ),

@@ -73,6 +73,9 @@ struct flow_key {
 
 #define FLOW_F_CLOSING (1U << 0) /* FIN/RST seen: every packet goes to the kernel */
 #define FLOW_F_GWLB (1U << 1)    /* two-arm GWLB return: re-encapsulate after the rewrite */
+/* Hairpin leg (both ends inside, destination NAT): the deny list judges the translated
+ * destination, as the forward chain sees it after the prerouting NAT. */
+#define FLOW_F_DENY_TRANSLATED (1U << 2)
 
 struct flow_value {
 	__be32 be_new_saddr;

@@ -300,10 +300,11 @@ static __always_inline __u32 gw_parse(struct hdr_cursor *nh, void *data_end, str
  * can match.  STAT_DROP_DENY (the first matching rule's counter bumped) or GW_NEXT.
  * `l4` is where the transport header starts. */
 static __always_inline __u32 gw_deny(const struct gw_pkt *p, void *l4, void *data_end,
-				     __u64 pkt_len, __u32 epoch)
+				     __u64 pkt_len, __u32 epoch, const struct flow_value *fv)
 {
 	struct l4_ports *ports = l4;
 	struct counter *cnt;
+	__be32 be_daddr = p->iph->daddr;
 	__be16 be_dport = 0;
 	__u32 gen = epoch & 1, rule, rule_slot;
 	int has_port = 0;
@@ -314,11 +315,18 @@ static __always_inline __u32 gw_deny(const struct gw_pkt *p, void *l4, void *dat
 		be_dport = ports->be_dport;
 		has_port = 1;
 	}
-	rule = deny_lookup(p->iph->saddr, p->iph->daddr, p->ip_proto, has_port, be_dport, gen);
+	/* A hairpin leg's packet is addressed to the gateway; the forward chain judges it
+	 * after the prerouting NAT, toward the translated destination. */
+	if (fv && (fv->flags & FLOW_F_DENY_TRANSLATED)) {
+		be_daddr = fv->be_new_daddr;
+		if (has_port)
+			be_dport = fv->be_new_dport;
+	}
+	rule = deny_lookup(p->iph->saddr, be_daddr, p->ip_proto, has_port, be_dport, gen);
 	if (!rule)
 		return GW_NEXT;
 	/* Checked only for a match: what is not denied never pays for it. */
-	if (to_the_gateway(p->iph->daddr))
+	if (to_the_gateway(be_daddr))
 		return GW_NEXT;
 	rule_slot = gen * MAX_DENY_RULES + rule - 1;
 	cnt = deny_stats.lookup(&rule_slot);
@@ -481,7 +489,9 @@ int xdp_gateway(struct xdp_md *ctx)
 	}
 	lookup = gw_lookup(&nh, data_end, ifindex, &p, &fv, &gv);
 	if (lookup != GW_NEXT || fv->deny_epoch != epoch) {
-		reason = deny_here ? gw_deny(&p, l4, data_end, pkt_len, epoch) : GW_NEXT;
+		reason = deny_here ? gw_deny(&p, l4, data_end, pkt_len, epoch,
+					     lookup == GW_NEXT ? fv : NULL)
+				   : GW_NEXT;
 		if (reason != GW_NEXT) {
 			action = XDP_DROP;
 			goto out;

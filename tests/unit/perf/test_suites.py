@@ -41,3 +41,13 @@ def test_quick_then_runs_and_seconds_from_the_command_line() -> None:
     args = parser().parse_args(["geneve", "--json", "x", "--seconds", "1.5"])
     chosen = settings_for(args, geneve.Settings(), geneve.Settings.quick())
     assert (chosen.seconds, chosen.runs, chosen.testrun) == (1.5, 5, (7, 2000))
+
+
+def test_dataplane_phases_are_checked_before_anything_runs() -> None:
+    from perf.target import PerfError, lab_target
+
+    args = parser().parse_args(["dataplane", "--json", "x", "--phases", "rate,dnta"])
+    with pytest.raises(
+        PerfError, match=r"--phases: unknown \['dnta'\]; expected some of rate,dnat"
+    ):
+        dataplane.run(args, lab_target(), lambda _: None)

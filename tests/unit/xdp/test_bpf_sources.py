@@ -42,3 +42,15 @@ def test_programs_take_shared_headers_from_the_include_folder() -> None:
         for source in folder.glob("*.[ch]"):
             for name in INCLUDE.findall(source.read_text()):
                 assert (folder / name).is_file() or (INCLUDE_DIR / name).is_file(), name
+
+
+def test_flow_flags_match_the_program() -> None:
+    """``FLOW_F_*`` of ``maps.h`` and of :mod:`xdp.records` are the same bits."""
+    from xdp import records
+
+    text = (BPF_DIR / "maps.h").read_text()
+    in_c = {
+        m[1]: 1 << int(m[2]) for m in re.finditer(r"#define (FLOW_F_\w+) \(1U << (\d+)\)", text)
+    }
+    in_py = {n: getattr(records, n) for n in dir(records) if n.startswith("FLOW_F_")}
+    assert in_c == in_py and len(in_c) >= 3

@@ -11,6 +11,7 @@ import pytest
 from nfq.marks import CT_MARK_BYPASS, CT_MARK_GWLB, CT_MARK_INSPECT
 from xdp.offload import (
     IPS_ASSURED,
+    IPS_DST_NAT,
     IPS_DYING,
     IPS_SEEN_REPLY,
     IPS_SRC_NAT,
@@ -30,6 +31,7 @@ OUTSIDE = Interface(3, "02:00:00:00:00:03")
 TIMEOUTS = Timeouts(tcp_established=432000, udp=30, udp_stream=120, icmp=30)
 WS, INET, NAT = IPv4Address("10.0.1.10"), IPv4Address("198.51.100.10"), IPv4Address("203.0.113.2")
 ESTABLISHED = IPS_SEEN_REPLY | IPS_ASSURED | IPS_SRC_NAT
+FORWARDED = IPS_SEEN_REPLY | IPS_ASSURED | IPS_DST_NAT
 
 
 def tcp(sport: int = 40000, nat_port: int = 40000, **kw: object) -> CtFlow:
@@ -110,7 +112,19 @@ def test_plan_icmp_echo_rewrites_the_identifier() -> None:
         (tcp(tcp_state=1), "not_established"),
         (tcp(status=IPS_SEEN_REPLY | IPS_SRC_NAT), "not_established"),
         (tcp(status=IPS_ASSURED | IPS_SRC_NAT), "unreplied"),
-        (tcp(status=IPS_SEEN_REPLY | IPS_ASSURED), "not_snat"),
+        (tcp(status=IPS_SEEN_REPLY | IPS_ASSURED), "not_nat"),
+        # destination NAT (port forward, load balancer) and both (hairpin): offloadable,
+        # with the same reasons as source NAT for what is not yet decided
+        (tcp(status=FORWARDED), None),
+        (tcp(status=FORWARDED | IPS_SRC_NAT), None),
+        (tcp(status=FORWARDED, tcp_state=1), "not_established"),
+        (tcp(status=IPS_DST_NAT | IPS_SEEN_REPLY), "not_established"),
+        (tcp(status=IPS_DST_NAT | IPS_ASSURED), "unreplied"),
+        (tcp(status=FORWARDED | IPS_DYING), "dying"),
+        (tcp(status=FORWARDED, mark=CT_MARK_INSPECT), "under_inspection"),
+        (tcp(status=FORWARDED, mark=CT_MARK_INSPECT | CT_MARK_BYPASS), None),
+        (tcp(status=FORWARDED, timeout=432000 - 60), "idle"),
+        (tcp(status=FORWARDED, mark=CT_MARK_GWLB), "gwlb"),  # GWLB: never destination-NATed
         (tcp(status=ESTABLISHED | IPS_DYING), "dying"),
         (tcp(mark=CT_MARK_INSPECT), "under_inspection"),
         (tcp(mark=CT_MARK_INSPECT | CT_MARK_BYPASS), None),
@@ -121,6 +135,21 @@ def test_plan_icmp_echo_rewrites_the_identifier() -> None:
 )
 def test_offload_policy(flow: CtFlow, reason: str | None) -> None:
     assert why_not_offloadable(flow, TIMEOUTS, recent_seconds=5) == reason
+
+
+def test_gwlb_dnat_stays_in_the_kernel_even_when_linked() -> None:
+    ct = tcp(status=FORWARDED, mark=CT_MARK_GWLB)
+    assert why_not_offloadable(ct, TIMEOUTS, 5, gwlb_linked=True) == "gwlb"
+    assert why_not_offloadable(tcp(mark=CT_MARK_GWLB), TIMEOUTS, 5, gwlb_linked=True) is None
+
+
+def test_the_dump_offloader_leaves_destination_nat_to_the_kernel() -> None:
+    """The dump offloader (the perf baseline) places source-NATed flows only."""
+    assert why_not_offloadable(tcp(status=FORWARDED), TIMEOUTS, 5, dnat=False) == "dnat"
+    off, table, _ = offloader([tcp(status=FORWARDED), tcp(40001, 40001)])
+    off.sync(now_ns=1_000)
+    assert off.stats.offloaded == 1 and len(table.entries) == 2
+    assert {k.sport for k in table.entries} == {40001, 80}
 
 
 def test_installs_pair_then_keeps_conntrack_alive_from_last_seen() -> None:

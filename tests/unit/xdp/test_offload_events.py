@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
+import pytest
+
+from nfq.marks import CT_MARK_INSPECT
 from xdp import flowpack
 from xdp.ctevents import CtEvent
 from xdp.offload import (
     IPS_ASSURED,
+    IPS_DST_NAT,
     IPS_SEEN_REPLY,
     IPS_SRC_NAT,
     TCP_CONNTRACK_ESTABLISHED,
@@ -22,13 +26,22 @@ from xdp.offload import (
     plan,
 )
 from xdp.offload_events import EventOffloader, plan_packed
-from xdp.records import FLOW_F_CLOSING, FlowEntry, FlowKey
+from xdp.records import FLOW_F_CLOSING, FLOW_F_DENY_TRANSLATED, FlowEntry, FlowKey
 
 INSIDE = Interface(2, "02:00:00:00:00:02")
 OUTSIDE = Interface(3, "02:00:00:00:00:03")
 TIMEOUTS = Timeouts(tcp_established=350, udp=30, udp_stream=120, icmp=30)
 WS, INET, NAT = IPv4Address("10.0.1.10"), IPv4Address("198.51.100.10"), IPv4Address("203.0.113.2")
 S = 1_000_000_000
+INSIDE_NET = IPv4Network("10.0.0.0/8")
+GW_IN = IPv4Address("10.0.1.1")  # the gateway's inside address (hairpin masquerade)
+LOCAL = {GW_IN, NAT}
+
+
+def mac_of(addr: IPv4Address) -> str:
+    return "02:aa:" + addr.packed.hex(":")
+
+
 T0 = 1000 * S
 
 
@@ -88,6 +101,7 @@ class FakeKernel:
         self.refreshed: list[tuple[CtFlow, int]] = []
         self.parked: list[CtFlow] = []
         self.neighbours = True
+        self.outside = OUTSIDE.ifindex  # the interface of the default route
 
     def emit(self, kind: str, ct: CtFlow) -> None:
         self.queue.append(CtEvent(kind, ct))
@@ -118,8 +132,15 @@ class FakeKernel:
         self.parked += flows
         return len(flows)
 
-    def next_hop_mac(self, dst: IPv4Address) -> str | None:
-        return "02:00:00:00:00:aa" if self.neighbours else None
+    def next_hop(self, dst: IPv4Address) -> tuple[int, str] | None:
+        """Inside: 10/8; the gateway's own addresses: lo; the rest: outside. Each
+        address's MAC spells the address (so a MAC in the wrong direction shows)."""
+        if not self.neighbours:
+            return None
+        if dst in LOCAL:
+            return 1, "02:00:00:00:00:01"
+        ifindex = INSIDE.ifindex if dst in INSIDE_NET else self.outside
+        return ifindex, mac_of(dst)
 
 
 def make(capacity: int = 1024) -> tuple[EventOffloader, FakeTable, FakeKernel]:
@@ -244,11 +265,18 @@ def test_packed_plan_is_plan() -> None:
     gwlb_if = Interface(9, "02:00:00:00:00:09")
     icmp = CtFlow(1, CtTuple(WS, INET, 77, 0), CtTuple(INET, NAT, 1077, 0),
                   IPS_SEEN_REPLY | IPS_SRC_NAT, None, 0, 30)  # fmt: skip
-    for ct, inside, gwlb in ((udp(), INSIDE, False), (tcp(), gwlb_if, True), (icmp, INSIDE, False)):
-        (ok, ov), (bk, bv) = plan(ct, inside, OUTSIDE, "02:00:00:00:00:aa",
-                                  "02:00:00:00:00:bb", gwlb=gwlb)  # fmt: skip
+    cases = (
+        (udp(), INSIDE, OUTSIDE, False, False),
+        (tcp(), gwlb_if, OUTSIDE, True, False),
+        (icmp, INSIDE, OUTSIDE, False, False),
+        (port_forward(), OUTSIDE, INSIDE, False, False),
+        (hairpin(17), INSIDE, INSIDE, False, True),
+    )
+    for ct, inside, outside, gwlb, pin in cases:
+        (ok, ov), (bk, bv) = plan(ct, inside, outside, "02:00:00:00:00:aa",
+                                  "02:00:00:00:00:bb", gwlb=gwlb, hairpin=pin)  # fmt: skip
         macs = flowpack.mac_bytes("02:00:00:00:00:aa"), flowpack.mac_bytes("02:00:00:00:00:bb")
-        packed = plan_packed(ct, inside, OUTSIDE, *macs, gwlb=gwlb)
+        packed = plan_packed(ct, inside, outside, *macs, gwlb=gwlb, hairpin=pin)
         expected = tuple(map(flowpack.pack_key, (ok, bk))) + tuple(
             map(flowpack.pack_value, (ov, bv))
         )
@@ -286,3 +314,125 @@ def test_replied_udp_that_is_not_a_stream_stays_in_the_kernel() -> None:
     off.step(T0 + S)
     off.step(T0 + S)
     assert off.resyncs["enobufs"] == 1 and not table.entries and off.stats.offloaded == 0
+
+
+# ---- destination NAT: port forwards, load-balancer listeners, hairpin ---------------
+
+CLIENT = IPv4Address("198.51.100.20")  # on the internet
+BACKEND = IPv4Address("10.0.1.20")  # an inside workload behind a forward or a listener
+LISTENER = IPv4Address("10.0.1.5")  # a load-balancer listener on an inside address
+FORWARDED = IPS_SEEN_REPLY | IPS_ASSURED | IPS_DST_NAT
+
+
+def dnat(proto: int, orig: CtTuple, reply: CtTuple, status: int = FORWARDED) -> CtFlow:
+    state = TCP_CONNTRACK_ESTABLISHED if proto == 6 else None
+    return CtFlow(proto, orig, reply, status, state, 0, 350 if proto == 6 else 120)
+
+
+def port_forward(proto: int = 6) -> CtFlow:
+    """internet client -> outside address :8080, forwarded to the backend's :80."""
+    return dnat(proto, CtTuple(CLIENT, NAT, 50000, 8080), CtTuple(BACKEND, CLIENT, 80, 50000))
+
+
+def hairpin(proto: int = 6, daddr: IPv4Address = NAT, dport: int = 8080) -> CtFlow:
+    """inside client -> ``daddr``:``dport`` (an outside address's forward, or an inside
+    listener), to the backend's :80, masqueraded to the gateway's inside address."""
+    return dnat(proto, CtTuple(WS, daddr, 40000, dport), CtTuple(BACKEND, GW_IN, 80, 61000),
+                FORWARDED | IPS_SRC_NAT)  # fmt: skip
+
+
+def entry(
+    saddr: IPv4Address,
+    daddr: IPv4Address,
+    sport: int,
+    dport: int,
+    out: Interface,
+    toward: IPv4Address,
+    flags: int = 0,
+) -> FlowEntry:
+    return FlowEntry(saddr, daddr, sport, dport, out.ifindex, out.mac, mac_of(toward), flags)
+
+
+@pytest.mark.parametrize("proto", [6, 17])
+def test_port_forward_offloads_with_the_kernels_mapping(proto: int) -> None:
+    off, table, kernel = make()
+    kernel.emit("new", port_forward(proto))
+    kernel.emit("update", port_forward(proto))
+    off.step(T0)
+    assert off.stats.offloaded == 1 and off.nat_ports == {}, "no source NAT, no port use"
+    assert table.entries == {
+        # arrives on the outside: the destination becomes the backend's address and port
+        FlowKey(OUTSIDE.ifindex, CLIENT, NAT, 50000, 8080, proto):
+            entry(CLIENT, BACKEND, 50000, 80, INSIDE, BACKEND),
+        # the backend's answer, on the inside: its source becomes the forward's again
+        FlowKey(INSIDE.ifindex, BACKEND, CLIENT, 80, 50000, proto):
+            entry(NAT, CLIENT, 8080, 50000, OUTSIDE, CLIENT),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("daddr", "dport"), [(NAT, 8080), (LISTENER, 443)])
+def test_hairpin_translates_both_addresses_on_the_inside(daddr: IPv4Address, dport: int) -> None:
+    off, table, kernel = make()
+    kernel.emit("update", hairpin(17, daddr, dport))
+    off.step(T0)
+    assert table.entries == {
+        FlowKey(INSIDE.ifindex, WS, daddr, 40000, dport, 17):
+            entry(GW_IN, BACKEND, 61000, 80, INSIDE, BACKEND, FLOW_F_DENY_TRANSLATED),
+        FlowKey(INSIDE.ifindex, BACKEND, GW_IN, 80, 61000, 17):
+            entry(daddr, WS, dport, 40000, INSIDE, WS, FLOW_F_DENY_TRANSLATED),
+    }  # fmt: skip
+
+
+def test_dnat_to_the_gateway_itself_stays_in_the_kernel() -> None:
+    """A forward onto one of the gateway's own addresses is delivered, not forwarded."""
+    off, table, kernel = make()
+    local = dnat(6, CtTuple(CLIENT, NAT, 50000, 8080), CtTuple(GW_IN, CLIENT, 80, 50000))
+    kernel.emit("update", local)
+    kernel.emit("update", local)
+    off.step(T0)
+    assert not table.entries and off.stats.skipped == {"not_forwarded": 1}
+
+
+def test_dnat_flows_keep_the_reasons_of_what_is_not_decided() -> None:
+    off, table, kernel = make()
+    syn_recv = replace(port_forward(), tcp_state=2)
+    unreplied = replace(port_forward(), status=IPS_DST_NAT)
+    inspected = replace(port_forward(17), mark=CT_MARK_INSPECT)
+    stream_not_yet = replace(port_forward(17), status=IPS_DST_NAT | IPS_SEEN_REPLY)
+    for ct in (syn_recv, unreplied, inspected, stream_not_yet):
+        kernel.emit("update", ct)
+    kernel.neighbours = False
+    kernel.emit("update", hairpin())
+    off.step(T0)
+    assert not table.entries and off.stats.skipped == {"no_neighbour": 1}
+
+
+def test_dnat_pair_leaves_on_fin_and_is_adopted_after_a_restart() -> None:
+    off, table, kernel = make()
+    kernel.emit("update", port_forward())
+    kernel.emit("update", hairpin())
+    off.step(T0)
+    assert len(table.entries) == 4
+    restarted = EventOffloader(table, kernel, INSIDE, OUTSIDE, 1024, timeouts=TIMEOUTS)
+    restarted.step(T0 + S)
+    assert restarted.stats.adopted == 2 and len(table.entries) == 4
+    assert restarted.stats.removed == {}, "nothing taken for an orphan"
+    kernel.emit("update", replace(port_forward(), tcp_state=5))  # FIN_WAIT: the kernel's
+    restarted.step(T0 + 2 * S)
+    assert set(restarted.tracked) == {hairpin().key} and len(table.entries) == 2
+
+
+def test_one_arm_dnat_legs_keep_the_deny_list_on_the_packet() -> None:
+    """One interface: the forward chain admits destination-NATed flows before any deny
+    rule, so no leg is judged on its translated destination."""
+    arm = Interface(2, "02:00:00:00:00:02")
+    table, kernel = FakeTable(), FakeKernel()
+    kernel.outside = arm.ifindex
+    off = EventOffloader(table, kernel, arm, arm, 1024, timeouts=TIMEOUTS)
+    off.step(T0)
+    kernel.emit("update", hairpin())
+    kernel.emit("update", port_forward())
+    off.step(T0)
+    assert len(table.entries) == 4
+    assert {k.ifindex for k in table.entries} == {2}
+    assert all(e.flags == 0 for e in table.entries.values())
