@@ -321,11 +321,13 @@ def test_template_defaults_are_the_product_defaults() -> None:
     from control.config.document import GENEVE_PORT
     from control.config.network import GwlbHealthCheck
     from control.config.operations import Api
+    from control.config.proxies import ApplianceTls
 
     for name in FLEET:
         t = template(name)
         params = t["Parameters"]
         assert params["ApiPort"]["Default"] == Api().port
+        assert params["HttpsPort"]["Default"] == ApplianceTls.model_fields["port"].default
         assert params["HealthCheckPort"]["Default"] == GwlbHealthCheck().port
         assert t["Resources"]["LeaseTable"]["Properties"]["KeySchema"] == [
             {"AttributeName": KEY, "KeyType": "HASH"}
