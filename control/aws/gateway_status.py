@@ -135,10 +135,12 @@ class ApiStatus:
         if host is None:
             self.last_error = "no address yet"
             return None
-        data = self._get(host)
+        data = self.status(host)
         return _match(data.get("instances") if isinstance(data, dict) else None, instance_id)
 
-    def _get(self, host: str) -> Any:
+    def status(self, host: str) -> Any:
+        """The ``/v1/status`` answer of the config API at ``host``, or ``None`` (why:
+        ``last_error``); raises :class:`StatusUntrusted` when the certificate fails."""
         if self.https is None:
             conn: http.client.HTTPConnection = http.client.HTTPConnection(
                 host, self.port, timeout=self.timeout_s
