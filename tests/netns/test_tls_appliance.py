@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from control.agent import read_state
-from control.aws.gateway_status import ApiStatus, StatusUntrusted, https_trust
 from control.api import token_entry
+from control.aws.gateway_status import ApiStatus, StatusUntrusted, https_trust
 from perf.lab import TOPOLOGY
 from tests.certs import make_cert
 from tests.netns.helpers import agent, document, sh, wait_for
