@@ -91,6 +91,7 @@ def test_the_api_is_asked_at_the_instance_address_with_the_token(
 def test_an_api_that_does_not_answer_is_no_state() -> None:
     status = ApiStatus(lambda _id: "127.0.0.1", None, port=1, timeout_s=0.5)
     assert status.state("i-1") is None
+    assert (status.last_error or "").startswith("http://127.0.0.1:1/v1/status: ")
     assert ApiStatus(lambda _id: None, None).state("i-1") is None  # no address yet
 
 
