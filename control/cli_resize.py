@@ -6,17 +6,25 @@ role, lease table, the zone's Elastic IP), builds the executor with the Auto Sca
 group as the replacer and the gateways' status (their config API, or the state files on
 this host with ``--status local``), prints each step as it ends and, with ``--json``,
 the whole report. Exit status 0 when every step passed, 1 when the resize stopped.
+
+With ``tls.appliance`` on (and ``tls.enabled``), the config API's plain port answers on
+loopback only, so the status is read over HTTPS on ``tls.appliance.port``. The
+certificate is always verified: against ``--ca-bundle``, else the document's
+``tls.appliance.certificate_file`` when that file is readable here (the appliance's own
+certificate is then the trust anchor), else the system trust store; the name checked is
+``--tls-server-name``, else the instance's private address.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 if TYPE_CHECKING:  # imported when a command runs: `spectra run` starts fast
-    from control.aws.gateway_status import GatewayStatus
+    from control.aws.gateway_status import GatewayStatus, HttpsTrust
     from control.aws.resize import Step
 
 
@@ -33,17 +41,50 @@ def _document(store_url: str) -> Any:
         raise click.ClickException(f"--store {store_url}: {exc}") from exc
 
 
-def _api_status(sessions: Any, token: str | None, port: int) -> GatewayStatus:
+def private_address(sessions: Any, instance_id: str) -> str | None:
+    """Where an instance's config API answers: its private address (``DescribeInstances``)."""
+    found = sessions.client("ec2").describe_instances(InstanceIds=[instance_id])
+    for reservation in found["Reservations"]:
+        for instance in reservation["Instances"]:
+            return str(instance["PrivateIpAddress"])
+    return None
+
+
+def https_trust(doc: Any, ca_bundle: str | None, server_name: str | None) -> HttpsTrust | None:
+    """How the gateways' HTTPS status is verified, or ``None`` without ``tls.appliance``
+    (then ``--ca-bundle`` and ``--tls-server-name`` are refused: they would do nothing)."""
+    from control.aws.gateway_status import https_trust as trust
+
+    appliance = doc.tls.appliance if doc.tls.enabled else None
+    if appliance is None:
+        given = "--ca-bundle" if ca_bundle else "--tls-server-name" if server_name else None
+        if given:
+            raise click.BadParameter(
+                "the document has no tls.appliance (with tls.enabled): the gateways' "
+                "status is plain HTTP, there is no certificate to verify",
+                param_hint=given,
+            )
+        return None
+    if ca_bundle:
+        cafile, source, hint = ca_bundle, f"--ca-bundle {ca_bundle}", "--ca-bundle"
+    elif appliance.certificate_file and Path(appliance.certificate_file).is_file():
+        cafile = appliance.certificate_file
+        source = f"tls.appliance.certificate_file {cafile}"
+        hint = "tls.appliance.certificate_file"
+    else:
+        cafile, source, hint = None, "the system trust store", "--ca-bundle"
+    try:
+        return trust(cafile, source, server_name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from exc
+
+
+def _api_status(
+    sessions: Any, token: str | None, port: int, https: HttpsTrust | None
+) -> GatewayStatus:
     from control.aws.gateway_status import ApiStatus
 
-    def address(instance_id: str) -> str | None:
-        found = sessions.client("ec2").describe_instances(InstanceIds=[instance_id])
-        for reservation in found["Reservations"]:
-            for instance in reservation["Instances"]:
-                return str(instance["PrivateIpAddress"])
-        return None
-
-    return ApiStatus(address, token, port=port)
+    return ApiStatus(lambda i: private_address(sessions, i), token, port=port, https=https)
 
 
 def _print(step: Step) -> None:
@@ -72,7 +113,19 @@ def _print(step: Step) -> None:
 @click.option(
     "--api-port",
     type=click.IntRange(1, 65535),
-    help="The gateways' config API port [default: the document's api.port].",
+    help="The gateways' config API port [default: tls.appliance.port with tls.appliance, "
+    "else api.port].",
+)
+@click.option(
+    "--ca-bundle",
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM CA bundle verifying the gateways' HTTPS certificate (tls.appliance) "
+    "[default: tls.appliance.certificate_file when readable here, else the system store].",
+)
+@click.option(
+    "--tls-server-name",
+    help="The name the gateways' HTTPS certificate must hold [default: each instance's "
+    "private address].",
 )
 @click.option("--token", envvar="SPECTRA_TOKEN", help="API bearer token (or SPECTRA_TOKEN).")
 @click.option(
@@ -96,6 +149,8 @@ def resize(
     store_url: str,
     status_source: str,
     api_port: int | None,
+    ca_bundle: str | None,
+    tls_server_name: str | None,
     token: str | None,
     standby_timeout: float,
     handover_timeout: float,
@@ -112,6 +167,12 @@ def resize(
         raise click.BadParameter(
             f"{az!r} is not in aws.zones (accepted: {accepted})", param_hint="--az"
         )
+    if status_source == "local" and (ca_bundle or tls_server_name):
+        raise click.BadParameter(
+            "applies to --status api (the state files here are read without TLS)",
+            param_hint="--ca-bundle" if ca_bundle else "--tls-server-name",
+        )
+    https = None if status_source == "local" else https_trust(doc, ca_bundle, tls_server_name)
     try:
         sessions = build(doc.aws, None).sessions
     except ValueError as exc:
@@ -127,8 +188,11 @@ def resize(
         standby_timeout_s=standby_timeout,
         handover_timeout_s=handover_timeout,
     )
-    port = api_port or doc.api.port
-    status = LocalStatus() if status_source == "local" else _api_status(sessions, token, port)
+    if status_source == "local":
+        status: GatewayStatus = LocalStatus()
+    else:
+        port = api_port or (doc.tls.appliance.port if https else doc.api.port)
+        status = _api_status(sessions, token, port, https)
     replacer = AsgReplacer(lambda: sessions.client("autoscaling"), timeout_s=standby_timeout)
     executor = Resize(sessions, replacer, status, settings, on_step=None if as_json else _print)
     try:

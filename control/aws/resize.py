@@ -5,8 +5,11 @@
 
 1. ``plan``: the AZ's leader (the lease item), its Auto Scaling group and the group's
    instances and types (``DescribeAutoScalingInstances``, ``DescribeAutoScalingGroups``,
-   ``DescribeInstances``); the type is checked (``DescribeInstanceTypes``) and a standby
-   is required (without one the leader could only be replaced by a failover);
+   ``DescribeInstances``); the type is checked (``DescribeInstanceTypes``), a standby
+   is required (without one the leader could only be replaced by a failover) and the
+   leader's status is asked once, so that an HTTPS certificate that does not verify
+   (:class:`~control.aws.gateway_status.StatusUntrusted`) stops the resize before
+   anything changes;
 2. ``launch_template``: a new version of the group's launch template with the type
    (``CreateLaunchTemplateVersion`` from the version the group launches, every other
    field kept), and the group pinned to it (``UpdateAutoScalingGroup``; "Update an Auto
@@ -45,7 +48,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from control.aws.gateway_status import GatewayStatus
+from control.aws.gateway_status import GatewayStatus, StatusUntrusted
 from control.aws.lease import LeaseError, read_record, request_handover
 from control.aws.session import RoleInert, describe_error
 
@@ -227,6 +230,7 @@ class Resize:
         if record is None or record.holder is None or record.expires <= time.time():
             raise StepFailed(f"no live leader of {s.az} in lease table {s.lease_table!r}")
         self._check_type()
+        self.status.state(record.holder)  # an untrusted HTTPS certificate stops it here
         asg = self._client("autoscaling")
         found = asg.describe_auto_scaling_instances(InstanceIds=[record.holder])
         if not found["AutoScalingInstances"]:
@@ -357,7 +361,8 @@ class Resize:
     def _standby_ready(self, new: str, leader: str) -> str | None:
         state = self.status.state(new)
         if state is None:
-            self._last = f"{new} reports no state"
+            why = getattr(self.status, "last_error", None)
+            self._last = f"{new} reports no state" + (f" ({why})" if why else "")
             return None
         aws = state.get("aws") or {}
         lease = aws.get("lease") or {}
@@ -463,7 +468,7 @@ class Resize:
         self._detail = self._new = self._last = None
         try:
             result = action()
-        except (StepFailed, ResizeError, LeaseError, RoleInert) as exc:
+        except (StepFailed, ResizeError, LeaseError, RoleInert, StatusUntrusted) as exc:
             self._fail(name, str(exc), started, instance_id)
         except (ClientError, BotoCoreError) as exc:
             self._fail(name, describe_error(exc), started, instance_id)

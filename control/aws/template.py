@@ -4,7 +4,7 @@
 the working directory).  It is written with the long form of CloudFormation's intrinsic
 functions ("Intrinsic function reference" in the CloudFormation user guide), so it is
 plain YAML; :func:`render` resolves the few it uses (``Ref`` of parameters and pseudo
-parameters, ``Fn::Sub``, ``Fn::If``, ``Fn::Equals``, ``Fn::Not``, ``Condition``,
+parameters, ``Fn::Sub`` in both forms, ``Fn::If``, ``Fn::Equals``, ``Fn::Not``, ``Condition``,
 ``AWS::NoValue``) for given parameter values, giving the roles CloudFormation would
 create with their trust and inline policies.  The change-set stager checks those trust
 policies before it calls CreateChangeSet; the tests feed the policies to parliament.
@@ -112,8 +112,14 @@ class _Renderer:
             raise TemplateError(f"Ref {name}: not a parameter or supported pseudo parameter")
         return self.params[name]
 
-    def sub(self, text: str) -> str:
-        return _SUB_RE.sub(lambda m: str(self.ref(m.group(1))), text)
+    def sub(self, text: str, variables: Mapping[str, Any] | None = None) -> str:
+        local = {k: str(self.value(v)) for k, v in (variables or {}).items()}
+
+        def one(match: re.Match[str]) -> str:
+            name = match.group(1)
+            return local[name] if name in local else str(self.ref(name))
+
+        return _SUB_RE.sub(one, text)
 
     def value(self, node: Any) -> Any:
         if isinstance(node, list):
@@ -125,9 +131,11 @@ class _Renderer:
             if key == "Ref":
                 return self.ref(arg)
             if key == "Fn::Sub":
-                if not isinstance(arg, str):
-                    raise TemplateError("Fn::Sub: only the string form is supported")
-                return self.sub(arg)
+                if isinstance(arg, str):
+                    return self.sub(arg)
+                if isinstance(arg, list) and len(arg) == 2 and isinstance(arg[1], dict):
+                    return self.sub(str(arg[0]), arg[1])
+                raise TemplateError("Fn::Sub: expected a string or [string, variables]")
             if key == "Fn::If":
                 name, yes, no = arg
                 return self.value(yes if self.condition(name) else no)

@@ -1,7 +1,9 @@
 """``tls.appliance`` in the lab: ``cs-gw-a``'s config API, dashboard and AI gateway
 reached over HTTPS on 443 from the workload (bearer token over TLS, HSTS, the AI
 gateway's paths to the AI gateway), port 80 redirected to https, and the plain-HTTP
-ports reset from the management link while loopback (HAProxy's way in) still answers."""
+ports reset from the management link while loopback (HAProxy's way in) still answers;
+the status reader of ``spectra aws resize`` reads ``/v1/status`` over HTTPS from the
+management side with the certificate verified, and refuses a certificate it cannot."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pytest
 
 from control.agent import read_state
 from control.api import token_entry
+from control.aws.gateway_status import ApiStatus, StatusUntrusted, https_trust
 from perf.lab import TOPOLOGY
 from tests.certs import make_cert
 from tests.netns.helpers import agent, document, sh, wait_for
@@ -112,3 +115,23 @@ def run_checks(certs: Path, token: str) -> None:
             assert plain["rc"] == 7 and plain["http_code"] == 0, (address, port, plain)
     local = curl(certs, "http://127.0.0.1:8080/healthz", ns=GW.netns)
     assert local["rc"] == 0 and local["http_code"] == 200, local
+    check_resize_status_reader(certs, token)
+
+
+def check_resize_status_reader(certs: Path, token: str) -> None:
+    """What ``spectra aws resize`` reads from the management side: plain HTTP on the
+    API port gets nothing, HTTPS on 443 verified by the document's certificate (the name
+    it holds given) gets the agent's status, another trust is refused before the token
+    goes out."""
+
+    def mgmt(_instance_id: str) -> str:
+        return GW.mgmt_ip
+
+    plain = ApiStatus(mgmt, token, port=8080, timeout_s=3.0)
+    assert plain.status(GW.mgmt_ip) is None and plain.last_error, plain.last_error
+    trust = https_trust(str(certs / f"{NAME}.crt"), "the document's certificate", NAME)
+    answer = ApiStatus(mgmt, token, port=443, https=trust).status(GW.mgmt_ip)
+    assert isinstance(answer, dict) and answer["instances"], answer
+    wrong = https_trust(None, "the system trust store", NAME)
+    with pytest.raises(StatusUntrusted, match="against the system trust store"):
+        ApiStatus(mgmt, token, port=443, https=wrong).status(GW.mgmt_ip)

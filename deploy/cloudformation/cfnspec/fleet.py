@@ -25,6 +25,8 @@ from cfnspec.base import (
 )
 from cfnspec.role import instance_role
 
+HTTPS = "API and dashboard over HTTPS (tls.appliance)"
+
 
 class Net:
     """Where the fleet goes: the network template's ids, as template expressions."""
@@ -85,6 +87,7 @@ def security_groups(net: Net) -> dict[str, Any]:
                 "SecurityGroupIngress": [
                     rule("tcp", 22, ref("ManagementCidr"), "SSH"),
                     rule("tcp", ref("ApiPort"), ref("ManagementCidr"), "API and dashboard"),
+                    rule("tcp", ref("HttpsPort"), ref("ManagementCidr"), HTTPS),
                     rule("udp", GENEVE_PORT, net.vpc_cidr, "GWLB GENEVE"),
                     rule("tcp", ref("HealthCheckPort"), net.vpc_cidr, "GWLB health check"),
                 ],
@@ -108,8 +111,12 @@ def security_groups(net: Net) -> dict[str, Any]:
             },
         },
     }
-    for port, what in ((22, "SSH"), (ref("ApiPort"), "API and dashboard")):
-        key = "ManagementSsh2" if port == 22 else "ManagementApi2"
+    second = (
+        ("ManagementSsh2", 22, "SSH"),
+        ("ManagementApi2", ref("ApiPort"), "API and dashboard"),
+        ("ManagementHttps2", ref("HttpsPort"), HTTPS),
+    )
+    for key, port, what in second:
         out[key] = {
             "Type": "AWS::EC2::SecurityGroupIngress",
             "Condition": "HasSecondManagementCidr",
@@ -304,6 +311,11 @@ def zone_outputs(i: int, z: str, net: Net) -> dict[str, Any]:
         f"DashboardUrl{z}": output(
             sub(f"http://${{ElasticIp{z}}}:${{ApiPort}}/"),
             f"zone {z}: the dashboard of the zone's leader (from ManagementCidr)",
+        ),
+        f"DashboardHttpsUrl{z}": output(
+            sub(f"https://${{ElasticIp{z}}}:${{HttpsPort}}/"),
+            f"zone {z}: the same over HTTPS once tls.appliance is on (the plain URL then "
+            "answers on loopback only)",
         ),
     }
     return {k: when(i, v) for k, v in out.items()}

@@ -83,7 +83,22 @@ def fleet_parameters() -> dict[str, Any]:
             "ConstraintDescription": "ManagementCidr2: empty or an IPv4 CIDR with a prefix "
             "of /1 to /32; 0.0.0.0/0 is refused",
         },
-        "ApiPort": {"Type": "Number", "Default": 8080, "MinValue": 1, "MaxValue": 65535},
+        "ApiPort": {
+            "Type": "Number",
+            "Default": 8080,
+            "MinValue": 1,
+            "MaxValue": 65535,
+            "Description": "the appliance's API and dashboard port (api.port), opened from "
+            "ManagementCidr",
+        },
+        "HttpsPort": {
+            "Type": "Number",
+            "Default": 443,
+            "MinValue": 1,
+            "MaxValue": 65535,
+            "Description": "the appliance's HTTPS port (tls.appliance.port), opened from "
+            "ManagementCidr: with tls.appliance on, the API port answers on loopback only",
+        },
         "HealthCheckPort": {
             "Type": "Number",
             "Default": 80,

@@ -145,7 +145,8 @@ def fleet_params(endpoint: str, name: str, zones: int) -> dict[str, str]:
 
 
 def check_security_groups(ec2: Any, eni_id: str) -> None:
-    """Management (SSH, the API) only from ManagementCidr; nothing open to the internet."""
+    """Management (SSH, the API, its HTTPS port) only from ManagementCidr; nothing open
+    to the internet."""
     (eni,) = ec2.describe_network_interfaces(NetworkInterfaceIds=[eni_id])["NetworkInterfaces"]
     (outside,) = ec2.describe_security_groups(GroupIds=[g["GroupId"] for g in eni["Groups"]])[
         "SecurityGroups"
@@ -159,9 +160,9 @@ def check_security_groups(ec2: Any, eni_id: str) -> None:
     management = {
         r.get("FromPort"): {c["CidrIp"] for c in r["IpRanges"]}
         for r in outside["IpPermissions"]
-        if r.get("FromPort") in (22, 8080)
+        if r.get("FromPort") in (22, 8080, 443)
     }
-    assert management == {22: {"203.0.113.0/24"}, 8080: {"203.0.113.0/24"}}
+    assert management == {port: {"203.0.113.0/24"} for port in (22, 8080, 443)}
 
 
 def check_fleet(
@@ -194,6 +195,11 @@ def check_fleet(
             "Addresses"
         ]
         assert addr["PublicIp"] == outputs[f"ElasticIp{z}"]
+        dashboards = (outputs[f"DashboardUrl{z}"], outputs[f"DashboardHttpsUrl{z}"])
+        assert dashboards == (
+            f"http://{addr['PublicIp']}:8080/",
+            f"https://{addr['PublicIp']}:443/",
+        )
         # the instance role's AssociateAddress / AssignPrivateIpAddresses are conditioned
         # on this tag: the Elastic IP and the instances' ENIs must carry it
         assert {"Key": "spectra:deployment", "Value": name} in addr["Tags"]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.util
+import json
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,6 +18,7 @@ from click.testing import CliRunner
 
 from control.aws.session import INSTANCE_OPERATIONS
 from control.aws.stackcheck import check, load_template
+from control.aws.template import RenderedRole, parameter_values, render
 from control.cli import main
 
 pytestmark = pytest.mark.timeout(120)
@@ -177,6 +180,63 @@ def test_launch_template_requires_imdsv2_and_encrypts_ebs(name: str) -> None:
         assert all(b["Ebs"]["Encrypted"] is True for b in data["BlockDeviceMappings"])
 
 
+LEASE_ARN = {
+    "Fn::Sub": "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}"
+    ":table/${Name}-leader-lease"
+}
+"""What ``Fn::GetAtt LeaseTable.Arn`` is once the stack made the table (its TableName)."""
+
+
+def _rendered_role(name: str, **params: str) -> RenderedRole:
+    """The instance role as CloudFormation would create it for the GOOD parameters."""
+    resources = template(name)["Resources"]
+    assert resources["LeaseTable"]["Properties"]["TableName"] == {"Fn::Sub": "${Name}-leader-lease"}
+    text = json.dumps(resources["InstanceRole"])
+    text = text.replace(json.dumps({"Fn::GetAtt": ["LeaseTable", "Arn"]}), json.dumps(LEASE_ARN))
+    assert "Fn::GetAtt" not in text
+    one = {**template(name), "Resources": {"InstanceRole": json.loads(text)}}
+    (role,) = render(one, parameter_values(one, {**GOOD[name], **params}))
+    return role
+
+
+@pytest.mark.parametrize("name", FLEET)
+@pytest.mark.parametrize("account", [None, "111122223333"])
+def test_parliament_finds_nothing_in_the_instance_role(name: str, account: str | None) -> None:
+    """Default auditors (parliament's own run) find nothing in the rendered inline policy
+    (operational roles in this account, and in another) nor in EC2's trust policy, with
+    the role's ARN added as its Resource (parliament reads every policy as one that must
+    name a Resource). The community auditors find nothing either, but for
+    CREDENTIALS_EXPOSURE (medium) on the one ``sts:AssumeRole`` statement, which they flag
+    wherever it is allowed: assuming the deployment's operational roles, and only those,
+    is what the instance role is for."""
+    with warnings.catch_warnings():  # parliament leaves its data files open at import
+        warnings.simplefilter("ignore", ResourceWarning)
+        import parliament
+
+    def findings(document: dict[str, Any], community: bool) -> list[str]:
+        found = parliament.analyze_policy_string(
+            json.dumps(document), include_community_auditors=community
+        ).findings
+        return [f"{f.issue} ({f.severity}): {f.detail}" for f in found]
+
+    role = _rendered_role(name, **({"OperationalRoleAccount": account} if account else {}))
+    (document,) = role.policies.values()
+    assumed = [s["Resource"] for s in document["Statement"] if s["Action"] == ["sts:AssumeRole"]]
+    home = account or "123456789012"
+    assert assumed == [[f"arn:aws:iam::{home}:role/spectra-cross-account-role*"]]
+    assert findings(document, community=False) == []
+    others = [s for s in document["Statement"] if s["Action"] != ["sts:AssumeRole"]]
+    assert findings({**document, "Statement": others}, community=True) == []
+    assume = [s for s in document["Statement"] if s["Action"] == ["sts:AssumeRole"]]
+    found = findings({**document, "Statement": assume}, community=True)
+    assert [f.split(" ")[0] for f in found] == ["CREDENTIALS_EXPOSURE"]
+    trust = json.loads(json.dumps(role.trust))
+    for statement in trust["Statement"]:
+        assert statement["Principal"] == {"Service": "ec2.amazonaws.com"}
+        statement["Resource"] = f"arn:aws:iam::123456789012:role/{role.name}"
+    assert findings(trust, community=False) == []
+
+
 # -- bad input --------------------------------------------------------------------------
 
 
@@ -261,11 +321,13 @@ def test_template_defaults_are_the_product_defaults() -> None:
     from control.config.document import GENEVE_PORT
     from control.config.network import GwlbHealthCheck
     from control.config.operations import Api
+    from control.config.proxies import ApplianceTls
 
     for name in FLEET:
         t = template(name)
         params = t["Parameters"]
         assert params["ApiPort"]["Default"] == Api().port
+        assert params["HttpsPort"]["Default"] == ApplianceTls.model_fields["port"].default
         assert params["HealthCheckPort"]["Default"] == GwlbHealthCheck().port
         assert t["Resources"]["LeaseTable"]["Properties"]["KeySchema"] == [
             {"AttributeName": KEY, "KeyType": "HASH"}
