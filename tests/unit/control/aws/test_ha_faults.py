@@ -31,9 +31,10 @@ def _eip(world: World) -> tuple[Any, Any]:
 def test_a_takeover_denied_half_way_names_the_step_and_completes_next_period(
     world: World,
 ) -> None:
-    """ReplaceRoute refused once (AccessDenied of EC2's query API): the NAT address and
-    the Elastic IP moved, the report says the routes failed and why; the next period
-    runs the takeover again, each done step finds its state and the routes move."""
+    """ReplaceRoute refused (AccessDenied of EC2's query API): the NAT address and the
+    Elastic IP moved, the report says the routes failed and why, once as an event (a
+    notification); a later period runs the takeover again, each done step finds its
+    state, the routes move and that is an event too."""
     a = world.nodes[0]
     with FaultProxy(
         world.ec2.meta.endpoint_url,
@@ -53,6 +54,13 @@ def test_a_takeover_denied_half_way_names_the_step_and_completes_next_period(
         error = first["error"]
         assert error.startswith("routes: ReplaceRoute: UnauthorizedOperation"), error
         assert a.ha.as_dict()["error"] == first["error"]
+        proxy.faults[0].times = 1
+        world.clock.advance(1.0)
+        step(a)  # the same step fails again: one event, not one a period
+        assert a.ha.status.takeover["error"] == error
+        events = a.ha.lease.status()["events"]
+        assert [e["kind"] for e in events] == ["acquired", "takeover_failed"]
+        assert events[-1]["reason"] == error and events[-1]["token"] == first["token"]
         assert world.default_route() == world.nodes[1].enis.inside_eni  # left as it was
         world.clock.advance(1.0)
         step(a)
@@ -64,7 +72,9 @@ def test_a_takeover_denied_half_way_names_the_step_and_completes_next_period(
             "routes": f"replaced {world.zone.route_table_ids[0]}",
         }
         assert a.ha.status.error is None
-        assert proxy.injected == {("ec2", "ReplaceRoute"): 1}
+        assert proxy.injected == {("ec2", "ReplaceRoute"): 2}
+        last = a.ha.lease.status()["events"][-1]
+        assert last["kind"] == "takeover_recovered" and error in last["reason"], last
     assert world.default_route() == a.enis.inside_eni
     assert _eip(world) == (a.enis.outside_eni, NAT)
 
