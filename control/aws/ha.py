@@ -134,7 +134,7 @@ class Ha:
         self.status = HaStatus()
         self._leading_token: int | None = None
         self._took_over: int | None = None
-        self._failed_with: str | None = None  # the last takeover failure notified
+        self._failed_with: str | None = None  # the cause of the last failure notified
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._booted_at = time.monotonic()
@@ -318,12 +318,12 @@ class Ha:
 
     def _report(self, report: Report) -> None:
         """The takeover's outcome into status; a failed step (not a fenced one: the
-        lease says that) is an event once per token and reason, and so is the run that
-        completes a takeover after a failure -- an alert for a failover stuck half way."""
-        fenced = "fenced" in report.steps.values()
-        if not report.ok and not fenced and report.error != self._failed_with:
-            self.lease.note("takeover_failed", report.token, report.error or "failed")
-            self._failed_with = report.error
+        lease says that) is an event once per token and cause (step and error code: an
+        AWS message may differ per request), and so is the run that completes a takeover
+        after a failure -- an alert for a failover stuck half way."""
+        if report.cause is not None and report.cause != self._failed_with:
+            self.lease.note("takeover_failed", report.token, report.error or report.cause)
+            self._failed_with = report.cause
         elif report.ok and self._failed_with is not None:
             self.lease.note(
                 "takeover_recovered", report.token, f"completed after: {self._failed_with}"

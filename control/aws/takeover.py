@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from control.aws.session import RoleInert, describe_error
+from control.aws.session import RoleInert, describe_error, error_code
 
 log = logging.getLogger("spectra.aws")
 
@@ -133,6 +133,9 @@ class Report:
     seconds: float = 0.0
     ok: bool = False
     error: str | None = None
+    # the failure without its message (AWS messages may differ per request): what a
+    # failure notified once is compared by
+    cause: str | None = None
 
 
 class Takeover:
@@ -174,19 +177,22 @@ class Takeover:
             except (ClientError, BotoCoreError) as exc:
                 report.steps[name] = "failed"
                 report.error = f"{name}: {describe_error(exc)}"
+                report.cause = f"{name}: {error_code(exc) or type(exc).__name__}"
                 break
             except TakeoverFailed as exc:
                 report.steps[name] = "failed"
-                report.error = str(exc)
+                report.error = report.cause = str(exc)
                 break
             except RoleInert as exc:  # the routes' operational role: named, retried
                 report.steps[name] = "failed"
                 report.error = f"{name}: operational role inert: {exc.reason}"
+                report.cause = f"{name}: operational role inert"
                 break
             except Exception as exc:  # an OS address, a broken client: never a silent death
                 log.exception("takeover of %s: %s", self.zone.az, name)
                 report.steps[name] = "failed"
                 report.error = f"{name}: {type(exc).__name__}: {exc}"
+                report.cause = f"{name}: {type(exc).__name__}"
                 break
         report.ok = report.error is None
         report.seconds = round(time.monotonic() - started, 3)
