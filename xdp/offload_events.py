@@ -31,7 +31,12 @@ the kernel translated them, kernel conntrack the source of truth), fed different
   from the conntrack tuple (:mod:`xdp.flowpack`), a step's installs one batch map
   update, and the packed keys are what each offloaded flow keeps for its keepalive
   lookups and deletes (no per-flow ``FlowKey``/``FlowEntry``/ctypes objects);
-* per-destination NAT port use is kept from NEW and DESTROY events.
+* per-destination NAT port use is kept from NEW and DESTROY events;
+* **a takeover's flows**: conntrackd commits the synced entries into the new leader's
+  table already replied and assured, so their NEW event is the only one that may ever
+  come and it installs them; the new leader has not forwarded to their workloads or next
+  hop yet, so a flow refused for a missing neighbour entry is tried again once a second
+  (until an event of its own or its destroy replaces it).
 
 :class:`OffloadWorker` runs it in its own thread, bounded per step, so the agent loop
 (config poll and apply, API, status) never waits for it.
@@ -59,6 +64,7 @@ from xdp.offload import (
     IPS_ASSURED,
     IPS_DST_NAT,
     IPS_DYING,
+    IPS_SEEN_REPLY,
     IPS_SRC_NAT,
     NAT_PORTS_TOP,
     REFUSED_MEMORY,
@@ -95,6 +101,7 @@ MAX_CHECKS_PER_STEP = 8192
 STEP_SECONDS = 0.05  # the longest a step waits for events
 LAST_CHANCE_S = 1.5  # a quiet flow is looked at once more this long before expiry
 NAT_TOP_EVERY_NS = 2_000_000_000
+BORN_ESTABLISHED = IPS_SEEN_REPLY | IPS_ASSURED  # a NEW event of a committed entry
 
 
 class CtSource(Protocol):
@@ -190,6 +197,9 @@ class EventOffloader:
         self.idle_parked = 0
         self.unparked = 0  # parked flows back on the fast path (their mark change)
         self._parked: set[CtKey] = set()  # bounded by REFUSED_MEMORY
+        # flows refused for want of a neighbour entry, tried again once a second
+        self._awaiting_hop: dict[CtKey, CtFlow] = {}  # bounded by REFUSED_MEMORY
+        self._hop_retry_s = 0
         self.wheel: defaultdict[int, list[CtKey]] = defaultdict(list)
         self._wheel_at = 0
         self.nat_ports: Counter[NatKey] = Counter()
@@ -229,6 +239,7 @@ class EventOffloader:
                 self._on_event(event, now_ns)
                 if i % INSTALL_BATCH == 0:  # the first flows need not wait for the last
                     self._flush_installs(now_ns)
+            self._retry_hops(now_ns)  # after the events: a newer one replaces the waiting
             self._flush_installs(now_ns)
             if overflowed:
                 log.warning("conntrack event socket overflowed: resync from a dump")
@@ -236,9 +247,22 @@ class EventOffloader:
             self._keepalive(now_ns)
             self.stats.active = len(self.tracked)
 
+    def _retry_hops(self, now_ns: int) -> None:
+        """Once a second, the flows refused for a missing neighbour entry are considered
+        again: an entry committed by conntrackd on a takeover arrives before this
+        gateway ever forwarded to its workload or its next hop (the first packets on the
+        kernel path resolve them), and no later event may come for it."""
+        second = now_ns // 1_000_000_000
+        if not self._awaiting_hop or second == self._hop_retry_s:
+            return
+        self._hop_retry_s = second
+        waiting, self._awaiting_hop = self._awaiting_hop, {}
+        self._pending += ((ct, self._started_ns) for ct in waiting.values())
+
     def _on_event(self, event: CtEvent, now_ns: int) -> None:
         ct = event.flow
         key = ct.key
+        self._awaiting_hop.pop(key, None)  # this event's flow is the one to judge
         if event.kind == "destroy":
             self._count_nat(ct, -1)
             self._parked.discard(key)
@@ -251,7 +275,11 @@ class EventOffloader:
             return
         if event.kind == "new":
             self._count_nat(ct, +1)
-            return
+            if ct.status & BORN_ESTABLISHED != BORN_ESTABLISHED:
+                return  # a first packet: the update that makes it assured decides
+            # an entry created already replied and assured: conntrackd's commit of the
+            # synced flows on a takeover (or `conntrack -I`); no update need ever
+            # follow it, so it is judged now
         tracked = self.tracked.get(key)
         if tracked is not None:
             if ct.status & IPS_DYING:
@@ -305,7 +333,7 @@ class EventOffloader:
             if ct.status & IPS_DST_NAT:
                 sides = self._dnat_sides(ct, hops)
                 if isinstance(sides, str):
-                    self._refuse(ct.key, sides)
+                    self._refuse_waiting(ct, sides)
                     continue
                 inside, outside, to_internet, to_workload = sides
                 hairpin = self._hairpin(inside, outside)
@@ -317,7 +345,7 @@ class EventOffloader:
                 inside, outside = client_side, self.outside
                 hop_out, hop_back = self._hop(hops, ct.reply.saddr), self._hop(hops, ct.orig.saddr)
                 if not hop_out or not hop_back:
-                    self._refuse(ct.key, "no_neighbour")
+                    self._refuse_waiting(ct, "no_neighbour")
                     continue
                 to_internet, to_workload = hop_out[1], hop_back[1]
             out_key, back_key, out_value, back_value = plan_packed(
@@ -350,6 +378,13 @@ class EventOffloader:
             hop = self.kernel.next_hop(dst)
             hops[dst] = (hop[0], mac_bytes(hop[1])) if hop else None
         return hops[dst]
+
+    def _refuse_waiting(self, ct: CtFlow, reason: str) -> None:
+        """Refuse ``ct`` for ``reason``; one refused for a missing neighbour (a new
+        leader's committed flows, before its first ARP) is tried again later."""
+        self._refuse(ct.key, reason)
+        if reason == "no_neighbour" and len(self._awaiting_hop) < REFUSED_MEMORY:
+            self._awaiting_hop[ct.key] = ct
 
     def _dnat_sides(
         self, ct: CtFlow, hops: dict[IPv4Address, tuple[int, bytes] | None]

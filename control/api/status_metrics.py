@@ -20,6 +20,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from control.api.ha_metrics import ha_families
+from control.api.metric_values import mapping as _dict
+from control.api.metric_values import number as _number
+
 # status section -> (counter keys, gauge keys); exported as spectra_dataplane_<section>_<key>
 SECTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "offload": (
@@ -47,16 +51,6 @@ HISTOGRAMS = {
 }
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 @dataclass(frozen=True, slots=True, eq=False)  # hashed by identity: a registry key
 class StatusCollector(Collector):
     """Yields every family once, with one sample per instance that reports it."""
@@ -73,6 +67,7 @@ class StatusCollector(Collector):
         yield from self._histograms()
         yield self._signatures()
         yield self._lb_backends()
+        yield from ha_families(self._instances())
 
     def _agent(self) -> Iterator[Metric]:
         gauges = {

@@ -134,6 +134,7 @@ class Ha:
         self.status = HaStatus()
         self._leading_token: int | None = None
         self._took_over: int | None = None
+        self._failed_with: str | None = None  # the cause of the last failure notified
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._booted_at = time.monotonic()
@@ -309,13 +310,25 @@ class Ha:
         writes), then give the NAT address up and return conntrack sync to standby."""
         self.settle()
         self._worker = None
-        self._leading_token = self._took_over = None
+        self._leading_token = self._took_over = self._failed_with = None
         self.takeover.release()
         if self._fallback is not None:
             self._fallback.release_all("this instance no longer leads its own AZ")
         self.status.sync = self._sync.become_standby()
 
     def _report(self, report: Report) -> None:
+        """The takeover's outcome into status; a failed step (not a fenced one: the
+        lease says that) is an event once per token and cause (step and error code: an
+        AWS message may differ per request), and so is the run that completes a takeover
+        after a failure -- an alert for a failover stuck half way."""
+        if report.cause is not None and report.cause != self._failed_with:
+            self.lease.note("takeover_failed", report.token, report.error or report.cause)
+            self._failed_with = report.cause
+        elif report.ok and self._failed_with is not None:
+            self.lease.note(
+                "takeover_recovered", report.token, f"completed after: {self._failed_with}"
+            )
+            self._failed_with = None
         self.status.takeover = {
             "token": report.token,
             "steps": report.steps,

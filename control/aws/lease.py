@@ -605,6 +605,12 @@ class Lease:
         self.counters["takeovers"] += 1
         self._emit(kind, record.holder if record else None, token, reason)
 
+    def note(self, kind: EventKind, token: int, reason: str) -> None:
+        """Record an event of this instance's leadership that the lease did not cause
+        (the takeover's outcome): the same log line, status entry and notification."""
+        with self._lock:
+            self._emit(kind, self.settings.holder, token, reason)
+
     def _emit(self, kind: EventKind, previous: str | None, token: int, reason: str) -> None:
         event = LeaseEvent(
             kind=kind,

@@ -32,6 +32,8 @@ EventKind = Literal[
     "resumed",
     "fallback_took",  # a leader took the routes of an AZ with no gateway (cross-AZ)
     "fallback_returned",  # ... and left them to that AZ's own leader again
+    "takeover_failed",  # a leader's takeover stopped at a step (retried every period)
+    "takeover_recovered",  # ... and a later run completed it
 ]
 
 

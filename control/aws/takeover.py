@@ -15,12 +15,14 @@ leader's inside ENI. Taking over moves all three to this instance, in this order
 (EC2 API reference: AssignPrivateIpAddresses, AssociateAddress, ReplaceRoute.) Steps
 1 and 2 use the instance role (its own addresses); step 3 the operational role. Each
 step is idempotent and checks the current state first, so a takeover that failed half
-way is simply run again: :meth:`Takeover.run` reports which step failed and the agent
-retries while it holds the lease. Before every write the fence (the lease's
-conditional ``still_holds``) is asked again: a leader that lost its lease without
-knowing it stops before it moves anything. A route table that is not ours -- its
-default route points at an internet, NAT or transit gateway, a peering or an endpoint,
-or the table is in another VPC -- is refused and named, never overwritten.
+way is simply run again: :meth:`Takeover.run` reports which step failed (an AWS error,
+an operational role that is inert, an OS error: every failure, never an exception out of
+the worker) and the agent retries every lease period while it holds the lease. Before
+every write the fence (the lease's conditional ``still_holds``) is asked again: a
+leader that lost its lease without knowing it stops before it moves anything. A route
+table that is not ours -- its default route points at an internet, NAT or transit
+gateway, a peering or an endpoint, or the table is in another VPC -- is refused and
+named, never overwritten.
 
 :meth:`Takeover.release` is the reverse for this instance only: the NAT address leaves
 the OS interface (EC2 state is left to the next leader, who reassigns it).
@@ -37,7 +39,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from control.aws.session import describe_error
+from control.aws.session import RoleInert, describe_error, error_code
 
 log = logging.getLogger("spectra.aws")
 
@@ -131,6 +133,9 @@ class Report:
     seconds: float = 0.0
     ok: bool = False
     error: str | None = None
+    # the failure without its message (AWS messages may differ per request): what a
+    # failure notified once is compared by
+    cause: str | None = None
 
 
 class Takeover:
@@ -172,10 +177,22 @@ class Takeover:
             except (ClientError, BotoCoreError) as exc:
                 report.steps[name] = "failed"
                 report.error = f"{name}: {describe_error(exc)}"
+                report.cause = f"{name}: {error_code(exc) or type(exc).__name__}"
                 break
             except TakeoverFailed as exc:
                 report.steps[name] = "failed"
-                report.error = str(exc)
+                report.error = report.cause = str(exc)
+                break
+            except RoleInert as exc:  # the routes' operational role: named, retried
+                report.steps[name] = "failed"
+                report.error = f"{name}: operational role inert: {exc.reason}"
+                report.cause = f"{name}: operational role inert"
+                break
+            except Exception as exc:  # an OS address, a broken client: never a silent death
+                log.exception("takeover of %s: %s", self.zone.az, name)
+                report.steps[name] = "failed"
+                report.error = f"{name}: {type(exc).__name__}: {exc}"
+                report.cause = f"{name}: {type(exc).__name__}"
                 break
         report.ok = report.error is None
         report.seconds = round(time.monotonic() - started, 3)

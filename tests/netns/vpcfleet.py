@@ -76,3 +76,10 @@ def finish(running: subprocess.Popen[bytes], out: Path) -> dict[str, Any]:
     assert running.wait(timeout=120) == 0
     summary: dict[str, Any] = json.loads(out.read_text())
     return summary
+
+
+def leadership(aws: dict[str, Any]) -> list[str]:
+    """The kinds of an agent's lease events that change who leads, oldest first (a
+    takeover's outcome, ``takeover_failed`` / ``takeover_recovered``, is left out: the
+    tests judge it by the takeover report)."""
+    return [e["kind"] for e in aws["lease"]["events"] if not e["kind"].startswith("takeover_")]

@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from control.api import ApiSettings, create_app
+from control.aws.lease import Lease, LeaseSettings
 from control.store import SqliteStore
 from tests.promtext import parse, value
 from tests.unit.control.conftest import ADMIN_TOKEN, READ_TOKEN, auth, minimal
@@ -142,3 +143,45 @@ async def test_metrics_disabled_by_the_document(
     resp = await client.get("/metrics", headers=auth(READ_TOKEN))
     assert resp.status == 404
     assert "metrics.enabled" in (await resp.json())["error"]["message"]
+
+
+def _aws(takeovers: int, ok: bool) -> dict[str, Any]:
+    """An agent's ``aws`` status as ``Ha.as_dict`` writes it, the lease part from a
+    real :class:`Lease` (its counter names are what is exported)."""
+    lease = Lease(None, LeaseSettings("t", "eu-west-1a", "i-1"), lambda: True)
+    lease.counters |= {"takeovers": takeovers, "deferrals": 2}
+    status = lease.status() | {"state": "leader", "token": 9}
+    return {
+        "role": "leader",
+        "availability_zone": "eu-west-1a",
+        "lease": status,
+        "takeover": {"token": 9, "steps": {}, "seconds": 1.25, "ok": ok, "error": None},
+        "cross_az_fallback": {"enabled": True, "counters": {"adopted": 1, "returned": 0}},
+    }
+
+
+@pytest.mark.asyncio
+async def test_lease_and_takeover_families(
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+    sqlite_store: SqliteStore,
+    api_settings: ApiSettings,
+) -> None:
+    """Each change of leadership is a metric: the lease's counters, who leads, the last
+    takeover's outcome; an instance without an AWS side has no samples."""
+    status = provider()
+    status["instances"]["gw-a"]["aws"] = _aws(takeovers=3, ok=False)
+    client = await aiohttp_client(create_app(sqlite_store, lambda: status, api_settings))
+    types, samples = parse(await (await client.get("/metrics", headers=auth(READ_TOKEN))).text())
+    at = {"instance": "gw-a", "az": "eu-west-1a"}
+    assert types["spectra_lease_takeovers"] == "counter"
+    assert value(samples, "spectra_lease_takeovers_total", **at) == 3
+    assert value(samples, "spectra_lease_deferrals_total", **at) == 2
+    assert value(samples, "spectra_lease_lost_total", **at) == 0
+    assert types["spectra_lease_leader"] == "gauge"
+    assert value(samples, "spectra_lease_leader", **at) == 1
+    assert value(samples, "spectra_lease_token", **at) == 9
+    assert value(samples, "spectra_takeover_ok", **at) == 0
+    assert value(samples, "spectra_takeover_seconds", **at) == 1.25
+    assert value(samples, "spectra_cross_az_fallback_adopted_total", **at) == 1
+    assert not any(dict(labels).get("instance") == "gw-b" for name, labels in samples
+                   if name.startswith(("spectra_lease", "spectra_takeover")))  # fmt: skip

@@ -356,7 +356,7 @@ def entry(
 @pytest.mark.parametrize("proto", [6, 17])
 def test_port_forward_offloads_with_the_kernels_mapping(proto: int) -> None:
     off, table, kernel = make()
-    kernel.emit("new", port_forward(proto))
+    kernel.emit("new", replace(port_forward(proto), status=IPS_DST_NAT))  # a first packet
     kernel.emit("update", port_forward(proto))
     off.step(T0)
     assert off.stats.offloaded == 1 and off.nat_ports == {}, "no source NAT, no port use"
@@ -436,3 +436,46 @@ def test_one_arm_dnat_legs_keep_the_deny_list_on_the_packet() -> None:
     assert len(table.entries) == 4
     assert {k.ifindex for k in table.entries} == {2}
     assert all(e.flags == 0 for e in table.entries.values())
+
+
+def test_an_entry_committed_on_a_takeover_is_installed_from_its_new_event() -> None:
+    """conntrackd's commit creates entries already replied and assured: their NEW event
+    is the only one that may ever come, so it installs them; a first packet's NEW does
+    not (its assured update decides)."""
+    off, table, kernel = make()
+    kernel.emit("new", tcp(40000))  # committed: seen-reply, assured, ESTABLISHED
+    kernel.emit("new", udp(40001))
+    kernel.emit("new", udp(40002, IPS_SRC_NAT))  # a first packet
+    off.step(T0)
+    assert set(off.tracked) == {tcp(40000).key, udp(40001).key}
+    assert len(table.entries) == 4 and off.nat_ports[(17, NAT, INET, 53)] == 2
+
+
+def test_a_flow_without_a_neighbour_is_tried_again_each_second() -> None:
+    """A new leader has never forwarded to the workload nor to its next hop when the
+    committed entries arrive: they wait until the kernel path resolved them."""
+    off, table, kernel = make()
+    kernel.neighbours = False
+    kernel.emit("new", tcp(40000))
+    kernel.emit("new", tcp(40001))
+    off.step(T0)
+    off.step(T0 + S // 2)
+    assert not table.entries and off.stats.skipped["no_neighbour"] == 2
+    kernel.emit("destroy", tcp(40001))  # gone meanwhile: not tried again
+    kernel.neighbours = True
+    off.step(T0 + S // 2 + 1)  # the same second: not yet
+    assert not table.entries
+    off.step(T0 + S)
+    assert set(off.tracked) == {tcp(40000).key} and off.stats.skipped["no_neighbour"] == 2
+
+
+def test_a_waiting_flow_is_judged_on_its_latest_event() -> None:
+    off, table, kernel = make()
+    kernel.neighbours = False
+    kernel.emit("new", tcp(40000))
+    off.step(T0)
+    kernel.neighbours = True
+    kernel.emit("update", tcp(40000, state=4))  # FIN_WAIT before the retry
+    off.step(T0 + S)
+    off.step(T0 + 2 * S)
+    assert not table.entries and not off.tracked

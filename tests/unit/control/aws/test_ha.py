@@ -88,9 +88,11 @@ class World:
         i: int,
         fallback: CrossAzFallback | None = None,
         holder_alive: Callable[[str], bool] | None = None,
+        health: Callable[[], bool] = lambda: True,
+        launch_timeout_s: float = 300.0,
         **lease_settings: Any,
     ) -> Node:
-        """A fresh Ha for instance ``i`` (an agent (re)start)."""
+        """A fresh Ha for instance ``i`` (an agent (re)start; ``health``: its data path)."""
         old = self.nodes[i]
         lease = Lease(
             admin_client_for(self.ec2, "dynamodb"),
@@ -115,10 +117,12 @@ class World:
             lambda: self.ec2,
             lambda: self.asg,
             lambda: True,
-            lambda: True,
+            health,
             identity=InstanceIdentity(old.instance_id, REGION, AZ, "123456789012", "", ()),
             sync=old.sync,
-            lifecycle=Lifecycle(self.group, "spectra-launch", "spectra-terminate"),
+            lifecycle=Lifecycle(
+                self.group, "spectra-launch", "spectra-terminate", launch_timeout_s
+            ),
             fallback=fallback,
         )
         self.nodes[i] = Node(ha, old.enis, old.addresses, old.sync, old.metadata, old.instance_id)
