@@ -30,7 +30,56 @@ def _error(description: str) -> dict[str, Any]:
 _VERSION = {"type": "integer", "minimum": 0, "maximum": 999_999_999_999}
 _ETAG = {"ETag": {"description": 'the config version, quoted: "3"', "schema": {"type": "string"}}}
 
+_COUNT = {"type": ["integer", "null"]}
 _SCHEMAS: dict[str, Any] = {
+    "Principal": {
+        "type": "object",
+        "required": ["name", "role"],
+        "properties": {"name": {"type": "string"}, "role": {"enum": ["read", "admin"]}},
+    },
+    "StatusHistory": {
+        "type": "object",
+        "required": ["interval_seconds", "window_seconds", "samples"],
+        "properties": {
+            "interval_seconds": {"type": "number"},
+            "window_seconds": {"type": "number"},
+            "samples": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["t", "instances"],
+                    "properties": {
+                        "t": {"type": "number", "description": "unix seconds"},
+                        "instances": {
+                            "type": "object",
+                            "additionalProperties": {
+                                "type": "object",
+                                "description": "counters (packets, bytes, fast_packets, "
+                                "fast_bytes, drops by reason) and gauges at time t",
+                                "properties": {
+                                    "packets": {"type": "integer"},
+                                    "bytes": {"type": "integer"},
+                                    "fast_packets": {"type": "integer"},
+                                    "fast_bytes": {"type": "integer"},
+                                    "drops": {
+                                        "type": "object",
+                                        "additionalProperties": {"type": "integer"},
+                                    },
+                                    "conntrack_count": _COUNT,
+                                    "conntrack_max": _COUNT,
+                                    "conntrack_insert_failed": _COUNT,
+                                    "nat_ports_busiest": _COUNT,
+                                    "applied_version": _COUNT,
+                                    "converged": {"type": "boolean"},
+                                    "role": {"type": ["string", "null"]},
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -347,6 +396,26 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "summary": "Desired version; applied version and convergence per instance",
                 "responses": {"200": _json(_ref("Status"), "status"), **_AUTH_ERRORS},
+            }
+        },
+        "/v1/status/history": {
+            "get": {
+                "summary": "Per-instance counter samples newer than since (bounded window, "
+                "in memory: the dashboard's charts)",
+                "parameters": [
+                    {"name": "since", "in": "query", "schema": {"type": "number", "default": 0}}
+                ],
+                "responses": {
+                    "200": _json(_ref("StatusHistory"), "samples, oldest first"),
+                    "400": _error("since is not a number"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/whoami": {
+            "get": {
+                "summary": "The calling token's name and role",
+                "responses": {"200": _json(_ref("Principal"), "the caller"), **_AUTH_ERRORS},
             }
         },
         "/v1/alerts": {

@@ -7,12 +7,15 @@ from typing import Any
 
 from aiohttp import web
 
+from control.api.config_handlers import PRINCIPAL
 from control.api.errors import ApiError
+from control.api.history import HISTORY
 from control.api.metrics import CONTENT_TYPE
 from control.api.openapi import openapi_document
 from control.api.state import (
     ALERTS,
     METRICS,
+    SETTINGS,
     STATUS,
     STORE,
     TOKENS,
@@ -39,6 +42,32 @@ async def status(request: web.Request) -> web.Response:
         if isinstance(state, dict):
             state["in_sync"] = state.get("applied_version") == head and bool(state.get("converged"))
     return web.json_response({"desired_version": head, **data, "instances": instances})
+
+
+async def status_history(request: web.Request) -> web.Response:
+    """Samples of every instance's counters newer than ``since`` (unix seconds), oldest
+    first; the API keeps a bounded window (``window_seconds``)."""
+    raw = request.query.get("since", "0")
+    try:
+        since = float(raw)
+    except ValueError:
+        raise ApiError(400, f"since={raw!r}: expected unix seconds, like 1765080000.5") from None
+    if since != since:  # NaN
+        raise ApiError(400, f"since={raw!r}: expected unix seconds, like 1765080000.5")
+    settings = request.app[SETTINGS]
+    return web.json_response(
+        {
+            "interval_seconds": settings.history_seconds,
+            "window_seconds": settings.history_seconds * settings.history_samples,
+            "samples": request.app[HISTORY].since(since),
+        }
+    )
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """The caller's token name and role (the dashboard hides edit controls for ``read``)."""
+    principal = request[PRINCIPAL]
+    return web.json_response({"name": principal.name, "role": principal.role})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from aiohttp import web
@@ -40,6 +41,11 @@ class ApiSettings:
     on_write: Callable[[], None] = lambda: None  # called after each committed write
     # the change-set stager for a document (POST /v1/aws/changesets); None: no AWS here
     changesets: Callable[[ConfigDocument], ChangeSetStager] | None = None
+    # /v1/status/history: sample the status every history_seconds (0: never), keep
+    # history_samples of them (the default: 30 minutes)
+    history_seconds: float = 2.0
+    history_samples: int = 900
+    dashboard_dir: Path | None = None  # the built dashboard [default: control/dashboard/dist]
 
 
 @dataclass(slots=True)
