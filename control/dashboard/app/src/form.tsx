@@ -231,7 +231,7 @@ export function Node({ loc, schema, value, ctx, name }: { loc: Loc; schema: Sche
             readOnly={!ctx.editable}
             value={value == null ? "" : String(value)}
             placeholder={s.default != null ? `default: ${String(s.default)}` : nullable ? "(not set)" : ""}
-            onChange={(e) => {
+            onInput={(e) => {
               const raw = (e.target as HTMLInputElement).value;
               ctx.set(loc, raw === "" && (nullable || s.default !== undefined) ? undefined : parseScalar(raw, s));
             }}

@@ -79,7 +79,7 @@ function Chart({ id, title, unit, times, series }: { id: string; title: string; 
         {},
         ...series.map((s, i) => ({ label: s.label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: false })),
       ],
-      axes: [{}, { size: 70, values: (_u: uPlot, v: number[]) => v.map((x) => human(x) + unit) }],
+      axes: [{}, { size: 100, values: (_u: uPlot, v: number[]) => v.map((x) => human(x) + unit) }],
       legend: { show: true },
     };
     plot.current?.destroy();
