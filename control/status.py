@@ -9,9 +9,10 @@ counters read straight from the pinned maps (they exist while the agent is down)
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
-from control.agent import RUN_ROOT, read_state
+from control.agent import LOG_ROOT, RUN_ROOT, read_state
 from control.alerts import instance_alerts
 
 
@@ -77,3 +78,10 @@ def host_alerts(limit: int = 100, sid: int | None = None) -> dict[str, Any]:
     """Every instance's newest alerts (the alerts provider of the config API)."""
     names = sorted(p.name for p in RUN_ROOT.glob("*") if p.is_dir())
     return {"instances": {n: instance_alerts(RUN_ROOT / n, limit, sid) for n in names}}
+
+
+def host_flow_files() -> dict[str, Path]:
+    """The current flow log of every instance that ran on this host (``GET /v1/flows``)."""
+    from control.steps.traffic_logs import FLOW_FILE
+
+    return {p.name: p / FLOW_FILE for p in sorted(LOG_ROOT.glob("*")) if p.is_dir()}

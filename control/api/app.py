@@ -21,6 +21,7 @@ from control.api.history import HISTORY, StatusHistory, history_ctx
 from control.api.metrics import ApiMetrics
 from control.api.state import (
     ALERTS,
+    FLOWS,
     METRICS,
     SETTINGS,
     STATUS,
@@ -28,6 +29,7 @@ from control.api.state import (
     TOKENS,
     AlertsProvider,
     ApiSettings,
+    FlowFiles,
     StatusProvider,
     TokenCache,
     call_store,
@@ -142,9 +144,11 @@ def create_app(
     status_provider: StatusProvider,
     settings: ApiSettings | None = None,
     alerts_provider: AlertsProvider | None = None,
+    flow_files: FlowFiles | None = None,
 ) -> web.Application:
     """The config API over ``store``; ``status_provider()`` feeds /v1/status and /metrics,
-    ``alerts_provider(limit, sid)`` /v1/alerts (none: every instance reports no alerts)."""
+    ``alerts_provider(limit, sid)`` /v1/alerts (none: every instance reports no alerts),
+    ``flow_files()`` the flow log of each instance for /v1/flows (none: no instance)."""
     settings = settings or ApiSettings()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -159,6 +163,7 @@ def create_app(
     app[STORE] = store
     app[STATUS] = status_provider
     app[ALERTS] = alerts_provider or (lambda limit, sid: {"instances": {}})
+    app[FLOWS] = flow_files or dict
     app[SETTINGS] = settings
     app[METRICS] = ApiMetrics()
     app[TOKENS] = TokenCache()
@@ -179,6 +184,7 @@ def create_app(
     app.router.add_get("/v1/status/history", ops.status_history, allow_head=False)
     app.router.add_get("/v1/whoami", ops.whoami, allow_head=False)
     app.router.add_get("/v1/alerts", ops.alerts, allow_head=False)
+    app.router.add_get("/v1/flows", ops.flows, allow_head=False)
     app.router.add_get("/metrics", ops.metrics, allow_head=False)
     app.router.add_get("/healthz", ops.healthz, allow_head=False)
     app.router.add_get("/openapi.json", ops.openapi, allow_head=False)

@@ -37,6 +37,51 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["name", "role"],
         "properties": {"name": {"type": "string"}, "role": {"enum": ["read", "admin"]}},
     },
+    "Flows": {
+        "type": "object",
+        "required": ["address", "max_bytes", "instances"],
+        "properties": {
+            "address": {"type": ["string", "null"]},
+            "max_bytes": {"type": "integer"},
+            "instances": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": [
+                        "records",
+                        "top_sources",
+                        "top_destinations",
+                        "matches",
+                        "newest",
+                        "bytes_read",
+                        "truncated",
+                    ],
+                    "properties": {
+                        "records": {"type": "integer"},
+                        "top_sources": {"type": "array", "items": _ref("FlowTotal")},
+                        "top_destinations": {"type": "array", "items": _ref("FlowTotal")},
+                        "matches": {"type": "integer"},
+                        "newest": {
+                            "type": "array",
+                            "items": {"type": "object", "description": "flow log records"},
+                        },
+                        "bytes_read": {"type": "integer"},
+                        "truncated": {"type": "boolean"},
+                    },
+                },
+            },
+        },
+    },
+    "FlowTotal": {
+        "type": "object",
+        "required": ["address", "bytes", "packets", "flows"],
+        "properties": {
+            "address": {"type": "string"},
+            "bytes": {"type": "integer"},
+            "packets": {"type": "integer"},
+            "flows": {"type": "integer"},
+        },
+    },
     "StatusHistory": {
         "type": "object",
         "required": ["interval_seconds", "window_seconds", "samples"],
@@ -408,6 +453,31 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _json(_ref("StatusHistory"), "samples, oldest first"),
                     "400": _error("since is not a number"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/flows": {
+            "get": {
+                "summary": "Top talkers and destinations from each instance's flow log, and "
+                "the newest records naming an address (reads at most the last "
+                "flow_read_bytes of the current file)",
+                "parameters": [
+                    {
+                        "name": "address",
+                        "in": "query",
+                        "description": "an IP address: source or destination, before or after NAT",
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20},
+                    },
+                ],
+                "responses": {
+                    "200": _json(_ref("Flows"), "per instance"),
+                    "400": _error("address not an IP address, or limit outside 1..200"),
                     **_AUTH_ERRORS,
                 },
             }

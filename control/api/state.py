@@ -28,6 +28,7 @@ T = TypeVar("T")
 
 StatusProvider = Callable[[], dict[str, Any]]
 AlertsProvider = Callable[[int, int | None], dict[str, Any]]  # (limit, sid) -> per instance
+FlowFiles = Callable[[], dict[str, Path]]  # instance -> its flow log (GET /v1/flows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ class ApiSettings:
     # history_samples of them (the default: 30 minutes)
     history_seconds: float = 2.0
     history_samples: int = 900
+    flow_read_bytes: int = 4 << 20  # GET /v1/flows reads at most this of each flow log
     dashboard_dir: Path | None = None  # the built dashboard [default: control/dashboard/dist]
 
 
@@ -62,6 +64,7 @@ class TokenCache:
 STORE = web.AppKey("store", ConfigStore)
 STATUS: web.AppKey[StatusProvider] = web.AppKey("status_provider")
 ALERTS: web.AppKey[AlertsProvider] = web.AppKey("alerts_provider")
+FLOWS: web.AppKey[FlowFiles] = web.AppKey("flow_files")
 SETTINGS = web.AppKey("settings", ApiSettings)
 METRICS = web.AppKey("metrics", ApiMetrics)
 TOKENS = web.AppKey("tokens", TokenCache)

@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from control.api import ApiSettings, create_app
-from control.api.state import StatusProvider
+from control.api.state import FlowFiles, StatusProvider
 from control.servers import HttpServer, ServerThread
 from control.store import SqliteStore
 
@@ -42,17 +42,20 @@ def free_port() -> int:
 
 @contextmanager
 def serve_api(
-    db: Path, status: StatusProvider, settings: ApiSettings, host: str = "127.0.0.1"
+    db: Path, status: StatusProvider, settings: ApiSettings, flow_files: FlowFiles | None = None
 ) -> Iterator[str]:
     """The config API over the SQLite store at ``db`` on a free loopback port."""
     port = free_port()
     server = HttpServer(
-        "config API", lambda: create_app(SqliteStore(db), status, settings), host, port
+        "config API",
+        lambda: create_app(SqliteStore(db), status, settings, None, flow_files),
+        "127.0.0.1",
+        port,
     )
     servers = ServerThread([server])
     servers.start()
     try:
-        yield f"http://{host}:{port}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         servers.stop()
 

@@ -5,6 +5,7 @@ status provider here is synthetic (counters that grow with the clock); the lab t
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -23,6 +24,11 @@ from tests.e2e.dashboard_browser import Api, browser, login, new_page, poll, ser
 pytestmark = pytest.mark.timeout(180)
 DOC = {"interfaces": {"inside": "inside", "outside": "outside"}}
 DENY = "198.51.100.7/32"
+FLOWS = [
+    ("10.0.1.5", "198.51.100.7", 90_000),
+    ("10.0.1.6", "198.51.100.7", 2_000),
+    ("10.0.1.5", "192.0.2.80", 30_000),
+]
 
 
 class Served:
@@ -69,8 +75,18 @@ def served(tmp_path: Path) -> Iterator[Served]:
             }
         }
 
+    flow_log = tmp_path / "gw-1" / "flow.jsonl"
+    flow_log.parent.mkdir()
+    flow_log.write_text(
+        "".join(
+            json.dumps({"srcaddr": src, "srcport": 40000 + i, "dstaddr": dst, "dstport": 443,
+                        "protocol": 6, "packets": n // 100, "bytes": n, "end": int(t0),
+                        "nat-srcaddr": "203.0.113.9", "nat-srcport": 1024 + i}) + "\n"
+            for i, (src, dst, n) in enumerate(FLOWS)
+        )
+    )  # fmt: skip
     settings = ApiSettings(extra_tokens=tuple(entries), history_seconds=0.5)
-    with serve_api(db, status, settings) as url:
+    with serve_api(db, status, settings, lambda: {"gw-1": flow_log}) as url:
         try:
             yield Served(url, store, tokens)
         finally:
@@ -238,3 +254,21 @@ def test_inspection_page_lists_engines(served: Served) -> None:
         cells = page.locator("#engines tbody tr td").all_inner_texts()
         assert cells[0] == "builtin" and cells[2] == "3"
         shot(page, "inspection")
+
+
+def test_flows_rank_talkers_and_search_by_address(served: Served) -> None:
+    with browser() as b:
+        page = new_page(b)
+        login(page, served.url, served.tokens["viewer"])
+        page.get_by_role("link", name="Flows").click()
+        top = page.locator("#top-src-gw-1 tbody th")
+        expect(top).to_have_text(["10.0.1.5", "10.0.1.6"])
+        page.get_by_label("Address").fill("192.0.2.80")
+        page.get_by_role("button", name="Search").click()
+        rows = page.locator(".flows tbody tr")
+        expect(rows).to_have_count(1)
+        assert rows.locator("td").nth(2).inner_text() == "192.0.2.80:443"
+        shot(page, "flows")
+        page.get_by_label("Address").fill("not-an-address")
+        page.get_by_role("button", name="Search").click()
+        expect(page.locator("#flows-error")).to_contain_text("expected an IP address")

@@ -167,3 +167,84 @@ def test_openapi_documents_the_dashboard_endpoints() -> None:
     assert "/v1/whoami" in paths and "/v1/status/history" in paths
     schemas = openapi_document()["components"]["schemas"]
     assert schemas["Principal"]["properties"]["role"]["enum"] == ["read", "admin"]
+
+
+def _flow(src: str, dst: str, nbytes: int, nat: str = "-") -> dict[str, Any]:
+    return {"srcaddr": src, "dstaddr": dst, "bytes": nbytes, "packets": nbytes // 100,
+            "nat-srcaddr": nat, "nat-dstaddr": "-", "protocol": 6}  # fmt: skip
+
+
+def _write_log(path: Path, records: list[dict[str, Any]]) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.mark.asyncio
+async def test_flows_rank_talkers_and_search_by_address(
+    aiohttp_client: MakeClient,
+    sqlite_store: SqliteStore,
+    api_settings: ApiSettings,
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "gw-a" / "flow.jsonl"
+    _write_log(
+        log,
+        [
+            _flow("10.0.1.5", "198.51.100.7", 5000, nat="203.0.113.9"),
+            _flow("10.0.1.6", "198.51.100.7", 100),
+            _flow("10.0.1.5", "198.51.100.8", 700),
+        ],
+    )
+    with log.open("a") as f:
+        f.write("not json\n")
+    client = await aiohttp_client(
+        create_app(sqlite_store, lambda: {}, api_settings, flow_files=lambda: {"gw-a": log})
+    )
+    body = await (await client.get("/v1/flows", headers=auth(READ_TOKEN))).json()
+    gw = body["instances"]["gw-a"]
+    assert gw["records"] == 3 and gw["truncated"] is False
+    assert gw["top_sources"] == [
+        {"address": "10.0.1.5", "bytes": 5700, "packets": 57, "flows": 2},
+        {"address": "10.0.1.6", "bytes": 100, "packets": 1, "flows": 1},
+    ]
+    assert [t["address"] for t in gw["top_destinations"]] == ["198.51.100.7", "198.51.100.8"]
+    # the search matches the translated source too; newest first
+    found = await client.get(
+        "/v1/flows", params={"address": "203.0.113.9"}, headers=auth(READ_TOKEN)
+    )
+    gw = (await found.json())["instances"]["gw-a"]
+    assert gw["matches"] == 1 and gw["newest"][0]["srcaddr"] == "10.0.1.5"
+    bad = await client.get("/v1/flows", params={"address": "10.0.1"}, headers=auth(READ_TOKEN))
+    assert bad.status == 400 and "address" in (await bad.json())["error"]["message"]
+    assert (await client.get("/v1/flows", params={"limit": "0"}, headers=auth())).status == 400
+
+
+@pytest.mark.asyncio
+async def test_flows_read_only_the_tail_of_a_large_log(
+    aiohttp_client: MakeClient,
+    sqlite_store: SqliteStore,
+    api_settings: ApiSettings,
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "gw-a" / "flow.jsonl"
+    _write_log(
+        log,
+        [_flow("10.0.0.1", "198.51.100.1", 1)] * 1000 + [_flow("10.0.0.2", "198.51.100.2", 9)] * 10,
+    )
+    settings = dataclasses.replace(api_settings, flow_read_bytes=2000)
+    client = await aiohttp_client(
+        create_app(
+            sqlite_store,
+            lambda: {},
+            settings,
+            flow_files=lambda: {"gw-a": log, "gw-b": tmp_path / "none"},
+        )
+    )
+    body = await (await client.get("/v1/flows", headers=auth(READ_TOKEN))).json()
+    gw = body["instances"]["gw-a"]
+    assert gw["bytes_read"] == 2000 and gw["truncated"] is True
+    assert 0 < gw["records"] < 2000 // 100  # whole records only, from the end
+    assert gw["top_sources"][0]["address"] == "10.0.0.2"
+    assert body["instances"]["gw-b"]["records"] == 0  # no log yet: empty, not an error

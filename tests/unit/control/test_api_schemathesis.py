@@ -103,8 +103,9 @@ def test_api_conforms_to_its_openapi(served: str) -> None:
     api = schemathesis.openapi.from_url(f"{served}/openapi.json")
     failures: list[str] = []
     operations = [result.ok() for result in api.get_all_operations()]
-    # + POST /v1/aws/changesets, GET /v1/alerts, GET /v1/status/history, GET /v1/whoami
-    assert len(operations) == 14
+    # + POST /v1/aws/changesets, GET /v1/alerts, GET /v1/status/history, GET /v1/whoami,
+    # GET /v1/flows
+    assert len(operations) == 15
     for operation in operations:
 
         @given(case=operation.as_strategy())

@@ -6,6 +6,7 @@ import { Overview } from "./overview";
 import { ConfigPage } from "./config";
 import { HistoryPage } from "./history";
 import { InspectionPage } from "./inspection";
+import { FlowsPage } from "./flows";
 import "./style.css";
 
 const PAGES = [
@@ -13,6 +14,7 @@ const PAGES = [
   { id: "config", title: "Config" },
   { id: "history", title: "History" },
   { id: "inspection", title: "Inspection" },
+  { id: "flows", title: "Flows" },
 ] as const;
 type PageId = (typeof PAGES)[number]["id"];
 
@@ -123,6 +125,7 @@ function App() {
         {page === "config" && <ConfigPage admin={admin} />}
         {page === "history" && <HistoryPage admin={admin} />}
         {page === "inspection" && <InspectionPage />}
+        {page === "flows" && <FlowsPage />}
       </main>
     </>
   );
