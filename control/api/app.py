@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from control.api import ai_handlers as ai
 from control.api import aws_handlers as aws
 from control.api import config_handlers as cfg
 from control.api import ops_handlers as ops
@@ -57,7 +58,12 @@ async def notify_middleware(request: web.Request, handler: Handler) -> web.Strea
     """After a committed write, wake the local agent so it converges without waiting for
     its next poll (other instances see the change at their poll)."""
     response = await handler(request)
-    if request.method in WRITES and response.status < 300 and request.path in WRITE_PATHS:
+    path = request.path
+    if (
+        request.method in WRITES
+        and response.status < 300
+        and (path in WRITE_PATHS or path.startswith("/v1/ai/keys"))
+    ):
         request.app[SETTINGS].on_write()
     return response
 
@@ -180,6 +186,9 @@ def create_app(
     app.router.add_post("/v1/config/rollback", cfg.rollback)
     app.router.add_post("/v1/config/validate", cfg.validate)
     app.router.add_post("/v1/aws/changesets", aws.create_changeset)
+    app.router.add_get("/v1/ai/usage", ai.usage, allow_head=False)
+    app.router.add_post("/v1/ai/keys", ai.create_key)
+    app.router.add_post("/v1/ai/keys/{id}/revoke", ai.revoke_key)
     app.router.add_get("/v1/status", ops.status, allow_head=False)
     app.router.add_get("/v1/status/history", ops.status_history, allow_head=False)
     app.router.add_get("/v1/whoami", ops.whoami, allow_head=False)

@@ -82,6 +82,73 @@ _SCHEMAS: dict[str, Any] = {
             "flows": {"type": "integer"},
         },
     },
+    "AiKeyRequest": {
+        "type": "object",
+        "required": ["id", "tenant"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+            "tenant": {"type": "string", "minLength": 1},
+            "budget": _ref("BudgetConfig"),
+        },
+    },
+    "AiKeyCreated": {
+        "type": "object",
+        "required": ["version", "id", "key", "changes"],
+        "properties": {
+            "version": {"type": "integer"},
+            "id": {"type": "string"},
+            "key": {"type": "string", "description": "the key; shown once, never stored"},
+            "changes": {"type": "array", "items": _ref("Change")},
+        },
+    },
+    "AiUsage": {
+        "type": "object",
+        "required": ["version", "state_file", "keys", "unknown_keys"],
+        "properties": {
+            "version": {"type": "integer"},
+            "state_file": {"type": ["string", "null"]},
+            "keys": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": [
+                        "id",
+                        "tenant",
+                        "revoked",
+                        "budget",
+                        "used_tokens",
+                        "used_cost_usd",
+                        "models",
+                    ],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "tenant": {"type": "string"},
+                        "revoked": {"type": "boolean"},
+                        "budget": _ref("BudgetConfig"),
+                        "used_tokens": {"type": "integer"},
+                        "used_cost_usd": {"type": "number"},
+                        "models": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["model", "requests"],
+                                "properties": {
+                                    "model": {"type": "string"},
+                                    "requests": {"type": "integer"},
+                                    "prompt_tokens": {"type": "integer"},
+                                    "completion_tokens": {"type": "integer"},
+                                    "cached_tokens": {"type": "integer"},
+                                    "cost_usd": {"type": "number"},
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+            "unknown_keys": {"type": "array", "items": {"type": "string"}},
+        },
+    },
     "StatusHistory": {
         "type": "object",
         "required": ["interval_seconds", "window_seconds", "samples"],
@@ -479,6 +546,52 @@ def _paths() -> dict[str, Any]:
                     "200": _json(_ref("Flows"), "per instance"),
                     "400": _error("address not an IP address, or limit outside 1..200"),
                     **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/ai/usage": {
+            "get": {
+                "summary": "AI gateway usage: requests, tokens and cost per key and model, "
+                "budget use against each key's limits (from the gateway's state file)",
+                "responses": {
+                    "200": _json(_ref("AiUsage"), "usage per key"),
+                    "404": _error("no config document yet"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/ai/keys": {
+            "post": {
+                "summary": "Create an AI gateway key (a config write): the key is in this "
+                "answer only; the document keeps its HMAC",
+                "parameters": [{**_IF_MATCH, "required": True}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("AiKeyRequest")}},
+                },
+                "responses": {
+                    "201": {**_json(_ref("AiKeyCreated"), "created"), "headers": _ETAG},
+                    **_WRITE_ERRORS,
+                    "409": _error(
+                        "the base version is not the newest, or this process cannot read "
+                        "ai.key_secret (code key_secret_missing)"
+                    ),
+                    "428": _error("no If-Match"),
+                },
+            }
+        },
+        "/v1/ai/keys/{id}/revoke": {
+            "post": {
+                "summary": "Revoke an AI gateway key (a config write: ai.keys[].revoked)",
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {**_IF_MATCH, "required": True},
+                ],
+                "responses": {
+                    "200": {**_json(_ref("WriteResult"), "committed"), "headers": _ETAG},
+                    **_WRITE_ERRORS,
+                    "404": _error("no key with this id"),
+                    "428": _error("no If-Match"),
                 },
             }
         },
