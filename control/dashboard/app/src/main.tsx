@@ -7,6 +7,7 @@ import { ConfigPage } from "./config";
 import { HistoryPage } from "./history";
 import { InspectionPage } from "./inspection";
 import { FlowsPage } from "./flows";
+import { AiPage } from "./ai";
 import "./style.css";
 
 const PAGES = [
@@ -15,6 +16,7 @@ const PAGES = [
   { id: "history", title: "History" },
   { id: "inspection", title: "Inspection" },
   { id: "flows", title: "Flows" },
+  { id: "ai", title: "AI gateway" },
 ] as const;
 type PageId = (typeof PAGES)[number]["id"];
 
@@ -126,6 +128,7 @@ function App() {
         {page === "history" && <HistoryPage admin={admin} />}
         {page === "inspection" && <InspectionPage />}
         {page === "flows" && <FlowsPage />}
+        {page === "ai" && <AiPage admin={admin} />}
       </main>
     </>
   );
