@@ -129,14 +129,14 @@ export function AiPage({ admin }: { admin: boolean }) {
                 {pct(k.used_tokens, k.budget.max_tokens)}
               </td>
               <td>
-                {k.used_cost_usd.toFixed(4)}
+                {k.used_cost_usd.toFixed(6)}
                 {pct(k.used_cost_usd, k.budget.max_cost_usd)}
               </td>
               <td>
                 <ul class="models">
                   {k.models.map((m) => (
                     <li key={m.model} data-model={m.model}>
-                      {m.model}: {m.requests} requests, {m.prompt_tokens}/{m.completion_tokens} tokens, ${m.cost_usd.toFixed(4)}
+                      {m.model}: {m.requests} requests, {m.prompt_tokens}/{m.completion_tokens} tokens, ${m.cost_usd.toFixed(6)}
                     </li>
                   ))}
                 </ul>
