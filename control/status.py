@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from control.agent import LOG_ROOT, RUN_ROOT, read_state
+from control.agent import LOG_ROOT, RUN_ROOT, netns_inode, read_state
 from control.alerts import instance_alerts
 
 
@@ -57,11 +57,23 @@ def _flat_counters(st: dict[str, Any]) -> dict[str, int]:
     return flat
 
 
+def links(st: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """rx/tx counters of the instance's inside and outside interfaces, read only from
+    the agent's own network namespace (elsewhere the same name is another interface)."""
+    interfaces = st.get("interfaces")
+    if not isinstance(interfaces, dict) or not st.get("netns") or st["netns"] != netns_inode():
+        return {}
+    from control.aws.cloudwatch import link_counters
+
+    return {role: link_counters(str(name)) for role, name in interfaces.items()}
+
+
 def instance_status(instance: str) -> dict[str, Any] | None:
     st = read_state(instance)
     if st is None:
         return None
     st["agent_running"] = _pid_alive(int(st["pid"]))
+    st["links"] = links(st)
     st["xdp_counters"] = xdp_counters(instance)
     st["counters"] = _flat_counters(st)
     return st

@@ -4,7 +4,8 @@ The dashboard's charts need a look back, and the status provider only knows "now
 config API samples the provider every ``interval`` seconds into a ring of at most
 ``capacity`` samples (the default keeps 30 minutes at 2 s), each reduced to the few
 numbers the charts draw per instance: XDP packets and bytes (all, fast path, dropped by
-reason), conntrack occupancy, NAT port occupancy and allocation errors, the applied
+reason), the inside and outside interfaces' rx/tx counters (which give the direction),
+conntrack occupancy, NAT port occupancy and allocation errors, the applied
 version. Counters are kept as counters; rates are differences between samples (the
 client computes them, so a counter reset shows as a gap, not a negative rate).
 Nothing is stored on disk: a restart of the API starts an empty history.
@@ -26,6 +27,7 @@ from aiohttp import web
 log = logging.getLogger("spectra.control")
 
 FAST_PATH = frozenset({"REDIRECT", "REDIRECT_GWLB"})
+LINK_KEYS = frozenset({"rx_packets", "rx_bytes", "tx_packets", "tx_bytes"})
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -51,6 +53,10 @@ def reduce_instance(state: dict[str, Any]) -> dict[str, Any]:
             fast_bytes += b
         if reason.startswith("DROP_"):
             drops[reason.lower()] = p
+    links = {
+        role: {k: v for k, v in _dict(c).items() if k in LINK_KEYS and _int(v) is not None}
+        for role, c in _dict(state.get("links")).items()
+    }
     conntrack = _dict(state.get("conntrack"))
     offload = _dict(state.get("offload"))
     return {
@@ -59,6 +65,7 @@ def reduce_instance(state: dict[str, Any]) -> dict[str, Any]:
         "fast_packets": fast_packets,
         "fast_bytes": fast_bytes,
         "drops": drops,
+        "links": links,
         "conntrack_count": _int(conntrack.get("count")),
         "conntrack_max": _int(conntrack.get("max")),
         "conntrack_insert_failed": _int(conntrack.get("insert_failed")),

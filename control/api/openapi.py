@@ -177,6 +177,15 @@ _SCHEMAS: dict[str, Any] = {
                                         "type": "object",
                                         "additionalProperties": {"type": "integer"},
                                     },
+                                    "links": {
+                                        "type": "object",
+                                        "description": "role (inside/outside) -> rx/tx "
+                                        "packets and bytes of its interface",
+                                        "additionalProperties": {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "integer"},
+                                        },
+                                    },
                                     "conntrack_count": _COUNT,
                                     "conntrack_max": _COUNT,
                                     "conntrack_insert_failed": _COUNT,

@@ -64,6 +64,10 @@ def served(tmp_path: Path) -> Iterator[Served]:
                     "inspection": {"engine": "builtin", "rules_loaded": 3, "rules_failed": 0},
                     "conntrack": {"count": 1200, "max": 262144, "insert_failed": 0},
                     "offload": {"nat_ports_busiest": 40},
+                    "links": {  # 60 % of the packets come from the workloads
+                        "inside": {"rx_packets": pkts * 6 // 10, "rx_bytes": pkts * 600},
+                        "outside": {"rx_packets": pkts * 4 // 10, "rx_bytes": pkts * 400},
+                    },
                     "xdp_counters": {
                         "reasons": {
                             "REDIRECT": {"packets": pkts * 9 // 10, "bytes": pkts * 900},
@@ -117,6 +121,12 @@ def test_login_overview_charts_move_and_logout(served: Served) -> None:
         assert 10_000 < latest[0] < 30_000
         fast = page.evaluate("JSON.parse(document.querySelector('#chart-fast').dataset.latest)")
         assert 80 < fast[0] < 100
+        out, inbound = page.evaluate(
+            "JSON.parse(document.querySelector('#chart-pps-dir').dataset.latest)"
+        )
+        assert 8_000 < out < 16_000 and 5_000 < inbound < 11_000
+        legend = page.locator("#chart-pps-dir .u-legend .u-label").all_inner_texts()
+        assert legend[1:] == ["gw-1 out (rx inside)", "gw-1 in (rx outside)"]
         page.get_by_label("Time range").select_option("60")
         shot(page, "overview")
         # the token lives in this tab's sessionStorage only, never in the URL

@@ -36,7 +36,9 @@ def _state(packets: int, role: str | None = None) -> dict[str, Any]:
         },
         "conntrack": {"count": 50, "max": 1000, "insert_failed": 0},
         "offload": {"nat_ports_busiest": 7},
-    }
+        "links": {"inside": {"rx_packets": packets, "rx_bytes": 9, "tx_packets": 1,
+                             "tx_bytes": 2, "multicast": 5}},
+    }  # fmt: skip
 
 
 def test_reduce_instance_sums_reasons_and_splits_fast_path_and_drops() -> None:
@@ -47,6 +49,7 @@ def test_reduce_instance_sums_reasons_and_splits_fast_path_and_drops() -> None:
         "fast_packets": 90,
         "fast_bytes": 9000,
         "drops": {"drop_deny": 4},
+        "links": {"inside": {"rx_packets": 90, "rx_bytes": 9, "tx_packets": 1, "tx_bytes": 2}},
         "conntrack_count": 50,
         "conntrack_max": 1000,
         "conntrack_insert_failed": 0,
@@ -58,6 +61,19 @@ def test_reduce_instance_sums_reasons_and_splits_fast_path_and_drops() -> None:
     # an instance whose maps are unreadable reports zeros and unknowns, not an error
     assert reduce_instance({"xdp_counters": {"error": "cannot read"}})["packets"] == 0
     assert reduce_instance({})["conntrack_count"] is None
+
+
+def test_link_counters_only_from_the_agents_own_namespace() -> None:
+    from control.agent import netns_inode
+    from control.status import links
+
+    here = {"interfaces": {"inside": "lo", "outside": "no-such-if0"}, "netns": netns_inode()}
+    found = links(here)
+    assert set(found["inside"]) == {"rx_packets", "rx_bytes", "tx_packets", "tx_bytes"}
+    assert found["outside"] == {}
+    # an agent in another namespace: its interface names mean nothing here
+    assert links({**here, "netns": netns_inode() + 1}) == {}
+    assert links({"interfaces": {"inside": "lo"}}) == {}
 
 
 def test_history_is_bounded_and_reads_newer_than_since() -> None:

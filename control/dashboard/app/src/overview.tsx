@@ -21,6 +21,7 @@ interface Point {
   fast_packets: number;
   fast_bytes: number;
   drops: Record<string, number>;
+  links?: Record<string, Record<string, number>>;
   conntrack_count: number | null;
   conntrack_max: number | null;
   conntrack_insert_failed: number | null;
@@ -168,6 +169,16 @@ export function Overview() {
   }
   const per = (label: string, pick: (p: Point) => number, scale = 1): Series[] =>
     names.map((n) => ({ label: `${n} ${label}`, values: rates(shown, n, pick).map((v) => (v === null ? null : v * scale)) }));
+  // direction from the interfaces: received on inside = outbound, on outside = inbound
+  const roles = [...new Set(shown.flatMap((s) => Object.values(s.instances).flatMap((p) => Object.keys(p.links ?? {}))))].sort();
+  const direction: Record<string, string> = { inside: "out (rx inside)", outside: "in (rx outside)" };
+  const byLink = (key: "rx_packets" | "rx_bytes", scale: number): Series[] =>
+    names.flatMap((n) =>
+      roles.map((r) => ({
+        label: `${n} ${direction[r] ?? r}`,
+        values: rates(shown, n, (p) => p.links?.[r]?.[key] ?? NaN).map((v) => (v === null || Number.isNaN(v) ? null : v * scale)),
+      })),
+    );
   const reasons = [...new Set(shown.flatMap((s) => Object.values(s.instances).flatMap((p) => Object.keys(p.drops))))].sort();
   const failovers: { t: number; name: string; from: string | null; to: string | null }[] = [];
   for (let i = 1; i < samples.length; i++) {
@@ -246,6 +257,12 @@ export function Overview() {
         <span class="hint">refreshes every {REFRESH_MS / 1000} s; the API keeps a bounded in-memory window</span>
       </div>
       <div class="charts">
+        {roles.length > 0 && (
+          <>
+            <Chart id="chart-pps-dir" title="Packets per second in and out" unit="pps" times={times} series={byLink("rx_packets", 1)} />
+            <Chart id="chart-bps-dir" title="Bit rate in and out" unit="bit/s" times={times} series={byLink("rx_bytes", 8)} />
+          </>
+        )}
         <Chart id="chart-pps" title="Packets per second (XDP, both interfaces)" unit="pps" times={times} series={per("all", (p) => p.packets)} />
         <Chart id="chart-bps" title="Bit rate (XDP, both interfaces)" unit="bit/s" times={times} series={per("all", (p) => p.bytes, 8)} />
         <Chart
