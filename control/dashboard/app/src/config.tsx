@@ -61,6 +61,15 @@ export function Changes({ changes, id }: { changes: Change[]; id?: string }) {
   );
 }
 
+const ACRONYMS = new Set(["ai", "api", "aws", "gwlb", "ha", "nat", "tls"]);
+
+/** ``port_forwards`` -> "Port forwards", ``gwlb`` -> "GWLB". */
+export function sectionTitle(key: string): string {
+  if (ACRONYMS.has(key)) return key.toUpperCase();
+  const words = key.split("_");
+  return [words[0][0].toUpperCase() + words[0].slice(1), ...words.slice(1)].join(" ");
+}
+
 export function ConfigPage({ admin }: { admin: boolean }) {
   const [schemas, setSchemas] = useState<SchemaSet | null>(null);
   const [root, setRoot] = useState<Schema | null>(null);
@@ -226,7 +235,7 @@ export function ConfigPage({ admin }: { admin: boolean }) {
                   }}
                   class={errors.some((e) => e.path.startsWith(k)) ? "has-error" : ""}
                 >
-                  {schemas.resolve(root.properties![k]).title ?? k}
+                  {sectionTitle(k)}
                 </button>
               </li>
             ))}
@@ -267,7 +276,7 @@ export function ConfigPage({ admin }: { admin: boolean }) {
             </div>
           ) : (
             <>
-              <h2 id={fieldId(section)}>{schemas.resolve(root.properties![section]).title ?? section}</h2>
+              <h2 id={fieldId(section)}>{sectionTitle(section)}</h2>
               <Node loc={[section]} schema={root.properties![section]} value={draft[section]} ctx={ctx} name={section} />
             </>
           )}
