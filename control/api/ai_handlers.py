@@ -18,7 +18,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from ai.keys import SecretMissing, hash_key, new_key, resolve_secret
 from ai.state import METER_FIELDS
@@ -69,12 +71,53 @@ async def _latest(request: web.Request) -> tuple[int, ConfigDocument]:
     return latest
 
 
+def cache_outcomes(exposition: str) -> dict[str, int]:
+    """Requests by cache outcome (``hit`` exact, ``semantic_hit``, ``miss``,
+    ``coalesced``, ``skip``) from the AI gateway's Prometheus exposition."""
+    out: dict[str, int] = {}
+    for family in text_string_to_metric_families(exposition):
+        if family.name != "spectra_ai_requests":
+            continue
+        for sample in family.samples:
+            if sample.name == "spectra_ai_requests_total":
+                cache = sample.labels.get("cache", "")
+                out[cache] = out.get(cache, 0) + int(sample.value)
+    return out
+
+
+async def gateway_cache(listen_port: int) -> dict[str, Any]:
+    """The local AI gateway's requests by cache outcome and its hit rates, read from its
+    ``/metrics`` on loopback (1 s at most); unreachable: said so."""
+    url = f"http://127.0.0.1:{listen_port}/metrics"
+    try:
+        timeout = aiohttp.ClientTimeout(total=1.0)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
+            if resp.status != 200:
+                return {"reachable": False, "error": f"{url}: HTTP {resp.status}"}
+            outcomes = cache_outcomes(await resp.text())
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return {"reachable": False, "error": f"{url}: {type(exc).__name__}"}
+    total = sum(outcomes.values())
+    return {
+        "reachable": True,
+        "requests_by_cache": outcomes,
+        "exact_hit_rate": outcomes.get("hit", 0) / total if total else None,
+        "semantic_hit_rate": outcomes.get("semantic_hit", 0) / total if total else None,
+    }
+
+
 async def usage(request: web.Request) -> web.Response:
-    """Requests, tokens and cost per key and model; budget use against each key's limits."""
+    """Requests, tokens and cost per key and model; budget use against each key's limits;
+    the local gateway's cache hit rates."""
     version, doc = await _latest(request)
     ai = doc.ai
     path = ai.state.resolved_path(ai.audit)
     budgets, meters = await call_store(request.app, read_usage, path)
+    gateway = (
+        await gateway_cache(ai.listen_port)
+        if ai.routes and ai.listen_port
+        else {"reachable": False, "error": "no AI gateway in the document (ai.routes)"}
+    )
     keys = [
         {
             "id": key.id,
@@ -93,6 +136,7 @@ async def usage(request: web.Request) -> web.Response:
             "state_file": None if path is None else str(path),
             "keys": keys,
             "unknown_keys": sorted((set(meters) | set(budgets)) - known),
+            "gateway": gateway,
         }
     )
 

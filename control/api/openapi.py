@@ -104,7 +104,7 @@ _SCHEMAS: dict[str, Any] = {
     },
     "AiUsage": {
         "type": "object",
-        "required": ["version", "state_file", "keys", "unknown_keys"],
+        "required": ["version", "state_file", "keys", "unknown_keys", "gateway"],
         "properties": {
             "version": {"type": "integer"},
             "state_file": {"type": ["string", "null"]},
@@ -147,6 +147,22 @@ _SCHEMAS: dict[str, Any] = {
                 },
             },
             "unknown_keys": {"type": "array", "items": {"type": "string"}},
+            "gateway": {
+                "type": "object",
+                "description": "the local AI gateway's requests by cache outcome and hit "
+                "rates (from its /metrics), or why it could not be read",
+                "required": ["reachable"],
+                "properties": {
+                    "reachable": {"type": "boolean"},
+                    "error": {"type": "string"},
+                    "requests_by_cache": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer"},
+                    },
+                    "exact_hit_rate": {"type": ["number", "null"]},
+                    "semantic_hit_rate": {"type": ["number", "null"]},
+                },
+            },
         },
     },
     "StatusHistory": {

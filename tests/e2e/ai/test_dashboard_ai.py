@@ -6,7 +6,6 @@ the key's requests, tokens and cost per model; revoking it is a new config versi
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +75,18 @@ def test_create_a_key_use_it_and_see_its_usage(upstreams: Upstreams, tmp_path: P
             gw = launch_gateway(tmp_path, ai)
             try:
                 client = openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
-                for question in ("one", "two", "three"):
+                # three upstream requests, then the first again: an exact cache hit
+                for question in ("one", "two", "three", "one"):
                     client.chat.completions.create(
                         model="gpt-4o-mini", messages=[{"role": "user", "content": question}]
                     )
-                time.sleep(0.5)  # the state file is written behind, every 20 ms
+                assert upstreams.requests("openai") == 3
+                page.get_by_role("button", name="Done").click()
+                # read from the running gateway's /metrics: 1 hit in 4 requests
+                expect(page.locator("#exact-hit-rate")).to_have_text("25.0 %", timeout=15_000)
             finally:
-                gw.stop()  # a clean stop writes the rest
-            page.get_by_role("button", name="Done").click()
+                gw.stop()  # a clean stop writes the rest of the state file
+            # metered: the three upstream calls (the cache hit cost nothing)
             model = page.locator("tr[data-key='team-a'] li[data-model='gpt-4o-mini']")
             expect(model).to_contain_text(re.compile(r"^gpt-4o-mini: 3 requests"), timeout=15_000)
             tokens = page.locator("tr[data-key='team-a'] td.tokens")

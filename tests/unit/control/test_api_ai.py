@@ -132,3 +132,19 @@ async def test_usage_reads_meters_and_budgets_of_the_state_file(
     assert model["model"] == "gpt-4o-mini" and model["requests"] == 3
     assert model["prompt_tokens"] == 200 and model["completion_tokens"] == 100
     assert usage["unknown_keys"] == ["gone"]
+
+
+async def test_cache_outcomes_from_the_gateways_own_exposition() -> None:
+    from ai.metrics import GatewayMetrics
+    from control.api.ai_handlers import cache_outcomes
+
+    metrics = GatewayMetrics()
+    for cache, n in (("hit", 3), ("semantic_hit", 1), ("miss", 6)):
+        metrics.requests.labels("chat", "200", "openai", cache).inc(n)
+    metrics.requests.labels("chat", "500", "openai", "miss").inc(2)
+    assert cache_outcomes(metrics.render().decode()) == {"hit": 3, "semantic_hit": 1, "miss": 8}
+
+
+async def test_usage_says_when_there_is_no_gateway(client: Client) -> None:
+    usage = await (await client.get("/v1/ai/usage", headers=auth(READ_TOKEN))).json()
+    assert usage["gateway"]["reachable"] is False and "ai.routes" in usage["gateway"]["error"]

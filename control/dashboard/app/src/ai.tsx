@@ -21,10 +21,20 @@ interface Key {
   used_cost_usd: number;
   models: Model[];
 }
+interface Gateway {
+  reachable: boolean;
+  error?: string;
+  requests_by_cache?: Record<string, number>;
+  exact_hit_rate?: number | null;
+  semantic_hit_rate?: number | null;
+}
 interface Usage {
   version: number;
   keys: Key[];
+  gateway: Gateway;
 }
+
+const rate = (r: number | null | undefined) => (r == null ? "no requests yet" : `${(100 * r).toFixed(1)} %`);
 
 function pct(used: number, max: number | null): string {
   return max ? ` (${((100 * used) / max).toFixed(1)} % of ${max})` : "";
@@ -104,6 +114,29 @@ export function AiPage({ admin }: { admin: boolean }) {
             Done
           </button>
         </div>
+      )}
+      {usage && (
+        <dl class="gateway" id="ai-gateway">
+          {usage.gateway.reachable ? (
+            <>
+              <dt>Exact cache hit rate</dt>
+              <dd id="exact-hit-rate">{rate(usage.gateway.exact_hit_rate)}</dd>
+              <dt>Semantic cache hit rate</dt>
+              <dd id="semantic-hit-rate">{rate(usage.gateway.semantic_hit_rate)}</dd>
+              <dt>Requests by cache outcome</dt>
+              <dd>
+                {Object.entries(usage.gateway.requests_by_cache ?? {})
+                  .map(([k, v]) => `${k}: ${v}`)
+                  .join(", ") || "none"}
+              </dd>
+            </>
+          ) : (
+            <>
+              <dt>Gateway</dt>
+              <dd>not reachable: {usage.gateway.error}</dd>
+            </>
+          )}
+        </dl>
       )}
       <table id="ai-keys">
         <caption>Keys, budgets and usage (config version {usage?.version ?? "…"})</caption>
