@@ -254,6 +254,21 @@ export function ConfigPage({ admin }: { admin: boolean }) {
             dryRun();
           }}
         >
+          <div class="actions">
+            <button type="submit" id="review" disabled={busy}>
+              Review changes (dry run)
+            </button>
+            {editable && (
+              <>
+                <button type="button" id="apply" class="primary" disabled={busy} onClick={apply}>
+                  Apply (based on version {base.version})
+                </button>
+                <button type="button" id="reset" disabled={busy} onClick={() => load()}>
+                  Discard edits
+                </button>
+              </>
+            )}
+          </div>
           {raw ? (
             <div class="field">
               <label for="raw">The whole document (JSON; secrets masked, sending the mask keeps them)</label>
@@ -280,21 +295,6 @@ export function ConfigPage({ admin }: { admin: boolean }) {
               <Node loc={[section]} schema={root.properties![section]} value={draft[section]} ctx={ctx} name={section} />
             </>
           )}
-          <div class="actions">
-            <button type="submit" id="review" disabled={busy}>
-              Review changes (dry run)
-            </button>
-            {editable && (
-              <>
-                <button type="button" id="apply" class="primary" disabled={busy} onClick={apply}>
-                  Apply (based on version {base.version})
-                </button>
-                <button type="button" id="reset" disabled={busy} onClick={() => load()}>
-                  Discard edits
-                </button>
-              </>
-            )}
-          </div>
         </form>
       </div>
       {review?.valid && (
