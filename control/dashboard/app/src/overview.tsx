@@ -110,16 +110,18 @@ export function human(x: number): string {
   return (Number.isInteger(x) ? x.toString() : x.toFixed(1)) + " ";
 }
 
+/** The services the instance reports as on (a section's status with enabled: true,
+ * an inspection engine, a load balancer with listeners, flow logs being written). */
 function services(s: Dict): string[] {
   const out: string[] = [];
-  const on = (d: unknown) => d && typeof d === "object" && Object.keys(d as object).length > 0;
-  if (on(s.inspection)) out.push(`inspection${s.inspection.engine ? ` (${s.inspection.engine})` : ""}`);
-  if (on(s.proxy)) out.push("proxy (Squid)");
-  if (on(s.tls)) out.push("TLS (HAProxy)");
-  if (on(s.load_balancer)) out.push("load balancer");
-  if (on(s.gwlb)) out.push("GWLB");
-  if (on(s.conntrack_sync)) out.push("conntrack sync");
-  if (on(s.traffic_logs)) out.push("flow logs");
+  const enabled = (d: unknown) => !!d && typeof d === "object" && (d as Dict).enabled === true;
+  if (s.inspection?.engine) out.push(`inspection (${s.inspection.engine})`);
+  if (enabled(s.proxy)) out.push("proxy (Squid)");
+  if (enabled(s.tls)) out.push("TLS (HAProxy)");
+  if (Object.keys(s.load_balancer?.listeners ?? {}).length > 0) out.push("load balancer");
+  if (enabled(s.gwlb)) out.push("GWLB");
+  if (enabled(s.conntrack_sync)) out.push("conntrack sync");
+  if (s.traffic_logs && Object.keys(s.traffic_logs).length > 0) out.push("flow/firewall logs");
   return out;
 }
 
