@@ -10,9 +10,9 @@ APT_PACKAGES := python3-bpfcc libbpfcc libbpfcc-dev libbpf1 clang llvm linux-hea
 	debootstrap systemd-container squid haproxy redis-server
 TESTS ?= tests
 
-.PHONY: deps run test perf lint clean
+.PHONY: deps dashboard run test perf lint clean
 
-deps: .state/apt.stamp .state/suricata.stamp .state/venv.stamp
+deps: .state/apt.stamp .state/suricata.stamp .state/venv.stamp .state/dashboard.stamp
 	@bash deploy/kernel-setup.sh
 
 .state/apt.stamp: Makefile
@@ -40,6 +40,29 @@ deps: .state/apt.stamp .state/suricata.stamp .state/venv.stamp
 	@$(PY) -m pip install -q --upgrade pip >/dev/null
 	@$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
+
+# The dashboard (control/dashboard/app: Vite + TypeScript + Preact + uPlot) built into
+# control/dashboard/dist, which the config API serves and the wheel ships. `npm ci`
+# installs exactly the committed package-lock.json; skipped while nothing changed.
+DASHBOARD_APP := control/dashboard/app
+DASHBOARD_SRC := $(shell find $(DASHBOARD_APP)/src -type f 2>/dev/null) \
+	$(addprefix $(DASHBOARD_APP)/,package.json package-lock.json index.html vite.config.ts tsconfig.json)
+
+.state/node.stamp: Makefile
+	@mkdir -p .state
+	@if ! command -v npm >/dev/null || ! command -v node >/dev/null; then \
+		echo "installing Debian packages: nodejs npm"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; \
+	fi
+	@touch $@
+
+.state/dashboard.stamp: .state/node.stamp $(DASHBOARD_SRC)
+	@cd $(DASHBOARD_APP) && npm ci --no-audit --no-fund --loglevel=error && npm run -s build >/dev/null
+	@test -f control/dashboard/dist/index.html
+	@touch $@
+
+dashboard: .state/dashboard.stamp
 
 run: deps
 	@$(SPECTRA) lab run

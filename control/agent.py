@@ -104,6 +104,10 @@ class AgentState:
     outside_addresses: list[str] = field(default_factory=list)
     applies: int = 0
     xdp_modes: dict[str, str] = field(default_factory=dict)
+    # role (inside / outside) -> interface name, and the network namespace (its inode)
+    # they are in: a status reader in the same namespace adds their link counters
+    interfaces: dict[str, str] = field(default_factory=dict)
+    netns: int = 0
     offload: dict[str, Any] = field(default_factory=dict)
     not_yet_rendered: list[str] = field(default_factory=list)
     inspection: dict[str, Any] = field(default_factory=dict)
@@ -119,6 +123,14 @@ class AgentState:
     cloudwatch: dict[str, Any] = field(default_factory=dict)  # the metrics export
     # document field -> why its section is not in effect (the rest converged)
     section_errors: dict[str, str] = field(default_factory=dict)
+
+
+def netns_inode() -> int:
+    """The inode of this process's network namespace (0: unknown)."""
+    try:
+        return os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return 0
 
 
 def run_dir(instance: str) -> Path:
@@ -285,6 +297,8 @@ class Agent:
         self.state.data_plane = doc.interfaces.data_plane
         self.state.outside_addresses = list(plan.outside_addresses)
         self.state.xdp_modes = self._xdp_modes()
+        self.state.interfaces = {"inside": doc.interfaces.inside, "outside": doc.interfaces.outside}
+        self.state.netns = netns_inode()
         self.state.not_yet_rendered = _unrendered(doc)
         self._failed_version, self._backoff = 0, self.settings.poll
         self._apply_logging(doc)

@@ -200,7 +200,7 @@ def _servers(
     from control.config import ConfigValidationError
     from control.config.operations import Api, ApiToken
     from control.servers import HttpServer, SectionError
-    from control.status import host_alerts, host_status
+    from control.status import host_alerts, host_flow_files, host_status
     from control.store import StoreError, open_store
 
     try:
@@ -220,7 +220,9 @@ def _servers(
             on_write=on_write,
             changesets=changesets,
         )
-        return create_app(open_store(store_url), host_status, settings, host_alerts)
+        return create_app(
+            open_store(store_url), host_status, settings, host_alerts, host_flow_files
+        )
 
     servers = [HttpServer("config API", config_api, str(api.host), api.port)]
     if doc is not None and doc.ai.routes and doc.ai.listen_port:

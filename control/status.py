@@ -9,9 +9,10 @@ counters read straight from the pinned maps (they exist while the agent is down)
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
-from control.agent import RUN_ROOT, read_state
+from control.agent import LOG_ROOT, RUN_ROOT, netns_inode, read_state
 from control.alerts import instance_alerts
 
 
@@ -56,11 +57,23 @@ def _flat_counters(st: dict[str, Any]) -> dict[str, int]:
     return flat
 
 
+def links(st: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """rx/tx counters of the instance's inside and outside interfaces, read only from
+    the agent's own network namespace (elsewhere the same name is another interface)."""
+    interfaces = st.get("interfaces")
+    if not isinstance(interfaces, dict) or not st.get("netns") or st["netns"] != netns_inode():
+        return {}
+    from control.aws.cloudwatch import link_counters
+
+    return {role: link_counters(str(name)) for role, name in interfaces.items()}
+
+
 def instance_status(instance: str) -> dict[str, Any] | None:
     st = read_state(instance)
     if st is None:
         return None
     st["agent_running"] = _pid_alive(int(st["pid"]))
+    st["links"] = links(st)
     st["xdp_counters"] = xdp_counters(instance)
     st["counters"] = _flat_counters(st)
     return st
@@ -77,3 +90,10 @@ def host_alerts(limit: int = 100, sid: int | None = None) -> dict[str, Any]:
     """Every instance's newest alerts (the alerts provider of the config API)."""
     names = sorted(p.name for p in RUN_ROOT.glob("*") if p.is_dir())
     return {"instances": {n: instance_alerts(RUN_ROOT / n, limit, sid) for n in names}}
+
+
+def host_flow_files() -> dict[str, Path]:
+    """The current flow log of every instance that ran on this host (``GET /v1/flows``)."""
+    from control.steps.traffic_logs import FLOW_FILE
+
+    return {p.name: p / FLOW_FILE for p in sorted(LOG_ROOT.glob("*")) if p.is_dir()}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -185,6 +186,15 @@ def _changes(old: ConfigDocument | None, new: ConfigDocument) -> list[dict[str, 
 async def _commit(
     request: web.Request, doc: ConfigDocument, base: ConfigDocument | None, expected: int
 ) -> web.Response:
+    version, changes = await store_document(request, doc, base, expected)
+    return web.json_response({"version": version, "changes": changes}, headers=_etag(version))
+
+
+async def store_document(
+    request: web.Request, doc: ConfigDocument, base: ConfigDocument | None, expected: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """Store ``doc`` as the successor of version ``expected`` (409 when it is not the
+    newest): the new version and its changes against ``base``."""
     store = request.app[STORE]
     who = _principal(request).name
     try:
@@ -196,7 +206,28 @@ async def _commit(
     changes = _changes(base, doc)
     log.info("config version %d written by %s: %d changes", version, who, len(changes))
     await current_tokens(request.app, force=True)
-    return web.json_response({"version": version, "changes": changes}, headers=_etag(version))
+    return version, changes
+
+
+async def edit_document(
+    request: web.Request, edit: Callable[[ConfigDocument, dict[str, Any]], None]
+) -> tuple[int, list[dict[str, Any]]]:
+    """A write that changes part of the document the caller read (``If-Match``):
+    ``edit(base, data)`` changes ``data`` (the base version, secrets revealed) in place;
+    the result is validated and rendered like a PUT and stored as the next version."""
+    expected = _if_match(request)
+    if expected is None:
+        raise ApiError(428, 'this write needs the base version in an If-Match: "<version>" header')
+    base = await _base_document(request, expected)
+    if base is None:
+        raise ApiError(
+            409,
+            "nothing to change: the store is empty; PUT a document first",
+            {"expected": expected, "current": 0},
+        )
+    data = dump_document(base, reveal_secrets=True)
+    edit(base, data)
+    return await store_document(request, _validate(data, request), base, expected)
 
 
 async def get_config(request: web.Request) -> web.Response:

@@ -30,7 +30,193 @@ def _error(description: str) -> dict[str, Any]:
 _VERSION = {"type": "integer", "minimum": 0, "maximum": 999_999_999_999}
 _ETAG = {"ETag": {"description": 'the config version, quoted: "3"', "schema": {"type": "string"}}}
 
+_COUNT = {"type": ["integer", "null"]}
 _SCHEMAS: dict[str, Any] = {
+    "Principal": {
+        "type": "object",
+        "required": ["name", "role"],
+        "properties": {"name": {"type": "string"}, "role": {"enum": ["read", "admin"]}},
+    },
+    "Flows": {
+        "type": "object",
+        "required": ["address", "max_bytes", "instances"],
+        "properties": {
+            "address": {"type": ["string", "null"]},
+            "max_bytes": {"type": "integer"},
+            "instances": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": [
+                        "records",
+                        "top_sources",
+                        "top_destinations",
+                        "matches",
+                        "newest",
+                        "bytes_read",
+                        "truncated",
+                    ],
+                    "properties": {
+                        "records": {"type": "integer"},
+                        "top_sources": {"type": "array", "items": _ref("FlowTotal")},
+                        "top_destinations": {"type": "array", "items": _ref("FlowTotal")},
+                        "matches": {"type": "integer"},
+                        "newest": {
+                            "type": "array",
+                            "items": {"type": "object", "description": "flow log records"},
+                        },
+                        "bytes_read": {"type": "integer"},
+                        "truncated": {"type": "boolean"},
+                    },
+                },
+            },
+        },
+    },
+    "FlowTotal": {
+        "type": "object",
+        "required": ["address", "bytes", "packets", "flows"],
+        "properties": {
+            "address": {"type": "string"},
+            "bytes": {"type": "integer"},
+            "packets": {"type": "integer"},
+            "flows": {"type": "integer"},
+        },
+    },
+    "AiKeyRequest": {
+        "type": "object",
+        "required": ["id", "tenant"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+            "tenant": {"type": "string", "minLength": 1},
+            "budget": _ref("BudgetConfig"),
+        },
+    },
+    "AiKeyCreated": {
+        "type": "object",
+        "required": ["version", "id", "key", "changes"],
+        "properties": {
+            "version": {"type": "integer"},
+            "id": {"type": "string"},
+            "key": {"type": "string", "description": "the key; shown once, never stored"},
+            "changes": {"type": "array", "items": _ref("Change")},
+        },
+    },
+    "AiUsage": {
+        "type": "object",
+        "required": ["version", "state_file", "keys", "unknown_keys", "gateway"],
+        "properties": {
+            "version": {"type": "integer"},
+            "state_file": {"type": ["string", "null"]},
+            "keys": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": [
+                        "id",
+                        "tenant",
+                        "revoked",
+                        "budget",
+                        "used_tokens",
+                        "used_cost_usd",
+                        "models",
+                    ],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "tenant": {"type": "string"},
+                        "revoked": {"type": "boolean"},
+                        "budget": _ref("BudgetConfig"),
+                        "used_tokens": {"type": "integer"},
+                        "used_cost_usd": {"type": "number"},
+                        "models": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["model", "requests"],
+                                "properties": {
+                                    "model": {"type": "string"},
+                                    "requests": {"type": "integer"},
+                                    "prompt_tokens": {"type": "integer"},
+                                    "completion_tokens": {"type": "integer"},
+                                    "cached_tokens": {"type": "integer"},
+                                    "cost_usd": {"type": "number"},
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+            "unknown_keys": {"type": "array", "items": {"type": "string"}},
+            "gateway": {
+                "type": "object",
+                "description": "the local AI gateway's requests by cache outcome and hit "
+                "rates (from its /metrics), or why it could not be read",
+                "required": ["reachable"],
+                "properties": {
+                    "reachable": {"type": "boolean"},
+                    "error": {"type": "string"},
+                    "requests_by_cache": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer"},
+                    },
+                    "exact_hit_rate": {"type": ["number", "null"]},
+                    "semantic_hit_rate": {"type": ["number", "null"]},
+                },
+            },
+        },
+    },
+    "StatusHistory": {
+        "type": "object",
+        "required": ["interval_seconds", "window_seconds", "samples"],
+        "properties": {
+            "interval_seconds": {"type": "number"},
+            "window_seconds": {"type": "number"},
+            "samples": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["t", "instances"],
+                    "properties": {
+                        "t": {"type": "number", "description": "unix seconds"},
+                        "instances": {
+                            "type": "object",
+                            "additionalProperties": {
+                                "type": "object",
+                                "description": "counters (packets, bytes, fast_packets, "
+                                "fast_bytes, drops by reason) and gauges at time t",
+                                "properties": {
+                                    "packets": {"type": "integer"},
+                                    "bytes": {"type": "integer"},
+                                    "fast_packets": {"type": "integer"},
+                                    "fast_bytes": {"type": "integer"},
+                                    "drops": {
+                                        "type": "object",
+                                        "additionalProperties": {"type": "integer"},
+                                    },
+                                    "links": {
+                                        "type": "object",
+                                        "description": "role (inside/outside) -> rx/tx "
+                                        "packets and bytes of its interface",
+                                        "additionalProperties": {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "integer"},
+                                        },
+                                    },
+                                    "conntrack_count": _COUNT,
+                                    "conntrack_max": _COUNT,
+                                    "conntrack_insert_failed": _COUNT,
+                                    "nat_ports_busiest": _COUNT,
+                                    "applied_version": _COUNT,
+                                    "converged": {"type": "boolean"},
+                                    "role": {"type": ["string", "null"]},
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -347,6 +533,97 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "summary": "Desired version; applied version and convergence per instance",
                 "responses": {"200": _json(_ref("Status"), "status"), **_AUTH_ERRORS},
+            }
+        },
+        "/v1/status/history": {
+            "get": {
+                "summary": "Per-instance counter samples newer than since (bounded window, "
+                "in memory: the dashboard's charts)",
+                "parameters": [
+                    {"name": "since", "in": "query", "schema": {"type": "number", "default": 0}}
+                ],
+                "responses": {
+                    "200": _json(_ref("StatusHistory"), "samples, oldest first"),
+                    "400": _error("since is not a number"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/flows": {
+            "get": {
+                "summary": "Top talkers and destinations from each instance's flow log, and "
+                "the newest records naming an address (reads at most the last "
+                "flow_read_bytes of the current file)",
+                "parameters": [
+                    {
+                        "name": "address",
+                        "in": "query",
+                        "description": "an IP address: source or destination, before or after NAT",
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20},
+                    },
+                ],
+                "responses": {
+                    "200": _json(_ref("Flows"), "per instance"),
+                    "400": _error("address not an IP address, or limit outside 1..200"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/ai/usage": {
+            "get": {
+                "summary": "AI gateway usage: requests, tokens and cost per key and model, "
+                "budget use against each key's limits (from the gateway's state file)",
+                "responses": {
+                    "200": _json(_ref("AiUsage"), "usage per key"),
+                    "404": _error("no config document yet"),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/ai/keys": {
+            "post": {
+                "summary": "Create an AI gateway key (a config write): the key is in this "
+                "answer only; the document keeps its HMAC",
+                "parameters": [{**_IF_MATCH, "required": True}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("AiKeyRequest")}},
+                },
+                "responses": {
+                    "201": {**_json(_ref("AiKeyCreated"), "created"), "headers": _ETAG},
+                    **_WRITE_ERRORS,
+                    "409": _error(
+                        "the base version is not the newest, or this process cannot read "
+                        "ai.key_secret (code key_secret_missing)"
+                    ),
+                    "428": _error("no If-Match"),
+                },
+            }
+        },
+        "/v1/ai/keys/{id}/revoke": {
+            "post": {
+                "summary": "Revoke an AI gateway key (a config write: ai.keys[].revoked)",
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {**_IF_MATCH, "required": True},
+                ],
+                "responses": {
+                    "200": {**_json(_ref("WriteResult"), "committed"), "headers": _ETAG},
+                    **_WRITE_ERRORS,
+                    "404": _error("no key with this id"),
+                    "428": _error("no If-Match"),
+                },
+            }
+        },
+        "/v1/whoami": {
+            "get": {
+                "summary": "The calling token's name and role",
+                "responses": {"200": _json(_ref("Principal"), "the caller"), **_AUTH_ERRORS},
             }
         },
         "/v1/alerts": {

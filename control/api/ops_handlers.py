@@ -3,16 +3,22 @@ the OpenAPI document."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from aiohttp import web
 
+from control.api.config_handlers import PRINCIPAL
 from control.api.errors import ApiError
+from control.api.flows import summarize, tail_records
+from control.api.history import HISTORY
 from control.api.metrics import CONTENT_TYPE
 from control.api.openapi import openapi_document
 from control.api.state import (
     ALERTS,
+    FLOWS,
     METRICS,
+    SETTINGS,
     STATUS,
     STORE,
     TOKENS,
@@ -39,6 +45,70 @@ async def status(request: web.Request) -> web.Response:
         if isinstance(state, dict):
             state["in_sync"] = state.get("applied_version") == head and bool(state.get("converged"))
     return web.json_response({"desired_version": head, **data, "instances": instances})
+
+
+async def status_history(request: web.Request) -> web.Response:
+    """Samples of every instance's counters newer than ``since`` (unix seconds), oldest
+    first; the API keeps a bounded window (``window_seconds``)."""
+    raw = request.query.get("since", "0")
+    try:
+        since = float(raw)
+    except ValueError:
+        raise ApiError(400, f"since={raw!r}: expected unix seconds, like 1765080000.5") from None
+    if since != since:  # NaN
+        raise ApiError(400, f"since={raw!r}: expected unix seconds, like 1765080000.5")
+    settings = request.app[SETTINGS]
+    return web.json_response(
+        {
+            "interval_seconds": settings.history_seconds,
+            "window_seconds": settings.history_seconds * settings.history_samples,
+            "samples": request.app[HISTORY].since(since),
+        }
+    )
+
+
+async def flows(request: web.Request) -> web.Response:
+    """Top talkers and destinations of each instance's flow log (its newest part, read
+    bounded) and the newest records naming ``address``."""
+    query = request.query
+    address = query.get("address") or None
+    try:
+        limit = int(query.get("limit", "20"))
+    except ValueError:
+        raise ApiError(400, "limit: expected an integer 1..200") from None
+    if not 1 <= limit <= 200:
+        raise ApiError(400, f"limit={limit}: expected an integer 1..200")
+    if address is not None:
+        try:
+            address = str(ipaddress.ip_address(address))
+        except ValueError:
+            raise ApiError(400, f"address={address!r}: expected an IP address") from None
+    max_bytes = request.app[SETTINGS].flow_read_bytes
+
+    def read() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, path in request.app[FLOWS]().items():
+            records, read_bytes, truncated = tail_records(path, max_bytes)
+            out[name] = {
+                **summarize(records, address, limit),
+                "bytes_read": read_bytes,
+                "truncated": truncated,
+            }
+        return out
+
+    return web.json_response(
+        {
+            "address": address,
+            "max_bytes": max_bytes,
+            "instances": await call_store(request.app, read),
+        }
+    )
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """The caller's token name and role (the dashboard hides edit controls for ``read``)."""
+    principal = request[PRINCIPAL]
+    return web.json_response({"name": principal.name, "role": principal.role})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from aiohttp import web
@@ -27,6 +28,7 @@ T = TypeVar("T")
 
 StatusProvider = Callable[[], dict[str, Any]]
 AlertsProvider = Callable[[int, int | None], dict[str, Any]]  # (limit, sid) -> per instance
+FlowFiles = Callable[[], dict[str, Path]]  # instance -> its flow log (GET /v1/flows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,12 @@ class ApiSettings:
     on_write: Callable[[], None] = lambda: None  # called after each committed write
     # the change-set stager for a document (POST /v1/aws/changesets); None: no AWS here
     changesets: Callable[[ConfigDocument], ChangeSetStager] | None = None
+    # /v1/status/history: sample the status every history_seconds (0: never), keep
+    # history_samples of them (the default: 30 minutes)
+    history_seconds: float = 2.0
+    history_samples: int = 900
+    flow_read_bytes: int = 4 << 20  # GET /v1/flows reads at most this of each flow log
+    dashboard_dir: Path | None = None  # the built dashboard [default: control/dashboard/dist]
 
 
 @dataclass(slots=True)
@@ -56,6 +64,7 @@ class TokenCache:
 STORE = web.AppKey("store", ConfigStore)
 STATUS: web.AppKey[StatusProvider] = web.AppKey("status_provider")
 ALERTS: web.AppKey[AlertsProvider] = web.AppKey("alerts_provider")
+FLOWS: web.AppKey[FlowFiles] = web.AppKey("flow_files")
 SETTINGS = web.AppKey("settings", ApiSettings)
 METRICS = web.AppKey("metrics", ApiMetrics)
 TOKENS = web.AppKey("tokens", TokenCache)

@@ -68,6 +68,12 @@ mkdir -p "$target/opt/spectra/src"
     xargs -0 -I{} sh -c 'test -e "{}" && printf "%s\0" "{}"' | \
     tar --null -T - -cf -) | tar -C "$target/opt/spectra/src" -xf -
 
+# The dashboard's built assets (untracked: `make dashboard` builds them from the
+# committed lockfile) go into the wheel with the rest of the control package
+make -C "$repo" --no-print-directory dashboard
+mkdir -p "$target/opt/spectra/src/control/dashboard"
+cp -a "$repo/control/dashboard/dist" "$target/opt/spectra/src/control/dashboard/"
+
 # Wheels built here (the image has no compiler); the target's Python must match
 want=$(chroot "$target" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 have=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')

@@ -41,6 +41,11 @@ else
     "$venv/bin/pip" install -q "$src"
 fi
 ln -sfn "$venv/bin/spectra" /usr/local/bin/spectra
+# the config API serves the dashboard from the installed package: a wheel built
+# without `make dashboard` would serve only a "not built" page
+"$venv/bin/python" -c 'import pathlib, sys, control
+p = pathlib.Path(control.__file__).parent / "dashboard" / "dist" / "index.html"
+sys.exit(0 if p.is_file() else "install.sh: no dashboard in the package: run make dashboard first")'
 
 # systemd units, kernel settings, modules, networking (DHCP on the ENIs)
 install -m 0644 "$here"/systemd/*.service /etc/systemd/system/

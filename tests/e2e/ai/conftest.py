@@ -140,7 +140,11 @@ def gateway_config(up: Upstreams, tmp: Path, policy: dict[str, Any]) -> dict[str
 def start_gateway(up: Upstreams, tmp: Path, policy: dict[str, Any]) -> GatewayProcess:
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "key-secret").write_text(SECRET + "\n")
-    config = gateway_config(up, tmp, policy)
+    return launch_gateway(tmp, gateway_config(up, tmp, policy))
+
+
+def launch_gateway(tmp: Path, config: dict[str, Any]) -> GatewayProcess:
+    """``python -m ai --config`` with ``config`` (an ``ai`` section), listening."""
     (tmp / "ai.json").write_text(json.dumps(config))
     env = {
         **os.environ,

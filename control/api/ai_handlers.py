@@ -1,0 +1,205 @@
+"""``/v1/ai/...``: the AI gateway's usage and keys, as the config API sees them.
+
+Usage (``GET /v1/ai/usage``) is read from the AI gateway's state file (SQLite, the
+meters and budgets it persists: :mod:`ai.state`), opened read-only, next to each key's
+budget from the document. Keys are part of the document (``ai.keys``, hashed): creating
+one (``POST /v1/ai/keys``) draws a random key, stores only its HMAC under the
+document's ``ai.key_secret`` (which this process must be able to read, as the AI
+gateway it runs does) and answers the key itself once; revoking one
+(``POST /v1/ai/keys/{id}/revoke``) sets ``revoked``. Both are config writes like any
+other: ``If-Match`` with the base version (409 when someone wrote meanwhile), validated,
+versioned with who did it, and converged by every instance.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from ai.keys import SecretMissing, hash_key, new_key, resolve_secret
+from ai.state import METER_FIELDS
+from control.api.config_handlers import _etag, _json_body, _object, edit_document
+from control.api.errors import ApiError
+from control.api.state import STORE, call_store
+from control.config import ConfigDocument, FieldError
+from control.store.base import VersionNotFound
+
+KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def read_usage(
+    path: Path | None,
+) -> tuple[dict[str, dict[str, float]], dict[str, list[dict[str, Any]]]]:
+    """(budget use per key, meters per key) from the AI gateway's state file; empty
+    when there is none yet."""
+    if path is None or not path.is_file():
+        return {}, {}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        budgets = {
+            key: {"used_tokens": tokens, "used_cost_usd": cost}
+            for key, tokens, cost in db.execute(
+                "SELECT key_id, used_tokens, used_cost FROM budgets"
+            )
+        }
+        meters: dict[str, list[dict[str, Any]]] = {}
+        columns = ", ".join(METER_FIELDS)
+        for row in db.execute(f"SELECT key_id, model, {columns} FROM meters ORDER BY 1, 2"):
+            meters.setdefault(row[0], []).append(
+                {"model": row[1], **dict(zip(METER_FIELDS, row[2:], strict=True))}
+            )
+    except sqlite3.OperationalError:  # a file the gateway has not initialised yet
+        return {}, {}
+    finally:
+        db.close()
+    return budgets, meters
+
+
+async def _latest(request: web.Request) -> tuple[int, ConfigDocument]:
+    try:
+        latest: tuple[int, ConfigDocument] = await call_store(
+            request.app, request.app[STORE].latest
+        )
+    except VersionNotFound:
+        raise ApiError(404, "no config document has been written yet") from None
+    return latest
+
+
+def cache_outcomes(exposition: str) -> dict[str, int]:
+    """Requests by cache outcome (``hit`` exact, ``semantic_hit``, ``miss``,
+    ``coalesced``, ``skip``) from the AI gateway's Prometheus exposition."""
+    out: dict[str, int] = {}
+    for family in text_string_to_metric_families(exposition):
+        if family.name != "spectra_ai_requests":
+            continue
+        for sample in family.samples:
+            if sample.name == "spectra_ai_requests_total":
+                cache = sample.labels.get("cache", "")
+                out[cache] = out.get(cache, 0) + int(sample.value)
+    return out
+
+
+async def gateway_cache(listen_port: int) -> dict[str, Any]:
+    """The local AI gateway's requests by cache outcome and its hit rates, read from its
+    ``/metrics`` on loopback (1 s at most); unreachable: said so."""
+    url = f"http://127.0.0.1:{listen_port}/metrics"
+    try:
+        timeout = aiohttp.ClientTimeout(total=1.0)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
+            if resp.status != 200:
+                return {"reachable": False, "error": f"{url}: HTTP {resp.status}"}
+            outcomes = cache_outcomes(await resp.text())
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return {"reachable": False, "error": f"{url}: {type(exc).__name__}"}
+    total = sum(outcomes.values())
+    return {
+        "reachable": True,
+        "requests_by_cache": outcomes,
+        "exact_hit_rate": outcomes.get("hit", 0) / total if total else None,
+        "semantic_hit_rate": outcomes.get("semantic_hit", 0) / total if total else None,
+    }
+
+
+async def usage(request: web.Request) -> web.Response:
+    """Requests, tokens and cost per key and model; budget use against each key's limits;
+    the local gateway's cache hit rates."""
+    version, doc = await _latest(request)
+    ai = doc.ai
+    path = ai.state.resolved_path(ai.audit)
+    budgets, meters = await call_store(request.app, read_usage, path)
+    gateway = (
+        await gateway_cache(ai.listen_port)
+        if ai.routes and ai.listen_port
+        else {"reachable": False, "error": "no AI gateway in the document (ai.routes)"}
+    )
+    keys = [
+        {
+            "id": key.id,
+            "tenant": key.tenant,
+            "revoked": key.revoked,
+            "budget": key.budget.model_dump(),
+            **budgets.get(key.id, {"used_tokens": 0, "used_cost_usd": 0.0}),
+            "models": meters.get(key.id, []),
+        }
+        for key in ai.keys
+    ]
+    known = {k.id for k in ai.keys}
+    return web.json_response(
+        {
+            "version": version,
+            "state_file": None if path is None else str(path),
+            "keys": keys,
+            "unknown_keys": sorted((set(meters) | set(budgets)) - known),
+            "gateway": gateway,
+        }
+    )
+
+
+async def create_key(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    _object(body, {"id": str, "tenant": str, "budget": dict}, {"id", "tenant"})
+    key_id, tenant = body["id"], body["tenant"]
+    key = new_key()
+
+    def add(base: ConfigDocument, data: dict[str, Any]) -> None:
+        errors = []
+        if not KEY_ID.match(key_id):
+            errors.append(
+                FieldError(
+                    path="id",
+                    value=key_id,
+                    message="expected 1-64 of A-Z a-z 0-9 _ . - (starting alphanumeric)",
+                )
+            )
+        if any(k.id == key_id for k in base.ai.keys):
+            errors.append(
+                FieldError(
+                    path="id",
+                    value=key_id,
+                    message="a key with this id exists; revoke it or choose another id",
+                )
+            )
+        if not tenant.strip():
+            errors.append(FieldError(path="tenant", value=tenant, message="expected a tenant name"))
+        if errors:
+            raise ApiError(422, "invalid request body", {"errors": errors})
+        try:
+            secret = resolve_secret(base.ai.key_secret)
+        except SecretMissing as exc:
+            raise ApiError(
+                409,
+                f"cannot hash a new key: ai.key_secret: {exc} in the config API's process",
+                code="key_secret_missing",
+            ) from None
+        entry: dict[str, Any] = {"id": key_id, "tenant": tenant, "hash": hash_key(secret, key)}
+        if "budget" in body:
+            entry["budget"] = body["budget"]
+        ai = data.setdefault("ai", {})
+        ai["keys"] = [*ai.get("keys", []), entry]
+
+    version, changes = await edit_document(request, add)
+    return web.json_response(
+        {"version": version, "id": key_id, "key": key, "changes": changes},
+        status=201,
+        headers=_etag(version),
+    )
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    key_id = request.match_info["id"]
+
+    def revoke(base: ConfigDocument, data: dict[str, Any]) -> None:
+        for entry in data.get("ai", {}).get("keys", []):
+            if entry.get("id") == key_id:
+                entry["revoked"] = True
+                return
+        raise ApiError(404, f"no AI key {key_id!r} in the document")
+
+    version, changes = await edit_document(request, revoke)
+    return web.json_response({"version": version, "changes": changes}, headers=_etag(version))
