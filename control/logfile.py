@@ -187,11 +187,15 @@ class NetlinkLogger:
     def ingest(self, data: bytes, now_ns: int) -> None:
         raise NotImplementedError
 
+    def idle(self, now_ns: int) -> None:
+        """Called when the socket was quiet for its timeout (nothing by default)."""
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 data = self._sock.recv(1 << 16)
             except TimeoutError:
+                self.idle(time.time_ns())
                 continue
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
@@ -202,9 +206,13 @@ class NetlinkLogger:
                 raise
             self.ingest(data, time.time_ns())
 
-    def stop(self) -> None:
+    def stop_reading(self) -> None:
+        """End the reading thread and close the socket (the record log goes on)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(2.0)
         self._sock.close()
+
+    def stop(self) -> None:
+        self.stop_reading()
         self.out.stop()

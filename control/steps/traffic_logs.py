@@ -10,7 +10,9 @@ rules (rendered by :mod:`control.steps.nftables`) and a
 ``cloudwatch_log_group`` or ``s3_bucket`` set, each log's writer also hands its lines to a
 :class:`control.logship.Shipper` whose clients come from ``aws_client`` (the operational
 role of the document's ``aws`` section; set by ``spectra run --aws``, without it nothing
-is shipped and the agent reports the field in ``section_errors``).
+is shipped and the agent reports the field in ``section_errors``).  The flow log takes
+each offloaded flow's fast-path counters from the XDP step's offloader through the
+context's :class:`xdp.fastpath_share.FastpathShares`.
 """
 
 from __future__ import annotations
@@ -139,7 +141,9 @@ class TrafficLogsStep(StepBase):
                     capacity=f.queue,
                     known=Known(instance_id=self.context.instance, region=part.region),
                     ship=self._ship(f, "flow", flow_aws),
+                    shares=self.context.shares,
                 )
+                self.context.shares.enabled = True
                 self.flow.start()
         if old is None or (old.firewall, old.comments, old_fw_aws) != (
             part.firewall,
@@ -160,8 +164,10 @@ class TrafficLogsStep(StepBase):
 
     def _stop_flow(self) -> None:
         if self.flow is not None:
+            self.context.shares.enabled = False
             self.flow.stop()
             self.flow = None
+            self.context.shares.clear()
 
     def _stop_firewall(self) -> None:
         if self.firewall is not None:

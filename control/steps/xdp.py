@@ -39,6 +39,7 @@ from control.steps.base import Host, OffloaderKind, StepContext
 from xdp import Dataplane, DenyRule, libbpf, loader
 from xdp.ctevents import EventKernel
 from xdp.ctnetlink import PyrouteKernel
+from xdp.fastpath_share import FastpathShares
 from xdp.loader import AttachMode, BuildOptions
 from xdp.offload import BulkTcp, Interface, Offloader, Timeouts
 from xdp.offload_events import EventOffloader, OffloadWorker
@@ -118,8 +119,10 @@ class FastPath:
         flow_table_size: int = 262144,
         idle_seconds: float = 300.0,
         offloader: OffloaderKind = "events",
+        shares: FastpathShares | None = None,
     ) -> None:
         self.interfaces = (inside_if, outside_if)
+        self.shares = shares
         self.idle_seconds = idle_seconds
         self.kind = offloader
         self.dataplane = Dataplane.load(instance, BuildOptions(flow_table_size=flow_table_size))
@@ -163,7 +166,7 @@ class FastPath:
         if isinstance(self.kernel, EventKernel):
             offloader = EventOffloader(
                 self.dataplane, self.kernel, inside, outside, capacity,
-                idle_seconds=self.idle_seconds,
+                idle_seconds=self.idle_seconds, shares=self.shares,
             )  # fmt: skip
             self.worker = OffloadWorker(offloader)
             self.worker.start()
@@ -222,6 +225,7 @@ class XdpStep:
         self.flow_table_size = context.flow_table_size
         self.idle_seconds = context.idle_seconds
         self.offloader: OffloaderKind = context.offloader
+        self.shares = context.shares
         self.fast_path: FastPath | None = None
         self.modes: dict[str, str] = {}
         self._next_scope = time.monotonic()
@@ -254,6 +258,7 @@ class XdpStep:
                 flow_table_size=self.flow_table_size,
                 idle_seconds=self.idle_seconds,
                 offloader=self.offloader,
+                shares=self.shares,
             )
         self.modes = self.fast_path.converge(part.xdp_mode, part.bulk_tcp)
         self.fast_path.refresh_deny_scope()

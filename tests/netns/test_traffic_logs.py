@@ -105,3 +105,40 @@ def test_flows_and_denied_packets_are_logged(gateway: dict[str, Any]) -> None:
         st = wait_for(counted, 5, "the logs' counters in the agent's status")
         assert st["flow_logs"]["flows"] >= 2 and st["flow_logs"]["dropped"] == 0
         assert st["firewall_logs"]["packets"] >= len(drops)
+
+
+STREAM_SPORT = 40178
+
+
+def test_an_offloaded_flow_record_holds_its_fast_path_share(gateway: dict[str, Any]) -> None:
+    """A UDP stream (assured: a packet 2.5 s after the first reply) is offloaded and
+    sends most of its packets through XDP; the conntrack flush ends it, and its record
+    counts both paths: 0 < fastpath-packets <= packets, and the total is every packet
+    the stream exchanged."""
+    echo = gateway["services"]["udp_echo"]
+    doc = document(interfaces={"data_plane": "xdp"}, logging={"flow_logs": True})
+    flows = LOG_ROOT / GW.netns / "flow.jsonl"
+    script = (
+        "import socket,time;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+        f"s.settimeout(2);s.bind(('0.0.0.0',{STREAM_SPORT}));n=0\n"
+        "for i in range(43):\n"
+        f" s.sendto(b'k',('{echo['address']}',{echo['port']}));n+=s.recv(9)==b'k'\n"
+        " time.sleep(2.5 if i == 1 else 0.05)\n"
+        "print(n)"
+    )
+    with agent(GW.netns, doc):
+        out = sh(WS, "python3", "-c", script)
+        assert out.stdout.strip() == "43", out.stderr
+        st = agent_status(GW.netns)
+        assert st["offload"].get("offloaded_total", 0) >= 1, st["offload"]
+        sh(GW.netns, "conntrack", "-F")
+
+        def logged() -> dict[str, Any] | None:
+            recs = [r for r in read_jsonl(flows) if r["srcport"] == STREAM_SPORT]
+            return recs[0] if recs else None
+
+        rec = wait_for(logged, 10, "the flow record of the offloaded stream")
+    assert isinstance(rec["fastpath-packets"], int), rec
+    assert 0 < rec["fastpath-packets"] <= rec["packets"] == 86, rec
+    assert 0 < rec["fastpath-bytes"] < rec["bytes"]
+    assert rec["packets-orig"] == rec["packets-reply"] == 43
