@@ -168,6 +168,20 @@ class RecordLog:
         return out
 
 
+class Feed:
+    """A late-bound hand-over to a :class:`RecordLog`, for producers that live in
+    other steps (the inspection step's alert tail) and feed the alert/firewall stream:
+    while no log is connected (``target`` None: the stream is off) an offered record
+    goes nowhere; a connected log queues it like its own (a full queue counts it)."""
+
+    def __init__(self) -> None:
+        self.target: RecordLog | None = None
+
+    def offer(self, record: dict[str, Any]) -> bool:
+        target = self.target
+        return target.offer(record) if target is not None else False
+
+
 class NetlinkLogger:
     """A netlink socket read by its own thread into a :class:`RecordLog`: the shape the
     flow log and the firewall log share. Subclasses turn one datagram into records

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from control.config import ConfigDocument
+from control.logfile import Feed
 from xdp.fastpath_share import FastpathShares
 
 log = logging.getLogger("spectra.control")
@@ -118,6 +119,8 @@ class StepContext:
     offloader: OffloaderKind = "events"
     # the offloader hands each flow's fast-path counters to the flow log through this
     shares: FastpathShares = field(default_factory=FastpathShares)
+    # inspection alerts and drops join the firewall log's stream through this
+    alert_feed: Feed = field(default_factory=Feed)
 
 
 class Renders(Protocol[P_co]):

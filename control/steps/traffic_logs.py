@@ -12,7 +12,10 @@ rules (rendered by :mod:`control.steps.nftables`) and a
 role of the document's ``aws`` section; set by ``spectra run --aws``, without it nothing
 is shipped and the agent reports the field in ``section_errors``).  The flow log takes
 each offloaded flow's fast-path counters from the XDP step's offloader through the
-context's :class:`xdp.fastpath_share.FastpathShares`.
+context's :class:`xdp.fastpath_share.FastpathShares`; with
+``logging.firewall_logs.inspection`` the inspection step's alerts and drops join the
+firewall log through the context's :class:`control.logfile.Feed` (one alert/firewall
+stream, shipped with the firewall log's options).
 """
 
 from __future__ import annotations
@@ -160,6 +163,8 @@ class TrafficLogsStep(StepBase):
                     ship=self._ship(w, "firewall", fw_aws),
                 )
                 self.firewall.start()
+                if w.inspection:  # the inspection step's alerts join the stream
+                    self.context.alert_feed.target = self.firewall.out
         self.part = part
 
     def _stop_flow(self) -> None:
@@ -170,6 +175,7 @@ class TrafficLogsStep(StepBase):
             self.context.shares.clear()
 
     def _stop_firewall(self) -> None:
+        self.context.alert_feed.target = None
         if self.firewall is not None:
             self.firewall.stop()
             self.firewall = None

@@ -12,6 +12,7 @@ that rule.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,42 @@ def test_an_offloaded_flow_record_holds_its_fast_path_share(gateway: dict[str, A
     assert 0 < rec["fastpath-packets"] <= rec["packets"] == 86, rec
     assert 0 < rec["fastpath-bytes"] < rec["bytes"]
     assert rec["packets-orig"] == rec["packets-reply"] == 43
+
+
+DENY_HOST = (
+    'drop http any any -> any any (msg:"denied host"; flow:established,to_server; '
+    'http.host; content:"denied.example"; nocase; sid:7001; rev:1;)'
+)
+
+
+def test_inspection_drops_and_firewall_drops_are_one_stream(gateway: dict[str, Any]) -> None:
+    """The built-in engine's drop of an HTTP request and the deny rule's drop of a ping
+    land in the same ``firewall.jsonl``, each naming the rule that matched."""
+    http, echo = gateway["services"]["http"], gateway["services"]["udp_echo"]
+    doc = document(
+        interfaces={"data_plane": "kernel"},
+        logging={"firewall_logs": {"enabled": True, "rate_per_second": 20}},
+        rules={"entries": [{"action": "deny", "proto": "icmp", "comment": "no ICMP out"}]},
+        inspection={"enabled": True, "engine": "builtin", "fail_open": True,
+                    "selectors": [{"proto": "tcp", "ports": [http["port"], http["port"]]}],
+                    "rules": [DENY_HOST]},
+    )  # fmt: skip
+    firewall = LOG_ROOT / GW.netns / "firewall.jsonl"
+    url = f"http://{http['address']}:{http['port']}/"
+    with agent(GW.netns, doc):
+        time.sleep(1)  # the engine binds its queue
+        denied = sh(
+            WS, "curl", "-s", "-m", "3", "-o", "/dev/null", "-H", "Host: denied.example", url
+        )
+        assert denied.returncode != 0
+        assert sh(WS, "ping", "-c", "2", "-i", "0.2", "-W", "1", echo["address"]).returncode != 0
+
+        def both() -> dict[str, dict[str, Any]] | None:
+            by = {r["source"]: r for r in read_jsonl(firewall) if r["src_ip"] == GW.workload_ip}
+            return by if {"builtin", "nftables"} <= by.keys() else None
+
+        by = wait_for(both, 10, "the inspection drop and the firewall drop in one stream")
+    assert (by["builtin"]["rule"], by["builtin"]["comment"]) == ("sid:7001", "denied host")
+    assert by["builtin"]["event_type"] in ("alert", "drop")
+    assert (by["builtin"]["dest_ip"], by["builtin"]["dest_port"]) == (http["address"], http["port"])
+    assert (by["nftables"]["rule"], by["nftables"]["proto"]) == ("rules.entries[0]", "ICMP")

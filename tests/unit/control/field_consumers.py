@@ -227,7 +227,7 @@ CONSUMERS: dict[str, str] = {
     },
     **{
         f"logging.firewall_logs.{k}": "control/steps/traffic_logs.py"
-        for k in ("enabled", "group", "keep", "max_bytes", *_SHIP)
+        for k in ("enabled", "group", "inspection", "keep", "max_bytes", *_SHIP)
     },
     "logging.firewall_logs.rate_per_second": "control/steps/nftables.py",
     "logging.format": "control/agent.py",
