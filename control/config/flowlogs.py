@@ -87,6 +87,12 @@ class FirewallLogs(Shipping):
         default=True,
         description="also the inspection engine's alerts and drops (one alert/firewall stream)",
     )
+    xdp_samples_per_second: int = Field(
+        default=100,
+        ge=0,
+        le=100_000,
+        description="XDP deny-list drops logged per second and CPU (0: per-rule counters only)",
+    )
 
     @model_validator(mode="before")
     @classmethod

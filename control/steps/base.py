@@ -121,6 +121,8 @@ class StepContext:
     shares: FastpathShares = field(default_factory=FastpathShares)
     # inspection alerts and drops join the firewall log's stream through this
     alert_feed: Feed = field(default_factory=Feed)
+    # the XDP deny list's sampled drops join the firewall log through this
+    firewall_feed: Feed = field(default_factory=Feed)
 
 
 class Renders(Protocol[P_co]):

@@ -163,6 +163,7 @@ class TrafficLogsStep(StepBase):
                     ship=self._ship(w, "firewall", fw_aws),
                 )
                 self.firewall.start()
+                self.context.firewall_feed.target = self.firewall.out  # XDP deny samples
                 if w.inspection:  # the inspection step's alerts join the stream
                     self.context.alert_feed.target = self.firewall.out
         self.part = part
@@ -175,7 +176,7 @@ class TrafficLogsStep(StepBase):
             self.context.shares.clear()
 
     def _stop_firewall(self) -> None:
-        self.context.alert_feed.target = None
+        self.context.alert_feed.target = self.context.firewall_feed.target = None
         if self.firewall is not None:
             self.firewall.stop()
             self.firewall = None

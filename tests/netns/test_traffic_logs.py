@@ -182,3 +182,32 @@ def test_inspection_drops_and_firewall_drops_are_one_stream(gateway: dict[str, A
     assert by["builtin"]["event_type"] in ("alert", "drop")
     assert (by["builtin"]["dest_ip"], by["builtin"]["dest_port"]) == (http["address"], http["port"])
     assert (by["nftables"]["rule"], by["nftables"]["proto"]) == ("rules.entries[0]", "ICMP")
+
+
+def test_xdp_deny_drops_are_firewall_records_naming_the_rule(gateway: dict[str, Any]) -> None:
+    """With the XDP data plane the deny list drops the pings before netfilter (no NFLOG
+    record can exist); the fast path's samples must put them in ``firewall.jsonl`` with
+    the rule, and the agent's status counts them."""
+    echo = gateway["services"]["udp_echo"]
+    doc = document(
+        interfaces={"data_plane": "xdp"},
+        logging={"firewall_logs": {"enabled": True, "xdp_samples_per_second": 50}},
+        rules={"entries": [
+            {"action": "deny", "proto": "tcp", "ports": [25, 25], "comment": "no SMTP"},
+            {"action": "deny", "proto": "icmp", "comment": "no ICMP out"},
+        ]},
+    )  # fmt: skip
+    firewall = LOG_ROOT / GW.netns / "firewall.jsonl"
+    with agent(GW.netns, doc):
+        assert sh(WS, "ping", "-c", "3", "-i", "0.2", "-W", "1", echo["address"]).returncode != 0
+
+        def denied() -> list[dict[str, Any]]:
+            return [r for r in read_jsonl(firewall) if r["src_ip"] == GW.workload_ip]
+
+        drops = wait_for(lambda: len(denied()) >= 3 and denied(), 10, "XDP deny records")
+        st = agent_status(GW.netns)
+    assert {(r["source"], r["rule"], r["comment"], r["proto"]) for r in drops} == {
+        ("xdp", "rules.entries[1]", "no ICMP out", "ICMP")
+    }
+    assert all(r["dest_ip"] == echo["address"] and r["icmp_type"] == 8 for r in drops)
+    assert st["offload"]["deny_samples"]["sampled"] >= 3, st["offload"]

@@ -230,6 +230,7 @@ CONSUMERS: dict[str, str] = {
         for k in ("enabled", "group", "inspection", "keep", "max_bytes", *_SHIP)
     },
     "logging.firewall_logs.rate_per_second": "control/steps/nftables.py",
+    "logging.firewall_logs.xdp_samples_per_second": "control/steps/xdp.py",
     "logging.format": "control/agent.py",
     "logging.level": "control/agent.py",
     "metrics.cloudwatch": "control/agent.py",
