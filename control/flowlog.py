@@ -64,6 +64,10 @@ V5_FIELDS = (
     "pkt-dst-aws-service", "flow-direction", "traffic-path",
 )  # fmt: skip
 _BE64 = struct.Struct(">Q")
+# A flush of 250,000 entries queues its DESTROY events faster than one thread turns
+# them into records; ~530 bytes of socket memory each (``perf flowlog``: 64 MiB held
+# ~127,000 of them) -- the buffer is charged only while events wait in it.
+FLOW_RCVBUF = max(RCVBUF, 192 << 20)
 SHARE_WAIT_NS = 1_000_000_000  # how long a record waits for the offloader's share
 PENDING_MAX = 65536  # records waiting for it at most (more: written with ``-``)
 
@@ -199,7 +203,7 @@ class Sampler:
         return False
 
 
-def destroy_socket(rcvbuf: int = RCVBUF) -> socket.socket:
+def destroy_socket(rcvbuf: int = FLOW_RCVBUF) -> socket.socket:
     """A ctnetlink socket of the current namespace subscribed to DESTROY only."""
     sock = _nlsocket()
     try:
