@@ -144,7 +144,8 @@ class TrafficLogsStep(StepBase):
                     capacity=f.queue,
                     known=Known(instance_id=self.context.instance, region=part.region),
                     ship=self._ship(f, "flow", flow_aws),
-                    shares=self.context.shares,
+                    # only the event offloader settles shares (the dump one: ``-``)
+                    shares=self.context.shares if self.context.offloader == "events" else None,
                 )
                 self.context.shares.enabled = True
                 self.flow.start()
