@@ -65,8 +65,8 @@ V5_FIELDS = (
 )  # fmt: skip
 _BE64 = struct.Struct(">Q")
 # A flush of 250,000 entries queues its DESTROY events faster than one thread turns
-# them into records; ~530 bytes of socket memory each (``perf flowlog``: 64 MiB held
-# ~127,000 of them) -- the buffer is charged only while events wait in it.
+# them into records; ~1 KiB of socket memory each (``perf flowlog``: 64 MiB, which the
+# kernel doubles for overhead, held ~127,000) -- charged only while events wait in it.
 FLOW_RCVBUF = max(RCVBUF, 192 << 20)
 SHARE_WAIT_NS = 1_000_000_000  # how long a record waits for the offloader's share
 PENDING_MAX = 65536  # records waiting for it at most (more: written with ``-``)
