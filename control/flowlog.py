@@ -259,20 +259,22 @@ class FlowLogger(NetlinkLogger):
         self.idle(now_ns)
 
     def idle(self, now_ns: int) -> None:
-        """Write the waiting records whose share has come (or whose wait is over)."""
+        """Write the waiting records whose share has come (or whose wait is over), in
+        arrival order: the first one still waiting in time stops the walk, so a burst of
+        DESTROY events costs one look per datagram, not one per waiting record."""
         shares, waiting = self.shares, self._waiting
-        if shares is None or not waiting:
+        if shares is None:
             return
-        keep: deque[tuple[int, CtFlow, Accounting]] = deque()
-        for deadline, flow, acct in waiting:
+        while waiting:
+            deadline, flow, acct = waiting[0]
             share = shares.take(flow.key)
             if isinstance(share, Share):
                 self.out.offer(record(flow, acct, self.known, now_ns, share))
             elif now_ns >= deadline:
                 self._give_up(flow, acct, now_ns)
             else:
-                keep.append((deadline, flow, acct))
-        self._waiting = keep
+                return
+            waiting.popleft()
 
     def stop(self) -> None:
         super().stop_reading()
