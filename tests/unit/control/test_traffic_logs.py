@@ -307,3 +307,25 @@ def test_a_share_that_never_comes_is_written_as_unknown(tmp_path: Path) -> None:
     (row,) = map(json.loads, (tmp_path / "flow.jsonl").read_text().splitlines())
     assert (row["fastpath-packets"], row["packets"]) == ("-", 12)
     assert logger.counters()["fastpath_unknown"] == 1 and len(shares) == 0
+
+
+def test_waiting_records_leave_in_arrival_order(tmp_path: Path) -> None:
+    shares = FastpathShares()
+    shares.enabled = True
+    (a, _), (b, _) = destroyed(destroy_message(40000) + destroy_message(40001))
+    shares.offloaded(a.key)
+    shares.offloaded(b.key)
+    logger = _flow_logger(tmp_path, shares)
+    try:
+        logger.out.start()
+        logger.ingest(destroy_message(40000), 0)
+        logger.ingest(destroy_message(40001), 10)
+        shares.removed(b.key, Share(1, 100, 1, 100))
+        logger.idle(20)
+        assert logger.counters()["fastpath_waiting"] == 2, "b waits behind a, still in time"
+        logger.idle(SHARE_WAIT_NS)  # a's wait is over: a with '-', then b with its share
+        assert logger.counters()["fastpath_waiting"] == 0
+    finally:
+        logger.stop()
+    rows = [json.loads(x) for x in (tmp_path / "flow.jsonl").read_text().splitlines()]
+    assert [(r["srcport"], r["fastpath-packets"]) for r in rows] == [(40000, "-"), (40001, 2)]
