@@ -10,6 +10,11 @@ none skipped). eve.json is rotated here when it passes ``rotate_bytes``: renamed
 ``eve.json.1``, then the engine is told to reopen its log (Suricata: the command
 socket's ``reopen-log-files``; the built-in engine: SIGUSR1); the tailer reads the rest
 of the old file before the new one, so rotation loses nothing.
+
+Each new alert or drop is also handed, as :func:`stream_record`, to ``forward`` (the
+firewall log's :class:`control.logfile.Feed`): with ``logging.firewall_logs`` on,
+inspection verdicts and firewall drops are one JSON stream naming the rule that matched
+(``sid:<signature id>`` here, ``rules.entries[i]`` for the firewall's deny rules).
 """
 
 from __future__ import annotations
@@ -46,12 +51,29 @@ def summary(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def stream_record(item: dict[str, Any], engine: str) -> dict[str, Any]:
+    """An alert-stream item in the firewall log's record shape (``source`` the engine,
+    ``rule`` its signature, ``comment`` the signature's message)."""
+    sid = item.get("signature_id")
+    head = {
+        "timestamp": item.get("timestamp"),
+        "event_type": item.get("event_type"),
+        "source": engine,
+        "rule": f"sid:{sid}" if sid is not None else None,
+        "comment": item.get("signature"),
+        "action": item.get("action"),
+    }
+    return head | {k: v for k, v in item.items() if k not in head and k != "signature"}
+
+
 class AlertStream:
     """Tails one eve.json into the bounded store at ``store``."""
 
     def __init__(self, eve: Path, store: Path, *, keep: int = KEEP,
-                 rotate_bytes: int = ROTATE_BYTES) -> None:  # fmt: skip
+                 rotate_bytes: int = ROTATE_BYTES, engine: str = "suricata",
+                 forward: Callable[[dict[str, Any]], object] | None = None) -> None:  # fmt: skip
         self.eve, self.store, self.rotate_bytes = eve, store, rotate_bytes
+        self.engine, self.forward = engine, forward
         saved = read_store(store)
         self.recent: deque[dict[str, Any]] = deque(saved.get("alerts", []), maxlen=keep)
         self.signatures: dict[str, dict[str, Any]] = saved.get("signatures", {})
@@ -71,6 +93,8 @@ class AlertStream:
             if rec.get("event_type") not in KINDS:
                 continue
             item = summary(rec)
+            if self.forward is not None:
+                self.forward(stream_record(item, self.engine))
             self.recent.append(item)
             self.total += 1
             added += 1

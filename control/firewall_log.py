@@ -136,14 +136,18 @@ def _ifname(index: int | None) -> str | None:
         return str(index)
 
 
-def record(d: Denied, comments: Mapping[str, str], now_us: int) -> dict[str, Any]:
-    """An EVE-shaped ``drop`` record naming the rule (its path and comment)."""
+def record(
+    d: Denied, comments: Mapping[str, str], now_us: int, source: str = "nftables"
+) -> dict[str, Any]:
+    """An EVE-shaped ``drop`` record naming the rule (its path and comment); ``source``
+    says which layer dropped it (``nftables``, or ``xdp`` for the fast path's deny
+    list)."""
     when = datetime.fromtimestamp((d.time_us or now_us) / 1e6, UTC)
     icmp = d.proto == 1
     return {
         "timestamp": when.isoformat(timespec="microseconds"),
         "event_type": "drop",
-        "source": "nftables",
+        "source": source,
         "rule": d.prefix,
         "comment": comments.get(d.prefix),
         "action": "blocked",

@@ -10,8 +10,14 @@ writer's bounded queue: under pressure records are dropped and counted (``droppe
 ``kernel_overflows`` when the socket itself overflowed, ENOBUFS), never silently lost.
 ``sampling`` N keeps one flow in N (``sampled_out`` counts the rest).
 
-Packets the XDP fast path forwards bypass conntrack, so an offloaded flow's counters
-hold only its slow-path share; ``fastpath-packets`` says ``-`` (not known here).
+Packets the XDP fast path forwards bypass conntrack, so an offloaded flow's conntrack
+counters hold only its slow-path share.  The offloader hands the flow table's counters
+of both directions to :class:`xdp.fastpath_share.FastpathShares` when it removes the
+pair; the record's ``packets``/``bytes`` (and the per-direction counters) are the sum of
+both paths, ``fastpath-packets``/``fastpath-bytes`` the fast path's part.  A DESTROY
+that arrives while the offloader still has the flow (it reads the same event on its own
+socket) waits up to :data:`SHARE_WAIT_NS` in a bounded list; a flow whose share is not
+known then says ``-`` (counted in ``fastpath_unknown``).
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from control.logfile import NetlinkLogger, RecordLog, Rotation
@@ -38,6 +46,7 @@ from xdp.ctevents import (
     messages,
     parse_message,
 )
+from xdp.fastpath_share import FastpathShares, Share
 from xdp.offload import IPS_DST_NAT, IPS_SRC_NAT, CtFlow
 
 log = logging.getLogger("spectra.control")
@@ -55,6 +64,12 @@ V5_FIELDS = (
     "pkt-dst-aws-service", "flow-direction", "traffic-path",
 )  # fmt: skip
 _BE64 = struct.Struct(">Q")
+# A flush of 250,000 entries queues its DESTROY events faster than one thread turns
+# them into records; ~1 KiB of socket memory each (``perf flowlog``: 64 MiB, which the
+# kernel doubles for overhead, held ~127,000) -- charged only while events wait in it.
+FLOW_RCVBUF = max(RCVBUF, 192 << 20)
+SHARE_WAIT_NS = 1_000_000_000  # how long a record waits for the offloader's share
+PENDING_MAX = 65536  # records waiting for it at most (more: written with ``-``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +130,25 @@ def destroyed(data: bytes) -> list[tuple[CtFlow, Accounting]]:
     return out
 
 
-def record(flow: CtFlow, acct: Accounting, known: Known, now_ns: int) -> dict[str, Any]:
+def with_share(acct: Accounting, share: Share) -> Accounting:
+    """Conntrack's counters plus what the fast path forwarded of the flow."""
+    return replace(
+        acct,
+        packets_orig=acct.packets_orig + share.packets_orig,
+        bytes_orig=acct.bytes_orig + share.bytes_orig,
+        packets_reply=acct.packets_reply + share.packets_reply,
+        bytes_reply=acct.bytes_reply + share.bytes_reply,
+    )
+
+
+def record(
+    flow: CtFlow, acct: Accounting, known: Known, now_ns: int, share: Share | None = None
+) -> dict[str, Any]:
     """The flow-log record of one ended entry: version-5 fields in order, then the
-    gateway's own (NAT translation, per-direction counters)."""
+    gateway's own (NAT translation, per-direction counters, the fast path's share;
+    ``share`` None: not known, ``-``)."""
+    if share is not None:
+        acct = with_share(acct, share)
     o, r = flow.orig, flow.reply
     ingress = bool(flow.status & IPS_DST_NAT)
     stop = acct.stop_ns or now_ns
@@ -151,7 +182,8 @@ def record(flow: CtFlow, acct: Accounting, known: Known, now_ns: int) -> dict[st
     rec["nat-dstport"] = r.sport if ingress else "-"
     rec["packets-orig"], rec["bytes-orig"] = acct.packets_orig, acct.bytes_orig
     rec["packets-reply"], rec["bytes-reply"] = acct.packets_reply, acct.bytes_reply
-    rec["fastpath-packets"] = "-"
+    rec["fastpath-packets"] = share.packets if share is not None else "-"
+    rec["fastpath-bytes"] = share.bytes if share is not None else "-"
     return rec
 
 
@@ -171,7 +203,7 @@ class Sampler:
         return False
 
 
-def destroy_socket(rcvbuf: int = RCVBUF) -> socket.socket:
+def destroy_socket(rcvbuf: int = FLOW_RCVBUF) -> socket.socket:
     """A ctnetlink socket of the current namespace subscribed to DESTROY only."""
     sock = _nlsocket()
     try:
@@ -195,23 +227,74 @@ class FlowLogger(NetlinkLogger):
         known: Known,
         open_socket: Callable[[], socket.socket] = destroy_socket,
         ship: Shipper | None = None,
+        shares: FastpathShares | None = None,
     ) -> None:
         out = RecordLog(rotation, capacity, "spectra-flowlog-writer", ship)
         super().__init__(open_socket(), out, "spectra-flowlog")
         self.sampler = Sampler(sampling)
         self.known = known
+        self.shares = shares
         self.events = 0
+        self.fastpath_unknown = 0
+        self._waiting: deque[tuple[int, CtFlow, Accounting]] = deque()
 
     def ingest(self, data: bytes, now_ns: int) -> None:
+        shares = self.shares
         for flow, acct in destroyed(data):
             self.events += 1
-            if self.sampler.keep():
+            if not self.sampler.keep():
+                if shares is not None:
+                    shares.forget(flow.key)
+                continue
+            if shares is None:
                 self.out.offer(record(flow, acct, self.known, now_ns))
+                continue
+            share = shares.take(flow.key)
+            if isinstance(share, Share):
+                self.out.offer(record(flow, acct, self.known, now_ns, share))
+            elif len(self._waiting) < PENDING_MAX:
+                self._waiting.append((now_ns + SHARE_WAIT_NS, flow, acct))
+            else:
+                self._give_up(flow, acct, now_ns)
+        self.idle(now_ns)
+
+    def idle(self, now_ns: int) -> None:
+        """Write the waiting records whose share has come (or whose wait is over), in
+        arrival order: the first one still waiting in time stops the walk, so a burst of
+        DESTROY events costs one look per datagram, not one per waiting record."""
+        shares, waiting = self.shares, self._waiting
+        if shares is None:
+            return
+        while waiting:
+            deadline, flow, acct = waiting[0]
+            share = shares.take(flow.key)
+            if isinstance(share, Share):
+                self.out.offer(record(flow, acct, self.known, now_ns, share))
+            elif now_ns >= deadline:
+                self._give_up(flow, acct, now_ns)
+            else:
+                return
+            waiting.popleft()
+
+    def stop(self) -> None:
+        super().stop_reading()
+        for _, flow, acct in self._waiting:  # nothing waiting is lost at a stop
+            self._give_up(flow, acct, time.time_ns())
+        self._waiting.clear()
+        self.out.stop()
+
+    def _give_up(self, flow: CtFlow, acct: Accounting, now_ns: int) -> None:
+        self.fastpath_unknown += 1
+        if self.shares is not None:
+            self.shares.forget(flow.key)
+        self.out.offer(record(flow, acct, self.known, now_ns))
 
     def counters(self) -> dict[str, Any]:
         return {
             "flows": self.events,
             "sampled_out": self.sampler.skipped,
             "kernel_overflows": self.kernel_overflows,
+            "fastpath_waiting": len(self._waiting),
+            "fastpath_unknown": self.fastpath_unknown,
             **self.out.counters(),
         }

@@ -168,6 +168,20 @@ class RecordLog:
         return out
 
 
+class Feed:
+    """A late-bound hand-over to a :class:`RecordLog`, for producers that live in
+    other steps (the inspection step's alert tail) and feed the alert/firewall stream:
+    while no log is connected (``target`` None: the stream is off) an offered record
+    goes nowhere; a connected log queues it like its own (a full queue counts it)."""
+
+    def __init__(self) -> None:
+        self.target: RecordLog | None = None
+
+    def offer(self, record: dict[str, Any]) -> bool:
+        target = self.target
+        return target.offer(record) if target is not None else False
+
+
 class NetlinkLogger:
     """A netlink socket read by its own thread into a :class:`RecordLog`: the shape the
     flow log and the firewall log share. Subclasses turn one datagram into records
@@ -187,11 +201,15 @@ class NetlinkLogger:
     def ingest(self, data: bytes, now_ns: int) -> None:
         raise NotImplementedError
 
+    def idle(self, now_ns: int) -> None:
+        """Called when the socket was quiet for its timeout (nothing by default)."""
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 data = self._sock.recv(1 << 16)
             except TimeoutError:
+                self.idle(time.time_ns())
                 continue
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
@@ -202,9 +220,13 @@ class NetlinkLogger:
                 raise
             self.ingest(data, time.time_ns())
 
-    def stop(self) -> None:
+    def stop_reading(self) -> None:
+        """End the reading thread and close the socket (the record log goes on)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(2.0)
         self._sock.close()
+
+    def stop(self) -> None:
+        self.stop_reading()
         self.out.stop()

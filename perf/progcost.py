@@ -6,7 +6,9 @@ see its own output), against ``xdp_drop_all`` on the same frame as the baseline
 Standalone (no lab): ``python -m perf.progcost --json FILE [--quick]`` prints each
 case's ns and its ratio to ``xdp_drop_all``; the goal for the established-flow case
 (``tcp_established_outbound_snat``) is <= 2.0x (``perf.denyscale`` adds the same ratio
-with 100,000 deny CIDRs loaded)."""
+with 100,000 deny CIDRs loaded).  ``--deny-sample-rate N`` measures the deny cases
+with the firewall log's XDP sampling on (nobody reads the ring buffer here: past the
+rate the bucket suppresses, as it does under a flood)."""
 
 from __future__ import annotations
 
@@ -83,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m perf.progcost", description=__doc__.split("\n")[0])
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--deny-sample-rate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="XDP deny drops sampled per second and CPU (the firewall log's)",
+    )
     args = p.parse_args(argv)
     from perf.lab import exclusive
 
@@ -90,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     programs = Programs()
     try:
         with exclusive():
+            programs.dataplane().set_deny_sample_rate(args.deny_sample_rate)
             costs = measure(programs, *((500, 3) if args.quick else (2000, 7)))
     finally:
         programs.close()

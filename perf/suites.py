@@ -84,6 +84,7 @@ STANDALONE: dict[str, str] = {
     "semcache": "perf.semcache",  # semantic cache precision / recall on labelled pairs
     "failover": "perf.failover",  # an AZ leader killed on the VPC lab: gap, flows that survive
     "flows": "perf.flows",  # the offloader with 10k-250k NATed flows: agent CPU, delays
+    "flowlog": "perf.flowlog",  # flow logs when 10k-250k conntrack entries end at once
 }
 
 

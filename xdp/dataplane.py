@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TypedDict
 
-from xdp import loader
+from xdp import libbpf, loader
+from xdp.deny_samples import DenySample, DenySampleReader, budget_counters
 from xdp.denylist import DenyList, DenyTables
 from xdp.loader import AttachMode, BuildOptions, LoadedObjects
 from xdp.maps import (
@@ -222,6 +223,19 @@ class Dataplane:
         addresses) -- the meaning of the nftables deny rules."""
         self.deny.set_local_addresses(local)
         self.deny.set_inside_ifindex(inside_ifindex)
+
+    def set_deny_sample_rate(self, per_second: int) -> None:
+        """Denied packets sampled into the ``deny_samples`` ring buffer per second and
+        CPU (0: none; the per-rule counters count every drop either way)."""
+        fd = self.objects.map_fds["deny_sample_rate"]
+        libbpf.map_update(fd, ctypes.c_uint32(0), ctypes.c_uint32(per_second))
+
+    def deny_sample_reader(self, on_sample: Callable[[DenySample], object]) -> DenySampleReader:
+        """A reader of the ``deny_samples`` ring buffer (not started)."""
+        return DenySampleReader(self.objects.map_fds["deny_samples"], on_sample)
+
+    def deny_sample_counters(self) -> dict[str, int]:
+        return budget_counters(self.objects.map_fds["deny_sample_budget"])
 
     def add_flow(self, key: FlowKey, entry: FlowEntry) -> None:
         self.flow_table.put(key, entry)

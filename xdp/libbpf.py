@@ -80,11 +80,17 @@ class BpfMapInfo(ctypes.Structure):
     ]
 
 
+# int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
+RingBufferSampleFn = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t
+)
+
+
 @cache
 def _lib() -> ctypes.CDLL:
     lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
     vp, c_int, c_u32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32
-    signatures: dict[str, tuple[list[type], type]] = {
+    signatures: dict[str, tuple[list[type], type | None]] = {
         "bpf_obj_pin": ([c_int, ctypes.c_char_p], c_int),
         "bpf_obj_get": ([ctypes.c_char_p], c_int),
         "bpf_map_update_elem": ([c_int, vp, vp, ctypes.c_uint64], c_int),
@@ -99,6 +105,10 @@ def _lib() -> ctypes.CDLL:
         "bpf_xdp_query_id": ([c_int, c_int, ctypes.POINTER(c_u32)], c_int),
         "libbpf_num_possible_cpus": ([], c_int),
         "bpf_obj_get_info_by_fd": ([c_int, vp, ctypes.POINTER(c_u32)], c_int),
+        "ring_buffer__new": ([c_int, RingBufferSampleFn, vp, vp], vp),
+        "ring_buffer__poll": ([vp, c_int], c_int),
+        "ring_buffer__consume": ([vp], c_int),
+        "ring_buffer__free": ([vp], None),
     }
     for name, (argtypes, restype) in signatures.items():
         fn = getattr(lib, name)
@@ -245,3 +255,34 @@ def obj_id(fd: int) -> int:
 
 def num_possible_cpus() -> int:
     return _check("libbpf_num_possible_cpus", _lib().libbpf_num_possible_cpus())
+
+
+class RingBuffer:
+    """A BPF ring buffer map read through libbpf's ``ring_buffer`` (one map): each
+    :meth:`poll` hands the records written since the last one to ``on_sample`` as
+    bytes.  The callback object is kept alive with the ring buffer."""
+
+    def __init__(self, map_fd: int, on_sample: Any) -> None:
+        def trampoline(_ctx: int | None, data: int | None, size: int) -> int:
+            on_sample(ctypes.string_at(data or 0, size))
+            return 0
+
+        self._fn = RingBufferSampleFn(trampoline)
+        ctypes.set_errno(0)
+        self._rb: int | None = _lib().ring_buffer__new(map_fd, self._fn, None, None)
+        if not self._rb:
+            raise LibbpfError("ring_buffer__new", ctypes.get_errno() or errno.EINVAL)
+
+    def poll(self, timeout_ms: int) -> int:
+        """Wait up to ``timeout_ms`` for records and consume them; how many."""
+        if self._rb is None:
+            return 0
+        ret = _lib().ring_buffer__poll(self._rb, timeout_ms)
+        if ret == -errno.EINTR:
+            return 0
+        return _check("ring_buffer__poll", ret)
+
+    def close(self) -> None:
+        if self._rb is not None:
+            _lib().ring_buffer__free(self._rb)
+            self._rb = None

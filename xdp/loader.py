@@ -52,6 +52,9 @@ MAPS = (
     "local_addrs",
     "gwlb_flows_link",
     "gwlb_config_link",
+    "deny_samples",
+    "deny_sample_rate",
+    "deny_sample_budget",
 )
 
 AttachMode = Literal["native", "generic", "auto"]

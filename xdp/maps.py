@@ -101,6 +101,35 @@ class SpectraConfigC(ctypes.Structure):
     ]
 
 
+class DenySampleC(ctypes.Structure):
+    """``struct deny_sample``: one denied packet in the ``deny_samples`` ring buffer."""
+
+    _fields_ = [
+        ("rule", ctypes.c_uint32),
+        ("deny_gen", ctypes.c_uint32),
+        ("be_saddr", ctypes.c_uint32),
+        ("be_daddr", ctypes.c_uint32),
+        ("be_sport", ctypes.c_uint16),
+        ("be_dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("pkt_len", ctypes.c_uint32),
+    ]
+
+
+class SampleBudgetC(ctypes.Structure):
+    """``struct sample_budget``: one CPU's token bucket and sampling counters."""
+
+    _fields_ = [
+        ("window_ns", ctypes.c_uint64),
+        ("sampled", ctypes.c_uint64),
+        ("suppressed", ctypes.c_uint64),
+        ("ring_full", ctypes.c_uint64),
+        ("used", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+
+
 class DenyLpmKeyC(ctypes.Structure):
     """``struct deny_lpm_key`` (packed)."""
 

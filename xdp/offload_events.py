@@ -56,6 +56,7 @@ from typing import Any, Protocol
 
 from nfq.marks import CT_MARK_GWLB
 from xdp.ctevents import CtEvent
+from xdp.fastpath_share import FastpathShares, Share
 from xdp.flowpack import key as packed_key
 from xdp.flowpack import mac_bytes, pack_key, unpack_key
 from xdp.flowpack import value as packed_value
@@ -182,8 +183,10 @@ class EventOffloader:
         idle_seconds: float = 300.0,
         timeouts: Timeouts | None = None,
         bulk_tcp: BulkTcp = "fast_path",
+        shares: FastpathShares | None = None,
     ) -> None:
         self.table, self.kernel = table, kernel
+        self.shares = shares  # the fast path's share of each flow, for the flow log
         self.inside, self.outside = inside, outside
         self.max_entries = max(0, capacity - max(2, capacity // 64))
         self.idle_ns = int(idle_seconds * 1e9)
@@ -413,6 +416,8 @@ class EventOffloader:
         tracked = Tracked(keys, ct, now_ns, gwlb, expires_ns=expires)
         self.tracked[ct.key] = tracked
         self.gwlb_tracked += gwlb
+        if self.shares is not None:
+            self.shares.offloaded(ct.key)
         self._schedule(ct.key, tracked, self._first_look(tracked, now_ns))
 
     # ---- keepalive wheel ------------------------------------------------------------
@@ -596,9 +601,28 @@ class EventOffloader:
     def _remove(self, key: CtKey, reason: str) -> None:
         tracked = self.tracked.pop(key)
         self.gwlb_tracked -= tracked.gwlb
+        if self.shares is not None:
+            self._settle(key, tracked)
         for k in tracked.keys:
             self.table.delete_packed_flow(k)
         self.stats.removed[reason] += 1
+
+    def _settle(self, key: CtKey, tracked: Tracked) -> None:
+        """Hand the pair's fast-path counters to the flow log before they are deleted
+        (two map reads, only while a flow log runs)."""
+        shares = self.shares
+        assert shares is not None
+        if not shares.enabled:
+            shares.forget(key)
+            return
+        fwd, back = (self.table.packed_flow(k) for k in tracked.keys)
+        shares.removed(
+            key,
+            Share.from_frames(
+                (fwd.packets, fwd.bytes) if fwd else (0, 0),
+                (back.packets, back.bytes) if back else (0, 0),
+            ),
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """The counters for ``spectra status``. Never waits long: while the worker is

@@ -2,7 +2,8 @@
 
 Flow logs follow AWS VPC Flow Logs version 5 (field order of "Flow log records" in the
 Amazon VPC user guide), one record per conntrack entry when it ends; firewall logs are
-the packets the nftables deny rules drop, read over NFLOG.  Both are local JSON-lines
+the packets the deny rules drop (nftables over NFLOG, XDP through a rate-limited
+ring buffer), joined by the inspection engine's alerts and drops.  Both are local JSON-lines
 files with size-based rotation (:mod:`control.flowlog`, :mod:`control.firewall_log`),
 and, when ``cloudwatch_log_group`` or ``s3_bucket`` is set, shipped to CloudWatch Logs
 and/or S3 by :mod:`control.logship` (needs ``spectra run --aws``).
@@ -75,12 +76,23 @@ class FlowLogs(Shipping):
 
 
 class FirewallLogs(Shipping):
-    """Packets dropped by the deny rules, logged by nftables to NFLOG ``group``."""
+    """Packets dropped by the deny rules, logged by nftables to NFLOG ``group``, and
+    (``inspection``) the inspection engine's alerts and drops: one stream."""
 
     group: int = Field(default=7, ge=1, le=65535, description="NFLOG group")
     rate_per_second: int = Field(default=100, ge=1, le=100_000)
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096, le=1 << 40)
     keep: int = Field(default=5, ge=1, le=100, description="rotated files kept")
+    inspection: bool = Field(
+        default=True,
+        description="also the inspection engine's alerts and drops (one alert/firewall stream)",
+    )
+    xdp_samples_per_second: int = Field(
+        default=100,
+        ge=0,
+        le=100_000,
+        description="XDP deny-list drops logged per second and CPU (0: per-rule counters only)",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from control.config import ConfigDocument
+from control.logfile import Feed
+from xdp.fastpath_share import FastpathShares
 
 log = logging.getLogger("spectra.control")
 
@@ -115,6 +117,12 @@ class StepContext:
     flow_table_size: int = 262144
     idle_seconds: float = 300.0
     offloader: OffloaderKind = "events"
+    # the offloader hands each flow's fast-path counters to the flow log through this
+    shares: FastpathShares = field(default_factory=FastpathShares)
+    # inspection alerts and drops join the firewall log's stream through this
+    alert_feed: Feed = field(default_factory=Feed)
+    # the XDP deny list's sampled drops join the firewall log through this
+    firewall_feed: Feed = field(default_factory=Feed)
 
 
 class Renders(Protocol[P_co]):

@@ -155,6 +155,7 @@ class InspectionStep:
 
     def __init__(self, context: StepContext) -> None:
         self.run_dir = context.run_dir
+        self.feed = context.alert_feed
         self.alerts: AlertStream | None = None
         self.engines: dict[str, Engine] = {
             "builtin": BuiltinEngine(context.run_dir, context.log_dir),
@@ -212,7 +213,9 @@ class InspectionStep:
         if self.alerts is None or self.alerts.eve != engine.eve:
             if self.alerts is not None:
                 self.alerts.close()
-            self.alerts = AlertStream(engine.eve, self.run_dir / ALERT_STORE)
+            self.alerts = AlertStream(
+                engine.eve, self.run_dir / ALERT_STORE, engine=running[0], forward=self.feed.offer
+            )
         self.alerts.tick(engine.reopen_log)
         status.update(self.alerts.status(), signatures=self.alerts.signatures)
         return status

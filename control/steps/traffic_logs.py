@@ -10,7 +10,12 @@ rules (rendered by :mod:`control.steps.nftables`) and a
 ``cloudwatch_log_group`` or ``s3_bucket`` set, each log's writer also hands its lines to a
 :class:`control.logship.Shipper` whose clients come from ``aws_client`` (the operational
 role of the document's ``aws`` section; set by ``spectra run --aws``, without it nothing
-is shipped and the agent reports the field in ``section_errors``).
+is shipped and the agent reports the field in ``section_errors``).  The flow log takes
+each offloaded flow's fast-path counters from the XDP step's offloader through the
+context's :class:`xdp.fastpath_share.FastpathShares`; with
+``logging.firewall_logs.inspection`` the inspection step's alerts and drops join the
+firewall log through the context's :class:`control.logfile.Feed` (one alert/firewall
+stream, shipped with the firewall log's options).
 """
 
 from __future__ import annotations
@@ -139,7 +144,10 @@ class TrafficLogsStep(StepBase):
                     capacity=f.queue,
                     known=Known(instance_id=self.context.instance, region=part.region),
                     ship=self._ship(f, "flow", flow_aws),
+                    # only the event offloader settles shares (the dump one: ``-``)
+                    shares=self.context.shares if self.context.offloader == "events" else None,
                 )
+                self.context.shares.enabled = True
                 self.flow.start()
         if old is None or (old.firewall, old.comments, old_fw_aws) != (
             part.firewall,
@@ -156,14 +164,20 @@ class TrafficLogsStep(StepBase):
                     ship=self._ship(w, "firewall", fw_aws),
                 )
                 self.firewall.start()
+                self.context.firewall_feed.target = self.firewall.out  # XDP deny samples
+                if w.inspection:  # the inspection step's alerts join the stream
+                    self.context.alert_feed.target = self.firewall.out
         self.part = part
 
     def _stop_flow(self) -> None:
         if self.flow is not None:
+            self.context.shares.enabled = False
             self.flow.stop()
             self.flow = None
+            self.context.shares.clear()
 
     def _stop_firewall(self) -> None:
+        self.context.alert_feed.target = self.context.firewall_feed.target = None
         if self.firewall is not None:
             self.firewall.stop()
             self.firewall = None

@@ -36,9 +36,11 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from control.config import ConfigDocument
 from control.steps.base import Host, OffloaderKind, StepContext
+from control.xdp_denylog import Names, XdpDenyLog
 from xdp import Dataplane, DenyRule, libbpf, loader
 from xdp.ctevents import EventKernel
 from xdp.ctnetlink import PyrouteKernel
+from xdp.fastpath_share import FastpathShares
 from xdp.loader import AttachMode, BuildOptions
 from xdp.offload import BulkTcp, Interface, Offloader, Timeouts
 from xdp.offload_events import EventOffloader, OffloadWorker
@@ -63,6 +65,8 @@ class XdpPart:
     xdp_mode: str
     bulk_tcp: BulkTcp
     deny_rules: tuple[DenyRule, ...]
+    deny_samples: int = 0  # sampled deny drops per second and CPU (firewall log)
+    deny_names: Names = ()  # (path, comment) of each deny rule, in rule-id order
 
 
 def xdp_deny_rules(doc: ConfigDocument) -> list[DenyRule]:
@@ -118,8 +122,10 @@ class FastPath:
         flow_table_size: int = 262144,
         idle_seconds: float = 300.0,
         offloader: OffloaderKind = "events",
+        shares: FastpathShares | None = None,
     ) -> None:
         self.interfaces = (inside_if, outside_if)
+        self.shares = shares
         self.idle_seconds = idle_seconds
         self.kind = offloader
         self.dataplane = Dataplane.load(instance, BuildOptions(flow_table_size=flow_table_size))
@@ -163,7 +169,7 @@ class FastPath:
         if isinstance(self.kernel, EventKernel):
             offloader = EventOffloader(
                 self.dataplane, self.kernel, inside, outside, capacity,
-                idle_seconds=self.idle_seconds,
+                idle_seconds=self.idle_seconds, shares=self.shares,
             )  # fmt: skip
             self.worker = OffloadWorker(offloader)
             self.worker.start()
@@ -222,13 +228,16 @@ class XdpStep:
         self.flow_table_size = context.flow_table_size
         self.idle_seconds = context.idle_seconds
         self.offloader: OffloaderKind = context.offloader
+        self.shares = context.shares
+        self.firewall_feed = context.firewall_feed
+        self.deny_log: XdpDenyLog | None = None
         self.fast_path: FastPath | None = None
         self.modes: dict[str, str] = {}
         self._next_scope = time.monotonic()
 
     @staticmethod
     def render(doc: ConfigDocument, host: Host) -> XdpPart:
-        ifs = doc.interfaces
+        ifs, fw = doc.interfaces, doc.logging.firewall_logs
         return XdpPart(
             ifs.data_plane,
             ifs.inside,
@@ -236,7 +245,10 @@ class XdpStep:
             ifs.xdp_mode,
             ifs.bulk_tcp,
             tuple(xdp_deny_rules(doc)),
-        )
+            fw.xdp_samples_per_second if fw.enabled else 0,
+            tuple((f"rules.entries[{i}]", r.comment or "") for i, r in enumerate(doc.rules.entries)
+                  if r.action == "deny"),
+        )  # fmt: skip
 
     def apply(self, part: XdpPart) -> None:
         if part.data_plane == "kernel":
@@ -254,10 +266,14 @@ class XdpStep:
                 flow_table_size=self.flow_table_size,
                 idle_seconds=self.idle_seconds,
                 offloader=self.offloader,
+                shares=self.shares,
             )
         self.modes = self.fast_path.converge(part.xdp_mode, part.bulk_tcp)
         self.fast_path.refresh_deny_scope()
         self.fast_path.dataplane.set_deny_rules(list(part.deny_rules))
+        if self.deny_log is None or self.deny_log.dataplane is not self.fast_path.dataplane:
+            self.deny_log = XdpDenyLog(self.fast_path.dataplane, self.firewall_feed)
+        self.deny_log.configure(part.deny_samples, part.deny_names)
 
     def tick(self) -> dict[str, Any]:
         """One offloader pass (and, once a second, the deny scope); returns the
@@ -268,8 +284,14 @@ class XdpStep:
         if now >= self._next_scope:
             self._next_scope = now + SCOPE_SECONDS
             self.fast_path.refresh_deny_scope()
-        return self.fast_path.sync()
+        status = self.fast_path.sync()
+        if self.deny_log is not None and (samples := self.deny_log.counters()):
+            status["deny_samples"] = samples
+        return status
 
     def close(self) -> None:
+        if self.deny_log is not None:
+            self.deny_log.close()
+            self.deny_log = None
         if self.fast_path is not None:
             self.fast_path.close()

@@ -14,6 +14,7 @@ from xdp.maps import (
     DenyPortKeyC,
     FlowKeyC,
     FlowValueC,
+    SampleBudgetC,
     SpectraConfigC,
 )
 
@@ -35,6 +36,8 @@ MAP_LAYOUTS: dict[str, tuple[type[ctypes._CData], type[ctypes._CData]]] = {
     "local_addrs": (ctypes.c_uint32, ctypes.c_uint8),
     "gwlb_flows_link": (ctypes.c_uint32, ctypes.c_uint32),  # map fd in, map id out
     "gwlb_config_link": (ctypes.c_uint32, ctypes.c_uint32),
+    "deny_sample_rate": (ctypes.c_uint32, ctypes.c_uint32),
+    "deny_sample_budget": (ctypes.c_uint32, SampleBudgetC),
 }
 
 

@@ -12,6 +12,7 @@ that rule.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,108 @@ def test_flows_and_denied_packets_are_logged(gateway: dict[str, Any]) -> None:
         st = wait_for(counted, 5, "the logs' counters in the agent's status")
         assert st["flow_logs"]["flows"] >= 2 and st["flow_logs"]["dropped"] == 0
         assert st["firewall_logs"]["packets"] >= len(drops)
+
+
+STREAM_SPORT = 40178
+
+
+def test_an_offloaded_flow_record_holds_its_fast_path_share(gateway: dict[str, Any]) -> None:
+    """A UDP stream (assured: a packet 2.5 s after the first reply) is offloaded and
+    sends most of its packets through XDP; the conntrack flush ends it, and its record
+    counts both paths: 0 < fastpath-packets <= packets, and the total is every packet
+    the stream exchanged."""
+    echo = gateway["services"]["udp_echo"]
+    doc = document(interfaces={"data_plane": "xdp"}, logging={"flow_logs": True})
+    flows = LOG_ROOT / GW.netns / "flow.jsonl"
+    script = (
+        "import socket,time;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+        f"s.settimeout(2);s.bind(('0.0.0.0',{STREAM_SPORT}));n=0\n"
+        "for i in range(43):\n"
+        f" s.sendto(b'k',('{echo['address']}',{echo['port']}));n+=s.recv(9)==b'k'\n"
+        " time.sleep(2.5 if i == 1 else 0.05)\n"
+        "print(n)"
+    )
+    with agent(GW.netns, doc):
+        out = sh(WS, "python3", "-c", script)
+        assert out.stdout.strip() == "43", out.stderr
+        st = agent_status(GW.netns)
+        assert st["offload"].get("offloaded_total", 0) >= 1, st["offload"]
+        sh(GW.netns, "conntrack", "-F")
+
+        def logged() -> dict[str, Any] | None:
+            recs = [r for r in read_jsonl(flows) if r["srcport"] == STREAM_SPORT]
+            return recs[0] if recs else None
+
+        rec = wait_for(logged, 10, "the flow record of the offloaded stream")
+    assert isinstance(rec["fastpath-packets"], int), rec
+    assert 0 < rec["fastpath-packets"] <= rec["packets"] == 86, rec
+    assert 0 < rec["fastpath-bytes"] < rec["bytes"]
+    assert rec["packets-orig"] == rec["packets-reply"] == 43
+
+
+DENY_HOST = (
+    'drop http any any -> any any (msg:"denied host"; flow:established,to_server; '
+    'http.host; content:"denied.example"; nocase; sid:7001; rev:1;)'
+)
+
+
+def test_inspection_drops_and_firewall_drops_are_one_stream(gateway: dict[str, Any]) -> None:
+    """The built-in engine's drop of an HTTP request and the deny rule's drop of a ping
+    land in the same ``firewall.jsonl``, each naming the rule that matched."""
+    http, echo = gateway["services"]["http"], gateway["services"]["udp_echo"]
+    doc = document(
+        interfaces={"data_plane": "kernel"},
+        logging={"firewall_logs": {"enabled": True, "rate_per_second": 20}},
+        rules={"entries": [{"action": "deny", "proto": "icmp", "comment": "no ICMP out"}]},
+        inspection={"enabled": True, "engine": "builtin", "fail_open": True,
+                    "selectors": [{"proto": "tcp", "ports": [http["port"], http["port"]]}],
+                    "rules": [DENY_HOST]},
+    )  # fmt: skip
+    firewall = LOG_ROOT / GW.netns / "firewall.jsonl"
+    url = f"http://{http['address']}:{http['port']}/"
+    with agent(GW.netns, doc):
+        time.sleep(1)  # the engine binds its queue
+        denied = sh(
+            WS, "curl", "-s", "-m", "3", "-o", "/dev/null", "-H", "Host: denied.example", url
+        )
+        assert denied.returncode != 0
+        assert sh(WS, "ping", "-c", "2", "-i", "0.2", "-W", "1", echo["address"]).returncode != 0
+
+        def both() -> dict[str, dict[str, Any]] | None:
+            by = {r["source"]: r for r in read_jsonl(firewall) if r["src_ip"] == GW.workload_ip}
+            return by if {"builtin", "nftables"} <= by.keys() else None
+
+        by = wait_for(both, 10, "the inspection drop and the firewall drop in one stream")
+    assert (by["builtin"]["rule"], by["builtin"]["comment"]) == ("sid:7001", "denied host")
+    assert by["builtin"]["event_type"] in ("alert", "drop")
+    assert (by["builtin"]["dest_ip"], by["builtin"]["dest_port"]) == (http["address"], http["port"])
+    assert (by["nftables"]["rule"], by["nftables"]["proto"]) == ("rules.entries[0]", "ICMP")
+
+
+def test_xdp_deny_drops_are_firewall_records_naming_the_rule(gateway: dict[str, Any]) -> None:
+    """With the XDP data plane the deny list drops the pings before netfilter (no NFLOG
+    record can exist); the fast path's samples must put them in ``firewall.jsonl`` with
+    the rule, and the agent's status counts them."""
+    echo = gateway["services"]["udp_echo"]
+    doc = document(
+        interfaces={"data_plane": "xdp"},
+        logging={"firewall_logs": {"enabled": True, "xdp_samples_per_second": 50}},
+        rules={"entries": [
+            {"action": "deny", "proto": "tcp", "ports": [25, 25], "comment": "no SMTP"},
+            {"action": "deny", "proto": "icmp", "comment": "no ICMP out"},
+        ]},
+    )  # fmt: skip
+    firewall = LOG_ROOT / GW.netns / "firewall.jsonl"
+    with agent(GW.netns, doc):
+        assert sh(WS, "ping", "-c", "3", "-i", "0.2", "-W", "1", echo["address"]).returncode != 0
+
+        def denied() -> list[dict[str, Any]]:
+            return [r for r in read_jsonl(firewall) if r["src_ip"] == GW.workload_ip]
+
+        drops = wait_for(lambda: len(denied()) >= 3 and denied(), 10, "XDP deny records")
+        st = agent_status(GW.netns)
+    assert {(r["source"], r["rule"], r["comment"], r["proto"]) for r in drops} == {
+        ("xdp", "rules.entries[1]", "no ICMP out", "ICMP")
+    }
+    assert all(r["dest_ip"] == echo["address"] and r["icmp_type"] == 8 for r in drops)
+    assert st["offload"]["deny_samples"]["sampled"] >= 3, st["offload"]

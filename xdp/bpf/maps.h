@@ -182,6 +182,46 @@ BPF_TABLE("hash", struct deny_port_key, __u64, deny_port, DENY_PORT_TABLE_SIZE);
 /* The gateway's own IPv4 addresses (network order -> 1), kept current by the agent. */
 BPF_TABLE("hash", __be32, __u8, local_addrs, LOCAL_ADDRS_SIZE);
 
+/* ---- deny drop samples (the firewall log's XDP records) ---------------------------- */
+
+/* Pages of the sample ring buffer (a power of two): 16 x 4 KiB hold ~2,000 samples,
+ * a second of the default rate on 20 CPUs, between two reads of the agent. */
+#ifndef DENY_SAMPLE_PAGES
+#define DENY_SAMPLE_PAGES 16
+#endif
+
+/* One denied packet, as gw_deny saw it; the agent names the rule (rules.entries[i]). */
+struct deny_sample {
+	__u32 rule;       /* rule id in the generation it matched (0-based, document order
+			   * of the deny rules) */
+	__u32 deny_gen;   /* the deny-list epoch it matched under */
+	__be32 be_saddr;
+	__be32 be_daddr;
+	__be16 be_sport;  /* TCP/UDP ports, 0 when not visible (a later fragment); */
+	__be16 be_dport;  /* ICMP: be_sport holds type and code, be_dport 0 */
+	__u8 proto;
+	__u8 pad[3];      /* always zero */
+	__u32 pkt_len;    /* frame bytes */
+};
+
+BPF_RINGBUF_OUTPUT(deny_samples, DENY_SAMPLE_PAGES);
+
+/* Slot 0: samples per second per CPU the agent asks for (0 = none, the default). */
+BPF_ARRAY(deny_sample_rate, __u32, 1);
+
+/* Per-CPU token bucket of one-second windows, and what became of each denied packet
+ * while sampling is on (read by the agent: nothing is dropped from the log uncounted). */
+struct sample_budget {
+	__u64 window_ns;  /* coarse clock at the start of the current window */
+	__u64 sampled;    /* submitted to deny_samples */
+	__u64 suppressed; /* over the rate: counters only */
+	__u64 ring_full;  /* the agent read too slowly: counters only */
+	__u32 used;       /* samples in the current window */
+	__u32 pad;
+};
+
+BPF_PERCPU_ARRAY(deny_sample_budget, struct sample_budget, 1);
+
 /* ---- GWLB two-arm link ------------------------------------------------------------ */
 
 /* The GWLB programs' gwlb_flows and gwlb_config (geneve/bpf/gwlb_maps.h), slot 0 each,

@@ -11,7 +11,8 @@
  *      (tagged or not) arriving on the inside (or GWLB) interface and not addressed
  *      to the gateway itself: forwarded inside -> outside traffic, the meaning of the
  *      nftables deny rules; skipped for a flow hit that passed it under the current
- *      deny-list epoch (flow_value.deny_epoch);
+ *      deny-list epoch (flow_value.deny_epoch); a denied packet is counted per rule
+ *      and, at most the agent's rate, sampled into deny_samples (the firewall log);
  *   4. gw_rewrite: addresses and ports exactly as conntrack NAT would, TTL, MACs;
  *      then redirect.
  * Every path ends at `out:`, where the reason is counted.
@@ -293,6 +294,59 @@ static __always_inline __u32 gw_parse(struct hdr_cursor *nh, void *data_end, str
 	return GW_NEXT;
 }
 
+/* A sample of a denied packet for the firewall log, at most the agent's rate per CPU
+ * and second (a token bucket refilled per one-second window of the coarse clock); only
+ * denied packets get here, and with the rate at 0 it costs one array lookup. */
+static __always_inline void deny_sample(const struct gw_pkt *p, const struct l4_ports *ports,
+					 void *data_end, __u32 rule, __u32 epoch, __u64 pkt_len)
+{
+	struct sample_budget *b;
+	struct deny_sample *s;
+	__u32 zero = 0, *rate;
+	__u64 now;
+
+	rate = deny_sample_rate.lookup(&zero);
+	if (!rate || !*rate)
+		return;
+	b = deny_sample_budget.lookup(&zero);
+	if (!b)
+		return;
+	now = coarse_now_ns();
+	if (now - b->window_ns >= 1000000000ULL) {
+		b->window_ns = now;
+		b->used = 0;
+	}
+	if (b->used >= *rate) {
+		b->suppressed += 1;
+		return;
+	}
+	s = deny_samples.ringbuf_reserve(sizeof(*s));
+	if (!s) {
+		b->ring_full += 1;
+		return;
+	}
+	b->used += 1;
+	b->sampled += 1;
+	s->rule = rule;
+	s->deny_gen = epoch;
+	s->be_saddr = p->iph->saddr;
+	s->be_daddr = p->iph->daddr;
+	s->be_sport = 0;
+	s->be_dport = 0;
+	if (!(p->frag & IP_OFFSET) && (void *)(ports + 1) <= data_end) {
+		if (p->ip_proto == IPPROTO_TCP || p->ip_proto == IPPROTO_UDP) {
+			s->be_sport = ports->be_sport;
+			s->be_dport = ports->be_dport;
+		} else if (p->ip_proto == IPPROTO_ICMP) {
+			s->be_sport = ports->be_sport; /* type, code */
+		}
+	}
+	s->proto = p->ip_proto;
+	s->pad[0] = s->pad[1] = s->pad[2] = 0;
+	s->pkt_len = pkt_len;
+	deny_samples.ringbuf_submit(s, 0);
+}
+
 /* Deny: the stateless deny list, for IPv4 packets (tagged or not) the kernel would
  * forward from the inside (the caller checked the ingress interface): the meaning of
  * the nftables deny rules, which sit in the forward chain.  Ports exist only in the
@@ -334,6 +388,7 @@ static __always_inline __u32 gw_deny(const struct gw_pkt *p, void *l4, void *dat
 		cnt->packets += 1;
 		cnt->bytes += pkt_len;
 	}
+	deny_sample(p, ports, data_end, rule - 1, epoch, pkt_len);
 	return STAT_DROP_DENY;
 }
 

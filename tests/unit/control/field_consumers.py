@@ -227,9 +227,10 @@ CONSUMERS: dict[str, str] = {
     },
     **{
         f"logging.firewall_logs.{k}": "control/steps/traffic_logs.py"
-        for k in ("enabled", "group", "keep", "max_bytes", *_SHIP)
+        for k in ("enabled", "group", "inspection", "keep", "max_bytes", *_SHIP)
     },
     "logging.firewall_logs.rate_per_second": "control/steps/nftables.py",
+    "logging.firewall_logs.xdp_samples_per_second": "control/steps/xdp.py",
     "logging.format": "control/agent.py",
     "logging.level": "control/agent.py",
     "metrics.cloudwatch": "control/agent.py",

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from control.alerts import AlertStream, instance_alerts
+from control.logfile import Feed, RecordLog, Rotation
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -101,3 +102,33 @@ def test_cli_prints_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert "gw-a: 1 alerts" in out and "alert/blocked sid 7" in out and "denied.example" in out
     data = json.loads(CliRunner().invoke(main, ["alerts", "--json"]).output)
     assert data["gw-a"]["alerts"][0]["signature_id"] == 7
+
+
+def test_alerts_join_the_firewall_stream_once_with_their_rule(tmp_path: Path) -> None:
+    eve, store, out = tmp_path / "eve.json", tmp_path / "run" / "alerts.json", tmp_path / "fw"
+    feed = Feed()
+    w = Writer(eve)
+    w.write(alert(7))
+    stream = AlertStream(eve, store, engine="builtin", forward=feed.offer)
+    assert stream.tick() == 1, "no log connected (firewall logs off): nothing forwarded"
+    log = RecordLog(Rotation(out / "firewall.jsonl", 1 << 20, 2), capacity=16, name="t")
+    feed.target = log
+    log.start()
+    w.write(alert(8, "allowed"), {"event_type": "flow"}, alert(9, kind="drop"))
+    assert stream.tick() == 2
+    stream.close()
+    again = AlertStream(eve, store, engine="builtin", forward=feed.offer)  # a restart
+    assert again.tick() == 0, "resumed: nothing forwarded twice"
+    again.close()
+    log.stop()
+    rows = [json.loads(x) for x in (out / "firewall.jsonl").read_text().splitlines()]
+    assert [(r["event_type"], r["source"], r["rule"], r["comment"], r["action"]) for r in rows] == [
+        ("alert", "builtin", "sid:8", "s8", "allowed"),
+        ("drop", "builtin", "sid:9", "s9", "blocked"),
+    ]
+    assert (rows[0]["src_ip"], rows[0]["dest_port"], rows[0]["signature_id"]) == (
+        "10.0.1.10", 80, 8,
+    )  # fmt: skip
+    assert rows[0]["http"] == {"hostname": "denied.example"}
+    assert "signature" not in rows[0], "the signature's message is the comment"
+    w.close()

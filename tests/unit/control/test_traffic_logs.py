@@ -28,6 +28,7 @@ from control.flowlog import (
     CTA_TIMESTAMP,
     CTA_TIMESTAMP_START,
     CTA_TIMESTAMP_STOP,
+    SHARE_WAIT_NS,
     V5_FIELDS,
     FlowLogger,
     Known,
@@ -51,6 +52,7 @@ from xdp.ctevents import (
     _nla,
     tuple_attr,
 )
+from xdp.fastpath_share import FastpathShares, Share
 from xdp.offload import IPS_ASSURED, IPS_SEEN_REPLY, IPS_SRC_NAT, CtTuple
 
 CLIENT, SERVER, NAT = (
@@ -256,3 +258,74 @@ def test_no_thread_is_left_behind(tmp_path: Path) -> None:
     out.start()
     out.stop()
     assert threading.active_count() == before
+
+
+def _flow_logger(tmp_path: Path, shares: FastpathShares) -> FlowLogger:
+    return FlowLogger(Rotation(tmp_path / "flow.jsonl", 1 << 20, 2), sampling=1,
+                      capacity=1024, known=Known(), shares=shares,
+        open_socket=lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))  # fmt: skip
+
+
+def test_a_record_adds_the_fast_path_share_it_waited_for(tmp_path: Path) -> None:
+    shares = FastpathShares()
+    shares.enabled = True
+    ((offloaded, _),) = destroyed(destroy_message(40000))
+    shares.offloaded(offloaded.key)
+    logger = _flow_logger(tmp_path, shares)
+    try:
+        logger.out.start()
+        logger.ingest(destroy_message(40000) + destroy_message(40001), 0)
+        assert logger.counters()["fastpath_waiting"] == 1, "40000 is still offloaded"
+        shares.removed(offloaded.key, Share(100, 10_000, 90, 90_000))
+        logger.idle(1)
+    finally:
+        logger.stop()
+    rows = {
+        r["srcport"]: r for r in map(json.loads, (tmp_path / "flow.jsonl").read_text().splitlines())
+    }
+    fast, slow = rows[40000], rows[40001]
+    assert (fast["fastpath-packets"], fast["fastpath-bytes"]) == (190, 100_000)
+    assert (fast["packets"], fast["bytes"]) == (12 + 190, 4900 + 100_000)
+    assert (fast["packets-orig"], fast["bytes-reply"]) == (7 + 100, 4000 + 90_000)
+    assert (slow["fastpath-packets"], slow["packets"]) == (0, 12), "never offloaded: 0"
+    assert logger.counters()["fastpath_unknown"] == 0
+
+
+def test_a_share_that_never_comes_is_written_as_unknown(tmp_path: Path) -> None:
+    shares = FastpathShares()
+    ((flow, _),) = destroyed(destroy_message(40000))
+    shares.offloaded(flow.key)
+    logger = _flow_logger(tmp_path, shares)
+    try:
+        logger.out.start()
+        logger.ingest(destroy_message(40000), 0)
+        logger.idle(SHARE_WAIT_NS - 1)
+        assert logger.counters()["fastpath_waiting"] == 1
+        logger.idle(SHARE_WAIT_NS)
+    finally:
+        logger.stop()
+    (row,) = map(json.loads, (tmp_path / "flow.jsonl").read_text().splitlines())
+    assert (row["fastpath-packets"], row["packets"]) == ("-", 12)
+    assert logger.counters()["fastpath_unknown"] == 1 and len(shares) == 0
+
+
+def test_waiting_records_leave_in_arrival_order(tmp_path: Path) -> None:
+    shares = FastpathShares()
+    shares.enabled = True
+    (a, _), (b, _) = destroyed(destroy_message(40000) + destroy_message(40001))
+    shares.offloaded(a.key)
+    shares.offloaded(b.key)
+    logger = _flow_logger(tmp_path, shares)
+    try:
+        logger.out.start()
+        logger.ingest(destroy_message(40000), 0)
+        logger.ingest(destroy_message(40001), 10)
+        shares.removed(b.key, Share(1, 100, 1, 100))
+        logger.idle(20)
+        assert logger.counters()["fastpath_waiting"] == 2, "b waits behind a, still in time"
+        logger.idle(SHARE_WAIT_NS)  # a's wait is over: a with '-', then b with its share
+        assert logger.counters()["fastpath_waiting"] == 0
+    finally:
+        logger.stop()
+    rows = [json.loads(x) for x in (tmp_path / "flow.jsonl").read_text().splitlines()]
+    assert [(r["srcport"], r["fastpath-packets"]) for r in rows] == [(40000, "-"), (40001, 2)]
