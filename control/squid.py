@@ -112,6 +112,16 @@ def _domain_acl(name: str, domains: tuple[str, ...]) -> tuple[list[str], list[st
     return lines, [n for n, used in ((name, plain), (f"{name}_re", regex)) if used]
 
 
+# _AUTH_FIRST: authentication is the first http_access rule. A per-user delay pool's
+# ``delay_access`` is a fast ACL check that evaluates ``proxy_auth``; for a request an
+# earlier http_access rule denied before its credentials were checked (a CONNECT to a
+# port or domain not listed), that check starts a helper lookup it cannot wait for,
+# and Squid 5.7 dies of a segmentation fault (measured: every such CONNECT that
+# carries credentials, right or wrong; without credentials it gets its 403). With
+# authentication first, every request that reaches any other rule, and so any delay
+# pool, carries credentials already checked.
+
+
 def render_config(s: ProxySettings, paths: SquidPaths) -> str:
     """squid.conf for ``s``; deterministic (unchanged settings: unchanged text)."""
     out = [
@@ -152,12 +162,13 @@ def render_config(s: ProxySettings, paths: SquidPaths) -> str:
     denied, denied_acls = _domain_acl("denied_domains", s.denied)
     allowed, allowed_acls = _domain_acl("allowed_domains", s.allowed)
     connect, connect_acls = _domain_acl("connect_domains", s.connect_domains)
-    out += [*denied, *allowed, *connect, "http_access deny CONNECT !connect_ports"]
+    out += [*denied, *allowed, *connect]
+    if s.users:  # first: see _AUTH_FIRST
+        out += ["http_access deny !authenticated"]
+    out += ["http_access deny CONNECT !connect_ports"]
     if connect_acls:  # CONNECT to a listed domain goes on to the checks below
         out += ["acl connect_listed any-of " + " ".join(connect_acls)]
         out += ["http_access deny CONNECT !connect_listed"]
-    if s.users:
-        out += ["http_access deny !authenticated"]
     out += [f"http_access deny {acl}" for acl in denied_acls]
     out += [f"http_access allow {acl}" for acl in allowed_acls] or ["http_access allow all"]
     out += ["http_access deny all"]

@@ -18,7 +18,6 @@ import logging
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import replace
@@ -28,7 +27,9 @@ from typing import Any
 from control import squid
 from control.config import ConfigDocument
 from control.daemon import Daemon
+from control.nftables import NftError
 from control.squid import Limit, ProxySettings, SquidPaths
+from control.squid_hold import REOPEN_SECONDS, held, listener_inodes
 from control.steps.base import ConvergeError, Host, StepContext
 
 log = logging.getLogger("spectra.control")
@@ -54,13 +55,12 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 def _listening(address: str) -> bool:
     """Whether a TCP socket listens on ``address`` (ip:port) in this network namespace,
     from /proc/net/tcp (a probe connection would be an access-log line every time)."""
-    host, _, port = address.rpartition(":")
-    wanted = f"{int.from_bytes(socket.inet_aton(host), 'little'):08X}:{int(port):04X}"
-    try:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return False
-    return any(f[1] == wanted and f[3] == "0A" for f in (ln.split() for ln in lines))
+    return listener_inodes([address])[address] is not None
+
+
+def _listen_of(config: str) -> list[str]:
+    """The ip:port of every ``http_port`` of a squid.conf."""
+    return [ln.split()[1] for ln in config.splitlines() if ln.startswith("http_port ")]
 
 
 class SquidStep:
@@ -137,7 +137,7 @@ class SquidStep:
             self._cache_dir(candidate)
         candidate.replace(self.base.config)
         if self.daemon.alive():
-            self._reconfigure()
+            self._reconfigure(_listen_of(self.running or ""), part.listen)
         else:
             self._start()
         self.running, self.settings = text, part
@@ -185,13 +185,24 @@ class SquidStep:
         if proc.returncode != 0:
             raise ConvergeError(f"proxy.cache: squid -z failed: {proc.stderr.strip()[-300:]}")
 
-    def _reconfigure(self) -> None:
-        proc = subprocess.run(
-            [squid.BINARY, "-k", "reconfigure", "-f", str(self.base.config)],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise ConvergeError(f"proxy: squid -k reconfigure failed: {proc.stderr.strip()}")
+    def _reconfigure(self, old: list[str], new: tuple[str, ...]) -> None:
+        """``squid -k reconfigure`` with new connections to the listeners Squid has
+        (``old``) and will have held until it listens again (:mod:`control.squid_hold`)."""
+        try:
+            with held(old, new) as reopened:
+                proc = subprocess.run(
+                    [squid.BINARY, "-k", "reconfigure", "-f", str(self.base.config)],
+                    capture_output=True, text=True, timeout=30, check=False,
+                )  # fmt: skip
+                if proc.returncode != 0:
+                    raise ConvergeError(
+                        f"proxy: squid -k reconfigure failed: {proc.stderr.strip()}"
+                    )
+                if not reopened():
+                    log.warning("squid did not reopen %s within %.0f s of its reconfigure",
+                                ", ".join(new), REOPEN_SECONDS)  # fmt: skip
+        except NftError as exc:
+            raise ConvergeError(f"proxy: holding new connections failed: {exc}") from exc
         self.reconfigures += 1
         log.info("squid reconfigured (pid %s)", self.daemon.pid)
 
@@ -201,8 +212,7 @@ class SquidStep:
         binary = shutil.which(squid.BINARY) or squid.BINARY
         self.daemon.spawn(binary, self.base.cache_log.with_name("squid-console.log"))
         self._version = self._version or squid.version()
-        text = self.base.config.read_text()
-        listen = [ln.split()[1] for ln in text.splitlines() if ln.startswith("http_port ")]
+        listen = _listen_of(self.base.config.read_text())
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline and self.daemon.alive():
             if all(_listening(a) for a in listen):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -146,9 +147,7 @@ def test_forward_proxy(origin: None) -> None:
 
 
 def test_a_bandwidth_limit_holds_within_20_percent(origin: None) -> None:
-    """Bob's delay pool: 800 kbit/s within 20 %; alice is not limited. (Kept apart from
-    the denied CONNECTs: with a per-user delay pool configured, Squid 5.7 died of a
-    segmentation fault on them in this lab; the cause is not isolated yet.)"""
+    """Bob's delay pool: 800 kbit/s within 20 %; alice is not limited."""
     url = f"http://www.allowed.test:{ORIGIN_PORT}"
     with proxy_agent(proxy_doc()):
         # ~10 s at the limit: Squid refills its buckets once a second, so the phase of
@@ -159,6 +158,56 @@ def test_a_bandwidth_limit_holds_within_20_percent(origin: None) -> None:
         rate = KBPS * 1000 / 8
         assert 0.8 * rate <= slow["speed"] <= 1.2 * rate, slow
         assert curl(f"{url}/bytes/{size}")["speed"] > 3 * rate
+
+
+def test_a_denied_connect_with_a_per_user_delay_pool_is_403_and_squid_lives(
+    origin: None,
+) -> None:
+    """With a per-user delay pool, Squid 5.7 died of a segmentation fault on a CONNECT
+    denied before authentication (``delay_access`` looking up credentials no rule had
+    checked); authentication is now the first rule. Each user, right or wrong
+    credentials, to a port and to a domain CONNECT may not reach."""
+    with proxy_agent(proxy_doc()):
+        pid = (read_state(GW.netns) or {})["proxy"]["pid"]
+        refused = (f"www.allowed.test:{TUNNEL_PORT}", f"tunnel.allowed.test:{ORIGIN_PORT}")
+        for user in (BOB, ALICE):
+            for target in refused:
+                answer = curl(f"http://{target}/bytes/10", "-p", user=user)
+                assert answer["connect"] == 403 and answer["code"] != 200, (user, target, answer)
+        for target in refused:
+            assert curl(f"http://{target}/bytes/10", "-p", user=(BOB[0], "wrong"))["connect"] == 407
+        tunnel = curl(f"http://tunnel.allowed.test:{TUNNEL_PORT}/bytes/10", "-p", user=BOB)
+        assert (tunnel["connect"], tunnel["code"]) == (200, 200)
+        st = (read_state(GW.netns) or {})["proxy"]
+        assert (st["pid"], st["restarts"], st["running"]) == (pid, 0, True), st
+
+
+def test_a_reconfigure_under_load_loses_no_request(origin: None, tmp_path: Path) -> None:
+    """8 clients, a new connection per request, while the document's proxy section
+    changes 10 times (each change: ``squid -k parse``, then ``squid -k reconfigure``
+    with new connections held): every request gets its 200 and its whole body."""
+    url = f"http://www.allowed.test:{ORIGIN_PORT}/bytes/1000"
+    with proxy_agent(proxy_doc(bandwidth_limits=[])):
+        before = (read_state(GW.netns) or {})["proxy"]["reconfigures"]
+        stop = tmp_path / "stop"
+        argv = ns_exec(GW.workload_netns, sys.executable, "-m", "tests.netns.proxy_load",
+                       f"{GW.inside_ip}:3128", url, ":".join(ALICE), "8", str(stop))  # fmt: skip
+        with subprocess.Popen(argv, cwd=Path(__file__).parents[2], stdout=subprocess.PIPE,
+                              text=True) as load:  # fmt: skip
+            try:
+                time.sleep(1)
+                for i in range(10):
+                    denied = ["blocked.allowed.test", f"n{i}.other.test"]
+                    applied(write(proxy_doc(bandwidth_limits=[], denied_domains=denied)))
+                    time.sleep(0.5)
+            finally:
+                stop.touch()
+            out, _ = load.communicate(timeout=60)
+        result = json.loads(out)
+        st = (read_state(GW.netns) or {})["proxy"]
+        assert st["reconfigures"] - before == 10 and st["restarts"] == 0, st
+        assert set(result["outcomes"]) == {"200"}, result
+        assert result["outcomes"]["200"] >= 200, result  # the load ran all along
 
 
 def test_a_restarted_agent_adopts_the_running_squid(origin: None) -> None:

@@ -64,7 +64,8 @@ def test_proxy_config_is_what_squid_accepts(tmp_path: Path) -> None:
     assert ("allowed_domains_re", "dstdom_regex", "-i", r"\.sub\.test$") in acls
     access = [" ".join(a) for a in directives(text, "http_access")]
     assert access.index("deny denied_domains") < access.index("allow allowed_domains")
-    assert access[-1] == "deny all" and "deny !authenticated" in access
+    # authentication first: no delay_access may look up credentials no rule checked
+    assert access[0] == "deny !authenticated" and access[-1] == "deny all"
     assert directives(text, "delay_parameters") == [["1", "100000/100000"]]
     assert directives(text, "cache_dir")[0][-3] == "32"
 
