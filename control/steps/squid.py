@@ -73,6 +73,7 @@ class SquidStep:
         self.running: str | None = None  # the config text the running Squid has loaded
         self.restarts = 0
         self.reconfigures = 0
+        self.hold_ms: float | None = None  # new connections held by the last reconfigure
         self.last_check: str | None = None  # Squid's objection to the last candidate
         self.healthy: bool | None = None
         self._version: str | None = None
@@ -188,6 +189,7 @@ class SquidStep:
     def _reconfigure(self, old: list[str], new: tuple[str, ...]) -> None:
         """``squid -k reconfigure`` with new connections to the listeners Squid has
         (``old``) and will have held until it listens again (:mod:`control.squid_hold`)."""
+        start = time.monotonic()
         try:
             with held(old, new) as reopened:
                 proc = subprocess.run(
@@ -204,7 +206,9 @@ class SquidStep:
         except NftError as exc:
             raise ConvergeError(f"proxy: holding new connections failed: {exc}") from exc
         self.reconfigures += 1
-        log.info("squid reconfigured (pid %s)", self.daemon.pid)
+        self.hold_ms = round((time.monotonic() - start) * 1000, 1)
+        log.info("squid reconfigured (pid %s; new connections held %.0f ms)",
+                 self.daemon.pid, self.hold_ms)  # fmt: skip
 
     def _start(self) -> None:
         self.daemon.stop()
@@ -264,6 +268,7 @@ class SquidStep:
             "cache_mb": s.cache_mb if s else 0,
             "restarts": self.restarts,
             "reconfigures": self.reconfigures,
+            "reconfigure_hold_ms": self.hold_ms,
             "last_check_error": self.last_check,
             "access_log": str(self.base.access_log),
         }

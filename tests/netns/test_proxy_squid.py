@@ -189,7 +189,7 @@ def test_a_reconfigure_under_load_loses_no_request(origin: None, tmp_path: Path)
     url = f"http://www.allowed.test:{ORIGIN_PORT}/bytes/1000"
     with proxy_agent(proxy_doc(bandwidth_limits=[])):
         before = (read_state(GW.netns) or {})["proxy"]["reconfigures"]
-        stop = tmp_path / "stop"
+        stop, holds = tmp_path / "stop", []
         argv = ns_exec(GW.workload_netns, sys.executable, "-m", "tests.netns.proxy_load",
                        f"{GW.inside_ip}:3128", url, ":".join(ALICE), "8", str(stop))  # fmt: skip
         with subprocess.Popen(argv, cwd=Path(__file__).parents[2], stdout=subprocess.PIPE,
@@ -198,12 +198,14 @@ def test_a_reconfigure_under_load_loses_no_request(origin: None, tmp_path: Path)
                 time.sleep(1)
                 for i in range(10):
                     denied = ["blocked.allowed.test", f"n{i}.other.test"]
-                    applied(write(proxy_doc(bandwidth_limits=[], denied_domains=denied)))
+                    st = applied(write(proxy_doc(bandwidth_limits=[], denied_domains=denied)))
+                    holds.append(st["proxy"]["reconfigure_hold_ms"])
                     time.sleep(0.5)
             finally:
                 stop.touch()
             out, _ = load.communicate(timeout=60)
         result = json.loads(out)
+        print("outcomes", result["outcomes"], "new connections held (ms)", holds)
         st = (read_state(GW.netns) or {})["proxy"]
         assert st["reconfigures"] - before == 10 and st["restarts"] == 0, st
         assert set(result["outcomes"]) == {"200"}, result
