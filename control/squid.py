@@ -24,6 +24,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from control.config.aws import Aws as AwsSection
+from control.config.flowlogs import Shipping
 from control.config.proxies import CRYPT_HASH_RE
 from nfq.domain_pattern import split_pattern
 
@@ -65,6 +67,11 @@ class ProxySettings:
     cache_mb: int  # 0: no cache
     limits: tuple[Limit, ...]
     hosts: tuple[tuple[str, str], ...]  # (name, address)
+    access_log: bool = True
+    log_keep: int = 5  # rotated access logs Squid keeps (logfile_rotate)
+    log_max_bytes: int = 64 << 20  # the step has Squid rotate past this size
+    shipping: Shipping | None = None  # where the access log's lines go besides the file
+    aws: AwsSection | None = None  # whose operational role ships them
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +140,10 @@ def render_config(s: ProxySettings, paths: SquidPaths) -> str:
         f"hosts_file {paths.hosts}",
         f"cache_log {paths.cache_log}",
         f"logformat spectra_json {LOGFORMAT}",
-        f"access_log stdio:{paths.access_log} logformat=spectra_json",
+        f"access_log stdio:{paths.access_log} logformat=spectra_json"
+        if s.access_log
+        else "access_log none",
+        f"logfile_rotate {s.log_keep}",
         "cache_store_log none",
         "netdb_filename none",
         "pinger_enable off",

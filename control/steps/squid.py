@@ -20,17 +20,22 @@ import pwd
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from control import squid
 from control.config import ConfigDocument
+from control.config.aws import Aws as AwsSection
+from control.config.flowlogs import Shipping
 from control.daemon import Daemon
 from control.nftables import NftError
+from control.proxy_log import AccessLogFollower
 from control.squid import Limit, ProxySettings, SquidPaths
 from control.squid_hold import REOPEN_SECONDS, held, listener_inodes
 from control.steps.base import ConvergeError, Host, StepContext
+from control.steps.traffic_logs import shipper
 
 log = logging.getLogger("spectra.control")
 
@@ -68,6 +73,7 @@ class SquidStep:
 
     def __init__(self, context: StepContext) -> None:
         self.base = SquidPaths.under(context.run_dir, context.log_dir)
+        self.instance = context.instance
         self.daemon = Daemon([squid.BINARY, "-N", "-f", str(self.base.config)])
         self.settings: ProxySettings | None = None
         self.running: str | None = None  # the config text the running Squid has loaded
@@ -79,6 +85,12 @@ class SquidStep:
         self._version: str | None = None
         self._retry_at = 0.0
         self._health_at = 0.0
+        # an operational client (section, service) for shipping the access log: set by
+        # the agent when it runs on AWS (spectra run --aws)
+        self.aws_client: Callable[[AwsSection, str], Any] | None = None
+        self.follower: AccessLogFollower | None = None
+        self._shipping: tuple[Shipping | None, AwsSection | None] = (None, None)
+        self.log_rotations = 0
         if self.daemon.adopt():
             try:
                 self.running = self.base.config.read_text()
@@ -108,10 +120,16 @@ class SquidStep:
             cache_mb=p.cache.size_mb if p.cache.enabled else 0,
             limits=limits,
             hosts=tuple(sorted((n, str(a)) for n, a in p.hosts.items())),
+            access_log=p.access_log.enabled,
+            log_keep=p.access_log.keep,
+            log_max_bytes=p.access_log.max_bytes,
+            shipping=p.access_log if p.access_log.ships() else None,
+            aws=doc.aws if p.access_log.ships() else None,
         )
 
     def apply(self, part: ProxySettings | None) -> None:
         if part is None:
+            self._follow(None, None)
             self.daemon.stop()
             self.settings = self.running = None
             self.base.config.unlink(missing_ok=True)
@@ -124,6 +142,7 @@ class SquidStep:
         text, paths = self._stage(part)
         if text == self.running and self.daemon.alive():
             self.settings = part
+            self._follow(part.shipping, part.aws)
             return
         candidate = paths.config.with_name("squid.conf.next")
         _write(candidate, text)
@@ -143,6 +162,44 @@ class SquidStep:
             self._start()
         self.running, self.settings = text, part
         self._prune(paths)
+        self._follow(part.shipping, part.aws)
+
+    def _follow(self, shipping: Shipping | None, aws: AwsSection | None) -> None:
+        """Ship the access log's lines when the document says where (and the agent runs
+        with ``--aws``); a changed destination restarts the follower."""
+        make = self.aws_client
+        wanted = (shipping, aws) if make is not None and aws is not None else (None, None)
+        if wanted == self._shipping:
+            return
+        if self.follower is not None:
+            self.follower.stop()
+            self.follower = None
+        self._shipping = wanted
+        if wanted[0] is None or make is None or aws is None:
+            return
+        ship = shipper(wanted[0], "proxy", self.instance, 65536, lambda svc: make(aws, svc))
+        if ship is not None:
+            self.follower = AccessLogFollower(self.base.access_log, ship)
+            self.follower.start()
+
+    def _rotate_logs(self) -> None:
+        """``squid -k rotate`` once the access log is past ``log_max_bytes`` (Squid
+        renames it to ``.0`` and keeps ``log_keep`` files)."""
+        s = self.settings
+        try:
+            size = self.base.access_log.stat().st_size
+        except OSError:
+            return
+        if s is None or not s.access_log or size <= s.log_max_bytes or not self.daemon.alive():
+            return
+        proc = subprocess.run(
+            [squid.BINARY, "-k", "rotate", "-f", str(self.base.config)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        if proc.returncode == 0:
+            self.log_rotations += 1
+        else:
+            log.warning("squid -k rotate failed: %s", proc.stderr.strip())
 
     def _stage(self, part: ProxySettings) -> tuple[str, SquidPaths]:
         """Write the password and hosts files (content-addressed); the config text."""
@@ -252,6 +309,7 @@ class SquidStep:
                 error = str(exc)
         if now >= self._health_at:
             self._health_at = now + HEALTH_SECONDS
+            self._rotate_logs()
             self.healthy = self.daemon.alive() and all(_listening(a) for a in self.settings.listen)
         return {**self.status(), **({"error": error} if error else {})}
 
@@ -270,8 +328,11 @@ class SquidStep:
             "reconfigures": self.reconfigures,
             "reconfigure_hold_ms": self.hold_ms,
             "last_check_error": self.last_check,
-            "access_log": str(self.base.access_log),
+            "access_log": str(self.base.access_log) if s is None or s.access_log else None,
+            "access_log_rotations": self.log_rotations,
+            **({"access_log_shipping": self.follower.counters()} if self.follower else {}),
         }
 
     def close(self) -> None:
-        """Nothing to release: Squid outlives the agent (adopted on restart)."""
+        """Stop shipping the access log; Squid outlives the agent (adopted on restart)."""
+        self._follow(None, None)

@@ -273,6 +273,9 @@ CONSUMERS: dict[str, str] = {
     "proxy.enabled": "control/steps/squid.py",
     "proxy.hosts": "control/squid.py",
     "proxy.port": "control/squid.py",
+    **{f"proxy.access_log.{k}": "control/steps/squid.py" for k in ("enabled", "keep", "max_bytes")},
+    # the proxy step builds its access log's shipper with the traffic-logs step's function
+    **{f"proxy.access_log.{k}": "control/steps/traffic_logs.py" for k in _SHIP},
     # rules
     "rules.default": "control/steps/nftables.py",
     "rules.entries[].action": "control/steps/nftables.py",
