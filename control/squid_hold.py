@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from control.nftables import apply_ruleset
+from nfq.marks import SKB_MARK_TPROXY
 
 TABLE = "spectra_squid_hold"
 DRAIN_SECONDS = 1.0
@@ -81,13 +82,18 @@ def drained(addresses: Sequence[str]) -> bool:
     )
 
 
-def hold_ruleset(addresses: Sequence[str]) -> str:
+def hold_ruleset(addresses: Sequence[str], intercepted: bool = False) -> str:
     """The hold table: an input chain ahead of every filter chain dropping the SYNs of
-    new connections to ``addresses`` (ip:port)."""
+    new connections to ``addresses`` (ip:port) and, with ``intercepted``, of the
+    connections the transparent mode hands to Squid (their packets keep their own
+    destination and carry ``SKB_MARK_TPROXY``)."""
+    syn = "tcp flags & (syn | ack) == syn drop"
     rules = []
     for a in sorted(set(addresses)):
         host, _, port = a.rpartition(":")
-        rules.append(f"    ip daddr {host} tcp dport {port} tcp flags & (syn | ack) == syn drop")
+        rules.append(f"    ip daddr {host} tcp dport {port} {syn}")
+    if intercepted:
+        rules.append(f"    meta mark & {SKB_MARK_TPROXY:#x} == {SKB_MARK_TPROXY:#x} {syn}")
     return "\n".join([
         f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{",
         "  chain input {", "    type filter hook input priority -300; policy accept;",
@@ -110,14 +116,16 @@ def _wait(done: Callable[[], bool], seconds: float) -> bool:
 
 
 @contextmanager
-def held(old: Sequence[str], new: Sequence[str]) -> Iterator[Callable[[], bool]]:
+def held(
+    old: Sequence[str], new: Sequence[str], intercepted: bool = False
+) -> Iterator[Callable[[], bool]]:
     """Hold new connections to the ``old`` and ``new`` listener addresses for the body
     (which signals Squid). Yields the wait for Squid's reopen: a listening socket with a
     new inode on every ``new`` address (True: within ``REOPEN_SECONDS``). The hold is
     released on every way out."""
     every = sorted({*old, *new})
     before = listener_inodes(every)
-    apply_ruleset(hold_ruleset(every))
+    apply_ruleset(hold_ruleset(every, intercepted))
     try:
         _wait(lambda: drained(old), DRAIN_SECONDS)
 

@@ -110,6 +110,23 @@ class ProxyAccessLog(Shipping):
         return {"enabled": value} if isinstance(value, bool) else value
 
 
+class ProxyTransparent(StrictModel):
+    """Interception of the inside's plain HTTP (TCP port 80) for workloads not
+    configured with a proxy: nftables ``tproxy`` hands each connection to Squid's
+    ``port`` (an ``http_port ... tproxy`` on each inside address), where the same domain
+    lists apply without authentication. HTTPS (443) is not intercepted: Debian's Squid
+    is built with GnuTLS, and SNI-based allow/deny (SslBump ``peek``/``splice``) needs a
+    Squid built with OpenSSL. ``true`` stands for ``{"enabled": true}``."""
+
+    enabled: bool = False
+    port: Port = Field(default=3129, description="Squid's TPROXY listener on the inside")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value
+
+
 class Proxy(StrictModel):
     """The Squid forward proxy on the inside interface's addresses."""
 
@@ -137,6 +154,7 @@ class Proxy(StrictModel):
         description="static names the proxy resolves before DNS (its hosts file)",
     )  # fmt: skip
     access_log: ProxyAccessLog = ProxyAccessLog()
+    transparent: ProxyTransparent = ProxyTransparent()
 
     @model_validator(mode="after")
     def _references(self) -> Proxy:

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from control import squid
+from control import squid, squid_tproxy
 from control.config import ConfigDocument
 from control.config.aws import Aws as AwsSection
 from control.config.flowlogs import Shipping
@@ -91,11 +91,15 @@ class SquidStep:
         self.follower: AccessLogFollower | None = None
         self._shipping: tuple[Shipping | None, AwsSection | None] = (None, None)
         self.log_rotations = 0
+        # (inside interface, TPROXY listener) the transparent mode intercepts to now
+        self._intercepting: tuple[str, list[str]] | None = None
         if self.daemon.adopt():
             try:
                 self.running = self.base.config.read_text()
             except OSError:
                 self.running = None
+            if "tproxy" in (self.running or ""):  # an adopted Squid intercepts: undo it
+                self._intercepting = ("", ["adopted"])  # if the document says so
             self._version = squid.version()
 
     # -- render, apply ---------------------------------------------------------------
@@ -110,8 +114,14 @@ class SquidStep:
             Limit(b.name, b.kbps * 1000 // 8, tuple(b.users), tuple(str(n) for n in b.networks))
             for b in p.bandwidth_limits
         )
+        inside = host.addresses(doc.interfaces.inside)
+        if p.transparent.enabled and not inside:
+            raise ConvergeError(
+                "proxy.transparent.enabled: the inside interface has no address to "
+                "intercept to; accepted here: false"
+            )
         return ProxySettings(
-            listen=tuple(f"{a}:{p.port}" for a in host.addresses(doc.interfaces.inside)),
+            listen=tuple(f"{a}:{p.port}" for a in inside),
             users=tuple(sorted(users.items())) if p.auth.mode == "basic" else (),
             allowed=tuple(p.allowed_domains),
             denied=tuple(p.denied_domains),
@@ -120,6 +130,8 @@ class SquidStep:
             cache_mb=p.cache.size_mb if p.cache.enabled else 0,
             limits=limits,
             hosts=tuple(sorted((n, str(a)) for n, a in p.hosts.items())),
+            transparent=f"{inside[0]}:{p.transparent.port}" if p.transparent.enabled else None,
+            inside_interface=doc.interfaces.inside,
             access_log=p.access_log.enabled,
             log_keep=p.access_log.keep,
             log_max_bytes=p.access_log.max_bytes,
@@ -130,6 +142,7 @@ class SquidStep:
     def apply(self, part: ProxySettings | None) -> None:
         if part is None:
             self._follow(None, None)
+            self._intercept(None)
             self.daemon.stop()
             self.settings = self.running = None
             self.base.config.unlink(missing_ok=True)
@@ -143,6 +156,7 @@ class SquidStep:
         if text == self.running and self.daemon.alive():
             self.settings = part
             self._follow(part.shipping, part.aws)
+            self._intercept(part)
             return
         candidate = paths.config.with_name("squid.conf.next")
         _write(candidate, text)
@@ -157,12 +171,32 @@ class SquidStep:
             self._cache_dir(candidate)
         candidate.replace(self.base.config)
         if self.daemon.alive():
-            self._reconfigure(_listen_of(self.running or ""), part.listen)
+            old = _listen_of(self.running or "")
+            new = (*part.listen, *([part.transparent] if part.transparent else []))
+            intercepted = bool(part.transparent) or "tproxy" in (self.running or "")
+            self._reconfigure(old, new, intercepted)
         else:
             self._start()
         self.running, self.settings = text, part
         self._prune(paths)
         self._follow(part.shipping, part.aws)
+        self._intercept(part)
+
+    def _intercept(self, part: ProxySettings | None) -> None:
+        """The transparent mode's nftables table and policy route, after Squid listens
+        on its TPROXY port (removed when the mode is off)."""
+        listen = [part.transparent] if part is not None and part.transparent else []
+        inside = part.inside_interface if part is not None else ""
+        if (inside, listen) == self._intercepting:
+            return
+        if not listen and not (self._intercepting and self._intercepting[1]):
+            self._intercepting = (inside, listen)  # nothing was intercepted: no call
+            return
+        try:
+            squid_tproxy.apply(inside, listen)
+        except (NftError, RuntimeError) as exc:
+            raise ConvergeError(f"proxy.transparent: {exc}") from exc
+        self._intercepting = (inside, listen)
 
     def _follow(self, shipping: Shipping | None, aws: AwsSection | None) -> None:
         """Ship the access log's lines when the document says where (and the agent runs
@@ -243,12 +277,12 @@ class SquidStep:
         if proc.returncode != 0:
             raise ConvergeError(f"proxy.cache: squid -z failed: {proc.stderr.strip()[-300:]}")
 
-    def _reconfigure(self, old: list[str], new: tuple[str, ...]) -> None:
+    def _reconfigure(self, old: list[str], new: tuple[str, ...], intercepted: bool) -> None:
         """``squid -k reconfigure`` with new connections to the listeners Squid has
         (``old``) and will have held until it listens again (:mod:`control.squid_hold`)."""
         start = time.monotonic()
         try:
-            with held(old, new) as reopened:
+            with held(old, new, intercepted) as reopened:
                 proc = subprocess.run(
                     [squid.BINARY, "-k", "reconfigure", "-f", str(self.base.config)],
                     capture_output=True, text=True, timeout=30, check=False,
@@ -322,6 +356,7 @@ class SquidStep:
             "pid": self.daemon.pid,
             "version": self._version,
             "listen": list(s.listen) if s else [],
+            "transparent": s.transparent if s else None,
             "users": len(s.users) if s else 0,
             "cache_mb": s.cache_mb if s else 0,
             "restarts": self.restarts,

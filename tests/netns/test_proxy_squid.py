@@ -54,7 +54,7 @@ def proxy_doc(**changes: Any) -> dict[str, Any]:
 @pytest.fixture
 def origin(lab: Any) -> Iterator[None]:
     argv = ns_exec(TOPOLOGY.inet_netns, sys.executable, "-m", "tests.netns.proxy_origin",
-                   INET_SERVICE_IP, str(ORIGIN_PORT), str(TUNNEL_PORT))  # fmt: skip
+                   INET_SERVICE_IP, str(ORIGIN_PORT), str(TUNNEL_PORT), "80")  # fmt: skip
     with subprocess.Popen(argv, cwd=Path(__file__).parents[2]) as proc:
         try:
             wait_for(lambda: sh(TOPOLOGY.inet_netns, "curl", "-s", "-o", "/dev/null",
@@ -73,6 +73,14 @@ def curl(url: str, *opts: str, user: tuple[str, str] | None = ALICE) -> dict[str
     data = json.loads(out.stdout)
     return {"rc": out.returncode, "code": data["http_code"], "connect": data["http_connect"],
             "speed": data["speed_download"], "size": data["size_download"]}  # fmt: skip
+
+
+def direct(name: str) -> int:
+    """A plain-HTTP GET from the workload with no proxy configured: the status code."""
+    out = sh(GW.workload_netns, "curl", "-s", "-o", "/dev/null", "-m", "20", "--noproxy", "*",
+             "--resolve", f"{name}:80:{INET_SERVICE_IP}", "-w", "%{http_code}",
+             f"http://{name}/bytes/10", timeout=30)  # fmt: skip
+    return int(out.stdout)
 
 
 def access_log() -> list[dict[str, Any]]:
@@ -210,6 +218,32 @@ def test_a_reconfigure_under_load_loses_no_request(origin: None, tmp_path: Path)
         assert st["reconfigures"] - before == 10 and st["restarts"] == 0, st
         assert set(result["outcomes"]) == {"200"}, result
         assert result["outcomes"]["200"] >= 200, result  # the load ran all along
+
+
+def test_transparent_mode_applies_the_domain_lists_to_a_workload_without_a_proxy(
+    origin: None,
+) -> None:
+    """``proxy.transparent``: the workload's plain HTTP to the internet is handed to
+    Squid by TPROXY; allowed 200, denied 403, no authentication asked (users and a
+    per-user delay pool are configured), logged with the workload's address. Off: the
+    table is gone and port 80 goes straight to the origin again."""
+    with proxy_agent(proxy_doc(transparent={"enabled": True})):
+        st = (read_state(GW.netns) or {})["proxy"]
+        assert st["transparent"] == f"{GW.inside_ip}:3129", st
+        assert direct("www.allowed.test") == 200
+        assert direct("other.test") == 403
+        assert direct("blocked.allowed.test") == 403
+        log = wait_for(lambda: [e for e in access_log() if e["host"] == "other.test"] and
+                       access_log(), 5, "intercepted requests logged")  # fmt: skip
+        seen = {e["host"]: e for e in log if e["url"].endswith("/bytes/10")}
+        assert seen["www.allowed.test"]["status"] == 200 and seen["other.test"]["status"] == 403
+        assert seen["www.allowed.test"]["client"] == GW.workload_ip
+        assert seen["www.allowed.test"]["user"] == "-"
+        # the configured proxy still asks for credentials
+        assert curl(f"http://www.allowed.test:{ORIGIN_PORT}/bytes/10", user=None)["code"] == 407
+        assert (read_state(GW.netns) or {})["proxy"]["restarts"] == 0
+    assert sh(GW.netns, "nft", "list", "table", "ip", "spectra_tproxy").returncode != 0
+    assert direct("other.test") == 200  # not intercepted any more
 
 
 def test_a_restarted_agent_adopts_the_running_squid(origin: None) -> None:
