@@ -54,7 +54,7 @@ def proxy_doc(**changes: Any) -> dict[str, Any]:
 @pytest.fixture
 def origin(lab: Any) -> Iterator[None]:
     argv = ns_exec(TOPOLOGY.inet_netns, sys.executable, "-m", "tests.netns.proxy_origin",
-                   INET_SERVICE_IP, str(ORIGIN_PORT), str(TUNNEL_PORT), "80")  # fmt: skip
+                   INET_SERVICE_IP, str(ORIGIN_PORT), str(TUNNEL_PORT))  # fmt: skip
     with subprocess.Popen(argv, cwd=Path(__file__).parents[2]) as proc:
         try:
             wait_for(lambda: sh(TOPOLOGY.inet_netns, "curl", "-s", "-o", "/dev/null",
@@ -76,7 +76,8 @@ def curl(url: str, *opts: str, user: tuple[str, str] | None = ALICE) -> dict[str
 
 
 def direct(name: str) -> int:
-    """A plain-HTTP GET from the workload with no proxy configured: the status code."""
+    """A plain-HTTP GET from the workload with no proxy configured: the status code
+    (port 80 of the internet service is the lab's own HTTP server, perf/lab/servers.py)."""
     out = sh(GW.workload_netns, "curl", "-s", "-o", "/dev/null", "-m", "20", "--noproxy", "*",
              "--resolve", f"{name}:80:{INET_SERVICE_IP}", "-w", "%{http_code}",
              f"http://{name}/bytes/10", timeout=30)  # fmt: skip
