@@ -44,6 +44,7 @@ from control.steps.base import OffloaderKind
 from control.steps.conntrack_sync import ConntrackSyncStep
 from control.steps.haproxy import HaproxyStep
 from control.steps.lb import LoadBalancerStep
+from control.steps.squid import SquidStep
 from control.steps.traffic_logs import TrafficLogsStep
 from control.steps.xdp import XdpStep
 from control.store import ConfigStore, CorruptRevision, StoreError, VersionNotFound
@@ -203,7 +204,7 @@ class Agent:
                 step.acm_client = lambda section: sessions.client(section, "acm")
             elif isinstance(step, LoadBalancerStep):  # ELBv2 target groups
                 step.aws_client = runner.client
-            elif isinstance(step, TrafficLogsStep):  # CloudWatch Logs and S3 shipping
+            elif isinstance(step, TrafficLogsStep | SquidStep):  # logs to CloudWatch Logs, S3
                 step.aws_client = sessions.client
 
     def _start_aws(self) -> None:
@@ -346,14 +347,18 @@ class Agent:
         )
 
     def _check_log_shipping(self, doc: ConfigDocument) -> None:
-        """Flow/firewall log shipping needs the aws section's operational role: without
+        """Flow/firewall/proxy access log shipping needs the aws section's operational role: without
         ``--aws`` each shipping field set is reported in ``section_errors`` (the logs
         are still written to their local files)."""
-        for name in ("flow_logs", "firewall_logs"):
-            logs = getattr(doc.logging, name)
+        shipped = [
+            (f"logging.{n}", getattr(doc.logging, n)) for n in ("flow_logs", "firewall_logs")
+        ]
+        shipped.append(("proxy.access_log", doc.proxy.access_log))
+        for name, logs in shipped:
             for key in ("cloudwatch_log_group", "s3_bucket"):
-                path = f"logging.{name}.{key}"
-                if self.aws is None and logs.enabled and getattr(logs, key):
+                path = f"{name}.{key}"
+                enabled = logs.enabled and (name != "proxy.access_log" or doc.proxy.enabled)
+                if self.aws is None and enabled and getattr(logs, key):
                     self.state.section_errors[path] = (
                         "needs the agent on AWS (spectra run --aws): shipping uses the aws "
                         "section's operational role; records stay in the local file"

@@ -24,6 +24,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from control.config.aws import Aws as AwsSection
+from control.config.flowlogs import Shipping
 from control.config.proxies import CRYPT_HASH_RE
 from nfq.domain_pattern import split_pattern
 
@@ -65,6 +67,13 @@ class ProxySettings:
     cache_mb: int  # 0: no cache
     limits: tuple[Limit, ...]
     hosts: tuple[tuple[str, str], ...]  # (name, address)
+    transparent: str | None = None  # ip:port of the TPROXY listener (control.squid_tproxy)
+    inside_interface: str = ""  # where intercepted connections arrive
+    access_log: bool = True
+    log_keep: int = 5  # rotated access logs Squid keeps (logfile_rotate)
+    log_max_bytes: int = 64 << 20  # the step has Squid rotate past this size
+    shipping: Shipping | None = None  # where the access log's lines go besides the file
+    aws: AwsSection | None = None  # whose operational role ships them
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,18 +121,32 @@ def _domain_acl(name: str, domains: tuple[str, ...]) -> tuple[list[str], list[st
     return lines, [n for n, used in ((name, plain), (f"{name}_re", regex)) if used]
 
 
+# _AUTH_FIRST: authentication is the first http_access rule. A per-user delay pool's
+# ``delay_access`` is a fast ACL check that evaluates ``proxy_auth``; for a request an
+# earlier http_access rule denied before its credentials were checked (a CONNECT to a
+# port or domain not listed), that check starts a helper lookup it cannot wait for,
+# and Squid 5.7 dies of a segmentation fault (measured: every such CONNECT that
+# carries credentials, right or wrong; without credentials it gets its 403). With
+# authentication first, every request that reaches any other rule, and so any delay
+# pool, carries credentials already checked.
+
+
 def render_config(s: ProxySettings, paths: SquidPaths) -> str:
     """squid.conf for ``s``; deterministic (unchanged settings: unchanged text)."""
     out = [
         "# rendered by the Cloud Spectra agent; changes here are overwritten",
         *(f"http_port {a}" for a in s.listen),
+        *([f"http_port {s.transparent} tproxy name=transparent"] if s.transparent else []),
         "visible_hostname spectra-proxy",
         f"cache_effective_user {EFFECTIVE_USER}",
         f"pid_filename {paths.pid}",
         f"hosts_file {paths.hosts}",
         f"cache_log {paths.cache_log}",
         f"logformat spectra_json {LOGFORMAT}",
-        f"access_log stdio:{paths.access_log} logformat=spectra_json",
+        f"access_log stdio:{paths.access_log} logformat=spectra_json"
+        if s.access_log
+        else "access_log none",
+        f"logfile_rotate {s.log_keep}",
         "cache_store_log none",
         "netdb_filename none",
         "pinger_enable off",
@@ -142,6 +165,8 @@ def render_config(s: ProxySettings, paths: SquidPaths) -> str:
         ]
     else:
         out += ["cache deny all", "cache_mem 0 MB"]
+    if s.transparent:  # see control/squid_tproxy.py
+        out += ["acl intercepted myportname transparent", "spoof_client_ip deny all"]
     if s.users:
         out += [
             f"auth_param basic program {NCSA_AUTH} {paths.passwords}",
@@ -152,35 +177,38 @@ def render_config(s: ProxySettings, paths: SquidPaths) -> str:
     denied, denied_acls = _domain_acl("denied_domains", s.denied)
     allowed, allowed_acls = _domain_acl("allowed_domains", s.allowed)
     connect, connect_acls = _domain_acl("connect_domains", s.connect_domains)
-    out += [*denied, *allowed, *connect, "http_access deny CONNECT !connect_ports"]
+    out += [*denied, *allowed, *connect]
+    if s.users:  # first (see _AUTH_FIRST); an intercepted client is never asked
+        out += [f"http_access deny {'!intercepted ' if s.transparent else ''}!authenticated"]
+    out += ["http_access deny CONNECT !connect_ports"]
     if connect_acls:  # CONNECT to a listed domain goes on to the checks below
         out += ["acl connect_listed any-of " + " ".join(connect_acls)]
         out += ["http_access deny CONNECT !connect_listed"]
-    if s.users:
-        out += ["http_access deny !authenticated"]
     out += [f"http_access deny {acl}" for acl in denied_acls]
     out += [f"http_access allow {acl}" for acl in allowed_acls] or ["http_access allow all"]
     out += ["http_access deny all"]
-    out += _delay_pools(s.limits)
+    out += _delay_pools(s.limits, intercepted=bool(s.transparent))
     return "\n".join(out) + "\n"
 
 
-def _delay_pools(limits: tuple[Limit, ...]) -> list[str]:
+def _delay_pools(limits: tuple[Limit, ...], intercepted: bool) -> list[str]:
+    """Class-1 pools; networks match first, and an intercepted request (no credentials
+    ever) never reaches a pool's ``proxy_auth`` check."""
     if not limits:
         return []
     out = [f"delay_pools {len(limits)}", "delay_initial_bucket_level 0"]
     for n, limit in enumerate(limits, start=1):
-        acls = []
-        if limit.users:
-            out.append(f"acl limit_{limit.name}_users proxy_auth {' '.join(limit.users)}")
-            acls.append(f"limit_{limit.name}_users")
+        access = []
         if limit.networks:
             out.append(f"acl limit_{limit.name}_nets src {' '.join(limit.networks)}")
-            acls.append(f"limit_{limit.name}_nets")
+            access.append(f"allow limit_{limit.name}_nets")
+        if limit.users:
+            out.append(f"acl limit_{limit.name}_users proxy_auth {' '.join(limit.users)}")
+            access += ["deny intercepted"] if intercepted else []
+            access.append(f"allow limit_{limit.name}_users")
         rate = limit.bytes_per_second
         out += [f"delay_class {n} 1", f"delay_parameters {n} {rate}/{rate}"]
-        out += [f"delay_access {n} allow {acl}" for acl in acls]
-        out.append(f"delay_access {n} deny all")
+        out += [f"delay_access {n} {a}" for a in (*access, "deny all")]
     return out
 
 

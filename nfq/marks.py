@@ -35,6 +35,9 @@ Both skb bits are cleared before the packet leaves the chain.
 * ``SKB_MARK_HAIRPIN`` (0x40): set with the DNAT of a port forward reached from the
   inside (hairpin NAT, :mod:`control.steps.port_forwards`); the postrouting chain
   masquerades such a connection's first packet to the gateway's inside address.
+* ``SKB_MARK_TPROXY`` (0x80): set with the ``tproxy`` of the proxy's transparent mode
+  (:mod:`control.squid_tproxy`); a policy-routing rule sends packets carrying it to a
+  table whose one route is ``local`` (so they reach Squid's socket, not the internet).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ SKB_MARK_BYPASS = 0x2
 SKB_MARK_REPEAT = 0x4
 SKB_MARK_MASK = SKB_MARK_BYPASS | SKB_MARK_REPEAT
 SKB_MARK_HAIRPIN = 0x40
+SKB_MARK_TPROXY = 0x80
 
 __all__ = [
     "CT_MARK_BYPASS",
@@ -60,4 +64,5 @@ __all__ = [
     "SKB_MARK_HAIRPIN",
     "SKB_MARK_MASK",
     "SKB_MARK_REPEAT",
+    "SKB_MARK_TPROXY",
 ]

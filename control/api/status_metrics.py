@@ -42,6 +42,10 @@ SECTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("rules_loaded", "rules_failed"),
     ),
     "cloudwatch": (("published", "batches", "failures", "dropped"), ("queued",)),
+    "proxy": (
+        ("restarts", "reconfigures", "access_log_rotations"),
+        ("running", "healthy", "reconfigure_hold_ms"),
+    ),
 }  # fmt: skip
 RENAMED = {"offloaded_total": "offloaded", "resyncs_total": "resyncs", "alerts_total": "alerts"}
 HISTOGRAMS = {

@@ -121,6 +121,8 @@ def _port_claims(doc: ConfigDocument) -> list[tuple[Loc, str, int]]:
         claims.append((("ai", "listen_port"), "tcp", doc.ai.listen_port))
     if doc.proxy.enabled:
         claims.append((("proxy", "port"), "tcp", doc.proxy.port))
+        if doc.proxy.transparent.enabled:
+            claims.append((("proxy", "transparent", "port"), "tcp", doc.proxy.transparent.port))
     if doc.tls.enabled:
         appliance = doc.tls.appliance
         if appliance is not None:

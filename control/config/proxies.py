@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import re
 from ipaddress import IPv4Address, IPv4Network
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
+from control.config.flowlogs import Shipping
 from control.config.issues import fail, unique_names
 from control.config.types import Domain, Name, Port, PortProto, Secret, StrictModel
 
@@ -92,6 +93,40 @@ class BandwidthLimit(StrictModel):
         return self
 
 
+class ProxyAccessLog(Shipping):
+    """Squid's access log: one JSON object per request in the instance's log directory
+    (``proxy-access.json``), rotated at ``max_bytes`` keeping ``keep`` files, and
+    shipped to CloudWatch Logs (stream ``<instance>/proxy``) and/or S3 like the flow log
+    when ``cloudwatch_log_group`` or ``s3_bucket`` is set (needs ``spectra run --aws``).
+    ``false`` stands for ``{"enabled": false}`` (no access log)."""
+
+    enabled: bool = True
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096, le=1 << 40)
+    keep: int = Field(default=5, ge=1, le=100, description="rotated files kept")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value
+
+
+class ProxyTransparent(StrictModel):
+    """Interception of the inside's plain HTTP (TCP port 80) for workloads not
+    configured with a proxy: nftables ``tproxy`` hands each connection to Squid's
+    ``port`` (an ``http_port ... tproxy`` on each inside address), where the same domain
+    lists apply without authentication. HTTPS (443) is not intercepted: Debian's Squid
+    is built with GnuTLS, and SNI-based allow/deny (SslBump ``peek``/``splice``) needs a
+    Squid built with OpenSSL. ``true`` stands for ``{"enabled": true}``."""
+
+    enabled: bool = False
+    port: Port = Field(default=3129, description="Squid's TPROXY listener on the inside")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value
+
+
 class Proxy(StrictModel):
     """The Squid forward proxy on the inside interface's addresses."""
 
@@ -118,6 +153,8 @@ class Proxy(StrictModel):
         default_factory=dict, max_length=4096,
         description="static names the proxy resolves before DNS (its hosts file)",
     )  # fmt: skip
+    access_log: ProxyAccessLog = ProxyAccessLog()
+    transparent: ProxyTransparent = ProxyTransparent()
 
     @model_validator(mode="after")
     def _references(self) -> Proxy:

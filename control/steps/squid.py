@@ -18,18 +18,24 @@ import logging
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from control import squid
+from control import squid, squid_tproxy
 from control.config import ConfigDocument
+from control.config.aws import Aws as AwsSection
+from control.config.flowlogs import Shipping
 from control.daemon import Daemon
+from control.nftables import NftError
+from control.proxy_log import AccessLogFollower
 from control.squid import Limit, ProxySettings, SquidPaths
+from control.squid_hold import REOPEN_SECONDS, held, listener_inodes
 from control.steps.base import ConvergeError, Host, StepContext
+from control.steps.traffic_logs import shipper
 
 log = logging.getLogger("spectra.control")
 
@@ -54,13 +60,12 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 def _listening(address: str) -> bool:
     """Whether a TCP socket listens on ``address`` (ip:port) in this network namespace,
     from /proc/net/tcp (a probe connection would be an access-log line every time)."""
-    host, _, port = address.rpartition(":")
-    wanted = f"{int.from_bytes(socket.inet_aton(host), 'little'):08X}:{int(port):04X}"
-    try:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return False
-    return any(f[1] == wanted and f[3] == "0A" for f in (ln.split() for ln in lines))
+    return listener_inodes([address])[address] is not None
+
+
+def _listen_of(config: str) -> list[str]:
+    """The ip:port of every ``http_port`` of a squid.conf."""
+    return [ln.split()[1] for ln in config.splitlines() if ln.startswith("http_port ")]
 
 
 class SquidStep:
@@ -68,21 +73,33 @@ class SquidStep:
 
     def __init__(self, context: StepContext) -> None:
         self.base = SquidPaths.under(context.run_dir, context.log_dir)
+        self.instance = context.instance
         self.daemon = Daemon([squid.BINARY, "-N", "-f", str(self.base.config)])
         self.settings: ProxySettings | None = None
         self.running: str | None = None  # the config text the running Squid has loaded
         self.restarts = 0
         self.reconfigures = 0
+        self.hold_ms: float | None = None  # new connections held by the last reconfigure
         self.last_check: str | None = None  # Squid's objection to the last candidate
         self.healthy: bool | None = None
         self._version: str | None = None
         self._retry_at = 0.0
         self._health_at = 0.0
+        # an operational client (section, service) for shipping the access log: set by
+        # the agent when it runs on AWS (spectra run --aws)
+        self.aws_client: Callable[[AwsSection, str], Any] | None = None
+        self.follower: AccessLogFollower | None = None
+        self._shipping: tuple[Shipping | None, AwsSection | None] = (None, None)
+        self.log_rotations = 0
+        # (inside interface, TPROXY listener) the transparent mode intercepts to now
+        self._intercepting: tuple[str, list[str]] | None = None
         if self.daemon.adopt():
             try:
                 self.running = self.base.config.read_text()
             except OSError:
                 self.running = None
+            if "tproxy" in (self.running or ""):  # an adopted Squid intercepts: undo it
+                self._intercepting = ("", ["adopted"])  # if the document says so
             self._version = squid.version()
 
     # -- render, apply ---------------------------------------------------------------
@@ -97,8 +114,14 @@ class SquidStep:
             Limit(b.name, b.kbps * 1000 // 8, tuple(b.users), tuple(str(n) for n in b.networks))
             for b in p.bandwidth_limits
         )
+        inside = host.addresses(doc.interfaces.inside)
+        if p.transparent.enabled and not inside:
+            raise ConvergeError(
+                "proxy.transparent.enabled: the inside interface has no address to "
+                "intercept to; accepted here: false"
+            )
         return ProxySettings(
-            listen=tuple(f"{a}:{p.port}" for a in host.addresses(doc.interfaces.inside)),
+            listen=tuple(f"{a}:{p.port}" for a in inside),
             users=tuple(sorted(users.items())) if p.auth.mode == "basic" else (),
             allowed=tuple(p.allowed_domains),
             denied=tuple(p.denied_domains),
@@ -107,10 +130,19 @@ class SquidStep:
             cache_mb=p.cache.size_mb if p.cache.enabled else 0,
             limits=limits,
             hosts=tuple(sorted((n, str(a)) for n, a in p.hosts.items())),
+            transparent=f"{inside[0]}:{p.transparent.port}" if p.transparent.enabled else None,
+            inside_interface=doc.interfaces.inside,
+            access_log=p.access_log.enabled,
+            log_keep=p.access_log.keep,
+            log_max_bytes=p.access_log.max_bytes,
+            shipping=p.access_log if p.access_log.ships() else None,
+            aws=doc.aws if p.access_log.ships() else None,
         )
 
     def apply(self, part: ProxySettings | None) -> None:
         if part is None:
+            self._follow(None, None)
+            self._intercept(None)
             self.daemon.stop()
             self.settings = self.running = None
             self.base.config.unlink(missing_ok=True)
@@ -123,6 +155,8 @@ class SquidStep:
         text, paths = self._stage(part)
         if text == self.running and self.daemon.alive():
             self.settings = part
+            self._follow(part.shipping, part.aws)
+            self._intercept(part)
             return
         candidate = paths.config.with_name("squid.conf.next")
         _write(candidate, text)
@@ -137,11 +171,69 @@ class SquidStep:
             self._cache_dir(candidate)
         candidate.replace(self.base.config)
         if self.daemon.alive():
-            self._reconfigure()
+            old = _listen_of(self.running or "")
+            new = (*part.listen, *([part.transparent] if part.transparent else []))
+            intercepted = bool(part.transparent) or "tproxy" in (self.running or "")
+            self._reconfigure(old, new, intercepted)
         else:
             self._start()
         self.running, self.settings = text, part
         self._prune(paths)
+        self._follow(part.shipping, part.aws)
+        self._intercept(part)
+
+    def _intercept(self, part: ProxySettings | None) -> None:
+        """The transparent mode's nftables table and policy route, after Squid listens
+        on its TPROXY port (removed when the mode is off)."""
+        listen = [part.transparent] if part is not None and part.transparent else []
+        inside = part.inside_interface if part is not None else ""
+        if (inside, listen) == self._intercepting:
+            return
+        if not listen and not (self._intercepting and self._intercepting[1]):
+            self._intercepting = (inside, listen)  # nothing was intercepted: no call
+            return
+        try:
+            squid_tproxy.apply(inside, listen)
+        except (NftError, RuntimeError) as exc:
+            raise ConvergeError(f"proxy.transparent: {exc}") from exc
+        self._intercepting = (inside, listen)
+
+    def _follow(self, shipping: Shipping | None, aws: AwsSection | None) -> None:
+        """Ship the access log's lines when the document says where (and the agent runs
+        with ``--aws``); a changed destination restarts the follower."""
+        make = self.aws_client
+        wanted = (shipping, aws) if make is not None and aws is not None else (None, None)
+        if wanted == self._shipping:
+            return
+        if self.follower is not None:
+            self.follower.stop()
+            self.follower = None
+        self._shipping = wanted
+        if wanted[0] is None or make is None or aws is None:
+            return
+        ship = shipper(wanted[0], "proxy", self.instance, 65536, lambda svc: make(aws, svc))
+        if ship is not None:
+            self.follower = AccessLogFollower(self.base.access_log, ship)
+            self.follower.start()
+
+    def _rotate_logs(self) -> None:
+        """``squid -k rotate`` once the access log is past ``log_max_bytes`` (Squid
+        renames it to ``.0`` and keeps ``log_keep`` files)."""
+        s = self.settings
+        try:
+            size = self.base.access_log.stat().st_size
+        except OSError:
+            return
+        if s is None or not s.access_log or size <= s.log_max_bytes or not self.daemon.alive():
+            return
+        proc = subprocess.run(
+            [squid.BINARY, "-k", "rotate", "-f", str(self.base.config)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        if proc.returncode == 0:
+            self.log_rotations += 1
+        else:
+            log.warning("squid -k rotate failed: %s", proc.stderr.strip())
 
     def _stage(self, part: ProxySettings) -> tuple[str, SquidPaths]:
         """Write the password and hosts files (content-addressed); the config text."""
@@ -185,15 +277,29 @@ class SquidStep:
         if proc.returncode != 0:
             raise ConvergeError(f"proxy.cache: squid -z failed: {proc.stderr.strip()[-300:]}")
 
-    def _reconfigure(self) -> None:
-        proc = subprocess.run(
-            [squid.BINARY, "-k", "reconfigure", "-f", str(self.base.config)],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise ConvergeError(f"proxy: squid -k reconfigure failed: {proc.stderr.strip()}")
+    def _reconfigure(self, old: list[str], new: tuple[str, ...], intercepted: bool) -> None:
+        """``squid -k reconfigure`` with new connections to the listeners Squid has
+        (``old``) and will have held until it listens again (:mod:`control.squid_hold`)."""
+        start = time.monotonic()
+        try:
+            with held(old, new, intercepted) as reopened:
+                proc = subprocess.run(
+                    [squid.BINARY, "-k", "reconfigure", "-f", str(self.base.config)],
+                    capture_output=True, text=True, timeout=30, check=False,
+                )  # fmt: skip
+                if proc.returncode != 0:
+                    raise ConvergeError(
+                        f"proxy: squid -k reconfigure failed: {proc.stderr.strip()}"
+                    )
+                if not reopened():
+                    log.warning("squid did not reopen %s within %.0f s of its reconfigure",
+                                ", ".join(new), REOPEN_SECONDS)  # fmt: skip
+        except NftError as exc:
+            raise ConvergeError(f"proxy: holding new connections failed: {exc}") from exc
         self.reconfigures += 1
-        log.info("squid reconfigured (pid %s)", self.daemon.pid)
+        self.hold_ms = round((time.monotonic() - start) * 1000, 1)
+        log.info("squid reconfigured (pid %s; new connections held %.0f ms)",
+                 self.daemon.pid, self.hold_ms)  # fmt: skip
 
     def _start(self) -> None:
         self.daemon.stop()
@@ -201,8 +307,7 @@ class SquidStep:
         binary = shutil.which(squid.BINARY) or squid.BINARY
         self.daemon.spawn(binary, self.base.cache_log.with_name("squid-console.log"))
         self._version = self._version or squid.version()
-        text = self.base.config.read_text()
-        listen = [ln.split()[1] for ln in text.splitlines() if ln.startswith("http_port ")]
+        listen = _listen_of(self.base.config.read_text())
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline and self.daemon.alive():
             if all(_listening(a) for a in listen):
@@ -238,6 +343,7 @@ class SquidStep:
                 error = str(exc)
         if now >= self._health_at:
             self._health_at = now + HEALTH_SECONDS
+            self._rotate_logs()
             self.healthy = self.daemon.alive() and all(_listening(a) for a in self.settings.listen)
         return {**self.status(), **({"error": error} if error else {})}
 
@@ -250,13 +356,18 @@ class SquidStep:
             "pid": self.daemon.pid,
             "version": self._version,
             "listen": list(s.listen) if s else [],
+            "transparent": s.transparent if s else None,
             "users": len(s.users) if s else 0,
             "cache_mb": s.cache_mb if s else 0,
             "restarts": self.restarts,
             "reconfigures": self.reconfigures,
+            "reconfigure_hold_ms": self.hold_ms,
             "last_check_error": self.last_check,
-            "access_log": str(self.base.access_log),
+            "access_log": str(self.base.access_log) if s is None or s.access_log else None,
+            "access_log_rotations": self.log_rotations,
+            **({"access_log_shipping": self.follower.counters()} if self.follower else {}),
         }
 
     def close(self) -> None:
-        """Nothing to release: Squid outlives the agent (adopted on restart)."""
+        """Stop shipping the access log; Squid outlives the agent (adopted on restart)."""
+        self._follow(None, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,6 +73,15 @@ def curl(url: str, *opts: str, user: tuple[str, str] | None = ALICE) -> dict[str
     data = json.loads(out.stdout)
     return {"rc": out.returncode, "code": data["http_code"], "connect": data["http_connect"],
             "speed": data["speed_download"], "size": data["size_download"]}  # fmt: skip
+
+
+def direct(name: str) -> int:
+    """A plain-HTTP GET from the workload with no proxy configured: the status code
+    (port 80 of the internet service is the lab's own HTTP server, perf/lab/servers.py)."""
+    out = sh(GW.workload_netns, "curl", "-s", "-o", "/dev/null", "-m", "20", "--noproxy", "*",
+             "--resolve", f"{name}:80:{INET_SERVICE_IP}", "-w", "%{http_code}",
+             f"http://{name}/bytes/10", timeout=30)  # fmt: skip
+    return int(out.stdout)
 
 
 def access_log() -> list[dict[str, Any]]:
@@ -146,9 +156,7 @@ def test_forward_proxy(origin: None) -> None:
 
 
 def test_a_bandwidth_limit_holds_within_20_percent(origin: None) -> None:
-    """Bob's delay pool: 800 kbit/s within 20 %; alice is not limited. (Kept apart from
-    the denied CONNECTs: with a per-user delay pool configured, Squid 5.7 died of a
-    segmentation fault on them in this lab; the cause is not isolated yet.)"""
+    """Bob's delay pool: 800 kbit/s within 20 %; alice is not limited."""
     url = f"http://www.allowed.test:{ORIGIN_PORT}"
     with proxy_agent(proxy_doc()):
         # ~10 s at the limit: Squid refills its buckets once a second, so the phase of
@@ -159,6 +167,84 @@ def test_a_bandwidth_limit_holds_within_20_percent(origin: None) -> None:
         rate = KBPS * 1000 / 8
         assert 0.8 * rate <= slow["speed"] <= 1.2 * rate, slow
         assert curl(f"{url}/bytes/{size}")["speed"] > 3 * rate
+
+
+def test_a_denied_connect_with_a_per_user_delay_pool_is_403_and_squid_lives(
+    origin: None,
+) -> None:
+    """With a per-user delay pool, Squid 5.7 died of a segmentation fault on a CONNECT
+    denied before authentication (``delay_access`` looking up credentials no rule had
+    checked); authentication is now the first rule. Each user, right or wrong
+    credentials, to a port and to a domain CONNECT may not reach."""
+    with proxy_agent(proxy_doc()):
+        pid = (read_state(GW.netns) or {})["proxy"]["pid"]
+        refused = (f"www.allowed.test:{TUNNEL_PORT}", f"tunnel.allowed.test:{ORIGIN_PORT}")
+        for user in (BOB, ALICE):
+            for target in refused:
+                answer = curl(f"http://{target}/bytes/10", "-p", user=user)
+                assert answer["connect"] == 403 and answer["code"] != 200, (user, target, answer)
+        for target in refused:
+            assert curl(f"http://{target}/bytes/10", "-p", user=(BOB[0], "wrong"))["connect"] == 407
+        tunnel = curl(f"http://tunnel.allowed.test:{TUNNEL_PORT}/bytes/10", "-p", user=BOB)
+        assert (tunnel["connect"], tunnel["code"]) == (200, 200)
+        st = (read_state(GW.netns) or {})["proxy"]
+        assert (st["pid"], st["restarts"], st["running"]) == (pid, 0, True), st
+
+
+def test_a_reconfigure_under_load_loses_no_request(origin: None, tmp_path: Path) -> None:
+    """8 clients, a new connection per request, while the document's proxy section
+    changes 10 times (each change: ``squid -k parse``, then ``squid -k reconfigure``
+    with new connections held): every request gets its 200 and its whole body."""
+    url = f"http://www.allowed.test:{ORIGIN_PORT}/bytes/1000"
+    with proxy_agent(proxy_doc(bandwidth_limits=[])):
+        before = (read_state(GW.netns) or {})["proxy"]["reconfigures"]
+        stop, holds = tmp_path / "stop", []
+        argv = ns_exec(GW.workload_netns, sys.executable, "-m", "tests.netns.proxy_load",
+                       f"{GW.inside_ip}:3128", url, ":".join(ALICE), "8", str(stop))  # fmt: skip
+        with subprocess.Popen(argv, cwd=Path(__file__).parents[2], stdout=subprocess.PIPE,
+                              text=True) as load:  # fmt: skip
+            try:
+                time.sleep(1)
+                for i in range(10):
+                    denied = ["blocked.allowed.test", f"n{i}.other.test"]
+                    st = applied(write(proxy_doc(bandwidth_limits=[], denied_domains=denied)))
+                    holds.append(st["proxy"]["reconfigure_hold_ms"])
+                    time.sleep(0.5)
+            finally:
+                stop.touch()
+            out, _ = load.communicate(timeout=60)
+        result = json.loads(out)
+        print("outcomes", result["outcomes"], "new connections held (ms)", holds)
+        st = (read_state(GW.netns) or {})["proxy"]
+        assert st["reconfigures"] - before == 10 and st["restarts"] == 0, st
+        assert set(result["outcomes"]) == {"200"}, result
+        assert result["outcomes"]["200"] >= 200, result  # the load ran all along
+
+
+def test_transparent_mode_applies_the_domain_lists_to_a_workload_without_a_proxy(
+    origin: None,
+) -> None:
+    """``proxy.transparent``: the workload's plain HTTP to the internet is handed to
+    Squid by TPROXY; allowed 200, denied 403, no authentication asked (users and a
+    per-user delay pool are configured), logged with the workload's address. Off: the
+    table is gone and port 80 goes straight to the origin again."""
+    with proxy_agent(proxy_doc(transparent={"enabled": True})):
+        st = (read_state(GW.netns) or {})["proxy"]
+        assert st["transparent"] == f"{GW.inside_ip}:3129", st
+        assert direct("www.allowed.test") == 200
+        assert direct("other.test") == 403
+        assert direct("blocked.allowed.test") == 403
+        log = wait_for(lambda: [e for e in access_log() if e["host"] == "other.test"] and
+                       access_log(), 5, "intercepted requests logged")  # fmt: skip
+        seen = {e["host"]: e for e in log if e["url"].endswith("/bytes/10")}
+        assert seen["www.allowed.test"]["status"] == 200 and seen["other.test"]["status"] == 403
+        assert seen["www.allowed.test"]["client"] == GW.workload_ip
+        assert seen["www.allowed.test"]["user"] == "-"
+        # the configured proxy still asks for credentials
+        assert curl(f"http://www.allowed.test:{ORIGIN_PORT}/bytes/10", user=None)["code"] == 407
+        assert (read_state(GW.netns) or {})["proxy"]["restarts"] == 0
+    assert sh(GW.netns, "nft", "list", "table", "ip", "spectra_tproxy").returncode != 0
+    assert direct("other.test") == 200  # not intercepted any more
 
 
 def test_a_restarted_agent_adopts_the_running_squid(origin: None) -> None:

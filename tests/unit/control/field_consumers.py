@@ -274,6 +274,11 @@ CONSUMERS: dict[str, str] = {
     "proxy.enabled": "control/steps/squid.py",
     "proxy.hosts": "control/squid.py",
     "proxy.port": "control/squid.py",
+    **{f"proxy.access_log.{k}": "control/steps/squid.py" for k in ("enabled", "keep", "max_bytes")},
+    "proxy.transparent.enabled": "control/steps/squid.py",
+    "proxy.transparent.port": "control/steps/squid.py",
+    # the proxy step builds its access log's shipper with the traffic-logs step's function
+    **{f"proxy.access_log.{k}": "control/steps/traffic_logs.py" for k in _SHIP},
     # rules
     "rules.default": "control/steps/nftables.py",
     "rules.entries[].action": "control/steps/nftables.py",

@@ -14,6 +14,7 @@ from control.config import ConfigValidationError, parse_document
 from control.haproxy import HaproxyPaths, check, render_config, server_states
 from control.squid import ProxySettings, SquidPaths, parse, render_passwords
 from control.squid import render_config as squid_config
+from control.squid_tproxy import ruleset as tproxy_ruleset
 from control.steps import AnyHost, RenderError, dry_run
 from control.steps.haproxy import HaproxyStep
 from control.steps.squid import SquidStep
@@ -64,7 +65,8 @@ def test_proxy_config_is_what_squid_accepts(tmp_path: Path) -> None:
     assert ("allowed_domains_re", "dstdom_regex", "-i", r"\.sub\.test$") in acls
     access = [" ".join(a) for a in directives(text, "http_access")]
     assert access.index("deny denied_domains") < access.index("allow allowed_domains")
-    assert access[-1] == "deny all" and "deny !authenticated" in access
+    # authentication first: no delay_access may look up credentials no rule checked
+    assert access[0] == "deny !authenticated" and access[-1] == "deny all"
     assert directives(text, "delay_parameters") == [["1", "100000/100000"]]
     assert directives(text, "cache_dir")[0][-3] == "32"
 
@@ -177,3 +179,36 @@ def test_acm_export_against_moto(moto_endpoint: str) -> None:
     cert, key = acm_export(acm, arn)
     assert b"BEGIN CERTIFICATE" in cert and b"ENCRYPTED" not in key
     check_pair(cert, key)
+
+
+def test_transparent_mode_is_what_squid_accepts(tmp_path: Path) -> None:
+    """One TPROXY listener on the first inside address; intercepted requests skip
+    authentication and never reach a per-user pool's proxy_auth check."""
+    settings = SquidStep.render(doc(proxy=proxy(
+        transparent=True,
+        auth={"mode": "basic", "users": [{"name": "alice", "password": "pw-alice-1"}]},
+        bandwidth_limits=[{"name": "a", "kbps": 800, "users": ["alice"],
+                           "networks": ["10.0.1.0/24"]}],
+    )), HOST)  # fmt: skip
+    assert settings is not None and settings.transparent == "203.0.113.2:3129"
+    text, path = squid_conf(tmp_path, settings)
+    assert parse(path).ok, parse(path).output
+    assert ["203.0.113.2:3129", "tproxy", "name=transparent"] in directives(text, "http_port")
+    access = [" ".join(a) for a in directives(text, "http_access")]
+    assert access[0] == "deny !intercepted !authenticated"
+    assert [" ".join(a) for a in directives(text, "delay_access")] == [
+        "1 allow limit_a_nets",
+        "1 deny intercepted",
+        "1 allow limit_a_users",
+        "1 deny all",
+    ]
+    rules = tproxy_ruleset("inside", [settings.transparent])
+    assert "tproxy to 203.0.113.2:3129 accept" in rules
+    assert 'iifname "inside" tcp dport 80 fib daddr type local return' in rules
+    assert tproxy_ruleset("inside", []).splitlines()[-1] == "delete table ip spectra_tproxy"
+
+
+def test_transparent_port_collisions_are_named() -> None:
+    with pytest.raises(ConfigValidationError) as err:
+        doc(proxy=proxy(transparent={"enabled": True, "port": 3128}))
+    assert "proxy.transparent.port" in [e["path"] for e in err.value.errors], err.value.errors

@@ -55,6 +55,7 @@ def _instance(drops: int, applies: int) -> dict[str, Any]:
         },
         "conntrack": {"count": 42, "max": 262144, "drop": 6, "sizing": {"max": 1}},
         "inspection": {"engine_pid": 1234, "engine_restarts": 2, "rules_loaded": 7},
+        "proxy": {"pid": 77, "version": "5.7", "healthy": True, "reconfigures": 3},
     }
 
 
@@ -96,6 +97,8 @@ async def test_exposition_parses_with_types_and_instance_labels(
     assert types["spectra_dataplane_conntrack_count"] == "gauge"
     assert value(samples, "spectra_dataplane_conntrack_drop_total", instance="gw-b") == 6
     assert types["spectra_dataplane_inspection_engine_restarts"] == "counter"
+    assert value(samples, "spectra_dataplane_proxy_healthy", instance="gw-a") == 1
+    assert value(samples, "spectra_dataplane_proxy_reconfigures_total", instance="gw-a") == 3
     assert value(samples, "spectra_config_section_errors", instance="gw-a",
                  field="ai.key_secret") == 1  # fmt: skip
     # a process id is not a metric; nothing outside the typed tables is exported

@@ -135,3 +135,16 @@ def test_spectra_status_names_the_field_not_in_effect(
     result = CliRunner().invoke(main, ["status", "--instance", "gw-z"])
     assert result.exit_code == 0, result.output
     assert "not in effect: ai.key_secret: environment variable X is not set" in result.output
+
+
+def test_proxy_access_log_shipping_without_aws_is_reported(store: SqliteStore) -> None:
+    agent = _agent(store, Recorder("nft", []))
+    proxy = {"enabled": True, "access_log": {"cloudwatch_log_group": "/spectra/proxy"}}
+    store.put(parse_document({"interfaces": INTERFACES, "proxy": proxy}), 0, "t")
+    agent.cycle()
+    assert agent.state.applied_version == 1
+    error = agent.state.section_errors["proxy.access_log.cloudwatch_log_group"]
+    assert "spectra run --aws" in error
+    store.put(parse_document({"interfaces": INTERFACES}), 1, "t")
+    agent.cycle()
+    assert "proxy.access_log.cloudwatch_log_group" not in agent.state.section_errors
