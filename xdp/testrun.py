@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from xdp import libbpf
 from xdp.reasons import XdpAction
 
-BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1  # linux/bpf.h, kernel >= 5.18
 _HEADROOM = 256  # data_out room beyond the input, for programs that grow the frame
 
 
@@ -46,7 +45,6 @@ def run(
     repeat: int = 1,
     *,
     ingress_ifindex: int | None = None,
-    live_frames: bool = False,
 ) -> TestRunResult:
     """Run ``packet`` through ``prog_fd``.
 
@@ -55,19 +53,18 @@ def run(
 
     ``repeat`` > 1 re-runs the program on the *same* buffer: iteration 2 sees
     iteration 1's output (a translated frame, TTL already decremented), so only
-    non-rewriting paths can be timed that way.  ``live_frames`` (kernel >= 5.18)
-    resets the frame every iteration and really transmits redirects; the kernel then
-    returns no data_out and no verdict (``action`` is reported as PASS).
+    non-rewriting paths can be timed that way.  (The kernel's live-frames mode, which
+    resets the frame every iteration, is not offered: some kernels refuse it with
+    EPERM even for a bare XDP_DROP, and nothing here needs it.)
     """
     data_in = ctypes.create_string_buffer(packet, len(packet))
-    data_out = ctypes.create_string_buffer(0 if live_frames else len(packet) + _HEADROOM)
+    data_out = ctypes.create_string_buffer(len(packet) + _HEADROOM)
     opts = libbpf.BpfTestRunOpts(
         data_in=ctypes.cast(data_in, ctypes.c_void_p),
-        data_out=None if live_frames else ctypes.cast(data_out, ctypes.c_void_p),
+        data_out=ctypes.cast(data_out, ctypes.c_void_p),
         data_size_in=len(packet),
         data_size_out=len(data_out),
         repeat=repeat,
-        flags=BPF_F_TEST_XDP_LIVE_FRAMES if live_frames else 0,
     )
     ctx = XdpMd(data_end=len(packet), ingress_ifindex=ingress_ifindex or 0)
     if ingress_ifindex is not None:
@@ -75,7 +72,7 @@ def run(
         opts.ctx_size_in = ctypes.sizeof(ctx)
     libbpf.prog_test_run(prog_fd, opts)
     return TestRunResult(
-        action=XdpAction.PASS if live_frames else XdpAction(opts.retval),
+        action=XdpAction(opts.retval),
         data_out=data_out.raw[: opts.data_size_out],
         duration_ns=int(opts.duration),
     )

@@ -113,17 +113,6 @@ def test_repeat_reruns_on_the_rewritten_buffer(dataplane: Dataplane) -> None:
     assert dataplane.stats.read(Reason.PASS_NO_FLOW)[0] == 1
 
 
-def test_live_frames_mode_resets_the_frame_every_iteration(dataplane: Dataplane) -> None:
-    from tests.fixtures.packets import case_by_name
-
-    case = case_by_name("ttl_1_passes_for_time_exceeded")
-    install(dataplane, case)
-
-    run(dataplane.program_fd(), case.input_bytes(), 64, live_frames=True)
-
-    assert dataplane.stats.read(Reason.PASS_TTL)[0] == 64
-
-
 def test_frames_shorter_than_ethernet_are_rejected_by_the_kernel(dataplane: Dataplane) -> None:
     with pytest.raises(LibbpfError, match=r"bpf_prog_test_run_opts.*errno 22"):
         run(dataplane.program_fd(), b"\x00" * 13)
