@@ -110,7 +110,7 @@ async def converse(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "output": {"message": {"role": "assistant", "content": content}},
-            **(_stop(body, a) if behavior.truncate is None else {}),
+            **({} if behavior.truncate is not None or behavior.no_stop_reason else _stop(body, a)),
             "usage": _usage(a, behavior.cached),
             "metrics": {"latencyMs": 1},
         }
@@ -169,10 +169,11 @@ async def converse_stream(request: web.Request) -> web.StreamResponse:
             )
         )
         await resp.write(_event("contentBlockStop", {"contentBlockIndex": index}))
-    await resp.write(_event("messageStop", _stop(body, a)))
-    await resp.write(
-        _event("metadata", {"usage": _usage(a, behavior.cached), "metrics": {"latencyMs": 1}})
-    )
+    await resp.write(_event("messageStop", {} if behavior.no_stop_reason else _stop(body, a)))
+    if not behavior.no_terminator:  # metadata is the stream's last event
+        await resp.write(
+            _event("metadata", {"usage": _usage(a, behavior.cached), "metrics": {"latencyMs": 1}})
+        )
     return resp
 
 

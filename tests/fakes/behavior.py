@@ -8,7 +8,9 @@ carries only an error event), ``cached`` (report prompt-cache reads/writes),
 prompt, unless capped by the request's max tokens), ``truncate<N>`` (end cleanly after N
 content tokens with no finish reason and no stream terminator, as a cut-off upstream
 does), ``noterminator`` (a stream that says its finish reason but ends without its
-terminator: OpenAI's ``[DONE]``, Anthropic's ``message_stop``). The answer is
+terminator: OpenAI's ``[DONE]``, Anthropic's ``message_stop``, Bedrock's final
+``metadata``), ``nostopreason`` (an answer that ends with its terminator but names no
+finish / stop reason). The answer is
 ``Echo: <last user text>`` word by word (up to the first of the request's stop
 sequences), or a call of the first tool when the request offers tools and the last
 message is not a tool result.
@@ -38,6 +40,7 @@ class Behavior:
     long: int | None = None
     truncate: int | None = None
     no_terminator: bool = False
+    no_stop_reason: bool = False
 
     @classmethod
     def of(cls, model: str) -> Behavior:
@@ -56,6 +59,7 @@ class Behavior:
             long=int(long.group(1)) if long else None,
             truncate=int(truncate.group(1)) if truncate else None,
             no_terminator="noterminator" in model,
+            no_stop_reason="nostopreason" in model,
         )
 
 
