@@ -4,7 +4,9 @@ A request reserves its worst case (estimated prompt + completion cap) *before* t
 upstream call and reconciles to the real usage after it. :meth:`Budgets.reserve` never
 awaits, so on the event loop the check-and-reserve is atomic: any number of
 concurrent requests can never together exceed a budget, provided the completion is
-capped at what was reserved (the pipeline passes the cap upstream as ``max_tokens``).
+capped at what was reserved (the pipeline passes the cap upstream in the provider's
+field) and the upstream counts the prompt within its reservation (the pipeline reserves
+the estimate times the provider's ``prompt_reserve_factor``, plus images).
 Decisions use the figures in memory; with a :class:`~ai.state.StateStore` every
 reservation and reconciliation is also written behind to its SQLite file, so used
 totals and the last minute's rate-window use survive a restart. Windows run on the

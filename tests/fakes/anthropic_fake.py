@@ -31,8 +31,9 @@ def _answer(body: dict[str, Any]) -> Any:
         prompt,
         tool,
         body.get("max_tokens"),
-        Behavior.of(str(body.get("model", ""))).long,
+        (behavior := Behavior.of(str(body.get("model", "")))).long,
         body.get("stop_sequences"),
+        behavior.prompt,
     )
 
 

@@ -23,7 +23,7 @@ def _text(blocks: list[dict[str, Any]]) -> str:
     )
 
 
-def _answer(body: dict[str, Any], length: int | None) -> Any:
+def _answer(body: dict[str, Any], behavior: Behavior) -> Any:
     messages = body.get("messages") or []
     last = messages[-1]["content"] if messages else []
     is_result = any("toolResult" in b for b in last)
@@ -32,7 +32,7 @@ def _answer(body: dict[str, Any], length: int | None) -> Any:
     prompt = " ".join([_text(body.get("system") or [])] + [_text(m["content"]) for m in messages])
     inference = body.get("inferenceConfig") or {}
     cap, stop = inference.get("maxTokens"), inference.get("stopSequences")
-    return answer(_text(last), prompt, tool, cap, length, stop)
+    return answer(_text(last), prompt, tool, cap, behavior.long, stop, behavior.prompt)
 
 
 def _stop(body: dict[str, Any], a: Any) -> dict[str, Any]:
@@ -88,7 +88,7 @@ async def _start(request: web.Request) -> tuple[dict[str, Any], Behavior, Any]:
     model = request.match_info["model"]
     count(request.app, {"model": model, **body})
     behavior = Behavior.of(model)
-    return body, behavior, _answer(body, behavior.long)
+    return body, behavior, _answer(body, behavior)
 
 
 async def converse(request: web.Request) -> web.Response:

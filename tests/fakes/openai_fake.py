@@ -28,8 +28,9 @@ def _answer(body: dict[str, Any]) -> Any:
         prompt,
         tool,
         body.get("max_completion_tokens") or body.get("max_tokens"),
-        Behavior.of(str(body.get("model", ""))).long,
+        (behavior := Behavior.of(str(body.get("model", "")))).long,
         [stop] if isinstance(stop := body.get("stop"), str) else stop,
+        behavior.prompt,
     )
 
 
