@@ -108,6 +108,15 @@ class BudgetExhausted(GatewayError):
     retryable = False  # a lifetime budget does not refill: no Retry-After to give
 
 
+class BudgetHeld(BudgetExhausted):
+    """A per-key budget is not spent, but what is left is reserved by requests in flight
+    (each holds its worst case until it settles): retry when they finish."""
+
+    type = "rate_limit_error"
+    code = "budget_held_in_flight"
+    retryable = True
+
+
 class UpstreamFailed(GatewayError):
     """The upstream provider failed; the message never carries credentials."""
 

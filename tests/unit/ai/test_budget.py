@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from ai.budget import Budgets, Prices
 from ai.config import BudgetConfig, PriceConfig
-from ai.errors import BudgetExhausted, RateLimited
+from ai.errors import BudgetExhausted, BudgetHeld, RateLimited
 from ai.server import GATEWAY
 from ai.usage import Usage
 from tests.fakes.behavior import STATS
@@ -32,6 +32,33 @@ def test_reserve_caps_completion_and_reconciles() -> None:
     assert budgets.used("k") == (15, 0.0)
     third = budgets.reserve("k", limits, 10, 50, 0.0)
     assert third.completion_cap == 35
+
+
+def test_spent_budget_is_final_held_budget_is_retried() -> None:
+    """A budget that usage has spent refuses for good (x-should-retry: false); one that
+    only in-flight reservations hold refuses with Retry-After, as they settle soon; a
+    request whose worst case costs more than is left says so."""
+    budgets = Budgets()
+    tokens = BudgetConfig(max_tokens=100)
+    held = budgets.reserve("k", tokens, 10, 200, 0.0)  # holds all 90 left
+    with pytest.raises(BudgetHeld) as refused:
+        budgets.reserve("k", tokens, 10, 50, 0.0)
+    assert refused.value.headers() == {"Retry-After": "1"} and refused.value.status == 429
+    budgets.reconcile(held, Usage(10, 85), 0.0)
+    with pytest.raises(BudgetExhausted) as spent:
+        budgets.reserve("k", tokens, 10, 50, 0.0)
+    assert type(spent.value) is BudgetExhausted and "exhausted" in spent.value.message
+    assert spent.value.headers() == {"x-should-retry": "false"}
+    dollars = BudgetConfig(max_cost_usd=1.0)
+    first = budgets.reserve("c", dollars, 1, 1, 0.75)
+    with pytest.raises(BudgetHeld):
+        budgets.reserve("c", dollars, 1, 1, 0.5)
+    budgets.reconcile(first, Usage(1, 1), 0.75)
+    with pytest.raises(BudgetExhausted) as beyond:
+        budgets.reserve("c", dollars, 1, 1, 0.5)
+    assert "0.500000 USD" in beyond.value.message and "0.250000 USD" in beyond.value.message
+    assert "fewer max_tokens" in beyond.value.message
+    budgets.reserve("c", dollars, 1, 1, 0.25)  # what is left still serves a smaller ask
 
 
 def test_rate_limits_slide() -> None:
