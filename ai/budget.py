@@ -4,7 +4,9 @@ A request reserves its worst case (estimated prompt + completion cap) *before* t
 upstream call and reconciles to the real usage after it. :meth:`Budgets.reserve` never
 awaits, so on the event loop the check-and-reserve is atomic: any number of
 concurrent requests can never together exceed a budget, provided the completion is
-capped at what was reserved (the pipeline passes the cap upstream as ``max_tokens``).
+capped at what was reserved (the pipeline passes the cap upstream in the provider's
+field) and the upstream counts the prompt within its reservation (the pipeline reserves
+the estimate times the provider's ``prompt_reserve_factor``, plus images).
 Decisions use the figures in memory; with a :class:`~ai.state.StateStore` every
 reservation and reconciliation is also written behind to its SQLite file, so used
 totals and the last minute's rate-window use survive a restart. Windows run on the
@@ -21,9 +23,45 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ai.config import BudgetConfig, PriceConfig
-from ai.errors import BudgetExhausted, RateLimited
+from ai.errors import BudgetExhausted, BudgetHeld, RateLimited
 from ai.state import RATE_WINDOW_S, BudgetDelta, StateStore, WindowRow
 from ai.usage import Usage
+
+# Retry-After of a budget held by requests in flight: they settle within their answers.
+HELD_RETRY_AFTER_S = 1
+
+
+def token_refusal(key_id: str, limit: int, *, held: bool) -> BudgetExhausted:
+    """The token budget refuses a request: spent (final), or ``held`` by reservations of
+    requests in flight (429 with Retry-After: it frees as they settle)."""
+    if held:
+        return BudgetHeld(
+            f"what is left of the token budget of {limit} for key {key_id} is reserved "
+            "by requests in flight; retry when they finish",
+            retry_after=HELD_RETRY_AFTER_S,
+        )
+    return BudgetExhausted(f"token budget of {limit} exhausted for key {key_id}")
+
+
+def cost_refusal(
+    key_id: str, limit: float, cost: float, left: float, *, held: bool
+) -> BudgetExhausted:
+    """The cost budget refuses a request whose worst case (prompt and completion cap)
+    costs ``cost``: spent, asking more than is ``left`` (final for that request: a
+    smaller max_tokens may fit), or ``held`` by requests in flight (retry)."""
+    if held:
+        return BudgetHeld(
+            f"what is left of the cost budget of {limit} USD for key {key_id} is reserved "
+            "by requests in flight; retry when they finish",
+            retry_after=HELD_RETRY_AFTER_S,
+        )
+    if left <= 0:
+        return BudgetExhausted(f"cost budget of {limit} USD exhausted for key {key_id}")
+    return BudgetExhausted(
+        f"this request may cost up to {cost:.6f} USD (its prompt and completion cap) but "
+        f"{left:.6f} USD of the cost budget of {limit} USD is left for key {key_id}; "
+        "ask for fewer max_tokens"
+    )
 
 
 class Prices:
@@ -135,11 +173,12 @@ class Budgets:
             )
         cap: int | None = completion_tokens
         if limits.max_tokens is not None:
-            left = limits.max_tokens - state.used_tokens - state.reserved_tokens - prompt_tokens
+            left = limits.max_tokens - state.used_tokens - prompt_tokens
             if left < 1:
-                raise BudgetExhausted(
-                    f"token budget of {limits.max_tokens} exhausted for key {key_id}"
-                )
+                raise token_refusal(key_id, limits.max_tokens, held=False)
+            left -= state.reserved_tokens
+            if left < 1:
+                raise token_refusal(key_id, limits.max_tokens, held=True)
             cap = min(completion_tokens, left)
         tokens = prompt_tokens + (cap or 0)
         if limits.tokens_per_minute is not None:
@@ -151,12 +190,12 @@ class Budgets:
                     if state.tokens
                     else int(RATE_WINDOW_S),
                 )
-        if limits.max_cost_usd is not None and (
-            state.used_cost + state.reserved_cost + cost > limits.max_cost_usd
-        ):
-            raise BudgetExhausted(
-                f"cost budget of {limits.max_cost_usd} USD exhausted for key {key_id}"
-            )
+        if limits.max_cost_usd is not None:
+            left_usd = limits.max_cost_usd - state.used_cost
+            if cost > left_usd or cost > left_usd - state.reserved_cost:
+                raise cost_refusal(
+                    key_id, limits.max_cost_usd, cost, left_usd, held=cost <= left_usd
+                )
         window = _Window(now, tokens)
         state.requests.append(now)
         state.tokens.append(window)

@@ -38,6 +38,11 @@ class SecretRef(_Model):
         return self
 
 
+# Claude's tokenizers count up to about a third more tokens than cl100k for the same text
+# (Anthropic documents 1.0-1.35x for its newest); OpenAI's o200k counts fewer.
+PROMPT_RESERVE_FACTORS = {"anthropic": 1.35, "bedrock": 1.35}
+
+
 class ProviderConfig(_Model):
     """One upstream: its wire protocol, base URL and credential references."""
 
@@ -57,6 +62,26 @@ class ProviderConfig(_Model):
     )
     connect_timeout_s: float = Field(default=5.0, gt=0)
     request_timeout_s: float = Field(default=300.0, gt=0)
+    prompt_reserve_factor: float | None = Field(
+        default=None,
+        ge=1.0,
+        le=4.0,
+        description="the gateway's prompt-token estimate (cl100k) times this is what a "
+        "request reserves for its prompt, so a provider whose tokenizer counts more "
+        "cannot overshoot a budget; default 1.35 for anthropic and bedrock, 1.0 else",
+    )
+    image_reserve_tokens: int = Field(
+        default=1600,
+        ge=0,
+        description="prompt tokens reserved per image part (the estimate cannot count them)",
+    )
+
+    @property
+    def reserve_factor(self) -> float:
+        """``prompt_reserve_factor``, or the provider kind's default."""
+        if self.prompt_reserve_factor is not None:
+            return self.prompt_reserve_factor
+        return PROMPT_RESERVE_FACTORS.get(self.kind, 1.0)
 
 
 class OverflowConfig(_Model):

@@ -15,6 +15,7 @@ class GatewayError(Exception):
     status = 500
     type = "api_error"
     code: str | None = None
+    retryable = True  # False: answered with ``x-should-retry: false`` (no SDK retries it)
 
     def __init__(
         self,
@@ -30,6 +31,15 @@ class GatewayError(Exception):
         if code is not None:
             self.code = code
         self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        """``Retry-After`` when the client may retry after a while; ``x-should-retry:
+        false`` (read by the openai and anthropic SDKs, which otherwise retry every 429)
+        when retrying cannot help."""
+        out = {"Retry-After": str(self.retry_after)} if self.retry_after else {}
+        if not self.retryable:
+            out["x-should-retry"] = "false"
+        return out
 
     def body(self) -> dict[str, Any]:
         return {
@@ -95,6 +105,16 @@ class BudgetExhausted(GatewayError):
     status = 429
     type = "insufficient_quota"
     code = "insufficient_quota"
+    retryable = False  # a lifetime budget does not refill: no Retry-After to give
+
+
+class BudgetHeld(BudgetExhausted):
+    """A per-key budget is not spent, but what is left is reserved by requests in flight
+    (each holds its worst case until it settles): retry when they finish."""
+
+    type = "rate_limit_error"
+    code = "budget_held_in_flight"
+    retryable = True
 
 
 class UpstreamFailed(GatewayError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,7 +40,7 @@ from ai.routing import ResolvedRoute, Router
 from ai.semcache_api import SemanticCache, partition_key, semantic_text
 from ai.state import Loaded, StateStore
 from ai.streaming import ChatRun, Outcome, collect_answer, replay, stream_answer
-from ai.tokens import count_messages, count_text
+from ai.tokens import count_images, count_messages, count_text
 from ai.trace import Trace
 from ai.usage import Usage
 
@@ -154,13 +155,14 @@ class Gateway:
             count_messages(body["messages"], body.get("tools")),
             want,
         )
+        prompt = self._prompt_reserve(req)
         reservation = await self.budgets.acquire(
             principal.key_id,
             principal.tenant,
             principal.budget,
-            req.prompt_estimate,
+            prompt,
             want * n,
-            self.prices.cost(body["model"], Usage(req.prompt_estimate, want * n)),
+            self.prices.cost(body["model"], Usage(prompt, want * n)),
         )
         trace.mark("admitted")
         usage: Usage | None = None
@@ -213,6 +215,16 @@ class Gateway:
                 usage = trace.usage  # a cut-off answer the client got as an error
                 trace.cost_usd = self.prices.cost(body["model"], usage)
             await self.budgets.settle(reservation, usage, trace.cost_usd)
+
+    @staticmethod
+    def _prompt_reserve(req: ChatRun) -> int:
+        """Prompt tokens to reserve: the estimate times the provider's
+        ``reserve_factor`` (its tokenizer may count more than cl100k), plus
+        ``image_reserve_tokens`` per image part, so the upstream's own count of the
+        prompt stays within what was reserved."""
+        provider = req.route.provider_config
+        images = count_images(req.body["messages"]) * provider.image_reserve_tokens
+        return math.ceil(req.prompt_estimate * provider.reserve_factor) + images
 
     def _completion_want(self, body: dict[str, Any], route: ResolvedRoute) -> int:
         """Completion tokens to reserve per choice (and cap the upstream at): the

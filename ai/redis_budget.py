@@ -25,9 +25,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from ai.budget import Budgets, Reservation, _Window
+from ai.budget import Budgets, Reservation, _Window, cost_refusal, token_refusal
 from ai.config import BudgetConfig
-from ai.errors import BudgetExhausted, RateLimited
+from ai.errors import RateLimited
 from ai.redis_link import RedisLink, StoreUnavailable
 from ai.state import RATE_WINDOW_S
 from ai.usage import Usage
@@ -65,13 +65,19 @@ local ut, rt = tonumber(b[1]) or 0, tonumber(b[2]) or 0
 local uc, rc = tonumber(b[3]) or 0, tonumber(b[4]) or 0
 local cap = completion
 if max_tokens then
-  local left = max_tokens - ut - rt - prompt
+  local left = max_tokens - ut - prompt
   if left < 1 then return {3, '0'} end
+  left = left - rt
+  if left < 1 then return {5, '0'} end
   if left < cap then cap = left end
 end
 local tokens = prompt + cap
 if tpm and toks + tokens > tpm then return {2, retry()} end
-if max_cost and uc + rc + cost > max_cost then return {4, '0'} end
+if max_cost then
+  local left = max_cost - uc
+  if cost > left then return {4, tostring(left)} end
+  if cost > left - rc then return {6, tostring(left)} end
+end
 local sec = math.floor(now)
 redis.call('HINCRBY', KEYS[2], 'r:' .. sec, 1)
 redis.call('HINCRBY', KEYS[2], 't:' .. sec, tokens)
@@ -97,12 +103,10 @@ end
 return {tostring(ut), tostring(uc)}
 """
 
-_REFUSALS = {
-    1: ("requests", RateLimited),
-    2: ("tokens", RateLimited),
-    3: ("token budget", BudgetExhausted),
-    4: ("cost budget", BudgetExhausted),
-}
+# Refusal codes of RESERVE: 1, 2 rate limits (reply[1]: Retry-After); 3 token budget
+# spent, 5 held by requests in flight; 4 cost budget spent or asked beyond what is left,
+# 6 held (reply[1]: USD left).
+_RATE = {1: "requests", 2: "tokens"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,16 +176,19 @@ class RedisBudgets:
             reservation.tenant = tenant
             return reservation
         code = int(reply[0])
-        if code:
-            what, error = _REFUSALS[code]
-            if error is RateLimited:
-                limit = limits.requests_per_minute if code == 1 else limits.tokens_per_minute
-                raise RateLimited(
-                    f"rate limit of {limit} {what} per minute reached",
-                    retry_after=max(1, int(reply[1])),
-                )
-            limit_text = f"{limits.max_tokens}" if code == 3 else f"{limits.max_cost_usd} USD"
-            raise BudgetExhausted(f"{what} of {limit_text} exhausted for key {key_id}")
+        if code in _RATE:
+            limit = limits.requests_per_minute if code == 1 else limits.tokens_per_minute
+            raise RateLimited(
+                f"rate limit of {limit} {_RATE[code]} per minute reached",
+                retry_after=max(1, int(reply[1])),
+            )
+        if code in (3, 5):
+            assert limits.max_tokens is not None
+            raise token_refusal(key_id, limits.max_tokens, held=code == 5)
+        if code in (4, 6):
+            assert limits.max_cost_usd is not None
+            left = float(reply[1])
+            raise cost_refusal(key_id, limits.max_cost_usd, cost, left, held=code == 6)
         cap, tokens, second = int(reply[1]), int(reply[2]), int(reply[3])
         self._seen[key_id] = _Seen(
             int(reply[4]), int(reply[5]), float(reply[6]), int(reply[7]), float(reply[8])

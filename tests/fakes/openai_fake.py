@@ -28,8 +28,9 @@ def _answer(body: dict[str, Any]) -> Any:
         prompt,
         tool,
         body.get("max_completion_tokens") or body.get("max_tokens"),
-        Behavior.of(str(body.get("model", ""))).long,
+        (behavior := Behavior.of(str(body.get("model", "")))).long,
         [stop] if isinstance(stop := body.get("stop"), str) else stop,
+        behavior.prompt,
     )
 
 
@@ -81,7 +82,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         if behavior.error_event:
             return _error(500)
         tokens = a.tokens if behavior.truncate is None else a.tokens[: behavior.truncate]
-        finish = a.finish if behavior.truncate is None else None
+        finish = None if behavior.truncate is not None or behavior.no_stop_reason else a.finish
         message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens) or None}
         if a.tool:
             message["tool_calls"] = [
@@ -168,7 +169,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 ],
             }
         )
-    last = {"index": 0, "delta": {}, "finish_reason": a.finish, **_choice(request, a, a.finish)}
+    finish = None if behavior.no_stop_reason else a.finish
+    last = {"index": 0, "delta": {}, "finish_reason": finish, **_choice(request, a, finish)}
     await send({**chunk, "choices": [last]})
     if (body.get("stream_options") or {}).get("include_usage") and not behavior.no_usage:
         await send({**chunk, "choices": [], "usage": _usage(a, behavior.cached)})

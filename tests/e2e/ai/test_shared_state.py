@@ -186,10 +186,12 @@ def test_budget_holds_across_two_processes(
     refused = [r for r in results if r.status != 200]
     assert ok and refused, "the budget must admit some requests and refuse the rest"
     assert {r.status for r in refused} == {429}
-    assert all("token budget of 3000 exhausted" in r.body["error"]["message"] for r in refused)
+    # spent for good, or held by the reservations of requests in flight (retryable)
+    codes = {r.body["error"]["code"] for r in refused}
+    assert codes <= {"insufficient_quota", "budget_held_in_flight"}, codes
+    assert all("token budget of 3000" in r.body["error"]["message"] for r in refused)
     spent = sum(r.body["usage"]["total_tokens"] for r in ok)
-    largest = max(r.body["usage"]["total_tokens"] for r in ok)
-    assert spent <= 3000 + largest, f"spent {spent} of a 3000-token budget"
+    assert spent <= 3000, f"spent {spent} of a 3000-token budget"
     # every reservation reconciled to what was really used, by both processes
     (budget_key,) = redis_server.cli("--scan", "--pattern", "spectra:ai:*:budget:budget").split()
     assert int(redis_server.cli("HGET", budget_key, "used_tokens")) == spent

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from ai.budget import Budgets, Prices
 from ai.config import BudgetConfig, PriceConfig
-from ai.errors import BudgetExhausted, RateLimited
+from ai.errors import BudgetExhausted, BudgetHeld, RateLimited
 from ai.server import GATEWAY
 from ai.usage import Usage
 from tests.fakes.behavior import STATS
@@ -32,6 +32,33 @@ def test_reserve_caps_completion_and_reconciles() -> None:
     assert budgets.used("k") == (15, 0.0)
     third = budgets.reserve("k", limits, 10, 50, 0.0)
     assert third.completion_cap == 35
+
+
+def test_spent_budget_is_final_held_budget_is_retried() -> None:
+    """A budget that usage has spent refuses for good (x-should-retry: false); one that
+    only in-flight reservations hold refuses with Retry-After, as they settle soon; a
+    request whose worst case costs more than is left says so."""
+    budgets = Budgets()
+    tokens = BudgetConfig(max_tokens=100)
+    held = budgets.reserve("k", tokens, 10, 200, 0.0)  # holds all 90 left
+    with pytest.raises(BudgetHeld) as refused:
+        budgets.reserve("k", tokens, 10, 50, 0.0)
+    assert refused.value.headers() == {"Retry-After": "1"} and refused.value.status == 429
+    budgets.reconcile(held, Usage(10, 85), 0.0)
+    with pytest.raises(BudgetExhausted) as spent:
+        budgets.reserve("k", tokens, 10, 50, 0.0)
+    assert type(spent.value) is BudgetExhausted and "exhausted" in spent.value.message
+    assert spent.value.headers() == {"x-should-retry": "false"}
+    dollars = BudgetConfig(max_cost_usd=1.0)
+    first = budgets.reserve("c", dollars, 1, 1, 0.75)
+    with pytest.raises(BudgetHeld):
+        budgets.reserve("c", dollars, 1, 1, 0.5)
+    budgets.reconcile(first, Usage(1, 1), 0.75)
+    with pytest.raises(BudgetExhausted) as beyond:
+        budgets.reserve("c", dollars, 1, 1, 0.5)
+    assert "0.500000 USD" in beyond.value.message and "0.250000 USD" in beyond.value.message
+    assert "fewer max_tokens" in beyond.value.message
+    budgets.reserve("c", dollars, 1, 1, 0.25)  # what is left still serves a smaller ask
 
 
 def test_rate_limits_slide() -> None:
@@ -222,3 +249,60 @@ async def test_upstream_always_gets_the_reserved_cap(
             model="claude-sonnet-4", messages=[{"role": "user", "content": "c"}]
         )
     assert fakes.app("anthropic")[STATS]["bodies"][-1]["max_tokens"] == 300
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("provider", sorted(LONG))
+@pytest.mark.parametrize("stream", [False, True])
+async def test_budget_holds_when_the_upstream_counts_more_prompt_tokens(
+    make_gateway: GatewayFactory, fakes: Fakes, tmp_path: Path, provider: str, stream: bool
+) -> None:
+    # The gateway estimates "tell me a long story" at 11 tokens (cl100k + framing); this
+    # upstream counts 40, as a provider with another tokenizer may. The reservation is
+    # the estimate times the provider's prompt_reserve_factor, so it still covers it
+    # (with the factor at 1.0 the same run serves more than the budget).
+    config = config_dict(fakes, tmp_path)
+    for settings in config["providers"].values():
+        settings["prompt_reserve_factor"] = 4.0
+    limit = 10_000
+    server = await make_gateway(
+        providers=config["providers"],
+        budget_a={"max_tokens": limit},
+        exact_cache={"enabled": False},
+        overflow={"policy": "reject", "max_concurrency": 200},
+    )
+    model = LONG[provider].replace("long1500", "prompt40-long1500")
+    served = await _hundred(server, model, stream, None)
+    used_tokens, _ = server.app[GATEWAY].budgets.used("key-a")
+    assert used_tokens == served <= limit
+
+
+@pytest.mark.asyncio
+async def test_image_parts_are_reserved(make_gateway: GatewayFactory, fakes: Fakes) -> None:
+    # The estimate cannot count an image: each part reserves image_reserve_tokens (1,600
+    # by default), so with 2,000 tokens left a request with an image is clamped below 400.
+    server = await make_gateway(budget_a={"max_tokens": 2000}, exact_cache={"enabled": False})
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    text = {"type": "text", "text": "what is in this picture"}
+    async with client_for(server) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            max_tokens=1000,
+            messages=[{"role": "user", "content": [text, image]}],
+        )
+    assert int(raw.headers["x-spectra-completion-cap"]) < 2000 - 1600
+    assert fakes.app("openai")[STATS]["bodies"][-1]["max_tokens"] < 400
+
+
+def test_prompt_reserve_factor_defaults_by_kind() -> None:
+    from ai.config import ProviderConfig
+
+    def factor(kind: str, **extra: Any) -> float:
+        return ProviderConfig.model_validate(
+            {"kind": kind, "base_url": "http://x", **extra}
+        ).reserve_factor
+
+    assert [factor(k) for k in ("openai", "vllm", "anthropic", "bedrock")] == [1.0, 1.0, 1.35, 1.35]
+    assert factor("openai", prompt_reserve_factor=1.2) == 1.2
+    with pytest.raises(ValueError, match="prompt_reserve_factor"):
+        factor("openai", prompt_reserve_factor=0.5)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import aiohttp
+import anthropic
 import openai
 import pytest
 from aiohttp.test_utils import TestServer
@@ -170,3 +171,20 @@ async def test_token_rate_limit_carries_retry_after(make_gateway: GatewayFactory
         with pytest.raises(openai.RateLimitError) as info:
             await c.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=59)
     assert 1 <= int(info.value.response.headers["Retry-After"]) <= 61
+
+
+@pytest.mark.asyncio
+async def test_exhausted_budget_is_not_retried_by_the_sdks(make_gateway: GatewayFactory) -> None:
+    """A lifetime budget does not refill: its 429 says ``x-should-retry: false``, so the
+    openai and anthropic SDKs (which retry every other 429) ask once, not three times."""
+    server = await make_gateway(budget_a={"max_tokens": 1}, exact_cache={"enabled": False})
+    base = str(server.make_url("")).rstrip("/")
+    async with openai.AsyncOpenAI(base_url=base + "/v1", api_key=KEY_A, max_retries=2) as c:
+        with pytest.raises(openai.RateLimitError) as info:
+            await c.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=5)
+    assert info.value.response.headers["x-should-retry"] == "false"
+    assert "Retry-After" not in info.value.response.headers
+    async with anthropic.AsyncAnthropic(base_url=base, api_key=KEY_A, max_retries=2) as a:
+        with pytest.raises(anthropic.RateLimitError):
+            await a.messages.create(model="gpt-4o-mini", max_tokens=5, messages=MSG)  # type: ignore[arg-type]
+    assert [r["status"] for r in await audit_records(server)] == [429, 429]

@@ -120,8 +120,9 @@ def test_codec_round_trip_and_botocore_agrees() -> None:
     assert message.headers[":event-type"] == "contentBlockDelta"
     assert message.payload == b'{"a":1}'
     decoder = Decoder()
-    assert decoder.feed(frame[:5]) == []
+    assert decoder.feed(frame[:5]) == [] and decoder.pending == 5  # a cut-off frame
     (decoded,) = decoder.feed(frame[5:] + frame[:0])
+    assert decoder.pending == 0
     assert decoded.headers == {":event-type": "contentBlockDelta", ":message-type": "event"}
     corrupted = bytearray(frame)
     corrupted[-6] ^= 0xFF

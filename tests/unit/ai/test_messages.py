@@ -1,6 +1,7 @@
 """``POST /v1/messages`` with the official anthropic SDK as the client: stream and
-non-stream, tools both ways, system, routing to any provider, exact cache, audit, and
-errors in Anthropic's shape (auth, budget, validation)."""
+non-stream, tools both ways, system (as each upstream receives it), routing to any
+provider, exact and semantic cache, audit, and errors in Anthropic's shape (auth,
+budget, validation)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
 from ai.server import GATEWAY
-from tests.unit.ai.conftest import KEY_A, KEY_REVOKED, GatewayFactory, audit_records
+from tests.fakes.behavior import STATS
+from tests.unit.ai.conftest import KEY_A, KEY_B, KEY_REVOKED, Fakes, GatewayFactory, audit_records
+from tests.unit.ai.test_semantic import FakeSemanticCache
 
 TOOL = {"name": "look", "description": "look it up", "input_schema": {"type": "object"}}
 
@@ -34,10 +37,25 @@ async def client(gateway: TestServer) -> AsyncIterator[anthropic.AsyncAnthropic]
         yield c
 
 
+# How each upstream received the Messages request's ``system``.
+SYSTEM_SENT = {
+    "gpt-4o-mini": ("openai", lambda b: b["messages"][0]),
+    "claude-sonnet-4": ("anthropic", lambda b: b["system"]),
+    "bedrock/anthropic.claude": ("bedrock", lambda b: b["system"]),
+    "local/llama": ("local", lambda b: b["messages"][0]),
+}
+SYSTEM_WIRE = {
+    "openai": {"role": "system", "content": "be brief"},
+    "anthropic": "be brief",
+    "bedrock": [{"text": "be brief"}],
+    "local": {"role": "system", "content": "be brief"},
+}
+
+
 @pytest.mark.asyncio
-@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-sonnet-4", "bedrock/anthropic.claude"])
+@pytest.mark.parametrize("model", sorted(SYSTEM_SENT))
 async def test_non_stream_any_provider(
-    gateway: TestServer, client: anthropic.AsyncAnthropic, model: str
+    gateway: TestServer, client: anthropic.AsyncAnthropic, fakes: Fakes, model: str
 ) -> None:
     msg = await client.messages.create(
         model=model,
@@ -49,9 +67,45 @@ async def test_non_stream_any_provider(
     assert msg.content[0].type == "text" and "hello gateway" in msg.content[0].text
     assert msg.stop_reason == "end_turn"
     assert msg.usage.output_tokens > 0 and msg.usage.input_tokens > 0
+    upstream, system = SYSTEM_SENT[model]
+    assert system(fakes.app(upstream)[STATS]["bodies"][-1]) == SYSTEM_WIRE[upstream]
     records = await audit_records(gateway)
     assert records[-1]["endpoint"] == "messages" and records[-1]["commit"] == "completed"
     assert records[-1]["key_id"] == "key-a"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("stream", [False, True])
+async def test_semantic_cache_on_the_messages_route(
+    make_gateway: GatewayFactory, fakes: Fakes, stream: bool
+) -> None:
+    """The semantic cache serves /v1/messages too, within the key's tenant only."""
+    server = await make_gateway(semcache=FakeSemanticCache())
+    texts = []
+    for key, content in (
+        (KEY_A, "What is the capital of France?"),
+        (KEY_A, "what is the capital of france"),
+        (KEY_B, "what is the capital of france"),
+    ):
+        ask: dict[str, Any] = {
+            "model": "claude-sonnet-4",
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": content}],
+        }
+        async with sdk(server, key) as c:
+            if stream:
+                async with c.messages.stream(**ask) as s:
+                    msg = await s.get_final_message()
+            else:
+                msg = await c.messages.create(**ask)
+        assert msg.content[0].type == "text" and msg.stop_reason == "end_turn"
+        texts.append(msg.content[0].text)
+    assert texts[1] == texts[0] == "Echo: What is the capital of France?"
+    assert texts[2] == "Echo: what is the capital of france"
+    assert fakes.requests("anthropic") == 2
+    records = await audit_records(server)
+    assert [r["cache"]["outcome"] for r in records] == ["miss", "semantic_hit", "miss"]
+    assert all(r["endpoint"] == "messages" for r in records)
 
 
 @pytest.mark.asyncio

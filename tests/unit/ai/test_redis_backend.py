@@ -73,19 +73,26 @@ STEPS: list[tuple[BudgetConfig, int, int, float, int | None]] = [
     (BudgetConfig(tokens_per_minute=100), 30, 30, 0.0, 10),
     (BudgetConfig(tokens_per_minute=100), 30, 30, 0.0, None),
     (BudgetConfig(tokens_per_minute=100), 30, 30, 0.0, None),
+    # spent (final) as against held by requests in flight (retry), both budgets
+    (BudgetConfig(max_tokens=20), 10, 50, 0.0, 20),
+    (BudgetConfig(max_tokens=20), 10, 50, 0.0, 20),
+    (BudgetConfig(max_cost_usd=0.5), 1, 1, 0.25, 2),
+    (BudgetConfig(max_cost_usd=0.5), 1, 1, 0.375, 2),  # asks 0.375 with 0.25 left
+    (BudgetConfig(max_cost_usd=0.5), 1, 1, 0.25, 2),
+    (BudgetConfig(max_cost_usd=0.5), 1, 1, 0.25, 2),  # spent
 ]
 
 
-def _outcome(result: Reservation | GatewayError) -> tuple[str, int | None]:
+def _outcome(result: Reservation | GatewayError) -> tuple[str, int | str | None]:
     if isinstance(result, GatewayError):
-        return type(result).__name__, None
+        return type(result).__name__, result.message
     return "ok", result.completion_cap
 
 
 @pytest.mark.asyncio
 async def test_lua_budget_decides_as_the_local_one(link: RedisLink) -> None:
     local, shared = Budgets(), RedisBudgets(link, Budgets())
-    seen: list[tuple[tuple[str, int | None], tuple[str, int | None]]] = []
+    seen: list[tuple[tuple[str, int | str | None], tuple[str, int | str | None]]] = []
     for i, (limits, prompt, completion, cost, used) in enumerate(STEPS):
         key = f"k{limits.model_dump_json()}"  # one key per kind of limit, as in STEPS
         results: list[Reservation | GatewayError] = []
@@ -100,7 +107,15 @@ async def test_lua_budget_decides_as_the_local_one(link: RedisLink) -> None:
         seen.append((_outcome(results[0]), _outcome(results[1])))
         assert seen[-1][0] == seen[-1][1], f"step {i}: {seen}"
     kinds = {outcome[0] for outcome, _ in seen}
-    assert kinds == {"ok", "BudgetExhausted", "RateLimited"}  # every rule was exercised
+    assert kinds == {"ok", "BudgetExhausted", "BudgetHeld", "RateLimited"}  # every rule ran
+    messages = [str(outcome[1]) for outcome, _ in seen]
+    assert sum("exhausted" in m for m in messages) == 2
+    assert (
+        sum(
+            "but 0.250000 USD of the cost budget" in m and "fewer max_tokens" in m for m in messages
+        )
+        == 1
+    )
 
 
 @pytest.mark.asyncio

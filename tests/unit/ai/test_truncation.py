@@ -28,6 +28,7 @@ CUT = [
     ("local/truncate3", "local"),
 ]
 PROMPT = "one two three four five six"
+PROVIDER = {"openai": "openai", "anthropic": "anthropic", "bedrock": "bedrock", "local": "vllm"}
 
 
 async def _sse(server: TestServer, model: str) -> list[str]:
@@ -85,6 +86,7 @@ async def test_cut_answer_is_502_and_never_cached(
                 )
             assert caught.value.status_code == 502
             assert "incomplete" in caught.value.message
+            assert f"upstream provider {PROVIDER[upstream]} " in caught.value.message
             assert fakes.requests(upstream) == attempt
     assert sem.entries == {}
     records = await audit_records(server)
@@ -130,6 +132,7 @@ async def test_cut_answer_is_still_charged(
     [
         ("gpt-noterminator", "openai"),
         ("claude-noterminator", "anthropic"),
+        ("bedrock/noterminator", "bedrock"),  # messageStop without the final metadata
         ("local/noterminator", "local"),
     ],
 )
@@ -137,7 +140,8 @@ async def test_finish_reason_without_terminator_is_truncated(
     make_gateway: GatewayFactory, fakes: Fakes, model: str, upstream: str
 ) -> None:
     """A finish reason alone is not enough: the stream must also end with its terminator
-    (``[DONE]``, ``message_stop``); without it the answer is cut off, never cached."""
+    (``[DONE]``, ``message_stop``, Bedrock's ``metadata`` after ``messageStop``); without
+    it the answer is cut off, never cached."""
     server = await make_gateway(semcache=(sem := FakeSemanticCache()))
     for attempt in (1, 2):
         data = await _sse(server, model)
@@ -188,3 +192,40 @@ async def test_cut_answer_on_the_messages_route(
     records = await audit_records(server)
     assert [r["commit"] for r in records] == ["truncated", "truncated"]
     assert all(r["endpoint"] == "messages" for r in records)
+
+
+NO_REASON = [
+    ("gpt-nostopreason", "openai"),
+    ("claude-nostopreason", "anthropic"),
+    ("bedrock/nostopreason", "bedrock"),
+    ("local/nostopreason", "local"),
+]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("model", "upstream"), NO_REASON)
+async def test_no_stop_reason_is_never_invented(
+    make_gateway: GatewayFactory, fakes: Fakes, model: str, upstream: str
+) -> None:
+    """An upstream that ends with its terminator but names no finish / stop reason
+    (``finish_reason: null`` then ``[DONE]``; ``message_delta`` with ``stop_reason:
+    null`` then ``message_stop``; ``messageStop`` without ``stopReason`` then
+    ``metadata``): the gateway does not make one up. Stream: in-band error, no
+    ``[DONE]``; non-stream: 502 naming the upstream; neither cached, both truncated."""
+    sem = FakeSemanticCache()
+    server = await make_gateway(semcache=sem, overflow={"policy": "reject"})
+    data = await _sse(server, model)
+    assert "[DONE]" not in data
+    events = [json.loads(d) for d in data]
+    assert all(c["finish_reason"] is None for e in events for c in e.get("choices", []))
+    assert events[-1]["error"]["code"] == "upstream_truncated"
+    async with client_for(server) as client:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": PROMPT}]
+            )
+    assert caught.value.status_code == 502
+    assert f"upstream provider {PROVIDER[upstream]} " in caught.value.message
+    assert fakes.requests(upstream) == 2 and sem.entries == {}
+    records = await audit_records(server)
+    assert [r["commit"] for r in records] == ["truncated", "truncated"]

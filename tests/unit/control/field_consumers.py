@@ -35,7 +35,9 @@ _AI_PROVIDER = {
     "base_url": "ai/providers/openai.py",
     "connect_timeout_s": "ai/providers/base.py",
     "default_max_tokens": "ai/pipeline.py",
+    "image_reserve_tokens": "ai/pipeline.py",
     "kind": "ai/routing.py",
+    "prompt_reserve_factor": "ai/pipeline.py:reserve_factor",
     "region": "ai/providers/bedrock.py",
     "request_timeout_s": "ai/providers/base.py",
 }
