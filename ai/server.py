@@ -51,6 +51,9 @@ GATEWAY = web.AppKey("gateway", Gateway)
 BACKEND = web.AppKey("state_backend", StateBackend)  # its status(): /v1/spectra/state
 METRICS = web.AppKey("metrics", GatewayMetrics)
 REQUEST_ID = web.RequestKey("request_id", str)  # the audit record's, sent as x-request-id
+CLIENT_REQUEST_ID = "x-client-request-id"  # OpenAI's header for the client's own id
+CLIENT_ID = web.RequestKey("client_request_id", str)  # a valid one, echoed
+CLIENT_REQUEST_ID_MAX = 512
 PRINCIPAL = web.RequestKey("principal", Principal)  # whose rate limits the headers show
 _READ = 256 * 1024  # bytes per body read
 
@@ -140,6 +143,7 @@ def _endpoint(
         gw, trace = request.app[GATEWAY], Trace(name)
         request[REQUEST_ID] = trace.request_id
         try:
+            trace.client_request_id = client_request_id(request)
             if (request.content_length or 0) > gw.config.max_body_bytes:
                 await read_json(request, gw.config.max_body_bytes)
             principal = _authenticate(request, gw, trace, credential)
@@ -178,6 +182,7 @@ async def models(request: web.Request) -> web.StreamResponse:
     gw, trace = request.app[GATEWAY], Trace("models")
     request[REQUEST_ID] = trace.request_id
     try:
+        trace.client_request_id = client_request_id(request)
         _authenticate(request, gw, trace)
         data = [
             {"id": m, "object": "model", "created": 0, "owned_by": provider}
@@ -199,16 +204,35 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+def client_request_id(request: web.Request) -> str | None:
+    """The client's own request id (``x-client-request-id``, as OpenAI accepts it):
+    recorded in the audit and echoed; 1-512 printable ASCII characters."""
+    value = request.headers.get(CLIENT_REQUEST_ID)
+    if value is None:
+        return None
+    if not 0 < len(value) <= CLIENT_REQUEST_ID_MAX or not all(" " < c <= "~" for c in value):
+        raise BadRequest(
+            f"header {CLIENT_REQUEST_ID} must be 1-{CLIENT_REQUEST_ID_MAX} printable ASCII "
+            "characters without spaces",
+            param=CLIENT_REQUEST_ID,
+        )
+    request[CLIENT_ID] = value
+    return value
+
+
 async def _client_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer, errors and streams included, names its audit record (OpenAI's
     ``x-request-id``, which its SDK exposes as the response's request id; also as
-    Anthropic's ``request-id`` on ``/v1/messages``) and, for a key
+    Anthropic's ``request-id`` on ``/v1/messages``), echoes the client's own
+    ``x-client-request-id``, and, for a key
     with rate limits, shows them as OpenAI's ``x-ratelimit-*`` headers; a completion
     cap below the client's own ``max_tokens`` is named in ``x-spectra-completion-cap``."""
     if REQUEST_ID in request:
         response.headers["x-request-id"] = request[REQUEST_ID]
         if request.path == "/v1/messages":  # Anthropic's name, which its SDK reads
             response.headers["request-id"] = request[REQUEST_ID]
+    if CLIENT_ID in request:
+        response.headers[CLIENT_REQUEST_ID] = request[CLIENT_ID]
     if COMPLETION_CAP in request:
         response.headers["x-spectra-completion-cap"] = str(request[COMPLETION_CAP])
     if PRINCIPAL in request:

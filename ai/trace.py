@@ -38,6 +38,7 @@ class Trace:
     latency_ms: dict[str, float] = field(default_factory=dict)
     parent: str | None = None
     content: dict[str, Any] | None = None
+    client_request_id: str | None = None  # the client's own x-client-request-id
 
     def mark(self, name: str) -> None:
         self.latency_ms[name] = round((time.monotonic() - self.started) * 1000, 3)
@@ -66,6 +67,7 @@ class Trace:
         record: dict[str, Any] = {
             "ts": time.time(),
             "request_id": self.request_id,
+            "client_request_id": self.client_request_id,
             "parent": self.parent,
             "endpoint": self.endpoint,
             "key_id": self.key_id,

@@ -69,3 +69,28 @@ async def test_rate_limit_headers(make_gateway: GatewayFactory) -> None:
             assert 50 <= int(h[f"x-ratelimit-reset-{kind}"].removesuffix("s")) <= 60
     assert int(refused["Retry-After"]) >= 1
     assert not any(k.lower().startswith("x-ratelimit") for k in plain.headers)  # no limits
+
+
+@pytest.mark.asyncio
+async def test_client_request_id_is_echoed_and_audited(gateway: TestServer) -> None:
+    async with client_for(gateway) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=MSG,  # type: ignore[arg-type]
+            extra_headers={"X-Client-Request-Id": "job-17/step-3"},
+        )
+        with pytest.raises(openai.NotFoundError) as info:
+            await c.chat.completions.create(
+                model="nope-1",
+                messages=MSG,  # type: ignore[arg-type]
+                extra_headers={"X-Client-Request-Id": "job-17/step-4"},
+            )
+        with pytest.raises(openai.BadRequestError) as bad:
+            await c.models.list(extra_headers={"X-Client-Request-Id": "x" * 513})
+    assert raw.headers["x-client-request-id"] == "job-17/step-3"
+    assert info.value.response.headers["x-client-request-id"] == "job-17/step-4"
+    assert "x-client-request-id" not in bad.value.response.headers
+    assert bad.value.body["param"] == "x-client-request-id"  # type: ignore[index]
+    records = await audit_records(gateway)
+    assert [r["client_request_id"] for r in records] == ["job-17/step-3", "job-17/step-4", None]
+    assert raw.headers["x-request-id"] == records[0]["request_id"]
