@@ -262,10 +262,12 @@ def _resources(
             if sem is None and settings is not None and settings.enabled:
                 from ai.semcache import create_semantic_cache
 
+                if backend.name == "redis":  # the shared store replaces the SQLite file
+                    settings = settings.model_copy(update={"path": None})
                 # off the loop: restoring persisted entries reads SQLite
                 owned = await asyncio.to_thread(create_semantic_cache, settings)
                 await owned.warm_up()  # load the model now, not on the first request
-                sem = owned
+                sem = await backend.semantic(owned)
             router, budgets = Router(config, env, aws), backend.budgets(state, restored)
             gateway = Gateway(
                 config, router, session, cache, sem, audit, state, restored, keys, budgets
