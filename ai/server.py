@@ -234,13 +234,14 @@ def _resources(
     source: Source | None,
     reload_s: float,
     aws: AwsCredentialSource,
+    anchor_aws: AwsCredentialSource | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         backend = state_backend(config, env)
         app[BACKEND] = backend
         cache = backend.cache()
         audit: AuditLog | NullAudit = (
-            AuditLog(config.audit, audit_key(config.audit, env))
+            AuditLog(config.audit, audit_key(config.audit, env), anchor_aws)
             if config.audit.path is not None
             else NullAudit()
         )
@@ -303,6 +304,7 @@ def create_app(
     source: Source | None = None,
     reload_s: float = 1.0,
     aws_credentials: AwsCredentialSource | None = None,
+    anchor_credentials: AwsCredentialSource | None = None,
     serve_metrics: bool = True,
 ) -> web.Application:
     """The gateway app; ``env`` resolves secret references (default: os.environ).
@@ -310,6 +312,8 @@ def create_app(
     ``aws_credentials`` signs Bedrock requests whose provider config names no keys: the
     appliance passes its operational role's; by default botocore's default chain
     (:class:`~ai.providers.bedrock.DefaultCredentialChain`), resolved once.
+    ``anchor_credentials`` writes the audit anchors to S3 (``audit.anchor_s3``): the
+    appliance passes its role for ``s3``; by default botocore's own chain.
 
     With ``source`` (a callable returning the current ``ai`` section) a changed
     section is applied while running, checked every ``reload_s`` (``ai.reload``).
@@ -321,7 +325,9 @@ def create_app(
     keys = KeyStore(resolve_secret(config.key_secret, env), config.keys)
     aws = aws_credentials or DefaultCredentialChain()
     app.on_response_prepare.append(_client_headers)
-    app.cleanup_ctx.append(_resources(config, env, semantic_cache, keys, source, reload_s, aws))
+    app.cleanup_ctx.append(
+        _resources(config, env, semantic_cache, keys, source, reload_s, aws, anchor_credentials)
+    )
     app.router.add_post(
         "/v1/chat/completions", _endpoint("chat", lambda raw, _: parse_chat(raw), _chat)
     )

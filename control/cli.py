@@ -226,10 +226,11 @@ def _servers(
     if doc is not None and doc.ai.routes and doc.ai.listen_port:
         from ai.keys import SecretMissing
         from ai.server import create_app as create_ai_app
-        from control.aws import bedrock_credentials, operational_credentials
+        from control.aws import anchor_credentials, bedrock_credentials, operational_credentials
 
         ai, aws, metrics_on = doc.ai, doc.aws, doc.metrics.enabled
         held = None if aws_sessions is None else bedrock_credentials(aws_sessions, aws)
+        anchors = None if aws_sessions is None else anchor_credentials(aws_sessions, aws)
 
         def ai_gateway() -> web.Application:
             # its own store handle; a changed ai section applies without a restart
@@ -240,6 +241,7 @@ def _servers(
                     ai,
                     source=lambda: ai_store.latest()[1].ai,
                     aws_credentials=held or operational_credentials(aws),
+                    anchor_credentials=anchors or operational_credentials(aws, service="s3"),
                     serve_metrics=metrics_on,
                 )
             except SecretMissing as exc:  # reported in the status; the agent runs on

@@ -52,7 +52,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.kill()
 
 
-def _config(up: Upstreams, tmp: Path, redis_port: int) -> dict[str, Any]:
+def _config(up: Upstreams, tmp: Path, redis_port: int, semantic: bool) -> dict[str, Any]:
     return {
         "listen_host": "127.0.0.1",
         "listen_port": free_port(),
@@ -70,7 +70,7 @@ def _config(up: Upstreams, tmp: Path, redis_port: int) -> dict[str, Any]:
             for kid, (key, tenant, budget) in KEYS.items()
         ],
         "audit": {"path": str(tmp / "audit.jsonl"), "batch_window_s": 0.0},
-        "semantic_cache": {"settings": {}},
+        "semantic_cache": {"settings": {}} if semantic else {},
         "state": {
             "backend": "redis",
             "redis": {
@@ -96,10 +96,10 @@ class Gateway:
         return [json.loads(line)["cache"]["outcome"] for line in lines if '"cache"' in line]
 
 
-def _start(up: Upstreams, tmp: Path, redis_port: int) -> Gateway:
+def _start(up: Upstreams, tmp: Path, redis_port: int, semantic: bool) -> Gateway:
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "key-secret").write_text(SECRET + "\n")
-    config = _config(up, tmp, redis_port)
+    config = _config(up, tmp, redis_port, semantic)
     (tmp / "ai.json").write_text(json.dumps(config))
     env = {**os.environ, "E2E_OPENAI_KEY": "sk-e2e-SECRET"}
     with (tmp / "gateway.log").open("wb") as log:
@@ -126,12 +126,10 @@ def _wait_up(gw: Gateway, log: Path) -> None:
     raise RuntimeError("gateway did not answer in 60 s")
 
 
-@pytest.fixture(scope="module")
-def gateways(
-    upstreams: Upstreams, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+def _pair(
+    up: Upstreams, redis: RedisServer, tmp: Path, *, semantic: bool
 ) -> Iterator[tuple[Gateway, Gateway]]:
-    tmp = tmp_path_factory.mktemp("gateways")
-    pair = [_start(upstreams, tmp / name, redis_server.port) for name in ("one", "two")]
+    pair = [_start(up, tmp / name, redis.port, semantic) for name in ("one", "two")]
     try:
         for gw, name in zip(pair, ("one", "two"), strict=True):
             _wait_up(gw, tmp / name / "gateway.log")
@@ -139,6 +137,24 @@ def gateways(
     finally:
         for gw in pair:
             _stop(gw.proc)
+
+
+@pytest.fixture(scope="module")
+def gateways(
+    upstreams: Upstreams, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gateway, Gateway]]:
+    """Two processes, exact cache only (the budget and outage tests time Redis calls
+    on a loaded host: no embedding beside them)."""
+    yield from _pair(upstreams, redis_server, tmp_path_factory.mktemp("gateways"), semantic=False)
+
+
+@pytest.fixture(scope="module")
+def semantic_gateways(
+    upstreams: Upstreams, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gateway, Gateway]]:
+    """Two more processes with the shipped semantic cache on as well."""
+    tmp = tmp_path_factory.mktemp("semantic")
+    yield from _pair(upstreams, redis_server, tmp, semantic=True)
 
 
 @dataclass(frozen=True)
@@ -238,9 +254,9 @@ def test_identical_requests_on_both_make_one_upstream_call(
 
 
 def test_semantic_entry_written_by_one_is_a_hit_on_the_other(
-    gateways: tuple[Gateway, Gateway], upstreams: Upstreams
+    semantic_gateways: tuple[Gateway, Gateway], upstreams: Upstreams
 ) -> None:
-    one, two = gateways
+    one, two = semantic_gateways
     before = upstreams.requests("openai")
     applied = http_json(two.url + "/v1/spectra/state")["semantic"]["events_applied"]
     first = burst([(one.url, "a", "What is the capital city of Portugal?")])[0]
@@ -262,13 +278,13 @@ def test_semantic_entry_written_by_one_is_a_hit_on_the_other(
 
 @pytest.mark.timeout(300)
 def test_tenants_never_share_entries(
-    gateways: tuple[Gateway, Gateway], upstreams: Upstreams
+    semantic_gateways: tuple[Gateway, Gateway], upstreams: Upstreams
 ) -> None:
     """10,000 requests of three tenants (tenant ta through two keys) spread over both
     processes, 200 in flight at a time: exactly one upstream call per (tenant,
     content), and every answer is its own request's (the exact and the semantic cache
     both consulted; max_tokens 31 keeps this test's partitions apart from the rest)."""
-    one, two = gateways
+    one, two = semantic_gateways
     before = upstreams.requests("openai")
     contents = [f"mixed tenant question number {i}" for i in range(40)]
     kids = ("a", "b", "a2", "d")
