@@ -52,7 +52,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.kill()
 
 
-def _config(up: Upstreams, tmp: Path, redis_port: int, semantic: bool) -> dict[str, Any]:
+def _config(up: Upstreams, tmp: Path, redis_port: int, semantic: bool = False) -> dict[str, Any]:
     return {
         "listen_host": "127.0.0.1",
         "listen_port": free_port(),
