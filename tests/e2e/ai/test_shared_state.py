@@ -264,7 +264,7 @@ def test_semantic_entry_written_by_one_is_a_hit_on_the_other(
     while http_json(two.url + "/v1/spectra/state")["semantic"]["events_applied"] == applied:
         assert time.monotonic() < deadline, "the entry did not reach the other process"
         time.sleep(0.05)
-    near = "what is the capital city of portugal"
+    near = "what is the capital city of portugal?"
     again = burst([(two.url, "a", near)])[0]
     other = burst([(two.url, "b", near)])[0]  # tenant tb: never tenant ta's entry
     assert first.status == again.status == other.status == 200
