@@ -11,9 +11,10 @@ The supervisor (the parent) starts the workers as ``python -m ai ... --worker I`
 restarts one that exits (1 s backoff doubling to 30 s, reset after a minute up) and
 passes SIGTERM/SIGINT on, waiting for them to drain. Files a process writes on its own
 are per worker: the audit log (one chain per worker, ``<stem>-w<I><suffix>``) and its
-anchors, the
-metering/state file and the semantic cache's file; ``spectra ai audit verify`` checks
-each worker's log.
+anchors (the anchor file, and the S3 anchor objects under ``<host>/<stem>-w<I>/``: each
+worker anchors its own chain), the metering/state file and the semantic cache's file;
+``spectra ai audit verify`` checks each worker's log. The appliance agent runs the
+same supervisor in the background for its AI gateway (``control.aiworker``).
 """
 
 from __future__ import annotations
