@@ -10,7 +10,7 @@ brute-force cosine in numpy, no search in Redis), kept in sync from the shared s
   tenant and returns what it evicted. So the store is tenant-partitioned, bounded and
   expires entries by itself.
 - Every write and eviction is then appended to one stream (``<prefix>:{semcache}:events``,
-  ``XADD MAXLEN ~`` 2 x ``max_total_entries``: https://redis.io/docs/latest/commands/xadd/),
+  ``XADD MAXLEN ~`` ``max_total_entries``: https://redis.io/docs/latest/commands/xadd/),
   carrying the entry with its vector, so no instance embeds another's text again.
 - At start an instance replays the stream from its beginning (the age of an entry is
   the server time minus its stream ID's milliseconds: expired ones are skipped), then
@@ -160,12 +160,10 @@ class RedisSemanticCache:
                 pipe.xadd(
                     self._stream,
                     {"op": "del", "partition": gone["partition"], "text": gone["text"]},
-                    maxlen=2 * self._bound,
+                    maxlen=self._bound,
                     approximate=True,
                 )
-            pipe.xadd(
-                self._stream, {"op": "add", **stored}, maxlen=2 * self._bound, approximate=True
-            )
+            pipe.xadd(self._stream, {"op": "add", **stored}, maxlen=self._bound, approximate=True)
             await self._link.call(pipe.execute, "sem announce")
         except StoreUnavailable as exc:
             log.debug("semantic entry not shared: %s", exc)
