@@ -906,29 +906,33 @@ def goal_results(out: Outcome, settings: Settings) -> list[Result]:
 
 
 def redis_goal_results(out: Outcome) -> list[Result]:
-    """The Redis backend against the local one, both one worker in this run: added p99
-    at REDIS_GOAL_RATE within REDIS_P99_SLACK_MS of the local one's, and a sustained
-    rate of at least REDIS_RATE_FACTOR x the local one's."""
+    """The Redis backend against the local one, both one worker in this run: p99 at
+    REDIS_GOAL_RATE at most REDIS_P99_SLACK_MS above the local one's (its added latency
+    over the local one's added latency), and a sustained rate of at least
+    REDIS_RATE_FACTOR x the local one's."""
     results: list[Result] = []
     if not any(s.system == GATEWAY_REDIS for s in out.steps):
         return results
     for mode in MODES:
-        base = _find(out.steps, DIRECT, mode, REDIS_GOAL_RATE)
-        mine = _added(_find(out.steps, GATEWAY_REDIS, mode, REDIS_GOAL_RATE), base, "p99_ms")
-        local = _added(_find(out.steps, GATEWAY, mode, REDIS_GOAL_RATE), base, "p99_ms")
-        limit = None if local is None else local + REDIS_P99_SLACK_MS
-        met = mine is not None and limit is not None and mine <= limit
+        # added over direct, minus the local one's added: the direct baseline cancels,
+        # so this is the difference of the two p99s at the same rate in the same run
+        mine = _added(
+            _find(out.steps, GATEWAY_REDIS, mode, REDIS_GOAL_RATE),
+            _find(out.steps, GATEWAY, mode, REDIS_GOAL_RATE),
+            "p99_ms",
+        )
+        met = mine is not None and mine <= REDIS_P99_SLACK_MS
         results.append(
             Result(
                 "goal_redis_added_p99",
                 f"{GATEWAY_REDIS}/{mode}",
                 "ms",
                 mine,
-                f"{GATEWAY}/{mode} added p99 + {REDIS_P99_SLACK_MS} ms",
-                limit,
+                f"p99 over {GATEWAY}/{mode}: at most {REDIS_P99_SLACK_MS} ms",
+                REDIS_P99_SLACK_MS,
                 offered_pps=REDIS_GOAL_RATE,
-                valid=limit is not None and mine is not None,
-                note=("met" if met else "NOT met") if limit is not None else "not measurable",
+                valid=mine is not None,
+                note=("met" if met else "NOT met") if mine is not None else "not measurable",
             )
         )
         rates = {s: sustained(out, s, mode) for s in (GATEWAY, GATEWAY_REDIS)}
