@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from ai.anchors import CredentialSource, S3Anchors
 from ai.canonical import canonical_json
 from ai.config import AuditConfig
 from ai.keys import resolve_secret
@@ -90,9 +91,17 @@ def _last_record(path: Path) -> dict[str, Any] | None:
 class AuditLog:
     """Writer of one audit log file; ``write`` applies backpressure when the queue is full."""
 
-    def __init__(self, config: AuditConfig, key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        config: AuditConfig,
+        key: bytes | None = None,
+        anchor_credentials: CredentialSource | None = None,
+    ) -> None:
         assert config.path is not None
         self._key = key
+        self.s3: S3Anchors | None = None
+        if config.anchor_s3 is not None:  # credentials: the session factory's s3 role
+            self.s3 = S3Anchors(config.anchor_s3, config.path, anchor_credentials)
         self._anchored = (-1, time.monotonic())  # (seq, monotonic time) of the last anchor
         self._config = config
         self._path = config.path
@@ -129,6 +138,8 @@ class AuditLog:
             await asyncio.to_thread(self._anchor, True)
             self._file.close()
             self._file = None
+        if self.s3 is not None:
+            self.s3.close()
 
     async def _run(self) -> None:
         done = False
@@ -172,7 +183,9 @@ class AuditLog:
         """(On the writer's thread.) Append the signed chain head to the anchor file
         when due (or ``now``), after the records it covers are on disk."""
         path, key, head = self._config.anchor_path, self._key, self._seq - 1
-        if path is None or key is None or head < 0 or head == self._anchored[0]:
+        if path is None and self.s3 is None:
+            return
+        if key is None or head < 0 or head == self._anchored[0]:
             return
         clock = time.monotonic()
         due = head - self._anchored[0] >= self._config.anchor_every or (
@@ -184,11 +197,15 @@ class AuditLog:
         os.fsync(self._file.fileno())
         anchor: dict[str, Any] = {"seq": head, "h": self._prev, "at": round(time.time(), 3)}
         anchor["sig"] = hmac.new(key, canonical_json(anchor).encode(), "sha256").hexdigest()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("ab") as f:
-            f.write(canonical_json(anchor).encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
+        line = canonical_json(anchor).encode() + b"\n"
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("ab") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        if self.s3 is not None:
+            self.s3.put(head, line)
         self._anchored = (head, clock)
 
     def _rotate(self) -> None:
@@ -228,13 +245,16 @@ def verify(
     allow_pruned: bool = False,
     key: bytes | None = None,
     anchors: Path | None = None,
+    anchor_entries: list[tuple[str, int, bytes]] | None = None,
 ) -> AuditReport:
     """Check the hash chain of ``path`` and its rotated segments.
 
     With ``allow_pruned`` the oldest kept record may link to a deleted one (old
     segments removed by retention); otherwise the chain must start at genesis. With
     ``key`` every record must be keyed and carry its HMAC under it; with ``anchors``
-    (needs ``key``) every anchored record must be there with the anchored hash.
+    (needs ``key``) every anchored record must be there with the anchored hash;
+    ``anchor_entries`` are anchors read elsewhere (``(where, number, line)``: the S3
+    objects of :func:`ai.anchors.s3_anchor_entries`), checked the same way.
     """
     path = Path(path)
     files = segments(path)
@@ -281,28 +301,33 @@ def verify(
                     return fail(f"sequence gap: expected {seq}", segment, number)
                 seen[seq] = (str(record["h"]), segment, number)
                 prev, seq, count = str(record["h"]), seq + 1, count + 1
+    entries = list(anchor_entries or [])
     if anchors is not None:
-        return _check_anchors(anchors, key, seen, count, names, files)
+        try:
+            lines = anchors.read_bytes().splitlines()
+        except OSError as exc:
+            return AuditReport(False, count, names, f"cannot read anchors {anchors}: {exc}")
+        entries = [(str(anchors), n, raw) for n, raw in enumerate(lines, start=1)] + entries
+    if anchors is not None or anchor_entries is not None:
+        return _check_anchors(entries, key, seen, count, names, files)
     return AuditReport(True, count, names)
 
 
 def _check_anchors(
-    anchors: Path,
+    entries: list[tuple[str, int, bytes]],
     key: bytes | None,
     seen: dict[int, tuple[str, Path, int]],
     count: int,
     names: tuple[str, ...],
     files: list[Path],
 ) -> AuditReport:
-    """The verified chain (``seen``: seq -> hash, file, line) against the anchor file."""
+    """The verified chain (``seen``: seq -> hash, file, line) against the anchors
+    (``(where, number, line)``: the anchor file's lines, S3 objects)."""
     if key is None:
         return AuditReport(False, count, names, "anchors are checked with the audit key")
-    try:
-        lines = anchors.read_bytes().splitlines()
-    except OSError as exc:
-        return AuditReport(False, count, names, f"cannot read anchors {anchors}: {exc}")
     last_seq = max(seen, default=-1)
-    for number, raw in enumerate(lines, start=1):
+    for anchors, number, raw in entries:
+        label = f"{anchors}:{number}" if number > 0 else anchors
         try:
             anchor = json.loads(raw)
             body = {k: v for k, v in anchor.items() if k != "sig"}
@@ -315,12 +340,12 @@ def _check_anchors(
                 False, count, names, "anchor signature mismatch", str(anchors), number
             )
         if seq not in seen:
-            end = files[-1] if files else anchors
+            end = str(files[-1]) if files else anchors
             return AuditReport(
                 False,
                 count,
                 names,
-                f"truncated: record {last_seq + 1} is missing (anchor {number} covers up "
+                f"truncated: record {last_seq + 1} is missing (anchor {label} covers up "
                 f"to record {seq}; the log ends at record {last_seq})",
                 str(end),
                 (seen[last_seq][2] + 1) if last_seq in seen else 1,
@@ -328,7 +353,7 @@ def _check_anchors(
         recorded, where, line = seen[seq]
         if recorded != head:
             return AuditReport(
-                False, count, names, f"record {seq} differs from anchor {number}", str(where), line
+                False, count, names, f"record {seq} differs from anchor {label}", str(where), line
             )
     return AuditReport(True, count, names)
 

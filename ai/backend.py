@@ -4,14 +4,15 @@ Two backends (``state.backend``): ``local`` (the default: budgets and rate windo
 memory with their SQLite file, :mod:`ai.state`; the exact cache in its SQLite file,
 :mod:`ai.cache`; right for one process) and ``redis`` (budgets, rate windows and the
 exact cache in a Redis 7 / Valkey store, e.g. ElastiCache, shared by every instance and
-worker: :mod:`ai.redis_budget`, :mod:`ai.redis_cache`). Metering and the semantic
-cache's index stay per process with either.
+worker: :mod:`ai.redis_budget`, :mod:`ai.redis_cache`; the semantic cache's entries
+too, each process keeping its own index in sync: :mod:`ai.redis_semcache`). Metering
+stays per process with either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ai.budget import Budgets, Reservation
 from ai.cache import ExactCache
@@ -21,6 +22,11 @@ from ai.redis_cache import RedisExactCache
 from ai.redis_link import RedisLink
 from ai.state import Loaded, StateStore
 from ai.usage import Usage
+
+if TYPE_CHECKING:  # numpy loads with the semantic cache only
+    from ai.redis_semcache import RedisSemanticCache
+    from ai.semcache.cache import SemanticCacheImpl
+    from ai.semcache_api import SemanticCache
 
 
 class BudgetBackend(Protocol):
@@ -68,6 +74,9 @@ class StateBackend(Protocol):
 
     def cache(self) -> ResponseCache | None: ...
 
+    async def semantic(self, local: SemanticCacheImpl) -> SemanticCache:
+        """The semantic cache the gateway uses around this process's index."""
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -90,6 +99,9 @@ class LocalBackend:
         exact = self._config.exact_cache
         return ExactCache(exact) if exact.enabled else None
 
+    async def semantic(self, local: SemanticCacheImpl) -> SemanticCache:
+        return local
+
     async def open(self) -> None:
         """Nothing shared to connect to."""
 
@@ -110,6 +122,7 @@ class RedisBackend:
         self._config = config
         self.link = RedisLink(config.state.redis, env)
         self._budgets: RedisBudgets | None = None
+        self._semantic: RedisSemanticCache | None = None
 
     def budgets(self, store: StateStore, restored: Loaded) -> BudgetBackend:
         # the fallback (stance `local`) starts from this process's own figures
@@ -121,10 +134,19 @@ class RedisBackend:
         exact = self._config.exact_cache
         return RedisExactCache(self.link, exact) if exact.enabled else None
 
+    async def semantic(self, local: SemanticCacheImpl) -> SemanticCache:
+        from ai.redis_semcache import RedisSemanticCache
+
+        self._semantic = RedisSemanticCache(self.link, local)
+        await self._semantic.open()
+        return self._semantic
+
     async def open(self) -> None:
         await self.link.open()
 
     async def close(self) -> None:
+        if self._semantic is not None:
+            await self._semantic.close()
         if self._budgets is not None and self._budgets.pending and self.link.available:
             await self._budgets.replay()
         await self.link.close()
@@ -132,6 +154,8 @@ class RedisBackend:
     def status(self) -> dict[str, Any]:
         status = self.link.status()
         status["pending_settlements"] = 0 if self._budgets is None else self._budgets.pending
+        if self._semantic is not None:
+            status["semantic"] = self._semantic.status()
         return status
 
 

@@ -43,6 +43,15 @@ def audit_group() -> None:
     default=None,
     help="the anchor file (audit.anchor_path): detects a truncated log",
 )
+@click.option(
+    "--s3-anchors",
+    default=None,
+    metavar="s3://BUCKET/PREFIX/CHAIN/",
+    help="the chain's anchor objects (audit.anchor_s3: <prefix><chain>/); each must be "
+    "under compliance-mode Object Lock",
+)
+@click.option("--s3-region", default=None, help="the bucket's region")
+@click.option("--s3-endpoint-url", default=None, help="another S3 endpoint")
 def audit_verify(
     path: Path,
     allow_pruned: bool,
@@ -50,10 +59,13 @@ def audit_verify(
     key_file: Path | None,
     key_env: str | None,
     anchors: Path | None,
+    s3_anchors: str | None,
+    s3_region: str | None,
+    s3_endpoint_url: str | None,
 ) -> None:
     """Verify the hash chain of the audit log PATH (and its rotated segments); a keyed
     chain (audit.key) is verified with --key-file or --key-env. Reports the first bad
-    record."""
+    record; with --anchors or --s3-anchors, the first missing one of a truncated log."""
     if key_file is not None and key_env is not None:
         raise click.UsageError("give one of --key-file or --key-env")
     key = None
@@ -62,7 +74,22 @@ def audit_verify(
             key = secret_from_file_or_env(key_file, key_env or "").encode()
         except SecretMissing as exc:
             raise click.BadParameter(str(exc), param_hint="--key-file/--key-env") from None
-    report = verify(path, allow_pruned=allow_pruned, key=key, anchors=anchors)
+    entries = None
+    if s3_anchors is not None:
+        from ai.anchors import AnchorUnreadable, s3_anchor_entries
+
+        try:
+            entries = s3_anchor_entries(s3_anchors, region=s3_region, endpoint_url=s3_endpoint_url)
+        except AnchorUnreadable as exc:  # could have been replaced: the check fails
+            click.echo(f"FAILED: {exc}", err=True)
+            sys.exit(1)
+        except ValueError as exc:  # a malformed URL
+            raise click.BadParameter(str(exc), param_hint="--s3-anchors") from None
+        except Exception as exc:  # botocore: credentials, access, the network
+            raise click.ClickException(f"cannot read the S3 anchors: {exc}") from None
+    report = verify(
+        path, allow_pruned=allow_pruned, key=key, anchors=anchors, anchor_entries=entries
+    )
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     elif report.ok:

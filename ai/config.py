@@ -180,6 +180,28 @@ class SemanticRoutingConfig(_Model):
         return self.settings.model_copy(update={"path": path})
 
 
+class S3AnchorConfig(_Model):
+    """Audit anchors as S3 objects under Object Lock in compliance mode (``ai.anchors``):
+    nobody, the root user included, can delete or overwrite one before its retention
+    ends. The bucket must have Object Lock enabled (it is set at creation)."""
+
+    bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]+[a-z0-9]$")
+    prefix: str = Field(
+        default="spectra/audit/", description="key prefix; `<prefix><chain>/<seq>.json`"
+    )
+    chain: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._/-]+$",
+        description="names this log's chain under the prefix; default <host name>/<audit "
+        "file stem> (per worker: the stem carries -w<I>)",
+    )
+    retention_days: int = Field(default=400, ge=1, le=36_500)
+    region: str | None = Field(default=None, description="None: the gateway's AWS region")
+    endpoint_url: str | None = Field(
+        default=None, description="another S3 endpoint (a VPC endpoint; tests)"
+    )
+
+
 class AuditConfig(_Model):
     path: Path | None = Field(default=None, description="JSON-lines file; None = disabled")
     key: SecretRef | None = Field(
@@ -189,6 +211,10 @@ class AuditConfig(_Model):
         default=None,
         description="signed chain heads, on storage the log directory does not share "
         "(needs `key`); detects a truncated log",
+    )
+    anchor_s3: S3AnchorConfig | None = Field(
+        default=None,
+        description="also write each anchor to S3 with Object Lock (compliance mode); needs `key`",
     )
     anchor_every: int = Field(default=100, ge=1, description="records between anchors")
     anchor_interval_s: float = Field(default=60.0, gt=0, description="... or seconds")
@@ -208,6 +234,8 @@ class AuditConfig(_Model):
     def _anchors_need_key(self) -> AuditConfig:
         if self.anchor_path is not None and self.key is None:
             raise ValueError("audit.anchor_path needs audit.key (anchors are signed with it)")
+        if self.anchor_s3 is not None and self.key is None:
+            raise ValueError("audit.anchor_s3 needs audit.key (anchors are signed with it)")
         return self
 
 

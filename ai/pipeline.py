@@ -275,7 +275,7 @@ class Gateway:
         text = semantic_text(resolved, self.config.semantic_cache.max_messages)
         if text is not None:
             partition = partition_key(req.principal.tenant, req.route.provider_name, resolved)
-            await self.semcache.add(partition, text, key)
+            await self.semcache.add(partition, text, key, req.principal.tenant)
 
     async def _spill(
         self, req: ChatRun, reason: str, reservation: Reservation, trace: Trace

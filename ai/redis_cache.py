@@ -11,11 +11,12 @@ slot; a bound across tenants would need a cross-slot operation). Set Redis's
 
 Singleflight across instances: the first instance to miss takes ``flight:<key>`` with
 ``SET NX PX`` (https://redis.io/docs/latest/commands/set/) for at most
-``flight_wait_s`` (and reads the cache once more: the last leader may have just
-finished); the others poll for the entry (10 ms doubling to 100 ms) until it
-appears (a coalesced answer) or the lock goes away (they then call upstream
-themselves). The lock is released by compare-and-delete, so an expired lock taken over
-by another instance is never removed by the first.
+``flight_wait_s`` and reads the cache once more in the same script (the last leader
+may have just finished); its write releases the lock in the same script too, so a miss
+costs the store two round trips besides the read. The others poll for the entry (10 ms
+doubling to 100 ms) until it appears (a coalesced answer) or the lock goes away (they
+then call upstream themselves). The lock is released by compare-and-delete, so an
+expired lock taken over by another instance is never removed by the first.
 
 Unreachable store: stance ``bypass`` makes every read a miss and drops writes (the
 request goes upstream); ``reject`` answers 503 on the read. A write never fails a
@@ -55,6 +56,25 @@ redis.call('PEXPIRE', KEYS[2], ttl)
 return over
 """
 
+# KEYS: entry, index, lock. ARGV: as PUT, then the lock holder's token ("" = none held).
+# The write and the release of the singleflight lock in one round trip.
+PUT_RELEASE = (
+    PUT.replace("return over", "")
+    + """
+if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) == ARGV[6] then redis.call('DEL', KEYS[3]) end
+return over
+"""
+)
+
+# KEYS: lock, entry. ARGV: the token, lock TTL ms. Takes the lock if free and reads the
+# entry in the same round trip (the last leader may have stored it since our miss).
+LOCK_READ = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then
+  return {1, redis.call('GET', KEYS[2])}
+end
+return {0, false}
+"""
+
 # KEYS: lock. ARGV: the holder's token.
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -69,7 +89,8 @@ class RedisExactCache:
     def __init__(self, link: RedisLink, config: ExactCacheConfig) -> None:
         self._link = link
         self._config = config
-        self._put = link.client.register_script(PUT)
+        self._put = link.client.register_script(PUT_RELEASE)
+        self._lock_read = link.client.register_script(LOCK_READ)
         self._release = link.client.register_script(RELEASE)
         self._held: dict[tuple[str, str], str] = {}  # (key, tenant) -> lock token
 
@@ -93,6 +114,10 @@ class RedisExactCache:
             if self._bypass():
                 return None
             raise
+        return self._value(raw, tenant)
+
+    @staticmethod
+    def _value(raw: str | None, tenant: str) -> dict[str, Any] | None:
         if raw is None:
             return None
         stored = json.loads(raw)
@@ -102,27 +127,36 @@ class RedisExactCache:
         return value
 
     async def put(self, key: str, tenant: str, value: dict[str, Any]) -> None:
-        keys = [self._entry(key, tenant), self._link.key(tenant, "cache-index", "all")]
+        """Store; a singleflight lock this caller holds for ``key`` is released in the
+        same round trip (``release`` then has nothing left to do)."""
+        lock = self._link.key(tenant, "flight", key)
+        token = self._held.get((key, tenant), "")
+        keys = [self._entry(key, tenant), self._link.key(tenant, "cache-index", "all"), lock]
         args = [
             json.dumps({"tenant": tenant, "value": value}),
             str(max(1, int(self._config.ttl_s * 1000))),
             str(self._config.max_entries),
             key,
             self._entry("", tenant),
+            token,
         ]
         try:
             await self._link.call(lambda: self._put(keys=keys, args=args), "cache put")
         except StoreUnavailable as exc:
             log.debug("exact cache entry not stored: %s", exc)
+            return
+        if token:
+            self._held.pop((key, tenant), None)
 
     async def coalesce(self, key: str, tenant: str) -> dict[str, Any] | None:
         """Another instance's answer if it is calling upstream for ``key`` (waiting
         for it); else None, and this caller leads (``release`` when done)."""
         lock, token = self._link.key(tenant, "flight", key), secrets.token_hex(8)
         ttl_ms = int(self._link.config.flight_wait_s * 1000)
+        keys, args = [lock, self._entry(key, tenant)], [token, str(ttl_ms)]
         try:
-            taken = await self._link.call(
-                lambda: self._link.client.set(lock, token, nx=True, px=ttl_ms), "flight lock"
+            taken, raw = await self._link.call(
+                lambda: self._lock_read(keys=keys, args=args), "flight lock"
             )
         except StoreUnavailable:
             if self._bypass():
@@ -131,7 +165,7 @@ class RedisExactCache:
         if taken:
             self._held[(key, tenant)] = token
             # the previous leader may have stored it and let go since our miss
-            stored = await self.get(key, tenant)
+            stored = self._value(raw, tenant)
             if stored is not None:
                 await self.release(key, tenant)
             return stored

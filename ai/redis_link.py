@@ -128,7 +128,8 @@ class RedisLink:
         if probing:
             self._probing = True  # one call at a time tries a down store
         try:
-            result = await asyncio.wait_for(fn(), self.config.op_timeout_s)
+            async with asyncio.timeout(self.config.op_timeout_s):  # no task per call
+                result = await fn()
         except (redis_errors.RedisError, OSError, TimeoutError) as exc:
             if type(exc) is redis_errors.ResponseError:
                 raise  # the store answered: a bug, not an outage

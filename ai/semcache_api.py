@@ -32,7 +32,8 @@ class SemanticCache(Protocol):
 
     async def lookup(self, partition: str, text: str) -> SemanticHit | None: ...
 
-    async def add(self, partition: str, text: str, entry_id: str) -> None: ...
+    async def add(self, partition: str, text: str, entry_id: str, tenant: str = "") -> None:
+        """Store ``text``; ``tenant`` partitions a shared store (``ai.redis_semcache``)."""
 
 
 def semantic_text(body: dict[str, Any], max_messages: int) -> str | None:

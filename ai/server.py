@@ -256,13 +256,14 @@ def _resources(
     source: Source | None,
     reload_s: float,
     aws: AwsCredentialSource,
+    anchor_aws: AwsCredentialSource | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         backend = state_backend(config, env)
         app[BACKEND] = backend
         cache = backend.cache()
         audit: AuditLog | NullAudit = (
-            AuditLog(config.audit, audit_key(config.audit, env))
+            AuditLog(config.audit, audit_key(config.audit, env), anchor_aws)
             if config.audit.path is not None
             else NullAudit()
         )
@@ -284,10 +285,12 @@ def _resources(
             if sem is None and settings is not None and settings.enabled:
                 from ai.semcache import create_semantic_cache
 
+                if backend.name == "redis":  # the shared store replaces the SQLite file
+                    settings = settings.model_copy(update={"path": None})
                 # off the loop: restoring persisted entries reads SQLite
                 owned = await asyncio.to_thread(create_semantic_cache, settings)
                 await owned.warm_up()  # load the model now, not on the first request
-                sem = owned
+                sem = await backend.semantic(owned)
             router, budgets = Router(config, env, aws), backend.budgets(state, restored)
             gateway = Gateway(
                 config, router, session, cache, sem, audit, state, restored, keys, budgets
@@ -323,6 +326,7 @@ def create_app(
     source: Source | None = None,
     reload_s: float = 1.0,
     aws_credentials: AwsCredentialSource | None = None,
+    anchor_credentials: AwsCredentialSource | None = None,
     serve_metrics: bool = True,
 ) -> web.Application:
     """The gateway app; ``env`` resolves secret references (default: os.environ).
@@ -330,6 +334,8 @@ def create_app(
     ``aws_credentials`` signs Bedrock requests whose provider config names no keys: the
     appliance passes its operational role's; by default botocore's default chain
     (:class:`~ai.providers.bedrock.DefaultCredentialChain`), resolved once.
+    ``anchor_credentials`` writes the audit anchors to S3 (``audit.anchor_s3``): the
+    appliance passes its role for ``s3``; by default botocore's own chain.
 
     With ``source`` (a callable returning the current ``ai`` section) a changed
     section is applied while running, checked every ``reload_s`` (``ai.reload``).
@@ -341,7 +347,9 @@ def create_app(
     keys = KeyStore(resolve_secret(config.key_secret, env), config.keys)
     aws = aws_credentials or DefaultCredentialChain()
     app.on_response_prepare.append(_client_headers)
-    app.cleanup_ctx.append(_resources(config, env, semantic_cache, keys, source, reload_s, aws))
+    app.cleanup_ctx.append(
+        _resources(config, env, semantic_cache, keys, source, reload_s, aws, anchor_credentials)
+    )
     app.router.add_post(
         "/v1/chat/completions", _endpoint("chat", lambda raw, _: parse_chat(raw), _chat)
     )

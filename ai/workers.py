@@ -11,9 +11,10 @@ The supervisor (the parent) starts the workers as ``python -m ai ... --worker I`
 restarts one that exits (1 s backoff doubling to 30 s, reset after a minute up) and
 passes SIGTERM/SIGINT on, waiting for them to drain. Files a process writes on its own
 are per worker: the audit log (one chain per worker, ``<stem>-w<I><suffix>``) and its
-anchors, the
-metering/state file and the semantic cache's file; ``spectra ai audit verify`` checks
-each worker's log.
+anchors (the anchor file, and the S3 anchor objects under ``<host>/<stem>-w<I>/``: each
+worker anchors its own chain), the metering/state file and the semantic cache's file;
+``spectra ai audit verify`` checks each worker's log. The appliance agent runs the
+same supervisor in the background for its AI gateway (``control.aiworker``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -71,19 +73,29 @@ def for_worker(config: AIConfig, index: int) -> AIConfig:
 
 
 class Supervisor:
-    """Starts ``count`` workers from ``argv`` (plus ``--worker I``), keeps them running."""
+    """Starts ``count`` workers from ``argv`` (plus ``--worker I``), keeps them running.
 
-    def __init__(self, argv: list[str], count: int) -> None:
+    ``command`` is what ``argv`` follows: ``python -m ai`` by default; the appliance
+    agent passes its own worker entry (``control.aiworker``), which reads the document
+    from the config store (:meth:`start_background` there, :meth:`run` here)."""
+
+    def __init__(self, argv: list[str], count: int, command: list[str] | None = None) -> None:
         self._argv = argv
         self._count = count
+        self._command = command or [sys.executable, "-m", "ai"]
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._started: dict[int, float] = {}
         self._backoff: dict[int, float] = {}
         self._due: dict[int, float] = {}
         self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs.values() if p.poll() is None]
 
     def _spawn(self, index: int) -> None:
-        cmd = [sys.executable, "-m", "ai", *self._argv, "--worker", str(index)]
+        cmd = [*self._command, *self._argv, "--worker", str(index)]
         self._procs[index] = subprocess.Popen(cmd)
         self._started[index] = time.monotonic()
 
@@ -93,23 +105,51 @@ class Supervisor:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
-    def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
+    def _start(self) -> None:
         log.info("starting %d AI gateway workers (SO_REUSEPORT)", self._count)
         for index in range(self._count):
             self._spawn(index)
-        while not self._stopping:
-            time.sleep(0.2)
-            self._tend()
-        deadline = time.monotonic() + 30
+
+    def _wait(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
         for proc in self._procs.values():
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def run(self) -> int:
+        """In the foreground (``python -m ai``): until SIGTERM/SIGINT, passed on."""
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        self._start()
+        while not self._stopping:
+            time.sleep(0.2)
+            self._tend()
+        self._wait()
         return 0
+
+    def start_background(self) -> None:
+        """Start the workers and tend them from a thread (a host process that has its
+        own signal handling: the agent); :meth:`stop` ends them."""
+        self._start()
+
+        def tend() -> None:
+            while not self._stopping:
+                time.sleep(0.2)
+                self._tend()
+
+        self._thread = threading.Thread(target=tend, name="spectra-ai-workers", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM every worker (they drain) and wait, killing those still up after
+        ``timeout_s``."""
+        self._stop(signal.SIGTERM, None)
+        if self._thread is not None:
+            self._thread.join()
+        self._wait(timeout_s)
 
     def _tend(self) -> None:
         now = time.monotonic()

@@ -26,6 +26,7 @@ from control.cli_cost import cost
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from ai.workers import Supervisor
     from control.aws import SectionSessions
     from control.aws.changeset import ChangeSetStager
     from control.config import ConfigDocument
@@ -176,11 +177,14 @@ def run(
         )
         servers.start()
         agent.state.section_errors.update(servers.failures)
+        workers = _ai_workers(store, store_url, imds_endpoint) if with_api else None
     except (StoreError, ConfigValidationError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     try:
         agent.run()
     finally:
+        if workers is not None:
+            workers.stop()
         servers.stop()
 
 
@@ -225,13 +229,14 @@ def _servers(
         )
 
     servers = [HttpServer("config API", config_api, str(api.host), api.port)]
-    if doc is not None and doc.ai.routes and doc.ai.listen_port:
+    if doc is not None and doc.ai.routes and doc.ai.listen_port and not _ai_in_workers(doc):
         from ai.keys import SecretMissing
         from ai.server import create_app as create_ai_app
-        from control.aws import bedrock_credentials, operational_credentials
+        from control.aws import anchor_credentials, bedrock_credentials, operational_credentials
 
         ai, aws, metrics_on = doc.ai, doc.aws, doc.metrics.enabled
         held = None if aws_sessions is None else bedrock_credentials(aws_sessions, aws)
+        anchors = None if aws_sessions is None else anchor_credentials(aws_sessions, aws)
 
         def ai_gateway() -> web.Application:
             # its own store handle; a changed ai section applies without a restart
@@ -242,6 +247,7 @@ def _servers(
                     ai,
                     source=lambda: ai_store.latest()[1].ai,
                     aws_credentials=held or operational_credentials(aws),
+                    anchor_credentials=anchors or operational_credentials(aws, service="s3"),
                     serve_metrics=metrics_on,
                 )
             except SecretMissing as exc:  # reported in the status; the agent runs on
@@ -251,6 +257,33 @@ def _servers(
         server = HttpServer("AI gateway", ai_gateway, ai.listen_host, ai.listen_port, "ai")
         servers.append(server)
     return servers
+
+
+def _ai_in_workers(doc: ConfigDocument) -> bool:
+    """The AI gateway runs as worker processes (shared state), not in the agent."""
+    return bool(doc.ai.routes and doc.ai.listen_port and doc.ai.state.backend == "redis")
+
+
+def _ai_workers(store: ConfigStore, store_url: str, imds_endpoint: str) -> Supervisor | None:
+    """With ``ai.state.backend: redis`` the AI gateway's worker processes, one per core
+    (:mod:`control.aiworker`), started and tended in the background; else None (the
+    gateway is served in-process by :func:`_servers`)."""
+    from ai.workers import Supervisor, worker_count
+    from control.aiworker import command
+    from control.config import ConfigValidationError
+    from control.store import StoreError
+
+    try:
+        doc = store.latest()[1] if store.head() else None
+    except (StoreError, ConfigValidationError) as exc:  # reported by the agent
+        log.error("cannot read the newest document for the AI workers: %s", exc)
+        return None
+    if doc is None or not _ai_in_workers(doc):
+        return None
+    entry, argv = command(store_url, imds_endpoint)
+    supervisor = Supervisor(argv, worker_count(doc.ai, None), entry)
+    supervisor.start_background()
+    return supervisor
 
 
 @main.command()

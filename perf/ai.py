@@ -11,6 +11,9 @@ proxy, all in front of the same fake OpenAI-compatible upstream, in one run.
   on-disk exact cache on; every prompt carries a counter, so the cache-miss path) and
   ``litellm`` (``litellm[proxy]`` in its own venv under ``/var/cache/spectra-perf``, two
   workers, no database, master key set); non-streaming and streaming chat completions;
+* ``gateway_redis``: the same gateway with ``state.backend: redis`` (budgets, rate
+  windows and the exact cache in a ``redis-server`` started here, on the generator's
+  CPU like the fake upstream) and one worker, so its rows compare the two backends;
 * an open-loop fixed-rate ladder (:mod:`perf.loadgen`), rates interleaved round-robin
   across the systems; a system leaves the ladder at its first failed step (an error,
   or p99 >= 100 ms measured from the scheduled send time);
@@ -32,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,14 +63,19 @@ LITELLM_REQUIREMENT = "litellm[proxy]"
 MODEL = "gpt-4o-mini"
 KEY_SECRET, GATEWAY_KEY, LITELLM_KEY = "perf-secret", "sk-spectra-perf", "sk-perf-master"
 MODES = ("nonstream", "stream")
-DIRECT, BARE, GATEWAY, LITELLM, GATEWAY_SEM = (
+DIRECT, BARE, GATEWAY, LITELLM, GATEWAY_SEM, GATEWAY_REDIS = (
     "direct",
     "bare_proxy",
     "gateway",
     "litellm",
     "gateway_semantic",
+    "gateway_redis",
 )
-SYSTEMS = (DIRECT, BARE, GATEWAY, LITELLM)
+SYSTEMS = (DIRECT, BARE, GATEWAY, GATEWAY_REDIS, LITELLM)
+# The shared-state goals (issue #23 point 7): at REDIS_GOAL_RATE the Redis backend's
+# added p99 at most the local backend's + REDIS_P99_SLACK_MS; its sustained rate at
+# least REDIS_RATE_FACTOR x the local one's, both on one worker.
+REDIS_GOAL_RATE, REDIS_P99_SLACK_MS, REDIS_RATE_FACTOR = 200, 0.5, 0.9
 # Semantic pairs: stored text -> paraphrase looked up (pass the shipped threshold/guards).
 PARAPHRASES = (
     ("How do I reset my password?", "How can I reset my password?"),
@@ -266,12 +275,23 @@ def start_fake(logdir: Path, cpus: set[int] | None) -> Service:
     return svc
 
 
-def gateway_config(upstream: str, tmp: Path, port: int, *, semantic: bool) -> dict[str, Any]:
-    """Auth (one key), budgets, metering, audit and the on-disk exact cache on."""
+def gateway_config(
+    upstream: str, tmp: Path, port: int, *, semantic: bool, redis_port: int | None = None
+) -> dict[str, Any]:
+    """Auth (one key), budgets, metering, audit and the on-disk exact cache on; with
+    ``redis_port``, budgets, rate windows and the exact cache in that Redis."""
     from ai.keys import hash_key
 
     (tmp / "key-secret").write_text(KEY_SECRET + "\n")
-    name = "gateway-sem" if semantic else "gateway"
+    name = "gateway-sem" if semantic else "gateway" if redis_port is None else "gateway-redis"
+    state = (
+        {}
+        if redis_port is None
+        else {
+            "backend": "redis",
+            "redis": {"host": "127.0.0.1", "port": redis_port},
+        }
+    )
     return {
         "listen_host": "127.0.0.1",
         "listen_port": port,
@@ -296,22 +316,61 @@ def gateway_config(upstream: str, tmp: Path, port: int, *, semantic: bool) -> di
         "exact_cache": {"path": str(tmp / f"{name}-cache.sqlite3")},
         "semantic_cache": {"settings": {}} if semantic else {},
         "audit": {"path": str(tmp / f"{name}-audit.jsonl")},
+        "state": state,
     }
 
 
-def start_gateway(upstream: str, tmp: Path, cpus: set[int] | None, *, semantic: bool) -> Service:
+def start_gateway(
+    upstream: str,
+    tmp: Path,
+    cpus: set[int] | None,
+    *,
+    semantic: bool,
+    redis_port: int | None = None,
+) -> Service:
     port = free_port()
-    name = GATEWAY_SEM if semantic else GATEWAY
+    name = GATEWAY_SEM if semantic else GATEWAY if redis_port is None else GATEWAY_REDIS
     cfg = tmp / f"{name}.json"
-    cfg.write_text(json.dumps(gateway_config(upstream, tmp, port, semantic=semantic)))
+    config = gateway_config(upstream, tmp, port, semantic=semantic, redis_port=redis_port)
+    cfg.write_text(json.dumps(config))
     return spawn(
         name,
-        [sys.executable, "-m", "ai", "--config", str(cfg)],
+        [sys.executable, "-m", "ai", "--config", str(cfg), "--workers", "1"],
         f"http://127.0.0.1:{port}",
         tmp,
         cpus,
         env={"PERF_UPSTREAM_KEY": "sk-fake"},
     )
+
+
+def start_redis(tmp: Path, cpus: set[int] | None) -> Service:
+    """A ``redis-server`` on a free loopback port, no persistence; StartFailed if the
+    package is not installed (``make deps``)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StartFailed("redis-server is not installed (make deps installs it)")
+    port = free_port()
+    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(tmp)]
+    argv += ["--save", "", "--appendonly", "no"]
+    return spawn("redis", argv, f"redis://127.0.0.1:{port}", tmp, cpus)
+
+
+def redis_port(service: Service) -> int:
+    return int(service.url.rsplit(":", 1)[1])
+
+
+def wait_listening(service: Service, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if service.proc.poll() is not None:
+            raise StartFailed(f"{service.name} exited: {service.tail()}")
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", redis_port(service)), timeout=0.2),
+        ):
+            return
+        time.sleep(0.05)
+    raise StartFailed(f"{service.name} did not listen in {timeout_s:.0f} s")
 
 
 def start_bare(upstream: str, tmp: Path, cpus: set[int] | None) -> Service:
@@ -715,9 +774,12 @@ def rate_results(out: Outcome) -> list[Result]:
             if value is None:
                 continue
             rate, bound = value
-            baselines = {GATEWAY: (LITELLM, BARE), BARE: (LITELLM,), LITELLM: (BARE,)}.get(
-                system, (None,)
-            )
+            baselines = {
+                GATEWAY: (LITELLM, BARE),
+                GATEWAY_REDIS: (GATEWAY,),
+                BARE: (LITELLM,),
+                LITELLM: (BARE,),
+            }.get(system, (None,))
             for b in baselines:
                 bval = got.get(b) if b else None
                 note = ">= (passed the top of the ladder or the harness limit)" if bound else ""
@@ -843,6 +905,59 @@ def goal_results(out: Outcome, settings: Settings) -> list[Result]:
     return results
 
 
+def redis_goal_results(out: Outcome) -> list[Result]:
+    """The Redis backend against the local one, both one worker in this run: p99 at
+    REDIS_GOAL_RATE at most REDIS_P99_SLACK_MS above the local one's (its added latency
+    over the local one's added latency), and a sustained rate of at least
+    REDIS_RATE_FACTOR x the local one's."""
+    results: list[Result] = []
+    if not any(s.system == GATEWAY_REDIS for s in out.steps):
+        return results
+    for mode in MODES:
+        # added over direct, minus the local one's added: the direct baseline cancels,
+        # so this is the difference of the two p99s at the same rate in the same run
+        mine = _added(
+            _find(out.steps, GATEWAY_REDIS, mode, REDIS_GOAL_RATE),
+            _find(out.steps, GATEWAY, mode, REDIS_GOAL_RATE),
+            "p99_ms",
+        )
+        met = mine is not None and mine <= REDIS_P99_SLACK_MS
+        results.append(
+            Result(
+                "goal_redis_added_p99",
+                f"{GATEWAY_REDIS}/{mode}",
+                "ms",
+                mine,
+                f"p99 over {GATEWAY}/{mode}: at most {REDIS_P99_SLACK_MS} ms",
+                REDIS_P99_SLACK_MS,
+                offered_pps=REDIS_GOAL_RATE,
+                valid=mine is not None,
+                note=("met" if met else "NOT met") if mine is not None else "not measurable",
+            )
+        )
+        rates = {s: sustained(out, s, mode) for s in (GATEWAY, GATEWAY_REDIS)}
+        have, theirs = rates[GATEWAY_REDIS], rates[GATEWAY]
+        goal = None if theirs is None or theirs[0] <= 0 else REDIS_RATE_FACTOR * theirs[0]
+        ok = have is not None and goal is not None and have[0] >= goal
+        note = "not measurable" if goal is None else "met" if ok else "NOT met"
+        if ok and theirs is not None and theirs[1] and have is not None and not have[1]:
+            note = f"undetermined: {GATEWAY} sustained the whole ladder"
+        results.append(
+            Result(
+                "goal_redis_sustained_rps",
+                f"{GATEWAY_REDIS}/{mode}",
+                "rps",
+                have[0] if have else None,
+                f"{REDIS_RATE_FACTOR:g} x {GATEWAY}",
+                goal,
+                valid=goal is not None,
+                lower_is_better=False,
+                note=note,
+            )
+        )
+    return results
+
+
 def build_results(out: Outcome, settings: Settings) -> list[Result]:
     results = [
         Result("suite", name, "-", None, valid=False, note=f"unavailable: {why}")
@@ -865,6 +980,7 @@ def build_results(out: Outcome, settings: Settings) -> list[Result]:
         + rate_results(out)
         + cache_results(out)
         + goal_results(out, settings)
+        + redis_goal_results(out)
     )
 
 
@@ -892,6 +1008,7 @@ async def _measure(
     headers = {
         GATEWAY: {"Authorization": f"Bearer {GATEWAY_KEY}"},
         GATEWAY_SEM: {"Authorization": f"Bearer {GATEWAY_KEY}"},
+        GATEWAY_REDIS: {"Authorization": f"Bearer {GATEWAY_KEY}"},
         LITELLM: {"Authorization": f"Bearer {LITELLM_KEY}"},
     }
     targets = {
@@ -932,10 +1049,19 @@ def measure(
     with tempfile.TemporaryDirectory(prefix="spectra-perf-ai-") as tmpdir, pinned(gen_cpus):
         tmp = Path(tmpdir)
         fake = start_fake(tmp, gen_cpus)
+        redis: Service | None = None
         try:
             started = time.monotonic()
             services[BARE] = start_bare(fake.url, tmp, sut_cpus)
             services[GATEWAY] = start_gateway(fake.url, tmp, sut_cpus, semantic=False)
+            try:
+                redis = start_redis(tmp, gen_cpus)
+                wait_listening(redis)
+                services[GATEWAY_REDIS] = start_gateway(
+                    fake.url, tmp, sut_cpus, semantic=False, redis_port=redis_port(redis)
+                )
+            except StartFailed as exc:
+                out.unavailable[GATEWAY_REDIS] = str(exc)
             services[GATEWAY_SEM] = start_gateway(fake.url, tmp, sut_cpus, semantic=True)
             if exe is not None:
                 services[LITELLM] = start_litellm(exe, fake.url, tmp, sut_cpus)
@@ -958,6 +1084,8 @@ def measure(
         finally:
             for svc in services.values():
                 svc.stop()
+            if redis is not None:
+                redis.stop()
             fake.stop()
     return build_results(out, settings)
 

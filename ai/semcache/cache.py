@@ -12,6 +12,7 @@ With ``path`` configured, entries and their vectors are also written to SQLite
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -95,11 +96,24 @@ class SemanticCacheImpl:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.lookup_sync, partition, text)
 
-    async def add(self, partition: str, text: str, entry_id: str) -> None:
+    async def add(self, partition: str, text: str, entry_id: str, tenant: str = "") -> None:
         if not self._usable(text):
             return
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, self.add_sync, partition, text, entry_id)
+
+    async def embed_for_add(self, text: str) -> npt.NDArray[np.float32] | None:
+        """The vector ``add`` would store for ``text`` (None: not eligible)."""
+        if not self._usable(text):
+            return None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, functools.partial(self._vector, text, remember=False)
+        )
+
+    async def run(self, fn: Callable[[], None]) -> None:
+        """``fn()`` on the cache's worker threads (index work too long for the loop)."""
+        await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     async def warm_up(self) -> None:
         """Load the model now rather than on the first request."""
@@ -137,19 +151,49 @@ class SemanticCacheImpl:
                 )
         return None
 
-    def add_sync(self, partition: str, text: str, entry_id: str) -> None:
-        """The blocking body of ``add``."""
+    def add_sync(self, partition: str, text: str, entry_id: str) -> npt.NDArray[np.float32]:
+        """The blocking body of ``add``; returns the vector."""
         vector = self._vector(text, remember=False)
+        self.insert_sync(partition, text, entry_id, vector, 0.0)
+        return vector
+
+    def insert_sync(
+        self,
+        partition: str,
+        text: str,
+        entry_id: str,
+        vector: npt.NDArray[np.float32],
+        age_s: float,
+    ) -> None:
+        """Index an entry whose vector is known (``age_s`` old: one another instance
+        shared), under the same bounds as ``add``."""
+        if self.config.ttl_seconds is not None and age_s >= self.config.ttl_seconds:
+            return
         features = Features(text)
         with self._lock:
             index = self._index(partition)
             self._partitions.move_to_end(partition)
-            self._total += index.add(features, entry_id, vector, self._clock())
+            self._total += index.add(features, entry_id, vector, self._clock() - age_s)
             self._enforce_bounds()
             if self._store is not None:
                 with self._store.transaction():
                     self._store.delete(partition, index.dropped)
                     self._store.put(partition, text, entry_id, vector)
+
+    def discard_sync(self, partition: str, text: str) -> None:
+        """Forget ``text`` in ``partition`` (evicted from the shared store)."""
+        with self._lock:
+            index = self._partitions.get(partition)
+            if index is not None and index.discard(text):
+                self._total -= 1
+                if self._store is not None:
+                    self._store.delete(partition, [text])
+
+    def clear_sync(self) -> None:
+        """Forget every entry (before reloading from a shared store)."""
+        with self._lock:
+            self._partitions.clear()
+            self._total = 0
 
     def _index(self, partition: str) -> PartitionIndex:
         index = self._partitions.get(partition)

@@ -104,6 +104,14 @@ class PartitionIndex:
             self._remove(int(row))
         return int(expired.size)
 
+    def discard(self, text: str) -> bool:
+        """Remove ``text`` if held; True if it was."""
+        row = self._row_of.get(text)
+        if row is None:
+            return False
+        self._remove(row)
+        return True
+
     def _remove(self, row: int) -> None:
         last = len(self) - 1
         self.dropped.append(self._features[row].text)

@@ -82,6 +82,7 @@ __all__ = [
     "SnsNotifier",
     "SystemClock",
     "Timeouts",
+    "anchor_credentials",
     "bedrock_credentials",
     "build",
     "describe_error",
@@ -282,6 +283,7 @@ def operational_credentials(
     imds: Callable[[], Imds] = Imds,
     *,
     base: boto3.Session | None = None,
+    service: str = "bedrock-runtime",
 ) -> Callable[[], Credentials]:
     """A credential source for the AI gateway's Bedrock provider: the operational role's
     credentials (never the instance role's), built from ``section`` on first use, so a
@@ -295,9 +297,20 @@ def operational_credentials(
             if not built:
                 identity = None if section.region else imds()
                 built.append(build(section, identity, base=base).sessions)
-        return built[0].credentials()
+        return built[0].credentials(service)
 
     return credentials
+
+
+def anchor_credentials(sessions: SectionSessions, section: AwsSection) -> RefreshingCredentials:
+    """The credentials the AI gateway writes its audit anchors to S3 with
+    (``ai.audit.anchor_s3``) on an agent run with ``--aws``: the role for ``s3`` from the
+    agent's session factory, held and refreshed like :func:`bedrock_credentials`'."""
+    from ai.providers.credentials import RefreshingCredentials
+
+    return RefreshingCredentials(
+        lambda: sessions.factory(section).credentials("s3"), name="operational role (s3)"
+    )
 
 
 def bedrock_credentials(sessions: SectionSessions, section: AwsSection) -> RefreshingCredentials:

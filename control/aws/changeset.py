@@ -83,8 +83,9 @@ def log_bucket(doc: ConfigDocument) -> str:
 
 def document_parameters(doc: ConfigDocument) -> dict[str, str]:
     """The stack parameters the document decides: name, external ID, organization, the
-    features it enables, the metrics namespace, the takeover topic and the bucket flow and
-    firewall logs are shipped to (the flow log's when both name one)."""
+    features it enables, the metrics namespace, the takeover topic, the bucket flow and
+    firewall logs are shipped to (the flow log's when both name one) and the AI audit
+    anchors' bucket."""
     deployment = doc.aws.deployment
     if deployment is None:
         raise ChangeSetUnavailable(
@@ -99,6 +100,7 @@ def document_parameters(doc: ConfigDocument) -> dict[str, str]:
         "MetricsNamespace": doc.metrics.cloudwatch_namespace,
         "NotifyTopicArn": doc.aws.notify.sns_topic_arn or "",
         "LogBucket": log_bucket(doc),
+        "AuditAnchorBucket": anchor.bucket if (anchor := doc.ai.audit.anchor_s3) else "",
     }
     for feature in Feature:
         params[feature.parameter] = "true" if feature in on else "false"

@@ -52,7 +52,7 @@ SERVICE_FEATURES: Mapping[str, Feature] = {
     # observability: CloudWatch metrics and logs, shipped log objects, SNS notifications
     "cloudwatch": Feature.OBSERVABILITY,
     "logs": Feature.OBSERVABILITY,
-    "s3": Feature.OBSERVABILITY,  # flow and firewall log objects (control.logship)
+    "s3": Feature.OBSERVABILITY,  # flow and firewall log objects, AI audit anchors
     "sns": Feature.OBSERVABILITY,
     # edge: Gateway Load Balancer target groups, ACM certificates of the TLS listeners
     "elbv2": Feature.EDGE,
@@ -86,8 +86,8 @@ def enabled_features(doc: ConfigDocument) -> frozenset[Feature]:
 
     core is always on (config writes, the takeover, staging these change sets); bedrock
     when a route goes to a bedrock provider that has no static keys of its own;
-    observability with CloudWatch metrics, an SNS topic for takeovers or shipped flow or
-    firewall logs; edge with TLS
+    observability with CloudWatch metrics, an SNS topic for takeovers, shipped flow or
+    firewall logs or AI audit anchors in S3; edge with TLS
     listeners (ACM certificates), the Gateway Load Balancer or L4 listeners synced
     with an ELBv2 target group."""
     found = {Feature.CORE}
@@ -97,7 +97,8 @@ def enabled_features(doc: ConfigDocument) -> frozenset[Feature]:
         if provider.kind == "bedrock" and provider.aws_access_key_id is None:
             found.add(Feature.BEDROCK)
     shipped = doc.logging.flow_logs.ships() or doc.logging.firewall_logs.ships()
-    if doc.metrics.cloudwatch or doc.aws.notify.sns_topic_arn or shipped:
+    anchored = doc.ai.audit.anchor_s3 is not None
+    if doc.metrics.cloudwatch or doc.aws.notify.sns_topic_arn or shipped or anchored:
         found.add(Feature.OBSERVABILITY)
     target_groups = doc.load_balancer.enabled and any(
         listener.target_group_arn for listener in doc.load_balancer.listeners

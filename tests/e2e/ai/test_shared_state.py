@@ -36,6 +36,8 @@ KEYS = {  # id: (key, tenant, budget)
     "rpm": ("sk-spectra-shared-rpm", "ta", {"requests_per_minute": 10}),
     "a": ("sk-spectra-shared-a", "ta", {}),
     "b": ("sk-spectra-shared-b", "tb", {}),
+    "a2": ("sk-spectra-shared-a2", "ta", {}),
+    "d": ("sk-spectra-shared-d", "td", {}),
     "closed": ("sk-spectra-shared-closed", "tc", {"max_tokens": 10**9}),
 }
 
@@ -50,7 +52,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.kill()
 
 
-def _config(up: Upstreams, tmp: Path, redis_port: int) -> dict[str, Any]:
+def _config(up: Upstreams, tmp: Path, redis_port: int, semantic: bool = False) -> dict[str, Any]:
     return {
         "listen_host": "127.0.0.1",
         "listen_port": free_port(),
@@ -67,7 +69,8 @@ def _config(up: Upstreams, tmp: Path, redis_port: int) -> dict[str, Any]:
             {"id": kid, "hash": hash_key(SECRET, key), "tenant": tenant, "budget": budget}
             for kid, (key, tenant, budget) in KEYS.items()
         ],
-        "audit": {"path": str(tmp / "audit.jsonl")},
+        "audit": {"path": str(tmp / "audit.jsonl"), "batch_window_s": 0.0},
+        "semantic_cache": {"settings": {}} if semantic else {},
         "state": {
             "backend": "redis",
             "redis": {
@@ -85,12 +88,18 @@ def _config(up: Upstreams, tmp: Path, redis_port: int) -> dict[str, Any]:
 class Gateway:
     url: str
     proc: subprocess.Popen[bytes]
+    dir: Path
+
+    def outcomes(self) -> list[str]:
+        """The cache outcome of each request in this process's audit log."""
+        lines = (self.dir / "audit.jsonl").read_text().splitlines()
+        return [json.loads(line)["cache"]["outcome"] for line in lines if '"cache"' in line]
 
 
-def _start(up: Upstreams, tmp: Path, redis_port: int) -> Gateway:
+def _start(up: Upstreams, tmp: Path, redis_port: int, semantic: bool) -> Gateway:
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "key-secret").write_text(SECRET + "\n")
-    config = _config(up, tmp, redis_port)
+    config = _config(up, tmp, redis_port, semantic)
     (tmp / "ai.json").write_text(json.dumps(config))
     env = {**os.environ, "E2E_OPENAI_KEY": "sk-e2e-SECRET"}
     with (tmp / "gateway.log").open("wb") as log:
@@ -101,7 +110,7 @@ def _start(up: Upstreams, tmp: Path, redis_port: int) -> Gateway:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    return Gateway(f"http://127.0.0.1:{config['listen_port']}", proc)
+    return Gateway(f"http://127.0.0.1:{config['listen_port']}", proc, tmp)
 
 
 def _wait_up(gw: Gateway, log: Path) -> None:
@@ -117,12 +126,10 @@ def _wait_up(gw: Gateway, log: Path) -> None:
     raise RuntimeError("gateway did not answer in 60 s")
 
 
-@pytest.fixture(scope="module")
-def gateways(
-    upstreams: Upstreams, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+def _pair(
+    up: Upstreams, redis: RedisServer, tmp: Path, *, semantic: bool
 ) -> Iterator[tuple[Gateway, Gateway]]:
-    tmp = tmp_path_factory.mktemp("gateways")
-    pair = [_start(upstreams, tmp / name, redis_server.port) for name in ("one", "two")]
+    pair = [_start(up, tmp / name, redis.port, semantic) for name in ("one", "two")]
     try:
         for gw, name in zip(pair, ("one", "two"), strict=True):
             _wait_up(gw, tmp / name / "gateway.log")
@@ -130,6 +137,24 @@ def gateways(
     finally:
         for gw in pair:
             _stop(gw.proc)
+
+
+@pytest.fixture(scope="module")
+def gateways(
+    upstreams: Upstreams, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gateway, Gateway]]:
+    """Two processes, exact cache only (the budget and outage tests time Redis calls
+    on a loaded host: no embedding beside them)."""
+    yield from _pair(upstreams, redis_server, tmp_path_factory.mktemp("gateways"), semantic=False)
+
+
+@pytest.fixture(scope="module")
+def semantic_gateways(
+    upstreams: Upstreams, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gateway, Gateway]]:
+    """Two more processes with the shipped semantic cache on as well."""
+    tmp = tmp_path_factory.mktemp("semantic")
+    yield from _pair(upstreams, redis_server, tmp, semantic=True)
 
 
 @dataclass(frozen=True)
@@ -157,22 +182,24 @@ async def _one(
 
 
 def burst(
-    calls: list[tuple[str, str, str]], model: str = "gpt-4o-mini-long40", max_tokens: int = 30
+    calls: list[tuple[str, str, str]],
+    model: str = "gpt-4o-mini-long40",
+    max_tokens: int = 30,
+    in_flight: int | None = None,
 ) -> list[Result]:
-    """``(gateway url, key id, content)`` all at once."""
+    """``(gateway url, key id, content)`` all at once, or ``in_flight`` at a time."""
 
     async def run() -> list[Result]:
         timeout = aiohttp.ClientTimeout(total=60)
+        gate = asyncio.Semaphore(in_flight or len(calls) or 1)
+
+        async def one(url: str, kid: str, content: str) -> Result:
+            async with gate:
+                return await _one(session, url, KEYS[kid][0], content, model, max_tokens)
+
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            return list(
-                await asyncio.gather(
-                    *(
-                        _one(session, url, KEYS[kid][0], content, model, max_tokens)
-                        for url, kid, content in calls
-                    )
-                )
-            )
+            return list(await asyncio.gather(*(one(*call) for call in calls)))
 
     return asyncio.run(run())
 
@@ -228,19 +255,53 @@ def test_identical_requests_on_both_make_one_upstream_call(
     assert upstreams.requests("openai") - before == 1
 
 
-def test_tenants_never_share_entries(
-    gateways: tuple[Gateway, Gateway], upstreams: Upstreams
+def test_semantic_entry_written_by_one_is_a_hit_on_the_other(
+    semantic_gateways: tuple[Gateway, Gateway], upstreams: Upstreams
 ) -> None:
-    one, two = gateways
+    one, two = semantic_gateways
     before = upstreams.requests("openai")
-    contents = [f"tenant question {i}" for i in range(25)]
+    applied = http_json(two.url + "/v1/spectra/state")["semantic"]["events_applied"]
+    first = burst([(one.url, "a", "What is the capital city of Portugal?")])[0]
+    deadline = time.monotonic() + 10
+    while http_json(two.url + "/v1/spectra/state")["semantic"]["events_applied"] == applied:
+        assert time.monotonic() < deadline, "the entry did not reach the other process"
+        time.sleep(0.05)
+    near = "what is the capital city of portugal?"
+    again = burst([(two.url, "a", near)])[0]
+    other = burst([(two.url, "b", near)])[0]  # tenant tb: never tenant ta's entry
+    assert first.status == again.status == other.status == 200
+    assert again.body["choices"] == first.body["choices"]
+    assert upstreams.requests("openai") - before == 2
+    deadline = time.monotonic() + 5
+    while two.outcomes()[-2:] != ["semantic_hit", "miss"]:
+        assert time.monotonic() < deadline, f"audit of two: {two.outcomes()[-2:]}"
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(300)
+def test_tenants_never_share_entries(
+    semantic_gateways: tuple[Gateway, Gateway], upstreams: Upstreams
+) -> None:
+    """10,000 requests of three tenants (tenant ta through two keys) spread over both
+    processes, 200 in flight at a time: exactly one upstream call per (tenant,
+    content), and every answer is its own request's (the exact and the semantic cache
+    both consulted; max_tokens 31 keeps this test's partitions apart from the rest)."""
+    one, two = semantic_gateways
+    before = upstreams.requests("openai")
+    contents = [f"mixed tenant question number {i}" for i in range(40)]
+    kids = ("a", "b", "a2", "d")
     calls = [
-        ((one, two)[i % 2].url, ("a", "b")[(i // 2) % 2], contents[i % 25]) for i in range(400)
+        ((one, two)[i % 2].url, kids[(i // 2) % 4], contents[(i // 8) % 40]) for i in range(10_000)
     ]
-    results = burst(calls)
-    assert [r.status for r in results] == [200] * 400
+    started = time.monotonic()
+    results = burst(calls, model="gpt-4o-mini", max_tokens=31, in_flight=200)
+    took = time.monotonic() - started
+    assert [r.status for r in results] == [200] * 10_000
+    for (_url, _kid, content), r in zip(calls, results, strict=True):
+        assert r.body["choices"][0]["message"]["content"] == f"Echo: {content}"
     # one upstream call per (tenant, content): a cross-tenant hit would make fewer
-    assert upstreams.requests("openai") - before == 2 * 25
+    assert upstreams.requests("openai") - before == 3 * 40
+    print(f"10,000 mixed requests in {took:.1f} s")
 
 
 def test_store_killed_then_back(

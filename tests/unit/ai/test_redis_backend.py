@@ -173,8 +173,13 @@ async def test_singleflight_lock_waits_for_the_leader(link: RedisLink) -> None:
     await asyncio.sleep(0.05)
     assert not waiting.done()
     await first.put("q", "ta", {"choices": ["answer"]})
-    await first.release("q", "ta")
+    assert not await link.client.exists(link.key("ta", "flight", "q"))  # put released it
+    await first.release("q", "ta")  # nothing left to release
     assert await asyncio.wait_for(waiting, 2) == {"choices": ["answer"]}
+    # the entry stored between a miss and taking the lock is read with the lock
+    await first.put("s", "ta", {"choices": ["late"]})
+    assert await second.coalesce("s", "ta") == {"choices": ["late"]}
+    assert not await link.client.exists(link.key("ta", "flight", "s"))
     # a leader that fails (stores nothing) lets the waiter go alone
     assert await first.coalesce("r", "ta") is None
     waiting = asyncio.create_task(second.coalesce("r", "ta"))

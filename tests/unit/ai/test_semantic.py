@@ -29,7 +29,7 @@ class FakeSemanticCache:
                 return SemanticHit(entry_id, 0.97, stored)
         return None
 
-    async def add(self, partition: str, text: str, entry_id: str) -> None:
+    async def add(self, partition: str, text: str, entry_id: str, tenant: str = "") -> None:
         self.entries.setdefault(partition, {})[text] = entry_id
 
 

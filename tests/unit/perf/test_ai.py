@@ -13,6 +13,7 @@ from perf.ai import (
     BARE,
     DIRECT,
     GATEWAY,
+    GATEWAY_REDIS,
     LITELLM,
     CacheStep,
     Outcome,
@@ -270,3 +271,35 @@ def test_a_retried_step_keeps_its_first_attempt() -> None:
     r = _get(build_results(out, Settings()), "added_p99_ms", "gateway/nonstream", offered_pps=100)
     assert r.valid and r.note == "retried (1st: fails: p99 140 ms >= 100)"
     assert [run.get("retried", False) for run in r.runs] == [False, False, True]
+
+
+def test_redis_rows_and_goals_against_the_local_backend() -> None:
+    out = Outcome()
+    for rate, (d, g, r) in {
+        100: ((2, 5), (4, 8), (4, 8.2)),
+        200: ((2, 6), (4, 9), (4, 9.4)),
+        500: ((2, 8), (5, 30), (6, 120)),  # redis fails its last step
+    }.items():
+        out.steps += [
+            step(DIRECT, rate, *d),
+            step(GATEWAY, rate, *g),
+            step(GATEWAY_REDIS, rate, *r),
+        ]
+    results = build_results(out, Settings(rates=(100, 200, 500)))
+    p99 = _get(results, "goal_redis_added_p99", "gateway_redis/nonstream")
+    assert p99.value == pytest.approx(0.4) and p99.baseline_value == 0.5
+    assert p99.note == "met" and p99.ratio == pytest.approx(0.8)
+    rate = _get(results, "goal_redis_sustained_rps", "gateway_redis/nonstream")
+    assert (rate.value, rate.baseline_value) == (200, pytest.approx(450))
+    assert rate.note == "NOT met"
+    row = _get(results, "sustained_rps", "gateway_redis/nonstream", baseline="gateway/nonstream")
+    assert row.ratio == pytest.approx(0.4)
+    out.steps = [s for s in out.steps if not (s.system == GATEWAY_REDIS and s.rate == 200)]
+    out.steps.append(step(GATEWAY_REDIS, 200, 4, 9.6))  # 0.6 ms over the local p99
+    results = build_results(out, Settings(rates=(100, 200, 500)))
+    assert _get(results, "goal_redis_added_p99", "gateway_redis/nonstream").note == "NOT met"
+
+
+def test_no_redis_rows_without_the_redis_gateway() -> None:
+    results = build_results(_outcome(), Settings(rates=(50, 100, 500)))
+    assert not [r for r in results if "redis" in r.metric or "redis" in r.path]

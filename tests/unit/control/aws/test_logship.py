@@ -267,6 +267,16 @@ def test_shipping_turns_on_observability_and_names_the_bucket() -> None:
     plain = parse_document({"interfaces": INTERFACES, "aws": deployment})
     assert Feature.OBSERVABILITY not in enabled_features(plain)
     assert document_parameters(plain)["LogBucket"] == ""
+    assert document_parameters(plain)["AuditAnchorBucket"] == ""
+
+
+def test_s3_audit_anchors_turn_on_observability_and_name_their_bucket() -> None:
+    deployment = {"deployment": {"name": "gw", "external_id": "ext-12345678"}}
+    audit = {"path": "/var/log/spectra/ai-audit.jsonl", "key": {"env": "AUDIT_KEY"}}
+    audit["anchor_s3"] = {"bucket": "gw-audit-anchors"}
+    doc = parse_document({"interfaces": INTERFACES, "aws": deployment, "ai": {"audit": audit}})
+    assert Feature.OBSERVABILITY in enabled_features(doc)
+    assert document_parameters(doc)["AuditAnchorBucket"] == "gw-audit-anchors"
 
 
 def test_shipping_without_aws_is_a_section_error(

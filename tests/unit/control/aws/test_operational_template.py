@@ -28,6 +28,7 @@ EVERYTHING = {
     "VpcId": "vpc-0123abcd",
     "NotifyTopicArn": "arn:aws:sns:eu-west-1:123456789012:gw-takeovers",
     "LogBucket": "gw-flow-logs",
+    "AuditAnchorBucket": "gw-audit-anchors",
 }
 
 UNSCOPED = {
