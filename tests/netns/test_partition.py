@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from control.aws.lease import Lease, LeaseSettings
 from perf.lab.vpc.fleet import LAB_LEASE, Fleet
 from perf.lab.vpc.seed import client
 from perf.lab.vpc.topology import LEASE_TABLE
@@ -119,6 +120,17 @@ def _owned_by(fleet: Fleet, name: str, token: int) -> dict[str, Any]:
     }
 
 
+def _fence(fleet: Fleet, name: str) -> Lease:
+    """The lease of AZ a as instance ``name`` sees it, for its fence alone."""
+    status = fleet.lab.status()
+    settings = LeaseSettings(
+        table=LEASE_TABLE,
+        key=status["azs"]["a"]["zone"],
+        holder=status["instances"][name]["instance_id"],
+    )
+    return Lease(client("dynamodb", fleet.lab.endpoint_url), settings, lambda: True)
+
+
 def _addresses(ns: str, ifname: str) -> set[str]:
     out = sh(ns, "ip", "-j", "-4", "addr", "show", "dev", ifname)
     assert out.returncode == 0, out.stderr
@@ -175,6 +187,10 @@ def test_a_partitioned_leader_is_fenced_and_writes_nothing_after_the_heal(
         return lease.get("state") == "standby" and lease.get("error") is None
 
     healthy.wait("the healed old leader reads the table again", standby_again, 30)
+    # the old leader's token, presented to the lab's table as its route writer would
+    # before a write: refused (the conditional write, not the agent's own belief)
+    assert not _fence(healthy, old).still_holds(old_token)
+    assert _fence(healthy, new).still_holds(new_token)  # the same check passes the holder
     # several lease periods with both agents talking to moto: nothing moves back
     deadline = time.monotonic() + 2 * (LAB_LEASE["duration_s"] + LAB_LEASE["skew_margin_s"])
     while time.monotonic() < deadline:
