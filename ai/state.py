@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ai.writebehind import WriteBehind
 
@@ -236,3 +238,32 @@ class StateStore(WriteBehind):
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+
+def read_usage(
+    path: Path | None,
+) -> tuple[dict[str, dict[str, float]], dict[str, list[dict[str, Any]]]]:
+    """(budget use per key, meters per key) from a gateway's state file, opened
+    read-only (the config API's usage view, the agent's CloudWatch export); empty when
+    there is none yet."""
+    if path is None or not path.is_file():
+        return {}, {}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        budgets = {
+            key: {"used_tokens": tokens, "used_cost_usd": cost}
+            for key, tokens, cost in db.execute(
+                "SELECT key_id, used_tokens, used_cost FROM budgets"
+            )
+        }
+        meters: dict[str, list[dict[str, Any]]] = {}
+        columns = ", ".join(METER_FIELDS)
+        for row in db.execute(f"SELECT key_id, model, {columns} FROM meters ORDER BY 1, 2"):
+            meters.setdefault(row[0], []).append(
+                {"model": row[1], **dict(zip(METER_FIELDS, row[2:], strict=True))}
+            )
+    except sqlite3.OperationalError:  # a file the gateway has not initialised yet
+        return {}, {}
+    finally:
+        db.close()
+    return budgets, meters

@@ -343,6 +343,7 @@ class Agent:
                 doc.interfaces.inside,
                 doc.interfaces.outside,
                 (("Gateway", name),),
+                doc.ai.state.resolved_path(doc.ai.audit) if doc.ai.routes else None,
             )
         )
 

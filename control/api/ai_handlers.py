@@ -14,8 +14,6 @@ versioned with who did it, and converged by every instance.
 from __future__ import annotations
 
 import re
-import sqlite3
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,7 +21,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from ai.keys import SecretMissing, hash_key, new_key, resolve_secret
-from ai.state import METER_FIELDS
+from ai.state import read_usage
 from control.api.config_handlers import _etag, _json_body, _object, edit_document
 from control.api.errors import ApiError
 from control.api.state import STORE, call_store
@@ -31,34 +29,6 @@ from control.config import ConfigDocument, FieldError
 from control.store.base import VersionNotFound
 
 KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def read_usage(
-    path: Path | None,
-) -> tuple[dict[str, dict[str, float]], dict[str, list[dict[str, Any]]]]:
-    """(budget use per key, meters per key) from the AI gateway's state file; empty
-    when there is none yet."""
-    if path is None or not path.is_file():
-        return {}, {}
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        budgets = {
-            key: {"used_tokens": tokens, "used_cost_usd": cost}
-            for key, tokens, cost in db.execute(
-                "SELECT key_id, used_tokens, used_cost FROM budgets"
-            )
-        }
-        meters: dict[str, list[dict[str, Any]]] = {}
-        columns = ", ".join(METER_FIELDS)
-        for row in db.execute(f"SELECT key_id, model, {columns} FROM meters ORDER BY 1, 2"):
-            meters.setdefault(row[0], []).append(
-                {"model": row[1], **dict(zip(METER_FIELDS, row[2:], strict=True))}
-            )
-    except sqlite3.OperationalError:  # a file the gateway has not initialised yet
-        return {}, {}
-    finally:
-        db.close()
-    return budgets, meters
 
 
 async def _latest(request: web.Request) -> tuple[int, ConfigDocument]:

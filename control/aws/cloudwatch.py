@@ -17,7 +17,9 @@ guide), and turns the counter deltas into datums
   ``Packets...``: link counters, so the appliance's own traffic is included;
 * the product's own: ``FastPathPacketShare`` (percent of XDP packets redirected by the
   fast path), ``DropsByReason`` (dimension ``Reason``, the XDP drop reasons),
-  ``InspectionAlerts``, and the ENA counters under their ``ethtool`` names.
+  ``InspectionAlerts``, the ENA counters under their ``ethtool`` names, and the AI
+  gateway's ``AiRequests``, ``AiPromptTokens``, ``AiCompletionTokens`` and ``AiCostUSD``
+  (increase of its meters, summed over keys and models, read from its state file).
 
 ``IdleTimeoutCount`` has no source here and is not published. Datums wait in a bounded
 queue; ``PutMetricData`` takes at most ``BATCH`` of them per call; a failed call
@@ -36,10 +38,12 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ai.state import read_usage
 from control.aws.session import RoleInert
 
 log = logging.getLogger("spectra.aws")
@@ -62,6 +66,13 @@ LINKS = {  # metric: (side, link counter)
     "PacketsOutToSource": ("inside", "tx_packets"),
 }
 Sample = dict[str, float]  # flat counter name -> value
+# the AI gateway's meters (ai.state METER_FIELDS) -> the metric of their increase
+AI_METERS = {
+    "requests": "AiRequests",
+    "prompt_tokens": "AiPromptTokens",
+    "completion_tokens": "AiCompletionTokens",
+    "cost_usd": "AiCostUSD",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +83,29 @@ class ExportSettings:
     inside: str
     outside: str
     dimensions: tuple[tuple[str, str], ...]
+    ai_state: Path | None = None  # the AI gateway's state file (its meters), when it runs
+
+
+def ai_totals(path: Path | None) -> dict[str, float]:
+    """The AI gateway's meters summed over keys and models (``ai.<field>``), from its
+    state file; empty without one."""
+    _, meters = read_usage(path)
+    out: dict[str, float] = {}
+    for rows in meters.values():
+        for row in rows:
+            for name in AI_METERS:
+                out[f"ai.{name}"] = out.get(f"ai.{name}", 0.0) + float(row.get(name) or 0)
+    return out
 
 
 def flat_sample(
-    status: Mapping[str, Any], links: Mapping[str, Mapping[str, int]], ena: Mapping[str, int]
+    status: Mapping[str, Any],
+    links: Mapping[str, Mapping[str, int]],
+    ena: Mapping[str, int],
+    ai: Mapping[str, float] | None = None,
 ) -> Sample:
     """The counters the datums are computed from, by name."""
-    out: Sample = {}
+    out: Sample = dict(ai or {})
     conntrack = status.get("conntrack") or {}
     for key in ("count", "insert", "insert_failed", "drop"):
         if isinstance(conntrack.get(key), int):
@@ -137,6 +164,8 @@ def datums(
     if total and fast is not None:
         put("FastPathPacketShare", 100.0 * fast / total, "Percent")
     put("InspectionAlerts", _delta(prev, cur, "inspection.alerts"))
+    for name, metric in AI_METERS.items():
+        put(metric, _delta(prev, cur, f"ai.{name}"), "None" if name == "cost_usd" else "Count")
     for key in ENA_COUNTERS:
         put(key, _delta(prev, cur, f"ena.{key}"))
     return out
@@ -251,7 +280,7 @@ class CloudWatchExport:
             return
         links = {side: self._links(ifname) for side, ifname in
                  (("inside", settings.inside), ("outside", settings.outside))}  # fmt: skip
-        cur = flat_sample(status, links, self._ena(settings.outside))
+        cur = flat_sample(status, links, self._ena(settings.outside), ai_totals(settings.ai_state))
         dims = [{"Name": k, "Value": v} for k, v in settings.dimensions]
         new = datums(self._prev, cur, dims, datetime.now(UTC))
         self._prev = cur

@@ -4,12 +4,16 @@ a bounded queue."""
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from ai.state import SCHEMA
 from control.aws import OperationalRole, SessionFactory
 from control.aws.cloudwatch import BATCH, CloudWatchExport, ExportSettings
 from tests.unit.control.aws.conftest import REGION, admin_client, base_session
@@ -167,3 +171,52 @@ def test_link_and_ena_counters_of_this_namespace() -> None:
     assert set(lo) == {"rx_bytes", "tx_bytes", "rx_packets", "tx_packets"}
     assert link_counters("nosuch0") == {}
     assert ena_counters("lo") == {}  # not ENA: no allowance counters
+
+
+class Recording:
+    """PutMetricData calls recorded as {metric name: [values]}."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+
+    def put_metric_data(self, Namespace: str, MetricData: list[dict[str, Any]]) -> None:
+        for d in MetricData:
+            self.values.setdefault(d["MetricName"], []).append(d["Value"])
+
+
+def test_ai_gateway_tokens_and_cost_are_published_from_its_meters(tmp_path: Path) -> None:
+    state = tmp_path / "ai-state.sqlite3"
+    db = sqlite3.connect(state)
+    db.executescript(SCHEMA)
+
+    def meter(
+        key: str, model: str, requests: int, prompt: int, completion: int, cost: float
+    ) -> None:
+        db.execute(
+            "INSERT INTO meters (key_id, model, requests, prompt_tokens, completion_tokens, "
+            "cost_usd) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key_id, model) DO UPDATE SET "
+            "requests = requests + excluded.requests, "
+            "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+            "completion_tokens = completion_tokens + excluded.completion_tokens, "
+            "cost_usd = cost_usd + excluded.cost_usd",
+            (key, model, requests, prompt, completion, cost),
+        )
+        db.commit()
+
+    meter("k1", "gpt-4o-mini", 3, 200, 100, 0.25)
+    recorded, clock = Recording(), Clock()
+    export = CloudWatchExport(
+        Status(), lambda: recorded, links=links, ena=lambda _: {}, clock=clock
+    )
+    export.configure(replace(settings("Spectra/ai"), ai_state=state))
+    export.run_once()  # first sample: gauges only, no AI datum
+    assert "AiPromptTokens" not in recorded.values
+    meter("k1", "gpt-4o-mini", 2, 50, 40, 0.5)
+    meter("k2", "claude-sonnet-4", 1, 10, 5, 0.125)
+    clock.t += 60
+    export.run_once()
+    db.close()
+    assert recorded.values["AiRequests"] == [3.0]
+    assert recorded.values["AiPromptTokens"] == [60.0]
+    assert recorded.values["AiCompletionTokens"] == [45.0]
+    assert recorded.values["AiCostUSD"] == [0.625]
