@@ -353,6 +353,9 @@ class OffloadStats:
     adopted: int = 0
     gwlb_kernel_path: int = 0  # GWLB flows in conntrack now, left on the kernel path
     gwlb_offloaded: int = 0  # GWLB flows on the fast path now
+    # NATed TCP connections the kernel ended while still ESTABLISHED (no FIN/RST: they
+    # went idle past the timeout): NAT Gateway's IdleTimeoutCount (event offloader)
+    idle_timeouts: int = 0
     # Translated ports in use per (protocol, outside address, destination, port): the
     # busiest count (a port range holds that many) and the top few, from the last sync.
     nat_ports_busiest: int = 0
@@ -371,6 +374,7 @@ class OffloadStats:
             "bulk_tcp_in_kernel": self.removed["bulk_tcp"],
             "gwlb_kernel_path": self.gwlb_kernel_path,
             "gwlb_offloaded": self.gwlb_offloaded,
+            "idle_timeouts": self.idle_timeouts,
             "nat_ports_busiest": self.nat_ports_busiest,
             "nat_ports_top": list(self.nat_ports_top),
         }

@@ -268,6 +268,8 @@ class EventOffloader:
         self._awaiting_hop.pop(key, None)  # this event's flow is the one to judge
         if event.kind == "destroy":
             self._count_nat(ct, -1)
+            if ct.proto == IPPROTO_TCP and ct.tcp_state == TCP_CONNTRACK_ESTABLISHED:
+                self.stats.idle_timeouts += 1  # timed out open, never closed
             self._parked.discard(key)
             tracked = self.tracked.get(key)
             if tracked is not None:

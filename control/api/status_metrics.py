@@ -29,7 +29,7 @@ SECTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "offload": (
         ("offloaded_total", "table_full", "keepalives", "adopted", "no_neighbour",
          "not_forwarded", "bulk_tcp_in_kernel", "events", "resyncs_total", "refresh_failed",
-         "destroyed_while_active", "idle_parked"),
+         "destroyed_while_active", "idle_parked", "idle_timeouts"),
         ("active", "gwlb_kernel_path", "gwlb_offloaded", "nat_ports_busiest"),
     ),
     "conntrack": (

@@ -21,7 +21,9 @@ guide), and turns the counter deltas into datums
   gateway's ``AiRequests``, ``AiPromptTokens``, ``AiCompletionTokens`` and ``AiCostUSD``
   (increase of its meters, summed over keys and models, read from its state file).
 
-``IdleTimeoutCount`` has no source here and is not published. Datums wait in a bounded
+``IdleTimeoutCount``: NATed TCP connections conntrack ended while still established
+(they timed out idle, never closed), counted by the event offloader from its DESTROY
+events. Datums wait in a bounded
 queue; ``PutMetricData`` takes at most ``BATCH`` of them per call; a failed call
 (throttling, AccessDenied, an inert role, no network) is counted and retried with
 backoff, and when the queue is full the oldest datums are dropped and counted.
@@ -113,6 +115,9 @@ def flat_sample(
     reasons = (status.get("xdp_counters") or {}).get("reasons") or {}
     for reason, counter in reasons.items():
         out[f"xdp.{reason}"] = counter.get("packets", 0)
+    idle = (status.get("offload") or {}).get("idle_timeouts")
+    if isinstance(idle, int):
+        out["offload.idle_timeouts"] = idle
     alerts = (status.get("inspection") or {}).get("alerts_total")
     if isinstance(alerts, int):
         out["inspection.alerts"] = alerts
@@ -164,6 +169,7 @@ def datums(
     if total and fast is not None:
         put("FastPathPacketShare", 100.0 * fast / total, "Percent")
     put("InspectionAlerts", _delta(prev, cur, "inspection.alerts"))
+    put("IdleTimeoutCount", _delta(prev, cur, "offload.idle_timeouts"))
     for name, metric in AI_METERS.items():
         put(metric, _delta(prev, cur, f"ai.{name}"), "None" if name == "cost_usd" else "Count")
     for key in ENA_COUNTERS:

@@ -176,6 +176,18 @@ def test_destroy_removes_the_pair_and_the_port_use() -> None:
     assert not off.nat_ports
 
 
+def test_tcp_destroyed_while_established_is_an_idle_timeout() -> None:
+    off, _, kernel = make()
+    kernel.emit("update", tcp(40000))
+    off.step(T0)
+    kernel.emit("destroy", tcp(40000))  # timed out open
+    kernel.emit("destroy", tcp(40001, state=7))  # TIME_WAIT: closed
+    kernel.emit("destroy", udp(40002))
+    off.step(T0 + S)
+    assert off.stats.idle_timeouts == 1
+    assert off.stats.as_dict()["idle_timeouts"] == 1
+
+
 def test_tcp_leaving_established_goes_back_to_the_kernel() -> None:
     off, table, kernel = make()
     kernel.emit("update", tcp())

@@ -39,6 +39,7 @@ class Status:
                 "DROP_DENY": {"packets": 10 + 7 * n, "bytes": 0},
             }},
             "inspection": {"alerts_total": 4 + n},
+            "offload": {"idle_timeouts": 2 + 3 * n},
         }  # fmt: skip
 
 
@@ -100,6 +101,7 @@ def test_nat_gateway_metrics_reach_cloudwatch(moto_endpoint: str) -> None:
     assert sum(values(moto_endpoint, namespace, "ActiveConnectionCount")) == 100.0 + 101.0
     assert values(moto_endpoint, namespace, "BytesOutToDestination") == [0.0]
     assert values(moto_endpoint, namespace, "InspectionAlerts") == [1.0]
+    assert values(moto_endpoint, namespace, "IdleTimeoutCount") == [3.0]
 
 
 class FlakyClient:
