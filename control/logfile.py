@@ -10,16 +10,18 @@ logrotate's numbering: ``x.jsonl`` -> ``x.jsonl.1`` -> ... -> ``x.jsonl.<keep>``
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
+import os
 import queue
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     from control.logship import Shipper
@@ -39,27 +41,37 @@ class Rotation:
 
 
 class RotatingFile:
-    """Appends lines to ``rotation.path``; rotates once it passes ``max_bytes``."""
+    """Appends lines to ``rotation.path``; rotates once it passes ``max_bytes``. A batch
+    is written whole or not at all: a write that fails part-way (a full disk) is cut
+    back to where the batch started, so no partial line is left for the next batch to
+    run into."""
 
     def __init__(self, rotation: Rotation) -> None:
         self.rotation = rotation
         self.rotations = 0
-        self._file: TextIO | None = None
+        self._file: BinaryIO | None = None
         self._size = 0
 
-    def _open(self) -> TextIO:
+    def _open(self) -> BinaryIO:
         if self._file is None:
             self.rotation.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.rotation.path.open("a", encoding="utf-8")
-            self._size = self._file.tell()
+            self._file = self.rotation.path.open("ab", buffering=0)  # no buffer to flush
+            self._size = self._file.seek(0, os.SEEK_END)
         return self._file
 
     def write(self, lines: list[str]) -> None:
         f = self._open()
-        text = "".join(lines)
-        f.write(text)
-        f.flush()
-        self._size += len(text.encode())
+        data = memoryview("".join(lines).encode())
+        start, size = self._size, len(data)
+        try:
+            while data:
+                data = data[f.write(data) or 0 :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(f.fileno(), start)
+            self.close()
+            raise
+        self._size = start + size
         if self._size >= self.rotation.max_bytes:
             self.rotate()
 
