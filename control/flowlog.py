@@ -350,6 +350,7 @@ class FlowLogger(NetlinkLogger):
             "kernel_overflows": self.kernel_overflows,
             **self.kernel_counters(),
             "writer_stalls": self.writer_stalls,
+            "reader_error": self.reader_error,
             "fastpath_waiting": len(self._waiting),
             "fastpath_unknown": self.fastpath_unknown,
             **self.out.counters(),

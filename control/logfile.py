@@ -219,6 +219,7 @@ class NetlinkLogger:
     def __init__(self, sock: socket.socket, out: RecordLog, name: str) -> None:
         self.out = out
         self.kernel_overflows = 0
+        self.reader_error: str | None = None
         self._stop = threading.Event()
         self._sock = sock
         self._drops_at_start = netlink_drops(sock)
@@ -236,6 +237,17 @@ class NetlinkLogger:
         """Called when the socket was quiet for its timeout (nothing by default)."""
 
     def _run(self) -> None:
+        try:
+            self._read()
+        except Exception as exc:  # reported in the counters (reader_error)
+            # a reader that died must not keep its socket: a reliable one would hold the
+            # kernel's undelivered events (and their conntrack entries) for ever
+            log.exception("%s: reading thread ended; socket closed", self._thread.name)
+            self.reader_error = f"{type(exc).__name__}: {exc}"
+            self.kernel_drops()
+            self._sock.close()
+
+    def _read(self) -> None:
         while not self._stop.is_set():
             try:
                 data = self._sock.recv(1 << 16)

@@ -408,3 +408,23 @@ def test_reliable_is_a_document_field() -> None:
     assert doc.logging.flow_logs.reliable is False
     with pytest.raises(ConfigValidationError, match="reliable"):
         parse_document(logs_doc(flow_logs={"enabled": True, "reliable": "sometimes"}))
+
+
+def test_a_reader_that_dies_closes_its_socket(tmp_path: Path) -> None:
+    logger = _unix_logger(tmp_path, reliable=True)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    logger._sock.close()
+    logger._sock = a
+    a.settimeout(0.2)
+
+    def broken(data: bytes, now_ns: int) -> None:
+        raise ValueError("a parser bug")
+
+    logger.ingest = broken  # type: ignore[method-assign]
+    logger.start()
+    b.send(b"x")
+    logger._thread.join(2.0)
+    assert not logger._thread.is_alive() and a.fileno() == -1, "the kernel may let go"
+    assert logger.counters()["reader_error"] == "ValueError: a parser bug"
+    logger.stop()
+    b.close()
