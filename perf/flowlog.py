@@ -224,7 +224,7 @@ def measure(consumer: str, n: int, tmp: Path, rcvbuf: int) -> Run:
         counter.stop()
         figures.update(received=counter.received, kernel_overflows=counter.kernel_overflows)
     else:
-        path = tmp / f"flow-{n}.jsonl"
+        path = tmp / f"{consumer}-{n}.jsonl"
         reliable = consumer == "flowlog_reliable"
         logger = FlowLogger(Rotation(path, 64 << 20, 5), sampling=1, capacity=65536,
                             known=Known(instance_id="perf"), reliable=reliable,
@@ -242,7 +242,7 @@ def measure(consumer: str, n: int, tmp: Path, rcvbuf: int) -> Run:
         figures.update(held.figures())
         logger.stop()
         c = logger.counters()
-        lines = sum(1 for p in tmp.glob(f"flow-{n}.jsonl*") for _ in p.open())
+        lines = sum(1 for p in tmp.glob(f"{consumer}-{n}.jsonl*") for _ in p.open())
         figures.update(
             received=c["flows"],
             written=c["written"],
