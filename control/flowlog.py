@@ -6,9 +6,29 @@ The source is ctnetlink's DESTROY event group on a socket of its own
 (:mod:`xdp.ctevents` parses the entry), with ``nf_conntrack_acct`` (packet and byte
 counters per direction) and ``nf_conntrack_timestamp`` (start and stop) turned on in
 the namespace.  A reading thread turns events into records and offers them to the
-writer's bounded queue: under pressure records are dropped and counted (``dropped``;
-``kernel_overflows`` when the socket itself overflowed, ENOBUFS), never silently lost.
-``sampling`` N keeps one flow in N (``sampled_out`` counts the rest).
+writer's bounded queue.  ``sampling`` N keeps one flow in N (``sampled_out`` counts the
+rest).
+
+Reliable delivery (``reliable``, the default; conntrackd's ``NetlinkEventsReliable``):
+the socket sets ``NETLINK_BROADCAST_ERROR`` and ``NETLINK_NO_ENOBUFS``.  When the kernel
+cannot queue a DESTROY event to it (receive buffer full, or no memory for the message)
+the failure reaches conntrack, which keeps the entry on its event-cache dying list and
+has its event worker deliver it again later (``nf_conntrack_ecache.c``): the event waits
+in the kernel instead of being lost, and the entry (still counted in
+``nf_conntrack_count``) is freed once delivered.  Memory stays bounded by the conntrack
+table itself; the price of a logger that lags is back-pressure on new flows when the
+table fills (``docs/architecture.md``, "Flow logs").  The reading thread then waits up to
+:data:`OFFER_WAIT_S` for room in the writer's queue rather than dropping; a writer that
+stays stuck (a hung disk) turns waiting off until its queue has room again, so a dead
+disk cannot hold conntrack entries for ever.  ``kernel_redelivered`` counts the
+deliveries the kernel had to retry (``sk_drops`` of the socket, ``/proc/net/netlink``).
+
+Without it (``reliable: false``) an overflowing socket loses events: ``kernel_lost`` is
+the exact number of DESTROY events the kernel could not queue (``sk_drops``; the string
+``unknown`` when the table cannot be read and an overflow was seen), and
+``kernel_overflows`` the ENOBUFS errors that reported them (one error stands for many
+events).  Records the writer's queue cannot take are ``dropped``.  Nothing is lost
+without a counter saying so.
 
 Packets the XDP fast path forwards bypass conntrack, so an offloaded flow's conntrack
 counters hold only its slow-path share.  The offloader hands the flow table's counters
@@ -68,6 +88,8 @@ _BE64 = struct.Struct(">Q")
 # them into records; ~1 KiB of socket memory each (``perf flowlog``: 64 MiB, which the
 # kernel doubles for overhead, held ~127,000) -- charged only while events wait in it.
 FLOW_RCVBUF = max(RCVBUF, 192 << 20)
+NETLINK_BROADCAST_ERROR, NETLINK_NO_ENOBUFS = 4, 5  # linux/netlink.h, SOL_NETLINK
+OFFER_WAIT_S = 1.0  # reliable: how long the reader waits for room in the writer's queue
 SHARE_WAIT_NS = 1_000_000_000  # how long a record waits for the offloader's share
 PENDING_MAX = 65536  # records waiting for it at most (more: written with ``-``)
 
@@ -203,13 +225,18 @@ class Sampler:
         return False
 
 
-def destroy_socket(rcvbuf: int = FLOW_RCVBUF) -> socket.socket:
-    """A ctnetlink socket of the current namespace subscribed to DESTROY only."""
+def destroy_socket(rcvbuf: int = FLOW_RCVBUF, reliable: bool = True) -> socket.socket:
+    """A ctnetlink socket of the current namespace subscribed to DESTROY only;
+    ``reliable``: a failed delivery is reported to conntrack, which delivers the event
+    again later (see the module's docstring)."""
     sock = _nlsocket()
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
     except PermissionError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if reliable:
+        sock.setsockopt(SOL_NETLINK, NETLINK_BROADCAST_ERROR, 1)
+        sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
     sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_CONNTRACK_DESTROY)
     sock.settimeout(0.2)
     return sock
@@ -225,12 +252,17 @@ class FlowLogger(NetlinkLogger):
         sampling: int,
         capacity: int,
         known: Known,
-        open_socket: Callable[[], socket.socket] = destroy_socket,
+        reliable: bool = True,
+        open_socket: Callable[[bool], socket.socket] | None = None,
         ship: Shipper | None = None,
         shares: FastpathShares | None = None,
     ) -> None:
         out = RecordLog(rotation, capacity, "spectra-flowlog-writer", ship)
-        super().__init__(open_socket(), out, "spectra-flowlog")
+        sock = (open_socket or (lambda r: destroy_socket(reliable=r)))(reliable)
+        super().__init__(sock, out, "spectra-flowlog")
+        self.reliable = reliable
+        self.writer_stalls = 0
+        self._stalled = False
         self.sampler = Sampler(sampling)
         self.known = known
         self.shares = shares
@@ -247,11 +279,11 @@ class FlowLogger(NetlinkLogger):
                     shares.forget(flow.key)
                 continue
             if shares is None:
-                self.out.offer(record(flow, acct, self.known, now_ns))
+                self._offer(record(flow, acct, self.known, now_ns))
                 continue
             share = shares.take(flow.key)
             if isinstance(share, Share):
-                self.out.offer(record(flow, acct, self.known, now_ns, share))
+                self._offer(record(flow, acct, self.known, now_ns, share))
             elif len(self._waiting) < PENDING_MAX:
                 self._waiting.append((now_ns + SHARE_WAIT_NS, flow, acct))
             else:
@@ -269,7 +301,7 @@ class FlowLogger(NetlinkLogger):
             deadline, flow, acct = waiting[0]
             share = shares.take(flow.key)
             if isinstance(share, Share):
-                self.out.offer(record(flow, acct, self.known, now_ns, share))
+                self._offer(record(flow, acct, self.known, now_ns, share))
             elif now_ns >= deadline:
                 self._give_up(flow, acct, now_ns)
             else:
@@ -287,13 +319,38 @@ class FlowLogger(NetlinkLogger):
         self.fastpath_unknown += 1
         if self.shares is not None:
             self.shares.forget(flow.key)
-        self.out.offer(record(flow, acct, self.known, now_ns))
+        self._offer(record(flow, acct, self.known, now_ns))
+
+    def _offer(self, rec: dict[str, Any]) -> None:
+        """Queue a record; reliable and the writer not known stuck: wait for room (the
+        kernel keeps what the socket cannot take meanwhile)."""
+        if not self.reliable:
+            self.out.offer(rec)
+        elif self._stalled:
+            self._stalled = not self.out.offer(rec)
+        elif not self.out.offer(rec, OFFER_WAIT_S):
+            self._stalled = True
+            self.writer_stalls += 1
+            log.warning("flow log: writer stuck for %.1f s; dropping records", OFFER_WAIT_S)
+
+    def kernel_counters(self) -> dict[str, Any]:
+        """What the kernel could not deliver: retried (reliable) or lost."""
+        drops = self.kernel_drops()
+        if self.reliable:
+            return {"kernel_lost": 0, "kernel_redelivered": drops if drops is not None else "-"}
+        if drops is None:
+            return {"kernel_lost": "unknown" if self.kernel_overflows else 0}
+        return {"kernel_lost": drops}
 
     def counters(self) -> dict[str, Any]:
         return {
+            "reliable": self.reliable,
             "flows": self.events,
             "sampled_out": self.sampler.skipped,
             "kernel_overflows": self.kernel_overflows,
+            **self.kernel_counters(),
+            "writer_stalls": self.writer_stalls,
+            "reader_error": self.reader_error,
             "fastpath_waiting": len(self._waiting),
             "fastpath_unknown": self.fastpath_unknown,
             **self.out.counters(),

@@ -1,8 +1,10 @@
 """A JSON-lines log file with size-based rotation, written by its own thread from a
 bounded queue: what the flow log and the firewall log share.
 
-Producers never block: :meth:`RecordLog.offer` puts a record on the queue or, when the
-queue is full (the disk is slower than the flows end), counts it in ``dropped``; a
+Producers do not block by default: :meth:`RecordLog.offer` puts a record on the queue or,
+when the queue is full (the disk is slower than the flows end), counts it in ``dropped``
+(a producer with somewhere else to wait -- the reliable flow log, whose kernel keeps the
+undelivered events -- may wait a bounded time for room first); a
 failed write (disk full, directory gone) is counted in ``write_errors`` with its
 records in ``dropped``.  Nothing is lost without a counter saying so.  Rotation follows
 logrotate's numbering: ``x.jsonl`` -> ``x.jsonl.1`` -> ... -> ``x.jsonl.<keep>``.
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("spectra.control")
 
 STOP = object()
+NETLINK_TABLE = Path("/proc/thread-self/net/netlink")  # the reading thread's namespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +114,14 @@ class RecordLog:
             self.ship.start()
         self._thread.start()
 
-    def offer(self, record: dict[str, Any]) -> bool:
-        """Queue ``record``; False (and counted) when the queue is full."""
+    def offer(self, record: dict[str, Any], wait: float = 0.0) -> bool:
+        """Queue ``record``, waiting up to ``wait`` seconds for room; False (and counted)
+        when the queue stayed full."""
         try:
-            self._queue.put_nowait(record)
+            if wait > 0:
+                self._queue.put(record, timeout=wait)
+            else:
+                self._queue.put_nowait(record)
         except queue.Full:
             self.dropped += 1
             return False
@@ -194,16 +201,40 @@ class Feed:
         return target.offer(record) if target is not None else False
 
 
+def netlink_drops(sock: socket.socket, table: Path = NETLINK_TABLE) -> int | None:
+    """The kernel's count of messages it could not queue to ``sock`` (``sk_drops``,
+    raised once per undelivered message: the ``Drops`` column of ``/proc/net/netlink``,
+    found by the socket's inode); None when the table has no such row or cannot be read."""
+    inode = os.fstat(sock.fileno()).st_ino
+    try:
+        lines = table.read_text().splitlines()
+    except OSError:
+        return None
+    header = lines[0].split() if lines else []
+    if "Drops" not in header or "Inode" not in header:
+        return None
+    drops, at = header.index("Drops"), header.index("Inode")
+    for line in lines[1:]:
+        cols = line.split()
+        if len(cols) == len(header) and cols[at] == str(inode):
+            return int(cols[drops])
+    return None
+
+
 class NetlinkLogger:
     """A netlink socket read by its own thread into a :class:`RecordLog`: the shape the
     flow log and the firewall log share. Subclasses turn one datagram into records
-    (:meth:`ingest`); a receive-buffer overflow (ENOBUFS) is counted, never fatal."""
+    (:meth:`ingest`); a receive-buffer overflow (ENOBUFS) is counted, never fatal, and
+    :meth:`kernel_drops` says how many messages the kernel could not queue."""
 
     def __init__(self, sock: socket.socket, out: RecordLog, name: str) -> None:
         self.out = out
         self.kernel_overflows = 0
+        self.reader_error: str | None = None
         self._stop = threading.Event()
         self._sock = sock
+        self._drops_at_start = netlink_drops(sock)
+        self._drops_last = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -217,6 +248,17 @@ class NetlinkLogger:
         """Called when the socket was quiet for its timeout (nothing by default)."""
 
     def _run(self) -> None:
+        try:
+            self._read()
+        except Exception as exc:  # reported in the counters (reader_error)
+            # a reader that died must not keep its socket: a reliable one would hold the
+            # kernel's undelivered events (and their conntrack entries) for ever
+            log.exception("%s: reading thread ended; socket closed", self._thread.name)
+            self.reader_error = f"{type(exc).__name__}: {exc}"
+            self.kernel_drops()
+            self._sock.close()
+
+    def _read(self) -> None:
         while not self._stop.is_set():
             try:
                 data = self._sock.recv(1 << 16)
@@ -232,11 +274,23 @@ class NetlinkLogger:
                 raise
             self.ingest(data, time.time_ns())
 
+    def kernel_drops(self) -> int | None:
+        """Messages the kernel could not queue to the socket since it was opened (None:
+        not readable here); the last value read once the socket is closed."""
+        if self._drops_at_start is None:
+            return None
+        if self._sock.fileno() >= 0:
+            now = netlink_drops(self._sock)
+            if now is not None:
+                self._drops_last = now - self._drops_at_start
+        return self._drops_last
+
     def stop_reading(self) -> None:
         """End the reading thread and close the socket (the record log goes on)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(2.0)
+        self.kernel_drops()  # the last count, while the socket still exists
         self._sock.close()
 
     def stop(self) -> None:

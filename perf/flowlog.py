@@ -5,18 +5,27 @@ with ``nf_conntrack_acct`` and ``nf_conntrack_timestamp`` on (the flow log's set
 N UDP entries are created over ctnetlink (``IPCTNL_MSG_CT_NEW``, 256 to a datagram; the
 kernel attaches zeroed counters and a start timestamp, as for real traffic), then
 ``conntrack -F`` ends them all at once, the worst burst of DESTROY events a gateway
-sees.  Three consumers, each on fresh entries:
+sees.  The consumers, each on fresh entries:
 
 * ``none``: no listener (flush time only);
 * ``count`` (the baseline): a bare DESTROY socket of the same receive buffer that only
   counts the messages, what "logging off, events on" costs;
-* ``flowlog``: the product's :class:`control.flowlog.FlowLogger` writing ``flow.jsonl``
-  (default queue 65,536, 64 MiB rotation).
+* ``flowlog_reliable`` / ``flowlog_unreliable`` (``--reliable on|off|both``): the
+  product's :class:`control.flowlog.FlowLogger` writing ``flow.jsonl`` (default queue
+  65,536, 64 MiB rotation) with reliable delivery on (the kernel keeps and re-delivers
+  what the socket cannot take) or off (it is lost and counted).
+
+``--rcvbuf`` sets every socket's receive buffer (default the flow log's own, 192 MiB):
+a small one shows what reliable delivery does when the logger cannot keep up.
 
 Figures per size: ``received`` (DESTROY events read) and, for the flow log, ``written``
-records, ``dropped`` (queue full), ``kernel_overflows`` (ENOBUFS: events the kernel
-could not queue), ``lost`` (N - written: every one of them counted in the two above or
-in ``flows`` - ``written``), ``drain_s`` (flush -> the last record written), ``cpu_s``
+records, ``dropped`` (queue full), ``kernel_overflows`` (ENOBUFS errors),
+``kernel_lost`` (events the kernel could not queue and dropped: unreliable),
+``kernel_redelivered`` (deliveries it retried: reliable), ``lost`` (N - written: every
+one of them counted in ``kernel_lost`` or ``dropped``), ``held_max`` and ``held_s`` (the
+ended entries still in the conntrack table when the flush returned, and how long until
+the last was freed: the back-pressure of reliable delivery), ``drain_s`` (flush -> the
+last record written), ``cpu_s``
 (the consumer process's CPU, user + system, over that window; the flush itself runs in
 the ``conntrack`` process), ``peak_rss_mb`` (the process's high-water mark after the
 run); ratios against ``count`` at the same size.
@@ -44,7 +53,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from control.flowlog import FlowLogger, Known, destroy_socket
+from control.flowlog import FLOW_RCVBUF, FlowLogger, Known, destroy_socket
 from control.logfile import Rotation
 from perf import report
 from perf.report import Result
@@ -65,6 +74,9 @@ from xdp.ctevents import (
 from xdp.offload import CtTuple
 
 CT_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
+CT_COUNT = Path("/proc/sys/net/netfilter/nf_conntrack_count")
+CONSUMERS = {"on": ("flowlog_reliable",), "off": ("flowlog_unreliable",),
+             "both": ("flowlog_reliable", "flowlog_unreliable")}  # fmt: skip
 SIZES = (10_000, 50_000, 250_000)
 PER_DATAGRAM = 256
 QUIET_S = 2.0  # a consumer that read nothing for this long has seen everything
@@ -74,6 +86,10 @@ FIGURES = (
     ("lost", "records"),
     ("dropped", "records"),
     ("kernel_overflows", "ENOBUFS"),
+    ("kernel_lost", "events"),
+    ("kernel_redelivered", "deliveries"),
+    ("held_max", "entries"),
+    ("held_s", "s"),
     ("drain_s", "s"),
     ("cpu_s", "s"),
     ("peak_rss_mb", "MiB"),
@@ -107,7 +123,7 @@ def create(n: int) -> float:
             sock.send(batch)
     finally:
         sock.close()
-    count = int(Path("/proc/sys/net/netfilter/nf_conntrack_count").read_text())
+    count = int(CT_COUNT.read_text())
     if count < n:
         raise SystemExit(f"created {count} of {n} conntrack entries (nf_conntrack_max?)")
     return time.monotonic() - started
@@ -122,9 +138,9 @@ def flush() -> float:
 class Counter(threading.Thread):
     """The baseline consumer: reads the DESTROY socket and counts messages."""
 
-    def __init__(self) -> None:
+    def __init__(self, rcvbuf: int) -> None:
         super().__init__(daemon=True)
-        self.sock = destroy_socket()
+        self.sock = destroy_socket(rcvbuf, reliable=False)
         self.received = 0
         self.kernel_overflows = 0
         self.stopping = threading.Event()
@@ -164,7 +180,31 @@ def _settle(progress: Any, n: int) -> float:
         time.sleep(0.02)
 
 
-def measure(consumer: str, n: int, tmp: Path) -> Run:
+class Held(threading.Thread):
+    """Watches ``nf_conntrack_count`` after a flush: the entries conntrack still holds
+    (undelivered DESTROY events) and when the last of them was freed."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.started = time.monotonic()
+        self.first = int(CT_COUNT.read_text())
+        self.freed_at: float | None = None
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set() and self.freed_at is None:
+            if int(CT_COUNT.read_text()) == 0:
+                self.freed_at = time.monotonic()
+            time.sleep(0.01)
+
+    def figures(self) -> dict[str, Any]:
+        self.stopping.set()
+        self.join(2)
+        held = None if self.freed_at is None else round(self.freed_at - self.started, 3)
+        return {"held_max": self.first, "held_s": held}
+
+
+def measure(consumer: str, n: int, tmp: Path, rcvbuf: int) -> Run:
     # the listener comes first: with nf_conntrack_events at its default (2) the kernel
     # gives an entry its event extension only while someone listens, as the agent does
     figures: dict[str, Any] = {}
@@ -173,7 +213,7 @@ def measure(consumer: str, n: int, tmp: Path) -> Run:
         figures["flush_s"] = round(flush(), 3)
         return Run(consumer, n, figures)
     if consumer == "count":
-        counter = Counter()
+        counter = Counter(rcvbuf)
         counter.start()
         figures["create_s"] = round(create(n), 2)
         cpu0 = _cpu()
@@ -184,26 +224,33 @@ def measure(consumer: str, n: int, tmp: Path) -> Run:
         counter.stop()
         figures.update(received=counter.received, kernel_overflows=counter.kernel_overflows)
     else:
-        path = tmp / f"flow-{n}.jsonl"
+        path = tmp / f"{consumer}-{n}.jsonl"
+        reliable = consumer == "flowlog_reliable"
         logger = FlowLogger(Rotation(path, 64 << 20, 5), sampling=1, capacity=65536,
-                            known=Known(instance_id="perf"))  # fmt: skip
+                            known=Known(instance_id="perf"), reliable=reliable,
+                            open_socket=lambda r: destroy_socket(rcvbuf, r))  # fmt: skip
         logger.start()
         figures["create_s"] = round(create(n), 2)
         cpu0 = _cpu()
         t0 = time.monotonic()
         figures["flush_s"] = round(flush(), 3)
+        held = Held()
+        held.start()
         _settle(lambda: logger.events, n)
         done = _settle(lambda: logger.out.written + logger.out.dropped, logger.events)
         cpu = _cpu() - cpu0
+        figures.update(held.figures())
         logger.stop()
         c = logger.counters()
-        lines = sum(1 for p in tmp.glob(f"flow-{n}.jsonl*") for _ in p.open())
+        lines = sum(1 for p in tmp.glob(f"{consumer}-{n}.jsonl*") for _ in p.open())
         figures.update(
             received=c["flows"],
             written=c["written"],
             lines=lines,
             dropped=c["dropped"],
             kernel_overflows=c["kernel_overflows"],
+            kernel_lost=c["kernel_lost"],
+            kernel_redelivered=c.get("kernel_redelivered"),
             lost=n - c["written"],
         )
     figures.update(
@@ -218,7 +265,7 @@ def results(runs: list[Run]) -> list[Result]:
     base = {r.flows: r for r in runs if r.consumer == "count"}
     out = []
     for r in runs:
-        b = base.get(r.flows) if r.consumer == "flowlog" else None
+        b = base.get(r.flows) if r.consumer.startswith("flowlog") else None
         for metric, unit in FIGURES:
             value = r.figures.get(metric)
             if value is None:
@@ -238,7 +285,7 @@ def results(runs: list[Run]) -> list[Result]:
     return out
 
 
-def inside(sizes: tuple[int, ...]) -> list[Run]:
+def inside(sizes: tuple[int, ...], rcvbuf: int, loggers: tuple[str, ...]) -> list[Run]:
     """The measurements, in the scratch namespace (this process runs there)."""
     for key in ("nf_conntrack_acct", "nf_conntrack_timestamp"):
         Path(f"/proc/sys/net/netfilter/{key}").write_text("1")
@@ -246,8 +293,8 @@ def inside(sizes: tuple[int, ...]) -> list[Run]:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
-            for consumer in ("none", "count", "flowlog"):
-                run = measure(consumer, n, Path(tmp))
+            for consumer in ("none", "count", *loggers):
+                run = measure(consumer, n, Path(tmp), rcvbuf)
                 print(json.dumps({"run": f"{consumer}_{n}", **run.figures}), file=sys.stderr)
                 runs.append(run)
     return runs
@@ -258,13 +305,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, required=True, metavar="FILE")
     p.add_argument("--quick", action="store_true", help="2,000 flows")
     p.add_argument("--sizes", help="comma-separated flow counts (default 10000,50000,250000)")
+    p.add_argument("--rcvbuf", type=int, default=FLOW_RCVBUF, help="socket receive buffer, bytes")
+    p.add_argument(
+        "--reliable",
+        choices=sorted(CONSUMERS),
+        default="both",
+        help="the flow log's reliable delivery (default: both, one after the other)",
+    )
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     sizes: tuple[int, ...] = (2000,) if args.quick else SIZES
     if args.sizes:
         sizes = tuple(int(x) for x in args.sizes.split(",") if x)
     if args.inside:  # the child: measure, hand the runs back as JSON on stdout
-        print(json.dumps([dataclasses.asdict(r) for r in inside(sizes)]))
+        runs = inside(sizes, args.rcvbuf, CONSUMERS[args.reliable])
+        print(json.dumps([dataclasses.asdict(r) for r in runs]))
         return 0
     started = time.monotonic()
     ns = f"csflowlog{os.getpid()}"
@@ -277,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         child = subprocess.run(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "perf.flowlog", "--inside",
-             "--json", str(args.json), "--sizes", ",".join(map(str, sizes))],
+             "--json", str(args.json), "--sizes", ",".join(map(str, sizes)),
+             "--rcvbuf", str(args.rcvbuf), "--reliable", args.reliable],
             check=True, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
     finally:

@@ -46,6 +46,12 @@ SECTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("restarts", "reconfigures", "access_log_rotations"),
         ("running", "healthy", "reconfigure_hold_ms"),
     ),
+    # a dotted section is a nested one, exported under its last part
+    "traffic_logs.flow_logs": (
+        ("flows", "written", "dropped", "write_errors", "sampled_out", "kernel_overflows",
+         "kernel_lost", "kernel_redelivered", "writer_stalls", "fastpath_unknown"),
+        ("queued", "fastpath_waiting"),
+    ),
 }  # fmt: skip
 RENAMED = {"offloaded_total": "offloaded", "resyncs_total": "resyncs", "alerts_total": "alerts"}
 HISTOGRAMS = {
@@ -132,8 +138,9 @@ class StatusCollector(Collector):
 
     def _sections(self) -> Iterator[Metric]:
         for section, (counters, gauges) in SECTIONS.items():
+            path = section.split(".")
             for key in (*counters, *gauges):
-                name = f"spectra_dataplane_{section}_{RENAMED.get(key, key)}"
+                name = f"spectra_dataplane_{path[-1]}_{RENAMED.get(key, key)}"
                 doc = f"{section} {key} (spectra status)."
                 family: CounterMetricFamily | GaugeMetricFamily = (
                     GaugeMetricFamily(name, doc, labels=["instance"])
@@ -141,7 +148,9 @@ class StatusCollector(Collector):
                     else CounterMetricFamily(name, doc, labels=["instance"])
                 )
                 for instance, state in self._instances():
-                    value = _number(_dict(state.get(section)).get(key))
+                    for part in path:
+                        state = _dict(state.get(part))
+                    value = _number(state.get(key))
                     if value is not None:
                         family.add_metric([instance], value)
                 yield family

@@ -68,6 +68,14 @@ class FlowLogs(Shipping):
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096, le=1 << 40)
     keep: int = Field(default=5, ge=1, le=100, description="rotated files kept")
     queue: int = Field(default=65536, ge=16, le=4_194_304, description="records buffered")
+    reliable: bool = Field(
+        default=True,
+        description=(
+            "the kernel keeps a DESTROY event it could not deliver and delivers it again "
+            "(no record lost; a lagging log holds ended entries in the conntrack table); "
+            "false: events the socket cannot take are lost and counted"
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod

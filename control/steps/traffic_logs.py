@@ -142,6 +142,7 @@ class TrafficLogsStep(StepBase):
                     Rotation(self.context.log_dir / FLOW_FILE, f.max_bytes, f.keep),
                     sampling=f.sampling,
                     capacity=f.queue,
+                    reliable=f.reliable,
                     known=Known(instance_id=self.context.instance, region=part.region),
                     ship=self._ship(f, "flow", flow_aws),
                     # only the event offloader settles shares (the dump one: ``-``)

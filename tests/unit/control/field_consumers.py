@@ -231,7 +231,7 @@ CONSUMERS: dict[str, str] = {
     # logging, metrics
     **{
         f"logging.flow_logs.{k}": "control/steps/traffic_logs.py"
-        for k in ("enabled", "keep", "max_bytes", "queue", "sampling", *_SHIP)
+        for k in ("enabled", "keep", "max_bytes", "queue", "reliable", "sampling", *_SHIP)
     },
     **{
         f"logging.firewall_logs.{k}": "control/steps/traffic_logs.py"

@@ -56,6 +56,9 @@ def _instance(drops: int, applies: int) -> dict[str, Any]:
         "conntrack": {"count": 42, "max": 262144, "drop": 6, "sizing": {"max": 1}},
         "inspection": {"engine_pid": 1234, "engine_restarts": 2, "rules_loaded": 7},
         "proxy": {"pid": 77, "version": "5.7", "healthy": True, "reconfigures": 3},
+        "traffic_logs": {
+            "flow_logs": {"reliable": True, "written": 9, "kernel_lost": drops, "queued": 3}
+        },
     }
 
 
@@ -101,6 +104,9 @@ async def test_exposition_parses_with_types_and_instance_labels(
     assert value(samples, "spectra_dataplane_proxy_reconfigures_total", instance="gw-a") == 3
     assert value(samples, "spectra_config_section_errors", instance="gw-a",
                  field="ai.key_secret") == 1  # fmt: skip
+    assert value(samples, "spectra_dataplane_flow_logs_written_total", instance="gw-a") == 9
+    assert value(samples, "spectra_dataplane_flow_logs_kernel_lost_total", instance="gw-b") == 1
+    assert types["spectra_dataplane_flow_logs_queued"] == "gauge"
     # a process id is not a metric; nothing outside the typed tables is exported
     assert not any("pid" in name for name in types)
 

@@ -36,7 +36,7 @@ from control.flowlog import (
     destroyed,
 )
 from control.flowlog import record as flow_record
-from control.logfile import RecordLog, RotatingFile, Rotation
+from control.logfile import RecordLog, RotatingFile, Rotation, netlink_drops
 from control.steps.nftables import render_nftables
 from control.steps.traffic_logs import TrafficLogsStep
 from tests.unit.control.conftest import minimal
@@ -159,7 +159,7 @@ def test_sampling_keeps_one_flow_in_n() -> None:
 def test_the_logger_samples_and_counts(tmp_path: Path) -> None:
     logger = FlowLogger(Rotation(tmp_path / "flow.jsonl", 1 << 20, 2), sampling=3,
                         capacity=1024, known=Known(),
-        open_socket=lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))  # fmt: skip
+        open_socket=lambda _: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))  # fmt: skip
     try:
         logger.out.start()
         for i in range(9):
@@ -263,7 +263,7 @@ def test_no_thread_is_left_behind(tmp_path: Path) -> None:
 def _flow_logger(tmp_path: Path, shares: FastpathShares) -> FlowLogger:
     return FlowLogger(Rotation(tmp_path / "flow.jsonl", 1 << 20, 2), sampling=1,
                       capacity=1024, known=Known(), shares=shares,
-        open_socket=lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))  # fmt: skip
+        open_socket=lambda _: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))  # fmt: skip
 
 
 def test_a_record_adds_the_fast_path_share_it_waited_for(tmp_path: Path) -> None:
@@ -329,3 +329,102 @@ def test_waiting_records_leave_in_arrival_order(tmp_path: Path) -> None:
         logger.stop()
     rows = [json.loads(x) for x in (tmp_path / "flow.jsonl").read_text().splitlines()]
     assert [(r["srcport"], r["fastpath-packets"]) for r in rows] == [(40000, "-"), (40001, 2)]
+
+
+def _table(tmp_path: Path, sock: socket.socket, drops: int) -> Path:
+    inode = os.fstat(sock.fileno()).st_ino
+    path = tmp_path / "netlink"
+    path.write_text(
+        "sk        Eth Pid    Groups   Rmem Wmem Dump Locks Drops    Inode\n"
+        "93c1b915  0   0      00000000 0    0    0    2     9        4\n"
+        f"0922475a  12  24428  00000004 0    0    0    2     {drops}  {inode}\n"
+    )
+    return path
+
+
+def test_the_kernel_drop_count_is_read_by_the_socket_inode(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        assert netlink_drops(sock, _table(tmp_path, sock, 122_491)) == 122_491
+        assert netlink_drops(sock, tmp_path / "absent") is None
+        (tmp_path / "other").write_text("sk Eth Pid\n1 2 3\n")
+        assert netlink_drops(sock, tmp_path / "other") is None
+
+
+def test_a_full_queue_waits_when_asked_then_counts(tmp_path: Path) -> None:
+    out = RecordLog(Rotation(tmp_path / "f.jsonl", 1 << 20, 2), capacity=1, name="t")
+    assert out.offer({"a": 1}) and not out.offer({"a": 2}, wait=0.05)
+    assert out.dropped == 1, "the writer never started: the wait ends and counts"
+    threading.Timer(0.05, out.start).start()  # room comes while the producer waits
+    assert out.offer({"a": 3}, wait=2.0) and out.dropped == 1
+    out.stop()
+    assert out.written == 2
+
+
+def _unix_logger(tmp_path: Path, *, reliable: bool, capacity: int = 1024) -> FlowLogger:
+    return FlowLogger(Rotation(tmp_path / "flow.jsonl", 1 << 20, 2), sampling=1,
+                      capacity=capacity, known=Known(), reliable=reliable,
+        open_socket=lambda _: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))  # fmt: skip
+
+
+def test_reliable_waits_once_for_a_stuck_writer_then_drops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("control.flowlog.OFFER_WAIT_S", 0.05)
+    logger = _unix_logger(tmp_path, reliable=True, capacity=1)
+    logger.ingest(b"".join(destroy_message(40000 + i) for i in range(5)), 0)  # no writer
+    c = logger.counters()
+    assert (c["flows"], c["queued"], c["dropped"], c["writer_stalls"]) == (5, 1, 4, 1)
+    assert c["reliable"] is True and c["kernel_lost"] == 0
+    logger.out.start()
+    logger.out.stop()  # the queue drains: the next offer waits again
+    logger.ingest(destroy_message(40005), 0)
+    assert not logger._stalled and logger.counters()["writer_stalls"] == 1
+    logger.stop_reading()
+
+
+def test_unreliable_kernel_loss_is_exact_or_flagged_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logger = _unix_logger(tmp_path, reliable=False)
+    try:
+        assert logger.counters()["kernel_lost"] == 0, "no table row, no overflow seen"
+        logger.kernel_overflows = 1
+        assert logger.counters()["kernel_lost"] == "unknown"
+        table = _table(tmp_path, logger._sock, 0)
+        monkeypatch.setattr("control.logfile.netlink_drops", lambda s: netlink_drops(s, table))
+        logger._drops_at_start = 0  # the socket's row existed at the start, 0 drops
+        _table(tmp_path, logger._sock, 700)
+        assert logger.counters()["kernel_lost"] == 700
+        logger.reliable = True
+        c = logger.counters()
+        assert (c["kernel_lost"], c["kernel_redelivered"]) == (0, 700)
+    finally:
+        logger.stop()
+
+
+def test_reliable_is_a_document_field() -> None:
+    assert parse_document(logs_doc(flow_logs=True)).logging.flow_logs.reliable is True
+    doc = parse_document(logs_doc(flow_logs={"enabled": True, "reliable": False}))
+    assert doc.logging.flow_logs.reliable is False
+    with pytest.raises(ConfigValidationError, match="reliable"):
+        parse_document(logs_doc(flow_logs={"enabled": True, "reliable": "sometimes"}))
+
+
+def test_a_reader_that_dies_closes_its_socket(tmp_path: Path) -> None:
+    logger = _unix_logger(tmp_path, reliable=True)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    logger._sock.close()
+    logger._sock = a
+    a.settimeout(0.2)
+
+    def broken(data: bytes, now_ns: int) -> None:
+        raise ValueError("a parser bug")
+
+    logger.ingest = broken  # type: ignore[method-assign]
+    logger.start()
+    b.send(b"x")
+    logger._thread.join(2.0)
+    assert not logger._thread.is_alive() and a.fileno() == -1, "the kernel may let go"
+    assert logger.counters()["reader_error"] == "ValueError: a parser bug"
+    logger.stop()
+    b.close()

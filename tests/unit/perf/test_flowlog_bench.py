@@ -26,10 +26,14 @@ def test_entries_are_distinct_udp_tuples() -> None:
 def test_flow_log_figures_are_ratios_against_the_bare_counter() -> None:
     runs = [
         Run("count", 10, {"received": 10, "cpu_s": 0.5, "drain_s": 1.0}),
-        Run("flowlog", 10, {"received": 10, "written": 9, "cpu_s": 2.0, "drain_s": 1.5}),
+        Run("flowlog_reliable", 10, {"received": 10, "written": 9, "cpu_s": 2.0, "held_s": 0.3}),
+        Run("flowlog_unreliable", 10, {"received": 7, "kernel_lost": 3, "cpu_s": 1.0}),
     ]
     got = {(r.path, r.metric): r for r in results(runs)}
-    cpu = got[("flowlog_10", "cpu_s")]
+    cpu = got[("flowlog_reliable_10", "cpu_s")]
     assert (cpu.baseline, cpu.ratio) == ("count_10", 4.0)
+    assert got[("flowlog_unreliable_10", "cpu_s")].ratio == 2.0
+    assert got[("flowlog_unreliable_10", "kernel_lost")].value == 3
+    assert got[("flowlog_reliable_10", "held_s")].value == 0.3
     assert got[("count_10", "cpu_s")].baseline is None
     assert STANDALONE["flowlog"] == "perf.flowlog"
