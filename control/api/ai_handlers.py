@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ai.keys import SecretMissing, hash_key, new_key, resolve_secret
 from ai.state import METER_FIELDS
-from control.api.config_handlers import _etag, _json_body, _object, edit_document
+from control.api.bodies import check_object, etag, json_body
+from control.api.config_handlers import edit_document
 from control.api.errors import ApiError
 from control.api.state import STORE, call_store
 from control.config import ConfigDocument, FieldError
@@ -142,8 +143,8 @@ async def usage(request: web.Request) -> web.Response:
 
 
 async def create_key(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    _object(body, {"id": str, "tenant": str, "budget": dict}, {"id", "tenant"})
+    body = await json_body(request)
+    check_object(body, {"id": str, "tenant": str, "budget": dict}, {"id", "tenant"})
     key_id, tenant = body["id"], body["tenant"]
     key = new_key()
 
@@ -187,7 +188,7 @@ async def create_key(request: web.Request) -> web.Response:
     return web.json_response(
         {"version": version, "id": key_id, "key": key, "changes": changes},
         status=201,
-        headers=_etag(version),
+        headers=etag(version),
     )
 
 
@@ -202,4 +203,4 @@ async def revoke_key(request: web.Request) -> web.Response:
         raise ApiError(404, f"no AI key {key_id!r} in the document")
 
     version, changes = await edit_document(request, revoke)
-    return web.json_response({"version": version, "changes": changes}, headers=_etag(version))
+    return web.json_response({"version": version, "changes": changes}, headers=etag(version))
