@@ -3,8 +3,9 @@
 ``json_body`` reads a JSON body (400 naming the parse error), ``check_object`` checks
 its top-level fields against the accepted ones (422 listing every unknown, missing or
 mistyped field at once), ``if_match`` reads the base version of a write from
-``If-Match`` (400 unless a version number), ``etag`` answers the version written.
-The config, AI-key and AWS handlers all speak these the same way.
+``If-Match`` (400 unless a version number), ``etag`` answers the version written,
+``since_param`` reads the ``since`` of the history endpoints. The config, AI, AWS and
+status handlers all speak these the same way.
 """
 
 from __future__ import annotations
@@ -80,3 +81,15 @@ def if_match(request: web.Request) -> int | None:
 def etag(version: int) -> dict[str, str]:
     """The ``ETag`` header of ``version``."""
     return {"ETag": f'"{version}"'}
+
+
+def since_param(request: web.Request) -> float:
+    """The ``since`` query parameter (unix seconds, default 0) of a history endpoint."""
+    raw = request.query.get("since", "0")
+    try:
+        since = float(raw)
+    except ValueError:
+        since = float("nan")
+    if since != since:  # not a number, or NaN
+        raise ApiError(400, f"since={raw!r}: expected unix seconds, like 1765080000.5")
+    return since

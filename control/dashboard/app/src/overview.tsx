@@ -62,12 +62,26 @@ function rates(samples: Sample[], name: string, pick: (p: Point) => number): (nu
   return out;
 }
 
-interface Series {
+export interface Series {
   label: string;
   values: (number | null)[];
 }
 
-function Chart({ id, title, unit, times, series }: { id: string; title: string; unit: string; times: number[]; series: Series[] }) {
+export function Chart({
+  id,
+  title,
+  unit,
+  times,
+  series,
+  fmt = human,
+}: {
+  id: string;
+  title: string;
+  unit: string;
+  times: number[];
+  series: Series[];
+  fmt?: (x: number) => string;
+}) {
   const box = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
   const shape = series.map((s) => s.label).join("|");
@@ -80,7 +94,7 @@ function Chart({ id, title, unit, times, series }: { id: string; title: string; 
         {},
         ...series.map((s, i) => ({ label: s.label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: false })),
       ],
-      axes: [{}, { size: 100, values: (_u: uPlot, v: number[]) => v.map((x) => human(x) + unit) }],
+      axes: [{}, { size: 100, values: (_u: uPlot, v: number[]) => v.map((x) => fmt(x) + unit) }],
       legend: { show: true },
     };
     plot.current?.destroy();
@@ -93,9 +107,15 @@ function Chart({ id, title, unit, times, series }: { id: string; title: string; 
   useEffect(() => {
     plot.current?.setData([times, ...series.map((s) => s.values)] as uPlot.AlignedData);
   });
-  const latest = series.map((s) => `${s.label}: ${human(s.values[s.values.length - 1] ?? 0)}${unit}`).join(", ");
+  const latest = series.map((s) => `${s.label}: ${fmt(s.values[s.values.length - 1] ?? 0)}${unit}`).join(", ");
   return (
-    <figure class="chart" id={id} data-points={times.length} data-latest={JSON.stringify(series.map((s) => s.values[s.values.length - 1] ?? null))}>
+    <figure
+      class="chart"
+      id={id}
+      data-points={times.length}
+      data-latest={JSON.stringify(series.map((s) => s.values[s.values.length - 1] ?? null))}
+      data-peak={JSON.stringify(series.map((s) => Math.max(0, ...s.values.map((v) => v ?? 0))))}
+    >
       <figcaption>{title}</figcaption>
       <div ref={box} role="img" aria-label={`${title}; latest ${latest || "no data yet"}`} />
     </figure>
