@@ -145,6 +145,40 @@ function services(s: Dict): string[] {
   return out;
 }
 
+interface LeaseEvent {
+  kind: string;
+  key: string;
+  holder: string;
+  previous: string | null;
+  token: number;
+  at: number;
+  reason: string;
+}
+const EVENT_LABELS: Record<string, string> = {
+  acquired: "lease acquired",
+  took_over: "took over (routes, NAT address)",
+  took_back: "took back (preferred leader)",
+  released: "lease released",
+  lost: "lease lost",
+  resumed: "lease resumed",
+  fallback_took: "took another AZ's routes (cross-AZ fallback)",
+  fallback_returned: "returned another AZ's routes",
+  takeover_failed: "takeover failed (retried)",
+  takeover_recovered: "takeover completed after a failure",
+};
+const EVENT_BAD = new Set(["lost", "takeover_failed"]);
+const EVENTS_SHOWN = 30;
+
+/** The lease events every instance reports in its status (aws.lease.events), the same
+ * event seen twice once, newest first. */
+function events(status: Status | null): LeaseEvent[] {
+  const seen = new Map<string, LeaseEvent>();
+  for (const s of Object.values(status?.instances ?? {})) {
+    for (const e of (s.aws?.lease?.events ?? []) as LeaseEvent[]) seen.set(`${e.at}|${e.holder}|${e.kind}|${e.token}`, e);
+  }
+  return [...seen.values()].sort((a, b) => b.at - a.at).slice(0, EVENTS_SHOWN);
+}
+
 export function Overview() {
   const [status, setStatus] = useState<Status | null>(null);
   const [samples, setSamples] = useState<Sample[]>([]);
@@ -202,6 +236,7 @@ export function Overview() {
       })),
     );
   const reasons = [...new Set(shown.flatMap((s) => Object.values(s.instances).flatMap((p) => Object.keys(p.drops))))].sort();
+  const leaseEvents = events(status);
   const failovers: { t: number; name: string; from: string | null; to: string | null }[] = [];
   for (let i = 1; i < samples.length; i++) {
     for (const n of names) {
@@ -306,6 +341,20 @@ export function Overview() {
           series={names.flatMap((n) => reasons.map((r) => ({ label: `${n} ${r}`, values: rates(shown, n, (p) => p.drops[r] ?? 0) })))}
         />
         <Chart
+          id="chart-insert-failed"
+          title="Conntrack insert failures per second (NAT port exhaustion shows here too)"
+          unit="/s"
+          times={times}
+          series={per("insert failed", (p) => p.conntrack_insert_failed ?? NaN)}
+        />
+        <Chart
+          id="chart-nat-ports"
+          title="NAT ports in use (busiest destination, offloaded flows)"
+          unit=""
+          times={times}
+          series={names.map((n) => ({ label: n, values: shown.map((s) => s.instances[n]?.nat_ports_busiest ?? null) }))}
+        />
+        <Chart
           id="chart-conntrack"
           title="Conntrack occupancy"
           unit="%"
@@ -319,7 +368,39 @@ export function Overview() {
           }))}
         />
       </div>
-      <h2>Recent failovers</h2>
+      <h2>Failovers and route changes</h2>
+      {leaseEvents.length === 0 ? (
+        <p id="lease-events">No leader-lease event reported by any instance.</p>
+      ) : (
+        <table id="lease-events">
+          <caption>Leader-lease events the instances report (newest first): takeovers move the AZ's routes and NAT address</caption>
+          <thead>
+            <tr>
+              <th scope="col">When</th>
+              <th scope="col">AZ</th>
+              <th scope="col">Event</th>
+              <th scope="col">Instance</th>
+              <th scope="col">Before</th>
+              <th scope="col">Token</th>
+              <th scope="col">Reason</th>
+            </tr>
+          </thead>
+          <tbody>
+            {leaseEvents.map((e) => (
+              <tr key={`${e.at}-${e.holder}-${e.kind}-${e.token}`} data-event={e.kind} class={EVENT_BAD.has(e.kind) ? "bad" : undefined}>
+                <td>{new Date(e.at * 1000).toLocaleTimeString()}</td>
+                <td>{e.key}</td>
+                <td>{EVENT_LABELS[e.kind] ?? e.kind}</td>
+                <td>{e.holder}</td>
+                <td>{e.previous ?? "—"}</td>
+                <td>{e.token}</td>
+                <td>{e.reason}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      <h3>Role changes</h3>
       {failovers.length === 0 ? (
         <p id="failovers">No role change in the API's history window.</p>
       ) : (
