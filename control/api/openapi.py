@@ -69,6 +69,7 @@ _SCHEMAS: dict[str, Any] = {
                         "top_destinations",
                         "matches",
                         "newest",
+                        "per_minute",
                         "bytes_read",
                         "truncated",
                     ],
@@ -80,6 +81,21 @@ _SCHEMAS: dict[str, Any] = {
                         "newest": {
                             "type": "array",
                             "items": {"type": "object", "description": "flow log records"},
+                        },
+                        "per_minute": {
+                            "type": "array",
+                            "description": "the matching records by the minute they ended "
+                            "in (t: unix seconds), oldest first",
+                            "items": {
+                                "type": "object",
+                                "required": ["t", "flows", "bytes", "packets"],
+                                "properties": {
+                                    "t": {"type": "integer"},
+                                    "flows": {"type": "integer"},
+                                    "bytes": {"type": "integer"},
+                                    "packets": {"type": "integer"},
+                                },
+                            },
                         },
                         "bytes_read": {"type": "integer"},
                         "truncated": {"type": "boolean"},

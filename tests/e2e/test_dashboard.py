@@ -100,7 +100,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     flow_log.write_text(
         "".join(
             json.dumps({"srcaddr": src, "srcport": 40000 + i, "dstaddr": dst, "dstport": 443,
-                        "protocol": 6, "packets": n // 100, "bytes": n, "end": int(t0),
+                        "protocol": 6, "packets": n // 100, "bytes": n, "end": int(t0) - 60 * i,
                         "nat-srcaddr": "203.0.113.9", "nat-srcport": 1024 + i}) + "\n"
             for i, (src, dst, n) in enumerate(FLOWS)
         )
@@ -306,12 +306,20 @@ def test_flows_rank_talkers_and_search_by_address(served: Served) -> None:
         page.get_by_role("link", name="Flows").click()
         top = page.locator("#top-src-gw-1 tbody th")
         expect(top).to_have_text(["10.0.1.5", "10.0.1.6"])
+        # over time: 10.0.1.5's flows ended two minutes apart (a quiet minute between)
+        page.get_by_label("Address").fill("10.0.1.5")
+        page.get_by_role("button", name="Search").click()
+        per_minute = page.locator("#flows-per-minute-gw-1")
+        expect(per_minute).to_have_attribute("data-points", "3")
+        bits = page.evaluate("JSON.parse(document.querySelector('#flow-bits-gw-1').dataset.peak)")
+        assert bits == [90_000 * 8 / 60]
+        assert per_minute.get_attribute("data-latest") == "[1]"
+        shot(page, "flows")
         page.get_by_label("Address").fill("192.0.2.80")
         page.get_by_role("button", name="Search").click()
         rows = page.locator(".flows tbody tr")
         expect(rows).to_have_count(1)
         assert rows.locator("td").nth(2).inner_text() == "192.0.2.80:443"
-        shot(page, "flows")
         page.get_by_label("Address").fill("not-an-address")
         page.get_by_role("button", name="Search").click()
         expect(page.locator("#flows-error")).to_contain_text("expected an IP address")
