@@ -4,7 +4,8 @@ format (https://prometheus.io/docs/instrumenting/exposition_formats/).
 
 Label sets are bounded: endpoints and cache outcomes are the gateway's own; providers
 come from the ``ai`` section; models are the routed ones, capped at ``MAX_MODELS``
-distinct values (the rest are counted under ``model="other"``). There is no per-key
+distinct values (the rest are counted under ``model="other"``); overflow decisions by
+policy and decision (``queued``, ``spilled``, ``rejected``). There is no per-key
 label: per-key usage is in the audit log and the budgets (``spectra ai usage``).
 """
 
@@ -46,6 +47,13 @@ class GatewayMetrics:
             ["provider", "model"],
             registry=self.registry,
         )
+        self.overflow = Counter(
+            "spectra_ai_overflow_decisions",
+            "Overflow decisions of local routes by policy and decision "
+            "(queued: served after waiting; spilled: re-run remotely; rejected: 503).",
+            ["policy", "decision"],
+            registry=self.registry,
+        )
         self.upstream = Histogram(
             "spectra_ai_upstream_seconds",
             "Upstream request start to answer end, by provider.",
@@ -80,6 +88,9 @@ class GatewayMetrics:
             self.upstream.labels(provider).observe(upstream_ms / 1000)
         if "total" in marks:
             self.added.labels(trace.endpoint).observe(max(0.0, marks["total"] - upstream_ms) / 1000)
+        if trace.overflow is not None:
+            policy, decision = trace.overflow.get("policy"), trace.overflow.get("decision")
+            self.overflow.labels(str(policy), str(decision)).inc()
         model = self._model(trace.model_routed)
         if trace.usage is not None:
             for kind, n in (

@@ -323,16 +323,24 @@ class Gateway:
         admission = self.admissions[req.route.spec.pattern]
         loop = asyncio.get_running_loop()
         deadline, backoff, attempts = loop.time() + overflow.queue_timeout_s, 0.05, 0
+        waited = False  # queue: a slot was not free at once, or an attempt failed
         while True:
-            if overflow.policy == "queue":
+            admitted = admission.try_acquire()
+            if not admitted and overflow.policy == "queue":
+                waited = True
                 admitted = await admission.acquire(max(0.0, deadline - loop.time()))
-            else:
-                admitted = admission.try_acquire()
             reason = "admission limit reached"
             if admitted:
                 attempts += 1
                 try:
-                    return await self._attempt(req, reservation, trace, overflow.ttft_timeout_s)
+                    outcome = await self._attempt(req, reservation, trace, overflow.ttft_timeout_s)
+                    if waited or attempts > 1:
+                        trace.overflow = {
+                            "policy": "queue",
+                            "decision": "queued",
+                            "attempts": attempts,
+                        }
+                    return outcome
                 except ProviderError as exc:
                     reason = f"{exc.kind}" + (f" {exc.status}" if exc.status else "")
                     trace.error = {"upstream": {"kind": exc.kind, "status": exc.status}}

@@ -14,17 +14,21 @@ versioned with who did it, and converged by every instance.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from ai.config import AIConfig
 from ai.keys import SecretMissing, hash_key, new_key, resolve_secret
 from ai.state import read_usage
-from control.api.config_handlers import _etag, _json_body, _object, edit_document
+from control.api.ai_history import AI_HISTORY
+from control.api.bodies import check_object, etag, json_body, since_param
+from control.api.config_handlers import edit_document
 from control.api.errors import ApiError
-from control.api.state import STORE, call_store
+from control.api.state import SETTINGS, STORE, call_store
 from control.config import ConfigDocument, FieldError
 from control.store.base import VersionNotFound
 
@@ -41,30 +45,34 @@ async def _latest(request: web.Request) -> tuple[int, ConfigDocument]:
     return latest
 
 
-def cache_outcomes(exposition: str) -> dict[str, int]:
-    """Requests by cache outcome (``hit`` exact, ``semantic_hit``, ``miss``,
-    ``coalesced``, ``skip``) from the AI gateway's Prometheus exposition."""
-    out: dict[str, int] = {}
+def gateway_counters(exposition: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(requests by cache outcome: ``hit`` exact, ``semantic_hit``, ``miss``,
+    ``coalesced``, ``skip``; overflow decisions by ``policy/decision``) from the AI
+    gateway's Prometheus exposition."""
+    cache: dict[str, int] = {}
+    overflow: dict[str, int] = {}
     for family in text_string_to_metric_families(exposition):
-        if family.name != "spectra_ai_requests":
-            continue
         for sample in family.samples:
             if sample.name == "spectra_ai_requests_total":
-                cache = sample.labels.get("cache", "")
-                out[cache] = out.get(cache, 0) + int(sample.value)
-    return out
+                outcome = sample.labels.get("cache", "")
+                cache[outcome] = cache.get(outcome, 0) + int(sample.value)
+            elif sample.name == "spectra_ai_overflow_decisions_total":
+                name = f"{sample.labels.get('policy', '')}/{sample.labels.get('decision', '')}"
+                overflow[name] = overflow.get(name, 0) + int(sample.value)
+    return cache, overflow
 
 
-async def gateway_cache(listen_port: int) -> dict[str, Any]:
-    """The local AI gateway's requests by cache outcome and its hit rates, read from its
-    ``/metrics`` on loopback (1 s at most); unreachable: said so."""
+async def gateway_metrics(listen_port: int) -> dict[str, Any]:
+    """The local AI gateway's requests by cache outcome, its hit rates and its overflow
+    decisions, read from its ``/metrics`` on loopback (1 s at most); unreachable: said
+    so."""
     url = f"http://127.0.0.1:{listen_port}/metrics"
     try:
         timeout = aiohttp.ClientTimeout(total=1.0)
         async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
             if resp.status != 200:
                 return {"reachable": False, "error": f"{url}: HTTP {resp.status}"}
-            outcomes = cache_outcomes(await resp.text())
+            outcomes, overflow = gateway_counters(await resp.text())
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         return {"reachable": False, "error": f"{url}: {type(exc).__name__}"}
     total = sum(outcomes.values())
@@ -73,7 +81,43 @@ async def gateway_cache(listen_port: int) -> dict[str, Any]:
         "requests_by_cache": outcomes,
         "exact_hit_rate": outcomes.get("hit", 0) / total if total else None,
         "semantic_hit_rate": outcomes.get("semantic_hit", 0) / total if total else None,
+        "overflow_decisions": overflow,
     }
+
+
+async def _gateway(ai: AIConfig) -> dict[str, Any]:
+    if ai.routes and ai.listen_port:
+        return await gateway_metrics(ai.listen_port)
+    return {"reachable": False, "error": "no AI gateway in the document (ai.routes)"}
+
+
+async def sample_usage(app: web.Application) -> None:
+    """One sample of the AI gateway's usage into the app's :data:`AI_HISTORY` (a
+    periodic tick): nothing while there is no document or no AI gateway in it."""
+    try:
+        _version, doc = await call_store(app, app[STORE].latest)
+    except VersionNotFound:
+        return
+    path = doc.ai.state.resolved_path(doc.ai.audit)
+    if not doc.ai.routes and (path is None or not path.is_file()):
+        return
+    _budgets, meters = await call_store(app, read_usage, path)
+    gateway = await _gateway(doc.ai)
+    overflow = gateway.get("overflow_decisions") if gateway["reachable"] else None
+    app[AI_HISTORY].sample(meters, overflow, time.time())
+
+
+async def usage_history(request: web.Request) -> web.Response:
+    """Samples of requests, tokens and cost per key and model and of the overflow
+    decisions newer than ``since`` (unix seconds), oldest first."""
+    settings = request.app[SETTINGS]
+    return web.json_response(
+        {
+            "interval_seconds": settings.history_seconds,
+            "window_seconds": settings.history_seconds * settings.history_samples,
+            "samples": request.app[AI_HISTORY].since(since_param(request)),
+        }
+    )
 
 
 async def usage(request: web.Request) -> web.Response:
@@ -83,11 +127,7 @@ async def usage(request: web.Request) -> web.Response:
     ai = doc.ai
     path = ai.state.resolved_path(ai.audit)
     budgets, meters = await call_store(request.app, read_usage, path)
-    gateway = (
-        await gateway_cache(ai.listen_port)
-        if ai.routes and ai.listen_port
-        else {"reachable": False, "error": "no AI gateway in the document (ai.routes)"}
-    )
+    gateway = await _gateway(ai)
     keys = [
         {
             "id": key.id,
@@ -112,8 +152,8 @@ async def usage(request: web.Request) -> web.Response:
 
 
 async def create_key(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    _object(body, {"id": str, "tenant": str, "budget": dict}, {"id", "tenant"})
+    body = await json_body(request)
+    check_object(body, {"id": str, "tenant": str, "budget": dict}, {"id", "tenant"})
     key_id, tenant = body["id"], body["tenant"]
     key = new_key()
 
@@ -157,7 +197,7 @@ async def create_key(request: web.Request) -> web.Response:
     return web.json_response(
         {"version": version, "id": key_id, "key": key, "changes": changes},
         status=201,
-        headers=_etag(version),
+        headers=etag(version),
     )
 
 
@@ -172,4 +212,4 @@ async def revoke_key(request: web.Request) -> web.Response:
         raise ApiError(404, f"no AI key {key_id!r} in the document")
 
     version, changes = await edit_document(request, revoke)
-    return web.json_response({"version": version, "changes": changes}, headers=_etag(version))
+    return web.json_response({"version": version, "changes": changes}, headers=etag(version))

@@ -16,9 +16,10 @@ from control.api import ai_handlers as ai
 from control.api import aws_handlers as aws
 from control.api import config_handlers as cfg
 from control.api import ops_handlers as ops
+from control.api.ai_history import AI_HISTORY, AiHistory
 from control.api.auth import authenticate
 from control.api.errors import ApiError, Handler, error_middleware
-from control.api.history import HISTORY, StatusHistory, history_ctx
+from control.api.history import HISTORY, StatusHistory, history_ctx, periodic_ctx
 from control.api.metrics import ApiMetrics
 from control.api.state import (
     ALERTS,
@@ -174,10 +175,14 @@ def create_app(
     app[METRICS] = ApiMetrics()
     app[TOKENS] = TokenCache()
     app[HISTORY] = StatusHistory(settings.history_samples)
+    app[AI_HISTORY] = AiHistory(settings.history_samples)
     app[DASHBOARD_DIR] = settings.dashboard_dir or DASHBOARD
     app.cleanup_ctx.append(executor_ctx)
     if settings.history_seconds > 0:
         app.cleanup_ctx.append(history_ctx(status_provider, settings.history_seconds, call_store))
+        app.cleanup_ctx.append(
+            periodic_ctx(ai.sample_usage, settings.history_seconds, "AI history")
+        )
     app.router.add_get("/v1/config", cfg.get_config, allow_head=False)
     app.router.add_put("/v1/config", cfg.put_config)
     app.router.add_patch("/v1/config", cfg.patch_config)
@@ -187,6 +192,7 @@ def create_app(
     app.router.add_post("/v1/config/validate", cfg.validate)
     app.router.add_post("/v1/aws/changesets", aws.create_changeset)
     app.router.add_get("/v1/ai/usage", ai.usage, allow_head=False)
+    app.router.add_get("/v1/ai/usage/history", ai.usage_history, allow_head=False)
     app.router.add_post("/v1/ai/keys", ai.create_key)
     app.router.add_post("/v1/ai/keys/{id}/revoke", ai.revoke_key)
     app.router.add_get("/v1/status", ops.status, allow_head=False)

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from control.api.config_handlers import _json_body
+from control.api.bodies import json_body
 from control.api.errors import ApiError
 from control.api.state import SETTINGS, STORE, call_store
 from control.aws.changeset import (
@@ -48,7 +48,7 @@ def _request(body: Any) -> ChangeSetRequest:
 
 async def create_changeset(request: web.Request) -> web.Response:
     """Stage a change set for the newest document's features (201), never execute it."""
-    wanted = _request(await _json_body(request))
+    wanted = _request(await json_body(request))
     stagers = request.app[SETTINGS].changesets
     if stagers is None:
         raise ApiError(

@@ -13,7 +13,6 @@ rendering it again.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from control.api.auth import Principal
+from control.api.bodies import check_object, etag, if_match, invalid, json_body
 from control.api.errors import ApiError
 from control.api.patch import merge_patch
 from control.api.state import METRICS, STORE, call_store, current_tokens
@@ -44,65 +44,10 @@ log = logging.getLogger("spectra.control")
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 PLACEHOLDER_OUTSIDE = ("192.0.2.1",)
-MAX_VERSION = 999_999_999_999
 
 
 def _principal(request: web.Request) -> Principal:
     return request[PRINCIPAL]
-
-
-async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not JSON: {exc}") from None
-
-
-def _invalid(errors: list[FieldError], message: str = "invalid config document") -> ApiError:
-    return ApiError(422, message, {"errors": errors})
-
-
-def _object(body: Any, allowed: dict[str, type | tuple[type, ...]], required: set[str]) -> None:
-    errors: list[FieldError] = []
-    if not isinstance(body, dict):
-        raise _invalid([FieldError(path="(body)", value=None, message="expected a JSON object")])
-    for key, value in body.items():
-        kinds = allowed.get(key)
-        if kinds is None:
-            errors.append(
-                FieldError(
-                    path=key, value=None, message=f"unknown field; accepted: {sorted(allowed)}"
-                )
-            )
-        elif not isinstance(value, kinds) or (isinstance(value, bool) and kinds is int):
-            errors.append(FieldError(path=key, value=None, message=f"wrong type for {key}"))
-        elif (
-            isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_VERSION
-        ):
-            errors.append(
-                FieldError(path=key, value=value, message=f"expected an integer 0..{MAX_VERSION}")
-            )
-    errors += [
-        FieldError(path=key, value=None, message="required field is missing")
-        for key in sorted(required - body.keys())
-    ]
-    if errors:
-        raise _invalid(errors, "invalid request body")
-
-
-def _if_match(request: web.Request) -> int | None:
-    header = request.headers.get("If-Match")
-    if header is None:
-        return None
-    tag = header.strip().removeprefix("W/").strip('"')
-    if not tag.isdigit() or len(tag) > 12:
-        raise ApiError(400, f'If-Match {header!r}: expected a config version number like "3"')
-    return int(tag)
-
-
-def _etag(version: int) -> dict[str, str]:
-    return {"ETag": f'"{version}"'}
 
 
 def _masked_paths(data: Any, loc: Loc = ()) -> list[Loc]:
@@ -138,7 +83,7 @@ def restore_masked(data: dict[str, Any], base: ConfigDocument | None) -> dict[st
                 )
             )
     if errors:
-        raise _invalid(errors)
+        raise invalid(errors)
     return data
 
 
@@ -161,7 +106,7 @@ def _render(doc: ConfigDocument, outside: tuple[str, ...] = PLACEHOLDER_OUTSIDE)
     try:
         return dry_run(doc, outside)
     except RenderError as exc:
-        raise _invalid([FieldError(path=exc.path, value=None, message=exc.message)]) from None
+        raise invalid([FieldError(path=exc.path, value=None, message=exc.message)]) from None
 
 
 def _validate(data: dict[str, Any], request: web.Request) -> ConfigDocument:
@@ -170,7 +115,7 @@ def _validate(data: dict[str, Any], request: web.Request) -> ConfigDocument:
         _render(doc)
     except ConfigValidationError as exc:
         request.app[METRICS].writes["invalid"] += 1
-        raise _invalid(exc.errors) from None
+        raise invalid(exc.errors) from None
     except ApiError:
         request.app[METRICS].writes["invalid"] += 1
         raise
@@ -187,7 +132,7 @@ async def _commit(
     request: web.Request, doc: ConfigDocument, base: ConfigDocument | None, expected: int
 ) -> web.Response:
     version, changes = await store_document(request, doc, base, expected)
-    return web.json_response({"version": version, "changes": changes}, headers=_etag(version))
+    return web.json_response({"version": version, "changes": changes}, headers=etag(version))
 
 
 async def store_document(
@@ -215,7 +160,7 @@ async def edit_document(
     """A write that changes part of the document the caller read (``If-Match``):
     ``edit(base, data)`` changes ``data`` (the base version, secrets revealed) in place;
     the result is validated and rendered like a PUT and stored as the next version."""
-    expected = _if_match(request)
+    expected = if_match(request)
     if expected is None:
         raise ApiError(428, 'this write needs the base version in an If-Match: "<version>" header')
     base = await _base_document(request, expected)
@@ -237,14 +182,14 @@ async def get_config(request: web.Request) -> web.Response:
     except VersionNotFound:
         raise ApiError(404, "no config document has been written yet") from None
     return web.json_response(
-        {"version": version, "document": dump_document(doc)}, headers=_etag(version)
+        {"version": version, "document": dump_document(doc)}, headers=etag(version)
     )
 
 
 async def put_config(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    _object(body, {"version": int, "document": dict}, {"document"})
-    header, field = _if_match(request), body.get("version")
+    body = await json_body(request)
+    check_object(body, {"version": int, "document": dict}, {"document"})
+    header, field = if_match(request), body.get("version")
     if header is not None and field is not None and header != field:
         raise ApiError(400, f"If-Match {header} and version {field} disagree")
     expected = header if header is not None else field
@@ -258,12 +203,12 @@ async def put_config(request: web.Request) -> web.Response:
 
 
 async def patch_config(request: web.Request) -> web.Response:
-    expected = _if_match(request)
+    expected = if_match(request)
     if expected is None:
         raise ApiError(428, 'PATCH needs the base version in an If-Match: "<version>" header')
-    patch = await _json_body(request)
+    patch = await json_body(request)
     if not isinstance(patch, dict):
-        raise _invalid(
+        raise invalid(
             [FieldError(path="(body)", value=None, message="expected a JSON merge patch object")]
         )
     base = await _base_document(request, expected)
@@ -303,13 +248,13 @@ async def get_version(request: web.Request) -> web.Response:
         raise ApiError(404, f"config version {version} does not exist") from None
     return web.json_response(
         {"version": version, "info": info.as_dict(), "document": dump_document(doc)},
-        headers=_etag(version),
+        headers=etag(version),
     )
 
 
 async def rollback(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    _object(body, {"to_version": int, "version": int}, {"to_version"})
+    body = await json_body(request)
+    check_object(body, {"to_version": int, "version": int}, {"to_version"})
     store = request.app[STORE]
     who = _principal(request).name
     expected = body.get("version")
@@ -327,13 +272,13 @@ async def rollback(request: web.Request) -> web.Response:
     log.info("config rolled back to version %d as %d by %s", body["to_version"], version, who)
     await current_tokens(request.app, force=True)
     return web.json_response(
-        {"version": version, "changes": _changes(base, target)}, headers=_etag(version)
+        {"version": version, "changes": _changes(base, target)}, headers=etag(version)
     )
 
 
 async def validate(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    _object(body, {"document": dict, "version": int, "outside_addresses": list}, {"document"})
+    body = await json_body(request)
+    check_object(body, {"document": dict, "version": int, "outside_addresses": list}, {"document"})
     store = request.app[STORE]
     base_version = body.get("version")
     if base_version is None:
@@ -354,7 +299,7 @@ async def validate(request: web.Request) -> web.Response:
         error = FieldError(path=exc.path, value=None, message=exc.message)
         return web.json_response({"valid": False, "errors": [error]})
     except ValueError as exc:
-        raise _invalid(
+        raise invalid(
             [
                 FieldError(
                     path="outside_addresses", value=None, message=f"expected IPv4 addresses: {exc}"

@@ -7,7 +7,8 @@ connection). The API reads at most the last ``max_bytes`` of the current file (n
 rotated ones), so a request costs the same whatever the log's size; the answer says
 how much it read and whether it stopped short of the start. Ranking is by bytes (both
 directions of each flow); the search matches an address on either side, before or
-after NAT.
+after NAT. The matching records are also counted per minute of their ``end`` (flows,
+bytes, packets): the search's traffic over time, as far back as the read went.
 """
 
 from __future__ import annotations
@@ -66,6 +67,23 @@ def top(records: Iterable[dict[str, Any]], field: str, n: int) -> list[dict[str,
     return [{"address": a, "bytes": b, "packets": p, "flows": f} for a, (b, p, f) in ranked]
 
 
+def per_minute(records: Iterable[dict[str, Any]]) -> list[dict[str, int]]:
+    """Flows, bytes and packets of ``records`` by the minute (unix seconds, a multiple
+    of 60) their flow ended in, oldest first; records without an ``end`` are left out."""
+    minutes: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for r in records:
+        end = _num(r.get("end"))
+        if end <= 0:
+            continue
+        m = minutes[end - end % 60]
+        m[0] += 1
+        m[1] += _num(r.get("bytes"))
+        m[2] += _num(r.get("packets"))
+    return [
+        {"t": t, "flows": f, "bytes": b, "packets": p} for t, (f, b, p) in sorted(minutes.items())
+    ]
+
+
 def summarize(records: list[dict[str, Any]], address: str | None, limit: int) -> dict[str, Any]:
     """Top sources and destinations of ``records``, and the newest ``limit`` records
     naming ``address`` (all of them when no address is given)."""
@@ -78,4 +96,5 @@ def summarize(records: list[dict[str, Any]], address: str | None, limit: int) ->
         "top_destinations": top(records, "dstaddr", limit),
         "matches": len(matches),
         "newest": matches[::-1][:limit],
+        "per_minute": per_minute(matches),
     }

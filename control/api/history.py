@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,22 +101,18 @@ class StatusHistory:
 HISTORY = web.AppKey("history", StatusHistory)
 
 
-def history_ctx(
-    provider: Callable[[], dict[str, Any]],
-    interval: float,
-    call: Callable[[web.Application, Callable[[], dict[str, Any]]], Any],
+def periodic_ctx(
+    tick: Callable[[web.Application], Awaitable[None]], interval: float, what: str
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """cleanup_ctx: sample ``provider`` (run through ``call``, the store thread pool)
-    every ``interval`` seconds until the app shuts down; a failing provider is logged
-    and skipped (the next sample tries again)."""
+    """cleanup_ctx: ``await tick(app)`` every ``interval`` seconds until the app shuts
+    down; a failing tick is logged (``what`` names it) and the next one tries again."""
 
     async def run(app: web.Application) -> None:
         while True:
             try:
-                status = await call(app, provider)
-                app[HISTORY].sample(status, time.time())
-            except Exception as exc:  # the status of a host is best effort
-                log.warning("status history: cannot sample the status: %s", exc)
+                await tick(app)
+            except Exception as exc:  # samples of a host are best effort
+                log.warning("%s: cannot sample: %s", what, exc)
             await asyncio.sleep(interval)
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
@@ -127,3 +123,18 @@ def history_ctx(
             await task
 
     return ctx
+
+
+def history_ctx(
+    provider: Callable[[], dict[str, Any]],
+    interval: float,
+    call: Callable[[web.Application, Callable[[], dict[str, Any]]], Any],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """cleanup_ctx: sample ``provider`` (run through ``call``, the store thread pool)
+    every ``interval`` seconds into the app's :data:`HISTORY`."""
+
+    async def tick(app: web.Application) -> None:
+        status = await call(app, provider)
+        app[HISTORY].sample(status, time.time())
+
+    return periodic_ctx(tick, interval, "status history")

@@ -31,6 +31,22 @@ _VERSION = {"type": "integer", "minimum": 0, "maximum": 999_999_999_999}
 _ETAG = {"ETag": {"description": 'the config version, quoted: "3"', "schema": {"type": "string"}}}
 
 _COUNT = {"type": ["integer", "null"]}
+
+
+def _history(sample: dict[str, Any]) -> dict[str, Any]:
+    """A history endpoint's answer: its sampling interval and window, and the samples
+    (each as ``sample``), oldest first."""
+    return {
+        "type": "object",
+        "required": ["interval_seconds", "window_seconds", "samples"],
+        "properties": {
+            "interval_seconds": {"type": "number"},
+            "window_seconds": {"type": "number"},
+            "samples": {"type": "array", "items": sample},
+        },
+    }
+
+
 _SCHEMAS: dict[str, Any] = {
     "Principal": {
         "type": "object",
@@ -53,6 +69,7 @@ _SCHEMAS: dict[str, Any] = {
                         "top_destinations",
                         "matches",
                         "newest",
+                        "per_minute",
                         "bytes_read",
                         "truncated",
                     ],
@@ -64,6 +81,21 @@ _SCHEMAS: dict[str, Any] = {
                         "newest": {
                             "type": "array",
                             "items": {"type": "object", "description": "flow log records"},
+                        },
+                        "per_minute": {
+                            "type": "array",
+                            "description": "the matching records by the minute they ended "
+                            "in (t: unix seconds), oldest first",
+                            "items": {
+                                "type": "object",
+                                "required": ["t", "flows", "bytes", "packets"],
+                                "properties": {
+                                    "t": {"type": "integer"},
+                                    "flows": {"type": "integer"},
+                                    "bytes": {"type": "integer"},
+                                    "packets": {"type": "integer"},
+                                },
+                            },
                         },
                         "bytes_read": {"type": "integer"},
                         "truncated": {"type": "boolean"},
@@ -161,62 +193,86 @@ _SCHEMAS: dict[str, Any] = {
                     },
                     "exact_hit_rate": {"type": ["number", "null"]},
                     "semantic_hit_rate": {"type": ["number", "null"]},
-                },
-            },
-        },
-    },
-    "StatusHistory": {
-        "type": "object",
-        "required": ["interval_seconds", "window_seconds", "samples"],
-        "properties": {
-            "interval_seconds": {"type": "number"},
-            "window_seconds": {"type": "number"},
-            "samples": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["t", "instances"],
-                    "properties": {
-                        "t": {"type": "number", "description": "unix seconds"},
-                        "instances": {
-                            "type": "object",
-                            "additionalProperties": {
-                                "type": "object",
-                                "description": "counters (packets, bytes, fast_packets, "
-                                "fast_bytes, drops by reason) and gauges at time t",
-                                "properties": {
-                                    "packets": {"type": "integer"},
-                                    "bytes": {"type": "integer"},
-                                    "fast_packets": {"type": "integer"},
-                                    "fast_bytes": {"type": "integer"},
-                                    "drops": {
-                                        "type": "object",
-                                        "additionalProperties": {"type": "integer"},
-                                    },
-                                    "links": {
-                                        "type": "object",
-                                        "description": "role (inside/outside) -> rx/tx "
-                                        "packets and bytes of its interface",
-                                        "additionalProperties": {
-                                            "type": "object",
-                                            "additionalProperties": {"type": "integer"},
-                                        },
-                                    },
-                                    "conntrack_count": _COUNT,
-                                    "conntrack_max": _COUNT,
-                                    "conntrack_insert_failed": _COUNT,
-                                    "nat_ports_busiest": _COUNT,
-                                    "applied_version": _COUNT,
-                                    "converged": {"type": "boolean"},
-                                    "role": {"type": ["string", "null"]},
-                                },
-                            },
-                        },
+                    "overflow_decisions": {
+                        "type": "object",
+                        "description": "overflow decisions since the gateway started, by "
+                        "policy/decision (queue/queued, spill/spilled, reject/rejected, ...)",
+                        "additionalProperties": {"type": "integer"},
                     },
                 },
             },
         },
     },
+    "AiUsageHistory": _history(
+        {
+            "type": "object",
+            "required": ["t", "keys", "overflow"],
+            "properties": {
+                "t": {"type": "number", "description": "unix seconds"},
+                "keys": {
+                    "type": "object",
+                    "description": "key -> model -> counters at time t (requests, "
+                    "prompt_tokens, completion_tokens, cost_usd)",
+                    "additionalProperties": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "object",
+                            "additionalProperties": {"type": "number"},
+                        },
+                    },
+                },
+                "overflow": {
+                    "type": ["object", "null"],
+                    "description": "overflow decisions by policy/decision since "
+                    "the gateway started; null when its /metrics was unreachable",
+                    "additionalProperties": {"type": "integer"},
+                },
+            },
+        }
+    ),
+    "StatusHistory": _history(
+        {
+            "type": "object",
+            "required": ["t", "instances"],
+            "properties": {
+                "t": {"type": "number", "description": "unix seconds"},
+                "instances": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "description": "counters (packets, bytes, fast_packets, "
+                        "fast_bytes, drops by reason) and gauges at time t",
+                        "properties": {
+                            "packets": {"type": "integer"},
+                            "bytes": {"type": "integer"},
+                            "fast_packets": {"type": "integer"},
+                            "fast_bytes": {"type": "integer"},
+                            "drops": {
+                                "type": "object",
+                                "additionalProperties": {"type": "integer"},
+                            },
+                            "links": {
+                                "type": "object",
+                                "description": "role (inside/outside) -> rx/tx "
+                                "packets and bytes of its interface",
+                                "additionalProperties": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "integer"},
+                                },
+                            },
+                            "conntrack_count": _COUNT,
+                            "conntrack_max": _COUNT,
+                            "conntrack_insert_failed": _COUNT,
+                            "nat_ports_busiest": _COUNT,
+                            "applied_version": _COUNT,
+                            "converged": {"type": "boolean"},
+                            "role": {"type": ["string", "null"]},
+                        },
+                    },
+                },
+            },
+        }
+    ),
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -385,6 +441,23 @@ _IF_MATCH = {
 }
 
 
+def _history_get(schema: str, summary: str) -> dict[str, Any]:
+    """GET of a history endpoint: samples newer than ``since``, answered as ``schema``."""
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": [
+                {"name": "since", "in": "query", "schema": {"type": "number", "default": 0}}
+            ],
+            "responses": {
+                "200": _json(_ref(schema), "samples, oldest first"),
+                "400": _error("since is not a number"),
+                **_AUTH_ERRORS,
+            },
+        }
+    }
+
+
 def _paths() -> dict[str, Any]:
     write_ok = {"200": {**_json(_ref("WriteResult"), "committed"), "headers": _ETAG}}
     return {
@@ -535,20 +608,11 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _json(_ref("Status"), "status"), **_AUTH_ERRORS},
             }
         },
-        "/v1/status/history": {
-            "get": {
-                "summary": "Per-instance counter samples newer than since (bounded window, "
-                "in memory: the dashboard's charts)",
-                "parameters": [
-                    {"name": "since", "in": "query", "schema": {"type": "number", "default": 0}}
-                ],
-                "responses": {
-                    "200": _json(_ref("StatusHistory"), "samples, oldest first"),
-                    "400": _error("since is not a number"),
-                    **_AUTH_ERRORS,
-                },
-            }
-        },
+        "/v1/status/history": _history_get(
+            "StatusHistory",
+            "Per-instance counter samples newer than since (bounded window, "
+            "in memory: the dashboard's charts)",
+        ),
         "/v1/flows": {
             "get": {
                 "summary": "Top talkers and destinations from each instance's flow log, and "
@@ -585,6 +649,12 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/ai/usage/history": _history_get(
+            "AiUsageHistory",
+            "AI gateway usage over time: samples of requests, tokens and cost "
+            "per key and model and of the overflow decisions newer than since "
+            "(bounded window, in memory)",
+        ),
         "/v1/ai/keys": {
             "post": {
                 "summary": "Create an AI gateway key (a config write): the key is in this "

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from control.api.bodies import since_param
 from control.api.config_handlers import PRINCIPAL
 from control.api.errors import ApiError
 from control.api.flows import summarize, tail_records
@@ -50,19 +51,12 @@ async def status(request: web.Request) -> web.Response:
 async def status_history(request: web.Request) -> web.Response:
     """Samples of every instance's counters newer than ``since`` (unix seconds), oldest
     first; the API keeps a bounded window (``window_seconds``)."""
-    raw = request.query.get("since", "0")
-    try:
-        since = float(raw)
-    except ValueError:
-        raise ApiError(400, f"since={raw!r}: expected unix seconds, like 1765080000.5") from None
-    if since != since:  # NaN
-        raise ApiError(400, f"since={raw!r}: expected unix seconds, like 1765080000.5")
     settings = request.app[SETTINGS]
     return web.json_response(
         {
             "interval_seconds": settings.history_seconds,
             "window_seconds": settings.history_seconds * settings.history_samples,
-            "samples": request.app[HISTORY].since(since),
+            "samples": request.app[HISTORY].since(since_param(request)),
         }
     )
 

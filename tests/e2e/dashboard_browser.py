@@ -61,11 +61,12 @@ def serve_api(
 
 
 @contextmanager
-def browser() -> Iterator[Browser]:
+def browser(*extra_args: str) -> Iterator[Browser]:
+    """Debian's Chromium, headless; ``extra_args`` are more command-line flags."""
     if not CHROMIUM.exists():
         pytest.fail("the e2e tier needs Debian's chromium (run `make deps`)")
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=[*ARGS, *extra_args])
         try:
             yield b
         finally:

@@ -31,6 +31,18 @@ FLOWS = [
 ]
 
 
+def lease_events(t0: float) -> list[dict[str, Any]]:
+    """What gw-1's lease reports (``control.aws.lease``): it took over from gw-2, its
+    first takeover stopped at a step and a retry completed it."""
+    base = {"key": "eu-west-1a", "holder": "gw-1", "previous": "gw-2", "token": 8}
+    return [
+        {**base, "kind": "took_over", "at": t0 - 30, "reason": "gw-2's lease expired"},
+        {**base, "kind": "takeover_failed", "at": t0 - 29, "reason": "ReplaceRoute: throttled"},
+        {**base, "kind": "takeover_recovered", "at": t0 - 20,
+         "reason": "completed after: ReplaceRoute: throttled"},
+    ]  # fmt: skip
+
+
 class Served:
     def __init__(self, url: str, store: SqliteStore, tokens: dict[str, str]) -> None:
         self.url, self.store, self.tokens = url, store, tokens
@@ -60,9 +72,13 @@ def served(tmp_path: Path) -> Iterator[Served]:
                     "agent_running": True,
                     "data_plane": "xdp",
                     "xdp_modes": {"inside": "native", "outside": "native"},
-                    "aws": {"role": "leader", "availability_zone": "eu-west-1a"},
+                    "aws": {
+                        "role": "leader",
+                        "availability_zone": "eu-west-1a",
+                        "lease": {"events": lease_events(t0)},
+                    },
                     "inspection": {"engine": "builtin", "rules_loaded": 3, "rules_failed": 0},
-                    "conntrack": {"count": 1200, "max": 262144, "insert_failed": 0},
+                    "conntrack": {"count": 1200, "max": 262144, "insert_failed": pkts // 200},
                     "offload": {"nat_ports_busiest": 40},
                     "links": {  # 60 % of the packets come from the workloads
                         "inside": {"rx_packets": pkts * 6 // 10, "rx_bytes": pkts * 600},
@@ -84,7 +100,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     flow_log.write_text(
         "".join(
             json.dumps({"srcaddr": src, "srcport": 40000 + i, "dstaddr": dst, "dstport": 443,
-                        "protocol": 6, "packets": n // 100, "bytes": n, "end": int(t0),
+                        "protocol": 6, "packets": n // 100, "bytes": n, "end": int(t0) - 60 * i,
                         "nat-srcaddr": "203.0.113.9", "nat-srcport": 1024 + i}) + "\n"
             for i, (src, dst, n) in enumerate(FLOWS)
         )
@@ -127,6 +143,23 @@ def test_login_overview_charts_move_and_logout(served: Served) -> None:
         assert 8_000 < out < 16_000 and 5_000 < inbound < 11_000
         legend = page.locator("#chart-pps-dir .u-legend .u-label").all_inner_texts()
         assert legend[1:] == ["gw-1 out (rx inside)", "gw-1 in (rx outside)"]
+        # 100 insert failures per second (pkts // 200 at 20 kpps), apart from the NAT ports
+        failed = page.evaluate(
+            "JSON.parse(document.querySelector('#chart-insert-failed').dataset.latest)"
+        )
+        assert 50 < failed[0] < 150
+        ports = page.evaluate(
+            "JSON.parse(document.querySelector('#chart-nat-ports').dataset.latest)"
+        )
+        assert ports == [40]
+        # the lease's events, newest first, the failed step marked
+        events = page.locator("#lease-events tbody tr")
+        assert [events.nth(i).get_attribute("data-event") for i in range(3)] == [
+            "takeover_recovered", "takeover_failed", "took_over"]  # fmt: skip
+        assert events.nth(1).get_attribute("class") == "bad"
+        cells = events.nth(2).locator("td").all_inner_texts()
+        assert cells[1:] == ["eu-west-1a", "took over (routes, NAT address)", "gw-1", "gw-2", "8",
+                             "gw-2's lease expired"]  # fmt: skip
         page.get_by_label("Time range").select_option("60")
         shot(page, "overview")
         # the token lives in this tab's sessionStorage only, never in the URL
@@ -273,12 +306,20 @@ def test_flows_rank_talkers_and_search_by_address(served: Served) -> None:
         page.get_by_role("link", name="Flows").click()
         top = page.locator("#top-src-gw-1 tbody th")
         expect(top).to_have_text(["10.0.1.5", "10.0.1.6"])
+        # over time: 10.0.1.5's flows ended two minutes apart (a quiet minute between)
+        page.get_by_label("Address").fill("10.0.1.5")
+        page.get_by_role("button", name="Search").click()
+        per_minute = page.locator("#flows-per-minute-gw-1")
+        expect(per_minute).to_have_attribute("data-points", "3")
+        bits = page.evaluate("JSON.parse(document.querySelector('#flow-bits-gw-1').dataset.peak)")
+        assert bits == [90_000 * 8 / 60]
+        assert per_minute.get_attribute("data-latest") == "[1]"
+        shot(page, "flows")
         page.get_by_label("Address").fill("192.0.2.80")
         page.get_by_role("button", name="Search").click()
         rows = page.locator(".flows tbody tr")
         expect(rows).to_have_count(1)
         assert rows.locator("td").nth(2).inner_text() == "192.0.2.80:443"
-        shot(page, "flows")
         page.get_by_label("Address").fill("not-an-address")
         page.get_by_role("button", name="Search").click()
         expect(page.locator("#flows-error")).to_contain_text("expected an IP address")

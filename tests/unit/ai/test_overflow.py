@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import openai
 import pytest
 from aiohttp.test_utils import TestServer
 
+from tests.promtext import parse, value
 from tests.unit.ai.conftest import Fakes, GatewayFactory, audit_records, client_for
 
 MSG = [{"role": "user", "content": "hello local"}]
@@ -175,3 +177,40 @@ async def test_no_done_after_truncation(make_gateway: GatewayFactory) -> None:
         body = await resp.text()
     assert resp.status == 200
     assert "[DONE]" not in body and '"error"' in body
+
+
+@pytest.mark.asyncio
+async def test_overflow_decisions_are_counted_in_metrics(
+    make_gateway: GatewayFactory, fakes: Fakes
+) -> None:
+    """Each decision in the audit log is one count of ``spectra_ai_overflow_decisions``:
+    requests served after waiting for the slot are ``queued``, the ones the bounded wait
+    gave up on ``rejected``; the one admitted at once is no decision."""
+    server = await make_gateway(
+        overflow={"policy": "queue", "max_concurrency": 1, "max_queue": 4,
+                  "queue_timeout_s": 0.7, "ttft_timeout_s": 5}
+    )  # fmt: skip
+    async with client_for(server, timeout=10) as c:
+        results = await asyncio.gather(
+            *(
+                c.chat.completions.create(
+                    model="local/m-slow300", messages=[{"role": "user", "content": f"q{i}"}]
+                )
+                for i in range(4)
+            ),
+            return_exceptions=True,
+        )
+    served = sum(not isinstance(r, BaseException) for r in results)
+    assert 2 <= served < 4
+    decisions = [r["overflow"] for r in await audit_records(server)]
+    queued = [d for d in decisions if d and d["decision"] == "queued"]
+    rejected = [d for d in decisions if d and d["decision"] == "rejected"]
+    assert len(queued) == served - 1 and len(rejected) == 4 - served
+    assert decisions.count(None) == 1
+    async with aiohttp.ClientSession() as http:
+        text = await (await http.get(server.make_url("/metrics"))).text()
+    types, samples = parse(text)
+    assert types["spectra_ai_overflow_decisions"] == "counter"
+    name = "spectra_ai_overflow_decisions_total"
+    assert value(samples, name, policy="queue", decision="queued") == len(queued)
+    assert value(samples, name, policy="queue", decision="rejected") == len(rejected)

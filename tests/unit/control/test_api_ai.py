@@ -3,6 +3,7 @@ created (the key answered once, its HMAC stored) and revoked as versioned config
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -134,17 +135,59 @@ async def test_usage_reads_meters_and_budgets_of_the_state_file(
     assert usage["unknown_keys"] == ["gone"]
 
 
-async def test_cache_outcomes_from_the_gateways_own_exposition() -> None:
+async def test_cache_outcomes_and_overflow_from_the_gateways_own_exposition() -> None:
     from ai.metrics import GatewayMetrics
-    from control.api.ai_handlers import cache_outcomes
+    from control.api.ai_handlers import gateway_counters
 
     metrics = GatewayMetrics()
     for cache, n in (("hit", 3), ("semantic_hit", 1), ("miss", 6)):
         metrics.requests.labels("chat", "200", "openai", cache).inc(n)
     metrics.requests.labels("chat", "500", "openai", "miss").inc(2)
-    assert cache_outcomes(metrics.render().decode()) == {"hit": 3, "semantic_hit": 1, "miss": 8}
+    metrics.overflow.labels("queue", "queued").inc(4)
+    metrics.overflow.labels("queue", "rejected").inc(1)
+    metrics.overflow.labels("spill", "spilled").inc(2)
+    cache, overflow = gateway_counters(metrics.render().decode())
+    assert cache == {"hit": 3, "semantic_hit": 1, "miss": 8}
+    assert overflow == {"queue/queued": 4, "queue/rejected": 1, "spill/spilled": 2}
 
 
 async def test_usage_says_when_there_is_no_gateway(client: Client) -> None:
     usage = await (await client.get("/v1/ai/usage", headers=auth(READ_TOKEN))).json()
     assert usage["gateway"]["reachable"] is False and "ai.routes" in usage["gateway"]["error"]
+
+
+async def test_usage_history_samples_the_meters_over_time(client: Client, tmp_path: Path) -> None:
+    from control.api.ai_handlers import sample_usage
+
+    def history() -> Awaitable[Any]:
+        return client.get("/v1/ai/usage/history", headers=auth(READ_TOKEN))
+
+    await sample_usage(client.app)  # no state file, no AI route: nothing to sample
+    assert (await (await history()).json())["samples"] == []
+    db = sqlite3.connect(tmp_path / "ai-state.sqlite3")
+    db.executescript(SCHEMA)
+    db.execute(
+        "INSERT INTO meters (key_id, model, requests, prompt_tokens, completion_tokens, "
+        "cost_usd) VALUES ('k1', 'm-1', 3, 200, 100, 0.25)"
+    )
+    db.commit()
+    await sample_usage(client.app)
+    db.execute("UPDATE meters SET requests = 5, prompt_tokens = 260, cost_usd = 0.5")
+    db.commit()
+    db.close()
+    await asyncio.sleep(0.01)  # samples are stamped to the millisecond
+    await sample_usage(client.app)
+    body = await (await history()).json()
+    first, second = body["samples"]
+    assert first["t"] <= second["t"]
+    meters = {"requests": 3, "prompt_tokens": 200, "completion_tokens": 100, "cost_usd": 0.25}
+    assert first["keys"] == {"k1": {"m-1": meters}}
+    assert second["keys"]["k1"]["m-1"]["requests"] == 5
+    assert second["keys"]["k1"]["m-1"]["cost_usd"] == 0.5
+    assert second["overflow"] is None  # no AI gateway to ask
+    newer = await client.get(
+        "/v1/ai/usage/history", params={"since": str(first["t"])}, headers=auth(READ_TOKEN)
+    )
+    assert [s["t"] for s in (await newer.json())["samples"]] == [second["t"]]
+    bad = await client.get("/v1/ai/usage/history", params={"since": "nan"}, headers=auth())
+    assert bad.status == 400 and "since" in (await bad.json())["error"]["message"]

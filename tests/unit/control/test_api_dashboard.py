@@ -264,3 +264,19 @@ async def test_flows_read_only_the_tail_of_a_large_log(
     assert 0 < gw["records"] < 2000 // 100  # whole records only, from the end
     assert gw["top_sources"][0]["address"] == "10.0.0.2"
     assert body["instances"]["gw-b"]["records"] == 0  # no log yet: empty, not an error
+
+
+def test_flows_per_minute_count_flows_and_bytes_by_the_minute_they_ended() -> None:
+    from control.api.flows import per_minute
+
+    records = [
+        {"end": 1_765_080_061, "bytes": 100, "packets": 2},
+        {"end": 1_765_080_119, "bytes": 50, "packets": 1},  # the same minute
+        {"end": 1_765_080_240, "bytes": 7, "packets": 1},  # two minutes on
+        {"bytes": 9, "packets": 1},  # no end: left out
+        {"end": "x", "bytes": 9},
+    ]
+    assert per_minute(records) == [
+        {"t": 1_765_080_060, "flows": 2, "bytes": 150, "packets": 3},
+        {"t": 1_765_080_240, "flows": 1, "bytes": 7, "packets": 1},
+    ]

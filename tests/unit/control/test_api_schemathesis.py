@@ -104,8 +104,9 @@ def test_api_conforms_to_its_openapi(served: str) -> None:
     failures: list[str] = []
     operations = [result.ok() for result in api.get_all_operations()]
     # + POST /v1/aws/changesets, GET /v1/alerts, GET /v1/status/history, GET /v1/whoami,
-    # GET /v1/flows, GET /v1/ai/usage, POST /v1/ai/keys, POST /v1/ai/keys/{id}/revoke
-    assert len(operations) == 18
+    # GET /v1/flows, GET /v1/ai/usage, GET /v1/ai/usage/history, POST /v1/ai/keys,
+    # POST /v1/ai/keys/{id}/revoke
+    assert len(operations) == 19
     for operation in operations:
 
         @given(case=operation.as_strategy())

@@ -1,8 +1,32 @@
 // AI gateway: requests, tokens and cost per key and model, budget use (GET
-// /v1/ai/usage); create a key (POST /v1/ai/keys, the key shown once) and revoke one
-// (POST /v1/ai/keys/{id}/revoke), both config writes based on the current version.
-import { useEffect, useState } from "preact/hooks";
+// /v1/ai/usage), and the same over time with the overflow decisions (GET
+// /v1/ai/usage/history, the API's in-memory samples); create a key (POST /v1/ai/keys,
+// the key shown once) and revoke one (POST /v1/ai/keys/{id}/revoke), both config
+// writes based on the current version.
+import { useEffect, useRef, useState } from "preact/hooks";
 import { ApiError, FieldError, call, fmtError, get } from "./api";
+import { Chart, Series } from "./overview";
+
+type Meters = Record<string, number>;
+interface AiSample {
+  t: number;
+  keys: Record<string, Record<string, Meters>>;
+  overflow: Record<string, number> | null;
+}
+const WINDOW_S = 900; // the charts look back 15 minutes
+
+/** Per-minute rate of ``pick`` between consecutive samples; a missing value or a reset
+ * (a new state file, a restarted gateway) is a gap. */
+function perMinute(samples: AiSample[], pick: (s: AiSample) => number | undefined): (number | null)[] {
+  return samples.map((s, i) => {
+    const a = i > 0 ? pick(samples[i - 1]) : undefined;
+    const b = pick(s);
+    const dt = i > 0 ? s.t - samples[i - 1].t : 0;
+    return a === undefined || b === undefined || dt <= 0 || b < a ? null : ((b - a) * 60) / dt;
+  });
+}
+
+const usd = (x: number) => (x === 0 ? "0 " : x.toPrecision(2) + " ");
 
 interface Model {
   model: string;
@@ -25,6 +49,7 @@ interface Gateway {
   reachable: boolean;
   error?: string;
   requests_by_cache?: Record<string, number>;
+  overflow_decisions?: Record<string, number>;
   exact_hit_rate?: number | null;
   semantic_hit_rate?: number | null;
 }
@@ -48,10 +73,24 @@ export function AiPage({ admin }: { admin: boolean }) {
   const [maxTokens, setMaxTokens] = useState("");
   const [created, setCreated] = useState<{ id: string; key: string } | null>(null);
   const [fieldErrors, setFieldErrors] = useState<FieldError[]>([]);
+  const [samples, setSamples] = useState<AiSample[]>([]);
+  const last = useRef(0);
 
   async function load() {
     try {
-      setUsage(await get<Usage>("/v1/ai/usage"));
+      const [u, hist] = await Promise.all([
+        get<Usage>("/v1/ai/usage"),
+        get<{ samples: AiSample[] }>(`/v1/ai/usage/history?since=${last.current}`),
+      ]);
+      setUsage(u);
+      if (hist.samples.length) {
+        last.current = hist.samples[hist.samples.length - 1].t;
+        setSamples((old) => {
+          const all = [...old, ...hist.samples];
+          const newest = all[all.length - 1].t;
+          return all.filter((x) => x.t >= newest - WINDOW_S);
+        });
+      }
       setError(null);
     } catch (e) {
       setError(fmtError(e));
@@ -94,6 +133,20 @@ export function AiPage({ admin }: { admin: boolean }) {
   }
 
   const err = (f: string) => fieldErrors.find((e) => e.path === f)?.message;
+  const times = samples.map((x) => x.t);
+  const pairs = [...new Set(samples.flatMap((x) => Object.entries(x.keys).flatMap(([k, ms]) => Object.keys(ms).map((m) => `${k}\u0000${m}`))))].sort();
+  const perPair = (pick: (m: Meters) => number): Series[] =>
+    pairs.map((p) => {
+      const [k, m] = p.split("\u0000");
+      const meters = (x: AiSample) => x.keys[k]?.[m];
+      return { label: `${k} · ${m}`, values: perMinute(samples, (x) => (meters(x) ? pick(meters(x)!) : undefined)) };
+    });
+  const decisions = [...new Set(samples.flatMap((x) => Object.keys(x.overflow ?? {})))].sort();
+  const overflowSeries: Series[] = decisions.map((d) => ({
+    label: d,
+    values: perMinute(samples, (x) => (x.overflow ? (x.overflow[d] ?? 0) : undefined)),
+  }));
+  const overflowTotals = Object.entries(usage?.gateway.overflow_decisions ?? {}).sort();
   return (
     <section aria-labelledby="ai-h">
       <h1 id="ai-h">AI gateway</h1>
@@ -138,6 +191,50 @@ export function AiPage({ admin }: { admin: boolean }) {
           )}
         </dl>
       )}
+      <h2>Overflow decisions</h2>
+      <p class="hint">
+        What the overflow policy of a local route did when its model was busy or failing: <em>queued</em> (served after
+        waiting), <em>spilled</em> (re-run on the remote model), <em>rejected</em> (503, nothing left the account). Totals
+        since the gateway started.
+      </p>
+      <table id="ai-overflow">
+        <thead>
+          <tr>
+            <th scope="col">Policy</th>
+            <th scope="col">Decision</th>
+            <th scope="col">Requests</th>
+          </tr>
+        </thead>
+        <tbody>
+          {overflowTotals.length === 0 ? (
+            <tr>
+              <td colSpan={3}>none</td>
+            </tr>
+          ) : (
+            overflowTotals.map(([d, n]) => (
+              <tr key={d} data-decision={d}>
+                <td>{d.split("/")[0]}</td>
+                <td>{d.split("/")[1]}</td>
+                <td>{n}</td>
+              </tr>
+            ))
+          )}
+        </tbody>
+      </table>
+      <h2>Usage over time</h2>
+      <p class="hint">Per key and model, per minute, from the API's samples of the gateway's meters (last 15 minutes at most).</p>
+      <div class="charts">
+        <Chart id="chart-ai-requests" title="Requests per minute" unit="/min" times={times} series={perPair((m) => m.requests)} />
+        <Chart
+          id="chart-ai-tokens"
+          title="Tokens per minute (in + out)"
+          unit="/min"
+          times={times}
+          series={perPair((m) => m.prompt_tokens + m.completion_tokens)}
+        />
+        <Chart id="chart-ai-cost" title="Cost per minute" unit="$/min" times={times} series={perPair((m) => m.cost_usd)} fmt={usd} />
+        <Chart id="chart-ai-overflow" title="Overflow decisions per minute" unit="/min" times={times} series={overflowSeries} />
+      </div>
       <table id="ai-keys">
         <caption>Keys, budgets and usage (config version {usage?.version ?? "…"})</caption>
         <thead>

@@ -2,7 +2,7 @@
 // address (GET /v1/flows; the API reads only the newest part of each log).
 import { useEffect, useState } from "preact/hooks";
 import { fmtError, get } from "./api";
-import { human } from "./overview";
+import { Chart, human } from "./overview";
 
 interface Total {
   address: string;
@@ -16,8 +16,15 @@ interface PerInstance {
   top_destinations: Total[];
   matches: number;
   newest: Record<string, unknown>[];
+  per_minute: Minute[];
   bytes_read: number;
   truncated: boolean;
+}
+interface Minute {
+  t: number;
+  flows: number;
+  bytes: number;
+  packets: number;
 }
 interface Flows {
   address: string | null;
@@ -47,6 +54,36 @@ function Top({ title, rows, id }: { title: string; rows: Total[]; id: string }) 
         ))}
       </tbody>
     </table>
+  );
+}
+
+/** Every minute from the first to the last one with records (none: 0), and each
+ * minute's flows and bit rate (bytes of the flows ended in it, over 60 s). */
+function timeline(minutes: Minute[]): { times: number[]; flows: number[]; bits: number[] } {
+  const by = new Map(minutes.map((m) => [m.t, m]));
+  const times: number[] = [];
+  for (let t = minutes[0]?.t ?? 0; minutes.length && t <= minutes[minutes.length - 1].t; t += 60) times.push(t);
+  return {
+    times,
+    flows: times.map((t) => by.get(t)?.flows ?? 0),
+    bits: times.map((t) => ((by.get(t)?.bytes ?? 0) * 8) / 60),
+  };
+}
+
+function OverTime({ name, address, minutes }: { name: string; address: string | null; minutes: Minute[] }) {
+  const { times, flows, bits } = timeline(minutes);
+  const whose = address ?? "all";
+  return (
+    <div class="charts">
+      <Chart id={`flows-per-minute-${name}`} title={`Flows ended per minute (${whose})`} unit="/min" times={times} series={[{ label: whose, values: flows }]} />
+      <Chart
+        id={`flow-bits-${name}`}
+        title={`Bit rate of the flows ended each minute (${whose})`}
+        unit="bit/s"
+        times={times}
+        series={[{ label: whose, values: bits }]}
+      />
+    </div>
   );
 }
 
@@ -104,6 +141,8 @@ export function FlowsPage() {
               <Top title="Top sources" rows={f.top_sources} id={`top-src-${name}`} />
               <Top title="Top destinations" rows={f.top_destinations} id={`top-dst-${name}`} />
             </div>
+            <h3>{flows.address ? `${flows.address} over time` : "All flows over time"}</h3>
+            <OverTime name={name} address={flows.address} minutes={f.per_minute} />
             <h3>
               {flows.address ? `Newest flows of ${flows.address}` : "Newest flows"} ({f.matches})
             </h3>

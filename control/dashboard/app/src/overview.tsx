@@ -62,12 +62,26 @@ function rates(samples: Sample[], name: string, pick: (p: Point) => number): (nu
   return out;
 }
 
-interface Series {
+export interface Series {
   label: string;
   values: (number | null)[];
 }
 
-function Chart({ id, title, unit, times, series }: { id: string; title: string; unit: string; times: number[]; series: Series[] }) {
+export function Chart({
+  id,
+  title,
+  unit,
+  times,
+  series,
+  fmt = human,
+}: {
+  id: string;
+  title: string;
+  unit: string;
+  times: number[];
+  series: Series[];
+  fmt?: (x: number) => string;
+}) {
   const box = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
   const shape = series.map((s) => s.label).join("|");
@@ -80,7 +94,7 @@ function Chart({ id, title, unit, times, series }: { id: string; title: string; 
         {},
         ...series.map((s, i) => ({ label: s.label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: false })),
       ],
-      axes: [{}, { size: 100, values: (_u: uPlot, v: number[]) => v.map((x) => human(x) + unit) }],
+      axes: [{}, { size: 100, values: (_u: uPlot, v: number[]) => v.map((x) => fmt(x) + unit) }],
       legend: { show: true },
     };
     plot.current?.destroy();
@@ -93,9 +107,15 @@ function Chart({ id, title, unit, times, series }: { id: string; title: string; 
   useEffect(() => {
     plot.current?.setData([times, ...series.map((s) => s.values)] as uPlot.AlignedData);
   });
-  const latest = series.map((s) => `${s.label}: ${human(s.values[s.values.length - 1] ?? 0)}${unit}`).join(", ");
+  const latest = series.map((s) => `${s.label}: ${fmt(s.values[s.values.length - 1] ?? 0)}${unit}`).join(", ");
   return (
-    <figure class="chart" id={id} data-points={times.length} data-latest={JSON.stringify(series.map((s) => s.values[s.values.length - 1] ?? null))}>
+    <figure
+      class="chart"
+      id={id}
+      data-points={times.length}
+      data-latest={JSON.stringify(series.map((s) => s.values[s.values.length - 1] ?? null))}
+      data-peak={JSON.stringify(series.map((s) => Math.max(0, ...s.values.map((v) => v ?? 0))))}
+    >
       <figcaption>{title}</figcaption>
       <div ref={box} role="img" aria-label={`${title}; latest ${latest || "no data yet"}`} />
     </figure>
@@ -123,6 +143,40 @@ function services(s: Dict): string[] {
   if (enabled(s.conntrack_sync)) out.push("conntrack sync");
   if (s.traffic_logs && Object.keys(s.traffic_logs).length > 0) out.push("flow/firewall logs");
   return out;
+}
+
+interface LeaseEvent {
+  kind: string;
+  key: string;
+  holder: string;
+  previous: string | null;
+  token: number;
+  at: number;
+  reason: string;
+}
+const EVENT_LABELS: Record<string, string> = {
+  acquired: "lease acquired",
+  took_over: "took over (routes, NAT address)",
+  took_back: "took back (preferred leader)",
+  released: "lease released",
+  lost: "lease lost",
+  resumed: "lease resumed",
+  fallback_took: "took another AZ's routes (cross-AZ fallback)",
+  fallback_returned: "returned another AZ's routes",
+  takeover_failed: "takeover failed (retried)",
+  takeover_recovered: "takeover completed after a failure",
+};
+const EVENT_BAD = new Set(["lost", "takeover_failed"]);
+const EVENTS_SHOWN = 30;
+
+/** The lease events every instance reports in its status (aws.lease.events), the same
+ * event seen twice once, newest first. */
+function events(status: Status | null): LeaseEvent[] {
+  const seen = new Map<string, LeaseEvent>();
+  for (const s of Object.values(status?.instances ?? {})) {
+    for (const e of (s.aws?.lease?.events ?? []) as LeaseEvent[]) seen.set(`${e.at}|${e.holder}|${e.kind}|${e.token}`, e);
+  }
+  return [...seen.values()].sort((a, b) => b.at - a.at).slice(0, EVENTS_SHOWN);
 }
 
 export function Overview() {
@@ -182,6 +236,7 @@ export function Overview() {
       })),
     );
   const reasons = [...new Set(shown.flatMap((s) => Object.values(s.instances).flatMap((p) => Object.keys(p.drops))))].sort();
+  const leaseEvents = events(status);
   const failovers: { t: number; name: string; from: string | null; to: string | null }[] = [];
   for (let i = 1; i < samples.length; i++) {
     for (const n of names) {
@@ -286,6 +341,20 @@ export function Overview() {
           series={names.flatMap((n) => reasons.map((r) => ({ label: `${n} ${r}`, values: rates(shown, n, (p) => p.drops[r] ?? 0) })))}
         />
         <Chart
+          id="chart-insert-failed"
+          title="Conntrack insert failures per second (NAT port exhaustion shows here too)"
+          unit="/s"
+          times={times}
+          series={per("insert failed", (p) => p.conntrack_insert_failed ?? NaN)}
+        />
+        <Chart
+          id="chart-nat-ports"
+          title="NAT ports in use (busiest destination, offloaded flows)"
+          unit=""
+          times={times}
+          series={names.map((n) => ({ label: n, values: shown.map((s) => s.instances[n]?.nat_ports_busiest ?? null) }))}
+        />
+        <Chart
           id="chart-conntrack"
           title="Conntrack occupancy"
           unit="%"
@@ -299,7 +368,39 @@ export function Overview() {
           }))}
         />
       </div>
-      <h2>Recent failovers</h2>
+      <h2>Failovers and route changes</h2>
+      {leaseEvents.length === 0 ? (
+        <p id="lease-events">No leader-lease event reported by any instance.</p>
+      ) : (
+        <table id="lease-events">
+          <caption>Leader-lease events the instances report (newest first): takeovers move the AZ's routes and NAT address</caption>
+          <thead>
+            <tr>
+              <th scope="col">When</th>
+              <th scope="col">AZ</th>
+              <th scope="col">Event</th>
+              <th scope="col">Instance</th>
+              <th scope="col">Before</th>
+              <th scope="col">Token</th>
+              <th scope="col">Reason</th>
+            </tr>
+          </thead>
+          <tbody>
+            {leaseEvents.map((e) => (
+              <tr key={`${e.at}-${e.holder}-${e.kind}-${e.token}`} data-event={e.kind} class={EVENT_BAD.has(e.kind) ? "bad" : undefined}>
+                <td>{new Date(e.at * 1000).toLocaleTimeString()}</td>
+                <td>{e.key}</td>
+                <td>{EVENT_LABELS[e.kind] ?? e.kind}</td>
+                <td>{e.holder}</td>
+                <td>{e.previous ?? "—"}</td>
+                <td>{e.token}</td>
+                <td>{e.reason}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      <h3>Role changes</h3>
       {failovers.length === 0 ? (
         <p id="failovers">No role change in the API's history window.</p>
       ) : (
