@@ -147,6 +147,8 @@ class RedisBackend:
     async def close(self) -> None:
         if self._semantic is not None:
             await self._semantic.close()
+        if self._budgets is not None:
+            await self._budgets.drain()
         if self._budgets is not None and self._budgets.pending and self.link.available:
             await self._budgets.replay()
         await self.link.close()

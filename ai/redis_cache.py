@@ -18,6 +18,12 @@ doubling to 100 ms) until it appears (a coalesced answer) or the lock goes away 
 then call upstream themselves). The lock is released by compare-and-delete, so an
 expired lock taken over by another instance is never removed by the first.
 
+The write is sent behind the answer (:class:`~ai.offpath.OffPath`; a local follower
+already has the value from memory): the lock moves to that write as it starts, so it
+is held until the entry is stored and other instances' followers keep waiting for it
+meanwhile; this instance's own reads of the key wait for its write in flight.
+:meth:`close` awaits the writes in flight.
+
 Unreachable store: stance ``bypass`` makes every read a miss and drops writes (the
 request goes upstream); ``reject`` answers 503 on the read. A write never fails a
 request whose answer the gateway already has.
@@ -33,6 +39,7 @@ import secrets
 from typing import Any
 
 from ai.config import ExactCacheConfig
+from ai.offpath import OffPath
 from ai.redis_link import RedisLink, StoreUnavailable
 
 log = logging.getLogger("spectra.ai")
@@ -93,12 +100,17 @@ class RedisExactCache:
         self._lock_read = link.client.register_script(LOCK_READ)
         self._release = link.client.register_script(RELEASE)
         self._held: dict[tuple[str, str], str] = {}  # (key, tenant) -> lock token
+        self._behind = OffPath("exact cache entry")
 
     async def open(self) -> None:
         """Nothing to load: the entries live in the store."""
 
     async def close(self) -> None:
-        """Nothing to write behind: every put is sent before it returns."""
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Until every write sent behind an answer is done."""
+        await self._behind.drain()
 
     def _entry(self, key: str, tenant: str) -> str:
         return self._link.key(tenant, "cache", key)
@@ -108,6 +120,8 @@ class RedisExactCache:
 
     async def get(self, key: str, tenant: str) -> dict[str, Any] | None:
         entry = self._entry(key, tenant)
+        if self._behind.pending((key, tenant)):
+            await self._behind.wait((key, tenant))  # read this instance's own write
         try:
             raw = await self._link.call(lambda: self._link.client.get(entry), "cache get")
         except StoreUnavailable:
@@ -127,10 +141,11 @@ class RedisExactCache:
         return value
 
     async def put(self, key: str, tenant: str, value: dict[str, Any]) -> None:
-        """Store; a singleflight lock this caller holds for ``key`` is released in the
-        same round trip (``release`` then has nothing left to do)."""
+        """Store, behind the caller; a singleflight lock this caller holds for ``key``
+        passes to the write and is released in the same round trip (``release`` then
+        has nothing left to do)."""
         lock = self._link.key(tenant, "flight", key)
-        token = self._held.get((key, tenant), "")
+        token = self._held.pop((key, tenant), "")
         keys = [self._entry(key, tenant), self._link.key(tenant, "cache-index", "all"), lock]
         args = [
             json.dumps({"tenant": tenant, "value": value}),
@@ -140,13 +155,19 @@ class RedisExactCache:
             self._entry("", tenant),
             token,
         ]
+        await self._behind.submit((key, tenant), self._write(keys, args, lock, token))
+
+    async def _write(self, keys: list[str], args: list[str], lock: str, token: str) -> None:
         try:
             await self._link.call(lambda: self._put(keys=keys, args=args), "cache put")
         except StoreUnavailable as exc:
             log.debug("exact cache entry not stored: %s", exc)
-            return
-        if token:
-            self._held.pop((key, tenant), None)
+            if token:  # else it expires after flight_wait_s
+                await self._unlock(lock, token)
+
+    async def _unlock(self, lock: str, token: str) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self._link.call(lambda: self._release(keys=[lock], args=[token]), "unlock")
 
     async def coalesce(self, key: str, tenant: str) -> dict[str, Any] | None:
         """Another instance's answer if it is calling upstream for ``key`` (waiting
@@ -189,6 +210,4 @@ class RedisExactCache:
         token = self._held.pop((key, tenant), None)
         if token is None:
             return
-        lock = self._link.key(tenant, "flight", key)
-        with contextlib.suppress(StoreUnavailable):  # else it expires after flight_wait_s
-            await self._link.call(lambda: self._release(keys=[lock], args=[token]), "unlock")
+        await self._unlock(self._link.key(tenant, "flight", key), token)  # else it expires
