@@ -147,6 +147,10 @@ class ExactCache(WriteBehind):
         if self._queued and self._timer is None:
             self._write()
 
+    async def lookup(self, key: str, tenant: str) -> tuple[dict[str, Any] | None, bool]:
+        """:meth:`get` (one process takes no lock outside it)."""
+        return await self.get(key, tenant), False
+
     async def coalesce(self, key: str, tenant: str) -> dict[str, Any] | None:
         """One process: :class:`SingleFlight` already coalesces; this caller leads."""
         return None

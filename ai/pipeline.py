@@ -169,18 +169,21 @@ class Gateway:
         try:
             resolved = resolved_request(body, route.upstream_model)
             key = exact_key(principal.tenant, route.provider_name, resolved)
-            hit = await self._lookup(req, resolved, key, trace)
+            hit, holds = await self._lookup(req, resolved, key, trace)
             trace.mark("cache_lookup")
             if hit is not None:
                 return await replay(req, hit, trace)
             flight = self.flights.follow(key) if self.cache is not None else None
             if flight is not None:
+                if holds:  # this process's leader leads
+                    assert self.cache is not None
+                    await self.cache.release(key, principal.tenant)
                 value = await asyncio.shield(flight)
                 if value is not None:
                     trace.cache = "coalesced"
                     return await replay(req, value, trace)
             leader = self.cache is not None and flight is None
-            if leader and self.cache is not None:  # and across instances (shared cache)
+            if leader and not holds and self.cache is not None:  # and across instances
                 try:
                     shared = await self.cache.coalesce(key, principal.tenant)
                 except BaseException:
@@ -241,17 +244,33 @@ class Gateway:
 
     async def _lookup(
         self, req: ChatRun, resolved: dict[str, Any], key: str, trace: Trace
-    ) -> dict[str, Any] | None:
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """The exact, then the semantic cache's answer; and whether this request took
+        the shared singleflight lock on its miss."""
         if self.cache is None:
-            return None
+            return None, False
         tenant = req.principal.tenant
-        hit = await self.cache.get(key, tenant)
+        hit, holds = await self.cache.lookup(key, tenant)
         if hit is not None:
             trace.cache = "hit"
-            return hit
+            return hit, False
         trace.cache = "miss"
         if self.semcache is None:
-            return None
+            return None, holds
+        try:
+            entry = await self._semantic(req, resolved, tenant, trace)
+        except BaseException:
+            if holds:
+                await self.cache.release(key, tenant)
+            raise
+        if entry is not None and holds:
+            await self.cache.release(key, tenant)  # answered without an upstream call
+        return entry, holds and entry is None
+
+    async def _semantic(
+        self, req: ChatRun, resolved: dict[str, Any], tenant: str, trace: Trace
+    ) -> dict[str, Any] | None:
+        assert self.cache is not None and self.semcache is not None
         text = semantic_text(resolved, self.config.semantic_cache.max_messages)
         if text is None:
             return None

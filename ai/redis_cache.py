@@ -12,8 +12,10 @@ slot; a bound across tenants would need a cross-slot operation). Set Redis's
 Singleflight across instances: the first instance to miss takes ``flight:<key>`` with
 ``SET NX PX`` (https://redis.io/docs/latest/commands/set/) for at most
 ``flight_wait_s`` and reads the cache once more in the same script (the last leader
-may have just finished); its write releases the lock in the same script too, so a miss
-costs the store two round trips besides the read. The others poll for the entry (10 ms
+may have just finished); its write releases the lock in the same script too. A
+request's first read (:meth:`RedisExactCache.lookup`) takes the lock already when the
+entry is missing and the lock is free, so a miss costs the store one round trip before
+the upstream call (the write goes behind the answer). The others poll for the entry (10 ms
 doubling to 100 ms) until it appears (a coalesced answer) or the lock goes away (they
 then call upstream themselves). The lock is released by compare-and-delete, so an
 expired lock taken over by another instance is never removed by the first.
@@ -82,6 +84,15 @@ end
 return {0, false}
 """
 
+# KEYS: lock, entry. ARGV: the token, lock TTL ms. Reads the entry; missing, takes the
+# lock if free: {1} taken, {0, entry or nil} not.
+LOOKUP_LOCK = """
+local v = redis.call('GET', KEYS[2])
+if v then return {0, v} end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then return {1} end
+return {0}
+"""
+
 # KEYS: lock. ARGV: the holder's token.
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -98,6 +109,7 @@ class RedisExactCache:
         self._config = config
         self._put = link.client.register_script(PUT_RELEASE)
         self._lock_read = link.client.register_script(LOCK_READ)
+        self._lookup_lock = link.client.register_script(LOOKUP_LOCK)
         self._release = link.client.register_script(RELEASE)
         self._held: dict[tuple[str, str], str] = {}  # (key, tenant) -> lock token
         self._behind = OffPath("exact cache entry")
@@ -129,6 +141,33 @@ class RedisExactCache:
                 return None
             raise
         return self._value(raw, tenant)
+
+    def _lock_args(self, key: str, tenant: str) -> tuple[list[str], list[str], str]:
+        token = secrets.token_hex(8)
+        ttl_ms = int(self._link.config.flight_wait_s * 1000)
+        return (
+            [self._link.key(tenant, "flight", key), self._entry(key, tenant)],
+            [token, str(ttl_ms)],
+            token,
+        )
+
+    async def lookup(self, key: str, tenant: str) -> tuple[dict[str, Any] | None, bool]:
+        """:meth:`get`; on a miss, the singleflight lock too if it is free (True)."""
+        if self._behind.pending((key, tenant)):
+            await self._behind.wait((key, tenant))  # read this instance's own write
+        keys, args, token = self._lock_args(key, tenant)
+        try:
+            reply = await self._link.call(
+                lambda: self._lookup_lock(keys=keys, args=args), "cache lookup"
+            )
+        except StoreUnavailable:
+            if self._bypass():
+                return None, False
+            raise
+        if int(reply[0]) == 1:
+            self._held[(key, tenant)] = token
+            return None, True
+        return self._value(reply[1] if len(reply) > 1 else None, tenant), False
 
     @staticmethod
     def _value(raw: str | None, tenant: str) -> dict[str, Any] | None:
@@ -172,9 +211,8 @@ class RedisExactCache:
     async def coalesce(self, key: str, tenant: str) -> dict[str, Any] | None:
         """Another instance's answer if it is calling upstream for ``key`` (waiting
         for it); else None, and this caller leads (``release`` when done)."""
-        lock, token = self._link.key(tenant, "flight", key), secrets.token_hex(8)
-        ttl_ms = int(self._link.config.flight_wait_s * 1000)
-        keys, args = [lock, self._entry(key, tenant)], [token, str(ttl_ms)]
+        keys, args, token = self._lock_args(key, tenant)
+        lock = keys[0]
         try:
             taken, raw = await self._link.call(
                 lambda: self._lock_read(keys=keys, args=args), "flight lock"

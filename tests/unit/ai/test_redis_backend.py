@@ -192,6 +192,29 @@ async def test_singleflight_lock_waits_for_the_leader(link: RedisLink) -> None:
     assert await asyncio.wait_for(waiting, 2) is None
 
 
+@pytest.mark.asyncio
+async def test_lookup_takes_the_lock_on_a_miss_in_the_same_round_trip(link: RedisLink) -> None:
+    first = RedisExactCache(link, ExactCacheConfig())
+    second = RedisExactCache(link, ExactCacheConfig())
+    lock = link.key("ta", "flight", "q")
+    assert await first.lookup("q", "ta") == (None, True)  # missed, and leads
+    assert await link.client.exists(lock)
+    assert await second.lookup("q", "ta") == (None, False)  # held: no lock for the second
+    waiting = asyncio.create_task(second.coalesce("q", "ta"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # another instance waits for the leader's write
+    await first.put("q", "ta", {"choices": ["answer"]})  # the lock passes to the write
+    await first.release("q", "ta")  # nothing left: the write releases it once stored
+    assert await asyncio.wait_for(waiting, 2) == {"choices": ["answer"]}
+    await first.drain()
+    assert not await link.client.exists(lock)
+    # an entry is a hit and takes nothing; another tenant's partition is a miss (and leads)
+    assert await second.lookup("q", "ta") == ({"choices": ["answer"]}, False)
+    assert await second.lookup("q", "tb") == (None, True)
+    await second.release("q", "tb")
+    assert not await link.client.exists(link.key("tb", "flight", "q"))
+
+
 # --- TLS and an ACL user, as ElastiCache presents them --------------------------------
 
 
