@@ -52,6 +52,8 @@ class BudgetBackend(Protocol):
 class ResponseCache(Protocol):
     """The exact cache: complete responses by canonical key, partitioned by tenant."""
 
+    remote: bool  # a shared store: its first read is sent along with the reservation
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...

@@ -37,6 +37,8 @@ CREATE INDEX IF NOT EXISTS entries_created ON entries (created);
 class ExactCache(WriteBehind):
     """The on-disk (or ``:memory:``) exact cache."""
 
+    remote = False
+
     def __init__(self, config: ExactCacheConfig) -> None:
         super().__init__("spectra-ai-cache", config.write_window_s)
         self._config = config

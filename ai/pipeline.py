@@ -156,20 +156,31 @@ class Gateway:
             want,
         )
         prompt = self._prompt_reserve(req)
-        reservation = await self.budgets.acquire(
-            principal.key_id,
-            principal.tenant,
-            principal.budget,
-            prompt,
-            want * n,
-            self.prices.cost(body["model"], Usage(prompt, want * n)),
+        resolved = resolved_request(body, route.upstream_model)
+        key = exact_key(principal.tenant, route.provider_name, resolved)
+        # a shared store: the exact read goes out with the reservation (one round trip)
+        early = (
+            asyncio.ensure_future(self.cache.lookup(key, principal.tenant))
+            if self.cache is not None and self.cache.remote
+            else None
         )
+        try:
+            reservation = await self.budgets.acquire(
+                principal.key_id,
+                principal.tenant,
+                principal.budget,
+                prompt,
+                want * n,
+                self.prices.cost(body["model"], Usage(prompt, want * n)),
+            )
+        except BaseException:
+            if early is not None:
+                await self._abandon(early, key, principal.tenant)
+            raise
         trace.mark("admitted")
         usage: Usage | None = None
         try:
-            resolved = resolved_request(body, route.upstream_model)
-            key = exact_key(principal.tenant, route.provider_name, resolved)
-            hit, holds = await self._lookup(req, resolved, key, trace)
+            hit, holds = await self._lookup(req, resolved, key, trace, early)
             trace.mark("cache_lookup")
             if hit is not None:
                 return await replay(req, hit, trace)
@@ -242,15 +253,32 @@ class Gateway:
             return limit
         return min(self.config.completion_reserve_tokens, route.provider_config.default_max_tokens)
 
+    async def _abandon(
+        self, early: asyncio.Future[tuple[dict[str, Any] | None, bool]], key: str, tenant: str
+    ) -> None:
+        """The reservation failed: let go of a lock the early read took."""
+        assert self.cache is not None
+        try:
+            _, holds = await asyncio.shield(early)
+        except Exception:  # the refusal is the answer, not the store's state
+            return
+        if holds:
+            await self.cache.release(key, tenant)
+
     async def _lookup(
-        self, req: ChatRun, resolved: dict[str, Any], key: str, trace: Trace
+        self,
+        req: ChatRun,
+        resolved: dict[str, Any],
+        key: str,
+        trace: Trace,
+        early: asyncio.Future[tuple[dict[str, Any] | None, bool]] | None = None,
     ) -> tuple[dict[str, Any] | None, bool]:
-        """The exact, then the semantic cache's answer; and whether this request took
-        the shared singleflight lock on its miss."""
+        """The exact (``early``: already sent), then the semantic cache's answer; and
+        whether this request took the shared singleflight lock on its miss."""
         if self.cache is None:
             return None, False
         tenant = req.principal.tenant
-        hit, holds = await self.cache.lookup(key, tenant)
+        hit, holds = await (early or self.cache.lookup(key, tenant))
         if hit is not None:
             trace.cache = "hit"
             return hit, False

@@ -13,9 +13,10 @@ Singleflight across instances: the first instance to miss takes ``flight:<key>``
 ``SET NX PX`` (https://redis.io/docs/latest/commands/set/) for at most
 ``flight_wait_s`` and reads the cache once more in the same script (the last leader
 may have just finished); its write releases the lock in the same script too. A
-request's first read (:meth:`RedisExactCache.lookup`) takes the lock already when the
-entry is missing and the lock is free, so a miss costs the store one round trip before
-the upstream call (the write goes behind the answer). The others poll for the entry (10 ms
+request's first read (:meth:`RedisExactCache.lookup`, sent by the pipeline along with
+the budget reservation) takes the lock already when the entry is missing and the lock
+is free, so a miss waits for the store once before the upstream call (two requests
+in flight at once; the write goes behind the answer). The others poll for the entry (10 ms
 doubling to 100 ms) until it appears (a coalesced answer) or the lock goes away (they
 then call upstream themselves). The lock is released by compare-and-delete, so an
 expired lock taken over by another instance is never removed by the first.
@@ -103,6 +104,8 @@ POLL_MIN_S, POLL_MAX_S = 0.01, 0.1
 
 class RedisExactCache:
     """The :class:`~ai.backend.ResponseCache` over a :class:`RedisLink`."""
+
+    remote = True
 
     def __init__(self, link: RedisLink, config: ExactCacheConfig) -> None:
         self._link = link
