@@ -185,10 +185,10 @@ class Gateway:
             if hit is not None:
                 return await replay(req, hit, trace)
             flight = self.flights.follow(key) if self.cache is not None else None
-            if flight is not None:
-                if holds:  # this process's leader leads
-                    assert self.cache is not None
-                    await self.cache.release(key, principal.tenant)
+            # Holding the shared lock, this request calls upstream even when this
+            # process has a leader already: that one took no lock (ours was held) and
+            # waits for our entry in the store like any other instance's follower.
+            if flight is not None and not holds:
                 value = await asyncio.shield(flight)
                 if value is not None:
                     trace.cache = "coalesced"
@@ -214,6 +214,7 @@ class Gateway:
             finally:
                 if leader:
                     self.flights.finish(key, None if outcome is None else outcome.value)
+                if leader or holds:
                     assert self.cache is not None
                     await self.cache.release(key, principal.tenant)
             usage = outcome.usage or Usage(
