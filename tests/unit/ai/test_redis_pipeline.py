@@ -3,24 +3,11 @@ exact read sent along with the reservation, the writes sent behind the answer.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import openai
 import pytest
 
 from tests.redisd import RedisServer
 from tests.unit.ai.conftest import KEY_A, KEY_B, Fakes, GatewayFactory, client_for
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 def _state(server: RedisServer) -> dict[str, object]:
