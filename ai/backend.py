@@ -52,11 +52,19 @@ class BudgetBackend(Protocol):
 class ResponseCache(Protocol):
     """The exact cache: complete responses by canonical key, partitioned by tenant."""
 
+    remote: bool  # a shared store: its first read is sent along with the reservation
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
     async def get(self, key: str, tenant: str) -> dict[str, Any] | None: ...
+
+    async def lookup(self, key: str, tenant: str) -> tuple[dict[str, Any] | None, bool]:
+        """A request's first read: :meth:`get`, and on a miss a shared cache may take the
+        singleflight lock in the same round trip (True: taken; the caller then leads
+        without :meth:`coalesce`, and calls :meth:`release` if it ends up not leading)."""
+        ...
 
     async def put(self, key: str, tenant: str, value: dict[str, Any]) -> None: ...
 
@@ -147,6 +155,8 @@ class RedisBackend:
     async def close(self) -> None:
         if self._semantic is not None:
             await self._semantic.close()
+        if self._budgets is not None:
+            await self._budgets.drain()
         if self._budgets is not None and self._budgets.pending and self.link.available:
             await self._budgets.replay()
         await self.link.close()

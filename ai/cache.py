@@ -37,6 +37,8 @@ CREATE INDEX IF NOT EXISTS entries_created ON entries (created);
 class ExactCache(WriteBehind):
     """The on-disk (or ``:memory:``) exact cache."""
 
+    remote = False
+
     def __init__(self, config: ExactCacheConfig) -> None:
         super().__init__("spectra-ai-cache", config.write_window_s)
         self._config = config
@@ -146,6 +148,10 @@ class ExactCache(WriteBehind):
             self._keys.difference_update(k for k in done.result() if k not in self._queued)
         if self._queued and self._timer is None:
             self._write()
+
+    async def lookup(self, key: str, tenant: str) -> tuple[dict[str, Any] | None, bool]:
+        """:meth:`get` (one process takes no lock outside it)."""
+        return await self.get(key, tenant), False
 
     async def coalesce(self, key: str, tenant: str) -> dict[str, Any] | None:
         """One process: :class:`SingleFlight` already coalesces; this caller leads."""

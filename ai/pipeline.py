@@ -156,31 +156,45 @@ class Gateway:
             want,
         )
         prompt = self._prompt_reserve(req)
-        reservation = await self.budgets.acquire(
-            principal.key_id,
-            principal.tenant,
-            principal.budget,
-            prompt,
-            want * n,
-            self.prices.cost(body["model"], Usage(prompt, want * n)),
+        resolved = resolved_request(body, route.upstream_model)
+        key = exact_key(principal.tenant, route.provider_name, resolved)
+        # a shared store: the exact read goes out with the reservation (one round trip)
+        early = (
+            asyncio.ensure_future(self.cache.lookup(key, principal.tenant))
+            if self.cache is not None and self.cache.remote
+            else None
         )
+        try:
+            reservation = await self.budgets.acquire(
+                principal.key_id,
+                principal.tenant,
+                principal.budget,
+                prompt,
+                want * n,
+                self.prices.cost(body["model"], Usage(prompt, want * n)),
+            )
+        except BaseException:
+            if early is not None:
+                await self._abandon(early, key, principal.tenant)
+            raise
         trace.mark("admitted")
         usage: Usage | None = None
         try:
-            resolved = resolved_request(body, route.upstream_model)
-            key = exact_key(principal.tenant, route.provider_name, resolved)
-            hit = await self._lookup(req, resolved, key, trace)
+            hit, holds = await self._lookup(req, resolved, key, trace, early)
             trace.mark("cache_lookup")
             if hit is not None:
                 return await replay(req, hit, trace)
             flight = self.flights.follow(key) if self.cache is not None else None
-            if flight is not None:
+            # Holding the shared lock, this request calls upstream even when this
+            # process has a leader already: that one took no lock (ours was held) and
+            # waits for our entry in the store like any other instance's follower.
+            if flight is not None and not holds:
                 value = await asyncio.shield(flight)
                 if value is not None:
                     trace.cache = "coalesced"
                     return await replay(req, value, trace)
             leader = self.cache is not None and flight is None
-            if leader and self.cache is not None:  # and across instances (shared cache)
+            if leader and not holds and self.cache is not None:  # and across instances
                 try:
                     shared = await self.cache.coalesce(key, principal.tenant)
                 except BaseException:
@@ -200,6 +214,7 @@ class Gateway:
             finally:
                 if leader:
                     self.flights.finish(key, None if outcome is None else outcome.value)
+                if leader or holds:
                     assert self.cache is not None
                     await self.cache.release(key, principal.tenant)
             usage = outcome.usage or Usage(
@@ -239,19 +254,52 @@ class Gateway:
             return limit
         return min(self.config.completion_reserve_tokens, route.provider_config.default_max_tokens)
 
+    async def _abandon(
+        self, early: asyncio.Future[tuple[dict[str, Any] | None, bool]], key: str, tenant: str
+    ) -> None:
+        """The reservation failed: let go of a lock the early read took."""
+        assert self.cache is not None
+        try:
+            _, holds = await asyncio.shield(early)
+        except Exception:  # the refusal is the answer, not the store's state
+            return
+        if holds:
+            await self.cache.release(key, tenant)
+
     async def _lookup(
-        self, req: ChatRun, resolved: dict[str, Any], key: str, trace: Trace
-    ) -> dict[str, Any] | None:
+        self,
+        req: ChatRun,
+        resolved: dict[str, Any],
+        key: str,
+        trace: Trace,
+        early: asyncio.Future[tuple[dict[str, Any] | None, bool]] | None = None,
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """The exact (``early``: already sent), then the semantic cache's answer; and
+        whether this request took the shared singleflight lock on its miss."""
         if self.cache is None:
-            return None
+            return None, False
         tenant = req.principal.tenant
-        hit = await self.cache.get(key, tenant)
+        hit, holds = await (early or self.cache.lookup(key, tenant))
         if hit is not None:
             trace.cache = "hit"
-            return hit
+            return hit, False
         trace.cache = "miss"
         if self.semcache is None:
-            return None
+            return None, holds
+        try:
+            entry = await self._semantic(req, resolved, tenant, trace)
+        except BaseException:
+            if holds:
+                await self.cache.release(key, tenant)
+            raise
+        if entry is not None and holds:
+            await self.cache.release(key, tenant)  # answered without an upstream call
+        return entry, holds and entry is None
+
+    async def _semantic(
+        self, req: ChatRun, resolved: dict[str, Any], tenant: str, trace: Trace
+    ) -> dict[str, Any] | None:
+        assert self.cache is not None and self.semcache is not None
         text = semantic_text(resolved, self.config.semantic_cache.max_messages)
         if text is None:
             return None

@@ -12,7 +12,12 @@ A key's figures: hash ``budget:<key id>`` (used/reserved tokens and cost) and ha
 ``window:<key id>`` (requests ``r:<second>`` and tokens ``t:<second>`` of the last
 minute; older fields are dropped as scripts read them, the hash expires after two).
 A reservation of an instance that dies before reconciling stays charged (never given
-back). A key with no limits at all never touches the store. Unreachable store:
+back). A settlement is sent behind the answer (:class:`~ai.offpath.OffPath`): until
+it lands the reservation stays charged, and a reservation of a key with settlements
+of this instance in flight waits for them first (what they give back changes the
+decision and the completion cap), so a sequential client sees the decisions of
+inline settlements. A key with no limits at
+all never touches the store. Unreachable store:
 stance ``reject`` -> 503, ``local`` -> a per-process
 :class:`~ai.budget.Budgets` until it returns; settlements that fail are kept (bounded)
 and replayed when it does.
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from ai.budget import Budgets, Reservation, _Window, cost_refusal, token_refusal
 from ai.config import BudgetConfig
 from ai.errors import RateLimited
+from ai.offpath import OffPath
 from ai.redis_link import RedisLink, StoreUnavailable
 from ai.state import RATE_WINDOW_S
 from ai.usage import Usage
@@ -134,6 +140,7 @@ class RedisBudgets:
         self._settle = link.client.register_script(SETTLE)
         self._seen: dict[str, _Seen] = {}
         self._pending: deque[tuple[list[str], list[str]]] = deque(maxlen=max_pending)
+        self._behind = OffPath("budget settlement")
         link.on_up(self.replay)
 
     def _keys(self, key_id: str, tenant: str) -> list[str]:
@@ -165,6 +172,8 @@ class RedisBudgets:
             str(int(RATE_WINDOW_S)),
         ]
         keys = self._keys(key_id, tenant)
+        if self._behind.pending((key_id, tenant)):
+            await self._behind.wait((key_id, tenant))
         try:
             reply = await self._link.call(lambda: self._reserve(keys=keys, args=args), "reserve")
         except StoreUnavailable:
@@ -214,7 +223,13 @@ class RedisBudgets:
             str(int(reservation.window.at)),
             str(int(RATE_WINDOW_S)),
         ]
-        await self._send_settlement(keys, args)
+        await self._behind.submit(
+            (reservation.key_id, reservation.tenant), self._send_settlement(keys, args)
+        )
+
+    async def drain(self) -> None:
+        """Until every settlement sent behind an answer has landed (or is pending)."""
+        await self._behind.drain()
 
     async def _send_settlement(self, keys: list[str], args: list[str]) -> None:
         try:

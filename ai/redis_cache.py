@@ -12,11 +12,20 @@ slot; a bound across tenants would need a cross-slot operation). Set Redis's
 Singleflight across instances: the first instance to miss takes ``flight:<key>`` with
 ``SET NX PX`` (https://redis.io/docs/latest/commands/set/) for at most
 ``flight_wait_s`` and reads the cache once more in the same script (the last leader
-may have just finished); its write releases the lock in the same script too, so a miss
-costs the store two round trips besides the read. The others poll for the entry (10 ms
+may have just finished); its write releases the lock in the same script too. A
+request's first read (:meth:`RedisExactCache.lookup`, sent by the pipeline along with
+the budget reservation) takes the lock already when the entry is missing and the lock
+is free, so a miss waits for the store once before the upstream call (two requests
+in flight at once; the write goes behind the answer). The others poll for the entry (10 ms
 doubling to 100 ms) until it appears (a coalesced answer) or the lock goes away (they
 then call upstream themselves). The lock is released by compare-and-delete, so an
 expired lock taken over by another instance is never removed by the first.
+
+The write is sent behind the answer (:class:`~ai.offpath.OffPath`; a local follower
+already has the value from memory): the lock moves to that write as it starts, so it
+is held until the entry is stored and other instances' followers keep waiting for it
+meanwhile; this instance's own reads of the key wait for its write in flight.
+:meth:`close` awaits the writes in flight.
 
 Unreachable store: stance ``bypass`` makes every read a miss and drops writes (the
 request goes upstream); ``reject`` answers 503 on the read. A write never fails a
@@ -33,6 +42,7 @@ import secrets
 from typing import Any
 
 from ai.config import ExactCacheConfig
+from ai.offpath import OffPath
 from ai.redis_link import RedisLink, StoreUnavailable
 
 log = logging.getLogger("spectra.ai")
@@ -75,6 +85,15 @@ end
 return {0, false}
 """
 
+# KEYS: lock, entry. ARGV: the token, lock TTL ms. Reads the entry; missing, takes the
+# lock if free: {1} taken, {0, entry or nil} not.
+LOOKUP_LOCK = """
+local v = redis.call('GET', KEYS[2])
+if v then return {0, v} end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then return {1} end
+return {0}
+"""
+
 # KEYS: lock. ARGV: the holder's token.
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -86,19 +105,27 @@ POLL_MIN_S, POLL_MAX_S = 0.01, 0.1
 class RedisExactCache:
     """The :class:`~ai.backend.ResponseCache` over a :class:`RedisLink`."""
 
+    remote = True
+
     def __init__(self, link: RedisLink, config: ExactCacheConfig) -> None:
         self._link = link
         self._config = config
         self._put = link.client.register_script(PUT_RELEASE)
         self._lock_read = link.client.register_script(LOCK_READ)
+        self._lookup_lock = link.client.register_script(LOOKUP_LOCK)
         self._release = link.client.register_script(RELEASE)
         self._held: dict[tuple[str, str], str] = {}  # (key, tenant) -> lock token
+        self._behind = OffPath("exact cache entry")
 
     async def open(self) -> None:
         """Nothing to load: the entries live in the store."""
 
     async def close(self) -> None:
-        """Nothing to write behind: every put is sent before it returns."""
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Until every write sent behind an answer is done."""
+        await self._behind.drain()
 
     def _entry(self, key: str, tenant: str) -> str:
         return self._link.key(tenant, "cache", key)
@@ -108,6 +135,8 @@ class RedisExactCache:
 
     async def get(self, key: str, tenant: str) -> dict[str, Any] | None:
         entry = self._entry(key, tenant)
+        if self._behind.pending((key, tenant)):
+            await self._behind.wait((key, tenant))  # read this instance's own write
         try:
             raw = await self._link.call(lambda: self._link.client.get(entry), "cache get")
         except StoreUnavailable:
@@ -115,6 +144,33 @@ class RedisExactCache:
                 return None
             raise
         return self._value(raw, tenant)
+
+    def _lock_args(self, key: str, tenant: str) -> tuple[list[str], list[str], str]:
+        token = secrets.token_hex(8)
+        ttl_ms = int(self._link.config.flight_wait_s * 1000)
+        return (
+            [self._link.key(tenant, "flight", key), self._entry(key, tenant)],
+            [token, str(ttl_ms)],
+            token,
+        )
+
+    async def lookup(self, key: str, tenant: str) -> tuple[dict[str, Any] | None, bool]:
+        """:meth:`get`; on a miss, the singleflight lock too if it is free (True)."""
+        if self._behind.pending((key, tenant)):
+            await self._behind.wait((key, tenant))  # read this instance's own write
+        keys, args, token = self._lock_args(key, tenant)
+        try:
+            reply = await self._link.call(
+                lambda: self._lookup_lock(keys=keys, args=args), "cache lookup"
+            )
+        except StoreUnavailable:
+            if self._bypass():
+                return None, False
+            raise
+        if int(reply[0]) == 1:
+            self._held[(key, tenant)] = token
+            return None, True
+        return self._value(reply[1] if len(reply) > 1 else None, tenant), False
 
     @staticmethod
     def _value(raw: str | None, tenant: str) -> dict[str, Any] | None:
@@ -127,10 +183,11 @@ class RedisExactCache:
         return value
 
     async def put(self, key: str, tenant: str, value: dict[str, Any]) -> None:
-        """Store; a singleflight lock this caller holds for ``key`` is released in the
-        same round trip (``release`` then has nothing left to do)."""
+        """Store, behind the caller; a singleflight lock this caller holds for ``key``
+        passes to the write and is released in the same round trip (``release`` then
+        has nothing left to do)."""
         lock = self._link.key(tenant, "flight", key)
-        token = self._held.get((key, tenant), "")
+        token = self._held.pop((key, tenant), "")
         keys = [self._entry(key, tenant), self._link.key(tenant, "cache-index", "all"), lock]
         args = [
             json.dumps({"tenant": tenant, "value": value}),
@@ -140,20 +197,25 @@ class RedisExactCache:
             self._entry("", tenant),
             token,
         ]
+        await self._behind.submit((key, tenant), self._write(keys, args, lock, token))
+
+    async def _write(self, keys: list[str], args: list[str], lock: str, token: str) -> None:
         try:
             await self._link.call(lambda: self._put(keys=keys, args=args), "cache put")
         except StoreUnavailable as exc:
             log.debug("exact cache entry not stored: %s", exc)
-            return
-        if token:
-            self._held.pop((key, tenant), None)
+            if token:  # else it expires after flight_wait_s
+                await self._unlock(lock, token)
+
+    async def _unlock(self, lock: str, token: str) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self._link.call(lambda: self._release(keys=[lock], args=[token]), "unlock")
 
     async def coalesce(self, key: str, tenant: str) -> dict[str, Any] | None:
         """Another instance's answer if it is calling upstream for ``key`` (waiting
         for it); else None, and this caller leads (``release`` when done)."""
-        lock, token = self._link.key(tenant, "flight", key), secrets.token_hex(8)
-        ttl_ms = int(self._link.config.flight_wait_s * 1000)
-        keys, args = [lock, self._entry(key, tenant)], [token, str(ttl_ms)]
+        keys, args, token = self._lock_args(key, tenant)
+        lock = keys[0]
         try:
             taken, raw = await self._link.call(
                 lambda: self._lock_read(keys=keys, args=args), "flight lock"
@@ -189,6 +251,4 @@ class RedisExactCache:
         token = self._held.pop((key, tenant), None)
         if token is None:
             return
-        lock = self._link.key(tenant, "flight", key)
-        with contextlib.suppress(StoreUnavailable):  # else it expires after flight_wait_s
-            await self._link.call(lambda: self._release(keys=[lock], args=[token]), "unlock")
+        await self._unlock(self._link.key(tenant, "flight", key), token)  # else it expires

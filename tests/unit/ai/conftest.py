@@ -7,12 +7,13 @@ factories) and served by aiohttp test servers on loopback.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -23,6 +24,7 @@ from ai.server import GATEWAY, create_app
 from tests.fakes.anthropic_fake import create_anthropic_fake
 from tests.fakes.bedrock_fake import create_bedrock_fake
 from tests.fakes.openai_fake import create_openai_fake, create_vllm_fake
+from tests.redisd import RedisServer
 
 SECRET = "unit-test-key-secret"
 KEY_A, KEY_B, KEY_REVOKED = "sk-spectra-tenant-a", "sk-spectra-tenant-b", "sk-spectra-revoked"
@@ -189,3 +191,14 @@ async def audit_records(server: TestServer) -> list[dict[str, Any]]:
     path = gw.config.audit.path
     assert path is not None
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real ``redis-server`` of the test's own (the redis state backend's tests)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

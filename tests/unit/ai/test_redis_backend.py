@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +27,6 @@ from ai.server import load_config
 from ai.usage import Usage
 from tests.certs import make_cert
 from tests.redisd import RedisServer, free_port
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 def _config(port: int, **overrides: Any) -> RedisConfig:
@@ -127,6 +117,7 @@ async def test_settlement_charges_usage_and_frees_the_reservation(
     held = await budgets.acquire("key", "tenant", limits, 10, 90, 0.25)
     await budgets.settle(held, Usage(10, 20), 0.125)
     await budgets.settle(held, Usage(10, 20), 0.125)  # idempotent
+    await budgets.drain()  # sent behind the answer
     (name,) = redis_server.cli("--scan", "--pattern", "spectra:ai:*:budget:key").split()
     figures = dict(zip(*[iter(redis_server.cli("HGETALL", name).split())] * 2, strict=True))
     assert int(figures["used_tokens"]) == 30 and int(figures["reserved_tokens"]) == 0
@@ -152,6 +143,7 @@ async def test_cache_ttl_bound_and_tenants(link: RedisLink) -> None:
     cache = RedisExactCache(link, ExactCacheConfig(ttl_s=0.3, max_entries=3))
     for i in range(5):
         await cache.put(f"k{i}", "ta", {"choices": [i]})
+        await cache.drain()  # in this order (writes behind answers may overtake each other)
     assert [await cache.get(f"k{i}", "ta") is not None for i in range(5)] == [
         False,
         False,
@@ -173,11 +165,13 @@ async def test_singleflight_lock_waits_for_the_leader(link: RedisLink) -> None:
     await asyncio.sleep(0.05)
     assert not waiting.done()
     await first.put("q", "ta", {"choices": ["answer"]})
+    await first.drain()  # sent behind the answer
     assert not await link.client.exists(link.key("ta", "flight", "q"))  # put released it
     await first.release("q", "ta")  # nothing left to release
     assert await asyncio.wait_for(waiting, 2) == {"choices": ["answer"]}
     # the entry stored between a miss and taking the lock is read with the lock
     await first.put("s", "ta", {"choices": ["late"]})
+    await first.drain()  # stored (another instance's read does not wait for it)
     assert await second.coalesce("s", "ta") == {"choices": ["late"]}
     assert not await link.client.exists(link.key("ta", "flight", "s"))
     # a leader that fails (stores nothing) lets the waiter go alone
@@ -186,6 +180,29 @@ async def test_singleflight_lock_waits_for_the_leader(link: RedisLink) -> None:
     await asyncio.sleep(0.05)
     await first.release("r", "ta")
     assert await asyncio.wait_for(waiting, 2) is None
+
+
+@pytest.mark.asyncio
+async def test_lookup_takes_the_lock_on_a_miss_in_the_same_round_trip(link: RedisLink) -> None:
+    first = RedisExactCache(link, ExactCacheConfig())
+    second = RedisExactCache(link, ExactCacheConfig())
+    lock = link.key("ta", "flight", "q")
+    assert await first.lookup("q", "ta") == (None, True)  # missed, and leads
+    assert await link.client.exists(lock)
+    assert await second.lookup("q", "ta") == (None, False)  # held: no lock for the second
+    waiting = asyncio.create_task(second.coalesce("q", "ta"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # another instance waits for the leader's write
+    await first.put("q", "ta", {"choices": ["answer"]})  # the lock passes to the write
+    await first.release("q", "ta")  # nothing left: the write releases it once stored
+    assert await asyncio.wait_for(waiting, 2) == {"choices": ["answer"]}
+    await first.drain()
+    assert not await link.client.exists(lock)
+    # an entry is a hit and takes nothing; another tenant's partition is a miss (and leads)
+    assert await second.lookup("q", "ta") == ({"choices": ["answer"]}, False)
+    assert await second.lookup("q", "tb") == (None, True)
+    await second.release("q", "tb")
+    assert not await link.client.exists(link.key("tb", "flight", "q"))
 
 
 # --- TLS and an ACL user, as ElastiCache presents them --------------------------------
@@ -265,6 +282,7 @@ async def test_failed_settlements_are_replayed(redis_server: RedisServer) -> Non
         await asyncio.gather(*more)  # several pooled connections, all dead after the kill
         redis_server.kill()
         await budgets.settle(held, Usage(10, 5), 0.0)
+        await budgets.drain()
         assert budgets.pending == 1
         redis_server.start()  # empty again: the replay only has to arrive
         deadline = time.monotonic() + 5

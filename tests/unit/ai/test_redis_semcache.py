@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import pytest_asyncio
@@ -23,16 +22,6 @@ from tests.unit.ai.semcache.conftest import FakeEmbedder
 Q = "How do I learn to cook pasta at home?"
 Q2 = "how do i learn to cook pasta at home"
 Instance = Callable[..., Awaitable[RedisSemanticCache]]
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 @pytest_asyncio.fixture
