@@ -141,6 +141,7 @@ def run(
     # a crash in native code (bcc, libbpf, pyroute2's C parts) leaves every thread's
     # stack in the agent's log instead of a silent exit
     faulthandler.enable()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: stacks to the log
     if netns_name:
         from pyroute2 import netns
 

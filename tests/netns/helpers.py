@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -10,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from control.agent import read_state
 from control.config import parse_document
@@ -119,8 +120,25 @@ def agent(
                 raise AssertionError(f"agent in {netns} did not converge in 30 s")
             yield proc
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            _stop_agent(proc, err)
+
+
+def _stop_agent(proc: subprocess.Popen[bytes], err: IO[bytes], within: float = 10.0) -> None:
+    """SIGTERM; an agent still running after ``within`` seconds has its threads' stacks
+    dumped (SIGUSR1), is killed -- the next test needs its ports -- and fails the test
+    with the end of its log."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=within)
+        return
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        proc.kill()
+        proc.wait()
+    err.seek(0)
+    tail = err.read().decode(errors="replace")[-20000:]
+    raise AssertionError(f"agent did not stop within {within:.0f} s of SIGTERM:\n{tail}")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

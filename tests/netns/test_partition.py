@@ -205,7 +205,10 @@ def test_a_partitioned_leader_is_fenced_and_writes_nothing_after_the_heal(
     summary = finish(running, out)
     assert summary["reset"] == 0 and summary["never_opened"] == 0, summary["failures"]
     assert summary["survived"] >= 0.99 * summary["connections"], summary["failures"]
-    assert 0 < summary["udp_gap"]["lost"] < summary["udp_sent"] / 2, summary["udp_gap"]
+    # the UDP stream ran through the cut; the move may lose nothing at all (the standby
+    # took over before the old leader's path was missed), never half of it
+    assert summary["udp_sent"] > 0
+    assert summary["udp_gap"]["lost"] < summary["udp_sent"] / 2, summary["udp_gap"]
     healthy.lab.sync()
     assert public_address(WORKLOAD["a"]) == eip
     assert healthy.leader("b") == "b1"  # the other AZ never noticed
