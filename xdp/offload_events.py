@@ -352,6 +352,11 @@ class EventOffloader:
                 if not hop_out or not hop_back:
                     self._refuse_waiting(ct, "no_neighbour")
                     continue
+                if not gwlb and (hop_out[0], hop_back[0]) != (outside.ifindex, inside.ifindex):
+                    # a client not behind the inside interface (the forward probe's
+                    # namespace, a local container): its packets never meet XDP
+                    self._refuse(ct.key, "not_forwarded")
+                    continue
                 to_internet, to_workload = hop_out[1], hop_back[1]
             out_key, back_key, out_value, back_value = plan_packed(
                 ct, inside, outside, to_internet, to_workload, gwlb=gwlb, hairpin=hairpin

@@ -31,6 +31,10 @@ FALLBACK_COUNTERS = {
     "returned": "Adopted AZs handed back to their own leader.",
     "errors": "Cross-AZ fallback periods that failed.",
 }
+PROBE_COUNTERS = {
+    "rounds": "Forward probe rounds counted while leading.",
+    "failures": "Counted forward probe rounds that no target answered.",
+}
 
 
 def ha_families(instances: Iterable[tuple[str, dict[str, Any]]]) -> Iterator[Metric]:
@@ -59,6 +63,16 @@ def ha_families(instances: Iterable[tuple[str, dict[str, Any]]]) -> Iterator[Met
     seconds = GaugeMetricFamily(
         "spectra_takeover_seconds", "Duration of the last takeover run.", labels=labels
     )
+    probe_ok = GaugeMetricFamily(
+        "spectra_forward_probe_ok",
+        "1 when the leader's last forward probe (a workload's packet through the forward "
+        "chain and source NAT) was answered, 0 when no target answered.",
+        labels=labels,
+    )
+    probe_rounds = {
+        key: CounterMetricFamily(f"spectra_forward_probe_{key}", doc, labels=labels)
+        for key, doc in PROBE_COUNTERS.items()
+    }
     for instance, state in instances:
         aws = _dict(state.get("aws"))
         lease = _dict(aws.get("lease"))
@@ -75,9 +89,17 @@ def ha_families(instances: Iterable[tuple[str, dict[str, Any]]]) -> Iterator[Met
         for key, family in fallback.items():
             if (value := _number(adopted.get(key))) is not None:
                 family.add_metric(at, value)
+        probe = _dict(aws.get("forward_probe"))
+        for key, family in probe_rounds.items():
+            if (value := _number(probe.get(key))) is not None:
+                family.add_metric(at, value)
+        last = _dict(probe.get("last"))
+        if "ok" in last:
+            probe_ok.add_metric(at, float(bool(last["ok"])))
         takeover = _dict(aws.get("takeover"))
         if "ok" in takeover:
             ok.add_metric(at, float(bool(takeover["ok"])))
             if (value := _number(takeover.get("seconds"))) is not None:
                 seconds.add_metric(at, value)
     yield from (leader, token, *counters.values(), *fallback.values(), ok, seconds)
+    yield from (probe_ok, *probe_rounds.values())

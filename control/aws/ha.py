@@ -44,6 +44,7 @@ from control.aws.fallback import CrossAzFallback
 from control.aws.health import DataPathHealth, answers_ping
 from control.aws.imds import Imds, ImdsError, InstanceIdentity, identity_from_dict
 from control.aws.lease import Lease
+from control.aws.probe import SETTLE_S, ForwardProbe
 from control.aws.session import describe_error
 from control.aws.takeover import Enis, Report, Takeover, Zone, prefix_len
 from control.config import ConfigDocument
@@ -134,6 +135,7 @@ class Ha:
         self.status = HaStatus()
         self._leading_token: int | None = None
         self._took_over: int | None = None
+        self._took_over_at = 0.0
         self._failed_with: str | None = None  # the cause of the last failure notified
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -286,6 +288,24 @@ class Ha:
             self._give_up()
         self.status.role = "standby"
 
+    def holding(self) -> int | None:
+        """The lease token under which this instance leads with its takeover complete
+        (the NAT address, Elastic IP and routes are its own) for :data:`SETTLE_S` (AWS
+        applies a moved address, association and route within seconds), else None."""
+        token = self._took_over
+        if token is None or token != self._leading_token:
+            return None
+        return token if time.monotonic() - self._took_over_at >= SETTLE_S else None
+
+    @property
+    def forward_probe(self) -> ForwardProbe | None:
+        forward: ForwardProbe | None = getattr(self._health, "forward", None)
+        return forward
+
+    def start_probe(self) -> None:
+        if self.forward_probe is not None:
+            self.forward_probe.start()
+
     def settle(self, timeout: float | None = None) -> None:
         """Wait for a takeover in flight (tests, and before a hand-over)."""
         if self._worker is not None:
@@ -295,7 +315,7 @@ class Ha:
         report = self.takeover.run(token, lambda: self.lease.still_holds(token))
         self._report(report)
         if report.ok:
-            self._took_over = token
+            self._took_over, self._took_over_at = token, time.monotonic()
 
     def _adopt(self, token: int) -> None:
         """One period of the cross-AZ fallback (:mod:`control.aws.fallback`)."""
@@ -367,6 +387,7 @@ class Ha:
             "takeover": s.takeover,
             "sync": s.sync,
             "lease": self.lease.status(),
+            "forward_probe": None if self.forward_probe is None else self.forward_probe.status(),
             "cross_az_fallback": {"enabled": False}
             if self._fallback is None
             else self._fallback.status(),
@@ -506,6 +527,7 @@ class HaRunner:
             ha.lease.inherit(self._ha.lease)
         self.stop()
         self._aws, self._ha, self.error = aws, ha, None
+        ha.start_probe()  # after the old loop's probe removed its interface
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=ha.run, args=(self._stop,), name="spectra-ha", daemon=True
@@ -525,12 +547,19 @@ class HaRunner:
             tuple(zone_cfg.route_tables),
         )
         enis = enis_for(identity, doc.interfaces.outside, doc.interfaces.inside)
+        h = section.health
+        forward = (
+            ForwardProbe(h.forward_probes, h.probe_subnet, h.timeout_s, h.interval_s)
+            if h.forward_probes
+            else None
+        )
         health = DataPathHealth(
             doc.interfaces.inside,
             doc.interfaces.outside,
-            section.health.probe,
-            section.health.timeout_s,
-            section.health.interval_s,
+            h.probe,
+            h.timeout_s,
+            h.interval_s,
+            forward=forward,
         )
         sessions = aws.sessions
         takeover = Takeover(
@@ -550,6 +579,8 @@ class HaRunner:
             lifecycle=lambda: self._lifecycle(sessions, identity, section.lifecycle),
             fallback=self._fallback(aws, section, identity, enis, doc.interfaces.inside),
         )
+        if forward is not None:
+            forward.counting = ha.holding
         return aws, ha
 
     @staticmethod
@@ -599,6 +630,8 @@ class HaRunner:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._thread = None
+        if self._ha is not None and self._ha.forward_probe is not None:
+            self._ha.forward_probe.stop()
 
     @property
     def sessions(self) -> Any:

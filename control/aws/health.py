@@ -5,8 +5,10 @@ links are up, the kernel forwards IPv4, and the agent's nftables table is loaded
 gateway without it would forward untranslated). Then, when ``aws.health.probe`` names a
 ``host:port``, a TCP connection to it out of the outside interface within
 ``timeout_s``: the instance reaches the internet through its own outside path (the
-subnet's route table, the internet gateway). The last failure's reason is kept for
-status; the lease's hysteresis decides what a failure means.
+subnet's route table, the internet gateway). Last, with ``aws.health.forward_probes``,
+the verdict of the forward probe (:mod:`control.aws.probe`): a workload's packet through
+the forward chain and source NAT, counted on the leader. The last failure's reason is
+kept for status; the lease's hysteresis decides what a failure means.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from control.aws.probe import ForwardProbe
 from control.nftables import TABLE, table_present
 from nfq.engine.reject import checksum
 
@@ -52,10 +55,12 @@ class DataPathHealth:
         link_up: Callable[[str], bool] = _link_up,
         table_loaded: Callable[[], bool] = table_present,
         forwarding: Path = FORWARDING,
+        forward: ForwardProbe | None = None,
     ) -> None:
         self.inside, self.outside = inside, outside
         self.probe, self.timeout_s, self.interval_s = probe, timeout_s, interval_s
         self._link_up, self._table_loaded, self._forwarding = link_up, table_loaded, forwarding
+        self.forward = forward  # runs on its own thread; only its verdict is read here
         self.last_failure: str | None = None
         self._checked_at: float | None = None
 
@@ -76,14 +81,14 @@ class DataPathHealth:
             return "IPv4 forwarding is off"
         if not self._table_loaded():
             return f"nftables table inet {TABLE} is not loaded"
-        if self.probe is None:
-            return None
-        host, _, port = self.probe.rpartition(":")
-        try:
-            with socket.create_connection((host, int(port)), timeout=self.timeout_s):
-                return None
-        except OSError as exc:
-            return f"probe {self.probe}: {exc}"
+        if self.probe is not None:
+            host, _, port = self.probe.rpartition(":")
+            try:
+                with socket.create_connection((host, int(port)), timeout=self.timeout_s):
+                    pass
+            except OSError as exc:
+                return f"probe {self.probe}: {exc}"
+        return None if self.forward is None else self.forward.failure()
 
 
 def answers_ping(address: str, timeout_s: float = 0.2) -> bool:

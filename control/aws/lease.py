@@ -349,7 +349,8 @@ class Lease:
                         self._lost("the lease ran out before a renewal succeeded")
                 elif not self._eligible:
                     self.release(
-                        f"health check failed {self.settings.health_failures} times in a row"
+                        f"health check failed {self.settings.health_failures} times in a "
+                        f"row: {self._health_error}"
                     )
                 else:
                     self._renew()
@@ -405,7 +406,8 @@ class Lease:
     def _sample_health(self) -> None:
         try:
             healthy = bool(self._health())
-            self._health_error = None if healthy else "health check failed"
+            reason = getattr(self._health, "last_failure", None)  # DataPathHealth's
+            self._health_error = None if healthy else (reason or "health check failed")
         except Exception as exc:  # a broken probe counts as a failed one
             healthy = False
             self._health_error = f"health check raised {type(exc).__name__}: {exc}"

@@ -16,7 +16,7 @@ sets).  Their trust policies hold the external ID and, when set, an
 from __future__ import annotations
 
 import re
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated
 
 from pydantic import AfterValidator, Field, model_validator
@@ -177,6 +177,32 @@ HookName = Annotated[str, _matching(_HOOK_RE, "a lifecycle hook name: 1-255 of A
 ProbeTarget = Annotated[str, _matching(_TARGET_RE, "host:port, like 198.51.100.10:80")]
 
 
+def _address_target(value: str) -> str:
+    host, _, port = value.rpartition(":")
+    try:
+        IPv4Address(host)
+        ok = port.isdigit() and 1 <= int(port) <= 65535
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            "expected IPv4-address:port, like 198.51.100.10:443 (port 1-65535; not a "
+            "name: the probe resolves nothing)"
+        )
+    return value
+
+
+AddressTarget = Annotated[str, AfterValidator(_address_target)]
+
+
+def _slash30(net: IPv4Network) -> IPv4Network:
+    if net.prefixlen != 30:
+        raise ValueError(
+            f"expected a /30 (the gateway's end and the probe's), got /{net.prefixlen}"
+        )
+    return net
+
+
 class Zone(StrictModel):
     """What the leader of one Availability Zone holds and moves on takeover."""
 
@@ -215,8 +241,28 @@ class Health(StrictModel):
         description="a TCP host:port reached through the outside interface every interval "
         "(absent: only the local checks: links up, forwarding on, ruleset present)",
     )
+    forward_probes: list[AddressTarget] = Field(
+        default_factory=list,
+        max_length=4,
+        description="TCP targets reached *through* the forwarding path (forward chain, "
+        "egress policy, source NAT) from a namespace of the agent's own, every interval, "
+        "counted on the leader: none answering makes it ineligible (empty: no such probe)",
+    )
+    probe_subnet: Annotated[IPv4Network, AfterValidator(_slash30)] = Field(
+        default=IPv4Network("198.18.255.252/30"),
+        description="the /30 of the forward probe's veth pair (the gateway's end first); "
+        "it must not be used in the VPC",
+    )
     interval_s: float = Field(default=1.0, ge=0.2, le=60.0)
     timeout_s: float = Field(default=1.0, ge=0.05, le=30.0)
+
+    @model_validator(mode="after")
+    def _timeout(self) -> Health:
+        if self.forward_probes and self.timeout_s > self.interval_s:
+            raise Issues([Issue(("timeout_s",), self.timeout_s,
+                                f"expected at most interval_s ({self.interval_s}) with "
+                                "forward_probes")])  # fmt: skip
+        return self
 
 
 class CrossAzFallback(StrictModel):

@@ -20,6 +20,8 @@ document asks for:
 - the NAT port range (``masquerade to :low-high``, or ``snat`` to explicit addresses);
 - ``tls.appliance``: the config API's and AI gateway's plain ports reset from anywhere
   but loopback (HAProxy serves them over HTTPS);
+- ``aws.health.forward_probes``: the forward probe's interface (:mod:`control.aws.probe`)
+  is an inside interface, so the probe's flow takes the workloads' path;
 - GWLB: traffic decapsulated on the GWLB interface is policed like the inside's, and its
   new flows get conntrack mark ``CT_MARK_GWLB`` (the XDP offloader offloads them only
   while the fast path can re-encapsulate them to the GWLB);
@@ -38,6 +40,7 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address
 
 from control import nftables
+from control.aws.probe import PROBE_IF
 from control.config.document import ConfigDocument
 from control.config.network import ANY, Match, Rule
 from control.nftables import MARTIAN_DESTINATIONS, TABLE
@@ -297,11 +300,14 @@ def render_nftables(
     ``nat.outside_addresses`` is ``"interface"``); ``zone`` the instance's Availability
     Zone (used when it is ``"zone"``).  Pure: no I/O.
     """
+    inside = [doc.interfaces.inside]
     gwlb_if = doc.gwlb_interface
     if gwlb_if is not None and gwlb_if != doc.interfaces.inside:
-        in_if = f'{{ "{doc.interfaces.inside}", "{gwlb_if}" }}'
-    else:
-        in_if = f'"{doc.interfaces.inside}"'
+        inside.append(gwlb_if)
+    if doc.aws.health.forward_probes:  # the probe's flows are judged as a workload's
+        inside.append(PROBE_IF)
+    names = ", ".join(f'"{i}"' for i in inside)
+    in_if = f"{{ {names} }}" if len(inside) > 1 else names
     out_if = f'"{doc.interfaces.outside}"'
     saddrs = ", ".join(guard_addresses(doc, outside_addresses, zone))
     lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]

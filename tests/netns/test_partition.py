@@ -16,6 +16,12 @@ workload's established connections and new ones go through the new leader.
 The partition is an nftables table of the test's own (:data:`PARTITION`) in the
 leader's namespace, hooked on input and output only, so forwarded traffic never meets
 it; deleting the table heals.
+
+The other partition is the data path's own: a leader whose forwarding drops everything
+while its links, IPv4 forwarding and ruleset are all in place (:data:`BLACKHOLE`). Only
+the forward probe (``aws.health.forward_probes``, on for the module's fleet) sees it: the
+leader releases the lease, the standby takes over and the workloads reach the internet
+through it; the broken one stays a standby.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import pytest
 from control.aws.lease import Lease, LeaseSettings
 from perf.lab.vpc.fleet import LAB_LEASE, Fleet
 from perf.lab.vpc.seed import client
-from perf.lab.vpc.topology import LEASE_TABLE
+from perf.lab.vpc.topology import INET_SERVICE_IP, LEASE_TABLE
 from tests.netns.helpers import sh
 from tests.netns.vpcfleet import (
     WORKLOAD,
@@ -46,11 +52,12 @@ from tests.netns.vpcfleet import (
 pytestmark = pytest.mark.timeout(300)
 CONNECTIONS = 200
 PARTITION = "cvpartition"
+BLACKHOLE = "cvblackhole"
 
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
-    with running_fleet() as f:
+    with running_fleet(health={"forward_probes": [f"{INET_SERVICE_IP}:80"]}) as f:
         yield f
 
 
@@ -212,3 +219,60 @@ def test_a_partitioned_leader_is_fenced_and_writes_nothing_after_the_heal(
     healthy.lab.sync()
     assert public_address(WORKLOAD["a"]) == eip
     assert healthy.leader("b") == "b1"  # the other AZ never noticed
+
+
+def _probe_state(fleet: Fleet, name: str) -> dict[str, Any]:
+    probe_state: dict[str, Any] = fleet.state(name).get("aws", {}).get("forward_probe") or {}
+    return probe_state
+
+
+def test_a_leader_whose_forwarding_drops_everything_hands_the_lease_over(
+    healthy: Fleet, tmp_path: Path
+) -> None:
+    old = healthy.leader("a")
+    assert old is not None
+    new, ns = _other(old), healthy.netns(old)
+    eip = healthy.lab.status()["azs"]["a"]["eip"]
+
+    def probing() -> bool:  # the leader's rounds pass through its forwarding path
+        last = _probe_state(healthy, old).get("last") or {}
+        return bool(last.get("ok")) and _probe_state(healthy, old).get("counting") is True
+
+    healthy.wait("the leader's forward probe passes", probing, 30)
+    assert _probe_state(healthy, new)["counting"] is False  # a standby's does not count
+    rounds = _probe_state(healthy, old)["rounds"]
+    rules = tmp_path / "blackhole.nft"
+    rules.write_text(
+        f"table inet {BLACKHOLE} {{\n"
+        "  chain fwd { type filter hook forward priority -400; policy drop; }\n"
+        "}\n"
+    )
+    out = sh(ns, "nft", "-f", str(rules))
+    assert out.returncode == 0, out.stderr
+    try:
+        healthy.wait("the standby took the lease over", lambda: healthy.role(new) == "leader", 30)
+        healthy.wait(
+            "the new leader's takeover completed",
+            lambda: bool(healthy.state(new)["aws"].get("takeover", {}).get("ok")),
+            30,
+        )
+        aws = healthy.state(old)["aws"]
+        assert aws["role"] == "standby"
+        released = [e for e in aws["lease"]["events"] if e["kind"] == "released"][-1]
+        assert "forward probe" in released["reason"] and INET_SERVICE_IP in released["reason"]
+        probe_state = _probe_state(healthy, old)
+        assert probe_state["rounds"] > rounds and probe_state["failures"] >= 1
+        assert probe_state["last"]["ok"] is False
+        # the local checks all pass: only the probe saw it
+        assert "forward probe" in (aws["lease"].get("health_error") or released["reason"])
+        healthy.lab.sync()
+        assert public_address(WORKLOAD["a"]) == eip  # through the new leader
+        healthy.wait(
+            "the new leader's forward probe passes",
+            lambda: bool((_probe_state(healthy, new).get("last") or {}).get("ok")),
+            30,
+        )
+    finally:
+        sh(ns, "nft", "delete", "table", "inet", BLACKHOLE)
+    time.sleep(3)  # healed, but held down: it does not take the lease back
+    assert healthy.role(old) == "standby" and healthy.role(new) == "leader"

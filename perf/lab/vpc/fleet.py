@@ -70,10 +70,12 @@ def document(
     *,
     sync: bool = True,
     lease: dict[str, Any] | None = None,
+    health: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """The one document of every gateway of the lab described by ``status`` (``lease``:
-    the ``aws.lease`` section, by default the lab's short periods :data:`LAB_LEASE`)."""
+    the ``aws.lease`` section, by default the lab's short periods :data:`LAB_LEASE`;
+    ``health``: the ``aws.health`` section)."""
     zones = {
         az["zone"]: {
             "nat_address": az["nat_ip"],
@@ -96,6 +98,7 @@ def document(
             "operational_role": {"name": OPERATIONAL_ROLE, "external_id": "spectra-lab"},
             "lease": LAB_LEASE if lease is None else lease,
             "zones": zones,
+            **({"health": health} if health is not None else {}),
         },
         "ha": {"conntrack_sync": {"enabled": sync, "members": members}},
     }

@@ -4,6 +4,7 @@ histograms for the config-apply latency and the offload delay."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from control.api import ApiSettings, create_app
 from control.aws.lease import Lease, LeaseSettings
+from control.aws.probe import ForwardProbe
 from control.store import SqliteStore
 from tests.promtext import parse, value
 from tests.unit.control.conftest import ADMIN_TOKEN, READ_TOKEN, auth, minimal
@@ -166,7 +168,21 @@ def _aws(takeovers: int, ok: bool) -> dict[str, Any]:
         "lease": status,
         "takeover": {"token": 9, "steps": {}, "seconds": 1.25, "ok": ok, "error": None},
         "cross_az_fallback": {"enabled": True, "counters": {"adopted": 1, "returned": 0}},
+        "forward_probe": _probe_status(),
     }
+
+
+def _probe_status() -> dict[str, Any]:
+    """A real :class:`ForwardProbe`'s status after one failed and one passed round."""
+    probe = ForwardProbe(["127.0.0.1:1"], timeout_s=0.2)
+    probe.counting = lambda: 9
+    probe._round(9)  # nothing listens on port 1
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        probe.targets = [("127.0.0.1", srv.getsockname()[1])]
+        probe._round(9)
+    return probe.status()
 
 
 @pytest.mark.asyncio
@@ -192,5 +208,9 @@ async def test_lease_and_takeover_families(
     assert value(samples, "spectra_takeover_ok", **at) == 0
     assert value(samples, "spectra_takeover_seconds", **at) == 1.25
     assert value(samples, "spectra_cross_az_fallback_adopted_total", **at) == 1
+    assert types["spectra_forward_probe_rounds"] == "counter"
+    assert value(samples, "spectra_forward_probe_rounds_total", **at) == 2
+    assert value(samples, "spectra_forward_probe_failures_total", **at) == 1
+    assert value(samples, "spectra_forward_probe_ok", **at) == 1
     assert not any(dict(labels).get("instance") == "gw-b" for name, labels in samples
                    if name.startswith(("spectra_lease", "spectra_takeover")))  # fmt: skip

@@ -64,7 +64,17 @@ def masquerade_random() -> dict[str, Any]:
     return doc
 
 
+def forward_probe() -> dict[str, Any]:
+    """The forward probe's interface is an inside interface: its flow is judged, denied
+    and translated as a workload's (``aws.health.forward_probes``)."""
+    doc = minimal()
+    doc["aws"] = {"health": {"forward_probes": ["198.51.100.10:443"]}}
+    doc["rules"] = {"entries": [{"action": "deny", "proto": "tcp", "ports": [25, 25]}]}
+    return doc
+
+
 CASES = {
+    "forward_probe": forward_probe,
     "minimal": minimal,
     "full": full,
     "snat_addresses": snat_addresses,

@@ -491,3 +491,17 @@ def test_a_waiting_flow_is_judged_on_its_latest_event() -> None:
     off.step(T0 + S)
     off.step(T0 + 2 * S)
     assert not table.entries and not off.tracked
+
+
+def test_a_source_natted_client_not_behind_the_inside_interface_stays_in_the_kernel() -> None:
+    """The forward probe's namespace (198.18.255.254, behind its own veth) and any other
+    client the gateway routes elsewhere than the inside interface: its packets never
+    meet the inside XDP program, and a reply sent there would reach nobody."""
+    off, table, kernel = make()
+    probe = IPv4Address("198.18.255.254")
+    flow = replace(tcp(41000), orig=CtTuple(probe, INET, 41000, 80))
+    kernel.emit("update", flow)
+    kernel.emit("update", tcp())
+    off.step(T0)
+    assert off.stats.skipped == {"not_forwarded": 1}
+    assert {k.saddr for k in table.entries} == {WS, INET}  # the workload's pair only
