@@ -24,7 +24,8 @@ interface to ``aws.health.forward_probes`` and back through the reverse translat
   two gateways that both cannot forward do not hand the lease back and forth every few
   seconds.
 - **What passes**: any of the targets accepting a TCP connection within ``timeout_s``
-  (several targets: the outage of one internet service is not a gateway failure).
+  (several targets: the outage of one internet service is not a gateway failure). A
+  probe that cannot set itself up says so in status (``error``) and judges nothing.
 """
 
 from __future__ import annotations
@@ -88,14 +89,13 @@ class ForwardProbe:
     # -- what the health check reads ---------------------------------------------------
 
     def failure(self) -> str | None:
-        """Why this instance must not lead, or None. While counting: the namespace is
-        missing, or the last round under the current lease token failed. Otherwise: a
-        counted round failed less than :data:`HOLD_DOWN_S` ago."""
+        """Why this instance must not lead, or None. While counting: the last round
+        under the current lease token failed. Otherwise: a counted round failed less
+        than :data:`HOLD_DOWN_S` ago. A probe that could not set itself up (``error``,
+        in status and the log) judges nothing: its own fault is no data-path fault."""
         with self._lock:
             token = self.counting()
             if token is not None:
-                if self.error is not None:
-                    return f"forward probe: {self.error}"
                 last = self.last
                 if last is not None and last["token"] == token and not last["ok"]:
                     return f"forward probe: {last['error']}"
@@ -128,9 +128,11 @@ class ForwardProbe:
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop after the round in flight (not waited for beyond a second: the thread is
+        a daemon, and a successor replaces its interface by name)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.timeout_s + 5)
+            self._thread.join(timeout=1.0)
 
     def _run(self) -> None:
         from pyroute2 import IPRoute
@@ -154,9 +156,7 @@ class ForwardProbe:
                 if token is not None:
                     self._round(token)
                 self._stop.wait(max(0.0, self.interval_s - (self._clock() - started)))
-        finally:
-            for found in gateway.link_lookup(ifname=PROBE_IF):
-                gateway.link("del", index=found)
+        finally:  # the namespace, and with it the veth pair, goes with this thread
             gateway.close()
 
     def _enter(self, gateway: Any) -> None:
@@ -204,6 +204,8 @@ class ForwardProbe:
         started = time.monotonic()
         ok_target = None
         for host, port in self.targets:
+            if self._stop.is_set():
+                return
             try:
                 with socket.create_connection((host, port), timeout=self.timeout_s):
                     ok_target = f"{host}:{port}"

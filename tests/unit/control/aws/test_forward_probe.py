@@ -99,13 +99,13 @@ def test_a_round_whose_leadership_changed_meanwhile_is_not_recorded(closed: str)
     assert p.last is None and p.rounds == 0 and p.failure() is None
 
 
-def test_a_probe_without_its_namespace_fails_only_while_counting() -> None:
-    token: list[int | None] = [None]
+def test_a_probe_that_cannot_set_itself_up_is_reported_not_judged() -> None:
+    """Its own fault (a probe_subnet in use, no CAP_SYS_ADMIN) must not take the lease
+    from a gateway that forwards: it is in status, and the verdict stays the rounds'."""
+    token: list[int | None] = [3]
     p = probe("198.51.100.10:443", token=token, clock=Clock())
-    p.error = "cannot set up its namespace and spectra-probe: [Errno 1] Operation not permitted"
-    assert p.failure() is None
-    token[0] = 3
-    assert p.failure() == f"forward probe: {p.error}"
+    p.error = "cannot set up its namespace and spectra-probe: [Errno 17] File exists"
+    assert p.failure() is None and p.status()["error"] == p.error
 
 
 def test_the_data_path_health_reads_the_probes_verdict_last(closed: str, tmp_path: object) -> None:
