@@ -244,7 +244,7 @@ def test_a_leader_whose_forwarding_drops_everything_hands_the_lease_over(
     rules = tmp_path / "blackhole.nft"
     rules.write_text(
         f"table inet {BLACKHOLE} {{\n"
-        "  chain fwd { type filter hook forward priority -400; policy drop; }\n"
+        "  chain blackhole { type filter hook forward priority -400; policy drop; }\n"
         "}\n"
     )
     out = sh(ns, "nft", "-f", str(rules))
