@@ -1,6 +1,7 @@
 """Failover of an AZ's leader on the VPC lab: the data-path gap and the flows that survive.
 
-``python -m perf failover --json FILE [--quick] [--runs N] [--steady-seconds S]``
+``python -m perf failover --json FILE [--quick] [--runs N] [--steady-seconds S]
+[--forward-probes]``
 
 The issue's benchmark. 200 long-lived TCP connections (a small message every 50 ms, every
 echo checked) and a 100/s UDP stream (:mod:`perf.lab.flowprobe`) run from the AZ-a
@@ -154,15 +155,18 @@ def _routed_to(lab: Lab, leader: str) -> bool:
     )
 
 
-def clean_start(lab: Lab, *, sync: bool) -> str:
-    """Fleet stopped, store removed, the document published, agents started and
-    converged, the AZ's route on its leader in the namespaces; the leader's name."""
+def clean_start(lab: Lab, *, sync: bool, forward_probes: bool = False) -> str:
+    """Fleet stopped, store removed, the document published (``forward_probes``: the
+    leaders probe through their forwarding path, ``aws.health.forward_probes`` on the
+    lab's internet service), agents started and converged, the AZ's route on its leader
+    in the namespaces; the leader's name."""
     lab.fleet.stop()
     for name in gateways():
         (run_dir(lab.fleet.netns(name)) / "status.json").unlink(missing_ok=True)
     for path in (STORE, *(STORE.with_name(STORE.name + s) for s in ("-wal", "-shm"))):
         path.unlink(missing_ok=True)
-    lab.fleet.publish(document(lab.status, sync=sync), who="perf.failover")
+    health = {"forward_probes": [f"{INET_SERVICE_IP}:80"]} if forward_probes else None
+    lab.fleet.publish(document(lab.status, sync=sync, health=health), who="perf.failover")
     lab.fleet.start()
     lab.fleet.wait_converged()
     leader = lab.fleet.leader(AZ)
@@ -251,7 +255,7 @@ def observe(lab: Lab, leader: str, since: float, probe: FlowProbe) -> Fault:
 def run_kill(lab: Lab, settings: Settings, scenario: str, run: int, tmp: Path) -> dict[str, Any]:
     """One run of a kill scenario (:data:`KILLS`), from a clean start."""
     spec = KILLS[scenario]
-    leader = clean_start(lab, sync=spec.sync)
+    leader = clean_start(lab, sync=spec.sync, forward_probes=settings.forward_probes)
     before = lease_tokens(lab)
     stray = [] if spec.sync else conntrackd_running(AZ)
     probe = FlowProbe(settings, settings.connections, settings.kill_at_s + settings.after_s, tmp)
@@ -273,7 +277,7 @@ def run_kill(lab: Lab, settings: Settings, scenario: str, run: int, tmp: Path) -
 
 def run_steady(lab: Lab, settings: Settings, tmp: Path) -> dict[str, Any]:
     """No fault for ``settings.steady_s``: the takeovers (flapping) and the gap."""
-    leader = clean_start(lab, sync=True)
+    leader = clean_start(lab, sync=True, forward_probes=settings.forward_probes)
     before, since = lease_tokens(lab), time.time()
     probe = FlowProbe(settings, settings.steady_connections, settings.steady_s, tmp)
     try:
@@ -340,12 +344,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="1 run of each kill, 60 s steady")
     p.add_argument("--runs", type=int, help="runs of each kill scenario (default 3, quick 1)")
     p.add_argument("--steady-seconds", type=float, help="the steady run (default 600, quick 60)")
+    p.add_argument("--forward-probes", action="store_true",
+                   help="the leaders' health checks probe through the forwarding path")  # fmt: skip
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    settings = Settings.from_options(args.quick, args.runs, args.steady_seconds)
+    settings = Settings.from_options(
+        args.quick, args.runs, args.steady_seconds, forward_probes=args.forward_probes
+    )
     started = time.monotonic()
     vpc = VpcLab()
     try:

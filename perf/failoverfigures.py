@@ -47,12 +47,16 @@ class Settings:
     kill_at_s: float = 8.0
     after_s: float = 15.0
     agent_down_s: float = 3.0  # longer than the lab's lease + skew: the grace is what keeps it
+    forward_probes: bool = False  # aws.health.forward_probes on the lab's internet service
 
     @classmethod
-    def from_options(cls, quick: bool, runs: int | None, steady_s: float | None) -> Settings:
+    def from_options(
+        cls, quick: bool, runs: int | None, steady_s: float | None, *, forward_probes: bool = False
+    ) -> Settings:
         return cls(
             runs=runs if runs is not None else (1 if quick else 3),
             steady_s=steady_s if steady_s is not None else (60.0 if quick else 600.0),
+            forward_probes=forward_probes,
         )
 
 
