@@ -527,7 +527,7 @@ class HaRunner:
             ha.lease.inherit(self._ha.lease)
         self.stop()
         self._aws, self._ha, self.error = aws, ha, None
-        ha.start_probe()  # after the old loop's probe removed its interface
+        ha.start_probe()  # the old loop's probe is stopped; this one replaces its veth
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=ha.run, args=(self._stop,), name="spectra-ha", daemon=True
