@@ -15,8 +15,9 @@ A reservation of an instance that dies before reconciling stays charged (never g
 back). A settlement is sent behind the answer (:class:`~ai.offpath.OffPath`): until
 it lands the reservation stays charged, and a reservation of a key with settlements
 of this instance in flight waits for them first (what they give back changes the
-decision and the completion cap), so a sequential client sees the decisions of
-inline settlements. A key with no limits at
+decision and the completion cap; over the lean client's one connection, which the
+store executes in order, only for them to be sent), so a sequential client sees the
+decisions of inline settlements. A key with no limits at
 all never touches the store. Unreachable store:
 stance ``reject`` -> 503, ``local`` -> a per-process
 :class:`~ai.budget.Budgets` until it returns; settlements that fail are kept (bounded)
@@ -172,7 +173,7 @@ class RedisBudgets:
         ]
         keys = self._keys(key_id, tenant)
         if self._behind.pending((key_id, tenant)):
-            await self._behind.wait((key_id, tenant))
+            await self._link.after((key_id, tenant), self._behind)
         try:
             reply = await self._link.script(RESERVE, keys, args, "reserve")
         except StoreUnavailable:

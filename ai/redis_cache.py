@@ -134,8 +134,8 @@ class RedisExactCache:
 
     async def get(self, key: str, tenant: str) -> dict[str, Any] | None:
         entry = self._entry(key, tenant)
-        if self._behind.pending((key, tenant)):
-            await self._behind.wait((key, tenant))  # read this instance's own write
+        if self._behind.pending((key, tenant)):  # read this instance's own write
+            await self._link.after((key, tenant), self._behind)
         try:
             raw = await self._link.command("cache get", "GET", entry)
         except StoreUnavailable:
@@ -155,8 +155,8 @@ class RedisExactCache:
 
     async def lookup(self, key: str, tenant: str) -> tuple[dict[str, Any] | None, bool]:
         """:meth:`get`; on a miss, the singleflight lock too if it is free (True)."""
-        if self._behind.pending((key, tenant)):
-            await self._behind.wait((key, tenant))  # read this instance's own write
+        if self._behind.pending((key, tenant)):  # read this instance's own write
+            await self._link.after((key, tenant), self._behind)
         keys, args, token = self._lock_args(key, tenant)
         try:
             reply = await self._link.script(LOOKUP_LOCK, keys, args, "cache lookup")

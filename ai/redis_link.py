@@ -27,7 +27,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
@@ -39,6 +39,7 @@ from redis.backoff import NoBackoff
 from ai.config import RedisConfig
 from ai.errors import Overloaded
 from ai.keys import resolve_secret
+from ai.offpath import OffPath
 from ai.resp import Arg, Endpoint, ReplyError, RespClient, Script
 
 log = logging.getLogger("spectra.ai")
@@ -130,6 +131,15 @@ class RedisLink:
                 self._tags.clear()
             tag = self._tags[tenant] = hashlib.sha256(tenant.encode()).hexdigest()[:16]
         return f"{self.config.key_prefix}:{{t{tag}}}:{kind}:{name}"
+
+    async def after(self, key: Hashable, behind: OffPath) -> None:
+        """Until a command sent now runs after ``behind``'s writes of ``key``: on the
+        lean client's one connection (the store runs a connection's commands in order)
+        once they are sent; on redis-py's pool once they are done."""
+        if self.lean is not None:
+            await behind.issued(key)
+        else:
+            await behind.wait(key)
 
     def on_up(self, callback: Callable[[], Awaitable[None]]) -> None:
         """``callback`` runs after the link comes back (e.g. replaying settlements)."""

@@ -20,8 +20,9 @@ command reconnects), so there is no timer object per call. Connecting (TCP, TLS,
 AUTH/RBAC use them: https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/auth.html)
 is bounded by ``connect_timeout_s``. A lost connection fails its waiting commands with
 :class:`ConnectionError`; the next command reconnects (the caller, :class:`ai.redis_link.RedisLink`,
-owns the up/down state and the backoff). Scripts run by ``EVALSHA``; a ``NOSCRIPT``
-reply (a restarted or failed-over store) sends the script once with ``EVAL``.
+owns the up/down state and the backoff). Scripts run by ``EVALSHA``, each loaded
+(``SCRIPT LOAD``, pipelined just before) the first time on each connection, so a
+restarted or failed-over store has them before they run.
 
 Not for cluster mode (no ``MOVED`` handling): a cluster endpoint stays on redis-py.
 """
@@ -95,6 +96,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._out: list[bytes] = []  # commands of this loop iteration, not yet written
+        self.scripts: set[str] = set()  # SHA1s loaded (SCRIPT LOAD sent) on this connection
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -173,6 +175,12 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
 
+def _retrieve(done: asyncio.Future[Any]) -> None:
+    """Mark a future's exception retrieved (no one else may await it)."""
+    if not done.cancelled():
+        done.exception()
+
+
 class RespClient:
     """Commands to one Redis endpoint over one long-lived, pipelined connection."""
 
@@ -194,9 +202,19 @@ class RespClient:
         return await conn.send(encode(args))
 
     async def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        """Run ``script`` (loading it with ``EVAL`` if the store does not have it)."""
+        """Run ``script``. The first time on a connection ``SCRIPT LOAD`` goes just
+        before the ``EVALSHA`` (so commands keep their order: an ``EVAL`` resent after a
+        ``NOSCRIPT`` would run after commands sent later); ``NOSCRIPT`` all the same
+        (someone flushed the scripts) sends it with ``EVAL``."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._connection()
+        if script.sha not in conn.scripts:
+            conn.scripts.add(script.sha)
+            loading = conn.send(encode(["SCRIPT", "LOAD", script.body]))
+            loading.add_done_callback(_retrieve)  # a failure shows as NOSCRIPT below
         try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await conn.send(encode(["EVALSHA", script.sha, len(keys), *keys, *args]))
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
@@ -206,9 +224,7 @@ class RespClient:
         if self._connecting is None:  # one connect at a time; the others wait for it
             self._connecting = asyncio.ensure_future(self._connect())
             # retrieved here too: every waiter may have been cancelled meanwhile
-            self._connecting.add_done_callback(
-                lambda done: None if done.cancelled() else done.exception()
-            )
+            self._connecting.add_done_callback(_retrieve)
         connecting = self._connecting
         try:
             return await asyncio.shield(connecting)
