@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from redis.exceptions import ResponseError
 
 from ai.config import RedisConfig
 from ai.redis_link import RedisLink, StoreUnavailable
@@ -106,6 +107,12 @@ async def test_reconnects_after_the_server_restarts(redis_server: RedisServer) -
         redis_server.start()
         assert await client.execute("SET", "after", "restart") == "OK"
         assert redis_server.cli("GET", "after") == "restart"
+        # the new server lacks the script: loaded on the new connection ahead of the
+        # EVALSHA, so a command sent after it still runs after it (no NOSCRIPT detour)
+        ran, seen = await asyncio.gather(
+            client.evalsha(ECHO, ["r"], ["1"]), client.execute("GET", "r")
+        )
+        assert ran == ["r", "1", 1] and seen == "1"
     finally:
         await client.close()
 
@@ -163,3 +170,27 @@ async def test_tls_with_an_acl_user(tmp_path: Path) -> None:
         await plain.close()
     finally:
         server.kill()
+
+
+@pytest.mark.asyncio
+async def test_without_the_lean_client_redis_py_carries_the_same_calls(
+    redis_server: RedisServer,
+) -> None:
+    """What a cluster-mode endpoint uses (redis-py follows MOVED): the same scripts and
+    commands, the same stance."""
+    config = RedisConfig.model_validate({"host": "127.0.0.1", "port": redis_server.port})
+    link = RedisLink(config, {})
+    link.lean = None  # as with `cluster: true`, on a standalone server
+    await link.open()
+    try:
+        assert await link.script(ECHO, ["c"], ["z"], "echo") == ["c", "z", 1]
+        assert await link.script(ECHO, ["c"], ["z"], "echo") == ["c", "z", 2]
+        assert await link.command("get", "GET", "c") == "2"
+        with pytest.raises(ResponseError):
+            await link.command("bad", "INCR", "nonsense", "extra")
+        redis_server.kill()
+        with pytest.raises(StoreUnavailable):
+            await link.command("get", "GET", "c")
+        assert not link.available
+    finally:
+        await link.close()
