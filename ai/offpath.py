@@ -35,7 +35,7 @@ class OffPath:
         self._name = name
         self._limit = limit
         self._tasks: dict[Hashable, set[asyncio.Task[None]]] = {}
-        self._unissued: dict[Hashable, int] = {}  # tasks not yet at their first step
+        self._unissued: dict[Hashable, set[asyncio.Task[None]]] = {}  # not yet stepped
         self._count = 0
 
     @property
@@ -47,26 +47,27 @@ class OffPath:
         if self._count >= self._limit:
             await write
             return
-        self._unissued[key] = self._unissued.get(key, 0) + 1
         task: asyncio.Task[None] = asyncio.ensure_future(self._run(key, write))
+        self._unissued.setdefault(key, set()).add(task)
         self._tasks.setdefault(key, set()).add(task)
         self._count += 1
         task.add_done_callback(lambda done: self._done(key, done))
 
     async def _run(self, key: Hashable, write: Awaitable[None]) -> None:
-        self._issue(key)  # the write's first step (its command sent) follows at once
+        task = asyncio.current_task()
+        assert task is not None
+        self._issue(key, task)  # the write's first step (its command sent) follows at once
         await write
 
-    def _issue(self, key: Hashable) -> None:
-        left = self._unissued.get(key, 0) - 1
-        if left > 0:
-            self._unissued[key] = left
-        else:
-            self._unissued.pop(key, None)
+    def _issue(self, key: Hashable, task: asyncio.Task[None]) -> None:
+        waiting = self._unissued.get(key)
+        if waiting is not None:
+            waiting.discard(task)
+            if not waiting:
+                del self._unissued[key]
 
     def _done(self, key: Hashable, task: asyncio.Task[None]) -> None:
-        if task.cancelled() and key in self._unissued:  # cancelled before its first step
-            self._issue(key)
+        self._issue(key, task)  # cancelled before its first step
         self._count -= 1
         tasks = self._tasks.get(key)
         if tasks is not None:
