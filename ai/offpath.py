@@ -11,7 +11,10 @@ guards is written. Three rules keep it bounded and ordered:
   (backpressure instead of an unbounded task set);
 * writes are keyed: :meth:`OffPath.wait` lets a reader of the same key wait for them
   (an instance reads its own writes, so a sequential client sees the same decisions
-  as with the writes inline);
+  as with the writes inline); over a connection that executes commands in the order
+  they were written (the lean client of :mod:`ai.resp`: one connection, FIFO), a
+  reader only needs the writes to have been *issued* before its own command,
+  :meth:`OffPath.issued`, which costs no round trip;
 * :meth:`OffPath.drain` awaits every write in flight (at shutdown, before the link
   closes).
 """
@@ -32,6 +35,7 @@ class OffPath:
         self._name = name
         self._limit = limit
         self._tasks: dict[Hashable, set[asyncio.Task[None]]] = {}
+        self._unissued: dict[Hashable, set[asyncio.Task[None]]] = {}  # not yet stepped
         self._count = 0
 
     @property
@@ -43,12 +47,27 @@ class OffPath:
         if self._count >= self._limit:
             await write
             return
-        task: asyncio.Task[None] = asyncio.ensure_future(write)
+        task: asyncio.Task[None] = asyncio.ensure_future(self._run(key, write))
+        self._unissued.setdefault(key, set()).add(task)
         self._tasks.setdefault(key, set()).add(task)
         self._count += 1
         task.add_done_callback(lambda done: self._done(key, done))
 
+    async def _run(self, key: Hashable, write: Awaitable[None]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._issue(key, task)  # the write's first step (its command sent) follows at once
+        await write
+
+    def _issue(self, key: Hashable, task: asyncio.Task[None]) -> None:
+        waiting = self._unissued.get(key)
+        if waiting is not None:
+            waiting.discard(task)
+            if not waiting:
+                del self._unissued[key]
+
     def _done(self, key: Hashable, task: asyncio.Task[None]) -> None:
+        self._issue(key, task)  # cancelled before its first step
         self._count -= 1
         tasks = self._tasks.get(key)
         if tasks is not None:
@@ -66,6 +85,12 @@ class OffPath:
         tasks = self._tasks.get(key)
         if tasks:
             await asyncio.wait(list(tasks))
+
+    async def issued(self, key: Hashable) -> None:
+        """Until the writes of ``key`` submitted so far have taken their first step
+        (each task's first step is queued before this caller's next one: FIFO)."""
+        while key in self._unissued:
+            await asyncio.sleep(0)
 
     async def drain(self) -> None:
         """Until every write in flight is done (also those submitted meanwhile)."""

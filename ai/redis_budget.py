@@ -15,8 +15,9 @@ A reservation of an instance that dies before reconciling stays charged (never g
 back). A settlement is sent behind the answer (:class:`~ai.offpath.OffPath`): until
 it lands the reservation stays charged, and a reservation of a key with settlements
 of this instance in flight waits for them first (what they give back changes the
-decision and the completion cap), so a sequential client sees the decisions of
-inline settlements. A key with no limits at
+decision and the completion cap; over the lean client's one connection, which the
+store executes in order, only for them to be sent), so a sequential client sees the
+decisions of inline settlements. A key with no limits at
 all never touches the store. Unreachable store:
 stance ``reject`` -> 503, ``local`` -> a per-process
 :class:`~ai.budget.Budgets` until it returns; settlements that fail are kept (bounded)
@@ -35,12 +36,13 @@ from ai.config import BudgetConfig
 from ai.errors import RateLimited
 from ai.offpath import OffPath
 from ai.redis_link import RedisLink, StoreUnavailable
+from ai.resp import Script
 from ai.state import RATE_WINDOW_S
 from ai.usage import Usage
 
 # KEYS: budget hash, window hash. ARGV: rpm, tpm, max_tokens, max_cost ("" = none),
 # prompt tokens, completion tokens, cost, window seconds.
-RESERVE = """
+RESERVE = Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -92,11 +94,11 @@ redis.call('HINCRBY', KEYS[1], 'reserved_tokens', tokens)
 redis.call('HINCRBYFLOAT', KEYS[1], 'reserved_cost', ARGV[7])
 return {0, tostring(cap), tostring(tokens), tostring(sec), tostring(reqs + 1),
   tostring(toks + tokens), tostring(oldest or sec), tostring(ut), tostring(uc)}
-"""
+""")
 
 # KEYS: budget hash, window hash. ARGV: reserved tokens, reserved cost, used tokens,
 # used cost, the reservation's second, window seconds.
-SETTLE = """
+SETTLE = Script("""
 redis.call('HINCRBY', KEYS[1], 'reserved_tokens', -tonumber(ARGV[1]))
 redis.call('HINCRBYFLOAT', KEYS[1], 'reserved_cost', -tonumber(ARGV[2]))
 local ut = redis.call('HINCRBY', KEYS[1], 'used_tokens', tonumber(ARGV[3]))
@@ -107,7 +109,7 @@ if sec + 1 > tonumber(t[1]) - window then
   redis.call('HINCRBY', KEYS[2], 't:' .. sec, tonumber(ARGV[3]) - tonumber(ARGV[1]))
 end
 return {tostring(ut), tostring(uc)}
-"""
+""")
 
 # Refusal codes of RESERVE: 1, 2 rate limits (reply[1]: Retry-After); 3 token budget
 # spent, 5 held by requests in flight; 4 cost budget spent or asked beyond what is left,
@@ -136,8 +138,6 @@ class RedisBudgets:
     def __init__(self, link: RedisLink, fallback: Budgets, max_pending: int = 100_000) -> None:
         self._link = link
         self._fallback = fallback
-        self._reserve = link.client.register_script(RESERVE)
-        self._settle = link.client.register_script(SETTLE)
         self._seen: dict[str, _Seen] = {}
         self._pending: deque[tuple[list[str], list[str]]] = deque(maxlen=max_pending)
         self._behind = OffPath("budget settlement")
@@ -173,9 +173,9 @@ class RedisBudgets:
         ]
         keys = self._keys(key_id, tenant)
         if self._behind.pending((key_id, tenant)):
-            await self._behind.wait((key_id, tenant))
+            await self._link.after((key_id, tenant), self._behind)
         try:
-            reply = await self._link.call(lambda: self._reserve(keys=keys, args=args), "reserve")
+            reply = await self._link.script(RESERVE, keys, args, "reserve")
         except StoreUnavailable:
             if self._link.config.on_unavailable.budgets == "reject":
                 raise
@@ -233,7 +233,7 @@ class RedisBudgets:
 
     async def _send_settlement(self, keys: list[str], args: list[str]) -> None:
         try:
-            await self._link.call(lambda: self._settle(keys=keys, args=args), "settle")
+            await self._link.script(SETTLE, keys, args, "settle")
         except StoreUnavailable:
             self._pending.append((keys, args))  # charged meanwhile: the reservation stands
 

@@ -44,61 +44,64 @@ from typing import Any
 from ai.config import ExactCacheConfig
 from ai.offpath import OffPath
 from ai.redis_link import RedisLink, StoreUnavailable
+from ai.resp import Script
 
 log = logging.getLogger("spectra.ai")
 
-# KEYS: entry, index. ARGV: stored JSON, TTL ms, max entries, index member, entry prefix.
-PUT = """
+# KEYS: entry, index[, lock]. ARGV: stored JSON, TTL ms, max entries, index member,
+# entry prefix, "1" to return the stored JSON of the entries evicted to keep the bound
+# (else nothing), the lock holder's token ("" = none held). The write, the bound, and
+# the release of the singleflight lock in one round trip; the semantic cache's entries
+# use it too (:mod:`ai.redis_semcache`, without a lock).
+PUT = Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 redis.call('ZADD', KEYS[2], now, ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
+local evicted = {}
 local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
 if over > 0 then
   for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, over - 1)) do
+    if ARGV[6] == '1' then
+      local stored = redis.call('GET', ARGV[5] .. member)
+      if stored then table.insert(evicted, stored) end
+    end
     redis.call('DEL', ARGV[5] .. member)
   end
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
 end
 redis.call('PEXPIRE', KEYS[2], ttl)
-return over
-"""
-
-# KEYS: entry, index, lock. ARGV: as PUT, then the lock holder's token ("" = none held).
-# The write and the release of the singleflight lock in one round trip.
-PUT_RELEASE = (
-    PUT.replace("return over", "")
-    + """
-if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) == ARGV[6] then redis.call('DEL', KEYS[3]) end
-return over
-"""
-)
+if KEYS[3] and ARGV[7] ~= '' and redis.call('GET', KEYS[3]) == ARGV[7] then
+  redis.call('DEL', KEYS[3])
+end
+return evicted
+""")
 
 # KEYS: lock, entry. ARGV: the token, lock TTL ms. Takes the lock if free and reads the
 # entry in the same round trip (the last leader may have stored it since our miss).
-LOCK_READ = """
+LOCK_READ = Script("""
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then
   return {1, redis.call('GET', KEYS[2])}
 end
 return {0, false}
-"""
+""")
 
 # KEYS: lock, entry. ARGV: the token, lock TTL ms. Reads the entry; missing, takes the
 # lock if free: {1} taken, {0, entry or nil} not.
-LOOKUP_LOCK = """
+LOOKUP_LOCK = Script("""
 local v = redis.call('GET', KEYS[2])
 if v then return {0, v} end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then return {1} end
 return {0}
-"""
+""")
 
 # KEYS: lock. ARGV: the holder's token.
-RELEASE = """
+RELEASE = Script("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-"""
+""")
 POLL_MIN_S, POLL_MAX_S = 0.01, 0.1
 
 
@@ -110,10 +113,6 @@ class RedisExactCache:
     def __init__(self, link: RedisLink, config: ExactCacheConfig) -> None:
         self._link = link
         self._config = config
-        self._put = link.client.register_script(PUT_RELEASE)
-        self._lock_read = link.client.register_script(LOCK_READ)
-        self._lookup_lock = link.client.register_script(LOOKUP_LOCK)
-        self._release = link.client.register_script(RELEASE)
         self._held: dict[tuple[str, str], str] = {}  # (key, tenant) -> lock token
         self._behind = OffPath("exact cache entry")
 
@@ -135,10 +134,10 @@ class RedisExactCache:
 
     async def get(self, key: str, tenant: str) -> dict[str, Any] | None:
         entry = self._entry(key, tenant)
-        if self._behind.pending((key, tenant)):
-            await self._behind.wait((key, tenant))  # read this instance's own write
+        if self._behind.pending((key, tenant)):  # read this instance's own write
+            await self._link.after((key, tenant), self._behind)
         try:
-            raw = await self._link.call(lambda: self._link.client.get(entry), "cache get")
+            raw = await self._link.command("cache get", "GET", entry)
         except StoreUnavailable:
             if self._bypass():
                 return None
@@ -156,13 +155,11 @@ class RedisExactCache:
 
     async def lookup(self, key: str, tenant: str) -> tuple[dict[str, Any] | None, bool]:
         """:meth:`get`; on a miss, the singleflight lock too if it is free (True)."""
-        if self._behind.pending((key, tenant)):
-            await self._behind.wait((key, tenant))  # read this instance's own write
+        if self._behind.pending((key, tenant)):  # read this instance's own write
+            await self._link.after((key, tenant), self._behind)
         keys, args, token = self._lock_args(key, tenant)
         try:
-            reply = await self._link.call(
-                lambda: self._lookup_lock(keys=keys, args=args), "cache lookup"
-            )
+            reply = await self._link.script(LOOKUP_LOCK, keys, args, "cache lookup")
         except StoreUnavailable:
             if self._bypass():
                 return None, False
@@ -195,13 +192,14 @@ class RedisExactCache:
             str(self._config.max_entries),
             key,
             self._entry("", tenant),
+            "",
             token,
         ]
         await self._behind.submit((key, tenant), self._write(keys, args, lock, token))
 
     async def _write(self, keys: list[str], args: list[str], lock: str, token: str) -> None:
         try:
-            await self._link.call(lambda: self._put(keys=keys, args=args), "cache put")
+            await self._link.script(PUT, keys, args, "cache put")
         except StoreUnavailable as exc:
             log.debug("exact cache entry not stored: %s", exc)
             if token:  # else it expires after flight_wait_s
@@ -209,7 +207,7 @@ class RedisExactCache:
 
     async def _unlock(self, lock: str, token: str) -> None:
         with contextlib.suppress(StoreUnavailable):
-            await self._link.call(lambda: self._release(keys=[lock], args=[token]), "unlock")
+            await self._link.script(RELEASE, [lock], [token], "unlock")
 
     async def coalesce(self, key: str, tenant: str) -> dict[str, Any] | None:
         """Another instance's answer if it is calling upstream for ``key`` (waiting
@@ -217,9 +215,7 @@ class RedisExactCache:
         keys, args, token = self._lock_args(key, tenant)
         lock = keys[0]
         try:
-            taken, raw = await self._link.call(
-                lambda: self._lock_read(keys=keys, args=args), "flight lock"
-            )
+            taken, raw = await self._link.script(LOCK_READ, keys, args, "flight lock")
         except StoreUnavailable:
             if self._bypass():
                 return None
@@ -240,7 +236,7 @@ class RedisExactCache:
             if value is not None:
                 return value
             try:
-                held = await self._link.call(lambda: self._link.client.exists(lock), "flight")
+                held = await self._link.command("flight", "EXISTS", lock)
             except StoreUnavailable:
                 return None
             if not held:

@@ -3,8 +3,13 @@
 One asyncio client (redis-py; ``RedisCluster`` for a cluster-mode endpoint) speaking
 RESP with AUTH (a password or token, with an RBAC user name, as ElastiCache's
 in-transit encryption and AUTH/RBAC use them: https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/auth.html)
-over TLS when asked. Every call goes through :meth:`RedisLink.call`, which bounds it by
-``op_timeout_s`` so no request waits on the store past that.
+over TLS when asked. The per-request commands (the budget and cache scripts, cache
+reads) go through :meth:`RedisLink.script` and :meth:`RedisLink.command`, which use the
+lean pipelined client of :mod:`ai.resp` (one connection, deadlines kept by the
+connection, no pool and no timer object per call; a cluster-mode endpoint uses
+redis-py there too); everything else (the semantic cache's stream, admin) goes
+through :meth:`RedisLink.call` on redis-py. Either way no call waits on the store past
+``op_timeout_s``.
 
 A failed call marks the link down; while down, calls fail at once (no request waits on
 a dead store) until the next retry, one at a time, after an exponential backoff (100 ms
@@ -22,7 +27,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
@@ -34,6 +39,8 @@ from redis.backoff import NoBackoff
 from ai.config import RedisConfig
 from ai.errors import Overloaded
 from ai.keys import resolve_secret
+from ai.offpath import OffPath
+from ai.resp import Arg, Endpoint, ReplyError, RespClient, Script
 
 log = logging.getLogger("spectra.ai")
 T = TypeVar("T")
@@ -76,12 +83,37 @@ def _client(config: RedisConfig, env: Mapping[str, str]) -> Any:
     return Redis.from_pool(pool)  # owns the pool: closing the client closes it
 
 
+def _lean(config: RedisConfig, env: Mapping[str, str]) -> RespClient | None:
+    """The hot path's client (None for a cluster-mode endpoint: redis-py follows its
+    redirections)."""
+    if config.cluster:
+        return None
+    password = resolve_secret(config.password, env) if config.password is not None else None
+    ca = str(config.tls_ca_file) if config.tls_ca_file is not None else None
+    return RespClient(
+        Endpoint(
+            config.host,
+            config.port,
+            config.username,
+            password,
+            config.db,
+            config.tls,
+            ca,
+            config.connect_timeout_s,
+            config.op_timeout_s,
+        )
+    )
+
+
 class RedisLink:
-    """The client, its up/down state and the reconnect backoff."""
+    """The clients, the store's up/down state and the reconnect backoff."""
 
     def __init__(self, config: RedisConfig, env: Mapping[str, str]) -> None:
         self.config = config
         self.client = _client(config, env)
+        self.lean = _lean(config, env)
+        self._scripts: dict[str, Any] = {}  # sha -> redis-py Script (cluster mode)
+        self._tags: dict[str, str] = {}
         self.available = True
         self.failures = 0  # calls failed or refused while down, since start
         self.last_error: str | None = None
@@ -93,8 +125,21 @@ class RedisLink:
         self._on_up: list[Callable[[], Awaitable[None]]] = []
 
     def key(self, tenant: str, kind: str, name: str) -> str:
-        tag = hashlib.sha256(tenant.encode()).hexdigest()[:16]
+        tag = self._tags.get(tenant)
+        if tag is None:
+            if len(self._tags) >= 10_000:  # bounded: tenants are keys, few in practice
+                self._tags.clear()
+            tag = self._tags[tenant] = hashlib.sha256(tenant.encode()).hexdigest()[:16]
         return f"{self.config.key_prefix}:{{t{tag}}}:{kind}:{name}"
+
+    async def after(self, key: Hashable, behind: OffPath) -> None:
+        """Until a command sent now runs after ``behind``'s writes of ``key``: on the
+        lean client's one connection (the store runs a connection's commands in order)
+        once they are sent; on redis-py's pool once they are done."""
+        if self.lean is not None:
+            await behind.issued(key)
+        else:
+            await behind.wait(key)
 
     def on_up(self, callback: Callable[[], Awaitable[None]]) -> None:
         """``callback`` runs after the link comes back (e.g. replaying settlements)."""
@@ -104,6 +149,12 @@ class RedisLink:
         """Start the probe; a store down at start is only logged (the stance applies)."""
         self._probe = asyncio.create_task(self._probe_loop(), name="spectra-ai-redis-probe")
         with contextlib.suppress(StoreUnavailable):
+            await self.ping()
+
+    async def ping(self) -> None:
+        if self.lean is not None:
+            await self.command("ping", "PING")
+        else:
             await self.call(lambda: self.client.ping(), "ping")
 
     async def close(self) -> None:
@@ -111,33 +162,82 @@ class RedisLink:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
+        if self.lean is not None:
+            await self.lean.close()
         with contextlib.suppress(Exception):
             await self.client.aclose()
 
-    async def call(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
-        """``fn()`` bounded by ``op_timeout_s``; :class:`StoreUnavailable` if the store
-        is down (at once, between retries) or the call fails."""
-        now = time.monotonic()
-        if not self.available and (self._probing or now < self._retry_at):
+    def _admit(self) -> bool:
+        """Whether this call is the one retry of a down store (StoreUnavailable if the
+        store is down and it is not time to retry)."""
+        if self.available:
+            return False
+        if self._probing or time.monotonic() < self._retry_at:
             self.failures += 1
             raise StoreUnavailable(
                 f"the shared state store is unreachable ({self.last_error})",
                 retry_after=RETRY_AFTER_S,
             )
-        probing = not self.available
-        if probing:
-            self._probing = True  # one call at a time tries a down store
+        self._probing = True  # one call at a time tries a down store
+        return True
+
+    def _unreachable(self, what: str, exc: BaseException) -> StoreUnavailable:
+        self._down(f"{what}: {type(exc).__name__}: {exc}".rstrip(": "))
+        return StoreUnavailable(
+            f"the shared state store is unreachable ({self.last_error})",
+            retry_after=RETRY_AFTER_S,
+        )
+
+    async def call(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
+        """``fn()`` (a redis-py call) bounded by ``op_timeout_s``;
+        :class:`StoreUnavailable` if the store is down (at once, between retries) or
+        the call fails."""
+        probing = self._admit()
         try:
             async with asyncio.timeout(self.config.op_timeout_s):  # no task per call
                 result = await fn()
         except (redis_errors.RedisError, OSError, TimeoutError) as exc:
             if type(exc) is redis_errors.ResponseError:
                 raise  # the store answered: a bug, not an outage
-            self._down(f"{what}: {type(exc).__name__}: {exc}".rstrip(": "))
-            raise StoreUnavailable(
-                f"the shared state store is unreachable ({self.last_error})",
-                retry_after=RETRY_AFTER_S,
-            ) from None
+            raise self._unreachable(what, exc) from None
+        finally:
+            if probing:  # also when the caller was cancelled
+                self._probing = False
+        if not self.available:
+            await self._up()
+        return result
+
+    async def command(self, what: str, *args: Arg) -> Any:
+        """One command on the hot path's client (redis-py's generic
+        ``execute_command`` in cluster mode), with :meth:`call`'s stance."""
+        lean = self.lean
+        if lean is None:
+            return await self.call(lambda: self.client.execute_command(*args), what)
+        return await self._lean_call(lean.execute(*args), what)
+
+    async def script(self, script: Script, keys: list[str], args: list[str], what: str) -> Any:
+        """Run a Lua script (EVALSHA, loading it when the store lacks it), with
+        :meth:`call`'s stance."""
+        lean = self.lean
+        if lean is None:
+            registered = self._scripts.get(script.sha)
+            if registered is None:
+                registered = self._scripts[script.sha] = self.client.register_script(script.body)
+            return await self.call(lambda: registered(keys=keys, args=args), what)
+        return await self._lean_call(lean.evalsha(script, keys, args), what)
+
+    async def _lean_call(self, reply: Coroutine[Any, Any, Any], what: str) -> Any:
+        try:
+            probing = self._admit()
+        except StoreUnavailable:
+            reply.close()  # never started
+            raise
+        try:  # the lean client keeps op_timeout_s itself: no timer here
+            result = await reply
+        except ReplyError:
+            raise  # the store answered: a bug, not an outage
+        except (OSError, TimeoutError) as exc:  # ConnectionError is an OSError
+            raise self._unreachable(what, exc) from None
         finally:
             if probing:  # also when the caller was cancelled
                 self._probing = False
@@ -174,7 +274,7 @@ class RedisLink:
             await asyncio.sleep(min(self._backoff, 1.0))
             if not self.available and time.monotonic() >= self._retry_at:
                 with contextlib.suppress(StoreUnavailable):
-                    await self.call(lambda: self.client.ping(), "ping")
+                    await self.ping()
 
     def status(self) -> dict[str, Any]:
         stance = self.config.on_unavailable

@@ -43,34 +43,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ai.redis_cache import PUT
 from ai.redis_link import RedisLink, StoreUnavailable
 from ai.semcache.cache import SemanticCacheImpl
 from ai.semcache_api import SemanticHit
 
 log = logging.getLogger("spectra.ai")
 
-# KEYS: entry, index. ARGV: stored JSON, TTL ms, max entries, index member, entry prefix.
-# Returns the stored JSON of the entries evicted to keep the bound.
-PUT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-redis.call('ZADD', KEYS[2], now, ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
-local evicted = {}
-local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
-if over > 0 then
-  for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, over - 1)) do
-    local stored = redis.call('GET', ARGV[5] .. member)
-    if stored then table.insert(evicted, stored) end
-    redis.call('DEL', ARGV[5] .. member)
-  end
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
-end
-redis.call('PEXPIRE', KEYS[2], ttl)
-return evicted
-"""
 BATCH = 500
 NO_TTL_MS = 10 * 365 * 86_400_000  # ttl_seconds None: entries leave by the bound only
 RETRY_S = 0.2
@@ -105,7 +84,6 @@ class RedisSemanticCache:
         self._ttl_ms = NO_TTL_MS if config.ttl_seconds is None else int(config.ttl_seconds * 1000)
         self._bound = config.max_total_entries
         self._stream = f"{link.config.key_prefix}:{{semcache}}:events"
-        self._put = link.client.register_script(PUT)
         self.last_id = "0"  # the last stream entry applied
         self.applied = 0  # stream entries applied, since start
         self.reloads = 0  # full replays (start, and after the stream outran this process)
@@ -150,10 +128,10 @@ class RedisSemanticCache:
         stored["vector"] = _encode(vector)
         keys = [self._link.key(tenant, "sem", member), self._link.key(tenant, "sem-index", "all")]
         args = [json.dumps(stored), str(self._ttl_ms), str(self._bound), member]
-        args.append(self._link.key(tenant, "sem", ""))
+        args += [self._link.key(tenant, "sem", ""), "1", ""]
         client = self._link.client
         try:
-            evicted = await self._link.call(lambda: self._put(keys=keys, args=args), "sem put")
+            evicted = await self._link.script(PUT, keys, args, "sem put")
             pipe = client.pipeline(transaction=False)
             for raw in evicted:
                 gone = json.loads(raw)

@@ -55,3 +55,23 @@ async def test_a_failed_write_is_logged_and_drain_ends(caplog: pytest.LogCapture
     await behind.drain()
     assert behind.in_flight == 0
     assert any("boom" in r.getMessage() for r in caplog.records if r.name == "spectra.ai")
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(10)
+async def test_issued_waits_for_the_first_step_only() -> None:
+    behind, gate, steps = OffPath("test"), asyncio.Event(), []
+
+    async def write() -> None:
+        steps.append("sent")  # what a command written to an ordered connection does
+        await gate.wait()
+        steps.append("answered")
+
+    await behind.submit("a", write())
+    assert steps == [] and behind.pending("a")
+    await asyncio.wait_for(behind.issued("a"), 2)
+    assert steps == ["sent"] and behind.pending("a")  # sent, not answered
+    await asyncio.wait_for(behind.issued("b"), 2)  # nothing submitted: at once
+    gate.set()
+    await behind.drain()
+    assert steps == ["sent", "answered"]
