@@ -16,7 +16,9 @@ proxy, all in front of the same fake OpenAI-compatible upstream, in one run.
   CPU like the fake upstream) and one worker, so its rows compare the two backends;
 * an open-loop fixed-rate ladder (:mod:`perf.loadgen`), rates interleaved round-robin
   across the systems; a system leaves the ladder at its first failed step (an error,
-  or p99 >= 100 ms measured from the scheduled send time);
+  or p99 >= 100 ms measured from the scheduled send time); then the two gateway
+  backends' sustained rates are bisected between their last passed and first failed
+  steps to within ``Settings.refine`` (5 %), so their ratio is not the ladder's step;
 * cache hits: the gateway's exact cache, and its semantic cache (a second gateway
   with ``semantic_cache`` on; MiniLM on onnxruntime, offline), checked at the fake's
   request counter to have called no upstream.
@@ -99,6 +101,11 @@ class Settings:
     warmup: int = 30
     cache_rate: int = 50
     cache_requests: int = 200
+    refine: float = 0.05
+    """After the ladder, the two gateway backends' sustained rates are bisected between
+    their last passed and first failed steps until the gap is at most this fraction of
+    the rate passed (the ladder's steps are 15-20 % apart; the Redis goal is a 0.9x
+    ratio, so a ratio of two ladder steps could not tell 0.9x from 0.8x)."""
     goal_rate: int = 50
     goal_requests: int = 1_000
     """Requests of the goal-rate step: its p99 is the 10th-worst of them, not the 3rd of
@@ -585,28 +592,43 @@ class Bench:
                 for t in targets:
                     if (t.system, mode) not in alive:
                         continue
-                    tag = f"{self.run_id}-{t.system}-{mode}-{rate}"
-                    step = await self.step(
-                        t, mode, rate, unique_bodies(tag, s.count(rate), mode == "stream")
-                    )
-                    if not step.passed:  # once more: the machine may be shared
-                        out.retried.append(step)
-                        step = await self.step(
-                            t,
-                            mode,
-                            rate,
-                            unique_bodies(tag + "-retry", s.count(rate), mode == "stream"),
-                        )
-                    out.steps.append(step)
-                    self.progress(
-                        f"{t.system:10} {mode:9} {rate:5} rps: p50 {step.p50_ms or 0:7.1f} ms "
-                        f"p99 {step.p99_ms or 0:7.1f} ms errors {step.errors}"
-                    )
+                    step = await self.ladder_step(t, mode, rate, out)
                     if not step.passed:
                         alive.discard((t.system, mode))
                         if t.system == DIRECT:  # beyond what the harness itself holds
                             out.harness_limit[mode] = rate
                             alive -= {(x.system, mode) for x in targets}
+
+    async def ladder_step(self, t: Target, mode: str, rate: int, out: Outcome) -> Step:
+        """One step, once more if it failed (the machine may be shared); recorded."""
+        count, stream = self.settings.count(rate), mode == "stream"
+        tag = f"{self.run_id}-{t.system}-{mode}-{rate}"
+        step = await self.step(t, mode, rate, unique_bodies(tag, count, stream))
+        if not step.passed:
+            out.retried.append(step)
+            step = await self.step(t, mode, rate, unique_bodies(tag + "-retry", count, stream))
+        out.steps.append(step)
+        self.progress(
+            f"{t.system:10} {mode:9} {rate:5} rps: p50 {step.p50_ms or 0:7.1f} ms "
+            f"p99 {step.p99_ms or 0:7.1f} ms errors {step.errors}"
+        )
+        return step
+
+    async def refine(self, targets: Sequence[Target], out: Outcome) -> None:
+        """Bisect each target's sustained rate between its last passed and first failed
+        ladder steps (:attr:`Settings.refine`), the targets interleaved round by round;
+        the new steps join the ladder's, so :func:`sustained` reads them like any step."""
+        for mode in MODES:
+            while True:
+                due = [
+                    (t, mid)
+                    for t in targets
+                    if (mid := refine_rate(out, t.system, mode, self.settings.refine))
+                ]
+                if not due:
+                    break
+                for t, mid in due:
+                    await self.ladder_step(t, mode, mid, out)
 
     async def upstream_calls(self) -> int:
         async with self.session(DIRECT).get(self.fake.url + "/_fake/stats") as resp:
@@ -752,6 +774,22 @@ def latency_results(out: Outcome) -> list[Result]:
                 )
             )
     return results
+
+
+def refine_rate(out: Outcome, system: str, mode: str, fraction: float) -> int | None:
+    """The next rate to try between ``system``'s sustained rate and the lowest rate it
+    failed above it (rounded to 10 rps), or None when that gap is already at most
+    ``fraction`` of the sustained rate (or there is no gap: nothing failed, or the
+    lowest step did, or the harness's own limit stopped it)."""
+    got = sustained(out, system, mode)
+    if got is None or got[1] or got[0] <= 0:
+        return None
+    low = got[0]
+    failed = [s.rate for s in out.steps if (s.system, s.mode) == (system, mode) and s.rate > low]
+    if not failed or (high := min(failed)) - low <= fraction * low:
+        return None
+    mid = int(round((low + high) / 20) * 10)
+    return mid if low < mid < high else None
 
 
 def sustained(out: Outcome, system: str, mode: str) -> tuple[float, bool] | None:
@@ -1018,6 +1056,7 @@ async def _measure(
     bench = Bench(settings, progress, fake)
     try:
         await bench.sweep([targets[s] for s in SYSTEMS if s in targets], out)
+        await bench.refine([targets[s] for s in (GATEWAY, GATEWAY_REDIS) if s in targets], out)
         if GATEWAY in targets:
             await bench.caches(targets[GATEWAY], targets.get(GATEWAY_SEM), out)
     finally:

@@ -15,11 +15,15 @@ from perf.ai import (
     GATEWAY,
     GATEWAY_REDIS,
     LITELLM,
+    Bench,
     CacheStep,
     Outcome,
     Settings,
+    Target,
     build_results,
     litellm_config,
+    refine_rate,
+    sustained,
 )
 from perf.loadgen import Sample, Step, percentile, run_step, schedule, summarize, sustained_rate
 from perf.report import Result
@@ -163,6 +167,52 @@ def test_sustained_rate_is_the_highest_rate_with_every_lower_rate_passing() -> N
     # passing the top of the ladder is a lower bound
     assert sustained_rate([step("s", 100, 1, 2), step("s", 10, 1, 2)]) == (100, True)
     assert sustained_rate([]) == (0.0, False)
+
+
+def test_refine_bisects_between_the_last_pass_and_the_first_failure() -> None:
+    out = Outcome()
+    out.steps += [step(GATEWAY, 500, 2, 9), step(GATEWAY, 850, 2, 20), step(GATEWAY, 1000, 9, 140)]
+    assert refine_rate(out, GATEWAY, "nonstream", 0.05) == 920  # (850 + 1000) / 2, 10 rps
+    out.steps.append(step(GATEWAY, 920, 2, 30))
+    assert refine_rate(out, GATEWAY, "nonstream", 0.05) == 960
+    out.steps.append(step(GATEWAY, 960, 9, 150))
+    assert refine_rate(out, GATEWAY, "nonstream", 0.05) is None  # 40 <= 5 % of 920
+    assert sustained(out, GATEWAY, "nonstream") == (920, False)
+    # nothing to refine: nothing failed, the lowest step failed, no such system
+    assert refine_rate(out, GATEWAY, "stream", 0.05) is None
+    top = Outcome(steps=[step(GATEWAY, 500, 2, 9), step(GATEWAY, 1000, 2, 9)])
+    assert refine_rate(top, GATEWAY, "nonstream", 0.05) is None
+    low = Outcome(steps=[step(GATEWAY, 500, 2, 900)])
+    assert refine_rate(low, GATEWAY, "nonstream", 0.05) is None
+
+
+@pytest.mark.asyncio
+async def test_refine_finds_each_limit_within_the_fraction_interleaved() -> None:
+    limits = {GATEWAY: 1_137, GATEWAY_REDIS: 1_012}  # passes below these rates
+    ran: list[tuple[str, str, int]] = []
+
+    async def ladder_step(t: Target, mode: str, rate: int, out: Outcome) -> Step:
+        ran.append((t.system, mode, rate))
+        st = step(t.system, rate, 2, 20 if rate < limits[t.system] else 150, mode=mode)
+        out.steps.append(st)
+        return st
+
+    out = Outcome()
+    for mode in ("nonstream", "stream"):
+        for rate in (500, 850, 1000, 1200):
+            for system, limit in limits.items():
+                out.steps.append(step(system, rate, 2, 20 if rate < limit else 150, mode=mode))
+    bench = Bench(Settings(), lambda _: None, None)  # type: ignore[arg-type]
+    bench.ladder_step = ladder_step  # type: ignore[method-assign]
+    targets = [Target(s, "", {}, None) for s in limits]  # type: ignore[arg-type]
+    await bench.refine(targets, out)
+    for mode in ("nonstream", "stream"):
+        for system, limit in limits.items():
+            rate, bound = sustained(out, system, mode) or (0, True)
+            assert not bound and 0.95 * limit <= rate < limit, (system, mode, rate)
+    # round by round: the two systems alternate while both still have a gap
+    assert [s for s, m, _ in ran[:4]] == [GATEWAY, GATEWAY_REDIS] * 2
+    assert len(ran) <= 2 * 2 * 4
 
 
 # --- results ---------------------------------------------------------------------------------
