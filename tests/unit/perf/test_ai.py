@@ -199,17 +199,17 @@ async def test_refine_finds_each_limit_within_the_fraction_interleaved() -> None
 
     out = Outcome()
     for mode in ("nonstream", "stream"):
-        for rate in (500, 850, 1000, 1200):
+        for r in (500, 850, 1000, 1200):
             for system, limit in limits.items():
-                out.steps.append(step(system, rate, 2, 20 if rate < limit else 150, mode=mode))
+                out.steps.append(step(system, r, 2, 20 if r < limit else 150, mode=mode))
     bench = Bench(Settings(), lambda _: None, None)  # type: ignore[arg-type]
     bench.ladder_step = ladder_step  # type: ignore[method-assign]
     targets = [Target(s, "", {}, None) for s in limits]  # type: ignore[arg-type]
     await bench.refine(targets, out)
     for mode in ("nonstream", "stream"):
         for system, limit in limits.items():
-            rate, bound = sustained(out, system, mode) or (0, True)
-            assert not bound and 0.95 * limit <= rate < limit, (system, mode, rate)
+            got, bound = sustained(out, system, mode) or (0.0, True)
+            assert not bound and 0.95 * limit <= got < limit, (system, mode, got)
     # round by round: the two systems alternate while both still have a gap
     assert [s for s, m, _ in ran[:4]] == [GATEWAY, GATEWAY_REDIS] * 2
     assert len(ran) <= 2 * 2 * 4
