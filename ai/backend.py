@@ -11,6 +11,7 @@ stays per process with either.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -64,6 +65,13 @@ class ResponseCache(Protocol):
         """A request's first read: :meth:`get`, and on a miss a shared cache may take the
         singleflight lock in the same round trip (True: taken; the caller then leads
         without :meth:`coalesce`, and calls :meth:`release` if it ends up not leading)."""
+        ...
+
+    def start_lookup(
+        self, key: str, tenant: str
+    ) -> asyncio.Future[tuple[dict[str, Any] | None, bool]]:
+        """:meth:`lookup` under way (a shared cache sends it at once, so it leaves with
+        the budget reservation)."""
         ...
 
     async def put(self, key: str, tenant: str, value: dict[str, Any]) -> None: ...

@@ -153,6 +153,11 @@ class ExactCache(WriteBehind):
         """:meth:`get` (one process takes no lock outside it)."""
         return await self.get(key, tenant), False
 
+    def start_lookup(
+        self, key: str, tenant: str
+    ) -> asyncio.Future[tuple[dict[str, Any] | None, bool]]:
+        return asyncio.ensure_future(self.lookup(key, tenant))
+
     async def coalesce(self, key: str, tenant: str) -> dict[str, Any] | None:
         """One process: :class:`SingleFlight` already coalesces; this caller leads."""
         return None

@@ -160,7 +160,7 @@ class Gateway:
         key = exact_key(principal.tenant, route.provider_name, resolved)
         # a shared store: the exact read goes out with the reservation (one round trip)
         early = (
-            asyncio.ensure_future(self.cache.lookup(key, principal.tenant))
+            self.cache.start_lookup(key, principal.tenant)
             if self.cache is not None and self.cache.remote
             else None
         )

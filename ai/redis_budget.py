@@ -9,8 +9,10 @@ guarantee one event loop gives the local backend). Both keys a script touches ca
 tenant's hash tag (cluster-safe). The clock is the store's (``TIME``), shared by all.
 
 A key's figures: hash ``budget:<key id>`` (used/reserved tokens and cost) and hash
-``window:<key id>`` (requests ``r:<second>`` and tokens ``t:<second>`` of the last
-minute; older fields are dropped as scripts read them, the hash expires after two).
+``rate:<key id>`` (requests ``r:<second>`` and tokens ``t:<second>`` of the last
+minute and their running sums; a reservation drops the seconds that left the window,
+each once, so its cost does not grow with the traffic; the hash expires after two
+idle minutes).
 A reservation of an instance that dies before reconciling stays charged (never given
 back). A settlement is sent behind the answer (:class:`~ai.offpath.OffPath`): until
 it lands the reservation stays charged, and a reservation of a key with settlements
@@ -26,10 +28,14 @@ and replayed when it does.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 import math
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from ai.budget import Budgets, Reservation, _Window, cost_refusal, token_refusal
 from ai.config import BudgetConfig
@@ -41,7 +47,12 @@ from ai.state import RATE_WINDOW_S
 from ai.usage import Usage
 
 # KEYS: budget hash, window hash. ARGV: rpm, tpm, max_tokens, max_cost ("" = none),
-# prompt tokens, completion tokens, cost, window seconds.
+# prompt tokens, completion tokens, cost, window seconds. The window hash holds
+# r:<second> / t:<second> (requests and tokens of that second), R / T (their sums over
+# the seconds still in the window), lo (the oldest second not yet expired, none older
+# has fields) and hi (the newest second with fields): a reservation expires the seconds
+# from lo on that left the window (each second once, so O(1) amortized and at most
+# window + 1 of them; the whole hash when hi left it), instead of summing every field.
 RESERVE = Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -49,19 +60,27 @@ local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
 local max_tokens, max_cost = tonumber(ARGV[3]), tonumber(ARGV[4])
 local prompt, completion, cost = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local window = tonumber(ARGV[8])
-local reqs, toks, oldest = 0, 0, nil
-local flat = redis.call('HGETALL', KEYS[2])
-for i = 1, #flat, 2 do
-  local kind, sec = string.match(flat[i], '^(%a):(%d+)$')
-  sec = tonumber(sec)
-  if sec + 1 <= now - window then
-    redis.call('HDEL', KEYS[2], flat[i])
-  else
-    local v = tonumber(flat[i + 1])
-    if kind == 'r' then reqs = reqs + v else toks = toks + v end
-    if v ~= 0 and (oldest == nil or sec < oldest) then oldest = sec end
+local w = redis.call('HMGET', KEYS[2], 'R', 'T', 'lo', 'hi')
+local reqs, toks = tonumber(w[1]) or 0, tonumber(w[2]) or 0
+local lo, hi = tonumber(w[3]), tonumber(w[4])
+if hi and hi + 1 <= now - window then
+  redis.call('DEL', KEYS[2])
+  reqs, toks, lo, hi = 0, 0, nil, nil
+elseif lo then
+  local from = lo
+  while lo <= hi do
+    local f = redis.call('HMGET', KEYS[2], 'r:' .. lo, 't:' .. lo)
+    if f[1] then
+      if lo + 1 > now - window then break end
+      reqs, toks = reqs - tonumber(f[1]), toks - (tonumber(f[2]) or 0)
+      redis.call('HDEL', KEYS[2], 'r:' .. lo, 't:' .. lo)
+    end
+    lo = lo + 1
   end
+  if lo ~= from then redis.call('HSET', KEYS[2], 'R', reqs, 'T', toks, 'lo', lo) end
 end
+local oldest = nil
+if lo and lo <= hi then oldest = lo end
 local function retry()
   if oldest == nil then return tostring(window) end
   return tostring(math.floor(window - (now - oldest)) + 1)
@@ -89,6 +108,7 @@ end
 local sec = math.floor(now)
 redis.call('HINCRBY', KEYS[2], 'r:' .. sec, 1)
 redis.call('HINCRBY', KEYS[2], 't:' .. sec, tokens)
+redis.call('HSET', KEYS[2], 'R', reqs + 1, 'T', toks + tokens, 'lo', oldest or sec, 'hi', sec)
 redis.call('EXPIRE', KEYS[2], window * 2)
 redis.call('HINCRBY', KEYS[1], 'reserved_tokens', tokens)
 redis.call('HINCRBYFLOAT', KEYS[1], 'reserved_cost', ARGV[7])
@@ -106,7 +126,9 @@ local uc = redis.call('HINCRBYFLOAT', KEYS[1], 'used_cost', ARGV[4])
 local t = redis.call('TIME')
 local sec, window = tonumber(ARGV[5]), tonumber(ARGV[6])
 if sec + 1 > tonumber(t[1]) - window then
-  redis.call('HINCRBY', KEYS[2], 't:' .. sec, tonumber(ARGV[3]) - tonumber(ARGV[1]))
+  local delta = tonumber(ARGV[3]) - tonumber(ARGV[1])
+  redis.call('HINCRBY', KEYS[2], 't:' .. sec, delta)
+  redis.call('HINCRBY', KEYS[2], 'T', delta)
 end
 return {tostring(ut), tostring(uc)}
 """)
@@ -115,6 +137,17 @@ return {tostring(ut), tostring(uc)}
 # spent, 5 held by requests in flight; 4 cost budget spent or asked beyond what is left,
 # 6 held (reply[1]: USD left).
 _RATE = {1: "requests", 2: "tokens"}
+log = logging.getLogger("spectra.ai")
+
+
+def _unlimited(limits: BudgetConfig) -> bool:
+    """No limit at all (a field by field test: pydantic's ``==`` costs microseconds)."""
+    return (
+        limits.max_tokens is None
+        and limits.max_cost_usd is None
+        and limits.requests_per_minute is None
+        and limits.tokens_per_minute is None
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +177,7 @@ class RedisBudgets:
         link.on_up(self.replay)
 
     def _keys(self, key_id: str, tenant: str) -> list[str]:
-        return [self._link.key(tenant, "budget", key_id), self._link.key(tenant, "window", key_id)]
+        return [self._link.key(tenant, "budget", key_id), self._link.key(tenant, "rate", key_id)]
 
     async def acquire(
         self,
@@ -155,7 +188,7 @@ class RedisBudgets:
         completion_tokens: int,
         cost: float,
     ) -> Reservation:
-        if limits == BudgetConfig():  # nothing to enforce, nothing to share
+        if _unlimited(limits):  # nothing to enforce, nothing to share
             reservation = self._fallback.reserve(
                 key_id, limits, prompt_tokens, completion_tokens, cost
             )
@@ -223,9 +256,19 @@ class RedisBudgets:
             str(int(reservation.window.at)),
             str(int(RATE_WINDOW_S)),
         ]
-        await self._behind.submit(
-            (reservation.key_id, reservation.tenant), self._send_settlement(keys, args)
-        )
+        key = (reservation.key_id, reservation.tenant)
+        sent = self._link.send(SETTLE, keys, args, "settle")
+        if sent is None:  # not at once: a task connects (or keeps it for the replay)
+            await self._behind.submit(key, self._send_settlement(keys, args))
+        else:
+            await self._behind.track(key, sent, functools.partial(self._landed, keys, args))
+
+    def _landed(self, keys: list[str], args: list[str], sent: asyncio.Future[Any]) -> None:
+        exc = None if sent.cancelled() else sent.exception()
+        if isinstance(exc, StoreUnavailable):
+            self._pending.append((keys, args))  # charged meanwhile: the reservation stands
+        elif exc is not None:
+            log.error("budget settlement failed: %s", exc)
 
     async def drain(self) -> None:
         """Until every settlement sent behind an answer has landed (or is pending)."""

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import json
 import logging
 import secrets
@@ -103,6 +105,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """)
 POLL_MIN_S, POLL_MAX_S = 0.01, 0.1
+Looked = tuple[dict[str, Any] | None, bool]  # (the entry or None, the lock taken)
+
+
+def _stored(sent: asyncio.Future[Any]) -> None:
+    """A write sent behind an answer landed; a failed one is only logged: the answer
+    is the client's already, and the lock it carried expires after ``flight_wait_s``
+    (the store is down then: no unlock could reach it either)."""
+    exc = None if sent.cancelled() else sent.exception()
+    if isinstance(exc, StoreUnavailable):
+        log.debug("exact cache entry not stored: %s", exc)
+    elif exc is not None:
+        log.error("exact cache entry not stored: %s", exc)
 
 
 class RedisExactCache:
@@ -115,6 +129,7 @@ class RedisExactCache:
         self._config = config
         self._held: dict[tuple[str, str], str] = {}  # (key, tenant) -> lock token
         self._behind = OffPath("exact cache entry")
+        self._nonce, self._serial = secrets.token_hex(8), itertools.count()
 
     async def open(self) -> None:
         """Nothing to load: the entries live in the store."""
@@ -145,7 +160,7 @@ class RedisExactCache:
         return self._value(raw, tenant)
 
     def _lock_args(self, key: str, tenant: str) -> tuple[list[str], list[str], str]:
-        token = secrets.token_hex(8)
+        token = f"{self._nonce}.{next(self._serial)}"  # unique, without a urandom call
         ttl_ms = int(self._link.config.flight_wait_s * 1000)
         return (
             [self._link.key(tenant, "flight", key), self._entry(key, tenant)],
@@ -153,7 +168,7 @@ class RedisExactCache:
             token,
         )
 
-    async def lookup(self, key: str, tenant: str) -> tuple[dict[str, Any] | None, bool]:
+    async def lookup(self, key: str, tenant: str) -> Looked:
         """:meth:`get`; on a miss, the singleflight lock too if it is free (True)."""
         if self._behind.pending((key, tenant)):  # read this instance's own write
             await self._link.after((key, tenant), self._behind)
@@ -164,6 +179,44 @@ class RedisExactCache:
             if self._bypass():
                 return None, False
             raise
+        return self._looked(reply, key, tenant, token)
+
+    def start_lookup(self, key: str, tenant: str) -> asyncio.Future[Looked]:
+        """:meth:`lookup` under way: sent at once (no task) when the connection is open
+        and this instance has no write of ``key`` still to send, so it leaves with the
+        budget reservation in one write."""
+        if not self._behind.unissued((key, tenant)):
+            keys, args, token = self._lock_args(key, tenant)
+            sent = self._link.send(LOOKUP_LOCK, keys, args, "cache lookup")
+            if sent is not None:
+                result: asyncio.Future[Looked] = asyncio.get_running_loop().create_future()
+                done = functools.partial(self._landed, result, key, tenant, token)
+                sent.add_done_callback(done)
+                return result
+        return asyncio.ensure_future(self.lookup(key, tenant))
+
+    def _landed(
+        self,
+        result: asyncio.Future[Looked],
+        key: str,
+        tenant: str,
+        token: str,
+        sent: asyncio.Future[Any],
+    ) -> None:
+        exc = sent.exception()
+        if result.done():  # its request went away (a lock it took expires)
+            return
+        if exc is None:
+            try:
+                result.set_result(self._looked(sent.result(), key, tenant, token))
+            except Exception as bad:  # an entry that does not parse
+                result.set_exception(bad)
+        elif isinstance(exc, StoreUnavailable) and self._bypass():
+            result.set_result((None, False))
+        else:
+            result.set_exception(exc)
+
+    def _looked(self, reply: list[Any], key: str, tenant: str, token: str) -> Looked:
         if int(reply[0]) == 1:
             self._held[(key, tenant)] = token
             return None, True
@@ -195,15 +248,17 @@ class RedisExactCache:
             "",
             token,
         ]
-        await self._behind.submit((key, tenant), self._write(keys, args, lock, token))
+        sent = self._link.send(PUT, keys, args, "cache put")
+        if sent is None:  # not at once: a task connects, or applies the stance
+            await self._behind.submit((key, tenant), self._write(keys, args))
+        else:
+            await self._behind.track((key, tenant), sent, _stored)
 
-    async def _write(self, keys: list[str], args: list[str], lock: str, token: str) -> None:
+    async def _write(self, keys: list[str], args: list[str]) -> None:
         try:
             await self._link.script(PUT, keys, args, "cache put")
         except StoreUnavailable as exc:
             log.debug("exact cache entry not stored: %s", exc)
-            if token:  # else it expires after flight_wait_s
-                await self._unlock(lock, token)
 
     async def _unlock(self, lock: str, token: str) -> None:
         with contextlib.suppress(StoreUnavailable):

@@ -4,7 +4,8 @@ One asyncio client (redis-py; ``RedisCluster`` for a cluster-mode endpoint) spea
 RESP with AUTH (a password or token, with an RBAC user name, as ElastiCache's
 in-transit encryption and AUTH/RBAC use them: https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/auth.html)
 over TLS when asked. The per-request commands (the budget and cache scripts, cache
-reads) go through :meth:`RedisLink.script` and :meth:`RedisLink.command`, which use the
+reads) go through :meth:`RedisLink.script` (or :meth:`RedisLink.send`: queued at once,
+the reply a future, for writes behind an answer) and :meth:`RedisLink.command`, which use the
 lean pipelined client of :mod:`ai.resp` (one connection, deadlines kept by the
 connection, no pool and no timer object per call; a cluster-mode endpoint uses
 redis-py there too); everything else (the semantic cache's stream, admin) goes
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -40,7 +42,7 @@ from ai.config import RedisConfig
 from ai.errors import Overloaded
 from ai.keys import resolve_secret
 from ai.offpath import OffPath
-from ai.resp import Arg, Endpoint, ReplyError, RespClient, Script
+from ai.resp import Arg, Endpoint, ReplyError, RespClient, Script, is_noscript
 
 log = logging.getLogger("spectra.ai")
 T = TypeVar("T")
@@ -50,6 +52,20 @@ RETRY_AFTER_S = 1
 
 class StoreUnavailable(Overloaded):
     """503: the shared store is unreachable and the feature's stance is `reject`."""
+
+
+Reply = asyncio.Future[Any]
+
+
+def _copy(into: Reply, done: asyncio.Future[Any]) -> None:
+    """``done``'s outcome into ``into`` (unless its waiter went away)."""
+    if done.cancelled():
+        into.cancel()
+    elif (exc := done.exception()) is not None:
+        if not into.done():
+            into.set_exception(exc)
+    elif not into.done():
+        into.set_result(done.result())
 
 
 def _client(config: RedisConfig, env: Mapping[str, str]) -> Any:
@@ -215,9 +231,51 @@ class RedisLink:
             return await self.call(lambda: self.client.execute_command(*args), what)
         return await self._lean_call(lean.execute(*args), what)
 
+    def send(self, script: Script, keys: list[str], args: list[str], what: str) -> Reply | None:
+        """The script sent now, its reply (or :class:`StoreUnavailable`) to come in the
+        returned future: no task and no coroutine per call, so a write sent behind an
+        answer costs a few microseconds and is on the wire (in order) when this returns.
+        None when it cannot be sent at once (cluster mode, no open connection, the
+        store down): :meth:`script` then connects, or applies the stance."""
+        lean = self.lean
+        if lean is None or not self.available:
+            return None
+        sent = lean.send_evalsha(script, keys, args)
+        if sent is None:
+            return None
+        reply: Reply = asyncio.get_running_loop().create_future()
+        sent.add_done_callback(functools.partial(self._landed, reply, script, keys, args, what))
+        return reply
+
+    def _landed(
+        self,
+        reply: Reply,
+        script: Script,
+        keys: list[str],
+        args: list[str],
+        what: str,
+        sent: asyncio.Future[Any],
+    ) -> None:
+        exc = sent.exception()
+        if exc is None:
+            if not reply.done():
+                reply.set_result(sent.result())
+            return
+        if is_noscript(exc) and self.lean is not None:  # flushed: sent whole
+            again = asyncio.ensure_future(self._lean_call(self.lean.eval(script, keys, args), what))
+            again.add_done_callback(functools.partial(_copy, reply))
+            return
+        if isinstance(exc, (OSError, TimeoutError)):  # ConnectionError is an OSError
+            exc = self._unreachable(what, exc)
+        if not reply.done():
+            reply.set_exception(exc)
+
     async def script(self, script: Script, keys: list[str], args: list[str], what: str) -> Any:
         """Run a Lua script (EVALSHA, loading it when the store lacks it), with
         :meth:`call`'s stance."""
+        sent = self.send(script, keys, args, what)
+        if sent is not None:
+            return await sent
         lean = self.lean
         if lean is None:
             registered = self._scripts.get(script.sha)

@@ -15,7 +15,8 @@ settlements and cache writes of several requests, cost one system call, not one 
 Deadlines: every command carries ``now + op_timeout_s``; one timer per connection, armed
 for the oldest command still waiting, fails the waiting commands with
 :class:`TimeoutError` and drops the connection (a store that stopped answering; the next
-command reconnects), so there is no timer object per call. Connecting (TCP, TLS, then
+command reconnects), so there is no timer object per call (nor per reply batch: it
+stays armed when nothing waits and then finds nothing to expire). Connecting (TCP, TLS, then
 ``AUTH [user] password`` and ``SELECT db``, as ElastiCache's in-transit encryption and
 AUTH/RBAC use them: https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/auth.html)
 is bounded by ``connect_timeout_s``. A lost connection fails its waiting commands with
@@ -137,9 +138,9 @@ class _Connection(asyncio.Protocol):
                 future.set_exception(ReplyError(str(reply)))
             else:
                 future.set_result(reply)
-        if not waiting and self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        # the deadline timer stays armed when nothing waits: it then finds nothing to
+        # expire (at most once per op_timeout_s), where a cancel and a new timer per
+        # reply batch cost more
 
     def _expire(self) -> None:
         self._timer = None
@@ -175,6 +176,11 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
 
+def is_noscript(exc: BaseException) -> bool:
+    """An ``EVALSHA`` of a script the store does not have (flushed, or a new store)."""
+    return isinstance(exc, ReplyError) and str(exc).startswith("NOSCRIPT")
+
+
 def _retrieve(done: asyncio.Future[Any]) -> None:
     """Mark a future's exception retrieved (no one else may await it)."""
     if not done.cancelled():
@@ -201,24 +207,44 @@ class RespClient:
             conn = await self._connection()
         return await conn.send(encode(args))
 
-    async def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        """Run ``script``. The first time on a connection ``SCRIPT LOAD`` goes just
-        before the ``EVALSHA`` (so commands keep their order: an ``EVAL`` resent after a
-        ``NOSCRIPT`` would run after commands sent later); ``NOSCRIPT`` all the same
-        (someone flushed the scripts) sends it with ``EVAL``."""
+    def send_evalsha(
+        self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]
+    ) -> asyncio.Future[Any] | None:
+        """``EVALSHA`` of ``script`` queued now on the open connection (no task, no
+        coroutine: what a write sent behind an answer costs), its raw reply to come in
+        the future; None when there is no open connection (:meth:`evalsha` connects).
+        The first time on a connection ``SCRIPT LOAD`` goes just before it, so commands
+        keep their order (an ``EVAL`` resent after a ``NOSCRIPT`` would run after
+        commands sent later); a ``NOSCRIPT`` reply all the same (someone flushed the
+        scripts) is the caller's to resend with :meth:`eval`."""
         conn = self._conn
         if conn is None or conn.closed:
-            conn = await self._connection()
+            return None
         if script.sha not in conn.scripts:
             conn.scripts.add(script.sha)
             loading = conn.send(encode(["SCRIPT", "LOAD", script.body]))
-            loading.add_done_callback(_retrieve)  # a failure shows as NOSCRIPT below
-        try:
-            return await conn.send(encode(["EVALSHA", script.sha, len(keys), *keys, *args]))
-        except ReplyError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
+            loading.add_done_callback(_retrieve)  # a failure shows as NOSCRIPT
+        return conn.send(encode(["EVALSHA", script.sha, len(keys), *keys, *args]))
+
+    async def eval(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        """``script`` sent whole (``EVAL``), after a ``NOSCRIPT``."""
         return await self.execute("EVAL", script.body, len(keys), *keys, *args)
+
+    async def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        """Run ``script`` (:meth:`send_evalsha`, connecting first if need be; ``EVAL``
+        after a ``NOSCRIPT``)."""
+        sent = self.send_evalsha(script, keys, args)
+        if sent is None:
+            await self._connection()
+            sent = self.send_evalsha(script, keys, args)
+            if sent is None:
+                raise ConnectionError("connection to the store lost (closed)")
+        try:
+            return await sent
+        except ReplyError as exc:
+            if not is_noscript(exc):
+                raise
+        return await self.eval(script, keys, args)
 
     async def _connection(self) -> _Connection:
         if self._connecting is None:  # one connect at a time; the others wait for it

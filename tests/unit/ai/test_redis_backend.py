@@ -20,7 +20,7 @@ from ai.backend import RedisBackend, state_backend
 from ai.budget import Budgets, Reservation
 from ai.config import AIConfig, BudgetConfig, ExactCacheConfig, RedisConfig
 from ai.errors import BudgetExhausted, GatewayError, RateLimited
-from ai.redis_budget import RedisBudgets
+from ai.redis_budget import RedisBudgets, _unlimited
 from ai.redis_cache import RedisExactCache
 from ai.redis_link import RedisLink, StoreUnavailable
 from ai.server import load_config
@@ -127,9 +127,47 @@ async def test_settlement_charges_usage_and_frees_the_reservation(
     assert headers["x-ratelimit-remaining-requests"] == "4"
 
 
+def test_a_key_without_limits_never_touches_the_store() -> None:
+    assert _unlimited(BudgetConfig())
+    for field in BudgetConfig.model_fields:  # a new limit must be known to _unlimited
+        assert not _unlimited(BudgetConfig.model_validate({field: 1})), field
+
+
+@pytest.mark.asyncio
+async def test_the_rate_window_expires_seconds_once_and_counts_the_rest(
+    link: RedisLink, redis_server: RedisServer
+) -> None:
+    """Seconds that left the window are dropped (fields and running sums) by the next
+    reservation, those still in it count; a window whose newest second left goes whole."""
+    budgets = RedisBudgets(link, Budgets())
+    rate = link.key("t", "rate", "k")
+    now = int(redis_server.cli("TIME").split()[0])
+    old, live = now - 100, now - 30
+    redis_server.cli(
+        "HSET", rate, f"r:{old}", "5", f"t:{old}", "500", f"r:{live}", "2", f"t:{live}", "200",
+        "R", "7", "T", "700", "lo", str(old), "hi", str(live),
+    )  # fmt: skip
+    limits = BudgetConfig(requests_per_minute=3, tokens_per_minute=1_000)
+    got = await budgets.acquire("k", "t", limits, 10, 40, 0.0)  # 2 + 1 < 3: passes
+    assert got.tokens == 50
+    headers = budgets.rate_headers("k", limits)
+    assert headers["x-ratelimit-remaining-requests"] == "0"  # 3 of 3 in the window
+    assert headers["x-ratelimit-remaining-tokens"] == str(1_000 - 200 - 50)
+    fields = dict(zip(*[iter(redis_server.cli("HGETALL", rate).split())] * 2, strict=True))
+    assert f"r:{old}" not in fields and f"t:{old}" not in fields
+    assert (fields["R"], fields["T"], fields["lo"]) == ("3", "250", str(live))
+    with pytest.raises(RateLimited) as refused:  # the live second still counts
+        await budgets.acquire("k", "t", limits, 10, 40, 0.0)
+    assert 28 <= refused.value.retry_after <= 32  # until `live` leaves the window
+    redis_server.cli("HSET", rate, "hi", str(old), "lo", str(old))  # all of it left
+    await budgets.acquire("k", "t", limits, 10, 40, 0.0)
+    fields = dict(zip(*[iter(redis_server.cli("HGETALL", rate).split())] * 2, strict=True))
+    assert (fields["R"], fields["T"]) == ("1", "50") and f"r:{live}" not in fields
+
+
 @pytest.mark.asyncio
 async def test_keys_of_one_tenant_share_a_hash_slot(link: RedisLink) -> None:
-    budget, window = link.key("acme", "budget", "k1"), link.key("acme", "window", "k1")
+    budget, window = link.key("acme", "budget", "k1"), link.key("acme", "rate", "k1")
     tag = budget[budget.index("{") : budget.index("}") + 1]
     assert tag in window and tag not in link.key("other", "budget", "k1")
     assert link.key("we{ird}", "cache", "x").count("{") == 1  # a tenant cannot break the tag
@@ -295,6 +333,41 @@ async def test_failed_settlements_are_replayed(redis_server: RedisServer) -> Non
         again = [budgets.acquire("k", "t", limits, 1, 1, 0.0) for _ in range(10)]
         assert all(r.shared for r in await asyncio.gather(*again))
         assert link.available
+    finally:
+        await link.close()
+
+
+@pytest.mark.asyncio
+async def test_writes_sent_behind_the_answer_that_time_out_are_kept(
+    redis_server: RedisServer,
+) -> None:
+    """A settlement and a cache write already on the wire (no task) when the store stops
+    answering: the settlement waits for the replay, the cache write is dropped, nothing
+    raises, and both features work again once the store answers."""
+    link = RedisLink(_config(redis_server.port, op_timeout_s=0.2), {})
+    await link.open()
+    budgets = RedisBudgets(link, Budgets())
+    cache = RedisExactCache(link, ExactCacheConfig())
+    try:
+        limits = BudgetConfig(max_tokens=10_000)
+        held = await budgets.acquire("k", "t", limits, 10, 40, 0.0)
+        redis_server.cli("CLIENT", "PAUSE", "700", "ALL")
+        await budgets.settle(held, Usage(10, 5), 0.0)
+        await cache.put("entry", "t", {"answer": 1})
+        assert link.available  # both sent at once on the open connection
+        await budgets.drain()
+        await cache.drain()
+        assert budgets.pending == 1 and not link.available
+        deadline = time.monotonic() + 5
+        while budgets.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert budgets.pending == 0 and link.available
+        (name,) = redis_server.cli("--scan", "--pattern", "spectra:ai:*:budget:k").split()
+        assert redis_server.cli("HGET", name, "used_tokens") == "15"
+        assert redis_server.cli("HGET", name, "reserved_tokens") == "0"
+        await cache.put("entry", "t", {"answer": 2})
+        await cache.drain()
+        assert await cache.get("entry", "t") == {"answer": 2}
     finally:
         await link.close()
 
