@@ -12,7 +12,10 @@ together with one ``send`` at the start of the next (auto-pipelining, as ioredis
 ``enableAutoPipelining`` does): a request's reservation and cache read, or the
 settlements and cache writes of several requests, cost one system call, not one each.
 
-Deadlines: every command carries ``now + op_timeout_s``; one timer per connection, armed
+Deadlines: every command carries ``op_timeout_s`` from when it is written (not from
+when it is issued: an overloaded gateway's own loop lag is not the store's silence, and
+the reply, read before timers run in the next loop iteration, wins); one timer per
+connection, armed
 for the oldest command still waiting, fails the waiting commands with
 :class:`TimeoutError` and drops the connection (a store that stopped answering; the next
 command reconnects), so there is no timer object per call (nor per reply batch: it
@@ -94,9 +97,11 @@ class _Connection(asyncio.Protocol):
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
         self._timeout = op_timeout_s
         self._timer: asyncio.TimerHandle | None = None
+        self._late: asyncio.Future[Any] | None = None  # past its deadline, given one more pass
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._out: list[bytes] = []  # commands of this loop iteration, not yet written
+        self._queued: list[asyncio.Future[Any]] = []  # their futures
         self.scripts: set[str] = set()  # SHA1s loaded (SCRIPT LOAD sent) on this connection
         self.closed = False
 
@@ -109,16 +114,25 @@ class _Connection(asyncio.Protocol):
         if not self._out:
             self._loop.call_soon(self._flush)
         self._out.append(payload)
-        self._waiting.append((future, self._loop.time() + self._timeout))
-        if self._timer is None:
-            self._timer = self._loop.call_at(self._waiting[0][1], self._expire)
+        self._queued.append(future)
         return future
 
     def _flush(self) -> None:
-        """Write the commands issued since the last flush with one ``send``."""
+        """Write the commands issued since the last flush with one ``send``; their
+        deadlines run from now: a gateway whose loop lags (overloaded) must not take
+        its own lag for a store that stopped answering."""
         out, self._out = self._out, []
-        if self._transport is not None and not self.closed:
-            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+        queued, self._queued = self._queued, []
+        if self._transport is None or self.closed:
+            for future in queued:
+                if not future.done():
+                    future.set_exception(ConnectionError("connection to the store closed"))
+            return
+        deadline = self._loop.time() + self._timeout
+        self._waiting.extend((future, deadline) for future in queued)
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._waiting[0][1], self._expire)
+        self._transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -146,11 +160,17 @@ class _Connection(asyncio.Protocol):
         self._timer = None
         if not self._waiting:
             return
-        deadline = self._waiting[0][1]
-        if self._loop.time() >= deadline:
-            self._drop(TimeoutError(f"no reply from the store within {self._timeout} s"))
-        else:
+        oldest, deadline = self._waiting[0]
+        now = self._loop.time()
+        if now < deadline:
             self._timer = self._loop.call_at(deadline, self._expire)
+        elif self._late is not oldest:
+            # past its deadline, but the loop may have stalled with the reply already in
+            # the socket: one more iteration (its reads run before its timers) decides
+            self._late = oldest
+            self._timer = self._loop.call_at(now, self._expire)
+        else:
+            self._drop(TimeoutError(f"no reply from the store within {self._timeout} s"))
 
     def _drop(self, error: Exception) -> None:
         self._fail(error)
@@ -164,6 +184,10 @@ class _Connection(asyncio.Protocol):
             self._timer = None
         while self._waiting:
             future, _ = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+        queued, self._queued = self._queued, []
+        for future in queued:
             if not future.done():
                 future.set_exception(error)
 

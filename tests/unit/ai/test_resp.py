@@ -149,6 +149,33 @@ async def test_a_store_that_stops_answering_times_out_to_the_stance(
 
 
 @pytest.mark.asyncio
+async def test_the_gateways_own_loop_lag_is_not_the_stores_silence(
+    redis_server: RedisServer,
+) -> None:
+    """An overloaded gateway: its loop stalls past op_timeout_s between issuing commands
+    and writing them. The deadline runs from the write, and the replies (read before the
+    timers of the next loop iteration) win: no false timeout, the link stays up."""
+    config = RedisConfig.model_validate(
+        {"host": "127.0.0.1", "port": redis_server.port, "op_timeout_s": 0.2}
+    )
+    link = RedisLink(config, {})
+    await link.open()
+    try:
+        await link.command("ping", "PING")
+        issued = [
+            asyncio.ensure_future(link.script(ECHO, ["lag"], ["x"], "echo")) for _ in range(5)
+        ]
+        await asyncio.sleep(0)  # issued, not yet written
+        time.sleep(0.3)  # the loop stalls (a burst of requests), past the deadline
+        await asyncio.sleep(0)  # the write; the next iteration reads the replies
+        time.sleep(0.3)  # stalls again before it reads them
+        assert [r[2] for r in await asyncio.gather(*issued)] == [1, 2, 3, 4, 5]
+        assert link.available and link.failures == 0
+    finally:
+        await link.close()
+
+
+@pytest.mark.asyncio
 async def test_tls_with_an_acl_user(tmp_path: Path) -> None:
     cert, key = make_cert(tmp_path, "localhost")
     server = RedisServer(tmp_path, tls=(cert, key), user=("gateway", "s3cret-token"))
