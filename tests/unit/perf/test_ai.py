@@ -350,6 +350,28 @@ def test_redis_rows_and_goals_against_the_local_backend() -> None:
     assert _get(results, "goal_redis_added_p99", "gateway_redis/nonstream").note == "NOT met"
 
 
+def test_the_redis_p99_goal_is_the_median_of_paired_rounds() -> None:
+    out = Outcome()
+    for rate in (100, 200):
+        out.steps += [step(GATEWAY, rate, 4, 8), step(GATEWAY_REDIS, rate, 4, 12)]  # +4
+    # rounds: +0.2, +3.0 (a hiccup), -0.1 -> median +0.2, whatever the ladder step said
+    for local, redis in ((8.0, 8.2), (8.1, 11.1), (7.9, 7.8)):
+        out.paired += [step(GATEWAY, 200, 4, local), step(GATEWAY_REDIS, 200, 4, redis)]
+    results = build_results(out, Settings(rates=(100, 200)))
+    goal = _get(results, "goal_redis_added_p99", "gateway_redis/nonstream")
+    assert goal.value == pytest.approx(0.2) and goal.note == "met"
+    assert goal.extra["round_differences_ms"] == pytest.approx([0.2, 3.0, -0.1])
+    assert (goal.minimum, goal.maximum) == (pytest.approx(-0.1), pytest.approx(3.0))
+    assert len(goal.runs) == 3 and all(r["valid"] for r in goal.runs)
+    # no rounds in stream mode: the ladder's step decides
+    out.steps += [
+        step(GATEWAY, 200, 4, 8, mode="stream"),
+        step(GATEWAY_REDIS, 200, 4, 9, mode="stream"),
+    ]
+    stream = _get(build_results(out, Settings()), "goal_redis_added_p99", "gateway_redis/stream")
+    assert stream.value == pytest.approx(1.0) and stream.note == "NOT met"
+
+
 def test_no_redis_rows_without_the_redis_gateway() -> None:
     results = build_results(_outcome(), Settings(rates=(50, 100, 500)))
     assert not [r for r in results if "redis" in r.metric or "redis" in r.path]
