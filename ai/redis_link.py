@@ -42,7 +42,7 @@ from ai.config import RedisConfig
 from ai.errors import Overloaded
 from ai.keys import resolve_secret
 from ai.offpath import OffPath
-from ai.resp import Arg, Endpoint, ReplyError, RespClient, Script, is_noscript
+from ai.resp import Arg, Endpoint, RespClient, Script, is_noscript
 
 log = logging.getLogger("spectra.ai")
 T = TypeVar("T")
@@ -208,20 +208,11 @@ class RedisLink:
         """``fn()`` (a redis-py call) bounded by ``op_timeout_s``;
         :class:`StoreUnavailable` if the store is down (at once, between retries) or
         the call fails."""
-        probing = self._admit()
-        try:
-            async with asyncio.timeout(self.config.op_timeout_s):  # no task per call
-                result = await fn()
-        except (redis_errors.RedisError, OSError, TimeoutError) as exc:
-            if type(exc) is redis_errors.ResponseError:
-                raise  # the store answered: a bug, not an outage
-            raise self._unreachable(what, exc) from None
-        finally:
-            if probing:  # also when the caller was cancelled
-                self._probing = False
-        if not self.available:
-            await self._up()
-        return result
+        return await self._guarded(self._bounded(fn), what)
+
+    async def _bounded(self, fn: Callable[[], Awaitable[T]]) -> T:
+        async with asyncio.timeout(self.config.op_timeout_s):  # no task per call
+            return await fn()
 
     async def command(self, what: str, *args: Arg) -> Any:
         """One command on the hot path's client (redis-py's generic
@@ -229,7 +220,7 @@ class RedisLink:
         lean = self.lean
         if lean is None:
             return await self.call(lambda: self.client.execute_command(*args), what)
-        return await self._lean_call(lean.execute(*args), what)
+        return await self._guarded(lean.execute(*args), what)
 
     def send(self, script: Script, keys: list[str], args: list[str], what: str) -> Reply | None:
         """The script sent now, its reply (or :class:`StoreUnavailable`) to come in the
@@ -262,7 +253,7 @@ class RedisLink:
                 reply.set_result(sent.result())
             return
         if is_noscript(exc) and self.lean is not None:  # flushed: sent whole
-            again = asyncio.ensure_future(self._lean_call(self.lean.eval(script, keys, args), what))
+            again = asyncio.ensure_future(self._guarded(self.lean.eval(script, keys, args), what))
             again.add_done_callback(functools.partial(_copy, reply))
             return
         if isinstance(exc, (OSError, TimeoutError)):  # ConnectionError is an OSError
@@ -282,19 +273,23 @@ class RedisLink:
             if registered is None:
                 registered = self._scripts[script.sha] = self.client.register_script(script.body)
             return await self.call(lambda: registered(keys=keys, args=args), what)
-        return await self._lean_call(lean.evalsha(script, keys, args), what)
+        return await self._guarded(lean.evalsha(script, keys, args), what)
 
-    async def _lean_call(self, reply: Coroutine[Any, Any, Any], what: str) -> Any:
+    async def _guarded(self, reply: Coroutine[Any, Any, T], what: str) -> T:
+        """``reply`` (bounded by ``op_timeout_s``: the lean client keeps it itself) with
+        the stance: refused at once while the store is down, a failure marks it down.
+        An error reply (redis-py's ``ResponseError``, the lean client's
+        :class:`~ai.resp.ReplyError`) is the store's answer: a bug, raised as is."""
         try:
             probing = self._admit()
         except StoreUnavailable:
             reply.close()  # never started
             raise
-        try:  # the lean client keeps op_timeout_s itself: no timer here
+        try:
             result = await reply
-        except ReplyError:
-            raise  # the store answered: a bug, not an outage
-        except (OSError, TimeoutError) as exc:  # ConnectionError is an OSError
+        except (redis_errors.RedisError, OSError, TimeoutError) as exc:  # not ReplyError
+            if type(exc) is redis_errors.ResponseError:
+                raise
             raise self._unreachable(what, exc) from None
         finally:
             if probing:  # also when the caller was cancelled

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import ssl
 from collections import deque
 from collections.abc import Sequence
@@ -121,13 +122,11 @@ class _Connection(asyncio.Protocol):
         """Write the commands issued since the last flush with one ``send``; their
         deadlines run from now: a gateway whose loop lags (overloaded) must not take
         its own lag for a store that stopped answering."""
+        if self._transport is None or self.closed:
+            self._fail(ConnectionError("connection to the store closed"))
+            return
         out, self._out = self._out, []
         queued, self._queued = self._queued, []
-        if self._transport is None or self.closed:
-            for future in queued:
-                if not future.done():
-                    future.set_exception(ConnectionError("connection to the store closed"))
-            return
         deadline = self._loop.time() + self._timeout
         self._waiting.extend((future, deadline) for future in queued)
         if self._timer is None:
@@ -182,12 +181,9 @@ class _Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        while self._waiting:
-            future, _ = self._waiting.popleft()
-            if not future.done():
-                future.set_exception(error)
-        queued, self._queued = self._queued, []
-        for future in queued:
+        waiting, self._waiting = self._waiting, deque()
+        queued, self._queued, self._out = self._queued, [], []  # issued, not yet written
+        for future in itertools.chain((f for f, _ in waiting), queued):
             if not future.done():
                 future.set_exception(error)
 
