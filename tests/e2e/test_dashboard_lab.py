@@ -57,8 +57,11 @@ def gateway(lab: Any, tmp_path: Path) -> Iterator[tuple[str, str, str]]:
 
 
 def _latest(page: Any, chart: str) -> list[float | None]:
+    """The chart's latest values; [] while the page has not drawn it yet (just after
+    a navigation the element is not there)."""
     value: list[float | None] = page.evaluate(
-        f"JSON.parse(document.querySelector('#{chart}').dataset.latest)"
+        f"(e => e && e.dataset.latest ? JSON.parse(e.dataset.latest) : [])"
+        f"(document.querySelector('#{chart}'))"
     )
     return value
 
@@ -80,7 +83,7 @@ def test_pps_chart_moves_and_a_deny_rule_from_the_form_stops_the_workload(
             page.locator(f"tr[data-instance='{GW.netns}']").wait_for()
             # the chart's newest rate reflects the workload's ~1,000 pps (and the echoes)
             poll(
-                lambda: (_latest(page, "chart-pps")[0] or 0) > 300,
+                lambda: (next(iter(_latest(page, "chart-pps")), None) or 0) > 300,
                 30,
                 "the pps chart to show the workload's traffic",
             )
